@@ -1,0 +1,73 @@
+// Shared helpers for the CPU kernels: argument checks and load-balanced row ranges.
+#pragma once
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <algorithm>
+#include <vector>
+
+namespace sparse_engine {
+
+struct IndexSizes {
+  int64_t rows, cols, nnz;
+};
+
+// Checks the CSR + transposed index tensors and returns the matrix sizes.
+// TORCH_CHECK_VALUE / TORCH_CHECK_TYPE surface in Python as ValueError / TypeError.
+inline IndexSizes check_index(const at::Tensor& row_ptr, const at::Tensor& col_idx,
+                              const at::Tensor& csc_ptr, const at::Tensor& csc_row,
+                              const at::Tensor& csc_perm) {
+  TORCH_CHECK_TYPE(row_ptr.scalar_type() == at::kLong, "row_ptr must be int64, got ", row_ptr.scalar_type());
+  TORCH_CHECK_TYPE(col_idx.scalar_type() == at::kInt, "col_idx must be int32, got ", col_idx.scalar_type());
+  TORCH_CHECK_TYPE(csc_ptr.scalar_type() == at::kLong, "csc_ptr must be int64, got ", csc_ptr.scalar_type());
+  TORCH_CHECK_TYPE(csc_row.scalar_type() == at::kInt, "csc_row must be int32, got ", csc_row.scalar_type());
+  TORCH_CHECK_TYPE(csc_perm.scalar_type() == at::kLong, "csc_perm must be int64, got ", csc_perm.scalar_type());
+  TORCH_CHECK_VALUE(row_ptr.dim() == 1 && row_ptr.numel() >= 1, "row_ptr must be 1-D with rows+1 >= 1 entries");
+  TORCH_CHECK_VALUE(csc_ptr.dim() == 1 && csc_ptr.numel() >= 1, "csc_ptr must be 1-D with cols+1 >= 1 entries");
+  int64_t nnz = col_idx.numel();
+  TORCH_CHECK_VALUE(col_idx.dim() == 1 && csc_row.dim() == 1 && csc_perm.dim() == 1,
+                    "col_idx, csc_row and csc_perm must be 1-D");
+  TORCH_CHECK_VALUE(csc_row.numel() == nnz && csc_perm.numel() == nnz,
+                    "csc_row and csc_perm must have nnz=", nnz, " entries, got ", csc_row.numel(),
+                    " and ", csc_perm.numel());
+  return {row_ptr.numel() - 1, csc_ptr.numel() - 1, nnz};
+}
+
+inline void check_dense(const at::Tensor& t, const char* name, int64_t rows, at::ScalarType dtype,
+                        const at::Device& device) {
+  TORCH_CHECK_VALUE(t.dim() == 2, name, " must be 2-D (features x batch), got ", t.dim(), " dims");
+  TORCH_CHECK_VALUE(t.size(0) == rows, name, " must have ", rows, " rows, got ", t.size(0));
+  TORCH_CHECK_TYPE(t.scalar_type() == dtype, name, " must have dtype ", dtype, ", got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == device, name, " must be on ", device, ", got ", t.device());
+}
+
+inline void check_values(const at::Tensor& values, int64_t nnz) {
+  TORCH_CHECK_TYPE(values.scalar_type() == at::kFloat || values.scalar_type() == at::kDouble,
+                   "values must be float32 or float64, got ", values.scalar_type());
+  TORCH_CHECK_VALUE(values.dim() == 1 && values.numel() == nnz, "values must be 1-D with nnz=", nnz,
+                    " entries, got shape ", values.sizes());
+}
+
+// Splits [0, n) into `chunks` ranges of about equal (items + work): ptr is a prefix sum of
+// per-item work (row_ptr or csc_ptr), so a few very long rows do not stall one thread.
+inline std::vector<int64_t> balanced_bounds(const int64_t* ptr, int64_t n, int64_t chunks) {
+  std::vector<int64_t> bounds(chunks + 1);
+  const int64_t total = n + ptr[n];
+  bounds[0] = 0;
+  for (int64_t c = 1; c < chunks; ++c) {
+    const int64_t target = total * c / chunks;
+    int64_t lo = bounds[c - 1], hi = n;  // first i with ptr[i] + i >= target
+    while (lo < hi) {
+      int64_t mid = (lo + hi) / 2;
+      if (ptr[mid] + mid < target) lo = mid + 1; else hi = mid;
+    }
+    bounds[c] = lo;
+  }
+  bounds[chunks] = n;
+  return bounds;
+}
+
+inline int64_t num_chunks(int64_t n) {
+  return std::max<int64_t>(1, std::min<int64_t>(n, 8 * at::get_num_threads()));
+}
+
+}  // namespace sparse_engine

@@ -1,0 +1,160 @@
+// CPU (OpenMP) kernels: spmm, spmm_t, sddmm and the transposed index.
+// Activations are feature-major (features x batch) so every gathered row is contiguous.
+#include <torch/library.h>
+#include <omp.h>
+#include "common.h"
+
+namespace sparse_engine {
+namespace {
+
+constexpr int64_t kBlock = 64;  // batch columns accumulated in registers at a time
+
+// out[i, :] = sum_{k in [ptr[i], ptr[i+1])} val(k) * src[idx[k], :]
+// val(k) = values[perm ? perm[k] : k]. Covers spmm (CSR) and spmm_t (CSC + perm).
+template <typename scalar_t, typename index_t>
+void gather_rows(const int64_t* ptr, const index_t* idx, const int64_t* perm, const scalar_t* values,
+                 const scalar_t* src, scalar_t* out, int64_t n, int64_t B) {
+  const int64_t chunks = num_chunks(n);
+  const auto bounds = balanced_bounds(ptr, n, chunks);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads())
+  for (int64_t c = 0; c < chunks; ++c) {
+    scalar_t acc[kBlock];
+    for (int64_t i = bounds[c]; i < bounds[c + 1]; ++i) {
+      for (int64_t b0 = 0; b0 < B; b0 += kBlock) {
+        const int64_t bl = std::min(kBlock, B - b0);
+        for (int64_t b = 0; b < bl; ++b) acc[b] = 0;
+        for (int64_t k = ptr[i]; k < ptr[i + 1]; ++k) {
+          const scalar_t v = values[perm ? perm[k] : k];
+          const scalar_t* x = src + static_cast<int64_t>(idx[k]) * B + b0;
+#pragma omp simd
+          for (int64_t b = 0; b < bl; ++b) acc[b] += v * x[b];
+        }
+        scalar_t* y = out + i * B + b0;
+        for (int64_t b = 0; b < bl; ++b) y[b] = acc[b];
+      }
+    }
+  }
+}
+
+// out[k] = dot(G[row_k, :], X[col_k, :]) for every stored entry k.
+template <typename scalar_t>
+void sddmm_rows(const int64_t* ptr, const int32_t* col, const scalar_t* g, const scalar_t* x,
+                scalar_t* o, int64_t rows, int64_t B) {
+  const int64_t chunks = num_chunks(rows);
+  const auto bounds = balanced_bounds(ptr, rows, chunks);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads())
+  for (int64_t c = 0; c < chunks; ++c) {
+    for (int64_t i = bounds[c]; i < bounds[c + 1]; ++i) {
+      const scalar_t* gi = g + i * B;
+      for (int64_t k = ptr[i]; k < ptr[i + 1]; ++k) {
+        const scalar_t* xj = x + static_cast<int64_t>(col[k]) * B;
+        scalar_t acc = 0;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t b = 0; b < B; ++b) acc += gi[b] * xj[b];
+        o[k] = acc;
+      }
+    }
+  }
+}
+
+at::Tensor spmm_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tensor& csc_ptr,
+                    const at::Tensor& csc_row, const at::Tensor& csc_perm, const at::Tensor& values,
+                    const at::Tensor& X) {
+  auto s = check_index(row_ptr, col_idx, csc_ptr, csc_row, csc_perm);
+  check_values(values, s.nnz);
+  check_dense(X, "X", s.cols, values.scalar_type(), values.device());
+  auto Xc = X.contiguous();
+  auto rp = row_ptr.contiguous(), ci = col_idx.contiguous(), v = values.contiguous();
+  const int64_t B = X.size(1);
+  auto Y = at::empty({s.rows, B}, X.options());
+  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "spmm_cpu", [&] {
+    gather_rows<scalar_t, int32_t>(rp.data_ptr<int64_t>(), ci.data_ptr<int32_t>(), nullptr,
+                                   v.data_ptr<scalar_t>(), Xc.data_ptr<scalar_t>(),
+                                   Y.data_ptr<scalar_t>(), s.rows, B);
+  });
+  return Y;
+}
+
+at::Tensor spmm_t_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tensor& csc_ptr,
+                      const at::Tensor& csc_row, const at::Tensor& csc_perm, const at::Tensor& values,
+                      const at::Tensor& G) {
+  auto s = check_index(row_ptr, col_idx, csc_ptr, csc_row, csc_perm);
+  check_values(values, s.nnz);
+  check_dense(G, "G", s.rows, values.scalar_type(), values.device());
+  auto Gc = G.contiguous();
+  auto cp = csc_ptr.contiguous(), cr = csc_row.contiguous(), pm = csc_perm.contiguous();
+  auto v = values.contiguous();
+  const int64_t B = G.size(1);
+  auto Z = at::empty({s.cols, B}, G.options());
+  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "spmm_t_cpu", [&] {
+    gather_rows<scalar_t, int32_t>(cp.data_ptr<int64_t>(), cr.data_ptr<int32_t>(),
+                                   pm.data_ptr<int64_t>(), v.data_ptr<scalar_t>(),
+                                   Gc.data_ptr<scalar_t>(), Z.data_ptr<scalar_t>(), s.cols, B);
+  });
+  return Z;
+}
+
+at::Tensor sddmm_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tensor& csc_ptr,
+                     const at::Tensor& csc_row, const at::Tensor& csc_perm, const at::Tensor& G,
+                     const at::Tensor& X) {
+  auto s = check_index(row_ptr, col_idx, csc_ptr, csc_row, csc_perm);
+  TORCH_CHECK_TYPE(G.scalar_type() == at::kFloat || G.scalar_type() == at::kDouble,
+                   "G must be float32 or float64, got ", G.scalar_type());
+  check_dense(G, "G", s.rows, G.scalar_type(), G.device());
+  check_dense(X, "X", s.cols, G.scalar_type(), G.device());
+  TORCH_CHECK_VALUE(G.size(1) == X.size(1), "G and X must have the same batch size, got ", G.size(1),
+                    " and ", X.size(1));
+  auto Gc = G.contiguous(), Xc = X.contiguous();
+  auto rp = row_ptr.contiguous(), ci = col_idx.contiguous();
+  const int64_t B = G.size(1);
+  auto out = at::empty({s.nnz}, G.options());
+  AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "sddmm_cpu", [&] {
+    sddmm_rows<scalar_t>(rp.data_ptr<int64_t>(), ci.data_ptr<int32_t>(), Gc.data_ptr<scalar_t>(),
+                         Xc.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), s.rows, B);
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> transpose_index_cpu(const at::Tensor& row_ptr,
+                                                                   const at::Tensor& col_idx,
+                                                                   int64_t n_cols) {
+  TORCH_CHECK_TYPE(row_ptr.scalar_type() == at::kLong, "row_ptr must be int64");
+  TORCH_CHECK_TYPE(col_idx.scalar_type() == at::kInt, "col_idx must be int32");
+  TORCH_CHECK_VALUE(n_cols >= 0, "n_cols must be >= 0, got ", n_cols);
+  auto rp = row_ptr.contiguous(), ci = col_idx.contiguous();
+  const int64_t rows = rp.numel() - 1, nnz = ci.numel();
+  auto csc_ptr = at::zeros({n_cols + 1}, rp.options());
+  auto csc_row = at::empty({nnz}, ci.options());
+  auto csc_perm = at::empty({nnz}, rp.options());
+  const int64_t* ptr = rp.data_ptr<int64_t>();
+  const int32_t* col = ci.data_ptr<int32_t>();
+  int64_t* cptr = csc_ptr.data_ptr<int64_t>();
+  for (int64_t k = 0; k < nnz; ++k) {
+    TORCH_CHECK_VALUE(col[k] >= 0 && col[k] < n_cols, "col_idx entry ", col[k], " out of range [0, ",
+                      n_cols, ")");
+    ++cptr[col[k] + 1];
+  }
+  for (int64_t j = 0; j < n_cols; ++j) cptr[j + 1] += cptr[j];
+  std::vector<int64_t> next(cptr, cptr + n_cols);
+  int32_t* crow = csc_row.data_ptr<int32_t>();
+  int64_t* perm = csc_perm.data_ptr<int64_t>();
+  for (int64_t i = 0; i < rows; ++i) {  // rows in order: each column's rows come out sorted
+    for (int64_t k = ptr[i]; k < ptr[i + 1]; ++k) {
+      const int64_t dst = next[col[k]]++;
+      crow[dst] = static_cast<int32_t>(i);
+      perm[dst] = k;
+    }
+  }
+  return {csc_ptr, csc_row, csc_perm};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparse_engine, CPU, m) {
+  m.impl("spmm", &spmm_cpu);
+  m.impl("spmm_t", &spmm_t_cpu);
+  m.impl("sddmm", &sddmm_cpu);
+  m.impl("transpose_index", &transpose_index_cpu);
+}
+
+}  // namespace sparse_engine

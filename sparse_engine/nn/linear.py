@@ -1,0 +1,75 @@
+"""SparseLinear: ``nn.Linear`` with a CSR weight."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .. import ops
+from ..init import erdos_renyi_density
+from ..sparse import SparseWeight
+
+
+def resolve_density(rows: int, cols: int, density: float | None, epsilon: float | None) -> float:
+    """The density a layer gets from ``density=`` or ``epsilon=`` (Erdos-Renyi, SET's
+    default epsilon=20 when neither is given)."""
+    if density is not None and epsilon is not None:
+        raise ValueError("give at most one of density= and epsilon=")
+    if density is not None:
+        if not 0.0 < density <= 1.0:
+            raise ValueError(f"density must be in (0, 1], got {density}")
+        return float(density)
+    return erdos_renyi_density(rows, cols, 20.0 if epsilon is None else epsilon)
+
+
+class SparseLinear(nn.Module):
+    """y = x W^T + b with W a :class:`SparseWeight` of shape (out_features, in_features).
+
+    Same calling convention as ``nn.Linear``: input (*, in_features) -> (*, out_features).
+    ``density`` sets the fraction of stored weights; ``epsilon`` sets an Erdos-Renyi density
+    epsilon*(in+out)/(in*out) (capped at 1); with neither, epsilon=20 as in SET.
+    The weight's values are ``self.weight.values`` (one Parameter of length nnz).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, density: float | None = None,
+                 epsilon: float | None = None, device=None, dtype=None):
+        super().__init__()
+        for name, v in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(v, int) or v <= 0:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        self.in_features, self.out_features = in_features, out_features
+        d = resolve_density(out_features, in_features, density, epsilon)
+        weight = SparseWeight.random(out_features, in_features, d, dtype=dtype or torch.get_default_dtype())
+        self.weight = weight.to(device) if device is not None else weight
+        if bias:
+            bound = 1.0 / math.sqrt(max(1.0, weight.nnz / out_features))
+            b = torch.empty(out_features, dtype=weight.values.dtype, device=device).uniform_(-bound, bound)
+            self.bias = nn.Parameter(b)
+        else:
+            self.register_parameter("bias", None)
+
+    @classmethod
+    def from_dense(cls, linear: nn.Linear, mask: torch.Tensor | None = None) -> "SparseLinear":
+        """A SparseLinear holding the nonzeros of ``linear.weight`` (or those under ``mask``)."""
+        module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, density=1.0,
+                     device=linear.weight.device, dtype=linear.weight.dtype)
+        module.weight = SparseWeight.from_dense(linear.weight.detach(), mask)
+        if linear.bias is not None:
+            module.bias.data.copy_(linear.bias.detach())
+        return module
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if input.shape[-1] != self.in_features:
+            raise ValueError(f"input must have last dimension in_features={self.in_features}, "
+                             f"got shape {tuple(input.shape)}")
+        lead = input.shape[:-1]
+        x = input.reshape(-1, self.in_features)
+        y = ops.spmm(self.weight, x.t()).t()  # feature-major inside the kernel
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, density={self.weight.density:.4g}, nnz={self.weight.nnz}")

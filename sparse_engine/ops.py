@@ -1,0 +1,123 @@
+"""The three kernels of sparse training as PyTorch operators.
+
+``spmm(W, X)``      Y = W X            X: (cols x B) -> (rows x B)
+``spmm_t(W, G)``    W^T G              G: (rows x B) -> (cols x B)
+``sddmm(W, G, X)``  out[k] = sum_b G[row_k, b] X[col_k, b]   (length nnz)
+
+Activations are feature-major (features x batch). Each op has an autograd formula written
+in terms of the other two and a fake kernel, so they work in eager mode, under autograd
+(including double backward) and inside ``torch.compile(fullgraph=True)``.
+The raw operators are ``torch.ops.sparse_engine.{spmm,spmm_t,sddmm}`` and take the index
+tensors of a :class:`~sparse_engine.SparseWeight` explicitly (see ``SparseWeight.index``).
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _ext  # noqa: F401
+
+_ops = torch.ops.sparse_engine
+
+__all__ = ["spmm", "spmm_t", "sddmm"]
+
+
+# ---------------------------------------------------------------------------- checks
+def _check_dense(t, name: str, rows: int, values: torch.Tensor) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (features x batch), got shape {tuple(t.shape)}")
+    if t.shape[0] != rows:
+        raise ValueError(f"{name} must have {rows} rows (features), got shape {tuple(t.shape)}")
+    if t.dtype != values.dtype:
+        raise TypeError(f"{name} must have dtype {values.dtype} like the weight values, got {t.dtype}")
+    if t.device != values.device:
+        raise ValueError(f"{name} must be on {values.device} like the weight, got {t.device}")
+
+
+def _check_weight(W) -> None:
+    from .sparse import SparseWeight
+
+    if not isinstance(W, SparseWeight):
+        raise TypeError(f"W must be a sparse_engine.SparseWeight, got {type(W).__name__}")
+
+
+def spmm(W, X: torch.Tensor) -> torch.Tensor:
+    """Y = W X for a SparseWeight W (rows x cols) and dense X (cols x B)."""
+    _check_weight(W)
+    _check_dense(X, "X", W.shape[1], W.values)
+    return _ops.spmm(*W.index, W.values, X)
+
+
+def spmm_t(W, G: torch.Tensor) -> torch.Tensor:
+    """W^T G for a SparseWeight W (rows x cols) and dense G (rows x B)."""
+    _check_weight(W)
+    _check_dense(G, "G", W.shape[0], W.values)
+    return _ops.spmm_t(*W.index, W.values, G)
+
+
+def sddmm(W, G: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """out[k] = sum_b G[row_k, b] X[col_k, b] at W's nonzeros: the gradient of W's values
+    for Y = W X with upstream gradient G. W's values are not used."""
+    _check_weight(W)
+    _check_dense(G, "G", W.shape[0], W.values)
+    _check_dense(X, "X", W.shape[1], W.values)
+    if G.shape[1] != X.shape[1]:
+        raise ValueError(f"G and X must have the same batch size, got {G.shape[1]} and {X.shape[1]}")
+    return _ops.sddmm(*W.index, G, X)
+
+
+# ------------------------------------------------------------------- fake kernels
+@torch.library.register_fake("sparse_engine::spmm")
+def _spmm_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, X):
+    return X.new_empty((row_ptr.shape[0] - 1, X.shape[1]))
+
+
+@torch.library.register_fake("sparse_engine::spmm_t")
+def _spmm_t_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, G):
+    return G.new_empty((csc_ptr.shape[0] - 1, G.shape[1]))
+
+
+@torch.library.register_fake("sparse_engine::sddmm")
+def _sddmm_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, G, X):
+    return G.new_empty((col_idx.shape[0],))
+
+
+@torch.library.register_fake("sparse_engine::transpose_index")
+def _transpose_index_fake(row_ptr, col_idx, n_cols):
+    nnz = col_idx.shape[0]
+    return (row_ptr.new_empty((n_cols + 1,)), col_idx.new_empty((nnz,)), row_ptr.new_empty((nnz,)))
+
+
+# ----------------------------------------------------------------------- autograd
+_NO_INDEX_GRADS = (None, None, None, None, None)
+
+
+def _setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _spmm_backward(ctx, dY):
+    *index, values, X = ctx.saved_tensors
+    d_values = _ops.sddmm(*index, dY, X) if ctx.needs_input_grad[5] else None
+    d_X = _ops.spmm_t(*index, values, dY) if ctx.needs_input_grad[6] else None
+    return (*_NO_INDEX_GRADS, d_values, d_X)
+
+
+def _spmm_t_backward(ctx, dZ):
+    *index, values, G = ctx.saved_tensors
+    d_values = _ops.sddmm(*index, G, dZ) if ctx.needs_input_grad[5] else None
+    d_G = _ops.spmm(*index, values, dZ) if ctx.needs_input_grad[6] else None
+    return (*_NO_INDEX_GRADS, d_values, d_G)
+
+
+def _sddmm_backward(ctx, d_out):
+    *index, G, X = ctx.saved_tensors
+    d_G = _ops.spmm(*index, d_out, X) if ctx.needs_input_grad[5] else None
+    d_X = _ops.spmm_t(*index, d_out, G) if ctx.needs_input_grad[6] else None
+    return (*_NO_INDEX_GRADS, d_G, d_X)
+
+
+torch.library.register_autograd("sparse_engine::spmm", _spmm_backward, setup_context=_setup)
+torch.library.register_autograd("sparse_engine::spmm_t", _spmm_t_backward, setup_context=_setup)
+torch.library.register_autograd("sparse_engine::sddmm", _sddmm_backward, setup_context=_setup)

@@ -1,0 +1,264 @@
+"""SparseWeight: a weight matrix stored as CSR, costing O(nnz) memory.
+
+Rows are outputs and columns are inputs, as in ``nn.Linear.weight``. Storage:
+
+* ``row_ptr`` int64 [rows+1], ``col_idx`` int32 [nnz] (sorted, unique within a row)
+* ``values`` float32/float64 [nnz], an ``nn.Parameter``: any optimizer, DDP and
+  ``state_dict`` handle it unchanged
+* the transposed index ``csc_ptr`` int64 [cols+1], ``csc_row`` int32 [nnz] and
+  ``csc_perm`` int64 [nnz] (CSR positions in column order), so W^T G runs without atomics.
+  It is derived, so it is not saved; it is rebuilt whenever the pattern changes.
+
+It is an ``nn.Module`` so that modules hold it as a child (``layer.weight``), ``.to()``
+moves it, and topology controllers find every sparse weight with ``model.modules()``.
+A ``state_dict`` may hold a different nnz than the module it is loaded into (topologies
+change during training): loading resizes the tensors.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import init as _init
+from .. import _ext  # noqa: F401  (loads the compiled operators)
+
+_INDEX_NAMES = ("row_ptr", "col_idx", "csc_ptr", "csc_row", "csc_perm")
+
+
+def _as_tensor(x, name: str, dtype) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        t = x
+    elif isinstance(x, np.ndarray):
+        t = torch.from_numpy(np.ascontiguousarray(x))
+    else:
+        raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+    if t.dim() != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
+    if dtype is not None and t.dtype != dtype:
+        if t.is_floating_point() or t.dtype == torch.bool:
+            raise TypeError(f"{name} must be an integer tensor, got {t.dtype}")
+        t = t.to(dtype)
+    return t
+
+
+class SparseWeight(nn.Module):
+    """A (rows x cols) sparse matrix in CSR whose values are a trainable Parameter."""
+
+    def __init__(self, row_ptr, col_idx, values, shape, *, validate: bool = True, requires_grad: bool = True):
+        super().__init__()
+        rows, cols = (int(s) for s in shape)
+        if rows < 0 or cols < 0:
+            raise ValueError(f"shape must be non-negative, got {tuple(shape)}")
+        row_ptr = _as_tensor(row_ptr, "row_ptr", torch.int64)
+        col_idx = _as_tensor(col_idx, "col_idx", torch.int32)
+        values = _as_tensor(values, "values", None)
+        if values.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"values must be float32 or float64, got {values.dtype}")
+        self._shape = (rows, cols)
+        self.register_buffer("row_ptr", row_ptr)
+        self.register_buffer("col_idx", col_idx)
+        self.values = nn.Parameter(values, requires_grad=requires_grad)
+        if validate:
+            self.validate()
+        self._rebuild_transpose()
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self._shape
+
+    @property
+    def nnz(self) -> int:
+        return self.col_idx.numel()
+
+    @property
+    def density(self) -> float:
+        rows, cols = self._shape
+        return self.nnz / (rows * cols) if rows * cols else 0.0
+
+    @property
+    def index(self) -> tuple[torch.Tensor, ...]:
+        """(row_ptr, col_idx, csc_ptr, csc_row, csc_perm), as the raw operators take them."""
+        return tuple(getattr(self, n) for n in _INDEX_NAMES)
+
+    def extra_repr(self) -> str:
+        rows, cols = self._shape
+        return f"shape=({rows}, {cols}), nnz={self.nnz}, density={self.density:.4g}, dtype={self.values.dtype}"
+
+    # ---------------------------------------------------------------- structure
+    def validate(self) -> None:
+        """Raises ValueError naming the first structural problem found. O(nnz)."""
+        rows, cols = self._shape
+        rp, ci, v = self.row_ptr, self.col_idx, self.values
+        if rp.numel() != rows + 1:
+            raise ValueError(f"row_ptr must have rows+1={rows + 1} entries, got {rp.numel()}")
+        if int(rp[0]) != 0:
+            raise ValueError(f"row_ptr[0] must be 0, got {int(rp[0])}")
+        if int(rp[-1]) != ci.numel():
+            raise ValueError(f"row_ptr[-1] must equal nnz={ci.numel()} (length of col_idx), got {int(rp[-1])}")
+        if v.numel() != ci.numel():
+            raise ValueError(f"values must have nnz={ci.numel()} entries like col_idx, got {v.numel()}")
+        if rows and bool((rp[1:] < rp[:-1]).any()):
+            raise ValueError("row_ptr must be non-decreasing")
+        if ci.numel() == 0:
+            return
+        if int(ci.min()) < 0 or int(ci.max()) >= cols:
+            raise ValueError(f"col_idx entries must be in [0, cols={cols}), got range [{int(ci.min())}, {int(ci.max())}]")
+        # within a row, each column must exceed the one before it (sorted and unique)
+        step_ok = ci[1:] > ci[:-1]
+        row_start = torch.zeros(ci.numel(), dtype=torch.bool, device=ci.device)
+        starts = rp[:-1][rp[:-1] < ci.numel()]
+        row_start[starts] = True
+        bad = ~step_ok & ~row_start[1:]
+        if bool(bad.any()):
+            k = int(bad.nonzero()[0]) + 1
+            row = int(torch.searchsorted(rp, torch.tensor(k, device=rp.device), right=True)) - 1
+            kind = "duplicate" if int(ci[k]) == int(ci[k - 1]) else "unsorted"
+            raise ValueError(f"col_idx must be sorted and unique within each row: {kind} column {int(ci[k])} in row {row}")
+
+    def _rebuild_transpose(self) -> None:
+        csc = torch.ops.sparse_engine.transpose_index(self.row_ptr, self.col_idx, self._shape[1])
+        for name, t in zip(_INDEX_NAMES[2:], csc):
+            self.register_buffer(name, t, persistent=False)
+
+    def set_pattern(self, row_ptr: torch.Tensor, col_idx: torch.Tensor, values: torch.Tensor,
+                    *, validate: bool = True) -> None:
+        """Replaces the topology in place (same shape), keeping the Parameter object so an
+        optimizer that holds it keeps working. The caller resets optimizer state."""
+        self.row_ptr = row_ptr.to(torch.int64)
+        self.col_idx = col_idx.to(torch.int32)
+        self.values.data = values.to(self.values.dtype)
+        if validate:
+            self.validate()
+        self._rebuild_transpose()
+
+    # ------------------------------------------------------------- state_dict
+    def get_extra_state(self):
+        return {"shape": self._shape}
+
+    def set_extra_state(self, state) -> None:
+        self._shape = tuple(int(s) for s in state["shape"])
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # A checkpoint may hold another nnz: resize first, keeping the Parameter object.
+        for name in ("row_ptr", "col_idx", "values"):
+            src = state_dict.get(prefix + name)
+            cur = getattr(self, name)
+            if isinstance(src, torch.Tensor) and src.shape != cur.shape:
+                fresh = torch.empty(src.shape, dtype=cur.dtype, device=cur.device)
+                if name == "values":
+                    self.values.data = fresh
+                else:
+                    setattr(self, name, fresh)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        self.validate()
+        self._rebuild_transpose()
+
+    # -------------------------------------------------------------- conversions
+    def coo(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """COO view: (row int64 [nnz], col int64 [nnz], values [nnz]) in CSR order."""
+        counts = self.row_ptr.diff()
+        row = torch.repeat_interleave(torch.arange(self._shape[0], device=counts.device), counts)
+        return row, self.col_idx.long(), self.values
+
+    def to_dense(self) -> torch.Tensor:
+        """Dense copy, for tests and small matrices only (O(rows*cols) memory)."""
+        row, col, v = self.coo()
+        dense = torch.zeros(self._shape, dtype=v.dtype, device=v.device)
+        dense[row, col] = v.detach()
+        return dense
+
+    def to_scipy(self):
+        import scipy.sparse as sp
+
+        return sp.csr_matrix(
+            (self.values.detach().cpu().numpy(), self.col_idx.cpu().numpy(), self.row_ptr.cpu().numpy()),
+            shape=self._shape,
+        )
+
+    def to_torch_sparse_csr(self) -> torch.Tensor:
+        return torch.sparse_csr_tensor(self.row_ptr, self.col_idx.long(), self.values.detach(), size=self._shape)
+
+    def to_torch_sparse(self):
+        """As a ``torch_sparse.SparseTensor`` (PyG); needs the optional torch-sparse package."""
+        from torch_sparse import SparseTensor
+
+        return SparseTensor(rowptr=self.row_ptr, col=self.col_idx.long(), value=self.values.detach(),
+                            sparse_sizes=self._shape, is_sorted=True)
+
+    # ------------------------------------------------------------- constructors
+    @classmethod
+    def from_csr(cls, row_ptr, col_idx, values, shape, **kwargs) -> "SparseWeight":
+        return cls(row_ptr, col_idx, values, shape, **kwargs)
+
+    @classmethod
+    def from_dense(cls, dense: torch.Tensor, mask: torch.Tensor | None = None) -> "SparseWeight":
+        """Keeps the nonzeros of ``dense`` (or the True entries of ``mask``). For tests and
+        small matrices: the input is dense by definition."""
+        if not isinstance(dense, torch.Tensor) or dense.dim() != 2:
+            raise ValueError("dense must be a 2-D torch.Tensor")
+        dense = dense.detach()
+        if mask is None:
+            mask = dense != 0
+        elif mask.shape != dense.shape:
+            raise ValueError(f"mask must have the shape of dense {tuple(dense.shape)}, got {tuple(mask.shape)}")
+        mask = mask.to(torch.bool)
+        row, col = mask.nonzero(as_tuple=True)
+        counts = torch.bincount(row, minlength=dense.shape[0])
+        row_ptr = torch.zeros(dense.shape[0] + 1, dtype=torch.int64, device=dense.device)
+        torch.cumsum(counts, 0, out=row_ptr[1:])
+        values = dense[row, col]
+        if not values.is_floating_point():
+            values = values.float()
+        return cls(row_ptr, col.to(torch.int32), values.clone(), dense.shape)
+
+    @classmethod
+    def from_scipy(cls, matrix, dtype: torch.dtype | None = None) -> "SparseWeight":
+        """From any scipy.sparse matrix/array. Duplicates are summed and rows sorted (scipy's
+        canonical form); explicitly stored zeros stay as structural entries."""
+        import scipy.sparse as sp
+
+        if not sp.issparse(matrix):
+            raise TypeError(f"matrix must be a scipy.sparse matrix, got {type(matrix).__name__}")
+        m = sp.csr_matrix(matrix, copy=True)
+        m.sum_duplicates()
+        m.sort_indices()
+        values = torch.from_numpy(np.ascontiguousarray(m.data))
+        if dtype is not None:
+            values = values.to(dtype)
+        elif values.dtype not in (torch.float32, torch.float64):
+            values = values.to(torch.float32)
+        return cls(m.indptr.astype(np.int64), m.indices.astype(np.int32), values, m.shape)
+
+    @classmethod
+    def from_torch_sparse(cls, tensor) -> "SparseWeight":
+        """From a ``torch_sparse.SparseTensor`` (PyG)."""
+        row_ptr, col, value = tensor.csr()
+        if value is None:
+            value = torch.ones(col.numel())
+        return cls(row_ptr, col.to(torch.int32), value.detach().clone(), tensor.sparse_sizes())
+
+    @classmethod
+    def random(cls, rows: int, cols: int, density: float | None = None, *, nnz: int | None = None,
+               generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> "SparseWeight":
+        """Uniformly random pattern with exactly ``nnz`` (or round(density*rows*cols)) entries,
+        values from :func:`sparse_engine.init.default_values`. O(nnz) time and memory."""
+        if (density is None) == (nnz is None):
+            raise ValueError("give exactly one of density= and nnz=")
+        if density is not None:
+            if not 0.0 <= density <= 1.0:
+                raise ValueError(f"density must be in [0, 1], got {density}")
+            nnz = int(round(density * rows * cols))
+        row_ptr, col_idx = _init.random_pattern(rows, cols, nnz, generator)
+        values = _init.default_values(nnz, rows, dtype, generator)
+        return cls(row_ptr, col_idx, values, (rows, cols), validate=False)
+
+    @classmethod
+    def erdos_renyi(cls, rows: int, cols: int, epsilon: float = 20.0, *, generator=None,
+                    dtype: torch.dtype = torch.float32) -> "SparseWeight":
+        """Erdos-Renyi topology (SET): density epsilon*(rows+cols)/(rows*cols), capped at 1."""
+        density = _init.erdos_renyi_density(rows, cols, epsilon)
+        return cls.random(rows, cols, density, generator=generator, dtype=dtype)
