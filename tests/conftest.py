@@ -1,0 +1,30 @@
+"""Shared fixtures: random sparse weights with the awkward cases built in."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from sparse_engine import SparseWeight
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+
+def random_weight(rows, cols, density, dtype=torch.float64, *, generator=None, empty_rows=0, full_rows=0):
+    """A SparseWeight from a random mask (dense, so small sizes only), with ``empty_rows`` rows
+    holding nothing and ``full_rows`` rows holding every column."""
+    g = generator or torch.Generator().manual_seed(int(torch.randint(0, 2**31, ()).item()))
+    mask = torch.rand(rows, cols, generator=g) < density
+    if rows:
+        perm = torch.randperm(rows, generator=g)
+        mask[perm[:empty_rows]] = False
+        mask[perm[empty_rows:empty_rows + full_rows]] = True
+    dense = torch.randn(rows, cols, generator=g, dtype=dtype)
+    return SparseWeight.from_dense(dense, mask)
+
+
+@pytest.fixture
+def rng():
+    """A fresh, randomly seeded generator; the seed is printed so a failure can be replayed."""
+    seed = int(torch.randint(0, 2**31, ()).item())
+    print(f"generator seed {seed}")
+    return torch.Generator().manual_seed(seed)

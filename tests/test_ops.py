@@ -1,0 +1,195 @@
+"""spmm, spmm_t and sddmm against a float64 dense reference, gradcheck and torch.compile."""
+import pytest
+import torch
+
+from sparse_engine import SparseWeight, ops
+from conftest import random_weight
+
+# (rows, cols, density, empty_rows, full_rows): 1x1, one column, one row, empty matrices,
+# nnz 0, rows with no entries, rows holding every column, larger sizes.
+SHAPES = [
+    (1, 1, 1.0, 0, 0),
+    (1, 1, 0.0, 0, 0),
+    (7, 1, 0.5, 2, 1),
+    (1, 9, 0.5, 0, 1),
+    (0, 5, 0.5, 0, 0),
+    (5, 0, 0.5, 0, 0),
+    (0, 0, 0.5, 0, 0),
+    (6, 8, 0.0, 0, 0),
+    (37, 53, 0.2, 5, 2),
+    (200, 150, 0.05, 20, 1),
+    (513, 1031, 0.01, 30, 3),
+]
+BATCHES = [1, 3, 64, 67]
+TOL = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-5)}
+
+
+def reference(W):
+    return W.to_dense().double()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("B", BATCHES)
+def test_kernels_match_dense_reference(shape, B, dtype, rng):
+    rows, cols, density, empty, full = shape
+    W = random_weight(rows, cols, density, dtype, generator=rng, empty_rows=empty, full_rows=full)
+    X = torch.randn(cols, B, generator=rng, dtype=dtype)
+    G = torch.randn(rows, B, generator=rng, dtype=dtype)
+    D = reference(W)
+    torch.testing.assert_close(ops.spmm(W, X).double(), D @ X.double(), **TOL[dtype])
+    torch.testing.assert_close(ops.spmm_t(W, G).double(), D.T @ G.double(), **TOL[dtype])
+    row, col, _ = W.coo()
+    expected = (G.double() @ X.double().T)[row, col]
+    torch.testing.assert_close(ops.sddmm(W, G, X).double(), expected, **TOL[dtype])
+
+
+def test_outputs_have_expected_shapes_and_dtypes(rng):
+    W = random_weight(4, 6, 0.5, torch.float32, generator=rng)
+    assert ops.spmm(W, torch.randn(6, 2)).shape == (4, 2)
+    assert ops.spmm_t(W, torch.randn(4, 2)).shape == (6, 2)
+    out = ops.sddmm(W, torch.randn(4, 2), torch.randn(6, 2))
+    assert out.shape == (W.nnz,) and out.dtype == torch.float32
+
+
+def test_non_contiguous_inputs(rng):
+    W = random_weight(40, 30, 0.2, generator=rng, empty_rows=3)
+    D = reference(W)
+    X = torch.randn(9, 30, generator=rng, dtype=torch.float64).T  # (30 x 9), transposed view
+    G = torch.randn(40, 18, generator=rng, dtype=torch.float64)[:, ::2]  # strided columns
+    assert not X.is_contiguous() and not G.is_contiguous()
+    torch.testing.assert_close(ops.spmm(W, X), D @ X)
+    torch.testing.assert_close(ops.spmm_t(W, G), D.T @ G)
+    row, col, _ = W.coo()
+    torch.testing.assert_close(ops.sddmm(W, G, X), (G @ X.T)[row, col])
+
+
+def test_power_law_rows_large(rng):
+    """Skewed row lengths (a few rows hold most entries), as in trained networks."""
+    rows, cols = 3000, 2000
+    lengths = torch.clamp((torch.rand(rows, generator=rng) ** -1.5).long(), max=cols)
+    lengths[torch.randperm(rows, generator=rng)[:100]] = 0
+    cols_per_row = [torch.randperm(cols, generator=rng)[:int(n)].sort().values for n in lengths]
+    row_ptr = torch.zeros(rows + 1, dtype=torch.int64)
+    row_ptr[1:] = torch.cumsum(lengths, 0)
+    col_idx = torch.cat(cols_per_row).to(torch.int32)
+    W = SparseWeight(row_ptr, col_idx, torch.randn(col_idx.numel(), generator=rng, dtype=torch.float64), (rows, cols))
+    X = torch.randn(cols, 32, generator=rng, dtype=torch.float64)
+    G = torch.randn(rows, 32, generator=rng, dtype=torch.float64)
+    D = reference(W)
+    torch.testing.assert_close(ops.spmm(W, X), D @ X)
+    torch.testing.assert_close(ops.spmm_t(W, G), D.T @ G)
+    row, col, _ = W.coo()
+    torch.testing.assert_close(ops.sddmm(W, G, X), (G @ X.T)[row, col])
+
+
+def test_thread_count_does_not_change_results(rng):
+    W = random_weight(300, 200, 0.1, torch.float32, generator=rng, empty_rows=10, full_rows=2)
+    X = torch.randn(200, 33, generator=rng)
+    G = torch.randn(300, 33, generator=rng)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = (ops.spmm(W, X), ops.spmm_t(W, G), ops.sddmm(W, G, X))
+        torch.set_num_threads(max(2, before))
+        multi = (ops.spmm(W, X), ops.spmm_t(W, G), ops.sddmm(W, G, X))
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(single, multi):
+        assert torch.equal(a, b)  # each output element is summed in the same order
+
+
+# ------------------------------------------------------------------------ autograd
+@pytest.mark.parametrize("shape", [(5, 4, 0.5, 1, 1), (1, 1, 1.0, 0, 0), (6, 3, 0.0, 0, 0), (12, 9, 0.3, 2, 1)])
+@pytest.mark.parametrize("B", [1, 4])
+def test_gradcheck_all_ops(shape, B, rng):
+    rows, cols, density, empty, full = shape
+    W = random_weight(rows, cols, density, generator=rng, empty_rows=empty, full_rows=full)
+    idx = W.index
+    v = W.values.detach().clone().requires_grad_()
+    X = torch.randn(cols, B, generator=rng, dtype=torch.float64, requires_grad=True)
+    G = torch.randn(rows, B, generator=rng, dtype=torch.float64, requires_grad=True)
+    sp = torch.ops.sparse_engine
+    assert torch.autograd.gradcheck(lambda v, X: sp.spmm(*idx, v, X), (v, X))
+    assert torch.autograd.gradcheck(lambda v, G: sp.spmm_t(*idx, v, G), (v, G))
+    assert torch.autograd.gradcheck(lambda G, X: sp.sddmm(*idx, G, X), (G, X))
+    assert torch.autograd.gradgradcheck(lambda v, X: sp.spmm(*idx, v, X), (v, X))
+
+
+def test_gradients_match_dense_autograd(rng):
+    W = random_weight(30, 20, 0.3, generator=rng, empty_rows=3)
+    X = torch.randn(20, 5, generator=rng, dtype=torch.float64, requires_grad=True)
+    up = torch.randn(30, 5, generator=rng, dtype=torch.float64)
+    (ops.spmm(W, X) * up).sum().backward()
+    D = reference(W).requires_grad_()
+    X2 = X.detach().clone().requires_grad_()
+    ((D @ X2) * up).sum().backward()
+    row, col, _ = W.coo()
+    torch.testing.assert_close(W.values.grad, D.grad[row, col])
+    torch.testing.assert_close(X.grad, X2.grad)
+
+
+def test_only_requested_gradients_are_computed(rng):
+    W = random_weight(8, 6, 0.5, generator=rng)
+    W.values.requires_grad_(False)
+    X = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    ops.spmm(W, X).sum().backward()
+    assert W.values.grad is None and X.grad is not None
+
+
+# ----------------------------------------------------------------------- compile
+def test_torch_compile_fullgraph_forward_and_backward(rng):
+    W = random_weight(50, 40, 0.2, torch.float32, generator=rng, empty_rows=4)
+
+    def f(v, X, G):
+        idx = W.index
+        sp = torch.ops.sparse_engine
+        y = sp.spmm(*idx, v, X)
+        z = sp.spmm_t(*idx, v, G)
+        s = sp.sddmm(*idx, G, X)
+        return (y * y).sum() + (z * z).sum() + (s * v).sum()
+
+    X = torch.randn(40, 7, generator=rng)
+    G = torch.randn(50, 7, generator=rng)
+    v1 = W.values.detach().clone().requires_grad_()
+    v2 = v1.detach().clone().requires_grad_()
+    eager = f(v1, X, G)
+    eager.backward()
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")(v2, X, G)
+    compiled.backward()
+    torch.testing.assert_close(compiled, eager)
+    torch.testing.assert_close(v2.grad, v1.grad)
+
+
+# --------------------------------------------------------------------- bad input
+def test_bad_inputs_raise_clear_errors(rng):
+    W = random_weight(4, 6, 0.5, torch.float32, generator=rng)
+    with pytest.raises(ValueError, match="X must have 6 rows"):
+        ops.spmm(W, torch.randn(5, 2))
+    with pytest.raises(ValueError, match="X must be 2-D"):
+        ops.spmm(W, torch.randn(6))
+    with pytest.raises(TypeError, match="X must have dtype torch.float32"):
+        ops.spmm(W, torch.randn(6, 2, dtype=torch.float64))
+    with pytest.raises(TypeError, match="X must be a torch.Tensor"):
+        ops.spmm(W, [[1.0]])
+    with pytest.raises(ValueError, match="G must have 4 rows"):
+        ops.spmm_t(W, torch.randn(6, 2))
+    with pytest.raises(ValueError, match="same batch size"):
+        ops.sddmm(W, torch.randn(4, 2), torch.randn(6, 3))
+    with pytest.raises(TypeError, match="W must be a sparse_engine.SparseWeight"):
+        ops.spmm(torch.randn(4, 6), torch.randn(6, 2))
+
+
+def test_raw_operator_checks_reach_python_as_value_and_type_errors(rng):
+    W = random_weight(4, 6, 0.5, torch.float32, generator=rng)
+    sp = torch.ops.sparse_engine
+    with pytest.raises(ValueError, match="X must have 6 rows"):
+        sp.spmm(*W.index, W.values, torch.randn(3, 2))
+    with pytest.raises(ValueError, match="values must be 1-D with nnz"):
+        sp.spmm(*W.index, W.values[:-1], torch.randn(6, 2))
+    with pytest.raises(TypeError, match="col_idx must be int32"):
+        sp.spmm(W.row_ptr, W.col_idx.long(), *W.index[2:], W.values, torch.randn(6, 2))
+    with pytest.raises(TypeError, match="values must be float32 or float64"):
+        sp.spmm(*W.index, W.values.detach().half(), torch.randn(6, 2).half())
+    with pytest.raises(ValueError, match="out of range"):
+        sp.transpose_index(W.row_ptr, W.col_idx, 2)

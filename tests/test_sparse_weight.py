@@ -1,0 +1,215 @@
+"""SparseWeight: storage invariants, constructors, conversions, validation, state_dict."""
+import io
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from sparse_engine import SparseWeight
+from sparse_engine.init import erdos_renyi_density, random_pattern
+from conftest import random_weight
+
+
+def assert_canonical(W):
+    """CSR invariants: row_ptr monotone from 0 to nnz, columns sorted/unique/in range."""
+    rows, cols = W.shape
+    rp, ci = W.row_ptr, W.col_idx.long()
+    assert rp.dtype == torch.int64 and W.col_idx.dtype == torch.int32
+    assert rp.numel() == rows + 1 and rp[0] == 0 and rp[-1] == W.nnz
+    assert bool((rp.diff() >= 0).all())
+    for r in range(rows):
+        seg = ci[rp[r]:rp[r + 1]]
+        assert bool((seg.diff() > 0).all()) and (seg.numel() == 0 or (0 <= seg.min() and seg.max() < cols))
+
+
+def assert_transpose_consistent(W):
+    """The transposed index lists every entry exactly once, in column order, rows sorted."""
+    row, col, _ = W.coo()
+    perm = W.csc_perm
+    assert torch.equal(torch.sort(perm).values, torch.arange(W.nnz))
+    assert torch.equal(col[perm], torch.repeat_interleave(torch.arange(W.shape[1]), W.csc_ptr.diff()))
+    assert torch.equal(row[perm], W.csc_row.long())
+
+
+@pytest.mark.parametrize("rows,cols,density", [(0, 0, 0.5), (1, 1, 1.0), (10, 1, 0.5), (50, 70, 0.1), (30, 30, 1.0)])
+def test_from_dense_round_trip_and_invariants(rows, cols, density, rng):
+    W = random_weight(rows, cols, density, generator=rng, empty_rows=min(rows, 2))
+    assert_canonical(W)
+    assert_transpose_consistent(W)
+    assert W.shape == (rows, cols)
+    assert W.density == pytest.approx(W.nnz / (rows * cols) if rows * cols else 0.0)
+    dense = W.to_dense()
+    assert torch.equal(SparseWeight.from_dense(dense).to_dense(), dense)
+
+
+def test_coo_view_matches_dense(rng):
+    W = random_weight(20, 15, 0.3, generator=rng, empty_rows=3)
+    row, col, v = W.coo()
+    dense = torch.zeros(W.shape, dtype=v.dtype)
+    dense[row, col] = v.detach()
+    assert torch.equal(dense, W.to_dense())
+
+
+def test_scipy_round_trip_and_canonicalisation(rng):
+    W = random_weight(25, 40, 0.2, generator=rng)
+    m = W.to_scipy()
+    assert isinstance(m, sp.csr_matrix) and m.shape == W.shape
+    np.testing.assert_array_equal(m.toarray(), W.to_dense().numpy())
+    assert torch.equal(SparseWeight.from_scipy(m).to_dense(), W.to_dense())
+    # unsorted COO input with duplicates is summed and sorted, as scipy defines it
+    coo = sp.coo_matrix(([1.0, 2.0, 3.0], ([0, 0, 1], [2, 2, 0])), shape=(2, 3))
+    W2 = SparseWeight.from_scipy(coo)
+    assert W2.nnz == 2
+    np.testing.assert_array_equal(W2.to_dense().numpy(), coo.toarray())
+    with pytest.raises(TypeError, match="matrix must be a scipy.sparse"):
+        SparseWeight.from_scipy(np.eye(3))
+
+
+def test_torch_sparse_csr_conversion(rng):
+    W = random_weight(12, 9, 0.3, generator=rng)
+    t = W.to_torch_sparse_csr()
+    assert t.layout == torch.sparse_csr
+    assert torch.equal(t.to_dense(), W.to_dense())
+
+
+def test_torch_sparse_conversion_when_installed(rng):
+    pytest.importorskip("torch_sparse", reason="optional extra torch-sparse is not installed")
+    W = random_weight(12, 9, 0.3, generator=rng)
+    back = SparseWeight.from_torch_sparse(W.to_torch_sparse())
+    assert torch.equal(back.to_dense(), W.to_dense())
+
+
+@pytest.mark.parametrize("rows,cols,nnz", [(1, 1, 1), (100, 80, 0), (100, 80, 400), (50, 40, 2000), (30, 20, 500)])
+def test_random_pattern_exact_nnz_unique_sorted(rows, cols, nnz, rng):
+    row_ptr, col_idx = random_pattern(rows, cols, nnz, rng)
+    W = SparseWeight(row_ptr, col_idx, torch.zeros(nnz), (rows, cols))  # validates
+    assert W.nnz == nnz
+    assert_canonical(W)
+
+
+def test_random_is_reproducible_with_a_generator():
+    a = SparseWeight.random(300, 200, 0.05, generator=torch.Generator().manual_seed(3))
+    b = SparseWeight.random(300, 200, 0.05, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a.col_idx, b.col_idx) and torch.equal(a.values, b.values)
+
+
+def test_random_positions_are_uniform(rng):
+    """Every position is equally likely: per-row and per-column counts over many draws
+    stay within a generous binomial bound."""
+    rows, cols, nnz, draws = 8, 8, 16, 2000
+    counts = torch.zeros(rows, cols)
+    for _ in range(draws):
+        counts += SparseWeight.random(rows, cols, nnz=nnz, generator=rng).to_dense().ne(0).float()
+    p = nnz / (rows * cols)
+    mean, sd = draws * p, (draws * p * (1 - p)) ** 0.5
+    assert float((counts - mean).abs().max()) < 5 * sd
+
+
+def test_random_builds_huge_shapes_in_o_nnz():
+    """100k x 100k (10^10 positions) at 10 per row: only O(nnz) work and memory."""
+    W = SparseWeight.random(100_000, 100_000, nnz=1_000_000, generator=torch.Generator().manual_seed(0))
+    assert W.nnz == 1_000_000 and W.row_ptr.numel() == 100_001
+    W.validate()  # sorted, unique, in range
+
+
+def test_erdos_renyi_density_and_cap():
+    assert erdos_renyi_density(1000, 500, 20) == pytest.approx(20 * 1500 / 500_000)
+    assert erdos_renyi_density(10, 10, 20) == 1.0
+    W = SparseWeight.erdos_renyi(1000, 500, epsilon=20, generator=torch.Generator().manual_seed(0))
+    assert W.nnz == round(20 * 1500)
+    with pytest.raises(ValueError, match="epsilon must be > 0"):
+        erdos_renyi_density(10, 10, 0)
+
+
+def test_default_values_scale_with_fan_in():
+    W = SparseWeight.random(1000, 10_000, nnz=100_000, generator=torch.Generator().manual_seed(0))
+    bound = 1 / (100_000 / 1000) ** 0.5
+    assert float(W.values.detach().abs().max()) <= bound
+    assert float(W.values.detach().abs().max()) > 0.9 * bound
+
+
+# --------------------------------------------------------------------- validation
+def make(rp, ci, v=None, shape=(2, 3)):
+    v = torch.ones(len(ci)) if v is None else v
+    return SparseWeight(torch.tensor(rp), torch.tensor(ci, dtype=torch.int32), v, shape)
+
+
+@pytest.mark.parametrize("rp,ci,match", [
+    ([0, 1], [0], "row_ptr must have rows\\+1=3"),
+    ([1, 1, 1], [0], "row_ptr\\[0\\] must be 0"),
+    ([0, 1, 3], [0, 1], "row_ptr\\[-1\\] must equal nnz=2"),
+    ([0, 2, 2], [0, 3], "col_idx entries must be in \\[0, cols=3\\)"),
+    ([0, 2, 2], [0, -1], "col_idx entries must be in"),
+    ([0, 2, 2], [2, 1], "unsorted column 1 in row 0"),
+    ([0, 1, 3], [0, 2, 2], "duplicate column 2 in row 1"),
+])
+def test_invalid_structure_raises_value_error(rp, ci, match):
+    with pytest.raises(ValueError, match=match):
+        make(rp, ci)
+
+
+def test_non_monotone_row_ptr_is_rejected():
+    with pytest.raises(ValueError, match="non-decreasing"):
+        make([0, 2, 1, 2], [0, 1], shape=(3, 3))
+
+
+def test_invalid_dtypes_and_lengths():
+    with pytest.raises(ValueError, match="values must have nnz=2"):
+        make([0, 1, 2], [0, 1], torch.ones(3))
+    with pytest.raises(TypeError, match="values must be float32 or float64"):
+        make([0, 1, 2], [0, 1], torch.ones(2, dtype=torch.int64))
+    with pytest.raises(TypeError, match="col_idx must be an integer tensor"):
+        SparseWeight(torch.tensor([0, 1]), torch.tensor([0.0]), torch.ones(1), (1, 2))
+    with pytest.raises(ValueError, match="row_ptr must be 1-D"):
+        SparseWeight(torch.zeros(2, 2, dtype=torch.int64), torch.tensor([0], dtype=torch.int32), torch.ones(1), (1, 2))
+    with pytest.raises(ValueError, match="shape must be non-negative"):
+        make([0], [], shape=(-1, 3))
+    with pytest.raises(ValueError, match="give exactly one of density= and nnz="):
+        SparseWeight.random(3, 3)
+    with pytest.raises(ValueError, match="density must be in \\[0, 1\\]"):
+        SparseWeight.random(3, 3, 1.5)
+    with pytest.raises(ValueError, match="nnz must be in \\[0, rows\\*cols=9\\]"):
+        SparseWeight.random(3, 3, nnz=10)
+
+
+# --------------------------------------------------------------------- state_dict
+def test_state_dict_round_trip_bit_exact_with_other_nnz(rng):
+    a = random_weight(30, 20, 0.3, torch.float32, generator=rng)
+    b = random_weight(30, 20, 0.05, torch.float32, generator=rng)
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    param = b.values
+    b.load_state_dict(torch.load(buf))
+    assert b.values is param  # optimizers holding the Parameter keep working
+    assert torch.equal(b.to_dense(), a.to_dense())
+    assert torch.equal(b.csc_perm, a.csc_perm) and b.shape == a.shape
+
+
+def test_loading_a_corrupt_state_dict_raises():
+    sd = make([0, 2, 3], [0, 2, 1]).state_dict()
+    sd["col_idx"] = torch.tensor([2, 0, 1], dtype=torch.int32)  # row 0 unsorted
+    with pytest.raises(ValueError, match="unsorted column 0 in row 0"):
+        make([0, 1, 1], [0]).load_state_dict(sd)
+
+
+def test_to_dtype_moves_values_but_not_indices(rng):
+    W = random_weight(6, 4, 0.5, torch.float32, generator=rng).to(torch.float64)
+    assert W.values.dtype == torch.float64 and W.col_idx.dtype == torch.int32 and W.row_ptr.dtype == torch.int64
+
+
+def test_set_pattern_keeps_parameter_and_rebuilds_transpose(rng):
+    W = random_weight(10, 8, 0.3, generator=rng)
+    other = random_weight(10, 8, 0.6, generator=rng)
+    param = W.values
+    W.set_pattern(other.row_ptr, other.col_idx, other.values.detach())
+    assert W.values is param and torch.equal(W.to_dense(), other.to_dense())
+    assert_transpose_consistent(W)
+    with pytest.raises(ValueError):
+        W.set_pattern(other.row_ptr, torch.flip(other.col_idx, [0]), other.values.detach())
+
+
+def test_repr_names_shape_nnz_density(rng):
+    W = random_weight(10, 8, 0.3, generator=rng)
+    assert f"nnz={W.nnz}" in repr(W) and "shape=(10, 8)" in repr(W) and "density=" in repr(W)
