@@ -1,0 +1,462 @@
+// Structure analysis kernels (OpenMP): the signed triad census and the transitive semicycles
+// (feed-forward loops) of the directed signed graph of a square CSR matrix, and
+// degree-preserving edge swaps for null models.
+//
+// Graph convention: CSR entry (r, c) with value w != 0 and r != c is the directed edge c -> r
+// (presynaptic c, postsynaptic r, as in y = W x) with weight w. Explicit zeros and self-loops
+// are not edges.
+//
+// Census algorithm (never looks at all triples; in the spirit of Batagelj & Mrvar 2001):
+//   * every node's neighbours (union of in- and out-neighbours) are merged from its CSR row
+//     and its column (a transposed index built here), giving per dyad the bits out/in and the
+//     sign of each direction;
+//   * triads with three connected dyads are triangles, enumerated once each by orienting
+//     every undirected edge from lower to higher (degree, id) rank and marking neighbours:
+//     O(m^1.5) worst case, about O(m * average forward degree) in practice;
+//   * triads with exactly two dyads are open wedges: all wedges at each centre are counted
+//     from the numbers of out-, in- and mutual neighbours, minus the closed ones (triangles);
+//   * triads with exactly one dyad: for the edge {u, v}: n - deg u - deg v + t_uv, where t_uv
+//     (triangles through the edge) is summed during triangle enumeration;
+//   * 003 is C(n, 3) minus the rest, done in Python (exact integers).
+// Signed part: in triads of the transitive types 030T, 120D, 120U and 300, every ordered
+// (i, j, k) with edges i->j, j->k and i->k is a transitive semicycle, balanced when
+// sign(w_ij) sign(w_jk) sign(w_ik) > 0, each w the weight of that directed edge (reciprocal
+// edges keep their own signs).
+#include <torch/library.h>
+#include <omp.h>
+#include <random>
+#include <unordered_set>
+#include "common.h"
+
+namespace sparse_engine {
+namespace {
+
+// networkx's TRICODES (6-bit triad code -> type), 0-based: 0 = 003 ... 15 = 300.
+// Code bits for an ordered triple (a, b, c): a->b 1, b->a 2, a->c 4, c->a 8, b->c 16, c->b 32.
+constexpr int8_t kTricode[64] = {0, 1, 1, 2, 1, 3, 5, 7, 1, 5, 4, 6, 2, 7, 6, 10,
+                                 1, 5, 3, 7, 4, 8, 8, 12, 5, 9, 8, 13, 6, 13, 11, 14,
+                                 1, 4, 5, 6, 5, 8, 9, 13, 3, 8, 8, 11, 7, 12, 13, 14,
+                                 2, 6, 7, 10, 6, 11, 13, 14, 7, 13, 12, 14, 10, 14, 14, 15};
+// Transitive types -> slot 0..3 (030T, 120D, 120U, 300), others -1.
+constexpr int8_t kTransSlot[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, -1, -1, 1, 2, -1, -1, 3};
+constexpr int kSigned = 5;  // per transitive type: balanced, unbalanced semicycles, CB, PB, CI
+
+// Dyad info seen from one end: bit 0 this->other, bit 1 other->this, bit 2 this->other is
+// negative, bit 3 other->this is negative.
+constexpr uint8_t kOut = 1, kIn = 2, kOutNeg = 4, kInNeg = 8;
+inline uint8_t flip(uint8_t x) {
+  return static_cast<uint8_t>(((x & kOut) << 1) | ((x & kIn) >> 1) | ((x & kOutNeg) << 1) | ((x & kInNeg) >> 1));
+}
+
+// Forward (rank-oriented) adjacency of the underlying undirected graph.
+struct Graph {
+  int64_t n = 0;
+  std::vector<int64_t> deg;                 // undirected degree
+  std::vector<int64_t> n_out, n_in, n_mut;  // neighbours by dyad kind
+  std::vector<int64_t> fptr;                // n+1
+  std::vector<int32_t> fnbr;
+  std::vector<uint8_t> finfo;
+  std::vector<int64_t> fpos_out, fpos_in;   // CSR positions of u->v and v->u (-1: none), optional
+  int64_t sum_asym = 0, sum_mut = 0;        // sum over edges of n - deg u - deg v
+};
+
+inline bool higher(const Graph& g, int64_t a, int64_t b) {  // rank(b) > rank(a)
+  return g.deg[b] > g.deg[a] || (g.deg[b] == g.deg[a] && b > a);
+}
+
+template <typename scalar_t>
+struct Builder {
+  int64_t n;
+  const int64_t* rp;
+  const int32_t* ci;
+  const scalar_t* val;
+  std::vector<int64_t> optr;  // out-lists: transposed CSR
+  std::vector<int32_t> onbr;
+  std::vector<int64_t> opos;
+
+  bool valid(int64_t r, int64_t k) const { return ci[k] != r && val[k] != scalar_t(0); }
+
+  void build_out() {
+    optr.assign(n + 1, 0);
+    const int64_t m = rp[n];
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t k = rp[r]; k < rp[r + 1]; ++k)
+        if (valid(r, k)) ++optr[ci[k] + 1];
+    for (int64_t c = 0; c < n; ++c) optr[c + 1] += optr[c];
+    onbr.resize(optr[n]);
+    opos.resize(optr[n]);
+    std::vector<int64_t> next(optr.begin(), optr.end() - 1);
+    (void)m;
+    for (int64_t r = 0; r < n; ++r)  // rows in order: out-lists come out sorted
+      for (int64_t k = rp[r]; k < rp[r + 1]; ++k)
+        if (valid(r, k)) {
+          const int64_t d = next[ci[k]]++;
+          onbr[d] = static_cast<int32_t>(r);
+          opos[d] = k;
+        }
+  }
+
+  // Calls f(v, info, pos_out, pos_in) for every neighbour v of u in increasing order.
+  template <typename F>
+  void merge(int64_t u, F&& f) const {
+    int64_t a = rp[u], ae = rp[u + 1];      // in-edges c -> u (row u)
+    int64_t b = optr[u], be = optr[u + 1];  // out-edges u -> r
+    while (true) {
+      while (a < ae && !valid(u, a)) ++a;
+      const bool ha = a < ae, hb = b < be;
+      if (!ha && !hb) break;
+      const int64_t va = ha ? ci[a] : INT64_MAX, vb = hb ? onbr[b] : INT64_MAX;
+      if (va == vb) {
+        uint8_t info = kOut | kIn | (val[opos[b]] < 0 ? kOutNeg : 0) | (val[a] < 0 ? kInNeg : 0);
+        f(va, info, opos[b], a);
+        ++a, ++b;
+      } else if (va < vb) {
+        f(va, static_cast<uint8_t>(kIn | (val[a] < 0 ? kInNeg : 0)), int64_t(-1), a);
+        ++a;
+      } else {
+        f(vb, static_cast<uint8_t>(kOut | (val[opos[b]] < 0 ? kOutNeg : 0)), opos[b], int64_t(-1));
+        ++b;
+      }
+    }
+  }
+};
+
+template <typename scalar_t>
+Graph build_graph(const int64_t* rp, const int32_t* ci, const scalar_t* val, int64_t n, bool positions) {
+  Builder<scalar_t> bld{n, rp, ci, val, {}, {}, {}};
+  bld.build_out();
+  Graph g;
+  g.n = n;
+  g.deg.assign(n, 0);
+  g.n_out.assign(n, 0);
+  g.n_in.assign(n, 0);
+  g.n_mut.assign(n, 0);
+#pragma omp parallel for schedule(dynamic, 256) num_threads(at::get_num_threads())
+  for (int64_t u = 0; u < n; ++u) {
+    int64_t o = 0, i = 0, mu = 0;
+    bld.merge(u, [&](int64_t, uint8_t info, int64_t, int64_t) {
+      if ((info & 3) == 3) ++mu; else if (info & kOut) ++o; else ++i;
+    });
+    g.n_out[u] = o, g.n_in[u] = i, g.n_mut[u] = mu, g.deg[u] = o + i + mu;
+  }
+  g.fptr.assign(n + 1, 0);
+  int64_t sa = 0, sm = 0;
+#pragma omp parallel for schedule(dynamic, 256) num_threads(at::get_num_threads()) reduction(+ : sa, sm)
+  for (int64_t u = 0; u < n; ++u) {
+    int64_t f = 0;
+    bld.merge(u, [&](int64_t v, uint8_t info, int64_t, int64_t) {
+      if (higher(g, u, v)) {
+        ++f;
+        const int64_t s = n - g.deg[u] - g.deg[v];
+        if ((info & 3) == 3) sm += s; else sa += s;
+      }
+    });
+    g.fptr[u + 1] = f;
+  }
+  g.sum_asym = sa, g.sum_mut = sm;
+  for (int64_t u = 0; u < n; ++u) g.fptr[u + 1] += g.fptr[u];
+  const int64_t fm = g.fptr[n];
+  g.fnbr.resize(fm);
+  g.finfo.resize(fm);
+  if (positions) {
+    g.fpos_out.resize(fm);
+    g.fpos_in.resize(fm);
+  }
+#pragma omp parallel for schedule(dynamic, 256) num_threads(at::get_num_threads())
+  for (int64_t u = 0; u < n; ++u) {
+    int64_t d = g.fptr[u];
+    bld.merge(u, [&](int64_t v, uint8_t info, int64_t po, int64_t pi) {
+      if (higher(g, u, v)) {
+        g.fnbr[d] = static_cast<int32_t>(v);
+        g.finfo[d] = info;
+        if (positions) g.fpos_out[d] = po, g.fpos_in[d] = pi;
+        ++d;
+      }
+    });
+  }
+  return g;
+}
+
+// Calls f(u, v, w, fuv, fvw, fuw) once per triangle; f* are forward-list indices of the dyads
+// (u,v) seen from u, (v,w) seen from v, (u,w) seen from u. f is called concurrently; tid is the
+// OpenMP thread number.
+template <typename F>
+void for_each_triangle(const Graph& g, F&& f) {
+  const int64_t n = g.n;
+#pragma omp parallel num_threads(at::get_num_threads())
+  {
+    std::vector<int64_t> mark(n, -1);
+    const int tid = omp_get_thread_num();
+#pragma omp for schedule(dynamic, 64)
+    for (int64_t u = 0; u < n; ++u) {
+      const int64_t b = g.fptr[u], e = g.fptr[u + 1];
+      if (e - b < 2) continue;
+      for (int64_t x = b; x < e; ++x) mark[g.fnbr[x]] = x;
+      for (int64_t x = b; x < e; ++x) {
+        const int64_t v = g.fnbr[x];
+        for (int64_t y = g.fptr[v]; y < g.fptr[v + 1]; ++y) {
+          const int64_t z = mark[g.fnbr[y]];
+          if (z >= 0) f(tid, u, v, static_cast<int64_t>(g.fnbr[y]), x, y, z);
+        }
+      }
+      for (int64_t x = b; x < e; ++x) mark[g.fnbr[x]] = -1;
+    }
+  }
+}
+
+inline int tricode(uint8_t uv, uint8_t uw, uint8_t vw) {  // ordered (a, b, c) = (u, v, w)
+  return (uv & 3) | ((uw & 3) << 2) | ((vw & 3) << 4);
+}
+inline int wedge_type(uint8_t ab, uint8_t ac) { return kTricode[(ab & 3) | ((ac & 3) << 2)]; }
+
+// Directed edges of a triangle (nodes 0, 1, 2 = u, v, w): E exists, S negative.
+struct Tri {
+  bool E[3][3];
+  bool S[3][3];
+  Tri(uint8_t uv, uint8_t uw, uint8_t vw) {
+    set(0, 1, uv);
+    set(0, 2, uw);
+    set(1, 2, vw);
+  }
+  void set(int a, int b, uint8_t x) {
+    E[a][b] = x & kOut, S[a][b] = x & kOutNeg;
+    E[b][a] = x & kIn, S[b][a] = x & kInNeg;
+  }
+};
+constexpr int kPerm[6][3] = {{0, 1, 2}, {0, 2, 1}, {1, 0, 2}, {1, 2, 0}, {2, 0, 1}, {2, 1, 0}};
+
+struct Counts {
+  int64_t tri[16] = {0};
+  int64_t closed[16] = {0};
+  int64_t t_asym = 0, t_mut = 0;
+  int64_t sig[4][kSigned] = {{0}};
+};
+
+template <typename scalar_t>
+std::tuple<at::Tensor, at::Tensor> census_impl(const int64_t* rp, const int32_t* ci, const scalar_t* val,
+                                               int64_t n) {
+  Graph g = build_graph(rp, ci, val, n, false);
+  std::vector<Counts> local(at::get_num_threads());
+  for_each_triangle(g, [&](int tid, int64_t, int64_t, int64_t, int64_t x, int64_t y, int64_t z) {
+    Counts& c = local[tid];
+    const uint8_t uv = g.finfo[x], vw = g.finfo[y], uw = g.finfo[z];
+    const int t = kTricode[tricode(uv, uw, vw)];
+    ++c.tri[t];
+    ++c.closed[wedge_type(uv, uw)];
+    ++c.closed[wedge_type(flip(uv), vw)];
+    ++c.closed[wedge_type(flip(uw), flip(vw))];
+    for (uint8_t d : {uv, vw, uw}) {
+      if ((d & 3) == 3) ++c.t_mut; else ++c.t_asym;
+    }
+    const int slot = kTransSlot[t];
+    if (slot < 0) return;
+    Tri T(uv, uw, vw);
+    int bal = 0, unb = 0;
+    for (const auto& p : kPerm) {
+      const int i = p[0], j = p[1], k = p[2];
+      if (T.E[i][j] && T.E[j][k] && T.E[i][k]) {
+        if (T.S[i][j] ^ T.S[j][k] ^ T.S[i][k]) ++unb; else ++bal;
+      }
+    }
+    c.sig[slot][0] += bal;
+    c.sig[slot][1] += unb;
+    ++c.sig[slot][unb == 0 ? 2 : (bal == 0 ? 4 : 3)];
+  });
+  Counts tot;
+  for (const auto& c : local) {
+    for (int t = 0; t < 16; ++t) tot.tri[t] += c.tri[t], tot.closed[t] += c.closed[t];
+    tot.t_asym += c.t_asym, tot.t_mut += c.t_mut;
+    for (int s = 0; s < 4; ++s)
+      for (int q = 0; q < kSigned; ++q) tot.sig[s][q] += c.sig[s][q];
+  }
+  // all wedges by type, from the neighbour kinds at each centre
+  int64_t wedges[16] = {0};
+  const uint8_t O = kOut, I = kIn, M = kOut | kIn;
+  for (int64_t u = 0; u < n; ++u) {
+    const int64_t o = g.n_out[u], i = g.n_in[u], mu = g.n_mut[u];
+    wedges[wedge_type(O, O)] += o * (o - 1) / 2;
+    wedges[wedge_type(I, I)] += i * (i - 1) / 2;
+    wedges[wedge_type(O, I)] += o * i;
+    wedges[wedge_type(M, O)] += mu * o;
+    wedges[wedge_type(M, I)] += mu * i;
+    wedges[wedge_type(M, M)] += mu * (mu - 1) / 2;
+  }
+  auto census = at::zeros({16}, at::kLong);
+  int64_t* cs = census.data_ptr<int64_t>();
+  for (int t = 0; t < 16; ++t) cs[t] = tot.tri[t] + wedges[t] - tot.closed[t];
+  cs[1] = g.sum_asym + tot.t_asym;
+  cs[2] = g.sum_mut + tot.t_mut;
+  cs[0] = 0;  // 003: filled in by the caller
+  auto sig = at::zeros({4, kSigned}, at::kLong);
+  int64_t* sp = sig.data_ptr<int64_t>();
+  for (int s = 0; s < 4; ++s)
+    for (int q = 0; q < kSigned; ++q) sp[s * kSigned + q] = tot.sig[s][q];
+  return {census, sig};
+}
+
+void check_graph(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tensor& values) {
+  TORCH_CHECK_TYPE(row_ptr.scalar_type() == at::kLong, "row_ptr must be int64, got ", row_ptr.scalar_type());
+  TORCH_CHECK_TYPE(col_idx.scalar_type() == at::kInt, "col_idx must be int32, got ", col_idx.scalar_type());
+  TORCH_CHECK_VALUE(row_ptr.dim() == 1 && row_ptr.numel() >= 1, "row_ptr must be 1-D with n+1 >= 1 entries");
+  TORCH_CHECK_VALUE(row_ptr.device().is_cpu() && col_idx.device().is_cpu() && values.device().is_cpu(),
+                    "row_ptr, col_idx and values must be CPU tensors");
+  check_values(values, col_idx.numel());
+  const int64_t n = row_ptr.numel() - 1;
+  auto rp = row_ptr.contiguous();
+  auto ci = col_idx.contiguous();
+  const int64_t* p = rp.data_ptr<int64_t>();
+  const int32_t* c = ci.data_ptr<int32_t>();
+  TORCH_CHECK_VALUE(p[0] == 0 && p[n] == col_idx.numel(), "row_ptr must start at 0 and end at nnz=",
+                    col_idx.numel());
+  bool ok = true;
+#pragma omp parallel for reduction(&& : ok) num_threads(at::get_num_threads())
+  for (int64_t r = 0; r < n; ++r) {
+    if (p[r + 1] < p[r]) { ok = false; continue; }
+    for (int64_t k = p[r]; k < p[r + 1]; ++k)
+      ok = ok && c[k] >= 0 && c[k] < n && (k == p[r] || c[k] > c[k - 1]);
+  }
+  TORCH_CHECK_VALUE(ok, "row_ptr/col_idx must be a valid square CSR pattern (n=", n,
+                    ") with sorted, unique columns in [0, n) within each row");
+}
+
+std::tuple<at::Tensor, at::Tensor> signed_triad_census_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx,
+                                                           const at::Tensor& values) {
+  check_graph(row_ptr, col_idx, values);
+  auto rp = row_ptr.contiguous(), ci = col_idx.contiguous(), v = values.contiguous();
+  std::tuple<at::Tensor, at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "signed_triad_census_cpu", [&] {
+    out = census_impl<scalar_t>(rp.data_ptr<int64_t>(), ci.data_ptr<int32_t>(), v.data_ptr<scalar_t>(),
+                                rp.numel() - 1);
+  });
+  return out;
+}
+
+// Every transitive semicycle (i, j, k) in triads whose type bit is set in type_mask (bit t for
+// type t, 0 = 003 ... 15 = 300): nodes [S, 3] (i, j, k), CSR positions [S, 3] of the edges
+// i->j, j->k, i->k, and the triad type [S]. Order is unspecified (the caller sorts).
+template <typename scalar_t>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> semicycles_impl(const int64_t* rp, const int32_t* ci,
+                                                               const scalar_t* val, int64_t n, int64_t mask) {
+  Graph g = build_graph(rp, ci, val, n, true);
+  struct Local {
+    std::vector<int64_t> nodes, pos;
+    std::vector<int8_t> type;
+  };
+  std::vector<Local> local(at::get_num_threads());
+  for_each_triangle(g, [&](int tid, int64_t u, int64_t v, int64_t w, int64_t x, int64_t y, int64_t z) {
+    const uint8_t uv = g.finfo[x], vw = g.finfo[y], uw = g.finfo[z];
+    const int t = kTricode[tricode(uv, uw, vw)];
+    if (!((mask >> t) & 1)) return;
+    Tri T(uv, uw, vw);
+    const int64_t node[3] = {u, v, w};
+    int64_t P[3][3];  // CSR position of the edge a -> b
+    P[0][1] = g.fpos_out[x], P[1][0] = g.fpos_in[x];
+    P[0][2] = g.fpos_out[z], P[2][0] = g.fpos_in[z];
+    P[1][2] = g.fpos_out[y], P[2][1] = g.fpos_in[y];
+    Local& L = local[tid];
+    for (const auto& p : kPerm) {
+      const int i = p[0], j = p[1], k = p[2];
+      if (T.E[i][j] && T.E[j][k] && T.E[i][k]) {
+        L.nodes.insert(L.nodes.end(), {node[i], node[j], node[k]});
+        L.pos.insert(L.pos.end(), {P[i][j], P[j][k], P[i][k]});
+        L.type.push_back(static_cast<int8_t>(t));
+      }
+    }
+  });
+  int64_t total = 0;
+  for (const auto& L : local) total += static_cast<int64_t>(L.type.size());
+  auto nodes = at::empty({total, 3}, at::kLong);
+  auto pos = at::empty({total, 3}, at::kLong);
+  auto type = at::empty({total}, at::kChar);
+  int64_t off = 0;
+  for (const auto& L : local) {
+    const int64_t s = static_cast<int64_t>(L.type.size());
+    std::copy(L.nodes.begin(), L.nodes.end(), nodes.data_ptr<int64_t>() + 3 * off);
+    std::copy(L.pos.begin(), L.pos.end(), pos.data_ptr<int64_t>() + 3 * off);
+    std::copy(L.type.begin(), L.type.end(), type.data_ptr<int8_t>() + off);
+    off += s;
+  }
+  return {nodes, pos, type};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> transitive_semicycles_cpu(const at::Tensor& row_ptr,
+                                                                         const at::Tensor& col_idx,
+                                                                         const at::Tensor& values,
+                                                                         int64_t type_mask) {
+  check_graph(row_ptr, col_idx, values);
+  auto rp = row_ptr.contiguous(), ci = col_idx.contiguous(), v = values.contiguous();
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "transitive_semicycles_cpu", [&] {
+    out = semicycles_impl<scalar_t>(rp.data_ptr<int64_t>(), ci.data_ptr<int32_t>(), v.data_ptr<scalar_t>(),
+                                    rp.numel() - 1, type_mask);
+  });
+  return out;
+}
+
+// K independent randomisations of a directed simple graph (src[e] -> dst[e]) by
+// degree-preserving swaps: n_swaps attempts each, an attempt picks two edges a->b, c->d and
+// rewires them to a->d, c->b unless that makes a self-loop or a duplicate edge. Sources stay
+// with their edge slot, so per-edge data (weights) can follow the slot. Deterministic per seed.
+void swap_one(const int32_t* src, int32_t* dst, int64_t m, int64_t n, int64_t n_swaps, uint64_t seed) {
+  if (m < 2) return;
+  std::unordered_set<int64_t> edges;
+  edges.reserve(static_cast<size_t>(m) * 2);
+  for (int64_t e = 0; e < m; ++e) edges.insert(int64_t(src[e]) * n + dst[e]);
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int64_t> pick(0, m - 1);
+  for (int64_t t = 0; t < n_swaps; ++t) {
+    const int64_t a = pick(rng), b = pick(rng);
+    const int64_t s1 = src[a], t1 = dst[a], s2 = src[b], t2 = dst[b];
+    if (a == b || t1 == t2 || s1 == s2 || s1 == t2 || s2 == t1) continue;
+    const int64_t k1 = s1 * n + t2, k2 = s2 * n + t1;
+    if (edges.count(k1) || edges.count(k2)) continue;
+    edges.erase(s1 * n + t1);
+    edges.erase(s2 * n + t2);
+    edges.insert(k1);
+    edges.insert(k2);
+    dst[a] = static_cast<int32_t>(t2);
+    dst[b] = static_cast<int32_t>(t1);
+  }
+}
+
+at::Tensor degree_preserving_swaps_cpu(const at::Tensor& src, const at::Tensor& dst, int64_t n, int64_t n_swaps,
+                                       const at::Tensor& seeds) {
+  TORCH_CHECK_TYPE(src.scalar_type() == at::kInt && dst.scalar_type() == at::kInt, "src and dst must be int32");
+  TORCH_CHECK_TYPE(seeds.scalar_type() == at::kLong, "seeds must be int64, got ", seeds.scalar_type());
+  TORCH_CHECK_VALUE(src.dim() == 1 && dst.dim() == 1 && src.numel() == dst.numel(),
+                    "src and dst must be 1-D of equal length");
+  TORCH_CHECK_VALUE(seeds.dim() == 1, "seeds must be 1-D");
+  TORCH_CHECK_VALUE(n >= 0 && n_swaps >= 0, "n and n_swaps must be >= 0");
+  auto s = src.contiguous(), d = dst.contiguous(), sd = seeds.contiguous();
+  const int64_t m = s.numel(), K = sd.numel();
+  auto out = d.unsqueeze(0).repeat({K, 1}).contiguous();
+  const int32_t* sp = s.data_ptr<int32_t>();
+  int32_t* op = out.data_ptr<int32_t>();
+  const int64_t* seed = sd.data_ptr<int64_t>();
+#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads())
+  for (int64_t k = 0; k < K; ++k) swap_one(sp, op + k * m, m, n, n_swaps, static_cast<uint64_t>(seed[k]));
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(sparse_engine, m) {
+  // Signed triad census of the graph "entry (r, c) = edge c -> r": (census int64[16] with
+  // census[0] (003) left 0, signed int64[4, 5]: per transitive type 030T, 120D, 120U, 300:
+  // balanced and unbalanced semicycles, completely balanced, partially balanced and
+  // completely unbalanced triads).
+  m.def("signed_triad_census(Tensor row_ptr, Tensor col_idx, Tensor values) -> (Tensor, Tensor)");
+  // Transitive semicycles in triads of the types in type_mask: (nodes [S,3], positions [S,3], type [S])
+  m.def("transitive_semicycles(Tensor row_ptr, Tensor col_idx, Tensor values, int type_mask) "
+        "-> (Tensor, Tensor, Tensor)");
+  // K degree-preserving randomisations: new dst arrays [K, m]
+  m.def("degree_preserving_swaps(Tensor src, Tensor dst, int n, int n_swaps, Tensor seeds) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(sparse_engine, CPU, m) {
+  m.impl("signed_triad_census", &signed_triad_census_cpu);
+  m.impl("transitive_semicycles", &transitive_semicycles_cpu);
+  m.impl("degree_preserving_swaps", &degree_preserving_swaps_cpu);
+}
+
+}  // namespace sparse_engine
