@@ -224,14 +224,24 @@ def test_ffl_types_filter_and_coherence():
 
 
 def test_large_graph_consistency():
-    """Totals add up to C(n, 3) and the triangle-based counts agree with networkx on a graph
-    with a few thousand nodes (threads split the work)."""
+    """Above the kernels' parallel threshold (32768 entries) threads split the work: totals add
+    up to C(n, 3), counts agree with networkx and with a one-thread run, FFLs with the census."""
     rng = np.random.default_rng()
-    n = 3000
-    A = random_signed(rng, n, 8 / n)
+    n = 2500
+    A = random_signed(rng, n, 15 / n)
+    assert A.nnz > 34000
     c = signed_triad_census(A)
     assert sum(c.counts.values()) == n * (n - 1) * (n - 2) // 6
     assert c.counts == nx.triadic_census(to_networkx(A))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert signed_triad_census(A) == c
+    finally:
+        torch.set_num_threads(threads)
+    f = feed_forward_loops(A)
+    assert len(f) == sum(c.balanced[t] + c.unbalanced[t] for t in TRANSITIVE_TYPES)
+    assert int(f.balanced.sum()) == sum(c.balanced.values())
 
 
 def test_bad_inputs():

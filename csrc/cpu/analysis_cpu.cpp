@@ -43,6 +43,10 @@ constexpr int kSigned = 5;  // per transitive type: balanced, unbalanced semicyc
 
 // Dyad info seen from one end: bit 0 this->other, bit 1 other->this, bit 2 this->other is
 // negative, bit 3 other->this is negative.
+// Below this many stored entries the kernels run on one thread: on a busy machine, waking
+// threads costs more than a small graph's whole census.
+constexpr int64_t kParallelMin = 1 << 15;
+
 constexpr uint8_t kOut = 1, kIn = 2, kOutNeg = 4, kInNeg = 8;
 inline uint8_t flip(uint8_t x) {
   return static_cast<uint8_t>(((x & kOut) << 1) | ((x & kIn) >> 1) | ((x & kOutNeg) << 1) | ((x & kInNeg) >> 1));
@@ -58,6 +62,7 @@ struct Graph {
   std::vector<uint8_t> finfo;
   std::vector<int64_t> fpos_out, fpos_in;   // CSR positions of u->v and v->u (-1: none), optional
   int64_t sum_asym = 0, sum_mut = 0;        // sum over edges of n - deg u - deg v
+  bool par = true;                          // use several threads
 };
 
 inline bool higher(const Graph& g, int64_t a, int64_t b) {  // rank(b) > rank(a)
@@ -125,13 +130,15 @@ template <typename scalar_t>
 Graph build_graph(const int64_t* rp, const int32_t* ci, const scalar_t* val, int64_t n, bool positions) {
   Builder<scalar_t> bld{n, rp, ci, val, {}, {}, {}};
   bld.build_out();
+  const bool par = rp[n] >= kParallelMin;
   Graph g;
   g.n = n;
+  g.par = par;
   g.deg.assign(n, 0);
   g.n_out.assign(n, 0);
   g.n_in.assign(n, 0);
   g.n_mut.assign(n, 0);
-#pragma omp parallel for schedule(dynamic, 256) num_threads(at::get_num_threads())
+#pragma omp parallel for schedule(dynamic, 256) num_threads(at::get_num_threads()) if (par)
   for (int64_t u = 0; u < n; ++u) {
     int64_t o = 0, i = 0, mu = 0;
     bld.merge(u, [&](int64_t, uint8_t info, int64_t, int64_t) {
@@ -141,7 +148,7 @@ Graph build_graph(const int64_t* rp, const int32_t* ci, const scalar_t* val, int
   }
   g.fptr.assign(n + 1, 0);
   int64_t sa = 0, sm = 0;
-#pragma omp parallel for schedule(dynamic, 256) num_threads(at::get_num_threads()) reduction(+ : sa, sm)
+#pragma omp parallel for schedule(dynamic, 256) num_threads(at::get_num_threads()) reduction(+ : sa, sm) if (par)
   for (int64_t u = 0; u < n; ++u) {
     int64_t f = 0;
     bld.merge(u, [&](int64_t v, uint8_t info, int64_t, int64_t) {
@@ -162,7 +169,7 @@ Graph build_graph(const int64_t* rp, const int32_t* ci, const scalar_t* val, int
     g.fpos_out.resize(fm);
     g.fpos_in.resize(fm);
   }
-#pragma omp parallel for schedule(dynamic, 256) num_threads(at::get_num_threads())
+#pragma omp parallel for schedule(dynamic, 256) num_threads(at::get_num_threads()) if (par)
   for (int64_t u = 0; u < n; ++u) {
     int64_t d = g.fptr[u];
     bld.merge(u, [&](int64_t v, uint8_t info, int64_t po, int64_t pi) {
@@ -183,7 +190,7 @@ Graph build_graph(const int64_t* rp, const int32_t* ci, const scalar_t* val, int
 template <typename F>
 void for_each_triangle(const Graph& g, F&& f) {
   const int64_t n = g.n;
-#pragma omp parallel num_threads(at::get_num_threads())
+#pragma omp parallel num_threads(at::get_num_threads()) if (g.par)
   {
     std::vector<int64_t> mark(n, -1);
     const int tid = omp_get_thread_num();
@@ -309,7 +316,7 @@ void check_graph(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at:
   TORCH_CHECK_VALUE(p[0] == 0 && p[n] == col_idx.numel(), "row_ptr must start at 0 and end at nnz=",
                     col_idx.numel());
   bool ok = true;
-#pragma omp parallel for reduction(&& : ok) num_threads(at::get_num_threads())
+#pragma omp parallel for reduction(&& : ok) num_threads(at::get_num_threads()) if (p[n] >= kParallelMin)
   for (int64_t r = 0; r < n; ++r) {
     if (p[r + 1] < p[r]) { ok = false; continue; }
     for (int64_t k = p[r]; k < p[r + 1]; ++k)
@@ -433,7 +440,7 @@ at::Tensor degree_preserving_swaps_cpu(const at::Tensor& src, const at::Tensor& 
   const int32_t* sp = s.data_ptr<int32_t>();
   int32_t* op = out.data_ptr<int32_t>();
   const int64_t* seed = sd.data_ptr<int64_t>();
-#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads())
+#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads()) if (K > 1 && m * (n_swaps + 1) >= 64 * kParallelMin)
   for (int64_t k = 0; k < K; ++k) swap_one(sp, op + k * m, m, n, n_swaps, static_cast<uint64_t>(seed[k]));
   return out;
 }
