@@ -88,6 +88,14 @@ def check_against_brute(A, **kw):
         assert c.cb[t] + c.pb[t] + c.ci[t] == c.counts[t]
     f = feed_forward_loops(A, **kw)
     assert {tuple(x) for x in f.nodes} == ffls and len(f) == len(ffls)
+    D = (A.T.tocsr() if kw.get("transpose") else A).toarray().T  # D[i, j]: weight of i -> j
+    np.fill_diagonal(D, 0)
+    every = {(i, j, k) for i, j, k in itertools.permutations(range(D.shape[0]), 3)
+             if D[i, j] and D[j, k] and D[i, k]}
+    f_all = feed_forward_loops(A, types=None, **kw)
+    assert [tuple(x) for x in f_all.nodes] == sorted(every)
+    np.testing.assert_array_equal(f_all.weights, [[D[i, j], D[j, k], D[i, k]] for i, j, k in sorted(every)]
+                                  if every else np.zeros((0, 3)))
 
 
 def test_random_graphs_match_brute_force():

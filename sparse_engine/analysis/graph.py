@@ -125,14 +125,14 @@ def to_graph(W, *, transpose: bool = False, key: str | None = None) -> GraphCSR:
     return g
 
 
-def edges(W, *, transpose: bool = False, key: str | None = None):
-    """(src, dst, weight) numpy arrays of the graph's edges (zeros and self-loops removed),
-    ordered by (dst, src)."""
+def edges(W, *, transpose: bool = False, key: str | None = None, self_loops: bool = False):
+    """(src, dst, weight) numpy arrays of the graph's edges (zeros and, unless ``self_loops``,
+    self-loops removed), ordered by (dst, src)."""
     g = to_graph(W, transpose=transpose, key=key)
     dst = np.repeat(np.arange(g.n, dtype=np.int64), np.diff(g.row_ptr.numpy()))
     src = g.col_idx.numpy().astype(np.int64)
     w = g.values.numpy()
-    keep = (w != 0) & (src != dst)
+    keep = (w != 0) & ((src != dst) | self_loops)
     return src[keep], dst[keep], w[keep]
 
 
@@ -174,9 +174,10 @@ def read_edge_csv(path, n: int | None = None) -> sp.csr_matrix:
 
 
 def write_edge_csv(W, path, *, transpose: bool = False, key: str | None = None) -> None:
-    """Writes the graph's edges as a Gephi edge list ``Id,Source,Target,Weight`` with
-    Source -> Target from presynaptic to postsynaptic (the format :func:`read_edge_csv` reads)."""
-    src, dst, w = edges(W, transpose=transpose, key=key)
+    """Writes the nonzero entries as a Gephi edge list ``Id,Source,Target,Weight`` with
+    Source -> Target from presynaptic to postsynaptic (the format :func:`read_edge_csv` reads).
+    Self-loops are written too (the analyses ignore them), so reading gives the same matrix."""
+    src, dst, w = edges(W, transpose=transpose, key=key, self_loops=True)
     with open(path, "w", newline="") as f:
         out = csv.writer(f)
         out.writerow(["Id", "Source", "Target", "Weight"])

@@ -4,12 +4,17 @@ cumulatively, and re-evaluate the model after each removal (Zhang et al. 2023).
 "Remove" means the FFL's three connections (i->j, j->k, i->k) are taken out of the sparse
 pattern with ``SparseWeight.set_pattern`` (they are no longer stored, not merely set to 0), so
 later analysis and the forward pass both see them gone. After each removal the FFLs are found
-again on the lesioned graph (removals destroy FFLs that shared an edge and can change triad
-types), and the next one is drawn at random (seeded) among those of the requested kind:
+again on the lesioned graph (removals destroy FFLs that shared an edge), and the next one is
+drawn at random (seeded) among those of the requested kind:
 
 * ``"unbalanced"``: w_ij * w_jk * w_ik < 0;
 * ``"balanced"``: w_ij * w_jk * w_ik > 0;
 * ``"random"``: any FFL (the control).
+
+By default an FFL is any (i, j, k) with i->j, j->k and i->k, whatever else connects the three
+nodes (``types=None``). Restricting to triad types (e.g. the census's transitive types) is
+allowed, but then a removal can turn a triad of another type (120C, 210) into a counted one, so
+FFLs that were not candidates at the start can become candidates later.
 
 The weight is modified in place while ``evaluate()`` runs and restored at the end unless
 ``restore=False``. Reset optimizer state yourself if you train the lesioned model afterwards.
@@ -22,7 +27,7 @@ import numpy as np
 import torch
 
 from ..sparse import SparseWeight
-from .census import TRANSITIVE_TYPES, feed_forward_loops
+from .census import feed_forward_loops
 
 __all__ = ["KINDS", "LesionCurve", "lesion_ffls"]
 
@@ -51,7 +56,7 @@ def _drop(weight: SparseWeight, positions) -> None:
 
 
 def lesion_ffls(weight: SparseWeight, evaluate, *, kind: str = "unbalanced", max_removals: int | None = None,
-                every: int = 1, types=TRANSITIVE_TYPES, transpose: bool = False, seed: int = 0,
+                every: int = 1, types=None, transpose: bool = False, seed: int = 0,
                 restore: bool = True) -> LesionCurve:
     """Removes FFLs of ``kind`` from ``weight`` (a square SparseWeight, the recurrent matrix)
     until none is left or ``max_removals`` were removed, calling ``evaluate()`` first and then
