@@ -24,12 +24,25 @@
 // edges keep their own signs).
 #include <torch/library.h>
 #include <omp.h>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <random>
 #include <unordered_set>
 #include "common.h"
 
 namespace sparse_engine {
 namespace {
+
+struct Timer {  // TEMP profiling
+  std::chrono::steady_clock::time_point t = std::chrono::steady_clock::now();
+  bool on = std::getenv("SE_PROF") != nullptr;
+  void lap(const char* what) {
+    auto now = std::chrono::steady_clock::now();
+    if (on) std::fprintf(stderr, "%s %.3f\n", what, std::chrono::duration<double>(now - t).count());
+    t = now;
+  }
+};
 
 // networkx's TRICODES (6-bit triad code -> type), 0-based: 0 = 003 ... 15 = 300.
 // Code bits for an ordered triple (a, b, c): a->b 1, b->a 2, a->c 4, c->a 8, b->c 16, c->b 32.
@@ -52,12 +65,15 @@ inline uint8_t flip(uint8_t x) {
   return static_cast<uint8_t>(((x & kOut) << 1) | ((x & kIn) >> 1) | ((x & kOutNeg) << 1) | ((x & kInNeg) >> 1));
 }
 
-// Forward (rank-oriented) adjacency of the underlying undirected graph.
+// Forward (rank-oriented) adjacency of the underlying undirected graph. Node u's forward
+// neighbours (higher rank: larger degree, ties by id), sorted by id, sit at
+// [fbeg[u], fbeg[u] + fcnt[u]) of fnbr / finfo (slots of size deg[u], so one pass fills them).
 struct Graph {
   int64_t n = 0;
-  std::vector<int64_t> deg;                 // undirected degree
-  std::vector<int64_t> n_out, n_in, n_mut;  // neighbours by dyad kind
-  std::vector<int64_t> fptr;                // n+1
+  std::vector<int32_t> deg;                 // undirected degree
+  std::vector<int32_t> n_out, n_in, n_mut;  // neighbours by dyad kind
+  std::vector<int64_t> fbeg;                // n+1 (prefix sums of deg)
+  std::vector<int32_t> fcnt;
   std::vector<int32_t> fnbr;
   std::vector<uint8_t> finfo;
   std::vector<int64_t> fpos_out, fpos_in;   // CSR positions of u->v and v->u (-1: none), optional
@@ -65,8 +81,8 @@ struct Graph {
   bool par = true;                          // use several threads
 };
 
-inline bool higher(const Graph& g, int64_t a, int64_t b) {  // rank(b) > rank(a)
-  return g.deg[b] > g.deg[a] || (g.deg[b] == g.deg[a] && b > a);
+inline bool higher(const int32_t* deg, int64_t a, int64_t b) {  // rank(b) > rank(a)
+  return deg[b] > deg[a] || (deg[b] == deg[a] && b > a);
 }
 
 template <typename scalar_t>
@@ -75,33 +91,36 @@ struct Builder {
   const int64_t* rp;
   const int32_t* ci;
   const scalar_t* val;
-  std::vector<int64_t> optr;  // out-lists: transposed CSR
+  bool positions;
+  std::vector<int64_t> optr;  // out-lists: transposed CSR of the valid entries
   std::vector<int32_t> onbr;
-  std::vector<int64_t> opos;
+  std::vector<uint8_t> oneg;  // weight < 0
+  std::vector<int64_t> opos;  // CSR position (only with positions)
 
   bool valid(int64_t r, int64_t k) const { return ci[k] != r && val[k] != scalar_t(0); }
 
   void build_out() {
     optr.assign(n + 1, 0);
-    const int64_t m = rp[n];
     for (int64_t r = 0; r < n; ++r)
       for (int64_t k = rp[r]; k < rp[r + 1]; ++k)
         if (valid(r, k)) ++optr[ci[k] + 1];
     for (int64_t c = 0; c < n; ++c) optr[c + 1] += optr[c];
     onbr.resize(optr[n]);
-    opos.resize(optr[n]);
+    oneg.resize(optr[n]);
+    if (positions) opos.resize(optr[n]);
     std::vector<int64_t> next(optr.begin(), optr.end() - 1);
-    (void)m;
     for (int64_t r = 0; r < n; ++r)  // rows in order: out-lists come out sorted
       for (int64_t k = rp[r]; k < rp[r + 1]; ++k)
         if (valid(r, k)) {
           const int64_t d = next[ci[k]]++;
           onbr[d] = static_cast<int32_t>(r);
-          opos[d] = k;
+          oneg[d] = val[k] < 0;
+          if (positions) opos[d] = k;
         }
   }
 
-  // Calls f(v, info, pos_out, pos_in) for every neighbour v of u in increasing order.
+  // Calls f(v, info, pos_out, pos_in) for every neighbour v of u in increasing order
+  // (positions are -1 unless requested).
   template <typename F>
   void merge(int64_t u, F&& f) const {
     int64_t a = rp[u], ae = rp[u + 1];      // in-edges c -> u (row u)
@@ -111,15 +130,15 @@ struct Builder {
       const bool ha = a < ae, hb = b < be;
       if (!ha && !hb) break;
       const int64_t va = ha ? ci[a] : INT64_MAX, vb = hb ? onbr[b] : INT64_MAX;
+      const int64_t pb = positions && hb ? opos[b] : -1;
       if (va == vb) {
-        uint8_t info = kOut | kIn | (val[opos[b]] < 0 ? kOutNeg : 0) | (val[a] < 0 ? kInNeg : 0);
-        f(va, info, opos[b], a);
+        f(va, static_cast<uint8_t>(kOut | kIn | (oneg[b] ? kOutNeg : 0) | (val[a] < 0 ? kInNeg : 0)), pb, a);
         ++a, ++b;
       } else if (va < vb) {
         f(va, static_cast<uint8_t>(kIn | (val[a] < 0 ? kInNeg : 0)), int64_t(-1), a);
         ++a;
       } else {
-        f(vb, static_cast<uint8_t>(kOut | (val[opos[b]] < 0 ? kOutNeg : 0)), opos[b], int64_t(-1));
+        f(vb, static_cast<uint8_t>(kOut | (oneg[b] ? kOutNeg : 0)), pb, int64_t(-1));
         ++b;
       }
     }
@@ -128,9 +147,11 @@ struct Builder {
 
 template <typename scalar_t>
 Graph build_graph(const int64_t* rp, const int32_t* ci, const scalar_t* val, int64_t n, bool positions) {
-  Builder<scalar_t> bld{n, rp, ci, val, {}, {}, {}};
-  bld.build_out();
+  Timer tm;
   const bool par = rp[n] >= kParallelMin;
+  Builder<scalar_t> bld{n, rp, ci, val, positions, {}, {}, {}, {}};
+  bld.build_out();
+  tm.lap("transpose");
   Graph g;
   g.n = n;
   g.par = par;
@@ -140,73 +161,98 @@ Graph build_graph(const int64_t* rp, const int32_t* ci, const scalar_t* val, int
   g.n_mut.assign(n, 0);
 #pragma omp parallel for schedule(dynamic, 256) num_threads(at::get_num_threads()) if (par)
   for (int64_t u = 0; u < n; ++u) {
-    int64_t o = 0, i = 0, mu = 0;
+    int32_t o = 0, i = 0, mu = 0;
     bld.merge(u, [&](int64_t, uint8_t info, int64_t, int64_t) {
       if ((info & 3) == 3) ++mu; else if (info & kOut) ++o; else ++i;
     });
     g.n_out[u] = o, g.n_in[u] = i, g.n_mut[u] = mu, g.deg[u] = o + i + mu;
   }
-  g.fptr.assign(n + 1, 0);
+  g.fbeg.assign(n + 1, 0);
+  for (int64_t u = 0; u < n; ++u) g.fbeg[u + 1] = g.fbeg[u] + g.deg[u];
+  tm.lap("merge1");
+  const int64_t slots = g.fbeg[n];
+  g.fcnt.assign(n, 0);
+  g.fnbr.resize(slots);
+  g.finfo.resize(slots);
+  if (positions) {
+    g.fpos_out.resize(slots);
+    g.fpos_in.resize(slots);
+  }
+  const int32_t* deg = g.deg.data();
   int64_t sa = 0, sm = 0;
 #pragma omp parallel for schedule(dynamic, 256) num_threads(at::get_num_threads()) reduction(+ : sa, sm) if (par)
   for (int64_t u = 0; u < n; ++u) {
-    int64_t f = 0;
-    bld.merge(u, [&](int64_t v, uint8_t info, int64_t, int64_t) {
-      if (higher(g, u, v)) {
-        ++f;
-        const int64_t s = n - g.deg[u] - g.deg[v];
-        if ((info & 3) == 3) sm += s; else sa += s;
-      }
-    });
-    g.fptr[u + 1] = f;
-  }
-  g.sum_asym = sa, g.sum_mut = sm;
-  for (int64_t u = 0; u < n; ++u) g.fptr[u + 1] += g.fptr[u];
-  const int64_t fm = g.fptr[n];
-  g.fnbr.resize(fm);
-  g.finfo.resize(fm);
-  if (positions) {
-    g.fpos_out.resize(fm);
-    g.fpos_in.resize(fm);
-  }
-#pragma omp parallel for schedule(dynamic, 256) num_threads(at::get_num_threads()) if (par)
-  for (int64_t u = 0; u < n; ++u) {
-    int64_t d = g.fptr[u];
+    int64_t d = g.fbeg[u];
+    const int64_t du = deg[u];
     bld.merge(u, [&](int64_t v, uint8_t info, int64_t po, int64_t pi) {
-      if (higher(g, u, v)) {
+      if (higher(deg, u, v)) {
+        const int64_t s = n - du - deg[v];
+        if ((info & 3) == 3) sm += s; else sa += s;
         g.fnbr[d] = static_cast<int32_t>(v);
         g.finfo[d] = info;
         if (positions) g.fpos_out[d] = po, g.fpos_in[d] = pi;
         ++d;
       }
     });
+    g.fcnt[u] = static_cast<int32_t>(d - g.fbeg[u]);
   }
+  g.sum_asym = sa, g.sum_mut = sm;
+  tm.lap("merge2");
   return g;
 }
 
-// Calls f(u, v, w, fuv, fvw, fuw) once per triangle; f* are forward-list indices of the dyads
-// (u,v) seen from u, (v,w) seen from v, (u,w) seen from u. f is called concurrently; tid is the
-// OpenMP thread number.
+// Calls f(tid, u, v, w, x, y, z) once per triangle (u, v, w in increasing rank); x, y, z are
+// the forward-list slots of the dyads (u,v) seen from u, (v,w) seen from v, (u,w) seen from u.
+// Triangles through the forward edge (u, v) are the intersection of the sorted lists fwd(u)
+// and fwd(v): a merge, or binary searches when one list is much longer (hubs). Mostly
+// sequential memory access, which matters more than operation counts at millions of nodes.
+// f is called concurrently; tid is the OpenMP thread number.
 template <typename F>
 void for_each_triangle(const Graph& g, F&& f) {
   const int64_t n = g.n;
+  const int32_t* nb = g.fnbr.data();
 #pragma omp parallel num_threads(at::get_num_threads()) if (g.par)
   {
-    std::vector<int64_t> mark(n, -1);
     const int tid = omp_get_thread_num();
 #pragma omp for schedule(dynamic, 64)
     for (int64_t u = 0; u < n; ++u) {
-      const int64_t b = g.fptr[u], e = g.fptr[u + 1];
-      if (e - b < 2) continue;
-      for (int64_t x = b; x < e; ++x) mark[g.fnbr[x]] = x;
-      for (int64_t x = b; x < e; ++x) {
-        const int64_t v = g.fnbr[x];
-        for (int64_t y = g.fptr[v]; y < g.fptr[v + 1]; ++y) {
-          const int64_t z = mark[g.fnbr[y]];
-          if (z >= 0) f(tid, u, v, static_cast<int64_t>(g.fnbr[y]), x, y, z);
+      const int64_t ub = g.fbeg[u], ue = ub + g.fcnt[u];
+      if (ue - ub < 2) continue;
+      for (int64_t x = ub; x < ue; ++x) {
+        const int64_t v = nb[x];
+        const int64_t vb = g.fbeg[v], ve = vb + g.fcnt[v];
+        if (ve == vb) continue;
+        int64_t i = ub, j = vb;
+        const int64_t lu = ue - ub, lv = ve - vb;
+        if (lu > 16 * lv) {  // search each of v's few in u's long list
+          for (; j < ve; ++j) {
+            const int32_t w = nb[j];
+            const int32_t* it = std::lower_bound(nb + i, nb + ue, w);
+            i = it - nb;
+            if (i == ue) break;
+            if (*it == w) f(tid, u, v, static_cast<int64_t>(w), x, j, i);
+          }
+        } else if (lv > 16 * lu) {
+          for (; i < ue; ++i) {
+            const int32_t w = nb[i];
+            const int32_t* it = std::lower_bound(nb + j, nb + ve, w);
+            j = it - nb;
+            if (j == ve) break;
+            if (*it == w) f(tid, u, v, static_cast<int64_t>(w), x, j, i);
+          }
+        } else {
+          while (i < ue && j < ve) {
+            const int32_t a = nb[i], b = nb[j];
+            if (a == b) {
+              f(tid, u, v, static_cast<int64_t>(a), x, j, i);
+              ++i, ++j;
+            } else {
+              i += a < b;
+              j += b < a;
+            }
+          }
         }
       }
-      for (int64_t x = b; x < e; ++x) mark[g.fnbr[x]] = -1;
     }
   }
 }
@@ -243,6 +289,7 @@ template <typename scalar_t>
 std::tuple<at::Tensor, at::Tensor> census_impl(const int64_t* rp, const int32_t* ci, const scalar_t* val,
                                                int64_t n) {
   Graph g = build_graph(rp, ci, val, n, false);
+  Timer tm;
   std::vector<Counts> local(at::get_num_threads());
   for_each_triangle(g, [&](int tid, int64_t, int64_t, int64_t, int64_t x, int64_t y, int64_t z) {
     Counts& c = local[tid];
@@ -269,6 +316,7 @@ std::tuple<at::Tensor, at::Tensor> census_impl(const int64_t* rp, const int32_t*
     c.sig[slot][1] += unb;
     ++c.sig[slot][unb == 0 ? 2 : (bal == 0 ? 4 : 3)];
   });
+  tm.lap("triangles");
   Counts tot;
   for (const auto& c : local) {
     for (int t = 0; t < 16; ++t) tot.tri[t] += c.tri[t], tot.closed[t] += c.closed[t];
@@ -280,7 +328,7 @@ std::tuple<at::Tensor, at::Tensor> census_impl(const int64_t* rp, const int32_t*
   int64_t wedges[16] = {0};
   const uint8_t O = kOut, I = kIn, M = kOut | kIn;
   for (int64_t u = 0; u < n; ++u) {
-    const int64_t o = g.n_out[u], i = g.n_in[u], mu = g.n_mut[u];
+    const int64_t o = g.n_out[u], i = g.n_in[u], mu = g.n_mut[u];  // int64: products overflow int32
     wedges[wedge_type(O, O)] += o * (o - 1) / 2;
     wedges[wedge_type(I, I)] += i * (i - 1) / 2;
     wedges[wedge_type(O, I)] += o * i;
