@@ -118,3 +118,24 @@ def test_real_topologies_distance_grows_with_training():
     # farther generations are farther apart, before and after training
     assert last["w1"][0] < last["w5"][0] < last["w9"][0]
     assert last["w1"][1] < last["w5"][1] < last["w9"][1]
+
+
+def test_sparse_matching_equals_dense_assignment():
+    """The sparse matching reaches the dense linear_sum_assignment optimum, with many empty
+    neurons and ties."""
+    from scipy.optimize import linear_sum_assignment
+
+    rng = np.random.default_rng()
+    for density in (0.005, 0.02, 0.1, 0.5):
+        for _ in range(5):
+            n, k = int(rng.integers(1, 120)), int(rng.integers(1, 60))
+            A = sp.random(n, k, density=density, random_state=rng, format="csr")
+            B = sp.random(n, k, density=density, random_state=rng, format="csr")
+            res = nnstd([A], [B])
+            cost = jaccard_cost(A.astype(bool).astype(float), B.astype(bool).astype(float))
+            r, c = linear_sum_assignment(cost)
+            assert res.distance * n == pytest.approx(cost[r, c].sum(), abs=1e-9)
+            assert sorted(res.matchings[0]) == list(range(n))
+            assert cost[np.arange(n), res.matchings[0]].sum() == pytest.approx(cost[r, c].sum(), abs=1e-9)
+            al = nnstd([A], [B], align_outputs=True)
+            assert al.distance * n == pytest.approx(np.trace(cost), abs=1e-9)

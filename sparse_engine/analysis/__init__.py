@@ -11,7 +11,7 @@ from .census import (TRIAD_TYPES, TRANSITIVE_TYPES, TriadCensus, signed_triad_ce
 from .balance import DEFINITIONS, Balance, structural_balance, balance_measures, ffl_coherence
 from .nulls import METHODS, randomize, NullModelResult, null_model_test
 from .lesions import KINDS, LesionCurve, lesion_ffls
-from .nnstd import NNSTDResult, nnstd, jaccard_cost, load_nnstd_layers
+from .nnstd import NNSTDResult, nnstd, jaccard_similarity, jaccard_cost, load_nnstd_layers
 from .record import BalanceRecorder
 
 __all__ = [
@@ -19,5 +19,5 @@ __all__ = [
     "TRIAD_TYPES", "TRANSITIVE_TYPES", "TriadCensus", "signed_triad_census", "FeedForwardLoops",
     "feed_forward_loops", "DEFINITIONS", "Balance", "structural_balance", "balance_measures", "ffl_coherence",
     "METHODS", "randomize", "NullModelResult", "null_model_test", "KINDS", "LesionCurve", "lesion_ffls",
-    "NNSTDResult", "nnstd", "jaccard_cost", "load_nnstd_layers", "BalanceRecorder",
+    "NNSTDResult", "nnstd", "jaccard_similarity", "jaccard_cost", "load_nnstd_layers", "BalanceRecorder",
 ]

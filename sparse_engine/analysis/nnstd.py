@@ -6,9 +6,15 @@ a neuron's input set is the set of columns where its row is nonzero. Per layer:
 1. the cost between neuron a of network A and neuron b of network B is 1 - Jaccard(in(a), in(b)),
    0 when both input sets are empty; intersections come from one sparse product of the binary
    matrices, A_bin @ B_bin^T (no pairwise loops);
-2. neurons are matched by ``scipy.optimize.linear_sum_assignment`` on that (out x out) cost
-   matrix (dense: it is as large as the assignment problem itself, O(out^2), never O(n_in x
-   n_in) of a whole network);
+2. neurons are matched at minimum total cost. Only pairs that share an input have a cost
+   below 1, so the dense (out x out) assignment (``scipy.optimize.linear_sum_assignment``)
+   equals: pair empty neurons with empty neurons (cost 0), then a maximum-weight matching on
+   the sparse graph of overlapping pairs (weight = Jaccard), the rest paired arbitrarily at
+   cost 1. That matching runs as ``scipy.sparse.csgraph.min_weight_full_bipartite_matching``
+   on the overlap graph plus a "stay unmatched" edge per neuron, so no out x out array is
+   built and time grows with the overlaps, not with out^2. Optimal matchings can tie; the
+   per-layer optimum is unique but which tied matching is taken changes the next layer's
+   input order, as in any implementation;
 3. the matching permutes the next layer's inputs in B (its column matched[i] becomes column
    i), so later layers are compared in A's neuron order. The first layer's inputs are taken as
    aligned (the same data features).
@@ -24,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.optimize import linear_sum_assignment
+from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
 from ..sparse import SparseWeight
 
-__all__ = ["NNSTDResult", "nnstd", "jaccard_cost", "load_nnstd_layers"]
+__all__ = ["NNSTDResult", "nnstd", "jaccard_similarity", "jaccard_cost", "load_nnstd_layers"]
 
 
 @dataclass
@@ -49,16 +55,56 @@ def _binary(M, name: str) -> sp.csr_matrix:
     return M
 
 
-def jaccard_cost(A: sp.csr_matrix, B: sp.csr_matrix) -> np.ndarray:
-    """Dense (rows(A) x rows(B)) matrix of 1 - Jaccard between the rows' nonzero sets of two
-    binary CSR matrices with the same number of columns (0 for two empty rows)."""
+def jaccard_similarity(A: sp.csr_matrix, B: sp.csr_matrix) -> sp.coo_matrix:
+    """Jaccard similarity between the rows' nonzero sets of two binary CSR matrices with the same
+    number of columns, at the pairs that share a column (sparse; empty rows are left out)."""
     inter = (A @ B.T).tocoo()
     na = np.diff(A.indptr).astype(np.float64)
     nb = np.diff(B.indptr).astype(np.float64)
-    cost = np.ones((A.shape[0], B.shape[0]))
-    cost[np.ix_(na == 0, nb == 0)] = 0.0
-    cost[inter.row, inter.col] = 1.0 - inter.data / (na[inter.row] + nb[inter.col] - inter.data)
+    sim = inter.data / (na[inter.row] + nb[inter.col] - inter.data)
+    return sp.coo_matrix((sim, (inter.row, inter.col)), shape=(A.shape[0], B.shape[0]))
+
+
+def jaccard_cost(A: sp.csr_matrix, B: sp.csr_matrix) -> np.ndarray:
+    """Dense (rows(A) x rows(B)) matrix of 1 - Jaccard (0 for two empty rows): for tests and
+    small layers; :func:`nnstd` never builds it."""
+    cost = 1.0 - jaccard_similarity(A, B).toarray()
+    cost[np.ix_(np.diff(A.indptr) == 0, np.diff(B.indptr) == 0)] = 0.0
     return cost
+
+
+def _match(A: sp.csr_matrix, B: sp.csr_matrix):
+    """Minimum-cost perfect matching of A's rows to B's rows (same count) under 1 - Jaccard:
+    (col, total cost), col[i] = B row matched to A row i."""
+    n = A.shape[0]
+    col = np.full(n, -1, dtype=np.int64)
+    empty_a = np.flatnonzero(np.diff(A.indptr) == 0)
+    empty_b = np.flatnonzero(np.diff(B.indptr) == 0)
+    k = min(len(empty_a), len(empty_b))
+    col[empty_a[:k]] = empty_b[:k]  # empty with empty: cost 0, never worse than anything else
+    sim = jaccard_similarity(A, B)
+    gain = 0.0
+    if sim.nnz:
+        # left: A rows, then one dummy per B row; right: B rows, then one dummy per A row.
+        # i -> j costs 2 - s_ij, i -> its dummy 2 (unmatched), dummy(j) -> j 1, dummy(j) -> dummy(i)
+        # 1 for every overlap edge (i, j) (frees both when i-j is used). All costs +1 so none is 0;
+        # each full matching has 2n edges, so the shift does not change the optimum.
+        r, c, s = sim.row, sim.col, sim.data
+        ar = np.arange(n)
+        rows = np.concatenate([r, ar, n + ar, n + c])
+        cols = np.concatenate([c, n + ar, ar, n + r])
+        w = np.concatenate([2.0 - s, np.full(n, 2.0), np.ones(n), np.ones(len(s))])
+        big = sp.csr_matrix((w, (rows, cols)), shape=(2 * n, 2 * n))
+        li, ri = min_weight_full_bipartite_matching(big)
+        pick = (li < n) & (ri < n)
+        li, ri = li[pick], ri[pick]
+        col[li] = ri
+        gain = float(np.asarray(sim.tocsr()[li, ri]).sum())
+    free_a = np.flatnonzero(col < 0)
+    used = np.zeros(n, dtype=bool)
+    used[col[col >= 0]] = True
+    col[free_a] = np.flatnonzero(~used)
+    return col, float(n - k - gain)
 
 
 def nnstd(layers_a, layers_b, *, align_outputs: bool = False) -> NNSTDResult:
@@ -80,12 +126,14 @@ def nnstd(layers_a, layers_b, *, align_outputs: bool = False) -> NNSTDResult:
                 raise ValueError(f"layers_b[{idx}] must have {len(perm)} inputs (the previous layer's "
                                  f"neurons), got shape {B.shape}")
             B = B[:, perm]
-        cost = jaccard_cost(A, B)
         if align_outputs and idx == len(layers_a) - 1:
             col = np.arange(A.shape[0])
+            sim = jaccard_similarity(A, B)
+            on_diag = sim.row == sim.col
+            both_empty = (np.diff(A.indptr) == 0) & (np.diff(B.indptr) == 0)
+            total = float(A.shape[0] - sim.data[on_diag].sum() - both_empty.sum())
         else:
-            _, col = linear_sum_assignment(cost)
-        total = float(cost[np.arange(A.shape[0]), col].sum())
+            col, total = _match(A, B)
         costs += total
         neurons += A.shape[0]
         per_layer.append(total / A.shape[0] if A.shape[0] else 0.0)
