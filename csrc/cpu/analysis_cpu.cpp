@@ -99,24 +99,47 @@ struct Builder {
 
   bool valid(int64_t r, int64_t k) const { return ci[k] != r && val[k] != scalar_t(0); }
 
-  void build_out() {
+  // Counting-sort transpose. Rows are split into T contiguous blocks; block t's entries of
+  // column c go after those of blocks < t, so every out-list comes out sorted.
+  void build_out(bool par) {
+    // per-block column counters cost T * n: keep them within about twice the entries
+    const int64_t cap = std::max<int64_t>(1, 2 * rp[n] / std::max<int64_t>(n, 1));
+    const int T = par ? static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({at::get_num_threads(), 64, cap}))) : 1;
+    std::vector<int64_t> bounds(T + 1);
+    for (int t = 0; t <= T; ++t) bounds[t] = n * t / T;
+    std::vector<int64_t> cnt(static_cast<size_t>(T) * n + 1, 0);  // cnt[t * n + c]
+#pragma omp parallel for schedule(static, 1) num_threads(T) if (T > 1)
+    for (int t = 0; t < T; ++t) {
+      int64_t* ct = cnt.data() + static_cast<size_t>(t) * n;
+      for (int64_t r = bounds[t]; r < bounds[t + 1]; ++r)
+        for (int64_t k = rp[r]; k < rp[r + 1]; ++k)
+          if (valid(r, k)) ++ct[ci[k]];
+    }
     optr.assign(n + 1, 0);
-    for (int64_t r = 0; r < n; ++r)
-      for (int64_t k = rp[r]; k < rp[r + 1]; ++k)
-        if (valid(r, k)) ++optr[ci[k] + 1];
-    for (int64_t c = 0; c < n; ++c) optr[c + 1] += optr[c];
+    for (int64_t c = 0; c < n; ++c) {  // cnt becomes each block's start offset per column
+      int64_t o = optr[c];
+      for (int t = 0; t < T; ++t) {
+        const int64_t x = cnt[static_cast<size_t>(t) * n + c];
+        cnt[static_cast<size_t>(t) * n + c] = o;
+        o += x;
+      }
+      optr[c + 1] = o;
+    }
     onbr.resize(optr[n]);
     oneg.resize(optr[n]);
     if (positions) opos.resize(optr[n]);
-    std::vector<int64_t> next(optr.begin(), optr.end() - 1);
-    for (int64_t r = 0; r < n; ++r)  // rows in order: out-lists come out sorted
-      for (int64_t k = rp[r]; k < rp[r + 1]; ++k)
-        if (valid(r, k)) {
-          const int64_t d = next[ci[k]]++;
-          onbr[d] = static_cast<int32_t>(r);
-          oneg[d] = val[k] < 0;
-          if (positions) opos[d] = k;
-        }
+#pragma omp parallel for schedule(static, 1) num_threads(T) if (T > 1)
+    for (int t = 0; t < T; ++t) {
+      int64_t* next = cnt.data() + static_cast<size_t>(t) * n;
+      for (int64_t r = bounds[t]; r < bounds[t + 1]; ++r)
+        for (int64_t k = rp[r]; k < rp[r + 1]; ++k)
+          if (valid(r, k)) {
+            const int64_t d = next[ci[k]]++;
+            onbr[d] = static_cast<int32_t>(r);
+            oneg[d] = val[k] < 0;
+            if (positions) opos[d] = k;
+          }
+    }
   }
 
   // Calls f(v, info, pos_out, pos_in) for every neighbour v of u in increasing order
@@ -150,7 +173,7 @@ Graph build_graph(const int64_t* rp, const int32_t* ci, const scalar_t* val, int
   Timer tm;
   const bool par = rp[n] >= kParallelMin;
   Builder<scalar_t> bld{n, rp, ci, val, positions, {}, {}, {}, {}};
-  bld.build_out();
+  bld.build_out(par);
   tm.lap("transpose");
   Graph g;
   g.n = n;
