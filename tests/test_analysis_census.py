@@ -273,3 +273,16 @@ def test_bad_inputs():
         op(torch.tensor([0, 2, 2]), torch.tensor([1, 1], dtype=torch.int32), torch.tensor([1.0, 2.0]))
     with pytest.raises(ValueError, match="sorted"):
         op(torch.tensor([0, 1, 1]), torch.tensor([5], dtype=torch.int32), torch.tensor([1.0]))
+
+
+def test_fake_kernels_opcheck():
+    rng = np.random.default_rng()
+    A = random_signed(rng, 30, 0.2)
+    rp, ci = torch.from_numpy(A.indptr.astype(np.int64)), torch.from_numpy(A.indices.astype(np.int32))
+    v = torch.from_numpy(A.data)
+    torch.library.opcheck(torch.ops.sparse_engine.signed_triad_census.default, (rp, ci, v),
+                          test_utils=("test_schema", "test_faketensor"))
+    src = torch.tensor([0, 1, 2], dtype=torch.int32)
+    dst = torch.tensor([1, 2, 0], dtype=torch.int32)
+    torch.library.opcheck(torch.ops.sparse_engine.degree_preserving_swaps.default,
+                          (src, dst, 3, 10, torch.tensor([1, 2])), test_utils=("test_schema", "test_faketensor"))
