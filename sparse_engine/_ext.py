@@ -1,4 +1,6 @@
 """Loads the compiled extension once; every other module imports from here."""
+import torch  # noqa: F401  (first: _C links against libc10/libtorch, which torch loads)
+
 try:
     from . import _C  # noqa: F401  (registers torch.ops.sparse_engine.*)
 except ImportError as exc:  # pragma: no cover - only on a broken install

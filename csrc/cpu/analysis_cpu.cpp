@@ -1,0 +1,540 @@
+// Structure analysis kernels (OpenMP): the signed triad census and the transitive semicycles
+// (feed-forward loops) of the directed signed graph of a square CSR matrix, and
+// degree-preserving edge swaps for null models.
+//
+// Graph convention: CSR entry (r, c) with value w != 0 and r != c is the directed edge c -> r
+// (presynaptic c, postsynaptic r, as in y = W x) with weight w. Explicit zeros and self-loops
+// are not edges.
+//
+// Census algorithm (never looks at all triples; in the spirit of Batagelj & Mrvar 2001):
+//   * every node's neighbours (union of in- and out-neighbours) are merged from its CSR row
+//     and its column (a transposed index built here), giving per dyad the bits out/in and the
+//     sign of each direction;
+//   * triads with three connected dyads are triangles, enumerated once each by orienting
+//     every undirected edge from lower to higher (degree, id) rank and marking neighbours:
+//     O(m^1.5) worst case, about O(m * average forward degree) in practice;
+//   * triads with exactly two dyads are open wedges: all wedges at each centre are counted
+//     from the numbers of out-, in- and mutual neighbours, minus the closed ones (triangles);
+//   * triads with exactly one dyad: for the edge {u, v}: n - deg u - deg v + t_uv, where t_uv
+//     (triangles through the edge) is summed during triangle enumeration;
+//   * 003 is C(n, 3) minus the rest, done in Python (exact integers).
+// Signed part: in triads of the transitive types 030T, 120D, 120U and 300, every ordered
+// (i, j, k) with edges i->j, j->k and i->k is a transitive semicycle, balanced when
+// sign(w_ij) sign(w_jk) sign(w_ik) > 0, each w the weight of that directed edge (reciprocal
+// edges keep their own signs).
+#include <torch/library.h>
+#include <omp.h>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <unordered_set>
+#include "common.h"
+
+namespace sparse_engine {
+namespace {
+
+struct Timer {  // TEMP profiling
+  std::chrono::steady_clock::time_point t = std::chrono::steady_clock::now();
+  bool on = std::getenv("SE_PROF") != nullptr;
+  void lap(const char* what) {
+    auto now = std::chrono::steady_clock::now();
+    if (on) std::fprintf(stderr, "%s %.3f\n", what, std::chrono::duration<double>(now - t).count());
+    t = now;
+  }
+};
+
+// networkx's TRICODES (6-bit triad code -> type), 0-based: 0 = 003 ... 15 = 300.
+// Code bits for an ordered triple (a, b, c): a->b 1, b->a 2, a->c 4, c->a 8, b->c 16, c->b 32.
+constexpr int8_t kTricode[64] = {0, 1, 1, 2, 1, 3, 5, 7, 1, 5, 4, 6, 2, 7, 6, 10,
+                                 1, 5, 3, 7, 4, 8, 8, 12, 5, 9, 8, 13, 6, 13, 11, 14,
+                                 1, 4, 5, 6, 5, 8, 9, 13, 3, 8, 8, 11, 7, 12, 13, 14,
+                                 2, 6, 7, 10, 6, 11, 13, 14, 7, 13, 12, 14, 10, 14, 14, 15};
+// Transitive types -> slot 0..3 (030T, 120D, 120U, 300), others -1.
+constexpr int8_t kTransSlot[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, -1, -1, 1, 2, -1, -1, 3};
+constexpr int kSigned = 5;  // per transitive type: balanced, unbalanced semicycles, CB, PB, CI
+
+// Dyad info seen from one end: bit 0 this->other, bit 1 other->this, bit 2 this->other is
+// negative, bit 3 other->this is negative.
+// Below this many stored entries the kernels run on one thread: on a busy machine, waking
+// threads costs more than a small graph's whole census.
+constexpr int64_t kParallelMin = 1 << 15;
+
+constexpr uint8_t kOut = 1, kIn = 2, kOutNeg = 4, kInNeg = 8;
+inline uint8_t flip(uint8_t x) {
+  return static_cast<uint8_t>(((x & kOut) << 1) | ((x & kIn) >> 1) | ((x & kOutNeg) << 1) | ((x & kInNeg) >> 1));
+}
+
+// Forward (rank-oriented) adjacency of the underlying undirected graph. Node u's forward
+// neighbours (higher rank: larger degree, ties by id), sorted by id, sit at
+// [fbeg[u], fbeg[u] + fcnt[u]) of fnbr / finfo (slots of size deg[u], so one pass fills them).
+struct Graph {
+  int64_t n = 0;
+  std::vector<int32_t> deg;                 // undirected degree
+  std::vector<int32_t> n_out, n_in, n_mut;  // neighbours by dyad kind
+  std::vector<int64_t> fbeg;                // n+1 (prefix sums of deg)
+  std::vector<int32_t> fcnt;
+  std::vector<int32_t> fnbr;
+  std::vector<uint8_t> finfo;
+  std::vector<int64_t> fpos_out, fpos_in;   // CSR positions of u->v and v->u (-1: none), optional
+  int64_t sum_asym = 0, sum_mut = 0;        // sum over edges of n - deg u - deg v
+  bool par = true;                          // use several threads
+};
+
+inline bool higher(const int32_t* deg, int64_t a, int64_t b) {  // rank(b) > rank(a)
+  return deg[b] > deg[a] || (deg[b] == deg[a] && b > a);
+}
+
+template <typename scalar_t>
+struct Builder {
+  int64_t n;
+  const int64_t* rp;
+  const int32_t* ci;
+  const scalar_t* val;
+  bool positions;
+  std::vector<int64_t> optr;  // out-lists: transposed CSR of the valid entries
+  std::vector<int32_t> onbr;
+  std::vector<uint8_t> oneg;  // weight < 0
+  std::vector<int64_t> opos;  // CSR position (only with positions)
+
+  bool valid(int64_t r, int64_t k) const { return ci[k] != r && val[k] != scalar_t(0); }
+
+  // Counting-sort transpose. Rows are split into T contiguous blocks; block t's entries of
+  // column c go after those of blocks < t, so every out-list comes out sorted.
+  void build_out(bool par) {
+    // per-block column counters cost T * n: keep them within about twice the entries
+    const int64_t cap = std::max<int64_t>(1, 2 * rp[n] / std::max<int64_t>(n, 1));
+    const int T = par ? static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({at::get_num_threads(), 64, cap}))) : 1;
+    std::vector<int64_t> bounds(T + 1);
+    for (int t = 0; t <= T; ++t) bounds[t] = n * t / T;
+    std::vector<int64_t> cnt(static_cast<size_t>(T) * n + 1, 0);  // cnt[t * n + c]
+#pragma omp parallel for schedule(static, 1) num_threads(T) if (T > 1)
+    for (int t = 0; t < T; ++t) {
+      int64_t* ct = cnt.data() + static_cast<size_t>(t) * n;
+      for (int64_t r = bounds[t]; r < bounds[t + 1]; ++r)
+        for (int64_t k = rp[r]; k < rp[r + 1]; ++k)
+          if (valid(r, k)) ++ct[ci[k]];
+    }
+    optr.assign(n + 1, 0);
+    for (int64_t c = 0; c < n; ++c) {  // cnt becomes each block's start offset per column
+      int64_t o = optr[c];
+      for (int t = 0; t < T; ++t) {
+        const int64_t x = cnt[static_cast<size_t>(t) * n + c];
+        cnt[static_cast<size_t>(t) * n + c] = o;
+        o += x;
+      }
+      optr[c + 1] = o;
+    }
+    onbr.resize(optr[n]);
+    oneg.resize(optr[n]);
+    if (positions) opos.resize(optr[n]);
+#pragma omp parallel for schedule(static, 1) num_threads(T) if (T > 1)
+    for (int t = 0; t < T; ++t) {
+      int64_t* next = cnt.data() + static_cast<size_t>(t) * n;
+      for (int64_t r = bounds[t]; r < bounds[t + 1]; ++r)
+        for (int64_t k = rp[r]; k < rp[r + 1]; ++k)
+          if (valid(r, k)) {
+            const int64_t d = next[ci[k]]++;
+            onbr[d] = static_cast<int32_t>(r);
+            oneg[d] = val[k] < 0;
+            if (positions) opos[d] = k;
+          }
+    }
+  }
+
+  // Calls f(v, info, pos_out, pos_in) for every neighbour v of u in increasing order
+  // (positions are -1 unless requested).
+  template <typename F>
+  void merge(int64_t u, F&& f) const {
+    int64_t a = rp[u], ae = rp[u + 1];      // in-edges c -> u (row u)
+    int64_t b = optr[u], be = optr[u + 1];  // out-edges u -> r
+    while (true) {
+      while (a < ae && !valid(u, a)) ++a;
+      const bool ha = a < ae, hb = b < be;
+      if (!ha && !hb) break;
+      const int64_t va = ha ? ci[a] : INT64_MAX, vb = hb ? onbr[b] : INT64_MAX;
+      const int64_t pb = positions && hb ? opos[b] : -1;
+      if (va == vb) {
+        f(va, static_cast<uint8_t>(kOut | kIn | (oneg[b] ? kOutNeg : 0) | (val[a] < 0 ? kInNeg : 0)), pb, a);
+        ++a, ++b;
+      } else if (va < vb) {
+        f(va, static_cast<uint8_t>(kIn | (val[a] < 0 ? kInNeg : 0)), int64_t(-1), a);
+        ++a;
+      } else {
+        f(vb, static_cast<uint8_t>(kOut | (oneg[b] ? kOutNeg : 0)), pb, int64_t(-1));
+        ++b;
+      }
+    }
+  }
+};
+
+template <typename scalar_t>
+Graph build_graph(const int64_t* rp, const int32_t* ci, const scalar_t* val, int64_t n, bool positions) {
+  Timer tm;
+  const bool par = rp[n] >= kParallelMin;
+  Builder<scalar_t> bld{n, rp, ci, val, positions, {}, {}, {}, {}};
+  bld.build_out(par);
+  tm.lap("transpose");
+  Graph g;
+  g.n = n;
+  g.par = par;
+  g.deg.assign(n, 0);
+  g.n_out.assign(n, 0);
+  g.n_in.assign(n, 0);
+  g.n_mut.assign(n, 0);
+#pragma omp parallel for schedule(dynamic, 256) num_threads(at::get_num_threads()) if (par)
+  for (int64_t u = 0; u < n; ++u) {
+    int32_t o = 0, i = 0, mu = 0;
+    bld.merge(u, [&](int64_t, uint8_t info, int64_t, int64_t) {
+      if ((info & 3) == 3) ++mu; else if (info & kOut) ++o; else ++i;
+    });
+    g.n_out[u] = o, g.n_in[u] = i, g.n_mut[u] = mu, g.deg[u] = o + i + mu;
+  }
+  g.fbeg.assign(n + 1, 0);
+  for (int64_t u = 0; u < n; ++u) g.fbeg[u + 1] = g.fbeg[u] + g.deg[u];
+  tm.lap("merge1");
+  const int64_t slots = g.fbeg[n];
+  g.fcnt.assign(n, 0);
+  g.fnbr.resize(slots);
+  g.finfo.resize(slots);
+  if (positions) {
+    g.fpos_out.resize(slots);
+    g.fpos_in.resize(slots);
+  }
+  const int32_t* deg = g.deg.data();
+  int64_t sa = 0, sm = 0;
+#pragma omp parallel for schedule(dynamic, 256) num_threads(at::get_num_threads()) reduction(+ : sa, sm) if (par)
+  for (int64_t u = 0; u < n; ++u) {
+    int64_t d = g.fbeg[u];
+    const int64_t du = deg[u];
+    bld.merge(u, [&](int64_t v, uint8_t info, int64_t po, int64_t pi) {
+      if (higher(deg, u, v)) {
+        const int64_t s = n - du - deg[v];
+        if ((info & 3) == 3) sm += s; else sa += s;
+        g.fnbr[d] = static_cast<int32_t>(v);
+        g.finfo[d] = info;
+        if (positions) g.fpos_out[d] = po, g.fpos_in[d] = pi;
+        ++d;
+      }
+    });
+    g.fcnt[u] = static_cast<int32_t>(d - g.fbeg[u]);
+  }
+  g.sum_asym = sa, g.sum_mut = sm;
+  tm.lap("merge2");
+  return g;
+}
+
+// Calls f(tid, u, v, w, x, y, z) once per triangle (u, v, w in increasing rank); x, y, z are
+// the forward-list slots of the dyads (u,v) seen from u, (v,w) seen from v, (u,w) seen from u.
+// Triangles through the forward edge (u, v) are the intersection of the sorted lists fwd(u)
+// and fwd(v): a merge, or binary searches when one list is much longer (hubs). Mostly
+// sequential memory access, which matters more than operation counts at millions of nodes.
+// f is called concurrently; tid is the OpenMP thread number.
+template <typename F>
+void for_each_triangle(const Graph& g, F&& f) {
+  const int64_t n = g.n;
+  const int32_t* nb = g.fnbr.data();
+#pragma omp parallel num_threads(at::get_num_threads()) if (g.par)
+  {
+    const int tid = omp_get_thread_num();
+#pragma omp for schedule(dynamic, 64)
+    for (int64_t u = 0; u < n; ++u) {
+      const int64_t ub = g.fbeg[u], ue = ub + g.fcnt[u];
+      if (ue - ub < 2) continue;
+      for (int64_t x = ub; x < ue; ++x) {
+        const int64_t v = nb[x];
+        const int64_t vb = g.fbeg[v], ve = vb + g.fcnt[v];
+        if (ve == vb) continue;
+        int64_t i = ub, j = vb;
+        const int64_t lu = ue - ub, lv = ve - vb;
+        if (lu > 16 * lv) {  // search each of v's few in u's long list
+          for (; j < ve; ++j) {
+            const int32_t w = nb[j];
+            const int32_t* it = std::lower_bound(nb + i, nb + ue, w);
+            i = it - nb;
+            if (i == ue) break;
+            if (*it == w) f(tid, u, v, static_cast<int64_t>(w), x, j, i);
+          }
+        } else if (lv > 16 * lu) {
+          for (; i < ue; ++i) {
+            const int32_t w = nb[i];
+            const int32_t* it = std::lower_bound(nb + j, nb + ve, w);
+            j = it - nb;
+            if (j == ve) break;
+            if (*it == w) f(tid, u, v, static_cast<int64_t>(w), x, j, i);
+          }
+        } else {
+          while (i < ue && j < ve) {
+            const int32_t a = nb[i], b = nb[j];
+            if (a == b) {
+              f(tid, u, v, static_cast<int64_t>(a), x, j, i);
+              ++i, ++j;
+            } else {
+              i += a < b;
+              j += b < a;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+inline int tricode(uint8_t uv, uint8_t uw, uint8_t vw) {  // ordered (a, b, c) = (u, v, w)
+  return (uv & 3) | ((uw & 3) << 2) | ((vw & 3) << 4);
+}
+inline int wedge_type(uint8_t ab, uint8_t ac) { return kTricode[(ab & 3) | ((ac & 3) << 2)]; }
+
+// Directed edges of a triangle (nodes 0, 1, 2 = u, v, w): E exists, S negative.
+struct Tri {
+  bool E[3][3];
+  bool S[3][3];
+  Tri(uint8_t uv, uint8_t uw, uint8_t vw) {
+    set(0, 1, uv);
+    set(0, 2, uw);
+    set(1, 2, vw);
+  }
+  void set(int a, int b, uint8_t x) {
+    E[a][b] = x & kOut, S[a][b] = x & kOutNeg;
+    E[b][a] = x & kIn, S[b][a] = x & kInNeg;
+  }
+};
+constexpr int kPerm[6][3] = {{0, 1, 2}, {0, 2, 1}, {1, 0, 2}, {1, 2, 0}, {2, 0, 1}, {2, 1, 0}};
+
+struct Counts {
+  int64_t tri[16] = {0};
+  int64_t closed[16] = {0};
+  int64_t t_asym = 0, t_mut = 0;
+  int64_t sig[4][kSigned] = {{0}};
+};
+
+template <typename scalar_t>
+std::tuple<at::Tensor, at::Tensor> census_impl(const int64_t* rp, const int32_t* ci, const scalar_t* val,
+                                               int64_t n) {
+  Graph g = build_graph(rp, ci, val, n, false);
+  Timer tm;
+  std::vector<Counts> local(at::get_num_threads());
+  for_each_triangle(g, [&](int tid, int64_t, int64_t, int64_t, int64_t x, int64_t y, int64_t z) {
+    Counts& c = local[tid];
+    const uint8_t uv = g.finfo[x], vw = g.finfo[y], uw = g.finfo[z];
+    const int t = kTricode[tricode(uv, uw, vw)];
+    ++c.tri[t];
+    ++c.closed[wedge_type(uv, uw)];
+    ++c.closed[wedge_type(flip(uv), vw)];
+    ++c.closed[wedge_type(flip(uw), flip(vw))];
+    for (uint8_t d : {uv, vw, uw}) {
+      if ((d & 3) == 3) ++c.t_mut; else ++c.t_asym;
+    }
+    const int slot = kTransSlot[t];
+    if (slot < 0) return;
+    Tri T(uv, uw, vw);
+    int bal = 0, unb = 0;
+    for (const auto& p : kPerm) {
+      const int i = p[0], j = p[1], k = p[2];
+      if (T.E[i][j] && T.E[j][k] && T.E[i][k]) {
+        if (T.S[i][j] ^ T.S[j][k] ^ T.S[i][k]) ++unb; else ++bal;
+      }
+    }
+    c.sig[slot][0] += bal;
+    c.sig[slot][1] += unb;
+    ++c.sig[slot][unb == 0 ? 2 : (bal == 0 ? 4 : 3)];
+  });
+  tm.lap("triangles");
+  Counts tot;
+  for (const auto& c : local) {
+    for (int t = 0; t < 16; ++t) tot.tri[t] += c.tri[t], tot.closed[t] += c.closed[t];
+    tot.t_asym += c.t_asym, tot.t_mut += c.t_mut;
+    for (int s = 0; s < 4; ++s)
+      for (int q = 0; q < kSigned; ++q) tot.sig[s][q] += c.sig[s][q];
+  }
+  // all wedges by type, from the neighbour kinds at each centre
+  int64_t wedges[16] = {0};
+  const uint8_t O = kOut, I = kIn, M = kOut | kIn;
+  for (int64_t u = 0; u < n; ++u) {
+    const int64_t o = g.n_out[u], i = g.n_in[u], mu = g.n_mut[u];  // int64: products overflow int32
+    wedges[wedge_type(O, O)] += o * (o - 1) / 2;
+    wedges[wedge_type(I, I)] += i * (i - 1) / 2;
+    wedges[wedge_type(O, I)] += o * i;
+    wedges[wedge_type(M, O)] += mu * o;
+    wedges[wedge_type(M, I)] += mu * i;
+    wedges[wedge_type(M, M)] += mu * (mu - 1) / 2;
+  }
+  auto census = at::zeros({16}, at::kLong);
+  int64_t* cs = census.data_ptr<int64_t>();
+  for (int t = 0; t < 16; ++t) cs[t] = tot.tri[t] + wedges[t] - tot.closed[t];
+  cs[1] = g.sum_asym + tot.t_asym;
+  cs[2] = g.sum_mut + tot.t_mut;
+  cs[0] = 0;  // 003: filled in by the caller
+  auto sig = at::zeros({4, kSigned}, at::kLong);
+  int64_t* sp = sig.data_ptr<int64_t>();
+  for (int s = 0; s < 4; ++s)
+    for (int q = 0; q < kSigned; ++q) sp[s * kSigned + q] = tot.sig[s][q];
+  return {census, sig};
+}
+
+void check_graph(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tensor& values) {
+  TORCH_CHECK_TYPE(row_ptr.scalar_type() == at::kLong, "row_ptr must be int64, got ", row_ptr.scalar_type());
+  TORCH_CHECK_TYPE(col_idx.scalar_type() == at::kInt, "col_idx must be int32, got ", col_idx.scalar_type());
+  TORCH_CHECK_VALUE(row_ptr.dim() == 1 && row_ptr.numel() >= 1, "row_ptr must be 1-D with n+1 >= 1 entries");
+  TORCH_CHECK_VALUE(row_ptr.device().is_cpu() && col_idx.device().is_cpu() && values.device().is_cpu(),
+                    "row_ptr, col_idx and values must be CPU tensors");
+  check_values(values, col_idx.numel());
+  const int64_t n = row_ptr.numel() - 1;
+  auto rp = row_ptr.contiguous();
+  auto ci = col_idx.contiguous();
+  const int64_t* p = rp.data_ptr<int64_t>();
+  const int32_t* c = ci.data_ptr<int32_t>();
+  TORCH_CHECK_VALUE(p[0] == 0 && p[n] == col_idx.numel(), "row_ptr must start at 0 and end at nnz=",
+                    col_idx.numel());
+  bool ok = true;
+#pragma omp parallel for reduction(&& : ok) num_threads(at::get_num_threads()) if (p[n] >= kParallelMin)
+  for (int64_t r = 0; r < n; ++r) {
+    if (p[r + 1] < p[r]) { ok = false; continue; }
+    for (int64_t k = p[r]; k < p[r + 1]; ++k)
+      ok = ok && c[k] >= 0 && c[k] < n && (k == p[r] || c[k] > c[k - 1]);
+  }
+  TORCH_CHECK_VALUE(ok, "row_ptr/col_idx must be a valid square CSR pattern (n=", n,
+                    ") with sorted, unique columns in [0, n) within each row");
+}
+
+std::tuple<at::Tensor, at::Tensor> signed_triad_census_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx,
+                                                           const at::Tensor& values) {
+  check_graph(row_ptr, col_idx, values);
+  auto rp = row_ptr.contiguous(), ci = col_idx.contiguous(), v = values.contiguous();
+  std::tuple<at::Tensor, at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "signed_triad_census_cpu", [&] {
+    out = census_impl<scalar_t>(rp.data_ptr<int64_t>(), ci.data_ptr<int32_t>(), v.data_ptr<scalar_t>(),
+                                rp.numel() - 1);
+  });
+  return out;
+}
+
+// Every transitive semicycle (i, j, k) in triads whose type bit is set in type_mask (bit t for
+// type t, 0 = 003 ... 15 = 300): nodes [S, 3] (i, j, k), CSR positions [S, 3] of the edges
+// i->j, j->k, i->k, and the triad type [S]. Order is unspecified (the caller sorts).
+template <typename scalar_t>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> semicycles_impl(const int64_t* rp, const int32_t* ci,
+                                                               const scalar_t* val, int64_t n, int64_t mask) {
+  Graph g = build_graph(rp, ci, val, n, true);
+  struct Local {
+    std::vector<int64_t> nodes, pos;
+    std::vector<int8_t> type;
+  };
+  std::vector<Local> local(at::get_num_threads());
+  for_each_triangle(g, [&](int tid, int64_t u, int64_t v, int64_t w, int64_t x, int64_t y, int64_t z) {
+    const uint8_t uv = g.finfo[x], vw = g.finfo[y], uw = g.finfo[z];
+    const int t = kTricode[tricode(uv, uw, vw)];
+    if (!((mask >> t) & 1)) return;
+    Tri T(uv, uw, vw);
+    const int64_t node[3] = {u, v, w};
+    int64_t P[3][3];  // CSR position of the edge a -> b
+    P[0][1] = g.fpos_out[x], P[1][0] = g.fpos_in[x];
+    P[0][2] = g.fpos_out[z], P[2][0] = g.fpos_in[z];
+    P[1][2] = g.fpos_out[y], P[2][1] = g.fpos_in[y];
+    Local& L = local[tid];
+    for (const auto& p : kPerm) {
+      const int i = p[0], j = p[1], k = p[2];
+      if (T.E[i][j] && T.E[j][k] && T.E[i][k]) {
+        L.nodes.insert(L.nodes.end(), {node[i], node[j], node[k]});
+        L.pos.insert(L.pos.end(), {P[i][j], P[j][k], P[i][k]});
+        L.type.push_back(static_cast<int8_t>(t));
+      }
+    }
+  });
+  int64_t total = 0;
+  for (const auto& L : local) total += static_cast<int64_t>(L.type.size());
+  auto nodes = at::empty({total, 3}, at::kLong);
+  auto pos = at::empty({total, 3}, at::kLong);
+  auto type = at::empty({total}, at::kChar);
+  int64_t off = 0;
+  for (const auto& L : local) {
+    const int64_t s = static_cast<int64_t>(L.type.size());
+    std::copy(L.nodes.begin(), L.nodes.end(), nodes.data_ptr<int64_t>() + 3 * off);
+    std::copy(L.pos.begin(), L.pos.end(), pos.data_ptr<int64_t>() + 3 * off);
+    std::copy(L.type.begin(), L.type.end(), type.data_ptr<int8_t>() + off);
+    off += s;
+  }
+  return {nodes, pos, type};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> transitive_semicycles_cpu(const at::Tensor& row_ptr,
+                                                                         const at::Tensor& col_idx,
+                                                                         const at::Tensor& values,
+                                                                         int64_t type_mask) {
+  check_graph(row_ptr, col_idx, values);
+  auto rp = row_ptr.contiguous(), ci = col_idx.contiguous(), v = values.contiguous();
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "transitive_semicycles_cpu", [&] {
+    out = semicycles_impl<scalar_t>(rp.data_ptr<int64_t>(), ci.data_ptr<int32_t>(), v.data_ptr<scalar_t>(),
+                                    rp.numel() - 1, type_mask);
+  });
+  return out;
+}
+
+// K independent randomisations of a directed simple graph (src[e] -> dst[e]) by
+// degree-preserving swaps: n_swaps attempts each, an attempt picks two edges a->b, c->d and
+// rewires them to a->d, c->b unless that makes a self-loop or a duplicate edge. Sources stay
+// with their edge slot, so per-edge data (weights) can follow the slot. Deterministic per seed.
+void swap_one(const int32_t* src, int32_t* dst, int64_t m, int64_t n, int64_t n_swaps, uint64_t seed) {
+  if (m < 2) return;
+  std::unordered_set<int64_t> edges;
+  edges.reserve(static_cast<size_t>(m) * 2);
+  for (int64_t e = 0; e < m; ++e) edges.insert(int64_t(src[e]) * n + dst[e]);
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int64_t> pick(0, m - 1);
+  for (int64_t t = 0; t < n_swaps; ++t) {
+    const int64_t a = pick(rng), b = pick(rng);
+    const int64_t s1 = src[a], t1 = dst[a], s2 = src[b], t2 = dst[b];
+    if (a == b || t1 == t2 || s1 == s2 || s1 == t2 || s2 == t1) continue;
+    const int64_t k1 = s1 * n + t2, k2 = s2 * n + t1;
+    if (edges.count(k1) || edges.count(k2)) continue;
+    edges.erase(s1 * n + t1);
+    edges.erase(s2 * n + t2);
+    edges.insert(k1);
+    edges.insert(k2);
+    dst[a] = static_cast<int32_t>(t2);
+    dst[b] = static_cast<int32_t>(t1);
+  }
+}
+
+at::Tensor degree_preserving_swaps_cpu(const at::Tensor& src, const at::Tensor& dst, int64_t n, int64_t n_swaps,
+                                       const at::Tensor& seeds) {
+  TORCH_CHECK_TYPE(src.scalar_type() == at::kInt && dst.scalar_type() == at::kInt, "src and dst must be int32");
+  TORCH_CHECK_TYPE(seeds.scalar_type() == at::kLong, "seeds must be int64, got ", seeds.scalar_type());
+  TORCH_CHECK_VALUE(src.dim() == 1 && dst.dim() == 1 && src.numel() == dst.numel(),
+                    "src and dst must be 1-D of equal length");
+  TORCH_CHECK_VALUE(seeds.dim() == 1, "seeds must be 1-D");
+  TORCH_CHECK_VALUE(n >= 0 && n_swaps >= 0, "n and n_swaps must be >= 0");
+  auto s = src.contiguous(), d = dst.contiguous(), sd = seeds.contiguous();
+  const int64_t m = s.numel(), K = sd.numel();
+  auto out = d.unsqueeze(0).repeat({K, 1}).contiguous();
+  const int32_t* sp = s.data_ptr<int32_t>();
+  int32_t* op = out.data_ptr<int32_t>();
+  const int64_t* seed = sd.data_ptr<int64_t>();
+#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads()) if (K > 1 && m * (n_swaps + 1) >= 64 * kParallelMin)
+  for (int64_t k = 0; k < K; ++k) swap_one(sp, op + k * m, m, n, n_swaps, static_cast<uint64_t>(seed[k]));
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(sparse_engine, m) {
+  // Signed triad census of the graph "entry (r, c) = edge c -> r": (census int64[16] with
+  // census[0] (003) left 0, signed int64[4, 5]: per transitive type 030T, 120D, 120U, 300:
+  // balanced and unbalanced semicycles, completely balanced, partially balanced and
+  // completely unbalanced triads).
+  m.def("signed_triad_census(Tensor row_ptr, Tensor col_idx, Tensor values) -> (Tensor, Tensor)");
+  // Transitive semicycles in triads of the types in type_mask: (nodes [S,3], positions [S,3], type [S])
+  m.def("transitive_semicycles(Tensor row_ptr, Tensor col_idx, Tensor values, int type_mask) "
+        "-> (Tensor, Tensor, Tensor)");
+  // K degree-preserving randomisations: new dst arrays [K, m]
+  m.def("degree_preserving_swaps(Tensor src, Tensor dst, int n, int n_swaps, Tensor seeds) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(sparse_engine, CPU, m) {
+  m.impl("signed_triad_census", &signed_triad_census_cpu);
+  m.impl("transitive_semicycles", &transitive_semicycles_cpu);
+  m.impl("degree_preserving_swaps", &degree_preserving_swaps_cpu);
+}
+
+}  // namespace sparse_engine

@@ -1,0 +1,153 @@
+"""NNSTD, the neural network sparse topology distance (Liu et al., ECML-PKDD 2020).
+
+Layers are matrices (out x in), rows = neurons, like ``nn.Linear.weight`` and SparseWeight;
+a neuron's input set is the set of columns where its row is nonzero. Per layer:
+
+1. the cost between neuron a of network A and neuron b of network B is 1 - Jaccard(in(a), in(b)),
+   0 when both input sets are empty; intersections come from one sparse product of the binary
+   matrices, A_bin @ B_bin^T (no pairwise loops);
+2. neurons are matched at minimum total cost. Only pairs that share an input have a cost
+   below 1, so the dense (out x out) assignment (``scipy.optimize.linear_sum_assignment``)
+   equals: pair empty neurons with empty neurons (cost 0), then a maximum-weight matching on
+   the sparse graph of overlapping pairs (weight = Jaccard), the rest paired arbitrarily at
+   cost 1. That matching runs as ``scipy.sparse.csgraph.min_weight_full_bipartite_matching``
+   on the overlap graph plus a "stay unmatched" edge per neuron, so no out x out array is
+   built and time grows with the overlaps, not with out^2. Optimal matchings can tie; the
+   per-layer optimum is unique but which tied matching is taken changes the next layer's
+   input order, as in any implementation;
+3. the matching permutes the next layer's inputs in B (its column matched[i] becomes column
+   i), so later layers are compared in A's neuron order. The first layer's inputs are taken as
+   aligned (the same data features).
+
+A layer's distance is its matched cost / its neurons; the network distance is the total matched
+cost / total neurons. With ``align_outputs=True`` the last layer's neurons are not matched
+(output units are fixed class labels): they are compared in place.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import min_weight_full_bipartite_matching
+
+from ..sparse import SparseWeight
+
+__all__ = ["NNSTDResult", "nnstd", "jaccard_similarity", "jaccard_cost", "load_nnstd_layers"]
+
+
+@dataclass
+class NNSTDResult:
+    distance: float                 # total matched cost / total neurons
+    per_layer: list[float]          # matched cost / neurons, per layer
+    matchings: list[np.ndarray]     # matchings[l][i]: B's neuron matched to A's neuron i
+
+
+def _binary(M, name: str) -> sp.csr_matrix:
+    if isinstance(M, SparseWeight):
+        M = M.to_scipy()
+    if not sp.issparse(M):
+        raise TypeError(f"{name} must be a scipy.sparse matrix or a SparseWeight, got {type(M).__name__}")
+    M = sp.csr_matrix(M, copy=True)
+    M.eliminate_zeros()
+    M.data = np.ones_like(M.data, dtype=np.float64)
+    return M
+
+
+def jaccard_similarity(A: sp.csr_matrix, B: sp.csr_matrix) -> sp.coo_matrix:
+    """Jaccard similarity between the rows' nonzero sets of two binary CSR matrices with the same
+    number of columns, at the pairs that share a column (sparse; empty rows are left out)."""
+    inter = (A @ B.T).tocoo()
+    na = np.diff(A.indptr).astype(np.float64)
+    nb = np.diff(B.indptr).astype(np.float64)
+    sim = inter.data / (na[inter.row] + nb[inter.col] - inter.data)
+    return sp.coo_matrix((sim, (inter.row, inter.col)), shape=(A.shape[0], B.shape[0]))
+
+
+def jaccard_cost(A: sp.csr_matrix, B: sp.csr_matrix) -> np.ndarray:
+    """Dense (rows(A) x rows(B)) matrix of 1 - Jaccard (0 for two empty rows): for tests and
+    small layers; :func:`nnstd` never builds it."""
+    cost = 1.0 - jaccard_similarity(A, B).toarray()
+    cost[np.ix_(np.diff(A.indptr) == 0, np.diff(B.indptr) == 0)] = 0.0
+    return cost
+
+
+def _match(A: sp.csr_matrix, B: sp.csr_matrix):
+    """Minimum-cost perfect matching of A's rows to B's rows (same count) under 1 - Jaccard:
+    (col, total cost), col[i] = B row matched to A row i."""
+    n = A.shape[0]
+    col = np.full(n, -1, dtype=np.int64)
+    empty_a = np.flatnonzero(np.diff(A.indptr) == 0)
+    empty_b = np.flatnonzero(np.diff(B.indptr) == 0)
+    k = min(len(empty_a), len(empty_b))
+    col[empty_a[:k]] = empty_b[:k]  # empty with empty: cost 0, never worse than anything else
+    sim = jaccard_similarity(A, B)
+    gain = 0.0
+    if sim.nnz:
+        # left: A rows, then one dummy per B row; right: B rows, then one dummy per A row.
+        # i -> j costs 2 - s_ij, i -> its dummy 2 (unmatched), dummy(j) -> j 1, dummy(j) -> dummy(i)
+        # 1 for every overlap edge (i, j) (frees both when i-j is used). All costs +1 so none is 0;
+        # each full matching has 2n edges, so the shift does not change the optimum.
+        r, c, s = sim.row, sim.col, sim.data
+        ar = np.arange(n)
+        rows = np.concatenate([r, ar, n + ar, n + c])
+        cols = np.concatenate([c, n + ar, ar, n + r])
+        w = np.concatenate([2.0 - s, np.full(n, 2.0), np.ones(n), np.ones(len(s))])
+        big = sp.csr_matrix((w, (rows, cols)), shape=(2 * n, 2 * n))
+        li, ri = min_weight_full_bipartite_matching(big)
+        pick = (li < n) & (ri < n)
+        li, ri = li[pick], ri[pick]
+        col[li] = ri
+        gain = float(np.asarray(sim.tocsr()[li, ri]).sum())
+    free_a = np.flatnonzero(col < 0)
+    used = np.zeros(n, dtype=bool)
+    used[col[col >= 0]] = True
+    col[free_a] = np.flatnonzero(~used)
+    return col, float(n - k - gain)
+
+
+def nnstd(layers_a, layers_b, *, align_outputs: bool = False) -> NNSTDResult:
+    """Topology distance between two networks given as lists of layer matrices (out x in)."""
+    if not isinstance(layers_a, (list, tuple)) or not isinstance(layers_b, (list, tuple)):
+        raise TypeError("layers_a and layers_b must be lists of layer matrices")
+    if len(layers_a) != len(layers_b) or not layers_a:
+        raise ValueError(f"layers_a and layers_b must hold the same number (>= 1) of layers, got "
+                         f"{len(layers_a)} and {len(layers_b)}")
+    perm = None
+    costs, neurons, per_layer, matchings = 0.0, 0, [], []
+    for idx, (ma, mb) in enumerate(zip(layers_a, layers_b)):
+        A, B = _binary(ma, f"layers_a[{idx}]"), _binary(mb, f"layers_b[{idx}]")
+        if A.shape != B.shape:
+            raise ValueError(f"layers_a[{idx}] and layers_b[{idx}] must have the same shape, got "
+                             f"{A.shape} and {B.shape}")
+        if perm is not None:
+            if B.shape[1] != len(perm):
+                raise ValueError(f"layers_b[{idx}] must have {len(perm)} inputs (the previous layer's "
+                                 f"neurons), got shape {B.shape}")
+            B = B[:, perm]
+        if align_outputs and idx == len(layers_a) - 1:
+            col = np.arange(A.shape[0])
+            sim = jaccard_similarity(A, B)
+            on_diag = sim.row == sim.col
+            both_empty = (np.diff(A.indptr) == 0) & (np.diff(B.indptr) == 0)
+            total = float(A.shape[0] - sim.data[on_diag].sum() - both_empty.sum())
+        else:
+            col, total = _match(A, B)
+        costs += total
+        neurons += A.shape[0]
+        per_layer.append(total / A.shape[0] if A.shape[0] else 0.0)
+        matchings.append(col)
+        perm = col
+    return NNSTDResult(costs / neurons if neurons else 0.0, per_layer, matchings)
+
+
+def load_nnstd_layers(folder) -> list[sp.csr_matrix]:
+    """Layers ``weight_l0.npz, weight_l1.npz, ...`` of the NNSTD paper's topologies as (out x in)
+    CSR matrices. The files hold (in + 1, out) matrices whose last row is the bias: it is
+    dropped and the rest transposed."""
+    folder = Path(folder)
+    files = sorted(folder.glob("weight_l*.npz"), key=lambda p: int(p.stem[len("weight_l"):]))
+    if not files:
+        raise ValueError(f"folder must contain weight_l<i>.npz files, found none in {folder}")
+    return [sp.csr_matrix(sp.load_npz(f)[:-1].T) for f in files]

@@ -1,0 +1,141 @@
+"""NNSTD against a direct pairwise computation, invariances, and the NNSTD paper's topologies."""
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+import sparse_engine  # noqa: F401
+from sparse_engine import SparseWeight
+from sparse_engine.analysis import jaccard_cost, load_nnstd_layers, nnstd
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "nnstd_topologies"
+
+
+def rand_layers(rng, sizes, density):
+    return [sp.random(o, i, density=density, random_state=rng, format="csr") for i, o in zip(sizes, sizes[1:])]
+
+
+def direct_layer_costs(layers_a, layers_b, matchings):
+    """Per layer: the optimal matched cost by trying every permutation, with pairwise Jaccard from
+    Python sets. Optimal matchings can tie, and which one is taken changes the later layers'
+    inputs, so later layers are permuted by the matching under test (each checked optimal)."""
+    perm, out = None, []
+    for A, B, m in zip(layers_a, layers_b, matchings):
+        A, B = A.toarray() != 0, B.toarray() != 0
+        if perm is not None:
+            B = B[:, perm]
+        sa = [set(np.flatnonzero(r)) for r in A]
+        sb = [set(np.flatnonzero(r)) for r in B]
+        cost = np.array([[1 - len(x & y) / len(x | y) if x | y else 0.0 for y in sb] for x in sa])
+        best = min(cost[np.arange(len(sa)), p].sum() for p in itertools.permutations(range(len(sb))))
+        assert sorted(m) == list(range(len(sb)))
+        assert cost[np.arange(len(sa)), m].sum() == pytest.approx(best, abs=1e-12)
+        out.append(best / len(sa))
+        perm = m
+    return out
+
+
+def test_matches_direct_computation():
+    rng = np.random.default_rng()
+    for _ in range(15):
+        sizes = [int(x) for x in rng.integers(2, 7, size=int(rng.integers(2, 5)))]
+        la, lb = rand_layers(rng, sizes, 0.4), rand_layers(rng, sizes, 0.4)
+        res = nnstd(la, lb)
+        per = direct_layer_costs(la, lb, res.matchings)
+        np.testing.assert_allclose(res.per_layer, per, atol=1e-12)
+        assert res.distance == pytest.approx(sum(p * o for p, o in zip(per, sizes[1:])) / sum(sizes[1:]))
+
+
+def test_jaccard_cost_matches_sets():
+    rng = np.random.default_rng()
+    A = sp.random(30, 20, density=0.2, random_state=rng, format="csr")
+    B = sp.random(25, 20, density=0.2, random_state=rng, format="csr")
+    A.data[:] = 1
+    B.data[:] = 1
+    sa = [set(A[i].indices) for i in range(30)]
+    sb = [set(B[j].indices) for j in range(25)]
+    ref = np.array([[1 - len(x & y) / len(x | y) if x | y else 0.0 for y in sb] for x in sa])
+    np.testing.assert_allclose(jaccard_cost(A, B), ref)
+
+
+def test_identical_and_permuted_are_zero():
+    rng = np.random.default_rng()
+    sizes = [50, 40, 30, 10]
+    la = rand_layers(rng, sizes, 0.3)  # dense enough that no two neurons share an input set
+    assert nnstd(la, la).distance == 0.0
+    # permute every hidden layer's neurons (rows) and the next layer's inputs (columns) alike
+    lb, prev = [], None
+    for idx, L in enumerate(la):
+        L = L.tocsr()
+        if prev is not None:
+            L = L[:, prev]
+        p = rng.permutation(L.shape[0]) if idx < len(la) - 1 else np.arange(L.shape[0])
+        lb.append(L[p])
+        prev = p  # B neuron r is A neuron p[r]: the next layer's input r is A's input p[r]
+    res = nnstd(la, lb, align_outputs=True)
+    assert res.distance == 0.0 and res.per_layer == [0.0] * 3
+    # weights' values do not matter, SparseWeights work
+    ws = [SparseWeight.from_scipy(L * 3.0) for L in lb]
+    assert nnstd(la, ws, align_outputs=True).distance == 0.0
+    # a different topology is at positive distance
+    assert nnstd(la, rand_layers(rng, sizes, 0.3)).distance > 0
+
+
+def test_empty_neurons():
+    A = sp.csr_matrix(np.array([[0, 0], [1, 0]]))
+    B = sp.csr_matrix(np.array([[0, 1], [0, 0]]))
+    # empty-empty costs 0, the other pair 1 - 0/2 = 1: 1 / 2 neurons
+    assert nnstd([A], [B]).distance == 0.5
+
+
+def test_bad_inputs():
+    A = sp.random(4, 3, density=0.5, format="csr")
+    with pytest.raises(TypeError, match="layers_a"):
+        nnstd(A, [A])
+    with pytest.raises(ValueError, match="same number"):
+        nnstd([A], [A, A])
+    with pytest.raises(ValueError, match="same shape"):
+        nnstd([A], [sp.random(3, 3, density=0.5, format="csr")])
+    with pytest.raises(TypeError, match=r"layers_b\[0\]"):
+        nnstd([A], [np.ones((4, 3))])
+    with pytest.raises(ValueError, match="folder"):
+        load_nnstd_layers(Path("/nonexistent"))
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"real data folder {DATA} missing")
+def test_real_topologies_distance_grows_with_training():
+    ref = {e: load_nnstd_layers(DATA / "e5_s0_w0" / e) for e in ("epoch_000", "epoch_190")}
+    assert [L.shape for L in ref["epoch_000"]] == [(784, 784)] * 3 + [(10, 784)]
+    last = {}
+    for w in ("w1", "w5", "w9"):
+        d0 = nnstd(ref["epoch_000"], load_nnstd_layers(DATA / f"e5_s0_{w}" / "epoch_000")).distance
+        d1 = nnstd(ref["epoch_190"], load_nnstd_layers(DATA / f"e5_s0_{w}" / "epoch_190")).distance
+        assert 0 < d0 < d1 < 1
+        last[w] = (d0, d1)
+    # farther generations are farther apart, before and after training
+    assert last["w1"][0] < last["w5"][0] < last["w9"][0]
+    assert last["w1"][1] < last["w5"][1] < last["w9"][1]
+
+
+def test_sparse_matching_equals_dense_assignment():
+    """The sparse matching reaches the dense linear_sum_assignment optimum, with many empty
+    neurons and ties."""
+    from scipy.optimize import linear_sum_assignment
+
+    rng = np.random.default_rng()
+    for density in (0.005, 0.02, 0.1, 0.5):
+        for _ in range(5):
+            n, k = int(rng.integers(1, 120)), int(rng.integers(1, 60))
+            A = sp.random(n, k, density=density, random_state=rng, format="csr")
+            B = sp.random(n, k, density=density, random_state=rng, format="csr")
+            res = nnstd([A], [B])
+            cost = jaccard_cost(A.astype(bool).astype(float), B.astype(bool).astype(float))
+            r, c = linear_sum_assignment(cost)
+            assert res.distance * n == pytest.approx(cost[r, c].sum(), abs=1e-9)
+            assert sorted(res.matchings[0]) == list(range(n))
+            assert cost[np.arange(n), res.matchings[0]].sum() == pytest.approx(cost[r, c].sum(), abs=1e-9)
+            al = nnstd([A], [B], align_outputs=True)
+            assert al.distance * n == pytest.approx(np.trace(cost), abs=1e-9)
