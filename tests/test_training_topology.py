@@ -300,3 +300,18 @@ def test_gradient_growth_bad_inputs(gen):
         gradient_growth(w.row_ptr, w.col_idx, G, X, 31)
     with pytest.raises(ValueError, match="method"):
         gradient_growth(w.row_ptr, w.col_idx, G, X, 1, method="dense")
+
+
+def test_backward_works_after_nnz_change_while_old_graph_is_alive(gen):
+    from sparse_engine.nn import SparseLinear
+
+    layer = SparseLinear(8, 6, density=0.5)
+    x = torch.randn(4, 8, generator=gen)
+    loss = layer(x).pow(2).sum()
+    loss.backward()  # ``loss`` keeps the old graph (and its gradient accumulator) alive
+    w = layer.weight
+    rewire(w, magnitude_keep(w.values, 5))
+    layer.zero_grad()
+    loss = layer(x).pow(2).sum()
+    loss.backward()
+    assert w.values.grad.shape == (w.nnz,)

@@ -26,7 +26,7 @@ from .density import sparse_weights
 from .grad_factors import GradFactorRecorder
 from .schedules import cosine_decay, cubic_density, narang_threshold
 from .topology import (INIT_CHOICES, Remap, global_magnitude_keep, gradient_growth, magnitude_keep,
-                       random_empty, rewire, set_keep, threshold_keep)
+                       random_empty, rewire, set_keep, set_pattern, threshold_keep)
 
 __all__ = ["TopologyController", "SET", "RigL", "GradualMagnitudePruning", "DeepR"]
 
@@ -142,7 +142,7 @@ class SET(TopologyController):
                 rp, ci = _init.random_pattern(rows, cols, nnz, self.generator)
                 vals = _init.default_values(nnz, rows, w.values.dtype, self.generator)
                 dev = w.values.device
-                w.set_pattern(rp.to(dev), ci.to(dev), vals.to(dev), validate=False)
+                set_pattern(w, rp.to(dev), ci.to(dev), vals.to(dev))
 
     def _after_epoch(self) -> None:
         for name, w in self.weights.items():
@@ -264,13 +264,15 @@ class GradualMagnitudePruning(TopologyController):
                 eps = narang_threshold(t, self.q[name], self.start_step, self.ramp_step, self.end_step, self.frequency)
                 self._rewire(name, threshold_keep(w.values, eps))
         else:
-            excess = {}
+            excess, target = {}, {}
             for name, w in self.weights.items():
                 rows, cols = w.shape
-                excess[name] = max(0, w.nnz - int(round(self.target_density(name, t) * rows * cols)))
+                target[name] = int(round(self.target_density(name, t) * rows * cols))
+                excess[name] = max(0, w.nnz - target[name])
             if self.scope == "global":
                 names = list(self.weights)
-                keeps = global_magnitude_keep([self.weights[n].values for n in names], sum(excess.values()))
+                total = sum(self.weights[n].nnz for n in names) - sum(target.values())
+                keeps = global_magnitude_keep([self.weights[n].values for n in names], max(0, total))
                 for name, keep in zip(names, keeps):
                     self._rewire(name, keep)
             else:
@@ -348,22 +350,21 @@ class DeepR(TopologyController):
             grow_seed = self._seed()
             nr, nc = random_empty(*_compacted(w, ~dead), cols, n, grow_seed)
             new_keys = nr * cols + nc.long()
-            # signs for the new positions: stored if the position lived before, else random
-            dk, ds = self._dead_keys[name], self._dead_sign[name]
-            pos = torch.searchsorted(dk, new_keys)
-            found = (pos < dk.numel()) & (dk[pos.clamp(max=max(dk.numel() - 1, 0))] == new_keys) if dk.numel() else \
-                torch.zeros(n, dtype=torch.bool)
+            # dead record (sorted keys of positions that lived and died, with their signs) plus
+            # the ones that die now; regrown positions take their stored sign and leave it
+            keys = torch.cat([self._dead_keys[name], keys_dead])
+            signs = torch.cat([self._dead_sign[name], sign_dead])
+            order = torch.argsort(keys)
+            keys, signs = keys[order], signs[order]
+            pos = torch.searchsorted(keys, new_keys).clamp(max=max(keys.numel() - 1, 0))
+            found = (keys[pos] == new_keys) if keys.numel() else torch.zeros(n, dtype=torch.bool)
             new_sign = self._random_signs(n)
-            new_sign[found] = ds[pos[found]]
+            new_sign[found] = signs[pos[found]]
             mag = torch.as_tensor(self._init_magnitudes(w, n))
             values = new_sign.to(w.values.dtype) * mag.abs()
-            # dead record: minus the regrown positions, plus the newly dead ones
-            stay = torch.ones(dk.numel(), dtype=torch.bool)
+            stay = torch.ones(keys.numel(), dtype=torch.bool)
             stay[pos[found]] = False
-            keys = torch.cat([dk[stay], keys_dead])
-            signs = torch.cat([ds[stay], sign_dead])
-            order = torch.argsort(keys)
-            self._dead_keys[name], self._dead_sign[name] = keys[order], signs[order]
+            self._dead_keys[name], self._dead_sign[name] = keys[stay], signs[stay]
             self._pending_sign = new_sign
             self._rewire(name, ~dead.to(w.values.device), lambda rp, ci, nr=nr, nc=nc: (nr, nc), values=values)
         self._notify()
