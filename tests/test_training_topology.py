@@ -278,11 +278,11 @@ def test_sampled_gradient_growth(gen):
     G = torch.randn(30, 4, generator=gen, dtype=torch.float64)
     X = torch.randn(40, 4, generator=gen, dtype=torch.float64)
     # a budget that covers every empty position: the sample is all of them, so exact
-    r, c, g = gradient_growth(w.row_ptr, w.col_idx, G, X, 25, method="sample", max_flops=1e9, seed=1)
+    r, c, g = gradient_growth(w.row_ptr, w.col_idx, G, X, 25, method="sample", sample_factor=1000, seed=1)
     rr, rc, rg = dense_topk(w, G, X, 25)
     assert np.array_equal(r.numpy(), rr) and np.array_equal(c.numpy(), rc)
     # a small budget: still k distinct empty positions with their true gradients
-    r, c, g = gradient_growth(w.row_ptr, w.col_idx, G, X, 25, method="sample", max_flops=4 * 100, seed=1)
+    r, c, g = gradient_growth(w.row_ptr, w.col_idx, G, X, 25, method="sample", sample_factor=2, seed=1)
     key = (r * 40 + c.long()).numpy()
     assert key.size == 25 and np.all(np.diff(key) > 0) and not np.isin(key, keys(w)).any()
     D = (G @ X.t()).numpy().reshape(-1)

@@ -96,10 +96,17 @@ class TopologyController:
             raise ValueError(f"gradient growth needs (G, X) factors for {missing}: their modules must be SparseLinear "
                              "or implement dense_grad_factors(name) (see sparse_engine.training.grad_factors)")
 
-    def _gradient_grow(self, weight: SparseWeight, n: int, method: str, max_flops: float):
+    def _gradient_grow(self, weight: SparseWeight, n: int):
         G, X = self.recorder.factors(weight)
-        seed = self._seed()
-        return lambda rp, ci: gradient_growth(rp, ci, G, X, n, method=method, max_flops=max_flops, seed=seed)
+        seed, kw = self._seed(), self.grad_options
+        return lambda rp, ci: gradient_growth(rp, ci, G, X, n, seed=seed, **kw)
+
+    def _set_grad_options(self, method: str, max_flops: float, sample_factor: int) -> None:
+        if method not in ("auto", "exact", "sample"):
+            raise ValueError(f"grad_method must be 'auto', 'exact' or 'sample', got {method!r}")
+        if not (isinstance(sample_factor, int) and sample_factor >= 1):
+            raise ValueError(f"sample_factor must be an int >= 1, got {sample_factor!r}")
+        self.grad_options = dict(method=method, max_flops=max_flops, sample_factor=sample_factor)
 
     def _rewire(self, name: str, keep: torch.Tensor, grow=None, values=None) -> Remap:
         remap = rewire(self.weights[name], keep, grow, init=self.init, init_scale=self.init_scale,
@@ -159,22 +166,20 @@ class RigL(TopologyController):
     |gradient|, f_t = update_fraction/2 (1 + cos(pi t / end_step)). New weights start at
     ``init`` (zero, as in RigL). The gradient comes from the last batch's factors (see
     :mod:`~sparse_engine.training.grad_factors`), recorded only before update steps;
-    ``grad_method``/``max_flops``: see :func:`~sparse_engine.training.topology.gradient_growth`."""
+    ``grad_method``/``max_flops``/``sample_factor``: see :func:`~sparse_engine.training.topology.gradient_growth`."""
 
     def __init__(self, model, optimizer, *, end_step: int, update_fraction: float = 0.3, update_every: int = 100,
                  init="zero", init_scale: float = 0.1, grad_method: str = "auto", max_flops: float = 2.0 ** 34,
-                 seed: int = 0, callbacks: Iterable[Callback] = ()):
+                 sample_factor: int = 8, seed: int = 0, callbacks: Iterable[Callback] = ()):
         super().__init__(model, optimizer, seed=seed, callbacks=callbacks, init=init, init_scale=init_scale)
+        self._set_grad_options(grad_method, max_flops, sample_factor)
         if not 0.0 <= update_fraction <= 1.0:
             raise ValueError(f"update_fraction must be in [0, 1], got {update_fraction}")
         if not (isinstance(update_every, int) and update_every > 0):
             raise ValueError(f"update_every must be a positive int, got {update_every!r}")
         if not (isinstance(end_step, int) and end_step > 0):
             raise ValueError(f"end_step must be a positive int, got {end_step!r}")
-        if grad_method not in ("auto", "exact", "sample"):
-            raise ValueError(f"grad_method must be 'auto', 'exact' or 'sample', got {grad_method!r}")
         self.end_step, self.update_fraction, self.update_every = end_step, float(update_fraction), update_every
-        self.grad_method, self.max_flops = grad_method, max_flops
         self._use_gradients(model)
         self.recorder.armed = self._is_update(1)
 
@@ -190,7 +195,7 @@ class RigL(TopologyController):
             f = self.fraction(t)
             for name, w in self.weights.items():
                 n = int(f * w.nnz)
-                grow = self._gradient_grow(w, n, self.grad_method, self.max_flops)
+                grow = self._gradient_grow(w, n)
                 self._rewire(name, magnitude_keep(w.values, n), grow)
             self.recorder.clear()
             self._notify()

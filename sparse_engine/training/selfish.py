@@ -143,7 +143,7 @@ class SelfishRNN(TopologyController):
                  death_rate_min: float = 0.005, death: str = "magnitude", growth: str = "random",
                  redistribution: str = "none", threshold: float = 1e-3, nt_asgd: bool = True, nonmono: int = 5,
                  init="zero", init_scale: float = 0.1, grad_method: str = "auto", max_flops: float = 2.0 ** 34,
-                 seed: int = 0, callbacks: Iterable[Callback] = ()):
+                 sample_factor: int = 8, seed: int = 0, callbacks: Iterable[Callback] = ()):
         super().__init__(model, optimizer, seed=seed, callbacks=callbacks, init=init, init_scale=init_scale)
         if not (isinstance(total_steps, int) and total_steps > 0):
             raise ValueError(f"total_steps must be a positive int (all training batches), got {total_steps!r}")
@@ -164,7 +164,7 @@ class SelfishRNN(TopologyController):
         self.total_steps, self.death_rate0, self.death_rate_min = total_steps, float(death_rate), float(death_rate_min)
         self.death, self.growth, self.redistribution = death, growth, redistribution
         self.threshold, self.nt_asgd, self.nonmono = float(threshold), bool(nt_asgd), nonmono
-        self.grad_method, self.max_flops = grad_method, max_flops
+        self._set_grad_options(grad_method, max_flops, sample_factor)
         self.val_losses: list[float] = []
         self.averager = SparseNTASGD(self.weights)
         if growth == "gradient":
@@ -234,7 +234,7 @@ class SelfishRNN(TopologyController):
         for name, n in zip(names, grow):
             w = self.weights[name]
             if self.growth == "gradient":
-                g = self._gradient_grow(w, n, self.grad_method, self.max_flops)
+                g = self._gradient_grow(w, n)
             else:
                 g = self._random_grow(w, n)
             self._rewire(name, keeps[name], g)

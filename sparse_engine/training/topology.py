@@ -121,15 +121,16 @@ def random_empty(row_ptr: torch.Tensor, col_idx: torch.Tensor, n_cols: int, n: i
 
 
 def gradient_growth(row_ptr: torch.Tensor, col_idx: torch.Tensor, G: torch.Tensor, X: torch.Tensor, k: int,
-                    *, method: str = "auto", max_flops: float = 2.0 ** 34, seed: int = 0,
-                    tile_rows: int = 256, tile_elems: int = 2 ** 22):
+                    *, method: str = "auto", max_flops: float = 2.0 ** 34, sample_factor: int = 8,
+                    seed: int = 0, tile_rows: int = 256, tile_elems: int = 2 ** 22):
     """The ``k`` empty positions with the largest |dL/dW| = |G X^T| (G: rows x M, X: cols x M,
     feature-major), as (rows, cols, grads) sorted by (row, col). The dense gradient never exists.
 
     method="exact": every tile of tile_rows x (tile_elems / tile_rows) is one GEMM, and a running
     top-k over the empty positions of the tile is kept (cost rows*cols*M flops, memory
-    O(tile + k)). method="sample": draws min(empty, max(k, max_flops / M)) uniformly random empty
-    candidates, computes their gradients with sddmm and keeps the top k (an approximation).
+    O(tile + k)). method="sample": draws min(empty, sample_factor * k) uniformly random empty
+    candidates, computes their gradients with sddmm and keeps the top k (an approximation; cost
+    O(sample_factor * k * M)).
     method="auto" (default): exact while rows*cols*M <= max_flops (2^34, about a second on two
     cores), sample above it."""
     if method not in ("auto", "exact", "sample"):
@@ -152,7 +153,9 @@ def gradient_growth(row_ptr: torch.Tensor, col_idx: torch.Tensor, G: torch.Tenso
     if method == "exact":
         tile_cols = max(1, tile_elems // tile_rows)
         return _ops.grad_topk(rp, ci, G, X, int(k), int(tile_rows), int(tile_cols))
-    n_cand = int(min(empty, max(k, max_flops // max(M, 1))))
+    if not (isinstance(sample_factor, int) and sample_factor >= 1):
+        raise ValueError(f"sample_factor must be an int >= 1, got {sample_factor!r}")
+    n_cand = int(min(empty, sample_factor * k))
     cr, cc = random_empty(rp, ci, cols, n_cand, seed)
     cand = _pattern(cr, cc, rows, cols)
     grads = _ops.sddmm(*cand.index, G, X)
