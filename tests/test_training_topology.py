@@ -85,6 +85,7 @@ def test_selection_bad_inputs():
 
 # ------------------------------------------------------------------ random growth
 @pytest.mark.parametrize("rows,cols,density,n", [(40, 30, 0.05, 100), (40, 30, 0.9, 100), (1, 1000, 0.5, 499),
+                                                 (300, 300, 0.05, 10000), (1, 100000, 0.01, 20000),
                                                  (5, 3, 0.0, 15), (7, 9, 1.0, 0)])
 def test_random_empty_positions_are_new_unique_sorted(gen, rows, cols, density, n):
     w = random_weight(rows, cols, density, gen)

@@ -11,6 +11,9 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <limits>
+#include <parallel/algorithm>
 #include <random>
 #include "common.h"
 
@@ -91,24 +94,41 @@ at::Tensor select_smallest_cpu(const at::Tensor& scores, int64_t k) {
 // zero and, separately, round(zeta * N) of the N negative weights nearest zero (the largest
 // negative ones). Exact zeros lie inside the pruned band of the reference implementation and
 // are always removed. Returns the keep mask.
+// Threshold t and how many entries equal to t are still selected, so that exactly k of the
+// magnitudes in `mags` are selected by "m < t, or m == t for the first ones in index order".
+template <typename scalar_t>
+std::pair<scalar_t, int64_t> kth_bound(std::vector<scalar_t>& mags, int64_t k) {
+  if (k <= 0) return {-std::numeric_limits<scalar_t>::infinity(), 0};
+  std::nth_element(mags.begin(), mags.begin() + (k - 1), mags.end());
+  const scalar_t t = mags[k - 1];
+  int64_t less = 0;
+  for (const scalar_t m : mags) less += m < t;
+  return {t, k - less};
+}
+
 template <typename scalar_t>
 void set_keep(const scalar_t* v, int64_t n, double zeta, bool* keep) {
-  std::vector<uint8_t> is_pos(n), is_neg(n);
-  std::vector<scalar_t> mag(n);
-  int64_t P = 0, N = 0;
+  std::vector<scalar_t> pos, neg;
+  pos.reserve(n / 2 + 16);
+  neg.reserve(n / 2 + 16);
   for (int64_t i = 0; i < n; ++i) {
-    is_pos[i] = v[i] > 0;
-    is_neg[i] = v[i] < 0;
-    P += is_pos[i];
-    N += is_neg[i];
-    mag[i] = std::abs(v[i]);
+    if (v[i] > 0) pos.push_back(v[i]);
+    else if (v[i] < 0) neg.push_back(-v[i]);
   }
-  std::vector<uint8_t> drop(n, 0);
-  mark_smallest<scalar_t>(mag.data(), reinterpret_cast<const bool*>(is_pos.data()), n,
-                          std::llround(zeta * P), reinterpret_cast<bool*>(drop.data()));
-  mark_smallest<scalar_t>(mag.data(), reinterpret_cast<const bool*>(is_neg.data()), n,
-                          std::llround(zeta * N), reinterpret_cast<bool*>(drop.data()));
-  for (int64_t i = 0; i < n; ++i) keep[i] = !drop[i] && (is_pos[i] || is_neg[i]);
+  auto [tp, eq_p] = kth_bound(pos, std::llround(zeta * static_cast<double>(pos.size())));
+  auto [tn, eq_n] = kth_bound(neg, std::llround(zeta * static_cast<double>(neg.size())));
+  for (int64_t i = 0; i < n; ++i) {
+    const scalar_t x = v[i];
+    bool drop;
+    if (x > 0) {
+      drop = x < tp || (x == tp && eq_p > 0 && eq_p--);
+    } else if (x < 0) {
+      drop = -x < tn || (-x == tn && eq_n > 0 && eq_n--);
+    } else {
+      drop = true;  // exact zeros: inside the pruned band of the reference implementation
+    }
+    keep[i] = !drop;
+  }
 }
 
 at::Tensor set_prune_cpu(const at::Tensor& values, double zeta) {
@@ -196,11 +216,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> compact_cpu(const at:
 }
 
 // ------------------------------------------------------------------ empty positions
-inline bool occupied(const Csr& c, int64_t row, int32_t col) {
-  const int32_t* b = c.col + c.ptr[row];
-  const int32_t* e = c.col + c.ptr[row + 1];
-  return std::binary_search(b, e, col);
-}
 
 // Keeps a uniformly random subset of n of the keys (partial Fisher-Yates), then sorts them.
 void random_subset(std::vector<int64_t>& keys, int64_t n, uint64_t seed) {
@@ -214,10 +229,60 @@ void random_subset(std::vector<int64_t>& keys, int64_t n, uint64_t seed) {
   std::sort(keys.begin(), keys.end());
 }
 
+// Sorts linear keys row*cols+col: a counting sort by row (one pass), then a small sort inside
+// each row, in parallel. O(m + rows) plus the in-row sorts.
+void sort_keys_by_row(std::vector<int64_t>& keys, int64_t rows, int64_t cols) {
+  const int64_t m = keys.size();
+  if (m < 4096 || rows < 2) {
+    __gnu_parallel::sort(keys.begin(), keys.end());
+    return;
+  }
+  std::vector<int64_t> start(rows + 1, 0);
+  for (int64_t j = 0; j < m; ++j) ++start[keys[j] / cols + 1];
+  for (int64_t i = 0; i < rows; ++i) start[i + 1] += start[i];
+  std::vector<int64_t> out(m);
+  {
+    std::vector<int64_t> next(start.begin(), start.end() - 1);
+    for (int64_t j = 0; j < m; ++j) out[next[keys[j] / cols]++] = keys[j];
+  }
+#pragma omp parallel for schedule(dynamic, 64) num_threads(at::get_num_threads())
+  for (int64_t i = 0; i < rows; ++i) std::sort(out.begin() + start[i], out.begin() + start[i + 1]);
+  keys.swap(out);
+}
+
+// Removes the keys (sorted, unique) that are stored entries of the pattern, keeping the order.
+void drop_occupied(const Csr& c, int64_t cols, std::vector<int64_t>& keys) {
+  const int64_t m = keys.size();
+  std::vector<uint8_t> occ(m);
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(m / 4096 + 1, 8 * at::get_num_threads()));
+#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads())
+  for (int64_t ch = 0; ch < chunks; ++ch) {
+    const int64_t lo = m * ch / chunks, hi = m * (ch + 1) / chunks;
+    int64_t cur = -1;
+    const int32_t *p = nullptr, *e = nullptr;
+    for (int64_t j = lo; j < hi; ++j) {
+      const int64_t row = keys[j] / cols;
+      const int32_t col = static_cast<int32_t>(keys[j] - row * cols);
+      if (row != cur) {
+        cur = row;
+        p = c.col + c.ptr[row];
+        e = c.col + c.ptr[row + 1];
+      }
+      while (p < e && *p < col) ++p;
+      occ[j] = p < e && *p == col;
+    }
+  }
+  int64_t d = 0;
+  for (int64_t j = 0; j < m; ++j)
+    if (!occ[j]) keys[d++] = keys[j];
+  keys.resize(d);
+}
+
 // Exactly n distinct positions drawn uniformly from the empty positions of the pattern, as
 // sorted linear keys row*cols+col. Sparse case (at least 4n empty positions): rejection
-// sampling of uniform linear positions against the sorted rows (binary search), repeats
-// removed, then a uniform subset of the surplus; expected O(n log(nnz/rows)). Dense case:
+// sampling: uniform linear positions are drawn, sorted, deduplicated and checked against the
+// rows in order, until at least n remain; then a uniformly random surplus is dropped.
+// Expected O(n log n + nnz) (the row walk touches each row's entries once). Dense case:
 // enumerate the empty positions (O(rows*cols), which is then O(nnz + n)) and pick n.
 std::vector<int64_t> draw_empty(const Csr& c, int64_t cols, int64_t n, uint64_t seed) {
   const int64_t total = c.rows * cols;
@@ -243,20 +308,33 @@ std::vector<int64_t> draw_empty(const Csr& c, int64_t cols, int64_t n, uint64_t 
   while (static_cast<int64_t>(keys.size()) < n) {
     const int64_t need = n - keys.size();
     const int64_t m = need + need / 8 + 16;
-    std::vector<int64_t> cand(m);
+    const int64_t base = keys.size();
+    keys.resize(base + m);
 #pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
-    for (int64_t j = 0; j < m; ++j) {
-      const int64_t key = bounded(splitmix64(stream + counter + j), total);
-      const int64_t row = key / cols;
-      cand[j] = occupied(c, row, static_cast<int32_t>(key - row * cols)) ? -1 : key;
-    }
+    for (int64_t j = 0; j < m; ++j) keys[base + j] = bounded(splitmix64(stream + counter + j), total);
     counter += m;
-    for (int64_t key : cand)
-      if (key >= 0) keys.push_back(key);
-    std::sort(keys.begin(), keys.end());
+    // sorted candidates are checked against the rows in order (cache friendly, unlike a
+    // binary search in a random row per draw)
+    sort_keys_by_row(keys, c.rows, cols);
     keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
+    drop_occupied(c, cols, keys);
   }
-  if (static_cast<int64_t>(keys.size()) > n) random_subset(keys, n, seed + counter);
+  const int64_t m = keys.size();
+  if (m > n) {  // drop a uniformly random subset of the surplus, keeping the order
+    std::vector<int64_t> idx(m);
+    for (int64_t i = 0; i < m; ++i) idx[i] = i;
+    std::mt19937_64 gen(splitmix64(seed ^ 0x5bd1e995ULL ^ counter));
+    std::vector<uint8_t> drop(m, 0);
+    for (int64_t i = 0; i < m - n; ++i) {
+      const int64_t j = i + bounded(gen(), m - i);
+      std::swap(idx[i], idx[j]);
+      drop[idx[i]] = 1;
+    }
+    int64_t d = 0;
+    for (int64_t i = 0; i < m; ++i)
+      if (!drop[i]) keys[d++] = keys[i];
+    keys.resize(n);
+  }
   return keys;
 }
 
@@ -354,6 +432,66 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> merge_cpu
   TORCH_CHECK_VALUE(clash.load() < 0, "new entry ", clash.load(), " at (", R[std::max<int64_t>(0, clash.load())],
                     ", ", C[std::max<int64_t>(0, clash.load())], ") is already stored");
   return {out_ptr, out_col, out_val, old_pos, new_pos};
+}
+
+// ------------------------------------------------------------------ state remap
+// remap_index(kept_pos, old_pos, new_nnz) -> origin: origin[p] = old position of the entry now at
+// p, or -1 for a new entry (kept_pos from compact, old_pos from merge).
+at::Tensor remap_index_cpu(const at::Tensor& kept_pos, const at::Tensor& old_pos, int64_t new_nnz) {
+  TORCH_CHECK_TYPE(kept_pos.scalar_type() == at::kLong && old_pos.scalar_type() == at::kLong,
+                   "kept_pos and old_pos must be int64");
+  TORCH_CHECK_VALUE(kept_pos.dim() == 1 && old_pos.dim() == 1 && kept_pos.numel() == old_pos.numel(),
+                    "kept_pos and old_pos must be 1-D of the same length");
+  auto kp = kept_pos.contiguous(), op = old_pos.contiguous();
+  auto origin = at::full({new_nnz}, -1, kp.options());
+  const int64_t* k = kp.data_ptr<int64_t>();
+  const int64_t* o = op.data_ptr<int64_t>();
+  int64_t* out = origin.data_ptr<int64_t>();
+  const int64_t n = kp.numel();
+  std::atomic<bool> bad{false};
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
+  for (int64_t j = 0; j < n; ++j) {
+    if (o[j] < 0 || o[j] >= new_nnz) { bad = true; continue; }
+    out[o[j]] = k[j];
+  }
+  TORCH_CHECK_VALUE(!bad, "old_pos entries must be in [0, new_nnz=", new_nnz, ")");
+  return origin;
+}
+
+// gather_or_zero(t, origin) -> out with out[p] = t[origin[p]] (whole trailing slices), zero where
+// origin[p] < 0. Any dtype; t's first dimension is the old nnz.
+at::Tensor gather_or_zero_cpu(const at::Tensor& t, const at::Tensor& origin) {
+  TORCH_CHECK_TYPE(origin.scalar_type() == at::kLong, "origin must be int64");
+  TORCH_CHECK_VALUE(t.dim() >= 1, "t must have at least one dimension");
+  auto tc = t.contiguous(), oc = origin.contiguous();
+  auto sizes = tc.sizes().vec();
+  const int64_t old_n = sizes[0];
+  sizes[0] = oc.numel();
+  auto out = at::empty(sizes, tc.options());
+  const int64_t inner = sizes[0] ? out.numel() / sizes[0] : 0;
+  const int64_t bytes = inner * out.element_size();
+  const char* src = static_cast<const char*>(tc.data_ptr());
+  char* dst = static_cast<char*>(out.data_ptr());
+  const int64_t* org = oc.data_ptr<int64_t>();
+  const int64_t n = oc.numel();
+  std::atomic<bool> bad{false};
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
+  for (int64_t p = 0; p < n; ++p) {
+    const int64_t o = org[p];
+    if (o >= old_n) {
+      bad = true;
+    } else if (bytes == 4) {
+      reinterpret_cast<uint32_t*>(dst)[p] = o < 0 ? 0u : reinterpret_cast<const uint32_t*>(src)[o];
+    } else if (bytes == 8) {
+      reinterpret_cast<uint64_t*>(dst)[p] = o < 0 ? 0ull : reinterpret_cast<const uint64_t*>(src)[o];
+    } else if (o < 0) {
+      std::memset(dst + p * bytes, 0, bytes);
+    } else {
+      std::memcpy(dst + p * bytes, src + o * bytes, bytes);
+    }
+  }
+  TORCH_CHECK_VALUE(!bad, "origin entries must be < ", old_n, " (the first dimension of t)");
+  return out;
 }
 
 // ------------------------------------------------------------------ RigL growth
@@ -468,6 +606,10 @@ TORCH_LIBRARY_FRAGMENT(sparse_engine, m) {
   // inserts new entries at empty positions: (row_ptr, col_idx, values, old_pos, new_pos)
   m.def("merge(Tensor row_ptr, Tensor col_idx, Tensor values, int n_cols, Tensor new_row, Tensor new_col, "
         "Tensor new_values) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // origin[p]: old position of the entry now at p, -1 for new entries
+  m.def("remap_index(Tensor kept_pos, Tensor old_pos, int new_nnz) -> Tensor");
+  // out[p] = t[origin[p]] (zero where origin[p] < 0)
+  m.def("gather_or_zero(Tensor t, Tensor origin) -> Tensor");
   // top-k |G X^T| at empty positions, tile by tile: (rows int64, cols int32, grads)
   m.def("grad_topk(Tensor row_ptr, Tensor col_idx, Tensor G, Tensor X, int k, int tile_rows, int tile_cols) "
         "-> (Tensor, Tensor, Tensor)");
@@ -480,6 +622,8 @@ TORCH_LIBRARY_IMPL(sparse_engine, CPU, m) {
   m.impl("random_empty", &random_empty_cpu);
   m.impl("merge", &merge_cpu);
   m.impl("grad_topk", &grad_topk_cpu);
+  m.impl("remap_index", &remap_index_cpu);
+  m.impl("gather_or_zero", &gather_or_zero_cpu);
 }
 
 }  // namespace sparse_engine

@@ -58,11 +58,19 @@ class Remap:
     def n_grown(self) -> int:
         return self.new.numel()
 
-    def apply(self, t: torch.Tensor, fill=0) -> torch.Tensor:
-        """``t`` (first dim old_nnz) in the new order; new entries get ``fill``."""
-        if t.shape[0] != self.old_nnz:
+    def origin(self) -> torch.Tensor:
+        """origin[p]: old position of the entry now at p, -1 for a new entry (computed once)."""
+        if getattr(self, "_origin", None) is None:
+            self._origin = _ops.remap_index(self.src.cpu(), self.dst.cpu(), self.new_nnz)
+        return self._origin
+
+    def apply(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` (first dimension old_nnz, any dtype) in the new order; zero for new entries."""
+        if t.dim() < 1 or t.shape[0] != self.old_nnz:
             raise ValueError(f"tensor must have first dimension old_nnz={self.old_nnz}, got {tuple(t.shape)}")
-        out = torch.full((self.new_nnz, *t.shape[1:]), fill, dtype=t.dtype, device=t.device)
+        if t.device.type == "cpu":
+            return _ops.gather_or_zero(t, self.origin())
+        out = torch.zeros((self.new_nnz, *t.shape[1:]), dtype=t.dtype, device=t.device)
         out[self.dst.to(t.device)] = t[self.src.to(t.device)]
         return out
 
