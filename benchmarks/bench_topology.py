@@ -8,7 +8,7 @@ by the mask. Measured in the same run; the dense baseline only where it fits in 
 Also RigL growth by gradient: tiled exact top-k vs the dense gradient + torch.topk, and the
 sampled mode on the large layer. Writes benchmarks/results/topology_cpu.md.
 
-    python benchmarks/bench_topology.py [--rows 16384 --cols 16384 --nnz 10000000]
+    PYTHONPATH=. python benchmarks/bench_topology.py [--rows 16384 --cols 16384 --nnz 10000000]
 """
 from __future__ import annotations
 

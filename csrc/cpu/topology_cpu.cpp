@@ -495,6 +495,46 @@ at::Tensor gather_or_zero_cpu(const at::Tensor& t, const at::Tensor& origin) {
 }
 
 // ------------------------------------------------------------------ RigL growth
+// coo_dot(rows, cols, G, X) -> out[j] = dot(G[rows[j], :], X[cols[j], :]): the gradient at a
+// list of candidate positions (sampled RigL growth), without building an index for them.
+template <typename scalar_t>
+void coo_dot_loop(const int64_t* r, const int32_t* c, const scalar_t* g, const scalar_t* x, scalar_t* o,
+                  int64_t n, int64_t M) {
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
+  for (int64_t j = 0; j < n; ++j) {
+    const scalar_t* gi = g + r[j] * M;
+    const scalar_t* xj = x + static_cast<int64_t>(c[j]) * M;
+    scalar_t acc = 0;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t b = 0; b < M; ++b) acc += gi[b] * xj[b];
+    o[j] = acc;
+  }
+}
+
+at::Tensor coo_dot_cpu(const at::Tensor& rows, const at::Tensor& cols, const at::Tensor& G, const at::Tensor& X) {
+  TORCH_CHECK_TYPE(rows.scalar_type() == at::kLong, "rows must be int64, got ", rows.scalar_type());
+  TORCH_CHECK_TYPE(cols.scalar_type() == at::kInt, "cols must be int32, got ", cols.scalar_type());
+  TORCH_CHECK_VALUE(rows.dim() == 1 && cols.dim() == 1 && rows.numel() == cols.numel(),
+                    "rows and cols must be 1-D of the same length");
+  TORCH_CHECK_TYPE(G.scalar_type() == at::kFloat || G.scalar_type() == at::kDouble,
+                   "G must be float32 or float64, got ", G.scalar_type());
+  TORCH_CHECK_TYPE(X.scalar_type() == G.scalar_type(), "X must have the dtype of G");
+  TORCH_CHECK_VALUE(G.dim() == 2 && X.dim() == 2 && G.size(1) == X.size(1),
+                    "G and X must be 2-D with the same number of columns");
+  auto r = rows.contiguous(), c = cols.contiguous(), Gc = G.contiguous(), Xc = X.contiguous();
+  const int64_t n = r.numel();
+  if (n) {
+    TORCH_CHECK_VALUE(r.min().item<int64_t>() >= 0 && r.max().item<int64_t>() < G.size(0), "rows out of range");
+    TORCH_CHECK_VALUE(c.min().item<int32_t>() >= 0 && c.max().item<int32_t>() < X.size(0), "cols out of range");
+  }
+  auto out = at::empty({n}, G.options());
+  AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "coo_dot_cpu", [&] {
+    coo_dot_loop<scalar_t>(r.data_ptr<int64_t>(), c.data_ptr<int32_t>(), Gc.data_ptr<scalar_t>(),
+                           Xc.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), n, G.size(1));
+  });
+  return out;
+}
+
 struct Cand {
   double mag;   // |grad|
   int64_t key;  // row * cols + col
@@ -610,6 +650,8 @@ TORCH_LIBRARY_FRAGMENT(sparse_engine, m) {
   m.def("remap_index(Tensor kept_pos, Tensor old_pos, int new_nnz) -> Tensor");
   // out[p] = t[origin[p]] (zero where origin[p] < 0)
   m.def("gather_or_zero(Tensor t, Tensor origin) -> Tensor");
+  // out[j] = dot(G[rows[j]], X[cols[j]])
+  m.def("coo_dot(Tensor rows, Tensor cols, Tensor G, Tensor X) -> Tensor");
   // top-k |G X^T| at empty positions, tile by tile: (rows int64, cols int32, grads)
   m.def("grad_topk(Tensor row_ptr, Tensor col_idx, Tensor G, Tensor X, int k, int tile_rows, int tile_cols) "
         "-> (Tensor, Tensor, Tensor)");
@@ -623,6 +665,7 @@ TORCH_LIBRARY_IMPL(sparse_engine, CPU, m) {
   m.impl("merge", &merge_cpu);
   m.impl("grad_topk", &grad_topk_cpu);
   m.impl("remap_index", &remap_index_cpu);
+  m.impl("coo_dot", &coo_dot_cpu);
   m.impl("gather_or_zero", &gather_or_zero_cpu);
 }
 

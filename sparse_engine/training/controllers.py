@@ -320,7 +320,7 @@ class DeepR(TopologyController):
             self.sign[name] = s
             self._dead_keys[name] = torch.empty(0, dtype=torch.int64)
             self._dead_sign[name] = torch.empty(0, dtype=torch.int8)
-        self._lr = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+        self._group = {id(p): g for g in optimizer.param_groups for p in g["params"]}
 
     def _random_signs(self, n: int) -> torch.Tensor:
         return (torch.randint(0, 2, (n,), generator=self.generator) * 2 - 1).to(torch.int8)
@@ -333,7 +333,7 @@ class DeepR(TopologyController):
     def _after_step(self) -> None:
         with torch.no_grad():
             for name, w in self.weights.items():
-                lr = self._lr.get(id(w.values), 0.0)
+                lr = self._group[id(w.values)]["lr"] if id(w.values) in self._group else 0.0
                 s = self.sign[name].to(w.values.dtype)
                 noise = torch.randn(w.nnz, generator=self.generator, dtype=w.values.dtype).to(w.values.device)
                 w.values.add_(s * (-lr * self.l1) + noise * self.noise)

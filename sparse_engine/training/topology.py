@@ -75,6 +75,29 @@ class Remap:
         return out
 
 
+# Fake kernels for the ops whose output shape follows from the inputs (so they trace under
+# torch.compile). compact, random_empty, merge and grad_topk have data-dependent sizes; they
+# run between steps, outside compiled graphs.
+@torch.library.register_fake("sparse_engine::select_smallest")
+def _select_smallest_fake(scores, k):
+    return scores.new_empty(scores.shape, dtype=torch.bool)
+
+
+@torch.library.register_fake("sparse_engine::set_prune")
+def _set_prune_fake(values, zeta):
+    return values.new_empty(values.shape, dtype=torch.bool)
+
+
+@torch.library.register_fake("sparse_engine::gather_or_zero")
+def _gather_or_zero_fake(t, origin):
+    return t.new_empty((origin.shape[0], *t.shape[1:]))
+
+
+@torch.library.register_fake("sparse_engine::coo_dot")
+def _coo_dot_fake(rows, cols, G, X):
+    return G.new_empty((rows.shape[0],))
+
+
 # ----------------------------------------------------------------------- pruning
 def _check_values(values: torch.Tensor, name: str = "values") -> torch.Tensor:
     if not isinstance(values, torch.Tensor) or values.dim() != 1 or not values.is_floating_point():
@@ -137,7 +160,7 @@ def gradient_growth(row_ptr: torch.Tensor, col_idx: torch.Tensor, G: torch.Tenso
     method="exact": every tile of tile_rows x (tile_elems / tile_rows) is one GEMM, and a running
     top-k over the empty positions of the tile is kept (cost rows*cols*M flops, memory
     O(tile + k)). method="sample": draws min(empty, sample_factor * k) uniformly random empty
-    candidates, computes their gradients with sddmm and keeps the top k (an approximation; cost
+    candidates, computes their gradients (one dot product each) and keeps the top k (an approximation; cost
     O(sample_factor * k * M)).
     method="auto" (default): exact while rows*cols*M <= max_flops (2^34, about a second on two
     cores), sample above it."""
@@ -165,17 +188,9 @@ def gradient_growth(row_ptr: torch.Tensor, col_idx: torch.Tensor, G: torch.Tenso
         raise ValueError(f"sample_factor must be an int >= 1, got {sample_factor!r}")
     n_cand = int(min(empty, sample_factor * k))
     cr, cc = random_empty(rp, ci, cols, n_cand, seed)
-    cand = _pattern(cr, cc, rows, cols)
-    grads = _ops.sddmm(*cand.index, G, X)
+    grads = _ops.coo_dot(cr, cc, G, X)
     pick = _ops.select_smallest(-grads.abs(), int(k))
     return cr[pick], cc[pick], grads[pick]
-
-
-def _pattern(r: torch.Tensor, c: torch.Tensor, rows: int, cols: int) -> SparseWeight:
-    counts = torch.bincount(r, minlength=rows)
-    row_ptr = torch.zeros(rows + 1, dtype=torch.int64)
-    torch.cumsum(counts, 0, out=row_ptr[1:])
-    return SparseWeight(row_ptr, c, torch.zeros(c.numel()), (rows, cols), validate=False, requires_grad=False)
 
 
 # ----------------------------------------------------------------------- values
