@@ -3,6 +3,7 @@ from . import _ext  # noqa: F401  (loads the compiled operators once)
 from . import ops
 from .sparse import SparseWeight
 from . import nn
+from . import training
 
 __version__ = "0.1.0"
 __all__ = ["SparseWeight", "ops", "nn", "__version__"]

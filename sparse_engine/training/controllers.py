@@ -1,0 +1,390 @@
+"""Topology controllers: dynamic sparse training algorithms as one small API.
+
+    ctl = SET(model, optimizer, zeta=0.3, seed=0, callbacks=[recorder])
+    for epoch in range(E):
+        for batch in loader:
+            loss.backward(); optimizer.step(); ctl.step()
+        ctl.end_epoch()
+
+Every controller works on every SparseWeight of the model (``model.modules()``), is
+deterministic given ``seed``, and after each topology update calls each callback as
+``cb(step: int, weights: dict[str, SparseWeight])`` (``step`` = optimizer steps so far).
+Updates keep rows sorted and unique, rebuild the transposed index and remap the optimizer
+state (see :func:`~sparse_engine.training.topology.rewire`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from .. import init as _init
+from ..sparse import SparseWeight
+from .density import sparse_weights
+from .grad_factors import GradFactorRecorder
+from .schedules import cosine_decay, cubic_density, narang_threshold
+from .topology import (INIT_CHOICES, Remap, global_magnitude_keep, gradient_growth, magnitude_keep,
+                       random_empty, rewire, set_keep, set_pattern, threshold_keep)
+
+__all__ = ["TopologyController", "SET", "RigL", "GradualMagnitudePruning", "DeepR"]
+
+Callback = Callable[[int, dict], None]
+
+
+class TopologyController:
+    """Base class: finds the sparse weights, holds the generator, the callbacks and the
+    counters, and offers prune/grow helpers. Subclasses override ``_after_step`` and
+    ``_after_epoch``."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, *, seed: int = 0,
+                 callbacks: Iterable[Callback] = (), init="zero", init_scale: float = 0.1):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
+        self.weights: dict[str, SparseWeight] = sparse_weights(model)
+        if not self.weights:
+            raise ValueError("model has no SparseWeight to update")
+        self.callbacks = list(callbacks)
+        for cb in self.callbacks:
+            if not callable(cb):
+                raise TypeError(f"callbacks must be callables cb(step, weights), got {type(cb).__name__}")
+        if not (callable(init) or init in INIT_CHOICES):
+            raise ValueError(f"init must be one of {INIT_CHOICES} or a callable, got {init!r}")
+        self.model, self.optimizer = model, optimizer
+        self.init, self.init_scale = init, float(init_scale)
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self.step_count = 0
+        self.epoch = 0
+        self.recorder: GradFactorRecorder | None = None
+
+    # ------------------------------------------------------------------ driving
+    def step(self) -> None:
+        """Call after every ``optimizer.step()``."""
+        self.step_count += 1
+        self._after_step()
+
+    def end_epoch(self) -> None:
+        """Call at the end of every epoch."""
+        self.epoch += 1
+        self._after_epoch()
+
+    def _after_step(self) -> None:
+        pass
+
+    def _after_epoch(self) -> None:
+        pass
+
+    # ------------------------------------------------------------------ helpers
+    def _seed(self) -> int:
+        return int(torch.randint(0, 2**62, (1,), generator=self.generator))
+
+    def _notify(self) -> None:
+        for cb in self.callbacks:
+            cb(self.step_count, dict(self.weights))
+
+    def _random_grow(self, weight: SparseWeight, n: int):
+        seed, cols = self._seed(), weight.shape[1]
+        return lambda rp, ci: random_empty(rp, ci, cols, n, seed)
+
+    def _use_gradients(self, model: nn.Module) -> None:
+        self.recorder = GradFactorRecorder(model, self.weights)
+        missing = [n for n, w in self.weights.items() if not self.recorder.supports(w)]
+        if missing:
+            raise ValueError(f"gradient growth needs (G, X) factors for {missing}: their modules must be SparseLinear "
+                             "or implement dense_grad_factors(name) (see sparse_engine.training.grad_factors)")
+
+    def _gradient_grow(self, weight: SparseWeight, n: int):
+        G, X = self.recorder.factors(weight)
+        seed, kw = self._seed(), self.grad_options
+        return lambda rp, ci: gradient_growth(rp, ci, G, X, n, seed=seed, **kw)
+
+    def _set_grad_options(self, method: str, max_flops: float, sample_factor: int) -> None:
+        if method not in ("auto", "exact", "sample"):
+            raise ValueError(f"grad_method must be 'auto', 'exact' or 'sample', got {method!r}")
+        if not (isinstance(sample_factor, int) and sample_factor >= 1):
+            raise ValueError(f"sample_factor must be an int >= 1, got {sample_factor!r}")
+        self.grad_options = dict(method=method, max_flops=max_flops, sample_factor=sample_factor)
+
+    def _rewire(self, name: str, keep: torch.Tensor, grow=None, values=None) -> Remap:
+        remap = rewire(self.weights[name], keep, grow, init=self.init, init_scale=self.init_scale,
+                       generator=self.generator, optimizer=self.optimizer, values=values)
+        self._on_remap(name, remap)
+        return remap
+
+    def _on_remap(self, name: str, remap: Remap) -> None:
+        """Hook for subclasses holding their own per-entry state."""
+
+    def close(self) -> None:
+        """Removes the hooks this controller put on the model."""
+        if self.recorder is not None:
+            self.recorder.remove()
+
+
+# ============================================================================ SET
+class SET(TopologyController):
+    """Sparse Evolutionary Training (Mocanu et al. 2018). After each epoch every layer drops the
+    fraction ``zeta`` of its positive weights nearest zero and, separately, of its negative
+    weights nearest zero (exact zeros are always dropped, as in the reference code), then
+    regrows the same number at uniformly random empty positions.
+
+    ``epsilon``: None keeps the model's topology (SparseLinear is Erdos-Renyi with SET's
+    epsilon=20 by default); a number re-draws every sparse weight as Erdos-Renyi(epsilon) with
+    fresh values at construction (do it before the optimizer has state).
+    ``init``: value of new weights, "zero" by default (Keras SET, Selfish-RNN); "normal" with
+    init_scale=0.1 is the scipy SET code; "he_uniform"/"xavier_uniform" later SET code."""
+
+    def __init__(self, model, optimizer, zeta: float = 0.3, epsilon: float | None = None, *, init="zero",
+                 init_scale: float = 0.1, seed: int = 0, callbacks: Iterable[Callback] = ()):
+        super().__init__(model, optimizer, seed=seed, callbacks=callbacks, init=init, init_scale=init_scale)
+        if not 0.0 <= zeta <= 1.0:
+            raise ValueError(f"zeta must be in [0, 1], got {zeta}")
+        self.zeta = float(zeta)
+        if epsilon is not None:
+            for w in self.weights.values():
+                rows, cols = w.shape
+                nnz = int(round(_init.erdos_renyi_density(rows, cols, epsilon) * rows * cols))
+                rp, ci = _init.random_pattern(rows, cols, nnz, self.generator)
+                vals = _init.default_values(nnz, rows, w.values.dtype, self.generator)
+                dev = w.values.device
+                set_pattern(w, rp.to(dev), ci.to(dev), vals.to(dev))
+
+    def _after_epoch(self) -> None:
+        for name, w in self.weights.items():
+            keep = set_keep(w.values, self.zeta)
+            n = w.nnz - int(keep.sum())
+            self._rewire(name, keep, self._random_grow(w, n))
+        self._notify()
+
+
+# ============================================================================ RigL
+class RigL(TopologyController):
+    """RigL (Evci et al. 2020). Every ``update_every`` steps until ``end_step``, each layer drops
+    floor(f_t * nnz) weights of smallest |w| and grows as many at the empty positions of largest
+    |gradient|, f_t = update_fraction/2 (1 + cos(pi t / end_step)). New weights start at
+    ``init`` (zero, as in RigL). The gradient comes from the last batch's factors (see
+    :mod:`~sparse_engine.training.grad_factors`), recorded only before update steps;
+    ``grad_method``/``max_flops``/``sample_factor``: see :func:`~sparse_engine.training.topology.gradient_growth`."""
+
+    def __init__(self, model, optimizer, *, end_step: int, update_fraction: float = 0.3, update_every: int = 100,
+                 init="zero", init_scale: float = 0.1, grad_method: str = "auto", max_flops: float = 2.0 ** 34,
+                 sample_factor: int = 8, seed: int = 0, callbacks: Iterable[Callback] = ()):
+        super().__init__(model, optimizer, seed=seed, callbacks=callbacks, init=init, init_scale=init_scale)
+        self._set_grad_options(grad_method, max_flops, sample_factor)
+        if not 0.0 <= update_fraction <= 1.0:
+            raise ValueError(f"update_fraction must be in [0, 1], got {update_fraction}")
+        if not (isinstance(update_every, int) and update_every > 0):
+            raise ValueError(f"update_every must be a positive int, got {update_every!r}")
+        if not (isinstance(end_step, int) and end_step > 0):
+            raise ValueError(f"end_step must be a positive int, got {end_step!r}")
+        self.end_step, self.update_fraction, self.update_every = end_step, float(update_fraction), update_every
+        self._use_gradients(model)
+        self.recorder.armed = self._is_update(1)
+
+    def _is_update(self, t: int) -> bool:
+        return t % self.update_every == 0 and t < self.end_step
+
+    def fraction(self, t: int) -> float:
+        return cosine_decay(t, self.end_step, self.update_fraction, 0.0)
+
+    def _after_step(self) -> None:
+        t = self.step_count
+        if self._is_update(t):
+            f = self.fraction(t)
+            for name, w in self.weights.items():
+                n = int(f * w.nnz)
+                grow = self._gradient_grow(w, n)
+                self._rewire(name, magnitude_keep(w.values, n), grow)
+            self.recorder.clear()
+            self._notify()
+        self.recorder.new_step()
+        self.recorder.armed = self._is_update(t + 1)
+
+
+# ============================================================= gradual pruning
+class GradualMagnitudePruning(TopologyController):
+    """Gradual magnitude pruning, no regrowth. Every ``frequency`` steps from ``start_step`` to
+    ``end_step`` (and at ``end_step``):
+
+    * schedule="cubic" (Zhu and Gupta 2017): each layer is pruned by |w| to
+      density d_t = d_f + (d_i - d_f)(1 - (t - start)/(end - start))^3, d_i its density at
+      construction (or ``initial_density``); scope="global" prunes the same total with one
+      magnitude threshold across layers.
+    * schedule="narang" (Narang et al. 2017): weights with |w| < eps_t are removed, eps_t the
+      ramped threshold of :func:`~sparse_engine.training.schedules.narang_threshold` with
+      q = the |w| quantile of each layer at construction that would leave ``final_density``.
+    """
+
+    def __init__(self, model, optimizer, *, final_density: float, end_step: int, start_step: int = 0,
+                 frequency: int = 100, initial_density: float | None = None, schedule: str = "cubic",
+                 ramp_step: int | None = None, scope: str = "layer", seed: int = 0,
+                 callbacks: Iterable[Callback] = ()):
+        super().__init__(model, optimizer, seed=seed, callbacks=callbacks)
+        if not 0.0 <= final_density <= 1.0:
+            raise ValueError(f"final_density must be in [0, 1], got {final_density}")
+        if not (isinstance(frequency, int) and frequency > 0):
+            raise ValueError(f"frequency must be a positive int, got {frequency!r}")
+        if not end_step > start_step >= 0:
+            raise ValueError(f"need end_step > start_step >= 0, got {start_step}, {end_step}")
+        if schedule not in ("cubic", "narang"):
+            raise ValueError(f"schedule must be 'cubic' or 'narang', got {schedule!r}")
+        if scope not in ("layer", "global"):
+            raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
+        if initial_density is not None and not final_density <= initial_density <= 1.0:
+            raise ValueError(f"initial_density must be in [final_density, 1], got {initial_density}")
+        self.final_density, self.start_step, self.end_step = float(final_density), start_step, end_step
+        self.frequency, self.schedule, self.scope = frequency, schedule, scope
+        self.initial = {n: (initial_density if initial_density is not None else w.density)
+                        for n, w in self.weights.items()}
+        if schedule == "narang":
+            if ramp_step is None or not start_step < ramp_step <= end_step:
+                raise ValueError(f"schedule='narang' needs start_step < ramp_step <= end_step, got {ramp_step}")
+            self.ramp_step = ramp_step
+            self.q = {n: self._quantile(w) for n, w in self.weights.items()}
+
+    def _quantile(self, w: SparseWeight) -> float:
+        """Smallest |w| that is kept when the layer is pruned to final_density."""
+        rows, cols = w.shape
+        n_prune = w.nnz - int(round(self.final_density * rows * cols))
+        if n_prune <= 0 or w.nnz == 0:
+            return 0.0
+        mags = w.values.detach().abs().cpu()
+        return float(torch.kthvalue(mags, min(n_prune + 1, w.nnz)).values) if n_prune < w.nnz else float(mags.max()) * 2
+
+    def target_density(self, name: str, t: int) -> float:
+        return cubic_density(t, self.start_step, self.end_step, self.initial[name], self.final_density)
+
+    def _is_update(self, t: int) -> bool:
+        return self.start_step <= t <= self.end_step and ((t - self.start_step) % self.frequency == 0
+                                                          or t == self.end_step)
+
+    def _after_step(self) -> None:
+        t = self.step_count
+        if not self._is_update(t):
+            return
+        if self.schedule == "narang":
+            for name, w in self.weights.items():
+                eps = narang_threshold(t, self.q[name], self.start_step, self.ramp_step, self.end_step, self.frequency)
+                self._rewire(name, threshold_keep(w.values, eps))
+        else:
+            excess, target = {}, {}
+            for name, w in self.weights.items():
+                rows, cols = w.shape
+                target[name] = int(round(self.target_density(name, t) * rows * cols))
+                excess[name] = max(0, w.nnz - target[name])
+            if self.scope == "global":
+                names = list(self.weights)
+                total = sum(self.weights[n].nnz for n in names) - sum(target.values())
+                keeps = global_magnitude_keep([self.weights[n].values for n in names], max(0, total))
+                for name, keep in zip(names, keeps):
+                    self._rewire(name, keep)
+            else:
+                for name, w in self.weights.items():
+                    self._rewire(name, magnitude_keep(w.values, excess[name]))
+        self._notify()
+
+
+# ============================================================================ DEEP R
+class DeepR(TopologyController):
+    """DEEP R rewiring (Bellec et al. 2018) as used for RNNs by Zhang et al. 2023.
+
+    Each connection has a stored sign s (its sign when it was born). After every optimizer
+    step the values get the L1 and noise terms of DEEP R: w <- w - lr * l1 * s + noise * N(0, 1)
+    (lr of the parameter's group). A connection whose value has the sign opposite to s
+    (w * s < 0) is dead; at each rewiring (``rewire_every``: "epoch", as Zhang et al., or every
+    k steps) dead connections are removed and as many are grown at uniformly random empty
+    positions, each with the sign stored for that position if it was alive before, a random
+    sign otherwise, and value s * |init| (init "zero" by default: w = 0, alive).
+    Signs of dead positions are kept in a sorted key list (memory O(positions that died)).
+    """
+
+    def __init__(self, model, optimizer, *, l1: float = 1e-5, noise: float = 1e-5, rewire_every="epoch",
+                 init="zero", init_scale: float = 0.1, seed: int = 0, callbacks: Iterable[Callback] = ()):
+        super().__init__(model, optimizer, seed=seed, callbacks=callbacks, init=init, init_scale=init_scale)
+        if optimizer is None:
+            raise ValueError("DeepR needs the optimizer (its learning rate scales the L1 term)")
+        if not (l1 >= 0 and noise >= 0):
+            raise ValueError(f"l1 and noise must be >= 0, got {l1}, {noise}")
+        if not (rewire_every == "epoch" or (isinstance(rewire_every, int) and rewire_every > 0)):
+            raise ValueError(f"rewire_every must be 'epoch' or a positive int, got {rewire_every!r}")
+        self.l1, self.noise, self.rewire_every = float(l1), float(noise), rewire_every
+        self.sign: dict[str, torch.Tensor] = {}
+        self._dead_keys: dict[str, torch.Tensor] = {}
+        self._dead_sign: dict[str, torch.Tensor] = {}
+        for name, w in self.weights.items():
+            s = torch.sign(w.values.detach()).to(torch.int8)
+            zero = s == 0
+            s[zero] = self._random_signs(int(zero.sum())).to(s.device)
+            self.sign[name] = s
+            self._dead_keys[name] = torch.empty(0, dtype=torch.int64)
+            self._dead_sign[name] = torch.empty(0, dtype=torch.int8)
+        self._group = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+
+    def _random_signs(self, n: int) -> torch.Tensor:
+        return (torch.randint(0, 2, (n,), generator=self.generator) * 2 - 1).to(torch.int8)
+
+    def dead(self, name: str) -> torch.Tensor:
+        """Bool mask of the connections of weight ``name`` whose sign has flipped."""
+        w = self.weights[name]
+        return w.values.detach() * self.sign[name].to(w.values.dtype) < 0
+
+    def _after_step(self) -> None:
+        with torch.no_grad():
+            for name, w in self.weights.items():
+                lr = self._group[id(w.values)]["lr"] if id(w.values) in self._group else 0.0
+                s = self.sign[name].to(w.values.dtype)
+                noise = torch.randn(w.nnz, generator=self.generator, dtype=w.values.dtype).to(w.values.device)
+                w.values.add_(s * (-lr * self.l1) + noise * self.noise)
+        if isinstance(self.rewire_every, int) and self.step_count % self.rewire_every == 0:
+            self._rewire_all()
+
+    def _after_epoch(self) -> None:
+        if self.rewire_every == "epoch":
+            self._rewire_all()
+
+    def _rewire_all(self) -> None:
+        for name, w in self.weights.items():
+            dead = self.dead(name).cpu()
+            n = int(dead.sum())
+            rows, cols = w.shape
+            row, col, _ = w.coo()
+            keys_dead = (row.cpu() * cols + col.cpu())[dead]
+            sign_dead = self.sign[name].cpu()[dead]
+            grow_seed = self._seed()
+            nr, nc = random_empty(*_compacted(w, ~dead), cols, n, grow_seed)
+            new_keys = nr * cols + nc.long()
+            # dead record (sorted keys of positions that lived and died, with their signs) plus
+            # the ones that die now; regrown positions take their stored sign and leave it
+            keys = torch.cat([self._dead_keys[name], keys_dead])
+            signs = torch.cat([self._dead_sign[name], sign_dead])
+            order = torch.argsort(keys)
+            keys, signs = keys[order], signs[order]
+            pos = torch.searchsorted(keys, new_keys).clamp(max=max(keys.numel() - 1, 0))
+            found = (keys[pos] == new_keys) if keys.numel() else torch.zeros(n, dtype=torch.bool)
+            new_sign = self._random_signs(n)
+            new_sign[found] = signs[pos[found]]
+            mag = torch.as_tensor(self._init_magnitudes(w, n))
+            values = new_sign.to(w.values.dtype) * mag.abs()
+            stay = torch.ones(keys.numel(), dtype=torch.bool)
+            stay[pos[found]] = False
+            self._dead_keys[name], self._dead_sign[name] = keys[stay], signs[stay]
+            self._pending_sign = new_sign
+            self._rewire(name, ~dead.to(w.values.device), lambda rp, ci, nr=nr, nc=nc: (nr, nc), values=values)
+        self._notify()
+
+    def _init_magnitudes(self, w: SparseWeight, n: int) -> torch.Tensor:
+        from .topology import new_values
+        return new_values(n, w, self.init, init_scale=self.init_scale, generator=self.generator)
+
+    def _on_remap(self, name: str, remap: Remap) -> None:
+        s = remap.apply(self.sign[name])
+        s[remap.new] = self._pending_sign.to(s.device)
+        self.sign[name] = s
+
+
+def _compacted(w: SparseWeight, keep: torch.Tensor):
+    rp, ci, _, _ = torch.ops.sparse_engine.compact(w.row_ptr.cpu(), w.col_idx.cpu(), w.values.detach().cpu(),
+                                                   keep.cpu())
+    return rp, ci

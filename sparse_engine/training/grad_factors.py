@@ -1,0 +1,114 @@
+"""Gradient factors of sparse weights, for growth by gradient (RigL, Selfish-RNN).
+
+The gradient of a weight at EMPTY positions is not stored anywhere in a truly sparse model,
+but for every layer it is a product dL/dW = G X^T of two thin factors the layer already has:
+G (rows x M) the gradient with respect to the layer's pre-activation output and X (cols x M)
+its input, feature-major, M = all batch (and time) columns. Growth needs only these.
+
+Protocol (what a module must do so its sparse weights can grow by gradient):
+
+* ``SparseLinear`` needs nothing: the recorder hooks its forward (input) and the output's
+  gradient.
+* Any other module owning a SparseWeight as attribute ``name`` (e.g. an RNN's ``weight_hh``)
+  implements ``dense_grad_factors(name) -> (G, X)`` returning the factors of the most recent
+  backward pass (detached; G: rows x M, X: cols x M, dL/dW = G @ X.T; for an RNN, the stacked
+  per-step gate gradients and the matching hidden states / inputs, the same tensors its one
+  sddmm uses), or None when nothing was recorded. It should keep them only while its attribute
+  ``record_grad_factors`` is True (the recorder sets it to True before a step whose gradient is
+  needed and to False afterwards) so that no memory is held otherwise.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..sparse import SparseWeight
+
+__all__ = ["GradFactorRecorder"]
+
+
+class GradFactorRecorder:
+    """Records (G, X) for the given sparse weights of ``model`` while armed."""
+
+    def __init__(self, model: nn.Module, weights: dict[str, SparseWeight]):
+        from ..nn import SparseLinear
+
+        self._armed = False
+        self._owner: dict[int, tuple[nn.Module, str]] = {}
+        self._linear: dict[int, list] = {}
+        self._handles = []
+        self._fresh: set[int] = set()
+        ids = {id(w) for w in weights.values()}
+        for module in model.modules():
+            for attr, child in module.named_children():
+                if id(child) not in ids:
+                    continue
+                self._owner[id(child)] = (module, attr)
+                if isinstance(module, SparseLinear) and attr == "weight":
+                    self._linear[id(child)] = []
+                    self._handles.append(module.register_forward_hook(self._hook(id(child))))
+
+    def _hook(self, key: int):
+        def hook(module, inputs, output):
+            # forward passes without autograd (evaluation) are not training steps: ignored
+            if not self._armed or not output.requires_grad:
+                return
+            if key in self._fresh:  # first recorded forward since the last optimizer step
+                self._fresh.discard(key)
+                self._linear[key].clear()
+            slot = [None, inputs[0].detach().reshape(-1, module.in_features).t()]
+            self._linear[key].append(slot)
+
+            def grad_hook(g, slot=slot, n=module.out_features):
+                slot[0] = g.detach().reshape(-1, n).t()
+            output.register_hook(grad_hook)
+        return hook
+
+    def new_step(self) -> None:
+        """Marks an optimizer-step boundary: the next recorded forward replaces the factors
+        kept so far (so only the last training batch is held)."""
+        self._fresh = set(self._linear)
+
+    @property
+    def armed(self) -> bool:
+        return self._armed
+
+    @armed.setter
+    def armed(self, on: bool) -> None:
+        self._armed = bool(on)
+        for key, (module, _) in self._owner.items():
+            if key not in self._linear:
+                module.record_grad_factors = self._armed
+
+    def clear(self) -> None:
+        for slots in self._linear.values():
+            slots.clear()
+
+    def supports(self, weight: SparseWeight) -> bool:
+        key = id(weight)
+        return key in self._linear or (key in self._owner and hasattr(self._owner[key][0], "dense_grad_factors"))
+
+    def factors(self, weight: SparseWeight) -> tuple[torch.Tensor, torch.Tensor]:
+        """(G, X) of the last recorded backward pass; several calls of a shared layer are
+        concatenated along M. RuntimeError when nothing was recorded."""
+        key = id(weight)
+        if key not in self._owner:
+            raise RuntimeError("weight is not owned by a module of the model")
+        module, attr = self._owner[key]
+        if key in self._linear:
+            slots = [s for s in self._linear[key] if s[0] is not None]
+            got = (torch.cat([s[0] for s in slots], 1), torch.cat([s[1] for s in slots], 1)) if slots else None
+        elif hasattr(module, "dense_grad_factors"):
+            got = module.dense_grad_factors(attr)
+        else:
+            raise RuntimeError(f"{type(module).__name__}.{attr}: gradient growth needs the module to implement "
+                               "dense_grad_factors(name) -> (G, X) (see sparse_engine.training.grad_factors)")
+        if got is None:
+            raise RuntimeError(f"no gradient factors recorded for {type(module).__name__}.{attr}: run forward and "
+                               "backward on a batch before the topology update")
+        return got
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()

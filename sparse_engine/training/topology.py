@@ -1,0 +1,300 @@
+"""In-place topology updates of a SparseWeight: which entries to prune, where to grow, and
+the bookkeeping (sorted CSR, transposed index, optimizer state) after the change.
+
+An update is: ``keep`` mask -> compaction -> growth at empty positions of the compacted
+pattern (so an entry pruned in this update may be regrown, as in SET, RigL and
+sparselearning; it then starts afresh) -> merge -> ``SparseWeight.set_pattern`` -> remap of
+every per-entry tensor (optimizer state, gradient, controller state). All steps are O(nnz)
+(gradient growth: see :func:`gradient_growth`) and run in the compiled kernels of
+``csrc/cpu/topology_cpu.cpp``. Weights on another device are updated through a CPU copy until
+device kernels exist.
+
+Tie rule: among equal scores the lower CSR position (or lower linear position row*cols+col)
+goes first, so every selection is deterministic.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .. import _ext  # noqa: F401  (loads the compiled operators)
+from ..sparse import SparseWeight
+
+_ops = torch.ops.sparse_engine
+
+__all__ = [
+    "Remap", "magnitude_keep", "global_magnitude_keep", "set_keep", "threshold_keep",
+    "random_empty", "gradient_growth", "new_values", "rewire", "remap_optimizer_state", "set_pattern",
+    "INIT_CHOICES",
+]
+
+#: Initial values of new connections (``init=`` of :func:`new_values` and the controllers).
+#: "zero" (Keras SET, Selfish-RNN, RigL, sparselearning), "normal" (randn * init_scale;
+#: init_scale=0.1 is the scipy SET code), "he_uniform" (U(+-sqrt(6 / fan_in))),
+#: "xavier_uniform" (U(+-sqrt(6 / (fan_in + fan_out)))); fan_in / fan_out are the layer's mean
+#: nonzeros per row / column. A callable ``f(n, weight, generator) -> tensor[n]`` is also accepted.
+INIT_CHOICES = ("zero", "normal", "he_uniform", "xavier_uniform")
+
+
+@dataclass
+class Remap:
+    """How entries moved in one update: old entry ``src[j]`` is now at ``dst[j]``; new entries
+    sit at ``new``; every other new position is a new entry (state zero)."""
+
+    src: torch.Tensor
+    dst: torch.Tensor
+    new: torch.Tensor
+    old_nnz: int
+    new_nnz: int
+
+    @property
+    def n_removed(self) -> int:
+        return self.old_nnz - self.src.numel()
+
+    @property
+    def n_grown(self) -> int:
+        return self.new.numel()
+
+    def origin(self) -> torch.Tensor:
+        """origin[p]: old position of the entry now at p, -1 for a new entry (computed once)."""
+        if getattr(self, "_origin", None) is None:
+            self._origin = _ops.remap_index(self.src.cpu(), self.dst.cpu(), self.new_nnz)
+        return self._origin
+
+    def apply(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` (first dimension old_nnz, any dtype) in the new order; zero for new entries."""
+        if t.dim() < 1 or t.shape[0] != self.old_nnz:
+            raise ValueError(f"tensor must have first dimension old_nnz={self.old_nnz}, got {tuple(t.shape)}")
+        if t.device.type == "cpu":
+            return _ops.gather_or_zero(t, self.origin())
+        out = torch.zeros((self.new_nnz, *t.shape[1:]), dtype=t.dtype, device=t.device)
+        out[self.dst.to(t.device)] = t[self.src.to(t.device)]
+        return out
+
+
+# Fake kernels for the ops whose output shape follows from the inputs (so they trace under
+# torch.compile). compact, random_empty, merge and grad_topk have data-dependent sizes; they
+# run between steps, outside compiled graphs.
+@torch.library.register_fake("sparse_engine::select_smallest")
+def _select_smallest_fake(scores, k):
+    return scores.new_empty(scores.shape, dtype=torch.bool)
+
+
+@torch.library.register_fake("sparse_engine::set_prune")
+def _set_prune_fake(values, zeta):
+    return values.new_empty(values.shape, dtype=torch.bool)
+
+
+@torch.library.register_fake("sparse_engine::gather_or_zero")
+def _gather_or_zero_fake(t, origin):
+    return t.new_empty((origin.shape[0], *t.shape[1:]))
+
+
+@torch.library.register_fake("sparse_engine::coo_dot")
+def _coo_dot_fake(rows, cols, G, X):
+    return G.new_empty((rows.shape[0],))
+
+
+# ----------------------------------------------------------------------- pruning
+def _check_values(values: torch.Tensor, name: str = "values") -> torch.Tensor:
+    if not isinstance(values, torch.Tensor) or values.dim() != 1 or not values.is_floating_point():
+        raise TypeError(f"{name} must be a 1-D floating-point tensor")
+    return values.detach().cpu()
+
+
+def magnitude_keep(values: torch.Tensor, n_prune: int) -> torch.Tensor:
+    """Keep mask that drops the ``n_prune`` entries of smallest |w| (ties: lower position)."""
+    v = _check_values(values)
+    if not 0 <= n_prune <= v.numel():
+        raise ValueError(f"n_prune must be in [0, nnz={v.numel()}], got {n_prune}")
+    return ~_ops.select_smallest(v.abs(), int(n_prune))
+
+
+def global_magnitude_keep(values: Sequence[torch.Tensor], n_prune: int) -> list[torch.Tensor]:
+    """Keep masks for several layers that together drop the ``n_prune`` smallest |w| of all of
+    them (one selection over the concatenated magnitudes; ties: earlier layer, lower position)."""
+    vs = [_check_values(v, f"values[{i}]") for i, v in enumerate(values)]
+    mags = torch.cat([v.abs().double() for v in vs]) if vs else torch.empty(0, dtype=torch.float64)
+    if not 0 <= n_prune <= mags.numel():
+        raise ValueError(f"n_prune must be in [0, total nnz={mags.numel()}], got {n_prune}")
+    keep = ~_ops.select_smallest(mags, int(n_prune))
+    return list(torch.split(keep, [v.numel() for v in vs]))
+
+
+def set_keep(values: torch.Tensor, zeta: float) -> torch.Tensor:
+    """SET (Mocanu et al. 2018) keep mask: drops round(zeta * P) of the P positive weights
+    nearest zero and, separately, round(zeta * N) of the N negative weights nearest zero (the
+    largest negative ones, not the most negative). Exact zeros lie inside the pruned band of the
+    reference implementation and are always dropped."""
+    v = _check_values(values)
+    if not 0.0 <= zeta <= 1.0:
+        raise ValueError(f"zeta must be in [0, 1], got {zeta}")
+    return _ops.set_prune(v, float(zeta))
+
+
+def threshold_keep(values: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Keep mask of the entries with |w| >= threshold."""
+    v = _check_values(values)
+    if not threshold >= 0:
+        raise ValueError(f"threshold must be >= 0, got {threshold}")
+    return v.abs() >= threshold
+
+
+# ----------------------------------------------------------------------- growth
+def random_empty(row_ptr: torch.Tensor, col_idx: torch.Tensor, n_cols: int, n: int, seed: int):
+    """Exactly ``n`` distinct positions drawn uniformly from the empty positions of the pattern,
+    as (rows int64, cols int32) sorted by (row, col). Rejection sampling against the sorted rows
+    while at least 4n positions are empty; enumeration of the empty positions otherwise."""
+    return _ops.random_empty(row_ptr.cpu(), col_idx.cpu(), int(n_cols), int(n), int(seed))
+
+
+def gradient_growth(row_ptr: torch.Tensor, col_idx: torch.Tensor, G: torch.Tensor, X: torch.Tensor, k: int,
+                    *, method: str = "auto", max_flops: float = 2.0 ** 34, sample_factor: int = 8,
+                    seed: int = 0, tile_rows: int = 256, tile_elems: int = 2 ** 22):
+    """The ``k`` empty positions with the largest |dL/dW| = |G X^T| (G: rows x M, X: cols x M,
+    feature-major), as (rows, cols, grads) sorted by (row, col). The dense gradient never exists.
+
+    method="exact": every tile of tile_rows x (tile_elems / tile_rows) is one GEMM, and a running
+    top-k over the empty positions of the tile is kept (cost rows*cols*M flops, memory
+    O(tile + k)). method="sample": draws min(empty, sample_factor * k) uniformly random empty
+    candidates, computes their gradients (one dot product each) and keeps the top k (an approximation; cost
+    O(sample_factor * k * M)).
+    method="auto" (default): exact while rows*cols*M <= max_flops (2^34, about a second on two
+    cores), sample above it."""
+    if method not in ("auto", "exact", "sample"):
+        raise ValueError(f"method must be 'auto', 'exact' or 'sample', got {method!r}")
+    for name, t in (("G", G), ("X", X)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 2:
+            raise ValueError(f"{name} must be a 2-D tensor (features x batch)")
+    rows, cols, M = row_ptr.numel() - 1, X.shape[0], G.shape[1]
+    if G.shape[0] != rows:
+        raise ValueError(f"G must have rows={rows} rows, got shape {tuple(G.shape)}")
+    if X.shape[1] != M:
+        raise ValueError(f"G and X must have the same batch size M, got {M} and {X.shape[1]}")
+    rp, ci = row_ptr.cpu(), col_idx.cpu()
+    G, X = G.detach().cpu(), X.detach().cpu().to(G.dtype)
+    empty = rows * cols - ci.numel()
+    if not 0 <= k <= empty:
+        raise ValueError(f"k must be in [0, {empty}] (the empty positions), got {k}")
+    if method == "auto":
+        method = "exact" if rows * cols * max(M, 1) <= max_flops else "sample"
+    if method == "exact":
+        tile_cols = max(1, tile_elems // tile_rows)
+        return _ops.grad_topk(rp, ci, G, X, int(k), int(tile_rows), int(tile_cols))
+    if not (isinstance(sample_factor, int) and sample_factor >= 1):
+        raise ValueError(f"sample_factor must be an int >= 1, got {sample_factor!r}")
+    n_cand = int(min(empty, sample_factor * k))
+    cr, cc = random_empty(rp, ci, cols, n_cand, seed)
+    grads = _ops.coo_dot(cr, cc, G, X)
+    pick = _ops.select_smallest(-grads.abs(), int(k))
+    return cr[pick], cc[pick], grads[pick]
+
+
+# ----------------------------------------------------------------------- values
+def new_values(n: int, weight: SparseWeight, init="zero", *, init_scale: float = 0.1,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """Initial values of ``n`` new connections of ``weight`` (see :data:`INIT_CHOICES`)."""
+    dtype = weight.values.dtype
+    rows, cols = weight.shape
+    if callable(init):
+        out = torch.as_tensor(init(n, weight, generator), dtype=dtype).detach().cpu()
+        if out.shape != (n,):
+            raise ValueError(f"init callable must return a tensor of shape ({n},), got {tuple(out.shape)}")
+        return out
+    if init == "zero":
+        return torch.zeros(n, dtype=dtype)
+    if init == "normal":
+        return torch.randn(n, generator=generator, dtype=dtype) * init_scale
+    fan_in = max(1.0, weight.nnz / max(rows, 1))
+    fan_out = max(1.0, weight.nnz / max(cols, 1))
+    if init == "he_uniform":
+        bound = math.sqrt(6.0 / fan_in)
+    elif init == "xavier_uniform":
+        bound = math.sqrt(6.0 / (fan_in + fan_out))
+    else:
+        raise ValueError(f"init must be one of {INIT_CHOICES} or a callable, got {init!r}")
+    return (torch.rand(n, generator=generator, dtype=dtype) * 2 - 1) * bound
+
+
+# ----------------------------------------------------------------------- update
+GrowFn = Callable[[torch.Tensor, torch.Tensor], tuple]
+
+
+def rewire(weight: SparseWeight, keep: torch.Tensor, grow: GrowFn | None = None, *, init="zero",
+           init_scale: float = 0.1, generator: torch.Generator | None = None,
+           optimizer: torch.optim.Optimizer | None = None, values: torch.Tensor | None = None) -> Remap:
+    """Prunes the entries where ``keep`` is False, then adds the positions ``grow(row_ptr,
+    col_idx)`` returns (rows int64, cols int32, sorted, at empty positions of the pruned
+    pattern) with values from ``values`` (if given, one per new entry) or ``init``.
+
+    Rebuilds the transposed index, and remaps the optimizer state of ``weight.values`` (every
+    tensor whose first dimension is the old nnz: SGD momentum_buffer, Adam exp_avg/exp_avg_sq,
+    ...) and its ``.grad``: kept entries keep their state, removed ones are dropped, new ones
+    start at zero. Returns the :class:`Remap` so callers can move their own per-entry state."""
+    if not isinstance(weight, SparseWeight):
+        raise TypeError(f"weight must be a SparseWeight, got {type(weight).__name__}")
+    if not isinstance(keep, torch.Tensor) or keep.dtype != torch.bool or keep.shape != (weight.nnz,):
+        raise ValueError(f"keep must be a bool tensor of shape (nnz={weight.nnz},)")
+    device = weight.values.device
+    rows, cols = weight.shape
+    old_nnz = weight.nnz
+    rp, ci, v, kept = _ops.compact(weight.row_ptr.cpu(), weight.col_idx.cpu(), weight.values.detach().cpu(),
+                                   keep.cpu())
+    if grow is None:
+        nr, nc = torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int32)
+    else:
+        nr, nc = grow(rp, ci)[:2]
+    n = nr.numel()
+    if values is None:
+        # fan-in/out of the layer after the update, for He/Xavier bounds
+        probe = _Probe(weight.shape, int(rp[-1]) + n, weight.values.dtype)
+        nv = new_values(n, probe, init, init_scale=init_scale, generator=generator)
+    else:
+        nv = values.detach().cpu().to(v.dtype)
+        if nv.shape != (n,):
+            raise ValueError(f"values must have one entry per new position ({n}), got {tuple(nv.shape)}")
+    rp, ci, v, old_pos, new_pos = _ops.merge(rp, ci, v, cols, nr.cpu(), nc.cpu(), nv)
+    set_pattern(weight, rp.to(device), ci.to(device), v.to(device))
+    remap = Remap(src=kept.to(device), dst=old_pos.to(device), new=new_pos.to(device), old_nnz=old_nnz,
+                  new_nnz=v.numel())
+    if weight.values.grad is not None:
+        weight.values.grad = remap.apply(weight.values.grad)
+    if optimizer is not None:
+        remap_optimizer_state(optimizer, weight.values, remap)
+    return remap
+
+
+def set_pattern(weight: SparseWeight, row_ptr, col_idx, values) -> None:
+    """``weight.set_pattern`` plus a reset of autograd's cached gradient accumulator of
+    ``weight.values``. While an old graph is still referenced (``loss`` of the previous batch),
+    autograd would reuse that accumulator, which remembers the old nnz, and the next backward
+    fails with "invalid gradient ... expected shape compatible with [old nnz]". Assigning
+    ``.data`` of another dtype is what makes autograd drop the cached accumulator."""
+    weight.set_pattern(row_ptr, col_idx, values, validate=False)
+    p = weight.values
+    data = p.data
+    other = torch.float32 if data.dtype == torch.float64 else torch.float64
+    p.data = torch.empty(0, dtype=other, device=data.device)
+    p.data = data
+
+
+class _Probe:
+    """Stand-in exposing the shape/nnz/dtype that :func:`new_values` reads."""
+
+    def __init__(self, shape, nnz, dtype):
+        self.shape, self.nnz = shape, nnz
+        self.values = torch.empty(0, dtype=dtype)
+
+
+def remap_optimizer_state(optimizer: torch.optim.Optimizer, param: torch.Tensor, remap: Remap) -> None:
+    """Moves every per-entry tensor of ``optimizer.state[param]`` (first dimension old_nnz) to the
+    new order, zero for new entries; scalars such as Adam's ``step`` are left alone."""
+    state = optimizer.state.get(param)
+    if not state:
+        return
+    for key, t in list(state.items()):
+        if isinstance(t, torch.Tensor) and t.dim() >= 1 and t.shape[0] == remap.old_nnz:
+            state[key] = remap.apply(t)

@@ -1,0 +1,414 @@
+"""Controllers SET, RigL, GradualMagnitudePruning, DeepR, SelfishRNN: what each update does
+against independent references, schedules against their formulas, determinism, callbacks,
+and a short end-to-end run per algorithm where the loss falls."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sparse_engine.nn import SparseLinear
+from sparse_engine.training import (SET, DeepR, GradFactorRecorder, GradualMagnitudePruning, RigL, SelfishRNN,
+                                    SparseNTASGD, cosine_decay, cubic_density, erk_densities, narang_threshold,
+                                    redistribute, sparse_weights, sparsify_)
+from _training_util import check_invariants, keys, ref_set_keep, ref_smallest, value_by_key
+
+
+def mlp(seed=0, density=0.3, hidden=32):
+    torch.manual_seed(seed)
+    return nn.Sequential(SparseLinear(12, hidden, density=density), nn.Tanh(),
+                         SparseLinear(hidden, 3, density=min(1.0, density * 2)))
+
+
+def data(seed=0, n=256):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 12, generator=g)
+    teacher = torch.randn(12, 3, generator=g)
+    y = (x @ teacher + 0.3 * torch.tanh(x[:, :3] * 2)).argmax(1)
+    return x, y
+
+
+def run(model, opt, ctl, epochs, batches=8, seed=0, val=False):
+    x, y = data(seed)
+    losses = []
+    for _ in range(epochs):
+        tot = 0.0
+        for b in range(batches):
+            xb, yb = x[b::batches], y[b::batches]
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(xb), yb)
+            loss.backward()
+            opt.step()
+            ctl.step()
+            tot += float(loss.detach())
+        losses.append(tot / batches)
+        if val:
+            ctl.end_epoch(val_loss=losses[-1])
+        else:
+            ctl.end_epoch()
+    return losses
+
+
+def patterns(model):
+    return {n: (w.row_ptr.clone(), w.col_idx.clone(), w.values.detach().clone())
+            for n, w in sparse_weights(model).items()}
+
+
+# ------------------------------------------------------------------ schedules
+def test_cubic_density_against_formula():
+    di, df, s, e = 0.9, 0.05, 10, 110
+    for t, p in ((0, 0.0), (10, 0.0), (35, 0.25), (60, 0.5), (110, 1.0), (500, 1.0)):
+        assert cubic_density(t, s, e, di, df) == pytest.approx(df + (di - df) * (1 - p) ** 3)
+    assert cubic_density(60, s, e, 1.0, 0.0) == pytest.approx(0.125)
+
+
+def test_narang_threshold_ramps_to_q():
+    q, s, r, e, f = 0.4, 100, 300, 700, 50
+    theta = 2 * q * f / (2 * (r - s) + 3 * (e - r))
+    assert narang_threshold(50, q, s, r, e, f) == 0.0
+    assert narang_threshold(200, q, s, r, e, f) == pytest.approx(theta * 101 / f)
+    assert narang_threshold(500, q, s, r, e, f) == pytest.approx((theta * 201 + 1.5 * theta * 201) / f)
+    assert narang_threshold(e, q, s, r, e, f) == pytest.approx(q, rel=0.01)
+
+
+def test_cosine_decay():
+    assert cosine_decay(0, 100, 0.5, 0.005) == pytest.approx(0.5)
+    assert cosine_decay(50, 100, 0.5, 0.005) == pytest.approx(0.005 + 0.495 / 2)
+    assert cosine_decay(100, 100, 0.5, 0.005) == pytest.approx(0.005)
+    assert cosine_decay(25, 100, 0.3) == pytest.approx(0.15 * (1 + math.cos(math.pi / 4)))
+
+
+def test_erk_densities_match_total_and_cap():
+    shapes = {"a": (100, 1000), "b": (500, 500), "c": (3, 4)}
+    d = erk_densities(shapes, 0.05)
+    total = sum(r * c for r, c in shapes.values())
+    assert sum(d[n] * r * c for n, (r, c) in shapes.items()) == pytest.approx(0.05 * total)
+    assert d["c"] == 1.0  # tiny layer made dense
+    raw = {n: (r + c) / (r * c) for n, (r, c) in shapes.items()}
+    assert d["a"] / d["b"] == pytest.approx(raw["a"] / raw["b"])
+
+
+def test_sparsify_uniform():
+    model = mlp()
+    dens = sparsify_(model, 0.2, generator=torch.Generator().manual_seed(0))
+    for n, w in sparse_weights(model).items():
+        assert dens[n] == 0.2
+        check_invariants(w, nnz=round(0.2 * w.shape[0] * w.shape[1]))
+
+
+# ------------------------------------------------------------------ SET
+def test_set_prunes_per_sign_and_regrows_at_empty_positions():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    seen = []
+    ctl = SET(model, opt, zeta=0.3, seed=1, callbacks=[lambda step, ws: seen.append((step, sorted(ws)))])
+    run(model, opt, ctl, epochs=0)
+    # one manual epoch so momentum exists, then check the update against the reference
+    x, y = data()
+    for b in range(4):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x[b::4]), y[b::4]).backward()
+        opt.step()
+        ctl.step()
+    ws = sparse_weights(model)
+    before = {n: (value_by_key(w), keys(w), w.values.detach().numpy().copy(),
+                  dict(zip(keys(w).tolist(), opt.state[w.values]["momentum_buffer"].tolist())))
+              for n, w in ws.items()}
+    ctl.end_epoch()
+    assert seen == [(4, sorted(ws))]
+    for n, w in ws.items():
+        vals, k, v, mom = before[n]
+        check_invariants(w, nnz=len(vals))
+        keep = ref_set_keep(v, 0.3)
+        kept = set(k[keep].tolist())
+        after = value_by_key(w)
+        new = set(after) - kept
+        assert kept <= set(after) and len(new) == (~keep).sum()
+        assert not (new & kept)
+        assert all(after[q] == 0.0 for q in new)  # default init zero
+        m = dict(zip(keys(w).tolist(), opt.state[w.values]["momentum_buffer"].tolist()))
+        assert all(m[q] == mom[q] for q in kept) and all(m[q] == 0 for q in new)
+
+
+def test_set_is_deterministic_given_seed():
+    outs = []
+    for seed in (3, 3, 4):
+        model = mlp(seed=0)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        run(model, opt, SET(model, opt, seed=seed), epochs=2, batches=2)
+        outs.append(patterns(model))
+    same = lambda a, b: all(torch.equal(x, y) for n in a for x, y in zip(a[n], b[n]))
+    assert same(outs[0], outs[1]) and not same(outs[0], outs[2])
+
+
+def test_set_epsilon_redraws_erdos_renyi():
+    model = mlp()
+    SET(model, torch.optim.SGD(model.parameters(), lr=0.1), epsilon=2.0)
+    for w in sparse_weights(model).values():
+        r, c = w.shape
+        check_invariants(w, nnz=round(min(1.0, 2.0 * (r + c) / (r * c)) * r * c))
+
+
+# ------------------------------------------------------------------ RigL
+def test_recorder_factors_give_the_dense_gradient():
+    layer = SparseLinear(7, 5, density=0.5)
+    rec = GradFactorRecorder(layer, {"weight": layer.weight})
+    rec.armed = True
+    rec.new_step()
+    x = torch.randn(4, 3, 7)
+    dense = layer.weight.to_dense().requires_grad_()
+    (torch.sin(x @ dense.t() + layer.bias).sum()).backward()
+    (torch.sin(layer(x)).sum()).backward()
+    G, X = rec.factors(layer.weight)
+    assert torch.allclose(G @ X.t(), dense.grad, atol=1e-5)
+    with torch.no_grad():
+        layer(x)  # evaluation passes do not replace the recorded factors
+    assert torch.equal(rec.factors(layer.weight)[0], G)
+
+
+def test_rigl_update_drops_smallest_and_grows_largest_gradient():
+    model = mlp()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    ctl = RigL(model, opt, end_step=10, update_every=3, update_fraction=0.4, seed=0)
+    ws = sparse_weights(model)
+    x, y = data()
+    snapshots = {}
+    for t in range(1, 10):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x[t::9]), y[t::9]).backward()
+        opt.step()
+        if t % 3 == 0:
+            snapshots = {n: (keys(w), w.values.detach().numpy().copy(), ctl.recorder.factors(w)) for n, w in ws.items()}
+        ctl.step()
+        if t % 3 == 0:
+            f = 0.2 * (1 + math.cos(math.pi * t / 10))
+            assert ctl.fraction(t) == pytest.approx(f)
+            for n, w in ws.items():
+                k, v, (G, X) = snapshots[n]
+                check_invariants(w, nnz=k.size)
+                n_upd = int(f * k.size)
+                kept = set(k[~ref_smallest(np.abs(v), n_upd)].tolist())
+                after = set(keys(w).tolist())
+                new = after - kept
+                assert kept <= after and len(new) == n_upd
+                D = np.abs((G.double() @ X.double().t()).numpy()).reshape(-1)
+                empty = np.setdiff1d(np.arange(D.size), np.array(sorted(kept), dtype=np.int64))
+                # every grown position has |grad| >= every empty position not grown
+                not_grown = np.setdiff1d(empty, np.array(sorted(new), dtype=np.int64))
+                if new and not_grown.size:
+                    assert D[sorted(new)].min() >= D[not_grown].max() - 1e-6
+                assert all(value_by_key(w)[q] == 0 for q in new)
+    assert not ctl.recorder.armed  # no update at or after end_step
+
+
+def test_rigl_needs_gradient_factors():
+    class Owner(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = SparseLinear(4, 4).weight
+
+    m = Owner()
+    with pytest.raises(ValueError, match="dense_grad_factors"):
+        RigL(m, torch.optim.SGD(m.parameters(), lr=0.1), end_step=10)
+
+
+# ------------------------------------------------------------------ gradual pruning
+def test_gmp_cubic_hits_the_schedule_and_prunes_smallest():
+    model = mlp(density=1.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    ctl = GradualMagnitudePruning(model, opt, final_density=0.1, start_step=2, end_step=20, frequency=4)
+    ws = sparse_weights(model)
+    x, y = data()
+    for t in range(1, 25):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x[t::24]), y[t::24]).backward()
+        opt.step()
+        before = {n: (keys(w), w.values.detach().numpy().copy()) for n, w in ws.items()}
+        ctl.step()
+        for n, w in ws.items():
+            size = w.shape[0] * w.shape[1]
+            k, v = before[n]
+            if 2 <= t <= 20 and ((t - 2) % 4 == 0 or t == 20):
+                p = (t - 2) / 18
+                target = round((0.1 + 0.9 * (1 - p) ** 3) * size)
+                check_invariants(w, nnz=min(k.size, target))
+                assert np.array_equal(np.sort(keys(w)), np.sort(k[~ref_smallest(np.abs(v), k.size - w.nnz)]))
+            else:
+                assert w.nnz == k.size
+    for w in ws.values():
+        assert w.nnz == round(0.1 * w.shape[0] * w.shape[1])
+
+
+def test_gmp_global_scope_and_narang():
+    model = mlp(density=1.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    ctl = GradualMagnitudePruning(model, opt, final_density=0.2, end_step=4, frequency=2, scope="global")
+    total = sum(w.shape[0] * w.shape[1] for w in sparse_weights(model).values())
+    run(model, opt, ctl, epochs=1, batches=4)
+    assert sum(w.nnz for w in sparse_weights(model).values()) == sum(
+        round(0.2 * w.shape[0] * w.shape[1]) for w in sparse_weights(model).values())
+    assert total > 0
+    model = mlp(density=1.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # frozen values
+    initial = {n: w.values.detach().abs().clone() for n, w in sparse_weights(model).items()}
+    ctl = GradualMagnitudePruning(model, opt, final_density=0.25, schedule="narang", start_step=0, ramp_step=40,
+                                  end_step=80, frequency=10)
+    run(model, opt, ctl, epochs=1, batches=80)
+    for n, w in sparse_weights(model).items():
+        eps = narang_threshold(80, ctl.q[n], 0, 40, 80, 10)
+        assert eps == pytest.approx(ctl.q[n] * 205 / 200)  # about q at the end of the ramp
+        # with frozen values the survivors are exactly the initial weights above the final threshold
+        assert w.nnz == int((initial[n] >= eps).sum())
+        assert (w.values.detach().abs() >= eps).all()
+        check_invariants(w)
+        assert 0.15 < w.density <= 0.25
+
+
+# ------------------------------------------------------------------ DEEP R
+def test_deepr_removes_sign_flips_and_regrows_with_stored_sign():
+    lin = SparseLinear(2, 2, density=1.0, bias=False)
+    with torch.no_grad():
+        lin.weight.values.copy_(torch.tensor([0.5, -0.5, 0.7, -0.7]))
+    opt = torch.optim.SGD(lin.parameters(), lr=0.0)
+    ctl = DeepR(lin, opt, l1=0.0, noise=0.0, seed=0)
+    with torch.no_grad():
+        lin.weight.values[1] = 0.3  # was negative: its sign flipped, so it dies
+    assert ctl.dead("weight").tolist() == [False, True, False, False]
+    ctl.end_epoch()
+    w = lin.weight
+    check_invariants(w, nnz=4)
+    # the only empty position is the one that died: regrown there with its stored (negative) sign at 0
+    assert w.values.detach().tolist() == pytest.approx([0.5, 0.0, 0.7, -0.7])
+    assert ctl.sign["weight"].tolist() == [1, -1, 1, -1]
+
+
+def test_deepr_l1_and_noise_terms():
+    lin = SparseLinear(30, 20, density=0.5, bias=False)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+    ctl = DeepR(lin, opt, l1=1e-2, noise=0.0)
+    before = lin.weight.values.detach().clone()
+    ctl.step()
+    assert torch.allclose(lin.weight.values.detach(), before - 0.1 * 1e-2 * torch.sign(before))
+    ctl = DeepR(lin, opt, l1=0.0, noise=0.5, seed=1)
+    before = lin.weight.values.detach().clone()
+    ctl.step()
+    assert float((lin.weight.values.detach() - before).std()) == pytest.approx(0.5, rel=0.15)
+
+
+# ------------------------------------------------------------------ Selfish-RNN
+def test_redistribute_exact_sum_caps_and_proportions():
+    assert redistribute(10, [1.0, 1.0], [100, 100]) == [5, 5]
+    assert redistribute(10, [3.0, 1.0], [100, 2]) == [8, 2]
+    assert redistribute(7, [1.0, 1.0, 1.0], [5, 5, 5]) == [3, 2, 2]
+    out = redistribute(1000, [0.3, 2.0, 0.0, 1.1], [50, 900, 10, 400])
+    assert sum(out) == 1000 and all(o <= c for o, c in zip(out, [50, 900, 10, 400]))
+    with pytest.raises(ValueError):
+        redistribute(10, [1.0], [9])
+
+
+def test_sparse_ntasgd_averages_each_weight_over_its_lifetime():
+    lin = SparseLinear(5, 4, density=0.5, bias=False)
+    avg = SparseNTASGD({"w": lin.weight})
+    avg.start()
+    history = []
+    for s in range(6):
+        with torch.no_grad():
+            lin.weight.values.add_(torch.randn(lin.weight.nnz))
+        avg.update()
+        history.append(lin.weight.values.detach().clone())
+    # mu = 1/(step-1) from step 3: the mean over steps 2..6
+    assert torch.allclose(avg.ax["w"], torch.stack(history[1:]).mean(0), atol=1e-6)
+    trained = lin.weight.values.detach().clone()
+    with avg.averaged():
+        assert torch.allclose(lin.weight.values.detach(), avg.ax["w"])
+    assert torch.equal(lin.weight.values.detach(), trained)
+
+
+def test_selfish_rnn_update_death_rate_and_averages_of_removed_dropped():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    ctl = SelfishRNN(model, opt, total_steps=40, death_rate=0.5, redistribution="magnitude", seed=0)
+    ctl.start_averaging()
+    total_before = sum(w.nnz for w in sparse_weights(model).values())
+    run(model, opt, ctl, epochs=1, batches=8)
+    assert ctl.death_rate == pytest.approx(cosine_decay(8, 40, 0.5, 0.005))
+    total_after = sum(w.nnz for w in sparse_weights(model).values())
+    assert total_after == total_before  # redistribution moves connections, never loses them
+    for n, w in sparse_weights(model).items():
+        check_invariants(w)
+        c = ctl.averager.count[n]
+        assert c.numel() == w.nnz
+        assert set(c.unique().tolist()) <= {0, 8}  # survivors kept their counter, newborns restart
+
+
+def test_selfish_rnn_nonmonotone_trigger():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    ctl = SelfishRNN(model, opt, total_steps=100, nonmono=2)
+    for i, v in enumerate([5.0, 4.0, 3.0, 2.5, 2.4]):
+        ctl.end_epoch(val_loss=v)
+        assert not ctl.averager.active
+    ctl.end_epoch(val_loss=3.5)  # worse than min of all but the last 2
+    assert ctl.averager.active
+
+
+def test_selfish_rnn_bad_options():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with pytest.raises(ValueError, match="momentum"):
+        SelfishRNN(model, opt, total_steps=10, growth="momentum")
+    with pytest.raises(ValueError, match="death"):
+        SelfishRNN(model, opt, total_steps=10, death="random")
+    with pytest.raises(ValueError, match="total_steps"):
+        SelfishRNN(model, opt, total_steps=0)
+
+
+# ------------------------------------------------------------------ common errors
+def test_controller_bad_inputs():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="no SparseWeight"):
+        SET(nn.Linear(3, 3), opt)
+    with pytest.raises(TypeError, match="optimizer"):
+        SET(model, "sgd")
+    with pytest.raises(ValueError, match="zeta"):
+        SET(model, opt, zeta=2)
+    with pytest.raises(TypeError, match="callbacks"):
+        SET(model, opt, callbacks=[1])
+    with pytest.raises(ValueError, match="init"):
+        SET(model, opt, init="ones")
+    with pytest.raises(ValueError, match="end_step"):
+        RigL(model, opt, end_step=0)
+    with pytest.raises(ValueError, match="ramp_step"):
+        GradualMagnitudePruning(model, opt, final_density=0.1, end_step=10, schedule="narang")
+    with pytest.raises(ValueError, match="rewire_every"):
+        DeepR(model, opt, rewire_every="batch")
+
+
+# ------------------------------------------------------------------ end to end
+@pytest.mark.parametrize("algo", ["SET", "SelfishRNN", "SelfishRNN-gradient", "RigL", "GMP", "DeepR"])
+def test_end_to_end_loss_falls(algo):
+    model = mlp(seed=1, density=0.5 if algo != "GMP" else 1.0, hidden=48)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    epochs, batches = 12, 8
+    calls = []
+    cb = [lambda step, ws: calls.append(step)]
+    if algo == "SET":
+        ctl = SET(model, opt, zeta=0.2, init="he_uniform", seed=0, callbacks=cb)
+    elif algo.startswith("SelfishRNN"):
+        growth = "gradient" if algo.endswith("gradient") else "random"
+        ctl = SelfishRNN(model, opt, total_steps=epochs * batches, death="SET", growth=growth,
+                         redistribution="nonzeros", seed=0, callbacks=cb)
+    elif algo == "RigL":
+        ctl = RigL(model, opt, end_step=epochs * batches * 3 // 4, update_every=5, seed=0, callbacks=cb)
+    elif algo == "GMP":
+        ctl = GradualMagnitudePruning(model, opt, final_density=0.3, end_step=epochs * batches // 2,
+                                      frequency=4, callbacks=cb)
+    else:
+        ctl = DeepR(model, opt, l1=1e-4, noise=1e-4, seed=0, callbacks=cb)
+    losses = run(model, opt, ctl, epochs, batches, val=algo.startswith("SelfishRNN"))
+    assert calls, "callbacks were never called"
+    for w in sparse_weights(model).values():
+        check_invariants(w)
+    assert losses[-1] < 0.7 * losses[0], losses

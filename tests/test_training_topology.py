@@ -1,0 +1,318 @@
+"""Topology kernels and rewire(): exact selections against numpy, growth only at empty
+positions, invariants, optimizer-state remapping, RigL tiled top-k against the dense gradient."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sparse_engine import SparseWeight
+from sparse_engine.training import (gradient_growth, global_magnitude_keep, magnitude_keep, new_values,
+                                    random_empty, rewire, set_keep, threshold_keep)
+from _training_util import check_invariants, keys, random_weight, ref_set_keep, ref_smallest, value_by_key
+
+ops = torch.ops.sparse_engine
+
+
+@pytest.fixture
+def gen():
+    seed = int(torch.randint(0, 2**31, ()).item())
+    print(f"generator seed {seed}")
+    return torch.Generator().manual_seed(seed)
+
+
+# ------------------------------------------------------------------ selections
+@pytest.mark.parametrize("n", [0, 1, 17, 1000])
+def test_select_smallest_matches_stable_numpy_with_ties(gen, n):
+    scores = torch.randint(0, 5, (n,), generator=gen).double()  # many ties
+    for k in sorted({0, n // 3, n}):
+        got = ops.select_smallest(scores, k).numpy()
+        assert got.sum() == k
+        assert np.array_equal(got, ref_smallest(scores.numpy(), k))
+
+
+def test_magnitude_keep_prunes_exactly_the_smallest(gen):
+    w = random_weight(60, 50, 0.2, gen)
+    v = w.values.detach().numpy()
+    for n_prune in (0, 1, w.nnz // 3, w.nnz):
+        keep = magnitude_keep(w.values, n_prune).numpy()
+        assert np.array_equal(~keep, ref_smallest(np.abs(v), n_prune))
+
+
+def test_global_magnitude_keep_uses_one_threshold_across_layers(gen):
+    vs = [torch.randn(n, generator=gen) * s for n, s in ((300, 1.0), (200, 0.1), (0, 1.0), (100, 3.0))]
+    n_prune = 250
+    keeps = global_magnitude_keep(vs, n_prune)
+    allv = np.abs(np.concatenate([v.double().numpy() for v in vs]))
+    ref = ~ref_smallest(allv, n_prune)
+    assert np.array_equal(np.concatenate([k.numpy() for k in keeps]), ref)
+    assert [k.numel() for k in keeps] == [v.numel() for v in vs]
+
+
+@pytest.mark.parametrize("zeta", [0.0, 0.1, 0.3, 0.5, 1.0])
+def test_set_keep_prunes_each_sign_nearest_zero(gen, zeta):
+    v = torch.randn(777, generator=gen, dtype=torch.float64)
+    v[::50] = 0.0
+    v[1::7] = v[1::7].round()  # ties among magnitudes
+    keep = set_keep(v, zeta).numpy()
+    assert np.array_equal(keep, ref_set_keep(v.numpy(), zeta))
+    assert not keep[v.numpy() == 0].any()
+
+
+def test_set_keep_drops_negatives_nearest_zero_not_most_negative():
+    v = torch.tensor([-5.0, -0.1, 0.2, 4.0, -3.0, 0.05])
+    keep = set_keep(v, 0.34)  # one of three of each sign
+    assert keep.tolist() == [True, False, True, True, True, False]
+
+
+def test_threshold_keep():
+    v = torch.tensor([0.5, -0.01, 0.02, -2.0])
+    assert threshold_keep(v, 0.02).tolist() == [True, False, True, True]
+
+
+def test_selection_bad_inputs():
+    with pytest.raises(ValueError, match="n_prune"):
+        magnitude_keep(torch.randn(5), 6)
+    with pytest.raises(ValueError, match="zeta"):
+        set_keep(torch.randn(5), 1.5)
+    with pytest.raises(ValueError, match="NaN"):
+        ops.select_smallest(torch.tensor([1.0, float("nan")]), 1)
+    with pytest.raises(TypeError, match="scores"):
+        ops.select_smallest(torch.arange(4), 1)
+    with pytest.raises(ValueError, match="threshold"):
+        threshold_keep(torch.randn(3), -1.0)
+
+
+# ------------------------------------------------------------------ random growth
+@pytest.mark.parametrize("rows,cols,density,n", [(40, 30, 0.05, 100), (40, 30, 0.9, 100), (1, 1000, 0.5, 499),
+                                                 (300, 300, 0.05, 10000), (1, 100000, 0.01, 20000),
+                                                 (5, 3, 0.0, 15), (7, 9, 1.0, 0)])
+def test_random_empty_positions_are_new_unique_sorted(gen, rows, cols, density, n):
+    w = random_weight(rows, cols, density, gen)
+    n = min(n, rows * cols - w.nnz)
+    r, c = random_empty(w.row_ptr, w.col_idx, cols, n, seed=int(torch.randint(0, 2**40, (1,), generator=gen)))
+    assert r.numel() == c.numel() == n and r.dtype == torch.int64 and c.dtype == torch.int32
+    k = (r * cols + c.long()).numpy()
+    assert np.all(np.diff(k) > 0)  # sorted, unique
+    assert ((c >= 0) & (c < cols)).all() and ((r >= 0) & (r < rows)).all()
+    assert not np.isin(k, keys(w)).any()
+
+
+def test_random_empty_is_deterministic_per_seed(gen):
+    w = random_weight(50, 50, 0.1, gen)
+    a = random_empty(w.row_ptr, w.col_idx, 50, 200, seed=7)
+    b = random_empty(w.row_ptr, w.col_idx, 50, 200, seed=7)
+    c = random_empty(w.row_ptr, w.col_idx, 50, 200, seed=8)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not (torch.equal(a[0], c[0]) and torch.equal(a[1], c[1]))
+
+
+@pytest.mark.parametrize("n", [1, 2])  # n=1: rejection sampling; n=2: enumeration (< 4n empty)
+def test_random_empty_is_uniform_over_empty_positions(n):
+    dense = torch.zeros(3, 4)
+    occupied = [(0, 0), (0, 3), (1, 1), (2, 0), (2, 2), (2, 3)]
+    for i, j in occupied:
+        dense[i, j] = 1.0
+    w = SparseWeight.from_dense(dense)
+    counts = {}
+    trials = 3000
+    for s in range(trials):
+        r, c = random_empty(w.row_ptr, w.col_idx, 4, n, seed=s)
+        for key in (r * 4 + c.long()).tolist():
+            counts[key] = counts.get(key, 0) + 1
+    empty = sorted(set(range(12)) - {i * 4 + j for i, j in occupied})
+    assert sorted(counts) == empty
+    expect = trials * n / len(empty)
+    for key in empty:  # binomial sd ~ 20: a 6-sd band
+        assert abs(counts[key] - expect) < 6 * math.sqrt(expect), counts
+
+
+def test_random_empty_refuses_too_many(gen):
+    w = random_weight(4, 4, 0.5, gen)
+    with pytest.raises(ValueError, match="empty positions"):
+        random_empty(w.row_ptr, w.col_idx, 4, 16 - w.nnz + 1, seed=0)
+
+
+# ------------------------------------------------------------------ merge / compact errors
+def test_merge_refuses_existing_unsorted_or_out_of_range(gen):
+    w = random_weight(6, 6, 0.5, gen)
+    v = w.values.detach()
+    row, col, _ = w.coo()
+    with pytest.raises(ValueError, match="already stored"):
+        ops.merge(w.row_ptr, w.col_idx, v, 6, row[:1].clone(), col[:1].int(), torch.zeros(1, dtype=v.dtype))
+    r, c = random_empty(w.row_ptr, w.col_idx, 6, 2, seed=1)
+    with pytest.raises(ValueError, match="sorted"):
+        ops.merge(w.row_ptr, w.col_idx, v, 6, r.flip(0), c.flip(0), torch.zeros(2, dtype=v.dtype))
+    with pytest.raises(ValueError, match="outside"):
+        ops.merge(w.row_ptr, w.col_idx, v, 6, torch.tensor([6]), torch.tensor([0], dtype=torch.int32),
+                  torch.zeros(1, dtype=v.dtype))
+    with pytest.raises(TypeError, match="keep"):
+        ops.compact(w.row_ptr, w.col_idx, v, torch.ones(w.nnz, dtype=torch.int32))
+
+
+# ------------------------------------------------------------------ rewire
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+def test_rewire_keeps_values_and_optimizer_state_only_where_it_should(gen, opt_name):
+    w = random_weight(30, 40, 0.1, gen, dtype=torch.float32)
+    if opt_name == "sgd":
+        opt = torch.optim.SGD([w.values], lr=0.1, momentum=0.9)
+        names = ["momentum_buffer"]
+    else:
+        opt = torch.optim.Adam([w.values], lr=0.01)
+        names = ["exp_avg", "exp_avg_sq"]
+    for _ in range(2):
+        w.values.grad = torch.randn(w.nnz, generator=gen)
+        opt.step()
+    before = value_by_key(w)
+    state_before = {n: dict(zip(keys(w).tolist(), opt.state[w.values][n].tolist())) for n in names}
+    grad_before = dict(zip(keys(w).tolist(), w.values.grad.tolist()))
+    step_before = opt.state[w.values].get("step")
+    n_prune = w.nnz // 4
+    keep = magnitude_keep(w.values, n_prune)
+    pruned_keys = set(keys(w)[~keep.numpy()].tolist())
+    grown = {}
+
+    def grow(rp, ci):
+        r, c = random_empty(rp, ci, 40, n_prune + 5, seed=3)
+        grown["keys"] = set((r * 40 + c.long()).tolist())
+        return r, c
+
+    remap = rewire(w, keep, grow, init="normal", init_scale=0.5, generator=gen, optimizer=opt)
+    check_invariants(w, nnz=len(before) + 5)
+    assert remap.n_removed == n_prune and remap.n_grown == n_prune + 5
+    after = value_by_key(w)
+    kept_keys = set(before) - pruned_keys
+    assert set(after) == kept_keys | grown["keys"]
+    assert not (grown["keys"] & kept_keys)  # grown only at positions empty after pruning
+    for k in kept_keys:
+        assert after[k] == before[k]
+    ak = keys(w).tolist()
+    for n in names:
+        st = dict(zip(ak, opt.state[w.values][n].tolist()))
+        for k in kept_keys:
+            assert st[k] == state_before[n][k]
+        for k in grown["keys"]:
+            assert st[k] == 0.0
+    g = dict(zip(ak, w.values.grad.tolist()))
+    assert all(g[k] == grad_before[k] for k in kept_keys) and all(g[k] == 0 for k in grown["keys"])
+    if step_before is not None:
+        assert torch.equal(opt.state[w.values]["step"], step_before)
+    # the optimizer keeps working on the resized parameter
+    w.values.grad = torch.randn(w.nnz, generator=gen)
+    opt.step()
+
+
+def test_rewire_prune_only_and_empty_rows(gen):
+    w = random_weight(20, 10, 0.3, gen)
+    keep = torch.zeros(w.nnz, dtype=torch.bool)
+    rewire(w, keep)
+    check_invariants(w, nnz=0)
+    r, c = random_empty(w.row_ptr, w.col_idx, 10, 7, seed=0)
+    rewire(w, torch.zeros(0, dtype=torch.bool), lambda rp, ci: (r, c))
+    check_invariants(w, nnz=7)
+    assert (w.values == 0).all()  # default init is zero
+
+
+def test_rewire_bad_inputs(gen):
+    w = random_weight(5, 5, 0.5, gen)
+    with pytest.raises(ValueError, match="keep"):
+        rewire(w, torch.ones(w.nnz + 1, dtype=torch.bool))
+    with pytest.raises(TypeError, match="SparseWeight"):
+        rewire(torch.zeros(3), torch.ones(3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="init"):
+        rewire(w, torch.ones(w.nnz, dtype=torch.bool), lambda rp, ci: random_empty(rp, ci, 5, 1, 0), init="bogus")
+
+
+def test_new_values_inits(gen):
+    w = random_weight(40, 60, 0.25, gen, dtype=torch.float32)
+    assert (new_values(100, w, "zero") == 0).all()
+    fan_in, fan_out = w.nnz / 40, w.nnz / 60
+    he = new_values(5000, w, "he_uniform", generator=gen)
+    assert he.abs().max() <= math.sqrt(6 / fan_in) and he.abs().max() > 0.9 * math.sqrt(6 / fan_in)
+    xa = new_values(5000, w, "xavier_uniform", generator=gen)
+    assert xa.abs().max() <= math.sqrt(6 / (fan_in + fan_out))
+    nrm = new_values(20000, w, "normal", init_scale=0.1, generator=gen)
+    assert abs(float(nrm.std()) - 0.1) < 0.005
+    assert torch.equal(new_values(3, w, lambda n, wt, g: torch.full((n,), 2.0)), torch.full((3,), 2.0))
+    assert new_values(3, w, "zero").dtype == torch.float32
+
+
+# ------------------------------------------------------------------ RigL growth
+def dense_topk(w, G, X, k):
+    D = (G.double() @ X.double().t()).numpy()
+    cols = w.shape[1]
+    occupied = np.zeros(D.size, bool)
+    occupied[keys(w)] = True
+    cand = np.nonzero(~occupied)[0]
+    mag = np.abs(D.reshape(-1)[cand])
+    order = cand[np.lexsort((cand, -mag))][:k]  # largest |g|, ties to the lower key
+    order.sort()
+    return order // cols, order % cols, D.reshape(-1)[order]
+
+
+@pytest.mark.parametrize("rows,cols,M,k,tile_rows,tile_elems", [
+    (37, 23, 5, 40, 4, 4 * 6), (37, 23, 5, 1, 256, 2**22), (10, 50, 3, 300, 3, 3 * 7), (1, 9, 1, 5, 1, 2)])
+def test_tiled_gradient_topk_equals_dense_topk(gen, rows, cols, M, k, tile_rows, tile_elems):
+    w = random_weight(rows, cols, 0.3, gen)
+    k = min(k, rows * cols - w.nnz)
+    G = torch.randn(rows, M, generator=gen, dtype=torch.float64)
+    X = torch.randn(cols, M, generator=gen, dtype=torch.float64)
+    r, c, g = gradient_growth(w.row_ptr, w.col_idx, G, X, k, method="exact", tile_rows=tile_rows,
+                              tile_elems=tile_elems)
+    rr, rc, rg = dense_topk(w, G, X, k)
+    assert np.array_equal(r.numpy(), rr) and np.array_equal(c.numpy(), rc)
+    assert np.allclose(g.numpy(), rg)
+
+
+def test_tiled_gradient_topk_ties_go_to_lower_position(gen):
+    w = random_weight(12, 16, 0.2, gen)
+    G = torch.randint(-1, 2, (12, 2), generator=gen).double()  # many equal |grad|
+    X = torch.randint(-1, 2, (16, 2), generator=gen).double()
+    for k in (1, 10, 60):
+        r, c, _ = gradient_growth(w.row_ptr, w.col_idx, G, X, k, method="exact", tile_rows=5, tile_elems=35)
+        rr, rc, _ = dense_topk(w, G, X, k)
+        assert np.array_equal(r.numpy(), rr) and np.array_equal(c.numpy(), rc)
+
+
+def test_sampled_gradient_growth(gen):
+    w = random_weight(30, 40, 0.1, gen)
+    G = torch.randn(30, 4, generator=gen, dtype=torch.float64)
+    X = torch.randn(40, 4, generator=gen, dtype=torch.float64)
+    # a budget that covers every empty position: the sample is all of them, so exact
+    r, c, g = gradient_growth(w.row_ptr, w.col_idx, G, X, 25, method="sample", sample_factor=1000, seed=1)
+    rr, rc, rg = dense_topk(w, G, X, 25)
+    assert np.array_equal(r.numpy(), rr) and np.array_equal(c.numpy(), rc)
+    # a small budget: still k distinct empty positions with their true gradients
+    r, c, g = gradient_growth(w.row_ptr, w.col_idx, G, X, 25, method="sample", sample_factor=2, seed=1)
+    key = (r * 40 + c.long()).numpy()
+    assert key.size == 25 and np.all(np.diff(key) > 0) and not np.isin(key, keys(w)).any()
+    D = (G @ X.t()).numpy().reshape(-1)
+    assert np.allclose(g.numpy(), D[key])
+
+
+def test_gradient_growth_bad_inputs(gen):
+    w = random_weight(6, 5, 0.5, gen)
+    G, X = torch.randn(6, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="G must have"):
+        gradient_growth(w.row_ptr, w.col_idx, G[:5], X, 1)
+    with pytest.raises(ValueError, match="batch size"):
+        gradient_growth(w.row_ptr, w.col_idx, G, X[:, :2], 1)
+    with pytest.raises(ValueError, match="empty positions"):
+        gradient_growth(w.row_ptr, w.col_idx, G, X, 31)
+    with pytest.raises(ValueError, match="method"):
+        gradient_growth(w.row_ptr, w.col_idx, G, X, 1, method="dense")
+
+
+def test_backward_works_after_nnz_change_while_old_graph_is_alive(gen):
+    from sparse_engine.nn import SparseLinear
+
+    layer = SparseLinear(8, 6, density=0.5)
+    x = torch.randn(4, 8, generator=gen)
+    loss = layer(x).pow(2).sum()
+    loss.backward()  # ``loss`` keeps the old graph (and its gradient accumulator) alive
+    w = layer.weight
+    rewire(w, magnitude_keep(w.values, 5))
+    layer.zero_grad()
+    loss = layer(x).pow(2).sum()
+    loss.backward()
+    assert w.values.grad.shape == (w.nnz,)
