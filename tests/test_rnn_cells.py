@@ -139,6 +139,8 @@ def _weight(rows, cols, density, g):
 @pytest.mark.parametrize("kinds,reverse", [("sparse-sparse", False), ("sparse-sparse", True),
                                            ("dense-sparse", True), ("sparse-dense", False)])
 def test_gradcheck_recurrence(mode, reverse, kinds, fused, rng):
+    if not fused and kinds != "sparse-sparse":
+        pytest.skip("the composed path is checked on sparse-sparse; dense products are torch's own")
     I, H, B, T = 3, 4, 2, 3
     G = {"LSTM": 4, "GRU": 3}.get(mode, 1) * H
     sp_ih, sp_hh = (k == "sparse" for k in kinds.split("-"))
