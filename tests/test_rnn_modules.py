@@ -251,3 +251,13 @@ def test_state_dict_roundtrip_and_optimizer(rng):
     m2.load_state_dict(m.state_dict())  # other random pattern, same nnz: pattern is loaded too
     x = torch.randn(4, 2, 3, generator=rng, dtype=torch.float64)
     torch.testing.assert_close(m(x)[0], m2(x)[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mode", list(SPARSE))
+def test_batch_wider_than_a_register_block(mode, dtype, rng):
+    """B=70: two full 32-column blocks of the fused kernel plus a tail, vector and scalar lanes."""
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=rng)))
+    m = build(mode, 5, 19, dtype, density=0.3, bidirectional=True)
+    x = torch.randn(3, 70, 5, generator=rng, dtype=dtype)
+    check_against_torch(m, x, None, dtype, rng)

@@ -18,8 +18,56 @@
 #include <cmath>
 #include "common.h"
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+// SLEEF's vector exp/tanh (1 ulp), the ones ATen's own vectorized kernels use; libtorch_cpu
+// exports them on x86-64 builds. Without AVX2 the scalar std:: functions are used.
+extern "C" {
+__m256 Sleef_expf8_u10(__m256);
+__m256 Sleef_tanhf8_u10(__m256);
+__m256d Sleef_expd4_u10(__m256d);
+__m256d Sleef_tanhd4_u10(__m256d);
+}
+#endif
+
 namespace sparse_engine {
 namespace {
+
+// In-place vector tanh and exp over a short array; the scalar tail uses std::.
+inline void vtanh(float* a, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX2__)
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(a + i, Sleef_tanhf8_u10(_mm256_loadu_ps(a + i)));
+#endif
+  for (; i < n; ++i) a[i] = std::tanh(a[i]);
+}
+inline void vtanh(double* a, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX2__)
+  for (; i + 4 <= n; i += 4) _mm256_storeu_pd(a + i, Sleef_tanhd4_u10(_mm256_loadu_pd(a + i)));
+#endif
+  for (; i < n; ++i) a[i] = std::tanh(a[i]);
+}
+inline void vexp(float* a, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX2__)
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(a + i, Sleef_expf8_u10(_mm256_loadu_ps(a + i)));
+#endif
+  for (; i < n; ++i) a[i] = std::exp(a[i]);
+}
+inline void vexp(double* a, int64_t n) {
+  int64_t i = 0;
+#if defined(__AVX2__)
+  for (; i + 4 <= n; i += 4) _mm256_storeu_pd(a + i, Sleef_expd4_u10(_mm256_loadu_pd(a + i)));
+#endif
+  for (; i < n; ++i) a[i] = std::exp(a[i]);
+}
+// a <- 1 / (1 + exp(-a))
+template <typename T> inline void vsigmoid(T* a, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) a[i] = -a[i];
+  vexp(a, n);
+  for (int64_t i = 0; i < n; ++i) a[i] = T(1) / (T(1) + a[i]);
+}
 
 enum Mode { kLSTM = 0, kGRU = 1, kTANH = 2, kRELU = 3, kCT = 4 };
 constexpr int64_t kBlk = 32;  // batch columns per register block
@@ -56,34 +104,50 @@ void step_forward(Index w, const scalar_t* v, const scalar_t* gx, const scalar_t
       }
       const int64_t o = j * B + b0;  // offset of (j, b0) in an (H x B) array
       const int64_t HB = H * B;
-      for (int64_t b = 0; b < bl; ++b) {
-        if constexpr (M == kLSTM) {
-          const scalar_t i = sigm(gx[o + b] + acc[0][b]);
-          const scalar_t f = sigm(gx[HB + o + b] + acc[1][b]);
-          const scalar_t g = std::tanh(gx[2 * HB + o + b] + acc[2][b]);
-          const scalar_t og = sigm(gx[3 * HB + o + b] + acc[3][b]);
-          const scalar_t cn = f * c[o + b] + i * g;
+      for (int q = 0; q < NG; ++q)
+        for (int64_t b = 0; b < bl; ++b) acc[q][b] += (M == kGRU ? scalar_t(0) : gx[q * HB + o + b]);
+      if constexpr (M == kLSTM) {
+        vsigmoid(acc[0], bl); vsigmoid(acc[1], bl); vtanh(acc[2], bl); vsigmoid(acc[3], bl);
+        scalar_t tc[kBlk];
+        for (int64_t b = 0; b < bl; ++b) {
+          const scalar_t cn = acc[1][b] * c[o + b] + acc[0][b] * acc[2][b];
           c2[o + b] = cn;
-          h2[o + b] = og * std::tanh(cn);
-          acts[o + b] = i; acts[HB + o + b] = f; acts[2 * HB + o + b] = g; acts[3 * HB + o + b] = og;
-        } else if constexpr (M == kGRU) {
-          const scalar_t ghr = acc[0][b] + (bhh ? bhh[j] : scalar_t(0));
-          const scalar_t ghz = acc[1][b] + (bhh ? bhh[H + j] : scalar_t(0));
-          const scalar_t ghn = acc[2][b] + (bhh ? bhh[2 * H + j] : scalar_t(0));
-          const scalar_t r = sigm(gx[o + b] + ghr);
-          const scalar_t z = sigm(gx[HB + o + b] + ghz);
-          const scalar_t n = std::tanh(gx[2 * HB + o + b] + r * ghn);
+          tc[b] = cn;
+        }
+        vtanh(tc, bl);
+        for (int64_t b = 0; b < bl; ++b) {
+          h2[o + b] = acc[3][b] * tc[b];
+          for (int q = 0; q < 4; ++q) acts[q * HB + o + b] = acc[q][b];
+        }
+      } else if constexpr (M == kGRU) {
+        scalar_t ghn[kBlk];
+        for (int q = 0; q < 3; ++q) {
+          const scalar_t bq = bhh ? bhh[q * H + j] : scalar_t(0);
+          for (int64_t b = 0; b < bl; ++b) acc[q][b] += bq;
+        }
+        for (int64_t b = 0; b < bl; ++b) {
+          ghn[b] = acc[2][b];
+          acc[0][b] += gx[o + b];
+          acc[1][b] += gx[HB + o + b];
+        }
+        vsigmoid(acc[0], bl); vsigmoid(acc[1], bl);
+        for (int64_t b = 0; b < bl; ++b) acc[2][b] = gx[2 * HB + o + b] + acc[0][b] * ghn[b];
+        vtanh(acc[2], bl);
+        for (int64_t b = 0; b < bl; ++b) {
+          const scalar_t n = acc[2][b], z = acc[1][b];
           h2[o + b] = n + z * (h[o + b] - n);
-          acts[o + b] = r; acts[HB + o + b] = z; acts[2 * HB + o + b] = n; acts[3 * HB + o + b] = ghn;
-        } else if constexpr (M == kTANH) {
-          h2[o + b] = std::tanh(gx[o + b] + acc[0][b]);
-        } else if constexpr (M == kRELU) {
-          const scalar_t p = gx[o + b] + acc[0][b];
-          h2[o + b] = p > 0 ? p : scalar_t(0);
-        } else {  // CT-RNN Euler step
-          const scalar_t a = std::tanh(gx[o + b] + acc[0][b]);
-          acts[o + b] = a;
-          h2[o + b] = decay * h[o + b] + sdt * a;
+          acts[o + b] = acc[0][b]; acts[HB + o + b] = z; acts[2 * HB + o + b] = n; acts[3 * HB + o + b] = ghn[b];
+        }
+      } else if constexpr (M == kTANH) {
+        vtanh(acc[0], bl);
+        for (int64_t b = 0; b < bl; ++b) h2[o + b] = acc[0][b];
+      } else if constexpr (M == kRELU) {
+        for (int64_t b = 0; b < bl; ++b) h2[o + b] = acc[0][b] > 0 ? acc[0][b] : scalar_t(0);
+      } else {  // CT-RNN Euler step
+        vtanh(acc[0], bl);
+        for (int64_t b = 0; b < bl; ++b) {
+          acts[o + b] = acc[0][b];
+          h2[o + b] = decay * h[o + b] + sdt * acc[0][b];
         }
       }
     }
@@ -99,11 +163,20 @@ void gates_backward(const scalar_t* acts, const scalar_t* c_prev, const scalar_t
                     scalar_t* dc_prev, scalar_t* direct, int64_t H, int64_t B, double dt, double tau) {
   const int64_t HB = H * B;
   const scalar_t decay = scalar_t(1 - dt / tau), sdt = scalar_t(dt);
+  constexpr int64_t kChunk = 256;
+  const int64_t nchunks = (HB + kChunk - 1) / kChunk;
 #pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
-  for (int64_t e = 0; e < HB; ++e) {
+  for (int64_t ch = 0; ch < nchunks; ++ch) {
+   const int64_t e0 = ch * kChunk, e1 = std::min(HB, e0 + kChunk);
+   scalar_t tcs[kChunk];
+   if constexpr (M == kLSTM) {
+     for (int64_t e = e0; e < e1; ++e) tcs[e - e0] = c[e];
+     vtanh(tcs, e1 - e0);
+   }
+   for (int64_t e = e0; e < e1; ++e) {
     if constexpr (M == kLSTM) {
       const scalar_t i = acts[e], f = acts[HB + e], g = acts[2 * HB + e], o = acts[3 * HB + e];
-      const scalar_t tc = std::tanh(c[e]);
+      const scalar_t tc = tcs[e - e0];
       const scalar_t dct = dc[e] + dh[e] * o * (1 - tc * tc);
       dG[e] = dct * g * i * (1 - i);
       dG[HB + e] = dct * c_prev[e] * f * (1 - f);
@@ -127,6 +200,7 @@ void gates_backward(const scalar_t* acts, const scalar_t* c_prev, const scalar_t
       dG[e] = dh[e] * sdt * (1 - a * a);
       direct[e] = dh[e] * decay;
     }
+   }
   }
 }
 
