@@ -71,6 +71,9 @@ template <typename T> inline void vsigmoid(T* a, int64_t n) {
 
 enum Mode { kLSTM = 0, kGRU = 1, kTANH = 2, kRELU = 3, kCT = 4 };
 constexpr int64_t kBlk = 32;  // batch columns per register block
+// Below this much work (multiply-adds or elements) a step runs on one thread: a parallel
+// region costs more than it saves, and far more on a busy machine.
+constexpr int64_t kParallelWork = 1 << 15;
 
 template <int M> constexpr int num_gates() { return M == kLSTM ? 4 : (M == kGRU ? 3 : 1); }
 
@@ -86,7 +89,8 @@ void step_forward(Index w, const scalar_t* v, const scalar_t* gx, const scalar_t
                   double dt, double tau) {
   constexpr int NG = num_gates<M>();
   const scalar_t decay = scalar_t(1 - dt / tau), sdt = scalar_t(dt);
-#pragma omp parallel for schedule(dynamic, 8) num_threads(at::get_num_threads())
+  const bool par = (w.rp[NG * H] + NG * H) * B >= kParallelWork;
+#pragma omp parallel for schedule(dynamic, 8) num_threads(at::get_num_threads()) if (par)
   for (int64_t j = 0; j < H; ++j) {
     scalar_t acc[NG][kBlk];
     for (int64_t b0 = 0; b0 < B; b0 += kBlk) {
@@ -165,7 +169,7 @@ void gates_backward(const scalar_t* acts, const scalar_t* c_prev, const scalar_t
   const scalar_t decay = scalar_t(1 - dt / tau), sdt = scalar_t(dt);
   constexpr int64_t kChunk = 256;
   const int64_t nchunks = (HB + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if (HB * 4 >= kParallelWork)
   for (int64_t ch = 0; ch < nchunks; ++ch) {
    const int64_t e0 = ch * kChunk, e1 = std::min(HB, e0 + kChunk);
    scalar_t tcs[kChunk];
@@ -210,7 +214,8 @@ void gather_t(Index w, const scalar_t* v, const scalar_t* dG, const scalar_t* di
               int64_t H, int64_t B) {
   const int64_t chunks = num_chunks(H);
   const auto bounds = balanced_bounds(w.cp, H, chunks);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads())
+  const bool par = (w.cp[H] + H) * B >= kParallelWork;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads()) if (par)
   for (int64_t ch = 0; ch < chunks; ++ch) {
     scalar_t acc[kBlk];
     for (int64_t j = bounds[ch]; j < bounds[ch + 1]; ++j) {
