@@ -192,3 +192,23 @@ def test_fused_and_composed_agree_float32(monkeypatch, rng):
         outs.append([y, h, c] + [p.grad.clone() for p in m.parameters()])
     for a, b in zip(*outs):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_ops_reject_bad_arguments(rng):
+    ops = torch.ops.sparse_engine
+    W = _weight(4 * 5, 5, 0.5, rng)  # an LSTM W_hh for hidden 5
+    v = W.values.detach()
+    h = torch.randn(5, 3, dtype=torch.float64)
+    gx = torch.randn(20, 3, dtype=torch.float64)
+    ops.lstm_step(*W.index, v, gx, h, h)  # fine
+    with pytest.raises(ValueError, match="gx must have 20 rows"):
+        ops.lstm_step(*W.index, v, gx[:19], h, h)
+    with pytest.raises(ValueError, match="batch size"):
+        ops.lstm_step(*W.index, v, gx[:, :2], h, h)
+    with pytest.raises(TypeError, match="dtype"):
+        ops.lstm_step(*W.index, v, gx.float(), h, h)
+    with pytest.raises(ValueError, match="W_hh must have 3"):
+        ops.gru_step(*W.index, v, gx[:15], h, None)
+    with pytest.raises(ValueError, match="b_hh"):
+        G = _weight(15, 5, 0.5, rng)
+        ops.gru_step(*G.index, G.values.detach(), gx[:15], h, torch.zeros(7, dtype=torch.float64))
