@@ -1,0 +1,243 @@
+"""One LSTM training step (forward + backward), T=35, B=20, one layer, input size = hidden, both
+matrices at the given density: SparseLSTM against masked-dense ``nn.LSTM`` (weights * mask
+re-applied each step, as sparselearning/Selfish-RNN do; cuDNN on a GPU) and a ``torch.sparse``
+CSR loop, in the same run. Every (method, size) runs in its own subprocess so its peak memory is
+its own and a failure (out of memory, cuDNN) is recorded as "fails" without ending the run.
+
+    python benchmarks/bench_rnn.py                 # CPU table -> benchmarks/results/rnn_cpu.md
+    python benchmarks/bench_rnn.py                 # on a CUDA machine: GPU table -> rnn_gpu.md
+    python benchmarks/bench_rnn.py --largest       # + largest trainable hidden at 32 nonzeros/row
+    python benchmarks/bench_rnn.py --sizes 1500:0.33 4096:0.01 --repeats 5
+
+On a GPU the SparseLSTM column needs this build's CUDA kernels (sparse_engine._ext.HAS_CUDA_KERNELS);
+without them it is recorded as "no CUDA kernels".
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU_SIZES = ["1500:0.33", "4096:0.01", "16384:0.01"]
+GPU_SIZES = ["1500:0.33", "4096:0.01", "16384:0.01", "65536:0.01"]
+METHODS = ["sparse_engine", "masked_dense", "torch_sparse"]
+T, B = 35, 20
+
+
+# ------------------------------------------------------------------ one measurement
+def _lstm_torch_sparse(W_ih, W_hh, b, x, H):
+    """The LSTM written with torch.sparse CSR products (autograd through torch.sparse.mm)."""
+    import torch
+
+    gx = torch.sparse.mm(W_ih, x.reshape(T * B, -1).t()).view(4 * H, T, B)
+    h = c = x.new_zeros(H, B)
+    outs = []
+    for t in range(T):
+        g = gx[:, t] + torch.sparse.mm(W_hh, h) + b[:, None]
+        i, f, gg, o = g.chunk(4)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(gg)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        outs.append(h)
+    return torch.stack(outs)
+
+
+def measure(method: str, H: int, density: float, device: str, repeats: int, warmup: int) -> dict:
+    import resource
+
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    import sparse_engine as se
+
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    x = torch.randn(T, B, H, device=dev)
+    if method == "sparse_engine":
+        if dev.type == "cuda" and not se._ext.HAS_CUDA_KERNELS:
+            return {"status": "no CUDA kernels"}
+        model = se.nn.SparseLSTM(H, H, density=density).to(dev)
+        params = list(model.parameters())
+
+        def step():
+            y, _ = model(x)
+            y.sum().backward()
+        nnz = sum(m.nnz for m in model.modules() if isinstance(m, se.SparseWeight))
+    elif method == "masked_dense":
+        model = torch.nn.LSTM(H, H).to(dev)
+        masks = [(torch.rand(w.shape, device=dev) < density) for w in (model.weight_ih_l0, model.weight_hh_l0)]
+        params = list(model.parameters())
+
+        def step():
+            with torch.no_grad():
+                for w, m in zip((model.weight_ih_l0, model.weight_hh_l0), masks):
+                    w.mul_(m)
+            y, _ = model(x)
+            y.sum().backward()
+        nnz = sum(int(m.sum()) for m in masks)
+    elif method == "torch_sparse":
+        w_ih = se.SparseWeight.random(4 * H, H, density).to_torch_sparse_csr().to(dev).requires_grad_(True)
+        w_hh = se.SparseWeight.random(4 * H, H, density).to_torch_sparse_csr().to(dev).requires_grad_(True)
+        b = torch.zeros(4 * H, device=dev, requires_grad=True)
+        params = [w_ih, w_hh, b]
+
+        def step():
+            _lstm_torch_sparse(w_ih, w_hh, b, x, H).sum().backward()
+        nnz = int(w_ih._nnz() + w_hh._nnz())
+    else:
+        raise ValueError(method)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(warmup):
+        step()
+        for p in params:
+            p.grad = None
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+        for p in params:
+            p.grad = None
+    times.sort()
+    peak = (torch.cuda.max_memory_allocated() if dev.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {"status": "ok", "ms": 1e3 * times[len(times) // 2], "peak_bytes": peak, "nnz": nnz}
+
+
+def run_child(method, H, density, device, repeats, warmup, timeout) -> dict:
+    cmd = [sys.executable, __file__, "--child", method, str(H), str(density), device, str(repeats), str(warmup)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"status": f"timeout > {timeout}s"}
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if out.returncode != 0 or not lines:
+        err = (out.stderr.strip().splitlines() or ["killed"])[-1]
+        return {"status": "fails", "error": err[:160]}
+    return json.loads(lines[-1])
+
+
+# ------------------------------------------------------------------------- report
+def machine(device: str) -> str:
+    import torch
+
+    if device == "cuda":
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__}, CUDA {torch.version.cuda})"
+    model = platform.processor()
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"{model}, {torch.get_num_threads()} threads (torch {torch.__version__})"
+
+
+def fmt(r: dict, device: str) -> str:
+    if r.get("status") != "ok":
+        return r.get("status", "fails")
+    return f"{r['ms']:.1f} ms, {r['peak_bytes'] / 2**30:.2f} GiB"
+
+
+def ratio(base: dict, ours: dict) -> str:
+    if base.get("status") != "ok" or ours.get("status") != "ok":
+        return "-"
+    return f"{base['ms'] / ours['ms']:.2f}x"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--child", nargs=6, metavar=("METHOD", "H", "DENSITY", "DEVICE", "REPEATS", "WARMUP"),
+                   help=argparse.SUPPRESS)
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
+    p.add_argument("--sizes", nargs="+", default=None, help="hidden:density pairs")
+    p.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--timeout", type=int, default=900, help="seconds per (method, size)")
+    p.add_argument("--dense-limit-gb", type=float, default=6.0,
+                   help="skip masked-dense where its weights, masks and gradients would exceed this (CPU only)")
+    p.add_argument("--largest", action="store_true", help="also search the largest trainable hidden size")
+    p.add_argument("--per-row", type=int, default=32, help="nonzeros per row for --largest")
+    p.add_argument("--max-hidden", type=int, default=None, help="stop --largest here (default cpu 2^18, gpu 2^21)")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    if args.child:
+        m, H, d, dev, rep, warm = args.child
+        print(json.dumps(measure(m, int(H), float(d), dev, int(rep), int(warm))))
+        return
+
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    sizes = args.sizes or (GPU_SIZES if device == "cuda" else CPU_SIZES)
+    out_path = args.out or ROOT / "benchmarks" / "results" / f"rnn_{'gpu' if device == 'cuda' else 'cpu'}.md"
+    rows = []
+    for spec in sizes:
+        H, d = spec.split(":")
+        H, d = int(H), float(d)
+        res = {}
+        for method in args.methods:
+            need = 2 * 4 * H * H * (4 + 4 + 1 + 4) / 2**30  # weight, grad, mask, masked copy (float32)
+            if method == "masked_dense" and device == "cpu" and need > args.dense_limit_gb:
+                res[method] = {"status": f"skipped (~{need:.0f} GiB > --dense-limit-gb)"}
+                print(f"H={H:>6} density={d:<5} {method:>14}: {res[method]['status']}", flush=True)
+                continue
+            res[method] = run_child(method, H, d, device, args.repeats, args.warmup, args.timeout)
+            print(f"H={H:>6} density={d:<5} {method:>14}: {fmt(res[method], device)}"
+                  + (f"  ({res[method].get('error')})" if res[method].get("error") else ""), flush=True)
+        rows.append((H, d, res))
+
+    lines = [
+        "# LSTM training step (forward + backward), one layer, T=35, B=20, input = hidden",
+        "",
+        f"- machine: {machine(device)}",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- median of {args.repeats} steps after {args.warmup} warm-up; peak memory of the whole process "
+        f"({'max_memory_allocated' if device == 'cuda' else 'max RSS'}); each cell in its own process",
+        "- masked-dense: nn.LSTM with weights * mask re-applied each step; torch.sparse: CSR torch.sparse.mm loop",
+        "",
+        "| hidden | density | SparseLSTM | masked-dense | torch.sparse CSR | vs masked-dense | vs torch.sparse |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for H, d, res in rows:
+        ours = res.get("sparse_engine", {"status": "-"})
+        md, ts = res.get("masked_dense", {"status": "-"}), res.get("torch_sparse", {"status": "-"})
+        lines.append(f"| {H:,} | {d:g} | {fmt(ours, device)} | {fmt(md, device)} | {fmt(ts, device)} | "
+                     f"{ratio(md, ours)} | {ratio(ts, ours)} |")
+    lines.append("")
+    lines.append("Ratios are baseline time / SparseLSTM time (> 1: SparseLSTM is faster).")
+
+    if args.largest:
+        limit = args.max_hidden or (2**18 if device == "cpu" else 2**21)
+        H, best = 16384, None
+        while H <= limit:
+            r = run_child("sparse_engine", H, args.per_row / H, device, 1, 0, args.timeout)
+            print(f"largest search: hidden {H:,}: {fmt(r, device)}", flush=True)
+            if r.get("status") != "ok":
+                break
+            best, H = (H, r), H * 2
+        lines += ["", f"## Largest trainable SparseLSTM ({args.per_row} nonzeros per row, doubling from 16,384, "
+                      f"up to {limit:,})", ""]
+        lines.append(f"- largest: {best[0]:,} hidden ({fmt(best[1], device)})" if best else "- none fits")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {out_path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Fused recurrent step (csrc/cpu/rnn_cpu.cpp: W_hh h + gate math in one pass) against the composed
+step (spmm op, then torch's vectorized elementwise ops), forward and backward, per LSTM/GRU step.
+This is the measurement behind using the fused op on the CPU.
+
+    python benchmarks/bench_rnn_step.py [--batch 20] [--repeats 50]   -> benchmarks/results/rnn_step_cpu.md
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import sparse_engine as se  # noqa: E402
+from sparse_engine.nn import _recurrence as R  # noqa: E402
+
+SIZES = [(512, 0.05), (1500, 0.33), (4096, 0.01), (16384, 0.01)]
+
+
+def timeit(f, repeats):
+    f()
+    t = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f()
+        t.append(time.perf_counter() - t0)
+    return 1e6 * sorted(t)[len(t) // 2]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--batch", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "rnn_step_cpu.md")
+    args = p.parse_args(argv)
+    ops, B = torch.ops.sparse_engine, args.batch
+    rows = []
+    for H, d in SIZES:
+        W = se.SparseWeight.random(4 * H, H, d)
+        v, idx = W.values.detach(), W.index
+        g, h, c = torch.randn(4 * H, B), torch.randn(H, B), torch.randn(H, B)
+        acts = torch.rand(4 * H, B)
+        res = {
+            "LSTM fwd": (timeit(lambda: ops.lstm_step(*idx, v, g, h, c), args.repeats),
+                         timeit(lambda: R._lstm_fwd(v, idx, g, h, c), args.repeats)),
+            "LSTM bwd": (timeit(lambda: ops.lstm_step_backward(*idx, v, acts, c, c, h, h), args.repeats),
+                         timeit(lambda: R._lstm_bwd(v, idx, acts, c, c, h, h), args.repeats)),
+        }
+        Wg = se.SparseWeight.random(3 * H, H, d)
+        vg, ig, bg = Wg.values.detach(), Wg.index, torch.randn(3 * H)
+        res["GRU fwd"] = (timeit(lambda: ops.gru_step(*ig, vg, g[:3 * H], h, bg), args.repeats),
+                          timeit(lambda: R._gru_fwd(vg, ig, g[:3 * H], h, bg), args.repeats))
+        for k, (fused, composed) in res.items():
+            rows.append(f"| {H:,} | {d:g} | {k} | {fused:.0f} | {composed:.0f} | {composed / fused:.2f}x |")
+            print(rows[-1], flush=True)
+    cpu = next((ln.split(":", 1)[1].strip() for ln in subprocess.run(["lscpu"], capture_output=True, text=True)
+                .stdout.splitlines() if ln.startswith("Model name")), "?")
+    text = "\n".join([
+        f"# One recurrent step, fused C++ op vs composed (spmm + torch elementwise), B={B}", "",
+        f"- machine: {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; median of {args.repeats}, "
+        "microseconds", "",
+        "| hidden | density | step | fused (us) | composed (us) | composed / fused |",
+        "| --- | --- | --- | --- | --- | --- |", *rows, ""])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""Single-step cells (``nn.RNNCell``/``nn.LSTMCell``/``nn.GRUCell`` with CSR weights) and the
+continuous-time RNN (cell and layer) of Zhang et al. 2023.
+
+Cells share parameter names (``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``), shapes and
+state handling with torch's cells, and the ``density=``/``epsilon=``/``sparse=`` options of
+:mod:`sparse_engine.nn.rnn`. A step runs the same :class:`Recurrence` as the layers with T=1.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._recurrence import GATES, Config, Recurrence
+from .rnn import _check_positive_int, convert_weights, dense_of, make_bias, make_weight, sparse_flags, weight_args
+
+__all__ = ["SparseRNNCell", "SparseLSTMCell", "SparseGRUCell", "SparseCTRNNCell", "SparseCTRNN"]
+
+
+class _SparseCellBase(nn.Module):
+    _DENSE: type = nn.Module
+    _bias_names = ("bias_ih", "bias_hh")
+
+    def __init__(self, mode, input_size, hidden_size, bias=True, *, density=None, epsilon=None, sparse="both",
+                 device=None, dtype=None):
+        super().__init__()
+        _check_positive_int("input_size", input_size)
+        _check_positive_int("hidden_size", hidden_size)
+        self.mode, self.input_size, self.hidden_size, self.bias = mode, input_size, hidden_size, bool(bias)
+        self.sparse = sparse
+        sp_ih, sp_hh = sparse_flags(sparse)
+        dtype = dtype or torch.get_default_dtype()
+        G = GATES[mode] * hidden_size
+        self.weight_ih = make_weight(G, input_size, sp_ih, hidden_size, density, epsilon, device, dtype)
+        self.weight_hh = make_weight(G, hidden_size, sp_hh, hidden_size, density, epsilon, device, dtype)
+        for name in self._bias_names:
+            setattr(self, name, make_bias(G, hidden_size, device, dtype) if bias else None)
+
+    @property
+    def _flat_weights_names(self):
+        return ["weight_ih", "weight_hh", *(self._bias_names if self.bias else ())]
+
+    def _config(self, B: int) -> Config:
+        return Config(self.mode, self.hidden_size, B, 1, False, weight_args(self.weight_ih)[1],
+                      weight_args(self.weight_hh)[1])
+
+    def _check(self, input, hx_list, names):
+        if not isinstance(input, torch.Tensor):
+            raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+        if input.dim() not in (1, 2) or input.shape[-1] != self.input_size:
+            raise ValueError(f"input must have shape (batch, {self.input_size}) or ({self.input_size},), "
+                             f"got {tuple(input.shape)}")
+        ref = weight_args(self.weight_ih)[0]
+        if input.dtype != ref.dtype:
+            raise TypeError(f"input must have dtype {ref.dtype} like the parameters, got {input.dtype}")
+        want = input.shape[:-1] + (self.hidden_size,)
+        for t, name in zip(hx_list, names):
+            if t is not None and (not isinstance(t, torch.Tensor) or t.shape != want):
+                got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ValueError(f"{name} must have shape {tuple(want)}, got {got}")
+
+    def _run(self, input, h, c, b_ih, b_hh, **cfg_extra):
+        """One input step through the Recurrence: returns (h', c') feature-major -> batch-major."""
+        batched = input.dim() == 2
+        x = input if batched else input.unsqueeze(0)
+        B = x.shape[0]
+        if h is None:
+            h = x.new_zeros(B, self.hidden_size)
+        elif not batched:
+            h = h.unsqueeze(0)
+        if self.mode == "LSTM":
+            c = x.new_zeros(B, self.hidden_size) if c is None else (c if batched else c.unsqueeze(0))
+        cfg = self._config(B)
+        if cfg_extra:
+            cfg = Config(**{**cfg.__dict__, **cfg_extra})
+        w_ih, w_hh = weight_args(self.weight_ih)[0], weight_args(self.weight_hh)[0]
+        _, h2, c2 = Recurrence.apply(cfg, x.t(), h.t(), c.t() if c is not None else None, w_ih, w_hh, b_ih, b_hh)
+        h2 = h2.t()
+        c2 = c2.t() if self.mode == "LSTM" else None
+        if not batched:
+            h2 = h2.squeeze(0)
+            c2 = c2.squeeze(0) if c2 is not None else None
+        return h2, c2
+
+    @classmethod
+    def from_dense(cls, cell: nn.Module, density: float | None = None, mask: dict | None = None,
+                   sparse: str = "both"):
+        """A sparse copy of torch's cell (see :meth:`SparseRNNBase.from_dense` for the options)."""
+        if type(cell) is not cls._DENSE:
+            raise TypeError(f"{cls.__name__}.from_dense expects a torch.nn.{cls._DENSE.__name__}, "
+                            f"got {type(cell).__name__}")
+        if density is not None and mask is not None:
+            raise ValueError("give at most one of density= and mask=")
+        kw = {"nonlinearity": cell.nonlinearity} if cls is SparseRNNCell else {}
+        new = cls(cell.input_size, cell.hidden_size, bias=cell.bias, density=1e-300, sparse=sparse,
+                  device=cell.weight_ih.device, dtype=cell.weight_ih.dtype, **kw)
+        convert_weights(new, cell, new._flat_weights_names, density, mask)
+        return new
+
+    def to_dense(self) -> nn.Module:
+        """torch's cell with the same weights (O(H^2) memory: tests and export)."""
+        ref = weight_args(self.weight_ih)[0]
+        kw = {"nonlinearity": self.nonlinearity} if isinstance(self, SparseRNNCell) else {}
+        dense = self._DENSE(self.input_size, self.hidden_size, bias=self.bias, device=ref.device, dtype=ref.dtype,
+                            **kw)
+        with torch.no_grad():
+            for name in self._flat_weights_names:
+                getattr(dense, name).copy_(dense_of(getattr(self, name)))
+        return dense
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}, bias={self.bias}, sparse={self.sparse!r}"
+
+
+class SparseRNNCell(_SparseCellBase):
+    """Sparse ``nn.RNNCell``: h' = act(W_ih x + b_ih + W_hh h + b_hh)."""
+    _DENSE = nn.RNNCell
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh", **kwargs):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        super().__init__("RNN_" + nonlinearity.upper(), input_size, hidden_size, bias, **kwargs)
+
+    def forward(self, input, hx=None):
+        self._check(input, [hx], ["hx"])
+        return self._run(input, hx, None, self.bias_ih, self.bias_hh)[0]
+
+
+class SparseLSTMCell(_SparseCellBase):
+    """Sparse ``nn.LSTMCell``: ``h', c' = cell(x, (h, c))``."""
+    _DENSE = nn.LSTMCell
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, **kwargs):
+        super().__init__("LSTM", input_size, hidden_size, bias, **kwargs)
+
+    def forward(self, input, hx=None):
+        if hx is not None and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+            raise TypeError("hx must be a tuple (h, c)")
+        h, c = hx if hx is not None else (None, None)
+        self._check(input, [h, c], ["h", "c"])
+        return self._run(input, h, c, self.bias_ih, self.bias_hh)
+
+
+class SparseGRUCell(_SparseCellBase):
+    """Sparse ``nn.GRUCell``."""
+    _DENSE = nn.GRUCell
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, **kwargs):
+        super().__init__("GRU", input_size, hidden_size, bias, **kwargs)
+
+    def forward(self, input, hx=None):
+        self._check(input, [hx], ["hx"])
+        return self._run(input, hx, None, self.bias_ih, self.bias_hh)[0]
+
+
+def _check_ct(dt, tau, unfolds):
+    if not dt > 0:
+        raise ValueError(f"dt must be > 0, got {dt}")
+    if not tau > 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    _check_positive_int("unfolds", unfolds)
+
+
+class SparseCTRNNCell(_SparseCellBase):
+    """Continuous-time RNN, Euler-unfolded (Zhang et al. 2023): per input step, ``unfolds`` times
+    h <- h + dt * (-h / tau + tanh(W_ih x + W_hh h + bias)). Defaults dt=0.1, tau=0.5, 6 unfolds.
+    One bias (``bias``) as in the paper."""
+    _bias_names = ("bias",)
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, dt: float = 0.1, tau: float = 0.5,
+                 unfolds: int = 6, **kwargs):
+        _check_ct(dt, tau, unfolds)
+        super().__init__("CTRNN", input_size, hidden_size, bias, **kwargs)
+        self.dt, self.tau, self.unfolds = float(dt), float(tau), unfolds
+
+    def _config(self, B: int) -> Config:
+        c = super()._config(B)
+        return Config(**{**c.__dict__, "dt": self.dt, "tau": self.tau, "unfolds": self.unfolds})
+
+    def forward(self, input, hx=None):
+        self._check(input, [hx], ["hx"])
+        return self._run(input, hx, None, self.bias, None)[0]
+
+    @classmethod
+    def from_dense(cls, *args, **kwargs):
+        raise NotImplementedError("torch has no CT-RNN module to convert from")
+
+    def to_dense(self):
+        raise NotImplementedError("torch has no CT-RNN module; use weight.to_dense() per matrix")
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", dt={self.dt}, tau={self.tau}, unfolds={self.unfolds}"
+
+
+class SparseCTRNN(SparseCTRNNCell):
+    """A CT-RNN layer over a sequence: ``output, h_n = layer(input, h_0)`` with torch's RNN shapes
+    ((T, B, I) or batch_first (B, T, I), or unbatched (T, I); h_0/h_n (1, B, H)). ``output`` holds
+    the state after the last unfold of each input step. One layer, one direction."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, batch_first: bool = False,
+                 dt: float = 0.1, tau: float = 0.5, unfolds: int = 6, **kwargs):
+        super().__init__(input_size, hidden_size, bias, dt, tau, unfolds, **kwargs)
+        self.batch_first = bool(batch_first)
+
+    def forward(self, input, hx=None):
+        if not isinstance(input, torch.Tensor) or input.dim() not in (2, 3) or input.shape[-1] != self.input_size:
+            got = tuple(input.shape) if isinstance(input, torch.Tensor) else type(input).__name__
+            raise ValueError(f"input must be (T, B, {self.input_size}) or (T, {self.input_size}), got {got}")
+        ref = weight_args(self.weight_ih)[0]
+        if input.dtype != ref.dtype:
+            raise TypeError(f"input must have dtype {ref.dtype} like the parameters, got {input.dtype}")
+        batched = input.dim() == 3
+        x = input if batched else input.unsqueeze(1)
+        if batched and self.batch_first:
+            x = x.transpose(0, 1)
+        T, B, _ = x.shape
+        if T == 0:
+            raise ValueError("input must have at least one time step")
+        want = (1, B, self.hidden_size) if batched else (1, self.hidden_size)
+        if hx is None:
+            h0 = x.new_zeros(self.hidden_size, B)
+        else:
+            if not isinstance(hx, torch.Tensor) or tuple(hx.shape) != want:
+                got = tuple(hx.shape) if isinstance(hx, torch.Tensor) else type(hx).__name__
+                raise ValueError(f"hx must have shape {want}, got {got}")
+            h0 = (hx[0] if batched else hx[0].unsqueeze(0)).t()
+        cfg = Config(**{**self._config(B).__dict__, "steps": T})
+        y, h_T, _ = Recurrence.apply(cfg, x.permute(2, 0, 1).reshape(self.input_size, T * B), h0, None,
+                                     ref, weight_args(self.weight_hh)[0], self.bias, None)
+        out = y.view(self.hidden_size, T, B).permute(1, 2, 0)
+        if self.batch_first:
+            out = out.transpose(0, 1)
+        out, h_n = out.contiguous(), h_T.t().unsqueeze(0).contiguous()
+        if not batched:
+            out, h_n = out.squeeze(1), h_n.squeeze(1)
+        return out, h_n
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", batch_first=True" if self.batch_first else "")

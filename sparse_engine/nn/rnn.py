@@ -1,0 +1,322 @@
+"""SparseRNN, SparseLSTM, SparseGRU: drop-in ``nn.RNN``/``nn.LSTM``/``nn.GRU`` with CSR weights.
+
+Same constructor arguments, parameter names (``weight_ih_l0``, ``weight_hh_l0_reverse``,
+``bias_ih_l0``, ...), input/output shapes and state handling as torch, plus
+
+* ``density=`` / ``epsilon=``: the density of each sparse matrix (uniform, or Erdos-Renyi
+  epsilon*(rows+cols)/(rows*cols); with neither, epsilon=20 as in SET),
+* ``sparse=``: which matrices are sparse: ``'both'`` (default), ``'recurrent'`` (Zhang et al.
+  2023: input and readout dense) or ``'input'``. Dense matrices are ordinary Parameters.
+
+A sparse weight is a :class:`~sparse_engine.SparseWeight` child module under torch's name, its
+gates stacked in one CSR in torch's order (LSTM i, f, g, o: 4H rows; GRU r, z, n: 3H rows).
+Sparse values are initialised U(-b, b), b = 1/sqrt(nonzeros per row) (what a dense layer with
+the same fan-in gets), so the activation scale does not shrink with density; dense matrices
+and biases use torch's U(-1/sqrt(H), 1/sqrt(H)).
+
+Each layer-direction runs as one :class:`~sparse_engine.nn._recurrence.Recurrence` (see there
+for the kernel schedule). ``proj_size`` and PackedSequence are not supported.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..sparse import SparseWeight
+from ._recurrence import GATES, Config, Recurrence
+from .linear import resolve_density
+
+__all__ = ["SparseRNN", "SparseLSTM", "SparseGRU", "SparseRNNBase"]
+
+_SPARSE_CHOICES = {"both": (True, True), "recurrent": (False, True), "input": (True, False)}
+_DENSE_CLASSES = {"RNN_TANH": nn.RNN, "RNN_RELU": nn.RNN, "LSTM": nn.LSTM, "GRU": nn.GRU}
+
+
+def _check_positive_int(name, v):
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise ValueError(f"{name} must be a positive int, got {v!r}")
+
+
+def sparse_flags(sparse: str) -> tuple[bool, bool]:
+    """(input sparse, recurrent sparse) for ``sparse='both'|'recurrent'|'input'``."""
+    if sparse not in _SPARSE_CHOICES:
+        raise ValueError(f"sparse must be one of {sorted(_SPARSE_CHOICES)}, got {sparse!r}")
+    return _SPARSE_CHOICES[sparse]
+
+
+def make_weight(rows, cols, is_sparse, hidden, density, epsilon, device, dtype):
+    """A SparseWeight (random pattern) or a dense Parameter with torch's RNN init."""
+    if is_sparse:
+        w = SparseWeight.random(rows, cols, resolve_density(rows, cols, density, epsilon), dtype=dtype)
+        return w.to(device) if device is not None else w
+    k = 1.0 / math.sqrt(hidden)
+    return nn.Parameter(torch.empty(rows, cols, device=device, dtype=dtype).uniform_(-k, k))
+
+
+def make_bias(rows, hidden, device, dtype):
+    k = 1.0 / math.sqrt(hidden)
+    return nn.Parameter(torch.empty(rows, device=device, dtype=dtype).uniform_(-k, k))
+
+
+def weight_args(w):
+    """(tensor for the Function, index or None) of a SparseWeight or dense Parameter."""
+    return (w.values, w.index) if isinstance(w, SparseWeight) else (w, None)
+
+
+def dense_of(w) -> torch.Tensor:
+    return w.to_dense() if isinstance(w, SparseWeight) else w.detach()
+
+
+def sparsify(dense: torch.Tensor, density: float | None, mask: torch.Tensor | None) -> SparseWeight:
+    """Keeps ``mask`` (if given), else the ``density`` fraction of largest |w| (ties broken by
+    position), else the nonzeros."""
+    if mask is not None:
+        return SparseWeight.from_dense(dense, mask)
+    if density is None:
+        return SparseWeight.from_dense(dense)
+    if not 0.0 <= density <= 1.0:
+        raise ValueError(f"density must be in [0, 1], got {density}")
+    k = int(round(density * dense.numel()))
+    keep = torch.zeros(dense.numel(), dtype=torch.bool, device=dense.device)
+    keep[dense.abs().flatten().topk(k).indices] = True
+    return SparseWeight.from_dense(dense, keep.view(dense.shape))
+
+
+def convert_weights(target: nn.Module, source: nn.Module, names, density, mask) -> None:
+    """Copies ``source``'s parameters into ``target``, sparsifying where ``target`` is sparse."""
+    if mask is not None and not isinstance(mask, dict):
+        raise TypeError("mask must be a dict {parameter name: bool tensor}")
+    for name in names:
+        src = getattr(source, name)
+        if src is None:
+            continue
+        dst = getattr(target, name)
+        if isinstance(dst, SparseWeight):
+            m = None if mask is None else mask.get(name)
+            if mask is not None and m is None:
+                raise ValueError(f"mask has no entry for the sparse matrix {name!r}")
+            setattr(target, name, sparsify(src.detach(), density, m))
+        else:
+            dst.data.copy_(src.detach())
+
+
+class SparseRNNBase(nn.Module):
+    """Shared body of SparseRNN/SparseLSTM/SparseGRU (the ``nn.RNNBase`` of this package)."""
+
+    def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
+                 *, density: float | None = None, epsilon: float | None = None, sparse: str = "both",
+                 device=None, dtype=None):
+        super().__init__()
+        _check_positive_int("input_size", input_size)
+        _check_positive_int("hidden_size", hidden_size)
+        _check_positive_int("num_layers", num_layers)
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
+            raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
+        if proj_size:
+            raise NotImplementedError("proj_size is not supported by the sparse recurrent modules")
+        self.mode = mode
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.bidirectional = bool(bias), bool(batch_first), bool(bidirectional)
+        self.dropout = float(dropout)
+        self.sparse = sparse
+        sp_ih, sp_hh = sparse_flags(sparse)
+        dtype = dtype or torch.get_default_dtype()
+        G = GATES[mode] * hidden_size
+        D = 2 if bidirectional else 1
+        self._flat_weights_names = []
+        for layer in range(num_layers):
+            layer_in = input_size if layer == 0 else hidden_size * D
+            for d in range(D):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                setattr(self, "weight_ih" + sfx,
+                        make_weight(G, layer_in, sp_ih, hidden_size, density, epsilon, device, dtype))
+                setattr(self, "weight_hh" + sfx,
+                        make_weight(G, hidden_size, sp_hh, hidden_size, density, epsilon, device, dtype))
+                names = ["weight_ih" + sfx, "weight_hh" + sfx]
+                if self.bias:
+                    setattr(self, "bias_ih" + sfx, make_bias(G, hidden_size, device, dtype))
+                    setattr(self, "bias_hh" + sfx, make_bias(G, hidden_size, device, dtype))
+                    names += ["bias_ih" + sfx, "bias_hh" + sfx]
+                self._flat_weights_names += names
+
+    # ------------------------------------------------------------------ conversion
+    def _dense_kwargs(self) -> dict:
+        kw = dict(num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
+                  dropout=self.dropout, bidirectional=self.bidirectional)
+        if self.mode.startswith("RNN_"):
+            kw["nonlinearity"] = self.mode[4:].lower()
+        return kw
+
+    @classmethod
+    def _check_dense_source(cls, module, expected):
+        if type(module) is not expected:
+            raise TypeError(f"{cls.__name__}.from_dense expects a torch.nn.{expected.__name__}, "
+                            f"got {type(module).__name__}")
+        if getattr(module, "proj_size", 0):
+            raise NotImplementedError("proj_size is not supported")
+
+    @classmethod
+    def from_dense(cls, module: nn.Module, density: float | None = None, mask: dict | None = None,
+                   sparse: str = "both"):
+        """A sparse copy of a torch ``nn.RNN``/``nn.LSTM``/``nn.GRU``.
+
+        Each matrix chosen by ``sparse=`` keeps the entries under ``mask[name]`` (a dict of bool
+        tensors keyed by torch's parameter names), else the ``density`` fraction of largest
+        magnitude (per matrix, all gates together), else its nonzeros. Other parameters are copied.
+        """
+        if density is not None and mask is not None:
+            raise ValueError("give at most one of density= and mask=")
+        cls._check_dense_source(module, cls._DENSE)
+        w = module.weight_ih_l0
+        kw = dict(num_layers=module.num_layers, bias=module.bias, batch_first=module.batch_first,
+                  dropout=module.dropout, bidirectional=module.bidirectional)
+        if cls is SparseRNN:
+            kw["nonlinearity"] = module.nonlinearity
+        new = cls(module.input_size, module.hidden_size, density=1e-300, sparse=sparse, device=w.device,
+                  dtype=w.dtype, **kw)
+        convert_weights(new, module, new._flat_weights_names, density, mask)
+        return new
+
+    def to_dense(self) -> nn.Module:
+        """The equivalent torch module (zeros where a sparse matrix has no entry). O(H^2) memory:
+        for tests and export."""
+        first = getattr(self, "weight_ih_l0")
+        ref = first.values if isinstance(first, SparseWeight) else first
+        dense = _DENSE_CLASSES[self.mode](self.input_size, self.hidden_size, device=ref.device, dtype=ref.dtype,
+                                          **self._dense_kwargs())
+        with torch.no_grad():
+            for name in self._flat_weights_names:
+                getattr(dense, name).copy_(dense_of(getattr(self, name)))
+        return dense
+
+    # ---------------------------------------------------------------------- forward
+    def _check_input(self, input):
+        if not isinstance(input, torch.Tensor):
+            raise TypeError(f"input must be a torch.Tensor (PackedSequence is not supported), got "
+                            f"{type(input).__name__}")
+        if input.dim() not in (2, 3):
+            raise ValueError(f"input must be 3-D (batched) or 2-D (unbatched), got shape {tuple(input.shape)}")
+        if input.shape[-1] != self.input_size:
+            raise ValueError(f"input must have last dimension input_size={self.input_size}, "
+                             f"got shape {tuple(input.shape)}")
+        ref = weight_args(self.weight_ih_l0)[0]
+        if input.dtype != ref.dtype:
+            raise TypeError(f"input must have dtype {ref.dtype} like the parameters, got {input.dtype}")
+        if input.device != ref.device:
+            raise ValueError(f"input must be on {ref.device} like the parameters, got {input.device}")
+
+    def _check_state(self, t, name, batched, B):
+        D = 2 if self.bidirectional else 1
+        want = (self.num_layers * D, B, self.hidden_size) if batched else (self.num_layers * D, self.hidden_size)
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if tuple(t.shape) != want:
+            raise ValueError(f"{name} must have shape {want}, got {tuple(t.shape)}")
+
+    def forward(self, input: torch.Tensor, hx=None):
+        self._check_input(input)
+        batched = input.dim() == 3
+        is_lstm = self.mode == "LSTM"
+        x = input if batched else input.unsqueeze(1)
+        if batched and self.batch_first:
+            x = x.transpose(0, 1)
+        T, B, _ = x.shape
+        if T == 0:
+            raise ValueError("input must have at least one time step")
+        D = 2 if self.bidirectional else 1
+        if hx is None:
+            z = x.new_zeros(self.num_layers * D, B, self.hidden_size)
+            h0, c0 = z, (z if is_lstm else None)
+        else:
+            if is_lstm:
+                if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+                    raise TypeError("hx must be a tuple (h_0, c_0) for an LSTM")
+                h0, c0 = hx
+                self._check_state(h0, "h_0", batched, B)
+                self._check_state(c0, "c_0", batched, B)
+            else:
+                h0, c0 = hx, None
+                self._check_state(h0, "hx", batched, B)
+            if not batched:
+                h0 = h0.unsqueeze(1)
+                c0 = c0.unsqueeze(1) if c0 is not None else None
+        # feature-major once: (I, T*B), column t*B + b
+        layer_x = x.permute(2, 0, 1).reshape(self.input_size, T * B)
+        h_n, c_n = [], []
+        for layer in range(self.num_layers):
+            outs = []
+            for d in range(D):
+                k = layer * D + d
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                w_ih, idx_ih = weight_args(getattr(self, "weight_ih" + sfx))
+                w_hh, idx_hh = weight_args(getattr(self, "weight_hh" + sfx))
+                b_ih = getattr(self, "bias_ih" + sfx) if self.bias else None
+                b_hh = getattr(self, "bias_hh" + sfx) if self.bias else None
+                cfg = Config(self.mode, self.hidden_size, B, T, bool(d), idx_ih, idx_hh)
+                y, h_T, c_T = Recurrence.apply(cfg, layer_x, h0[k].t(), c0[k].t() if is_lstm else None,
+                                               w_ih, w_hh, b_ih, b_hh)
+                outs.append(y)
+                h_n.append(h_T)
+                c_n.append(c_T)
+            layer_x = outs[0] if D == 1 else torch.cat(outs, 0)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                layer_x = F.dropout(layer_x, self.dropout, training=True)
+        out = layer_x.view(D * self.hidden_size, T, B).permute(1, 2, 0)
+        if self.batch_first:
+            out = out.transpose(0, 1)
+        out = out.contiguous()
+        h_n = torch.stack(h_n).transpose(1, 2).contiguous()
+        if is_lstm:
+            c_n = torch.stack(c_n).transpose(1, 2).contiguous()
+        if not batched:
+            out, h_n = out.squeeze(1), h_n.squeeze(1)
+            c_n = c_n.squeeze(1) if is_lstm else None
+        return out, ((h_n, c_n) if is_lstm else h_n)
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.num_layers != 1:
+            s += f", num_layers={self.num_layers}"
+        for attr, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False)):
+            if getattr(self, attr) != default:
+                s += f", {attr}={getattr(self, attr)}"
+        return s + f", sparse={self.sparse!r}"
+
+
+class SparseRNN(SparseRNNBase):
+    """Sparse ``nn.RNN`` (Elman, tanh or relu)."""
+    _DENSE = nn.RNN
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 **kwargs):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        super().__init__("RNN_" + nonlinearity.upper(), input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, **kwargs)
+
+
+class SparseLSTM(SparseRNNBase):
+    """Sparse ``nn.LSTM``: ``output, (h_n, c_n) = lstm(input, (h_0, c_0))``."""
+    _DENSE = nn.LSTM
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
+                 **kwargs):
+        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         proj_size, **kwargs)
+
+
+class SparseGRU(SparseRNNBase):
+    """Sparse ``nn.GRU``."""
+    _DENSE = nn.GRU
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, **kwargs):
+        super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         **kwargs)

@@ -1,0 +1,214 @@
+"""Cells against torch's cells, the CT-RNN against a dense reference, gradcheck of the Function."""
+import pytest
+import torch
+from torch import nn
+
+import sparse_engine as se
+from sparse_engine import SparseWeight
+from sparse_engine.nn import _recurrence
+from sparse_engine.nn._recurrence import Config, Recurrence
+
+
+@pytest.fixture
+def rng():
+    seed = int(torch.randint(0, 2**31, ()).item())
+    print(f"generator seed {seed}")
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(params=[True, False], ids=["fused", "composed"])
+def fused(request, monkeypatch):
+    monkeypatch.setattr(_recurrence, "USE_FUSED", request.param)
+    return request.param
+
+
+CELLS = [
+    (se.nn.SparseLSTMCell, {}),
+    (se.nn.SparseGRUCell, {}),
+    (se.nn.SparseRNNCell, {"nonlinearity": "tanh"}),
+    (se.nn.SparseRNNCell, {"nonlinearity": "relu"}),
+]
+
+
+@pytest.mark.parametrize("cls,kw", CELLS, ids=["lstm", "gru", "tanh", "relu"])
+@pytest.mark.parametrize("batched", [True, False])
+@pytest.mark.parametrize("given", [True, False])
+def test_cells_match_torch(cls, kw, batched, given, fused, rng):
+    cell = cls(4, 11, density=0.4, dtype=torch.float64, **kw)
+    ref = cell.to_dense()
+    is_lstm = cls is se.nn.SparseLSTMCell
+    lead = (3,) if batched else ()
+    x = torch.randn(*lead, 4, generator=rng, dtype=torch.float64)
+    states = [torch.randn(*lead, 11, generator=rng, dtype=torch.float64) for _ in range(2 if is_lstm else 1)]
+    ins = [[t.clone().requires_grad_(True) for t in [x, *states]] for _ in range(2)]
+
+    def call(c, a):
+        if not given:
+            return c(a[0])
+        return c(a[0], (a[1], a[2]) if is_lstm else a[1])
+
+    outs = [call(cell, ins[0]), call(ref, ins[1])]
+    outs = [o if isinstance(o, tuple) else (o,) for o in outs]
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    w = [torch.randn(o.shape, generator=rng, dtype=torch.float64) for o in outs[0]]
+    for o in outs:
+        sum((t * wi).sum() for t, wi in zip(o, w)).backward()
+    for a, b in zip(ins[0], ins[1]):
+        if a.grad is not None or b.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-10)
+    row, col, _ = cell.weight_hh.coo()
+    torch.testing.assert_close(cell.weight_hh.values.grad, ref.weight_hh.grad[row, col], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(cell.bias_hh.grad, ref.bias_hh.grad, rtol=1e-10, atol=1e-10)
+
+
+def test_cell_from_dense_and_errors():
+    d = nn.GRUCell(3, 5)
+    s = se.nn.SparseGRUCell.from_dense(d, density=0.5)
+    assert s.weight_hh.nnz == round(0.5 * 15 * 5)
+    with pytest.raises(TypeError, match="GRUCell"):
+        se.nn.SparseGRUCell.from_dense(nn.LSTMCell(3, 5))
+    c = se.nn.SparseLSTMCell(3, 5, density=0.5)
+    with pytest.raises(ValueError, match=r"input must have shape"):
+        c(torch.randn(2, 4))
+    with pytest.raises(ValueError, match="c must have shape"):
+        c(torch.randn(2, 3), (torch.zeros(2, 5), torch.zeros(1, 5)))
+    with pytest.raises(TypeError, match="tuple"):
+        c(torch.randn(2, 3), torch.zeros(2, 5))
+
+
+# ------------------------------------------------------------------------------- CT-RNN
+def ctrnn_reference(x, h0, W_in, W_rec, b, dt, tau, unfolds):
+    """Dense CT-RNN written out as in Zhang et al. 2023 (batch-major)."""
+    h, outs = h0, []
+    for t in range(x.shape[0]):
+        for _ in range(unfolds):
+            h = h + dt * (-h / tau + torch.tanh(x[t] @ W_in.t() + h @ W_rec.t() + b))
+        outs.append(h)
+    return torch.stack(outs), h
+
+
+@pytest.mark.parametrize("sparse", ["both", "recurrent"])
+def test_ctrnn_matches_dense_reference(sparse, fused, rng):
+    layer = se.nn.SparseCTRNN(3, 13, density=0.3, sparse=sparse, dt=0.05, tau=0.7, unfolds=4,
+                              dtype=torch.float64)
+    W_in = layer.weight_ih.to_dense() if sparse == "both" else layer.weight_ih.detach()
+    W_rec = layer.weight_hh.to_dense().requires_grad_(True)
+    x = torch.randn(5, 2, 3, generator=rng, dtype=torch.float64)
+    h0 = torch.randn(1, 2, 13, generator=rng, dtype=torch.float64)
+    x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    h1, h2 = h0.clone().requires_grad_(True), h0.clone().requires_grad_(True)
+    b = layer.bias.detach().clone().requires_grad_(True)
+    y, hn = layer(x1, h1)
+    y_ref, hn_ref = ctrnn_reference(x2, h2[0], W_in, W_rec, b, 0.05, 0.7, 4)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(hn[0], hn_ref, rtol=1e-10, atol=1e-10)
+    w = torch.randn(y.shape, generator=rng, dtype=torch.float64)
+    (y * w).sum().backward()
+    (y_ref * w).sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(h1.grad, h2.grad, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(layer.bias.grad, b.grad, rtol=1e-10, atol=1e-10)
+    row, col, _ = layer.weight_hh.coo()
+    torch.testing.assert_close(layer.weight_hh.values.grad, W_rec.grad[row, col], rtol=1e-10, atol=1e-10)
+
+
+def test_ctrnn_cell_is_one_layer_step_and_defaults(rng):
+    cell = se.nn.SparseCTRNNCell(2, 6, density=0.5, dtype=torch.float64)
+    assert (cell.dt, cell.tau, cell.unfolds) == (0.1, 0.5, 6)
+    x = torch.randn(3, 2, generator=rng, dtype=torch.float64)
+    h0 = torch.randn(3, 6, generator=rng, dtype=torch.float64)
+    _, h_ref = ctrnn_reference(x[None], h0, cell.weight_ih.to_dense(), cell.weight_hh.to_dense(),
+                               cell.bias.detach(), 0.1, 0.5, 6)
+    torch.testing.assert_close(cell(x, h0), h_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(cell(x[0], h0[0]), h_ref[0], rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="tau"):
+        se.nn.SparseCTRNNCell(2, 6, tau=0)
+    with pytest.raises(ValueError, match="unfolds"):
+        se.nn.SparseCTRNN(2, 6, unfolds=0)
+
+
+# ----------------------------------------------------------------------------- gradcheck
+def _weight(rows, cols, density, g):
+    mask = torch.rand(rows, cols, generator=g) < density
+    mask[0] = False  # an empty row
+    return SparseWeight.from_dense(torch.randn(rows, cols, generator=g, dtype=torch.float64), mask)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH", "RNN_RELU", "CTRNN"])
+@pytest.mark.parametrize("kinds,reverse", [("sparse-sparse", False), ("sparse-sparse", True),
+                                           ("dense-sparse", True), ("sparse-dense", False)])
+def test_gradcheck_recurrence(mode, reverse, kinds, fused, rng):
+    if not fused and kinds != "sparse-sparse":
+        pytest.skip("the composed path is checked on sparse-sparse; dense products are torch's own")
+    I, H, B, T = 3, 4, 2, 3
+    G = {"LSTM": 4, "GRU": 3}.get(mode, 1) * H
+    sp_ih, sp_hh = (k == "sparse" for k in kinds.split("-"))
+    W_ih = _weight(G, I, 0.6, rng) if sp_ih else None
+    W_hh = _weight(G, H, 0.6, rng) if sp_hh else None
+    w_ih = W_ih.values.detach().clone() if sp_ih else torch.randn(G, I, generator=rng, dtype=torch.float64)
+    w_hh = W_hh.values.detach().clone() if sp_hh else torch.randn(G, H, generator=rng, dtype=torch.float64)
+    cfg = Config(mode, H, B, T, reverse, W_ih.index if sp_ih else None, W_hh.index if sp_hh else None,
+                 dt=0.2, tau=0.6, unfolds=2)
+    x = torch.randn(I, T * B, generator=rng, dtype=torch.float64)
+    h0 = torch.randn(H, B, generator=rng, dtype=torch.float64)
+    c0 = torch.randn(H, B, generator=rng, dtype=torch.float64) if mode == "LSTM" else None
+    b_ih = torch.randn(G, generator=rng, dtype=torch.float64)
+    b_hh = None if mode == "CTRNN" else torch.randn(G, generator=rng, dtype=torch.float64)
+    if mode == "RNN_RELU":  # keep pre-activations away from the kink
+        b_ih = b_ih.abs() + 3
+    args = [x, h0, c0, w_ih, w_hh, b_ih, b_hh]
+    for a in args:
+        if a is not None:
+            a.requires_grad_(True)
+
+    def f(*a):
+        y, h, c = Recurrence.apply(cfg, *a)
+        return (y, h, c) if mode == "LSTM" else (y, h)
+
+    assert torch.autograd.gradcheck(f, args)
+    # only some inputs needing grad
+    for a in args:
+        if a is not None:
+            a.requires_grad_(False)
+    w_hh.requires_grad_(True)
+    assert torch.autograd.gradcheck(f, args, fast_mode=True)
+    w_hh.requires_grad_(False)
+    x.requires_grad_(True)
+    y = f(*args)[0]
+    (gx,) = torch.autograd.grad(y.sum(), x)
+    assert gx.shape == x.shape
+
+
+def test_fused_and_composed_agree_float32(monkeypatch, rng):
+    m = se.nn.SparseLSTM(8, 45, density=0.2)
+    x = torch.randn(6, 3, 8, generator=rng)
+    outs = []
+    for flag in (True, False):
+        monkeypatch.setattr(_recurrence, "USE_FUSED", flag)
+        m.zero_grad()
+        y, (h, c) = m(x)
+        (y.square().sum() + c.sum()).backward()
+        outs.append([y, h, c] + [p.grad.clone() for p in m.parameters()])
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_ops_reject_bad_arguments(rng):
+    ops = torch.ops.sparse_engine
+    W = _weight(4 * 5, 5, 0.5, rng)  # an LSTM W_hh for hidden 5
+    v = W.values.detach()
+    h = torch.randn(5, 3, dtype=torch.float64)
+    gx = torch.randn(20, 3, dtype=torch.float64)
+    ops.lstm_step(*W.index, v, gx, h, h)  # fine
+    with pytest.raises(ValueError, match="gx must have 20 rows"):
+        ops.lstm_step(*W.index, v, gx[:19], h, h)
+    with pytest.raises(ValueError, match="batch size"):
+        ops.lstm_step(*W.index, v, gx[:, :2], h, h)
+    with pytest.raises(TypeError, match="dtype"):
+        ops.lstm_step(*W.index, v, gx.float(), h, h)
+    with pytest.raises(ValueError, match="W_hh must have 3"):
+        ops.gru_step(*W.index, v, gx[:15], h, None)
+    with pytest.raises(ValueError, match="b_hh"):
+        G = _weight(15, 5, 0.5, rng)
+        ops.gru_step(*G.index, G.values.detach(), gx[:15], h, torch.zeros(7, dtype=torch.float64))
