@@ -1,0 +1,367 @@
+"""GPU benchmark of spmm, spmm_t and sddmm: our CUDA kernels against the other options a
+PyTorch user has, on the same inputs in the same run, plus the memory-bandwidth floor.
+
+    python3 benchmarks/bench_cuda.py            # the issue's grid (about 10 min on an H100)
+    python3 benchmarks/bench_cuda.py --quick    # the three reference cells, B=32
+    python3 benchmarks/bench_cuda.py --n 65536 --density 0.01 --batch 32 --pattern uniform
+
+Baselines: torch.sparse.mm on CSR (cuSPARSE SpMM; for spmm_t on the explicitly transposed
+CSR), torch.sparse.sampled_addmm (cuSPARSE SDDMM), dense cuBLAS (W @ X; G @ X^T for sddmm)
+and masked-dense (W * mask, then the dense product; what masked sparse training does each
+step). Dense timings do not depend on the pattern, so they are measured once per (N, B).
+floor = bytes that must move (index, values, inputs and outputs once each) / device copy
+bandwidth (a 1 GiB tensor copy). Timing: CUDA events, warm-up, median of 5-50 runs; inputs
+stay in L2 when they fit, as they would in a training loop.
+Patterns: "uniform" (positions uniformly random) and "power_law" (row lengths from a Pareto
+tail, degree exponent 2.5, capped at N; columns uniform). Actual nnz is reported.
+Results: benchmarks/results/cuda_ops_<gpu>.md, rewritten after every grid cell.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import platform
+import re
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import torch
+
+DEV = "cuda"
+GRID_N = [4096, 16384, 65536, 131072]
+GRID_DENSITY = [0.001, 0.01, 0.05, 0.2]
+GRID_B = [32, 256]
+PATTERNS = ["uniform", "power_law"]
+REFERENCE = [(65536, 0.01, 32), (16384, 0.01, 32), (131072, 0.01, 32)]  # the issue's cells first
+BYTES_PER_NNZ_PEAK = 64  # generation sort + CSR + transposed index + baseline copies
+
+
+# ----------------------------------------------------------------------------- inputs
+def _keys_to_csr(keys: torch.Tensor, n: int):
+    row = torch.div(keys, n, rounding_mode="floor")
+    col = (keys - row * n).to(torch.int32)
+    counts = torch.bincount(row, minlength=n)
+    del row
+    row_ptr = torch.zeros(n + 1, dtype=torch.int64, device=keys.device)
+    torch.cumsum(counts, 0, out=row_ptr[1:])
+    return row_ptr, col
+
+
+def uniform_pattern(n: int, nnz: int, gen: torch.Generator):
+    """Exactly nnz distinct uniformly random positions (draw, deduplicate, top up)."""
+    total = n * n
+    keys = torch.empty(0, dtype=torch.int64, device=DEV)
+    while keys.numel() < nnz:
+        need = nnz - keys.numel()
+        draw = torch.randint(total, (need + need // 8 + 1024,), generator=gen, device=DEV)
+        keys = torch.unique(torch.cat([keys, draw]))
+        del draw
+    if keys.numel() > nnz:
+        keep = torch.randperm(keys.numel(), generator=gen, device=DEV)[:nnz]
+        keys = keys[keep].sort().values
+    return _keys_to_csr(keys, n)
+
+
+def power_law_pattern(n: int, nnz: int, gen: torch.Generator, gamma: float = 2.5):
+    """Row lengths proportional to Pareto weights (tail exponent gamma - 1), scaled so that
+    sum(min(n, length)) ~= nnz; columns uniform, duplicates dropped (so long rows come out
+    somewhat shorter; the actual nnz is reported)."""
+    u = torch.rand(n, generator=gen, device=DEV, dtype=torch.float64)
+    w = (1.0 - u).pow(-1.0 / (gamma - 1.0))
+    lo, hi = 0.0, float(nnz) / float(w.min()) + 1.0
+    for _ in range(60):  # bisection on the scale: the cap at n makes it nonlinear
+        mid = 0.5 * (lo + hi)
+        if float(torch.clamp(w * mid, max=n).sum()) < nnz: lo = mid
+        else: hi = mid
+    lengths = torch.clamp((w * hi).round(), max=n).long()
+    rows = torch.repeat_interleave(torch.arange(n, device=DEV), lengths)
+    cols = torch.randint(n, (rows.numel(),), generator=gen, device=DEV)
+    keys = torch.unique(rows * n + cols)
+    del rows, cols
+    return _keys_to_csr(keys, n)
+
+
+# ---------------------------------------------------------------------------- timing
+def time_ms(fn, budget_s: float = 0.4, min_reps: int = 5, max_reps: int = 50) -> float:
+    """Median of CUDA-event timings of fn() after a warm-up."""
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    first = start.elapsed_time(end)
+    reps = int(min(max_reps, max(min_reps, budget_s * 1e3 / max(first, 1e-3))))
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+    for s, e in events:
+        s.record()
+        fn()
+        e.record()
+    torch.cuda.synchronize()
+    times = sorted(s.elapsed_time(e) for s, e in events)
+    return times[len(times) // 2]
+
+
+def copy_bandwidth() -> float:
+    """Device memory bandwidth in bytes/s from a 1 GiB device-to-device copy (read + write)."""
+    n = 1 << 28
+    a = torch.empty(n, dtype=torch.float32, device=DEV).fill_(1.0)
+    b = torch.empty_like(a)
+    ms = time_ms(lambda: b.copy_(a), budget_s=0.5)
+    del a, b
+    torch.cuda.empty_cache()
+    return 2 * n * 4 / (ms * 1e-3)
+
+
+def try_time(fn) -> float | str:
+    try:
+        return time_ms(fn)
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return "OOM"
+    except RuntimeError as exc:  # an unsupported baseline: say so in the table
+        torch.cuda.empty_cache()
+        return "error: " + str(exc).splitlines()[0][:60]
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    scale = float(b.abs().max()) if b.numel() else 0.0
+    return float((a - b).abs().max()) / scale if scale > 0 else float((a - b).abs().max() if a.numel() else 0.0)
+
+
+# ---------------------------------------------------------------------------- a cell
+def floor_bytes(op: str, n: int, nnz: int, B: int) -> int:
+    dense_io = 2 * 4 * n * B  # one activation read, one written (N x B each)
+    if op == "spmm":
+        return 8 * (n + 1) + (4 + 4) * nnz + dense_io
+    if op == "spmm_t":
+        return 8 * (n + 1) + (4 + 8 + 4) * nnz + dense_io
+    return 8 * (n + 1) + (4 + 4) * nnz + dense_io  # sddmm: col, out; G and X read
+
+
+def run_cell(n, density, B, pattern, args, dense_cache, bw):
+    from sparse_engine import SparseWeight
+    from sparse_engine import ops as se_ops
+
+    target = int(round(density * n * n))
+    free, total = torch.cuda.mem_get_info()
+    if target * BYTES_PER_NNZ_PEAK > 0.85 * total:
+        return {"skip": f"nnz {target:,} needs ~{target * BYTES_PER_NNZ_PEAK / 2**30:.0f} GiB"}
+    gen = torch.Generator(device=DEV).manual_seed(zlib.crc32(f"{n}/{density}/{pattern}".encode()))
+    t0 = time.perf_counter()
+    row_ptr, col = (uniform_pattern if pattern == "uniform" else power_law_pattern)(n, target, gen)
+    nnz = col.numel()
+    values = torch.randn(nnz, generator=gen, device=DEV) / math.sqrt(max(1.0, nnz / n))
+    torch.cuda.synchronize()
+    t_index = time.perf_counter()
+    W = SparseWeight(row_ptr, col, values, (n, n), validate=False, requires_grad=False)
+    torch.cuda.synchronize()
+    transpose_ms = time_ms(lambda: torch.ops.sparse_engine.transpose_index(W.row_ptr, W.col_idx, n), budget_s=0.2,
+                           min_reps=3, max_reps=10)
+    lengths = W.row_ptr.diff()
+    info = {"nnz": nnz, "density": nnz / (n * n), "max_row": int(lengths.max()), "mean_row": nnz / n,
+            "gen_s": t_index - t0, "transpose_ms": transpose_ms}
+    X = torch.randn(n, B, generator=gen, device=DEV)
+    G = torch.randn(n, B, generator=gen, device=DEV)
+    idx32 = nnz < 2**31
+    crow = W.row_ptr.to(torch.int32) if idx32 else W.row_ptr
+    A = torch.sparse_csr_tensor(crow, W.col_idx if idx32 else W.col_idx.long(), W.values, (n, n))
+    At = torch.sparse_csr_tensor(W.csc_ptr.to(crow.dtype), W.csc_row if idx32 else W.csc_row.long(),
+                                 W.values[W.csc_perm], (n, n))
+    res = {}
+    cases = {
+        "spmm": (lambda: se_ops.spmm(W, X), lambda: torch.sparse.mm(A, X), "cuSPARSE SpMM"),
+        "spmm_t": (lambda: se_ops.spmm_t(W, G), lambda: torch.sparse.mm(At, G), "cuSPARSE SpMM (W^T CSR)"),
+        "sddmm": (lambda: se_ops.sddmm(W, G, X),
+                  lambda: torch.sparse.sampled_addmm(A, G, X.t(), beta=0.0, alpha=1.0), "cuSPARSE SDDMM"),
+    }
+    for op in args.ops:
+        ours_fn, base_fn, base_name = cases[op]
+        r = {"ours": try_time(ours_fn), "base": try_time(base_fn), "base_name": base_name}
+        try:  # does ours agree with cuSPARSE on this input?
+            o, b = ours_fn(), base_fn()
+            r["check"] = rel_err(o, b.values() if b.layout == torch.sparse_csr else b)
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
+            r["check"] = "n/a: " + str(exc).splitlines()[0][:40]
+        del_cache()
+        r["floor_ms"] = floor_bytes(op, n, nnz, B) / bw * 1e3
+        res[op] = r
+    del A, At
+    del_cache()
+    key = (n, B)
+    if key not in dense_cache and not args.no_dense:
+        dense_cache[key] = dense_timings(W, X, G, args.ops)
+    for op in args.ops:
+        res[op].update(dense_cache.get(key, {}).get(op, {"dense": "-", "masked": "-"}))
+    del W, X, G
+    del_cache()
+    return {"info": info, "ops": res}
+
+
+def del_cache():
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+
+
+def dense_timings(W, X, G, ops):
+    """Dense cuBLAS and masked-dense timings (pattern-independent), or why not."""
+    n = W.shape[0]
+    free, _ = torch.cuda.mem_get_info()
+    need = 13 * n * n  # W (4) + mask (1) + masked product (4) + sddmm's N x N output (4)
+    if need > 0.9 * free:
+        why = f"skip: needs ~{need / 2**30:.0f} GiB"
+        return {op: {"dense": why, "masked": why} for op in ops}
+    out = {op: {} for op in ops}
+    try:
+        row, col, _ = W.coo()
+        Wd = torch.zeros(n, n, device=DEV)
+        Wd[row, col] = W.values.detach()
+        M = Wd != 0
+        del row, col
+        if "spmm" in ops:
+            out["spmm"]["dense"] = try_time(lambda: Wd @ X)
+            out["spmm"]["masked"] = try_time(lambda: (Wd * M) @ X)
+        if "spmm_t" in ops:
+            out["spmm_t"]["dense"] = try_time(lambda: Wd.t() @ G)
+            out["spmm_t"]["masked"] = try_time(lambda: (Wd * M).t() @ G)
+        del Wd
+        del_cache()
+        if "sddmm" in ops:
+            out["sddmm"]["dense"] = try_time(lambda: G @ X.t())
+            out["sddmm"]["masked"] = try_time(lambda: (G @ X.t()) * M)
+        del M
+    except torch.cuda.OutOfMemoryError:
+        for op in ops:
+            out[op].setdefault("dense", "OOM")
+            out[op].setdefault("masked", "OOM")
+    del_cache()
+    return out
+
+
+# ---------------------------------------------------------------------------- report
+def fmt_ms(x) -> str:
+    return f"{x:.3f}" if isinstance(x, float) else str(x)
+
+
+def ratio(base, ours) -> str:
+    return f"{base / ours:.2f}x" if isinstance(base, float) and isinstance(ours, float) and ours > 0 else "-"
+
+
+def machine_header(bw: float) -> str:
+    p = torch.cuda.get_device_properties(0)
+    try:
+        cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        cpu = next((l.split(":", 1)[1].strip() for l in cpu.splitlines() if l.startswith("Model name")), platform.processor())
+    except OSError:
+        cpu = platform.processor()
+    return (f"GPU: {p.name}, {p.multi_processor_count} SMs, {p.total_memory / 2**30:.0f} GiB; "
+            f"CPU: {cpu}; torch {torch.__version__} (CUDA {torch.version.cuda}); "
+            f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
+            f"Measured device copy bandwidth: {bw / 1e9:.0f} GB/s. TF32 matmul: "
+            f"{'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'} (dense baselines in full fp32).\n")
+
+
+def write_report(path: Path, header: str, cells: list, ops: list) -> None:
+    lines = ["# CUDA operators: ours vs cuSPARSE, dense cuBLAS, masked-dense (same run)", "", header,
+             "x = baseline time / our time (> 1: we are faster). floor = bytes that must move / copy bandwidth; "
+             "% floor = floor time / our time. check = max |ours - cuSPARSE| / max |cuSPARSE|.", ""]
+    for op in ops:
+        lines += [f"## {op}", "",
+                  "| N | density | pattern | B | nnz | max row | ours ms | cuSPARSE ms | x | dense ms | x | "
+                  "masked ms | x | floor ms | % floor | check |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for (n, d, B, pat), cell in cells:
+            if "skip" in cell:
+                lines.append(f"| {n:,} | {d:.1%} | {pat} | {B} | skipped: {cell['skip']} |||||||||||")
+                continue
+            i, r = cell["info"], cell["ops"][op]
+            ours = r["ours"]
+            pf = f"{r['floor_ms'] / ours:.0%}" if isinstance(ours, float) else "-"
+            chk = r["check"]
+            chk = ("ok" if chk < 1e-3 else f"{chk:.1e} !") if isinstance(chk, float) else chk
+            lines.append(
+                f"| {n:,} | {i['density']:.2%} | {pat} | {B} | {i['nnz']:,} | {i['max_row']:,} | {fmt_ms(ours)} | "
+                f"{fmt_ms(r['base'])} | {ratio(r['base'], ours)} | {fmt_ms(r.get('dense', '-'))} | "
+                f"{ratio(r.get('dense'), ours)} | {fmt_ms(r.get('masked', '-'))} | {ratio(r.get('masked'), ours)} | "
+                f"{r['floor_ms']:.3f} | {pf} | {chk} |")
+        lines.append("")
+    lines += ["## transpose_index (building the transposed index on the GPU)", "",
+              "| N | density | pattern | nnz | ms |", "|---|---|---|---|---|"]
+    seen = set()
+    for (n, d, B, pat), cell in cells:
+        if "info" in cell and (n, d, pat) not in seen:
+            seen.add((n, d, pat))
+            lines.append(f"| {n:,} | {cell['info']['density']:.2%} | {pat} | {cell['info']['nnz']:,} | "
+                         f"{cell['info']['transpose_ms']:.2f} |")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, nargs="+", default=GRID_N)
+    ap.add_argument("--density", type=float, nargs="+", default=GRID_DENSITY)
+    ap.add_argument("--batch", type=int, nargs="+", default=GRID_B)
+    ap.add_argument("--pattern", nargs="+", default=PATTERNS, choices=PATTERNS)
+    ap.add_argument("--ops", nargs="+", default=["spmm", "spmm_t", "sddmm"], choices=["spmm", "spmm_t", "sddmm"])
+    ap.add_argument("--quick", action="store_true", help="only the issue's three reference cells at B=32")
+    ap.add_argument("--no-dense", action="store_true", help="skip the dense and masked-dense baselines")
+    ap.add_argument("--budget-s", type=float, default=540.0, help="stop starting new cells after this long")
+    ap.add_argument("--out", type=Path, default=None, help="results file (default benchmarks/results/cuda_ops_<gpu>.md)")
+    args = ap.parse_args(argv)
+
+    if not torch.cuda.is_available():
+        print("bench_cuda: no CUDA device (torch.cuda.is_available() is False); nothing to measure. "
+              "The CUDA numbers wait for a GPU machine.", file=sys.stderr)
+        return 2
+    import sparse_engine  # noqa: F401
+    from sparse_engine._ext import HAS_CUDA_KERNELS
+
+    if not HAS_CUDA_KERNELS:
+        print("bench_cuda: sparse_engine._C was built without CUDA kernels; rebuild with a CUDA torch "
+              "(SPARSE_ENGINE_CUDA=1 pip install --no-build-isolation -e .)", file=sys.stderr)
+        return 2
+
+    cells = [(n, d, B, p) for n in args.n for d in args.density for B in args.batch for p in args.pattern]
+    if args.quick:
+        cells = [(n, d, 32, p) for n, d, _ in REFERENCE for p in args.pattern]
+    ref = {(n, d, B): i for i, (n, d, B) in enumerate(REFERENCE)}
+    cells.sort(key=lambda c: (ref.get(c[:3], len(ref)), c[0], c[1], c[2], c[3]))
+    gpu = re.sub(r"[^a-z0-9]+", "_", torch.cuda.get_device_name(0).lower()).strip("_")
+    out = args.out or Path(__file__).resolve().parent / "results" / f"cuda_ops_{gpu}.md"
+
+    bw = copy_bandwidth()
+    header = machine_header(bw)
+    print(header)
+    done, dense_cache = [], {}
+    t_start = time.perf_counter()
+    for n, d, B, pat in cells:
+        if time.perf_counter() - t_start > args.budget_s:
+            print(f"budget of {args.budget_s:.0f} s spent: {len(cells) - len(done)} cells not run")
+            break
+        try:
+            cell = run_cell(n, d, B, pat, args, dense_cache, bw)
+        except torch.cuda.OutOfMemoryError:
+            del_cache()
+            cell = {"skip": "out of memory"}
+        done.append(((n, d, B, pat), cell))
+        if "skip" in cell:
+            print(f"N={n} d={d} B={B} {pat}: skipped ({cell['skip']})")
+        else:
+            summary = "  ".join(
+                f"{op} {fmt_ms(r['ours'])} ms ({ratio(r['base'], r['ours'])} vs cuSPARSE, "
+                f"{r['floor_ms'] / r['ours']:.0%} of floor)" if isinstance(r["ours"], float) else f"{op} {r['ours']}"
+                for op, r in cell["ops"].items())
+            print(f"N={n} d={d} B={B} {pat} nnz={cell['info']['nnz']:,}: {summary}", flush=True)
+        write_report(out, header, done, args.ops)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

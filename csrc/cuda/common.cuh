@@ -1,0 +1,100 @@
+// Device helpers shared by the CUDA kernels: vector loads, lane layout, long-row policy.
+//
+// Lane layout used by the row kernels: a warp works on one row; the batch dimension is
+// cut into tiles of CW "vector columns" (a vector column is VEC consecutive batch entries,
+// loaded with one 16-byte access when B % VEC == 0 and the pointers are aligned). When a
+// tile is narrower than the warp (CW < 32), the warp's S = 32 / CW slots each take a
+// different nonzero of the row at the same time, so small batches still use every lane.
+// lane = s * CW + c  (c: vector column within the tile, s: slot).
+#pragma once
+#include <cuda_runtime.h>
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+namespace sparse_engine {
+namespace cuda {
+namespace detail {
+
+constexpr int kWarp = 32;
+constexpr unsigned kFullMask = 0xffffffffu;
+constexpr int kRowWarps = 8;    // warps (rows) per block in the row kernels
+constexpr int kLongWarps = 8;   // warps cooperating on one long row
+constexpr int64_t kMinLongRow = 1024;  // rows shorter than this always stay with one warp
+
+// Rows longer than this go to the block-per-row kernel: a power-law row can be 100x the
+// mean, and one warp on it would finish long after all the others.
+inline int64_t long_row_threshold(int64_t n, int64_t nnz) {
+  const int64_t mean = n > 0 ? (nnz + n - 1) / n : 0;
+  return std::max<int64_t>(kMinLongRow, 4 * mean);
+}
+
+// At most nnz / (threshold + 1) rows can be longer than the threshold.
+inline int64_t max_long_rows(int64_t n, int64_t nnz) {
+  if (n <= 0 || nnz <= 0) return 0;
+  return std::min<int64_t>(n, nnz / (long_row_threshold(n, nnz) + 1));
+}
+
+// Workspace: [count, row ids...] as int32; 0 when no row can be long.
+inline int64_t long_list_len(int64_t n, int64_t nnz) {
+  const int64_t m = max_long_rows(n, nnz);
+  return m > 0 ? m + 1 : 0;
+}
+
+// Vector columns per tile: the smallest power of two >= C, at most a warp.
+inline int lanes_for(int64_t C) {
+  int cw = 1;
+  while (cw < kWarp && cw < C) cw *= 2;
+  return cw;
+}
+
+inline int num_sms() {
+  int dev = 0, sms = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms <= 0) {
+    cudaGetLastError();  // clear, fall back to a typical count
+    return 132;
+  }
+  return sms;
+}
+
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Largest grid.y (and the cap we use for grid.x of grid-stride kernels).
+constexpr int64_t kMaxGridY = 65535;
+constexpr int64_t kMaxGridX = 2147483647;
+
+// VEC consecutive elements through the read-only cache: one 16-byte load when VEC > 1.
+template <typename T, int VEC>
+__device__ __forceinline__ void load_vec(const T* __restrict__ p, T (&x)[VEC]) {
+  if constexpr (VEC == 1) {
+    x[0] = __ldg(p);
+  } else if constexpr (std::is_same_v<T, float> && VEC == 4) {
+    const float4 t = __ldg(reinterpret_cast<const float4*>(p));
+    x[0] = t.x; x[1] = t.y; x[2] = t.z; x[3] = t.w;
+  } else if constexpr (std::is_same_v<T, double> && VEC == 2) {
+    const double2 t = __ldg(reinterpret_cast<const double2*>(p));
+    x[0] = t.x; x[1] = t.y;
+  } else {
+    static_assert(VEC == 1, "unsupported vector width");
+  }
+}
+
+template <typename T, int VEC>
+__device__ __forceinline__ void store_vec(T* __restrict__ p, const T (&x)[VEC]) {
+  if constexpr (VEC == 1) {
+    p[0] = x[0];
+  } else if constexpr (std::is_same_v<T, float> && VEC == 4) {
+    *reinterpret_cast<float4*>(p) = make_float4(x[0], x[1], x[2], x[3]);
+  } else if constexpr (std::is_same_v<T, double> && VEC == 2) {
+    *reinterpret_cast<double2*>(p) = make_double2(x[0], x[1]);
+  } else {
+    static_assert(VEC == 1, "unsupported vector width");
+  }
+}
+
+}  // namespace detail
+}  // namespace cuda
+}  // namespace sparse_engine

@@ -1,0 +1,210 @@
+// spmm and spmm_t on the GPU: out[i, :] = sum_k val(k) * src[idx[k], :] over the entries of
+// row i of a compressed index (CSR for spmm; the transposed index with its permutation into
+// the values for spmm_t, so W^T G needs no atomics).
+//
+// Scheduling:
+//  * gather_rows_kernel: one warp per (row, batch tile). The warp reads 32 index entries at
+//    a time with one coalesced load, then broadcasts them with shuffles; each lane loads a
+//    16-byte slice of the gathered source row (see common.cuh for the lane layout).
+//  * Rows longer than long_row_threshold() are not done there: the warp appends them to a
+//    list and gather_long_kernel gives each such (row, tile) a whole block whose warps take
+//    interleaved 32-entry chunks and sum their partials in shared memory in a fixed order.
+// Every output element is a sum in a fixed order: results are bitwise reproducible.
+#include "common.cuh"
+#include "launchers.h"
+
+namespace sparse_engine {
+namespace cuda {
+namespace {
+
+using namespace detail;
+
+template <typename T>
+struct GatherArgs {
+  const int64_t* __restrict__ ptr;
+  const int32_t* __restrict__ idx;
+  const int64_t* __restrict__ perm;  // nullptr: val(k) = values[k]
+  const T* __restrict__ values;
+  const T* __restrict__ src;
+  T* __restrict__ out;
+  int64_t n;        // output rows
+  int64_t B;        // batch (row length of src and out)
+  int64_t C;        // vector columns: B / VEC
+  int64_t tiles;    // ceil(C / CW)
+  int64_t long_thr; // rows longer than this go to the long-row kernel
+  int64_t long_cap; // capacity of the long-row list
+  int32_t* long_list;  // [count, rows...] or nullptr (no long rows possible)
+};
+
+// Accumulates the chunk [k0, min(k0 + 32, end)) into acc: slot s takes entries s, s+S, ...
+template <typename T, int VEC, int CW, bool FULL>
+__device__ __forceinline__ void gather_chunk(const GatherArgs<T>& a, int64_t k0, int64_t end,
+                                             int64_t cv, bool active, int lane, T (&acc)[VEC]) {
+  constexpr int S = kWarp / CW;
+  const int s = lane / CW;
+  const int64_t k = k0 + lane;
+  int32_t my_idx = 0;
+  T my_val = T(0);
+  if (FULL || k < end) {
+    my_idx = a.idx[k];
+    my_val = a.values[a.perm ? a.perm[k] : k];
+  }
+  const int64_t m = end - k0;
+#pragma unroll
+  for (int jj = 0; jj < CW; ++jj) {
+    const int j = jj * S + s;
+    const int32_t col = __shfl_sync(kFullMask, my_idx, j);
+    const T v = __shfl_sync(kFullMask, my_val, j);
+    if (active && (FULL || j < m)) {
+      T x[VEC];
+      load_vec<T, VEC>(a.src + static_cast<int64_t>(col) * a.B + cv * VEC, x);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) acc[e] = fma(v, x[e], acc[e]);
+    }
+  }
+}
+
+// Sums the chunks first, first + step, ... below end (step a multiple of 32), then adds
+// the slots together so that every lane of slot 0 holds its vector column's total.
+template <typename T, int VEC, int CW>
+__device__ __forceinline__ void gather_range(const GatherArgs<T>& a, int64_t first, int64_t end,
+                                             int64_t step, int64_t cv, bool active, int lane,
+                                             T (&acc)[VEC]) {
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) acc[e] = T(0);
+  for (int64_t k0 = first; k0 < end; k0 += step) {
+    if (end - k0 >= kWarp)
+      gather_chunk<T, VEC, CW, true>(a, k0, end, cv, active, lane, acc);
+    else
+      gather_chunk<T, VEC, CW, false>(a, k0, end, cv, active, lane, acc);
+  }
+#pragma unroll
+  for (int o = CW; o < kWarp; o *= 2) {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) acc[e] += __shfl_xor_sync(kFullMask, acc[e], o);
+  }
+}
+
+template <typename T, int VEC, int CW>
+__global__ void __launch_bounds__(kRowWarps * kWarp)
+gather_rows_kernel(const GatherArgs<T> a) {
+  const int lane = threadIdx.x % kWarp;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowWarps + threadIdx.x / kWarp;
+  if (row >= a.n) return;  // whole warp leaves: no block-level sync in this kernel
+  const int64_t start = a.ptr[row], end = a.ptr[row + 1];
+  if (a.long_list != nullptr && end - start > a.long_thr) {
+    if (blockIdx.y == 0 && lane == 0) {
+      const int pos = atomicAdd(a.long_list, 1);
+      if (pos < a.long_cap) a.long_list[1 + pos] = static_cast<int32_t>(row);
+    }
+    return;
+  }
+  const int c = lane % CW, s = lane / CW;
+  for (int64_t t = blockIdx.y; t < a.tiles; t += gridDim.y) {
+    const int64_t cv = t * CW + c;
+    const bool active = cv < a.C;
+    T acc[VEC];
+    gather_range<T, VEC, CW>(a, start, end, kWarp, cv, active, lane, acc);
+    if (s == 0 && active) store_vec<T, VEC>(a.out + row * a.B + cv * VEC, acc);
+  }
+}
+
+template <typename T, int VEC, int CW>
+__global__ void __launch_bounds__(kLongWarps * kWarp)
+gather_long_kernel(const GatherArgs<T> a) {
+  __shared__ T partial[kLongWarps][CW * VEC];
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const int c = lane % CW, s = lane / CW;
+  const int64_t list_count = a.long_list[0];
+  const int64_t count = list_count < a.long_cap ? list_count : a.long_cap;
+  const int64_t items = count * a.tiles;
+  for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {  // uniform per block
+    const int64_t row = a.long_list[1 + item / a.tiles];
+    const int64_t t = item % a.tiles;
+    const int64_t start = a.ptr[row], end = a.ptr[row + 1];
+    const int64_t cv = t * CW + c;
+    const bool active = cv < a.C;
+    T acc[VEC];
+    gather_range<T, VEC, CW>(a, start + static_cast<int64_t>(warp) * kWarp, end,
+                             static_cast<int64_t>(kLongWarps) * kWarp, cv, active, lane, acc);
+    if (s == 0) {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) partial[warp][c * VEC + e] = acc[e];
+    }
+    __syncthreads();
+    if (warp == 0 && s == 0 && active) {
+      T sum[VEC];
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) sum[e] = partial[0][c * VEC + e];
+      for (int w = 1; w < kLongWarps; ++w) {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) sum[e] += partial[w][c * VEC + e];
+      }
+      store_vec<T, VEC>(a.out + row * a.B + cv * VEC, sum);
+    }
+    __syncthreads();  // partial is reused by the next item
+  }
+}
+
+template <typename T, int VEC, int CW>
+cudaError_t gather_launch(GatherArgs<T> a, cudaStream_t stream) {
+  a.tiles = cdiv(a.C, CW);
+  const dim3 grid(static_cast<unsigned>(cdiv(a.n, kRowWarps)),
+                  static_cast<unsigned>(std::min<int64_t>(a.tiles, kMaxGridY)));
+  gather_rows_kernel<T, VEC, CW><<<grid, kRowWarps * kWarp, 0, stream>>>(a);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess || a.long_list == nullptr) return err;
+  const int64_t blocks = std::min<int64_t>(a.long_cap * a.tiles, 4LL * num_sms());
+  gather_long_kernel<T, VEC, CW><<<static_cast<unsigned>(blocks), kLongWarps * kWarp, 0, stream>>>(a);
+  return cudaGetLastError();
+}
+
+template <typename T, int VEC>
+cudaError_t gather_lanes(const GatherArgs<T>& a, cudaStream_t stream) {
+  switch (lanes_for(a.C)) {
+    case 1: return gather_launch<T, VEC, 1>(a, stream);
+    case 2: return gather_launch<T, VEC, 2>(a, stream);
+    case 4: return gather_launch<T, VEC, 4>(a, stream);
+    case 8: return gather_launch<T, VEC, 8>(a, stream);
+    case 16: return gather_launch<T, VEC, 16>(a, stream);
+    default: return gather_launch<T, VEC, 32>(a, stream);
+  }
+}
+
+template <typename T>
+cudaError_t gather(const int64_t* ptr, const int32_t* idx, const int64_t* perm, const T* values,
+                   const T* src, T* out, int64_t n, int64_t B, int64_t nnz, int32_t* workspace,
+                   cudaStream_t stream) {
+  if (n <= 0 || B <= 0) return cudaSuccess;
+  constexpr int kWide = 16 / sizeof(T);
+  const bool wide = B % kWide == 0 && aligned16(src) && aligned16(out);
+  GatherArgs<T> a{ptr, idx, perm, values, src, out, n, B, wide ? B / kWide : B, 0,
+                  long_row_threshold(n, nnz), 0, nullptr};
+  const int64_t list_len = long_list_len(n, nnz);
+  if (list_len > 0 && workspace != nullptr) {
+    a.long_list = workspace;
+    a.long_cap = list_len - 1;
+    const cudaError_t err = cudaMemsetAsync(workspace, 0, sizeof(int32_t), stream);
+    if (err != cudaSuccess) return err;
+  }
+  return wide ? gather_lanes<T, kWide>(a, stream) : gather_lanes<T, 1>(a, stream);
+}
+
+}  // namespace
+
+int64_t gather_workspace_len(int64_t n_out, int64_t nnz) { return long_list_len(n_out, nnz); }
+
+cudaError_t launch_gather(const int64_t* ptr, const int32_t* idx, const int64_t* perm,
+                          const float* values, const float* src, float* out, int64_t n_out,
+                          int64_t B, int64_t nnz, int32_t* workspace, cudaStream_t stream) {
+  return gather<float>(ptr, idx, perm, values, src, out, n_out, B, nnz, workspace, stream);
+}
+
+cudaError_t launch_gather(const int64_t* ptr, const int32_t* idx, const int64_t* perm,
+                          const double* values, const double* src, double* out, int64_t n_out,
+                          int64_t B, int64_t nnz, int32_t* workspace, cudaStream_t stream) {
+  return gather<double>(ptr, idx, perm, values, src, out, n_out, B, nnz, workspace, stream);
+}
+
+}  // namespace cuda
+}  // namespace sparse_engine

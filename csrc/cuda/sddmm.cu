@@ -1,0 +1,194 @@
+// sddmm on the GPU: out[k] = sum_b G[row_k, b] * X[col_k, b] for every stored entry k.
+//
+// One warp per row of the pattern reuses G's row (it stays in L1) for all the row's entries.
+// The warp takes 32 entries at a time: slot s of the warp (see common.cuh) computes partial
+// dot products for entries s, s+S, ... over its lanes' vector columns, looping over batch
+// tiles when B is wider than a warp. The CW partials of each lane are then summed across the
+// slot's CW lanes with a reduce-scatter (CW-1 shuffles for CW dot products instead of
+// CW*log2(CW) for one butterfly each), one more shuffle hands entry j's result to lane j,
+// and the warp writes its 32 outputs with one coalesced store.
+// Rows longer than long_row_threshold() are listed and done by a block of warps each
+// (entries are independent, so the warps need no reduction). Fixed summation order:
+// results are bitwise reproducible.
+#include "common.cuh"
+#include "launchers.h"
+
+namespace sparse_engine {
+namespace cuda {
+namespace {
+
+using namespace detail;
+
+template <typename T>
+struct SddmmArgs {
+  const int64_t* __restrict__ row_ptr;
+  const int32_t* __restrict__ col_idx;
+  const T* __restrict__ G;
+  const T* __restrict__ X;
+  T* __restrict__ out;
+  int64_t rows;
+  int64_t B;
+  int64_t C;         // vector columns: B / VEC
+  int64_t tiles;     // ceil(C / CW)
+  int64_t long_thr;
+  int64_t long_cap;
+  int32_t* long_list;  // [count, rows...] or nullptr
+};
+
+// Reduce-scatter over the CW lanes of a slot: afterwards p[0] of lane c holds the sum over
+// the slot's lanes of their p[c]. At the step for bit O a lane keeps the half of its array
+// selected by bit O of c and receives its partner's copy of that half. (A recursion rather
+// than a loop so every index is a compile-time constant and p stays in registers.)
+template <int O, typename T, int CW>
+__device__ __forceinline__ void reduce_scatter(T (&p)[CW], int c) {
+  if constexpr (O > 0) {
+    const bool upper = (c & O) != 0;
+#pragma unroll
+    for (int i = 0; i < O; ++i) {
+      const T send = upper ? p[i] : p[i + O];
+      const T keep = upper ? p[i + O] : p[i];
+      p[i] = keep + __shfl_xor_sync(kFullMask, send, O);
+    }
+    reduce_scatter<O / 2>(p, c);
+  }
+}
+
+// The 32 entries [k0, min(k0 + 32, end)) of a row whose G row starts at grow.
+template <typename T, int VEC, int CW, bool FULL>
+__device__ __forceinline__ void sddmm_chunk(const SddmmArgs<T>& a, const T* __restrict__ grow,
+                                            int64_t k0, int64_t end, int lane) {
+  constexpr int S = kWarp / CW;
+  const int c = lane % CW, s = lane / CW;
+  const int64_t k = k0 + lane;
+  const int64_t m = end - k0;
+  const int32_t my_col = (FULL || k < end) ? a.col_idx[k] : 0;
+  int32_t col[CW];  // column of entry jj*S + s, for this lane's slot
+#pragma unroll
+  for (int jj = 0; jj < CW; ++jj) col[jj] = __shfl_sync(kFullMask, my_col, jj * S + s);
+  T p[CW];
+#pragma unroll
+  for (int jj = 0; jj < CW; ++jj) p[jj] = T(0);
+  for (int64_t t = 0; t < a.tiles; ++t) {
+    const int64_t cv = t * CW + c;
+    if (cv < a.C) {  // lane-dependent: no shuffles in here
+      T g[VEC];
+      load_vec<T, VEC>(grow + cv * VEC, g);
+#pragma unroll
+      for (int jj = 0; jj < CW; ++jj) {
+        if (FULL || jj * S + s < m) {
+          T x[VEC];
+          load_vec<T, VEC>(a.X + static_cast<int64_t>(col[jj]) * a.B + cv * VEC, x);
+#pragma unroll
+          for (int e = 0; e < VEC; ++e) p[jj] = fma(g[e], x[e], p[jj]);
+        }
+      }
+    }
+  }
+  reduce_scatter<CW / 2>(p, c);
+  // Entry j = lane lives in slot j % S at lane position j / S.
+  const T r = __shfl_sync(kFullMask, p[0], (lane % S) * CW + lane / S);
+  if (FULL || k < end) a.out[k] = r;
+}
+
+template <typename T, int VEC, int CW>
+__device__ __forceinline__ void sddmm_range(const SddmmArgs<T>& a, int64_t row, int64_t first,
+                                            int64_t end, int64_t step, int lane) {
+  const T* grow = a.G + row * a.B;
+  for (int64_t k0 = first; k0 < end; k0 += step) {
+    if (end - k0 >= kWarp)
+      sddmm_chunk<T, VEC, CW, true>(a, grow, k0, end, lane);
+    else
+      sddmm_chunk<T, VEC, CW, false>(a, grow, k0, end, lane);
+  }
+}
+
+template <typename T, int VEC, int CW>
+__global__ void __launch_bounds__(kRowWarps * kWarp) sddmm_rows_kernel(const SddmmArgs<T> a) {
+  const int lane = threadIdx.x % kWarp;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowWarps + threadIdx.x / kWarp;
+  if (row >= a.rows) return;
+  const int64_t start = a.row_ptr[row], end = a.row_ptr[row + 1];
+  if (a.long_list != nullptr && end - start > a.long_thr) {
+    if (lane == 0) {
+      const int pos = atomicAdd(a.long_list, 1);
+      if (pos < a.long_cap) a.long_list[1 + pos] = static_cast<int32_t>(row);
+    }
+    return;
+  }
+  sddmm_range<T, VEC, CW>(a, row, start, end, kWarp, lane);
+}
+
+template <typename T, int VEC, int CW>
+__global__ void __launch_bounds__(kLongWarps * kWarp) sddmm_long_kernel(const SddmmArgs<T> a) {
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const int64_t list_count = a.long_list[0];
+  const int64_t count = list_count < a.long_cap ? list_count : a.long_cap;
+  for (int64_t item = blockIdx.x; item < count; item += gridDim.x) {
+    const int64_t row = a.long_list[1 + item];
+    const int64_t start = a.row_ptr[row], end = a.row_ptr[row + 1];
+    sddmm_range<T, VEC, CW>(a, row, start + static_cast<int64_t>(warp) * kWarp, end,
+                            static_cast<int64_t>(kLongWarps) * kWarp, lane);
+  }
+}
+
+template <typename T, int VEC, int CW>
+cudaError_t sddmm_launch(SddmmArgs<T> a, cudaStream_t stream) {
+  a.tiles = cdiv(a.C, CW);
+  sddmm_rows_kernel<T, VEC, CW>
+      <<<static_cast<unsigned>(cdiv(a.rows, kRowWarps)), kRowWarps * kWarp, 0, stream>>>(a);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess || a.long_list == nullptr) return err;
+  const int64_t blocks = std::min<int64_t>(a.long_cap, 4LL * num_sms());
+  sddmm_long_kernel<T, VEC, CW><<<static_cast<unsigned>(blocks), kLongWarps * kWarp, 0, stream>>>(a);
+  return cudaGetLastError();
+}
+
+template <typename T, int VEC>
+cudaError_t sddmm_lanes(const SddmmArgs<T>& a, cudaStream_t stream) {
+  switch (lanes_for(a.C)) {
+    case 1: return sddmm_launch<T, VEC, 1>(a, stream);
+    case 2: return sddmm_launch<T, VEC, 2>(a, stream);
+    case 4: return sddmm_launch<T, VEC, 4>(a, stream);
+    case 8: return sddmm_launch<T, VEC, 8>(a, stream);
+    case 16: return sddmm_launch<T, VEC, 16>(a, stream);
+    default: return sddmm_launch<T, VEC, 32>(a, stream);
+  }
+}
+
+template <typename T>
+cudaError_t sddmm(const int64_t* row_ptr, const int32_t* col_idx, const T* G, const T* X, T* out,
+                  int64_t rows, int64_t B, int64_t nnz, int32_t* workspace, cudaStream_t stream) {
+  if (rows <= 0 || nnz <= 0) return cudaSuccess;
+  if (B <= 0) return cudaMemsetAsync(out, 0, sizeof(T) * nnz, stream);  // empty sums
+  constexpr int kWide = 16 / sizeof(T);
+  const bool wide = B % kWide == 0 && aligned16(G) && aligned16(X);
+  SddmmArgs<T> a{row_ptr, col_idx, G, X, out, rows, B, wide ? B / kWide : B, 0,
+                 long_row_threshold(rows, nnz), 0, nullptr};
+  const int64_t list_len = long_list_len(rows, nnz);
+  if (list_len > 0 && workspace != nullptr) {
+    a.long_list = workspace;
+    a.long_cap = list_len - 1;
+    const cudaError_t err = cudaMemsetAsync(workspace, 0, sizeof(int32_t), stream);
+    if (err != cudaSuccess) return err;
+  }
+  return wide ? sddmm_lanes<T, kWide>(a, stream) : sddmm_lanes<T, 1>(a, stream);
+}
+
+}  // namespace
+
+int64_t sddmm_workspace_len(int64_t rows, int64_t nnz) { return long_list_len(rows, nnz); }
+
+cudaError_t launch_sddmm(const int64_t* row_ptr, const int32_t* col_idx, const float* G,
+                         const float* X, float* out, int64_t rows, int64_t B, int64_t nnz,
+                         int32_t* workspace, cudaStream_t stream) {
+  return sddmm<float>(row_ptr, col_idx, G, X, out, rows, B, nnz, workspace, stream);
+}
+
+cudaError_t launch_sddmm(const int64_t* row_ptr, const int32_t* col_idx, const double* G,
+                         const double* X, double* out, int64_t rows, int64_t B, int64_t nnz,
+                         int32_t* workspace, cudaStream_t stream) {
+  return sddmm<double>(row_ptr, col_idx, G, X, out, rows, B, nnz, workspace, stream);
+}
+
+}  // namespace cuda
+}  // namespace sparse_engine

@@ -1,0 +1,140 @@
+// The transposed index of a CSR pattern on the GPU (so a SparseWeight can live there):
+//   csc_perm = CSR positions k stably sorted by col_idx[k]  (cub's LSD radix sort is stable,
+//              and CSR order is row-major, so each column's rows come out ascending)
+//   csc_row[p] = row of entry csc_perm[p]
+//   csc_ptr[j] = first p whose column is >= j  (a binary search per column)
+// O(nnz) work; the sort only looks at the ceil(log2(cols)) low bits of the column.
+#include <cub/device/device_radix_sort.cuh>
+
+#include "common.cuh"
+#include "launchers.h"
+
+namespace sparse_engine {
+namespace cuda {
+namespace {
+
+using namespace detail;
+
+constexpr int kThreads = 256;
+
+// Workspace layout, each part aligned to 256 bytes.
+struct TransposeWorkspace {
+  size_t keys_out, iota, row_of, sort_tmp, sort_tmp_bytes, total;
+};
+
+size_t align256(size_t x) { return (x + 255) / 256 * 256; }
+
+int sort_bits(int64_t cols) {
+  int bits = 1;
+  while (bits < 32 && (int64_t{1} << bits) < cols) ++bits;
+  return bits;
+}
+
+cudaError_t sort_tmp_bytes(int64_t nnz, int64_t cols, size_t* bytes) {
+  *bytes = 0;
+  return cub::DeviceRadixSort::SortPairs(nullptr, *bytes, static_cast<const int32_t*>(nullptr),
+                                         static_cast<int32_t*>(nullptr),
+                                         static_cast<const int64_t*>(nullptr),
+                                         static_cast<int64_t*>(nullptr), nnz, 0, sort_bits(cols));
+}
+
+TransposeWorkspace layout(int64_t nnz, size_t sort_bytes) {
+  TransposeWorkspace w{};
+  const size_t n = static_cast<size_t>(nnz);
+  w.keys_out = 0;
+  w.iota = w.keys_out + align256(n * sizeof(int32_t));
+  w.row_of = w.iota + align256(n * sizeof(int64_t));
+  w.sort_tmp = w.row_of + align256(n * sizeof(int32_t));
+  w.sort_tmp_bytes = sort_bytes;
+  w.total = w.sort_tmp + align256(sort_bytes);
+  return w;
+}
+
+unsigned grid_for(int64_t n, int64_t per_block) {
+  return static_cast<unsigned>(std::min<int64_t>(std::max<int64_t>(cdiv(n, per_block), 1), 1 << 20));
+}
+
+__global__ void iota_kernel(int64_t* __restrict__ out, int64_t n) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[i] = i;
+}
+
+// row_of[k] = i for k in [row_ptr[i], row_ptr[i+1]): a warp per row, grid-stride over rows.
+__global__ void row_of_kernel(const int64_t* __restrict__ row_ptr, int64_t rows,
+                              int32_t* __restrict__ row_of) {
+  const int lane = threadIdx.x % kWarp;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * (blockDim.x / kWarp) + threadIdx.x / kWarp;
+       i < rows; i += warps) {
+    const int64_t end = row_ptr[i + 1];
+    for (int64_t k = row_ptr[i] + lane; k < end; k += kWarp) row_of[k] = static_cast<int32_t>(i);
+  }
+}
+
+__global__ void gather_rows_of_kernel(const int64_t* __restrict__ perm,
+                                      const int32_t* __restrict__ row_of,
+                                      int32_t* __restrict__ csc_row, int64_t nnz) {
+  for (int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; p < nnz;
+       p += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    csc_row[p] = row_of[perm[p]];
+}
+
+// csc_ptr[j] = number of sorted keys < j, for j in [0, cols].
+__global__ void col_ptr_kernel(const int32_t* __restrict__ sorted_cols, int64_t nnz, int64_t cols,
+                               int64_t* __restrict__ csc_ptr) {
+  for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j <= cols;
+       j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t lo = 0, hi = nnz;
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (sorted_cols[mid] < j) lo = mid + 1; else hi = mid;
+    }
+    csc_ptr[j] = lo;
+  }
+}
+
+}  // namespace
+
+size_t transpose_index_workspace_bytes(int64_t rows, int64_t cols, int64_t nnz) {
+  (void)rows;
+  if (nnz <= 0) return 0;
+  size_t sort_bytes = 0;
+  if (sort_tmp_bytes(nnz, cols, &sort_bytes) != cudaSuccess) return 0;
+  return layout(nnz, sort_bytes).total;
+}
+
+cudaError_t launch_transpose_index(const int64_t* row_ptr, const int32_t* col_idx, int64_t rows,
+                                   int64_t cols, int64_t nnz, int64_t* csc_ptr, int32_t* csc_row,
+                                   int64_t* csc_perm, void* workspace, size_t workspace_bytes,
+                                   cudaStream_t stream) {
+  if (cols < 0 || rows < 0 || nnz < 0) return cudaErrorInvalidValue;
+  if (nnz == 0) return cudaMemsetAsync(csc_ptr, 0, sizeof(int64_t) * (cols + 1), stream);
+  size_t sort_bytes = 0;
+  cudaError_t err = sort_tmp_bytes(nnz, cols, &sort_bytes);
+  if (err != cudaSuccess) return err;
+  const TransposeWorkspace w = layout(nnz, sort_bytes);
+  if (workspace == nullptr || workspace_bytes < w.total) return cudaErrorInvalidValue;
+  char* base = static_cast<char*>(workspace);
+  auto* keys_out = reinterpret_cast<int32_t*>(base + w.keys_out);
+  auto* iota = reinterpret_cast<int64_t*>(base + w.iota);
+  auto* row_of = reinterpret_cast<int32_t*>(base + w.row_of);
+
+  iota_kernel<<<grid_for(nnz, kThreads), kThreads, 0, stream>>>(iota, nnz);
+  if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  if (rows > 0) {
+    row_of_kernel<<<grid_for(rows, kThreads / kWarp), kThreads, 0, stream>>>(row_ptr, rows, row_of);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  }
+  size_t tmp_bytes = w.sort_tmp_bytes;
+  err = cub::DeviceRadixSort::SortPairs(base + w.sort_tmp, tmp_bytes, col_idx, keys_out, iota,
+                                        csc_perm, nnz, 0, sort_bits(cols), stream);
+  if (err != cudaSuccess) return err;
+  gather_rows_of_kernel<<<grid_for(nnz, kThreads), kThreads, 0, stream>>>(csc_perm, row_of, csc_row, nnz);
+  if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  col_ptr_kernel<<<grid_for(cols + 1, kThreads), kThreads, 0, stream>>>(keys_out, nnz, cols, csc_ptr);
+  return cudaGetLastError();
+}
+
+}  // namespace cuda
+}  // namespace sparse_engine

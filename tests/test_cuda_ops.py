@@ -1,0 +1,349 @@
+"""The CUDA kernels (spmm, spmm_t, sddmm, transpose_index) against float64 references.
+
+Skipped unless a CUDA device is present and sparse_engine._C was built with the CUDA kernels.
+Patterns are chosen to reach every code path: batch widths that select each lane layout
+(scalar and 16-byte vector loads, 1..32 lanes per tile, several tiles), rows and columns long
+enough for the block-per-row kernel (more of them than its grid), empty rows, zero nnz, one
+column, misaligned and non-contiguous inputs.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from sparse_engine import SparseWeight, ops
+from sparse_engine._ext import HAS_CUDA_KERNELS
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (torch.cuda.is_available() is False)"),
+    pytest.mark.skipif(not HAS_CUDA_KERNELS, reason="sparse_engine._C was built without the CUDA kernels "
+                       "(build with a CUDA torch and nvcc, or SPARSE_ENGINE_CUDA=1)"),
+]
+
+DEV = "cuda"
+RAW = torch.ops.sparse_engine
+REL = {torch.float32: 2e-5, torch.float64: 1e-12}  # times sum |w x|: catches any wrong term
+
+
+# ------------------------------------------------------------------------- patterns
+def _csr(rows: int, cols: int, lengths, rng) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.minimum(np.asarray(lengths, dtype=np.int64), cols)
+    row_ptr = np.zeros(rows + 1, dtype=np.int64)
+    np.cumsum(lengths, out=row_ptr[1:])
+    parts = [np.sort(rng.choice(cols, size=int(n), replace=False)) for n in lengths]
+    col = np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, np.int32)
+    return row_ptr, col
+
+
+def _power_law_lengths(rows: int, cols: int, rng, long_rows=(1.0, 0.75, 0.4)) -> np.ndarray:
+    """Pareto row lengths (mean ~10) plus a few rows of the given fractions of cols, long
+    enough (> max(1024, 4 * mean)) for the block-per-row kernel."""
+    lengths = np.minimum(cols, (rng.pareto(1.5, rows) * 5).astype(np.int64))
+    pos = rng.choice(rows, size=len(long_rows), replace=False)
+    lengths[pos] = [int(f * cols) for f in long_rows]
+    return lengths
+
+
+def pattern(name: str, seed: int = 0):
+    """(row_ptr, col_idx, shape) as numpy arrays."""
+    rng = np.random.default_rng(seed)
+    if name == "uniform":
+        rows, cols = 300, 257
+        return (*_csr(rows, cols, rng.binomial(cols, 0.05, rows), rng), (rows, cols))
+    if name == "power_rows":
+        rows, cols = 400, 4096
+        return (*_csr(rows, cols, _power_law_lengths(rows, cols, rng), rng), (rows, cols))
+    if name == "power_cols":  # long columns: the block-per-row path of spmm_t
+        rp, ci, (rows, cols) = pattern("power_rows", seed)
+        m = sp.csr_matrix((np.ones(ci.size), ci, rp), shape=(rows, cols)).T.tocsr()
+        m.sort_indices()
+        return m.indptr.astype(np.int64), m.indices.astype(np.int32), (cols, rows)
+    if name == "empty_rows":
+        rows, cols = 200, 100
+        lengths = rng.integers(1, 20, rows) * (rng.random(rows) < 0.3)
+        return (*_csr(rows, cols, lengths, rng), (rows, cols))
+    if name == "zero_nnz":
+        return (*_csr(50, 40, np.zeros(50, np.int64), rng), (50, 40))
+    if name == "one_col":
+        return (*_csr(100, 1, rng.integers(0, 2, 100), rng), (100, 1))
+    if name == "no_rows":
+        return (*_csr(0, 10, [], rng), (0, 10))
+    if name == "no_cols":
+        return (*_csr(10, 0, np.zeros(10, np.int64), rng), (10, 0))
+    if name == "wide":  # > 2^16 columns: a 17-bit radix sort in transpose_index
+        rows, cols = 40, 70_000
+        return (*_csr(rows, cols, rng.integers(0, 400, rows), rng), (rows, cols))
+    raise ValueError(name)
+
+
+PATTERNS = ["uniform", "power_rows", "power_cols", "empty_rows", "zero_nnz", "one_col", "no_rows", "no_cols", "wide"]
+
+
+def weight(name: str, dtype=torch.float32, seed: int = 0, device=DEV) -> SparseWeight:
+    rp, ci, shape = pattern(name, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    values = torch.randn(ci.size, generator=g, dtype=dtype)
+    return SparseWeight(torch.from_numpy(rp), torch.from_numpy(ci), values, shape).to(device)
+
+
+def randn(*shape, dtype=torch.float32, seed=0, device=DEV) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=dtype).to(device)
+
+
+def copy_of(W: SparseWeight, device, dtype=None) -> SparseWeight:
+    """A new SparseWeight (Module.to would move W itself)."""
+    values = W.values.detach().to(device, dtype or W.values.dtype)
+    return SparseWeight(W.row_ptr.to(device), W.col_idx.to(device), values, W.shape)
+
+
+def abs_weight(W: SparseWeight) -> SparseWeight:
+    return SparseWeight(W.row_ptr, W.col_idx, W.values.detach().abs(), W.shape)
+
+
+def assert_close_to(out: torch.Tensor, ref: torch.Tensor, bound: torch.Tensor, dtype) -> None:
+    """|out - ref| <= REL[dtype] * bound elementwise, bound = sum of |terms| (float64)."""
+    assert out.shape == ref.shape, (out.shape, ref.shape)
+    assert out.dtype == dtype and out.device.type == "cuda"
+    err = (out.detach().cpu().double() - ref).abs()
+    tol = REL[dtype] * bound + 1e-300
+    bad = err > tol
+    assert not bool(bad.any()), f"{int(bad.sum())} of {bad.numel()} entries off; worst error {float(err.max()):.3g}"
+
+
+def dense_refs(W: SparseWeight, X: torch.Tensor, G: torch.Tensor):
+    """float64 dense references (and error bounds) of spmm, spmm_t and sddmm on the CPU."""
+    D = W.to_dense().detach().cpu().double()
+    X64, G64 = X.detach().cpu().double(), G.detach().cpu().double()
+    row, col, _ = W.coo()
+    row, col = row.cpu(), col.cpu()
+    return {
+        "spmm": (D @ X64, D.abs() @ X64.abs()),
+        "spmm_t": (D.t() @ G64, D.abs().t() @ G64.abs()),
+        "sddmm": ((G64[row] * X64[col]).sum(1), (G64[row].abs() * X64[col].abs()).sum(1)),
+    }
+
+
+# --------------------------------------------------------------------- transpose_index
+@pytest.mark.parametrize("name", PATTERNS)
+def test_transpose_index_matches_cpu(name):
+    rp, ci, (rows, cols) = pattern(name)
+    cpu = RAW.transpose_index(torch.from_numpy(rp), torch.from_numpy(ci), cols)
+    gpu = RAW.transpose_index(torch.from_numpy(rp).to(DEV), torch.from_numpy(ci).to(DEV), cols)
+    for a, b, what in zip(cpu, gpu, ("csc_ptr", "csc_row", "csc_perm")):
+        assert b.device.type == "cuda" and b.dtype == a.dtype, what
+        assert torch.equal(a, b.cpu()), what
+
+
+def test_weight_built_on_gpu_has_the_cpu_index():
+    rp, ci, shape = pattern("power_rows", seed=3)
+    values = torch.randn(ci.size)
+    on_cpu = SparseWeight(torch.from_numpy(rp), torch.from_numpy(ci), values, shape)
+    on_gpu = SparseWeight(torch.from_numpy(rp).to(DEV), torch.from_numpy(ci).to(DEV), values.to(DEV), shape)
+    for a, b in zip(on_cpu.index, on_gpu.index):
+        assert b.is_cuda and torch.equal(a, b.cpu())
+
+
+def test_transpose_index_rejects_out_of_range_columns():
+    rp = torch.tensor([0, 2, 3], device=DEV)
+    for bad in ([0, 5, 1], [0, -1, 1]):
+        ci = torch.tensor(bad, dtype=torch.int32, device=DEV)
+        with pytest.raises(ValueError, match="col_idx"):
+            RAW.transpose_index(rp, ci, 5)
+
+
+# ------------------------------------------------------------------ the three kernels
+F32_BATCHES = [1, 2, 3, 4, 20, 32, 33, 64, 256, 300]  # scalar/vector loads, 1..32 lanes, 1-3 tiles
+F64_BATCHES = [1, 2, 3, 20, 64, 300]
+
+
+@pytest.mark.parametrize("name", PATTERNS)
+@pytest.mark.parametrize("dtype,B", [(torch.float32, b) for b in F32_BATCHES] + [(torch.float64, b) for b in F64_BATCHES])
+def test_ops_match_dense_reference(name, dtype, B):
+    W = weight(name, dtype, seed=B)
+    rows, cols = W.shape
+    X = randn(cols, B, dtype=dtype, seed=10 * B + 1)
+    G = randn(rows, B, dtype=dtype, seed=10 * B + 2)
+    refs = dense_refs(W, X, G)
+    assert_close_to(ops.spmm(W, X), *refs["spmm"], dtype)
+    assert_close_to(ops.spmm_t(W, G), *refs["spmm_t"], dtype)
+    assert_close_to(ops.sddmm(W, G, X), *refs["sddmm"], dtype)
+
+
+def test_zero_batch():
+    W = weight("uniform")
+    X = torch.zeros(W.shape[1], 0, device=DEV)
+    G = torch.zeros(W.shape[0], 0, device=DEV)
+    assert ops.spmm(W, X).shape == (W.shape[0], 0)
+    assert ops.spmm_t(W, G).shape == (W.shape[1], 0)
+    out = ops.sddmm(W, G, X)
+    assert out.shape == (W.nnz,) and bool((out == 0).all())  # empty sums
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_non_contiguous_and_misaligned_inputs(dtype):
+    W = weight("power_rows", dtype)
+    rows, cols = W.shape
+    B = 32
+    views = {
+        "transposed": randn(B, cols, dtype=dtype, seed=1).t(),
+        "strided": randn(cols, 2 * B, dtype=dtype, seed=2)[:, ::2],
+        # contiguous but one element off 16-byte alignment: the scalar-load path
+        "misaligned": randn(cols * B + 1, dtype=dtype, seed=3)[1:].view(cols, B),
+    }
+    G_base = randn(rows * B + 1, dtype=dtype, seed=4)
+    G = G_base[1:].view(rows, B)
+    for what, X in views.items():
+        refs = dense_refs(W, X, G)
+        assert_close_to(ops.spmm(W, X), *refs["spmm"], dtype)
+        assert_close_to(ops.sddmm(W, G, X), *refs["sddmm"], dtype)
+    assert_close_to(ops.spmm_t(W, G), *dense_refs(W, views["strided"], G)["spmm_t"], dtype)
+
+
+def _cpu_f64_refs(W: SparseWeight, X: torch.Tensor, G: torch.Tensor):
+    """References from the CPU kernels in float64 (themselves tested against dense math),
+    for sizes where a dense matrix would be too big."""
+    Wc = copy_of(W, "cpu", torch.float64)
+    Wa = abs_weight(Wc)
+    Xc, Gc = X.cpu().double(), G.cpu().double()
+    return {
+        "spmm": (ops.spmm(Wc, Xc), ops.spmm(Wa, Xc.abs())),
+        "spmm_t": (ops.spmm_t(Wc, Gc), ops.spmm_t(Wa, Gc.abs())),
+        "sddmm": (ops.sddmm(Wc, Gc, Xc), ops.sddmm(Wc, Gc.abs(), Xc.abs())),
+    }
+
+
+def test_more_long_rows_than_the_long_kernel_grid():
+    """700 rows of 2048 entries among 20,000 short ones: the long-row list outgrows the
+    block-per-row kernel's grid, so its grid-stride loop is exercised."""
+    rng = np.random.default_rng(7)
+    rows, cols = 20_000, 4096
+    lengths = rng.integers(0, 10, rows)
+    lengths[rng.choice(rows, 700, replace=False)] = 2048
+    rp, ci = _csr(rows, cols, lengths, rng)
+    for dtype, B in [(torch.float32, 32), (torch.float32, 5), (torch.float64, 300)]:
+        W = SparseWeight(torch.from_numpy(rp), torch.from_numpy(ci), torch.randn(ci.size, dtype=dtype),
+                         (rows, cols)).to(DEV)
+        X, G = randn(cols, B, dtype=dtype, seed=1), randn(rows, B, dtype=dtype, seed=2)
+        refs = _cpu_f64_refs(W, X, G)
+        assert_close_to(ops.spmm(W, X), *refs["spmm"], dtype)
+        assert_close_to(ops.spmm_t(W, G), *refs["spmm_t"], dtype)
+        assert_close_to(ops.sddmm(W, G, X), *refs["sddmm"], dtype)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("B", [20, 128])
+def test_large_random_weight(B):
+    g = torch.Generator().manual_seed(B)
+    W = SparseWeight.random(30_000, 25_000, 0.005, generator=g, dtype=torch.float64)
+    Wg = copy_of(W, DEV)  # built on the GPU: its transposed index comes from the CUDA kernel
+    for a, b in zip(W.index, Wg.index):
+        assert torch.equal(a, b.cpu())
+    moved = copy_of(W, "cpu").to(DEV)  # Module.to moves the CPU-built index unchanged
+    for a, b in zip(moved.index, Wg.index):
+        assert torch.equal(a.cpu(), b.cpu())
+    X, G = randn(25_000, B, dtype=torch.float64, seed=1), randn(30_000, B, dtype=torch.float64, seed=2)
+    refs = _cpu_f64_refs(Wg, X, G)
+    assert_close_to(ops.spmm(Wg, X), *refs["spmm"], torch.float64)
+    assert_close_to(ops.spmm_t(Wg, G), *refs["spmm_t"], torch.float64)
+    assert_close_to(ops.sddmm(Wg, G, X), *refs["sddmm"], torch.float64)
+
+
+@pytest.mark.parametrize("name", ["uniform", "power_rows", "power_cols"])
+def test_float32_agrees_with_cpu_kernels(name):
+    W = weight(name, torch.float32, seed=11)
+    rows, cols = W.shape
+    X, G = randn(cols, 48, seed=5), randn(rows, 48, seed=6)
+    Wc = copy_of(W, "cpu")
+    for gpu, cpu in [(ops.spmm(W, X), ops.spmm(Wc, X.cpu())), (ops.spmm_t(W, G), ops.spmm_t(Wc, G.cpu())),
+                     (ops.sddmm(W, G, X), ops.sddmm(Wc, G.cpu(), X.cpu()))]:
+        torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["power_rows", "power_cols"])
+def test_deterministic(name):
+    """Same input, same bits: no atomics in any sum (long rows included)."""
+    W = weight(name, torch.float32, seed=2)
+    rows, cols = W.shape
+    X, G = randn(cols, 32, seed=1), randn(rows, 32, seed=2)
+    for fn in (lambda: ops.spmm(W, X), lambda: ops.spmm_t(W, G), lambda: ops.sddmm(W, G, X)):
+        first = fn()
+        for _ in range(3):
+            assert torch.equal(fn(), first)
+
+
+# ------------------------------------------------------------------ autograd, compile
+def _small_weight(dtype=torch.float64) -> SparseWeight:
+    g = torch.Generator().manual_seed(0)
+    return SparseWeight.random(13, 9, 0.35, generator=g, dtype=dtype).to(DEV)
+
+
+def test_gradcheck():
+    W = _small_weight()
+    idx = W.index
+    v = W.values.detach().clone().requires_grad_(True)
+    X = randn(9, 5, dtype=torch.float64, seed=1).requires_grad_(True)
+    G = randn(13, 5, dtype=torch.float64, seed=2).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda v, X: RAW.spmm(*idx, v, X), (v, X))
+    assert torch.autograd.gradcheck(lambda v, G: RAW.spmm_t(*idx, v, G), (v, G))
+    assert torch.autograd.gradcheck(lambda G, X: RAW.sddmm(*idx, G, X), (G, X))
+    assert torch.autograd.gradgradcheck(lambda v, X: RAW.spmm(*idx, v, X), (v, X))
+
+
+def test_sparse_linear_on_cuda_matches_cpu():
+    from sparse_engine.nn import SparseLinear
+
+    torch.manual_seed(0)
+    cpu = SparseLinear(40, 30, density=0.2)
+    gpu = SparseLinear(40, 30, density=0.2)
+    gpu.load_state_dict(cpu.state_dict())
+    gpu.to(DEV)
+    x = torch.randn(7, 40)
+    y_cpu, y_gpu = cpu(x), gpu(x.to(DEV))
+    torch.testing.assert_close(y_gpu.cpu(), y_cpu, rtol=1e-5, atol=1e-5)
+    y_cpu.square().sum().backward()
+    y_gpu.square().sum().backward()
+    torch.testing.assert_close(gpu.weight.values.grad.cpu(), cpu.weight.values.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_torch_compile_on_cuda():
+    W = weight("power_rows", torch.float64, seed=4)  # float64: compare without rounding noise
+    idx = W.index
+    X = randn(W.shape[1], 16, dtype=torch.float64, seed=1)
+
+    def step(values, X):
+        h = RAW.spmm(*idx, values, X).tanh()
+        return RAW.spmm_t(*idx, values, h).square().sum()
+
+    v1 = W.values.detach().clone().requires_grad_(True)
+    v2 = W.values.detach().clone().requires_grad_(True)
+    eager = step(v1, X)
+    eager.backward()
+    compiled = torch.compile(step, fullgraph=True)(v2, X)
+    compiled.backward()
+    torch.testing.assert_close(compiled, eager, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(v2.grad, v1.grad, rtol=1e-9, atol=1e-9)
+
+
+# ------------------------------------------------------------------------ bad input
+def test_mixed_devices_are_rejected():
+    W = weight("uniform")
+    X = randn(W.shape[1], 4)
+    with pytest.raises(ValueError, match="X must be on"):
+        RAW.spmm(*W.index, W.values, X.cpu())
+    cpu_index = [t.cpu() for t in W.index]
+    with pytest.raises(ValueError, match="must be on"):
+        RAW.spmm(*cpu_index[:1], *W.index[1:], W.values, X)
+    with pytest.raises(ValueError, match="must be on"):
+        RAW.sddmm(*W.index[:4], cpu_index[4], randn(W.shape[0], 4), X)
+
+
+def test_wrong_dtype_is_rejected():
+    W = weight("uniform")
+    with pytest.raises(TypeError, match="X must have dtype"):
+        RAW.spmm(*W.index, W.values, randn(W.shape[1], 4, dtype=torch.float64))
+    with pytest.raises(TypeError, match="values must be float32 or float64"):
+        RAW.spmm(*W.index, W.values.detach().half(), randn(W.shape[1], 4).half())
