@@ -18,7 +18,7 @@ install: $(STAMP)
 
 # The main job: a short sparse training run on embedded default data.
 demo: install
-	$(PY) examples/train_digits.py
+	$(VENV)/bin/sparse-engine train
 
 test: install
 	$(PY) -m pytest -q tests

@@ -1,0 +1,61 @@
+"""The command line: train (with a topology algorithm, checkpoint, balance records, plot),
+bench and analyze, end to end on small settings."""
+import csv
+import math
+
+import pytest
+import torch
+
+from sparse_engine import cli
+from sparse_engine.checkpoint import load_checkpoint
+from conftest import DATA
+
+
+def test_train_learns_and_writes_outputs(tmp_path):
+    ck, bal, png = tmp_path / "ck.pt", tmp_path / "bal.csv", tmp_path / "loss.png"
+    last = cli.run(["train", "--model", "rnn", "--hidden", "48", "--epochs", "3", "--algorithm", "set",
+                     "--save", str(ck), "--record-balance", str(bal), "--plot", str(png), "--quiet"])
+    assert last["test_acc"] > 0.5  # 10 classes: chance is 0.1
+    payload = load_checkpoint(ck)
+    assert payload["extra"]["history"][-1]["test_acc"] == last["test_acc"]
+    rows = list(csv.DictReader(open(bal)))
+    assert len(rows) == 3 and {r["layer"] for r in rows} >= {"rnn.weight_hh_l0"}
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = cli.run(["analyze", str(ck)])
+    assert set(result) == {"semicycle", "triad", "weighted"}
+
+
+@pytest.mark.parametrize("model", ["lstm", "gru", "ctrnn"])
+def test_train_other_models_regression(model):
+    last = cli.run(["train", "--task", "mackey-glass", "--model", model, "--hidden", "16", "--epochs", "2",
+                     "--quiet"])
+    assert math.isfinite(last["test_loss"]) and last["test_loss"] < 0.05  # series variance is ~0.047
+
+
+def test_bench_reports_ratios():
+    rows = cli.run(["bench", "--n", "2000", "--density", "0.01", "--batch", "8"])
+    assert [r["op"] for r in rows] == ["spmm", "sddmm"] and all(r["ours"] > 0 for r in rows)
+
+
+@pytest.mark.skipif(not DATA.exists(), reason="shared data folder is not present")
+def test_analyze_gephi_csv_and_export(tmp_path):
+    src = DATA / "sparse_rnns_networks" / "Gesture__pruning_n_128_p_0.05__epoch_200.csv"
+    out = tmp_path / "edges.csv"
+    result = cli.run(["analyze", str(src), "--export-csv", str(out)])
+    assert 0.0 <= result["semicycle"] <= 1.0
+    again = cli.run(["analyze", str(out)])
+    assert again == result
+
+
+def test_bad_arguments_exit_with_a_message():
+    with pytest.raises(SystemExit, match="--task mnist needs --data"):
+        cli.run(["train", "--task", "mnist"])
+    with pytest.raises(SystemExit, match="does not exist"):
+        cli.run(["analyze", "/no/such/file.pt"])
+    with pytest.raises(SystemExit):
+        cli.run(["train", "--model", "transformer"])
+
+
+def test_console_entry_point_returns_exit_code_zero(capsys):
+    assert cli.main(["bench", "--n", "500", "--density", "0.02", "--batch", "4"]) == 0
+    assert "spmm" in capsys.readouterr().out
