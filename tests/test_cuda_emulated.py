@@ -1,12 +1,13 @@
 """The CUDA kernels' logic, run on the CPU: indexing, lane layouts, shuffles, the long-row
 kernels and bounds, checked against float64 references on a machine without a GPU.
 
-csrc/cuda/gather.cu and sddmm.cu are compiled as host C++ with tests/cuda_emu/emu.h, which
-runs every CUDA thread as a std::thread, keeps each warp in lockstep at its shuffles and runs
+csrc/cuda/gather.cu, sddmm.cu and transpose.cu are compiled as host C++ with
+tests/cuda_emu/emu.h, which runs every CUDA thread as a std::thread, keeps each warp in lockstep at its shuffles and runs
 blocks in turn (a shuffle inside divergent code would deadlock here, as it would hang or be
 undefined on a GPU; the timeout turns that into a failure). Only the `kernel<<<...>>>(args)`
-launch lines are rewritten. What this cannot show: speed, memory coalescing, real
-concurrency between blocks, the float4/double2 hardware loads, and transpose.cu (cub).
+launch lines are rewritten, and cub's radix sort is replaced by a stable sort (cub_shim.h).
+What this cannot show: speed, memory coalescing, real concurrency between blocks, the
+float4/double2 hardware loads, and cub itself.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_DIR = ROOT / "csrc" / "cuda"
 EMU_DIR = Path(__file__).resolve().parent / "cuda_emu"
-LAUNCH = re.compile(r"(\b\w+_kernel<[^<>]*>)\s*<<<(.*?)>>>\((.*?)\);", re.S)
+LAUNCH = re.compile(r"(\b\w+_kernel(?:<[^<>]*>)?)\s*<<<(.*?)>>>\((.*?)\);", re.S)
+CUB = "#include <cub/device/device_radix_sort.cuh>"
 
 
 def _cuda_include() -> Path | None:
@@ -47,10 +49,13 @@ def emulator(tmp_path_factory) -> Path:
     if subprocess.run(flags + [str(probe), "-o", str(out / "probe"), "-pthread"], capture_output=True).returncode:
         pytest.skip(f"{cxx} has no C++20 <barrier>")
     objs, procs = [], []
-    for name in ("gather", "sddmm"):
+    for name in ("gather", "sddmm", "transpose"):
         src = (CUDA_DIR / f"{name}.cu").read_text()
         host, n = LAUNCH.subn(r"::emu::launch(\1, \2, \3);", src)
         assert n >= 2, f"expected kernel launches in {name}.cu to rewrite, found {n}"
+        if name == "transpose":  # cub has no host version: a stable sort stands in for it
+            assert CUB in host
+            host = host.replace(CUB, '#include "cub_shim.h"')
         tu = out / f"{name}_emu.cpp"
         tu.write_text('#include "emu.h"\n' + host)
         objs.append(out / f"{name}_emu.o")

@@ -53,6 +53,16 @@ void run(const char* name, const Csr& m, int64_t B, bool misalign, std::mt19937&
   for (auto& v : Xb) v = nd(g); for (auto& v : Gb) v = nd(g);
   const T* X = Xb.data() + off; const T* G = Gb.data() + off;
   std::vector<int64_t> cp; std::vector<int32_t> cr; std::vector<int64_t> pm; transpose(m, cp, cr, pm);
+  {  // transpose.cu gives the CPU's index exactly (cub replaced by a stable sort, cub_shim.h)
+    std::vector<int64_t> cp2(m.cols + 2, -7), pm2(nnz + 1, -7); std::vector<int32_t> cr2(nnz + 1, -7);
+    std::vector<char> ws(transpose_index_workspace_bytes(m.rows, m.cols, nnz) + 1);
+    cudaError_t e = launch_transpose_index(m.ptr.data(), m.col.data(), m.rows, m.cols, nnz, cp2.data(), cr2.data(),
+                                           pm2.data(), ws.size() > 1 ? ws.data() : nullptr, ws.size() - 1, 0);
+    bool same = e == cudaSuccess && std::equal(cp.begin(), cp.end(), cp2.begin()) &&
+                std::equal(cr.begin(), cr.end(), cr2.begin()) && std::equal(pm.begin(), pm.end(), pm2.begin()) &&
+                cp2[m.cols + 1] == -7 && cr2[nnz] == -7 && pm2[nnz] == -7;
+    if (!same) { printf("  FAIL transpose_index (%s)\n", name); ++failures; }
+  }
   // references
   std::vector<double> Y(m.rows * B, 0), Yb(m.rows * B, 0), Z(m.cols * B, 0), Zb(m.cols * B, 0), S(nnz, 0), Sb(nnz, 0);
   for (int64_t i = 0; i < m.rows; ++i) for (int64_t k = m.ptr[i]; k < m.ptr[i + 1]; ++k) {
