@@ -2,9 +2,9 @@
 kernels and bounds, checked against float64 references on a machine without a GPU.
 
 csrc/cuda/gather.cu, sddmm.cu and transpose.cu are compiled as host C++ with
-tests/cuda_emu/emu.h, which runs every CUDA thread as a std::thread, keeps each warp in lockstep at its shuffles and runs
-blocks in turn (a shuffle inside divergent code would deadlock here, as it would hang or be
-undefined on a GPU; the timeout turns that into a failure). Only the `kernel<<<...>>>(args)`
+tests/cuda_emu/emu.h, which runs every CUDA thread as a std::thread, keeps each warp in
+lockstep at its shuffles and runs blocks in turn (a shuffle inside divergent code would
+deadlock here, as it would hang or be undefined on a GPU; the timeout makes it a failure). Only the `kernel<<<...>>>(args)`
 launch lines are rewritten, and cub's radix sort is replaced by a stable sort (cub_shim.h).
 What this cannot show: speed, memory coalescing, real concurrency between blocks, the
 float4/double2 hardware loads, and cub itself.
