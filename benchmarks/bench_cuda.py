@@ -1,7 +1,9 @@
 """GPU benchmark of spmm, spmm_t and sddmm: our CUDA kernels against the other options a
 PyTorch user has, on the same inputs in the same run, plus the memory-bandwidth floor.
 
-    python3 benchmarks/bench_cuda.py            # the issue's grid (about 10 min on an H100)
+    python3 benchmarks/bench_cuda.py            # the issue's grid, as far as --budget-s allows
+    python3 benchmarks/bench_cuda.py --n 4096 16384 65536    # a grid split in two runs ...
+    python3 benchmarks/bench_cuda.py --n 131072              # ... under a 10-minute limit
     python3 benchmarks/bench_cuda.py --quick    # the three reference cells, B=32
     python3 benchmarks/bench_cuda.py --n 65536 --density 0.01 --batch 32 --pattern uniform
 
@@ -14,7 +16,8 @@ bandwidth (a 1 GiB tensor copy). Timing: CUDA events, warm-up, median of 5-50 ru
 stay in L2 when they fit, as they would in a training loop.
 Patterns: "uniform" (positions uniformly random) and "power_law" (row lengths from a Pareto
 tail, degree exponent 2.5, capped at N; columns uniform). Actual nnz is reported.
-Results: benchmarks/results/cuda_ops_<gpu>.md, rewritten after every grid cell.
+Results: benchmarks/results/cuda_ops_<gpu>.md (with _quick or _n<sizes> for a partial grid,
+so that runs split by --n do not overwrite each other), rewritten after every grid cell.
 """
 from __future__ import annotations
 
@@ -311,7 +314,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ops", nargs="+", default=["spmm", "spmm_t", "sddmm"], choices=["spmm", "spmm_t", "sddmm"])
     ap.add_argument("--quick", action="store_true", help="only the issue's three reference cells at B=32")
     ap.add_argument("--no-dense", action="store_true", help="skip the dense and masked-dense baselines")
-    ap.add_argument("--budget-s", type=float, default=540.0, help="stop starting new cells after this long")
+    ap.add_argument("--budget-s", type=float, default=450.0, help="stop starting new cells after this long")
+    ap.add_argument("--copy-to", type=Path, default=None, help="also write the results file into this folder")
     ap.add_argument("--out", type=Path, default=None, help="results file (default benchmarks/results/cuda_ops_<gpu>.md)")
     args = ap.parse_args(argv)
 
@@ -333,7 +337,8 @@ def main(argv=None) -> int:
     ref = {(n, d, B): i for i, (n, d, B) in enumerate(REFERENCE)}
     cells.sort(key=lambda c: (ref.get(c[:3], len(ref)), c[0], c[1], c[2], c[3]))
     gpu = re.sub(r"[^a-z0-9]+", "_", torch.cuda.get_device_name(0).lower()).strip("_")
-    out = args.out or Path(__file__).resolve().parent / "results" / f"cuda_ops_{gpu}.md"
+    part = "_quick" if args.quick else ("" if args.n == GRID_N else "_n" + "-".join(map(str, args.n)))
+    out = args.out or Path(__file__).resolve().parent / "results" / f"cuda_ops_{gpu}{part}.md"
 
     bw = copy_bandwidth()
     header = machine_header(bw)
@@ -359,6 +364,8 @@ def main(argv=None) -> int:
                 for op, r in cell["ops"].items())
             print(f"N={n} d={d} B={B} {pat} nnz={cell['info']['nnz']:,}: {summary}", flush=True)
         write_report(out, header, done, args.ops)
+        if args.copy_to is not None:
+            write_report(args.copy_to / out.name, header, done, args.ops)
     print(f"wrote {out}")
     return 0
 

@@ -7,6 +7,9 @@
 #   STAGES="build test" benchmarks/gpu_all.sh
 #   STAGES="bench" benchmarks/gpu_all.sh --quick      # extra arguments go to bench_cuda.py
 #   STAGES="build sanitize" benchmarks/gpu_all.sh     # compute-sanitizer memcheck on a subset
+# Where one command may run at most 10 minutes, run "build test" and "bench" as two commands
+# (the benchmark stops starting new cells after --budget-s, 450 s by default, and rewrites
+# its results file after every cell, into $OUT too, so a cut-off run still leaves results).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -48,8 +51,8 @@ fi
 
 if has bench; then
   echo "== benchmark"
-  $PY benchmarks/bench_cuda.py "$@" 2>&1 | tee "$LOGS/bench.log"
+  copy=(); [[ -n "${OUT:-}" ]] && copy=(--copy-to "$OUT")
+  $PY benchmarks/bench_cuda.py "${copy[@]}" "$@" 2>&1 | tee "$LOGS/bench.log"
   [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
-  [[ -n "${OUT:-}" ]] && cp benchmarks/results/cuda_ops_*.md "$OUT"/ 2>/dev/null
 fi
 exit $status

@@ -1,0 +1,134 @@
+// Runs the CUDA kernels of csrc/cuda/gather.cu and sddmm.cu on the CPU through emu.h and
+// checks them against float64 references, including that nothing is written out of bounds.
+// Built and run by tests/test_cuda_emulated.py. Argument: "full" adds bigger cases.
+#include <cstdio>
+#include <cstdlib>
+#include <cmath>
+#include <random>
+#include <vector>
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include "launchers.h"
+using namespace sparse_engine::cuda;
+
+struct Csr { int64_t rows, cols; std::vector<int64_t> ptr; std::vector<int32_t> col; };
+
+Csr make(int64_t rows, int64_t cols, std::vector<int64_t> len, std::mt19937& g) {
+  Csr m{rows, cols, {0}, {}};
+  for (int64_t i = 0; i < rows; ++i) {
+    int64_t L = std::min(len[i], cols);
+    std::vector<int32_t> all(cols); for (int64_t j = 0; j < cols; ++j) all[j] = j;
+    std::shuffle(all.begin(), all.end(), g);
+    std::sort(all.begin(), all.begin() + L);
+    m.col.insert(m.col.end(), all.begin(), all.begin() + L);
+    m.ptr.push_back(m.col.size());
+  }
+  return m;
+}
+// CSC with perm, like the CPU transpose.
+void transpose(const Csr& m, std::vector<int64_t>& cp, std::vector<int32_t>& cr, std::vector<int64_t>& pm) {
+  int64_t nnz = m.col.size(); cp.assign(m.cols + 1, 0); cr.resize(nnz); pm.resize(nnz);
+  for (auto c : m.col) cp[c + 1]++;
+  for (int64_t j = 0; j < m.cols; ++j) cp[j + 1] += cp[j];
+  std::vector<int64_t> next(cp.begin(), cp.end() - 1);
+  for (int64_t i = 0; i < m.rows; ++i) for (int64_t k = m.ptr[i]; k < m.ptr[i + 1]; ++k) { int64_t d = next[m.col[k]]++; cr[d] = i; pm[d] = k; }
+}
+
+int failures = 0;
+template <class T>
+void check(const char* what, const std::vector<T>& out, const std::vector<double>& ref, const std::vector<double>& bound, double rel) {
+  for (size_t i = 0; i < ref.size(); ++i)
+    if (!(std::fabs(out[i] - ref[i]) <= rel * bound[i] + 1e-300)) { printf("  FAIL %s at %zu: %g vs %g\n", what, i, (double)out[i], ref[i]); ++failures; return; }
+}
+
+template <class T>
+void run(const char* name, const Csr& m, int64_t B, bool misalign, std::mt19937& g) {
+  const double rel = sizeof(T) == 4 ? 2e-5 : 1e-12;
+  std::normal_distribution<double> nd;
+  int64_t nnz = m.col.size();
+  std::vector<T> vals(nnz); for (auto& v : vals) v = nd(g);
+  int off = misalign ? 1 : 0;
+  std::vector<T> Xb(m.cols * B + 4), Gb(m.rows * B + 4);
+  for (auto& v : Xb) v = nd(g); for (auto& v : Gb) v = nd(g);
+  const T* X = Xb.data() + off; const T* G = Gb.data() + off;
+  std::vector<int64_t> cp; std::vector<int32_t> cr; std::vector<int64_t> pm; transpose(m, cp, cr, pm);
+  {  // transpose.cu gives the CPU's index exactly (cub replaced by a stable sort, cub_shim.h)
+    std::vector<int64_t> cp2(m.cols + 2, -7), pm2(nnz + 1, -7); std::vector<int32_t> cr2(nnz + 1, -7);
+    std::vector<char> ws(transpose_index_workspace_bytes(m.rows, m.cols, nnz) + 1);
+    cudaError_t e = launch_transpose_index(m.ptr.data(), m.col.data(), m.rows, m.cols, nnz, cp2.data(), cr2.data(),
+                                           pm2.data(), ws.size() > 1 ? ws.data() : nullptr, ws.size() - 1, 0);
+    bool same = e == cudaSuccess && std::equal(cp.begin(), cp.end(), cp2.begin()) &&
+                std::equal(cr.begin(), cr.end(), cr2.begin()) && std::equal(pm.begin(), pm.end(), pm2.begin()) &&
+                cp2[m.cols + 1] == -7 && cr2[nnz] == -7 && pm2[nnz] == -7;
+    if (!same) { printf("  FAIL transpose_index (%s)\n", name); ++failures; }
+  }
+  // references
+  std::vector<double> Y(m.rows * B, 0), Yb(m.rows * B, 0), Z(m.cols * B, 0), Zb(m.cols * B, 0), S(nnz, 0), Sb(nnz, 0);
+  for (int64_t i = 0; i < m.rows; ++i) for (int64_t k = m.ptr[i]; k < m.ptr[i + 1]; ++k) {
+    int64_t j = m.col[k];
+    for (int64_t b = 0; b < B; ++b) {
+      Y[i * B + b] += (double)vals[k] * X[j * B + b]; Yb[i * B + b] += std::fabs((double)vals[k] * X[j * B + b]);
+      Z[j * B + b] += (double)vals[k] * G[i * B + b]; Zb[j * B + b] += std::fabs((double)vals[k] * G[i * B + b]);
+      S[k] += (double)G[i * B + b] * X[j * B + b]; Sb[k] += std::fabs((double)G[i * B + b] * X[j * B + b]);
+    }
+  }
+  std::vector<T> outY(m.rows * B + 4, T(777)), outZ(m.cols * B + 4, T(777)), outS(nnz + 1, T(777));
+  T* y = outY.data() + off; T* z = outZ.data() + off;
+  std::vector<int32_t> ws(std::max<int64_t>(1, gather_workspace_len(m.rows, nnz)));
+  launch_gather(m.ptr.data(), m.col.data(), nullptr, vals.data(), X, y, m.rows, B, nnz, gather_workspace_len(m.rows, nnz) ? ws.data() : nullptr, 0);
+  int32_t n_long_rows = gather_workspace_len(m.rows, nnz) ? ws[0] : -1;
+  std::vector<int32_t> ws2(std::max<int64_t>(1, gather_workspace_len(m.cols, nnz)));
+  launch_gather(cp.data(), cr.data(), pm.data(), vals.data(), G, z, m.cols, B, nnz, gather_workspace_len(m.cols, nnz) ? ws2.data() : nullptr, 0);
+  int32_t n_long_cols = gather_workspace_len(m.cols, nnz) ? ws2[0] : -1;
+  std::vector<int32_t> ws3(std::max<int64_t>(1, sddmm_workspace_len(m.rows, nnz)));
+  launch_sddmm(m.ptr.data(), m.col.data(), G, X, outS.data(), m.rows, B, nnz, sddmm_workspace_len(m.rows, nnz) ? ws3.data() : nullptr, 0);
+  std::vector<T> yv(y, y + m.rows * B), zv(z, z + m.cols * B), sv(outS.begin(), outS.begin() + nnz);
+  int before = failures;
+  check("spmm", yv, Y, Yb, rel); check("spmm_t", zv, Z, Zb, rel); check("sddmm", sv, S, Sb, rel);
+  // nothing written past the ends
+  if (outY[m.rows * B + off] != T(777) || (off && outY[0] != T(777))) { printf("  FAIL spmm wrote out of bounds\n"); ++failures; }
+  if (outZ[m.cols * B + off] != T(777) || (off && outZ[0] != T(777))) { printf("  FAIL spmm_t wrote out of bounds\n"); ++failures; }
+  if (outS[nnz] != T(777)) { printf("  FAIL sddmm wrote out of bounds\n"); ++failures; }
+  printf("%s %-10s B=%-3ld mis=%d nnz=%-6ld long rows=%d long cols=%d %s\n", sizeof(T) == 4 ? "f32" : "f64", name, (long)B, (int)misalign, (long)nnz, n_long_rows, n_long_cols, failures == before ? "ok" : "FAILED");
+}
+
+int main(int argc, char** argv) {
+  setvbuf(stdout, nullptr, _IONBF, 0);
+  const bool full = argc > 1 && std::string(argv[1]) == "full";
+  std::mt19937 g(1);
+  // Power-law-like rows: mostly 0-12 entries, plus rows long enough (> 1024) for the
+  // block-per-row kernels; more of them than the emulated long-row grid (4 blocks).
+  auto power = [&](int64_t rows, int64_t cols, std::vector<int64_t> longs) {
+    std::vector<int64_t> len(rows); std::uniform_int_distribution<int> u(0, 12);
+    for (auto& l : len) l = u(g);
+    for (size_t i = 0; i < longs.size(); ++i) len[(i * 37 + 5) % rows] = longs[i];
+    return make(rows, cols, len, g);
+  };
+  Csr pw = power(96, 1100, {1100, 1090, 1080, 1050, 1030});
+  Csr pwT{pw.cols, pw.rows, {0}, {}};  // long columns: the block-per-row path of spmm_t
+  { std::vector<int64_t> cp; std::vector<int32_t> cr; std::vector<int64_t> pm; transpose(pw, cp, cr, pm); pwT.ptr = cp; pwT.col = cr; }
+  Csr uni = make(37, 50, std::vector<int64_t>(37, 7), g);
+  std::vector<int64_t> el(30, 0); el[3] = 5; el[17] = 33; el[29] = 1; Csr empt = make(30, 40, el, g);
+  Csr zero = make(5, 6, std::vector<int64_t>(5, 0), g);
+  Csr onec = make(20, 1, std::vector<int64_t>(20, 1), g);
+  // batch widths reaching every lane layout: scalar / 16-byte loads, 1..32 lanes, 1-3 tiles
+  for (int64_t B : {1, 2, 3, 4, 20, 32, 33, 64, 256, 300}) run<float>("uniform", uni, B, false, g);
+  for (int64_t B : {1, 2, 3, 20, 64, 300}) run<double>("uniform", uni, B, false, g);
+  for (int64_t B : {1, 4, 32, 33}) run<float>("empty", empt, B, false, g);
+  for (int64_t B : {2, 20}) run<double>("empty", empt, B, false, g);
+  for (int64_t B : {1, 4, 33}) { run<float>("zero", zero, B, false, g); run<float>("onecol", onec, B, false, g); }
+  for (int64_t B : {4, 32}) run<float>("uniform", uni, B, true, g);   // misaligned: scalar path
+  for (int64_t B : {2, 20}) run<double>("uniform", uni, B, true, g);
+  // 5 long rows / columns > the emulated 4-block long-row grid: its grid-stride loop runs
+  run<float>("power", pw, 32, false, g);
+  run<float>("powerT", pwT, 32, false, g);
+  run<double>("power", pw, 2, false, g);
+  if (full) {
+    for (int64_t B : {1, 5, 64, 300}) { run<float>("power", pw, B, false, g); run<float>("powerT", pwT, B, false, g); }
+    for (int64_t B : {256, 300}) { run<float>("empty", empt, B, false, g); run<float>("uniform", uni, B, true, g); }
+    for (int64_t B : {20, 300}) { run<double>("power", pw, B, false, g); run<double>("powerT", pwT, B, false, g); }
+  }
+  printf("%s (%d failures)\n", failures ? "FAILED" : "ALL OK", failures);
+  return failures != 0;
+}
