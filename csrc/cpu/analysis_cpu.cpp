@@ -226,10 +226,11 @@ Graph build_graph(const int64_t* rp, const int32_t* ci, const scalar_t* val, int
 
 // Calls f(tid, u, v, w, x, y, z) once per triangle (u, v, w in increasing rank); x, y, z are
 // the forward-list slots of the dyads (u,v) seen from u, (v,w) seen from v, (u,w) seen from u.
-// Triangles through the forward edge (u, v) are the intersection of the sorted lists fwd(u)
-// and fwd(v): a merge, or binary searches when one list is much longer (hubs). Mostly
-// sequential memory access, which matters more than operation counts at millions of nodes.
-// f is called concurrently; tid is the OpenMP thread number.
+// For each u, its forward neighbours are set in a per-thread bitmap (n bits: it stays in
+// cache even at millions of nodes); for each forward neighbour v, every w in fwd(v) is tested
+// against the bitmap, and only on a hit is w's slot in fwd(u) found by binary search. The
+// lists fwd(v) are read sequentially, so the work is about sum over forward edges of |fwd(v)|
+// cheap, well-predicted tests. f is called concurrently; tid is the OpenMP thread number.
 template <typename F>
 void for_each_triangle(const Graph& g, F&& f) {
   const int64_t n = g.n;
@@ -237,45 +238,24 @@ void for_each_triangle(const Graph& g, F&& f) {
 #pragma omp parallel num_threads(at::get_num_threads()) if (g.par)
   {
     const int tid = omp_get_thread_num();
+    std::vector<uint64_t> bits((n + 63) / 64, 0);
 #pragma omp for schedule(dynamic, 64)
     for (int64_t u = 0; u < n; ++u) {
       const int64_t ub = g.fbeg[u], ue = ub + g.fcnt[u];
       if (ue - ub < 2) continue;
+      for (int64_t x = ub; x < ue; ++x) bits[nb[x] >> 6] |= uint64_t(1) << (nb[x] & 63);
       for (int64_t x = ub; x < ue; ++x) {
         const int64_t v = nb[x];
         const int64_t vb = g.fbeg[v], ve = vb + g.fcnt[v];
-        if (ve == vb) continue;
-        int64_t i = ub, j = vb;
-        const int64_t lu = ue - ub, lv = ve - vb;
-        if (lu > 16 * lv) {  // search each of v's few in u's long list
-          for (; j < ve; ++j) {
-            const int32_t w = nb[j];
-            const int32_t* it = std::lower_bound(nb + i, nb + ue, w);
-            i = it - nb;
-            if (i == ue) break;
-            if (*it == w) f(tid, u, v, static_cast<int64_t>(w), x, j, i);
-          }
-        } else if (lv > 16 * lu) {
-          for (; i < ue; ++i) {
-            const int32_t w = nb[i];
-            const int32_t* it = std::lower_bound(nb + j, nb + ve, w);
-            j = it - nb;
-            if (j == ve) break;
-            if (*it == w) f(tid, u, v, static_cast<int64_t>(w), x, j, i);
-          }
-        } else {
-          while (i < ue && j < ve) {
-            const int32_t a = nb[i], b = nb[j];
-            if (a == b) {
-              f(tid, u, v, static_cast<int64_t>(a), x, j, i);
-              ++i, ++j;
-            } else {
-              i += a < b;
-              j += b < a;
-            }
+        for (int64_t y = vb; y < ve; ++y) {
+          const int32_t w = nb[y];
+          if ((bits[w >> 6] >> (w & 63)) & 1) {
+            const int64_t z = std::lower_bound(nb + ub, nb + ue, w) - nb;
+            f(tid, u, v, static_cast<int64_t>(w), x, y, z);
           }
         }
       }
+      for (int64_t x = ub; x < ue; ++x) bits[nb[x] >> 6] = 0;
     }
   }
 }
