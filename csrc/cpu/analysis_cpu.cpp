@@ -230,7 +230,9 @@ Graph build_graph(const int64_t* rp, const int32_t* ci, const scalar_t* val, int
 // cache even at millions of nodes); for each forward neighbour v, every w in fwd(v) is tested
 // against the bitmap, and only on a hit is w's slot in fwd(u) found by binary search. The
 // lists fwd(v) are read sequentially, so the work is about sum over forward edges of |fwd(v)|
-// cheap, well-predicted tests. f is called concurrently; tid is the OpenMP thread number.
+// cheap, well-predicted tests; when fwd(v) is much longer than fwd(u) (v a hub), u's
+// neighbours are binary-searched in fwd(v) instead, so hubs are not rescanned from every
+// low-degree neighbour. f is called concurrently; tid is the OpenMP thread number.
 template <typename F>
 void for_each_triangle(const Graph& g, F&& f) {
   const int64_t n = g.n;
@@ -244,9 +246,20 @@ void for_each_triangle(const Graph& g, F&& f) {
       const int64_t ub = g.fbeg[u], ue = ub + g.fcnt[u];
       if (ue - ub < 2) continue;
       for (int64_t x = ub; x < ue; ++x) bits[nb[x] >> 6] |= uint64_t(1) << (nb[x] & 63);
+      const int64_t lu = ue - ub;
       for (int64_t x = ub; x < ue; ++x) {
         const int64_t v = nb[x];
-        const int64_t vb = g.fbeg[v], ve = vb + g.fcnt[v];
+        const int64_t vb = g.fbeg[v], ve = vb + g.fcnt[v], lv = ve - vb;
+        if (lv > 3 * lu * (64 - __builtin_clzll(static_cast<uint64_t>(lv)))) {
+          // v is a hub next to u's short list: search u's few neighbours in fwd(v) instead
+          int64_t y = vb;
+          for (int64_t z = ub; z < ue && y < ve; ++z) {
+            const int32_t w = nb[z];
+            y = std::lower_bound(nb + y, nb + ve, w) - nb;
+            if (y < ve && nb[y] == w) f(tid, u, v, static_cast<int64_t>(w), x, y, z);
+          }
+          continue;
+        }
         for (int64_t y = vb; y < ve; ++y) {
           const int32_t w = nb[y];
           if ((bits[w >> 6] >> (w & 63)) & 1) {
