@@ -11,8 +11,9 @@
 //     and its column (a transposed index built here), giving per dyad the bits out/in and the
 //     sign of each direction;
 //   * triads with three connected dyads are triangles, enumerated once each by orienting
-//     every undirected edge from lower to higher (degree, id) rank and marking neighbours:
-//     O(m^1.5) worst case, about O(m * average forward degree) in practice;
+//     every undirected edge from lower to higher (degree, id) rank and intersecting forward
+//     lists (see for_each_triangle): O(m^1.5) worst case, about O(m * average forward
+//     degree) in practice;
 //   * triads with exactly two dyads are open wedges: all wedges at each centre are counted
 //     from the numbers of out-, in- and mutual neighbours, minus the closed ones (triangles);
 //   * triads with exactly one dyad: for the edge {u, v}: n - deg u - deg v + t_uv, where t_uv
@@ -24,25 +25,12 @@
 // edges keep their own signs).
 #include <torch/library.h>
 #include <omp.h>
-#include <chrono>
-#include <cstdio>
-#include <cstdlib>
 #include <random>
 #include <unordered_set>
 #include "common.h"
 
 namespace sparse_engine {
 namespace {
-
-struct Timer {  // TEMP profiling
-  std::chrono::steady_clock::time_point t = std::chrono::steady_clock::now();
-  bool on = std::getenv("SE_PROF") != nullptr;
-  void lap(const char* what) {
-    auto now = std::chrono::steady_clock::now();
-    if (on) std::fprintf(stderr, "%s %.3f\n", what, std::chrono::duration<double>(now - t).count());
-    t = now;
-  }
-};
 
 // networkx's TRICODES (6-bit triad code -> type), 0-based: 0 = 003 ... 15 = 300.
 // Code bits for an ordered triple (a, b, c): a->b 1, b->a 2, a->c 4, c->a 8, b->c 16, c->b 32.
@@ -170,11 +158,9 @@ struct Builder {
 
 template <typename scalar_t>
 Graph build_graph(const int64_t* rp, const int32_t* ci, const scalar_t* val, int64_t n, bool positions) {
-  Timer tm;
   const bool par = rp[n] >= kParallelMin;
   Builder<scalar_t> bld{n, rp, ci, val, positions, {}, {}, {}, {}};
   bld.build_out(par);
-  tm.lap("transpose");
   Graph g;
   g.n = n;
   g.par = par;
@@ -192,7 +178,6 @@ Graph build_graph(const int64_t* rp, const int32_t* ci, const scalar_t* val, int
   }
   g.fbeg.assign(n + 1, 0);
   for (int64_t u = 0; u < n; ++u) g.fbeg[u + 1] = g.fbeg[u] + g.deg[u];
-  tm.lap("merge1");
   const int64_t slots = g.fbeg[n];
   g.fcnt.assign(n, 0);
   g.fnbr.resize(slots);
@@ -220,7 +205,6 @@ Graph build_graph(const int64_t* rp, const int32_t* ci, const scalar_t* val, int
     g.fcnt[u] = static_cast<int32_t>(d - g.fbeg[u]);
   }
   g.sum_asym = sa, g.sum_mut = sm;
-  tm.lap("merge2");
   return g;
 }
 
@@ -305,7 +289,6 @@ template <typename scalar_t>
 std::tuple<at::Tensor, at::Tensor> census_impl(const int64_t* rp, const int32_t* ci, const scalar_t* val,
                                                int64_t n) {
   Graph g = build_graph(rp, ci, val, n, false);
-  Timer tm;
   std::vector<Counts> local(at::get_num_threads());
   for_each_triangle(g, [&](int tid, int64_t, int64_t, int64_t, int64_t x, int64_t y, int64_t z) {
     Counts& c = local[tid];
@@ -332,7 +315,6 @@ std::tuple<at::Tensor, at::Tensor> census_impl(const int64_t* rp, const int32_t*
     c.sig[slot][1] += unb;
     ++c.sig[slot][unb == 0 ? 2 : (bal == 0 ? 4 : 3)];
   });
-  tm.lap("triangles");
   Counts tot;
   for (const auto& c : local) {
     for (int t = 0; t < 16; ++t) tot.tri[t] += c.tri[t], tot.closed[t] += c.closed[t];
