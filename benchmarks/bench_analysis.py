@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import subprocess
 import time
@@ -95,11 +96,14 @@ def main():
         print(s, flush=True)
         lines.append(s)
 
-    cpu = subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True, text=True).stdout.strip()
+    cpu = subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True, text=True).stdout
+    cpu = cpu.split(":", 1)[-1].strip()
     say("# Structure analysis benchmarks")
     say()
     say(f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
-    say(f"- machine: {cpu or platform.processor()}, threads used: {args.threads}; torch {torch.__version__}")
+    say(f"- machine: {cpu or platform.processor()}, {os.cpu_count()} cores, threads used: {args.threads}; "
+        f"torch {torch.__version__}; load average at start {os.getloadavg()[0]:.1f} (shared machine: "
+        "times are noisy)")
     say("- census = signed triad census (16 types + signed semicycles, CB/PB/CI) + the three balance "
         "definitions; time is the best of the repeats, graph generation excluded")
     say()
@@ -150,7 +154,7 @@ def main():
     assert abs(cost[r, col].sum() / 784 - res.distance) < 1e-9
     say("| what | time (s) | target (s) |")
     say("| --- | --- | --- |")
-    say(f"| nnstd (sparse product + linear_sum_assignment) | {t_ours:.4f} | 0.2 |")
+    say(f"| nnstd (sparse product + sparse matching) | {t_ours:.4f} | 0.2 |")
     say(f"| pairwise Python-set costs alone (baseline, no matching) | {t_base:.3f} | |")
     say(f"| ratio | {t_base / t_ours:.0f}x | |")
     say()

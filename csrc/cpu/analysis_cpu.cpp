@@ -11,7 +11,7 @@
 //     and its column (a transposed index built here), giving per dyad the bits out/in and the
 //     sign of each direction;
 //   * triads with three connected dyads are triangles, enumerated once each by orienting
-//     every undirected edge from lower to higher (degree, id) rank and intersecting forward
+//     every undirected edge from lower to higher (in+out degree, id) rank and intersecting forward
 //     lists (see for_each_triangle): O(m^1.5) worst case, about O(m * average forward
 //     degree) in practice;
 //   * triads with exactly two dyads are open wedges: all wedges at each centre are counted
@@ -55,12 +55,13 @@ inline uint8_t flip(uint8_t x) {
 
 // Forward (rank-oriented) adjacency of the underlying undirected graph. Node u's forward
 // neighbours (higher rank: larger degree, ties by id), sorted by id, sit at
-// [fbeg[u], fbeg[u] + fcnt[u]) of fnbr / finfo (slots of size deg[u], so one pass fills them).
+// [fbeg[u], fbeg[u] + fcnt[u]) of fnbr / finfo (slots of size key[u] >= degree, so one pass
+// fills them).
 struct Graph {
   int64_t n = 0;
-  std::vector<int32_t> deg;                 // undirected degree
+  std::vector<int64_t> key;                 // rank key (in + out edges), ties by id
   std::vector<int32_t> n_out, n_in, n_mut;  // neighbours by dyad kind
-  std::vector<int64_t> fbeg;                // n+1 (prefix sums of deg)
+  std::vector<int64_t> fbeg;                // n+1 (prefix sums of key: slots per node)
   std::vector<int32_t> fcnt;
   std::vector<int32_t> fnbr;
   std::vector<uint8_t> finfo;
@@ -69,8 +70,8 @@ struct Graph {
   bool par = true;                          // use several threads
 };
 
-inline bool higher(const int32_t* deg, int64_t a, int64_t b) {  // rank(b) > rank(a)
-  return deg[b] > deg[a] || (deg[b] == deg[a] && b > a);
+inline bool higher(const int64_t* key, int64_t a, int64_t b) {  // rank(b) > rank(a)
+  return key[b] > key[a] || (key[b] == key[a] && b > a);
 }
 
 template <typename scalar_t>
@@ -84,6 +85,7 @@ struct Builder {
   std::vector<int32_t> onbr;
   std::vector<uint8_t> oneg;  // weight < 0
   std::vector<int64_t> opos;  // CSR position (only with positions)
+  std::vector<int64_t> icnt;  // valid in-edges per row
 
   bool valid(int64_t r, int64_t k) const { return ci[k] != r && val[k] != scalar_t(0); }
 
@@ -96,12 +98,13 @@ struct Builder {
     std::vector<int64_t> bounds(T + 1);
     for (int t = 0; t <= T; ++t) bounds[t] = n * t / T;
     std::vector<int64_t> cnt(static_cast<size_t>(T) * n + 1, 0);  // cnt[t * n + c]
+    icnt.assign(n, 0);
 #pragma omp parallel for schedule(static, 1) num_threads(T) if (T > 1)
     for (int t = 0; t < T; ++t) {
       int64_t* ct = cnt.data() + static_cast<size_t>(t) * n;
       for (int64_t r = bounds[t]; r < bounds[t + 1]; ++r)
         for (int64_t k = rp[r]; k < rp[r + 1]; ++k)
-          if (valid(r, k)) ++ct[ci[k]];
+          if (valid(r, k)) ++ct[ci[k]], ++icnt[r];
     }
     optr.assign(n + 1, 0);
     for (int64_t c = 0; c < n; ++c) {  // cnt becomes each block's start offset per column
@@ -159,26 +162,24 @@ struct Builder {
 template <typename scalar_t>
 Graph build_graph(const int64_t* rp, const int32_t* ci, const scalar_t* val, int64_t n, bool positions) {
   const bool par = rp[n] >= kParallelMin;
-  Builder<scalar_t> bld{n, rp, ci, val, positions, {}, {}, {}, {}};
+  Builder<scalar_t> bld{n, rp, ci, val, positions, {}, {}, {}, {}, {}};
   bld.build_out(par);
   Graph g;
   g.n = n;
   g.par = par;
-  g.deg.assign(n, 0);
+  // Rank key: in- plus out-edges (a mutual pair counts twice), known from the transpose, so a
+  // single merge pass fills the forward lists. Any total order gives each triangle once; a
+  // degree-like one keeps forward lists short (at most about sqrt(2m) entries).
+  g.key.resize(n);
+  g.fbeg.assign(n + 1, 0);
+  for (int64_t u = 0; u < n; ++u) {
+    g.key[u] = bld.icnt[u] + (bld.optr[u + 1] - bld.optr[u]);
+    g.fbeg[u + 1] = g.fbeg[u] + g.key[u];  // slots: an upper bound of u's forward degree
+  }
+  const int64_t slots = g.fbeg[n];
   g.n_out.assign(n, 0);
   g.n_in.assign(n, 0);
   g.n_mut.assign(n, 0);
-#pragma omp parallel for schedule(dynamic, 256) num_threads(at::get_num_threads()) if (par)
-  for (int64_t u = 0; u < n; ++u) {
-    int32_t o = 0, i = 0, mu = 0;
-    bld.merge(u, [&](int64_t, uint8_t info, int64_t, int64_t) {
-      if ((info & 3) == 3) ++mu; else if (info & kOut) ++o; else ++i;
-    });
-    g.n_out[u] = o, g.n_in[u] = i, g.n_mut[u] = mu, g.deg[u] = o + i + mu;
-  }
-  g.fbeg.assign(n + 1, 0);
-  for (int64_t u = 0; u < n; ++u) g.fbeg[u + 1] = g.fbeg[u] + g.deg[u];
-  const int64_t slots = g.fbeg[n];
   g.fcnt.assign(n, 0);
   g.fnbr.resize(slots);
   g.finfo.resize(slots);
@@ -186,16 +187,15 @@ Graph build_graph(const int64_t* rp, const int32_t* ci, const scalar_t* val, int
     g.fpos_out.resize(slots);
     g.fpos_in.resize(slots);
   }
-  const int32_t* deg = g.deg.data();
-  int64_t sa = 0, sm = 0;
-#pragma omp parallel for schedule(dynamic, 256) num_threads(at::get_num_threads()) reduction(+ : sa, sm) if (par)
+  const int64_t* key = g.key.data();
+  int64_t asym = 0, mut = 0, deg_asym = 0, deg_mut = 0;
+#pragma omp parallel for schedule(dynamic, 256) num_threads(at::get_num_threads()) \
+    reduction(+ : asym, mut, deg_asym, deg_mut) if (par)
   for (int64_t u = 0; u < n; ++u) {
-    int64_t d = g.fbeg[u];
-    const int64_t du = deg[u];
+    int64_t d = g.fbeg[u], o = 0, i = 0, mu = 0;
     bld.merge(u, [&](int64_t v, uint8_t info, int64_t po, int64_t pi) {
-      if (higher(deg, u, v)) {
-        const int64_t s = n - du - deg[v];
-        if ((info & 3) == 3) sm += s; else sa += s;
+      if ((info & 3) == 3) ++mu; else if (info & kOut) ++o; else ++i;
+      if (higher(key, u, v)) {
         g.fnbr[d] = static_cast<int32_t>(v);
         g.finfo[d] = info;
         if (positions) g.fpos_out[d] = po, g.fpos_in[d] = pi;
@@ -203,8 +203,13 @@ Graph build_graph(const int64_t* rp, const int32_t* ci, const scalar_t* val, int
       }
     });
     g.fcnt[u] = static_cast<int32_t>(d - g.fbeg[u]);
+    g.n_out[u] = static_cast<int32_t>(o), g.n_in[u] = static_cast<int32_t>(i), g.n_mut[u] = static_cast<int32_t>(mu);
+    const int64_t deg = o + i + mu;
+    asym += o + i, mut += mu, deg_asym += deg * (o + i), deg_mut += deg * mu;
   }
-  g.sum_asym = sa, g.sum_mut = sm;
+  // sum over edges {u, v} of n - deg u - deg v = n * edges - sum_u deg u * (u's edges of the kind)
+  g.sum_asym = asym / 2 * n - deg_asym;
+  g.sum_mut = mut / 2 * n - deg_mut;
   return g;
 }
 
