@@ -132,6 +132,32 @@ def test_power_law_hubs_match_networkx():
     assert signed_triad_census(A).counts == nx.triadic_census(to_networkx(A))
 
 
+def test_hub_graph_matches_networkx_and_dense_ffls():
+    """A dense core of hubs with leaves of degree 2 attached: the kernel searches the leaves'
+    short lists in the hubs' long ones (its hub path) for many edges."""
+    rng = np.random.default_rng()
+    hubs, leaves = 100, 400
+    n = hubs + leaves
+    core = sp.random(hubs, hubs, density=0.6, random_state=rng, format="coo")
+    leaf = np.repeat(np.arange(hubs, n), 2)
+    hub = rng.integers(0, hubs, 2 * leaves)
+    out = rng.random(2 * leaves) < 0.5
+    src = np.concatenate([core.col, np.where(out, leaf, hub)])
+    dst = np.concatenate([core.row, np.where(out, hub, leaf)])
+    A = sp.csr_matrix((rng.standard_normal(len(src)), (dst, src)), shape=(n, n))
+    A.setdiag(0)
+    A.eliminate_zeros()
+    c = signed_triad_census(A)
+    assert c.counts == nx.triadic_census(to_networkx(A))
+    E = A.toarray().T  # E[i, j]: weight of i -> j
+    i, j = np.nonzero(E)
+    every = [(a, b, k) for a, b in zip(i, j) for k in np.flatnonzero((E[b] != 0) & (E[a] != 0))]
+    f = feed_forward_loops(A, types=None)
+    assert [tuple(x) for x in f.nodes] == sorted(every)
+    signs = np.array([np.sign(E[a, b] * E[b, k] * E[a, k]) for a, b, k in sorted(every)])
+    np.testing.assert_array_equal(f.balanced, signs > 0)
+
+
 @pytest.mark.parametrize("name", TRIAD_TYPES)
 def test_hand_made_triads(name):
     A = graph_matrix(3, [(s, d, 1.0) for s, d in HAND_TRIADS[name]])

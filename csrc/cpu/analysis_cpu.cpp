@@ -11,8 +11,9 @@
 //     and its column (a transposed index built here), giving per dyad the bits out/in and the
 //     sign of each direction;
 //   * triads with three connected dyads are triangles, enumerated once each by orienting
-//     every undirected edge from lower to higher (degree, id) rank and marking neighbours:
-//     O(m^1.5) worst case, about O(m * average forward degree) in practice;
+//     every undirected edge from lower to higher (in+out degree, id) rank and intersecting forward
+//     lists (see for_each_triangle): O(m^1.5) worst case, about O(m * average forward
+//     degree) in practice;
 //   * triads with exactly two dyads are open wedges: all wedges at each centre are counted
 //     from the numbers of out-, in- and mutual neighbours, minus the closed ones (triangles);
 //   * triads with exactly one dyad: for the edge {u, v}: n - deg u - deg v + t_uv, where t_uv
@@ -24,25 +25,12 @@
 // edges keep their own signs).
 #include <torch/library.h>
 #include <omp.h>
-#include <chrono>
-#include <cstdio>
-#include <cstdlib>
 #include <random>
 #include <unordered_set>
 #include "common.h"
 
 namespace sparse_engine {
 namespace {
-
-struct Timer {  // TEMP profiling
-  std::chrono::steady_clock::time_point t = std::chrono::steady_clock::now();
-  bool on = std::getenv("SE_PROF") != nullptr;
-  void lap(const char* what) {
-    auto now = std::chrono::steady_clock::now();
-    if (on) std::fprintf(stderr, "%s %.3f\n", what, std::chrono::duration<double>(now - t).count());
-    t = now;
-  }
-};
 
 // networkx's TRICODES (6-bit triad code -> type), 0-based: 0 = 003 ... 15 = 300.
 // Code bits for an ordered triple (a, b, c): a->b 1, b->a 2, a->c 4, c->a 8, b->c 16, c->b 32.
@@ -67,12 +55,13 @@ inline uint8_t flip(uint8_t x) {
 
 // Forward (rank-oriented) adjacency of the underlying undirected graph. Node u's forward
 // neighbours (higher rank: larger degree, ties by id), sorted by id, sit at
-// [fbeg[u], fbeg[u] + fcnt[u]) of fnbr / finfo (slots of size deg[u], so one pass fills them).
+// [fbeg[u], fbeg[u] + fcnt[u]) of fnbr / finfo (slots of size key[u] >= degree, so one pass
+// fills them).
 struct Graph {
   int64_t n = 0;
-  std::vector<int32_t> deg;                 // undirected degree
+  std::vector<int64_t> key;                 // rank key (in + out edges), ties by id
   std::vector<int32_t> n_out, n_in, n_mut;  // neighbours by dyad kind
-  std::vector<int64_t> fbeg;                // n+1 (prefix sums of deg)
+  std::vector<int64_t> fbeg;                // n+1 (prefix sums of key: slots per node)
   std::vector<int32_t> fcnt;
   std::vector<int32_t> fnbr;
   std::vector<uint8_t> finfo;
@@ -81,8 +70,8 @@ struct Graph {
   bool par = true;                          // use several threads
 };
 
-inline bool higher(const int32_t* deg, int64_t a, int64_t b) {  // rank(b) > rank(a)
-  return deg[b] > deg[a] || (deg[b] == deg[a] && b > a);
+inline bool higher(const int64_t* key, int64_t a, int64_t b) {  // rank(b) > rank(a)
+  return key[b] > key[a] || (key[b] == key[a] && b > a);
 }
 
 template <typename scalar_t>
@@ -96,6 +85,7 @@ struct Builder {
   std::vector<int32_t> onbr;
   std::vector<uint8_t> oneg;  // weight < 0
   std::vector<int64_t> opos;  // CSR position (only with positions)
+  std::vector<int64_t> icnt;  // valid in-edges per row
 
   bool valid(int64_t r, int64_t k) const { return ci[k] != r && val[k] != scalar_t(0); }
 
@@ -108,12 +98,13 @@ struct Builder {
     std::vector<int64_t> bounds(T + 1);
     for (int t = 0; t <= T; ++t) bounds[t] = n * t / T;
     std::vector<int64_t> cnt(static_cast<size_t>(T) * n + 1, 0);  // cnt[t * n + c]
+    icnt.assign(n, 0);
 #pragma omp parallel for schedule(static, 1) num_threads(T) if (T > 1)
     for (int t = 0; t < T; ++t) {
       int64_t* ct = cnt.data() + static_cast<size_t>(t) * n;
       for (int64_t r = bounds[t]; r < bounds[t + 1]; ++r)
         for (int64_t k = rp[r]; k < rp[r + 1]; ++k)
-          if (valid(r, k)) ++ct[ci[k]];
+          if (valid(r, k)) ++ct[ci[k]], ++icnt[r];
     }
     optr.assign(n + 1, 0);
     for (int64_t c = 0; c < n; ++c) {  // cnt becomes each block's start offset per column
@@ -170,30 +161,25 @@ struct Builder {
 
 template <typename scalar_t>
 Graph build_graph(const int64_t* rp, const int32_t* ci, const scalar_t* val, int64_t n, bool positions) {
-  Timer tm;
   const bool par = rp[n] >= kParallelMin;
-  Builder<scalar_t> bld{n, rp, ci, val, positions, {}, {}, {}, {}};
+  Builder<scalar_t> bld{n, rp, ci, val, positions, {}, {}, {}, {}, {}};
   bld.build_out(par);
-  tm.lap("transpose");
   Graph g;
   g.n = n;
   g.par = par;
-  g.deg.assign(n, 0);
+  // Rank key: in- plus out-edges (a mutual pair counts twice), known from the transpose, so a
+  // single merge pass fills the forward lists. Any total order gives each triangle once; a
+  // degree-like one keeps forward lists short (at most about sqrt(2m) entries).
+  g.key.resize(n);
+  g.fbeg.assign(n + 1, 0);
+  for (int64_t u = 0; u < n; ++u) {
+    g.key[u] = bld.icnt[u] + (bld.optr[u + 1] - bld.optr[u]);
+    g.fbeg[u + 1] = g.fbeg[u] + g.key[u];  // slots: an upper bound of u's forward degree
+  }
+  const int64_t slots = g.fbeg[n];
   g.n_out.assign(n, 0);
   g.n_in.assign(n, 0);
   g.n_mut.assign(n, 0);
-#pragma omp parallel for schedule(dynamic, 256) num_threads(at::get_num_threads()) if (par)
-  for (int64_t u = 0; u < n; ++u) {
-    int32_t o = 0, i = 0, mu = 0;
-    bld.merge(u, [&](int64_t, uint8_t info, int64_t, int64_t) {
-      if ((info & 3) == 3) ++mu; else if (info & kOut) ++o; else ++i;
-    });
-    g.n_out[u] = o, g.n_in[u] = i, g.n_mut[u] = mu, g.deg[u] = o + i + mu;
-  }
-  g.fbeg.assign(n + 1, 0);
-  for (int64_t u = 0; u < n; ++u) g.fbeg[u + 1] = g.fbeg[u] + g.deg[u];
-  tm.lap("merge1");
-  const int64_t slots = g.fbeg[n];
   g.fcnt.assign(n, 0);
   g.fnbr.resize(slots);
   g.finfo.resize(slots);
@@ -201,16 +187,15 @@ Graph build_graph(const int64_t* rp, const int32_t* ci, const scalar_t* val, int
     g.fpos_out.resize(slots);
     g.fpos_in.resize(slots);
   }
-  const int32_t* deg = g.deg.data();
-  int64_t sa = 0, sm = 0;
-#pragma omp parallel for schedule(dynamic, 256) num_threads(at::get_num_threads()) reduction(+ : sa, sm) if (par)
+  const int64_t* key = g.key.data();
+  int64_t asym = 0, mut = 0, deg_asym = 0, deg_mut = 0;
+#pragma omp parallel for schedule(dynamic, 256) num_threads(at::get_num_threads()) \
+    reduction(+ : asym, mut, deg_asym, deg_mut) if (par)
   for (int64_t u = 0; u < n; ++u) {
-    int64_t d = g.fbeg[u];
-    const int64_t du = deg[u];
+    int64_t d = g.fbeg[u], o = 0, i = 0, mu = 0;
     bld.merge(u, [&](int64_t v, uint8_t info, int64_t po, int64_t pi) {
-      if (higher(deg, u, v)) {
-        const int64_t s = n - du - deg[v];
-        if ((info & 3) == 3) sm += s; else sa += s;
+      if ((info & 3) == 3) ++mu; else if (info & kOut) ++o; else ++i;
+      if (higher(key, u, v)) {
         g.fnbr[d] = static_cast<int32_t>(v);
         g.finfo[d] = info;
         if (positions) g.fpos_out[d] = po, g.fpos_in[d] = pi;
@@ -218,18 +203,25 @@ Graph build_graph(const int64_t* rp, const int32_t* ci, const scalar_t* val, int
       }
     });
     g.fcnt[u] = static_cast<int32_t>(d - g.fbeg[u]);
+    g.n_out[u] = static_cast<int32_t>(o), g.n_in[u] = static_cast<int32_t>(i), g.n_mut[u] = static_cast<int32_t>(mu);
+    const int64_t deg = o + i + mu;
+    asym += o + i, mut += mu, deg_asym += deg * (o + i), deg_mut += deg * mu;
   }
-  g.sum_asym = sa, g.sum_mut = sm;
-  tm.lap("merge2");
+  // sum over edges {u, v} of n - deg u - deg v = n * edges - sum_u deg u * (u's edges of the kind)
+  g.sum_asym = asym / 2 * n - deg_asym;
+  g.sum_mut = mut / 2 * n - deg_mut;
   return g;
 }
 
 // Calls f(tid, u, v, w, x, y, z) once per triangle (u, v, w in increasing rank); x, y, z are
 // the forward-list slots of the dyads (u,v) seen from u, (v,w) seen from v, (u,w) seen from u.
-// Triangles through the forward edge (u, v) are the intersection of the sorted lists fwd(u)
-// and fwd(v): a merge, or binary searches when one list is much longer (hubs). Mostly
-// sequential memory access, which matters more than operation counts at millions of nodes.
-// f is called concurrently; tid is the OpenMP thread number.
+// For each u, its forward neighbours are set in a per-thread bitmap (n bits: it stays in
+// cache even at millions of nodes); for each forward neighbour v, every w in fwd(v) is tested
+// against the bitmap, and only on a hit is w's slot in fwd(u) found by binary search. The
+// lists fwd(v) are read sequentially, so the work is about sum over forward edges of |fwd(v)|
+// cheap, well-predicted tests; when fwd(v) is much longer than fwd(u) (v a hub), u's
+// neighbours are binary-searched in fwd(v) instead, so hubs are not rescanned from every
+// low-degree neighbour. f is called concurrently; tid is the OpenMP thread number.
 template <typename F>
 void for_each_triangle(const Graph& g, F&& f) {
   const int64_t n = g.n;
@@ -237,45 +229,35 @@ void for_each_triangle(const Graph& g, F&& f) {
 #pragma omp parallel num_threads(at::get_num_threads()) if (g.par)
   {
     const int tid = omp_get_thread_num();
+    std::vector<uint64_t> bits((n + 63) / 64, 0);
 #pragma omp for schedule(dynamic, 64)
     for (int64_t u = 0; u < n; ++u) {
       const int64_t ub = g.fbeg[u], ue = ub + g.fcnt[u];
       if (ue - ub < 2) continue;
+      for (int64_t x = ub; x < ue; ++x) bits[nb[x] >> 6] |= uint64_t(1) << (nb[x] & 63);
+      const int64_t lu = ue - ub;
       for (int64_t x = ub; x < ue; ++x) {
         const int64_t v = nb[x];
-        const int64_t vb = g.fbeg[v], ve = vb + g.fcnt[v];
-        if (ve == vb) continue;
-        int64_t i = ub, j = vb;
-        const int64_t lu = ue - ub, lv = ve - vb;
-        if (lu > 16 * lv) {  // search each of v's few in u's long list
-          for (; j < ve; ++j) {
-            const int32_t w = nb[j];
-            const int32_t* it = std::lower_bound(nb + i, nb + ue, w);
-            i = it - nb;
-            if (i == ue) break;
-            if (*it == w) f(tid, u, v, static_cast<int64_t>(w), x, j, i);
+        const int64_t vb = g.fbeg[v], ve = vb + g.fcnt[v], lv = ve - vb;
+        if (lv > 3 * lu * (64 - __builtin_clzll(static_cast<uint64_t>(lv)))) {
+          // v is a hub next to u's short list: search u's few neighbours in fwd(v) instead
+          int64_t y = vb;
+          for (int64_t z = ub; z < ue && y < ve; ++z) {
+            const int32_t w = nb[z];
+            y = std::lower_bound(nb + y, nb + ve, w) - nb;
+            if (y < ve && nb[y] == w) f(tid, u, v, static_cast<int64_t>(w), x, y, z);
           }
-        } else if (lv > 16 * lu) {
-          for (; i < ue; ++i) {
-            const int32_t w = nb[i];
-            const int32_t* it = std::lower_bound(nb + j, nb + ve, w);
-            j = it - nb;
-            if (j == ve) break;
-            if (*it == w) f(tid, u, v, static_cast<int64_t>(w), x, j, i);
-          }
-        } else {
-          while (i < ue && j < ve) {
-            const int32_t a = nb[i], b = nb[j];
-            if (a == b) {
-              f(tid, u, v, static_cast<int64_t>(a), x, j, i);
-              ++i, ++j;
-            } else {
-              i += a < b;
-              j += b < a;
-            }
+          continue;
+        }
+        for (int64_t y = vb; y < ve; ++y) {
+          const int32_t w = nb[y];
+          if ((bits[w >> 6] >> (w & 63)) & 1) {
+            const int64_t z = std::lower_bound(nb + ub, nb + ue, w) - nb;
+            f(tid, u, v, static_cast<int64_t>(w), x, y, z);
           }
         }
       }
+      for (int64_t x = ub; x < ue; ++x) bits[nb[x] >> 6] = 0;
     }
   }
 }
@@ -312,7 +294,6 @@ template <typename scalar_t>
 std::tuple<at::Tensor, at::Tensor> census_impl(const int64_t* rp, const int32_t* ci, const scalar_t* val,
                                                int64_t n) {
   Graph g = build_graph(rp, ci, val, n, false);
-  Timer tm;
   std::vector<Counts> local(at::get_num_threads());
   for_each_triangle(g, [&](int tid, int64_t, int64_t, int64_t, int64_t x, int64_t y, int64_t z) {
     Counts& c = local[tid];
@@ -339,7 +320,6 @@ std::tuple<at::Tensor, at::Tensor> census_impl(const int64_t* rp, const int32_t*
     c.sig[slot][1] += unb;
     ++c.sig[slot][unb == 0 ? 2 : (bal == 0 ? 4 : 3)];
   });
-  tm.lap("triangles");
   Counts tot;
   for (const auto& c : local) {
     for (int t = 0; t < 16; ++t) tot.tri[t] += c.tri[t], tot.closed[t] += c.closed[t];
