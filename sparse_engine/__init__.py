@@ -4,6 +4,8 @@ from . import ops
 from .sparse import SparseWeight
 from . import nn
 from . import training
+from . import analysis
+from . import data
 
 __version__ = "0.1.0"
-__all__ = ["SparseWeight", "ops", "nn", "__version__"]
+__all__ = ["SparseWeight", "ops", "nn", "training", "analysis", "data", "__version__"]
