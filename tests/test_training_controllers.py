@@ -131,15 +131,46 @@ def test_set_prunes_per_sign_and_regrows_at_empty_positions():
         assert all(m[q] == mom[q] for q in kept) and all(m[q] == 0 for q in new)
 
 
-def test_set_is_deterministic_given_seed():
+def make(algo, model, opt, seed, steps=8, callbacks=()):
+    if algo == "SET":
+        return SET(model, opt, zeta=0.3, seed=seed, init="normal", callbacks=callbacks)
+    if algo == "SelfishRNN":
+        return SelfishRNN(model, opt, total_steps=steps, redistribution="magnitude", seed=seed, callbacks=callbacks)
+    if algo == "SelfishRNN-gradient":
+        return SelfishRNN(model, opt, total_steps=steps, growth="gradient", death="SET", seed=seed,
+                          callbacks=callbacks)
+    if algo == "RigL":
+        return RigL(model, opt, end_step=steps, update_every=2, seed=seed, callbacks=callbacks)
+    if algo == "GMP":
+        return GradualMagnitudePruning(model, opt, final_density=0.3, end_step=steps, frequency=2, seed=seed,
+                                       callbacks=callbacks)
+    return DeepR(model, opt, l1=1e-3, noise=1e-2, rewire_every=2, seed=seed, callbacks=callbacks)
+
+
+ALGOS = ["SET", "SelfishRNN", "SelfishRNN-gradient", "RigL", "GMP", "DeepR"]
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_deterministic_given_seed_and_invariant_after_every_update(algo):
     outs = []
     for seed in (3, 3, 4):
         model = mlp(seed=0)
-        opt = torch.optim.SGD(model.parameters(), lr=0.05)
-        run(model, opt, SET(model, opt, seed=seed), epochs=2, batches=2)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        updates = []
+
+        def cb(step, ws):
+            updates.append(step)
+            for w in ws.values():
+                check_invariants(w)
+            assert sorted(ws) == sorted(sparse_weights(model))
+
+        run(model, opt, make(algo, model, opt, seed, callbacks=[cb]), epochs=2, batches=4)
+        assert updates
         outs.append(patterns(model))
     same = lambda a, b: all(torch.equal(x, y) for n in a for x, y in zip(a[n], b[n]))
-    assert same(outs[0], outs[1]) and not same(outs[0], outs[2])
+    assert same(outs[0], outs[1])
+    if algo in ("SET", "SelfishRNN", "DeepR"):  # the others draw nothing at random on small layers
+        assert not same(outs[0], outs[2])
 
 
 def test_set_epsilon_redraws_erdos_renyi():
