@@ -36,31 +36,87 @@ inline int64_t bounded(uint64_t r, int64_t n) {
 }
 
 // ------------------------------------------------------------------ selection
-// Marks in `out` the k entries of score[0..n) with the smallest scores (ties: lower index
-// first). `mask` (optional) restricts the candidates; unmasked entries are never marked.
-// O(n) expected: one nth_element over a copy of the candidate scores.
-template <typename scalar_t>
-void mark_smallest(const scalar_t* score, const bool* mask, int64_t n, int64_t k, bool* out) {
+// Order-preserving unsigned key of a float/double (radix selection on the bit pattern).
+// -0.0 is mapped to +0.0 so that keys agree with float equality.
+inline uint32_t ordered_key(float x) {
+  if (x == 0) x = 0.0f;
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+inline uint64_t ordered_key(double x) {
+  if (x == 0) x = 0.0;
+  uint64_t u;
+  std::memcpy(&u, &x, 8);
+  return (u & 0x8000000000000000ull) ? ~u : (u | 0x8000000000000000ull);
+}
+
+// Marks in `out` the k entries with the smallest score(i) among those with include(i), ties to
+// the lower index. Radix selection: a parallel histogram of the top 16 key bits finds the bin of
+// the k-th score, nth_element runs on that bin only, and a parallel two-pass marking selects
+// "score < t, or score == t for the first ones in index order". O(n), no copy of all scores.
+template <typename scalar_t, typename Include, typename Score>
+void mark_smallest(int64_t n, int64_t k, Include include, Score score, bool* out) {
   if (k <= 0) return;
-  std::vector<scalar_t> tmp;
-  tmp.reserve(mask ? 0 : n);
-  for (int64_t i = 0; i < n; ++i)
-    if (!mask || mask[i]) tmp.push_back(score[i]);
-  TORCH_CHECK_VALUE(k <= static_cast<int64_t>(tmp.size()), "cannot select ", k, " entries out of ",
-                    tmp.size());
-  std::nth_element(tmp.begin(), tmp.begin() + (k - 1), tmp.end());
-  const scalar_t t = tmp[k - 1];
-  int64_t less = 0;
-  for (int64_t i = 0; i < n; ++i)
-    if ((!mask || mask[i]) && score[i] < t) ++less;
-  int64_t equal_left = k - less;
-  for (int64_t i = 0; i < n; ++i) {
-    if (mask && !mask[i]) continue;
-    if (score[i] < t) {
-      out[i] = true;
-    } else if (score[i] == t && equal_left > 0) {
-      out[i] = true;
-      --equal_left;
+  constexpr int kBits = 16;
+  constexpr int kShift = sizeof(scalar_t) * 8 - kBits;
+  const int nt = at::get_num_threads();
+  std::vector<int64_t> hist(static_cast<size_t>(nt) << kBits, 0);
+#pragma omp parallel num_threads(nt)
+  {
+    int64_t* h = hist.data() + (static_cast<size_t>(omp_get_thread_num()) << kBits);
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < n; ++i)
+      if (include(i)) ++h[ordered_key(score(i)) >> kShift];
+  }
+  for (int t = 1; t < nt; ++t)
+    for (size_t b = 0; b < (size_t(1) << kBits); ++b) hist[b] += hist[(size_t(t) << kBits) + b];
+  int64_t below = 0;
+  size_t bin = 0;
+  for (; bin < (size_t(1) << kBits); ++bin) {
+    if (below + hist[bin] >= k) break;
+    below += hist[bin];
+  }
+  TORCH_CHECK_VALUE(bin < (size_t(1) << kBits), "cannot select ", k, " entries out of ", below);
+  std::vector<std::vector<scalar_t>> parts(nt);
+#pragma omp parallel num_threads(nt)
+  {
+    auto& mine = parts[omp_get_thread_num()];
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < n; ++i)
+      if (include(i) && (ordered_key(score(i)) >> kShift) == bin) mine.push_back(score(i));
+  }
+  std::vector<scalar_t> band;
+  band.reserve(hist[bin]);
+  for (auto& part : parts) band.insert(band.end(), part.begin(), part.end());
+  const int64_t kin = k - below;
+  std::nth_element(band.begin(), band.begin() + (kin - 1), band.end());
+  const scalar_t t = band[kin - 1];
+  int64_t less = below;
+  for (const scalar_t x : band) less += x < t;
+  const int64_t equal_needed = k - less;
+  // marking: chunks count their ties first so the earliest ties are the selected ones
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(n / 65536 + 1, 4 * nt));
+  std::vector<int64_t> eq(chunks + 1, 0);
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t c = 0; c < chunks; ++c) {
+    int64_t cnt = 0;
+    for (int64_t i = n * c / chunks; i < n * (c + 1) / chunks; ++i) cnt += include(i) && score(i) == t;
+    eq[c + 1] = cnt;
+  }
+  for (int64_t c = 0; c < chunks; ++c) eq[c + 1] += eq[c];
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t c = 0; c < chunks; ++c) {
+    int64_t budget = std::max<int64_t>(0, equal_needed - eq[c]);
+    for (int64_t i = n * c / chunks; i < n * (c + 1) / chunks; ++i) {
+      if (!include(i)) continue;
+      const scalar_t x = score(i);
+      if (x < t) {
+        out[i] = true;
+      } else if (x == t && budget > 0) {
+        out[i] = true;
+        --budget;
+      }
     }
   }
 }
@@ -74,6 +130,11 @@ void check_finite(const scalar_t* v, int64_t n, const char* name) {
   TORCH_CHECK_VALUE(!bad, name, " must not contain NaN");
 }
 
+template <typename scalar_t>
+void select_smallest_impl(const scalar_t* s, int64_t n, int64_t k, bool* out) {
+  mark_smallest<scalar_t>(n, k, [](int64_t) { return true; }, [s](int64_t i) { return s[i]; }, out);
+}
+
 // select_smallest(scores, k) -> bool mask of the k smallest scores.
 at::Tensor select_smallest_cpu(const at::Tensor& scores, int64_t k) {
   TORCH_CHECK_TYPE(scores.scalar_type() == at::kFloat || scores.scalar_type() == at::kDouble,
@@ -85,7 +146,7 @@ at::Tensor select_smallest_cpu(const at::Tensor& scores, int64_t k) {
   auto out = at::zeros({n}, s.options().dtype(at::kBool));
   AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "select_smallest_cpu", [&] {
     check_finite(s.data_ptr<scalar_t>(), n, "scores");
-    mark_smallest<scalar_t>(s.data_ptr<scalar_t>(), nullptr, n, k, out.data_ptr<bool>());
+    select_smallest_impl<scalar_t>(s.data_ptr<scalar_t>(), n, k, out.data_ptr<bool>());
   });
   return out;
 }
@@ -94,41 +155,21 @@ at::Tensor select_smallest_cpu(const at::Tensor& scores, int64_t k) {
 // zero and, separately, round(zeta * N) of the N negative weights nearest zero (the largest
 // negative ones). Exact zeros lie inside the pruned band of the reference implementation and
 // are always removed. Returns the keep mask.
-// Threshold t and how many entries equal to t are still selected, so that exactly k of the
-// magnitudes in `mags` are selected by "m < t, or m == t for the first ones in index order".
-template <typename scalar_t>
-std::pair<scalar_t, int64_t> kth_bound(std::vector<scalar_t>& mags, int64_t k) {
-  if (k <= 0) return {-std::numeric_limits<scalar_t>::infinity(), 0};
-  std::nth_element(mags.begin(), mags.begin() + (k - 1), mags.end());
-  const scalar_t t = mags[k - 1];
-  int64_t less = 0;
-  for (const scalar_t m : mags) less += m < t;
-  return {t, k - less};
-}
-
 template <typename scalar_t>
 void set_keep(const scalar_t* v, int64_t n, double zeta, bool* keep) {
-  std::vector<scalar_t> pos, neg;
-  pos.reserve(n / 2 + 16);
-  neg.reserve(n / 2 + 16);
+  int64_t P = 0, N = 0;
+#pragma omp parallel for reduction(+ : P, N) num_threads(at::get_num_threads())
   for (int64_t i = 0; i < n; ++i) {
-    if (v[i] > 0) pos.push_back(v[i]);
-    else if (v[i] < 0) neg.push_back(-v[i]);
+    P += v[i] > 0;
+    N += v[i] < 0;
   }
-  auto [tp, eq_p] = kth_bound(pos, std::llround(zeta * static_cast<double>(pos.size())));
-  auto [tn, eq_n] = kth_bound(neg, std::llround(zeta * static_cast<double>(neg.size())));
-  for (int64_t i = 0; i < n; ++i) {
-    const scalar_t x = v[i];
-    bool drop;
-    if (x > 0) {
-      drop = x < tp || (x == tp && eq_p > 0 && eq_p--);
-    } else if (x < 0) {
-      drop = -x < tn || (-x == tn && eq_n > 0 && eq_n--);
-    } else {
-      drop = true;  // exact zeros: inside the pruned band of the reference implementation
-    }
-    keep[i] = !drop;
-  }
+  std::vector<uint8_t> drop(n, 0);
+  bool* d = reinterpret_cast<bool*>(drop.data());
+  auto mag = [v](int64_t i) { return std::abs(v[i]); };
+  mark_smallest<scalar_t>(n, std::llround(zeta * static_cast<double>(P)), [v](int64_t i) { return v[i] > 0; }, mag, d);
+  mark_smallest<scalar_t>(n, std::llround(zeta * static_cast<double>(N)), [v](int64_t i) { return v[i] < 0; }, mag, d);
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
+  for (int64_t i = 0; i < n; ++i) keep[i] = !drop[i] && v[i] != 0;
 }
 
 at::Tensor set_prune_cpu(const at::Tensor& values, double zeta) {
