@@ -443,12 +443,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> merge_cpu
   auto nr = new_row.contiguous(), nc = new_col.contiguous(), nv = new_values.contiguous();
   const int64_t* R = nr.data_ptr<int64_t>();
   const int32_t* C = nc.data_ptr<int32_t>();
-  for (int64_t j = 0; j < n; ++j) {
-    TORCH_CHECK_VALUE(R[j] >= 0 && R[j] < c.rows && C[j] >= 0 && C[j] < n_cols, "new entry ", j, " at (",
-                      R[j], ", ", C[j], ") is outside the ", c.rows, " x ", n_cols, " matrix");
-    TORCH_CHECK_VALUE(j == 0 || R[j] > R[j - 1] || (R[j] == R[j - 1] && C[j] > C[j - 1]),
-                      "new entries must be sorted by (row, col) without duplicates: entry ", j, " at (",
-                      R[j], ", ", C[j], ")");
+  auto entry_ok = [&](int64_t j) {
+    return R[j] >= 0 && R[j] < c.rows && C[j] >= 0 && C[j] < n_cols &&
+           (j == 0 || R[j] > R[j - 1] || (R[j] == R[j - 1] && C[j] > C[j - 1]));
+  };
+  std::atomic<bool> bad_entry{false};
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
+  for (int64_t j = 0; j < n; ++j)
+    if (!entry_ok(j)) bad_entry = true;
+  if (bad_entry) {  // find the first one for the message
+    for (int64_t j = 0; j < n; ++j) {
+      TORCH_CHECK_VALUE(R[j] >= 0 && R[j] < c.rows && C[j] >= 0 && C[j] < n_cols, "new entry ", j, " at (",
+                        R[j], ", ", C[j], ") is outside the ", c.rows, " x ", n_cols, " matrix");
+      TORCH_CHECK_VALUE(entry_ok(j), "new entries must be sorted by (row, col) without duplicates: entry ", j,
+                        " at (", R[j], ", ", C[j], ")");
+    }
   }
   // first new entry of each row
   std::vector<int64_t> nptr(c.rows + 1, 0);
