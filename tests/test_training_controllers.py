@@ -443,3 +443,52 @@ def test_end_to_end_loss_falls(algo):
     for w in sparse_weights(model).values():
         check_invariants(w)
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+class FactorOwner(nn.Module):
+    """A non-SparseLinear module following the dense_grad_factors protocol (as an RNN would)."""
+
+    def __init__(self):
+        super().__init__()
+        self.record_grad_factors = False
+        self._factors = None
+        self.w = SparseLinear(6, 5, density=0.4).weight
+
+    def forward(self, x):
+        from sparse_engine import ops
+
+        xt = x.t().contiguous()
+        y = ops.spmm(self.w, xt)
+        if self.record_grad_factors and y.requires_grad:
+            def keep(g, xt=xt.detach()):
+                self._factors = (g.detach(), xt)
+            y.register_hook(keep)
+        return y.t()
+
+    def dense_grad_factors(self, name):
+        assert name == "w"
+        return self._factors
+
+
+def test_rigl_through_the_dense_grad_factors_protocol():
+    m = FactorOwner()
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    ctl = RigL(m, opt, end_step=10, update_every=2, update_fraction=0.5)
+    x = torch.randn(8, 6)
+    nnz = m.w.nnz
+    for t in range(1, 4):
+        opt.zero_grad()
+        m(x).pow(2).sum().backward()
+        if t == 2:
+            assert m.record_grad_factors
+            G, X = m.dense_grad_factors("w")
+            dense = m.w.to_dense().requires_grad_()
+            (dense @ x.t()).pow(2).sum().backward()
+            assert torch.allclose(G @ X.t(), dense.grad, atol=1e-5)
+            before = set(keys(m.w).tolist())
+        opt.step()
+        ctl.step()
+        if t == 2:
+            assert not m.record_grad_factors
+            check_invariants(m.w, nnz=nnz)
+            assert set(keys(m.w).tolist()) != before
