@@ -51,8 +51,8 @@ inline uint64_t ordered_key(double x) {
   return (u & 0x8000000000000000ull) ? ~u : (u | 0x8000000000000000ull);
 }
 
-// Marks in `out` the k entries with the smallest score(i) among those with include(i), ties to
-// the lower index. Radix selection: a parallel histogram of the top 16 key bits finds the bin of
+// Marks in `out` (OR-ed into it) the k entries with the smallest score(i) among those with
+// include(i), ties to the lower index. Radix selection: a parallel histogram of the top 16 key bits finds the bin of
 // the k-th score, nth_element runs on that bin only, and a parallel two-pass marking selects
 // "score < t, or score == t for the first ones in index order". O(n), no copy of all scores.
 template <typename scalar_t, typename Include, typename Score>
@@ -66,8 +66,7 @@ void mark_smallest(int64_t n, int64_t k, Include include, Score score, bool* out
   {
     int64_t* h = hist.data() + (static_cast<size_t>(omp_get_thread_num()) << kBits);
 #pragma omp for schedule(static)
-    for (int64_t i = 0; i < n; ++i)
-      if (include(i)) ++h[ordered_key(score(i)) >> kShift];
+    for (int64_t i = 0; i < n; ++i) h[ordered_key(score(i)) >> kShift] += include(i);
   }
   for (int t = 1; t < nt; ++t)
     for (size_t b = 0; b < (size_t(1) << kBits); ++b) hist[b] += hist[(size_t(t) << kBits) + b];
@@ -84,7 +83,7 @@ void mark_smallest(int64_t n, int64_t k, Include include, Score score, bool* out
     auto& mine = parts[omp_get_thread_num()];
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < n; ++i)
-      if (include(i) && (ordered_key(score(i)) >> kShift) == bin) mine.push_back(score(i));
+      if (include(i) & ((ordered_key(score(i)) >> kShift) == bin)) mine.push_back(score(i));
   }
   std::vector<scalar_t> band;
   band.reserve(hist[bin]);
@@ -101,7 +100,7 @@ void mark_smallest(int64_t n, int64_t k, Include include, Score score, bool* out
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (int64_t c = 0; c < chunks; ++c) {
     int64_t cnt = 0;
-    for (int64_t i = n * c / chunks; i < n * (c + 1) / chunks; ++i) cnt += include(i) && score(i) == t;
+    for (int64_t i = n * c / chunks; i < n * (c + 1) / chunks; ++i) cnt += include(i) & (score(i) == t);
     eq[c + 1] = cnt;
   }
   for (int64_t c = 0; c < chunks; ++c) eq[c + 1] += eq[c];
@@ -109,11 +108,11 @@ void mark_smallest(int64_t n, int64_t k, Include include, Score score, bool* out
   for (int64_t c = 0; c < chunks; ++c) {
     int64_t budget = std::max<int64_t>(0, equal_needed - eq[c]);
     for (int64_t i = n * c / chunks; i < n * (c + 1) / chunks; ++i) {
-      if (!include(i)) continue;
+      // branch-free on include(i), which may be a coin flip (the sign, for SET)
+      const bool inc = include(i);
       const scalar_t x = score(i);
-      if (x < t) {
-        out[i] = true;
-      } else if (x == t && budget > 0) {
+      out[i] = out[i] | (inc & (x < t));
+      if (inc & (x == t) & (budget > 0)) {
         out[i] = true;
         --budget;
       }
