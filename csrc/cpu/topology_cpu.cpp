@@ -20,6 +20,10 @@
 namespace sparse_engine {
 namespace {
 
+// Small inputs run on one thread: waking a team costs more than the work, and much more when
+// the machine is oversubscribed.
+inline bool parallel_worth(int64_t work) { return work >= (int64_t(1) << 15); }
+
 // ------------------------------------------------------------------ random numbers
 // Counter-based generator: draw j of a stream depends only on (seed, j), so parallel draws
 // give the same result for any number of threads.
@@ -62,7 +66,7 @@ void mark_smallest(int64_t n, int64_t k, Include include, Score score, bool* out
   constexpr int kShift = sizeof(scalar_t) * 8 - kBits;
   const int nt = at::get_num_threads();
   std::vector<int64_t> hist(static_cast<size_t>(nt) << kBits, 0);
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(nt) if(parallel_worth(n))
   {
     int64_t* h = hist.data() + (static_cast<size_t>(omp_get_thread_num()) << kBits);
 #pragma omp for schedule(static)
@@ -78,7 +82,7 @@ void mark_smallest(int64_t n, int64_t k, Include include, Score score, bool* out
   }
   TORCH_CHECK_VALUE(bin < (size_t(1) << kBits), "cannot select ", k, " entries out of ", below);
   std::vector<std::vector<scalar_t>> parts(nt);
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(nt) if(parallel_worth(n))
   {
     auto& mine = parts[omp_get_thread_num()];
 #pragma omp for schedule(static)
@@ -97,14 +101,14 @@ void mark_smallest(int64_t n, int64_t k, Include include, Score score, bool* out
   // marking: chunks count their ties first so the earliest ties are the selected ones
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(n / 65536 + 1, 4 * nt));
   std::vector<int64_t> eq(chunks + 1, 0);
-#pragma omp parallel for schedule(static) num_threads(nt)
+#pragma omp parallel for schedule(static) num_threads(nt) if(parallel_worth(n))
   for (int64_t c = 0; c < chunks; ++c) {
     int64_t cnt = 0;
     for (int64_t i = n * c / chunks; i < n * (c + 1) / chunks; ++i) cnt += include(i) & (score(i) == t);
     eq[c + 1] = cnt;
   }
   for (int64_t c = 0; c < chunks; ++c) eq[c + 1] += eq[c];
-#pragma omp parallel for schedule(static) num_threads(nt)
+#pragma omp parallel for schedule(static) num_threads(nt) if(parallel_worth(n))
   for (int64_t c = 0; c < chunks; ++c) {
     int64_t budget = std::max<int64_t>(0, equal_needed - eq[c]);
     for (int64_t i = n * c / chunks; i < n * (c + 1) / chunks; ++i) {
@@ -123,7 +127,7 @@ void mark_smallest(int64_t n, int64_t k, Include include, Score score, bool* out
 template <typename scalar_t>
 void check_finite(const scalar_t* v, int64_t n, const char* name) {
   std::atomic<bool> bad{false};
-#pragma omp parallel for num_threads(at::get_num_threads())
+#pragma omp parallel for num_threads(at::get_num_threads()) if(parallel_worth(n))
   for (int64_t i = 0; i < n; ++i)
     if (std::isnan(v[i])) bad = true;
   TORCH_CHECK_VALUE(!bad, name, " must not contain NaN");
@@ -157,7 +161,7 @@ at::Tensor select_smallest_cpu(const at::Tensor& scores, int64_t k) {
 template <typename scalar_t>
 void set_keep(const scalar_t* v, int64_t n, double zeta, bool* keep) {
   int64_t P = 0, N = 0;
-#pragma omp parallel for reduction(+ : P, N) num_threads(at::get_num_threads())
+#pragma omp parallel for reduction(+ : P, N) num_threads(at::get_num_threads()) if(parallel_worth(n))
   for (int64_t i = 0; i < n; ++i) {
     P += v[i] > 0;
     N += v[i] < 0;
@@ -167,7 +171,7 @@ void set_keep(const scalar_t* v, int64_t n, double zeta, bool* keep) {
   auto mag = [v](int64_t i) { return std::abs(v[i]); };
   mark_smallest<scalar_t>(n, std::llround(zeta * static_cast<double>(P)), [v](int64_t i) { return v[i] > 0; }, mag, d);
   mark_smallest<scalar_t>(n, std::llround(zeta * static_cast<double>(N)), [v](int64_t i) { return v[i] < 0; }, mag, d);
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if(parallel_worth(n))
   for (int64_t i = 0; i < n; ++i) keep[i] = !drop[i] && v[i] != 0;
 }
 
@@ -209,7 +213,7 @@ Csr check_csr(const at::Tensor& row_ptr, const at::Tensor& col_idx) {
 template <typename scalar_t>
 void compact_fill(const Csr& c, const bool* k, const int64_t* np, const scalar_t* src, int32_t* nc,
                   scalar_t* dst, int64_t* kpos) {
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if(parallel_worth(c.rows + c.nnz))
   for (int64_t i = 0; i < c.rows; ++i) {
     int64_t d = np[i];
     for (int64_t e = c.ptr[i]; e < c.ptr[i + 1]; ++e) {
@@ -236,7 +240,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> compact_cpu(const at:
   const bool* k = kp.data_ptr<bool>();
   auto new_ptr = at::zeros({c.rows + 1}, rp.options());
   int64_t* np = new_ptr.data_ptr<int64_t>();
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if(parallel_worth(c.rows + c.nnz))
   for (int64_t i = 0; i < c.rows; ++i) {
     int64_t cnt = 0;
     for (int64_t e = c.ptr[i]; e < c.ptr[i + 1]; ++e) cnt += k[e];
@@ -285,7 +289,7 @@ void sort_keys_by_row(std::vector<int64_t>& keys, int64_t rows, int64_t cols) {
     std::vector<int64_t> next(start.begin(), start.end() - 1);
     for (int64_t j = 0; j < m; ++j) out[next[keys[j] / cols]++] = keys[j];
   }
-#pragma omp parallel for schedule(dynamic, 64) num_threads(at::get_num_threads())
+#pragma omp parallel for schedule(dynamic, 64) num_threads(at::get_num_threads()) if(parallel_worth(m))
   for (int64_t i = 0; i < rows; ++i) std::sort(out.begin() + start[i], out.begin() + start[i + 1]);
   keys.swap(out);
 }
@@ -295,7 +299,7 @@ void drop_occupied(const Csr& c, int64_t cols, std::vector<int64_t>& keys) {
   const int64_t m = keys.size();
   std::vector<uint8_t> occ(m);
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(m / 4096 + 1, 8 * at::get_num_threads()));
-#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads())
+#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads()) if(parallel_worth(m))
   for (int64_t ch = 0; ch < chunks; ++ch) {
     const int64_t lo = m * ch / chunks, hi = m * (ch + 1) / chunks;
     int64_t cur = -1;
@@ -350,7 +354,7 @@ std::vector<int64_t> draw_empty(const Csr& c, int64_t cols, int64_t n, uint64_t 
     const int64_t m = need + need / 8 + 16;
     const int64_t base = keys.size();
     keys.resize(base + m);
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if(parallel_worth(m))
     for (int64_t j = 0; j < m; ++j) keys[base + j] = bounded(splitmix64(stream + counter + j), total);
     counter += m;
     // sorted candidates are checked against the rows in order (cache friendly, unlike a
@@ -406,7 +410,7 @@ template <typename scalar_t>
 void merge_fill(const Csr& c, const int64_t* nptr, const int32_t* C, const int64_t* op, const scalar_t* ov,
                 const scalar_t* nvv, int32_t* oc, scalar_t* dv, int64_t* opos, int64_t* npos,
                 std::atomic<int64_t>& clash) {
-#pragma omp parallel for schedule(dynamic, 256) num_threads(at::get_num_threads())
+#pragma omp parallel for schedule(dynamic, 256) num_threads(at::get_num_threads()) if(parallel_worth(c.rows + c.nnz))
   for (int64_t i = 0; i < c.rows; ++i) {
     int64_t a = c.ptr[i], ae = c.ptr[i + 1], b = nptr[i], be = nptr[i + 1], d = op[i];
     while (a < ae || b < be) {
@@ -447,7 +451,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> merge_cpu
            (j == 0 || R[j] > R[j - 1] || (R[j] == R[j - 1] && C[j] > C[j - 1]));
   };
   std::atomic<bool> bad_entry{false};
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if(parallel_worth(n))
   for (int64_t j = 0; j < n; ++j)
     if (!entry_ok(j)) bad_entry = true;
   if (bad_entry) {  // find the first one for the message
@@ -498,7 +502,7 @@ at::Tensor remap_index_cpu(const at::Tensor& kept_pos, const at::Tensor& old_pos
   int64_t* out = origin.data_ptr<int64_t>();
   const int64_t n = kp.numel();
   std::atomic<bool> bad{false};
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if(parallel_worth(n))
   for (int64_t j = 0; j < n; ++j) {
     if (o[j] < 0 || o[j] >= new_nnz) { bad = true; continue; }
     out[o[j]] = k[j];
@@ -524,7 +528,7 @@ at::Tensor gather_or_zero_cpu(const at::Tensor& t, const at::Tensor& origin) {
   const int64_t* org = oc.data_ptr<int64_t>();
   const int64_t n = oc.numel();
   std::atomic<bool> bad{false};
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if(parallel_worth(n))
   for (int64_t p = 0; p < n; ++p) {
     const int64_t o = org[p];
     if (o >= old_n) {
@@ -549,7 +553,7 @@ at::Tensor gather_or_zero_cpu(const at::Tensor& t, const at::Tensor& origin) {
 template <typename scalar_t>
 void coo_dot_loop(const int64_t* r, const int32_t* c, const scalar_t* g, const scalar_t* x, scalar_t* o,
                   int64_t n, int64_t M) {
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if(parallel_worth(n * M))
   for (int64_t j = 0; j < n; ++j) {
     const scalar_t* gi = g + r[j] * M;
     const scalar_t* xj = x + static_cast<int64_t>(c[j]) * M;
@@ -645,7 +649,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grad_topk_cpu(const at::Tensor& r
         const double* t = T.data_ptr<double>();
         const int64_t w = c1 - c0;
         const double lo = bound;
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(nt) if(parallel_worth((r1 - r0) * w))
         {
           auto& mine = local[omp_get_thread_num()];
 #pragma omp for schedule(static)
