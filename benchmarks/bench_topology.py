@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import subprocess
 import time
@@ -134,7 +135,8 @@ def main():
     say()
     say(f"- machine: {cpu.split(':', 1)[-1].strip()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
         f"python {platform.python_version()}")
-    say(f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+    say(f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, load average at start "
+        f"{os.getloadavg()[0]:.1f} (shared machine: numbers are noisy when it is above the core count)")
     say(f"- one update drops {FRACTION:.0%} of the weights and regrows as many at random empty positions; "
         "sparse times include Adam state remap and the transposed-index rebuild; best of 3")
     say()

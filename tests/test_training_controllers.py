@@ -131,15 +131,46 @@ def test_set_prunes_per_sign_and_regrows_at_empty_positions():
         assert all(m[q] == mom[q] for q in kept) and all(m[q] == 0 for q in new)
 
 
-def test_set_is_deterministic_given_seed():
+def make(algo, model, opt, seed, steps=8, callbacks=()):
+    if algo == "SET":
+        return SET(model, opt, zeta=0.3, seed=seed, init="normal", callbacks=callbacks)
+    if algo == "SelfishRNN":
+        return SelfishRNN(model, opt, total_steps=steps, redistribution="magnitude", seed=seed, callbacks=callbacks)
+    if algo == "SelfishRNN-gradient":
+        return SelfishRNN(model, opt, total_steps=steps, growth="gradient", death="SET", seed=seed,
+                          callbacks=callbacks)
+    if algo == "RigL":
+        return RigL(model, opt, end_step=steps, update_every=2, seed=seed, callbacks=callbacks)
+    if algo == "GMP":
+        return GradualMagnitudePruning(model, opt, final_density=0.3, end_step=steps, frequency=2, seed=seed,
+                                       callbacks=callbacks)
+    return DeepR(model, opt, l1=1e-3, noise=1e-2, rewire_every=2, seed=seed, callbacks=callbacks)
+
+
+ALGOS = ["SET", "SelfishRNN", "SelfishRNN-gradient", "RigL", "GMP", "DeepR"]
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_deterministic_given_seed_and_invariant_after_every_update(algo):
     outs = []
     for seed in (3, 3, 4):
         model = mlp(seed=0)
-        opt = torch.optim.SGD(model.parameters(), lr=0.05)
-        run(model, opt, SET(model, opt, seed=seed), epochs=2, batches=2)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        updates = []
+
+        def cb(step, ws):
+            updates.append(step)
+            for w in ws.values():
+                check_invariants(w)
+            assert sorted(ws) == sorted(sparse_weights(model))
+
+        run(model, opt, make(algo, model, opt, seed, callbacks=[cb]), epochs=2, batches=4)
+        assert updates
         outs.append(patterns(model))
     same = lambda a, b: all(torch.equal(x, y) for n in a for x, y in zip(a[n], b[n]))
-    assert same(outs[0], outs[1]) and not same(outs[0], outs[2])
+    assert same(outs[0], outs[1])
+    if algo in ("SET", "SelfishRNN", "DeepR"):  # the others draw nothing at random on small layers
+        assert not same(outs[0], outs[2])
 
 
 def test_set_epsilon_redraws_erdos_renyi():
@@ -412,3 +443,52 @@ def test_end_to_end_loss_falls(algo):
     for w in sparse_weights(model).values():
         check_invariants(w)
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+class FactorOwner(nn.Module):
+    """A non-SparseLinear module following the dense_grad_factors protocol (as an RNN would)."""
+
+    def __init__(self):
+        super().__init__()
+        self.record_grad_factors = False
+        self._factors = None
+        self.w = SparseLinear(6, 5, density=0.4).weight
+
+    def forward(self, x):
+        from sparse_engine import ops
+
+        xt = x.t().contiguous()
+        y = ops.spmm(self.w, xt)
+        if self.record_grad_factors and y.requires_grad:
+            def keep(g, xt=xt.detach()):
+                self._factors = (g.detach(), xt)
+            y.register_hook(keep)
+        return y.t()
+
+    def dense_grad_factors(self, name):
+        assert name == "w"
+        return self._factors
+
+
+def test_rigl_through_the_dense_grad_factors_protocol():
+    m = FactorOwner()
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    ctl = RigL(m, opt, end_step=10, update_every=2, update_fraction=0.5)
+    x = torch.randn(8, 6)
+    nnz = m.w.nnz
+    for t in range(1, 4):
+        opt.zero_grad()
+        m(x).pow(2).sum().backward()
+        if t == 2:
+            assert m.record_grad_factors
+            G, X = m.dense_grad_factors("w")
+            dense = m.w.to_dense().requires_grad_()
+            (dense @ x.t()).pow(2).sum().backward()
+            assert torch.allclose(G @ X.t(), dense.grad, atol=1e-5)
+            before = set(keys(m.w).tolist())
+        opt.step()
+        ctl.step()
+        if t == 2:
+            assert not m.record_grad_factors
+            check_invariants(m.w, nnz=nnz)
+            assert set(keys(m.w).tolist()) != before

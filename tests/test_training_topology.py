@@ -31,6 +31,16 @@ def test_select_smallest_matches_stable_numpy_with_ties(gen, n):
         assert np.array_equal(got, ref_smallest(scores.numpy(), k))
 
 
+def test_select_smallest_signed_zeros_and_wide_range(gen):
+    scores = torch.tensor([0.0, -0.0, 1e-30, -1e30, 3.0, -0.0, 0.0, 2.0], dtype=torch.float64)
+    for k in range(scores.numel() + 1):
+        assert np.array_equal(ops.select_smallest(scores, k).numpy(), ref_smallest(scores.numpy(), k))
+    big = torch.randn(300_000, generator=gen) * torch.exp(torch.randn(300_000, generator=gen) * 5)
+    big[::3] = big[::3].round()  # ties across the histogram bins
+    for k in (1, 123_457, 300_000):
+        assert np.array_equal(ops.select_smallest(big, k).numpy(), ref_smallest(big.numpy(), k))
+
+
 def test_magnitude_keep_prunes_exactly_the_smallest(gen):
     w = random_weight(60, 50, 0.2, gen)
     v = w.values.detach().numpy()
@@ -51,7 +61,7 @@ def test_global_magnitude_keep_uses_one_threshold_across_layers(gen):
 
 @pytest.mark.parametrize("zeta", [0.0, 0.1, 0.3, 0.5, 1.0])
 def test_set_keep_prunes_each_sign_nearest_zero(gen, zeta):
-    v = torch.randn(777, generator=gen, dtype=torch.float64)
+    v = torch.randn(200_777, generator=gen, dtype=torch.float64)
     v[::50] = 0.0
     v[1::7] = v[1::7].round()  # ties among magnitudes
     keep = set_keep(v, zeta).numpy()

@@ -20,6 +20,10 @@
 namespace sparse_engine {
 namespace {
 
+// Small inputs run on one thread: waking a team costs more than the work, and much more when
+// the machine is oversubscribed.
+inline bool parallel_worth(int64_t work) { return work >= (int64_t(1) << 15); }
+
 // ------------------------------------------------------------------ random numbers
 // Counter-based generator: draw j of a stream depends only on (seed, j), so parallel draws
 // give the same result for any number of threads.
@@ -36,31 +40,86 @@ inline int64_t bounded(uint64_t r, int64_t n) {
 }
 
 // ------------------------------------------------------------------ selection
-// Marks in `out` the k entries of score[0..n) with the smallest scores (ties: lower index
-// first). `mask` (optional) restricts the candidates; unmasked entries are never marked.
-// O(n) expected: one nth_element over a copy of the candidate scores.
-template <typename scalar_t>
-void mark_smallest(const scalar_t* score, const bool* mask, int64_t n, int64_t k, bool* out) {
+// Order-preserving unsigned key of a float/double (radix selection on the bit pattern).
+// -0.0 is mapped to +0.0 so that keys agree with float equality.
+inline uint32_t ordered_key(float x) {
+  if (x == 0) x = 0.0f;
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+inline uint64_t ordered_key(double x) {
+  if (x == 0) x = 0.0;
+  uint64_t u;
+  std::memcpy(&u, &x, 8);
+  return (u & 0x8000000000000000ull) ? ~u : (u | 0x8000000000000000ull);
+}
+
+// Marks in `out` (OR-ed into it) the k entries with the smallest score(i) among those with
+// include(i), ties to the lower index. Radix selection: a parallel histogram of the top 16 key bits finds the bin of
+// the k-th score, nth_element runs on that bin only, and a parallel two-pass marking selects
+// "score < t, or score == t for the first ones in index order". O(n), no copy of all scores.
+template <typename scalar_t, typename Include, typename Score>
+void mark_smallest(int64_t n, int64_t k, Include include, Score score, bool* out) {
   if (k <= 0) return;
-  std::vector<scalar_t> tmp;
-  tmp.reserve(mask ? 0 : n);
-  for (int64_t i = 0; i < n; ++i)
-    if (!mask || mask[i]) tmp.push_back(score[i]);
-  TORCH_CHECK_VALUE(k <= static_cast<int64_t>(tmp.size()), "cannot select ", k, " entries out of ",
-                    tmp.size());
-  std::nth_element(tmp.begin(), tmp.begin() + (k - 1), tmp.end());
-  const scalar_t t = tmp[k - 1];
-  int64_t less = 0;
-  for (int64_t i = 0; i < n; ++i)
-    if ((!mask || mask[i]) && score[i] < t) ++less;
-  int64_t equal_left = k - less;
-  for (int64_t i = 0; i < n; ++i) {
-    if (mask && !mask[i]) continue;
-    if (score[i] < t) {
-      out[i] = true;
-    } else if (score[i] == t && equal_left > 0) {
-      out[i] = true;
-      --equal_left;
+  constexpr int kBits = 16;
+  constexpr int kShift = sizeof(scalar_t) * 8 - kBits;
+  const int nt = at::get_num_threads();
+  std::vector<int64_t> hist(static_cast<size_t>(nt) << kBits, 0);
+#pragma omp parallel num_threads(nt) if(parallel_worth(n))
+  {
+    int64_t* h = hist.data() + (static_cast<size_t>(omp_get_thread_num()) << kBits);
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < n; ++i) h[ordered_key(score(i)) >> kShift] += include(i);
+  }
+  for (int t = 1; t < nt; ++t)
+    for (size_t b = 0; b < (size_t(1) << kBits); ++b) hist[b] += hist[(size_t(t) << kBits) + b];
+  int64_t below = 0;
+  size_t bin = 0;
+  for (; bin < (size_t(1) << kBits); ++bin) {
+    if (below + hist[bin] >= k) break;
+    below += hist[bin];
+  }
+  TORCH_CHECK_VALUE(bin < (size_t(1) << kBits), "cannot select ", k, " entries out of ", below);
+  std::vector<std::vector<scalar_t>> parts(nt);
+#pragma omp parallel num_threads(nt) if(parallel_worth(n))
+  {
+    auto& mine = parts[omp_get_thread_num()];
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < n; ++i)
+      if (include(i) & ((ordered_key(score(i)) >> kShift) == bin)) mine.push_back(score(i));
+  }
+  std::vector<scalar_t> band;
+  band.reserve(hist[bin]);
+  for (auto& part : parts) band.insert(band.end(), part.begin(), part.end());
+  const int64_t kin = k - below;
+  std::nth_element(band.begin(), band.begin() + (kin - 1), band.end());
+  const scalar_t t = band[kin - 1];
+  int64_t less = below;
+  for (const scalar_t x : band) less += x < t;
+  const int64_t equal_needed = k - less;
+  // marking: chunks count their ties first so the earliest ties are the selected ones
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(n / 65536 + 1, 4 * nt));
+  std::vector<int64_t> eq(chunks + 1, 0);
+#pragma omp parallel for schedule(static) num_threads(nt) if(parallel_worth(n))
+  for (int64_t c = 0; c < chunks; ++c) {
+    int64_t cnt = 0;
+    for (int64_t i = n * c / chunks; i < n * (c + 1) / chunks; ++i) cnt += include(i) & (score(i) == t);
+    eq[c + 1] = cnt;
+  }
+  for (int64_t c = 0; c < chunks; ++c) eq[c + 1] += eq[c];
+#pragma omp parallel for schedule(static) num_threads(nt) if(parallel_worth(n))
+  for (int64_t c = 0; c < chunks; ++c) {
+    int64_t budget = std::max<int64_t>(0, equal_needed - eq[c]);
+    for (int64_t i = n * c / chunks; i < n * (c + 1) / chunks; ++i) {
+      // branch-free on include(i), which may be a coin flip (the sign, for SET)
+      const bool inc = include(i);
+      const scalar_t x = score(i);
+      out[i] = out[i] | (inc & (x < t));
+      if (inc & (x == t) & (budget > 0)) {
+        out[i] = true;
+        --budget;
+      }
     }
   }
 }
@@ -68,10 +127,15 @@ void mark_smallest(const scalar_t* score, const bool* mask, int64_t n, int64_t k
 template <typename scalar_t>
 void check_finite(const scalar_t* v, int64_t n, const char* name) {
   std::atomic<bool> bad{false};
-#pragma omp parallel for num_threads(at::get_num_threads())
+#pragma omp parallel for num_threads(at::get_num_threads()) if(parallel_worth(n))
   for (int64_t i = 0; i < n; ++i)
     if (std::isnan(v[i])) bad = true;
   TORCH_CHECK_VALUE(!bad, name, " must not contain NaN");
+}
+
+template <typename scalar_t>
+void select_smallest_impl(const scalar_t* s, int64_t n, int64_t k, bool* out) {
+  mark_smallest<scalar_t>(n, k, [](int64_t) { return true; }, [s](int64_t i) { return s[i]; }, out);
 }
 
 // select_smallest(scores, k) -> bool mask of the k smallest scores.
@@ -85,7 +149,7 @@ at::Tensor select_smallest_cpu(const at::Tensor& scores, int64_t k) {
   auto out = at::zeros({n}, s.options().dtype(at::kBool));
   AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "select_smallest_cpu", [&] {
     check_finite(s.data_ptr<scalar_t>(), n, "scores");
-    mark_smallest<scalar_t>(s.data_ptr<scalar_t>(), nullptr, n, k, out.data_ptr<bool>());
+    select_smallest_impl<scalar_t>(s.data_ptr<scalar_t>(), n, k, out.data_ptr<bool>());
   });
   return out;
 }
@@ -94,41 +158,21 @@ at::Tensor select_smallest_cpu(const at::Tensor& scores, int64_t k) {
 // zero and, separately, round(zeta * N) of the N negative weights nearest zero (the largest
 // negative ones). Exact zeros lie inside the pruned band of the reference implementation and
 // are always removed. Returns the keep mask.
-// Threshold t and how many entries equal to t are still selected, so that exactly k of the
-// magnitudes in `mags` are selected by "m < t, or m == t for the first ones in index order".
-template <typename scalar_t>
-std::pair<scalar_t, int64_t> kth_bound(std::vector<scalar_t>& mags, int64_t k) {
-  if (k <= 0) return {-std::numeric_limits<scalar_t>::infinity(), 0};
-  std::nth_element(mags.begin(), mags.begin() + (k - 1), mags.end());
-  const scalar_t t = mags[k - 1];
-  int64_t less = 0;
-  for (const scalar_t m : mags) less += m < t;
-  return {t, k - less};
-}
-
 template <typename scalar_t>
 void set_keep(const scalar_t* v, int64_t n, double zeta, bool* keep) {
-  std::vector<scalar_t> pos, neg;
-  pos.reserve(n / 2 + 16);
-  neg.reserve(n / 2 + 16);
+  int64_t P = 0, N = 0;
+#pragma omp parallel for reduction(+ : P, N) num_threads(at::get_num_threads()) if(parallel_worth(n))
   for (int64_t i = 0; i < n; ++i) {
-    if (v[i] > 0) pos.push_back(v[i]);
-    else if (v[i] < 0) neg.push_back(-v[i]);
+    P += v[i] > 0;
+    N += v[i] < 0;
   }
-  auto [tp, eq_p] = kth_bound(pos, std::llround(zeta * static_cast<double>(pos.size())));
-  auto [tn, eq_n] = kth_bound(neg, std::llround(zeta * static_cast<double>(neg.size())));
-  for (int64_t i = 0; i < n; ++i) {
-    const scalar_t x = v[i];
-    bool drop;
-    if (x > 0) {
-      drop = x < tp || (x == tp && eq_p > 0 && eq_p--);
-    } else if (x < 0) {
-      drop = -x < tn || (-x == tn && eq_n > 0 && eq_n--);
-    } else {
-      drop = true;  // exact zeros: inside the pruned band of the reference implementation
-    }
-    keep[i] = !drop;
-  }
+  std::vector<uint8_t> drop(n, 0);
+  bool* d = reinterpret_cast<bool*>(drop.data());
+  auto mag = [v](int64_t i) { return std::abs(v[i]); };
+  mark_smallest<scalar_t>(n, std::llround(zeta * static_cast<double>(P)), [v](int64_t i) { return v[i] > 0; }, mag, d);
+  mark_smallest<scalar_t>(n, std::llround(zeta * static_cast<double>(N)), [v](int64_t i) { return v[i] < 0; }, mag, d);
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if(parallel_worth(n))
+  for (int64_t i = 0; i < n; ++i) keep[i] = !drop[i] && v[i] != 0;
 }
 
 at::Tensor set_prune_cpu(const at::Tensor& values, double zeta) {
@@ -169,7 +213,7 @@ Csr check_csr(const at::Tensor& row_ptr, const at::Tensor& col_idx) {
 template <typename scalar_t>
 void compact_fill(const Csr& c, const bool* k, const int64_t* np, const scalar_t* src, int32_t* nc,
                   scalar_t* dst, int64_t* kpos) {
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if(parallel_worth(c.rows + c.nnz))
   for (int64_t i = 0; i < c.rows; ++i) {
     int64_t d = np[i];
     for (int64_t e = c.ptr[i]; e < c.ptr[i + 1]; ++e) {
@@ -196,7 +240,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> compact_cpu(const at:
   const bool* k = kp.data_ptr<bool>();
   auto new_ptr = at::zeros({c.rows + 1}, rp.options());
   int64_t* np = new_ptr.data_ptr<int64_t>();
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if(parallel_worth(c.rows + c.nnz))
   for (int64_t i = 0; i < c.rows; ++i) {
     int64_t cnt = 0;
     for (int64_t e = c.ptr[i]; e < c.ptr[i + 1]; ++e) cnt += k[e];
@@ -245,7 +289,7 @@ void sort_keys_by_row(std::vector<int64_t>& keys, int64_t rows, int64_t cols) {
     std::vector<int64_t> next(start.begin(), start.end() - 1);
     for (int64_t j = 0; j < m; ++j) out[next[keys[j] / cols]++] = keys[j];
   }
-#pragma omp parallel for schedule(dynamic, 64) num_threads(at::get_num_threads())
+#pragma omp parallel for schedule(dynamic, 64) num_threads(at::get_num_threads()) if(parallel_worth(m))
   for (int64_t i = 0; i < rows; ++i) std::sort(out.begin() + start[i], out.begin() + start[i + 1]);
   keys.swap(out);
 }
@@ -255,7 +299,7 @@ void drop_occupied(const Csr& c, int64_t cols, std::vector<int64_t>& keys) {
   const int64_t m = keys.size();
   std::vector<uint8_t> occ(m);
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(m / 4096 + 1, 8 * at::get_num_threads()));
-#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads())
+#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads()) if(parallel_worth(m))
   for (int64_t ch = 0; ch < chunks; ++ch) {
     const int64_t lo = m * ch / chunks, hi = m * (ch + 1) / chunks;
     int64_t cur = -1;
@@ -310,7 +354,7 @@ std::vector<int64_t> draw_empty(const Csr& c, int64_t cols, int64_t n, uint64_t 
     const int64_t m = need + need / 8 + 16;
     const int64_t base = keys.size();
     keys.resize(base + m);
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if(parallel_worth(m))
     for (int64_t j = 0; j < m; ++j) keys[base + j] = bounded(splitmix64(stream + counter + j), total);
     counter += m;
     // sorted candidates are checked against the rows in order (cache friendly, unlike a
@@ -366,7 +410,7 @@ template <typename scalar_t>
 void merge_fill(const Csr& c, const int64_t* nptr, const int32_t* C, const int64_t* op, const scalar_t* ov,
                 const scalar_t* nvv, int32_t* oc, scalar_t* dv, int64_t* opos, int64_t* npos,
                 std::atomic<int64_t>& clash) {
-#pragma omp parallel for schedule(dynamic, 256) num_threads(at::get_num_threads())
+#pragma omp parallel for schedule(dynamic, 256) num_threads(at::get_num_threads()) if(parallel_worth(c.rows + c.nnz))
   for (int64_t i = 0; i < c.rows; ++i) {
     int64_t a = c.ptr[i], ae = c.ptr[i + 1], b = nptr[i], be = nptr[i + 1], d = op[i];
     while (a < ae || b < be) {
@@ -402,12 +446,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> merge_cpu
   auto nr = new_row.contiguous(), nc = new_col.contiguous(), nv = new_values.contiguous();
   const int64_t* R = nr.data_ptr<int64_t>();
   const int32_t* C = nc.data_ptr<int32_t>();
-  for (int64_t j = 0; j < n; ++j) {
-    TORCH_CHECK_VALUE(R[j] >= 0 && R[j] < c.rows && C[j] >= 0 && C[j] < n_cols, "new entry ", j, " at (",
-                      R[j], ", ", C[j], ") is outside the ", c.rows, " x ", n_cols, " matrix");
-    TORCH_CHECK_VALUE(j == 0 || R[j] > R[j - 1] || (R[j] == R[j - 1] && C[j] > C[j - 1]),
-                      "new entries must be sorted by (row, col) without duplicates: entry ", j, " at (",
-                      R[j], ", ", C[j], ")");
+  auto entry_ok = [&](int64_t j) {
+    return R[j] >= 0 && R[j] < c.rows && C[j] >= 0 && C[j] < n_cols &&
+           (j == 0 || R[j] > R[j - 1] || (R[j] == R[j - 1] && C[j] > C[j - 1]));
+  };
+  std::atomic<bool> bad_entry{false};
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if(parallel_worth(n))
+  for (int64_t j = 0; j < n; ++j)
+    if (!entry_ok(j)) bad_entry = true;
+  if (bad_entry) {  // find the first one for the message
+    for (int64_t j = 0; j < n; ++j) {
+      TORCH_CHECK_VALUE(R[j] >= 0 && R[j] < c.rows && C[j] >= 0 && C[j] < n_cols, "new entry ", j, " at (",
+                        R[j], ", ", C[j], ") is outside the ", c.rows, " x ", n_cols, " matrix");
+      TORCH_CHECK_VALUE(entry_ok(j), "new entries must be sorted by (row, col) without duplicates: entry ", j,
+                        " at (", R[j], ", ", C[j], ")");
+    }
   }
   // first new entry of each row
   std::vector<int64_t> nptr(c.rows + 1, 0);
@@ -449,7 +502,7 @@ at::Tensor remap_index_cpu(const at::Tensor& kept_pos, const at::Tensor& old_pos
   int64_t* out = origin.data_ptr<int64_t>();
   const int64_t n = kp.numel();
   std::atomic<bool> bad{false};
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if(parallel_worth(n))
   for (int64_t j = 0; j < n; ++j) {
     if (o[j] < 0 || o[j] >= new_nnz) { bad = true; continue; }
     out[o[j]] = k[j];
@@ -475,7 +528,7 @@ at::Tensor gather_or_zero_cpu(const at::Tensor& t, const at::Tensor& origin) {
   const int64_t* org = oc.data_ptr<int64_t>();
   const int64_t n = oc.numel();
   std::atomic<bool> bad{false};
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if(parallel_worth(n))
   for (int64_t p = 0; p < n; ++p) {
     const int64_t o = org[p];
     if (o >= old_n) {
@@ -500,7 +553,7 @@ at::Tensor gather_or_zero_cpu(const at::Tensor& t, const at::Tensor& origin) {
 template <typename scalar_t>
 void coo_dot_loop(const int64_t* r, const int32_t* c, const scalar_t* g, const scalar_t* x, scalar_t* o,
                   int64_t n, int64_t M) {
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if(parallel_worth(n * M))
   for (int64_t j = 0; j < n; ++j) {
     const scalar_t* gi = g + r[j] * M;
     const scalar_t* xj = x + static_cast<int64_t>(c[j]) * M;
@@ -596,7 +649,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grad_topk_cpu(const at::Tensor& r
         const double* t = T.data_ptr<double>();
         const int64_t w = c1 - c0;
         const double lo = bound;
-#pragma omp parallel num_threads(nt)
+#pragma omp parallel num_threads(nt) if(parallel_worth((r1 - r0) * w))
         {
           auto& mine = local[omp_get_thread_num()];
 #pragma omp for schedule(static)

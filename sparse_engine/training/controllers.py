@@ -14,7 +14,6 @@ state (see :func:`~sparse_engine.training.topology.rewire`).
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Iterable
 
 import torch
