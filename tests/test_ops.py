@@ -203,3 +203,28 @@ def test_raw_operator_checks_reach_python_as_value_and_type_errors(rng):
         sp.spmm(*W.index, W.values.detach().half(), torch.randn(6, 2).half())
     with pytest.raises(ValueError, match="out of range"):
         sp.transpose_index(W.row_ptr, W.col_idx, 2)
+    bad_ptr = W.row_ptr.clone()
+    bad_ptr[-1] += 5
+    with pytest.raises(ValueError, match="row_ptr must start at 0 and end at nnz"):
+        sp.spmm(bad_ptr, *W.index[1:], W.values, torch.randn(6, 2))
+    with pytest.raises(ValueError, match="row_ptr must start at 0 and end at nnz"):
+        sp.transpose_index(bad_ptr, W.col_idx, 6)
+
+
+def test_transpose_index_parallel_equals_serial(rng):
+    """The parallel counting sort gives the same index as one thread (and as scipy's CSC)."""
+    W = SparseWeight.random(3000, 2000, nnz=600_000, generator=rng)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = torch.ops.sparse_engine.transpose_index(W.row_ptr, W.col_idx, 2000)
+        torch.set_num_threads(max(2, before))
+        multi = torch.ops.sparse_engine.transpose_index(W.row_ptr, W.col_idx, 2000)
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(single, multi):
+        assert torch.equal(a, b)
+    csc = W.to_scipy().tocsc()
+    csc.sort_indices()
+    assert torch.equal(single[0], torch.from_numpy(csc.indptr).long())
+    assert torch.equal(single[1], torch.from_numpy(csc.indices).int())

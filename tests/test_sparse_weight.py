@@ -213,3 +213,19 @@ def test_set_pattern_keeps_parameter_and_rebuilds_transpose(rng):
 def test_repr_names_shape_nnz_density(rng):
     W = random_weight(10, 8, 0.3, generator=rng)
     assert f"nnz={W.nnz}" in repr(W) and "shape=(10, 8)" in repr(W) and "density=" in repr(W)
+
+
+def test_backward_works_after_the_pattern_changes_while_an_old_graph_is_alive(rng):
+    """Autograd caches a gradient accumulator sized for the old nnz; set_pattern resets it."""
+    from sparse_engine import ops
+
+    W = random_weight(20, 10, 0.3, torch.float32, generator=rng)
+    X = torch.randn(10, 4)
+    old_loss = ops.spmm(W, X).sum()
+    old_loss.backward(retain_graph=True)
+    other = random_weight(20, 10, 0.6, torch.float32, generator=rng)
+    W.set_pattern(other.row_ptr, other.col_idx, other.values.detach())
+    W.values.grad = None
+    ops.spmm(W, X).sum().backward()
+    assert W.values.grad.shape == (other.nnz,)
+    assert old_loss is not None  # the old graph was alive throughout

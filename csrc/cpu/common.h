@@ -29,6 +29,18 @@ inline IndexSizes check_index(const at::Tensor& row_ptr, const at::Tensor& col_i
   TORCH_CHECK_VALUE(csc_row.numel() == nnz && csc_perm.numel() == nnz,
                     "csc_row and csc_perm must have nnz=", nnz, " entries, got ", csc_row.numel(),
                     " and ", csc_perm.numel());
+  if (row_ptr.device().is_cpu()) {  // O(1) ends check, so a wrong row_ptr cannot read out of bounds
+    auto ends = [](const at::Tensor& p) {
+      const int64_t* d = p.const_data_ptr<int64_t>();
+      return std::make_pair(d[0], d[(p.numel() - 1) * p.stride(0)]);
+    };
+    const auto [first, last] = ends(row_ptr);
+    const auto [cfirst, clast] = ends(csc_ptr);
+    TORCH_CHECK_VALUE(first == 0 && last == nnz, "row_ptr must start at 0 and end at nnz=", nnz,
+                      ", got ", first, " and ", last);
+    TORCH_CHECK_VALUE(cfirst == 0 && clast == nnz, "csc_ptr must start at 0 and end at nnz=", nnz,
+                      ", got ", cfirst, " and ", clast);
+  }
   return {row_ptr.numel() - 1, csc_ptr.numel() - 1, nnz};
 }
 
@@ -65,6 +77,10 @@ inline std::vector<int64_t> balanced_bounds(const int64_t* ptr, int64_t n, int64
   bounds[chunks] = n;
   return bounds;
 }
+
+// Below this much work (multiply-adds) a kernel stays on one thread: waking a thread costs
+// more than the whole product, and much more on a busy machine.
+constexpr int64_t kParallelWork = 1 << 15;
 
 inline int64_t num_chunks(int64_t n) {
   return std::max<int64_t>(1, std::min<int64_t>(n, 8 * at::get_num_threads()));

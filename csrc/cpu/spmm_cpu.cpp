@@ -65,7 +65,8 @@ void gather_rows(const int64_t* ptr, const int32_t* idx, const int64_t* perm, co
   const int64_t chunks = num_chunks(n);
   const auto bounds = balanced_bounds(ptr, n, chunks);
   const int64_t nnz = ptr[n];
-#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads())
+  const bool parallel = (nnz + n) * B >= kParallelWork;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads()) if (parallel)
   for (int64_t c = 0; c < chunks; ++c) {
     for (int64_t i = bounds[c]; i < bounds[c + 1]; ++i) {
       const int64_t k0 = ptr[i], k1 = ptr[i + 1];
@@ -88,7 +89,7 @@ void gather_rows(const int64_t* ptr, const int32_t* idx, const int64_t* perm, co
 // out[k] = values[perm[k]], prefetching ahead of the random reads.
 template <typename scalar_t>
 void gather_values(const scalar_t* values, const int64_t* perm, scalar_t* out, int64_t nnz) {
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if (nnz >= kParallelWork)
   for (int64_t k = 0; k < nnz; ++k) {
     if (k + 4 * kPrefetch < nnz) __builtin_prefetch(values + perm[k + 4 * kPrefetch]);
     out[k] = values[perm[k]];
@@ -119,7 +120,8 @@ void sddmm_rows(const int64_t* ptr, const int32_t* col, const scalar_t* g, const
   const auto bounds = balanced_bounds(ptr, rows, chunks);
   const int64_t nnz = ptr[rows];
   const int64_t row_bytes = B * static_cast<int64_t>(sizeof(scalar_t));
-#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads())
+  const bool parallel = (nnz + rows) * B >= kParallelWork;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads()) if (parallel)
   for (int64_t c = 0; c < chunks; ++c) {
     for (int64_t i = bounds[c]; i < bounds[c + 1]; ++i) {
       const scalar_t* gi = g + i * B;
@@ -213,28 +215,62 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> transpose_index_cpu(const at::Ten
   TORCH_CHECK_TYPE(row_ptr.scalar_type() == at::kLong, "row_ptr must be int64");
   TORCH_CHECK_TYPE(col_idx.scalar_type() == at::kInt, "col_idx must be int32");
   TORCH_CHECK_VALUE(n_cols >= 0, "n_cols must be >= 0, got ", n_cols);
+  TORCH_CHECK_VALUE(row_ptr.dim() == 1 && row_ptr.numel() >= 1 && col_idx.dim() == 1,
+                    "row_ptr and col_idx must be 1-D, row_ptr with rows+1 >= 1 entries");
   auto rp = row_ptr.contiguous(), ci = col_idx.contiguous();
   const int64_t rows = rp.numel() - 1, nnz = ci.numel();
+  TORCH_CHECK_VALUE(rp.data_ptr<int64_t>()[0] == 0 && rp.data_ptr<int64_t>()[rows] == nnz,
+                    "row_ptr must start at 0 and end at nnz=", nnz);
   auto csc_ptr = at::zeros({n_cols + 1}, rp.options());
   auto csc_row = at::empty({nnz}, ci.options());
   auto csc_perm = at::empty({nnz}, rp.options());
   const int64_t* ptr = rp.data_ptr<int64_t>();
   const int32_t* col = ci.data_ptr<int32_t>();
   int64_t* cptr = csc_ptr.data_ptr<int64_t>();
-  for (int64_t k = 0; k < nnz; ++k) {
-    TORCH_CHECK_VALUE(col[k] >= 0 && col[k] < n_cols, "col_idx entry ", col[k], " out of range [0, ",
-                      n_cols, ")");
-    ++cptr[col[k] + 1];
-  }
-  for (int64_t j = 0; j < n_cols; ++j) cptr[j + 1] += cptr[j];
-  std::vector<int64_t> next(cptr, cptr + n_cols);
   int32_t* crow = csc_row.data_ptr<int32_t>();
   int64_t* perm = csc_perm.data_ptr<int64_t>();
-  for (int64_t i = 0; i < rows; ++i) {  // rows in order: each column's rows come out sorted
-    for (int64_t k = ptr[i]; k < ptr[i + 1]; ++k) {
-      const int64_t dst = next[col[k]]++;
-      crow[dst] = static_cast<int32_t>(i);
-      perm[dst] = k;
+  // Parallel stable counting sort: T blocks of rows (balanced by nnz) count their columns,
+  // a prefix over (column, block) gives each block its slots, and blocks scatter in row
+  // order, so the rows within each column come out sorted, as with one thread.
+  const int64_t T = (nnz >= 4 * kParallelWork && rows > 1)
+                        ? std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows)) : 1;
+  const auto bounds = balanced_bounds(ptr, rows, T);
+  std::vector<int64_t> counts(static_cast<size_t>(T) * (n_cols + 1), 0);
+  bool in_range = true;
+#pragma omp parallel for schedule(static, 1) num_threads(T) reduction(&& : in_range)
+  for (int64_t t = 0; t < T; ++t) {
+    int64_t* c = counts.data() + t * (n_cols + 1);
+    for (int64_t k = ptr[bounds[t]]; k < ptr[bounds[t + 1]]; ++k) {
+      const int32_t j = col[k];
+      if (j < 0 || j >= n_cols) { in_range = false; break; }
+      ++c[j];
+    }
+  }
+  if (!in_range) {
+    for (int64_t k = 0; k < nnz; ++k)
+      TORCH_CHECK_VALUE(col[k] >= 0 && col[k] < n_cols, "col_idx entry ", col[k], " out of range [0, ",
+                        n_cols, ")");
+  }
+  int64_t running = 0;  // counts become each block's first slot in each column
+  for (int64_t j = 0; j < n_cols; ++j) {
+    cptr[j] = running;
+    for (int64_t t = 0; t < T; ++t) {
+      int64_t& c = counts[t * (n_cols + 1) + j];
+      const int64_t n = c;
+      c = running;
+      running += n;
+    }
+  }
+  cptr[n_cols] = running;
+#pragma omp parallel for schedule(static, 1) num_threads(T)
+  for (int64_t t = 0; t < T; ++t) {
+    int64_t* next = counts.data() + t * (n_cols + 1);
+    for (int64_t i = bounds[t]; i < bounds[t + 1]; ++i) {
+      for (int64_t k = ptr[i]; k < ptr[i + 1]; ++k) {
+        const int64_t dst = next[col[k]]++;
+        crow[dst] = static_cast<int32_t>(i);
+        perm[dst] = k;
+      }
     }
   }
   return {csc_ptr, csc_row, csc_perm};

@@ -128,10 +128,20 @@ class SparseWeight(nn.Module):
         optimizer that holds it keeps working. The caller resets optimizer state."""
         self.row_ptr = row_ptr.to(torch.int64)
         self.col_idx = col_idx.to(torch.int32)
-        self.values.data = values.to(self.values.dtype)
+        self._assign_values(values.to(self.values.dtype))
         if validate:
             self.validate()
         self._rebuild_transpose()
+
+    def _assign_values(self, data: torch.Tensor) -> None:
+        """Gives ``values`` new data (maybe another nnz), keeping the Parameter object.
+        Autograd caches a gradient accumulator per parameter that remembers its shape; while
+        an old graph is still referenced (the previous batch's ``loss``) it would be reused and
+        the next backward would fail with "invalid gradient ... expected shape [old nnz]".
+        Assigning data of another dtype first makes autograd drop that cached accumulator."""
+        other = torch.float32 if data.dtype == torch.float64 else torch.float64
+        self.values.data = torch.empty(0, dtype=other, device=data.device)
+        self.values.data = data
 
     # ------------------------------------------------------------- state_dict
     def get_extra_state(self):
@@ -149,7 +159,7 @@ class SparseWeight(nn.Module):
             if isinstance(src, torch.Tensor) and src.shape != cur.shape:
                 fresh = torch.empty(src.shape, dtype=cur.dtype, device=cur.device)
                 if name == "values":
-                    self.values.data = fresh
+                    self._assign_values(fresh)
                 else:
                     setattr(self, name, fresh)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,

@@ -25,7 +25,7 @@ from .density import sparse_weights
 from .grad_factors import GradFactorRecorder
 from .schedules import cosine_decay, cubic_density, narang_threshold
 from .topology import (INIT_CHOICES, Remap, global_magnitude_keep, gradient_growth, magnitude_keep,
-                       random_empty, rewire, set_keep, set_pattern, threshold_keep)
+                       random_empty, rewire, set_keep, threshold_keep)
 
 __all__ = ["TopologyController", "SET", "RigL", "GradualMagnitudePruning", "DeepR"]
 
@@ -148,7 +148,7 @@ class SET(TopologyController):
                 rp, ci = _init.random_pattern(rows, cols, nnz, self.generator)
                 vals = _init.default_values(nnz, rows, w.values.dtype, self.generator)
                 dev = w.values.device
-                set_pattern(w, rp.to(dev), ci.to(dev), vals.to(dev))
+                w.set_pattern(rp.to(dev), ci.to(dev), vals.to(dev), validate=False)
 
     def _after_epoch(self) -> None:
         for name, w in self.weights.items():

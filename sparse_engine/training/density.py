@@ -9,7 +9,6 @@ from torch import nn
 
 from .. import init as _init
 from ..sparse import SparseWeight
-from .topology import set_pattern
 
 __all__ = ["sparse_weights", "uniform_densities", "erk_densities", "sparsify_"]
 
@@ -66,5 +65,5 @@ def sparsify_(model: nn.Module, density: float, distribution: str = "uniform", *
         rp, ci = _init.random_pattern(rows, cols, nnz, generator)
         vals = _init.default_values(nnz, rows, w.values.dtype, generator)
         dev = w.values.device
-        set_pattern(w, rp.to(dev), ci.to(dev), vals.to(dev))
+        w.set_pattern(rp.to(dev), ci.to(dev), vals.to(dev), validate=False)
     return dens

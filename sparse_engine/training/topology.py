@@ -27,7 +27,7 @@ _ops = torch.ops.sparse_engine
 
 __all__ = [
     "Remap", "magnitude_keep", "global_magnitude_keep", "set_keep", "threshold_keep",
-    "random_empty", "gradient_growth", "new_values", "rewire", "remap_optimizer_state", "set_pattern",
+    "random_empty", "gradient_growth", "new_values", "rewire", "remap_optimizer_state",
     "INIT_CHOICES",
 ]
 
@@ -257,7 +257,7 @@ def rewire(weight: SparseWeight, keep: torch.Tensor, grow: GrowFn | None = None,
         if nv.shape != (n,):
             raise ValueError(f"values must have one entry per new position ({n}), got {tuple(nv.shape)}")
     rp, ci, v, old_pos, new_pos = _ops.merge(rp, ci, v, cols, nr.cpu(), nc.cpu(), nv)
-    set_pattern(weight, rp.to(device), ci.to(device), v.to(device))
+    weight.set_pattern(rp.to(device), ci.to(device), v.to(device), validate=False)
     remap = Remap(src=kept.to(device), dst=old_pos.to(device), new=new_pos.to(device), old_nnz=old_nnz,
                   new_nnz=v.numel())
     if weight.values.grad is not None:
@@ -265,20 +265,6 @@ def rewire(weight: SparseWeight, keep: torch.Tensor, grow: GrowFn | None = None,
     if optimizer is not None:
         remap_optimizer_state(optimizer, weight.values, remap)
     return remap
-
-
-def set_pattern(weight: SparseWeight, row_ptr, col_idx, values) -> None:
-    """``weight.set_pattern`` plus a reset of autograd's cached gradient accumulator of
-    ``weight.values``. While an old graph is still referenced (``loss`` of the previous batch),
-    autograd would reuse that accumulator, which remembers the old nnz, and the next backward
-    fails with "invalid gradient ... expected shape compatible with [old nnz]". Assigning
-    ``.data`` of another dtype is what makes autograd drop the cached accumulator."""
-    weight.set_pattern(row_ptr, col_idx, values, validate=False)
-    p = weight.values
-    data = p.data
-    other = torch.float32 if data.dtype == torch.float64 else torch.float64
-    p.data = torch.empty(0, dtype=other, device=data.device)
-    p.data = data
 
 
 class _Probe:
