@@ -283,7 +283,8 @@ def _register_fakes():
     reg("sparse_engine::gru_step")(
         lambda rp, ci, cp, cr, pm, v, gx, h, b_hh: (hb(h), h.new_empty((4 * h.shape[0], h.shape[1]))))
     reg("sparse_engine::gru_step_backward")(
-        lambda rp, ci, cp, cr, pm, v, acts, h_prev, dh: (dh.new_empty((3 * dh.shape[0], dh.shape[1])),) * 2 + (hb(dh),))
+        lambda rp, ci, cp, cr, pm, v, acts, h_prev, dh: tuple(dh.new_empty((3 * dh.shape[0], dh.shape[1]))
+                                                              for _ in range(2)) + (hb(dh),))
     reg("sparse_engine::rnn_step")(lambda rp, ci, cp, cr, pm, v, gx, h, relu: hb(h))
     reg("sparse_engine::rnn_step_backward")(lambda rp, ci, cp, cr, pm, v, h_new, dh, relu: (hb(dh), hb(dh)))
     reg("sparse_engine::ctrnn_step")(lambda rp, ci, cp, cr, pm, v, gx, h, dt, tau: (hb(h), hb(h)))
