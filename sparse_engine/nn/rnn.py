@@ -195,6 +195,9 @@ class SparseRNNBase(nn.Module):
                 getattr(dense, name).copy_(dense_of(getattr(self, name)))
         return dense
 
+    def flatten_parameters(self) -> None:
+        """No-op, for code written against nn.LSTM (there is no cuDNN weight buffer to pack)."""
+
     # ---------------------------------------------------------------------- forward
     def _check_input(self, input):
         if not isinstance(input, torch.Tensor):
