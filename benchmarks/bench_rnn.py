@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -185,6 +186,7 @@ def main(argv=None):
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     sizes = args.sizes or (GPU_SIZES if device == "cuda" else CPU_SIZES)
     out_path = args.out or ROOT / "benchmarks" / "results" / f"rnn_{'gpu' if device == 'cuda' else 'cpu'}.md"
+    load_start = os.getloadavg()[0]
     rows = []
     for spec in sizes:
         H, d = spec.split(":")
@@ -205,7 +207,8 @@ def main(argv=None):
         "# LSTM training step (forward + backward), one layer, T=35, B=20, input = hidden",
         "",
         f"- machine: {machine(device)}",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; 1-min load average "
+        f"{load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (a busy machine inflates every time)",
         f"- median of {args.repeats} steps after {args.warmup} warm-up; peak memory of the whole process "
         f"({'max_memory_allocated' if device == 'cuda' else 'max RSS'}); each cell in its own process",
         "- masked-dense: nn.LSTM with weights * mask re-applied each step; torch.sparse: CSR torch.sparse.mm loop",

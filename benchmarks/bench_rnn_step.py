@@ -7,6 +7,7 @@ This is the measurement behind using the fused op on the CPU.
 from __future__ import annotations
 
 import argparse
+import os
 import datetime
 import subprocess
 import sys
@@ -63,7 +64,8 @@ def main(argv=None):
                 .stdout.splitlines() if ln.startswith("Model name")), "?")
     text = "\n".join([
         f"# One recurrent step, fused C++ op vs composed (spmm + torch elementwise), B={B}", "",
-        f"- machine: {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        f"- machine: {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"1-min load average {os.getloadavg()[0]:.1f}",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; median of {args.repeats}, "
         "microseconds", "",
         "| hidden | density | step | fused (us) | composed (us) | composed / fused |",

@@ -212,3 +212,26 @@ def test_fused_ops_reject_bad_arguments(rng):
     with pytest.raises(ValueError, match="b_hh"):
         G = _weight(15, 5, 0.5, rng)
         ops.gru_step(*G.index, G.values.detach(), gx[:15], h, torch.zeros(7, dtype=torch.float64))
+
+
+def test_fused_ops_opcheck(rng):
+    """Schemas, fake kernels (torch.compile) and dispatch of the fused ops are consistent."""
+    ops = torch.ops.sparse_engine
+    h = torch.randn(5, 3, generator=rng, dtype=torch.float64)
+    g = torch.randn(20, 3, generator=rng, dtype=torch.float64)
+    W4, W3, W1 = (_weight(k * 5, 5, 0.5, rng) for k in (4, 3, 1))
+    v4, v3, v1 = (w.values.detach() for w in (W4, W3, W1))
+    acts = torch.rand(20, 3, generator=rng, dtype=torch.float64)
+    cases = [
+        (ops.lstm_step, (*W4.index, v4, g, h, h)),
+        (ops.lstm_step_backward, (*W4.index, v4, acts, h, h, h, h)),
+        (ops.gru_step, (*W3.index, v3, g[:15], h, torch.randn(15, generator=rng, dtype=torch.float64))),
+        (ops.gru_step, (*W3.index, v3, g[:15], h, None)),
+        (ops.gru_step_backward, (*W3.index, v3, acts, h, h)),
+        (ops.rnn_step, (*W1.index, v1, g[:5], h, True)),
+        (ops.rnn_step_backward, (*W1.index, v1, h, h, False)),
+        (ops.ctrnn_step, (*W1.index, v1, g[:5], h, 0.1, 0.5)),
+        (ops.ctrnn_step_backward, (*W1.index, v1, h, h, 0.1, 0.5)),
+    ]
+    for op, args in cases:
+        torch.library.opcheck(op.default, args, test_utils=("test_schema", "test_faketensor"))

@@ -38,6 +38,13 @@ inline void vtanh(float* a, int64_t n) {
   int64_t i = 0;
 #if defined(__AVX2__)
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(a + i, Sleef_tanhf8_u10(_mm256_loadu_ps(a + i)));
+  if (i < n) {  // tail: padded to one full vector, no scalar calls
+    float t[8] = {0};
+    std::copy(a + i, a + n, t);
+    _mm256_storeu_ps(t, Sleef_tanhf8_u10(_mm256_loadu_ps(t)));
+    std::copy(t, t + (n - i), a + i);
+    return;
+  }
 #endif
   for (; i < n; ++i) a[i] = std::tanh(a[i]);
 }
@@ -45,6 +52,13 @@ inline void vtanh(double* a, int64_t n) {
   int64_t i = 0;
 #if defined(__AVX2__)
   for (; i + 4 <= n; i += 4) _mm256_storeu_pd(a + i, Sleef_tanhd4_u10(_mm256_loadu_pd(a + i)));
+  if (i < n) {  // tail: padded to one full vector, no scalar calls
+    double t[4] = {0};
+    std::copy(a + i, a + n, t);
+    _mm256_storeu_pd(t, Sleef_tanhd4_u10(_mm256_loadu_pd(t)));
+    std::copy(t, t + (n - i), a + i);
+    return;
+  }
 #endif
   for (; i < n; ++i) a[i] = std::tanh(a[i]);
 }
@@ -52,6 +66,13 @@ inline void vexp(float* a, int64_t n) {
   int64_t i = 0;
 #if defined(__AVX2__)
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(a + i, Sleef_expf8_u10(_mm256_loadu_ps(a + i)));
+  if (i < n) {  // tail: padded to one full vector, no scalar calls
+    float t[8] = {0};
+    std::copy(a + i, a + n, t);
+    _mm256_storeu_ps(t, Sleef_expf8_u10(_mm256_loadu_ps(t)));
+    std::copy(t, t + (n - i), a + i);
+    return;
+  }
 #endif
   for (; i < n; ++i) a[i] = std::exp(a[i]);
 }
@@ -59,6 +80,13 @@ inline void vexp(double* a, int64_t n) {
   int64_t i = 0;
 #if defined(__AVX2__)
   for (; i + 4 <= n; i += 4) _mm256_storeu_pd(a + i, Sleef_expd4_u10(_mm256_loadu_pd(a + i)));
+  if (i < n) {  // tail: padded to one full vector, no scalar calls
+    double t[4] = {0};
+    std::copy(a + i, a + n, t);
+    _mm256_storeu_pd(t, Sleef_expd4_u10(_mm256_loadu_pd(t)));
+    std::copy(t, t + (n - i), a + i);
+    return;
+  }
 #endif
   for (; i < n; ++i) a[i] = std::exp(a[i]);
 }

@@ -40,7 +40,11 @@ _ops = torch.ops.sparse_engine
 GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3, "CTRNN": 1}
 
 #: Use the fused C++ step ops where available (CPU, sparse recurrent matrix). Tests flip it
-#: to check the fused and the composed paths against each other.
+#: to check the fused and the composed paths against each other. Measured (benchmarks/
+#: bench_rnn_step.py, results/rnn_step_cpu*.md): with 2 threads on a shared 2-core machine the
+#: fused step is 2-8x faster (one parallel region instead of a dozen); on one thread its forward
+#: is 5-25% slower than spmm + ATen's elementwise ops (it gathers 4 CSR rows per hidden unit),
+#: its backward 1.0-1.5x faster. Re-measure on a quiet machine before changing the default.
 USE_FUSED = True
 
 
@@ -217,7 +221,8 @@ class Recurrence(torch.autograd.Function):
         dh = dh_T.clone()
         dc = dc_T if mode == "LSTM" else None
         S = T * U
-        dgh = [None] * S          # hidden-side gate gradients, processing order
+        G = GATES[mode] * H
+        dgh = dh.new_empty(G, S, B)  # hidden-side gate gradients, feature-major, processing order
         dgx = [None] * T if mode in ("GRU", "CTRNN") else None  # input-side gradients, time order
         order = list(range(T - 1, -1, -1)) if cfg.reverse else list(range(T))
         for s in range(S - 1, -1, -1):
@@ -230,29 +235,29 @@ class Recurrence(torch.autograd.Function):
                     dG, dh, dc = _ops.lstm_step_backward(*idx, w_hh, abuf[s], cbuf[s], cbuf[s + 1], dh, dc)
                 else:
                     dG, dh, dc = _lstm_bwd(w_hh, idx, abuf[s], cbuf[s], cbuf[s + 1], dh, dc)
-                dgh[s] = dG
+                dgh[:, s] = dG
             elif mode == "GRU":
                 if fused:
                     gx_s, dG, dh = _ops.gru_step_backward(*idx, w_hh, abuf[s], hbuf[s], dh)
                 else:
                     gx_s, dG, dh = _gru_bwd(w_hh, idx, abuf[s], hbuf[s], dh)
-                dgh[s], dgx[t] = dG, gx_s
+                dgh[:, s], dgx[t] = dG, gx_s
             elif mode == "CTRNN":
                 if fused:
                     dG, dh = _ops.ctrnn_step_backward(*idx, w_hh, abuf[s], dh, cfg.dt, cfg.tau)
                 else:
                     dG, dh = _ctrnn_bwd(w_hh, idx, abuf[s], dh, cfg.dt, cfg.tau)
-                dgh[s] = dG
+                dgh[:, s] = dG
                 dgx[t] = dG if dgx[t] is None else dgx[t] + dG
             else:
                 if fused:
                     dG, dh = _ops.rnn_step_backward(*idx, w_hh, hbuf[s + 1], dh, relu)
                 else:
                     dG, dh = _rnn_bwd(w_hh, idx, hbuf[s + 1], dh, relu)
-                dgh[s] = dG
-        dgh_cols = _to_cols(torch.stack(dgh))  # (G*H, S*B) in processing order
+                dgh[:, s] = dG
+        dgh_cols = dgh.view(G, S * B)  # (G*H, S*B) in processing order
         if dgx is None:  # LSTM/RNN: the input-side gradient is the hidden-side one, per time step
-            dgx_cols = _to_cols(torch.stack(dgh[::-1]) if cfg.reverse else torch.stack(dgh))
+            dgx_cols = dgh.flip(1).reshape(G, S * B) if cfg.reverse else dgh_cols
         else:
             dgx_cols = _to_cols(torch.stack(dgx))
         d_x = _mm_t(w_ih, cfg.idx_ih, dgx_cols) if need[1] else None
@@ -282,7 +287,8 @@ def _register_fakes():
     reg("sparse_engine::gru_step")(
         lambda rp, ci, cp, cr, pm, v, gx, h, b_hh: (hb(h), h.new_empty((4 * h.shape[0], h.shape[1]))))
     reg("sparse_engine::gru_step_backward")(
-        lambda rp, ci, cp, cr, pm, v, acts, h_prev, dh: (dh.new_empty((3 * dh.shape[0], dh.shape[1])),) * 2 + (hb(dh),))
+        lambda rp, ci, cp, cr, pm, v, acts, h_prev, dh: tuple(dh.new_empty((3 * dh.shape[0], dh.shape[1]))
+                                                              for _ in range(2)) + (hb(dh),))
     reg("sparse_engine::rnn_step")(lambda rp, ci, cp, cr, pm, v, gx, h, relu: hb(h))
     reg("sparse_engine::rnn_step_backward")(lambda rp, ci, cp, cr, pm, v, h_new, dh, relu: (hb(dh), hb(dh)))
     reg("sparse_engine::ctrnn_step")(lambda rp, ci, cp, cr, pm, v, gx, h, dt, tau: (hb(h), hb(h)))

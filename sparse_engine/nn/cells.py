@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ._recurrence import GATES, Config, Recurrence
-from .rnn import _check_positive_int, convert_weights, dense_of, make_bias, make_weight, sparse_flags, weight_args
+from .rnn import EMPTY, _check_positive_int, convert_weights, dense_of, make_bias, make_weight, sparse_flags, weight_args
 
 __all__ = ["SparseRNNCell", "SparseLSTMCell", "SparseGRUCell", "SparseCTRNNCell", "SparseCTRNN"]
 
@@ -91,7 +91,7 @@ class _SparseCellBase(nn.Module):
         if density is not None and mask is not None:
             raise ValueError("give at most one of density= and mask=")
         kw = {"nonlinearity": cell.nonlinearity} if cls is SparseRNNCell else {}
-        new = cls(cell.input_size, cell.hidden_size, bias=cell.bias, density=1e-300, sparse=sparse,
+        new = cls(cell.input_size, cell.hidden_size, bias=cell.bias, density=EMPTY, sparse=sparse,
                   device=cell.weight_ih.device, dtype=cell.weight_ih.dtype, **kw)
         convert_weights(new, cell, new._flat_weights_names, density, mask)
         return new

@@ -31,6 +31,8 @@ from .linear import resolve_density
 
 __all__ = ["SparseRNN", "SparseLSTM", "SparseGRU", "SparseRNNBase"]
 
+#: A density that rounds to nnz=0: from_dense builds empty sparse weights and replaces them at once.
+EMPTY = 1e-300
 _SPARSE_CHOICES = {"both": (True, True), "recurrent": (False, True), "input": (True, False)}
 _DENSE_CLASSES = {"RNN_TANH": nn.RNN, "RNN_RELU": nn.RNN, "LSTM": nn.LSTM, "GRU": nn.GRU}
 
@@ -176,7 +178,7 @@ class SparseRNNBase(nn.Module):
                   dropout=module.dropout, bidirectional=module.bidirectional)
         if cls is SparseRNN:
             kw["nonlinearity"] = module.nonlinearity
-        new = cls(module.input_size, module.hidden_size, density=1e-300, sparse=sparse, device=w.device,
+        new = cls(module.input_size, module.hidden_size, density=EMPTY, sparse=sparse, device=w.device,
                   dtype=w.dtype, **kw)
         convert_weights(new, module, new._flat_weights_names, density, mask)
         return new
@@ -192,6 +194,9 @@ class SparseRNNBase(nn.Module):
             for name in self._flat_weights_names:
                 getattr(dense, name).copy_(dense_of(getattr(self, name)))
         return dense
+
+    def flatten_parameters(self) -> None:
+        """No-op, for code written against nn.LSTM (there is no cuDNN weight buffer to pack)."""
 
     # ---------------------------------------------------------------------- forward
     def _check_input(self, input):
