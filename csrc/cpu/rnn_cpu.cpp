@@ -21,13 +21,16 @@
 #if defined(__AVX2__)
 #include <immintrin.h>
 // SLEEF's vector exp/tanh (1 ulp), the ones ATen's own vectorized kernels use; libtorch_cpu
-// exports them on x86-64 builds. Without AVX2 the scalar std:: functions are used.
+// exports them on x86-64 builds, but that is not a promise of torch's: they are weak symbols,
+// so a torch without them still loads this library and the scalar std:: functions run.
+// Without AVX2 the scalar functions are used too.
 extern "C" {
-__m256 Sleef_expf8_u10(__m256);
-__m256 Sleef_tanhf8_u10(__m256);
-__m256d Sleef_expd4_u10(__m256d);
-__m256d Sleef_tanhd4_u10(__m256d);
+__attribute__((weak)) __m256 Sleef_expf8_u10(__m256);
+__attribute__((weak)) __m256 Sleef_tanhf8_u10(__m256);
+__attribute__((weak)) __m256d Sleef_expd4_u10(__m256d);
+__attribute__((weak)) __m256d Sleef_tanhd4_u10(__m256d);
 }
+#define SE_HAVE(fn) (&fn != nullptr)
 #endif
 
 namespace sparse_engine {
@@ -37,6 +40,7 @@ namespace {
 inline void vtanh(float* a, int64_t n) {
   int64_t i = 0;
 #if defined(__AVX2__)
+  if (SE_HAVE(Sleef_tanhf8_u10)) {
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(a + i, Sleef_tanhf8_u10(_mm256_loadu_ps(a + i)));
   if (i < n) {  // tail: padded to one full vector, no scalar calls
     float t[8] = {0};
@@ -45,12 +49,14 @@ inline void vtanh(float* a, int64_t n) {
     std::copy(t, t + (n - i), a + i);
     return;
   }
+  }
 #endif
   for (; i < n; ++i) a[i] = std::tanh(a[i]);
 }
 inline void vtanh(double* a, int64_t n) {
   int64_t i = 0;
 #if defined(__AVX2__)
+  if (SE_HAVE(Sleef_tanhd4_u10)) {
   for (; i + 4 <= n; i += 4) _mm256_storeu_pd(a + i, Sleef_tanhd4_u10(_mm256_loadu_pd(a + i)));
   if (i < n) {  // tail: padded to one full vector, no scalar calls
     double t[4] = {0};
@@ -59,12 +65,14 @@ inline void vtanh(double* a, int64_t n) {
     std::copy(t, t + (n - i), a + i);
     return;
   }
+  }
 #endif
   for (; i < n; ++i) a[i] = std::tanh(a[i]);
 }
 inline void vexp(float* a, int64_t n) {
   int64_t i = 0;
 #if defined(__AVX2__)
+  if (SE_HAVE(Sleef_expf8_u10)) {
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(a + i, Sleef_expf8_u10(_mm256_loadu_ps(a + i)));
   if (i < n) {  // tail: padded to one full vector, no scalar calls
     float t[8] = {0};
@@ -73,12 +81,14 @@ inline void vexp(float* a, int64_t n) {
     std::copy(t, t + (n - i), a + i);
     return;
   }
+  }
 #endif
   for (; i < n; ++i) a[i] = std::exp(a[i]);
 }
 inline void vexp(double* a, int64_t n) {
   int64_t i = 0;
 #if defined(__AVX2__)
+  if (SE_HAVE(Sleef_expd4_u10)) {
   for (; i + 4 <= n; i += 4) _mm256_storeu_pd(a + i, Sleef_expd4_u10(_mm256_loadu_pd(a + i)));
   if (i < n) {  // tail: padded to one full vector, no scalar calls
     double t[4] = {0};
@@ -86,6 +96,7 @@ inline void vexp(double* a, int64_t n) {
     _mm256_storeu_pd(t, Sleef_expd4_u10(_mm256_loadu_pd(t)));
     std::copy(t, t + (n - i), a + i);
     return;
+  }
   }
 #endif
   for (; i < n; ++i) a[i] = std::exp(a[i]);

@@ -31,7 +31,7 @@ kernels exist the composed path below runs on CUDA (spmm/spmm_t/sddmm + torch el
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -60,6 +60,8 @@ class Config:
     dt: float = 0.1       # CTRNN only
     tau: float = 0.5      # CTRNN only
     unfolds: int = 1      # CTRNN only
+    #: when set, backward stores the weight-gradient factors here: {"ih": (G, X), "hh": (G, X)}
+    sink: dict | None = field(default=None, compare=False)
 
 
 # ------------------------------------------------------------- products, either kind
@@ -151,6 +153,28 @@ def _to_cols(stacked: torch.Tensor) -> torch.Tensor:
     """(S, R, B) step-major -> (R, S*B) feature-major (one copy)."""
     S, R, B = stacked.shape
     return stacked.permute(1, 0, 2).reshape(R, S * B)
+
+
+class RecordsGradFactors:
+    """The growth-by-gradient protocol of :mod:`sparse_engine.training.grad_factors` for the
+    recurrent modules: while ``record_grad_factors`` is True, each layer-direction's backward
+    keeps the (G, X) its sddmm uses (dL/dW = G X^T), and ``dense_grad_factors(name)`` returns
+    them for ``weight_ih*``/``weight_hh*``. Nothing is kept otherwise."""
+
+    record_grad_factors = False
+
+    def _factor_sink(self, suffix: str) -> dict | None:
+        if not self.record_grad_factors:
+            self.__dict__.pop("_grad_factor_store", None)
+            return None
+        return self.__dict__.setdefault("_grad_factor_store", {}).setdefault(suffix, {})
+
+    def dense_grad_factors(self, name: str):
+        for kind in ("ih", "hh"):
+            if name.startswith(f"weight_{kind}"):
+                store = self.__dict__.get("_grad_factor_store", {})
+                return store.get(name[len(f"weight_{kind}"):], {}).get(kind)
+        raise ValueError(f"name must name a weight_ih*/weight_hh* matrix, got {name!r}")
 
 
 class Recurrence(torch.autograd.Function):
@@ -261,8 +285,12 @@ class Recurrence(torch.autograd.Function):
         else:
             dgx_cols = _to_cols(torch.stack(dgx))
         d_x = _mm_t(w_ih, cfg.idx_ih, dgx_cols) if need[1] else None
+        h_cols = _to_cols(hbuf[:-1])
         d_w_ih = _wgrad(cfg.idx_ih, dgx_cols, x) if need[4] else None
-        d_w_hh = _wgrad(idx, dgh_cols, _to_cols(hbuf[:-1])) if need[5] else None
+        d_w_hh = _wgrad(idx, dgh_cols, h_cols) if need[5] else None
+        if cfg.sink is not None:  # growth by gradient: dL/dW = G X^T, also at empty positions
+            cfg.sink["ih"] = (dgx_cols.detach(), x.detach())
+            cfg.sink["hh"] = (dgh_cols.detach(), h_cols.detach())
         d_b_ih = d_b_hh = None
         if ctx.has_bias:
             d_b_ih = dgx_cols.sum(1) if need[6] else None

@@ -10,13 +10,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._recurrence import GATES, Config, Recurrence
+from ._recurrence import GATES, Config, RecordsGradFactors, Recurrence
 from .rnn import EMPTY, _check_positive_int, convert_weights, dense_of, make_bias, make_weight, sparse_flags, weight_args
 
 __all__ = ["SparseRNNCell", "SparseLSTMCell", "SparseGRUCell", "SparseCTRNNCell", "SparseCTRNN"]
 
 
-class _SparseCellBase(nn.Module):
+class _SparseCellBase(RecordsGradFactors, nn.Module):
     _DENSE: type = nn.Module
     _bias_names = ("bias_ih", "bias_hh")
 
@@ -41,7 +41,7 @@ class _SparseCellBase(nn.Module):
 
     def _config(self, B: int) -> Config:
         return Config(self.mode, self.hidden_size, B, 1, False, weight_args(self.weight_ih)[1],
-                      weight_args(self.weight_hh)[1])
+                      weight_args(self.weight_hh)[1], sink=self._factor_sink(""))
 
     def _check(self, input, hx_list, names):
         if not isinstance(input, torch.Tensor):

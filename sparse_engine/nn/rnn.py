@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..sparse import SparseWeight
-from ._recurrence import GATES, Config, Recurrence
+from ._recurrence import GATES, Config, RecordsGradFactors, Recurrence
 from .linear import resolve_density
 
 __all__ = ["SparseRNN", "SparseLSTM", "SparseGRU", "SparseRNNBase"]
@@ -105,7 +105,7 @@ def convert_weights(target: nn.Module, source: nn.Module, names, density, mask) 
             dst.data.copy_(src.detach())
 
 
-class SparseRNNBase(nn.Module):
+class SparseRNNBase(RecordsGradFactors, nn.Module):
     """Shared body of SparseRNN/SparseLSTM/SparseGRU (the ``nn.RNNBase`` of this package)."""
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
@@ -261,7 +261,7 @@ class SparseRNNBase(nn.Module):
                 w_hh, idx_hh = weight_args(getattr(self, "weight_hh" + sfx))
                 b_ih = getattr(self, "bias_ih" + sfx) if self.bias else None
                 b_hh = getattr(self, "bias_hh" + sfx) if self.bias else None
-                cfg = Config(self.mode, self.hidden_size, B, T, bool(d), idx_ih, idx_hh)
+                cfg = Config(self.mode, self.hidden_size, B, T, bool(d), idx_ih, idx_hh, sink=self._factor_sink(sfx))
                 y, h_T, c_T = Recurrence.apply(cfg, layer_x, h0[k].t(), c0[k].t() if is_lstm else None,
                                                w_ih, w_hh, b_ih, b_hh)
                 outs.append(y)
