@@ -228,3 +228,16 @@ def test_transpose_index_parallel_equals_serial(rng):
     csc.sort_indices()
     assert torch.equal(single[0], torch.from_numpy(csc.indptr).long())
     assert torch.equal(single[1], torch.from_numpy(csc.indices).int())
+
+
+def test_wide_batches_cross_the_sddmm_tiles(rng):
+    """Batches wider than one tile (128 float / 64 double columns) and not a multiple of it."""
+    for dtype in (torch.float32, torch.float64):
+        W = random_weight(60, 50, 0.2, dtype, generator=rng, empty_rows=3, full_rows=1)
+        for B in (129, 300):
+            G = torch.randn(60, B, generator=rng, dtype=dtype)
+            X = torch.randn(50, B, generator=rng, dtype=dtype)
+            row, col, _ = W.coo()
+            Gd, Xd = G.double(), X.double()
+            assert_within_rounding(ops.sddmm(W, G, X), (Gd @ Xd.T)[row, col], (Gd.abs() @ Xd.abs().T)[row, col],
+                                   B, dtype)
