@@ -41,10 +41,10 @@ GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3, "CTRNN": 1}
 
 #: Use the fused C++ step ops where available (CPU, sparse recurrent matrix). Tests flip it
 #: to check the fused and the composed paths against each other. Measured (benchmarks/
-#: bench_rnn_step.py, results/rnn_step_cpu*.md): with 2 threads on a shared 2-core machine the
-#: fused step is 2-8x faster (one parallel region instead of a dozen); on one thread its forward
-#: is 5-25% slower than spmm + ATen's elementwise ops (it gathers 4 CSR rows per hidden unit),
-#: its backward 1.0-1.5x faster. Re-measure on a quiet machine before changing the default.
+#: bench_rnn_step.py, results/rnn_step_cpu.md, 2 threads, quiet machine): neither wins
+#: everywhere; composed/fused time is 0.67-1.39x (the fused forward loses at hidden 4,096, 1%,
+#: where it gathers 4 CSR rows per hidden unit; its backward wins at small sizes). On a busy
+#: machine the fused step was 2-8x faster, having one parallel region instead of a dozen.
 USE_FUSED = True
 
 
