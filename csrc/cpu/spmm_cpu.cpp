@@ -21,20 +21,16 @@ inline void prefetch_row(const void* p) {
   for (int line = 0; line < Bytes; line += 64) __builtin_prefetch(static_cast<const char*>(p) + line);
 }
 
-// y[0:W] = sum_{k in [k0, k1)} val(k) * src[idx[k], b0:b0+W], val(k) = vals[perm ? perm[k] : k];
-// nnz bounds the prefetch.
+// y[0:W] = sum_{k in [k0, k1)} vals[k] * src[idx[k], b0:b0+W]; nnz bounds the prefetch.
 template <typename scalar_t, int W>
-inline void accumulate_block(int64_t k0, int64_t k1, const int32_t* idx, const int64_t* perm,
-                             const scalar_t* vals, const scalar_t* src, int64_t B, int64_t b0,
-                             scalar_t* y, int64_t nnz) {
+inline void accumulate_block(int64_t k0, int64_t k1, const int32_t* idx, const scalar_t* vals,
+                             const scalar_t* src, int64_t B, int64_t b0, scalar_t* y, int64_t nnz) {
   scalar_t acc[W];
   for (int b = 0; b < W; ++b) acc[b] = 0;
   for (int64_t k = k0; k < k1; ++k) {
-    if (k + kPrefetch < nnz) {
+    if (k + kPrefetch < nnz)
       prefetch_row<W * sizeof(scalar_t)>(src + static_cast<int64_t>(idx[k + kPrefetch]) * B + b0);
-      if (perm) __builtin_prefetch(vals + perm[k + kPrefetch]);
-    }
-    const scalar_t v = vals[perm ? perm[k] : k];
+    const scalar_t v = vals[k];
     const scalar_t* x = src + static_cast<int64_t>(idx[k]) * B + b0;
 #pragma omp simd
     for (int b = 0; b < W; ++b) acc[b] += v * x[b];
@@ -44,12 +40,11 @@ inline void accumulate_block(int64_t k0, int64_t k1, const int32_t* idx, const i
 
 // The same for a block narrower than 8 columns, whose width is only known at run time.
 template <typename scalar_t>
-inline void accumulate_tail(int64_t k0, int64_t k1, const int32_t* idx, const int64_t* perm,
-                            const scalar_t* vals, const scalar_t* src, int64_t B, int64_t b0,
-                            int64_t width, scalar_t* y) {
+inline void accumulate_tail(int64_t k0, int64_t k1, const int32_t* idx, const scalar_t* vals,
+                            const scalar_t* src, int64_t B, int64_t b0, int64_t width, scalar_t* y) {
   scalar_t acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   for (int64_t k = k0; k < k1; ++k) {
-    const scalar_t v = vals[perm ? perm[k] : k];
+    const scalar_t v = vals[k];
     const scalar_t* x = src + static_cast<int64_t>(idx[k]) * B + b0;
     for (int64_t b = 0; b < width; ++b) acc[b] += v * x[b];
   }
@@ -57,9 +52,9 @@ inline void accumulate_tail(int64_t k0, int64_t k1, const int32_t* idx, const in
 }
 
 // out[i, :] = sum_{k in [ptr[i], ptr[i+1])} vals[k] * src[idx[k], :] for i in [0, n).
-// Covers spmm (CSR, perm = nullptr) and spmm_t (transposed index, perm = csc_perm).
+// Covers spmm (CSR) and spmm_t (transposed index, with vals already in column order).
 template <typename scalar_t>
-void gather_rows(const int64_t* ptr, const int32_t* idx, const int64_t* perm, const scalar_t* vals,
+void gather_rows(const int64_t* ptr, const int32_t* idx, const scalar_t* vals,
                  const scalar_t* src, scalar_t* out, int64_t n, int64_t B) {
   constexpr int W = block_width<scalar_t>();
   const int64_t chunks = num_chunks(n);
@@ -72,16 +67,16 @@ void gather_rows(const int64_t* ptr, const int32_t* idx, const int64_t* perm, co
       const int64_t k0 = ptr[i], k1 = ptr[i + 1];
       scalar_t* y = out + i * B;
       int64_t b0 = 0;
-      for (; b0 + W <= B; b0 += W) accumulate_block<scalar_t, W>(k0, k1, idx, perm, vals, src, B, b0, y + b0, nnz);
+      for (; b0 + W <= B; b0 += W) accumulate_block<scalar_t, W>(k0, k1, idx, vals, src, B, b0, y + b0, nnz);
       if (B - b0 >= W / 2) {
-        accumulate_block<scalar_t, W / 2>(k0, k1, idx, perm, vals, src, B, b0, y + b0, nnz);
+        accumulate_block<scalar_t, W / 2>(k0, k1, idx, vals, src, B, b0, y + b0, nnz);
         b0 += W / 2;
       }
       if (B - b0 >= W / 4) {
-        accumulate_block<scalar_t, W / 4>(k0, k1, idx, perm, vals, src, B, b0, y + b0, nnz);
+        accumulate_block<scalar_t, W / 4>(k0, k1, idx, vals, src, B, b0, y + b0, nnz);
         b0 += W / 4;
       }
-      for (; b0 < B; b0 += 8) accumulate_tail(k0, k1, idx, perm, vals, src, B, b0, std::min<int64_t>(8, B - b0), y + b0);
+      for (; b0 < B; b0 += 8) accumulate_tail(k0, k1, idx, vals, src, B, b0, std::min<int64_t>(8, B - b0), y + b0);
     }
   }
 }
@@ -176,7 +171,7 @@ at::Tensor spmm_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, const 
   const int64_t B = X.size(1);
   auto Y = at::empty({s.rows, B}, X.options());
   AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "spmm_cpu", [&] {
-    gather_rows<scalar_t>(rp.data_ptr<int64_t>(), ci.data_ptr<int32_t>(), nullptr, v.data_ptr<scalar_t>(),
+    gather_rows<scalar_t>(rp.data_ptr<int64_t>(), ci.data_ptr<int32_t>(), v.data_ptr<scalar_t>(),
                           Xc.data_ptr<scalar_t>(), Y.data_ptr<scalar_t>(), s.rows, B);
   });
   return Y;
@@ -198,7 +193,7 @@ at::Tensor spmm_t_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, cons
   auto vt = at::empty({s.nnz}, values.options());
   AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "spmm_t_cpu", [&] {
     gather_values<scalar_t>(v.data_ptr<scalar_t>(), pm.data_ptr<int64_t>(), vt.data_ptr<scalar_t>(), s.nnz);
-    gather_rows<scalar_t>(cp.data_ptr<int64_t>(), cr.data_ptr<int32_t>(), nullptr, vt.data_ptr<scalar_t>(),
+    gather_rows<scalar_t>(cp.data_ptr<int64_t>(), cr.data_ptr<int32_t>(), vt.data_ptr<scalar_t>(),
                           Gc.data_ptr<scalar_t>(), Z.data_ptr<scalar_t>(), s.cols, B);
   });
   return Z;
