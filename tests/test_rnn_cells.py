@@ -9,13 +9,6 @@ from sparse_engine.nn import _recurrence
 from sparse_engine.nn._recurrence import Config, Recurrence
 
 
-@pytest.fixture
-def rng():
-    seed = int(torch.randint(0, 2**31, ()).item())
-    print(f"generator seed {seed}")
-    return torch.Generator().manual_seed(seed)
-
-
 @pytest.fixture(params=[True, False], ids=["fused", "composed"])
 def fused(request, monkeypatch):
     monkeypatch.setattr(_recurrence, "USE_FUSED", request.param)

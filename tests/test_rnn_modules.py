@@ -10,14 +10,6 @@ from sparse_engine.nn import _recurrence
 SPARSE = {"LSTM": se.nn.SparseLSTM, "GRU": se.nn.SparseGRU, "RNN_TANH": se.nn.SparseRNN, "RNN_RELU": se.nn.SparseRNN}
 
 
-@pytest.fixture
-def rng():
-    """A fresh, randomly seeded generator; the seed is printed so a failure can be replayed."""
-    seed = int(torch.randint(0, 2**31, ()).item())
-    print(f"generator seed {seed}")
-    return torch.Generator().manual_seed(seed)
-
-
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-5, atol=1e-5)}
 
 
