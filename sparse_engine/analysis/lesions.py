@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..sparse import SparseWeight
+from ..training.topology import rewire
 from .census import feed_forward_loops
 
 __all__ = ["KINDS", "LesionCurve", "lesion_ffls"]
@@ -48,11 +49,7 @@ class LesionCurve:
 def _drop(weight: SparseWeight, positions) -> None:
     keep = torch.ones(weight.nnz, dtype=torch.bool, device=weight.values.device)
     keep[torch.as_tensor(positions, dtype=torch.long, device=keep.device)] = False
-    row, _, _ = weight.coo()
-    counts = torch.bincount(row[keep], minlength=weight.shape[0])
-    row_ptr = torch.zeros(weight.shape[0] + 1, dtype=torch.int64, device=keep.device)
-    torch.cumsum(counts, 0, out=row_ptr[1:])
-    weight.set_pattern(row_ptr, weight.col_idx[keep], weight.values.detach()[keep], validate=False)
+    rewire(weight, keep)  # prune only: the training package's compaction
 
 
 def lesion_ffls(weight: SparseWeight, evaluate, *, kind: str = "unbalanced", max_removals: int | None = None,
