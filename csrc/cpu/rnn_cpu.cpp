@@ -30,77 +30,59 @@ __attribute__((weak)) __m256 Sleef_tanhf8_u10(__m256);
 __attribute__((weak)) __m256d Sleef_expd4_u10(__m256d);
 __attribute__((weak)) __m256d Sleef_tanhd4_u10(__m256d);
 }
-#define SE_HAVE(fn) (&fn != nullptr)
 #endif
 
 namespace sparse_engine {
 namespace {
 
-// In-place vector tanh and exp over a short array; the scalar tail uses std::.
-inline void vtanh(float* a, int64_t n) {
-  int64_t i = 0;
+// In-place elementwise f over a short array: SLEEF's vector function where it exists (the
+// tail padded to one full vector), else the scalar std:: function.
 #if defined(__AVX2__)
-  if (SE_HAVE(Sleef_tanhf8_u10)) {
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(a + i, Sleef_tanhf8_u10(_mm256_loadu_ps(a + i)));
-  if (i < n) {  // tail: padded to one full vector, no scalar calls
-    float t[8] = {0};
-    std::copy(a + i, a + n, t);
-    _mm256_storeu_ps(t, Sleef_tanhf8_u10(_mm256_loadu_ps(t)));
-    std::copy(t, t + (n - i), a + i);
+template <typename T> struct Avx;
+template <> struct Avx<float> {
+  using vec = __m256;
+  static constexpr int lanes = 8;
+  static vec load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, vec v) { _mm256_storeu_ps(p, v); }
+};
+template <> struct Avx<double> {
+  using vec = __m256d;
+  static constexpr int lanes = 4;
+  static vec load(const double* p) { return _mm256_loadu_pd(p); }
+  static void store(double* p, vec v) { _mm256_storeu_pd(p, v); }
+};
+#endif
+
+template <typename T, typename VecFn, typename ScalarFn>
+inline void apply_inplace(T* a, int64_t n, VecFn vec_fn, ScalarFn scalar_fn) {
+#if defined(__AVX2__)
+  if (vec_fn != nullptr) {  // null when the weak SLEEF symbol is absent
+    using V = Avx<T>;
+    int64_t i = 0;
+    for (; i + V::lanes <= n; i += V::lanes) V::store(a + i, vec_fn(V::load(a + i)));
+    if (i < n) {
+      T t[V::lanes] = {0};
+      std::copy(a + i, a + n, t);
+      V::store(t, vec_fn(V::load(t)));
+      std::copy(t, t + (n - i), a + i);
+    }
     return;
   }
-  }
 #endif
-  for (; i < n; ++i) a[i] = std::tanh(a[i]);
+  for (int64_t i = 0; i < n; ++i) a[i] = scalar_fn(a[i]);
 }
-inline void vtanh(double* a, int64_t n) {
-  int64_t i = 0;
+
 #if defined(__AVX2__)
-  if (SE_HAVE(Sleef_tanhd4_u10)) {
-  for (; i + 4 <= n; i += 4) _mm256_storeu_pd(a + i, Sleef_tanhd4_u10(_mm256_loadu_pd(a + i)));
-  if (i < n) {  // tail: padded to one full vector, no scalar calls
-    double t[4] = {0};
-    std::copy(a + i, a + n, t);
-    _mm256_storeu_pd(t, Sleef_tanhd4_u10(_mm256_loadu_pd(t)));
-    std::copy(t, t + (n - i), a + i);
-    return;
-  }
-  }
+#define SE_SLEEF(name) &Sleef_##name##_u10
+#else
+#define SE_SLEEF(name) static_cast<void*>(nullptr)
 #endif
-  for (; i < n; ++i) a[i] = std::tanh(a[i]);
-}
-inline void vexp(float* a, int64_t n) {
-  int64_t i = 0;
-#if defined(__AVX2__)
-  if (SE_HAVE(Sleef_expf8_u10)) {
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(a + i, Sleef_expf8_u10(_mm256_loadu_ps(a + i)));
-  if (i < n) {  // tail: padded to one full vector, no scalar calls
-    float t[8] = {0};
-    std::copy(a + i, a + n, t);
-    _mm256_storeu_ps(t, Sleef_expf8_u10(_mm256_loadu_ps(t)));
-    std::copy(t, t + (n - i), a + i);
-    return;
-  }
-  }
-#endif
-  for (; i < n; ++i) a[i] = std::exp(a[i]);
-}
-inline void vexp(double* a, int64_t n) {
-  int64_t i = 0;
-#if defined(__AVX2__)
-  if (SE_HAVE(Sleef_expd4_u10)) {
-  for (; i + 4 <= n; i += 4) _mm256_storeu_pd(a + i, Sleef_expd4_u10(_mm256_loadu_pd(a + i)));
-  if (i < n) {  // tail: padded to one full vector, no scalar calls
-    double t[4] = {0};
-    std::copy(a + i, a + n, t);
-    _mm256_storeu_pd(t, Sleef_expd4_u10(_mm256_loadu_pd(t)));
-    std::copy(t, t + (n - i), a + i);
-    return;
-  }
-  }
-#endif
-  for (; i < n; ++i) a[i] = std::exp(a[i]);
-}
+inline void vtanh(float* a, int64_t n) { apply_inplace(a, n, SE_SLEEF(tanhf8), [](float x) { return std::tanh(x); }); }
+inline void vtanh(double* a, int64_t n) { apply_inplace(a, n, SE_SLEEF(tanhd4), [](double x) { return std::tanh(x); }); }
+inline void vexp(float* a, int64_t n) { apply_inplace(a, n, SE_SLEEF(expf8), [](float x) { return std::exp(x); }); }
+inline void vexp(double* a, int64_t n) { apply_inplace(a, n, SE_SLEEF(expd4), [](double x) { return std::exp(x); }); }
+#undef SE_SLEEF
+
 // a <- 1 / (1 + exp(-a))
 template <typename T> inline void vsigmoid(T* a, int64_t n) {
   for (int64_t i = 0; i < n; ++i) a[i] = -a[i];
