@@ -4,8 +4,17 @@ from . import ops
 from .sparse import SparseWeight
 from . import nn
 from . import training
-from . import analysis
 from . import data
 
 __version__ = "0.1.0"
 __all__ = ["SparseWeight", "ops", "nn", "training", "analysis", "data", "__version__"]
+
+
+def __getattr__(name):
+    """``sparse_engine.analysis`` is imported on first use: it pulls in scipy.sparse, which
+    would add about 0.25 s to every ``import sparse_engine``."""
+    if name == "analysis":
+        import importlib
+
+        return importlib.import_module(".analysis", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
