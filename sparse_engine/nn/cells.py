@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from ._recurrence import GATES, Config, RecordsGradFactors, Recurrence
-from .rnn import EMPTY, _check_positive_int, convert_weights, dense_of, make_bias, make_weight, sparse_flags, weight_args
+from .rnn import (EMPTY, _check_positive_int, convert_weights, dense_of, make_bias, make_weight, sparse_flags,
+                  time_major, weight_args)
 
 __all__ = ["SparseRNNCell", "SparseLSTMCell", "SparseGRUCell", "SparseCTRNNCell", "SparseCTRNN"]
 
@@ -209,13 +210,8 @@ class SparseCTRNN(SparseCTRNNCell):
         ref = weight_args(self.weight_ih)[0]
         if input.dtype != ref.dtype:
             raise TypeError(f"input must have dtype {ref.dtype} like the parameters, got {input.dtype}")
-        batched = input.dim() == 3
-        x = input if batched else input.unsqueeze(1)
-        if batched and self.batch_first:
-            x = x.transpose(0, 1)
+        x, batched = time_major(input, self.batch_first)
         T, B, _ = x.shape
-        if T == 0:
-            raise ValueError("input must have at least one time step")
         want = (1, B, self.hidden_size) if batched else (1, self.hidden_size)
         if hx is None:
             h0 = x.new_zeros(self.hidden_size, B)

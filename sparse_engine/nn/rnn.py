@@ -105,6 +105,18 @@ def convert_weights(target: nn.Module, source: nn.Module, names, density, mask) 
             dst.data.copy_(src.detach())
 
 
+def time_major(input: torch.Tensor, batch_first: bool) -> tuple[torch.Tensor, bool]:
+    """(T, B, F) view of a batched (T, B, F) / batch-first (B, T, F) or unbatched (T, F) input,
+    and whether it was batched."""
+    batched = input.dim() == 3
+    x = input if batched else input.unsqueeze(1)
+    if batched and batch_first:
+        x = x.transpose(0, 1)
+    if x.shape[0] == 0:
+        raise ValueError("input must have at least one time step")
+    return x, batched
+
+
 class SparseRNNBase(RecordsGradFactors, nn.Module):
     """Shared body of SparseRNN/SparseLSTM/SparseGRU (the ``nn.RNNBase`` of this package)."""
 
@@ -224,14 +236,9 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
 
     def forward(self, input: torch.Tensor, hx=None):
         self._check_input(input)
-        batched = input.dim() == 3
+        x, batched = time_major(input, self.batch_first)
         is_lstm = self.mode == "LSTM"
-        x = input if batched else input.unsqueeze(1)
-        if batched and self.batch_first:
-            x = x.transpose(0, 1)
         T, B, _ = x.shape
-        if T == 0:
-            raise ValueError("input must have at least one time step")
         D = 2 if self.bidirectional else 1
         if hx is None:
             z = x.new_zeros(self.num_layers * D, B, self.hidden_size)
