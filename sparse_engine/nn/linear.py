@@ -11,6 +11,10 @@ from ..init import erdos_renyi_density
 from ..sparse import SparseWeight
 
 
+#: A density that rounds to nnz=0: from_dense builds empty sparse weights and replaces them at once.
+EMPTY = 1e-300
+
+
 def resolve_density(rows: int, cols: int, density: float | None, epsilon: float | None) -> float:
     """The density a layer gets from ``density=`` or ``epsilon=`` (Erdos-Renyi, SET's
     default epsilon=20 when neither is given)."""
@@ -52,7 +56,7 @@ class SparseLinear(nn.Module):
     @classmethod
     def from_dense(cls, linear: nn.Linear, mask: torch.Tensor | None = None) -> "SparseLinear":
         """A SparseLinear holding the nonzeros of ``linear.weight`` (or those under ``mask``)."""
-        module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, density=1.0,
+        module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, density=EMPTY,
                      device=linear.weight.device, dtype=linear.weight.dtype)
         module.weight = SparseWeight.from_dense(linear.weight.detach(), mask)
         if linear.bias is not None:

@@ -27,12 +27,10 @@ from torch import nn
 
 from ..sparse import SparseWeight
 from ._recurrence import GATES, Config, RecordsGradFactors, Recurrence
-from .linear import resolve_density
+from .linear import EMPTY, resolve_density
 
 __all__ = ["SparseRNN", "SparseLSTM", "SparseGRU", "SparseRNNBase"]
 
-#: A density that rounds to nnz=0: from_dense builds empty sparse weights and replaces them at once.
-EMPTY = 1e-300
 _SPARSE_CHOICES = {"both": (True, True), "recurrent": (False, True), "input": (True, False)}
 _DENSE_CLASSES = {"RNN_TANH": nn.RNN, "RNN_RELU": nn.RNN, "LSTM": nn.LSTM, "GRU": nn.GRU}
 
