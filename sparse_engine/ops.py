@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from . import _ext  # noqa: F401
+from .sparse import SparseWeight
 
 _ops = torch.ops.sparse_engine
 
@@ -36,8 +37,6 @@ def _check_dense(t, name: str, rows: int, values: torch.Tensor) -> None:
 
 
 def _check_weight(W) -> None:
-    from .sparse import SparseWeight
-
     if not isinstance(W, SparseWeight):
         raise TypeError(f"W must be a sparse_engine.SparseWeight, got {type(W).__name__}")
 
