@@ -24,7 +24,7 @@ from ..sparse import SparseWeight
 from .density import sparse_weights
 from .grad_factors import GradFactorRecorder
 from .schedules import cosine_decay, cubic_density, narang_threshold
-from .topology import (INIT_CHOICES, Remap, global_magnitude_keep, gradient_growth, magnitude_keep,
+from .topology import (INIT_CHOICES, Remap, _ops_for, global_magnitude_keep, gradient_growth, magnitude_keep,
                        random_empty, rewire, set_keep, threshold_keep)
 
 __all__ = ["TopologyController", "SET", "RigL", "GradualMagnitudePruning", "DeepR"]
@@ -249,8 +249,12 @@ class GradualMagnitudePruning(TopologyController):
         n_prune = w.nnz - int(round(self.final_density * rows * cols))
         if n_prune <= 0 or w.nnz == 0:
             return 0.0
-        mags = w.values.detach().abs().cpu()
-        return float(torch.kthvalue(mags, min(n_prune + 1, w.nnz)).values) if n_prune < w.nnz else float(mags.max()) * 2
+        mags = w.values.detach().abs()
+        if n_prune >= w.nnz:
+            return float(mags.max()) * 2
+        if mags.device.type == "cpu":
+            return float(torch.kthvalue(mags, n_prune + 1).values)
+        return float(torch.sort(mags).values[n_prune])  # CUDA kthvalue runs one block per slice
 
     def target_density(self, name: str, t: int) -> float:
         return cubic_density(t, self.start_step, self.end_step, self.initial[name], self.final_density)
@@ -317,9 +321,19 @@ class DeepR(TopologyController):
             zero = s == 0
             s[zero] = self._random_signs(int(zero.sum())).to(s.device)
             self.sign[name] = s
-            self._dead_keys[name] = torch.empty(0, dtype=torch.int64)
-            self._dead_sign[name] = torch.empty(0, dtype=torch.int8)
+            self._dead_keys[name] = torch.empty(0, dtype=torch.int64, device=s.device)
+            self._dead_sign[name] = torch.empty(0, dtype=torch.int8, device=s.device)
         self._group = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+        self._device_generators: dict[torch.device, torch.Generator] = {}
+
+    def _generator_on(self, device: torch.device) -> torch.Generator:
+        """The controller's generator on CPU; elsewhere one generator per device, seeded once from
+        it, so the per-step noise (nnz numbers) is drawn where the weights are."""
+        if device.type == "cpu":
+            return self.generator
+        if device not in self._device_generators:
+            self._device_generators[device] = torch.Generator(device=device).manual_seed(self._seed())
+        return self._device_generators[device]
 
     def _random_signs(self, n: int) -> torch.Tensor:
         return (torch.randint(0, 2, (n,), generator=self.generator) * 2 - 1).to(torch.int8)
@@ -334,7 +348,8 @@ class DeepR(TopologyController):
             for name, w in self.weights.items():
                 lr = self._group[id(w.values)]["lr"] if id(w.values) in self._group else 0.0
                 s = self.sign[name].to(w.values.dtype)
-                noise = torch.randn(w.nnz, generator=self.generator, dtype=w.values.dtype).to(w.values.device)
+                noise = torch.randn(w.nnz, generator=self._generator_on(w.values.device), dtype=w.values.dtype,
+                                    device=w.values.device)
                 w.values.add_(s * (-lr * self.l1) + noise * self.noise)
         if isinstance(self.rewire_every, int) and self.step_count % self.rewire_every == 0:
             self._rewire_all()
@@ -345,12 +360,13 @@ class DeepR(TopologyController):
 
     def _rewire_all(self) -> None:
         for name, w in self.weights.items():
-            dead = self.dead(name).cpu()
+            dev = w.values.device
+            dead = self.dead(name)
             n = int(dead.sum())
             rows, cols = w.shape
             row, col, _ = w.coo()
-            keys_dead = (row.cpu() * cols + col.cpu())[dead]
-            sign_dead = self.sign[name].cpu()[dead]
+            keys_dead = (row * cols + col)[dead]
+            sign_dead = self.sign[name][dead]
             grow_seed = self._seed()
             nr, nc = random_empty(*_compacted(w, ~dead), cols, n, grow_seed)
             new_keys = nr * cols + nc.long()
@@ -361,16 +377,16 @@ class DeepR(TopologyController):
             order = torch.argsort(keys)
             keys, signs = keys[order], signs[order]
             pos = torch.searchsorted(keys, new_keys).clamp(max=max(keys.numel() - 1, 0))
-            found = (keys[pos] == new_keys) if keys.numel() else torch.zeros(n, dtype=torch.bool)
-            new_sign = self._random_signs(n)
+            found = (keys[pos] == new_keys) if keys.numel() else torch.zeros(n, dtype=torch.bool, device=dev)
+            new_sign = self._random_signs(n).to(dev)
             new_sign[found] = signs[pos[found]]
-            mag = torch.as_tensor(self._init_magnitudes(w, n))
+            mag = torch.as_tensor(self._init_magnitudes(w, n)).to(dev)
             values = new_sign.to(w.values.dtype) * mag.abs()
-            stay = torch.ones(keys.numel(), dtype=torch.bool)
+            stay = torch.ones(keys.numel(), dtype=torch.bool, device=dev)
             stay[pos[found]] = False
             self._dead_keys[name], self._dead_sign[name] = keys[stay], signs[stay]
             self._pending_sign = new_sign
-            self._rewire(name, ~dead.to(w.values.device), lambda rp, ci, nr=nr, nc=nc: (nr, nc), values=values)
+            self._rewire(name, ~dead, lambda rp, ci, nr=nr, nc=nc: (nr, nc), values=values)
         self._notify()
 
     def _init_magnitudes(self, w: SparseWeight, n: int) -> torch.Tensor:
@@ -384,6 +400,6 @@ class DeepR(TopologyController):
 
 
 def _compacted(w: SparseWeight, keep: torch.Tensor):
-    rp, ci, _, _ = torch.ops.sparse_engine.compact(w.row_ptr.cpu(), w.col_idx.cpu(), w.values.detach().cpu(),
-                                                   keep.cpu())
+    rp, ci, _, _ = _ops_for(w.values.device).compact(w.row_ptr, w.col_idx, w.values.detach(),
+                                                     keep.to(w.values.device))
     return rp, ci

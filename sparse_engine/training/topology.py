@@ -6,8 +6,12 @@ pattern (so an entry pruned in this update may be regrown, as in SET, RigL and
 sparselearning; it then starts afresh) -> merge -> ``SparseWeight.set_pattern`` -> remap of
 every per-entry tensor (optimizer state, gradient, controller state). All steps are O(nnz)
 (gradient growth: see :func:`gradient_growth`) and run in the compiled kernels of
-``csrc/cpu/topology_cpu.cpp``. Weights on another device are updated through a CPU copy until
-device kernels exist.
+``csrc/cpu/topology_cpu.cpp`` for CPU tensors; on a CUDA device the same operators run the
+device-generic torch implementations of :mod:`.topology_torch` (cub sorts and scans), so a CUDA
+weight is updated where it lives and no nnz-long array goes through the host. Tensors on any
+other device call those functions directly. Random initial values of new weights are drawn by the
+caller's generator (a CPU one in the controllers, so CPU and CUDA runs draw the same numbers)
+and copied to the device once (n numbers; "zero", the default, is made on the device).
 
 Tie rule: among equal scores the lower CSR position (or lower linear position row*cols+col)
 goes first, so every selection is deterministic.
@@ -22,8 +26,15 @@ import torch
 
 from .. import _ext  # noqa: F401  (loads the compiled operators)
 from ..sparse import SparseWeight
+from . import topology_torch  # registers the CUDA kernels of the topology operators
 
 _ops = torch.ops.sparse_engine
+
+
+def _ops_for(device: torch.device):
+    """The topology operators for tensors on ``device``: the dispatcher's (C++ on CPU,
+    :mod:`.topology_torch` on CUDA), or the device-generic functions themselves elsewhere."""
+    return _ops if device.type in ("cpu", "cuda") else topology_torch
 
 __all__ = [
     "Remap", "magnitude_keep", "global_magnitude_keep", "set_keep", "threshold_keep",
@@ -61,18 +72,14 @@ class Remap:
     def origin(self) -> torch.Tensor:
         """origin[p]: old position of the entry now at p, -1 for a new entry (computed once)."""
         if getattr(self, "_origin", None) is None:
-            self._origin = _ops.remap_index(self.src.cpu(), self.dst.cpu(), self.new_nnz)
+            self._origin = _ops_for(self.src.device).remap_index(self.src, self.dst, self.new_nnz)
         return self._origin
 
     def apply(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` (first dimension old_nnz, any dtype) in the new order; zero for new entries."""
         if t.dim() < 1 or t.shape[0] != self.old_nnz:
             raise ValueError(f"tensor must have first dimension old_nnz={self.old_nnz}, got {tuple(t.shape)}")
-        if t.device.type == "cpu":
-            return _ops.gather_or_zero(t, self.origin())
-        out = torch.zeros((self.new_nnz, *t.shape[1:]), dtype=t.dtype, device=t.device)
-        out[self.dst.to(t.device)] = t[self.src.to(t.device)]
-        return out
+        return _ops_for(t.device).gather_or_zero(t, self.origin().to(t.device))
 
 
 # Fake kernels for the ops whose output shape follows from the inputs (so they trace under
@@ -102,7 +109,7 @@ def _coo_dot_fake(rows, cols, G, X):
 def _check_values(values: torch.Tensor, name: str = "values") -> torch.Tensor:
     if not isinstance(values, torch.Tensor) or values.dim() != 1 or not values.is_floating_point():
         raise TypeError(f"{name} must be a 1-D floating-point tensor")
-    return values.detach().cpu()
+    return values.detach()
 
 
 def magnitude_keep(values: torch.Tensor, n_prune: int) -> torch.Tensor:
@@ -110,18 +117,19 @@ def magnitude_keep(values: torch.Tensor, n_prune: int) -> torch.Tensor:
     v = _check_values(values)
     if not 0 <= n_prune <= v.numel():
         raise ValueError(f"n_prune must be in [0, nnz={v.numel()}], got {n_prune}")
-    return ~_ops.select_smallest(v.abs(), int(n_prune))
+    return ~_ops_for(v.device).select_smallest(v.abs(), int(n_prune))
 
 
 def global_magnitude_keep(values: Sequence[torch.Tensor], n_prune: int) -> list[torch.Tensor]:
     """Keep masks for several layers that together drop the ``n_prune`` smallest |w| of all of
     them (one selection over the concatenated magnitudes; ties: earlier layer, lower position)."""
     vs = [_check_values(v, f"values[{i}]") for i, v in enumerate(values)]
-    mags = torch.cat([v.abs().double() for v in vs]) if vs else torch.empty(0, dtype=torch.float64)
+    dev = vs[0].device if vs else torch.device("cpu")
+    mags = torch.cat([v.abs().double().to(dev) for v in vs]) if vs else torch.empty(0, dtype=torch.float64)
     if not 0 <= n_prune <= mags.numel():
         raise ValueError(f"n_prune must be in [0, total nnz={mags.numel()}], got {n_prune}")
-    keep = ~_ops.select_smallest(mags, int(n_prune))
-    return list(torch.split(keep, [v.numel() for v in vs]))
+    keep = ~_ops_for(dev).select_smallest(mags, int(n_prune))
+    return [k.to(v.device) for k, v in zip(torch.split(keep, [v.numel() for v in vs]), vs)]
 
 
 def set_keep(values: torch.Tensor, zeta: float) -> torch.Tensor:
@@ -132,7 +140,7 @@ def set_keep(values: torch.Tensor, zeta: float) -> torch.Tensor:
     v = _check_values(values)
     if not 0.0 <= zeta <= 1.0:
         raise ValueError(f"zeta must be in [0, 1], got {zeta}")
-    return _ops.set_prune(v, float(zeta))
+    return _ops_for(v.device).set_prune(v, float(zeta))
 
 
 def threshold_keep(values: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -147,8 +155,11 @@ def threshold_keep(values: torch.Tensor, threshold: float) -> torch.Tensor:
 def random_empty(row_ptr: torch.Tensor, col_idx: torch.Tensor, n_cols: int, n: int, seed: int):
     """Exactly ``n`` distinct positions drawn uniformly from the empty positions of the pattern,
     as (rows int64, cols int32) sorted by (row, col). Rejection sampling against the sorted rows
-    while at least 4n positions are empty; enumeration of the empty positions otherwise."""
-    return _ops.random_empty(row_ptr.cpu(), col_idx.cpu(), int(n_cols), int(n), int(seed))
+    while at least 4n positions are empty; enumeration of the empty positions otherwise (CPU).
+    On another device: uniform ranks among the empty positions from that device's generator
+    seeded with ``seed`` (see :func:`.topology_torch.random_empty`; other positions than the
+    CPU for the same seed, same distribution)."""
+    return _ops_for(row_ptr.device).random_empty(row_ptr, col_idx, int(n_cols), int(n), int(seed))
 
 
 def gradient_growth(row_ptr: torch.Tensor, col_idx: torch.Tensor, G: torch.Tensor, X: torch.Tensor, k: int,
@@ -174,8 +185,9 @@ def gradient_growth(row_ptr: torch.Tensor, col_idx: torch.Tensor, G: torch.Tenso
         raise ValueError(f"G must have rows={rows} rows, got shape {tuple(G.shape)}")
     if X.shape[1] != M:
         raise ValueError(f"G and X must have the same batch size M, got {M} and {X.shape[1]}")
-    rp, ci = row_ptr.cpu(), col_idx.cpu()
-    G, X = G.detach().cpu(), X.detach().cpu().to(G.dtype)
+    rp, ci = row_ptr, col_idx
+    G, X = G.detach().to(rp.device), X.detach().to(rp.device, G.dtype)
+    ops = _ops_for(rp.device)
     empty = rows * cols - ci.numel()
     if not 0 <= k <= empty:
         raise ValueError(f"k must be in [0, {empty}] (the empty positions), got {k}")
@@ -183,31 +195,33 @@ def gradient_growth(row_ptr: torch.Tensor, col_idx: torch.Tensor, G: torch.Tenso
         method = "exact" if rows * cols * max(M, 1) <= max_flops else "sample"
     if method == "exact":
         tile_cols = max(1, tile_elems // tile_rows)
-        return _ops.grad_topk(rp, ci, G, X, int(k), int(tile_rows), int(tile_cols))
+        return ops.grad_topk(rp, ci, G, X, int(k), int(tile_rows), int(tile_cols))
     if not (isinstance(sample_factor, int) and sample_factor >= 1):
         raise ValueError(f"sample_factor must be an int >= 1, got {sample_factor!r}")
     n_cand = int(min(empty, sample_factor * k))
     cr, cc = random_empty(rp, ci, cols, n_cand, seed)
-    grads = _ops.coo_dot(cr, cc, G, X)
-    pick = _ops.select_smallest(-grads.abs(), int(k))
+    grads = ops.coo_dot(cr, cc, G, X)
+    pick = ops.select_smallest(-grads.abs(), int(k))
     return cr[pick], cc[pick], grads[pick]
 
 
 # ----------------------------------------------------------------------- values
 def new_values(n: int, weight: SparseWeight, init="zero", *, init_scale: float = 0.1,
                generator: torch.Generator | None = None) -> torch.Tensor:
-    """Initial values of ``n`` new connections of ``weight`` (see :data:`INIT_CHOICES`)."""
-    dtype = weight.values.dtype
+    """Initial values of ``n`` new connections of ``weight`` (see :data:`INIT_CHOICES`), on the
+    weight's device; random ones are drawn on the generator's device (CPU by default)."""
+    dtype, dev = weight.values.dtype, weight.values.device
+    gdev = generator.device if generator is not None else torch.device("cpu")
     rows, cols = weight.shape
     if callable(init):
-        out = torch.as_tensor(init(n, weight, generator), dtype=dtype).detach().cpu()
+        out = torch.as_tensor(init(n, weight, generator), dtype=dtype).detach().to(dev)
         if out.shape != (n,):
             raise ValueError(f"init callable must return a tensor of shape ({n},), got {tuple(out.shape)}")
         return out
     if init == "zero":
-        return torch.zeros(n, dtype=dtype)
+        return torch.zeros(n, dtype=dtype, device=dev)
     if init == "normal":
-        return torch.randn(n, generator=generator, dtype=dtype) * init_scale
+        return (torch.randn(n, generator=generator, dtype=dtype, device=gdev) * init_scale).to(dev)
     fan_in = max(1.0, weight.nnz / max(rows, 1))
     fan_out = max(1.0, weight.nnz / max(cols, 1))
     if init == "he_uniform":
@@ -216,7 +230,7 @@ def new_values(n: int, weight: SparseWeight, init="zero", *, init_scale: float =
         bound = math.sqrt(6.0 / (fan_in + fan_out))
     else:
         raise ValueError(f"init must be one of {INIT_CHOICES} or a callable, got {init!r}")
-    return (torch.rand(n, generator=generator, dtype=dtype) * 2 - 1) * bound
+    return ((torch.rand(n, generator=generator, dtype=dtype, device=gdev) * 2 - 1) * bound).to(dev)
 
 
 # ----------------------------------------------------------------------- update
@@ -239,27 +253,27 @@ def rewire(weight: SparseWeight, keep: torch.Tensor, grow: GrowFn | None = None,
     if not isinstance(keep, torch.Tensor) or keep.dtype != torch.bool or keep.shape != (weight.nnz,):
         raise ValueError(f"keep must be a bool tensor of shape (nnz={weight.nnz},)")
     device = weight.values.device
+    ops = _ops_for(device)
     rows, cols = weight.shape
     old_nnz = weight.nnz
-    rp, ci, v, kept = _ops.compact(weight.row_ptr.cpu(), weight.col_idx.cpu(), weight.values.detach().cpu(),
-                                   keep.cpu())
+    rp, ci, v, kept = ops.compact(weight.row_ptr, weight.col_idx, weight.values.detach(), keep.to(device))
     if grow is None:
-        nr, nc = torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int32)
+        nr = torch.empty(0, dtype=torch.int64, device=device)
+        nc = torch.empty(0, dtype=torch.int32, device=device)
     else:
         nr, nc = grow(rp, ci)[:2]
     n = nr.numel()
     if values is None:
         # fan-in/out of the layer after the update, for He/Xavier bounds
-        probe = _Probe(weight.shape, int(rp[-1]) + n, weight.values.dtype)
+        probe = _Probe(weight.shape, v.numel() + n, weight.values.dtype, device)
         nv = new_values(n, probe, init, init_scale=init_scale, generator=generator)
     else:
-        nv = values.detach().cpu().to(v.dtype)
+        nv = values.detach().to(device, v.dtype)
         if nv.shape != (n,):
             raise ValueError(f"values must have one entry per new position ({n}), got {tuple(nv.shape)}")
-    rp, ci, v, old_pos, new_pos = _ops.merge(rp, ci, v, cols, nr.cpu(), nc.cpu(), nv)
-    weight.set_pattern(rp.to(device), ci.to(device), v.to(device), validate=False)
-    remap = Remap(src=kept.to(device), dst=old_pos.to(device), new=new_pos.to(device), old_nnz=old_nnz,
-                  new_nnz=v.numel())
+    rp, ci, v, old_pos, new_pos = ops.merge(rp, ci, v, cols, nr.to(device), nc.to(device), nv)
+    weight.set_pattern(rp, ci, v, validate=False)
+    remap = Remap(src=kept, dst=old_pos, new=new_pos, old_nnz=old_nnz, new_nnz=v.numel())
     if weight.values.grad is not None:
         weight.values.grad = remap.apply(weight.values.grad)
     if optimizer is not None:
@@ -270,9 +284,9 @@ def rewire(weight: SparseWeight, keep: torch.Tensor, grow: GrowFn | None = None,
 class _Probe:
     """Stand-in exposing the shape/nnz/dtype that :func:`new_values` reads."""
 
-    def __init__(self, shape, nnz, dtype):
+    def __init__(self, shape, nnz, dtype, device):
         self.shape, self.nnz = shape, nnz
-        self.values = torch.empty(0, dtype=dtype)
+        self.values = torch.empty(0, dtype=dtype, device=device)
 
 
 def remap_optimizer_state(optimizer: torch.optim.Optimizer, param: torch.Tensor, remap: Remap) -> None:

@@ -1,0 +1,505 @@
+"""The device-generic topology operators (sparse_engine.training.topology_torch, the CUDA kernels
+of the topology ops): run on CPU tensors against the C++ kernels bit for bit (deterministic
+ops), invariants, determinism and uniformity of random growth, the same errors, the whole
+controller path routed through them; and a CUDA class (skipped without a GPU) that runs the
+controllers on a CUDA model and checks that nothing leaves the device."""
+import contextlib
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from torch import nn
+
+from sparse_engine import SparseWeight
+from sparse_engine.nn import SparseLinear
+from sparse_engine.training import SET, DeepR, GradualMagnitudePruning, RigL, SelfishRNN, sparse_weights, topology
+from sparse_engine.training import topology_torch as tt
+from _training_util import check_invariants, keys, random_weight
+
+ops = torch.ops.sparse_engine
+
+
+@pytest.fixture
+def gen():
+    seed = int(torch.randint(0, 2**31, ()).item())
+    print(f"generator seed {seed}")
+    return torch.Generator().manual_seed(seed)
+
+
+def same(a, b):
+    """Bit-for-bit equal results (tuples of tensors, same dtype and shape)."""
+    a = a if isinstance(a, tuple) else (a,)
+    b = b if isinstance(b, tuple) else (b,)
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        if x.is_floating_point():
+            x, y = x.view(torch.int64 if x.dtype == torch.float64 else torch.int32), \
+                y.view(torch.int64 if y.dtype == torch.float64 else torch.int32)
+        assert torch.equal(x, y)
+
+
+def patterns(rows, cols, density, gen, dtype=torch.float64):
+    """A weight with empty rows (every third row emptied) besides the random pattern."""
+    mask = torch.rand(rows, cols, generator=gen) < density
+    mask[::3] = False
+    return SparseWeight.from_dense(torch.randn(rows, cols, generator=gen, dtype=dtype), mask)
+
+
+SHAPES = [(0, 5, 0.5), (6, 0, 0.5), (7, 9, 0.0), (7, 9, 1.0), (40, 1, 0.5), (1, 50, 0.3), (30, 40, 0.2),
+          (400, 500, 0.05)]
+
+
+# ------------------------------------------------------------------ selections, bit for bit
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [0, 1, 17, 1000, 300_000])
+def test_select_smallest_equals_cpu_kernel(gen, n, dtype):
+    for scores in (torch.randint(0, 5, (n,), generator=gen).to(dtype),  # many ties
+                   torch.randn(n, generator=gen, dtype=dtype) * torch.exp(torch.randn(n, generator=gen) * 5).to(dtype)):
+        if n >= 8:
+            scores[:8] = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), -0.0, 1e-30, 0.0, 3.0], dtype=dtype)
+        for k in sorted({0, 1 if n else 0, n // 3, n - 1 if n else 0, n}):
+            same(tt.select_smallest(scores, k), ops.select_smallest(scores, k))
+
+
+@pytest.mark.parametrize("zeta", [0.0, 0.1, 0.3, 0.5, 1.0])
+def test_set_prune_equals_cpu_kernel(gen, zeta):
+    for n in (0, 1, 7, 1001, 200_000):
+        v = torch.randn(n, generator=gen)
+        v[::5] = v[::5].round()  # exact zeros (and -0.0) and ties
+        v[1::7] = -v[1::7].abs()
+        for values in (v, v.double(), v.abs(), -v.abs()):
+            same(tt.set_prune(values, zeta), ops.set_prune(values, zeta))
+    half = torch.tensor([1.0, 2.0, -1.0, -2.0, -3.0])  # round(0.5 * 2) and round(0.5 * 3): halves up
+    same(tt.set_prune(half, 0.5), ops.set_prune(half, 0.5))
+
+
+# ------------------------------------------------------------------ compact, merge, remap
+@pytest.mark.parametrize("rows,cols,density", SHAPES)
+def test_compact_merge_remap_equal_cpu_kernels(gen, rows, cols, density):
+    w = patterns(rows, cols, density, gen)
+    rp, ci, v = w.row_ptr, w.col_idx, w.values.detach()
+    for keep in (torch.rand(w.nnz, generator=gen) < 0.6, torch.ones(w.nnz, dtype=torch.bool),
+                 torch.zeros(w.nnz, dtype=torch.bool)):
+        c = ops.compact(rp, ci, v, keep)
+        same(tt.compact(rp, ci, v, keep), c)
+        empty = rows * cols - c[1].numel()
+        for n in sorted({0, min(1, empty), empty // 2, empty}):
+            nr, nc = ops.random_empty(c[0], c[1], cols, n, int(torch.randint(0, 2**40, (1,), generator=gen)))
+            nv = torch.randn(n, generator=gen, dtype=v.dtype)
+            m = ops.merge(c[0], c[1], c[2], cols, nr, nc, nv)
+            same(tt.merge(c[0], c[1], c[2], cols, nr, nc, nv), m)
+            origin = ops.remap_index(c[3], m[3], m[1].numel())
+            same(tt.remap_index(c[3], m[3], m[1].numel()), origin)
+            for t in (v, v.float(), torch.randint(-9, 9, (w.nnz, 3), generator=gen), (v > 0).to(torch.int8),
+                      v > 0, torch.randn(w.nnz, 2, 2, generator=gen)):
+                same(tt.gather_or_zero(t, origin), ops.gather_or_zero(t, origin))
+
+
+def test_gather_or_zero_edges(gen):
+    t = torch.randn(5, 2, generator=gen)
+    for origin in (torch.full((4,), -1), torch.empty(0, dtype=torch.int64), torch.tensor([4, -1, 0, 4, -7])):
+        same(tt.gather_or_zero(t, origin), ops.gather_or_zero(t, origin))
+    same(tt.gather_or_zero(torch.empty(0), torch.full((3,), -1)), ops.gather_or_zero(torch.empty(0), torch.full((3,), -1)))
+    nan = torch.tensor([float("nan"), -0.0, 1.0])  # bits are copied, not values
+    same(tt.gather_or_zero(nan, torch.tensor([0, 1, -1])), ops.gather_or_zero(nan, torch.tensor([0, 1, -1])))
+
+
+# ------------------------------------------------------------------ RigL growth
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rows,cols,density", SHAPES)
+def test_grad_topk_equals_cpu_kernel(gen, rows, cols, density, dtype):
+    w = patterns(rows, cols, density, gen)
+    empty = rows * cols - w.nnz
+    for M, integer in ((5, False), (3, True), (0, False)):
+        if integer:  # many equal |grad|: the tie rule decides
+            G = torch.randint(-1, 2, (rows, M), generator=gen).to(dtype)
+            X = torch.randint(-1, 2, (cols, M), generator=gen).to(dtype)
+        else:
+            G, X = torch.randn(rows, M, generator=gen, dtype=dtype), torch.randn(cols, M, generator=gen, dtype=dtype)
+        for k in sorted({0, min(1, empty), empty // 3, empty}):
+            for tr, tc in ((1, 1), (7, 9), (256, 2**14)):
+                if (rows * cols) // (tr * tc) > 1500:
+                    continue
+                same(tt.grad_topk(w.row_ptr, w.col_idx, G, X, k, tr, tc),
+                     ops.grad_topk(w.row_ptr, w.col_idx, G, X, k, tr, tc))
+
+
+def test_grad_topk_never_selects_nan(gen):
+    w = patterns(20, 30, 0.2, gen)
+    G, X = torch.randn(20, 4, generator=gen), torch.randn(30, 4, generator=gen)
+    G[3, 1] = float("nan")
+    same(tt.grad_topk(w.row_ptr, w.col_idx, G, X, 50, 6, 7), ops.grad_topk(w.row_ptr, w.col_idx, G, X, 50, 6, 7))
+    r, c, g = tt.grad_topk(w.row_ptr, w.col_idx, G, X, 50, 6, 7)
+    assert not torch.isnan(g).any() and not (r == 3).any()
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_coo_dot_matches_cpu_kernel_up_to_rounding(gen, dtype, tol):
+    for rows, cols, M, n in ((30, 40, 7, 500), (5, 3, 0, 4), (5, 3, 2, 0), (200, 300, 64, 100_000)):
+        G, X = torch.randn(rows, M, generator=gen, dtype=dtype), torch.randn(cols, M, generator=gen, dtype=dtype)
+        r = torch.randint(0, rows, (n,), generator=gen)
+        c = torch.randint(0, cols, (n,), generator=gen).int()
+        got, ref = tt.coo_dot(r, c, G, X), ops.coo_dot(r, c, G, X)
+        assert got.dtype == ref.dtype and got.shape == ref.shape
+        scale = (G.abs()[r] * X.abs()[c.long()]).sum(1)  # rounding bound per dot product
+        assert ((got - ref).abs() <= tol * scale + 1e-30).all()
+
+
+# ------------------------------------------------------------------ random growth
+@pytest.mark.parametrize("rows,cols,density,n", [(40, 30, 0.05, 100), (40, 30, 0.9, 100), (1, 1000, 0.5, 499),
+                                                 (300, 300, 0.05, 10000), (1, 100000, 0.01, 20000),
+                                                 (5, 3, 0.0, 15), (7, 9, 1.0, 0), (40, 1, 0.5, 10), (0, 4, 0.5, 0)])
+def test_random_empty_invariants_and_seed(gen, rows, cols, density, n):
+    w = patterns(rows, cols, density, gen)
+    for n in sorted({min(n, rows * cols - w.nnz), rows * cols - w.nnz}):  # and every empty position
+        seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+        r, c = tt.random_empty(w.row_ptr, w.col_idx, cols, n, seed)
+        assert r.numel() == c.numel() == n and r.dtype == torch.int64 and c.dtype == torch.int32
+        k = (r * cols + c.long()).numpy()
+        assert np.all(np.diff(k) > 0)  # sorted, unique
+        assert ((c >= 0) & (c < cols)).all() and ((r >= 0) & (r < rows)).all()
+        assert not np.isin(k, keys(w)).any()  # only positions that were empty
+        again = tt.random_empty(w.row_ptr, w.col_idx, cols, n, seed)
+        assert torch.equal(r, again[0]) and torch.equal(c, again[1])
+    if 0 < n < rows * cols - w.nnz:
+        other = tt.random_empty(w.row_ptr, w.col_idx, cols, n, seed + 1)
+        assert not (torch.equal(r, other[0]) and torch.equal(c, other[1]))
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])  # 1: rejection (>= 4n empty); 2, 5: random permutation
+def test_random_empty_is_uniform_chi_square(n):
+    dense = torch.zeros(3, 4)
+    occupied = [(0, 0), (0, 3), (1, 1), (2, 0), (2, 2), (2, 3)]
+    for i, j in occupied:
+        dense[i, j] = 1.0
+    w = SparseWeight.from_dense(dense)
+    empty = sorted(set(range(12)) - {i * 4 + j for i, j in occupied})
+    trials = 2000
+    counts = dict.fromkeys(empty, 0)
+    pairs = {}
+    for s in range(trials):
+        r, c = tt.random_empty(w.row_ptr, w.col_idx, 4, n, seed=s)
+        ks = (r * 4 + c.long()).tolist()
+        for key in ks:
+            counts[key] += 1  # KeyError if a stored position came out
+        pairs[tuple(ks)] = pairs.get(tuple(ks), 0) + 1
+    # fixed seeds: deterministic, the p-value bound is not a flaky threshold
+    assert stats.chisquare(list(counts.values())).pvalue > 1e-3, counts
+    # every n-subset equally likely, not only every position
+    assert len(pairs) == math.comb(len(empty), n)
+    assert stats.chisquare(list(pairs.values())).pvalue > 1e-3, pairs
+
+
+def test_random_empty_uniform_over_a_huge_range():
+    """2 x 1.5e9 positions: a range just under 2^32, where reducing 32-bit draws modulo the
+    range would make the first 1.3e9 positions twice as likely as the rest."""
+    rp = torch.zeros(3, dtype=torch.int64)
+    ci = torch.empty(0, dtype=torch.int32)
+    cols = 1_500_000_000
+    r, c = tt.random_empty(rp, ci, cols, 100_000, seed=3)
+    key = (r * cols + c.long()).double() / (2 * cols)
+    assert stats.kstest(key.numpy(), "uniform").pvalue > 1e-3
+    hist = torch.histc(key, bins=20, min=0, max=1)
+    assert stats.chisquare(hist.numpy()).pvalue > 1e-3
+
+
+# ------------------------------------------------------------------ errors like the CPU kernels
+def _bad_inputs():
+    w = SparseWeight.from_dense(torch.eye(4, dtype=torch.float64))
+    rp, ci, v = w.row_ptr, w.col_idx, w.values.detach()
+    e64, e32 = torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int32)
+    G, X = torch.randn(4, 2, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
+    yes = torch.ones(4, dtype=torch.bool)
+    return [
+        ("select_smallest", (torch.arange(4), 1), TypeError, "scores"),
+        ("select_smallest", (torch.randn(2, 2), 1), ValueError, "scores"),
+        ("select_smallest", (torch.randn(4), 5), ValueError, "k must"),
+        ("select_smallest", (torch.tensor([1.0, float("nan")]), 1), ValueError, "NaN"),
+        ("set_prune", (torch.randn(4), 1.5), ValueError, "zeta"),
+        ("set_prune", (torch.randn(4), float("nan")), ValueError, "zeta"),
+        ("set_prune", (torch.arange(4), 0.5), TypeError, "values"),
+        ("set_prune", (torch.tensor([float("nan")]), 0.5), ValueError, "NaN"),
+        ("compact", (rp, ci, v, yes.int()), TypeError, "keep"),
+        ("compact", (rp, ci, v, yes[:3]), ValueError, "keep"),
+        ("compact", (rp.int(), ci, v, yes), TypeError, "row_ptr"),
+        ("compact", (rp, ci.long(), v, yes), TypeError, "col_idx"),
+        ("compact", (rp + 1, ci, v, yes), ValueError, "row_ptr"),
+        ("compact", (rp, ci, v[:3], yes), ValueError, "values"),
+        ("compact", (rp, ci, v.int(), yes), TypeError, "values"),
+        ("random_empty", (rp, ci, 4, 13, 0), ValueError, "empty positions"),
+        ("random_empty", (rp, ci, 4, -1, 0), ValueError, "n must"),
+        ("random_empty", (rp, ci, -4, 1, 0), ValueError, "n_cols"),
+        ("merge", (rp, ci, v, 4, torch.tensor([1]), torch.tensor([1], dtype=torch.int32), v[:1]), ValueError,
+         "already stored"),
+        ("merge", (rp, ci, v, 4, torch.tensor([1, 0]), torch.tensor([2, 1], dtype=torch.int32), v[:2]), ValueError,
+         "sorted"),
+        ("merge", (rp, ci, v, 4, torch.tensor([0, 0]), torch.tensor([1, 1], dtype=torch.int32), v[:2]), ValueError,
+         "sorted"),
+        ("merge", (rp, ci, v, 4, torch.tensor([4]), torch.tensor([0], dtype=torch.int32), v[:1]), ValueError,
+         "outside"),
+        ("merge", (rp, ci, v, 4, torch.tensor([0]), torch.tensor([-1], dtype=torch.int32), v[:1]), ValueError,
+         "outside"),
+        ("merge", (rp, ci, v, 4, torch.tensor([0]), torch.tensor([1]), v[:1]), TypeError, "new_col"),
+        ("merge", (rp, ci, v, 4, torch.tensor([0], dtype=torch.int32), torch.tensor([1], dtype=torch.int32), v[:1]),
+         TypeError, "new_row"),
+        ("merge", (rp, ci, v, 4, torch.tensor([0]), torch.tensor([1], dtype=torch.int32), v[:1].float()),
+         TypeError, "new_values"),
+        ("merge", (rp, ci, v, 4, torch.tensor([0]), torch.tensor([1], dtype=torch.int32), v[:2]), ValueError,
+         "same length"),
+        ("remap_index", (e64, e32, 3), TypeError, "old_pos"),
+        ("remap_index", (torch.tensor([0]), torch.tensor([3]), 3), ValueError, "old_pos"),
+        ("remap_index", (torch.tensor([0]), e64, 3), ValueError, "same length"),
+        ("gather_or_zero", (v, torch.tensor([0], dtype=torch.int32)), TypeError, "origin"),
+        ("gather_or_zero", (v, torch.tensor([4])), ValueError, "origin"),
+        ("gather_or_zero", (torch.tensor(1.0), torch.tensor([0])), ValueError, "dimension"),
+        ("coo_dot", (torch.tensor([0], dtype=torch.int32), torch.tensor([0], dtype=torch.int32), G, X), TypeError,
+         "rows"),
+        ("coo_dot", (torch.tensor([0]), torch.tensor([0]), G, X), TypeError, "cols"),
+        ("coo_dot", (torch.tensor([4]), torch.tensor([0], dtype=torch.int32), G, X), ValueError, "rows"),
+        ("coo_dot", (torch.tensor([0]), torch.tensor([4], dtype=torch.int32), G, X), ValueError, "cols"),
+        ("coo_dot", (torch.tensor([0]), torch.tensor([0], dtype=torch.int32), G, X.float()), TypeError, "X"),
+        ("coo_dot", (torch.tensor([0]), torch.tensor([0], dtype=torch.int32), G, X[:, :1]), ValueError, "columns"),
+        ("grad_topk", (rp, ci, G, X, 13, 2, 2), ValueError, "empty positions"),
+        ("grad_topk", (rp, ci, G[:3], X, 1, 2, 2), ValueError, "G must"),
+        ("grad_topk", (rp, ci, G, X[:, :1], 1, 2, 2), ValueError, "X must"),
+        ("grad_topk", (rp, ci, G, X.float(), 1, 2, 2), TypeError, "X must"),
+        ("grad_topk", (rp, ci, G.long(), X, 1, 2, 2), TypeError, "G must"),
+        ("grad_topk", (rp, ci, G, X, 1, 0, 2), ValueError, "tile_rows"),
+        ("grad_topk", (rp, ci, G, X[:3], 1, 2, 2), ValueError, "col_idx"),
+    ]
+
+
+@pytest.mark.parametrize("name,args,exc,match", _bad_inputs(), ids=lambda x: x if isinstance(x, str) else "")
+def test_bad_input_raises_like_the_cpu_kernel(name, args, exc, match):
+    with pytest.raises(exc, match=match):
+        getattr(tt, name)(*args)
+    with pytest.raises(exc):
+        getattr(ops, name)(*args)
+
+
+def test_tensors_on_two_devices_are_refused():
+    with pytest.raises(ValueError, match="one device"):
+        tt.compact(torch.zeros(2, dtype=torch.int64), torch.empty(0, dtype=torch.int32), torch.empty(0),
+                   torch.empty(0, dtype=torch.bool, device="meta"))
+
+
+# ------------------------------------------------------------------ registration
+def test_registered_as_the_cuda_kernels_on_any_torch():
+    for name in tt.OPS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"sparse_engine::{name}", "CUDA"), name
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"sparse_engine::{name}", "CPU"), name
+    assert set(tt.OPS) == {"select_smallest", "set_prune", "compact", "random_empty", "merge", "remap_index",
+                           "gather_or_zero", "coo_dot", "grad_topk"}
+    assert topology._ops_for(torch.device("cuda")) is ops and topology._ops_for(torch.device("cpu")) is ops
+    assert topology._ops_for(torch.device("meta")) is tt  # other devices: the generic functions directly
+
+
+# ------------------------------------------------------------------ controllers through the generic ops
+def mlp(seed=0, density=0.3, hidden=48, device="cpu"):
+    torch.manual_seed(seed)
+    return nn.Sequential(SparseLinear(12, hidden, density=density), nn.Tanh(),
+                         SparseLinear(hidden, 3, density=min(1.0, density * 2))).to(device)
+
+
+CONTROLLERS = {
+    "SET": lambda m, o: SET(m, o, zeta=0.3, init="normal", seed=1),
+    "RigL": lambda m, o: RigL(m, o, end_step=20, update_every=2, grad_method="exact", seed=1),
+    "RigL-sample": lambda m, o: RigL(m, o, end_step=20, update_every=2, grad_method="sample", seed=1),
+    "GMP": lambda m, o: GradualMagnitudePruning(m, o, final_density=0.1, end_step=12, frequency=2),
+    "GMP-global": lambda m, o: GradualMagnitudePruning(m, o, final_density=0.1, end_step=12, frequency=2,
+                                                       scope="global"),
+    "DeepR": lambda m, o: DeepR(m, o, l1=1e-3, noise=1e-3, rewire_every=2, seed=1),
+    "SelfishRNN": lambda m, o: SelfishRNN(m, o, total_steps=30, death_rate=0.4, redistribution="magnitude",
+                                          growth="gradient", seed=1),
+    "SelfishRNN-random": lambda m, o: SelfishRNN(m, o, total_steps=30, death="SET", redistribution="nonzeros",
+                                                 seed=1),
+}
+DETERMINISTIC = {"RigL", "GMP", "GMP-global", "SelfishRNN"}  # no random growth: equal to the C++ run
+
+
+def train(name, device="cpu", steps=12, epochs=2, on_update=None):
+    model = mlp(device=device)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    ctl = CONTROLLERS[name](model, opt)
+    if on_update is not None:
+        ctl.callbacks.append(on_update)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 12, generator=g).to(device)
+    y = torch.randint(0, 3, (64,), generator=g).to(device)
+    for _ in range(epochs):
+        for b in range(steps // epochs):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[b::4]), y[b::4]).backward()
+            opt.step()
+            ctl.step()
+        ctl.end_epoch()
+    return model, opt, ctl
+
+
+def state_of(model, opt):
+    out = {}
+    for n, w in sparse_weights(model).items():
+        out[n] = (w.row_ptr.cpu(), w.col_idx.cpu(), w.values.detach().cpu(),
+                  *(t.cpu() for k, t in sorted(opt.state[w.values].items()) if t.dim()))
+    return out
+
+
+@pytest.mark.parametrize("name", list(CONTROLLERS))
+def test_controllers_through_the_generic_ops(monkeypatch, name):
+    """The CUDA code path, on the CPU: every topology op of every controller runs the
+    device-generic functions. Deterministic algorithms give the C++ run's result bit for bit;
+    the others keep every invariant."""
+    updates = []
+
+    def check(step, weights):
+        updates.append(step)
+        for w in weights.values():
+            check_invariants(w)
+
+    ref = state_of(*train(name)[:2])
+    monkeypatch.setattr(topology, "_ops", tt)
+    assert topology._ops_for(torch.device("cpu")) is tt
+    model, opt, ctl = train(name, on_update=check)
+    assert updates
+    got = state_of(model, opt)
+    if name in DETERMINISTIC:
+        for n in ref:
+            same(tuple(got[n]), tuple(ref[n]))
+    else:
+        for n in ref:  # same nnz where the algorithm fixes it
+            if not name.startswith("SelfishRNN"):
+                assert got[n][1].numel() == ref[n][1].numel()
+
+
+# ------------------------------------------------------------------ CUDA
+@contextlib.contextmanager
+def no_host_copies(limit=64):
+    """Records every copy of more than ``limit`` elements from a CUDA tensor to the host made
+    through the Tensor methods (.cpu(), .to(), .numpy(), .tolist(), copy_)."""
+    seen = []
+    orig = {n: getattr(torch.Tensor, n) for n in ("cpu", "to", "tolist", "numpy", "copy_")}
+
+    def big(t):
+        return isinstance(t, torch.Tensor) and t.is_cuda and t.numel() > limit
+
+    def wrap(n):
+        f = orig[n]
+
+        def method(self, *a, **k):
+            out = f(self, *a, **k)
+            if n == "copy_":
+                src = a[0] if a else k.get("src")
+                if big(src) and self.device.type == "cpu":
+                    seen.append((n, src.numel()))
+            elif big(self) and not (isinstance(out, torch.Tensor) and out.is_cuda):
+                seen.append((n, self.numel()))
+            return out
+        return method
+
+    for n in orig:
+        setattr(torch.Tensor, n, wrap(n))
+    try:
+        yield seen
+    finally:
+        for n, f in orig.items():
+            setattr(torch.Tensor, n, f)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the topology ops' CUDA kernels)")
+class TestCUDA:
+    def test_ops_equal_the_cpu_kernels(self):
+        gen = torch.Generator().manual_seed(5)
+        dev = "cuda"
+        for rows, cols, density in SHAPES + [(3000, 2000, 0.02)]:
+            w = patterns(rows, cols, density, gen)
+            rp, ci, v = w.row_ptr, w.col_idx, w.values.detach()
+            d = lambda *ts: tuple(t.to(dev) for t in ts)  # noqa: E731
+            for k in sorted({0, w.nnz // 3, w.nnz}):
+                same(ops.select_smallest(v.abs().to(dev), k).cpu(), ops.select_smallest(v.abs(), k))
+            same(ops.set_prune(v.to(dev), 0.3).cpu(), ops.set_prune(v, 0.3))
+            keep = torch.rand(w.nnz, generator=gen) < 0.6
+            c = ops.compact(rp, ci, v, keep)
+            same(tuple(t.cpu() for t in ops.compact(*d(rp, ci, v, keep))), c)
+            n = (rows * cols - c[1].numel()) // 2
+            nr, nc = ops.random_empty(c[0], c[1], cols, n, 7)
+            nv = torch.randn(n, generator=gen, dtype=v.dtype)
+            m = ops.merge(c[0], c[1], c[2], cols, nr, nc, nv)
+            same(tuple(t.cpu() for t in ops.merge(*d(c[0], c[1], c[2]), cols, *d(nr, nc, nv))), m)
+            origin = ops.remap_index(c[3], m[3], m[1].numel())
+            same(ops.remap_index(*d(c[3], m[3]), m[1].numel()).cpu(), origin)
+            same(ops.gather_or_zero(*d(v, origin)).cpu(), ops.gather_or_zero(v, origin))
+            # integer-valued factors: every product is exact on both devices, so the top-k is too
+            G = torch.randint(-2, 3, (rows, 8), generator=gen).double()
+            X = torch.randint(-2, 3, (cols, 8), generator=gen).double()
+            k = (rows * cols - w.nnz) // 4
+            same(tuple(t.cpu() for t in ops.grad_topk(*d(rp, ci, G, X), k, 64, 512)),
+                 ops.grad_topk(rp, ci, G, X, k, 64, 512))
+            r, c2 = ops.random_empty(*d(rp, ci), cols, n, 11)
+            assert r.is_cuda and c2.is_cuda and r.numel() == n
+            key = (r * cols + c2.long()).cpu().numpy()
+            assert np.all(np.diff(key) > 0) and not np.isin(key, keys(w)).any()
+            again = ops.random_empty(*d(rp, ci), cols, n, 11)
+            assert torch.equal(r, again[0]) and torch.equal(c2, again[1])
+
+    @pytest.mark.parametrize("name", list(CONTROLLERS))
+    def test_controllers_stay_on_the_device(self, name):
+        updates = []
+
+        def check(step, weights):
+            updates.append(step)
+            for w in weights.values():
+                for t in (w.values, w.row_ptr, w.col_idx, w.csc_ptr, w.csc_row, w.csc_perm):
+                    assert t.is_cuda
+                w.validate()
+
+        with no_host_copies() as copies:
+            model, opt, ctl = train(name, device="cuda", on_update=check)
+        assert updates
+        assert not copies, f"nnz-sized host copies during training: {copies}"
+        for w in sparse_weights(model).values():
+            check_invariants(SparseWeight(w.row_ptr.cpu(), w.col_idx.cpu(), w.values.detach().cpu(), w.shape))
+            for t in opt.state[w.values].values():
+                assert t.is_cuda or t.dim() == 0
+        for per_entry in (getattr(ctl, "sign", {}), getattr(getattr(ctl, "averager", None), "ax", {})):
+            assert all(t.is_cuda for t in per_entry.values())
+
+    @pytest.mark.parametrize("name", ["SET", "GMP", "GMP-global", "RigL", "SelfishRNN", "SelfishRNN-random"])
+    def test_one_update_equals_the_cpu_run(self, name):
+        """From the same state (weights, exact integer-valued data and gradients), one update on
+        CUDA prunes exactly what the CPU prunes and, for gradient growth, grows the same."""
+        def build(device):
+            torch.manual_seed(0)
+            model = nn.Sequential(SparseLinear(16, 24, density=0.3, bias=False))
+            with torch.no_grad():
+                w = model[0].weight
+                w.values.copy_(torch.randint(-8, 9, (w.nnz,), generator=torch.Generator().manual_seed(1)).float())
+            model = model.to(device)
+            opt = torch.optim.SGD(model.parameters(), lr=0.5)
+            ctl = {"SET": lambda: SET(model, opt, zeta=0.3, seed=1),
+                   "GMP": lambda: GradualMagnitudePruning(model, opt, final_density=0.1, end_step=2, frequency=1),
+                   "GMP-global": lambda: GradualMagnitudePruning(model, opt, final_density=0.1, end_step=2,
+                                                                 frequency=1, scope="global"),
+                   "RigL": lambda: RigL(model, opt, end_step=10, update_every=1, grad_method="exact", seed=1),
+                   "SelfishRNN": lambda: SelfishRNN(model, opt, total_steps=10, growth="gradient", seed=1),
+                   "SelfishRNN-random": lambda: SelfishRNN(model, opt, total_steps=10, seed=1)}[name]()
+            g = torch.Generator().manual_seed(2)
+            x = torch.randint(-2, 3, (8, 16), generator=g).float().to(device)
+            c = torch.randint(-2, 3, (8, 24), generator=g).float().to(device)
+            opt.zero_grad()
+            (model(x) * c).sum().backward()  # exact small integers: G = c, X = x
+            opt.step()
+            ctl.step()
+            ctl.end_epoch()
+            w = model[0].weight
+            return {int(k): float(v) for k, v in zip(keys(SparseWeight(w.row_ptr.cpu(), w.col_idx.cpu(),
+                                                                      w.values.detach().cpu(), w.shape)),
+                                                     w.values.detach().cpu())}
+
+        cpu, cuda = build("cpu"), build("cuda")
+        if name in ("SET", "SelfishRNN-random"):  # random growth: the kept (nonzero) entries agree
+            cpu = {k: v for k, v in cpu.items() if v != 0}
+            cuda = {k: v for k, v in cuda.items() if v != 0}
+        assert cuda == cpu
