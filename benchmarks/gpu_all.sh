@@ -7,6 +7,8 @@
 #   STAGES="build test" benchmarks/gpu_all.sh
 #   STAGES="bench" benchmarks/gpu_all.sh --quick      # extra arguments go to bench_cuda.py
 #   STAGES="build sanitize" benchmarks/gpu_all.sh     # compute-sanitizer memcheck on a subset
+#   STAGES="topology" benchmarks/gpu_all.sh  # only the topology-update benchmark (bench runs it
+#                                          # too, after bench_cuda.py; it starts no case after 240 s)
 # Where one command may run at most 10 minutes, run "build test" and "bench" as two commands
 # (the benchmark stops starting new cells after --budget-s, 450 s by default, and rewrites
 # its results file after every cell, into $OUT too, so a cut-off run still leaves results).
@@ -35,7 +37,8 @@ fi
 
 if has test; then
   echo "== tests"
-  $PY -m pytest -q -ra tests/test_cuda_build.py tests/test_cuda_ops.py 2>&1 | tee "$LOGS/tests.log" | tail -25
+  $PY -m pytest -q -ra tests/test_cuda_build.py tests/test_cuda_ops.py tests/test_training_topology_torch.py 2>&1 \
+    | tee "$LOGS/tests.log" | tail -25
   [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
 fi
 
@@ -53,6 +56,13 @@ if has bench; then
   echo "== benchmark"
   copy=(); [[ -n "${OUT:-}" ]] && copy=(--copy-to "$OUT")
   $PY benchmarks/bench_cuda.py "${copy[@]}" "$@" 2>&1 | tee "$LOGS/bench.log"
+  [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+fi
+
+if has bench || has topology; then
+  echo "== topology-update benchmark (100M nnz prune + regrow)"
+  copy=(); [[ -n "${OUT:-}" ]] && copy=(--copy-to "$OUT")
+  $PY benchmarks/bench_topology.py --device cuda "${copy[@]}" 2>&1 | tee "$LOGS/bench_topology.log"
   [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
 fi
 exit $status

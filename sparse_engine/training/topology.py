@@ -164,11 +164,13 @@ def random_empty(row_ptr: torch.Tensor, col_idx: torch.Tensor, n_cols: int, n: i
 
 def gradient_growth(row_ptr: torch.Tensor, col_idx: torch.Tensor, G: torch.Tensor, X: torch.Tensor, k: int,
                     *, method: str = "auto", max_flops: float = 2.0 ** 34, sample_factor: int = 8,
-                    seed: int = 0, tile_rows: int = 256, tile_elems: int = 2 ** 22):
+                    seed: int = 0, tile_rows: int | None = None, tile_elems: int | None = None):
     """The ``k`` empty positions with the largest |dL/dW| = |G X^T| (G: rows x M, X: cols x M,
     feature-major), as (rows, cols, grads) sorted by (row, col). The dense gradient never exists.
 
-    method="exact": every tile of tile_rows x (tile_elems / tile_rows) is one GEMM, and a running
+    method="exact": every tile of tile_rows x (tile_elems / tile_rows) is one GEMM (defaults: 256
+    rows and 2^22 elements on the CPU; on a GPU 2^26 elements, as many rows as fill that when the
+    columns are fewer, since a 2^22 tile there is too short to hide the per-tile work), and a running
     top-k over the empty positions of the tile is kept (cost rows*cols*M flops, memory
     O(tile + k)). method="sample": draws min(empty, sample_factor * k) uniformly random empty
     candidates, computes their gradients (one dot product each) and keeps the top k (an approximation; cost
@@ -194,6 +196,11 @@ def gradient_growth(row_ptr: torch.Tensor, col_idx: torch.Tensor, G: torch.Tenso
     if method == "auto":
         method = "exact" if rows * cols * max(M, 1) <= max_flops else "sample"
     if method == "exact":
+        cpu = rp.device.type == "cpu"
+        if tile_elems is None:
+            tile_elems = 2**22 if cpu else 2**26
+        if tile_rows is None:
+            tile_rows = 256 if cpu else max(256, tile_elems // max(cols, 1))
         tile_cols = max(1, tile_elems // tile_rows)
         return ops.grad_topk(rp, ci, G, X, int(k), int(tile_rows), int(tile_cols))
     if not (isinstance(sample_factor, int) and sample_factor >= 1):

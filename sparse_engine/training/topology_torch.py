@@ -307,7 +307,8 @@ def _check_factors(G, X) -> None:
 
 
 def coo_dot(rows, cols, G, X) -> torch.Tensor:
-    """out[j] = dot(G[rows[j], :], X[cols[j], :]), in chunks of about 2^22 gathered elements."""
+    """out[j] = dot(G[rows[j], :], X[cols[j], :]), in chunks of about 2^22 (CPU) or 2^26 (other
+    devices) gathered elements per factor."""
     if _tensor(rows, "rows").dtype != torch.int64:
         raise TypeError(f"rows must be int64, got {rows.dtype}")
     if _tensor(cols, "cols").dtype != torch.int32:
@@ -328,7 +329,7 @@ def coo_dot(rows, cols, G, X) -> torch.Tensor:
         if lo_c < 0 or hi_c >= X.shape[0]:
             raise ValueError("cols out of range")
     out = torch.empty(n, dtype=G.dtype, device=G.device)
-    step = max(1, 2**22 // max(M, 1))
+    step = max(1, (2**22 if G.device.type == "cpu" else 2**26) // max(M, 1))
     for s in range(0, n, step):
         e = min(n, s + step)
         torch.sum(G.index_select(0, rows[s:e]) * X.index_select(0, cols[s:e]), 1, out=out[s:e])
