@@ -193,17 +193,23 @@ def test_random_empty_is_uniform_chi_square(n):
     assert stats.chisquare(list(pairs.values())).pvalue > 1e-3, pairs
 
 
-def test_random_empty_uniform_over_a_huge_range():
-    """2 x 1.5e9 positions: a range just under 2^32, where reducing 32-bit draws modulo the
-    range would make the first 1.3e9 positions twice as likely as the rest."""
-    rp = torch.zeros(3, dtype=torch.int64)
-    ci = torch.empty(0, dtype=torch.int32)
+def huge_range_uniform(device):
+    """2 x 1.5e9 positions: a range just under 2^32, where reducing a 32-bit draw modulo the
+    range would make the first 1.3e9 positions twice as likely as the rest (the reason the
+    draws are 63-bit integers; torch's CPU randint is unbiased there, its CUDA one need not be)."""
+    rp = torch.zeros(3, dtype=torch.int64, device=device)
+    ci = torch.empty(0, dtype=torch.int32, device=device)
     cols = 1_500_000_000
     r, c = tt.random_empty(rp, ci, cols, 100_000, seed=3)
-    key = (r * cols + c.long()).double() / (2 * cols)
+    assert r.device == rp.device
+    key = (r * cols + c.long()).double().cpu() / (2 * cols)
     assert stats.kstest(key.numpy(), "uniform").pvalue > 1e-3
     hist = torch.histc(key, bins=20, min=0, max=1)
     assert stats.chisquare(hist.numpy()).pvalue > 1e-3
+
+
+def test_random_empty_uniform_over_a_huge_range():
+    huge_range_uniform("cpu")
 
 
 # ------------------------------------------------------------------ errors like the CPU kernels
@@ -443,6 +449,9 @@ class TestCUDA:
             assert np.all(np.diff(key) > 0) and not np.isin(key, keys(w)).any()
             again = ops.random_empty(*d(rp, ci), cols, n, 11)
             assert torch.equal(r, again[0]) and torch.equal(c2, again[1])
+
+    def test_random_empty_uniform_over_a_huge_range(self):
+        huge_range_uniform("cuda")
 
     @pytest.mark.parametrize("name", list(CONTROLLERS))
     def test_controllers_stay_on_the_device(self, name):
