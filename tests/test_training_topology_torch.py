@@ -193,6 +193,24 @@ def test_random_empty_is_uniform_chi_square(n):
     assert stats.chisquare(list(pairs.values())).pvalue > 1e-3, pairs
 
 
+@pytest.mark.parametrize("rows,cols,n,trials", [(20, 10, 40, 1500), (100, 100, 2000, 400)])
+def test_random_empty_uniform_per_position_when_the_surplus_is_dropped(rows, cols, n, trials):
+    """Rejection sampling with a surplus removed at random (by a permutation in the first case,
+    by the same rejection sampling in the second): every empty position equally likely."""
+    g = torch.Generator().manual_seed(11)
+    mask = torch.zeros(rows * cols, dtype=torch.bool)
+    mask[torch.randperm(rows * cols, generator=g)[:rows * cols // 5]] = True  # 20% stored
+    w = SparseWeight.from_dense(torch.ones(rows, cols), mask.view(rows, cols))
+    counts = torch.zeros(rows * cols)
+    for s in range(trials):
+        r, c = tt.random_empty(w.row_ptr, w.col_idx, cols, n, seed=s)
+        assert r.numel() == n
+        counts += torch.bincount(r * cols + c.long(), minlength=rows * cols)
+    assert (counts[torch.from_numpy(keys(w))] == 0).all()
+    empty = counts[~mask]
+    assert stats.chisquare(empty.numpy()).pvalue > 1e-3
+
+
 def huge_range_uniform(device):
     """2 x 1.5e9 positions: a range just under 2^32, where reducing a 32-bit draw modulo the
     range would make the first 1.3e9 positions twice as likely as the rest (the reason the

@@ -164,22 +164,25 @@ def _random_subset(total: int, n: int, gen: torch.Generator, dev: torch.device) 
     """A uniformly random n-subset of [0, total), sorted (int64).
 
     Dense case (total < 4n): a random permutation, O(total) = O(n). Sparse case: rounds of
-    uniform draws, united and deduplicated (torch.unique, a sort) until n distinct values are
-    there, then a uniformly random n of them; the union of i.i.d. uniform draws is, given its
-    size, a uniform subset, so the result is uniform. Draws are 63-bit integers reduced mod
-    total (bias < total / 2^63; torch.randint's own reduction is modulo a 32-bit draw for
-    ranges below 2^32, biased by up to 2x near 2^31)."""
+    uniform draws (about n plus twice the expected duplicates n^2/total), united and
+    deduplicated (torch.unique, a sort) until at least n distinct values are there; the union
+    of i.i.d. uniform draws is, given its size, a uniform subset. The surplus is removed as a
+    uniformly random subset of the positions (the same function, small), so the result is
+    uniform. Draws are 63-bit integers reduced mod total (bias < total / 2^63; a 32-bit draw
+    reduced modulo a range near 2^32 would make some values twice as likely as others)."""
     if total < 4 * n:
         return torch.randperm(total, generator=gen, device=dev)[:n].sort().values
     got = torch.empty(0, dtype=torch.int64, device=dev)
     while got.numel() < n:
         need = n - got.numel()
-        m = need + need // 4 + 16
+        m = need + 2 * (-(-need * need // total)) + need // 64 + 16
         draw = torch.randint(0, 2**63 - 1, (m,), generator=gen, device=dev) % total
         got = torch.unique(torch.cat([got, draw]))
-    if got.numel() > n:
-        pick = torch.randperm(got.numel(), generator=gen, device=dev)[:n].sort().values
-        got = got[pick]
+    surplus = got.numel() - n
+    if surplus:
+        keep = torch.ones(got.numel(), dtype=torch.bool, device=dev)
+        keep[_random_subset(got.numel(), surplus, gen, dev)] = False
+        got = got[keep]
     return got
 
 
