@@ -7,6 +7,7 @@
 #   STAGES="build test" benchmarks/gpu_all.sh
 #   STAGES="bench" benchmarks/gpu_all.sh --quick      # extra arguments go to bench_cuda.py
 #   STAGES="build sanitize" benchmarks/gpu_all.sh     # compute-sanitizer memcheck on a subset
+#   STAGES="rnn" benchmarks/gpu_all.sh                # LSTM training step table (bench_rnn.py)
 # Where one command may run at most 10 minutes, run "build test" and "bench" as two commands
 # (the benchmark stops starting new cells after --budget-s, 450 s by default, and rewrites
 # its results file after every cell, into $OUT too, so a cut-off run still leaves results).
@@ -35,7 +36,7 @@ fi
 
 if has test; then
   echo "== tests"
-  $PY -m pytest -q -ra tests/test_cuda_build.py tests/test_cuda_ops.py 2>&1 | tee "$LOGS/tests.log" | tail -25
+  $PY -m pytest -q -ra tests/test_cuda_*.py 2>&1 | tee "$LOGS/tests.log" | tail -25
   [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
 fi
 
@@ -47,6 +48,11 @@ if has sanitize; then
   rc=$?
   tail -15 "$LOGS/sanitize.log"
   [[ $rc -eq 0 ]] || status=1
+  compute-sanitizer --tool memcheck --error-exitcode 9 $PY -m pytest -q -x tests/test_cuda_rnn.py \
+    -k "skewed or zero or empty or misaligned" >"$LOGS/sanitize_rnn.log" 2>&1
+  rc=$?
+  tail -5 "$LOGS/sanitize_rnn.log"
+  [[ $rc -eq 0 ]] || status=1
 fi
 
 if has bench; then
@@ -54,5 +60,16 @@ if has bench; then
   copy=(); [[ -n "${OUT:-}" ]] && copy=(--copy-to "$OUT")
   $PY benchmarks/bench_cuda.py "${copy[@]}" "$@" 2>&1 | tee "$LOGS/bench.log"
   [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+  echo "== fused vs composed recurrent step"
+  $PY benchmarks/bench_rnn_step.py --device cuda 2>&1 | tee "$LOGS/bench_rnn_step.log" | tail -20
+  [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+  [[ -n "${OUT:-}" ]] && cp benchmarks/results/rnn_step_gpu.md "$OUT/" 2>/dev/null
+fi
+
+if has rnn; then
+  echo "== LSTM training step (SparseLSTM fused and composed vs masked-dense cuDNN vs torch.sparse)"
+  $PY benchmarks/bench_rnn.py --device cuda --timeout 300 2>&1 | tee "$LOGS/bench_rnn.log" | tail -20
+  [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+  [[ -n "${OUT:-}" ]] && cp benchmarks/results/rnn_gpu.md "$OUT/" 2>/dev/null
 fi
 exit $status
