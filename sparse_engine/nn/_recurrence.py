@@ -42,12 +42,16 @@ _ops = torch.ops.sparse_engine
 
 GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3, "CTRNN": 1}
 
-#: Use the fused C++ step ops where available (CPU, sparse recurrent matrix). Tests flip it
+#: Use the fused step ops where available (CPU or CUDA, sparse recurrent matrix, float32/64;
+#: see ``_fused_ok``). Tests flip it
 #: to check the fused and the composed paths against each other. Measured (benchmarks/
 #: bench_rnn_step.py, results/rnn_step_cpu.md, 2 threads, quiet machine): neither wins
 #: everywhere; composed/fused time is 0.67-1.39x (the fused forward loses at hidden 4,096, 1%,
 #: where it gathers 4 CSR rows per hidden unit; its backward wins at small sizes). On a busy
 #: machine the fused step was 2-8x faster, having one parallel region instead of a dozen.
+#: On CUDA the fused step (csrc/cuda/rnn_step.cu) saves the gate pre-activations' round trip
+#: through global memory and ~10 kernel launches per step; not yet measured on a GPU
+#: (``bench_rnn_step.py --device cuda``).
 USE_FUSED = True
 
 
