@@ -233,7 +233,8 @@ int main(int argc, char** argv) {
   for (int mode : modes) {
     const int G = rnn_step_gates(mode);
     // batch widths: scalar and 16-byte loads, several lane layouts, more than one tile
-    for (int64_t B : {1, 3, 20, 33}) run<float>(mode, "uniform", lengths("uniform", G, 37), 37, B, false, g);
+    for (int64_t B : {1, 3, 20}) run<float>(mode, "uniform", lengths("uniform", G, 37), 37, B, false, g);
+    if (G > 1) run<float>(mode, "uniform", lengths("uniform", G, 37), 37, 33, false, g);  // 32 lanes, 2 tiles
     for (int64_t B : {2, 5, 20}) run<double>(mode, "uniform", lengths("uniform", G, 37), 37, B, false, g);
     run<float>(mode, "empty", lengths("empty", G, 45), 45, 8, false, g);
     run<double>(mode, "empty", lengths("empty", G, 45), 45, 3, false, g);
@@ -249,10 +250,10 @@ int main(int argc, char** argv) {
       run<float>(mode, "long", lengths("long", G, 300), 300, 33, false, g);
     }
   }
-  // 5 columns of 1200 entries (> max(1024, 4 x mean)) in W_hh: W_hh^T dG takes gather.cu's long-row
+  // 5 columns of 1040 / 1050 entries (> max(1024, 4 x mean)) in W_hh: W_hh^T dG takes gather.cu's long-row
   // kernel, with more long rows than its emulated 4-block grid
-  run<float>(kRnnLSTM, "longcols", lengths("uniform", 4, 300), 300, 4, false, g, 5);
-  run<double>(kRnnGRU, "longcols", lengths("uniform", 3, 400), 400, 1, false, g, 5);
+  run<float>(kRnnLSTM, "longcols", lengths("uniform", 4, 260), 260, 4, false, g, 5);
+  run<double>(kRnnGRU, "longcols", lengths("uniform", 3, 350), 350, 1, false, g, 5);
   printf("%s (%d failures)\n", failures ? "FAILED" : "ALL OK", failures);
   return failures != 0;
 }
