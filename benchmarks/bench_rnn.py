@@ -10,7 +10,10 @@ its own and a failure (out of memory, cuDNN) is recorded as "fails" without endi
     python benchmarks/bench_rnn.py --sizes 1500:0.33 4096:0.01 --repeats 5
 
 On a GPU the SparseLSTM column needs this build's CUDA kernels (sparse_engine._ext.HAS_CUDA_KERNELS);
-without them it is recorded as "no CUDA kernels".
+without them it is recorded as "no CUDA kernels". Each SparseLSTM cell says which recurrent step
+ran: "fused" (one op per step: csrc/cpu/rnn_cpu.cpp, csrc/cuda/rnn_step.cu) or "composed"
+(spmm + torch elementwise). On a GPU the table also times the composed step
+(method sparse_engine_composed, USE_FUSED off), so fused vs composed is measured in the same run.
 """
 from __future__ import annotations
 
@@ -27,7 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CPU_SIZES = ["1500:0.33", "4096:0.01", "16384:0.01"]
 GPU_SIZES = ["1500:0.33", "4096:0.01", "16384:0.01", "65536:0.01"]
-METHODS = ["sparse_engine", "masked_dense", "torch_sparse"]
+METHODS = ["sparse_engine", "sparse_engine_composed", "masked_dense", "torch_sparse"]
+CPU_METHODS = ["sparse_engine", "masked_dense", "torch_sparse"]  # the CPU step: bench_rnn_step.py
 T, B = 35, 20
 
 
@@ -59,11 +63,17 @@ def measure(method: str, H: int, density: float, device: str, repeats: int, warm
     torch.manual_seed(0)
     dev = torch.device(device)
     x = torch.randn(T, B, H, device=dev)
-    if method == "sparse_engine":
+    path = None
+    if method in ("sparse_engine", "sparse_engine_composed"):
+        from sparse_engine.nn import _recurrence as R
+
         if dev.type == "cuda" and not se._ext.HAS_CUDA_KERNELS:
             return {"status": "no CUDA kernels"}
+        R.USE_FUSED = method == "sparse_engine"
         model = se.nn.SparseLSTM(H, H, density=density).to(dev)
         params = list(model.parameters())
+        w_hh = model.weight_hh_l0
+        path = "fused" if R._fused_ok(R.Config("LSTM", H, B, T, idx_hh=w_hh.index), w_hh.values) else "composed"
 
         def step():
             y, _ = model(x)
@@ -115,7 +125,7 @@ def measure(method: str, H: int, density: float, device: str, repeats: int, warm
     times.sort()
     peak = (torch.cuda.max_memory_allocated() if dev.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"status": "ok", "ms": 1e3 * times[len(times) // 2], "peak_bytes": peak, "nnz": nnz}
+    return {"status": "ok", "ms": 1e3 * times[len(times) // 2], "peak_bytes": peak, "nnz": nnz, "path": path}
 
 
 def run_child(method, H, density, device, repeats, warmup, timeout) -> dict:
@@ -150,7 +160,8 @@ def machine(device: str) -> str:
 def fmt(r: dict, device: str) -> str:
     if r.get("status") != "ok":
         return r.get("status", "fails")
-    return f"{r['ms']:.1f} ms, {r['peak_bytes'] / 2**30:.2f} GiB"
+    path = f" ({r['path']})" if r.get("path") else ""
+    return f"{r['ms']:.1f} ms, {r['peak_bytes'] / 2**30:.2f} GiB{path}"
 
 
 def ratio(base: dict, ours: dict) -> str:
@@ -165,7 +176,8 @@ def main(argv=None):
                    help=argparse.SUPPRESS)
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
     p.add_argument("--sizes", nargs="+", default=None, help="hidden:density pairs")
-    p.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=None, choices=METHODS,
+                   help="default: all on a GPU; on the CPU all but sparse_engine_composed")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--timeout", type=int, default=900, help="seconds per (method, size)")
@@ -185,6 +197,7 @@ def main(argv=None):
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     sizes = args.sizes or (GPU_SIZES if device == "cuda" else CPU_SIZES)
+    methods = args.methods or (METHODS if device == "cuda" else CPU_METHODS)
     out_path = args.out or ROOT / "benchmarks" / "results" / f"rnn_{'gpu' if device == 'cuda' else 'cpu'}.md"
     load_start = os.getloadavg()[0]
     rows = []
@@ -192,7 +205,7 @@ def main(argv=None):
         H, d = spec.split(":")
         H, d = int(H), float(d)
         res = {}
-        for method in args.methods:
+        for method in methods:
             need = 2 * 4 * H * H * (4 + 4 + 1 + 4) / 2**30  # weight, grad, mask, masked copy (float32)
             if method == "masked_dense" and device == "cpu" and need > args.dense_limit_gb:
                 res[method] = {"status": f"skipped (~{need:.0f} GiB > --dense-limit-gb)"}
@@ -213,14 +226,20 @@ def main(argv=None):
         f"({'max_memory_allocated' if device == 'cuda' else 'max RSS'}); each cell in its own process",
         "- masked-dense: nn.LSTM with weights * mask re-applied each step; torch.sparse: CSR torch.sparse.mm loop",
         "",
-        "| hidden | density | SparseLSTM | masked-dense | torch.sparse CSR | vs masked-dense | vs torch.sparse |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
+    composed = "sparse_engine_composed" in methods
+    head = ["hidden", "density", "SparseLSTM"] + (["SparseLSTM composed step"] if composed else []) + [
+        "masked-dense", "torch.sparse CSR", "vs masked-dense", "vs torch.sparse"] + (
+        ["composed / fused"] if composed else [])
+    lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for H, d, res in rows:
         ours = res.get("sparse_engine", {"status": "-"})
+        cmp_ = res.get("sparse_engine_composed", {"status": "-"})
         md, ts = res.get("masked_dense", {"status": "-"}), res.get("torch_sparse", {"status": "-"})
-        lines.append(f"| {H:,} | {d:g} | {fmt(ours, device)} | {fmt(md, device)} | {fmt(ts, device)} | "
-                     f"{ratio(md, ours)} | {ratio(ts, ours)} |")
+        cells = [f"{H:,}", f"{d:g}", fmt(ours, device)] + ([fmt(cmp_, device)] if composed else []) + [
+            fmt(md, device), fmt(ts, device), ratio(md, ours), ratio(ts, ours)] + (
+            [ratio(cmp_, ours)] if composed else [])
+        lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Ratios are baseline time / SparseLSTM time (> 1: SparseLSTM is faster).")
 

@@ -1,8 +1,9 @@
-"""Fused recurrent step (csrc/cpu/rnn_cpu.cpp: W_hh h + gate math in one pass) against the composed
-step (spmm op, then torch's vectorized elementwise ops), forward and backward, per LSTM/GRU step.
-This is the measurement behind using the fused op on the CPU.
+"""Fused recurrent step (W_hh h + gate math in one pass: csrc/cpu/rnn_cpu.cpp on the CPU,
+csrc/cuda/rnn_step.cu on a GPU) against the composed step (spmm op, then torch's elementwise
+ops), forward and backward, per LSTM/GRU step. This is the measurement behind using the fused op.
 
     python benchmarks/bench_rnn_step.py [--batch 20] [--repeats 50]   -> benchmarks/results/rnn_step_cpu.md
+    python benchmarks/bench_rnn_step.py --device cuda                  -> benchmarks/results/rnn_step_gpu.md
 """
 from __future__ import annotations
 
@@ -22,14 +23,18 @@ import sparse_engine as se  # noqa: E402
 from sparse_engine.nn import _recurrence as R  # noqa: E402
 
 SIZES = [(512, 0.05), (1500, 0.33), (4096, 0.01), (16384, 0.01)]
+GPU_SIZES = SIZES + [(65536, 0.01)]
+_sync = lambda: None  # noqa: E731  (torch.cuda.synchronize on a GPU)
 
 
 def timeit(f, repeats):
     f()
     t = []
     for _ in range(repeats):
+        _sync()
         t0 = time.perf_counter()
         f()
+        _sync()
         t.append(time.perf_counter() - t0)
     return 1e6 * sorted(t)[len(t) // 2]
 
@@ -38,41 +43,52 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--batch", type=int, default=20)
     p.add_argument("--repeats", type=int, default=30)
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "rnn_step_cpu.md")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/rnn_step_{cpu,gpu}.md")
     args = p.parse_args(argv)
+    global _sync
+    dev = torch.device(args.device)
+    if dev.type == "cuda":
+        _sync = torch.cuda.synchronize
+        if not torch._C._dispatch_has_kernel_for_dispatch_key("sparse_engine::lstm_step", "CUDA"):
+            sys.exit("this build has no CUDA fused step kernels (csrc/cuda/rnn_step.cu)")
+    out = args.out or ROOT / "benchmarks" / "results" / f"rnn_step_{'gpu' if dev.type == 'cuda' else 'cpu'}.md"
     ops, B = torch.ops.sparse_engine, args.batch
     rows = []
-    for H, d in SIZES:
-        W = se.SparseWeight.random(4 * H, H, d)
+    for H, d in (GPU_SIZES if dev.type == "cuda" else SIZES):
+        W = se.SparseWeight.random(4 * H, H, d).to(dev)
         v, idx = W.values.detach(), W.index
-        g, h, c = torch.randn(4 * H, B), torch.randn(H, B), torch.randn(H, B)
-        acts = torch.rand(4 * H, B)
+        g, h, c = (torch.randn(n, B, device=dev) for n in (4 * H, H, H))
+        acts = torch.rand(4 * H, B, device=dev)
         res = {
             "LSTM fwd": (timeit(lambda: ops.lstm_step(*idx, v, g, h, c), args.repeats),
                          timeit(lambda: R._lstm_fwd(v, idx, g, h, c), args.repeats)),
             "LSTM bwd": (timeit(lambda: ops.lstm_step_backward(*idx, v, acts, c, c, h, h), args.repeats),
                          timeit(lambda: R._lstm_bwd(v, idx, acts, c, c, h, h), args.repeats)),
         }
-        Wg = se.SparseWeight.random(3 * H, H, d)
-        vg, ig, bg = Wg.values.detach(), Wg.index, torch.randn(3 * H)
+        Wg = se.SparseWeight.random(3 * H, H, d).to(dev)
+        vg, ig, bg = Wg.values.detach(), Wg.index, torch.randn(3 * H, device=dev)
         res["GRU fwd"] = (timeit(lambda: ops.gru_step(*ig, vg, g[:3 * H], h, bg), args.repeats),
                           timeit(lambda: R._gru_fwd(vg, ig, g[:3 * H], h, bg), args.repeats))
         for k, (fused, composed) in res.items():
             rows.append(f"| {H:,} | {d:g} | {k} | {fused:.0f} | {composed:.0f} | {composed / fused:.2f}x |")
             print(rows[-1], flush=True)
-    cpu = next((ln.split(":", 1)[1].strip() for ln in subprocess.run(["lscpu"], capture_output=True, text=True)
-                .stdout.splitlines() if ln.startswith("Model name")), "?")
+    if dev.type == "cuda":
+        where = f"{torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}"
+    else:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in subprocess.run(["lscpu"], capture_output=True, text=True)
+                    .stdout.splitlines() if ln.startswith("Model name")), "?")
+        where = f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     text = "\n".join([
-        f"# One recurrent step, fused C++ op vs composed (spmm + torch elementwise), B={B}", "",
-        f"- machine: {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-        f"1-min load average {os.getloadavg()[0]:.1f}",
+        f"# One recurrent step, fused op vs composed (spmm + torch elementwise), {dev.type}, B={B}", "",
+        f"- machine: {where}, 1-min load average {os.getloadavg()[0]:.1f}",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; median of {args.repeats}, "
         "microseconds", "",
         "| hidden | density | step | fused (us) | composed (us) | composed / fused |",
         "| --- | --- | --- | --- | --- | --- |", *rows, ""])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(f"wrote {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -7,15 +7,18 @@
 #   STAGES="build test" benchmarks/gpu_all.sh
 #   STAGES="bench" benchmarks/gpu_all.sh --quick      # extra arguments go to bench_cuda.py
 #   STAGES="build sanitize" benchmarks/gpu_all.sh     # compute-sanitizer memcheck on a subset
-#   STAGES="topology" benchmarks/gpu_all.sh  # only the topology-update benchmark (bench runs it
-#                                          # too, after bench_cuda.py; it starts no case after 240 s)
-# Where one command may run at most 10 minutes, run "build test" and "bench" as two commands
-# (the benchmark stops starting new cells after --budget-s, 450 s by default, and rewrites
-# its results file after every cell, into $OUT too, so a cut-off run still leaves results).
+#   STAGES="step" benchmarks/gpu_all.sh               # fused vs composed recurrent step
+#   STAGES="rnn" benchmarks/gpu_all.sh                # LSTM training step table (bench_rnn.py)
+#   STAGES="topology" benchmarks/gpu_all.sh           # 100M-nnz prune + regrow (bench_topology.py)
+#   STAGES="largest" benchmarks/gpu_all.sh            # largest SparseLSTM hidden at 32 nonzeros/row
+# The default runs every stage. Where one command may run at most 10 minutes, run them as
+# separate commands: "build test", "bench", "step topology", "rnn", "largest" (each benchmark stops
+# starting new cells after its budget and rewrites its results file after every cell, into
+# $OUT too, so a cut-off run still leaves results).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-STAGES=${STAGES:-build test bench}
+STAGES=${STAGES:-build test bench step topology rnn largest}
 LOGS=${OUT:-benchmarks/results}/gpu_logs
 mkdir -p "$LOGS"
 status=0
@@ -37,7 +40,7 @@ fi
 
 if has test; then
   echo "== tests"
-  $PY -m pytest -q -ra tests/test_cuda_build.py tests/test_cuda_ops.py tests/test_training_topology_torch.py 2>&1 \
+  $PY -m pytest -q -ra tests/test_cuda_*.py tests/test_training_topology_torch.py 2>&1 \
     | tee "$LOGS/tests.log" | tail -25
   [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
 fi
@@ -50,6 +53,11 @@ if has sanitize; then
   rc=$?
   tail -15 "$LOGS/sanitize.log"
   [[ $rc -eq 0 ]] || status=1
+  compute-sanitizer --tool memcheck --error-exitcode 9 $PY -m pytest -q -x tests/test_cuda_rnn.py \
+    -k "skewed or zero or empty or misaligned" >"$LOGS/sanitize_rnn.log" 2>&1
+  rc=$?
+  tail -5 "$LOGS/sanitize_rnn.log"
+  [[ $rc -eq 0 ]] || status=1
 fi
 
 if has bench; then
@@ -59,7 +67,29 @@ if has bench; then
   [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
 fi
 
-if has bench || has topology; then
+if has step; then
+  echo "== fused vs composed recurrent step"
+  $PY benchmarks/bench_rnn_step.py --device cuda 2>&1 | tee "$LOGS/bench_rnn_step.log" | tail -20
+  [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+  [[ -n "${OUT:-}" ]] && cp benchmarks/results/rnn_step_gpu.md "$OUT/" 2>/dev/null
+fi
+
+if has rnn; then
+  echo "== LSTM training step (SparseLSTM fused and composed vs masked-dense cuDNN vs torch.sparse)"
+  $PY benchmarks/bench_rnn.py --device cuda --timeout 300 2>&1 | tee "$LOGS/bench_rnn.log" | tail -20
+  [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+  [[ -n "${OUT:-}" ]] && cp benchmarks/results/rnn_gpu.md "$OUT/" 2>/dev/null
+fi
+
+if has largest; then
+  echo "== largest trainable SparseLSTM hidden size (32 nonzeros per row)"
+  $PY benchmarks/bench_rnn.py --device cuda --largest --sizes 4096:0.01 --methods sparse_engine --timeout 240 \
+    --out benchmarks/results/rnn_gpu_largest.md 2>&1 | tee "$LOGS/bench_rnn_largest.log" | tail -12
+  [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+  [[ -n "${OUT:-}" ]] && cp benchmarks/results/rnn_gpu_largest.md "$OUT/" 2>/dev/null
+fi
+
+if has topology; then
   echo "== topology-update benchmark (100M nnz prune + regrow)"
   copy=(); [[ -n "${OUT:-}" ]] && copy=(--copy-to "$OUT")
   $PY benchmarks/bench_topology.py --device cuda "${copy[@]}" 2>&1 | tee "$LOGS/bench_topology.log"

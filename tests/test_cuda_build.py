@@ -1,13 +1,15 @@
 """The CUDA sources keep compiling on machines without a GPU.
 
 Each csrc/cuda/*.cu is compiled on its own with the machine's nvcc (the kernels take plain
-pointers, so no torch headers are needed), and the torch glue csrc/cuda/ops_cuda.cpp is
-syntax-checked with the host compiler against torch's c10/cuda headers. Running the kernels
-is tests/test_cuda_ops.py's job and needs a GPU.
+pointers, so no torch headers are needed), each launcher header (csrc/cuda/*launchers.h)
+compiles alone without torch, and every torch glue file (csrc/cuda/*.cpp: ops_cuda.cpp,
+rnn_cuda.cpp) is compiled with the host compiler against torch's c10/cuda headers. Running
+the kernels is tests/test_cuda_ops.py's and tests/test_cuda_rnn.py's job and needs a GPU.
 """
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +21,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_DIR = ROOT / "csrc" / "cuda"
 CU_FILES = sorted(CUDA_DIR.glob("*.cu"))
+GLUE_FILES = sorted(CUDA_DIR.glob("*.cpp"))  # torch glue: one per family of operators
+LAUNCHER_HEADERS = sorted(CUDA_DIR.glob("*launchers.h"))
 ARCH = os.environ.get("SPARSE_ENGINE_TEST_ARCH", "sm_90")  # the H100's; one arch keeps CI fast
 
 
@@ -45,7 +49,9 @@ def _nvcc() -> str | None:
 
 def test_there_are_cuda_sources():
     assert CU_FILES, f"no .cu files in {CUDA_DIR}"
-    assert (CUDA_DIR / "ops_cuda.cpp").exists()
+    names = {p.name for p in GLUE_FILES}
+    assert {"ops_cuda.cpp", "rnn_cuda.cpp"} <= names, names
+    assert {"launchers.h", "rnn_launchers.h"} <= {p.name for p in LAUNCHER_HEADERS}
 
 
 @pytest.fixture(scope="module")
@@ -82,36 +88,72 @@ def _defined_symbols(objs, kind: str) -> set:
     return {line.split(f" {kind} ", 1)[1] for line in out.splitlines() if f" {kind} sparse_engine::cuda::" in line}
 
 
-def test_torch_glue_compiles_and_calls_the_kernels(cu_objects, tmp_path):
-    """ops_cuda.cpp compiles against the installed torch's headers (a CPU-only torch wheel
-    still ships c10/cuda headers; cuda_runtime_api.h comes from the CUDA toolkit), and every
-    launcher it calls is defined, with the same signature, by the nvcc-compiled kernels."""
+def _host_cxx():
+    return shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
+
+
+@pytest.mark.parametrize("header", LAUNCHER_HEADERS, ids=lambda p: p.name)
+def test_launcher_headers_stand_alone(header, tmp_path):
+    """A launcher header needs only the CUDA runtime API: no torch, no device code, so the
+    glue (host compiler) and the kernels (nvcc) can both include it; some glue file does."""
+    home, cxx = _cuda_home(), _host_cxx()
+    if home is None or cxx is None:
+        pytest.skip("needs a CUDA toolkit's headers (cuda_runtime_api.h) and a host C++ compiler")
+    tu = tmp_path / "tu.cpp"
+    tu.write_text(f'#include "{header.name}"\n#include "{header.name}"\nint main() {{ return 0; }}\n')  # twice: #pragma once
+    proc = subprocess.run([cxx, "-std=c++17", "-fsyntax-only", f"-I{CUDA_DIR}", f"-I{home / 'include'}", str(tu)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert not re.search(r"#include\s*[<\"](torch|ATen|c10)/", header.read_text()), "launcher headers must not need torch"
+    users = [g.name for g in GLUE_FILES if f'"{header.name}"' in g.read_text()]
+    assert users, f"no glue file includes {header.name}"
+
+
+@pytest.fixture(scope="module")
+def glue_objects(tmp_path_factory) -> dict:
+    """{glue source: (returncode, stderr, object path)}: every csrc/cuda/*.cpp compiled against the
+    installed torch's headers (a CPU-only torch wheel still ships c10/cuda headers;
+    cuda_runtime_api.h comes from the CUDA toolkit), in parallel."""
     torch = pytest.importorskip("torch")
     from torch.utils.cpp_extension import include_paths
 
-    home = _cuda_home()
-    cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
+    home, cxx = _cuda_home(), _host_cxx()
     if home is None or cxx is None:
         pytest.skip("needs a CUDA toolkit's headers (cuda_runtime_api.h) and a host C++ compiler")
     incs = include_paths()
     if not any((Path(p) / "c10" / "cuda" / "CUDAGuard.h").exists() for p in incs):
         pytest.skip(f"torch {torch.__version__} ships no c10/cuda headers")
-    obj = tmp_path / "ops_cuda.o"
-    cmd = [cxx, "-std=c++17", "-O0", "-fPIC", "-c", "-o", str(obj), "-DSPARSE_ENGINE_WITH_CUDA=1",
-           # the CMake-generated c10/cuda/impl/cuda_cmake_macros.h exists only in CUDA wheels;
-           # it sets Windows export macros, which this check does not need
-           "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE"]
-    cmd += [f"-I{p}" for p in incs] + [f"-I{sysconfig.get_paths()['include']}", f"-I{home / 'include'}"]
-    cmd.append(str(CUDA_DIR / "ops_cuda.cpp"))
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    errors = [line for line in proc.stderr.splitlines() if "error" in line]
-    assert proc.returncode == 0, f"{' '.join(cmd)}\n" + "\n".join(errors[:40] or [proc.stderr[-4000:]])
-    if any(rc != 0 for rc, _, _ in cu_objects.values()):
+    out = tmp_path_factory.mktemp("glue_objects")
+    procs = []
+    for src in GLUE_FILES:
+        obj = out / (src.stem + ".o")
+        cmd = [cxx, "-std=c++17", "-O0", "-fPIC", "-c", "-o", str(obj), "-DSPARSE_ENGINE_WITH_CUDA=1",
+               # the CMake-generated c10/cuda/impl/cuda_cmake_macros.h exists only in CUDA wheels;
+               # it sets Windows export macros, which this check does not need
+               "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE"]
+        cmd += [f"-I{p}" for p in incs] + [f"-I{sysconfig.get_paths()['include']}", f"-I{home / 'include'}"]
+        cmd.append(str(src))
+        procs.append((src, obj, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)))
+    results = {}
+    for src, obj, proc in procs:
+        _, err = proc.communicate(timeout=600)
+        results[src] = (proc.returncode, err, obj)
+    return results
+
+
+@pytest.mark.parametrize("glue", GLUE_FILES, ids=lambda p: p.name)
+def test_torch_glue_compiles_and_calls_the_kernels(glue, glue_objects, cu_objects):
+    """Each glue file compiles, and every launcher it calls is defined, with the same
+    signature, by the nvcc-compiled kernels."""
+    rc, err, obj = glue_objects[glue]
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert rc == 0, f"{glue.name}:\n" + "\n".join(errors[:40] or [err[-4000:]])
+    if any(code != 0 for code, _, _ in cu_objects.values()):
         pytest.fail("the .cu files did not compile (see test_cu_files_compile_with_nvcc)")
     needed = _defined_symbols([obj], "U")
     defined = _defined_symbols([o for _, _, o in cu_objects.values()], "T")
-    assert needed, "the glue calls no sparse_engine::cuda launcher?"
-    assert needed <= defined, f"launchers called by ops_cuda.cpp but not defined: {sorted(needed - defined)}"
+    assert needed, f"{glue.name} calls no sparse_engine::cuda launcher?"
+    assert needed <= defined, f"launchers called by {glue.name} but not defined: {sorted(needed - defined)}"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -82,3 +82,50 @@ def test_kernels_match_float64_references_on_the_emulator(emulator):
     # the long-row kernels really ran, for rows (spmm, sddmm) and for columns (spmm_t)
     assert any("power " in line and "long rows=5" in line for line in lines)
     assert any("powerT" in line and "long cols=5" in line for line in lines)
+
+
+# ------------------------------------------------- fused recurrent step (rnn_step.cu)
+@pytest.fixture(scope="module")
+def rnn_emulator(tmp_path_factory) -> Path:
+    """rnn_step.cu (+ gather.cu, which its backward calls) and tests/cuda_emu/rnn_driver.cpp,
+    a separate executable from the one above."""
+    inc = _cuda_include()
+    cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
+    if inc is None or cxx is None:
+        pytest.skip("needs CUDA toolkit headers (cuda_runtime.h, for the vector types) and a host C++ compiler")
+    out = tmp_path_factory.mktemp("cuda_emu_rnn")
+    flags = [cxx, "-std=c++20", "-O1", "-w", f"-I{inc}", f"-I{CUDA_DIR}", f"-I{EMU_DIR}"]
+    objs, procs = [], []
+    for name in ("rnn_step", "gather"):
+        host, n = LAUNCH.subn(r"::emu::launch(\1, \2, \3);", (CUDA_DIR / f"{name}.cu").read_text())
+        assert n >= 2, f"expected kernel launches in {name}.cu to rewrite, found {n}"
+        tu = out / f"{name}_emu.cpp"
+        tu.write_text('#include "emu.h"\n' + host)
+        objs.append(out / f"{name}_emu.o")
+        procs.append(subprocess.Popen(flags + ["-c", str(tu), "-o", str(objs[-1])], stderr=subprocess.PIPE, text=True))
+    objs.append(out / "rnn_driver.o")
+    procs.append(subprocess.Popen(flags + ["-c", str(EMU_DIR / "rnn_driver.cpp"), "-o", str(objs[-1])],
+                                  stderr=subprocess.PIPE, text=True))
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        if p.returncode and "<barrier>" in err:
+            pytest.skip(f"{cxx} has no C++20 <barrier>")
+        assert p.returncode == 0, err[-4000:]
+    exe = out / "emu_rnn_test"
+    link = subprocess.run([cxx, *map(str, objs), "-o", str(exe), "-pthread"], capture_output=True, text=True)
+    assert link.returncode == 0, link.stderr[-4000:]
+    return exe
+
+
+@pytest.mark.slow
+def test_fused_rnn_step_kernels_match_float64_references_on_the_emulator(rnn_emulator):
+    suite = os.environ.get("SPARSE_ENGINE_EMU_SUITE", "small")  # "full": wider batches, bigger long rows
+    proc = subprocess.run([str(rnn_emulator), suite], capture_output=True, text=True, timeout=900)
+    lines = proc.stdout.splitlines()
+    failed = [line for line in lines if "FAIL" in line]
+    assert proc.returncode == 0 and lines and lines[-1].startswith("ALL OK"), "\n".join(failed or lines[-20:]) + proc.stderr
+    for mode in ("LSTM", "GRU", "TANH", "RELU", "CTRNN"):  # every mode ran, in both dtypes
+        assert any(line.startswith(f"f32 {mode} ") for line in lines), mode
+        assert any(line.startswith(f"f64 {mode} ") for line in lines), mode
+    # the backward's W_hh^T dG really took gather.cu's long-row kernel (5 long columns)
+    assert any("longcols" in line and "long cols=5" in line for line in lines)

@@ -10,9 +10,9 @@
 //   GRU   acts = [r, z, n, W_hn h + b_hn]  (4H x B)
 //   CTRNN acts = tanh(pre)                  (H x B)
 //   RNN   nothing (h' itself is enough)
-// All activations are feature-major (features x batch). A CUDA version must implement the same
-// contract (one thread block per group of hidden units, the G row gathers of unit j in one
-// block so the gate math needs no second pass); until then Python composes spmm + elementwise.
+// All activations are feature-major (features x batch). The CUDA kernels (csrc/cuda/rnn_step.cu,
+// glue in csrc/cuda/rnn_cuda.cpp) implement the same contract: one thread block per group of
+// hidden units, the G row gathers of unit j in one block, so the gate math needs no second pass.
 #include <torch/library.h>
 #include <omp.h>
 #include <cmath>

@@ -5,8 +5,9 @@ output Y (H x T*B) the same, states are (H x B). That is the layout of the spars
 so a stacked network transposes its input once and never again.
 
 Forward:  Gx = W_ih X (+ biases): ONE product over all T*B columns; then per step one
-          recurrent product W_hh h and the gate nonlinearities (fused into one C++ op on the
-          CPU, see ``csrc/cpu/rnn_cpu.cpp``; composed from spmm + elementwise ops elsewhere).
+          recurrent product W_hh h and the gate nonlinearities, fused into one op where it has
+          a kernel (CPU: ``csrc/cpu/rnn_cpu.cpp``; CUDA: ``csrc/cuda/rnn_step.cu``), composed
+          from spmm + torch elementwise ops otherwise (see ``_fused_ok``).
 Backward: per step the elementwise gate gradient and one spmm_t (W_hh^T dG) for the hidden
           gradient; at the end ONE sddmm over all T*B columns per weight (the per-step gate
           gradients and hidden states are stacked), one spmm_t for the input gradient.
@@ -22,15 +23,17 @@ like torch: n = tanh(Wx_n x + b_in + r * (W_hn h + b_hn)), so the hidden product
 is kept separately) and ``CTRNN`` (Euler-unfolded continuous-time RNN:
 h += dt * (-h / tau + tanh(W_ih x + W_hh h + b)), ``unfolds`` sub-steps per input step).
 
-What a CUDA kernel for the fused step must implement (the CPU op's contract, see
-``csrc/cpu/rnn_cpu.cpp``): for every hidden unit j, the G gate rows j, H+j, ... of
-W_hh h (one CSR row each, gathered from the feature-major h), add the precomputed input
-part gx and apply the gate math, writing h', (c') and the saved activations; backward: the
-elementwise gate gradient followed by W_hh^T dG through the transposed index. Until such
-kernels exist the composed path below runs on CUDA (spmm/spmm_t/sddmm + torch elementwise).
+The fused step ops' contract (``csrc/cpu/rnn_cpu.cpp``; the CUDA kernels implement the same):
+for every hidden unit j, the G gate rows j, H+j, ... of W_hh h (one CSR row each, gathered
+from the feature-major h), plus the precomputed input part gx, then the gate math, writing
+h', (c') and the saved activations; backward: the elementwise gate gradient followed by
+W_hh^T dG through the transposed index. The fused path takes only float32/float64 values on a
+device whose dispatch key has the ops; any other dtype (fp16/bf16) or device composes the
+step from spmm/spmm_t and torch's elementwise ops, which give the same results.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -39,12 +42,16 @@ _ops = torch.ops.sparse_engine
 
 GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3, "CTRNN": 1}
 
-#: Use the fused C++ step ops where available (CPU, sparse recurrent matrix). Tests flip it
+#: Use the fused step ops where available (CPU or CUDA, sparse recurrent matrix, float32/64;
+#: see ``_fused_ok``). Tests flip it
 #: to check the fused and the composed paths against each other. Measured (benchmarks/
 #: bench_rnn_step.py, results/rnn_step_cpu.md, 2 threads, quiet machine): neither wins
 #: everywhere; composed/fused time is 0.67-1.39x (the fused forward loses at hidden 4,096, 1%,
 #: where it gathers 4 CSR rows per hidden unit; its backward wins at small sizes). On a busy
 #: machine the fused step was 2-8x faster, having one parallel region instead of a dozen.
+#: On CUDA the fused step (csrc/cuda/rnn_step.cu) saves the gate pre-activations' round trip
+#: through global memory and ~10 kernel launches per step; not yet measured on a GPU
+#: (``bench_rnn_step.py --device cuda``).
 USE_FUSED = True
 
 
@@ -80,9 +87,24 @@ def _wgrad(idx, g, x):
     return g @ x.t() if idx is None else _ops.sddmm(*idx, g, x)
 
 
+_FUSED_DTYPES = (torch.float32, torch.float64)
+
+
+@functools.lru_cache(maxsize=None)
+def _has_fused_kernels(device_type: str) -> bool:
+    """Whether this build registered the fused step ops for the device's dispatch key."""
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    if key is None or not hasattr(_ops, "lstm_step"):
+        return False
+    return all(torch._C._dispatch_has_kernel_for_dispatch_key(f"sparse_engine::{op}", key)
+               for op in ("lstm_step", "lstm_step_backward", "gru_step", "gru_step_backward",
+                          "rnn_step", "rnn_step_backward", "ctrnn_step", "ctrnn_step_backward"))
+
+
 def _fused_ok(cfg: Config, w_hh: torch.Tensor) -> bool:
-    return (USE_FUSED and cfg.idx_hh is not None and w_hh.device.type == "cpu"
-            and hasattr(_ops, "lstm_step"))
+    """The fused step ops apply: sparse W_hh, float32/float64, a device with the kernels."""
+    return (USE_FUSED and cfg.idx_hh is not None and w_hh.dtype in _FUSED_DTYPES
+            and _has_fused_kernels(w_hh.device.type))
 
 
 # --------------------------------------------------------------- composed steps

@@ -1,0 +1,367 @@
+// Fused recurrent step on the GPU: W_hh h and the gate nonlinearities of one time step in one
+// kernel, and the matching backward. Same contract as the CPU ops (csrc/cpu/rnn_cpu.cpp) and
+// rnn_launchers.h.
+//
+// Forward (step_forward_kernel): one block per (group of U hidden units, batch tile), one warp
+// per gate row: LSTM 2 units x 4 gates, GRU 2 x 3, RNN/CT-RNN 8 x 1 (6 or 8 warps). A warp
+// computes its row's dot products for the tile exactly like gather.cu's row kernel (32 index
+// entries per coalesced load, broadcast by shuffles, 16-byte loads of h, the slot layout of
+// common.cuh for narrow batches) and leaves them in shared memory; after one barrier the whole
+// block applies the gate math to the tile's U x (tile width) elements, reading gx and writing
+// h', c' and the saved activations with consecutive threads on consecutive batch entries. No
+// pre-activation ever goes to global memory.
+// Long rows: the warp loops over the row (correct; a row 100x the mean keeps its block busy
+// longer). What would make them faster: the long-row list of gather.cu, with the block's warps
+// splitting one long row's chunks and a second pass for the gate math of those units.
+//
+// Backward: gates_backward_kernel (elementwise, grid-stride) writes dG and the other
+// elementwise outputs, then launch_gather (gather.cu) computes W_hh^T dG over the transposed
+// index, with its long-column handling, and for GRU/CT-RNN add_direct_kernel adds the direct
+// path (dh z, dh (1 - dt/tau)).
+// Every sum has a fixed order: the results are bitwise reproducible.
+#include "common.cuh"
+#include "launchers.h"
+#include "rnn_launchers.h"
+
+namespace sparse_engine {
+namespace cuda {
+namespace {
+
+using namespace detail;
+
+// Gate rows per hidden unit, and hidden units per forward block (6 or 8 warps, one per gate row).
+// (Variable templates, not constexpr functions: device code may read them without flags.)
+template <int M> constexpr int kGates = M == kRnnLSTM ? 4 : (M == kRnnGRU ? 3 : 1);
+template <int M> constexpr int kUnits = kGates<M> == 1 ? 8 : 2;
+constexpr int kEltThreads = 256;  // threads per block of the elementwise kernels
+
+__device__ __forceinline__ float ex(float x) { return expf(x); }
+__device__ __forceinline__ double ex(double x) { return exp(x); }
+__device__ __forceinline__ float th(float x) { return tanhf(x); }
+__device__ __forceinline__ double th(double x) { return tanh(x); }
+template <typename T> __device__ __forceinline__ T sigm(T x) { return T(1) / (T(1) + ex(-x)); }
+
+template <typename T>
+struct StepArgs {
+  const int64_t* __restrict__ ptr;
+  const int32_t* __restrict__ idx;
+  const T* __restrict__ values;
+  const T* __restrict__ gx;
+  const T* __restrict__ h;
+  const T* __restrict__ c;
+  const T* __restrict__ bhh;  // GRU's b_hh or nullptr
+  T* __restrict__ h2;
+  T* __restrict__ c2;
+  T* __restrict__ acts;
+  int64_t H, B;
+  int64_t C;      // vector columns: B / VEC
+  int64_t tiles;  // ceil(C / CW)
+  T decay, sdt;   // CT-RNN: 1 - dt/tau, dt
+};
+
+// Adds the chunk [k0, min(k0 + 32, end)) of one row into acc (slot s takes entries s, s+S, ...).
+template <typename T, int VEC, int CW, bool FULL>
+__device__ __forceinline__ void row_chunk(const StepArgs<T>& a, int64_t k0, int64_t end, int64_t cv,
+                                          bool active, int lane, T (&acc)[VEC]) {
+  constexpr int S = kWarp / CW;
+  const int s = lane / CW;
+  const int64_t k = k0 + lane;
+  int32_t my_idx = 0;
+  T my_val = T(0);
+  if (FULL || k < end) {
+    my_idx = a.idx[k];
+    my_val = a.values[k];
+  }
+  const int64_t m = end - k0;
+#pragma unroll
+  for (int jj = 0; jj < CW; ++jj) {
+    const int j = jj * S + s;
+    const int32_t col = __shfl_sync(kFullMask, my_idx, j);
+    const T v = __shfl_sync(kFullMask, my_val, j);
+    if (active && (FULL || j < m)) {
+      T x[VEC];
+      load_vec<T, VEC>(a.h + static_cast<int64_t>(col) * a.B + cv * VEC, x);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) acc[e] = fma(v, x[e], acc[e]);
+    }
+  }
+}
+
+// Row [start, end) of W times h for vector column cv; lanes of slot 0 end with the totals.
+template <typename T, int VEC, int CW>
+__device__ __forceinline__ void row_dot(const StepArgs<T>& a, int64_t start, int64_t end, int64_t cv,
+                                        bool active, int lane, T (&acc)[VEC]) {
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) acc[e] = T(0);
+  for (int64_t k0 = start; k0 < end; k0 += kWarp) {
+    if (end - k0 >= kWarp)
+      row_chunk<T, VEC, CW, true>(a, k0, end, cv, active, lane, acc);
+    else
+      row_chunk<T, VEC, CW, false>(a, k0, end, cv, active, lane, acc);
+  }
+#pragma unroll
+  for (int o = CW; o < kWarp; o *= 2) {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) acc[e] += __shfl_xor_sync(kFullMask, acc[e], o);
+  }
+}
+
+// Gate math of hidden unit j, batch entry b (o = j * B + b); p: the hidden-side sums W_q h.
+template <typename T, int M>
+__device__ __forceinline__ void gate_math(const StepArgs<T>& a, T (&p)[kGates<M>], int64_t j, int64_t o) {
+  const int64_t HB = a.H * a.B;
+  if constexpr (M == kRnnLSTM) {
+    const T i = sigm(p[0] + a.gx[o]), f = sigm(p[1] + a.gx[HB + o]);
+    const T g = th(p[2] + a.gx[2 * HB + o]), og = sigm(p[3] + a.gx[3 * HB + o]);
+    const T cn = f * a.c[o] + i * g;
+    a.c2[o] = cn;
+    a.h2[o] = og * th(cn);
+    a.acts[o] = i; a.acts[HB + o] = f; a.acts[2 * HB + o] = g; a.acts[3 * HB + o] = og;
+  } else if constexpr (M == kRnnGRU) {
+    if (a.bhh != nullptr) {
+#pragma unroll
+      for (int q = 0; q < 3; ++q) p[q] += a.bhh[q * a.H + j];
+    }
+    const T ghn = p[2];
+    const T r = sigm(p[0] + a.gx[o]), z = sigm(p[1] + a.gx[HB + o]);
+    const T n = th(a.gx[2 * HB + o] + r * ghn);
+    a.h2[o] = n + z * (a.h[o] - n);
+    a.acts[o] = r; a.acts[HB + o] = z; a.acts[2 * HB + o] = n; a.acts[3 * HB + o] = ghn;
+  } else if constexpr (M == kRnnTanh) {
+    a.h2[o] = th(p[0] + a.gx[o]);
+  } else if constexpr (M == kRnnRelu) {
+    const T v = p[0] + a.gx[o];
+    a.h2[o] = v > T(0) ? v : T(0);
+  } else {  // CT-RNN Euler step
+    const T t = th(p[0] + a.gx[o]);
+    a.acts[o] = t;
+    a.h2[o] = a.decay * a.h[o] + a.sdt * t;
+  }
+}
+
+template <typename T, int M, int VEC, int CW>
+__global__ void __launch_bounds__(kGates<M> * kUnits<M> * kWarp)
+step_forward_kernel(const StepArgs<T> a) {
+  constexpr int NG = kGates<M>, U = kUnits<M>, TW = CW * VEC;
+  __shared__ T pre[NG][U][TW];
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const int q = warp / U, u = warp % U;
+  const int64_t j0 = static_cast<int64_t>(blockIdx.x) * U;
+  int64_t start = 0, end = 0;  // a unit past H: an empty row, and the warp still meets the barriers
+  if (j0 + u < a.H) {
+    const int64_t row = q * a.H + j0 + u;
+    start = a.ptr[row];
+    end = a.ptr[row + 1];
+  }
+  const int c = lane % CW, s = lane / CW;
+  for (int64_t t = blockIdx.y; t < a.tiles; t += gridDim.y) {  // uniform per block
+    const int64_t cv = t * CW + c;
+    T acc[VEC];
+    row_dot<T, VEC, CW>(a, start, end, cv, cv < a.C, lane, acc);
+    if (s == 0) {
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) pre[q][u][c * VEC + e] = acc[e];
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < U * TW; i += blockDim.x) {
+      const int uu = i / TW, l = i % TW;
+      const int64_t j = j0 + uu, b = t * TW + l;
+      if (j < a.H && b < a.B) {
+        T p[NG];
+#pragma unroll
+        for (int g = 0; g < NG; ++g) p[g] = pre[g][uu][l];
+        gate_math<T, M>(a, p, j, j * a.B + b);
+      }
+    }
+    __syncthreads();  // pre is reused by the next tile
+  }
+}
+
+template <typename T, int M, int VEC, int CW>
+cudaError_t forward_launch(StepArgs<T> a, cudaStream_t stream) {
+  constexpr int U = kUnits<M>, NG = kGates<M>;
+  a.tiles = cdiv(a.C, CW);
+  const dim3 grid(static_cast<unsigned>(cdiv(a.H, U)), static_cast<unsigned>(std::min<int64_t>(a.tiles, kMaxGridY)));
+  step_forward_kernel<T, M, VEC, CW><<<grid, NG * U * kWarp, 0, stream>>>(a);
+  return cudaGetLastError();
+}
+
+template <typename T, int M, int VEC>
+cudaError_t forward_lanes(const StepArgs<T>& a, cudaStream_t stream) {
+  switch (lanes_for(a.C)) {
+    case 1: return forward_launch<T, M, VEC, 1>(a, stream);
+    case 2: return forward_launch<T, M, VEC, 2>(a, stream);
+    case 4: return forward_launch<T, M, VEC, 4>(a, stream);
+    case 8: return forward_launch<T, M, VEC, 8>(a, stream);
+    case 16: return forward_launch<T, M, VEC, 16>(a, stream);
+    default: return forward_launch<T, M, VEC, 32>(a, stream);
+  }
+}
+
+template <typename T, int M>
+cudaError_t forward_mode(StepArgs<T> a, cudaStream_t stream) {
+  constexpr int kWide = 16 / sizeof(T);
+  const bool wide = a.B % kWide == 0 && aligned16(a.h);  // only h is read with vector loads
+  a.C = wide ? a.B / kWide : a.B;
+  return wide ? forward_lanes<T, M, kWide>(a, stream) : forward_lanes<T, M, 1>(a, stream);
+}
+
+template <typename T>
+cudaError_t forward(int mode, const int64_t* row_ptr, const int32_t* col_idx, const T* values, const T* gx,
+                    const T* h, const T* c, const T* b_hh, T* h_new, T* c_new, T* acts, int64_t H, int64_t B,
+                    double dt, double tau, cudaStream_t stream) {
+  if (H <= 0 || B <= 0) return cudaSuccess;
+  const StepArgs<T> a{row_ptr, col_idx, values, gx, h, c, b_hh, h_new, c_new, acts, H, B, 0, 0,
+                      static_cast<T>(1 - dt / tau), static_cast<T>(dt)};
+  switch (mode) {
+    case kRnnLSTM: return forward_mode<T, kRnnLSTM>(a, stream);
+    case kRnnGRU: return forward_mode<T, kRnnGRU>(a, stream);
+    case kRnnTanh: return forward_mode<T, kRnnTanh>(a, stream);
+    case kRnnRelu: return forward_mode<T, kRnnRelu>(a, stream);
+    case kRnnCT: return forward_mode<T, kRnnCT>(a, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+// ------------------------------------------------------------------------------ backward
+template <typename T>
+struct BackArgs {
+  const T* __restrict__ acts;
+  const T* __restrict__ c_prev;
+  const T* __restrict__ c;
+  const T* __restrict__ h;  // GRU: h_prev; RNN: h_new
+  const T* __restrict__ dh;
+  const T* __restrict__ dc;
+  T* __restrict__ dG;
+  T* __restrict__ dgx;
+  T* __restrict__ dc_prev;
+  T* __restrict__ dh_prev;
+  int64_t H, B;
+  T decay, sdt;
+};
+
+// dG (hidden-side pre-activation gradient) and GRU's dgx, LSTM's dc_prev; as rnn_cpu.cpp.
+template <typename T, int M>
+__global__ void __launch_bounds__(kEltThreads) gates_backward_kernel(const BackArgs<T> a) {
+  const int64_t HB = a.H * a.B;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < HB; e += stride) {
+    const T dh = a.dh[e];
+    if constexpr (M == kRnnLSTM) {
+      const T i = a.acts[e], f = a.acts[HB + e], g = a.acts[2 * HB + e], o = a.acts[3 * HB + e];
+      const T tc = th(a.c[e]);
+      const T dct = a.dc[e] + dh * o * (T(1) - tc * tc);
+      a.dG[e] = dct * g * i * (T(1) - i);
+      a.dG[HB + e] = dct * a.c_prev[e] * f * (T(1) - f);
+      a.dG[2 * HB + e] = dct * i * (T(1) - g * g);
+      a.dG[3 * HB + e] = dh * tc * o * (T(1) - o);
+      a.dc_prev[e] = dct * f;
+    } else if constexpr (M == kRnnGRU) {
+      const T r = a.acts[e], z = a.acts[HB + e], n = a.acts[2 * HB + e], ghn = a.acts[3 * HB + e];
+      const T dn = dh * (T(1) - z) * (T(1) - n * n);
+      const T dr = dn * ghn * r * (T(1) - r);
+      const T dz = dh * (a.h[e] - n) * z * (T(1) - z);
+      a.dgx[e] = dr; a.dgx[HB + e] = dz; a.dgx[2 * HB + e] = dn;
+      a.dG[e] = dr; a.dG[HB + e] = dz; a.dG[2 * HB + e] = dn * r;
+    } else if constexpr (M == kRnnTanh) {
+      const T y = a.h[e];
+      a.dG[e] = dh * (T(1) - y * y);
+    } else if constexpr (M == kRnnRelu) {
+      a.dG[e] = a.h[e] > T(0) ? dh : T(0);
+    } else {
+      const T t = a.acts[e];
+      a.dG[e] = dh * a.sdt * (T(1) - t * t);
+    }
+  }
+}
+
+// dh_prev += the direct path: dh z (GRU), dh (1 - dt/tau) (CT-RNN).
+template <typename T, int M>
+__global__ void __launch_bounds__(kEltThreads) add_direct_kernel(const BackArgs<T> a) {
+  const int64_t HB = a.H * a.B;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < HB; e += stride) {
+    if constexpr (M == kRnnGRU)
+      a.dh_prev[e] += a.dh[e] * a.acts[HB + e];
+    else
+      a.dh_prev[e] += a.dh[e] * a.decay;
+  }
+}
+
+template <typename T, int M>
+cudaError_t backward_mode(const BackArgs<T>& a, const int64_t* csc_ptr, const int32_t* csc_row,
+                          const int64_t* csc_perm, const T* values, int64_t nnz, int32_t* workspace,
+                          cudaStream_t stream) {
+  const int64_t blocks = std::min<int64_t>(cdiv(a.H * a.B, kEltThreads), 32LL * num_sms());
+  gates_backward_kernel<T, M><<<static_cast<unsigned>(blocks), kEltThreads, 0, stream>>>(a);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  err = launch_gather(csc_ptr, csc_row, csc_perm, values, a.dG, a.dh_prev, a.H, a.B, nnz, workspace, stream);
+  if (err != cudaSuccess || !(M == kRnnGRU || M == kRnnCT)) return err;
+  add_direct_kernel<T, M><<<static_cast<unsigned>(blocks), kEltThreads, 0, stream>>>(a);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t backward(int mode, const int64_t* csc_ptr, const int32_t* csc_row, const int64_t* csc_perm,
+                     const T* values, int64_t nnz, const T* acts, const T* c_prev, const T* c, const T* h,
+                     const T* dh, const T* dc, T* dG, T* dgx, T* dc_prev, T* dh_prev, int64_t H, int64_t B,
+                     double dt, double tau, int32_t* workspace, cudaStream_t stream) {
+  if (H <= 0 || B <= 0) return cudaSuccess;
+  const BackArgs<T> a{acts, c_prev, c, h, dh, dc, dG, dgx, dc_prev, dh_prev, H, B,
+                      static_cast<T>(1 - dt / tau), static_cast<T>(dt)};
+  switch (mode) {
+    case kRnnLSTM: return backward_mode<T, kRnnLSTM>(a, csc_ptr, csc_row, csc_perm, values, nnz, workspace, stream);
+    case kRnnGRU: return backward_mode<T, kRnnGRU>(a, csc_ptr, csc_row, csc_perm, values, nnz, workspace, stream);
+    case kRnnTanh: return backward_mode<T, kRnnTanh>(a, csc_ptr, csc_row, csc_perm, values, nnz, workspace, stream);
+    case kRnnRelu: return backward_mode<T, kRnnRelu>(a, csc_ptr, csc_row, csc_perm, values, nnz, workspace, stream);
+    case kRnnCT: return backward_mode<T, kRnnCT>(a, csc_ptr, csc_row, csc_perm, values, nnz, workspace, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace
+
+int rnn_step_gates(int mode) {
+  return mode == kRnnLSTM ? 4 : (mode == kRnnGRU ? 3 : 1);
+}
+
+cudaError_t launch_rnn_step_forward(int mode, const int64_t* row_ptr, const int32_t* col_idx,
+                                    const float* values, const float* gx, const float* h, const float* c,
+                                    const float* b_hh, float* h_new, float* c_new, float* acts, int64_t H,
+                                    int64_t B, double dt, double tau, cudaStream_t stream) {
+  return forward<float>(mode, row_ptr, col_idx, values, gx, h, c, b_hh, h_new, c_new, acts, H, B, dt, tau, stream);
+}
+
+cudaError_t launch_rnn_step_forward(int mode, const int64_t* row_ptr, const int32_t* col_idx,
+                                    const double* values, const double* gx, const double* h,
+                                    const double* c, const double* b_hh, double* h_new, double* c_new,
+                                    double* acts, int64_t H, int64_t B, double dt, double tau,
+                                    cudaStream_t stream) {
+  return forward<double>(mode, row_ptr, col_idx, values, gx, h, c, b_hh, h_new, c_new, acts, H, B, dt, tau, stream);
+}
+
+int64_t rnn_step_backward_workspace_len(int64_t H, int64_t nnz) { return gather_workspace_len(H, nnz); }
+
+cudaError_t launch_rnn_step_backward(int mode, const int64_t* csc_ptr, const int32_t* csc_row,
+                                     const int64_t* csc_perm, const float* values, int64_t nnz,
+                                     const float* acts, const float* c_prev, const float* c, const float* h,
+                                     const float* dh, const float* dc, float* dG, float* dgx, float* dc_prev,
+                                     float* dh_prev, int64_t H, int64_t B, double dt, double tau,
+                                     int32_t* workspace, cudaStream_t stream) {
+  return backward<float>(mode, csc_ptr, csc_row, csc_perm, values, nnz, acts, c_prev, c, h, dh, dc, dG, dgx,
+                         dc_prev, dh_prev, H, B, dt, tau, workspace, stream);
+}
+
+cudaError_t launch_rnn_step_backward(int mode, const int64_t* csc_ptr, const int32_t* csc_row,
+                                     const int64_t* csc_perm, const double* values, int64_t nnz,
+                                     const double* acts, const double* c_prev, const double* c,
+                                     const double* h, const double* dh, const double* dc, double* dG,
+                                     double* dgx, double* dc_prev, double* dh_prev, int64_t H, int64_t B,
+                                     double dt, double tau, int32_t* workspace, cudaStream_t stream) {
+  return backward<double>(mode, csc_ptr, csc_row, csc_perm, values, nnz, acts, c_prev, c, h, dh, dc, dG, dgx,
+                          dc_prev, dh_prev, H, B, dt, tau, workspace, stream);
+}
+
+}  // namespace cuda
+}  // namespace sparse_engine

@@ -1,0 +1,259 @@
+// Runs the fused recurrent step kernels of csrc/cuda/rnn_step.cu (forward and backward, every
+// mode, float32 and float64) on the CPU through emu.h and checks them against float64
+// references computed here, including that nothing is written outside the outputs.
+// The backward also runs gather.cu's kernels (W_hh^T dG). Built and run by
+// tests/test_cuda_emulated.py; separate from driver.cpp so the two can change independently.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+#include "launchers.h"
+#include "rnn_launchers.h"
+using namespace sparse_engine::cuda;
+
+namespace {
+
+constexpr double kSentinel = 777.0;
+
+struct Csr { int64_t rows, cols; std::vector<int64_t> ptr; std::vector<int32_t> col; };
+
+// Row i: len[i] random columns, plus columns 0..forced-1 in every row (long columns).
+Csr make(int64_t rows, int64_t cols, const std::vector<int64_t>& len, std::mt19937& g, int64_t forced = 0) {
+  Csr m{rows, cols, {0}, {}};
+  std::vector<int32_t> all(cols);
+  for (int64_t i = 0; i < rows; ++i) {
+    const int64_t L = std::min(len[i] + forced, cols);
+    for (int64_t j = 0; j < cols; ++j) all[j] = static_cast<int32_t>(j);
+    std::shuffle(all.begin() + forced, all.end(), g);
+    std::sort(all.begin(), all.begin() + L);
+    m.col.insert(m.col.end(), all.begin(), all.begin() + L);
+    m.ptr.push_back(static_cast<int64_t>(m.col.size()));
+  }
+  return m;
+}
+
+// The transposed index with its permutation into the CSR positions (like transpose_index).
+void transpose(const Csr& m, std::vector<int64_t>& cp, std::vector<int32_t>& cr, std::vector<int64_t>& pm) {
+  const int64_t nnz = static_cast<int64_t>(m.col.size());
+  cp.assign(m.cols + 1, 0); cr.resize(nnz); pm.resize(nnz);
+  for (auto c : m.col) cp[c + 1]++;
+  for (int64_t j = 0; j < m.cols; ++j) cp[j + 1] += cp[j];
+  std::vector<int64_t> next(cp.begin(), cp.end() - 1);
+  for (int64_t i = 0; i < m.rows; ++i)
+    for (int64_t k = m.ptr[i]; k < m.ptr[i + 1]; ++k) { const int64_t d = next[m.col[k]]++; cr[d] = (int32_t)i; pm[d] = k; }
+}
+
+// A device-like array: n values at offset `off` (1: not 16-byte aligned) inside sentinels.
+template <class T> struct Buf {
+  std::vector<T> v; int off; int64_t n;
+  Buf(int64_t n_, int off_) : v(n_ + 8, T(kSentinel)), off(off_), n(n_) {}
+  T* p() { return v.data() + off; }
+  const T& operator[](int64_t i) const { return v[off + i]; }
+  void randomize(std::mt19937& g, double scale = 1.0) {
+    std::normal_distribution<double> nd(0.0, scale);
+    for (int64_t i = 0; i < n; ++i) v[off + i] = T(nd(g));
+  }
+  bool intact() const {
+    for (int64_t i = 0; i < (int64_t)v.size(); ++i)
+      if ((i < off || i >= off + n) && v[i] != T(kSentinel)) return false;
+    return true;
+  }
+};
+
+int failures = 0;
+
+// |out - ref| <= rel * (1 + scale) element by element (scale: sum of |terms| behind ref).
+template <class T>
+bool check(const char* what, const Buf<T>& out, const std::vector<double>& ref, const std::vector<double>& scale,
+           double rel) {
+  if (!out.intact()) { printf("  FAIL %s: wrote outside its array\n", what); ++failures; return false; }
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double d = std::fabs((double)out[i] - ref[i]);
+    if (!(d <= rel * (1.0 + scale[i]))) {
+      printf("  FAIL %s at %zu: %.17g vs %.17g\n", what, i, (double)out[i], ref[i]);
+      ++failures;
+      return false;
+    }
+  }
+  return true;
+}
+
+double sig(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+
+const char* kModeName[] = {"LSTM", "GRU", "TANH", "RELU", "CTRNN"};
+
+template <class T>
+void run(int mode, const char* pname, const std::vector<int64_t>& lens, int64_t H, int64_t B, bool mis,
+         std::mt19937& g, int64_t forced_cols = 0) {
+  const double rel = sizeof(T) == 4 ? 2e-5 : 1e-12;
+  const int G = rnn_step_gates(mode);
+  const int off = mis ? 1 : 0;
+  const double dt = 0.1, tau = 0.5;
+  Csr m = make(G * H, H, lens, g, forced_cols);
+  const int64_t nnz = (int64_t)m.col.size(), HB = H * B;
+  std::vector<T> vals(nnz);
+  { std::normal_distribution<double> nd(0.0, 1.0 / std::sqrt(1.0 + nnz / double(std::max<int64_t>(1, G * H))));
+    for (auto& v : vals) v = T(nd(g)); }
+  Buf<T> gx(G * HB, off), h(HB, off), c(HB, off), bhh(3 * H, off);
+  gx.randomize(g); h.randomize(g, 0.5); c.randomize(g); bhh.randomize(g, 0.3);
+  const bool use_bhh = mode == kRnnGRU && (H % 2 == 1);  // GRU with and without b_hh
+  // ---- forward reference
+  std::vector<double> pre(G * HB, 0.0), pabs(G * HB, 0.0);
+  for (int64_t r = 0; r < G * H; ++r)
+    for (int64_t k = m.ptr[r]; k < m.ptr[r + 1]; ++k)
+      for (int64_t b = 0; b < B; ++b) {
+        const double t = (double)vals[k] * (double)h[(int64_t)m.col[k] * B + b];
+        pre[r * B + b] += t; pabs[r * B + b] += std::fabs(t);
+      }
+  const int64_t nacts = mode == kRnnLSTM || mode == kRnnGRU ? 4 : (mode == kRnnCT ? 1 : 0);
+  std::vector<double> rh(HB), rc(HB), ra(nacts * HB), sh(HB), sc(HB), sa(nacts * HB);
+  const double decay = 1 - dt / tau;
+  for (int64_t j = 0; j < H; ++j)
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t o = j * B + b;
+      auto P = [&](int q) { return pre[q * HB + o]; };
+      auto S = [&](int q) { return 1.0 + pabs[q * HB + o] + std::fabs((double)gx[q * HB + o]); };
+      if (mode == kRnnLSTM) {
+        const double i = sig(P(0) + gx[o]), f = sig(P(1) + gx[HB + o]), gg = std::tanh(P(2) + gx[2 * HB + o]),
+                     og = sig(P(3) + gx[3 * HB + o]);
+        rc[o] = f * (double)c[o] + i * gg; rh[o] = og * std::tanh(rc[o]);
+        ra[o] = i; ra[HB + o] = f; ra[2 * HB + o] = gg; ra[3 * HB + o] = og;
+        const double s = S(0) + S(1) + S(2) + S(3) + std::fabs((double)c[o]);
+        sc[o] = sh[o] = s;
+        for (int q = 0; q < 4; ++q) sa[q * HB + o] = S(q);
+      } else if (mode == kRnnGRU) {
+        double p[3];
+        for (int q = 0; q < 3; ++q) p[q] = P(q) + (use_bhh ? (double)bhh[q * H + j] : 0.0);
+        const double r = sig(gx[o] + p[0]), z = sig(gx[HB + o] + p[1]), n = std::tanh(gx[2 * HB + o] + r * p[2]);
+        rh[o] = n + z * ((double)h[o] - n);
+        ra[o] = r; ra[HB + o] = z; ra[2 * HB + o] = n; ra[3 * HB + o] = p[2];
+        const double s = S(0) + S(1) + S(2) + 3.0 + std::fabs((double)h[o]);
+        sh[o] = s; sa[o] = S(0) + 1; sa[HB + o] = S(1) + 1; sa[2 * HB + o] = s; sa[3 * HB + o] = S(2) + 1;
+      } else if (mode == kRnnTanh || mode == kRnnRelu) {
+        const double v = P(0) + gx[o];
+        rh[o] = mode == kRnnTanh ? std::tanh(v) : (v > 0 ? v : 0.0);
+        sh[o] = S(0);
+      } else {
+        const double a = std::tanh(P(0) + gx[o]);
+        ra[o] = a; rh[o] = decay * (double)h[o] + dt * a;
+        sa[o] = S(0); sh[o] = S(0) + std::fabs((double)h[o]);
+      }
+    }
+  Buf<T> h2(HB, off), c2(HB, off), acts(std::max<int64_t>(nacts, 1) * HB, off);
+  cudaError_t e = launch_rnn_step_forward(mode, m.ptr.data(), m.col.data(), vals.data(), gx.p(), h.p(),
+                                          mode == kRnnLSTM ? c.p() : nullptr, use_bhh ? bhh.p() : nullptr, h2.p(),
+                                          mode == kRnnLSTM ? c2.p() : nullptr, nacts ? acts.p() : nullptr, H, B, dt,
+                                          tau, 0);
+  const int before = failures;
+  if (e != cudaSuccess) { printf("  FAIL forward returned %d\n", (int)e); ++failures; }
+  check("h_new", h2, rh, sh, rel);
+  if (mode == kRnnLSTM) check("c_new", c2, rc, sc, rel);
+  if (nacts) check("acts", acts, ra, sa, rel); else if (!acts.intact()) { printf("  FAIL acts written\n"); ++failures; }
+  if (mode != kRnnLSTM && !c2.intact()) { printf("  FAIL c_new written\n"); ++failures; }
+
+  // ---- backward, from the kernel's own forward outputs (as Python passes them)
+  Buf<T> dh(HB, off), dc(HB, off);
+  dh.randomize(g); dc.randomize(g);
+  std::vector<double> rG(G * HB), sG(G * HB), rgx(3 * HB), sgx(3 * HB), rdc(HB), sdc(HB), rdh(HB, 0.0), sdh(HB, 0.0);
+  auto A = [&](int64_t i) { return (double)acts[i]; };
+  for (int64_t e2 = 0; e2 < HB; ++e2) {
+    const double d = dh[e2];
+    if (mode == kRnnLSTM) {
+      const double i = A(e2), f = A(HB + e2), gg = A(2 * HB + e2), o = A(3 * HB + e2), tc = std::tanh((double)c2[e2]);
+      const double dct = (double)dc[e2] + d * o * (1 - tc * tc);
+      rG[e2] = dct * gg * i * (1 - i); rG[HB + e2] = dct * (double)c[e2] * f * (1 - f);
+      rG[2 * HB + e2] = dct * i * (1 - gg * gg); rG[3 * HB + e2] = d * tc * o * (1 - o);
+      rdc[e2] = dct * f;
+      const double s = 1 + std::fabs((double)dc[e2]) + std::fabs(d) * (1 + std::fabs((double)c[e2]));
+      for (int q = 0; q < 4; ++q) sG[q * HB + e2] = s;
+      sdc[e2] = s;
+    } else if (mode == kRnnGRU) {
+      const double r = A(e2), z = A(HB + e2), n = A(2 * HB + e2), ghn = A(3 * HB + e2);
+      const double dn = d * (1 - z) * (1 - n * n), dr = dn * ghn * r * (1 - r), dz = d * ((double)h[e2] - n) * z * (1 - z);
+      rgx[e2] = rG[e2] = dr; rgx[HB + e2] = rG[HB + e2] = dz; rgx[2 * HB + e2] = dn; rG[2 * HB + e2] = dn * r;
+      const double s = 1 + std::fabs(d) * (1 + std::fabs(ghn) + std::fabs((double)h[e2]));
+      for (int q = 0; q < 3; ++q) { sG[q * HB + e2] = s; sgx[q * HB + e2] = s; }
+      rdh[e2] = d * z; sdh[e2] = std::fabs(d * z);
+    } else if (mode == kRnnTanh) {
+      const double y = h2[e2]; rG[e2] = d * (1 - y * y); sG[e2] = std::fabs(d);
+    } else if (mode == kRnnRelu) {
+      rG[e2] = (double)h2[e2] > 0 ? d : 0.0; sG[e2] = std::fabs(d);
+    } else {
+      const double a = A(e2); rG[e2] = d * dt * (1 - a * a); sG[e2] = std::fabs(d);
+      rdh[e2] = d * decay; sdh[e2] = std::fabs(d * decay);
+    }
+  }
+  for (int64_t r = 0; r < G * H; ++r)
+    for (int64_t k = m.ptr[r]; k < m.ptr[r + 1]; ++k)
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t o = (int64_t)m.col[k] * B + b;
+        rdh[o] += (double)vals[k] * rG[r * B + b];
+        sdh[o] += std::fabs((double)vals[k]) * (std::fabs(rG[r * B + b]) + sG[r * B + b]);
+      }
+  std::vector<int64_t> cp; std::vector<int32_t> cr; std::vector<int64_t> pm; transpose(m, cp, cr, pm);
+  const int64_t wl = rnn_step_backward_workspace_len(H, nnz);
+  std::vector<int32_t> ws(std::max<int64_t>(1, wl));
+  Buf<T> dG(G * HB, off), dgx(3 * HB, off), dcp(HB, off), dhp(HB, off);
+  const T* hin = mode == kRnnGRU ? h.p() : (mode == kRnnTanh || mode == kRnnRelu ? h2.p() : nullptr);
+  e = launch_rnn_step_backward(mode, cp.data(), cr.data(), pm.data(), vals.data(), nnz, nacts ? acts.p() : nullptr,
+                               mode == kRnnLSTM ? c.p() : nullptr, mode == kRnnLSTM ? c2.p() : nullptr, hin, dh.p(),
+                               mode == kRnnLSTM ? dc.p() : nullptr, dG.p(), mode == kRnnGRU ? dgx.p() : nullptr,
+                               mode == kRnnLSTM ? dcp.p() : nullptr, dhp.p(), H, B, dt, tau, wl ? ws.data() : nullptr, 0);
+  if (e != cudaSuccess) { printf("  FAIL backward returned %d\n", (int)e); ++failures; }
+  check("dG", dG, rG, sG, rel);
+  check("dh_prev", dhp, rdh, sdh, rel);
+  if (mode == kRnnLSTM) check("dc_prev", dcp, rdc, sdc, rel); else if (!dcp.intact()) { printf("  FAIL dc_prev written\n"); ++failures; }
+  if (mode == kRnnGRU) check("dgx", dgx, rgx, sgx, rel); else if (!dgx.intact()) { printf("  FAIL dgx written\n"); ++failures; }
+  int64_t max_row = 0;
+  for (int64_t r = 0; r < G * H; ++r) max_row = std::max(max_row, m.ptr[r + 1] - m.ptr[r]);
+  printf("%s %-5s %-8s H=%-4ld B=%-3ld mis=%d nnz=%-6ld max row=%-4ld long cols=%d %s\n", sizeof(T) == 4 ? "f32" : "f64",
+         kModeName[mode], pname, (long)H, (long)B, (int)mis, (long)nnz,
+         (long)max_row, wl ? ws[0] : -1, failures == before ? "ok" : "FAILED");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  setvbuf(stdout, nullptr, _IONBF, 0);
+  const bool full = argc > 1 && std::string(argv[1]) == "full";
+  std::mt19937 g(7);
+  auto lengths = [&](const char* kind, int G, int64_t H) {
+    std::vector<int64_t> len(G * H);
+    std::uniform_int_distribution<int> u(0, 9);
+    const std::string k(kind);
+    for (auto& l : len) l = k == "zero" ? 0 : (k == "empty" ? (u(g) < 7 ? 0 : u(g)) : u(g));
+    if (k == "long")  // rows of many 32-entry chunks, and full rows
+      for (int64_t i = 0; i < G * H; i += 5) len[i] = i % 2 ? H : H / 2 + 33;
+    return len;
+  };
+  auto modes = {kRnnLSTM, kRnnGRU, kRnnTanh, kRnnRelu, kRnnCT};
+  for (int mode : modes) {
+    const int G = rnn_step_gates(mode);
+    // batch widths: scalar and 16-byte loads, several lane layouts, more than one tile
+    for (int64_t B : {1, 3, 20}) run<float>(mode, "uniform", lengths("uniform", G, 37), 37, B, false, g);
+    if (G > 1) run<float>(mode, "uniform", lengths("uniform", G, 37), 37, 33, false, g);  // 32 lanes, 2 tiles
+    for (int64_t B : {2, 5, 20}) run<double>(mode, "uniform", lengths("uniform", G, 37), 37, B, false, g);
+    run<float>(mode, "empty", lengths("empty", G, 45), 45, 8, false, g);
+    run<double>(mode, "empty", lengths("empty", G, 45), 45, 3, false, g);
+    run<float>(mode, "zero", lengths("zero", G, 13), 13, 4, false, g);
+    run<double>(mode, "zero", lengths("zero", G, 13), 13, 1, false, g);
+    run<float>(mode, "uniform", lengths("uniform", G, 1), 1, 4, false, g);    // one hidden unit
+    run<float>(mode, "uniform", lengths("uniform", G, 37), 37, 20, true, g);  // misaligned: scalar loads
+    run<double>(mode, "uniform", lengths("uniform", G, 37), 37, 4, true, g);
+    run<float>(mode, "long", lengths("long", G, 100), 100, 4, false, g);
+    run<double>(mode, "long", lengths("long", G, 100), 100, 1, false, g);
+    if (full) {
+      for (int64_t B : {64, 130, 300}) run<float>(mode, "uniform", lengths("uniform", G, 37), 37, B, false, g);
+      run<float>(mode, "long", lengths("long", G, 300), 300, 33, false, g);
+    }
+  }
+  // 5 columns of 1040 / 1050 entries (> max(1024, 4 x mean)) in W_hh: W_hh^T dG takes gather.cu's long-row
+  // kernel, with more long rows than its emulated 4-block grid
+  run<float>(kRnnLSTM, "longcols", lengths("uniform", 4, 260), 260, 4, false, g, 5);
+  run<double>(kRnnGRU, "longcols", lengths("uniform", 3, 350), 350, 1, false, g, 5);
+  printf("%s (%d failures)\n", failures ? "FAILED" : "ALL OK", failures);
+  return failures != 0;
+}
