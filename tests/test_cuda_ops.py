@@ -346,4 +346,6 @@ def test_wrong_dtype_is_rejected():
     with pytest.raises(TypeError, match="X must have dtype"):
         RAW.spmm(*W.index, W.values, randn(W.shape[1], 4, dtype=torch.float64))
     with pytest.raises(TypeError, match="values must be float32 or float64"):
-        RAW.spmm(*W.index, W.values.detach().half(), randn(W.shape[1], 4).half())
+        RAW.spmm(*W.index, W.values.detach().int(), randn(W.shape[1], 4).int())
+    with pytest.raises(TypeError, match="X must have dtype"):
+        RAW.spmm(*W.index, W.values.detach().bfloat16(), randn(W.shape[1], 4).half())
