@@ -188,7 +188,7 @@ class SparseWeight(nn.Module):
         import scipy.sparse as sp
 
         values = self.values.detach().cpu()
-        if values.dtype == torch.bfloat16:  # numpy has no bfloat16 (exact in float32)
+        if values.element_size() == 2:  # scipy.sparse takes neither float16 nor bfloat16 (exact in float32)
             values = values.float()
         return sp.csr_matrix(
             (values.numpy(), self.col_idx.cpu().numpy(), self.row_ptr.cpu().numpy()),
