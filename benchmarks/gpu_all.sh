@@ -7,13 +7,18 @@
 #   STAGES="build test" benchmarks/gpu_all.sh
 #   STAGES="bench" benchmarks/gpu_all.sh --quick      # extra arguments go to bench_cuda.py
 #   STAGES="build sanitize" benchmarks/gpu_all.sh     # compute-sanitizer memcheck on a subset
-# Where one command may run at most 10 minutes, run "build test" and "bench" as two commands
+#   BENCH_DTYPES=bfloat16 STAGES=bench benchmarks/gpu_all.sh   # only the bf16 grid
+# The bench stage runs the grid once per dtype in BENCH_DTYPES (default "float32 bfloat16":
+# bf16 storage with float32 accumulation, against cuSPARSE in bf16 and our float32).
+# Where one command may run at most 10 minutes, run "build test" and "bench" as separate commands,
+# one per dtype (BENCH_DTYPES=float32 ..., then BENCH_DTYPES=bfloat16 ...)
 # (the benchmark stops starting new cells after --budget-s, 450 s by default, and rewrites
 # its results file after every cell, into $OUT too, so a cut-off run still leaves results).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 STAGES=${STAGES:-build test bench}
+BENCH_DTYPES=${BENCH_DTYPES:-float32 bfloat16}
 LOGS=${OUT:-benchmarks/results}/gpu_logs
 mkdir -p "$LOGS"
 status=0
@@ -50,9 +55,11 @@ if has sanitize; then
 fi
 
 if has bench; then
-  echo "== benchmark"
   copy=(); [[ -n "${OUT:-}" ]] && copy=(--copy-to "$OUT")
-  $PY benchmarks/bench_cuda.py "${copy[@]}" "$@" 2>&1 | tee "$LOGS/bench.log"
-  [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+  for dt in $BENCH_DTYPES; do
+    echo "== benchmark ($dt)"
+    $PY benchmarks/bench_cuda.py --dtype "$dt" "${copy[@]}" "$@" 2>&1 | tee "$LOGS/bench_$dt.log"
+    [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+  done
 fi
 exit $status
