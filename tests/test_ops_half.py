@@ -231,6 +231,9 @@ def test_sparse_weight_and_linear_convert(dtype, rng):
     torch.testing.assert_close(y.float(), y32, atol=0.1, rtol=0.05)  # same layer, coarse sanity
     y.float().sum().backward()
     assert lin.weight.values.grad.dtype == dtype and lin.bias.grad.dtype == dtype
+    built = SparseLinear(20, 30, density=0.3, dtype=dtype)  # built in the dtype directly
+    assert built.weight.values.dtype == dtype and built.bias.dtype == dtype
+    assert built(x.to(dtype)).dtype == dtype
 
 
 @pytest.mark.parametrize("dtype", HALF)
