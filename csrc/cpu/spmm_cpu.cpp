@@ -50,7 +50,7 @@ inline void widen(const at::Half* x, float* out) {
 #if defined(__AVX512F__)
   for (int b = 0; b < W; b += 16)
     _mm512_storeu_ps(out + b, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + b))));
-#elif defined(__F16C__) && !defined(__AVX512F__) && defined(__AVX__)
+#elif defined(__F16C__) && defined(__AVX__)
   for (int b = 0; b < W; b += 8)
     _mm256_storeu_ps(out + b, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + b))));
 #else
