@@ -6,6 +6,7 @@ PyTorch user has, on the same inputs in the same run, plus the memory-bandwidth 
     python3 benchmarks/bench_cuda.py --n 131072              # ... under a 10-minute limit
     python3 benchmarks/bench_cuda.py --quick    # the three reference cells, B=32
     python3 benchmarks/bench_cuda.py --n 65536 --density 0.01 --batch 32 --pattern uniform
+    python3 benchmarks/bench_cuda.py --dtype bfloat16   # 2-byte storage, float32 accumulation
 
 Baselines: torch.sparse.mm on CSR (cuSPARSE SpMM; for spmm_t on the explicitly transposed
 CSR), torch.sparse.sampled_addmm (cuSPARSE SDDMM), dense cuBLAS (W @ X; G @ X^T for sddmm)
@@ -16,8 +17,11 @@ bandwidth (a 1 GiB tensor copy). Timing: CUDA events, warm-up, median of 5-50 ru
 stay in L2 when they fit, as they would in a training loop.
 Patterns: "uniform" (positions uniformly random) and "power_law" (row lengths from a Pareto
 tail, degree exponent 2.5, capped at N; columns uniform). Actual nnz is reported.
-Results: benchmarks/results/cuda_ops_<gpu>.md (with _quick or _n<sizes> for a partial grid,
-so that runs split by --n do not overwrite each other), rewritten after every grid cell.
+--dtype float16/bfloat16: values, X and G in that dtype; every baseline runs in the same dtype
+where torch supports it (an unsupported one shows its error in the table), and our float32
+kernels on the same inputs are timed too ("ours fp32"), so the gain from 2-byte storage shows.
+Results: benchmarks/results/cuda_ops_<gpu>[_bf16|_fp16].md (with _quick or _n<sizes> for a
+partial grid, so that runs split by --n do not overwrite each other), rewritten after every cell.
 """
 from __future__ import annotations
 
@@ -40,6 +44,8 @@ GRID_DENSITY = [0.001, 0.01, 0.05, 0.2]
 GRID_B = [32, 256]
 PATTERNS = ["uniform", "power_law"]
 REFERENCE = [(65536, 0.01, 32), (16384, 0.01, 32), (131072, 0.01, 32)]  # the issue's cells first
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+SUFFIX = {"float32": "", "float16": "_fp16", "bfloat16": "_bf16"}
 BYTES_PER_NNZ_PEAK = 64  # generation sort + CSR + transposed index + baseline copies
 
 
@@ -133,18 +139,20 @@ def try_time(fn) -> float | str:
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.float(), b.float()
     scale = float(b.abs().max()) if b.numel() else 0.0
     return float((a - b).abs().max()) / scale if scale > 0 else float((a - b).abs().max() if a.numel() else 0.0)
 
 
 # ---------------------------------------------------------------------------- a cell
-def floor_bytes(op: str, n: int, nnz: int, B: int) -> int:
-    dense_io = 2 * 4 * n * B  # one activation read, one written (N x B each)
+def floor_bytes(op: str, n: int, nnz: int, B: int, es: int = 4) -> int:
+    """es: bytes per value / activation element (4 float32, 2 float16/bfloat16)."""
+    dense_io = 2 * es * n * B  # one activation read, one written (N x B each)
     if op == "spmm":
-        return 8 * (n + 1) + (4 + 4) * nnz + dense_io
+        return 8 * (n + 1) + (4 + es) * nnz + dense_io
     if op == "spmm_t":
-        return 8 * (n + 1) + (4 + 8 + 4) * nnz + dense_io
-    return 8 * (n + 1) + (4 + 4) * nnz + dense_io  # sddmm: col, out; G and X read
+        return 8 * (n + 1) + (4 + 8 + es) * nnz + dense_io
+    return 8 * (n + 1) + (4 + es) * nnz + dense_io  # sddmm: col, out; G and X read
 
 
 def run_cell(n, density, B, pattern, args, dense_cache, bw):
@@ -159,7 +167,8 @@ def run_cell(n, density, B, pattern, args, dense_cache, bw):
     t0 = time.perf_counter()
     row_ptr, col = (uniform_pattern if pattern == "uniform" else power_law_pattern)(n, target, gen)
     nnz = col.numel()
-    values = torch.randn(nnz, generator=gen, device=DEV) / math.sqrt(max(1.0, nnz / n))
+    dtype = DTYPES[args.dtype]
+    values = (torch.randn(nnz, generator=gen, device=DEV) / math.sqrt(max(1.0, nnz / n))).to(dtype)
     torch.cuda.synchronize()
     t_index = time.perf_counter()
     W = SparseWeight(row_ptr, col, values, (n, n), validate=False, requires_grad=False)
@@ -169,14 +178,24 @@ def run_cell(n, density, B, pattern, args, dense_cache, bw):
     lengths = W.row_ptr.diff()
     info = {"nnz": nnz, "density": nnz / (n * n), "max_row": int(lengths.max()), "mean_row": nnz / n,
             "gen_s": t_index - t0, "transpose_ms": transpose_ms}
-    X = torch.randn(n, B, generator=gen, device=DEV)
-    G = torch.randn(n, B, generator=gen, device=DEV)
+    X = torch.randn(n, B, generator=gen, device=DEV).to(dtype)
+    G = torch.randn(n, B, generator=gen, device=DEV).to(dtype)
+    # our float32 kernels on the same (rounded) inputs, for the 2-byte dtypes
+    W32 = X32 = G32 = None
+    if dtype != torch.float32:
+        W32 = SparseWeight(W.row_ptr, W.col_idx, W.values.float(), (n, n), validate=False, requires_grad=False)
+        X32, G32 = X.float(), G.float()
     idx32 = nnz < 2**31
     crow = W.row_ptr.to(torch.int32) if idx32 else W.row_ptr
     A = torch.sparse_csr_tensor(crow, W.col_idx if idx32 else W.col_idx.long(), W.values, (n, n))
     At = torch.sparse_csr_tensor(W.csc_ptr.to(crow.dtype), W.csc_row if idx32 else W.csc_row.long(),
                                  W.values[W.csc_perm], (n, n))
     res = {}
+    ours32 = {
+        "spmm": lambda: se_ops.spmm(W32, X32),
+        "spmm_t": lambda: se_ops.spmm_t(W32, G32),
+        "sddmm": lambda: se_ops.sddmm(W32, G32, X32),
+    }
     cases = {
         "spmm": (lambda: se_ops.spmm(W, X), lambda: torch.sparse.mm(A, X), "cuSPARSE SpMM"),
         "spmm_t": (lambda: se_ops.spmm_t(W, G), lambda: torch.sparse.mm(At, G), "cuSPARSE SpMM (W^T CSR)"),
@@ -186,13 +205,15 @@ def run_cell(n, density, B, pattern, args, dense_cache, bw):
     for op in args.ops:
         ours_fn, base_fn, base_name = cases[op]
         r = {"ours": try_time(ours_fn), "base": try_time(base_fn), "base_name": base_name}
+        if W32 is not None:
+            r["ours32"] = try_time(ours32[op])
         try:  # does ours agree with cuSPARSE on this input?
             o, b = ours_fn(), base_fn()
             r["check"] = rel_err(o, b.values() if b.layout == torch.sparse_csr else b)
         except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:
             r["check"] = "n/a: " + str(exc).splitlines()[0][:40]
         del_cache()
-        r["floor_ms"] = floor_bytes(op, n, nnz, B) / bw * 1e3
+        r["floor_ms"] = floor_bytes(op, n, nnz, B, X.element_size()) / bw * 1e3
         res[op] = r
     del A, At
     del_cache()
@@ -201,7 +222,7 @@ def run_cell(n, density, B, pattern, args, dense_cache, bw):
         dense_cache[key] = dense_timings(W, X, G, args.ops)
     for op in args.ops:
         res[op].update(dense_cache.get(key, {}).get(op, {"dense": "-", "masked": "-"}))
-    del W, X, G
+    del W, X, G, W32, X32, G32
     del_cache()
     return {"info": info, "ops": res}
 
@@ -222,7 +243,7 @@ def dense_timings(W, X, G, ops):
     out = {op: {} for op in ops}
     try:
         row, col, _ = W.coo()
-        Wd = torch.zeros(n, n, device=DEV)
+        Wd = torch.zeros(n, n, device=DEV, dtype=W.values.dtype)
         Wd[row, col] = W.values.detach()
         M = Wd != 0
         del row, col
@@ -269,15 +290,22 @@ def machine_header(bw: float) -> str:
             f"{'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'} (dense baselines in full fp32).\n")
 
 
-def write_report(path: Path, header: str, cells: list, ops: list) -> None:
+def write_report(path: Path, header: str, cells: list, ops: list, dtype: str = "float32") -> None:
+    half = dtype != "float32"
+    # ours and cuSPARSE each round to the storage type once: a few units of its epsilon apart
+    check_ok = 4 * torch.finfo(DTYPES[dtype]).eps if half else 1e-3
     lines = ["# CUDA operators: ours vs cuSPARSE, dense cuBLAS, masked-dense (same run)", "", header,
+             f"dtype: {dtype}" + (" (storage; our kernels accumulate in float32; baselines in the same dtype, "
+                                  "\"ours fp32\" = our float32 kernels on the same inputs)" if half else ""), "",
              "x = baseline time / our time (> 1: we are faster). floor = bytes that must move / copy bandwidth; "
-             "% floor = floor time / our time. check = max |ours - cuSPARSE| / max |cuSPARSE|.", ""]
+             "% floor = floor time / our time. check = max |ours - cuSPARSE| / max |cuSPARSE| "
+             f"(ok below {check_ok:.1e}).", ""]
+    extra_h, extra_sep = (" ours fp32 ms | x |", "---|---|") if half else ("", "")
     for op in ops:
         lines += [f"## {op}", "",
                   "| N | density | pattern | B | nnz | max row | ours ms | cuSPARSE ms | x | dense ms | x | "
-                  "masked ms | x | floor ms | % floor | check |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "masked ms | x |" + extra_h + " floor ms | % floor | check |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + extra_sep + "---|---|---|"]
         for (n, d, B, pat), cell in cells:
             if "skip" in cell:
                 lines.append(f"| {n:,} | {d:.1%} | {pat} | {B} | skipped: {cell['skip']} |||||||||||")
@@ -286,12 +314,13 @@ def write_report(path: Path, header: str, cells: list, ops: list) -> None:
             ours = r["ours"]
             pf = f"{r['floor_ms'] / ours:.0%}" if isinstance(ours, float) else "-"
             chk = r["check"]
-            chk = ("ok" if chk < 1e-3 else f"{chk:.1e} !") if isinstance(chk, float) else chk
+            chk = ("ok" if chk < check_ok else f"{chk:.1e} !") if isinstance(chk, float) else chk
+            extra = f" {fmt_ms(r.get('ours32', '-'))} | {ratio(r.get('ours32'), ours)} |" if half else ""
             lines.append(
                 f"| {n:,} | {i['density']:.2%} | {pat} | {B} | {i['nnz']:,} | {i['max_row']:,} | {fmt_ms(ours)} | "
                 f"{fmt_ms(r['base'])} | {ratio(r['base'], ours)} | {fmt_ms(r.get('dense', '-'))} | "
-                f"{ratio(r.get('dense'), ours)} | {fmt_ms(r.get('masked', '-'))} | {ratio(r.get('masked'), ours)} | "
-                f"{r['floor_ms']:.3f} | {pf} | {chk} |")
+                f"{ratio(r.get('dense'), ours)} | {fmt_ms(r.get('masked', '-'))} | {ratio(r.get('masked'), ours)} |"
+                f"{extra} {r['floor_ms']:.3f} | {pf} | {chk} |")
         lines.append("")
     lines += ["## transpose_index (building the transposed index on the GPU)", "",
               "| N | density | pattern | nnz | ms |", "|---|---|---|---|---|"]
@@ -312,6 +341,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, nargs="+", default=GRID_B)
     ap.add_argument("--pattern", nargs="+", default=PATTERNS, choices=PATTERNS)
     ap.add_argument("--ops", nargs="+", default=["spmm", "spmm_t", "sddmm"], choices=["spmm", "spmm_t", "sddmm"])
+    ap.add_argument("--dtype", default="float32", choices=list(DTYPES),
+                    help="storage dtype of values and activations (float16/bfloat16: float32 accumulation)")
     ap.add_argument("--quick", action="store_true", help="only the issue's three reference cells at B=32")
     ap.add_argument("--no-dense", action="store_true", help="skip the dense and masked-dense baselines")
     ap.add_argument("--budget-s", type=float, default=450.0, help="stop starting new cells after this long")
@@ -338,7 +369,7 @@ def main(argv=None) -> int:
     cells.sort(key=lambda c: (ref.get(c[:3], len(ref)), c[0], c[1], c[2], c[3]))
     gpu = re.sub(r"[^a-z0-9]+", "_", torch.cuda.get_device_name(0).lower()).strip("_")
     part = "_quick" if args.quick else ("" if args.n == GRID_N else "_n" + "-".join(map(str, args.n)))
-    out = args.out or Path(__file__).resolve().parent / "results" / f"cuda_ops_{gpu}{part}.md"
+    out = args.out or Path(__file__).resolve().parent / "results" / f"cuda_ops_{gpu}{SUFFIX[args.dtype]}{part}.md"
 
     bw = copy_bandwidth()
     header = machine_header(bw)
@@ -363,9 +394,9 @@ def main(argv=None) -> int:
                 f"{r['floor_ms'] / r['ours']:.0%} of floor)" if isinstance(r["ours"], float) else f"{op} {r['ours']}"
                 for op, r in cell["ops"].items())
             print(f"N={n} d={d} B={B} {pat} nnz={cell['info']['nnz']:,}: {summary}", flush=True)
-        write_report(out, header, done, args.ops)
+        write_report(out, header, done, args.ops, args.dtype)
         if args.copy_to is not None:
-            write_report(args.copy_to / out.name, header, done, args.ops)
+            write_report(args.copy_to / out.name, header, done, args.ops, args.dtype)
     print(f"wrote {out}")
     return 0
 

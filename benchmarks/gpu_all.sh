@@ -11,14 +11,18 @@
 #   STAGES="rnn" benchmarks/gpu_all.sh                # LSTM training step table (bench_rnn.py)
 #   STAGES="topology" benchmarks/gpu_all.sh           # 100M-nnz prune + regrow (bench_topology.py)
 #   STAGES="largest" benchmarks/gpu_all.sh            # largest SparseLSTM hidden at 32 nonzeros/row
+#   BENCH_DTYPES=bfloat16 STAGES=bench benchmarks/gpu_all.sh   # only the bf16 grid
+# The bench stage runs the kernel grid once per dtype in BENCH_DTYPES (default "float32 bfloat16":
+# bf16 storage with float32 accumulation, against cuSPARSE in bf16 and our float32).
 # The default runs every stage. Where one command may run at most 10 minutes, run them as
-# separate commands: "build test", "bench", "step topology", "rnn", "largest" (each benchmark stops
-# starting new cells after its budget and rewrites its results file after every cell, into
-# $OUT too, so a cut-off run still leaves results).
+# separate commands: "build test", "bench" once per dtype (BENCH_DTYPES=float32, then bfloat16),
+# "step topology", "rnn", "largest" (each benchmark stops starting new cells after its budget and
+# rewrites its results file after every cell, into $OUT too, so a cut-off run still leaves results).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 STAGES=${STAGES:-build test bench step topology rnn largest}
+BENCH_DTYPES=${BENCH_DTYPES:-float32 bfloat16}
 LOGS=${OUT:-benchmarks/results}/gpu_logs
 mkdir -p "$LOGS"
 status=0
@@ -61,10 +65,12 @@ if has sanitize; then
 fi
 
 if has bench; then
-  echo "== benchmark"
   copy=(); [[ -n "${OUT:-}" ]] && copy=(--copy-to "$OUT")
-  $PY benchmarks/bench_cuda.py "${copy[@]}" "$@" 2>&1 | tee "$LOGS/bench.log"
-  [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+  for dt in $BENCH_DTYPES; do
+    echo "== benchmark ($dt)"
+    $PY benchmarks/bench_cuda.py --dtype "$dt" "${copy[@]}" "$@" 2>&1 | tee "$LOGS/bench_$dt.log"
+    [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+  done
 fi
 
 if has step; then

@@ -4,7 +4,9 @@
 ``spmm_t(W, G)``    W^T G              G: (rows x B) -> (cols x B)
 ``sddmm(W, G, X)``  out[k] = sum_b G[row_k, b] X[col_k, b]   (length nnz)
 
-Activations are feature-major (features x batch). Each op has an autograd formula written
+Activations are feature-major (features x batch). dtypes: float32, float64, and float16 /
+bfloat16 as storage (products and sums in float32, each output rounded once); the weight
+values and the dense operands must share one dtype. Each op has an autograd formula written
 in terms of the other two and a fake kernel, so they work in eager mode, under autograd
 (including double backward) and inside ``torch.compile(fullgraph=True)``.
 The raw operators are ``torch.ops.sparse_engine.{spmm,spmm_t,sddmm}`` and take the index

@@ -26,6 +26,8 @@ pytestmark = [
 DEV = "cuda"
 RAW = torch.ops.sparse_engine
 REL = {torch.float32: 2e-5, torch.float64: 1e-12}  # times sum |w x|: catches any wrong term
+HALF = [torch.float16, torch.bfloat16]  # 2-byte storage, float32 accumulation
+U32 = 2.0 ** -24
 
 
 # ------------------------------------------------------------------------- patterns
@@ -104,26 +106,38 @@ def abs_weight(W: SparseWeight) -> SparseWeight:
     return SparseWeight(W.row_ptr, W.col_idx, W.values.detach().abs(), W.shape)
 
 
-def assert_close_to(out: torch.Tensor, ref: torch.Tensor, bound: torch.Tensor, dtype) -> None:
-    """|out - ref| <= REL[dtype] * bound elementwise, bound = sum of |terms| (float64)."""
+def tolerance(ref: torch.Tensor, bound: torch.Tensor, terms: int, dtype) -> torch.Tensor:
+    """float32/float64: REL[dtype] * bound (bound = sum of |terms|). float16/bfloat16 (the
+    reference is exact math on the stored inputs): float32 accumulation over ``terms`` terms
+    plus one rounding to storage, u |ref| + 2 (terms + 1) u32 bound (+ half the smallest
+    subnormal step), which a 2-byte accumulator would not meet."""
+    if dtype not in HALF:
+        return REL[dtype] * bound + 1e-300
+    fi = torch.finfo(dtype)
+    return fi.eps / 2 * ref.abs() + 2 * (max(terms, 1) + 1) * U32 * bound + fi.smallest_normal * fi.eps / 2
+
+
+def assert_close_to(out: torch.Tensor, ref: torch.Tensor, bound: torch.Tensor, terms: int, dtype) -> None:
+    """|out - ref| <= tolerance(...) elementwise."""
     assert out.shape == ref.shape, (out.shape, ref.shape)
     assert out.dtype == dtype and out.device.type == "cuda"
     err = (out.detach().cpu().double() - ref).abs()
-    tol = REL[dtype] * bound + 1e-300
+    tol = tolerance(ref, bound, terms, dtype)
     bad = err > tol
     assert not bool(bad.any()), f"{int(bad.sum())} of {bad.numel()} entries off; worst error {float(err.max()):.3g}"
 
 
 def dense_refs(W: SparseWeight, X: torch.Tensor, G: torch.Tensor):
-    """float64 dense references (and error bounds) of spmm, spmm_t and sddmm on the CPU."""
+    """float64 dense references, error bounds and term counts of spmm, spmm_t and sddmm on the CPU."""
     D = W.to_dense().detach().cpu().double()
     X64, G64 = X.detach().cpu().double(), G.detach().cpu().double()
     row, col, _ = W.coo()
     row, col = row.cpu(), col.cpu()
+    rows, cols = W.shape
     return {
-        "spmm": (D @ X64, D.abs() @ X64.abs()),
-        "spmm_t": (D.t() @ G64, D.abs().t() @ G64.abs()),
-        "sddmm": ((G64[row] * X64[col]).sum(1), (G64[row].abs() * X64[col].abs()).sum(1)),
+        "spmm": (D @ X64, D.abs() @ X64.abs(), cols),
+        "spmm_t": (D.t() @ G64, D.abs().t() @ G64.abs(), rows),
+        "sddmm": ((G64[row] * X64[col]).sum(1), (G64[row].abs() * X64[col].abs()).sum(1), X.shape[1]),
     }
 
 
@@ -158,10 +172,14 @@ def test_transpose_index_rejects_out_of_range_columns():
 # ------------------------------------------------------------------ the three kernels
 F32_BATCHES = [1, 2, 3, 4, 20, 32, 33, 64, 256, 300]  # scalar/vector loads, 1..32 lanes, 1-3 tiles
 F64_BATCHES = [1, 2, 3, 20, 64, 300]
+# 2-byte types load 8 per 16 bytes: 8..256 reach 1..32 lanes, 520 three tiles; 1, 3, 300 scalar
+HALF_BATCHES = [1, 3, 8, 16, 32, 64, 128, 256, 300, 520]
+DTYPE_BATCHES = ([(torch.float32, b) for b in F32_BATCHES] + [(torch.float64, b) for b in F64_BATCHES]
+                 + [(dt, b) for dt in HALF for b in HALF_BATCHES])
 
 
 @pytest.mark.parametrize("name", PATTERNS)
-@pytest.mark.parametrize("dtype,B", [(torch.float32, b) for b in F32_BATCHES] + [(torch.float64, b) for b in F64_BATCHES])
+@pytest.mark.parametrize("dtype,B", DTYPE_BATCHES)
 def test_ops_match_dense_reference(name, dtype, B):
     W = weight(name, dtype, seed=B)
     rows, cols = W.shape
@@ -183,7 +201,7 @@ def test_zero_batch():
     assert out.shape == (W.nnz,) and bool((out == 0).all())  # empty sums
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, *HALF])
 def test_non_contiguous_and_misaligned_inputs(dtype):
     W = weight("power_rows", dtype)
     rows, cols = W.shape
@@ -209,10 +227,11 @@ def _cpu_f64_refs(W: SparseWeight, X: torch.Tensor, G: torch.Tensor):
     Wc = copy_of(W, "cpu", torch.float64)
     Wa = abs_weight(Wc)
     Xc, Gc = X.cpu().double(), G.cpu().double()
+    rows, cols = W.shape
     return {
-        "spmm": (ops.spmm(Wc, Xc), ops.spmm(Wa, Xc.abs())),
-        "spmm_t": (ops.spmm_t(Wc, Gc), ops.spmm_t(Wa, Gc.abs())),
-        "sddmm": (ops.sddmm(Wc, Gc, Xc), ops.sddmm(Wc, Gc.abs(), Xc.abs())),
+        "spmm": (ops.spmm(Wc, Xc), ops.spmm(Wa, Xc.abs()), cols),
+        "spmm_t": (ops.spmm_t(Wc, Gc), ops.spmm_t(Wa, Gc.abs()), rows),
+        "sddmm": (ops.sddmm(Wc, Gc, Xc), ops.sddmm(Wc, Gc.abs(), Xc.abs()), X.shape[1]),
     }
 
 
@@ -224,7 +243,8 @@ def test_more_long_rows_than_the_long_kernel_grid():
     lengths = rng.integers(0, 10, rows)
     lengths[rng.choice(rows, 700, replace=False)] = 2048
     rp, ci = _csr(rows, cols, lengths, rng)
-    for dtype, B in [(torch.float32, 32), (torch.float32, 5), (torch.float64, 300)]:
+    for dtype, B in [(torch.float32, 32), (torch.float32, 5), (torch.float64, 300), (torch.float16, 32),
+                     (torch.bfloat16, 8), (torch.bfloat16, 5)]:
         W = SparseWeight(torch.from_numpy(rp), torch.from_numpy(ci), torch.randn(ci.size, dtype=dtype),
                          (rows, cols)).to(DEV)
         X, G = randn(cols, B, dtype=dtype, seed=1), randn(rows, B, dtype=dtype, seed=2)
@@ -263,12 +283,13 @@ def test_float32_agrees_with_cpu_kernels(name):
         torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("name", ["power_rows", "power_cols"])
-def test_deterministic(name):
+def test_deterministic(name, dtype):
     """Same input, same bits: no atomics in any sum (long rows included)."""
-    W = weight(name, torch.float32, seed=2)
+    W = weight(name, dtype, seed=2)
     rows, cols = W.shape
-    X, G = randn(cols, 32, seed=1), randn(rows, 32, seed=2)
+    X, G = randn(cols, 32, seed=1, dtype=dtype), randn(rows, 32, seed=2, dtype=dtype)
     for fn in (lambda: ops.spmm(W, X), lambda: ops.spmm_t(W, G), lambda: ops.sddmm(W, G, X)):
         first = fn()
         for _ in range(3):
@@ -293,6 +314,31 @@ def test_gradcheck():
     assert torch.autograd.gradgradcheck(lambda v, X: RAW.spmm(*idx, v, X), (v, X))
 
 
+@pytest.mark.parametrize("dtype", HALF)
+def test_half_gradients_match_float32(dtype):
+    """Backward in float16/bfloat16 (sddmm and spmm_t kernels) against float32 autograd on the
+    same stored inputs, within the storage-precision bound."""
+    W32 = weight("power_rows", torch.float32, seed=3)
+    rows, cols = W32.shape
+    W32 = copy_of(W32, DEV, dtype)  # values rounded to dtype ...
+    W32 = copy_of(W32, DEV, torch.float32)  # ... and held in float32
+    Wh = copy_of(W32, DEV, dtype)
+    X = randn(cols, 24, seed=1).to(dtype)
+    R = randn(rows, 24, seed=2).to(dtype)
+    x32, xh = X.float().requires_grad_(), X.clone().requires_grad_()
+    ops.spmm(W32, x32).backward(R.float())
+    ops.spmm(Wh, xh).backward(R)
+    D = W32.to_dense().cpu().double().abs()
+    row, col, _ = W32.coo()
+    bounds = {"values": ((R.cpu().double().abs() @ X.cpu().double().abs().T)[row.cpu(), col.cpu()], 24),
+              "X": (D.T @ R.cpu().double().abs(), rows)}
+    for what, h, s in (("values", Wh.values.grad, W32.values.grad), ("X", xh.grad, x32.grad)):
+        b, n = bounds[what]
+        assert h.dtype == dtype
+        err = (h.cpu().double() - s.cpu().double()).abs()
+        assert bool((err <= tolerance(s.cpu().double(), 2 * b, n, dtype)).all()), what
+
+
 def test_sparse_linear_on_cuda_matches_cpu():
     from sparse_engine.nn import SparseLinear
 
@@ -309,10 +355,11 @@ def test_sparse_linear_on_cuda_matches_cpu():
     torch.testing.assert_close(gpu.weight.values.grad.cpu(), cpu.weight.values.grad, rtol=1e-4, atol=1e-5)
 
 
-def test_torch_compile_on_cuda():
-    W = weight("power_rows", torch.float64, seed=4)  # float64: compare without rounding noise
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_torch_compile_on_cuda(dtype):
+    W = weight("power_rows", dtype, seed=4)  # float64: compare without rounding noise
     idx = W.index
-    X = randn(W.shape[1], 16, dtype=torch.float64, seed=1)
+    X = randn(W.shape[1], 16, dtype=dtype, seed=1)
 
     def step(values, X):
         h = RAW.spmm(*idx, values, X).tanh()
@@ -324,8 +371,11 @@ def test_torch_compile_on_cuda():
     eager.backward()
     compiled = torch.compile(step, fullgraph=True)(v2, X)
     compiled.backward()
-    torch.testing.assert_close(compiled, eager, rtol=1e-9, atol=1e-9)
-    torch.testing.assert_close(v2.grad, v1.grad, rtol=1e-9, atol=1e-9)
+    # bfloat16: inductor may fuse tanh/square differently (other roundings in between)
+    tol = 1e-9 if dtype == torch.float64 else 2e-2
+    assert v2.grad.dtype == dtype
+    torch.testing.assert_close(compiled, eager, rtol=tol, atol=tol)
+    torch.testing.assert_close(v2.grad, v1.grad, rtol=tol, atol=tol)
 
 
 # ------------------------------------------------------------------------ bad input
@@ -346,4 +396,6 @@ def test_wrong_dtype_is_rejected():
     with pytest.raises(TypeError, match="X must have dtype"):
         RAW.spmm(*W.index, W.values, randn(W.shape[1], 4, dtype=torch.float64))
     with pytest.raises(TypeError, match="values must be float32 or float64"):
-        RAW.spmm(*W.index, W.values.detach().half(), randn(W.shape[1], 4).half())
+        RAW.spmm(*W.index, W.values.detach().int(), randn(W.shape[1], 4).int())
+    with pytest.raises(TypeError, match="X must have dtype"):
+        RAW.spmm(*W.index, W.values.detach().bfloat16(), randn(W.shape[1], 4).half())

@@ -199,8 +199,10 @@ def test_raw_operator_checks_reach_python_as_value_and_type_errors(rng):
         sp.spmm(*W.index, W.values[:-1], torch.randn(6, 2))
     with pytest.raises(TypeError, match="col_idx must be int32"):
         sp.spmm(W.row_ptr, W.col_idx.long(), *W.index[2:], W.values, torch.randn(6, 2))
-    with pytest.raises(TypeError, match="values must be float32 or float64"):
-        sp.spmm(*W.index, W.values.detach().half(), torch.randn(6, 2).half())
+    with pytest.raises(TypeError, match=r"values must be float32 or float64 \(or float16/bfloat16\), got Int"):
+        sp.spmm(*W.index, W.values.detach().int(), torch.randn(6, 2).int())
+    with pytest.raises(TypeError, match="X must have dtype BFloat16, got Half"):
+        sp.spmm(*W.index, W.values.detach().bfloat16(), torch.randn(6, 2).half())
     with pytest.raises(ValueError, match="out of range"):
         sp.transpose_index(W.row_ptr, W.col_idx, 2)
     bad_ptr = W.row_ptr.clone()

@@ -52,9 +52,19 @@ inline void check_dense(const at::Tensor& t, const char* name, int64_t rows, at:
   TORCH_CHECK_VALUE(t.device() == device, name, " must be on ", device, ", got ", t.device());
 }
 
-inline void check_values(const at::Tensor& values, int64_t nnz) {
-  TORCH_CHECK_TYPE(values.scalar_type() == at::kFloat || values.scalar_type() == at::kDouble,
-                   "values must be float32 or float64, got ", values.scalar_type());
+// Storage dtypes of spmm, spmm_t and sddmm: float32/float64, and float16/bfloat16 (stored in
+// 2 bytes, accumulated in float32). Other kernels (RNN steps, topology) take only the first two.
+inline bool is_float_storage(at::ScalarType t, bool allow_half) {
+  return t == at::kFloat || t == at::kDouble || (allow_half && (t == at::kHalf || t == at::kBFloat16));
+}
+
+inline void check_float_storage(at::ScalarType t, const char* name, bool allow_half) {
+  TORCH_CHECK_TYPE(is_float_storage(t, allow_half), name, " must be float32 or float64",
+                   allow_half ? " (or float16/bfloat16)" : "", ", got ", t);
+}
+
+inline void check_values(const at::Tensor& values, int64_t nnz, bool allow_half = false) {
+  check_float_storage(values.scalar_type(), "values", allow_half);
   TORCH_CHECK_VALUE(values.dim() == 1 && values.numel() == nnz, "values must be 1-D with nnz=", nnz,
                     " entries, got shape ", values.sizes());
 }

@@ -1,15 +1,24 @@
-// Device helpers shared by the CUDA kernels: vector loads, lane layout, long-row policy.
+// Device helpers shared by the CUDA kernels: vector loads, lane layout, long-row policy,
+// storage and accumulator types.
+//
+// Storage type T: float, double, __half or __nv_bfloat16. The kernels compute in acc_t<T>
+// (double for double, float otherwise): 2-byte values are widened when loaded, every
+// product and sum is float32, and the result is rounded to T once, when it is stored.
 //
 // Lane layout used by the row kernels: a warp works on one row; the batch dimension is
-// cut into tiles of CW "vector columns" (a vector column is VEC consecutive batch entries,
-// loaded with one 16-byte access when B % VEC == 0 and the pointers are aligned). When a
+// cut into tiles of CW "vector columns" (a vector column is VEC = 16 / sizeof(T) consecutive
+// batch entries, 4 floats / 2 doubles / 8 halves, loaded with one 16-byte access when
+// B % VEC == 0 and the pointers are aligned; else VEC = 1). When a
 // tile is narrower than the warp (CW < 32), the warp's S = 32 / CW slots each take a
 // different nonzero of the row at the same time, so small batches still use every lane.
 // lane = s * CW + c  (c: vector column within the tile, s: slot).
 #pragma once
 #include <cuda_runtime.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 namespace sparse_engine {
@@ -66,30 +75,69 @@ inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 constexpr int64_t kMaxGridY = 65535;
 constexpr int64_t kMaxGridX = 2147483647;
 
-// VEC consecutive elements through the read-only cache: one 16-byte load when VEC > 1.
+template <typename T>
+constexpr bool kIsHalf = std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>;
+
+// Accumulator type: float32 for the 2-byte storage types and for float, double for double.
+template <typename T>
+using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+// Vector width of a 16-byte access in elements of T.
+template <typename T>
+constexpr int kWideVec = 16 / static_cast<int>(sizeof(T));
+
+__device__ __forceinline__ float to_acc(float x) { return x; }
+__device__ __forceinline__ double to_acc(double x) { return x; }
+__device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+// Rounds an accumulator to the storage type (round to nearest even).
+template <typename T>
+__device__ __forceinline__ T from_acc(acc_t<T> x) {
+  if constexpr (std::is_same_v<T, __half>) return __float2half_rn(x);
+  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16_rn(x);
+  else return x;
+}
+
+// VEC consecutive elements through the read-only cache, widened to the accumulator type:
+// one 16-byte load when VEC > 1 (float4, double2, or 8 halves as a uint4).
 template <typename T, int VEC>
-__device__ __forceinline__ void load_vec(const T* __restrict__ p, T (&x)[VEC]) {
+__device__ __forceinline__ void load_vec(const T* __restrict__ p, acc_t<T> (&x)[VEC]) {
   if constexpr (VEC == 1) {
-    x[0] = __ldg(p);
+    x[0] = to_acc(__ldg(p));
   } else if constexpr (std::is_same_v<T, float> && VEC == 4) {
     const float4 t = __ldg(reinterpret_cast<const float4*>(p));
     x[0] = t.x; x[1] = t.y; x[2] = t.z; x[3] = t.w;
   } else if constexpr (std::is_same_v<T, double> && VEC == 2) {
     const double2 t = __ldg(reinterpret_cast<const double2*>(p));
     x[0] = t.x; x[1] = t.y;
+  } else if constexpr (kIsHalf<T> && VEC == 8) {
+    const uint4 t = __ldg(reinterpret_cast<const uint4*>(p));
+    T h[8];
+    memcpy(h, &t, sizeof(t));  // a register reinterpretation, no memory traffic
+#pragma unroll
+    for (int e = 0; e < 8; ++e) x[e] = to_acc(h[e]);
   } else {
     static_assert(VEC == 1, "unsupported vector width");
   }
 }
 
+// Rounds VEC accumulators to T and stores them: one 16-byte store when VEC > 1.
 template <typename T, int VEC>
-__device__ __forceinline__ void store_vec(T* __restrict__ p, const T (&x)[VEC]) {
+__device__ __forceinline__ void store_vec(T* __restrict__ p, const acc_t<T> (&x)[VEC]) {
   if constexpr (VEC == 1) {
-    p[0] = x[0];
+    p[0] = from_acc<T>(x[0]);
   } else if constexpr (std::is_same_v<T, float> && VEC == 4) {
     *reinterpret_cast<float4*>(p) = make_float4(x[0], x[1], x[2], x[3]);
   } else if constexpr (std::is_same_v<T, double> && VEC == 2) {
     *reinterpret_cast<double2*>(p) = make_double2(x[0], x[1]);
+  } else if constexpr (kIsHalf<T> && VEC == 8) {
+    T h[8];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) h[e] = from_acc<T>(x[e]);
+    uint4 t;
+    memcpy(&t, h, sizeof(t));
+    *reinterpret_cast<uint4*>(p) = t;
   } else {
     static_assert(VEC == 1, "unsupported vector width");
   }

@@ -10,6 +10,8 @@
 //    list and gather_long_kernel gives each such (row, tile) a whole block whose warps take
 //    interleaved 32-entry chunks and sum their partials in shared memory in a fixed order.
 // Every output element is a sum in a fixed order: results are bitwise reproducible.
+// float16/bfloat16 storage: values and source rows are widened on load, sums are float32,
+// each output is rounded once.
 #include "common.cuh"
 #include "launchers.h"
 
@@ -39,24 +41,25 @@ struct GatherArgs {
 // Accumulates the chunk [k0, min(k0 + 32, end)) into acc: slot s takes entries s, s+S, ...
 template <typename T, int VEC, int CW, bool FULL>
 __device__ __forceinline__ void gather_chunk(const GatherArgs<T>& a, int64_t k0, int64_t end,
-                                             int64_t cv, bool active, int lane, T (&acc)[VEC]) {
+                                             int64_t cv, bool active, int lane, acc_t<T> (&acc)[VEC]) {
+  using A = acc_t<T>;
   constexpr int S = kWarp / CW;
   const int s = lane / CW;
   const int64_t k = k0 + lane;
   int32_t my_idx = 0;
-  T my_val = T(0);
+  A my_val = A(0);  // widened once here, so the shuffles below move accumulator values
   if (FULL || k < end) {
     my_idx = a.idx[k];
-    my_val = a.values[a.perm ? a.perm[k] : k];
+    my_val = to_acc(a.values[a.perm ? a.perm[k] : k]);
   }
   const int64_t m = end - k0;
 #pragma unroll
   for (int jj = 0; jj < CW; ++jj) {
     const int j = jj * S + s;
     const int32_t col = __shfl_sync(kFullMask, my_idx, j);
-    const T v = __shfl_sync(kFullMask, my_val, j);
+    const A v = __shfl_sync(kFullMask, my_val, j);
     if (active && (FULL || j < m)) {
-      T x[VEC];
+      A x[VEC];
       load_vec<T, VEC>(a.src + static_cast<int64_t>(col) * a.B + cv * VEC, x);
 #pragma unroll
       for (int e = 0; e < VEC; ++e) acc[e] = fma(v, x[e], acc[e]);
@@ -69,9 +72,9 @@ __device__ __forceinline__ void gather_chunk(const GatherArgs<T>& a, int64_t k0,
 template <typename T, int VEC, int CW>
 __device__ __forceinline__ void gather_range(const GatherArgs<T>& a, int64_t first, int64_t end,
                                              int64_t step, int64_t cv, bool active, int lane,
-                                             T (&acc)[VEC]) {
+                                             acc_t<T> (&acc)[VEC]) {
 #pragma unroll
-  for (int e = 0; e < VEC; ++e) acc[e] = T(0);
+  for (int e = 0; e < VEC; ++e) acc[e] = acc_t<T>(0);
   for (int64_t k0 = first; k0 < end; k0 += step) {
     if (end - k0 >= kWarp)
       gather_chunk<T, VEC, CW, true>(a, k0, end, cv, active, lane, acc);
@@ -103,7 +106,7 @@ gather_rows_kernel(const GatherArgs<T> a) {
   for (int64_t t = blockIdx.y; t < a.tiles; t += gridDim.y) {
     const int64_t cv = t * CW + c;
     const bool active = cv < a.C;
-    T acc[VEC];
+    acc_t<T> acc[VEC];
     gather_range<T, VEC, CW>(a, start, end, kWarp, cv, active, lane, acc);
     if (s == 0 && active) store_vec<T, VEC>(a.out + row * a.B + cv * VEC, acc);
   }
@@ -112,7 +115,8 @@ gather_rows_kernel(const GatherArgs<T> a) {
 template <typename T, int VEC, int CW>
 __global__ void __launch_bounds__(kLongWarps * kWarp)
 gather_long_kernel(const GatherArgs<T> a) {
-  __shared__ T partial[kLongWarps][CW * VEC];
+  using A = acc_t<T>;
+  __shared__ A partial[kLongWarps][CW * VEC];
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   const int c = lane % CW, s = lane / CW;
   const int64_t list_count = a.long_list[0];
@@ -124,7 +128,7 @@ gather_long_kernel(const GatherArgs<T> a) {
     const int64_t start = a.ptr[row], end = a.ptr[row + 1];
     const int64_t cv = t * CW + c;
     const bool active = cv < a.C;
-    T acc[VEC];
+    A acc[VEC];
     gather_range<T, VEC, CW>(a, start + static_cast<int64_t>(warp) * kWarp, end,
                              static_cast<int64_t>(kLongWarps) * kWarp, cv, active, lane, acc);
     if (s == 0) {
@@ -133,7 +137,7 @@ gather_long_kernel(const GatherArgs<T> a) {
     }
     __syncthreads();
     if (warp == 0 && s == 0 && active) {
-      T sum[VEC];
+      A sum[VEC];
 #pragma unroll
       for (int e = 0; e < VEC; ++e) sum[e] = partial[0][c * VEC + e];
       for (int w = 1; w < kLongWarps; ++w) {
@@ -176,7 +180,7 @@ cudaError_t gather(const int64_t* ptr, const int32_t* idx, const int64_t* perm, 
                    const T* src, T* out, int64_t n, int64_t B, int64_t nnz, int32_t* workspace,
                    cudaStream_t stream) {
   if (n <= 0 || B <= 0) return cudaSuccess;
-  constexpr int kWide = 16 / sizeof(T);
+  constexpr int kWide = kWideVec<T>;
   const bool wide = B % kWide == 0 && aligned16(src) && aligned16(out);
   GatherArgs<T> a{ptr, idx, perm, values, src, out, n, B, wide ? B / kWide : B, 0,
                   long_row_threshold(n, nnz), 0, nullptr};
@@ -204,6 +208,18 @@ cudaError_t launch_gather(const int64_t* ptr, const int32_t* idx, const int64_t*
                           const double* values, const double* src, double* out, int64_t n_out,
                           int64_t B, int64_t nnz, int32_t* workspace, cudaStream_t stream) {
   return gather<double>(ptr, idx, perm, values, src, out, n_out, B, nnz, workspace, stream);
+}
+
+cudaError_t launch_gather(const int64_t* ptr, const int32_t* idx, const int64_t* perm,
+                          const __half* values, const __half* src, __half* out, int64_t n_out,
+                          int64_t B, int64_t nnz, int32_t* workspace, cudaStream_t stream) {
+  return gather<__half>(ptr, idx, perm, values, src, out, n_out, B, nnz, workspace, stream);
+}
+
+cudaError_t launch_gather(const int64_t* ptr, const int32_t* idx, const int64_t* perm,
+                          const __nv_bfloat16* values, const __nv_bfloat16* src, __nv_bfloat16* out,
+                          int64_t n_out, int64_t B, int64_t nnz, int32_t* workspace, cudaStream_t stream) {
+  return gather<__nv_bfloat16>(ptr, idx, perm, values, src, out, n_out, B, nnz, workspace, stream);
 }
 
 }  // namespace cuda

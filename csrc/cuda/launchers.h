@@ -8,9 +8,13 @@
 // spmm_t the same gather over the transposed index (csc_ptr, csc_row, csc_perm).
 // Every launcher returns the error of its last launch (cudaSuccess when nothing to do)
 // and enqueues work on `stream` only; none of them synchronises.
+// dtypes: float, double, and __half / __nv_bfloat16 storage (computed in float32, each
+// output rounded to the storage type once).
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
 namespace sparse_engine {
@@ -29,6 +33,12 @@ cudaError_t launch_gather(const int64_t* ptr, const int32_t* idx, const int64_t*
 cudaError_t launch_gather(const int64_t* ptr, const int32_t* idx, const int64_t* perm,
                           const double* values, const double* src, double* out, int64_t n_out,
                           int64_t B, int64_t nnz, int32_t* workspace, cudaStream_t stream);
+cudaError_t launch_gather(const int64_t* ptr, const int32_t* idx, const int64_t* perm,
+                          const __half* values, const __half* src, __half* out, int64_t n_out,
+                          int64_t B, int64_t nnz, int32_t* workspace, cudaStream_t stream);
+cudaError_t launch_gather(const int64_t* ptr, const int32_t* idx, const int64_t* perm,
+                          const __nv_bfloat16* values, const __nv_bfloat16* src, __nv_bfloat16* out,
+                          int64_t n_out, int64_t B, int64_t nnz, int32_t* workspace, cudaStream_t stream);
 
 // Workspace (int32 entries) for sddmm's long-row list; 0 means pass nullptr.
 int64_t sddmm_workspace_len(int64_t rows, int64_t nnz);
@@ -41,6 +51,12 @@ cudaError_t launch_sddmm(const int64_t* row_ptr, const int32_t* col_idx, const f
 cudaError_t launch_sddmm(const int64_t* row_ptr, const int32_t* col_idx, const double* G,
                          const double* X, double* out, int64_t rows, int64_t B, int64_t nnz,
                          int32_t* workspace, cudaStream_t stream);
+cudaError_t launch_sddmm(const int64_t* row_ptr, const int32_t* col_idx, const __half* G,
+                         const __half* X, __half* out, int64_t rows, int64_t B, int64_t nnz,
+                         int32_t* workspace, cudaStream_t stream);
+cudaError_t launch_sddmm(const int64_t* row_ptr, const int32_t* col_idx, const __nv_bfloat16* G,
+                         const __nv_bfloat16* X, __nv_bfloat16* out, int64_t rows, int64_t B,
+                         int64_t nnz, int32_t* workspace, cudaStream_t stream);
 
 // Bytes of device workspace launch_transpose_index needs.
 size_t transpose_index_workspace_bytes(int64_t rows, int64_t cols, int64_t nnz);

@@ -36,6 +36,18 @@ void check_int32_size(int64_t n, const char* what) {
   TORCH_CHECK_VALUE(n <= std::numeric_limits<int32_t>::max(), what, " must be < 2^31 for the CUDA kernels, got ", n);
 }
 
+// at::Half / at::BFloat16 have the layout of CUDA's __half / __nv_bfloat16 (2-byte IEEE
+// binary16 / bfloat16): the launchers take the CUDA types through a pointer cast.
+template <typename T> struct CudaType { using type = T; };
+template <> struct CudaType<at::Half> { using type = __half; };
+template <> struct CudaType<at::BFloat16> { using type = __nv_bfloat16; };
+static_assert(sizeof(at::Half) == sizeof(__half) && sizeof(at::BFloat16) == sizeof(__nv_bfloat16));
+
+template <typename T>
+auto cuda_ptr(const at::Tensor& t) {
+  return reinterpret_cast<typename CudaType<T>::type*>(t.data_ptr<T>());
+}
+
 at::Tensor int_workspace(int64_t len, const at::Tensor& like) {
   return at::empty({len}, like.options().dtype(at::kInt));
 }
@@ -53,10 +65,10 @@ at::Tensor gather(const at::Tensor& ptr, const at::Tensor& idx, const at::Tensor
   const int64_t ws_len = cuda::gather_workspace_len(n_out, nnz);
   at::Tensor ws = ws_len > 0 ? int_workspace(ws_len, x) : at::Tensor();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "sparse_engine_gather_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "sparse_engine_gather_cuda", [&] {
     C10_CUDA_CHECK(cuda::launch_gather(p.data_ptr<int64_t>(), i.data_ptr<int32_t>(),
-                                       perm ? pm.data_ptr<int64_t>() : nullptr, v.data_ptr<scalar_t>(),
-                                       x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), n_out, B, nnz,
+                                       perm ? pm.data_ptr<int64_t>() : nullptr, cuda_ptr<scalar_t>(v),
+                                       cuda_ptr<scalar_t>(x), cuda_ptr<scalar_t>(out), n_out, B, nnz,
                                        ws_len > 0 ? ws.data_ptr<int32_t>() : nullptr, stream));
   });
   return out;
@@ -66,7 +78,7 @@ at::Tensor spmm_cuda(const at::Tensor& row_ptr, const at::Tensor& col_idx, const
                      const at::Tensor& csc_row, const at::Tensor& csc_perm, const at::Tensor& values,
                      const at::Tensor& X) {
   auto s = check_index(row_ptr, col_idx, csc_ptr, csc_row, csc_perm);
-  check_values(values, s.nnz);
+  check_values(values, s.nnz, /*allow_half=*/true);
   check_index_device(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values.device());
   check_dense(X, "X", s.cols, values.scalar_type(), values.device());
   return gather(row_ptr, col_idx, nullptr, values, X, s.rows, s.nnz);
@@ -76,7 +88,7 @@ at::Tensor spmm_t_cuda(const at::Tensor& row_ptr, const at::Tensor& col_idx, con
                        const at::Tensor& csc_row, const at::Tensor& csc_perm, const at::Tensor& values,
                        const at::Tensor& G) {
   auto s = check_index(row_ptr, col_idx, csc_ptr, csc_row, csc_perm);
-  check_values(values, s.nnz);
+  check_values(values, s.nnz, /*allow_half=*/true);
   check_index_device(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values.device());
   check_dense(G, "G", s.rows, values.scalar_type(), values.device());
   return gather(csc_ptr, csc_row, &csc_perm, values, G, s.cols, s.nnz);
@@ -86,8 +98,7 @@ at::Tensor sddmm_cuda(const at::Tensor& row_ptr, const at::Tensor& col_idx, cons
                       const at::Tensor& csc_row, const at::Tensor& csc_perm, const at::Tensor& G,
                       const at::Tensor& X) {
   auto s = check_index(row_ptr, col_idx, csc_ptr, csc_row, csc_perm);
-  TORCH_CHECK_TYPE(G.scalar_type() == at::kFloat || G.scalar_type() == at::kDouble,
-                   "G must be float32 or float64, got ", G.scalar_type());
+  check_float_storage(G.scalar_type(), "G", /*allow_half=*/true);
   check_index_device(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, G.device());
   check_dense(G, "G", s.rows, G.scalar_type(), G.device());
   check_dense(X, "X", s.cols, G.scalar_type(), G.device());
@@ -103,9 +114,9 @@ at::Tensor sddmm_cuda(const at::Tensor& row_ptr, const at::Tensor& col_idx, cons
   const int64_t ws_len = cuda::sddmm_workspace_len(s.rows, s.nnz);
   at::Tensor ws = ws_len > 0 ? int_workspace(ws_len, Gc) : at::Tensor();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "sparse_engine_sddmm_cuda", [&] {
-    C10_CUDA_CHECK(cuda::launch_sddmm(rp.data_ptr<int64_t>(), ci.data_ptr<int32_t>(), Gc.data_ptr<scalar_t>(),
-                                      Xc.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), s.rows, B, s.nnz,
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, G.scalar_type(), "sparse_engine_sddmm_cuda", [&] {
+    C10_CUDA_CHECK(cuda::launch_sddmm(rp.data_ptr<int64_t>(), ci.data_ptr<int32_t>(), cuda_ptr<scalar_t>(Gc),
+                                      cuda_ptr<scalar_t>(Xc), cuda_ptr<scalar_t>(out), s.rows, B, s.nnz,
                                       ws_len > 0 ? ws.data_ptr<int32_t>() : nullptr, stream));
   });
   return out;

@@ -9,7 +9,7 @@
 // and the warp writes its 32 outputs with one coalesced store.
 // Rows longer than long_row_threshold() are listed and done by a block of warps each
 // (entries are independent, so the warps need no reduction). Fixed summation order:
-// results are bitwise reproducible.
+// results are bitwise reproducible. float16/bfloat16: float32 dot products, rounded once.
 #include "common.cuh"
 #include "launchers.h"
 
@@ -57,6 +57,7 @@ __device__ __forceinline__ void reduce_scatter(T (&p)[CW], int c) {
 template <typename T, int VEC, int CW, bool FULL>
 __device__ __forceinline__ void sddmm_chunk(const SddmmArgs<T>& a, const T* __restrict__ grow,
                                             int64_t k0, int64_t end, int lane) {
+  using A = acc_t<T>;
   constexpr int S = kWarp / CW;
   const int c = lane % CW, s = lane / CW;
   const int64_t k = k0 + lane;
@@ -65,18 +66,18 @@ __device__ __forceinline__ void sddmm_chunk(const SddmmArgs<T>& a, const T* __re
   int32_t col[CW];  // column of entry jj*S + s, for this lane's slot
 #pragma unroll
   for (int jj = 0; jj < CW; ++jj) col[jj] = __shfl_sync(kFullMask, my_col, jj * S + s);
-  T p[CW];
+  A p[CW];
 #pragma unroll
-  for (int jj = 0; jj < CW; ++jj) p[jj] = T(0);
+  for (int jj = 0; jj < CW; ++jj) p[jj] = A(0);
   for (int64_t t = 0; t < a.tiles; ++t) {
     const int64_t cv = t * CW + c;
     if (cv < a.C) {  // lane-dependent: no shuffles in here
-      T g[VEC];
+      A g[VEC];
       load_vec<T, VEC>(grow + cv * VEC, g);
 #pragma unroll
       for (int jj = 0; jj < CW; ++jj) {
         if (FULL || jj * S + s < m) {
-          T x[VEC];
+          A x[VEC];
           load_vec<T, VEC>(a.X + static_cast<int64_t>(col[jj]) * a.B + cv * VEC, x);
 #pragma unroll
           for (int e = 0; e < VEC; ++e) p[jj] = fma(g[e], x[e], p[jj]);
@@ -86,8 +87,8 @@ __device__ __forceinline__ void sddmm_chunk(const SddmmArgs<T>& a, const T* __re
   }
   reduce_scatter<CW / 2>(p, c);
   // Entry j = lane lives in slot j % S at lane position j / S.
-  const T r = __shfl_sync(kFullMask, p[0], (lane % S) * CW + lane / S);
-  if (FULL || k < end) a.out[k] = r;
+  const A r = __shfl_sync(kFullMask, p[0], (lane % S) * CW + lane / S);
+  if (FULL || k < end) a.out[k] = from_acc<T>(r);  // the one rounding to storage
 }
 
 template <typename T, int VEC, int CW>
@@ -160,7 +161,7 @@ cudaError_t sddmm(const int64_t* row_ptr, const int32_t* col_idx, const T* G, co
                   int64_t rows, int64_t B, int64_t nnz, int32_t* workspace, cudaStream_t stream) {
   if (rows <= 0 || nnz <= 0) return cudaSuccess;
   if (B <= 0) return cudaMemsetAsync(out, 0, sizeof(T) * nnz, stream);  // empty sums
-  constexpr int kWide = 16 / sizeof(T);
+  constexpr int kWide = kWideVec<T>;
   const bool wide = B % kWide == 0 && aligned16(G) && aligned16(X);
   SddmmArgs<T> a{row_ptr, col_idx, G, X, out, rows, B, wide ? B / kWide : B, 0,
                  long_row_threshold(rows, nnz), 0, nullptr};
@@ -188,6 +189,18 @@ cudaError_t launch_sddmm(const int64_t* row_ptr, const int32_t* col_idx, const d
                          const double* X, double* out, int64_t rows, int64_t B, int64_t nnz,
                          int32_t* workspace, cudaStream_t stream) {
   return sddmm<double>(row_ptr, col_idx, G, X, out, rows, B, nnz, workspace, stream);
+}
+
+cudaError_t launch_sddmm(const int64_t* row_ptr, const int32_t* col_idx, const __half* G,
+                         const __half* X, __half* out, int64_t rows, int64_t B, int64_t nnz,
+                         int32_t* workspace, cudaStream_t stream) {
+  return sddmm<__half>(row_ptr, col_idx, G, X, out, rows, B, nnz, workspace, stream);
+}
+
+cudaError_t launch_sddmm(const int64_t* row_ptr, const int32_t* col_idx, const __nv_bfloat16* G,
+                         const __nv_bfloat16* X, __nv_bfloat16* out, int64_t rows, int64_t B,
+                         int64_t nnz, int32_t* workspace, cudaStream_t stream) {
+  return sddmm<__nv_bfloat16>(row_ptr, col_idx, G, X, out, rows, B, nnz, workspace, stream);
 }
 
 }  // namespace cuda

@@ -3,8 +3,9 @@
 Rows are outputs and columns are inputs, as in ``nn.Linear.weight``. Storage:
 
 * ``row_ptr`` int64 [rows+1], ``col_idx`` int32 [nnz] (sorted, unique within a row)
-* ``values`` float32/float64 [nnz], an ``nn.Parameter``: any optimizer, DDP and
-  ``state_dict`` handle it unchanged
+* ``values`` float32/float64, or float16/bfloat16 [nnz] (2-byte storage; the kernels
+  accumulate in float32), an ``nn.Parameter``: any optimizer, DDP and ``state_dict`` handle
+  it unchanged. ``.to(torch.bfloat16)`` / ``.half()`` convert the values; indices stay.
 * the transposed index ``csc_ptr`` int64 [cols+1], ``csc_row`` int32 [nnz] and
   ``csc_perm`` int64 [nnz] (CSR positions in column order), so W^T G runs without atomics.
   It is derived, so it is not saved; it is rebuilt whenever the pattern changes.
@@ -24,6 +25,8 @@ from .. import init as _init
 from .. import _ext  # noqa: F401  (loads the compiled operators)
 
 _INDEX_NAMES = ("row_ptr", "col_idx", "csc_ptr", "csc_row", "csc_perm")
+#: dtypes the values may have (spmm, spmm_t, sddmm; the fused RNN steps take float32/float64 only)
+VALUE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def _as_tensor(x, name: str, dtype) -> torch.Tensor:
@@ -53,8 +56,8 @@ class SparseWeight(nn.Module):
         row_ptr = _as_tensor(row_ptr, "row_ptr", torch.int64)
         col_idx = _as_tensor(col_idx, "col_idx", torch.int32)
         values = _as_tensor(values, "values", None)
-        if values.dtype not in (torch.float32, torch.float64):
-            raise TypeError(f"values must be float32 or float64, got {values.dtype}")
+        if values.dtype not in VALUE_DTYPES:
+            raise TypeError(f"values must be float32 or float64 (or float16/bfloat16), got {values.dtype}")
         self._shape = (rows, cols)
         self.register_buffer("row_ptr", row_ptr)
         self.register_buffer("col_idx", col_idx)
@@ -184,8 +187,11 @@ class SparseWeight(nn.Module):
     def to_scipy(self):
         import scipy.sparse as sp
 
+        values = self.values.detach().cpu()
+        if values.element_size() == 2:  # scipy.sparse takes neither float16 nor bfloat16 (exact in float32)
+            values = values.float()
         return sp.csr_matrix(
-            (self.values.detach().cpu().numpy(), self.col_idx.cpu().numpy(), self.row_ptr.cpu().numpy()),
+            (values.numpy(), self.col_idx.cpu().numpy(), self.row_ptr.cpu().numpy()),
             shape=self._shape,
         )
 
@@ -239,7 +245,7 @@ class SparseWeight(nn.Module):
         values = torch.from_numpy(np.ascontiguousarray(m.data))
         if dtype is not None:
             values = values.to(dtype)
-        elif values.dtype not in (torch.float32, torch.float64):
+        elif values.dtype not in VALUE_DTYPES:
             values = values.to(torch.float32)
         return cls(m.indptr.astype(np.int64), m.indices.astype(np.int32), values, m.shape)
 

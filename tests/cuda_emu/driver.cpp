@@ -1,5 +1,9 @@
 // Runs the CUDA kernels of csrc/cuda/gather.cu and sddmm.cu on the CPU through emu.h and
 // checks them against float64 references, including that nothing is written out of bounds.
+// float16/bfloat16 storage: the reference is exact float64 math on the stored (rounded)
+// inputs, and the bound is what float32 accumulation plus one final rounding allows:
+// |out - ref| <= u_T |ref| + 2 (n + 1) u_32 sum |terms| (+ half of float16's smallest subnormal),
+// u = unit roundoff, n = terms in the sum. A float16/bfloat16 accumulator would miss it.
 // Built and run by tests/test_cuda_emulated.py. Argument: "full" adds bigger cases.
 #include <cstdio>
 #include <cstdlib>
@@ -9,6 +13,7 @@
 #include <algorithm>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include "launchers.h"
 using namespace sparse_engine::cuda;
 
@@ -35,11 +40,36 @@ void transpose(const Csr& m, std::vector<int64_t>& cp, std::vector<int32_t>& cr,
   for (int64_t i = 0; i < m.rows; ++i) for (int64_t k = m.ptr[i]; k < m.ptr[i + 1]; ++k) { int64_t d = next[m.col[k]]++; cr[d] = i; pm[d] = k; }
 }
 
+template <class T> constexpr bool kHalf = std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>;
+template <class T> double to_d(T x) {
+  if constexpr (std::is_same_v<T, __half>) return __half2float(x);
+  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(x);
+  else return x;
+}
+template <class T> T from_d(double x) {
+  if constexpr (std::is_same_v<T, __half>) return __float2half_rn((float)x);
+  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16_rn((float)x);
+  else return (T)x;
+}
+template <class T> bool same_bits(T a, T b) { return std::memcmp(&a, &b, sizeof(T)) == 0; }
+template <class T> const char* tname() {
+  if constexpr (std::is_same_v<T, __half>) return "f16";
+  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return "bf16";
+  else return sizeof(T) == 4 ? "f32" : "f64";
+}
+
 int failures = 0;
+// |out - ref| <= tol: for float/double rel * bound (bound = sum |terms|), for the 2-byte types
+// the storage rounding of the result plus float32 accumulation over n terms.
 template <class T>
-void check(const char* what, const std::vector<T>& out, const std::vector<double>& ref, const std::vector<double>& bound, double rel) {
-  for (size_t i = 0; i < ref.size(); ++i)
-    if (!(std::fabs(out[i] - ref[i]) <= rel * bound[i] + 1e-300)) { printf("  FAIL %s at %zu: %g vs %g\n", what, i, (double)out[i], ref[i]); ++failures; return; }
+void check(const char* what, const std::vector<T>& out, const std::vector<double>& ref, const std::vector<double>& bound,
+           const std::vector<int64_t>& n, double rel) {
+  const double u = std::is_same_v<T, __half> ? std::ldexp(1.0, -11) : std::ldexp(1.0, -8), u32 = std::ldexp(1.0, -24);
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double tol = kHalf<T> ? u * std::fabs(ref[i]) + 2.0 * (n[i] + 1) * u32 * bound[i] + std::ldexp(1.0, -25)
+                                : rel * bound[i] + 1e-300;
+    if (!(std::fabs(to_d(out[i]) - ref[i]) <= tol)) { printf("  FAIL %s at %zu: %g vs %g (tol %g)\n", what, i, to_d(out[i]), ref[i], tol); ++failures; return; }
+  }
 }
 
 template <class T>
@@ -47,10 +77,10 @@ void run(const char* name, const Csr& m, int64_t B, bool misalign, std::mt19937&
   const double rel = sizeof(T) == 4 ? 2e-5 : 1e-12;
   std::normal_distribution<double> nd;
   int64_t nnz = m.col.size();
-  std::vector<T> vals(nnz); for (auto& v : vals) v = nd(g);
+  std::vector<T> vals(nnz); for (auto& v : vals) v = from_d<T>(nd(g));
   int off = misalign ? 1 : 0;
   std::vector<T> Xb(m.cols * B + 4), Gb(m.rows * B + 4);
-  for (auto& v : Xb) v = nd(g); for (auto& v : Gb) v = nd(g);
+  for (auto& v : Xb) v = from_d<T>(nd(g)); for (auto& v : Gb) v = from_d<T>(nd(g));
   const T* X = Xb.data() + off; const T* G = Gb.data() + off;
   std::vector<int64_t> cp; std::vector<int32_t> cr; std::vector<int64_t> pm; transpose(m, cp, cr, pm);
   {  // transpose.cu gives the CPU's index exactly (cub replaced by a stable sort, cub_shim.h)
@@ -67,13 +97,16 @@ void run(const char* name, const Csr& m, int64_t B, bool misalign, std::mt19937&
   std::vector<double> Y(m.rows * B, 0), Yb(m.rows * B, 0), Z(m.cols * B, 0), Zb(m.cols * B, 0), S(nnz, 0), Sb(nnz, 0);
   for (int64_t i = 0; i < m.rows; ++i) for (int64_t k = m.ptr[i]; k < m.ptr[i + 1]; ++k) {
     int64_t j = m.col[k];
+    const double v = to_d(vals[k]);
     for (int64_t b = 0; b < B; ++b) {
-      Y[i * B + b] += (double)vals[k] * X[j * B + b]; Yb[i * B + b] += std::fabs((double)vals[k] * X[j * B + b]);
-      Z[j * B + b] += (double)vals[k] * G[i * B + b]; Zb[j * B + b] += std::fabs((double)vals[k] * G[i * B + b]);
-      S[k] += (double)G[i * B + b] * X[j * B + b]; Sb[k] += std::fabs((double)G[i * B + b] * X[j * B + b]);
+      const double x = to_d(X[j * B + b]), gg = to_d(G[i * B + b]);
+      Y[i * B + b] += v * x; Yb[i * B + b] += std::fabs(v * x);
+      Z[j * B + b] += v * gg; Zb[j * B + b] += std::fabs(v * gg);
+      S[k] += gg * x; Sb[k] += std::fabs(gg * x);
     }
   }
-  std::vector<T> outY(m.rows * B + 4, T(777)), outZ(m.cols * B + 4, T(777)), outS(nnz + 1, T(777));
+  const T sentinel = from_d<T>(777.0);
+  std::vector<T> outY(m.rows * B + 4, sentinel), outZ(m.cols * B + 4, sentinel), outS(nnz + 1, sentinel);
   T* y = outY.data() + off; T* z = outZ.data() + off;
   std::vector<int32_t> ws(std::max<int64_t>(1, gather_workspace_len(m.rows, nnz)));
   launch_gather(m.ptr.data(), m.col.data(), nullptr, vals.data(), X, y, m.rows, B, nnz, gather_workspace_len(m.rows, nnz) ? ws.data() : nullptr, 0);
@@ -85,12 +118,15 @@ void run(const char* name, const Csr& m, int64_t B, bool misalign, std::mt19937&
   launch_sddmm(m.ptr.data(), m.col.data(), G, X, outS.data(), m.rows, B, nnz, sddmm_workspace_len(m.rows, nnz) ? ws3.data() : nullptr, 0);
   std::vector<T> yv(y, y + m.rows * B), zv(z, z + m.cols * B), sv(outS.begin(), outS.begin() + nnz);
   int before = failures;
-  check("spmm", yv, Y, Yb, rel); check("spmm_t", zv, Z, Zb, rel); check("sddmm", sv, S, Sb, rel);
+  std::vector<int64_t> nY(m.rows * B), nZ(m.cols * B), nS(nnz, B);  // terms per output
+  for (int64_t i = 0; i < m.rows * B; ++i) nY[i] = m.ptr[i / B + 1] - m.ptr[i / B];
+  for (int64_t j = 0; j < m.cols * B; ++j) nZ[j] = cp[j / B + 1] - cp[j / B];
+  check("spmm", yv, Y, Yb, nY, rel); check("spmm_t", zv, Z, Zb, nZ, rel); check("sddmm", sv, S, Sb, nS, rel);
   // nothing written past the ends
-  if (outY[m.rows * B + off] != T(777) || (off && outY[0] != T(777))) { printf("  FAIL spmm wrote out of bounds\n"); ++failures; }
-  if (outZ[m.cols * B + off] != T(777) || (off && outZ[0] != T(777))) { printf("  FAIL spmm_t wrote out of bounds\n"); ++failures; }
-  if (outS[nnz] != T(777)) { printf("  FAIL sddmm wrote out of bounds\n"); ++failures; }
-  printf("%s %-10s B=%-3ld mis=%d nnz=%-6ld long rows=%d long cols=%d %s\n", sizeof(T) == 4 ? "f32" : "f64", name, (long)B, (int)misalign, (long)nnz, n_long_rows, n_long_cols, failures == before ? "ok" : "FAILED");
+  if (!same_bits(outY[m.rows * B + off], sentinel) || (off && !same_bits(outY[0], sentinel))) { printf("  FAIL spmm wrote out of bounds\n"); ++failures; }
+  if (!same_bits(outZ[m.cols * B + off], sentinel) || (off && !same_bits(outZ[0], sentinel))) { printf("  FAIL spmm_t wrote out of bounds\n"); ++failures; }
+  if (!same_bits(outS[nnz], sentinel)) { printf("  FAIL sddmm wrote out of bounds\n"); ++failures; }
+  printf("%-4s %-10s B=%-3ld mis=%d nnz=%-6ld long rows=%d long cols=%d %s\n", tname<T>(), name, (long)B, (int)misalign, (long)nnz, n_long_rows, n_long_cols, failures == before ? "ok" : "FAILED");
 }
 
 int main(int argc, char** argv) {
@@ -124,7 +160,20 @@ int main(int argc, char** argv) {
   run<float>("power", pw, 32, false, g);
   run<float>("powerT", pwT, 32, false, g);
   run<double>("power", pw, 2, false, g);
+  // float16 / bfloat16 storage (VEC = 8 halves per 16-byte load): B = 8..256 reach 1..32
+  // lanes with vector loads, 520 three tiles; odd B and a misaligned start take the scalar
+  // path; the power-law patterns the long-row kernels.
+  for (int64_t B : {1, 3, 8, 16, 33, 64, 256, 520}) run<__half>("uniform", uni, B, false, g);
+  for (int64_t B : {1, 5, 24, 32, 44, 128}) run<__nv_bfloat16>("uniform", uni, B, false, g);
+  for (int64_t B : {8, 33}) { run<__half>("empty", empt, B, false, g); run<__nv_bfloat16>("zero", zero, B, false, g); }
+  for (int64_t B : {1, 16}) { run<__nv_bfloat16>("onecol", onec, B, false, g); run<__half>("zero", zero, B, false, g); }
+  for (int64_t B : {8, 64}) { run<__half>("uniform", uni, B, true, g); run<__nv_bfloat16>("uniform", uni, B, true, g); }
+  run<__half>("power", pw, 32, false, g);
+  run<__half>("powerT", pwT, 5, false, g);
+  run<__nv_bfloat16>("power", pw, 3, false, g);
   if (full) {
+    run<__nv_bfloat16>("powerT", pwT, 16, false, g);
+    for (int64_t B : {8, 64, 300}) { run<__half>("power", pw, B, false, g); run<__nv_bfloat16>("powerT", pwT, B, false, g); }
     for (int64_t B : {1, 5, 64, 300}) { run<float>("power", pw, B, false, g); run<float>("powerT", pwT, B, false, g); }
     for (int64_t B : {256, 300}) { run<float>("empty", empt, B, false, g); run<float>("uniform", uni, B, true, g); }
     for (int64_t B : {20, 300}) { run<double>("power", pw, B, false, g); run<double>("powerT", pwT, B, false, g); }
