@@ -17,6 +17,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+from torch.utils import cpp_extension
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_DIR = ROOT / "csrc" / "cuda"
@@ -24,6 +25,10 @@ CU_FILES = sorted(CUDA_DIR.glob("*.cu"))
 GLUE_FILES = sorted(CUDA_DIR.glob("*.cpp"))  # torch glue: one per family of operators
 LAUNCHER_HEADERS = sorted(CUDA_DIR.glob("*launchers.h"))
 ARCH = os.environ.get("SPARSE_ENGINE_TEST_ARCH", "sm_90")  # the H100's; one arch keeps CI fast
+# The flags torch's BuildExtension gives every .cu (setup.py), among them -D__CUDA_NO_HALF_OPERATORS__
+# and -D__CUDA_NO_HALF_CONVERSIONS__: half/bf16 code that leans on implicit conversions compiles
+# alone but not in the extension, so the kernels are checked under the same flags.
+NVCC_FLAGS = list(cpp_extension.COMMON_NVCC_FLAGS)
 
 
 def _cuda_home() -> Path | None:
@@ -64,7 +69,7 @@ def cu_objects(tmp_path_factory) -> dict:
     procs = []
     for src in CU_FILES:  # both cores at once: the files are independent
         obj = out / (src.stem + ".o")
-        cmd = [nvcc, "-std=c++17", "-O3", f"-arch={ARCH}", "-c", "-o", str(obj), str(src)]
+        cmd = [nvcc, "-std=c++17", "-O3", *NVCC_FLAGS, f"-arch={ARCH}", "-c", "-o", str(obj), str(src)]
         procs.append((src, obj, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
     results = {}
     for src, obj, proc in procs:
