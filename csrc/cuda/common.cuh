@@ -143,6 +143,63 @@ __device__ __forceinline__ void store_vec(T* __restrict__ p, const acc_t<T> (&x)
   }
 }
 
+// One warp's sum over the entries [first, end) of a compressed row, for vector column cv of
+// the batch: acc[e] = sum_k val(k) * src[idx[k], cv * VEC + e], val(k) = values[perm ? perm[k] : k].
+// The warp takes the chunks first, first + step, ... (step a multiple of 32): 32 index entries
+// per coalesced load, broadcast by shuffles, slot s of the lane layout taking entries s, s+S, ...;
+// then the slots are added together so that every lane of slot 0 holds its vector column's
+// total. The summation order is fixed. Shared by gather.cu (spmm, spmm_t) and rnn_step.cu (the
+// gate rows of the fused step). All lanes of the warp must call it (it shuffles).
+template <typename T, int VEC, int CW, bool FULL>
+__device__ __forceinline__ void gather_chunk(const int32_t* __restrict__ idx, const T* __restrict__ values,
+                                             const int64_t* __restrict__ perm, const T* __restrict__ src,
+                                             int64_t B, int64_t k0, int64_t end, int64_t cv, bool active,
+                                             int lane, acc_t<T> (&acc)[VEC]) {
+  using A = acc_t<T>;
+  constexpr int S = kWarp / CW;
+  const int s = lane / CW;
+  const int64_t k = k0 + lane;
+  int32_t my_idx = 0;
+  A my_val = A(0);  // widened once here, so the shuffles below move accumulator values
+  if (FULL || k < end) {
+    my_idx = idx[k];
+    my_val = to_acc(values[perm ? perm[k] : k]);
+  }
+  const int64_t m = end - k0;
+#pragma unroll
+  for (int jj = 0; jj < CW; ++jj) {
+    const int j = jj * S + s;
+    const int32_t col = __shfl_sync(kFullMask, my_idx, j);
+    const A v = __shfl_sync(kFullMask, my_val, j);
+    if (active && (FULL || j < m)) {
+      A x[VEC];
+      load_vec<T, VEC>(src + static_cast<int64_t>(col) * B + cv * VEC, x);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) acc[e] = fma(v, x[e], acc[e]);
+    }
+  }
+}
+
+template <typename T, int VEC, int CW>
+__device__ __forceinline__ void gather_range(const int32_t* __restrict__ idx, const T* __restrict__ values,
+                                             const int64_t* __restrict__ perm, const T* __restrict__ src,
+                                             int64_t B, int64_t first, int64_t end, int64_t step, int64_t cv,
+                                             bool active, int lane, acc_t<T> (&acc)[VEC]) {
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) acc[e] = acc_t<T>(0);
+  for (int64_t k0 = first; k0 < end; k0 += step) {
+    if (end - k0 >= kWarp)
+      gather_chunk<T, VEC, CW, true>(idx, values, perm, src, B, k0, end, cv, active, lane, acc);
+    else
+      gather_chunk<T, VEC, CW, false>(idx, values, perm, src, B, k0, end, cv, active, lane, acc);
+  }
+#pragma unroll
+  for (int o = CW; o < kWarp; o *= 2) {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) acc[e] += __shfl_xor_sync(kFullMask, acc[e], o);
+  }
+}
+
 }  // namespace detail
 }  // namespace cuda
 }  // namespace sparse_engine

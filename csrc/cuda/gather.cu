@@ -38,56 +38,6 @@ struct GatherArgs {
   int32_t* long_list;  // [count, rows...] or nullptr (no long rows possible)
 };
 
-// Accumulates the chunk [k0, min(k0 + 32, end)) into acc: slot s takes entries s, s+S, ...
-template <typename T, int VEC, int CW, bool FULL>
-__device__ __forceinline__ void gather_chunk(const GatherArgs<T>& a, int64_t k0, int64_t end,
-                                             int64_t cv, bool active, int lane, acc_t<T> (&acc)[VEC]) {
-  using A = acc_t<T>;
-  constexpr int S = kWarp / CW;
-  const int s = lane / CW;
-  const int64_t k = k0 + lane;
-  int32_t my_idx = 0;
-  A my_val = A(0);  // widened once here, so the shuffles below move accumulator values
-  if (FULL || k < end) {
-    my_idx = a.idx[k];
-    my_val = to_acc(a.values[a.perm ? a.perm[k] : k]);
-  }
-  const int64_t m = end - k0;
-#pragma unroll
-  for (int jj = 0; jj < CW; ++jj) {
-    const int j = jj * S + s;
-    const int32_t col = __shfl_sync(kFullMask, my_idx, j);
-    const A v = __shfl_sync(kFullMask, my_val, j);
-    if (active && (FULL || j < m)) {
-      A x[VEC];
-      load_vec<T, VEC>(a.src + static_cast<int64_t>(col) * a.B + cv * VEC, x);
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) acc[e] = fma(v, x[e], acc[e]);
-    }
-  }
-}
-
-// Sums the chunks first, first + step, ... below end (step a multiple of 32), then adds
-// the slots together so that every lane of slot 0 holds its vector column's total.
-template <typename T, int VEC, int CW>
-__device__ __forceinline__ void gather_range(const GatherArgs<T>& a, int64_t first, int64_t end,
-                                             int64_t step, int64_t cv, bool active, int lane,
-                                             acc_t<T> (&acc)[VEC]) {
-#pragma unroll
-  for (int e = 0; e < VEC; ++e) acc[e] = acc_t<T>(0);
-  for (int64_t k0 = first; k0 < end; k0 += step) {
-    if (end - k0 >= kWarp)
-      gather_chunk<T, VEC, CW, true>(a, k0, end, cv, active, lane, acc);
-    else
-      gather_chunk<T, VEC, CW, false>(a, k0, end, cv, active, lane, acc);
-  }
-#pragma unroll
-  for (int o = CW; o < kWarp; o *= 2) {
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) acc[e] += __shfl_xor_sync(kFullMask, acc[e], o);
-  }
-}
-
 template <typename T, int VEC, int CW>
 __global__ void __launch_bounds__(kRowWarps * kWarp)
 gather_rows_kernel(const GatherArgs<T> a) {
@@ -107,7 +57,7 @@ gather_rows_kernel(const GatherArgs<T> a) {
     const int64_t cv = t * CW + c;
     const bool active = cv < a.C;
     acc_t<T> acc[VEC];
-    gather_range<T, VEC, CW>(a, start, end, kWarp, cv, active, lane, acc);
+    gather_range<T, VEC, CW>(a.idx, a.values, a.perm, a.src, a.B, start, end, kWarp, cv, active, lane, acc);
     if (s == 0 && active) store_vec<T, VEC>(a.out + row * a.B + cv * VEC, acc);
   }
 }
@@ -129,7 +79,7 @@ gather_long_kernel(const GatherArgs<T> a) {
     const int64_t cv = t * CW + c;
     const bool active = cv < a.C;
     A acc[VEC];
-    gather_range<T, VEC, CW>(a, start + static_cast<int64_t>(warp) * kWarp, end,
+    gather_range<T, VEC, CW>(a.idx, a.values, a.perm, a.src, a.B, start + static_cast<int64_t>(warp) * kWarp, end,
                              static_cast<int64_t>(kLongWarps) * kWarp, cv, active, lane, acc);
     if (s == 0) {
 #pragma unroll

@@ -4,9 +4,9 @@
 //
 // Forward (step_forward_kernel): one block per (group of U hidden units, batch tile), one warp
 // per gate row: LSTM 2 units x 4 gates, GRU 2 x 3, RNN/CT-RNN 8 x 1 (6 or 8 warps). A warp
-// computes its row's dot products for the tile exactly like gather.cu's row kernel (32 index
-// entries per coalesced load, broadcast by shuffles, 16-byte loads of h, the slot layout of
-// common.cuh for narrow batches) and leaves them in shared memory; after one barrier the whole
+// computes its row's dot products for the tile with gather.cu's row loop (common.cuh's
+// gather_range: 32 index entries per coalesced load, broadcast by shuffles, 16-byte loads of h,
+// the slot layout for narrow batches) and leaves them in shared memory; after one barrier the whole
 // block applies the gate math to the tile's U x (tile width) elements, reading gx and writing
 // h', c' and the saved activations with consecutive threads on consecutive batch entries. No
 // pre-activation ever goes to global memory.
@@ -59,53 +59,6 @@ struct StepArgs {
   T decay, sdt;   // CT-RNN: 1 - dt/tau, dt
 };
 
-// Adds the chunk [k0, min(k0 + 32, end)) of one row into acc (slot s takes entries s, s+S, ...).
-template <typename T, int VEC, int CW, bool FULL>
-__device__ __forceinline__ void row_chunk(const StepArgs<T>& a, int64_t k0, int64_t end, int64_t cv,
-                                          bool active, int lane, T (&acc)[VEC]) {
-  constexpr int S = kWarp / CW;
-  const int s = lane / CW;
-  const int64_t k = k0 + lane;
-  int32_t my_idx = 0;
-  T my_val = T(0);
-  if (FULL || k < end) {
-    my_idx = a.idx[k];
-    my_val = a.values[k];
-  }
-  const int64_t m = end - k0;
-#pragma unroll
-  for (int jj = 0; jj < CW; ++jj) {
-    const int j = jj * S + s;
-    const int32_t col = __shfl_sync(kFullMask, my_idx, j);
-    const T v = __shfl_sync(kFullMask, my_val, j);
-    if (active && (FULL || j < m)) {
-      T x[VEC];
-      load_vec<T, VEC>(a.h + static_cast<int64_t>(col) * a.B + cv * VEC, x);
-#pragma unroll
-      for (int e = 0; e < VEC; ++e) acc[e] = fma(v, x[e], acc[e]);
-    }
-  }
-}
-
-// Row [start, end) of W times h for vector column cv; lanes of slot 0 end with the totals.
-template <typename T, int VEC, int CW>
-__device__ __forceinline__ void row_dot(const StepArgs<T>& a, int64_t start, int64_t end, int64_t cv,
-                                        bool active, int lane, T (&acc)[VEC]) {
-#pragma unroll
-  for (int e = 0; e < VEC; ++e) acc[e] = T(0);
-  for (int64_t k0 = start; k0 < end; k0 += kWarp) {
-    if (end - k0 >= kWarp)
-      row_chunk<T, VEC, CW, true>(a, k0, end, cv, active, lane, acc);
-    else
-      row_chunk<T, VEC, CW, false>(a, k0, end, cv, active, lane, acc);
-  }
-#pragma unroll
-  for (int o = CW; o < kWarp; o *= 2) {
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) acc[e] += __shfl_xor_sync(kFullMask, acc[e], o);
-  }
-}
-
 // Gate math of hidden unit j, batch entry b (o = j * B + b); p: the hidden-side sums W_q h.
 template <typename T, int M>
 __device__ __forceinline__ void gate_math(const StepArgs<T>& a, T (&p)[kGates<M>], int64_t j, int64_t o) {
@@ -157,7 +110,7 @@ step_forward_kernel(const StepArgs<T> a) {
   for (int64_t t = blockIdx.y; t < a.tiles; t += gridDim.y) {  // uniform per block
     const int64_t cv = t * CW + c;
     T acc[VEC];
-    row_dot<T, VEC, CW>(a, start, end, cv, cv < a.C, lane, acc);
+    gather_range<T, VEC, CW>(a.idx, a.values, nullptr, a.h, a.B, start, end, kWarp, cv, cv < a.C, lane, acc);
     if (s == 0) {
 #pragma unroll
       for (int e = 0; e < VEC; ++e) pre[q][u][c * VEC + e] = acc[e];
