@@ -492,3 +492,66 @@ def test_rigl_through_the_dense_grad_factors_protocol():
             assert not m.record_grad_factors
             check_invariants(m.w, nnz=nnz)
             assert set(keys(m.w).tolist()) != before
+
+
+# ------------------------------------------------------------ 2-byte weights
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_topology_update_of_2byte_weights_equals_the_float32_update(dtype):
+    """The topology kernels take float32/float64: a float16/bfloat16 weight is widened (exactly)
+    for the update and rounded back, so its update is the float32 update of the same values."""
+    from sparse_engine import SparseWeight
+    from sparse_engine.training.topology import gradient_growth, magnitude_keep, random_empty, rewire, set_keep
+    g = torch.Generator().manual_seed(5)
+    mask = torch.rand(40, 30, generator=g) < 0.2
+    dense = torch.randn(40, 30, generator=g).to(dtype)
+    w2, w4 = SparseWeight.from_dense(dense, mask), SparseWeight.from_dense(dense.float(), mask)
+    assert w2.values.dtype == dtype
+    for keep_fn in (lambda v: magnitude_keep(v, 50), lambda v: set_keep(v, 0.3)):
+        assert torch.equal(keep_fn(w2.values), keep_fn(w4.values))
+    G, X = torch.randn(40, 7, generator=g).to(dtype), torch.randn(30, 7, generator=g).to(dtype)
+    got, want = gradient_growth(w2.row_ptr, w2.col_idx, G, X, 20), gradient_growth(w4.row_ptr, w4.col_idx,
+                                                                                     G.float(), X.float(), 20)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    opt = torch.optim.Adam([w2.values], lr=0.1)
+    w2.values.grad = torch.ones_like(w2.values)
+    opt.step()
+    w4.values.data.copy_(w2.values.detach().float())
+    keep = magnitude_keep(w4.values, 50)
+    grow = lambda rp, ci: random_empty(rp, ci, 30, 60, seed=9)
+    new = torch.randn(60, generator=g).to(dtype)  # (randn in bfloat16 is not randn in float32 rounded)
+    rewire(w2, keep, grow, values=new, optimizer=opt)
+    rewire(w4, keep, grow, values=new.float())
+    w2.validate()
+    assert w2.values.dtype == dtype and opt.state[w2.values]["exp_avg"].dtype == dtype
+    assert torch.equal(w2.row_ptr, w4.row_ptr) and torch.equal(w2.col_idx, w4.col_idx)
+    assert torch.equal(w2.values.detach(), w4.values.detach().to(dtype))
+    assert opt.state[w2.values]["exp_avg"].shape == (w2.nnz,)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_controllers_train_bfloat16_models(algo):
+    model = mlp(seed=0).to(torch.bfloat16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    updates = []
+
+    def cb(step, ws):
+        updates.append(step)
+        for w in ws.values():
+            w.validate()
+            assert w.values.dtype == torch.bfloat16
+
+    x, y = data()
+    x = x.to(torch.bfloat16)
+    ctl = make(algo, model, opt, seed=0, callbacks=[cb])
+    for epoch in range(2):
+        for b in range(4):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[b::4]).float(), y[b::4]).backward()
+            opt.step()
+            ctl.step()
+        ctl.end_epoch()
+    assert updates
+    for w in sparse_weights(model).values():
+        assert w.values.dtype == torch.bfloat16
+        state = opt.state[w.values]
+        assert state["momentum_buffer"].shape == (w.nnz,) and state["momentum_buffer"].dtype == torch.bfloat16

@@ -106,10 +106,20 @@ def _coo_dot_fake(rows, cols, G, X):
 
 
 # ----------------------------------------------------------------------- pruning
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _widened(t: torch.Tensor) -> torch.Tensor:
+    """``t`` detached, float16/bfloat16 widened to float32 (exact): the topology kernels take
+    float32/float64, and a 2-byte weight rounds back to itself after the update."""
+    t = t.detach()
+    return t.float() if t.dtype in _HALF else t
+
+
 def _check_values(values: torch.Tensor, name: str = "values") -> torch.Tensor:
     if not isinstance(values, torch.Tensor) or values.dim() != 1 or not values.is_floating_point():
         raise TypeError(f"{name} must be a 1-D floating-point tensor")
-    return values.detach()
+    return _widened(values)
 
 
 def magnitude_keep(values: torch.Tensor, n_prune: int) -> torch.Tensor:
@@ -188,7 +198,8 @@ def gradient_growth(row_ptr: torch.Tensor, col_idx: torch.Tensor, G: torch.Tenso
     if X.shape[1] != M:
         raise ValueError(f"G and X must have the same batch size M, got {M} and {X.shape[1]}")
     rp, ci = row_ptr, col_idx
-    G, X = G.detach().to(rp.device), X.detach().to(rp.device, G.dtype)
+    G = _widened(G).to(rp.device)
+    X = X.detach().to(rp.device, G.dtype)
     ops = _ops_for(rp.device)
     empty = rows * cols - ci.numel()
     if not 0 <= k <= empty:
@@ -263,7 +274,7 @@ def rewire(weight: SparseWeight, keep: torch.Tensor, grow: GrowFn | None = None,
     ops = _ops_for(device)
     rows, cols = weight.shape
     old_nnz = weight.nnz
-    rp, ci, v, kept = ops.compact(weight.row_ptr, weight.col_idx, weight.values.detach(), keep.to(device))
+    rp, ci, v, kept = ops.compact(weight.row_ptr, weight.col_idx, _widened(weight.values), keep.to(device))
     if grow is None:
         nr = torch.empty(0, dtype=torch.int64, device=device)
         nc = torch.empty(0, dtype=torch.int32, device=device)
@@ -273,13 +284,13 @@ def rewire(weight: SparseWeight, keep: torch.Tensor, grow: GrowFn | None = None,
     if values is None:
         # fan-in/out of the layer after the update, for He/Xavier bounds
         probe = _Probe(weight.shape, v.numel() + n, weight.values.dtype, device)
-        nv = new_values(n, probe, init, init_scale=init_scale, generator=generator)
+        nv = new_values(n, probe, init, init_scale=init_scale, generator=generator).to(v.dtype)
     else:
         nv = values.detach().to(device, v.dtype)
         if nv.shape != (n,):
             raise ValueError(f"values must have one entry per new position ({n}), got {tuple(nv.shape)}")
     rp, ci, v, old_pos, new_pos = ops.merge(rp, ci, v, cols, nr.to(device), nc.to(device), nv)
-    weight.set_pattern(rp, ci, v, validate=False)
+    weight.set_pattern(rp, ci, v.to(weight.values.dtype), validate=False)
     remap = Remap(src=kept, dst=old_pos, new=new_pos, old_nnz=old_nnz, new_nnz=v.numel())
     if weight.values.grad is not None:
         weight.values.grad = remap.apply(weight.values.grad)
