@@ -4,7 +4,8 @@
   training; default: a sparse LSTM reading scikit-learn's bundled digits row by row.
   Tasks on generated or bundled data: ``digits``, ``mackey-glass``; on files you point to
   with ``--data``: ``mnist`` (idx directory), ``sms`` (SMS Spam Collection file),
-  ``mackey-glass`` (one value a line).
+  ``gesture`` (UCI Gesture Phase Segmentation ``*_va3.csv`` files or their directory),
+  ``mackey-glass`` (one value a line). ``--device`` picks the CPU or a CUDA GPU.
 * ``bench``: the CPU operators against torch.sparse (MKL) and scipy on one shape.
 * ``analyze``: signed triad census and structural balance of a recurrent matrix from a
   checkpoint, a Gephi edge-list CSV or a scipy ``.npz``, with optional null models.
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-TASKS = ("digits", "mackey-glass", "mnist", "sms")
+TASKS = ("digits", "mackey-glass", "mnist", "sms", "gesture")
 MODELS = ("lstm", "gru", "rnn", "ctrnn")
 ALGORITHMS = ("none", "set", "gmp", "deepr", "selfish", "rigl")
 
@@ -46,6 +47,16 @@ def load_task(task: str, data: str | None, seed: int):
         texts, y = D.load_sms_spam(data)
         X, vocab = _word_ids(texts, length=40)
         meta = dict(n_in=50, n_out=2, kind="classify", vocab=vocab)
+    elif task == "gesture":
+        if data is None:
+            raise SystemExit("--task gesture needs --data (a *_va3.csv file or a directory of them)")
+        recordings = D.load_gesture(data)
+        meta = dict(n_in=recordings[0][0].shape[1], n_out=len(D.GESTURE_PHASES), kind="classify")
+        if len(recordings) >= 2:  # whole recordings held out: overlapping windows would leak
+            n_test = max(1, round(0.2 * len(recordings)))
+            train = _gesture_windows(recordings[:-n_test], recordings, GESTURE_WINDOW)
+            return train, _gesture_windows(recordings[-n_test:], recordings, GESTURE_WINDOW), meta
+        X, y = _gesture_windows(recordings, recordings, GESTURE_WINDOW)
     elif task == "mackey-glass":
         series = D.load_series(data) if data else D.mackey_glass(6000)
         X, y = D.sequence_windows(series[:6000], length=50)
@@ -57,6 +68,27 @@ def load_task(task: str, data: str | None, seed: int):
     cut = int(0.8 * len(X))
     tr, te = perm[:cut], perm[cut:]
     return (X[tr], y[tr]), (X[te], y[te]), meta
+
+
+GESTURE_WINDOW = 16  # frames per example: the phase of the last frame is the label
+
+
+def _gesture_windows(recordings, all_recordings, length: int, stride: int = 2):
+    """Windows of ``length`` frames (every ``stride``-th start) from each recording, labelled by
+    the phase of their last frame; features standardised over the frames of all_recordings."""
+    frames = torch.cat([f for f, _ in all_recordings])
+    mean, std = frames.mean(0), frames.std(0).clamp_min(1e-6)
+    xs, ys = [], []
+    for feats, phases in recordings:
+        if len(feats) < length:
+            continue
+        starts = torch.arange(0, len(feats) - length + 1, stride)
+        idx = starts[:, None] + torch.arange(length)[None, :]
+        xs.append((feats[idx] - mean) / std)
+        ys.append(phases[idx[:, -1]])
+    if not xs:
+        raise SystemExit(f"gesture recordings are shorter than {length} frames")
+    return torch.cat(xs), torch.cat(ys)
 
 
 def _word_ids(texts, length: int, max_vocab: int = 5000):
@@ -120,13 +152,27 @@ def make_controller(name: str, model, opt, steps: int, seed: int, callbacks):
     raise SystemExit(f"--algorithm must be one of {ALGORITHMS}")
 
 
-def evaluate(model, X, y, kind, batch=256):
+def resolve_device(name: str) -> torch.device:
+    """``auto``: a CUDA GPU when torch sees one and this build has the CUDA kernels, else the CPU."""
+    from ._ext import HAS_CUDA_KERNELS
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() and HAS_CUDA_KERNELS else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device")
+    if name == "cuda" and not HAS_CUDA_KERNELS:
+        raise SystemExit("--device cuda: this build of sparse_engine has no CUDA kernels "
+                         "(reinstall with a CUDA torch and nvcc present)")
+    return torch.device(name)
+
+
+def evaluate(model, X, y, kind, batch=256, device="cpu"):
     model.eval()
     total, correct, n = 0.0, 0, 0
     with torch.no_grad():
         for i in range(0, len(X), batch):
-            out = model(X[i:i + batch])
-            t = y[i:i + batch]
+            out = model(X[i:i + batch].to(device))
+            t = y[i:i + batch].to(device)
             if kind == "classify":
                 total += nn.functional.cross_entropy(out, t, reduction="sum").item()
                 correct += (out.argmax(1) == t).sum().item()
@@ -145,10 +191,11 @@ def cmd_train(args) -> dict:
     from .checkpoint import save_checkpoint
     from .sparse import SparseWeight
 
+    device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     (Xtr, ytr), (Xte, yte), meta = load_task(args.task, args.data, args.seed)
     model = SequenceModel(args.model, meta["n_in"], meta["n_out"], args.hidden, args.layers, args.density,
-                          args.sparse, meta["kind"], meta.get("vocab"))
+                          args.sparse, meta["kind"], meta.get("vocab")).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     batches = math.ceil(len(Xtr) / args.batch_size)
     callbacks = []
@@ -161,7 +208,7 @@ def cmd_train(args) -> dict:
     ctl = make_controller(args.algorithm, model, opt, args.epochs * batches, args.seed, callbacks)
     loss_fn = nn.functional.cross_entropy if meta["kind"] == "classify" else nn.functional.mse_loss
     console = Console()
-    table = Table(title=f"sparse {args.model.upper()} on {args.task} ({args.algorithm})")
+    table = Table(title=f"sparse {args.model.upper()} on {args.task} ({args.algorithm}, {device})")
     for col in ("epoch", "train loss", "test loss", "test acc", "nnz", "density"):
         table.add_column(col, justify="right")
     history = []
@@ -170,13 +217,13 @@ def cmd_train(args) -> dict:
         running = 0.0
         for idx in tqdm(perm.split(args.batch_size), desc=f"epoch {epoch}", leave=False, disable=args.quiet):
             opt.zero_grad()
-            loss = loss_fn(model(Xtr[idx]), ytr[idx])
+            loss = loss_fn(model(Xtr[idx].to(device)), ytr[idx].to(device))
             loss.backward()
             opt.step()
             if ctl is not None:
                 ctl.step()
             running += loss.item() * len(idx)
-        test_loss, test_acc = evaluate(model, Xte, yte, meta["kind"])
+        test_loss, test_acc = evaluate(model, Xte, yte, meta["kind"], device=device)
         if ctl is not None:
             ctl.end_epoch(val_loss=test_loss) if args.algorithm == "selfish" else ctl.end_epoch()
         weights = [w for w in model.modules() if isinstance(w, SparseWeight)]
@@ -336,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a sparse recurrent model on a sequence task")
     t.add_argument("--task", choices=TASKS, default="digits")
-    t.add_argument("--data", help="dataset file or directory (mnist, sms; optional for mackey-glass)")
+    t.add_argument("--data", help="dataset file or directory (mnist, sms, gesture; optional for mackey-glass)")
     t.add_argument("--model", choices=MODELS, default="lstm")
     t.add_argument("--hidden", type=int, default=128)
     t.add_argument("--layers", type=int, default=1)
@@ -350,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--save", help="write a checkpoint here (atomically)")
     t.add_argument("--record-balance", metavar="CSV", help="record structural balance after topology updates")
     t.add_argument("--plot", metavar="PNG", help="plot the loss curves")
+    t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: a CUDA GPU when available (and built with the CUDA kernels), else the CPU")
     t.add_argument("--quiet", action="store_true")
 
     b = sub.add_parser("bench", help="quick CPU operator benchmark against torch.sparse and scipy")

@@ -59,3 +59,29 @@ def test_bad_arguments_exit_with_a_message():
 def test_console_entry_point_returns_exit_code_zero(capsys):
     assert cli.main(["bench", "--n", "500", "--density", "0.02", "--batch", "4"]) == 0
     assert "spmm" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not DATA.exists(), reason="shared data folder is not present")
+def test_train_gesture_generalises_to_a_held_out_recording():
+    folder = str(DATA / "gesture")
+    (_, ytr), (_, yte), meta = cli.load_task("gesture", folder, seed=0)
+    assert meta["n_out"] == 5 and meta["n_in"] == 32
+    majority = torch.bincount(yte, minlength=5).max().item() / len(yte)
+    last = cli.run(["train", "--task", "gesture", "--data", folder, "--hidden", "64", "--epochs", "3", "--quiet"])
+    assert last["test_acc"] > majority + 0.1  # the last recording is unseen in training
+    with pytest.raises(SystemExit, match="--task gesture needs --data"):
+        cli.run(["train", "--task", "gesture"])
+
+
+def test_train_device_choice():
+    assert cli.resolve_device("cpu") == torch.device("cpu")
+    from sparse_engine._ext import HAS_CUDA_KERNELS
+    if not (torch.cuda.is_available() and HAS_CUDA_KERNELS):
+        assert cli.resolve_device("auto") == torch.device("cpu")
+        with pytest.raises(SystemExit, match="--device cuda"):
+            cli.run(["train", "--device", "cuda", "--quiet"])
+    else:  # on a GPU machine: a short run on the device learns
+        assert cli.resolve_device("auto").type == "cuda"
+        last = cli.run(["train", "--device", "cuda", "--model", "rnn", "--hidden", "48", "--epochs", "3",
+                        "--algorithm", "set", "--quiet"])
+        assert last["test_acc"] > 0.5
