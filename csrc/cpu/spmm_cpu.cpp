@@ -4,7 +4,6 @@
 #include <omp.h>
 #include <cstring>
 #include <type_traits>
-#include <bit>
 #if defined(__F16C__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -34,6 +33,15 @@ constexpr int block_width() { return 128 / static_cast<int>(sizeof(S)); }
 // is one: 8-wide conversions feeding 16-wide loads stall store forwarding, 3-4x slower,
 // measured), else the branch-free bit conversion (GCC 12 vectorises neither c10::Half's nor
 // _Float16's scalar conversion).
+// std::bit_cast is C++20; torch builds extensions as C++17 on some versions.
+template <typename To, typename From>
+inline To bits_as(From x) {
+  static_assert(sizeof(To) == sizeof(From));
+  To out;
+  std::memcpy(&out, &x, sizeof(out));
+  return out;
+}
+
 template <int W>
 inline void widen(const at::BFloat16* x, float* out) {
   uint16_t bits[W];
@@ -60,10 +68,10 @@ inline void widen(const at::Half* x, float* out) {
   for (int b = 0; b < W; ++b) {  // IEEE binary16 -> binary32, subnormals included (as in FP16/c10)
     const uint32_t w = static_cast<uint32_t>(bits[b]) << 16;
     const uint32_t sign = w & 0x80000000u, two_w = w + w;
-    const float normal = std::bit_cast<float>((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
-    const float subnormal = std::bit_cast<float>((two_w >> 17) | (126u << 23)) - 0.5f;
-    out[b] = std::bit_cast<float>(sign | (two_w < (1u << 27) ? std::bit_cast<uint32_t>(subnormal)
-                                                              : std::bit_cast<uint32_t>(normal)));
+    const float normal = bits_as<float>((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
+    const float subnormal = bits_as<float>((two_w >> 17) | (126u << 23)) - 0.5f;
+    out[b] = bits_as<float>(sign | (two_w < (1u << 27) ? bits_as<uint32_t>(subnormal)
+                                                              : bits_as<uint32_t>(normal)));
   }
 #endif
 }

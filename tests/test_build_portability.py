@@ -1,0 +1,77 @@
+"""The CPU sources also compile where setup.py's defaults don't hold: as C++17 (some torch
+versions build extensions as C++17, this one as C++20) and without -march=native
+(SPARSE_ENGINE_NATIVE=0, or a CPU without AVX2/F16C), which compiles the portable branches
+(the scalar float16 conversion, the scalar exp/tanh) that a -march=native build skips."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sysconfig
+from pathlib import Path
+
+import pytest
+from torch.utils import cpp_extension
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = [ROOT / "csrc" / "ops.cpp", *sorted((ROOT / "csrc" / "cpu").glob("*.cpp"))]
+
+
+def test_cpu_sources_compile_as_cxx17_without_march_native():
+    cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no host C++ compiler")
+    includes = [f"-I{p}" for p in cpp_extension.include_paths()] + [f"-I{sysconfig.get_paths()['include']}"]
+    procs = [(src, subprocess.Popen([cxx, "-std=c++17", "-O0", "-fopenmp", "-fsyntax-only", *includes, str(src)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+             for src in SOURCES]
+    failures = []
+    for src, proc in procs:
+        out, _ = proc.communicate(timeout=600)
+        if proc.returncode:
+            failures.append(f"{src.name}:\n{out[-3000:]}")
+    assert not failures, "\n".join(failures)
+
+
+_PROBE = r"""
+import sys, torch
+torch.ops.load_library(sys.argv[1])
+ops = torch.ops.sparse_engine
+bits = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16)  # every 16-bit pattern
+for dtype in (torch.float16, torch.bfloat16):
+    X = bits.view(dtype).reshape(2048, 32)            # feature-major: 2048 features x 32 batch
+    n = X.shape[0]
+    rp = torch.arange(n + 1, dtype=torch.int64)        # W = I (one 1.0 per row)
+    ci = torch.arange(n, dtype=torch.int32)
+    cp, cr, pm = ops.transpose_index(rp, ci, n)
+    Y = ops.spmm(rp, ci, cp, cr, pm, torch.ones(n, dtype=dtype), X)
+    exact = Y.view(torch.int16) == X.view(torch.int16)
+    same = torch.where(X == 0, Y == 0, exact) | (Y.isnan() & X.isnan())  # -0 sums to +0, as in any kernel
+    assert bool(same.all()), (dtype, int((~same).sum()))
+    G = torch.ones(n, 32, dtype=dtype)                 # sddmm(I, 1, X)[k] = sum_b X[k, b]: float32 sums
+    want = X.float().sum(1).to(dtype)
+    got = ops.sddmm(rp, ci, cp, cr, pm, G, X)
+    assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got[~got.isnan()], want[~want.isnan()]), dtype
+print("OK")
+"""
+
+
+@pytest.mark.slow
+def test_portable_half_conversion_is_exact(tmp_path):
+    """The scalar float16/bfloat16 widening (no F16C/AVX-512, e.g. aarch64) against every 16-bit
+    pattern: spmm with W = I must return X bit for bit (NaNs stay NaN, -0 becomes +0), sddmm must
+    match torch's float32 sums."""
+    cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no host C++ compiler")
+    lib = tmp_path / "portable_ops.so"
+    torch_lib = Path(cpp_extension.TORCH_LIB_PATH)
+    includes = [f"-I{p}" for p in cpp_extension.include_paths()] + [f"-I{sysconfig.get_paths()['include']}"]
+    build = subprocess.run([cxx, "-std=c++17", "-O1", "-fPIC", "-shared", "-fopenmp", *includes,
+                            str(ROOT / "csrc" / "ops.cpp"), str(ROOT / "csrc" / "cpu" / "spmm_cpu.cpp"),
+                            f"-L{torch_lib}", f"-Wl,-rpath,{torch_lib}", "-lc10", "-ltorch", "-ltorch_cpu",
+                            "-o", str(lib)], capture_output=True, text=True, timeout=900)
+    assert build.returncode == 0, build.stderr[-3000:]
+    import sys
+    run = subprocess.run([sys.executable, "-c", _PROBE, str(lib)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip() == "OK", run.stdout + run.stderr[-3000:]
