@@ -8,12 +8,15 @@ its own and a failure (out of memory, cuDNN) is recorded as "fails" without endi
     python benchmarks/bench_rnn.py                 # on a CUDA machine: GPU table -> rnn_gpu.md
     python benchmarks/bench_rnn.py --largest       # + largest trainable hidden at 32 nonzeros/row
     python benchmarks/bench_rnn.py --sizes 1500:0.33 4096:0.01 --repeats 5
+    python3 benchmarks/bench_rnn.py --device cuda --budget-s 480 --copy-to $OUT   # a 10-minute GPU command
 
 On a GPU the SparseLSTM column needs this build's CUDA kernels (sparse_engine._ext.HAS_CUDA_KERNELS);
 without them it is recorded as "no CUDA kernels". Each SparseLSTM cell says which recurrent step
 ran: "fused" (one op per step: csrc/cpu/rnn_cpu.cpp, csrc/cuda/rnn_step.cu) or "composed"
 (spmm + torch elementwise). On a GPU the table also times the composed step
 (method sparse_engine_composed, USE_FUSED off), so fused vs composed is measured in the same run.
+The results file is rewritten after every cell (and into --copy-to), and --budget-s stops starting
+cells (and caps each cell's timeout) so that a run under a wall-clock limit still leaves a table.
 """
 from __future__ import annotations
 
@@ -52,12 +55,24 @@ def _lstm_torch_sparse(W_ih, W_hh, b, x, H):
     return torch.stack(outs)
 
 
+def redraw_on_device(weights, density: float, dev) -> None:
+    """Gives each SparseWeight a uniformly random pattern of round(density * rows * cols) entries
+    drawn on ``dev``: SparseWeight.random draws on the host, minutes per weight at 100M+ entries,
+    which would bound --largest by host time instead of device memory."""
+    from common import random_csr_on
+
+    for i, w in enumerate(weights):
+        rows, cols = w.shape
+        w.set_pattern(*random_csr_on(rows, cols, int(round(density * rows * cols)), dev, seed=i), validate=False)
+
+
 def measure(method: str, H: int, density: float, device: str, repeats: int, warmup: int) -> dict:
     import resource
 
     import torch
 
     sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
     import sparse_engine as se
 
     torch.manual_seed(0)
@@ -70,7 +85,11 @@ def measure(method: str, H: int, density: float, device: str, repeats: int, warm
         if dev.type == "cuda" and not se._ext.HAS_CUDA_KERNELS:
             return {"status": "no CUDA kernels"}
         R.USE_FUSED = method == "sparse_engine"
-        model = se.nn.SparseLSTM(H, H, density=density).to(dev)
+        if dev.type == "cuda":  # a placeholder pattern (one entry per 1000 rows), redrawn on the device
+            model = se.nn.SparseLSTM(H, H, density=1e-3 / H).to(dev)
+            redraw_on_device([m for m in model.modules() if isinstance(m, se.SparseWeight)], density, dev)
+        else:
+            model = se.nn.SparseLSTM(H, H, density=density)
         params = list(model.parameters())
         w_hh = model.weight_hh_l0
         path = "fused" if R._fused_ok(R.Config("LSTM", H, B, T, idx_hh=w_hh.index), w_hh.values) else "composed"
@@ -80,7 +99,7 @@ def measure(method: str, H: int, density: float, device: str, repeats: int, warm
             y.sum().backward()
         nnz = sum(m.nnz for m in model.modules() if isinstance(m, se.SparseWeight))
     elif method == "masked_dense":
-        model = torch.nn.LSTM(H, H).to(dev)
+        model = torch.nn.LSTM(H, H, device=dev)  # initialised on the device: no host copy of 4H x H
         masks = [(torch.rand(w.shape, device=dev) < density) for w in (model.weight_ih_l0, model.weight_hh_l0)]
         params = list(model.parameters())
 
@@ -92,8 +111,12 @@ def measure(method: str, H: int, density: float, device: str, repeats: int, warm
             y.sum().backward()
         nnz = sum(int(m.sum()) for m in masks)
     elif method == "torch_sparse":
-        w_ih = se.SparseWeight.random(4 * H, H, density).to_torch_sparse_csr().to(dev).requires_grad_(True)
-        w_hh = se.SparseWeight.random(4 * H, H, density).to_torch_sparse_csr().to(dev).requires_grad_(True)
+        ws = [se.SparseWeight.random(4 * H, H, nnz=1 if dev.type == "cuda" else None,
+                                     density=None if dev.type == "cuda" else density).to(dev) for _ in range(2)]
+        if dev.type == "cuda":
+            redraw_on_device(ws, density, dev)
+        w_ih, w_hh = (w.to_torch_sparse_csr().detach().requires_grad_(True) for w in ws)
+        del ws
         b = torch.zeros(4 * H, device=dev, requires_grad=True)
         params = [w_ih, w_hh, b]
 
@@ -187,6 +210,9 @@ def main(argv=None):
     p.add_argument("--per-row", type=int, default=32, help="nonzeros per row for --largest")
     p.add_argument("--max-hidden", type=int, default=None, help="stop --largest here (default cpu 2^18, gpu 2^21)")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--copy-to", type=Path, default=None, help="also write the results file into this folder")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="stop starting cells after this many seconds; each cell's timeout is capped to what is left")
     args = p.parse_args(argv)
     if args.child:
         m, H, d, dev, rep, warm = args.child
@@ -200,22 +226,68 @@ def main(argv=None):
     methods = args.methods or (METHODS if device == "cuda" else CPU_METHODS)
     out_path = args.out or ROOT / "benchmarks" / "results" / f"rnn_{'gpu' if device == 'cuda' else 'cpu'}.md"
     load_start = os.getloadavg()[0]
-    rows = []
+    t_start = time.perf_counter()
+    # masked-dense holds 4H x H weights, gradients, masks and a masked copy: skip it where that
+    # cannot fit (CPU: --dense-limit-gb; GPU: the device's memory) instead of letting it OOM slowly
+    dense_limit = args.dense_limit_gb if device == "cpu" else 0.9 * torch.cuda.get_device_properties(0).total_memory / 2**30
+    rows, extra = [], []
+
+    def cell_timeout():
+        if args.budget_s is None:
+            return args.timeout
+        return min(args.timeout, int(args.budget_s - (time.perf_counter() - t_start)))
+
+    def save():
+        text = "\n".join(report(rows, methods, device, args, load_start) + extra) + "\n"
+        for path in [out_path] + ([args.copy_to / out_path.name] if args.copy_to else []):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+
     for spec in sizes:
         H, d = spec.split(":")
         H, d = int(H), float(d)
         res = {}
+        rows.append((H, d, res))
         for method in methods:
             need = 2 * 4 * H * H * (4 + 4 + 1 + 4) / 2**30  # weight, grad, mask, masked copy (float32)
-            if method == "masked_dense" and device == "cpu" and need > args.dense_limit_gb:
-                res[method] = {"status": f"skipped (~{need:.0f} GiB > --dense-limit-gb)"}
-                print(f"H={H:>6} density={d:<5} {method:>14}: {res[method]['status']}", flush=True)
-                continue
-            res[method] = run_child(method, H, d, device, args.repeats, args.warmup, args.timeout)
+            timeout = cell_timeout()
+            if method == "masked_dense" and need > dense_limit:
+                res[method] = {"status": f"skipped (needs ~{need:.0f} GiB > {dense_limit:.0f} GiB)"}
+            elif timeout <= 0:
+                res[method] = {"status": f"not run (budget of {args.budget_s:.0f} s spent)"}
+            else:
+                res[method] = run_child(method, H, d, device, args.repeats, args.warmup, timeout)
             print(f"H={H:>6} density={d:<5} {method:>14}: {fmt(res[method], device)}"
                   + (f"  ({res[method].get('error')})" if res[method].get("error") else ""), flush=True)
-        rows.append((H, d, res))
+            save()
 
+    if args.largest:
+        limit = args.max_hidden or (2**18 if device == "cpu" else 2**21)
+        H, best = 16384, None
+        extra += ["", f"## Largest trainable SparseLSTM ({args.per_row} nonzeros per row, doubling from 16,384, "
+                      f"up to {limit:,})", "", "- searching ..."]
+        while H <= limit:
+            timeout = cell_timeout()
+            if timeout <= 0:
+                print(f"largest search: hidden {H:,} not run (budget spent)", flush=True)
+                extra.append(f"- hidden {H:,}: not run (budget of {args.budget_s:.0f} s spent), so the largest may be larger")
+                break
+            r = run_child("sparse_engine", H, args.per_row / H, device, 1, 0, timeout)
+            print(f"largest search: hidden {H:,}: {fmt(r, device)}" + (f"  ({r['error']})" if r.get("error") else ""),
+                  flush=True)
+            cut = r.get("status", "").startswith("timeout") and timeout < args.timeout
+            extra.append(f"- hidden {H:,}: {fmt(r, device)}" + (" (cut short by --budget-s)" if cut else ""))
+            save()
+            if r.get("status") != "ok":
+                break
+            best, H = (H, r), H * 2
+        extra[3] = (f"- largest: {best[0]:,} hidden ({fmt(best[1], device)})" if best else "- none fits")
+    save()
+    print("\n".join(report(rows, methods, device, args, load_start) + extra))
+    print(f"wrote {out_path}")
+
+
+def report(rows, methods, device, args, load_start) -> list[str]:
     lines = [
         "# LSTM training step (forward + backward), one layer, T=35, B=20, input = hidden",
         "",
@@ -242,23 +314,7 @@ def main(argv=None):
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Ratios are baseline time / SparseLSTM time (> 1: SparseLSTM is faster).")
-
-    if args.largest:
-        limit = args.max_hidden or (2**18 if device == "cpu" else 2**21)
-        H, best = 16384, None
-        while H <= limit:
-            r = run_child("sparse_engine", H, args.per_row / H, device, 1, 0, args.timeout)
-            print(f"largest search: hidden {H:,}: {fmt(r, device)}", flush=True)
-            if r.get("status") != "ok":
-                break
-            best, H = (H, r), H * 2
-        lines += ["", f"## Largest trainable SparseLSTM ({args.per_row} nonzeros per row, doubling from 16,384, "
-                      f"up to {limit:,})", ""]
-        lines.append(f"- largest: {best[0]:,} hidden ({fmt(best[1], device)})" if best else "- none fits")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"wrote {out_path}")
+    return lines
 
 
 if __name__ == "__main__":

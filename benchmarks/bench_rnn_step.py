@@ -4,6 +4,9 @@ ops), forward and backward, per LSTM/GRU step. This is the measurement behind us
 
     python benchmarks/bench_rnn_step.py [--batch 20] [--repeats 50]   -> benchmarks/results/rnn_step_cpu.md
     python benchmarks/bench_rnn_step.py --device cuda                  -> benchmarks/results/rnn_step_gpu.md
+
+The results file is rewritten after every size (and into --copy-to); a size that fails (out of
+memory) is recorded as such; --budget-s stops starting sizes after that many seconds.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 import sparse_engine as se  # noqa: E402
 from sparse_engine.nn import _recurrence as R  # noqa: E402
 
@@ -45,6 +49,8 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/rnn_step_{cpu,gpu}.md")
+    p.add_argument("--copy-to", type=Path, default=None, help="also write the results file into this folder")
+    p.add_argument("--budget-s", type=float, default=None, help="stop starting sizes after this many seconds")
     args = p.parse_args(argv)
     global _sync
     dev = torch.device(args.device)
@@ -54,25 +60,58 @@ def main(argv=None):
             sys.exit("this build has no CUDA fused step kernels (csrc/cuda/rnn_step.cu)")
     out = args.out or ROOT / "benchmarks" / "results" / f"rnn_step_{'gpu' if dev.type == 'cuda' else 'cpu'}.md"
     ops, B = torch.ops.sparse_engine, args.batch
-    rows = []
+    rows, t_start = [], time.perf_counter()
     for H, d in (GPU_SIZES if dev.type == "cuda" else SIZES):
-        W = se.SparseWeight.random(4 * H, H, d).to(dev)
-        v, idx = W.values.detach(), W.index
-        g, h, c = (torch.randn(n, B, device=dev) for n in (4 * H, H, H))
-        acts = torch.rand(4 * H, B, device=dev)
-        res = {
-            "LSTM fwd": (timeit(lambda: ops.lstm_step(*idx, v, g, h, c), args.repeats),
-                         timeit(lambda: R._lstm_fwd(v, idx, g, h, c), args.repeats)),
-            "LSTM bwd": (timeit(lambda: ops.lstm_step_backward(*idx, v, acts, c, c, h, h), args.repeats),
-                         timeit(lambda: R._lstm_bwd(v, idx, acts, c, c, h, h), args.repeats)),
-        }
-        Wg = se.SparseWeight.random(3 * H, H, d).to(dev)
-        vg, ig, bg = Wg.values.detach(), Wg.index, torch.randn(3 * H, device=dev)
-        res["GRU fwd"] = (timeit(lambda: ops.gru_step(*ig, vg, g[:3 * H], h, bg), args.repeats),
-                          timeit(lambda: R._gru_fwd(vg, ig, g[:3 * H], h, bg), args.repeats))
-        for k, (fused, composed) in res.items():
-            rows.append(f"| {H:,} | {d:g} | {k} | {fused:.0f} | {composed:.0f} | {composed / fused:.2f}x |")
+        if args.budget_s is not None and time.perf_counter() - t_start > args.budget_s:
+            rows.append(f"| {H:,} | {d:g} | not run (budget of {args.budget_s:.0f} s spent) | | | |")
             print(rows[-1], flush=True)
+            continue
+        try:
+            rows += measure(ops, H, d, B, dev, args.repeats)
+        except (RuntimeError, MemoryError) as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
+            rows.append(f"| {H:,} | {d:g} | fails: {str(exc).splitlines()[0][:80]} | | | |")
+            print(rows[-1], flush=True)
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+        write(out, args, dev, B, rows)
+    write(out, args, dev, B, rows)
+    print(f"wrote {out}")
+
+
+def weight(rows: int, cols: int, d: float, dev: torch.device, seed: int) -> se.SparseWeight:
+    """A random W_hh; on a GPU drawn there (SparseWeight.random draws on the host: minutes at 100M+ entries)."""
+    if dev.type != "cuda":
+        return se.SparseWeight.random(rows, cols, d)
+    from common import random_csr_on
+
+    return se.SparseWeight(*random_csr_on(rows, cols, int(round(d * rows * cols)), dev, seed), (rows, cols),
+                           validate=False)
+
+
+def measure(ops, H, d, B, dev, repeats) -> list[str]:
+    """Table rows of one size: fused vs composed LSTM forward, backward and GRU forward."""
+    rows = []
+    W = weight(4 * H, H, d, dev, seed=0)
+    v, idx = W.values.detach(), W.index
+    g, h, c = (torch.randn(n, B, device=dev) for n in (4 * H, H, H))
+    acts = torch.rand(4 * H, B, device=dev)
+    res = {
+        "LSTM fwd": (timeit(lambda: ops.lstm_step(*idx, v, g, h, c), repeats),
+                     timeit(lambda: R._lstm_fwd(v, idx, g, h, c), repeats)),
+        "LSTM bwd": (timeit(lambda: ops.lstm_step_backward(*idx, v, acts, c, c, h, h), repeats),
+                     timeit(lambda: R._lstm_bwd(v, idx, acts, c, c, h, h), repeats)),
+    }
+    Wg = weight(3 * H, H, d, dev, seed=1)
+    vg, ig, bg = Wg.values.detach(), Wg.index, torch.randn(3 * H, device=dev)
+    res["GRU fwd"] = (timeit(lambda: ops.gru_step(*ig, vg, g[:3 * H], h, bg), repeats),
+                      timeit(lambda: R._gru_fwd(vg, ig, g[:3 * H], h, bg), repeats))
+    for k, (fused, composed) in res.items():
+        rows.append(f"| {H:,} | {d:g} | {k} | {fused:.0f} | {composed:.0f} | {composed / fused:.2f}x |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+def write(out: Path, args, dev: torch.device, B: int, rows: list[str]) -> None:
     if dev.type == "cuda":
         where = f"{torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}"
     else:
@@ -86,9 +125,9 @@ def main(argv=None):
         "microseconds", "",
         "| hidden | density | step | fused (us) | composed (us) | composed / fused |",
         "| --- | --- | --- | --- | --- | --- |", *rows, ""])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(f"wrote {out}")
+    for path in [out] + ([args.copy_to / out.name] if args.copy_to else []):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
 
 
 if __name__ == "__main__":

@@ -25,15 +25,23 @@ import os
 import platform
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from sparse_engine import SparseWeight
-from sparse_engine.training import gradient_growth, magnitude_keep, random_empty, rewire, set_keep
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's package, installed or not
+from sparse_engine import SparseWeight  # noqa: E402
+from sparse_engine.training import gradient_growth, magnitude_keep, random_empty, rewire, set_keep  # noqa: E402
 
 FRACTION = 0.3
+# --device cuda: (mode, rows, cols, nnz) prune+regrow cases and (method, n, nnz, M) RigL cases
+CUDA_UPDATE_CASES = [("magnitude", 100_000, 100_000, 100_000_000), ("magnitude", 32768, 32768, 100_000_000),
+                     ("magnitude", 16384, 16384, 10_000_000), ("SET", 100_000, 100_000, 100_000_000)]
+CUDA_RIGL_CASES = [("exact", 16384, 13_421_773, 64), ("exact", 32768, 10_737_418, 64),
+                   ("sample", 100_000, 100_000_000, 64)]
+DEV = "cuda"
 
 
 def best_of(fn, repeat=3):
@@ -205,17 +213,9 @@ def free_bytes() -> int:
 
 def cuda_weight(rows, cols, nnz, seed=0):
     """A uniformly random rows x cols pattern of exactly nnz entries, built on the device."""
-    from sparse_engine.training import topology_torch as tt
+    from common import random_csr_on
 
-    dev = torch.device("cuda")
-    rp0 = torch.zeros(rows + 1, dtype=torch.int64, device=dev)
-    r, c = tt.random_empty(rp0, torch.empty(0, dtype=torch.int32, device=dev), cols, nnz, seed)
-    rp = torch.zeros(rows + 1, dtype=torch.int64, device=dev)
-    torch.cumsum(torch.bincount(r, minlength=rows), 0, out=rp[1:])
-    del r
-    g = torch.Generator(device=dev).manual_seed(seed)
-    vals = torch.randn(nnz, generator=g, device=dev) / (nnz / rows) ** 0.5
-    return SparseWeight(rp, c, vals, (rows, cols), validate=False)
+    return SparseWeight(*random_csr_on(rows, cols, nnz, DEV, seed), (rows, cols), validate=False)
 
 
 def cuda_sparse_update(rows, cols, nnz, mode="magnitude"):
@@ -253,7 +253,7 @@ def cuda_sparse_update(rows, cols, nnz, mode="magnitude"):
 def cuda_dense_update(rows, cols, nnz):
     """Masked-dense on the GPU: torch.topk over the dense |W| (drop) and over dense random scores
     (regrow), Adam state zeroed by the mask."""
-    dev = "cuda"
+    dev = DEV
     W = torch.randn(rows, cols, device=dev)
     mask = torch.rand(rows, cols, device=dev) < nnz / (rows * cols)
     W *= mask
@@ -280,9 +280,9 @@ def cuda_dense_update(rows, cols, nnz):
 
 def cuda_rigl(rows, cols, nnz, M, dense=True, method="exact"):
     w = cuda_weight(rows, cols, nnz)
-    g = torch.Generator(device="cuda").manual_seed(0)
-    G = torch.randn(rows, M, generator=g, device="cuda")
-    X = torch.randn(cols, M, generator=g, device="cuda")
+    g = torch.Generator(device=DEV).manual_seed(0)
+    G = torch.randn(rows, M, generator=g, device=DEV)
+    X = torch.randn(cols, M, generator=g, device=DEV)
     k = int(FRACTION * nnz)
     out = {}
     t_sparse = cuda_sync_time(lambda: out.update(r=gradient_growth(w.row_ptr, w.col_idx, G, X, k, method=method)),
@@ -333,22 +333,38 @@ def main_cuda(args):
             (args.copy_to / out.name).write_text(text)
 
     t_start = time.perf_counter()
-    update_cases = [("magnitude", 100_000, 100_000, 100_000_000), ("magnitude", 32768, 32768, 100_000_000),
-                    ("magnitude", 16384, 16384, 10_000_000), ("SET", 100_000, 100_000, 100_000_000)]
+    status = 0
+
+    def failed(what, exc) -> str:
+        nonlocal status
+        status = 1
+        print(f"{what}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        torch.cuda.empty_cache()
+        return f"fails: {type(exc).__name__}: " + (str(exc).splitlines() or [""])[0][:80].replace("|", "/")
+
     rows_out += ["| case | layer | nnz | truly sparse (ms) | peak GiB (with setup) | masked-dense (ms) | dense / sparse |",
                  "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
-    for mode, r, c, z in update_cases:
+    for mode, r, c, z in CUDA_UPDATE_CASES:
         if time.perf_counter() - t_start > args.budget_s:
             rows_out.append(f"| {mode} | {r} x {c} | {z:,} | not run (budget of {args.budget_s:.0f} s spent) ||||")
             continue
         torch.cuda.reset_peak_memory_stats()
-        t, ph, peak = cuda_sparse_update(r, c, z, mode)
+        try:
+            t, ph, peak = cuda_sparse_update(r, c, z, mode)
+        except (RuntimeError, ValueError, TypeError, AssertionError) as exc:  # OOM is a RuntimeError
+            rows_out.append(f"| {mode} prune + random regrow | {r:,} x {c:,} | {z:,} | "
+                            f"{failed(f'{mode} {r}x{c}', exc)} | | | |")
+            print(rows_out[-1], flush=True)
+            write()
+            continue
         need = r * c * 4 * 6  # W, |W|, scores, two Adam moments, topk work
+        dense_s, ratio = (f"n/a (needs ~{need / 2**30:.0f} GiB)", "-") if mode == "magnitude" else ("-", "-")
         if mode == "magnitude" and need < 0.8 * free_bytes():
-            td = cuda_dense_update(r, c, z)
-            dense_s, ratio = f"{td * 1e3:.1f}", f"{td / t:.1f}x"
-        else:
-            dense_s, ratio = (f"n/a (needs ~{need / 2**30:.0f} GiB)", "-") if mode == "magnitude" else ("-", "-")
+            try:
+                td = cuda_dense_update(r, c, z)
+                dense_s, ratio = f"{td * 1e3:.1f}", f"{td / t:.1f}x"
+            except RuntimeError as exc:
+                dense_s = failed(f"masked-dense {r}x{c}", exc)
         rows_out.append(f"| {mode} prune + random regrow | {r:,} x {c:,} | {z:,} | {t * 1e3:.1f} (select "
                         f"{ph['select'] * 1e3:.1f}, rewire {ph['rewire'] * 1e3:.1f}) | {peak / 2**30:.1f} | "
                         f"{dense_s} | {ratio} |")
@@ -357,22 +373,27 @@ def main_cuda(args):
     rows_out += ["", "RigL growth (top-k |G X^T| at empty positions, k = 30% of nnz), M = batch columns:", "",
                  "| mode | layer | nnz | M | sparse (ms) | dense G X^T + topk (ms) | dense / sparse |",
                  "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
-    for method, r, z, M in (("exact", 16384, 13_421_773, 64), ("exact", 32768, 10_737_418, 64),
-                            ("sample", 100_000, 100_000_000, 64)):
+    for method, r, z, M in CUDA_RIGL_CASES:
         if time.perf_counter() - t_start > args.budget_s:
             rows_out.append(f"| {method} | {r} x {r} | {z:,} | {M} | not run (budget spent) |||")
             continue
         dense = method == "exact" and r * r * 4 * 2 < 0.8 * free_bytes()
-        ts, td, k = cuda_rigl(r, r, z, M, dense=dense, method=method)
         label = "exact, tiled" if method == "exact" else "sampled (8k candidates)"
+        try:
+            ts, td, k = cuda_rigl(r, r, z, M, dense=dense, method=method)
+        except (RuntimeError, ValueError, TypeError, AssertionError) as exc:
+            rows_out.append(f"| {label} | {r:,} x {r:,} | {z:,} | {M} | {failed(f'RigL {method} {r}', exc)} | | |")
+            print(rows_out[-1], flush=True)
+            write()
+            continue
         rows_out.append(f"| {label} | {r:,} x {r:,} | {z:,} | {M} | {ts * 1e3:.1f} | "
                         f"{'-' if td is None else f'{td * 1e3:.1f}'} | {'-' if td is None else f'{td / ts:.1f}x'} |")
         print(rows_out[-1], flush=True)
         write()
     write()
     print(f"wrote {out}")
-    return 0
+    return status
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

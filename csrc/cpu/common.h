@@ -29,15 +29,20 @@ inline IndexSizes check_index(const at::Tensor& row_ptr, const at::Tensor& col_i
   TORCH_CHECK_VALUE(csc_row.numel() == nnz && csc_perm.numel() == nnz,
                     "csc_row and csc_perm must have nnz=", nnz, " entries, got ", csc_row.numel(),
                     " and ", csc_perm.numel());
-  if (row_ptr.device().is_cpu()) {  // O(1) ends check, so a wrong row_ptr cannot read out of bounds
-    auto ends = [](const at::Tensor& p) {
-      const int64_t* d = p.const_data_ptr<int64_t>();
-      return std::make_pair(d[0], d[(p.numel() - 1) * p.stride(0)]);
-    };
+  // O(1) ends check, so a wrong row_ptr cannot read out of bounds. Each pointer is read only
+  // when it is in host memory: a CUDA op called with mixed devices (a CPU row_ptr, a CUDA
+  // csc_ptr) must reach its device check, not dereference a device pointer on the host.
+  auto ends = [](const at::Tensor& p) {
+    const int64_t* d = p.const_data_ptr<int64_t>();
+    return std::make_pair(d[0], d[(p.numel() - 1) * p.stride(0)]);
+  };
+  if (row_ptr.device().is_cpu()) {
     const auto [first, last] = ends(row_ptr);
-    const auto [cfirst, clast] = ends(csc_ptr);
     TORCH_CHECK_VALUE(first == 0 && last == nnz, "row_ptr must start at 0 and end at nnz=", nnz,
                       ", got ", first, " and ", last);
+  }
+  if (csc_ptr.device().is_cpu()) {
+    const auto [cfirst, clast] = ends(csc_ptr);
     TORCH_CHECK_VALUE(cfirst == 0 && clast == nnz, "csc_ptr must start at 0 and end at nnz=", nnz,
                       ", got ", cfirst, " and ", clast);
   }
