@@ -17,6 +17,14 @@ Protocol (what a module must do so its sparse weights can grow by gradient):
   sddmm uses), or None when nothing was recorded. It should keep them only while its attribute
   ``record_grad_factors`` is True (the recorder sets it to True before a step whose gradient is
   needed and to False afterwards) so that no memory is held otherwise.
+
+Data-parallel training (torch.distributed): each rank records the factors of its own batch, but
+a topology update must see the gradient of the global batch and come out the same on every rank.
+When torch.distributed is initialized with more than one process (or ``global_factors=True``),
+:meth:`GradFactorRecorder.factors` all-gathers G and X along M (rank order) and divides G by the
+world size, so G X^T = (1/W) sum_r G_r X_r^T: the gradient DDP's averaging gives the values.
+Every rank must then call it (the controllers do, at the same step); it costs W times the factors'
+memory, (rows + cols) x global M. ``global_factors=False`` keeps the local factors.
 """
 from __future__ import annotations
 
@@ -34,6 +42,10 @@ class GradFactorRecorder:
     def __init__(self, model: nn.Module, weights: dict[str, SparseWeight]):
         from ..nn import SparseLinear
 
+        #: None: gather across ranks when torch.distributed runs more than one process; True/False: force
+        self.global_factors: bool | None = None
+        #: the process group to gather over (None: the default group)
+        self.process_group = None
         self._armed = False
         self._owner: dict[int, tuple[nn.Module, str]] = {}
         self._linear: dict[int, list] = {}
@@ -104,10 +116,23 @@ class GradFactorRecorder:
         else:
             raise RuntimeError(f"{type(module).__name__}.{attr}: gradient growth needs the module to implement "
                                "dense_grad_factors(name) -> (G, X) (see sparse_engine.training.grad_factors)")
+        if self._gathers():
+            from ..distributed import all_gather_columns, dist
+
+            G = all_gather_columns(None if got is None else got[0], self.process_group)
+            X = all_gather_columns(None if got is None else got[1], self.process_group)
+            return G / dist.get_world_size(self.process_group), X
         if got is None:
             raise RuntimeError(f"no gradient factors recorded for {type(module).__name__}.{attr}: run forward and "
                                "backward on a batch before the topology update")
         return got
+
+    def _gathers(self) -> bool:
+        if self.global_factors is not None:
+            return bool(self.global_factors)
+        from ..distributed import is_distributed
+
+        return is_distributed(self.process_group)
 
     def remove(self) -> None:
         for h in self._handles:
