@@ -172,3 +172,22 @@ def test_fingerprint_tells_patterns_and_values_apart():
     ci[: int(a.row_ptr[1])] = ci[: int(a.row_ptr[1])][order]
     c = SparseWeight(a.row_ptr.clone(), ci, a.values.detach().clone(), a.shape)
     assert topology_fingerprint(c)[0, 4] != fa[0, 4]
+
+
+def test_example_runs_under_torchrun():
+    """examples/ddp_set.py as documented (torchrun, 2 CPU processes), a short run."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(root / "examples" / "ddp_set.py"), "--epochs", "3"]
+    try:
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"torchrun did not finish in 120 s:\n{e.stdout}\n{e.stderr}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    line = next(s for s in done.stdout.splitlines() if "test accuracy" in s)
+    assert line.startswith("2 process(es), 3 epochs of SET")
+    assert float(line.split("test accuracy ")[1].split(",")[0]) > 0.5  # chance is 0.1
