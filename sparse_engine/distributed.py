@@ -11,7 +11,7 @@ their gradients like any other. What DDP does not know about is the topology:
   batch is largest. :func:`check_topology_in_sync` verifies it cheaply (a per-layer hash of the
   pattern, computed on the device), :func:`broadcast_topology` repairs a diverged rank.
 * DDP fixes the sizes of its gradient buckets at construction: after an update that changes a
-  layer's nnz (gradual pruning, SelfishRNN with redistribution or threshold death), the model
+  layer's nnz (gradual pruning, SelfishRNN with redistribution), the model
   needs a new DDP. :class:`DistributedDataParallel` (torch's, plus a size check in ``forward``
   that raises a clear RuntimeError) and :func:`rewrap` (a new DDP when sizes changed, the same
   object otherwise) do that. Same-nnz updates (SET, RigL, DeepR) work with any DDP.
@@ -142,7 +142,7 @@ def _broadcast(t: torch.Tensor, src: int, group, dev: torch.device) -> torch.Ten
 
 def broadcast_topology(module: nn.Module, src: int = 0, group=None,
                        optimizer: torch.optim.Optimizer | None = None) -> None:
-    """Makes every rank's sparse weights equal to rank ``src``'s: pattern and values (resized
+    """Makes every rank's sparse weights equal to (global) rank ``src``'s: pattern and values (resized
     through ``set_pattern``, keeping the Parameter objects), the optimizer state of their values
     (``optimizer``: every per-parameter entry is copied from ``src``, so the next steps agree
     too) and drops their ``.grad``. Call it between steps, on every rank. Dense parameters are
@@ -235,7 +235,7 @@ class DistributedDataParallel(_TorchDDP):
       ranks, as DDP does for parameters, so ranks that built their models with different seeds
       agree;
     * the index buffers (row_ptr, col_idx, transposed index) are left out of DDP's per-forward
-      buffer broadcast: they are O(nnz) each (about 5x the gradient traffic) and would silently
+      buffer broadcast: they are 16 bytes per stored weight (4x a float32 gradient) and would silently
       overwrite a diverged rank's pattern under its own values; topology agreement is the
       controllers' job and :func:`check_topology_in_sync` verifies it;
     * ``forward`` raises RuntimeError when a sparse weight's nnz changed since construction
@@ -246,7 +246,8 @@ class DistributedDataParallel(_TorchDDP):
     def __init__(self, module: nn.Module, *args, **kwargs):
         ignore = set(getattr(module, "_ddp_params_and_buffers_to_ignore", ())) | set(_index_buffer_names(module))
         _TorchDDP._set_params_and_buffers_to_ignore_for_model(module, sorted(ignore))
-        broadcast_topology(module, 0, kwargs.get("process_group"))
+        group = kwargs.get("process_group")
+        broadcast_topology(module, 0 if group is None else dist.get_global_rank(group, 0), group)
         super().__init__(module, *args, **kwargs)
         self._sparse_args = (args, dict(kwargs))
         self._sparse_nnz = {n: w.nnz for n, w in _sparse_weights(module).items()}
