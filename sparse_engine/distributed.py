@@ -30,7 +30,7 @@ from .sparse import SparseWeight
 from .sparse.weight import _INDEX_NAMES
 
 __all__ = ["DistributedDataParallel", "rewrap", "topology_fingerprint", "check_topology_in_sync",
-           "broadcast_topology", "all_gather_columns", "is_distributed"]
+           "broadcast_topology", "all_gather_columns", "all_reduce_sum", "gather_batch_sizes", "is_distributed"]
 
 _TorchDDP = torch.nn.parallel.DistributedDataParallel
 
@@ -197,29 +197,38 @@ def _broadcast_state(optimizer: torch.optim.Optimizer, p: torch.Tensor, src: int
 
 
 # ------------------------------------------------------------------ gradient factors
+def gather_batch_sizes(m: int | None, group=None) -> list[int]:
+    """Every rank's number of factor columns M_r (rank order). ``m=None`` on any rank (nothing
+    recorded) raises RuntimeError on every rank instead of leaving the others waiting."""
+    dev = _comm_device(group)
+    sizes = [torch.zeros(1, dtype=torch.int64, device=dev) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(sizes, torch.tensor([-1 if m is None else m], dtype=torch.int64, device=dev), group=group)
+    sizes = [int(s) for s in sizes]
+    missing = [r for r, s in enumerate(sizes) if s < 0]
+    if missing:
+        raise RuntimeError(f"no gradient factors recorded on rank(s) {missing}: every rank must run forward and "
+                           "backward on a batch before the topology update")
+    return sizes
+
+
+def all_reduce_sum(t: torch.Tensor, group=None) -> torch.Tensor:
+    """The sum of ``t`` over the ranks (a new tensor on ``t``'s device)."""
+    buf = t.to(_comm_device(group), copy=True).contiguous()
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=group)
+    return buf.to(t.device)
+
+
 def all_gather_columns(t: torch.Tensor | None, group=None) -> torch.Tensor:
     """The (features x M_r) tensors of all ranks side by side (features x sum M_r, rank order);
     M_r may differ between ranks. ``t=None`` on any rank (nothing recorded) raises RuntimeError
     on every rank instead of leaving the others waiting."""
-    world = dist.get_world_size(group)
+    sizes = gather_batch_sizes(None if t is None else t.shape[1], group)
     dev = _comm_device(group)
-    m = -1 if t is None else t.shape[1]
-    rows = -1 if t is None else t.shape[0]
-    sizes = [torch.zeros(2, dtype=torch.int64, device=dev) for _ in range(world)]
-    dist.all_gather(sizes, torch.tensor([m, rows], dtype=torch.int64, device=dev), group=group)
-    sizes = [s.tolist() for s in sizes]
-    missing = [r for r, (mr, _) in enumerate(sizes) if mr < 0]
-    if missing:
-        raise RuntimeError(f"no gradient factors recorded on rank(s) {missing}: every rank must run forward and "
-                           "backward on a batch before the topology update")
-    if len({r for _, r in sizes}) > 1:
-        raise RuntimeError(f"gradient factors have different numbers of rows across ranks: {[r for _, r in sizes]}")
-    mmax = max(mr for mr, _ in sizes)
-    buf = torch.zeros(t.shape[0], mmax, dtype=t.dtype, device=dev)
-    buf[:, :m] = t
-    out = [torch.empty_like(buf) for _ in range(world)]
+    buf = torch.zeros(t.shape[0], max(sizes), dtype=t.dtype, device=dev)
+    buf[:, :t.shape[1]] = t
+    out = [torch.empty_like(buf) for _ in sizes]
     dist.all_gather(out, buf, group=group)
-    return torch.cat([o[:, :mr] for o, (mr, _) in zip(out, sizes)], 1).to(t.device)
+    return torch.cat([o[:, :m] for o, m in zip(out, sizes)], 1).to(t.device)
 
 
 # ------------------------------------------------------------------ DDP
@@ -262,8 +271,8 @@ class DistributedDataParallel(_TorchDDP):
         if changed:
             desc = ", ".join(f"{n}: nnz {a} -> {b}" for n, (a, b) in list(changed.items())[:4])
             raise RuntimeError(f"sparse weights changed size since this DistributedDataParallel was built ({desc}); "
-                               "DDP's gradient buckets have fixed sizes: call "
-                               "`model = sparse_engine.distributed.rewrap(model)` after topology updates that change nnz")
+                               "DDP's gradient buckets have fixed sizes: call `model = "
+                               "sparse_engine.distributed.rewrap(model)` after topology updates that change nnz")
         return super().forward(*inputs, **kwargs)
 
 

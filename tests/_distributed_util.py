@@ -37,6 +37,8 @@ CONTROLLERS = {
     "set": lambda net, opt: SET(net, opt, zeta=0.3, init="normal", seed=1),
     "rigl": lambda net, opt: RigL(net, opt, end_step=12, update_every=2, update_fraction=0.3, grad_method="exact",
                                   seed=2),
+    "rigl_sample": lambda net, opt: RigL(net, opt, end_step=12, update_every=2, update_fraction=0.3,
+                                         grad_method="sample", sample_factor=2, seed=5),
     "gmp": lambda net, opt: GradualMagnitudePruning(net, opt, final_density=0.1, end_step=8, frequency=2),
     "selfish": lambda net, opt: SelfishRNN(net, opt, total_steps=12, growth="gradient", grad_method="exact",
                                            redistribution="magnitude", seed=3),
@@ -59,7 +61,8 @@ def batch(model: str, t: int, rank: int, world: int):
 
 
 def snapshot(net):
-    return {n: (w.row_ptr.clone(), w.col_idx.clone(), w.values.detach().clone()) for n, w in sparse_weights(net).items()}
+    return {n: (w.row_ptr.clone(), w.col_idx.clone(), w.values.detach().clone())
+            for n, w in sparse_weights(net).items()}
 
 
 def train(model: str, controller: str, steps: int = 12, epoch_len: int = 3, ddp: str | None = None,
@@ -165,10 +168,10 @@ def gathered_factors():
     return out
 
 
+TRAINING_CASES = [("mlp", "set"), ("mlp", "rigl"), ("mlp", "rigl_sample"), ("mlp", "gmp"), ("mlp", "deepr"),
+                  ("lstm", "rigl"), ("lstm", "selfish")]
 SCENARIOS = {
-    **{f"{m}-{c}": (lambda m=m, c=c: train(m, c, ddp="sparse"))
-       for m, c in [("mlp", "set"), ("mlp", "rigl"), ("mlp", "gmp"), ("mlp", "deepr"), ("lstm", "rigl"),
-                    ("lstm", "selfish")]},
+    **{f"{m}-{c}": (lambda m=m, c=c: train(m, c, ddp="sparse")) for m, c in TRAINING_CASES},
     "torch-ddp-set": lambda: train("mlp", "set", steps=6, ddp="torch"),
     "local-factors": lambda: train("mlp", "rigl", steps=2, ddp="sparse", local_factors=True),
     "forgotten-rewrap": forgotten_rewrap,

@@ -68,14 +68,15 @@ def assert_same_weights(a, b, exact=True):
             torch.testing.assert_close(v_a, v_b, rtol=1e-9, atol=1e-12, msg=f"{name}: values differ")
 
 
-CASES = [("mlp", "set"), ("mlp", "rigl"), ("mlp", "gmp"), ("mlp", "deepr"), ("lstm", "rigl"), ("lstm", "selfish")]
+CASES = du.TRAINING_CASES
 
 
 @pytest.mark.parametrize("model,controller", CASES, ids=[f"{m}-{c}" for m, c in CASES])
 def test_ddp_training_matches_one_process_on_the_whole_batch(results, model, controller):
     """After every step (and update) both ranks hold identical patterns and values (also checked on the
     ranks by check_topology_in_sync(values=True)), equal to one process training on both halves of
-    each batch: for RigL and SelfishRNN the grown positions come from the global gradient."""
+    each batch: for RigL and SelfishRNN the grown positions come from the global gradient (exact:
+    gathered factors; sample: candidates' gradients summed over the ranks)."""
     r0, r1 = outcome(results, f"{model}-{controller}")
     ref = du.train(model, controller)
     assert len(r0) == len(r1) == len(ref)
