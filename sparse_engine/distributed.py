@@ -147,7 +147,8 @@ def broadcast_topology(module: nn.Module, src: int = 0, group=None,
     (``optimizer``: every per-parameter entry is copied from ``src``, so the next steps agree
     too) and drops their ``.grad``. Call it between steps, on every rank. Dense parameters are
     DDP's business (it broadcasts them at construction). Per-entry state of a controller (DeepR's
-    signs, SelfishRNN's averages) is not repaired: build the controller after this call.
+    signs, SelfishRNN's averages) is not repaired: build the controller after this call. Under
+    :class:`DistributedDataParallel`, call ``model = rewrap(model)`` next (it rebuilds on every rank).
     A no-op without torch.distributed or with one process."""
     if not is_distributed(group):
         return
@@ -172,6 +173,9 @@ def broadcast_topology(module: nn.Module, src: int = 0, group=None,
         p.grad = None
         if optimizer is not None:
             _broadcast_state(optimizer, p, src, group, dev)
+    # a resized rank lost DDP's gradient hooks even where its sizes are back to the old ones: the
+    # next rewrap() rebuilds on every rank (it is a collective, so the decision must be common)
+    (module.module if isinstance(module, _TorchDDP) else module).__dict__["_sparse_rewrap_pending"] = True
 
 
 def _broadcast_state(optimizer: torch.optim.Optimizer, p: torch.Tensor, src: int, group, dev) -> None:
@@ -260,6 +264,7 @@ class DistributedDataParallel(_TorchDDP):
         super().__init__(module, *args, **kwargs)
         self._sparse_args = (args, dict(kwargs))
         self._sparse_nnz = {n: w.nnz for n, w in _sparse_weights(module).items()}
+        module.__dict__.pop("_sparse_rewrap_pending", None)
 
     def changed_sizes(self) -> dict[str, tuple[int, int]]:
         """{name: (nnz at construction, nnz now)} of the sparse weights whose size changed."""
@@ -277,15 +282,16 @@ class DistributedDataParallel(_TorchDDP):
 
 
 def rewrap(model: DistributedDataParallel, *, check: bool = True) -> DistributedDataParallel:
-    """``model`` itself when no sparse weight changed size since it was built, else a new
-    :class:`DistributedDataParallel` around the same module with the same arguments (the
-    optimizer keeps working: the Parameter objects are the same). With ``check`` (default) the
+    """``model`` itself when no sparse weight changed size since it was built (and no
+    :func:`broadcast_topology` ran since), else a new :class:`DistributedDataParallel` around the
+    same module with the same arguments (the optimizer keeps working: the Parameter objects are
+    the same). With ``check`` (default) the
     topologies are first verified to agree across ranks. Call it on every rank, after every
     topology update that may change nnz; it is cheap when nothing changed (no communication)."""
     if not isinstance(model, DistributedDataParallel):
         raise TypeError("rewrap needs a sparse_engine.distributed.DistributedDataParallel (it remembers the "
                         f"arguments to rebuild with), got {type(model).__name__}")
-    if not model.changed_sizes():
+    if not model.changed_sizes() and not model.module.__dict__.get("_sparse_rewrap_pending", False):
         return model
     args, kwargs = model._sparse_args
     if check:

@@ -139,6 +139,33 @@ def diverged():
     out["weights"] = snapshot(net)
     out["state"] = {n: {k: v.clone() if torch.is_tensor(v) else v for k, v in opt.state[w.values].items()}
                     for n, w in sparse_weights(net).items()}
+    # under DDP: rank 1 drops entries (a bug), the check names the layer, broadcast + rewrap repair it
+    torch.manual_seed(0)
+    net3 = mlp().double()
+    run = DistributedDataParallel(net3)
+    opt3 = torch.optim.Adam(net3.parameters(), lr=0.01)
+    x, y = (t.double() for t in batch("mlp", 1, rank, 2))
+    F.mse_loss(run(x), y).backward()
+    opt3.step()
+    if rank == 1:
+        from sparse_engine.training import magnitude_keep, rewire
+        w = net3[2].weight
+        rewire(w, magnitude_keep(w.values, 3), optimizer=opt3)
+    try:
+        check_topology_in_sync(net3)
+    except RuntimeError as e:
+        out["error_ddp"] = str(e)
+    broadcast_topology(net3, optimizer=opt3)
+    run = rewrap(run)
+    ctl = SET(net3, opt3, zeta=0.3, seed=1)
+    for t in range(2, 5):
+        x, y = (t_.double() for t_ in batch("mlp", t, rank, 2))
+        opt3.zero_grad()
+        F.mse_loss(run(x), y).backward()
+        opt3.step()
+        ctl.end_epoch()
+        check_topology_in_sync(net3, values=True)
+    out["repaired"] = snapshot(net3)
     # a model built with per-rank seeds agrees once wrapped (rank 0's topology, as DDP does for values)
     torch.manual_seed(20 + rank)
     net2 = mlp()

@@ -127,6 +127,9 @@ def test_diverged_ranks_are_detected_and_repaired_by_broadcast(results):
     for out in (r0, r1):
         assert "0.weight (nnz differs; nnz per rank" in out["error"]
     assert_same_weights(r0["weights"], r1["weights"], exact=True)
+    for out in (r0, r1):  # under DDP: found, broadcast, rewrapped, trained on in sync
+        assert "2.weight (nnz differs; nnz per rank" in out["error_ddp"] and "0.weight" not in out["error_ddp"]
+    assert_same_weights(r0["repaired"], r1["repaired"], exact=True)
     assert r0["weights"]["0.weight"][1].numel() != 0
     for name in r0["state"]:
         s0, s1 = r0["state"][name], r1["state"][name]
