@@ -5,6 +5,7 @@ from .sparse import SparseWeight
 from . import nn
 from . import training
 from . import data
+from . import distributed
 
 __version__ = "0.1.0"
 __all__ = ["SparseWeight", "ops", "nn", "training", "analysis", "data", "__version__"]

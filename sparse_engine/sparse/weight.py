@@ -141,9 +141,13 @@ class SparseWeight(nn.Module):
         Autograd caches a gradient accumulator per parameter that remembers its shape; while
         an old graph is still referenced (the previous batch's ``loss``) it would be reused and
         the next backward would fail with "invalid gradient ... expected shape [old nnz]".
-        Assigning data of another dtype first makes autograd drop that cached accumulator."""
-        other = torch.float32 if data.dtype == torch.float64 else torch.float64
-        self.values.data = torch.empty(0, dtype=other, device=data.device)
+        Assigning data of another dtype first makes autograd drop that cached accumulator.
+        With the shape unchanged the accumulator is kept: DistributedDataParallel registers its
+        gradient hooks on it, and dropping it would silently stop the averaging of this
+        parameter's gradients (a new size needs a new DDP anyway, see sparse_engine.distributed)."""
+        if data.shape != self.values.shape or data.device != self.values.device:
+            other = torch.float32 if data.dtype == torch.float64 else torch.float64
+            self.values.data = torch.empty(0, dtype=other, device=data.device)
         self.values.data = data
 
     # ------------------------------------------------------------- state_dict

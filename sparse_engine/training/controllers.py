@@ -96,6 +96,11 @@ class TopologyController:
                              "or implement dense_grad_factors(name) (see sparse_engine.training.grad_factors)")
 
     def _gradient_grow(self, weight: SparseWeight, n: int):
+        if self.recorder.is_global():  # data-parallel: the gradient of the global batch
+            G, X, method, reduce = self.recorder.growth_inputs(weight, self.grad_options["method"],
+                                                               self.grad_options["max_flops"])
+            seed, kw = self._seed(), dict(self.grad_options, method=method)
+            return lambda rp, ci: gradient_growth(rp, ci, G, X, n, seed=seed, reduce_grads=reduce, **kw)
         G, X = self.recorder.factors(weight)
         seed, kw = self._seed(), self.grad_options
         return lambda rp, ci: gradient_growth(rp, ci, G, X, n, seed=seed, **kw)

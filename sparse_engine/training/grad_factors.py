@@ -17,6 +17,16 @@ Protocol (what a module must do so its sparse weights can grow by gradient):
   sddmm uses), or None when nothing was recorded. It should keep them only while its attribute
   ``record_grad_factors`` is True (the recorder sets it to True before a step whose gradient is
   needed and to False afterwards) so that no memory is held otherwise.
+
+Data-parallel training (torch.distributed): each rank records the factors of its own batch, but
+a topology update must see the gradient of the global batch and come out the same on every rank.
+When torch.distributed is initialized with more than one process (or ``global_factors=True``),
+:meth:`GradFactorRecorder.factors` all-gathers G and X along M (rank order) and divides G by the
+world size, so G X^T = (1/W) sum_r G_r X_r^T: the gradient DDP's averaging gives the values.
+Every rank must then call it (the controllers do, at the same step); it costs W times the factors'
+memory, (rows + cols) x global M. Sampled growth needs less: :meth:`GradFactorRecorder.growth_inputs`
+keeps the local factors and sums the candidates' gradients over the ranks instead.
+``global_factors=False`` keeps the local factors.
 """
 from __future__ import annotations
 
@@ -34,6 +44,10 @@ class GradFactorRecorder:
     def __init__(self, model: nn.Module, weights: dict[str, SparseWeight]):
         from ..nn import SparseLinear
 
+        #: None: gather across ranks when torch.distributed runs more than one process; True/False: force
+        self.global_factors: bool | None = None
+        #: the process group to gather over (None: the default group)
+        self.process_group = None
         self._armed = False
         self._owner: dict[int, tuple[nn.Module, str]] = {}
         self._linear: dict[int, list] = {}
@@ -89,25 +103,65 @@ class GradFactorRecorder:
         key = id(weight)
         return key in self._linear or (key in self._owner and hasattr(self._owner[key][0], "dense_grad_factors"))
 
-    def factors(self, weight: SparseWeight) -> tuple[torch.Tensor, torch.Tensor]:
-        """(G, X) of the last recorded backward pass; several calls of a shared layer are
-        concatenated along M. RuntimeError when nothing was recorded."""
+    def _local(self, weight: SparseWeight):
+        """This process's (G, X), or None when nothing was recorded."""
         key = id(weight)
         if key not in self._owner:
             raise RuntimeError("weight is not owned by a module of the model")
         module, attr = self._owner[key]
         if key in self._linear:
             slots = [s for s in self._linear[key] if s[0] is not None]
-            got = (torch.cat([s[0] for s in slots], 1), torch.cat([s[1] for s in slots], 1)) if slots else None
-        elif hasattr(module, "dense_grad_factors"):
-            got = module.dense_grad_factors(attr)
-        else:
-            raise RuntimeError(f"{type(module).__name__}.{attr}: gradient growth needs the module to implement "
-                               "dense_grad_factors(name) -> (G, X) (see sparse_engine.training.grad_factors)")
+            return (torch.cat([s[0] for s in slots], 1), torch.cat([s[1] for s in slots], 1)) if slots else None
+        if hasattr(module, "dense_grad_factors"):
+            return module.dense_grad_factors(attr)
+        raise RuntimeError(f"{type(module).__name__}.{attr}: gradient growth needs the module to implement "
+                           "dense_grad_factors(name) -> (G, X) (see sparse_engine.training.grad_factors)")
+
+    def factors(self, weight: SparseWeight) -> tuple[torch.Tensor, torch.Tensor]:
+        """(G, X) of the last recorded backward pass; several calls of a shared layer are
+        concatenated along M; under torch.distributed those of all ranks (see the module doc).
+        RuntimeError when nothing was recorded (on every rank, if on any)."""
+        got = self._local(weight)
+        if self.is_global():
+            from ..distributed import all_gather_columns, dist
+
+            G = all_gather_columns(None if got is None else got[0], self.process_group)
+            X = all_gather_columns(None if got is None else got[1], self.process_group)
+            return G / dist.get_world_size(self.process_group), X
         if got is None:
+            module, attr = self._owner[id(weight)]
             raise RuntimeError(f"no gradient factors recorded for {type(module).__name__}.{attr}: run forward and "
                                "backward on a batch before the topology update")
         return got
+
+    def growth_inputs(self, weight: SparseWeight, method: str, max_flops: float):
+        """(G, X, method, reduce_grads) for :func:`~sparse_engine.training.topology.gradient_growth`.
+        One process: :meth:`factors`, ``method`` as given. Data-parallel: ``method`` is resolved
+        with the global M ("auto": exact while rows*cols*M <= max_flops); "exact" gets the gathered
+        factors, "sample" the local ones (G / W) and a ``reduce_grads`` that sums the candidates'
+        gradients over the ranks: the same numbers, communicating O(candidates) instead of the factors."""
+        if not self.is_global():
+            return (*self.factors(weight), method, None)
+        from ..distributed import all_reduce_sum, dist, gather_batch_sizes
+
+        got = self._local(weight)
+        sizes = gather_batch_sizes(None if got is None else got[1].shape[1], self.process_group)
+        rows, cols = weight.shape
+        if method == "auto":
+            method = "exact" if rows * cols * max(sum(sizes), 1) <= max_flops else "sample"
+        if method == "exact":
+            return (*self.factors(weight), method, None)
+        group = self.process_group
+        return got[0] / dist.get_world_size(group), got[1], method, lambda g: all_reduce_sum(g, group)
+
+    def is_global(self) -> bool:
+        """Whether :meth:`factors` gathers across ranks (``global_factors``, None: torch.distributed
+        is initialized with more than one process)."""
+        if self.global_factors is not None:
+            return bool(self.global_factors)
+        from ..distributed import is_distributed
+
+        return is_distributed(self.process_group)
 
     def remove(self) -> None:
         for h in self._handles:

@@ -174,7 +174,8 @@ def random_empty(row_ptr: torch.Tensor, col_idx: torch.Tensor, n_cols: int, n: i
 
 def gradient_growth(row_ptr: torch.Tensor, col_idx: torch.Tensor, G: torch.Tensor, X: torch.Tensor, k: int,
                     *, method: str = "auto", max_flops: float = 2.0 ** 34, sample_factor: int = 8,
-                    seed: int = 0, tile_rows: int | None = None, tile_elems: int | None = None):
+                    seed: int = 0, tile_rows: int | None = None, tile_elems: int | None = None,
+                    reduce_grads: Callable[[torch.Tensor], torch.Tensor] | None = None):
     """The ``k`` empty positions with the largest |dL/dW| = |G X^T| (G: rows x M, X: cols x M,
     feature-major), as (rows, cols, grads) sorted by (row, col). The dense gradient never exists.
 
@@ -186,7 +187,8 @@ def gradient_growth(row_ptr: torch.Tensor, col_idx: torch.Tensor, G: torch.Tenso
     candidates, computes their gradients (one dot product each) and keeps the top k (an approximation; cost
     O(sample_factor * k * M)).
     method="auto" (default): exact while rows*cols*M <= max_flops (2^34, about a second on two
-    cores), sample above it."""
+    cores), sample above it. ``reduce_grads`` (sample only): applied to the candidates' gradients
+    before the selection (data-parallel training: their sum over the ranks)."""
     if method not in ("auto", "exact", "sample"):
         raise ValueError(f"method must be 'auto', 'exact' or 'sample', got {method!r}")
     for name, t in (("G", G), ("X", X)):
@@ -207,6 +209,8 @@ def gradient_growth(row_ptr: torch.Tensor, col_idx: torch.Tensor, G: torch.Tenso
     if method == "auto":
         method = "exact" if rows * cols * max(M, 1) <= max_flops else "sample"
     if method == "exact":
+        if reduce_grads is not None:
+            raise ValueError("reduce_grads applies to method='sample' only (exact growth takes the gathered factors)")
         cpu = rp.device.type == "cpu"
         if tile_elems is None:
             tile_elems = 2**22 if cpu else 2**26
@@ -219,6 +223,8 @@ def gradient_growth(row_ptr: torch.Tensor, col_idx: torch.Tensor, G: torch.Tenso
     n_cand = int(min(empty, sample_factor * k))
     cr, cc = random_empty(rp, ci, cols, n_cand, seed)
     grads = ops.coo_dot(cr, cc, G, X)
+    if reduce_grads is not None:
+        grads = reduce_grads(grads)
     pick = ops.select_smallest(-grads.abs(), int(k))
     return cr[pick], cc[pick], grads[pick]
 
