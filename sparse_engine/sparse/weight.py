@@ -145,7 +145,8 @@ class SparseWeight(nn.Module):
         With the shape unchanged the accumulator is kept: DistributedDataParallel registers its
         gradient hooks on it, and dropping it would silently stop the averaging of this
         parameter's gradients (a new size needs a new DDP anyway, see sparse_engine.distributed)."""
-        if data.shape != self.values.shape or data.device != self.values.device:
+        v = self.values
+        if data.shape != v.shape or data.dtype != v.dtype or data.device != v.device:
             other = torch.float32 if data.dtype == torch.float64 else torch.float64
             self.values.data = torch.empty(0, dtype=other, device=data.device)
         self.values.data = data
