@@ -36,40 +36,44 @@ def _cuda_include() -> Path | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory) -> Path:
+def _build_emulator(out: Path, kernels: list[str], driver: str) -> Path:
+    """The named csrc/cuda/<kernel>.cu files as host C++ (launch lines rewritten, cub's sort
+    replaced by a stable sort) linked with tests/cuda_emu/<driver>.cpp; skips where the
+    toolchain is missing."""
     inc = _cuda_include()
     cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
     if inc is None or cxx is None:
         pytest.skip("needs CUDA toolkit headers (cuda_runtime.h, for the vector types) and a host C++ compiler")
-    out = tmp_path_factory.mktemp("cuda_emu")
     flags = [cxx, "-std=c++20", "-O1", "-w", f"-I{inc}", f"-I{CUDA_DIR}", f"-I{EMU_DIR}"]
     probe = out / "probe.cpp"
     probe.write_text("#include <barrier>\nint main() { std::barrier<> b(1); b.arrive_and_wait(); }\n")
     if subprocess.run(flags + [str(probe), "-o", str(out / "probe"), "-pthread"], capture_output=True).returncode:
         pytest.skip(f"{cxx} has no C++20 <barrier>")
     objs, procs = [], []
-    for name in ("gather", "sddmm", "transpose"):
-        src = (CUDA_DIR / f"{name}.cu").read_text()
-        host, n = LAUNCH.subn(r"::emu::launch(\1, \2, \3);", src)
+    for name in kernels:
+        host, n = LAUNCH.subn(r"::emu::launch(\1, \2, \3);", (CUDA_DIR / f"{name}.cu").read_text())
         assert n >= 2, f"expected kernel launches in {name}.cu to rewrite, found {n}"
-        if name == "transpose":  # cub has no host version: a stable sort stands in for it
-            assert CUB in host
+        if CUB in host:  # cub has no host version: a stable sort stands in for it
             host = host.replace(CUB, '#include "cub_shim.h"')
         tu = out / f"{name}_emu.cpp"
         tu.write_text('#include "emu.h"\n' + host)
         objs.append(out / f"{name}_emu.o")
         procs.append(subprocess.Popen(flags + ["-c", str(tu), "-o", str(objs[-1])], stderr=subprocess.PIPE, text=True))
-    objs.append(out / "driver.o")
-    procs.append(subprocess.Popen(flags + ["-c", str(EMU_DIR / "driver.cpp"), "-o", str(objs[-1])],
+    objs.append(out / f"{driver}.o")
+    procs.append(subprocess.Popen(flags + ["-c", str(EMU_DIR / f"{driver}.cpp"), "-o", str(objs[-1])],
                                   stderr=subprocess.PIPE, text=True))
     for p in procs:
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-4000:]
-    exe = out / "emu_test"
+    exe = out / f"{driver}_emu"
     link = subprocess.run([cxx, *map(str, objs), "-o", str(exe), "-pthread"], capture_output=True, text=True)
     assert link.returncode == 0, link.stderr[-4000:]
     return exe
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory) -> Path:
+    return _build_emulator(tmp_path_factory.mktemp("cuda_emu"), ["gather", "sddmm", "transpose"], "driver")
 
 
 @pytest.mark.slow
@@ -89,32 +93,7 @@ def test_kernels_match_float64_references_on_the_emulator(emulator):
 def rnn_emulator(tmp_path_factory) -> Path:
     """rnn_step.cu (+ gather.cu, which its backward calls) and tests/cuda_emu/rnn_driver.cpp,
     a separate executable from the one above."""
-    inc = _cuda_include()
-    cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
-    if inc is None or cxx is None:
-        pytest.skip("needs CUDA toolkit headers (cuda_runtime.h, for the vector types) and a host C++ compiler")
-    out = tmp_path_factory.mktemp("cuda_emu_rnn")
-    flags = [cxx, "-std=c++20", "-O1", "-w", f"-I{inc}", f"-I{CUDA_DIR}", f"-I{EMU_DIR}"]
-    objs, procs = [], []
-    for name in ("rnn_step", "gather"):
-        host, n = LAUNCH.subn(r"::emu::launch(\1, \2, \3);", (CUDA_DIR / f"{name}.cu").read_text())
-        assert n >= 2, f"expected kernel launches in {name}.cu to rewrite, found {n}"
-        tu = out / f"{name}_emu.cpp"
-        tu.write_text('#include "emu.h"\n' + host)
-        objs.append(out / f"{name}_emu.o")
-        procs.append(subprocess.Popen(flags + ["-c", str(tu), "-o", str(objs[-1])], stderr=subprocess.PIPE, text=True))
-    objs.append(out / "rnn_driver.o")
-    procs.append(subprocess.Popen(flags + ["-c", str(EMU_DIR / "rnn_driver.cpp"), "-o", str(objs[-1])],
-                                  stderr=subprocess.PIPE, text=True))
-    for p in procs:
-        _, err = p.communicate(timeout=600)
-        if p.returncode and "<barrier>" in err:
-            pytest.skip(f"{cxx} has no C++20 <barrier>")
-        assert p.returncode == 0, err[-4000:]
-    exe = out / "emu_rnn_test"
-    link = subprocess.run([cxx, *map(str, objs), "-o", str(exe), "-pthread"], capture_output=True, text=True)
-    assert link.returncode == 0, link.stderr[-4000:]
-    return exe
+    return _build_emulator(tmp_path_factory.mktemp("cuda_emu_rnn"), ["rnn_step", "gather"], "rnn_driver")
 
 
 @pytest.mark.slow

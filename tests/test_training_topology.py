@@ -14,43 +14,36 @@ from _training_util import check_invariants, keys, random_weight, ref_set_keep, 
 ops = torch.ops.sparse_engine
 
 
-@pytest.fixture
-def gen():
-    seed = int(torch.randint(0, 2**31, ()).item())
-    print(f"generator seed {seed}")
-    return torch.Generator().manual_seed(seed)
-
-
 # ------------------------------------------------------------------ selections
 @pytest.mark.parametrize("n", [0, 1, 17, 1000])
-def test_select_smallest_matches_stable_numpy_with_ties(gen, n):
-    scores = torch.randint(0, 5, (n,), generator=gen).double()  # many ties
+def test_select_smallest_matches_stable_numpy_with_ties(rng, n):
+    scores = torch.randint(0, 5, (n,), generator=rng).double()  # many ties
     for k in sorted({0, n // 3, n}):
         got = ops.select_smallest(scores, k).numpy()
         assert got.sum() == k
         assert np.array_equal(got, ref_smallest(scores.numpy(), k))
 
 
-def test_select_smallest_signed_zeros_and_wide_range(gen):
+def test_select_smallest_signed_zeros_and_wide_range(rng):
     scores = torch.tensor([0.0, -0.0, 1e-30, -1e30, 3.0, -0.0, 0.0, 2.0], dtype=torch.float64)
     for k in range(scores.numel() + 1):
         assert np.array_equal(ops.select_smallest(scores, k).numpy(), ref_smallest(scores.numpy(), k))
-    big = torch.randn(300_000, generator=gen) * torch.exp(torch.randn(300_000, generator=gen) * 5)
+    big = torch.randn(300_000, generator=rng) * torch.exp(torch.randn(300_000, generator=rng) * 5)
     big[::3] = big[::3].round()  # ties across the histogram bins
     for k in (1, 123_457, 300_000):
         assert np.array_equal(ops.select_smallest(big, k).numpy(), ref_smallest(big.numpy(), k))
 
 
-def test_magnitude_keep_prunes_exactly_the_smallest(gen):
-    w = random_weight(60, 50, 0.2, gen)
+def test_magnitude_keep_prunes_exactly_the_smallest(rng):
+    w = random_weight(60, 50, 0.2, rng)
     v = w.values.detach().numpy()
     for n_prune in (0, 1, w.nnz // 3, w.nnz):
         keep = magnitude_keep(w.values, n_prune).numpy()
         assert np.array_equal(~keep, ref_smallest(np.abs(v), n_prune))
 
 
-def test_global_magnitude_keep_uses_one_threshold_across_layers(gen):
-    vs = [torch.randn(n, generator=gen) * s for n, s in ((300, 1.0), (200, 0.1), (0, 1.0), (100, 3.0))]
+def test_global_magnitude_keep_uses_one_threshold_across_layers(rng):
+    vs = [torch.randn(n, generator=rng) * s for n, s in ((300, 1.0), (200, 0.1), (0, 1.0), (100, 3.0))]
     n_prune = 250
     keeps = global_magnitude_keep(vs, n_prune)
     allv = np.abs(np.concatenate([v.double().numpy() for v in vs]))
@@ -60,8 +53,8 @@ def test_global_magnitude_keep_uses_one_threshold_across_layers(gen):
 
 
 @pytest.mark.parametrize("zeta", [0.0, 0.1, 0.3, 0.5, 1.0])
-def test_set_keep_prunes_each_sign_nearest_zero(gen, zeta):
-    v = torch.randn(200_777, generator=gen, dtype=torch.float64)
+def test_set_keep_prunes_each_sign_nearest_zero(rng, zeta):
+    v = torch.randn(200_777, generator=rng, dtype=torch.float64)
     v[::50] = 0.0
     v[1::7] = v[1::7].round()  # ties among magnitudes
     keep = set_keep(v, zeta).numpy()
@@ -97,10 +90,10 @@ def test_selection_bad_inputs():
 @pytest.mark.parametrize("rows,cols,density,n", [(40, 30, 0.05, 100), (40, 30, 0.9, 100), (1, 1000, 0.5, 499),
                                                  (300, 300, 0.05, 10000), (1, 100000, 0.01, 20000),
                                                  (5, 3, 0.0, 15), (7, 9, 1.0, 0)])
-def test_random_empty_positions_are_new_unique_sorted(gen, rows, cols, density, n):
-    w = random_weight(rows, cols, density, gen)
+def test_random_empty_positions_are_new_unique_sorted(rng, rows, cols, density, n):
+    w = random_weight(rows, cols, density, rng)
     n = min(n, rows * cols - w.nnz)
-    r, c = random_empty(w.row_ptr, w.col_idx, cols, n, seed=int(torch.randint(0, 2**40, (1,), generator=gen)))
+    r, c = random_empty(w.row_ptr, w.col_idx, cols, n, seed=int(torch.randint(0, 2**40, (1,), generator=rng)))
     assert r.numel() == c.numel() == n and r.dtype == torch.int64 and c.dtype == torch.int32
     k = (r * cols + c.long()).numpy()
     assert np.all(np.diff(k) > 0)  # sorted, unique
@@ -108,8 +101,8 @@ def test_random_empty_positions_are_new_unique_sorted(gen, rows, cols, density, 
     assert not np.isin(k, keys(w)).any()
 
 
-def test_random_empty_is_deterministic_per_seed(gen):
-    w = random_weight(50, 50, 0.1, gen)
+def test_random_empty_is_deterministic_per_seed(rng):
+    w = random_weight(50, 50, 0.1, rng)
     a = random_empty(w.row_ptr, w.col_idx, 50, 200, seed=7)
     b = random_empty(w.row_ptr, w.col_idx, 50, 200, seed=7)
     c = random_empty(w.row_ptr, w.col_idx, 50, 200, seed=8)
@@ -137,15 +130,15 @@ def test_random_empty_is_uniform_over_empty_positions(n):
         assert abs(counts[key] - expect) < 6 * math.sqrt(expect), counts
 
 
-def test_random_empty_refuses_too_many(gen):
-    w = random_weight(4, 4, 0.5, gen)
+def test_random_empty_refuses_too_many(rng):
+    w = random_weight(4, 4, 0.5, rng)
     with pytest.raises(ValueError, match="empty positions"):
         random_empty(w.row_ptr, w.col_idx, 4, 16 - w.nnz + 1, seed=0)
 
 
 # ------------------------------------------------------------------ merge / compact errors
-def test_merge_refuses_existing_unsorted_or_out_of_range(gen):
-    w = random_weight(6, 6, 0.5, gen)
+def test_merge_refuses_existing_unsorted_or_out_of_range(rng):
+    w = random_weight(6, 6, 0.5, rng)
     v = w.values.detach()
     row, col, _ = w.coo()
     with pytest.raises(ValueError, match="already stored"):
@@ -162,8 +155,8 @@ def test_merge_refuses_existing_unsorted_or_out_of_range(gen):
 
 # ------------------------------------------------------------------ rewire
 @pytest.mark.parametrize("opt_name", ["sgd", "adam"])
-def test_rewire_keeps_values_and_optimizer_state_only_where_it_should(gen, opt_name):
-    w = random_weight(30, 40, 0.1, gen, dtype=torch.float32)
+def test_rewire_keeps_values_and_optimizer_state_only_where_it_should(rng, opt_name):
+    w = random_weight(30, 40, 0.1, rng, dtype=torch.float32)
     if opt_name == "sgd":
         opt = torch.optim.SGD([w.values], lr=0.1, momentum=0.9)
         names = ["momentum_buffer"]
@@ -171,7 +164,7 @@ def test_rewire_keeps_values_and_optimizer_state_only_where_it_should(gen, opt_n
         opt = torch.optim.Adam([w.values], lr=0.01)
         names = ["exp_avg", "exp_avg_sq"]
     for _ in range(2):
-        w.values.grad = torch.randn(w.nnz, generator=gen)
+        w.values.grad = torch.randn(w.nnz, generator=rng)
         opt.step()
     before = value_by_key(w)
     state_before = {n: dict(zip(keys(w).tolist(), opt.state[w.values][n].tolist())) for n in names}
@@ -187,7 +180,7 @@ def test_rewire_keeps_values_and_optimizer_state_only_where_it_should(gen, opt_n
         grown["keys"] = set((r * 40 + c.long()).tolist())
         return r, c
 
-    remap = rewire(w, keep, grow, init="normal", init_scale=0.5, generator=gen, optimizer=opt)
+    remap = rewire(w, keep, grow, init="normal", init_scale=0.5, generator=rng, optimizer=opt)
     check_invariants(w, nnz=len(before) + 5)
     assert remap.n_removed == n_prune and remap.n_grown == n_prune + 5
     after = value_by_key(w)
@@ -208,12 +201,12 @@ def test_rewire_keeps_values_and_optimizer_state_only_where_it_should(gen, opt_n
     if step_before is not None:
         assert torch.equal(opt.state[w.values]["step"], step_before)
     # the optimizer keeps working on the resized parameter
-    w.values.grad = torch.randn(w.nnz, generator=gen)
+    w.values.grad = torch.randn(w.nnz, generator=rng)
     opt.step()
 
 
-def test_rewire_prune_only_and_empty_rows(gen):
-    w = random_weight(20, 10, 0.3, gen)
+def test_rewire_prune_only_and_empty_rows(rng):
+    w = random_weight(20, 10, 0.3, rng)
     keep = torch.zeros(w.nnz, dtype=torch.bool)
     rewire(w, keep)
     check_invariants(w, nnz=0)
@@ -223,8 +216,8 @@ def test_rewire_prune_only_and_empty_rows(gen):
     assert (w.values == 0).all()  # default init is zero
 
 
-def test_rewire_bad_inputs(gen):
-    w = random_weight(5, 5, 0.5, gen)
+def test_rewire_bad_inputs(rng):
+    w = random_weight(5, 5, 0.5, rng)
     with pytest.raises(ValueError, match="keep"):
         rewire(w, torch.ones(w.nnz + 1, dtype=torch.bool))
     with pytest.raises(TypeError, match="SparseWeight"):
@@ -233,15 +226,15 @@ def test_rewire_bad_inputs(gen):
         rewire(w, torch.ones(w.nnz, dtype=torch.bool), lambda rp, ci: random_empty(rp, ci, 5, 1, 0), init="bogus")
 
 
-def test_new_values_inits(gen):
-    w = random_weight(40, 60, 0.25, gen, dtype=torch.float32)
+def test_new_values_inits(rng):
+    w = random_weight(40, 60, 0.25, rng, dtype=torch.float32)
     assert (new_values(100, w, "zero") == 0).all()
     fan_in, fan_out = w.nnz / 40, w.nnz / 60
-    he = new_values(5000, w, "he_uniform", generator=gen)
+    he = new_values(5000, w, "he_uniform", generator=rng)
     assert he.abs().max() <= math.sqrt(6 / fan_in) and he.abs().max() > 0.9 * math.sqrt(6 / fan_in)
-    xa = new_values(5000, w, "xavier_uniform", generator=gen)
+    xa = new_values(5000, w, "xavier_uniform", generator=rng)
     assert xa.abs().max() <= math.sqrt(6 / (fan_in + fan_out))
-    nrm = new_values(20000, w, "normal", init_scale=0.1, generator=gen)
+    nrm = new_values(20000, w, "normal", init_scale=0.1, generator=rng)
     assert abs(float(nrm.std()) - 0.1) < 0.005
     assert torch.equal(new_values(3, w, lambda n, wt, g: torch.full((n,), 2.0)), torch.full((3,), 2.0))
     assert new_values(3, w, "zero").dtype == torch.float32
@@ -262,11 +255,11 @@ def dense_topk(w, G, X, k):
 
 @pytest.mark.parametrize("rows,cols,M,k,tile_rows,tile_elems", [
     (37, 23, 5, 40, 4, 4 * 6), (37, 23, 5, 1, 256, 2**22), (10, 50, 3, 300, 3, 3 * 7), (1, 9, 1, 5, 1, 2)])
-def test_tiled_gradient_topk_equals_dense_topk(gen, rows, cols, M, k, tile_rows, tile_elems):
-    w = random_weight(rows, cols, 0.3, gen)
+def test_tiled_gradient_topk_equals_dense_topk(rng, rows, cols, M, k, tile_rows, tile_elems):
+    w = random_weight(rows, cols, 0.3, rng)
     k = min(k, rows * cols - w.nnz)
-    G = torch.randn(rows, M, generator=gen, dtype=torch.float64)
-    X = torch.randn(cols, M, generator=gen, dtype=torch.float64)
+    G = torch.randn(rows, M, generator=rng, dtype=torch.float64)
+    X = torch.randn(cols, M, generator=rng, dtype=torch.float64)
     r, c, g = gradient_growth(w.row_ptr, w.col_idx, G, X, k, method="exact", tile_rows=tile_rows,
                               tile_elems=tile_elems)
     rr, rc, rg = dense_topk(w, G, X, k)
@@ -274,20 +267,20 @@ def test_tiled_gradient_topk_equals_dense_topk(gen, rows, cols, M, k, tile_rows,
     assert np.allclose(g.numpy(), rg)
 
 
-def test_tiled_gradient_topk_ties_go_to_lower_position(gen):
-    w = random_weight(12, 16, 0.2, gen)
-    G = torch.randint(-1, 2, (12, 2), generator=gen).double()  # many equal |grad|
-    X = torch.randint(-1, 2, (16, 2), generator=gen).double()
+def test_tiled_gradient_topk_ties_go_to_lower_position(rng):
+    w = random_weight(12, 16, 0.2, rng)
+    G = torch.randint(-1, 2, (12, 2), generator=rng).double()  # many equal |grad|
+    X = torch.randint(-1, 2, (16, 2), generator=rng).double()
     for k in (1, 10, 60):
         r, c, _ = gradient_growth(w.row_ptr, w.col_idx, G, X, k, method="exact", tile_rows=5, tile_elems=35)
         rr, rc, _ = dense_topk(w, G, X, k)
         assert np.array_equal(r.numpy(), rr) and np.array_equal(c.numpy(), rc)
 
 
-def test_sampled_gradient_growth(gen):
-    w = random_weight(30, 40, 0.1, gen)
-    G = torch.randn(30, 4, generator=gen, dtype=torch.float64)
-    X = torch.randn(40, 4, generator=gen, dtype=torch.float64)
+def test_sampled_gradient_growth(rng):
+    w = random_weight(30, 40, 0.1, rng)
+    G = torch.randn(30, 4, generator=rng, dtype=torch.float64)
+    X = torch.randn(40, 4, generator=rng, dtype=torch.float64)
     # a budget that covers every empty position: the sample is all of them, so exact
     r, c, g = gradient_growth(w.row_ptr, w.col_idx, G, X, 25, method="sample", sample_factor=1000, seed=1)
     rr, rc, rg = dense_topk(w, G, X, 25)
@@ -300,8 +293,8 @@ def test_sampled_gradient_growth(gen):
     assert np.allclose(g.numpy(), D[key])
 
 
-def test_gradient_growth_bad_inputs(gen):
-    w = random_weight(6, 5, 0.5, gen)
+def test_gradient_growth_bad_inputs(rng):
+    w = random_weight(6, 5, 0.5, rng)
     G, X = torch.randn(6, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
     with pytest.raises(ValueError, match="G must have"):
         gradient_growth(w.row_ptr, w.col_idx, G[:5], X, 1)
@@ -313,11 +306,11 @@ def test_gradient_growth_bad_inputs(gen):
         gradient_growth(w.row_ptr, w.col_idx, G, X, 1, method="dense")
 
 
-def test_backward_works_after_nnz_change_while_old_graph_is_alive(gen):
+def test_backward_works_after_nnz_change_while_old_graph_is_alive(rng):
     from sparse_engine.nn import SparseLinear
 
     layer = SparseLinear(8, 6, density=0.5)
-    x = torch.randn(4, 8, generator=gen)
+    x = torch.randn(4, 8, generator=rng)
     loss = layer(x).pow(2).sum()
     loss.backward()  # ``loss`` keeps the old graph (and its gradient accumulator) alive
     w = layer.weight

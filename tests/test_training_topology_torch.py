@@ -21,13 +21,6 @@ from _training_util import check_invariants, keys, random_weight
 ops = torch.ops.sparse_engine
 
 
-@pytest.fixture
-def gen():
-    seed = int(torch.randint(0, 2**31, ()).item())
-    print(f"generator seed {seed}")
-    return torch.Generator().manual_seed(seed)
-
-
 def same(a, b):
     """Bit-for-bit equal results (tuples of tensors, same dtype and shape)."""
     a = a if isinstance(a, tuple) else (a,)
@@ -41,11 +34,11 @@ def same(a, b):
         assert torch.equal(x, y)
 
 
-def patterns(rows, cols, density, gen, dtype=torch.float64):
+def patterns(rows, cols, density, rng, dtype=torch.float64):
     """A weight with empty rows (every third row emptied) besides the random pattern."""
-    mask = torch.rand(rows, cols, generator=gen) < density
+    mask = torch.rand(rows, cols, generator=rng) < density
     mask[::3] = False
-    return SparseWeight.from_dense(torch.randn(rows, cols, generator=gen, dtype=dtype), mask)
+    return SparseWeight.from_dense(torch.randn(rows, cols, generator=rng, dtype=dtype), mask)
 
 
 SHAPES = [(0, 5, 0.5), (6, 0, 0.5), (7, 9, 0.0), (7, 9, 1.0), (40, 1, 0.5), (1, 50, 0.3), (30, 40, 0.2),
@@ -55,9 +48,9 @@ SHAPES = [(0, 5, 0.5), (6, 0, 0.5), (7, 9, 0.0), (7, 9, 1.0), (40, 1, 0.5), (1, 
 # ------------------------------------------------------------------ selections, bit for bit
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("n", [0, 1, 17, 1000, 300_000])
-def test_select_smallest_equals_cpu_kernel(gen, n, dtype):
-    for scores in (torch.randint(0, 5, (n,), generator=gen).to(dtype),  # many ties
-                   torch.randn(n, generator=gen, dtype=dtype) * torch.exp(torch.randn(n, generator=gen) * 5).to(dtype)):
+def test_select_smallest_equals_cpu_kernel(rng, n, dtype):
+    for scores in (torch.randint(0, 5, (n,), generator=rng).to(dtype),  # many ties
+                   torch.randn(n, generator=rng, dtype=dtype) * torch.exp(torch.randn(n, generator=rng) * 5).to(dtype)):
         if n >= 8:
             scores[:8] = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), -0.0, 1e-30, 0.0, 3.0], dtype=dtype)
         for k in sorted({0, 1 if n else 0, n // 3, n - 1 if n else 0, n}):
@@ -65,9 +58,9 @@ def test_select_smallest_equals_cpu_kernel(gen, n, dtype):
 
 
 @pytest.mark.parametrize("zeta", [0.0, 0.1, 0.3, 0.5, 1.0])
-def test_set_prune_equals_cpu_kernel(gen, zeta):
+def test_set_prune_equals_cpu_kernel(rng, zeta):
     for n in (0, 1, 7, 1001, 200_000):
-        v = torch.randn(n, generator=gen)
+        v = torch.randn(n, generator=rng)
         v[::5] = v[::5].round()  # exact zeros (and -0.0) and ties
         v[1::7] = -v[1::7].abs()
         for values in (v, v.double(), v.abs(), -v.abs()):
@@ -78,28 +71,28 @@ def test_set_prune_equals_cpu_kernel(gen, zeta):
 
 # ------------------------------------------------------------------ compact, merge, remap
 @pytest.mark.parametrize("rows,cols,density", SHAPES)
-def test_compact_merge_remap_equal_cpu_kernels(gen, rows, cols, density):
-    w = patterns(rows, cols, density, gen)
+def test_compact_merge_remap_equal_cpu_kernels(rng, rows, cols, density):
+    w = patterns(rows, cols, density, rng)
     rp, ci, v = w.row_ptr, w.col_idx, w.values.detach()
-    for keep in (torch.rand(w.nnz, generator=gen) < 0.6, torch.ones(w.nnz, dtype=torch.bool),
+    for keep in (torch.rand(w.nnz, generator=rng) < 0.6, torch.ones(w.nnz, dtype=torch.bool),
                  torch.zeros(w.nnz, dtype=torch.bool)):
         c = ops.compact(rp, ci, v, keep)
         same(tt.compact(rp, ci, v, keep), c)
         empty = rows * cols - c[1].numel()
         for n in sorted({0, min(1, empty), empty // 2, empty}):
-            nr, nc = ops.random_empty(c[0], c[1], cols, n, int(torch.randint(0, 2**40, (1,), generator=gen)))
-            nv = torch.randn(n, generator=gen, dtype=v.dtype)
+            nr, nc = ops.random_empty(c[0], c[1], cols, n, int(torch.randint(0, 2**40, (1,), generator=rng)))
+            nv = torch.randn(n, generator=rng, dtype=v.dtype)
             m = ops.merge(c[0], c[1], c[2], cols, nr, nc, nv)
             same(tt.merge(c[0], c[1], c[2], cols, nr, nc, nv), m)
             origin = ops.remap_index(c[3], m[3], m[1].numel())
             same(tt.remap_index(c[3], m[3], m[1].numel()), origin)
-            for t in (v, v.float(), torch.randint(-9, 9, (w.nnz, 3), generator=gen), (v > 0).to(torch.int8),
-                      v > 0, torch.randn(w.nnz, 2, 2, generator=gen)):
+            for t in (v, v.float(), torch.randint(-9, 9, (w.nnz, 3), generator=rng), (v > 0).to(torch.int8),
+                      v > 0, torch.randn(w.nnz, 2, 2, generator=rng)):
                 same(tt.gather_or_zero(t, origin), ops.gather_or_zero(t, origin))
 
 
-def test_gather_or_zero_edges(gen):
-    t = torch.randn(5, 2, generator=gen)
+def test_gather_or_zero_edges(rng):
+    t = torch.randn(5, 2, generator=rng)
     for origin in (torch.full((4,), -1), torch.empty(0, dtype=torch.int64), torch.tensor([4, -1, 0, 4, -7])):
         same(tt.gather_or_zero(t, origin), ops.gather_or_zero(t, origin))
     same(tt.gather_or_zero(torch.empty(0), torch.full((3,), -1)), ops.gather_or_zero(torch.empty(0), torch.full((3,), -1)))
@@ -110,15 +103,15 @@ def test_gather_or_zero_edges(gen):
 # ------------------------------------------------------------------ RigL growth
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("rows,cols,density", SHAPES)
-def test_grad_topk_equals_cpu_kernel(gen, rows, cols, density, dtype):
-    w = patterns(rows, cols, density, gen)
+def test_grad_topk_equals_cpu_kernel(rng, rows, cols, density, dtype):
+    w = patterns(rows, cols, density, rng)
     empty = rows * cols - w.nnz
     for M, integer in ((5, False), (3, True), (0, False)):
         if integer:  # many equal |grad|: the tie rule decides
-            G = torch.randint(-1, 2, (rows, M), generator=gen).to(dtype)
-            X = torch.randint(-1, 2, (cols, M), generator=gen).to(dtype)
+            G = torch.randint(-1, 2, (rows, M), generator=rng).to(dtype)
+            X = torch.randint(-1, 2, (cols, M), generator=rng).to(dtype)
         else:
-            G, X = torch.randn(rows, M, generator=gen, dtype=dtype), torch.randn(cols, M, generator=gen, dtype=dtype)
+            G, X = torch.randn(rows, M, generator=rng, dtype=dtype), torch.randn(cols, M, generator=rng, dtype=dtype)
         for k in sorted({0, min(1, empty), empty // 3, empty}):
             for tr, tc in ((1, 1), (7, 9), (256, 2**14)):
                 if (rows * cols) // (tr * tc) > 1500:
@@ -127,9 +120,9 @@ def test_grad_topk_equals_cpu_kernel(gen, rows, cols, density, dtype):
                      ops.grad_topk(w.row_ptr, w.col_idx, G, X, k, tr, tc))
 
 
-def test_grad_topk_never_selects_nan(gen):
-    w = patterns(20, 30, 0.2, gen)
-    G, X = torch.randn(20, 4, generator=gen), torch.randn(30, 4, generator=gen)
+def test_grad_topk_never_selects_nan(rng):
+    w = patterns(20, 30, 0.2, rng)
+    G, X = torch.randn(20, 4, generator=rng), torch.randn(30, 4, generator=rng)
     G[3, 1] = float("nan")
     same(tt.grad_topk(w.row_ptr, w.col_idx, G, X, 50, 6, 7), ops.grad_topk(w.row_ptr, w.col_idx, G, X, 50, 6, 7))
     r, c, g = tt.grad_topk(w.row_ptr, w.col_idx, G, X, 50, 6, 7)
@@ -137,11 +130,11 @@ def test_grad_topk_never_selects_nan(gen):
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
-def test_coo_dot_matches_cpu_kernel_up_to_rounding(gen, dtype, tol):
+def test_coo_dot_matches_cpu_kernel_up_to_rounding(rng, dtype, tol):
     for rows, cols, M, n in ((30, 40, 7, 500), (5, 3, 0, 4), (5, 3, 2, 0), (200, 300, 64, 100_000)):
-        G, X = torch.randn(rows, M, generator=gen, dtype=dtype), torch.randn(cols, M, generator=gen, dtype=dtype)
-        r = torch.randint(0, rows, (n,), generator=gen)
-        c = torch.randint(0, cols, (n,), generator=gen).int()
+        G, X = torch.randn(rows, M, generator=rng, dtype=dtype), torch.randn(cols, M, generator=rng, dtype=dtype)
+        r = torch.randint(0, rows, (n,), generator=rng)
+        c = torch.randint(0, cols, (n,), generator=rng).int()
         got, ref = tt.coo_dot(r, c, G, X), ops.coo_dot(r, c, G, X)
         assert got.dtype == ref.dtype and got.shape == ref.shape
         scale = (G.abs()[r] * X.abs()[c.long()]).sum(1)  # rounding bound per dot product
@@ -152,10 +145,10 @@ def test_coo_dot_matches_cpu_kernel_up_to_rounding(gen, dtype, tol):
 @pytest.mark.parametrize("rows,cols,density,n", [(40, 30, 0.05, 100), (40, 30, 0.9, 100), (1, 1000, 0.5, 499),
                                                  (300, 300, 0.05, 10000), (1, 100000, 0.01, 20000),
                                                  (5, 3, 0.0, 15), (7, 9, 1.0, 0), (40, 1, 0.5, 10), (0, 4, 0.5, 0)])
-def test_random_empty_invariants_and_seed(gen, rows, cols, density, n):
-    w = patterns(rows, cols, density, gen)
+def test_random_empty_invariants_and_seed(rng, rows, cols, density, n):
+    w = patterns(rows, cols, density, rng)
     for n in sorted({min(n, rows * cols - w.nnz), rows * cols - w.nnz}):  # and every empty position
-        seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+        seed = int(torch.randint(0, 2**62, (1,), generator=rng))
         r, c = tt.random_empty(w.row_ptr, w.col_idx, cols, n, seed)
         assert r.numel() == c.numel() == n and r.dtype == torch.int64 and c.dtype == torch.int32
         k = (r * cols + c.long()).numpy()
@@ -435,29 +428,29 @@ def no_host_copies(limit=64):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the topology ops' CUDA kernels)")
 class TestCUDA:
     def test_ops_equal_the_cpu_kernels(self):
-        gen = torch.Generator().manual_seed(5)
+        rng = torch.Generator().manual_seed(5)
         dev = "cuda"
         for rows, cols, density in SHAPES + [(3000, 2000, 0.02)]:
-            w = patterns(rows, cols, density, gen)
+            w = patterns(rows, cols, density, rng)
             rp, ci, v = w.row_ptr, w.col_idx, w.values.detach()
             d = lambda *ts: tuple(t.to(dev) for t in ts)  # noqa: E731
             for k in sorted({0, w.nnz // 3, w.nnz}):
                 same(ops.select_smallest(v.abs().to(dev), k).cpu(), ops.select_smallest(v.abs(), k))
             same(ops.set_prune(v.to(dev), 0.3).cpu(), ops.set_prune(v, 0.3))
-            keep = torch.rand(w.nnz, generator=gen) < 0.6
+            keep = torch.rand(w.nnz, generator=rng) < 0.6
             c = ops.compact(rp, ci, v, keep)
             same(tuple(t.cpu() for t in ops.compact(*d(rp, ci, v, keep))), c)
             n = (rows * cols - c[1].numel()) // 2
             nr, nc = ops.random_empty(c[0], c[1], cols, n, 7)
-            nv = torch.randn(n, generator=gen, dtype=v.dtype)
+            nv = torch.randn(n, generator=rng, dtype=v.dtype)
             m = ops.merge(c[0], c[1], c[2], cols, nr, nc, nv)
             same(tuple(t.cpu() for t in ops.merge(*d(c[0], c[1], c[2]), cols, *d(nr, nc, nv))), m)
             origin = ops.remap_index(c[3], m[3], m[1].numel())
             same(ops.remap_index(*d(c[3], m[3]), m[1].numel()).cpu(), origin)
             same(ops.gather_or_zero(*d(v, origin)).cpu(), ops.gather_or_zero(v, origin))
             # integer-valued factors: every product is exact on both devices, so the top-k is too
-            G = torch.randint(-2, 3, (rows, 8), generator=gen).double()
-            X = torch.randint(-2, 3, (cols, 8), generator=gen).double()
+            G = torch.randint(-2, 3, (rows, 8), generator=rng).double()
+            X = torch.randint(-2, 3, (cols, 8), generator=rng).double()
             k = (rows * cols - w.nnz) // 4
             same(tuple(t.cpu() for t in ops.grad_topk(*d(rp, ci, G, X), k, 64, 512)),
                  ops.grad_topk(rp, ci, G, X, k, 64, 512))
