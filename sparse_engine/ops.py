@@ -8,7 +8,10 @@ Activations are feature-major (features x batch). dtypes: float32, float64, and 
 bfloat16 as storage (products and sums in float32, each output rounded once); the weight
 values and the dense operands must share one dtype. Each op has an autograd formula written
 in terms of the other two and a fake kernel, so they work in eager mode, under autograd
-(including double backward) and inside ``torch.compile(fullgraph=True)``.
+(including double backward) and inside ``torch.compile(fullgraph=True)``. Under
+``torch.autocast`` (CPU or CUDA) they are lower-precision ops like ``torch.mm``: float32/float64
+operands are cast to the autocast dtype (float16 or bfloat16) and the kernels run in it, with
+float32 accumulation; gradients flow back to the float32 values through the casts.
 The raw operators are ``torch.ops.sparse_engine.{spmm,spmm_t,sddmm}`` and take the index
 tensors of a :class:`~sparse_engine.SparseWeight` explicitly (see ``SparseWeight.index``).
 """
@@ -32,7 +35,7 @@ def _check_dense(t, name: str, rows: int, values: torch.Tensor) -> None:
         raise ValueError(f"{name} must be 2-D (features x batch), got shape {tuple(t.shape)}")
     if t.shape[0] != rows:
         raise ValueError(f"{name} must have {rows} rows (features), got shape {tuple(t.shape)}")
-    if t.dtype != values.dtype:
+    if t.dtype != values.dtype and not torch.is_autocast_enabled(values.device.type):
         raise TypeError(f"{name} must have dtype {values.dtype} like the weight values, got {t.dtype}")
     if t.device != values.device:
         raise ValueError(f"{name} must be on {values.device} like the weight, got {t.device}")
@@ -122,3 +125,28 @@ def _sddmm_backward(ctx, d_out):
 torch.library.register_autograd("sparse_engine::spmm", _spmm_backward, setup_context=_setup)
 torch.library.register_autograd("sparse_engine::spmm_t", _spmm_t_backward, setup_context=_setup)
 torch.library.register_autograd("sparse_engine::sddmm", _sddmm_backward, setup_context=_setup)
+
+
+# ----------------------------------------------------------------------- autocast
+def _register_autocast(opname: str, device_type: str) -> None:
+    """Under autocast on ``device_type``, ``opname`` casts its float32/float64 operands to the
+    autocast dtype of the moment (float16 or bfloat16), like the matmul family. (torch's
+    ``register_autocast`` takes one fixed dtype; this follows ``torch.get_autocast_dtype``.)"""
+    key = {"cpu": "AutocastCPU", "cuda": "AutocastCUDA"}[device_type]
+    keyset = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key))
+    op = getattr(_ops, opname).default
+
+    def kernel(_keyset, *args):
+        dtype = torch.get_autocast_dtype(device_type)
+        cast = [a.to(dtype) if isinstance(a, torch.Tensor) and a.dtype in (torch.float32, torch.float64) else a
+                for a in args]
+        with torch._C._ExcludeDispatchKeyGuard(keyset):
+            return op(*cast)
+
+    _AUTOCAST_LIB.impl(opname, kernel, key, with_keyset=True)
+
+
+_AUTOCAST_LIB = torch.library.Library("sparse_engine", "IMPL")
+for _name in ("spmm", "spmm_t", "sddmm"):
+    for _device in ("cpu", "cuda"):
+        _register_autocast(_name, _device)

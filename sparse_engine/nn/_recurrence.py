@@ -209,6 +209,7 @@ class Recurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cfg: Config, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
         mode, H, B, T = cfg.mode, cfg.hidden, cfg.batch, cfg.steps
+        ctx.device_type = w_hh.device.type
         gx = _mm(w_ih, cfg.idx_ih, x)  # (G*H, T*B): one product for all steps
         bias = None
         if b_ih is not None:
@@ -257,6 +258,12 @@ class Recurrence(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy, dh_T, dc_T):
+        # in the parameters' dtype even when .backward() is called inside an autocast region
+        with torch.autocast(ctx.device_type, enabled=False):
+            return Recurrence._backward(ctx, dy, dh_T, dc_T)
+
+    @staticmethod
+    def _backward(ctx, dy, dh_T, dc_T):
         cfg = ctx.cfg
         mode, H, B, T = cfg.mode, cfg.hidden, cfg.batch, cfg.steps
         x, w_ih, w_hh, b_hh, hbuf, cbuf, abuf = ctx.saved_tensors
@@ -346,3 +353,28 @@ def _register_fakes():
 
 
 _register_fakes()
+
+
+# ------------------------------------------------------------------- module entry
+def check_input_dtype(input: torch.Tensor, ref: torch.Tensor) -> None:
+    """A recurrent module's input must have its parameters' dtype, except under autocast,
+    where :func:`recurrence` casts it."""
+    if input.dtype != ref.dtype and not torch.is_autocast_enabled(ref.device.type):
+        raise TypeError(f"input must have dtype {ref.dtype} like the parameters, got {input.dtype}")
+
+
+def recurrence(cfg: Config, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    """``Recurrence.apply`` for the modules. Under autocast (``torch.autocast``) a sparse
+    recurrent layer runs in its parameters' dtype: the inputs and states are cast to it and
+    autocast is off inside, so the fused step kernels (float32/float64) still run and the
+    sequential recurrence keeps full precision; a layer whose parameters were converted to
+    float16/bfloat16 (``module.to(torch.bfloat16)``) runs in that dtype instead. (Unlike
+    ``nn.LSTM``, which autocast runs in float16 on a GPU.) The layer's outputs have the
+    parameters' dtype; autocast casts them again where the next op wants it."""
+    dev = w_hh.device.type
+    if not torch.is_autocast_enabled(dev):
+        return Recurrence.apply(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    dtype = w_hh.dtype
+    cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
+    with torch.autocast(dev, enabled=False):
+        return Recurrence.apply(cfg, cast(x), cast(h0), cast(c0), w_ih, w_hh, b_ih, b_hh)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._recurrence import GATES, Config, RecordsGradFactors, Recurrence
+from ._recurrence import GATES, Config, RecordsGradFactors, check_input_dtype, recurrence
 from .rnn import (EMPTY, _check_positive_int, convert_weights, dense_of, make_bias, make_weight, sparse_flags,
                   time_major, weight_args)
 
@@ -51,8 +51,7 @@ class _SparseCellBase(RecordsGradFactors, nn.Module):
             raise ValueError(f"input must have shape (batch, {self.input_size}) or ({self.input_size},), "
                              f"got {tuple(input.shape)}")
         ref = weight_args(self.weight_ih)[0]
-        if input.dtype != ref.dtype:
-            raise TypeError(f"input must have dtype {ref.dtype} like the parameters, got {input.dtype}")
+        check_input_dtype(input, ref)
         want = input.shape[:-1] + (self.hidden_size,)
         for t, name in zip(hx_list, names):
             if t is not None and (not isinstance(t, torch.Tensor) or t.shape != want):
@@ -74,7 +73,7 @@ class _SparseCellBase(RecordsGradFactors, nn.Module):
         if cfg_extra:
             cfg = Config(**{**cfg.__dict__, **cfg_extra})
         w_ih, w_hh = weight_args(self.weight_ih)[0], weight_args(self.weight_hh)[0]
-        _, h2, c2 = Recurrence.apply(cfg, x.t(), h.t(), c.t() if c is not None else None, w_ih, w_hh, b_ih, b_hh)
+        _, h2, c2 = recurrence(cfg, x.t(), h.t(), c.t() if c is not None else None, w_ih, w_hh, b_ih, b_hh)
         h2 = h2.t()
         c2 = c2.t() if self.mode == "LSTM" else None
         if not batched:
@@ -208,8 +207,7 @@ class SparseCTRNN(SparseCTRNNCell):
             got = tuple(input.shape) if isinstance(input, torch.Tensor) else type(input).__name__
             raise ValueError(f"input must be (T, B, {self.input_size}) or (T, {self.input_size}), got {got}")
         ref = weight_args(self.weight_ih)[0]
-        if input.dtype != ref.dtype:
-            raise TypeError(f"input must have dtype {ref.dtype} like the parameters, got {input.dtype}")
+        check_input_dtype(input, ref)
         x, batched = time_major(input, self.batch_first)
         T, B, _ = x.shape
         want = (1, B, self.hidden_size) if batched else (1, self.hidden_size)
@@ -221,7 +219,7 @@ class SparseCTRNN(SparseCTRNNCell):
                 raise ValueError(f"hx must have shape {want}, got {got}")
             h0 = (hx[0] if batched else hx[0].unsqueeze(0)).t()
         cfg = Config(**{**self._config(B).__dict__, "steps": T})
-        y, h_T, _ = Recurrence.apply(cfg, x.permute(2, 0, 1).reshape(self.input_size, T * B), h0, None,
+        y, h_T, _ = recurrence(cfg, x.permute(2, 0, 1).reshape(self.input_size, T * B), h0, None,
                                      ref, weight_args(self.weight_hh)[0], self.bias, None)
         out = y.view(self.hidden_size, T, B).permute(1, 2, 0)
         if self.batch_first:

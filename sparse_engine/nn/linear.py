@@ -71,7 +71,7 @@ class SparseLinear(nn.Module):
         x = input.reshape(-1, self.in_features)
         y = ops.spmm(self.weight, x.t()).t()  # feature-major inside the kernel
         if self.bias is not None:
-            y = y + self.bias
+            y = y + self.bias.to(y.dtype)  # (a no-op outside autocast)
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:

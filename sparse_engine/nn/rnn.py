@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..sparse import SparseWeight
-from ._recurrence import GATES, Config, RecordsGradFactors, Recurrence
+from ._recurrence import GATES, Config, RecordsGradFactors, check_input_dtype, recurrence
 from .linear import EMPTY, resolve_density
 
 __all__ = ["SparseRNN", "SparseLSTM", "SparseGRU", "SparseRNNBase"]
@@ -219,8 +219,7 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
             raise ValueError(f"input must have last dimension input_size={self.input_size}, "
                              f"got shape {tuple(input.shape)}")
         ref = weight_args(self.weight_ih_l0)[0]
-        if input.dtype != ref.dtype:
-            raise TypeError(f"input must have dtype {ref.dtype} like the parameters, got {input.dtype}")
+        check_input_dtype(input, ref)
         if input.device != ref.device:
             raise ValueError(f"input must be on {ref.device} like the parameters, got {input.device}")
 
@@ -267,7 +266,7 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
                 b_ih = getattr(self, "bias_ih" + sfx) if self.bias else None
                 b_hh = getattr(self, "bias_hh" + sfx) if self.bias else None
                 cfg = Config(self.mode, self.hidden_size, B, T, bool(d), idx_ih, idx_hh, sink=self._factor_sink(sfx))
-                y, h_T, c_T = Recurrence.apply(cfg, layer_x, h0[k].t(), c0[k].t() if is_lstm else None,
+                y, h_T, c_T = recurrence(cfg, layer_x, h0[k].t(), c0[k].t() if is_lstm else None,
                                                w_ih, w_hh, b_ih, b_hh)
                 outs.append(y)
                 h_n.append(h_T)
