@@ -287,13 +287,21 @@ def rewrap(model: DistributedDataParallel, *, check: bool = True) -> Distributed
     same module with the same arguments (the optimizer keeps working: the Parameter objects are
     the same). With ``check`` (default) the
     topologies are first verified to agree across ranks. Call it on every rank, after every
-    topology update that may change nnz; it is cheap when nothing changed (no communication)."""
+    topology update that may change nnz. The ranks first agree whether anything changed
+    anywhere (one one-element all-reduce), so a size change on only some ranks (a bug) ends
+    in check_topology_in_sync's error naming the layers, not in a collective timeout."""
     if not isinstance(model, DistributedDataParallel):
         raise TypeError("rewrap needs a sparse_engine.distributed.DistributedDataParallel (it remembers the "
                         f"arguments to rebuild with), got {type(model).__name__}")
-    if not model.changed_sizes() and not model.module.__dict__.get("_sparse_rewrap_pending", False):
-        return model
     args, kwargs = model._sparse_args
+    group = kwargs.get("process_group")
+    changed = model.changed_sizes() or model.module.__dict__.get("_sparse_rewrap_pending", False)
+    if is_distributed(group):
+        flag = torch.tensor([int(bool(changed))], device=_comm_device(group))
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+        changed = bool(flag.item())
+    if not changed:
+        return model
     if check:
-        check_topology_in_sync(model.module, kwargs.get("process_group"))
+        check_topology_in_sync(model.module, group)
     return DistributedDataParallel(model.module, *args, **kwargs)

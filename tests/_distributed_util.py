@@ -151,6 +151,10 @@ def diverged():
         from sparse_engine.training import magnitude_keep, rewire
         w = net3[2].weight
         rewire(w, magnitude_keep(w.values, 3), optimizer=opt3)
+    try:  # only rank 1 changed size: both ranks still rebuild, and the check names the layer
+        rewrap(run)
+    except RuntimeError as e:
+        out["error_rewrap"] = str(e)
     try:
         check_topology_in_sync(net3)
     except RuntimeError as e:
