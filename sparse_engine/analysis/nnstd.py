@@ -10,9 +10,11 @@ a neuron's input set is the set of columns where its row is nonzero. Per layer:
    below 1, so the dense (out x out) assignment (``scipy.optimize.linear_sum_assignment``)
    equals: pair empty neurons with empty neurons (cost 0), then a maximum-weight matching on
    the sparse graph of overlapping pairs (weight = Jaccard), the rest paired arbitrarily at
-   cost 1. That matching runs as ``scipy.sparse.csgraph.min_weight_full_bipartite_matching``
-   on the overlap graph plus a "stay unmatched" edge per neuron, so no out x out array is
-   built and time grows with the overlaps, not with out^2. Optimal matchings can tie; the
+   cost 1. For layers of more than ``DENSE_MATCH_LIMIT`` (2,048) neurons that matching runs
+   as ``scipy.sparse.csgraph.min_weight_full_bipartite_matching`` on the overlap graph plus a
+   "stay unmatched" edge per neuron, so no out x out array is built and time grows with the
+   overlaps, not with out^2; smaller layers use the dense ``linear_sum_assignment`` (LAPJVsp
+   was seen to loop forever on a small layer with many ties). Optimal matchings can tie; the
    per-layer optimum is unique but which tied matching is taken changes the next layer's
    input order, as in any implementation;
 3. the matching permutes the next layer's inputs in B (its column matched[i] becomes column
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
 from ..sparse import SparseWeight
@@ -73,6 +76,11 @@ def jaccard_cost(A: sp.csr_matrix, B: sp.csr_matrix) -> np.ndarray:
     return cost
 
 
+#: Layers with at most this many neurons are matched with the dense assignment (robust, at most
+#: 32 MB); larger ones on the sparse overlap graph (LAPJVsp, time and memory grow with overlaps).
+DENSE_MATCH_LIMIT = 2048
+
+
 def _match(A: sp.csr_matrix, B: sp.csr_matrix):
     """Minimum-cost perfect matching of A's rows to B's rows (same count) under 1 - Jaccard:
     (col, total cost), col[i] = B row matched to A row i."""
@@ -84,7 +92,18 @@ def _match(A: sp.csr_matrix, B: sp.csr_matrix):
     col[empty_a[:k]] = empty_b[:k]  # empty with empty: cost 0, never worse than anything else
     sim = jaccard_similarity(A, B)
     gain = 0.0
-    if sim.nnz:
+    if sim.nnz and n <= DENSE_MATCH_LIMIT:
+        # small layer: the dense assignment (scipy's linear_sum_assignment, at most 32 MB);
+        # LAPJVsp below can loop forever on some inputs (a random 102 x 11 pair at density 0.5
+        # hung it, with float and with integer costs), and small dense layers are where its
+        # ties are most common
+        dense = sim.toarray()
+        li, ri = linear_sum_assignment(dense, maximize=True)
+        pick = dense[li, ri] > 0
+        li, ri = li[pick], ri[pick]
+        col[li] = ri
+        gain = float(dense[li, ri].sum())
+    elif sim.nnz:
         # left: A rows, then one dummy per B row; right: B rows, then one dummy per A row.
         # i -> j costs 2 - s_ij, i -> its dummy 2 (unmatched), dummy(j) -> j 1, dummy(j) -> dummy(i)
         # 1 for every overlap edge (i, j) (frees both when i-j is used). All costs +1 so none is 0;
