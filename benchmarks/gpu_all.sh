@@ -63,6 +63,14 @@ status=0
 
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 took() { echo "== $1 took $(( SECONDS - $2 )) s"; }
+# logged LOG LINES CMD...: CMD's output goes to $LOGS/LOG and its last LINES lines ("+1": all) to
+# the terminal; a failing CMD marks the whole run failed
+logged() {
+  local log=$1 lines=$2
+  shift 2
+  "$@" 2>&1 | tee "$LOGS/$log" | tail -n "$lines"
+  [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+}
 
 cuda_ready() {  # this checkout's sparse_engine._C holds the CUDA kernels and a GPU is visible
   $PY -c "import torch, sparse_engine; from sparse_engine._ext import HAS_CUDA_KERNELS as h; \
@@ -113,9 +121,8 @@ if has test; then
   echo "== tests"
   # only the tests that need the GPU: test_cuda_build.py (nvcc again) and test_cuda_emulated.py
   # (host emulation, minutes) run on every CPU machine and would only spend device time here
-  $PY -m pytest -q -ra --durations=10 tests/test_cuda_ops.py tests/test_cuda_rnn.py \
-    tests/test_training_topology_torch.py 2>&1 | tee "$LOGS/tests.log" | tail -30
-  [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+  logged tests.log 30 $PY -m pytest -q -ra --durations=10 tests/test_cuda_ops.py tests/test_cuda_rnn.py \
+    tests/test_training_topology_torch.py
   took tests $t0
 fi
 
@@ -145,9 +152,8 @@ if has bench; then
   for dt in $BENCH_DTYPES; do
     t0=$SECONDS
     echo "== benchmark ($dt)"
-    $PY benchmarks/bench_cuda.py --dtype "$dt" --budget-s "$BENCH_BUDGET_S" ${copy[@]+"${copy[@]}"} "$@" 2>&1 \
-      | tee "$LOGS/bench_$dt.log"
-    [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+    logged "bench_$dt.log" +1 $PY benchmarks/bench_cuda.py --dtype "$dt" --budget-s "$BENCH_BUDGET_S" \
+      ${copy[@]+"${copy[@]}"} "$@"
     took "benchmark ($dt)" $t0
   done
 fi
@@ -155,37 +161,30 @@ fi
 if has step; then
   t0=$SECONDS
   echo "== fused vs composed recurrent step"
-  $PY benchmarks/bench_rnn_step.py --device cuda --budget-s 150 ${copy[@]+"${copy[@]}"} 2>&1 \
-    | tee "$LOGS/bench_rnn_step.log" | tail -20
-  [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+  logged bench_rnn_step.log 20 $PY benchmarks/bench_rnn_step.py --device cuda --budget-s 150 ${copy[@]+"${copy[@]}"}
   took step $t0
 fi
 
 if has topology; then
   t0=$SECONDS
   echo "== topology-update benchmark (100M nnz prune + regrow)"
-  $PY benchmarks/bench_topology.py --device cuda --budget-s 180 ${copy[@]+"${copy[@]}"} 2>&1 \
-    | tee "$LOGS/bench_topology.log"
-  [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+  logged bench_topology.log +1 $PY benchmarks/bench_topology.py --device cuda --budget-s 180 ${copy[@]+"${copy[@]}"}
   took topology $t0
 fi
 
 if has rnn; then
   t0=$SECONDS
   echo "== LSTM training step (SparseLSTM fused and composed vs masked-dense cuDNN vs torch.sparse)"
-  $PY benchmarks/bench_rnn.py --device cuda --budget-s 360 --timeout 180 ${copy[@]+"${copy[@]}"} 2>&1 \
-    | tee "$LOGS/bench_rnn.log" | tail -20
-  [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+  logged bench_rnn.log 20 $PY benchmarks/bench_rnn.py --device cuda --budget-s 360 --timeout 180 ${copy[@]+"${copy[@]}"}
   took rnn $t0
 fi
 
 if has largest; then
   t0=$SECONDS
   echo "== largest trainable SparseLSTM hidden size (32 nonzeros per row)"
-  $PY benchmarks/bench_rnn.py --device cuda --largest --sizes 4096:0.01 --methods sparse_engine --budget-s 240 \
-    --timeout 120 --out benchmarks/results/rnn_gpu_largest.md ${copy[@]+"${copy[@]}"} 2>&1 \
-    | tee "$LOGS/bench_rnn_largest.log" | tail -14
-  [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+  logged bench_rnn_largest.log 14 $PY benchmarks/bench_rnn.py --device cuda --largest --sizes 4096:0.01 \
+    --methods sparse_engine --budget-s 240 --timeout 120 --out benchmarks/results/rnn_gpu_largest.md \
+    ${copy[@]+"${copy[@]}"}
   took largest $t0
 fi
 exit $status
