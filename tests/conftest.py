@@ -9,6 +9,23 @@ from sparse_engine import SparseWeight
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
 
+# (rows, cols, density, empty_rows, full_rows): 1x1, one column, one row, empty matrices,
+# nnz 0, rows with no entries, rows holding every column, larger sizes.
+SHAPES = [
+    (1, 1, 1.0, 0, 0),
+    (1, 1, 0.0, 0, 0),
+    (7, 1, 0.5, 2, 1),
+    (1, 9, 0.5, 0, 1),
+    (0, 5, 0.5, 0, 0),
+    (5, 0, 0.5, 0, 0),
+    (0, 0, 0.5, 0, 0),
+    (6, 8, 0.0, 0, 0),
+    (37, 53, 0.2, 5, 2),
+    (200, 150, 0.05, 20, 1),
+    (513, 1031, 0.01, 30, 3),
+]
+
+
 def random_weight(rows, cols, density, dtype=torch.float64, *, generator=None, empty_rows=0, full_rows=0):
     """A SparseWeight from a random mask (dense, so small sizes only), with ``empty_rows`` rows
     holding nothing and ``full_rows`` rows holding every column."""

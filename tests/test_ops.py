@@ -3,23 +3,8 @@ import pytest
 import torch
 
 from sparse_engine import SparseWeight, ops
-from conftest import random_weight
+from conftest import SHAPES, random_weight
 
-# (rows, cols, density, empty_rows, full_rows): 1x1, one column, one row, empty matrices,
-# nnz 0, rows with no entries, rows holding every column, larger sizes.
-SHAPES = [
-    (1, 1, 1.0, 0, 0),
-    (1, 1, 0.0, 0, 0),
-    (7, 1, 0.5, 2, 1),
-    (1, 9, 0.5, 0, 1),
-    (0, 5, 0.5, 0, 0),
-    (5, 0, 0.5, 0, 0),
-    (0, 0, 0.5, 0, 0),
-    (6, 8, 0.0, 0, 0),
-    (37, 53, 0.2, 5, 2),
-    (200, 150, 0.05, 20, 1),
-    (513, 1031, 0.01, 30, 3),
-]
 BATCHES = [1, 3, 64, 67]
 
 

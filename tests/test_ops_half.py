@@ -12,23 +12,11 @@ import torch
 from sparse_engine import SparseWeight, ops
 from sparse_engine.nn import SparseLinear, SparseLSTM
 from sparse_engine.nn import _recurrence
-from conftest import random_weight
+from conftest import SHAPES, random_weight
 
 HALF = [torch.float16, torch.bfloat16]
 U32 = 2.0 ** -24
 
-# (rows, cols, density, empty_rows, full_rows): one entry, nnz 0, one column, one row,
-# empty rows, full rows, empty matrices, a larger size
-SHAPES = [
-    (1, 1, 1.0, 0, 0),
-    (6, 8, 0.0, 0, 0),
-    (7, 1, 0.5, 2, 1),
-    (1, 9, 0.5, 0, 1),
-    (0, 5, 0.5, 0, 0),
-    (5, 0, 0.5, 0, 0),
-    (37, 53, 0.2, 5, 2),
-    (513, 1031, 0.01, 30, 3),
-]
 # 1 and 3: the narrow tail; 16/32/64: each compile-time block of a 2-byte type; 67: a block
 # plus a tail; 300: several blocks and more than one sddmm batch tile (256 two-byte values)
 BATCHES = [1, 3, 16, 67, 300]
