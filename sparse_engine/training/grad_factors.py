@@ -123,16 +123,20 @@ class GradFactorRecorder:
         RuntimeError when nothing was recorded (on every rank, if on any)."""
         got = self._local(weight)
         if self.is_global():
-            from ..distributed import all_gather_columns, dist
-
-            G = all_gather_columns(None if got is None else got[0], self.process_group)
-            X = all_gather_columns(None if got is None else got[1], self.process_group)
-            return G / dist.get_world_size(self.process_group), X
+            return self._gathered(got)
         if got is None:
             module, attr = self._owner[id(weight)]
             raise RuntimeError(f"no gradient factors recorded for {type(module).__name__}.{attr}: run forward and "
                                "backward on a batch before the topology update")
         return got
+
+    def _gathered(self, got):
+        """All ranks' factors from this rank's ``got`` (None: nothing recorded here), G / W."""
+        from ..distributed import all_gather_columns, dist
+
+        G = all_gather_columns(None if got is None else got[0], self.process_group)
+        X = all_gather_columns(None if got is None else got[1], self.process_group)
+        return G / dist.get_world_size(self.process_group), X
 
     def growth_inputs(self, weight: SparseWeight, method: str, max_flops: float):
         """(G, X, method, reduce_grads) for :func:`~sparse_engine.training.topology.gradient_growth`.
@@ -150,7 +154,7 @@ class GradFactorRecorder:
         if method == "auto":
             method = "exact" if rows * cols * max(sum(sizes), 1) <= max_flops else "sample"
         if method == "exact":
-            return (*self.factors(weight), method, None)
+            return (*self._gathered(got), method, None)
         group = self.process_group
         return got[0] / dist.get_world_size(group), got[1], method, lambda g: all_reduce_sum(g, group)
 
