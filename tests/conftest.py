@@ -1,4 +1,7 @@
 """Shared fixtures: random sparse weights with the awkward cases built in."""
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -45,3 +48,20 @@ def rng():
     seed = int(torch.randint(0, 2**31, ()).item())
     print(f"generator seed {seed}")
     return torch.Generator().manual_seed(seed)
+
+
+def host_cxx() -> str | None:
+    """The host C++ compiler ($CXX, else g++, else c++), or None."""
+    return shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
+
+
+def run_all(commands: dict, timeout: float = 600) -> dict:
+    """Runs the commands (independent compiles) at once, both cores busy, and returns
+    {key: (returncode, stdout and stderr)}."""
+    procs = {key: subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for key, cmd in commands.items()}
+    results = {}
+    for key, proc in procs.items():
+        text, _ = proc.communicate(timeout=timeout)
+        results[key] = (proc.returncode, text)
+    return results

@@ -4,8 +4,6 @@ versions build extensions as C++17, this one as C++20) and without -march=native
 (the scalar float16 conversion, the scalar exp/tanh) that a -march=native build skips."""
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sysconfig
 from pathlib import Path
@@ -13,23 +11,20 @@ from pathlib import Path
 import pytest
 from torch.utils import cpp_extension
 
+from conftest import host_cxx, run_all
+
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [ROOT / "csrc" / "ops.cpp", *sorted((ROOT / "csrc" / "cpu").glob("*.cpp"))]
 
 
 def test_cpu_sources_compile_as_cxx17_without_march_native():
-    cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
+    cxx = host_cxx()
     if cxx is None:
         pytest.skip("no host C++ compiler")
     includes = [f"-I{p}" for p in cpp_extension.include_paths()] + [f"-I{sysconfig.get_paths()['include']}"]
-    procs = [(src, subprocess.Popen([cxx, "-std=c++17", "-O0", "-fopenmp", "-fsyntax-only", *includes, str(src)],
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-             for src in SOURCES]
-    failures = []
-    for src, proc in procs:
-        out, _ = proc.communicate(timeout=600)
-        if proc.returncode:
-            failures.append(f"{src.name}:\n{out[-3000:]}")
+    results = run_all({src: [cxx, "-std=c++17", "-O0", "-fopenmp", "-fsyntax-only", *includes, str(src)]
+                       for src in SOURCES})
+    failures = [f"{src.name}:\n{out[-3000:]}" for src, (rc, out) in results.items() if rc]
     assert not failures, "\n".join(failures)
 
 
@@ -61,7 +56,7 @@ def test_portable_half_conversion_is_exact(tmp_path):
     """The scalar float16/bfloat16 widening (no F16C/AVX-512, e.g. aarch64) against every 16-bit
     pattern: spmm with W = I must return X bit for bit (NaNs stay NaN, -0 becomes +0), sddmm must
     match torch's float32 sums."""
-    cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
+    cxx = host_cxx()
     if cxx is None:
         pytest.skip("no host C++ compiler")
     lib = tmp_path / "portable_ops.so"

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from torch.utils import cpp_extension
 
+from conftest import host_cxx, run_all
+
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_DIR = ROOT / "csrc" / "cuda"
 CU_FILES = sorted(CUDA_DIR.glob("*.cu"))
@@ -66,16 +68,10 @@ def cu_objects(tmp_path_factory) -> dict:
     if nvcc is None:
         pytest.skip("nvcc not found (PATH, CUDA_HOME, /usr/local/cuda): cannot compile the CUDA kernels")
     out = tmp_path_factory.mktemp("cu_objects")
-    procs = []
-    for src in CU_FILES:  # both cores at once: the files are independent
-        obj = out / (src.stem + ".o")
-        cmd = [nvcc, "-std=c++17", "-O3", *NVCC_FLAGS, f"-arch={ARCH}", "-c", "-o", str(obj), str(src)]
-        procs.append((src, obj, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
-    results = {}
-    for src, obj, proc in procs:
-        text, _ = proc.communicate(timeout=600)
-        results[src] = (proc.returncode, text, obj)
-    return results
+    obj = {src: out / (src.stem + ".o") for src in CU_FILES}
+    results = run_all({src: [nvcc, "-std=c++17", "-O3", *NVCC_FLAGS, f"-arch={ARCH}", "-c", "-o", str(obj[src]),
+                             str(src)] for src in CU_FILES})
+    return {src: (rc, text, obj[src]) for src, (rc, text) in results.items()}
 
 
 def test_cu_files_compile_with_nvcc(cu_objects):
@@ -93,15 +89,11 @@ def _defined_symbols(objs, kind: str) -> set:
     return {line.split(f" {kind} ", 1)[1] for line in out.splitlines() if f" {kind} sparse_engine::cuda::" in line}
 
 
-def _host_cxx():
-    return shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
-
-
 @pytest.mark.parametrize("header", LAUNCHER_HEADERS, ids=lambda p: p.name)
 def test_launcher_headers_stand_alone(header, tmp_path):
     """A launcher header needs only the CUDA runtime API: no torch, no device code, so the
     glue (host compiler) and the kernels (nvcc) can both include it; some glue file does."""
-    home, cxx = _cuda_home(), _host_cxx()
+    home, cxx = _cuda_home(), host_cxx()
     if home is None or cxx is None:
         pytest.skip("needs a CUDA toolkit's headers (cuda_runtime_api.h) and a host C++ compiler")
     tu = tmp_path / "tu.cpp"
@@ -122,28 +114,21 @@ def glue_objects(tmp_path_factory) -> dict:
     torch = pytest.importorskip("torch")
     from torch.utils.cpp_extension import include_paths
 
-    home, cxx = _cuda_home(), _host_cxx()
+    home, cxx = _cuda_home(), host_cxx()
     if home is None or cxx is None:
         pytest.skip("needs a CUDA toolkit's headers (cuda_runtime_api.h) and a host C++ compiler")
     incs = include_paths()
     if not any((Path(p) / "c10" / "cuda" / "CUDAGuard.h").exists() for p in incs):
         pytest.skip(f"torch {torch.__version__} ships no c10/cuda headers")
     out = tmp_path_factory.mktemp("glue_objects")
-    procs = []
-    for src in GLUE_FILES:
-        obj = out / (src.stem + ".o")
-        cmd = [cxx, "-std=c++17", "-O0", "-fPIC", "-c", "-o", str(obj), "-DSPARSE_ENGINE_WITH_CUDA=1",
-               # the CMake-generated c10/cuda/impl/cuda_cmake_macros.h exists only in CUDA wheels;
-               # it sets Windows export macros, which this check does not need
-               "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE"]
-        cmd += [f"-I{p}" for p in incs] + [f"-I{sysconfig.get_paths()['include']}", f"-I{home / 'include'}"]
-        cmd.append(str(src))
-        procs.append((src, obj, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)))
-    results = {}
-    for src, obj, proc in procs:
-        _, err = proc.communicate(timeout=600)
-        results[src] = (proc.returncode, err, obj)
-    return results
+    obj = {src: out / (src.stem + ".o") for src in GLUE_FILES}
+    flags = ["-std=c++17", "-O0", "-fPIC", "-c", "-DSPARSE_ENGINE_WITH_CUDA=1",
+             # the CMake-generated c10/cuda/impl/cuda_cmake_macros.h exists only in CUDA wheels;
+             # it sets Windows export macros, which this check does not need
+             "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE"]
+    flags += [f"-I{p}" for p in incs] + [f"-I{sysconfig.get_paths()['include']}", f"-I{home / 'include'}"]
+    results = run_all({src: [cxx, *flags, "-o", str(obj[src]), str(src)] for src in GLUE_FILES})
+    return {src: (rc, text, obj[src]) for src, (rc, text) in results.items()}
 
 
 @pytest.mark.parametrize("glue", GLUE_FILES, ids=lambda p: p.name)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import host_cxx, run_all
+
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_DIR = ROOT / "csrc" / "cuda"
 EMU_DIR = Path(__file__).resolve().parent / "cuda_emu"
@@ -41,7 +43,7 @@ def _build_emulator(out: Path, kernels: list[str], driver: str) -> Path:
     replaced by a stable sort) linked with tests/cuda_emu/<driver>.cpp; skips where the
     toolchain is missing."""
     inc = _cuda_include()
-    cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
+    cxx = host_cxx()
     if inc is None or cxx is None:
         pytest.skip("needs CUDA toolkit headers (cuda_runtime.h, for the vector types) and a host C++ compiler")
     flags = [cxx, "-std=c++20", "-O1", "-w", f"-I{inc}", f"-I{CUDA_DIR}", f"-I{EMU_DIR}"]
@@ -49,7 +51,7 @@ def _build_emulator(out: Path, kernels: list[str], driver: str) -> Path:
     probe.write_text("#include <barrier>\nint main() { std::barrier<> b(1); b.arrive_and_wait(); }\n")
     if subprocess.run(flags + [str(probe), "-o", str(out / "probe"), "-pthread"], capture_output=True).returncode:
         pytest.skip(f"{cxx} has no C++20 <barrier>")
-    objs, procs = [], []
+    compiles = {}  # object -> command
     for name in kernels:
         host, n = LAUNCH.subn(r"::emu::launch(\1, \2, \3);", (CUDA_DIR / f"{name}.cu").read_text())
         assert n >= 2, f"expected kernel launches in {name}.cu to rewrite, found {n}"
@@ -57,16 +59,12 @@ def _build_emulator(out: Path, kernels: list[str], driver: str) -> Path:
             host = host.replace(CUB, '#include "cub_shim.h"')
         tu = out / f"{name}_emu.cpp"
         tu.write_text('#include "emu.h"\n' + host)
-        objs.append(out / f"{name}_emu.o")
-        procs.append(subprocess.Popen(flags + ["-c", str(tu), "-o", str(objs[-1])], stderr=subprocess.PIPE, text=True))
-    objs.append(out / f"{driver}.o")
-    procs.append(subprocess.Popen(flags + ["-c", str(EMU_DIR / f"{driver}.cpp"), "-o", str(objs[-1])],
-                                  stderr=subprocess.PIPE, text=True))
-    for p in procs:
-        _, err = p.communicate(timeout=600)
-        assert p.returncode == 0, err[-4000:]
+        compiles[out / f"{name}_emu.o"] = flags + ["-c", str(tu), "-o", str(out / f"{name}_emu.o")]
+    compiles[out / f"{driver}.o"] = flags + ["-c", str(EMU_DIR / f"{driver}.cpp"), "-o", str(out / f"{driver}.o")]
+    for rc, text in run_all(compiles).values():
+        assert rc == 0, text[-4000:]
     exe = out / f"{driver}_emu"
-    link = subprocess.run([cxx, *map(str, objs), "-o", str(exe), "-pthread"], capture_output=True, text=True)
+    link = subprocess.run([cxx, *map(str, compiles), "-o", str(exe), "-pthread"], capture_output=True, text=True)
     assert link.returncode == 0, link.stderr[-4000:]
     return exe
 
