@@ -12,6 +12,7 @@
 #include <tuple>
 
 #include "../cpu/common.h"
+#include "glue_checks.h"
 #include "rnn_launchers.h"
 
 namespace sparse_engine {
@@ -32,25 +33,17 @@ struct Step {
   at::Tensor rp, ci, cp, cr, pm, v;  // contiguous
 };
 
-void check_on(const at::Tensor& t, const char* name, const at::Device& device) {
-  TORCH_CHECK_VALUE(t.device() == device, name, " must be on ", device, " like values, got ", t.device());
-}
+using namespace cuda_glue;
 
 // W_hh (gates*H x H) on one CUDA device, float32/float64 values, and the state (H x B) `state`.
 Step check_step(SE_INDEX, const at::Tensor& state, const char* state_name, int gates) {
   auto s = check_index(rp, ci, cp, cr, pm);
   check_values(values, s.nnz);
   const auto device = values.device();
-  TORCH_CHECK_VALUE(device.is_cuda(), "expected CUDA tensors, got values on ", device);
-  check_on(rp, "row_ptr", device);
-  check_on(ci, "col_idx", device);
-  check_on(cp, "csc_ptr", device);
-  check_on(cr, "csc_row", device);
-  check_on(pm, "csc_perm", device);
+  check_index_device(rp, ci, cp, cr, pm, device);
   TORCH_CHECK_VALUE(s.rows == gates * s.cols, "W_hh must have ", gates, " * hidden rows (", gates, " x ", s.cols,
                     "), got ", s.rows);
-  TORCH_CHECK_VALUE(s.rows <= std::numeric_limits<int32_t>::max(),
-                    "W_hh must have < 2^31 rows for the CUDA kernels, got ", s.rows);
+  check_int32_size(s.rows, "W_hh's row count");
   check_dense(state, state_name, s.cols, values.scalar_type(), device);
   return {s.cols, state.size(1), s.nnz, rp.contiguous(), ci.contiguous(), cp.contiguous(), cr.contiguous(),
           pm.contiguous(), values.contiguous()};
@@ -82,7 +75,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(int mode, SE_INDEX, const
                       " entries, got shape ", bhh_.sizes());
     TORCH_CHECK_TYPE(bhh_.scalar_type() == values.scalar_type(), "b_hh must have the dtype of values (",
                      values.scalar_type(), "), got ", bhh_.scalar_type());
-    check_on(bhh_, "b_hh", values.device());
+    check_device(bhh_, "b_hh", values.device());
     bhh = bhh_.contiguous();
   }
   auto h2 = at::empty({H, B}, h.options());
