@@ -1,0 +1,30 @@
+"""Constants shared by the Python side and the C++/CUDA kernels.
+
+``csrc/constants.h`` holds the same values for the kernels; ``tests/test_constants.py`` reads
+that header and checks that the two agree, so a change here must be made there too.
+"""
+from __future__ import annotations
+
+#: Below this much work (multiply-adds or elements) a CPU kernel stays on one thread: waking
+#: a thread costs more than the whole product, and much more on a busy machine.
+PARALLEL_WORK = 1 << 15
+
+#: The recurrent cell modes and their ids in the kernels (``enum class CellMode`` in C++).
+MODE_IDS = {"LSTM": 0, "GRU": 1, "RNN_TANH": 2, "RNN_RELU": 3, "CTRNN": 4}
+
+#: Gate layout: the blocks of H rows stacked in one CSR of G*H rows, in torch's order
+#: (``nn.LSTM``: i, f, g, o; ``nn.GRU``: r, z, n).
+GATE_NAMES = {
+    "LSTM": ("i", "f", "g", "o"),
+    "GRU": ("r", "z", "n"),
+    "RNN_TANH": ("h",),
+    "RNN_RELU": ("h",),
+    "CTRNN": ("h",),
+}
+
+#: Gates per hidden unit (rows of W_ih / W_hh per hidden unit).
+GATES = {mode: len(names) for mode, names in GATE_NAMES.items()}
+
+#: Rows (in units of H) of the activations a fused step saves for its backward:
+#: LSTM [i; f; g; o], GRU [r; z; n; W_hn h + b_hn], CT-RNN tanh(pre), RNN none (h' is enough).
+SAVED_ACTS = {"LSTM": 4, "GRU": 4, "RNN_TANH": 0, "RNN_RELU": 0, "CTRNN": 1}
