@@ -33,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's package, installed or not
 from sparse_engine import SparseWeight  # noqa: E402
+from sparse_engine.timing import best_of  # noqa: E402  (the same helper as sparse-engine bench)
 from sparse_engine.training import gradient_growth, magnitude_keep, random_empty, rewire, set_keep  # noqa: E402
 
 FRACTION = 0.3
@@ -42,15 +43,6 @@ CUDA_UPDATE_CASES = [("magnitude", 100_000, 100_000, 100_000_000), ("magnitude",
 CUDA_RIGL_CASES = [("exact", 16384, 13_421_773, 64), ("exact", 32768, 10_737_418, 64),
                    ("sample", 100_000, 100_000_000, 64)]
 DEV = "cuda"
-
-
-def best_of(fn, repeat=3):
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def mem_available() -> int:
