@@ -1,0 +1,88 @@
+"""The sequence tasks the ``train`` recipe learns: each dataset of this package turned into
+train/test splits of fixed-length sequences plus what a model needs to know about them
+(input width, classes, classification or regression). Lives apart from the file readers so
+that those stay plain readers, and apart from the command line so that a notebook can load
+the same splits the CLI trains on."""
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+
+from .files import GESTURE_PHASES, load_gesture, load_mnist, load_series, load_sms_spam
+from .generated import digits, mackey_glass, sequence_windows
+
+TASKS = ("digits", "mackey-glass", "mnist", "sms", "gesture")
+GESTURE_WINDOW = 16  # frames per example: the phase of the last frame is the label
+
+
+def load_task(task: str, data: str | None, seed: int):
+    """(train, test, meta): train/test are (inputs, targets); inputs (N, T, F) float or (N, T)
+    token ids; meta holds n_in, n_out, kind ('classify' or 'regress') and vocab size."""
+    g = torch.Generator().manual_seed(seed)
+    if task == "digits":
+        X, y = digits()
+        X = X.view(-1, 8, 8)
+        meta = dict(n_in=8, n_out=10, kind="classify")
+    elif task == "mnist":
+        if data is None:
+            raise SystemExit("--task mnist needs --data DIR holding the MNIST idx files")
+        X, y = load_mnist(data)
+        meta = dict(n_in=28, n_out=10, kind="classify")
+    elif task == "sms":
+        if data is None:
+            raise SystemExit("--task sms needs --data FILE (the SMS Spam Collection)")
+        texts, y = load_sms_spam(data)
+        X, vocab = _word_ids(texts, length=40)
+        meta = dict(n_in=50, n_out=2, kind="classify", vocab=vocab)
+    elif task == "gesture":
+        if data is None:
+            raise SystemExit("--task gesture needs --data (a *_va3.csv file or a directory of them)")
+        recordings = load_gesture(data)
+        meta = dict(n_in=recordings[0][0].shape[1], n_out=len(GESTURE_PHASES), kind="classify")
+        if len(recordings) >= 2:  # whole recordings held out: overlapping windows would leak
+            n_test = max(1, round(0.2 * len(recordings)))
+            train = _gesture_windows(recordings[:-n_test], recordings, GESTURE_WINDOW)
+            return train, _gesture_windows(recordings[-n_test:], recordings, GESTURE_WINDOW), meta
+        X, y = _gesture_windows(recordings, recordings, GESTURE_WINDOW)
+    elif task == "mackey-glass":
+        series = load_series(data) if data else mackey_glass(6000)
+        X, y = sequence_windows(series[:6000], length=50)
+        X, y = X[::5], y[::5]
+        meta = dict(n_in=1, n_out=1, kind="regress")
+    else:
+        raise SystemExit(f"--task must be one of {TASKS}")
+    perm = torch.randperm(len(X), generator=g)
+    cut = int(0.8 * len(X))
+    tr, te = perm[:cut], perm[cut:]
+    return (X[tr], y[tr]), (X[te], y[te]), meta
+
+
+def _gesture_windows(recordings, all_recordings, length: int, stride: int = 2):
+    """Windows of ``length`` frames (every ``stride``-th start) from each recording, labelled by
+    the phase of their last frame; features standardised over the frames of all_recordings."""
+    frames = torch.cat([f for f, _ in all_recordings])
+    mean, std = frames.mean(0), frames.std(0).clamp_min(1e-6)
+    xs, ys = [], []
+    for feats, phases in recordings:
+        if len(feats) < length:
+            continue
+        starts = torch.arange(0, len(feats) - length + 1, stride)
+        idx = starts[:, None] + torch.arange(length)[None, :]
+        xs.append((feats[idx] - mean) / std)
+        ys.append(phases[idx[:, -1]])
+    if not xs:
+        raise SystemExit(f"gesture recordings are shorter than {length} frames")
+    return torch.cat(xs), torch.cat(ys)
+
+
+def _word_ids(texts, length: int, max_vocab: int = 5000):
+    """Lower-cased word ids (0 = padding, 1 = unknown), left-padded to ``length``."""
+    words = [t.lower().split() for t in texts]
+    vocab = {w: i + 2 for i, (w, _) in enumerate(Counter(w for ws in words for w in ws).most_common(max_vocab - 2))}
+    ids = torch.zeros(len(texts), length, dtype=torch.int64)
+    for r, ws in enumerate(words):
+        seq = [vocab.get(w, 1) for w in ws][-length:]
+        if seq:
+            ids[r, length - len(seq):] = torch.tensor(seq)
+    return ids, len(vocab) + 2
