@@ -85,3 +85,41 @@ def test_train_device_choice():
         last = cli.run(["train", "--device", "cuda", "--model", "rnn", "--hidden", "48", "--epochs", "3",
                         "--algorithm", "set", "--quiet"])
         assert last["test_acc"] > 0.5
+
+
+def test_train_from_python_matches_the_command_line(tmp_path):
+    """The recipe behind ``train`` runs without argparse: the same seed gives the same history
+    and weights as the command line, and its checkpoint stores the command line's options."""
+    from sparse_engine.checkpoint import load_checkpoint
+    from sparse_engine.models import SequenceModel
+    from sparse_engine.runs import TrainConfig, analyze, train
+
+    argv = ["train", "--model", "rnn", "--hidden", "16", "--epochs", "2", "--algorithm", "set", "--seed", "3",
+            "--quiet", "--save", str(tmp_path / "cli.pt")]
+    last = cli.run(argv)
+    base = TrainConfig(model="rnn", hidden=16, epochs=1, algorithm="set", seed=3, quiet=True)
+    result = train(base, epochs=2, save=str(tmp_path / "py.pt"))  # options override the config
+    assert len(result.history) == 2 and result.last == last
+    assert isinstance(result.model, SequenceModel)
+    torch.testing.assert_close(result.model.state_dict(), load_checkpoint(tmp_path / "cli.pt")["model"], rtol=0,
+                               atol=0)
+    assert train(base, epochs=2, seed=4).last != last
+    namespace = vars(cli.build_parser().parse_args(argv))
+    assert load_checkpoint(tmp_path / "py.pt")["extra"]["args"] == {**namespace, "save": str(tmp_path / "py.pt")}
+    assert analyze(path=str(tmp_path / "py.pt")) == cli.run(["analyze", str(tmp_path / "cli.pt")])
+
+
+def test_every_algorithm_name_builds_its_controller():
+    from sparse_engine import training as T
+    from sparse_engine.models import SequenceModel
+    from sparse_engine.training.recipes import ALGORITHMS, make_controller
+
+    expected = {"none": type(None), "set": T.SET, "gmp": T.GradualMagnitudePruning, "deepr": T.DeepR,
+                "selfish": T.SelfishRNN, "rigl": T.RigL}
+    assert set(ALGORITHMS) == set(expected)
+    for name in ALGORITHMS:
+        model = SequenceModel("rnn", 8, 10, 16, 1, 0.2, "both", "classify")
+        opt = torch.optim.Adam(model.parameters())
+        assert type(make_controller(name, model, opt, steps=40, seed=0, callbacks=[])) is expected[name]
+    with pytest.raises(SystemExit, match="--algorithm must be one of"):
+        make_controller("lottery", model, opt, steps=40, seed=0, callbacks=[])

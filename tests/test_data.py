@@ -84,3 +84,30 @@ def test_bad_paths_and_files(tmp_path):
         load_sms_spam(bad)
     with pytest.raises(ValueError, match="transform must be"):
         mackey_glass(10, transform="log")
+
+
+def test_tasks_split_by_seed():
+    """load_task: a seeded 80/20 split with the shapes and metadata the models are built from."""
+    from sparse_engine.data import load_task
+
+    (Xtr, ytr), (Xte, yte), meta = load_task("digits", None, seed=0)
+    assert Xtr.shape == (1437, 8, 8) and Xte.shape == (360, 8, 8) and len(ytr) == 1437 and len(yte) == 360
+    assert meta == dict(n_in=8, n_out=10, kind="classify")
+    assert torch.equal(load_task("digits", None, seed=0)[1][0], Xte)
+    assert not torch.equal(load_task("digits", None, seed=1)[1][0], Xte)
+    (Xtr, ytr), _, meta = load_task("mackey-glass", None, seed=0)
+    assert Xtr.shape[1:] == (50, 1) and ytr.shape == Xtr.shape and meta["kind"] == "regress"
+    with pytest.raises(SystemExit, match="--task must be one of"):
+        load_task("imagenet", None, seed=0)
+
+
+@needs_data
+def test_sms_task_is_left_padded_word_ids():
+    from sparse_engine.data import load_task
+
+    (Xtr, ytr), (Xte, _), meta = load_task("sms", str(DATA / "sms_spam" / "SMSSpamCollection"), seed=0)
+    assert len(Xtr) + len(Xte) == 5574 and Xtr.shape[1] == 40 and Xtr.dtype == torch.int64
+    assert meta["n_out"] == 2 and 2 < meta["vocab"] <= 5000 and int(Xtr.max()) < meta["vocab"]
+    pad = Xtr == 0
+    assert pad.any() and torch.equal(pad, pad.cummin(dim=1).values)  # padding only before the words
+    assert set(ytr.tolist()) == {0, 1}
