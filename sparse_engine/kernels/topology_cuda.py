@@ -30,6 +30,7 @@ import math
 
 import torch
 
+from ..sparse.csr import check_dtype as _dtype
 from ..sparse.csr import check_index as _check_csr
 from ..sparse.csr import check_same_device as _same_device
 from ..sparse.csr import check_tensor as _tensor
@@ -122,8 +123,7 @@ def compact_cuda(row_ptr, col_idx, values, keep):
     kept_pos[j] is the old position of new entry j. A scan of keep gives the new row_ptr."""
     rows, nnz = _check_csr(row_ptr, col_idx)
     _check_values(values, nnz)
-    if _tensor(keep, "keep").dtype != torch.bool:
-        raise TypeError(f"keep must be bool, got {keep.dtype}")
+    _dtype(keep, "keep", torch.bool)
     if keep.dim() != 1 or keep.numel() != nnz:
         raise ValueError(f"keep must be 1-D with nnz={nnz} entries")
     dev = _same_device(row_ptr=row_ptr, values=values, keep=keep)
@@ -198,10 +198,8 @@ def merge_cuda(row_ptr, col_idx, values, n_cols: int, new_row, new_col, new_valu
     keys of the other list below it (searchsorted)."""
     rows, nnz = _check_csr(row_ptr, col_idx)
     _check_values(values, nnz)
-    if _tensor(new_row, "new_row").dtype != torch.int64:
-        raise TypeError(f"new_row must be int64, got {new_row.dtype}")
-    if _tensor(new_col, "new_col").dtype != torch.int32:
-        raise TypeError(f"new_col must be int32, got {new_col.dtype}")
+    _dtype(new_row, "new_row", torch.int64)
+    _dtype(new_col, "new_col", torch.int32)
     if _tensor(new_values, "new_values").dtype != values.dtype:
         raise TypeError(f"new_values must have dtype {values.dtype}, got {new_values.dtype}")
     n = new_row.numel()
@@ -286,10 +284,8 @@ def _check_factors(G, X) -> None:
 def coo_dot_cuda(rows, cols, G, X) -> torch.Tensor:
     """out[j] = dot(G[rows[j], :], X[cols[j], :]), in chunks of about 2^22 (CPU) or 2^26 (other
     devices) gathered elements per factor."""
-    if _tensor(rows, "rows").dtype != torch.int64:
-        raise TypeError(f"rows must be int64, got {rows.dtype}")
-    if _tensor(cols, "cols").dtype != torch.int32:
-        raise TypeError(f"cols must be int32, got {cols.dtype}")
+    _dtype(rows, "rows", torch.int64)
+    _dtype(cols, "cols", torch.int32)
     if not (rows.dim() == 1 and cols.dim() == 1 and rows.numel() == cols.numel()):
         raise ValueError("rows and cols must be 1-D of the same length")
     _check_factors(G, X)

@@ -16,13 +16,20 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_tensor", "check_same_device", "check_index", "check_csr"]
+__all__ = ["check_tensor", "check_dtype", "check_same_device", "check_index", "check_csr"]
 
 
 def check_tensor(t, name: str) -> torch.Tensor:
     """``t`` itself when it is a tensor, else TypeError naming ``name``."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
+    return t
+
+
+def check_dtype(t, name: str, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` itself when it is a tensor of ``dtype``, else TypeError ("row_ptr must be int64, got ...")."""
+    if check_tensor(t, name).dtype != dtype:
+        raise TypeError(f"{name} must be {str(dtype).removeprefix('torch.')}, got {t.dtype}")
     return t
 
 
@@ -37,10 +44,8 @@ def check_same_device(**tensors: torch.Tensor) -> torch.device:
 
 def check_index(row_ptr, col_idx) -> tuple[int, int]:
     """(rows, nnz) of a CSR index given to a kernel; the ends of row_ptr are checked (one sync)."""
-    if check_tensor(row_ptr, "row_ptr").dtype != torch.int64:
-        raise TypeError(f"row_ptr must be int64, got {row_ptr.dtype}")
-    if check_tensor(col_idx, "col_idx").dtype != torch.int32:
-        raise TypeError(f"col_idx must be int32, got {col_idx.dtype}")
+    check_dtype(row_ptr, "row_ptr", torch.int64)
+    check_dtype(col_idx, "col_idx", torch.int32)
     if row_ptr.dim() != 1 or row_ptr.numel() < 1:
         raise ValueError("row_ptr must be 1-D with rows+1 >= 1 entries")
     if col_idx.dim() != 1:
