@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .sparse import SparseWeight
+from .sparse import SparseWeight, sparse_weights
 from .sparse.weight import _INDEX_NAMES
 
 __all__ = ["DistributedDataParallel", "rewrap", "topology_fingerprint", "check_topology_in_sync",
@@ -48,11 +48,12 @@ def _comm_device(group) -> torch.device:
 
 
 def _sparse_weights(module: nn.Module) -> dict[str, SparseWeight]:
+    """:func:`~sparse_engine.sparse.sparse_weights` of ``module``, or of the module a DDP wraps."""
     if isinstance(module, _TorchDDP):
         module = module.module
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
-    return {name: m for name, m in module.named_modules() if isinstance(m, SparseWeight)}
+    return sparse_weights(module)
 
 
 # ------------------------------------------------------------------ fingerprints

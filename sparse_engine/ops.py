@@ -14,6 +14,8 @@ operands are cast to the autocast dtype (float16 or bfloat16) and the kernels ru
 float32 accumulation; gradients flow back to the float32 values through the casts.
 The raw operators are ``torch.ops.sparse_engine.{spmm,spmm_t,sddmm}`` and take the index
 tensors of a :class:`~sparse_engine.SparseWeight` explicitly (see ``SparseWeight.index``).
+This module holds the user-facing wrappers and their argument checks; the fake kernels, the
+autograd formulas and the autocast rules are registered by :mod:`sparse_engine.library`.
 """
 from __future__ import annotations
 
@@ -69,84 +71,3 @@ def sddmm(W, G: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     if G.shape[1] != X.shape[1]:
         raise ValueError(f"G and X must have the same batch size, got {G.shape[1]} and {X.shape[1]}")
     return _ops.sddmm(*W.index, G, X)
-
-
-# ------------------------------------------------------------------- fake kernels
-@torch.library.register_fake("sparse_engine::spmm")
-def _spmm_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, X):
-    return X.new_empty((row_ptr.shape[0] - 1, X.shape[1]))
-
-
-@torch.library.register_fake("sparse_engine::spmm_t")
-def _spmm_t_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, G):
-    return G.new_empty((csc_ptr.shape[0] - 1, G.shape[1]))
-
-
-@torch.library.register_fake("sparse_engine::sddmm")
-def _sddmm_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, G, X):
-    return G.new_empty((col_idx.shape[0],))
-
-
-@torch.library.register_fake("sparse_engine::transpose_index")
-def _transpose_index_fake(row_ptr, col_idx, n_cols):
-    nnz = col_idx.shape[0]
-    return (row_ptr.new_empty((n_cols + 1,)), col_idx.new_empty((nnz,)), row_ptr.new_empty((nnz,)))
-
-
-# ----------------------------------------------------------------------- autograd
-_NO_INDEX_GRADS = (None, None, None, None, None)
-
-
-def _setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
-def _spmm_backward(ctx, dY):
-    *index, values, X = ctx.saved_tensors
-    d_values = _ops.sddmm(*index, dY, X) if ctx.needs_input_grad[5] else None
-    d_X = _ops.spmm_t(*index, values, dY) if ctx.needs_input_grad[6] else None
-    return (*_NO_INDEX_GRADS, d_values, d_X)
-
-
-def _spmm_t_backward(ctx, dZ):
-    *index, values, G = ctx.saved_tensors
-    d_values = _ops.sddmm(*index, G, dZ) if ctx.needs_input_grad[5] else None
-    d_G = _ops.spmm(*index, values, dZ) if ctx.needs_input_grad[6] else None
-    return (*_NO_INDEX_GRADS, d_values, d_G)
-
-
-def _sddmm_backward(ctx, d_out):
-    *index, G, X = ctx.saved_tensors
-    d_G = _ops.spmm(*index, d_out, X) if ctx.needs_input_grad[5] else None
-    d_X = _ops.spmm_t(*index, d_out, G) if ctx.needs_input_grad[6] else None
-    return (*_NO_INDEX_GRADS, d_G, d_X)
-
-
-torch.library.register_autograd("sparse_engine::spmm", _spmm_backward, setup_context=_setup)
-torch.library.register_autograd("sparse_engine::spmm_t", _spmm_t_backward, setup_context=_setup)
-torch.library.register_autograd("sparse_engine::sddmm", _sddmm_backward, setup_context=_setup)
-
-
-# ----------------------------------------------------------------------- autocast
-def _register_autocast(opname: str, device_type: str) -> None:
-    """Under autocast on ``device_type``, ``opname`` casts its float32/float64 operands to the
-    autocast dtype of the moment (float16 or bfloat16), like the matmul family. (torch's
-    ``register_autocast`` takes one fixed dtype; this follows ``torch.get_autocast_dtype``.)"""
-    key = {"cpu": "AutocastCPU", "cuda": "AutocastCUDA"}[device_type]
-    keyset = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key))
-    op = getattr(_ops, opname).default
-
-    def kernel(_keyset, *args):
-        dtype = torch.get_autocast_dtype(device_type)
-        cast = [a.to(dtype) if isinstance(a, torch.Tensor) and a.dtype in (torch.float32, torch.float64) else a
-                for a in args]
-        with torch._C._ExcludeDispatchKeyGuard(keyset):
-            return op(*cast)
-
-    _AUTOCAST_LIB.impl(opname, kernel, key, with_keyset=True)
-
-
-_AUTOCAST_LIB = torch.library.Library("sparse_engine", "IMPL")
-for _name in ("spmm", "spmm_t", "sddmm"):
-    for _device in ("cpu", "cuda"):
-        _register_autocast(_name, _device)

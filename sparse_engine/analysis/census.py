@@ -27,21 +27,6 @@ from .graph import GraphCSR, to_graph
 __all__ = ["TRIAD_TYPES", "TRANSITIVE_TYPES", "TriadCensus", "signed_triad_census", "FeedForwardLoops",
            "feed_forward_loops"]
 
-@torch.library.register_fake("sparse_engine::signed_triad_census")
-def _census_fake(row_ptr, col_idx, values):
-    return row_ptr.new_empty((16,)), row_ptr.new_empty((4, 5))
-
-
-@torch.library.register_fake("sparse_engine::transitive_semicycles")
-def _semicycles_fake(row_ptr, col_idx, values, type_mask):
-    s = torch.library.get_ctx().new_dynamic_size()
-    return row_ptr.new_empty((s, 3)), row_ptr.new_empty((s, 3)), row_ptr.new_empty((s,), dtype=torch.int8)
-
-
-@torch.library.register_fake("sparse_engine::degree_preserving_swaps")
-def _swaps_fake(src, dst, n, n_swaps, seeds):
-    return dst.new_empty((seeds.shape[0], dst.shape[0]))
-
 
 TRIAD_TYPES = ("003", "012", "102", "021D", "021U", "021C", "111D", "111U", "030T", "030C", "201",
                "120D", "120U", "120C", "210", "300")

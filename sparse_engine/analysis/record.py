@@ -2,7 +2,7 @@
 
 Contract: the controller calls ``recorder(step, weights)`` after each topology update, where
 ``step`` is an int (epoch or batch counter, the controller's choice) and ``weights`` maps layer
-names to SparseWeights (e.g. ``dict(model.named_modules())`` filtered to SparseWeights). For
+names to SparseWeights (e.g. ``sparse_engine.sparse.sparse_weights(model)``). For
 every square weight (a recurrent matrix; others are skipped, or pick names with ``layers=``)
 the recorder appends one record, a flat dict::
 

@@ -329,32 +329,6 @@ class Recurrence(torch.autograd.Function):
         return None, d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_b_ih, d_b_hh
 
 
-# ------------------------------------------------- fake kernels (torch.compile tracing)
-def _register_fakes():
-    if not hasattr(_ops, "lstm_step"):
-        return
-    reg = torch.library.register_fake
-
-    def hb(h):
-        return h.new_empty(h.shape)
-
-    reg("sparse_engine::lstm_step")(lambda rp, ci, cp, cr, pm, v, gx, h, c: (hb(h), hb(h), gx.new_empty(gx.shape)))
-    reg("sparse_engine::lstm_step_backward")(
-        lambda rp, ci, cp, cr, pm, v, acts, c_prev, c, dh, dc: (acts.new_empty(acts.shape), hb(dh), hb(dh)))
-    reg("sparse_engine::gru_step")(
-        lambda rp, ci, cp, cr, pm, v, gx, h, b_hh: (hb(h), h.new_empty((4 * h.shape[0], h.shape[1]))))
-    reg("sparse_engine::gru_step_backward")(
-        lambda rp, ci, cp, cr, pm, v, acts, h_prev, dh: tuple(dh.new_empty((3 * dh.shape[0], dh.shape[1]))
-                                                              for _ in range(2)) + (hb(dh),))
-    reg("sparse_engine::rnn_step")(lambda rp, ci, cp, cr, pm, v, gx, h, relu: hb(h))
-    reg("sparse_engine::rnn_step_backward")(lambda rp, ci, cp, cr, pm, v, h_new, dh, relu: (hb(dh), hb(dh)))
-    reg("sparse_engine::ctrnn_step")(lambda rp, ci, cp, cr, pm, v, gx, h, dt, tau: (hb(h), hb(h)))
-    reg("sparse_engine::ctrnn_step_backward")(lambda rp, ci, cp, cr, pm, v, acts, dh, dt, tau: (hb(dh), hb(dh)))
-
-
-_register_fakes()
-
-
 # ------------------------------------------------------------------- module entry
 def check_input_dtype(input: torch.Tensor, ref: torch.Tensor) -> None:
     """A recurrent module's input must have its parameters' dtype, except under autocast,

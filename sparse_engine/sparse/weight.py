@@ -23,6 +23,7 @@ from torch import nn
 
 from .. import init as _init
 from .. import _ext  # noqa: F401  (loads the compiled operators)
+from .csr import check_csr
 
 _INDEX_NAMES = ("row_ptr", "col_idx", "csc_ptr", "csc_row", "csc_perm")
 #: dtypes the values may have (spmm, spmm_t, sddmm; the fused RNN steps take float32/float64 only)
@@ -92,33 +93,7 @@ class SparseWeight(nn.Module):
     # ---------------------------------------------------------------- structure
     def validate(self) -> None:
         """Raises ValueError naming the first structural problem found. O(nnz)."""
-        rows, cols = self._shape
-        rp, ci, v = self.row_ptr, self.col_idx, self.values
-        if rp.numel() != rows + 1:
-            raise ValueError(f"row_ptr must have rows+1={rows + 1} entries, got {rp.numel()}")
-        if int(rp[0]) != 0:
-            raise ValueError(f"row_ptr[0] must be 0, got {int(rp[0])}")
-        if int(rp[-1]) != ci.numel():
-            raise ValueError(f"row_ptr[-1] must equal nnz={ci.numel()} (length of col_idx), got {int(rp[-1])}")
-        if v.numel() != ci.numel():
-            raise ValueError(f"values must have nnz={ci.numel()} entries like col_idx, got {v.numel()}")
-        if rows and bool((rp[1:] < rp[:-1]).any()):
-            raise ValueError("row_ptr must be non-decreasing")
-        if ci.numel() == 0:
-            return
-        if int(ci.min()) < 0 or int(ci.max()) >= cols:
-            raise ValueError(f"col_idx entries must be in [0, cols={cols}), got range [{int(ci.min())}, {int(ci.max())}]")
-        # within a row, each column must exceed the one before it (sorted and unique)
-        step_ok = ci[1:] > ci[:-1]
-        row_start = torch.zeros(ci.numel(), dtype=torch.bool, device=ci.device)
-        starts = rp[:-1][rp[:-1] < ci.numel()]
-        row_start[starts] = True
-        bad = ~step_ok & ~row_start[1:]
-        if bool(bad.any()):
-            k = int(bad.nonzero()[0]) + 1
-            row = int(torch.searchsorted(rp, torch.tensor(k, device=rp.device), right=True)) - 1
-            kind = "duplicate" if int(ci[k]) == int(ci[k - 1]) else "unsorted"
-            raise ValueError(f"col_idx must be sorted and unique within each row: {kind} column {int(ci[k])} in row {row}")
+        check_csr(self.row_ptr, self.col_idx, self._shape, self.values.numel())
 
     def _rebuild_transpose(self) -> None:
         csc = torch.ops.sparse_engine.transpose_index(self.row_ptr, self.col_idx, self._shape[1])
@@ -283,3 +258,8 @@ class SparseWeight(nn.Module):
         """Erdos-Renyi topology (SET): density epsilon*(rows+cols)/(rows*cols), capped at 1."""
         density = _init.erdos_renyi_density(rows, cols, epsilon)
         return cls.random(rows, cols, density, generator=generator, dtype=dtype)
+
+
+def sparse_weights(module: nn.Module) -> dict[str, SparseWeight]:
+    """Every SparseWeight of ``module`` by qualified name, in ``named_modules`` order."""
+    return {name: m for name, m in module.named_modules() if isinstance(m, SparseWeight)}

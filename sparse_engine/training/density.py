@@ -8,14 +8,9 @@ import torch
 from torch import nn
 
 from .. import init as _init
-from ..sparse import SparseWeight
+from ..sparse import sparse_weights  # noqa: F401  (also here, its old home)
 
 __all__ = ["sparse_weights", "uniform_densities", "erk_densities", "sparsify_"]
-
-
-def sparse_weights(model: nn.Module) -> dict[str, SparseWeight]:
-    """Every SparseWeight of the model by qualified name, in ``named_modules`` order."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, SparseWeight)}
 
 
 def uniform_densities(shapes: dict[str, tuple[int, int]], density: float) -> dict[str, float]:

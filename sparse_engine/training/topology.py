@@ -7,11 +7,12 @@ sparselearning; it then starts afresh) -> merge -> ``SparseWeight.set_pattern`` 
 every per-entry tensor (optimizer state, gradient, controller state). All steps are O(nnz)
 (gradient growth: see :func:`gradient_growth`) and run in the compiled kernels of
 ``csrc/cpu/topology_cpu.cpp`` for CPU tensors; on a CUDA device the same operators run the
-device-generic torch implementations of :mod:`.topology_torch` (cub sorts and scans), so a CUDA
-weight is updated where it lives and no nnz-long array goes through the host. Tensors on any
-other device call those functions directly. Random initial values of new weights are drawn by the
-caller's generator (a CPU one in the controllers, so CPU and CUDA runs draw the same numbers)
-and copied to the device once (n numbers; "zero", the default, is made on the device).
+kernels written with torch primitives in :mod:`sparse_engine.kernels.topology_cuda` (cub sorts
+and scans), so a CUDA weight is updated where it lives and no nnz-long array goes through the
+host. Tensors on any other device call those functions directly. Random initial values of new
+weights are drawn by the caller's generator (a CPU one in the controllers, so CPU and CUDA runs
+draw the same numbers) and copied to the device once (n numbers; "zero", the default, is made
+on the device).
 
 Tie rule: among equal scores the lower CSR position (or lower linear position row*cols+col)
 goes first, so every selection is deterministic.
@@ -20,21 +21,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Callable, Sequence
 
 import torch
 
 from .. import _ext  # noqa: F401  (loads the compiled operators)
+from ..kernels import topology_cuda
 from ..sparse import SparseWeight
-from . import topology_torch  # registers the CUDA kernels of the topology operators
 
 _ops = torch.ops.sparse_engine
+#: The torch-primitive kernels by operator name, for devices the dispatcher has no kernel for.
+_GENERIC = SimpleNamespace(**topology_cuda.OPS)
 
 
 def _ops_for(device: torch.device):
-    """The topology operators for tensors on ``device``: the dispatcher's (C++ on CPU,
-    :mod:`.topology_torch` on CUDA), or the device-generic functions themselves elsewhere."""
-    return _ops if device.type in ("cpu", "cuda") else topology_torch
+    """The topology operators for tensors on ``device``: the dispatcher's (the C++ kernels on the
+    CPU, :mod:`sparse_engine.kernels.topology_cuda` on CUDA), or on another device (none is
+    registered there) those torch-primitive kernels called directly."""
+    return _ops if device.type in ("cpu", "cuda") else _GENERIC
 
 __all__ = [
     "Remap", "magnitude_keep", "global_magnitude_keep", "set_keep", "threshold_keep",
@@ -80,29 +85,6 @@ class Remap:
         if t.dim() < 1 or t.shape[0] != self.old_nnz:
             raise ValueError(f"tensor must have first dimension old_nnz={self.old_nnz}, got {tuple(t.shape)}")
         return _ops_for(t.device).gather_or_zero(t, self.origin().to(t.device))
-
-
-# Fake kernels for the ops whose output shape follows from the inputs (so they trace under
-# torch.compile). compact, random_empty, merge and grad_topk have data-dependent sizes; they
-# run between steps, outside compiled graphs.
-@torch.library.register_fake("sparse_engine::select_smallest")
-def _select_smallest_fake(scores, k):
-    return scores.new_empty(scores.shape, dtype=torch.bool)
-
-
-@torch.library.register_fake("sparse_engine::set_prune")
-def _set_prune_fake(values, zeta):
-    return values.new_empty(values.shape, dtype=torch.bool)
-
-
-@torch.library.register_fake("sparse_engine::gather_or_zero")
-def _gather_or_zero_fake(t, origin):
-    return t.new_empty((origin.shape[0], *t.shape[1:]))
-
-
-@torch.library.register_fake("sparse_engine::coo_dot")
-def _coo_dot_fake(rows, cols, G, X):
-    return G.new_empty((rows.shape[0],))
 
 
 # ----------------------------------------------------------------------- pruning
@@ -167,8 +149,8 @@ def random_empty(row_ptr: torch.Tensor, col_idx: torch.Tensor, n_cols: int, n: i
     as (rows int64, cols int32) sorted by (row, col). Rejection sampling against the sorted rows
     while at least 4n positions are empty; enumeration of the empty positions otherwise (CPU).
     On another device: uniform ranks among the empty positions from that device's generator
-    seeded with ``seed`` (see :func:`.topology_torch.random_empty`; other positions than the
-    CPU for the same seed, same distribution)."""
+    seeded with ``seed`` (see :func:`sparse_engine.kernels.topology_cuda.random_empty_cuda`;
+    other positions than the CPU for the same seed, same distribution)."""
     return _ops_for(row_ptr.device).random_empty(row_ptr, col_idx, int(n_cols), int(n), int(seed))
 
 

@@ -1,10 +1,11 @@
-"""The device-generic topology operators (sparse_engine.training.topology_torch, the CUDA kernels
-of the topology ops): run on CPU tensors against the C++ kernels bit for bit (deterministic
-ops), invariants, determinism and uniformity of random growth, the same errors, the whole
-controller path routed through them; and a CUDA class (skipped without a GPU) that runs the
-controllers on a CUDA model and checks that nothing leaves the device."""
+"""The CUDA kernels of the topology ops, written with torch primitives
+(sparse_engine.kernels.topology_cuda): run on CPU tensors against the C++ kernels bit for bit
+(deterministic ops), invariants, determinism and uniformity of random growth, the same errors,
+the whole controller path routed through them; and a CUDA class (skipped without a GPU) that runs
+the controllers on a CUDA model and checks that nothing leaves the device."""
 import contextlib
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,10 +16,11 @@ from torch import nn
 from sparse_engine import SparseWeight
 from sparse_engine.nn import SparseLinear
 from sparse_engine.training import SET, DeepR, GradualMagnitudePruning, RigL, SelfishRNN, sparse_weights, topology
-from sparse_engine.training import topology_torch as tt
+from sparse_engine.kernels import topology_cuda
 from _training_util import check_invariants, keys, random_weight
 
 ops = torch.ops.sparse_engine
+tt = SimpleNamespace(**topology_cuda.OPS)  # the kernels by operator name, like ops
 
 
 def same(a, b):
@@ -305,13 +307,23 @@ def test_tensors_on_two_devices_are_refused():
 
 # ------------------------------------------------------------------ registration
 def test_registered_as_the_cuda_kernels_on_any_torch():
-    for name in tt.OPS:
+    for name, fn in topology_cuda.OPS.items():
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"sparse_engine::{name}", "CUDA"), name
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"sparse_engine::{name}", "CPU"), name
-    assert set(tt.OPS) == {"select_smallest", "set_prune", "compact", "random_empty", "merge", "remap_index",
-                           "gather_or_zero", "coo_dot", "grad_topk"}
+        assert fn.__name__ == f"{name}_cuda"  # the twin of <op>_cpu in csrc/cpu/topology_cpu.cpp
+    assert set(topology_cuda.OPS) == {"select_smallest", "set_prune", "compact", "random_empty", "merge",
+                                      "remap_index", "gather_or_zero", "coo_dot", "grad_topk"}
     assert topology._ops_for(torch.device("cuda")) is ops and topology._ops_for(torch.device("cpu")) is ops
-    assert topology._ops_for(torch.device("meta")) is tt  # other devices: the generic functions directly
+    # other devices: the generic functions directly
+    assert vars(topology._ops_for(torch.device("meta"))) == topology_cuda.OPS
+
+
+def test_old_module_name_still_imports():
+    from sparse_engine.training import topology_torch
+
+    for name, fn in topology_cuda.OPS.items():
+        assert getattr(topology_torch, name) is fn and getattr(topology_torch, f"{name}_cuda") is fn
+    assert topology_torch.OPS is topology_cuda.OPS
 
 
 # ------------------------------------------------------------------ controllers through the generic ops

@@ -1,0 +1,272 @@
+"""The Python half of ``torch.ops.sparse_engine``, in one place: every fake (meta) kernel, every
+autograd formula, the autocast rules and the registration of the kernels written in Python.
+
+``csrc/ops.cpp`` holds the schemas; the compiled kernels register themselves per dispatch key.
+:mod:`sparse_engine._ext` imports this module right after loading the compiled library, so
+importing any part of the package makes every operator complete (eager, autograd, autocast,
+``torch.compile``). The sections below follow the op families of ``csrc/ops.cpp``.
+
+Each family's kernels are in ``csrc/cpu/<family>_cpu.cpp`` (the CPU kernel of op ``<op>`` is
+the function ``<op>_cpu``) and ``csrc/cuda/<family>_cuda.cu``; the CUDA topology kernels are
+the Python functions ``<op>_cuda`` of :mod:`sparse_engine.kernels.topology_cuda`, registered
+here. ``I`` stands for the index of a SparseWeight, ``Tensor row_ptr, Tensor col_idx, Tensor
+csc_ptr, Tensor csc_row, Tensor csc_perm`` (``SparseWeight.index``). "here": what this module
+registers (fake: the output shapes, for FakeTensor / ``torch.compile``; ops without one have
+data-dependent output sizes and run outside compiled graphs).
+
+op                       schema in csrc/ops.cpp                                      here
+-----------------------  ----------------------------------------------------------  ------------------------
+[spmm] CPU csrc/cpu/spmm_cpu.cpp, CUDA csrc/cuda/spmm_cuda.cu
+spmm                     spmm(I, Tensor values, Tensor X) -> Tensor                  fake, autograd, autocast
+spmm_t                   spmm_t(I, Tensor values, Tensor G) -> Tensor                fake, autograd, autocast
+[sddmm] CPU csrc/cpu/sddmm_cpu.cpp, CUDA csrc/cuda/sddmm_cuda.cu
+sddmm                    sddmm(I, Tensor G, Tensor X) -> Tensor                      fake, autograd, autocast
+[transpose] CPU csrc/cpu/transpose_cpu.cpp, CUDA csrc/cuda/transpose_cuda.cu
+transpose_index          transpose_index(Tensor row_ptr, Tensor col_idx, int         fake
+                         n_cols) -> (Tensor, Tensor, Tensor)
+[rnn_step] CPU csrc/cpu/rnn_step_cpu.cpp, CUDA csrc/cuda/rnn_step_cuda.cu
+lstm_step                lstm_step(I, Tensor values, Tensor gx, Tensor h, Tensor c)  fake
+                         -> (Tensor, Tensor, Tensor)
+lstm_step_backward       lstm_step_backward(I, Tensor values, Tensor acts, Tensor    fake
+                         c_prev, Tensor c, Tensor dh, Tensor dc) -> (Tensor,
+                         Tensor, Tensor)
+gru_step                 gru_step(I, Tensor values, Tensor gx, Tensor h, Tensor?     fake
+                         b_hh) -> (Tensor, Tensor)
+gru_step_backward        gru_step_backward(I, Tensor values, Tensor acts, Tensor     fake
+                         h_prev, Tensor dh) -> (Tensor, Tensor, Tensor)
+rnn_step                 rnn_step(I, Tensor values, Tensor gx, Tensor h, bool relu)  fake
+                         -> Tensor
+rnn_step_backward        rnn_step_backward(I, Tensor values, Tensor h_new, Tensor    fake
+                         dh, bool relu) -> (Tensor, Tensor)
+ctrnn_step               ctrnn_step(I, Tensor values, Tensor gx, Tensor h, float     fake
+                         dt, float tau) -> (Tensor, Tensor)
+ctrnn_step_backward      ctrnn_step_backward(I, Tensor values, Tensor acts, Tensor   fake
+                         dh, float dt, float tau) -> (Tensor, Tensor)
+[topology] CPU csrc/cpu/topology_cpu.cpp, CUDA sparse_engine/kernels/topology_cuda.py
+select_smallest          select_smallest(Tensor scores, int k) -> Tensor             fake, CUDA kernel
+set_prune                set_prune(Tensor values, float zeta) -> Tensor              fake, CUDA kernel
+compact                  compact(Tensor row_ptr, Tensor col_idx, Tensor values,      CUDA kernel
+                         Tensor keep) -> (Tensor, Tensor, Tensor, Tensor)
+random_empty             random_empty(Tensor row_ptr, Tensor col_idx, int n_cols,    CUDA kernel
+                         int n, int seed) -> (Tensor, Tensor)
+merge                    merge(Tensor row_ptr, Tensor col_idx, Tensor values, int    CUDA kernel
+                         n_cols, Tensor new_row, Tensor new_col, Tensor new_values)
+                         -> (Tensor, Tensor, Tensor, Tensor, Tensor)
+remap_index              remap_index(Tensor kept_pos, Tensor old_pos, int new_nnz)   CUDA kernel
+                         -> Tensor
+gather_or_zero           gather_or_zero(Tensor t, Tensor origin) -> Tensor           fake, CUDA kernel
+coo_dot                  coo_dot(Tensor rows, Tensor cols, Tensor G, Tensor X) ->    fake, CUDA kernel
+                         Tensor
+grad_topk                grad_topk(Tensor row_ptr, Tensor col_idx, Tensor G, Tensor  CUDA kernel
+                         X, int k, int tile_rows, int tile_cols) -> (Tensor,
+                         Tensor, Tensor)
+[analysis] CPU csrc/cpu/analysis_cpu.cpp, no CUDA kernels
+signed_triad_census      signed_triad_census(Tensor row_ptr, Tensor col_idx, Tensor  fake
+                         values) -> (Tensor, Tensor)
+transitive_semicycles    transitive_semicycles(Tensor row_ptr, Tensor col_idx,       fake
+                         Tensor values, int type_mask) -> (Tensor, Tensor, Tensor)
+degree_preserving_swaps  degree_preserving_swaps(Tensor src, Tensor dst, int n, int  fake
+                         n_swaps, Tensor seeds) -> Tensor
+
+Autograd: spmm, spmm_t and sddmm each have a formula written with the other two (so double
+backward works too); the recurrent steps are differentiated by their ``*_backward`` ops inside
+``sparse_engine.nn``'s autograd.Function; the topology and analysis ops are not differentiable.
+Autocast (CPU and CUDA): spmm, spmm_t and sddmm are lower-precision ops like ``torch.mm``
+(see :mod:`sparse_engine.ops`).
+"""
+from __future__ import annotations
+
+import torch
+
+from .constants import GATES, SAVED_ACTS
+from .kernels import topology_cuda
+
+_ops = torch.ops.sparse_engine
+
+#: Registrations made through a Library object (autocast, Python kernels) last as long as it.
+_LIB = torch.library.Library("sparse_engine", "IMPL")
+
+_fake = torch.library.register_fake
+
+
+# ------------------------------------------------------------------- shared pieces
+_NO_INDEX_GRADS = (None, None, None, None, None)
+
+
+def _save_inputs(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _autocast(opname: str) -> None:
+    """Under autocast on the CPU or CUDA, ``opname`` casts its float32/float64 operands to the
+    autocast dtype of the moment (float16 or bfloat16), like the matmul family. (torch's
+    ``register_autocast`` takes one fixed dtype; this follows ``torch.get_autocast_dtype``.)"""
+    op = getattr(_ops, opname).default
+    for device_type, key in (("cpu", "AutocastCPU"), ("cuda", "AutocastCUDA")):
+        _LIB.impl(opname, _autocast_kernel(op, device_type, key), key, with_keyset=True)
+
+
+def _autocast_kernel(op, device_type: str, key: str):
+    keyset = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key))
+
+    def kernel(_keyset, *args):
+        dtype = torch.get_autocast_dtype(device_type)
+        cast = [a.to(dtype) if isinstance(a, torch.Tensor) and a.dtype in (torch.float32, torch.float64) else a
+                for a in args]
+        with torch._C._ExcludeDispatchKeyGuard(keyset):
+            return op(*cast)
+
+    return kernel
+
+
+def _like(t: torch.Tensor) -> torch.Tensor:
+    return t.new_empty(t.shape)
+
+
+def _blocks(t: torch.Tensor, k: int) -> torch.Tensor:
+    """A (k * rows x cols) tensor like the (rows x cols) ``t``: k stacked blocks (gates)."""
+    return t.new_empty((k * t.shape[0], t.shape[1]))
+
+
+# ------------------------------------------------------------------------------ spmm
+@_fake("sparse_engine::spmm")
+def _spmm_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, X):
+    return X.new_empty((row_ptr.shape[0] - 1, X.shape[1]))
+
+
+@_fake("sparse_engine::spmm_t")
+def _spmm_t_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, G):
+    return G.new_empty((csc_ptr.shape[0] - 1, G.shape[1]))
+
+
+def _spmm_backward(ctx, dY):
+    *index, values, X = ctx.saved_tensors
+    d_values = _ops.sddmm(*index, dY, X) if ctx.needs_input_grad[5] else None
+    d_X = _ops.spmm_t(*index, values, dY) if ctx.needs_input_grad[6] else None
+    return (*_NO_INDEX_GRADS, d_values, d_X)
+
+
+def _spmm_t_backward(ctx, dZ):
+    *index, values, G = ctx.saved_tensors
+    d_values = _ops.sddmm(*index, G, dZ) if ctx.needs_input_grad[5] else None
+    d_G = _ops.spmm(*index, values, dZ) if ctx.needs_input_grad[6] else None
+    return (*_NO_INDEX_GRADS, d_values, d_G)
+
+
+torch.library.register_autograd("sparse_engine::spmm", _spmm_backward, setup_context=_save_inputs)
+torch.library.register_autograd("sparse_engine::spmm_t", _spmm_t_backward, setup_context=_save_inputs)
+_autocast("spmm")
+_autocast("spmm_t")
+
+
+# ----------------------------------------------------------------------------- sddmm
+@_fake("sparse_engine::sddmm")
+def _sddmm_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, G, X):
+    return G.new_empty((col_idx.shape[0],))
+
+
+def _sddmm_backward(ctx, d_out):
+    *index, G, X = ctx.saved_tensors
+    d_G = _ops.spmm(*index, d_out, X) if ctx.needs_input_grad[5] else None
+    d_X = _ops.spmm_t(*index, d_out, G) if ctx.needs_input_grad[6] else None
+    return (*_NO_INDEX_GRADS, d_G, d_X)
+
+
+torch.library.register_autograd("sparse_engine::sddmm", _sddmm_backward, setup_context=_save_inputs)
+_autocast("sddmm")
+
+
+# ------------------------------------------------------------------------- transpose
+@_fake("sparse_engine::transpose_index")
+def _transpose_index_fake(row_ptr, col_idx, n_cols):
+    nnz = col_idx.shape[0]
+    return row_ptr.new_empty((n_cols + 1,)), col_idx.new_empty((nnz,)), row_ptr.new_empty((nnz,))
+
+
+# -------------------------------------------------------------------------- rnn_step
+# Shapes (H hidden units, B batch): states H x B; gx and the gate gradient dG G*H x B (GATES);
+# the saved activations SAVED_ACTS*H x B.
+@_fake("sparse_engine::lstm_step")
+def _lstm_step_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, gx, h, c):
+    return _like(h), _like(h), _blocks(h, SAVED_ACTS["LSTM"])
+
+
+@_fake("sparse_engine::lstm_step_backward")
+def _lstm_step_backward_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, acts, c_prev, c, dh, dc):
+    return _blocks(dh, GATES["LSTM"]), _like(dh), _like(dh)
+
+
+@_fake("sparse_engine::gru_step")
+def _gru_step_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, gx, h, b_hh):
+    return _like(h), _blocks(h, SAVED_ACTS["GRU"])
+
+
+@_fake("sparse_engine::gru_step_backward")
+def _gru_step_backward_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, acts, h_prev, dh):
+    return _blocks(dh, GATES["GRU"]), _blocks(dh, GATES["GRU"]), _like(dh)
+
+
+@_fake("sparse_engine::rnn_step")
+def _rnn_step_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, gx, h, relu):
+    return _like(h)
+
+
+@_fake("sparse_engine::rnn_step_backward")
+def _rnn_step_backward_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, h_new, dh, relu):
+    return _blocks(dh, GATES["RNN_TANH"]), _like(dh)
+
+
+@_fake("sparse_engine::ctrnn_step")
+def _ctrnn_step_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, gx, h, dt, tau):
+    return _like(h), _blocks(h, SAVED_ACTS["CTRNN"])
+
+
+@_fake("sparse_engine::ctrnn_step_backward")
+def _ctrnn_step_backward_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, acts, dh, dt, tau):
+    return _blocks(dh, GATES["CTRNN"]), _like(dh)
+
+
+# -------------------------------------------------------------------------- topology
+# compact, random_empty, merge, remap_index and grad_topk have data-dependent sizes (no fake).
+@_fake("sparse_engine::select_smallest")
+def _select_smallest_fake(scores, k):
+    return scores.new_empty(scores.shape, dtype=torch.bool)
+
+
+@_fake("sparse_engine::set_prune")
+def _set_prune_fake(values, zeta):
+    return values.new_empty(values.shape, dtype=torch.bool)
+
+
+@_fake("sparse_engine::gather_or_zero")
+def _gather_or_zero_fake(t, origin):
+    return t.new_empty((origin.shape[0], *t.shape[1:]))
+
+
+@_fake("sparse_engine::coo_dot")
+def _coo_dot_fake(rows, cols, G, X):
+    return G.new_empty((rows.shape[0],))
+
+
+# The CUDA kernels (on any torch build, so a CUDA torch picks them up; a compiled CUDA kernel
+# registered for an op would be kept).
+for _name, _kernel in topology_cuda.OPS.items():
+    if not torch._C._dispatch_has_kernel_for_dispatch_key(f"sparse_engine::{_name}", "CUDA"):
+        _LIB.impl(_name, _kernel, "CUDA")
+
+
+# -------------------------------------------------------------------------- analysis
+@_fake("sparse_engine::signed_triad_census")
+def _signed_triad_census_fake(row_ptr, col_idx, values):
+    return row_ptr.new_empty((16,)), row_ptr.new_empty((4, 5))
+
+
+@_fake("sparse_engine::transitive_semicycles")
+def _transitive_semicycles_fake(row_ptr, col_idx, values, type_mask):
+    s = torch.library.get_ctx().new_dynamic_size()
+    return row_ptr.new_empty((s, 3)), row_ptr.new_empty((s, 3)), row_ptr.new_empty((s,), dtype=torch.int8)
+
+
+@_fake("sparse_engine::degree_preserving_swaps")
+def _degree_preserving_swaps_fake(src, dst, n, n_swaps, seeds):
+    return dst.new_empty((seeds.shape[0], dst.shape[0]))

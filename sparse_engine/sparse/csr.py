@@ -1,0 +1,91 @@
+"""The checks of a CSR index on the Python side, written once.
+
+* :func:`check_index`: what a kernel needs before it reads an index (tensors, dtypes row_ptr
+  int64 and col_idx int32, 1-D, one device, the two ends of row_ptr: one sync), worded like
+  the C++ kernels' check (``check_csr`` in ``csrc/cpu/topology_cpu.cpp``). The torch-primitive
+  kernels (:mod:`sparse_engine.kernels.topology_cuda`) call it.
+* :func:`check_csr`: the whole structure of a matrix (length of row_ptr, its ends, values per
+  entry, non-decreasing row_ptr, column range, columns sorted and unique within each row),
+  O(nnz). :meth:`SparseWeight.validate <sparse_engine.SparseWeight.validate>` calls it, so does
+  everything that builds a SparseWeight, loads one from a state_dict or a checkpoint, or reads
+  one for the analysis.
+
+Both raise ValueError (TypeError for a wrong type) naming the argument and the first problem.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["check_tensor", "check_dtype", "check_same_device", "check_index", "check_csr"]
+
+
+def check_tensor(t, name: str) -> torch.Tensor:
+    """``t`` itself when it is a tensor, else TypeError naming ``name``."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
+    return t
+
+
+def check_dtype(t, name: str, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` itself when it is a tensor of ``dtype``, else TypeError ("row_ptr must be int64, got ...")."""
+    if check_tensor(t, name).dtype != dtype:
+        raise TypeError(f"{name} must be {str(dtype).removeprefix('torch.')}, got {t.dtype}")
+    return t
+
+
+def check_same_device(**tensors: torch.Tensor) -> torch.device:
+    """The device of all ``tensors`` (keyword: argument name), ValueError naming each when they differ."""
+    devs = {n: t.device for n, t in tensors.items()}
+    first = next(iter(devs.values()))
+    if any(d != first for d in devs.values()):
+        raise ValueError(f"all tensors must be on one device, got {', '.join(f'{n} on {d}' for n, d in devs.items())}")
+    return first
+
+
+def check_index(row_ptr, col_idx) -> tuple[int, int]:
+    """(rows, nnz) of a CSR index given to a kernel; the ends of row_ptr are checked (one sync)."""
+    check_dtype(row_ptr, "row_ptr", torch.int64)
+    check_dtype(col_idx, "col_idx", torch.int32)
+    if row_ptr.dim() != 1 or row_ptr.numel() < 1:
+        raise ValueError("row_ptr must be 1-D with rows+1 >= 1 entries")
+    if col_idx.dim() != 1:
+        raise ValueError("col_idx must be 1-D")
+    check_same_device(row_ptr=row_ptr, col_idx=col_idx)
+    rows, nnz = row_ptr.numel() - 1, col_idx.numel()
+    first, last = row_ptr[[0, -1]].tolist()
+    if first != 0 or last != nnz:
+        raise ValueError(f"row_ptr must run from 0 to nnz={nnz}, got {first}..{last}")
+    return rows, nnz
+
+
+def check_csr(row_ptr: torch.Tensor, col_idx: torch.Tensor, shape: tuple[int, int],
+              n_values: int | None = None) -> None:
+    """Raises ValueError naming the first structural problem of the (rows x cols) CSR
+    (row_ptr int64, col_idx integer, both 1-D) with ``n_values`` values (None: not checked). O(nnz)."""
+    rows, cols = shape
+    rp, ci = row_ptr, col_idx
+    if rp.numel() != rows + 1:
+        raise ValueError(f"row_ptr must have rows+1={rows + 1} entries, got {rp.numel()}")
+    if int(rp[0]) != 0:
+        raise ValueError(f"row_ptr[0] must be 0, got {int(rp[0])}")
+    if int(rp[-1]) != ci.numel():
+        raise ValueError(f"row_ptr[-1] must equal nnz={ci.numel()} (length of col_idx), got {int(rp[-1])}")
+    if n_values is not None and n_values != ci.numel():
+        raise ValueError(f"values must have nnz={ci.numel()} entries like col_idx, got {n_values}")
+    if rows and bool((rp[1:] < rp[:-1]).any()):
+        raise ValueError("row_ptr must be non-decreasing")
+    if ci.numel() == 0:
+        return
+    if int(ci.min()) < 0 or int(ci.max()) >= cols:
+        raise ValueError(f"col_idx entries must be in [0, cols={cols}), got range [{int(ci.min())}, {int(ci.max())}]")
+    # within a row, each column must exceed the one before it (sorted and unique)
+    step_ok = ci[1:] > ci[:-1]
+    row_start = torch.zeros(ci.numel(), dtype=torch.bool, device=ci.device)
+    starts = rp[:-1][rp[:-1] < ci.numel()]
+    row_start[starts] = True
+    bad = ~step_ok & ~row_start[1:]
+    if bool(bad.any()):
+        k = int(bad.nonzero()[0]) + 1
+        row = int(torch.searchsorted(rp, torch.tensor(k, device=rp.device), right=True)) - 1
+        kind = "duplicate" if int(ci[k]) == int(ci[k - 1]) else "unsorted"
+        raise ValueError(f"col_idx must be sorted and unique within each row: {kind} column {int(ci[k])} in row {row}")
