@@ -23,7 +23,7 @@ from ._ext import HAS_CUDA_KERNELS
 from .checkpoint import save_checkpoint
 from .data.tasks import load_task
 from .models import SequenceModel
-from .sparse import SparseWeight
+from .sparse import SparseWeight, sparse_weights
 from .timing import best_of
 from .training.recipes import make_controller
 
@@ -143,7 +143,7 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
         test_loss, test_acc = evaluate(model, Xte, yte, meta["kind"], device=device)
         if ctl is not None:
             ctl.end_epoch(val_loss=test_loss) if cfg.algorithm == "selfish" else ctl.end_epoch()
-        weights = [w for w in model.modules() if isinstance(w, SparseWeight)]
+        weights = sparse_weights(model).values()
         nnz = sum(w.nnz for w in weights)
         size = sum(w.shape[0] * w.shape[1] for w in weights)
         row = dict(epoch=epoch, train_loss=running / len(Xtr), test_loss=test_loss, test_acc=test_acc, nnz=nnz,
