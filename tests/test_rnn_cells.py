@@ -190,6 +190,36 @@ def test_fused_and_composed_agree_float32(rng):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "composed"])
+def test_fused_setting_is_per_module(fused, monkeypatch, rng):
+    """A module's ``fused`` setting (constructor argument and attribute) picks the step of its own
+    recurrence: fused=False runs the composed step every step, fused=True (a sparse float64 W_hh
+    on the CPU, which has the kernels) never; a module beside it keeps the default."""
+    cell = cell_table.CELLS["GRU"]
+    calls = []
+
+    def spy(*args):
+        calls.append(1)
+        return cell.step(*args)
+
+    monkeypatch.setitem(cell_table.CELLS, "GRU", dataclasses.replace(cell, step=spy))
+    x = torch.randn(4, 2, 3, generator=rng, dtype=torch.float64)
+    m = se.nn.SparseGRU(3, 5, num_layers=2, density=0.5, dtype=torch.float64, fused=fused)
+    other = se.nn.SparseGRU(3, 5, density=0.5, dtype=torch.float64)
+    assert m.fused is fused and other.fused is True
+    assert ("fused=False" in repr(m)) is not fused
+    m(x)
+    assert len(calls) == (0 if fused else 2 * 4)
+    other(x)
+    assert len(calls) == (0 if fused else 2 * 4)
+    c = se.nn.SparseGRUCell(3, 5, density=0.5, dtype=torch.float64, fused=fused)
+    c(x[0])
+    assert len(calls) == (0 if fused else 2 * 4 + 1)
+    m.fused = not fused  # the attribute is read at each forward
+    m(x)
+    assert len(calls) == (2 * 4 if fused else 2 * 4 + 1)
+
+
 def test_fused_ops_reject_bad_arguments(rng):
     ops = torch.ops.sparse_engine
     W = _weight(4 * 5, 5, 0.5, rng)  # an LSTM W_hh for hidden 5
