@@ -13,8 +13,9 @@ its own and a failure (out of memory, cuDNN) is recorded as "fails" without endi
 On a GPU the SparseLSTM column needs this build's CUDA kernels (sparse_engine._ext.HAS_CUDA_KERNELS);
 without them it is recorded as "no CUDA kernels". Each SparseLSTM cell says which recurrent step
 ran: "fused" (one op per step: csrc/cpu/rnn_cpu.cpp, csrc/cuda/rnn_step.cu) or "composed"
-(spmm + torch elementwise). On a GPU the table also times the composed step
-(method sparse_engine_composed, USE_FUSED off), so fused vs composed is measured in the same run.
+(spmm + torch elementwise). On a GPU the table also times the composed step (method
+sparse_engine_composed: the module built with fused=False), so fused vs composed is measured in
+the same run.
 The results file is rewritten after every cell (and into --copy-to), and --budget-s stops starting
 cells (and caps each cell's timeout) so that a run under a wall-clock limit still leaves a table.
 """
@@ -80,19 +81,20 @@ def measure(method: str, H: int, density: float, device: str, repeats: int, warm
     x = torch.randn(T, B, H, device=dev)
     path = None
     if method in ("sparse_engine", "sparse_engine_composed"):
-        from sparse_engine.nn import _recurrence as R
+        from sparse_engine.nn.recurrence import Config, fused_ok
 
         if dev.type == "cuda" and not se._ext.HAS_CUDA_KERNELS:
             return {"status": "no CUDA kernels"}
-        R.USE_FUSED = method == "sparse_engine"
+        fused = method == "sparse_engine"
         if dev.type == "cuda":  # a placeholder pattern (one entry per 1000 rows), redrawn on the device
-            model = se.nn.SparseLSTM(H, H, density=1e-3 / H).to(dev)
+            model = se.nn.SparseLSTM(H, H, density=1e-3 / H, fused=fused).to(dev)
             redraw_on_device([m for m in model.modules() if isinstance(m, se.SparseWeight)], density, dev)
         else:
-            model = se.nn.SparseLSTM(H, H, density=density)
+            model = se.nn.SparseLSTM(H, H, density=density, fused=fused)
         params = list(model.parameters())
         w_hh = model.weight_hh_l0
-        path = "fused" if R._fused_ok(R.Config("LSTM", H, B, T, idx_hh=w_hh.index), w_hh.values) else "composed"
+        cfg = Config("LSTM", H, B, T, idx_hh=w_hh.index, fused=model.fused)
+        path = "fused" if fused_ok(cfg, w_hh.values) else "composed"
 
         def step():
             y, _ = model(x)

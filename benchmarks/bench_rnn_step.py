@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import sparse_engine as se  # noqa: E402
-from sparse_engine.nn import _recurrence as R  # noqa: E402
+from sparse_engine.nn.cell_table import CELLS  # noqa: E402
 
 SIZES = [(512, 0.05), (1500, 0.33), (4096, 0.01), (16384, 0.01)]
 GPU_SIZES = SIZES + [(65536, 0.01)]
@@ -95,16 +95,17 @@ def measure(ops, H, d, B, dev, repeats) -> list[str]:
     v, idx = W.values.detach(), W.index
     g, h, c = (torch.randn(n, B, device=dev) for n in (4 * H, H, H))
     acts = torch.rand(4 * H, B, device=dev)
+    lstm, gru = CELLS["LSTM"], CELLS["GRU"]
     res = {
         "LSTM fwd": (timeit(lambda: ops.lstm_step(*idx, v, g, h, c), repeats),
-                     timeit(lambda: R._lstm_fwd(v, idx, g, h, c), repeats)),
+                     timeit(lambda: lstm.step(v, idx, g, h, c), repeats)),
         "LSTM bwd": (timeit(lambda: ops.lstm_step_backward(*idx, v, acts, c, c, h, h), repeats),
-                     timeit(lambda: R._lstm_bwd(v, idx, acts, c, c, h, h), repeats)),
+                     timeit(lambda: lstm.step_backward(v, idx, acts, c, c, h, h), repeats)),
     }
     Wg = weight(3 * H, H, d, dev, seed=1)
     vg, ig, bg = Wg.values.detach(), Wg.index, torch.randn(3 * H, device=dev)
     res["GRU fwd"] = (timeit(lambda: ops.gru_step(*ig, vg, g[:3 * H], h, bg), repeats),
-                      timeit(lambda: R._gru_fwd(vg, ig, g[:3 * H], h, bg), repeats))
+                      timeit(lambda: gru.step(vg, ig, g[:3 * H], h, bg), repeats))
     for k, (fused, composed) in res.items():
         rows.append(f"| {H:,} | {d:g} | {k} | {fused:.0f} | {composed:.0f} | {composed / fused:.2f}x |")
         print(rows[-1], flush=True)

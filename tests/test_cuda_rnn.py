@@ -4,11 +4,12 @@
 Skipped unless a CUDA device is present and sparse_engine._C has the CUDA step kernels.
 SPARSE_ENGINE_RNN_TEST_DEVICE=cpu runs the same tests on the CPU (the fused CPU ops in place of
 the CUDA ones): a check of the tests themselves on a machine without a GPU.
-The path selection (_fused_ok) is tested everywhere.
+The path selection (fused_ok) is tested everywhere.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 
 import pytest
@@ -16,8 +17,9 @@ import torch
 
 import sparse_engine as se
 from sparse_engine import SparseWeight
-from sparse_engine.nn import _recurrence as R
-from sparse_engine.nn._recurrence import Config, Recurrence
+from sparse_engine.constants import GATES
+from sparse_engine.nn.cell_table import CELLS, has_fused_kernels
+from sparse_engine.nn.recurrence import Config, Recurrence, fused_ok
 
 DEV = os.environ.get("SPARSE_ENGINE_RNN_TEST_DEVICE", "cuda")
 RAW = torch.ops.sparse_engine
@@ -46,21 +48,20 @@ def _gpu(f):
 
 
 # ------------------------------------------------------------------ path selection (no GPU)
-def test_fused_path_selection(monkeypatch):
+def test_fused_path_selection():
     """Fused only for a sparse W_hh in float32/float64 on a device with the kernels; fp16/bf16
     (spmm's reduced-precision storage) and dense W_hh take the composed path."""
     W = SparseWeight.random(8, 2, density=0.5)
     cfg = Config("LSTM", 2, 3, 4, idx_hh=W.index)
     for dtype in (torch.float32, torch.float64):
-        assert R._fused_ok(cfg, torch.zeros(3, dtype=dtype))
+        assert fused_ok(cfg, torch.zeros(3, dtype=dtype))
     for dtype in (torch.float16, torch.bfloat16):
-        assert not R._fused_ok(cfg, torch.zeros(3, dtype=dtype))
-    assert not R._fused_ok(Config("LSTM", 2, 3, 4), torch.zeros(3))  # dense W_hh
-    assert not R._fused_ok(cfg, torch.zeros(3, device="meta"))  # no kernels for that key
-    monkeypatch.setattr(R, "USE_FUSED", False)
-    assert not R._fused_ok(cfg, torch.zeros(3))
+        assert not fused_ok(cfg, torch.zeros(3, dtype=dtype))
+    assert not fused_ok(Config("LSTM", 2, 3, 4), torch.zeros(3))  # dense W_hh
+    assert not fused_ok(cfg, torch.zeros(3, device="meta"))  # no kernels for that key
+    assert not fused_ok(dataclasses.replace(cfg, fused=False), torch.zeros(3))  # the module's fused=False
     has_cuda = torch._C._dispatch_has_kernel_for_dispatch_key("sparse_engine::lstm_step", "CUDA")
-    assert R._has_fused_kernels("cuda") == has_cuda
+    assert has_fused_kernels("cuda") == has_cuda
 
 
 # ---------------------------------------------------------------------------- raw ops
@@ -84,7 +85,7 @@ def _weight(rows, cols, pattern, dtype, g) -> SparseWeight:
 
 
 def _inputs(mode, H, B, dtype, g):
-    G = R.GATES[mode]
+    G = GATES[mode]
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(dtype)  # noqa: E731
     return dict(gx=r(G * H, B), h=0.5 * r(H, B), c=r(H, B), b_hh=0.3 * r(3 * H), dh=r(H, B), dc=r(H, B))
 
@@ -105,29 +106,29 @@ def _fused_fwd(mode, W, x):
 
 
 def _composed_fwd(mode, W, x):
-    idx, v = W.index, W.values.detach()
+    idx, v, step = W.index, W.values.detach(), CELLS[mode].step
     if mode == "LSTM":
-        return R._lstm_fwd(v, idx, x["gx"], x["h"], x["c"])
+        return step(v, idx, x["gx"], x["h"], x["c"])
     if mode == "GRU":
-        return R._gru_fwd(v, idx, x["gx"], x["h"], x["b_hh"])
+        return step(v, idx, x["gx"], x["h"], x["b_hh"])
     if mode == "CTRNN":
-        return R._ctrnn_fwd(v, idx, x["gx"], x["h"], DT, TAU)
-    return (R._rnn_fwd(v, idx, x["gx"], x["h"], mode == "RNN_RELU"),)
+        return step(v, idx, x["gx"], x["h"], DT, TAU)
+    return (step(v, idx, x["gx"], x["h"], mode == "RNN_RELU"),)
 
 
 def _bwd(mode, W, x, fwd, fused: bool):
     """Backward of one step from the forward outputs `fwd` (the same tensors for every path)."""
-    idx, v = W.index, W.values.detach()
+    idx, v, composed = W.index, W.values.detach(), CELLS[mode].step_backward
     if mode == "LSTM":
-        f = RAW.lstm_step_backward if fused else (lambda *a: R._lstm_bwd(a[5], a[:5], *a[6:]))
+        f = RAW.lstm_step_backward if fused else (lambda *a: composed(a[5], a[:5], *a[6:]))
         return f(*idx, v, fwd[2], x["c"], fwd[1], x["dh"], x["dc"])
     if mode == "GRU":
-        f = RAW.gru_step_backward if fused else (lambda *a: R._gru_bwd(a[5], a[:5], *a[6:]))
+        f = RAW.gru_step_backward if fused else (lambda *a: composed(a[5], a[:5], *a[6:]))
         return f(*idx, v, fwd[1], x["h"], x["dh"])
     if mode == "CTRNN":
-        f = RAW.ctrnn_step_backward if fused else (lambda *a: R._ctrnn_bwd(a[5], a[:5], *a[6:]))
+        f = RAW.ctrnn_step_backward if fused else (lambda *a: composed(a[5], a[:5], *a[6:]))
         return f(*idx, v, fwd[1], x["dh"], DT, TAU)
-    f = RAW.rnn_step_backward if fused else (lambda *a: R._rnn_bwd(a[5], a[:5], *a[6:]))
+    f = RAW.rnn_step_backward if fused else (lambda *a: composed(a[5], a[:5], *a[6:]))
     return f(*idx, v, fwd[0], x["dh"], mode == "RNN_RELU")
 
 
@@ -150,7 +151,7 @@ SHAPES = [("uniform", 37, [1, 3, 20, 33, 256]), ("uniform", 1, [4]), ("empty_row
 @pytest.mark.parametrize("pattern,H,batches", SHAPES, ids=[f"{p}-H{h}" for p, h, _ in SHAPES])
 def test_fused_step_matches_composed_and_cpu(pattern, H, batches, mode, dtype):
     g = torch.Generator().manual_seed(H * 31 + MODES.index(mode))
-    W = _weight(R.GATES[mode] * H, H, pattern, dtype, g)
+    W = _weight(GATES[mode] * H, H, pattern, dtype, g)
     Wd = copy.deepcopy(W).to(DEV)
     for B in batches:
         x = _inputs(mode, H, B, dtype, g)
@@ -174,7 +175,7 @@ def test_deterministic_and_misaligned(mode):
     """Same inputs, same bits; a state one element off 16-byte alignment (scalar loads) agrees."""
     g = torch.Generator().manual_seed(5)
     H, B = 64, 20
-    W = _weight(R.GATES[mode] * H, H, "skewed", torch.float32, g).to(DEV)
+    W = _weight(GATES[mode] * H, H, "skewed", torch.float32, g).to(DEV)
     x = _to(_inputs(mode, H, B, torch.float32, g), DEV)
     a, b = _fused_fwd(mode, W, x), _fused_fwd(mode, W, x)
     for s, t in zip(a, b):
@@ -257,7 +258,7 @@ def test_modules_on_device_match_torch_and_cpu(L, bi, T, B, I, H, mode, dtype, m
     out_cpu, gr_cpu = _run(m_cpu, x, None, wy, ws)
     out_dev, gr_dev = _run(m_dev, x.to(DEV), None, wy.to(DEV), dev(ws))
     out_ref, _ = _run(ref, x.to(DEV), None, wy.to(DEV), dev(ws))
-    monkeypatch.setattr(R, "USE_FUSED", False)
+    m_dev.fused = False
     out_cmp, gr_cmp = _run(m_dev, x.to(DEV), None, wy.to(DEV), dev(ws))
     _close(out_dev, out_cpu, dtype, "module vs CPU")
     _close(out_dev, out_ref, dtype, "module vs torch.nn")
@@ -277,7 +278,7 @@ def test_modules_on_device_match_torch_and_cpu(L, bi, T, B, I, H, mode, dtype, m
 
 @_gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-def test_ctrnn_module_on_device(dtype, monkeypatch):
+def test_ctrnn_module_on_device(dtype):
     g = torch.Generator().manual_seed(3)
     torch.manual_seed(3)
     m_cpu = se.nn.SparseCTRNN(3, 21, density=0.3, dt=0.05, tau=0.7, unfolds=3, dtype=dtype)
@@ -287,7 +288,7 @@ def test_ctrnn_module_on_device(dtype, monkeypatch):
     ws = [torch.randn(1, 2, 21, generator=g, dtype=torch.float64).to(dtype)]
     out_cpu, gr_cpu = _run(m_cpu, x, None, wy, ws)
     out_dev, gr_dev = _run(m_dev, x.to(DEV), None, wy.to(DEV), [ws[0].to(DEV)])
-    monkeypatch.setattr(R, "USE_FUSED", False)
+    m_dev.fused = False
     out_cmp, gr_cmp = _run(m_dev, x.to(DEV), None, wy.to(DEV), [ws[0].to(DEV)])
     _close(out_dev, out_cpu, dtype, "CT-RNN vs CPU")
     _close(out_dev, out_cmp, dtype, "CT-RNN fused vs composed")
@@ -299,7 +300,7 @@ def test_ctrnn_module_on_device(dtype, monkeypatch):
 @_gpu
 def test_fused_path_is_taken_on_device():
     W = SparseWeight.random(8, 2, density=0.5).to(DEV)
-    assert R._fused_ok(Config("LSTM", 2, 3, 4, idx_hh=W.index), W.values)
+    assert fused_ok(Config("LSTM", 2, 3, 4, idx_hh=W.index), W.values)
 
 
 @_gpu
@@ -307,13 +308,13 @@ def test_fused_path_is_taken_on_device():
 def test_gradcheck_fused_on_device(mode):
     g = torch.Generator().manual_seed(11)
     I, H, B, T = 3, 5, 2, 3
-    G = R.GATES[mode] * H
+    G = GATES[mode] * H
     W_ih = SparseWeight.from_dense(torch.randn(G, I, generator=g, dtype=torch.float64),
                                    torch.rand(G, I, generator=g) < 0.6).to(DEV)
     W_hh = SparseWeight.from_dense(torch.randn(G, H, generator=g, dtype=torch.float64),
                                    torch.rand(G, H, generator=g) < 0.6).to(DEV)
     cfg = Config(mode, H, B, T, False, W_ih.index, W_hh.index)
-    assert R._fused_ok(cfg, W_hh.values)
+    assert fused_ok(cfg, W_hh.values)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(DEV).requires_grad_(True)  # noqa: E731
     args = [r(I, T * B), r(H, B), r(H, B) if mode == "LSTM" else None,
             W_ih.values.detach().clone().requires_grad_(True), W_hh.values.detach().clone().requires_grad_(True),

@@ -11,7 +11,6 @@ import torch
 
 from sparse_engine import SparseWeight, ops
 from sparse_engine.nn import SparseLinear, SparseLSTM
-from sparse_engine.nn import _recurrence
 from conftest import SHAPES, random_weight
 
 HALF = [torch.float16, torch.bfloat16]
@@ -252,7 +251,7 @@ def test_mixed_dtypes_raise_clear_errors(rng):
 
 
 # -------------------------------------------------------------- recurrent modules
-def test_half_lstm_takes_composed_path_or_fails_clearly(monkeypatch, rng):
+def test_half_lstm_takes_composed_path_or_fails_clearly(rng):
     """The fused RNN step kernels are float32/float64 only. In bfloat16 the composed path
     (spmm + torch elementwise ops) runs and agrees with float32; the fused path must either
     be skipped for this dtype or raise a TypeError that names the dtypes it takes."""
@@ -268,7 +267,7 @@ def test_half_lstm_takes_composed_path_or_fails_clearly(monkeypatch, rng):
         assert "float32 or float64" in str(e)
     else:
         assert y_default.dtype == torch.bfloat16
-    monkeypatch.setattr(_recurrence, "USE_FUSED", False)
+    lstm.fused = False
     y, _ = lstm(xb)
     assert y.dtype == torch.bfloat16
     torch.testing.assert_close(y.float(), y32, atol=0.05, rtol=0.05)

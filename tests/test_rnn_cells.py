@@ -1,17 +1,20 @@
 """Cells against torch's cells, the CT-RNN against a dense reference, gradcheck of the Function."""
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
 
 import sparse_engine as se
 from sparse_engine import SparseWeight
-from sparse_engine.nn import _recurrence
-from sparse_engine.nn._recurrence import Config, Recurrence
+from sparse_engine.constants import GATES
+from sparse_engine.nn import cell_table
+from sparse_engine.nn.recurrence import Config, Recurrence
 
 
 @pytest.fixture(params=[True, False], ids=["fused", "composed"])
-def fused(request, monkeypatch):
-    monkeypatch.setattr(_recurrence, "USE_FUSED", request.param)
+def fused(request):
+    """The modules' ``fused`` setting: the fused step ops, or the composed steps."""
     return request.param
 
 
@@ -27,7 +30,7 @@ CELLS = [
 @pytest.mark.parametrize("batched", [True, False])
 @pytest.mark.parametrize("given", [True, False])
 def test_cells_match_torch(cls, kw, batched, given, fused, rng):
-    cell = cls(4, 11, density=0.4, dtype=torch.float64, **kw)
+    cell = cls(4, 11, density=0.4, dtype=torch.float64, fused=fused, **kw)
     ref = cell.to_dense()
     is_lstm = cls is se.nn.SparseLSTMCell
     lead = (3,) if batched else ()
@@ -84,7 +87,7 @@ def ctrnn_reference(x, h0, W_in, W_rec, b, dt, tau, unfolds):
 @pytest.mark.parametrize("sparse", ["both", "recurrent"])
 def test_ctrnn_matches_dense_reference(sparse, fused, rng):
     layer = se.nn.SparseCTRNN(3, 13, density=0.3, sparse=sparse, dt=0.05, tau=0.7, unfolds=4,
-                              dtype=torch.float64)
+                              dtype=torch.float64, fused=fused)
     W_in = layer.weight_ih.to_dense() if sparse == "both" else layer.weight_ih.detach()
     W_rec = layer.weight_hh.to_dense().requires_grad_(True)
     x = torch.randn(5, 2, 3, generator=rng, dtype=torch.float64)
@@ -133,17 +136,16 @@ def _weight(rows, cols, density, g):
 @pytest.mark.parametrize("kinds,reverse,fused", [
     ("sparse-sparse", False, True), ("sparse-sparse", True, True), ("dense-sparse", True, True),
     ("sparse-dense", False, True), ("sparse-sparse", False, False), ("sparse-sparse", True, False)])
-def test_gradcheck_recurrence(mode, reverse, kinds, fused, rng, monkeypatch):
-    monkeypatch.setattr(_recurrence, "USE_FUSED", fused)
+def test_gradcheck_recurrence(mode, reverse, kinds, fused, rng):
     I, H, B, T = 3, 4, 2, 3
-    G = {"LSTM": 4, "GRU": 3}.get(mode, 1) * H
+    G = GATES[mode] * H
     sp_ih, sp_hh = (k == "sparse" for k in kinds.split("-"))
     W_ih = _weight(G, I, 0.6, rng) if sp_ih else None
     W_hh = _weight(G, H, 0.6, rng) if sp_hh else None
     w_ih = W_ih.values.detach().clone() if sp_ih else torch.randn(G, I, generator=rng, dtype=torch.float64)
     w_hh = W_hh.values.detach().clone() if sp_hh else torch.randn(G, H, generator=rng, dtype=torch.float64)
     cfg = Config(mode, H, B, T, reverse, W_ih.index if sp_ih else None, W_hh.index if sp_hh else None,
-                 dt=0.2, tau=0.6, unfolds=2)
+                 dt=0.2, tau=0.6, unfolds=2, fused=fused)
     x = torch.randn(I, T * B, generator=rng, dtype=torch.float64)
     h0 = torch.randn(H, B, generator=rng, dtype=torch.float64)
     c0 = torch.randn(H, B, generator=rng, dtype=torch.float64) if mode == "LSTM" else None
@@ -174,18 +176,48 @@ def test_gradcheck_recurrence(mode, reverse, kinds, fused, rng, monkeypatch):
     assert gx.shape == x.shape
 
 
-def test_fused_and_composed_agree_float32(monkeypatch, rng):
+def test_fused_and_composed_agree_float32(rng):
     m = se.nn.SparseLSTM(8, 45, density=0.2)
     x = torch.randn(6, 3, 8, generator=rng)
     outs = []
     for flag in (True, False):
-        monkeypatch.setattr(_recurrence, "USE_FUSED", flag)
+        m.fused = flag
         m.zero_grad()
         y, (h, c) = m(x)
         (y.square().sum() + c.sum()).backward()
         outs.append([y, h, c] + [p.grad.clone() for p in m.parameters()])
     for a, b in zip(*outs):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "composed"])
+def test_fused_setting_is_per_module(fused, monkeypatch, rng):
+    """A module's ``fused`` setting (constructor argument and attribute) picks the step of its own
+    recurrence: fused=False runs the composed step every step, fused=True (a sparse float64 W_hh
+    on the CPU, which has the kernels) never; a module beside it keeps the default."""
+    cell = cell_table.CELLS["GRU"]
+    calls = []
+
+    def spy(*args):
+        calls.append(1)
+        return cell.step(*args)
+
+    monkeypatch.setitem(cell_table.CELLS, "GRU", dataclasses.replace(cell, step=spy))
+    x = torch.randn(4, 2, 3, generator=rng, dtype=torch.float64)
+    m = se.nn.SparseGRU(3, 5, num_layers=2, density=0.5, dtype=torch.float64, fused=fused)
+    other = se.nn.SparseGRU(3, 5, density=0.5, dtype=torch.float64)
+    assert m.fused is fused and other.fused is True
+    assert ("fused=False" in repr(m)) is not fused
+    m(x)
+    assert len(calls) == (0 if fused else 2 * 4)
+    other(x)
+    assert len(calls) == (0 if fused else 2 * 4)
+    c = se.nn.SparseGRUCell(3, 5, density=0.5, dtype=torch.float64, fused=fused)
+    c(x[0])
+    assert len(calls) == (0 if fused else 2 * 4 + 1)
+    m.fused = not fused  # the attribute is read at each forward
+    m(x)
+    assert len(calls) == (2 * 4 if fused else 2 * 4 + 1)
 
 
 def test_fused_ops_reject_bad_arguments(rng):

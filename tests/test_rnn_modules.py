@@ -5,7 +5,6 @@ from torch import nn
 
 import sparse_engine as se
 from sparse_engine import SparseWeight
-from sparse_engine.nn import _recurrence
 
 SPARSE = {"LSTM": se.nn.SparseLSTM, "GRU": se.nn.SparseGRU, "RNN_TANH": se.nn.SparseRNN, "RNN_RELU": se.nn.SparseRNN}
 
@@ -83,11 +82,10 @@ RUNS = [(c, True) for c in CASES] + [(c, False) for c in CASES[::2]]
 @pytest.mark.parametrize("case,fused", RUNS,
                          ids=lambda c: "L{}-bi{}-bf{}-h0{}-T{}-B{}-I{}-H{}".format(*c) if isinstance(c, tuple)
                          else ("fused" if c else "composed"))
-def test_matches_torch_float64(case, mode, fused, rng, monkeypatch):
-    monkeypatch.setattr(_recurrence, "USE_FUSED", fused)
+def test_matches_torch_float64(case, mode, fused, rng):
     L, bi, bf, given, T, B, I, H = case
     torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=rng)))
-    m = build(mode, I, H, torch.float64, num_layers=L, bidirectional=bi, batch_first=bf)
+    m = build(mode, I, H, torch.float64, num_layers=L, bidirectional=bi, batch_first=bf, fused=fused)
     x = torch.randn((B, T, I) if bf else (T, B, I), generator=rng, dtype=torch.float64)
     hx = None
     if given:

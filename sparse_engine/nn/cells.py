@@ -2,15 +2,17 @@
 continuous-time RNN (cell and layer) of Zhang et al. 2023.
 
 Cells share parameter names (``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``), shapes and
-state handling with torch's cells, and the ``density=``/``epsilon=``/``sparse=`` options of
-:mod:`sparse_engine.nn.rnn`. A step runs the same :class:`Recurrence` as the layers with T=1.
+state handling with torch's cells, and the ``density=``/``epsilon=``/``sparse=``/``fused=`` options of
+:mod:`sparse_engine.nn.rnn` (``fused``: the fused step ops where they exist, composed otherwise;
+see there). A step runs the same :class:`Recurrence` as the layers with T=1.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ._recurrence import GATES, Config, RecordsGradFactors, check_input_dtype, recurrence
+from ..constants import GATES
+from .recurrence import Config, RecordsGradFactors, check_input_dtype, recurrence
 from .rnn import (EMPTY, _check_positive_int, convert_weights, dense_of, make_bias, make_weight, sparse_flags,
                   time_major, weight_args)
 
@@ -20,14 +22,16 @@ __all__ = ["SparseRNNCell", "SparseLSTMCell", "SparseGRUCell", "SparseCTRNNCell"
 class _SparseCellBase(RecordsGradFactors, nn.Module):
     _DENSE: type = nn.Module
     _bias_names = ("bias_ih", "bias_hh")
+    fused = True  # see SparseRNNBase.fused
 
     def __init__(self, mode, input_size, hidden_size, bias=True, *, density=None, epsilon=None, sparse="both",
-                 device=None, dtype=None):
+                 fused: bool = True, device=None, dtype=None):
         super().__init__()
         _check_positive_int("input_size", input_size)
         _check_positive_int("hidden_size", hidden_size)
         self.mode, self.input_size, self.hidden_size, self.bias = mode, input_size, hidden_size, bool(bias)
         self.sparse = sparse
+        self.fused = bool(fused)
         sp_ih, sp_hh = sparse_flags(sparse)
         dtype = dtype or torch.get_default_dtype()
         G = GATES[mode] * hidden_size
@@ -42,7 +46,7 @@ class _SparseCellBase(RecordsGradFactors, nn.Module):
 
     def _config(self, B: int) -> Config:
         return Config(self.mode, self.hidden_size, B, 1, False, weight_args(self.weight_ih)[1],
-                      weight_args(self.weight_hh)[1], sink=self._factor_sink(""))
+                      weight_args(self.weight_hh)[1], fused=self.fused, sink=self._factor_sink(""))
 
     def _check(self, input, hx_list, names):
         if not isinstance(input, torch.Tensor):
@@ -108,7 +112,8 @@ class _SparseCellBase(RecordsGradFactors, nn.Module):
         return dense
 
     def extra_repr(self) -> str:
-        return f"{self.input_size}, {self.hidden_size}, bias={self.bias}, sparse={self.sparse!r}"
+        return (f"{self.input_size}, {self.hidden_size}, bias={self.bias}, sparse={self.sparse!r}"
+                + ("" if self.fused else ", fused=False"))
 
 
 class SparseRNNCell(_SparseCellBase):

@@ -7,6 +7,18 @@ Same constructor arguments, parameter names (``weight_ih_l0``, ``weight_hh_l0_re
   epsilon*(rows+cols)/(rows*cols); with neither, epsilon=20 as in SET),
 * ``sparse=``: which matrices are sparse: ``'both'`` (default), ``'recurrent'`` (Zhang et al.
   2023: input and readout dense) or ``'input'``. Dense matrices are ordinary Parameters.
+* ``fused=`` (default True; also the attribute ``module.fused``, read at each forward): run each
+  step as one fused op where one exists, i.e. a sparse W_hh in float32/float64 on a device
+  whose build has the step kernels (CPU: ``csrc/cpu/rnn_cpu.cpp``, CUDA:
+  ``csrc/cuda/rnn_step.cu``), and compose it from spmm/spmm_t and torch's elementwise ops
+  otherwise; ``fused=False`` always composes. Both give the same results (tests run each against
+  the other). Measured (benchmarks/bench_rnn_step.py, results/rnn_step_cpu.md, 2 threads, quiet
+  machine): neither wins everywhere; composed/fused time is 0.67-1.39x (the fused forward loses
+  at hidden 4,096, 1%, where it gathers 4 CSR rows per hidden unit; its backward wins at small
+  sizes). On a busy machine the fused step was 2-8x faster, having one parallel region instead
+  of a dozen. On CUDA the fused step saves the gate pre-activations' round trip through global
+  memory and ~10 kernel launches per step; not yet measured on a GPU
+  (``bench_rnn_step.py --device cuda``).
 
 A sparse weight is a :class:`~sparse_engine.SparseWeight` child module under torch's name, its
 gates stacked in one CSR in torch's order (LSTM i, f, g, o: 4H rows; GRU r, z, n: 3H rows).
@@ -14,7 +26,7 @@ Sparse values are initialised U(-b, b), b = 1/sqrt(nonzeros per row) (what a den
 the same fan-in gets), so the activation scale does not shrink with density; dense matrices
 and biases use torch's U(-1/sqrt(H), 1/sqrt(H)).
 
-Each layer-direction runs as one :class:`~sparse_engine.nn._recurrence.Recurrence` (see there
+Each layer-direction runs as one :class:`~sparse_engine.nn.recurrence.Recurrence` (see there
 for the kernel schedule). ``proj_size`` and PackedSequence are not supported.
 """
 from __future__ import annotations
@@ -25,8 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..constants import GATES
 from ..sparse import SparseWeight
-from ._recurrence import GATES, Config, RecordsGradFactors, check_input_dtype, recurrence
+from .recurrence import Config, RecordsGradFactors, check_input_dtype, recurrence
 from .linear import EMPTY, resolve_density
 
 __all__ = ["SparseRNN", "SparseLSTM", "SparseGRU", "SparseRNNBase"]
@@ -117,11 +130,14 @@ def time_major(input: torch.Tensor, batch_first: bool) -> tuple[torch.Tensor, bo
 
 class SparseRNNBase(RecordsGradFactors, nn.Module):
     """Shared body of SparseRNN/SparseLSTM/SparseGRU (the ``nn.RNNBase`` of this package)."""
+    #: the fused step ops where they exist (see :mod:`sparse_engine.nn.rnn`); an instance attribute
+    #: set by ``fused=``, this default for modules pickled before the setting existed
+    fused = True
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
                  *, density: float | None = None, epsilon: float | None = None, sparse: str = "both",
-                 device=None, dtype=None):
+                 fused: bool = True, device=None, dtype=None):
         super().__init__()
         _check_positive_int("input_size", input_size)
         _check_positive_int("hidden_size", hidden_size)
@@ -135,6 +151,7 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
         self.bias, self.batch_first, self.bidirectional = bool(bias), bool(batch_first), bool(bidirectional)
         self.dropout = float(dropout)
         self.sparse = sparse
+        self.fused = bool(fused)
         sp_ih, sp_hh = sparse_flags(sparse)
         dtype = dtype or torch.get_default_dtype()
         G = GATES[mode] * hidden_size
@@ -265,7 +282,8 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
                 w_hh, idx_hh = weight_args(getattr(self, "weight_hh" + sfx))
                 b_ih = getattr(self, "bias_ih" + sfx) if self.bias else None
                 b_hh = getattr(self, "bias_hh" + sfx) if self.bias else None
-                cfg = Config(self.mode, self.hidden_size, B, T, bool(d), idx_ih, idx_hh, sink=self._factor_sink(sfx))
+                cfg = Config(self.mode, self.hidden_size, B, T, bool(d), idx_ih, idx_hh, fused=self.fused,
+                             sink=self._factor_sink(sfx))
                 y, h_T, c_T = recurrence(cfg, layer_x, h0[k].t(), c0[k].t() if is_lstm else None,
                                                w_ih, w_hh, b_ih, b_hh)
                 outs.append(y)
@@ -293,7 +311,7 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
         for attr, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False)):
             if getattr(self, attr) != default:
                 s += f", {attr}={getattr(self, attr)}"
-        return s + f", sparse={self.sparse!r}"
+        return s + f", sparse={self.sparse!r}" + ("" if self.fused else ", fused=False")
 
 
 class SparseRNN(SparseRNNBase):

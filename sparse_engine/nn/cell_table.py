@@ -1,0 +1,226 @@
+"""The recurrent cells as one table: per mode its gate layout, its fused step op pair and its
+composed step and step-backward, behind one calling convention.
+
+Feature-major throughout (states (H x B), gate blocks of H rows stacked in torch's order, see
+:data:`sparse_engine.constants.GATE_NAMES`). A weight is either sparse (``values`` plus the 5
+index tensors of a SparseWeight) or dense (an ordinary matrix, index ``None``).
+
+The calling convention is the fused ops' (``csrc/cpu/rnn_cpu.cpp``; the CUDA kernels implement
+the same), with ``(w, idx)`` in place of ``(*idx, w)``::
+
+    step(w, idx, gx, h, [c], [b_hh], *params)            -> h' | (h', [c'], acts)
+    step_backward(w, idx, *saved, dh, [dc], *params)     -> ([dgx], dG, dh_prev, [dc_prev])
+
+``[c]``/``[dc]`` only for a cell with a cell state (LSTM), ``[b_hh]`` only where the hidden
+bias enters the step (GRU's n gate), ``[dgx]`` only where the input-side gate gradient differs
+from the hidden-side one (GRU); ``saved`` are the forward's buffers the backward reads
+(:attr:`Cell.saved`) and ``params`` the cell's scalars (:attr:`Cell.params`). A composed step is
+written with the same torch ops in the same order as before; :meth:`Cell.forward_step` and
+:meth:`Cell.backward_step` unpack either kind the same way, so the loops of
+:class:`~sparse_engine.nn.recurrence.Recurrence` do not branch per mode.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..constants import GATE_NAMES, GATES, SAVED_ACTS
+
+_ops = torch.ops.sparse_engine
+
+
+# ------------------------------------------------------------- products, either kind
+def mm(w, idx, x):
+    """W x for a sparse (values, index) or dense W."""
+    return w @ x if idx is None else _ops.spmm(*idx, w, x)
+
+
+def mm_t(w, idx, g):
+    """W^T g."""
+    return w.t() @ g if idx is None else _ops.spmm_t(*idx, w, g)
+
+
+def wgrad(idx, g, x):
+    """Gradient of W for y = W x: g x^T, only at the nonzeros when W is sparse."""
+    return g @ x.t() if idx is None else _ops.sddmm(*idx, g, x)
+
+
+# --------------------------------------------------------------- composed steps
+_LSTM = {name: k for k, name in enumerate(GATE_NAMES["LSTM"])}  # i 0, f 1, g 2, o 3
+_GRU = {name: k for k, name in enumerate(GATE_NAMES["GRU"])}  # r 0, z 1, n 2
+
+
+def _block(g, H, k):
+    """Gate block k (rows k*H .. (k+1)*H) of stacked gates."""
+    return g[k * H:(k + 1) * H]
+
+
+def lstm_step(w, idx, gx, h, c):
+    g = gx + mm(w, idx, h)
+    H = h.shape[0]
+    i, f, o = (torch.sigmoid(_block(g, H, _LSTM[k])) for k in "ifo")
+    gg = torch.tanh(_block(g, H, _LSTM["g"]))
+    c2 = torch.addcmul(f * c, i, gg)
+    h2 = o * torch.tanh(c2)
+    return h2, c2, torch.cat([i, f, gg, o])
+
+
+def lstm_step_backward(w, idx, acts, c_prev, c, dh, dc):
+    i, f, g, o = acts.chunk(SAVED_ACTS["LSTM"])
+    tc = torch.tanh(c)
+    dct = dc + dh * o * (1 - tc * tc)
+    dG = torch.cat([dct * g * i * (1 - i), dct * c_prev * f * (1 - f), dct * i * (1 - g * g),
+                    dh * tc * o * (1 - o)])
+    return dG, mm_t(w, idx, dG), dct * f
+
+
+def gru_step(w, idx, gx, h, b_hh):
+    gh = mm(w, idx, h)
+    if b_hh is not None:
+        gh = gh + b_hh[:, None]
+    H = h.shape[0]
+    r = torch.sigmoid(_block(gx, H, _GRU["r"]) + _block(gh, H, _GRU["r"]))
+    z = torch.sigmoid(_block(gx, H, _GRU["z"]) + _block(gh, H, _GRU["z"]))
+    ghn = _block(gh, H, _GRU["n"])
+    n = torch.tanh(_block(gx, H, _GRU["n"]) + r * ghn)
+    h2 = n + z * (h - n)
+    return h2, torch.cat([r, z, n, ghn])
+
+
+def gru_step_backward(w, idx, acts, h_prev, dh):
+    r, z, n, ghn = acts.chunk(SAVED_ACTS["GRU"])
+    dn = dh * (1 - z) * (1 - n * n)
+    dr = dn * ghn * r * (1 - r)
+    dz = dh * (h_prev - n) * z * (1 - z)
+    dgx = torch.cat([dr, dz, dn])
+    dgh = torch.cat([dr, dz, dn * r])
+    return dgx, dgh, dh * z + mm_t(w, idx, dgh)
+
+
+def rnn_step(w, idx, gx, h, relu):
+    pre = gx + mm(w, idx, h)
+    return torch.relu(pre) if relu else torch.tanh(pre)
+
+
+def rnn_step_backward(w, idx, h2, dh, relu):
+    dpre = dh * (h2 > 0) if relu else dh * (1 - h2 * h2)
+    return dpre, mm_t(w, idx, dpre)
+
+
+def ctrnn_step(w, idx, gx, h, dt, tau):
+    a = torch.tanh(gx + mm(w, idx, h))
+    return h * (1 - dt / tau) + dt * a, a
+
+
+def ctrnn_step_backward(w, idx, a, dh, dt, tau):
+    dpre = dh * dt * (1 - a * a)
+    return dpre, dh * (1 - dt / tau) + mm_t(w, idx, dpre)
+
+
+# ------------------------------------------------------------------- the table
+#: What a step's backward reads of its forward: (buffer, step offset) into the Recurrence's
+#: buffers "h" and "c" (states 0..S, processing order) and "acts" (saved activations 0..S-1).
+ACTS, H_PREV, H_NEW, C_PREV, C_NEW = ("acts", 0), ("h", 0), ("h", 1), ("c", 0), ("c", 1)
+
+
+def _index_first(op):
+    """An op taking (*idx, w, ...) as a step taking (w, idx, ...)."""
+    return lambda w, idx, *args: op(*idx, w, *args)
+
+
+def _no_params(cfg) -> tuple:
+    return ()
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One recurrent cell: the fused ops ``torch.ops.sparse_engine.<kernel>_step`` and
+    ``<kernel>_step_backward``, the composed ``step``/``step_backward`` with the same contract
+    (see the module docstring), and what sets this cell's calls apart."""
+
+    mode: str
+    kernel: str
+    step: Callable
+    step_backward: Callable
+    saved: tuple                      # the forward's buffers step_backward takes before dh
+    params: Callable = _no_params     # cfg -> the scalars both steps take last
+    cell_state: bool = False          # LSTM: c is carried next to h
+    hidden_bias: bool = False         # GRU: b_hh enters the step (n gate), not folded into gx
+    input_grad: bool = False          # GRU: step_backward returns the input-side gate gradient first
+    continuous: bool = False          # CT-RNN: cfg.unfolds Euler sub-steps per input step
+
+    @property
+    def gates(self) -> int:
+        """Gate blocks of H rows in W_ih / W_hh."""
+        return GATES[self.mode]
+
+    @property
+    def gate_names(self) -> tuple:
+        return GATE_NAMES[self.mode]
+
+    @property
+    def saved_acts(self) -> int:
+        """Blocks of H rows of the activations a step saves (0: h' is enough)."""
+        return SAVED_ACTS[self.mode]
+
+    def unfolds(self, cfg) -> int:
+        """Steps per input step."""
+        return cfg.unfolds if self.continuous else 1
+
+    def fused_ops(self) -> tuple:
+        """(step op, step-backward op) of the compiled library, (*idx, w, ...) convention."""
+        return getattr(_ops, f"{self.kernel}_step"), getattr(_ops, f"{self.kernel}_step_backward")
+
+    def steps(self, fused: bool) -> tuple:
+        """(step, step_backward) in the (w, idx, ...) convention: the fused ops or the composed steps."""
+        if fused:
+            return tuple(_index_first(op) for op in self.fused_ops())
+        return self.step, self.step_backward
+
+    def forward_step(self, step, w, idx, gx, h, c, tail):
+        """One step: (h', c' (``c`` unchanged without a cell state), saved activations or None).
+        ``tail``: ``(b_hh,)`` where the hidden bias enters the step, then the params."""
+        out = step(w, idx, gx, h, c, *tail) if self.cell_state else step(w, idx, gx, h, *tail)
+        if isinstance(out, torch.Tensor):  # h' alone (nothing saved)
+            out = (out,)
+        return out[0], (out[1] if self.cell_state else c), (out[-1] if self.saved_acts else None)
+
+    def backward_step(self, step_backward, w, idx, saved, dh, dc, params):
+        """One step back: (input-side gate gradient, hidden-side gate gradient, dh_prev, dc_prev
+        (``dc`` unchanged without a cell state))."""
+        if self.cell_state:
+            out = step_backward(w, idx, *saved, dh, dc, *params)
+        else:
+            out = step_backward(w, idx, *saved, dh, *params)
+        k = 1 if self.input_grad else 0
+        return out[0], out[k], out[k + 1], (out[k + 2] if self.cell_state else dc)
+
+    def saved_at(self, s: int, bufs: dict) -> list:
+        """What step s's backward reads, from the buffers {"h", "c", "acts"}."""
+        return [bufs[b][s + o] for b, o in self.saved]
+
+
+CELLS = {c.mode: c for c in (
+    Cell("LSTM", "lstm", lstm_step, lstm_step_backward, (ACTS, C_PREV, C_NEW), cell_state=True),
+    Cell("GRU", "gru", gru_step, gru_step_backward, (ACTS, H_PREV), hidden_bias=True, input_grad=True),
+    Cell("RNN_TANH", "rnn", rnn_step, rnn_step_backward, (H_NEW,), params=lambda cfg: (False,)),
+    Cell("RNN_RELU", "rnn", rnn_step, rnn_step_backward, (H_NEW,), params=lambda cfg: (True,)),
+    Cell("CTRNN", "ctrnn", ctrnn_step, ctrnn_step_backward, (ACTS,), params=lambda cfg: (cfg.dt, cfg.tau),
+         continuous=True),
+)}
+
+#: The fused step ops of every cell, forward and backward.
+FUSED_OPS = tuple(f"{k}_step{sfx}" for k in dict.fromkeys(c.kernel for c in CELLS.values())
+                  for sfx in ("", "_backward"))
+
+
+@functools.lru_cache(maxsize=None)
+def has_fused_kernels(device_type: str) -> bool:
+    """Whether this build registered the fused step ops for the device's dispatch key."""
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    if key is None or not hasattr(_ops, "lstm_step"):
+        return False
+    return all(torch._C._dispatch_has_kernel_for_dispatch_key(f"sparse_engine::{op}", key) for op in FUSED_OPS)
