@@ -124,6 +124,18 @@ def test_ctrnn_cell_is_one_layer_step_and_defaults(rng):
         se.nn.SparseCTRNN(2, 6, unfolds=0)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_ctrnn_bias_flag_and_parameter(bias):
+    """The CT-RNN's one bias Parameter is named ``bias`` (the paper's name), so the flag is kept
+    apart: the weight names, the repr and the parameter list follow the constructor argument."""
+    for cell in (se.nn.SparseCTRNNCell(2, 6, bias=bias), se.nn.SparseCTRNN(2, 6, bias=bias)):
+        names = ["weight_ih", "weight_hh"] + (["bias"] if bias else [])
+        assert cell._flat_weights_names == names
+        assert f"bias={bias}," in repr(cell)
+        assert (cell.bias is not None) == bias
+        assert ("bias" in dict(cell.named_parameters())) == bias
+
+
 # ----------------------------------------------------------------------------- gradcheck
 def _weight(rows, cols, density, g):
     mask = torch.rand(rows, cols, generator=g) < density

@@ -30,6 +30,7 @@ class _SparseCellBase(RecordsGradFactors, nn.Module):
         _check_positive_int("input_size", input_size)
         _check_positive_int("hidden_size", hidden_size)
         self.mode, self.input_size, self.hidden_size, self.bias = mode, input_size, hidden_size, bool(bias)
+        self.has_bias = bool(bias)  # self.bias is a Parameter in SparseCTRNNCell, the paper's name
         self.sparse = sparse
         self.fused = bool(fused)
         sp_ih, sp_hh = sparse_flags(sparse)
@@ -42,7 +43,7 @@ class _SparseCellBase(RecordsGradFactors, nn.Module):
 
     @property
     def _flat_weights_names(self):
-        return ["weight_ih", "weight_hh", *(self._bias_names if self.bias else ())]
+        return ["weight_ih", "weight_hh", *(self._bias_names if self.has_bias else ())]
 
     def _config(self, B: int) -> Config:
         return Config(self.mode, self.hidden_size, B, 1, False, weight_args(self.weight_ih)[1],
@@ -104,7 +105,7 @@ class _SparseCellBase(RecordsGradFactors, nn.Module):
         """torch's cell with the same weights (O(H^2) memory: tests and export)."""
         ref = weight_args(self.weight_ih)[0]
         kw = {"nonlinearity": self.nonlinearity} if isinstance(self, SparseRNNCell) else {}
-        dense = self._DENSE(self.input_size, self.hidden_size, bias=self.bias, device=ref.device, dtype=ref.dtype,
+        dense = self._DENSE(self.input_size, self.hidden_size, bias=self.has_bias, device=ref.device, dtype=ref.dtype,
                             **kw)
         with torch.no_grad():
             for name in self._flat_weights_names:
@@ -112,7 +113,7 @@ class _SparseCellBase(RecordsGradFactors, nn.Module):
         return dense
 
     def extra_repr(self) -> str:
-        return (f"{self.input_size}, {self.hidden_size}, bias={self.bias}, sparse={self.sparse!r}"
+        return (f"{self.input_size}, {self.hidden_size}, bias={self.has_bias}, sparse={self.sparse!r}"
                 + ("" if self.fused else ", fused=False"))
 
 
