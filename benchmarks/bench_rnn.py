@@ -12,7 +12,7 @@ its own and a failure (out of memory, cuDNN) is recorded as "fails" without endi
 
 On a GPU the SparseLSTM column needs this build's CUDA kernels (sparse_engine._ext.HAS_CUDA_KERNELS);
 without them it is recorded as "no CUDA kernels". Each SparseLSTM cell says which recurrent step
-ran: "fused" (one op per step: csrc/cpu/rnn_cpu.cpp, csrc/cuda/rnn_step.cu) or "composed"
+ran: "fused" (one op per step: csrc/cpu/rnn_step_cpu.cpp, csrc/cuda/rnn_step_cuda.cu) or "composed"
 (spmm + torch elementwise). On a GPU the table also times the composed step (method
 sparse_engine_composed: the module built with fused=False), so fused vs composed is measured in
 the same run.

@@ -1,5 +1,5 @@
-"""Fused recurrent step (W_hh h + gate math in one pass: csrc/cpu/rnn_cpu.cpp on the CPU,
-csrc/cuda/rnn_step.cu on a GPU) against the composed step (spmm op, then torch's elementwise
+"""Fused recurrent step (W_hh h + gate math in one pass: csrc/cpu/rnn_step_cpu.cpp on the CPU,
+csrc/cuda/rnn_step_cuda.cu on a GPU) against the composed step (spmm op, then torch's elementwise
 ops), forward and backward, per LSTM/GRU step. This is the measurement behind using the fused op.
 
     python benchmarks/bench_rnn_step.py [--batch 20] [--repeats 50]   -> benchmarks/results/rnn_step_cpu.md
@@ -57,7 +57,7 @@ def main(argv=None):
     if dev.type == "cuda":
         _sync = torch.cuda.synchronize
         if not torch._C._dispatch_has_kernel_for_dispatch_key("sparse_engine::lstm_step", "CUDA"):
-            sys.exit("this build has no CUDA fused step kernels (csrc/cuda/rnn_step.cu)")
+            sys.exit("this build has no CUDA fused step kernels (csrc/cuda/rnn_step_cuda.cu)")
     out = args.out or ROOT / "benchmarks" / "results" / f"rnn_step_{'gpu' if dev.type == 'cuda' else 'cpu'}.md"
     ops, B = torch.ops.sparse_engine, args.batch
     rows, t_start = [], time.perf_counter()

@@ -12,7 +12,7 @@ sampled mode on the large layer. Writes benchmarks/results/topology_cpu.md.
     python3 benchmarks/bench_topology.py --device cuda [--copy-to DIR] [--budget-s 240]
 
 --device cuda: the same updates on the GPU (the topology ops' CUDA kernels, i.e. the torch
-primitives of sparse_engine.training.topology_torch): the issue's 100M-nnz prune+regrow
+primitives of sparse_engine.kernels.topology_cuda): the issue's 100M-nnz prune+regrow
 (goal < 50 ms on an H100) and smaller layers against masked-dense torch.topk where that fits
 in GPU memory, plus RigL growth. Writes benchmarks/results/topology_<gpu>.md, rewritten after
 every case (and into --copy-to), and stops starting cases after --budget-s.
@@ -311,7 +311,7 @@ def main_cuda(args):
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- one update drops {FRACTION:.0%} of the weights and regrows as many at uniformly random empty positions, "
         "remaps the gradient and Adam's two moments and rebuilds the transposed index, all on the device (topology ops: torch "
-        "primitives of sparse_engine.training.topology_torch); best of 3 after a warm-up, synchronized. "
+        "primitives of sparse_engine.kernels.topology_cuda); best of 3 after a warm-up, synchronized. "
         "Masked-dense: torch.topk over the dense |W| and dense random scores, Adam state masked. "
         "Goal (issue 5): 100M nnz in < 50 ms on an H100.", ""]
     rows_out = []

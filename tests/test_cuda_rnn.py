@@ -1,4 +1,4 @@
-"""The fused recurrent step ops on CUDA (csrc/cuda/rnn_step.cu) against the composed path
+"""The fused recurrent step ops on CUDA (csrc/cuda/rnn_step_cuda.cu) against the composed path
 (spmm/spmm_t + torch elementwise) on CUDA and the CPU ops, raw and through the modules.
 
 Skipped unless a CUDA device is present and sparse_engine._C has the CUDA step kernels.

@@ -5,7 +5,7 @@ Feature-major throughout (states (H x B), gate blocks of H rows stacked in torch
 :data:`sparse_engine.constants.GATE_NAMES`). A weight is either sparse (``values`` plus the 5
 index tensors of a SparseWeight) or dense (an ordinary matrix, index ``None``).
 
-The calling convention is the fused ops' (``csrc/cpu/rnn_cpu.cpp``; the CUDA kernels implement
+The calling convention is the fused ops' (``csrc/cpu/rnn_step_cpu.cpp``; the CUDA kernels implement
 the same), with ``(w, idx)`` in place of ``(*idx, w)``::
 
     step(w, idx, gx, h, [c], [b_hh], *params)            -> h' | (h', [c'], acts)

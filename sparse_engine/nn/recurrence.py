@@ -6,7 +6,7 @@ so a stacked network transposes its input once and never again.
 
 Forward:  Gx = W_ih X (+ biases): ONE product over all T*B columns; then per step one
           recurrent product W_hh h and the gate nonlinearities, fused into one op where it has
-          a kernel (CPU: ``csrc/cpu/rnn_cpu.cpp``; CUDA: ``csrc/cuda/rnn_step.cu``), composed
+          a kernel (CPU: ``csrc/cpu/rnn_step_cpu.cpp``; CUDA: ``csrc/cuda/rnn_step_cuda.cu``), composed
           from spmm + torch elementwise ops otherwise (see :func:`fused_ok`).
 Backward: per step the elementwise gate gradient and one spmm_t (W_hh^T dG) for the hidden
           gradient; at the end ONE sddmm over all T*B columns per weight (the per-step gate
@@ -25,7 +25,7 @@ h += dt * (-h / tau + tanh(W_ih x + W_hh h + b)), ``unfolds`` sub-steps per inpu
 an entry of :data:`sparse_engine.nn.cell_table.CELLS`: its gate layout, fused step op pair and
 composed step and step-backward, called the same way for every mode.
 
-The fused step ops' contract (``csrc/cpu/rnn_cpu.cpp``; the CUDA kernels implement the same):
+The fused step ops' contract (``csrc/cpu/rnn_step_cpu.cpp``; the CUDA kernels implement the same):
 for every hidden unit j, the G gate rows j, H+j, ... of W_hh h (one CSR row each, gathered
 from the feature-major h), plus the precomputed input part gx, then the gate math, writing
 h', (c') and the saved activations; backward: the elementwise gate gradient followed by

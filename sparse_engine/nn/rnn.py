@@ -9,8 +9,8 @@ Same constructor arguments, parameter names (``weight_ih_l0``, ``weight_hh_l0_re
   2023: input and readout dense) or ``'input'``. Dense matrices are ordinary Parameters.
 * ``fused=`` (default True; also the attribute ``module.fused``, read at each forward): run each
   step as one fused op where one exists, i.e. a sparse W_hh in float32/float64 on a device
-  whose build has the step kernels (CPU: ``csrc/cpu/rnn_cpu.cpp``, CUDA:
-  ``csrc/cuda/rnn_step.cu``), and compose it from spmm/spmm_t and torch's elementwise ops
+  whose build has the step kernels (CPU: ``csrc/cpu/rnn_step_cpu.cpp``, CUDA:
+  ``csrc/cuda/rnn_step_cuda.cu``), and compose it from spmm/spmm_t and torch's elementwise ops
   otherwise; ``fused=False`` always composes. Both give the same results (tests run each against
   the other). Measured (benchmarks/bench_rnn_step.py, results/rnn_step_cpu.md, 2 threads, quiet
   machine): neither wins everywhere; composed/fused time is 0.67-1.39x (the fused forward loses
