@@ -2,15 +2,8 @@
 import math
 
 import numpy as np
-import torch
 
 from sparse_engine import SparseWeight
-
-
-def random_weight(rows, cols, density, generator, dtype=torch.float64, values=None):
-    mask = torch.rand(rows, cols, generator=generator) < density
-    dense = torch.randn(rows, cols, generator=generator, dtype=dtype) if values is None else values
-    return SparseWeight.from_dense(dense, mask)
 
 
 def check_invariants(w: SparseWeight, nnz=None):
