@@ -88,23 +88,15 @@ AWKWARD_SHAPES: list[Shape] = [
 
 
 # ------------------------------------------------------------------------ generators
-def _torch_generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
+def _generator(seed, generator, numpy: bool = False):
+    """The generator to draw from: ``generator`` itself, or a new one seeded with ``seed``."""
+    kind, name = (np.random.Generator, "numpy.random.Generator") if numpy else (torch.Generator, "torch.Generator")
     if (seed is None) == (generator is None):
-        raise TypeError("give exactly one of seed= (an int) and generator= (a torch.Generator)")
+        raise TypeError(f"give exactly one of seed= (an int) and generator= (a {name})")
     if generator is None:
-        return torch.Generator().manual_seed(int(seed))
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    return generator
-
-
-def _numpy_generator(seed: int | None, generator: np.random.Generator | None) -> np.random.Generator:
-    if (seed is None) == (generator is None):
-        raise TypeError("give exactly one of seed= (an int) and generator= (a numpy.random.Generator)")
-    if generator is None:
-        return np.random.default_rng(int(seed))
-    if not isinstance(generator, np.random.Generator):
-        raise TypeError(f"generator must be a numpy.random.Generator, got {type(generator).__name__}")
+        return np.random.default_rng(int(seed)) if numpy else torch.Generator().manual_seed(int(seed))
+    if not isinstance(generator, kind):
+        raise TypeError(f"generator must be a {name}, got {type(generator).__name__}")
     return generator
 
 
@@ -120,7 +112,7 @@ def random_weight(rows: int, cols: int, density: float, empty_rows: int = 0, ful
         raise ValueError(f"density must be in [0, 1], got {density}")
     if empty_rows < 0 or full_rows < 0 or empty_rows + full_rows > rows:
         raise ValueError(f"need 0 <= empty_rows + full_rows <= rows={rows}, got {empty_rows} and {full_rows}")
-    g = _torch_generator(seed, generator)
+    g = _generator(seed, generator)
     mask = torch.rand(rows, cols, generator=g) < density
     if empty_rows or full_rows:
         perm = torch.randperm(rows, generator=g)
@@ -134,7 +126,7 @@ def weight_with_row_lengths(lengths, cols: int, *, dtype: torch.dtype = torch.fl
                             generator: torch.Generator | None = None, device=None) -> SparseWeight:
     """A ``len(lengths) x cols`` SparseWeight whose row ``r`` holds ``lengths[r]`` distinct random
     columns; values standard normal. O(nnz + rows) memory: for skewed or long rows at any size."""
-    g = _torch_generator(seed, generator)
+    g = _generator(seed, generator)
     lengths = torch.as_tensor(np.asarray(lengths), dtype=torch.int64).reshape(-1)
     if lengths.numel() and (int(lengths.min()) < 0 or int(lengths.max()) > cols):
         raise ValueError(f"row lengths must be in [0, cols={cols}], got [{int(lengths.min())}, {int(lengths.max())}]")
@@ -155,7 +147,7 @@ def power_law_weight(rows: int, cols: int, *, exponent: float = 1.5, empty_rows:
     then ``empty_rows`` random rows emptied. O(nnz + rows) memory."""
     if not 0 <= empty_rows <= rows:
         raise ValueError(f"empty_rows must be in [0, rows={rows}], got {empty_rows}")
-    g = _torch_generator(seed, generator)
+    g = _generator(seed, generator)
     lengths = torch.clamp((torch.rand(rows, generator=g) ** -exponent).long(), max=cols)
     if empty_rows:
         lengths[torch.randperm(rows, generator=g)[:empty_rows]] = 0
@@ -171,7 +163,7 @@ def random_scipy(rows: int, cols: int, density: float, *, seed: int | None = Non
     edge); ``diagonal=False`` removes the diagonal (no self loops)."""
     import scipy.sparse as sp
 
-    rng = _numpy_generator(seed, generator)
+    rng = _generator(seed, generator, numpy=True)
     A = sp.random(rows, cols, density=density, random_state=rng, format="csr")
     A.data = rng.standard_normal(A.nnz)
     if explicit_zeros and A.nnz:
@@ -187,7 +179,7 @@ def randn(*shape: int, dtype: torch.dtype = torch.float64, seed: int | None = No
           generator: torch.Generator | None = None, device=None) -> torch.Tensor:
     """``torch.randn(*shape)`` drawn on the CPU from the seed or generator, then moved to
     ``device``: the same numbers on every device."""
-    t = torch.randn(*shape, generator=_torch_generator(seed, generator), dtype=dtype)
+    t = torch.randn(*shape, generator=_generator(seed, generator), dtype=dtype)
     return t if device is None else t.to(device)
 
 

@@ -11,20 +11,11 @@ from sparse_engine.constants import PARALLEL_WORK
 from sparse_engine.testing import (AWKWARD_SHAPES, LAYOUTS, Shape, copy_weight, dense, power_law_weight,
                                    random_scipy, random_weight, randn, references, sddmm_reference,
                                    spmm_reference, spmm_t_reference, weight_with_row_lengths, with_layout)
+from _training_util import check_invariants  # validate() and a transposed index equal to scipy's CSC
 
 
 def row_lengths(W):
     return W.row_ptr.diff()
-
-
-def assert_valid_csr(W):
-    """validate() plus a transposed index equal to scipy's CSC of the same matrix."""
-    W.validate()
-    assert W.row_ptr.dtype == torch.int64 and W.col_idx.dtype == torch.int32
-    csc = W.to_scipy().tocsc()
-    csc.sort_indices()
-    assert np.array_equal(W.csc_ptr.numpy(), csc.indptr)
-    assert np.array_equal(W.csc_row.numpy(), csc.indices)
 
 
 def same_weight(a, b):
@@ -37,7 +28,7 @@ def same_weight(a, b):
 def test_random_weight_rows_density_and_dtype(dtype):
     rows, cols, density, empty, full = 60, 400, 0.3, 7, 5
     W = random_weight(rows, cols, density, empty, full, dtype=dtype, seed=3)
-    assert_valid_csr(W)
+    check_invariants(W)
     assert W.shape == (rows, cols) and W.values.dtype == dtype and W.values.requires_grad
     n = row_lengths(W)
     # a Bernoulli(0.3) row of 400 is empty or full with probability < 1e-60: these are the forced ones
@@ -63,7 +54,7 @@ def test_density_extremes_and_empty_sizes():
     for rows, cols in ((0, 0), (0, 4), (4, 0)):
         W = random_weight(rows, cols, 0.5, seed=0)
         assert W.shape == (rows, cols) and W.nnz == 0
-        assert_valid_csr(W)
+        check_invariants(W)
 
 
 def test_every_random_helper_wants_exactly_one_seed():
@@ -95,7 +86,7 @@ def test_random_weight_rejects_impossible_options():
 def test_weight_with_row_lengths_holds_those_lengths():
     lengths = [0, 5, 1, 0, 40, 40, 3]
     W = weight_with_row_lengths(lengths, 40, dtype=torch.float32, seed=2)
-    assert_valid_csr(W)
+    check_invariants(W)
     assert W.shape == (7, 40) and W.values.dtype == torch.float32
     assert row_lengths(W).tolist() == lengths
     again = weight_with_row_lengths(np.array(lengths), 40, dtype=torch.float32, seed=2)
@@ -112,7 +103,7 @@ def test_weight_with_row_lengths_holds_those_lengths():
 
 def test_power_law_weight_is_skewed():
     W = power_law_weight(3000, 2000, empty_rows=100, seed=4)
-    assert_valid_csr(W)
+    check_invariants(W)
     n = row_lengths(W).double()
     assert int((n == 0).sum()) >= 100
     # floor(u^-1.5): P(length >= L) = L^(-2/3); half the rows hold 1 entry, some hold them all
