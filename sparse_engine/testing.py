@@ -58,21 +58,7 @@ class Shape(NamedTuple):
         return f"{self.rows}x{self.cols}-d{self.density:g}-e{self.empty_rows}-f{self.full_rows}"
 
 
-#: The shapes an operator on SparseWeight must handle. In order:
-#:
-#: * ``1x1`` full: the smallest non-empty matrix (one stored entry);
-#: * ``1x1`` with density 0: the smallest nnz-0 matrix;
-#: * ``7x1``: one column (every stored entry in column 0), with empty and full rows;
-#: * ``1x9``: one row, held full (a batch-1-like output of spmm_t over many columns);
-#: * ``0x5``, ``5x0``, ``0x0``: empty matrices (no rows, no columns, neither);
-#: * ``6x8`` with density 0: rows and columns but nnz 0 (every row empty);
-#: * ``37x53``: sizes that are multiples of no vector or block width, with empty and full rows;
-#: * ``200x150`` and ``513x1031``: many empty rows (20 and 30) among long ones, and enough
-#:   work at a batch of 64 (nnz * 64 > ``constants.PARALLEL_WORK``) for the multi-threaded
-#:   CPU kernels; 1031 columns is more than one 1024-wide block.
-#:
-#: Pair them with batches 1 (a single column of X) and a few odd widths.
-AWKWARD_SHAPES: list[Shape] = [
+AWKWARD_SHAPES: tuple[Shape, ...] = (
     Shape(1, 1, 1.0),
     Shape(1, 1, 0.0),
     Shape(7, 1, 0.5, 2, 1),
@@ -84,7 +70,24 @@ AWKWARD_SHAPES: list[Shape] = [
     Shape(37, 53, 0.2, 5, 2),
     Shape(200, 150, 0.05, 20, 1),
     Shape(513, 1031, 0.01, 30, 3),
-]
+)
+"""The shapes an operator on SparseWeight must handle. In order:
+
+* ``1x1`` full: the smallest non-empty matrix (one stored entry);
+* ``1x1`` with density 0: the smallest nnz-0 matrix;
+* ``7x1``: one column (every stored entry in column 0), with empty and full rows;
+* ``1x9``: one row, held full (every spmm_t output sums exactly one term);
+* ``0x5``, ``5x0``, ``0x0``: empty matrices (no rows, no columns, neither);
+* ``6x8`` with density 0: rows and columns but nnz 0 (every row empty);
+* ``37x53``: sizes that are multiples of no vector or block width, with empty and full rows;
+* ``200x150`` and ``513x1031``: many empty rows (20 and 30) among long ones, and enough
+  work at a batch of 64 (nnz * 64 > ``constants.PARALLEL_WORK``) for the multi-threaded
+  CPU kernels; the 3 full rows of ``513x1031`` are longer than 1024 entries, so the CUDA
+  kernels give them a whole block (``kMinLongRow`` in ``csrc/cuda/common.cuh``).
+
+Build one with ``random_weight(*shape, seed=...)``; pair them with batch 1 (a single column
+of X) and a few odd widths; ``parametrize("shape", AWKWARD_SHAPES, ids=str)`` names the cases.
+"""
 
 
 # ------------------------------------------------------------------------ generators
