@@ -12,6 +12,7 @@ import sparse_engine  # noqa: F401
 from sparse_engine import SparseWeight
 from sparse_engine.analysis import (TRANSITIVE_TYPES, TRIAD_TYPES, feed_forward_loops, ffl_coherence,
                                     signed_triad_census, structural_balance, to_networkx)
+from sparse_engine.testing import random_scipy
 
 # Holland-Leinhardt triads on nodes 0, 1, 2, written from their definitions.
 HAND_TRIADS = {
@@ -33,18 +34,6 @@ def graph_matrix(n, signed_edges):
         return sp.csr_matrix((n, n))
     s, d, w = zip(*signed_edges)
     return sp.csr_matrix((w, (d, s)), shape=(n, n))
-
-
-def random_signed(rng, n, p, zeros=False, self_loops=False):
-    A = sp.random(n, n, density=p, random_state=rng, format="csr")
-    A.data = rng.standard_normal(A.nnz)
-    if zeros and A.nnz:
-        A.data[rng.random(A.nnz) < 0.2] = 0.0  # explicit zeros: not edges
-    if not self_loops:
-        A = A.tolil()
-        A.setdiag(0)
-        A = A.tocsr()
-    return A
 
 
 def brute_force(A):
@@ -102,21 +91,22 @@ def test_random_graphs_match_brute_force():
     rng = np.random.default_rng()  # fresh seed each run
     for _ in range(60):
         n = int(rng.integers(0, 16))
-        A = random_signed(rng, n, rng.uniform(0.05, 0.9), zeros=bool(rng.integers(2)),
-                          self_loops=bool(rng.integers(2)))
+        A = random_scipy(n, n, rng.uniform(0.05, 0.9), generator=rng,
+                         explicit_zeros=0.2 * int(rng.integers(2)),  # explicit zeros: not edges
+                         diagonal=bool(rng.integers(2)))
         check_against_brute(A)
 
 
 def test_transpose_option_matches_brute_force():
     rng = np.random.default_rng()
     for _ in range(10):
-        check_against_brute(random_signed(rng, 12, 0.3), transpose=True)
+        check_against_brute(random_scipy(12, 12, 0.3, generator=rng, diagonal=False), transpose=True)
 
 
 def test_unsigned_counts_match_networkx():
     rng = np.random.default_rng()
     for n, p in [(60, 0.05), (200, 0.02), (40, 0.5)]:
-        A = random_signed(rng, n, p)
+        A = random_scipy(n, n, p, generator=rng, diagonal=False)
         assert signed_triad_census(A).counts == nx.triadic_census(to_networkx(A))
 
 
@@ -246,7 +236,7 @@ def test_inputs_agree_sparseweight_scipy_state_dict_checkpoint(tmp_path):
 
 def test_ffl_types_filter_and_coherence():
     rng = np.random.default_rng()
-    A = random_signed(rng, 30, 0.3)
+    A = random_scipy(30, 30, 0.3, generator=rng, diagonal=False)
     all_f = feed_forward_loops(A)
     only = feed_forward_loops(A, types="030T")
     assert set(only.types) <= {"030T"} and len(only) == signed_triad_census(A).counts["030T"]
@@ -262,7 +252,7 @@ def test_large_graph_consistency():
     up to C(n, 3), counts agree with networkx and with a one-thread run, FFLs with the census."""
     rng = np.random.default_rng()
     n = 2500
-    A = random_signed(rng, n, 15 / n)
+    A = random_scipy(n, n, 15 / n, generator=rng, diagonal=False)
     assert A.nnz > 34000
     c = signed_triad_census(A)
     assert sum(c.counts.values()) == n * (n - 1) * (n - 2) // 6
@@ -303,7 +293,7 @@ def test_bad_inputs():
 
 def test_fake_kernels_opcheck():
     rng = np.random.default_rng()
-    A = random_signed(rng, 30, 0.2)
+    A = random_scipy(30, 30, 0.2, generator=rng, diagonal=False)
     rp, ci = torch.from_numpy(A.indptr.astype(np.int64)), torch.from_numpy(A.indices.astype(np.int32))
     v = torch.from_numpy(A.data)
     torch.library.opcheck(torch.ops.sparse_engine.signed_triad_census.default, (rp, ci, v),

@@ -1,6 +1,5 @@
 """Graph conversion, edge-list CSV and networkx export, the balance recorder, lesions."""
 import csv
-from pathlib import Path
 
 import networkx as nx
 import numpy as np
@@ -9,17 +8,13 @@ import scipy.sparse as sp
 import torch
 
 import sparse_engine  # noqa: F401
-from sparse_engine import SparseWeight
 from sparse_engine.analysis import (BalanceRecorder, edges, feed_forward_loops, lesion_ffls, load_sparse_weight,
                                     read_edge_csv, signed_triad_census, structural_balance, to_networkx,
                                     write_edge_csv)
+from sparse_engine.testing import random_weight
+from _paths import DATA as SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sparse_rnns_networks"
-
-
-def rand_weight(n=30, density=0.2, seed=None):
-    g = torch.Generator().manual_seed(int(np.random.default_rng(seed).integers(2**31)))
-    return SparseWeight.random(n, n, density, generator=g, dtype=torch.float64)
+DATA = SHARED_DATA / "sparse_rnns_networks"
 
 
 def test_edge_convention_zeros_and_self_loops():
@@ -35,8 +30,8 @@ def test_edge_convention_zeros_and_self_loops():
     assert G.edges[1, 2]["sign"] == -1 and G.edges[0, 1]["weight"] == 2.0
 
 
-def test_csv_round_trip(tmp_path):
-    W = rand_weight()
+def test_csv_round_trip(tmp_path, rng):
+    W = random_weight(30, 30, 0.2, generator=rng)
     path = tmp_path / "w.csv"
     write_edge_csv(W, path)
     with open(path) as f:
@@ -74,9 +69,9 @@ def test_real_csv_orientation():
         assert G.has_edge(int(r["Source"]), int(r["Target"]))
 
 
-def test_checkpoint_key_selection(tmp_path):
+def test_checkpoint_key_selection(tmp_path, rng):
     m = torch.nn.Module()
-    m.a, m.b = rand_weight(), rand_weight(n=10)
+    m.a, m.b = random_weight(30, 30, 0.2, generator=rng), random_weight(10, 10, 0.2, generator=rng)
     with pytest.raises(ValueError, match="key"):
         load_sparse_weight(m.state_dict())
     w = load_sparse_weight({"state_dict": m.state_dict()}, key="b")
@@ -85,9 +80,10 @@ def test_checkpoint_key_selection(tmp_path):
         load_sparse_weight(3)
 
 
-def test_recorder_records_and_csv(tmp_path):
+def test_recorder_records_and_csv(tmp_path, rng):
     rec = BalanceRecorder()
-    W1, W2, inp = rand_weight(), rand_weight(n=20), SparseWeight.random(30, 8, 0.5)
+    W1, W2, inp = (random_weight(30, 30, 0.2, generator=rng), random_weight(20, 20, 0.2, generator=rng),
+                   random_weight(30, 8, 0.5, generator=rng))
     rec(0, {"rec": W1, "inp": inp})   # non-square weights are skipped
     rec(1, {"rec": W2})
     assert [(r["step"], r["layer"]) for r in rec.records] == [(0, "rec"), (1, "rec")]
@@ -112,8 +108,8 @@ def test_recorder_records_and_csv(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["unbalanced", "balanced", "random"])
-def test_lesions_remove_ffls_cumulatively(kind):
-    W = rand_weight(n=25, density=0.25)
+def test_lesions_remove_ffls_cumulatively(kind, rng):
+    W = random_weight(25, 25, 0.25, generator=rng)
     before = (W.row_ptr.clone(), W.col_idx.clone(), W.values.detach().clone())
     f0 = feed_forward_loops(W, types=None)
     nnz_seen = []
@@ -136,11 +132,11 @@ def test_lesions_remove_ffls_cumulatively(kind):
     assert torch.equal(W.values.detach(), before[2])
 
 
-def test_lesions_until_none_left_and_every():
-    W = rand_weight(n=20, density=0.3)
+def test_lesions_until_none_left_and_every(rng):
+    W = random_weight(20, 20, 0.3, generator=rng)
     curve = lesion_ffls(W, lambda: None, kind="unbalanced", restore=False)
     assert not (~feed_forward_loops(W, types=None).balanced).any() and len(curve.removed) > 0
-    W2 = rand_weight(n=20, density=0.3, seed=5)
+    W2 = random_weight(20, 20, 0.3, seed=5)
     curve = lesion_ffls(W2, lambda: 0, kind="random", max_removals=7, every=3)
     assert curve.n_removed == [0, 3, 6, 7]
     with pytest.raises(ValueError, match="kind"):
@@ -151,9 +147,9 @@ def test_lesions_until_none_left_and_every():
         lesion_ffls(W2, 3)
 
 
-def test_lesion_with_transpose_and_model():
+def test_lesion_with_transpose_and_model(rng):
     """A model using h @ W: lesions with transpose=True remove the right connections."""
-    W = rand_weight(n=20, density=0.3)
+    W = random_weight(20, 20, 0.3, generator=rng)
     h = torch.randn(4, 20, dtype=torch.float64)
 
     def evaluate():

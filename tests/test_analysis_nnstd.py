@@ -10,12 +10,15 @@ import torch
 import sparse_engine  # noqa: F401
 from sparse_engine import SparseWeight
 from sparse_engine.analysis import jaccard_cost, load_nnstd_layers, nnstd
+from sparse_engine.testing import random_scipy
+from _paths import DATA as SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "nnstd_topologies"
+DATA = SHARED_DATA / "nnstd_topologies"
 
 
 def rand_layers(rng, sizes, density):
-    return [sp.random(o, i, density=density, random_state=rng, format="csr") for i, o in zip(sizes, sizes[1:])]
+    """A chain of layers: layer l maps sizes[l] inputs to sizes[l + 1] outputs."""
+    return [random_scipy(o, i, density, generator=rng) for i, o in zip(sizes, sizes[1:])]
 
 
 def direct_layer_costs(layers_a, layers_b, matchings):

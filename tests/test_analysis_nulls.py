@@ -1,6 +1,5 @@
 """Null models: invariants of each randomisation, determinism, z-scores; real pruned RNNs."""
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,16 +8,10 @@ import torch
 
 import sparse_engine  # noqa: F401
 from sparse_engine.analysis import edges, null_model_test, randomize, read_edge_csv, signed_triad_census
+from sparse_engine.testing import random_scipy
+from _paths import DATA as SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sparse_rnns_networks"
-
-
-def rand_graph(rng, n=60, p=0.08):
-    A = sp.random(n, n, density=p, random_state=rng, format="lil")
-    A.setdiag(0)
-    A = A.tocsr()
-    A.data = rng.standard_normal(A.nnz)
-    return A
+DATA = SHARED_DATA / "sparse_rnns_networks"
 
 
 def degrees(src, dst, n):
@@ -28,7 +21,7 @@ def degrees(src, dst, n):
 @pytest.mark.parametrize("method", ["sign_shuffle", "swap", "swap_shuffle"])
 def test_randomisation_invariants(method):
     rng = np.random.default_rng()
-    A = rand_graph(rng)
+    A = random_scipy(60, 60, 0.08, generator=rng, diagonal=False)
     n = A.shape[0]
     s0, d0, w0 = edges(A)
     outs = list(randomize(A, method, K=5, seed=3))
@@ -59,7 +52,7 @@ def test_randomisation_invariants(method):
 
 def test_swaps_deterministic_across_thread_counts():
     rng = np.random.default_rng()
-    A = rand_graph(rng, n=300, p=0.04)  # large enough for the op's parallel path over K
+    A = random_scipy(300, 300, 0.04, generator=rng, diagonal=False)  # large enough for the op's parallel path over K
     n_threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -72,7 +65,7 @@ def test_swaps_deterministic_across_thread_counts():
 
 def test_z_scores_and_p_values():
     rng = np.random.default_rng()
-    A = rand_graph(rng)
+    A = random_scipy(60, 60, 0.08, generator=rng, diagonal=False)
     r = null_model_test(A, "sign_shuffle", K=30, seed=1)
     k = "balance_semicycle"
     x = r.null[k]

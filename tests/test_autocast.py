@@ -8,21 +8,17 @@ from torch import nn
 from sparse_engine import SparseWeight, ops
 from sparse_engine._ext import HAS_CUDA_KERNELS
 from sparse_engine.nn import SparseCTRNN, SparseGRU, SparseLinear, SparseLSTM, SparseLSTMCell, SparseRNN
+from sparse_engine.testing import random_weight
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not (torch.cuda.is_available() and HAS_CUDA_KERNELS), reason="needs a CUDA device and the CUDA kernels"))]
 DTYPES = [torch.bfloat16, torch.float16]
 
 
-def weight(rows, cols, device, rng):
-    W = SparseWeight.random(rows, cols, 0.2, generator=rng)
-    return W.to(device)
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_ops_run_in_the_autocast_dtype(device, dtype, rng):
-    W = weight(37, 29, device, rng)
+    W = random_weight(37, 29, 0.2, dtype=torch.float32, generator=rng, device=device)
     X = torch.randn(29, 5, generator=rng).to(device)
     G = torch.randn(37, 5, generator=rng).to(device)
     raw = torch.ops.sparse_engine
@@ -39,7 +35,7 @@ def test_ops_run_in_the_autocast_dtype(device, dtype, rng):
 @pytest.mark.parametrize("device", DEVICES)
 def test_gradients_reach_the_float32_values_through_the_casts(device, rng):
     dtype = torch.bfloat16
-    W = weight(23, 31, device, rng)
+    W = random_weight(23, 31, 0.2, dtype=torch.float32, generator=rng, device=device)
     X = torch.randn(31, 6, generator=rng, device="cpu").to(device).requires_grad_()
     dY = torch.randn(23, 6, generator=rng).to(device)
     with torch.autocast(device, dtype=dtype):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from torch.utils import cpp_extension
 
-from conftest import host_cxx, run_all
+from _build_util import host_cxx, run_all
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [ROOT / "csrc" / "ops.cpp", *sorted((ROOT / "csrc" / "cpu").glob("*.cpp"))]

@@ -8,7 +8,7 @@ import torch
 
 from sparse_engine import cli
 from sparse_engine.checkpoint import load_checkpoint
-from conftest import DATA
+from _paths import DATA
 
 
 def test_train_learns_and_writes_outputs(tmp_path):

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from torch.utils import cpp_extension
 
-from conftest import host_cxx, run_all
+from _build_util import host_cxx, run_all
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_DIR = ROOT / "csrc" / "cuda"

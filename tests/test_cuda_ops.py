@@ -8,13 +8,17 @@ column, misaligned and non-contiguous inputs.
 """
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
 
 from sparse_engine import SparseWeight, ops
+from sparse_engine import testing
 from sparse_engine._ext import HAS_CUDA_KERNELS
+from sparse_engine.testing import LAYOUTS, copy_weight, dense, references, weight_with_row_lengths, with_layout
 
 pytestmark = [
     pytest.mark.cuda,
@@ -31,15 +35,6 @@ U32 = 2.0 ** -24
 
 
 # ------------------------------------------------------------------------- patterns
-def _csr(rows: int, cols: int, lengths, rng) -> tuple[np.ndarray, np.ndarray]:
-    lengths = np.minimum(np.asarray(lengths, dtype=np.int64), cols)
-    row_ptr = np.zeros(rows + 1, dtype=np.int64)
-    np.cumsum(lengths, out=row_ptr[1:])
-    parts = [np.sort(rng.choice(cols, size=int(n), replace=False)) for n in lengths]
-    col = np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, np.int32)
-    return row_ptr, col
-
-
 def _power_law_lengths(rows: int, cols: int, rng, long_rows=(1.0, 0.75, 0.4)) -> np.ndarray:
     """Pareto row lengths (mean ~10) plus a few rows of the given fractions of cols, long
     enough (> max(1024, 4 * mean)) for the block-per-row kernel."""
@@ -51,59 +46,49 @@ def _power_law_lengths(rows: int, cols: int, rng, long_rows=(1.0, 0.75, 0.4)) ->
 
 def pattern(name: str, seed: int = 0):
     """(row_ptr, col_idx, shape) as numpy arrays."""
-    rng = np.random.default_rng(seed)
-    if name == "uniform":
-        rows, cols = 300, 257
-        return (*_csr(rows, cols, rng.binomial(cols, 0.05, rows), rng), (rows, cols))
-    if name == "power_rows":
-        rows, cols = 400, 4096
-        return (*_csr(rows, cols, _power_law_lengths(rows, cols, rng), rng), (rows, cols))
     if name == "power_cols":  # long columns: the block-per-row path of spmm_t
         rp, ci, (rows, cols) = pattern("power_rows", seed)
         m = sp.csr_matrix((np.ones(ci.size), ci, rp), shape=(rows, cols)).T.tocsr()
         m.sort_indices()
         return m.indptr.astype(np.int64), m.indices.astype(np.int32), (cols, rows)
-    if name == "empty_rows":
+    rng = np.random.default_rng(seed)
+    if name == "uniform":
+        rows, cols = 300, 257
+        lengths = rng.binomial(cols, 0.05, rows)
+    elif name == "power_rows":
+        rows, cols = 400, 4096
+        lengths = _power_law_lengths(rows, cols, rng)
+    elif name == "empty_rows":
         rows, cols = 200, 100
         lengths = rng.integers(1, 20, rows) * (rng.random(rows) < 0.3)
-        return (*_csr(rows, cols, lengths, rng), (rows, cols))
-    if name == "zero_nnz":
-        return (*_csr(50, 40, np.zeros(50, np.int64), rng), (50, 40))
-    if name == "one_col":
-        return (*_csr(100, 1, rng.integers(0, 2, 100), rng), (100, 1))
-    if name == "no_rows":
-        return (*_csr(0, 10, [], rng), (0, 10))
-    if name == "no_cols":
-        return (*_csr(10, 0, np.zeros(10, np.int64), rng), (10, 0))
-    if name == "wide":  # > 2^16 columns: a 17-bit radix sort in transpose_index
+    elif name == "zero_nnz":
+        rows, cols, lengths = 50, 40, np.zeros(50, np.int64)
+    elif name == "one_col":
+        rows, cols, lengths = 100, 1, rng.integers(0, 2, 100)
+    elif name == "no_rows":
+        rows, cols, lengths = 0, 10, np.zeros(0, np.int64)
+    elif name == "no_cols":
+        rows, cols, lengths = 10, 0, np.zeros(10, np.int64)
+    elif name == "wide":  # > 2^16 columns: a 17-bit radix sort in transpose_index
         rows, cols = 40, 70_000
-        return (*_csr(rows, cols, rng.integers(0, 400, rows), rng), (rows, cols))
-    raise ValueError(name)
+        lengths = rng.integers(0, 400, rows)
+    else:
+        raise ValueError(name)
+    W = weight_with_row_lengths(lengths, cols, seed=seed)
+    return W.row_ptr.numpy(), W.col_idx.numpy(), (rows, cols)
 
 
 PATTERNS = ["uniform", "power_rows", "power_cols", "empty_rows", "zero_nnz", "one_col", "no_rows", "no_cols", "wide"]
 
 
+randn = partial(testing.randn, dtype=torch.float32, device=DEV)  # seeded, drawn on the CPU, then on the GPU
+
+
 def weight(name: str, dtype=torch.float32, seed: int = 0, device=DEV) -> SparseWeight:
+    """The pattern ``name`` with standard normal values, built on the CPU and moved to ``device``."""
     rp, ci, shape = pattern(name, seed)
-    g = torch.Generator().manual_seed(seed + 1)
-    values = torch.randn(ci.size, generator=g, dtype=dtype)
+    values = randn(ci.size, dtype=dtype, seed=seed + 1, device="cpu")
     return SparseWeight(torch.from_numpy(rp), torch.from_numpy(ci), values, shape).to(device)
-
-
-def randn(*shape, dtype=torch.float32, seed=0, device=DEV) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g, dtype=dtype).to(device)
-
-
-def copy_of(W: SparseWeight, device, dtype=None) -> SparseWeight:
-    """A new SparseWeight (Module.to would move W itself)."""
-    values = W.values.detach().to(device, dtype or W.values.dtype)
-    return SparseWeight(W.row_ptr.to(device), W.col_idx.to(device), values, W.shape)
-
-
-def abs_weight(W: SparseWeight) -> SparseWeight:
-    return SparseWeight(W.row_ptr, W.col_idx, W.values.detach().abs(), W.shape)
 
 
 def tolerance(ref: torch.Tensor, bound: torch.Tensor, terms: int, dtype) -> torch.Tensor:
@@ -125,20 +110,6 @@ def assert_close_to(out: torch.Tensor, ref: torch.Tensor, bound: torch.Tensor, t
     tol = tolerance(ref, bound, terms, dtype)
     bad = err > tol
     assert not bool(bad.any()), f"{int(bad.sum())} of {bad.numel()} entries off; worst error {float(err.max()):.3g}"
-
-
-def dense_refs(W: SparseWeight, X: torch.Tensor, G: torch.Tensor):
-    """float64 dense references, error bounds and term counts of spmm, spmm_t and sddmm on the CPU."""
-    D = W.to_dense().detach().cpu().double()
-    X64, G64 = X.detach().cpu().double(), G.detach().cpu().double()
-    row, col, _ = W.coo()
-    row, col = row.cpu(), col.cpu()
-    rows, cols = W.shape
-    return {
-        "spmm": (D @ X64, D.abs() @ X64.abs(), cols),
-        "spmm_t": (D.t() @ G64, D.abs().t() @ G64.abs(), rows),
-        "sddmm": ((G64[row] * X64[col]).sum(1), (G64[row].abs() * X64[col].abs()).sum(1), X.shape[1]),
-    }
 
 
 # --------------------------------------------------------------------- transpose_index
@@ -185,7 +156,7 @@ def test_ops_match_dense_reference(name, dtype, B):
     rows, cols = W.shape
     X = randn(cols, B, dtype=dtype, seed=10 * B + 1)
     G = randn(rows, B, dtype=dtype, seed=10 * B + 2)
-    refs = dense_refs(W, X, G)
+    refs = references(W, X, G)
     assert_close_to(ops.spmm(W, X), *refs["spmm"], dtype)
     assert_close_to(ops.spmm_t(W, G), *refs["spmm_t"], dtype)
     assert_close_to(ops.sddmm(W, G, X), *refs["sddmm"], dtype)
@@ -206,26 +177,21 @@ def test_non_contiguous_and_misaligned_inputs(dtype):
     W = weight("power_rows", dtype)
     rows, cols = W.shape
     B = 32
-    views = {
-        "transposed": randn(B, cols, dtype=dtype, seed=1).t(),
-        "strided": randn(cols, 2 * B, dtype=dtype, seed=2)[:, ::2],
-        # contiguous but one element off 16-byte alignment: the scalar-load path
-        "misaligned": randn(cols * B + 1, dtype=dtype, seed=3)[1:].view(cols, B),
-    }
-    G_base = randn(rows * B + 1, dtype=dtype, seed=4)
-    G = G_base[1:].view(rows, B)
+    # misaligned: contiguous but one element off 16-byte alignment, the scalar-load path
+    views = {layout: with_layout(randn(cols, B, dtype=dtype, seed=1 + i), layout) for i, layout in enumerate(LAYOUTS)}
+    G = with_layout(randn(rows, B, dtype=dtype, seed=4), "misaligned")
     for what, X in views.items():
-        refs = dense_refs(W, X, G)
+        refs = references(W, X, G)
         assert_close_to(ops.spmm(W, X), *refs["spmm"], dtype)
         assert_close_to(ops.sddmm(W, G, X), *refs["sddmm"], dtype)
-    assert_close_to(ops.spmm_t(W, G), *dense_refs(W, views["strided"], G)["spmm_t"], dtype)
+    assert_close_to(ops.spmm_t(W, G), *references(W, G=G)["spmm_t"], dtype)
 
 
 def _cpu_f64_refs(W: SparseWeight, X: torch.Tensor, G: torch.Tensor):
     """References from the CPU kernels in float64 (themselves tested against dense math),
     for sizes where a dense matrix would be too big."""
-    Wc = copy_of(W, "cpu", torch.float64)
-    Wa = abs_weight(Wc)
+    Wc = copy_weight(W, device="cpu", dtype=torch.float64)
+    Wa = copy_weight(Wc, values=Wc.values.abs())
     Xc, Gc = X.cpu().double(), G.cpu().double()
     rows, cols = W.shape
     return {
@@ -242,11 +208,10 @@ def test_more_long_rows_than_the_long_kernel_grid():
     rows, cols = 20_000, 4096
     lengths = rng.integers(0, 10, rows)
     lengths[rng.choice(rows, 700, replace=False)] = 2048
-    rp, ci = _csr(rows, cols, lengths, rng)
+    base = weight_with_row_lengths(lengths, cols, seed=7)
     for dtype, B in [(torch.float32, 32), (torch.float32, 5), (torch.float64, 300), (torch.float16, 32),
                      (torch.bfloat16, 8), (torch.bfloat16, 5)]:
-        W = SparseWeight(torch.from_numpy(rp), torch.from_numpy(ci), torch.randn(ci.size, dtype=dtype),
-                         (rows, cols)).to(DEV)
+        W = copy_weight(base, dtype=dtype).to(DEV)  # built on the CPU, then moved
         X, G = randn(cols, B, dtype=dtype, seed=1), randn(rows, B, dtype=dtype, seed=2)
         refs = _cpu_f64_refs(W, X, G)
         assert_close_to(ops.spmm(W, X), *refs["spmm"], dtype)
@@ -259,10 +224,10 @@ def test_more_long_rows_than_the_long_kernel_grid():
 def test_large_random_weight(B):
     g = torch.Generator().manual_seed(B)
     W = SparseWeight.random(30_000, 25_000, 0.005, generator=g, dtype=torch.float64)
-    Wg = copy_of(W, DEV)  # built on the GPU: its transposed index comes from the CUDA kernel
+    Wg = copy_weight(W, device=DEV)  # built on the GPU: its transposed index comes from the CUDA kernel
     for a, b in zip(W.index, Wg.index):
         assert torch.equal(a, b.cpu())
-    moved = copy_of(W, "cpu").to(DEV)  # Module.to moves the CPU-built index unchanged
+    moved = copy_weight(W, device="cpu").to(DEV)  # Module.to moves the CPU-built index unchanged
     for a, b in zip(moved.index, Wg.index):
         assert torch.equal(a.cpu(), b.cpu())
     X, G = randn(25_000, B, dtype=torch.float64, seed=1), randn(30_000, B, dtype=torch.float64, seed=2)
@@ -277,7 +242,7 @@ def test_float32_agrees_with_cpu_kernels(name):
     W = weight(name, torch.float32, seed=11)
     rows, cols = W.shape
     X, G = randn(cols, 48, seed=5), randn(rows, 48, seed=6)
-    Wc = copy_of(W, "cpu")
+    Wc = copy_weight(W, device="cpu")
     for gpu, cpu in [(ops.spmm(W, X), ops.spmm(Wc, X.cpu())), (ops.spmm_t(W, G), ops.spmm_t(Wc, G.cpu())),
                      (ops.sddmm(W, G, X), ops.sddmm(Wc, G.cpu(), X.cpu()))]:
         torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-4)
@@ -297,13 +262,8 @@ def test_deterministic(name, dtype):
 
 
 # ------------------------------------------------------------------ autograd, compile
-def _small_weight(dtype=torch.float64) -> SparseWeight:
-    g = torch.Generator().manual_seed(0)
-    return SparseWeight.random(13, 9, 0.35, generator=g, dtype=dtype).to(DEV)
-
-
 def test_gradcheck():
-    W = _small_weight()
+    W = testing.random_weight(13, 9, 0.35, seed=0, device=DEV)
     idx = W.index
     v = W.values.detach().clone().requires_grad_(True)
     X = randn(9, 5, dtype=torch.float64, seed=1).requires_grad_(True)
@@ -320,15 +280,15 @@ def test_half_gradients_match_float32(dtype):
     same stored inputs, within the storage-precision bound."""
     W32 = weight("power_rows", torch.float32, seed=3)
     rows, cols = W32.shape
-    W32 = copy_of(W32, DEV, dtype)  # values rounded to dtype ...
-    W32 = copy_of(W32, DEV, torch.float32)  # ... and held in float32
-    Wh = copy_of(W32, DEV, dtype)
+    W32 = copy_weight(W32, device=DEV, dtype=dtype)  # values rounded to dtype ...
+    W32 = copy_weight(W32, device=DEV, dtype=torch.float32)  # ... and held in float32
+    Wh = copy_weight(W32, device=DEV, dtype=dtype)
     X = randn(cols, 24, seed=1).to(dtype)
     R = randn(rows, 24, seed=2).to(dtype)
     x32, xh = X.float().requires_grad_(), X.clone().requires_grad_()
     ops.spmm(W32, x32).backward(R.float())
     ops.spmm(Wh, xh).backward(R)
-    D = W32.to_dense().cpu().double().abs()
+    D = dense(W32).abs()
     row, col, _ = W32.coo()
     bounds = {"values": ((R.cpu().double().abs() @ X.cpu().double().abs().T)[row.cpu(), col.cpu()], 24),
               "X": (D.T @ R.cpu().double().abs(), rows)}
@@ -381,21 +341,21 @@ def test_torch_compile_on_cuda(dtype):
 # ------------------------------------------------------------------------ bad input
 def test_mixed_devices_are_rejected():
     W = weight("uniform")
-    X = randn(W.shape[1], 4)
+    X = randn(W.shape[1], 4, seed=0)
     with pytest.raises(ValueError, match="X must be on"):
         RAW.spmm(*W.index, W.values, X.cpu())
     cpu_index = [t.cpu() for t in W.index]
     with pytest.raises(ValueError, match="must be on"):
         RAW.spmm(*cpu_index[:1], *W.index[1:], W.values, X)
     with pytest.raises(ValueError, match="must be on"):
-        RAW.sddmm(*W.index[:4], cpu_index[4], randn(W.shape[0], 4), X)
+        RAW.sddmm(*W.index[:4], cpu_index[4], randn(W.shape[0], 4, seed=0), X)
 
 
 def test_wrong_dtype_is_rejected():
     W = weight("uniform")
     with pytest.raises(TypeError, match="X must have dtype"):
-        RAW.spmm(*W.index, W.values, randn(W.shape[1], 4, dtype=torch.float64))
+        RAW.spmm(*W.index, W.values, randn(W.shape[1], 4, dtype=torch.float64, seed=0))
     with pytest.raises(TypeError, match="values must be float32 or float64"):
-        RAW.spmm(*W.index, W.values.detach().int(), randn(W.shape[1], 4).int())
+        RAW.spmm(*W.index, W.values.detach().int(), randn(W.shape[1], 4, seed=0).int())
     with pytest.raises(TypeError, match="X must have dtype"):
-        RAW.spmm(*W.index, W.values.detach().bfloat16(), randn(W.shape[1], 4).half())
+        RAW.spmm(*W.index, W.values.detach().bfloat16(), randn(W.shape[1], 4, seed=0).half())

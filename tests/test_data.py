@@ -7,7 +7,7 @@ import torch
 from sparse_engine.data import (digits, load_gesture, load_mnist, load_series, load_sms_spam, mackey_glass,
                                 sequence_windows)
 from sparse_engine.data.files import GESTURE_PHASES
-from conftest import DATA
+from _paths import DATA
 
 needs_data = pytest.mark.skipif(not DATA.exists(), reason=f"shared data folder {DATA} is not present")
 

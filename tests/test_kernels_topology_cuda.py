@@ -17,7 +17,8 @@ from sparse_engine import SparseWeight
 from sparse_engine.nn import SparseLinear
 from sparse_engine.training import SET, DeepR, GradualMagnitudePruning, RigL, SelfishRNN, sparse_weights, topology
 from sparse_engine.kernels import topology_cuda
-from _training_util import check_invariants, keys, random_weight
+from sparse_engine.testing import random_weight
+from _training_util import check_invariants, keys
 
 ops = torch.ops.sparse_engine
 tt = SimpleNamespace(**topology_cuda.OPS)  # the kernels by operator name, like ops
@@ -34,13 +35,6 @@ def same(a, b):
             x, y = x.view(torch.int64 if x.dtype == torch.float64 else torch.int32), \
                 y.view(torch.int64 if y.dtype == torch.float64 else torch.int32)
         assert torch.equal(x, y)
-
-
-def patterns(rows, cols, density, rng, dtype=torch.float64):
-    """A weight with empty rows (every third row emptied) besides the random pattern."""
-    mask = torch.rand(rows, cols, generator=rng) < density
-    mask[::3] = False
-    return SparseWeight.from_dense(torch.randn(rows, cols, generator=rng, dtype=dtype), mask)
 
 
 SHAPES = [(0, 5, 0.5), (6, 0, 0.5), (7, 9, 0.0), (7, 9, 1.0), (40, 1, 0.5), (1, 50, 0.3), (30, 40, 0.2),
@@ -74,7 +68,7 @@ def test_set_prune_equals_cpu_kernel(rng, zeta):
 # ------------------------------------------------------------------ compact, merge, remap
 @pytest.mark.parametrize("rows,cols,density", SHAPES)
 def test_compact_merge_remap_equal_cpu_kernels(rng, rows, cols, density):
-    w = patterns(rows, cols, density, rng)
+    w = random_weight(rows, cols, density, empty_rows=(rows + 2) // 3, generator=rng)
     rp, ci, v = w.row_ptr, w.col_idx, w.values.detach()
     for keep in (torch.rand(w.nnz, generator=rng) < 0.6, torch.ones(w.nnz, dtype=torch.bool),
                  torch.zeros(w.nnz, dtype=torch.bool)):
@@ -106,7 +100,7 @@ def test_gather_or_zero_edges(rng):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("rows,cols,density", SHAPES)
 def test_grad_topk_equals_cpu_kernel(rng, rows, cols, density, dtype):
-    w = patterns(rows, cols, density, rng)
+    w = random_weight(rows, cols, density, empty_rows=(rows + 2) // 3, generator=rng)
     empty = rows * cols - w.nnz
     for M, integer in ((5, False), (3, True), (0, False)):
         if integer:  # many equal |grad|: the tie rule decides
@@ -123,7 +117,7 @@ def test_grad_topk_equals_cpu_kernel(rng, rows, cols, density, dtype):
 
 
 def test_grad_topk_never_selects_nan(rng):
-    w = patterns(20, 30, 0.2, rng)
+    w = random_weight(20, 30, 0.2, empty_rows=7, generator=rng)
     G, X = torch.randn(20, 4, generator=rng), torch.randn(30, 4, generator=rng)
     G[3, 1] = float("nan")
     same(tt.grad_topk(w.row_ptr, w.col_idx, G, X, 50, 6, 7), ops.grad_topk(w.row_ptr, w.col_idx, G, X, 50, 6, 7))
@@ -148,7 +142,7 @@ def test_coo_dot_matches_cpu_kernel_up_to_rounding(rng, dtype, tol):
                                                  (300, 300, 0.05, 10000), (1, 100000, 0.01, 20000),
                                                  (5, 3, 0.0, 15), (7, 9, 1.0, 0), (40, 1, 0.5, 10), (0, 4, 0.5, 0)])
 def test_random_empty_invariants_and_seed(rng, rows, cols, density, n):
-    w = patterns(rows, cols, density, rng)
+    w = random_weight(rows, cols, density, empty_rows=(rows + 2) // 3, generator=rng)
     for n in sorted({min(n, rows * cols - w.nnz), rows * cols - w.nnz}):  # and every empty position
         seed = int(torch.randint(0, 2**62, (1,), generator=rng))
         r, c = tt.random_empty(w.row_ptr, w.col_idx, cols, n, seed)
@@ -443,7 +437,7 @@ class TestCUDA:
         rng = torch.Generator().manual_seed(5)
         dev = "cuda"
         for rows, cols, density in SHAPES + [(3000, 2000, 0.02)]:
-            w = patterns(rows, cols, density, rng)
+            w = random_weight(rows, cols, density, empty_rows=(rows + 2) // 3, generator=rng)
             rp, ci, v = w.row_ptr, w.col_idx, w.values.detach()
             d = lambda *ts: tuple(t.to(dev) for t in ts)  # noqa: E731
             for k in sorted({0, w.nnz // 3, w.nnz}):

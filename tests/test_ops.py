@@ -3,13 +3,9 @@ import pytest
 import torch
 
 from sparse_engine import SparseWeight, ops
-from conftest import SHAPES, random_weight
+from sparse_engine.testing import AWKWARD_SHAPES, dense, power_law_weight, random_weight, references, with_layout
 
 BATCHES = [1, 3, 64, 67]
-
-
-def reference(W):
-    return W.to_dense().double()
 
 
 def assert_within_rounding(out, ref, abs_ref, terms, dtype):
@@ -23,24 +19,21 @@ def assert_within_rounding(out, ref, abs_ref, terms, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", AWKWARD_SHAPES, ids=str)
 @pytest.mark.parametrize("B", BATCHES)
 def test_kernels_match_dense_reference(shape, B, dtype, rng):
-    rows, cols, density, empty, full = shape
-    W = random_weight(rows, cols, density, dtype, generator=rng, empty_rows=empty, full_rows=full)
+    rows, cols = shape.rows, shape.cols
+    W = random_weight(*shape, dtype=dtype, generator=rng)
     X = torch.randn(cols, B, generator=rng, dtype=dtype)
     G = torch.randn(rows, B, generator=rng, dtype=dtype)
-    D, Xd, Gd = reference(W), X.double(), G.double()
-    assert_within_rounding(ops.spmm(W, X), D @ Xd, D.abs() @ Xd.abs(), max(rows, cols), dtype)
-    assert_within_rounding(ops.spmm_t(W, G), D.T @ Gd, D.abs().T @ Gd.abs(), max(rows, cols), dtype)
-    row, col, _ = W.coo()
-    expected = (Gd @ Xd.T)[row, col]
-    abs_expected = (Gd.abs() @ Xd.abs().T)[row, col]
-    assert_within_rounding(ops.sddmm(W, G, X), expected, abs_expected, B, dtype)
+    refs = references(W, X, G)
+    assert_within_rounding(ops.spmm(W, X), *refs["spmm"], dtype)
+    assert_within_rounding(ops.spmm_t(W, G), *refs["spmm_t"], dtype)
+    assert_within_rounding(ops.sddmm(W, G, X), *refs["sddmm"], dtype)
 
 
 def test_outputs_have_expected_shapes_and_dtypes(rng):
-    W = random_weight(4, 6, 0.5, torch.float32, generator=rng)
+    W = random_weight(4, 6, 0.5, dtype=torch.float32, generator=rng)
     assert ops.spmm(W, torch.randn(6, 2)).shape == (4, 2)
     assert ops.spmm_t(W, torch.randn(4, 2)).shape == (6, 2)
     out = ops.sddmm(W, torch.randn(4, 2), torch.randn(6, 2))
@@ -48,10 +41,10 @@ def test_outputs_have_expected_shapes_and_dtypes(rng):
 
 
 def test_non_contiguous_inputs(rng):
-    W = random_weight(40, 30, 0.2, generator=rng, empty_rows=3)
-    D = reference(W)
-    X = torch.randn(9, 30, generator=rng, dtype=torch.float64).T  # (30 x 9), transposed view
-    G = torch.randn(40, 18, generator=rng, dtype=torch.float64)[:, ::2]  # strided columns
+    W = random_weight(40, 30, 0.2, empty_rows=3, generator=rng)
+    D = dense(W)
+    X = with_layout(torch.randn(30, 9, generator=rng, dtype=torch.float64), "transposed")
+    G = with_layout(torch.randn(40, 9, generator=rng, dtype=torch.float64), "strided")
     assert not X.is_contiguous() and not G.is_contiguous()
     torch.testing.assert_close(ops.spmm(W, X), D @ X)
     torch.testing.assert_close(ops.spmm_t(W, G), D.T @ G)
@@ -62,16 +55,10 @@ def test_non_contiguous_inputs(rng):
 def test_power_law_rows_large(rng):
     """Skewed row lengths (a few rows hold most entries), as in trained networks."""
     rows, cols = 3000, 2000
-    lengths = torch.clamp((torch.rand(rows, generator=rng) ** -1.5).long(), max=cols)
-    lengths[torch.randperm(rows, generator=rng)[:100]] = 0
-    cols_per_row = [torch.randperm(cols, generator=rng)[:int(n)].sort().values for n in lengths]
-    row_ptr = torch.zeros(rows + 1, dtype=torch.int64)
-    row_ptr[1:] = torch.cumsum(lengths, 0)
-    col_idx = torch.cat(cols_per_row).to(torch.int32)
-    W = SparseWeight(row_ptr, col_idx, torch.randn(col_idx.numel(), generator=rng, dtype=torch.float64), (rows, cols))
+    W = power_law_weight(rows, cols, empty_rows=100, generator=rng)
     X = torch.randn(cols, 32, generator=rng, dtype=torch.float64)
     G = torch.randn(rows, 32, generator=rng, dtype=torch.float64)
-    D = reference(W)
+    D = dense(W)
     torch.testing.assert_close(ops.spmm(W, X), D @ X)
     torch.testing.assert_close(ops.spmm_t(W, G), D.T @ G)
     row, col, _ = W.coo()
@@ -79,7 +66,8 @@ def test_power_law_rows_large(rng):
 
 
 def test_thread_count_does_not_change_results(rng):
-    W = random_weight(300, 200, 0.1, torch.float32, generator=rng, empty_rows=10, full_rows=2)
+    W = random_weight(300, 200, 0.1, empty_rows=10, full_rows=2, dtype=torch.float32,
+                      generator=rng)
     X = torch.randn(200, 33, generator=rng)
     G = torch.randn(300, 33, generator=rng)
     before = torch.get_num_threads()
@@ -99,7 +87,7 @@ def test_thread_count_does_not_change_results(rng):
 @pytest.mark.parametrize("B", [1, 4])
 def test_gradcheck_all_ops(shape, B, rng):
     rows, cols, density, empty, full = shape
-    W = random_weight(rows, cols, density, generator=rng, empty_rows=empty, full_rows=full)
+    W = random_weight(*shape, generator=rng)
     idx = W.index
     v = W.values.detach().clone().requires_grad_()
     X = torch.randn(cols, B, generator=rng, dtype=torch.float64, requires_grad=True)
@@ -112,11 +100,11 @@ def test_gradcheck_all_ops(shape, B, rng):
 
 
 def test_gradients_match_dense_autograd(rng):
-    W = random_weight(30, 20, 0.3, generator=rng, empty_rows=3)
+    W = random_weight(30, 20, 0.3, empty_rows=3, generator=rng)
     X = torch.randn(20, 5, generator=rng, dtype=torch.float64, requires_grad=True)
     up = torch.randn(30, 5, generator=rng, dtype=torch.float64)
     (ops.spmm(W, X) * up).sum().backward()
-    D = reference(W).requires_grad_()
+    D = dense(W).requires_grad_()
     X2 = X.detach().clone().requires_grad_()
     ((D @ X2) * up).sum().backward()
     row, col, _ = W.coo()
@@ -134,7 +122,7 @@ def test_only_requested_gradients_are_computed(rng):
 
 # ----------------------------------------------------------------------- compile
 def test_torch_compile_fullgraph_forward_and_backward(rng):
-    W = random_weight(50, 40, 0.2, torch.float32, generator=rng, empty_rows=4)
+    W = random_weight(50, 40, 0.2, empty_rows=4, dtype=torch.float32, generator=rng)
 
     def f(v, X, G):
         idx = W.index
@@ -158,7 +146,7 @@ def test_torch_compile_fullgraph_forward_and_backward(rng):
 
 # --------------------------------------------------------------------- bad input
 def test_bad_inputs_raise_clear_errors(rng):
-    W = random_weight(4, 6, 0.5, torch.float32, generator=rng)
+    W = random_weight(4, 6, 0.5, dtype=torch.float32, generator=rng)
     with pytest.raises(ValueError, match="X must have 6 rows"):
         ops.spmm(W, torch.randn(5, 2))
     with pytest.raises(ValueError, match="X must be 2-D"):
@@ -176,7 +164,7 @@ def test_bad_inputs_raise_clear_errors(rng):
 
 
 def test_raw_operator_checks_reach_python_as_value_and_type_errors(rng):
-    W = random_weight(4, 6, 0.5, torch.float32, generator=rng)
+    W = random_weight(4, 6, 0.5, dtype=torch.float32, generator=rng)
     sp = torch.ops.sparse_engine
     with pytest.raises(ValueError, match="X must have 6 rows"):
         sp.spmm(*W.index, W.values, torch.randn(3, 2))
@@ -220,7 +208,7 @@ def test_transpose_index_parallel_equals_serial(rng):
 def test_wide_batches_cross_the_sddmm_tiles(rng):
     """Batches wider than one tile (128 float / 64 double columns) and not a multiple of it."""
     for dtype in (torch.float32, torch.float64):
-        W = random_weight(60, 50, 0.2, dtype, generator=rng, empty_rows=3, full_rows=1)
+        W = random_weight(60, 50, 0.2, empty_rows=3, full_rows=1, dtype=dtype, generator=rng)
         for B in (129, 300):
             G = torch.randn(60, B, generator=rng, dtype=dtype)
             X = torch.randn(50, B, generator=rng, dtype=dtype)

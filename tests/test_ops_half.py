@@ -11,7 +11,8 @@ import torch
 
 from sparse_engine import SparseWeight, ops
 from sparse_engine.nn import SparseLinear, SparseLSTM
-from conftest import SHAPES, random_weight
+from sparse_engine.testing import (AWKWARD_SHAPES, copy_weight, dense, power_law_weight, random_weight, references,
+                                   with_layout)
 
 HALF = [torch.float16, torch.bfloat16]
 U32 = 2.0 ** -24
@@ -39,33 +40,27 @@ def stored(t, dtype):
     return t.detach().to(dtype).double()
 
 
-def dense_of(W):
-    return W.to_dense().double()
-
-
 @pytest.mark.parametrize("dtype", HALF)
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", AWKWARD_SHAPES, ids=str)
 @pytest.mark.parametrize("B", BATCHES)
 def test_kernels_match_float64_reference(shape, B, dtype, rng):
-    rows, cols, density, empty, full = shape
-    W = random_weight(rows, cols, density, generator=rng, empty_rows=empty, full_rows=full).to(dtype)
+    rows, cols = shape.rows, shape.cols
+    W = random_weight(*shape, generator=rng).to(dtype)
     assert W.values.dtype == dtype and W.col_idx.dtype == torch.int32 and W.row_ptr.dtype == torch.int64
     X = torch.randn(cols, B, generator=rng).to(dtype)
     G = torch.randn(rows, B, generator=rng).to(dtype)
-    D, Xd, Gd = dense_of(W), X.double(), G.double()
-    n = max(rows, cols, 1)
-    assert_within(ops.spmm(W, X), D @ Xd, D.abs() @ Xd.abs(), n, dtype)
-    assert_within(ops.spmm_t(W, G), D.T @ Gd, D.abs().T @ Gd.abs(), n, dtype)
-    row, col, _ = W.coo()
-    assert_within(ops.sddmm(W, G, X), (Gd @ Xd.T)[row, col], (Gd.abs() @ Xd.abs().T)[row, col], B, dtype)
+    refs = references(W, X, G)  # float64 math on the stored (rounded) values
+    assert_within(ops.spmm(W, X), *refs["spmm"], dtype)
+    assert_within(ops.spmm_t(W, G), *refs["spmm_t"], dtype)
+    assert_within(ops.sddmm(W, G, X), *refs["sddmm"], dtype)
 
 
 @pytest.mark.parametrize("dtype", HALF)
 def test_non_contiguous_inputs(dtype, rng):
-    W = random_weight(40, 30, 0.2, generator=rng, empty_rows=3).to(dtype)
-    D = dense_of(W)
-    X = torch.randn(9, 30, generator=rng).to(dtype).T  # (30 x 9), transposed view
-    G = torch.randn(40, 18, generator=rng).to(dtype)[:, ::2]  # strided columns
+    W = random_weight(40, 30, 0.2, empty_rows=3, generator=rng).to(dtype)
+    D = dense(W)
+    X = with_layout(torch.randn(30, 9, generator=rng).to(dtype), "transposed")
+    G = with_layout(torch.randn(40, 9, generator=rng).to(dtype), "strided")
     assert not X.is_contiguous() and not G.is_contiguous()
     Xd, Gd = X.double(), G.double()
     assert_within(ops.spmm(W, X), D @ Xd, D.abs() @ Xd.abs(), 40, dtype)
@@ -77,12 +72,10 @@ def test_non_contiguous_inputs(dtype, rng):
 @pytest.mark.parametrize("dtype", HALF)
 def test_power_law_rows_large(dtype, rng):
     rows, cols, B = 1500, 1200, 40
-    lengths = torch.clamp((torch.rand(rows, generator=rng) ** -1.5).long(), max=cols)
-    mask = torch.rand(rows, cols, generator=rng) < (lengths.double() / cols)[:, None]
-    W = SparseWeight.from_dense(torch.randn(rows, cols, generator=rng, dtype=torch.float64), mask).to(dtype)
+    W = power_law_weight(rows, cols, generator=rng).to(dtype)
     X = torch.randn(cols, B, generator=rng).to(dtype)
     G = torch.randn(rows, B, generator=rng).to(dtype)
-    D, Xd, Gd = dense_of(W), X.double(), G.double()
+    D, Xd, Gd = dense(W), X.double(), G.double()
     assert_within(ops.spmm(W, X), D @ Xd, D.abs() @ Xd.abs(), cols, dtype)
     assert_within(ops.spmm_t(W, G), D.T @ Gd, D.abs().T @ Gd.abs(), rows, dtype)
 
@@ -111,7 +104,7 @@ def test_accumulation_is_float32_and_rounded_once(dtype):
 def _grad_case(op, dtype, rng):
     """Gradients of sum(out * R) for one op, in ``dtype`` and in float32 on the same stored
     inputs, plus float64 sums of |terms| for the bound."""
-    W = random_weight(60, 45, 0.15, generator=rng, empty_rows=4)
+    W = random_weight(60, 45, 0.15, empty_rows=4, generator=rng)
     B = 13
     rows, cols = W.shape
     A = torch.randn(cols if op == "spmm" else rows, B, generator=rng)  # X (spmm, sddmm) or G (spmm_t)
@@ -122,7 +115,7 @@ def _grad_case(op, dtype, rng):
     R = torch.randn(*out_len, generator=rng).to(dtype)  # upstream gradient, stored in dtype
 
     def grads(dt):
-        Wd = SparseWeight(W.row_ptr, W.col_idx, W.values.detach().to(dtype).to(dt), W.shape)
+        Wd = copy_weight(W, values=W.values.to(dtype), dtype=dt)
         a = A.to(dtype).to(dt).requires_grad_()
         c = C.to(dtype).to(dt).requires_grad_()
         if op == "spmm":
@@ -165,7 +158,7 @@ def test_gradients_match_float32_autograd(op, dtype, rng):
 # ------------------------------------------------------------------------ compile
 @pytest.mark.parametrize("dtype", HALF)
 def test_torch_compile_fullgraph_forward_and_backward(dtype, rng):
-    W = random_weight(50, 40, 0.2, generator=rng, empty_rows=4).to(dtype)
+    W = random_weight(50, 40, 0.2, empty_rows=4, generator=rng).to(dtype)
 
     def f(v, X, G):
         idx = W.index
@@ -191,7 +184,7 @@ def test_torch_compile_fullgraph_forward_and_backward(dtype, rng):
 # ------------------------------------------------------------------ modules, dtypes
 @pytest.mark.parametrize("dtype", HALF)
 def test_sparse_weight_and_linear_convert(dtype, rng):
-    W = random_weight(30, 20, 0.3, torch.float32, generator=rng)
+    W = random_weight(30, 20, 0.3, dtype=torch.float32, generator=rng)
     param = W.values
     values32 = W.values.detach().clone()
     W.to(dtype)

@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 import sparse_engine as se
-from sparse_engine import SparseWeight
 from sparse_engine.constants import GATES
 from sparse_engine.nn import cell_table
 from sparse_engine.nn.recurrence import Config, Recurrence
+from sparse_engine.testing import random_weight
 
 
 @pytest.fixture(params=[True, False], ids=["fused", "composed"])
@@ -137,12 +137,6 @@ def test_ctrnn_bias_flag_and_parameter(bias):
 
 
 # ----------------------------------------------------------------------------- gradcheck
-def _weight(rows, cols, density, g):
-    mask = torch.rand(rows, cols, generator=g) < density
-    mask[0] = False  # an empty row
-    return SparseWeight.from_dense(torch.randn(rows, cols, generator=g, dtype=torch.float64), mask)
-
-
 # The composed path is checked on sparse-sparse only: its dense products are torch's own.
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH", "RNN_RELU", "CTRNN"])
 @pytest.mark.parametrize("kinds,reverse,fused", [
@@ -152,8 +146,8 @@ def test_gradcheck_recurrence(mode, reverse, kinds, fused, rng):
     I, H, B, T = 3, 4, 2, 3
     G = GATES[mode] * H
     sp_ih, sp_hh = (k == "sparse" for k in kinds.split("-"))
-    W_ih = _weight(G, I, 0.6, rng) if sp_ih else None
-    W_hh = _weight(G, H, 0.6, rng) if sp_hh else None
+    W_ih = random_weight(G, I, 0.6, empty_rows=1, generator=rng) if sp_ih else None
+    W_hh = random_weight(G, H, 0.6, empty_rows=1, generator=rng) if sp_hh else None
     w_ih = W_ih.values.detach().clone() if sp_ih else torch.randn(G, I, generator=rng, dtype=torch.float64)
     w_hh = W_hh.values.detach().clone() if sp_hh else torch.randn(G, H, generator=rng, dtype=torch.float64)
     cfg = Config(mode, H, B, T, reverse, W_ih.index if sp_ih else None, W_hh.index if sp_hh else None,
@@ -234,7 +228,7 @@ def test_fused_setting_is_per_module(fused, monkeypatch, rng):
 
 def test_fused_ops_reject_bad_arguments(rng):
     ops = torch.ops.sparse_engine
-    W = _weight(4 * 5, 5, 0.5, rng)  # an LSTM W_hh for hidden 5
+    W = random_weight(4 * 5, 5, 0.5, empty_rows=1, generator=rng)  # an LSTM W_hh for hidden 5
     v = W.values.detach()
     h = torch.randn(5, 3, dtype=torch.float64)
     gx = torch.randn(20, 3, dtype=torch.float64)
@@ -248,7 +242,7 @@ def test_fused_ops_reject_bad_arguments(rng):
     with pytest.raises(ValueError, match="W_hh must have 3"):
         ops.gru_step(*W.index, v, gx[:15], h, None)
     with pytest.raises(ValueError, match="b_hh"):
-        G = _weight(15, 5, 0.5, rng)
+        G = random_weight(15, 5, 0.5, empty_rows=1, generator=rng)
         ops.gru_step(*G.index, G.values.detach(), gx[:15], h, torch.zeros(7, dtype=torch.float64))
 
 
@@ -257,7 +251,7 @@ def test_fused_ops_opcheck(rng):
     ops = torch.ops.sparse_engine
     h = torch.randn(5, 3, generator=rng, dtype=torch.float64)
     g = torch.randn(20, 3, generator=rng, dtype=torch.float64)
-    W4, W3, W1 = (_weight(k * 5, 5, 0.5, rng) for k in (4, 3, 1))
+    W4, W3, W1 = (random_weight(k * 5, 5, 0.5, empty_rows=1, generator=rng) for k in (4, 3, 1))
     v4, v3, v1 = (w.values.detach() for w in (W4, W3, W1))
     acts = torch.rand(20, 3, generator=rng, dtype=torch.float64)
     cases = [

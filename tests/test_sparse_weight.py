@@ -8,7 +8,7 @@ import torch
 
 from sparse_engine import SparseWeight
 from sparse_engine.init import erdos_renyi_density, random_pattern
-from conftest import random_weight
+from sparse_engine.testing import random_weight
 
 
 def assert_canonical(W):
@@ -34,7 +34,7 @@ def assert_transpose_consistent(W):
 
 @pytest.mark.parametrize("rows,cols,density", [(0, 0, 0.5), (1, 1, 1.0), (10, 1, 0.5), (50, 70, 0.1), (30, 30, 1.0)])
 def test_from_dense_round_trip_and_invariants(rows, cols, density, rng):
-    W = random_weight(rows, cols, density, generator=rng, empty_rows=min(rows, 2))
+    W = random_weight(rows, cols, density, empty_rows=min(rows, 2), generator=rng)
     assert_canonical(W)
     assert_transpose_consistent(W)
     assert W.shape == (rows, cols)
@@ -44,7 +44,7 @@ def test_from_dense_round_trip_and_invariants(rows, cols, density, rng):
 
 
 def test_coo_view_matches_dense(rng):
-    W = random_weight(20, 15, 0.3, generator=rng, empty_rows=3)
+    W = random_weight(20, 15, 0.3, empty_rows=3, generator=rng)
     row, col, v = W.coo()
     dense = torch.zeros(W.shape, dtype=v.dtype)
     dense[row, col] = v.detach()
@@ -175,8 +175,8 @@ def test_invalid_dtypes_and_lengths():
 
 # --------------------------------------------------------------------- state_dict
 def test_state_dict_round_trip_bit_exact_with_other_nnz(rng):
-    a = random_weight(30, 20, 0.3, torch.float32, generator=rng)
-    b = random_weight(30, 20, 0.05, torch.float32, generator=rng)
+    a = random_weight(30, 20, 0.3, dtype=torch.float32, generator=rng)
+    b = random_weight(30, 20, 0.05, dtype=torch.float32, generator=rng)
     buf = io.BytesIO()
     torch.save(a.state_dict(), buf)
     buf.seek(0)
@@ -195,7 +195,7 @@ def test_loading_a_corrupt_state_dict_raises():
 
 
 def test_to_dtype_moves_values_but_not_indices(rng):
-    W = random_weight(6, 4, 0.5, torch.float32, generator=rng).to(torch.float64)
+    W = random_weight(6, 4, 0.5, dtype=torch.float32, generator=rng).to(torch.float64)
     assert W.values.dtype == torch.float64 and W.col_idx.dtype == torch.int32 and W.row_ptr.dtype == torch.int64
 
 
@@ -219,11 +219,11 @@ def test_backward_works_after_the_pattern_changes_while_an_old_graph_is_alive(rn
     """Autograd caches a gradient accumulator sized for the old nnz; set_pattern resets it."""
     from sparse_engine import ops
 
-    W = random_weight(20, 10, 0.3, torch.float32, generator=rng)
+    W = random_weight(20, 10, 0.3, dtype=torch.float32, generator=rng)
     X = torch.randn(10, 4)
     old_loss = ops.spmm(W, X).sum()
     old_loss.backward(retain_graph=True)
-    other = random_weight(20, 10, 0.6, torch.float32, generator=rng)
+    other = random_weight(20, 10, 0.6, dtype=torch.float32, generator=rng)
     W.set_pattern(other.row_ptr, other.col_idx, other.values.detach())
     W.values.grad = None
     ops.spmm(W, X).sum().backward()

@@ -9,7 +9,8 @@ import torch
 from sparse_engine import SparseWeight
 from sparse_engine.training import (gradient_growth, global_magnitude_keep, magnitude_keep, new_values,
                                     random_empty, rewire, set_keep, threshold_keep)
-from _training_util import check_invariants, keys, random_weight, ref_set_keep, ref_smallest, value_by_key
+from sparse_engine.testing import random_weight
+from _training_util import check_invariants, keys, ref_set_keep, ref_smallest, value_by_key
 
 ops = torch.ops.sparse_engine
 
@@ -35,7 +36,7 @@ def test_select_smallest_signed_zeros_and_wide_range(rng):
 
 
 def test_magnitude_keep_prunes_exactly_the_smallest(rng):
-    w = random_weight(60, 50, 0.2, rng)
+    w = random_weight(60, 50, 0.2, generator=rng)
     v = w.values.detach().numpy()
     for n_prune in (0, 1, w.nnz // 3, w.nnz):
         keep = magnitude_keep(w.values, n_prune).numpy()
@@ -91,7 +92,7 @@ def test_selection_bad_inputs():
                                                  (300, 300, 0.05, 10000), (1, 100000, 0.01, 20000),
                                                  (5, 3, 0.0, 15), (7, 9, 1.0, 0)])
 def test_random_empty_positions_are_new_unique_sorted(rng, rows, cols, density, n):
-    w = random_weight(rows, cols, density, rng)
+    w = random_weight(rows, cols, density, generator=rng)
     n = min(n, rows * cols - w.nnz)
     r, c = random_empty(w.row_ptr, w.col_idx, cols, n, seed=int(torch.randint(0, 2**40, (1,), generator=rng)))
     assert r.numel() == c.numel() == n and r.dtype == torch.int64 and c.dtype == torch.int32
@@ -102,7 +103,7 @@ def test_random_empty_positions_are_new_unique_sorted(rng, rows, cols, density, 
 
 
 def test_random_empty_is_deterministic_per_seed(rng):
-    w = random_weight(50, 50, 0.1, rng)
+    w = random_weight(50, 50, 0.1, generator=rng)
     a = random_empty(w.row_ptr, w.col_idx, 50, 200, seed=7)
     b = random_empty(w.row_ptr, w.col_idx, 50, 200, seed=7)
     c = random_empty(w.row_ptr, w.col_idx, 50, 200, seed=8)
@@ -131,14 +132,14 @@ def test_random_empty_is_uniform_over_empty_positions(n):
 
 
 def test_random_empty_refuses_too_many(rng):
-    w = random_weight(4, 4, 0.5, rng)
+    w = random_weight(4, 4, 0.5, generator=rng)
     with pytest.raises(ValueError, match="empty positions"):
         random_empty(w.row_ptr, w.col_idx, 4, 16 - w.nnz + 1, seed=0)
 
 
 # ------------------------------------------------------------------ merge / compact errors
 def test_merge_refuses_existing_unsorted_or_out_of_range(rng):
-    w = random_weight(6, 6, 0.5, rng)
+    w = random_weight(6, 6, 0.5, generator=rng)
     v = w.values.detach()
     row, col, _ = w.coo()
     with pytest.raises(ValueError, match="already stored"):
@@ -156,7 +157,7 @@ def test_merge_refuses_existing_unsorted_or_out_of_range(rng):
 # ------------------------------------------------------------------ rewire
 @pytest.mark.parametrize("opt_name", ["sgd", "adam"])
 def test_rewire_keeps_values_and_optimizer_state_only_where_it_should(rng, opt_name):
-    w = random_weight(30, 40, 0.1, rng, dtype=torch.float32)
+    w = random_weight(30, 40, 0.1, dtype=torch.float32, generator=rng)
     if opt_name == "sgd":
         opt = torch.optim.SGD([w.values], lr=0.1, momentum=0.9)
         names = ["momentum_buffer"]
@@ -206,7 +207,7 @@ def test_rewire_keeps_values_and_optimizer_state_only_where_it_should(rng, opt_n
 
 
 def test_rewire_prune_only_and_empty_rows(rng):
-    w = random_weight(20, 10, 0.3, rng)
+    w = random_weight(20, 10, 0.3, generator=rng)
     keep = torch.zeros(w.nnz, dtype=torch.bool)
     rewire(w, keep)
     check_invariants(w, nnz=0)
@@ -217,7 +218,7 @@ def test_rewire_prune_only_and_empty_rows(rng):
 
 
 def test_rewire_bad_inputs(rng):
-    w = random_weight(5, 5, 0.5, rng)
+    w = random_weight(5, 5, 0.5, generator=rng)
     with pytest.raises(ValueError, match="keep"):
         rewire(w, torch.ones(w.nnz + 1, dtype=torch.bool))
     with pytest.raises(TypeError, match="SparseWeight"):
@@ -227,7 +228,7 @@ def test_rewire_bad_inputs(rng):
 
 
 def test_new_values_inits(rng):
-    w = random_weight(40, 60, 0.25, rng, dtype=torch.float32)
+    w = random_weight(40, 60, 0.25, dtype=torch.float32, generator=rng)
     assert (new_values(100, w, "zero") == 0).all()
     fan_in, fan_out = w.nnz / 40, w.nnz / 60
     he = new_values(5000, w, "he_uniform", generator=rng)
@@ -256,7 +257,7 @@ def dense_topk(w, G, X, k):
 @pytest.mark.parametrize("rows,cols,M,k,tile_rows,tile_elems", [
     (37, 23, 5, 40, 4, 4 * 6), (37, 23, 5, 1, 256, 2**22), (10, 50, 3, 300, 3, 3 * 7), (1, 9, 1, 5, 1, 2)])
 def test_tiled_gradient_topk_equals_dense_topk(rng, rows, cols, M, k, tile_rows, tile_elems):
-    w = random_weight(rows, cols, 0.3, rng)
+    w = random_weight(rows, cols, 0.3, generator=rng)
     k = min(k, rows * cols - w.nnz)
     G = torch.randn(rows, M, generator=rng, dtype=torch.float64)
     X = torch.randn(cols, M, generator=rng, dtype=torch.float64)
@@ -268,7 +269,7 @@ def test_tiled_gradient_topk_equals_dense_topk(rng, rows, cols, M, k, tile_rows,
 
 
 def test_tiled_gradient_topk_ties_go_to_lower_position(rng):
-    w = random_weight(12, 16, 0.2, rng)
+    w = random_weight(12, 16, 0.2, generator=rng)
     G = torch.randint(-1, 2, (12, 2), generator=rng).double()  # many equal |grad|
     X = torch.randint(-1, 2, (16, 2), generator=rng).double()
     for k in (1, 10, 60):
@@ -278,7 +279,7 @@ def test_tiled_gradient_topk_ties_go_to_lower_position(rng):
 
 
 def test_sampled_gradient_growth(rng):
-    w = random_weight(30, 40, 0.1, rng)
+    w = random_weight(30, 40, 0.1, generator=rng)
     G = torch.randn(30, 4, generator=rng, dtype=torch.float64)
     X = torch.randn(40, 4, generator=rng, dtype=torch.float64)
     # a budget that covers every empty position: the sample is all of them, so exact
@@ -294,7 +295,7 @@ def test_sampled_gradient_growth(rng):
 
 
 def test_gradient_growth_bad_inputs(rng):
-    w = random_weight(6, 5, 0.5, rng)
+    w = random_weight(6, 5, 0.5, generator=rng)
     G, X = torch.randn(6, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
     with pytest.raises(ValueError, match="G must have"):
         gradient_growth(w.row_ptr, w.col_idx, G[:5], X, 1)
