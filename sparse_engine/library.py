@@ -1,72 +1,49 @@
 """The Python half of ``torch.ops.sparse_engine``, in one place: every fake (meta) kernel, every
 autograd formula, the autocast rules and the registration of the kernels written in Python.
 
-``csrc/ops.cpp`` holds the schemas; the compiled kernels register themselves per dispatch key.
-:mod:`sparse_engine._ext` imports this module right after loading the compiled library, so
-importing any part of the package makes every operator complete (eager, autograd, autocast,
-``torch.compile``). The sections below follow the op families of ``csrc/ops.cpp``.
+``csrc/ops.cpp`` holds the schemas (read an op's arguments there); the compiled kernels register
+themselves per dispatch key. :mod:`sparse_engine._ext` imports this module right after loading
+the compiled library, so importing any part of the package makes every operator complete
+(eager, autograd, autocast, ``torch.compile``). The sections below follow the op families of
+``csrc/ops.cpp``; ``docs/architecture.md`` says where each family's kernels are. The CUDA
+topology kernels are the Python functions ``<op>_cuda`` of
+:mod:`sparse_engine.kernels.topology_cuda`, registered here. "here": what this module registers
+(fake: the output shapes, for FakeTensor / ``torch.compile``; ops without one have
+data-dependent output sizes and run outside compiled graphs). ``tests/test_op_registry.py``
+checks this table against the schemas and the registrations.
 
-Each family's kernels are in ``csrc/cpu/<family>_cpu.cpp`` (the CPU kernel of op ``<op>`` is
-the function ``<op>_cpu``) and ``csrc/cuda/<family>_cuda.cu``; the CUDA topology kernels are
-the Python functions ``<op>_cuda`` of :mod:`sparse_engine.kernels.topology_cuda`, registered
-here. ``I`` stands for the index of a SparseWeight, ``Tensor row_ptr, Tensor col_idx, Tensor
-csc_ptr, Tensor csc_row, Tensor csc_perm`` (``SparseWeight.index``). "here": what this module
-registers (fake: the output shapes, for FakeTensor / ``torch.compile``; ops without one have
-data-dependent output sizes and run outside compiled graphs).
-
-op                       schema in csrc/ops.cpp                                      here
------------------------  ----------------------------------------------------------  ------------------------
+op                       here
+-----------------------  ------------------------
 [spmm] CPU csrc/cpu/spmm_cpu.cpp, CUDA csrc/cuda/spmm_cuda.cu
-spmm                     spmm(I, Tensor values, Tensor X) -> Tensor                  fake, autograd, autocast
-spmm_t                   spmm_t(I, Tensor values, Tensor G) -> Tensor                fake, autograd, autocast
+spmm                     fake, autograd, autocast
+spmm_t                   fake, autograd, autocast
 [sddmm] CPU csrc/cpu/sddmm_cpu.cpp, CUDA csrc/cuda/sddmm_cuda.cu
-sddmm                    sddmm(I, Tensor G, Tensor X) -> Tensor                      fake, autograd, autocast
+sddmm                    fake, autograd, autocast
 [transpose] CPU csrc/cpu/transpose_cpu.cpp, CUDA csrc/cuda/transpose_cuda.cu
-transpose_index          transpose_index(Tensor row_ptr, Tensor col_idx, int         fake
-                         n_cols) -> (Tensor, Tensor, Tensor)
+transpose_index          fake
 [rnn_step] CPU csrc/cpu/rnn_step_cpu.cpp, CUDA csrc/cuda/rnn_step_cuda.cu
-lstm_step                lstm_step(I, Tensor values, Tensor gx, Tensor h, Tensor c)  fake
-                         -> (Tensor, Tensor, Tensor)
-lstm_step_backward       lstm_step_backward(I, Tensor values, Tensor acts, Tensor    fake
-                         c_prev, Tensor c, Tensor dh, Tensor dc) -> (Tensor,
-                         Tensor, Tensor)
-gru_step                 gru_step(I, Tensor values, Tensor gx, Tensor h, Tensor?     fake
-                         b_hh) -> (Tensor, Tensor)
-gru_step_backward        gru_step_backward(I, Tensor values, Tensor acts, Tensor     fake
-                         h_prev, Tensor dh) -> (Tensor, Tensor, Tensor)
-rnn_step                 rnn_step(I, Tensor values, Tensor gx, Tensor h, bool relu)  fake
-                         -> Tensor
-rnn_step_backward        rnn_step_backward(I, Tensor values, Tensor h_new, Tensor    fake
-                         dh, bool relu) -> (Tensor, Tensor)
-ctrnn_step               ctrnn_step(I, Tensor values, Tensor gx, Tensor h, float     fake
-                         dt, float tau) -> (Tensor, Tensor)
-ctrnn_step_backward      ctrnn_step_backward(I, Tensor values, Tensor acts, Tensor   fake
-                         dh, float dt, float tau) -> (Tensor, Tensor)
+lstm_step                fake
+lstm_step_backward       fake
+gru_step                 fake
+gru_step_backward        fake
+rnn_step                 fake
+rnn_step_backward        fake
+ctrnn_step               fake
+ctrnn_step_backward      fake
 [topology] CPU csrc/cpu/topology_cpu.cpp, CUDA sparse_engine/kernels/topology_cuda.py
-select_smallest          select_smallest(Tensor scores, int k) -> Tensor             fake, CUDA kernel
-set_prune                set_prune(Tensor values, float zeta) -> Tensor              fake, CUDA kernel
-compact                  compact(Tensor row_ptr, Tensor col_idx, Tensor values,      CUDA kernel
-                         Tensor keep) -> (Tensor, Tensor, Tensor, Tensor)
-random_empty             random_empty(Tensor row_ptr, Tensor col_idx, int n_cols,    CUDA kernel
-                         int n, int seed) -> (Tensor, Tensor)
-merge                    merge(Tensor row_ptr, Tensor col_idx, Tensor values, int    CUDA kernel
-                         n_cols, Tensor new_row, Tensor new_col, Tensor new_values)
-                         -> (Tensor, Tensor, Tensor, Tensor, Tensor)
-remap_index              remap_index(Tensor kept_pos, Tensor old_pos, int new_nnz)   CUDA kernel
-                         -> Tensor
-gather_or_zero           gather_or_zero(Tensor t, Tensor origin) -> Tensor           fake, CUDA kernel
-coo_dot                  coo_dot(Tensor rows, Tensor cols, Tensor G, Tensor X) ->    fake, CUDA kernel
-                         Tensor
-grad_topk                grad_topk(Tensor row_ptr, Tensor col_idx, Tensor G, Tensor  CUDA kernel
-                         X, int k, int tile_rows, int tile_cols) -> (Tensor,
-                         Tensor, Tensor)
+select_smallest          fake, CUDA kernel
+set_prune                fake, CUDA kernel
+compact                  CUDA kernel
+random_empty             CUDA kernel
+merge                    CUDA kernel
+remap_index              CUDA kernel
+gather_or_zero           fake, CUDA kernel
+coo_dot                  fake, CUDA kernel
+grad_topk                CUDA kernel
 [analysis] CPU csrc/cpu/analysis_cpu.cpp, no CUDA kernels
-signed_triad_census      signed_triad_census(Tensor row_ptr, Tensor col_idx, Tensor  fake
-                         values) -> (Tensor, Tensor)
-transitive_semicycles    transitive_semicycles(Tensor row_ptr, Tensor col_idx,       fake
-                         Tensor values, int type_mask) -> (Tensor, Tensor, Tensor)
-degree_preserving_swaps  degree_preserving_swaps(Tensor src, Tensor dst, int n, int  fake
-                         n_swaps, Tensor seeds) -> Tensor
+signed_triad_census      fake
+transitive_semicycles    fake
+degree_preserving_swaps  fake
 
 Autograd: spmm, spmm_t and sddmm each have a formula written with the other two (so double
 backward works too); the recurrent steps are differentiated by their ``*_backward`` ops inside
