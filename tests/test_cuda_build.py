@@ -57,7 +57,7 @@ def _nvcc() -> str | None:
 def test_there_are_cuda_sources():
     assert CU_FILES, f"no .cu files in {CUDA_DIR}"
     names = {p.name for p in GLUE_FILES}
-    assert {"ops_cuda.cpp", "rnn_cuda.cpp"} <= names, names
+    assert {"spmm_glue.cpp", "rnn_step_glue.cpp"} <= names, names
     assert {"launchers.h", "rnn_launchers.h"} <= {p.name for p in LAUNCHER_HEADERS}
 
 

@@ -71,7 +71,7 @@ def _build_emulator(out: Path, kernels: list[str], driver: str) -> Path:
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory) -> Path:
-    return _build_emulator(tmp_path_factory.mktemp("cuda_emu"), ["gather", "sddmm", "transpose"], "driver")
+    return _build_emulator(tmp_path_factory.mktemp("cuda_emu"), ["spmm_cuda", "sddmm_cuda", "transpose_cuda"], "driver")
 
 
 @pytest.mark.slow
@@ -91,7 +91,7 @@ def test_kernels_match_float64_references_on_the_emulator(emulator):
 def rnn_emulator(tmp_path_factory) -> Path:
     """rnn_step.cu (+ gather.cu, which its backward calls) and tests/cuda_emu/rnn_driver.cpp,
     a separate executable from the one above."""
-    return _build_emulator(tmp_path_factory.mktemp("cuda_emu_rnn"), ["rnn_step", "gather"], "rnn_driver")
+    return _build_emulator(tmp_path_factory.mktemp("cuda_emu_rnn"), ["rnn_step_cuda", "spmm_cuda"], "rnn_driver")
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@
 #include <limits>
 
 #include "../cpu/common.h"
-#include "glue_checks.h"
+#include "../checks.h"
 #include "launchers.h"
 
 namespace sparse_engine {

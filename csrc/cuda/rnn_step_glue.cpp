@@ -12,7 +12,7 @@
 #include <tuple>
 
 #include "../cpu/common.h"
-#include "glue_checks.h"
+#include "../checks.h"
 #include "rnn_launchers.h"
 
 namespace sparse_engine {
