@@ -15,6 +15,9 @@ from conftest import host_cxx, run_all
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [ROOT / "csrc" / "ops.cpp", *sorted((ROOT / "csrc" / "cpu").glob("*.cpp"))]
+# The schemas and the op families the half-precision probe below calls: spmm, sddmm, transpose_index.
+PROBE_SOURCES = [ROOT / "csrc" / "ops.cpp", *(ROOT / "csrc" / "cpu" / f"{family}_cpu.cpp"
+                                              for family in ("spmm", "sddmm", "transpose"))]
 
 
 def test_cpu_sources_compile_as_cxx17_without_march_native():
@@ -63,7 +66,7 @@ def test_portable_half_conversion_is_exact(tmp_path):
     torch_lib = Path(cpp_extension.TORCH_LIB_PATH)
     includes = [f"-I{p}" for p in cpp_extension.include_paths()] + [f"-I{sysconfig.get_paths()['include']}"]
     build = subprocess.run([cxx, "-std=c++17", "-O1", "-fPIC", "-shared", "-fopenmp", *includes,
-                            str(ROOT / "csrc" / "ops.cpp"), str(ROOT / "csrc" / "cpu" / "spmm_cpu.cpp"),
+                            *map(str, PROBE_SOURCES),
                             f"-L{torch_lib}", f"-Wl,-rpath,{torch_lib}", "-lc10", "-ltorch", "-ltorch_cpu",
                             "-o", str(lib)], capture_output=True, text=True, timeout=900)
     assert build.returncode == 0, build.stderr[-3000:]

@@ -50,11 +50,62 @@ inline int64_t long_list_len(int64_t n, int64_t nnz) {
   return m > 0 ? m + 1 : 0;
 }
 
+// The long-row list of a row kernel (spmm_cuda.cu, sddmm_cuda.cu): the rows longer than
+// `threshold`, [count, row ids...] as int32 in the workspace, for the block-per-row kernel.
+struct LongRows {
+  int64_t threshold;
+  int64_t cap;    // room for row ids
+  int32_t* list;  // nullptr: no row can be long (or no workspace)
+};
+
+// The list in `workspace` (long_list_len(n, nnz) int32 entries, or nullptr when that is 0),
+// its count zeroed on `stream`.
+inline cudaError_t init_long_rows(LongRows& rows, int64_t n, int64_t nnz, int32_t* workspace,
+                                  cudaStream_t stream) {
+  rows = {long_row_threshold(n, nnz), 0, nullptr};
+  const int64_t len = long_list_len(n, nnz);
+  if (len <= 0 || workspace == nullptr) return cudaSuccess;
+  rows.list = workspace;
+  rows.cap = len - 1;
+  return cudaMemsetAsync(workspace, 0, sizeof(int32_t), stream);
+}
+
+// In a row kernel: whether row `row` (of `length` entries) is long, in which case the warp leaves
+// it to the long-row kernel; the one thread with `lists` set appends it to the list.
+__device__ __forceinline__ bool defer_long_row(const LongRows& rows, int64_t row, int64_t length, bool lists) {
+  if (rows.list == nullptr || length <= rows.threshold) return false;
+  if (lists) {
+    const int pos = atomicAdd(rows.list, 1);
+    if (pos < rows.cap) rows.list[1 + pos] = static_cast<int32_t>(row);
+  }
+  return true;
+}
+
+// In a long-row kernel: the listed rows (a full list keeps its first `cap`).
+__device__ __forceinline__ int64_t long_row_count(const LongRows& rows) {
+  const int64_t count = rows.list[0];
+  return count < rows.cap ? count : rows.cap;
+}
+
 // Vector columns per tile: the smallest power of two >= C, at most a warp.
 inline int lanes_for(int64_t C) {
   int cw = 1;
   while (cw < kWarp && cw < C) cw *= 2;
   return cw;
+}
+
+// launch(std::integral_constant<int, CW>{}) for CW = lanes_for(C): the row kernels take their
+// lane count as a template parameter.
+template <typename Launch>
+cudaError_t dispatch_lanes(int64_t C, Launch&& launch) {
+  switch (lanes_for(C)) {
+    case 1: return launch(std::integral_constant<int, 1>{});
+    case 2: return launch(std::integral_constant<int, 2>{});
+    case 4: return launch(std::integral_constant<int, 4>{});
+    case 8: return launch(std::integral_constant<int, 8>{});
+    case 16: return launch(std::integral_constant<int, 16>{});
+    default: return launch(std::integral_constant<int, 32>{});
+  }
 }
 
 inline int num_sms() {
@@ -148,8 +199,9 @@ __device__ __forceinline__ void store_vec(T* __restrict__ p, const acc_t<T> (&x)
 // The warp takes the chunks first, first + step, ... (step a multiple of 32): 32 index entries
 // per coalesced load, broadcast by shuffles, slot s of the lane layout taking entries s, s+S, ...;
 // then the slots are added together so that every lane of slot 0 holds its vector column's
-// total. The summation order is fixed. Shared by gather.cu (spmm, spmm_t) and rnn_step.cu (the
-// gate rows of the fused step). All lanes of the warp must call it (it shuffles).
+// total. The summation order is fixed. Shared by spmm_cuda.cu (spmm, spmm_t) and
+// rnn_step_cuda.cu (the gate rows of the fused step). All lanes of the warp must call it (it
+// shuffles).
 template <typename T, int VEC, int CW, bool FULL>
 __device__ __forceinline__ void gather_chunk(const int32_t* __restrict__ idx, const T* __restrict__ values,
                                              const int64_t* __restrict__ perm, const T* __restrict__ src,
