@@ -1,21 +1,21 @@
 // Operator schemas of sparse_engine: every torch.ops.sparse_engine.* operator is defined here,
 // grouped by op family. The kernels register implementations per dispatch key
-// (TORCH_LIBRARY_IMPL) in one file per family and device, with the same names on both sides:
+// (TORCH_LIBRARY_IMPL) in one file per family and device, named after the family:
 //
-//   family     ops                                 CPU                          CUDA kernels / torch glue
-//   spmm       spmm, spmm_t                        cpu/spmm_cpu.cpp             cuda/spmm_cuda.cu      / cuda/spmm_glue.cpp
-//   sddmm      sddmm                               cpu/sddmm_cpu.cpp            cuda/sddmm_cuda.cu     / cuda/sddmm_glue.cpp
-//   transpose  transpose_index                     cpu/transpose_cpu.cpp        cuda/transpose_cuda.cu / cuda/transpose_glue.cpp
-//   rnn_step   {lstm,gru,rnn,ctrnn}_step(_backward) cpu/rnn_step_cpu.cpp         cuda/rnn_step_cuda.cu  / cuda/rnn_step_glue.cpp
-//   topology   select_smallest ... grad_topk       cpu/topology_cpu.cpp         none here: torch primitives in
-//                                                                               sparse_engine/kernels/topology_cuda.py
-//   analysis   signed_triad_census, ...            cpu/analysis_cpu.cpp         none (CPU only)
+//   family     ops                                   CPU (cpu/)         CUDA kernels + torch glue (cuda/)
+//   spmm       spmm, spmm_t                          spmm_cpu.cpp       spmm_cuda.cu      + spmm_glue.cpp
+//   sddmm      sddmm                                 sddmm_cpu.cpp      sddmm_cuda.cu     + sddmm_glue.cpp
+//   transpose  transpose_index                       transpose_cpu.cpp  transpose_cuda.cu + transpose_glue.cpp
+//   rnn_step   {lstm,gru,rnn,ctrnn}_step(_backward)  rnn_step_cpu.cpp   rnn_step_cuda.cu  + rnn_step_glue.cpp
+//   topology   select_smallest ... grad_topk         topology_cpu.cpp   none: torch primitives in
+//                                                                       sparse_engine/kernels/topology_cuda.py
+//   analysis   signed_triad_census, ...              analysis_cpu.cpp   none (CPU only)
 //
 // Shared by the families: csrc/checks.h (argument checks, one message each, CPU and CUDA),
 // csrc/constants.h (the parallel-work threshold, cell modes, gate layouts: the mirror of
 // sparse_engine/constants.py), csrc/rnn_step_ops.h (the eight step ops written once over a
-// device), cpu/common.h, cpu/storage.h, cuda/common.cuh and cuda/launchers.h (the CUDA kernels'
-// host entry points). The Python side, sparse_engine/library.py, registers every op's fake
+// device), cpu/common.h, cpu/storage.h, cuda/common.cuh, cuda/glue.h and cuda/launchers.h (the
+// CUDA kernels' host entry points). The Python side, sparse_engine/library.py, registers every op's fake
 // (meta) kernel and autograd formula against these schemas.
 //
 // Every sparse operand is passed as its full index: CSR (row_ptr int64 [rows+1],

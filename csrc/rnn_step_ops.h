@@ -45,6 +45,12 @@ struct StepGrads {
   at::Tensor dgx;      // GRU: input-side gradient (3H x B)
 };
 
+// The data of an optional operand or output (undefined for the mode: nullptr), for the kernels.
+template <typename T>
+T* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
 // W_hh of a step: gates * H rows and H columns, float32/float64 values, and the state operand
 // `state_name` (H x B) like the values. on_cuda: the index on the values' (CUDA) device and
 // int32-sized; else the values on the CPU.
@@ -79,7 +85,8 @@ struct RnnStepOps {
   static std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_step_backward(
       SE_STEP_WEIGHT_ARGS, const at::Tensor& acts, const at::Tensor& c_prev, const at::Tensor& c,
       const at::Tensor& dh, const at::Tensor& dc) {
-    const StepGrads r = Device::template backward<CellMode::LSTM>(SE_STEP_WEIGHT, acts, c_prev, c, {}, dh, dc, 0.0, 1.0);
+    const StepGrads r =
+        Device::template backward<CellMode::LSTM>(SE_STEP_WEIGHT, acts, c_prev, c, {}, dh, dc, 0.0, 1.0);
     return {r.dG, r.dh_prev, r.dc_prev};
   }
   static std::tuple<at::Tensor, at::Tensor> gru_step(SE_STEP_WEIGHT_ARGS, const at::Tensor& gx, const at::Tensor& h,
@@ -91,7 +98,8 @@ struct RnnStepOps {
   static std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_step_backward(SE_STEP_WEIGHT_ARGS, const at::Tensor& acts,
                                                                           const at::Tensor& h_prev,
                                                                           const at::Tensor& dh) {
-    const StepGrads r = Device::template backward<CellMode::GRU>(SE_STEP_WEIGHT, acts, {}, {}, h_prev, dh, {}, 0.0, 1.0);
+    const StepGrads r =
+        Device::template backward<CellMode::GRU>(SE_STEP_WEIGHT, acts, {}, {}, h_prev, dh, {}, 0.0, 1.0);
     return {r.dgx, r.dG, r.dh_prev};
   }
   static at::Tensor rnn_step(SE_STEP_WEIGHT_ARGS, const at::Tensor& gx, const at::Tensor& h, bool relu) {

@@ -146,7 +146,8 @@ def test_header_compiles_alone_with_the_python_values(tmp_path):
     if cxx is None and nvcc is None:
         pytest.skip("no host C++ compiler and no nvcc")
     (tmp_path / "check.cpp").write_text(_static_asserts())
-    (tmp_path / "check.cu").write_text(_static_asserts() + "__global__ void k(int* out) { *out = kParallelWork > 0; }\n")
+    kernel = "__global__ void k(int* out) { *out = kParallelWork > 0; }\n"  # a device use, for nvcc
+    (tmp_path / "check.cu").write_text(_static_asserts() + kernel)
     commands = {}
     if cxx:
         commands["c++"] = [cxx, "-std=c++17", "-fsyntax-only", "-Wall", "-Werror", f"-I{ROOT / 'csrc'}",

@@ -377,8 +377,8 @@ std::tuple<at::Tensor, at::Tensor> signed_triad_census_cpu(const at::Tensor& row
   auto row_ptr_c = row_ptr.contiguous(), col_idx_c = col_idx.contiguous(), values_c = values.contiguous();
   std::tuple<at::Tensor, at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(values_c.scalar_type(), "signed_triad_census_cpu", [&] {
-    out = census_impl<scalar_t>(row_ptr_c.data_ptr<int64_t>(), col_idx_c.data_ptr<int32_t>(), values_c.data_ptr<scalar_t>(),
-                                row_ptr_c.numel() - 1);
+    out = census_impl<scalar_t>(row_ptr_c.data_ptr<int64_t>(), col_idx_c.data_ptr<int32_t>(),
+                                values_c.data_ptr<scalar_t>(), row_ptr_c.numel() - 1);
   });
   return out;
 }
@@ -439,8 +439,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> transitive_semicycles_cpu(const a
   auto row_ptr_c = row_ptr.contiguous(), col_idx_c = col_idx.contiguous(), values_c = values.contiguous();
   std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(values_c.scalar_type(), "transitive_semicycles_cpu", [&] {
-    out = semicycles_impl<scalar_t>(row_ptr_c.data_ptr<int64_t>(), col_idx_c.data_ptr<int32_t>(), values_c.data_ptr<scalar_t>(),
-                                    row_ptr_c.numel() - 1, type_mask);
+    out = semicycles_impl<scalar_t>(row_ptr_c.data_ptr<int64_t>(), col_idx_c.data_ptr<int32_t>(),
+                                    values_c.data_ptr<scalar_t>(), row_ptr_c.numel() - 1, type_mask);
   });
   return out;
 }

@@ -277,8 +277,6 @@ CheckedWeight check_weight(const StepWeight& w, const at::Tensor& state, int gat
   return out;
 }
 
-template <typename T> T* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; }
-
 // The CPU device of the step ops (csrc/rnn_step_ops.h). Locals ending in _c are contiguous copies.
 struct CpuStep {
   template <CellMode M>
@@ -304,9 +302,9 @@ struct CpuStep {
     auto acts = saved ? at::empty({saved * H, B}, h_c.options()) : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES(w.values.scalar_type(), "rnn_step", [&] {
       step_forward<scalar_t, M>(k.index, values_c.data_ptr<scalar_t>(), gx_c.data_ptr<scalar_t>(),
-                                h_c.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(c_c), ptr_or_null<scalar_t>(b_hh_c),
-                                h_new.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(c_new),
-                                ptr_or_null<scalar_t>(acts), H, B, dt, tau);
+                                h_c.data_ptr<scalar_t>(), data_or_null<scalar_t>(c_c), data_or_null<scalar_t>(b_hh_c),
+                                h_new.data_ptr<scalar_t>(), data_or_null<scalar_t>(c_new),
+                                data_or_null<scalar_t>(acts), H, B, dt, tau);
     });
     return {h_new, c_new, acts};
   }
@@ -346,12 +344,12 @@ struct CpuStep {
       const scalar_t* h_prev = M == CellMode::GRU ? h_c.data_ptr<scalar_t>() : nullptr;
       const scalar_t* h_new =
           (M == CellMode::RNN_TANH || M == CellMode::RNN_RELU) ? h_c.data_ptr<scalar_t>() : nullptr;
-      gates_backward<scalar_t, M>(ptr_or_null<scalar_t>(acts_c), ptr_or_null<scalar_t>(c_prev_c),
-                                  ptr_or_null<scalar_t>(c_c), h_prev, h_new, dh_c.data_ptr<scalar_t>(),
-                                  ptr_or_null<scalar_t>(dc_c), dG.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(dgx),
-                                  ptr_or_null<scalar_t>(dc_prev), ptr_or_null<scalar_t>(direct), H, B, dt, tau);
+      gates_backward<scalar_t, M>(data_or_null<scalar_t>(acts_c), data_or_null<scalar_t>(c_prev_c),
+                                  data_or_null<scalar_t>(c_c), h_prev, h_new, dh_c.data_ptr<scalar_t>(),
+                                  data_or_null<scalar_t>(dc_c), dG.data_ptr<scalar_t>(), data_or_null<scalar_t>(dgx),
+                                  data_or_null<scalar_t>(dc_prev), data_or_null<scalar_t>(direct), H, B, dt, tau);
       gather_t<scalar_t>(k.index, values_c.data_ptr<scalar_t>(), dG.data_ptr<scalar_t>(),
-                         ptr_or_null<scalar_t>(direct), dh_prev.data_ptr<scalar_t>(), H, B);
+                         data_or_null<scalar_t>(direct), dh_prev.data_ptr<scalar_t>(), H, B);
     });
     return {dG, dh_prev, dc_prev, dgx};
   }

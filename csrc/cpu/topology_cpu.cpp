@@ -410,7 +410,8 @@ template <typename scalar_t>
 void merge_fill(const Csr& csr, const int64_t* new_row_ptr, const int32_t* new_col, const int64_t* out_ptr,
                 const scalar_t* old_values, const scalar_t* new_values, int32_t* out_col, scalar_t* out_values,
                 int64_t* old_pos, int64_t* new_pos, std::atomic<int64_t>& clash) {
-#pragma omp parallel for schedule(dynamic, 256) num_threads(at::get_num_threads()) if(parallel_worth(csr.rows + csr.nnz))
+#pragma omp parallel for schedule(dynamic, 256) num_threads(at::get_num_threads()) \
+    if(parallel_worth(csr.rows + csr.nnz))
   for (int64_t i = 0; i < csr.rows; ++i) {
     int64_t k = csr.row_ptr[i], k_end = csr.row_ptr[i + 1];  // old entries of row i
     int64_t j = new_row_ptr[i], j_end = new_row_ptr[i + 1];  // new entries of row i
@@ -495,17 +496,17 @@ at::Tensor remap_index_cpu(const at::Tensor& kept_pos, const at::Tensor& old_pos
                    "kept_pos and old_pos must be int64");
   TORCH_CHECK_VALUE(kept_pos.dim() == 1 && old_pos.dim() == 1 && kept_pos.numel() == old_pos.numel(),
                     "kept_pos and old_pos must be 1-D of the same length");
-  auto kp = kept_pos.contiguous(), op = old_pos.contiguous();
-  auto origin = at::full({new_nnz}, -1, kp.options());
-  const int64_t* k = kp.data_ptr<int64_t>();
-  const int64_t* o = op.data_ptr<int64_t>();
+  auto kept_pos_c = kept_pos.contiguous(), old_pos_c = old_pos.contiguous();
+  auto origin = at::full({new_nnz}, -1, kept_pos_c.options());
+  const int64_t* kept = kept_pos_c.data_ptr<int64_t>();
+  const int64_t* moved_to = old_pos_c.data_ptr<int64_t>();
   int64_t* out = origin.data_ptr<int64_t>();
-  const int64_t n = kp.numel();
+  const int64_t n = kept_pos_c.numel();
   std::atomic<bool> bad{false};
 #pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if(parallel_worth(n))
   for (int64_t j = 0; j < n; ++j) {
-    if (o[j] < 0 || o[j] >= new_nnz) { bad = true; continue; }
-    out[o[j]] = k[j];
+    if (moved_to[j] < 0 || moved_to[j] >= new_nnz) { bad = true; continue; }
+    out[moved_to[j]] = kept[j];
   }
   TORCH_CHECK_VALUE(!bad, "old_pos entries must be in [0, new_nnz=", new_nnz, ")");
   return origin;
@@ -551,16 +552,16 @@ at::Tensor gather_or_zero_cpu(const at::Tensor& t, const at::Tensor& origin) {
 // coo_dot(rows, cols, G, X) -> out[j] = dot(G[rows[j], :], X[cols[j], :]): the gradient at a
 // list of candidate positions (sampled RigL growth), without building an index for them.
 template <typename scalar_t>
-void coo_dot_loop(const int64_t* r, const int32_t* c, const scalar_t* g, const scalar_t* x, scalar_t* o,
+void coo_dot_loop(const int64_t* rows, const int32_t* cols, const scalar_t* G, const scalar_t* X, scalar_t* out,
                   int64_t n, int64_t M) {
 #pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if(parallel_worth(n * M))
   for (int64_t j = 0; j < n; ++j) {
-    const scalar_t* gi = g + r[j] * M;
-    const scalar_t* xj = x + static_cast<int64_t>(c[j]) * M;
+    const scalar_t* G_row = G + rows[j] * M;
+    const scalar_t* X_row = X + static_cast<int64_t>(cols[j]) * M;
     scalar_t acc = 0;
 #pragma omp simd reduction(+ : acc)
-    for (int64_t b = 0; b < M; ++b) acc += gi[b] * xj[b];
-    o[j] = acc;
+    for (int64_t b = 0; b < M; ++b) acc += G_row[b] * X_row[b];
+    out[j] = acc;
   }
 }
 

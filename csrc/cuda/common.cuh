@@ -137,6 +137,26 @@ using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 template <typename T>
 constexpr int kWideVec = 16 / static_cast<int>(sizeof(T));
 
+// launch(VEC, CW) as compile-time constants (std::integral_constant): VEC the vector width
+// (kWideVec<T> when `wide`, else 1), CW = lanes_for(C).
+template <typename T, typename Launch>
+cudaError_t dispatch_vec_lanes(bool wide, int64_t C, Launch&& launch) {
+  return dispatch_lanes(C, [&](auto lanes) {
+    return wide ? launch(std::integral_constant<int, kWideVec<T>>{}, lanes)
+                : launch(std::integral_constant<int, 1>{}, lanes);
+  });
+}
+
+// The launch of a row kernel with a long-row list (spmm_cuda.cu, sddmm_cuda.cu): a.long_rows
+// set up in `workspace` for n rows and nnz entries, then launch(VEC, CW) as above for a.C.
+template <typename T, typename Args, typename Launch>
+cudaError_t launch_row_kernels(Args& a, int64_t n, int64_t nnz, bool wide, int32_t* workspace, cudaStream_t stream,
+                               Launch&& launch) {
+  const cudaError_t err = init_long_rows(a.long_rows, n, nnz, workspace, stream);
+  if (err != cudaSuccess) return err;
+  return dispatch_vec_lanes<T>(wide, a.C, launch);
+}
+
 __device__ __forceinline__ float to_acc(float x) { return x; }
 __device__ __forceinline__ double to_acc(double x) { return x; }
 __device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }

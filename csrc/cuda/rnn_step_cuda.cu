@@ -155,12 +155,11 @@ cudaError_t forward_launch(StepArgs<T> a, cudaStream_t stream) {
 
 template <typename T, CellMode M>
 cudaError_t forward_mode(StepArgs<T> a, cudaStream_t stream) {
-  constexpr int kWide = 16 / sizeof(T);
+  constexpr int kWide = kWideVec<T>;
   const bool wide = a.B % kWide == 0 && aligned16(a.h);  // only h is read with vector loads
   a.C = wide ? a.B / kWide : a.B;
-  return dispatch_lanes(a.C, [&](auto lanes) {
-    constexpr int CW = decltype(lanes)::value;
-    return wide ? forward_launch<T, M, kWide, CW>(a, stream) : forward_launch<T, M, 1, CW>(a, stream);
+  return dispatch_vec_lanes<T>(wide, a.C, [&](auto vec, auto lanes) {
+    return forward_launch<T, M, decltype(vec)::value, decltype(lanes)::value>(a, stream);
   });
 }
 

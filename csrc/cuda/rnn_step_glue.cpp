@@ -38,8 +38,6 @@ at::Tensor operand(const at::Tensor& t, const char* name, int64_t rows, const Ch
   return t.contiguous();
 }
 
-template <typename T> T* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; }
-
 // The CUDA device of the step ops (csrc/rnn_step_ops.h).
 struct CudaStep {
   template <CellMode M>
@@ -69,9 +67,9 @@ struct CudaStep {
       AT_DISPATCH_FLOATING_TYPES(w.values.scalar_type(), "sparse_engine_rnn_step_cuda", [&] {
         C10_CUDA_CHECK(cuda::launch_rnn_step_forward(
             M, k.row_ptr.data_ptr<int64_t>(), k.col_idx.data_ptr<int32_t>(), k.values.data_ptr<scalar_t>(),
-            gx_c.data_ptr<scalar_t>(), h_c.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(c_c),
-            ptr_or_null<scalar_t>(b_hh_c), h_new.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(c_new),
-            ptr_or_null<scalar_t>(acts), H, B, dt, tau, stream));
+            gx_c.data_ptr<scalar_t>(), h_c.data_ptr<scalar_t>(), data_or_null<scalar_t>(c_c),
+            data_or_null<scalar_t>(b_hh_c), h_new.data_ptr<scalar_t>(), data_or_null<scalar_t>(c_new),
+            data_or_null<scalar_t>(acts), H, B, dt, tau, stream));
       });
     }
     return {h_new, c_new, acts};
@@ -106,10 +104,10 @@ struct CudaStep {
       AT_DISPATCH_FLOATING_TYPES(w.values.scalar_type(), "sparse_engine_rnn_step_backward_cuda", [&] {
         C10_CUDA_CHECK(cuda::launch_rnn_step_backward(
             M, k.csc_ptr.data_ptr<int64_t>(), k.csc_row.data_ptr<int32_t>(), k.csc_perm.data_ptr<int64_t>(),
-            k.values.data_ptr<scalar_t>(), k.nnz, ptr_or_null<scalar_t>(acts_c), ptr_or_null<scalar_t>(c_prev_c),
-            ptr_or_null<scalar_t>(c_c), ptr_or_null<scalar_t>(h_c), dh_c.data_ptr<scalar_t>(),
-            ptr_or_null<scalar_t>(dc_c), dG.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(dgx),
-            ptr_or_null<scalar_t>(dc_prev), dh_prev.data_ptr<scalar_t>(), H, B, dt, tau, workspace_ptr(workspace),
+            k.values.data_ptr<scalar_t>(), k.nnz, data_or_null<scalar_t>(acts_c), data_or_null<scalar_t>(c_prev_c),
+            data_or_null<scalar_t>(c_c), data_or_null<scalar_t>(h_c), dh_c.data_ptr<scalar_t>(),
+            data_or_null<scalar_t>(dc_c), dG.data_ptr<scalar_t>(), data_or_null<scalar_t>(dgx),
+            data_or_null<scalar_t>(dc_prev), dh_prev.data_ptr<scalar_t>(), H, B, dt, tau, workspace_ptr(workspace),
             stream));
       });
     }

@@ -143,11 +143,8 @@ cudaError_t sddmm(const int64_t* row_ptr, const int32_t* col_idx, const T* G, co
   constexpr int kWide = kWideVec<T>;
   const bool wide = B % kWide == 0 && aligned16(G) && aligned16(X);
   SddmmArgs<T> a{row_ptr, col_idx, G, X, out, rows, B, wide ? B / kWide : B, 0, {}};
-  const cudaError_t err = init_long_rows(a.long_rows, rows, nnz, workspace, stream);
-  if (err != cudaSuccess) return err;
-  return dispatch_lanes(a.C, [&](auto lanes) {
-    constexpr int CW = decltype(lanes)::value;
-    return wide ? sddmm_launch<T, kWide, CW>(a, stream) : sddmm_launch<T, 1, CW>(a, stream);
+  return launch_row_kernels<T>(a, rows, nnz, wide, workspace, stream, [&](auto vec, auto lanes) {
+    return sddmm_launch<T, decltype(vec)::value, decltype(lanes)::value>(a, stream);
   });
 }
 
