@@ -7,7 +7,7 @@ STAMP := $(VENV)/.sparse-engine-installed
 
 # Installs PyTorch (the CPU build, 2.13.0) and this package, building the compiled
 # extension against it without build isolation.
-$(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/cpu/* csrc/cuda/*)
+$(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/* csrc/cuda/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q torch==2.13.0

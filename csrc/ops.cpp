@@ -1,6 +1,22 @@
-// Operator schemas of sparse_engine. Kernels live in cpu/ and cuda/ and register
-// implementations per dispatch key; autograd and fake (meta) kernels are registered
-// from Python (sparse_engine/ops.py).
+// Operator schemas of sparse_engine: every torch.ops.sparse_engine.* operator is defined here,
+// grouped by op family. The kernels register implementations per dispatch key
+// (TORCH_LIBRARY_IMPL) in one file per family and device, named after the family:
+//
+//   family     ops                                   CPU (cpu/)         CUDA kernels + torch glue (cuda/)
+//   spmm       spmm, spmm_t                          spmm_cpu.cpp       spmm_cuda.cu      + spmm_glue.cpp
+//   sddmm      sddmm                                 sddmm_cpu.cpp      sddmm_cuda.cu     + sddmm_glue.cpp
+//   transpose  transpose_index                       transpose_cpu.cpp  transpose_cuda.cu + transpose_glue.cpp
+//   rnn_step   {lstm,gru,rnn,ctrnn}_step(_backward)  rnn_step_cpu.cpp   rnn_step_cuda.cu  + rnn_step_glue.cpp
+//   topology   select_smallest ... grad_topk         topology_cpu.cpp   none: torch primitives in
+//                                                                       sparse_engine/kernels/topology_cuda.py
+//   analysis   signed_triad_census, ...              analysis_cpu.cpp   none (CPU only)
+//
+// Shared by the families: csrc/checks.h (argument checks, one message each, CPU and CUDA),
+// csrc/constants.h (the parallel-work threshold, cell modes, gate layouts: the mirror of
+// sparse_engine/constants.py), csrc/rnn_step_ops.h (the eight step ops written once over a
+// device), cpu/common.h, cpu/storage.h, cuda/common.cuh, cuda/glue.h and cuda/launchers.h (the
+// CUDA kernels' host entry points). The Python side, sparse_engine/library.py, registers every op's fake
+// (meta) kernel and autograd formula against these schemas.
 //
 // Every sparse operand is passed as its full index: CSR (row_ptr int64 [rows+1],
 // col_idx int32 [nnz]) and the transposed index (csc_ptr int64 [cols+1], csc_row int32
@@ -9,19 +25,74 @@
 #include <Python.h>
 #include <torch/library.h>
 
+// The index of a sparse operand, as the schemas below spell it.
+#define SE_INDEX_SCHEMA "Tensor row_ptr, Tensor col_idx, Tensor csc_ptr, Tensor csc_row, Tensor csc_perm, "
+
 TORCH_LIBRARY(sparse_engine, m) {
+  // ---------------------------------------------------------------- spmm
   // Y = W X: X (cols x B) -> (rows x B)
-  m.def("spmm(Tensor row_ptr, Tensor col_idx, Tensor csc_ptr, Tensor csc_row, "
-        "Tensor csc_perm, Tensor values, Tensor X) -> Tensor");
+  m.def("spmm(" SE_INDEX_SCHEMA "Tensor values, Tensor X) -> Tensor");
   // W^T G: G (rows x B) -> (cols x B); uses the transposed index, no atomics
-  m.def("spmm_t(Tensor row_ptr, Tensor col_idx, Tensor csc_ptr, Tensor csc_row, "
-        "Tensor csc_perm, Tensor values, Tensor G) -> Tensor");
+  m.def("spmm_t(" SE_INDEX_SCHEMA "Tensor values, Tensor G) -> Tensor");
+
+  // ---------------------------------------------------------------- sddmm
   // out[k] = sum_b G[row_k, b] * X[col_k, b]: the weight gradient sampled at the nonzeros
-  m.def("sddmm(Tensor row_ptr, Tensor col_idx, Tensor csc_ptr, Tensor csc_row, "
-        "Tensor csc_perm, Tensor G, Tensor X) -> Tensor");
+  m.def("sddmm(" SE_INDEX_SCHEMA "Tensor G, Tensor X) -> Tensor");
+
+  // ---------------------------------------------------------------- transpose
   // Transposed index of a CSR pattern: (csc_ptr, csc_row, csc_perm), O(nnz + cols)
   m.def("transpose_index(Tensor row_ptr, Tensor col_idx, int n_cols) -> (Tensor, Tensor, Tensor)");
+
+  // ---------------------------------------------------------------- rnn_step
+  // One recurrent step: W_hh h (+ gx) and the gate math fused; see cpu/rnn_step_cpu.cpp's header.
+  m.def("lstm_step(" SE_INDEX_SCHEMA "Tensor values, Tensor gx, Tensor h, Tensor c) -> (Tensor, Tensor, Tensor)");
+  m.def("lstm_step_backward(" SE_INDEX_SCHEMA "Tensor values, Tensor acts, Tensor c_prev, Tensor c, Tensor dh, "
+        "Tensor dc) -> (Tensor, Tensor, Tensor)");
+  m.def("gru_step(" SE_INDEX_SCHEMA "Tensor values, Tensor gx, Tensor h, Tensor? b_hh) -> (Tensor, Tensor)");
+  m.def("gru_step_backward(" SE_INDEX_SCHEMA "Tensor values, Tensor acts, Tensor h_prev, Tensor dh) "
+        "-> (Tensor, Tensor, Tensor)");
+  m.def("rnn_step(" SE_INDEX_SCHEMA "Tensor values, Tensor gx, Tensor h, bool relu) -> Tensor");
+  m.def("rnn_step_backward(" SE_INDEX_SCHEMA "Tensor values, Tensor h_new, Tensor dh, bool relu) -> (Tensor, Tensor)");
+  m.def("ctrnn_step(" SE_INDEX_SCHEMA "Tensor values, Tensor gx, Tensor h, float dt, float tau) -> (Tensor, Tensor)");
+  m.def("ctrnn_step_backward(" SE_INDEX_SCHEMA "Tensor values, Tensor acts, Tensor dh, float dt, float tau) "
+        "-> (Tensor, Tensor)");
+
+  // ---------------------------------------------------------------- topology
+  // bool mask of the k smallest scores (ties: lower index first)
+  m.def("select_smallest(Tensor scores, int k) -> Tensor");
+  // SET keep mask: drops round(zeta*P) positives and round(zeta*N) negatives nearest zero, and zeros
+  m.def("set_prune(Tensor values, float zeta) -> Tensor");
+  // CSR without the entries where keep is False; kept_pos = their old positions
+  m.def("compact(Tensor row_ptr, Tensor col_idx, Tensor values, Tensor keep) -> (Tensor, Tensor, Tensor, Tensor)");
+  // n distinct uniformly random empty positions (rows int64, cols int32), sorted
+  m.def("random_empty(Tensor row_ptr, Tensor col_idx, int n_cols, int n, int seed) -> (Tensor, Tensor)");
+  // inserts new entries at empty positions: (row_ptr, col_idx, values, old_pos, new_pos)
+  m.def("merge(Tensor row_ptr, Tensor col_idx, Tensor values, int n_cols, Tensor new_row, Tensor new_col, "
+        "Tensor new_values) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // origin[p]: old position of the entry now at p, -1 for new entries
+  m.def("remap_index(Tensor kept_pos, Tensor old_pos, int new_nnz) -> Tensor");
+  // out[p] = t[origin[p]] (zero where origin[p] < 0)
+  m.def("gather_or_zero(Tensor t, Tensor origin) -> Tensor");
+  // out[j] = dot(G[rows[j]], X[cols[j]])
+  m.def("coo_dot(Tensor rows, Tensor cols, Tensor G, Tensor X) -> Tensor");
+  // top-k |G X^T| at empty positions, tile by tile: (rows int64, cols int32, grads)
+  m.def("grad_topk(Tensor row_ptr, Tensor col_idx, Tensor G, Tensor X, int k, int tile_rows, int tile_cols) "
+        "-> (Tensor, Tensor, Tensor)");
+
+  // ---------------------------------------------------------------- analysis
+  // Signed triad census of the graph "entry (r, c) = edge c -> r": (census int64[16] with
+  // census[0] (003) left 0, signed int64[4, 5]: per transitive type 030T, 120D, 120U, 300:
+  // balanced and unbalanced semicycles, completely balanced, partially balanced and
+  // completely unbalanced triads).
+  m.def("signed_triad_census(Tensor row_ptr, Tensor col_idx, Tensor values) -> (Tensor, Tensor)");
+  // Transitive semicycles in triads of the types in type_mask: (nodes [S,3], positions [S,3], type [S])
+  m.def("transitive_semicycles(Tensor row_ptr, Tensor col_idx, Tensor values, int type_mask) "
+        "-> (Tensor, Tensor, Tensor)");
+  // K degree-preserving randomisations: new dst arrays [K, m]
+  m.def("degree_preserving_swaps(Tensor src, Tensor dst, int n, int n_swaps, Tensor seeds) -> Tensor");
 }
+
+#undef SE_INDEX_SCHEMA
 
 // A minimal module init so `import sparse_engine._C` loads the library (and runs the
 // static registrations above) like any Python extension.

@@ -1,10 +1,10 @@
 """The CUDA sources keep compiling on machines without a GPU.
 
-Each csrc/cuda/*.cu is compiled on its own with the machine's nvcc (the kernels take plain
-pointers, so no torch headers are needed), each launcher header (csrc/cuda/*launchers.h)
-compiles alone without torch, and every torch glue file (csrc/cuda/*.cpp: ops_cuda.cpp,
-rnn_cuda.cpp) is compiled with the host compiler against torch's c10/cuda headers. Running
-the kernels is tests/test_cuda_ops.py's and tests/test_cuda_rnn.py's job and needs a GPU.
+Each csrc/cuda/<family>_cuda.cu is compiled on its own with the machine's nvcc (the kernels take
+plain pointers, so no torch headers are needed), each launcher header (csrc/cuda/*launchers.h)
+compiles alone without torch, and every torch glue file (csrc/cuda/<family>_glue.cpp) is
+compiled with the host compiler against torch's c10/cuda headers. Running the kernels is
+tests/test_cuda_ops.py's and tests/test_cuda_rnn.py's job and needs a GPU.
 """
 from __future__ import annotations
 
@@ -54,11 +54,17 @@ def _nvcc() -> str | None:
     return None
 
 
+FAMILIES = ("spmm", "sddmm", "transpose", "rnn_step")  # the op families with CUDA kernels (csrc/ops.cpp)
+
+
 def test_there_are_cuda_sources():
-    assert CU_FILES, f"no .cu files in {CUDA_DIR}"
-    names = {p.name for p in GLUE_FILES}
-    assert {"ops_cuda.cpp", "rnn_cuda.cpp"} <= names, names
-    assert {"launchers.h", "rnn_launchers.h"} <= {p.name for p in LAUNCHER_HEADERS}
+    """One kernel file and one glue file per op family, mirroring csrc/cpu/<family>_cpu.cpp, and
+    no two sources that setuptools would compile to the same object file."""
+    assert {p.name for p in CU_FILES} == {f"{family}_cuda.cu" for family in FAMILIES}
+    assert {p.name for p in GLUE_FILES} == {f"{family}_glue.cpp" for family in FAMILIES}
+    assert {f"{family}_cpu.cpp" for family in FAMILIES} <= {p.name for p in (ROOT / "csrc" / "cpu").glob("*.cpp")}
+    assert not {p.stem for p in CU_FILES} & {p.stem for p in GLUE_FILES}
+    assert "launchers.h" in {p.name for p in LAUNCHER_HEADERS}
 
 
 @pytest.fixture(scope="module")

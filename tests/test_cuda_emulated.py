@@ -1,7 +1,7 @@
 """The CUDA kernels' logic, run on the CPU: indexing, lane layouts, shuffles, the long-row
 kernels and bounds, checked against float64 references on a machine without a GPU.
 
-csrc/cuda/gather.cu, sddmm.cu and transpose.cu are compiled as host C++ with
+csrc/cuda/spmm_cuda.cu, sddmm_cuda.cu and transpose_cuda.cu are compiled as host C++ with
 tests/cuda_emu/emu.h, which runs every CUDA thread as a std::thread, keeps each warp in
 lockstep at its shuffles and runs blocks in turn (a shuffle inside divergent code would
 deadlock here, as it would hang or be undefined on a GPU; the timeout makes it a failure). Only the `kernel<<<...>>>(args)`
@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from _build_util import host_cxx, run_all
+from sparse_engine.constants import MODE_IDS
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_DIR = ROOT / "csrc" / "cuda"
@@ -71,7 +72,7 @@ def _build_emulator(out: Path, kernels: list[str], driver: str) -> Path:
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory) -> Path:
-    return _build_emulator(tmp_path_factory.mktemp("cuda_emu"), ["gather", "sddmm", "transpose"], "driver")
+    return _build_emulator(tmp_path_factory.mktemp("cuda_emu"), ["spmm_cuda", "sddmm_cuda", "transpose_cuda"], "driver")
 
 
 @pytest.mark.slow
@@ -86,12 +87,12 @@ def test_kernels_match_float64_references_on_the_emulator(emulator):
     assert any("powerT" in line and "long cols=5" in line for line in lines)
 
 
-# ------------------------------------------------- fused recurrent step (rnn_step.cu)
+# ------------------------------------------------- fused recurrent step (rnn_step_cuda.cu)
 @pytest.fixture(scope="module")
 def rnn_emulator(tmp_path_factory) -> Path:
-    """rnn_step.cu (+ gather.cu, which its backward calls) and tests/cuda_emu/rnn_driver.cpp,
+    """rnn_step_cuda.cu (+ spmm_cuda.cu, whose gather its backward calls) and tests/cuda_emu/rnn_driver.cpp,
     a separate executable from the one above."""
-    return _build_emulator(tmp_path_factory.mktemp("cuda_emu_rnn"), ["rnn_step", "gather"], "rnn_driver")
+    return _build_emulator(tmp_path_factory.mktemp("cuda_emu_rnn"), ["rnn_step_cuda", "spmm_cuda"], "rnn_driver")
 
 
 @pytest.mark.slow
@@ -101,8 +102,8 @@ def test_fused_rnn_step_kernels_match_float64_references_on_the_emulator(rnn_emu
     lines = proc.stdout.splitlines()
     failed = [line for line in lines if "FAIL" in line]
     assert proc.returncode == 0 and lines and lines[-1].startswith("ALL OK"), "\n".join(failed or lines[-20:]) + proc.stderr
-    for mode in ("LSTM", "GRU", "TANH", "RELU", "CTRNN"):  # every mode ran, in both dtypes
+    for mode in MODE_IDS:  # every mode ran, in both dtypes (the driver prints constants.h's mode names)
         assert any(line.startswith(f"f32 {mode} ") for line in lines), mode
         assert any(line.startswith(f"f64 {mode} ") for line in lines), mode
-    # the backward's W_hh^T dG really took gather.cu's long-row kernel (5 long columns)
+    # the backward's W_hh^T dG really took spmm_cuda.cu's long-row kernel (5 long columns)
     assert any("longcols" in line and "long cols=5" in line for line in lines)

@@ -44,10 +44,6 @@ constexpr int kSigned = 5;  // per transitive type: balanced, unbalanced semicyc
 
 // Dyad info seen from one end: bit 0 this->other, bit 1 other->this, bit 2 this->other is
 // negative, bit 3 other->this is negative.
-// Below this many stored entries the kernels run on one thread: on a busy machine, waking
-// threads costs more than a small graph's whole census.
-constexpr int64_t kParallelMin = 1 << 15;
-
 constexpr uint8_t kOut = 1, kIn = 2, kOutNeg = 4, kInNeg = 8;
 inline uint8_t flip(uint8_t x) {
   return static_cast<uint8_t>(((x & kOut) << 1) | ((x & kIn) >> 1) | ((x & kOutNeg) << 1) | ((x & kInNeg) >> 1));
@@ -77,8 +73,8 @@ inline bool higher(const int64_t* key, int64_t a, int64_t b) {  // rank(b) > ran
 template <typename scalar_t>
 struct Builder {
   int64_t n;
-  const int64_t* rp;
-  const int32_t* ci;
+  const int64_t* row_ptr;
+  const int32_t* col_idx;
   const scalar_t* val;
   bool positions;
   std::vector<int64_t> optr;  // out-lists: transposed CSR of the valid entries
@@ -87,13 +83,13 @@ struct Builder {
   std::vector<int64_t> opos;  // CSR position (only with positions)
   std::vector<int64_t> icnt;  // valid in-edges per row
 
-  bool valid(int64_t r, int64_t k) const { return ci[k] != r && val[k] != scalar_t(0); }
+  bool valid(int64_t r, int64_t k) const { return col_idx[k] != r && val[k] != scalar_t(0); }
 
   // Counting-sort transpose. Rows are split into T contiguous blocks; block t's entries of
   // column c go after those of blocks < t, so every out-list comes out sorted.
   void build_out(bool par) {
     // per-block column counters cost T * n: keep them within about twice the entries
-    const int64_t cap = std::max<int64_t>(1, 2 * rp[n] / std::max<int64_t>(n, 1));
+    const int64_t cap = std::max<int64_t>(1, 2 * row_ptr[n] / std::max<int64_t>(n, 1));
     const int T = par ? static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({at::get_num_threads(), 64, cap}))) : 1;
     std::vector<int64_t> bounds(T + 1);
     for (int t = 0; t <= T; ++t) bounds[t] = n * t / T;
@@ -103,8 +99,8 @@ struct Builder {
     for (int t = 0; t < T; ++t) {
       int64_t* ct = cnt.data() + static_cast<size_t>(t) * n;
       for (int64_t r = bounds[t]; r < bounds[t + 1]; ++r)
-        for (int64_t k = rp[r]; k < rp[r + 1]; ++k)
-          if (valid(r, k)) ++ct[ci[k]], ++icnt[r];
+        for (int64_t k = row_ptr[r]; k < row_ptr[r + 1]; ++k)
+          if (valid(r, k)) ++ct[col_idx[k]], ++icnt[r];
     }
     optr.assign(n + 1, 0);
     for (int64_t c = 0; c < n; ++c) {  // cnt becomes each block's start offset per column
@@ -123,9 +119,9 @@ struct Builder {
     for (int t = 0; t < T; ++t) {
       int64_t* next = cnt.data() + static_cast<size_t>(t) * n;
       for (int64_t r = bounds[t]; r < bounds[t + 1]; ++r)
-        for (int64_t k = rp[r]; k < rp[r + 1]; ++k)
+        for (int64_t k = row_ptr[r]; k < row_ptr[r + 1]; ++k)
           if (valid(r, k)) {
-            const int64_t d = next[ci[k]]++;
+            const int64_t d = next[col_idx[k]]++;
             onbr[d] = static_cast<int32_t>(r);
             oneg[d] = val[k] < 0;
             if (positions) opos[d] = k;
@@ -137,13 +133,13 @@ struct Builder {
   // (positions are -1 unless requested).
   template <typename F>
   void merge(int64_t u, F&& f) const {
-    int64_t a = rp[u], ae = rp[u + 1];      // in-edges c -> u (row u)
-    int64_t b = optr[u], be = optr[u + 1];  // out-edges u -> r
+    int64_t a = row_ptr[u], ae = row_ptr[u + 1];  // in-edges c -> u (row u)
+    int64_t b = optr[u], be = optr[u + 1];        // out-edges u -> r
     while (true) {
       while (a < ae && !valid(u, a)) ++a;
       const bool ha = a < ae, hb = b < be;
       if (!ha && !hb) break;
-      const int64_t va = ha ? ci[a] : INT64_MAX, vb = hb ? onbr[b] : INT64_MAX;
+      const int64_t va = ha ? col_idx[a] : INT64_MAX, vb = hb ? onbr[b] : INT64_MAX;
       const int64_t pb = positions && hb ? opos[b] : -1;
       if (va == vb) {
         f(va, static_cast<uint8_t>(kOut | kIn | (oneg[b] ? kOutNeg : 0) | (val[a] < 0 ? kInNeg : 0)), pb, a);
@@ -160,9 +156,9 @@ struct Builder {
 };
 
 template <typename scalar_t>
-Graph build_graph(const int64_t* rp, const int32_t* ci, const scalar_t* val, int64_t n, bool positions) {
-  const bool par = rp[n] >= kParallelMin;
-  Builder<scalar_t> bld{n, rp, ci, val, positions, {}, {}, {}, {}, {}};
+Graph build_graph(const int64_t* row_ptr, const int32_t* col_idx, const scalar_t* val, int64_t n, bool positions) {
+  const bool par = row_ptr[n] >= kParallelWork;
+  Builder<scalar_t> bld{n, row_ptr, col_idx, val, positions, {}, {}, {}, {}, {}};
   bld.build_out(par);
   Graph g;
   g.n = n;
@@ -291,9 +287,9 @@ struct Counts {
 };
 
 template <typename scalar_t>
-std::tuple<at::Tensor, at::Tensor> census_impl(const int64_t* rp, const int32_t* ci, const scalar_t* val,
+std::tuple<at::Tensor, at::Tensor> census_impl(const int64_t* row_ptr, const int32_t* col_idx, const scalar_t* val,
                                                int64_t n) {
-  Graph g = build_graph(rp, ci, val, n, false);
+  Graph g = build_graph(row_ptr, col_idx, val, n, false);
   std::vector<Counts> local(at::get_num_threads());
   for_each_triangle(g, [&](int tid, int64_t, int64_t, int64_t, int64_t x, int64_t y, int64_t z) {
     Counts& c = local[tid];
@@ -352,26 +348,24 @@ std::tuple<at::Tensor, at::Tensor> census_impl(const int64_t* rp, const int32_t*
   return {census, sig};
 }
 
+// A square CSR pattern with sorted, unique columns in every row, and its values, on the CPU.
+// (Below kParallelWork stored entries the kernels run on one thread: on a busy machine, waking
+// threads costs more than a small graph's whole census.)
 void check_graph(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tensor& values) {
-  TORCH_CHECK_TYPE(row_ptr.scalar_type() == at::kLong, "row_ptr must be int64, got ", row_ptr.scalar_type());
-  TORCH_CHECK_TYPE(col_idx.scalar_type() == at::kInt, "col_idx must be int32, got ", col_idx.scalar_type());
-  TORCH_CHECK_VALUE(row_ptr.dim() == 1 && row_ptr.numel() >= 1, "row_ptr must be 1-D with n+1 >= 1 entries");
+  const CsrSizes s = check_csr(row_ptr, col_idx);
   TORCH_CHECK_VALUE(row_ptr.device().is_cpu() && col_idx.device().is_cpu() && values.device().is_cpu(),
                     "row_ptr, col_idx and values must be CPU tensors");
-  check_values(values, col_idx.numel());
-  const int64_t n = row_ptr.numel() - 1;
-  auto rp = row_ptr.contiguous();
-  auto ci = col_idx.contiguous();
-  const int64_t* p = rp.data_ptr<int64_t>();
-  const int32_t* c = ci.data_ptr<int32_t>();
-  TORCH_CHECK_VALUE(p[0] == 0 && p[n] == col_idx.numel(), "row_ptr must start at 0 and end at nnz=",
-                    col_idx.numel());
+  check_values(values, s.nnz);
+  const int64_t n = s.rows;
+  auto row_ptr_c = row_ptr.contiguous(), col_idx_c = col_idx.contiguous();
+  const int64_t* ptr = row_ptr_c.data_ptr<int64_t>();
+  const int32_t* col = col_idx_c.data_ptr<int32_t>();
   bool ok = true;
-#pragma omp parallel for reduction(&& : ok) num_threads(at::get_num_threads()) if (p[n] >= kParallelMin)
+#pragma omp parallel for reduction(&& : ok) num_threads(at::get_num_threads()) if (ptr[n] >= kParallelWork)
   for (int64_t r = 0; r < n; ++r) {
-    if (p[r + 1] < p[r]) { ok = false; continue; }
-    for (int64_t k = p[r]; k < p[r + 1]; ++k)
-      ok = ok && c[k] >= 0 && c[k] < n && (k == p[r] || c[k] > c[k - 1]);
+    if (ptr[r + 1] < ptr[r]) { ok = false; continue; }
+    for (int64_t k = ptr[r]; k < ptr[r + 1]; ++k)
+      ok = ok && col[k] >= 0 && col[k] < n && (k == ptr[r] || col[k] > col[k - 1]);
   }
   TORCH_CHECK_VALUE(ok, "row_ptr/col_idx must be a valid square CSR pattern (n=", n,
                     ") with sorted, unique columns in [0, n) within each row");
@@ -380,11 +374,11 @@ void check_graph(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at:
 std::tuple<at::Tensor, at::Tensor> signed_triad_census_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx,
                                                            const at::Tensor& values) {
   check_graph(row_ptr, col_idx, values);
-  auto rp = row_ptr.contiguous(), ci = col_idx.contiguous(), v = values.contiguous();
+  auto row_ptr_c = row_ptr.contiguous(), col_idx_c = col_idx.contiguous(), values_c = values.contiguous();
   std::tuple<at::Tensor, at::Tensor> out;
-  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "signed_triad_census_cpu", [&] {
-    out = census_impl<scalar_t>(rp.data_ptr<int64_t>(), ci.data_ptr<int32_t>(), v.data_ptr<scalar_t>(),
-                                rp.numel() - 1);
+  AT_DISPATCH_FLOATING_TYPES(values_c.scalar_type(), "signed_triad_census_cpu", [&] {
+    out = census_impl<scalar_t>(row_ptr_c.data_ptr<int64_t>(), col_idx_c.data_ptr<int32_t>(),
+                                values_c.data_ptr<scalar_t>(), row_ptr_c.numel() - 1);
   });
   return out;
 }
@@ -393,9 +387,9 @@ std::tuple<at::Tensor, at::Tensor> signed_triad_census_cpu(const at::Tensor& row
 // type t, 0 = 003 ... 15 = 300): nodes [S, 3] (i, j, k), CSR positions [S, 3] of the edges
 // i->j, j->k, i->k, and the triad type [S]. Order is unspecified (the caller sorts).
 template <typename scalar_t>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> semicycles_impl(const int64_t* rp, const int32_t* ci,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> semicycles_impl(const int64_t* row_ptr, const int32_t* col_idx,
                                                                const scalar_t* val, int64_t n, int64_t mask) {
-  Graph g = build_graph(rp, ci, val, n, true);
+  Graph g = build_graph(row_ptr, col_idx, val, n, true);
   struct Local {
     std::vector<int64_t> nodes, pos;
     std::vector<int8_t> type;
@@ -442,11 +436,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> transitive_semicycles_cpu(const a
                                                                          const at::Tensor& values,
                                                                          int64_t type_mask) {
   check_graph(row_ptr, col_idx, values);
-  auto rp = row_ptr.contiguous(), ci = col_idx.contiguous(), v = values.contiguous();
+  auto row_ptr_c = row_ptr.contiguous(), col_idx_c = col_idx.contiguous(), values_c = values.contiguous();
   std::tuple<at::Tensor, at::Tensor, at::Tensor> out;
-  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "transitive_semicycles_cpu", [&] {
-    out = semicycles_impl<scalar_t>(rp.data_ptr<int64_t>(), ci.data_ptr<int32_t>(), v.data_ptr<scalar_t>(),
-                                    rp.numel() - 1, type_mask);
+  AT_DISPATCH_FLOATING_TYPES(values_c.scalar_type(), "transitive_semicycles_cpu", [&] {
+    out = semicycles_impl<scalar_t>(row_ptr_c.data_ptr<int64_t>(), col_idx_c.data_ptr<int32_t>(),
+                                    values_c.data_ptr<scalar_t>(), row_ptr_c.numel() - 1, type_mask);
   });
   return out;
 }
@@ -491,25 +485,12 @@ at::Tensor degree_preserving_swaps_cpu(const at::Tensor& src, const at::Tensor& 
   const int32_t* sp = s.data_ptr<int32_t>();
   int32_t* op = out.data_ptr<int32_t>();
   const int64_t* seed = sd.data_ptr<int64_t>();
-#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads()) if (K > 1 && m * (n_swaps + 1) >= 64 * kParallelMin)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads()) if (K > 1 && m * (n_swaps + 1) >= 64 * kParallelWork)
   for (int64_t k = 0; k < K; ++k) swap_one(sp, op + k * m, m, n, n_swaps, static_cast<uint64_t>(seed[k]));
   return out;
 }
 
 }  // namespace
-
-TORCH_LIBRARY_FRAGMENT(sparse_engine, m) {
-  // Signed triad census of the graph "entry (r, c) = edge c -> r": (census int64[16] with
-  // census[0] (003) left 0, signed int64[4, 5]: per transitive type 030T, 120D, 120U, 300:
-  // balanced and unbalanced semicycles, completely balanced, partially balanced and
-  // completely unbalanced triads).
-  m.def("signed_triad_census(Tensor row_ptr, Tensor col_idx, Tensor values) -> (Tensor, Tensor)");
-  // Transitive semicycles in triads of the types in type_mask: (nodes [S,3], positions [S,3], type [S])
-  m.def("transitive_semicycles(Tensor row_ptr, Tensor col_idx, Tensor values, int type_mask) "
-        "-> (Tensor, Tensor, Tensor)");
-  // K degree-preserving randomisations: new dst arrays [K, m]
-  m.def("degree_preserving_swaps(Tensor src, Tensor dst, int n, int n_swaps, Tensor seeds) -> Tensor");
-}
 
 TORCH_LIBRARY_IMPL(sparse_engine, CPU, m) {
   m.impl("signed_triad_census", &signed_triad_census_cpu);

@@ -22,7 +22,7 @@ namespace {
 
 // Small inputs run on one thread: waking a team costs more than the work, and much more when
 // the machine is oversubscribed.
-inline bool parallel_worth(int64_t work) { return work >= (int64_t(1) << 15); }
+inline bool parallel_worth(int64_t work) { return work >= kParallelWork; }
 
 // ------------------------------------------------------------------ random numbers
 // Counter-based generator: draw j of a stream depends only on (seed, j), so parallel draws
@@ -189,38 +189,34 @@ at::Tensor set_prune_cpu(const at::Tensor& values, double zeta) {
   return keep;
 }
 
-// ------------------------------------------------------------------ CSR checks
+// ------------------------------------------------------------------ CSR patterns
+// A checked CSR pattern: its sizes and arrays.
 struct Csr {
   int64_t rows, nnz;
-  const int64_t* ptr;
-  const int32_t* col;
+  const int64_t* row_ptr;
+  const int32_t* col_idx;
 };
 
-Csr check_csr(const at::Tensor& row_ptr, const at::Tensor& col_idx) {
-  TORCH_CHECK_TYPE(row_ptr.scalar_type() == at::kLong, "row_ptr must be int64, got ", row_ptr.scalar_type());
-  TORCH_CHECK_TYPE(col_idx.scalar_type() == at::kInt, "col_idx must be int32, got ", col_idx.scalar_type());
-  TORCH_CHECK_VALUE(row_ptr.dim() == 1 && row_ptr.numel() >= 1, "row_ptr must be 1-D with rows+1 >= 1 entries");
-  TORCH_CHECK_VALUE(col_idx.dim() == 1, "col_idx must be 1-D");
-  TORCH_CHECK_VALUE(row_ptr.is_contiguous() && col_idx.is_contiguous(), "row_ptr and col_idx must be contiguous");
-  const int64_t* ptr = row_ptr.data_ptr<int64_t>();
-  const int64_t rows = row_ptr.numel() - 1;
-  TORCH_CHECK_VALUE(ptr[0] == 0 && ptr[rows] == col_idx.numel(), "row_ptr must run from 0 to nnz=",
-                    col_idx.numel(), ", got ", ptr[0], "..", ptr[rows]);
-  return {rows, col_idx.numel(), ptr, col_idx.data_ptr<int32_t>()};
+// row_ptr and col_idx: contiguous tensors.
+Csr csr_view(const at::Tensor& row_ptr, const at::Tensor& col_idx) {
+  const CsrSizes s = check_csr(row_ptr, col_idx);
+  return {s.rows, s.nnz, row_ptr.data_ptr<int64_t>(), col_idx.data_ptr<int32_t>()};
 }
 
 // ------------------------------------------------------------------ compaction
+// Copies the kept entries of each row to the compacted row starting at out_ptr[i]; kept_pos
+// records each one's old position.
 template <typename scalar_t>
-void compact_fill(const Csr& c, const bool* k, const int64_t* np, const scalar_t* src, int32_t* nc,
-                  scalar_t* dst, int64_t* kpos) {
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if(parallel_worth(c.rows + c.nnz))
-  for (int64_t i = 0; i < c.rows; ++i) {
-    int64_t d = np[i];
-    for (int64_t e = c.ptr[i]; e < c.ptr[i + 1]; ++e) {
-      if (!k[e]) continue;
-      nc[d] = c.col[e];
-      dst[d] = src[e];
-      kpos[d] = e;
+void compact_fill(const Csr& csr, const bool* keep, const int64_t* out_ptr, const scalar_t* values, int32_t* out_col,
+                  scalar_t* out_values, int64_t* kept_pos) {
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if(parallel_worth(csr.rows + csr.nnz))
+  for (int64_t i = 0; i < csr.rows; ++i) {
+    int64_t d = out_ptr[i];
+    for (int64_t k = csr.row_ptr[i]; k < csr.row_ptr[i + 1]; ++k) {
+      if (!keep[k]) continue;
+      out_col[d] = csr.col_idx[k];
+      out_values[d] = values[k];
+      kept_pos[d] = k;
       ++d;
     }
   }
@@ -232,31 +228,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> compact_cpu(const at:
                                                                        const at::Tensor& col_idx,
                                                                        const at::Tensor& values,
                                                                        const at::Tensor& keep) {
-  auto rp = row_ptr.contiguous(), ci = col_idx.contiguous(), v = values.contiguous(), kp = keep.contiguous();
-  auto c = check_csr(rp, ci);
-  check_values(v, c.nnz);
-  TORCH_CHECK_TYPE(kp.scalar_type() == at::kBool, "keep must be bool, got ", kp.scalar_type());
-  TORCH_CHECK_VALUE(kp.dim() == 1 && kp.numel() == c.nnz, "keep must be 1-D with nnz=", c.nnz, " entries");
-  const bool* k = kp.data_ptr<bool>();
-  auto new_ptr = at::zeros({c.rows + 1}, rp.options());
-  int64_t* np = new_ptr.data_ptr<int64_t>();
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if(parallel_worth(c.rows + c.nnz))
-  for (int64_t i = 0; i < c.rows; ++i) {
-    int64_t cnt = 0;
-    for (int64_t e = c.ptr[i]; e < c.ptr[i + 1]; ++e) cnt += k[e];
-    np[i + 1] = cnt;
+  auto row_ptr_c = row_ptr.contiguous(), col_idx_c = col_idx.contiguous(), values_c = values.contiguous();
+  auto keep_c = keep.contiguous();
+  const Csr csr = csr_view(row_ptr_c, col_idx_c);
+  check_values(values_c, csr.nnz);
+  TORCH_CHECK_TYPE(keep_c.scalar_type() == at::kBool, "keep must be bool, got ", keep_c.scalar_type());
+  TORCH_CHECK_VALUE(keep_c.dim() == 1 && keep_c.numel() == csr.nnz, "keep must be 1-D with nnz=", csr.nnz,
+                    " entries");
+  const bool* kept = keep_c.data_ptr<bool>();
+  auto out_ptr = at::zeros({csr.rows + 1}, row_ptr_c.options());
+  int64_t* out_ptr_data = out_ptr.data_ptr<int64_t>();
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if(parallel_worth(csr.rows + csr.nnz))
+  for (int64_t i = 0; i < csr.rows; ++i) {
+    int64_t count = 0;
+    for (int64_t k = csr.row_ptr[i]; k < csr.row_ptr[i + 1]; ++k) count += kept[k];
+    out_ptr_data[i + 1] = count;
   }
-  for (int64_t i = 0; i < c.rows; ++i) np[i + 1] += np[i];
-  const int64_t m = np[c.rows];
-  auto new_col = at::empty({m}, ci.options());
-  auto new_val = at::empty({m}, v.options());
-  auto kept = at::empty({m}, rp.options());
-  int32_t* nc = new_col.data_ptr<int32_t>();
-  int64_t* kpos = kept.data_ptr<int64_t>();
-  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "compact_cpu", [&] {
-    compact_fill<scalar_t>(c, k, np, v.data_ptr<scalar_t>(), nc, new_val.data_ptr<scalar_t>(), kpos);
+  for (int64_t i = 0; i < csr.rows; ++i) out_ptr_data[i + 1] += out_ptr_data[i];
+  const int64_t m = out_ptr_data[csr.rows];
+  auto out_col = at::empty({m}, col_idx_c.options());
+  auto out_val = at::empty({m}, values_c.options());
+  auto kept_pos = at::empty({m}, row_ptr_c.options());
+  AT_DISPATCH_FLOATING_TYPES(values_c.scalar_type(), "compact_cpu", [&] {
+    compact_fill<scalar_t>(csr, kept, out_ptr_data, values_c.data_ptr<scalar_t>(), out_col.data_ptr<int32_t>(),
+                           out_val.data_ptr<scalar_t>(), kept_pos.data_ptr<int64_t>());
   });
-  return {new_ptr, new_col, new_val, kept};
+  return {out_ptr, out_col, out_val, kept_pos};
 }
 
 // ------------------------------------------------------------------ empty positions
@@ -295,7 +292,7 @@ void sort_keys_by_row(std::vector<int64_t>& keys, int64_t rows, int64_t cols) {
 }
 
 // Removes the keys (sorted, unique) that are stored entries of the pattern, keeping the order.
-void drop_occupied(const Csr& c, int64_t cols, std::vector<int64_t>& keys) {
+void drop_occupied(const Csr& csr, int64_t cols, std::vector<int64_t>& keys) {
   const int64_t m = keys.size();
   std::vector<uint8_t> occ(m);
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(m / 4096 + 1, 8 * at::get_num_threads()));
@@ -309,8 +306,8 @@ void drop_occupied(const Csr& c, int64_t cols, std::vector<int64_t>& keys) {
       const int32_t col = static_cast<int32_t>(keys[j] - row * cols);
       if (row != cur) {
         cur = row;
-        p = c.col + c.ptr[row];
-        e = c.col + c.ptr[row + 1];
+        p = csr.col_idx + csr.row_ptr[row];
+        e = csr.col_idx + csr.row_ptr[row + 1];
       }
       while (p < e && *p < col) ++p;
       occ[j] = p < e && *p == col;
@@ -328,19 +325,19 @@ void drop_occupied(const Csr& c, int64_t cols, std::vector<int64_t>& keys) {
 // rows in order, until at least n remain; then a uniformly random surplus is dropped.
 // Expected O(n log n + nnz) (the row walk touches each row's entries once). Dense case:
 // enumerate the empty positions (O(rows*cols), which is then O(nnz + n)) and pick n.
-std::vector<int64_t> draw_empty(const Csr& c, int64_t cols, int64_t n, uint64_t seed) {
-  const int64_t total = c.rows * cols;
-  const int64_t empty = total - c.nnz;
+std::vector<int64_t> draw_empty(const Csr& csr, int64_t cols, int64_t n, uint64_t seed) {
+  const int64_t total = csr.rows * cols;
+  const int64_t empty = total - csr.nnz;
   TORCH_CHECK_VALUE(n >= 0 && n <= empty, "cannot grow ", n, " entries: only ", empty,
-                    " empty positions in a ", c.rows, " x ", cols, " matrix with nnz=", c.nnz);
+                    " empty positions in a ", csr.rows, " x ", cols, " matrix with nnz=", csr.nnz);
   std::vector<int64_t> keys;
   if (n == 0) return keys;
   if (empty < 4 * n) {
     keys.reserve(empty);
-    for (int64_t i = 0; i < c.rows; ++i) {
-      int64_t e = c.ptr[i];
+    for (int64_t i = 0; i < csr.rows; ++i) {
+      int64_t e = csr.row_ptr[i];
       for (int64_t j = 0; j < cols; ++j) {
-        if (e < c.ptr[i + 1] && c.col[e] == j) { ++e; continue; }
+        if (e < csr.row_ptr[i + 1] && csr.col_idx[e] == j) { ++e; continue; }
         keys.push_back(i * cols + j);
       }
     }
@@ -359,9 +356,9 @@ std::vector<int64_t> draw_empty(const Csr& c, int64_t cols, int64_t n, uint64_t 
     counter += m;
     // sorted candidates are checked against the rows in order (cache friendly, unlike a
     // binary search in a random row per draw)
-    sort_keys_by_row(keys, c.rows, cols);
+    sort_keys_by_row(keys, csr.rows, cols);
     keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
-    drop_occupied(c, cols, keys);
+    drop_occupied(csr, cols, keys);
   }
   const int64_t m = keys.size();
   if (m > n) {  // drop a uniformly random subset of the surplus, keeping the order
@@ -398,27 +395,33 @@ std::tuple<at::Tensor, at::Tensor> keys_to_coo(const std::vector<int64_t>& keys,
 // random_empty(row_ptr, col_idx, n_cols, n, seed) -> (rows int64, cols int32), sorted.
 std::tuple<at::Tensor, at::Tensor> random_empty_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx,
                                                     int64_t n_cols, int64_t n, int64_t seed) {
-  auto rp = row_ptr.contiguous(), ci = col_idx.contiguous();
-  auto c = check_csr(rp, ci);
+  auto row_ptr_c = row_ptr.contiguous(), col_idx_c = col_idx.contiguous();
+  const Csr csr = csr_view(row_ptr_c, col_idx_c);
   TORCH_CHECK_VALUE(n_cols >= 0 && n_cols <= INT32_MAX, "n_cols must be in [0, 2^31), got ", n_cols);
   TORCH_CHECK_VALUE(n >= 0, "n must be >= 0, got ", n);
-  return keys_to_coo(draw_empty(c, n_cols, n, static_cast<uint64_t>(seed)), n_cols);
+  return keys_to_coo(draw_empty(csr, n_cols, n, static_cast<uint64_t>(seed)), n_cols);
 }
 
 // ------------------------------------------------------------------ merge
+// Row by row, merges the old entries of row i with its new ones (both sorted by column) into
+// the merged row starting at out_ptr[i], and records where each old and each new entry went.
+// A new entry at a stored position is reported in `clash` (its number; any one of them).
 template <typename scalar_t>
-void merge_fill(const Csr& c, const int64_t* nptr, const int32_t* C, const int64_t* op, const scalar_t* ov,
-                const scalar_t* nvv, int32_t* oc, scalar_t* dv, int64_t* opos, int64_t* npos,
-                std::atomic<int64_t>& clash) {
-#pragma omp parallel for schedule(dynamic, 256) num_threads(at::get_num_threads()) if(parallel_worth(c.rows + c.nnz))
-  for (int64_t i = 0; i < c.rows; ++i) {
-    int64_t a = c.ptr[i], ae = c.ptr[i + 1], b = nptr[i], be = nptr[i + 1], d = op[i];
-    while (a < ae || b < be) {
-      if (b >= be || (a < ae && c.col[a] < C[b])) {
-        oc[d] = c.col[a]; dv[d] = ov[a]; opos[a] = d; ++a;
+void merge_fill(const Csr& csr, const int64_t* new_row_ptr, const int32_t* new_col, const int64_t* out_ptr,
+                const scalar_t* old_values, const scalar_t* new_values, int32_t* out_col, scalar_t* out_values,
+                int64_t* old_pos, int64_t* new_pos, std::atomic<int64_t>& clash) {
+#pragma omp parallel for schedule(dynamic, 256) num_threads(at::get_num_threads()) \
+    if(parallel_worth(csr.rows + csr.nnz))
+  for (int64_t i = 0; i < csr.rows; ++i) {
+    int64_t k = csr.row_ptr[i], k_end = csr.row_ptr[i + 1];  // old entries of row i
+    int64_t j = new_row_ptr[i], j_end = new_row_ptr[i + 1];  // new entries of row i
+    int64_t d = out_ptr[i];                                   // next merged position
+    while (k < k_end || j < j_end) {
+      if (j >= j_end || (k < k_end && csr.col_idx[k] < new_col[j])) {
+        out_col[d] = csr.col_idx[k]; out_values[d] = old_values[k]; old_pos[k] = d; ++k;
       } else {
-        if (a < ae && c.col[a] == C[b]) clash = b;
-        oc[d] = C[b]; dv[d] = nvv[b]; npos[b] = d; ++b;
+        if (k < k_end && csr.col_idx[k] == new_col[j]) clash = j;
+        out_col[d] = new_col[j]; out_values[d] = new_values[j]; new_pos[j] = d; ++j;
       }
       ++d;
     }
@@ -432,22 +435,22 @@ void merge_fill(const Csr& c, const int64_t* nptr, const int32_t* C, const int64
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> merge_cpu(
     const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tensor& values, int64_t n_cols,
     const at::Tensor& new_row, const at::Tensor& new_col, const at::Tensor& new_values) {
-  auto rp = row_ptr.contiguous(), ci = col_idx.contiguous(), v = values.contiguous();
-  auto c = check_csr(rp, ci);
-  check_values(v, c.nnz);
+  auto row_ptr_c = row_ptr.contiguous(), col_idx_c = col_idx.contiguous(), values_c = values.contiguous();
+  const Csr csr = csr_view(row_ptr_c, col_idx_c);
+  check_values(values_c, csr.nnz);
   TORCH_CHECK_TYPE(new_row.scalar_type() == at::kLong, "new_row must be int64, got ", new_row.scalar_type());
   TORCH_CHECK_TYPE(new_col.scalar_type() == at::kInt, "new_col must be int32, got ", new_col.scalar_type());
-  TORCH_CHECK_TYPE(new_values.scalar_type() == v.scalar_type(), "new_values must have dtype ", v.scalar_type(),
-                   ", got ", new_values.scalar_type());
+  TORCH_CHECK_TYPE(new_values.scalar_type() == values.scalar_type(), "new_values must have dtype ",
+                   values.scalar_type(), ", got ", new_values.scalar_type());
   const int64_t n = new_row.numel();
   TORCH_CHECK_VALUE(new_row.dim() == 1 && new_col.dim() == 1 && new_values.dim() == 1 &&
                         new_col.numel() == n && new_values.numel() == n,
                     "new_row, new_col and new_values must be 1-D of the same length");
-  auto nr = new_row.contiguous(), nc = new_col.contiguous(), nv = new_values.contiguous();
-  const int64_t* R = nr.data_ptr<int64_t>();
-  const int32_t* C = nc.data_ptr<int32_t>();
+  auto new_row_c = new_row.contiguous(), new_col_c = new_col.contiguous(), new_values_c = new_values.contiguous();
+  const int64_t* R = new_row_c.data_ptr<int64_t>();  // new entry j is at (R[j], C[j])
+  const int32_t* C = new_col_c.data_ptr<int32_t>();
   auto entry_ok = [&](int64_t j) {
-    return R[j] >= 0 && R[j] < c.rows && C[j] >= 0 && C[j] < n_cols &&
+    return R[j] >= 0 && R[j] < csr.rows && C[j] >= 0 && C[j] < n_cols &&
            (j == 0 || R[j] > R[j - 1] || (R[j] == R[j - 1] && C[j] > C[j - 1]));
   };
   std::atomic<bool> bad_entry{false};
@@ -456,31 +459,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> merge_cpu
     if (!entry_ok(j)) bad_entry = true;
   if (bad_entry) {  // find the first one for the message
     for (int64_t j = 0; j < n; ++j) {
-      TORCH_CHECK_VALUE(R[j] >= 0 && R[j] < c.rows && C[j] >= 0 && C[j] < n_cols, "new entry ", j, " at (",
-                        R[j], ", ", C[j], ") is outside the ", c.rows, " x ", n_cols, " matrix");
+      TORCH_CHECK_VALUE(R[j] >= 0 && R[j] < csr.rows && C[j] >= 0 && C[j] < n_cols, "new entry ", j, " at (",
+                        R[j], ", ", C[j], ") is outside the ", csr.rows, " x ", n_cols, " matrix");
       TORCH_CHECK_VALUE(entry_ok(j), "new entries must be sorted by (row, col) without duplicates: entry ", j,
                         " at (", R[j], ", ", C[j], ")");
     }
   }
   // first new entry of each row
-  std::vector<int64_t> nptr(c.rows + 1, 0);
-  for (int64_t j = 0; j < n; ++j) ++nptr[R[j] + 1];
-  for (int64_t i = 0; i < c.rows; ++i) nptr[i + 1] += nptr[i];
-  auto out_ptr = at::empty({c.rows + 1}, rp.options());
-  int64_t* op = out_ptr.data_ptr<int64_t>();
-  for (int64_t i = 0; i <= c.rows; ++i) op[i] = c.ptr[i] + nptr[i];
-  const int64_t m = c.nnz + n;
-  auto out_col = at::empty({m}, ci.options());
-  auto out_val = at::empty({m}, v.options());
-  auto old_pos = at::empty({c.nnz}, rp.options());
-  auto new_pos = at::empty({n}, rp.options());
-  int32_t* oc = out_col.data_ptr<int32_t>();
-  int64_t* opos = old_pos.data_ptr<int64_t>();
-  int64_t* npos = new_pos.data_ptr<int64_t>();
+  std::vector<int64_t> new_row_ptr(csr.rows + 1, 0);
+  for (int64_t j = 0; j < n; ++j) ++new_row_ptr[R[j] + 1];
+  for (int64_t i = 0; i < csr.rows; ++i) new_row_ptr[i + 1] += new_row_ptr[i];
+  auto out_ptr = at::empty({csr.rows + 1}, row_ptr_c.options());
+  int64_t* out_ptr_data = out_ptr.data_ptr<int64_t>();
+  for (int64_t i = 0; i <= csr.rows; ++i) out_ptr_data[i] = csr.row_ptr[i] + new_row_ptr[i];
+  const int64_t m = csr.nnz + n;
+  auto out_col = at::empty({m}, col_idx_c.options());
+  auto out_val = at::empty({m}, values_c.options());
+  auto old_pos = at::empty({csr.nnz}, row_ptr_c.options());
+  auto new_pos = at::empty({n}, row_ptr_c.options());
   std::atomic<int64_t> clash{-1};
-  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "merge_cpu", [&] {
-    merge_fill<scalar_t>(c, nptr.data(), C, op, v.data_ptr<scalar_t>(), nv.data_ptr<scalar_t>(), oc,
-                         out_val.data_ptr<scalar_t>(), opos, npos, clash);
+  AT_DISPATCH_FLOATING_TYPES(values_c.scalar_type(), "merge_cpu", [&] {
+    merge_fill<scalar_t>(csr, new_row_ptr.data(), C, out_ptr_data, values_c.data_ptr<scalar_t>(),
+                         new_values_c.data_ptr<scalar_t>(), out_col.data_ptr<int32_t>(), out_val.data_ptr<scalar_t>(),
+                         old_pos.data_ptr<int64_t>(), new_pos.data_ptr<int64_t>(), clash);
   });
   TORCH_CHECK_VALUE(clash.load() < 0, "new entry ", clash.load(), " at (", R[std::max<int64_t>(0, clash.load())],
                     ", ", C[std::max<int64_t>(0, clash.load())], ") is already stored");
@@ -495,17 +496,17 @@ at::Tensor remap_index_cpu(const at::Tensor& kept_pos, const at::Tensor& old_pos
                    "kept_pos and old_pos must be int64");
   TORCH_CHECK_VALUE(kept_pos.dim() == 1 && old_pos.dim() == 1 && kept_pos.numel() == old_pos.numel(),
                     "kept_pos and old_pos must be 1-D of the same length");
-  auto kp = kept_pos.contiguous(), op = old_pos.contiguous();
-  auto origin = at::full({new_nnz}, -1, kp.options());
-  const int64_t* k = kp.data_ptr<int64_t>();
-  const int64_t* o = op.data_ptr<int64_t>();
+  auto kept_pos_c = kept_pos.contiguous(), old_pos_c = old_pos.contiguous();
+  auto origin = at::full({new_nnz}, -1, kept_pos_c.options());
+  const int64_t* kept = kept_pos_c.data_ptr<int64_t>();
+  const int64_t* moved_to = old_pos_c.data_ptr<int64_t>();
   int64_t* out = origin.data_ptr<int64_t>();
-  const int64_t n = kp.numel();
+  const int64_t n = kept_pos_c.numel();
   std::atomic<bool> bad{false};
 #pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if(parallel_worth(n))
   for (int64_t j = 0; j < n; ++j) {
-    if (o[j] < 0 || o[j] >= new_nnz) { bad = true; continue; }
-    out[o[j]] = k[j];
+    if (moved_to[j] < 0 || moved_to[j] >= new_nnz) { bad = true; continue; }
+    out[moved_to[j]] = kept[j];
   }
   TORCH_CHECK_VALUE(!bad, "old_pos entries must be in [0, new_nnz=", new_nnz, ")");
   return origin;
@@ -551,16 +552,16 @@ at::Tensor gather_or_zero_cpu(const at::Tensor& t, const at::Tensor& origin) {
 // coo_dot(rows, cols, G, X) -> out[j] = dot(G[rows[j], :], X[cols[j], :]): the gradient at a
 // list of candidate positions (sampled RigL growth), without building an index for them.
 template <typename scalar_t>
-void coo_dot_loop(const int64_t* r, const int32_t* c, const scalar_t* g, const scalar_t* x, scalar_t* o,
+void coo_dot_loop(const int64_t* rows, const int32_t* cols, const scalar_t* G, const scalar_t* X, scalar_t* out,
                   int64_t n, int64_t M) {
 #pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if(parallel_worth(n * M))
   for (int64_t j = 0; j < n; ++j) {
-    const scalar_t* gi = g + r[j] * M;
-    const scalar_t* xj = x + static_cast<int64_t>(c[j]) * M;
+    const scalar_t* G_row = G + rows[j] * M;
+    const scalar_t* X_row = X + static_cast<int64_t>(cols[j]) * M;
     scalar_t acc = 0;
 #pragma omp simd reduction(+ : acc)
-    for (int64_t b = 0; b < M; ++b) acc += gi[b] * xj[b];
-    o[j] = acc;
+    for (int64_t b = 0; b < M; ++b) acc += G_row[b] * X_row[b];
+    out[j] = acc;
   }
 }
 
@@ -618,11 +619,11 @@ double shrink(std::vector<Cand>& buf, int64_t k) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> grad_topk_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx,
                                                              const at::Tensor& G, const at::Tensor& X, int64_t k,
                                                              int64_t tile_rows, int64_t tile_cols) {
-  auto rp = row_ptr.contiguous(), ci = col_idx.contiguous();
-  auto c = check_csr(rp, ci);
+  auto row_ptr_c = row_ptr.contiguous(), col_idx_c = col_idx.contiguous();
+  const Csr csr = csr_view(row_ptr_c, col_idx_c);
   TORCH_CHECK_TYPE(G.scalar_type() == at::kFloat || G.scalar_type() == at::kDouble,
                    "G must be float32 or float64, got ", G.scalar_type());
-  TORCH_CHECK_VALUE(G.dim() == 2 && G.size(0) == c.rows, "G must be 2-D with rows=", c.rows, " rows, got ",
+  TORCH_CHECK_VALUE(G.dim() == 2 && G.size(0) == csr.rows, "G must be 2-D with rows=", csr.rows, " rows, got ",
                     G.sizes());
   TORCH_CHECK_VALUE(X.dim() == 2 && X.size(1) == G.size(1), "X must be 2-D (cols x M) with M=", G.size(1),
                     " like G, got ", X.sizes());
@@ -630,10 +631,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grad_topk_cpu(const at::Tensor& r
   TORCH_CHECK_VALUE(tile_rows > 0 && tile_cols > 0, "tile_rows and tile_cols must be > 0");
   const int64_t cols = X.size(0);
   TORCH_CHECK_VALUE(cols <= INT32_MAX, "X has too many rows (cols) for int32 column indices");
-  const int64_t empty = c.rows * cols - c.nnz;
+  const int64_t empty = csr.rows * cols - csr.nnz;
   TORCH_CHECK_VALUE(k >= 0 && k <= empty, "k must be in [0, ", empty, "] (the empty positions), got ", k);
-  for (int64_t e = 0; e < c.nnz; ++e)
-    TORCH_CHECK_VALUE(c.col[e] >= 0 && c.col[e] < cols, "col_idx entry ", c.col[e], " out of range [0, ", cols, ")");
+  check_col_range(csr.col_idx, csr.nnz, cols);
   std::vector<Cand> best;
   if (k > 0) {
     auto Gc = G.contiguous(), Xc = X.contiguous();
@@ -641,8 +641,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grad_topk_cpu(const at::Tensor& r
     double bound = -1.0;
     const int nt = at::get_num_threads();
     std::vector<std::vector<Cand>> local(nt);
-    for (int64_t r0 = 0; r0 < c.rows; r0 += tile_rows) {
-      const int64_t r1 = std::min(c.rows, r0 + tile_rows);
+    for (int64_t r0 = 0; r0 < csr.rows; r0 += tile_rows) {
+      const int64_t r1 = std::min(csr.rows, r0 + tile_rows);
       for (int64_t c0 = 0; c0 < cols; c0 += tile_cols) {
         const int64_t c1 = std::min(cols, c0 + tile_cols);
         at::Tensor T = at::mm(Gc.slice(0, r0, r1), Xc.slice(0, c0, c1).t()).to(at::kDouble).contiguous();
@@ -654,8 +654,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grad_topk_cpu(const at::Tensor& r
           auto& mine = local[omp_get_thread_num()];
 #pragma omp for schedule(static)
           for (int64_t i = r0; i < r1; ++i) {
-            const int32_t* b = c.col + c.ptr[i];
-            const int32_t* e = c.col + c.ptr[i + 1];
+            const int32_t* b = csr.col_idx + csr.row_ptr[i];
+            const int32_t* e = csr.col_idx + csr.row_ptr[i + 1];
             const int32_t* p = std::lower_bound(b, e, static_cast<int32_t>(c0));
             const double* trow = t + (i - r0) * w;
             for (int64_t j = c0; j < c1; ++j) {
@@ -686,29 +686,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grad_topk_cpu(const at::Tensor& r
 }
 
 }  // namespace
-
-TORCH_LIBRARY_FRAGMENT(sparse_engine, m) {
-  // bool mask of the k smallest scores (ties: lower index first)
-  m.def("select_smallest(Tensor scores, int k) -> Tensor");
-  // SET keep mask: drops round(zeta*P) positives and round(zeta*N) negatives nearest zero, and zeros
-  m.def("set_prune(Tensor values, float zeta) -> Tensor");
-  // CSR without the entries where keep is False; kept_pos = their old positions
-  m.def("compact(Tensor row_ptr, Tensor col_idx, Tensor values, Tensor keep) -> (Tensor, Tensor, Tensor, Tensor)");
-  // n distinct uniformly random empty positions (rows int64, cols int32), sorted
-  m.def("random_empty(Tensor row_ptr, Tensor col_idx, int n_cols, int n, int seed) -> (Tensor, Tensor)");
-  // inserts new entries at empty positions: (row_ptr, col_idx, values, old_pos, new_pos)
-  m.def("merge(Tensor row_ptr, Tensor col_idx, Tensor values, int n_cols, Tensor new_row, Tensor new_col, "
-        "Tensor new_values) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  // origin[p]: old position of the entry now at p, -1 for new entries
-  m.def("remap_index(Tensor kept_pos, Tensor old_pos, int new_nnz) -> Tensor");
-  // out[p] = t[origin[p]] (zero where origin[p] < 0)
-  m.def("gather_or_zero(Tensor t, Tensor origin) -> Tensor");
-  // out[j] = dot(G[rows[j]], X[cols[j]])
-  m.def("coo_dot(Tensor rows, Tensor cols, Tensor G, Tensor X) -> Tensor");
-  // top-k |G X^T| at empty positions, tile by tile: (rows int64, cols int32, grads)
-  m.def("grad_topk(Tensor row_ptr, Tensor col_idx, Tensor G, Tensor X, int k, int tile_rows, int tile_cols) "
-        "-> (Tensor, Tensor, Tensor)");
-}
 
 TORCH_LIBRARY_IMPL(sparse_engine, CPU, m) {
   m.impl("select_smallest", &select_smallest_cpu);

@@ -50,11 +50,62 @@ inline int64_t long_list_len(int64_t n, int64_t nnz) {
   return m > 0 ? m + 1 : 0;
 }
 
+// The long-row list of a row kernel (spmm_cuda.cu, sddmm_cuda.cu): the rows longer than
+// `threshold`, [count, row ids...] as int32 in the workspace, for the block-per-row kernel.
+struct LongRows {
+  int64_t threshold;
+  int64_t cap;    // room for row ids
+  int32_t* list;  // nullptr: no row can be long (or no workspace)
+};
+
+// The list in `workspace` (long_list_len(n, nnz) int32 entries, or nullptr when that is 0),
+// its count zeroed on `stream`.
+inline cudaError_t init_long_rows(LongRows& rows, int64_t n, int64_t nnz, int32_t* workspace,
+                                  cudaStream_t stream) {
+  rows = {long_row_threshold(n, nnz), 0, nullptr};
+  const int64_t len = long_list_len(n, nnz);
+  if (len <= 0 || workspace == nullptr) return cudaSuccess;
+  rows.list = workspace;
+  rows.cap = len - 1;
+  return cudaMemsetAsync(workspace, 0, sizeof(int32_t), stream);
+}
+
+// In a row kernel: whether row `row` (of `length` entries) is long, in which case the warp leaves
+// it to the long-row kernel; the one thread with `lists` set appends it to the list.
+__device__ __forceinline__ bool defer_long_row(const LongRows& rows, int64_t row, int64_t length, bool lists) {
+  if (rows.list == nullptr || length <= rows.threshold) return false;
+  if (lists) {
+    const int pos = atomicAdd(rows.list, 1);
+    if (pos < rows.cap) rows.list[1 + pos] = static_cast<int32_t>(row);
+  }
+  return true;
+}
+
+// In a long-row kernel: the listed rows (a full list keeps its first `cap`).
+__device__ __forceinline__ int64_t long_row_count(const LongRows& rows) {
+  const int64_t count = rows.list[0];
+  return count < rows.cap ? count : rows.cap;
+}
+
 // Vector columns per tile: the smallest power of two >= C, at most a warp.
 inline int lanes_for(int64_t C) {
   int cw = 1;
   while (cw < kWarp && cw < C) cw *= 2;
   return cw;
+}
+
+// launch(std::integral_constant<int, CW>{}) for CW = lanes_for(C): the row kernels take their
+// lane count as a template parameter.
+template <typename Launch>
+cudaError_t dispatch_lanes(int64_t C, Launch&& launch) {
+  switch (lanes_for(C)) {
+    case 1: return launch(std::integral_constant<int, 1>{});
+    case 2: return launch(std::integral_constant<int, 2>{});
+    case 4: return launch(std::integral_constant<int, 4>{});
+    case 8: return launch(std::integral_constant<int, 8>{});
+    case 16: return launch(std::integral_constant<int, 16>{});
+    default: return launch(std::integral_constant<int, 32>{});
+  }
 }
 
 inline int num_sms() {
@@ -85,6 +136,26 @@ using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 // Vector width of a 16-byte access in elements of T.
 template <typename T>
 constexpr int kWideVec = 16 / static_cast<int>(sizeof(T));
+
+// launch(VEC, CW) as compile-time constants (std::integral_constant): VEC the vector width
+// (kWideVec<T> when `wide`, else 1), CW = lanes_for(C).
+template <typename T, typename Launch>
+cudaError_t dispatch_vec_lanes(bool wide, int64_t C, Launch&& launch) {
+  return dispatch_lanes(C, [&](auto lanes) {
+    return wide ? launch(std::integral_constant<int, kWideVec<T>>{}, lanes)
+                : launch(std::integral_constant<int, 1>{}, lanes);
+  });
+}
+
+// The launch of a row kernel with a long-row list (spmm_cuda.cu, sddmm_cuda.cu): a.long_rows
+// set up in `workspace` for n rows and nnz entries, then launch(VEC, CW) as above for a.C.
+template <typename T, typename Args, typename Launch>
+cudaError_t launch_row_kernels(Args& a, int64_t n, int64_t nnz, bool wide, int32_t* workspace, cudaStream_t stream,
+                               Launch&& launch) {
+  const cudaError_t err = init_long_rows(a.long_rows, n, nnz, workspace, stream);
+  if (err != cudaSuccess) return err;
+  return dispatch_vec_lanes<T>(wide, a.C, launch);
+}
 
 __device__ __forceinline__ float to_acc(float x) { return x; }
 __device__ __forceinline__ double to_acc(double x) { return x; }
@@ -148,8 +219,9 @@ __device__ __forceinline__ void store_vec(T* __restrict__ p, const acc_t<T> (&x)
 // The warp takes the chunks first, first + step, ... (step a multiple of 32): 32 index entries
 // per coalesced load, broadcast by shuffles, slot s of the lane layout taking entries s, s+S, ...;
 // then the slots are added together so that every lane of slot 0 holds its vector column's
-// total. The summation order is fixed. Shared by gather.cu (spmm, spmm_t) and rnn_step.cu (the
-// gate rows of the fused step). All lanes of the warp must call it (it shuffles).
+// total. The summation order is fixed. Shared by spmm_cuda.cu (spmm, spmm_t) and
+// rnn_step_cuda.cu (the gate rows of the fused step). All lanes of the warp must call it (it
+// shuffles).
 template <typename T, int VEC, int CW, bool FULL>
 __device__ __forceinline__ void gather_chunk(const int32_t* __restrict__ idx, const T* __restrict__ values,
                                              const int64_t* __restrict__ perm, const T* __restrict__ src,

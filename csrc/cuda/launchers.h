@@ -1,6 +1,7 @@
-// Host-side entry points of the CUDA kernels (csrc/cuda/*.cu). Plain pointers and sizes,
-// no torch types, so the .cu files compile with nvcc alone and the torch glue
-// (ops_cuda.cpp) compiles with the host compiler alone.
+// Host-side entry points of the CUDA kernels, one section per op family: spmm (spmm_cuda.cu),
+// sddmm (sddmm_cuda.cu), transpose (transpose_cuda.cu), rnn_step (rnn_step_cuda.cu). Plain
+// pointers, sizes and a cudaStream_t, no torch types, so the .cu files compile with nvcc alone
+// and the torch glue (<family>_glue.cpp) compiles with the host compiler alone.
 //
 // Layout: activations are feature-major, row-major (features x B, B contiguous).
 // A "gather" is the operation out[i, :] = sum_{k in [ptr[i], ptr[i+1])} val(k) * src[idx[k], :]
@@ -17,9 +18,12 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
+#include "../constants.h"
+
 namespace sparse_engine {
 namespace cuda {
 
+// ------------------------------------------------------------------ spmm (spmm_cuda.cu)
 // Number of int32 workspace entries the gather needs for the long-row list
 // (0: no row can be long, pass nullptr).
 int64_t gather_workspace_len(int64_t n_out, int64_t nnz);
@@ -40,6 +44,7 @@ cudaError_t launch_gather(const int64_t* ptr, const int32_t* idx, const int64_t*
                           const __nv_bfloat16* values, const __nv_bfloat16* src, __nv_bfloat16* out,
                           int64_t n_out, int64_t B, int64_t nnz, int32_t* workspace, cudaStream_t stream);
 
+// ------------------------------------------------------------------ sddmm (sddmm_cuda.cu)
 // Workspace (int32 entries) for sddmm's long-row list; 0 means pass nullptr.
 int64_t sddmm_workspace_len(int64_t rows, int64_t nnz);
 
@@ -58,6 +63,7 @@ cudaError_t launch_sddmm(const int64_t* row_ptr, const int32_t* col_idx, const _
                          const __nv_bfloat16* X, __nv_bfloat16* out, int64_t rows, int64_t B,
                          int64_t nnz, int32_t* workspace, cudaStream_t stream);
 
+// ------------------------------------------------------------------ transpose (transpose_cuda.cu)
 // Bytes of device workspace launch_transpose_index needs.
 size_t transpose_index_workspace_bytes(int64_t rows, int64_t cols, int64_t nnz);
 
@@ -68,6 +74,51 @@ cudaError_t launch_transpose_index(const int64_t* row_ptr, const int32_t* col_id
                                    int64_t cols, int64_t nnz, int64_t* csc_ptr, int32_t* csc_row,
                                    int64_t* csc_perm, void* workspace, size_t workspace_bytes,
                                    cudaStream_t stream);
+
+// ------------------------------------------------------------------ rnn_step (rnn_step_cuda.cu)
+// The fused recurrent step. Contract: the CPU ops of csrc/cpu/rnn_step_cpu.cpp (see its header
+// comment). W_hh stacks G = cell_gates(mode) gates in one CSR of G*H rows (LSTM i,f,g,o: G=4;
+// GRU r,z,n: G=3; RNN/CT-RNN: G=1; csrc/constants.h); every dense array is feature-major
+// (rows x B, B contiguous) and contiguous. float32/float64 only.
+
+// Forward of one step. For hidden unit j (0 <= j < H): pre_q = sum_k W[qH+j, k] h[k, :] (+ gx[qH+j, :])
+// and the gate math of the mode:
+//   LSTM  h_new, c_new (H x B), acts = [i; f; g; o] (4H x B); needs c.
+//   GRU   h_new, acts = [r; z; n; W_hn h + b_hn] (4H x B); b_hh (3H) may be nullptr.
+//   RNN_TANH/RNN_RELU  h_new only.  CTRNN  h_new = (1 - dt/tau) h + dt tanh(pre), acts = tanh(pre) (H x B).
+// Pointers a mode does not use may be nullptr. Deterministic (fixed summation order).
+cudaError_t launch_rnn_step_forward(CellMode mode, const int64_t* row_ptr, const int32_t* col_idx,
+                                    const float* values, const float* gx, const float* h, const float* c,
+                                    const float* b_hh, float* h_new, float* c_new, float* acts, int64_t H,
+                                    int64_t B, double dt, double tau, cudaStream_t stream);
+cudaError_t launch_rnn_step_forward(CellMode mode, const int64_t* row_ptr, const int32_t* col_idx,
+                                    const double* values, const double* gx, const double* h,
+                                    const double* c, const double* b_hh, double* h_new, double* c_new,
+                                    double* acts, int64_t H, int64_t B, double dt, double tau,
+                                    cudaStream_t stream);
+
+// int32 workspace entries launch_rnn_step_backward needs (0: pass nullptr).
+int64_t rnn_step_backward_workspace_len(int64_t H, int64_t nnz);
+
+// Backward of one step: the elementwise gate gradient, then dh_prev = direct + W_hh^T dG through
+// the transposed index (csc_ptr, csc_row, csc_perm; launch_gather above).
+//   LSTM  in: acts, c_prev, c, dh, dc.   out: dG (4H x B), dh_prev, dc_prev.
+//   GRU   in: acts, h (= h_prev), dh.    out: dG (3H x B, hidden side), dgx (3H x B), dh_prev.
+//   RNN_TANH/RNN_RELU in: h (= h_new), dh.  out: dG (H x B), dh_prev.
+//   CTRNN in: acts, dh.                  out: dG (H x B), dh_prev.
+// nnz: entries of W_hh. workspace: rnn_step_backward_workspace_len(H, nnz) int32 entries.
+cudaError_t launch_rnn_step_backward(CellMode mode, const int64_t* csc_ptr, const int32_t* csc_row,
+                                     const int64_t* csc_perm, const float* values, int64_t nnz,
+                                     const float* acts, const float* c_prev, const float* c, const float* h,
+                                     const float* dh, const float* dc, float* dG, float* dgx, float* dc_prev,
+                                     float* dh_prev, int64_t H, int64_t B, double dt, double tau,
+                                     int32_t* workspace, cudaStream_t stream);
+cudaError_t launch_rnn_step_backward(CellMode mode, const int64_t* csc_ptr, const int32_t* csc_row,
+                                     const int64_t* csc_perm, const double* values, int64_t nnz,
+                                     const double* acts, const double* c_prev, const double* c,
+                                     const double* h, const double* dh, const double* dc, double* dG,
+                                     double* dgx, double* dc_prev, double* dh_prev, int64_t H, int64_t B,
+                                     double dt, double tau, int32_t* workspace, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace sparse_engine

@@ -1,4 +1,4 @@
-// Runs the CUDA kernels of csrc/cuda/gather.cu and sddmm.cu on the CPU through emu.h and
+// Runs the CUDA kernels of csrc/cuda/spmm_cuda.cu and sddmm_cuda.cu on the CPU through emu.h and
 // checks them against float64 references, including that nothing is written out of bounds.
 // float16/bfloat16 storage: the reference is exact float64 math on the stored (rounded)
 // inputs, and the bound is what float32 accumulation plus one final rounding allows:
@@ -83,7 +83,7 @@ void run(const char* name, const Csr& m, int64_t B, bool misalign, std::mt19937&
   for (auto& v : Xb) v = from_d<T>(nd(g)); for (auto& v : Gb) v = from_d<T>(nd(g));
   const T* X = Xb.data() + off; const T* G = Gb.data() + off;
   std::vector<int64_t> cp; std::vector<int32_t> cr; std::vector<int64_t> pm; transpose(m, cp, cr, pm);
-  {  // transpose.cu gives the CPU's index exactly (cub replaced by a stable sort, cub_shim.h)
+  {  // transpose_cuda.cu gives the CPU's index exactly (cub replaced by a stable sort, cub_shim.h)
     std::vector<int64_t> cp2(m.cols + 2, -7), pm2(nnz + 1, -7); std::vector<int32_t> cr2(nnz + 1, -7);
     std::vector<char> ws(transpose_index_workspace_bytes(m.rows, m.cols, nnz) + 1);
     cudaError_t e = launch_transpose_index(m.ptr.data(), m.col.data(), m.rows, m.cols, nnz, cp2.data(), cr2.data(),

@@ -1,7 +1,7 @@
-// Runs the fused recurrent step kernels of csrc/cuda/rnn_step.cu (forward and backward, every
+// Runs the fused recurrent step kernels of csrc/cuda/rnn_step_cuda.cu (forward and backward, every
 // mode, float32 and float64) on the CPU through emu.h and checks them against float64
 // references computed here, including that nothing is written outside the outputs.
-// The backward also runs gather.cu's kernels (W_hh^T dG). Built and run by
+// The backward also runs spmm_cuda.cu's kernels (W_hh^T dG). Built and run by
 // tests/test_cuda_emulated.py; separate from driver.cpp so the two can change independently.
 #include <algorithm>
 #include <cmath>
@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 #include "launchers.h"
-#include "rnn_launchers.h"
+using namespace sparse_engine;
 using namespace sparse_engine::cuda;
 
 namespace {
@@ -83,13 +83,11 @@ bool check(const char* what, const Buf<T>& out, const std::vector<double>& ref, 
 
 double sig(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 
-const char* kModeName[] = {"LSTM", "GRU", "TANH", "RELU", "CTRNN"};
-
 template <class T>
-void run(int mode, const char* pname, const std::vector<int64_t>& lens, int64_t H, int64_t B, bool mis,
+void run(CellMode mode, const char* pname, const std::vector<int64_t>& lens, int64_t H, int64_t B, bool mis,
          std::mt19937& g, int64_t forced_cols = 0) {
   const double rel = sizeof(T) == 4 ? 2e-5 : 1e-12;
-  const int G = rnn_step_gates(mode);
+  const int G = cell_gates(mode);
   const int off = mis ? 1 : 0;
   const double dt = 0.1, tau = 0.5;
   Csr m = make(G * H, H, lens, g, forced_cols);
@@ -99,7 +97,7 @@ void run(int mode, const char* pname, const std::vector<int64_t>& lens, int64_t 
     for (auto& v : vals) v = T(nd(g)); }
   Buf<T> gx(G * HB, off), h(HB, off), c(HB, off), bhh(3 * H, off);
   gx.randomize(g); h.randomize(g, 0.5); c.randomize(g); bhh.randomize(g, 0.3);
-  const bool use_bhh = mode == kRnnGRU && (H % 2 == 1);  // GRU with and without b_hh
+  const bool use_bhh = mode == CellMode::GRU && (H % 2 == 1);  // GRU with and without b_hh
   // ---- forward reference
   std::vector<double> pre(G * HB, 0.0), pabs(G * HB, 0.0);
   for (int64_t r = 0; r < G * H; ++r)
@@ -108,7 +106,7 @@ void run(int mode, const char* pname, const std::vector<int64_t>& lens, int64_t 
         const double t = (double)vals[k] * (double)h[(int64_t)m.col[k] * B + b];
         pre[r * B + b] += t; pabs[r * B + b] += std::fabs(t);
       }
-  const int64_t nacts = mode == kRnnLSTM || mode == kRnnGRU ? 4 : (mode == kRnnCT ? 1 : 0);
+  const int64_t nacts = cell_saved_acts(mode);
   std::vector<double> rh(HB), rc(HB), ra(nacts * HB), sh(HB), sc(HB), sa(nacts * HB);
   const double decay = 1 - dt / tau;
   for (int64_t j = 0; j < H; ++j)
@@ -116,7 +114,7 @@ void run(int mode, const char* pname, const std::vector<int64_t>& lens, int64_t 
       const int64_t o = j * B + b;
       auto P = [&](int q) { return pre[q * HB + o]; };
       auto S = [&](int q) { return 1.0 + pabs[q * HB + o] + std::fabs((double)gx[q * HB + o]); };
-      if (mode == kRnnLSTM) {
+      if (mode == CellMode::LSTM) {
         const double i = sig(P(0) + gx[o]), f = sig(P(1) + gx[HB + o]), gg = std::tanh(P(2) + gx[2 * HB + o]),
                      og = sig(P(3) + gx[3 * HB + o]);
         rc[o] = f * (double)c[o] + i * gg; rh[o] = og * std::tanh(rc[o]);
@@ -124,7 +122,7 @@ void run(int mode, const char* pname, const std::vector<int64_t>& lens, int64_t 
         const double s = S(0) + S(1) + S(2) + S(3) + std::fabs((double)c[o]);
         sc[o] = sh[o] = s;
         for (int q = 0; q < 4; ++q) sa[q * HB + o] = S(q);
-      } else if (mode == kRnnGRU) {
+      } else if (mode == CellMode::GRU) {
         double p[3];
         for (int q = 0; q < 3; ++q) p[q] = P(q) + (use_bhh ? (double)bhh[q * H + j] : 0.0);
         const double r = sig(gx[o] + p[0]), z = sig(gx[HB + o] + p[1]), n = std::tanh(gx[2 * HB + o] + r * p[2]);
@@ -132,9 +130,9 @@ void run(int mode, const char* pname, const std::vector<int64_t>& lens, int64_t 
         ra[o] = r; ra[HB + o] = z; ra[2 * HB + o] = n; ra[3 * HB + o] = p[2];
         const double s = S(0) + S(1) + S(2) + 3.0 + std::fabs((double)h[o]);
         sh[o] = s; sa[o] = S(0) + 1; sa[HB + o] = S(1) + 1; sa[2 * HB + o] = s; sa[3 * HB + o] = S(2) + 1;
-      } else if (mode == kRnnTanh || mode == kRnnRelu) {
+      } else if (mode == CellMode::RNN_TANH || mode == CellMode::RNN_RELU) {
         const double v = P(0) + gx[o];
-        rh[o] = mode == kRnnTanh ? std::tanh(v) : (v > 0 ? v : 0.0);
+        rh[o] = mode == CellMode::RNN_TANH ? std::tanh(v) : (v > 0 ? v : 0.0);
         sh[o] = S(0);
       } else {
         const double a = std::tanh(P(0) + gx[o]);
@@ -144,15 +142,15 @@ void run(int mode, const char* pname, const std::vector<int64_t>& lens, int64_t 
     }
   Buf<T> h2(HB, off), c2(HB, off), acts(std::max<int64_t>(nacts, 1) * HB, off);
   cudaError_t e = launch_rnn_step_forward(mode, m.ptr.data(), m.col.data(), vals.data(), gx.p(), h.p(),
-                                          mode == kRnnLSTM ? c.p() : nullptr, use_bhh ? bhh.p() : nullptr, h2.p(),
-                                          mode == kRnnLSTM ? c2.p() : nullptr, nacts ? acts.p() : nullptr, H, B, dt,
+                                          mode == CellMode::LSTM ? c.p() : nullptr, use_bhh ? bhh.p() : nullptr, h2.p(),
+                                          mode == CellMode::LSTM ? c2.p() : nullptr, nacts ? acts.p() : nullptr, H, B, dt,
                                           tau, 0);
   const int before = failures;
   if (e != cudaSuccess) { printf("  FAIL forward returned %d\n", (int)e); ++failures; }
   check("h_new", h2, rh, sh, rel);
-  if (mode == kRnnLSTM) check("c_new", c2, rc, sc, rel);
+  if (mode == CellMode::LSTM) check("c_new", c2, rc, sc, rel);
   if (nacts) check("acts", acts, ra, sa, rel); else if (!acts.intact()) { printf("  FAIL acts written\n"); ++failures; }
-  if (mode != kRnnLSTM && !c2.intact()) { printf("  FAIL c_new written\n"); ++failures; }
+  if (mode != CellMode::LSTM && !c2.intact()) { printf("  FAIL c_new written\n"); ++failures; }
 
   // ---- backward, from the kernel's own forward outputs (as Python passes them)
   Buf<T> dh(HB, off), dc(HB, off);
@@ -161,7 +159,7 @@ void run(int mode, const char* pname, const std::vector<int64_t>& lens, int64_t 
   auto A = [&](int64_t i) { return (double)acts[i]; };
   for (int64_t e2 = 0; e2 < HB; ++e2) {
     const double d = dh[e2];
-    if (mode == kRnnLSTM) {
+    if (mode == CellMode::LSTM) {
       const double i = A(e2), f = A(HB + e2), gg = A(2 * HB + e2), o = A(3 * HB + e2), tc = std::tanh((double)c2[e2]);
       const double dct = (double)dc[e2] + d * o * (1 - tc * tc);
       rG[e2] = dct * gg * i * (1 - i); rG[HB + e2] = dct * (double)c[e2] * f * (1 - f);
@@ -170,16 +168,16 @@ void run(int mode, const char* pname, const std::vector<int64_t>& lens, int64_t 
       const double s = 1 + std::fabs((double)dc[e2]) + std::fabs(d) * (1 + std::fabs((double)c[e2]));
       for (int q = 0; q < 4; ++q) sG[q * HB + e2] = s;
       sdc[e2] = s;
-    } else if (mode == kRnnGRU) {
+    } else if (mode == CellMode::GRU) {
       const double r = A(e2), z = A(HB + e2), n = A(2 * HB + e2), ghn = A(3 * HB + e2);
       const double dn = d * (1 - z) * (1 - n * n), dr = dn * ghn * r * (1 - r), dz = d * ((double)h[e2] - n) * z * (1 - z);
       rgx[e2] = rG[e2] = dr; rgx[HB + e2] = rG[HB + e2] = dz; rgx[2 * HB + e2] = dn; rG[2 * HB + e2] = dn * r;
       const double s = 1 + std::fabs(d) * (1 + std::fabs(ghn) + std::fabs((double)h[e2]));
       for (int q = 0; q < 3; ++q) { sG[q * HB + e2] = s; sgx[q * HB + e2] = s; }
       rdh[e2] = d * z; sdh[e2] = std::fabs(d * z);
-    } else if (mode == kRnnTanh) {
+    } else if (mode == CellMode::RNN_TANH) {
       const double y = h2[e2]; rG[e2] = d * (1 - y * y); sG[e2] = std::fabs(d);
-    } else if (mode == kRnnRelu) {
+    } else if (mode == CellMode::RNN_RELU) {
       rG[e2] = (double)h2[e2] > 0 ? d : 0.0; sG[e2] = std::fabs(d);
     } else {
       const double a = A(e2); rG[e2] = d * dt * (1 - a * a); sG[e2] = std::fabs(d);
@@ -197,20 +195,20 @@ void run(int mode, const char* pname, const std::vector<int64_t>& lens, int64_t 
   const int64_t wl = rnn_step_backward_workspace_len(H, nnz);
   std::vector<int32_t> ws(std::max<int64_t>(1, wl));
   Buf<T> dG(G * HB, off), dgx(3 * HB, off), dcp(HB, off), dhp(HB, off);
-  const T* hin = mode == kRnnGRU ? h.p() : (mode == kRnnTanh || mode == kRnnRelu ? h2.p() : nullptr);
+  const T* hin = mode == CellMode::GRU ? h.p() : (mode == CellMode::RNN_TANH || mode == CellMode::RNN_RELU ? h2.p() : nullptr);
   e = launch_rnn_step_backward(mode, cp.data(), cr.data(), pm.data(), vals.data(), nnz, nacts ? acts.p() : nullptr,
-                               mode == kRnnLSTM ? c.p() : nullptr, mode == kRnnLSTM ? c2.p() : nullptr, hin, dh.p(),
-                               mode == kRnnLSTM ? dc.p() : nullptr, dG.p(), mode == kRnnGRU ? dgx.p() : nullptr,
-                               mode == kRnnLSTM ? dcp.p() : nullptr, dhp.p(), H, B, dt, tau, wl ? ws.data() : nullptr, 0);
+                               mode == CellMode::LSTM ? c.p() : nullptr, mode == CellMode::LSTM ? c2.p() : nullptr, hin, dh.p(),
+                               mode == CellMode::LSTM ? dc.p() : nullptr, dG.p(), mode == CellMode::GRU ? dgx.p() : nullptr,
+                               mode == CellMode::LSTM ? dcp.p() : nullptr, dhp.p(), H, B, dt, tau, wl ? ws.data() : nullptr, 0);
   if (e != cudaSuccess) { printf("  FAIL backward returned %d\n", (int)e); ++failures; }
   check("dG", dG, rG, sG, rel);
   check("dh_prev", dhp, rdh, sdh, rel);
-  if (mode == kRnnLSTM) check("dc_prev", dcp, rdc, sdc, rel); else if (!dcp.intact()) { printf("  FAIL dc_prev written\n"); ++failures; }
-  if (mode == kRnnGRU) check("dgx", dgx, rgx, sgx, rel); else if (!dgx.intact()) { printf("  FAIL dgx written\n"); ++failures; }
+  if (mode == CellMode::LSTM) check("dc_prev", dcp, rdc, sdc, rel); else if (!dcp.intact()) { printf("  FAIL dc_prev written\n"); ++failures; }
+  if (mode == CellMode::GRU) check("dgx", dgx, rgx, sgx, rel); else if (!dgx.intact()) { printf("  FAIL dgx written\n"); ++failures; }
   int64_t max_row = 0;
   for (int64_t r = 0; r < G * H; ++r) max_row = std::max(max_row, m.ptr[r + 1] - m.ptr[r]);
-  printf("%s %-5s %-8s H=%-4ld B=%-3ld mis=%d nnz=%-6ld max row=%-4ld long cols=%d %s\n", sizeof(T) == 4 ? "f32" : "f64",
-         kModeName[mode], pname, (long)H, (long)B, (int)mis, (long)nnz,
+  printf("%s %-8s %-8s H=%-4ld B=%-3ld mis=%d nnz=%-6ld max row=%-4ld long cols=%d %s\n", sizeof(T) == 4 ? "f32" : "f64",
+         kCellModeNames[static_cast<int>(mode)], pname, (long)H, (long)B, (int)mis, (long)nnz,
          (long)max_row, wl ? ws[0] : -1, failures == before ? "ok" : "FAILED");
 }
 
@@ -229,9 +227,9 @@ int main(int argc, char** argv) {
       for (int64_t i = 0; i < G * H; i += 5) len[i] = i % 2 ? H : H / 2 + 33;
     return len;
   };
-  auto modes = {kRnnLSTM, kRnnGRU, kRnnTanh, kRnnRelu, kRnnCT};
-  for (int mode : modes) {
-    const int G = rnn_step_gates(mode);
+  for (int id = 0; id < kNumCellModes; ++id) {
+    const CellMode mode = static_cast<CellMode>(id);
+    const int G = cell_gates(mode);
     // batch widths: scalar and 16-byte loads, several lane layouts, more than one tile
     for (int64_t B : {1, 3, 20}) run<float>(mode, "uniform", lengths("uniform", G, 37), 37, B, false, g);
     if (G > 1) run<float>(mode, "uniform", lengths("uniform", G, 37), 37, 33, false, g);  // 32 lanes, 2 tiles
@@ -250,10 +248,10 @@ int main(int argc, char** argv) {
       run<float>(mode, "long", lengths("long", G, 300), 300, 33, false, g);
     }
   }
-  // 5 columns of 1040 / 1050 entries (> max(1024, 4 x mean)) in W_hh: W_hh^T dG takes gather.cu's long-row
+  // 5 columns of 1040 / 1050 entries (> max(1024, 4 x mean)) in W_hh: W_hh^T dG takes spmm_cuda.cu's long-row
   // kernel, with more long rows than its emulated 4-block grid
-  run<float>(kRnnLSTM, "longcols", lengths("uniform", 4, 260), 260, 4, false, g, 5);
-  run<double>(kRnnGRU, "longcols", lengths("uniform", 3, 350), 350, 1, false, g, 5);
+  run<float>(CellMode::LSTM, "longcols", lengths("uniform", 4, 260), 260, 4, false, g, 5);
+  run<double>(CellMode::GRU, "longcols", lengths("uniform", 3, 350), 350, 1, false, g, 5);
   printf("%s (%d failures)\n", failures ? "FAILED" : "ALL OK", failures);
   return failures != 0;
 }

@@ -1,27 +1,26 @@
 // Fused recurrent step on the GPU: W_hh h and the gate nonlinearities of one time step in one
-// kernel, and the matching backward. Same contract as the CPU ops (csrc/cpu/rnn_cpu.cpp) and
-// rnn_launchers.h.
+// kernel, and the matching backward. Same contract as the CPU ops (csrc/cpu/rnn_step_cpu.cpp)
+// and launchers.h's rnn_step section; gates per mode from csrc/constants.h.
 //
 // Forward (step_forward_kernel): one block per (group of U hidden units, batch tile), one warp
 // per gate row: LSTM 2 units x 4 gates, GRU 2 x 3, RNN/CT-RNN 8 x 1 (6 or 8 warps). A warp
-// computes its row's dot products for the tile with gather.cu's row loop (common.cuh's
+// computes its row's dot products for the tile with spmm_cuda.cu's row loop (common.cuh's
 // gather_range: 32 index entries per coalesced load, broadcast by shuffles, 16-byte loads of h,
 // the slot layout for narrow batches) and leaves them in shared memory; after one barrier the whole
 // block applies the gate math to the tile's U x (tile width) elements, reading gx and writing
 // h', c' and the saved activations with consecutive threads on consecutive batch entries. No
 // pre-activation ever goes to global memory.
 // Long rows: the warp loops over the row (correct; a row 100x the mean keeps its block busy
-// longer). What would make them faster: the long-row list of gather.cu, with the block's warps
+// longer). What would make them faster: the long-row list of spmm_cuda.cu, with the block's warps
 // splitting one long row's chunks and a second pass for the gate math of those units.
 //
 // Backward: gates_backward_kernel (elementwise, grid-stride) writes dG and the other
-// elementwise outputs, then launch_gather (gather.cu) computes W_hh^T dG over the transposed
+// elementwise outputs, then launch_gather (spmm_cuda.cu) computes W_hh^T dG over the transposed
 // index, with its long-column handling, and for GRU/CT-RNN add_direct_kernel adds the direct
 // path (dh z, dh (1 - dt/tau)).
 // Every sum has a fixed order: the results are bitwise reproducible.
 #include "common.cuh"
 #include "launchers.h"
-#include "rnn_launchers.h"
 
 namespace sparse_engine {
 namespace cuda {
@@ -29,10 +28,11 @@ namespace {
 
 using namespace detail;
 
-// Gate rows per hidden unit, and hidden units per forward block (6 or 8 warps, one per gate row).
-// (Variable templates, not constexpr functions: device code may read them without flags.)
-template <int M> constexpr int kGates = M == kRnnLSTM ? 4 : (M == kRnnGRU ? 3 : 1);
-template <int M> constexpr int kUnits = kGates<M> == 1 ? 8 : 2;
+// Gate rows per hidden unit (constants.h), and hidden units per forward block (6 or 8 warps, one
+// per gate row). (Variable templates, not constexpr functions: device code may read them without
+// flags.)
+template <CellMode M> constexpr int kGates = cell_gates(M);
+template <CellMode M> constexpr int kUnits = kGates<M> == 1 ? 8 : 2;
 constexpr int kEltThreads = 256;  // threads per block of the elementwise kernels
 
 __device__ __forceinline__ float ex(float x) { return expf(x); }
@@ -40,6 +40,20 @@ __device__ __forceinline__ double ex(double x) { return exp(x); }
 __device__ __forceinline__ float th(float x) { return tanhf(x); }
 __device__ __forceinline__ double th(double x) { return tanh(x); }
 template <typename T> __device__ __forceinline__ T sigm(T x) { return T(1) / (T(1) + ex(-x)); }
+
+// launch(std::integral_constant<CellMode, M>{}) for the run-time mode: the kernels take the mode
+// as a template parameter.
+template <typename Launch>
+cudaError_t dispatch_mode(CellMode mode, Launch&& launch) {
+  switch (mode) {
+    case CellMode::LSTM: return launch(std::integral_constant<CellMode, CellMode::LSTM>{});
+    case CellMode::GRU: return launch(std::integral_constant<CellMode, CellMode::GRU>{});
+    case CellMode::RNN_TANH: return launch(std::integral_constant<CellMode, CellMode::RNN_TANH>{});
+    case CellMode::RNN_RELU: return launch(std::integral_constant<CellMode, CellMode::RNN_RELU>{});
+    case CellMode::CTRNN: return launch(std::integral_constant<CellMode, CellMode::CTRNN>{});
+    default: return cudaErrorInvalidValue;
+  }
+}
 
 template <typename T>
 struct StepArgs {
@@ -60,17 +74,17 @@ struct StepArgs {
 };
 
 // Gate math of hidden unit j, batch entry b (o = j * B + b); p: the hidden-side sums W_q h.
-template <typename T, int M>
+template <typename T, CellMode M>
 __device__ __forceinline__ void gate_math(const StepArgs<T>& a, T (&p)[kGates<M>], int64_t j, int64_t o) {
   const int64_t HB = a.H * a.B;
-  if constexpr (M == kRnnLSTM) {
+  if constexpr (M == CellMode::LSTM) {
     const T i = sigm(p[0] + a.gx[o]), f = sigm(p[1] + a.gx[HB + o]);
     const T g = th(p[2] + a.gx[2 * HB + o]), og = sigm(p[3] + a.gx[3 * HB + o]);
     const T cn = f * a.c[o] + i * g;
     a.c2[o] = cn;
     a.h2[o] = og * th(cn);
     a.acts[o] = i; a.acts[HB + o] = f; a.acts[2 * HB + o] = g; a.acts[3 * HB + o] = og;
-  } else if constexpr (M == kRnnGRU) {
+  } else if constexpr (M == CellMode::GRU) {
     if (a.bhh != nullptr) {
 #pragma unroll
       for (int q = 0; q < 3; ++q) p[q] += a.bhh[q * a.H + j];
@@ -80,9 +94,9 @@ __device__ __forceinline__ void gate_math(const StepArgs<T>& a, T (&p)[kGates<M>
     const T n = th(a.gx[2 * HB + o] + r * ghn);
     a.h2[o] = n + z * (a.h[o] - n);
     a.acts[o] = r; a.acts[HB + o] = z; a.acts[2 * HB + o] = n; a.acts[3 * HB + o] = ghn;
-  } else if constexpr (M == kRnnTanh) {
+  } else if constexpr (M == CellMode::RNN_TANH) {
     a.h2[o] = th(p[0] + a.gx[o]);
-  } else if constexpr (M == kRnnRelu) {
+  } else if constexpr (M == CellMode::RNN_RELU) {
     const T v = p[0] + a.gx[o];
     a.h2[o] = v > T(0) ? v : T(0);
   } else {  // CT-RNN Euler step
@@ -92,7 +106,7 @@ __device__ __forceinline__ void gate_math(const StepArgs<T>& a, T (&p)[kGates<M>
   }
 }
 
-template <typename T, int M, int VEC, int CW>
+template <typename T, CellMode M, int VEC, int CW>
 __global__ void __launch_bounds__(kGates<M> * kUnits<M> * kWarp)
 step_forward_kernel(const StepArgs<T> a) {
   constexpr int NG = kGates<M>, U = kUnits<M>, TW = CW * VEC;
@@ -130,7 +144,7 @@ step_forward_kernel(const StepArgs<T> a) {
   }
 }
 
-template <typename T, int M, int VEC, int CW>
+template <typename T, CellMode M, int VEC, int CW>
 cudaError_t forward_launch(StepArgs<T> a, cudaStream_t stream) {
   constexpr int U = kUnits<M>, NG = kGates<M>;
   a.tiles = cdiv(a.C, CW);
@@ -139,41 +153,24 @@ cudaError_t forward_launch(StepArgs<T> a, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-template <typename T, int M, int VEC>
-cudaError_t forward_lanes(const StepArgs<T>& a, cudaStream_t stream) {
-  switch (lanes_for(a.C)) {
-    case 1: return forward_launch<T, M, VEC, 1>(a, stream);
-    case 2: return forward_launch<T, M, VEC, 2>(a, stream);
-    case 4: return forward_launch<T, M, VEC, 4>(a, stream);
-    case 8: return forward_launch<T, M, VEC, 8>(a, stream);
-    case 16: return forward_launch<T, M, VEC, 16>(a, stream);
-    default: return forward_launch<T, M, VEC, 32>(a, stream);
-  }
-}
-
-template <typename T, int M>
+template <typename T, CellMode M>
 cudaError_t forward_mode(StepArgs<T> a, cudaStream_t stream) {
-  constexpr int kWide = 16 / sizeof(T);
+  constexpr int kWide = kWideVec<T>;
   const bool wide = a.B % kWide == 0 && aligned16(a.h);  // only h is read with vector loads
   a.C = wide ? a.B / kWide : a.B;
-  return wide ? forward_lanes<T, M, kWide>(a, stream) : forward_lanes<T, M, 1>(a, stream);
+  return dispatch_vec_lanes<T>(wide, a.C, [&](auto vec, auto lanes) {
+    return forward_launch<T, M, decltype(vec)::value, decltype(lanes)::value>(a, stream);
+  });
 }
 
 template <typename T>
-cudaError_t forward(int mode, const int64_t* row_ptr, const int32_t* col_idx, const T* values, const T* gx,
+cudaError_t forward(CellMode mode, const int64_t* row_ptr, const int32_t* col_idx, const T* values, const T* gx,
                     const T* h, const T* c, const T* b_hh, T* h_new, T* c_new, T* acts, int64_t H, int64_t B,
                     double dt, double tau, cudaStream_t stream) {
   if (H <= 0 || B <= 0) return cudaSuccess;
   const StepArgs<T> a{row_ptr, col_idx, values, gx, h, c, b_hh, h_new, c_new, acts, H, B, 0, 0,
                       static_cast<T>(1 - dt / tau), static_cast<T>(dt)};
-  switch (mode) {
-    case kRnnLSTM: return forward_mode<T, kRnnLSTM>(a, stream);
-    case kRnnGRU: return forward_mode<T, kRnnGRU>(a, stream);
-    case kRnnTanh: return forward_mode<T, kRnnTanh>(a, stream);
-    case kRnnRelu: return forward_mode<T, kRnnRelu>(a, stream);
-    case kRnnCT: return forward_mode<T, kRnnCT>(a, stream);
-    default: return cudaErrorInvalidValue;
-  }
+  return dispatch_mode(mode, [&](auto m) { return forward_mode<T, decltype(m)::value>(a, stream); });
 }
 
 // ------------------------------------------------------------------------------ backward
@@ -193,14 +190,14 @@ struct BackArgs {
   T decay, sdt;
 };
 
-// dG (hidden-side pre-activation gradient) and GRU's dgx, LSTM's dc_prev; as rnn_cpu.cpp.
-template <typename T, int M>
+// dG (hidden-side pre-activation gradient) and GRU's dgx, LSTM's dc_prev; as rnn_step_cpu.cpp.
+template <typename T, CellMode M>
 __global__ void __launch_bounds__(kEltThreads) gates_backward_kernel(const BackArgs<T> a) {
   const int64_t HB = a.H * a.B;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < HB; e += stride) {
     const T dh = a.dh[e];
-    if constexpr (M == kRnnLSTM) {
+    if constexpr (M == CellMode::LSTM) {
       const T i = a.acts[e], f = a.acts[HB + e], g = a.acts[2 * HB + e], o = a.acts[3 * HB + e];
       const T tc = th(a.c[e]);
       const T dct = a.dc[e] + dh * o * (T(1) - tc * tc);
@@ -209,17 +206,17 @@ __global__ void __launch_bounds__(kEltThreads) gates_backward_kernel(const BackA
       a.dG[2 * HB + e] = dct * i * (T(1) - g * g);
       a.dG[3 * HB + e] = dh * tc * o * (T(1) - o);
       a.dc_prev[e] = dct * f;
-    } else if constexpr (M == kRnnGRU) {
+    } else if constexpr (M == CellMode::GRU) {
       const T r = a.acts[e], z = a.acts[HB + e], n = a.acts[2 * HB + e], ghn = a.acts[3 * HB + e];
       const T dn = dh * (T(1) - z) * (T(1) - n * n);
       const T dr = dn * ghn * r * (T(1) - r);
       const T dz = dh * (a.h[e] - n) * z * (T(1) - z);
       a.dgx[e] = dr; a.dgx[HB + e] = dz; a.dgx[2 * HB + e] = dn;
       a.dG[e] = dr; a.dG[HB + e] = dz; a.dG[2 * HB + e] = dn * r;
-    } else if constexpr (M == kRnnTanh) {
+    } else if constexpr (M == CellMode::RNN_TANH) {
       const T y = a.h[e];
       a.dG[e] = dh * (T(1) - y * y);
-    } else if constexpr (M == kRnnRelu) {
+    } else if constexpr (M == CellMode::RNN_RELU) {
       a.dG[e] = a.h[e] > T(0) ? dh : T(0);
     } else {
       const T t = a.acts[e];
@@ -229,19 +226,19 @@ __global__ void __launch_bounds__(kEltThreads) gates_backward_kernel(const BackA
 }
 
 // dh_prev += the direct path: dh z (GRU), dh (1 - dt/tau) (CT-RNN).
-template <typename T, int M>
+template <typename T, CellMode M>
 __global__ void __launch_bounds__(kEltThreads) add_direct_kernel(const BackArgs<T> a) {
   const int64_t HB = a.H * a.B;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < HB; e += stride) {
-    if constexpr (M == kRnnGRU)
+    if constexpr (M == CellMode::GRU)
       a.dh_prev[e] += a.dh[e] * a.acts[HB + e];
     else
       a.dh_prev[e] += a.dh[e] * a.decay;
   }
 }
 
-template <typename T, int M>
+template <typename T, CellMode M>
 cudaError_t backward_mode(const BackArgs<T>& a, const int64_t* csc_ptr, const int32_t* csc_row,
                           const int64_t* csc_perm, const T* values, int64_t nnz, int32_t* workspace,
                           cudaStream_t stream) {
@@ -250,43 +247,34 @@ cudaError_t backward_mode(const BackArgs<T>& a, const int64_t* csc_ptr, const in
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
   err = launch_gather(csc_ptr, csc_row, csc_perm, values, a.dG, a.dh_prev, a.H, a.B, nnz, workspace, stream);
-  if (err != cudaSuccess || !(M == kRnnGRU || M == kRnnCT)) return err;
+  if (err != cudaSuccess || !(M == CellMode::GRU || M == CellMode::CTRNN)) return err;
   add_direct_kernel<T, M><<<static_cast<unsigned>(blocks), kEltThreads, 0, stream>>>(a);
   return cudaGetLastError();
 }
 
 template <typename T>
-cudaError_t backward(int mode, const int64_t* csc_ptr, const int32_t* csc_row, const int64_t* csc_perm,
+cudaError_t backward(CellMode mode, const int64_t* csc_ptr, const int32_t* csc_row, const int64_t* csc_perm,
                      const T* values, int64_t nnz, const T* acts, const T* c_prev, const T* c, const T* h,
                      const T* dh, const T* dc, T* dG, T* dgx, T* dc_prev, T* dh_prev, int64_t H, int64_t B,
                      double dt, double tau, int32_t* workspace, cudaStream_t stream) {
   if (H <= 0 || B <= 0) return cudaSuccess;
   const BackArgs<T> a{acts, c_prev, c, h, dh, dc, dG, dgx, dc_prev, dh_prev, H, B,
                       static_cast<T>(1 - dt / tau), static_cast<T>(dt)};
-  switch (mode) {
-    case kRnnLSTM: return backward_mode<T, kRnnLSTM>(a, csc_ptr, csc_row, csc_perm, values, nnz, workspace, stream);
-    case kRnnGRU: return backward_mode<T, kRnnGRU>(a, csc_ptr, csc_row, csc_perm, values, nnz, workspace, stream);
-    case kRnnTanh: return backward_mode<T, kRnnTanh>(a, csc_ptr, csc_row, csc_perm, values, nnz, workspace, stream);
-    case kRnnRelu: return backward_mode<T, kRnnRelu>(a, csc_ptr, csc_row, csc_perm, values, nnz, workspace, stream);
-    case kRnnCT: return backward_mode<T, kRnnCT>(a, csc_ptr, csc_row, csc_perm, values, nnz, workspace, stream);
-    default: return cudaErrorInvalidValue;
-  }
+  return dispatch_mode(mode, [&](auto m) {
+    return backward_mode<T, decltype(m)::value>(a, csc_ptr, csc_row, csc_perm, values, nnz, workspace, stream);
+  });
 }
 
 }  // namespace
 
-int rnn_step_gates(int mode) {
-  return mode == kRnnLSTM ? 4 : (mode == kRnnGRU ? 3 : 1);
-}
-
-cudaError_t launch_rnn_step_forward(int mode, const int64_t* row_ptr, const int32_t* col_idx,
+cudaError_t launch_rnn_step_forward(CellMode mode, const int64_t* row_ptr, const int32_t* col_idx,
                                     const float* values, const float* gx, const float* h, const float* c,
                                     const float* b_hh, float* h_new, float* c_new, float* acts, int64_t H,
                                     int64_t B, double dt, double tau, cudaStream_t stream) {
   return forward<float>(mode, row_ptr, col_idx, values, gx, h, c, b_hh, h_new, c_new, acts, H, B, dt, tau, stream);
 }
 
-cudaError_t launch_rnn_step_forward(int mode, const int64_t* row_ptr, const int32_t* col_idx,
+cudaError_t launch_rnn_step_forward(CellMode mode, const int64_t* row_ptr, const int32_t* col_idx,
                                     const double* values, const double* gx, const double* h,
                                     const double* c, const double* b_hh, double* h_new, double* c_new,
                                     double* acts, int64_t H, int64_t B, double dt, double tau,
@@ -296,7 +284,7 @@ cudaError_t launch_rnn_step_forward(int mode, const int64_t* row_ptr, const int3
 
 int64_t rnn_step_backward_workspace_len(int64_t H, int64_t nnz) { return gather_workspace_len(H, nnz); }
 
-cudaError_t launch_rnn_step_backward(int mode, const int64_t* csc_ptr, const int32_t* csc_row,
+cudaError_t launch_rnn_step_backward(CellMode mode, const int64_t* csc_ptr, const int32_t* csc_row,
                                      const int64_t* csc_perm, const float* values, int64_t nnz,
                                      const float* acts, const float* c_prev, const float* c, const float* h,
                                      const float* dh, const float* dc, float* dG, float* dgx, float* dc_prev,
@@ -306,7 +294,7 @@ cudaError_t launch_rnn_step_backward(int mode, const int64_t* csc_ptr, const int
                          dc_prev, dh_prev, H, B, dt, tau, workspace, stream);
 }
 
-cudaError_t launch_rnn_step_backward(int mode, const int64_t* csc_ptr, const int32_t* csc_row,
+cudaError_t launch_rnn_step_backward(CellMode mode, const int64_t* csc_ptr, const int32_t* csc_row,
                                      const int64_t* csc_perm, const double* values, int64_t nnz,
                                      const double* acts, const double* c_prev, const double* c,
                                      const double* h, const double* dh, const double* dc, double* dG,

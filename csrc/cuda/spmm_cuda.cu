@@ -7,7 +7,7 @@
 //    a time with one coalesced load, then broadcasts them with shuffles; each lane loads a
 //    16-byte slice of the gathered source row (see common.cuh for the lane layout).
 //  * Rows longer than long_row_threshold() are not done there: the warp appends them to a
-//    list and gather_long_kernel gives each such (row, tile) a whole block whose warps take
+//    list (common.cuh's LongRows) and gather_long_kernel gives each such (row, tile) a whole block whose warps take
 //    interleaved 32-entry chunks and sum their partials in shared memory in a fixed order.
 // Every output element is a sum in a fixed order: results are bitwise reproducible.
 // float16/bfloat16 storage: values and source rows are widened on load, sums are float32,
@@ -33,9 +33,7 @@ struct GatherArgs {
   int64_t B;        // batch (row length of src and out)
   int64_t C;        // vector columns: B / VEC
   int64_t tiles;    // ceil(C / CW)
-  int64_t long_thr; // rows longer than this go to the long-row kernel
-  int64_t long_cap; // capacity of the long-row list
-  int32_t* long_list;  // [count, rows...] or nullptr (no long rows possible)
+  LongRows long_rows;  // rows left to the long-row kernel
 };
 
 template <typename T, int VEC, int CW>
@@ -45,13 +43,7 @@ gather_rows_kernel(const GatherArgs<T> a) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowWarps + threadIdx.x / kWarp;
   if (row >= a.n) return;  // whole warp leaves: no block-level sync in this kernel
   const int64_t start = a.ptr[row], end = a.ptr[row + 1];
-  if (a.long_list != nullptr && end - start > a.long_thr) {
-    if (blockIdx.y == 0 && lane == 0) {
-      const int pos = atomicAdd(a.long_list, 1);
-      if (pos < a.long_cap) a.long_list[1 + pos] = static_cast<int32_t>(row);
-    }
-    return;
-  }
+  if (defer_long_row(a.long_rows, row, end - start, blockIdx.y == 0 && lane == 0)) return;
   const int c = lane % CW, s = lane / CW;
   for (int64_t t = blockIdx.y; t < a.tiles; t += gridDim.y) {
     const int64_t cv = t * CW + c;
@@ -69,11 +61,9 @@ gather_long_kernel(const GatherArgs<T> a) {
   __shared__ A partial[kLongWarps][CW * VEC];
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   const int c = lane % CW, s = lane / CW;
-  const int64_t list_count = a.long_list[0];
-  const int64_t count = list_count < a.long_cap ? list_count : a.long_cap;
-  const int64_t items = count * a.tiles;
+  const int64_t items = long_row_count(a.long_rows) * a.tiles;
   for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {  // uniform per block
-    const int64_t row = a.long_list[1 + item / a.tiles];
+    const int64_t row = a.long_rows.list[1 + item / a.tiles];
     const int64_t t = item % a.tiles;
     const int64_t start = a.ptr[row], end = a.ptr[row + 1];
     const int64_t cv = t * CW + c;
@@ -107,22 +97,10 @@ cudaError_t gather_launch(GatherArgs<T> a, cudaStream_t stream) {
                   static_cast<unsigned>(std::min<int64_t>(a.tiles, kMaxGridY)));
   gather_rows_kernel<T, VEC, CW><<<grid, kRowWarps * kWarp, 0, stream>>>(a);
   cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess || a.long_list == nullptr) return err;
-  const int64_t blocks = std::min<int64_t>(a.long_cap * a.tiles, 4LL * num_sms());
+  if (err != cudaSuccess || a.long_rows.list == nullptr) return err;
+  const int64_t blocks = std::min<int64_t>(a.long_rows.cap * a.tiles, 4LL * num_sms());
   gather_long_kernel<T, VEC, CW><<<static_cast<unsigned>(blocks), kLongWarps * kWarp, 0, stream>>>(a);
   return cudaGetLastError();
-}
-
-template <typename T, int VEC>
-cudaError_t gather_lanes(const GatherArgs<T>& a, cudaStream_t stream) {
-  switch (lanes_for(a.C)) {
-    case 1: return gather_launch<T, VEC, 1>(a, stream);
-    case 2: return gather_launch<T, VEC, 2>(a, stream);
-    case 4: return gather_launch<T, VEC, 4>(a, stream);
-    case 8: return gather_launch<T, VEC, 8>(a, stream);
-    case 16: return gather_launch<T, VEC, 16>(a, stream);
-    default: return gather_launch<T, VEC, 32>(a, stream);
-  }
 }
 
 template <typename T>
@@ -132,16 +110,10 @@ cudaError_t gather(const int64_t* ptr, const int32_t* idx, const int64_t* perm, 
   if (n <= 0 || B <= 0) return cudaSuccess;
   constexpr int kWide = kWideVec<T>;
   const bool wide = B % kWide == 0 && aligned16(src) && aligned16(out);
-  GatherArgs<T> a{ptr, idx, perm, values, src, out, n, B, wide ? B / kWide : B, 0,
-                  long_row_threshold(n, nnz), 0, nullptr};
-  const int64_t list_len = long_list_len(n, nnz);
-  if (list_len > 0 && workspace != nullptr) {
-    a.long_list = workspace;
-    a.long_cap = list_len - 1;
-    const cudaError_t err = cudaMemsetAsync(workspace, 0, sizeof(int32_t), stream);
-    if (err != cudaSuccess) return err;
-  }
-  return wide ? gather_lanes<T, kWide>(a, stream) : gather_lanes<T, 1>(a, stream);
+  GatherArgs<T> a{ptr, idx, perm, values, src, out, n, B, wide ? B / kWide : B, 0, {}};
+  return launch_row_kernels<T>(a, n, nnz, wide, workspace, stream, [&](auto vec, auto lanes) {
+    return gather_launch<T, decltype(vec)::value, decltype(lanes)::value>(a, stream);
+  });
 }
 
 }  // namespace

@@ -30,9 +30,7 @@ struct SddmmArgs {
   int64_t B;
   int64_t C;         // vector columns: B / VEC
   int64_t tiles;     // ceil(C / CW)
-  int64_t long_thr;
-  int64_t long_cap;
-  int32_t* long_list;  // [count, rows...] or nullptr
+  LongRows long_rows;  // rows left to the long-row kernel
 };
 
 // Reduce-scatter over the CW lanes of a slot: afterwards p[0] of lane c holds the sum over
@@ -109,23 +107,16 @@ __global__ void __launch_bounds__(kRowWarps * kWarp) sddmm_rows_kernel(const Sdd
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowWarps + threadIdx.x / kWarp;
   if (row >= a.rows) return;
   const int64_t start = a.row_ptr[row], end = a.row_ptr[row + 1];
-  if (a.long_list != nullptr && end - start > a.long_thr) {
-    if (lane == 0) {
-      const int pos = atomicAdd(a.long_list, 1);
-      if (pos < a.long_cap) a.long_list[1 + pos] = static_cast<int32_t>(row);
-    }
-    return;
-  }
+  if (defer_long_row(a.long_rows, row, end - start, lane == 0)) return;
   sddmm_range<T, VEC, CW>(a, row, start, end, kWarp, lane);
 }
 
 template <typename T, int VEC, int CW>
 __global__ void __launch_bounds__(kLongWarps * kWarp) sddmm_long_kernel(const SddmmArgs<T> a) {
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  const int64_t list_count = a.long_list[0];
-  const int64_t count = list_count < a.long_cap ? list_count : a.long_cap;
+  const int64_t count = long_row_count(a.long_rows);
   for (int64_t item = blockIdx.x; item < count; item += gridDim.x) {
-    const int64_t row = a.long_list[1 + item];
+    const int64_t row = a.long_rows.list[1 + item];
     const int64_t start = a.row_ptr[row], end = a.row_ptr[row + 1];
     sddmm_range<T, VEC, CW>(a, row, start + static_cast<int64_t>(warp) * kWarp, end,
                             static_cast<int64_t>(kLongWarps) * kWarp, lane);
@@ -138,22 +129,10 @@ cudaError_t sddmm_launch(SddmmArgs<T> a, cudaStream_t stream) {
   sddmm_rows_kernel<T, VEC, CW>
       <<<static_cast<unsigned>(cdiv(a.rows, kRowWarps)), kRowWarps * kWarp, 0, stream>>>(a);
   cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess || a.long_list == nullptr) return err;
-  const int64_t blocks = std::min<int64_t>(a.long_cap, 4LL * num_sms());
+  if (err != cudaSuccess || a.long_rows.list == nullptr) return err;
+  const int64_t blocks = std::min<int64_t>(a.long_rows.cap, 4LL * num_sms());
   sddmm_long_kernel<T, VEC, CW><<<static_cast<unsigned>(blocks), kLongWarps * kWarp, 0, stream>>>(a);
   return cudaGetLastError();
-}
-
-template <typename T, int VEC>
-cudaError_t sddmm_lanes(const SddmmArgs<T>& a, cudaStream_t stream) {
-  switch (lanes_for(a.C)) {
-    case 1: return sddmm_launch<T, VEC, 1>(a, stream);
-    case 2: return sddmm_launch<T, VEC, 2>(a, stream);
-    case 4: return sddmm_launch<T, VEC, 4>(a, stream);
-    case 8: return sddmm_launch<T, VEC, 8>(a, stream);
-    case 16: return sddmm_launch<T, VEC, 16>(a, stream);
-    default: return sddmm_launch<T, VEC, 32>(a, stream);
-  }
 }
 
 template <typename T>
@@ -163,16 +142,10 @@ cudaError_t sddmm(const int64_t* row_ptr, const int32_t* col_idx, const T* G, co
   if (B <= 0) return cudaMemsetAsync(out, 0, sizeof(T) * nnz, stream);  // empty sums
   constexpr int kWide = kWideVec<T>;
   const bool wide = B % kWide == 0 && aligned16(G) && aligned16(X);
-  SddmmArgs<T> a{row_ptr, col_idx, G, X, out, rows, B, wide ? B / kWide : B, 0,
-                 long_row_threshold(rows, nnz), 0, nullptr};
-  const int64_t list_len = long_list_len(rows, nnz);
-  if (list_len > 0 && workspace != nullptr) {
-    a.long_list = workspace;
-    a.long_cap = list_len - 1;
-    const cudaError_t err = cudaMemsetAsync(workspace, 0, sizeof(int32_t), stream);
-    if (err != cudaSuccess) return err;
-  }
-  return wide ? sddmm_lanes<T, kWide>(a, stream) : sddmm_lanes<T, 1>(a, stream);
+  SddmmArgs<T> a{row_ptr, col_idx, G, X, out, rows, B, wide ? B / kWide : B, 0, {}};
+  return launch_row_kernels<T>(a, rows, nnz, wide, workspace, stream, [&](auto vec, auto lanes) {
+    return sddmm_launch<T, decltype(vec)::value, decltype(lanes)::value>(a, stream);
+  });
 }
 
 }  // namespace

@@ -1,0 +1,46 @@
+// Constants shared by the CPU kernels, the CUDA kernels and the Python side: the C++ copy of
+// sparse_engine/constants.py (tests/test_constants.py reads this file and checks that the two
+// agree, so a change here must be made there too).
+//
+// Plain C++17 with no includes beyond <cstdint>: it compiles with nvcc alone (the .cu files),
+// as host C++ in the CUDA emulator (tests/cuda_emu) and with torch (the CPU kernels, the glue).
+// Device code reads only the scalar constants derived from it at namespace scope (see
+// rnn_step_cuda.cu), never the tables themselves.
+#pragma once
+#include <cstdint>
+
+namespace sparse_engine {
+
+// Below this much work (multiply-adds or elements) a CPU kernel stays on one thread: waking a
+// thread costs more than the whole product, and much more on a busy machine. (PARALLEL_WORK)
+inline constexpr int64_t kParallelWork = int64_t(1) << 15;
+
+// The recurrent cell modes and their ids in the kernels, the launchers and Python (MODE_IDS).
+enum class CellMode : int { LSTM = 0, GRU = 1, RNN_TANH = 2, RNN_RELU = 3, CTRNN = 4 };
+inline constexpr int kNumCellModes = 5;
+
+// Per mode, indexed by the CellMode id:
+// the mode's name in Python (the keys of MODE_IDS),
+inline constexpr const char* kCellModeNames[kNumCellModes] = {"LSTM", "GRU", "RNN_TANH", "RNN_RELU", "CTRNN"};
+// its gate layout: one letter per block of H rows stacked in the one CSR of W_hh, in torch's
+// order (nn.LSTM i, f, g, o; nn.GRU r, z, n) (GATE_NAMES),
+inline constexpr const char* kCellGateNames[kNumCellModes] = {"ifgo", "rzn", "h", "h", "h"};
+// the gates per hidden unit, i.e. rows of W_ih / W_hh per hidden unit (GATES),
+inline constexpr int kCellGates[kNumCellModes] = {4, 3, 1, 1, 1};
+// and the rows (in units of H) of the activations a fused step saves for its backward:
+// LSTM [i; f; g; o], GRU [r; z; n; W_hn h + b_hn], CT-RNN tanh(pre), RNN none (SAVED_ACTS).
+inline constexpr int kCellSavedActs[kNumCellModes] = {4, 4, 0, 0, 1};
+
+constexpr int cell_gates(CellMode mode) { return kCellGates[static_cast<int>(mode)]; }
+constexpr int cell_saved_acts(CellMode mode) { return kCellSavedActs[static_cast<int>(mode)]; }
+
+namespace detail {
+constexpr int name_length(const char* s) { return *s ? 1 + name_length(s + 1) : 0; }
+constexpr bool gate_names_match_gates(int mode = 0) {
+  return mode == kNumCellModes ||
+         (name_length(kCellGateNames[mode]) == kCellGates[mode] && gate_names_match_gates(mode + 1));
+}
+}  // namespace detail
+static_assert(detail::gate_names_match_gates(), "one gate name per gate in every mode");
+
+}  // namespace sparse_engine

@@ -1,0 +1,364 @@
+// Fused recurrent steps (CPU, OpenMP): the recurrent sparse product W_hh h and the gate
+// nonlinearities of one time step in one pass, and the matching backward (elementwise gate
+// gradient, then W_hh^T dG through the transposed index).
+//
+// W_hh stacks the gates of one layer in one CSR of G*H rows in torch's order (LSTM i,f,g,o;
+// GRU r,z,n; RNN/CT-RNN one gate). For hidden unit j the kernel gathers rows j, H+j, ...
+// into per-gate accumulators, adds the precomputed input part gx (which already holds the
+// biases, except GRU's b_hh), and writes h', c' and the activations backward needs:
+//   LSTM  acts = [i, f, g, o]              (4H x B)
+//   GRU   acts = [r, z, n, W_hn h + b_hn]  (4H x B)
+//   CTRNN acts = tanh(pre)                  (H x B)
+//   RNN   nothing (h' itself is enough)
+// All activations are feature-major (features x batch). Gates per mode, saved-activation rows
+// and the mode ids come from csrc/constants.h. The CUDA kernels (csrc/cuda/rnn_step_cuda.cu,
+// glue in csrc/cuda/rnn_step_glue.cpp) implement the same contract: one thread block per group
+// of hidden units, the G row gathers of unit j in one block, so the gate math needs no second
+// pass. The eight operators themselves are written once for both devices (csrc/rnn_step_ops.h);
+// this file gives them the CPU's forward and backward (CpuStep).
+#include <torch/library.h>
+#include <omp.h>
+#include <cmath>
+#include "common.h"
+#include "../rnn_step_ops.h"
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+// SLEEF's vector exp/tanh (1 ulp), the ones ATen's own vectorized kernels use; libtorch_cpu
+// exports them on x86-64 builds, but that is not a promise of torch's: they are weak symbols,
+// so a torch without them still loads this library and the scalar std:: functions run.
+// Without AVX2 the scalar functions are used too.
+extern "C" {
+__attribute__((weak)) __m256 Sleef_expf8_u10(__m256);
+__attribute__((weak)) __m256 Sleef_tanhf8_u10(__m256);
+__attribute__((weak)) __m256d Sleef_expd4_u10(__m256d);
+__attribute__((weak)) __m256d Sleef_tanhd4_u10(__m256d);
+}
+#endif
+
+namespace sparse_engine {
+namespace {
+
+// In-place elementwise f over a short array: SLEEF's vector function where it exists (the
+// tail padded to one full vector), else the scalar std:: function.
+#if defined(__AVX2__)
+template <typename T> struct Avx;
+template <> struct Avx<float> {
+  using vec = __m256;
+  static constexpr int lanes = 8;
+  static vec load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, vec v) { _mm256_storeu_ps(p, v); }
+};
+template <> struct Avx<double> {
+  using vec = __m256d;
+  static constexpr int lanes = 4;
+  static vec load(const double* p) { return _mm256_loadu_pd(p); }
+  static void store(double* p, vec v) { _mm256_storeu_pd(p, v); }
+};
+#endif
+
+template <typename T, typename VecFn, typename ScalarFn>
+inline void apply_inplace(T* a, int64_t n, VecFn vec_fn, ScalarFn scalar_fn) {
+#if defined(__AVX2__)
+  if (vec_fn != nullptr) {  // null when the weak SLEEF symbol is absent
+    using V = Avx<T>;
+    int64_t i = 0;
+    for (; i + V::lanes <= n; i += V::lanes) V::store(a + i, vec_fn(V::load(a + i)));
+    if (i < n) {
+      T t[V::lanes] = {0};
+      std::copy(a + i, a + n, t);
+      V::store(t, vec_fn(V::load(t)));
+      std::copy(t, t + (n - i), a + i);
+    }
+    return;
+  }
+#endif
+  for (int64_t i = 0; i < n; ++i) a[i] = scalar_fn(a[i]);
+}
+
+#if defined(__AVX2__)
+#define SE_SLEEF(name) &Sleef_##name##_u10
+#else
+#define SE_SLEEF(name) static_cast<void*>(nullptr)
+#endif
+inline void vtanh(float* a, int64_t n) { apply_inplace(a, n, SE_SLEEF(tanhf8), [](float x) { return std::tanh(x); }); }
+inline void vtanh(double* a, int64_t n) { apply_inplace(a, n, SE_SLEEF(tanhd4), [](double x) { return std::tanh(x); }); }
+inline void vexp(float* a, int64_t n) { apply_inplace(a, n, SE_SLEEF(expf8), [](float x) { return std::exp(x); }); }
+inline void vexp(double* a, int64_t n) { apply_inplace(a, n, SE_SLEEF(expd4), [](double x) { return std::exp(x); }); }
+#undef SE_SLEEF
+
+// a <- 1 / (1 + exp(-a))
+template <typename T> inline void vsigmoid(T* a, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) a[i] = -a[i];
+  vexp(a, n);
+  for (int64_t i = 0; i < n; ++i) a[i] = T(1) / (T(1) + a[i]);
+}
+
+constexpr int64_t kBatchBlock = 32;  // batch columns per register block
+// (Below kParallelWork multiply-adds or elements a step runs on one thread: a parallel region
+// costs more than it saves, and far more on a busy machine.)
+
+// The raw index arrays of W_hh (contiguous).
+struct IndexPtrs {
+  const int64_t* row_ptr;
+  const int32_t* col_idx;
+  const int64_t* csc_ptr;
+  const int32_t* csc_row;
+  const int64_t* csc_perm;
+};
+
+template <typename scalar_t, CellMode M>
+void step_forward(IndexPtrs w, const scalar_t* values, const scalar_t* gx, const scalar_t* h, const scalar_t* c,
+                  const scalar_t* b_hh, scalar_t* h_new, scalar_t* c_new, scalar_t* acts, int64_t H, int64_t B,
+                  double dt, double tau) {
+  constexpr int gates = cell_gates(M);
+  const scalar_t decay = scalar_t(1 - dt / tau), sdt = scalar_t(dt);
+  const bool parallel = (w.row_ptr[gates * H] + gates * H) * B >= kParallelWork;
+#pragma omp parallel for schedule(dynamic, 8) num_threads(at::get_num_threads()) if (parallel)
+  for (int64_t j = 0; j < H; ++j) {
+    scalar_t acc[gates][kBatchBlock];
+    for (int64_t b0 = 0; b0 < B; b0 += kBatchBlock) {
+      const int64_t width = std::min(kBatchBlock, B - b0);
+      for (int q = 0; q < gates; ++q) {
+        scalar_t* a = acc[q];
+        for (int64_t b = 0; b < width; ++b) a[b] = 0;
+        const int64_t row = q * H + j;
+        for (int64_t k = w.row_ptr[row]; k < w.row_ptr[row + 1]; ++k) {
+          const scalar_t vk = values[k];
+          const scalar_t* x = h + static_cast<int64_t>(w.col_idx[k]) * B + b0;
+#pragma omp simd
+          for (int64_t b = 0; b < width; ++b) a[b] += vk * x[b];
+        }
+      }
+      const int64_t o = j * B + b0;  // offset of (j, b0) in an (H x B) array
+      const int64_t HB = H * B;
+      for (int q = 0; q < gates; ++q)
+        for (int64_t b = 0; b < width; ++b) acc[q][b] += (M == CellMode::GRU ? scalar_t(0) : gx[q * HB + o + b]);
+      if constexpr (M == CellMode::LSTM) {
+        vsigmoid(acc[0], width); vsigmoid(acc[1], width); vtanh(acc[2], width); vsigmoid(acc[3], width);
+        scalar_t tc[kBatchBlock];
+        for (int64_t b = 0; b < width; ++b) {
+          const scalar_t cn = acc[1][b] * c[o + b] + acc[0][b] * acc[2][b];
+          c_new[o + b] = cn;
+          tc[b] = cn;
+        }
+        vtanh(tc, width);
+        for (int64_t b = 0; b < width; ++b) {
+          h_new[o + b] = acc[3][b] * tc[b];
+          for (int q = 0; q < 4; ++q) acts[q * HB + o + b] = acc[q][b];
+        }
+      } else if constexpr (M == CellMode::GRU) {
+        scalar_t ghn[kBatchBlock];
+        for (int q = 0; q < 3; ++q) {
+          const scalar_t bq = b_hh ? b_hh[q * H + j] : scalar_t(0);
+          for (int64_t b = 0; b < width; ++b) acc[q][b] += bq;
+        }
+        for (int64_t b = 0; b < width; ++b) {
+          ghn[b] = acc[2][b];
+          acc[0][b] += gx[o + b];
+          acc[1][b] += gx[HB + o + b];
+        }
+        vsigmoid(acc[0], width); vsigmoid(acc[1], width);
+        for (int64_t b = 0; b < width; ++b) acc[2][b] = gx[2 * HB + o + b] + acc[0][b] * ghn[b];
+        vtanh(acc[2], width);
+        for (int64_t b = 0; b < width; ++b) {
+          const scalar_t n = acc[2][b], z = acc[1][b];
+          h_new[o + b] = n + z * (h[o + b] - n);
+          acts[o + b] = acc[0][b]; acts[HB + o + b] = z; acts[2 * HB + o + b] = n; acts[3 * HB + o + b] = ghn[b];
+        }
+      } else if constexpr (M == CellMode::RNN_TANH) {
+        vtanh(acc[0], width);
+        for (int64_t b = 0; b < width; ++b) h_new[o + b] = acc[0][b];
+      } else if constexpr (M == CellMode::RNN_RELU) {
+        for (int64_t b = 0; b < width; ++b) h_new[o + b] = acc[0][b] > 0 ? acc[0][b] : scalar_t(0);
+      } else {  // CT-RNN Euler step
+        vtanh(acc[0], width);
+        for (int64_t b = 0; b < width; ++b) {
+          acts[o + b] = acc[0][b];
+          h_new[o + b] = decay * h[o + b] + sdt * acc[0][b];
+        }
+      }
+    }
+  }
+}
+
+// Elementwise gate gradient of one step: dG (G*H x B, the hidden-side pre-activation
+// gradient), plus dgx (GRU's input side), dc_prev (LSTM) and the direct part of dh_prev
+// (GRU: dh*z, CT-RNN: dh*(1-dt/tau)).
+template <typename scalar_t, CellMode M>
+void gates_backward(const scalar_t* acts, const scalar_t* c_prev, const scalar_t* c, const scalar_t* h_prev,
+                    const scalar_t* h_new, const scalar_t* dh, const scalar_t* dc, scalar_t* dG, scalar_t* dgx,
+                    scalar_t* dc_prev, scalar_t* direct, int64_t H, int64_t B, double dt, double tau) {
+  const int64_t HB = H * B;
+  const scalar_t decay = scalar_t(1 - dt / tau), sdt = scalar_t(dt);
+  constexpr int64_t kChunk = 256;
+  const int64_t nchunks = (HB + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if (HB * 4 >= kParallelWork)
+  for (int64_t ch = 0; ch < nchunks; ++ch) {
+   const int64_t e0 = ch * kChunk, e1 = std::min(HB, e0 + kChunk);
+   scalar_t tcs[kChunk];
+   if constexpr (M == CellMode::LSTM) {
+     for (int64_t e = e0; e < e1; ++e) tcs[e - e0] = c[e];
+     vtanh(tcs, e1 - e0);
+   }
+   for (int64_t e = e0; e < e1; ++e) {
+    if constexpr (M == CellMode::LSTM) {
+      const scalar_t i = acts[e], f = acts[HB + e], g = acts[2 * HB + e], o = acts[3 * HB + e];
+      const scalar_t tc = tcs[e - e0];
+      const scalar_t dct = dc[e] + dh[e] * o * (1 - tc * tc);
+      dG[e] = dct * g * i * (1 - i);
+      dG[HB + e] = dct * c_prev[e] * f * (1 - f);
+      dG[2 * HB + e] = dct * i * (1 - g * g);
+      dG[3 * HB + e] = dh[e] * tc * o * (1 - o);
+      dc_prev[e] = dct * f;
+    } else if constexpr (M == CellMode::GRU) {
+      const scalar_t r = acts[e], z = acts[HB + e], n = acts[2 * HB + e], ghn = acts[3 * HB + e];
+      const scalar_t dn = dh[e] * (1 - z) * (1 - n * n);
+      const scalar_t dr = dn * ghn * r * (1 - r);
+      const scalar_t dz = dh[e] * (h_prev[e] - n) * z * (1 - z);
+      dgx[e] = dr; dgx[HB + e] = dz; dgx[2 * HB + e] = dn;
+      dG[e] = dr; dG[HB + e] = dz; dG[2 * HB + e] = dn * r;
+      direct[e] = dh[e] * z;
+    } else if constexpr (M == CellMode::RNN_TANH) {
+      dG[e] = dh[e] * (1 - h_new[e] * h_new[e]);
+    } else if constexpr (M == CellMode::RNN_RELU) {
+      dG[e] = h_new[e] > 0 ? dh[e] : scalar_t(0);
+    } else {
+      const scalar_t a = acts[e];
+      dG[e] = dh[e] * sdt * (1 - a * a);
+      direct[e] = dh[e] * decay;
+    }
+   }
+  }
+}
+
+// out[j, :] = direct[j, :] + sum over column j of W: value * dG[row, :]   (W^T dG via the CSC index)
+template <typename scalar_t>
+void gather_t(IndexPtrs w, const scalar_t* values, const scalar_t* dG, const scalar_t* direct, scalar_t* out,
+              int64_t H, int64_t B) {
+  const int64_t chunks = num_chunks(H);
+  const auto bounds = balanced_bounds(w.csc_ptr, H, chunks);
+  const bool parallel = (w.csc_ptr[H] + H) * B >= kParallelWork;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads()) if (parallel)
+  for (int64_t ch = 0; ch < chunks; ++ch) {
+    scalar_t acc[kBatchBlock];
+    for (int64_t j = bounds[ch]; j < bounds[ch + 1]; ++j) {
+      for (int64_t b0 = 0; b0 < B; b0 += kBatchBlock) {
+        const int64_t width = std::min(kBatchBlock, B - b0);
+        for (int64_t b = 0; b < width; ++b) acc[b] = direct ? direct[j * B + b0 + b] : scalar_t(0);
+        for (int64_t k = w.csc_ptr[j]; k < w.csc_ptr[j + 1]; ++k) {
+          const scalar_t vk = values[w.csc_perm[k]];
+          const scalar_t* g = dG + static_cast<int64_t>(w.csc_row[k]) * B + b0;
+#pragma omp simd
+          for (int64_t b = 0; b < width; ++b) acc[b] += vk * g[b];
+        }
+        for (int64_t b = 0; b < width; ++b) out[j * B + b0 + b] = acc[b];
+      }
+    }
+  }
+}
+
+// W_hh checked and made contiguous for the kernels: H, the batch, and the raw index arrays
+// (valid while `kept` lives).
+struct CheckedWeight {
+  int64_t H, B;
+  IndexPtrs index;
+  std::vector<at::Tensor> kept;
+};
+
+// The CPU ops name the state operand "h" in forward and backward alike.
+CheckedWeight check_weight(const StepWeight& w, const at::Tensor& state, int gates) {
+  const IndexSizes s = check_step_weight(w, state, "h", gates, /*on_cuda=*/false);
+  CheckedWeight out{s.cols, state.size(1), {}, {w.row_ptr.contiguous(), w.col_idx.contiguous(),
+                                                w.csc_ptr.contiguous(), w.csc_row.contiguous(),
+                                                w.csc_perm.contiguous()}};
+  out.index = {out.kept[0].data_ptr<int64_t>(), out.kept[1].data_ptr<int32_t>(), out.kept[2].data_ptr<int64_t>(),
+               out.kept[3].data_ptr<int32_t>(), out.kept[4].data_ptr<int64_t>()};
+  return out;
+}
+
+// The CPU device of the step ops (csrc/rnn_step_ops.h). Locals ending in _c are contiguous copies.
+struct CpuStep {
+  template <CellMode M>
+  static StepOutputs forward(const StepWeight& w, const at::Tensor& gx, const at::Tensor& h, const at::Tensor& c,
+                             const at::Tensor& b_hh, double dt, double tau) {
+    constexpr int gates = cell_gates(M), saved = cell_saved_acts(M);
+    const CheckedWeight k = check_weight(w, h, gates);
+    const int64_t H = k.H, B = k.B;
+    check_batch_operand(gx, "gx", gates * H, B, w.values);
+    auto gx_c = gx.contiguous(), h_c = h.contiguous(), values_c = w.values.contiguous();
+    at::Tensor c_c, b_hh_c;
+    if constexpr (M == CellMode::LSTM) {
+      check_batch_operand(c, "c", H, B, w.values);
+      c_c = c.contiguous();
+    }
+    if (M == CellMode::GRU && b_hh.defined()) {
+      TORCH_CHECK_VALUE(b_hh.dim() == 1 && b_hh.numel() == 3 * H, "b_hh must be 1-D with 3*hidden entries");
+      TORCH_CHECK_TYPE(b_hh.scalar_type() == w.values.scalar_type(), "b_hh must have the dtype of values");
+      b_hh_c = b_hh.contiguous();
+    }
+    auto h_new = at::empty({H, B}, h_c.options());
+    auto c_new = M == CellMode::LSTM ? at::empty({H, B}, h_c.options()) : at::Tensor();
+    auto acts = saved ? at::empty({saved * H, B}, h_c.options()) : at::Tensor();
+    AT_DISPATCH_FLOATING_TYPES(w.values.scalar_type(), "rnn_step", [&] {
+      step_forward<scalar_t, M>(k.index, values_c.data_ptr<scalar_t>(), gx_c.data_ptr<scalar_t>(),
+                                h_c.data_ptr<scalar_t>(), data_or_null<scalar_t>(c_c), data_or_null<scalar_t>(b_hh_c),
+                                h_new.data_ptr<scalar_t>(), data_or_null<scalar_t>(c_new),
+                                data_or_null<scalar_t>(acts), H, B, dt, tau);
+    });
+    return {h_new, c_new, acts};
+  }
+
+  template <CellMode M>
+  static StepGrads backward(const StepWeight& w, const at::Tensor& acts, const at::Tensor& c_prev,
+                            const at::Tensor& c, const at::Tensor& h, const at::Tensor& dh, const at::Tensor& dc,
+                            double dt, double tau) {
+    constexpr int gates = cell_gates(M), saved = cell_saved_acts(M);
+    const CheckedWeight k = check_weight(w, dh, gates);
+    const int64_t H = k.H, B = k.B;
+    auto dh_c = dh.contiguous(), values_c = w.values.contiguous();
+    at::Tensor acts_c, c_prev_c, c_c, h_c, dc_c;
+    if constexpr (saved > 0) {
+      check_batch_operand(acts, "acts", saved * H, B, w.values);
+      acts_c = acts.contiguous();
+    }
+    if constexpr (M == CellMode::LSTM) {
+      check_batch_operand(c_prev, "c_prev", H, B, w.values);
+      check_batch_operand(c, "c", H, B, w.values);
+      check_batch_operand(dc, "dc", H, B, w.values);
+      c_prev_c = c_prev.contiguous();
+      c_c = c.contiguous();
+      dc_c = dc.contiguous();
+    }
+    if constexpr (M != CellMode::LSTM && M != CellMode::CTRNN) {  // GRU: h_prev; RNN: h_new
+      check_batch_operand(h, "h", H, B, w.values);
+      h_c = h.contiguous();
+    }
+    auto options = dh_c.options();
+    auto dG = at::empty({gates * H, B}, options);
+    auto dgx = M == CellMode::GRU ? at::empty({3 * H, B}, options) : at::Tensor();
+    auto dc_prev = M == CellMode::LSTM ? at::empty({H, B}, options) : at::Tensor();
+    auto direct = M == CellMode::GRU || M == CellMode::CTRNN ? at::empty({H, B}, options) : at::Tensor();
+    auto dh_prev = at::empty({H, B}, options);
+    AT_DISPATCH_FLOATING_TYPES(w.values.scalar_type(), "rnn_step_backward", [&] {
+      const scalar_t* h_prev = M == CellMode::GRU ? h_c.data_ptr<scalar_t>() : nullptr;
+      const scalar_t* h_new =
+          (M == CellMode::RNN_TANH || M == CellMode::RNN_RELU) ? h_c.data_ptr<scalar_t>() : nullptr;
+      gates_backward<scalar_t, M>(data_or_null<scalar_t>(acts_c), data_or_null<scalar_t>(c_prev_c),
+                                  data_or_null<scalar_t>(c_c), h_prev, h_new, dh_c.data_ptr<scalar_t>(),
+                                  data_or_null<scalar_t>(dc_c), dG.data_ptr<scalar_t>(), data_or_null<scalar_t>(dgx),
+                                  data_or_null<scalar_t>(dc_prev), data_or_null<scalar_t>(direct), H, B, dt, tau);
+      gather_t<scalar_t>(k.index, values_c.data_ptr<scalar_t>(), dG.data_ptr<scalar_t>(),
+                         data_or_null<scalar_t>(direct), dh_prev.data_ptr<scalar_t>(), H, B);
+    });
+    return {dG, dh_prev, dc_prev, dgx};
+  }
+};
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparse_engine, CPU, m) {
+  register_rnn_step_ops<CpuStep>(m);
+}
+
+}  // namespace sparse_engine

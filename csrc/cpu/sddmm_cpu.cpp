@@ -1,0 +1,127 @@
+// sddmm on the CPU (OpenMP): out[k] = dot(G[row_k, :], X[col_k, :]) for every stored entry k,
+// the weight gradient sampled at the nonzeros. Activations are feature-major (features x batch)
+// so both rows of each dot product are contiguous.
+#include <torch/library.h>
+#include <omp.h>
+#include "common.h"
+#include "storage.h"
+
+namespace sparse_engine {
+namespace {
+
+// dot(a[0:W], b[0:W]) with a compile-time width: lane-wise products, then a fixed pairwise
+// tree (vectorised, and the same order on every call, so results are deterministic).
+template <typename S, int W>
+inline acc_t<S> dot_block(const S* a, const S* b) {
+  acc_t<S> acc[W];
+  if constexpr (kIsHalf<S>) {
+    float af[W], bf[W];
+    widen<W>(a, af);
+    widen<W>(b, bf);
+#pragma omp simd
+    for (int j = 0; j < W; ++j) acc[j] = af[j] * bf[j];
+  } else {
+#pragma omp simd
+    for (int j = 0; j < W; ++j) acc[j] = a[j] * b[j];
+  }
+#pragma GCC unroll 8
+  for (int w = W / 2; w >= 1; w /= 2) {
+#pragma omp simd
+    for (int j = 0; j < w; ++j) acc[j] += acc[j + w];
+  }
+  return acc[0];
+}
+
+// Partial dot over batch columns [b0, b1): compile-time blocks, then the scalar tail.
+template <typename scalar_t>
+inline acc_t<scalar_t> dot_range(const scalar_t* a, const scalar_t* b, int64_t b0, int64_t b1) {
+  using A = acc_t<scalar_t>;
+  constexpr int W = block_width<scalar_t>();
+  A acc = 0;
+  int64_t j = b0;
+  for (; j + W <= b1; j += W) acc += dot_block<scalar_t, W>(a + j, b + j);
+  if (b1 - j >= W / 2) {
+    acc += dot_block<scalar_t, W / 2>(a + j, b + j);
+    j += W / 2;
+  }
+  if (b1 - j >= W / 4) {
+    acc += dot_block<scalar_t, W / 4>(a + j, b + j);
+    j += W / 4;
+  }
+  for (; j < b1; ++j) acc += static_cast<A>(a[j]) * static_cast<A>(b[j]);
+  return acc;
+}
+
+// out[k] = dot(G[row_k, :], X[col_k, :]) for every stored entry k. A wide batch (the T*B
+// columns of a recurrent layer) is done in tiles of kTile columns, so the X rows a tile
+// gathers stay in L2 instead of streaming from memory once per nonzero (about 10% faster at
+// B = 700 on one thread, measured); each tile adds its partial dot in a fixed order, so
+// results stay deterministic. A 2-byte type keeps the partial sums of all but the last tile
+// in `partial` (float32, nnz entries, only when there is more than one tile), so the output
+// is rounded once.
+template <typename S>
+constexpr int64_t sddmm_tile() { return 512 / sizeof(S); }  // 128 floats / 64 doubles / 256 halves
+constexpr int64_t kSddmmTile2 = 256;                         // sddmm_tile of a 2-byte type
+
+template <typename scalar_t>
+void sddmm_rows(const int64_t* row_ptr, const int32_t* col_idx, const scalar_t* G, const scalar_t* X,
+                scalar_t* out, int64_t rows, int64_t B, float* partial) {
+  constexpr int64_t kTile = sddmm_tile<scalar_t>();
+  const int64_t chunks = num_chunks(rows);
+  const auto bounds = balanced_bounds(row_ptr, rows, chunks);
+  const int64_t nnz = row_ptr[rows];
+  const bool parallel = (nnz + rows) * B >= kParallelWork;
+  for (int64_t b0 = 0; b0 < B || b0 == 0; b0 += kTile) {
+    const int64_t b1 = std::min(B, b0 + kTile);
+    const int64_t tile_bytes = (b1 - b0) * static_cast<int64_t>(sizeof(scalar_t));
+    const bool first = b0 == 0, last = b1 == B;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads()) if (parallel)
+    for (int64_t c = 0; c < chunks; ++c) {
+      for (int64_t i = bounds[c]; i < bounds[c + 1]; ++i) {
+        const scalar_t* G_i = G + i * B;
+        for (int64_t k = row_ptr[i]; k < row_ptr[i + 1]; ++k) {
+          if (k + kPrefetch < nnz) {
+            const char* next = reinterpret_cast<const char*>(X + static_cast<int64_t>(col_idx[k + kPrefetch]) * B + b0);
+            for (int64_t line = 0; line < tile_bytes; line += 64) __builtin_prefetch(next + line);
+          }
+          const auto part = dot_range(G_i, X + static_cast<int64_t>(col_idx[k]) * B, b0, b1);
+          if constexpr (kIsHalf<scalar_t>) {
+            const float total = first ? part : partial[k] + part;
+            if (last) out[k] = static_cast<scalar_t>(total); else partial[k] = total;
+          } else {
+            out[k] = first ? part : out[k] + part;
+          }
+        }
+      }
+    }
+    if (B == 0) break;
+  }
+}
+
+// out[k] = sum_b G[row_k, b] * X[col_k, b]. Locals ending in _c are contiguous copies.
+at::Tensor sddmm_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tensor& csc_ptr,
+                     const at::Tensor& csc_row, const at::Tensor& csc_perm, const at::Tensor& G,
+                     const at::Tensor& X) {
+  const IndexSizes s = check_sddmm_args(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, G, X, /*on_cuda=*/false);
+  auto row_ptr_c = row_ptr.contiguous(), col_idx_c = col_idx.contiguous(), G_c = G.contiguous(), X_c = X.contiguous();
+  const int64_t B = G.size(1);
+  auto out = at::empty({s.nnz}, G.options());
+  // float32 partial sums between batch tiles, for a 2-byte type with more than one tile
+  const bool half = G.element_size() == 2;
+  at::Tensor partial = half && B > kSddmmTile2 ? at::empty({s.nnz}, G.options().dtype(at::kFloat))
+                                               : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, G.scalar_type(), "sddmm_cpu", [&] {
+    sddmm_rows<scalar_t>(row_ptr_c.data_ptr<int64_t>(), col_idx_c.data_ptr<int32_t>(), G_c.data_ptr<scalar_t>(),
+                         X_c.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), s.rows, B,
+                         partial.defined() ? partial.data_ptr<float>() : nullptr);
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparse_engine, CPU, m) {
+  m.impl("sddmm", &sddmm_cpu);
+}
+
+}  // namespace sparse_engine

@@ -1,0 +1,124 @@
+// CUDA implementations of the fused recurrent step operators (schemas in csrc/ops.cpp; the
+// eight ops are written once in csrc/rnn_step_ops.h, this file is their CUDA device): the same
+// argument checks as the CPU ops plus "everything on one CUDA device", outputs and workspaces
+// from the caching allocator, launches on the current stream. The kernels are in
+// rnn_step_cuda.cu (see launchers.h). c10/cuda headers only, like the other glue files.
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "../checks.h"
+#include "../rnn_step_ops.h"
+#include "glue.h"
+#include "launchers.h"
+
+namespace sparse_engine {
+namespace {
+
+using namespace cuda_glue;
+
+// W_hh checked and made contiguous for the kernels.
+struct CheckedWeight {
+  int64_t H, B, nnz;
+  at::Tensor row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values;  // contiguous
+};
+
+// W_hh (gates*H x H) on one CUDA device, float32/float64 values, and the state (H x B) `state`.
+CheckedWeight check_weight(const StepWeight& w, const at::Tensor& state, const char* state_name, int gates) {
+  const IndexSizes s = check_step_weight(w, state, state_name, gates, /*on_cuda=*/true);
+  return {s.cols, state.size(1), s.nnz, w.row_ptr.contiguous(), w.col_idx.contiguous(), w.csc_ptr.contiguous(),
+          w.csc_row.contiguous(), w.csc_perm.contiguous(), w.values.contiguous()};
+}
+
+// A (rows x B) operand like the state: dtype, device, batch; returned contiguous.
+at::Tensor operand(const at::Tensor& t, const char* name, int64_t rows, const CheckedWeight& k,
+                   const at::Tensor& values) {
+  check_batch_operand(t, name, rows, k.B, values);
+  return t.contiguous();
+}
+
+// The CUDA device of the step ops (csrc/rnn_step_ops.h).
+struct CudaStep {
+  template <CellMode M>
+  static StepOutputs forward(const StepWeight& w, const at::Tensor& gx, const at::Tensor& h, const at::Tensor& c,
+                             const at::Tensor& b_hh, double dt, double tau) {
+    constexpr int gates = cell_gates(M), saved = cell_saved_acts(M);
+    const CheckedWeight k = check_weight(w, h, "h", gates);
+    const c10::cuda::CUDAGuard guard(w.values.device());
+    const int64_t H = k.H, B = k.B;
+    auto h_c = h.contiguous();
+    auto gx_c = operand(gx, "gx", gates * H, k, w.values);
+    at::Tensor c_c, b_hh_c;
+    if constexpr (M == CellMode::LSTM) c_c = operand(c, "c", H, k, w.values);
+    if (M == CellMode::GRU && b_hh.defined()) {
+      TORCH_CHECK_VALUE(b_hh.dim() == 1 && b_hh.numel() == 3 * H, "b_hh must be 1-D with 3*hidden=", 3 * H,
+                        " entries, got shape ", b_hh.sizes());
+      TORCH_CHECK_TYPE(b_hh.scalar_type() == w.values.scalar_type(), "b_hh must have the dtype of values (",
+                       w.values.scalar_type(), "), got ", b_hh.scalar_type());
+      check_device(b_hh, "b_hh", w.values.device());
+      b_hh_c = b_hh.contiguous();
+    }
+    auto h_new = at::empty({H, B}, h_c.options());
+    auto c_new = M == CellMode::LSTM ? at::empty({H, B}, h_c.options()) : at::Tensor();
+    auto acts = saved ? at::empty({saved * H, B}, h_c.options()) : at::Tensor();
+    if (H > 0 && B > 0) {
+      const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+      AT_DISPATCH_FLOATING_TYPES(w.values.scalar_type(), "sparse_engine_rnn_step_cuda", [&] {
+        C10_CUDA_CHECK(cuda::launch_rnn_step_forward(
+            M, k.row_ptr.data_ptr<int64_t>(), k.col_idx.data_ptr<int32_t>(), k.values.data_ptr<scalar_t>(),
+            gx_c.data_ptr<scalar_t>(), h_c.data_ptr<scalar_t>(), data_or_null<scalar_t>(c_c),
+            data_or_null<scalar_t>(b_hh_c), h_new.data_ptr<scalar_t>(), data_or_null<scalar_t>(c_new),
+            data_or_null<scalar_t>(acts), H, B, dt, tau, stream));
+      });
+    }
+    return {h_new, c_new, acts};
+  }
+
+  template <CellMode M>
+  static StepGrads backward(const StepWeight& w, const at::Tensor& acts, const at::Tensor& c_prev,
+                            const at::Tensor& c, const at::Tensor& h, const at::Tensor& dh, const at::Tensor& dc,
+                            double dt, double tau) {
+    constexpr int gates = cell_gates(M), saved = cell_saved_acts(M);
+    const CheckedWeight k = check_weight(w, dh, "dh", gates);
+    const c10::cuda::CUDAGuard guard(w.values.device());
+    const int64_t H = k.H, B = k.B;
+    auto dh_c = dh.contiguous();
+    at::Tensor acts_c, c_prev_c, c_c, h_c, dc_c;
+    if constexpr (saved > 0) acts_c = operand(acts, "acts", saved * H, k, w.values);
+    if constexpr (M == CellMode::LSTM) {
+      c_prev_c = operand(c_prev, "c_prev", H, k, w.values);
+      c_c = operand(c, "c", H, k, w.values);
+      dc_c = operand(dc, "dc", H, k, w.values);
+    }
+    if constexpr (M == CellMode::GRU) h_c = operand(h, "h_prev", H, k, w.values);
+    if constexpr (M == CellMode::RNN_TANH || M == CellMode::RNN_RELU) h_c = operand(h, "h_new", H, k, w.values);
+    auto options = dh_c.options();
+    auto dG = at::empty({gates * H, B}, options);
+    auto dgx = M == CellMode::GRU ? at::empty({3 * H, B}, options) : at::Tensor();
+    auto dc_prev = M == CellMode::LSTM ? at::empty({H, B}, options) : at::Tensor();
+    auto dh_prev = at::empty({H, B}, options);
+    if (H > 0 && B > 0) {
+      const at::Tensor workspace = int_workspace(cuda::rnn_step_backward_workspace_len(H, k.nnz), dh_c);
+      const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+      AT_DISPATCH_FLOATING_TYPES(w.values.scalar_type(), "sparse_engine_rnn_step_backward_cuda", [&] {
+        C10_CUDA_CHECK(cuda::launch_rnn_step_backward(
+            M, k.csc_ptr.data_ptr<int64_t>(), k.csc_row.data_ptr<int32_t>(), k.csc_perm.data_ptr<int64_t>(),
+            k.values.data_ptr<scalar_t>(), k.nnz, data_or_null<scalar_t>(acts_c), data_or_null<scalar_t>(c_prev_c),
+            data_or_null<scalar_t>(c_c), data_or_null<scalar_t>(h_c), dh_c.data_ptr<scalar_t>(),
+            data_or_null<scalar_t>(dc_c), dG.data_ptr<scalar_t>(), data_or_null<scalar_t>(dgx),
+            data_or_null<scalar_t>(dc_prev), dh_prev.data_ptr<scalar_t>(), H, B, dt, tau, workspace_ptr(workspace),
+            stream));
+      });
+    }
+    return {dG, dh_prev, dc_prev, dgx};
+  }
+};
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparse_engine, CUDA, m) {
+  register_rnn_step_ops<CudaStep>(m);
+}
+
+}  // namespace sparse_engine

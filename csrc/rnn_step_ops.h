@@ -1,0 +1,146 @@
+// The fused recurrent step operators (lstm_step ... ctrnn_step_backward; schemas in
+// csrc/ops.cpp, contract in csrc/cpu/rnn_step_cpu.cpp's header comment), written once for
+// every device. Each op is one call of its device's forward or backward with a cell mode; a
+// device is a class with
+//   template <CellMode M> static StepOutputs forward(const StepWeight& w, const at::Tensor& gx,
+//       const at::Tensor& h, const at::Tensor& c, const at::Tensor& b_hh, double dt, double tau);
+//   template <CellMode M> static StepGrads backward(const StepWeight& w, const at::Tensor& acts,
+//       const at::Tensor& c_prev, const at::Tensor& c, const at::Tensor& h, const at::Tensor& dh,
+//       const at::Tensor& dc, double dt, double tau);
+// (a tensor the mode does not use is passed undefined; h in backward is GRU's h_prev and the
+// RNN's h_new), and register_rnn_step_ops<Device>(m) registers the eight ops for a dispatch
+// key: cpu/rnn_step_cpu.cpp (CPU), cuda/rnn_step_glue.cpp (CUDA).
+#pragma once
+#include <torch/library.h>
+
+#include <optional>
+#include <tuple>
+
+#include "checks.h"
+#include "constants.h"
+
+namespace sparse_engine {
+
+// W_hh (G*H x H: the G gates of the mode stacked in one CSR) as every step op takes it: its
+// index (CSR + transposed) and values.
+struct StepWeight {
+  const at::Tensor& row_ptr;
+  const at::Tensor& col_idx;
+  const at::Tensor& csc_ptr;
+  const at::Tensor& csc_row;
+  const at::Tensor& csc_perm;
+  const at::Tensor& values;
+};
+
+struct StepOutputs {
+  at::Tensor h_new;
+  at::Tensor c_new;  // LSTM
+  at::Tensor acts;   // the saved activations (cell_saved_acts(mode) * H rows); LSTM, GRU, CT-RNN
+};
+
+struct StepGrads {
+  at::Tensor dG;       // hidden-side pre-activation gradient (G*H x B)
+  at::Tensor dh_prev;
+  at::Tensor dc_prev;  // LSTM
+  at::Tensor dgx;      // GRU: input-side gradient (3H x B)
+};
+
+// The data of an optional operand or output (undefined for the mode: nullptr), for the kernels.
+template <typename T>
+T* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+// W_hh of a step: gates * H rows and H columns, float32/float64 values, and the state operand
+// `state_name` (H x B) like the values. on_cuda: the index on the values' (CUDA) device and
+// int32-sized; else the values on the CPU.
+inline IndexSizes check_step_weight(const StepWeight& w, const at::Tensor& state, const char* state_name, int gates,
+                                    bool on_cuda) {
+  const IndexSizes s = check_index(w.row_ptr, w.col_idx, w.csc_ptr, w.csc_row, w.csc_perm);
+  check_values(w.values, s.nnz);
+  if (on_cuda) check_index_device(w.row_ptr, w.col_idx, w.csc_ptr, w.csc_row, w.csc_perm, w.values.device());
+  TORCH_CHECK_VALUE(s.rows == gates * s.cols, "W_hh must have ", gates, " * hidden rows (", gates, " x ", s.cols,
+                    "), got ", s.rows);
+  if (on_cuda)
+    check_int32_size(s.rows, "W_hh's row count");
+  else
+    TORCH_CHECK_VALUE(w.values.device().is_cpu(), "values must be on the CPU");
+  check_dense(state, state_name, s.cols, w.values.scalar_type(), w.values.device());
+  return s;
+}
+
+// The eight operators on Device, in the schemas' argument and result order.
+template <typename Device>
+struct RnnStepOps {
+#define SE_STEP_WEIGHT_ARGS                                                                                 \
+  const at::Tensor &row_ptr, const at::Tensor &col_idx, const at::Tensor &csc_ptr, const at::Tensor &csc_row, \
+      const at::Tensor &csc_perm, const at::Tensor &values
+#define SE_STEP_WEIGHT StepWeight{row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values}
+
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_step(SE_STEP_WEIGHT_ARGS, const at::Tensor& gx,
+                                                                  const at::Tensor& h, const at::Tensor& c) {
+    const StepOutputs r = Device::template forward<CellMode::LSTM>(SE_STEP_WEIGHT, gx, h, c, {}, 0.0, 1.0);
+    return {r.h_new, r.c_new, r.acts};
+  }
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_step_backward(
+      SE_STEP_WEIGHT_ARGS, const at::Tensor& acts, const at::Tensor& c_prev, const at::Tensor& c,
+      const at::Tensor& dh, const at::Tensor& dc) {
+    const StepGrads r =
+        Device::template backward<CellMode::LSTM>(SE_STEP_WEIGHT, acts, c_prev, c, {}, dh, dc, 0.0, 1.0);
+    return {r.dG, r.dh_prev, r.dc_prev};
+  }
+  static std::tuple<at::Tensor, at::Tensor> gru_step(SE_STEP_WEIGHT_ARGS, const at::Tensor& gx, const at::Tensor& h,
+                                                     const std::optional<at::Tensor>& b_hh) {
+    const StepOutputs r =
+        Device::template forward<CellMode::GRU>(SE_STEP_WEIGHT, gx, h, {}, b_hh.value_or(at::Tensor()), 0.0, 1.0);
+    return {r.h_new, r.acts};
+  }
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_step_backward(SE_STEP_WEIGHT_ARGS, const at::Tensor& acts,
+                                                                          const at::Tensor& h_prev,
+                                                                          const at::Tensor& dh) {
+    const StepGrads r =
+        Device::template backward<CellMode::GRU>(SE_STEP_WEIGHT, acts, {}, {}, h_prev, dh, {}, 0.0, 1.0);
+    return {r.dgx, r.dG, r.dh_prev};
+  }
+  static at::Tensor rnn_step(SE_STEP_WEIGHT_ARGS, const at::Tensor& gx, const at::Tensor& h, bool relu) {
+    return relu ? Device::template forward<CellMode::RNN_RELU>(SE_STEP_WEIGHT, gx, h, {}, {}, 0.0, 1.0).h_new
+                : Device::template forward<CellMode::RNN_TANH>(SE_STEP_WEIGHT, gx, h, {}, {}, 0.0, 1.0).h_new;
+  }
+  static std::tuple<at::Tensor, at::Tensor> rnn_step_backward(SE_STEP_WEIGHT_ARGS, const at::Tensor& h_new,
+                                                              const at::Tensor& dh, bool relu) {
+    const StepGrads r =
+        relu ? Device::template backward<CellMode::RNN_RELU>(SE_STEP_WEIGHT, {}, {}, {}, h_new, dh, {}, 0.0, 1.0)
+             : Device::template backward<CellMode::RNN_TANH>(SE_STEP_WEIGHT, {}, {}, {}, h_new, dh, {}, 0.0, 1.0);
+    return {r.dG, r.dh_prev};
+  }
+  static std::tuple<at::Tensor, at::Tensor> ctrnn_step(SE_STEP_WEIGHT_ARGS, const at::Tensor& gx, const at::Tensor& h,
+                                                       double dt, double tau) {
+    const StepOutputs r = Device::template forward<CellMode::CTRNN>(SE_STEP_WEIGHT, gx, h, {}, {}, dt, tau);
+    return {r.h_new, r.acts};
+  }
+  static std::tuple<at::Tensor, at::Tensor> ctrnn_step_backward(SE_STEP_WEIGHT_ARGS, const at::Tensor& acts,
+                                                                const at::Tensor& dh, double dt, double tau) {
+    const StepGrads r = Device::template backward<CellMode::CTRNN>(SE_STEP_WEIGHT, acts, {}, {}, {}, dh, {}, dt, tau);
+    return {r.dG, r.dh_prev};
+  }
+
+#undef SE_STEP_WEIGHT_ARGS
+#undef SE_STEP_WEIGHT
+};
+
+// Registers the eight operators for one dispatch key:
+//   TORCH_LIBRARY_IMPL(sparse_engine, CPU, m) { register_rnn_step_ops<CpuStep>(m); }
+template <typename Device>
+void register_rnn_step_ops(torch::Library& m) {
+  using Ops = RnnStepOps<Device>;
+  m.impl("lstm_step", &Ops::lstm_step);
+  m.impl("lstm_step_backward", &Ops::lstm_step_backward);
+  m.impl("gru_step", &Ops::gru_step);
+  m.impl("gru_step_backward", &Ops::gru_step_backward);
+  m.impl("rnn_step", &Ops::rnn_step);
+  m.impl("rnn_step_backward", &Ops::rnn_step_backward);
+  m.impl("ctrnn_step", &Ops::ctrnn_step);
+  m.impl("ctrnn_step_backward", &Ops::ctrnn_step_backward);
+}
+
+}  // namespace sparse_engine
