@@ -122,7 +122,7 @@ if has test; then
   # only the tests that need the GPU: test_cuda_build.py (nvcc again) and test_cuda_emulated.py
   # (host emulation, minutes) run on every CPU machine and would only spend device time here
   logged tests.log 30 $PY -m pytest -q -ra --durations=10 tests/test_cuda_ops.py tests/test_cuda_rnn.py \
-    tests/test_training_topology_torch.py
+    tests/test_kernels_topology_cuda.py
   took tests $t0
 fi
 

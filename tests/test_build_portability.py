@@ -1,11 +1,10 @@
 """The CPU sources also compile where setup.py's defaults don't hold: as C++17 (some torch
 versions build extensions as C++17, this one as C++20) and without -march=native
 (SPARSE_ENGINE_NATIVE=0, or a CPU without AVX2/F16C), which compiles the portable branches
-(the scalar float16 conversion, the scalar exp/tanh) that a -march=native build skips. And the
-sources keep one shape: every schema defined once, in csrc/ops.cpp."""
+(the scalar float16 conversion, the scalar exp/tanh) that a -march=native build skips. (The
+sources' shape, one schema file and kernels per op family, is tests/test_op_registry.py's.)"""
 from __future__ import annotations
 
-import re
 import subprocess
 import sysconfig
 from pathlib import Path
@@ -75,20 +74,3 @@ def test_portable_half_conversion_is_exact(tmp_path):
     import sys
     run = subprocess.run([sys.executable, "-c", _PROBE, str(lib)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.strip() == "OK", run.stdout + run.stderr[-3000:]
-
-
-def test_every_schema_is_defined_once_in_ops_cpp():
-    """csrc/ops.cpp holds the one TORCH_LIBRARY with every schema; the kernel and glue files only
-    register implementations (TORCH_LIBRARY_IMPL), each for an operator ops.cpp defines."""
-    ops_cpp = (ROOT / "csrc" / "ops.cpp").read_text()
-    defined = re.findall(r'm\.def\("(\w+)\(', ops_cpp)
-    assert len(defined) == len(set(defined)), sorted(defined)
-    sources = [p for p in (ROOT / "csrc").rglob("*") if p.suffix in {".cpp", ".cu", ".h", ".cuh"}]
-    implemented = set()
-    for path in sources:
-        text = path.read_text()
-        assert "TORCH_LIBRARY_FRAGMENT" not in text, path
-        if path.name != "ops.cpp":
-            assert not re.search(r"\bTORCH_LIBRARY\s*\(", text) and "m.def(" not in text, path
-        implemented |= set(re.findall(r'm\.impl\("(\w+)"', text))
-    assert implemented == set(defined), (sorted(implemented ^ set(defined)))
