@@ -24,6 +24,11 @@ from .models import MODELS
 from .runs import AnalyzeConfig, BenchConfig, TrainConfig, analyze, bench, resolve_device, train  # noqa: F401
 from .training.recipes import ALGORITHMS
 
+# Names defined here before the recipes moved out, kept so that old imports still work.
+from .models import SequenceModel  # noqa: F401,E402
+from .runs import evaluate, load_matrix  # noqa: F401,E402
+from .training.recipes import make_controller  # noqa: F401,E402
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sparse-engine", description=__doc__,

@@ -10,6 +10,7 @@ Where shared test code lives:
 
 Each is a plain module, imported as ``from _paths import DATA`` (pytest puts tests/ on the path).
 """
+import numpy as np
 import pytest
 import torch
 
@@ -20,3 +21,11 @@ def rng():
     seed = int(torch.randint(0, 2**31, ()).item())
     print(f"generator seed {seed}")
     return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture
+def np_rng():
+    """A fresh, randomly seeded numpy Generator; the seed is printed so a failure can be replayed."""
+    seed = int(torch.randint(0, 2**31, ()).item())
+    print(f"numpy generator seed {seed}")
+    return np.random.default_rng(seed)

@@ -12,6 +12,7 @@ import sparse_engine  # noqa: F401
 from sparse_engine import SparseWeight
 from sparse_engine.analysis import (TRANSITIVE_TYPES, TRIAD_TYPES, feed_forward_loops, ffl_coherence,
                                     signed_triad_census, structural_balance, to_networkx)
+from sparse_engine.constants import PARALLEL_WORK
 from sparse_engine.testing import random_scipy
 
 # Holland-Leinhardt triads on nodes 0, 1, 2, written from their definitions.
@@ -87,8 +88,8 @@ def check_against_brute(A, **kw):
                                   if every else np.zeros((0, 3)))
 
 
-def test_random_graphs_match_brute_force():
-    rng = np.random.default_rng()  # fresh seed each run
+def test_random_graphs_match_brute_force(np_rng):
+    rng = np_rng
     for _ in range(60):
         n = int(rng.integers(0, 16))
         A = random_scipy(n, n, rng.uniform(0.05, 0.9), generator=rng,
@@ -97,21 +98,21 @@ def test_random_graphs_match_brute_force():
         check_against_brute(A)
 
 
-def test_transpose_option_matches_brute_force():
-    rng = np.random.default_rng()
+def test_transpose_option_matches_brute_force(np_rng):
+    rng = np_rng
     for _ in range(10):
         check_against_brute(random_scipy(12, 12, 0.3, generator=rng, diagonal=False), transpose=True)
 
 
-def test_unsigned_counts_match_networkx():
-    rng = np.random.default_rng()
+def test_unsigned_counts_match_networkx(np_rng):
+    rng = np_rng
     for n, p in [(60, 0.05), (200, 0.02), (40, 0.5)]:
         A = random_scipy(n, n, p, generator=rng, diagonal=False)
         assert signed_triad_census(A).counts == nx.triadic_census(to_networkx(A))
 
 
-def test_power_law_hubs_match_networkx():
-    rng = np.random.default_rng()
+def test_power_law_hubs_match_networkx(np_rng):
+    rng = np_rng
     n, m = 300, 3000
     w = 1.0 / np.arange(1, n + 1) ** 0.8
     s = rng.choice(n, m, p=w / w.sum())
@@ -122,10 +123,10 @@ def test_power_law_hubs_match_networkx():
     assert signed_triad_census(A).counts == nx.triadic_census(to_networkx(A))
 
 
-def test_hub_graph_matches_networkx_and_dense_ffls():
+def test_hub_graph_matches_networkx_and_dense_ffls(np_rng):
     """A dense core of hubs with leaves of degree 2 attached: the kernel searches the leaves'
     short lists in the hubs' long ones (its hub path) for many edges."""
-    rng = np.random.default_rng()
+    rng = np_rng
     hubs, leaves = 100, 400
     n = hubs + leaves
     core = sp.random(hubs, hubs, density=0.6, random_state=rng, format="coo")
@@ -234,8 +235,8 @@ def test_inputs_agree_sparseweight_scipy_state_dict_checkpoint(tmp_path):
     np.testing.assert_array_equal(W.values.detach().numpy()[f1.positions], f1.weights)
 
 
-def test_ffl_types_filter_and_coherence():
-    rng = np.random.default_rng()
+def test_ffl_types_filter_and_coherence(np_rng):
+    rng = np_rng
     A = random_scipy(30, 30, 0.3, generator=rng, diagonal=False)
     all_f = feed_forward_loops(A)
     only = feed_forward_loops(A, types="030T")
@@ -247,13 +248,13 @@ def test_ffl_types_filter_and_coherence():
     np.testing.assert_allclose(ffl_coherence(A), expect)
 
 
-def test_large_graph_consistency():
-    """Above the kernels' parallel threshold (32768 entries) threads split the work: totals add
+def test_large_graph_consistency(np_rng):
+    """Above the kernels' parallel threshold (PARALLEL_WORK entries) threads split the work: totals add
     up to C(n, 3), counts agree with networkx and with a one-thread run, FFLs with the census."""
-    rng = np.random.default_rng()
+    rng = np_rng
     n = 2500
     A = random_scipy(n, n, 15 / n, generator=rng, diagonal=False)
-    assert A.nnz > 34000
+    assert A.nnz > PARALLEL_WORK
     c = signed_triad_census(A)
     assert sum(c.counts.values()) == n * (n - 1) * (n - 2) // 6
     assert c.counts == nx.triadic_census(to_networkx(A))
@@ -291,8 +292,8 @@ def test_bad_inputs():
         op(torch.tensor([0, 1, 1]), torch.tensor([5], dtype=torch.int32), torch.tensor([1.0]))
 
 
-def test_fake_kernels_opcheck():
-    rng = np.random.default_rng()
+def test_fake_kernels_opcheck(np_rng):
+    rng = np_rng
     A = random_scipy(30, 30, 0.2, generator=rng, diagonal=False)
     rp, ci = torch.from_numpy(A.indptr.astype(np.int64)), torch.from_numpy(A.indices.astype(np.int32))
     v = torch.from_numpy(A.data)
