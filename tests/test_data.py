@@ -111,3 +111,134 @@ def test_sms_task_is_left_padded_word_ids():
     pad = Xtr == 0
     assert pad.any() and torch.equal(pad, pad.cummin(dim=1).values)  # padding only before the words
     assert set(ytr.tolist()) == {0, 1}
+
+
+def test_default_task_needs_only_declared_dependencies():
+    """``pip install .`` then ``sparse-engine train`` works: every distribution the default task
+    (digits) imports is a declared dependency or something one of them requires."""
+    import importlib.metadata as md
+    import json
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+
+    def name(requirement):
+        return re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9._-]+", requirement).group()).lower()
+
+    declared = {name(r) for r in project["dependencies"]}
+    assert "scikit-learn" in declared  # the digits loader's package, not only an extra
+    allowed, todo = set(), list(declared)
+    while todo:  # the declared distributions and everything they require, unconditionally or not
+        dist = todo.pop()
+        if dist in allowed:
+            continue
+        allowed.add(dist)
+        try:
+            requires = md.requires(dist) or []
+        except md.PackageNotFoundError:
+            continue
+        todo += [name(r) for r in requires if "extra ==" not in r.replace('"', "'").replace("extra==", "extra ==")]
+    code = ("import sys, json; from sparse_engine.data import load_task; "
+            "(X, y), _, meta = load_task('digits', None, seed=0); assert meta['n_out'] == 10; "
+            "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout
+    providers = md.packages_distributions()
+    imported = {name(d) for m in json.loads(out.splitlines()[-1]) for d in providers.get(m, ())}
+    assert "scikit-learn" in imported
+    assert imported - {"sparse-engine"} <= allowed, f"undeclared: {sorted(imported - allowed)}"
+
+
+def test_readers_name_the_file_and_line_of_a_malformed_file(tmp_path):
+    """Empty, truncated and malformed files: ValueError naming the file (and the line), never
+    an IndexError, StopIteration or a numpy message without the file."""
+    gesture = tmp_path / "g_va3.csv"
+    header = ",".join(f"f{i}" for i in range(32)) + ",Phase\n"
+    for text, match in [("", "is empty"), (header, "no frames"), ("a,b,Phase\n", ":1: expected 32 feature"),
+                        (header + ",".join(["1"] * 32) + ",D\n" + ",".join(["1"] * 31) + ",x,D\n",
+                         ":3: expected 32 numbers"),
+                        (header + ",".join(["1"] * 32) + "\n", ":2: expected 33 columns"),
+                        (header + ",".join(["1"] * 32) + ",Z\n", ":2: unknown phase 'Z'")]:
+        gesture.write_text(text)
+        with pytest.raises(ValueError, match=match) as err:
+            load_gesture(gesture)
+        assert str(gesture) in str(err.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"no \*_va3.csv files"):
+        load_gesture(tmp_path / "empty")
+    series = tmp_path / "series.txt"
+    series.write_text("")
+    with pytest.raises(ValueError, match="holds no values"):
+        load_series(series)
+    series.write_text("0.5\n# a comment\n\n0.25\nabc\n")
+    with pytest.raises(ValueError, match=r"series.txt:5: expected one number a line, got 'abc'"):
+        load_series(series)
+    series.write_text("0.5\n# a comment\n\n0.25\n")
+    assert load_series(series).tolist() == [0.5, 0.25]
+    sms = tmp_path / "sms.txt"
+    sms.write_text("\n\n")
+    with pytest.raises(ValueError, match="holds no messages"):
+        load_sms_spam(sms)
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        load_sms_spam(tmp_path)
+    mnist = tmp_path / "mnist"
+    mnist.mkdir()
+    with gzip.open(mnist / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(bytes([0, 0, 8, 3]) + (2).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + bytes(100))
+    (mnist / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\0\0\x08\x01" + bytes(50))[:20])
+    with pytest.raises(ValueError, match="header says"):
+        load_mnist(mnist)
+    (mnist / "t10k-images-idx3-ubyte.gz").unlink()
+    (mnist / "t10k-images-idx3-ubyte").write_bytes(bytes([0, 0, 8, 1]) + (1).to_bytes(4, "big") + b"\1")
+    with pytest.raises(ValueError, match="cannot be read as gzip"):
+        load_mnist(mnist)
+    with pytest.raises(NotADirectoryError, match="MNIST directory"):
+        load_mnist(sms)
+
+
+def test_path_checks(tmp_path):
+    """What the recipes check before any work: outputs that can be written, inputs that exist,
+    matrix files analyze can read."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    from sparse_engine.data.files import input_path_problem, matrix_file_problem, output_path_problem
+
+    assert output_path_problem(tmp_path / "ck.pt") is None
+    assert "does not exist" in output_path_problem(tmp_path / "missing" / "ck.pt")
+    assert "is a directory" in output_path_problem(tmp_path)
+    (tmp_path / "file").write_text("")
+    assert "is not a directory" in output_path_problem(tmp_path / "file" / "ck.pt")
+    assert output_path_problem(tmp_path / "file") is None  # overwriting a file is fine
+    assert "expected a file name" in output_path_problem("")
+    assert "does not exist" in input_path_problem(tmp_path / "nope")
+    assert "is not a file" in input_path_problem(tmp_path, "file")
+    assert "is not a directory" in input_path_problem(tmp_path / "file", "dir")
+
+    assert "does not exist" in matrix_file_problem(tmp_path / "nope.pt")
+    assert "is not a file" in matrix_file_problem(tmp_path)
+    assert "got a suffix-less file" in matrix_file_problem(tmp_path / "file")
+    (tmp_path / "m.txt").write_text("1 2 3")
+    assert ("expected a checkpoint (.pt, .pth, .ckpt), a Gephi edge list (.csv) or a scipy matrix (.npz), "
+            "got a .txt file") in matrix_file_problem(tmp_path / "m.txt")
+    csv_path = tmp_path / "edges.csv"
+    for text, expected in [("", "is empty"), ("a,b\n", ":1: expected a header with the columns Source,Target,Weight"),
+                           ("Id,Source,Target,Weight\n0,1,2,0.5\n1,1,x,0.5\n", ":3: expected non-negative integer"),
+                           ("Id,Source,Target,Weight\n0,1,2\n", ":2: expected 4 columns"),
+                           ("Id,Source,Target,Weight\n0,-1,2,0.5\n", ":2: expected non-negative"),
+                           ("Id,Source,Target,Weight\n0,1,2,nan\n", ":2: expected non-negative")]:
+        csv_path.write_text(text)
+        assert expected in matrix_file_problem(csv_path)
+    csv_path.write_text("Id,Source,Target,Weight\n0,1,2,0.5\n1,2.0,0,-1e-3\n\n")
+    assert matrix_file_problem(csv_path) is None
+    npz = tmp_path / "m.npz"
+    npz.write_bytes(b"not a zip")
+    assert "is not a scipy sparse matrix" in matrix_file_problem(npz)
+    np.savez(npz, a=np.zeros(3))
+    assert "is not a scipy sparse matrix" in matrix_file_problem(npz)
+    sp.save_npz(npz, sp.random(5, 5, density=0.3, format="csr"))
+    assert matrix_file_problem(npz) is None

@@ -1,8 +1,14 @@
-"""Readers for standard dataset files the user names (nothing is downloaded)."""
+"""Readers for standard dataset files the user names (nothing is downloaded), and the checks
+the recipes run on the paths they are given before any work starts (inputs that must exist,
+outputs that must be writable, matrix files ``analyze`` reads). Malformed files raise
+ValueError naming the file (and the line where there is one); missing ones FileNotFoundError."""
 from __future__ import annotations
 
 import csv
 import gzip
+import math
+import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -11,17 +17,121 @@ import torch
 GESTURE_PHASES = ("D", "P", "S", "H", "R")  # rest, preparation, stroke, hold, retraction
 
 
-def _existing(path, what: str) -> Path:
+def _existing(path, what: str, kind: str | None = None) -> Path:
+    """``path`` as a Path; FileNotFoundError when it does not exist, NotADirectoryError /
+    IsADirectoryError when ``kind`` ('file' or 'dir') says which it must be and it is not."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{what}: {p} does not exist")
+    if kind == "dir" and not p.is_dir():
+        raise NotADirectoryError(f"{what}: {p} is not a directory")
+    if kind == "file" and p.is_dir():
+        raise IsADirectoryError(f"{what}: {p} is a directory, expected a file")
     return p
+
+
+# ------------------------------------------------------------------ path checks before a run
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+MATRIX_SUFFIXES = CHECKPOINT_SUFFIXES + (".csv", ".npz")  # what ``analyze`` reads
+
+
+def output_path_problem(path) -> str | None:
+    """Why a file cannot be written at ``path`` (its directory is missing or not writable,
+    it is a directory, it exists read-only), or None when it can. Nothing is created."""
+    p = Path(path)
+    if str(path) == "" or p.name in ("", ".", ".."):
+        return f"expected a file name, got {str(path)!r}"
+    parent = p.parent
+    if p.is_dir():
+        return f"{p} is a directory, expected a file name"
+    if not parent.exists():
+        return f"directory {parent} does not exist (create it first)"
+    if not parent.is_dir():
+        return f"{parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"directory {parent} is not writable"
+    if p.exists() and not os.access(p, os.W_OK):
+        return f"{p} exists and is not writable"
+    return None
+
+
+def input_path_problem(path, kind: str | None = None) -> str | None:
+    """Why ``path`` cannot be read as input (missing; not a ``kind`` 'file' or 'dir'), or None."""
+    p = Path(path)
+    if not p.exists():
+        return f"{p} does not exist"
+    if kind == "file" and not p.is_file():
+        return f"{p} is not a file"
+    if kind == "dir" and not p.is_dir():
+        return f"{p} is not a directory"
+    if not os.access(p, os.R_OK):
+        return f"{p} is not readable"
+    return None
+
+
+def matrix_file_problem(path) -> str | None:
+    """Why ``analyze`` cannot read ``path`` as a matrix, or None: it must exist and be a
+    checkpoint (.pt, .pth, .ckpt; its content is checked when it is loaded), a Gephi edge list
+    (.csv, checked here: a header with Source, Target and Weight, then integer ids and a number
+    per line) or a scipy sparse matrix (.npz written by scipy.sparse.save_npz)."""
+    problem = input_path_problem(path, "file")
+    if problem is not None:
+        return problem
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in MATRIX_SUFFIXES:
+        return (f"expected a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)}), a Gephi edge list (.csv) or a scipy "
+                f"matrix (.npz), got a {suffix or 'suffix-less'} file: {p}")
+    if suffix == ".csv":
+        try:
+            check_edge_csv(p)
+        except ValueError as exc:
+            return str(exc)
+    if suffix == ".npz":
+        needed = {"format.npy", "shape.npy", "data.npy"}
+        if not zipfile.is_zipfile(p) or not needed <= set(zipfile.ZipFile(p).namelist()):
+            return f"{p} is not a scipy sparse matrix (an .npz written by scipy.sparse.save_npz)"
+    return None
+
+
+def check_edge_csv(path) -> None:
+    """ValueError naming the file and line unless ``path`` is a Gephi edge list: a header
+    holding ``Source``, ``Target`` and ``Weight`` (``Id`` optional), then one edge a line with
+    non-negative integer ids and a finite number."""
+    p = Path(path)
+    need = ("Source", "Target", "Weight")
+    with open(p, newline="", encoding="utf-8", errors="replace") as f:
+        rows = csv.reader(f)
+        header = next(rows, None)
+        if header is None:
+            raise ValueError(f"{p} is empty: expected a Gephi edge list with the header Id,Source,Target,Weight")
+        header = [h.strip() for h in header]
+        if any(h not in header for h in need):
+            raise ValueError(f"{p}:1: expected a header with the columns Source,Target,Weight, "
+                             f"got {','.join(header)!r}")
+        cols = [header.index(h) for h in need]
+        for number, row in enumerate(rows, 2):
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise ValueError(f"{p}:{number}: expected {len(header)} columns like the header, got {len(row)}")
+            try:
+                src, dst, weight = (float(row[c]) for c in cols)
+                ok = all(v >= 0 and v.is_integer() for v in (src, dst)) and math.isfinite(weight)
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"{p}:{number}: expected non-negative integer Source and Target and a number "
+                                 f"Weight, got {','.join(row)[:60]!r}")
 
 
 def _read_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile) as exc:  # a truncated or corrupt .gz
+        raise ValueError(f"{path}: cannot be read as gzip ({exc})") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise ValueError(f"{path} is not an unsigned-byte idx file")
     ndim = data[3]
@@ -36,7 +146,7 @@ def load_mnist(directory, split: str = "t10k"):
     """MNIST from the standard idx files (gzipped or not) in ``directory``:
     (images (N, 28, 28) float32 in [0, 1], labels int64). Row by row, an image is a
     28-step sequence of 28 features, the sequential-MNIST task."""
-    d = _existing(directory, "MNIST directory")
+    d = _existing(directory, "MNIST directory", "dir")
     found = {}
     for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
         candidates = [d / f"{split}-{kind}.gz", d / f"{split}-{kind}"]
@@ -53,7 +163,7 @@ def load_mnist(directory, split: str = "t10k"):
 def load_sms_spam(path):
     """The UCI SMS Spam Collection (``label<TAB>text`` a line): (texts, labels) with
     label 1 for spam and 0 for ham."""
-    p = _existing(path, "SMS Spam Collection file")
+    p = _existing(path, "SMS Spam Collection file", "file")
     texts, labels = [], []
     with open(p, encoding="utf-8", errors="replace") as f:
         for number, line in enumerate(f, 1):
@@ -65,6 +175,8 @@ def load_sms_spam(path):
                 raise ValueError(f"{p}:{number}: expected 'ham|spam<TAB>text', got {line[:40]!r}")
             texts.append(text)
             labels.append(int(label == "spam"))
+    if not texts:
+        raise ValueError(f"{p} holds no messages: expected 'ham|spam<TAB>text' lines")
     return texts, torch.tensor(labels)
 
 
@@ -79,21 +191,44 @@ def load_gesture(path):
         raise FileNotFoundError(f"no *_va3.csv files in {p}")
     recordings = []
     for file in files:
-        with open(file, newline="") as f:
-            rows = list(csv.reader(f))
-        header, body = rows[0], rows[1:]
+        with open(file, newline="", encoding="utf-8", errors="replace") as f:
+            rows = [r for r in csv.reader(f) if r]
+        if not rows:
+            raise ValueError(f"{file} is empty: expected a header of 32 feature columns then 'Phase'")
+        header, body = [h.strip() for h in rows[0]], rows[1:]
         if header[-1] != "Phase" or len(header) != 33:
-            raise ValueError(f"{file}: expected 32 feature columns then 'Phase', got {len(header)} columns")
-        feats = torch.tensor([[float(v) for v in r[:-1]] for r in body], dtype=torch.float32)
-        try:
-            phases = torch.tensor([GESTURE_PHASES.index(r[-1].strip()) for r in body])
-        except ValueError as exc:
-            raise ValueError(f"{file}: unknown phase label ({exc})") from None
-        recordings.append((feats, phases))
+            raise ValueError(f"{file}:1: expected 32 feature columns then 'Phase', got {len(header)} columns")
+        if not body:
+            raise ValueError(f"{file} holds a header but no frames")
+        feats, phases = [], []
+        for number, r in enumerate(body, 2):
+            if len(r) != 33:
+                raise ValueError(f"{file}:{number}: expected 33 columns like the header, got {len(r)}")
+            try:
+                feats.append([float(v) for v in r[:-1]])
+            except ValueError as exc:
+                raise ValueError(f"{file}:{number}: expected 32 numbers then a phase ({exc})") from None
+            if r[-1].strip() not in GESTURE_PHASES:
+                raise ValueError(f"{file}:{number}: unknown phase {r[-1].strip()!r}, expected one of "
+                                 f"{', '.join(GESTURE_PHASES)}")
+            phases.append(GESTURE_PHASES.index(r[-1].strip()))
+        recordings.append((torch.tensor(feats, dtype=torch.float32), torch.tensor(phases)))
     return recordings
 
 
 def load_series(path) -> torch.Tensor:
-    """A one-value-a-line time series such as MackeyGlass_t17.txt, as float32."""
-    p = _existing(path, "series file")
-    return torch.tensor(np.loadtxt(p, dtype=np.float64, ndmin=1), dtype=torch.float32)
+    """A one-value-a-line time series such as MackeyGlass_t17.txt, as float32 (blank lines and
+    ``#`` comments skipped)."""
+    p = _existing(path, "series file", "file")
+    values = []
+    with open(p, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            text = line.split("#", 1)[0].strip()  # '#' starts a comment, as for numpy.loadtxt
+            if text:
+                try:
+                    values.append(float(text))
+                except ValueError:
+                    raise ValueError(f"{p}:{number}: expected one number a line, got {text[:40]!r}") from None
+    if not values:
+        raise ValueError(f"{p} holds no values: expected one number a line")
+    return torch.tensor(values, dtype=torch.float64).float()
