@@ -9,19 +9,28 @@
 * ``bench``: the CPU operators against torch.sparse (MKL) and scipy on one shape.
 * ``analyze``: signed triad census and structural balance of a recurrent matrix from a
   checkpoint, a Gephi edge-list CSV or a scipy ``.npz``, with optional null models.
+
+``sparse-engine COMMAND --help`` lists a command's options and their defaults.
 """
 from __future__ import annotations
 
 # The recipes themselves are sparse_engine.runs (callable from Python without argparse); the
 # tasks, models and controllers they build live in sparse_engine.data.tasks,
 # sparse_engine.models and sparse_engine.training.recipes. This module parses, checks the
-# arguments and dispatches.
+# arguments and dispatches, and turns the errors a user can cause into one line and an exit
+# code (see EXIT_CODES).
 import argparse
+import os
 import sys
 
-from .data.tasks import TASKS, load_task  # noqa: F401  (load_task: re-exported, was defined here)
+import torch
+
+from .analysis.nulls import METHODS as NULL_METHODS
+from .data.files import matrix_file_problem, output_path_problem
+from .data.tasks import TASK_DATA, TASKS, load_task  # noqa: F401  (load_task: re-exported, was defined here)
 from .models import MODELS
-from .runs import AnalyzeConfig, BenchConfig, TrainConfig, analyze, bench, resolve_device, train  # noqa: F401
+from .runs import (DEVICES, SPARSE_CHOICES, AnalyzeConfig, BenchConfig, ConfigError, ConfigPathError,  # noqa: F401
+                   TrainConfig, analyze, bench, resolve_device, train)
 from .training.recipes import ALGORITHMS
 
 # Names defined here before the recipes moved out, kept so that old imports still work.
@@ -29,67 +38,187 @@ from .models import SequenceModel  # noqa: F401,E402
 from .runs import evaluate, load_matrix  # noqa: F401,E402
 from .training.recipes import make_controller  # noqa: F401,E402
 
+PROG = "sparse-engine"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_CODES = f"""\
+exit codes:
+  {EXIT_OK}    success
+  {EXIT_FAILED}    a file could not be read or written (missing, unwritable, malformed), or the run failed
+  {EXIT_USAGE}    bad arguments (unknown option, a value out of range, options that do not go together)
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
+Errors are one line on stderr: '{PROG}: error: argument --OPTION: what was expected, got what'.
+Set SPARSE_ENGINE_TRACEBACK=1 to see the full traceback of a runtime error."""
+
+# What the command line calls a config field, when it is not --field-with-dashes.
+POSITIONAL = {"path"}
+
+
+class CommandError(Exception):
+    """An error the user can fix, with the exit code it ends the command with."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED):
+        super().__init__(message)
+        self.code = code
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``sparse-engine: error: ...`` and exit code 2, the usage
+    left to ``--help`` (named in the line)."""
+
+    def error(self, message):
+        raise CommandError(f"{message} (see '{self.prog} --help')", EXIT_USAGE)
+
+
+def option_name(field: str) -> str:
+    """The command line's name for a config field: ``batch_size`` -> ``--batch-size``."""
+    return field if field in POSITIONAL else "--" + field.replace("_", "-")
+
+
+def _formatter(prog):
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=30)
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sparse-engine", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
+    p = ArgumentParser(prog=PROG, description=__doc__, epilog=EXIT_CODES, formatter_class=_formatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           parser_class=ArgumentParser)
 
-    t = sub.add_parser("train", help="train a sparse recurrent model on a sequence task")
-    t.add_argument("--task", choices=TASKS, default=TrainConfig.task)
-    t.add_argument("--data", help="dataset file or directory (mnist, sms, gesture; optional for mackey-glass)")
-    t.add_argument("--model", choices=MODELS, default=TrainConfig.model)
-    t.add_argument("--hidden", type=int, default=TrainConfig.hidden)
-    t.add_argument("--layers", type=int, default=TrainConfig.layers)
-    t.add_argument("--density", type=float, default=TrainConfig.density, help="density of the sparse matrices")
-    t.add_argument("--sparse", choices=("recurrent", "input", "both"), default=TrainConfig.sparse)
-    t.add_argument("--algorithm", choices=ALGORITHMS, default=TrainConfig.algorithm, help="dynamic sparse training")
-    t.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    t.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    t.add_argument("--lr", type=float, default=TrainConfig.lr)
-    t.add_argument("--seed", type=int, default=TrainConfig.seed)
-    t.add_argument("--save", help="write a checkpoint here (atomically)")
-    t.add_argument("--record-balance", metavar="CSV", help="record structural balance after topology updates")
-    t.add_argument("--plot", metavar="PNG", help="plot the loss curves")
-    t.add_argument("--device", choices=("auto", "cpu", "cuda"), default=TrainConfig.device,
-                   help="auto: a CUDA GPU when available (and built with the CUDA kernels), else the CPU")
-    t.add_argument("--quiet", action="store_true")
+    def command(name, help_text):
+        return sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".",
+                              epilog=EXIT_CODES, formatter_class=_formatter)
 
-    b = sub.add_parser("bench", help="quick CPU operator benchmark against torch.sparse and scipy")
-    b.add_argument("--n", type=int, default=BenchConfig.n)
-    b.add_argument("--density", type=float, default=BenchConfig.density)
-    b.add_argument("--batch", type=int, default=BenchConfig.batch)
+    data_help = "; ".join(f"{task}: {what}{'' if required else ' (optional)'}"
+                          for task, (_, what, required) in TASK_DATA.items())
+    t = command("train", "train a sparse recurrent model on a sequence task")
+    t.add_argument("--task", choices=TASKS, default=TrainConfig.task,
+                   help="sequence task (default: %(default)s, scikit-learn's 8x8 digits read row by row)")
+    t.add_argument("--data", metavar="PATH", help=f"dataset file or directory ({data_help}); default: none")
+    t.add_argument("--model", choices=MODELS, default=TrainConfig.model,
+                   help="recurrent layer (default: %(default)s)")
+    t.add_argument("--hidden", type=int, default=TrainConfig.hidden, metavar="UNITS",
+                   help="hidden units per layer, >= 1 (default: %(default)s)")
+    t.add_argument("--layers", type=int, default=TrainConfig.layers, metavar="N",
+                   help="stacked recurrent layers, >= 1; ctrnn has one (default: %(default)s)")
+    t.add_argument("--density", type=float, default=TrainConfig.density, metavar="FRACTION",
+                   help="fraction of nonzero weights in the sparse matrices, in (0, 1] (default: %(default)s)")
+    t.add_argument("--sparse", choices=SPARSE_CHOICES, default=TrainConfig.sparse,
+                   help="which matrices are sparse: the recurrent, the input or both (default: %(default)s)")
+    t.add_argument("--algorithm", choices=ALGORITHMS, default=TrainConfig.algorithm,
+                   help="dynamic sparse training: none (fixed topology), SET, gradual magnitude pruning, "
+                        "DEEP R, Selfish-RNN or RigL (default: %(default)s)")
+    t.add_argument("--epochs", type=int, default=TrainConfig.epochs, metavar="N",
+                   help="passes over the training set, >= 1 (default: %(default)s)")
+    t.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, metavar="N",
+                   help="sequences per optimizer step, >= 1 (default: %(default)s)")
+    t.add_argument("--lr", type=float, default=TrainConfig.lr, metavar="RATE",
+                   help="Adam learning rate, > 0 (default: %(default)s)")
+    t.add_argument("--seed", type=int, default=TrainConfig.seed, metavar="N",
+                   help="seed of the split, the initial weights and the topology updates, >= 0 "
+                        "(default: %(default)s)")
+    t.add_argument("--save", metavar="PATH",
+                   help="write a checkpoint here (atomically) after training; its directory must exist "
+                        "(default: none)")
+    t.add_argument("--record-balance", metavar="CSV",
+                   help="write structural balance after each topology update to this CSV (default: none)")
+    t.add_argument("--plot", metavar="IMAGE",
+                   help="plot the train and test loss per epoch to this image, e.g. loss.png; needs "
+                        "matplotlib (default: none)")
+    t.add_argument("--device", choices=DEVICES, default=TrainConfig.device,
+                   help="auto: a CUDA GPU when available (and built with the CUDA kernels), else the CPU "
+                        "(default: %(default)s)")
+    t.add_argument("--quiet", action="store_true",
+                   help="no progress bar and no per-epoch results lines (default: off)")
 
-    a = sub.add_parser("analyze", help="motifs and structural balance of a recurrent matrix")
-    a.add_argument("path", help="checkpoint (.pt), Gephi edge list (.csv) or scipy matrix (.npz)")
-    a.add_argument("--key", help="which sparse weight of a checkpoint (default: the first recurrent one)")
-    a.add_argument("--transpose", action="store_true", help="matrix is used as h @ W (rows presynaptic)")
+    b = command("bench", "quick CPU operator benchmark against torch.sparse and scipy")
+    b.add_argument("--n", type=int, default=BenchConfig.n, metavar="N",
+                   help="rows and columns of the square sparse matrix, >= 1 (default: %(default)s)")
+    b.add_argument("--density", type=float, default=BenchConfig.density, metavar="FRACTION",
+                   help="fraction of nonzero entries, in (0, 1] (default: %(default)s)")
+    b.add_argument("--batch", type=int, default=BenchConfig.batch, metavar="N",
+                   help="columns of the dense operand, >= 1 (default: %(default)s)")
+
+    a = command("analyze", "motifs and structural balance of a recurrent matrix")
+    a.add_argument("path", help="checkpoint (.pt, .pth, .ckpt), Gephi edge list (.csv: Id,Source,Target,Weight) "
+                                "or scipy sparse matrix (.npz)")
+    a.add_argument("--key", help="which sparse weight of a checkpoint (default: the first layer's recurrent "
+                                 "weight_hh_l0)")
+    a.add_argument("--transpose", action="store_true",
+                   help="the matrix is used as h @ W, rows presynaptic (default: off, W @ h)")
     a.add_argument("--null", type=int, default=AnalyzeConfig.null, metavar="K",
-                   help="compare with K randomised networks")
-    a.add_argument("--null-method", default=AnalyzeConfig.null_method)
-    a.add_argument("--seed", type=int, default=AnalyzeConfig.seed)
-    a.add_argument("--export-csv", metavar="CSV", help="write the graph as a Gephi edge list")
+                   help="compare with K randomised networks, >= 0 (default: %(default)s, none)")
+    a.add_argument("--null-method", choices=NULL_METHODS, default=AnalyzeConfig.null_method,
+                   help="how the null networks are randomised: shuffle the signs, degree-preserving swaps, "
+                        "or both (default: %(default)s)")
+    a.add_argument("--seed", type=int, default=AnalyzeConfig.seed, metavar="N",
+                   help="seed of the null models, >= 0 (default: %(default)s)")
+    a.add_argument("--export-csv", metavar="CSV", help="also write the graph as a Gephi edge list (default: none)")
     return p
+
+
+def _check_analyze_paths(cfg: AnalyzeConfig) -> None:
+    """The file analyze reads and the one it writes, before the census starts (analyze itself
+    loads the matrix: a checkpoint's content is checked there)."""
+    problem = matrix_file_problem(cfg.path)
+    if problem is not None:
+        raise ConfigPathError("path", problem)
+    problem = None if cfg.export_csv is None else output_path_problem(cfg.export_csv)
+    if problem is not None:
+        raise ConfigPathError("export_csv", problem)
 
 
 def run(argv=None):
     """Runs one command and returns its result (the last epoch's metrics, the benchmark rows
-    or the balance values)."""
+    or the balance values). Bad arguments raise :class:`CommandError` (code 2), bad paths
+    CommandError (code 1); other errors propagate (:func:`main` turns them into exit codes)."""
     args = build_parser().parse_args(argv)
-    if getattr(args, "epochs", 1) <= 0 or getattr(args, "hidden", 1) <= 0:
-        raise SystemExit("--epochs and --hidden must be positive")
     options = {k: v for k, v in vars(args).items() if k != "command"}
-    if args.command == "train":
-        return train(TrainConfig(**options)).last
-    if args.command == "bench":
-        return bench(BenchConfig(**options))
-    return analyze(AnalyzeConfig(**options))
+    try:
+        if args.command == "train":
+            return train(TrainConfig(**options)).last
+        if args.command == "bench":
+            return bench(BenchConfig(**options))
+        cfg = AnalyzeConfig(**options)
+        _check_analyze_paths(cfg)
+        return analyze(cfg)
+    except ConfigError as exc:  # a value (2) or a path (1) the recipe cannot use, named as on the command line
+        code = EXIT_FAILED if isinstance(exc, ConfigPathError) else EXIT_USAGE
+        hint = "" if code == EXIT_FAILED else f" (see '{PROG} {args.command} --help')"
+        raise CommandError(f"argument {option_name(exc.field)}: {exc.reason}{hint}", code) from exc
+
+
+def _one_line(message) -> str:
+    return " ".join(str(message).split()) or "unknown error"
 
 
 def main(argv=None) -> int:
-    """Console entry point (``sparse-engine``)."""
-    run(argv)
-    return 0
+    """Console entry point (``sparse-engine``): runs one command and returns the exit code
+    (see :data:`EXIT_CODES`). Errors a user can cause are one line on stderr; an unexpected
+    exception keeps its traceback."""
+    try:
+        run(argv)
+    except CommandError as exc:
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except SystemExit as exc:  # --help (0), or a library that still exits with a message
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or EXIT_OK
+        print(f"{PROG}: error: {_one_line(exc.code)}", file=sys.stderr)
+        return EXIT_FAILED
+    except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
+        if os.environ.get("SPARSE_ENGINE_TRACEBACK"):
+            raise
+        print(f"{PROG}: error: out of memory ({_one_line(exc)[:200]}); try a smaller --hidden, --density or "
+              f"--batch-size", file=sys.stderr)
+        return EXIT_FAILED
+    except (ValueError, TypeError, OSError, EOFError) as exc:  # a bad file, or a run that cannot go on
+        if os.environ.get("SPARSE_ENGINE_TRACEBACK"):
+            raise
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 if __name__ == "__main__":

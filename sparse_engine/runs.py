@@ -13,7 +13,9 @@ arguments into these configs and calls these functions.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+import numbers
+import os
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -21,11 +23,12 @@ from torch import nn
 
 from ._ext import HAS_CUDA_KERNELS
 from .checkpoint import save_checkpoint
-from .data.tasks import load_task
-from .models import SequenceModel
+from .data.files import input_path_problem, output_path_problem
+from .data.tasks import TASK_DATA, TASKS, load_task, task_data_problem
+from .models import MODELS, SequenceModel
 from .sparse import SparseWeight, sparse_weights
 from .timing import best_of
-from .training.recipes import make_controller
+from .training.recipes import ALGORITHMS, make_controller
 
 
 def _config(cls, config, options):
@@ -33,21 +36,131 @@ def _config(cls, config, options):
     return cls(**options) if config is None else replace(config, **options)
 
 
+# ----------------------------------------------------------------------- config checks
+class ConfigError(ValueError):
+    """A config value a recipe cannot run with. ``field`` names the config field (the command
+    line's option is ``--`` + field with ``-`` for ``_``, or the positional ``path``);
+    ``reason`` says what was expected and what was given."""
+
+    def __init__(self, field: str, reason: str):
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason = field, reason
+
+
+class ConfigPathError(ConfigError):
+    """A path option names an input that is missing or unreadable, or an output that cannot be
+    written; found before any work starts."""
+
+
+SPARSE_CHOICES = ("recurrent", "input", "both")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _one_of(choices):
+    def check(value):
+        if value not in choices:
+            return f"expected one of {', '.join(choices)}; got {value!r}"
+    return check
+
+
+def _integer(low: int):
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+            return f"expected an integer >= {low}, got {value!r}"
+    return check
+
+
+def _fraction(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value <= 1:
+        return f"expected a number in (0, 1], got {value!r}"
+
+
+def _positive(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0 < value < math.inf):
+        return f"expected a finite number > 0, got {value!r}"
+
+
+def _path(value):
+    if not isinstance(value, (str, os.PathLike)) or str(value) == "":
+        return f"expected a path, got {value!r}"
+
+
+def _path_or_none(value):
+    return None if value is None else _path(value)
+
+
+def _str_or_none(value):
+    if value is not None and not isinstance(value, str):
+        return f"expected a string, got {value!r}"
+
+
+def _flag(value):
+    if not isinstance(value, bool):
+        return f"expected True or False, got {value!r}"
+
+
+def _null_method(value):
+    from .analysis.nulls import METHODS
+
+    return _one_of(METHODS)(value)
+
+
+# One rule per field name, shared by the three configs (a name means the same in each).
+_FIELD_RULES = {
+    "task": _one_of(TASKS), "model": _one_of(MODELS), "sparse": _one_of(SPARSE_CHOICES),
+    "algorithm": _one_of(ALGORITHMS), "device": _one_of(DEVICES), "null_method": _null_method,
+    "hidden": _integer(1), "layers": _integer(1), "epochs": _integer(1), "batch_size": _integer(1),
+    "n": _integer(1), "batch": _integer(1), "null": _integer(0), "seed": _integer(0),
+    "density": _fraction, "lr": _positive,
+    "path": _path, "data": _path_or_none, "save": _path_or_none, "record_balance": _path_or_none,
+    "plot": _path_or_none, "export_csv": _path_or_none, "key": _str_or_none,
+    "quiet": _flag, "transpose": _flag,
+}
+
+
+def _train_combinations(cfg):
+    """(field, reason) for options that cannot go together, or None."""
+    problem = task_data_problem(cfg.task, cfg.data)
+    if problem is not None:
+        return "data", problem
+    if cfg.model == "ctrnn" and cfg.layers != 1:
+        return "layers", f"model 'ctrnn' has one layer, got {cfg.layers}"
+    return None
+
+
+class _Checked:
+    """Base of the configs: constructing one (or ``replace``-ing a field) checks every field
+    with :data:`_FIELD_RULES` and raises :class:`ConfigError` naming the first bad one."""
+
+    def __post_init__(self):
+        for f in fields(self):
+            rule = _FIELD_RULES.get(f.name)
+            problem = rule(getattr(self, f.name)) if rule is not None else None
+            if problem is not None:
+                raise ConfigError(f.name, problem)
+        combination = _train_combinations(self) if isinstance(self, TrainConfig) else None
+        if combination is not None:
+            raise ConfigError(*combination)
+
+
 def resolve_device(name: str) -> torch.device:
-    """``auto``: a CUDA GPU when torch sees one and this build has the CUDA kernels, else the CPU."""
+    """``auto``: a CUDA GPU when torch sees one and this build has the CUDA kernels, else the CPU.
+    ConfigError (field ``device``) when ``cuda`` is asked for and cannot be had."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() and HAS_CUDA_KERNELS else "cpu")
+    if name not in DEVICES:
+        raise ConfigError("device", _one_of(DEVICES)(name))
     if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: torch sees no CUDA device")
+        raise ConfigError("device", "'cuda' asked for, but torch sees no CUDA device (use 'cpu' or 'auto')")
     if name == "cuda" and not HAS_CUDA_KERNELS:
-        raise SystemExit("--device cuda: this build of sparse_engine has no CUDA kernels "
-                         "(reinstall with a CUDA torch and nvcc present)")
+        raise ConfigError("device", "'cuda' asked for, but this build of sparse_engine has no CUDA kernels "
+                                    "(reinstall with a CUDA torch and nvcc present, or use 'cpu')")
     return torch.device(name)
 
 
 # ----------------------------------------------------------------------------- train
 @dataclass
-class TrainConfig:
+class TrainConfig(_Checked):
     """``sparse-engine train`` options (the same names, ``-`` as ``_``, and defaults)."""
     task: str = "digits"            # one of sparse_engine.data.TASKS
     data: str | None = None         # dataset file or directory (mnist, sms, gesture; optional for mackey-glass)
@@ -99,15 +212,42 @@ def evaluate(model, X, y, kind, batch=256, device="cpu"):
     return total / n, (correct / n if kind == "classify" else math.nan)
 
 
+def check_train_paths(cfg: TrainConfig) -> None:
+    """ConfigPathError unless ``cfg.data`` (when set) can be read and every output path
+    (``save``, ``record_balance``, ``plot``) can be written; :func:`train` runs it before any
+    work, so a typo in an output path fails at once rather than after the last epoch."""
+    if cfg.data is not None:
+        problem = input_path_problem(cfg.data, TASK_DATA.get(cfg.task, (None,))[0])
+        if problem is not None:
+            raise ConfigPathError("data", problem)
+    for field in ("save", "record_balance", "plot"):
+        path = getattr(cfg, field)
+        problem = None if path is None else output_path_problem(path)
+        if problem is not None:
+            raise ConfigPathError(field, problem)
+    if cfg.plot is not None:
+        try:
+            from matplotlib.backend_bases import FigureCanvasBase
+        except ImportError:
+            raise ConfigError("plot", "needs matplotlib (pip install matplotlib)") from None
+        suffix = Path(cfg.plot).suffix.lower().lstrip(".")
+        formats = FigureCanvasBase.get_supported_filetypes()
+        if suffix not in formats:
+            raise ConfigError("plot", f"expected an image file name matplotlib writes (.png, .pdf, .svg, .jpg, "
+                                      f"...), got {str(cfg.plot)!r}")
+
+
 def train(config: TrainConfig | None = None, **options) -> TrainResult:
     """Trains a sparse recurrent model on a sequence task (``sparse-engine train``): Adam,
     optional dynamic sparse training, a results table unless ``quiet``, and the checkpoint,
-    balance records and plot when their paths are set."""
+    balance records and plot when their paths are set. ConfigError for a bad option, before any
+    work."""
     from rich.console import Console
     from rich.table import Table
     from tqdm import tqdm
 
     cfg = _config(TrainConfig, config, options)
+    check_train_paths(cfg)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     (Xtr, ytr), (Xte, yte), meta = load_task(cfg.task, cfg.data, cfg.seed)
@@ -187,7 +327,7 @@ def plot_history(history, path):
 
 # ----------------------------------------------------------------------------- bench
 @dataclass
-class BenchConfig:
+class BenchConfig(_Checked):
     """``sparse-engine bench`` options: an n x n matrix of this density, ``batch`` columns."""
     n: int = 16384
     density: float = 0.01
@@ -232,7 +372,7 @@ def bench(config: BenchConfig | None = None, **options) -> list[dict]:
 
 # --------------------------------------------------------------------------- analyze
 @dataclass
-class AnalyzeConfig:
+class AnalyzeConfig(_Checked):
     """``sparse-engine analyze`` options."""
     path: str                       # checkpoint (.pt), Gephi edge list (.csv) or scipy matrix (.npz)
     key: str | None = None          # which sparse weight of a checkpoint (default: the first recurrent one)

@@ -1,5 +1,6 @@
 """The command line: train (with a topology algorithm, checkpoint, balance records, plot),
-bench and analyze, end to end on small settings.
+bench and analyze, end to end on small settings; its errors (one line, exit codes), progress
+display and help.
 
 A test that says a run learns compares it with the same run untrained (learning rate 1e-12,
 as the command line takes no 0: the weights stay where they started), computed in the test,
@@ -7,6 +8,7 @@ and with the best constant prediction, and asks for a clear margin over both. Ch
 with every Adam forced to learning rate 0: each of these tests then fails."""
 import csv
 import math
+import time
 
 import pytest
 import torch
@@ -71,18 +73,185 @@ def test_analyze_gephi_csv_and_export(tmp_path):
     assert again == result
 
 
-def test_bad_arguments_exit_with_a_message():
-    with pytest.raises(SystemExit, match="--task mnist needs --data"):
-        cli.run(["train", "--task", "mnist"])
-    with pytest.raises(SystemExit, match="does not exist"):
-        cli.run(["analyze", "/no/such/file.pt"])
-    with pytest.raises(SystemExit):
-        cli.run(["train", "--model", "transformer"])
+def one_error_line(capsys):
+    """stderr of the last command: exactly one line, the error."""
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sparse-engine: error: "), captured.err
+    assert "Traceback" not in captured.err
+    return lines[0]
+
+
+BAD_ARGUMENTS = [  # argv, what the one line names
+    (["train", "--batch-size", "0"], "argument --batch-size: expected an integer >= 1, got 0"),
+    (["train", "--epochs", "0"], "argument --epochs: expected an integer >= 1, got 0"),
+    (["train", "--epochs", "two"], "argument --epochs: invalid int value: 'two'"),
+    (["train", "--hidden", "0"], "argument --hidden: expected an integer >= 1"),
+    (["train", "--hidden", "-8"], "argument --hidden: expected an integer >= 1, got -8"),
+    (["train", "--lr", "0"], "argument --lr: expected a finite number > 0, got 0.0"),
+    (["train", "--lr", "-0.001"], "argument --lr: expected a finite number > 0, got -0.001"),
+    (["train", "--lr=-1e-3"], "argument --lr: expected a finite number > 0, got -0.001"),
+    (["train", "--lr", "nan"], "argument --lr: expected a finite number > 0, got nan"),
+    (["train", "--lr", "inf"], "argument --lr: expected a finite number > 0, got inf"),
+    (["train", "--density", "0"], "argument --density: expected a number in (0, 1], got 0.0"),
+    (["train", "--density", "1.5"], "argument --density: expected a number in (0, 1], got 1.5"),
+    (["train", "--density", "nan"], "argument --density: expected a number in (0, 1]"),
+    (["train", "--layers", "0"], "argument --layers: expected an integer >= 1, got 0"),
+    (["train", "--model", "ctrnn", "--layers", "2"], "argument --layers: model 'ctrnn' has one layer"),
+    (["train", "--seed", "-1"], "argument --seed: expected an integer >= 0"),
+    (["train", "--model", "transformer"], "argument --model: invalid choice: 'transformer'"),
+    (["train", "--task", "mnist"], "argument --data: task 'mnist' needs a directory holding the MNIST idx files"),
+    (["train", "--task", "sms"], "argument --data: task 'sms' needs the SMS Spam Collection file"),
+    (["train", "--task", "gesture"], "argument --data: task 'gesture' needs a *_va3.csv file"),
+    (["train", "--data", "x.txt"], "argument --data: task 'digits' reads no data file"),
+    (["train", "--plot", "loss.txt"], "argument --plot: expected an image file name"),
+    (["train", "--no-such-option"], "unrecognized arguments: --no-such-option"),
+    (["bench", "--n", "0"], "argument --n: expected an integer >= 1, got 0"),
+    (["bench", "--density", "2"], "argument --density: expected a number in (0, 1], got 2.0"),
+    (["bench", "--density", "0"], "argument --density: expected a number in (0, 1]"),
+    (["bench", "--batch", "0"], "argument --batch: expected an integer >= 1, got 0"),
+    (["analyze", "x.pt", "--null", "-1"], "argument --null: expected an integer >= 0, got -1"),
+    (["analyze", "x.pt", "--null-method", "coin"], "argument --null-method: invalid choice: 'coin'"),
+    (["analyze"], "the following arguments are required: path"),
+    (["frobnicate"], "argument COMMAND: invalid choice: 'frobnicate'"),
+    ([], "the following arguments are required: COMMAND"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_ARGUMENTS, ids=[" ".join(a) or "none" for a, _ in BAD_ARGUMENTS])
+def test_bad_arguments_are_one_line_and_exit_code_2(argv, message, capsys):
+    start = time.perf_counter()
+    assert cli.main(argv) == 2
+    line = one_error_line(capsys)
+    assert message in line and "--help" in line
+    assert time.perf_counter() - start < 10  # refused before any work
+
+
+def test_bad_files_are_one_line_and_exit_code_1(tmp_path, capsys):
+    bad_csv = tmp_path / "bad.csv"
+    cases = [
+        (["train", "--task", "mnist", "--data", str(tmp_path / "none")], f"argument --data: {tmp_path / 'none'} "
+                                                                          "does not exist"),
+        (["train", "--task", "mnist", "--data", str(bad_csv)], "argument --data: ", "is not a directory"),
+        (["train", "--task", "sms", "--data", str(tmp_path)], "argument --data: ", "is not a file"),
+        (["analyze", str(tmp_path / "none.pt")], "argument path: ", "none.pt does not exist"),
+        (["analyze", str(tmp_path)], "argument path: ", "is not a file"),
+        (["analyze", str(tmp_path / "m.txt")], "argument path: expected a checkpoint (.pt, .pth, .ckpt), a Gephi "
+                                               "edge list (.csv) or a scipy matrix (.npz), got a .txt file"),
+        (["analyze", str(bad_csv)], "argument path: ", "bad.csv is empty"),
+        (["analyze", str(tmp_path / "rows.csv")], "argument path: ", "rows.csv:3: expected non-negative integer"),
+        (["analyze", str(tmp_path / "m.npz")], "argument path: ", "is not a scipy sparse matrix"),
+        (["analyze", str(tmp_path / "good.csv"), "--export-csv", str(tmp_path / "no" / "e.csv")],
+         "argument --export-csv: directory ", "does not exist"),
+        (["train", "--task", "sms", "--data", str(tmp_path / "sms.txt")], "sms.txt:1: expected 'ham|spam<TAB>text'"),
+        (["train", "--task", "mackey-glass", "--data", str(tmp_path / "m.txt")], "m.txt:1: expected one number a line"),
+    ]
+    bad_csv.write_text("")
+    (tmp_path / "good.csv").write_text("Id,Source,Target,Weight\n0,0,1,0.5\n1,1,2,-0.5\n2,2,0,1\n")
+    (tmp_path / "rows.csv").write_text("Id,Source,Target,Weight\n0,0,1,0.5\n1,one,2,0.5\n")
+    (tmp_path / "m.npz").write_bytes(b"PK not really")
+    (tmp_path / "m.txt").write_text("1,2,3\n")
+    (tmp_path / "sms.txt").write_text("hello world\n")
+    for argv, *parts in cases:
+        assert cli.main(argv) == 1, argv
+        line = one_error_line(capsys)
+        assert all(part in line for part in parts), (argv, line)
+
+
+def test_output_paths_are_checked_before_training(tmp_path, capsys, monkeypatch):
+    """A bad --save, --plot or --record-balance fails at once, not after the last epoch."""
+    import sparse_engine.runs as runs
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(runs, "load_task", no_training)
+    (tmp_path / "file").write_text("")
+    for option, path, problem in [("--save", tmp_path / "missing" / "ck.pt", "does not exist (create it first)"),
+                                  ("--save", tmp_path, "is a directory"),
+                                  ("--plot", tmp_path / "missing" / "loss.png", "does not exist"),
+                                  ("--record-balance", tmp_path / "file" / "b.csv", "is not a directory")]:
+        start = time.perf_counter()
+        assert cli.main(["train", "--epochs", "50", option, str(path)]) == 1
+        assert time.perf_counter() - start < 5
+        line = one_error_line(capsys)
+        assert f"argument {option}: " in line and problem in line
+    with pytest.raises(runs.ConfigPathError, match="save: directory .* does not exist") as err:
+        runs.train(save=str(tmp_path / "missing" / "ck.pt"), quiet=True)
+    assert isinstance(err.value, ValueError) and err.value.field == "save"
+
+
+def test_library_configs_raise_value_errors_naming_the_field():
+    """From Python the same checks raise ConfigError (a ValueError) naming the config field."""
+    from sparse_engine.runs import AnalyzeConfig, BenchConfig, ConfigError, TrainConfig, bench, train
+
+    cases = [(TrainConfig, dict(batch_size=0), "batch_size"), (TrainConfig, dict(hidden=2.5), "hidden"),
+             (TrainConfig, dict(lr=float("nan")), "lr"), (TrainConfig, dict(epochs=True), "epochs"),
+             (TrainConfig, dict(task="mnist"), "data"), (TrainConfig, dict(model="mlp"), "model"),
+             (BenchConfig, dict(density=0.0), "density"),
+             (AnalyzeConfig, dict(path="x.pt", null=-1), "null"), (AnalyzeConfig, dict(path=""), "path")]
+    for cls, options, field in cases:
+        with pytest.raises(ConfigError, match=f"^{field}: expected|^{field}: task") as err:
+            cls(**options)
+        assert isinstance(err.value, ValueError) and err.value.field == field
+    with pytest.raises(ValueError, match="^batch_size: expected an integer >= 1, got 0"):
+        train(batch_size=0)
+    with pytest.raises(ValueError, match="^lr: "):
+        train(TrainConfig(quiet=True), lr=-1.0)  # replace() checks too
+    with pytest.raises(ValueError, match="^n: "):
+        bench(n=-5)
+
+
+def test_exit_codes_for_interrupts_and_unexpected_errors(monkeypatch, capsys):
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "bench", interrupted)
+    assert cli.main(["bench"]) == 130
+    assert capsys.readouterr().err.splitlines() == ["sparse-engine: interrupted"]
+
+    def bug(config):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "bench", bug)
+    with pytest.raises(RuntimeError, match="a bug"):  # not a user error: the traceback stays
+        cli.main(["bench"])
+
+    def bad_value(config):
+        raise ValueError("something\nwent wrong")
+
+    monkeypatch.setattr(cli, "bench", bad_value)
+    assert cli.main(["bench"]) == 1
+    assert one_error_line(capsys) == "sparse-engine: error: something went wrong"
+    monkeypatch.setenv("SPARSE_ENGINE_TRACEBACK", "1")
+    with pytest.raises(ValueError):
+        cli.main(["bench"])
 
 
 def test_console_entry_point_returns_exit_code_zero(capsys):
     assert cli.main(["bench", "--n", "500", "--density", "0.02", "--batch", "4"]) == 0
     assert "spmm" in capsys.readouterr().out
+    assert cli.main(["--help"]) == 0 and "exit codes" in capsys.readouterr().out
+
+
+def test_every_option_has_help_with_its_default_and_the_exit_codes():
+    import argparse
+
+    parser = cli.build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(subparsers.choices) == {"train", "bench", "analyze"}
+    for name, sub in [("sparse-engine", parser), *subparsers.choices.items()]:
+        text = sub.format_help()
+        for code in ("0 ", "1 ", "2 ", "130 "):
+            assert f"\n  {code}" in text, (name, code)
+        for action in sub._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            assert action.help and len(action.help) > 10, (name, action.dest)
+            if action.option_strings:
+                assert "default" in action.help, (name, action.dest)  # stated, or %(default)s
+            if action.default not in (None, False):
+                assert "%(default)s" in action.help, (name, action.dest)
 
 
 @pytest.mark.skipif(not DATA.exists(), reason="shared data folder is not present")
@@ -96,17 +265,17 @@ def test_train_gesture_generalises_to_a_held_out_recording():
     # the last recording is unseen in training; majority ~0.27, untrained ~0.18, trained ~0.55
     assert last["test_acc"] > max(majority("gesture", folder), base["test_acc"]) + 0.15
     assert last["test_loss"] < 0.9 * base["test_loss"]
-    with pytest.raises(SystemExit, match="--task gesture needs --data"):
-        cli.run(["train", "--task", "gesture"])
 
 
-def test_train_device_choice():
+def test_train_device_choice(capsys):
     assert cli.resolve_device("cpu") == torch.device("cpu")
     from sparse_engine._ext import HAS_CUDA_KERNELS
     if not (torch.cuda.is_available() and HAS_CUDA_KERNELS):
         assert cli.resolve_device("auto") == torch.device("cpu")
-        with pytest.raises(SystemExit, match="--device cuda"):
-            cli.run(["train", "--device", "cuda", "--quiet"])
+        with pytest.raises(ValueError, match="^device: 'cuda' asked for"):
+            cli.resolve_device("cuda")
+        assert cli.main(["train", "--device", "cuda", "--quiet"]) == 2
+        assert "argument --device: 'cuda' asked for" in one_error_line(capsys)
     else:  # on a GPU machine: a short run on the device learns
         assert cli.resolve_device("auto").type == "cuda"
         argv = ["train", "--device", "cuda", "--model", "rnn", "--hidden", "48", "--epochs", "3", "--algorithm", "set",

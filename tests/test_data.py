@@ -97,8 +97,11 @@ def test_tasks_split_by_seed():
     assert not torch.equal(load_task("digits", None, seed=1)[1][0], Xte)
     (Xtr, ytr), _, meta = load_task("mackey-glass", None, seed=0)
     assert Xtr.shape[1:] == (50, 1) and ytr.shape == Xtr.shape and meta["kind"] == "regress"
-    with pytest.raises(SystemExit, match="--task must be one of"):
+    with pytest.raises(ValueError, match="task must be one of"):
         load_task("imagenet", None, seed=0)
+    for task in ("mnist", "sms", "gesture"):
+        with pytest.raises(ValueError, match=f"task '{task}' needs"):
+            load_task(task, None, seed=0)
 
 
 @needs_data
@@ -198,6 +201,18 @@ def test_readers_name_the_file_and_line_of_a_malformed_file(tmp_path):
         load_mnist(mnist)
     with pytest.raises(NotADirectoryError, match="MNIST directory"):
         load_mnist(sms)
+
+
+def test_a_task_with_too_few_examples_says_so(tmp_path):
+    from sparse_engine.data import load_task
+
+    series = tmp_path / "short.txt"
+    series.write_text("\n".join(["0.1"] * 20))
+    with pytest.raises(ValueError, match="short.txt: series of 20 values is too short"):
+        load_task("mackey-glass", str(series), seed=0)
+    series.write_text("\n".join(["0.1"] * 52))  # two windows, taken every fifth: one example
+    with pytest.raises(ValueError, match="too few to split"):
+        load_task("mackey-glass", str(series), seed=0)
 
 
 def test_path_checks(tmp_path):

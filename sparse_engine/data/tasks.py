@@ -13,31 +13,50 @@ from .files import GESTURE_PHASES, load_gesture, load_mnist, load_series, load_s
 from .generated import digits, mackey_glass, sequence_windows
 
 TASKS = ("digits", "mackey-glass", "mnist", "sms", "gesture")
+# what ``data`` (``--data``) names for each task that reads a file: (file or dir, description);
+# the tasks marked required cannot run without one (mackey-glass generates its series).
+TASK_DATA = {
+    "mnist": ("dir", "a directory holding the MNIST idx files", True),
+    "sms": ("file", "the SMS Spam Collection file", True),
+    "gesture": (None, "a *_va3.csv file or a directory of them", True),
+    "mackey-glass": ("file", "a one-value-a-line series file", False),  # generated when absent
+}
 GESTURE_WINDOW = 16  # frames per example: the phase of the last frame is the label
+
+
+def task_data_problem(task: str, data) -> str | None:
+    """Why ``data`` does not suit ``task`` before anything is read (the task needs a path and
+    has none; digits takes none), or None."""
+    if task not in TASK_DATA:
+        return None if data is None else f"task {task!r} reads no data file, got {str(data)!r}"
+    kind, what, required = TASK_DATA[task]
+    if data is None and required:
+        return f"task {task!r} needs {what}"
+    return None
 
 
 def load_task(task: str, data: str | None, seed: int):
     """(train, test, meta): train/test are (inputs, targets); inputs (N, T, F) float or (N, T)
-    token ids; meta holds n_in, n_out, kind ('classify' or 'regress') and vocab size."""
+    token ids; meta holds n_in, n_out, kind ('classify' or 'regress') and vocab size.
+    ValueError for an unknown task or a missing ``data``; the readers' errors for bad files."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
+    problem = task_data_problem(task, data)
+    if problem is not None:
+        raise ValueError(f"data: {problem}")
     g = torch.Generator().manual_seed(seed)
     if task == "digits":
         X, y = digits()
         X = X.view(-1, 8, 8)
         meta = dict(n_in=8, n_out=10, kind="classify")
     elif task == "mnist":
-        if data is None:
-            raise SystemExit("--task mnist needs --data DIR holding the MNIST idx files")
         X, y = load_mnist(data)
         meta = dict(n_in=28, n_out=10, kind="classify")
     elif task == "sms":
-        if data is None:
-            raise SystemExit("--task sms needs --data FILE (the SMS Spam Collection)")
         texts, y = load_sms_spam(data)
         X, vocab = _word_ids(texts, length=40)
         meta = dict(n_in=50, n_out=2, kind="classify", vocab=vocab)
     elif task == "gesture":
-        if data is None:
-            raise SystemExit("--task gesture needs --data (a *_va3.csv file or a directory of them)")
         recordings = load_gesture(data)
         meta = dict(n_in=recordings[0][0].shape[1], n_out=len(GESTURE_PHASES), kind="classify")
         if len(recordings) >= 2:  # whole recordings held out: overlapping windows would leak
@@ -45,15 +64,19 @@ def load_task(task: str, data: str | None, seed: int):
             train = _gesture_windows(recordings[:-n_test], recordings, GESTURE_WINDOW)
             return train, _gesture_windows(recordings[-n_test:], recordings, GESTURE_WINDOW), meta
         X, y = _gesture_windows(recordings, recordings, GESTURE_WINDOW)
-    elif task == "mackey-glass":
+    else:  # mackey-glass
         series = load_series(data) if data else mackey_glass(6000)
-        X, y = sequence_windows(series[:6000], length=50)
+        try:
+            X, y = sequence_windows(series[:6000], length=50)
+        except ValueError as exc:
+            raise ValueError(f"{data}: {exc}" if data else str(exc)) from None
         X, y = X[::5], y[::5]
         meta = dict(n_in=1, n_out=1, kind="regress")
-    else:
-        raise SystemExit(f"--task must be one of {TASKS}")
     perm = torch.randperm(len(X), generator=g)
     cut = int(0.8 * len(X))
+    if cut == 0 or cut == len(X):
+        raise ValueError(f"task {task!r}: {len(X)} examples are too few to split 80/20 into train and test"
+                         + (f" (data: {data})" if data else ""))
     tr, te = perm[:cut], perm[cut:]
     return (X[tr], y[tr]), (X[te], y[te]), meta
 
@@ -72,7 +95,7 @@ def _gesture_windows(recordings, all_recordings, length: int, stride: int = 2):
         xs.append((feats[idx] - mean) / std)
         ys.append(phases[idx[:, -1]])
     if not xs:
-        raise SystemExit(f"gesture recordings are shorter than {length} frames")
+        raise ValueError(f"gesture recordings are shorter than {length} frames")
     return torch.cat(xs), torch.cat(ys)
 
 
