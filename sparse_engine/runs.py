@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -237,13 +238,36 @@ def check_train_paths(cfg: TrainConfig) -> None:
                                       f"...), got {str(cfg.plot)!r}")
 
 
+def progress_postfix(loss: float, samples: int, seconds: float) -> str:
+    """What the progress bar shows after its counts: the running mean loss of the epoch so far
+    and the throughput, e.g. ``loss 0.4213, 1,523 samples/s``."""
+    rate = samples / seconds if seconds > 0 else math.inf
+    return f"loss {loss:.4f}, {rate:,.0f} samples/s"
+
+
+_EPOCH_COLUMNS = (("epoch", 5), ("train loss", 10), ("test loss", 9), ("test acc", 8), ("nnz", 11),
+                  ("density", 7), ("samples/s", 9))
+
+
+def epoch_header() -> str:
+    """The header of the per-epoch lines :func:`train` prints (see :func:`epoch_line`)."""
+    return "  ".join(name.rjust(width) for name, width in _EPOCH_COLUMNS)
+
+
+def epoch_line(row: dict, samples_per_s: float) -> str:
+    """One epoch's metrics (a :class:`TrainResult` history row) under :func:`epoch_header`."""
+    acc = "-" if math.isnan(row["test_acc"]) else f"{row['test_acc']:.3f}"
+    cells = (str(row["epoch"]), f"{row['train_loss']:.4f}", f"{row['test_loss']:.4f}", acc, f"{row['nnz']:,}",
+             f"{row['density']:.4f}", f"{samples_per_s:,.0f}")
+    return "  ".join(cell.rjust(width) for cell, (_, width) in zip(cells, _EPOCH_COLUMNS))
+
+
 def train(config: TrainConfig | None = None, **options) -> TrainResult:
     """Trains a sparse recurrent model on a sequence task (``sparse-engine train``): Adam,
-    optional dynamic sparse training, a results table unless ``quiet``, and the checkpoint,
-    balance records and plot when their paths are set. ConfigError for a bad option, before any
-    work."""
+    optional dynamic sparse training, unless ``quiet`` a progress bar (running loss,
+    samples/s) and a results line per epoch, and the checkpoint, balance records and plot when
+    their paths are set. ConfigError for a bad option, before any work."""
     from rich.console import Console
-    from rich.table import Table
     from tqdm import tqdm
 
     cfg = _config(TrainConfig, config, options)
@@ -265,14 +289,16 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
     ctl = make_controller(cfg.algorithm, model, opt, cfg.epochs * batches, cfg.seed, callbacks)
     loss_fn = nn.functional.cross_entropy if meta["kind"] == "classify" else nn.functional.mse_loss
     console = Console()
-    table = Table(title=f"sparse {cfg.model.upper()} on {cfg.task} ({cfg.algorithm}, {device})")
-    for col in ("epoch", "train loss", "test loss", "test acc", "nnz", "density"):
-        table.add_column(col, justify="right")
+    if not cfg.quiet:
+        title = f"sparse {cfg.model.upper()} on {cfg.task} ({cfg.algorithm}, {device})"
+        console.print(title, markup=False, highlight=False)
+        console.print(epoch_header(), markup=False, highlight=False)
     history = []
     for epoch in range(1, cfg.epochs + 1):
         perm = torch.randperm(len(Xtr))
-        running = 0.0
-        for idx in tqdm(perm.split(cfg.batch_size), desc=f"epoch {epoch}", leave=False, disable=cfg.quiet):
+        running, seen, start = 0.0, 0, time.perf_counter()
+        bar = tqdm(perm.split(cfg.batch_size), desc=f"epoch {epoch}", unit="batch", leave=False, disable=cfg.quiet)
+        for idx in bar:
             opt.zero_grad()
             loss = loss_fn(model(Xtr[idx].to(device)), ytr[idx].to(device))
             loss.backward()
@@ -280,6 +306,10 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
             if ctl is not None:
                 ctl.step()
             running += loss.item() * len(idx)
+            seen += len(idx)
+            if not cfg.quiet:
+                bar.set_postfix_str(progress_postfix(running / seen, seen, time.perf_counter() - start), refresh=False)
+        samples_per_s = seen / max(time.perf_counter() - start, 1e-9)
         test_loss, test_acc = evaluate(model, Xte, yte, meta["kind"], device=device)
         if ctl is not None:
             ctl.end_epoch(val_loss=test_loss) if cfg.algorithm == "selfish" else ctl.end_epoch()
@@ -289,10 +319,8 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
         row = dict(epoch=epoch, train_loss=running / len(Xtr), test_loss=test_loss, test_acc=test_acc, nnz=nnz,
                    density=nnz / size)
         history.append(row)
-        table.add_row(str(epoch), f"{row['train_loss']:.4f}", f"{test_loss:.4f}",
-                      "-" if math.isnan(test_acc) else f"{test_acc:.3f}", f"{nnz:,}", f"{nnz / size:.4f}")
-    if not cfg.quiet:
-        console.print(table)
+        if not cfg.quiet:
+            console.print(epoch_line(row, samples_per_s), markup=False, highlight=False)
     if cfg.save:
         # the options as the command line's namespace held them, so checkpoints read the same either way
         save_checkpoint(cfg.save, model, opt, args={"command": "train", **asdict(cfg)}, history=history)

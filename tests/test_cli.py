@@ -254,6 +254,38 @@ def test_every_option_has_help_with_its_default_and_the_exit_codes():
                 assert "%(default)s" in action.help, (name, action.dest)
 
 
+def test_progress_bar_shows_running_loss_and_throughput(monkeypatch, capsys):
+    """During the epoch the bar's postfix holds the running loss and samples/s; after each epoch
+    a results line; nothing of either with --quiet."""
+    import io
+
+    import tqdm
+
+    stream = io.StringIO()
+
+    class Recorded(tqdm.tqdm):  # refresh at every step, into a stream the test reads
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "file": stream, "mininterval": 0, "miniters": 1})
+
+    monkeypatch.setattr(tqdm, "tqdm", Recorded)
+    argv = ["train", "--task", "mackey-glass", "--model", "rnn", "--hidden", "8", "--epochs", "2"]
+    cli.run(argv)
+    frames = [f for f in stream.getvalue().split("\r") if "epoch 1" in f]
+    (X, _), _, _ = cli.load_task("mackey-glass", None, seed=0)
+    total = math.ceil(len(X) / 64)
+    during = [f for f in frames if f"/{total} " in f and f"{total}/{total}" not in f and "loss " in f]
+    assert during and "samples/s" in during[-1], frames[:5]
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "sparse RNN on mackey-glass (none, cpu)" and out[1].split()[:3] == ["epoch", "train", "loss"]
+    assert [line.split()[0] for line in out[2:4]] == ["1", "2"]
+    stream.seek(0), stream.truncate()
+    cli.run([*argv, "--quiet"])
+    assert stream.getvalue() == "" and capsys.readouterr().out == ""
+    from sparse_engine.runs import progress_postfix
+
+    assert progress_postfix(0.123456, 3000, 2.0) == "loss 0.1235, 1,500 samples/s"
+
+
 @pytest.mark.skipif(not DATA.exists(), reason="shared data folder is not present")
 def test_train_gesture_generalises_to_a_held_out_recording():
     folder = str(DATA / "gesture")
