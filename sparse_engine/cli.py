@@ -25,7 +25,6 @@ import sys
 
 import torch
 
-from .analysis.nulls import METHODS as NULL_METHODS
 from .data.files import matrix_file_problem, output_path_problem
 from .data.tasks import TASK_DATA, TASKS, load_task  # noqa: F401  (load_task: re-exported, was defined here)
 from .models import MODELS
@@ -79,6 +78,8 @@ def _formatter(prog):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .analysis.nulls import METHODS as NULL_METHODS  # here: the analysis package loads scipy
+
     p = ArgumentParser(prog=PROG, description=__doc__, epilog=EXIT_CODES, formatter_class=_formatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
                            parser_class=ArgumentParser)
@@ -116,8 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of the split, the initial weights and the topology updates, >= 0 "
                         "(default: %(default)s)")
     t.add_argument("--save", metavar="PATH",
-                   help="write a checkpoint here (atomically) after training; its directory must exist "
-                        "(default: none)")
+                   help="write a checkpoint here (atomically) after training: a .pt, .pth or .ckpt file in a "
+                        "directory that exists (default: none)")
     t.add_argument("--record-balance", metavar="CSV",
                    help="write structural balance after each topology update to this CSV (default: none)")
     t.add_argument("--plot", metavar="IMAGE",
@@ -190,6 +191,13 @@ def _one_line(message) -> str:
     return " ".join(str(message).split()) or "unknown error"
 
 
+def _say(line: str) -> None:
+    """``line`` on stderr, on a line of its own even when a progress bar was drawn there."""
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\x1b[K")  # back to the start of the line and clear it
+    print(line, file=sys.stderr)
+
+
 def main(argv=None) -> int:
     """Console entry point (``sparse-engine``): runs one command and returns the exit code
     (see :data:`EXIT_CODES`). Errors a user can cause are one line on stderr; an unexpected
@@ -197,26 +205,26 @@ def main(argv=None) -> int:
     try:
         run(argv)
     except CommandError as exc:
-        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        _say(f"{PROG}: error: {_one_line(exc)}")
         return exc.code
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        _say(f"{PROG}: interrupted")
         return EXIT_INTERRUPTED
     except SystemExit as exc:  # --help (0), or a library that still exits with a message
         if exc.code is None or isinstance(exc.code, int):
             return exc.code or EXIT_OK
-        print(f"{PROG}: error: {_one_line(exc.code)}", file=sys.stderr)
+        _say(f"{PROG}: error: {_one_line(exc.code)}")
         return EXIT_FAILED
     except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
         if os.environ.get("SPARSE_ENGINE_TRACEBACK"):
             raise
-        print(f"{PROG}: error: out of memory ({_one_line(exc)[:200]}); try a smaller --hidden, --density or "
-              f"--batch-size", file=sys.stderr)
+        _say(f"{PROG}: error: out of memory ({_one_line(exc)[:200]}); try a smaller --hidden, --density or "
+             f"--batch-size")
         return EXIT_FAILED
     except (ValueError, TypeError, OSError, EOFError) as exc:  # a bad file, or a run that cannot go on
         if os.environ.get("SPARSE_ENGINE_TRACEBACK"):
             raise
-        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        _say(f"{PROG}: error: {_one_line(exc)}")
         return EXIT_FAILED
     return EXIT_OK
 

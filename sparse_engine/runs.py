@@ -24,7 +24,7 @@ from torch import nn
 
 from ._ext import HAS_CUDA_KERNELS
 from .checkpoint import save_checkpoint
-from .data.files import input_path_problem, output_path_problem
+from .data.files import CHECKPOINT_SUFFIXES, input_path_problem, output_path_problem
 from .data.tasks import TASK_DATA, TASKS, load_task, task_data_problem
 from .models import MODELS, SequenceModel
 from .sparse import SparseWeight, sparse_weights
@@ -90,6 +90,14 @@ def _path_or_none(value):
     return None if value is None else _path(value)
 
 
+def _checkpoint_or_none(value):
+    """A checkpoint path ``analyze`` can read back: a checkpoint suffix."""
+    if value is None or _path(value) is not None:
+        return _path_or_none(value)
+    if Path(value).suffix.lower() not in CHECKPOINT_SUFFIXES:
+        return f"expected a checkpoint file name ending in {', '.join(CHECKPOINT_SUFFIXES)}, got {str(value)!r}"
+
+
 def _str_or_none(value):
     if value is not None and not isinstance(value, str):
         return f"expected a string, got {value!r}"
@@ -113,7 +121,7 @@ _FIELD_RULES = {
     "hidden": _integer(1), "layers": _integer(1), "epochs": _integer(1), "batch_size": _integer(1),
     "n": _integer(1), "batch": _integer(1), "null": _integer(0), "seed": _integer(0),
     "density": _fraction, "lr": _positive,
-    "path": _path, "data": _path_or_none, "save": _path_or_none, "record_balance": _path_or_none,
+    "path": _path, "data": _path_or_none, "save": _checkpoint_or_none, "record_balance": _path_or_none,
     "plot": _path_or_none, "export_csv": _path_or_none, "key": _str_or_none,
     "quiet": _flag, "transpose": _flag,
 }

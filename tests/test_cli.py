@@ -105,6 +105,7 @@ BAD_ARGUMENTS = [  # argv, what the one line names
     (["train", "--task", "gesture"], "argument --data: task 'gesture' needs a *_va3.csv file"),
     (["train", "--data", "x.txt"], "argument --data: task 'digits' reads no data file"),
     (["train", "--plot", "loss.txt"], "argument --plot: expected an image file name"),
+    (["train", "--save", "model.txt"], "argument --save: expected a checkpoint file name ending in .pt, .pth, .ckpt"),
     (["train", "--no-such-option"], "unrecognized arguments: --no-such-option"),
     (["bench", "--n", "0"], "argument --n: expected an integer >= 1, got 0"),
     (["bench", "--density", "2"], "argument --density: expected a number in (0, 1], got 2.0"),
@@ -167,8 +168,9 @@ def test_output_paths_are_checked_before_training(tmp_path, capsys, monkeypatch)
 
     monkeypatch.setattr(runs, "load_task", no_training)
     (tmp_path / "file").write_text("")
+    (tmp_path / "folder.pt").mkdir()
     for option, path, problem in [("--save", tmp_path / "missing" / "ck.pt", "does not exist (create it first)"),
-                                  ("--save", tmp_path, "is a directory"),
+                                  ("--save", tmp_path / "folder.pt", "is a directory"),
                                   ("--plot", tmp_path / "missing" / "loss.png", "does not exist"),
                                   ("--record-balance", tmp_path / "file" / "b.csv", "is not a directory")]:
         start = time.perf_counter()
