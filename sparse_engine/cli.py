@@ -54,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", choices=("auto", "cpu", "cuda"), default=TrainConfig.device,
                    help="auto: a CUDA GPU when available (and built with the CUDA kernels), else the CPU")
     t.add_argument("--quiet", action="store_true")
+    t.add_argument("--resume", metavar="PATH", help="continue the run saved in this checkpoint bit for bit (same "
+                   "options; --epochs may grow); checkpoints then go to --save, or to PATH without it")
+    t.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every, metavar="STEPS",
+                   help="also write the resumable checkpoint to --save every STEPS training steps inside an "
+                   "epoch (it is written after every epoch anyway)")
 
     b = sub.add_parser("bench", help="quick CPU operator benchmark against torch.sparse and scipy")
     b.add_argument("--n", type=int, default=BenchConfig.n)

@@ -13,16 +13,16 @@ arguments into these configs and calls these functions.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ._ext import HAS_CUDA_KERNELS
-from .checkpoint import save_checkpoint
 from .data.tasks import load_task
 from .models import SequenceModel
+from .resume import TrainProgress
 from .sparse import SparseWeight, sparse_weights
 from .timing import best_of
 from .training.recipes import make_controller
@@ -66,6 +66,8 @@ class TrainConfig:
     plot: str | None = None         # PNG of the loss curves
     device: str = "auto"            # auto, cpu or cuda
     quiet: bool = False             # no progress bars and no results table
+    resume: str | None = None       # continue the run saved in this checkpoint (see sparse_engine.resume)
+    checkpoint_every: int = 0       # also checkpoint to --save every this many steps inside an epoch (0: epoch ends)
 
 
 @dataclass
@@ -128,11 +130,13 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
     table = Table(title=f"sparse {cfg.model.upper()} on {cfg.task} ({cfg.algorithm}, {device})")
     for col in ("epoch", "train loss", "test loss", "test acc", "nnz", "density"):
         table.add_column(col, justify="right")
-    history = []
-    for epoch in range(1, cfg.epochs + 1):
-        perm = torch.randperm(len(Xtr))
-        running = 0.0
-        for idx in tqdm(perm.split(cfg.batch_size), desc=f"epoch {epoch}", leave=False, disable=cfg.quiet):
+    progress = TrainProgress.start(cfg, model, opt, ctl, recorder, device, len(Xtr))  # restores with --resume
+    history = progress.history
+    for row in history:
+        _add_row(table, row)
+    for epoch in range(progress.epoch + 1, cfg.epochs + 1):
+        order, running = progress.begin_epoch(epoch)
+        for idx in tqdm(order, desc=f"epoch {epoch}", leave=False, disable=cfg.quiet):
             opt.zero_grad()
             loss = loss_fn(model(Xtr[idx].to(device)), ytr[idx].to(device))
             loss.backward()
@@ -140,6 +144,7 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
             if ctl is not None:
                 ctl.step()
             running += loss.item() * len(idx)
+            progress.after_step(running)
         test_loss, test_acc = evaluate(model, Xte, yte, meta["kind"], device=device)
         if ctl is not None:
             ctl.end_epoch(val_loss=test_loss) if cfg.algorithm == "selfish" else ctl.end_epoch()
@@ -148,15 +153,12 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
         size = sum(w.shape[0] * w.shape[1] for w in weights)
         row = dict(epoch=epoch, train_loss=running / len(Xtr), test_loss=test_loss, test_acc=test_acc, nnz=nnz,
                    density=nnz / size)
-        history.append(row)
-        table.add_row(str(epoch), f"{row['train_loss']:.4f}", f"{test_loss:.4f}",
-                      "-" if math.isnan(test_acc) else f"{test_acc:.3f}", f"{nnz:,}", f"{nnz / size:.4f}")
+        progress.end_epoch(row)  # appends to history; the checkpoint at every epoch end
+        _add_row(table, row)
     if not cfg.quiet:
         console.print(table)
-    if cfg.save:
-        # the options as the command line's namespace held them, so checkpoints read the same either way
-        save_checkpoint(cfg.save, model, opt, args={"command": "train", **asdict(cfg)}, history=history)
-        console.print(f"checkpoint: {cfg.save}")
+    if progress.save_path:
+        console.print(f"checkpoint: {progress.save_path}")
     if recorder is not None:
         recorder.to_csv(cfg.record_balance)
         console.print(f"balance records: {cfg.record_balance}")
@@ -164,6 +166,12 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
         plot_history(history, cfg.plot)
         console.print(f"plot: {cfg.plot}")
     return TrainResult(model, history)
+
+
+def _add_row(table, row):
+    table.add_row(str(row["epoch"]), f"{row['train_loss']:.4f}", f"{row['test_loss']:.4f}",
+                  "-" if math.isnan(row["test_acc"]) else f"{row['test_acc']:.3f}", f"{row['nnz']:,}",
+                  f"{row['density']:.4f}")
 
 
 def plot_history(history, path):

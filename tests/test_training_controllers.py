@@ -12,7 +12,7 @@ from sparse_engine.nn import SparseLinear
 from sparse_engine.training import (SET, DeepR, GradFactorRecorder, GradualMagnitudePruning, RigL, SelfishRNN,
                                     SparseNTASGD, cosine_decay, cubic_density, erk_densities, narang_threshold,
                                     redistribute, sparse_weights, sparsify_)
-from _training_util import check_invariants, keys, ref_set_keep, ref_smallest, value_by_key
+from _training_util import assert_bit_equal, check_invariants, keys, ref_set_keep, ref_smallest, value_by_key
 
 
 def mlp(seed=0, density=0.3, hidden=32):
@@ -600,24 +600,6 @@ def drive(model, opt, sched, ctl, start, stop, batches=4):
             else:
                 ctl.end_epoch()
     return losses
-
-
-def assert_bit_equal(a, b, where="state"):
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
-        assert a.device == b.device and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and list(a) == list(b), where
-        for k in a:
-            assert_bit_equal(a[k], b[k], f"{where}[{k!r}]")
-    elif isinstance(a, (list, tuple)):
-        assert type(a) is type(b) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_bit_equal(x, y, f"{where}[{i}]")
-    elif isinstance(a, float) and math.isnan(a):
-        assert isinstance(b, float) and math.isnan(b), where
-    else:
-        assert type(a) is type(b) and a == b, (where, a, b)
 
 
 def trainer(algo, model_seed, density, ctl_seed):
