@@ -14,11 +14,12 @@ state (see :func:`~sparse_engine.training.topology.rewire`).
 
 Resuming: ``ctl.state_dict()`` holds everything a controller needs to continue bit for bit
 (counters, its generator, schedule options, per-weight state such as DEEP R's signs or
-Selfish-RNN's averages); save it with the model's and the optimizer's between training steps
-(after ``ctl.step()`` or ``ctl.end_epoch()``), and load it into a controller built the same way
-on the reloaded model: ``model.load_state_dict(...)``, ``optimizer.load_state_dict(...)``,
-``ctl.load_state_dict(...)``. As for torch's LR schedulers, the saved schedule options win over
-the ones given to the new controller.
+Selfish-RNN's averages). Save it with the model's and the optimizer's between training steps,
+after ``ctl.step()`` or ``ctl.end_epoch()`` (with Selfish-RNN's growth by gradient not between an
+epoch's last step and ``end_epoch()``: that growth uses the last batch's gradient factors, which
+are not saved). Load it into a controller built the same way on the reloaded model:
+``model.load_state_dict(...)``, ``optimizer.load_state_dict(...)``, ``ctl.load_state_dict(...)``.
+As for torch's LR schedulers, the saved schedule options win over the new controller's.
 """
 from __future__ import annotations
 
