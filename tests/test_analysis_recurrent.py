@@ -168,18 +168,17 @@ def test_analyze_every_model_the_cli_trains(tmp_path, model, sparse, capsys):
 
 def test_analyze_gate_matches_the_block(tmp_path):
     ck = tmp_path / "lstm.pt"
-    res = cli.run(["train", "--hidden", "10", "--epochs", "1", "--save", str(ck), "--quiet"])
-    assert res is not None
+    cli.run(["train", "--hidden", "10", "--epochs", "1", "--save", str(ck), "--quiet"])
     m = load_recurrent(ck)
     assert m.key == "rnn.weight_hh_l0" and m.gates == GATE_NAMES["LSTM"]
-    W = torch.load(ck, weights_only=True)["model"]
-    dense = torch.sparse_csr_tensor(W["rnn.weight_hh_l0.row_ptr"], W["rnn.weight_hh_l0.col_idx"].long(),
-                                    W["rnn.weight_hh_l0.values"], size=(40, 10)).to_dense()
+    state = torch.load(ck, weights_only=True)["model"]
+    W = [state[f"rnn.weight_hh_l0.{part}"].numpy() for part in ("values", "col_idx", "row_ptr")]
+    dense = sp.csr_matrix(tuple(W), shape=(40, 10)).toarray()
     for k, g in enumerate("ifgo"):
-        want = structural_balance(sp.csr_matrix(dense[k * 10:(k + 1) * 10].numpy()), "triad").value
+        want = structural_balance(sp.csr_matrix(dense[k * 10:(k + 1) * 10]), "triad").value
         got = analyze(path=str(ck), gate=g)["triad"]
         assert got == want or (math.isnan(got) and math.isnan(want))
-    want = structural_balance(sp.csr_matrix(dense.view(4, 10, 10).sum(0).numpy()), "weighted").value
+    want = structural_balance(sp.csr_matrix(dense.reshape(4, 10, 10).sum(0)), "weighted").value
     got = analyze(path=str(ck), gate=SUM)["weighted"]
     assert got == pytest.approx(want, nan_ok=True)
 
@@ -197,7 +196,8 @@ def test_analyze_key_choice_and_null_models_per_gate(tmp_path):
         analyze(path=str(ck), key="rnn.weight_hh_l7")
     out = tmp_path / "edges.csv"
     first = analyze(path=str(ck), export_csv=str(out))  # one edge list per graph
-    assert sorted(p.name for p in tmp_path.glob("edges_*.csv")) == sorted(f"edges_{g}.csv" for g in ["r", "z", "n", SUM])
+    names = sorted(p.name for p in tmp_path.glob("edges_*.csv"))
+    assert names == sorted(f"edges_{g}.csv" for g in ["r", "z", "n", SUM])
     assert same(analyze(path=str(tmp_path / "edges_z.csv")), first.graphs["z"])
     assert same(analyze(path=str(tmp_path / "edges_sum.csv")), first)
 
@@ -227,7 +227,7 @@ def test_not_a_checkpoint_truncated_and_unknown_suffix(tmp_path):
     cases = {
         "garbage.pt": b"this is not a checkpoint at all\n" * 10,
         "truncated.pt": data[: len(data) // 2],
-        "pickle.pt": pickle.dumps({"a": 1}) + b"junk",
+        "pickle.pt": pickle.dumps({"a": 1}, protocol=2) + b"junk",
         "empty.pt": b"",
         "notes.txt": b"hello",
         "garbage.npz": b"PK\x03\x04 broken zip",

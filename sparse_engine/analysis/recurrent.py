@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import operator
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -181,13 +181,17 @@ class RecurrentMatrix:
     def describe(self) -> str:
         gates = self.gates
         what = (f"one {self.hidden} x {self.hidden} block" if len(gates) == 1 else
-                f"{self.cell} W_hh, hidden size {self.hidden}: gate blocks {', '.join(gates)} and their sum")
+                f"{self.cell} gate stack, hidden size {self.hidden}: blocks {', '.join(gates)} and their sum")
         text = f"{self.label} ({what})"
+        if self.key and not is_recurrent_name(self.key):
+            text += "; note: not a hidden-to-hidden weight (weight_hh...), so its graph is not the recurrent network"
         if self.dense:
             text += (": stored dense (a model trained with sparse='input'), so every nonzero entry is an edge "
                      "and the graph is (nearly) complete")
         if self.ids is not None and not np.array_equal(self.ids, np.arange(len(self.ids))):
             text += f"; node ids relabelled 0..{len(self.ids) - 1} in increasing order (largest id {self.ids[-1]})"
+        if self.others:
+            text += f"; other recurrent matrices (key=/--key): {', '.join(self.others)}"
         return text
 
 
