@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--null-method", default=AnalyzeConfig.null_method)
     a.add_argument("--seed", type=int, default=AnalyzeConfig.seed)
     a.add_argument("--export-csv", metavar="CSV", help="write the graph as a Gephi edge list")
+    a.add_argument("--gate", metavar="NAME", help="one gate block of an LSTM (i f g o) or GRU (r z n) W_hh, or sum "
+                   "(the blocks added); default: every gate and the sum")
     return p
 
 

@@ -62,7 +62,7 @@ class TrainConfig:
     lr: float = 5e-3
     seed: int = 0
     save: str | None = None         # checkpoint path (written atomically)
-    record_balance: str | None = None  # CSV of structural balance after topology updates
+    record_balance: str | None = None  # CSV of structural balance after topology updates and each epoch
     plot: str | None = None         # PNG of the loss curves
     device: str = "auto"            # auto, cpu or cuda
     quiet: bool = False             # no progress bars and no results table
@@ -119,10 +119,10 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
     batches = math.ceil(len(Xtr) / cfg.batch_size)
     callbacks = []
     recorder = None
-    if cfg.record_balance:
-        from .analysis import BalanceRecorder
+    if cfg.record_balance:  # after each topology update and at each epoch's end (analysis/record.py)
+        from .analysis import BalanceRecorder, recurrent_weights
 
-        recorder = BalanceRecorder()
+        recorder = BalanceRecorder(layers=list(recurrent_weights(model)))
         callbacks.append(recorder)
     ctl = make_controller(cfg.algorithm, model, opt, cfg.epochs * batches, cfg.seed, callbacks)
     loss_fn = nn.functional.cross_entropy if meta["kind"] == "classify" else nn.functional.mse_loss
@@ -136,6 +136,8 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
         _add_row(table, row)
     for epoch in range(progress.epoch + 1, cfg.epochs + 1):
         order, running = progress.begin_epoch(epoch)
+        if recorder is not None:
+            recorder.epoch = epoch
         for idx in tqdm(order, desc=f"epoch {epoch}", leave=False, disable=cfg.quiet):
             opt.zero_grad()
             loss = loss_fn(model(Xtr[idx].to(device)), ytr[idx].to(device))
@@ -148,6 +150,8 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
         test_loss, test_acc = evaluate(model, Xte, yte, meta["kind"], device=device)
         if ctl is not None:
             ctl.end_epoch(val_loss=test_loss) if cfg.algorithm == "selfish" else ctl.end_epoch()
+        if recorder is not None:
+            recorder.end_epoch(epoch * batches, recurrent_weights(model), epoch)
         weights = sparse_weights(model).values()
         nnz = sum(w.nnz for w in weights)
         size = sum(w.shape[0] * w.shape[1] for w in weights)
@@ -243,78 +247,95 @@ def bench(config: BenchConfig | None = None, **options) -> list[dict]:
 class AnalyzeConfig:
     """``sparse-engine analyze`` options."""
     path: str                       # checkpoint (.pt), Gephi edge list (.csv) or scipy matrix (.npz)
-    key: str | None = None          # which sparse weight of a checkpoint (default: the first recurrent one)
+    key: str | None = None          # which matrix of a checkpoint (default: the first recurrent one)
     transpose: bool = False         # the matrix is used as h @ W (rows presynaptic)
     null: int = 0                   # compare with this many randomised networks
     null_method: str = "sign_shuffle"
     seed: int = 0
     export_csv: str | None = None   # write the graph here as a Gephi edge list
+    gate: str | None = None         # one gate block of an LSTM/GRU (i f g o / r z n) or "sum"; default all
 
 
-def load_matrix(path: str, key: str | None):
-    """A recurrent matrix from a checkpoint (.pt; default key: the first layer's
-    ``weight_hh_l0``), a Gephi edge list (.csv) or a scipy matrix (.npz)."""
-    p = Path(path)
-    if not p.exists():
-        raise SystemExit(f"{p} does not exist")
-    from . import analysis as A
+def load_matrix(path: str, key: str | None = None):
+    """The recurrent matrix to analyse, as a :class:`~sparse_engine.analysis.RecurrentMatrix`
+    (:func:`~sparse_engine.analysis.load_recurrent`): from a checkpoint (.pt/.pth/.ckpt;
+    default key: the first hidden-to-hidden weight, ``rnn.weight_hh_l0`` or a CT-RNN's
+    ``rnn.weight_hh``, sparse or dense), a Gephi edge list (.csv) or a scipy matrix (.npz).
+    FileNotFoundError for a missing file, ValueError naming the file for anything unreadable."""
+    from .analysis import load_recurrent
 
-    if p.suffix == ".csv":
-        return A.read_edge_csv(p)
-    if p.suffix == ".npz":
-        import scipy.sparse as sp
-
-        return sp.load_npz(p)
-    state = torch.load(p, map_location="cpu", weights_only=True)
-    if key is None:
-        flat = state.get("model", state)
-        recurrent = sorted(k[: -len(".row_ptr")] for k in flat if k.endswith("weight_hh_l0.row_ptr"))
-        key = recurrent[0] if recurrent else None
-    return A.load_sparse_weight(state, key=key)
+    return load_recurrent(path, key)
 
 
-def analyze(config: AnalyzeConfig | None = None, **options) -> dict:
+def analyze(config: AnalyzeConfig | None = None, **options):
     """Signed triad census and structural balance of a recurrent matrix, with optional null
-    models and edge-list export (``sparse-engine analyze``); prints tables and returns the
-    overall balance per definition."""
+    models and edge-list export (``sparse-engine analyze``). An LSTM's or GRU's W_hh is
+    analysed per gate block and as the sum of its blocks (``gate`` picks one); see
+    :mod:`sparse_engine.analysis.recurrent`. Prints tables and returns an
+    :class:`~sparse_engine.analysis.AnalysisResult`: the overall balance per definition of
+    the chosen gate, else of the summed graph (gated cells) or the one block, with every
+    graph's values in ``.graphs``."""
     from rich.console import Console
     from rich.table import Table
 
     from . import analysis as A
 
     cfg = _config(AnalyzeConfig, config, options)
-    W = load_matrix(cfg.path, cfg.key)
-    census = A.signed_triad_census(W, transpose=cfg.transpose)
+    m = load_matrix(cfg.path, cfg.key)
+    graphs = m.graphs(cfg.gate, transpose=cfg.transpose)
+    primary = cfg.gate if cfg.gate is not None else m.primary
     console = Console()
-    t = Table(title=f"signed triad census of {cfg.path} (n={census.n:,})")
-    for col in ("type", "count", "balanced", "unbalanced"):
-        t.add_column(col, justify="right")
-    for name in A.TRIAD_TYPES:
-        t.add_row(name, f"{census.counts[name]:,}", f"{census.balanced.get(name, '')}",
-                  f"{census.unbalanced.get(name, '')}")
+    console.print(m.describe())
+    census = {g: A.signed_triad_census(w) for g, w in graphs.items()}
+    n = next(iter(census.values())).n
+    t = Table(title=f"signed triad census of {m.key or cfg.path} (n={n:,})")
+    t.add_column("type", justify="right")
+    if len(graphs) == 1:
+        c = census[primary]
+        for col in ("count", "balanced", "unbalanced"):
+            t.add_column(col, justify="right")
+        for name in A.TRIAD_TYPES:
+            t.add_row(name, f"{c.counts[name]:,}", f"{c.balanced.get(name, '')}", f"{c.unbalanced.get(name, '')}")
+    else:
+        for g in graphs:
+            t.add_column(f"{g} count" if g != A.SUM else "sum count", justify="right")
+        for name in A.TRIAD_TYPES:
+            t.add_row(name, *(f"{census[g].counts[name]:,}" for g in graphs))
     console.print(t)
-    b = Table(title="structural balance")
+    b = Table(title="structural balance" + (" per gate and of the summed graph" if len(graphs) > 1 else ""))
+    if len(graphs) > 1:
+        b.add_column("graph")
     b.add_column("definition")
     for typ in A.TRANSITIVE_TYPES:
         b.add_column(typ, justify="right")
     b.add_column("overall", justify="right")
-    result = {}
-    for d in A.DEFINITIONS:
-        bal = A.structural_balance(census, d)
-        result[d] = bal.value
-        b.add_row(d, *(f"{bal.per_type[x]:.3f}" for x in A.TRANSITIVE_TYPES), f"{bal.value:.3f}")
+    per_graph = {}
+    for g, c in census.items():
+        per_graph[g] = {}
+        for d in A.DEFINITIONS:
+            bal = A.structural_balance(c, d)
+            per_graph[g][d] = bal.value
+            cells = (*(f"{bal.per_type[x]:.3f}" for x in A.TRANSITIVE_TYPES), f"{bal.value:.3f}")
+            b.add_row(*((g,) if len(graphs) > 1 else ()), d, *cells)
     console.print(b)
+    nulls = {}
     if cfg.null:
-        res = A.null_model_test(W, cfg.null_method, K=cfg.null, seed=cfg.seed, transpose=cfg.transpose)
-        n = Table(title=f"{cfg.null} null models ({cfg.null_method})")
-        for col in ("measure", "observed", "null mean", "z", "p (greater)"):
-            n.add_column(col, justify="right")
-        for row in res.table():
-            if row["measure"].startswith("balance_"):
-                n.add_row(row["measure"], f"{row['observed']:.3f}", f"{row['null_mean']:.3f}", f"{row['z']:.2f}",
-                          f"{row['p_greater']:.3f}")
-        console.print(n)
+        nt = Table(title=f"{cfg.null} null models ({cfg.null_method})")
+        cols = (("graph",) if len(graphs) > 1 else ()) + ("measure", "observed", "null mean", "z", "p (greater)")
+        for col in cols:
+            nt.add_column(col, justify="right")
+        for g, w in graphs.items():
+            nulls[g] = res = A.null_model_test(w, cfg.null_method, K=cfg.null, seed=cfg.seed)
+            for row in res.table():
+                if row["measure"].startswith("balance_"):
+                    nt.add_row(*((g,) if len(graphs) > 1 else ()), row["measure"], f"{row['observed']:.3f}",
+                               f"{row['null_mean']:.3f}", f"{row['z']:.2f}", f"{row['p_greater']:.3f}")
+        console.print(nt)
     if cfg.export_csv:
-        A.write_edge_csv(W, cfg.export_csv, transpose=cfg.transpose)
-        console.print(f"edge list: {cfg.export_csv}")
-    return result
+        out = Path(cfg.export_csv)
+        for g, w in graphs.items():  # one edge list per graph: name_<gate>.csv when there are several
+            path = out if len(graphs) == 1 else out.with_name(f"{out.stem}_{g}{out.suffix}")
+            A.write_edge_csv(w, path, ids=m.ids)
+            console.print(f"edge list{'' if len(graphs) == 1 else f' ({g})'}: {path}")
+    return A.AnalysisResult(per_graph[primary], matrix=m, primary=primary, graphs=per_graph, census=census,
+                            null=nulls)

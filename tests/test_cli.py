@@ -50,7 +50,7 @@ def test_analyze_gephi_csv_and_export(tmp_path):
 def test_bad_arguments_exit_with_a_message():
     with pytest.raises(SystemExit, match="--task mnist needs --data"):
         cli.run(["train", "--task", "mnist"])
-    with pytest.raises(SystemExit, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
         cli.run(["analyze", "/no/such/file.pt"])
     with pytest.raises(SystemExit):
         cli.run(["train", "--model", "transformer"])
