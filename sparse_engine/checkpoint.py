@@ -2,19 +2,99 @@
 
 A checkpoint is one ``torch.save`` file holding the model's and (optionally) the optimizer's
 ``state_dict`` plus any extra picklable data. It is written to a temporary file in the same
-directory, flushed to disk and renamed over the target, so a crash never leaves a torn file.
+directory (``.<name>.<pid>-<random>.tmp``, created with the user's umask like any new file),
+flushed to disk and renamed over the target, so a crash never leaves a torn file. A writer
+killed mid-save (``kill -9``, power loss) leaves only its temporary behind; the next save of the
+same checkpoint deletes such orphans (those of processes that are gone).
+Reading checks the file's CRC-32s (``torch.save`` writes a zip archive), so a truncated or
+corrupted file is refused with a ``ValueError`` naming it instead of loading wrong numbers or
+failing inside the unpickler.
 Sparse weights may hold a different nnz than a freshly built model: loading resizes them.
 """
 from __future__ import annotations
 
 import os
-import tempfile
+import re
+import secrets
+import zipfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 FORMAT = "sparse-engine-checkpoint-v1"
+
+_writing: set[str] = set()  # temporaries this process is writing now (not orphans)
+
+
+def _temporaries(path: Path):
+    """(temporary file, pid of its writer or None) beside ``path``: this module's
+    ``.<name>.<pid>-<random>.tmp`` and the ``.<name>.<random>.tmp`` of older versions."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(?:(\d+)-)?[A-Za-z0-9_]+\.tmp")
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return
+    for entry in entries:
+        m = pattern.fullmatch(entry.name)
+        if m and entry.is_file(follow_symlinks=False):
+            yield Path(entry.path), (int(m.group(1)) if m.group(1) else None)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # ours, and not in _writing: left by an earlier failed save
+    if os.name == "nt":
+        return True  # os.kill(pid, 0) would terminate the process there: keep the file
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, OverflowError):
+        return True  # exists (another user) or cannot tell: keep its file
+    return True
+
+
+def remove_stale_temporaries(path) -> list[Path]:
+    """Deletes the temporaries of ``path``'s earlier saves whose writer is gone (killed during
+    a save); the file of a save running in another live process is kept. Returns the removed."""
+    path = Path(path)
+    removed = []
+    for tmp, pid in _temporaries(path):
+        if str(tmp) in _writing or (pid is not None and _alive(pid)):
+            continue
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new empty file beside ``path``, mode 0666 minus the umask (as ``open(path, "wb")``
+    would give; ``tempfile.mkstemp`` would give 0600)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Makes the rename durable (POSIX; a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def save_checkpoint(path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, **extra) -> Path:
@@ -24,7 +104,9 @@ def save_checkpoint(path, model: nn.Module, optimizer: torch.optim.Optimizer | N
     payload = {"format": FORMAT, "model": model.state_dict(), "extra": extra}
     if optimizer is not None:
         payload["optimizer"] = optimizer.state_dict()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path)  # before writing: an orphan may hold the space this save needs
+    fd, tmp = _create_temporary(path)
+    _writing.add(str(tmp))
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
@@ -32,18 +114,23 @@ def save_checkpoint(path, model: nn.Module, optimizer: torch.optim.Optimizer | N
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    finally:
+        _writing.discard(str(tmp))
+    _fsync_directory(path.parent)
     return path
 
 
 def load_checkpoint(path, model: nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None,
                     map_location="cpu") -> dict:
-    """Reads a checkpoint; loads it into ``model``/``optimizer`` when given. Returns the payload."""
+    """Reads a checkpoint; loads it into ``model``/``optimizer`` when given. Returns the payload.
+    FileNotFoundError when ``path`` does not exist; ValueError naming it when it is truncated,
+    corrupted or not a sparse-engine checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    payload = torch.load(path, map_location=map_location, weights_only=False)
+    payload = read_payload(path, map_location)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a sparse-engine checkpoint (format {FORMAT})")
     if model is not None:
@@ -53,3 +140,30 @@ def load_checkpoint(path, model: nn.Module | None = None, optimizer: torch.optim
             raise ValueError(f"{path} holds no optimizer state")
         optimizer.load_state_dict(payload["optimizer"])
     return payload
+
+
+def read_payload(path, map_location="cpu", weights_only: bool = False):
+    """``torch.load`` of ``path`` after checking the archive's CRC-32s; ValueError naming the file
+    (truncated, corrupted, not a checkpoint) instead of torch's or pickle's exceptions."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(f"{path} is empty: a truncated checkpoint (not a sparse-engine checkpoint)")
+    with open(path, "rb") as f:
+        is_zip = f.read(4) == b"PK\x03\x04"
+    if is_zip:
+        try:
+            with zipfile.ZipFile(path) as z:
+                bad = z.testzip()
+        except Exception as e:  # BadZipFile, EOFError, zlib.error, ...
+            raise ValueError(f"{path} is truncated or corrupted ({size} bytes, {e}): not a readable sparse-engine "
+                             "checkpoint") from e
+        if bad is not None:
+            raise ValueError(f"{path} is corrupted: record {bad!r} fails its CRC check (not a readable sparse-engine "
+                             "checkpoint)")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=weights_only)
+    except Exception as e:
+        what = "is truncated or corrupted" if is_zip else "is not a sparse-engine checkpoint"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(f"{path} {what} (torch.load: {type(e).__name__}: {first})") from e

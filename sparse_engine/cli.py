@@ -25,7 +25,7 @@ import sys
 
 import torch
 
-from .data.files import matrix_file_problem, output_path_problem
+from .data.files import input_path_problem, output_path_problem
 from .data.tasks import TASK_DATA, TASKS, load_task  # noqa: F401  (load_task: re-exported, was defined here)
 from .models import MODELS
 from .runs import (DEVICES, SPARSE_CHOICES, AnalyzeConfig, BenchConfig, ConfigError, ConfigPathError,  # noqa: F401
@@ -117,10 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of the split, the initial weights and the topology updates, >= 0 "
                         "(default: %(default)s)")
     t.add_argument("--save", metavar="PATH",
-                   help="write a checkpoint here (atomically) after training: a .pt, .pth or .ckpt file in a "
-                        "directory that exists (default: none)")
+                   help="write the (resumable) checkpoint here, atomically, after every epoch: a .pt, .pth or "
+                        ".ckpt file in a directory that exists (default: none)")
     t.add_argument("--record-balance", metavar="CSV",
-                   help="write structural balance after each topology update to this CSV (default: none)")
+                   help="write structural balance after each topology update and each epoch to this CSV "
+                        "(default: none)")
     t.add_argument("--plot", metavar="IMAGE",
                    help="plot the train and test loss per epoch to this image, e.g. loss.png; needs "
                         "matplotlib (default: none)")
@@ -129,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     t.add_argument("--quiet", action="store_true",
                    help="no progress bar and no per-epoch results lines (default: off)")
+    t.add_argument("--resume", metavar="PATH",
+                   help="continue the run saved in this checkpoint bit for bit (same options; --epochs may grow); "
+                        "checkpoints then go to --save, or to PATH without it (default: none)")
+    t.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every, metavar="STEPS",
+                   help="also write the resumable checkpoint every STEPS training steps inside an epoch, >= 0; "
+                        "needs --save or --resume (default: %(default)s: after every epoch only)")
 
     b = command("bench", "quick CPU operator benchmark against torch.sparse and scipy")
     b.add_argument("--n", type=int, default=BenchConfig.n, metavar="N",
@@ -141,8 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = command("analyze", "motifs and structural balance of a recurrent matrix")
     a.add_argument("path", help="checkpoint (.pt, .pth, .ckpt), Gephi edge list (.csv: Id,Source,Target,Weight) "
                                 "or scipy sparse matrix (.npz)")
-    a.add_argument("--key", help="which sparse weight of a checkpoint (default: the first layer's recurrent "
-                                 "weight_hh_l0)")
+    a.add_argument("--key", help="which matrix of a checkpoint, e.g. rnn.weight_hh_l1 (default: the first "
+                                 "hidden-to-hidden weight, weight_hh_l0)")
     a.add_argument("--transpose", action="store_true",
                    help="the matrix is used as h @ W, rows presynaptic (default: off, W @ h)")
     a.add_argument("--null", type=int, default=AnalyzeConfig.null, metavar="K",
@@ -153,13 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--seed", type=int, default=AnalyzeConfig.seed, metavar="N",
                    help="seed of the null models, >= 0 (default: %(default)s)")
     a.add_argument("--export-csv", metavar="CSV", help="also write the graph as a Gephi edge list (default: none)")
+    a.add_argument("--gate", metavar="NAME",
+                   help="one gate block of an LSTM (i f g o) or GRU (r z n) W_hh, or sum (the blocks added) "
+                        "(default: every gate and the sum)")
     return p
 
 
 def _check_analyze_paths(cfg: AnalyzeConfig) -> None:
     """The file analyze reads and the one it writes, before the census starts (analyze itself
-    loads the matrix: a checkpoint's content is checked there)."""
-    problem = matrix_file_problem(cfg.path)
+    checks the file's type and content when it loads the matrix: ValueError naming the file)."""
+    problem = input_path_problem(cfg.path, "file")
     if problem is not None:
         raise ConfigPathError("path", problem)
     problem = None if cfg.export_csv is None else output_path_problem(cfg.export_csv)

@@ -16,17 +16,17 @@ import math
 import numbers
 import os
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ._ext import HAS_CUDA_KERNELS
-from .checkpoint import save_checkpoint
-from .data.files import CHECKPOINT_SUFFIXES, input_path_problem, output_path_problem
+from .data.files import input_path_problem, output_path_problem
 from .data.tasks import TASK_DATA, TASKS, load_task, task_data_problem
 from .models import MODELS, SequenceModel
+from .resume import TrainProgress
 from .sparse import SparseWeight, sparse_weights
 from .timing import best_of
 from .training.recipes import ALGORITHMS, make_controller
@@ -94,6 +94,8 @@ def _checkpoint_or_none(value):
     """A checkpoint path ``analyze`` can read back: a checkpoint suffix."""
     if value is None or _path(value) is not None:
         return _path_or_none(value)
+    from .analysis.recurrent import CHECKPOINT_SUFFIXES
+
     if Path(value).suffix.lower() not in CHECKPOINT_SUFFIXES:
         return f"expected a checkpoint file name ending in {', '.join(CHECKPOINT_SUFFIXES)}, got {str(value)!r}"
 
@@ -122,7 +124,8 @@ _FIELD_RULES = {
     "n": _integer(1), "batch": _integer(1), "null": _integer(0), "seed": _integer(0),
     "density": _fraction, "lr": _positive,
     "path": _path, "data": _path_or_none, "save": _checkpoint_or_none, "record_balance": _path_or_none,
-    "plot": _path_or_none, "export_csv": _path_or_none, "key": _str_or_none,
+    "plot": _path_or_none, "export_csv": _path_or_none, "key": _str_or_none, "resume": _path_or_none,
+    "checkpoint_every": _integer(0), "gate": _str_or_none,
     "quiet": _flag, "transpose": _flag,
 }
 
@@ -134,6 +137,8 @@ def _train_combinations(cfg):
         return "data", problem
     if cfg.model == "ctrnn" and cfg.layers != 1:
         return "layers", f"model 'ctrnn' has one layer, got {cfg.layers}"
+    if cfg.checkpoint_every and cfg.save is None and cfg.resume is None:
+        return "checkpoint_every", "needs a checkpoint to write to: save or resume (--save PATH or --resume PATH)"
     return None
 
 
@@ -184,10 +189,12 @@ class TrainConfig(_Checked):
     lr: float = 5e-3
     seed: int = 0
     save: str | None = None         # checkpoint path (written atomically)
-    record_balance: str | None = None  # CSV of structural balance after topology updates
+    record_balance: str | None = None  # CSV of structural balance after topology updates and each epoch
     plot: str | None = None         # PNG of the loss curves
     device: str = "auto"            # auto, cpu or cuda
     quiet: bool = False             # no progress bars and no results table
+    resume: str | None = None       # continue the run saved in this checkpoint (see sparse_engine.resume)
+    checkpoint_every: int = 0       # also checkpoint to --save every this many steps inside an epoch (0: epoch ends)
 
 
 @dataclass
@@ -222,14 +229,17 @@ def evaluate(model, X, y, kind, batch=256, device="cpu"):
 
 
 def check_train_paths(cfg: TrainConfig) -> None:
-    """ConfigPathError unless ``cfg.data`` (when set) can be read and every output path
-    (``save``, ``record_balance``, ``plot``) can be written; :func:`train` runs it before any
-    work, so a typo in an output path fails at once rather than after the last epoch."""
-    if cfg.data is not None:
-        problem = input_path_problem(cfg.data, TASK_DATA.get(cfg.task, (None,))[0])
+    """ConfigPathError unless ``cfg.data`` and ``cfg.resume`` (when set) can be read and every
+    output path (``save``, ``record_balance``, ``plot``; ``resume`` without ``save``) can be
+    written; :func:`train` runs it before any work, so a typo in an output path fails at once
+    rather than after the last epoch."""
+    for field, kind in (("data", TASK_DATA.get(cfg.task, (None,))[0]), ("resume", "file")):
+        path = getattr(cfg, field)
+        problem = None if path is None else input_path_problem(path, kind)
         if problem is not None:
-            raise ConfigPathError("data", problem)
-    for field in ("save", "record_balance", "plot"):
+            raise ConfigPathError(field, problem)
+    # a resumed run without --save writes its checkpoints over the one it resumed from
+    for field in ("save", "record_balance", "plot") + (() if cfg.save is not None else ("resume",)):
         path = getattr(cfg, field)
         problem = None if path is None else output_path_problem(path)
         if problem is not None:
@@ -262,11 +272,13 @@ def epoch_header() -> str:
     return "  ".join(name.rjust(width) for name, width in _EPOCH_COLUMNS)
 
 
-def epoch_line(row: dict, samples_per_s: float) -> str:
-    """One epoch's metrics (a :class:`TrainResult` history row) under :func:`epoch_header`."""
+def epoch_line(row: dict, samples_per_s: float | None) -> str:
+    """One epoch's metrics (a :class:`TrainResult` history row) under :func:`epoch_header`;
+    ``samples_per_s`` None (an epoch a resumed run had finished) shows as ``-``."""
     acc = "-" if math.isnan(row["test_acc"]) else f"{row['test_acc']:.3f}"
+    rate = "-" if samples_per_s is None else f"{samples_per_s:,.0f}"
     cells = (str(row["epoch"]), f"{row['train_loss']:.4f}", f"{row['test_loss']:.4f}", acc, f"{row['nnz']:,}",
-             f"{row['density']:.4f}", f"{samples_per_s:,.0f}")
+             f"{row['density']:.4f}", rate)
     return "  ".join(cell.rjust(width) for cell, (_, width) in zip(cells, _EPOCH_COLUMNS))
 
 
@@ -289,23 +301,30 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
     batches = math.ceil(len(Xtr) / cfg.batch_size)
     callbacks = []
     recorder = None
-    if cfg.record_balance:
-        from .analysis import BalanceRecorder
+    if cfg.record_balance:  # after each topology update and at each epoch's end (analysis/record.py)
+        from .analysis import BalanceRecorder, recurrent_weights
 
-        recorder = BalanceRecorder()
+        recorder = BalanceRecorder(layers=list(recurrent_weights(model)))
         callbacks.append(recorder)
     ctl = make_controller(cfg.algorithm, model, opt, cfg.epochs * batches, cfg.seed, callbacks)
     loss_fn = nn.functional.cross_entropy if meta["kind"] == "classify" else nn.functional.mse_loss
     console = Console()
+    progress = TrainProgress.start(cfg, model, opt, ctl, recorder, device, len(Xtr))  # restores with --resume
+    history = progress.history
     if not cfg.quiet:
         title = f"sparse {cfg.model.upper()} on {cfg.task} ({cfg.algorithm}, {device})"
         console.print(title, markup=False, highlight=False)
         console.print(epoch_header(), markup=False, highlight=False)
-    history = []
-    for epoch in range(1, cfg.epochs + 1):
-        perm = torch.randperm(len(Xtr))
-        running, seen, start = 0.0, 0, time.perf_counter()
-        bar = tqdm(perm.split(cfg.batch_size), desc=f"epoch {epoch}", unit="batch", leave=False, disable=cfg.quiet)
+        for row in history:  # the epochs a resumed run had finished
+            console.print(epoch_line(row, None), markup=False, highlight=False)
+    for epoch in range(progress.epoch + 1, cfg.epochs + 1):
+        order, running = progress.begin_epoch(epoch)
+        if recorder is not None:
+            recorder.epoch = epoch
+        done = progress.batch  # batches of this epoch a resumed run had done (full ones)
+        seen, start = done * cfg.batch_size, time.perf_counter()
+        bar = tqdm(order, desc=f"epoch {epoch}", unit="batch", initial=done, total=done + len(order), leave=False,
+                   disable=cfg.quiet)
         for idx in bar:
             opt.zero_grad()
             loss = loss_fn(model(Xtr[idx].to(device)), ytr[idx].to(device))
@@ -314,25 +333,27 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
             if ctl is not None:
                 ctl.step()
             running += loss.item() * len(idx)
+            progress.after_step(running)
             seen += len(idx)
             if not cfg.quiet:
-                bar.set_postfix_str(progress_postfix(running / seen, seen, time.perf_counter() - start), refresh=False)
-        samples_per_s = seen / max(time.perf_counter() - start, 1e-9)
+                bar.set_postfix_str(progress_postfix(running / seen, seen - done * cfg.batch_size,
+                                                     time.perf_counter() - start), refresh=False)
+        samples_per_s = (seen - done * cfg.batch_size) / max(time.perf_counter() - start, 1e-9)
         test_loss, test_acc = evaluate(model, Xte, yte, meta["kind"], device=device)
         if ctl is not None:
             ctl.end_epoch(val_loss=test_loss) if cfg.algorithm == "selfish" else ctl.end_epoch()
+        if recorder is not None:
+            recorder.end_epoch(epoch * batches, recurrent_weights(model), epoch)
         weights = sparse_weights(model).values()
         nnz = sum(w.nnz for w in weights)
         size = sum(w.shape[0] * w.shape[1] for w in weights)
         row = dict(epoch=epoch, train_loss=running / len(Xtr), test_loss=test_loss, test_acc=test_acc, nnz=nnz,
                    density=nnz / size)
-        history.append(row)
+        progress.end_epoch(row)  # appends to history; the checkpoint at every epoch end
         if not cfg.quiet:
             console.print(epoch_line(row, samples_per_s), markup=False, highlight=False)
-    if cfg.save:
-        # the options as the command line's namespace held them, so checkpoints read the same either way
-        save_checkpoint(cfg.save, model, opt, args={"command": "train", **asdict(cfg)}, history=history)
-        console.print(f"checkpoint: {cfg.save}")
+    if progress.save_path:
+        console.print(f"checkpoint: {progress.save_path}")
     if recorder is not None:
         recorder.to_csv(cfg.record_balance)
         console.print(f"balance records: {cfg.record_balance}")
@@ -411,78 +432,95 @@ def bench(config: BenchConfig | None = None, **options) -> list[dict]:
 class AnalyzeConfig(_Checked):
     """``sparse-engine analyze`` options."""
     path: str                       # checkpoint (.pt), Gephi edge list (.csv) or scipy matrix (.npz)
-    key: str | None = None          # which sparse weight of a checkpoint (default: the first recurrent one)
+    key: str | None = None          # which matrix of a checkpoint (default: the first recurrent one)
     transpose: bool = False         # the matrix is used as h @ W (rows presynaptic)
     null: int = 0                   # compare with this many randomised networks
     null_method: str = "sign_shuffle"
     seed: int = 0
     export_csv: str | None = None   # write the graph here as a Gephi edge list
+    gate: str | None = None         # one gate block of an LSTM/GRU (i f g o / r z n) or "sum"; default all
 
 
-def load_matrix(path: str, key: str | None):
-    """A recurrent matrix from a checkpoint (.pt; default key: the first layer's
-    ``weight_hh_l0``), a Gephi edge list (.csv) or a scipy matrix (.npz)."""
-    p = Path(path)
-    if not p.exists():
-        raise SystemExit(f"{p} does not exist")
-    from . import analysis as A
+def load_matrix(path: str, key: str | None = None):
+    """The recurrent matrix to analyse, as a :class:`~sparse_engine.analysis.RecurrentMatrix`
+    (:func:`~sparse_engine.analysis.load_recurrent`): from a checkpoint (.pt/.pth/.ckpt;
+    default key: the first hidden-to-hidden weight, ``rnn.weight_hh_l0`` or a CT-RNN's
+    ``rnn.weight_hh``, sparse or dense), a Gephi edge list (.csv) or a scipy matrix (.npz).
+    FileNotFoundError for a missing file, ValueError naming the file for anything unreadable."""
+    from .analysis import load_recurrent
 
-    if p.suffix == ".csv":
-        return A.read_edge_csv(p)
-    if p.suffix == ".npz":
-        import scipy.sparse as sp
-
-        return sp.load_npz(p)
-    state = torch.load(p, map_location="cpu", weights_only=True)
-    if key is None:
-        flat = state.get("model", state)
-        recurrent = sorted(k[: -len(".row_ptr")] for k in flat if k.endswith("weight_hh_l0.row_ptr"))
-        key = recurrent[0] if recurrent else None
-    return A.load_sparse_weight(state, key=key)
+    return load_recurrent(path, key)
 
 
-def analyze(config: AnalyzeConfig | None = None, **options) -> dict:
+def analyze(config: AnalyzeConfig | None = None, **options):
     """Signed triad census and structural balance of a recurrent matrix, with optional null
-    models and edge-list export (``sparse-engine analyze``); prints tables and returns the
-    overall balance per definition."""
+    models and edge-list export (``sparse-engine analyze``). An LSTM's or GRU's W_hh is
+    analysed per gate block and as the sum of its blocks (``gate`` picks one); see
+    :mod:`sparse_engine.analysis.recurrent`. Prints tables and returns an
+    :class:`~sparse_engine.analysis.AnalysisResult`: the overall balance per definition of
+    the chosen gate, else of the summed graph (gated cells) or the one block, with every
+    graph's values in ``.graphs``."""
     from rich.console import Console
     from rich.table import Table
 
     from . import analysis as A
 
     cfg = _config(AnalyzeConfig, config, options)
-    W = load_matrix(cfg.path, cfg.key)
-    census = A.signed_triad_census(W, transpose=cfg.transpose)
+    m = load_matrix(cfg.path, cfg.key)
+    graphs = m.graphs(cfg.gate, transpose=cfg.transpose)
+    primary = cfg.gate if cfg.gate is not None else m.primary
     console = Console()
-    t = Table(title=f"signed triad census of {cfg.path} (n={census.n:,})")
-    for col in ("type", "count", "balanced", "unbalanced"):
-        t.add_column(col, justify="right")
-    for name in A.TRIAD_TYPES:
-        t.add_row(name, f"{census.counts[name]:,}", f"{census.balanced.get(name, '')}",
-                  f"{census.unbalanced.get(name, '')}")
+    console.print(m.describe())
+    census = {g: A.signed_triad_census(w) for g, w in graphs.items()}
+    n = next(iter(census.values())).n
+    t = Table(title=f"signed triad census of {m.key or cfg.path} (n={n:,})")
+    t.add_column("type", justify="right")
+    if len(graphs) == 1:
+        c = census[primary]
+        for col in ("count", "balanced", "unbalanced"):
+            t.add_column(col, justify="right")
+        for name in A.TRIAD_TYPES:
+            t.add_row(name, f"{c.counts[name]:,}", f"{c.balanced.get(name, '')}", f"{c.unbalanced.get(name, '')}")
+    else:
+        for g in graphs:
+            t.add_column(f"{g} count" if g != A.SUM else "sum count", justify="right")
+        for name in A.TRIAD_TYPES:
+            t.add_row(name, *(f"{census[g].counts[name]:,}" for g in graphs))
     console.print(t)
-    b = Table(title="structural balance")
+    b = Table(title="structural balance" + (" per gate and of the summed graph" if len(graphs) > 1 else ""))
+    if len(graphs) > 1:
+        b.add_column("graph")
     b.add_column("definition")
     for typ in A.TRANSITIVE_TYPES:
         b.add_column(typ, justify="right")
     b.add_column("overall", justify="right")
-    result = {}
-    for d in A.DEFINITIONS:
-        bal = A.structural_balance(census, d)
-        result[d] = bal.value
-        b.add_row(d, *(f"{bal.per_type[x]:.3f}" for x in A.TRANSITIVE_TYPES), f"{bal.value:.3f}")
+    per_graph = {}
+    for g, c in census.items():
+        per_graph[g] = {}
+        for d in A.DEFINITIONS:
+            bal = A.structural_balance(c, d)
+            per_graph[g][d] = bal.value
+            cells = (*(f"{bal.per_type[x]:.3f}" for x in A.TRANSITIVE_TYPES), f"{bal.value:.3f}")
+            b.add_row(*((g,) if len(graphs) > 1 else ()), d, *cells)
     console.print(b)
+    nulls = {}
     if cfg.null:
-        res = A.null_model_test(W, cfg.null_method, K=cfg.null, seed=cfg.seed, transpose=cfg.transpose)
-        n = Table(title=f"{cfg.null} null models ({cfg.null_method})")
-        for col in ("measure", "observed", "null mean", "z", "p (greater)"):
-            n.add_column(col, justify="right")
-        for row in res.table():
-            if row["measure"].startswith("balance_"):
-                n.add_row(row["measure"], f"{row['observed']:.3f}", f"{row['null_mean']:.3f}", f"{row['z']:.2f}",
-                          f"{row['p_greater']:.3f}")
-        console.print(n)
+        nt = Table(title=f"{cfg.null} null models ({cfg.null_method})")
+        cols = (("graph",) if len(graphs) > 1 else ()) + ("measure", "observed", "null mean", "z", "p (greater)")
+        for col in cols:
+            nt.add_column(col, justify="right")
+        for g, w in graphs.items():
+            nulls[g] = res = A.null_model_test(w, cfg.null_method, K=cfg.null, seed=cfg.seed)
+            for row in res.table():
+                if row["measure"].startswith("balance_"):
+                    nt.add_row(*((g,) if len(graphs) > 1 else ()), row["measure"], f"{row['observed']:.3f}",
+                               f"{row['null_mean']:.3f}", f"{row['z']:.2f}", f"{row['p_greater']:.3f}")
+        console.print(nt)
     if cfg.export_csv:
-        A.write_edge_csv(W, cfg.export_csv, transpose=cfg.transpose)
-        console.print(f"edge list: {cfg.export_csv}")
-    return result
+        out = Path(cfg.export_csv)
+        for g, w in graphs.items():  # one edge list per graph: name_<gate>.csv when there are several
+            path = out if len(graphs) == 1 else out.with_name(f"{out.stem}_{g}{out.suffix}")
+            A.write_edge_csv(w, path, ids=m.ids)
+            console.print(f"edge list{'' if len(graphs) == 1 else f' ({g})'}: {path}")
+    return A.AnalysisResult(per_graph[primary], matrix=m, primary=primary, graphs=per_graph, census=census,
+                            null=nulls)

@@ -1,7 +1,9 @@
-"""Helpers of the training tests (and of test_testing): invariants of a SparseWeight and numpy references."""
+"""Helpers of the training tests (and of test_testing): invariants of a SparseWeight, numpy references,
+and bit-for-bit comparison of nested states (resume tests)."""
 import math
 
 import numpy as np
+import torch
 
 from sparse_engine import SparseWeight
 
@@ -43,3 +45,23 @@ def ref_set_keep(v: np.ndarray, zeta: float) -> np.ndarray:
         order = idx[np.argsort(np.abs(v[idx]), kind="stable")]
         keep[order[n_drop:]] = True
     return keep
+
+
+def assert_bit_equal(a, b, where="state"):
+    """Nested dicts/lists/tuples of tensors and numbers equal bit for bit (same types, dtypes, devices;
+    NaN equals NaN); ``where`` names the first difference."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
+        assert a.device == b.device and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and list(a) == list(b), where
+        for k in a:
+            assert_bit_equal(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_bit_equal(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and math.isnan(a):
+        assert isinstance(b, float) and math.isnan(b), where
+    else:
+        assert type(a) is type(b) and a == b, (where, a, b)

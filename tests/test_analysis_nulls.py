@@ -78,6 +78,19 @@ def test_z_scores_and_p_values():
     assert {row["measure"] for row in r.table()} == set(r.observed)
 
 
+def test_p_value_of_a_nan_measure_is_nan_with_a_warning():
+    # a directed 6-cycle with a chord-free path: no transitive triad, so every balance value is NaN
+    n = 6
+    src, dst = np.arange(n), (np.arange(n) + 1) % n
+    A = sp.csr_matrix((np.where(src % 2, 1.0, -1.0), (dst, src)), shape=(n, n))
+    with pytest.warns(UserWarning, match="balance_semicycle") as record:
+        r = null_model_test(A, "sign_shuffle", K=9, seed=0)
+    assert any("balance_triad_030T" in str(w.message) for w in record)
+    for k in ("balance_semicycle", "balance_triad", "balance_weighted_300"):
+        assert np.isnan(r.observed[k]) and np.isnan(r.p_greater[k]) and np.isnan(r.p_less[k]), k
+    assert r.p_greater["021C"] == 1.0  # defined measures keep their p-values
+
+
 def test_bad_inputs():
     A = sp.csr_matrix((4, 4))
     with pytest.raises(ValueError, match="method"):

@@ -1,4 +1,11 @@
-"""Checkpoints: atomic writes and bit-exact reloads, including changed topologies."""
+"""Checkpoints: atomic writes and bit-exact reloads, including changed topologies; the file
+mode, orphans of a killed save, and clear errors on truncated or corrupted files."""
+import os
+import signal
+import stat
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -62,3 +69,77 @@ def test_bad_checkpoints(tmp_path):
     save_checkpoint(tmp_path / "m.pt", model)
     with pytest.raises(ValueError, match="no optimizer state"):
         load_checkpoint(tmp_path / "m.pt", model, opt)
+
+
+def test_checkpoint_has_the_users_file_mode(tmp_path):
+    """Written like any new file (0666 minus the umask), not 0600 as a mkstemp file."""
+    model, opt = model_and_optimizer(0.3)
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "ck.pt", model, opt)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        os.umask(0o027)
+        save_checkpoint(path, model, opt)  # the rename brings the new file's mode
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    finally:
+        os.umask(old)
+
+
+KILLED_WRITER = r"""
+import os, sys, time
+import torch
+from torch import nn
+from sparse_engine.nn import SparseLinear
+from sparse_engine.checkpoint import save_checkpoint
+
+model = nn.Sequential(SparseLinear(300, 200, density=0.3))
+real_fsync = os.fsync
+def hang(fd):  # the data is written: wait here, mid-save, to be killed
+    print("writing", flush=True)
+    time.sleep(600)
+os.fsync = hang
+save_checkpoint(sys.argv[1], model)
+"""
+
+
+@pytest.mark.skipif(os.name != "posix", reason="SIGKILL")
+def test_kill_during_save_leaves_an_orphan_that_the_next_save_removes(tmp_path):
+    path = tmp_path / "ck.pt"
+    model, opt = model_and_optimizer(0.3)
+    save_checkpoint(path, model, opt)
+    before = path.read_bytes()
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path)], stdout=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        assert proc.stdout.readline() == b"writing\n"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    orphans = [p for p in tmp_path.iterdir() if p.name != "ck.pt"]
+    assert len(orphans) == 1 and orphans[0].name.startswith(".ck.pt.") and orphans[0].name.endswith(".tmp")
+    assert orphans[0].stat().st_size > 0
+    assert path.read_bytes() == before  # the kill left the checkpoint as it was
+    (tmp_path / ".other.pt.123-abc.tmp").write_bytes(b"x")  # another checkpoint's temporary: not ours to remove
+    live = tmp_path / f".ck.pt.{os.getppid()}-abc.tmp"  # a writer that is alive: kept
+    live.write_bytes(b"x")
+    save_checkpoint(path, model, opt)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ck.pt", ".other.pt.123-abc.tmp", live.name])
+    load_checkpoint(path, model, opt)
+
+
+def test_truncated_or_corrupted_checkpoints_are_named_in_a_clear_error(tmp_path):
+    model, opt = model_and_optimizer(0.3)
+    good = save_checkpoint(tmp_path / "good.pt", model, opt).read_bytes()
+    cases = {"half.pt": (good[:len(good) // 2], "truncated"),
+             "tail.pt": (good[:-10], "truncated"),
+             "empty.pt": (b"", "truncated"),
+             "text.pt": (b"hello, I am not a checkpoint\n" * 20, "not a sparse-engine checkpoint")}
+    flipped = bytearray(good)
+    data = good.index(model.state_dict()["0.weight.values"].numpy().tobytes()[:64])  # inside a tensor's bytes
+    flipped[data + 3] ^= 0x40
+    cases["flipped.pt"] = (bytes(flipped), "corrupted")
+    for name, (content, message) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=message) as err:
+            load_checkpoint(tmp_path / name, model, opt)
+        assert str(tmp_path / name) in str(err.value)

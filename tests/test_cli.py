@@ -106,6 +106,8 @@ BAD_ARGUMENTS = [  # argv, what the one line names
     (["train", "--data", "x.txt"], "argument --data: task 'digits' reads no data file"),
     (["train", "--plot", "loss.txt"], "argument --plot: expected an image file name"),
     (["train", "--save", "model.txt"], "argument --save: expected a checkpoint file name ending in .pt, .pth, .ckpt"),
+    (["train", "--checkpoint-every", "-1"], "argument --checkpoint-every: expected an integer >= 0, got -1"),
+    (["train", "--checkpoint-every", "5"], "argument --checkpoint-every: needs a checkpoint to write to"),
     (["train", "--no-such-option"], "unrecognized arguments: --no-such-option"),
     (["bench", "--n", "0"], "argument --n: expected an integer >= 1, got 0"),
     (["bench", "--density", "2"], "argument --density: expected a number in (0, 1], got 2.0"),
@@ -135,13 +137,15 @@ def test_bad_files_are_one_line_and_exit_code_1(tmp_path, capsys):
                                                                           "does not exist"),
         (["train", "--task", "mnist", "--data", str(bad_csv)], "argument --data: ", "is not a directory"),
         (["train", "--task", "sms", "--data", str(tmp_path)], "argument --data: ", "is not a file"),
+        (["train", "--resume", str(tmp_path / "gone.pt")], "argument --resume: ", "gone.pt does not exist"),
         (["analyze", str(tmp_path / "none.pt")], "argument path: ", "none.pt does not exist"),
         (["analyze", str(tmp_path)], "argument path: ", "is not a file"),
-        (["analyze", str(tmp_path / "m.txt")], "argument path: expected a checkpoint (.pt, .pth, .ckpt), a Gephi "
-                                               "edge list (.csv) or a scipy matrix (.npz), got a .txt file"),
-        (["analyze", str(bad_csv)], "argument path: ", "bad.csv is empty"),
-        (["analyze", str(tmp_path / "rows.csv")], "argument path: ", "rows.csv:3: expected non-negative integer"),
-        (["analyze", str(tmp_path / "m.npz")], "argument path: ", "is not a scipy sparse matrix"),
+        # what the file holds is checked as analyze loads it: one line naming the file (and line)
+        (["analyze", str(tmp_path / "m.txt")], "m.txt: unknown file type '.txt'; expected a checkpoint"),
+        (["analyze", str(bad_csv)], "bad.csv is empty"),
+        (["analyze", str(tmp_path / "rows.csv")], "rows.csv, line 3: Source 'one' is not a node id"),
+        (["analyze", str(tmp_path / "m.npz")], "m.npz is not a scipy sparse matrix"),
+        (["analyze", str(tmp_path / "m.txt.pt")], "m.txt.pt", "checkpoint"),
         (["analyze", str(tmp_path / "good.csv"), "--export-csv", str(tmp_path / "no" / "e.csv")],
          "argument --export-csv: directory ", "does not exist"),
         (["train", "--task", "sms", "--data", str(tmp_path / "sms.txt")], "sms.txt:1: expected 'ham|spam<TAB>text'"),
@@ -152,6 +156,7 @@ def test_bad_files_are_one_line_and_exit_code_1(tmp_path, capsys):
     (tmp_path / "rows.csv").write_text("Id,Source,Target,Weight\n0,0,1,0.5\n1,one,2,0.5\n")
     (tmp_path / "m.npz").write_bytes(b"PK not really")
     (tmp_path / "m.txt").write_text("1,2,3\n")
+    (tmp_path / "m.txt.pt").write_text("1,2,3\n")
     (tmp_path / "sms.txt").write_text("hello world\n")
     for argv, *parts in cases:
         assert cli.main(argv) == 1, argv

@@ -216,12 +216,8 @@ def test_a_task_with_too_few_examples_says_so(tmp_path):
 
 
 def test_path_checks(tmp_path):
-    """What the recipes check before any work: outputs that can be written, inputs that exist,
-    matrix files analyze can read."""
-    import numpy as np
-    import scipy.sparse as sp
-
-    from sparse_engine.data.files import input_path_problem, matrix_file_problem, output_path_problem
+    """What the recipes check before any work: outputs that can be written, inputs that exist."""
+    from sparse_engine.data.files import input_path_problem, output_path_problem
 
     assert output_path_problem(tmp_path / "ck.pt") is None
     assert "does not exist" in output_path_problem(tmp_path / "missing" / "ck.pt")
@@ -233,27 +229,3 @@ def test_path_checks(tmp_path):
     assert "does not exist" in input_path_problem(tmp_path / "nope")
     assert "is not a file" in input_path_problem(tmp_path, "file")
     assert "is not a directory" in input_path_problem(tmp_path / "file", "dir")
-
-    assert "does not exist" in matrix_file_problem(tmp_path / "nope.pt")
-    assert "is not a file" in matrix_file_problem(tmp_path)
-    assert "got a suffix-less file" in matrix_file_problem(tmp_path / "file")
-    (tmp_path / "m.txt").write_text("1 2 3")
-    assert ("expected a checkpoint (.pt, .pth, .ckpt), a Gephi edge list (.csv) or a scipy matrix (.npz), "
-            "got a .txt file") in matrix_file_problem(tmp_path / "m.txt")
-    csv_path = tmp_path / "edges.csv"
-    for text, expected in [("", "is empty"), ("a,b\n", ":1: expected a header with the columns Source,Target,Weight"),
-                           ("Id,Source,Target,Weight\n0,1,2,0.5\n1,1,x,0.5\n", ":3: expected non-negative integer"),
-                           ("Id,Source,Target,Weight\n0,1,2\n", ":2: expected 4 columns"),
-                           ("Id,Source,Target,Weight\n0,-1,2,0.5\n", ":2: expected non-negative"),
-                           ("Id,Source,Target,Weight\n0,1,2,nan\n", ":2: expected non-negative")]:
-        csv_path.write_text(text)
-        assert expected in matrix_file_problem(csv_path)
-    csv_path.write_text("Id,Source,Target,Weight\n0,1,2,0.5\n1,2.0,0,-1e-3\n\n")
-    assert matrix_file_problem(csv_path) is None
-    npz = tmp_path / "m.npz"
-    npz.write_bytes(b"not a zip")
-    assert "is not a scipy sparse matrix" in matrix_file_problem(npz)
-    np.savez(npz, a=np.zeros(3))
-    assert "is not a scipy sparse matrix" in matrix_file_problem(npz)
-    sp.save_npz(npz, sp.random(5, 5, density=0.3, format="csr"))
-    assert matrix_file_problem(npz) is None

@@ -12,7 +12,7 @@ from sparse_engine.nn import SparseLinear
 from sparse_engine.training import (SET, DeepR, GradFactorRecorder, GradualMagnitudePruning, RigL, SelfishRNN,
                                     SparseNTASGD, cosine_decay, cubic_density, erk_densities, narang_threshold,
                                     redistribute, sparse_weights, sparsify_)
-from _training_util import check_invariants, keys, ref_set_keep, ref_smallest, value_by_key
+from _training_util import assert_bit_equal, check_invariants, keys, ref_set_keep, ref_smallest, value_by_key
 
 
 def mlp(seed=0, density=0.3, hidden=32):
@@ -555,3 +555,141 @@ def test_controllers_train_bfloat16_models(algo):
         assert w.values.dtype == torch.bfloat16
         state = opt.state[w.values]
         assert state["momentum_buffer"].shape == (w.nnz,) and state["momentum_buffer"].dtype == torch.bfloat16
+
+
+# ------------------------------------------------------------------ state_dict: bit-exact resume
+def resumable(algo, model, opt, seed):
+    """Controllers with every piece of state in use: NT-ASGD averages, redistribution, growth by
+    gradient, changing nnz, dead-sign records, schedules reaching past the save."""
+    if algo == "SET":
+        return SET(model, opt, zeta=0.3, init="normal", seed=seed)
+    if algo == "SelfishRNN":
+        return SelfishRNN(model, opt, total_steps=24, redistribution="momentum", nonmono=1, init="normal", seed=seed)
+    if algo == "SelfishRNN-gradient":
+        return SelfishRNN(model, opt, total_steps=24, death="SET", growth="gradient", redistribution="magnitude",
+                          nonmono=1, seed=seed)
+    if algo == "RigL":
+        return RigL(model, opt, end_step=20, update_every=3, seed=seed)
+    if algo == "GMP":
+        return GradualMagnitudePruning(model, opt, final_density=0.2, end_step=20, frequency=3, scope="global",
+                                       seed=seed)
+    if algo == "GMP-narang":
+        return GradualMagnitudePruning(model, opt, final_density=0.2, start_step=2, ramp_step=10, end_step=20,
+                                       frequency=3, schedule="narang", seed=seed)
+    return DeepR(model, opt, l1=1e-3, noise=1e-2, rewire_every=5, seed=seed)
+
+
+def drive(model, opt, sched, ctl, start, stop, batches=4):
+    """Training steps start+1..stop (global numbering), epochs of ``batches`` steps with
+    end_epoch and a validation loss that triggers NT-ASGD at the end of epoch 3."""
+    x, y = data(0)
+    losses = []
+    val = [1.0, 0.5, 1.2, 0.9, 0.7, 0.6, 0.5]
+    for t in range(start + 1, stop + 1):
+        b = (t - 1) % batches
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x[b::batches]), y[b::batches])
+        loss.backward()
+        opt.step()
+        sched.step()
+        ctl.step()
+        losses.append(float(loss.detach()))
+        if t % batches == 0:
+            if isinstance(ctl, SelfishRNN):
+                ctl.end_epoch(val_loss=val[t // batches - 1])
+            else:
+                ctl.end_epoch()
+    return losses
+
+
+def trainer(algo, model_seed, density, ctl_seed):
+    model = mlp(seed=model_seed, density=density)
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=4, gamma=0.5)  # DEEP R's L1 term follows the lr
+    return model, opt, sched, resumable(algo, model, opt, ctl_seed)
+
+
+STATE_ALGOS = ["SET", "SelfishRNN", "SelfishRNN-gradient", "RigL", "GMP", "GMP-narang", "DeepR"]
+
+
+@pytest.mark.parametrize("algo", STATE_ALGOS)
+def test_controller_state_dict_resumes_bit_exactly(algo, tmp_path):
+    """N steps, save model + optimizer + scheduler + controller (mid-epoch, through a file read
+    with weights_only=True), M more steps; fresh objects of another seed and density load the
+    file and run the same M steps: losses, values, topology, optimizer and controller state
+    are equal bit for bit."""
+    from sparse_engine.checkpoint import load_checkpoint, save_checkpoint
+
+    N, M = 14, 10
+    model, opt, sched, ctl = trainer(algo, model_seed=0, density=0.3, ctl_seed=5)
+    drive(model, opt, sched, ctl, 0, N)
+    updates = []
+    ctl.callbacks.append(lambda step, ws: updates.append(step))
+    path = save_checkpoint(tmp_path / "ck.pt", model, opt, scheduler=sched.state_dict(), controller=ctl.state_dict())
+    if algo.startswith("SelfishRNN"):
+        assert ctl.averager.active and ctl.val_losses  # the averages are part of the saved state
+    saved_nnz = {n: w.nnz for n, w in sparse_weights(model).items()}
+    torch.load(path, weights_only=True)  # tensors, numbers, strings: no pickled objects
+    losses = drive(model, opt, sched, ctl, N, N + M)
+    assert updates, "no topology update after the save: the test would not see controller state"
+
+    model2, opt2, sched2, ctl2 = trainer(algo, model_seed=1, density=0.5, ctl_seed=6)
+    if algo in ("GMP", "GMP-narang"):
+        assert {n: w.nnz for n, w in sparse_weights(model2).items()} != saved_nnz
+    payload = load_checkpoint(path, model2, opt2)
+    sched2.load_state_dict(payload["extra"]["scheduler"])
+    ctl2.load_state_dict(payload["extra"]["controller"])
+    losses2 = drive(model2, opt2, sched2, ctl2, N, N + M)
+
+    assert losses2 == losses
+    assert_bit_equal(model2.state_dict(), model.state_dict(), "model")
+    assert_bit_equal(opt2.state_dict(), opt.state_dict(), "optimizer")
+    assert_bit_equal(ctl2.state_dict(), ctl.state_dict(), "controller")
+    for w in sparse_weights(model2).values():
+        check_invariants(w)
+
+
+def test_controller_state_dict_is_a_snapshot_and_checks_what_it_loads():
+    model, opt, sched, ctl = trainer("SelfishRNN", 0, 0.3, 0)
+    drive(model, opt, sched, ctl, 0, 13)
+    state = ctl.state_dict()
+    keys_ = {"controller", "weights", "step_count", "epoch", "generator", "init", "init_scale", "options", "recorder",
+             "val_losses", "averager"}
+    assert set(state) == keys_ and state["step_count"] == 13 and state["epoch"] == 3
+    before = {n: t.clone() for n, t in state["averager"]["ax"].items()}
+    drive(model, opt, sched, ctl, 13, 14)  # training on does not change a state taken before
+    assert_bit_equal(state["averager"]["ax"], before)
+    with pytest.raises(ValueError, match="SelfishRNN controller, not SET"):
+        SET(model, opt).load_state_dict(state)
+    with pytest.raises(ValueError, match="growth"):
+        SelfishRNN(model, opt, total_steps=24, growth="gradient").load_state_dict(state)
+    other = nn.Sequential(SparseLinear(12, 32, density=0.3))
+    with pytest.raises(ValueError, match="sparse weights"):
+        SelfishRNN(other, torch.optim.SGD(other.parameters(), lr=0.1), total_steps=24).load_state_dict(state)
+    with pytest.raises(ValueError, match="state_dict"):
+        ctl.load_state_dict({"step_count": 3})
+    # the saved schedule wins over the new controller's options (as torch's LR schedulers)
+    fresh = SelfishRNN(model, opt, total_steps=99, death_rate=0.9)
+    fresh.load_state_dict(state)
+    assert (fresh.total_steps, fresh.death_rate0, fresh.step_count) == (24, 0.5, 13)
+
+
+def test_deepr_follows_the_current_learning_rate():
+    lin = SparseLinear(30, 20, density=0.5, bias=False)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+    ctl = DeepR(lin, opt, l1=1e-2, noise=0.0)
+    opt.load_state_dict(opt.state_dict())  # replaces the param group dicts
+    opt.param_groups[0]["lr"] = 0.5
+    before = lin.weight.values.detach().clone()
+    ctl.step()
+    assert torch.allclose(lin.weight.values.detach(), before - 0.5 * 1e-2 * torch.sign(before))
+
+
+def test_selfish_rnn_nonmono_zero_compares_with_every_earlier_loss():
+    model = mlp()
+    ctl = SelfishRNN(model, torch.optim.SGD(model.parameters(), lr=0.05), total_steps=100, nonmono=0)
+    ctl.end_epoch(val_loss=2.0)
+    ctl.end_epoch(val_loss=1.0)
+    assert not ctl.averager.active
+    ctl.end_epoch(val_loss=1.5)  # worse than the best so far
+    assert ctl.averager.active

@@ -14,6 +14,7 @@ builds a dense n x n array.
 from __future__ import annotations
 
 import csv
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ import torch
 from ..sparse import SparseWeight
 
 __all__ = ["GraphCSR", "to_graph", "edges", "load_sparse_weight", "to_networkx", "read_edge_csv",
-           "write_edge_csv"]
+           "write_edge_csv", "ID_SPREAD"]
 
 
 @dataclass
@@ -74,11 +75,35 @@ def _state_dict_weight(state: dict, key: str | None) -> SparseWeight:
     return SparseWeight(row_ptr, col_idx, values.detach().clone(), shape, requires_grad=False)
 
 
+def _one_line(e: BaseException) -> str:
+    """``Type: first line of the message`` (at most 200 characters) of an exception."""
+    lines = str(e).strip().splitlines()
+    text = lines[0] if lines else ""
+    text = text if len(text) <= 200 else text[:197] + "..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _torch_load(path):
+    """``torch.load`` (weights only, to the CPU) with one error for a missing file
+    (FileNotFoundError) and one for anything unreadable (ValueError naming the file)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    if not path.is_file():
+        raise ValueError(f"{path} is not a file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # unpickling errors, truncated zip archives, EOF, ...: all mean "not a checkpoint"
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({_one_line(e)})") from e
+
+
 def load_sparse_weight(checkpoint, key: str | None = None) -> SparseWeight:
     """The SparseWeight stored under ``key`` in a checkpoint (path or state_dict). With one
     SparseWeight in the checkpoint, ``key`` may be omitted."""
     if isinstance(checkpoint, (str, os.PathLike)):
-        checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        checkpoint = _torch_load(checkpoint)
     if not isinstance(checkpoint, dict):
         raise TypeError(f"checkpoint must be a path or a state_dict, got {type(checkpoint).__name__}")
     return _state_dict_weight(checkpoint, key)
@@ -86,7 +111,11 @@ def load_sparse_weight(checkpoint, key: str | None = None) -> SparseWeight:
 
 def _check_square(shape, name="W") -> int:
     if shape[0] != shape[1]:
-        raise ValueError(f"{name} must be square (a recurrent matrix), got shape {tuple(shape)}")
+        hint = ""
+        if shape[1] and shape[0] in (3 * shape[1], 4 * shape[1]):
+            hint = ("; it looks like the stacked gate blocks of a GRU/LSTM W_hh: take one block or their "
+                    "sum with sparse_engine.analysis.gate_graphs")
+        raise ValueError(f"{name} must be square (a recurrent matrix), got shape {tuple(shape)}{hint}")
     return int(shape[0])
 
 
@@ -150,34 +179,138 @@ def to_networkx(W, *, transpose: bool = False, key: str | None = None):
     return G
 
 
-def read_edge_csv(path, n: int | None = None) -> sp.csr_matrix:
-    """Reads a Gephi edge list ``Id,Source,Target,Weight`` (Source -> Target is the weight from
-    presynaptic Source to postsynaptic Target) into an n x n scipy CSR in this module's
-    convention, i.e. ``W[Target, Source] = Weight`` (the transpose of a W_rec used as
-    ``h @ W_rec``). ``n`` defaults to the largest id + 1; give it when the last units may
-    have no edges."""
+#: Without ``n``, an edge list's ids are used as unit numbers while the largest id + 1 is at most
+#: this many times the number of distinct ids (the isolated units below the largest id stay
+#: nodes, as in every network of the sparse-RNNs code); ids spread wider are relabelled.
+ID_SPREAD = 2
+
+#: The graph kernels index nodes with int32.
+MAX_NODES = 2**31 - 1
+
+
+def _where(path, line) -> str:
+    return f"{path}, line {line}"
+
+
+def _node_id(text: str, column: str, where: str) -> int:
+    t = text.strip()
+    try:
+        v = int(t)
+    except ValueError:
+        try:
+            f = float(t)
+        except ValueError:
+            f = math.nan
+        if not f.is_integer():
+            raise ValueError(f"{where}: {column} {text!r} is not a node id (a non-negative integer)") from None
+        v = int(f)
+    if not 0 <= v < 2**63:
+        raise ValueError(f"{where}: {column} {text!r} is not a node id (a non-negative integer below 2**63)")
+    return v
+
+
+def _weight(text: str, where: str) -> float:
+    try:
+        v = float(text.strip())
+    except ValueError:
+        raise ValueError(f"{where}: Weight {text!r} is not a number") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{where}: Weight {text!r} is not a finite number")
+    return v
+
+
+def _read_edges(path, reader, need, src, dst, w) -> None:
+    """Reads the header and the rows of an edge list into src, dst, w."""
+    header = None
+    for row in reader:
+        if any(c.strip() for c in row):
+            header = [c.strip() for c in row]
+            break
+    if header is None:
+        raise ValueError(f"{path} is empty: expected a Gephi edge list with the header Id,Source,Target,Weight")
+    lower = [h.lower() for h in header]
+    missing = [h for h in need if h.lower() not in lower]
+    if missing:
+        raise ValueError(f"{_where(path, reader.line_num)}: an edge list needs the columns {need}, "
+                         f"got header {header} (missing {missing})")
+    c_src, c_dst, c_w = (lower.index(h.lower()) for h in need)
+    for row in reader:
+        if not any(c.strip() for c in row):
+            continue
+        where = _where(path, reader.line_num)
+        if len(row) != len(header):
+            raise ValueError(f"{where}: {len(row)} fields, the header has {len(header)} columns")
+        src.append(_node_id(row[c_src], "Source", where))
+        dst.append(_node_id(row[c_dst], "Target", where))
+        w.append(_weight(row[c_w], where))
+
+
+def read_edge_csv(path, n: int | None = None, *, return_ids: bool = False):
+    """Reads a Gephi edge list with columns ``Source,Target,Weight`` (any others, e.g. ``Id``,
+    ``Type``, are ignored; names case-insensitive) into an n x n scipy CSR in this module's
+    convention: Source -> Target is the weight from presynaptic Source to postsynaptic Target,
+    i.e. ``W[Target, Source] = Weight`` (the transpose of a W_rec used as ``h @ W_rec``).
+    Duplicate edges are summed.
+
+    Node ids. With ``n``, ids are unit numbers 0..n-1 (give it when the last units may have no
+    edges). Without it, ids are used as they are, n = largest id + 1, while that is at most
+    :data:`ID_SPREAD` times the number of distinct ids (so a network whose units are 0..n-1 reads
+    exactly as its ids say); otherwise the distinct ids are relabelled 0..k-1 in increasing
+    order, so a huge id costs nothing. ``return_ids=True`` returns ``(W, ids)`` with ``ids[k]``
+    the original id of node k (``arange(n)`` when ids were kept); :func:`write_edge_csv` takes
+    it back.
+
+    Errors (ValueError naming the file, and the line for a bad row): an empty file, a missing
+    column, a row with another number of fields than the header, an id that is not a
+    non-negative integer, a weight that is not a finite number, no edges at all (unless ``n``)."""
     path = Path(path)
-    with open(path, newline="") as f:
-        header = [h.strip() for h in next(csv.reader(f))]
     need = ("Source", "Target", "Weight")
-    if any(h not in header for h in need):
-        raise ValueError(f"path must be a CSV with columns {need}, got header {header}")
-    cols = [header.index(h) for h in need]
-    data = np.loadtxt(path, delimiter=",", skiprows=1, usecols=cols, ndmin=2, dtype=np.float64)
-    src, dst, w = data[:, 0].astype(np.int64), data[:, 1].astype(np.int64), data[:, 2]
-    size = int(max(src.max(initial=-1), dst.max(initial=-1))) + 1
-    if n is None:
-        n = size
-    elif n < size:
-        raise ValueError(f"n={n} is smaller than the largest node id + 1 = {size} in {path}")
-    return sp.csr_matrix((w, (dst, src)), shape=(n, n))
+    src, dst, w = [], [], []
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        try:
+            _read_edges(path, reader, need, src, dst, w)
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path} is not a UTF-8 text edge list ({_one_line(e)})") from None
+        except csv.Error as e:
+            raise ValueError(f"{_where(path, reader.line_num)}: not a CSV row ({_one_line(e)})") from None
+    if n is not None and not 0 <= n <= MAX_NODES:
+        raise ValueError(f"n must be in [0, {MAX_NODES}], got {n}")
+    if not src and n is None:
+        raise ValueError(f"{path} has no edges (only a header); give n to read it as an empty graph")
+    src_a, dst_a = np.array(src, dtype=np.int64), np.array(dst, dtype=np.int64)
+    w_a = np.array(w, dtype=np.float64)
+    top = int(max(src_a.max(initial=-1), dst_a.max(initial=-1))) + 1
+    if n is not None:
+        if n < top:
+            raise ValueError(f"n={n} is smaller than the largest node id + 1 = {top} in {path}")
+        ids = np.arange(n, dtype=np.int64)
+    else:
+        uniq = np.unique(np.concatenate([src_a, dst_a]))
+        if top <= ID_SPREAD * len(uniq):
+            n, ids = top, np.arange(top, dtype=np.int64)
+        else:
+            if len(uniq) > MAX_NODES:
+                raise ValueError(f"{path} has {len(uniq):,} distinct node ids, more than {MAX_NODES:,}")
+            n, ids = len(uniq), uniq
+            src_a, dst_a = np.searchsorted(uniq, src_a), np.searchsorted(uniq, dst_a)
+    W = sp.csr_matrix((w_a, (dst_a, src_a)), shape=(n, n))
+    return (W, ids) if return_ids else W
 
 
-def write_edge_csv(W, path, *, transpose: bool = False, key: str | None = None) -> None:
+def write_edge_csv(W, path, *, transpose: bool = False, key: str | None = None, ids=None) -> None:
     """Writes the nonzero entries as a Gephi edge list ``Id,Source,Target,Weight`` with
     Source -> Target from presynaptic to postsynaptic (the format :func:`read_edge_csv` reads).
-    Self-loops are written too (the analyses ignore them), so reading gives the same matrix."""
+    Self-loops are written too (the analyses ignore them), so reading gives the same matrix.
+    ``ids``: the original id of each node (from ``read_edge_csv(..., return_ids=True)``), written
+    instead of the node numbers."""
     src, dst, w = edges(W, transpose=transpose, key=key, self_loops=True)
+    if ids is not None:
+        ids = np.asarray(ids, dtype=np.int64)
+        n = to_graph(W, transpose=transpose, key=key).n
+        if ids.shape != (n,):
+            raise ValueError(f"ids must give one id per node ({n}), got shape {ids.shape}")
+        src, dst = ids[src], ids[dst]
     with open(path, "w", newline="") as f:
         out = csv.writer(f)
         out.writerow(["Id", "Source", "Target", "Weight"])

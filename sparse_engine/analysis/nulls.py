@@ -18,6 +18,7 @@ parallel (one per thread); each census runs in parallel itself.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,7 +83,10 @@ class NullModelResult:
     """Per measure (census counts, signed counts, every balance number): observed value, the K
     null values, their mean and standard deviation (ddof=1), z = (observed - mean) / std (NaN
     when std is 0), and the empirical one-sided p-values with the +1 correction,
-    p_greater = (1 + #{null >= observed}) / (K + 1), p_less likewise."""
+    p_greater = (1 + #{null >= observed}) / (K' + 1), p_less likewise, over the K' null values
+    that are not NaN (K' = K unless a randomisation has no triad of a type the measure needs).
+    A measure whose observed value is NaN (or whose null values are all NaN) has NaN p-values,
+    and :func:`null_model_test` warns naming it; so does leaving NaN null values out."""
 
     method: str
     observed: dict[str, float]
@@ -106,12 +110,30 @@ def null_model_test(W, method: str = "sign_shuffle", K: int = 100, *, seed: int 
     samples = [_measures(r) for r in randomize(g, method, K, seed=seed, swaps_per_edge=swaps_per_edge)]
     null = {k: np.array([s[k] for s in samples]) for k in obs}
     mean, std, z, pg, pl = {}, {}, {}, {}, {}
+    nan_observed, nan_null, some_nan = [], [], []
     for k, o in obs.items():
         x = null[k]
         ok = x[~np.isnan(x)]
         mean[k] = float(ok.mean()) if len(ok) else math.nan
         std[k] = float(ok.std(ddof=1)) if len(ok) > 1 else math.nan
         z[k] = (o - mean[k]) / std[k] if std[k] and not math.isnan(std[k]) else math.nan
-        pg[k] = (1 + int(np.sum(x >= o))) / (K + 1)
-        pl[k] = (1 + int(np.sum(x <= o))) / (K + 1)
+        if math.isnan(o) or not len(ok):
+            pg[k] = pl[k] = math.nan
+            (nan_observed if math.isnan(o) else nan_null).append(k)
+            continue
+        if len(ok) < K:
+            some_nan.append(f"{k} ({K - len(ok)} of {K})")
+        pg[k] = (1 + int(np.sum(ok >= o))) / (len(ok) + 1)
+        pl[k] = (1 + int(np.sum(ok <= o))) / (len(ok) + 1)
+    if nan_observed:
+        many = len(nan_observed) > 1
+        warnings.warn(f"null_model_test: the observed {', '.join(nan_observed)} {'are' if many else 'is'} NaN (the "
+                      f"graph has no triad of the types needed), so {'their' if many else 'its'} p-values are NaN",
+                      stacklevel=2)
+    if nan_null:
+        warnings.warn(f"null_model_test: every null value of {', '.join(nan_null)} is NaN, so the p-values of "
+                      f"{'these measures' if len(nan_null) > 1 else 'this measure'} are NaN", stacklevel=2)
+    if some_nan:
+        warnings.warn(f"null_model_test: some null values are NaN and left out of the p-values: "
+                      f"{', '.join(some_nan)}", stacklevel=2)
     return NullModelResult(method, obs, null, mean, std, z, pg, pl)

@@ -1,27 +1,48 @@
-"""Recording balance during training: a callback for the topology controllers.
+"""Recording balance during training: a callback for the topology controllers, and an
+end-of-epoch record for training without one.
 
-Contract: the controller calls ``recorder(step, weights)`` after each topology update, where
-``step`` is an int (epoch or batch counter, the controller's choice) and ``weights`` maps layer
-names to SparseWeights (e.g. ``sparse_engine.sparse.sparse_weights(model)``). For
-every square weight (a recurrent matrix; others are skipped, or pick names with ``layers=``)
-the recorder appends one record, a flat dict::
+When records are taken:
 
-    {"step", "layer", "n", "edges", "positive_edges", "negative_edges",
+* ``recorder(step, weights)``: the controllers call it after each topology update, with
+  ``step`` the optimizer steps so far and ``weights`` their SparseWeights by name (a record is
+  taken when ``step % every == 0``; the weights are recorded after the update, so connections
+  regrown at zero are stored but are not yet edges);
+* ``recorder.end_epoch(step, weights, epoch)``: ``sparse-engine train --record-balance`` calls
+  it at the end of every epoch (after the controller's end-of-epoch update, if any) with every
+  recurrent weight of the model, sparse or dense (:func:`~.recurrent.recurrent_weights`), so a
+  run without a topology algorithm still gets one record per epoch. A weight already recorded
+  at the same step (by an update at the end of the epoch) is not recorded twice.
+
+What is recorded. By default the weights named like torch's hidden-to-hidden matrices
+(``weight_hh*``; :func:`~.recurrent.is_recurrent_name`), or, when no name is, every weight that
+is square or a stack of 3 or 4 square gate blocks; ``layers=`` names them instead (each must
+have such a shape). A weight with one block gives one record (gate ``h``); an LSTM's / GRU's
+W_hh one per gate block (``i, f, g, o`` / ``r, z, n``) and one for the summed graph (``sum``),
+see :mod:`.recurrent`. Each record is a flat dict::
+
+    {"step", "epoch", "event" ("update" or "epoch_end"), "layer", "gate", "dense", "n",
+     "stored" (stored entries of the block, explicit zeros included), "edges" (nonzero
+     off-diagonal entries), "positive_edges", "negative_edges",
      <the 16 census counts>, <per transitive type: _balanced, _unbalanced, _CB, _PB, _CI>,
      <balance_semicycle, balance_triad, balance_weighted and their per-type values>}
 
-``records`` holds them in call order; ``columns()`` / ``rows()`` give a pandas-free table and
-``to_csv(path)`` writes it (``pandas.DataFrame(recorder.records)`` works too).
+``epoch`` is the ``epoch`` argument of ``end_epoch``, else the attribute ``recorder.epoch``
+(which ``train`` sets to the current epoch, 1-based; None by default). ``records`` holds them
+in call order; ``columns()`` / ``rows()`` give a pandas-free table and ``to_csv(path)`` writes
+it (``pandas.DataFrame(recorder.records)`` works too).
 """
 from __future__ import annotations
 
 import csv
 from collections.abc import Mapping
 
+import torch
+
 from ..sparse import SparseWeight
 from .balance import balance_measures
 from .census import _census_of_graph
 from .graph import edges, to_graph
+from .recurrent import gate_graphs, gate_names, is_recurrent_name
 
 __all__ = ["BalanceRecorder"]
 
@@ -29,8 +50,9 @@ __all__ = ["BalanceRecorder"]
 class BalanceRecorder:
     """Callable ``recorder(step, weights)`` storing census and balance records (see module doc).
 
-    layers: names to record (default: every square weight); transpose: the weights are stored
-    as ``h @ W`` (see graph.py); every: record only when ``step % every == 0``."""
+    layers: names to record (default: the recurrent weights, see the module doc); transpose: the
+    weights are stored as ``h @ W`` (see graph.py); every: record an update only when
+    ``step % every == 0``."""
 
     def __init__(self, *, layers=None, transpose: bool = False, every: int = 1):
         if every < 1:
@@ -38,32 +60,70 @@ class BalanceRecorder:
         self.layers = None if layers is None else set([layers] if isinstance(layers, str) else layers)
         self.transpose = transpose
         self.every = every
+        self.epoch = None
         self.records: list[dict] = []
 
     def __call__(self, step: int, weights: Mapping[str, SparseWeight]) -> None:
+        self._check(step, weights)
+        if step % self.every:
+            return
+        self.record(step, weights)
+
+    def end_epoch(self, step: int, weights: Mapping, epoch: int | None = None) -> None:
+        """The end-of-epoch record (event ``epoch_end``) of each weight not yet recorded at ``step``."""
+        self._check(step, weights)
+        done = {r["layer"] for r in self.records if r["step"] == step}  # from the records: survives a resume
+        fresh = {k: w for k, w in weights.items() if k not in done}
+        self.record(step, fresh, event="epoch_end", epoch=epoch)
+
+    @staticmethod
+    def _check(step, weights) -> None:
         if not isinstance(step, int):
             raise TypeError(f"step must be an int, got {type(step).__name__}")
         if not isinstance(weights, Mapping):
             raise TypeError(f"weights must be a mapping name -> SparseWeight, got {type(weights).__name__}")
-        if step % self.every:
-            return
+
+    def _selected(self, weights: Mapping) -> list[str]:
         for name, w in weights.items():
-            if not isinstance(w, SparseWeight):
-                raise TypeError(f"weights[{name!r}] must be a SparseWeight, got {type(w).__name__}")
-            if self.layers is not None and name not in self.layers:
-                continue
-            if w.shape[0] != w.shape[1]:
-                if self.layers is not None:
-                    raise ValueError(f"weights[{name!r}] must be square to be analysed, got shape {w.shape}")
-                continue
-            g = to_graph(w, transpose=self.transpose)
-            _, _, val = edges(g)
-            rec = {"step": step, "layer": name, "n": g.n, "edges": len(val),
-                   "positive_edges": int((val > 0).sum()), "negative_edges": int((val < 0).sum())}
-            c = _census_of_graph(g)
-            rec.update(c.as_dict())
-            rec.update(balance_measures(c))
-            self.records.append(rec)
+            if not isinstance(w, (SparseWeight, torch.Tensor)):
+                raise TypeError(f"weights[{name!r}] must be a SparseWeight or a dense tensor, got {type(w).__name__}")
+        if self.layers is not None:
+            return [n for n in weights if n in self.layers]
+        recurrent = [n for n in weights if is_recurrent_name(n)]
+        if recurrent:
+            return recurrent
+        out = []
+        for n, w in weights.items():
+            try:
+                gate_names(w.shape)
+            except ValueError:
+                continue  # neither square nor a gate stack: not a recurrent matrix
+            out.append(n)
+        return out
+
+    def record(self, step: int, weights: Mapping, *, event: str = "update", epoch: int | None = None) -> None:
+        """Records every selected weight of ``weights`` now (no ``every`` filter)."""
+        self._check(step, weights)
+        epoch = self.epoch if epoch is None else epoch
+        for name in self._selected(weights):
+            w = weights[name]
+            label = f"weights[{name!r}]"
+            if self.layers is not None:
+                try:
+                    gate_names(w.shape, label)
+                except ValueError as e:
+                    raise ValueError(f"{e}; it must be square to be analysed") from None
+            for gate, block in gate_graphs(w, transpose=self.transpose, name=label).items():
+                g = to_graph(block)
+                _, _, val = edges(g)
+                rec = {"step": step, "epoch": epoch, "event": event, "layer": name, "gate": gate,
+                       "dense": not isinstance(w, SparseWeight), "n": g.n, "stored": int(block.nnz),
+                       "edges": len(val), "positive_edges": int((val > 0).sum()),
+                       "negative_edges": int((val < 0).sum())}
+                c = _census_of_graph(g)
+                rec.update(c.as_dict())
+                rec.update(balance_measures(c))
+                self.records.append(rec)
 
     def columns(self) -> list[str]:
         cols: list[str] = []

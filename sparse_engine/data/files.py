@@ -1,14 +1,12 @@
 """Readers for standard dataset files the user names (nothing is downloaded), and the checks
 the recipes run on the paths they are given before any work starts (inputs that must exist,
-outputs that must be writable, matrix files ``analyze`` reads). Malformed files raise
+outputs that must be writable). Malformed files raise
 ValueError naming the file (and the line where there is one); missing ones FileNotFoundError."""
 from __future__ import annotations
 
 import csv
 import gzip
-import math
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +29,6 @@ def _existing(path, what: str, kind: str | None = None) -> Path:
 
 
 # ------------------------------------------------------------------ path checks before a run
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
-MATRIX_SUFFIXES = CHECKPOINT_SUFFIXES + (".csv", ".npz")  # what ``analyze`` reads
-
-
 def output_path_problem(path) -> str | None:
     """Why a file cannot be written at ``path`` (its directory is missing or not writable,
     it is a directory, it exists read-only), or None when it can. Nothing is created."""
@@ -67,62 +61,6 @@ def input_path_problem(path, kind: str | None = None) -> str | None:
     if not os.access(p, os.R_OK):
         return f"{p} is not readable"
     return None
-
-
-def matrix_file_problem(path) -> str | None:
-    """Why ``analyze`` cannot read ``path`` as a matrix, or None: it must exist and be a
-    checkpoint (.pt, .pth, .ckpt; its content is checked when it is loaded), a Gephi edge list
-    (.csv, checked here: a header with Source, Target and Weight, then integer ids and a number
-    per line) or a scipy sparse matrix (.npz written by scipy.sparse.save_npz)."""
-    problem = input_path_problem(path, "file")
-    if problem is not None:
-        return problem
-    p = Path(path)
-    suffix = p.suffix.lower()
-    if suffix not in MATRIX_SUFFIXES:
-        return (f"expected a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)}), a Gephi edge list (.csv) or a scipy "
-                f"matrix (.npz), got a {suffix or 'suffix-less'} file: {p}")
-    if suffix == ".csv":
-        try:
-            check_edge_csv(p)
-        except ValueError as exc:
-            return str(exc)
-    if suffix == ".npz":
-        needed = {"format.npy", "shape.npy", "data.npy"}
-        if not zipfile.is_zipfile(p) or not needed <= set(zipfile.ZipFile(p).namelist()):
-            return f"{p} is not a scipy sparse matrix (an .npz written by scipy.sparse.save_npz)"
-    return None
-
-
-def check_edge_csv(path) -> None:
-    """ValueError naming the file and line unless ``path`` is a Gephi edge list: a header
-    holding ``Source``, ``Target`` and ``Weight`` (``Id`` optional), then one edge a line with
-    non-negative integer ids and a finite number."""
-    p = Path(path)
-    need = ("Source", "Target", "Weight")
-    with open(p, newline="", encoding="utf-8", errors="replace") as f:
-        rows = csv.reader(f)
-        header = next(rows, None)
-        if header is None:
-            raise ValueError(f"{p} is empty: expected a Gephi edge list with the header Id,Source,Target,Weight")
-        header = [h.strip() for h in header]
-        if any(h not in header for h in need):
-            raise ValueError(f"{p}:1: expected a header with the columns Source,Target,Weight, "
-                             f"got {','.join(header)!r}")
-        cols = [header.index(h) for h in need]
-        for number, row in enumerate(rows, 2):
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise ValueError(f"{p}:{number}: expected {len(header)} columns like the header, got {len(row)}")
-            try:
-                src, dst, weight = (float(row[c]) for c in cols)
-                ok = all(v >= 0 and v.is_integer() for v in (src, dst)) and math.isfinite(weight)
-            except ValueError:
-                ok = False
-            if not ok:
-                raise ValueError(f"{p}:{number}: expected non-negative integer Source and Target and a number "
-                                 f"Weight, got {','.join(row)[:60]!r}")
 
 
 def _read_idx(path: Path) -> np.ndarray:

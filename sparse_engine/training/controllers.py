@@ -11,9 +11,19 @@ deterministic given ``seed``, and after each topology update calls each callback
 ``cb(step: int, weights: dict[str, SparseWeight])`` (``step`` = optimizer steps so far).
 Updates keep rows sorted and unique, rebuild the transposed index and remap the optimizer
 state (see :func:`~sparse_engine.training.topology.rewire`).
+
+Resuming: ``ctl.state_dict()`` holds everything a controller needs to continue bit for bit
+(counters, its generator, schedule options, per-weight state such as DEEP R's signs or
+Selfish-RNN's averages). Save it with the model's and the optimizer's between training steps,
+after ``ctl.step()`` or ``ctl.end_epoch()`` (with Selfish-RNN's growth by gradient not between an
+epoch's last step and ``end_epoch()``: that growth uses the last batch's gradient factors, which
+are not saved). Load it into a controller built the same way on the reloaded model:
+``model.load_state_dict(...)``, ``optimizer.load_state_dict(...)``, ``ctl.load_state_dict(...)``.
+As for torch's LR schedulers, the saved schedule options win over the new controller's.
 """
 from __future__ import annotations
 
+import copy
 from typing import Callable, Iterable
 
 import torch
@@ -126,6 +136,68 @@ class TopologyController:
         if self.recorder is not None:
             self.recorder.remove()
 
+    # ------------------------------------------------------------------ state
+    #: attributes holding a subclass's schedule and options: saved, and restored on load
+    _options: tuple[str, ...] = ()
+    #: options fixed when the controller is built (hooks, recorders): must match on load
+    _fixed: tuple[str, ...] = ()
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue bit for bit (a deep copy, safe to keep while training
+        goes on; only tensors, numbers, strings, lists and dicts, so ``torch.load(...,
+        weights_only=True)`` reads it). Keys: ``controller`` (class name), ``weights`` (their
+        names), ``step_count``, ``epoch``, ``generator`` (the CPU generator's state), ``init``
+        (None for a callable), ``init_scale``, ``options`` (the subclass's schedule and options),
+        ``recorder`` (the gradient-factor recorder's settings, or None) and the subclass's own
+        state (see each class)."""
+        state = {"controller": type(self).__name__, "weights": list(self.weights),
+                 "step_count": self.step_count, "epoch": self.epoch, "generator": self.generator.get_state(),
+                 "init": None if callable(self.init) else self.init, "init_scale": self.init_scale,
+                 "options": {k: getattr(self, k) for k in self._options if hasattr(self, k)},
+                 "recorder": None if self.recorder is None else self.recorder.state_dict()}
+        state.update(self._own_state())
+        return copy.deepcopy(state)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restores :meth:`state_dict`'s output into a controller of the same class over a model
+        with the same sparse weights (load the model's state first). ValueError when the
+        controller class, the weights or a construction-time option differ."""
+        if not isinstance(state, dict) or "controller" not in state:
+            raise ValueError("state must be a dict from TopologyController.state_dict()")
+        if state["controller"] != type(self).__name__:
+            raise ValueError(f"state is of a {state['controller']} controller, not {type(self).__name__}")
+        if list(state["weights"]) != list(self.weights):
+            raise ValueError(f"state is of the sparse weights {list(state['weights'])}, this controller has "
+                             f"{list(self.weights)}")
+        for k in self._fixed:
+            if state["options"].get(k) != getattr(self, k):
+                raise ValueError(f"state has {k}={state['options'].get(k)!r}, this controller {k}={getattr(self, k)!r}"
+                                 " (fixed when the controller is built)")
+        if (state["recorder"] is None) != (self.recorder is None):
+            raise ValueError("state and controller differ in whether they record gradient factors")
+        state = copy.deepcopy(state)
+        self.step_count, self.epoch = int(state["step_count"]), int(state["epoch"])
+        self.generator.set_state(state["generator"])
+        if state["init"] is not None:
+            self.init = state["init"]
+        self.init_scale = float(state["init_scale"])
+        for k, v in state["options"].items():
+            setattr(self, k, v)
+        if self.recorder is not None:
+            self.recorder.load_state_dict(state["recorder"])
+        self._load_own_state(state)
+
+    def _own_state(self) -> dict:
+        """A subclass's per-weight state for :meth:`state_dict`."""
+        return {}
+
+    def _load_own_state(self, state: dict) -> None:
+        """Restores what :meth:`_own_state` saved."""
+
+    def _on_device(self, tensors: dict) -> dict:
+        """``tensors`` (name -> tensor) moved to the devices of the weights of the same names."""
+        return {n: t.to(self.weights[n].values.device) for n, t in tensors.items()}
+
 
 # ============================================================================ SET
 class SET(TopologyController):
@@ -170,7 +242,11 @@ class RigL(TopologyController):
     |gradient|, f_t = update_fraction/2 (1 + cos(pi t / end_step)). New weights start at
     ``init`` (zero, as in RigL). The gradient comes from the last batch's factors (see
     :mod:`~sparse_engine.training.grad_factors`), recorded only before update steps;
-    ``grad_method``/``max_flops``/``sample_factor``: see :func:`~sparse_engine.training.topology.gradient_growth`."""
+    ``grad_method``/``max_flops``/``sample_factor``: see :func:`~sparse_engine.training.topology.gradient_growth`.
+    ``state_dict()``: the common keys (``recorder``: whether it is armed for the next batch),
+    options ``end_step``, ``update_fraction``, ``update_every``, ``grad_options``."""
+
+    _options = ("end_step", "update_fraction", "update_every", "grad_options")
 
     def __init__(self, model, optimizer, *, end_step: int, update_fraction: float = 0.3, update_every: int = 100,
                  init="zero", init_scale: float = 0.1, grad_method: str = "auto", max_flops: float = 2.0 ** 34,
@@ -219,7 +295,14 @@ class GradualMagnitudePruning(TopologyController):
     * schedule="narang" (Narang et al. 2017): weights with |w| < eps_t are removed, eps_t the
       ramped threshold of :func:`~sparse_engine.training.schedules.narang_threshold` with
       q = the |w| quantile of each layer at construction that would leave ``final_density``.
+
+    ``state_dict()``: the common keys, options ``final_density``, ``start_step``, ``end_step``,
+    ``frequency``, ``schedule``, ``scope``, ``initial`` (each layer's initial density) and, for
+    "narang", ``ramp_step`` and ``q`` (each layer's threshold quantile).
     """
+
+    _options = ("final_density", "start_step", "end_step", "frequency", "schedule", "scope", "initial", "ramp_step",
+                "q")
 
     def __init__(self, model, optimizer, *, final_density: float, end_step: int, start_step: int = 0,
                  frequency: int = 100, initial_density: float | None = None, schedule: str = "cubic",
@@ -306,7 +389,15 @@ class DeepR(TopologyController):
     positions, each with the sign stored for that position if it was alive before, a random
     sign otherwise, and value s * |init| (init "zero" by default: w = 0, alive).
     Signs of dead positions are kept in a sorted key list (memory O(positions that died)).
+    The learning rate is read from the optimizer's param groups at every step, so an LR
+    scheduler (or ``optimizer.load_state_dict``) is followed.
+
+    ``state_dict()``: the common keys, options ``l1``, ``noise``, ``rewire_every``, and ``sign``,
+    ``dead_keys``, ``dead_sign`` (name -> tensor) and ``device_generators`` (device -> the state
+    of the generator drawing the noise there, for weights off the CPU).
     """
+
+    _options = ("l1", "noise", "rewire_every")
 
     def __init__(self, model, optimizer, *, l1: float = 1e-5, noise: float = 1e-5, rewire_every="epoch",
                  init="zero", init_scale: float = 0.1, seed: int = 0, callbacks: Iterable[Callback] = ()):
@@ -328,8 +419,21 @@ class DeepR(TopologyController):
             self.sign[name] = s
             self._dead_keys[name] = torch.empty(0, dtype=torch.int64, device=s.device)
             self._dead_sign[name] = torch.empty(0, dtype=torch.int8, device=s.device)
-        self._group = {id(p): g for g in optimizer.param_groups for p in g["params"]}
         self._device_generators: dict[torch.device, torch.Generator] = {}
+
+    def _own_state(self) -> dict:
+        return {"sign": dict(self.sign), "dead_keys": dict(self._dead_keys), "dead_sign": dict(self._dead_sign),
+                "device_generators": {str(d): g.get_state() for d, g in self._device_generators.items()}}
+
+    def _load_own_state(self, state: dict) -> None:
+        self.sign = self._on_device(state["sign"])
+        self._dead_keys = self._on_device(state["dead_keys"])
+        self._dead_sign = self._on_device(state["dead_sign"])
+        self._device_generators = {}
+        for d, g_state in state["device_generators"].items():
+            g = torch.Generator(device=torch.device(d))
+            g.set_state(g_state)
+            self._device_generators[torch.device(d)] = g
 
     def _generator_on(self, device: torch.device) -> torch.Generator:
         """The controller's generator on CPU; elsewhere one generator per device, seeded once from
@@ -349,9 +453,11 @@ class DeepR(TopologyController):
         return w.values.detach() * self.sign[name].to(w.values.dtype) < 0
 
     def _after_step(self) -> None:
+        # the groups are looked up now: optimizer.load_state_dict replaces them, schedulers change lr
+        lrs = {id(p): g["lr"] for g in self.optimizer.param_groups for p in g["params"]}
         with torch.no_grad():
             for name, w in self.weights.items():
-                lr = self._group[id(w.values)]["lr"] if id(w.values) in self._group else 0.0
+                lr = lrs.get(id(w.values), 0.0)
                 s = self.sign[name].to(w.values.dtype)
                 noise = torch.randn(w.nnz, generator=self._generator_on(w.values.device), dtype=w.values.dtype,
                                     device=w.values.device)

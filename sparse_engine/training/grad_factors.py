@@ -95,6 +95,17 @@ class GradFactorRecorder:
             if key not in self._linear:
                 module.record_grad_factors = self._armed
 
+    def state_dict(self) -> dict:
+        """The settings a resumed run needs: ``armed`` and ``global_factors``. Recorded factors
+        are not saved: a controller's state is saved between steps, and the next training batch
+        records anew before any update uses them (the process group is not saved either)."""
+        return {"armed": self._armed, "global_factors": self.global_factors}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.global_factors = state["global_factors"]
+        self.armed = state["armed"]
+        self.new_step()
+
     def clear(self) -> None:
         for slots in self._linear.values():
             slots.clear()

@@ -89,6 +89,17 @@ class SparseNTASGD:
             mu = torch.where(c >= 3, 1.0 / (c - 1).clamp(min=1).to(w.values.dtype), torch.ones_like(w.values))
             self.ax[name] += mu * (w.values.detach() - self.ax[name])
 
+    def state_dict(self) -> dict:
+        """``active``, and the averages ``ax`` and per-weight counters ``count`` (name -> tensor)."""
+        return {"active": self.active, "ax": {n: t.clone() for n, t in self.ax.items()},
+                "count": {n: t.clone() for n, t in self.count.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        device = {n: w.values.device for n, w in self.weights.items()}
+        self.active = bool(state["active"])
+        self.ax = {n: t.clone().to(device[n]) for n, t in state["ax"].items()}
+        self.count = {n: t.clone().to(device[n]) for n, t in state["count"].items()}
+
     def remap(self, name: str, remap: Remap) -> None:
         if self.active:
             self.ax[name] = remap.apply(self.ax[name])
@@ -137,7 +148,17 @@ class SelfishRNN(TopologyController):
       ``end_epoch(val_loss=...)``, when more than ``nonmono`` losses were seen and the new one is
       worse than the best before the last ``nonmono`` (AWD-LSTM's rule); ``nt_asgd=False`` never
       averages; ``start_averaging()`` switches it on by hand. Evaluate with ``with ctl.averaged():``.
-    Defaults: death_rate=0.5 (sparselearning), init "zero" (Selfish-RNN)."""
+    Defaults: death_rate=0.5 (sparselearning), init "zero" (Selfish-RNN).
+
+    ``state_dict()``: the common keys of :class:`TopologyController`, options ``total_steps``,
+    ``death_rate0``, ``death_rate_min``, ``death``, ``growth`` (must match on load),
+    ``redistribution``, ``threshold``, ``nt_asgd``, ``nonmono``, ``grad_options``, and
+    ``val_losses`` (the losses the NT-ASGD trigger has seen) and ``averager``
+    (:meth:`SparseNTASGD.state_dict`)."""
+
+    _options = ("total_steps", "death_rate0", "death_rate_min", "death", "growth", "redistribution", "threshold",
+                "nt_asgd", "nonmono", "grad_options")
+    _fixed = ("growth",)
 
     def __init__(self, model, optimizer, *, total_steps: int, death_rate: float = 0.5,
                  death_rate_min: float = 0.005, death: str = "magnitude", growth: str = "random",
@@ -191,7 +212,8 @@ class SelfishRNN(TopologyController):
         """Call at the end of every epoch, with the validation loss for the NT-ASGD trigger."""
         if val_loss is not None:
             h = self.val_losses
-            if self.nt_asgd and not self.averager.active and len(h) > self.nonmono and val_loss > min(h[:-self.nonmono]):
+            earlier = h[:len(h) - self.nonmono]  # all but the last nonmono (all of them for nonmono=0)
+            if self.nt_asgd and not self.averager.active and earlier and val_loss > min(earlier):
                 self.averager.start()
             h.append(float(val_loss))
         super().end_epoch()
@@ -242,3 +264,10 @@ class SelfishRNN(TopologyController):
 
     def _on_remap(self, name: str, remap: Remap) -> None:
         self.averager.remap(name, remap)
+
+    def _own_state(self) -> dict:
+        return {"val_losses": list(self.val_losses), "averager": self.averager.state_dict()}
+
+    def _load_own_state(self, state: dict) -> None:
+        self.val_losses = [float(v) for v in state["val_losses"]]
+        self.averager.load_state_dict(state["averager"])

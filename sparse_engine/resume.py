@@ -1,0 +1,199 @@
+"""Resumable ``sparse-engine train`` runs: where a run stands, written into its checkpoint and
+read back so that a run cut off (Ctrl-C, ``kill -9``, out of time) continues bit for bit.
+
+What a resumable checkpoint holds (``payload["extra"]``, beside the model's and the optimizer's
+``state_dict``): ``args`` (the run's options), ``history`` (one row per finished epoch) and
+``resume``:
+
+* ``epoch``: finished epochs; ``batch``: batches done of the next epoch (0 at an epoch end);
+  ``perm``: that epoch's shuffle (None at an epoch end); ``running``: its summed train loss so far;
+  ``steps``: optimizer steps in all;
+* ``controller``: the topology controller's ``state_dict()`` (None for ``--algorithm none``);
+* ``rng``: the states of torch's CPU generator, of every CUDA device's (when training on CUDA),
+  and of Python's and numpy's global generators;
+* ``balance_records``: what ``--record-balance`` has recorded so far (None without it).
+
+It is written atomically to ``--save`` after every epoch and, with ``--checkpoint-every STEPS``,
+also every STEPS optimizer steps inside an epoch, always between two steps. ``--resume PATH``
+rebuilds the run from its options, loads all of that and goes on from the next step with the
+saved shuffle of the interrupted epoch (its done batches skipped) and then the restored generator,
+so it computes what the uninterrupted run would have (the same device and thread count).
+The options that shape the computation must equal the saved ones (:data:`MUST_MATCH`); only
+``--epochs`` may grow (the controller keeps the schedule of the saved run: its state holds it).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import load_checkpoint, save_checkpoint
+
+__all__ = ["MUST_MATCH", "TrainProgress"]
+
+#: TrainConfig fields a resumed run must share with the saved one (the others, e.g. --save,
+#: --plot, --quiet, --device, --checkpoint-every, may change; --epochs may grow)
+MUST_MATCH = ("task", "data", "model", "hidden", "layers", "density", "sparse", "algorithm", "batch_size", "lr",
+              "seed")
+VERSION = 1
+
+
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def _same_option(field: str, old, new) -> bool:
+    if old == new:
+        return True
+    if field == "data" and old is not None and new is not None:  # the same file written another way
+        return Path(old).expanduser().resolve() == Path(new).expanduser().resolve()
+    return False
+
+
+def rng_state(device: torch.device) -> dict:
+    """The global generators' states (only tensors, numbers and lists: weights_only-readable)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "cuda": None, "python": list(random.getstate()),
+             "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(gauss)]}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        if len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        else:  # another machine: at least the device in use continues its sequence
+            torch.cuda.set_rng_state(state["cuda"][0], device)
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+class TrainProgress:
+    """Where a :func:`sparse_engine.runs.train` run stands (finished epochs, the current
+    epoch's shuffle and position, the history) and its resumable checkpoints.
+
+    The train loop calls :meth:`begin_epoch` for the batches still to run and the loss summed so
+    far, :meth:`after_step` after every training step (a checkpoint every ``checkpoint_every``
+    steps) and :meth:`end_epoch` with the epoch's metrics (a checkpoint)."""
+
+    def __init__(self, cfg, model, optimizer, controller, recorder, device, n_train: int):
+        every = getattr(cfg, "checkpoint_every", 0) or 0
+        if not (isinstance(every, int) and every >= 0):
+            raise SystemExit(f"--checkpoint-every must be an int >= 0 (steps), got {every!r}")
+        self.cfg, self.model, self.optimizer = cfg, model, optimizer
+        self.controller, self.recorder, self.device = controller, recorder, device
+        self.n_train, self.every = n_train, every
+        self.batches = -(-n_train // cfg.batch_size)
+        self.epoch, self.batch, self.steps = 0, 0, 0
+        self.perm: torch.Tensor | None = None
+        self.running = 0.0
+        self.history: list[dict] = []
+        self.save_path = cfg.save
+        if every and not cfg.save:
+            raise SystemExit("--checkpoint-every needs --save PATH (or --resume PATH) to write the checkpoints to")
+
+    # ------------------------------------------------------------------ driving
+    def begin_epoch(self, epoch: int):
+        """(the batches of epoch ``epoch`` still to run, as index tensors; the loss summed so
+        far). A new epoch draws its shuffle; the interrupted one keeps the saved one."""
+        if epoch != self.epoch + 1:
+            raise RuntimeError(f"epoch {epoch} follows epoch {self.epoch}")
+        if self.perm is None:
+            self.perm, self.batch, self.running = torch.randperm(self.n_train), 0, 0.0
+        return list(self.perm.split(self.cfg.batch_size))[self.batch:], self.running
+
+    def after_step(self, running: float) -> None:
+        """After a training step (optimizer and controller stepped, its loss added to ``running``)."""
+        self.batch += 1
+        self.steps += 1
+        self.running = running
+        if self.every and self.steps % self.every == 0 and self.batch < self.batches:
+            self.save()  # at an epoch's last batch the epoch-end checkpoint follows at once
+
+    def end_epoch(self, row: dict) -> None:
+        """After an epoch's evaluation and its controller update."""
+        self.history.append(row)
+        self.epoch += 1
+        self.batch, self.perm, self.running = 0, None, 0.0
+        if self.save_path:
+            self.save()
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict:
+        return {"version": VERSION, "epoch": self.epoch, "batch": self.batch, "steps": self.steps,
+                "perm": None if self.perm is None else self.perm.clone(), "running": self.running,
+                "controller": None if self.controller is None else self.controller.state_dict(),
+                "rng": rng_state(self.device),
+                "balance_records": None if self.recorder is None else list(self.recorder.records)}
+
+    def save(self) -> Path:
+        """Writes the resumable checkpoint (atomically) to the run's save path."""
+        # the options as the command line's namespace held them, so checkpoints read the same either way
+        return save_checkpoint(self.save_path, self.model, self.optimizer,
+                               args={"command": "train", **asdict(self.cfg)}, history=list(self.history),
+                               resume=self.state())
+
+    def restore(self, path) -> None:
+        """Loads the run saved at ``path`` (after checking its options against this run's)."""
+        path = Path(path)
+        if not path.is_file():
+            raise SystemExit(f"--resume {path}: no such checkpoint")
+        try:
+            payload = load_checkpoint(path)
+        except ValueError as e:
+            raise SystemExit(f"--resume {path}: {e}") from e
+        extra = payload["extra"]
+        state = extra.get("resume")
+        if state is None or "optimizer" not in payload:
+            raise SystemExit(f"--resume {path}: this checkpoint holds no resumable state (it was not written by "
+                             "sparse-engine train, or by a version before --resume)")
+        if state.get("version") != VERSION:
+            raise SystemExit(f"--resume {path}: resumable state version {state.get('version')}, this version "
+                             f"reads {VERSION}")
+        saved = extra.get("args", {})
+        for field in MUST_MATCH:
+            if field in saved and not _same_option(field, saved[field], getattr(self.cfg, field)):
+                raise SystemExit(f"--resume {path}: {_flag(field)} {getattr(self.cfg, field)!r} differs from the "
+                                 f"checkpoint's {_flag(field)} {saved[field]!r}; a resumed run must use the "
+                                 "checkpoint's settings (only --epochs may be increased)")
+        if self.cfg.epochs < saved.get("epochs", 0):
+            raise SystemExit(f"--resume {path}: --epochs {self.cfg.epochs} is less than the checkpoint's --epochs "
+                             f"{saved['epochs']} (--epochs may only be increased)")
+        if (state["controller"] is None) != (self.controller is None):
+            raise SystemExit(f"--resume {path}: the checkpoint's controller state does not fit --algorithm "
+                             f"{self.cfg.algorithm}")
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        if self.controller is not None:
+            self.controller.load_state_dict(state["controller"])
+        if self.recorder is not None and state["balance_records"] is not None:
+            self.recorder.records = list(state["balance_records"])
+        self.history = list(extra.get("history", []))
+        self.epoch, self.batch, self.steps = int(state["epoch"]), int(state["batch"]), int(state["steps"])
+        self.perm, self.running = state["perm"], float(state["running"])
+        if len(self.history) != self.epoch or (self.perm is not None and len(self.perm) != self.n_train):
+            raise SystemExit(f"--resume {path}: the saved position (epoch {self.epoch}, batch {self.batch}) does "
+                             "not fit its history or this data set")
+        set_rng_state(state["rng"], self.device)  # last: building the run has drawn from the generators
+
+    @classmethod
+    def start(cls, cfg, model, optimizer, controller, recorder, device, n_train: int) -> "TrainProgress":
+        """A new run's progress, or with ``cfg.resume`` the saved run's; checkpoints go to
+        ``cfg.save`` (``cfg.resume`` when no --save is given)."""
+        resume = getattr(cfg, "resume", None)
+        if resume and not cfg.save:
+            from dataclasses import replace
+
+            cfg = replace(cfg, save=resume)
+        progress = cls(cfg, model, optimizer, controller, recorder, device, n_train)
+        if resume:
+            progress.restore(resume)
+        return progress
