@@ -230,6 +230,14 @@ def test_exit_codes_for_interrupts_and_unexpected_errors(monkeypatch, capsys):
     monkeypatch.setattr(cli, "bench", bad_value)
     assert cli.main(["bench"]) == 1
     assert one_error_line(capsys) == "sparse-engine: error: something went wrong"
+
+    def exits(config):  # library code that still ends with SystemExit("message") (resume.py does)
+        raise SystemExit("--resume ck.pt: no resumable state")
+
+    monkeypatch.setattr(cli, "bench", exits)
+    assert cli.main(["bench"]) == 1
+    assert one_error_line(capsys) == "sparse-engine: error: --resume ck.pt: no resumable state"
+    monkeypatch.setattr(cli, "bench", bad_value)
     monkeypatch.setenv("SPARSE_ENGINE_TRACEBACK", "1")
     with pytest.raises(ValueError):
         cli.main(["bench"])
