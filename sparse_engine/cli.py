@@ -220,7 +220,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         _say(f"{PROG}: interrupted")
         return EXIT_INTERRUPTED
-    except SystemExit as exc:  # --help (0), or a library that still exits with a message
+    except SystemExit as exc:  # --help (0), or user code that exits with a message
         if exc.code is None or isinstance(exc.code, int):
             return exc.code or EXIT_OK
         _say(f"{PROG}: error: {_one_line(exc.code)}")

@@ -87,7 +87,7 @@ class TrainProgress:
     def __init__(self, cfg, model, optimizer, controller, recorder, device, n_train: int):
         every = getattr(cfg, "checkpoint_every", 0) or 0
         if not (isinstance(every, int) and every >= 0):
-            raise SystemExit(f"--checkpoint-every must be an int >= 0 (steps), got {every!r}")
+            raise ValueError(f"--checkpoint-every must be an int >= 0 (steps), got {every!r}")
         self.cfg, self.model, self.optimizer = cfg, model, optimizer
         self.controller, self.recorder, self.device = controller, recorder, device
         self.n_train, self.every = n_train, every
@@ -98,7 +98,7 @@ class TrainProgress:
         self.history: list[dict] = []
         self.save_path = cfg.save
         if every and not cfg.save:
-            raise SystemExit("--checkpoint-every needs --save PATH (or --resume PATH) to write the checkpoints to")
+            raise ValueError("--checkpoint-every needs --save PATH (or --resume PATH) to write the checkpoints to")
 
     # ------------------------------------------------------------------ driving
     def begin_epoch(self, epoch: int):
@@ -145,30 +145,30 @@ class TrainProgress:
         """Loads the run saved at ``path`` (after checking its options against this run's)."""
         path = Path(path)
         if not path.is_file():
-            raise SystemExit(f"--resume {path}: no such checkpoint")
+            raise FileNotFoundError(f"--resume {path}: no such checkpoint")
         try:
             payload = load_checkpoint(path)
         except ValueError as e:
-            raise SystemExit(f"--resume {path}: {e}") from e
+            raise ValueError(f"--resume {path}: {e}") from e
         extra = payload["extra"]
         state = extra.get("resume")
         if state is None or "optimizer" not in payload:
-            raise SystemExit(f"--resume {path}: this checkpoint holds no resumable state (it was not written by "
+            raise ValueError(f"--resume {path}: this checkpoint holds no resumable state (it was not written by "
                              "sparse-engine train, or by a version before --resume)")
         if state.get("version") != VERSION:
-            raise SystemExit(f"--resume {path}: resumable state version {state.get('version')}, this version "
+            raise ValueError(f"--resume {path}: resumable state version {state.get('version')}, this version "
                              f"reads {VERSION}")
         saved = extra.get("args", {})
         for field in MUST_MATCH:
             if field in saved and not _same_option(field, saved[field], getattr(self.cfg, field)):
-                raise SystemExit(f"--resume {path}: {_flag(field)} {getattr(self.cfg, field)!r} differs from the "
+                raise ValueError(f"--resume {path}: {_flag(field)} {getattr(self.cfg, field)!r} differs from the "
                                  f"checkpoint's {_flag(field)} {saved[field]!r}; a resumed run must use the "
                                  "checkpoint's settings (only --epochs may be increased)")
         if self.cfg.epochs < saved.get("epochs", 0):
-            raise SystemExit(f"--resume {path}: --epochs {self.cfg.epochs} is less than the checkpoint's --epochs "
+            raise ValueError(f"--resume {path}: --epochs {self.cfg.epochs} is less than the checkpoint's --epochs "
                              f"{saved['epochs']} (--epochs may only be increased)")
         if (state["controller"] is None) != (self.controller is None):
-            raise SystemExit(f"--resume {path}: the checkpoint's controller state does not fit --algorithm "
+            raise ValueError(f"--resume {path}: the checkpoint's controller state does not fit --algorithm "
                              f"{self.cfg.algorithm}")
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
@@ -180,7 +180,7 @@ class TrainProgress:
         self.epoch, self.batch, self.steps = int(state["epoch"]), int(state["batch"]), int(state["steps"])
         self.perm, self.running = state["perm"], float(state["running"])
         if len(self.history) != self.epoch or (self.perm is not None and len(self.perm) != self.n_train):
-            raise SystemExit(f"--resume {path}: the saved position (epoch {self.epoch}, batch {self.batch}) does "
+            raise ValueError(f"--resume {path}: the saved position (epoch {self.epoch}, batch {self.batch}) does "
                              "not fit its history or this data set")
         set_rng_state(state["rng"], self.device)  # last: building the run has drawn from the generators
 

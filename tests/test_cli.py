@@ -231,7 +231,7 @@ def test_exit_codes_for_interrupts_and_unexpected_errors(monkeypatch, capsys):
     assert cli.main(["bench"]) == 1
     assert one_error_line(capsys) == "sparse-engine: error: something went wrong"
 
-    def exits(config):  # library code that still ends with SystemExit("message") (resume.py does)
+    def exits(config):  # code that ends with SystemExit("message")
         raise SystemExit("--resume ck.pt: no resumable state")
 
     monkeypatch.setattr(cli, "bench", exits)
@@ -365,5 +365,5 @@ def test_every_algorithm_name_builds_its_controller():
         model = SequenceModel("rnn", 8, 10, 16, 1, 0.2, "both", "classify")
         opt = torch.optim.Adam(model.parameters())
         assert type(make_controller(name, model, opt, steps=40, seed=0, callbacks=[])) is expected[name]
-    with pytest.raises(SystemExit, match="--algorithm must be one of"):
+    with pytest.raises(ValueError, match="--algorithm must be one of"):
         make_controller("lottery", model, opt, steps=40, seed=0, callbacks=[])

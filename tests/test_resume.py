@@ -172,15 +172,15 @@ def test_run_killed_with_sigkill_resumes_bit_exactly(tmp_path):
 def test_resume_refuses_other_options_and_unusable_checkpoints(tmp_path):
     ck = tmp_path / "ck.pt"
     cli.run(BASE[:5] + ["--epochs", "1", "--quiet", "--save", str(ck)])
-    with pytest.raises(SystemExit, match=r"--hidden 32 differs from the checkpoint's --hidden 16"):
+    with pytest.raises(ValueError, match=r"--hidden 32 differs from the checkpoint's --hidden 16"):
         cli.run(["train", "--model", "rnn", "--hidden", "32", "--epochs", "1", "--quiet", "--resume", str(ck)])
-    with pytest.raises(SystemExit, match=r"--algorithm 'set' differs .* --algorithm 'none'"):
+    with pytest.raises(ValueError, match=r"--algorithm 'set' differs .* --algorithm 'none'"):
         cli.run(BASE[:5] + ["--epochs", "1", "--quiet", "--algorithm", "set", "--resume", str(ck)])
-    with pytest.raises(SystemExit, match=r"--lr 0.01 differs"):
+    with pytest.raises(ValueError, match=r"--lr 0.01 differs"):
         train(CONFIG, epochs=1, lr=0.01, resume=str(ck))
     two = tmp_path / "two.pt"
     train(CONFIG, epochs=2, save=str(two))
-    with pytest.raises(SystemExit, match=r"--epochs 1 is less than the checkpoint's --epochs 2"):
+    with pytest.raises(ValueError, match=r"--epochs 1 is less than the checkpoint's --epochs 2"):
         train(CONFIG, epochs=1, resume=str(two))
     with pytest.raises(ValueError, match=r"^epochs: expected an integer >= 1, got 0"):  # checked before resuming
         train(CONFIG, epochs=0, resume=str(ck))
@@ -188,13 +188,13 @@ def test_resume_refuses_other_options_and_unusable_checkpoints(tmp_path):
         train(CONFIG, resume=str(tmp_path / "missing.pt"))
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(ck.read_bytes()[:1000])
-    with pytest.raises(SystemExit, match=f"{truncated}.*truncated"):
+    with pytest.raises(ValueError, match=f"{truncated}.*truncated"):
         train(CONFIG, resume=str(truncated))
     from sparse_engine.checkpoint import save_checkpoint
     from sparse_engine.models import SequenceModel
 
     save_checkpoint(tmp_path / "plain.pt", SequenceModel("rnn", 8, 10, 16, 1, 0.2, "both", "classify"))
-    with pytest.raises(SystemExit, match="no resumable state"):
+    with pytest.raises(ValueError, match="no resumable state"):
         train(CONFIG, resume=str(tmp_path / "plain.pt"))
     with pytest.raises(ValueError, match=r"^checkpoint_every: needs a checkpoint to write to"):
         train(CONFIG, checkpoint_every=5)

@@ -25,4 +25,4 @@ def make_controller(name: str, model, opt, steps: int, seed: int, callbacks):
     if name == "rigl":
         return RigL(model, opt, end_step=max(2, int(0.75 * steps)), update_every=max(1, steps // 20),
                     seed=seed, callbacks=callbacks)
-    raise SystemExit(f"--algorithm must be one of {ALGORITHMS}")
+    raise ValueError(f"--algorithm must be one of {ALGORITHMS}")
