@@ -256,3 +256,29 @@ def test_docstrings_say_packed_sequence_is_not_supported():
     from sparse_engine.nn import cells, rnn
 
     assert "PackedSequence" in rnn.__doc__ and "PackedSequence" in cells.__doc__
+
+
+@pytest.mark.parametrize("kind", list(LAYERS) + ["ctrnn"] + [f"{k}_cell" for k in CELLS])
+def test_empty_batch_matches_torch(kind, rng):
+    """A batch of 0 sequences (or 0 cell inputs) gives torch's empty results and gradients,
+    where it used to fail reshaping the 0-element input part of the gates."""
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=rng)))
+    T, I, H = 3, 3, 4
+    if kind.endswith("_cell"):
+        cls, kw = CELLS[kind[:-5]]
+        m = cls(I, H, density=0.5, dtype=F64, **kw)
+        ref = ctrnn_twin(m)[0] if kind == "ctrnn_cell" else m.to_dense()
+        x = torch.zeros(0, I, dtype=F64)
+    elif kind == "ctrnn":
+        m = se.nn.SparseCTRNN(I, H, dt=1.0, tau=1.0, unfolds=1, batch_first=True, density=0.5, dtype=F64)
+        ref = ctrnn_twin(m)[0]
+        x = torch.zeros(0, T, I, dtype=F64)
+    else:
+        cls, kw = LAYERS[kind]
+        m = cls(I, H, num_layers=2, bidirectional=True, density=0.5, dtype=F64, **kw)
+        ref = m.to_dense()
+        x = torch.zeros(T, 0, I, dtype=F64)
+    results = run_both(m, ref, x, None, rng)
+    assert all(t.numel() == 0 for t in results)
+    for p in m.parameters():
+        assert p.grad is not None and not p.grad.any()

@@ -96,7 +96,7 @@ class Recurrence(torch.autograd.Function):
             bias = b_ih if cell.hidden_bias or b_hh is None else b_ih + b_hh
         if bias is not None:
             gx = gx + bias[:, None]
-        gx = gx.view(-1, T, B).permute(1, 0, 2).contiguous()  # (T, G*H, B): contiguous per step
+        gx = gx.view(cell.gates * cfg.hidden, T, B).permute(1, 0, 2).contiguous()  # (T, G*H, B), per step
         fused = fused_ok(cfg, w_hh)
         step, _ = cell.steps(fused)
         idx, U = cfg.idx_hh, cell.unfolds(cfg)
