@@ -225,11 +225,56 @@ def test_fused_steps_match_composed_float64(mode, H, B, density, empty, dtype, h
             torch.testing.assert_close(a.double(), b, **STEP_TOL[dtype], msg=lambda m: f"{mode} {name}: {m}")
 
 
+# ---------------------------------------------------------------- modules against torch
+LAYER_KINDS = {"tanh": (se.nn.SparseRNN, {"nonlinearity": "tanh"}), "relu": (se.nn.SparseRNN, {"nonlinearity": "relu"}),
+               "lstm": (se.nn.SparseLSTM, {}), "gru": (se.nn.SparseGRU, {})}
+
+
+@budget(0.5)
+@given(kind=st.sampled_from(sorted(LAYER_KINDS)), I=st.integers(1, 6), H=st.integers(1, 9), T=st.integers(1, 5),
+       B=st.integers(0, 4), L=st.integers(1, 3), bi=st.booleans(), bf=st.booleans(), batched=st.booleans(),
+       given_state=st.booleans(), bias=st.booleans(), sparse=st.sampled_from(["both", "recurrent", "input"]),
+       fused=st.booleans(), density=st.floats(0.05, 1.0), seed=seeds)
+def test_layers_match_torch(kind, I, H, T, B, L, bi, bf, batched, given_state, bias, sparse, fused, density, seed):
+    """Any configuration of a sparse layer computes what torch's layer with its dense weights
+    does: outputs, final states and the input and state gradients (float64)."""
+    cls, kw = LAYER_KINDS[kind]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        m = cls(I, H, num_layers=L, bias=bias, batch_first=bf, bidirectional=bi, density=density, sparse=sparse,
+                fused=fused, dtype=F64, **kw)
+    ref = m.to_dense()
+    g = torch.Generator().manual_seed(seed)
+    D = 2 if bi else 1
+    x = torch.randn(*(((B, T) if bf else (T, B)) if batched else (T,)), I, generator=g, dtype=F64)
+    hx = None
+    if given_state:
+        shape = (L * D, B, H) if batched else (L * D, H)
+        hx = torch.randn(shape, generator=g, dtype=F64)
+        hx = (hx, torch.randn(shape, generator=g, dtype=F64)) if kind == "lstm" else hx
+    leaves = [[t.clone().requires_grad_(True) for t in ([x] + ([] if hx is None else list(
+        hx if isinstance(hx, tuple) else (hx,))))] for _ in range(2)]
+    results = []
+    for module, (xi, *hi) in zip((m, ref), leaves):
+        state = None if not hi else (tuple(hi) if kind == "lstm" else hi[0])
+        y, s = module(xi, state)
+        results.append((y, *(s if isinstance(s, tuple) else (s,))))
+    w = [torch.randn(t.shape, generator=g, dtype=F64) for t in results[0]]
+    for res in results:
+        assert len(res) == len(w)
+        sum((t * wi).sum() for t, wi in zip(res, w)).backward()
+    for a, b in zip(*results):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    for a, b in zip(*leaves):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-9)
+
+
 # ------------------------------------------------------------------ topology: selections
 # the CPU kernels, and the torch-primitive kernels (the CUDA ones) run on CPU tensors
 IMPLS = {"cpu": _ops, "torch": SimpleNamespace(**topology_cuda.OPS)}
 impls = st.sampled_from(sorted(IMPLS))
-TIES = [0.0, -0.0, 1.0, -1.0, 0.5, -0.5, 2.0, -2.0, 1e-30, -1e30, 3.25]
+TIES = [0.0, -0.0, 1.0, -1.0, 0.5, -0.5, 2.0, -2.0, 1e-30, -1e30, 3.25, float("inf"), -float("inf")]
 
 
 @st.composite
@@ -290,6 +335,17 @@ def test_set_prune_follows_its_contract(data, dtype, zeta, impl, n_threads):
     assert np.array_equal(keep.numpy(), ref_set_keep(v.numpy(), zeta))
 
 
+@budget(0.25)
+@given(n=st.integers(1, 50), at=st.data(), impl=impls, seed=seeds)
+def test_selections_refuse_nan(n, at, impl, seed):
+    v = torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=F64)
+    v[at.draw(st.integers(0, n - 1))] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        IMPLS[impl].select_smallest(v, 0)
+    with pytest.raises(ValueError, match="NaN"):
+        IMPLS[impl].set_prune(v, 0.5)
+
+
 # ------------------------------------------------------------- topology: CSR updates
 @budget()
 @given(W=weights(rows=big_dims, cols=big_dims), p_keep=densities, impl=impls, n_threads=threads, seed=seeds)
@@ -331,6 +387,27 @@ def test_random_empty_draws_distinct_sorted_empty_positions(W, share, impl, seed
     assert torch.equal(r, r2) and torch.equal(c, c2)
     with pytest.raises(ValueError, match="cannot grow"):
         draw_(W.row_ptr, W.col_idx, cols, free + 1, seed)
+
+
+@budget()
+@given(W=weights(), M=st.integers(0, 6), share=st.floats(0.0, 1.0), tile_rows=st.integers(1, 40),
+       tile_cols=st.integers(1, 40), impl=impls, seed=seeds)
+def test_grad_topk_is_the_dense_top_k_at_empty_positions(W, M, share, tile_rows, tile_cols, impl, seed):
+    """Small integers in G and X make every gradient exact, so ties are real and the tie rule
+    (larger |grad| first, then the lower linear key) decides."""
+    rows, cols = W.shape
+    g = torch.Generator().manual_seed(seed)
+    G = torch.randint(-2, 3, (rows, M), generator=g).to(W.values.dtype)
+    X = torch.randint(-2, 3, (cols, M), generator=g).to(W.values.dtype)
+    free = empty_keys(W)
+    k = int(share * free.size)
+    r, c, grads = IMPLS[impl].grad_topk(W.row_ptr, W.col_idx, G, X, k, tile_rows, tile_cols)
+    full = (G.double() @ X.double().T).numpy().ravel()
+    best = np.sort(free[np.argsort(-np.abs(full[free]), kind="stable")[:k]])
+    assert np.array_equal(r.numpy() * cols + c.numpy(), best)
+    assert np.array_equal(grads.double().numpy(), full[best])
+    # coo_dot at the same positions is the same gradient
+    assert np.array_equal(IMPLS[impl].coo_dot(r, c, G, X).double().numpy(), full[best])
 
 
 def ref_merge(W: SparseWeight, new_keys: np.ndarray, new_vals: np.ndarray):
@@ -435,6 +512,37 @@ def test_rewire_matches_a_dictionary_model(W, p_keep, grow_share, init, seed):
     origin[~is_new] = src
     assert np.array_equal(remap.origin().numpy(), origin)
     assert remap.n_grown == new.size and remap.n_removed == keys_of_before.size - kept_keys.size
+
+
+@pytest.mark.filterwarnings("ignore:Sparse:UserWarning")  # torch's beta notice for sparse CSR tensors
+@budget(0.5)
+@given(W=weights(dtypes=st.sampled_from([F32, F64, F16, BF16])))
+def test_sparse_weight_conversions_round_trip(W):
+    check_structure(W)
+    rows, cols = W.shape
+    dense = W.to_dense()
+    mask = torch.zeros(W.shape, dtype=torch.bool)
+    mask[W.coo()[0], W.coo()[1]] = True
+    back = SparseWeight.from_dense(dense, mask)  # keeps stored zeros too
+    csr = W.to_torch_sparse_csr()
+    assert torch.equal(csr.crow_indices(), W.row_ptr) and torch.equal(csr.col_indices(), W.col_idx.long())
+    from_csr = SparseWeight.from_csr(W.row_ptr, W.col_idx, W.values.detach(), W.shape)
+    sc = SparseWeight.from_scipy(W.to_scipy(), dtype=W.values.dtype)
+    for V in (back, from_csr, sc):
+        assert V.shape == W.shape and V.values.dtype == W.values.dtype
+        for a, b in zip(V.index, W.index):
+            assert torch.equal(a, b)
+        assert torch.equal(V.values.detach(), W.values.detach())
+
+
+@budget(0.5)
+@given(rows=dims, cols=dims, share=st.floats(0.0, 1.0), seed=seeds)
+def test_random_pattern_has_exactly_nnz_entries(rows, cols, share, seed):
+    nnz = int(share * rows * cols)
+    W = SparseWeight.random(rows, cols, nnz=nnz, generator=torch.Generator().manual_seed(seed), dtype=F64)
+    assert W.nnz == nnz
+    W.validate()
+    check_structure(W)
 
 
 # ----------------------------------------------- SparseWeight invariants under any updates
