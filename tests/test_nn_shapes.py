@@ -17,7 +17,7 @@ import sparse_engine as se
 from sparse_engine import SparseWeight
 
 TOL = dict(rtol=1e-10, atol=1e-10)
-F64 = torch.float64
+F32, F64 = torch.float32, torch.float64
 
 LAYERS = {
     "tanh": (se.nn.SparseRNN, {"nonlinearity": "tanh"}),
@@ -282,3 +282,26 @@ def test_empty_batch_matches_torch(kind, rng):
     assert all(t.numel() == 0 for t in results)
     for p in m.parameters():
         assert p.grad is not None and not p.grad.any()
+
+
+@pytest.mark.parametrize("kind", list(LAYERS) + ["ctrnn"] + [f"{k}_cell" for k in CELLS])
+def test_state_of_another_dtype_is_refused_by_name(kind, rng):
+    """A float32 state for float64 parameters: a TypeError naming the state (it used to surface
+    from a kernel as "h must have dtype" or "X must have dtype"), as for the input."""
+    if kind.endswith("_cell"):
+        cls, kw = CELLS[kind[:-5]]
+        m = cls(3, 4, density=0.5, dtype=F64, **kw)
+        x, shape = torch.randn(2, 3, generator=rng, dtype=F64), (2, 4)
+        names = ("h", "c") if kind == "lstm_cell" else ("hx",)
+    elif kind == "ctrnn":
+        m = se.nn.SparseCTRNN(3, 4, density=0.5, dtype=F64)
+        x, shape, names = torch.randn(5, 2, 3, generator=rng, dtype=F64), (1, 2, 4), ("hx",)
+    else:
+        cls, kw = LAYERS[kind]
+        m = cls(3, 4, density=0.5, dtype=F64, **kw)
+        x, shape = torch.randn(5, 2, 3, generator=rng, dtype=F64), (1, 2, 4)
+        names = ("h_0", "c_0") if kind == "lstm" else ("hx",)
+    for wrong in range(len(names)):
+        states = [torch.zeros(shape, dtype=F32 if i == wrong else F64) for i in range(len(names))]
+        with pytest.raises(TypeError, match=f"{names[wrong]} must have dtype torch.float64"):
+            m(x, tuple(states) if len(states) == 2 else states[0])

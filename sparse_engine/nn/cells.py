@@ -63,6 +63,8 @@ class _SparseCellBase(RecordsGradFactors, nn.Module):
             if t is not None and (not isinstance(t, torch.Tensor) or t.shape != want):
                 got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
                 raise ValueError(f"{name} must have shape {tuple(want)}, got {got}")
+            if t is not None:
+                check_input_dtype(t, ref, name)
 
     def _run(self, input, h, c, b_ih, b_hh, **cfg_extra):
         """One input step through the Recurrence: returns (h', c') feature-major -> batch-major."""
@@ -226,6 +228,7 @@ class SparseCTRNN(SparseCTRNNCell):
             if not isinstance(hx, torch.Tensor) or tuple(hx.shape) != want:
                 got = tuple(hx.shape) if isinstance(hx, torch.Tensor) else type(hx).__name__
                 raise ValueError(f"hx must have shape {want}, got {got}")
+            check_input_dtype(hx, ref, "hx")
             h0 = (hx[0] if batched else hx[0].unsqueeze(0)).t()
         cfg = Config(**{**self._config(B).__dict__, "steps": T})
         y, h_T, _ = recurrence(cfg, x.permute(2, 0, 1).reshape(self.input_size, T * B), h0, None,

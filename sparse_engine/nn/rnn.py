@@ -269,6 +269,10 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if tuple(t.shape) != want:
             raise ValueError(f"{name} must have shape {want}, got {tuple(t.shape)}")
+        ref = weight_args(self.weight_ih_l0)[0]
+        check_input_dtype(t, ref, name)
+        if t.device != ref.device:
+            raise ValueError(f"{name} must be on {ref.device} like the parameters, got {t.device}")
 
     def forward(self, input: torch.Tensor, hx=None):
         self._check_input(input)
