@@ -270,6 +270,78 @@ def test_layers_match_torch(kind, I, H, T, B, L, bi, bf, batched, given_state, b
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-9)
 
 
+CELL_KINDS = {"tanh": (se.nn.SparseRNNCell, {"nonlinearity": "tanh"}),
+              "relu": (se.nn.SparseRNNCell, {"nonlinearity": "relu"}),
+              "lstm": (se.nn.SparseLSTMCell, {}), "gru": (se.nn.SparseGRUCell, {})}
+
+
+@budget(0.5)
+@given(kind=st.sampled_from(sorted(CELL_KINDS)), I=st.integers(1, 6), H=st.integers(1, 9), B=st.integers(0, 5),
+       batched=st.booleans(), given_state=st.booleans(), bias=st.booleans(),
+       sparse=st.sampled_from(["both", "recurrent", "input"]), fused=st.booleans(), density=st.floats(0.05, 1.0),
+       seed=seeds)
+def test_cells_match_torch(kind, I, H, B, batched, given_state, bias, sparse, fused, density, seed):
+    cls, kw = CELL_KINDS[kind]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        cell = cls(I, H, bias=bias, density=density, sparse=sparse, fused=fused, dtype=F64, **kw)
+    ref = cell.to_dense()
+    g = torch.Generator().manual_seed(seed)
+    lead = (B,) if batched else ()
+    x = torch.randn(*lead, I, generator=g, dtype=F64)
+    hx = None
+    if given_state:
+        hx = torch.randn(*lead, H, generator=g, dtype=F64)
+        hx = (hx, torch.randn(*lead, H, generator=g, dtype=F64)) if kind == "lstm" else hx
+    outs = [cell(x, hx), ref(x, hx)]
+    outs = [o if isinstance(o, tuple) else (o,) for o in outs]
+    for a, b in zip(*outs):
+        assert a.shape == b.shape == lead + (H,)
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@budget(0.5)
+@given(I=st.integers(1, 5), H=st.integers(1, 8), T=st.integers(1, 4), B=st.integers(0, 4), batched=st.booleans(),
+       bf=st.booleans(), given_state=st.booleans(), bias=st.booleans(), fused=st.booleans(),
+       dt=st.floats(0.01, 1.0), tau=st.floats(0.05, 2.0), unfolds=st.integers(1, 4), density=st.floats(0.05, 1.0),
+       seed=seeds)
+def test_ctrnn_matches_its_definition(I, H, T, B, batched, bf, given_state, bias, fused, dt, tau, unfolds, density,
+                                      seed):
+    """SparseCTRNN = ``unfolds`` Euler steps h += dt (-h / tau + tanh(W_ih x + W_hh h + b)) per
+    input step, in float64, in every input layout; gradients against autograd through that loop."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        m = se.nn.SparseCTRNN(I, H, bias=bias, batch_first=bf, dt=dt, tau=tau, unfolds=unfolds, density=density,
+                              fused=fused, dtype=F64)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*(((B, T) if bf else (T, B)) if batched else (T,)), I, generator=g, dtype=F64)
+    h0 = torch.randn((1, B, H) if batched else (1, H), generator=g, dtype=F64) if given_state else None
+    y, h = m(x, h0)
+    # the definition, on (T, B, I) / (B, H)
+    xt = (x.transpose(0, 1) if bf else x) if batched else x.unsqueeze(1)
+    Wi, Wh = (m.weight_ih.to_dense().requires_grad_(True), m.weight_hh.to_dense().requires_grad_(True))
+    b = m.bias if bias else torch.zeros(H, dtype=F64)
+    s = torch.zeros(xt.shape[1], H, dtype=F64) if h0 is None else (h0[0] if batched else h0)
+    ref = []
+    for t in range(T):
+        for _ in range(unfolds):
+            s = s + dt * (-s / tau + torch.tanh(xt[t] @ Wi.T + s @ Wh.T + b))
+        ref.append(s)
+    ry = torch.stack(ref)
+    ry = (ry.transpose(0, 1) if bf else ry) if batched else ry[:, 0]
+    rh = s.unsqueeze(0) if batched else s
+    assert y.shape == ry.shape and h.shape == rh.shape
+    torch.testing.assert_close(y, ry, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(h, rh, rtol=1e-9, atol=1e-9)
+    w = torch.randn(y.shape, generator=g, dtype=F64)
+    (y * w).sum().backward()
+    (ry * w).sum().backward()
+    row, col, _ = m.weight_hh.coo()
+    torch.testing.assert_close(m.weight_hh.values.grad, Wh.grad[row, col], rtol=1e-9, atol=1e-9)
+    row, col, _ = m.weight_ih.coo()
+    torch.testing.assert_close(m.weight_ih.values.grad, Wi.grad[row, col], rtol=1e-9, atol=1e-9)
+
+
 # ------------------------------------------------------------------ topology: selections
 # the CPU kernels, and the torch-primitive kernels (the CUDA ones) run on CPU tensors
 IMPLS = {"cpu": _ops, "torch": SimpleNamespace(**topology_cuda.OPS)}
@@ -601,14 +673,15 @@ class SparseWeightUpdates(RuleBasedStateMachine):
         new = np.sort(np.random.default_rng(seed).choice(free, int(share * free.size), replace=False))
         self.rewired(keep, new, torch.randn(new.size, generator=g, dtype=F64))
 
-    @rule(density=densities, seed=seeds)
-    def load_state_dict(self, density, seed):
-        """A state_dict of the same shape and another pattern (another nnz): loaded in place."""
-        other = random_weight(*self.W.shape, density, dtype=self.W.values.dtype, seed=seed)
-        param = self.W.values
+    @rule(density=densities, dtype=st.sampled_from([F32, F64, BF16]), seed=seeds)
+    def load_state_dict(self, density, dtype, seed):
+        """A state_dict of the same shape and another pattern (another nnz), maybe saved in
+        another dtype: loaded in place, the values converted to this weight's dtype."""
+        other = random_weight(*self.W.shape, density, dtype=dtype, seed=seed)
+        param, mine = self.W.values, self.W.values.dtype
         self.W.load_state_dict(other.state_dict())
-        assert self.W.values is param  # optimizers keep working
-        self.model = self.as_dict(other)
+        assert self.W.values is param and param.dtype == mine  # optimizers keep working
+        self.model = {k: float(torch.tensor(v, dtype=F64).to(mine).double()) for k, v in self.as_dict(other).items()}
 
     @rule(dtype=st.sampled_from([F32, F64, BF16]))
     def convert(self, dtype):
