@@ -9,10 +9,32 @@ Where shared test code lives:
 * ``tests/_training_util.py``, ``tests/_distributed_util.py``: helpers of those test groups.
 
 Each is a plain module, imported as ``from _paths import DATA`` (pytest puts tests/ on the path).
+
+Besides fixtures, this file loads the hypothesis profile of the property tests
+(``tests/test_properties.py``), chosen by ``HYPOTHESIS_PROFILE``: ``dev`` (default; the property
+file runs in well under a minute on two cores), ``ci`` (the same budget, without the health
+check that fails slow data generation on a loaded runner) or ``thorough`` (ten times the
+examples, for a bug hunt). Every profile leaves the seed to hypothesis, prints the
+``@reproduce_failure`` blob of a failure (replay it by pasting that decorator on the test) and
+keeps no example database, so no ``.hypothesis/`` folder appears in the tree.
 """
+import os
+
 import numpy as np
 import pytest
 import torch
+
+try:  # the test extra installs hypothesis; without it only tests/test_properties.py fails
+    from hypothesis import HealthCheck, settings
+except ImportError:  # pragma: no cover
+    settings = None
+
+if settings is not None:
+    _PROFILE = dict(max_examples=150, deadline=None, print_blob=True, derandomize=False, database=None)
+    settings.register_profile("dev", **_PROFILE)
+    settings.register_profile("ci", **_PROFILE, suppress_health_check=[HealthCheck.too_slow])
+    settings.register_profile("thorough", **{**_PROFILE, "max_examples": 1500})
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
 @pytest.fixture

@@ -90,4 +90,4 @@ def test_cells_and_errors_outside_autocast(rng):
         cell(x.to(torch.bfloat16))  # no autocast: a dtype mismatch is still an error
     W = SparseWeight.random(5, 5, 0.5, generator=rng)
     with pytest.raises(TypeError, match="X must have dtype"):
-        ops.spmm(W, torch.randn(5, 2, dtype=torch.bfloat16))
+        ops.spmm(W, torch.randn(5, 2, generator=rng, dtype=torch.bfloat16))

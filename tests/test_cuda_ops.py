@@ -123,9 +123,9 @@ def test_transpose_index_matches_cpu(name):
         assert torch.equal(a, b.cpu()), what
 
 
-def test_weight_built_on_gpu_has_the_cpu_index():
+def test_weight_built_on_gpu_has_the_cpu_index(rng):
     rp, ci, shape = pattern("power_rows", seed=3)
-    values = torch.randn(ci.size)
+    values = torch.randn(ci.size, generator=rng)
     on_cpu = SparseWeight(torch.from_numpy(rp), torch.from_numpy(ci), values, shape)
     on_gpu = SparseWeight(torch.from_numpy(rp).to(DEV), torch.from_numpy(ci).to(DEV), values.to(DEV), shape)
     for a, b in zip(on_cpu.index, on_gpu.index):
@@ -307,7 +307,7 @@ def test_sparse_linear_on_cuda_matches_cpu():
     gpu = SparseLinear(40, 30, density=0.2)
     gpu.load_state_dict(cpu.state_dict())
     gpu.to(DEV)
-    x = torch.randn(7, 40)
+    x = torch.randn(7, 40, generator=torch.Generator().manual_seed(1))
     y_cpu, y_gpu = cpu(x), gpu(x.to(DEV))
     torch.testing.assert_close(y_gpu.cpu(), y_cpu, rtol=1e-5, atol=1e-5)
     y_cpu.square().sum().backward()

@@ -206,8 +206,8 @@ def test_bad_arguments_are_rejected():
     g = torch.Generator().manual_seed(2)
     W = _weight(4 * 5, 5, "uniform", torch.float64, g).to(DEV)
     v = W.values.detach()
-    h = torch.randn(5, 3, dtype=torch.float64, device=DEV)
-    gx = torch.randn(20, 3, dtype=torch.float64, device=DEV)
+    h = torch.randn(5, 3, generator=g, dtype=torch.float64).to(DEV)
+    gx = torch.randn(20, 3, generator=g, dtype=torch.float64).to(DEV)
     RAW.lstm_step(*W.index, v, gx, h, h)  # fine
     with pytest.raises(ValueError, match="gx must have 20 rows"):
         RAW.lstm_step(*W.index, v, gx[:19], h, h)

@@ -224,15 +224,16 @@ def _bad_inputs():
     w = SparseWeight.from_dense(torch.eye(4, dtype=torch.float64))
     rp, ci, v = w.row_ptr, w.col_idx, w.values.detach()
     e64, e32 = torch.empty(0, dtype=torch.int64), torch.empty(0, dtype=torch.int32)
-    G, X = torch.randn(4, 2, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)  # the values do not matter, only shapes and dtypes
+    G, X = torch.randn(4, 2, generator=g, dtype=torch.float64), torch.randn(4, 2, generator=g, dtype=torch.float64)
     yes = torch.ones(4, dtype=torch.bool)
     return [
         ("select_smallest", (torch.arange(4), 1), TypeError, "scores"),
-        ("select_smallest", (torch.randn(2, 2), 1), ValueError, "scores"),
-        ("select_smallest", (torch.randn(4), 5), ValueError, "k must"),
+        ("select_smallest", (torch.randn(2, 2, generator=g), 1), ValueError, "scores"),
+        ("select_smallest", (torch.randn(4, generator=g), 5), ValueError, "k must"),
         ("select_smallest", (torch.tensor([1.0, float("nan")]), 1), ValueError, "NaN"),
-        ("set_prune", (torch.randn(4), 1.5), ValueError, "zeta"),
-        ("set_prune", (torch.randn(4), float("nan")), ValueError, "zeta"),
+        ("set_prune", (torch.randn(4, generator=g), 1.5), ValueError, "zeta"),
+        ("set_prune", (torch.randn(4, generator=g), float("nan")), ValueError, "zeta"),
         ("set_prune", (torch.arange(4), 0.5), TypeError, "values"),
         ("set_prune", (torch.tensor([float("nan")]), 0.5), ValueError, "NaN"),
         ("compact", (rp, ci, v, yes.int()), TypeError, "keep"),

@@ -34,9 +34,9 @@ def test_kernels_match_dense_reference(shape, B, dtype, rng):
 
 def test_outputs_have_expected_shapes_and_dtypes(rng):
     W = random_weight(4, 6, 0.5, dtype=torch.float32, generator=rng)
-    assert ops.spmm(W, torch.randn(6, 2)).shape == (4, 2)
-    assert ops.spmm_t(W, torch.randn(4, 2)).shape == (6, 2)
-    out = ops.sddmm(W, torch.randn(4, 2), torch.randn(6, 2))
+    assert ops.spmm(W, torch.randn(6, 2, generator=rng)).shape == (4, 2)
+    assert ops.spmm_t(W, torch.randn(4, 2, generator=rng)).shape == (6, 2)
+    out = ops.sddmm(W, torch.randn(4, 2, generator=rng), torch.randn(6, 2, generator=rng))
     assert out.shape == (W.nnz,) and out.dtype == torch.float32
 
 
@@ -115,7 +115,7 @@ def test_gradients_match_dense_autograd(rng):
 def test_only_requested_gradients_are_computed(rng):
     W = random_weight(8, 6, 0.5, generator=rng)
     W.values.requires_grad_(False)
-    X = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    X = torch.randn(6, 3, generator=rng, dtype=torch.float64, requires_grad=True)
     ops.spmm(W, X).sum().backward()
     assert W.values.grad is None and X.grad is not None
 
@@ -148,40 +148,40 @@ def test_torch_compile_fullgraph_forward_and_backward(rng):
 def test_bad_inputs_raise_clear_errors(rng):
     W = random_weight(4, 6, 0.5, dtype=torch.float32, generator=rng)
     with pytest.raises(ValueError, match="X must have 6 rows"):
-        ops.spmm(W, torch.randn(5, 2))
+        ops.spmm(W, torch.randn(5, 2, generator=rng))
     with pytest.raises(ValueError, match="X must be 2-D"):
-        ops.spmm(W, torch.randn(6))
+        ops.spmm(W, torch.randn(6, generator=rng))
     with pytest.raises(TypeError, match="X must have dtype torch.float32"):
-        ops.spmm(W, torch.randn(6, 2, dtype=torch.float64))
+        ops.spmm(W, torch.randn(6, 2, generator=rng, dtype=torch.float64))
     with pytest.raises(TypeError, match="X must be a torch.Tensor"):
         ops.spmm(W, [[1.0]])
     with pytest.raises(ValueError, match="G must have 4 rows"):
-        ops.spmm_t(W, torch.randn(6, 2))
+        ops.spmm_t(W, torch.randn(6, 2, generator=rng))
     with pytest.raises(ValueError, match="same batch size"):
-        ops.sddmm(W, torch.randn(4, 2), torch.randn(6, 3))
+        ops.sddmm(W, torch.randn(4, 2, generator=rng), torch.randn(6, 3, generator=rng))
     with pytest.raises(TypeError, match="W must be a sparse_engine.SparseWeight"):
-        ops.spmm(torch.randn(4, 6), torch.randn(6, 2))
+        ops.spmm(torch.randn(4, 6, generator=rng), torch.randn(6, 2, generator=rng))
 
 
 def test_raw_operator_checks_reach_python_as_value_and_type_errors(rng):
     W = random_weight(4, 6, 0.5, dtype=torch.float32, generator=rng)
     sp = torch.ops.sparse_engine
     with pytest.raises(ValueError, match="X must have 6 rows"):
-        sp.spmm(*W.index, W.values, torch.randn(3, 2))
+        sp.spmm(*W.index, W.values, torch.randn(3, 2, generator=rng))
     with pytest.raises(ValueError, match="values must be 1-D with nnz"):
-        sp.spmm(*W.index, W.values[:-1], torch.randn(6, 2))
+        sp.spmm(*W.index, W.values[:-1], torch.randn(6, 2, generator=rng))
     with pytest.raises(TypeError, match="col_idx must be int32"):
-        sp.spmm(W.row_ptr, W.col_idx.long(), *W.index[2:], W.values, torch.randn(6, 2))
+        sp.spmm(W.row_ptr, W.col_idx.long(), *W.index[2:], W.values, torch.randn(6, 2, generator=rng))
     with pytest.raises(TypeError, match=r"values must be float32 or float64 \(or float16/bfloat16\), got Int"):
-        sp.spmm(*W.index, W.values.detach().int(), torch.randn(6, 2).int())
+        sp.spmm(*W.index, W.values.detach().int(), torch.randn(6, 2, generator=rng).int())
     with pytest.raises(TypeError, match="X must have dtype BFloat16, got Half"):
-        sp.spmm(*W.index, W.values.detach().bfloat16(), torch.randn(6, 2).half())
+        sp.spmm(*W.index, W.values.detach().bfloat16(), torch.randn(6, 2, generator=rng).half())
     with pytest.raises(ValueError, match="out of range"):
         sp.transpose_index(W.row_ptr, W.col_idx, 2)
     bad_ptr = W.row_ptr.clone()
     bad_ptr[-1] += 5
     with pytest.raises(ValueError, match="row_ptr must start at 0 and end at nnz"):
-        sp.spmm(bad_ptr, *W.index[1:], W.values, torch.randn(6, 2))
+        sp.spmm(bad_ptr, *W.index[1:], W.values, torch.randn(6, 2, generator=rng))
     with pytest.raises(ValueError, match="row_ptr must start at 0 and end at nnz"):
         sp.transpose_index(bad_ptr, W.col_idx, 6)
 

@@ -231,14 +231,14 @@ def test_constructor_and_round_trips(dtype, rng):
 def test_mixed_dtypes_raise_clear_errors(rng):
     W = random_weight(4, 6, 0.5, generator=rng).to(torch.bfloat16)
     with pytest.raises(TypeError, match="X must have dtype torch.bfloat16 like the weight values, got torch.float16"):
-        ops.spmm(W, torch.randn(6, 2).half())
+        ops.spmm(W, torch.randn(6, 2, generator=rng).half())
     with pytest.raises(TypeError, match="G must have dtype torch.bfloat16 like the weight values, got torch.float32"):
-        ops.spmm_t(W, torch.randn(4, 2))
+        ops.spmm_t(W, torch.randn(4, 2, generator=rng))
     sp = torch.ops.sparse_engine
     with pytest.raises(TypeError, match="X must have dtype BFloat16, got Half"):
-        sp.spmm(*W.index, W.values, torch.randn(6, 2).half())
+        sp.spmm(*W.index, W.values, torch.randn(6, 2, generator=rng).half())
     with pytest.raises(TypeError, match="X must have dtype Half, got BFloat16"):
-        sp.sddmm(*W.index, torch.randn(4, 2).half(), torch.randn(6, 2).bfloat16())
+        sp.sddmm(*W.index, torch.randn(4, 2, generator=rng).half(), torch.randn(6, 2, generator=rng).bfloat16())
     with pytest.raises(TypeError, match=r"values must be float32 or float64 \(or float16/bfloat16\)"):
         SparseWeight(W.row_ptr, W.col_idx, W.values.detach().to(torch.int16), W.shape)
 

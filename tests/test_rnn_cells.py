@@ -58,7 +58,7 @@ def test_cells_match_torch(cls, kw, batched, given, fused, rng):
     torch.testing.assert_close(cell.bias_hh.grad, ref.bias_hh.grad, rtol=1e-10, atol=1e-10)
 
 
-def test_cell_from_dense_and_errors():
+def test_cell_from_dense_and_errors(rng):
     d = nn.GRUCell(3, 5)
     s = se.nn.SparseGRUCell.from_dense(d, density=0.5)
     assert s.weight_hh.nnz == round(0.5 * 15 * 5)
@@ -66,11 +66,11 @@ def test_cell_from_dense_and_errors():
         se.nn.SparseGRUCell.from_dense(nn.LSTMCell(3, 5))
     c = se.nn.SparseLSTMCell(3, 5, density=0.5)
     with pytest.raises(ValueError, match=r"input must have shape"):
-        c(torch.randn(2, 4))
+        c(torch.randn(2, 4, generator=rng))
     with pytest.raises(ValueError, match="c must have shape"):
-        c(torch.randn(2, 3), (torch.zeros(2, 5), torch.zeros(1, 5)))
+        c(torch.randn(2, 3, generator=rng), (torch.zeros(2, 5), torch.zeros(1, 5)))
     with pytest.raises(TypeError, match="tuple"):
-        c(torch.randn(2, 3), torch.zeros(2, 5))
+        c(torch.randn(2, 3, generator=rng), torch.zeros(2, 5))
 
 
 # ------------------------------------------------------------------------------- CT-RNN
@@ -230,8 +230,8 @@ def test_fused_ops_reject_bad_arguments(rng):
     ops = torch.ops.sparse_engine
     W = random_weight(4 * 5, 5, 0.5, empty_rows=1, generator=rng)  # an LSTM W_hh for hidden 5
     v = W.values.detach()
-    h = torch.randn(5, 3, dtype=torch.float64)
-    gx = torch.randn(20, 3, dtype=torch.float64)
+    h = torch.randn(5, 3, generator=rng, dtype=torch.float64)
+    gx = torch.randn(20, 3, generator=rng, dtype=torch.float64)
     ops.lstm_step(*W.index, v, gx, h, h)  # fine
     with pytest.raises(ValueError, match="gx must have 20 rows"):
         ops.lstm_step(*W.index, v, gx[:19], h, h)

@@ -201,13 +201,13 @@ def test_from_dense_bad_arguments():
         se.nn.SparseLSTM.from_dense(nn.LSTM(2, 3), mask=torch.ones(12, 2, dtype=torch.bool))
 
 
-def test_bad_input_errors():
+def test_bad_input_errors(rng):
     m = se.nn.SparseLSTM(3, 4, num_layers=2, density=0.5)
-    x = torch.randn(5, 2, 3)
+    x = torch.randn(5, 2, 3, generator=rng)
     with pytest.raises(ValueError, match="input_size=3"):
-        m(torch.randn(5, 2, 4))
+        m(torch.randn(5, 2, 4, generator=rng))
     with pytest.raises(ValueError, match="3-D"):
-        m(torch.randn(5))
+        m(torch.randn(5, generator=rng))
     with pytest.raises(TypeError, match="dtype"):
         m(x.double())
     with pytest.raises(TypeError, match="tuple"):
@@ -217,7 +217,7 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match="c_0 must have shape"):
         m(x, (torch.zeros(2, 2, 4), torch.zeros(2, 3, 4)))
     with pytest.raises(ValueError, match="at least one time step"):
-        m(torch.randn(0, 2, 3))
+        m(torch.randn(0, 2, 3, generator=rng))
     g = se.nn.SparseGRU(3, 4, density=0.5)
     with pytest.raises(ValueError, match="hx must have shape"):
         g(x, torch.zeros(1, 5, 4))

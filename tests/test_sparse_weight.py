@@ -220,7 +220,7 @@ def test_backward_works_after_the_pattern_changes_while_an_old_graph_is_alive(rn
     from sparse_engine import ops
 
     W = random_weight(20, 10, 0.3, dtype=torch.float32, generator=rng)
-    X = torch.randn(10, 4)
+    X = torch.randn(10, 4, generator=rng)
     old_loss = ops.spmm(W, X).sum()
     old_loss.backward(retain_graph=True)
     other = random_weight(20, 10, 0.6, dtype=torch.float32, generator=rng)

@@ -74,17 +74,17 @@ def test_threshold_keep():
     assert threshold_keep(v, 0.02).tolist() == [True, False, True, True]
 
 
-def test_selection_bad_inputs():
+def test_selection_bad_inputs(rng):
     with pytest.raises(ValueError, match="n_prune"):
-        magnitude_keep(torch.randn(5), 6)
+        magnitude_keep(torch.randn(5, generator=rng), 6)
     with pytest.raises(ValueError, match="zeta"):
-        set_keep(torch.randn(5), 1.5)
+        set_keep(torch.randn(5, generator=rng), 1.5)
     with pytest.raises(ValueError, match="NaN"):
         ops.select_smallest(torch.tensor([1.0, float("nan")]), 1)
     with pytest.raises(TypeError, match="scores"):
         ops.select_smallest(torch.arange(4), 1)
     with pytest.raises(ValueError, match="threshold"):
-        threshold_keep(torch.randn(3), -1.0)
+        threshold_keep(torch.randn(3, generator=rng), -1.0)
 
 
 # ------------------------------------------------------------------ random growth
@@ -296,7 +296,7 @@ def test_sampled_gradient_growth(rng):
 
 def test_gradient_growth_bad_inputs(rng):
     w = random_weight(6, 5, 0.5, generator=rng)
-    G, X = torch.randn(6, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    G, X = torch.randn(6, 3, generator=rng, dtype=torch.float64), torch.randn(5, 3, generator=rng, dtype=torch.float64)
     with pytest.raises(ValueError, match="G must have"):
         gradient_growth(w.row_ptr, w.col_idx, G[:5], X, 1)
     with pytest.raises(ValueError, match="batch size"):

@@ -4,7 +4,9 @@ continuous-time RNN (cell and layer) of Zhang et al. 2023.
 Cells share parameter names (``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``), shapes and
 state handling with torch's cells, and the ``density=``/``epsilon=``/``sparse=``/``fused=`` options of
 :mod:`sparse_engine.nn.rnn` (``fused``: the fused step ops where they exist, composed otherwise;
-see there). A step runs the same :class:`Recurrence` as the layers with T=1.
+see there). A step runs the same :class:`Recurrence` as the layers with T=1. Inputs are
+``(B, I)`` or unbatched ``(I,)`` as for torch's cells; a ``PackedSequence`` is refused with a
+TypeError naming it (as for the layers, see :mod:`sparse_engine.nn.rnn`).
 """
 from __future__ import annotations
 
@@ -13,8 +15,8 @@ from torch import nn
 
 from ..constants import GATES
 from .recurrence import Config, RecordsGradFactors, check_input_dtype, recurrence
-from .rnn import (EMPTY, _check_positive_int, convert_weights, dense_of, make_bias, make_weight, sparse_flags,
-                  time_major, weight_args)
+from .rnn import (EMPTY, _check_positive_int, caller_layout, check_not_packed, convert_weights, dense_of, make_bias,
+                  make_weight, sparse_flags, time_major, weight_args)
 
 __all__ = ["SparseRNNCell", "SparseLSTMCell", "SparseGRUCell", "SparseCTRNNCell", "SparseCTRNN"]
 
@@ -50,8 +52,7 @@ class _SparseCellBase(RecordsGradFactors, nn.Module):
                       weight_args(self.weight_hh)[1], fused=self.fused, sink=self._factor_sink(""))
 
     def _check(self, input, hx_list, names):
-        if not isinstance(input, torch.Tensor):
-            raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+        check_not_packed(input, type(self).__name__)
         if input.dim() not in (1, 2) or input.shape[-1] != self.input_size:
             raise ValueError(f"input must have shape (batch, {self.input_size}) or ({self.input_size},), "
                              f"got {tuple(input.shape)}")
@@ -62,6 +63,8 @@ class _SparseCellBase(RecordsGradFactors, nn.Module):
             if t is not None and (not isinstance(t, torch.Tensor) or t.shape != want):
                 got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
                 raise ValueError(f"{name} must have shape {tuple(want)}, got {got}")
+            if t is not None:
+                check_input_dtype(t, ref, name)
 
     def _run(self, input, h, c, b_ih, b_hh, **cfg_extra):
         """One input step through the Recurrence: returns (h', c') feature-major -> batch-major."""
@@ -200,8 +203,9 @@ class SparseCTRNNCell(_SparseCellBase):
 
 class SparseCTRNN(SparseCTRNNCell):
     """A CT-RNN layer over a sequence: ``output, h_n = layer(input, h_0)`` with torch's RNN shapes
-    ((T, B, I) or batch_first (B, T, I), or unbatched (T, I); h_0/h_n (1, B, H)). ``output`` holds
-    the state after the last unfold of each input step. One layer, one direction."""
+    ((T, B, I) or batch_first (B, T, I), or unbatched (T, I) whatever batch_first says; h_0/h_n
+    (1, B, H), unbatched (1, H)). ``output`` holds the state after the last unfold of each input
+    step. One layer, one direction; no PackedSequence (TypeError)."""
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, batch_first: bool = False,
                  dt: float = 0.1, tau: float = 0.5, unfolds: int = 6, **kwargs):
@@ -209,8 +213,9 @@ class SparseCTRNN(SparseCTRNNCell):
         self.batch_first = bool(batch_first)
 
     def forward(self, input, hx=None):
-        if not isinstance(input, torch.Tensor) or input.dim() not in (2, 3) or input.shape[-1] != self.input_size:
-            got = tuple(input.shape) if isinstance(input, torch.Tensor) else type(input).__name__
+        check_not_packed(input, type(self).__name__)
+        if input.dim() not in (2, 3) or input.shape[-1] != self.input_size:
+            got = tuple(input.shape)
             raise ValueError(f"input must be (T, B, {self.input_size}) or (T, {self.input_size}), got {got}")
         ref = weight_args(self.weight_ih)[0]
         check_input_dtype(input, ref)
@@ -223,17 +228,14 @@ class SparseCTRNN(SparseCTRNNCell):
             if not isinstance(hx, torch.Tensor) or tuple(hx.shape) != want:
                 got = tuple(hx.shape) if isinstance(hx, torch.Tensor) else type(hx).__name__
                 raise ValueError(f"hx must have shape {want}, got {got}")
+            check_input_dtype(hx, ref, "hx")
             h0 = (hx[0] if batched else hx[0].unsqueeze(0)).t()
         cfg = Config(**{**self._config(B).__dict__, "steps": T})
         y, h_T, _ = recurrence(cfg, x.permute(2, 0, 1).reshape(self.input_size, T * B), h0, None,
                                      ref, weight_args(self.weight_hh)[0], self.bias, None)
-        out = y.view(self.hidden_size, T, B).permute(1, 2, 0)
-        if self.batch_first:
-            out = out.transpose(0, 1)
-        out, h_n = out.contiguous(), h_T.t().unsqueeze(0).contiguous()
-        if not batched:
-            out, h_n = out.squeeze(1), h_n.squeeze(1)
-        return out, h_n
+        out = caller_layout(y.view(self.hidden_size, T, B).permute(1, 2, 0), self.batch_first, batched)
+        h_n = h_T.t().unsqueeze(0).contiguous()
+        return out, (h_n if batched else h_n[:, 0])
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (", batch_first=True" if self.batch_first else "")

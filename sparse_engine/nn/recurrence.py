@@ -96,7 +96,7 @@ class Recurrence(torch.autograd.Function):
             bias = b_ih if cell.hidden_bias or b_hh is None else b_ih + b_hh
         if bias is not None:
             gx = gx + bias[:, None]
-        gx = gx.view(-1, T, B).permute(1, 0, 2).contiguous()  # (T, G*H, B): contiguous per step
+        gx = gx.view(cell.gates * cfg.hidden, T, B).permute(1, 0, 2).contiguous()  # (T, G*H, B), per step
         fused = fused_ok(cfg, w_hh)
         step, _ = cell.steps(fused)
         idx, U = cfg.idx_hh, cell.unfolds(cfg)
@@ -184,11 +184,11 @@ class Recurrence(torch.autograd.Function):
 
 
 # ------------------------------------------------------------------- module entry
-def check_input_dtype(input: torch.Tensor, ref: torch.Tensor) -> None:
-    """A recurrent module's input must have its parameters' dtype, except under autocast,
-    where :func:`recurrence` casts it."""
+def check_input_dtype(input: torch.Tensor, ref: torch.Tensor, name: str = "input") -> None:
+    """A recurrent module's input (or initial state ``name``) must have its parameters' dtype,
+    except under autocast, where :func:`recurrence` casts it."""
     if input.dtype != ref.dtype and not torch.is_autocast_enabled(ref.device.type):
-        raise TypeError(f"input must have dtype {ref.dtype} like the parameters, got {input.dtype}")
+        raise TypeError(f"{name} must have dtype {ref.dtype} like the parameters, got {input.dtype}")
 
 
 def recurrence(cfg: Config, x, h0, c0, w_ih, w_hh, b_ih, b_hh):

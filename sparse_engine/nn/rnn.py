@@ -26,8 +26,14 @@ Sparse values are initialised U(-b, b), b = 1/sqrt(nonzeros per row) (what a den
 the same fan-in gets), so the activation scale does not shrink with density; dense matrices
 and biases use torch's U(-1/sqrt(H), 1/sqrt(H)).
 
+Input shapes are torch's: batched ``(T, B, I)`` (``batch_first=True``: ``(B, T, I)``) or
+unbatched ``(T, I)`` whatever ``batch_first`` says, giving ``(T, D*H)``; states are
+``(num_layers*D, B, H)`` batched and ``(num_layers*D, H)`` unbatched, never batch-first.
+
 Each layer-direction runs as one :class:`~sparse_engine.nn.recurrence.Recurrence` (see there
-for the kernel schedule). ``proj_size`` and PackedSequence are not supported.
+for the kernel schedule). Not supported: ``proj_size`` (NotImplementedError) and
+``PackedSequence`` input (TypeError naming it: pad the sequences, e.g. with
+``torch.nn.utils.rnn.pad_packed_sequence``, and pass the padded tensor).
 """
 from __future__ import annotations
 
@@ -36,6 +42,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence
 
 from ..constants import GATES
 from ..sparse import SparseWeight
@@ -116,6 +123,15 @@ def convert_weights(target: nn.Module, source: nn.Module, names, density, mask) 
             dst.data.copy_(src.detach())
 
 
+def check_not_packed(input, owner: str) -> None:
+    """TypeError for a PackedSequence (not supported yet) or any other non-tensor ``input``."""
+    if isinstance(input, PackedSequence):
+        raise TypeError(f"{owner} does not support PackedSequence input; pad the sequences "
+                        "(torch.nn.utils.rnn.pad_packed_sequence) and pass the padded tensor")
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+
+
 def time_major(input: torch.Tensor, batch_first: bool) -> tuple[torch.Tensor, bool]:
     """(T, B, F) view of a batched (T, B, F) / batch-first (B, T, F) or unbatched (T, F) input,
     and whether it was batched."""
@@ -126,6 +142,14 @@ def time_major(input: torch.Tensor, batch_first: bool) -> tuple[torch.Tensor, bo
     if x.shape[0] == 0:
         raise ValueError("input must have at least one time step")
     return x, batched
+
+
+def caller_layout(out: torch.Tensor, batch_first: bool, batched: bool) -> torch.Tensor:
+    """The time-major (T, B, F) output in the caller's layout, contiguous: (B, T, F) for a
+    batch-first batched input, (T, F) for an unbatched one (``batch_first`` does not apply)."""
+    if not batched:
+        return out[:, 0].contiguous()
+    return (out.transpose(0, 1) if batch_first else out).contiguous()
 
 
 class SparseRNNBase(RecordsGradFactors, nn.Module):
@@ -227,9 +251,7 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
 
     # ---------------------------------------------------------------------- forward
     def _check_input(self, input):
-        if not isinstance(input, torch.Tensor):
-            raise TypeError(f"input must be a torch.Tensor (PackedSequence is not supported), got "
-                            f"{type(input).__name__}")
+        check_not_packed(input, type(self).__name__)
         if input.dim() not in (2, 3):
             raise ValueError(f"input must be 3-D (batched) or 2-D (unbatched), got shape {tuple(input.shape)}")
         if input.shape[-1] != self.input_size:
@@ -247,6 +269,10 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if tuple(t.shape) != want:
             raise ValueError(f"{name} must have shape {want}, got {tuple(t.shape)}")
+        ref = weight_args(self.weight_ih_l0)[0]
+        check_input_dtype(t, ref, name)
+        if t.device != ref.device:
+            raise ValueError(f"{name} must be on {ref.device} like the parameters, got {t.device}")
 
     def forward(self, input: torch.Tensor, hx=None):
         self._check_input(input)
@@ -292,15 +318,12 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
             layer_x = outs[0] if D == 1 else torch.cat(outs, 0)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_x = F.dropout(layer_x, self.dropout, training=True)
-        out = layer_x.view(D * self.hidden_size, T, B).permute(1, 2, 0)
-        if self.batch_first:
-            out = out.transpose(0, 1)
-        out = out.contiguous()
+        out = caller_layout(layer_x.view(D * self.hidden_size, T, B).permute(1, 2, 0), self.batch_first, batched)
         h_n = torch.stack(h_n).transpose(1, 2).contiguous()
         if is_lstm:
             c_n = torch.stack(c_n).transpose(1, 2).contiguous()
         if not batched:
-            out, h_n = out.squeeze(1), h_n.squeeze(1)
+            h_n = h_n.squeeze(1)
             c_n = c_n.squeeze(1) if is_lstm else None
         return out, ((h_n, c_n) if is_lstm else h_n)
 
