@@ -82,6 +82,7 @@ def main(argv=None) -> float:
             nnz = sum(w.nnz for w in ctl.weights.values())
             print(f"{world} process(es), {args.epochs} epochs of SET: test accuracy {accuracy:.3f}, nnz {nnz:,}, "
                   "topologies and values identical on every rank")
+        dist.barrier()  # every rank done before the group is torn down (gloo aborted a rank that left early)
         return accuracy
     finally:
         dist.destroy_process_group()
