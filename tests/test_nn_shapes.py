@@ -1,7 +1,9 @@
 """Every recurrent module against its torch.nn equivalent on every input layout: batched and
 unbatched input, batch_first True/False, 1 and 2 layers, one and two directions, given and
 default initial states (unbatched states with unbatched input). Values, shapes and gradients
-must agree (float64); PackedSequence input is refused with a TypeError naming it.
+must agree (float64). PackedSequence input works on the layers as in torch (checked against
+torch on the same packed batch) and is refused by the cells and the CT-RNN with a TypeError
+naming it, as torch's cells refuse it.
 
 The CT-RNN has no torch twin in general, but with dt = tau = 1 and one unfold its step is
 h' = tanh(W_ih x + W_hh h + b), torch's tanh RNN with bias_ih = b and bias_hh = 0.
@@ -11,7 +13,7 @@ import itertools
 import pytest
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pack_sequence
 
 import sparse_engine as se
 from sparse_engine import SparseWeight
@@ -229,10 +231,7 @@ def test_cells_match_torch_on_every_layout(kind, batched, given, rng):
     param_grads_agree(cell, ref, names)
 
 
-PACKED_MODULES = [
-    lambda: se.nn.SparseRNN(3, 4, density=0.5),
-    lambda: se.nn.SparseLSTM(3, 4, density=0.5, batch_first=True),
-    lambda: se.nn.SparseGRU(3, 4, num_layers=2, bidirectional=True, density=0.5),
+REFUSE_PACKED = [
     lambda: se.nn.SparseCTRNN(3, 4, density=0.5),
     lambda: se.nn.SparseRNNCell(3, 4, density=0.5),
     lambda: se.nn.SparseLSTMCell(3, 4, density=0.5),
@@ -241,8 +240,7 @@ PACKED_MODULES = [
 ]
 
 
-@pytest.mark.parametrize("make", PACKED_MODULES,
-                         ids=["rnn", "lstm", "gru", "ctrnn", "rnn_cell", "lstm_cell", "gru_cell", "ctrnn_cell"])
+@pytest.mark.parametrize("make", REFUSE_PACKED, ids=["ctrnn", "rnn_cell", "lstm_cell", "gru_cell", "ctrnn_cell"])
 def test_packed_sequence_is_refused_by_name(make, rng):
     m = make()
     packed = pack_sequence([torch.randn(3, 3, generator=rng), torch.randn(2, 3, generator=rng)])
@@ -252,10 +250,70 @@ def test_packed_sequence_is_refused_by_name(make, rng):
         m([[0.0, 1.0, 2.0]])
 
 
-def test_docstrings_say_packed_sequence_is_not_supported():
+def test_docstrings_say_where_packed_sequence_works():
     from sparse_engine.nn import cells, rnn
 
     assert "PackedSequence" in rnn.__doc__ and "PackedSequence" in cells.__doc__
+
+
+# (lengths, enforce_sorted): equal lengths, one sequence, a length-1 sequence, unsorted
+PACKED_BATCHES = [([4, 4, 4], True), ([5], True), ([5, 3, 3, 1], True), ([2, 5, 1, 5, 3], False),
+                  ([1, 1], False), ([3, 6, 2], False)]
+
+
+@pytest.mark.parametrize("lengths,enforce_sorted", PACKED_BATCHES, ids=lambda v: str(v))
+@pytest.mark.parametrize("layers,bi,given", [(1, False, False), (2, True, True), (2, False, True), (1, True, False)],
+                         ids=["L1", "L2-bi-h0", "L2-h0", "L1-bi"])
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_packed_sequence_matches_torch(kind, layers, bi, given, lengths, enforce_sorted, rng):
+    """Output data, batch sizes and orders, h_n (c_n) and the gradients of the input data, the
+    initial states and every weight, against torch's twin on the same PackedSequence."""
+    cls, kw = LAYERS[kind]
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=rng)))
+    I, H, B, D = 3, 5, len(lengths), 2 if bi else 1
+    m = cls(I, H, num_layers=layers, bidirectional=bi, density=0.5, dtype=F64, **kw)
+    ref = m.to_dense()
+    padded = torch.randn(max(lengths), B, I, generator=rng, dtype=F64)
+    hx = None
+    if given:
+        hx = torch.randn(layers * D, B, H, generator=rng, dtype=F64)
+        if kind == "lstm":
+            hx = (hx, torch.randn(layers * D, B, H, generator=rng, dtype=F64))
+    results, leaves = [], []
+    for module in (m, ref):
+        x = padded.clone().requires_grad_(True)
+        h = None if hx is None else (tuple(t.clone().requires_grad_(True) for t in hx) if isinstance(hx, tuple)
+                                     else hx.clone().requires_grad_(True))
+        packed = pack_padded_sequence(x, torch.tensor(lengths), enforce_sorted=enforce_sorted)
+        out, state = module(packed, h)
+        assert isinstance(out, PackedSequence)
+        results.append((out, flat(state)))
+        leaves.append((x, h))
+    (o1, s1), (o2, s2) = results
+    torch.testing.assert_close(o1.data, o2.data, **TOL)
+    assert torch.equal(o1.batch_sizes, o2.batch_sizes)
+    for a, b in ((o1.sorted_indices, o2.sorted_indices), (o1.unsorted_indices, o2.unsorted_indices)):
+        assert (a is None and b is None) or torch.equal(a, b)
+    for a, b in zip(s1, s2):
+        assert a.shape == b.shape == (layers * D, B, H)
+        torch.testing.assert_close(a, b, **TOL)
+    weights = [torch.randn(t.shape, generator=rng, dtype=F64) for t in (o1.data, *s1)]
+    for out, state in results:
+        sum((t * w).sum() for t, w in zip((out.data, *state), weights)).backward()
+    (x1, h1), (x2, h2) = leaves
+    torch.testing.assert_close(x1.grad, x2.grad, **TOL)
+    if hx is not None:
+        for a, b in zip(as_tuple(h1), as_tuple(h2)):
+            torch.testing.assert_close(a.grad, b.grad, **TOL)
+    param_grads_agree(m, ref, m._flat_weights_names)
+
+
+def test_packed_sequence_refuses_gradient_factor_recording(rng):
+    m = se.nn.SparseLSTM(3, 4, density=0.5)
+    m.record_grad_factors = True
+    packed = pack_sequence([torch.randn(3, 3, generator=rng), torch.randn(2, 3, generator=rng)])
+    with pytest.raises(NotImplementedError, match="PackedSequence"):
+        m(packed)
 
 
 @pytest.mark.parametrize("kind", list(LAYERS) + ["ctrnn"] + [f"{k}_cell" for k in CELLS])

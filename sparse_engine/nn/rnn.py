@@ -31,9 +31,10 @@ unbatched ``(T, I)`` whatever ``batch_first`` says, giving ``(T, D*H)``; states 
 ``(num_layers*D, B, H)`` batched and ``(num_layers*D, H)`` unbatched, never batch-first.
 
 Each layer-direction runs as one :class:`~sparse_engine.nn.recurrence.Recurrence` (see there
-for the kernel schedule). Not supported: ``proj_size`` (NotImplementedError) and
-``PackedSequence`` input (TypeError naming it: pad the sequences, e.g. with
-``torch.nn.utils.rnn.pad_packed_sequence``, and pass the padded tensor).
+for the kernel schedule). ``PackedSequence`` input works as in torch (each sequence runs for its
+own length; one pass per distinct length, see ``_forward_packed``); the cells and SparseCTRNN
+refuse it (TypeError naming it), as torch's cells do. Not supported: ``proj_size``
+(NotImplementedError).
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from ..constants import GATES
 from ..sparse import SparseWeight
@@ -124,7 +125,7 @@ def convert_weights(target: nn.Module, source: nn.Module, names, density, mask) 
 
 
 def check_not_packed(input, owner: str) -> None:
-    """TypeError for a PackedSequence (not supported yet) or any other non-tensor ``input``."""
+    """TypeError for a PackedSequence (the cells and the CT-RNN take none) or any other non-tensor ``input``."""
     if isinstance(input, PackedSequence):
         raise TypeError(f"{owner} does not support PackedSequence input; pad the sequences "
                         "(torch.nn.utils.rnn.pad_packed_sequence) and pass the padded tensor")
@@ -274,28 +275,46 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
         if t.device != ref.device:
             raise ValueError(f"{name} must be on {ref.device} like the parameters, got {t.device}")
 
-    def forward(self, input: torch.Tensor, hx=None):
+    def forward(self, input, hx=None):
+        if isinstance(input, PackedSequence):
+            return self._forward_packed(input, hx)
         self._check_input(input)
         x, batched = time_major(input, self.batch_first)
+        h0, c0 = self._initial_state(hx, batched, x)
+        out, h_n, c_n = self._forward_time_major(x, h0, c0)
+        out = caller_layout(out, self.batch_first, batched)
+        if not batched:
+            h_n = h_n.squeeze(1)
+            c_n = c_n.squeeze(1) if c_n is not None else None
+        return out, (h_n if c_n is None else (h_n, c_n))
+
+    def _initial_state(self, hx, batched: bool, x: torch.Tensor):
+        """(h0, c0) as (num_layers*D, B, H) (c0 None unless LSTM), from ``hx`` or zeros."""
+        is_lstm = self.mode == "LSTM"
+        B = x.shape[1]
+        if hx is None:
+            D = 2 if self.bidirectional else 1
+            z = x.new_zeros(self.num_layers * D, B, self.hidden_size)
+            return z, (z if is_lstm else None)
+        if is_lstm:
+            if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+                raise TypeError("hx must be a tuple (h_0, c_0) for an LSTM")
+            h0, c0 = hx
+            self._check_state(h0, "h_0", batched, B)
+            self._check_state(c0, "c_0", batched, B)
+        else:
+            h0, c0 = hx, None
+            self._check_state(h0, "hx", batched, B)
+        if not batched:
+            h0 = h0.unsqueeze(1)
+            c0 = c0.unsqueeze(1) if c0 is not None else None
+        return h0, c0
+
+    def _forward_time_major(self, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor | None):
+        """x (T, B, I), states (num_layers*D, B, H) -> (out (T, B, D*H), h_n, c_n (None unless LSTM))."""
         is_lstm = self.mode == "LSTM"
         T, B, _ = x.shape
         D = 2 if self.bidirectional else 1
-        if hx is None:
-            z = x.new_zeros(self.num_layers * D, B, self.hidden_size)
-            h0, c0 = z, (z if is_lstm else None)
-        else:
-            if is_lstm:
-                if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
-                    raise TypeError("hx must be a tuple (h_0, c_0) for an LSTM")
-                h0, c0 = hx
-                self._check_state(h0, "h_0", batched, B)
-                self._check_state(c0, "c_0", batched, B)
-            else:
-                h0, c0 = hx, None
-                self._check_state(h0, "hx", batched, B)
-            if not batched:
-                h0 = h0.unsqueeze(1)
-                c0 = c0.unsqueeze(1) if c0 is not None else None
         # feature-major once: (I, T*B), column t*B + b
         layer_x = x.permute(2, 0, 1).reshape(self.input_size, T * B)
         h_n, c_n = [], []
@@ -311,21 +330,50 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
                 cfg = Config(self.mode, self.hidden_size, B, T, bool(d), idx_ih, idx_hh, fused=self.fused,
                              sink=self._factor_sink(sfx))
                 y, h_T, c_T = recurrence(cfg, layer_x, h0[k].t(), c0[k].t() if is_lstm else None,
-                                               w_ih, w_hh, b_ih, b_hh)
+                                         w_ih, w_hh, b_ih, b_hh)
                 outs.append(y)
                 h_n.append(h_T)
                 c_n.append(c_T)
             layer_x = outs[0] if D == 1 else torch.cat(outs, 0)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_x = F.dropout(layer_x, self.dropout, training=True)
-        out = caller_layout(layer_x.view(D * self.hidden_size, T, B).permute(1, 2, 0), self.batch_first, batched)
+        out = layer_x.view(D * self.hidden_size, T, B).permute(1, 2, 0)
         h_n = torch.stack(h_n).transpose(1, 2).contiguous()
-        if is_lstm:
-            c_n = torch.stack(c_n).transpose(1, 2).contiguous()
-        if not batched:
-            h_n = h_n.squeeze(1)
-            c_n = c_n.squeeze(1) if is_lstm else None
-        return out, ((h_n, c_n) if is_lstm else h_n)
+        c_n = torch.stack(c_n).transpose(1, 2).contiguous() if is_lstm else None
+        return out, h_n, c_n
+
+    def _forward_packed(self, input: PackedSequence, hx):
+        """torch's PackedSequence semantics: each sequence runs for its own length only (padding
+        never enters the recurrence), the output is packed like the input, and h_n/c_n hold each
+        sequence's state after its own last step, in the caller's batch order (as ``hx``).
+
+        The sequences are run in groups of equal length, one pass per distinct length, since a
+        Recurrence keeps one batch size for all its steps; the groups' results are scattered back.
+        Dropout between layers draws its masks per group."""
+        if self.record_grad_factors:
+            raise NotImplementedError("record_grad_factors (gradient growth) does not support PackedSequence "
+                                      "input yet; pad the sequences for the steps that record")
+        padded, lengths = pad_packed_sequence(input)  # (T, B, I) and lengths, in the caller's order
+        self._check_input(padded)
+        h0, c0 = self._initial_state(hx, True, padded)
+        is_lstm = self.mode == "LSTM"
+        T, B = padded.shape[:2]
+        D = 2 if self.bidirectional else 1
+        out = padded.new_zeros(T, B, D * self.hidden_size)
+        h_n = padded.new_zeros(self.num_layers * D, B, self.hidden_size)
+        c_n = torch.zeros_like(h_n) if is_lstm else None
+        for length in lengths.unique().tolist():
+            group = (lengths == length).nonzero().squeeze(1).to(padded.device)
+            o, h, c = self._forward_time_major(padded[:length, group], h0[:, group],
+                                               c0[:, group] if is_lstm else None)
+            out[:length, group] = o
+            h_n[:, group] = h
+            if is_lstm:
+                c_n[:, group] = c
+        order = input.sorted_indices if input.sorted_indices is not None else torch.arange(B)
+        order = order.to(padded.device)
+        data = torch.cat([out[t, order[:n]] for t, n in enumerate(input.batch_sizes.tolist())])
+        return input._replace(data=data), (h_n if c_n is None else (h_n, c_n))
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
