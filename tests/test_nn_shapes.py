@@ -1,9 +1,9 @@
 """Every recurrent module against its torch.nn equivalent on every input layout: batched and
 unbatched input, batch_first True/False, 1 and 2 layers, one and two directions, given and
 default initial states (unbatched states with unbatched input). Values, shapes and gradients
-must agree (float64). PackedSequence input works on the layers as in torch (checked against
-torch on the same packed batch) and is refused by the cells and the CT-RNN with a TypeError
-naming it, as torch's cells refuse it.
+must agree (float64). PackedSequence input: the layers against torch on random, equal and
+single lengths (one of length 1), enforce_sorted True/False; SparseCTRNN and the cells refuse
+it with a TypeError naming it, as torch's cells do.
 
 The CT-RNN has no torch twin in general, but with dt = tau = 1 and one unfold its step is
 h' = tanh(W_ih x + W_hh h + b), torch's tanh RNN with bias_ih = b and bias_hh = 0.
@@ -13,7 +13,7 @@ import itertools
 import pytest
 import torch
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pack_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_sequence
 
 import sparse_engine as se
 from sparse_engine import SparseWeight
@@ -231,7 +231,101 @@ def test_cells_match_torch_on_every_layout(kind, batched, given, rng):
     param_grads_agree(cell, ref, names)
 
 
-REFUSE_PACKED = [
+# (num_layers, bidirectional, enforce_sorted, given state)
+PACKED_LAYOUTS = list(itertools.product([1, 2], [False, True], [True, False], [False, True]))
+PACKED_LENGTHS = {
+    "random": None,          # 5 lengths drawn from 1..6
+    "equal": [3, 3, 3],
+    "one": [4],
+    "with-1": [2, 1, 5, 2],  # a length-1 sequence, a repeated length, unsorted
+}
+
+
+def packed_input(lengths, I, enforce_sorted, g):
+    """A PackedSequence of random float64 sequences of these lengths (sorted longest first when
+    enforce_sorted, as pack_sequence then requires)."""
+    if enforce_sorted:
+        lengths = sorted(lengths, reverse=True)
+    return pack_sequence([torch.randn(n, I, generator=g, dtype=F64) for n in lengths],
+                         enforce_sorted=enforce_sorted)
+
+
+def with_leaf_data(p):
+    data = p.data.clone().requires_grad_(True)
+    return PackedSequence(data, p.batch_sizes, p.sorted_indices, p.unsorted_indices), data
+
+
+@pytest.mark.parametrize("layout", PACKED_LAYOUTS,
+                         ids=lambda c: "L{}-bi{:d}-sorted{:d}-h0{:d}".format(*c))
+@pytest.mark.parametrize("lengths", list(PACKED_LENGTHS))
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_layers_match_torch_on_packed_sequences(kind, lengths, layout, rng):
+    L, bi, enforce_sorted, given = layout
+    cls, kw = LAYERS[kind]
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=rng)))
+    I, H = 3, 4
+    D = 2 if bi else 1
+    m = cls(I, H, num_layers=L, bidirectional=bi, density=0.5, dtype=F64, **kw)
+    ref = m.to_dense()
+    lens = PACKED_LENGTHS[lengths] or torch.randint(1, 7, (5,), generator=rng).tolist()
+    p = packed_input(lens, I, enforce_sorted, rng)
+    B = len(lens)
+    hx = None
+    if given:
+        hx = tuple(torch.randn(L * D, B, H, generator=rng, dtype=F64) for _ in range(2 if kind == "lstm" else 1))
+
+    p1, x1 = with_leaf_data(p)
+    p2, x2 = with_leaf_data(p)
+    h1 = None if hx is None else tuple(t.clone().requires_grad_(True) for t in hx)
+    h2 = None if hx is None else tuple(t.clone().requires_grad_(True) for t in hx)
+
+    def call(module, packed, h):
+        return module(packed, None if h is None else (h if kind == "lstm" else h[0]))
+
+    (y1, s1), (y2, s2) = call(m, p1, h1), call(ref, p2, h2)
+    assert isinstance(y1, PackedSequence)
+    assert torch.equal(y1.batch_sizes, y2.batch_sizes)
+    for a, b in ((y1.sorted_indices, y2.sorted_indices), (y1.unsorted_indices, y2.unsorted_indices)):
+        assert (a is None and b is None) or torch.equal(a, b)
+    r1, r2 = (y1.data,) + as_tuple(s1), (y2.data,) + as_tuple(s2)
+    assert r1[0].shape == (sum(lens), D * H)
+    for a, b in zip(r1, r2):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, **TOL)
+    weights = [torch.randn(t.shape, generator=rng, dtype=F64) for t in r1]
+    for outs in (r1, r2):
+        sum((t * w).sum() for t, w in zip(outs, weights)).backward()
+    torch.testing.assert_close(x1.grad, x2.grad, **TOL)
+    for a, b in zip(h1 or (), h2 or ()):
+        torch.testing.assert_close(a.grad, b.grad, **TOL)
+    param_grads_agree(m, ref, m._flat_weights_names)
+
+
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_packed_input_ignores_batch_first(kind, rng):
+    cls, kw = LAYERS[kind]
+    m = cls(3, 4, num_layers=2, bidirectional=True, density=0.5, dtype=F64, **kw)
+    mf = cls(3, 4, num_layers=2, bidirectional=True, batch_first=True, density=0.5, dtype=F64, **kw)
+    mf.load_state_dict(m.state_dict())
+    p = packed_input([3, 5, 1], 3, False, rng)
+    (y, h), (yf, hf) = m(p), mf(p)
+    torch.testing.assert_close(yf.data, y.data, rtol=0, atol=0)
+    for a, b in zip(as_tuple(hf), as_tuple(h)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_packed_input_errors(rng):
+    m = se.nn.SparseLSTM(3, 4, num_layers=2, density=0.5, dtype=F64)
+    p = packed_input([3, 2], 3, False, rng)
+    with pytest.raises(ValueError, match="h_0 must have shape \\(2, 2, 4\\)"):
+        m(p, (torch.zeros(2, 3, 4, dtype=F64), torch.zeros(2, 2, 4, dtype=F64)))
+    with pytest.raises(ValueError, match="input_size=3"):
+        m(packed_input([3, 2], 5, False, rng))
+    with pytest.raises(TypeError, match="dtype"):
+        m(PackedSequence(p.data.float(), p.batch_sizes, p.sorted_indices, p.unsorted_indices))
+
+
+PACKED_REFUSED = [
     lambda: se.nn.SparseCTRNN(3, 4, density=0.5),
     lambda: se.nn.SparseRNNCell(3, 4, density=0.5),
     lambda: se.nn.SparseLSTMCell(3, 4, density=0.5),
@@ -240,8 +334,9 @@ REFUSE_PACKED = [
 ]
 
 
-@pytest.mark.parametrize("make", REFUSE_PACKED, ids=["ctrnn", "rnn_cell", "lstm_cell", "gru_cell", "ctrnn_cell"])
+@pytest.mark.parametrize("make", PACKED_REFUSED, ids=["ctrnn", "rnn_cell", "lstm_cell", "gru_cell", "ctrnn_cell"])
 def test_packed_sequence_is_refused_by_name(make, rng):
+    """No torch twin takes a PackedSequence here (torch's cells refuse it; the CT-RNN has none)."""
     m = make()
     packed = pack_sequence([torch.randn(3, 3, generator=rng), torch.randn(2, 3, generator=rng)])
     with pytest.raises(TypeError, match="PackedSequence"):
@@ -250,70 +345,18 @@ def test_packed_sequence_is_refused_by_name(make, rng):
         m([[0.0, 1.0, 2.0]])
 
 
-def test_docstrings_say_where_packed_sequence_works():
+@pytest.mark.parametrize("make", [lambda: se.nn.SparseRNN(3, 4, density=0.5),
+                                  lambda: se.nn.SparseGRU(3, 4, density=0.5)], ids=["rnn", "gru"])
+def test_layers_refuse_other_non_tensors(make):
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        make()([[0.0, 1.0, 2.0]])
+
+
+def test_docstrings_say_how_packed_sequences_are_handled():
     from sparse_engine.nn import cells, rnn
 
-    assert "PackedSequence" in rnn.__doc__ and "PackedSequence" in cells.__doc__
-
-
-# (lengths, enforce_sorted): equal lengths, one sequence, a length-1 sequence, unsorted
-PACKED_BATCHES = [([4, 4, 4], True), ([5], True), ([5, 3, 3, 1], True), ([2, 5, 1, 5, 3], False),
-                  ([1, 1], False), ([3, 6, 2], False)]
-
-
-@pytest.mark.parametrize("lengths,enforce_sorted", PACKED_BATCHES, ids=lambda v: str(v))
-@pytest.mark.parametrize("layers,bi,given", [(1, False, False), (2, True, True), (2, False, True), (1, True, False)],
-                         ids=["L1", "L2-bi-h0", "L2-h0", "L1-bi"])
-@pytest.mark.parametrize("kind", list(LAYERS))
-def test_packed_sequence_matches_torch(kind, layers, bi, given, lengths, enforce_sorted, rng):
-    """Output data, batch sizes and orders, h_n (c_n) and the gradients of the input data, the
-    initial states and every weight, against torch's twin on the same PackedSequence."""
-    cls, kw = LAYERS[kind]
-    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=rng)))
-    I, H, B, D = 3, 5, len(lengths), 2 if bi else 1
-    m = cls(I, H, num_layers=layers, bidirectional=bi, density=0.5, dtype=F64, **kw)
-    ref = m.to_dense()
-    padded = torch.randn(max(lengths), B, I, generator=rng, dtype=F64)
-    hx = None
-    if given:
-        hx = torch.randn(layers * D, B, H, generator=rng, dtype=F64)
-        if kind == "lstm":
-            hx = (hx, torch.randn(layers * D, B, H, generator=rng, dtype=F64))
-    results, leaves = [], []
-    for module in (m, ref):
-        x = padded.clone().requires_grad_(True)
-        h = None if hx is None else (tuple(t.clone().requires_grad_(True) for t in hx) if isinstance(hx, tuple)
-                                     else hx.clone().requires_grad_(True))
-        packed = pack_padded_sequence(x, torch.tensor(lengths), enforce_sorted=enforce_sorted)
-        out, state = module(packed, h)
-        assert isinstance(out, PackedSequence)
-        results.append((out, flat(state)))
-        leaves.append((x, h))
-    (o1, s1), (o2, s2) = results
-    torch.testing.assert_close(o1.data, o2.data, **TOL)
-    assert torch.equal(o1.batch_sizes, o2.batch_sizes)
-    for a, b in ((o1.sorted_indices, o2.sorted_indices), (o1.unsorted_indices, o2.unsorted_indices)):
-        assert (a is None and b is None) or torch.equal(a, b)
-    for a, b in zip(s1, s2):
-        assert a.shape == b.shape == (layers * D, B, H)
-        torch.testing.assert_close(a, b, **TOL)
-    weights = [torch.randn(t.shape, generator=rng, dtype=F64) for t in (o1.data, *s1)]
-    for out, state in results:
-        sum((t * w).sum() for t, w in zip((out.data, *state), weights)).backward()
-    (x1, h1), (x2, h2) = leaves
-    torch.testing.assert_close(x1.grad, x2.grad, **TOL)
-    if hx is not None:
-        for a, b in zip(as_tuple(h1), as_tuple(h2)):
-            torch.testing.assert_close(a.grad, b.grad, **TOL)
-    param_grads_agree(m, ref, m._flat_weights_names)
-
-
-def test_packed_sequence_refuses_gradient_factor_recording(rng):
-    m = se.nn.SparseLSTM(3, 4, density=0.5)
-    m.record_grad_factors = True
-    packed = pack_sequence([torch.randn(3, 3, generator=rng), torch.randn(2, 3, generator=rng)])
-    with pytest.raises(NotImplementedError, match="PackedSequence"):
-        m(packed)
+    assert "PackedSequence" in rnn.__doc__ and "distinct length" in rnn.__doc__
+    assert "PackedSequence" in cells.__doc__
 
 
 @pytest.mark.parametrize("kind", list(LAYERS) + ["ctrnn"] + [f"{k}_cell" for k in CELLS])

@@ -2,6 +2,7 @@
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_sequence
 
 import sparse_engine as se
 from sparse_engine import SparseWeight
@@ -30,19 +31,27 @@ def param_grad_pairs(sparse_mod, dense_mod):
 
 
 def check_against_torch(m, x, hx, dtype, g):
-    """Outputs, final states and every gradient of ``m`` agree with ``m.to_dense()``."""
+    """Outputs, final states and every gradient of ``m`` agree with ``m.to_dense()``; ``x`` a
+    tensor or a PackedSequence (whose data gets the gradient)."""
     d = m.to_dense()
     tol = TOL[dtype]
     is_lstm = isinstance(m, se.nn.SparseLSTM)
-    x1 = x.clone().requires_grad_(True)
-    x2 = x.clone().requires_grad_(True)
+    packed = isinstance(x, PackedSequence)
+    x1 = (x.data if packed else x).clone().requires_grad_(True)
+    x2 = (x.data if packed else x).clone().requires_grad_(True)
     if hx is not None:
         hx1 = tuple(t.clone().requires_grad_(True) for t in hx) if is_lstm else hx.clone().requires_grad_(True)
         hx2 = tuple(t.clone().requires_grad_(True) for t in hx) if is_lstm else hx.clone().requires_grad_(True)
     else:
         hx1 = hx2 = None
-    y1, s1 = m(x1, hx1)
-    y2, s2 = d(x2, hx2)
+    if packed:
+        y1, s1 = m(PackedSequence(x1, *x[1:]), hx1)
+        y2, s2 = d(PackedSequence(x2, *x[1:]), hx2)
+        assert isinstance(y1, PackedSequence) and torch.equal(y1.batch_sizes, y2.batch_sizes)
+        y1, y2 = y1.data, y2.data
+    else:
+        y1, s1 = m(x1, hx1)
+        y2, s2 = d(x2, hx2)
     torch.testing.assert_close(y1, y2, **tol)
     states1 = s1 if is_lstm else (s1,)
     states2 = s2 if is_lstm else (s2,)
@@ -251,3 +260,64 @@ def test_batch_wider_than_a_register_block(mode, dtype, rng):
     m = build(mode, 5, 19, dtype, density=0.3, bidirectional=True)
     x = torch.randn(3, 70, 5, generator=rng, dtype=dtype)
     check_against_torch(m, x, None, dtype, rng)
+
+
+def packed(lengths, I, dtype, g, enforce_sorted=False):
+    return pack_sequence([torch.randn(n, I, generator=g, dtype=dtype) for n in lengths], enforce_sorted=enforce_sorted)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "composed"])
+@pytest.mark.parametrize("mode", list(SPARSE))
+def test_packed_matches_torch_fused_and_composed(mode, fused, rng):
+    """PackedSequence input on both step paths, 3 layers, bidirectional, given states."""
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=rng)))
+    m = build(mode, 3, 9, torch.float64, num_layers=3, bidirectional=True, fused=fused)
+    x = packed([4, 1, 6, 4, 2, 6], 3, torch.float64, rng)
+    h = torch.randn(6, 6, 9, generator=rng, dtype=torch.float64)
+    hx = (h, torch.randn(6, 6, 9, generator=rng, dtype=torch.float64)) if mode == "LSTM" else h
+    check_against_torch(m, x, hx, torch.float64, rng)
+
+
+@pytest.mark.parametrize("sparse", ["both", "recurrent", "input"])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])
+def test_packed_matches_torch_float32_and_sparse_choice(mode, sparse, rng):
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=rng)))
+    m = build(mode, 6, 37, torch.float32, sparse=sparse, num_layers=2, bidirectional=True)
+    check_against_torch(m, packed([7, 3, 5, 7, 1], 6, torch.float32, rng, enforce_sorted=False), None,
+                        torch.float32, rng)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_packed_dropout_train_vs_eval(mode, rng):
+    torch.manual_seed(0)
+    m = build(mode, 4, 8, torch.float64, num_layers=3, dropout=0.5)
+    ref = build(mode, 4, 8, torch.float64, num_layers=3, dropout=0.0)
+    ref.load_state_dict(m.state_dict())
+    x = packed([5, 2, 5, 3], 4, torch.float64, rng)
+    m.eval()
+    torch.testing.assert_close(m(x)[0].data, ref(x)[0].data, rtol=0, atol=0)
+    m.train()
+    y1, y2 = m(x)[0].data, m(x)[0].data
+    assert not torch.allclose(y1, ref(x)[0].data) and not torch.allclose(y1, y2)
+    y1.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_RELU"])
+def test_packed_grad_factors_give_the_dense_gradient(mode, rng):
+    """Growth by gradient with packed input: the length groups' factors, concatenated along M,
+    give torch's dense gradient; a padded forward afterwards records its own factors again."""
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=rng)))
+    m = build(mode, 3, 6, torch.float64, num_layers=2, bidirectional=True)
+    names = [n for n, c in m.named_children() if isinstance(c, SparseWeight)]
+    m.record_grad_factors = True
+    for x in (packed([4, 2, 4, 1], 3, torch.float64, rng), torch.randn(4, 3, 3, generator=rng, dtype=torch.float64)):
+        d = m.to_dense()
+        for mod in (m, d):
+            y, _ = mod(x)
+            y = y.data if isinstance(y, PackedSequence) else y
+            (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view(y.shape)).sum().backward()
+        for name in names:
+            G, X = m.dense_grad_factors(name)
+            torch.testing.assert_close(G @ X.T, getattr(d, name).grad, **TOL[torch.float64])
+        m.zero_grad()

@@ -6,7 +6,8 @@ state handling with torch's cells, and the ``density=``/``epsilon=``/``sparse=``
 :mod:`sparse_engine.nn.rnn` (``fused``: the fused step ops where they exist, composed otherwise;
 see there). A step runs the same :class:`Recurrence` as the layers with T=1. Inputs are
 ``(B, I)`` or unbatched ``(I,)`` as for torch's cells; a ``PackedSequence`` is refused with a
-TypeError naming it, as by torch's cells (the layers take one, see :mod:`sparse_engine.nn.rnn`).
+TypeError naming it, by the cells as by torch's and by :class:`SparseCTRNN` (no torch twin to
+follow; the other layers take one, see :mod:`sparse_engine.nn.rnn`).
 """
 from __future__ import annotations
 

@@ -31,10 +31,18 @@ unbatched ``(T, I)`` whatever ``batch_first`` says, giving ``(T, D*H)``; states 
 ``(num_layers*D, B, H)`` batched and ``(num_layers*D, H)`` unbatched, never batch-first.
 
 Each layer-direction runs as one :class:`~sparse_engine.nn.recurrence.Recurrence` (see there
-for the kernel schedule). ``PackedSequence`` input works as in torch (each sequence runs for its
-own length; one pass per distinct length, see ``_forward_packed``); the cells and SparseCTRNN
-refuse it (TypeError naming it), as torch's cells do. Not supported: ``proj_size``
-(NotImplementedError).
+for the kernel schedule). Not supported: ``proj_size`` (NotImplementedError).
+
+``PackedSequence`` input works as in torch: the output is a PackedSequence with the input's
+``batch_sizes``/``sorted_indices``/``unsorted_indices``, each sequence sees only its own steps
+(the reverse direction starts at its last real step), h_n (c_n) hold each sequence's state after
+its own steps, and ``hx`` and h_n are in the caller's (unsorted) batch order; ``batch_first``
+does not apply. Cost: the fused recurrence runs one batch size for all steps, so the sequences
+are grouped by length and the whole stack runs once per distinct length, on that group's
+sequences only (few distinct lengths, e.g. bucketed batches: about the padded cost; all lengths
+different: B passes of batch 1). Padding never enters the recurrence, so results are exact.
+The cells and :class:`~sparse_engine.nn.SparseCTRNN` refuse a PackedSequence (TypeError), as
+torch's cells do.
 """
 from __future__ import annotations
 
@@ -43,7 +51,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence
 
 from ..constants import GATES
 from ..sparse import SparseWeight
@@ -125,7 +133,8 @@ def convert_weights(target: nn.Module, source: nn.Module, names, density, mask) 
 
 
 def check_not_packed(input, owner: str) -> None:
-    """TypeError for a PackedSequence (the cells and the CT-RNN take none) or any other non-tensor ``input``."""
+    """TypeError for a PackedSequence (modules without packed support: the cells, SparseCTRNN)
+    or any other non-tensor ``input``."""
     if isinstance(input, PackedSequence):
         raise TypeError(f"{owner} does not support PackedSequence input; pad the sequences "
                         "(torch.nn.utils.rnn.pad_packed_sequence) and pass the padded tensor")
@@ -151,6 +160,44 @@ def caller_layout(out: torch.Tensor, batch_first: bool, batched: bool) -> torch.
     if not batched:
         return out[:, 0].contiguous()
     return (out.transpose(0, 1) if batch_first else out).contiguous()
+
+
+def packed_positions(batch_sizes: torch.Tensor, unsorted_indices: torch.Tensor | None):
+    """(lengths (B,), pos (T, B)), CPU int64, in the caller's batch order, for a PackedSequence:
+    ``lengths[b]`` the steps of sequence b, ``pos[t, b]`` the row of ``data`` holding its step t
+    (meaningful for t < lengths[b])."""
+    bs = batch_sizes.to("cpu", torch.int64)
+    B = int(bs[0])
+    start = torch.cumsum(bs, 0) - bs               # row of step t's first sequence
+    # position of sequence b in the sorted (longest first) order
+    rank = torch.arange(B) if unsorted_indices is None else unsorted_indices.to("cpu", torch.int64)
+    lengths = (bs.unsqueeze(0) > torch.arange(B).unsqueeze(1)).sum(1)[rank]
+    return lengths, start.unsqueeze(1) + rank.unsqueeze(0)
+
+
+def inverse_permutation(p: torch.Tensor) -> torch.Tensor:
+    inv = torch.empty_like(p)
+    inv[p] = torch.arange(p.numel(), device=p.device)
+    return inv
+
+
+class _FactorParts(dict):
+    """Grad-factor sink of a layer-direction run once per length group (packed input): one
+    dict per group, read as (G, X) concatenated along M (dL/dW = sum over groups of G X^T)."""
+
+    def __init__(self):
+        super().__init__()
+        self.parts: list[dict] = []
+
+    def part(self) -> dict:
+        self.parts.append({})
+        return self.parts[-1]
+
+    def get(self, kind, default=None):
+        got = [p[kind] for p in self.parts if kind in p]
+        if not got:
+            return default
+        return tuple(torch.cat(f, 1) for f in zip(*got))
 
 
 class SparseRNNBase(RecordsGradFactors, nn.Module):
@@ -251,8 +298,10 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
         """No-op, for code written against nn.LSTM (there is no cuDNN weight buffer to pack)."""
 
     # ---------------------------------------------------------------------- forward
-    def _check_input(self, input):
+    def _check_input(self, input, packed: bool = False):
         check_not_packed(input, type(self).__name__)
+        if packed and input.dim() != 2:
+            raise ValueError(f"a PackedSequence's data must be 2-D (steps, input_size), got shape {tuple(input.shape)}")
         if input.dim() not in (2, 3):
             raise ValueError(f"input must be 3-D (batched) or 2-D (unbatched), got shape {tuple(input.shape)}")
         if input.shape[-1] != self.input_size:
@@ -275,26 +324,13 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
         if t.device != ref.device:
             raise ValueError(f"{name} must be on {ref.device} like the parameters, got {t.device}")
 
-    def forward(self, input, hx=None):
-        if isinstance(input, PackedSequence):
-            return self._forward_packed(input, hx)
-        self._check_input(input)
-        x, batched = time_major(input, self.batch_first)
-        h0, c0 = self._initial_state(hx, batched, x)
-        out, h_n, c_n = self._forward_time_major(x, h0, c0)
-        out = caller_layout(out, self.batch_first, batched)
-        if not batched:
-            h_n = h_n.squeeze(1)
-            c_n = c_n.squeeze(1) if c_n is not None else None
-        return out, (h_n if c_n is None else (h_n, c_n))
-
-    def _initial_state(self, hx, batched: bool, x: torch.Tensor):
-        """(h0, c0) as (num_layers*D, B, H) (c0 None unless LSTM), from ``hx`` or zeros."""
+    def _initial_state(self, hx, like: torch.Tensor, batched: bool, B: int):
+        """(h0, c0) as (num_layers*D, B, H) tensors (c0 None unless LSTM) from the caller's ``hx``
+        (checked) or zeros."""
         is_lstm = self.mode == "LSTM"
-        B = x.shape[1]
         if hx is None:
             D = 2 if self.bidirectional else 1
-            z = x.new_zeros(self.num_layers * D, B, self.hidden_size)
+            z = like.new_zeros(self.num_layers * D, B, self.hidden_size)
             return z, (z if is_lstm else None)
         if is_lstm:
             if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
@@ -310,8 +346,27 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
             c0 = c0.unsqueeze(1) if c0 is not None else None
         return h0, c0
 
-    def _forward_time_major(self, x: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor | None):
-        """x (T, B, I), states (num_layers*D, B, H) -> (out (T, B, D*H), h_n, c_n (None unless LSTM))."""
+    def _sink(self, sfx: str):
+        """The grad-factor sink of a layer-direction run once in this forward (None unless recording)."""
+        sink = self._factor_sink(sfx)
+        if isinstance(sink, _FactorParts):  # left by a packed forward
+            sink = self.__dict__["_grad_factor_store"][sfx] = {}
+        return sink
+
+    def _group_sink(self, sfx: str, first: bool):
+        """The grad-factor sink of one length group of a packed forward: each group's backward
+        fills its own part, :meth:`dense_grad_factors` reads them concatenated along M."""
+        if self._factor_sink(sfx) is None:
+            return None
+        store = self.__dict__["_grad_factor_store"]
+        if first or not isinstance(store[sfx], _FactorParts):
+            store[sfx] = _FactorParts()
+        return store[sfx].part()
+
+    def _run(self, x: torch.Tensor, h0: torch.Tensor, c0, sink):
+        """The whole stack on a time-major (T, B, I) ``x`` from (num_layers*D, B, H) states:
+        (output (T, B, D*H) view, h_n, c_n or None), states (num_layers*D, B, H).
+        ``sink(suffix)`` gives each layer-direction's grad-factor sink."""
         is_lstm = self.mode == "LSTM"
         T, B, _ = x.shape
         D = 2 if self.bidirectional else 1
@@ -328,9 +383,9 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
                 b_ih = getattr(self, "bias_ih" + sfx) if self.bias else None
                 b_hh = getattr(self, "bias_hh" + sfx) if self.bias else None
                 cfg = Config(self.mode, self.hidden_size, B, T, bool(d), idx_ih, idx_hh, fused=self.fused,
-                             sink=self._factor_sink(sfx))
+                             sink=sink(sfx))
                 y, h_T, c_T = recurrence(cfg, layer_x, h0[k].t(), c0[k].t() if is_lstm else None,
-                                         w_ih, w_hh, b_ih, b_hh)
+                                               w_ih, w_hh, b_ih, b_hh)
                 outs.append(y)
                 h_n.append(h_T)
                 c_n.append(c_T)
@@ -342,38 +397,50 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
         c_n = torch.stack(c_n).transpose(1, 2).contiguous() if is_lstm else None
         return out, h_n, c_n
 
-    def _forward_packed(self, input: PackedSequence, hx):
-        """torch's PackedSequence semantics: each sequence runs for its own length only (padding
-        never enters the recurrence), the output is packed like the input, and h_n/c_n hold each
-        sequence's state after its own last step, in the caller's batch order (as ``hx``).
+    def forward(self, input, hx=None):
+        if isinstance(input, PackedSequence):
+            return self._forward_packed(input, hx)
+        self._check_input(input)
+        x, batched = time_major(input, self.batch_first)
+        h0, c0 = self._initial_state(hx, x, batched, x.shape[1])
+        out, h_n, c_n = self._run(x, h0, c0, self._sink)
+        out = caller_layout(out, self.batch_first, batched)
+        if not batched:
+            h_n = h_n.squeeze(1)
+            c_n = c_n.squeeze(1) if c_n is not None else None
+        return out, ((h_n, c_n) if self.mode == "LSTM" else h_n)
 
-        The sequences are run in groups of equal length, one pass per distinct length, since a
-        Recurrence keeps one batch size for all its steps; the groups' results are scattered back.
-        Dropout between layers draws its masks per group."""
-        if self.record_grad_factors:
-            raise NotImplementedError("record_grad_factors (gradient growth) does not support PackedSequence "
-                                      "input yet; pad the sequences for the steps that record")
-        padded, lengths = pad_packed_sequence(input)  # (T, B, I) and lengths, in the caller's order
-        self._check_input(padded)
-        h0, c0 = self._initial_state(hx, True, padded)
-        is_lstm = self.mode == "LSTM"
-        T, B = padded.shape[:2]
-        D = 2 if self.bidirectional else 1
-        out = padded.new_zeros(T, B, D * self.hidden_size)
-        h_n = padded.new_zeros(self.num_layers * D, B, self.hidden_size)
-        c_n = torch.zeros_like(h_n) if is_lstm else None
-        for length in lengths.unique().tolist():
-            group = (lengths == length).nonzero().squeeze(1).to(padded.device)
-            o, h, c = self._forward_time_major(padded[:length, group], h0[:, group],
-                                               c0[:, group] if is_lstm else None)
-            out[:length, group] = o
-            h_n[:, group] = h
-            if is_lstm:
-                c_n[:, group] = c
-        order = input.sorted_indices if input.sorted_indices is not None else torch.arange(B)
-        order = order.to(padded.device)
-        data = torch.cat([out[t, order[:n]] for t, n in enumerate(input.batch_sizes.tolist())])
-        return input._replace(data=data), (h_n if c_n is None else (h_n, c_n))
+    def _forward_packed(self, input: PackedSequence, hx):
+        """torch's semantics for a PackedSequence (module doc): the sequences grouped by length,
+        the stack run once per distinct length on that group alone (``_run`` takes one batch
+        size for all steps), outputs and states put back in the input's packed / batch order."""
+        data, batch_sizes, sorted_indices, unsorted_indices = input
+        self._check_input(data, packed=True)
+        if batch_sizes.numel() == 0 or data.shape[0] == 0:
+            raise ValueError("a PackedSequence with no steps")
+        lengths, pos = packed_positions(batch_sizes, unsorted_indices)
+        B = int(batch_sizes[0])
+        h0, c0 = self._initial_state(hx, data, True, B)
+        dev = data.device
+        ys, rows, hs, cs, members = [], [], [], [], []
+        for i, L in enumerate(sorted(set(lengths.tolist()), reverse=True)):
+            idx = (lengths == L).nonzero().squeeze(1)
+            p = pos[:L, idx].to(dev)                   # (L, g): the group's rows of data
+            gi = idx.to(dev)
+            y, h, c = self._run(data[p], h0[:, gi], None if c0 is None else c0[:, gi],
+                                lambda sfx, first=(i == 0): self._group_sink(sfx, first))
+            ys.append(y.reshape(-1, y.shape[-1]))
+            rows.append(p.reshape(-1))
+            hs.append(h)
+            cs.append(c)
+            members.append(gi)
+        out = torch.cat(ys)[inverse_permutation(torch.cat(rows))]
+        back = inverse_permutation(torch.cat(members))
+        h_n = torch.cat(hs, 1)[:, back]
+        packed = PackedSequence(out, batch_sizes, sorted_indices, unsorted_indices)
+        if self.mode == "LSTM":
+            return packed, (h_n, torch.cat(cs, 1)[:, back])
+        return packed, h_n
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
