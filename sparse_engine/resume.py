@@ -24,7 +24,7 @@ The options that shape the computation must equal the saved ones (:data:`MUST_MA
 from __future__ import annotations
 
 import random
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -85,20 +85,16 @@ class TrainProgress:
     steps) and :meth:`end_epoch` with the epoch's metrics (a checkpoint)."""
 
     def __init__(self, cfg, model, optimizer, controller, recorder, device, n_train: int):
-        every = getattr(cfg, "checkpoint_every", 0) or 0
-        if not (isinstance(every, int) and every >= 0):
-            raise ValueError(f"--checkpoint-every must be an int >= 0 (steps), got {every!r}")
         self.cfg, self.model, self.optimizer = cfg, model, optimizer
         self.controller, self.recorder, self.device = controller, recorder, device
-        self.n_train, self.every = n_train, every
+        # TrainConfig has checked checkpoint_every (an int >= 0, with save or resume to write to)
+        self.n_train, self.every = n_train, cfg.checkpoint_every
         self.batches = -(-n_train // cfg.batch_size)
         self.epoch, self.batch, self.steps = 0, 0, 0
         self.perm: torch.Tensor | None = None
         self.running = 0.0
         self.history: list[dict] = []
         self.save_path = cfg.save
-        if every and not cfg.save:
-            raise ValueError("--checkpoint-every needs --save PATH (or --resume PATH) to write the checkpoints to")
 
     # ------------------------------------------------------------------ driving
     def begin_epoch(self, epoch: int):
@@ -190,8 +186,6 @@ class TrainProgress:
         ``cfg.save`` (``cfg.resume`` when no --save is given)."""
         resume = getattr(cfg, "resume", None)
         if resume and not cfg.save:
-            from dataclasses import replace
-
             cfg = replace(cfg, save=resume)
         progress = cls(cfg, model, optimizer, controller, recorder, device, n_train)
         if resume:

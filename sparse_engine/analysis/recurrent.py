@@ -48,7 +48,7 @@ SUM = "sum"
 #: File suffixes read as ``torch.save`` checkpoints.
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 
-_BY_GATES = {1: GATE_NAMES["RNN_TANH"], 3: GATE_NAMES["GRU"], 4: GATE_NAMES["LSTM"]}
+_BY_GATES = {len(names): names for names in GATE_NAMES.values()}  # 1: h, 3: GRU r z n, 4: LSTM i f g o
 _CELL_BY_GATES = {1: "RNN", 3: "GRU", 4: "LSTM"}
 _RECURRENT_NAME = re.compile(r"(?:^|\.)weight_hh(?:_l\d+)?(?:_reverse)?$")
 
