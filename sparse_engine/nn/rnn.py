@@ -181,25 +181,6 @@ def inverse_permutation(p: torch.Tensor) -> torch.Tensor:
     return inv
 
 
-class _FactorParts(dict):
-    """Grad-factor sink of a layer-direction run once per length group (packed input): one
-    dict per group, read as (G, X) concatenated along M (dL/dW = sum over groups of G X^T)."""
-
-    def __init__(self):
-        super().__init__()
-        self.parts: list[dict] = []
-
-    def part(self) -> dict:
-        self.parts.append({})
-        return self.parts[-1]
-
-    def get(self, kind, default=None):
-        got = [p[kind] for p in self.parts if kind in p]
-        if not got:
-            return default
-        return tuple(torch.cat(f, 1) for f in zip(*got))
-
-
 class SparseRNNBase(RecordsGradFactors, nn.Module):
     """Shared body of SparseRNN/SparseLSTM/SparseGRU (the ``nn.RNNBase`` of this package)."""
     #: the fused step ops where they exist (see :mod:`sparse_engine.nn.rnn`); an instance attribute
@@ -346,23 +327,6 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
             c0 = c0.unsqueeze(1) if c0 is not None else None
         return h0, c0
 
-    def _sink(self, sfx: str):
-        """The grad-factor sink of a layer-direction run once in this forward (None unless recording)."""
-        sink = self._factor_sink(sfx)
-        if isinstance(sink, _FactorParts):  # left by a packed forward
-            sink = self.__dict__["_grad_factor_store"][sfx] = {}
-        return sink
-
-    def _group_sink(self, sfx: str, first: bool):
-        """The grad-factor sink of one length group of a packed forward: each group's backward
-        fills its own part, :meth:`dense_grad_factors` reads them concatenated along M."""
-        if self._factor_sink(sfx) is None:
-            return None
-        store = self.__dict__["_grad_factor_store"]
-        if first or not isinstance(store[sfx], _FactorParts):
-            store[sfx] = _FactorParts()
-        return store[sfx].part()
-
     def _run(self, x: torch.Tensor, h0: torch.Tensor, c0, sink):
         """The whole stack on a time-major (T, B, I) ``x`` from (num_layers*D, B, H) states:
         (output (T, B, D*H) view, h_n, c_n or None), states (num_layers*D, B, H).
@@ -403,7 +367,7 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
         self._check_input(input)
         x, batched = time_major(input, self.batch_first)
         h0, c0 = self._initial_state(hx, x, batched, x.shape[1])
-        out, h_n, c_n = self._run(x, h0, c0, self._sink)
+        out, h_n, c_n = self._run(x, h0, c0, self._factor_sink)
         out = caller_layout(out, self.batch_first, batched)
         if not batched:
             h_n = h_n.squeeze(1)
@@ -428,7 +392,7 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
             p = pos[:L, idx].to(dev)                   # (L, g): the group's rows of data
             gi = idx.to(dev)
             y, h, c = self._run(data[p], h0[:, gi], None if c0 is None else c0[:, gi],
-                                lambda sfx, first=(i == 0): self._group_sink(sfx, first))
+                                lambda sfx, first=(i == 0): self._factor_sink(sfx, first))
             ys.append(y.reshape(-1, y.shape[-1]))
             rows.append(p.reshape(-1))
             hs.append(h)
