@@ -2,7 +2,7 @@
 
 * :func:`check_index`: what a kernel needs before it reads an index (tensors, dtypes row_ptr
   int64 and col_idx int32, 1-D, one device, the two ends of row_ptr: one sync), worded like
-  the C++ kernels' check (``check_csr`` in ``csrc/cpu/topology_cpu.cpp``). The torch-primitive
+  the C++ kernels' checks (``csrc/checks.h``). The torch-primitive
   kernels (:mod:`sparse_engine.kernels.topology_cuda`) call it.
 * :func:`check_csr`: the whole structure of a matrix (length of row_ptr, its ends, values per
   entry, non-decreasing row_ptr, column range, columns sorted and unique within each row),
@@ -54,7 +54,7 @@ def check_index(row_ptr, col_idx) -> tuple[int, int]:
     rows, nnz = row_ptr.numel() - 1, col_idx.numel()
     first, last = row_ptr[[0, -1]].tolist()
     if first != 0 or last != nnz:
-        raise ValueError(f"row_ptr must run from 0 to nnz={nnz}, got {first}..{last}")
+        raise ValueError(f"row_ptr must start at 0 and end at nnz={nnz}, got {first} and {last}")
     return rows, nnz
 
 
