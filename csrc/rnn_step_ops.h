@@ -69,6 +69,60 @@ inline IndexSizes check_step_weight(const StepWeight& w, const at::Tensor& state
   return s;
 }
 
+// A step's dense operands besides W_hh and the state, checked like the state (dtype and device
+// of the values, their rows, B columns) and made contiguous; undefined where the mode takes none.
+// Both devices call these, so the checks and their messages are the same on each.
+struct StepInputs {
+  at::Tensor gx, c, b_hh;  // c: LSTM; b_hh: GRU, optional
+};
+
+template <CellMode M>
+StepInputs check_step_inputs(const at::Tensor& gx, const at::Tensor& c, const at::Tensor& b_hh, int64_t H,
+                             int64_t B, const at::Tensor& values) {
+  StepInputs in;
+  check_batch_operand(gx, "gx", cell_gates(M) * H, B, values);
+  in.gx = gx.contiguous();
+  if constexpr (M == CellMode::LSTM) {
+    check_batch_operand(c, "c", H, B, values);
+    in.c = c.contiguous();
+  }
+  if (M == CellMode::GRU && b_hh.defined()) {
+    TORCH_CHECK_VALUE(b_hh.dim() == 1 && b_hh.numel() == 3 * H, "b_hh must be 1-D with 3*hidden=", 3 * H,
+                      " entries, got shape ", b_hh.sizes());
+    TORCH_CHECK_TYPE(b_hh.scalar_type() == values.scalar_type(), "b_hh must have the dtype of values (",
+                     values.scalar_type(), "), got ", b_hh.scalar_type());
+    check_device(b_hh, "b_hh", values.device());
+    in.b_hh = b_hh.contiguous();
+  }
+  return in;
+}
+
+// What a step's backward reads of its forward, besides dh: the saved activations, LSTM's c_prev,
+// c and dc, GRU's h_prev or the RNN's h_new (as ``h``).
+struct StepSaved {
+  at::Tensor acts, c_prev, c, h, dc;
+};
+
+template <CellMode M>
+StepSaved check_step_saved(const at::Tensor& acts, const at::Tensor& c_prev, const at::Tensor& c,
+                           const at::Tensor& h, const at::Tensor& dc, int64_t H, int64_t B,
+                           const at::Tensor& values) {
+  StepSaved in;
+  auto take = [&](const at::Tensor& t, const char* name, int64_t rows) {
+    check_batch_operand(t, name, rows, B, values);
+    return t.contiguous();
+  };
+  if constexpr (cell_saved_acts(M) > 0) in.acts = take(acts, "acts", cell_saved_acts(M) * H);
+  if constexpr (M == CellMode::LSTM) {
+    in.c_prev = take(c_prev, "c_prev", H);
+    in.c = take(c, "c", H);
+    in.dc = take(dc, "dc", H);
+  }
+  if constexpr (M == CellMode::GRU) in.h = take(h, "h_prev", H);
+  if constexpr (M == CellMode::RNN_TANH || M == CellMode::RNN_RELU) in.h = take(h, "h_new", H);
+  return in;
+}
+
 // The eight operators on Device, in the schemas' argument and result order.
 template <typename Device>
 struct RnnStepOps {

@@ -267,8 +267,8 @@ struct CheckedWeight {
 };
 
 // The CPU ops name the state operand "h" in forward and backward alike.
-CheckedWeight check_weight(const StepWeight& w, const at::Tensor& state, int gates) {
-  const IndexSizes s = check_step_weight(w, state, "h", gates, /*on_cuda=*/false);
+CheckedWeight check_weight(const StepWeight& w, const at::Tensor& state, const char* state_name, int gates) {
+  const IndexSizes s = check_step_weight(w, state, state_name, gates, /*on_cuda=*/false);
   CheckedWeight out{s.cols, state.size(1), {}, {w.row_ptr.contiguous(), w.col_idx.contiguous(),
                                                 w.csc_ptr.contiguous(), w.csc_row.contiguous(),
                                                 w.csc_perm.contiguous()}};
@@ -283,26 +283,16 @@ struct CpuStep {
   static StepOutputs forward(const StepWeight& w, const at::Tensor& gx, const at::Tensor& h, const at::Tensor& c,
                              const at::Tensor& b_hh, double dt, double tau) {
     constexpr int gates = cell_gates(M), saved = cell_saved_acts(M);
-    const CheckedWeight k = check_weight(w, h, gates);
+    const CheckedWeight k = check_weight(w, h, "h", gates);
     const int64_t H = k.H, B = k.B;
-    check_batch_operand(gx, "gx", gates * H, B, w.values);
-    auto gx_c = gx.contiguous(), h_c = h.contiguous(), values_c = w.values.contiguous();
-    at::Tensor c_c, b_hh_c;
-    if constexpr (M == CellMode::LSTM) {
-      check_batch_operand(c, "c", H, B, w.values);
-      c_c = c.contiguous();
-    }
-    if (M == CellMode::GRU && b_hh.defined()) {
-      TORCH_CHECK_VALUE(b_hh.dim() == 1 && b_hh.numel() == 3 * H, "b_hh must be 1-D with 3*hidden entries");
-      TORCH_CHECK_TYPE(b_hh.scalar_type() == w.values.scalar_type(), "b_hh must have the dtype of values");
-      b_hh_c = b_hh.contiguous();
-    }
+    const StepInputs in = check_step_inputs<M>(gx, c, b_hh, H, B, w.values);
+    auto h_c = h.contiguous(), values_c = w.values.contiguous();
     auto h_new = at::empty({H, B}, h_c.options());
     auto c_new = M == CellMode::LSTM ? at::empty({H, B}, h_c.options()) : at::Tensor();
     auto acts = saved ? at::empty({saved * H, B}, h_c.options()) : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES(w.values.scalar_type(), "rnn_step", [&] {
-      step_forward<scalar_t, M>(k.index, values_c.data_ptr<scalar_t>(), gx_c.data_ptr<scalar_t>(),
-                                h_c.data_ptr<scalar_t>(), data_or_null<scalar_t>(c_c), data_or_null<scalar_t>(b_hh_c),
+      step_forward<scalar_t, M>(k.index, values_c.data_ptr<scalar_t>(), in.gx.data_ptr<scalar_t>(),
+                                h_c.data_ptr<scalar_t>(), data_or_null<scalar_t>(in.c), data_or_null<scalar_t>(in.b_hh),
                                 h_new.data_ptr<scalar_t>(), data_or_null<scalar_t>(c_new),
                                 data_or_null<scalar_t>(acts), H, B, dt, tau);
     });
@@ -313,27 +303,11 @@ struct CpuStep {
   static StepGrads backward(const StepWeight& w, const at::Tensor& acts, const at::Tensor& c_prev,
                             const at::Tensor& c, const at::Tensor& h, const at::Tensor& dh, const at::Tensor& dc,
                             double dt, double tau) {
-    constexpr int gates = cell_gates(M), saved = cell_saved_acts(M);
-    const CheckedWeight k = check_weight(w, dh, gates);
+    constexpr int gates = cell_gates(M);
+    const CheckedWeight k = check_weight(w, dh, "dh", gates);
     const int64_t H = k.H, B = k.B;
     auto dh_c = dh.contiguous(), values_c = w.values.contiguous();
-    at::Tensor acts_c, c_prev_c, c_c, h_c, dc_c;
-    if constexpr (saved > 0) {
-      check_batch_operand(acts, "acts", saved * H, B, w.values);
-      acts_c = acts.contiguous();
-    }
-    if constexpr (M == CellMode::LSTM) {
-      check_batch_operand(c_prev, "c_prev", H, B, w.values);
-      check_batch_operand(c, "c", H, B, w.values);
-      check_batch_operand(dc, "dc", H, B, w.values);
-      c_prev_c = c_prev.contiguous();
-      c_c = c.contiguous();
-      dc_c = dc.contiguous();
-    }
-    if constexpr (M != CellMode::LSTM && M != CellMode::CTRNN) {  // GRU: h_prev; RNN: h_new
-      check_batch_operand(h, "h", H, B, w.values);
-      h_c = h.contiguous();
-    }
+    const StepSaved in = check_step_saved<M>(acts, c_prev, c, h, dc, H, B, w.values);
     auto options = dh_c.options();
     auto dG = at::empty({gates * H, B}, options);
     auto dgx = M == CellMode::GRU ? at::empty({3 * H, B}, options) : at::Tensor();
@@ -341,12 +315,12 @@ struct CpuStep {
     auto direct = M == CellMode::GRU || M == CellMode::CTRNN ? at::empty({H, B}, options) : at::Tensor();
     auto dh_prev = at::empty({H, B}, options);
     AT_DISPATCH_FLOATING_TYPES(w.values.scalar_type(), "rnn_step_backward", [&] {
-      const scalar_t* h_prev = M == CellMode::GRU ? h_c.data_ptr<scalar_t>() : nullptr;
+      const scalar_t* h_prev = M == CellMode::GRU ? in.h.data_ptr<scalar_t>() : nullptr;
       const scalar_t* h_new =
-          (M == CellMode::RNN_TANH || M == CellMode::RNN_RELU) ? h_c.data_ptr<scalar_t>() : nullptr;
-      gates_backward<scalar_t, M>(data_or_null<scalar_t>(acts_c), data_or_null<scalar_t>(c_prev_c),
-                                  data_or_null<scalar_t>(c_c), h_prev, h_new, dh_c.data_ptr<scalar_t>(),
-                                  data_or_null<scalar_t>(dc_c), dG.data_ptr<scalar_t>(), data_or_null<scalar_t>(dgx),
+          (M == CellMode::RNN_TANH || M == CellMode::RNN_RELU) ? in.h.data_ptr<scalar_t>() : nullptr;
+      gates_backward<scalar_t, M>(data_or_null<scalar_t>(in.acts), data_or_null<scalar_t>(in.c_prev),
+                                  data_or_null<scalar_t>(in.c), h_prev, h_new, dh_c.data_ptr<scalar_t>(),
+                                  data_or_null<scalar_t>(in.dc), dG.data_ptr<scalar_t>(), data_or_null<scalar_t>(dgx),
                                   data_or_null<scalar_t>(dc_prev), data_or_null<scalar_t>(direct), H, B, dt, tau);
       gather_t<scalar_t>(k.index, values_c.data_ptr<scalar_t>(), dG.data_ptr<scalar_t>(),
                          data_or_null<scalar_t>(direct), dh_prev.data_ptr<scalar_t>(), H, B);

@@ -31,13 +31,6 @@ CheckedWeight check_weight(const StepWeight& w, const at::Tensor& state, const c
           w.csc_row.contiguous(), w.csc_perm.contiguous(), w.values.contiguous()};
 }
 
-// A (rows x B) operand like the state: dtype, device, batch; returned contiguous.
-at::Tensor operand(const at::Tensor& t, const char* name, int64_t rows, const CheckedWeight& k,
-                   const at::Tensor& values) {
-  check_batch_operand(t, name, rows, k.B, values);
-  return t.contiguous();
-}
-
 // The CUDA device of the step ops (csrc/rnn_step_ops.h).
 struct CudaStep {
   template <CellMode M>
@@ -47,18 +40,8 @@ struct CudaStep {
     const CheckedWeight k = check_weight(w, h, "h", gates);
     const c10::cuda::CUDAGuard guard(w.values.device());
     const int64_t H = k.H, B = k.B;
+    const StepInputs in = check_step_inputs<M>(gx, c, b_hh, H, B, w.values);
     auto h_c = h.contiguous();
-    auto gx_c = operand(gx, "gx", gates * H, k, w.values);
-    at::Tensor c_c, b_hh_c;
-    if constexpr (M == CellMode::LSTM) c_c = operand(c, "c", H, k, w.values);
-    if (M == CellMode::GRU && b_hh.defined()) {
-      TORCH_CHECK_VALUE(b_hh.dim() == 1 && b_hh.numel() == 3 * H, "b_hh must be 1-D with 3*hidden=", 3 * H,
-                        " entries, got shape ", b_hh.sizes());
-      TORCH_CHECK_TYPE(b_hh.scalar_type() == w.values.scalar_type(), "b_hh must have the dtype of values (",
-                       w.values.scalar_type(), "), got ", b_hh.scalar_type());
-      check_device(b_hh, "b_hh", w.values.device());
-      b_hh_c = b_hh.contiguous();
-    }
     auto h_new = at::empty({H, B}, h_c.options());
     auto c_new = M == CellMode::LSTM ? at::empty({H, B}, h_c.options()) : at::Tensor();
     auto acts = saved ? at::empty({saved * H, B}, h_c.options()) : at::Tensor();
@@ -67,8 +50,8 @@ struct CudaStep {
       AT_DISPATCH_FLOATING_TYPES(w.values.scalar_type(), "sparse_engine_rnn_step_cuda", [&] {
         C10_CUDA_CHECK(cuda::launch_rnn_step_forward(
             M, k.row_ptr.data_ptr<int64_t>(), k.col_idx.data_ptr<int32_t>(), k.values.data_ptr<scalar_t>(),
-            gx_c.data_ptr<scalar_t>(), h_c.data_ptr<scalar_t>(), data_or_null<scalar_t>(c_c),
-            data_or_null<scalar_t>(b_hh_c), h_new.data_ptr<scalar_t>(), data_or_null<scalar_t>(c_new),
+            in.gx.data_ptr<scalar_t>(), h_c.data_ptr<scalar_t>(), data_or_null<scalar_t>(in.c),
+            data_or_null<scalar_t>(in.b_hh), h_new.data_ptr<scalar_t>(), data_or_null<scalar_t>(c_new),
             data_or_null<scalar_t>(acts), H, B, dt, tau, stream));
       });
     }
@@ -79,20 +62,12 @@ struct CudaStep {
   static StepGrads backward(const StepWeight& w, const at::Tensor& acts, const at::Tensor& c_prev,
                             const at::Tensor& c, const at::Tensor& h, const at::Tensor& dh, const at::Tensor& dc,
                             double dt, double tau) {
-    constexpr int gates = cell_gates(M), saved = cell_saved_acts(M);
+    constexpr int gates = cell_gates(M);
     const CheckedWeight k = check_weight(w, dh, "dh", gates);
     const c10::cuda::CUDAGuard guard(w.values.device());
     const int64_t H = k.H, B = k.B;
     auto dh_c = dh.contiguous();
-    at::Tensor acts_c, c_prev_c, c_c, h_c, dc_c;
-    if constexpr (saved > 0) acts_c = operand(acts, "acts", saved * H, k, w.values);
-    if constexpr (M == CellMode::LSTM) {
-      c_prev_c = operand(c_prev, "c_prev", H, k, w.values);
-      c_c = operand(c, "c", H, k, w.values);
-      dc_c = operand(dc, "dc", H, k, w.values);
-    }
-    if constexpr (M == CellMode::GRU) h_c = operand(h, "h_prev", H, k, w.values);
-    if constexpr (M == CellMode::RNN_TANH || M == CellMode::RNN_RELU) h_c = operand(h, "h_new", H, k, w.values);
+    const StepSaved in = check_step_saved<M>(acts, c_prev, c, h, dc, H, B, w.values);
     auto options = dh_c.options();
     auto dG = at::empty({gates * H, B}, options);
     auto dgx = M == CellMode::GRU ? at::empty({3 * H, B}, options) : at::Tensor();
@@ -104,9 +79,9 @@ struct CudaStep {
       AT_DISPATCH_FLOATING_TYPES(w.values.scalar_type(), "sparse_engine_rnn_step_backward_cuda", [&] {
         C10_CUDA_CHECK(cuda::launch_rnn_step_backward(
             M, k.csc_ptr.data_ptr<int64_t>(), k.csc_row.data_ptr<int32_t>(), k.csc_perm.data_ptr<int64_t>(),
-            k.values.data_ptr<scalar_t>(), k.nnz, data_or_null<scalar_t>(acts_c), data_or_null<scalar_t>(c_prev_c),
-            data_or_null<scalar_t>(c_c), data_or_null<scalar_t>(h_c), dh_c.data_ptr<scalar_t>(),
-            data_or_null<scalar_t>(dc_c), dG.data_ptr<scalar_t>(), data_or_null<scalar_t>(dgx),
+            k.values.data_ptr<scalar_t>(), k.nnz, data_or_null<scalar_t>(in.acts), data_or_null<scalar_t>(in.c_prev),
+            data_or_null<scalar_t>(in.c), data_or_null<scalar_t>(in.h), dh_c.data_ptr<scalar_t>(),
+            data_or_null<scalar_t>(in.dc), dG.data_ptr<scalar_t>(), data_or_null<scalar_t>(dgx),
             data_or_null<scalar_t>(dc_prev), dh_prev.data_ptr<scalar_t>(), H, B, dt, tau, workspace_ptr(workspace),
             stream));
       });
