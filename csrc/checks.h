@@ -9,7 +9,6 @@
 
 #include <cstdint>
 #include <limits>
-#include <utility>
 
 namespace sparse_engine {
 

@@ -61,7 +61,6 @@ inline acc_t<scalar_t> dot_range(const scalar_t* a, const scalar_t* b, int64_t b
 // is rounded once.
 template <typename S>
 constexpr int64_t sddmm_tile() { return 512 / sizeof(S); }  // 128 floats / 64 doubles / 256 halves
-constexpr int64_t kSddmmTile2 = 256;                         // sddmm_tile of a 2-byte type
 
 template <typename scalar_t>
 void sddmm_rows(const int64_t* row_ptr, const int32_t* col_idx, const scalar_t* G, const scalar_t* X,
@@ -108,7 +107,7 @@ at::Tensor sddmm_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, const
   auto out = at::empty({s.nnz}, G.options());
   // float32 partial sums between batch tiles, for a 2-byte type with more than one tile
   const bool half = G.element_size() == 2;
-  at::Tensor partial = half && B > kSddmmTile2 ? at::empty({s.nnz}, G.options().dtype(at::kFloat))
+  at::Tensor partial = half && B > sddmm_tile<at::Half>() ? at::empty({s.nnz}, G.options().dtype(at::kFloat))
                                                : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, G.scalar_type(), "sddmm_cpu", [&] {
     sddmm_rows<scalar_t>(row_ptr_c.data_ptr<int64_t>(), col_idx_c.data_ptr<int32_t>(), G_c.data_ptr<scalar_t>(),
