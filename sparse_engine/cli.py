@@ -25,11 +25,10 @@ import sys
 
 import torch
 
-from .data.files import input_path_problem, output_path_problem
 from .data.tasks import TASK_DATA, TASKS, load_task  # noqa: F401  (load_task: re-exported, was defined here)
 from .models import MODELS
 from .runs import (DEVICES, SPARSE_CHOICES, AnalyzeConfig, BenchConfig, ConfigError, ConfigPathError,  # noqa: F401
-                   TrainConfig, analyze, bench, resolve_device, train)
+                   TrainConfig, analyze, bench, check_paths, resolve_device, train)
 from .training.recipes import ALGORITHMS
 
 # Names defined here before the recipes moved out, kept so that old imports still work.
@@ -166,17 +165,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_analyze_paths(cfg: AnalyzeConfig) -> None:
-    """The file analyze reads and the one it writes, before the census starts (analyze itself
-    checks the file's type and content when it loads the matrix: ValueError naming the file)."""
-    problem = input_path_problem(cfg.path, "file")
-    if problem is not None:
-        raise ConfigPathError("path", problem)
-    problem = None if cfg.export_csv is None else output_path_problem(cfg.export_csv)
-    if problem is not None:
-        raise ConfigPathError("export_csv", problem)
-
-
 def run(argv=None):
     """Runs one command and returns its result (the last epoch's metrics, the benchmark rows
     or the balance values). Bad arguments raise :class:`CommandError` (code 2), bad paths
@@ -189,7 +177,9 @@ def run(argv=None):
         if args.command == "bench":
             return bench(BenchConfig(**options))
         cfg = AnalyzeConfig(**options)
-        _check_analyze_paths(cfg)
+        # the file analyze reads and the one it writes, before the census starts (analyze itself
+        # checks the file's type and content when it loads the matrix: ValueError naming the file)
+        check_paths(cfg, {"path": "file"}, ("export_csv",))
         return analyze(cfg)
     except ConfigError as exc:  # a value (2) or a path (1) the recipe cannot use, named as on the command line
         code = EXIT_FAILED if isinstance(exc, ConfigPathError) else EXIT_USAGE

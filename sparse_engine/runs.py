@@ -228,22 +228,30 @@ def evaluate(model, X, y, kind, batch=256, device="cpu"):
     return total / n, (correct / n if kind == "classify" else math.nan)
 
 
+def check_paths(cfg, inputs: dict, outputs) -> None:
+    """ConfigPathError naming the first of ``cfg``'s fields that is set and cannot be used: an
+    input (``inputs``: field -> the kind of path :func:`~sparse_engine.data.files.input_path_problem`
+    expects) that cannot be read, or an output (``outputs``: fields) that cannot be written."""
+    for field, kind in inputs.items():
+        path = getattr(cfg, field)
+        problem = None if path is None else input_path_problem(path, kind)
+        if problem is not None:
+            raise ConfigPathError(field, problem)
+    for field in outputs:
+        path = getattr(cfg, field)
+        problem = None if path is None else output_path_problem(path)
+        if problem is not None:
+            raise ConfigPathError(field, problem)
+
+
 def check_train_paths(cfg: TrainConfig) -> None:
     """ConfigPathError unless ``cfg.data`` and ``cfg.resume`` (when set) can be read and every
     output path (``save``, ``record_balance``, ``plot``; ``resume`` without ``save``) can be
     written; :func:`train` runs it before any work, so a typo in an output path fails at once
     rather than after the last epoch."""
-    for field, kind in (("data", TASK_DATA.get(cfg.task, (None,))[0]), ("resume", "file")):
-        path = getattr(cfg, field)
-        problem = None if path is None else input_path_problem(path, kind)
-        if problem is not None:
-            raise ConfigPathError(field, problem)
     # a resumed run without --save writes its checkpoints over the one it resumed from
-    for field in ("save", "record_balance", "plot") + (() if cfg.save is not None else ("resume",)):
-        path = getattr(cfg, field)
-        problem = None if path is None else output_path_problem(path)
-        if problem is not None:
-            raise ConfigPathError(field, problem)
+    check_paths(cfg, {"data": TASK_DATA.get(cfg.task, (None,))[0], "resume": "file"},
+                ("save", "record_balance", "plot") + (() if cfg.save is not None else ("resume",)))
     if cfg.plot is not None:
         try:
             from matplotlib.backend_bases import FigureCanvasBase
