@@ -2,6 +2,11 @@
 from .linear import SparseLinear
 from .rnn import SparseGRU, SparseLSTM, SparseRNN
 from .cells import SparseCTRNN, SparseCTRNNCell, SparseGRUCell, SparseLSTMCell, SparseRNNCell
+from .rhn import SparseRHN
+from .onlstm import SparseONLSTM
+from .ode_rnn import SparseODERNN
+from .lm import SparseEmbedding, SparseLanguageModel
 
 __all__ = ["SparseLinear", "SparseRNN", "SparseLSTM", "SparseGRU", "SparseRNNCell", "SparseLSTMCell",
-           "SparseGRUCell", "SparseCTRNNCell", "SparseCTRNN"]
+           "SparseGRUCell", "SparseCTRNNCell", "SparseCTRNN",
+           "SparseRHN", "SparseONLSTM", "SparseODERNN", "SparseEmbedding", "SparseLanguageModel"]
