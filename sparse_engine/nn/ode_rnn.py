@@ -36,6 +36,8 @@ __all__ = ["SparseODERNN"]
 
 #: torchdiffeq's fixed-grid methods, which take ``dt`` as their step size
 FIXED_GRID = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams")
+#: torchdiffeq's adaptive-step methods (its default tolerances)
+ADAPTIVE = ("dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun")
 
 
 class _Field(nn.Module):
@@ -64,8 +66,8 @@ class SparseODERNN(nn.Module):
         _check_positive_int("unfolds", unfolds)
         if not (isinstance(dt, (int, float)) and dt > 0):
             raise ValueError(f"dt must be a number > 0, got {dt!r}")
-        if not isinstance(method, str):
-            raise TypeError(f"method must be a str (a torchdiffeq method name or 'rk4'), got {type(method).__name__}")
+        if method not in FIXED_GRID + ADAPTIVE:
+            raise ValueError(f"method must be one of {FIXED_GRID + ADAPTIVE}, got {method!r}")
         if method != "rk4" or adjoint:
             _torchdiffeq()  # fail at construction, not at the first forward
         self.input_size, self.hidden_size, self.batch_first = input_size, hidden_size, bool(batch_first)
