@@ -1,0 +1,42 @@
+"""examples/selfish_ptb.py: the reduced-budget recipes run on the shipped tiny corpus, learn
+(and do not with lr 0), print the published number beside ours, and refuse a bad --data-dir."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "selfish_ptb.py"
+
+
+def load():
+    spec = importlib.util.spec_from_file_location("selfish_ptb", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rhn_budget_learns_and_prints_the_published_number(capsys):
+    recipe = load()
+    result = recipe.main(["--model", "rhn", "--budget"])
+    out = capsys.readouterr().out
+    assert "REDUCED BUDGET" in out and "published 60.35" in out and "(0.472)" in out
+    # the tiny corpus has 44 words (uniform perplexity 44) and a unigram perplexity of about 21
+    assert result["test_ppl"] < 21
+    untrained = recipe.main(["--model", "rhn", "--budget", "--lr", "0"])
+    assert untrained["test_ppl"] > 40
+
+
+def test_lstm_budget_runs_the_paper_sparsity(capsys):
+    result = load().main(["--model", "lstm", "--budget", "--epochs", "1", "--max-batches", "5"])
+    out = capsys.readouterr().out
+    assert "published 71.65" in out and "(0.330)" in out and "1 epochs x 5 batches" in out
+    assert result["published"] == 71.65
+
+
+def test_missing_corpus_file_is_one_line_and_exit_2(tmp_path, capsys):
+    (tmp_path / "ptb.train.txt").write_text("a b\n")
+    with pytest.raises(SystemExit) as exc:
+        load().main(["--data-dir", str(tmp_path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "ptb.valid.txt" in err
