@@ -49,13 +49,11 @@ class SparseEmbedding(nn.Module):
             raise TypeError(f"ids must be an integer torch.Tensor, got "
                             f"{ids.dtype if isinstance(ids, torch.Tensor) else type(ids).__name__}")
         dropout = check_dropout("dropout", dropout)
-        values = None
-        if dropout:
-            rows = self.weight.shape[0]
-            keep = self.weight.values.new_empty(rows).bernoulli_(1 - dropout) / (1 - dropout)
-            row_of_entry = torch.repeat_interleave(torch.arange(rows, device=keep.device), self.weight.row_ptr.diff())
-            values = self.weight.values * keep[row_of_entry]
-        return row_lookup(self.weight, ids, values).view(*ids.shape, self.embedding_dim)
+        out = row_lookup(self.weight, ids)
+        if dropout:  # one draw per word (row), so every occurrence of a word is dropped alike
+            keep = out.new_empty(self.num_embeddings).bernoulli_(1 - dropout) / (1 - dropout)
+            out = out * keep[ids.reshape(-1)][:, None]
+        return out.view(*ids.shape, self.embedding_dim)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, density={self.weight.density:.4g}"
