@@ -1,7 +1,8 @@
 """Drop-in sparse replacements for torch.nn layers."""
 from .linear import SparseLinear
+from .mlp import SparseMLP
 from .rnn import SparseGRU, SparseLSTM, SparseRNN
 from .cells import SparseCTRNN, SparseCTRNNCell, SparseGRUCell, SparseLSTMCell, SparseRNNCell
 
-__all__ = ["SparseLinear", "SparseRNN", "SparseLSTM", "SparseGRU", "SparseRNNCell", "SparseLSTMCell",
+__all__ = ["SparseLinear", "SparseMLP", "SparseRNN", "SparseLSTM", "SparseGRU", "SparseRNNCell", "SparseLSTMCell",
            "SparseGRUCell", "SparseCTRNNCell", "SparseCTRNN"]
