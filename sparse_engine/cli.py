@@ -6,6 +6,8 @@
   with ``--data``: ``mnist`` (idx directory), ``sms`` (SMS Spam Collection file),
   ``gesture`` (UCI Gesture Phase Segmentation ``*_va3.csv`` files or their directory),
   ``mackey-glass`` (one value a line). ``--device`` picks the CPU or a CUDA GPU.
+  ``--model mlp`` trains a SET-MLP instead (docs/set_mlp.md) on ``digits``, ``mnist`` or
+  ``table`` (a CSV/.npz feature matrix with ``--label-column``).
 * ``bench``: the CPU operators against torch.sparse (MKL) and scipy on one shape.
 * ``analyze``: signed triad census and structural balance of a recurrent matrix from a
   checkpoint, a Gephi edge-list CSV or a scipy ``.npz``, with optional null models.

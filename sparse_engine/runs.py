@@ -170,6 +170,7 @@ def _train_combinations(cfg):
 
 MLP_TASKS = ("digits", "mnist", "table")
 MLP_ALGORITHMS = ("none", "set")
+MLP_FIELDS = ("epsilon", "zeta", "dropout", "momentum", "weight_decay", "faithful", "importance", "label_column")
 
 
 def _mlp_combinations(cfg):
@@ -179,7 +180,12 @@ def _mlp_combinations(cfg):
             return "hidden", f"a list of layer sizes needs --model mlp, got --model {cfg.model}"
         if cfg.task == "table":
             return "task", f"task 'table' (a feature matrix) needs --model mlp, got --model {cfg.model}"
+        for field in MLP_FIELDS:
+            if getattr(cfg, field) != getattr(TrainConfig, field):
+                return field, f"applies to --model mlp only, got --model {cfg.model}"
         return None
+    if cfg.importance and cfg.algorithm != "set":
+        return "importance", "prunes neurons when SET evolves the network: needs --algorithm set"
     if cfg.task not in MLP_TASKS:
         return "task", f"model 'mlp' trains on {', '.join(MLP_TASKS)}; got {cfg.task!r}"
     if cfg.algorithm not in MLP_ALGORITHMS:

@@ -313,6 +313,8 @@ def test_resumed_mlp_run_equals_the_uninterrupted_run(tmp_path, monkeypatch):
     (["--model", "mlp", "--zeta", "1.5"], r"argument --zeta: expected a number in \[0, 1\]"),
     (["--model", "mlp", "--dropout", "1"], r"argument --dropout: expected a number in \[0, 1\)"),
     (["--model", "mlp", "--epsilon", "0"], "argument --epsilon: expected a finite number > 0"),
+    (["--model", "gru", "--faithful"], "argument --faithful: applies to --model mlp only, got --model gru"),
+    (["--model", "mlp", "--importance", "0.1"], "argument --importance: prunes neurons when SET evolves"),
 ])
 def test_mlp_option_errors_are_one_line(argv, message, capsys):
     assert cli.main(["train", "--quiet"] + argv) == cli.EXIT_USAGE
