@@ -434,7 +434,9 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
                 bar.set_postfix_str(progress_postfix(running / seen, seen - done * cfg.batch_size,
                                                      time.perf_counter() - start), refresh=False)
         samples_per_s = (seen - done * cfg.batch_size) / max(time.perf_counter() - start, 1e-9)
-        test_loss, test_acc = evaluate(model, Xte, yte, meta["kind"], device=device)
+        # an MLP's hidden layers can be wide (10^5-10^6 units): its test batches are training-sized
+        test_loss, test_acc = evaluate(model, Xte, yte, meta["kind"], batch=cfg.batch_size if cfg.model == "mlp"
+                                       else 256, device=device)
         if ctl is not None:
             ctl.end_epoch(val_loss=test_loss) if cfg.algorithm == "selfish" else ctl.end_epoch()
         if recorder is not None:
