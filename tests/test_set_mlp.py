@@ -56,6 +56,14 @@ def test_forward_and_gradients_match_a_dense_mlp(sizes, batch):
         torch.testing.assert_close(layer.bias.grad, b.grad)
 
 
+def test_gradcheck_through_the_module():
+    g = torch.Generator().manual_seed(2)
+    model = SparseMLP((5, 4, 3), epsilon=2, dropout=0.0, generator=g, dtype=torch.float64)
+    x = torch.randn(3, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    values = model.layers[0].weight.values
+    assert torch.autograd.gradcheck(lambda x, v: model(x), (x, values))
+
+
 def test_non_contiguous_input_and_bad_input():
     model = SparseMLP((6, 4, 3), dropout=0.0, generator=torch.Generator().manual_seed(1))
     x = torch.randn(6, 5).t()  # (5, 6), not contiguous
