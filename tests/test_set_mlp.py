@@ -12,7 +12,7 @@ import torch
 from sparse_engine import cli
 from sparse_engine.checkpoint import load_checkpoint
 from sparse_engine.nn import SparseMLP
-from sparse_engine.nn.mlp import _FaithfulDrop, set_mlp_weight
+from sparse_engine.nn.mlp import _FaithfulDrop, _ReluDropout, set_mlp_weight
 from sparse_engine.runs import ConfigError, TrainConfig, train
 from sparse_engine.training.set_mlp import SETMLP, SETSGD, importance_keep
 from _training_util import assert_bit_equal, check_invariants, keys, ref_set_keep, value_by_key
@@ -131,6 +131,20 @@ def test_faithful_test_time_scaling_and_default_eval_without_it():
         torch.testing.assert_close(model(x), dense_forward(model, x, faithful_eval=faithful))
     model.train()  # training: dropout draws, the train output differs from the test output
     assert not torch.equal(model(x), dense_forward(model, x))
+
+
+def test_fused_relu_dropout_against_its_definition():
+    torch.manual_seed(0)
+    z = torch.randn(300, 40, dtype=torch.float64, requires_grad=True)
+    out = _ReluDropout.apply(z, 0.3)
+    kept = out.detach() != 0
+    torch.testing.assert_close(out[kept], torch.relu(z)[kept] / 0.7)
+    positive = z.detach() > 0
+    assert not kept[~positive].any()
+    assert abs(float((~kept[positive]).double().mean()) - 0.3) < 0.02  # dropped fraction of live units
+    g = torch.randn(300, 40, dtype=torch.float64)
+    out.backward(g)
+    torch.testing.assert_close(z.grad, torch.where(kept, g / 0.7, torch.zeros_like(g)))
 
 
 def test_inverted_dropout_in_default_mode_keeps_the_mean():
