@@ -63,7 +63,7 @@ inline IndexSizes check_index(const at::Tensor& row_ptr, const at::Tensor& col_i
   detail::check_dtype(col_idx, "col_idx", at::kInt, "int32");
   detail::check_dtype(csc_ptr, "csc_ptr", at::kLong, "int64");
   detail::check_dtype(csc_row, "csc_row", at::kInt, "int32");
-  detail::check_dtype(csc_perm, "csc_perm", at::kLong, "int64");
+  detail::check_dtype(csc_perm, "csc_perm", at::kInt, "int32");
   detail::check_ptr_shape(row_ptr, "row_ptr", "rows");
   detail::check_ptr_shape(csc_ptr, "csc_ptr", "cols");
   const int64_t nnz = col_idx.numel();
@@ -174,6 +174,8 @@ inline CsrSizes check_transpose_args(const at::Tensor& row_ptr, const at::Tensor
                                      bool on_cuda) {
   const CsrSizes s = check_csr(row_ptr, col_idx);
   TORCH_CHECK_VALUE(n_cols >= 0, "n_cols must be >= 0, got ", n_cols);
+  TORCH_CHECK_VALUE(s.nnz <= std::numeric_limits<int32_t>::max(),
+                    "nnz must be < 2^31 (csc_perm holds int32 positions), got ", s.nnz);
   if (on_cuda) {
     TORCH_CHECK_VALUE(row_ptr.is_cuda(), "expected CUDA tensors, got row_ptr on ", row_ptr.device());
     check_device(col_idx, "col_idx", row_ptr.device());

@@ -20,7 +20,7 @@
 //
 // Every sparse operand is passed as its full index: CSR (row_ptr int64 [rows+1],
 // col_idx int32 [nnz]) and the transposed index (csc_ptr int64 [cols+1], csc_row int32
-// [nnz], csc_perm int64 [nnz], a permutation of CSR positions into column order), then
+// [nnz], csc_perm int32 [nnz], a permutation of CSR positions into column order), then
 // the values [nnz]. Activations are feature-major: (features x batch).
 #include <Python.h>
 #include <torch/library.h>

@@ -6,6 +6,8 @@
   with ``--data``: ``mnist`` (idx directory), ``sms`` (SMS Spam Collection file),
   ``gesture`` (UCI Gesture Phase Segmentation ``*_va3.csv`` files or their directory),
   ``mackey-glass`` (one value a line). ``--device`` picks the CPU or a CUDA GPU.
+  ``--model mlp`` trains a SET-MLP instead (docs/set_mlp.md) on ``digits``, ``mnist`` or
+  ``table`` (a CSV/.npz feature matrix with ``--label-column``).
 * ``bench``: the CPU operators against torch.sparse (MKL) and scipy on one shape.
 * ``analyze``: signed triad census and structural balance of a recurrent matrix from a
   checkpoint, a Gephi edge-list CSV or a scipy ``.npz``, with optional null models.
@@ -72,6 +74,16 @@ def option_name(field: str) -> str:
     return field if field in POSITIONAL else "--" + field.replace("_", "-")
 
 
+def _hidden_sizes(text: str):
+    """``--hidden``: one int, or comma-separated layer sizes (a tuple) for --model mlp."""
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or integers separated by commas (1000,1000), "
+                                         f"got {text!r}") from None
+    return sizes[0] if len(sizes) == 1 else sizes
+
+
 def _formatter(prog):
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=30)
 
@@ -92,11 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     t = command("train", "train a sparse recurrent model on a sequence task")
     t.add_argument("--task", choices=TASKS, default=TrainConfig.task,
                    help="sequence task (default: %(default)s, scikit-learn's 8x8 digits read row by row)")
-    t.add_argument("--data", metavar="PATH", help=f"dataset file or directory ({data_help}); default: none")
+    t.add_argument("--data", "--data-dir", "--data-file", dest="data", metavar="PATH", help=f"dataset file or directory ({data_help}); default: none")
     t.add_argument("--model", choices=MODELS, default=TrainConfig.model,
                    help="recurrent layer (default: %(default)s)")
-    t.add_argument("--hidden", type=int, default=TrainConfig.hidden, metavar="UNITS",
-                   help="hidden units per layer, >= 1 (default: %(default)s)")
+    t.add_argument("--hidden", type=_hidden_sizes, default=TrainConfig.hidden, metavar="UNITS",
+                   help="hidden units per layer, >= 1; for --model mlp also a list of layer sizes such as "
+                        "1000,1000,1000 (default: %(default)s)")
     t.add_argument("--layers", type=int, default=TrainConfig.layers, metavar="N",
                    help="stacked recurrent layers, >= 1; ctrnn has one (default: %(default)s)")
     t.add_argument("--density", type=float, default=TrainConfig.density, metavar="FRACTION",
@@ -135,6 +148,28 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every, metavar="STEPS",
                    help="also write the resumable checkpoint every STEPS training steps inside an epoch, >= 0; "
                         "needs --save or --resume (default: %(default)s: after every epoch only)")
+
+    m = t.add_argument_group("--model mlp (SET-MLP, docs/set_mlp.md; SET implementation 2 also uses --lr 0.05 "
+                             "--batch-size 40 --algorithm set)")
+    m.add_argument("--epsilon", type=float, default=TrainConfig.epsilon, metavar="E",
+                   help="Erdos-Renyi sparsity: about E*(in+out) connections per layer, > 0 (default: %(default)s)")
+    m.add_argument("--zeta", type=float, default=TrainConfig.zeta, metavar="FRACTION",
+                   help="fraction of the positive and of the negative weights SET replaces after each epoch but "
+                        "the last, in [0, 1] (default: %(default)s)")
+    m.add_argument("--dropout", type=float, default=TrainConfig.dropout, metavar="P",
+                   help="dropout of the hidden activations, in [0, 1) (default: %(default)s)")
+    m.add_argument("--momentum", type=float, default=TrainConfig.momentum, metavar="M",
+                   help="SGD momentum, in [0, 1) (default: %(default)s)")
+    m.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay, metavar="D",
+                   help="w -= D*w every step, outside the momentum, in [0, 1) (default: %(default)s)")
+    m.add_argument("--faithful", action="store_true",
+                   help="SET implementation 2's quirks: sigmoid output with its MSE error, dropout without "
+                        "rescaling, duplicate connections collapsed (default: off)")
+    m.add_argument("--importance", type=float, default=TrainConfig.importance, metavar="FRACTION",
+                   help="importance pruning: drop this fraction of each hidden layer's neurons after each "
+                        "epoch but the last, in [0, 1) (default: %(default)s, off)")
+    m.add_argument("--label-column", metavar="NAME",
+                   help="task table: the name of the label column (default: none)")
 
     b = command("bench", "quick CPU operator benchmark against torch.sparse and scipy")
     b.add_argument("--n", type=int, default=BenchConfig.n, metavar="N",

@@ -157,7 +157,7 @@ _autocast("sddmm")
 @_fake("sparse_engine::transpose_index")
 def _transpose_index_fake(row_ptr, col_idx, n_cols):
     nnz = col_idx.shape[0]
-    return row_ptr.new_empty((n_cols + 1,)), col_idx.new_empty((nnz,)), row_ptr.new_empty((nnz,))
+    return row_ptr.new_empty((n_cols + 1,)), col_idx.new_empty((nnz,)), col_idx.new_empty((nnz,))  # perm: int32
 
 
 # -------------------------------------------------------------------------- rnn_step

@@ -7,7 +7,7 @@ from torch import nn
 
 from . import nn as snn
 
-MODELS = ("lstm", "gru", "rnn", "ctrnn")
+MODELS = ("lstm", "gru", "rnn", "ctrnn", "mlp")  # mlp: sparse_engine.nn.SparseMLP (SET-MLP), not a SequenceModel
 
 
 class SequenceModel(nn.Module):

@@ -110,6 +110,25 @@ def _flag(value):
         return f"expected True or False, got {value!r}"
 
 
+def _hidden(value):
+    """Hidden units: one int (per layer), or for --model mlp a list of layer sizes."""
+    if isinstance(value, (tuple, list)):
+        if not value or any(_integer(1)(v) for v in value):
+            return f"expected integers >= 1 separated by commas, got {','.join(map(str, value)) or 'nothing'}"
+        return None
+    return _integer(1)(value)
+
+
+def _fraction_below_one(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
+        return f"expected a number in [0, 1), got {value!r}"
+
+
+def _unit(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+        return f"expected a number in [0, 1], got {value!r}"
+
+
 def _null_method(value):
     from .analysis.nulls import METHODS
 
@@ -120,13 +139,17 @@ def _null_method(value):
 _FIELD_RULES = {
     "task": _one_of(TASKS), "model": _one_of(MODELS), "sparse": _one_of(SPARSE_CHOICES),
     "algorithm": _one_of(ALGORITHMS), "device": _one_of(DEVICES), "null_method": _null_method,
-    "hidden": _integer(1), "layers": _integer(1), "epochs": _integer(1), "batch_size": _integer(1),
+    "hidden": _hidden, "layers": _integer(1), "epochs": _integer(1), "batch_size": _integer(1),
     "n": _integer(1), "batch": _integer(1), "null": _integer(0), "seed": _integer(0),
     "density": _fraction, "lr": _positive,
     "path": _path, "data": _path_or_none, "save": _checkpoint_or_none, "record_balance": _path_or_none,
     "plot": _path_or_none, "export_csv": _path_or_none, "key": _str_or_none, "resume": _path_or_none,
     "checkpoint_every": _integer(0), "gate": _str_or_none,
     "quiet": _flag, "transpose": _flag,
+    # --model mlp
+    "epsilon": _positive, "zeta": _unit, "dropout": _fraction_below_one, "momentum": _fraction_below_one,
+    "weight_decay": _fraction_below_one, "importance": _fraction_below_one, "faithful": _flag,
+    "label_column": _str_or_none,
 }
 
 
@@ -137,9 +160,49 @@ def _train_combinations(cfg):
         return "data", problem
     if cfg.model == "ctrnn" and cfg.layers != 1:
         return "layers", f"model 'ctrnn' has one layer, got {cfg.layers}"
+    mlp_problem = _mlp_combinations(cfg)
+    if mlp_problem is not None:
+        return mlp_problem
     if cfg.checkpoint_every and cfg.save is None and cfg.resume is None:
         return "checkpoint_every", "needs a checkpoint to write to: save or resume (--save PATH or --resume PATH)"
     return None
+
+
+MLP_TASKS = ("digits", "mnist", "table")
+MLP_ALGORITHMS = ("none", "set")
+MLP_FIELDS = ("epsilon", "zeta", "dropout", "momentum", "weight_decay", "faithful", "importance", "label_column")
+
+
+def _mlp_combinations(cfg):
+    """(field, reason) for options that do not go with --model mlp (or need it), or None."""
+    if cfg.model != "mlp":
+        if isinstance(cfg.hidden, (tuple, list)):
+            return "hidden", f"a list of layer sizes needs --model mlp, got --model {cfg.model}"
+        if cfg.task == "table":
+            return "task", f"task 'table' (a feature matrix) needs --model mlp, got --model {cfg.model}"
+        for field in MLP_FIELDS:
+            if getattr(cfg, field) != getattr(TrainConfig, field):
+                return field, f"applies to --model mlp only, got --model {cfg.model}"
+        return None
+    if cfg.importance and cfg.algorithm != "set":
+        return "importance", "prunes neurons when SET evolves the network: needs --algorithm set"
+    if cfg.task not in MLP_TASKS:
+        return "task", f"model 'mlp' trains on {', '.join(MLP_TASKS)}; got {cfg.task!r}"
+    if cfg.algorithm not in MLP_ALGORITHMS:
+        return "algorithm", f"model 'mlp' trains with {' or '.join(MLP_ALGORITHMS)} (SET-MLP); got {cfg.algorithm!r}"
+    if cfg.record_balance is not None:
+        return "record_balance", "records recurrent matrices; model 'mlp' has none"
+    if (cfg.task == "table") != (cfg.label_column is not None):
+        return "label_column", ("task 'table' needs the name of its label column" if cfg.task == "table"
+                                else f"names the label column of task 'table', got task {cfg.task!r}")
+    return None
+
+
+def mlp_sizes(cfg, n_in: int, n_out: int) -> tuple[int, ...]:
+    """The layer sizes of --model mlp: inputs, --hidden (a list, or one size repeated --layers
+    times), outputs."""
+    hidden = tuple(cfg.hidden) if isinstance(cfg.hidden, (tuple, list)) else (cfg.hidden,) * cfg.layers
+    return (n_in, *hidden, n_out)
 
 
 class _Checked:
@@ -195,6 +258,15 @@ class TrainConfig(_Checked):
     quiet: bool = False             # no progress bars and no results table
     resume: str | None = None       # continue the run saved in this checkpoint (see sparse_engine.resume)
     checkpoint_every: int = 0       # also checkpoint to --save every this many steps inside an epoch (0: epoch ends)
+    # --model mlp only (SET-MLP, docs/set_mlp.md; SET implementation 2's values but for lr/batch_size)
+    epsilon: float = 13.0           # Erdos-Renyi: about epsilon*(in+out) connections per layer
+    zeta: float = 0.3               # fraction of each sign's weights SET replaces after an epoch
+    dropout: float = 0.2            # dropout of the hidden activations
+    momentum: float = 0.9           # SGD momentum (the MLP trains with SGD, not Adam)
+    weight_decay: float = 2e-4      # w -= weight_decay * w each step, outside the momentum
+    faithful: bool = False          # SET implementation 2's quirks (sigmoid + MSE, dropout scaling, duplicates)
+    importance: float = 0.0         # importance pruning: fraction of hidden neurons dropped after an epoch
+    label_column: str | None = None  # task 'table': the label column's name
 
 
 @dataclass
@@ -218,7 +290,10 @@ def evaluate(model, X, y, kind, batch=256, device="cpu"):
         for i in range(0, len(X), batch):
             out = model(X[i:i + batch].to(device))
             t = y[i:i + batch].to(device)
-            if kind == "classify":
+            if kind == "classify" and hasattr(model, "loss"):  # SparseMLP: its mode's loss (a batch mean)
+                total += model.loss(out, t).item() * len(t)
+                correct += (out.argmax(1) == t).sum().item()
+            elif kind == "classify":
                 total += nn.functional.cross_entropy(out, t, reduction="sum").item()
                 correct += (out.argmax(1) == t).sum().item()
             else:
@@ -302,20 +377,32 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
     check_train_paths(cfg)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    (Xtr, ytr), (Xte, yte), meta = load_task(cfg.task, cfg.data, cfg.seed)
-    model = SequenceModel(cfg.model, meta["n_in"], meta["n_out"], cfg.hidden, cfg.layers, cfg.density,
-                          cfg.sparse, meta["kind"], meta.get("vocab")).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    (Xtr, ytr), (Xte, yte), meta = load_task(cfg.task, cfg.data, cfg.seed, label_column=cfg.label_column)
     batches = math.ceil(len(Xtr) / cfg.batch_size)
     callbacks = []
     recorder = None
-    if cfg.record_balance:  # after each topology update and at each epoch's end (analysis/record.py)
-        from .analysis import BalanceRecorder, recurrent_weights
+    if cfg.model == "mlp":  # SET-MLP: SGD with decay outside the momentum, SET after each epoch but the last
+        from .nn import SparseMLP
+        from .training.set_mlp import SETMLP, SETSGD
 
-        recorder = BalanceRecorder(layers=list(recurrent_weights(model)))
-        callbacks.append(recorder)
-    ctl = make_controller(cfg.algorithm, model, opt, cfg.epochs * batches, cfg.seed, callbacks)
-    loss_fn = nn.functional.cross_entropy if meta["kind"] == "classify" else nn.functional.mse_loss
+        Xtr, Xte = Xtr.reshape(len(Xtr), -1), Xte.reshape(len(Xte), -1)
+        model = SparseMLP(mlp_sizes(cfg, Xtr.shape[1], meta["n_out"]), cfg.epsilon, cfg.dropout,
+                          faithful=cfg.faithful).to(device)
+        opt = SETSGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        ctl = None if cfg.algorithm == "none" else SETMLP(model, opt, cfg.epochs, cfg.zeta, importance=cfg.importance,
+                                                          seed=cfg.seed)
+        loss_fn = model.loss
+    else:
+        model = SequenceModel(cfg.model, meta["n_in"], meta["n_out"], cfg.hidden, cfg.layers, cfg.density,
+                              cfg.sparse, meta["kind"], meta.get("vocab")).to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        if cfg.record_balance:  # after each topology update and at each epoch's end (analysis/record.py)
+            from .analysis import BalanceRecorder, recurrent_weights
+
+            recorder = BalanceRecorder(layers=list(recurrent_weights(model)))
+            callbacks.append(recorder)
+        ctl = make_controller(cfg.algorithm, model, opt, cfg.epochs * batches, cfg.seed, callbacks)
+        loss_fn = nn.functional.cross_entropy if meta["kind"] == "classify" else nn.functional.mse_loss
     console = Console()
     progress = TrainProgress.start(cfg, model, opt, ctl, recorder, device, len(Xtr))  # restores with --resume
     history = progress.history
@@ -347,7 +434,9 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
                 bar.set_postfix_str(progress_postfix(running / seen, seen - done * cfg.batch_size,
                                                      time.perf_counter() - start), refresh=False)
         samples_per_s = (seen - done * cfg.batch_size) / max(time.perf_counter() - start, 1e-9)
-        test_loss, test_acc = evaluate(model, Xte, yte, meta["kind"], device=device)
+        # an MLP's hidden layers can be wide (10^5-10^6 units): its test batches are training-sized
+        test_loss, test_acc = evaluate(model, Xte, yte, meta["kind"], batch=cfg.batch_size if cfg.model == "mlp"
+                                       else 256, device=device)
         if ctl is not None:
             ctl.end_epoch(val_loss=test_loss) if cfg.algorithm == "selfish" else ctl.end_epoch()
         if recorder is not None:

@@ -194,7 +194,7 @@ def test_library_configs_raise_value_errors_naming_the_field():
 
     cases = [(TrainConfig, dict(batch_size=0), "batch_size"), (TrainConfig, dict(hidden=2.5), "hidden"),
              (TrainConfig, dict(lr=float("nan")), "lr"), (TrainConfig, dict(epochs=True), "epochs"),
-             (TrainConfig, dict(task="mnist"), "data"), (TrainConfig, dict(model="mlp"), "model"),
+             (TrainConfig, dict(task="mnist"), "data"), (TrainConfig, dict(model="transformer"), "model"),
              (BenchConfig, dict(density=0.0), "density"),
              (AnalyzeConfig, dict(path="x.pt", null=-1), "null"), (AnalyzeConfig, dict(path=""), "path")]
     for cls, options, field in cases:

@@ -189,7 +189,7 @@ def test_sparse_weight_and_linear_convert(dtype, rng):
     values32 = W.values.detach().clone()
     W.to(dtype)
     assert W.values is param and W.values.dtype == dtype  # same Parameter, new storage
-    assert all(t.dtype == d for t, d in zip(W.index, (torch.int64, torch.int32, torch.int64, torch.int32, torch.int64)))
+    assert all(t.dtype == d for t, d in zip(W.index, (torch.int64, torch.int32, torch.int64, torch.int32, torch.int32)))
     assert torch.equal(W.values.detach(), values32.to(dtype))
     assert "dtype=" + str(dtype) in repr(W)
 

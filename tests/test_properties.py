@@ -100,7 +100,7 @@ def check_structure(W: SparseWeight) -> None:
     assert (ci[1:][same_row] > ci[:-1][same_row]).all()
     # the transposed index is the CSC of the same matrix, rows ascending within a column
     cp, cr, perm = W.csc_ptr.numpy(), W.csc_row.numpy(), W.csc_perm.numpy()
-    assert W.csc_ptr.dtype == torch.int64 and W.csc_row.dtype == torch.int32 and W.csc_perm.dtype == torch.int64
+    assert W.csc_ptr.dtype == torch.int64 and W.csc_row.dtype == torch.int32 and W.csc_perm.dtype == torch.int32
     assert np.array_equal(cp, np.concatenate([[0], np.cumsum(np.bincount(ci, minlength=cols))]).astype(np.int64))
     assert np.array_equal(np.sort(perm), np.arange(ci.size))  # a permutation of the CSR positions
     order = np.lexsort((row, ci))  # by column, then row

@@ -104,7 +104,7 @@ struct IndexPtrs {
   const int32_t* col_idx;
   const int64_t* csc_ptr;
   const int32_t* csc_row;
-  const int64_t* csc_perm;
+  const int32_t* csc_perm;
 };
 
 template <typename scalar_t, CellMode M>
@@ -273,7 +273,7 @@ CheckedWeight check_weight(const StepWeight& w, const at::Tensor& state, const c
                                                 w.csc_ptr.contiguous(), w.csc_row.contiguous(),
                                                 w.csc_perm.contiguous()}};
   out.index = {out.kept[0].data_ptr<int64_t>(), out.kept[1].data_ptr<int32_t>(), out.kept[2].data_ptr<int64_t>(),
-               out.kept[3].data_ptr<int32_t>(), out.kept[4].data_ptr<int64_t>()};
+               out.kept[3].data_ptr<int32_t>(), out.kept[4].data_ptr<int32_t>()};
   return out;
 }
 

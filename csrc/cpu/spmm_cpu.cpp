@@ -80,7 +80,7 @@ void gather_rows(const int64_t* ptr, const int32_t* idx, const scalar_t* vals,
 
 // out[k] = values[perm[k]], prefetching ahead of the random reads.
 template <typename scalar_t>
-void gather_values(const scalar_t* values, const int64_t* perm, scalar_t* out, int64_t nnz) {
+void gather_values(const scalar_t* values, const int32_t* perm, scalar_t* out, int64_t nnz) {
 #pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if (nnz >= kParallelWork)
   for (int64_t k = 0; k < nnz; ++k) {
     if (k + 4 * kPrefetch < nnz) __builtin_prefetch(values + perm[k + 4 * kPrefetch]);
@@ -117,7 +117,7 @@ at::Tensor spmm_t_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, cons
   // reading values[perm[k]] inside the product loop, whose random loads stall it.
   auto values_t = at::empty({s.nnz}, values.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "spmm_t_cpu", [&] {
-    gather_values<scalar_t>(values_c.data_ptr<scalar_t>(), csc_perm_c.data_ptr<int64_t>(),
+    gather_values<scalar_t>(values_c.data_ptr<scalar_t>(), csc_perm_c.data_ptr<int32_t>(),
                             values_t.data_ptr<scalar_t>(), s.nnz);
     gather_rows<scalar_t>(csc_ptr_c.data_ptr<int64_t>(), csc_row_c.data_ptr<int32_t>(), values_t.data_ptr<scalar_t>(),
                           G_c.data_ptr<scalar_t>(), Z.data_ptr<scalar_t>(), s.cols, G.size(1));

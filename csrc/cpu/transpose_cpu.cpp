@@ -15,12 +15,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> transpose_index_cpu(const at::Ten
   const int64_t rows = s.rows, nnz = s.nnz;
   auto csc_ptr = at::zeros({n_cols + 1}, row_ptr_c.options());
   auto csc_row = at::empty({nnz}, col_idx_c.options());
-  auto csc_perm = at::empty({nnz}, row_ptr_c.options());
+  auto csc_perm = at::empty({nnz}, col_idx_c.options());  // int32, like col_idx
   const int64_t* ptr = row_ptr_c.data_ptr<int64_t>();
   const int32_t* col = col_idx_c.data_ptr<int32_t>();
   int64_t* out_ptr = csc_ptr.data_ptr<int64_t>();
   int32_t* out_row = csc_row.data_ptr<int32_t>();
-  int64_t* out_perm = csc_perm.data_ptr<int64_t>();
+  int32_t* out_perm = csc_perm.data_ptr<int32_t>();
   // Parallel stable counting sort: T blocks of rows (balanced by nnz) count their columns,
   // a prefix over (column, block) gives each block its slots, and blocks scatter in row
   // order, so the rows within each column come out sorted, as with one thread.
@@ -57,7 +57,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> transpose_index_cpu(const at::Ten
       for (int64_t k = ptr[i]; k < ptr[i + 1]; ++k) {
         const int64_t dst = next[col[k]]++;
         out_row[dst] = static_cast<int32_t>(i);
-        out_perm[dst] = k;
+        out_perm[dst] = static_cast<int32_t>(k);
       }
     }
   }

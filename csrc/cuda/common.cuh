@@ -224,7 +224,7 @@ __device__ __forceinline__ void store_vec(T* __restrict__ p, const acc_t<T> (&x)
 // shuffles).
 template <typename T, int VEC, int CW, bool FULL>
 __device__ __forceinline__ void gather_chunk(const int32_t* __restrict__ idx, const T* __restrict__ values,
-                                             const int64_t* __restrict__ perm, const T* __restrict__ src,
+                                             const int32_t* __restrict__ perm, const T* __restrict__ src,
                                              int64_t B, int64_t k0, int64_t end, int64_t cv, bool active,
                                              int lane, acc_t<T> (&acc)[VEC]) {
   using A = acc_t<T>;
@@ -254,7 +254,7 @@ __device__ __forceinline__ void gather_chunk(const int32_t* __restrict__ idx, co
 
 template <typename T, int VEC, int CW>
 __device__ __forceinline__ void gather_range(const int32_t* __restrict__ idx, const T* __restrict__ values,
-                                             const int64_t* __restrict__ perm, const T* __restrict__ src,
+                                             const int32_t* __restrict__ perm, const T* __restrict__ src,
                                              int64_t B, int64_t first, int64_t end, int64_t step, int64_t cv,
                                              bool active, int lane, acc_t<T> (&acc)[VEC]) {
 #pragma unroll

@@ -31,16 +31,16 @@ int64_t gather_workspace_len(int64_t n_out, int64_t nnz);
 // out (n_out x B) = gather(ptr, idx, perm, values, src (n_src x B)). perm may be nullptr.
 // workspace: gather_workspace_len(n_out, nnz) int32 entries in device memory (or nullptr
 // when that is 0). Deterministic: every output element is summed in a fixed order.
-cudaError_t launch_gather(const int64_t* ptr, const int32_t* idx, const int64_t* perm,
+cudaError_t launch_gather(const int64_t* ptr, const int32_t* idx, const int32_t* perm,
                           const float* values, const float* src, float* out, int64_t n_out,
                           int64_t B, int64_t nnz, int32_t* workspace, cudaStream_t stream);
-cudaError_t launch_gather(const int64_t* ptr, const int32_t* idx, const int64_t* perm,
+cudaError_t launch_gather(const int64_t* ptr, const int32_t* idx, const int32_t* perm,
                           const double* values, const double* src, double* out, int64_t n_out,
                           int64_t B, int64_t nnz, int32_t* workspace, cudaStream_t stream);
-cudaError_t launch_gather(const int64_t* ptr, const int32_t* idx, const int64_t* perm,
+cudaError_t launch_gather(const int64_t* ptr, const int32_t* idx, const int32_t* perm,
                           const __half* values, const __half* src, __half* out, int64_t n_out,
                           int64_t B, int64_t nnz, int32_t* workspace, cudaStream_t stream);
-cudaError_t launch_gather(const int64_t* ptr, const int32_t* idx, const int64_t* perm,
+cudaError_t launch_gather(const int64_t* ptr, const int32_t* idx, const int32_t* perm,
                           const __nv_bfloat16* values, const __nv_bfloat16* src, __nv_bfloat16* out,
                           int64_t n_out, int64_t B, int64_t nnz, int32_t* workspace, cudaStream_t stream);
 
@@ -72,7 +72,7 @@ size_t transpose_index_workspace_bytes(int64_t rows, int64_t cols, int64_t nnz);
 // (checked by the caller) and a valid row_ptr.
 cudaError_t launch_transpose_index(const int64_t* row_ptr, const int32_t* col_idx, int64_t rows,
                                    int64_t cols, int64_t nnz, int64_t* csc_ptr, int32_t* csc_row,
-                                   int64_t* csc_perm, void* workspace, size_t workspace_bytes,
+                                   int32_t* csc_perm, void* workspace, size_t workspace_bytes,
                                    cudaStream_t stream);
 
 // ------------------------------------------------------------------ rnn_step (rnn_step_cuda.cu)
@@ -108,13 +108,13 @@ int64_t rnn_step_backward_workspace_len(int64_t H, int64_t nnz);
 //   CTRNN in: acts, dh.                  out: dG (H x B), dh_prev.
 // nnz: entries of W_hh. workspace: rnn_step_backward_workspace_len(H, nnz) int32 entries.
 cudaError_t launch_rnn_step_backward(CellMode mode, const int64_t* csc_ptr, const int32_t* csc_row,
-                                     const int64_t* csc_perm, const float* values, int64_t nnz,
+                                     const int32_t* csc_perm, const float* values, int64_t nnz,
                                      const float* acts, const float* c_prev, const float* c, const float* h,
                                      const float* dh, const float* dc, float* dG, float* dgx, float* dc_prev,
                                      float* dh_prev, int64_t H, int64_t B, double dt, double tau,
                                      int32_t* workspace, cudaStream_t stream);
 cudaError_t launch_rnn_step_backward(CellMode mode, const int64_t* csc_ptr, const int32_t* csc_row,
-                                     const int64_t* csc_perm, const double* values, int64_t nnz,
+                                     const int32_t* csc_perm, const double* values, int64_t nnz,
                                      const double* acts, const double* c_prev, const double* c,
                                      const double* h, const double* dh, const double* dc, double* dG,
                                      double* dgx, double* dc_prev, double* dh_prev, int64_t H, int64_t B,

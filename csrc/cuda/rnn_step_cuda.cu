@@ -240,7 +240,7 @@ __global__ void __launch_bounds__(kEltThreads) add_direct_kernel(const BackArgs<
 
 template <typename T, CellMode M>
 cudaError_t backward_mode(const BackArgs<T>& a, const int64_t* csc_ptr, const int32_t* csc_row,
-                          const int64_t* csc_perm, const T* values, int64_t nnz, int32_t* workspace,
+                          const int32_t* csc_perm, const T* values, int64_t nnz, int32_t* workspace,
                           cudaStream_t stream) {
   const int64_t blocks = std::min<int64_t>(cdiv(a.H * a.B, kEltThreads), 32LL * num_sms());
   gates_backward_kernel<T, M><<<static_cast<unsigned>(blocks), kEltThreads, 0, stream>>>(a);
@@ -253,7 +253,7 @@ cudaError_t backward_mode(const BackArgs<T>& a, const int64_t* csc_ptr, const in
 }
 
 template <typename T>
-cudaError_t backward(CellMode mode, const int64_t* csc_ptr, const int32_t* csc_row, const int64_t* csc_perm,
+cudaError_t backward(CellMode mode, const int64_t* csc_ptr, const int32_t* csc_row, const int32_t* csc_perm,
                      const T* values, int64_t nnz, const T* acts, const T* c_prev, const T* c, const T* h,
                      const T* dh, const T* dc, T* dG, T* dgx, T* dc_prev, T* dh_prev, int64_t H, int64_t B,
                      double dt, double tau, int32_t* workspace, cudaStream_t stream) {
@@ -285,7 +285,7 @@ cudaError_t launch_rnn_step_forward(CellMode mode, const int64_t* row_ptr, const
 int64_t rnn_step_backward_workspace_len(int64_t H, int64_t nnz) { return gather_workspace_len(H, nnz); }
 
 cudaError_t launch_rnn_step_backward(CellMode mode, const int64_t* csc_ptr, const int32_t* csc_row,
-                                     const int64_t* csc_perm, const float* values, int64_t nnz,
+                                     const int32_t* csc_perm, const float* values, int64_t nnz,
                                      const float* acts, const float* c_prev, const float* c, const float* h,
                                      const float* dh, const float* dc, float* dG, float* dgx, float* dc_prev,
                                      float* dh_prev, int64_t H, int64_t B, double dt, double tau,
@@ -295,7 +295,7 @@ cudaError_t launch_rnn_step_backward(CellMode mode, const int64_t* csc_ptr, cons
 }
 
 cudaError_t launch_rnn_step_backward(CellMode mode, const int64_t* csc_ptr, const int32_t* csc_row,
-                                     const int64_t* csc_perm, const double* values, int64_t nnz,
+                                     const int32_t* csc_perm, const double* values, int64_t nnz,
                                      const double* acts, const double* c_prev, const double* c,
                                      const double* h, const double* dh, const double* dc, double* dG,
                                      double* dgx, double* dc_prev, double* dh_prev, int64_t H, int64_t B,

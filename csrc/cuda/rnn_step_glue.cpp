@@ -78,7 +78,7 @@ struct CudaStep {
       const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
       AT_DISPATCH_FLOATING_TYPES(w.values.scalar_type(), "sparse_engine_rnn_step_backward_cuda", [&] {
         C10_CUDA_CHECK(cuda::launch_rnn_step_backward(
-            M, k.csc_ptr.data_ptr<int64_t>(), k.csc_row.data_ptr<int32_t>(), k.csc_perm.data_ptr<int64_t>(),
+            M, k.csc_ptr.data_ptr<int64_t>(), k.csc_row.data_ptr<int32_t>(), k.csc_perm.data_ptr<int32_t>(),
             k.values.data_ptr<scalar_t>(), k.nnz, data_or_null<scalar_t>(in.acts), data_or_null<scalar_t>(in.c_prev),
             data_or_null<scalar_t>(in.c), data_or_null<scalar_t>(in.h), dh_c.data_ptr<scalar_t>(),
             data_or_null<scalar_t>(in.dc), dG.data_ptr<scalar_t>(), data_or_null<scalar_t>(dgx),

@@ -25,7 +25,7 @@ template <typename T>
 struct GatherArgs {
   const int64_t* __restrict__ ptr;
   const int32_t* __restrict__ idx;
-  const int64_t* __restrict__ perm;  // nullptr: val(k) = values[k]
+  const int32_t* __restrict__ perm;  // nullptr: val(k) = values[k]
   const T* __restrict__ values;
   const T* __restrict__ src;
   T* __restrict__ out;
@@ -104,7 +104,7 @@ cudaError_t gather_launch(GatherArgs<T> a, cudaStream_t stream) {
 }
 
 template <typename T>
-cudaError_t gather(const int64_t* ptr, const int32_t* idx, const int64_t* perm, const T* values,
+cudaError_t gather(const int64_t* ptr, const int32_t* idx, const int32_t* perm, const T* values,
                    const T* src, T* out, int64_t n, int64_t B, int64_t nnz, int32_t* workspace,
                    cudaStream_t stream) {
   if (n <= 0 || B <= 0) return cudaSuccess;
@@ -120,25 +120,25 @@ cudaError_t gather(const int64_t* ptr, const int32_t* idx, const int64_t* perm, 
 
 int64_t gather_workspace_len(int64_t n_out, int64_t nnz) { return long_list_len(n_out, nnz); }
 
-cudaError_t launch_gather(const int64_t* ptr, const int32_t* idx, const int64_t* perm,
+cudaError_t launch_gather(const int64_t* ptr, const int32_t* idx, const int32_t* perm,
                           const float* values, const float* src, float* out, int64_t n_out,
                           int64_t B, int64_t nnz, int32_t* workspace, cudaStream_t stream) {
   return gather<float>(ptr, idx, perm, values, src, out, n_out, B, nnz, workspace, stream);
 }
 
-cudaError_t launch_gather(const int64_t* ptr, const int32_t* idx, const int64_t* perm,
+cudaError_t launch_gather(const int64_t* ptr, const int32_t* idx, const int32_t* perm,
                           const double* values, const double* src, double* out, int64_t n_out,
                           int64_t B, int64_t nnz, int32_t* workspace, cudaStream_t stream) {
   return gather<double>(ptr, idx, perm, values, src, out, n_out, B, nnz, workspace, stream);
 }
 
-cudaError_t launch_gather(const int64_t* ptr, const int32_t* idx, const int64_t* perm,
+cudaError_t launch_gather(const int64_t* ptr, const int32_t* idx, const int32_t* perm,
                           const __half* values, const __half* src, __half* out, int64_t n_out,
                           int64_t B, int64_t nnz, int32_t* workspace, cudaStream_t stream) {
   return gather<__half>(ptr, idx, perm, values, src, out, n_out, B, nnz, workspace, stream);
 }
 
-cudaError_t launch_gather(const int64_t* ptr, const int32_t* idx, const int64_t* perm,
+cudaError_t launch_gather(const int64_t* ptr, const int32_t* idx, const int32_t* perm,
                           const __nv_bfloat16* values, const __nv_bfloat16* src, __nv_bfloat16* out,
                           int64_t n_out, int64_t B, int64_t nnz, int32_t* workspace, cudaStream_t stream) {
   return gather<__nv_bfloat16>(ptr, idx, perm, values, src, out, n_out, B, nnz, workspace, stream);

@@ -29,7 +29,7 @@ at::Tensor gather(const at::Tensor& ptr, const at::Tensor& idx, const at::Tensor
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values_c.scalar_type(), "sparse_engine_gather_cuda", [&] {
     C10_CUDA_CHECK(cuda::launch_gather(ptr_c.data_ptr<int64_t>(), idx_c.data_ptr<int32_t>(),
-                                       perm ? perm_c.data_ptr<int64_t>() : nullptr, cuda_ptr<scalar_t>(values_c),
+                                       perm ? perm_c.data_ptr<int32_t>() : nullptr, cuda_ptr<scalar_t>(values_c),
                                        cuda_ptr<scalar_t>(src_c), cuda_ptr<scalar_t>(out), n_out, B, nnz,
                                        workspace_ptr(workspace), stream));
   });

@@ -34,8 +34,8 @@ cudaError_t sort_tmp_bytes(int64_t nnz, int64_t cols, size_t* bytes) {
   *bytes = 0;
   return cub::DeviceRadixSort::SortPairs(nullptr, *bytes, static_cast<const int32_t*>(nullptr),
                                          static_cast<int32_t*>(nullptr),
-                                         static_cast<const int64_t*>(nullptr),
-                                         static_cast<int64_t*>(nullptr), nnz, 0, sort_bits(cols));
+                                         static_cast<const int32_t*>(nullptr),
+                                         static_cast<int32_t*>(nullptr), nnz, 0, sort_bits(cols));
 }
 
 TransposeWorkspace layout(int64_t nnz, size_t sort_bytes) {
@@ -43,7 +43,7 @@ TransposeWorkspace layout(int64_t nnz, size_t sort_bytes) {
   const size_t n = static_cast<size_t>(nnz);
   w.keys_out = 0;
   w.iota = w.keys_out + align256(n * sizeof(int32_t));
-  w.row_of = w.iota + align256(n * sizeof(int64_t));
+  w.row_of = w.iota + align256(n * sizeof(int32_t));
   w.sort_tmp = w.row_of + align256(n * sizeof(int32_t));
   w.sort_tmp_bytes = sort_bytes;
   w.total = w.sort_tmp + align256(sort_bytes);
@@ -54,10 +54,10 @@ unsigned grid_for(int64_t n, int64_t per_block) {
   return static_cast<unsigned>(std::min<int64_t>(std::max<int64_t>(cdiv(n, per_block), 1), 1 << 20));
 }
 
-__global__ void iota_kernel(int64_t* __restrict__ out, int64_t n) {
+__global__ void iota_kernel(int32_t* __restrict__ out, int64_t n) {
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    out[i] = i;
+    out[i] = static_cast<int32_t>(i);
 }
 
 // row_of[k] = i for k in [row_ptr[i], row_ptr[i+1]): a warp per row, grid-stride over rows.
@@ -72,7 +72,7 @@ __global__ void row_of_kernel(const int64_t* __restrict__ row_ptr, int64_t rows,
   }
 }
 
-__global__ void gather_rows_of_kernel(const int64_t* __restrict__ perm,
+__global__ void gather_rows_of_kernel(const int32_t* __restrict__ perm,
                                       const int32_t* __restrict__ row_of,
                                       int32_t* __restrict__ csc_row, int64_t nnz) {
   for (int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; p < nnz;
@@ -106,7 +106,7 @@ size_t transpose_index_workspace_bytes(int64_t rows, int64_t cols, int64_t nnz) 
 
 cudaError_t launch_transpose_index(const int64_t* row_ptr, const int32_t* col_idx, int64_t rows,
                                    int64_t cols, int64_t nnz, int64_t* csc_ptr, int32_t* csc_row,
-                                   int64_t* csc_perm, void* workspace, size_t workspace_bytes,
+                                   int32_t* csc_perm, void* workspace, size_t workspace_bytes,
                                    cudaStream_t stream) {
   if (cols < 0 || rows < 0 || nnz < 0) return cudaErrorInvalidValue;
   if (nnz == 0) return cudaMemsetAsync(csc_ptr, 0, sizeof(int64_t) * (cols + 1), stream);
@@ -117,7 +117,7 @@ cudaError_t launch_transpose_index(const int64_t* row_ptr, const int32_t* col_id
   if (workspace == nullptr || workspace_bytes < w.total) return cudaErrorInvalidValue;
   char* base = static_cast<char*>(workspace);
   auto* keys_out = reinterpret_cast<int32_t*>(base + w.keys_out);
-  auto* iota = reinterpret_cast<int64_t*>(base + w.iota);
+  auto* iota = reinterpret_cast<int32_t*>(base + w.iota);
   auto* row_of = reinterpret_cast<int32_t*>(base + w.row_of);
 
   iota_kernel<<<grid_for(nnz, kThreads), kThreads, 0, stream>>>(iota, nnz);

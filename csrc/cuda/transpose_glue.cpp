@@ -22,7 +22,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> transpose_index_cuda(const at::Te
   const int64_t rows = s.rows, nnz = s.nnz;
   auto csc_ptr = at::empty({n_cols + 1}, row_ptr_c.options());
   auto csc_row = at::empty({nnz}, col_idx_c.options());
-  auto csc_perm = at::empty({nnz}, row_ptr_c.options());
+  auto csc_perm = at::empty({nnz}, col_idx_c.options());  // int32, like col_idx
   if (nnz > 0) {
     // The sort and the column pointers index by column: an out-of-range entry would write
     // out of bounds, so check (one device-to-host sync, at pattern changes only).
@@ -38,7 +38,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> transpose_index_cuda(const at::Te
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   C10_CUDA_CHECK(cuda::launch_transpose_index(row_ptr_c.data_ptr<int64_t>(), col_idx_c.data_ptr<int32_t>(), rows,
                                               n_cols, nnz, csc_ptr.data_ptr<int64_t>(), csc_row.data_ptr<int32_t>(),
-                                              csc_perm.data_ptr<int64_t>(),
+                                              csc_perm.data_ptr<int32_t>(),
                                               workspace_bytes > 0 ? workspace.data_ptr() : nullptr, workspace_bytes,
                                               stream));
   return {csc_ptr, csc_row, csc_perm};

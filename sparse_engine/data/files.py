@@ -170,3 +170,47 @@ def load_series(path) -> torch.Tensor:
     if not values:
         raise ValueError(f"{p} holds no values: expected one number a line")
     return torch.tensor(values, dtype=torch.float64).float()
+
+
+def load_table(path, label_column: str):
+    """A feature matrix with a label column, for ``--model mlp`` (task ``table``): a CSV file
+    with a header row (every other column a number), or a NumPy ``.npz`` holding a 2-D array
+    ``X`` and a 1-D array named ``label_column``. Returns (features (N, F) float32, labels
+    int64 0..C-1 in the sorted order of the distinct label values, the label values)."""
+    p = _existing(path, "feature file", "file")
+    if p.suffix.lower() == ".npz":
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                if "X" not in z.files or label_column not in z.files:
+                    raise ValueError(f"{p}: expected arrays 'X' and {label_column!r}, found {', '.join(z.files)}")
+                X, raw = np.asarray(z["X"]), np.asarray(z[label_column])
+        except (OSError, EOFError) as exc:  # not a zip archive, truncated
+            raise ValueError(f"{p}: not a readable .npz file ({exc})") from None
+        if X.ndim != 2 or raw.ndim != 1 or len(X) != len(raw):
+            raise ValueError(f"{p}: expected X of shape (N, F) and {label_column!r} of shape (N,), got "
+                             f"{X.shape} and {raw.shape}")
+        if not np.issubdtype(X.dtype, np.number):
+            raise ValueError(f"{p}: X must be numeric, got dtype {X.dtype}")
+        X = X.astype(np.float32)
+    else:
+        with open(p, newline="", encoding="utf-8", errors="replace") as f:
+            rows = list(csv.reader(f))
+        if not rows or label_column not in rows[0]:
+            raise ValueError(f"{p}: the header row has no column {label_column!r}"
+                             + (f" (columns: {', '.join(rows[0][:10])})" if rows else " (the file is empty)"))
+        header, body = rows[0], [r for r in rows[1:] if r]
+        j = header.index(label_column)
+        features = [i for i in range(len(header)) if i != j]
+        X = np.empty((len(body), len(features)), dtype=np.float32)
+        for line, r in enumerate(body, 2):
+            if len(r) != len(header):
+                raise ValueError(f"{p}:{line}: expected {len(header)} fields like the header, got {len(r)}")
+            try:
+                X[line - 2] = [float(r[i]) for i in features]
+            except ValueError:
+                raise ValueError(f"{p}:{line}: expected numbers in every column but {label_column!r}") from None
+        raw = np.array([r[j] for r in body])
+    if len(X) == 0 or X.shape[1] == 0:
+        raise ValueError(f"{p}: no examples or no feature columns")
+    classes, y = np.unique(raw, return_inverse=True)
+    return torch.from_numpy(X), torch.from_numpy(y.astype(np.int64)), [str(c) for c in classes]

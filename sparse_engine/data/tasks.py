@@ -9,10 +9,10 @@ from collections import Counter
 
 import torch
 
-from .files import GESTURE_PHASES, load_gesture, load_mnist, load_series, load_sms_spam
+from .files import GESTURE_PHASES, load_gesture, load_mnist, load_series, load_sms_spam, load_table
 from .generated import digits, mackey_glass, sequence_windows
 
-TASKS = ("digits", "mackey-glass", "mnist", "sms", "gesture")
+TASKS = ("digits", "mackey-glass", "mnist", "sms", "gesture", "table")  # table: --model mlp only
 # what ``data`` (``--data``) names for each task that reads a file: (file or dir, description);
 # the tasks marked required cannot run without one (mackey-glass generates its series).
 TASK_DATA = {
@@ -20,6 +20,7 @@ TASK_DATA = {
     "sms": ("file", "the SMS Spam Collection file", True),
     "gesture": (None, "a *_va3.csv file or a directory of them", True),
     "mackey-glass": ("file", "a one-value-a-line series file", False),  # generated when absent
+    "table": ("file", "a feature matrix: a CSV file with a header row, or an .npz with X and the label array", True),
 }
 GESTURE_WINDOW = 16  # frames per example: the phase of the last frame is the label
 
@@ -35,9 +36,11 @@ def task_data_problem(task: str, data) -> str | None:
     return None
 
 
-def load_task(task: str, data: str | None, seed: int):
+def load_task(task: str, data: str | None, seed: int, *, label_column: str | None = None):
     """(train, test, meta): train/test are (inputs, targets); inputs (N, T, F) float or (N, T)
     token ids; meta holds n_in, n_out, kind ('classify' or 'regress') and vocab size.
+    Task ``table`` (a feature matrix, for --model mlp: inputs (N, F), standardised with the
+    training split's mean and deviation) reads its labels from the column ``label_column``.
     ValueError for an unknown task or a missing ``data``; the readers' errors for bad files."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
@@ -52,6 +55,11 @@ def load_task(task: str, data: str | None, seed: int):
     elif task == "mnist":
         X, y = load_mnist(data)
         meta = dict(n_in=28, n_out=10, kind="classify")
+    elif task == "table":
+        if label_column is None:
+            raise ValueError("label_column: task 'table' needs the name of its label column")
+        X, y, classes = load_table(data, label_column)
+        meta = dict(n_in=X.shape[1], n_out=len(classes), kind="classify")
     elif task == "sms":
         texts, y = load_sms_spam(data)
         X, vocab = _word_ids(texts, length=40)
@@ -78,6 +86,9 @@ def load_task(task: str, data: str | None, seed: int):
         raise ValueError(f"task {task!r}: {len(X)} examples are too few to split 80/20 into train and test"
                          + (f" (data: {data})" if data else ""))
     tr, te = perm[:cut], perm[cut:]
+    if task == "table":
+        mean, std = X[tr].mean(0), X[tr].std(0).clamp_min(1e-6)
+        X = (X - mean) / std
     return (X[tr], y[tr]), (X[te], y[te]), meta
 
 

@@ -7,7 +7,7 @@ Rows are outputs and columns are inputs, as in ``nn.Linear.weight``. Storage:
   accumulate in float32), an ``nn.Parameter``: any optimizer, DDP and ``state_dict`` handle
   it unchanged. ``.to(torch.bfloat16)`` / ``.half()`` convert the values; indices stay.
 * the transposed index ``csc_ptr`` int64 [cols+1], ``csc_row`` int32 [nnz] and
-  ``csc_perm`` int64 [nnz] (CSR positions in column order), so W^T G runs without atomics.
+  ``csc_perm`` int32 [nnz] (CSR positions in column order; nnz < 2^31), so W^T G runs without atomics.
   It is derived, so it is not saved; it is rebuilt whenever the pattern changes.
 
 It is an ``nn.Module`` so that modules hold it as a child (``layer.weight``), ``.to()``

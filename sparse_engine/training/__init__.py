@@ -3,7 +3,7 @@
 Controllers (``Name(model, optimizer, **params)``; call ``.step()`` after each
 ``optimizer.step()`` and ``.end_epoch()`` at the end of each epoch):
 :class:`SET`, :class:`SelfishRNN`, :class:`RigL`, :class:`GradualMagnitudePruning`,
-:class:`DeepR`. Building blocks: :mod:`.topology` (prune masks, growth, ``rewire``),
+:class:`DeepR`; SET-MLP's recipe (:class:`SETMLP`, :class:`SETSGD`) in :mod:`.set_mlp`. Building blocks: :mod:`.topology` (prune masks, growth, ``rewire``),
 :mod:`.schedules`, :mod:`.density` (uniform / ERK), :mod:`.grad_factors` (what a module must
 provide for growth by gradient).
 """
@@ -11,12 +11,13 @@ from .controllers import SET, DeepR, GradualMagnitudePruning, RigL, TopologyCont
 from .density import erk_densities, sparse_weights, sparsify_, uniform_densities
 from .grad_factors import GradFactorRecorder
 from .schedules import cosine_decay, cubic_density, narang_threshold
+from .set_mlp import SET_MLP_SETTINGS, SETMLP, SETSGD, importance_keep
 from .selfish import SelfishRNN, SparseNTASGD, redistribute
 from .topology import (INIT_CHOICES, Remap, global_magnitude_keep, gradient_growth, magnitude_keep, new_values,
                        random_empty, remap_optimizer_state, rewire, set_keep, threshold_keep)
 
 __all__ = [
-    "SET", "SelfishRNN", "RigL", "GradualMagnitudePruning", "DeepR", "TopologyController",
+    "SET", "SETMLP", "SETSGD", "SET_MLP_SETTINGS", "importance_keep", "SelfishRNN", "RigL", "GradualMagnitudePruning", "DeepR", "TopologyController",
     "SparseNTASGD", "GradFactorRecorder", "redistribute",
     "cosine_decay", "cubic_density", "narang_threshold",
     "sparse_weights", "uniform_densities", "erk_densities", "sparsify_",

@@ -32,12 +32,12 @@ Csr make(int64_t rows, int64_t cols, std::vector<int64_t> len, std::mt19937& g) 
   return m;
 }
 // CSC with perm, like the CPU transpose.
-void transpose(const Csr& m, std::vector<int64_t>& cp, std::vector<int32_t>& cr, std::vector<int64_t>& pm) {
+void transpose(const Csr& m, std::vector<int64_t>& cp, std::vector<int32_t>& cr, std::vector<int32_t>& pm) {
   int64_t nnz = m.col.size(); cp.assign(m.cols + 1, 0); cr.resize(nnz); pm.resize(nnz);
   for (auto c : m.col) cp[c + 1]++;
   for (int64_t j = 0; j < m.cols; ++j) cp[j + 1] += cp[j];
   std::vector<int64_t> next(cp.begin(), cp.end() - 1);
-  for (int64_t i = 0; i < m.rows; ++i) for (int64_t k = m.ptr[i]; k < m.ptr[i + 1]; ++k) { int64_t d = next[m.col[k]]++; cr[d] = i; pm[d] = k; }
+  for (int64_t i = 0; i < m.rows; ++i) for (int64_t k = m.ptr[i]; k < m.ptr[i + 1]; ++k) { int64_t d = next[m.col[k]]++; cr[d] = i; pm[d] = (int32_t)k; }
 }
 
 template <class T> constexpr bool kHalf = std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>;
@@ -82,9 +82,9 @@ void run(const char* name, const Csr& m, int64_t B, bool misalign, std::mt19937&
   std::vector<T> Xb(m.cols * B + 4), Gb(m.rows * B + 4);
   for (auto& v : Xb) v = from_d<T>(nd(g)); for (auto& v : Gb) v = from_d<T>(nd(g));
   const T* X = Xb.data() + off; const T* G = Gb.data() + off;
-  std::vector<int64_t> cp; std::vector<int32_t> cr; std::vector<int64_t> pm; transpose(m, cp, cr, pm);
+  std::vector<int64_t> cp; std::vector<int32_t> cr; std::vector<int32_t> pm; transpose(m, cp, cr, pm);
   {  // transpose_cuda.cu gives the CPU's index exactly (cub replaced by a stable sort, cub_shim.h)
-    std::vector<int64_t> cp2(m.cols + 2, -7), pm2(nnz + 1, -7); std::vector<int32_t> cr2(nnz + 1, -7);
+    std::vector<int64_t> cp2(m.cols + 2, -7); std::vector<int32_t> cr2(nnz + 1, -7), pm2(nnz + 1, -7);
     std::vector<char> ws(transpose_index_workspace_bytes(m.rows, m.cols, nnz) + 1);
     cudaError_t e = launch_transpose_index(m.ptr.data(), m.col.data(), m.rows, m.cols, nnz, cp2.data(), cr2.data(),
                                            pm2.data(), ws.size() > 1 ? ws.data() : nullptr, ws.size() - 1, 0);
@@ -143,7 +143,7 @@ int main(int argc, char** argv) {
   };
   Csr pw = power(96, 1100, {1100, 1090, 1080, 1050, 1030});
   Csr pwT{pw.cols, pw.rows, {0}, {}};  // long columns: the block-per-row path of spmm_t
-  { std::vector<int64_t> cp; std::vector<int32_t> cr; std::vector<int64_t> pm; transpose(pw, cp, cr, pm); pwT.ptr = cp; pwT.col = cr; }
+  { std::vector<int64_t> cp; std::vector<int32_t> cr; std::vector<int32_t> pm; transpose(pw, cp, cr, pm); pwT.ptr = cp; pwT.col = cr; }
   Csr uni = make(37, 50, std::vector<int64_t>(37, 7), g);
   std::vector<int64_t> el(30, 0); el[3] = 5; el[17] = 33; el[29] = 1; Csr empt = make(30, 40, el, g);
   Csr zero = make(5, 6, std::vector<int64_t>(5, 0), g);

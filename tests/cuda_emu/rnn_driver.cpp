@@ -36,14 +36,14 @@ Csr make(int64_t rows, int64_t cols, const std::vector<int64_t>& len, std::mt199
 }
 
 // The transposed index with its permutation into the CSR positions (like transpose_index).
-void transpose(const Csr& m, std::vector<int64_t>& cp, std::vector<int32_t>& cr, std::vector<int64_t>& pm) {
+void transpose(const Csr& m, std::vector<int64_t>& cp, std::vector<int32_t>& cr, std::vector<int32_t>& pm) {
   const int64_t nnz = static_cast<int64_t>(m.col.size());
   cp.assign(m.cols + 1, 0); cr.resize(nnz); pm.resize(nnz);
   for (auto c : m.col) cp[c + 1]++;
   for (int64_t j = 0; j < m.cols; ++j) cp[j + 1] += cp[j];
   std::vector<int64_t> next(cp.begin(), cp.end() - 1);
   for (int64_t i = 0; i < m.rows; ++i)
-    for (int64_t k = m.ptr[i]; k < m.ptr[i + 1]; ++k) { const int64_t d = next[m.col[k]]++; cr[d] = (int32_t)i; pm[d] = k; }
+    for (int64_t k = m.ptr[i]; k < m.ptr[i + 1]; ++k) { const int64_t d = next[m.col[k]]++; cr[d] = (int32_t)i; pm[d] = (int32_t)k; }
 }
 
 // A device-like array: n values at offset `off` (1: not 16-byte aligned) inside sentinels.
@@ -191,7 +191,7 @@ void run(CellMode mode, const char* pname, const std::vector<int64_t>& lens, int
         rdh[o] += (double)vals[k] * rG[r * B + b];
         sdh[o] += std::fabs((double)vals[k]) * (std::fabs(rG[r * B + b]) + sG[r * B + b]);
       }
-  std::vector<int64_t> cp; std::vector<int32_t> cr; std::vector<int64_t> pm; transpose(m, cp, cr, pm);
+  std::vector<int64_t> cp; std::vector<int32_t> cr; std::vector<int32_t> pm; transpose(m, cp, cr, pm);
   const int64_t wl = rnn_step_backward_workspace_len(H, nnz);
   std::vector<int32_t> ws(std::max<int64_t>(1, wl));
   Buf<T> dG(G * HB, off), dgx(3 * HB, off), dcp(HB, off), dhp(HB, off);

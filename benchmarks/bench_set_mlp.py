@@ -1,0 +1,233 @@
+"""SET-MLP at scale on the CPU: 784 - three hidden layers of N/3 neurons - 10, epsilon 13, batch 40,
+the 8,000 training images of the shipped MNIST test set (load_task's 80/20 split; 2,000 held out).
+
+    python benchmarks/bench_set_mlp.py --sizes 10k,100k,1M,max --epochs 2 --threads 2
+
+Each size runs in a fresh subprocess, so its peak memory (``getrusage`` maxrss, the resident
+high-water mark, read after every epoch) is its own. Per epoch it records the training time, the
+SET evolution time (none after the last epoch, as SET-MLP does), the peak RSS, the test accuracy,
+nnz, and bytes per connection: of the network as built (values + CSR + transposed index, row
+pointers included) and of the peak RSS (minus the RSS before the network existed); the SGD
+momentum (4 bytes a connection) is counted in the peak but not in the network's bytes. ``max`` is
+the largest size whose peak, extrapolated linearly in nnz from the sizes run before it, fits in
+``--max-gb``. The markdown table (with the load average) is rewritten after every epoch, so a
+run cut short keeps what it measured.
+
+    python benchmarks/bench_set_mlp.py --accuracy 1000 --epochs 30
+
+compares instead the test accuracy of SET-MLP 784-H-H-H-10 with a dense MLP of the same sizes
+(PyTorch's default init; the same SGD, dropout, weight decay and batches) on the same split,
+and writes benchmarks/results/set_mlp_accuracy.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import RESULTS, machine, markdown_table  # noqa: E402
+
+MNIST = ROOT / ".." / "shared" / "data" / "mnist_test"
+HEADER = ["neurons", "sizes", "epoch", "train s", "evolution s", "epoch s", "evolution %", "peak RSS MB",
+          "test acc", "nnz", "bytes/conn (network)", "bytes/conn (peak)", "load avg"]
+
+
+def parse_size(text: str) -> int | str:
+    text = text.strip().lower()
+    if text == "max":
+        return "max"
+    scale = {"k": 10**3, "m": 10**6}.get(text[-1:], 1)
+    try:
+        value = int(float(text[:-1] if scale > 1 else text) * scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 10k,100k,1M,max; got {text!r}") from None
+    if value < 3:
+        raise argparse.ArgumentTypeError(f"a size needs at least 3 hidden neurons, got {text!r}")
+    return value
+
+
+def hidden_sizes(neurons: int) -> tuple[int, int, int]:
+    third = neurons // 3
+    return third, third, neurons - 2 * third
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def child(args) -> None:
+    """One size: prints one JSON line per epoch."""
+    import torch
+
+    from sparse_engine.data.tasks import load_task
+    from sparse_engine.nn import SparseMLP
+    from sparse_engine.training.set_mlp import SETMLP, SETSGD
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    (Xtr, ytr), (Xte, yte), meta = load_task("mnist", str(MNIST), 0)
+    Xtr, Xte = Xtr.reshape(len(Xtr), -1)[:args.train], Xte.reshape(len(Xte), -1)
+    ytr = ytr[:args.train]
+    base_rss = rss_bytes()
+    sizes = (Xtr.shape[1], *hidden_sizes(args.child), 10)
+    model = SparseMLP(sizes, epsilon=args.epsilon, dropout=0.2)
+    nnz = model.nnz
+    network = sum(t.numel() * t.element_size() for layer in model.layers for t in (layer.weight.values,
+                                                                                   *layer.weight.index))
+    opt = SETSGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=2e-4)
+    ctl = SETMLP(model, opt, epochs=args.epochs, zeta=0.3, seed=0)
+    for epoch in range(1, args.epochs + 1):
+        start = time.perf_counter()
+        perm = torch.randperm(len(Xtr))
+        for idx in perm.split(args.batch):
+            opt.zero_grad(set_to_none=False)
+            model.loss(model(Xtr[idx]), ytr[idx]).backward()
+            opt.step()
+        train_s = time.perf_counter() - start
+        model.eval()
+        with torch.no_grad():
+            correct = sum(int((model(Xte[i:i + args.batch]).argmax(1) == yte[i:i + args.batch]).sum())
+                          for i in range(0, len(Xte), args.batch))  # one training batch's activations
+        model.train()
+        start = time.perf_counter()
+        ctl.end_epoch()
+        evo_s = time.perf_counter() - start
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        print(json.dumps(dict(neurons=args.child, sizes=sizes, epoch=epoch, train_s=train_s, evolution_s=evo_s,
+                              peak=peak, base=base_rss, acc=correct / len(Xte), nnz=nnz, network=network,
+                              load=os.getloadavg()[0])), flush=True)
+
+
+def accuracy_vs_dense(args) -> None:
+    """Best and last test accuracy of SET-MLP and of a dense MLP with the same hidden sizes."""
+    import torch
+    from torch import nn
+
+    from sparse_engine.data.tasks import load_task
+    from sparse_engine.nn import SparseMLP
+    from sparse_engine.training.set_mlp import SETMLP, SETSGD
+
+    torch.set_num_threads(args.threads)
+    (Xtr, ytr), (Xte, yte), _ = load_task("mnist", str(MNIST), 0)
+    Xtr, Xte = Xtr.reshape(len(Xtr), -1)[:args.train], Xte.reshape(len(Xte), -1)
+    ytr = ytr[:args.train]
+    H = args.accuracy
+    rows = []
+    for name in ("SET-MLP", "dense MLP"):
+        torch.manual_seed(0)
+        if name == "SET-MLP":
+            model = SparseMLP((784, H, H, H, 10), epsilon=args.epsilon, dropout=0.2)
+            loss_fn = model.loss
+        else:
+            model = nn.Sequential(nn.Linear(784, H), nn.ReLU(), nn.Dropout(0.2), nn.Linear(H, H), nn.ReLU(),
+                                  nn.Dropout(0.2), nn.Linear(H, H), nn.ReLU(), nn.Dropout(0.2), nn.Linear(H, 10))
+            loss_fn = nn.functional.cross_entropy
+        opt = SETSGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=2e-4)
+        ctl = SETMLP(model, opt, epochs=args.epochs, zeta=0.3, seed=0) if name == "SET-MLP" else None
+        accs, start = [], time.perf_counter()
+        for epoch in range(args.epochs):
+            for idx in torch.randperm(len(Xtr)).split(args.batch):
+                opt.zero_grad()
+                loss_fn(model(Xtr[idx]), ytr[idx]).backward()
+                opt.step()
+            model.eval()
+            with torch.no_grad():
+                accs.append(float((model(Xte).argmax(1) == yte).float().mean()))
+            model.train()
+            if ctl is not None:
+                ctl.end_epoch()
+        params = model.nnz + sum(l.bias.numel() for l in model.layers) if ctl else sum(
+            p.numel() for p in model.parameters())
+        rows.append([name, f"784-{H}-{H}-{H}-10", f"{params:,}", args.epochs, f"{accs[-1]:.4f}", f"{max(accs):.4f}",
+                     f"{time.perf_counter() - start:.0f}"])
+        print(rows[-1], flush=True)
+    out = RESULTS / "set_mlp_accuracy.md"
+    out.write_text("# SET-MLP against a dense MLP of the same sizes\n\n"
+                   f"Machine: {machine()}, {args.threads} threads, load average {os.getloadavg()[0]:.2f} at the end\n\n"
+                   "MNIST: the shipped 10,000-image test set split 80/20 (8,000 train, 2,000 test, seed 0). Both: "
+                   f"SGD lr 0.05, momentum 0.9, weight decay 2e-4 outside the momentum, dropout 0.2, batch "
+                   f"{args.batch}, cross-entropy; SET-MLP: epsilon {args.epsilon:g}, zeta 0.3.\n\n"
+                   f"Command: `python benchmarks/bench_set_mlp.py --accuracy {H} --epochs {args.epochs}`\n\n"
+                   + markdown_table(["model", "sizes", "parameters", "epochs", "last test acc", "best test acc",
+                                     "seconds"], rows) + "\n")
+    print(f"results: {out}")
+
+
+def row_of(r: dict) -> list:
+    epoch_s = r["train_s"] + r["evolution_s"]
+    return [f"{r['neurons']:,}", "-".join(map(str, r["sizes"])), r["epoch"], f"{r['train_s']:.1f}",
+            f"{r['evolution_s']:.2f}", f"{epoch_s:.1f}", f"{100 * r['evolution_s'] / epoch_s:.1f}",
+            f"{r['peak'] / 2**20:,.0f}", f"{r['acc']:.4f}", f"{r['nnz']:,}", f"{r['network'] / r['nnz']:.1f}",
+            f"{(r['peak'] - r['base']) / r['nnz']:.1f}", f"{r['load']:.2f}"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="10k,100k,1M,max", help="hidden neurons in all (10k, 100k, 1M, 2.5M, max)")
+    p.add_argument("--epochs", type=int, default=2, help="epochs per size; SET evolves after all but the last")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch", type=int, default=40)
+    p.add_argument("--epsilon", type=float, default=13.0)
+    p.add_argument("--train", type=int, default=8000, help="training images (of the 8,000 of the split)")
+    p.add_argument("--max-gb", type=float, default=16.0, help="memory the 'max' size may use")
+    p.add_argument("--out", default=str(RESULTS / "set_mlp_cpu.md"))
+    p.add_argument("--accuracy", type=int, metavar="H",
+                   help="instead: compare SET-MLP 784-H-H-H-10 with a dense MLP of the same sizes")
+    p.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        return child(args)
+    if args.accuracy:
+        return accuracy_vs_dense(args)
+    sizes = [parse_size(s) for s in args.sizes.split(",")]
+    out, rows, fit = Path(args.out), [], []
+
+    def write():
+        body = ("Per epoch: training (forward, backward, SGD step), then SET evolution of every layer (none after "
+                "the last epoch). Peak RSS: the process's resident high-water mark; bytes/conn (peak): (peak - "
+                "RSS before the network) / nnz, momentum and one batch's activations included; bytes/conn "
+                "(network): values + CSR + transposed index as built. Load avg: 1-minute load average at the "
+                "epoch's end (2 cores: above 2 the numbers are slowed by other work).\n\n"
+                f"Command: `python benchmarks/bench_set_mlp.py --sizes {args.sizes} --epochs {args.epochs} "
+                f"--threads {args.threads}`\n\n" + markdown_table(HEADER, [row_of(r) for r in rows]))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(f"# SET-MLP on the CPU: time and memory per epoch\n\nMachine: {machine()}, "
+                       f"{args.threads} threads for the runs\n\n{body}\n")
+
+    for size in sizes:
+        if size == "max":
+            if not fit:
+                print("max: run at least one size before it (to extrapolate its memory)", file=sys.stderr)
+                continue
+            (n1, m1), (n2, m2) = fit[0], fit[-1]
+            per_neuron = (m2 - m1) / (n2 - n1) if n2 != n1 else m2 / n2
+            size = int(n2 + (args.max_gb * 2**30 * 0.9 - m2) / per_neuron) // 3 * 3
+            print(f"max: {size:,} neurons (extrapolated)", flush=True)
+        cmd = [sys.executable, __file__, "--child", str(size)] + [f"--{k}={getattr(args, k)}" for k in
+                                                                   ("epochs", "threads", "batch", "epsilon", "train")]
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) as proc:
+            for line in proc.stdout:
+                r = json.loads(line)
+                rows.append(r)
+                print(" | ".join(map(str, row_of(r))), flush=True)
+                write()
+        if proc.returncode != 0:
+            print(f"size {size:,} failed (exit {proc.returncode})", file=sys.stderr)
+            break
+        fit.append((size, rows[-1]["peak"]))
+    print(f"results: {out}")
+
+
+if __name__ == "__main__":
+    main()
