@@ -1,0 +1,112 @@
+"""Which path a recurrent module computes with: the sparse kernels, or dense products over the
+weights materialised for one forward.
+
+At small sizes and high densities a dense BLAS product beats any CSR kernel (hidden 200 at
+density 0.33 is a 53k-nonzero matrix that MKL/oneDNN multiplies faster than we can gather it),
+and torch's fused LSTM/GRU/RNN runs the whole sequence in C++. ``compute="dense"`` uses that:
+each forward scatters every sparse weight's values into a dense matrix (``index_put``, so the
+gradient reaching the matrix is gathered back at the stored positions only: the values get exactly
+the gradient of the sparse path) and runs torch's own module code on those matrices. The dense
+matrices live for one forward/backward (one sequence) only; at rest, in ``state_dict`` and in
+checkpoints the weight stays CSR.
+
+* ``compute="sparse"``: always the CSR kernels (the memory-bound choice at large sizes).
+* ``compute="dense"``: always materialise, if the dense matrices fit the budget
+  (:func:`set_dense_budget`, default :data:`DEFAULT_DENSE_BUDGET` bytes for all matrices of a
+  module together); over the budget it falls back to the sparse path.
+* ``compute="auto"`` (default): dense when it fits the budget and the module's density is at least
+  :data:`AUTO_MIN_DENSITY` and the hidden size at most :data:`AUTO_MAX_HIDDEN` (the crossover
+  measured on this project's CPU, see docs/compute_paths.md), sparse otherwise.
+
+The default for modules built with ``compute=None`` is global: :func:`set_default_compute` or, for
+a block, ``with default_compute("sparse"): ...``. A module's ``compute`` attribute is read at each
+forward. Growth by gradient (``record_grad_factors``, RigL/Selfish-RNN gradient growth) needs the
+factors of the sparse backward, so a recording forward always takes the sparse path.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from ..sparse import SparseWeight
+
+__all__ = ["COMPUTE_CHOICES", "set_default_compute", "get_default_compute", "default_compute",
+           "set_dense_budget", "get_dense_budget", "check_compute", "use_dense", "materialize"]
+
+COMPUTE_CHOICES = ("auto", "sparse", "dense")
+#: bytes of dense matrices one module may materialise per forward (all layers together)
+DEFAULT_DENSE_BUDGET = 256 * 2**20
+#: ``auto``: the lowest density (nnz / dense entries over the module's sparse matrices) that goes dense
+AUTO_MIN_DENSITY = 0.05
+#: ``auto``: the largest hidden size that goes dense
+AUTO_MAX_HIDDEN = 2048
+
+_state = {"compute": "auto", "budget": DEFAULT_DENSE_BUDGET}
+
+
+def check_compute(mode, name: str = "compute") -> str:
+    if mode not in COMPUTE_CHOICES:
+        raise ValueError(f"{name} must be one of {COMPUTE_CHOICES}, got {mode!r}")
+    return mode
+
+
+def set_default_compute(mode: str) -> None:
+    """The compute path of modules whose ``compute`` is None (the default): 'auto', 'sparse' or 'dense'."""
+    _state["compute"] = check_compute(mode)
+
+
+def get_default_compute() -> str:
+    return _state["compute"]
+
+
+@contextlib.contextmanager
+def default_compute(mode: str):
+    """``with default_compute('sparse'): ...``: the global default for the block."""
+    old = _state["compute"]
+    set_default_compute(mode)
+    try:
+        yield
+    finally:
+        _state["compute"] = old
+
+
+def set_dense_budget(nbytes: int) -> None:
+    """Bytes of dense matrices one module may materialise per forward (0: never dense)."""
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
+        raise ValueError(f"nbytes must be a non-negative int, got {nbytes!r}")
+    _state["budget"] = nbytes
+
+
+def get_dense_budget() -> int:
+    return _state["budget"]
+
+
+def use_dense(mode: str | None, weights, hidden_size: int) -> bool:
+    """Whether a module with the given ``compute`` setting (None: the global default) and matrices
+    (SparseWeights or dense tensors) runs dense this forward."""
+    mode = get_default_compute() if mode is None else mode
+    if mode == "sparse":
+        return False
+    sparse = [w for w in weights if isinstance(w, SparseWeight)]
+    itemsize = lambda w: w.values.element_size()  # noqa: E731
+    nbytes = sum(w.shape[0] * w.shape[1] * itemsize(w) for w in sparse)
+    if nbytes > get_dense_budget():
+        return False
+    if mode == "dense" or not sparse:
+        return True
+    entries = sum(w.shape[0] * w.shape[1] for w in sparse)
+    density = sum(w.nnz for w in sparse) / entries if entries else 1.0
+    return density >= AUTO_MIN_DENSITY and hidden_size <= AUTO_MAX_HIDDEN
+
+
+def materialize(w) -> torch.Tensor:
+    """The dense matrix of a SparseWeight, differentiable with respect to its values only (the
+    gradient of the dense matrix is read at the stored positions); a dense weight as it is."""
+    if not isinstance(w, SparseWeight):
+        return w
+    rows, cols = w.shape
+    values = w.values
+    row = torch.repeat_interleave(torch.arange(rows, device=values.device), w.row_ptr.diff(), output_size=w.nnz)
+    flat = row * cols + w.col_idx.long()
+    return values.new_zeros(rows * cols).index_put((flat,), values).view(rows, cols)
