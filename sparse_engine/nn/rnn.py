@@ -64,6 +64,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 
 from ..constants import GATES
@@ -433,6 +434,14 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
         return torch.func.functional_call(module, weights, (input,) if hx is None else (input, hx))
 
     def forward(self, input, hx=None):
+        # parametrized values (weight drop, ...) are evaluated once per forward: one dropout mask
+        # for every step and every length group
+        if any(parametrize.is_parametrized(getattr(self, n)) for n in self._flat_weights_names):
+            with parametrize.cached():
+                return self._forward(input, hx)
+        return self._forward(input, hx)
+
+    def _forward(self, input, hx):
         if isinstance(input, PackedSequence):
             return self._forward_packed(input, hx)
         self._check_input(input)
