@@ -121,9 +121,9 @@ def test_auto_rule_budget_and_default(dense_calls):
         small(x)
         sparse(x)
         assert dense_calls == [small]
-        big = [se.SparseWeight.random(4 * (compute.AUTO_MAX_HIDDEN + 1), 8, 0.5)]
-        assert not compute.use_dense(None, big, compute.AUTO_MAX_HIDDEN + 1)
-        assert compute.use_dense(None, big, compute.AUTO_MAX_HIDDEN)  # only the size rule changed
+        small_h, large_h = compute.AUTO_SMALL_HIDDEN, compute.AUTO_SMALL_HIDDEN + 1
+        mid = [se.SparseWeight.random(40, 40, 0.1)]  # between the two thresholds
+        assert compute.use_dense(None, mid, small_h) and not compute.use_dense(None, mid, large_h)
     sparse.compute = "dense"  # explicit: whatever the density
     sparse(x)
     assert dense_calls == [small, sparse]
