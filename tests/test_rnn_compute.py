@@ -139,6 +139,8 @@ def test_auto_rule_budget_and_default(dense_calls):
         assert len(dense_calls) == 3
     finally:
         compute.set_dense_budget(old)
+    huge = [se.SparseWeight.random(4 * 16384, 16384, nnz=1000)]  # 4 GiB dense: over the default budget
+    assert not compute.use_dense("dense", huge, 16384) and not compute.use_dense("auto", huge, 16384)
     with pytest.raises(ValueError, match="nbytes"):
         compute.set_dense_budget(-1)
     with pytest.raises(ValueError, match="compute must be one of"):
