@@ -101,6 +101,14 @@ def test_dense_path_dropout_is_torchs(mode, rng):
     torch.testing.assert_close(m(x)[0], d.eval()(x)[0], rtol=1e-12, atol=1e-12)
 
 
+def _saved(m):
+    import io
+    buf = io.BytesIO()
+    torch.save(m, buf)
+    buf.seek(0)
+    return buf
+
+
 def test_stays_csr_at_rest(dense_calls):
     m = se.nn.SparseLSTM(5, 16, num_layers=2, density=0.3, compute="dense")
     keys = set(m.state_dict())
@@ -109,8 +117,11 @@ def test_stays_csr_at_rest(dense_calls):
     assert all(isinstance(w, se.SparseWeight) for n, w in m.named_children())
     assert sum(p.numel() for p in m.parameters()) == sum(
         w.nnz for w in sparse_weights(m).values()) + 2 * 2 * 64  # values and biases only
-    skeleton = m.__dict__["_dense_skeleton"][1]
+    skeleton = compute.skeleton(nn.LSTM, 5, 16, **m._dense_kwargs())
     assert all(p.device.type == "meta" for p in skeleton.parameters())  # no dense weight kept
+    assert not any(isinstance(v, (torch.Tensor, nn.Module)) for k, v in vars(m).items() if not k.startswith("_"))
+    m2 = torch.load(_saved(m), weights_only=False)  # the whole module pickles as before
+    torch.testing.assert_close(m2(torch.ones(2, 1, 5))[0], m(torch.ones(2, 1, 5))[0])
 
 
 def test_auto_rule_budget_and_default(dense_calls):

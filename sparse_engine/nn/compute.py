@@ -26,8 +26,11 @@ factors of the sparse backward, so a recording forward always takes the sparse p
 from __future__ import annotations
 
 import contextlib
+import functools
+import weakref
 
 import torch
+from torch import nn
 
 from ..sparse import SparseWeight
 
@@ -118,14 +121,27 @@ def materialize(w) -> torch.Tensor:
     return values.new_zeros(rows * cols).index_put((_positions(w),), values).view(rows, cols)
 
 
+#: weight -> (row_ptr, col_idx, their versions, positions): kept outside the module (not pickled,
+#: not copied), dropped with the weight
+_POSITIONS: "weakref.WeakKeyDictionary[SparseWeight, tuple]" = weakref.WeakKeyDictionary()
+
+
 def _positions(w: SparseWeight) -> torch.Tensor:
-    """row * cols + col of every stored entry, kept on the weight until its pattern changes
+    """row * cols + col of every stored entry, kept until the weight's pattern changes
     (``set_pattern`` and ``load_state_dict`` give it new index tensors)."""
     rp, ci = w.row_ptr, w.col_idx
-    cached = w.__dict__.get("_dense_positions")
+    cached = _POSITIONS.get(w)
     if cached is not None and cached[0] is rp and cached[1] is ci and cached[2] == (rp._version, ci._version):
         return cached[3]
     row = torch.repeat_interleave(torch.arange(w.shape[0], device=rp.device), rp.diff(), output_size=w.nnz)
     flat = row * w.shape[1] + ci.long()
-    w.__dict__["_dense_positions"] = (rp, ci, (rp._version, ci._version), flat)
+    _POSITIONS[w] = (rp, ci, (rp._version, ci._version), flat)
     return flat
+
+
+@functools.lru_cache(maxsize=64)
+def skeleton(cls: type, *args, **kwargs) -> nn.Module:
+    """A torch module ``cls(*args, **kwargs)`` on the meta device (no memory), whose code the dense
+    path runs with ``torch.func.functional_call`` on the materialised weights. Shared by all
+    modules of one configuration; the caller sets its training mode before each call."""
+    return cls(*args, device="meta", **kwargs)

@@ -69,7 +69,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from ..constants import GATES
 from ..sparse import SparseWeight
-from .compute import check_compute, materialize, use_dense
+from .compute import check_compute, materialize, skeleton, use_dense
 from .recurrence import Config, RecordsGradFactors, check_input_dtype, projected_lstm, recurrence
 from .linear import EMPTY, resolve_density
 
@@ -421,14 +421,8 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
     def _forward_dense(self, input, hx):
         """torch's own module code (``nn.LSTM.forward`` and its fused kernels) on the weights
         materialised for this forward; the gradient reaches each SparseWeight's values at its
-        stored positions only. The torch module is a skeleton on the meta device (no memory)."""
-        key = (self.mode, self.input_size, self.hidden_size, tuple(sorted(self._dense_kwargs().items())))
-        skel = self.__dict__.get("_dense_skeleton")
-        if skel is None or skel[0] != key:
-            module = _DENSE_CLASSES[self.mode](self.input_size, self.hidden_size, device="meta",
-                                               **self._dense_kwargs())
-            skel = self.__dict__["_dense_skeleton"] = (key, module)
-        module = skel[1]
+        stored positions only. The torch module is a shared skeleton on the meta device (no memory)."""
+        module = skeleton(_DENSE_CLASSES[self.mode], self.input_size, self.hidden_size, **self._dense_kwargs())
         module.train(self.training)
         weights = {name: materialize(getattr(self, name)) for name in self._flat_weights_names}
         return torch.func.functional_call(module, weights, (input,) if hx is None else (input, hx))
