@@ -1,6 +1,10 @@
 """The dense compute path (sparse_engine/nn/compute.py): same values and gradients as torch.nn and
 as the sparse path, gradient only at the stored entries, CSR at rest, the auto rule and the
 budget, and the topology controllers on a module computing dense."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -202,3 +206,14 @@ def test_controllers_evolve_the_same_topology_on_the_dense_path(algo):
     for name in sparse:
         assert torch.equal(sparse[name][0], dense[name][0]) and torch.equal(sparse[name][1], dense[name][1]), name
         torch.testing.assert_close(sparse[name][2], dense[name][2], rtol=1e-9, atol=1e-9)
+
+
+def test_environment_variable_sets_the_initial_default():
+    code = "import sparse_engine.nn.compute as c; print(c.get_default_compute())"
+    for value in ("dense", "auto"):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**os.environ, "SPARSE_ENGINE_COMPUTE": value})
+        assert out.stdout.strip() == value
+    bad = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "SPARSE_ENGINE_COMPUTE": "fast"})
+    assert bad.returncode != 0 and "SPARSE_ENGINE_COMPUTE must be one of" in bad.stderr

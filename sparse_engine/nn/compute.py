@@ -19,7 +19,9 @@ checkpoints the weight stays CSR.
   docs/compute_paths.md), sparse otherwise. Large layers stay sparse through the budget.
 
 The default for modules built with ``compute=None`` is global: :func:`set_default_compute` or, for
-a block, ``with default_compute("sparse"): ...``. A module's ``compute`` attribute is read at each
+a block, ``with default_compute("sparse"): ...``; it starts as the environment variable
+``SPARSE_ENGINE_COMPUTE`` says (default ``auto``), so a whole program (or a test's subprocesses) can
+be pinned to one path from outside. A module's ``compute`` attribute is read at each
 forward. Growth by gradient (``record_grad_factors``, RigL/Selfish-RNN gradient growth) needs the
 factors of the sparse backward, so a recording forward always takes the sparse path.
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import weakref
 
 import torch
@@ -45,7 +48,18 @@ DEFAULT_DENSE_BUDGET = 256 * 2**20
 AUTO_MIN_DENSITY = (0.06, 0.15)
 AUTO_SMALL_HIDDEN = 256
 
-_state = {"compute": "auto", "budget": DEFAULT_DENSE_BUDGET}
+#: the environment variable that sets the initial global default (read once, at import)
+ENV_VAR = "SPARSE_ENGINE_COMPUTE"
+
+
+def _initial_default() -> str:
+    mode = os.environ.get(ENV_VAR, "auto")
+    if mode not in COMPUTE_CHOICES:
+        raise ValueError(f"{ENV_VAR} must be one of {COMPUTE_CHOICES}, got {mode!r}")
+    return mode
+
+
+_state = {"compute": _initial_default(), "budget": DEFAULT_DENSE_BUDGET}
 
 
 def check_compute(mode, name: str = "compute") -> str:

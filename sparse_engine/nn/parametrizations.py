@@ -11,7 +11,8 @@ tensor, so torch's recipes reach it through its values::
 The products then use the parametrized values; the gradient reaches the stored ones
 (``weight.parametrizations["values"].original``). A recurrent module evaluates its
 parametrizations once per forward (``parametrize.cached``), so one forward sees one dropout mask
-for all steps and all length groups of a PackedSequence, as AWD-LSTM's WeightDrop. Topology
+for all steps and all length groups of a PackedSequence, as AWD-LSTM's WeightDrop (a cell,
+called once per step, draws a mask per call). Topology
 updates refuse a parametrized weight (``SparseWeight.set_pattern``): remove the
 parametrization, update, register it again.
 """
