@@ -139,6 +139,7 @@ def test_auto_rule_budget_and_default(dense_calls):
         small_h, large_h = compute.AUTO_SMALL_HIDDEN, compute.AUTO_SMALL_HIDDEN + 1
         mid = [se.SparseWeight.random(40, 40, 0.1)]  # between the two thresholds
         assert compute.use_dense(None, mid, small_h) and not compute.use_dense(None, mid, large_h)
+        assert not compute.use_dense(None, mid, small_h, "cuda") and compute.use_dense("dense", mid, small_h, "cuda")
     sparse.compute = "dense"  # explicit: whatever the density
     sparse(x)
     assert dense_calls == [small, sparse]

@@ -14,9 +14,10 @@ checkpoints the weight stays CSR.
 * ``compute="dense"``: always materialise, if the dense matrices fit the budget
   (:func:`set_dense_budget`, default :data:`DEFAULT_DENSE_BUDGET` bytes for all matrices of a
   module together); over the budget it falls back to the sparse path.
-* ``compute="auto"`` (default): dense when it fits the budget and the module's density is at least
-  :func:`auto_min_density` of its hidden size (the crossover measured on this project's CPU, see
-  docs/compute_paths.md), sparse otherwise. Large layers stay sparse through the budget.
+* ``compute="auto"`` (default): on the CPU, dense when it fits the budget and the module's density
+  is at least :func:`auto_min_density` of its hidden size (the crossover measured on this project's
+  CPU, see docs/compute_paths.md), sparse otherwise; large layers stay sparse through the budget.
+  On other devices sparse (not measured there yet).
 
 The default for modules built with ``compute=None`` is global: :func:`set_default_compute` or, for
 a block, ``with default_compute("sparse"): ...``; it starts as the environment variable
@@ -99,9 +100,11 @@ def get_dense_budget() -> int:
     return _state["budget"]
 
 
-def use_dense(mode: str | None, weights, hidden_size: int) -> bool:
+def use_dense(mode: str | None, weights, hidden_size: int, device_type: str = "cpu") -> bool:
     """Whether a module with the given ``compute`` setting (None: the global default) and matrices
-    (SparseWeights or dense tensors) runs dense this forward."""
+    (SparseWeights or dense tensors) on ``device_type`` runs dense this forward. ``auto`` goes dense
+    on the CPU only, where its rule was measured (on a GPU it stays sparse until measured there;
+    ``compute='dense'`` works on any device)."""
     mode = get_default_compute() if mode is None else mode
     if mode == "sparse":
         return False
@@ -112,6 +115,8 @@ def use_dense(mode: str | None, weights, hidden_size: int) -> bool:
         return False
     if mode == "dense" or not sparse:
         return True
+    if device_type != "cpu":
+        return False
     entries = sum(w.shape[0] * w.shape[1] for w in sparse)
     density = sum(w.nnz for w in sparse) / entries if entries else 1.0
     return density >= auto_min_density(hidden_size)

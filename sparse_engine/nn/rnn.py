@@ -416,7 +416,7 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
                 or torch.compiler.is_compiling()):
             return False
         weights = [getattr(self, n) for n in self._flat_weights_names if n.startswith("weight")]
-        return use_dense(self.compute, weights, self.hidden_size)
+        return use_dense(self.compute, weights, self.hidden_size, ref.device.type)
 
     def _forward_dense(self, input, hx):
         """torch's own module code (``nn.LSTM.forward`` and its fused kernels) on the weights
