@@ -4,9 +4,9 @@ weights materialised for one forward.
 At small sizes and high densities a dense BLAS product beats any CSR kernel (hidden 200 at
 density 0.33 is a 53k-nonzero matrix that MKL/oneDNN multiplies faster than we can gather it),
 and torch's fused LSTM/GRU/RNN runs the whole sequence in C++. ``compute="dense"`` uses that:
-each forward scatters every sparse weight's values into a dense matrix (``index_put``, so the
-gradient reaching the matrix is gathered back at the stored positions only: the values get exactly
-the gradient of the sparse path) and runs torch's own module code on those matrices. The dense
+each forward scatters every sparse weight's values into a dense matrix (``scatter`` at the stored
+positions, whose backward gathers the dense gradient back at those positions only: the values get
+exactly the gradient of the sparse path) and runs torch's own module code on those matrices. The dense
 matrices live for one forward/backward (one sequence) only; at rest, in ``state_dict`` and in
 checkpoints the weight stays CSR.
 
@@ -137,7 +137,7 @@ def materialize(w) -> torch.Tensor:
         return w
     rows, cols = w.shape
     values = w.values
-    return values.new_zeros(rows * cols).index_put((_positions(w),), values).view(rows, cols)
+    return values.new_zeros(rows * cols).scatter(0, _positions(w), values).view(rows, cols)
 
 
 #: weight -> (row_ptr, col_idx, their versions, positions): kept outside the module (not pickled,
