@@ -9,7 +9,7 @@ from torch.nn.utils.rnn import pack_sequence
 
 import sparse_engine as se
 import sparse_engine.testing  # noqa: F401  (se.testing)
-from sparse_engine.nn import SparseWeightNorm, WeightDrop, sparse_weight_norm, weight_drop
+from sparse_engine.nn import SparseWeightNorm, WeightDrop, sparse_weight_norm, unparametrized, weight_drop
 
 
 class Scale(nn.Module):
@@ -159,3 +159,32 @@ def test_topology_update_of_a_parametrized_weight_is_refused():
         w.set_pattern(w.row_ptr, w.col_idx, w.values.detach())
     with pytest.raises(ValueError, match="parametrized"):
         se.training.SET(m, None, zeta=0.3).end_epoch()
+
+
+def test_topology_update_inside_unparametrized_keeps_the_parametrization_and_optimizer(rng):
+    """SET on a weight-dropped LSTM: the update prunes by the stored values, the optimizer state
+    follows, and the same WeightDrop is back on the same Parameter afterwards."""
+    torch.manual_seed(0)
+    m = weight_drop(se.nn.SparseLSTM(3, 8, density=0.5, dtype=torch.float64), 0.5)
+    w = m.weight_hh_l0
+    original, drop = w.parametrizations["values"].original, w.parametrizations["values"][0]
+    opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+    ctl = se.training.SET(m, opt, zeta=0.3, seed=1)
+    for _ in range(2):
+        opt.zero_grad()
+        m(torch.randn(4, 2, 3, generator=rng, dtype=torch.float64))[0].pow(2).sum().backward()
+        opt.step()
+    stored = original.detach().clone()
+    cols = w.col_idx.clone()
+    with unparametrized(m):
+        assert w.values is original
+        ctl.end_epoch()
+    assert not torch.equal(cols, w.col_idx)
+    assert w.parametrizations["values"].original is original and w.parametrizations["values"][0] is drop
+    assert opt.state[original]["momentum_buffer"].shape == original.shape
+    positive = stored[stored > 0].sort().values  # SET pruned the 30% of positives nearest zero, by stored value
+    n_drop = int(0.3 * positive.numel() + 0.5)
+    kept = set(w.parametrizations["values"].original.detach().tolist())
+    assert not (set(positive[:n_drop].tolist()) & kept) and set(positive[n_drop:].tolist()) <= kept
+    m(torch.randn(4, 2, 3, generator=rng, dtype=torch.float64))[0].sum().backward()  # trains on
+    assert original.grad.shape == original.shape

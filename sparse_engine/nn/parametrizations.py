@@ -9,14 +9,23 @@ tensor, so torch's recipes reach it through its values::
     sparse_weight_norm(lstm.weight_hh_l0)
 
 The products then use the parametrized values; the gradient reaches the stored ones
-(``weight.parametrizations["values"].original``). A recurrent module evaluates its
+(``weight.parametrizations["values"].original``, the Parameter the optimizer holds). A recurrent
+module evaluates its
 parametrizations once per forward (``parametrize.cached``), so one forward sees one dropout mask
 for all steps and all length groups of a PackedSequence, as AWD-LSTM's WeightDrop (a cell,
-called once per step, draws a mask per call). Topology
-updates refuse a parametrized weight (``SparseWeight.set_pattern``): remove the
-parametrization, update, register it again.
+called once per step, draws a mask per call).
+
+Topology updates must see the stored values, not a dropped or normalised view of them, so
+``SparseWeight.set_pattern`` refuses a parametrized weight; run the update inside
+:func:`unparametrized`, which takes the parametrizations off (the stored Parameter objects, which
+the optimizer holds, become ``values`` again) and puts the same ones back::
+
+    with unparametrized(model):
+        controller.end_epoch()
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +34,7 @@ from torch.nn.utils import parametrize
 
 from ..sparse import SparseWeight
 
-__all__ = ["WeightDrop", "SparseWeightNorm", "weight_drop", "sparse_weight_norm"]
+__all__ = ["WeightDrop", "SparseWeightNorm", "weight_drop", "sparse_weight_norm", "unparametrized"]
 
 
 class WeightDrop(nn.Module):
@@ -103,3 +112,22 @@ def sparse_weight_norm(weight: SparseWeight) -> SparseWeight:
     """Registers :class:`SparseWeightNorm` on ``weight.values``. Returns ``weight``."""
     parametrize.register_parametrization(weight, "values", SparseWeightNorm(weight))
     return weight
+
+
+@contextlib.contextmanager
+def unparametrized(module: nn.Module):
+    """Inside the block every SparseWeight of ``module`` has its plain stored values (for topology
+    updates: pruning reads magnitudes, regrowth replaces the pattern); on exit the same
+    parametrization modules are registered again, on the same Parameter objects."""
+    taken = []
+    for w in module.modules():
+        if isinstance(w, SparseWeight) and parametrize.is_parametrized(w, "values"):
+            chain = list(w.parametrizations["values"])
+            parametrize.remove_parametrizations(w, "values", leave_parametrized=False)
+            taken.append((w, chain))
+    try:
+        yield module
+    finally:
+        for w, chain in taken:
+            for p in chain:
+                parametrize.register_parametrization(w, "values", p)

@@ -65,8 +65,8 @@ class SparseWeight(nn.Module):
     ``torch.nn.utils.parametrize.register_parametrization(w, "values", P)`` works: ``w.values``
     is then ``P(original)`` at each access (what the products use) and the stored Parameter is
     ``w.parametrizations["values"].original`` (see :class:`_ParametrizationDict`; ready ones are in
-    :mod:`sparse_engine.nn.parametrizations`). The topology of a parametrized weight is fixed:
-    :meth:`set_pattern` refuses it.
+    :mod:`sparse_engine.nn.parametrizations`). :meth:`set_pattern` refuses a parametrized weight:
+    topology updates run inside ``sparse_engine.nn.unparametrized(model)``.
     """
 
     def __init__(self, row_ptr, col_idx, values, shape, *, validate: bool = True, requires_grad: bool = True):
@@ -140,9 +140,8 @@ class SparseWeight(nn.Module):
         optimizer that holds it keeps working. The caller resets optimizer state."""
         if "parametrizations" in self._modules and "values" in self._modules["parametrizations"]:
             raise ValueError("cannot change the topology of a SparseWeight whose values are parametrized (weight "
-                             "drop, weight norm, ...): the magnitudes and optimizer state belong to the original "
-                             "values; remove it first (torch.nn.utils.parametrize.remove_parametrizations(weight, "
-                             "'values')) and register it again after the update")
+                             "drop, weight norm, ...): the magnitudes and optimizer state belong to the stored "
+                             "values; run the update inside `with sparse_engine.nn.unparametrized(model):`")
         self.row_ptr = row_ptr.to(torch.int64)
         self.col_idx = col_idx.to(torch.int32)
         self._assign_values(values.to(self.values.dtype))
