@@ -29,8 +29,8 @@ factors of the sparse backward, so a recording forward always takes the sparse p
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
+import threading
 import weakref
 
 import torch
@@ -158,9 +158,16 @@ def _positions(w: SparseWeight) -> torch.Tensor:
     return flat
 
 
-@functools.lru_cache(maxsize=64)
+_SKELETONS = threading.local()
+
+
 def skeleton(cls: type, *args, **kwargs) -> nn.Module:
     """A torch module ``cls(*args, **kwargs)`` on the meta device (no memory), whose code the dense
-    path runs with ``torch.func.functional_call`` on the materialised weights. Shared by all
-    modules of one configuration; the caller sets its training mode before each call."""
-    return cls(*args, device="meta", **kwargs)
+    path runs with ``torch.func.functional_call`` on the materialised weights. One per
+    configuration and thread (``functional_call`` swaps its parameters during a call, so threads,
+    e.g. DataParallel replicas, must not share one); the caller sets its training mode."""
+    cache = _SKELETONS.__dict__.setdefault("modules", {})
+    key = (cls, args, tuple(sorted(kwargs.items())))
+    if key not in cache:
+        cache[key] = cls(*args, device="meta", **kwargs)
+    return cache[key]
