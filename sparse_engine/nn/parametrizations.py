@@ -10,10 +10,9 @@ tensor, so torch's recipes reach it through its values::
 
 The products then use the parametrized values; the gradient reaches the stored ones
 (``weight.parametrizations["values"].original``, the Parameter the optimizer holds). A recurrent
-module evaluates its
-parametrizations once per forward (``parametrize.cached``), so one forward sees one dropout mask
-for all steps and all length groups of a PackedSequence, as AWD-LSTM's WeightDrop (a cell,
-called once per step, draws a mask per call).
+module evaluates its parametrizations once per forward (``parametrize.cached``), so one forward
+sees one dropout mask for all steps and all length groups of a PackedSequence, as AWD-LSTM's
+WeightDrop (a cell, called once per step, draws a mask per call).
 
 Topology updates must see the stored values, not a dropped or normalised view of them, so
 ``SparseWeight.set_pattern`` refuses a parametrized weight; run the update inside
