@@ -240,8 +240,14 @@ def test_bad_input_errors(rng):
         se.nn.SparseRNN(3, 4, nonlinearity="sigmoid")
     with pytest.raises(ValueError, match="density"):
         se.nn.SparseLSTM(3, 4, density=0.0)
-    with pytest.raises(NotImplementedError, match="proj_size"):
-        se.nn.SparseLSTM(3, 4, proj_size=2)
+    with pytest.raises(ValueError, match="proj_size must be smaller than hidden_size"):
+        se.nn.SparseLSTM(3, 4, proj_size=4)
+    with pytest.raises(ValueError, match="proj_size must be a non-negative int"):
+        se.nn.SparseLSTM(3, 4, proj_size=-1)
+    with pytest.raises(ValueError, match="proj_size is only supported for LSTM"):
+        se.nn.SparseGRU(3, 4, proj_size=2)
+    with pytest.raises(ValueError, match="compute must be one of"):
+        se.nn.SparseLSTM(3, 4, compute="fast")
 
 
 def test_state_dict_roundtrip_and_optimizer(rng):

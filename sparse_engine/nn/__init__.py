@@ -7,7 +7,11 @@ from .rhn import SparseRHN
 from .onlstm import SparseONLSTM
 from .ode_rnn import SparseODERNN
 from .lm import SparseEmbedding, SparseLanguageModel
+from .parametrizations import SparseWeightNorm, WeightDrop, sparse_weight_norm, unparametrized, weight_drop
+from .compute import default_compute, set_default_compute, set_dense_budget
 
 __all__ = ["SparseLinear", "SparseMLP", "SparseRNN", "SparseLSTM", "SparseGRU", "SparseRNNCell", "SparseLSTMCell",
            "SparseGRUCell", "SparseCTRNNCell", "SparseCTRNN",
-           "SparseRHN", "SparseONLSTM", "SparseODERNN", "SparseEmbedding", "SparseLanguageModel"]
+           "SparseRHN", "SparseONLSTM", "SparseODERNN", "SparseEmbedding", "SparseLanguageModel",
+           "WeightDrop", "SparseWeightNorm", "weight_drop", "sparse_weight_norm", "unparametrized",
+           "default_compute", "set_default_compute", "set_dense_budget"]

@@ -21,7 +21,6 @@ written with the same torch ops in the same order as before; :meth:`Cell.forward
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -217,10 +216,20 @@ FUSED_OPS = tuple(f"{k}_step{sfx}" for k in dict.fromkeys(c.kernel for c in CELL
                   for sfx in ("", "_backward"))
 
 
-@functools.lru_cache(maxsize=None)
+def _registered_fused_devices() -> frozenset:
+    """The device types whose dispatch key has every fused step op in this build."""
+    if not hasattr(_ops, "lstm_step"):
+        return frozenset()
+    return frozenset(dev for dev, key in (("cpu", "CPU"), ("cuda", "CUDA"))
+                     if all(torch._C._dispatch_has_kernel_for_dispatch_key(f"sparse_engine::{op}", key)
+                            for op in FUSED_OPS))
+
+
+#: Looked up once at import (the compiled library registers its kernels when it loads), so that a
+#: forward under ``torch.compile`` reads a constant instead of querying the dispatcher (a graph break).
+FUSED_DEVICES = _registered_fused_devices()
+
+
 def has_fused_kernels(device_type: str) -> bool:
     """Whether this build registered the fused step ops for the device's dispatch key."""
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    if key is None or not hasattr(_ops, "lstm_step"):
-        return False
-    return all(torch._C._dispatch_has_kernel_for_dispatch_key(f"sparse_engine::{op}", key) for op in FUSED_OPS)
+    return device_type in FUSED_DEVICES

@@ -26,6 +26,7 @@ class _SparseCellBase(RecordsGradFactors, nn.Module):
     _DENSE: type = nn.Module
     _bias_names = ("bias_ih", "bias_hh")
     fused = True  # see SparseRNNBase.fused
+    proj_size = 0  # no projection in a cell; the attribute as on the layers
 
     def __init__(self, mode, input_size, hidden_size, bias=True, *, density=None, epsilon=None, sparse="both",
                  fused: bool = True, device=None, dtype=None):

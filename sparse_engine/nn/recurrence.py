@@ -241,3 +241,30 @@ class RecordsGradFactors:
                     return got[0] if got else None
                 return tuple(torch.cat(factor, 1) for factor in zip(*got))
         raise ValueError(f"name must name a weight_ih*/weight_hh* matrix, got {name!r}")
+
+
+# ------------------------------------------------------------- LSTM with a projection
+def projected_lstm(cfg: Config, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, idx_hr):
+    """An LSTM layer-direction with ``proj_size`` (torch's ``nn.LSTM(proj_size=P)``): per step
+    c' = f c + i g, h' = W_hr (o tanh c'), so the recurrent product takes the P-dimensional h.
+    Feature-major like :class:`Recurrence`: x (I x T*B), h0 (P x B), c0 (H x B) ->
+    (Y (P x T*B), h_T, c_T).
+
+    Composed from the differentiable products (``spmm``/``sddmm`` through their registered
+    autograd formulas, or ``@`` for a dense matrix) and torch's elementwise ops under plain autograd:
+    the fused step kernels have no projection, so this costs one sddmm per step and weight
+    instead of one per sequence. Growth by gradient has no factors here (see ``SparseLSTM``)."""
+    H, T, B = cfg.hidden, cfg.steps, cfg.batch
+    gx = mm(w_ih, cfg.idx_ih, x)
+    if b_ih is not None:
+        gx = gx + (b_ih + b_hh)[:, None]
+    gx = gx.view(4 * H, T, B)
+    h, c = h0, c0
+    out = [None] * T
+    for t in (range(T - 1, -1, -1) if cfg.reverse else range(T)):
+        g = gx[:, t] + mm(w_hh, cfg.idx_hh, h)
+        i, f, gg, o = g.chunk(4)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(gg)
+        h = mm(w_hr, idx_hr, torch.sigmoid(o) * torch.tanh(c))
+        out[t] = h
+    return torch.stack(out, 1).view(h.shape[0], T * B), h, c

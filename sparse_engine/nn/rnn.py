@@ -31,7 +31,20 @@ unbatched ``(T, I)`` whatever ``batch_first`` says, giving ``(T, D*H)``; states 
 ``(num_layers*D, B, H)`` batched and ``(num_layers*D, H)`` unbatched, never batch-first.
 
 Each layer-direction runs as one :class:`~sparse_engine.nn.recurrence.Recurrence` (see there
-for the kernel schedule). Not supported: ``proj_size`` (NotImplementedError).
+for the kernel schedule).
+
+``proj_size`` (LSTM only) works as in ``nn.LSTM``: h has ``proj_size`` features, each
+layer-direction has a ``weight_hr_l{k}[_reverse]`` of shape (proj_size, hidden_size), sparse when
+the recurrent weights are (``sparse='both'``/``'recurrent'``: it is inside the recurrence), and
+h_0/h_n are (num_layers*D, B, proj_size) while c_0/c_n keep hidden_size. On the sparse path a
+projected layer is composed from the differentiable products under plain autograd
+(:func:`~sparse_engine.nn.recurrence.projected_lstm`; no fused steps, no growth by gradient).
+Every module has ``.proj_size`` (0 without a projection), as ``nn.RNNBase``.
+
+``compute=`` ('auto' | 'sparse' | 'dense'; default None: the global default, 'auto'): the sparse
+kernels, or torch's own dense LSTM/GRU/RNN on the weights materialised for one forward, under a
+memory budget; see :mod:`sparse_engine.nn.compute` and docs/compute_paths.md. Same results
+either way (float reassociation aside), and the gradient reaches the stored values only.
 
 ``PackedSequence`` input works as in torch: the output is a PackedSequence with the input's
 ``batch_sizes``/``sorted_indices``/``unsorted_indices``, each sequence sees only its own steps
@@ -51,11 +64,13 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 
 from ..constants import GATES
 from ..sparse import SparseWeight
-from .recurrence import Config, RecordsGradFactors, check_input_dtype, recurrence
+from .compute import check_compute, materialize, skeleton, use_dense
+from .recurrence import Config, RecordsGradFactors, check_input_dtype, projected_lstm, recurrence
 from .linear import EMPTY, resolve_density
 
 __all__ = ["SparseRNN", "SparseLSTM", "SparseGRU", "SparseRNNBase"]
@@ -186,19 +201,30 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
     #: the fused step ops where they exist (see :mod:`sparse_engine.nn.rnn`); an instance attribute
     #: set by ``fused=``, this default for modules pickled before the setting existed
     fused = True
+    #: the compute path ('auto', 'sparse', 'dense'; None: the global default), see
+    #: :mod:`sparse_engine.nn.compute`; this default for modules pickled before the setting existed
+    compute = None
+    #: size of h with a projection (LSTM only, as ``nn.LSTM``); 0: none
+    proj_size = 0
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
                  *, density: float | None = None, epsilon: float | None = None, sparse: str = "both",
-                 fused: bool = True, device=None, dtype=None):
+                 fused: bool = True, compute: str | None = None, device=None, dtype=None):
         super().__init__()
         _check_positive_int("input_size", input_size)
         _check_positive_int("hidden_size", hidden_size)
         _check_positive_int("num_layers", num_layers)
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
             raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
-        if proj_size:
-            raise NotImplementedError("proj_size is not supported by the sparse recurrent modules")
+        if isinstance(proj_size, bool) or not isinstance(proj_size, int) or proj_size < 0:
+            raise ValueError(f"proj_size must be a non-negative int (0: no projection), got {proj_size!r}")
+        if proj_size and mode != "LSTM":
+            raise ValueError("proj_size is only supported for LSTM, not RNN or GRU (as in torch.nn)")
+        if proj_size >= hidden_size:
+            raise ValueError(f"proj_size must be smaller than hidden_size={hidden_size}, got {proj_size}")
+        self.compute = None if compute is None else check_compute(compute)
+        self.proj_size = proj_size
         self.mode = mode
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.bidirectional = bool(bias), bool(batch_first), bool(bidirectional)
@@ -209,26 +235,33 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
         dtype = dtype or torch.get_default_dtype()
         G = GATES[mode] * hidden_size
         D = 2 if bidirectional else 1
+        out = proj_size or hidden_size  # the size of h
         self._flat_weights_names = []
         for layer in range(num_layers):
-            layer_in = input_size if layer == 0 else hidden_size * D
+            layer_in = input_size if layer == 0 else out * D
             for d in range(D):
                 sfx = f"_l{layer}" + ("_reverse" if d else "")
                 setattr(self, "weight_ih" + sfx,
                         make_weight(G, layer_in, sp_ih, hidden_size, density, epsilon, device, dtype))
                 setattr(self, "weight_hh" + sfx,
-                        make_weight(G, hidden_size, sp_hh, hidden_size, density, epsilon, device, dtype))
+                        make_weight(G, out, sp_hh, hidden_size, density, epsilon, device, dtype))
                 names = ["weight_ih" + sfx, "weight_hh" + sfx]
                 if self.bias:
                     setattr(self, "bias_ih" + sfx, make_bias(G, hidden_size, device, dtype))
                     setattr(self, "bias_hh" + sfx, make_bias(G, hidden_size, device, dtype))
                     names += ["bias_ih" + sfx, "bias_hh" + sfx]
+                if proj_size:  # in the recurrence, so sparse with W_hh (sparse='both'/'recurrent')
+                    setattr(self, "weight_hr" + sfx,
+                            make_weight(proj_size, hidden_size, sp_hh, hidden_size, density, epsilon, device, dtype))
+                    names.append("weight_hr" + sfx)
                 self._flat_weights_names += names
 
     # ------------------------------------------------------------------ conversion
     def _dense_kwargs(self) -> dict:
         kw = dict(num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
                   dropout=self.dropout, bidirectional=self.bidirectional)
+        if self.proj_size:
+            kw["proj_size"] = self.proj_size
         if self.mode.startswith("RNN_"):
             kw["nonlinearity"] = self.mode[4:].lower()
         return kw
@@ -238,8 +271,6 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
         if type(module) is not expected:
             raise TypeError(f"{cls.__name__}.from_dense expects a torch.nn.{expected.__name__}, "
                             f"got {type(module).__name__}")
-        if getattr(module, "proj_size", 0):
-            raise NotImplementedError("proj_size is not supported")
 
     @classmethod
     def from_dense(cls, module: nn.Module, density: float | None = None, mask: dict | None = None,
@@ -258,6 +289,8 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
                   dropout=module.dropout, bidirectional=module.bidirectional)
         if cls is SparseRNN:
             kw["nonlinearity"] = module.nonlinearity
+        if getattr(module, "proj_size", 0):
+            kw["proj_size"] = module.proj_size
         new = cls(module.input_size, module.hidden_size, density=EMPTY, sparse=sparse, device=w.device,
                   dtype=w.dtype, **kw)
         convert_weights(new, module, new._flat_weights_names, density, mask)
@@ -293,9 +326,9 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
         if input.device != ref.device:
             raise ValueError(f"input must be on {ref.device} like the parameters, got {input.device}")
 
-    def _check_state(self, t, name, batched, B):
+    def _check_state(self, t, name, batched, B, size):
         D = 2 if self.bidirectional else 1
-        want = (self.num_layers * D, B, self.hidden_size) if batched else (self.num_layers * D, self.hidden_size)
+        want = (self.num_layers * D, B, size) if batched else (self.num_layers * D, size)
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if tuple(t.shape) != want:
@@ -306,22 +339,24 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
             raise ValueError(f"{name} must be on {ref.device} like the parameters, got {t.device}")
 
     def _initial_state(self, hx, like: torch.Tensor, batched: bool, B: int):
-        """(h0, c0) as (num_layers*D, B, H) tensors (c0 None unless LSTM) from the caller's ``hx``
-        (checked) or zeros."""
+        """(h0, c0) as (num_layers*D, B, P or H) and (num_layers*D, B, H) tensors (c0 None unless
+        LSTM) from the caller's ``hx`` (checked) or zeros."""
         is_lstm = self.mode == "LSTM"
+        out = self.proj_size or self.hidden_size
         if hx is None:
             D = 2 if self.bidirectional else 1
-            z = like.new_zeros(self.num_layers * D, B, self.hidden_size)
-            return z, (z if is_lstm else None)
+            h0 = like.new_zeros(self.num_layers * D, B, out)
+            c0 = like.new_zeros(self.num_layers * D, B, self.hidden_size) if is_lstm else None
+            return h0, c0
         if is_lstm:
             if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
                 raise TypeError("hx must be a tuple (h_0, c_0) for an LSTM")
             h0, c0 = hx
-            self._check_state(h0, "h_0", batched, B)
-            self._check_state(c0, "c_0", batched, B)
+            self._check_state(h0, "h_0", batched, B, out)
+            self._check_state(c0, "c_0", batched, B, self.hidden_size)
         else:
             h0, c0 = hx, None
-            self._check_state(h0, "hx", batched, B)
+            self._check_state(h0, "hx", batched, B, out)
         if not batched:
             h0 = h0.unsqueeze(1)
             c0 = c0.unsqueeze(1) if c0 is not None else None
@@ -329,11 +364,12 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
 
     def _run(self, x: torch.Tensor, h0: torch.Tensor, c0, sink):
         """The whole stack on a time-major (T, B, I) ``x`` from (num_layers*D, B, H) states:
-        (output (T, B, D*H) view, h_n, c_n or None), states (num_layers*D, B, H).
-        ``sink(suffix)`` gives each layer-direction's grad-factor sink."""
+        (output (T, B, D*H) view, h_n, c_n or None), states (num_layers*D, B, H) (h: P with a
+        projection). ``sink(suffix)`` gives each layer-direction's grad-factor sink."""
         is_lstm = self.mode == "LSTM"
         T, B, _ = x.shape
         D = 2 if self.bidirectional else 1
+        out_size = self.proj_size or self.hidden_size
         # feature-major once: (I, T*B), column t*B + b
         layer_x = x.permute(2, 0, 1).reshape(self.input_size, T * B)
         h_n, c_n = [], []
@@ -346,27 +382,67 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
                 w_hh, idx_hh = weight_args(getattr(self, "weight_hh" + sfx))
                 b_ih = getattr(self, "bias_ih" + sfx) if self.bias else None
                 b_hh = getattr(self, "bias_hh" + sfx) if self.bias else None
-                cfg = Config(self.mode, self.hidden_size, B, T, bool(d), idx_ih, idx_hh, fused=self.fused,
-                             sink=sink(sfx))
-                y, h_T, c_T = recurrence(cfg, layer_x, h0[k].t(), c0[k].t() if is_lstm else None,
-                                               w_ih, w_hh, b_ih, b_hh)
+                if self.proj_size:
+                    if self.record_grad_factors:
+                        raise ValueError("growth by gradient (record_grad_factors) is not available with "
+                                         "proj_size: the projected LSTM has no fused backward to take the factors from")
+                    cfg = Config(self.mode, self.hidden_size, B, T, bool(d), idx_ih, idx_hh)
+                    w_hr, idx_hr = weight_args(getattr(self, "weight_hr" + sfx))
+                    y, h_T, c_T = projected_lstm(cfg, layer_x, h0[k].t(), c0[k].t(), w_ih, w_hh, w_hr, b_ih, b_hh,
+                                                 idx_hr)
+                else:
+                    cfg = Config(self.mode, self.hidden_size, B, T, bool(d), idx_ih, idx_hh, fused=self.fused,
+                                 sink=sink(sfx))
+                    y, h_T, c_T = recurrence(cfg, layer_x, h0[k].t(), c0[k].t() if is_lstm else None,
+                                             w_ih, w_hh, b_ih, b_hh)
                 outs.append(y)
                 h_n.append(h_T)
                 c_n.append(c_T)
             layer_x = outs[0] if D == 1 else torch.cat(outs, 0)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_x = F.dropout(layer_x, self.dropout, training=True)
-        out = layer_x.view(D * self.hidden_size, T, B).permute(1, 2, 0)
+        out = layer_x.view(D * out_size, T, B).permute(1, 2, 0)
         h_n = torch.stack(h_n).transpose(1, 2).contiguous()
         c_n = torch.stack(c_n).transpose(1, 2).contiguous() if is_lstm else None
         return out, h_n, c_n
 
+    # ------------------------------------------------------------- dense compute
+    def _dense_now(self, ref: torch.Tensor) -> bool:
+        """This forward materialises the weights (:mod:`sparse_engine.nn.compute`): the module's
+        ``compute`` setting says so, not recording gradient factors, not under autocast (where
+        the sparse recurrence keeps the parameters' precision, see ``recurrence``), not while
+        ``torch.compile`` traces (dynamo does not trace torch's RNN modules: a graph break)."""
+        if (self.record_grad_factors or torch.is_autocast_enabled(ref.device.type)
+                or torch.compiler.is_compiling()):
+            return False
+        weights = [getattr(self, n) for n in self._flat_weights_names if n.startswith("weight")]
+        return use_dense(self.compute, weights, self.hidden_size, ref.device.type)
+
+    def _forward_dense(self, input, hx):
+        """torch's own module code (``nn.LSTM.forward`` and its fused kernels) on the weights
+        materialised for this forward; the gradient reaches each SparseWeight's values at its
+        stored positions only. The torch module is a shared skeleton on the meta device (no memory)."""
+        module = skeleton(_DENSE_CLASSES[self.mode], self.input_size, self.hidden_size, **self._dense_kwargs())
+        module.train(self.training)
+        weights = {name: materialize(getattr(self, name)) for name in self._flat_weights_names}
+        return torch.func.functional_call(module, weights, (input,) if hx is None else (input, hx))
+
     def forward(self, input, hx=None):
+        # parametrized values (weight drop, ...) are evaluated once per forward: one dropout mask
+        # for every step and every length group
+        if any(parametrize.is_parametrized(getattr(self, n)) for n in self._flat_weights_names):
+            with parametrize.cached():
+                return self._forward(input, hx)
+        return self._forward(input, hx)
+
+    def _forward(self, input, hx):
         if isinstance(input, PackedSequence):
             return self._forward_packed(input, hx)
         self._check_input(input)
         x, batched = time_major(input, self.batch_first)
         h0, c0 = self._initial_state(hx, x, batched, x.shape[1])
+        if self._dense_now(x):
+            return self._forward_dense(input, hx)
         out, h_n, c_n = self._run(x, h0, c0, self._factor_sink)
         out = caller_layout(out, self.batch_first, batched)
         if not batched:
@@ -385,6 +461,8 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
         lengths, pos = packed_positions(batch_sizes, unsorted_indices)
         B = int(batch_sizes[0])
         h0, c0 = self._initial_state(hx, data, True, B)
+        if self._dense_now(data):
+            return self._forward_dense(input, hx)
         dev = data.device
         ys, rows, hs, cs, members = [], [], [], [], []
         for i, L in enumerate(sorted(set(lengths.tolist()), reverse=True)):
@@ -410,10 +488,12 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
         s = f"{self.input_size}, {self.hidden_size}"
         if self.num_layers != 1:
             s += f", num_layers={self.num_layers}"
-        for attr, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False)):
+        for attr, default in (("bias", True), ("batch_first", False), ("dropout", 0.0), ("bidirectional", False),
+                              ("proj_size", 0)):
             if getattr(self, attr) != default:
                 s += f", {attr}={getattr(self, attr)}"
-        return s + f", sparse={self.sparse!r}" + ("" if self.fused else ", fused=False")
+        return (s + f", sparse={self.sparse!r}" + ("" if self.fused else ", fused=False")
+                + ("" if self.compute is None else f", compute={self.compute!r}"))
 
 
 class SparseRNN(SparseRNNBase):

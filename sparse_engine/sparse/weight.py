@@ -46,8 +46,28 @@ def _as_tensor(x, name: str, dtype) -> torch.Tensor:
     return t
 
 
+class _ParametrizationDict(nn.ModuleDict):
+    """The ``parametrizations`` container of a parametrized SparseWeight: a ModuleDict that takes
+    the key ``"values"``, which torch's ModuleDict refuses because it is the name of its method
+    ``ModuleDict.values()``. Reach a parametrization by item, ``w.parametrizations["values"]``
+    (``w.parametrizations.values`` is the method); state_dict keys are torch's
+    (``parametrizations.values.original``)."""
+
+    def __setitem__(self, key: str, module: nn.Module) -> None:
+        if not isinstance(key, str) or not isinstance(module, nn.Module):
+            raise TypeError("a parametrization entry needs a str key and an nn.Module")
+        self._modules[key] = module
+
+
 class SparseWeight(nn.Module):
-    """A (rows x cols) sparse matrix in CSR whose values are a trainable Parameter."""
+    """A (rows x cols) sparse matrix in CSR whose values are a trainable Parameter.
+
+    ``torch.nn.utils.parametrize.register_parametrization(w, "values", P)`` works: ``w.values``
+    is then ``P(original)`` at each access (what the products use) and the stored Parameter is
+    ``w.parametrizations["values"].original`` (see :class:`_ParametrizationDict`; ready ones are in
+    :mod:`sparse_engine.nn.parametrizations`). :meth:`set_pattern` refuses a parametrized weight:
+    topology updates run inside ``sparse_engine.nn.unparametrized(model)``.
+    """
 
     def __init__(self, row_ptr, col_idx, values, shape, *, validate: bool = True, requires_grad: bool = True):
         super().__init__()
@@ -66,6 +86,20 @@ class SparseWeight(nn.Module):
         if validate:
             self.validate()
         self._rebuild_transpose()
+
+    def __setattr__(self, name, value):
+        if name == "parametrizations" and type(value) is nn.ModuleDict:  # torch's register_parametrization
+            value = _ParametrizationDict(value)
+        super().__setattr__(name, value)
+
+    @property
+    def _stored_values(self) -> nn.Parameter:
+        """The Parameter holding the values: ``values`` itself, or the original under a
+        parametrization with one original."""
+        plist = self.__dict__.get("_modules", {}).get("parametrizations")
+        if plist is not None and "values" in plist:
+            return plist["values"].original
+        return self.values
 
     # ------------------------------------------------------------------ properties
     @property
@@ -104,6 +138,10 @@ class SparseWeight(nn.Module):
                     *, validate: bool = True) -> None:
         """Replaces the topology in place (same shape), keeping the Parameter object so an
         optimizer that holds it keeps working. The caller resets optimizer state."""
+        if "parametrizations" in self._modules and "values" in self._modules["parametrizations"]:
+            raise ValueError("cannot change the topology of a SparseWeight whose values are parametrized (weight "
+                             "drop, weight norm, ...): the magnitudes and optimizer state belong to the stored "
+                             "values; run the update inside `with sparse_engine.nn.unparametrized(model):`")
         self.row_ptr = row_ptr.to(torch.int64)
         self.col_idx = col_idx.to(torch.int32)
         self._assign_values(values.to(self.values.dtype))
@@ -120,11 +158,11 @@ class SparseWeight(nn.Module):
         With the shape unchanged the accumulator is kept: DistributedDataParallel registers its
         gradient hooks on it, and dropping it would silently stop the averaging of this
         parameter's gradients (a new size needs a new DDP anyway, see sparse_engine.distributed)."""
-        v = self.values
+        v = self._stored_values
         if data.shape != v.shape or data.dtype != v.dtype or data.device != v.device:
             other = torch.float32 if data.dtype == torch.float64 else torch.float64
-            self.values.data = torch.empty(0, dtype=other, device=data.device)
-        self.values.data = data
+            v.data = torch.empty(0, dtype=other, device=data.device)
+        v.data = data
 
     # ------------------------------------------------------------- state_dict
     def get_extra_state(self):
@@ -136,9 +174,12 @@ class SparseWeight(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
         # A checkpoint may hold another nnz: resize first, keeping the Parameter object.
+        # (Under a parametrization of one original the values are parametrizations.values.original.)
         for name in ("row_ptr", "col_idx", "values"):
-            src = state_dict.get(prefix + name)
-            cur = getattr(self, name)
+            key = name if name != "values" or "parametrizations" not in self._modules else \
+                "parametrizations.values.original"
+            src = state_dict.get(prefix + key)
+            cur = self._stored_values if name == "values" else getattr(self, name)
             if isinstance(src, torch.Tensor) and src.shape != cur.shape:
                 fresh = torch.empty(src.shape, dtype=cur.dtype, device=cur.device)
                 if name == "values":

@@ -1,0 +1,240 @@
+"""The dense compute path (sparse_engine/nn/compute.py): same values and gradients as torch.nn and
+as the sparse path, gradient only at the stored entries, CSR at rest, the auto rule and the
+budget, and the topology controllers on a module computing dense."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
+
+import sparse_engine as se
+from sparse_engine.nn import compute
+from sparse_engine.nn.rnn import SparseRNNBase
+from sparse_engine.training import sparse_weights
+from test_rnn_modules import SPARSE, build, check_against_torch, packed, param_grad_pairs
+from test_training_controllers import ALGOS, make
+
+# (num_layers, bidirectional, batch_first, given state, T, B, I, H)
+CASES = [
+    (1, False, False, False, 5, 3, 4, 7),
+    (2, True, True, True, 4, 2, 3, 6),
+    (3, False, False, True, 3, 1, 1, 5),
+]
+
+
+@pytest.fixture
+def dense_calls(monkeypatch):
+    """Counts the forwards that took the dense path."""
+    calls = []
+    orig = SparseRNNBase._forward_dense
+
+    def spy(self, *args):
+        calls.append(self)
+        return orig(self, *args)
+    monkeypatch.setattr(SparseRNNBase, "_forward_dense", spy)
+    return calls
+
+
+def states(mode, L, B, H, rng, proj=0):
+    h = torch.randn(L, B, proj or H, generator=rng, dtype=torch.float64)
+    return (h, torch.randn(L, B, H, generator=rng, dtype=torch.float64)) if mode == "LSTM" else h
+
+
+@pytest.mark.parametrize("mode", list(SPARSE))
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "L{}-bi{}-bf{}-h0{}-T{}-B{}-I{}-H{}".format(*c))
+def test_dense_path_matches_torch_float64(case, mode, rng, dense_calls):
+    L, bi, bf, given, T, B, I, H = case
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=rng)))
+    m = build(mode, I, H, torch.float64, num_layers=L, bidirectional=bi, batch_first=bf, compute="dense")
+    x = torch.randn((B, T, I) if bf else (T, B, I), generator=rng, dtype=torch.float64)
+    hx = states(mode, L * (2 if bi else 1), B, H, rng) if given else None
+    check_against_torch(m, x, hx, torch.float64, rng)  # values, input/state/bias/weight gradients
+    assert dense_calls == [m]
+
+
+def run_both(m, x, hx, rng):
+    """(outputs, gradients) of ``m`` on the sparse and on the dense path, same loss."""
+    results = []
+    for path in ("sparse", "dense"):
+        m.compute = path
+        m.zero_grad()
+        xi = (x.data if isinstance(x, PackedSequence) else x).clone().requires_grad_(True)
+        y, s = m(PackedSequence(xi, *x[1:]) if isinstance(x, PackedSequence) else xi, hx)
+        y = y.data if isinstance(y, PackedSequence) else y
+        flat = [y, *(s if isinstance(s, tuple) else (s,))]
+        g = torch.Generator().manual_seed(7)
+        loss = sum((t * torch.randn(t.shape, generator=g, dtype=t.dtype)).sum() for t in flat)
+        loss.backward()
+        results.append((flat, [xi.grad] + [p.grad.clone() for p in m.parameters()]))
+    return results
+
+
+@pytest.mark.parametrize("mode", list(SPARSE))
+def test_dense_path_equals_sparse_path_packed_bidirectional(mode, rng, dense_calls):
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=rng)))
+    m = build(mode, 3, 8, torch.float64, num_layers=2, bidirectional=True, density=0.3)
+    x = packed([4, 1, 6, 4, 2], 3, torch.float64, rng)
+    (ys, gs), (yd, gd) = run_both(m, x, states(mode, 4, 5, 8, rng), rng)
+    assert len(dense_calls) == 1
+    for a, b in zip(ys + gs, yd + gd):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert all(p.grad.shape == p.shape for p in m.parameters())  # values: one gradient per stored entry
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_dense_path_dropout_is_torchs(mode, rng):
+    """With dropout the dense path is torch's module: the same masks under the same seed."""
+    m = build(mode, 4, 6, torch.float64, num_layers=3, dropout=0.5, compute="dense")
+    d = m.to_dense()
+    x = torch.randn(5, 2, 4, generator=rng, dtype=torch.float64)
+    torch.manual_seed(3)
+    y1 = m(x)[0]
+    torch.manual_seed(3)
+    y2 = d(x)[0]
+    torch.testing.assert_close(y1, y2, rtol=1e-12, atol=1e-12)
+    torch.manual_seed(4)
+    assert not torch.allclose(m(x)[0], y1)  # dropped, stochastic
+    (y1 * y1).sum().backward()
+    (y2 * y2).sum().backward()
+    for name, ours, ref in param_grad_pairs(m, d):
+        torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10, msg=lambda s: f"{name}: {s}")
+    m.eval()
+    torch.testing.assert_close(m(x)[0], d.eval()(x)[0], rtol=1e-12, atol=1e-12)
+
+
+def _saved(m):
+    import io
+    buf = io.BytesIO()
+    torch.save(m, buf)
+    buf.seek(0)
+    return buf
+
+
+def test_stays_csr_at_rest(dense_calls):
+    m = se.nn.SparseLSTM(5, 16, num_layers=2, density=0.3, compute="dense")
+    keys = set(m.state_dict())
+    m(torch.randn(3, 2, 5))[0].sum().backward()
+    assert dense_calls and set(m.state_dict()) == keys
+    assert all(isinstance(w, se.SparseWeight) for n, w in m.named_children())
+    assert sum(p.numel() for p in m.parameters()) == sum(
+        w.nnz for w in sparse_weights(m).values()) + 2 * 2 * 64  # values and biases only
+    skeleton = compute.skeleton(nn.LSTM, 5, 16, **m._dense_kwargs())
+    assert all(p.device.type == "meta" for p in skeleton.parameters())  # no dense weight kept
+    assert not any(isinstance(v, (torch.Tensor, nn.Module)) for k, v in vars(m).items() if not k.startswith("_"))
+    m2 = torch.load(_saved(m), weights_only=False)  # the whole module pickles as before
+    torch.testing.assert_close(m2(torch.ones(2, 1, 5))[0], m(torch.ones(2, 1, 5))[0])
+
+
+def test_auto_rule_budget_and_default(dense_calls):
+    small = se.nn.SparseLSTM(4, 32, density=0.33)
+    sparse = se.nn.SparseLSTM(4, 32, density=0.01)
+    x = torch.randn(3, 2, 4)
+    with compute.default_compute("auto"):
+        small(x)
+        sparse(x)
+        assert dense_calls == [small]
+        small_h, large_h = compute.AUTO_SMALL_HIDDEN, compute.AUTO_SMALL_HIDDEN + 1
+        mid = [se.SparseWeight.random(40, 40, 0.1)]  # between the two thresholds
+        assert compute.use_dense(None, mid, small_h) and not compute.use_dense(None, mid, large_h)
+        assert not compute.use_dense(None, mid, small_h, "cuda") and compute.use_dense("dense", mid, small_h, "cuda")
+    sparse.compute = "dense"  # explicit: whatever the density
+    sparse(x)
+    assert dense_calls == [small, sparse]
+    small(x)  # the test default (conftest) is 'sparse'
+    assert len(dense_calls) == 2
+    old = compute.get_dense_budget()
+    try:
+        compute.set_dense_budget(4 * 32 * 4 * 4 - 1)  # one byte short of the two float32 matrices
+        sparse(x)
+        assert len(dense_calls) == 2
+        compute.set_dense_budget(4 * 32 * 36 * 4)
+        sparse(x)
+        assert len(dense_calls) == 3
+    finally:
+        compute.set_dense_budget(old)
+    huge = [se.SparseWeight.random(4 * 16384, 16384, nnz=1000)]  # 4 GiB dense: over the default budget
+    assert not compute.use_dense("dense", huge, 16384) and not compute.use_dense("auto", huge, 16384)
+    with pytest.raises(ValueError, match="nbytes"):
+        compute.set_dense_budget(-1)
+    with pytest.raises(ValueError, match="compute must be one of"):
+        compute.set_default_compute("fast")
+
+
+def test_grad_factor_recording_and_autocast_take_the_sparse_path(dense_calls):
+    m = se.nn.SparseLSTM(4, 8, density=0.5, compute="dense")
+    x = torch.randn(3, 2, 4)
+    m.record_grad_factors = True
+    m(x)[0].sum().backward()
+    assert not dense_calls and m.dense_grad_factors("weight_hh_l0") is not None
+    m.record_grad_factors = False
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        m(x)
+    assert not dense_calls
+    m(x)
+    assert dense_calls == [m]
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_controllers_evolve_the_same_topology_on_the_dense_path(algo):
+    """Training with compute='dense' rewires exactly as with compute='sparse' (float64: the
+    gradients agree to rounding), for every controller; RigL's growth by gradient records its
+    factors on the sparse path."""
+    def train(path):
+        torch.manual_seed(0)
+        model = nn.ModuleDict({"rnn": se.nn.SparseLSTM(3, 8, density=0.4, compute=path, dtype=torch.float64),
+                               "out": se.nn.SparseLinear(8, 2, density=0.5, dtype=torch.float64)})
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        ctl = make(algo, model, opt, seed=1)
+        start = {n: w.col_idx.clone() for n, w in sparse_weights(model).items()}
+        g = torch.Generator().manual_seed(2)
+        for epoch in range(1):  # one epoch: later updates rank values that differ by rounding only
+            for _ in range(4):
+                x = torch.randn(5, 4, 3, generator=g, dtype=torch.float64)
+                y = torch.randint(0, 2, (4,), generator=g)
+                opt.zero_grad()
+                out = model["out"](model["rnn"](x)[0][-1])
+                nn.functional.cross_entropy(out, y).backward()
+                opt.step()
+                ctl.step()
+            ctl.end_epoch()
+        assert any(not torch.equal(start[n], w.col_idx) for n, w in sparse_weights(model).items())  # rewired
+        return {n: (w.row_ptr, w.col_idx, w.values.detach()) for n, w in sparse_weights(model).items()}
+
+    sparse, dense = train("sparse"), train("dense")
+    for name in sparse:
+        assert torch.equal(sparse[name][0], dense[name][0]) and torch.equal(sparse[name][1], dense[name][1]), name
+        torch.testing.assert_close(sparse[name][2], dense[name][2], rtol=1e-9, atol=1e-9)
+
+
+def test_environment_variable_sets_the_initial_default():
+    code = "import sparse_engine.nn.compute as c; print(c.get_default_compute())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "SPARSE_ENGINE_COMPUTE": "dense"})
+    assert out.stdout.strip() == "dense"
+    bad = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "SPARSE_ENGINE_COMPUTE": "fast"})
+    assert bad.returncode != 0 and "SPARSE_ENGINE_COMPUTE must be one of" in bad.stderr
+
+
+MEMORY_SCRIPT = """
+import resource, torch
+from sparse_engine.nn import SparseLSTM
+torch.manual_seed(0)
+m = SparseLSTM(16384, 16384, density=0.005)  # compute=None: the default, 'auto' in this process
+m(torch.randn(3, 2, 16384))[0].square().mean().backward()
+print(m.weight_ih_l0.nnz + m.weight_hh_l0.nnz, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def test_auto_keeps_a_large_layer_sparse_in_memory():
+    """At hidden 16,384 the dense matrices (2 x 4.3 GB) are far over the budget: 'auto' trains on
+    the CSR kernels in a fraction of one dense matrix."""
+    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT], capture_output=True, text=True, check=True,
+                         env={**os.environ, "SPARSE_ENGINE_COMPUTE": "auto"})
+    nnz, peak = (int(v) for v in out.stdout.split())
+    dense_matrix = 4 * 16384 * 16384 * 4
+    assert nnz == 2 * round(0.005 * 4 * 16384 * 16384)
+    assert peak < dense_matrix / 4, f"peak RSS {peak / 2**30:.2f} GiB"
