@@ -16,7 +16,8 @@ from torch import nn
 
 from ..constants import GATES
 from .recurrence import Config, RecordsGradFactors, check_input_dtype, recurrence
-from .rnn import (EMPTY, _check_positive_int, caller_layout, check_not_packed, convert_weights, dense_of, make_bias,
+from .linear import fill_dense
+from .rnn import (EMPTY, _check_positive_int, caller_layout, check_not_packed, convert_weights, make_bias,
                   make_weight, sparse_flags, time_major, weight_args)
 
 __all__ = ["SparseRNNCell", "SparseLSTMCell", "SparseGRUCell", "SparseCTRNNCell", "SparseCTRNN"]
@@ -106,15 +107,13 @@ class _SparseCellBase(RecordsGradFactors, nn.Module):
         return new
 
     def to_dense(self) -> nn.Module:
-        """torch's cell with the same weights (O(H^2) memory: tests and export)."""
+        """torch's cell with the same weights, requires_grad and training mode (O(H^2) memory: tests
+        and export)."""
         ref = weight_args(self.weight_ih)[0]
         kw = {"nonlinearity": self.nonlinearity} if isinstance(self, SparseRNNCell) else {}
         dense = self._DENSE(self.input_size, self.hidden_size, bias=self.has_bias, device=ref.device, dtype=ref.dtype,
                             **kw)
-        with torch.no_grad():
-            for name in self._flat_weights_names:
-                getattr(dense, name).copy_(dense_of(getattr(self, name)))
-        return dense
+        return fill_dense(dense, self, self._flat_weights_names)
 
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, bias={self.has_bias}, sparse={self.sparse!r}"

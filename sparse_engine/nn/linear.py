@@ -27,6 +27,22 @@ def resolve_density(rows: int, cols: int, density: float | None, epsilon: float 
     return erdos_renyi_density(rows, cols, 20.0 if epsilon is None else epsilon)
 
 
+def fill_dense(dense: nn.Module, source: nn.Module, names) -> nn.Module:
+    """``dense`` (a fresh torch module, the ``to_dense()`` of ``source``) given ``source``'s
+    parameters ``names`` (zeros where a sparse matrix has no entry), their ``requires_grad`` and
+    ``source``'s training/eval mode, so the copy behaves as the module it replaces."""
+    with torch.no_grad():
+        for name in names:
+            src = getattr(source, name)
+            if src is None:
+                continue
+            values = src.values if isinstance(src, SparseWeight) else src
+            dst = getattr(dense, name)
+            dst.copy_(src.to_dense() if isinstance(src, SparseWeight) else src)
+            dst.requires_grad_(values.requires_grad)
+    return dense.train(source.training)
+
+
 class SparseLinear(nn.Module):
     """y = x W^T + b with W a :class:`SparseWeight` of shape (out_features, in_features).
 
@@ -62,6 +78,14 @@ class SparseLinear(nn.Module):
         if linear.bias is not None:
             module.bias.data.copy_(linear.bias.detach())
         return module
+
+    def to_dense(self) -> nn.Linear:
+        """The equivalent ``nn.Linear`` (zeros where W has no entry; same requires_grad and
+        training mode). O(in*out) memory: for tests and export."""
+        v = self.weight.values
+        dense = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=v.device,
+                          dtype=v.dtype)
+        return fill_dense(dense, self, ["weight", "bias"])
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if input.shape[-1] != self.in_features:

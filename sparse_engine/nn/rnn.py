@@ -56,7 +56,7 @@ from torch.nn.utils.rnn import PackedSequence
 from ..constants import GATES
 from ..sparse import SparseWeight
 from .recurrence import Config, RecordsGradFactors, check_input_dtype, recurrence
-from .linear import EMPTY, resolve_density
+from .linear import EMPTY, fill_dense, resolve_density
 
 __all__ = ["SparseRNN", "SparseLSTM", "SparseGRU", "SparseRNNBase"]
 
@@ -93,10 +93,6 @@ def make_bias(rows, hidden, device, dtype):
 def weight_args(w):
     """(tensor for the Function, index or None) of a SparseWeight or dense Parameter."""
     return (w.values, w.index) if isinstance(w, SparseWeight) else (w, None)
-
-
-def dense_of(w) -> torch.Tensor:
-    return w.to_dense() if isinstance(w, SparseWeight) else w.detach()
 
 
 def sparsify(dense: torch.Tensor, density: float | None, mask: torch.Tensor | None) -> SparseWeight:
@@ -264,16 +260,13 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
         return new
 
     def to_dense(self) -> nn.Module:
-        """The equivalent torch module (zeros where a sparse matrix has no entry). O(H^2) memory:
-        for tests and export."""
+        """The equivalent torch module (zeros where a sparse matrix has no entry; same
+        requires_grad and training mode). O(H^2) memory: for tests and export."""
         first = getattr(self, "weight_ih_l0")
         ref = first.values if isinstance(first, SparseWeight) else first
         dense = _DENSE_CLASSES[self.mode](self.input_size, self.hidden_size, device=ref.device, dtype=ref.dtype,
                                           **self._dense_kwargs())
-        with torch.no_grad():
-            for name in self._flat_weights_names:
-                getattr(dense, name).copy_(dense_of(getattr(self, name)))
-        return dense
+        return fill_dense(dense, self, self._flat_weights_names)
 
     def flatten_parameters(self) -> None:
         """No-op, for code written against nn.LSTM (there is no cuDNN weight buffer to pack)."""
