@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import export as _export
 from .. import init as _init
 from .. import _ext  # noqa: F401  (loads the compiled operators)
 from .csr import check_csr
@@ -128,6 +129,7 @@ class SparseWeight(nn.Module):
 
     # ------------------------------------------------------------- state_dict
     def get_extra_state(self):
+        _export.check_not_legacy_onnx_export()  # it would fail on this dict with an AttributeError
         return {"shape": self._shape}
 
     def set_extra_state(self, state) -> None:
@@ -149,6 +151,11 @@ class SparseWeight(nn.Module):
                                       unexpected_keys, error_msgs)
         self.validate()
         self._rebuild_transpose()
+
+    def __prepare_scriptable__(self):
+        """Called by ``torch.jit.script`` on every submodule: one clear refusal (see
+        :mod:`sparse_engine.export`) instead of a TorchScript compile error."""
+        raise RuntimeError(_export.NO_TORCHSCRIPT)
 
     # -------------------------------------------------------------- conversions
     def coo(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
