@@ -152,6 +152,20 @@ class SparseWeight(nn.Module):
         self.validate()
         self._rebuild_transpose()
 
+    def __getattr__(self, name: str):
+        """nn.Module's lookup; a Tensor method asked of a SparseWeight (``nn.init.orthogonal_(
+        lstm.weight_hh_l0)`` calls ``.ndimension()``) fails with a message saying what to use."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if hasattr(torch.Tensor, name):
+                raise AttributeError(
+                    f"SparseWeight is a module holding a CSR matrix, not a tensor: it has no Tensor attribute "
+                    f"{name!r}. Initialise it with sparse_engine.init (the torch.nn.init functions for "
+                    "SparseWeights, e.g. sparse_engine.init.orthogonal_(weight)); its trainable values are "
+                    "weight.values, a dense copy weight.to_dense()") from None
+            raise
+
     def __prepare_scriptable__(self):
         """Called by ``torch.jit.script`` on every submodule: one clear refusal (see
         :mod:`sparse_engine.export`) instead of a TorchScript compile error."""
