@@ -43,6 +43,18 @@ def fill_dense(dense: nn.Module, source: nn.Module, names) -> nn.Module:
     return dense.train(source.training)
 
 
+def refuse_dense_weights(module: nn.Module, state_dict, prefix: str, error_msgs: list) -> None:
+    """For ``_load_from_state_dict``: an error (raised by ``load_state_dict`` even with
+    strict=False) for each SparseWeight child of ``module`` that the state_dict gives as a dense
+    tensor, as a torch.nn module's state_dict does, saying how to load it instead."""
+    for name, child in module.named_children():
+        if isinstance(child, SparseWeight) and isinstance(state_dict.get(prefix + name), torch.Tensor):
+            error_msgs.append(
+                f"{prefix + name!r} is a dense matrix (a torch.nn state_dict?) where {type(module).__name__} holds "
+                "a SparseWeight: load a dense torch state_dict with load_dense_state_dict(state_dict, density=...) "
+                "(recurrent layers and cells), or convert the torch module with from_dense(module, ...)")
+
+
 class SparseLinear(nn.Module):
     """y = x W^T + b with W a :class:`SparseWeight` of shape (out_features, in_features).
 
@@ -78,6 +90,10 @@ class SparseLinear(nn.Module):
         if linear.bias is not None:
             module.bias.data.copy_(linear.bias.detach())
         return module
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        refuse_dense_weights(self, state_dict, prefix, args[-1])
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def to_dense(self) -> nn.Linear:
         """The equivalent ``nn.Linear`` (zeros where W has no entry; same requires_grad and
