@@ -148,3 +148,33 @@ def test_zero_batch_linear_and_ctrnn():
     out, h = SparseCTRNN(5, 4, density=0.5)(torch.randn(3, 0, 5))
     assert out.shape == (3, 0, 4) and h.shape == (1, 0, 4)
     assert SparseCTRNNCell(5, 4, density=0.5)(torch.randn(0, 5)).shape == (0, 4)
+
+
+# ---------------------------------------------------- torch's methods and attributes
+@pytest.mark.parametrize("make", [lambda: SparseLSTM(5, 40, num_layers=2, density=0.25, sparse="recurrent"),
+                                  lambda: SparseGRUCell(5, 40, density=0.25), lambda: SparseCTRNN(5, 40, density=0.25)])
+def test_reset_parameters_redraws_with_the_construction_scale(make):
+    torch.manual_seed(0)
+    module = make()
+    before = {n: p.detach().clone() for n, p in module.named_parameters()}
+    patterns = {n: w.col_idx.clone() for n, w in module.named_modules() if isinstance(w, sparse_engine.SparseWeight)}
+    module.reset_parameters()
+    for name, p in module.named_parameters():
+        assert not torch.equal(p, before[name]), name
+        owner = name.removesuffix(".values")
+        if owner in patterns:
+            w = module.get_submodule(owner)
+            assert torch.equal(w.col_idx, patterns[owner])
+            bound = (w.nnz / w.shape[0]) ** -0.5  # 1/sqrt(stored entries per row)
+        else:
+            bound = 40 ** -0.5  # torch's 1/sqrt(hidden_size)
+        assert p.abs().max() <= bound and p.abs().max() > 0.8 * bound, name
+
+
+def test_all_weights_is_torchs_layout():
+    sparse = SparseGRU(5, 4, num_layers=2, bidirectional=True, density=0.5)
+    dense = nn.GRU(5, 4, num_layers=2, bidirectional=True)
+    got = [[tuple(w.shape) for w in group] for group in sparse.all_weights]
+    assert got == [[tuple(w.shape) for w in group] for group in dense.all_weights]
+    assert sparse.all_weights[3][1] is sparse.weight_hh_l1_reverse
+    assert [len(g) for g in SparseLSTM(5, 4, bias=False, density=0.5).all_weights] == [2]

@@ -18,7 +18,7 @@ from ..constants import GATES
 from .recurrence import Config, RecordsGradFactors, check_input_dtype, recurrence
 from .linear import fill_dense, refuse_dense_weights
 from .rnn import (EMPTY, _check_positive_int, caller_layout, check_not_packed, load_dense, make_bias, make_weight,
-                  nonzero_masks, sparse_flags, time_major, weight_args)
+                  nonzero_masks, reset_weights, sparse_flags, time_major, weight_args)
 
 __all__ = ["SparseRNNCell", "SparseLSTMCell", "SparseGRUCell", "SparseCTRNNCell", "SparseCTRNN"]
 
@@ -114,6 +114,10 @@ class _SparseCellBase(RecordsGradFactors, nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args):
         refuse_dense_weights(self, state_dict, prefix, args[-1])  # a torch state_dict: say what to call
         super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def reset_parameters(self) -> None:
+        """As torch's: every weight drawn again (see :func:`~sparse_engine.nn.rnn.reset_weights`)."""
+        reset_weights(self)
 
     def to_dense(self) -> nn.Module:
         """torch's cell with the same weights, requires_grad and training mode (O(H^2) memory: tests

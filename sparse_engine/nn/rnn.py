@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
+from .. import init as _init
 from ..constants import GATES
 from ..sparse import SparseWeight
 from .recurrence import Config, RecordsGradFactors, check_input_dtype, recurrence
@@ -88,6 +89,19 @@ def make_weight(rows, cols, is_sparse, hidden, density, epsilon, device, dtype):
 def make_bias(rows, hidden, device, dtype):
     k = 1.0 / math.sqrt(hidden)
     return nn.Parameter(torch.empty(rows, device=device, dtype=dtype).uniform_(-k, k))
+
+
+def reset_weights(module: nn.Module) -> None:
+    """``reset_parameters`` of the layers and cells: the construction's initialisation drawn
+    again on the current patterns (sparse values U(-b, b), b = 1/sqrt(stored entries per row);
+    dense matrices and biases U(-1/sqrt(H), 1/sqrt(H)), torch's)."""
+    k = 1.0 / math.sqrt(module.hidden_size)
+    for _, w in _init.named_weights(module):
+        if isinstance(w, SparseWeight):
+            b = 1.0 / math.sqrt(max(1.0, w.nnz / max(w.shape[0], 1)))
+            _init.uniform_(w, -b, b)
+        else:
+            _init.uniform_(w, -k, k)
 
 
 def weight_args(w):
@@ -318,6 +332,18 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args):
         refuse_dense_weights(self, state_dict, prefix, args[-1])  # a torch state_dict: say what to call
         super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def reset_parameters(self) -> None:
+        """As torch's: every weight drawn again (see :func:`reset_weights`); patterns kept."""
+        reset_weights(self)
+
+    @property
+    def all_weights(self) -> list:
+        """torch's ``all_weights``: per layer-direction [weight_ih, weight_hh(, bias_ih, bias_hh)],
+        a sparse matrix as its SparseWeight."""
+        n = 4 if self.bias else 2
+        names = self._flat_weights_names
+        return [[getattr(self, name) for name in names[i:i + n]] for i in range(0, len(names), n)]
 
     def flatten_parameters(self) -> None:
         """No-op, for code written against nn.LSTM (there is no cuDNN weight buffer to pack)."""
