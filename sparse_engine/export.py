@@ -28,6 +28,8 @@ recurrence (trace). A plain ``SparseLinear`` does trace (one custom op), and is 
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 
 __all__ = ["onnx_translation_table", "NO_TORCHSCRIPT", "check_not_torchscript", "check_not_legacy_onnx_export"]
@@ -54,15 +56,14 @@ def check_not_torchscript() -> None:
 def check_not_legacy_onnx_export() -> None:
     """RuntimeError while the legacy (TorchScript) ONNX exporter runs. torch's public
     ``torch.onnx.is_in_onnx_export()`` is True for both exporters, so this reads the legacy
-    exporter's own flag (a private name, looked up where torch 2.4-2.13 keep it)."""
+    exporter's own flag (a private name, where torch 2.4-2.13 keep it), from ``sys.modules``
+    only: while that exporter runs its module is loaded, and otherwise nothing is imported."""
     for where in ("torch.onnx._internal.torchscript_exporter._globals", "torch.onnx._globals"):
-        try:
-            globals_ = __import__(where, fromlist=["GLOBALS"]).GLOBALS
-        except (ImportError, AttributeError):
-            continue
-        if getattr(globals_, "in_onnx_export", False):
-            raise RuntimeError(NO_LEGACY_ONNX)
-        return
+        flags = getattr(sys.modules.get(where), "GLOBALS", None)
+        if flags is not None:
+            if getattr(flags, "in_onnx_export", False):
+                raise RuntimeError(NO_LEGACY_ONNX)
+            return
 
 
 # ------------------------------------------------------------------ ONNX translation

@@ -178,3 +178,16 @@ def test_all_weights_is_torchs_layout():
     assert got == [[tuple(w.shape) for w in group] for group in dense.all_weights]
     assert sparse.all_weights[3][1] is sparse.weight_hh_l1_reverse
     assert [len(g) for g in SparseLSTM(5, 4, bias=False, density=0.5).all_weights] == [2]
+
+
+def test_isinstance_alternative_to_rnnbase():
+    """Our layers are not nn.RNNBase subclasses (docs/torch_nn_compat.md); the documented check
+    accepts torch's and ours and nothing else."""
+    from sparse_engine.nn.rnn import SparseRNNBase
+
+    rnn_like = (nn.RNNBase, SparseRNNBase)
+    for m in (nn.LSTM(3, 4), nn.GRU(3, 4), SparseLSTM(3, 4), SparseGRU(3, 4), SparseRNN(3, 4)):
+        assert isinstance(m, rnn_like)
+    assert not isinstance(SparseLSTM(3, 4), nn.RNNBase)
+    for m in (SparseLSTMCell(3, 4), SparseLinear(3, 4), SparseCTRNN(3, 4), nn.LSTMCell(3, 4)):
+        assert not isinstance(m, rnn_like)
