@@ -16,7 +16,8 @@ it does here; the CSR index travels as initializers. The fused recurrent steps (
 is for inference). As with any ``torch.export`` graph, the recurrence is unrolled over the
 example input's number of steps: the exported model takes sequences of exactly that length
 (torch's own ``nn.LSTM`` exports to ONNX's ``LSTM`` op, which takes any length; ours has no
-such ONNX op, sparse weights being outside the ONNX standard). Needs the ``onnx`` extra
+such ONNX op, sparse weights being outside the ONNX standard). The batch size may be dynamic
+(``dynamic_shapes={...: torch.export.Dim("batch")}``). Needs the ``onnx`` extra
 (``onnx``, ``onnxscript``; ``onnxruntime`` to run the result).
 
 The legacy TorchScript exporter (``dynamo=False``) and TorchScript itself

@@ -148,3 +148,27 @@ def test_legacy_onnx_exporter_refused_with_what_to_use(tmp_path):
                               dynamo=False)
     # after the refusal the flag is reset: state_dict works again
     assert "weight_ih_l0._extra_state" in SparseLSTM(4, 5, density=0.5).state_dict()
+
+
+@pytest.mark.parametrize("make", [lambda: SparseGRU(5, 6, num_layers=2), lambda: SparseLinear(5, 6)],
+                         ids=["gru", "linear"])
+def test_dynamic_batch_size(make, tmp_path):
+    """The batch dimension may be dynamic (the step count is fixed by the unrolled recurrence)."""
+    torch.manual_seed(0)
+    model = _awkward(make(), seed=7).eval()
+    recurrent = isinstance(model, SparseGRU)
+    x = torch.randn((4, 2, 5) if recurrent else (2, 5))
+    dims = ({1 if recurrent else 0: torch.export.Dim("batch")},)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(model, (x,), dynamo=True, custom_translation_table=onnx_translation_table(),
+                                    dynamic_shapes=dims, verbose=False)
+    program.save(str(tmp_path / "m.onnx"))
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    for batch in (1, 7):
+        x = torch.randn((4, batch, 5) if recurrent else (batch, 5), generator=torch.Generator().manual_seed(batch))
+        with torch.no_grad():
+            ref = flat(model(x))
+        got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+        for g, r in zip(got, ref):
+            np.testing.assert_allclose(g, r.numpy(), rtol=1e-5, atol=1e-5)
