@@ -4,6 +4,7 @@ exporter refused with a message saying what to use instead."""
 import warnings
 
 import numpy as np
+import onnxruntime as ort  # the test extra installs onnx, onnxscript and onnxruntime
 import pytest
 import torch
 from torch import nn
@@ -13,9 +14,6 @@ from sparse_engine.export import NO_TORCHSCRIPT, onnx_translation_table
 from sparse_engine.nn import (SparseCTRNN, SparseGRU, SparseGRUCell, SparseLinear, SparseLSTM, SparseLSTMCell,
                               SparseRNN, SparseRNNCell)
 from sparse_engine.testing import random_weight
-
-ort = pytest.importorskip("onnxruntime")  # the test extra installs it: never skipped in CI
-pytest.importorskip("onnxscript")
 
 
 def run_onnx(model, args, tmp_path):

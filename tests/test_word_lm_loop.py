@@ -8,6 +8,7 @@ import io
 import warnings
 
 import numpy as np
+import onnxruntime as ort  # the test extra installs onnx, onnxscript and onnxruntime
 import pytest
 import torch
 import torch.nn.functional as F
@@ -135,15 +136,12 @@ def onnx_outputs(model, args, tmp_path):
         program = torch.onnx.export(model, args, dynamo=True, custom_translation_table=onnx_translation_table(),
                                     verbose=False)
     program.save(str(tmp_path / "word_lm.onnx"))
-    import onnxruntime as ort
-
     sess = ort.InferenceSession(str(tmp_path / "word_lm.onnx"), providers=["CPUExecutionProvider"])
     return sess.run(None, {i.name: a.numpy() for i, a in zip(sess.get_inputs(), flat(args))})
 
 
 @pytest.mark.parametrize("rnn_cls", [SparseLSTM, SparseGRU, SparseRNN])
 def test_word_language_model_loop(rnn_cls, tmp_path):
-    pytest.importorskip("onnxruntime")  # installed by the test extra: never skipped in CI
     torch.manual_seed(0)
     train = columns(corpus(6000, seed=1), BATCH)
     valid = columns(corpus(600, seed=2), EVAL_BATCH)
