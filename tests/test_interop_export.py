@@ -16,12 +16,16 @@ from sparse_engine.nn import (SparseCTRNN, SparseGRU, SparseGRUCell, SparseLinea
 from sparse_engine.testing import random_weight
 
 
-def run_onnx(model, args, tmp_path):
-    """Exports ``model`` with our translation table, runs it in onnxruntime: its outputs (flat)."""
+def export(model, args, dense=False, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(model, args, dynamo=True, custom_translation_table=onnx_translation_table(),
-                                    verbose=False)
+        return torch.onnx.export(model, args, dynamo=True, custom_translation_table=onnx_translation_table(dense),
+                                 verbose=False, **kwargs)
+
+
+def run_onnx(model, args, tmp_path, dense=False):
+    """Exports ``model`` with our translation table, runs it in onnxruntime: its outputs (flat)."""
+    program = export(model, args, dense)
     path = tmp_path / "model.onnx"
     program.save(str(path))
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -35,11 +39,11 @@ def flat(out):
     return [t for o in out for t in flat(o)]
 
 
-def check_same(model, args, tmp_path):
+def check_same(model, args, tmp_path, dense=False):
     model.eval()
     with torch.no_grad():
         ref = flat(model(*args))
-    got = run_onnx(model, args, tmp_path)
+    got = run_onnx(model, args, tmp_path, dense)
     assert len(got) == len(ref)
     for g, r in zip(got, ref):
         np.testing.assert_allclose(g, r.numpy(), rtol=1e-5, atol=1e-5)
@@ -57,21 +61,27 @@ def _awkward(module, seed):
     return module
 
 
-@pytest.mark.parametrize("fused", [True, False])
-@pytest.mark.parametrize("make", [
-    lambda: SparseLSTM(5, 6, num_layers=2),
-    lambda: SparseGRU(5, 6, bidirectional=True),
-    lambda: SparseGRU(5, 6, bias=False),
-    lambda: SparseRNN(5, 6, nonlinearity="relu", batch_first=True),
-    lambda: SparseRNN(5, 6, sparse="recurrent"),
-    lambda: SparseCTRNN(5, 6),
-], ids=["lstm2", "gru-bi", "gru-nobias", "rnn-relu-bf", "rnn-recurrent", "ctrnn"])
-def test_layers_export_and_match_torch(make, fused, tmp_path):
+LAYERS = {
+    "lstm2": lambda: SparseLSTM(5, 6, num_layers=2),
+    "gru-bi": lambda: SparseGRU(5, 6, bidirectional=True),
+    "gru-nobias": lambda: SparseGRU(5, 6, bias=False),
+    "rnn-relu-bf": lambda: SparseRNN(5, 6, nonlinearity="relu", batch_first=True),
+    "rnn-recurrent": lambda: SparseRNN(5, 6, sparse="recurrent"),
+    "ctrnn": lambda: SparseCTRNN(5, 6),
+}
+# the fused step ops (translated by the table) for every cell; the composed steps (spmm and
+# torch's elementwise ops) and the dense products for a few
+CASES = ([(name, True, False) for name in LAYERS] + [("lstm2", False, False), ("gru-bi", False, False)]
+         + [("lstm2", True, True), ("ctrnn", True, True)])
+
+
+@pytest.mark.parametrize("name, fused, dense", CASES, ids=[f"{n}-fused{f}-dense{d}" for n, f, d in CASES])
+def test_layers_export_and_match_torch(name, fused, dense, tmp_path):
     torch.manual_seed(0)
-    model = _awkward(make(), seed=1)
+    model = _awkward(LAYERS[name](), seed=1)
     model.fused = fused
     x = torch.randn(4, 3, 5, generator=torch.Generator().manual_seed(2))
-    check_same(model, (x,), tmp_path)
+    check_same(model, (x,), tmp_path, dense)
 
 
 def test_states_given_and_batch_one(tmp_path):
@@ -100,20 +110,25 @@ def test_cells_and_linear_export(make, tmp_path):
     check_same(model, (torch.randn(2, 5, generator=torch.Generator().manual_seed(6)),), tmp_path)
 
 
-def test_exported_graph_is_sparse(tmp_path):
-    """No initializer of the graph is as large as a dense weight: the matrices travel as CSR."""
+@pytest.mark.parametrize("dense", [False, True])
+def test_exported_graph_is_sparse_unless_asked(dense, tmp_path):
+    """No initializer of the default graph is as large as a dense weight: the matrices travel as
+    CSR, and the products are gather/scatter; dense=True multiplies dense matrices with MatMul."""
     import onnx
 
     torch.manual_seed(0)
     model = SparseLSTM(40, 50, density=0.05).eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(model, (torch.randn(2, 1, 40),), dynamo=True,
-                                    custom_translation_table=onnx_translation_table(), verbose=False)
-    program.save(str(tmp_path / "m.onnx"))
-    sizes = [int(np.prod(t.dims)) for t in onnx.load(str(tmp_path / "m.onnx")).graph.initializer]
-    assert max(sizes) < 200 * 40  # a dense W_ih would hold 200 x 40 entries
-    assert sum(sizes) >= model.weight_ih_l0.nnz + model.weight_hh_l0.nnz
+    export(model, (torch.randn(2, 1, 40),), dense).save(str(tmp_path / "m.onnx"))
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    sizes = [int(np.prod(t.dims)) for t in graph.initializer]
+    if dense:  # the dense matrices, folded from the CSR at export
+        assert 200 * 40 in sizes and 200 * 50 in sizes
+    else:  # the largest are the CSR arrays: a dense W_ih would hold 200 x 40 entries
+        assert max(sizes) < 200 * 40
+        assert sum(sizes) >= model.weight_ih_l0.nnz + model.weight_hh_l0.nnz
+    ops = {n.op_type for n in graph.node} | {n.op_type for f in onnx.load(str(tmp_path / "m.onnx")).functions
+                                             for n in f.node}
+    assert ("MatMul" in ops) is dense
 
 
 # --------------------------------------------------------------- refusals
@@ -157,11 +172,7 @@ def test_dynamic_batch_size(make, tmp_path):
     recurrent = isinstance(model, SparseGRU)
     x = torch.randn((4, 2, 5) if recurrent else (2, 5))
     dims = ({1 if recurrent else 0: torch.export.Dim("batch")},)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(model, (x,), dynamo=True, custom_translation_table=onnx_translation_table(),
-                                    dynamic_shapes=dims, verbose=False)
-    program.save(str(tmp_path / "m.onnx"))
+    export(model, (x,), dynamic_shapes=dims).save(str(tmp_path / "m.onnx"))
     sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     for batch in (1, 7):
         x = torch.randn((4, batch, 5) if recurrent else (batch, 5), generator=torch.Generator().manual_seed(batch))
