@@ -75,8 +75,8 @@ def onnx_translation_table(dense: bool = False) -> dict:
     ``custom_translation_table``: spmm and the four fused step ops (see the module doc).
 
     ``dense=True`` writes each product as a dense ``MatMul`` with the matrix scattered from its
-    CSR once per run (ONNX Runtime folds that into a constant at session start): O(rows*cols)
-    memory, as ``to_dense()``, but ONNX Runtime runs it far faster than the sparse graph at small
+    CSR (the exporter folds the scatter, so the file holds dense matrices): O(rows*cols) memory,
+    as ``to_dense()``, but ONNX Runtime runs it far faster than the sparse graph at small
     and medium sizes, its gather/scatter being unvectorised (a 200-unit LSTM at density 0.33,
     35 steps, batch 10, one thread: 5 ms dense, 160 ms sparse, against 18 ms in PyTorch). The
     default is the sparse graph, because nothing of sparse-engine builds a dense weight unless
