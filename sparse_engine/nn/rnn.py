@@ -339,11 +339,12 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
 
     @property
     def all_weights(self) -> list:
-        """torch's ``all_weights``: per layer-direction [weight_ih, weight_hh(, bias_ih, bias_hh)],
-        a sparse matrix as its SparseWeight."""
-        n = 4 if self.bias else 2
-        names = self._flat_weights_names
-        return [[getattr(self, name) for name in names[i:i + n]] for i in range(0, len(names), n)]
+        """torch's ``all_weights``: per layer-direction its weights in ``_flat_weights_names`` order
+        ([weight_ih, weight_hh(, bias_ih, bias_hh)]), a sparse matrix as its SparseWeight."""
+        groups: dict[str, list] = {}
+        for name in self._flat_weights_names:  # grouped by the suffix: "_l1_reverse" of "weight_hh_l1_reverse"
+            groups.setdefault(name.rpartition("_l")[2], []).append(getattr(self, name))
+        return list(groups.values())
 
     def flatten_parameters(self) -> None:
         """No-op, for code written against nn.LSTM (there is no cuDNN weight buffer to pack)."""
