@@ -6,9 +6,11 @@ from . import nn
 from . import training
 from . import data
 from . import distributed
+from . import init, export, serialization
 
 __version__ = "0.1.0"
-__all__ = ["SparseWeight", "ops", "nn", "training", "analysis", "data", "__version__"]
+__all__ = ["SparseWeight", "ops", "nn", "training", "analysis", "data", "init", "export", "serialization",
+           "__version__"]
 
 
 def __getattr__(name):

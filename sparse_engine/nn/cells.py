@@ -16,8 +16,9 @@ from torch import nn
 
 from ..constants import GATES
 from .recurrence import Config, RecordsGradFactors, check_input_dtype, recurrence
-from .rnn import (EMPTY, _check_positive_int, caller_layout, check_not_packed, convert_weights, dense_of, make_bias,
-                  make_weight, sparse_flags, time_major, weight_args)
+from .linear import fill_dense, refuse_dense_weights
+from .rnn import (EMPTY, _check_positive_int, caller_layout, check_not_packed, load_dense, make_bias, make_weight,
+                  nonzero_masks, reset_weights, sparse_flags, time_major, weight_args)
 
 __all__ = ["SparseRNNCell", "SparseLSTMCell", "SparseGRUCell", "SparseCTRNNCell", "SparseCTRNN"]
 
@@ -93,29 +94,40 @@ class _SparseCellBase(RecordsGradFactors, nn.Module):
 
     @classmethod
     def from_dense(cls, cell: nn.Module, density: float | None = None, mask: dict | None = None,
-                   sparse: str = "both"):
+                   sparse: str = "both", selection: str = "magnitude", generator: torch.Generator | None = None):
         """A sparse copy of torch's cell (see :meth:`SparseRNNBase.from_dense` for the options)."""
         if type(cell) is not cls._DENSE:
             raise TypeError(f"{cls.__name__}.from_dense expects a torch.nn.{cls._DENSE.__name__}, "
                             f"got {type(cell).__name__}")
-        if density is not None and mask is not None:
-            raise ValueError("give at most one of density= and mask=")
         kw = {"nonlinearity": cell.nonlinearity} if cls is SparseRNNCell else {}
         new = cls(cell.input_size, cell.hidden_size, bias=cell.bias, density=EMPTY, sparse=sparse,
                   device=cell.weight_ih.device, dtype=cell.weight_ih.dtype, **kw)
-        convert_weights(new, cell, new._flat_weights_names, density, mask)
+        if density is None and mask is None:
+            mask = nonzero_masks(cell)
+        new.load_dense_state_dict(cell.state_dict(), density, mask=mask, selection=selection, generator=generator)
         return new
 
+    def load_dense_state_dict(self, state_dict: dict, density: float | None = None, *, mask: dict | None = None,
+                              selection: str = "magnitude", generator: torch.Generator | None = None) -> None:
+        """Loads torch's cell's dense ``state_dict`` (see :meth:`SparseRNNBase.load_dense_state_dict`)."""
+        load_dense(self, state_dict, density, mask, selection, generator)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        refuse_dense_weights(self, state_dict, prefix, args[-1])  # a torch state_dict: say what to call
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def reset_parameters(self) -> None:
+        """As torch's: every weight drawn again (see :func:`~sparse_engine.nn.rnn.reset_weights`)."""
+        reset_weights(self)
+
     def to_dense(self) -> nn.Module:
-        """torch's cell with the same weights (O(H^2) memory: tests and export)."""
+        """torch's cell with the same weights, requires_grad and training mode (O(H^2) memory: tests
+        and export)."""
         ref = weight_args(self.weight_ih)[0]
         kw = {"nonlinearity": self.nonlinearity} if isinstance(self, SparseRNNCell) else {}
         dense = self._DENSE(self.input_size, self.hidden_size, bias=self.has_bias, device=ref.device, dtype=ref.dtype,
                             **kw)
-        with torch.no_grad():
-            for name in self._flat_weights_names:
-                getattr(dense, name).copy_(dense_of(getattr(self, name)))
-        return dense
+        return fill_dense(dense, self, self._flat_weights_names)
 
     def extra_repr(self) -> str:
         return (f"{self.input_size}, {self.hidden_size}, bias={self.has_bias}, sparse={self.sparse!r}"
@@ -195,6 +207,9 @@ class SparseCTRNNCell(_SparseCellBase):
     @classmethod
     def from_dense(cls, *args, **kwargs):
         raise NotImplementedError("torch has no CT-RNN module to convert from")
+
+    def load_dense_state_dict(self, *args, **kwargs):
+        raise NotImplementedError("torch has no CT-RNN module whose state_dict to load")
 
     def to_dense(self):
         raise NotImplementedError("torch has no CT-RNN module; use weight.to_dense() per matrix")

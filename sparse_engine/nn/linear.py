@@ -27,6 +27,34 @@ def resolve_density(rows: int, cols: int, density: float | None, epsilon: float 
     return erdos_renyi_density(rows, cols, 20.0 if epsilon is None else epsilon)
 
 
+def fill_dense(dense: nn.Module, source: nn.Module, names) -> nn.Module:
+    """``dense`` (a fresh torch module, the ``to_dense()`` of ``source``) given ``source``'s
+    parameters ``names`` (zeros where a sparse matrix has no entry), their ``requires_grad`` and
+    ``source``'s training/eval mode, so the copy behaves as the module it replaces."""
+    with torch.no_grad():
+        for name in names:
+            src = getattr(source, name)
+            if src is None:
+                continue
+            values = src.values if isinstance(src, SparseWeight) else src
+            dst = getattr(dense, name)
+            dst.copy_(src.to_dense() if isinstance(src, SparseWeight) else src)
+            dst.requires_grad_(values.requires_grad)
+    return dense.train(source.training)
+
+
+def refuse_dense_weights(module: nn.Module, state_dict, prefix: str, error_msgs: list) -> None:
+    """For ``_load_from_state_dict``: an error (raised by ``load_state_dict`` even with
+    strict=False) for each SparseWeight child of ``module`` that the state_dict gives as a dense
+    tensor, as a torch.nn module's state_dict does, saying how to load it instead."""
+    for name, child in module.named_children():
+        if isinstance(child, SparseWeight) and isinstance(state_dict.get(prefix + name), torch.Tensor):
+            error_msgs.append(
+                f"{prefix + name!r} is a dense matrix (a torch.nn state_dict?) where {type(module).__name__} holds "
+                "a SparseWeight: load a dense torch state_dict with load_dense_state_dict(state_dict, density=...) "
+                "(recurrent layers and cells), or convert the torch module with from_dense(module, ...)")
+
+
 class SparseLinear(nn.Module):
     """y = x W^T + b with W a :class:`SparseWeight` of shape (out_features, in_features).
 
@@ -62,6 +90,18 @@ class SparseLinear(nn.Module):
         if linear.bias is not None:
             module.bias.data.copy_(linear.bias.detach())
         return module
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        refuse_dense_weights(self, state_dict, prefix, args[-1])
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def to_dense(self) -> nn.Linear:
+        """The equivalent ``nn.Linear`` (zeros where W has no entry; same requires_grad and
+        training mode). O(in*out) memory: for tests and export."""
+        v = self.weight.values
+        dense = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=v.device,
+                          dtype=v.dtype)
+        return fill_dense(dense, self, ["weight", "bias"])
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if input.shape[-1] != self.in_features:

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .cell_table import CELLS, has_fused_kernels, mm, mm_t, wgrad
+from ..export import check_not_torchscript
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,7 @@ def recurrence(cfg: Config, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
     float16/bfloat16 (``module.to(torch.bfloat16)``) runs in that dtype instead. (Unlike
     ``nn.LSTM``, which autocast runs in float16 on a GPU.) The layer's outputs have the
     parameters' dtype; autocast casts them again where the next op wants it."""
+    check_not_torchscript()  # torch.jit.trace cannot follow the Function: say what to use instead
     dev = w_hh.device.type
     if not torch.is_autocast_enabled(dev):
         return Recurrence.apply(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh)

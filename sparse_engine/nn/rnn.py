@@ -67,11 +67,12 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 
+from .. import init as _init
 from ..constants import GATES
 from ..sparse import SparseWeight
 from .compute import check_compute, materialize, skeleton, use_dense
 from .recurrence import Config, RecordsGradFactors, check_input_dtype, projected_lstm, recurrence
-from .linear import EMPTY, resolve_density
+from .linear import EMPTY, fill_dense, refuse_dense_weights, resolve_density
 
 __all__ = ["SparseRNN", "SparseLSTM", "SparseGRU", "SparseRNNBase"]
 
@@ -105,46 +106,91 @@ def make_bias(rows, hidden, device, dtype):
     return nn.Parameter(torch.empty(rows, device=device, dtype=dtype).uniform_(-k, k))
 
 
+def reset_weights(module: nn.Module) -> None:
+    """``reset_parameters`` of the layers and cells: the construction's initialisation drawn
+    again on the current patterns (sparse values U(-b, b), b = 1/sqrt(stored entries per row);
+    dense matrices and biases U(-1/sqrt(H), 1/sqrt(H)), torch's)."""
+    k = 1.0 / math.sqrt(module.hidden_size)
+    for _, w in _init.named_weights(module):
+        if isinstance(w, SparseWeight):
+            b = 1.0 / math.sqrt(max(1.0, w.nnz / max(w.shape[0], 1)))
+            _init.uniform_(w, -b, b)
+        else:
+            _init.uniform_(w, -k, k)
+
+
 def weight_args(w):
     """(tensor for the Function, index or None) of a SparseWeight or dense Parameter."""
     return (w.values, w.index) if isinstance(w, SparseWeight) else (w, None)
 
 
-def dense_of(w) -> torch.Tensor:
-    return w.to_dense() if isinstance(w, SparseWeight) else w.detach()
+SELECTIONS = ("magnitude", "random")
 
 
-def sparsify(dense: torch.Tensor, density: float | None, mask: torch.Tensor | None) -> SparseWeight:
-    """Keeps ``mask`` (if given), else the ``density`` fraction of largest |w| (ties broken by
-    position), else the nonzeros."""
+def sparsify(dense: torch.Tensor, density: float | None, mask: torch.Tensor | None, selection: str = "magnitude",
+             generator: torch.Generator | None = None) -> SparseWeight:
+    """Keeps ``mask`` (if given), else round(density * numel) entries chosen by ``selection``
+    ('magnitude': the largest |w|; 'random': uniformly random positions, drawn with
+    ``generator``), else the nonzeros."""
     if mask is not None:
         return SparseWeight.from_dense(dense, mask)
     if density is None:
         return SparseWeight.from_dense(dense)
     if not 0.0 <= density <= 1.0:
         raise ValueError(f"density must be in [0, 1], got {density}")
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     k = int(round(density * dense.numel()))
+    if selection == "magnitude":
+        chosen = dense.abs().flatten().topk(k).indices
+    else:
+        chosen = torch.randperm(dense.numel(), generator=generator)[:k].to(dense.device)
     keep = torch.zeros(dense.numel(), dtype=torch.bool, device=dense.device)
-    keep[dense.abs().flatten().topk(k).indices] = True
+    keep[chosen] = True
     return SparseWeight.from_dense(dense, keep.view(dense.shape))
 
 
-def convert_weights(target: nn.Module, source: nn.Module, names, density, mask) -> None:
-    """Copies ``source``'s parameters into ``target``, sparsifying where ``target`` is sparse."""
+def load_dense(module: nn.Module, state_dict: dict, density: float | None, mask: dict | None, selection: str,
+               generator: torch.Generator | None) -> None:
+    """The body of ``load_dense_state_dict`` (layers and cells): ``state_dict`` holds torch's
+    dense tensors under ``module._flat_weights_names``; each sparse matrix keeps ``mask[name]``,
+    else ``density`` (None: its current density) chosen by ``selection``, in place (the values
+    Parameter object is kept, so an optimizer holding it stays valid); dense ones are copied."""
+    if density is not None and mask is not None:
+        raise ValueError("give at most one of density= and mask=")
     if mask is not None and not isinstance(mask, dict):
         raise TypeError("mask must be a dict {parameter name: bool tensor}")
+    if not hasattr(state_dict, "keys"):
+        raise TypeError(f"state_dict must be a dict of tensors, got {type(state_dict).__name__}")
+    names = module._flat_weights_names
+    missing = [n for n in names if n not in state_dict]
+    unexpected = [k for k in state_dict if k not in names]
+    if missing or unexpected:
+        raise ValueError(f"state_dict must hold a dense torch.nn.{module._DENSE.__name__}'s parameters "
+                         f"{names}; missing {missing}, unexpected {unexpected} (a sparse-engine state_dict "
+                         "loads with load_state_dict)")
     for name in names:
-        src = getattr(source, name)
-        if src is None:
+        dst, src = getattr(module, name), state_dict[name]
+        want = tuple(dst.shape)
+        if not isinstance(src, torch.Tensor) or tuple(src.shape) != want:
+            got = tuple(src.shape) if isinstance(src, torch.Tensor) else type(src).__name__
+            raise ValueError(f"state_dict[{name!r}] must be a tensor of shape {want}, got {got}")
+        if not isinstance(dst, SparseWeight):
+            with torch.no_grad():
+                dst.copy_(src)
             continue
-        dst = getattr(target, name)
-        if isinstance(dst, SparseWeight):
-            m = None if mask is None else mask.get(name)
-            if mask is not None and m is None:
-                raise ValueError(f"mask has no entry for the sparse matrix {name!r}")
-            setattr(target, name, sparsify(src.detach(), density, m))
-        else:
-            dst.data.copy_(src.detach())
+        m = None if mask is None else mask.get(name)
+        if mask is not None and m is None:
+            raise ValueError(f"mask has no entry for the sparse matrix {name!r}")
+        d = dst.density if density is None and m is None else density
+        src = src.detach().to(dst.values.device, dst.values.dtype)
+        new = sparsify(src, d, None if m is None else m.to(src.device), selection, generator)
+        dst.set_pattern(new.row_ptr, new.col_idx, new.values.detach())
+
+
+def nonzero_masks(module: nn.Module) -> dict:
+    """{name: weight != 0} for every parameter of a torch module (from_dense keeping the nonzeros)."""
+    return {name: p.detach() != 0 for name, p in module.named_parameters()}
 
 
 def check_not_packed(input, owner: str) -> None:
@@ -274,15 +320,15 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
 
     @classmethod
     def from_dense(cls, module: nn.Module, density: float | None = None, mask: dict | None = None,
-                   sparse: str = "both"):
+                   sparse: str = "both", selection: str = "magnitude", generator: torch.Generator | None = None):
         """A sparse copy of a torch ``nn.RNN``/``nn.LSTM``/``nn.GRU``.
 
         Each matrix chosen by ``sparse=`` keeps the entries under ``mask[name]`` (a dict of bool
-        tensors keyed by torch's parameter names), else the ``density`` fraction of largest
-        magnitude (per matrix, all gates together), else its nonzeros. Other parameters are copied.
+        tensors keyed by torch's parameter names), else the ``density`` fraction (per matrix, all
+        gates together) chosen by ``selection`` ('magnitude': largest |w|, the default;
+        'random': uniformly random positions from ``generator``), else its nonzeros. Other
+        parameters are copied. (:meth:`load_dense_state_dict` does the same from a state_dict.)
         """
-        if density is not None and mask is not None:
-            raise ValueError("give at most one of density= and mask=")
         cls._check_dense_source(module, cls._DENSE)
         w = module.weight_ih_l0
         kw = dict(num_layers=module.num_layers, bias=module.bias, batch_first=module.batch_first,
@@ -293,20 +339,45 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
             kw["proj_size"] = module.proj_size
         new = cls(module.input_size, module.hidden_size, density=EMPTY, sparse=sparse, device=w.device,
                   dtype=w.dtype, **kw)
-        convert_weights(new, module, new._flat_weights_names, density, mask)
+        if density is None and mask is None:
+            mask = nonzero_masks(module)
+        new.load_dense_state_dict(module.state_dict(), density, mask=mask, selection=selection, generator=generator)
         return new
 
+    def load_dense_state_dict(self, state_dict: dict, density: float | None = None, *, mask: dict | None = None,
+                              selection: str = "magnitude", generator: torch.Generator | None = None) -> None:
+        """Loads a dense torch ``nn.LSTM``/``GRU``/``RNN`` ``state_dict`` (same sizes) into this
+        module: each sparse matrix keeps ``mask[name]``, else ``density`` of its entries (None:
+        the density it has now) chosen by ``selection`` ('magnitude' or 'random', as
+        :meth:`from_dense`); dense matrices and biases are copied. ``load_state_dict`` refuses a
+        dense state_dict and points here."""
+        load_dense(self, state_dict, density, mask, selection, generator)
+
     def to_dense(self) -> nn.Module:
-        """The equivalent torch module (zeros where a sparse matrix has no entry). O(H^2) memory:
-        for tests and export."""
+        """The equivalent torch module (zeros where a sparse matrix has no entry; same
+        requires_grad and training mode). O(H^2) memory: for tests and export."""
         first = getattr(self, "weight_ih_l0")
         ref = first.values if isinstance(first, SparseWeight) else first
         dense = _DENSE_CLASSES[self.mode](self.input_size, self.hidden_size, device=ref.device, dtype=ref.dtype,
                                           **self._dense_kwargs())
-        with torch.no_grad():
-            for name in self._flat_weights_names:
-                getattr(dense, name).copy_(dense_of(getattr(self, name)))
-        return dense
+        return fill_dense(dense, self, self._flat_weights_names)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        refuse_dense_weights(self, state_dict, prefix, args[-1])  # a torch state_dict: say what to call
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def reset_parameters(self) -> None:
+        """As torch's: every weight drawn again (see :func:`reset_weights`); patterns kept."""
+        reset_weights(self)
+
+    @property
+    def all_weights(self) -> list:
+        """torch's ``all_weights``: per layer-direction its weights in ``_flat_weights_names`` order
+        ([weight_ih, weight_hh(, bias_ih, bias_hh)]), a sparse matrix as its SparseWeight."""
+        groups: dict[str, list] = {}
+        for name in self._flat_weights_names:  # grouped by the suffix: "_l1_reverse" of "weight_hh_l1_reverse"
+            groups.setdefault(name.rpartition("_l")[2], []).append(getattr(self, name))
+        return list(groups.values())
 
     def flatten_parameters(self) -> None:
         """No-op, for code written against nn.LSTM (there is no cuDNN weight buffer to pack)."""

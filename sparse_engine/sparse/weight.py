@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import export as _export
 from .. import init as _init
 from .. import _ext  # noqa: F401  (loads the compiled operators)
 from .csr import check_csr
@@ -166,6 +167,7 @@ class SparseWeight(nn.Module):
 
     # ------------------------------------------------------------- state_dict
     def get_extra_state(self):
+        _export.check_not_legacy_onnx_export()  # it would fail on this dict with an AttributeError
         return {"shape": self._shape}
 
     def set_extra_state(self, state) -> None:
@@ -190,6 +192,25 @@ class SparseWeight(nn.Module):
                                       unexpected_keys, error_msgs)
         self.validate()
         self._rebuild_transpose()
+
+    def __getattr__(self, name: str):
+        """nn.Module's lookup; a Tensor method asked of a SparseWeight (``nn.init.orthogonal_(
+        lstm.weight_hh_l0)`` calls ``.ndimension()``) fails with a message saying what to use."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if hasattr(torch.Tensor, name):
+                raise AttributeError(
+                    f"SparseWeight is a module holding a CSR matrix, not a tensor: it has no Tensor attribute "
+                    f"{name!r}. Initialise it with sparse_engine.init (the torch.nn.init functions for "
+                    "SparseWeights, e.g. sparse_engine.init.orthogonal_(weight)); its trainable values are "
+                    "weight.values, a dense copy weight.to_dense()") from None
+            raise
+
+    def __prepare_scriptable__(self):
+        """Called by ``torch.jit.script`` on every submodule: one clear refusal (see
+        :mod:`sparse_engine.export`) instead of a TorchScript compile error."""
+        raise RuntimeError(_export.NO_TORCHSCRIPT)
 
     # -------------------------------------------------------------- conversions
     def coo(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
