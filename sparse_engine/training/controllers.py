@@ -24,6 +24,8 @@ As for torch's LR schedulers, the saved schedule options win over the new contro
 from __future__ import annotations
 
 import copy
+import logging
+import math
 from typing import Callable, Iterable
 
 import torch
@@ -40,6 +42,7 @@ from .topology import (INIT_CHOICES, Remap, _ops_for, _widened, global_magnitude
 __all__ = ["TopologyController", "SET", "RigL", "GradualMagnitudePruning", "DeepR"]
 
 Callback = Callable[[int, dict], None]
+_log = logging.getLogger("sparse_engine.training")
 
 
 class TopologyController:
@@ -293,21 +296,29 @@ class GradualMagnitudePruning(TopologyController):
       construction (or ``initial_density``); scope="global" prunes the same total with one
       magnitude threshold across layers.
     * schedule="narang" (Narang et al. 2017): weights with |w| < eps_t are removed, eps_t the
-      ramped threshold of :func:`~sparse_engine.training.schedules.narang_threshold` with
-      q = the |w| quantile of each layer at construction that would leave ``final_density``.
+      ramped threshold of :func:`~sparse_engine.training.schedules.narang_threshold`. q, the |w|
+      that would leave ``final_density``, is taken as the paper takes it: from the weights when
+      pruning starts (the first update, at ``start_step``: the model has trained until then), or
+      given as ``q`` (a number, or name -> number) read off a trained model. Option
+      ``requantile=True`` recomputes q from the current weights at every update, as Zhang et
+      al.'s public code does (Pruning_Algorithm is called with the current weights).
+      A threshold schedule does not guarantee the density: :attr:`reached` holds each layer's
+      density after the last update, and a log line (logger ``sparse_engine.training``) says
+      it beside the target.
 
     ``state_dict()``: the common keys, options ``final_density``, ``start_step``, ``end_step``,
-    ``frequency``, ``schedule``, ``scope``, ``initial`` (each layer's initial density) and, for
-    "narang", ``ramp_step`` and ``q`` (each layer's threshold quantile).
+    ``frequency``, ``schedule``, ``scope``, ``initial`` (each layer's initial density), ``reached``
+    and, for "narang", ``ramp_step``, ``requantile`` and ``q`` (each layer's q; None until pruning
+    starts).
     """
 
     _options = ("final_density", "start_step", "end_step", "frequency", "schedule", "scope", "initial", "ramp_step",
-                "q")
+                "q", "requantile", "reached")
 
     def __init__(self, model, optimizer, *, final_density: float, end_step: int, start_step: int = 0,
                  frequency: int = 100, initial_density: float | None = None, schedule: str = "cubic",
-                 ramp_step: int | None = None, scope: str = "layer", seed: int = 0,
-                 callbacks: Iterable[Callback] = ()):
+                 ramp_step: int | None = None, q=None, requantile: bool = False, scope: str = "layer",
+                 seed: int = 0, callbacks: Iterable[Callback] = ()):
         super().__init__(model, optimizer, seed=seed, callbacks=callbacks)
         if not 0.0 <= final_density <= 1.0:
             raise ValueError(f"final_density must be in [0, 1], got {final_density}")
@@ -328,8 +339,26 @@ class GradualMagnitudePruning(TopologyController):
         if schedule == "narang":
             if ramp_step is None or not start_step < ramp_step <= end_step:
                 raise ValueError(f"schedule='narang' needs start_step < ramp_step <= end_step, got {ramp_step}")
-            self.ramp_step = ramp_step
-            self.q = {n: self._quantile(w) for n, w in self.weights.items()}
+            self.ramp_step, self.requantile = ramp_step, bool(requantile)
+            self.q = self._given_q(q)
+        elif q is not None or requantile:
+            raise ValueError("q and requantile belong to schedule='narang'")
+        self.reached: dict[str, float] = {}
+
+    def _given_q(self, q) -> dict | None:
+        """``q`` as name -> float, or None (taken from the weights when pruning starts)."""
+        if q is None:
+            return None
+        if isinstance(q, dict):
+            if set(q) != set(self.weights):
+                raise ValueError(f"q must give a number for each sparse weight {sorted(self.weights)}, got {sorted(q)}")
+            values = {n: q[n] for n in self.weights}
+        else:
+            values = {n: q for n in self.weights}
+        for n, v in values.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
+                raise ValueError(f"q must be a finite number >= 0 (a |w| of a trained model), got {v!r} for {n}")
+        return {n: float(v) for n, v in values.items()}
 
     def _quantile(self, w: SparseWeight) -> float:
         """Smallest |w| that is kept when the layer is pruned to final_density."""
@@ -356,6 +385,8 @@ class GradualMagnitudePruning(TopologyController):
         if not self._is_update(t):
             return
         if self.schedule == "narang":
+            if self.q is None or self.requantile:
+                self.q = {n: self._quantile(w) for n, w in self.weights.items()}
             for name, w in self.weights.items():
                 eps = narang_threshold(t, self.q[name], self.start_step, self.ramp_step, self.end_step, self.frequency)
                 self._rewire(name, threshold_keep(w.values, eps))
@@ -374,6 +405,11 @@ class GradualMagnitudePruning(TopologyController):
             else:
                 for name, w in self.weights.items():
                     self._rewire(name, magnitude_keep(w.values, excess[name]))
+        if t == self.end_step:
+            self.reached = {n: w.density for n, w in self.weights.items()}
+            for n, d in self.reached.items():
+                _log.info("gradual pruning (%s) ended: %s at density %.4f, target %.4f", self.schedule, n, d,
+                          self.final_density)
         self._notify()
 
 
