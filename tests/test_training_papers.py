@@ -81,3 +81,78 @@ def test_cubic_schedule_is_zhu_and_gupta_in_sparsity():
     for t in (5, 20, 50, 77, 100):
         s_t = s_f + (s_i - s_f) * (1 - (t - t0) / n) ** 3
         assert cubic_density(t, t0, t0 + n, 1 - s_i, 1 - s_f) == pytest.approx(1 - s_t)
+
+
+# ------------------------------------------------------------------ DEEP R
+def deepr_layer(values):
+    lin = SparseLinear(2, 2, density=1.0, bias=False)
+    with torch.no_grad():
+        lin.weight.values.copy_(torch.tensor(values))
+    return lin
+
+
+def test_deepr_bellec_rule_hand_computed():
+    # one step of Bellec et al.'s Algorithm 1 after the optimizer's gradient step:
+    # w <- w - lr*alpha*s + sqrt(2*lr*T)*nu; a connection whose sign flips is dormant and a random
+    # dormant position is activated at 0 with its fixed sign
+    lin = deepr_layer([0.5, -0.5, 2e-4, -0.7])
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+    lr, alpha, T = 0.1, 3e-3, 0.02
+    ctl = DeepR(lin, opt, l1=alpha, temperature=T, seed=3)
+    nu = torch.randn(4, generator=torch.Generator().manual_seed(0))
+    ctl.generator.manual_seed(0)  # the noise is drawn from the controller's generator
+    expected = torch.tensor([0.5, -0.5, 2e-4, -0.7]) - lr * alpha * torch.tensor([1., -1., 1., -1.]) \
+        + math.sqrt(2 * lr * T) * nu
+    assert math.sqrt(2 * lr * T) == pytest.approx(0.06324555)
+    ctl.step()
+    w = lin.weight
+    check_invariants(w, nnz=4)  # the count is kept
+    alive = (expected * torch.tensor([1., -1., 1., -1.])) >= 0
+    got = w.values.detach()
+    # survivors hold the hand-computed values; a flipped one was regrown at 0 (the only empty position
+    # of a full 2x2 layer is its own) with its fixed sign
+    assert torch.allclose(got[alive], expected[alive].float(), atol=1e-7)
+    assert (got[~alive] == 0).all()
+    assert ctl.sign["weight"].tolist() == [1, -1, 1, -1]
+
+
+def test_deepr_bellec_noise_scale_and_l1_follow_the_learning_rate():
+    lin = SparseLinear(200, 100, density=0.5, bias=False)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.02)
+    with torch.no_grad():
+        lin.weight.values.copy_(torch.sign(lin.weight.values.detach()) * 10.0)  # nothing flips
+    ctl = DeepR(lin, opt, l1=0.5, temperature=0.25, seed=1)
+    before = lin.weight.values.detach().clone()
+    ctl.step()
+    d = lin.weight.values.detach() - before
+    s = torch.sign(before)
+    assert float((d * s).mean()) == pytest.approx(-0.02 * 0.5, abs=3 * math.sqrt(2 * 0.02 * 0.25) / 100)
+    assert float(d.std()) == pytest.approx(math.sqrt(2 * 0.02 * 0.25), rel=0.05)  # sqrt(2 lr T) = 0.1
+
+
+def test_deepr_zhang_rule_once_per_epoch_without_learning_rate():
+    # Zhang et al.'s scripts: per epoch, w + sigma*N(0,1) - alpha*s, then dormant removal and regrowth
+    lin = deepr_layer([0.5, -0.5, 2e-4, -0.7])
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+    ctl = DeepR(lin, opt, rule="zhang", l1=1e-3, noise=0.0, seed=0)
+    for _ in range(5):
+        ctl.step()  # no terms between rewirings
+    assert lin.weight.values.detach().tolist() == pytest.approx([0.5, -0.5, 2e-4, -0.7])
+    ctl.end_epoch()
+    # 2e-4 - 1e-3 < 0: dormant, regrown at its own position (the only empty one) at 0 with sign +
+    assert lin.weight.values.detach().tolist() == pytest.approx([0.499, -0.499, 0.0, -0.699])
+    check_invariants(lin.weight, nnz=4)
+
+
+def test_deepr_rule_options_are_checked():
+    lin = deepr_layer([0.5, -0.5, 0.1, -0.7])
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="rule must"):
+        DeepR(lin, opt, rule="langevin")
+    with pytest.raises(ValueError, match="temperature"):
+        DeepR(lin, opt, noise=1e-3)
+    with pytest.raises(ValueError, match="noise"):
+        DeepR(lin, opt, rule="zhang", temperature=1e-3)
+    with pytest.raises(ValueError, match="temperature must"):
+        DeepR(lin, opt, temperature=-1.0)
+    assert DeepR(lin, opt).rewire_every == 1 and DeepR(lin, opt, rule="zhang").rewire_every == "epoch"

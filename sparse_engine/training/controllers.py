@@ -415,36 +415,63 @@ class GradualMagnitudePruning(TopologyController):
 
 # ============================================================================ DEEP R
 class DeepR(TopologyController):
-    """DEEP R rewiring (Bellec et al. 2018) as used for RNNs by Zhang et al. 2023.
+    """DEEP R rewiring (Bellec et al. 2018), with Zhang et al. 2023's variant as an option.
 
-    Each connection has a stored sign s (its sign when it was born). After every optimizer
-    step the values get the L1 and noise terms of DEEP R: w <- w - lr * l1 * s + noise * N(0, 1)
-    (lr of the parameter's group). A connection whose value has the sign opposite to s
-    (w * s < 0) is dead; at each rewiring (``rewire_every``: "epoch", as Zhang et al., or every
-    k steps) dead connections are removed and as many are grown at uniformly random empty
-    positions, each with the sign stored for that position if it was alive before, a random
-    sign otherwise, and value s * |init| (init "zero" by default: w = 0, alive).
-    Signs of dead positions are kept in a sorted key list (memory O(positions that died)).
-    The learning rate is read from the optimizer's param groups at every step, so an LR
-    scheduler (or ``optimizer.load_state_dict``) is followed.
+    Each connection has a fixed sign s (its sign when it was first born; a random sign for a
+    position that never lived) and is dormant when its value would have the opposite sign
+    (w * s < 0). A rewiring removes the dormant connections and activates as many at uniformly
+    random empty positions, with their fixed sign and value s * |init| (init "zero": w = 0), so
+    the number of connections stays the same.
 
-    ``state_dict()``: the common keys, options ``l1``, ``noise``, ``rewire_every``, and ``sign``,
-    ``dead_keys``, ``dead_sign`` (name -> tensor) and ``device_generators`` (device -> the state
-    of the generator drawing the noise there, for weights off the CPU).
+    * ``rule="bellec"`` (default; the published rule, Algorithm 1 of the paper): after every
+      optimizer step (which does the gradient part, -lr dE/dw), each connection gets the L1 and
+      noise terms w <- w - lr * l1 * s + sqrt(2 * lr * temperature) * N(0, 1), lr the learning
+      rate of the parameter's group at that step; the rewiring runs after every step
+      (``rewire_every=1``).
+    * ``rule="zhang"`` (Zhang et al.'s public code, MNIST/SMS/Gesture/Mackey-Glass rewiring
+      scripts): once per epoch (``rewire_every="epoch"``), before the rewiring, each connection
+      gets w <- w + noise * N(0, 1) - l1 * s, not scaled by the learning rate; in between, the
+      optimizer trains the values freely.
+
+    ``rewire_every``: None for the rule's own (1 for "bellec", "epoch" for "zhang"), or "epoch"
+    or a number of steps. Signs of dead positions are kept in a sorted key list (memory
+    O(positions that died)). The learning rate is read from the optimizer's param groups at
+    every step, so an LR scheduler (or ``optimizer.load_state_dict``) is followed.
+
+    ``state_dict()``: the common keys, options ``rule``, ``l1``, ``temperature``, ``noise``,
+    ``rewire_every``, and ``sign``, ``dead_keys``, ``dead_sign`` (name -> tensor) and
+    ``device_generators`` (device -> the state of the generator drawing the noise there, for
+    weights off the CPU).
     """
 
-    _options = ("l1", "noise", "rewire_every")
+    _options = ("rule", "l1", "temperature", "noise", "rewire_every")
+    RULES = ("bellec", "zhang")
 
-    def __init__(self, model, optimizer, *, l1: float = 1e-5, noise: float = 1e-5, rewire_every="epoch",
-                 init="zero", init_scale: float = 0.1, seed: int = 0, callbacks: Iterable[Callback] = ()):
+    def __init__(self, model, optimizer, *, rule: str = "bellec", l1: float = 1e-5, temperature: float | None = None,
+                 noise: float | None = None, rewire_every=None, init="zero", init_scale: float = 0.1, seed: int = 0,
+                 callbacks: Iterable[Callback] = ()):
         super().__init__(model, optimizer, seed=seed, callbacks=callbacks, init=init, init_scale=init_scale)
-        if optimizer is None:
-            raise ValueError("DeepR needs the optimizer (its learning rate scales the L1 term)")
-        if not (l1 >= 0 and noise >= 0):
-            raise ValueError(f"l1 and noise must be >= 0, got {l1}, {noise}")
-        if not (rewire_every == "epoch" or (isinstance(rewire_every, int) and rewire_every > 0)):
+        if rule not in self.RULES:
+            raise ValueError(f"rule must be one of {self.RULES}, got {rule!r}")
+        if optimizer is None and rule == "bellec":
+            raise ValueError("DeepR rule='bellec' needs the optimizer (its learning rate scales the L1 and noise terms)")
+        if rule == "bellec" and noise is not None:
+            raise ValueError("noise is the per-rewiring noise std of rule='zhang'; rule='bellec' takes temperature "
+                             "(noise std sqrt(2 * lr * temperature))")
+        if rule == "zhang" and temperature is not None:
+            raise ValueError("temperature belongs to rule='bellec'; rule='zhang' takes noise (the std per rewiring)")
+        temperature = 0.0 if temperature is None else temperature
+        noise = 0.0 if noise is None else noise
+        for k, v in (("l1", l1), ("temperature", temperature), ("noise", noise)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
+                raise ValueError(f"{k} must be a finite number >= 0, got {v!r}")
+        if rewire_every is None:
+            rewire_every = 1 if rule == "bellec" else "epoch"
+        if not (rewire_every == "epoch" or (isinstance(rewire_every, int) and not isinstance(rewire_every, bool)
+                                            and rewire_every > 0)):
             raise ValueError(f"rewire_every must be 'epoch' or a positive int, got {rewire_every!r}")
-        self.l1, self.noise, self.rewire_every = float(l1), float(noise), rewire_every
+        self.rule, self.rewire_every = rule, rewire_every
+        self.l1, self.temperature, self.noise = float(l1), float(temperature), float(noise)
         self.sign: dict[str, torch.Tensor] = {}
         self._dead_keys: dict[str, torch.Tensor] = {}
         self._dead_sign: dict[str, torch.Tensor] = {}
@@ -488,16 +515,21 @@ class DeepR(TopologyController):
         w = self.weights[name]
         return w.values.detach() * self.sign[name].to(w.values.dtype) < 0
 
+    def _add_terms(self, name: str, w: SparseWeight, l1: float, std: float) -> None:
+        """w <- w - l1 * s + std * N(0, 1) over the connections of weight ``name``."""
+        s = self.sign[name].to(w.values.dtype)
+        noise = torch.randn(w.nnz, generator=self._generator_on(w.values.device), dtype=w.values.dtype,
+                            device=w.values.device)
+        w.values.add_(s * -l1 + noise * std)
+
     def _after_step(self) -> None:
-        # the groups are looked up now: optimizer.load_state_dict replaces them, schedulers change lr
-        lrs = {id(p): g["lr"] for g in self.optimizer.param_groups for p in g["params"]}
-        with torch.no_grad():
-            for name, w in self.weights.items():
-                lr = lrs.get(id(w.values), 0.0)
-                s = self.sign[name].to(w.values.dtype)
-                noise = torch.randn(w.nnz, generator=self._generator_on(w.values.device), dtype=w.values.dtype,
-                                    device=w.values.device)
-                w.values.add_(s * (-lr * self.l1) + noise * self.noise)
+        if self.rule == "bellec":
+            # the groups are looked up now: optimizer.load_state_dict replaces them, schedulers change lr
+            lrs = {id(p): g["lr"] for g in self.optimizer.param_groups for p in g["params"]}
+            with torch.no_grad():
+                for name, w in self.weights.items():
+                    lr = lrs.get(id(w.values), 0.0)
+                    self._add_terms(name, w, lr * self.l1, math.sqrt(2.0 * lr * self.temperature))
         if isinstance(self.rewire_every, int) and self.step_count % self.rewire_every == 0:
             self._rewire_all()
 
@@ -506,6 +538,10 @@ class DeepR(TopologyController):
             self._rewire_all()
 
     def _rewire_all(self) -> None:
+        if self.rule == "zhang":
+            with torch.no_grad():
+                for name, w in self.weights.items():
+                    self._add_terms(name, w, self.l1, self.noise)
         for name, w in self.weights.items():
             dev = w.values.device
             dead = self.dead(name)

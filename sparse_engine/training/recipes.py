@@ -19,7 +19,7 @@ def make_controller(name: str, model, opt, steps: int, seed: int, callbacks):
         return GradualMagnitudePruning(model, opt, final_density=0.05, end_step=max(2, int(0.75 * steps)),
                                        frequency=max(1, steps // 20), seed=seed, callbacks=callbacks)
     if name == "deepr":
-        return DeepR(model, opt, l1=1e-5, noise=1e-5, seed=seed, callbacks=callbacks)
+        return DeepR(model, opt, l1=1e-5, temperature=1e-5, seed=seed, callbacks=callbacks)
     if name == "selfish":
         return SelfishRNN(model, opt, total_steps=steps, seed=seed, callbacks=callbacks)
     if name == "rigl":
