@@ -29,7 +29,7 @@ from .models import MODELS, SequenceModel
 from .resume import TrainProgress
 from .sparse import SparseWeight, sparse_weights
 from .timing import best_of
-from .training.recipes import ALGORITHMS, make_controller
+from .training.recipes import ALGORITHMS, RECIPES, get_recipe, make_controller, make_recipe_controller, zhang_init
 
 
 def _config(cls, config, options):
@@ -110,6 +110,10 @@ def _flag(value):
         return f"expected True or False, got {value!r}"
 
 
+def _recipe_or_none(value):
+    return None if value is None else _one_of(tuple(RECIPES))(value)
+
+
 def _null_method(value):
     from .analysis.nulls import METHODS
 
@@ -126,7 +130,7 @@ _FIELD_RULES = {
     "path": _path, "data": _path_or_none, "save": _checkpoint_or_none, "record_balance": _path_or_none,
     "plot": _path_or_none, "export_csv": _path_or_none, "key": _str_or_none, "resume": _path_or_none,
     "checkpoint_every": _integer(0), "gate": _str_or_none,
-    "quiet": _flag, "transpose": _flag,
+    "quiet": _flag, "transpose": _flag, "recipe": _recipe_or_none,
 }
 
 
@@ -137,6 +141,9 @@ def _train_combinations(cfg):
         return "data", problem
     if cfg.model == "ctrnn" and cfg.layers != 1:
         return "layers", f"model 'ctrnn' has one layer, got {cfg.layers}"
+    if cfg.recipe is not None and cfg.algorithm != RECIPES[cfg.recipe].train["algorithm"]:
+        return "algorithm", (f"recipe {cfg.recipe!r} trains with {RECIPES[cfg.recipe].train['algorithm']!r}, "
+                             f"got {cfg.algorithm!r}")
     if cfg.checkpoint_every and cfg.save is None and cfg.resume is None:
         return "checkpoint_every", "needs a checkpoint to write to: save or resume (--save PATH or --resume PATH)"
     return None
@@ -195,6 +202,18 @@ class TrainConfig(_Checked):
     quiet: bool = False             # no progress bars and no results table
     resume: str | None = None       # continue the run saved in this checkpoint (see sparse_engine.resume)
     checkpoint_every: int = 0       # also checkpoint to --save every this many steps inside an epoch (0: epoch ends)
+    recipe: str | None = None       # a published set-up (sparse_engine.training.recipes.RECIPES); see recipe_config
+
+
+def recipe_config(recipe: str, **options) -> TrainConfig:
+    """The :class:`TrainConfig` of the published set-up ``recipe`` (task, model, sizes, epochs,
+    batch, lr, algorithm of :data:`~sparse_engine.training.recipes.RECIPES`), with ``options``
+    overriding any field (``data``, a shorter ``epochs``, ``seed``, ...)."""
+    try:
+        fields_ = get_recipe(recipe).train
+    except ValueError:
+        raise ConfigError("recipe", _recipe_or_none(recipe)) from None
+    return TrainConfig(**{**fields_, **options, "recipe": recipe})
 
 
 @dataclass
@@ -298,13 +317,20 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
     from rich.console import Console
     from tqdm import tqdm
 
-    cfg = _config(TrainConfig, config, options)
+    if config is None and options.get("recipe") is not None:
+        cfg = recipe_config(**options)
+    else:
+        cfg = _config(TrainConfig, config, options)
+    recipe = get_recipe(cfg.recipe) if cfg.recipe else None
     check_train_paths(cfg)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     (Xtr, ytr), (Xte, yte), meta = load_task(cfg.task, cfg.data, cfg.seed)
     model = SequenceModel(cfg.model, meta["n_in"], meta["n_out"], cfg.hidden, cfg.layers, cfg.density,
-                          cfg.sparse, meta["kind"], meta.get("vocab")).to(device)
+                          cfg.sparse, meta["kind"], meta.get("vocab"))
+    if recipe is not None and recipe.zhang_init:
+        zhang_init(model, cfg.seed)
+    model = model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     batches = math.ceil(len(Xtr) / cfg.batch_size)
     callbacks = []
@@ -314,13 +340,16 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
 
         recorder = BalanceRecorder(layers=list(recurrent_weights(model)))
         callbacks.append(recorder)
-    ctl = make_controller(cfg.algorithm, model, opt, cfg.epochs * batches, cfg.seed, callbacks)
+    if recipe is not None:
+        ctl = make_recipe_controller(recipe, model, opt, batches, cfg.epochs, cfg.seed, callbacks)
+    else:
+        ctl = make_controller(cfg.algorithm, model, opt, cfg.epochs * batches, cfg.seed, callbacks)
     loss_fn = nn.functional.cross_entropy if meta["kind"] == "classify" else nn.functional.mse_loss
     console = Console()
     progress = TrainProgress.start(cfg, model, opt, ctl, recorder, device, len(Xtr))  # restores with --resume
     history = progress.history
     if not cfg.quiet:
-        title = f"sparse {cfg.model.upper()} on {cfg.task} ({cfg.algorithm}, {device})"
+        title = f"sparse {cfg.model.upper()} on {cfg.task} ({cfg.recipe or cfg.algorithm}, {device})"
         console.print(title, markup=False, highlight=False)
         console.print(epoch_header(), markup=False, highlight=False)
         for row in history:  # the epochs a resumed run had finished
@@ -337,6 +366,8 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
             opt.zero_grad()
             loss = loss_fn(model(Xtr[idx].to(device)), ytr[idx].to(device))
             loss.backward()
+            if recipe is not None and recipe.clip_value is not None:
+                nn.utils.clip_grad_value_(model.parameters(), recipe.clip_value)
             opt.step()
             if ctl is not None:
                 ctl.step()
@@ -360,6 +391,8 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
         progress.end_epoch(row)  # appends to history; the checkpoint at every epoch end
         if not cfg.quiet:
             console.print(epoch_line(row, samples_per_s), markup=False, highlight=False)
+    if recipe is not None and not cfg.quiet:
+        console.print(recipe_summary(recipe, history[-1], cfg.epochs), markup=False, highlight=False, soft_wrap=True)
     if progress.save_path:
         console.print(f"checkpoint: {progress.save_path}")
     if recorder is not None:
@@ -369,6 +402,16 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
         plot_history(history, cfg.plot)
         console.print(f"plot: {cfg.plot}")
     return TrainResult(model, history)
+
+
+def recipe_summary(recipe, last: dict, epochs: int) -> str:
+    """The line a recipe ends with: our result beside the published one and where that comes from."""
+    metric, value, where = recipe.published
+    planned = recipe.train["epochs"]
+    budget = "" if epochs == planned else f" after {epochs} of the recipe's {planned} epochs"
+    published = "n/a" if value is None else f"{value:.4g}"
+    return (f"{recipe.name}: ours {metric} {last[metric]:.4f} at density {last['density']:.4f}{budget}; "
+            f"published {published} ({where}; source: {recipe.source})")
 
 
 def plot_history(history, path):

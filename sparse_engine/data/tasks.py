@@ -50,8 +50,10 @@ def load_task(task: str, data: str | None, seed: int):
         X = X.view(-1, 8, 8)
         meta = dict(n_in=8, n_out=10, kind="classify")
     elif task == "mnist":
-        X, y = load_mnist(data)
         meta = dict(n_in=28, n_out=10, kind="classify")
+        if _has_mnist_train(data):  # the standard split: 60,000 training and 10,000 test images
+            return load_mnist(data, "train"), load_mnist(data), meta
+        X, y = load_mnist(data)  # the test set alone: split 80/20 below
     elif task == "sms":
         texts, y = load_sms_spam(data)
         X, vocab = _word_ids(texts, length=40)
@@ -79,6 +81,14 @@ def load_task(task: str, data: str | None, seed: int):
                          + (f" (data: {data})" if data else ""))
     tr, te = perm[:cut], perm[cut:]
     return (X[tr], y[tr]), (X[te], y[te]), meta
+
+
+def _has_mnist_train(directory) -> bool:
+    from pathlib import Path
+
+    d = Path(directory)
+    return all((d / f"train-{k}").exists() or (d / f"train-{k}.gz").exists()
+               for k in ("images-idx3-ubyte", "labels-idx1-ubyte"))
 
 
 def _gesture_windows(recordings, all_recordings, length: int, stride: int = 2):

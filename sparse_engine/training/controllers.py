@@ -213,14 +213,19 @@ class SET(TopologyController):
     epsilon=20 by default); a number re-draws every sparse weight as Erdos-Renyi(epsilon) with
     fresh values at construction (do it before the optimizer has state).
     ``init``: value of new weights, "zero" by default (Keras SET, Selfish-RNN); "normal" with
-    init_scale=0.1 is the scipy SET code; "he_uniform"/"xavier_uniform" later SET code."""
+    init_scale=0.1 is the scipy SET code; "he_uniform"/"xavier_uniform" later SET code.
+    ``rewire_every``: "epoch" (SET) or a number of optimizer steps (Zhang et al.'s MNIST script
+    rewires every 50 batches, its unit of an "epoch")."""
 
     def __init__(self, model, optimizer, zeta: float = 0.3, epsilon: float | None = None, *, init="zero",
-                 init_scale: float = 0.1, seed: int = 0, callbacks: Iterable[Callback] = ()):
+                 init_scale: float = 0.1, rewire_every="epoch", seed: int = 0, callbacks: Iterable[Callback] = ()):
         super().__init__(model, optimizer, seed=seed, callbacks=callbacks, init=init, init_scale=init_scale)
         if not 0.0 <= zeta <= 1.0:
             raise ValueError(f"zeta must be in [0, 1], got {zeta}")
-        self.zeta = float(zeta)
+        if not (rewire_every == "epoch" or (isinstance(rewire_every, int) and not isinstance(rewire_every, bool)
+                                            and rewire_every > 0)):
+            raise ValueError(f"rewire_every must be 'epoch' or a positive int, got {rewire_every!r}")
+        self.zeta, self.rewire_every = float(zeta), rewire_every
         if epsilon is not None:
             for w in self.weights.values():
                 rows, cols = w.shape
@@ -230,7 +235,15 @@ class SET(TopologyController):
                 dev = w.values.device
                 w.set_pattern(rp.to(dev), ci.to(dev), vals.to(dev), validate=False)
 
+    def _after_step(self) -> None:
+        if isinstance(self.rewire_every, int) and self.step_count % self.rewire_every == 0:
+            self._rewire_all()
+
     def _after_epoch(self) -> None:
+        if self.rewire_every == "epoch":
+            self._rewire_all()
+
+    def _rewire_all(self) -> None:
         for name, w in self.weights.items():
             keep = set_keep(w.values, self.zeta)
             n = w.nnz - int(keep.sum())
