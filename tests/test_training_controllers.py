@@ -654,7 +654,7 @@ def test_controller_state_dict_is_a_snapshot_and_checks_what_it_loads():
     drive(model, opt, sched, ctl, 0, 13)
     state = ctl.state_dict()
     keys_ = {"controller", "weights", "step_count", "epoch", "generator", "init", "init_scale", "options", "recorder",
-             "val_losses", "averager"}
+             "val_losses", "averager", "dense_momentum"}
     assert set(state) == keys_ and state["step_count"] == 13 and state["epoch"] == 3
     before = {n: t.clone() for n, t in state["averager"]["ax"].items()}
     drive(model, opt, sched, ctl, 13, 14)  # training on does not change a state taken before

@@ -156,3 +156,125 @@ def test_deepr_rule_options_are_checked():
     with pytest.raises(ValueError, match="temperature must"):
         DeepR(lin, opt, temperature=-1.0)
     assert DeepR(lin, opt).rewire_every == 1 and DeepR(lin, opt, rule="zhang").rewire_every == "epoch"
+
+
+# ------------------------------------------------------------------ Selfish-RNN (its public code)
+from sparse_engine.training import selfish_set_keep  # noqa: E402
+
+
+def test_selfish_set_death_hand_computed():
+    v = torch.tensor([0.5, -0.9, 0.1, -0.2, 0.3, -0.05, 0.0, 0.7])
+    # rate 0.5 of 8 stored: ceil(4) = 4 removals, ceil(4 / 2) = 2 per sign; the stored zero always goes
+    assert selfish_set_keep(v, 0.5).tolist() == [True, False, False, False, False, True, False, True]
+    assert selfish_set_keep(v, 0.5, "nearest_zero").tolist() == [True, True, False, False, False, False, False, True]
+    # more removals than one sign has: all of that sign
+    assert selfish_set_keep(torch.tensor([0.5, -0.9, 0.1]), 1.0).tolist() == [False, False, False]
+    with pytest.raises(ValueError, match="negatives"):
+        selfish_set_keep(v, 0.5, "largest")
+
+
+def full_layer(values, bias=False):
+    lin = SparseLinear(2, 2, density=1.0, bias=bias)
+    with torch.no_grad():
+        lin.weight.values.copy_(torch.tensor(values))
+    return lin
+
+
+@pytest.mark.parametrize("reset", [False, True])
+def test_selfish_weight_regrown_where_it_was_pruned_keeps_its_value_and_state(reset):
+    lin = full_layer([0.5, -0.05, 0.7, -0.7])
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1, momentum=0.9)
+    opt.state[lin.weight.values]["momentum_buffer"] = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    ctl = SelfishRNN(lin, opt, total_steps=100, death_rate=0.25, reset_regrown=reset, seed=0)
+    ctl.start_averaging()
+    for _ in range(3):
+        ctl.step()  # the average of each weight counts 3 steps
+    ctl.end_epoch()
+    # ceil(0.25 * 4) = 1 removal (-0.05, the smallest |w|); the only empty position is its own
+    w = lin.weight
+    check_invariants(w, nnz=4)
+    mom = opt.state[w.values]["momentum_buffer"]
+    if reset:  # a new weight: zero value, zero momentum, no average yet
+        assert w.values.detach().tolist() == pytest.approx([0.5, 0.0, 0.7, -0.7])
+        assert mom.tolist() == [1.0, 0.0, 3.0, 4.0] and ctl.averager.count["weight"].tolist() == [3, 0, 3, 3]
+    else:  # as the code: its mask went 1 -> 0 -> 1 and nothing was reset
+        assert w.values.detach().tolist() == pytest.approx([0.5, -0.05, 0.7, -0.7])
+        assert mom.tolist() == [1.0, 2.0, 3.0, 4.0] and ctl.averager.count["weight"].tolist() == [3, 3, 3, 3]
+
+
+def two_layers():
+    torch.manual_seed(0)
+    return nn.Sequential(SparseLinear(3, 2, density=1.0, bias=False), SparseLinear(2, 2, density=1.0, bias=False))
+
+
+def test_selfish_momentum_redistribution_normalises_adam_momentum():
+    model = two_layers()
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    a, b = model[0].weight.values, model[1].weight.values
+    opt.state[a].update(exp_avg=torch.full((6,), 1.0), exp_avg_sq=torch.full((6,), 4.0))
+    opt.state[b].update(exp_avg=torch.full((4,), -1.0), exp_avg_sq=torch.full((4,), 0.25))
+    ctl = SelfishRNN(model, opt, total_steps=10, redistribution="momentum")
+    # |m| / (sqrt(v) + 1e-8): 1/2 and 1/0.5 (exp_avg alone would call the layers equal)
+    assert ctl._scores() == pytest.approx([0.5, 2.0])
+    ctl = SelfishRNN(model, opt, total_steps=10, redistribution="nonzeros", threshold=0.3)
+    expected = [float((w.values.detach().abs() > 0.3).sum()) for w in (model[0].weight, model[1].weight)]
+    assert ctl._scores() == expected
+
+
+def test_selfish_momentum_growth_with_adam_uses_dense_moments():
+    torch.manual_seed(1)
+    lin = SparseLinear(6, 5, density=0.5, bias=False)
+    opt = torch.optim.Adam(lin.parameters(), lr=0.01, betas=(0.8, 0.9))
+    ctl = SelfishRNN(lin, opt, total_steps=100, death_rate=0.3, growth="momentum", seed=0)
+    g = torch.Generator().manual_seed(2)
+    m = torch.zeros(5, 6, dtype=torch.float64)
+    v = torch.zeros(5, 6, dtype=torch.float64)
+    for _ in range(3):
+        x = torch.randn(7, 6, generator=g)
+        dense = lin.weight.to_dense().double().requires_grad_(True)  # the masked-dense twin's gradient
+        (x.double() @ dense.T).pow(2).sum().backward()
+        m = 0.8 * m + 0.2 * dense.grad
+        v = 0.9 * v + 0.1 * dense.grad ** 2
+        opt.zero_grad()
+        (lin(x) ** 2).sum().backward()
+        opt.step()
+        ctl.step()
+    assert torch.allclose(ctl.dense_momentum["weight"][0].double(), m, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(ctl.dense_momentum["weight"][1].double(), v, rtol=1e-5, atol=1e-6)
+    before = set(keys(lin.weight).tolist())
+    vals = lin.weight.values.detach().abs().numpy()
+    n = math.ceil(0.3 * lin.weight.nnz)
+    died = {int(k) for k in keys(lin.weight)[np.argsort(vals, kind="stable")[:n]]}
+    ctl.end_epoch()
+    # the n empty positions (the just-pruned included) of largest |m| / (sqrt(v) + 1e-8)
+    score = (m / (v.sqrt() + 1e-8)).abs().flatten()
+    for k in before - died:
+        score[k] = -math.inf
+    chosen = set(torch.topk(score, n).indices.tolist())
+    after = set(keys(lin.weight).tolist())
+    assert after == (before - died) | chosen
+    fresh = sorted(chosen - before)
+    pos = [sorted(after).index(k) for k in fresh]
+    assert torch.allclose(opt.state[lin.weight.values]["exp_avg"][pos].double(), m.flatten()[fresh], rtol=1e-5)
+
+
+def test_selfish_momentum_growth_with_sgd_regrows_the_pruned_with_momentum_first():
+    torch.manual_seed(0)
+    lin = SparseLinear(8, 8, density=0.25, bias=False)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1, momentum=0.9)
+    opt.state[lin.weight.values]["momentum_buffer"] = torch.rand(lin.weight.nnz) + 0.1
+    ctl = SelfishRNN(lin, opt, total_steps=100, death_rate=0.5, growth="momentum", seed=0)
+    before = value_by_key(lin.weight)
+    ctl.end_epoch()
+    # the code masks SGD's buffer every step: only the just-pruned positions have momentum, so they
+    # all come back, keeping their values
+    assert value_by_key(lin.weight) == before
+
+
+def test_selfish_momentum_growth_memory_limit_and_optimizer():
+    lin = SparseLinear(60, 50, density=0.1, bias=False)
+    with pytest.raises(ValueError, match="dense_momentum_max_bytes"):
+        SelfishRNN(lin, torch.optim.Adam(lin.parameters()), total_steps=10, growth="momentum",
+                   dense_momentum_max_bytes=1000)
+    with pytest.raises(ValueError, match="momentum > 0"):
+        SelfishRNN(lin, torch.optim.SGD(lin.parameters(), lr=0.1), total_steps=10, growth="momentum")
