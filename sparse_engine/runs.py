@@ -12,6 +12,7 @@ arguments into these configs and calls these functions.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import os
@@ -378,7 +379,10 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
                 bar.set_postfix_str(progress_postfix(running / seen, seen - done * cfg.batch_size,
                                                      time.perf_counter() - start), refresh=False)
         samples_per_s = (seen - done * cfg.batch_size) / max(time.perf_counter() - start, 1e-9)
-        test_loss, test_acc = evaluate(model, Xte, yte, meta["kind"], device=device)
+        # Selfish-RNN evaluates on the NT-ASGD averages once averaging has started, as its paper
+        averaged = ctl.averaged() if hasattr(ctl, "averaged") else contextlib.nullcontext()
+        with averaged:
+            test_loss, test_acc = evaluate(model, Xte, yte, meta["kind"], device=device)
         if ctl is not None:
             ctl.end_epoch(val_loss=test_loss) if cfg.algorithm == "selfish" else ctl.end_epoch()
         if recorder is not None:

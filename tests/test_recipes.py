@@ -137,3 +137,30 @@ def test_mnist_task_uses_the_standard_split_when_the_training_files_are_there(tm
         shutil.copy(DATA / "mnist_test" / f"t10k-{k}.gz", d / f"train-{k}.gz")
     (Xtr, _), (Xte, _), _ = load_task("mnist", str(d), 0)
     assert (len(Xtr), len(Xte)) == (10000, 10000)
+
+
+def test_selfish_runs_evaluate_on_the_nt_asgd_averages(monkeypatch):
+    import sparse_engine.runs as runs
+    from sparse_engine.training import SelfishRNN
+
+    made, seen = [], []
+
+    def controller(name, model, opt, steps, seed, callbacks):
+        ctl = SelfishRNN(model, opt, total_steps=steps, seed=seed, callbacks=callbacks)
+        ctl.start_averaging()  # as if the non-monotone trigger had fired
+        made.append(ctl)
+        return ctl
+
+    real_evaluate = runs.evaluate
+
+    def evaluate(model, *args, **kw):
+        ctl = made[0]
+        seen.append(all(torch.equal(w.values.detach(), ctl.averager.averages(n)) for n, w in ctl.weights.items()))
+        return real_evaluate(model, *args, **kw)
+
+    monkeypatch.setattr(runs, "make_controller", controller)
+    monkeypatch.setattr(runs, "evaluate", evaluate)
+    train(task="digits", model="rnn", hidden=16, epochs=1, algorithm="selfish", quiet=True)
+    assert seen[0]  # the weights evaluated are the averages
+    w = next(iter(made[0].weights.values()))
+    assert not torch.equal(w.values.detach(), made[0].averager.averages(next(iter(made[0].weights))))  # restored
