@@ -37,7 +37,7 @@ __all__ = ["MUST_MATCH", "TrainProgress"]
 #: TrainConfig fields a resumed run must share with the saved one (the others, e.g. --save,
 #: --plot, --quiet, --device, --checkpoint-every, may change; --epochs may grow)
 MUST_MATCH = ("task", "data", "model", "hidden", "layers", "density", "sparse", "algorithm", "batch_size", "lr",
-              "seed")
+              "seed", "recipe")
 VERSION = 1
 
 

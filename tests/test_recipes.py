@@ -164,3 +164,13 @@ def test_selfish_runs_evaluate_on_the_nt_asgd_averages(monkeypatch):
     assert seen[0]  # the weights evaluated are the averages
     w = next(iter(made[0].weights.values()))
     assert not torch.equal(w.values.detach(), made[0].averager.averages(next(iter(made[0].weights))))  # restored
+
+
+def test_a_recipe_run_resumes_only_as_that_recipe(tmp_path):
+    ck = tmp_path / "ck.pt"
+    first = train(recipe="zhang-mackey-glass-set", epochs=1, hidden=8, save=str(ck), quiet=True)
+    plain = dict(RECIPES["zhang-mackey-glass-set"].train, hidden=8, epochs=2, resume=str(ck), quiet=True)
+    with pytest.raises(ValueError, match="--recipe None differs"):
+        train(**plain)
+    again = train(recipe="zhang-mackey-glass-set", epochs=2, hidden=8, resume=str(ck), quiet=True)
+    assert again.history[0]["test_loss"] == first.history[0]["test_loss"] and len(again.history) == 2
