@@ -414,7 +414,7 @@ def recipe_summary(recipe, last: dict, epochs: int) -> str:
     planned = recipe.train["epochs"]
     budget = "" if epochs == planned else f" after {epochs} of the recipe's {planned} epochs"
     published = "n/a" if value is None else f"{value:.4g}"
-    return (f"{recipe.name}: ours {metric} {last[metric]:.4f} at density {last['density']:.4f}{budget}; "
+    return (f"{recipe.name}: ours {metric} {last[metric]:.4g} at density {last['density']:.4f}{budget}; "
             f"published {published} ({where}; source: {recipe.source})")
 
 
