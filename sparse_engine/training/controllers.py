@@ -448,8 +448,9 @@ class DeepR(TopologyController):
 
     ``rewire_every``: None for the rule's own (1 for "bellec", "epoch" for "zhang"), or "epoch"
     or a number of steps. Signs of dead positions are kept in a sorted key list (memory
-    O(positions that died)). The learning rate is read from the optimizer's param groups at
-    every step, so an LR scheduler (or ``optimizer.load_state_dict``) is followed.
+    O(positions that died)); a rewiring with nothing dormant changes nothing and calls no
+    callback, unless it is the epoch's. The learning rate is read from the optimizer's param
+    groups at every step, so an LR scheduler (or ``optimizer.load_state_dict``) is followed.
 
     ``state_dict()``: the common keys, options ``rule``, ``l1``, ``temperature``, ``noise``,
     ``rewire_every``, and ``sign``, ``dead_keys``, ``dead_sign`` (name -> tensor) and
@@ -555,10 +556,14 @@ class DeepR(TopologyController):
             with torch.no_grad():
                 for name, w in self.weights.items():
                     self._add_terms(name, w, self.l1, self.noise)
+        changed = False
         for name, w in self.weights.items():
             dev = w.values.device
             dead = self.dead(name)
             n = int(dead.sum())
+            if n == 0:  # nothing dormant: no update (Bellec's rule checks after every step)
+                continue
+            changed = True
             rows, cols = w.shape
             row, col, _ = w.coo()
             keys_dead = (row * cols + col)[dead]
@@ -583,7 +588,8 @@ class DeepR(TopologyController):
             self._dead_keys[name], self._dead_sign[name] = keys[stay], signs[stay]
             self._pending_sign = new_sign
             self._rewire(name, ~dead, lambda rp, ci, nr=nr, nc=nc: (nr, nc), values=values)
-        self._notify()
+        if changed or self.rewire_every == "epoch":  # callbacks: after each update, and at each epoch's rewiring
+            self._notify()
 
     def _init_magnitudes(self, w: SparseWeight, n: int) -> torch.Tensor:
         from .topology import new_values
