@@ -326,7 +326,8 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
     check_train_paths(cfg)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    (Xtr, ytr), (Xte, yte), meta = load_task(cfg.task, cfg.data, cfg.seed)
+    (Xtr, ytr), (Xte, yte), meta = load_task(cfg.task, cfg.data, cfg.seed,
+                                             variant=recipe.variant if recipe is not None else None)
     model = SequenceModel(cfg.model, meta["n_in"], meta["n_out"], cfg.hidden, cfg.layers, cfg.density,
                           cfg.sparse, meta["kind"], meta.get("vocab"))
     if recipe is not None and recipe.zhang_init:

@@ -174,3 +174,16 @@ def test_a_recipe_run_resumes_only_as_that_recipe(tmp_path):
         train(**plain)
     again = train(recipe="zhang-mackey-glass-set", epochs=2, hidden=8, resume=str(ck), quiet=True)
     assert again.history[0]["test_loss"] == first.history[0]["test_loss"] and len(again.history) == 2
+
+
+def test_zhang_sms_preprocessing_hand_computed():
+    from sparse_engine.data.tasks import _word_ids, load_task
+
+    # punctuation, underscores and digits dropped, lower case; words seen >= 2 times; the first 3, padded after
+    ids, vocab = _word_ids(["Hi, you! 42 you_too", "you you"], length=3, min_count=2, clean=True, pad="post")
+    assert ids.tolist() == [[1, 2, 1], [2, 2, 0]] and vocab == 3  # 0 pad, 1 unknown, 2 "you"
+    assert all(get_recipe(f"zhang-sms-{k}").variant == "zhang" for k in ("prune", "set", "deepr"))
+    (X, _), _, meta = load_task("sms", str(DATA / "sms_spam" / "SMSSpamCollection"), 0, variant="zhang")
+    assert X.shape[1] == 25 and 500 < meta["vocab"] < 2000
+    with pytest.raises(ValueError, match="variant"):
+        load_task("mackey-glass", None, 0, variant="zhang")

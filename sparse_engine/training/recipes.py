@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -57,10 +57,10 @@ class Recipe:
     controller: dict
     unit: int | None = None
     clip_value: float | None = None
+    variant: str | None = None
     published: tuple = ("test_acc", None, "")
     notes: str = ""
     zhang_init: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 # Zhang et al. 2023 ("Universal structural patterns in sparse recurrent neural networks"): a vanilla
@@ -104,6 +104,7 @@ def _zhang_recipes() -> dict:
             name = f"zhang-{task}-{kind}"
             out[name] = Recipe(name=name, source=f"Zhang et al. 2023; {ZHANG_CODE} {script}", train=train,
                                controller=ctl, unit=s["unit"], clip_value=s["clip"],
+                               variant="zhang" if task == "sms" else None,
                                published=(metric, None, _PUBLISHED_NOTE), notes=s["why_epochs"])
     return out
 
