@@ -49,8 +49,11 @@ class Recipe:
     """One published set-up. ``train`` holds :class:`~sparse_engine.runs.TrainConfig` fields
     (task, model, hidden, density, sparse, algorithm, epochs, batch_size, lr); the rest says how
     the controller is built. ``unit``: the optimizer steps of the code's "epoch" (its unit of
-    logging, pruning and rewiring), None for one pass over the training set. ``published``:
-    (metric, value or None, where it comes from)."""
+    logging, pruning and rewiring), None for one pass over the training set. ``clip_value``:
+    gradients clipped to [-c, c] before each step. ``variant``: the paper's preprocessing of
+    the task (:data:`~sparse_engine.data.tasks.VARIANTS`), where we have it. ``published``:
+    (metric, value or None, where it comes from). ``zhang_init``: the model's weights are
+    drawn as Zhang et al.'s (:func:`zhang_init`)."""
     name: str
     source: str
     train: dict
@@ -70,7 +73,8 @@ class Recipe:
 _PUBLISHED_NOTE = ("the public code prints no final number and the paper reports its results in figures; "
                    "not transcribed here")
 _ZHANG_TASKS = {
-    # task: (hidden, batch, lr prune, lr rewire, epochs (ours), unit, prune schedule, zeta, deepr (l1, noise), clip)
+    # lr: (pruning script, rewiring script); epochs: ours (passes over the training set); unit: the
+    # script's "epoch" in batches (None: one pass); deepr: (alpha = l1, sigma = noise); clip: by value
     "mnist": dict(hidden=150, batch_size=128, lr=(1e-3, 1e-3), epochs=21, unit=50, schedule="narang", zeta=0.2,
                   deepr=(1e-5, 1e-5), clip=None, script="MNIST/MNIST_{}.py",
                   why_epochs="201 'epochs' of 50 batches of 128 = 10,050 steps: 21 passes over MNIST's 60,000"),
