@@ -314,7 +314,10 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
     """Trains a sparse recurrent model on a sequence task (``sparse-engine train``): Adam,
     optional dynamic sparse training, unless ``quiet`` a progress bar (running loss,
     samples/s) and a results line per epoch, and the checkpoint, balance records and plot when
-    their paths are set. ConfigError for a bad option, before any work."""
+    their paths are set. ConfigError for a bad option, before any work. With ``recipe`` (a name
+    of :data:`~sparse_engine.training.recipes.RECIPES`) the run is that published set-up
+    (:func:`recipe_config`; the other options override it), ending with the published number
+    beside ours."""
     from rich.console import Console
     from tqdm import tqdm
 
