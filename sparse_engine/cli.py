@@ -31,7 +31,7 @@ from .data.tasks import TASK_DATA, TASKS, load_task  # noqa: F401  (load_task: r
 from .models import MODELS
 from .runs import (DEVICES, SPARSE_CHOICES, AnalyzeConfig, BenchConfig, ConfigError, ConfigPathError,  # noqa: F401
                    TrainConfig, analyze, bench, check_paths, resolve_device, train)
-from .training.recipes import ALGORITHMS
+from .training.recipes import ALGORITHMS, RECIPES
 
 # Names defined here before the recipes moved out, kept so that old imports still work.
 from .models import SequenceModel  # noqa: F401,E402
@@ -88,7 +88,9 @@ def _formatter(prog):
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=30)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``recipe``, ``train``'s defaults are that recipe's settings (so options
+    given on the command line override the recipe)."""
     from .analysis.nulls import METHODS as NULL_METHODS  # here: the analysis package loads scipy
 
     p = ArgumentParser(prog=PROG, description=__doc__, epilog=EXIT_CODES, formatter_class=_formatter)
@@ -148,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every, metavar="STEPS",
                    help="also write the resumable checkpoint every STEPS training steps inside an epoch, >= 0; "
                         "needs --save or --resume (default: %(default)s: after every epoch only)")
+    t.add_argument("--recipe", choices=tuple(RECIPES), metavar="NAME",
+                   help="a published set-up: its task, model, sizes, epochs, batch, lr and sparsification "
+                        "schedule; other options given override it; ends with the published number beside ours. "
+                        f"One of: {', '.join(RECIPES)} (default: none; see docs/papers.md)")
+    if recipe is not None:
+        t.set_defaults(**RECIPES[recipe].train)
 
     m = t.add_argument_group("--model mlp (SET-MLP, docs/set_mlp.md; SET implementation 2 also uses --lr 0.05 "
                              "--batch-size 40 --algorithm set)")
@@ -205,6 +213,8 @@ def run(argv=None):
     or the balance values). Bad arguments raise :class:`CommandError` (code 2), bad paths
     CommandError (code 1); other errors propagate (:func:`main` turns them into exit codes)."""
     args = build_parser().parse_args(argv)
+    if args.command == "train" and args.recipe is not None:  # again, with the recipe's settings as defaults
+        args = build_parser(args.recipe).parse_args(argv)
     options = {k: v for k, v in vars(args).items() if k != "command"}
     try:
         if args.command == "train":

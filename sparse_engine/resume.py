@@ -38,7 +38,7 @@ __all__ = ["MUST_MATCH", "TrainProgress"]
 #: --plot, --quiet, --device, --checkpoint-every, may change; --epochs may grow)
 MUST_MATCH = ("task", "data", "model", "hidden", "layers", "density", "sparse", "algorithm", "batch_size", "lr",
               "seed", "epsilon", "zeta", "dropout", "momentum", "weight_decay", "faithful", "importance",
-              "label_column")
+              "label_column", "recipe")
 VERSION = 1
 
 

@@ -12,6 +12,7 @@ arguments into these configs and calls these functions.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import os
@@ -29,7 +30,7 @@ from .models import MODELS, SequenceModel
 from .resume import TrainProgress
 from .sparse import SparseWeight, sparse_weights
 from .timing import best_of
-from .training.recipes import ALGORITHMS, make_controller
+from .training.recipes import ALGORITHMS, RECIPES, get_recipe, make_controller, make_recipe_controller, zhang_init
 
 
 def _config(cls, config, options):
@@ -129,6 +130,10 @@ def _unit(value):
         return f"expected a number in [0, 1], got {value!r}"
 
 
+def _recipe_or_none(value):
+    return None if value is None else _one_of(tuple(RECIPES))(value)
+
+
 def _null_method(value):
     from .analysis.nulls import METHODS
 
@@ -145,7 +150,7 @@ _FIELD_RULES = {
     "path": _path, "data": _path_or_none, "save": _checkpoint_or_none, "record_balance": _path_or_none,
     "plot": _path_or_none, "export_csv": _path_or_none, "key": _str_or_none, "resume": _path_or_none,
     "checkpoint_every": _integer(0), "gate": _str_or_none,
-    "quiet": _flag, "transpose": _flag,
+    "quiet": _flag, "transpose": _flag, "recipe": _recipe_or_none,
     # --model mlp
     "epsilon": _positive, "zeta": _unit, "dropout": _fraction_below_one, "momentum": _fraction_below_one,
     "weight_decay": _fraction_below_one, "importance": _fraction_below_one, "faithful": _flag,
@@ -163,6 +168,9 @@ def _train_combinations(cfg):
     mlp_problem = _mlp_combinations(cfg)
     if mlp_problem is not None:
         return mlp_problem
+    if cfg.recipe is not None and cfg.algorithm != RECIPES[cfg.recipe].train["algorithm"]:
+        return "algorithm", (f"recipe {cfg.recipe!r} trains with {RECIPES[cfg.recipe].train['algorithm']!r}, "
+                             f"got {cfg.algorithm!r}")
     if cfg.checkpoint_every and cfg.save is None and cfg.resume is None:
         return "checkpoint_every", "needs a checkpoint to write to: save or resume (--save PATH or --resume PATH)"
     return None
@@ -267,6 +275,18 @@ class TrainConfig(_Checked):
     faithful: bool = False          # SET implementation 2's quirks (sigmoid + MSE, dropout scaling, duplicates)
     importance: float = 0.0         # importance pruning: fraction of hidden neurons dropped after an epoch
     label_column: str | None = None  # task 'table': the label column's name
+    recipe: str | None = None       # a published set-up (sparse_engine.training.recipes.RECIPES); see recipe_config
+
+
+def recipe_config(recipe: str, **options) -> TrainConfig:
+    """The :class:`TrainConfig` of the published set-up ``recipe`` (task, model, sizes, epochs,
+    batch, lr, algorithm of :data:`~sparse_engine.training.recipes.RECIPES`), with ``options``
+    overriding any field (``data``, a shorter ``epochs``, ``seed``, ...)."""
+    try:
+        fields_ = get_recipe(recipe).train
+    except ValueError:
+        raise ConfigError("recipe", _recipe_or_none(recipe)) from None
+    return TrainConfig(**{**fields_, **options, "recipe": recipe})
 
 
 @dataclass
@@ -369,15 +389,23 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
     """Trains a sparse recurrent model on a sequence task (``sparse-engine train``): Adam,
     optional dynamic sparse training, unless ``quiet`` a progress bar (running loss,
     samples/s) and a results line per epoch, and the checkpoint, balance records and plot when
-    their paths are set. ConfigError for a bad option, before any work."""
+    their paths are set. ConfigError for a bad option, before any work. With ``recipe`` (a name
+    of :data:`~sparse_engine.training.recipes.RECIPES`) the run is that published set-up
+    (:func:`recipe_config`; the other options override it), ending with the published number
+    beside ours."""
     from rich.console import Console
     from tqdm import tqdm
 
-    cfg = _config(TrainConfig, config, options)
+    if config is None and options.get("recipe") is not None:
+        cfg = recipe_config(**options)
+    else:
+        cfg = _config(TrainConfig, config, options)
+    recipe = get_recipe(cfg.recipe) if cfg.recipe else None
     check_train_paths(cfg)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    (Xtr, ytr), (Xte, yte), meta = load_task(cfg.task, cfg.data, cfg.seed, label_column=cfg.label_column)
+    (Xtr, ytr), (Xte, yte), meta = load_task(cfg.task, cfg.data, cfg.seed, label_column=cfg.label_column,
+                                             variant=recipe.variant if recipe is not None else None)
     batches = math.ceil(len(Xtr) / cfg.batch_size)
     callbacks = []
     recorder = None
@@ -394,20 +422,26 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
         loss_fn = model.loss
     else:
         model = SequenceModel(cfg.model, meta["n_in"], meta["n_out"], cfg.hidden, cfg.layers, cfg.density,
-                              cfg.sparse, meta["kind"], meta.get("vocab")).to(device)
+                              cfg.sparse, meta["kind"], meta.get("vocab"))
+        if recipe is not None and recipe.zhang_init:
+            zhang_init(model, cfg.seed)
+        model = model.to(device)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         if cfg.record_balance:  # after each topology update and at each epoch's end (analysis/record.py)
             from .analysis import BalanceRecorder, recurrent_weights
 
             recorder = BalanceRecorder(layers=list(recurrent_weights(model)))
             callbacks.append(recorder)
-        ctl = make_controller(cfg.algorithm, model, opt, cfg.epochs * batches, cfg.seed, callbacks)
+        if recipe is not None:
+            ctl = make_recipe_controller(recipe, model, opt, batches, cfg.epochs, cfg.seed, callbacks)
+        else:
+            ctl = make_controller(cfg.algorithm, model, opt, cfg.epochs * batches, cfg.seed, callbacks)
         loss_fn = nn.functional.cross_entropy if meta["kind"] == "classify" else nn.functional.mse_loss
     console = Console()
     progress = TrainProgress.start(cfg, model, opt, ctl, recorder, device, len(Xtr))  # restores with --resume
     history = progress.history
     if not cfg.quiet:
-        title = f"sparse {cfg.model.upper()} on {cfg.task} ({cfg.algorithm}, {device})"
+        title = f"sparse {cfg.model.upper()} on {cfg.task} ({cfg.recipe or cfg.algorithm}, {device})"
         console.print(title, markup=False, highlight=False)
         console.print(epoch_header(), markup=False, highlight=False)
         for row in history:  # the epochs a resumed run had finished
@@ -424,6 +458,8 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
             opt.zero_grad()
             loss = loss_fn(model(Xtr[idx].to(device)), ytr[idx].to(device))
             loss.backward()
+            if recipe is not None and recipe.clip_value is not None:
+                nn.utils.clip_grad_value_(model.parameters(), recipe.clip_value)
             opt.step()
             if ctl is not None:
                 ctl.step()
@@ -434,9 +470,12 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
                 bar.set_postfix_str(progress_postfix(running / seen, seen - done * cfg.batch_size,
                                                      time.perf_counter() - start), refresh=False)
         samples_per_s = (seen - done * cfg.batch_size) / max(time.perf_counter() - start, 1e-9)
+        # Selfish-RNN evaluates on the NT-ASGD averages once averaging has started, as its paper;
         # an MLP's hidden layers can be wide (10^5-10^6 units): its test batches are training-sized
-        test_loss, test_acc = evaluate(model, Xte, yte, meta["kind"], batch=cfg.batch_size if cfg.model == "mlp"
-                                       else 256, device=device)
+        averaged = ctl.averaged() if hasattr(ctl, "averaged") else contextlib.nullcontext()
+        with averaged:
+            test_loss, test_acc = evaluate(model, Xte, yte, meta["kind"],
+                                           batch=cfg.batch_size if cfg.model == "mlp" else 256, device=device)
         if ctl is not None:
             ctl.end_epoch(val_loss=test_loss) if cfg.algorithm == "selfish" else ctl.end_epoch()
         if recorder is not None:
@@ -449,6 +488,8 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
         progress.end_epoch(row)  # appends to history; the checkpoint at every epoch end
         if not cfg.quiet:
             console.print(epoch_line(row, samples_per_s), markup=False, highlight=False)
+    if recipe is not None and not cfg.quiet:
+        console.print(recipe_summary(recipe, history[-1], cfg.epochs), markup=False, highlight=False, soft_wrap=True)
     if progress.save_path:
         console.print(f"checkpoint: {progress.save_path}")
     if recorder is not None:
@@ -458,6 +499,16 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
         plot_history(history, cfg.plot)
         console.print(f"plot: {cfg.plot}")
     return TrainResult(model, history)
+
+
+def recipe_summary(recipe, last: dict, epochs: int) -> str:
+    """The line a recipe ends with: our result beside the published one and where that comes from."""
+    metric, value, where = recipe.published
+    planned = recipe.train["epochs"]
+    budget = "" if epochs == planned else f" after {epochs} of the recipe's {planned} epochs"
+    published = "n/a" if value is None else f"{value:.4g}"
+    return (f"{recipe.name}: ours {metric} {last[metric]:.4g} at density {last['density']:.4f}{budget}; "
+            f"published {published} ({where}; source: {recipe.source})")
 
 
 def plot_history(history, path):

@@ -42,7 +42,7 @@ CONTROLLERS = {
     "gmp": lambda net, opt: GradualMagnitudePruning(net, opt, final_density=0.1, end_step=8, frequency=2),
     "selfish": lambda net, opt: SelfishRNN(net, opt, total_steps=12, growth="gradient", grad_method="exact",
                                            redistribution="magnitude", seed=3),
-    "deepr": lambda net, opt: DeepR(net, opt, l1=1e-3, noise=1e-3, rewire_every=2, seed=4),
+    "deepr": lambda net, opt: DeepR(net, opt, l1=1e-3, temperature=1e-3, rewire_every=2, seed=4),
 }
 
 

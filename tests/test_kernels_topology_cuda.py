@@ -335,7 +335,7 @@ CONTROLLERS = {
     "GMP": lambda m, o: GradualMagnitudePruning(m, o, final_density=0.1, end_step=12, frequency=2),
     "GMP-global": lambda m, o: GradualMagnitudePruning(m, o, final_density=0.1, end_step=12, frequency=2,
                                                        scope="global"),
-    "DeepR": lambda m, o: DeepR(m, o, l1=1e-3, noise=1e-3, rewire_every=2, seed=1),
+    "DeepR": lambda m, o: DeepR(m, o, l1=1e-3, temperature=1e-3, rewire_every=2, seed=1),
     "SelfishRNN": lambda m, o: SelfishRNN(m, o, total_steps=30, death_rate=0.4, redistribution="magnitude",
                                           growth="gradient", seed=1),
     "SelfishRNN-random": lambda m, o: SelfishRNN(m, o, total_steps=30, death="SET", redistribution="nonzeros",

@@ -144,7 +144,7 @@ def make(algo, model, opt, seed, steps=8, callbacks=()):
     if algo == "GMP":
         return GradualMagnitudePruning(model, opt, final_density=0.3, end_step=steps, frequency=2, seed=seed,
                                        callbacks=callbacks)
-    return DeepR(model, opt, l1=1e-3, noise=1e-2, rewire_every=2, seed=seed, callbacks=callbacks)
+    return DeepR(model, opt, l1=1e-3, temperature=1e-2, rewire_every=2, seed=seed, callbacks=callbacks)
 
 
 ALGOS = ["SET", "SelfishRNN", "SelfishRNN-gradient", "RigL", "GMP", "DeepR"]
@@ -302,7 +302,7 @@ def test_deepr_removes_sign_flips_and_regrows_with_stored_sign():
     with torch.no_grad():
         lin.weight.values.copy_(torch.tensor([0.5, -0.5, 0.7, -0.7]))
     opt = torch.optim.SGD(lin.parameters(), lr=0.0)
-    ctl = DeepR(lin, opt, l1=0.0, noise=0.0, seed=0)
+    ctl = DeepR(lin, opt, rule="zhang", l1=0.0, noise=0.0, seed=0)
     with torch.no_grad():
         lin.weight.values[1] = 0.3  # was negative: its sign flipped, so it dies
     assert ctl.dead("weight").tolist() == [False, True, False, False]
@@ -317,11 +317,11 @@ def test_deepr_removes_sign_flips_and_regrows_with_stored_sign():
 def test_deepr_l1_and_noise_terms():
     lin = SparseLinear(30, 20, density=0.5, bias=False)
     opt = torch.optim.SGD(lin.parameters(), lr=0.1)
-    ctl = DeepR(lin, opt, l1=1e-2, noise=0.0)
+    ctl = DeepR(lin, opt, l1=1e-2, rewire_every=10**6)
     before = lin.weight.values.detach().clone()
     ctl.step()
     assert torch.allclose(lin.weight.values.detach(), before - 0.1 * 1e-2 * torch.sign(before))
-    ctl = DeepR(lin, opt, l1=0.0, noise=0.5, seed=1)
+    ctl = DeepR(lin, opt, l1=0.0, temperature=1.25, rewire_every=10**6, seed=1)  # std sqrt(2 lr T) = 0.5
     before = lin.weight.values.detach().clone()
     ctl.step()
     assert float((lin.weight.values.detach() - before).std()) == pytest.approx(0.5, rel=0.15)
@@ -437,7 +437,7 @@ def test_end_to_end_loss_falls(algo):
         ctl = GradualMagnitudePruning(model, opt, final_density=0.3, end_step=epochs * batches // 2,
                                       frequency=4, callbacks=cb)
     else:
-        ctl = DeepR(model, opt, l1=1e-4, noise=1e-4, seed=0, callbacks=cb)
+        ctl = DeepR(model, opt, l1=1e-4, temperature=1e-4, seed=0, callbacks=cb)
     losses = run(model, opt, ctl, epochs, batches, val=algo.startswith("SelfishRNN"))
     assert calls, "callbacks were never called"
     for w in sparse_weights(model).values():
@@ -576,7 +576,7 @@ def resumable(algo, model, opt, seed):
     if algo == "GMP-narang":
         return GradualMagnitudePruning(model, opt, final_density=0.2, start_step=2, ramp_step=10, end_step=20,
                                        frequency=3, schedule="narang", seed=seed)
-    return DeepR(model, opt, l1=1e-3, noise=1e-2, rewire_every=5, seed=seed)
+    return DeepR(model, opt, l1=1e-3, temperature=1e-2, rewire_every=5, seed=seed)
 
 
 def drive(model, opt, sched, ctl, start, stop, batches=4):
@@ -654,7 +654,7 @@ def test_controller_state_dict_is_a_snapshot_and_checks_what_it_loads():
     drive(model, opt, sched, ctl, 0, 13)
     state = ctl.state_dict()
     keys_ = {"controller", "weights", "step_count", "epoch", "generator", "init", "init_scale", "options", "recorder",
-             "val_losses", "averager"}
+             "val_losses", "averager", "dense_momentum"}
     assert set(state) == keys_ and state["step_count"] == 13 and state["epoch"] == 3
     before = {n: t.clone() for n, t in state["averager"]["ax"].items()}
     drive(model, opt, sched, ctl, 13, 14)  # training on does not change a state taken before
@@ -677,7 +677,7 @@ def test_controller_state_dict_is_a_snapshot_and_checks_what_it_loads():
 def test_deepr_follows_the_current_learning_rate():
     lin = SparseLinear(30, 20, density=0.5, bias=False)
     opt = torch.optim.SGD(lin.parameters(), lr=0.1)
-    ctl = DeepR(lin, opt, l1=1e-2, noise=0.0)
+    ctl = DeepR(lin, opt, l1=1e-2, rewire_every=10**6)
     opt.load_state_dict(opt.state_dict())  # replaces the param group dicts
     opt.param_groups[0]["lr"] = 0.5
     before = lin.weight.values.detach().clone()

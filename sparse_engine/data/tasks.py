@@ -5,6 +5,7 @@ that those stay plain readers, and apart from the command line so that a noteboo
 the same splits the CLI trains on."""
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import torch
@@ -36,14 +37,25 @@ def task_data_problem(task: str, data) -> str | None:
     return None
 
 
-def load_task(task: str, data: str | None, seed: int, *, label_column: str | None = None):
+# Zhang et al.'s SMS preprocessing (their data/SMS_preprocess.py): punctuation, underscores and
+# digits removed, lower case, the first 25 words, words seen at least 10 times, zero-padded after.
+ZHANG_SMS = dict(length=25, min_count=10, clean=True, pad="post")
+VARIANTS = {"sms": {"zhang": ZHANG_SMS}}
+
+
+def load_task(task: str, data: str | None, seed: int, *, label_column: str | None = None,
+              variant: str | None = None):
     """(train, test, meta): train/test are (inputs, targets); inputs (N, T, F) float or (N, T)
     token ids; meta holds n_in, n_out, kind ('classify' or 'regress') and vocab size.
     Task ``table`` (a feature matrix, for --model mlp: inputs (N, F), standardised with the
     training split's mean and deviation) reads its labels from the column ``label_column``.
-    ValueError for an unknown task or a missing ``data``; the readers' errors for bad files."""
+    ``variant``: a paper's preprocessing of the task (:data:`VARIANTS`: "zhang" for sms).
+    ValueError for an unknown task or variant or a missing ``data``; the readers' errors for bad files."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
+    if variant is not None and variant not in VARIANTS.get(task, {}):
+        raise ValueError(f"variant: task {task!r} has {sorted(VARIANTS.get(task, {})) or 'no variants'}, "
+                         f"got {variant!r}")
     problem = task_data_problem(task, data)
     if problem is not None:
         raise ValueError(f"data: {problem}")
@@ -53,8 +65,10 @@ def load_task(task: str, data: str | None, seed: int, *, label_column: str | Non
         X = X.view(-1, 8, 8)
         meta = dict(n_in=8, n_out=10, kind="classify")
     elif task == "mnist":
-        X, y = load_mnist(data)
         meta = dict(n_in=28, n_out=10, kind="classify")
+        if _has_mnist_train(data):  # the standard split: 60,000 training and 10,000 test images
+            return load_mnist(data, "train"), load_mnist(data), meta
+        X, y = load_mnist(data)  # the test set alone: split 80/20 below
     elif task == "table":
         if label_column is None:
             raise ValueError("label_column: task 'table' needs the name of its label column")
@@ -62,7 +76,7 @@ def load_task(task: str, data: str | None, seed: int, *, label_column: str | Non
         meta = dict(n_in=X.shape[1], n_out=len(classes), kind="classify")
     elif task == "sms":
         texts, y = load_sms_spam(data)
-        X, vocab = _word_ids(texts, length=40)
+        X, vocab = _word_ids(texts, **(VARIANTS["sms"][variant] if variant else dict(length=40)))
         meta = dict(n_in=50, n_out=2, kind="classify", vocab=vocab)
     elif task == "gesture":
         recordings = load_gesture(data)
@@ -92,6 +106,14 @@ def load_task(task: str, data: str | None, seed: int, *, label_column: str | Non
     return (X[tr], y[tr]), (X[te], y[te]), meta
 
 
+def _has_mnist_train(directory) -> bool:
+    from pathlib import Path
+
+    d = Path(directory)
+    return all((d / f"train-{k}").exists() or (d / f"train-{k}.gz").exists()
+               for k in ("images-idx3-ubyte", "labels-idx1-ubyte"))
+
+
 def _gesture_windows(recordings, all_recordings, length: int, stride: int = 2):
     """Windows of ``length`` frames (every ``stride``-th start) from each recording, labelled by
     the phase of their last frame; features standardised over the frames of all_recordings."""
@@ -110,13 +132,24 @@ def _gesture_windows(recordings, all_recordings, length: int, stride: int = 2):
     return torch.cat(xs), torch.cat(ys)
 
 
-def _word_ids(texts, length: int, max_vocab: int = 5000):
-    """Lower-cased word ids (0 = padding, 1 = unknown), left-padded to ``length``."""
+def _word_ids(texts, length: int, max_vocab: int = 5000, min_count: int = 1, clean: bool = False,
+              pad: str = "pre"):
+    """Lower-cased word ids (0 = padding, 1 = unknown): the ``max_vocab`` - 2 most frequent
+    words seen at least ``min_count`` times; ``clean`` drops punctuation, underscores and digits
+    first; ``pad="pre"`` keeps the last ``length`` words, left-padded, ``"post"`` the first
+    ``length``, right-padded."""
+    if clean:
+        texts = [" ".join(re.sub(r"([^\s\w]|_|[0-9])+", "", t).split()) for t in texts]
     words = [t.lower().split() for t in texts]
-    vocab = {w: i + 2 for i, (w, _) in enumerate(Counter(w for ws in words for w in ws).most_common(max_vocab - 2))}
+    counts = Counter(w for ws in words for w in ws).most_common(max_vocab - 2)
+    vocab = {w: i + 2 for i, (w, c) in enumerate(x for x in counts if x[1] >= min_count)}
     ids = torch.zeros(len(texts), length, dtype=torch.int64)
     for r, ws in enumerate(words):
-        seq = [vocab.get(w, 1) for w in ws][-length:]
+        seq = [vocab.get(w, 1) for w in ws]
+        seq = seq[-length:] if pad == "pre" else seq[:length]
         if seq:
-            ids[r, length - len(seq):] = torch.tensor(seq)
+            if pad == "pre":
+                ids[r, length - len(seq):] = torch.tensor(seq)
+            else:
+                ids[r, :len(seq)] = torch.tensor(seq)
     return ids, len(vocab) + 2

@@ -12,13 +12,13 @@ from .density import erk_densities, sparse_weights, sparsify_, uniform_densities
 from .grad_factors import GradFactorRecorder
 from .schedules import cosine_decay, cubic_density, narang_threshold
 from .set_mlp import SET_MLP_SETTINGS, SETMLP, SETSGD, importance_keep
-from .selfish import SelfishRNN, SparseNTASGD, redistribute
+from .selfish import SelfishRNN, SparseNTASGD, redistribute, selfish_set_keep
 from .topology import (INIT_CHOICES, Remap, global_magnitude_keep, gradient_growth, magnitude_keep, new_values,
                        random_empty, remap_optimizer_state, rewire, set_keep, threshold_keep)
 
 __all__ = [
     "SET", "SETMLP", "SETSGD", "SET_MLP_SETTINGS", "importance_keep", "SelfishRNN", "RigL", "GradualMagnitudePruning", "DeepR", "TopologyController",
-    "SparseNTASGD", "GradFactorRecorder", "redistribute",
+    "SparseNTASGD", "GradFactorRecorder", "redistribute", "selfish_set_keep",
     "cosine_decay", "cubic_density", "narang_threshold",
     "sparse_weights", "uniform_densities", "erk_densities", "sparsify_",
     "INIT_CHOICES", "Remap", "magnitude_keep", "global_magnitude_keep", "set_keep", "threshold_keep",

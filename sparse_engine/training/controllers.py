@@ -24,6 +24,8 @@ As for torch's LR schedulers, the saved schedule options win over the new contro
 from __future__ import annotations
 
 import copy
+import logging
+import math
 from typing import Callable, Iterable
 
 import torch
@@ -40,6 +42,7 @@ from .topology import (INIT_CHOICES, Remap, _ops_for, _widened, global_magnitude
 __all__ = ["TopologyController", "SET", "RigL", "GradualMagnitudePruning", "DeepR"]
 
 Callback = Callable[[int, dict], None]
+_log = logging.getLogger("sparse_engine.training")
 
 
 class TopologyController:
@@ -210,14 +213,19 @@ class SET(TopologyController):
     epsilon=20 by default); a number re-draws every sparse weight as Erdos-Renyi(epsilon) with
     fresh values at construction (do it before the optimizer has state).
     ``init``: value of new weights, "zero" by default (Keras SET, Selfish-RNN); "normal" with
-    init_scale=0.1 is the scipy SET code; "he_uniform"/"xavier_uniform" later SET code."""
+    init_scale=0.1 is the scipy SET code; "he_uniform"/"xavier_uniform" later SET code.
+    ``rewire_every``: "epoch" (SET) or a number of optimizer steps (Zhang et al.'s MNIST script
+    rewires every 50 batches, its unit of an "epoch")."""
 
     def __init__(self, model, optimizer, zeta: float = 0.3, epsilon: float | None = None, *, init="zero",
-                 init_scale: float = 0.1, seed: int = 0, callbacks: Iterable[Callback] = ()):
+                 init_scale: float = 0.1, rewire_every="epoch", seed: int = 0, callbacks: Iterable[Callback] = ()):
         super().__init__(model, optimizer, seed=seed, callbacks=callbacks, init=init, init_scale=init_scale)
         if not 0.0 <= zeta <= 1.0:
             raise ValueError(f"zeta must be in [0, 1], got {zeta}")
-        self.zeta = float(zeta)
+        if not (rewire_every == "epoch" or (isinstance(rewire_every, int) and not isinstance(rewire_every, bool)
+                                            and rewire_every > 0)):
+            raise ValueError(f"rewire_every must be 'epoch' or a positive int, got {rewire_every!r}")
+        self.zeta, self.rewire_every = float(zeta), rewire_every
         if epsilon is not None:
             for w in self.weights.values():
                 rows, cols = w.shape
@@ -227,7 +235,15 @@ class SET(TopologyController):
                 dev = w.values.device
                 w.set_pattern(rp.to(dev), ci.to(dev), vals.to(dev), validate=False)
 
+    def _after_step(self) -> None:
+        if isinstance(self.rewire_every, int) and self.step_count % self.rewire_every == 0:
+            self._rewire_all()
+
     def _after_epoch(self) -> None:
+        if self.rewire_every == "epoch":
+            self._rewire_all()
+
+    def _rewire_all(self) -> None:
         for name, w in self.weights.items():
             keep = set_keep(w.values, self.zeta)
             n = w.nnz - int(keep.sum())
@@ -293,21 +309,29 @@ class GradualMagnitudePruning(TopologyController):
       construction (or ``initial_density``); scope="global" prunes the same total with one
       magnitude threshold across layers.
     * schedule="narang" (Narang et al. 2017): weights with |w| < eps_t are removed, eps_t the
-      ramped threshold of :func:`~sparse_engine.training.schedules.narang_threshold` with
-      q = the |w| quantile of each layer at construction that would leave ``final_density``.
+      ramped threshold of :func:`~sparse_engine.training.schedules.narang_threshold`. q, the |w|
+      that would leave ``final_density``, is taken as the paper takes it: from the weights when
+      pruning starts (the first update, at ``start_step``: the model has trained until then), or
+      given as ``q`` (a number, or name -> number) read off a trained model. Option
+      ``requantile=True`` recomputes q from the current weights at every update, as Zhang et
+      al.'s public code does (Pruning_Algorithm is called with the current weights).
+      A threshold schedule does not guarantee the density: :attr:`reached` holds each layer's
+      density after the last update, and a log line (logger ``sparse_engine.training``) says
+      it beside the target.
 
     ``state_dict()``: the common keys, options ``final_density``, ``start_step``, ``end_step``,
-    ``frequency``, ``schedule``, ``scope``, ``initial`` (each layer's initial density) and, for
-    "narang", ``ramp_step`` and ``q`` (each layer's threshold quantile).
+    ``frequency``, ``schedule``, ``scope``, ``initial`` (each layer's initial density), ``reached``
+    and, for "narang", ``ramp_step``, ``requantile`` and ``q`` (each layer's q; None until pruning
+    starts).
     """
 
     _options = ("final_density", "start_step", "end_step", "frequency", "schedule", "scope", "initial", "ramp_step",
-                "q")
+                "q", "requantile", "reached")
 
     def __init__(self, model, optimizer, *, final_density: float, end_step: int, start_step: int = 0,
                  frequency: int = 100, initial_density: float | None = None, schedule: str = "cubic",
-                 ramp_step: int | None = None, scope: str = "layer", seed: int = 0,
-                 callbacks: Iterable[Callback] = ()):
+                 ramp_step: int | None = None, q=None, requantile: bool = False, scope: str = "layer",
+                 seed: int = 0, callbacks: Iterable[Callback] = ()):
         super().__init__(model, optimizer, seed=seed, callbacks=callbacks)
         if not 0.0 <= final_density <= 1.0:
             raise ValueError(f"final_density must be in [0, 1], got {final_density}")
@@ -328,8 +352,26 @@ class GradualMagnitudePruning(TopologyController):
         if schedule == "narang":
             if ramp_step is None or not start_step < ramp_step <= end_step:
                 raise ValueError(f"schedule='narang' needs start_step < ramp_step <= end_step, got {ramp_step}")
-            self.ramp_step = ramp_step
-            self.q = {n: self._quantile(w) for n, w in self.weights.items()}
+            self.ramp_step, self.requantile = ramp_step, bool(requantile)
+            self.q = self._given_q(q)
+        elif q is not None or requantile:
+            raise ValueError("q and requantile belong to schedule='narang'")
+        self.reached: dict[str, float] = {}
+
+    def _given_q(self, q) -> dict | None:
+        """``q`` as name -> float, or None (taken from the weights when pruning starts)."""
+        if q is None:
+            return None
+        if isinstance(q, dict):
+            if set(q) != set(self.weights):
+                raise ValueError(f"q must give a number for each sparse weight {sorted(self.weights)}, got {sorted(q)}")
+            values = {n: q[n] for n in self.weights}
+        else:
+            values = {n: q for n in self.weights}
+        for n, v in values.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
+                raise ValueError(f"q must be a finite number >= 0 (a |w| of a trained model), got {v!r} for {n}")
+        return {n: float(v) for n, v in values.items()}
 
     def _quantile(self, w: SparseWeight) -> float:
         """Smallest |w| that is kept when the layer is pruned to final_density."""
@@ -356,6 +398,8 @@ class GradualMagnitudePruning(TopologyController):
         if not self._is_update(t):
             return
         if self.schedule == "narang":
+            if self.q is None or self.requantile:
+                self.q = {n: self._quantile(w) for n, w in self.weights.items()}
             for name, w in self.weights.items():
                 eps = narang_threshold(t, self.q[name], self.start_step, self.ramp_step, self.end_step, self.frequency)
                 self._rewire(name, threshold_keep(w.values, eps))
@@ -374,41 +418,74 @@ class GradualMagnitudePruning(TopologyController):
             else:
                 for name, w in self.weights.items():
                     self._rewire(name, magnitude_keep(w.values, excess[name]))
+        if t == self.end_step:
+            self.reached = {n: w.density for n, w in self.weights.items()}
+            for n, d in self.reached.items():
+                _log.info("gradual pruning (%s) ended: %s at density %.4f, target %.4f", self.schedule, n, d,
+                          self.final_density)
         self._notify()
 
 
 # ============================================================================ DEEP R
 class DeepR(TopologyController):
-    """DEEP R rewiring (Bellec et al. 2018) as used for RNNs by Zhang et al. 2023.
+    """DEEP R rewiring (Bellec et al. 2018), with Zhang et al. 2023's variant as an option.
 
-    Each connection has a stored sign s (its sign when it was born). After every optimizer
-    step the values get the L1 and noise terms of DEEP R: w <- w - lr * l1 * s + noise * N(0, 1)
-    (lr of the parameter's group). A connection whose value has the sign opposite to s
-    (w * s < 0) is dead; at each rewiring (``rewire_every``: "epoch", as Zhang et al., or every
-    k steps) dead connections are removed and as many are grown at uniformly random empty
-    positions, each with the sign stored for that position if it was alive before, a random
-    sign otherwise, and value s * |init| (init "zero" by default: w = 0, alive).
-    Signs of dead positions are kept in a sorted key list (memory O(positions that died)).
-    The learning rate is read from the optimizer's param groups at every step, so an LR
-    scheduler (or ``optimizer.load_state_dict``) is followed.
+    Each connection has a fixed sign s (its sign when it was first born; a random sign for a
+    position that never lived) and is dormant when its value would have the opposite sign
+    (w * s < 0). A rewiring removes the dormant connections and activates as many at uniformly
+    random empty positions, with their fixed sign and value s * |init| (init "zero": w = 0), so
+    the number of connections stays the same.
 
-    ``state_dict()``: the common keys, options ``l1``, ``noise``, ``rewire_every``, and ``sign``,
-    ``dead_keys``, ``dead_sign`` (name -> tensor) and ``device_generators`` (device -> the state
-    of the generator drawing the noise there, for weights off the CPU).
+    * ``rule="bellec"`` (default; the published rule, Algorithm 1 of the paper): after every
+      optimizer step (which does the gradient part, -lr dE/dw), each connection gets the L1 and
+      noise terms w <- w - lr * l1 * s + sqrt(2 * lr * temperature) * N(0, 1), lr the learning
+      rate of the parameter's group at that step; the rewiring runs after every step
+      (``rewire_every=1``).
+    * ``rule="zhang"`` (Zhang et al.'s public code, MNIST/SMS/Gesture/Mackey-Glass rewiring
+      scripts): once per epoch (``rewire_every="epoch"``), before the rewiring, each connection
+      gets w <- w + noise * N(0, 1) - l1 * s, not scaled by the learning rate; in between, the
+      optimizer trains the values freely.
+
+    ``rewire_every``: None for the rule's own (1 for "bellec", "epoch" for "zhang"), or "epoch"
+    or a number of steps. Signs of dead positions are kept in a sorted key list (memory
+    O(positions that died)); a rewiring with nothing dormant changes nothing and calls no
+    callback, unless it is the epoch's. The learning rate is read from the optimizer's param
+    groups at every step, so an LR scheduler (or ``optimizer.load_state_dict``) is followed.
+
+    ``state_dict()``: the common keys, options ``rule``, ``l1``, ``temperature``, ``noise``,
+    ``rewire_every``, and ``sign``, ``dead_keys``, ``dead_sign`` (name -> tensor) and
+    ``device_generators`` (device -> the state of the generator drawing the noise there, for
+    weights off the CPU).
     """
 
-    _options = ("l1", "noise", "rewire_every")
+    _options = ("rule", "l1", "temperature", "noise", "rewire_every")
+    RULES = ("bellec", "zhang")
 
-    def __init__(self, model, optimizer, *, l1: float = 1e-5, noise: float = 1e-5, rewire_every="epoch",
-                 init="zero", init_scale: float = 0.1, seed: int = 0, callbacks: Iterable[Callback] = ()):
+    def __init__(self, model, optimizer, *, rule: str = "bellec", l1: float = 1e-5, temperature: float | None = None,
+                 noise: float | None = None, rewire_every=None, init="zero", init_scale: float = 0.1, seed: int = 0,
+                 callbacks: Iterable[Callback] = ()):
         super().__init__(model, optimizer, seed=seed, callbacks=callbacks, init=init, init_scale=init_scale)
-        if optimizer is None:
-            raise ValueError("DeepR needs the optimizer (its learning rate scales the L1 term)")
-        if not (l1 >= 0 and noise >= 0):
-            raise ValueError(f"l1 and noise must be >= 0, got {l1}, {noise}")
-        if not (rewire_every == "epoch" or (isinstance(rewire_every, int) and rewire_every > 0)):
+        if rule not in self.RULES:
+            raise ValueError(f"rule must be one of {self.RULES}, got {rule!r}")
+        if optimizer is None and rule == "bellec":
+            raise ValueError("DeepR rule='bellec' needs the optimizer (its learning rate scales the L1 and noise terms)")
+        if rule == "bellec" and noise is not None:
+            raise ValueError("noise is the per-rewiring noise std of rule='zhang'; rule='bellec' takes temperature "
+                             "(noise std sqrt(2 * lr * temperature))")
+        if rule == "zhang" and temperature is not None:
+            raise ValueError("temperature belongs to rule='bellec'; rule='zhang' takes noise (the std per rewiring)")
+        temperature = 0.0 if temperature is None else temperature
+        noise = 0.0 if noise is None else noise
+        for k, v in (("l1", l1), ("temperature", temperature), ("noise", noise)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
+                raise ValueError(f"{k} must be a finite number >= 0, got {v!r}")
+        if rewire_every is None:
+            rewire_every = 1 if rule == "bellec" else "epoch"
+        if not (rewire_every == "epoch" or (isinstance(rewire_every, int) and not isinstance(rewire_every, bool)
+                                            and rewire_every > 0)):
             raise ValueError(f"rewire_every must be 'epoch' or a positive int, got {rewire_every!r}")
-        self.l1, self.noise, self.rewire_every = float(l1), float(noise), rewire_every
+        self.rule, self.rewire_every = rule, rewire_every
+        self.l1, self.temperature, self.noise = float(l1), float(temperature), float(noise)
         self.sign: dict[str, torch.Tensor] = {}
         self._dead_keys: dict[str, torch.Tensor] = {}
         self._dead_sign: dict[str, torch.Tensor] = {}
@@ -452,16 +529,21 @@ class DeepR(TopologyController):
         w = self.weights[name]
         return w.values.detach() * self.sign[name].to(w.values.dtype) < 0
 
+    def _add_terms(self, name: str, w: SparseWeight, l1: float, std: float) -> None:
+        """w <- w - l1 * s + std * N(0, 1) over the connections of weight ``name``."""
+        s = self.sign[name].to(w.values.dtype)
+        noise = torch.randn(w.nnz, generator=self._generator_on(w.values.device), dtype=w.values.dtype,
+                            device=w.values.device)
+        w.values.add_(s * -l1 + noise * std)
+
     def _after_step(self) -> None:
-        # the groups are looked up now: optimizer.load_state_dict replaces them, schedulers change lr
-        lrs = {id(p): g["lr"] for g in self.optimizer.param_groups for p in g["params"]}
-        with torch.no_grad():
-            for name, w in self.weights.items():
-                lr = lrs.get(id(w.values), 0.0)
-                s = self.sign[name].to(w.values.dtype)
-                noise = torch.randn(w.nnz, generator=self._generator_on(w.values.device), dtype=w.values.dtype,
-                                    device=w.values.device)
-                w.values.add_(s * (-lr * self.l1) + noise * self.noise)
+        if self.rule == "bellec":
+            # the groups are looked up now: optimizer.load_state_dict replaces them, schedulers change lr
+            lrs = {id(p): g["lr"] for g in self.optimizer.param_groups for p in g["params"]}
+            with torch.no_grad():
+                for name, w in self.weights.items():
+                    lr = lrs.get(id(w.values), 0.0)
+                    self._add_terms(name, w, lr * self.l1, math.sqrt(2.0 * lr * self.temperature))
         if isinstance(self.rewire_every, int) and self.step_count % self.rewire_every == 0:
             self._rewire_all()
 
@@ -470,10 +552,18 @@ class DeepR(TopologyController):
             self._rewire_all()
 
     def _rewire_all(self) -> None:
+        if self.rule == "zhang":
+            with torch.no_grad():
+                for name, w in self.weights.items():
+                    self._add_terms(name, w, self.l1, self.noise)
+        changed = False
         for name, w in self.weights.items():
             dev = w.values.device
             dead = self.dead(name)
             n = int(dead.sum())
+            if n == 0:  # nothing dormant: no update (Bellec's rule checks after every step)
+                continue
+            changed = True
             rows, cols = w.shape
             row, col, _ = w.coo()
             keys_dead = (row * cols + col)[dead]
@@ -498,7 +588,8 @@ class DeepR(TopologyController):
             self._dead_keys[name], self._dead_sign[name] = keys[stay], signs[stay]
             self._pending_sign = new_sign
             self._rewire(name, ~dead, lambda rp, ci, nr=nr, nc=nc: (nr, nc), values=values)
-        self._notify()
+        if changed or self.rewire_every == "epoch":  # callbacks: after each update, and at each epoch's rewiring
+            self._notify()
 
     def _init_magnitudes(self, w: SparseWeight, n: int) -> torch.Tensor:
         from .topology import new_values

@@ -1,7 +1,19 @@
-"""Named dynamic-sparse-training recipes: one controller per algorithm name with the
-settings ``sparse-engine train --algorithm`` uses, so that the command line and a script
-pick the same SET / GMP / DeepR / Selfish-RNN / RigL configuration by name."""
+"""Named training recipes.
+
+* :data:`ALGORITHMS` / :func:`make_controller`: one controller per algorithm name with the
+  settings ``sparse-engine train --algorithm`` uses, so that the command line and a script pick
+  the same SET / GMP / DeepR / Selfish-RNN / RigL configuration by name.
+* :data:`RECIPES` / :func:`make_recipe_controller`: whole published set-ups
+  (``sparse-engine train --recipe NAME``): the task, model, optimizer settings, epochs and the
+  sparsification schedule of a paper's public code, with the published result to print beside
+  ours. See docs/papers.md for what each matches and what it does not.
+"""
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
 
 ALGORITHMS = ("none", "set", "gmp", "deepr", "selfish", "rigl")
 
@@ -19,10 +31,137 @@ def make_controller(name: str, model, opt, steps: int, seed: int, callbacks):
         return GradualMagnitudePruning(model, opt, final_density=0.05, end_step=max(2, int(0.75 * steps)),
                                        frequency=max(1, steps // 20), seed=seed, callbacks=callbacks)
     if name == "deepr":
-        return DeepR(model, opt, l1=1e-5, noise=1e-5, seed=seed, callbacks=callbacks)
+        return DeepR(model, opt, l1=1e-5, temperature=1e-5, seed=seed, callbacks=callbacks)
     if name == "selfish":
         return SelfishRNN(model, opt, total_steps=steps, seed=seed, callbacks=callbacks)
     if name == "rigl":
         return RigL(model, opt, end_step=max(2, int(0.75 * steps)), update_every=max(1, steps // 20),
                     seed=seed, callbacks=callbacks)
     raise ValueError(f"--algorithm must be one of {ALGORITHMS}")
+
+
+# ------------------------------------------------------------------ published recipes
+ZHANG_CODE = "github.com/XinjieZhang/sparse-RNNs"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One published set-up. ``train`` holds :class:`~sparse_engine.runs.TrainConfig` fields
+    (task, model, hidden, density, sparse, algorithm, epochs, batch_size, lr); the rest says how
+    the controller is built. ``unit``: the optimizer steps of the code's "epoch" (its unit of
+    logging, pruning and rewiring), None for one pass over the training set. ``clip_value``:
+    gradients clipped to [-c, c] before each step. ``variant``: the paper's preprocessing of
+    the task (:data:`~sparse_engine.data.tasks.VARIANTS`), where we have it. ``published``:
+    (metric, value or None, where it comes from). ``zhang_init``: the model's weights are
+    drawn as Zhang et al.'s (:func:`zhang_init`)."""
+    name: str
+    source: str
+    train: dict
+    controller: dict
+    unit: int | None = None
+    clip_value: float | None = None
+    variant: str | None = None
+    published: tuple = ("test_acc", None, "")
+    notes: str = ""
+    zhang_init: bool = True
+
+
+# Zhang et al. 2023 ("Universal structural patterns in sparse recurrent neural networks"): a vanilla
+# tanh RNN whose recurrent matrix alone is sparsified, from dense to density 0.05 by pruning, or at
+# density 0.05 from the start by SET or DEEP R rewiring; Adam; hyper-parameters from the get_default_hp
+# and __main__ of each script of the public code (MNIST/, SMS/, Gesture/, Mackey_Glass/).
+_PUBLISHED_NOTE = ("the public code prints no final number and the paper reports its results in figures; "
+                   "not transcribed here")
+_ZHANG_TASKS = {
+    # lr: (pruning script, rewiring script); epochs: ours (passes over the training set); unit: the
+    # script's "epoch" in batches (None: one pass); deepr: (alpha = l1, sigma = noise); clip: by value
+    "mnist": dict(hidden=150, batch_size=128, lr=(1e-3, 1e-3), epochs=21, unit=50, schedule="narang", zeta=0.2,
+                  deepr=(1e-5, 1e-5), clip=None, script="MNIST/MNIST_{}.py",
+                  why_epochs="201 'epochs' of 50 batches of 128 = 10,050 steps: 21 passes over MNIST's 60,000"),
+    "sms": dict(hidden=100, batch_size=128, lr=(5e-4, 5e-4), epochs=101, unit=None, schedule="cubic", zeta=0.1,
+                deepr=(1e-5, 1e-6), clip=None, script="SMS/SMS_{}.py", why_epochs="n_epochs 101"),
+    "gesture": dict(hidden=128, batch_size=32, lr=(5e-3, 1e-2), epochs=201, unit=None, schedule="cubic", zeta=0.1,
+                    deepr=(1e-3, 1e-3), clip=1.0, script="Gesture/Gesture_{}.py", why_epochs="training_iters 201"),
+    "mackey-glass": dict(hidden=128, batch_size=12, lr=(1e-3, 2e-3), epochs=101, unit=None, schedule="narang",
+                         zeta=0.2, deepr=(1e-5, 1e-5), clip=None, script="Mackey_Glass/MG_{}.py",
+                         why_epochs="n_epochs 101 (each of 10 passes over its series)"),
+}
+
+
+def _zhang_recipes() -> dict:
+    out = {}
+    for task, s in _ZHANG_TASKS.items():
+        metric = "test_loss" if task == "mackey-glass" else "test_acc"
+        base = dict(task=task, model="rnn", hidden=s["hidden"], sparse="recurrent", epochs=s["epochs"],
+                    batch_size=s["batch_size"])
+        for kind in ("prune", "set", "deepr"):
+            script = s["script"].format("pruning" if kind == "prune" else "rewiring")
+            if kind == "prune":
+                train = dict(base, density=1.0, algorithm="gmp", lr=s["lr"][0])
+                ctl = dict(kind="gmp", schedule=s["schedule"], final_density=0.05)
+            elif kind == "set":
+                train = dict(base, density=0.05, algorithm="set", lr=s["lr"][1])
+                ctl = dict(kind="set", zeta=s["zeta"])
+            else:
+                train = dict(base, density=0.05, algorithm="deepr", lr=s["lr"][1])
+                ctl = dict(kind="deepr", l1=s["deepr"][0], noise=s["deepr"][1])
+            name = f"zhang-{task}-{kind}"
+            out[name] = Recipe(name=name, source=f"Zhang et al. 2023; {ZHANG_CODE} {script}", train=train,
+                               controller=ctl, unit=s["unit"], clip_value=s["clip"],
+                               variant="zhang" if task == "sms" else None,
+                               published=(metric, None, _PUBLISHED_NOTE), notes=s["why_epochs"])
+    return out
+
+
+RECIPES: dict[str, Recipe] = _zhang_recipes()
+
+
+def get_recipe(name: str) -> Recipe:
+    """The recipe called ``name``; ValueError listing the names otherwise."""
+    if name not in RECIPES:
+        raise ValueError(f"recipe must be one of {', '.join(RECIPES)}; got {name!r}")
+    return RECIPES[name]
+
+
+def make_recipe_controller(recipe: Recipe, model, opt, batches: int, epochs: int, seed: int, callbacks):
+    """The controller of ``recipe`` for a run of ``epochs`` passes of ``batches`` steps.
+    Schedules are in the code's units (``recipe.unit`` steps, or one pass): Zhang et al.'s
+    Narang pruning starts after one unit, ramps at a quarter and ends at half of the units, one
+    update a unit, with q recomputed from the current weights at every update (their
+    Pruning_Algorithm); their cubic pruning runs from unit 5 to half of the units; SET and DEEP R
+    rewire once a unit."""
+    from . import SET, DeepR, GradualMagnitudePruning
+
+    unit = recipe.unit or batches
+    units = max(2, (epochs * batches) // unit)
+    c = recipe.controller
+    if c["kind"] == "gmp":
+        if c["schedule"] == "narang":
+            return GradualMagnitudePruning(model, opt, final_density=c["final_density"], schedule="narang",
+                                           start_step=unit, ramp_step=max(2, round(0.25 * units)) * unit,
+                                           end_step=max(3, round(0.5 * units)) * unit, frequency=unit,
+                                           requantile=True, seed=seed, callbacks=callbacks)
+        start = min(5, units // 4)
+        return GradualMagnitudePruning(model, opt, final_density=c["final_density"], schedule="cubic",
+                                       initial_density=1.0, start_step=start * unit,
+                                       end_step=max(start + 1, round(0.5 * units)) * unit, frequency=unit,
+                                       seed=seed, callbacks=callbacks)
+    every = recipe.unit if recipe.unit else "epoch"
+    if c["kind"] == "set":
+        return SET(model, opt, zeta=c["zeta"], rewire_every=every, seed=seed, callbacks=callbacks)
+    return DeepR(model, opt, rule="zhang", l1=c["l1"], noise=c["noise"], rewire_every=every, seed=seed,
+                 callbacks=callbacks)
+
+
+@torch.no_grad()
+def zhang_init(model, seed: int) -> None:
+    """Zhang et al.'s initial weights: W_in ~ N(0, 1/n_in), W_rec ~ N(0, 1/n_hidden) at its
+    stored positions (a 0.05-density W_rec is not rescaled, as in their code)."""
+    g = torch.Generator().manual_seed(int(seed) + 1000)
+    rnn = model.rnn
+    for name, p in rnn.named_parameters():
+        if name.startswith("bias"):
+            continue
+        fan_in = rnn.input_size if "ih" in name else rnn.hidden_size
+        # a sparse weight's values Parameter, or a dense matrix: the same draw per stored entry
+        p.copy_((torch.randn(p.shape, generator=g) / math.sqrt(fan_in)).to(p.dtype))

@@ -15,9 +15,33 @@ import torch
 
 from .controllers import Callback, TopologyController
 from .schedules import cosine_decay
-from .topology import Remap, magnitude_keep, set_keep, threshold_keep
+from .topology import Remap, magnitude_keep, threshold_keep
 
-__all__ = ["SelfishRNN", "SparseNTASGD", "redistribute"]
+__all__ = ["SelfishRNN", "SparseNTASGD", "redistribute", "selfish_set_keep"]
+
+SET_NEGATIVES = ("most_negative", "nearest_zero")
+
+
+def selfish_set_keep(values: torch.Tensor, rate: float, negatives: str = "most_negative") -> torch.Tensor:
+    """Keep mask of Selfish-RNN's "SET" death (``magnitude_and_negativity_death`` of its public
+    code): n = ceil(rate * nnz) removals, split as k = ceil(n / 2) per sign (at most all of a
+    sign); the k smallest positive weights go, and of the negative ones either the k most
+    negative (``negatives="most_negative"``, what the code does) or the k nearest zero
+    (``"nearest_zero"``, SET's own rule, Mocanu et al. 2018). Exact zeros always go.
+    Ties: the lower index goes first."""
+    if negatives not in SET_NEGATIVES:
+        raise ValueError(f"negatives must be one of {SET_NEGATIVES}, got {negatives!r}")
+    v = values.detach()
+    v = v.float() if v.element_size() == 2 else v
+    k = math.ceil(math.ceil(rate * v.numel()) / 2)
+    keep = v != 0
+    pos = torch.nonzero(v > 0).squeeze(1)
+    drop = pos[torch.argsort(v[pos], stable=True)[:k]]
+    neg = torch.nonzero(v < 0).squeeze(1)
+    order = torch.argsort(v[neg] if negatives == "most_negative" else -v[neg], stable=True)
+    keep[drop] = False
+    keep[neg[order[:k]]] = False
+    return keep
 
 
 def redistribute(total: int, scores: list[float], caps: list[int]) -> list[int]:
@@ -130,53 +154,70 @@ class SparseNTASGD:
 
 
 class SelfishRNN(TopologyController):
-    """Selfish-RNN controller.
+    """Selfish-RNN controller. Defaults follow the public code (Shiweiliuiiiiiii/Selfish-RNN,
+    ``sparse_rnn_core.py``; see docs/papers.md for each difference left and why).
 
     * death rate p_t = cosine from ``death_rate`` down to ``death_rate_min`` (0.005) over
       ``total_steps`` (all training batches), advanced by ``step()``;
     * once per epoch (``end_epoch``) each layer loses weights by ``death``: "magnitude"
-      (ceil(p_t nnz) smallest |w|, as sparselearning), "SET" (fraction p_t of each sign nearest
-      zero) or "threshold" (|w| < ``threshold``);
+      (ceil(p_t nnz) smallest |w|), "SET" (:func:`selfish_set_keep`: ceil(p_t nnz) removals
+      split evenly over the signs; ``set_negatives`` "most_negative" as the code, or
+      "nearest_zero", SET's rule) or "threshold" (|w| < ``threshold``);
     * the removed total is regrown across layers by ``redistribution``: "none" (each layer its
-      own), "magnitude" (mean |w|), "nonzeros" (nnz), "momentum" (mean |momentum| of the
-      optimizer state: SGD momentum_buffer or Adam exp_avg), capped by each layer's empty positions;
-    * growth "random" (exactly the count, uniformly among empty positions) or "gradient" (largest
-      |dL/dW| at empty positions, from the factors of the last batch; the recorder is kept armed).
-      "momentum" growth needs a momentum at empty positions, which a truly sparse model does
-      not have: it is refused;
+      own), "magnitude" (mean |w|), "nonzeros" (the count of |w| > ``threshold``, as the code),
+      "momentum" (mean over the layer's weights of the momentum magnitude as the code reads it:
+      |exp_avg| / (sqrt(exp_avg_sq) + 1e-8) for Adam, |momentum_buffer| for SGD), capped by each
+      layer's empty positions; the code's shares are rounded per layer, ours add up exactly;
+    * growth "random" (exactly the count, uniformly among empty positions, the just-pruned ones
+      included, as the code's mask), "gradient" (largest |dL/dW| at empty positions, from the
+      factors of the last batch; the recorder is kept armed) or "momentum" (largest momentum
+      magnitude at empty positions). The code's masked-dense optimizer has a momentum at every
+      position; a truly sparse one does not, so "momentum" keeps what the code's optimizer would
+      hold there: for Adam, dense exp_avg / exp_avg_sq buffers (rows x cols each, updated every
+      step from the gradient factors, so the layer must be small: ``dense_momentum_max_bytes``
+      caps their memory, ValueError beyond; new weights take their Adam state from them); for SGD
+      with momentum, the code masks the buffer after every step, so only the just-pruned
+      positions have one and the rest tie at zero (broken at random here, by sort order there);
+    * a weight regrown at the position it was pruned from in the same update keeps its value,
+      optimizer state and NT-ASGD average, as in the code (its mask goes 1 -> 0 -> 1 and nothing
+      is reset); ``reset_regrown=True`` starts it afresh like any new weight;
     * Sparse NT-ASGD (:class:`SparseNTASGD`) is switched on by the non-monotone trigger: at
       ``end_epoch(val_loss=...)``, when more than ``nonmono`` losses were seen and the new one is
       worse than the best before the last ``nonmono`` (AWD-LSTM's rule); ``nt_asgd=False`` never
-      averages; ``start_averaging()`` switches it on by hand. Evaluate with ``with ctl.averaged():``.
-    Defaults: death_rate=0.5 (sparselearning), init "zero" (Selfish-RNN).
+      averages; ``start_averaging()`` switches it on by hand. Evaluate with ``with ctl.averaged():``,
+      as the code evaluates on the averages once averaging has started.
+    Defaults: death_rate=0.5, death "magnitude", growth "random", redistribution "none" (the
+    code's command-line defaults), init "zero" (new weights start at zero).
 
     ``state_dict()``: the common keys of :class:`TopologyController`, options ``total_steps``,
     ``death_rate0``, ``death_rate_min``, ``death``, ``growth`` (must match on load),
-    ``redistribution``, ``threshold``, ``nt_asgd``, ``nonmono``, ``grad_options``, and
-    ``val_losses`` (the losses the NT-ASGD trigger has seen) and ``averager``
-    (:meth:`SparseNTASGD.state_dict`)."""
+    ``redistribution``, ``threshold``, ``nt_asgd``, ``nonmono``, ``grad_options``,
+    ``set_negatives``, ``reset_regrown``, and ``val_losses`` (the losses the NT-ASGD trigger has
+    seen), ``averager`` (:meth:`SparseNTASGD.state_dict`) and ``dense_momentum`` (name -> (exp_avg,
+    exp_avg_sq) dense, for growth "momentum" with Adam)."""
 
     _options = ("total_steps", "death_rate0", "death_rate_min", "death", "growth", "redistribution", "threshold",
-                "nt_asgd", "nonmono", "grad_options")
+                "nt_asgd", "nonmono", "grad_options", "set_negatives", "reset_regrown")
     _fixed = ("growth",)
 
     def __init__(self, model, optimizer, *, total_steps: int, death_rate: float = 0.5,
                  death_rate_min: float = 0.005, death: str = "magnitude", growth: str = "random",
                  redistribution: str = "none", threshold: float = 1e-3, nt_asgd: bool = True, nonmono: int = 5,
-                 init="zero", init_scale: float = 0.1, grad_method: str = "auto", max_flops: float = 2.0 ** 34,
-                 sample_factor: int = 8, seed: int = 0, callbacks: Iterable[Callback] = ()):
+                 set_negatives: str = "most_negative", reset_regrown: bool = False,
+                 dense_momentum_max_bytes: int = 2 ** 30, init="zero", init_scale: float = 0.1,
+                 grad_method: str = "auto", max_flops: float = 2.0 ** 34, sample_factor: int = 8, seed: int = 0,
+                 callbacks: Iterable[Callback] = ()):
         super().__init__(model, optimizer, seed=seed, callbacks=callbacks, init=init, init_scale=init_scale)
+        if set_negatives not in SET_NEGATIVES:
+            raise ValueError(f"set_negatives must be one of {SET_NEGATIVES}, got {set_negatives!r}")
         if not (isinstance(total_steps, int) and total_steps > 0):
             raise ValueError(f"total_steps must be a positive int (all training batches), got {total_steps!r}")
         if not 0.0 <= death_rate_min <= death_rate <= 1.0:
             raise ValueError(f"need 0 <= death_rate_min <= death_rate <= 1, got {death_rate_min}, {death_rate}")
         if death not in ("magnitude", "SET", "threshold"):
             raise ValueError(f"death must be 'magnitude', 'SET' or 'threshold', got {death!r}")
-        if growth == "momentum":
-            raise ValueError("growth='momentum' needs the momentum at empty positions, which a truly sparse "
-                             "optimizer does not keep; use growth='gradient'")
-        if growth not in ("random", "gradient"):
-            raise ValueError(f"growth must be 'random' or 'gradient', got {growth!r}")
+        if growth not in ("random", "gradient", "momentum"):
+            raise ValueError(f"growth must be 'random', 'gradient' or 'momentum', got {growth!r}")
         if redistribution not in ("none", "magnitude", "nonzeros", "momentum"):
             raise ValueError(f"redistribution must be 'none', 'magnitude', 'nonzeros' or 'momentum', "
                              f"got {redistribution!r}")
@@ -185,12 +226,38 @@ class SelfishRNN(TopologyController):
         self.total_steps, self.death_rate0, self.death_rate_min = total_steps, float(death_rate), float(death_rate_min)
         self.death, self.growth, self.redistribution = death, growth, redistribution
         self.threshold, self.nt_asgd, self.nonmono = float(threshold), bool(nt_asgd), nonmono
+        self.set_negatives, self.reset_regrown = set_negatives, bool(reset_regrown)
         self._set_grad_options(grad_method, max_flops, sample_factor)
         self.val_losses: list[float] = []
         self.averager = SparseNTASGD(self.weights)
-        if growth == "gradient":
+        self.dense_momentum: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if growth == "momentum":
+            self._momentum_kind = self._check_momentum_growth(dense_momentum_max_bytes)
+        if growth == "gradient" or (growth == "momentum" and self._momentum_kind == "adam"):
             self._use_gradients(model)
             self.recorder.armed = True
+
+    def _check_momentum_growth(self, max_bytes: int) -> str:
+        """"adam" or "sgd" (what growth "momentum" reads); ValueError when the optimizer has no
+        momentum or the dense buffers would pass ``max_bytes``."""
+        opt = self.optimizer
+        if isinstance(opt, (torch.optim.Adam, torch.optim.AdamW)):
+            kind, per_entry = "adam", 2 * 4  # exp_avg and exp_avg_sq, float32, kept for the whole run
+        elif isinstance(opt, torch.optim.SGD) and all(g.get("momentum", 0) > 0 for g in opt.param_groups):
+            kind, per_entry = "sgd", 4  # one score at each update
+        else:
+            raise ValueError("growth='momentum' reads the optimizer's momentum: use Adam/AdamW or SGD with "
+                             f"momentum > 0, got {type(opt).__name__}")
+        need = sum(w.shape[0] * w.shape[1] for w in self.weights.values()) * per_entry
+        if need > max_bytes:
+            raise ValueError(f"growth='momentum' keeps dense rows x cols momentum buffers (as the masked-dense "
+                             f"original): {need:,} bytes for these layers, over dense_momentum_max_bytes="
+                             f"{max_bytes:,}; use growth='gradient' (truly sparse) or raise the limit")
+        if kind == "adam":
+            for name, w in self.weights.items():
+                z = torch.zeros(w.shape, dtype=torch.float32, device=w.values.device)
+                self.dense_momentum[name] = (z, z.clone())
+        return kind
 
     @property
     def death_rate(self) -> float:
@@ -205,8 +272,23 @@ class SelfishRNN(TopologyController):
 
     def _after_step(self) -> None:
         self.averager.update()
+        if self.dense_momentum:
+            self._update_dense_momentum()
         if self.recorder is not None:
             self.recorder.new_step()
+
+    @torch.no_grad()
+    def _update_dense_momentum(self) -> None:
+        """Adam's moments at every position, from this step's gradient G X^T (no bias correction:
+        the code's growth reads the raw exp_avg and exp_avg_sq)."""
+        groups = {id(p): g for g in self.optimizer.param_groups for p in g["params"]}
+        for name, w in self.weights.items():
+            b1, b2 = groups[id(w.values)]["betas"]
+            G, X = self.recorder.factors(w)
+            g = (G.float() @ X.float().T)
+            m, v = self.dense_momentum[name]
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
 
     def end_epoch(self, val_loss: float | None = None) -> None:
         """Call at the end of every epoch, with the validation loss for the NT-ASGD trigger."""
@@ -218,20 +300,26 @@ class SelfishRNN(TopologyController):
             h.append(float(val_loss))
         super().end_epoch()
 
+    def _momentum(self, w) -> torch.Tensor:
+        """The momentum magnitude of each stored weight as the code reads it: Adam
+        |exp_avg| / (sqrt(exp_avg_sq) + 1e-8), SGD |momentum_buffer|."""
+        st = self.optimizer.state.get(w.values, {}) if self.optimizer is not None else {}
+        if "exp_avg" in st and "exp_avg_sq" in st:
+            return (st["exp_avg"].float() / (st["exp_avg_sq"].float().sqrt() + 1e-8)).abs()
+        if st.get("momentum_buffer") is not None:
+            return st["momentum_buffer"].float().abs()
+        raise ValueError("redistribution='momentum' needs an optimizer with momentum state (Adam exp_avg and "
+                         "exp_avg_sq, or SGD with momentum > 0) after at least one step")
+
     def _scores(self) -> list[float]:
         out = []
         for w in self.weights.values():
             if self.redistribution == "nonzeros":
-                out.append(float(w.nnz))
+                out.append(float((w.values.detach().abs() > self.threshold).sum()))
             elif self.redistribution == "magnitude":
                 out.append(float(w.values.detach().abs().mean()) if w.nnz else 0.0)
             else:  # momentum
-                st = self.optimizer.state.get(w.values, {}) if self.optimizer is not None else {}
-                m = st.get("momentum_buffer", st.get("exp_avg"))
-                if m is None:
-                    raise ValueError("redistribution='momentum' needs an optimizer with momentum state "
-                                     "(SGD momentum_buffer or Adam exp_avg)")
-                out.append(float(m.abs().mean()) if w.nnz else 0.0)
+                out.append(float(self._momentum(w).mean()) if w.nnz else 0.0)
         return out
 
     def _after_epoch(self) -> None:
@@ -242,7 +330,7 @@ class SelfishRNN(TopologyController):
             if self.death == "magnitude":
                 keep = magnitude_keep(w.values, min(w.nnz, math.ceil(p * w.nnz)))
             elif self.death == "SET":
-                keep = set_keep(w.values, p)
+                keep = selfish_set_keep(w.values, p, self.set_negatives)
             else:
                 keep = threshold_keep(w.values, self.threshold)
             keeps[name], removed[name] = keep, w.nnz - int(keep.sum())
@@ -257,17 +345,72 @@ class SelfishRNN(TopologyController):
             w = self.weights[name]
             if self.growth == "gradient":
                 g = self._gradient_grow(w, n)
+            elif self.growth == "momentum":
+                g = self._momentum_grow(name, w, keeps[name], n)
             else:
                 g = self._random_grow(w, n)
-            self._rewire(name, keeps[name], g)
+            keep = keeps[name]
+            if not self.reset_regrown:
+                keep, g = _regrown_in_place(w, keep, g)
+            remap = self._rewire(name, keep, g)
+            if self.growth == "momentum" and self._momentum_kind == "adam":
+                self._adam_state_from_dense(name, w, remap)
         self._notify()
+
+    def _momentum_grow(self, name: str, w, keep: torch.Tensor, n: int):
+        """The n empty positions (after death) of largest momentum magnitude (see the class doc)."""
+        rows, cols = w.shape
+        row, col, _ = w.coo()
+        if self._momentum_kind == "adam":
+            m, v = self.dense_momentum[name]
+            score = (m / (v.sqrt() + 1e-8)).abs().flatten()
+        else:  # SGD: only the just-pruned positions hold a momentum; the rest tie at zero, broken at random
+            score = -torch.rand(rows * cols, generator=self.generator).to(w.values.device)
+            pruned = ~keep
+            score[(row * cols + col)[pruned]] = self._momentum(w)[pruned]
+        score[(row * cols + col)[keep]] = -math.inf  # survivors are not empty
+        top = torch.topk(score, n).indices.sort().values
+        return lambda rp, ci: (top // cols, (top % cols).to(torch.int32))
+
+    @torch.no_grad()
+    def _adam_state_from_dense(self, name: str, w, remap: Remap) -> None:
+        """New weights take the dense buffers' moments, as the code's dense Adam state has them."""
+        st = self.optimizer.state.get(w.values)
+        if not st or "exp_avg" not in st or remap.n_grown == 0:
+            return
+        rows, cols = w.shape
+        row, col, _ = w.coo()
+        keys = (row * cols + col)[remap.new]
+        m, v = self.dense_momentum[name]
+        st["exp_avg"][remap.new] = m.flatten()[keys].to(st["exp_avg"].dtype)
+        st["exp_avg_sq"][remap.new] = v.flatten()[keys].to(st["exp_avg_sq"].dtype)
 
     def _on_remap(self, name: str, remap: Remap) -> None:
         self.averager.remap(name, remap)
 
     def _own_state(self) -> dict:
-        return {"val_losses": list(self.val_losses), "averager": self.averager.state_dict()}
+        return {"val_losses": list(self.val_losses), "averager": self.averager.state_dict(),
+                "dense_momentum": {n: list(mv) for n, mv in self.dense_momentum.items()}}
 
     def _load_own_state(self, state: dict) -> None:
         self.val_losses = [float(v) for v in state["val_losses"]]
         self.averager.load_state_dict(state["averager"])
+        self.dense_momentum = {n: tuple(t.to(self.weights[n].values.device) for t in mv)
+                               for n, mv in state.get("dense_momentum", {}).items()}
+
+
+def _regrown_in_place(w, keep: torch.Tensor, grow):
+    """(keep, grow) with the positions ``grow`` picks among the just-pruned ones kept instead:
+    their weights keep value and state, as in the masked-dense code."""
+    from .controllers import _compacted
+
+    rows, cols = w.shape
+    nr, nc = grow(*_compacted(w, keep))[:2]
+    row, col, _ = w.coo()
+    keys = row * cols + col
+    new_keys = nr.to(keys.device) * cols + nc.to(keys.device).long()
+    back = ~keep & torch.isin(keys, new_keys)
+    if not bool(back.any()):
+        return keep, (lambda rp, ci: (nr, nc))
+    fresh = ~torch.isin(new_keys, keys[back])
+    return keep | back, (lambda rp, ci: (nr[fresh.to(nr.device)], nc[fresh.to(nc.device)]))
