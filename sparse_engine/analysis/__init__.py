@@ -13,7 +13,7 @@ from .census import (TRIAD_TYPES, TRANSITIVE_TYPES, TriadCensus, signed_triad_ce
                      feed_forward_loops)
 from .balance import DEFINITIONS, Balance, structural_balance, balance_measures, ffl_coherence
 from .nulls import METHODS, randomize, NullModelResult, null_model_test
-from .lesions import KINDS, LesionCurve, lesion_ffls
+from .lesions import KINDS, MODES, LesionCurve, LesionRuns, lesion_ffls
 from .nnstd import (AVERAGES, NNSTDResult, nnstd, nnstd_matrix, max_weight_matching, jaccard_similarity, jaccard_cost,
                     load_nnstd_layers)
 from .recurrent import (SUM, CHECKPOINT_SUFFIXES, gate_names, gate_graphs, is_recurrent_name, recurrent_weights,
@@ -24,7 +24,7 @@ __all__ = [
     "GraphCSR", "to_graph", "edges", "load_sparse_weight", "to_networkx", "read_edge_csv", "write_edge_csv",
     "TRIAD_TYPES", "TRANSITIVE_TYPES", "TriadCensus", "signed_triad_census", "FeedForwardLoops",
     "feed_forward_loops", "DEFINITIONS", "Balance", "structural_balance", "balance_measures", "ffl_coherence",
-    "METHODS", "randomize", "NullModelResult", "null_model_test", "KINDS", "LesionCurve", "lesion_ffls",
+    "METHODS", "randomize", "NullModelResult", "null_model_test", "KINDS", "MODES", "LesionCurve", "LesionRuns", "lesion_ffls",
     "AVERAGES", "NNSTDResult", "nnstd", "nnstd_matrix", "max_weight_matching", "jaccard_similarity", "jaccard_cost", "load_nnstd_layers", "BalanceRecorder",
     "ID_SPREAD", "SUM", "CHECKPOINT_SUFFIXES", "gate_names", "gate_graphs", "is_recurrent_name", "recurrent_weights",
     "RecurrentMatrix", "load_recurrent", "AnalysisResult",
