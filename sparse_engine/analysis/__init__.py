@@ -9,9 +9,9 @@ the blocks; see :mod:`.recurrent`.
 """
 from .graph import (GraphCSR, to_graph, edges, load_sparse_weight, to_networkx, read_edge_csv, write_edge_csv,
                     ID_SPREAD)
-from .census import (TRIAD_TYPES, TRANSITIVE_TYPES, TriadCensus, signed_triad_census, FeedForwardLoops,
+from .census import (TRIAD_TYPES, TRANSITIVE_TYPES, NODE_SETS, TriadCensus, signed_triad_census, FeedForwardLoops,
                      feed_forward_loops)
-from .balance import DEFINITIONS, Balance, structural_balance, balance_measures, ffl_coherence
+from .balance import DEFINITIONS, CONVENTIONS, Balance, structural_balance, balance_measures, ffl_coherence
 from .nulls import METHODS, randomize, NullModelResult, null_model_test
 from .lesions import KINDS, MODES, LesionCurve, LesionRuns, lesion_ffls
 from .nnstd import (AVERAGES, NNSTDResult, nnstd, nnstd_matrix, max_weight_matching, jaccard_similarity, jaccard_cost,
@@ -22,7 +22,7 @@ from .record import BalanceRecorder
 
 __all__ = [
     "GraphCSR", "to_graph", "edges", "load_sparse_weight", "to_networkx", "read_edge_csv", "write_edge_csv",
-    "TRIAD_TYPES", "TRANSITIVE_TYPES", "TriadCensus", "signed_triad_census", "FeedForwardLoops",
+    "TRIAD_TYPES", "TRANSITIVE_TYPES", "NODE_SETS", "CONVENTIONS", "TriadCensus", "signed_triad_census", "FeedForwardLoops",
     "feed_forward_loops", "DEFINITIONS", "Balance", "structural_balance", "balance_measures", "ffl_coherence",
     "METHODS", "randomize", "NullModelResult", "null_model_test", "KINDS", "MODES", "LesionCurve", "LesionRuns", "lesion_ffls",
     "AVERAGES", "NNSTDResult", "nnstd", "nnstd_matrix", "max_weight_matching", "jaccard_similarity", "jaccard_cost", "load_nnstd_layers", "BalanceRecorder",
