@@ -312,7 +312,7 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
     if cfg.record_balance:  # after each topology update and at each epoch's end (analysis/record.py)
         from .analysis import BalanceRecorder, recurrent_weights
 
-        recorder = BalanceRecorder(layers=list(recurrent_weights(model)))
+        recorder = BalanceRecorder(layers=list(recurrent_weights(model)), path=cfg.record_balance)  # written as it goes
         callbacks.append(recorder)
     ctl = make_controller(cfg.algorithm, model, opt, cfg.epochs * batches, cfg.seed, callbacks)
     loss_fn = nn.functional.cross_entropy if meta["kind"] == "classify" else nn.functional.mse_loss

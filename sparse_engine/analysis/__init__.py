@@ -18,14 +18,14 @@ from .nnstd import (AVERAGES, NNSTDResult, nnstd, nnstd_matrix, max_weight_match
                     load_nnstd_layers)
 from .recurrent import (SUM, CHECKPOINT_SUFFIXES, gate_names, gate_graphs, is_recurrent_name, recurrent_weights,
                         RecurrentMatrix, load_recurrent, AnalysisResult)
-from .record import BalanceRecorder
+from .record import BalanceRecorder, read_record
 
 __all__ = [
     "GraphCSR", "to_graph", "edges", "load_sparse_weight", "to_networkx", "read_edge_csv", "write_edge_csv",
     "TRIAD_TYPES", "TRANSITIVE_TYPES", "NODE_SETS", "CONVENTIONS", "TriadCensus", "signed_triad_census", "FeedForwardLoops",
     "feed_forward_loops", "DEFINITIONS", "Balance", "structural_balance", "balance_measures", "ffl_coherence",
     "METHODS", "randomize", "NullModelResult", "null_model_test", "KINDS", "MODES", "LesionCurve", "LesionRuns", "lesion_ffls",
-    "AVERAGES", "NNSTDResult", "nnstd", "nnstd_matrix", "max_weight_matching", "jaccard_similarity", "jaccard_cost", "load_nnstd_layers", "BalanceRecorder",
+    "AVERAGES", "NNSTDResult", "nnstd", "nnstd_matrix", "max_weight_matching", "jaccard_similarity", "jaccard_cost", "load_nnstd_layers", "BalanceRecorder", "read_record",
     "ID_SPREAD", "SUM", "CHECKPOINT_SUFFIXES", "gate_names", "gate_graphs", "is_recurrent_name", "recurrent_weights",
     "RecurrentMatrix", "load_recurrent", "AnalysisResult",
 ]
