@@ -26,6 +26,11 @@ see :mod:`.recurrent`. Each record is a flat dict::
      <the 16 census counts>, <per transitive type: _balanced, _unbalanced, _CB, _PB, _CI>,
      <balance_semicycle, balance_triad, balance_weighted and their per-type values>}
 
+With ``null=K`` each record also holds, for each definition d, the null model's
+``null_mean_balance_<d>``, ``null_std_balance_<d>`` and ``z_balance_<d>`` from K randomised
+copies (``null_method``, seeded by ``seed`` + the record's step; :func:`~.nulls.null_model_test`):
+the band the balance-over-epochs figure draws. It costs K more censuses per record.
+
 ``epoch`` is the ``epoch`` argument of ``end_epoch``, else the attribute ``recorder.epoch``
 (which ``train`` sets to the current epoch, 1-based; None by default). ``records`` holds them
 in call order; ``columns()`` / ``rows()`` give a pandas-free table and ``to_csv(path)`` writes
@@ -45,6 +50,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -64,9 +70,18 @@ class BalanceRecorder:
 
     layers: names to record (default: the recurrent weights, see the module doc); transpose: the
     weights are stored as ``h @ W`` (see graph.py); every: record an update only when
-    ``step % every == 0``; path: a CSV written as records are taken (see the module doc)."""
+    ``step % every == 0``; path: a CSV written as records are taken; null, null_method, seed:
+    null-model statistics per record (see the module doc)."""
 
-    def __init__(self, *, layers=None, transpose: bool = False, every: int = 1, path=None):
+    def __init__(self, *, layers=None, transpose: bool = False, every: int = 1, path=None, null: int = 0,
+                 null_method: str = "sign_shuffle", seed: int = 0):
+        from .nulls import METHODS
+
+        if not isinstance(null, int) or null < 0 or null == 1:
+            raise ValueError(f"null must be 0 (none) or an int >= 2 (randomised copies per record), got {null!r}")
+        if null_method not in METHODS:
+            raise ValueError(f"null_method must be one of {METHODS}, got {null_method!r}")
+        self.null, self.null_method, self.seed = null, null_method, seed
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         if path is not None and not isinstance(path, (str, os.PathLike)):
@@ -140,9 +155,24 @@ class BalanceRecorder:
                 c = _census_of_graph(g)
                 rec.update(c.as_dict())
                 rec.update(balance_measures(c))
+                if self.null:
+                    rec.update(self._null_columns(g, step))
                 self.records.append(rec)
         if self.path is not None:
             self._write_new()
+
+    def _null_columns(self, g, step: int) -> dict:
+        from .balance import DEFINITIONS
+        from .nulls import null_model_test
+
+        with warnings.catch_warnings():  # NaN measures (no transitive triad) are expected early in training
+            warnings.simplefilter("ignore")
+            res = null_model_test(g, self.null_method, K=self.null, seed=self.seed + step)
+        out = {}
+        for d in DEFINITIONS:
+            k = f"balance_{d}"
+            out.update({f"null_mean_{k}": res.mean[k], f"null_std_{k}": res.std[k], f"z_{k}": res.z[k]})
+        return out
 
     def _write_new(self) -> None:
         """Appends the records not yet in the file (all of them, header first, the first time or
