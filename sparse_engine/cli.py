@@ -8,7 +8,8 @@
   ``mackey-glass`` (one value a line). ``--device`` picks the CPU or a CUDA GPU.
 * ``bench``: the CPU operators against torch.sparse (MKL) and scipy on one shape.
 * ``analyze``: signed triad census and structural balance of a recurrent matrix from a
-  checkpoint, a Gephi edge-list CSV or a scipy ``.npz``, with optional null models.
+  checkpoint, a Gephi edge-list CSV or a scipy ``.npz``, with optional null models; or the
+  balance of a recorded run (a ``--record-balance`` CSV); ``--plot DIR`` writes the figures.
 
 ``sparse-engine COMMAND --help`` lists a command's options and their defaults.
 """
@@ -28,7 +29,7 @@ import torch
 from .data.tasks import TASK_DATA, TASKS, load_task  # noqa: F401  (load_task: re-exported, was defined here)
 from .models import MODELS
 from .runs import (DEVICES, SPARSE_CHOICES, AnalyzeConfig, BenchConfig, ConfigError, ConfigPathError,  # noqa: F401
-                   TrainConfig, analyze, bench, check_paths, resolve_device, train)
+                   TrainConfig, analyze, bench, check_paths, plot_dir_problem, resolve_device, train)
 from .training.recipes import ALGORITHMS
 
 # Names defined here before the recipes moved out, kept so that old imports still work.
@@ -77,6 +78,7 @@ def _formatter(prog):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .analysis.balance import CONVENTIONS
     from .analysis.nulls import METHODS as NULL_METHODS  # here: the analysis package loads scipy
 
     p = ArgumentParser(prog=PROG, description=__doc__, epilog=EXIT_CODES, formatter_class=_formatter)
@@ -162,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--gate", metavar="NAME",
                    help="one gate block of an LSTM (i f g o) or GRU (r z n) W_hh, or sum (the blocks added) "
                         "(default: every gate and the sum)")
+    a.add_argument("--plot", metavar="DIR",
+                   help="write the figures (PNG and SVG) into this directory, created if missing: census against "
+                        "the null model (with --null) and degree/weight distributions; for a recorded run "
+                        "(a --record-balance CSV as PATH) the balance over epochs; needs matplotlib (default: none)")
+    a.add_argument("--convention", choices=CONVENTIONS, default=AnalyzeConfig.convention,
+                   help="default, or seed: the paper's code's (balance mean without types that have no balanced "
+                        "semicycle; census over the nodes that have edges) (default: %(default)s)")
     return p
 
 
@@ -180,6 +189,8 @@ def run(argv=None):
         # the file analyze reads and the one it writes, before the census starts (analyze itself
         # checks the file's type and content when it loads the matrix: ValueError naming the file)
         check_paths(cfg, {"path": "file"}, ("export_csv",))
+        if cfg.plot is not None and (problem := plot_dir_problem(cfg.plot)) is not None:
+            raise ConfigPathError("plot", problem)
         return analyze(cfg)
     except ConfigError as exc:  # a value (2) or a path (1) the recipe cannot use, named as on the command line
         code = EXIT_FAILED if isinstance(exc, ConfigPathError) else EXIT_USAGE

@@ -116,6 +116,12 @@ def _null_method(value):
     return _one_of(METHODS)(value)
 
 
+def _convention(value):
+    from .analysis.balance import CONVENTIONS
+
+    return _one_of(CONVENTIONS)(value)
+
+
 # One rule per field name, shared by the three configs (a name means the same in each).
 _FIELD_RULES = {
     "task": _one_of(TASKS), "model": _one_of(MODELS), "sparse": _one_of(SPARSE_CHOICES),
@@ -125,7 +131,7 @@ _FIELD_RULES = {
     "density": _fraction, "lr": _positive,
     "path": _path, "data": _path_or_none, "save": _checkpoint_or_none, "record_balance": _path_or_none,
     "plot": _path_or_none, "export_csv": _path_or_none, "key": _str_or_none, "resume": _path_or_none,
-    "checkpoint_every": _integer(0), "gate": _str_or_none,
+    "checkpoint_every": _integer(0), "gate": _str_or_none, "convention": _convention,
     "quiet": _flag, "transpose": _flag,
 }
 
@@ -447,6 +453,8 @@ class AnalyzeConfig(_Checked):
     seed: int = 0
     export_csv: str | None = None   # write the graph here as a Gephi edge list
     gate: str | None = None         # one gate block of an LSTM/GRU (i f g o / r z n) or "sum"; default all
+    plot: str | None = None         # write the figures (PNG and SVG) into this directory
+    convention: str = "default"     # "seed": the paper's code's balance mean and node count
 
 
 def load_matrix(path: str, key: str | None = None):
@@ -458,6 +466,57 @@ def load_matrix(path: str, key: str | None = None):
     from .analysis import load_recurrent
 
     return load_recurrent(path, key)
+
+
+def plot_dir_problem(path) -> str | None:
+    """Why the figures cannot go into the directory ``path`` (created if missing, its parent must
+    exist), or None."""
+    from .data.files import output_path_problem
+
+    p = Path(path)
+    if p.is_dir():
+        return None if os.access(p, os.W_OK | os.X_OK) else f"directory {p} is not writable"
+    if p.exists():
+        return f"{p} is a file, expected a directory for the figures"
+    problem = output_path_problem(p)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return "needs matplotlib (pip install 'sparse-engine[analysis]')"
+    return problem
+
+
+def is_balance_record(path) -> bool:
+    """True for a CSV whose header is a balance record's (``--record-balance``), not an edge list."""
+    p = Path(path)
+    if p.suffix.lower() != ".csv" or not p.is_file():
+        return False
+    with open(p, newline="", encoding="utf-8-sig", errors="replace") as f:
+        header = f.readline().strip().split(",")
+    return {"step", "layer", "gate", "balance_semicycle"} <= set(header)
+
+
+def _analyze_record(cfg, console):
+    """``analyze`` of a recorded run: the balance per epoch as a table, and its figures."""
+    from rich.table import Table
+
+    from .analysis import DEFINITIONS, plots, read_record
+
+    rows = read_record(cfg.path)
+    if not rows:
+        raise ValueError(f"{cfg.path} holds no records (only a header)")
+    t = Table(title=f"recorded balance of {cfg.path} ({len(rows)} records; the last of each epoch)")
+    for col in ("layer", "gate", "epoch", *DEFINITIONS):
+        t.add_column(col, justify="right")
+    for layer, gate in dict.fromkeys((r["layer"], r["gate"]) for r in rows):
+        s = plots.balance_series(rows, layer=layer, gate=gate)
+        for i, x in enumerate(s["x"]):
+            t.add_row(layer, gate, str(x), *(f"{s[d][i]:.3f}" for d in DEFINITIONS))
+    console.print(t)
+    if cfg.plot:
+        for path in plots.plot_record(rows, cfg.plot):
+            console.print(f"figure: {path}")
+    return rows
 
 
 def analyze(config: AnalyzeConfig | None = None, **options):
@@ -474,12 +533,15 @@ def analyze(config: AnalyzeConfig | None = None, **options):
     from . import analysis as A
 
     cfg = _config(AnalyzeConfig, config, options)
+    console = Console()
+    if is_balance_record(cfg.path):
+        return _analyze_record(cfg, console)
     m = load_matrix(cfg.path, cfg.key)
     graphs = m.graphs(cfg.gate, transpose=cfg.transpose)
     primary = cfg.gate if cfg.gate is not None else m.primary
-    console = Console()
     console.print(m.describe())
-    census = {g: A.signed_triad_census(w) for g, w in graphs.items()}
+    nodes = "edges" if cfg.convention == "seed" else "all"
+    census = {g: A.signed_triad_census(w, nodes=nodes) for g, w in graphs.items()}
     n = next(iter(census.values())).n
     t = Table(title=f"signed triad census of {m.key or cfg.path} (n={n:,})")
     t.add_column("type", justify="right")
@@ -506,7 +568,7 @@ def analyze(config: AnalyzeConfig | None = None, **options):
     for g, c in census.items():
         per_graph[g] = {}
         for d in A.DEFINITIONS:
-            bal = A.structural_balance(c, d)
+            bal = A.structural_balance(c, d, convention=cfg.convention)
             per_graph[g][d] = bal.value
             cells = (*(f"{bal.per_type[x]:.3f}" for x in A.TRANSITIVE_TYPES), f"{bal.value:.3f}")
             b.add_row(*((g,) if len(graphs) > 1 else ()), d, *cells)
@@ -518,7 +580,8 @@ def analyze(config: AnalyzeConfig | None = None, **options):
         for col in cols:
             nt.add_column(col, justify="right")
         for g, w in graphs.items():
-            nulls[g] = res = A.null_model_test(w, cfg.null_method, K=cfg.null, seed=cfg.seed)
+            nulls[g] = res = A.null_model_test(w, cfg.null_method, K=cfg.null, seed=cfg.seed, nodes=nodes,
+                                               convention=cfg.convention)
             for row in res.table():
                 if row["measure"].startswith("balance_"):
                     nt.add_row(*((g,) if len(graphs) > 1 else ()), row["measure"], f"{row['observed']:.3f}",
@@ -530,5 +593,12 @@ def analyze(config: AnalyzeConfig | None = None, **options):
             path = out if len(graphs) == 1 else out.with_name(f"{out.stem}_{g}{out.suffix}")
             A.write_edge_csv(w, path, ids=m.ids)
             console.print(f"edge list{'' if len(graphs) == 1 else f' ({g})'}: {path}")
+    if cfg.plot:
+        from .analysis import plots
+
+        for g, w in graphs.items():  # census_<gate>, distributions_<gate> when there are several
+            name = "" if len(graphs) == 1 else f"{g}_"
+            for path in plots.plot_matrix(w, cfg.plot, census=census[g], null=nulls.get(g), name=name):
+                console.print(f"figure: {path}")
     return A.AnalysisResult(per_graph[primary], matrix=m, primary=primary, graphs=per_graph, census=census,
                             null=nulls)

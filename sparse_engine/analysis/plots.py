@@ -87,8 +87,9 @@ def census_figure(census: TriadCensus, null=None, *, title: str = "signed triad 
                     label=f"null ({null.method}, K={len(next(iter(null.null.values())))}) mean ± std")
         for xi, r in zip(x, rows):
             if not math.isnan(r["z"]):
-                ax.annotate(f"{r['z']:.1f}", (xi, max(r["observed"], r["null_mean"], 1.0)), xytext=(0, 3),
-                            textcoords="offset points", ha="center", fontsize=6, rotation=90)
+                top = max(r["observed"], r["null_mean"] + r["null_std"], 1.0)
+                ax.annotate(f"{r['z']:.1f}", (xi, top), xytext=(0, 3), textcoords="offset points", ha="center",
+                            fontsize=6, rotation=90)
     ax.set_yscale("symlog", linthresh=1)
     ax.set_xticks(x, [r["type"] for r in rows], rotation=60, fontsize=7)
     ax.set_ylabel("triads")

@@ -1,0 +1,61 @@
+"""``sparse-engine analyze --plot DIR`` for a shipped seed network, a checkpoint of our own run
+and a recorded run; ``--convention seed``; their errors."""
+import xml.etree.ElementTree as ET
+
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from sparse_engine import cli  # noqa: E402
+from sparse_engine.analysis import read_edge_csv, read_record, signed_triad_census, structural_balance  # noqa: E402
+from _paths import DATA  # noqa: E402
+
+SEED_NET = DATA / "sparse_rnns_networks" / "Person_node__pruning_n_64_p_0.05__epoch_50.csv"
+
+
+def valid(folder, names):
+    for name in names:
+        png, svg = folder / f"{name}.png", folder / f"{name}.svg"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert ET.parse(svg).getroot().tag.endswith("svg"), name
+
+
+@pytest.mark.skipif(not SEED_NET.exists(), reason="shared data folder is not present")
+def test_seed_network_figures_and_convention(tmp_path):
+    out = tmp_path / "figs"  # created
+    result = cli.run(["analyze", str(SEED_NET), "--plot", str(out), "--null", "4", "--null-method", "swap",
+                      "--convention", "seed"])
+    valid(out, ["census", "distributions"])
+    W = read_edge_csv(SEED_NET)
+    assert result["semicycle"] == pytest.approx(structural_balance(W, convention="seed").value)
+    assert result["semicycle"] != pytest.approx(structural_balance(W).value)  # this network tells them apart
+    c = result.census["h"]
+    assert c.counts == signed_triad_census(W, nodes="edges").counts and c.n == 62
+    assert result.null["h"].observed["003"] == c.counts["003"]  # the null model counts the same nodes
+
+
+def test_checkpoint_and_recorded_run(tmp_path):
+    ck, bal, out = tmp_path / "ck.pt", tmp_path / "bal.csv", tmp_path / "figs"
+    cli.run(["train", "--model", "lstm", "--hidden", "12", "--epochs", "2", "--quiet", "--algorithm", "set",
+             "--save", str(ck), "--record-balance", str(bal)])
+    cli.run(["analyze", str(ck), "--plot", str(out), "--gate", "sum"])
+    valid(out, ["census", "distributions"])
+    rows = cli.run(["analyze", str(bal), "--plot", str(out)])
+    assert [(r["step"], r["gate"]) for r in rows] == [(r["step"], r["gate"]) for r in read_record(bal)]
+    graphs = {(r["layer"], r["gate"]) for r in rows}
+    assert len(graphs) == 5  # an LSTM's four gates and their sum
+    valid(out, [f"balance_{layer}_{gate}" for layer, gate in graphs])
+
+
+def test_plot_errors_are_one_line(tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("x")
+    src = tmp_path / "m.csv"
+    src.write_text("Id,Source,Target,Weight\n0,0,1,1.0\n1,1,2,-1.0\n")
+    assert cli.main(["analyze", str(src), "--plot", str(f)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "argument --plot: " in err[0] and "expected a directory" in err[0]
+    assert cli.main(["analyze", str(src), "--plot", str(tmp_path / "no" / "dir")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert cli.main(["analyze", str(src), "--convention", "paper"]) == 2
+    assert "invalid choice: 'paper'" in capsys.readouterr().err
