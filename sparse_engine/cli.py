@@ -9,7 +9,8 @@
 * ``bench``: the CPU operators against torch.sparse (MKL) and scipy on one shape.
 * ``analyze``: signed triad census and structural balance of a recurrent matrix from a
   checkpoint, a Gephi edge-list CSV or a scipy ``.npz``, with optional null models; or the
-  balance of a recorded run (a ``--record-balance`` CSV); ``--plot DIR`` writes the figures.
+  balance of a recorded run (a ``--record-balance`` CSV), or the NNSTD between the networks of a
+  directory; ``--plot DIR`` writes the figures.
 
 ``sparse-engine COMMAND --help`` lists a command's options and their defaults.
 """
@@ -147,8 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="columns of the dense operand, >= 1 (default: %(default)s)")
 
     a = command("analyze", "motifs and structural balance of a recurrent matrix")
-    a.add_argument("path", help="checkpoint (.pt, .pth, .ckpt), Gephi edge list (.csv: Id,Source,Target,Weight) "
-                                "or scipy sparse matrix (.npz)")
+    a.add_argument("path", help="checkpoint (.pt, .pth, .ckpt), Gephi edge list (.csv: Id,Source,Target,Weight), "
+                                "scipy sparse matrix (.npz), a --record-balance CSV (balance over training), or a "
+                                "directory of networks as NNSTD layers (weight_l<i>.npz: the NNSTD between them)")
     a.add_argument("--key", help="which matrix of a checkpoint, e.g. rnn.weight_hh_l1 (default: the first "
                                  "hidden-to-hidden weight, weight_hh_l0)")
     a.add_argument("--transpose", action="store_true",
@@ -167,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--plot", metavar="DIR",
                    help="write the figures (PNG and SVG) into this directory, created if missing: census against "
                         "the null model (with --null) and degree/weight distributions; for a recorded run "
-                        "(a --record-balance CSV as PATH) the balance over epochs; needs matplotlib (default: none)")
+                        "(a --record-balance CSV as PATH) the balance over epochs; for a directory the NNSTD heat "
+                        "map; needs matplotlib (default: none)")
     a.add_argument("--convention", choices=CONVENTIONS, default=AnalyzeConfig.convention,
                    help="default, or seed: the paper's code's (balance mean without types that have no balanced "
                         "semicycle; census over the nodes that have edges) (default: %(default)s)")
@@ -188,7 +191,7 @@ def run(argv=None):
         cfg = AnalyzeConfig(**options)
         # the file analyze reads and the one it writes, before the census starts (analyze itself
         # checks the file's type and content when it loads the matrix: ValueError naming the file)
-        check_paths(cfg, {"path": "file"}, ("export_csv",))
+        check_paths(cfg, {"path": None}, ("export_csv",))  # a file, or a directory of NNSTD networks
         if cfg.plot is not None and (problem := plot_dir_problem(cfg.plot)) is not None:
             raise ConfigPathError("plot", problem)
         return analyze(cfg)

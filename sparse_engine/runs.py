@@ -519,6 +519,32 @@ def _analyze_record(cfg, console):
     return rows
 
 
+def _analyze_nnstd(cfg, console) -> dict:
+    """``analyze`` of a directory: the NNSTD between every two networks found in it (folders of
+    ``weight_l<i>.npz`` layers), as a table and, with ``plot``, a heat map."""
+    from rich.table import Table
+
+    from .analysis import find_nnstd_networks, load_nnstd_layers, nnstd_matrix, plots
+
+    found = find_nnstd_networks(cfg.path)
+    if len(found) < 2:
+        raise ValueError(f"{cfg.path} is a directory: expected at least two networks in it (folders of NNSTD layers "
+                         f"weight_l0.npz, weight_l1.npz, ...), found {len(found)}")
+    labels = list(found)
+    D = nnstd_matrix([load_nnstd_layers(d) for d in found.values()])
+    t = Table(title=f"NNSTD between the {len(labels)} networks in {cfg.path} (mean over layers)")
+    t.add_column("network", no_wrap=True)
+    for i in range(len(labels)):
+        t.add_column(str(i), justify="right")
+    for i, label in enumerate(labels):
+        t.add_row(f"{i}: {label}", *(f"{x:.3f}" for x in D[i]))
+    console.print(t)
+    if cfg.plot:
+        for path in plots.save(plots.nnstd_figure(D, labels), cfg.plot, "nnstd"):
+            console.print(f"figure: {path}")
+    return {"labels": labels, "distance": D}
+
+
 def analyze(config: AnalyzeConfig | None = None, **options):
     """Signed triad census and structural balance of a recurrent matrix, with optional null
     models and edge-list export (``sparse-engine analyze``). An LSTM's or GRU's W_hh is
@@ -534,6 +560,8 @@ def analyze(config: AnalyzeConfig | None = None, **options):
 
     cfg = _config(AnalyzeConfig, config, options)
     console = Console()
+    if Path(cfg.path).is_dir():
+        return _analyze_nnstd(cfg, console)
     if is_balance_record(cfg.path):
         return _analyze_record(cfg, console)
     m = load_matrix(cfg.path, cfg.key)

@@ -59,3 +59,15 @@ def test_plot_errors_are_one_line(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert cli.main(["analyze", str(src), "--convention", "paper"]) == 2
     assert "invalid choice: 'paper'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (DATA / "nnstd_topologies").exists(), reason="shared data folder is not present")
+def test_nnstd_heat_map_of_a_directory_of_networks(tmp_path):
+    from sparse_engine.analysis import load_nnstd_layers, nnstd
+
+    root = DATA / "nnstd_topologies" / "e5_s0_w0"  # one run before (epoch_000) and after (epoch_190) training
+    result = cli.run(["analyze", str(root), "--plot", str(tmp_path)])
+    assert result["labels"] == ["epoch_000", "epoch_190"]
+    want = nnstd(load_nnstd_layers(root / "epoch_000"), load_nnstd_layers(root / "epoch_190")).distance
+    assert result["distance"][0, 1] == result["distance"][1, 0] == pytest.approx(want) and want > 0
+    valid(tmp_path, ["nnstd"])

@@ -42,7 +42,8 @@ from scipy.optimize import linear_sum_assignment, linprog
 
 from ..sparse import SparseWeight
 
-__all__ = ["AVERAGES", "NNSTDResult", "nnstd", "max_weight_matching", "nnstd_matrix", "jaccard_similarity", "jaccard_cost", "load_nnstd_layers"]
+__all__ = ["AVERAGES", "NNSTDResult", "nnstd", "max_weight_matching", "nnstd_matrix", "jaccard_similarity",
+           "jaccard_cost", "load_nnstd_layers", "find_nnstd_networks"]
 
 
 @dataclass
@@ -211,3 +212,11 @@ def load_nnstd_layers(folder) -> list[sp.csr_matrix]:
     if not files:
         raise ValueError(f"folder must contain weight_l<i>.npz files, found none in {folder}")
     return [sp.csr_matrix(sp.load_npz(f)[:-1].T) for f in files]
+
+
+def find_nnstd_networks(folder) -> dict[str, Path]:
+    """Every folder at or below ``folder`` that holds ``weight_l<i>.npz`` layers (the NNSTD
+    paper's layout, e.g. ``e5_s0_w1/epoch_190``), by its path relative to ``folder``, sorted."""
+    folder = Path(folder)
+    found = {p.parent for p in folder.rglob("weight_l*.npz") if p.stem[len("weight_l"):].isdigit()}
+    return {(str(d.relative_to(folder)) if d != folder else d.name): d for d in sorted(found)}

@@ -41,7 +41,7 @@ def _figure(width: float = 6.4, height: float = 3.6, ncols: int = 1):
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        raise ImportError("the figures need matplotlib: pip install 'sparse-engine[analysis]' (or matplotlib)") from None
+        raise ImportError("the figures need matplotlib: pip install 'sparse-engine[analysis]'") from None
     fig = Figure(figsize=(width, height), layout="constrained")
     axes = fig.subplots(1, ncols)
     return fig, axes
