@@ -171,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "the null model (with --null) and degree/weight distributions; for a recorded run "
                         "(a --record-balance CSV as PATH) the balance over epochs; for a directory the NNSTD heat "
                         "map; needs matplotlib (default: none)")
+    a.add_argument("--lesion", type=int, default=AnalyzeConfig.lesion, metavar="N",
+                   help="for a checkpoint of train with a sparse rnn/ctrnn: cut up to N motifs (balanced, unbalanced, "
+                        "any; and N edge triples) from the recurrent matrix as the paper (one shuffled list, "
+                        "cumulative, 10 runs) and score the test set after each cut; with --plot the lesion "
+                        "curves, >= 0 (default: %(default)s, none)")
     a.add_argument("--convention", choices=CONVENTIONS, default=AnalyzeConfig.convention,
                    help="default, or seed: the paper's code's (balance mean without types that have no balanced "
                         "semicycle; census over the nodes that have edges) (default: %(default)s)")

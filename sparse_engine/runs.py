@@ -131,7 +131,7 @@ _FIELD_RULES = {
     "density": _fraction, "lr": _positive,
     "path": _path, "data": _path_or_none, "save": _checkpoint_or_none, "record_balance": _path_or_none,
     "plot": _path_or_none, "export_csv": _path_or_none, "key": _str_or_none, "resume": _path_or_none,
-    "checkpoint_every": _integer(0), "gate": _str_or_none, "convention": _convention,
+    "checkpoint_every": _integer(0), "gate": _str_or_none, "convention": _convention, "lesion": _integer(0),
     "quiet": _flag, "transpose": _flag,
 }
 
@@ -455,6 +455,7 @@ class AnalyzeConfig(_Checked):
     gate: str | None = None         # one gate block of an LSTM/GRU (i f g o / r z n) or "sum"; default all
     plot: str | None = None         # write the figures (PNG and SVG) into this directory
     convention: str = "default"     # "seed": the paper's code's balance mean and node count
+    lesion: int = 0                 # remove up to this many motifs per run (a train checkpoint's model)
 
 
 def load_matrix(path: str, key: str | None = None):
@@ -545,6 +546,56 @@ def _analyze_nnstd(cfg, console) -> dict:
     return {"labels": labels, "distance": D}
 
 
+LESION_KINDS = ("balanced", "unbalanced", "random", "edges")
+
+
+def lesion_curves(cfg, m, console) -> dict:
+    """``analyze CHECKPOINT --lesion N``: the model of a ``train`` checkpoint is rebuilt from its
+    saved options, and up to N motifs of each kind in :data:`LESION_KINDS` are cut from its
+    recurrent matrix as the paper does (one shuffled list, cumulative, 10 runs), scoring the
+    test set after each cut (accuracy, or MSE for regression tasks). {kind: LesionRuns}."""
+    from rich.table import Table
+
+    from .analysis import lesion_ffls, plots
+    from .checkpoint import load_checkpoint
+    from .sparse import SparseWeight
+
+    payload = load_checkpoint(cfg.path)
+    args = payload.get("extra", {}).get("args") or {}
+    if args.get("command") != "train":
+        raise ValueError(f"{cfg.path}: --lesion needs a checkpoint written by sparse-engine train (its options rebuild "
+                         "the model and its test set)")
+    _, (Xte, yte), meta = load_task(args["task"], args["data"], args["seed"])
+    model = SequenceModel(args["model"], meta["n_in"], meta["n_out"], args["hidden"], args["layers"], args["density"],
+                          args["sparse"], meta["kind"], meta.get("vocab"))
+    model.load_state_dict(payload["model"])
+    W = model.get_submodule(m.key) if isinstance(m.matrix, SparseWeight) else None
+    if not isinstance(W, SparseWeight) or len(m.gates) != 1:
+        what = f"an {m.cell} gate stack" if len(m.gates) != 1 else "stored dense"
+        raise ValueError(f"{cfg.path}: --lesion needs a sparse one-block recurrent matrix (train --model rnn or "
+                         f"ctrnn, --sparse recurrent or both); {m.key} is {what}")
+    classify = meta["kind"] == "classify"
+
+    def score():
+        loss, acc = evaluate(model, Xte, yte, meta["kind"])
+        return acc if classify else loss
+
+    runs = {kind: lesion_ffls(W, score, kind=kind, max_removals=cfg.lesion, transpose=cfg.transpose, seed=cfg.seed)
+            for kind in LESION_KINDS}
+    what = "test accuracy" if classify else "test MSE"
+    t = Table(title=f"motif lesions of {m.key}: {what}, mean of {len(runs['edges'].curves)} runs")
+    for col in ("kind", "removed", "intact", "after"):
+        t.add_column(col, justify="right")
+    for kind, res in runs.items():
+        t.add_row(kind, str(res.n_removed[-1]), f"{res.mean[0]:.4f}", f"{res.mean[-1]:.4f}")
+    console.print(t)
+    if cfg.plot:
+        fig = plots.lesion_figure(runs, ylabel=what, title=f"motif lesions of {m.key}")
+        for path in plots.save(fig, cfg.plot, "lesions"):
+            console.print(f"figure: {path}")
+    return runs
+
+
 def analyze(config: AnalyzeConfig | None = None, **options):
     """Signed triad census and structural balance of a recurrent matrix, with optional null
     models and edge-list export (``sparse-engine analyze``). An LSTM's or GRU's W_hh is
@@ -628,5 +679,6 @@ def analyze(config: AnalyzeConfig | None = None, **options):
             name = "" if len(graphs) == 1 else f"{g}_"
             for path in plots.plot_matrix(w, cfg.plot, census=census[g], null=nulls.get(g), name=name):
                 console.print(f"figure: {path}")
+    lesions = lesion_curves(cfg, m, console) if cfg.lesion else {}
     return A.AnalysisResult(per_graph[primary], matrix=m, primary=primary, graphs=per_graph, census=census,
-                            null=nulls)
+                            null=nulls, lesions=lesions)

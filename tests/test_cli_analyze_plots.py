@@ -71,3 +71,24 @@ def test_nnstd_heat_map_of_a_directory_of_networks(tmp_path):
     want = nnstd(load_nnstd_layers(root / "epoch_000"), load_nnstd_layers(root / "epoch_190")).distance
     assert result["distance"][0, 1] == result["distance"][1, 0] == pytest.approx(want) and want > 0
     valid(tmp_path, ["nnstd"])
+
+
+def test_lesion_curves_of_a_trained_rnn(tmp_path):
+    from sparse_engine.checkpoint import load_checkpoint
+
+    ck = tmp_path / "rnn.pt"
+    cli.run(["train", "--model", "rnn", "--hidden", "32", "--density", "0.3", "--epochs", "3", "--quiet", "--save",
+             str(ck)])
+    result = cli.run(["analyze", str(ck), "--lesion", "6", "--plot", str(tmp_path / "figs")])
+    runs = result.lesions
+    assert set(runs) == {"balanced", "unbalanced", "random", "edges"}
+    acc = load_checkpoint(ck)["extra"]["history"][-1]["test_acc"]
+    for kind, res in runs.items():
+        assert len(res.curves) == 10 and res.n_removed == list(range(7)), kind
+        assert res.mean[0] == pytest.approx(acc)  # the intact model scores what training reported
+    assert any(res.mean[-1] != res.mean[0] for res in runs.values())  # cuts change the score
+    valid(tmp_path / "figs", ["lesions"])
+    lstm = tmp_path / "lstm.pt"
+    cli.run(["train", "--model", "lstm", "--hidden", "8", "--epochs", "1", "--quiet", "--save", str(lstm)])
+    with pytest.raises(ValueError, match="one-block recurrent matrix"):
+        cli.run(["analyze", str(lstm), "--lesion", "2"])

@@ -165,8 +165,8 @@ def lesion_figure(runs_by_kind: dict, *, ylabel: str = "performance", title: str
     fig, ax = _figure(5.5, 3.6)
     for kind, res in runs_by_kind.items():
         xs, m, sd = np.asarray(res.n_removed), res.mean, res.std
-        ax.plot(xs, m, marker="o", markersize=2.5, label=f"{kind} ({len(res.curves)} runs)")
-        ax.fill_between(xs, m - sd, m + sd, alpha=0.2, linewidth=0)
+        line, = ax.plot(xs, m, marker="o", markersize=2.5, label=f"{kind} ({len(res.curves)} runs)")
+        ax.fill_between(xs, m - sd, m + sd, color=line.get_color(), alpha=0.15, linewidth=0)
     ax.set_xlabel("removed motifs (edges: groups of three)")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
