@@ -471,20 +471,19 @@ def load_matrix(path: str, key: str | None = None):
 
 def plot_dir_problem(path) -> str | None:
     """Why the figures cannot go into the directory ``path`` (created if missing, its parent must
-    exist), or None."""
+    exist; matplotlib must be installed), or None."""
     from .data.files import output_path_problem
 
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return "needs matplotlib (pip install 'sparse-engine[analysis]')"
     p = Path(path)
     if p.is_dir():
         return None if os.access(p, os.W_OK | os.X_OK) else f"directory {p} is not writable"
     if p.exists():
         return f"{p} is a file, expected a directory for the figures"
-    problem = output_path_problem(p)
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return "needs matplotlib (pip install 'sparse-engine[analysis]')"
-    return problem
+    return output_path_problem(p)
 
 
 def is_balance_record(path) -> bool:
@@ -611,10 +610,13 @@ def analyze(config: AnalyzeConfig | None = None, **options):
 
     cfg = _config(AnalyzeConfig, config, options)
     console = Console()
-    if Path(cfg.path).is_dir():
-        return _analyze_nnstd(cfg, console)
-    if is_balance_record(cfg.path):
-        return _analyze_record(cfg, console)
+    mode = "a directory of networks" if Path(cfg.path).is_dir() else (
+        "a recorded run" if is_balance_record(cfg.path) else None)
+    if mode is not None:  # only --plot (and --seed) apply there: refuse the rest rather than ignore them
+        for f in fields(AnalyzeConfig):
+            if f.name not in ("path", "plot", "seed") and getattr(cfg, f.name) != f.default:
+                raise ConfigError(f.name, f"does not apply to {mode} ({cfg.path})")
+        return _analyze_nnstd(cfg, console) if Path(cfg.path).is_dir() else _analyze_record(cfg, console)
     m = load_matrix(cfg.path, cfg.key)
     graphs = m.graphs(cfg.gate, transpose=cfg.transpose)
     primary = cfg.gate if cfg.gate is not None else m.primary

@@ -59,6 +59,14 @@ def test_plot_errors_are_one_line(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert cli.main(["analyze", str(src), "--convention", "paper"]) == 2
     assert "invalid choice: 'paper'" in capsys.readouterr().err
+    # options that only apply to one network are refused for a recorded run or a directory
+    rec = tmp_path / "rec.csv"
+    rec.write_text("step,epoch,event,layer,gate,balance_semicycle\n0,0,epoch_end,w,h,0.5\n")
+    assert cli.main(["analyze", str(rec), "--null", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "argument --null: does not apply to a recorded run" in err and len(err.splitlines()) == 1
+    assert cli.main(["analyze", str(tmp_path), "--lesion", "3"]) == 2
+    assert "argument --lesion: does not apply to a directory of networks" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not (DATA / "nnstd_topologies").exists(), reason="shared data folder is not present")
