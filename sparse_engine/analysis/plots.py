@@ -63,13 +63,11 @@ def save(fig, out_dir, name: str, formats=FORMATS) -> list[Path]:
 def census_table(census: TriadCensus, null=None) -> list[dict]:
     """One row per triad type: ``type``, ``observed`` count, and with a
     :class:`~.nulls.NullModelResult` ``null_mean``, ``null_std``, ``z`` (NaN without)."""
-    rows = []
-    for t in TRIAD_TYPES:
-        row = {"type": t, "observed": float(census.counts[t])}
-        row.update({k: (float(getattr(null, k.removeprefix("null_"))[t]) if null is not None else math.nan)
-                    for k in ("null_mean", "null_std", "z")})
-        rows.append(row)
-    return rows
+    def stat(table: str, t: str) -> float:
+        return math.nan if null is None else float(getattr(null, table)[t])
+
+    return [{"type": t, "observed": float(census.counts[t]), "null_mean": stat("mean", t),
+             "null_std": stat("std", t), "z": stat("z", t)} for t in TRIAD_TYPES]
 
 
 def census_figure(census: TriadCensus, null=None, *, title: str = "signed triad census"):
