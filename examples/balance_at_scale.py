@@ -13,8 +13,9 @@ connections per unit) and the SET run keeps ``--density``.
 
 Writes into ``--out``: ``<size>_<algorithm>.csv`` (the balance records, written as they are
 taken: :func:`sparse_engine.analysis.read_record`), ``<size>_<algorithm>_balance.png/.svg`` (the
-balance over epochs with the null band), ``results.md`` (one row per run: accuracy or loss,
-balance before and after with the z-scores, wall time, recording time, peak memory).
+balance over epochs with the null band), ``balance_comparison.png/.svg`` (the semicycle balance
+of all four runs side by side), ``results.md`` (one row per run: accuracy or loss, balance
+before and after with the z-scores, wall time, recording time, peak memory).
 
     python examples/balance_at_scale.py --task mnist --data ../shared/data/mnist_test \\
         --epochs 10 --out docs/balance_at_scale
@@ -114,7 +115,7 @@ def run(label: str, data, meta, hidden: int, density: float, algorithm: str, arg
     plots.save(plots.balance_figure(recorder.records, title=f"{label}: balance over training"), out,
                f"{label}_balance")
     first, last = recorder.records[0], recorder.records[-1]
-    row = {"run": label, "hidden": hidden, "algorithm": algorithm, "edges_start": first["edges"],
+    row = {"records": recorder.records, "run": label, "hidden": hidden, "algorithm": algorithm, "edges_start": first["edges"],
            "edges_end": last["edges"], "score_start": scores[0], "score_end": scores[-1], "wall_s": wall,
            "record_s": record_s, "peak_mib": peak_mib()}
     for d in DEFINITIONS:
@@ -203,6 +204,7 @@ def main(argv=None):
     for hidden, density in sizes:
         for algorithm in ALGORITHMS:
             rows.append(run(f"n{hidden}_{algorithm}", data, meta, hidden, density, algorithm, args, out))
+    plots.save(plots.comparison_figure({r["run"]: r["records"] for r in rows}), out, "balance_comparison")
     table = results_table(rows, meta["kind"], args)
     (out / "results.md").write_text(f"# Balance at scale: {args.task}, {args.epochs} epochs, seed {args.seed}\n\n"
                                     + table)

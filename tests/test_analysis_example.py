@@ -29,6 +29,7 @@ def test_small_experiment_writes_consistent_outputs(tmp_path):
     rows = ex.main(ARGS + ["--out", str(tmp_path)])
     assert [r["run"] for r in rows] == ["n30_pruning", "n30_set", "n200_pruning", "n200_set"]
     table = (tmp_path / "results.md").read_text()
+    assert (tmp_path / "balance_comparison.svg").stat().st_size > 1000
     for r in rows:
         rec = read_record(tmp_path / f"{r['run']}.csv")
         assert [x["epoch"] for x in rec] == [0, 1, 2]  # before training, then every epoch

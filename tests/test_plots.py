@@ -67,6 +67,23 @@ def test_balance_over_epochs_with_null_band(tmp_path, rng):
         plots.balance_series(rows, layer="nope")
 
 
+def test_comparison_of_runs(tmp_path, rng):
+    runs = {}
+    for label in ("a", "b"):
+        rec = BalanceRecorder(null=3)
+        for epoch in range(3):
+            rec.end_epoch(epoch, {"weight_hh": random_weight(25, 25, 0.2, generator=rng)}, epoch=epoch)
+        runs[label] = rec.records
+    fig = plots.comparison_figure(runs, definition="triad")
+    ax = fig.axes[0]
+    for line, records in zip(ax.lines, runs.values()):
+        np.testing.assert_allclose(line.get_ydata(), [r["balance_triad"] for r in records])
+    assert len(ax.collections) == 2  # one null band per run
+    valid_files(plots.save(fig, tmp_path, "compare"))
+    with pytest.raises(ValueError, match="definition"):
+        plots.comparison_figure(runs, definition="nope")
+
+
 def test_lesion_curves(tmp_path, rng):
     W = random_weight(20, 20, 0.3, generator=rng)
     runs = {k: lesion_ffls(W, lambda: float(W.values.detach().abs().sum()), kind=k, runs=3, max_removals=6)

@@ -9,6 +9,8 @@ Each figure draws the numbers of a data function that tests (and users) can call
 * :func:`balance_figure` — the three balance measures over epochs (or steps) of a recorded run,
   with the null model's mean +- 2 std as a band when the record has it (``--record-balance``
   with null models, :class:`~.record.BalanceRecorder` ``null=K``); data: :func:`balance_series`;
+* :func:`comparison_figure` — one balance measure over epochs for several recorded runs side by
+  side (e.g. pruning and SET at two sizes), each with its null band;
 * :func:`lesion_figure` — performance against removed motifs, one line (mean +- std over runs)
   per kind: balanced, unbalanced, random motifs, random edges (:func:`~.lesions.lesion_ffls`);
 * :func:`nnstd_figure` — the NNSTD distance matrix between runs as a heat map
@@ -30,7 +32,7 @@ from .balance import DEFINITIONS
 from .census import TRIAD_TYPES, TriadCensus
 from .graph import edges, to_graph
 
-__all__ = ["FORMATS", "save", "census_table", "census_figure", "balance_series", "balance_figure",
+__all__ = ["FORMATS", "save", "census_table", "census_figure", "balance_series", "balance_figure", "comparison_figure",
            "lesion_figure", "nnstd_figure", "degree_weight_data", "distributions_figure", "plot_matrix",
            "plot_record"]
 
@@ -152,6 +154,26 @@ def balance_figure(records: list[dict], *, layer: str | None = None, gate: str |
     ax.set_xlabel(x)
     ax.set_ylabel("balance ratio")
     ax.set_title(title or f"structural balance of {s['layer']} ({s['gate']})", fontsize=9)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def comparison_figure(runs: dict, *, definition: str = "semicycle", title: str | None = None):
+    """``definition``'s balance over epochs of several recorded runs (``{label: records}``), one
+    line per run with its null mean +- 2 std band where recorded."""
+    if definition not in DEFINITIONS:
+        raise ValueError(f"definition must be one of {DEFINITIONS}, got {definition!r}")
+    fig, ax = _figure(6.0, 3.6)
+    for label, records in runs.items():
+        s = balance_series(records)
+        xs = np.asarray(s["x"], dtype=float)
+        line, = ax.plot(xs, s[definition], marker="o", markersize=3, label=label)
+        if f"null_mean_{definition}" in s:
+            m, sd = np.asarray(s[f"null_mean_{definition}"]), np.asarray(s[f"null_std_{definition}"])
+            ax.fill_between(xs, m - 2 * sd, m + 2 * sd, color=line.get_color(), alpha=0.12, linewidth=0)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"{definition} balance")
+    ax.set_title(title or f"{definition} balance over training (bands: null mean ± 2 std)", fontsize=9)
     ax.legend(fontsize=7)
     return fig
 
