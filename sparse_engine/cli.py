@@ -10,7 +10,9 @@
   ``table`` (a CSV/.npz feature matrix with ``--label-column``).
 * ``bench``: the CPU operators against torch.sparse (MKL) and scipy on one shape.
 * ``analyze``: signed triad census and structural balance of a recurrent matrix from a
-  checkpoint, a Gephi edge-list CSV or a scipy ``.npz``, with optional null models.
+  checkpoint, a Gephi edge-list CSV or a scipy ``.npz``, with optional null models; or the
+  balance of a recorded run (a ``--record-balance`` CSV), or the NNSTD between the networks of a
+  directory; ``--plot DIR`` writes the figures.
 
 ``sparse-engine COMMAND --help`` lists a command's options and their defaults.
 """
@@ -30,7 +32,7 @@ import torch
 from .data.tasks import TASK_DATA, TASKS, load_task  # noqa: F401  (load_task: re-exported, was defined here)
 from .models import MODELS
 from .runs import (DEVICES, SPARSE_CHOICES, AnalyzeConfig, BenchConfig, ConfigError, ConfigPathError,  # noqa: F401
-                   TrainConfig, analyze, bench, check_paths, resolve_device, train)
+                   TrainConfig, analyze, bench, check_paths, plot_dir_problem, resolve_device, train)
 from .training.recipes import ALGORITHMS, RECIPES
 
 # Names defined here before the recipes moved out, kept so that old imports still work.
@@ -91,6 +93,7 @@ def _formatter(prog):
 def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
     """The parser; with ``recipe``, ``train``'s defaults are that recipe's settings (so options
     given on the command line override the recipe)."""
+    from .analysis.balance import CONVENTIONS
     from .analysis.nulls import METHODS as NULL_METHODS  # here: the analysis package loads scipy
 
     p = ArgumentParser(prog=PROG, description=__doc__, epilog=EXIT_CODES, formatter_class=_formatter)
@@ -188,8 +191,9 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
                    help="columns of the dense operand, >= 1 (default: %(default)s)")
 
     a = command("analyze", "motifs and structural balance of a recurrent matrix")
-    a.add_argument("path", help="checkpoint (.pt, .pth, .ckpt), Gephi edge list (.csv: Id,Source,Target,Weight) "
-                                "or scipy sparse matrix (.npz)")
+    a.add_argument("path", help="checkpoint (.pt, .pth, .ckpt), Gephi edge list (.csv: Id,Source,Target,Weight), "
+                                "scipy sparse matrix (.npz), a --record-balance CSV (balance over training), or a "
+                                "directory of networks as NNSTD layers (weight_l<i>.npz: the NNSTD between them)")
     a.add_argument("--key", help="which matrix of a checkpoint, e.g. rnn.weight_hh_l1 (default: the first "
                                  "hidden-to-hidden weight, weight_hh_l0)")
     a.add_argument("--transpose", action="store_true",
@@ -205,6 +209,19 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
     a.add_argument("--gate", metavar="NAME",
                    help="one gate block of an LSTM (i f g o) or GRU (r z n) W_hh, or sum (the blocks added) "
                         "(default: every gate and the sum)")
+    a.add_argument("--plot", metavar="DIR",
+                   help="write the figures (PNG and SVG) into this directory, created if missing: census against "
+                        "the null model (with --null) and degree/weight distributions; for a recorded run "
+                        "(a --record-balance CSV as PATH) the balance over epochs; for a directory the NNSTD heat "
+                        "map; needs matplotlib (default: none)")
+    a.add_argument("--lesion", type=int, default=AnalyzeConfig.lesion, metavar="N",
+                   help="for a checkpoint of train with a sparse rnn/ctrnn: cut up to N motifs (balanced, unbalanced, "
+                        "any; and N edge triples) from the recurrent matrix as the paper (one shuffled list, "
+                        "cumulative, 10 runs) and score the test set after each cut; with --plot the lesion "
+                        "curves, >= 0 (default: %(default)s, none)")
+    a.add_argument("--convention", choices=CONVENTIONS, default=AnalyzeConfig.convention,
+                   help="default, or seed: the paper's code's (balance mean without types that have no balanced "
+                        "semicycle; census over the nodes that have edges) (default: %(default)s)")
     return p
 
 
@@ -224,7 +241,9 @@ def run(argv=None):
         cfg = AnalyzeConfig(**options)
         # the file analyze reads and the one it writes, before the census starts (analyze itself
         # checks the file's type and content when it loads the matrix: ValueError naming the file)
-        check_paths(cfg, {"path": "file"}, ("export_csv",))
+        check_paths(cfg, {"path": None}, ("export_csv",))  # a file, or a directory of NNSTD networks
+        if cfg.plot is not None and (problem := plot_dir_problem(cfg.plot)) is not None:
+            raise ConfigPathError("plot", problem)
         return analyze(cfg)
     except ConfigError as exc:  # a value (2) or a path (1) the recipe cannot use, named as on the command line
         code = EXIT_FAILED if isinstance(exc, ConfigPathError) else EXIT_USAGE

@@ -140,6 +140,12 @@ def _null_method(value):
     return _one_of(METHODS)(value)
 
 
+def _convention(value):
+    from .analysis.balance import CONVENTIONS
+
+    return _one_of(CONVENTIONS)(value)
+
+
 # One rule per field name, shared by the three configs (a name means the same in each).
 _FIELD_RULES = {
     "task": _one_of(TASKS), "model": _one_of(MODELS), "sparse": _one_of(SPARSE_CHOICES),
@@ -149,7 +155,7 @@ _FIELD_RULES = {
     "density": _fraction, "lr": _positive,
     "path": _path, "data": _path_or_none, "save": _checkpoint_or_none, "record_balance": _path_or_none,
     "plot": _path_or_none, "export_csv": _path_or_none, "key": _str_or_none, "resume": _path_or_none,
-    "checkpoint_every": _integer(0), "gate": _str_or_none,
+    "checkpoint_every": _integer(0), "gate": _str_or_none, "convention": _convention, "lesion": _integer(0),
     "quiet": _flag, "transpose": _flag, "recipe": _recipe_or_none,
     # --model mlp
     "epsilon": _positive, "zeta": _unit, "dropout": _fraction_below_one, "momentum": _fraction_below_one,
@@ -430,7 +436,7 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
         if cfg.record_balance:  # after each topology update and at each epoch's end (analysis/record.py)
             from .analysis import BalanceRecorder, recurrent_weights
 
-            recorder = BalanceRecorder(layers=list(recurrent_weights(model)))
+            recorder = BalanceRecorder(layers=list(recurrent_weights(model)), path=cfg.record_balance)  # written as it goes
             callbacks.append(recorder)
         if recipe is not None:
             ctl = make_recipe_controller(recipe, model, opt, batches, cfg.epochs, cfg.seed, callbacks)
@@ -587,6 +593,9 @@ class AnalyzeConfig(_Checked):
     seed: int = 0
     export_csv: str | None = None   # write the graph here as a Gephi edge list
     gate: str | None = None         # one gate block of an LSTM/GRU (i f g o / r z n) or "sum"; default all
+    plot: str | None = None         # write the figures (PNG and SVG) into this directory
+    convention: str = "default"     # "seed": the paper's code's balance mean and node count
+    lesion: int = 0                 # remove up to this many motifs per run (a train checkpoint's model)
 
 
 def load_matrix(path: str, key: str | None = None):
@@ -598,6 +607,137 @@ def load_matrix(path: str, key: str | None = None):
     from .analysis import load_recurrent
 
     return load_recurrent(path, key)
+
+
+def plot_dir_problem(path) -> str | None:
+    """Why the figures cannot go into the directory ``path`` (created if missing, its parent must
+    exist; matplotlib must be installed), or None."""
+    from .data.files import output_path_problem
+
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return "needs matplotlib (pip install 'sparse-engine[analysis]')"
+    p = Path(path)
+    if p.is_dir():
+        return None if os.access(p, os.W_OK | os.X_OK) else f"directory {p} is not writable"
+    if p.exists():
+        return f"{p} is a file, expected a directory for the figures"
+    return output_path_problem(p)
+
+
+def is_balance_record(path) -> bool:
+    """True for a CSV whose header is a balance record's (``--record-balance``), not an edge list."""
+    p = Path(path)
+    if p.suffix.lower() != ".csv" or not p.is_file():
+        return False
+    with open(p, newline="", encoding="utf-8-sig", errors="replace") as f:
+        header = f.readline().strip().split(",")
+    return {"step", "layer", "gate", "balance_semicycle"} <= set(header)
+
+
+def _analyze_record(cfg, console):
+    """``analyze`` of a recorded run: the balance per epoch as a table, and its figures."""
+    from rich.table import Table
+
+    from .analysis import DEFINITIONS, plots, read_record
+
+    rows = read_record(cfg.path)
+    if not rows:
+        raise ValueError(f"{cfg.path} holds no records (only a header)")
+    t = Table(title=f"recorded balance of {cfg.path} ({len(rows)} records; the last of each epoch)")
+    for col in ("layer", "gate", "epoch", *DEFINITIONS):
+        t.add_column(col, justify="right")
+    for layer, gate in dict.fromkeys((r["layer"], r["gate"]) for r in rows):
+        s = plots.balance_series(rows, layer=layer, gate=gate)
+        for i, x in enumerate(s["x"]):
+            t.add_row(layer, gate, str(x), *(f"{s[d][i]:.3f}" for d in DEFINITIONS))
+    console.print(t)
+    if cfg.plot:
+        for path in plots.plot_record(rows, cfg.plot):
+            console.print(f"figure: {path}")
+    return rows
+
+
+def _analyze_nnstd(cfg, console) -> dict:
+    """``analyze`` of a directory: the NNSTD between every two networks found in it (folders of
+    ``weight_l<i>.npz`` layers), as a table and, with ``plot``, a heat map."""
+    from rich.table import Table
+
+    from .analysis import find_nnstd_networks, load_nnstd_layers, nnstd_matrix, plots
+
+    found = find_nnstd_networks(cfg.path)
+    if len(found) < 2:
+        raise ValueError(f"{cfg.path} is a directory: expected at least two networks in it (folders of NNSTD layers "
+                         f"weight_l0.npz, weight_l1.npz, ...), found {len(found)}")
+    labels = list(found)
+    D = nnstd_matrix([load_nnstd_layers(d) for d in found.values()])
+    t = Table(title=f"NNSTD between the {len(labels)} networks in {cfg.path} (mean over layers)")
+    t.add_column("network", no_wrap=True)
+    for i in range(len(labels)):
+        t.add_column(str(i), justify="right")
+    for i, label in enumerate(labels):
+        t.add_row(f"{i}: {label}", *(f"{x:.3f}" for x in D[i]))
+    console.print(t)
+    if cfg.plot:
+        for path in plots.save(plots.nnstd_figure(D, labels), cfg.plot, "nnstd"):
+            console.print(f"figure: {path}")
+    return {"labels": labels, "distance": D}
+
+
+LESION_KINDS = ("balanced", "unbalanced", "random", "edges")
+
+
+def lesion_curves(cfg, m, console) -> dict:
+    """``analyze CHECKPOINT --lesion N``: the model of a ``train`` checkpoint is rebuilt from its
+    saved options, and up to N motifs of each kind in :data:`LESION_KINDS` are cut from its
+    recurrent matrix as the paper does (one shuffled list, cumulative, 10 runs), scoring the
+    test set after each cut (accuracy, or MSE for regression tasks). {kind: LesionRuns}."""
+    from rich.table import Table
+
+    from .analysis import lesion_ffls, plots
+    from .checkpoint import load_checkpoint
+    from .sparse import SparseWeight
+
+    payload = load_checkpoint(cfg.path)
+    args = payload.get("extra", {}).get("args") or {}
+    if args.get("command") != "train":
+        raise ValueError(f"{cfg.path}: --lesion needs a checkpoint written by sparse-engine train (its options rebuild "
+                         "the model and its test set)")
+    if args.get("model") == "mlp":
+        raise ValueError(f"{cfg.path}: --lesion needs a recurrent model's checkpoint (train --model rnn or ctrnn); "
+                         "this one is an mlp")
+    recipe = get_recipe(args["recipe"]) if args.get("recipe") else None
+    _, (Xte, yte), meta = load_task(args["task"], args["data"], args["seed"], label_column=args.get("label_column"),
+                                    variant=recipe.variant if recipe is not None else None)
+    model = SequenceModel(args["model"], meta["n_in"], meta["n_out"], args["hidden"], args["layers"], args["density"],
+                          args["sparse"], meta["kind"], meta.get("vocab"))
+    model.load_state_dict(payload["model"])
+    W = model.get_submodule(m.key) if isinstance(m.matrix, SparseWeight) else None
+    if not isinstance(W, SparseWeight) or len(m.gates) != 1:
+        what = f"an {m.cell} gate stack" if len(m.gates) != 1 else "stored dense"
+        raise ValueError(f"{cfg.path}: --lesion needs a sparse one-block recurrent matrix (train --model rnn or "
+                         f"ctrnn, --sparse recurrent or both); {m.key} is {what}")
+    classify = meta["kind"] == "classify"
+
+    def score():
+        loss, acc = evaluate(model, Xte, yte, meta["kind"])
+        return acc if classify else loss
+
+    runs = {kind: lesion_ffls(W, score, kind=kind, max_removals=cfg.lesion, transpose=cfg.transpose, seed=cfg.seed)
+            for kind in LESION_KINDS}
+    what = "test accuracy" if classify else "test MSE"
+    t = Table(title=f"motif lesions of {m.key}: {what}, mean of {len(runs['edges'].curves)} runs")
+    for col in ("kind", "removed", "intact", "after"):
+        t.add_column(col, justify="right")
+    for kind, res in runs.items():
+        t.add_row(kind, str(res.n_removed[-1]), f"{res.mean[0]:.4f}", f"{res.mean[-1]:.4f}")
+    console.print(t)
+    if cfg.plot:
+        fig = plots.lesion_figure(runs, ylabel=what, title=f"motif lesions of {m.key}")
+        for path in plots.save(fig, cfg.plot, "lesions"):
+            console.print(f"figure: {path}")
+    return runs
 
 
 def analyze(config: AnalyzeConfig | None = None, **options):
@@ -614,12 +754,20 @@ def analyze(config: AnalyzeConfig | None = None, **options):
     from . import analysis as A
 
     cfg = _config(AnalyzeConfig, config, options)
+    console = Console()
+    mode = "a directory of networks" if Path(cfg.path).is_dir() else (
+        "a recorded run" if is_balance_record(cfg.path) else None)
+    if mode is not None:  # only --plot (and --seed) apply there: refuse the rest rather than ignore them
+        for f in fields(AnalyzeConfig):
+            if f.name not in ("path", "plot", "seed") and getattr(cfg, f.name) != f.default:
+                raise ConfigError(f.name, f"does not apply to {mode} ({cfg.path})")
+        return _analyze_nnstd(cfg, console) if Path(cfg.path).is_dir() else _analyze_record(cfg, console)
     m = load_matrix(cfg.path, cfg.key)
     graphs = m.graphs(cfg.gate, transpose=cfg.transpose)
     primary = cfg.gate if cfg.gate is not None else m.primary
-    console = Console()
     console.print(m.describe())
-    census = {g: A.signed_triad_census(w) for g, w in graphs.items()}
+    nodes = "edges" if cfg.convention == "seed" else "all"
+    census = {g: A.signed_triad_census(w, nodes=nodes) for g, w in graphs.items()}
     n = next(iter(census.values())).n
     t = Table(title=f"signed triad census of {m.key or cfg.path} (n={n:,})")
     t.add_column("type", justify="right")
@@ -646,7 +794,7 @@ def analyze(config: AnalyzeConfig | None = None, **options):
     for g, c in census.items():
         per_graph[g] = {}
         for d in A.DEFINITIONS:
-            bal = A.structural_balance(c, d)
+            bal = A.structural_balance(c, d, convention=cfg.convention)
             per_graph[g][d] = bal.value
             cells = (*(f"{bal.per_type[x]:.3f}" for x in A.TRANSITIVE_TYPES), f"{bal.value:.3f}")
             b.add_row(*((g,) if len(graphs) > 1 else ()), d, *cells)
@@ -658,7 +806,8 @@ def analyze(config: AnalyzeConfig | None = None, **options):
         for col in cols:
             nt.add_column(col, justify="right")
         for g, w in graphs.items():
-            nulls[g] = res = A.null_model_test(w, cfg.null_method, K=cfg.null, seed=cfg.seed)
+            nulls[g] = res = A.null_model_test(w, cfg.null_method, K=cfg.null, seed=cfg.seed, nodes=nodes,
+                                               convention=cfg.convention)
             for row in res.table():
                 if row["measure"].startswith("balance_"):
                     nt.add_row(*((g,) if len(graphs) > 1 else ()), row["measure"], f"{row['observed']:.3f}",
@@ -670,5 +819,13 @@ def analyze(config: AnalyzeConfig | None = None, **options):
             path = out if len(graphs) == 1 else out.with_name(f"{out.stem}_{g}{out.suffix}")
             A.write_edge_csv(w, path, ids=m.ids)
             console.print(f"edge list{'' if len(graphs) == 1 else f' ({g})'}: {path}")
+    if cfg.plot:
+        from .analysis import plots
+
+        for g, w in graphs.items():  # census_<gate>, distributions_<gate> when there are several
+            name = "" if len(graphs) == 1 else f"{g}_"
+            for path in plots.plot_matrix(w, cfg.plot, census=census[g], null=nulls.get(g), name=name):
+                console.print(f"figure: {path}")
+    lesions = lesion_curves(cfg, m, console) if cfg.lesion else {}
     return A.AnalysisResult(per_graph[primary], matrix=m, primary=primary, graphs=per_graph, census=census,
-                            null=nulls)
+                            null=nulls, lesions=lesions)

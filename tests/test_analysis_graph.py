@@ -118,7 +118,7 @@ def test_lesions_remove_ffls_cumulatively(kind, rng):
         nnz_seen.append(W.nnz)
         return float(W.values.detach().abs().sum())
 
-    curve = lesion_ffls(W, evaluate, kind=kind, max_removals=15, seed=1)
+    curve = lesion_ffls(W, evaluate, kind=kind, mode="redetect", runs=1, max_removals=15, seed=1).curves[0]
     assert len(curve.removed) == 15 and curve.n_removed == list(range(16))
     assert len(curve.scores) == 16 and nnz_seen == [before[1].numel() - 3 * k for k in range(16)]
     assert all(a >= b for a, b in zip(curve.scores, curve.scores[1:]))  # weights only disappear
@@ -134,10 +134,10 @@ def test_lesions_remove_ffls_cumulatively(kind, rng):
 
 def test_lesions_until_none_left_and_every(rng):
     W = random_weight(20, 20, 0.3, generator=rng)
-    curve = lesion_ffls(W, lambda: None, kind="unbalanced", restore=False)
+    curve = lesion_ffls(W, lambda: None, kind="unbalanced", mode="redetect", runs=1, restore=False).curves[0]
     assert not (~feed_forward_loops(W, types=None).balanced).any() and len(curve.removed) > 0
     W2 = random_weight(20, 20, 0.3, seed=5)
-    curve = lesion_ffls(W2, lambda: 0, kind="random", max_removals=7, every=3)
+    curve = lesion_ffls(W2, lambda: 0, kind="random", mode="redetect", runs=1, max_removals=7, every=3).curves[0]
     assert curve.n_removed == [0, 3, 6, 7]
     with pytest.raises(ValueError, match="kind"):
         lesion_ffls(W2, lambda: 0, kind="x")
@@ -156,7 +156,8 @@ def test_lesion_with_transpose_and_model(rng):
         return (h @ W.to_dense()).sum().item()
 
     f = feed_forward_loops(W, transpose=True, types=None)
-    curve = lesion_ffls(W, evaluate, kind="unbalanced", max_removals=1, transpose=True, seed=0, restore=False)
+    curve = lesion_ffls(W, evaluate, kind="unbalanced", mode="redetect", runs=1, max_removals=1, transpose=True,
+                        seed=0, restore=False).curves[0]
     (i, j, k), = curve.removed
     D = W.to_dense()
     assert D[i, j] == 0 and D[j, k] == 0 and D[i, k] == 0  # W[i, j] is i -> j with transpose

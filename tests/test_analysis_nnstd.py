@@ -9,7 +9,7 @@ import torch
 
 import sparse_engine  # noqa: F401
 from sparse_engine import SparseWeight
-from sparse_engine.analysis import jaccard_cost, load_nnstd_layers, nnstd
+from sparse_engine.analysis import jaccard_cost, jaccard_similarity, load_nnstd_layers, nnstd
 from sparse_engine.testing import random_scipy
 from _paths import DATA as SHARED_DATA
 
@@ -49,7 +49,10 @@ def test_matches_direct_computation():
         res = nnstd(la, lb)
         per = direct_layer_costs(la, lb, res.matchings)
         np.testing.assert_allclose(res.per_layer, per, atol=1e-12)
-        assert res.distance == pytest.approx(sum(p * o for p, o in zip(per, sizes[1:])) / sum(sizes[1:]))
+        assert res.distance == pytest.approx(sum(per) / len(per))  # the paper's code: mean over layers
+        tot = nnstd(la, lb, average="neurons")
+        assert tot.per_layer == pytest.approx(res.per_layer, abs=1e-12)
+        assert tot.distance == pytest.approx(sum(p * o for p, o in zip(per, sizes[1:])) / sum(sizes[1:]))
 
 
 def test_jaccard_cost_matches_sets():
@@ -104,6 +107,8 @@ def test_bad_inputs():
         nnstd([A], [sp.random(3, 3, density=0.5, format="csr")])
     with pytest.raises(TypeError, match=r"layers_b\[0\]"):
         nnstd([A], [np.ones((4, 3))])
+    with pytest.raises(ValueError, match="average"):
+        nnstd([A], [A], average="mean")
     with pytest.raises(ValueError, match="folder"):
         load_nnstd_layers(Path("/nonexistent"))
 
@@ -148,40 +153,80 @@ def test_sparse_matching_equals_dense_assignment():
 
 _HUNG = """
 import numpy as np, scipy.sparse as sp
-from sparse_engine.analysis.nnstd import nnstd
+import importlib
+mod = importlib.import_module("sparse_engine.analysis.nnstd")
+mod.DENSE_MATCH_LIMIT = 0  # every layer through the sparse solver, the one that must not hang
 rng = np.random.default_rng(329)  # the loop of the test above with this seed reaches the pair
 for density in (0.005, 0.02, 0.1, 0.5):
     for _ in range(5):
         n, k = int(rng.integers(1, 120)), int(rng.integers(1, 60))
         A = sp.random(n, k, density=density, random_state=rng, format="csr")
         B = sp.random(n, k, density=density, random_state=rng, format="csr")
-        nnstd([A], [B])
+        mod.nnstd([A], [B])
 print("done")
 """
 
 
-def test_matching_terminates_where_float_costs_hung_lapjvsp():
-    """With float costs scipy's LAPJVsp looped forever on a 102 x 11 pair (density 0.5) that
-    the random test above drew; integer-scaled costs end it. Run in a subprocess so a hang is a
-    failure, not a stuck CI job."""
+def test_sparse_matching_terminates_where_lapjvsp_hung():
+    """scipy's LAPJVsp (min_weight_full_bipartite_matching) looped forever on a 102 x 11 pair
+    (density 0.5) that the random test above drew with seed 329; the sparse solver must finish
+    every pair of that sequence. In a subprocess so a hang is a failure, not a stuck CI job."""
     import subprocess
     import sys
-    from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.run([sys.executable, "-c", _HUNG], capture_output=True, text=True, timeout=120, cwd=root)
     assert proc.returncode == 0 and proc.stdout.strip() == "done", proc.stderr[-2000:]
 
 
-def test_sparse_path_reaches_the_dense_optimum(monkeypatch):
-    """Layers above DENSE_MATCH_LIMIT neurons take the sparse LAPJVsp path: forced here on small
-    layers (a fixed seed, from the range checked not to hit LAPJVsp's loop), it must reach the
-    optimum of the dense assignment."""
+def test_max_weight_matching_against_dense_assignment(np_rng):
+    """Fresh random bipartite graphs (rectangular, ties from integer weights, isolated nodes):
+    the matching is valid and its weight is linear_sum_assignment's optimum."""
+    from scipy.optimize import linear_sum_assignment
+
+    from sparse_engine.analysis import max_weight_matching
+
+    g = np_rng
+    for trial in range(40):
+        n, k = int(g.integers(1, 60)), int(g.integers(1, 60))
+        M = sp.random(n, k, density=float(g.choice([0.02, 0.1, 0.5])), random_state=g, format="coo")
+        if trial % 2:
+            M.data = g.integers(1, 4, size=M.nnz).astype(float)  # many ties
+        li, ri = max_weight_matching(M)
+        assert len(set(li.tolist())) == len(li) and len(set(ri.tolist())) == len(ri)
+        D = M.toarray()
+        assert (D[li, ri] > 0).all()
+        r, c = linear_sum_assignment(D, maximize=True)
+        assert D[li, ri].sum() == pytest.approx(D[r, c].sum(), abs=1e-9), f"trial {trial}"
+
+
+@pytest.mark.slow
+def test_sparse_matching_at_large_size():
+    """A 20,000-neuron layer against a row-permuted, 10%-perturbed copy: the sparse path
+    finishes and finds at least the planted matching's gain (its optimum is at least that)."""
+    g = np.random.default_rng(11)
+    n, per_row = 20_000, 8
+    A = sp.random(n, n, density=per_row / n, random_state=g, format="csr")
+    B = (A + sp.random(n, n, density=0.1 * per_row / n, random_state=g, format="csr")).tocsr()
+    perm = g.permutation(n)
+    res = nnstd([A], [B[perm]])
+    planted = np.argsort(perm)  # A's row i is B[perm]'s row planted[i]
+    cost = 1 - np.asarray(jaccard_similarity(A.astype(bool).astype(float), B.astype(bool).astype(float))
+                          .tocsr()[np.arange(n), np.arange(n)]).ravel()
+    assert sorted(res.matchings[0]) == list(range(n))
+    assert res.distance <= cost.mean() + 1e-12
+    assert res.distance > 0
+    assert (res.matchings[0] == planted).mean() > 0.99
+
+
+def test_sparse_path_reaches_the_dense_optimum(monkeypatch, np_rng):
+    """Layers above DENSE_MATCH_LIMIT neurons take the sparse (HiGHS) path: forced here on small
+    fresh random layers (the printed seed), it must reach the optimum of the dense assignment."""
     import importlib
 
     mod = importlib.import_module("sparse_engine.analysis.nnstd")
 
-    rng = np.random.default_rng(7)
+    rng = np_rng
     cases = []
     for density in (0.02, 0.1, 0.5):
         for _ in range(4):

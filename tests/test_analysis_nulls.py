@@ -119,3 +119,21 @@ def test_pruned_networks_more_balanced_than_sign_shuffles(name):
     for k in ("balance_semicycle", "balance_triad", "balance_weighted"):
         assert r.observed[k] > np.nanmax(r.null[k]), k
         assert r.z[k] > 3, k
+
+
+@pytest.mark.parametrize("density", [0.5, 0.9])
+def test_swaps_on_dense_graphs_keep_the_graph_simple(density, np_rng):
+    """Dense graphs: most proposals hit an existing edge, so the op's edge-key set answers many
+    lookups and shifts many keys on deletion; a lost or stale key would show as a duplicate edge
+    or a changed degree after many accepted swaps."""
+    n = 40
+    A = random_scipy(n, n, density, generator=np_rng, diagonal=False)
+    s0, d0, _ = edges(A)
+    out = torch.ops.sparse_engine.degree_preserving_swaps(torch.from_numpy(s0.astype(np.int32)),
+                                                          torch.from_numpy(d0.astype(np.int32)), n, 200_000,
+                                                          torch.tensor([5, 6]))
+    for d in out:
+        d = d.numpy().astype(np.int64)
+        assert not np.any(d == s0) and len(set(zip(s0.tolist(), d.tolist()))) == len(s0)
+        np.testing.assert_array_equal(np.bincount(d, minlength=n), np.bincount(d0, minlength=n))
+        assert np.count_nonzero(d != d0) > len(d0) // 10  # swaps were accepted

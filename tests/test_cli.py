@@ -139,7 +139,7 @@ def test_bad_files_are_one_line_and_exit_code_1(tmp_path, capsys):
         (["train", "--task", "sms", "--data", str(tmp_path)], "argument --data: ", "is not a file"),
         (["train", "--resume", str(tmp_path / "gone.pt")], "argument --resume: ", "gone.pt does not exist"),
         (["analyze", str(tmp_path / "none.pt")], "argument path: ", "none.pt does not exist"),
-        (["analyze", str(tmp_path)], "argument path: ", "is not a file"),
+        (["analyze", str(tmp_path)], "is a directory: expected at least two networks", "weight_l0.npz"),
         # what the file holds is checked as analyze loads it: one line naming the file (and line)
         (["analyze", str(tmp_path / "m.txt")], "m.txt: unknown file type '.txt'; expected a checkpoint"),
         (["analyze", str(bad_csv)], "bad.csv is empty"),

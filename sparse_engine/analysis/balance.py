@@ -14,6 +14,15 @@ semicycles and CB / PB / CI triads).
 * ``"weighted"`` (c): per type (CB + 0.5 PB) / (CB + PB + CI); value = mean over the types
   that have at least one triad (empty types NaN, left out as in (a)).
 A graph without any transitive triad has value NaN under every definition.
+
+Conventions. ``convention="default"`` is the above. ``convention="seed"`` reproduces the
+paper's public code (``analysis/calculate_triad_balanced.py`` of the sparse-RNNs repository)
+number for number: there BR_X is 0 for a type without semicycles, and the mean of (a) leaves
+out every type whose BR_X is 0, so a type whose semicycles are all unbalanced drops out of the
+mean too (which raises the value); the seed code has no (c), and its (b) equals ours. The census
+side of that convention (only the nodes that appear in edges) is
+``signed_triad_census(..., nodes="edges")``. On the shipped networks the two conventions differ
+where a transitive type has no balanced semicycle (e.g. two Person_node pruning networks).
 """
 from __future__ import annotations
 
@@ -24,9 +33,10 @@ import numpy as np
 
 from .census import TRANSITIVE_TYPES, TriadCensus, feed_forward_loops, signed_triad_census
 
-__all__ = ["DEFINITIONS", "Balance", "structural_balance", "balance_measures", "ffl_coherence"]
+__all__ = ["DEFINITIONS", "CONVENTIONS", "Balance", "structural_balance", "balance_measures", "ffl_coherence"]
 
 DEFINITIONS = ("semicycle", "triad", "weighted")
+CONVENTIONS = ("default", "seed")
 
 
 @dataclass
@@ -45,10 +55,18 @@ def _mean(xs) -> float:
     return sum(xs) / len(xs) if xs else math.nan
 
 
-def _from_census(c: TriadCensus, definition: str) -> Balance:
+def _check_convention(convention: str) -> None:
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+
+
+def _from_census(c: TriadCensus, definition: str, convention: str = "default") -> Balance:
     T = TRANSITIVE_TYPES
     if definition == "semicycle":
         per = {t: _ratio(c.balanced[t], c.balanced[t] + c.unbalanced[t]) for t in T}
+        if convention == "seed":  # empty types are 0, and every 0 is left out of the mean
+            per = {t: 0.0 if math.isnan(v) else v for t, v in per.items()}
+            return Balance(definition, per, _mean(v for v in per.values() if v != 0))
         return Balance(definition, per, _mean(per.values()))
     triads = {t: c.cb[t] + c.pb[t] + c.ci[t] for t in T}
     if definition == "triad":
@@ -60,22 +78,24 @@ def _from_census(c: TriadCensus, definition: str) -> Balance:
     raise ValueError(f"definition must be one of {DEFINITIONS}, got {definition!r}")
 
 
-def structural_balance(W, definition: str = "semicycle", *, transpose: bool = False,
+def structural_balance(W, definition: str = "semicycle", *, convention: str = "default", transpose: bool = False,
                        key: str | None = None) -> Balance:
     """Structural balance of ``W`` (any input of :func:`~sparse_engine.analysis.to_graph`, or a
-    TriadCensus already computed) under one of :data:`DEFINITIONS`."""
+    TriadCensus already computed) under one of :data:`DEFINITIONS` and :data:`CONVENTIONS`."""
     if definition not in DEFINITIONS:
         raise ValueError(f"definition must be one of {DEFINITIONS}, got {definition!r}")
+    _check_convention(convention)
     c = W if isinstance(W, TriadCensus) else signed_triad_census(W, transpose=transpose, key=key)
-    return _from_census(c, definition)
+    return _from_census(c, definition, convention)
 
 
-def balance_measures(c: TriadCensus) -> dict[str, float]:
+def balance_measures(c: TriadCensus, convention: str = "default") -> dict[str, float]:
     """Every balance number of a census, flat: ``balance_<definition>`` and
     ``balance_<definition>_<type>``."""
+    _check_convention(convention)
     out = {}
     for d in DEFINITIONS:
-        b = _from_census(c, d)
+        b = _from_census(c, d, convention)
         out[f"balance_{d}"] = b.value
         out.update({f"balance_{d}_{t}": v for t, v in b.per_type.items()})
     return out

@@ -10,20 +10,26 @@ a neuron's input set is the set of columns where its row is nonzero. Per layer:
    below 1, so the dense (out x out) assignment (``scipy.optimize.linear_sum_assignment``)
    equals: pair empty neurons with empty neurons (cost 0), then a maximum-weight matching on
    the sparse graph of overlapping pairs (weight = Jaccard), the rest paired arbitrarily at
-   cost 1. For layers of more than ``DENSE_MATCH_LIMIT`` (2,048) neurons that matching runs
-   as ``scipy.sparse.csgraph.min_weight_full_bipartite_matching`` on the overlap graph plus a
-   "stay unmatched" edge per neuron, so no out x out array is built and time grows with the
-   overlaps, not with out^2; smaller layers use the dense ``linear_sum_assignment`` (LAPJVsp
-   was seen to loop forever on a small layer with many ties). Optimal matchings can tie; the
-   per-layer optimum is unique but which tied matching is taken changes the next layer's
-   input order, as in any implementation;
+   cost 1. Layers of at most ``DENSE_MATCH_LIMIT`` (2,048) neurons use the dense
+   ``linear_sum_assignment``. Larger ones solve the matching as a linear program on the overlap
+   graph (one variable per overlapping pair, ``sum_j x_ij <= 1``, ``sum_i x_ij <= 1``) with
+   HiGHS's dual simplex (``scipy.optimize.linprog(method="highs-ds")``): the constraint matrix
+   of a bipartite graph is totally unimodular, so the simplex's optimal vertex is a matching;
+   the simplex is finite (HiGHS guards against cycling) and memory grows with the overlaps, not
+   with out^2. scipy's sparse ``min_weight_full_bipartite_matching`` is not used: it is LAPJVsp,
+   which looped forever on a small layer with float ties (see docs/analysis.md). Optimal
+   matchings can tie; the per-layer optimum is unique but which tied matching is taken changes
+   the next layer's input order, as in any implementation;
 3. the matching permutes the next layer's inputs in B (its column matched[i] becomes column
    i), so later layers are compared in A's neuron order. The first layer's inputs are taken as
    aligned (the same data features).
 
-A layer's distance is its matched cost / its neurons; the network distance is the total matched
-cost / total neurons. With ``align_outputs=True`` the last layer's neurons are not matched
-(output units are fixed class labels): they are compared in place.
+A layer's distance is its matched cost / its neurons. The network distance is, by default,
+the mean of the layers' distances, as the NNSTD paper's public code computes it
+(``average="layers"``); ``average="neurons"`` gives the total matched cost / total neurons
+instead (every neuron weighs the same, so wide layers count more). With
+``align_outputs=True`` the last layer's neurons are not matched (output units are fixed class
+labels): they are compared in place.
 """
 from __future__ import annotations
 
@@ -32,17 +38,17 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.optimize import linear_sum_assignment
-from scipy.sparse.csgraph import min_weight_full_bipartite_matching
+from scipy.optimize import linear_sum_assignment, linprog
 
 from ..sparse import SparseWeight
 
-__all__ = ["NNSTDResult", "nnstd", "jaccard_similarity", "jaccard_cost", "load_nnstd_layers"]
+__all__ = ["AVERAGES", "NNSTDResult", "nnstd", "max_weight_matching", "nnstd_matrix", "jaccard_similarity",
+           "jaccard_cost", "load_nnstd_layers", "find_nnstd_networks"]
 
 
 @dataclass
 class NNSTDResult:
-    distance: float                 # total matched cost / total neurons
+    distance: float                 # mean of per_layer (average="layers") or total cost / total neurons
     per_layer: list[float]          # matched cost / neurons, per layer
     matchings: list[np.ndarray]     # matchings[l][i]: B's neuron matched to A's neuron i
 
@@ -77,8 +83,39 @@ def jaccard_cost(A: sp.csr_matrix, B: sp.csr_matrix) -> np.ndarray:
 
 
 #: Layers with at most this many neurons are matched with the dense assignment (robust, at most
-#: 32 MB); larger ones on the sparse overlap graph (LAPJVsp, time and memory grow with overlaps).
+#: 32 MB); larger ones on the sparse overlap graph (HiGHS, time and memory grow with overlaps).
 DENSE_MATCH_LIMIT = 2048
+
+#: How the layers' distances make the network's: their mean (the paper's code) or total cost
+#: over total neurons.
+AVERAGES = ("layers", "neurons")
+
+
+def max_weight_matching(sim: sp.coo_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """A maximum-weight matching (not necessarily perfect) of the bipartite graph whose edges are
+    the entries of ``sim`` (rows left, columns right, weights > 0): (left, right) index arrays.
+
+    Solved as the LP max sum w_e x_e, each node's x summing to <= 1, 0 <= x <= 1, by HiGHS's
+    dual simplex: a bipartite incidence matrix is totally unimodular, so the optimal basic
+    solution is 0/1. Finite (simplex with anti-cycling), O(nnz) memory. A RuntimeError if HiGHS
+    does not report an optimal 0/1 solution (never seen; better than a wrong matching)."""
+    sim = sp.coo_matrix(sim)
+    m = sim.nnz
+    if m == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    n_left, n_right = sim.shape
+    e = np.arange(m)
+    incidence = sp.csc_matrix((np.ones(2 * m), (np.concatenate([sim.row, n_left + sim.col]), np.concatenate([e, e]))),
+                              shape=(n_left + n_right, m))
+    res = linprog(-np.asarray(sim.data, dtype=np.float64), A_ub=incidence, b_ub=np.ones(n_left + n_right),
+                  bounds=(0, 1), method="highs-ds")
+    if res.status != 0:
+        raise RuntimeError(f"max_weight_matching: HiGHS did not reach the optimum ({res.message})")
+    x = res.x
+    if np.any((x > 1e-6) & (x < 1 - 1e-6)):
+        raise RuntimeError("max_weight_matching: HiGHS returned a fractional solution")
+    pick = x > 0.5
+    return sim.row[pick].astype(np.int64), sim.col[pick].astype(np.int64)
 
 
 def _match(A: sp.csr_matrix, B: sp.csr_matrix):
@@ -104,19 +141,7 @@ def _match(A: sp.csr_matrix, B: sp.csr_matrix):
         col[li] = ri
         gain = float(dense[li, ri].sum())
     elif sim.nnz:
-        # left: A rows, then one dummy per B row; right: B rows, then one dummy per A row.
-        # i -> j costs 2 - s_ij, i -> its dummy 2 (unmatched), dummy(j) -> j 1, dummy(j) -> dummy(i)
-        # 1 for every overlap edge (i, j) (frees both when i-j is used). All costs +1 so none is 0;
-        # each full matching has 2n edges, so the shift does not change the optimum.
-        r, c, s = sim.row, sim.col, sim.data
-        ar = np.arange(n)
-        rows = np.concatenate([r, ar, n + ar, n + c])
-        cols = np.concatenate([c, n + ar, ar, n + r])
-        w = np.concatenate([2.0 - s, np.full(n, 2.0), np.ones(n), np.ones(len(s))])
-        big = sp.csr_matrix((w, (rows, cols)), shape=(2 * n, 2 * n))
-        li, ri = min_weight_full_bipartite_matching(big)
-        pick = (li < n) & (ri < n)
-        li, ri = li[pick], ri[pick]
+        li, ri = max_weight_matching(sim)
         col[li] = ri
         gain = float(np.asarray(sim.tocsr()[li, ri]).sum())
     free_a = np.flatnonzero(col < 0)
@@ -126,8 +151,11 @@ def _match(A: sp.csr_matrix, B: sp.csr_matrix):
     return col, float(n - k - gain)
 
 
-def nnstd(layers_a, layers_b, *, align_outputs: bool = False) -> NNSTDResult:
-    """Topology distance between two networks given as lists of layer matrices (out x in)."""
+def nnstd(layers_a, layers_b, *, align_outputs: bool = False, average: str = "layers") -> NNSTDResult:
+    """Topology distance between two networks given as lists of layer matrices (out x in);
+    ``average``: one of :data:`AVERAGES` (see the module doc)."""
+    if average not in AVERAGES:
+        raise ValueError(f"average must be one of {AVERAGES}, got {average!r}")
     if not isinstance(layers_a, (list, tuple)) or not isinstance(layers_b, (list, tuple)):
         raise TypeError("layers_a and layers_b must be lists of layer matrices")
     if len(layers_a) != len(layers_b) or not layers_a:
@@ -158,7 +186,21 @@ def nnstd(layers_a, layers_b, *, align_outputs: bool = False) -> NNSTDResult:
         per_layer.append(total / A.shape[0] if A.shape[0] else 0.0)
         matchings.append(col)
         perm = col
+    if average == "layers":
+        return NNSTDResult(float(np.mean(per_layer)), per_layer, matchings)
     return NNSTDResult(costs / neurons if neurons else 0.0, per_layer, matchings)
+
+
+def nnstd_matrix(networks, **options) -> np.ndarray:
+    """The symmetric matrix of :func:`nnstd` distances between every two of ``networks`` (each a
+    list of layer matrices), computed once per pair as ``nnstd(networks[i], networks[j])`` for
+    i < j (zero diagonal). ``options`` go to :func:`nnstd`. The NNSTD paper's heat map."""
+    networks = list(networks)
+    D = np.zeros((len(networks), len(networks)))
+    for i in range(len(networks)):
+        for j in range(i + 1, len(networks)):
+            D[i, j] = D[j, i] = nnstd(networks[i], networks[j], **options).distance
+    return D
 
 
 def load_nnstd_layers(folder) -> list[sp.csr_matrix]:
@@ -170,3 +212,11 @@ def load_nnstd_layers(folder) -> list[sp.csr_matrix]:
     if not files:
         raise ValueError(f"folder must contain weight_l<i>.npz files, found none in {folder}")
     return [sp.csr_matrix(sp.load_npz(f)[:-1].T) for f in files]
+
+
+def find_nnstd_networks(folder) -> dict[str, Path]:
+    """Every folder at or below ``folder`` that holds ``weight_l<i>.npz`` layers (the NNSTD
+    paper's layout, e.g. ``e5_s0_w1/epoch_190``), by its path relative to ``folder``, sorted."""
+    folder = Path(folder)
+    found = {p.parent for p in folder.rglob("weight_l*.npz") if p.stem[len("weight_l"):].isdigit()}
+    return {(str(d.relative_to(folder)) if d != folder else d.name): d for d in sorted(found)}

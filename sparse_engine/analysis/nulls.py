@@ -25,8 +25,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .balance import balance_measures
-from .census import _census_of_graph
+from .balance import CONVENTIONS, balance_measures
+from .census import NODE_SETS, _census_of_graph, _edge_nodes_only
 from .graph import GraphCSR, edges, to_graph
 
 __all__ = ["METHODS", "randomize", "NullModelResult", "null_model_test"]
@@ -71,10 +71,10 @@ def randomize(W, method: str = "sign_shuffle", K: int = 1, *, seed: int = 0, swa
             yield _graph_from_edges(n, src, d, ww)
 
 
-def _measures(g: GraphCSR) -> dict[str, float]:
-    c = _census_of_graph(g)
+def _measures(g: GraphCSR, nodes: str = "all", convention: str = "default") -> dict[str, float]:
+    c = _census_of_graph(_edge_nodes_only(g) if nodes == "edges" else g)
     out = {k: float(v) for k, v in c.as_dict().items()}
-    out.update(balance_measures(c))
+    out.update(balance_measures(c, convention))
     return out
 
 
@@ -103,11 +103,19 @@ class NullModelResult:
 
 
 def null_model_test(W, method: str = "sign_shuffle", K: int = 100, *, seed: int = 0, swaps_per_edge: float = 10.0,
-                    transpose: bool = False, key: str | None = None) -> NullModelResult:
-    """Compares ``W``'s census and balance with ``K`` randomisations (see :data:`METHODS`)."""
+                    nodes: str = "all", convention: str = "default", transpose: bool = False,
+                    key: str | None = None) -> NullModelResult:
+    """Compares ``W``'s census and balance with ``K`` randomisations (see :data:`METHODS`);
+    ``nodes`` and ``convention`` as in :func:`~.census.signed_triad_census` and
+    :func:`~.balance.structural_balance`, for the observed graph and every null alike."""
+    if nodes not in NODE_SETS:
+        raise ValueError(f"nodes must be one of {NODE_SETS}, got {nodes!r}")
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
     g = to_graph(W, transpose=transpose, key=key)
-    obs = _measures(g)
-    samples = [_measures(r) for r in randomize(g, method, K, seed=seed, swaps_per_edge=swaps_per_edge)]
+    obs = _measures(g, nodes, convention)
+    samples = [_measures(r, nodes, convention)
+               for r in randomize(g, method, K, seed=seed, swaps_per_edge=swaps_per_edge)]
     null = {k: np.array([s[k] for s in samples]) for k in obs}
     mean, std, z, pg, pl = {}, {}, {}, {}, {}
     nan_observed, nan_null, some_nan = [], [], []

@@ -26,15 +26,33 @@ see :mod:`.recurrent`. Each record is a flat dict::
      <the 16 census counts>, <per transitive type: _balanced, _unbalanced, _CB, _PB, _CI>,
      <balance_semicycle, balance_triad, balance_weighted and their per-type values>}
 
+With ``null=K`` each record also holds, for each definition d, the null model's
+``null_mean_balance_<d>``, ``null_std_balance_<d>`` and ``z_balance_<d>`` from K randomised
+copies (``null_method``, seeded by ``seed`` + the record's step; :func:`~.nulls.null_model_test`):
+the band the balance-over-epochs figure draws. It costs K more censuses per record.
+
 ``epoch`` is the ``epoch`` argument of ``end_epoch``, else the attribute ``recorder.epoch``
 (which ``train`` sets to the current epoch, 1-based; None by default). ``records`` holds them
 in call order; ``columns()`` / ``rows()`` give a pandas-free table and ``to_csv(path)`` writes
 it (``pandas.DataFrame(recorder.records)`` works too).
+
+Written as it goes. With ``path=`` the CSV is written while training runs: the first record
+writes the header and every record held so far (so a resumed run, whose records came back from
+the checkpoint, rewrites them first), each later one appends its rows and flushes, so a run
+that stops early keeps its records. :func:`read_record` reads such a file back as a list of
+dicts with numbers as numbers (the table the plots draw from).
+
+Cost. One record is one signed census of the graph: O(edges x average forward degree), about
+a second for a million edges on one core, independent of the training step's cost (see
+docs/analysis.md for the measured fraction of a 100,000-neuron epoch).
 """
 from __future__ import annotations
 
 import csv
+import os
+import warnings
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 
@@ -44,7 +62,7 @@ from .census import _census_of_graph
 from .graph import edges, to_graph
 from .recurrent import gate_graphs, gate_names, is_recurrent_name
 
-__all__ = ["BalanceRecorder"]
+__all__ = ["BalanceRecorder", "read_record"]
 
 
 class BalanceRecorder:
@@ -52,11 +70,25 @@ class BalanceRecorder:
 
     layers: names to record (default: the recurrent weights, see the module doc); transpose: the
     weights are stored as ``h @ W`` (see graph.py); every: record an update only when
-    ``step % every == 0``."""
+    ``step % every == 0``; path: a CSV written as records are taken; null, null_method, seed:
+    null-model statistics per record (see the module doc)."""
 
-    def __init__(self, *, layers=None, transpose: bool = False, every: int = 1):
+    def __init__(self, *, layers=None, transpose: bool = False, every: int = 1, path=None, null: int = 0,
+                 null_method: str = "sign_shuffle", seed: int = 0):
+        from .nulls import METHODS
+
+        if not isinstance(null, int) or null < 0 or null == 1:
+            raise ValueError(f"null must be 0 (none) or an int >= 2 (randomised copies per record), got {null!r}")
+        if null_method not in METHODS:
+            raise ValueError(f"null_method must be one of {METHODS}, got {null_method!r}")
+        self.null, self.null_method, self.seed = null, null_method, seed
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
+        if path is not None and not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a file path or None, got {type(path).__name__}")
+        self.path = path
+        self._written: int | None = None  # records already in the file (None: file not started)
+        self._columns: list[str] = []
         self.layers = None if layers is None else set([layers] if isinstance(layers, str) else layers)
         self.transpose = transpose
         self.every = every
@@ -123,7 +155,36 @@ class BalanceRecorder:
                 c = _census_of_graph(g)
                 rec.update(c.as_dict())
                 rec.update(balance_measures(c))
+                if self.null:
+                    rec.update(self._null_columns(g, step))
                 self.records.append(rec)
+        if self.path is not None:
+            self._write_new()
+
+    def _null_columns(self, g, step: int) -> dict:
+        from .balance import DEFINITIONS
+        from .nulls import null_model_test
+
+        with warnings.catch_warnings():  # NaN measures (no transitive triad) are expected early in training
+            warnings.simplefilter("ignore")
+            res = null_model_test(g, self.null_method, K=self.null, seed=self.seed + step)
+        out = {}
+        for d in DEFINITIONS:
+            k = f"balance_{d}"
+            out.update({f"null_mean_{k}": res.mean[k], f"null_std_{k}": res.std[k], f"z_{k}": res.z[k]})
+        return out
+
+    def _write_new(self) -> None:
+        """Appends the records not yet in the file (all of them, header first, the first time or
+        when a record brings a new column)."""
+        cols = self.columns()
+        if self._written is None or cols != self._columns or self._written > len(self.records):
+            self.to_csv(self.path)
+            return
+        with open(self.path, "a", newline="") as f:
+            csv.writer(f).writerows([r.get(c) for c in cols] for r in self.records[self._written:])
+            f.flush()
+        self._written = len(self.records)
 
     def columns(self) -> list[str]:
         cols: list[str] = []
@@ -140,3 +201,39 @@ class BalanceRecorder:
             out = csv.writer(f)
             out.writerow(self.columns())
             out.writerows(self.rows())
+        if self.path is not None and os.path.abspath(path) == os.path.abspath(self.path):
+            self._written, self._columns = len(self.records), self.columns()
+
+
+def _value(text: str):
+    """A CSV cell back as Python: '' None, True/False, int, float (nan too), else the text."""
+    if text == "":
+        return None
+    if text in ("True", "False"):
+        return text == "True"
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def read_record(path) -> list[dict]:
+    """The records of a balance CSV (``--record-balance``, ``BalanceRecorder(path=...)`` or
+    ``to_csv``) as dicts in file order, numbers as int/float, empty cells None. A ValueError
+    naming the file when it is not such a table (no ``step``/``balance_semicycle`` column)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    if not path.is_file():
+        raise ValueError(f"{path} is not a file")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        need = {"step", "layer", "gate", "balance_semicycle"}
+        if reader.fieldnames is None or not need <= set(reader.fieldnames):
+            raise ValueError(f"{path} is not a balance record: expected the columns {sorted(need)} (a CSV written "
+                             f"by --record-balance), got {reader.fieldnames}")
+        return [{k: _value(v) for k, v in row.items()} for row in reader]

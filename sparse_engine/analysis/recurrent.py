@@ -318,14 +318,16 @@ class AnalysisResult(dict):
       ``"sum"``);
     * ``census``: {graph name: TriadCensus}; ``null``: {graph name: NullModelResult} (with
       ``null=K``);
+    * ``lesions``: {kind: LesionRuns} (with ``lesion=N``);
     * ``matrix``: the :class:`RecurrentMatrix`; ``key``, ``dense``, ``primary``.
     """
 
     def __init__(self, values: dict, *, matrix: RecurrentMatrix, primary: str, graphs: dict, census: dict,
-                 null: dict | None = None):
+                 null: dict | None = None, lesions: dict | None = None):
         super().__init__(values)
         self.matrix, self.primary, self.graphs, self.census = matrix, primary, graphs, census
         self.null = null or {}
+        self.lesions = lesions or {}
 
     @property
     def key(self) -> str | None:

@@ -1,0 +1,102 @@
+"""``sparse-engine analyze --plot DIR`` for a shipped seed network, a checkpoint of our own run
+and a recorded run; ``--convention seed``; their errors."""
+import xml.etree.ElementTree as ET
+
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from sparse_engine import cli  # noqa: E402
+from sparse_engine.analysis import read_edge_csv, read_record, signed_triad_census, structural_balance  # noqa: E402
+from _paths import DATA  # noqa: E402
+
+SEED_NET = DATA / "sparse_rnns_networks" / "Person_node__pruning_n_64_p_0.05__epoch_50.csv"
+
+
+def valid(folder, names):
+    for name in names:
+        png, svg = folder / f"{name}.png", folder / f"{name}.svg"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert ET.parse(svg).getroot().tag.endswith("svg"), name
+
+
+@pytest.mark.skipif(not SEED_NET.exists(), reason="shared data folder is not present")
+def test_seed_network_figures_and_convention(tmp_path):
+    out = tmp_path / "figs"  # created
+    result = cli.run(["analyze", str(SEED_NET), "--plot", str(out), "--null", "4", "--null-method", "swap",
+                      "--convention", "seed"])
+    valid(out, ["census", "distributions"])
+    W = read_edge_csv(SEED_NET)
+    assert result["semicycle"] == pytest.approx(structural_balance(W, convention="seed").value)
+    assert result["semicycle"] != pytest.approx(structural_balance(W).value)  # this network tells them apart
+    c = result.census["h"]
+    assert c.counts == signed_triad_census(W, nodes="edges").counts and c.n == 62
+    assert result.null["h"].observed["003"] == c.counts["003"]  # the null model counts the same nodes
+
+
+def test_checkpoint_and_recorded_run(tmp_path):
+    ck, bal, out = tmp_path / "ck.pt", tmp_path / "bal.csv", tmp_path / "figs"
+    cli.run(["train", "--model", "lstm", "--hidden", "12", "--epochs", "2", "--quiet", "--algorithm", "set",
+             "--save", str(ck), "--record-balance", str(bal)])
+    cli.run(["analyze", str(ck), "--plot", str(out), "--gate", "sum"])
+    valid(out, ["census", "distributions"])
+    rows = cli.run(["analyze", str(bal), "--plot", str(out)])
+    assert [(r["step"], r["gate"]) for r in rows] == [(r["step"], r["gate"]) for r in read_record(bal)]
+    graphs = {(r["layer"], r["gate"]) for r in rows}
+    assert len(graphs) == 5  # an LSTM's four gates and their sum
+    valid(out, [f"balance_{layer}_{gate}" for layer, gate in graphs])
+
+
+def test_plot_errors_are_one_line(tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("x")
+    src = tmp_path / "m.csv"
+    src.write_text("Id,Source,Target,Weight\n0,0,1,1.0\n1,1,2,-1.0\n")
+    assert cli.main(["analyze", str(src), "--plot", str(f)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "argument --plot: " in err[0] and "expected a directory" in err[0]
+    assert cli.main(["analyze", str(src), "--plot", str(tmp_path / "no" / "dir")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert cli.main(["analyze", str(src), "--convention", "paper"]) == 2
+    assert "invalid choice: 'paper'" in capsys.readouterr().err
+    # options that only apply to one network are refused for a recorded run or a directory
+    rec = tmp_path / "rec.csv"
+    rec.write_text("step,epoch,event,layer,gate,balance_semicycle\n0,0,epoch_end,w,h,0.5\n")
+    assert cli.main(["analyze", str(rec), "--null", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "argument --null: does not apply to a recorded run" in err and len(err.splitlines()) == 1
+    assert cli.main(["analyze", str(tmp_path), "--lesion", "3"]) == 2
+    assert "argument --lesion: does not apply to a directory of networks" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (DATA / "nnstd_topologies").exists(), reason="shared data folder is not present")
+def test_nnstd_heat_map_of_a_directory_of_networks(tmp_path):
+    from sparse_engine.analysis import load_nnstd_layers, nnstd
+
+    root = DATA / "nnstd_topologies" / "e5_s0_w0"  # one run before (epoch_000) and after (epoch_190) training
+    result = cli.run(["analyze", str(root), "--plot", str(tmp_path)])
+    assert result["labels"] == ["epoch_000", "epoch_190"]
+    want = nnstd(load_nnstd_layers(root / "epoch_000"), load_nnstd_layers(root / "epoch_190")).distance
+    assert result["distance"][0, 1] == result["distance"][1, 0] == pytest.approx(want) and want > 0
+    valid(tmp_path, ["nnstd"])
+
+
+def test_lesion_curves_of_a_trained_rnn(tmp_path):
+    from sparse_engine.checkpoint import load_checkpoint
+
+    ck = tmp_path / "rnn.pt"
+    cli.run(["train", "--model", "rnn", "--hidden", "32", "--density", "0.3", "--epochs", "3", "--quiet", "--save",
+             str(ck)])
+    result = cli.run(["analyze", str(ck), "--lesion", "6", "--plot", str(tmp_path / "figs")])
+    runs = result.lesions
+    assert set(runs) == {"balanced", "unbalanced", "random", "edges"}
+    acc = load_checkpoint(ck)["extra"]["history"][-1]["test_acc"]
+    for kind, res in runs.items():
+        assert len(res.curves) == 10 and res.n_removed == list(range(7)), kind
+        assert res.mean[0] == pytest.approx(acc)  # the intact model scores what training reported
+    assert any(res.mean[-1] != res.mean[0] for res in runs.values())  # cuts change the score
+    valid(tmp_path / "figs", ["lesions"])
+    lstm = tmp_path / "lstm.pt"
+    cli.run(["train", "--model", "lstm", "--hidden", "8", "--epochs", "1", "--quiet", "--save", str(lstm)])
+    with pytest.raises(ValueError, match="one-block recurrent matrix"):
+        cli.run(["analyze", str(lstm), "--lesion", "2"])
