@@ -68,7 +68,7 @@ def redraw_on_device(weights, density: float, dev) -> None:
 
 
 def measure(method: str, H: int, density: float, device: str, repeats: int, warmup: int) -> dict:
-    import resource
+    from sparse_engine.timing import peak_rss_bytes
 
     import torch
 
@@ -149,7 +149,7 @@ def measure(method: str, H: int, density: float, device: str, repeats: int, warm
             p.grad = None
     times.sort()
     peak = (torch.cuda.max_memory_allocated() if dev.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+            else peak_rss_bytes())
     return {"status": "ok", "ms": 1e3 * times[len(times) // 2], "peak_bytes": peak, "nnz": nnz, "path": path}
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, machine, markdown_table  # noqa: E402
+from sparse_engine.timing import peak_rss_bytes  # noqa: E402
 
 MNIST = ROOT / ".." / "shared" / "data" / "mnist_test"
 HEADER = ["neurons", "sizes", "epoch", "train s", "evolution s", "epoch s", "evolution %", "peak RSS MB",
@@ -102,7 +102,7 @@ def child(args) -> None:
         start = time.perf_counter()
         ctl.end_epoch()
         evo_s = time.perf_counter() - start
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = peak_rss_bytes()
         print(json.dumps(dict(neurons=args.child, sizes=sizes, epoch=epoch, train_s=train_s, evolution_s=evo_s,
                               peak=peak, base=base_rss, acc=correct / len(Xte), nnz=nnz, network=network,
                               load=os.getloadavg()[0])), flush=True)

@@ -1,7 +1,9 @@
-"""Wall-clock timing used by ``sparse-engine bench`` and by the benchmark scripts
-(benchmarks/), kept in the package so that both time operators the same way."""
+"""Measurements used by ``sparse-engine bench``, the benchmark scripts (benchmarks/) and the
+memory tests, kept in the package so that all of them measure the same way."""
 from __future__ import annotations
 
+import resource
+import sys
 import time
 
 
@@ -15,3 +17,18 @@ def best_of(fn, repeat: int = 3, warmup: int = 0) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return min(times)
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process, in bytes. On Linux the high-water mark of its own
+    address space (``VmHWM``): ``getrusage``'s ``ru_maxrss`` survives ``exec``, so a child
+    started by a large process (a test run, a benchmark driver) would report its parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux KiB

@@ -4,7 +4,8 @@ import sys
 import textwrap
 
 SCRIPT = textwrap.dedent("""
-    import resource, torch
+    import torch
+    from sparse_engine.timing import peak_rss_bytes
     from sparse_engine.nn import SparseLinear
     torch.manual_seed(0)
     n = 200_000
@@ -17,7 +18,7 @@ SCRIPT = textwrap.dedent("""
         loss.backward()
         opt.step()
     assert torch.isfinite(loss)
-    print(layer.weight.nnz, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    print(layer.weight.nnz, peak_rss_bytes())
 """)
 
 

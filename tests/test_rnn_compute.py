@@ -220,12 +220,13 @@ def test_environment_variable_sets_the_initial_default():
 
 
 MEMORY_SCRIPT = """
-import resource, torch
+import torch
+from sparse_engine.timing import peak_rss_bytes
 from sparse_engine.nn import SparseLSTM
 torch.manual_seed(0)
 m = SparseLSTM(16384, 16384, density=0.005)  # compute=None: the default, 'auto' in this process
 m(torch.randn(3, 2, 16384))[0].square().mean().backward()
-print(m.weight_ih_l0.nnz + m.weight_hh_l0.nnz, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+print(m.weight_ih_l0.nnz + m.weight_hh_l0.nnz, peak_rss_bytes())
 """
 
 

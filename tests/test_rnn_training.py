@@ -50,7 +50,8 @@ def test_user_model_loss_falls():
 
 
 _MEMORY_SCRIPT = textwrap.dedent("""
-    import json, resource, sys, torch
+    import json, sys, torch
+    from sparse_engine.timing import peak_rss_bytes
     sys.path.insert(0, sys.argv[1])
     import sparse_engine as se
     torch.manual_seed(0)
@@ -67,7 +68,7 @@ _MEMORY_SCRIPT = textwrap.dedent("""
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss_bytes()
     print(json.dumps({"peak": peak, "nnz": lstm.weight_hh_l0.nnz, "losses": losses}))
 """)
 
