@@ -20,6 +20,7 @@
 #include <omp.h>
 #include <cmath>
 #include "common.h"
+#include "gather.h"
 #include "../rnn_step_ops.h"
 
 #if defined(__AVX2__)
@@ -94,7 +95,6 @@ template <typename T> inline void vsigmoid(T* a, int64_t n) {
   for (int64_t i = 0; i < n; ++i) a[i] = T(1) / (T(1) + a[i]);
 }
 
-constexpr int64_t kBatchBlock = 32;  // batch columns per register block
 // (Below kParallelWork multiply-adds or elements a step runs on one thread: a parallel region
 // costs more than it saves, and far more on a busy machine.)
 
@@ -108,35 +108,44 @@ struct IndexPtrs {
 };
 
 template <typename scalar_t, CellMode M>
-void step_forward(IndexPtrs w, const scalar_t* values, const scalar_t* gx, const scalar_t* h, const scalar_t* c,
-                  const scalar_t* b_hh, scalar_t* h_new, scalar_t* c_new, scalar_t* acts, int64_t H, int64_t B,
-                  double dt, double tau) {
+// hp: h padded to `stride` columns (gather.h), so each gate row is one pass with its
+// accumulators in registers whatever B is; h itself is read for the gate math.
+void step_forward(IndexPtrs w, const scalar_t* values, const scalar_t* gx, const scalar_t* h, const scalar_t* hp,
+                  int64_t stride, const scalar_t* c, const scalar_t* b_hh, scalar_t* h_new, scalar_t* c_new,
+                  scalar_t* acts, int64_t H, int64_t B, double dt, double tau) {
   constexpr int gates = cell_gates(M);
+  constexpr int64_t kBlock = max_block<scalar_t>();  // batch columns per register block
   const scalar_t decay = scalar_t(1 - dt / tau), sdt = scalar_t(dt);
-  const bool parallel = (w.row_ptr[gates * H] + gates * H) * B >= kParallelWork;
-#pragma omp parallel for schedule(dynamic, 8) num_threads(at::get_num_threads()) if (parallel)
-  for (int64_t j = 0; j < H; ++j) {
-    scalar_t acc[gates][kBatchBlock];
-    for (int64_t b0 = 0; b0 < B; b0 += kBatchBlock) {
-      const int64_t width = std::min(kBatchBlock, B - b0);
-      for (int q = 0; q < gates; ++q) {
-        scalar_t* a = acc[q];
-        for (int64_t b = 0; b < width; ++b) a[b] = 0;
-        const int64_t row = q * H + j;
-        for (int64_t k = w.row_ptr[row]; k < w.row_ptr[row + 1]; ++k) {
-          const scalar_t vk = values[k];
-          const scalar_t* x = h + static_cast<int64_t>(w.col_idx[k]) * B + b0;
-#pragma omp simd
-          for (int64_t b = 0; b < width; ++b) a[b] += vk * x[b];
-        }
+  const int64_t nnz = w.row_ptr[gates * H];
+  const bool parallel = (nnz + gates * H) * B >= kParallelWork;
+  // Hidden units in blocks of kUnits: each gate's rows of a block are consecutive in the CSR, so
+  // the row gathers' prefetch runs ahead across rows (one unit at a time it fetched the wrong
+  // row's entries at every row end: the step ran at half spmm's speed, measured at 4,096 / 1%).
+  constexpr int64_t kUnits = 16;
+  const int64_t blocks = (H + kUnits - 1) / kUnits;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(kernel_threads()) if (parallel)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+   const int64_t j0 = blk * kUnits, units = std::min(kUnits, H - j0);
+   scalar_t sums[gates][kUnits][kBlock];
+   for (int64_t b0 = 0; b0 < B; b0 += kBlock) {
+    const int64_t width = std::min(kBlock, B - b0);
+    for (int q = 0; q < gates; ++q)
+      for (int64_t u = 0; u < units; ++u) {
+        const int64_t row = q * H + j0 + u;
+        accumulate_at<scalar_t>(w.row_ptr[row], w.row_ptr[row + 1], w.col_idx, values, 0, hp, stride, b0,
+                                sums[q][u], nnz);
       }
+    for (int64_t u = 0; u < units; ++u) {
+      const int64_t j = j0 + u;
+      scalar_t* acc[gates];
+      for (int q = 0; q < gates; ++q) acc[q] = sums[q][u];
       const int64_t o = j * B + b0;  // offset of (j, b0) in an (H x B) array
       const int64_t HB = H * B;
       for (int q = 0; q < gates; ++q)
         for (int64_t b = 0; b < width; ++b) acc[q][b] += (M == CellMode::GRU ? scalar_t(0) : gx[q * HB + o + b]);
       if constexpr (M == CellMode::LSTM) {
         vsigmoid(acc[0], width); vsigmoid(acc[1], width); vtanh(acc[2], width); vsigmoid(acc[3], width);
-        scalar_t tc[kBatchBlock];
+        scalar_t tc[kBlock];
         for (int64_t b = 0; b < width; ++b) {
           const scalar_t cn = acc[1][b] * c[o + b] + acc[0][b] * acc[2][b];
           c_new[o + b] = cn;
@@ -148,7 +157,7 @@ void step_forward(IndexPtrs w, const scalar_t* values, const scalar_t* gx, const
           for (int q = 0; q < 4; ++q) acts[q * HB + o + b] = acc[q][b];
         }
       } else if constexpr (M == CellMode::GRU) {
-        scalar_t ghn[kBatchBlock];
+        scalar_t ghn[kBlock];
         for (int q = 0; q < 3; ++q) {
           const scalar_t bq = b_hh ? b_hh[q * H + j] : scalar_t(0);
           for (int64_t b = 0; b < width; ++b) acc[q][b] += bq;
@@ -179,6 +188,7 @@ void step_forward(IndexPtrs w, const scalar_t* values, const scalar_t* gx, const
         }
       }
     }
+   }
   }
 }
 
@@ -193,7 +203,7 @@ void gates_backward(const scalar_t* acts, const scalar_t* c_prev, const scalar_t
   const scalar_t decay = scalar_t(1 - dt / tau), sdt = scalar_t(dt);
   constexpr int64_t kChunk = 256;
   const int64_t nchunks = (HB + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if (HB * 4 >= kParallelWork)
+#pragma omp parallel for schedule(static) num_threads(kernel_threads()) if (HB * 4 >= kParallelWork)
   for (int64_t ch = 0; ch < nchunks; ++ch) {
    const int64_t e0 = ch * kChunk, e1 = std::min(HB, e0 + kChunk);
    scalar_t tcs[kChunk];
@@ -232,32 +242,6 @@ void gates_backward(const scalar_t* acts, const scalar_t* c_prev, const scalar_t
   }
 }
 
-// out[j, :] = direct[j, :] + sum over column j of W: value * dG[row, :]   (W^T dG via the CSC index)
-template <typename scalar_t>
-void gather_t(IndexPtrs w, const scalar_t* values, const scalar_t* dG, const scalar_t* direct, scalar_t* out,
-              int64_t H, int64_t B) {
-  const int64_t chunks = num_chunks(H);
-  const auto bounds = balanced_bounds(w.csc_ptr, H, chunks);
-  const bool parallel = (w.csc_ptr[H] + H) * B >= kParallelWork;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads()) if (parallel)
-  for (int64_t ch = 0; ch < chunks; ++ch) {
-    scalar_t acc[kBatchBlock];
-    for (int64_t j = bounds[ch]; j < bounds[ch + 1]; ++j) {
-      for (int64_t b0 = 0; b0 < B; b0 += kBatchBlock) {
-        const int64_t width = std::min(kBatchBlock, B - b0);
-        for (int64_t b = 0; b < width; ++b) acc[b] = direct ? direct[j * B + b0 + b] : scalar_t(0);
-        for (int64_t k = w.csc_ptr[j]; k < w.csc_ptr[j + 1]; ++k) {
-          const scalar_t vk = values[w.csc_perm[k]];
-          const scalar_t* g = dG + static_cast<int64_t>(w.csc_row[k]) * B + b0;
-#pragma omp simd
-          for (int64_t b = 0; b < width; ++b) acc[b] += vk * g[b];
-        }
-        for (int64_t b = 0; b < width; ++b) out[j * B + b0 + b] = acc[b];
-      }
-    }
-  }
-}
-
 // W_hh checked and made contiguous for the kernels: H, the batch, and the raw index arrays
 // (valid while `kept` lives).
 struct CheckedWeight {
@@ -291,8 +275,11 @@ struct CpuStep {
     auto c_new = M == CellMode::LSTM ? at::empty({H, B}, h_c.options()) : at::Tensor();
     auto acts = saved ? at::empty({saved * H, B}, h_c.options()) : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES(w.values.scalar_type(), "rnn_step", [&] {
+      const int64_t stride = padded_stride<scalar_t>(B);
+      auto h_p = padded_batch(h_c, stride);
       step_forward<scalar_t, M>(k.index, values_c.data_ptr<scalar_t>(), in.gx.data_ptr<scalar_t>(),
-                                h_c.data_ptr<scalar_t>(), data_or_null<scalar_t>(in.c), data_or_null<scalar_t>(in.b_hh),
+                                h_c.data_ptr<scalar_t>(), h_p.data_ptr<scalar_t>(), stride,
+                                data_or_null<scalar_t>(in.c), data_or_null<scalar_t>(in.b_hh),
                                 h_new.data_ptr<scalar_t>(), data_or_null<scalar_t>(c_new),
                                 data_or_null<scalar_t>(acts), H, B, dt, tau);
     });
@@ -322,8 +309,12 @@ struct CpuStep {
                                   data_or_null<scalar_t>(in.c), h_prev, h_new, dh_c.data_ptr<scalar_t>(),
                                   data_or_null<scalar_t>(in.dc), dG.data_ptr<scalar_t>(), data_or_null<scalar_t>(dgx),
                                   data_or_null<scalar_t>(dc_prev), data_or_null<scalar_t>(direct), H, B, dt, tau);
-      gather_t<scalar_t>(k.index, values_c.data_ptr<scalar_t>(), dG.data_ptr<scalar_t>(),
-                         data_or_null<scalar_t>(direct), dh_prev.data_ptr<scalar_t>(), H, B);
+      // dh_prev = direct + W_hh^T dG, through the transposed index (gather.h)
+      const int64_t stride = padded_stride<scalar_t>(B);
+      auto dG_p = padded_batch(dG, stride);
+      gather_rows<scalar_t>(k.index.csc_ptr, k.index.csc_row, values_c.data_ptr<scalar_t>(), k.index.csc_perm,
+                            dG_p.data_ptr<scalar_t>(), stride, data_or_null<scalar_t>(direct),
+                            dh_prev.data_ptr<scalar_t>(), H, B);
     });
     return {dG, dh_prev, dc_prev, dgx};
   }
