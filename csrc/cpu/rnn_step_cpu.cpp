@@ -126,7 +126,7 @@ void step_forward(IndexPtrs w, const scalar_t* values, const scalar_t* gx, const
 #pragma omp parallel for schedule(dynamic, 1) num_threads(kernel_threads()) if (parallel)
   for (int64_t blk = 0; blk < blocks; ++blk) {
    const int64_t j0 = blk * kUnits, units = std::min(kUnits, H - j0);
-   scalar_t sums[gates][kUnits][kBlock];
+   scalar_t sums[gates][kUnits][kBlock] = {};  // zeros: the unused lanes stay finite
    for (int64_t b0 = 0; b0 < B; b0 += kBlock) {
     const int64_t width = std::min(kBlock, B - b0);
     for (int q = 0; q < gates; ++q)
@@ -135,56 +135,87 @@ void step_forward(IndexPtrs w, const scalar_t* values, const scalar_t* gx, const
         accumulate_at<scalar_t>(w.row_ptr[row], w.row_ptr[row + 1], w.col_idx, values, 0, hp, stride, b0,
                                 sums[q][u], nnz);
       }
-    for (int64_t u = 0; u < units; ++u) {
-      const int64_t j = j0 + u;
-      scalar_t* acc[gates];
-      for (int q = 0; q < gates; ++q) acc[q] = sums[q][u];
-      const int64_t o = j * B + b0;  // offset of (j, b0) in an (H x B) array
-      const int64_t HB = H * B;
+    // The gate math of the whole block, each transcendental function in one call per gate
+    // over units x kBlock values (lanes past `width` are computed and never stored), not one
+    // call per unit: that call overhead made the fused forward slower than spmm + torch's
+    // elementwise ops. A narrow batch (width < kBlock / 2) calls per unit instead.
+    const int64_t HB = H * B;
+    auto gate_fn = [&](auto fn, scalar_t* first) {
+      if (2 * width >= kBlock) {
+        fn(first, (units - 1) * kBlock + width);
+      } else {
+        for (int64_t u = 0; u < units; ++u) fn(first + u * kBlock, width);
+      }
+    };
+    auto sig = [](scalar_t* a, int64_t n) { vsigmoid(a, n); };
+    auto th = [](scalar_t* a, int64_t n) { vtanh(a, n); };
+    if constexpr (M != CellMode::GRU) {
       for (int q = 0; q < gates; ++q)
-        for (int64_t b = 0; b < width; ++b) acc[q][b] += (M == CellMode::GRU ? scalar_t(0) : gx[q * HB + o + b]);
-      if constexpr (M == CellMode::LSTM) {
-        vsigmoid(acc[0], width); vsigmoid(acc[1], width); vtanh(acc[2], width); vsigmoid(acc[3], width);
-        scalar_t tc[kBlock];
+        for (int64_t u = 0; u < units; ++u)
+          for (int64_t b = 0; b < width; ++b) sums[q][u][b] += gx[q * HB + (j0 + u) * B + b0 + b];
+    }
+    if constexpr (M == CellMode::LSTM) {
+      gate_fn(sig, &sums[0][0][0]); gate_fn(sig, &sums[1][0][0]); gate_fn(th, &sums[2][0][0]);
+      gate_fn(sig, &sums[3][0][0]);
+      scalar_t tc[kUnits][kBlock] = {};
+      for (int64_t u = 0; u < units; ++u) {
+        const int64_t o = (j0 + u) * B + b0;  // offset of (j, b0) in an (H x B) array
         for (int64_t b = 0; b < width; ++b) {
-          const scalar_t cn = acc[1][b] * c[o + b] + acc[0][b] * acc[2][b];
+          const scalar_t cn = sums[1][u][b] * c[o + b] + sums[0][u][b] * sums[2][u][b];
           c_new[o + b] = cn;
-          tc[b] = cn;
+          tc[u][b] = cn;
         }
-        vtanh(tc, width);
+      }
+      gate_fn(th, &tc[0][0]);
+      for (int64_t u = 0; u < units; ++u) {
+        const int64_t o = (j0 + u) * B + b0;
         for (int64_t b = 0; b < width; ++b) {
-          h_new[o + b] = acc[3][b] * tc[b];
-          for (int q = 0; q < 4; ++q) acts[q * HB + o + b] = acc[q][b];
+          h_new[o + b] = sums[3][u][b] * tc[u][b];
+          for (int q = 0; q < 4; ++q) acts[q * HB + o + b] = sums[q][u][b];
         }
-      } else if constexpr (M == CellMode::GRU) {
-        scalar_t ghn[kBlock];
+      }
+    } else if constexpr (M == CellMode::GRU) {
+      scalar_t ghn[kUnits][kBlock] = {};
+      for (int64_t u = 0; u < units; ++u) {
+        const int64_t j = j0 + u, o = j * B + b0;
         for (int q = 0; q < 3; ++q) {
           const scalar_t bq = b_hh ? b_hh[q * H + j] : scalar_t(0);
-          for (int64_t b = 0; b < width; ++b) acc[q][b] += bq;
+          for (int64_t b = 0; b < width; ++b) sums[q][u][b] += bq;
         }
         for (int64_t b = 0; b < width; ++b) {
-          ghn[b] = acc[2][b];
-          acc[0][b] += gx[o + b];
-          acc[1][b] += gx[HB + o + b];
+          ghn[u][b] = sums[2][u][b];
+          sums[0][u][b] += gx[o + b];
+          sums[1][u][b] += gx[HB + o + b];
         }
-        vsigmoid(acc[0], width); vsigmoid(acc[1], width);
-        for (int64_t b = 0; b < width; ++b) acc[2][b] = gx[2 * HB + o + b] + acc[0][b] * ghn[b];
-        vtanh(acc[2], width);
+      }
+      gate_fn(sig, &sums[0][0][0]); gate_fn(sig, &sums[1][0][0]);
+      for (int64_t u = 0; u < units; ++u) {
+        const int64_t o = (j0 + u) * B + b0;
+        for (int64_t b = 0; b < width; ++b) sums[2][u][b] = gx[2 * HB + o + b] + sums[0][u][b] * ghn[u][b];
+      }
+      gate_fn(th, &sums[2][0][0]);
+      for (int64_t u = 0; u < units; ++u) {
+        const int64_t o = (j0 + u) * B + b0;
         for (int64_t b = 0; b < width; ++b) {
-          const scalar_t n = acc[2][b], z = acc[1][b];
+          const scalar_t n = sums[2][u][b], z = sums[1][u][b];
           h_new[o + b] = n + z * (h[o + b] - n);
-          acts[o + b] = acc[0][b]; acts[HB + o + b] = z; acts[2 * HB + o + b] = n; acts[3 * HB + o + b] = ghn[b];
+          acts[o + b] = sums[0][u][b]; acts[HB + o + b] = z; acts[2 * HB + o + b] = n; acts[3 * HB + o + b] = ghn[u][b];
         }
-      } else if constexpr (M == CellMode::RNN_TANH) {
-        vtanh(acc[0], width);
-        for (int64_t b = 0; b < width; ++b) h_new[o + b] = acc[0][b];
-      } else if constexpr (M == CellMode::RNN_RELU) {
-        for (int64_t b = 0; b < width; ++b) h_new[o + b] = acc[0][b] > 0 ? acc[0][b] : scalar_t(0);
-      } else {  // CT-RNN Euler step
-        vtanh(acc[0], width);
+      }
+    } else {
+      if constexpr (M != CellMode::RNN_RELU) gate_fn(th, &sums[0][0][0]);
+      for (int64_t u = 0; u < units; ++u) {
+        const int64_t o = (j0 + u) * B + b0;
         for (int64_t b = 0; b < width; ++b) {
-          acts[o + b] = acc[0][b];
-          h_new[o + b] = decay * h[o + b] + sdt * acc[0][b];
+          const scalar_t a = sums[0][u][b];
+          if constexpr (M == CellMode::RNN_TANH) {
+            h_new[o + b] = a;
+          } else if constexpr (M == CellMode::RNN_RELU) {
+            h_new[o + b] = a > 0 ? a : scalar_t(0);
+          } else {  // CT-RNN Euler step
+            acts[o + b] = a;
+            h_new[o + b] = decay * h[o + b] + sdt * a;
+          }
         }
       }
     }
