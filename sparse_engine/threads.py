@@ -1,34 +1,27 @@
-"""How many threads the CPU kernels use, and the busy-machine rule.
+"""Threads of the CPU kernels, and how idle OpenMP threads wait.
 
-The kernels run on ``torch.get_num_threads()`` threads (set it with ``torch.set_num_threads`` or
-``OMP_NUM_THREADS``), except that while the machine is busy -- the 1-minute load average is at
-least the number of online CPUs plus one -- they run on one thread: OpenMP threads that other
-processes deschedule mid-region make every barrier wait, and 2 threads on a loaded 2-core
-machine ran 3-40x slower than 1 (docs/cpu_kernels.md). The load average is read at most once a
-second. ``SPARSE_ENGINE_BUSY_RULE=0`` in the environment (or :func:`set_busy_rule`) turns the
-rule off. Results do not depend on the thread count either way (tests/test_threads.py).
+The kernels (and torch's own CPU ops) run on ``torch.get_num_threads()`` threads: set it with
+``torch.set_num_threads(n)`` or ``OMP_NUM_THREADS=n``. Results do not depend on it
+(tests/test_threads.py).
+
+Waiting: by default libgomp's idle threads spin (busy-wait) after every parallel region. On a
+machine whose cores other processes keep busy, the spinning threads and the descheduled ones
+that every barrier waits for made 2 threads 3-60x slower than 1 (measured: docs/cpu_kernels.md).
+With ``OMP_WAIT_POLICY=PASSIVE`` idle threads sleep at once and 2 threads cost the same as 1
+there. libgomp reads the variable once, when torch loads it, so setting it later does nothing:
+importing this module (``import sparse_engine`` does, first of all) sets
+``OMP_WAIT_POLICY=PASSIVE`` when torch is not imported yet and the variable is not set.
+:data:`PASSIVE_WAIT` says whether that happened; set the variable yourself (or import
+sparse_engine before torch) when torch comes first.
 """
 from __future__ import annotations
 
 import os
+import sys
 
-__all__ = ["busy_rule", "set_busy_rule", "machine_busy"]
+__all__ = ["PASSIVE_WAIT"]
 
-_VAR = "SPARSE_ENGINE_BUSY_RULE"
-
-
-def busy_rule() -> bool:
-    """Whether the kernels drop to one thread on a busy machine (the default)."""
-    return not os.environ.get(_VAR, "1").startswith("0")
-
-
-def set_busy_rule(on: bool) -> None:
-    """Turns the busy-machine rule on or off for this process (the kernels read the variable)."""
-    if not isinstance(on, bool):
-        raise TypeError(f"on must be a bool, got {type(on).__name__}")
-    os.environ[_VAR] = "1" if on else "0"
-
-
-def machine_busy() -> bool:
-    """The rule's test, as the kernels make it: 1-minute load average >= online CPUs + 1."""
-    return os.getloadavg()[0] >= (os.cpu_count() or 1) + 1
+#: True when this import set OMP_WAIT_POLICY=PASSIVE before torch loaded libgomp.
+PASSIVE_WAIT = "torch" not in sys.modules and "OMP_WAIT_POLICY" not in os.environ
+if PASSIVE_WAIT:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"

@@ -1,14 +1,17 @@
 """Every CPU kernel gives bitwise the same result on 1 and 2 threads (each output is summed in
 one fixed order by one thread), at sizes above the parallel-work threshold so that the 2-thread
-run really splits the work; and the busy-machine thread rule (csrc/cpu/common.h) can be turned
-off with SPARSE_ENGINE_BUSY_RULE=0, which these tests do so that 2 threads are used even on a
-loaded machine."""
+run really splits the work; and importing sparse_engine before torch makes OpenMP's idle
+threads wait passively (sparse_engine/threads.py)."""
+import os
+import subprocess
+import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import torch
 
-from sparse_engine import SparseWeight, ops, threads
+from sparse_engine import SparseWeight, ops
 from sparse_engine.testing import random_weight
 
 _ops = torch.ops.sparse_engine
@@ -22,11 +25,6 @@ def num_threads(n: int):
         yield
     finally:
         torch.set_num_threads(before)
-
-
-@pytest.fixture(autouse=True)
-def busy_rule_off(monkeypatch):
-    monkeypatch.setenv("SPARSE_ENGINE_BUSY_RULE", "0")
 
 
 def same_on_1_and_2_threads(fn):
@@ -120,9 +118,20 @@ def test_topology_kernels():
     same_on_1_and_2_threads(lambda: _ops.grad_topk(W.row_ptr, W.col_idx, G, X, 5000, 256, 256))
 
 
-def test_busy_rule_switch(monkeypatch):
-    """threads.busy_rule() reads the variable the kernels read."""
-    monkeypatch.setenv("SPARSE_ENGINE_BUSY_RULE", "0")
-    assert threads.busy_rule() is False
-    monkeypatch.delenv("SPARSE_ENGINE_BUSY_RULE")
-    assert threads.busy_rule() is True
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def wait_policy_after(code: str, **env) -> str:
+    """OMP_WAIT_POLICY in a fresh interpreter after running ``code``."""
+    base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code + "; import os; print(os.environ.get('OMP_WAIT_POLICY'))"],
+                         env={**base, "PYTHONPATH": str(ROOT), **env}, capture_output=True, text=True, check=True)
+    return out.stdout.split()[-1]
+
+
+def test_importing_sparse_engine_first_makes_waiting_passive():
+    assert wait_policy_after("import sparse_engine; assert sparse_engine.threads.PASSIVE_WAIT") == "PASSIVE"
+    # too late once torch has loaded libgomp: left alone, and PASSIVE_WAIT says so
+    assert wait_policy_after("import torch, sparse_engine; assert not sparse_engine.threads.PASSIVE_WAIT") == "None"
+    # a policy the user set is kept
+    assert wait_policy_after("import sparse_engine", OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
