@@ -36,7 +36,8 @@ NOTES = """speed-up = baseline time / our time; > 1 means we are faster. load = 
 when the row was measured. The spmm_t baseline gets a transposed CSR built once outside the timing,
 values included (`torch.sparse.mm(W.t(), G)` converts the transposed CSR on every call, about 100x
 slower); our spmm_t reads the current values through the transposed index on every call, as
-training needs. sddmm baselines: torch.sparse.sampled_addmm, scipy (row gathers), dense (G X^T,
+training needs. The forward-only rows run ours under torch.no_grad(), like the baselines, whose
+values are detached. sddmm baselines: torch.sparse.sampled_addmm, scipy (row gathers), dense (G X^T,
 then the entries), masked-dense ((G X^T) * mask). fwd+bwd: Y = W X, then the gradients of the
 values (or the dense weight) and X; scipy has no autograd. Dense and masked-dense build N x N
 matrices; torch.sparse's backward through a CSR weight also needs O(N^2) memory. Anything that
@@ -81,12 +82,16 @@ def implementations(op: str, W: SparseWeight, X: torch.Tensor, G: torch.Tensor) 
     n = W.shape[0]
 
     def ours():
-        if op == "spmm":
-            return lambda: ops.spmm(W, X)
-        if op == "spmm_t":
-            return lambda: ops.spmm_t(W, G)
-        if op == "sddmm":
-            return lambda: ops.sddmm(W, G, X)
+        # forward-only rows under no_grad, as the baselines' (detached) values are: recording the
+        # autograd graph costs tens of microseconds per call, which dominates the smallest cells
+        if op in ("spmm", "spmm_t", "sddmm"):
+            run = {"spmm": lambda: ops.spmm(W, X), "spmm_t": lambda: ops.spmm_t(W, G),
+                   "sddmm": lambda: ops.sddmm(W, G, X)}[op]
+
+            def no_grad():
+                with torch.no_grad():
+                    return run()
+            return no_grad
 
         def fwd_bwd():
             x = X.detach().requires_grad_()
