@@ -23,8 +23,11 @@ demo: install
 test: install
 	$(PY) -m pytest -q tests
 
+# The CPU tables (benchmarks/results/cpu_ops.md, rnn_cpu.md), each written row by row; run it on
+# a quiet machine. BENCH_ARGS=--quick checks the scripts on a small subset.
 bench: install
-	$(PY) benchmarks/bench_ops.py
+	$(PY) benchmarks/bench_ops.py $(BENCH_ARGS)
+	$(PY) benchmarks/bench_rnn.py --device cpu $(BENCH_ARGS)
 
 clean:
 	rm -rf build $(VENV) sparse_engine/_C*.so *.egg-info

@@ -1,13 +1,15 @@
-"""One LSTM training step (forward + backward), T=35, B=20, one layer, input size = hidden, both
-matrices at the given density: SparseLSTM against masked-dense ``nn.LSTM`` (weights * mask
-re-applied each step, as sparselearning/Selfish-RNN do; cuDNN on a GPU) and a ``torch.sparse``
-CSR loop, in the same run. Every (method, size) runs in its own subprocess so its peak memory is
+"""One LSTM and one GRU training step (forward + backward), T=35, B=20, one layer, input size =
+hidden, both matrices at the given density: SparseLSTM / SparseGRU against masked-dense
+``nn.LSTM`` / ``nn.GRU`` (weights * mask re-applied each step, as sparselearning/Selfish-RNN do;
+cuDNN on a GPU) and a ``torch.sparse`` CSR loop, in the same run. Each row records the 1-minute
+load average when it was measured. Every (method, size) runs in its own subprocess so its peak memory is
 its own and a failure (out of memory, cuDNN) is recorded as "fails" without ending the run.
 
     python benchmarks/bench_rnn.py                 # CPU table -> benchmarks/results/rnn_cpu.md
     python benchmarks/bench_rnn.py                 # on a CUDA machine: GPU table -> rnn_gpu.md
     python benchmarks/bench_rnn.py --largest       # + largest trainable hidden at 32 nonzeros/row
-    python benchmarks/bench_rnn.py --sizes 1500:0.33 4096:0.01 --repeats 5
+    python benchmarks/bench_rnn.py --sizes 1500:0.33 4096:0.01 --repeats 5 --cells LSTM
+    python benchmarks/bench_rnn.py --quick        # one small size, to check the script
     python3 benchmarks/bench_rnn.py --device cuda --budget-s 480 --copy-to $OUT   # a 10-minute GPU command
 
 On a GPU the SparseLSTM column needs this build's CUDA kernels (sparse_engine._ext.HAS_CUDA_KERNELS);
@@ -37,6 +39,9 @@ GPU_SIZES = ["1500:0.33", "4096:0.01", "16384:0.01", "65536:0.01"]
 METHODS = ["sparse_engine", "sparse_engine_composed", "masked_dense", "torch_sparse"]
 CPU_METHODS = ["sparse_engine", "masked_dense", "torch_sparse"]  # the CPU step: bench_rnn_step.py
 T, B = 35, 20
+CELLS = ["LSTM", "GRU"]
+GATES = {"LSTM": 4, "GRU": 3}
+QUICK_SIZES = ["512:0.05"]
 
 
 # ------------------------------------------------------------------ one measurement
@@ -56,6 +61,24 @@ def _lstm_torch_sparse(W_ih, W_hh, b, x, H):
     return torch.stack(outs)
 
 
+def _gru_torch_sparse(W_ih, W_hh, b, x, H):
+    """The GRU (torch's gate order r, z, n; b_hn inside r * (...)) with torch.sparse CSR products."""
+    import torch
+
+    gx = (torch.sparse.mm(W_ih, x.reshape(T * B, -1).t()) + b[:3 * H, None]).view(3 * H, T, B)
+    h = x.new_zeros(H, B)
+    outs = []
+    for t in range(T):
+        gh = torch.sparse.mm(W_hh, h) + b[3 * H:, None]
+        xr, xz, xn = gx[:, t].chunk(3)
+        hr, hz, hn = gh.chunk(3)
+        r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + r * hn)
+        h = n + z * (h - n)
+        outs.append(h)
+    return torch.stack(outs)
+
+
 def redraw_on_device(weights, density: float, dev) -> None:
     """Gives each SparseWeight a uniformly random pattern of round(density * rows * cols) entries
     drawn on ``dev``: SparseWeight.random draws on the host, minutes per weight at 100M+ entries,
@@ -67,7 +90,7 @@ def redraw_on_device(weights, density: float, dev) -> None:
         w.set_pattern(*random_csr_on(rows, cols, int(round(density * rows * cols)), dev, seed=i), validate=False)
 
 
-def measure(method: str, H: int, density: float, device: str, repeats: int, warmup: int) -> dict:
+def measure(method: str, cell: str, H: int, density: float, device: str, repeats: int, warmup: int) -> dict:
     from sparse_engine.timing import peak_rss_bytes
 
     import torch
@@ -86,14 +109,15 @@ def measure(method: str, H: int, density: float, device: str, repeats: int, warm
         if dev.type == "cuda" and not se._ext.HAS_CUDA_KERNELS:
             return {"status": "no CUDA kernels"}
         fused = method == "sparse_engine"
+        Sparse = se.nn.SparseLSTM if cell == "LSTM" else se.nn.SparseGRU
         if dev.type == "cuda":  # a placeholder pattern (one entry per 1000 rows), redrawn on the device
-            model = se.nn.SparseLSTM(H, H, density=1e-3 / H, fused=fused).to(dev)
+            model = Sparse(H, H, density=1e-3 / H, fused=fused).to(dev)
             redraw_on_device([m for m in model.modules() if isinstance(m, se.SparseWeight)], density, dev)
         else:
-            model = se.nn.SparseLSTM(H, H, density=density, fused=fused)
+            model = Sparse(H, H, density=density, fused=fused)
         params = list(model.parameters())
         w_hh = model.weight_hh_l0
-        cfg = Config("LSTM", H, B, T, idx_hh=w_hh.index, fused=model.fused)
+        cfg = Config(cell, H, B, T, idx_hh=w_hh.index, fused=model.fused)
         path = "fused" if fused_ok(cfg, w_hh.values) else "composed"
 
         def step():
@@ -101,7 +125,7 @@ def measure(method: str, H: int, density: float, device: str, repeats: int, warm
             y.sum().backward()
         nnz = sum(m.nnz for m in model.modules() if isinstance(m, se.SparseWeight))
     elif method == "masked_dense":
-        model = torch.nn.LSTM(H, H, device=dev)  # initialised on the device: no host copy of 4H x H
+        model = getattr(torch.nn, cell)(H, H, device=dev)  # initialised on the device: no host copy of 4H x H
         masks = [(torch.rand(w.shape, device=dev) < density) for w in (model.weight_ih_l0, model.weight_hh_l0)]
         params = list(model.parameters())
 
@@ -113,17 +137,18 @@ def measure(method: str, H: int, density: float, device: str, repeats: int, warm
             y.sum().backward()
         nnz = sum(int(m.sum()) for m in masks)
     elif method == "torch_sparse":
-        ws = [se.SparseWeight.random(4 * H, H, nnz=1 if dev.type == "cuda" else None,
+        ws = [se.SparseWeight.random(GATES[cell] * H, H, nnz=1 if dev.type == "cuda" else None,
                                      density=None if dev.type == "cuda" else density).to(dev) for _ in range(2)]
         if dev.type == "cuda":
             redraw_on_device(ws, density, dev)
         w_ih, w_hh = (w.to_torch_sparse_csr().detach().requires_grad_(True) for w in ws)
         del ws
-        b = torch.zeros(4 * H, device=dev, requires_grad=True)
+        b = torch.zeros((4 if cell == "LSTM" else 6) * H, device=dev, requires_grad=True)
         params = [w_ih, w_hh, b]
+        loop = _lstm_torch_sparse if cell == "LSTM" else _gru_torch_sparse
 
         def step():
-            _lstm_torch_sparse(w_ih, w_hh, b, x, H).sum().backward()
+            loop(w_ih, w_hh, b, x, H).sum().backward()
         nnz = int(w_ih._nnz() + w_hh._nnz())
     else:
         raise ValueError(method)
@@ -150,11 +175,12 @@ def measure(method: str, H: int, density: float, device: str, repeats: int, warm
     times.sort()
     peak = (torch.cuda.max_memory_allocated() if dev.type == "cuda"
             else peak_rss_bytes())
-    return {"status": "ok", "ms": 1e3 * times[len(times) // 2], "peak_bytes": peak, "nnz": nnz, "path": path}
+    return {"status": "ok", "ms": 1e3 * times[len(times) // 2], "peak_bytes": peak, "nnz": nnz, "path": path,
+            "load": os.getloadavg()[0]}
 
 
-def run_child(method, H, density, device, repeats, warmup, timeout) -> dict:
-    cmd = [sys.executable, __file__, "--child", method, str(H), str(density), device, str(repeats), str(warmup)]
+def run_child(method, cell, H, density, device, repeats, warmup, timeout) -> dict:
+    cmd = [sys.executable, __file__, "--child", method, cell, str(H), str(density), device, str(repeats), str(warmup)]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -197,10 +223,12 @@ def ratio(base: dict, ours: dict) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--child", nargs=6, metavar=("METHOD", "H", "DENSITY", "DEVICE", "REPEATS", "WARMUP"),
+    p.add_argument("--child", nargs=7, metavar=("METHOD", "CELL", "H", "DENSITY", "DEVICE", "REPEATS", "WARMUP"),
                    help=argparse.SUPPRESS)
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
     p.add_argument("--sizes", nargs="+", default=None, help="hidden:density pairs")
+    p.add_argument("--cells", nargs="+", default=CELLS, choices=CELLS)
+    p.add_argument("--quick", action="store_true", help=f"only {QUICK_SIZES}, 1 repeat: checks the script")
     p.add_argument("--methods", nargs="+", default=None, choices=METHODS,
                    help="default: all on a GPU; on the CPU all but sparse_engine_composed")
     p.add_argument("--repeats", type=int, default=3)
@@ -217,14 +245,16 @@ def main(argv=None):
                    help="stop starting cells after this many seconds; each cell's timeout is capped to what is left")
     args = p.parse_args(argv)
     if args.child:
-        m, H, d, dev, rep, warm = args.child
-        print(json.dumps(measure(m, int(H), float(d), dev, int(rep), int(warm))))
+        m, cell, H, d, dev, rep, warm = args.child
+        print(json.dumps(measure(m, cell, int(H), float(d), dev, int(rep), int(warm))))
         return
 
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    sizes = args.sizes or (GPU_SIZES if device == "cuda" else CPU_SIZES)
+    sizes = args.sizes or (QUICK_SIZES if args.quick else GPU_SIZES if device == "cuda" else CPU_SIZES)
+    if args.quick:
+        args.repeats = 1
     methods = args.methods or (METHODS if device == "cuda" else CPU_METHODS)
     out_path = args.out or ROOT / "benchmarks" / "results" / f"rnn_{'gpu' if device == 'cuda' else 'cpu'}.md"
     load_start = os.getloadavg()[0]
@@ -245,21 +275,21 @@ def main(argv=None):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
 
-    for spec in sizes:
+    for cell, spec in ((c, s) for s in sizes for c in args.cells):
         H, d = spec.split(":")
         H, d = int(H), float(d)
         res = {}
-        rows.append((H, d, res))
+        rows.append((cell, H, d, res))
         for method in methods:
-            need = 2 * 4 * H * H * (4 + 4 + 1 + 4) / 2**30  # weight, grad, mask, masked copy (float32)
+            need = 2 * GATES[cell] * H * H * (4 + 4 + 1 + 4) / 2**30  # weight, grad, mask, masked copy (float32)
             timeout = cell_timeout()
             if method == "masked_dense" and need > dense_limit:
                 res[method] = {"status": f"skipped (needs ~{need:.0f} GiB > {dense_limit:.0f} GiB)"}
             elif timeout <= 0:
                 res[method] = {"status": f"not run (budget of {args.budget_s:.0f} s spent)"}
             else:
-                res[method] = run_child(method, H, d, device, args.repeats, args.warmup, timeout)
-            print(f"H={H:>6} density={d:<5} {method:>14}: {fmt(res[method], device)}"
+                res[method] = run_child(method, cell, H, d, device, args.repeats, args.warmup, timeout)
+            print(f"{cell} H={H:>6} density={d:<5} {method:>14}: {fmt(res[method], device)}"
                   + (f"  ({res[method].get('error')})" if res[method].get("error") else ""), flush=True)
             save()
 
@@ -274,7 +304,7 @@ def main(argv=None):
                 print(f"largest search: hidden {H:,} not run (budget spent)", flush=True)
                 extra.append(f"- hidden {H:,}: not run (budget of {args.budget_s:.0f} s spent), so the largest may be larger")
                 break
-            r = run_child("sparse_engine", H, args.per_row / H, device, 1, 0, timeout)
+            r = run_child("sparse_engine", "LSTM", H, args.per_row / H, device, 1, 0, timeout)
             print(f"largest search: hidden {H:,}: {fmt(r, device)}" + (f"  ({r['error']})" if r.get("error") else ""),
                   flush=True)
             cut = r.get("status", "").startswith("timeout") and timeout < args.timeout
@@ -291,31 +321,33 @@ def main(argv=None):
 
 def report(rows, methods, device, args, load_start) -> list[str]:
     lines = [
-        "# LSTM training step (forward + backward), one layer, T=35, B=20, input = hidden",
+        "# LSTM and GRU training step (forward + backward), one layer, T=35, B=20, input = hidden",
         "",
         f"- machine: {machine(device)}",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; 1-min load average "
         f"{load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (a busy machine inflates every time)",
         f"- median of {args.repeats} steps after {args.warmup} warm-up; peak memory of the whole process "
         f"({'max_memory_allocated' if device == 'cuda' else 'max RSS'}); each cell in its own process",
-        "- masked-dense: nn.LSTM with weights * mask re-applied each step; torch.sparse: CSR torch.sparse.mm loop",
+        "- masked-dense: nn.LSTM / nn.GRU with weights * mask re-applied each step; torch.sparse: CSR "
+        "torch.sparse.mm loop; load: 1-minute load average after our (SparseLSTM/GRU) measurement",
         "",
     ]
     composed = "sparse_engine_composed" in methods
-    head = ["hidden", "density", "SparseLSTM"] + (["SparseLSTM composed step"] if composed else []) + [
+    head = ["cell", "hidden", "density", "ours"] + (["ours, composed step"] if composed else []) + [
         "masked-dense", "torch.sparse CSR", "vs masked-dense", "vs torch.sparse"] + (
-        ["composed / fused"] if composed else [])
+        ["composed / fused"] if composed else []) + ["load"]
     lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for H, d, res in rows:
+    for cell, H, d, res in rows:
         ours = res.get("sparse_engine", {"status": "-"})
         cmp_ = res.get("sparse_engine_composed", {"status": "-"})
         md, ts = res.get("masked_dense", {"status": "-"}), res.get("torch_sparse", {"status": "-"})
-        cells = [f"{H:,}", f"{d:g}", fmt(ours, device)] + ([fmt(cmp_, device)] if composed else []) + [
+        load = f"{ours['load']:.1f}" if "load" in ours else "-"
+        cells = [cell, f"{H:,}", f"{d:g}", fmt(ours, device)] + ([fmt(cmp_, device)] if composed else []) + [
             fmt(md, device), fmt(ts, device), ratio(md, ours), ratio(ts, ours)] + (
-            [ratio(cmp_, ours)] if composed else [])
+            [ratio(cmp_, ours)] if composed else []) + [load]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("Ratios are baseline time / SparseLSTM time (> 1: SparseLSTM is faster).")
+    lines.append("Ratios are baseline time / our time (> 1: ours is faster).")
     return lines
 
 

@@ -4,6 +4,7 @@ ops), forward and backward, per LSTM/GRU step. This is the measurement behind us
 
     python benchmarks/bench_rnn_step.py [--batch 20] [--repeats 50]   -> benchmarks/results/rnn_step_cpu.md
     python benchmarks/bench_rnn_step.py --device cuda                  -> benchmarks/results/rnn_step_gpu.md
+    python benchmarks/bench_rnn_step.py --sizes 256:0.1 --repeats 3 --out /tmp/step.md   # a quick check
 
 The results file is rewritten after every size (and into --copy-to); a size that fails (out of
 memory) is recorded as such; --budget-s stops starting sizes after that many seconds.
@@ -26,21 +27,23 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import sparse_engine as se  # noqa: E402
 from sparse_engine.nn.cell_table import CELLS  # noqa: E402
 
-SIZES = [(512, 0.05), (1500, 0.33), (4096, 0.01), (16384, 0.01)]
+SIZES = [(256, 0.1), (512, 0.05), (1500, 0.05), (1500, 0.33), (4096, 0.01), (16384, 0.001), (16384, 0.01)]
 GPU_SIZES = SIZES + [(65536, 0.01)]
 _sync = lambda: None  # noqa: E731  (torch.cuda.synchronize on a GPU)
 
 
-def timeit(f, repeats):
-    f()
-    t = []
+def time_pair(fused, composed, repeats):
+    """Median microseconds of both, timed alternately so that a changing machine load hits both alike."""
+    fused(), composed()
+    t = ([], [])
     for _ in range(repeats):
-        _sync()
-        t0 = time.perf_counter()
-        f()
-        _sync()
-        t.append(time.perf_counter() - t0)
-    return 1e6 * sorted(t)[len(t) // 2]
+        for f, out in zip((fused, composed), t):
+            _sync()
+            t0 = time.perf_counter()
+            f()
+            _sync()
+            out.append(time.perf_counter() - t0)
+    return tuple(1e6 * sorted(x)[len(x) // 2] for x in t)
 
 
 def main(argv=None):
@@ -51,6 +54,7 @@ def main(argv=None):
     p.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/rnn_step_{cpu,gpu}.md")
     p.add_argument("--copy-to", type=Path, default=None, help="also write the results file into this folder")
     p.add_argument("--budget-s", type=float, default=None, help="stop starting sizes after this many seconds")
+    p.add_argument("--sizes", nargs="+", default=None, help="hidden:density pairs (default: the table's)")
     args = p.parse_args(argv)
     global _sync
     dev = torch.device(args.device)
@@ -61,15 +65,17 @@ def main(argv=None):
     out = args.out or ROOT / "benchmarks" / "results" / f"rnn_step_{'gpu' if dev.type == 'cuda' else 'cpu'}.md"
     ops, B = torch.ops.sparse_engine, args.batch
     rows, t_start = [], time.perf_counter()
-    for H, d in (GPU_SIZES if dev.type == "cuda" else SIZES):
+    sizes = ([(int(x.split(":")[0]), float(x.split(":")[1])) for x in args.sizes] if args.sizes
+             else GPU_SIZES if dev.type == "cuda" else SIZES)
+    for H, d in sizes:
         if args.budget_s is not None and time.perf_counter() - t_start > args.budget_s:
-            rows.append(f"| {H:,} | {d:g} | not run (budget of {args.budget_s:.0f} s spent) | | | |")
+            rows.append(f"| {H:,} | {d:g} | | not run (budget of {args.budget_s:.0f} s spent) | | | | |")
             print(rows[-1], flush=True)
             continue
         try:
             rows += measure(ops, H, d, B, dev, args.repeats)
         except (RuntimeError, MemoryError) as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
-            rows.append(f"| {H:,} | {d:g} | fails: {str(exc).splitlines()[0][:80]} | | | |")
+            rows.append(f"| {H:,} | {d:g} | | fails: {str(exc).splitlines()[0][:80]} | | | | |")
             print(rows[-1], flush=True)
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
@@ -89,7 +95,7 @@ def weight(rows: int, cols: int, d: float, dev: torch.device, seed: int) -> se.S
 
 
 def measure(ops, H, d, B, dev, repeats) -> list[str]:
-    """Table rows of one size: fused vs composed LSTM forward, backward and GRU forward."""
+    """Table rows of one size: fused vs composed LSTM and GRU forward and backward."""
     rows = []
     W = weight(4 * H, H, d, dev, seed=0)
     v, idx = W.values.detach(), W.index
@@ -97,17 +103,20 @@ def measure(ops, H, d, B, dev, repeats) -> list[str]:
     acts = torch.rand(4 * H, B, device=dev)
     lstm, gru = CELLS["LSTM"], CELLS["GRU"]
     res = {
-        "LSTM fwd": (timeit(lambda: ops.lstm_step(*idx, v, g, h, c), repeats),
-                     timeit(lambda: lstm.step(v, idx, g, h, c), repeats)),
-        "LSTM bwd": (timeit(lambda: ops.lstm_step_backward(*idx, v, acts, c, c, h, h), repeats),
-                     timeit(lambda: lstm.step_backward(v, idx, acts, c, c, h, h), repeats)),
+        "LSTM fwd": time_pair(lambda: ops.lstm_step(*idx, v, g, h, c), lambda: lstm.step(v, idx, g, h, c), repeats),
+        "LSTM bwd": time_pair(lambda: ops.lstm_step_backward(*idx, v, acts, c, c, h, h),
+                              lambda: lstm.step_backward(v, idx, acts, c, c, h, h), repeats),
     }
     Wg = weight(3 * H, H, d, dev, seed=1)
     vg, ig, bg = Wg.values.detach(), Wg.index, torch.randn(3 * H, device=dev)
-    res["GRU fwd"] = (timeit(lambda: ops.gru_step(*ig, vg, g[:3 * H], h, bg), repeats),
-                      timeit(lambda: gru.step(vg, ig, g[:3 * H], h, bg), repeats))
+    res["GRU fwd"] = time_pair(lambda: ops.gru_step(*ig, vg, g[:3 * H], h, bg),
+                               lambda: gru.step(vg, ig, g[:3 * H], h, bg), repeats)
+    res["GRU bwd"] = time_pair(lambda: ops.gru_step_backward(*ig, vg, acts, h, h),
+                               lambda: gru.step_backward(vg, ig, acts, h, h), repeats)
+    per_row = round(W.nnz / (4 * H))
     for k, (fused, composed) in res.items():
-        rows.append(f"| {H:,} | {d:g} | {k} | {fused:.0f} | {composed:.0f} | {composed / fused:.2f}x |")
+        rows.append(f"| {H:,} | {d:g} | {per_row} | {k} | {fused:.0f} | {composed:.0f} | {composed / fused:.2f}x "
+                    f"| {os.getloadavg()[0]:.1f} |")
         print(rows[-1], flush=True)
     return rows
 
@@ -124,8 +133,10 @@ def write(out: Path, args, dev: torch.device, B: int, rows: list[str]) -> None:
         f"- machine: {where}, 1-min load average {os.getloadavg()[0]:.1f}",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; median of {args.repeats}, "
         "microseconds", "",
-        "| hidden | density | step | fused (us) | composed (us) | composed / fused |",
-        "| --- | --- | --- | --- | --- | --- |", *rows, ""])
+        "Fused and composed are timed alternately; load: the 1-minute load average after each row. "
+        "sparse_engine.kernels.choose.choose_fused is the rule drawn from this table (docs/cpu_kernels.md).", "",
+        "| hidden | density | nnz per row | step | fused (us) | composed (us) | composed / fused | load |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |", *rows, ""])
     for path in [out] + ([args.copy_to / out.name] if args.copy_to else []):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)

@@ -1,4 +1,5 @@
 """sparse-engine: truly sparse RNNs and LSTMs (CSR weights, compiled CPU/CUDA kernels)."""
+from . import threads  # noqa: F401  (first: passive OpenMP waiting, before torch loads libgomp)
 from . import _ext  # noqa: F401  (loads the compiled operators once)
 from . import ops
 from .sparse import SparseWeight

@@ -90,7 +90,7 @@ struct Builder {
   void build_out(bool par) {
     // per-block column counters cost T * n: keep them within about twice the entries
     const int64_t cap = std::max<int64_t>(1, 2 * row_ptr[n] / std::max<int64_t>(n, 1));
-    const int T = par ? static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({at::get_num_threads(), 64, cap}))) : 1;
+    const int T = par ? static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({kernel_threads(), 64, cap}))) : 1;
     std::vector<int64_t> bounds(T + 1);
     for (int t = 0; t <= T; ++t) bounds[t] = n * t / T;
     std::vector<int64_t> cnt(static_cast<size_t>(T) * n + 1, 0);  // cnt[t * n + c]
@@ -185,7 +185,7 @@ Graph build_graph(const int64_t* row_ptr, const int32_t* col_idx, const scalar_t
   }
   const int64_t* key = g.key.data();
   int64_t asym = 0, mut = 0, deg_asym = 0, deg_mut = 0;
-#pragma omp parallel for schedule(dynamic, 256) num_threads(at::get_num_threads()) \
+#pragma omp parallel for schedule(dynamic, 256) num_threads(kernel_threads()) \
     reduction(+ : asym, mut, deg_asym, deg_mut) if (par)
   for (int64_t u = 0; u < n; ++u) {
     int64_t d = g.fbeg[u], o = 0, i = 0, mu = 0;
@@ -222,7 +222,7 @@ template <typename F>
 void for_each_triangle(const Graph& g, F&& f) {
   const int64_t n = g.n;
   const int32_t* nb = g.fnbr.data();
-#pragma omp parallel num_threads(at::get_num_threads()) if (g.par)
+#pragma omp parallel num_threads(kernel_threads()) if (g.par)
   {
     const int tid = omp_get_thread_num();
     std::vector<uint64_t> bits((n + 63) / 64, 0);
@@ -361,7 +361,7 @@ void check_graph(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at:
   const int64_t* ptr = row_ptr_c.data_ptr<int64_t>();
   const int32_t* col = col_idx_c.data_ptr<int32_t>();
   bool ok = true;
-#pragma omp parallel for reduction(&& : ok) num_threads(at::get_num_threads()) if (ptr[n] >= kParallelWork)
+#pragma omp parallel for reduction(&& : ok) num_threads(kernel_threads()) if (ptr[n] >= kParallelWork)
   for (int64_t r = 0; r < n; ++r) {
     if (ptr[r + 1] < ptr[r]) { ok = false; continue; }
     for (int64_t k = ptr[r]; k < ptr[r + 1]; ++k)
@@ -537,7 +537,7 @@ at::Tensor degree_preserving_swaps_cpu(const at::Tensor& src, const at::Tensor& 
   const int32_t* sp = s.data_ptr<int32_t>();
   int32_t* op = out.data_ptr<int32_t>();
   const int64_t* seed = sd.data_ptr<int64_t>();
-#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads()) if (K > 1 && m * (n_swaps + 1) >= 64 * kParallelWork)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(kernel_threads()) if (K > 1 && m * (n_swaps + 1) >= 64 * kParallelWork)
   for (int64_t k = 0; k < K; ++k) swap_one(sp, op + k * m, m, n, n_swaps, static_cast<uint64_t>(seed[k]));
   return out;
 }

@@ -20,6 +20,7 @@
 #include <omp.h>
 #include <cmath>
 #include "common.h"
+#include "gather.h"
 #include "../rnn_step_ops.h"
 
 #if defined(__AVX2__)
@@ -94,7 +95,6 @@ template <typename T> inline void vsigmoid(T* a, int64_t n) {
   for (int64_t i = 0; i < n; ++i) a[i] = T(1) / (T(1) + a[i]);
 }
 
-constexpr int64_t kBatchBlock = 32;  // batch columns per register block
 // (Below kParallelWork multiply-adds or elements a step runs on one thread: a parallel region
 // costs more than it saves, and far more on a busy machine.)
 
@@ -108,77 +108,118 @@ struct IndexPtrs {
 };
 
 template <typename scalar_t, CellMode M>
-void step_forward(IndexPtrs w, const scalar_t* values, const scalar_t* gx, const scalar_t* h, const scalar_t* c,
-                  const scalar_t* b_hh, scalar_t* h_new, scalar_t* c_new, scalar_t* acts, int64_t H, int64_t B,
-                  double dt, double tau) {
+// hp: h padded to `stride` columns (gather.h), so each gate row is one pass with its
+// accumulators in registers whatever B is; h itself is read for the gate math.
+void step_forward(IndexPtrs w, const scalar_t* values, const scalar_t* gx, const scalar_t* h, const scalar_t* hp,
+                  int64_t stride, const scalar_t* c, const scalar_t* b_hh, scalar_t* h_new, scalar_t* c_new,
+                  scalar_t* acts, int64_t H, int64_t B, double dt, double tau) {
   constexpr int gates = cell_gates(M);
+  constexpr int64_t kBlock = max_block<scalar_t>();  // batch columns per register block
   const scalar_t decay = scalar_t(1 - dt / tau), sdt = scalar_t(dt);
-  const bool parallel = (w.row_ptr[gates * H] + gates * H) * B >= kParallelWork;
-#pragma omp parallel for schedule(dynamic, 8) num_threads(at::get_num_threads()) if (parallel)
-  for (int64_t j = 0; j < H; ++j) {
-    scalar_t acc[gates][kBatchBlock];
-    for (int64_t b0 = 0; b0 < B; b0 += kBatchBlock) {
-      const int64_t width = std::min(kBatchBlock, B - b0);
-      for (int q = 0; q < gates; ++q) {
-        scalar_t* a = acc[q];
-        for (int64_t b = 0; b < width; ++b) a[b] = 0;
-        const int64_t row = q * H + j;
-        for (int64_t k = w.row_ptr[row]; k < w.row_ptr[row + 1]; ++k) {
-          const scalar_t vk = values[k];
-          const scalar_t* x = h + static_cast<int64_t>(w.col_idx[k]) * B + b0;
-#pragma omp simd
-          for (int64_t b = 0; b < width; ++b) a[b] += vk * x[b];
+  const int64_t nnz = w.row_ptr[gates * H];
+  const bool parallel = (nnz + gates * H) * B >= kParallelWork;
+  // Hidden units in blocks of kUnits: each gate's rows of a block are consecutive in the CSR, so
+  // the row gathers' prefetch runs ahead across rows (one unit at a time it fetched the wrong
+  // row's entries at every row end: the step ran at half spmm's speed, measured at 4,096 / 1%).
+  constexpr int64_t kUnits = 16;
+  const int64_t blocks = (H + kUnits - 1) / kUnits;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(kernel_threads()) if (parallel)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+   const int64_t j0 = blk * kUnits, units = std::min(kUnits, H - j0);
+   scalar_t sums[gates][kUnits][kBlock] = {};  // zeros: the unused lanes stay finite
+   for (int64_t b0 = 0; b0 < B; b0 += kBlock) {
+    const int64_t width = std::min(kBlock, B - b0);
+    for (int q = 0; q < gates; ++q)
+      for (int64_t u = 0; u < units; ++u) {
+        const int64_t row = q * H + j0 + u;
+        accumulate_at<scalar_t>(w.row_ptr[row], w.row_ptr[row + 1], w.col_idx, values, 0, hp, stride, b0,
+                                sums[q][u], nnz);
+      }
+    // The gate math of the whole block, each transcendental function in one call per gate
+    // over units x kBlock values (lanes past `width` are computed and never stored), not one
+    // call per unit: that call overhead made the fused forward slower than spmm + torch's
+    // elementwise ops. A narrow batch (width < kBlock / 2) calls per unit instead.
+    const int64_t HB = H * B;
+    auto gate_fn = [&](auto fn, scalar_t* first) {
+      if (2 * width >= kBlock) {
+        fn(first, (units - 1) * kBlock + width);
+      } else {
+        for (int64_t u = 0; u < units; ++u) fn(first + u * kBlock, width);
+      }
+    };
+    auto sig = [](scalar_t* a, int64_t n) { vsigmoid(a, n); };
+    auto th = [](scalar_t* a, int64_t n) { vtanh(a, n); };
+    if constexpr (M != CellMode::GRU) {
+      for (int q = 0; q < gates; ++q)
+        for (int64_t u = 0; u < units; ++u)
+          for (int64_t b = 0; b < width; ++b) sums[q][u][b] += gx[q * HB + (j0 + u) * B + b0 + b];
+    }
+    if constexpr (M == CellMode::LSTM) {
+      gate_fn(sig, &sums[0][0][0]); gate_fn(sig, &sums[1][0][0]); gate_fn(th, &sums[2][0][0]);
+      gate_fn(sig, &sums[3][0][0]);
+      scalar_t tc[kUnits][kBlock] = {};
+      for (int64_t u = 0; u < units; ++u) {
+        const int64_t o = (j0 + u) * B + b0;  // offset of (j, b0) in an (H x B) array
+        for (int64_t b = 0; b < width; ++b) {
+          const scalar_t cn = sums[1][u][b] * c[o + b] + sums[0][u][b] * sums[2][u][b];
+          c_new[o + b] = cn;
+          tc[u][b] = cn;
         }
       }
-      const int64_t o = j * B + b0;  // offset of (j, b0) in an (H x B) array
-      const int64_t HB = H * B;
-      for (int q = 0; q < gates; ++q)
-        for (int64_t b = 0; b < width; ++b) acc[q][b] += (M == CellMode::GRU ? scalar_t(0) : gx[q * HB + o + b]);
-      if constexpr (M == CellMode::LSTM) {
-        vsigmoid(acc[0], width); vsigmoid(acc[1], width); vtanh(acc[2], width); vsigmoid(acc[3], width);
-        scalar_t tc[kBatchBlock];
+      gate_fn(th, &tc[0][0]);
+      for (int64_t u = 0; u < units; ++u) {
+        const int64_t o = (j0 + u) * B + b0;
         for (int64_t b = 0; b < width; ++b) {
-          const scalar_t cn = acc[1][b] * c[o + b] + acc[0][b] * acc[2][b];
-          c_new[o + b] = cn;
-          tc[b] = cn;
+          h_new[o + b] = sums[3][u][b] * tc[u][b];
+          for (int q = 0; q < 4; ++q) acts[q * HB + o + b] = sums[q][u][b];
         }
-        vtanh(tc, width);
-        for (int64_t b = 0; b < width; ++b) {
-          h_new[o + b] = acc[3][b] * tc[b];
-          for (int q = 0; q < 4; ++q) acts[q * HB + o + b] = acc[q][b];
-        }
-      } else if constexpr (M == CellMode::GRU) {
-        scalar_t ghn[kBatchBlock];
+      }
+    } else if constexpr (M == CellMode::GRU) {
+      scalar_t ghn[kUnits][kBlock] = {};
+      for (int64_t u = 0; u < units; ++u) {
+        const int64_t j = j0 + u, o = j * B + b0;
         for (int q = 0; q < 3; ++q) {
           const scalar_t bq = b_hh ? b_hh[q * H + j] : scalar_t(0);
-          for (int64_t b = 0; b < width; ++b) acc[q][b] += bq;
+          for (int64_t b = 0; b < width; ++b) sums[q][u][b] += bq;
         }
         for (int64_t b = 0; b < width; ++b) {
-          ghn[b] = acc[2][b];
-          acc[0][b] += gx[o + b];
-          acc[1][b] += gx[HB + o + b];
+          ghn[u][b] = sums[2][u][b];
+          sums[0][u][b] += gx[o + b];
+          sums[1][u][b] += gx[HB + o + b];
         }
-        vsigmoid(acc[0], width); vsigmoid(acc[1], width);
-        for (int64_t b = 0; b < width; ++b) acc[2][b] = gx[2 * HB + o + b] + acc[0][b] * ghn[b];
-        vtanh(acc[2], width);
+      }
+      gate_fn(sig, &sums[0][0][0]); gate_fn(sig, &sums[1][0][0]);
+      for (int64_t u = 0; u < units; ++u) {
+        const int64_t o = (j0 + u) * B + b0;
+        for (int64_t b = 0; b < width; ++b) sums[2][u][b] = gx[2 * HB + o + b] + sums[0][u][b] * ghn[u][b];
+      }
+      gate_fn(th, &sums[2][0][0]);
+      for (int64_t u = 0; u < units; ++u) {
+        const int64_t o = (j0 + u) * B + b0;
         for (int64_t b = 0; b < width; ++b) {
-          const scalar_t n = acc[2][b], z = acc[1][b];
+          const scalar_t n = sums[2][u][b], z = sums[1][u][b];
           h_new[o + b] = n + z * (h[o + b] - n);
-          acts[o + b] = acc[0][b]; acts[HB + o + b] = z; acts[2 * HB + o + b] = n; acts[3 * HB + o + b] = ghn[b];
+          acts[o + b] = sums[0][u][b]; acts[HB + o + b] = z; acts[2 * HB + o + b] = n; acts[3 * HB + o + b] = ghn[u][b];
         }
-      } else if constexpr (M == CellMode::RNN_TANH) {
-        vtanh(acc[0], width);
-        for (int64_t b = 0; b < width; ++b) h_new[o + b] = acc[0][b];
-      } else if constexpr (M == CellMode::RNN_RELU) {
-        for (int64_t b = 0; b < width; ++b) h_new[o + b] = acc[0][b] > 0 ? acc[0][b] : scalar_t(0);
-      } else {  // CT-RNN Euler step
-        vtanh(acc[0], width);
+      }
+    } else {
+      if constexpr (M != CellMode::RNN_RELU) gate_fn(th, &sums[0][0][0]);
+      for (int64_t u = 0; u < units; ++u) {
+        const int64_t o = (j0 + u) * B + b0;
         for (int64_t b = 0; b < width; ++b) {
-          acts[o + b] = acc[0][b];
-          h_new[o + b] = decay * h[o + b] + sdt * acc[0][b];
+          const scalar_t a = sums[0][u][b];
+          if constexpr (M == CellMode::RNN_TANH) {
+            h_new[o + b] = a;
+          } else if constexpr (M == CellMode::RNN_RELU) {
+            h_new[o + b] = a > 0 ? a : scalar_t(0);
+          } else {  // CT-RNN Euler step
+            acts[o + b] = a;
+            h_new[o + b] = decay * h[o + b] + sdt * a;
+          }
         }
       }
     }
+   }
   }
 }
 
@@ -193,7 +234,7 @@ void gates_backward(const scalar_t* acts, const scalar_t* c_prev, const scalar_t
   const scalar_t decay = scalar_t(1 - dt / tau), sdt = scalar_t(dt);
   constexpr int64_t kChunk = 256;
   const int64_t nchunks = (HB + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if (HB * 4 >= kParallelWork)
+#pragma omp parallel for schedule(static) num_threads(kernel_threads()) if (HB * 4 >= kParallelWork)
   for (int64_t ch = 0; ch < nchunks; ++ch) {
    const int64_t e0 = ch * kChunk, e1 = std::min(HB, e0 + kChunk);
    scalar_t tcs[kChunk];
@@ -232,32 +273,6 @@ void gates_backward(const scalar_t* acts, const scalar_t* c_prev, const scalar_t
   }
 }
 
-// out[j, :] = direct[j, :] + sum over column j of W: value * dG[row, :]   (W^T dG via the CSC index)
-template <typename scalar_t>
-void gather_t(IndexPtrs w, const scalar_t* values, const scalar_t* dG, const scalar_t* direct, scalar_t* out,
-              int64_t H, int64_t B) {
-  const int64_t chunks = num_chunks(H);
-  const auto bounds = balanced_bounds(w.csc_ptr, H, chunks);
-  const bool parallel = (w.csc_ptr[H] + H) * B >= kParallelWork;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads()) if (parallel)
-  for (int64_t ch = 0; ch < chunks; ++ch) {
-    scalar_t acc[kBatchBlock];
-    for (int64_t j = bounds[ch]; j < bounds[ch + 1]; ++j) {
-      for (int64_t b0 = 0; b0 < B; b0 += kBatchBlock) {
-        const int64_t width = std::min(kBatchBlock, B - b0);
-        for (int64_t b = 0; b < width; ++b) acc[b] = direct ? direct[j * B + b0 + b] : scalar_t(0);
-        for (int64_t k = w.csc_ptr[j]; k < w.csc_ptr[j + 1]; ++k) {
-          const scalar_t vk = values[w.csc_perm[k]];
-          const scalar_t* g = dG + static_cast<int64_t>(w.csc_row[k]) * B + b0;
-#pragma omp simd
-          for (int64_t b = 0; b < width; ++b) acc[b] += vk * g[b];
-        }
-        for (int64_t b = 0; b < width; ++b) out[j * B + b0 + b] = acc[b];
-      }
-    }
-  }
-}
-
 // W_hh checked and made contiguous for the kernels: H, the batch, and the raw index arrays
 // (valid while `kept` lives).
 struct CheckedWeight {
@@ -291,8 +306,11 @@ struct CpuStep {
     auto c_new = M == CellMode::LSTM ? at::empty({H, B}, h_c.options()) : at::Tensor();
     auto acts = saved ? at::empty({saved * H, B}, h_c.options()) : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES(w.values.scalar_type(), "rnn_step", [&] {
+      const int64_t stride = padded_stride<scalar_t>(B);
+      auto h_p = padded_batch(h_c, stride);
       step_forward<scalar_t, M>(k.index, values_c.data_ptr<scalar_t>(), in.gx.data_ptr<scalar_t>(),
-                                h_c.data_ptr<scalar_t>(), data_or_null<scalar_t>(in.c), data_or_null<scalar_t>(in.b_hh),
+                                h_c.data_ptr<scalar_t>(), h_p.data_ptr<scalar_t>(), stride,
+                                data_or_null<scalar_t>(in.c), data_or_null<scalar_t>(in.b_hh),
                                 h_new.data_ptr<scalar_t>(), data_or_null<scalar_t>(c_new),
                                 data_or_null<scalar_t>(acts), H, B, dt, tau);
     });
@@ -322,8 +340,12 @@ struct CpuStep {
                                   data_or_null<scalar_t>(in.c), h_prev, h_new, dh_c.data_ptr<scalar_t>(),
                                   data_or_null<scalar_t>(in.dc), dG.data_ptr<scalar_t>(), data_or_null<scalar_t>(dgx),
                                   data_or_null<scalar_t>(dc_prev), data_or_null<scalar_t>(direct), H, B, dt, tau);
-      gather_t<scalar_t>(k.index, values_c.data_ptr<scalar_t>(), dG.data_ptr<scalar_t>(),
-                         data_or_null<scalar_t>(direct), dh_prev.data_ptr<scalar_t>(), H, B);
+      // dh_prev = direct + W_hh^T dG, through the transposed index (gather.h)
+      const int64_t stride = padded_stride<scalar_t>(B);
+      auto dG_p = padded_batch(dG, stride);
+      gather_rows<scalar_t>(k.index.csc_ptr, k.index.csc_row, values_c.data_ptr<scalar_t>(), k.index.csc_perm,
+                            dG_p.data_ptr<scalar_t>(), stride, data_or_null<scalar_t>(direct),
+                            dh_prev.data_ptr<scalar_t>(), H, B);
     });
     return {dG, dh_prev, dc_prev, dgx};
   }

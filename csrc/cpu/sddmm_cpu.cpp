@@ -4,52 +4,45 @@
 #include <torch/library.h>
 #include <omp.h>
 #include "common.h"
-#include "storage.h"
+#include "gather.h"
 
 namespace sparse_engine {
 namespace {
 
-// dot(a[0:W], b[0:W]) with a compile-time width: lane-wise products, then a fixed pairwise
-// tree (vectorised, and the same order on every call, so results are deterministic).
-template <typename S, int W>
-inline acc_t<S> dot_block(const S* a, const S* b) {
-  acc_t<S> acc[W];
-  if constexpr (kIsHalf<S>) {
-    float af[W], bf[W];
-    widen<W>(a, af);
-    widen<W>(b, bf);
-#pragma omp simd
-    for (int j = 0; j < W; ++j) acc[j] = af[j] * bf[j];
-  } else {
-#pragma omp simd
-    for (int j = 0; j < W; ++j) acc[j] = a[j] * b[j];
-  }
-#pragma GCC unroll 8
-  for (int w = W / 2; w >= 1; w /= 2) {
-#pragma omp simd
-    for (int j = 0; j < w; ++j) acc[j] += acc[j + w];
-  }
-  return acc[0];
-}
-
-// Partial dot over batch columns [b0, b1): compile-time blocks, then the scalar tail.
+// dot(a[b0:b1], b[b0:b1]) over a padded batch (gather.h): b1 - b0 is a whole number of
+// 32-byte units (P elements), or 1 (B = 1, no padding). Each unit is added lane-wise into one
+// P-wide vector accumulator (one vector FMA per unit), then the P lanes are summed by a fixed
+// pairwise tree: one horizontal reduction per nonzero instead of one per 4 units, and the same
+// order on every call, so results are deterministic.
 template <typename scalar_t>
 inline acc_t<scalar_t> dot_range(const scalar_t* a, const scalar_t* b, int64_t b0, int64_t b1) {
   using A = acc_t<scalar_t>;
-  constexpr int W = block_width<scalar_t>();
-  A acc = 0;
-  int64_t j = b0;
-  for (; j + W <= b1; j += W) acc += dot_block<scalar_t, W>(a + j, b + j);
-  if (b1 - j >= W / 2) {
-    acc += dot_block<scalar_t, W / 2>(a + j, b + j);
-    j += W / 2;
+  constexpr int P = pad_unit<scalar_t>();
+  if ((b1 - b0) % P != 0) {  // B = 1
+    A acc = 0;
+    for (int64_t j = b0; j < b1; ++j) acc += static_cast<A>(a[j]) * static_cast<A>(b[j]);
+    return acc;
   }
-  if (b1 - j >= W / 4) {
-    acc += dot_block<scalar_t, W / 4>(a + j, b + j);
-    j += W / 4;
+  A acc[P];
+  for (int l = 0; l < P; ++l) acc[l] = 0;
+  for (int64_t j = b0; j < b1; j += P) {
+    if constexpr (kIsHalf<scalar_t>) {
+      float af[P], bf[P];
+      widen<P>(a + j, af);
+      widen<P>(b + j, bf);
+#pragma omp simd
+      for (int l = 0; l < P; ++l) acc[l] += af[l] * bf[l];
+    } else {
+#pragma omp simd
+      for (int l = 0; l < P; ++l) acc[l] += a[j + l] * b[j + l];
+    }
   }
-  for (; j < b1; ++j) acc += static_cast<A>(a[j]) * static_cast<A>(b[j]);
-  return acc;
+#pragma GCC unroll 8
+  for (int w = P / 2; w >= 1; w /= 2) {
+#pragma omp simd
+    for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
+  }
+  return acc[0];
 }
 
 // out[k] = dot(G[row_k, :], X[col_k, :]) for every stored entry k. A wide batch (the T*B
@@ -64,7 +57,7 @@ constexpr int64_t sddmm_tile() { return 512 / sizeof(S); }  // 128 floats / 64 d
 
 template <typename scalar_t>
 void sddmm_rows(const int64_t* row_ptr, const int32_t* col_idx, const scalar_t* G, const scalar_t* X,
-                scalar_t* out, int64_t rows, int64_t B, float* partial) {
+                scalar_t* out, int64_t rows, int64_t B, float* partial) {  // B: the padded batch
   constexpr int64_t kTile = sddmm_tile<scalar_t>();
   const int64_t chunks = num_chunks(rows);
   const auto bounds = balanced_bounds(row_ptr, rows, chunks);
@@ -74,7 +67,7 @@ void sddmm_rows(const int64_t* row_ptr, const int32_t* col_idx, const scalar_t* 
     const int64_t b1 = std::min(B, b0 + kTile);
     const int64_t tile_bytes = (b1 - b0) * static_cast<int64_t>(sizeof(scalar_t));
     const bool first = b0 == 0, last = b1 == B;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads()) if (parallel)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(kernel_threads()) if (parallel)
     for (int64_t c = 0; c < chunks; ++c) {
       for (int64_t i = bounds[c]; i < bounds[c + 1]; ++i) {
         const scalar_t* G_i = G + i * B;
@@ -97,21 +90,22 @@ void sddmm_rows(const int64_t* row_ptr, const int32_t* col_idx, const scalar_t* 
   }
 }
 
-// out[k] = sum_b G[row_k, b] * X[col_k, b]. Locals ending in _c are contiguous copies.
+// out[k] = sum_b G[row_k, b] * X[col_k, b]. Locals ending in _c are contiguous copies, in _p
+// copies padded with zeros to whole 32-byte units (gather.h), which add nothing to the dots.
 at::Tensor sddmm_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tensor& csc_ptr,
                      const at::Tensor& csc_row, const at::Tensor& csc_perm, const at::Tensor& G,
                      const at::Tensor& X) {
   const IndexSizes s = check_sddmm_args(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, G, X, /*on_cuda=*/false);
-  auto row_ptr_c = row_ptr.contiguous(), col_idx_c = col_idx.contiguous(), G_c = G.contiguous(), X_c = X.contiguous();
-  const int64_t B = G.size(1);
+  auto row_ptr_c = row_ptr.contiguous(), col_idx_c = col_idx.contiguous();
   auto out = at::empty({s.nnz}, G.options());
-  // float32 partial sums between batch tiles, for a 2-byte type with more than one tile
-  const bool half = G.element_size() == 2;
-  at::Tensor partial = half && B > sddmm_tile<at::Half>() ? at::empty({s.nnz}, G.options().dtype(at::kFloat))
-                                               : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, G.scalar_type(), "sddmm_cpu", [&] {
-    sddmm_rows<scalar_t>(row_ptr_c.data_ptr<int64_t>(), col_idx_c.data_ptr<int32_t>(), G_c.data_ptr<scalar_t>(),
-                         X_c.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), s.rows, B,
+    const int64_t stride = padded_stride<scalar_t>(G.size(1));
+    auto G_p = padded_batch(G, stride), X_p = padded_batch(X, stride);
+    // float32 partial sums between batch tiles, for a 2-byte type with more than one tile
+    at::Tensor partial = kIsHalf<scalar_t> && stride > sddmm_tile<scalar_t>()
+                             ? at::empty({s.nnz}, G.options().dtype(at::kFloat)) : at::Tensor();
+    sddmm_rows<scalar_t>(row_ptr_c.data_ptr<int64_t>(), col_idx_c.data_ptr<int32_t>(), G_p.data_ptr<scalar_t>(),
+                         X_p.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), s.rows, stride,
                          partial.defined() ? partial.data_ptr<float>() : nullptr);
   });
   return out;

@@ -64,7 +64,7 @@ void mark_smallest(int64_t n, int64_t k, Include include, Score score, bool* out
   if (k <= 0) return;
   constexpr int kBits = 16;
   constexpr int kShift = sizeof(scalar_t) * 8 - kBits;
-  const int nt = at::get_num_threads();
+  const int nt = kernel_threads();
   std::vector<int64_t> hist(static_cast<size_t>(nt) << kBits, 0);
 #pragma omp parallel num_threads(nt) if(parallel_worth(n))
   {
@@ -127,7 +127,7 @@ void mark_smallest(int64_t n, int64_t k, Include include, Score score, bool* out
 template <typename scalar_t>
 void check_finite(const scalar_t* v, int64_t n, const char* name) {
   std::atomic<bool> bad{false};
-#pragma omp parallel for num_threads(at::get_num_threads()) if(parallel_worth(n))
+#pragma omp parallel for num_threads(kernel_threads()) if(parallel_worth(n))
   for (int64_t i = 0; i < n; ++i)
     if (std::isnan(v[i])) bad = true;
   TORCH_CHECK_VALUE(!bad, name, " must not contain NaN");
@@ -161,7 +161,7 @@ at::Tensor select_smallest_cpu(const at::Tensor& scores, int64_t k) {
 template <typename scalar_t>
 void set_keep(const scalar_t* v, int64_t n, double zeta, bool* keep) {
   int64_t P = 0, N = 0;
-#pragma omp parallel for reduction(+ : P, N) num_threads(at::get_num_threads()) if(parallel_worth(n))
+#pragma omp parallel for reduction(+ : P, N) num_threads(kernel_threads()) if(parallel_worth(n))
   for (int64_t i = 0; i < n; ++i) {
     P += v[i] > 0;
     N += v[i] < 0;
@@ -171,7 +171,7 @@ void set_keep(const scalar_t* v, int64_t n, double zeta, bool* keep) {
   auto mag = [v](int64_t i) { return std::abs(v[i]); };
   mark_smallest<scalar_t>(n, std::llround(zeta * static_cast<double>(P)), [v](int64_t i) { return v[i] > 0; }, mag, d);
   mark_smallest<scalar_t>(n, std::llround(zeta * static_cast<double>(N)), [v](int64_t i) { return v[i] < 0; }, mag, d);
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if(parallel_worth(n))
+#pragma omp parallel for schedule(static) num_threads(kernel_threads()) if(parallel_worth(n))
   for (int64_t i = 0; i < n; ++i) keep[i] = !drop[i] && v[i] != 0;
 }
 
@@ -209,7 +209,7 @@ Csr csr_view(const at::Tensor& row_ptr, const at::Tensor& col_idx) {
 template <typename scalar_t>
 void compact_fill(const Csr& csr, const bool* keep, const int64_t* out_ptr, const scalar_t* values, int32_t* out_col,
                   scalar_t* out_values, int64_t* kept_pos) {
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if(parallel_worth(csr.rows + csr.nnz))
+#pragma omp parallel for schedule(static) num_threads(kernel_threads()) if(parallel_worth(csr.rows + csr.nnz))
   for (int64_t i = 0; i < csr.rows; ++i) {
     int64_t d = out_ptr[i];
     for (int64_t k = csr.row_ptr[i]; k < csr.row_ptr[i + 1]; ++k) {
@@ -238,7 +238,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> compact_cpu(const at:
   const bool* kept = keep_c.data_ptr<bool>();
   auto out_ptr = at::zeros({csr.rows + 1}, row_ptr_c.options());
   int64_t* out_ptr_data = out_ptr.data_ptr<int64_t>();
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if(parallel_worth(csr.rows + csr.nnz))
+#pragma omp parallel for schedule(static) num_threads(kernel_threads()) if(parallel_worth(csr.rows + csr.nnz))
   for (int64_t i = 0; i < csr.rows; ++i) {
     int64_t count = 0;
     for (int64_t k = csr.row_ptr[i]; k < csr.row_ptr[i + 1]; ++k) count += kept[k];
@@ -286,7 +286,7 @@ void sort_keys_by_row(std::vector<int64_t>& keys, int64_t rows, int64_t cols) {
     std::vector<int64_t> next(start.begin(), start.end() - 1);
     for (int64_t j = 0; j < m; ++j) out[next[keys[j] / cols]++] = keys[j];
   }
-#pragma omp parallel for schedule(dynamic, 64) num_threads(at::get_num_threads()) if(parallel_worth(m))
+#pragma omp parallel for schedule(dynamic, 64) num_threads(kernel_threads()) if(parallel_worth(m))
   for (int64_t i = 0; i < rows; ++i) std::sort(out.begin() + start[i], out.begin() + start[i + 1]);
   keys.swap(out);
 }
@@ -296,7 +296,7 @@ void drop_occupied(const Csr& csr, int64_t cols, std::vector<int64_t>& keys) {
   const int64_t m = keys.size();
   std::vector<uint8_t> occ(m);
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(m / 4096 + 1, 8 * at::get_num_threads()));
-#pragma omp parallel for schedule(dynamic, 1) num_threads(at::get_num_threads()) if(parallel_worth(m))
+#pragma omp parallel for schedule(dynamic, 1) num_threads(kernel_threads()) if(parallel_worth(m))
   for (int64_t ch = 0; ch < chunks; ++ch) {
     const int64_t lo = m * ch / chunks, hi = m * (ch + 1) / chunks;
     int64_t cur = -1;
@@ -351,7 +351,7 @@ std::vector<int64_t> draw_empty(const Csr& csr, int64_t cols, int64_t n, uint64_
     const int64_t m = need + need / 8 + 16;
     const int64_t base = keys.size();
     keys.resize(base + m);
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if(parallel_worth(m))
+#pragma omp parallel for schedule(static) num_threads(kernel_threads()) if(parallel_worth(m))
     for (int64_t j = 0; j < m; ++j) keys[base + j] = bounded(splitmix64(stream + counter + j), total);
     counter += m;
     // sorted candidates are checked against the rows in order (cache friendly, unlike a
@@ -410,7 +410,7 @@ template <typename scalar_t>
 void merge_fill(const Csr& csr, const int64_t* new_row_ptr, const int32_t* new_col, const int64_t* out_ptr,
                 const scalar_t* old_values, const scalar_t* new_values, int32_t* out_col, scalar_t* out_values,
                 int64_t* old_pos, int64_t* new_pos, std::atomic<int64_t>& clash) {
-#pragma omp parallel for schedule(dynamic, 256) num_threads(at::get_num_threads()) \
+#pragma omp parallel for schedule(dynamic, 256) num_threads(kernel_threads()) \
     if(parallel_worth(csr.rows + csr.nnz))
   for (int64_t i = 0; i < csr.rows; ++i) {
     int64_t k = csr.row_ptr[i], k_end = csr.row_ptr[i + 1];  // old entries of row i
@@ -454,7 +454,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> merge_cpu
            (j == 0 || R[j] > R[j - 1] || (R[j] == R[j - 1] && C[j] > C[j - 1]));
   };
   std::atomic<bool> bad_entry{false};
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if(parallel_worth(n))
+#pragma omp parallel for schedule(static) num_threads(kernel_threads()) if(parallel_worth(n))
   for (int64_t j = 0; j < n; ++j)
     if (!entry_ok(j)) bad_entry = true;
   if (bad_entry) {  // find the first one for the message
@@ -503,7 +503,7 @@ at::Tensor remap_index_cpu(const at::Tensor& kept_pos, const at::Tensor& old_pos
   int64_t* out = origin.data_ptr<int64_t>();
   const int64_t n = kept_pos_c.numel();
   std::atomic<bool> bad{false};
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if(parallel_worth(n))
+#pragma omp parallel for schedule(static) num_threads(kernel_threads()) if(parallel_worth(n))
   for (int64_t j = 0; j < n; ++j) {
     if (moved_to[j] < 0 || moved_to[j] >= new_nnz) { bad = true; continue; }
     out[moved_to[j]] = kept[j];
@@ -529,7 +529,7 @@ at::Tensor gather_or_zero_cpu(const at::Tensor& t, const at::Tensor& origin) {
   const int64_t* org = oc.data_ptr<int64_t>();
   const int64_t n = oc.numel();
   std::atomic<bool> bad{false};
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if(parallel_worth(n))
+#pragma omp parallel for schedule(static) num_threads(kernel_threads()) if(parallel_worth(n))
   for (int64_t p = 0; p < n; ++p) {
     const int64_t o = org[p];
     if (o >= old_n) {
@@ -554,7 +554,7 @@ at::Tensor gather_or_zero_cpu(const at::Tensor& t, const at::Tensor& origin) {
 template <typename scalar_t>
 void coo_dot_loop(const int64_t* rows, const int32_t* cols, const scalar_t* G, const scalar_t* X, scalar_t* out,
                   int64_t n, int64_t M) {
-#pragma omp parallel for schedule(static) num_threads(at::get_num_threads()) if(parallel_worth(n * M))
+#pragma omp parallel for schedule(static) num_threads(kernel_threads()) if(parallel_worth(n * M))
   for (int64_t j = 0; j < n; ++j) {
     const scalar_t* G_row = G + rows[j] * M;
     const scalar_t* X_row = X + static_cast<int64_t>(cols[j]) * M;
@@ -639,7 +639,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grad_topk_cpu(const at::Tensor& r
     auto Gc = G.contiguous(), Xc = X.contiguous();
     best.reserve(2 * k + 16);
     double bound = -1.0;
-    const int nt = at::get_num_threads();
+    const int nt = kernel_threads();
     std::vector<std::vector<Cand>> local(nt);
     for (int64_t r0 = 0; r0 < csr.rows; r0 += tile_rows) {
       const int64_t r1 = std::min(csr.rows, r0 + tile_rows);

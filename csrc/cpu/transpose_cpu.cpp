@@ -25,7 +25,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> transpose_index_cpu(const at::Ten
   // a prefix over (column, block) gives each block its slots, and blocks scatter in row
   // order, so the rows within each column come out sorted, as with one thread.
   const int64_t T = (nnz >= 4 * kParallelWork && rows > 1)
-                        ? std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows)) : 1;
+                        ? std::max<int64_t>(1, std::min<int64_t>(kernel_threads(), rows)) : 1;
   const auto bounds = balanced_bounds(ptr, rows, T);
   std::vector<int64_t> counts(static_cast<size_t>(T) * (n_cols + 1), 0);  // [block][column]
   bool in_range = true;

@@ -1,0 +1,137 @@
+"""Every CPU kernel gives bitwise the same result on 1 and 2 threads (each output is summed in
+one fixed order by one thread), at sizes above the parallel-work threshold so that the 2-thread
+run really splits the work; and importing sparse_engine before torch makes OpenMP's idle
+threads wait passively (sparse_engine/threads.py)."""
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+
+from sparse_engine import SparseWeight, ops
+from sparse_engine.testing import random_weight
+
+_ops = torch.ops.sparse_engine
+
+
+@contextmanager
+def num_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def same_on_1_and_2_threads(fn):
+    """fn() on 1 thread and on 2; asserts the outputs are bitwise equal and returns them."""
+    with num_threads(1):
+        one = fn()
+    with num_threads(2):
+        two = fn()
+    ones = one if isinstance(one, tuple) else (one,)
+    twos = two if isinstance(two, tuple) else (two,)
+    assert len(ones) == len(twos)
+    for a, b in zip(ones, twos):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert torch.equal(a, b)
+    return one
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("B", [1, 20, 33])
+def test_spmm_spmm_t_sddmm(dtype, B):
+    g = torch.Generator().manual_seed(B)
+    W = random_weight(700, 500, 0.1, empty_rows=20, full_rows=2, dtype=dtype, generator=g)
+    X = torch.randn(500, B, generator=g).to(dtype)
+    G = torch.randn(700, B, generator=g).to(dtype)
+    assert (W.nnz + 700) * B >= 2**15 or B == 1
+    same_on_1_and_2_threads(lambda: (ops.spmm(W, X), ops.spmm_t(W, G), ops.sddmm(W, G, X)))
+
+
+def test_transpose_index():
+    g = torch.Generator().manual_seed(1)
+    W = random_weight(900, 800, 0.2, empty_rows=30, generator=g)
+    csc = same_on_1_and_2_threads(lambda: _ops.transpose_index(W.row_ptr, W.col_idx, 800))
+    for a, b in zip(csc, (W.csc_ptr, W.csc_row, W.csc_perm)):
+        assert torch.equal(a, b)
+
+
+H, B_STEP = 300, 20
+
+
+def step_weight(gates: int, seed: int) -> SparseWeight:
+    return SparseWeight.random(gates * H, H, 0.1, generator=torch.Generator().manual_seed(seed)).double()
+
+
+@pytest.mark.parametrize("B", [1, B_STEP])
+def test_recurrent_steps_forward_and_backward(B):
+    g = torch.Generator().manual_seed(2)
+    rnd = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    h, c, dh, dc = rnd(H, B), rnd(H, B), rnd(H, B), rnd(H, B)
+    lstm, gru, rnn = step_weight(4, 0), step_weight(3, 1), step_weight(1, 2)
+    acts4 = torch.rand(4 * H, B, generator=g, dtype=torch.float64)
+    cases = {
+        "lstm": lambda: _ops.lstm_step(*lstm.index, lstm.values.detach(), rnd(4 * H, B), h, c),
+        "lstm_backward": lambda: _ops.lstm_step_backward(*lstm.index, lstm.values.detach(), acts4, c, c, dh, dc),
+        "gru": lambda: _ops.gru_step(*gru.index, gru.values.detach(), rnd(3 * H, B), h, rnd(3 * H)),
+        "gru_backward": lambda: _ops.gru_step_backward(*gru.index, gru.values.detach(), acts4, h, dh),
+        "rnn": lambda: _ops.rnn_step(*rnn.index, rnn.values.detach(), rnd(H, B), h, False),
+        "rnn_backward": lambda: _ops.rnn_step_backward(*rnn.index, rnn.values.detach(), torch.tanh(h), dh, True),
+        "ctrnn": lambda: _ops.ctrnn_step(*rnn.index, rnn.values.detach(), rnd(H, B), h, 0.1, 1.0),
+        "ctrnn_backward": lambda: _ops.ctrnn_step_backward(*rnn.index, rnn.values.detach(), acts4[:H], dh, 0.1, 1.0),
+    }
+    for name, fn in cases.items():
+        state = g.get_state()
+
+        def reseeded(fn=fn):
+            g.set_state(state)
+            return fn()
+
+        same_on_1_and_2_threads(reseeded)
+
+
+def test_topology_kernels():
+    g = torch.Generator().manual_seed(3)
+    n = 200_000
+    scores = torch.randn(n, generator=g)
+    W = random_weight(1000, 800, 0.1, empty_rows=10, dtype=torch.float32, generator=g)
+    keep = torch.rand(W.nnz, generator=g) < 0.7
+    G, X = torch.randn(1000, 16, generator=g), torch.randn(800, 16, generator=g)
+    same_on_1_and_2_threads(lambda: _ops.select_smallest(scores, n // 3))
+    same_on_1_and_2_threads(lambda: _ops.set_prune(scores, 0.3))
+    row_ptr, col_idx, values, kept_pos = same_on_1_and_2_threads(
+        lambda: _ops.compact(W.row_ptr, W.col_idx, W.values.detach(), keep))
+    new_row, new_col = same_on_1_and_2_threads(lambda: _ops.random_empty(row_ptr, col_idx, 800, 20_000, 7))
+    new_values = torch.randn(new_row.numel(), generator=g)
+    merged = same_on_1_and_2_threads(
+        lambda: _ops.merge(row_ptr, col_idx, values, 800, new_row, new_col, new_values))
+    origin = same_on_1_and_2_threads(lambda: _ops.remap_index(kept_pos, merged[3], merged[1].numel()))
+    state = torch.randn(W.nnz, 3, generator=g)
+    same_on_1_and_2_threads(lambda: _ops.gather_or_zero(state, origin))
+    rows = torch.repeat_interleave(torch.arange(1000), W.row_ptr.diff())
+    same_on_1_and_2_threads(lambda: _ops.coo_dot(rows, W.col_idx, G, X))
+    same_on_1_and_2_threads(lambda: _ops.grad_topk(W.row_ptr, W.col_idx, G, X, 5000, 256, 256))
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def wait_policy_after(code: str, **env) -> str:
+    """OMP_WAIT_POLICY in a fresh interpreter after running ``code``."""
+    base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code + "; import os; print(os.environ.get('OMP_WAIT_POLICY'))"],
+                         env={**base, "PYTHONPATH": str(ROOT), **env}, capture_output=True, text=True, check=True)
+    return out.stdout.split()[-1]
+
+
+def test_importing_sparse_engine_first_makes_waiting_passive():
+    assert wait_policy_after("import sparse_engine; assert sparse_engine.threads.PASSIVE_WAIT") == "PASSIVE"
+    # too late once torch has loaded libgomp: left alone, and PASSIVE_WAIT says so
+    assert wait_policy_after("import torch, sparse_engine; assert not sparse_engine.threads.PASSIVE_WAIT") == "None"
+    # a policy the user set is kept
+    assert wait_policy_after("import sparse_engine", OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
