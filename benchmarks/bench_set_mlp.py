@@ -3,7 +3,7 @@ the 8,000 training images of the shipped MNIST test set (load_task's 80/20 split
 
     python benchmarks/bench_set_mlp.py --sizes 10k,100k,1M,max --epochs 2 --threads 2
 
-Each size runs in a fresh subprocess, so its peak memory (``getrusage`` maxrss, the resident
+Each size runs in a fresh subprocess, so its peak memory (``timing.peak_rss_bytes``: the resident
 high-water mark, read after every epoch) is its own. Per epoch it records the training time, the
 SET evolution time (none after the last epoch, as SET-MLP does), the peak RSS, the test accuracy,
 nnz, and bytes per connection: of the network as built (values + CSR + transposed index, row
