@@ -187,3 +187,19 @@ def test_zhang_sms_preprocessing_hand_computed():
     assert X.shape[1] == 25 and 500 < meta["vocab"] < 2000
     with pytest.raises(ValueError, match="variant"):
         load_task("mackey-glass", None, 0, variant="zhang")
+
+
+def test_a_published_number_prints_beside_ours_and_none_is_made_up():
+    import dataclasses
+    from sparse_engine.runs import recipe_summary
+    r = get_recipe("zhang-sms-set")
+    last = {"test_acc": 0.97654, "density": 0.05}
+    with_number = dataclasses.replace(r, published=("test_acc", 0.9812, "paper, Table 9 (made up for this test)"))
+    line = recipe_summary(with_number, last, r.train["epochs"])
+    assert line.startswith("zhang-sms-set: ours test_acc 0.9765 at density 0.0500; published 0.9812 (paper, Table 9")
+    assert "after" not in line and "SMS_rewiring.py" in line
+    # no number was found for any Zhang recipe: each says n/a and why, never a value without a source
+    for rec in RECIPES.values():
+        metric, value, where = rec.published
+        assert value is None and "no published number found" in where
+        assert "published n/a (no published number found" in recipe_summary(rec, {metric: 0.5, "density": 0.05}, 1)

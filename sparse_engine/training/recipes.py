@@ -70,8 +70,16 @@ class Recipe:
 # tanh RNN whose recurrent matrix alone is sparsified, from dense to density 0.05 by pruning, or at
 # density 0.05 from the start by SET or DEEP R rewiring; Adam; hyper-parameters from the get_default_hp
 # and __main__ of each script of the public code (MNIST/, SMS/, Gesture/, Mackey_Glass/).
-_PUBLISHED_NOTE = ("the public code prints no final number and the paper reports its results in figures; "
-                   "not transcribed here")
+# Why every ``published`` value is None (as far as could be read here): the code's
+# repository holds no result for these set-ups (its README gives none; its only stored runs,
+# analysis/lesion_experiments/{Gesture,MG,MNIST}/fixed_sparse_*_p_0.05_*, train a fixed random mask
+# with 15 planted feed-forward motifs and no pruning or rewiring, for the motif-lesion experiment),
+# and the stored copies of the paper reachable here (nature.com, researchbunny.com) hold only its
+# abstract and the opening of its Introduction, which state no accuracy or MSE. Results, Methods,
+# figure captions and the Supplementary Information could not be read, so no number is taken and
+# none is read off a plot. To add one: published=(metric, value, "paper, <where>").
+_PUBLISHED_NOTE = ("no published number found: the public code gives none for this set-up and the paper's "
+                   "results section could not be read here (only its abstract and introduction); not transcribed")
 _ZHANG_TASKS = {
     # lr: (pruning script, rewiring script); epochs: ours (passes over the training set); unit: the
     # script's "epoch" in batches (None: one pass); deepr: (alpha = l1, sigma = noise); clip: by value
