@@ -17,7 +17,7 @@ run cut short keeps what it measured.
 
 compares instead the test accuracy of SET-MLP 784-H-H-H-10 with a dense MLP of the same sizes
 (PyTorch's default init; the same SGD, dropout, weight decay and batches) on the same split,
-and writes benchmarks/results/set_mlp_accuracy.md.
+and writes benchmarks/results/set_mlp_accuracy_H.md.
 """
 from __future__ import annotations
 
@@ -151,7 +151,7 @@ def accuracy_vs_dense(args) -> None:
         rows.append([name, f"784-{H}-{H}-{H}-10", f"{params:,}", args.epochs, f"{accs[-1]:.4f}", f"{max(accs):.4f}",
                      f"{time.perf_counter() - start:.0f}"])
         print(rows[-1], flush=True)
-    out = RESULTS / "set_mlp_accuracy.md"
+    out = RESULTS / f"set_mlp_accuracy_{H}.md"
     out.write_text("# SET-MLP against a dense MLP of the same sizes\n\n"
                    f"Machine: {machine()}, {args.threads} threads, load average {os.getloadavg()[0]:.2f} at the end\n\n"
                    "MNIST: the shipped 10,000-image test set split 80/20 (8,000 train, 2,000 test, seed 0). Both: "
