@@ -30,5 +30,10 @@ class SequenceModel(nn.Module):
     def forward(self, x):
         if self.embed is not None:
             x = self.embed(x)
-        out, _ = self.rnn(x)
-        return self.readout(out[:, -1] if self.kind == "classify" else out)
+        out, h_n = self.rnn(x)
+        if self.kind != "classify":
+            return self.readout(out)
+        # the last step's output is the last layer's final state (one direction): read from h_n, the
+        # gradient does not pass through a T x B x H zero tensor with one nonzero step
+        h_n = h_n[0] if isinstance(h_n, tuple) else h_n
+        return self.readout(h_n[-1])

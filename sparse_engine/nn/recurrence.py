@@ -80,51 +80,91 @@ def _to_cols(stacked: torch.Tensor) -> torch.Tensor:
     return stacked.permute(1, 0, 2).reshape(R, S * B)
 
 
+def _input_part(w_ih, idx_ih, x_t, bias):
+    """W_ih x_t (+ bias) of one input step (G*H x B)."""
+    g = mm(w_ih, idx_ih, x_t)
+    return g if bias is None else g.add_(bias[:, None])
+
+
+def _wgrad_into(acc, idx, g, x):
+    """acc += g x^T (at the nonzeros when sparse): one step's part of a weight gradient."""
+    if idx is None:
+        return acc.addmm_(g, x.t())
+    return acc.add_(wgrad(idx, g, x))
+
+
+class _States:
+    """The states h_0 .. h_S of one run in processing order, read from where the forward left
+    them: h_0, the output Y's column blocks (the state after each input step) and, between
+    them, a CT-RNN's Euler sub-steps (``inner``: {k: h_k}). No second copy of Y is kept."""
+
+    def __init__(self, h0, y, inner: dict, order, U: int, B: int):
+        self.h0, self.y, self.inner, self.order, self.U, self.B = h0, y, inner, order, U, B
+        self._last = (None, None)
+
+    def __getitem__(self, k: int) -> torch.Tensor:
+        """h_k, contiguous (the kernels want it so): a block of Y is copied once and kept for the
+        next read, since the backward reads h_{s+1} and h_s at step s and h_s again at s-1."""
+        if k == 0:
+            return self.h0
+        if k % self.U:
+            return self.inner[k]
+        if self._last[0] != k:
+            t = self.order[k // self.U - 1]
+            self._last = (k, self.y[:, t * self.B:(t + 1) * self.B].contiguous())
+        return self._last[1]
+
+
 class Recurrence(torch.autograd.Function):
     """(cfg, X, h0, c0, w_ih, w_hh, b_ih, b_hh) -> (Y, h_T, c_T).
 
     X (I x T*B), h0/c0 (H x B) (c0 and c_T only for LSTM: pass None, get an empty tensor),
     Y (H x T*B) in time order also for the reverse direction.
+
+    Per input step the input part W_ih x_t (+ biases) is one product on that step's columns,
+    used at once (no T x G*H x B buffer), and the new state is written into Y's column block;
+    the backward reads the states back from Y (and h0) and adds each step's part of the weight
+    and bias gradients as it goes (no stacked gate-gradient or state buffers, no layout copies),
+    so the saved activations are Y, plus LSTM's c and gate activations, GRU's and CT-RNN's
+    saved activations and CT-RNN's sub-step states.
     """
 
     @staticmethod
     def forward(ctx, cfg: Config, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
-        cell, T, B = CELLS[cfg.mode], cfg.steps, cfg.batch
+        cell, T, B, H = CELLS[cfg.mode], cfg.steps, cfg.batch, cfg.hidden
         ctx.device_type = w_hh.device.type
-        gx = mm(w_ih, cfg.idx_ih, x)  # (G*H, T*B): one product for all steps
+        ctx.set_materialize_grads(False)  # an unused output (Y, when only h_T is read) costs nothing
         bias = None
         if b_ih is not None:
             bias = b_ih if cell.hidden_bias or b_hh is None else b_ih + b_hh
-        if bias is not None:
-            gx = gx + bias[:, None]
-        gx = gx.view(cell.gates * cfg.hidden, T, B).permute(1, 0, 2).contiguous()  # (T, G*H, B), per step
         fused = fused_ok(cfg, w_hh)
         step, _ = cell.steps(fused)
         idx, U = cfg.idx_hh, cell.unfolds(cfg)
         tail = ((b_hh,) if cell.hidden_bias else ()) + cell.params(cfg)
         order = range(T - 1, -1, -1) if cfg.reverse else range(T)
-        hs, cs, acts = [h0], [c0], []
-        h, c = h0, c0
+        y = h0.new_empty(H, T * B)
+        inner, cs, acts = {}, [c0], []
+        h, c, k = h0, c0, 0
         for t in order:
-            g = gx[t]
-            for _ in range(U):
+            cols = slice(t * B, (t + 1) * B)
+            g = _input_part(w_ih, cfg.idx_ih, x[:, cols], bias)
+            for u in range(U):
                 h, c, a = cell.forward_step(step, w_hh, idx, g, h, c, tail)
-                hs.append(h)
+                k += 1
+                if u < U - 1:
+                    inner[k] = h
                 if cell.cell_state:
                     cs.append(c)
                 if a is not None:
                     acts.append(a)
-        hbuf = torch.stack(hs)  # (T*U+1, H, B), processing order
-        out = hbuf[U::U]
-        if cfg.reverse:
-            out = out.flip(0)
-        y = _to_cols(out)
-        cbuf = torch.stack(cs) if cell.cell_state else None
-        abuf = torch.stack(acts) if acts else None
+            y[:, cols] = h
         ctx.cfg = cfg
         ctx.has_bias = b_ih is not None
         ctx.fused = fused
-        ctx.save_for_backward(x, w_ih, w_hh, b_hh if cell.hidden_bias else None, hbuf, cbuf, abuf)
+        ctx.inner_keys = tuple(inner)
+        ctx.n_c = len(cs) if cell.cell_state else 0
+        ctx.save_for_backward(x, w_ih, w_hh, b_hh if cell.hidden_bias else None, y, h0, *inner.values(),
+                              *(cs if cell.cell_state else ()), *acts)
         c_T = c if cell.cell_state else h.new_empty(0)
         ctx.mark_non_differentiable(*(() if cell.cell_state else (c_T,)))
         return y, h, c_T
@@ -138,47 +178,57 @@ class Recurrence(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, dy, dh_T, dc_T):
+        """dy, dh_T, dc_T may be None (outputs nobody read): zeros."""
         cfg = ctx.cfg
         cell, H, B, T = CELLS[cfg.mode], cfg.hidden, cfg.batch, cfg.steps
-        x, w_ih, w_hh, b_hh, hbuf, cbuf, abuf = ctx.saved_tensors
+        x, w_ih, w_hh, b_hh, y, h0, *rest = ctx.saved_tensors
+        n_inner = len(ctx.inner_keys)
+        inner = dict(zip(ctx.inner_keys, rest[:n_inner]))
+        cs, acts = rest[n_inner:n_inner + ctx.n_c], rest[n_inner + ctx.n_c:]
         need = ctx.needs_input_grad  # (cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
         _, step_backward = cell.steps(ctx.fused)
         idx, U, params = cfg.idx_hh, cell.unfolds(cfg), cell.params(cfg)
-        bufs = {"h": hbuf, "c": cbuf, "acts": abuf}
-        dy3 = dy.view(H, T, B).permute(1, 0, 2)  # (T, H, B) view
-        dh = dh_T.clone()
-        dc = dc_T if cell.cell_state else None
-        S = T * U
-        G = cell.gates * H
-        dgh = dh.new_empty(G, S, B)  # hidden-side gate gradients, feature-major, processing order
-        # input-side gradients in time order, where they are not the hidden-side ones of the step:
-        # GRU's own, or a CT-RNN's summed over the sub-steps that share one input step
-        dgx = [None] * T if cell.input_grad or cell.continuous else None
         order = list(range(T - 1, -1, -1)) if cfg.reverse else list(range(T))
-        for s in range(S - 1, -1, -1):
-            t = order[s // U]
-            if s % U == U - 1:
-                dh = dh + dy3[t]
-            dG_x, dG, dh, dc = cell.backward_step(step_backward, w_hh, idx, cell.saved_at(s, bufs), dh, dc, params)
-            dgh[:, s] = dG
-            if dgx is not None:
-                dgx[t] = dG_x if dgx[t] is None else dgx[t] + dG_x
-        dgh_cols = dgh.view(G, S * B)  # (G*H, S*B) in processing order
-        if dgx is None:  # LSTM/RNN: the input-side gradient is the hidden-side one, per time step
-            dgx_cols = dgh.flip(1).reshape(G, S * B) if cfg.reverse else dgh_cols
-        else:
-            dgx_cols = _to_cols(torch.stack(dgx))
-        d_x = mm_t(w_ih, cfg.idx_ih, dgx_cols) if need[1] else None
-        h_cols = _to_cols(hbuf[:-1])
-        d_w_ih = wgrad(cfg.idx_ih, dgx_cols, x) if need[4] else None
-        d_w_hh = wgrad(idx, dgh_cols, h_cols) if need[5] else None
-        if cfg.sink is not None:  # growth by gradient: dL/dW = G X^T, also at empty positions
-            cfg.sink["ih"] = (dgx_cols.detach(), x.detach())
-            cfg.sink["hh"] = (dgh_cols.detach(), h_cols.detach())
+        states = _States(h0, y, inner, order, U, B)
+        bufs = {"h": states, "c": cs, "acts": acts}
+        dh = h0.new_zeros(H, B) if dh_T is None else dh_T
+        dc = None
+        if cell.cell_state:
+            dc = h0.new_zeros(H, B) if dc_T is None else dc_T
+        d_x = torch.zeros_like(x) if need[1] else None
+        d_w_ih = torch.zeros_like(w_ih) if need[4] else None
+        d_w_hh = torch.zeros_like(w_hh) if need[5] else None
+        bias_grads = ctx.has_bias and (need[6] or need[7])
         d_b_ih = d_b_hh = None
-        if ctx.has_bias:
-            d_b_ih = dgx_cols.sum(1) if need[6] else None
-            d_b_hh = dgh_cols.sum(1) if need[7] else None
+        if bias_grads:
+            d_b_ih = h0.new_zeros(cell.gates * H)
+            d_b_hh = h0.new_zeros(cell.gates * H)
+        factors = cfg.sink is not None  # growth by gradient: the whole (G, X) of each weight
+        dgx_t, dgh_s = ([None] * T, [None] * (T * U)) if factors else (None, None)
+        for s in range(T * U - 1, -1, -1):
+            t = order[s // U]
+            cols = slice(t * B, (t + 1) * B)
+            if s % U == U - 1 and dy is not None:
+                dh = dh + dy[:, cols]
+            dG_x, dG, dh, dc = cell.backward_step(step_backward, w_hh, idx, cell.saved_at(s, bufs), dh, dc, params)
+            x_t = x[:, cols]
+            if d_w_hh is not None:
+                _wgrad_into(d_w_hh, idx, dG, states[s])
+            if d_w_ih is not None:
+                _wgrad_into(d_w_ih, cfg.idx_ih, dG_x, x_t)
+            if d_x is not None:
+                d_x[:, cols] += mm_t(w_ih, cfg.idx_ih, dG_x)
+            if bias_grads:
+                d_b_ih += dG_x.sum(1)
+                d_b_hh += dG.sum(1)
+            if factors:
+                dgh_s[s] = dG
+                dgx_t[t] = dG_x if dgx_t[t] is None else dgx_t[t] + dG_x
+        if factors:  # dL/dW = G X^T, also at empty positions; X in the G's column order
+            cfg.sink["ih"] = (_to_cols(torch.stack(dgx_t)), x.detach())
+            cfg.sink["hh"] = (_to_cols(torch.stack(dgh_s)), _to_cols(torch.stack([states[k] for k in range(T * U)])))
+        if bias_grads:
+            d_b_ih, d_b_hh = (d_b_ih if need[6] else None), (d_b_hh if need[7] else None)
         d_h0 = dh if need[2] else None
         d_c0 = dc if cell.cell_state and need[3] else None
         return None, d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_b_ih, d_b_hh

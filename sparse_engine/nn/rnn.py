@@ -216,11 +216,14 @@ def time_major(input: torch.Tensor, batch_first: bool) -> tuple[torch.Tensor, bo
 
 
 def caller_layout(out: torch.Tensor, batch_first: bool, batched: bool) -> torch.Tensor:
-    """The time-major (T, B, F) output in the caller's layout, contiguous: (B, T, F) for a
-    batch-first batched input, (T, F) for an unbatched one (``batch_first`` does not apply)."""
+    """The time-major (T, B, F) output in the caller's layout, as torch's modules return it:
+    contiguous (T, B, F); for a batch-first batched input its transposed view (B, T, F) (torch's
+    ``nn.RNN(batch_first=True)`` output is not contiguous either, and a copy is a full pass over
+    the largest tensor of the step); (T, F) for an unbatched one (``batch_first`` does not apply)."""
+    out = out.contiguous()
     if not batched:
-        return out[:, 0].contiguous()
-    return (out.transpose(0, 1) if batch_first else out).contiguous()
+        return out[:, 0]
+    return out.transpose(0, 1) if batch_first else out
 
 
 def packed_positions(batch_sizes: torch.Tensor, unsorted_indices: torch.Tensor | None):
@@ -435,7 +438,7 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
 
     def _run(self, x: torch.Tensor, h0: torch.Tensor, c0, sink):
         """The whole stack on a time-major (T, B, I) ``x`` from (num_layers*D, B, H) states:
-        (output (T, B, D*H) view, h_n, c_n or None), states (num_layers*D, B, H) (h: P with a
+        (output (T, B, D*H) contiguous, h_n, c_n or None), states (num_layers*D, B, H) (h: P with a
         projection). ``sink(suffix)`` gives each layer-direction's grad-factor sink."""
         is_lstm = self.mode == "LSTM"
         T, B, _ = x.shape
@@ -472,7 +475,9 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
             layer_x = outs[0] if D == 1 else torch.cat(outs, 0)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_x = F.dropout(layer_x, self.dropout, training=True)
-        out = layer_x.view(D * out_size, T, B).permute(1, 2, 0)
+        # (T, B, D*H): one 2-D transpose of the feature-major output (torch's blocked transpose copy;
+        # a permute of the (F, T, B) view copies element by element, several times slower)
+        out = layer_x.t().contiguous().view(T, B, D * out_size)
         h_n = torch.stack(h_n).transpose(1, 2).contiguous()
         c_n = torch.stack(c_n).transpose(1, 2).contiguous() if is_lstm else None
         return out, h_n, c_n
