@@ -1,18 +1,22 @@
 """One recurrent layer-direction over a whole sequence as a single autograd.Function.
 
-Everything here is feature-major: the input is X (I x T*B) with column t*B + b, the
-output Y (H x T*B) the same, states are (H x B). That is the layout of the sparse kernels,
-so a stacked network transposes its input once and never again.
+Everything here is step-major: the input is X (T x I x B), the output Y (T x H x B), states
+are (H x B), so every step reads and writes whole contiguous (features x batch) blocks, the
+layout of the sparse kernels; a stacked network feeds one layer's Y to the next as it is, and
+the module transposes to torch's (T, B, H) once at the end (:func:`batch_rows`).
 
-Forward:  Gx = W_ih X (+ biases): ONE product over all T*B columns; then per step one
-          recurrent product W_hh h and the gate nonlinearities, fused into one op where it has
-          a kernel (CPU: ``csrc/cpu/rnn_step_cpu.cpp``; CUDA: ``csrc/cuda/rnn_step_cuda.cu``), composed
-          from spmm + torch elementwise ops otherwise (see :func:`fused_ok`).
+Forward:  per step the input part W_ih x_t (+ biases) (one product on that step's block, used at
+          once: no T x G*H x B buffer), then the recurrent product W_hh h and the gate
+          nonlinearities, fused into one op where it has a kernel (CPU: ``csrc/cpu/rnn_step_cpu.cpp``;
+          CUDA: ``csrc/cuda/rnn_step_cuda.cu``), composed from spmm + torch elementwise ops otherwise
+          (see :func:`fused_ok`); the new state is written into Y's block.
 Backward: per step the elementwise gate gradient and one spmm_t (W_hh^T dG) for the hidden
-          gradient; at the end ONE sddmm over all T*B columns per weight (the per-step gate
-          gradients and hidden states are stacked), one spmm_t for the input gradient.
-Memory:   O(T*B*gates*H) for the saved activations plus O(nnz); nothing is O(H^2) unless the
-          user asked for a dense matrix.
+          gradient, then that step's part of each weight gradient (sddmm, or a dense product,
+          added up over the steps), of the bias gradients and of the input gradient (spmm_t):
+          no stacked gate gradients or states.
+Memory:   the saved activations are Y itself (the states are read back from it), plus LSTM's c
+          and gate activations, GRU's and CT-RNN's saved activations and CT-RNN's sub-step states:
+          O(T*B*gates*H), plus O(nnz); nothing is O(H^2) unless the user asked for a dense matrix.
 
 A weight is either sparse (its ``values`` plus the 5 index tensors of a SparseWeight) or
 dense (an ordinary (rows x cols) tensor, index ``None``); the two matrices of a layer are
@@ -80,8 +84,35 @@ def _to_cols(stacked: torch.Tensor) -> torch.Tensor:
     return stacked.permute(1, 0, 2).reshape(R, S * B)
 
 
+def batch_rows(y: torch.Tensor) -> torch.Tensor:
+    """(T, F, B) step-major -> (T, B, F) contiguous, torch's time-major layout, differentiably:
+    one 2-D transpose per step (torch's blocked transpose copy; a 3-D ``transpose(1, 2).contiguous()``
+    copies element by element, about 3x slower at hidden 100k)."""
+    return _BatchRows.apply(y)
+
+
+def _transpose_steps(a: torch.Tensor) -> torch.Tensor:
+    out = a.new_empty(a.shape[0], a.shape[2], a.shape[1])
+    for t in range(a.shape[0]):
+        out[t].copy_(a[t].t())
+    return out
+
+
+class _BatchRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y):
+        return _transpose_steps(y.contiguous())
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        return _transpose_steps(g.contiguous())
+
+
 def _input_part(w_ih, idx_ih, x_t, bias):
-    """W_ih x_t (+ bias) of one input step (G*H x B)."""
+    """W_ih x_t (+ bias) of one input step (G*H x B); a dense W_ih adds the bias in its product."""
+    if idx_ih is None and bias is not None:
+        return torch.addmm(bias[:, None], w_ih, x_t)
     g = mm(w_ih, idx_ih, x_t)
     return g if bias is None else g.add_(bias[:, None])
 
@@ -95,38 +126,25 @@ def _wgrad_into(acc, idx, g, x):
 
 class _States:
     """The states h_0 .. h_S of one run in processing order, read from where the forward left
-    them: h_0, the output Y's column blocks (the state after each input step) and, between
-    them, a CT-RNN's Euler sub-steps (``inner``: {k: h_k}). No second copy of Y is kept."""
+    them: h_0, the output Y's blocks (the state after each input step) and, between them, a
+    CT-RNN's Euler sub-steps (``inner``: {k: h_k}). No second copy of Y is kept."""
 
-    def __init__(self, h0, y, inner: dict, order, U: int, B: int):
-        self.h0, self.y, self.inner, self.order, self.U, self.B = h0, y, inner, order, U, B
-        self._last = (None, None)
+    def __init__(self, h0, y, inner: dict, order, U: int):
+        self.h0, self.y, self.inner, self.order, self.U = h0, y, inner, order, U
 
     def __getitem__(self, k: int) -> torch.Tensor:
-        """h_k, contiguous (the kernels want it so): a block of Y is copied once and kept for the
-        next read, since the backward reads h_{s+1} and h_s at step s and h_s again at s-1."""
         if k == 0:
             return self.h0
         if k % self.U:
             return self.inner[k]
-        if self._last[0] != k:
-            t = self.order[k // self.U - 1]
-            self._last = (k, self.y[:, t * self.B:(t + 1) * self.B].contiguous())
-        return self._last[1]
+        return self.y[self.order[k // self.U - 1]]
 
 
 class Recurrence(torch.autograd.Function):
     """(cfg, X, h0, c0, w_ih, w_hh, b_ih, b_hh) -> (Y, h_T, c_T).
 
-    X (I x T*B), h0/c0 (H x B) (c0 and c_T only for LSTM: pass None, get an empty tensor),
-    Y (H x T*B) in time order also for the reverse direction.
-
-    Per input step the input part W_ih x_t (+ biases) is one product on that step's columns,
-    used at once (no T x G*H x B buffer), and the new state is written into Y's column block;
-    the backward reads the states back from Y (and h0) and adds each step's part of the weight
-    and bias gradients as it goes (no stacked gate-gradient or state buffers, no layout copies),
-    so the saved activations are Y, plus LSTM's c and gate activations, GRU's and CT-RNN's
-    saved activations and CT-RNN's sub-step states.
+    X (T x I x B), h0/c0 (H x B) (c0 and c_T only for LSTM: pass None, get an empty tensor),
+    Y (T x H x B) in time order also for the reverse direction (see the module docstring).
     """
 
     @staticmethod
@@ -142,12 +160,11 @@ class Recurrence(torch.autograd.Function):
         idx, U = cfg.idx_hh, cell.unfolds(cfg)
         tail = ((b_hh,) if cell.hidden_bias else ()) + cell.params(cfg)
         order = range(T - 1, -1, -1) if cfg.reverse else range(T)
-        y = h0.new_empty(H, T * B)
+        y = h0.new_empty(T, H, B)
         inner, cs, acts = {}, [c0], []
         h, c, k = h0, c0, 0
         for t in order:
-            cols = slice(t * B, (t + 1) * B)
-            g = _input_part(w_ih, cfg.idx_ih, x[:, cols], bias)
+            g = _input_part(w_ih, cfg.idx_ih, x[t], bias)
             for u in range(U):
                 h, c, a = cell.forward_step(step, w_hh, idx, g, h, c, tail)
                 k += 1
@@ -157,7 +174,7 @@ class Recurrence(torch.autograd.Function):
                     cs.append(c)
                 if a is not None:
                     acts.append(a)
-            y[:, cols] = h
+            y[t] = h
         ctx.cfg = cfg
         ctx.has_bias = b_ih is not None
         ctx.fused = fused
@@ -189,7 +206,7 @@ class Recurrence(torch.autograd.Function):
         _, step_backward = cell.steps(ctx.fused)
         idx, U, params = cfg.idx_hh, cell.unfolds(cfg), cell.params(cfg)
         order = list(range(T - 1, -1, -1)) if cfg.reverse else list(range(T))
-        states = _States(h0, y, inner, order, U, B)
+        states = _States(h0, y, inner, order, U)
         bufs = {"h": states, "c": cs, "acts": acts}
         dh = h0.new_zeros(H, B) if dh_T is None else dh_T
         dc = None
@@ -207,25 +224,25 @@ class Recurrence(torch.autograd.Function):
         dgx_t, dgh_s = ([None] * T, [None] * (T * U)) if factors else (None, None)
         for s in range(T * U - 1, -1, -1):
             t = order[s // U]
-            cols = slice(t * B, (t + 1) * B)
             if s % U == U - 1 and dy is not None:
-                dh = dh + dy[:, cols]
+                dh = dh + dy[t]
             dG_x, dG, dh, dc = cell.backward_step(step_backward, w_hh, idx, cell.saved_at(s, bufs), dh, dc, params)
-            x_t = x[:, cols]
+            x_t = x[t]
             if d_w_hh is not None:
                 _wgrad_into(d_w_hh, idx, dG, states[s])
             if d_w_ih is not None:
                 _wgrad_into(d_w_ih, cfg.idx_ih, dG_x, x_t)
             if d_x is not None:
-                d_x[:, cols] += mm_t(w_ih, cfg.idx_ih, dG_x)
+                d_x[t] += mm_t(w_ih, cfg.idx_ih, dG_x)
             if bias_grads:
-                d_b_ih += dG_x.sum(1)
-                d_b_hh += dG.sum(1)
+                g_sum = dG.sum(1)
+                d_b_hh += g_sum
+                d_b_ih += g_sum if dG_x is dG else dG_x.sum(1)
             if factors:
                 dgh_s[s] = dG
                 dgx_t[t] = dG_x if dgx_t[t] is None else dgx_t[t] + dG_x
         if factors:  # dL/dW = G X^T, also at empty positions; X in the G's column order
-            cfg.sink["ih"] = (_to_cols(torch.stack(dgx_t)), x.detach())
+            cfg.sink["ih"] = (_to_cols(torch.stack(dgx_t)), _to_cols(x.detach()))
             cfg.sink["hh"] = (_to_cols(torch.stack(dgh_s)), _to_cols(torch.stack([states[k] for k in range(T * U)])))
         if bias_grads:
             d_b_ih, d_b_hh = (d_b_ih if need[6] else None), (d_b_hh if need[7] else None)
@@ -299,24 +316,22 @@ class RecordsGradFactors:
 def projected_lstm(cfg: Config, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, idx_hr):
     """An LSTM layer-direction with ``proj_size`` (torch's ``nn.LSTM(proj_size=P)``): per step
     c' = f c + i g, h' = W_hr (o tanh c'), so the recurrent product takes the P-dimensional h.
-    Feature-major like :class:`Recurrence`: x (I x T*B), h0 (P x B), c0 (H x B) ->
-    (Y (P x T*B), h_T, c_T).
+    Step-major like :class:`Recurrence`: x (T x I x B), h0 (P x B), c0 (H x B) ->
+    (Y (T x P x B), h_T, c_T).
 
     Composed from the differentiable products (``spmm``/``sddmm`` through their registered
     autograd formulas, or ``@`` for a dense matrix) and torch's elementwise ops under plain autograd:
     the fused step kernels have no projection, so this costs one sddmm per step and weight
     instead of one per sequence. Growth by gradient has no factors here (see ``SparseLSTM``)."""
-    H, T, B = cfg.hidden, cfg.steps, cfg.batch
-    gx = mm(w_ih, cfg.idx_ih, x)
-    if b_ih is not None:
-        gx = gx + (b_ih + b_hh)[:, None]
-    gx = gx.view(4 * H, T, B)
+    T = cfg.steps
+    bias = None if b_ih is None else (b_ih + b_hh)[:, None]
     h, c = h0, c0
     out = [None] * T
     for t in (range(T - 1, -1, -1) if cfg.reverse else range(T)):
-        g = gx[:, t] + mm(w_hh, cfg.idx_hh, h)
+        gx = mm(w_ih, cfg.idx_ih, x[t])
+        g = (gx if bias is None else gx + bias) + mm(w_hh, cfg.idx_hh, h)
         i, f, gg, o = g.chunk(4)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(gg)
         h = mm(w_hr, idx_hr, torch.sigmoid(o) * torch.tanh(c))
         out[t] = h
-    return torch.stack(out, 1).view(h.shape[0], T * B), h, c
+    return torch.stack(out), h, c

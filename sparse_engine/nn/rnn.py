@@ -71,7 +71,7 @@ from .. import init as _init
 from ..constants import GATES
 from ..sparse import SparseWeight
 from .compute import check_compute, materialize, skeleton, use_dense
-from .recurrence import Config, RecordsGradFactors, check_input_dtype, projected_lstm, recurrence
+from .recurrence import Config, RecordsGradFactors, batch_rows, check_input_dtype, projected_lstm, recurrence
 from .linear import EMPTY, fill_dense, refuse_dense_weights, resolve_density
 
 __all__ = ["SparseRNN", "SparseLSTM", "SparseGRU", "SparseRNNBase"]
@@ -444,8 +444,8 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
         T, B, _ = x.shape
         D = 2 if self.bidirectional else 1
         out_size = self.proj_size or self.hidden_size
-        # feature-major once: (I, T*B), column t*B + b
-        layer_x = x.permute(2, 0, 1).reshape(self.input_size, T * B)
+        # step-major once: (T, I, B), the Recurrence's layout
+        layer_x = x.permute(0, 2, 1).contiguous()
         h_n, c_n = [], []
         for layer in range(self.num_layers):
             outs = []
@@ -472,12 +472,10 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
                 outs.append(y)
                 h_n.append(h_T)
                 c_n.append(c_T)
-            layer_x = outs[0] if D == 1 else torch.cat(outs, 0)
+            layer_x = outs[0] if D == 1 else torch.cat(outs, 1)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_x = F.dropout(layer_x, self.dropout, training=True)
-        # (T, B, D*H): one 2-D transpose of the feature-major output (torch's blocked transpose copy;
-        # a permute of the (F, T, B) view copies element by element, several times slower)
-        out = layer_x.t().contiguous().view(T, B, D * out_size)
+        out = batch_rows(layer_x)  # (T, B, D*H)
         h_n = torch.stack(h_n).transpose(1, 2).contiguous()
         c_n = torch.stack(c_n).transpose(1, 2).contiguous() if is_lstm else None
         return out, h_n, c_n
