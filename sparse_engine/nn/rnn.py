@@ -28,7 +28,8 @@ and biases use torch's U(-1/sqrt(H), 1/sqrt(H)).
 
 Input shapes are torch's: batched ``(T, B, I)`` (``batch_first=True``: ``(B, T, I)``) or
 unbatched ``(T, I)`` whatever ``batch_first`` says, giving ``(T, D*H)``; states are
-``(num_layers*D, B, H)`` batched and ``(num_layers*D, H)`` unbatched, never batch-first.
+``(num_layers*D, B, H)`` batched and ``(num_layers*D, H)`` unbatched, never batch-first. As
+torch's, a batch-first output is the transposed view of the time-major one (not contiguous).
 
 Each layer-direction runs as one :class:`~sparse_engine.nn.recurrence.Recurrence` (see there
 for the kernel schedule).
