@@ -32,7 +32,9 @@ class SequenceModel(nn.Module):
             x = self.embed(x)
         out, h_n = self.rnn(x)
         if self.kind != "classify":
-            return self.readout(out)
+            # on the time-major (T, B, H) tensor the recurrent module computed (``out`` is its
+            # batch-first view): the readout then neither copies it forward nor its gradient back
+            return self.readout(out.transpose(0, 1)).transpose(0, 1)
         # the last step's output is the last layer's final state (one direction): read from h_n, the
         # gradient does not pass through a T x B x H zero tensor with one nonzero step
         h_n = h_n[0] if isinstance(h_n, tuple) else h_n
