@@ -6,6 +6,7 @@ from __future__ import annotations
 from torch import nn
 
 from . import nn as snn
+from .nn.rnn import SparseRNNBase
 
 MODELS = ("lstm", "gru", "rnn", "ctrnn", "mlp")  # mlp: sparse_engine.nn.SparseMLP (SET-MLP), not a SequenceModel
 
@@ -30,12 +31,14 @@ class SequenceModel(nn.Module):
     def forward(self, x):
         if self.embed is not None:
             x = self.embed(x)
-        out, h_n = self.rnn(x)
-        if self.kind != "classify":
-            # on the time-major (T, B, H) tensor the recurrent module computed (``out`` is its
-            # batch-first view): the readout then neither copies it forward nor its gradient back
-            return self.readout(out.transpose(0, 1)).transpose(0, 1)
-        # the last step's output is the last layer's final state (one direction): read from h_n, the
-        # gradient does not pass through a T x B x H zero tensor with one nonzero step
-        h_n = h_n[0] if isinstance(h_n, tuple) else h_n
-        return self.readout(h_n[-1])
+        if self.kind == "classify":
+            # the last step's output is the last layer's final state (one direction): read from h_n,
+            # the sequence is never put in torch's layout (final_state) and the gradient does not
+            # pass through a T x B x H zero tensor with one nonzero step
+            h_n = self.rnn.final_state(x) if isinstance(self.rnn, SparseRNNBase) else self.rnn(x)[1]
+            h_n = h_n[0] if isinstance(h_n, tuple) else h_n
+            return self.readout(h_n[-1])
+        out, _ = self.rnn(x)
+        # on the time-major (T, B, H) tensor the recurrent module computed (``out`` is its
+        # batch-first view): the readout then neither copies it forward nor its gradient back
+        return self.readout(out.transpose(0, 1)).transpose(0, 1)

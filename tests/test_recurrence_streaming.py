@@ -72,8 +72,32 @@ def test_output_layout_as_torch(batch_first):
     assert ours.transpose(0, 1).is_contiguous() == theirs.transpose(0, 1).is_contiguous()
 
 
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_final_state_is_forwards_state(mode):
+    """``final_state`` (no output sequence built) gives ``forward``'s final states and gradients."""
+    torch.manual_seed(0)
+    cls = se.nn.SparseLSTM if mode == "LSTM" else se.nn.SparseGRU
+    m = cls(3, 6, num_layers=2, bidirectional=True, batch_first=True, density=0.5, dtype=torch.float64)
+    x = torch.randn(4, 5, 3, dtype=torch.float64)
+    w = torch.randn(4, 4, 6, dtype=torch.float64)
+
+    def loss_and_grads(states):
+        h = states[0] if mode == "LSTM" else states
+        (h * w).sum().backward()
+        grads = [p.grad.clone() for p in m.parameters()]
+        m.zero_grad()
+        return states, grads
+
+    got, g_got = loss_and_grads(m.final_state(x))
+    ref, g_ref = loss_and_grads(m(x)[1])
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    assert any(g.abs().sum() > 0 for g in g_got)
+    for a, b in zip(g_got, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 PEAK = textwrap.dedent("""
-    import resource, sys, torch
+    import torch
     from sparse_engine.models import SequenceModel
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -82,19 +106,23 @@ PEAK = textwrap.dedent("""
     x, y = torch.randn(B, T, 28), torch.randint(0, 10, (B,))
     torch.nn.functional.cross_entropy(model(x[:2, :2]), y[:2]).backward()  # allocator and kernels warm
     model.zero_grad()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def status(key):  # kB
+        return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key))
+
+    open("/proc/self/clear_refs", "w").write("5")  # the peak (VmHWM) from here on
+    before = status("VmRSS:")
     torch.nn.functional.cross_entropy(model(x), y).backward()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print((after - before) / (T * H * B * 4))
+    print((status("VmHWM:") - before) * 1024 / (T * H * B * 4))
 """)
 
 
 def test_training_step_peak_is_a_few_outputs():
-    """One forward+backward at hidden 20,000 (T=28, B=64) raises the peak by at most 4 copies of
-    the output (T x H x B): the output, its torch-layout copy and per-step temporaries. (The
-    layout-copying recurrence this replaced took 5.)"""
+    """One classifier forward+backward at hidden 20,000 (T=28, B=64) raises the peak by at most 4
+    copies of the output (T x H x B): the output (the saved states) and per-step temporaries
+    (measured: 1.5). (The layout-copying recurrence this replaced took 5.)"""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-c", PEAK], capture_output=True, text=True, env=env, cwd=str(ROOT),
                          check=True, timeout=300)
     ratio = float(out.stdout.split()[-1])
-    assert 0.9 < ratio < 4.0, f"peak grew by {ratio:.2f} outputs"
+    assert 0.5 < ratio < 4.0, f"peak grew by {ratio:.2f} outputs"  # (the lower bound: it measured something)

@@ -30,6 +30,8 @@ Input shapes are torch's: batched ``(T, B, I)`` (``batch_first=True``: ``(B, T, 
 unbatched ``(T, I)`` whatever ``batch_first`` says, giving ``(T, D*H)``; states are
 ``(num_layers*D, B, H)`` batched and ``(num_layers*D, H)`` unbatched, never batch-first. As
 torch's, a batch-first output is the transposed view of the time-major one (not contiguous).
+``module.final_state(input, hx)`` returns ``forward``'s final states alone, without building the
+output sequence in torch's layout (a T x B x H copy): for a model that reads only the last step.
 
 Each layer-direction runs as one :class:`~sparse_engine.nn.recurrence.Recurrence` (see there
 for the kernel schedule).
@@ -437,10 +439,11 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
             c0 = c0.unsqueeze(1) if c0 is not None else None
         return h0, c0
 
-    def _run(self, x: torch.Tensor, h0: torch.Tensor, c0, sink):
+    def _run(self, x: torch.Tensor, h0: torch.Tensor, c0, sink, output: bool = True):
         """The whole stack on a time-major (T, B, I) ``x`` from (num_layers*D, B, H) states:
-        (output (T, B, D*H) contiguous, h_n, c_n or None), states (num_layers*D, B, H) (h: P with a
-        projection). ``sink(suffix)`` gives each layer-direction's grad-factor sink."""
+        (output (T, B, D*H) contiguous (None unless ``output``), h_n, c_n or None), states
+        (num_layers*D, B, H) (h: P with a projection). ``sink(suffix)`` gives each
+        layer-direction's grad-factor sink."""
         is_lstm = self.mode == "LSTM"
         T, B, _ = x.shape
         D = 2 if self.bidirectional else 1
@@ -476,7 +479,7 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
             layer_x = outs[0] if D == 1 else torch.cat(outs, 1)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_x = F.dropout(layer_x, self.dropout, training=True)
-        out = batch_rows(layer_x)  # (T, B, D*H)
+        out = batch_rows(layer_x) if output else None  # (T, B, D*H)
         h_n = torch.stack(h_n).transpose(1, 2).contiguous()
         c_n = torch.stack(c_n).transpose(1, 2).contiguous() if is_lstm else None
         return out, h_n, c_n
@@ -503,14 +506,23 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
         return torch.func.functional_call(module, weights, (input,) if hx is None else (input, hx))
 
     def forward(self, input, hx=None):
+        return self._forward_once(input, hx, output=True)
+
+    def final_state(self, input, hx=None):
+        """The final state(s) of ``forward(input, hx)`` (``h_n``, or ``(h_n, c_n)`` for an LSTM)
+        without building the output sequence in torch's layout (a T x B x D*H copy): for a model
+        that reads only the last step (``SequenceModel`` classifying). Same values and gradients."""
+        return self._forward_once(input, hx, output=False)[1]
+
+    def _forward_once(self, input, hx, output: bool):
         # parametrized values (weight drop, ...) are evaluated once per forward: one dropout mask
         # for every step and every length group
         if any(parametrize.is_parametrized(getattr(self, n)) for n in self._flat_weights_names):
             with parametrize.cached():
-                return self._forward(input, hx)
-        return self._forward(input, hx)
+                return self._forward(input, hx, output)
+        return self._forward(input, hx, output)
 
-    def _forward(self, input, hx):
+    def _forward(self, input, hx, output: bool = True):
         if isinstance(input, PackedSequence):
             return self._forward_packed(input, hx)
         self._check_input(input)
@@ -518,8 +530,8 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
         h0, c0 = self._initial_state(hx, x, batched, x.shape[1])
         if self._dense_now(x):
             return self._forward_dense(input, hx)
-        out, h_n, c_n = self._run(x, h0, c0, self._factor_sink)
-        out = caller_layout(out, self.batch_first, batched)
+        out, h_n, c_n = self._run(x, h0, c0, self._factor_sink, output)
+        out = caller_layout(out, self.batch_first, batched) if output else None
         if not batched:
             h_n = h_n.squeeze(1)
             c_n = c_n.squeeze(1) if c_n is not None else None
