@@ -26,8 +26,9 @@ def _grads(model):
 @pytest.mark.parametrize("model,layers,sparse", [("rnn", 1, "recurrent"), ("rnn", 2, "both"), ("lstm", 2, "both"),
                                                  ("gru", 1, "input"), ("ctrnn", 1, "both")])
 def test_sequence_model_same_as_reading_the_output(model, layers, sparse, kind):
-    """Classification reads h_n, regression applies the readout time-major: both give the outputs
-    and gradients of ``readout(out[:, -1])`` / ``readout(out)`` on the module's own output."""
+    """Classification reads h_n, regression applies the readout per step on the step-major output:
+    both give the outputs and gradients of ``readout(out[:, -1])`` / ``readout(out)`` on the
+    module's own output."""
     torch.manual_seed(0)
     m = SequenceModel(model, 3, 4, 9, layers, 0.5, sparse, kind).double()
     x = torch.randn(5, 6, 3, dtype=torch.float64)
@@ -72,28 +73,41 @@ def test_output_layout_as_torch(batch_first):
     assert ours.transpose(0, 1).is_contiguous() == theirs.transpose(0, 1).is_contiguous()
 
 
+@pytest.mark.parametrize("batch_first", [False, True])
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
-def test_final_state_is_forwards_state(mode):
-    """``final_state`` (no output sequence built) gives ``forward``'s final states and gradients."""
+def test_step_major_is_forward_before_the_transposition(mode, batch_first):
+    """``step_major`` gives ``forward``'s output as (T, D*H, B) and its final states, with the same
+    gradients."""
     torch.manual_seed(0)
     cls = se.nn.SparseLSTM if mode == "LSTM" else se.nn.SparseGRU
-    m = cls(3, 6, num_layers=2, bidirectional=True, batch_first=True, density=0.5, dtype=torch.float64)
+    m = cls(3, 6, num_layers=2, bidirectional=True, batch_first=batch_first, density=0.5, dtype=torch.float64)
     x = torch.randn(4, 5, 3, dtype=torch.float64)
-    w = torch.randn(4, 4, 6, dtype=torch.float64)
+    T, B = (5, 4) if batch_first else (4, 5)
+    w_out = torch.randn(T, 12, B, dtype=torch.float64)
+    w_h = torch.randn(4, B, 6, dtype=torch.float64)
 
-    def loss_and_grads(states):
+    def run(y, states):
         h = states[0] if mode == "LSTM" else states
-        (h * w).sum().backward()
+        ((y * w_out).sum() + (h * w_h).sum()).backward()
         grads = [p.grad.clone() for p in m.parameters()]
         m.zero_grad()
-        return states, grads
+        return y.detach(), h.detach(), grads
 
-    got, g_got = loss_and_grads(m.final_state(x))
-    ref, g_ref = loss_and_grads(m(x)[1])
-    torch.testing.assert_close(got, ref, rtol=0, atol=0)
-    assert any(g.abs().sum() > 0 for g in g_got)
+    y, h, g_got = run(*m.step_major(x))
+    out, states = m(x)
+    ref_y, ref_h, g_ref = run(out.permute(1, 2, 0) if batch_first else out.permute(0, 2, 1), states)
+    torch.testing.assert_close(y, ref_y, rtol=0, atol=0)
+    torch.testing.assert_close(h, ref_h, rtol=0, atol=0)
+    assert all(g.abs().sum() > 0 for g in g_got)
     for a, b in zip(g_got, g_ref):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_step_major_refuses_packed_sequences():
+    m = se.nn.SparseGRU(3, 4, density=0.5)
+    packed = nn.utils.rnn.pack_sequence([torch.randn(3, 3), torch.randn(2, 3)])
+    with pytest.raises(TypeError, match="PackedSequence"):
+        m.step_major(packed)
 
 
 PEAK = textwrap.dedent("""

@@ -30,8 +30,10 @@ Input shapes are torch's: batched ``(T, B, I)`` (``batch_first=True``: ``(B, T, 
 unbatched ``(T, I)`` whatever ``batch_first`` says, giving ``(T, D*H)``; states are
 ``(num_layers*D, B, H)`` batched and ``(num_layers*D, H)`` unbatched, never batch-first. As
 torch's, a batch-first output is the transposed view of the time-major one (not contiguous).
-``module.final_state(input, hx)`` returns ``forward``'s final states alone, without building the
-output sequence in torch's layout (a T x B x H copy): for a model that reads only the last step.
+``module.step_major(input, hx)`` returns ``forward``'s output before its transposition to torch's
+layout, step-major ``(T, D*H, B)`` (features x batch per step, the kernels' layout), and its final
+states: a model that reads only the final states or applies its own product per step (the readout
+of ``SequenceModel``) skips a T x B x H copy forward and backward.
 
 Each layer-direction runs as one :class:`~sparse_engine.nn.recurrence.Recurrence` (see there
 for the kernel schedule).
@@ -439,11 +441,10 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
             c0 = c0.unsqueeze(1) if c0 is not None else None
         return h0, c0
 
-    def _run(self, x: torch.Tensor, h0: torch.Tensor, c0, sink, output: bool = True):
+    def _run(self, x: torch.Tensor, h0: torch.Tensor, c0, sink):
         """The whole stack on a time-major (T, B, I) ``x`` from (num_layers*D, B, H) states:
-        (output (T, B, D*H) contiguous (None unless ``output``), h_n, c_n or None), states
-        (num_layers*D, B, H) (h: P with a projection). ``sink(suffix)`` gives each
-        layer-direction's grad-factor sink."""
+        (output step-major (T, D*H, B), h_n, c_n or None), states (num_layers*D, B, H) (h: P with
+        a projection). ``sink(suffix)`` gives each layer-direction's grad-factor sink."""
         is_lstm = self.mode == "LSTM"
         T, B, _ = x.shape
         D = 2 if self.bidirectional else 1
@@ -479,10 +480,9 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
             layer_x = outs[0] if D == 1 else torch.cat(outs, 1)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_x = F.dropout(layer_x, self.dropout, training=True)
-        out = batch_rows(layer_x) if output else None  # (T, B, D*H)
         h_n = torch.stack(h_n).transpose(1, 2).contiguous()
         c_n = torch.stack(c_n).transpose(1, 2).contiguous() if is_lstm else None
-        return out, h_n, c_n
+        return layer_x, h_n, c_n
 
     # ------------------------------------------------------------- dense compute
     def _dense_now(self, ref: torch.Tensor) -> bool:
@@ -506,32 +506,36 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
         return torch.func.functional_call(module, weights, (input,) if hx is None else (input, hx))
 
     def forward(self, input, hx=None):
-        return self._forward_once(input, hx, output=True)
+        return self._forward_once(input, hx, step_major=False)
 
-    def final_state(self, input, hx=None):
-        """The final state(s) of ``forward(input, hx)`` (``h_n``, or ``(h_n, c_n)`` for an LSTM)
-        without building the output sequence in torch's layout (a T x B x D*H copy): for a model
-        that reads only the last step (``SequenceModel`` classifying). Same values and gradients."""
-        return self._forward_once(input, hx, output=False)[1]
+    def step_major(self, input, hx=None):
+        """``forward(input, hx)`` with the output step-major, ``(T, D*H, B)`` ((T, D*H, 1) for an
+        unbatched input), as the recurrence computed it, before the T x B x D*H transposition to
+        torch's layout; the states as ``forward``'s. Same values and gradients. No PackedSequence."""
+        if isinstance(input, PackedSequence):
+            raise TypeError("step_major does not take a PackedSequence; call the module")
+        return self._forward_once(input, hx, step_major=True)
 
-    def _forward_once(self, input, hx, output: bool):
+    def _forward_once(self, input, hx, step_major: bool):
         # parametrized values (weight drop, ...) are evaluated once per forward: one dropout mask
         # for every step and every length group
         if any(parametrize.is_parametrized(getattr(self, n)) for n in self._flat_weights_names):
             with parametrize.cached():
-                return self._forward(input, hx, output)
-        return self._forward(input, hx, output)
+                return self._forward(input, hx, step_major)
+        return self._forward(input, hx, step_major)
 
-    def _forward(self, input, hx, output: bool = True):
+    def _forward(self, input, hx, step_major: bool = False):
         if isinstance(input, PackedSequence):
             return self._forward_packed(input, hx)
         self._check_input(input)
         x, batched = time_major(input, self.batch_first)
         h0, c0 = self._initial_state(hx, x, batched, x.shape[1])
         if self._dense_now(x):
-            return self._forward_dense(input, hx)
-        out, h_n, c_n = self._run(x, h0, c0, self._factor_sink, output)
-        out = caller_layout(out, self.batch_first, batched) if output else None
+            out, states = self._forward_dense(input, hx)
+            return (time_major(out, self.batch_first)[0].permute(0, 2, 1) if step_major else out), states
+        out, h_n, c_n = self._run(x, h0, c0, self._factor_sink)
+        if not step_major:
+            out = caller_layout(batch_rows(out), self.batch_first, batched)
         if not batched:
             h_n = h_n.squeeze(1)
             c_n = c_n.squeeze(1) if c_n is not None else None
@@ -558,7 +562,7 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
             gi = idx.to(dev)
             y, h, c = self._run(data[p], h0[:, gi], None if c0 is None else c0[:, gi],
                                 lambda sfx, first=(i == 0): self._factor_sink(sfx, first))
-            ys.append(y.reshape(-1, y.shape[-1]))
+            ys.append(batch_rows(y).reshape(-1, y.shape[1]))
             rows.append(p.reshape(-1))
             hs.append(h)
             cs.append(c)
