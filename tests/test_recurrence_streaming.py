@@ -73,14 +73,16 @@ def test_output_layout_as_torch(batch_first):
     assert ours.transpose(0, 1).is_contiguous() == theirs.transpose(0, 1).is_contiguous()
 
 
+@pytest.mark.parametrize("compute", ["sparse", "dense"])
 @pytest.mark.parametrize("batch_first", [False, True])
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
-def test_step_major_is_forward_before_the_transposition(mode, batch_first):
+def test_step_major_is_forward_before_the_transposition(mode, batch_first, compute):
     """``step_major`` gives ``forward``'s output as (T, D*H, B) and its final states, with the same
-    gradients."""
+    gradients (also on the dense compute path)."""
     torch.manual_seed(0)
     cls = se.nn.SparseLSTM if mode == "LSTM" else se.nn.SparseGRU
-    m = cls(3, 6, num_layers=2, bidirectional=True, batch_first=batch_first, density=0.5, dtype=torch.float64)
+    m = cls(3, 6, num_layers=2, bidirectional=True, batch_first=batch_first, density=0.5, dtype=torch.float64,
+            compute=compute)
     x = torch.randn(4, 5, 3, dtype=torch.float64)
     T, B = (5, 4) if batch_first else (4, 5)
     w_out = torch.randn(T, 12, B, dtype=torch.float64)

@@ -448,7 +448,6 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
         is_lstm = self.mode == "LSTM"
         T, B, _ = x.shape
         D = 2 if self.bidirectional else 1
-        out_size = self.proj_size or self.hidden_size
         # step-major once: (T, I, B), the Recurrence's layout
         layer_x = x.permute(0, 2, 1).contiguous()
         h_n, c_n = [], []
