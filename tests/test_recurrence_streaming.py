@@ -13,9 +13,41 @@ from torch import nn
 
 import sparse_engine as se
 from sparse_engine.models import SequenceModel
+from sparse_engine.nn import recurrence
 from sparse_engine.nn.recurrence import batch_rows
 
+import test_rnn_cells
+
 ROOT = Path(__file__).resolve().parents[1]
+
+
+# The tests' sizes all fall under STACK_BYTES (one product over all T*B columns); these run the
+# per-step schedule of large runs on them.
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH", "CTRNN"])
+@pytest.mark.parametrize("kinds,reverse,fused", [
+    ("sparse-sparse", False, True), ("dense-sparse", True, True), ("sparse-dense", False, True),
+    ("sparse-sparse", True, False)])
+def test_gradcheck_recurrence_per_step(mode, reverse, kinds, fused, rng, monkeypatch):
+    monkeypatch.setattr(recurrence, "STACK_BYTES", 0)
+    test_rnn_cells.test_gradcheck_recurrence(mode, reverse, kinds, fused, rng)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])
+def test_per_step_and_stacked_agree(mode, monkeypatch):
+    """A bidirectional two-layer module (both weights sparse) gives the same outputs and
+    gradients with either schedule."""
+    results = []
+    for limit in (recurrence.STACK_BYTES, 0):
+        monkeypatch.setattr(recurrence, "STACK_BYTES", limit)
+        torch.manual_seed(0)
+        cls = {"LSTM": se.nn.SparseLSTM, "GRU": se.nn.SparseGRU, "RNN_TANH": se.nn.SparseRNN}[mode]
+        m = cls(5, 7, num_layers=2, bidirectional=True, density=0.4, dtype=torch.float64)
+        x = torch.randn(6, 3, 5, dtype=torch.float64, requires_grad=True)
+        out, _ = m(x)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out)).sum().backward()
+        results.append([out.detach(), x.grad] + [p.grad for p in m.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 def _grads(model):
