@@ -3,9 +3,11 @@ classifier/regressor that ``sparse-engine train`` trains, importable on its own 
 notebook or a script builds the same network the command line does."""
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from . import nn as snn
+from .nn.rnn import SparseRNNBase
 
 MODELS = ("lstm", "gru", "rnn", "ctrnn", "mlp")  # mlp: sparse_engine.nn.SparseMLP (SET-MLP), not a SequenceModel
 
@@ -30,5 +32,15 @@ class SequenceModel(nn.Module):
     def forward(self, x):
         if self.embed is not None:
             x = self.embed(x)
-        out, _ = self.rnn(x)
-        return self.readout(out[:, -1] if self.kind == "classify" else out)
+        if not isinstance(self.rnn, SparseRNNBase) or x.dim() != 3:  # SparseCTRNN, unbatched input
+            out, h_n = self.rnn(x)
+            return self.readout(out[:, -1] if self.kind == "classify" else out)
+        # the sparse modules' output as the recurrence computed it, step-major (T, H, B): the whole
+        # sequence is never transposed to torch's layout, forward or backward
+        y, h_n = self.rnn.step_major(x)
+        if self.kind == "classify":  # the last step's output is the last layer's final state (one direction)
+            h_n = h_n[0] if isinstance(h_n, tuple) else h_n
+            return self.readout(h_n[-1])
+        w = self.readout.weight.expand(y.shape[0], -1, -1)  # bmm, not matmul: that would transpose y
+        out = torch.baddbmm(self.readout.bias[:, None], w, y)  # (T, n_out, B), per step
+        return out.permute(2, 0, 1)  # (B, T, n_out), batch-first as the input

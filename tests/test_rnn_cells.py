@@ -152,7 +152,7 @@ def test_gradcheck_recurrence(mode, reverse, kinds, fused, rng):
     w_hh = W_hh.values.detach().clone() if sp_hh else torch.randn(G, H, generator=rng, dtype=torch.float64)
     cfg = Config(mode, H, B, T, reverse, W_ih.index if sp_ih else None, W_hh.index if sp_hh else None,
                  dt=0.2, tau=0.6, unfolds=2, fused=fused)
-    x = torch.randn(I, T * B, generator=rng, dtype=torch.float64)
+    x = torch.randn(T, I, B, generator=rng, dtype=torch.float64)
     h0 = torch.randn(H, B, generator=rng, dtype=torch.float64)
     c0 = torch.randn(H, B, generator=rng, dtype=torch.float64) if mode == "LSTM" else None
     b_ih = torch.randn(G, generator=rng, dtype=torch.float64)

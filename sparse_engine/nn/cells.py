@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..constants import GATES
-from .recurrence import Config, RecordsGradFactors, check_input_dtype, recurrence
+from .recurrence import Config, RecordsGradFactors, batch_rows, check_input_dtype, recurrence
 from .linear import fill_dense, refuse_dense_weights
 from .rnn import (EMPTY, _check_positive_int, caller_layout, check_not_packed, load_dense, make_bias, make_weight,
                   nonzero_masks, reset_weights, sparse_flags, time_major, weight_args)
@@ -84,7 +84,7 @@ class _SparseCellBase(RecordsGradFactors, nn.Module):
         if cfg_extra:
             cfg = Config(**{**cfg.__dict__, **cfg_extra})
         w_ih, w_hh = weight_args(self.weight_ih)[0], weight_args(self.weight_hh)[0]
-        _, h2, c2 = recurrence(cfg, x.t(), h.t(), c.t() if c is not None else None, w_ih, w_hh, b_ih, b_hh)
+        _, h2, c2 = recurrence(cfg, x.t()[None], h.t(), c.t() if c is not None else None, w_ih, w_hh, b_ih, b_hh)
         h2 = h2.t()
         c2 = c2.t() if self.mode == "LSTM" else None
         if not batched:
@@ -248,9 +248,9 @@ class SparseCTRNN(SparseCTRNNCell):
             check_input_dtype(hx, ref, "hx")
             h0 = (hx[0] if batched else hx[0].unsqueeze(0)).t()
         cfg = Config(**{**self._config(B).__dict__, "steps": T})
-        y, h_T, _ = recurrence(cfg, x.permute(2, 0, 1).reshape(self.input_size, T * B), h0, None,
+        y, h_T, _ = recurrence(cfg, x.permute(0, 2, 1).contiguous(), h0, None,
                                      ref, weight_args(self.weight_hh)[0], self.bias, None)
-        out = caller_layout(y.view(self.hidden_size, T, B).permute(1, 2, 0), self.batch_first, batched)
+        out = caller_layout(batch_rows(y), self.batch_first, batched)
         h_n = h_T.t().unsqueeze(0).contiguous()
         return out, (h_n if batched else h_n[:, 0])
 

@@ -1,18 +1,25 @@
 """One recurrent layer-direction over a whole sequence as a single autograd.Function.
 
-Everything here is feature-major: the input is X (I x T*B) with column t*B + b, the
-output Y (H x T*B) the same, states are (H x B). That is the layout of the sparse kernels,
-so a stacked network transposes its input once and never again.
+Everything here is step-major: the input is X (T x I x B), the output Y (T x H x B), states
+are (H x B), so every step reads and writes whole contiguous (features x batch) blocks, the
+layout of the sparse kernels; a stacked network feeds one layer's Y to the next as it is, and
+the module transposes to torch's (T, B, H) once at the end (:func:`batch_rows`).
 
-Forward:  Gx = W_ih X (+ biases): ONE product over all T*B columns; then per step one
-          recurrent product W_hh h and the gate nonlinearities, fused into one op where it has
-          a kernel (CPU: ``csrc/cpu/rnn_step_cpu.cpp``; CUDA: ``csrc/cuda/rnn_step_cuda.cu``), composed
-          from spmm + torch elementwise ops otherwise (see :func:`fused_ok`).
+Forward:  per step the input part W_ih x_t (+ biases) (one product on that step's block, used at
+          once: no T x G*H x B buffer), then the recurrent product W_hh h and the gate
+          nonlinearities, fused into one op where it has a kernel (CPU: ``csrc/cpu/rnn_step_cpu.cpp``;
+          CUDA: ``csrc/cuda/rnn_step_cuda.cu``), composed from spmm + torch elementwise ops otherwise
+          (see :func:`fused_ok`); the new state is written into Y's block.
 Backward: per step the elementwise gate gradient and one spmm_t (W_hh^T dG) for the hidden
-          gradient; at the end ONE sddmm over all T*B columns per weight (the per-step gate
-          gradients and hidden states are stacked), one spmm_t for the input gradient.
-Memory:   O(T*B*gates*H) for the saved activations plus O(nnz); nothing is O(H^2) unless the
-          user asked for a dense matrix.
+          gradient, then that step's part of each weight gradient (sddmm, or a dense product,
+          added up over the steps), of the bias gradients and of the input gradient (spmm_t):
+          no stacked gate gradients or states.
+Small runs (:data:`STACK_BYTES`: big weights, small activations) instead compute the input part
+          of all steps as one product and, in the backward, stack the per-step gate gradients and
+          states for one sddmm (or dense product) per weight over all T*B columns.
+Memory:   the saved activations are Y itself (the states are read back from it), plus LSTM's c
+          and gate activations, GRU's and CT-RNN's saved activations and CT-RNN's sub-step states:
+          O(T*B*gates*H), plus O(nnz); nothing is O(H^2) unless the user asked for a dense matrix.
 
 A weight is either sparse (its ``values`` plus the 5 index tensors of a SparseWeight) or
 dense (an ordinary (rows x cols) tensor, index ``None``); the two matrices of a layer are
@@ -80,51 +87,129 @@ def _to_cols(stacked: torch.Tensor) -> torch.Tensor:
     return stacked.permute(1, 0, 2).reshape(R, S * B)
 
 
+def batch_rows(y: torch.Tensor) -> torch.Tensor:
+    """(T, F, B) step-major -> (T, B, F) contiguous, torch's time-major layout, differentiably:
+    one 2-D transpose per step (torch's blocked transpose copy; a 3-D ``transpose(1, 2).contiguous()``
+    copies element by element, about 3x slower at hidden 100k)."""
+    return _BatchRows.apply(y)
+
+
+def _transpose_steps(a: torch.Tensor) -> torch.Tensor:
+    out = a.new_empty(a.shape[0], a.shape[2], a.shape[1])
+    for t in range(a.shape[0]):
+        out[t].copy_(a[t].t())
+    return out
+
+
+class _BatchRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y):
+        return _transpose_steps(y.contiguous())
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        return _transpose_steps(g.contiguous())
+
+
+#: Up to this size of the stacked per-step gate gradients and states (bytes), the input part and the
+#: weight gradients are one product over all T*B columns (the fast way for big weights and small
+#: activations: long rows in each dot product, the weights read once); above it they are done per
+#: step (the fast way for big activations: no T x G*H x B buffers and no layout copies). Measured
+#: (1 thread): LSTM hidden 1,500 at 33%, T=35, B=20 (17 MB) 1.95 s stacked vs 2.82 s per step; vanilla
+#: RNN hidden 100,000 at 1e-4, T=28, B=64 (0.7 GB) about 11 s stacked (with its layout copies) vs 4.4 s.
+STACK_BYTES = 128 * 2**20
+
+
+def stacks(cfg: Config, cell, ref: torch.Tensor) -> bool:
+    """Whether a run takes the stacked products (see :data:`STACK_BYTES`)."""
+    steps = cfg.steps * cell.unfolds(cfg)
+    size = (cell.gates + 1) * cfg.hidden * steps * cfg.batch * ref.element_size()
+    if not isinstance(size, int):  # symbolic sizes (torch.export, dynamic shapes): per step, no guard on them
+        return False
+    return size <= STACK_BYTES
+
+
+def _input_part(w_ih, idx_ih, x_t, bias):
+    """W_ih x_t (+ bias) of one input step (G*H x B); a dense W_ih adds the bias in its product."""
+    if idx_ih is None and bias is not None:
+        return torch.addmm(bias[:, None], w_ih, x_t)
+    g = mm(w_ih, idx_ih, x_t)
+    return g if bias is None else g.add_(bias[:, None])
+
+
+def _wgrad_into(acc, idx, g, x):
+    """acc += g x^T (at the nonzeros when sparse): one step's part of a weight gradient."""
+    if idx is None:
+        return acc.addmm_(g, x.t())
+    return acc.add_(wgrad(idx, g, x))
+
+
+class _States:
+    """The states h_0 .. h_S of one run in processing order, read from where the forward left
+    them: h_0, the output Y's blocks (the state after each input step) and, between them, a
+    CT-RNN's Euler sub-steps (``inner``: {k: h_k}). No second copy of Y is kept."""
+
+    def __init__(self, h0, y, inner: dict, order, U: int):
+        self.h0, self.y, self.inner, self.order, self.U = h0, y, inner, order, U
+
+    def __getitem__(self, k: int) -> torch.Tensor:
+        if k == 0:
+            return self.h0
+        if k % self.U:
+            return self.inner[k]
+        return self.y[self.order[k // self.U - 1]]
+
+
 class Recurrence(torch.autograd.Function):
     """(cfg, X, h0, c0, w_ih, w_hh, b_ih, b_hh) -> (Y, h_T, c_T).
 
-    X (I x T*B), h0/c0 (H x B) (c0 and c_T only for LSTM: pass None, get an empty tensor),
-    Y (H x T*B) in time order also for the reverse direction.
+    X (T x I x B), h0/c0 (H x B) (c0 and c_T only for LSTM: pass None, get an empty tensor),
+    Y (T x H x B) in time order also for the reverse direction (see the module docstring).
     """
 
     @staticmethod
     def forward(ctx, cfg: Config, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
-        cell, T, B = CELLS[cfg.mode], cfg.steps, cfg.batch
+        cell, T, B, H = CELLS[cfg.mode], cfg.steps, cfg.batch, cfg.hidden
         ctx.device_type = w_hh.device.type
-        gx = mm(w_ih, cfg.idx_ih, x)  # (G*H, T*B): one product for all steps
+        ctx.set_materialize_grads(False)  # an unused output (Y, when only h_T is read) costs nothing
         bias = None
         if b_ih is not None:
             bias = b_ih if cell.hidden_bias or b_hh is None else b_ih + b_hh
-        if bias is not None:
-            gx = gx + bias[:, None]
-        gx = gx.view(cell.gates * cfg.hidden, T, B).permute(1, 0, 2).contiguous()  # (T, G*H, B), per step
         fused = fused_ok(cfg, w_hh)
+        stacked = stacks(cfg, cell, h0)
+        if stacked:  # the input part of all steps as one product
+            gx = mm(w_ih, cfg.idx_ih, _to_cols(x))
+            if bias is not None:
+                gx = gx + bias[:, None]
+            gx = gx.view(gx.shape[0], T, B).permute(1, 0, 2).contiguous()  # (T, G*H, B)
         step, _ = cell.steps(fused)
         idx, U = cfg.idx_hh, cell.unfolds(cfg)
         tail = ((b_hh,) if cell.hidden_bias else ()) + cell.params(cfg)
         order = range(T - 1, -1, -1) if cfg.reverse else range(T)
-        hs, cs, acts = [h0], [c0], []
-        h, c = h0, c0
+        y = h0.new_empty(T, H, B)
+        inner, cs, acts = {}, [c0], []
+        h, c, k = h0, c0, 0
         for t in order:
-            g = gx[t]
-            for _ in range(U):
+            g = gx[t] if stacked else _input_part(w_ih, cfg.idx_ih, x[t], bias)
+            for u in range(U):
                 h, c, a = cell.forward_step(step, w_hh, idx, g, h, c, tail)
-                hs.append(h)
+                k += 1
+                if u < U - 1:
+                    inner[k] = h
                 if cell.cell_state:
                     cs.append(c)
                 if a is not None:
                     acts.append(a)
-        hbuf = torch.stack(hs)  # (T*U+1, H, B), processing order
-        out = hbuf[U::U]
-        if cfg.reverse:
-            out = out.flip(0)
-        y = _to_cols(out)
-        cbuf = torch.stack(cs) if cell.cell_state else None
-        abuf = torch.stack(acts) if acts else None
+            y[t] = h
         ctx.cfg = cfg
         ctx.has_bias = b_ih is not None
         ctx.fused = fused
-        ctx.save_for_backward(x, w_ih, w_hh, b_hh if cell.hidden_bias else None, hbuf, cbuf, abuf)
+        ctx.stacked = stacked
+        ctx.inner_keys = tuple(inner)
+        ctx.n_c = len(cs) if cell.cell_state else 0
+        ctx.save_for_backward(x, w_ih, w_hh, b_hh if cell.hidden_bias else None, y, h0, *inner.values(),
+                              *(cs if cell.cell_state else ()), *acts)
         c_T = c if cell.cell_state else h.new_empty(0)
         ctx.mark_non_differentiable(*(() if cell.cell_state else (c_T,)))
         return y, h, c_T
@@ -138,47 +223,69 @@ class Recurrence(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, dy, dh_T, dc_T):
+        """dy, dh_T, dc_T may be None (outputs nobody read): zeros."""
         cfg = ctx.cfg
         cell, H, B, T = CELLS[cfg.mode], cfg.hidden, cfg.batch, cfg.steps
-        x, w_ih, w_hh, b_hh, hbuf, cbuf, abuf = ctx.saved_tensors
+        x, w_ih, w_hh, b_hh, y, h0, *rest = ctx.saved_tensors
+        n_inner = len(ctx.inner_keys)
+        inner = dict(zip(ctx.inner_keys, rest[:n_inner]))
+        cs, acts = rest[n_inner:n_inner + ctx.n_c], rest[n_inner + ctx.n_c:]
         need = ctx.needs_input_grad  # (cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
         _, step_backward = cell.steps(ctx.fused)
         idx, U, params = cfg.idx_hh, cell.unfolds(cfg), cell.params(cfg)
-        bufs = {"h": hbuf, "c": cbuf, "acts": abuf}
-        dy3 = dy.view(H, T, B).permute(1, 0, 2)  # (T, H, B) view
-        dh = dh_T.clone()
-        dc = dc_T if cell.cell_state else None
-        S = T * U
-        G = cell.gates * H
-        dgh = dh.new_empty(G, S, B)  # hidden-side gate gradients, feature-major, processing order
-        # input-side gradients in time order, where they are not the hidden-side ones of the step:
-        # GRU's own, or a CT-RNN's summed over the sub-steps that share one input step
-        dgx = [None] * T if cell.input_grad or cell.continuous else None
         order = list(range(T - 1, -1, -1)) if cfg.reverse else list(range(T))
-        for s in range(S - 1, -1, -1):
-            t = order[s // U]
-            if s % U == U - 1:
-                dh = dh + dy3[t]
-            dG_x, dG, dh, dc = cell.backward_step(step_backward, w_hh, idx, cell.saved_at(s, bufs), dh, dc, params)
-            dgh[:, s] = dG
-            if dgx is not None:
-                dgx[t] = dG_x if dgx[t] is None else dgx[t] + dG_x
-        dgh_cols = dgh.view(G, S * B)  # (G*H, S*B) in processing order
-        if dgx is None:  # LSTM/RNN: the input-side gradient is the hidden-side one, per time step
-            dgx_cols = dgh.flip(1).reshape(G, S * B) if cfg.reverse else dgh_cols
+        states = _States(h0, y, inner, order, U)
+        bufs = {"h": states, "c": cs, "acts": acts}
+        dh = h0.new_zeros(H, B) if dh_T is None else dh_T
+        dc = None
+        if cell.cell_state:
+            dc = h0.new_zeros(H, B) if dc_T is None else dc_T
+        stacked = ctx.stacked or cfg.sink is not None  # growth by gradient: the whole (G, X) of each weight
+        bias_grads = ctx.has_bias and (need[6] or need[7])
+        d_x = d_w_ih = d_w_hh = d_b_ih = d_b_hh = dgx_t = dgh_s = None
+        if stacked:
+            dgx_t, dgh_s = [None] * T, [None] * (T * U)
         else:
-            dgx_cols = _to_cols(torch.stack(dgx))
-        d_x = mm_t(w_ih, cfg.idx_ih, dgx_cols) if need[1] else None
-        h_cols = _to_cols(hbuf[:-1])
-        d_w_ih = wgrad(cfg.idx_ih, dgx_cols, x) if need[4] else None
-        d_w_hh = wgrad(idx, dgh_cols, h_cols) if need[5] else None
-        if cfg.sink is not None:  # growth by gradient: dL/dW = G X^T, also at empty positions
-            cfg.sink["ih"] = (dgx_cols.detach(), x.detach())
-            cfg.sink["hh"] = (dgh_cols.detach(), h_cols.detach())
-        d_b_ih = d_b_hh = None
-        if ctx.has_bias:
-            d_b_ih = dgx_cols.sum(1) if need[6] else None
-            d_b_hh = dgh_cols.sum(1) if need[7] else None
+            d_x = torch.zeros_like(x) if need[1] else None
+            d_w_ih = torch.zeros_like(w_ih) if need[4] else None
+            d_w_hh = torch.zeros_like(w_hh) if need[5] else None
+            if bias_grads:
+                d_b_ih = h0.new_zeros(cell.gates * H)
+                d_b_hh = h0.new_zeros(cell.gates * H)
+        for s in range(T * U - 1, -1, -1):
+            t = order[s // U]
+            if s % U == U - 1 and dy is not None:
+                dh = dh + dy[t]
+            dG_x, dG, dh, dc = cell.backward_step(step_backward, w_hh, idx, cell.saved_at(s, bufs), dh, dc, params)
+            if stacked:
+                dgh_s[s] = dG
+                dgx_t[t] = dG_x if dgx_t[t] is None else dgx_t[t] + dG_x
+                continue
+            x_t = x[t]
+            if d_w_hh is not None:
+                _wgrad_into(d_w_hh, idx, dG, states[s])
+            if d_w_ih is not None:
+                _wgrad_into(d_w_ih, cfg.idx_ih, dG_x, x_t)
+            if d_x is not None:
+                d_x[t] += mm_t(w_ih, cfg.idx_ih, dG_x)
+            if bias_grads:
+                g_sum = dG.sum(1)
+                d_b_hh += g_sum
+                d_b_ih += g_sum if dG_x is dG else dG_x.sum(1)
+        if stacked:  # one product per weight over all T*B columns (dL/dW = G X^T), X in G's column order
+            g_ih, x_ih = _to_cols(torch.stack(dgx_t)), _to_cols(x)
+            g_hh, x_hh = _to_cols(torch.stack(dgh_s)), _to_cols(torch.stack([states[k] for k in range(T * U)]))
+            if need[1]:
+                d_x = mm_t(w_ih, cfg.idx_ih, g_ih).view(x.shape[1], T, B).permute(1, 0, 2).contiguous()
+            d_w_ih = wgrad(cfg.idx_ih, g_ih, x_ih) if need[4] else None
+            d_w_hh = wgrad(idx, g_hh, x_hh) if need[5] else None
+            if bias_grads:
+                d_b_ih, d_b_hh = g_ih.sum(1), g_hh.sum(1)
+            if cfg.sink is not None:
+                cfg.sink["ih"] = (g_ih.detach(), x_ih.detach())
+                cfg.sink["hh"] = (g_hh.detach(), x_hh.detach())
+        if bias_grads:
+            d_b_ih, d_b_hh = (d_b_ih if need[6] else None), (d_b_hh if need[7] else None)
         d_h0 = dh if need[2] else None
         d_c0 = dc if cell.cell_state and need[3] else None
         return None, d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_b_ih, d_b_hh
@@ -249,24 +356,22 @@ class RecordsGradFactors:
 def projected_lstm(cfg: Config, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, idx_hr):
     """An LSTM layer-direction with ``proj_size`` (torch's ``nn.LSTM(proj_size=P)``): per step
     c' = f c + i g, h' = W_hr (o tanh c'), so the recurrent product takes the P-dimensional h.
-    Feature-major like :class:`Recurrence`: x (I x T*B), h0 (P x B), c0 (H x B) ->
-    (Y (P x T*B), h_T, c_T).
+    Step-major like :class:`Recurrence`: x (T x I x B), h0 (P x B), c0 (H x B) ->
+    (Y (T x P x B), h_T, c_T).
 
     Composed from the differentiable products (``spmm``/``sddmm`` through their registered
     autograd formulas, or ``@`` for a dense matrix) and torch's elementwise ops under plain autograd:
     the fused step kernels have no projection, so this costs one sddmm per step and weight
     instead of one per sequence. Growth by gradient has no factors here (see ``SparseLSTM``)."""
-    H, T, B = cfg.hidden, cfg.steps, cfg.batch
-    gx = mm(w_ih, cfg.idx_ih, x)
-    if b_ih is not None:
-        gx = gx + (b_ih + b_hh)[:, None]
-    gx = gx.view(4 * H, T, B)
+    T = cfg.steps
+    bias = None if b_ih is None else (b_ih + b_hh)[:, None]
     h, c = h0, c0
     out = [None] * T
     for t in (range(T - 1, -1, -1) if cfg.reverse else range(T)):
-        g = gx[:, t] + mm(w_hh, cfg.idx_hh, h)
+        gx = mm(w_ih, cfg.idx_ih, x[t])
+        g = (gx if bias is None else gx + bias) + mm(w_hh, cfg.idx_hh, h)
         i, f, gg, o = g.chunk(4)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(gg)
         h = mm(w_hr, idx_hr, torch.sigmoid(o) * torch.tanh(c))
         out[t] = h
-    return torch.stack(out, 1).view(h.shape[0], T * B), h, c
+    return torch.stack(out), h, c

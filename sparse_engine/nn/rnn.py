@@ -28,7 +28,12 @@ and biases use torch's U(-1/sqrt(H), 1/sqrt(H)).
 
 Input shapes are torch's: batched ``(T, B, I)`` (``batch_first=True``: ``(B, T, I)``) or
 unbatched ``(T, I)`` whatever ``batch_first`` says, giving ``(T, D*H)``; states are
-``(num_layers*D, B, H)`` batched and ``(num_layers*D, H)`` unbatched, never batch-first.
+``(num_layers*D, B, H)`` batched and ``(num_layers*D, H)`` unbatched, never batch-first. As
+torch's, a batch-first output is the transposed view of the time-major one (not contiguous).
+``module.step_major(input, hx)`` returns ``forward``'s output before its transposition to torch's
+layout, step-major ``(T, D*H, B)`` (features x batch per step, the kernels' layout), and its final
+states: a model that reads only the final states or applies its own product per step (the readout
+of ``SequenceModel``) skips a T x B x H copy forward and backward.
 
 Each layer-direction runs as one :class:`~sparse_engine.nn.recurrence.Recurrence` (see there
 for the kernel schedule).
@@ -71,7 +76,7 @@ from .. import init as _init
 from ..constants import GATES
 from ..sparse import SparseWeight
 from .compute import check_compute, materialize, skeleton, use_dense
-from .recurrence import Config, RecordsGradFactors, check_input_dtype, projected_lstm, recurrence
+from .recurrence import Config, RecordsGradFactors, batch_rows, check_input_dtype, projected_lstm, recurrence
 from .linear import EMPTY, fill_dense, refuse_dense_weights, resolve_density
 
 __all__ = ["SparseRNN", "SparseLSTM", "SparseGRU", "SparseRNNBase"]
@@ -216,11 +221,14 @@ def time_major(input: torch.Tensor, batch_first: bool) -> tuple[torch.Tensor, bo
 
 
 def caller_layout(out: torch.Tensor, batch_first: bool, batched: bool) -> torch.Tensor:
-    """The time-major (T, B, F) output in the caller's layout, contiguous: (B, T, F) for a
-    batch-first batched input, (T, F) for an unbatched one (``batch_first`` does not apply)."""
+    """The time-major (T, B, F) output in the caller's layout, as torch's modules return it:
+    contiguous (T, B, F); for a batch-first batched input its transposed view (B, T, F) (torch's
+    ``nn.RNN(batch_first=True)`` output is not contiguous either, and a copy is a full pass over
+    the largest tensor of the step); (T, F) for an unbatched one (``batch_first`` does not apply)."""
+    out = out.contiguous()
     if not batched:
-        return out[:, 0].contiguous()
-    return (out.transpose(0, 1) if batch_first else out).contiguous()
+        return out[:, 0]
+    return out.transpose(0, 1) if batch_first else out
 
 
 def packed_positions(batch_sizes: torch.Tensor, unsorted_indices: torch.Tensor | None):
@@ -435,14 +443,13 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
 
     def _run(self, x: torch.Tensor, h0: torch.Tensor, c0, sink):
         """The whole stack on a time-major (T, B, I) ``x`` from (num_layers*D, B, H) states:
-        (output (T, B, D*H) view, h_n, c_n or None), states (num_layers*D, B, H) (h: P with a
-        projection). ``sink(suffix)`` gives each layer-direction's grad-factor sink."""
+        (output step-major (T, D*H, B), h_n, c_n or None), states (num_layers*D, B, H) (h: P with
+        a projection). ``sink(suffix)`` gives each layer-direction's grad-factor sink."""
         is_lstm = self.mode == "LSTM"
         T, B, _ = x.shape
         D = 2 if self.bidirectional else 1
-        out_size = self.proj_size or self.hidden_size
-        # feature-major once: (I, T*B), column t*B + b
-        layer_x = x.permute(2, 0, 1).reshape(self.input_size, T * B)
+        # step-major once: (T, I, B), the Recurrence's layout
+        layer_x = x.permute(0, 2, 1).contiguous()
         h_n, c_n = [], []
         for layer in range(self.num_layers):
             outs = []
@@ -469,13 +476,12 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
                 outs.append(y)
                 h_n.append(h_T)
                 c_n.append(c_T)
-            layer_x = outs[0] if D == 1 else torch.cat(outs, 0)
+            layer_x = outs[0] if D == 1 else torch.cat(outs, 1)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_x = F.dropout(layer_x, self.dropout, training=True)
-        out = layer_x.view(D * out_size, T, B).permute(1, 2, 0)
         h_n = torch.stack(h_n).transpose(1, 2).contiguous()
         c_n = torch.stack(c_n).transpose(1, 2).contiguous() if is_lstm else None
-        return out, h_n, c_n
+        return layer_x, h_n, c_n
 
     # ------------------------------------------------------------- dense compute
     def _dense_now(self, ref: torch.Tensor) -> bool:
@@ -499,23 +505,36 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
         return torch.func.functional_call(module, weights, (input,) if hx is None else (input, hx))
 
     def forward(self, input, hx=None):
+        return self._forward_once(input, hx, step_major=False)
+
+    def step_major(self, input, hx=None):
+        """``forward(input, hx)`` with the output step-major, ``(T, D*H, B)`` ((T, D*H, 1) for an
+        unbatched input), as the recurrence computed it, before the T x B x D*H transposition to
+        torch's layout; the states as ``forward``'s. Same values and gradients. No PackedSequence."""
+        if isinstance(input, PackedSequence):
+            raise TypeError("step_major does not take a PackedSequence; call the module")
+        return self._forward_once(input, hx, step_major=True)
+
+    def _forward_once(self, input, hx, step_major: bool):
         # parametrized values (weight drop, ...) are evaluated once per forward: one dropout mask
         # for every step and every length group
         if any(parametrize.is_parametrized(getattr(self, n)) for n in self._flat_weights_names):
             with parametrize.cached():
-                return self._forward(input, hx)
-        return self._forward(input, hx)
+                return self._forward(input, hx, step_major)
+        return self._forward(input, hx, step_major)
 
-    def _forward(self, input, hx):
+    def _forward(self, input, hx, step_major: bool = False):
         if isinstance(input, PackedSequence):
             return self._forward_packed(input, hx)
         self._check_input(input)
         x, batched = time_major(input, self.batch_first)
         h0, c0 = self._initial_state(hx, x, batched, x.shape[1])
         if self._dense_now(x):
-            return self._forward_dense(input, hx)
+            out, states = self._forward_dense(input, hx)
+            return (time_major(out, self.batch_first)[0].permute(0, 2, 1) if step_major else out), states
         out, h_n, c_n = self._run(x, h0, c0, self._factor_sink)
-        out = caller_layout(out, self.batch_first, batched)
+        if not step_major:
+            out = caller_layout(batch_rows(out), self.batch_first, batched)
         if not batched:
             h_n = h_n.squeeze(1)
             c_n = c_n.squeeze(1) if c_n is not None else None
@@ -542,7 +561,7 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
             gi = idx.to(dev)
             y, h, c = self._run(data[p], h0[:, gi], None if c0 is None else c0[:, gi],
                                 lambda sfx, first=(i == 0): self._factor_sink(sfx, first))
-            ys.append(y.reshape(-1, y.shape[-1]))
+            ys.append(batch_rows(y).reshape(-1, y.shape[1]))
             rows.append(p.reshape(-1))
             hs.append(h)
             cs.append(c)
