@@ -46,7 +46,7 @@ COMPUTE_CHOICES = ("auto", "sparse", "dense")
 DEFAULT_DENSE_BUDGET = 256 * 2**20
 #: ``auto``: the lowest density (nnz / dense entries over the module's sparse matrices) that goes
 #: dense, for hidden sizes up to :data:`AUTO_SMALL_HIDDEN` and above (docs/compute_paths.md)
-AUTO_MIN_DENSITY = (0.06, 0.15)
+AUTO_MIN_DENSITY = (0.03, 0.15)
 AUTO_SMALL_HIDDEN = 256
 
 #: the environment variable that sets the initial global default (read once, at import)
@@ -124,8 +124,9 @@ def use_dense(mode: str | None, weights, hidden_size: int, device_type: str = "c
 
 def auto_min_density(hidden_size: int) -> float:
     """The density from which ``compute='auto'`` goes dense. Measured (LSTM fwd+bwd, T=35, B=20,
-    one thread): the dense path wins from about 6% at hidden 200 and from about 15% at hidden
-    500 and 1,000 (the CSR kernels keep more of their rows in cache at small sizes)."""
+    one thread, quiet machine): the dense path wins from about 3% at hidden 200 and between 10%
+    and 33% at hidden 500 and 1,000 (the CSR kernels keep more of their rows in cache at small
+    sizes); docs/compute_paths.md has the table."""
     small, large = AUTO_MIN_DENSITY
     return small if hidden_size <= AUTO_SMALL_HIDDEN else large
 
