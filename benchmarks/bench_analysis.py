@@ -29,13 +29,14 @@ from sparse_engine.analysis import (DEFINITIONS, GraphCSR, nnstd, null_model_tes
 
 def graph_from_keys(n: int, key: np.ndarray, rng) -> GraphCSR:
     """CSR (post-row convention) from sorted distinct keys dst * n + src (self-loops dropped),
-    signed N(0, 1) float32 values."""
+    signed N(0, 1) float32 values (never exactly 0: the analysis drops zero weights as absent edges)."""
     d, s = np.divmod(key, n)
     keep = d != s
     d, s = d[keep], s[keep]
     row_ptr = np.zeros(n + 1, np.int64)
     np.cumsum(np.bincount(d, minlength=n), out=row_ptr[1:])
     values = rng.standard_normal(len(s), dtype=np.float32)
+    values[values == 0] = 1.0  # float32 normals can be exactly 0 (5 in 21M): a zero weight is no edge
     return GraphCSR(torch.from_numpy(row_ptr), torch.from_numpy(s.astype(np.int32)), torch.from_numpy(values))
 
 
