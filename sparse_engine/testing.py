@@ -28,6 +28,7 @@ Conventions:
 """
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import numpy as np
@@ -290,3 +291,15 @@ def references(W: SparseWeight, X: torch.Tensor | None = None, G: torch.Tensor |
     if X is not None and G is not None:
         out["sddmm"] = Reference(sddmm_reference(W, G, X), sddmm_reference(W, G, X, absolute=True), X.shape[1])
     return out
+
+
+@contextlib.contextmanager
+def num_threads(n: int):
+    """torch's intra-op threads (the kernels' OpenMP team) set to ``n`` for the block, restored
+    after: for tests that compare results on 1 and 2 threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

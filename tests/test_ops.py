@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from sparse_engine import SparseWeight, ops
-from sparse_engine.testing import AWKWARD_SHAPES, dense, power_law_weight, random_weight, references, with_layout
+from sparse_engine.testing import AWKWARD_SHAPES, dense, num_threads, power_law_weight, random_weight, references, with_layout
 
 BATCHES = [1, 3, 64, 67]
 
@@ -70,14 +70,10 @@ def test_thread_count_does_not_change_results(rng):
                       generator=rng)
     X = torch.randn(200, 33, generator=rng)
     G = torch.randn(300, 33, generator=rng)
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    with num_threads(1):
         single = (ops.spmm(W, X), ops.spmm_t(W, G), ops.sddmm(W, G, X))
-        torch.set_num_threads(max(2, before))
+    with num_threads(max(2, torch.get_num_threads())):
         multi = (ops.spmm(W, X), ops.spmm_t(W, G), ops.sddmm(W, G, X))
-    finally:
-        torch.set_num_threads(before)
     for a, b in zip(single, multi):
         assert torch.equal(a, b)  # each output element is summed in the same order
 
@@ -189,14 +185,10 @@ def test_raw_operator_checks_reach_python_as_value_and_type_errors(rng):
 def test_transpose_index_parallel_equals_serial(rng):
     """The parallel counting sort gives the same index as one thread (and as scipy's CSC)."""
     W = SparseWeight.random(3000, 2000, nnz=600_000, generator=rng)
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    with num_threads(1):
         single = torch.ops.sparse_engine.transpose_index(W.row_ptr, W.col_idx, 2000)
-        torch.set_num_threads(max(2, before))
+    with num_threads(max(2, torch.get_num_threads())):
         multi = torch.ops.sparse_engine.transpose_index(W.row_ptr, W.col_idx, 2000)
-    finally:
-        torch.set_num_threads(before)
     for a, b in zip(single, multi):
         assert torch.equal(a, b)
     csc = W.to_scipy().tocsc()

@@ -10,7 +10,6 @@ everything needed to replay it); hypothesis itself picks its seed.
 """
 from __future__ import annotations
 
-import contextlib
 import decimal
 import tempfile
 from pathlib import Path
@@ -28,7 +27,7 @@ from sparse_engine import SparseWeight, ops
 from sparse_engine.checkpoint import load_checkpoint, save_checkpoint
 from sparse_engine.kernels import topology_cuda
 from sparse_engine.nn.cell_table import CELLS
-from sparse_engine.testing import LAYOUTS, copy_weight, random_weight, references, with_layout
+from sparse_engine.testing import LAYOUTS, copy_weight, num_threads, random_weight, references, with_layout
 from sparse_engine.training import topology
 
 _ops = torch.ops.sparse_engine
@@ -41,16 +40,6 @@ def budget(share: float = 1.0, **kw) -> settings:
     """``share`` of the profile's examples for one test (at least 5)."""
     return settings(max_examples=max(5, int(EXAMPLES * share)), **kw)
 
-
-@contextlib.contextmanager
-def num_threads(n: int):
-    """torch's intra-op threads (the kernels' OpenMP team) set to ``n``, restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # ------------------------------------------------------------------------------ strategies

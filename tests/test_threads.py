@@ -5,26 +5,16 @@ threads wait passively (sparse_engine/threads.py)."""
 import os
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 
 from sparse_engine import SparseWeight, ops
-from sparse_engine.testing import random_weight
+from sparse_engine.testing import num_threads, random_weight
 
 _ops = torch.ops.sparse_engine
 
-
-@contextmanager
-def num_threads(n: int):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def same_on_1_and_2_threads(fn):
