@@ -1,23 +1,17 @@
 """examples/balance_at_scale.py at a small size: both runs at both sizes, the records, table and
 figures it writes agree, the models learn; and its --estimate mode."""
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
+from _paths import load_example
 
 pytest.importorskip("matplotlib")
 
 from sparse_engine.analysis import read_record  # noqa: E402
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "balance_at_scale.py"
-
 
 def load():
-    spec = importlib.util.spec_from_file_location("balance_at_scale", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("balance_at_scale")
 
 
 ARGS = ["--task", "mackey-glass", "--hidden", "200", "--density", "0.02", "--paper-hidden", "30", "--epochs", "2",

@@ -1,18 +1,11 @@
 """examples/selfish_ptb.py: the reduced-budget recipes run on the shipped tiny corpus, learn
 (and do not with lr 0), print the published number beside ours, and refuse a bad --data-dir."""
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "selfish_ptb.py"
+from _paths import load_example
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("selfish_ptb", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example("selfish_ptb")
 
 
 def test_rhn_budget_learns_and_prints_the_published_number(capsys):
