@@ -28,6 +28,7 @@ from torch import nn
 from .. import init as _init
 from .. import ops
 from ..sparse import SparseWeight
+from .functional import check_dropout
 from .linear import EMPTY, SparseLinear
 
 #: SET-MLP's value scale: N(0, 0.1^2) weights (randn/10 in the scipy code)
@@ -103,9 +104,8 @@ class SparseMLP(nn.Module):
         sizes = tuple(sizes)
         if len(sizes) < 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
             raise ValueError(f"sizes must be at least two positive ints (inputs, ..., outputs), got {sizes!r}")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
-        self.sizes, self.epsilon, self.dropout, self.faithful = sizes, float(epsilon), float(dropout), bool(faithful)
+        self.dropout = check_dropout("dropout", dropout)
+        self.sizes, self.epsilon, self.faithful = sizes, float(epsilon), bool(faithful)
         layers = []
         for n_in, n_out in zip(sizes[:-1], sizes[1:]):
             layer = SparseLinear(n_in, n_out, density=EMPTY, dtype=dtype)

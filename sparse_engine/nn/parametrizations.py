@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..sparse import SparseWeight
+from .functional import check_dropout
 
 __all__ = ["WeightDrop", "SparseWeightNorm", "weight_drop", "sparse_weight_norm", "unparametrized"]
 
@@ -45,9 +46,7 @@ class WeightDrop(nn.Module):
 
     def __init__(self, p: float = 0.5):
         super().__init__()
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
-            raise ValueError(f"p must be a number in [0, 1), got {p!r}")
-        self.p = float(p)
+        self.p = check_dropout("p", p)
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:
         return F.dropout(values, self.p, self.training)
