@@ -14,13 +14,16 @@ MODELS = ("lstm", "gru", "rnn", "ctrnn", "mlp")  # mlp: sparse_engine.nn.SparseM
 
 class SequenceModel(nn.Module):
     """[embedding] -> sparse recurrent layer(s) -> dense readout (as Zhang et al.: only the
-    recurrent part is sparse by default). Classification reads the last step; regression
-    predicts every step."""
+    recurrent part is sparse by default). ``readout``: "last" reads the last step (B, n_out),
+    "steps" every step (B, T, n_out); None: "last" for classification, "steps" for regression."""
 
     def __init__(self, model: str, n_in: int, n_out: int, hidden: int, layers: int, density: float,
-                 sparse: str, kind: str, vocab: int | None = None):
+                 sparse: str, kind: str, vocab: int | None = None, readout: str | None = None):
         super().__init__()
+        if readout not in (None, "last", "steps"):
+            raise ValueError(f"readout must be 'last' or 'steps', got {readout!r}")
         self.kind = kind
+        self.readout_mode = readout or ("last" if kind == "classify" else "steps")
         self.embed = nn.Embedding(vocab, n_in, padding_idx=0) if vocab else None
         if model == "ctrnn":
             self.rnn = snn.SparseCTRNN(n_in, hidden, density=density, sparse=sparse, batch_first=True)
@@ -34,11 +37,11 @@ class SequenceModel(nn.Module):
             x = self.embed(x)
         if not isinstance(self.rnn, SparseRNNBase) or x.dim() != 3:  # SparseCTRNN, unbatched input
             out, h_n = self.rnn(x)
-            return self.readout(out[:, -1] if self.kind == "classify" else out)
+            return self.readout(out[..., -1, :] if self.readout_mode == "last" else out)
         # the sparse modules' output as the recurrence computed it, step-major (T, H, B): the whole
         # sequence is never transposed to torch's layout, forward or backward
         y, h_n = self.rnn.step_major(x)
-        if self.kind == "classify":  # the last step's output is the last layer's final state (one direction)
+        if self.readout_mode == "last":  # the last step's output is the last layer's final state (one direction)
             h_n = h_n[0] if isinstance(h_n, tuple) else h_n
             return self.readout(h_n[-1])
         w = self.readout.weight.expand(y.shape[0], -1, -1)  # bmm, not matmul: that would transpose y

@@ -85,12 +85,15 @@ class TrainProgress:
     far, :meth:`after_step` after every training step (a checkpoint every ``checkpoint_every``
     steps) and :meth:`end_epoch` with the epoch's metrics (a checkpoint)."""
 
-    def __init__(self, cfg, model, optimizer, controller, recorder, device, n_train: int):
+    def __init__(self, cfg, model, optimizer, controller, recorder, device, n_train: int, *, shuffle: bool = True,
+                 drop_last: bool = False):
         self.cfg, self.model, self.optimizer = cfg, model, optimizer
         self.controller, self.recorder, self.device = controller, recorder, device
         # TrainConfig has checked checkpoint_every (an int >= 0, with save or resume to write to)
         self.n_train, self.every = n_train, cfg.checkpoint_every
-        self.batches = -(-n_train // cfg.batch_size)
+        # shuffle False: every epoch in the stored order; drop_last: the last partial batch skipped
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.batches = n_train // cfg.batch_size if drop_last else -(-n_train // cfg.batch_size)
         self.epoch, self.batch, self.steps = 0, 0, 0
         self.perm: torch.Tensor | None = None
         self.running = 0.0
@@ -104,7 +107,8 @@ class TrainProgress:
         if epoch != self.epoch + 1:
             raise RuntimeError(f"epoch {epoch} follows epoch {self.epoch}")
         if self.perm is None:
-            self.perm, self.batch, self.running = torch.randperm(self.n_train), 0, 0.0
+            perm = torch.randperm(self.n_train) if self.shuffle else torch.arange(self.n_train)
+            self.perm, self.batch, self.running = perm[:self.batches * self.cfg.batch_size], 0, 0.0
         return list(self.perm.split(self.cfg.batch_size))[self.batch:], self.running
 
     def after_step(self, running: float) -> None:
@@ -182,13 +186,15 @@ class TrainProgress:
         set_rng_state(state["rng"], self.device)  # last: building the run has drawn from the generators
 
     @classmethod
-    def start(cls, cfg, model, optimizer, controller, recorder, device, n_train: int) -> "TrainProgress":
+    def start(cls, cfg, model, optimizer, controller, recorder, device, n_train: int, *, shuffle: bool = True,
+              drop_last: bool = False) -> "TrainProgress":
         """A new run's progress, or with ``cfg.resume`` the saved run's; checkpoints go to
         ``cfg.save`` (``cfg.resume`` when no --save is given)."""
         resume = getattr(cfg, "resume", None)
         if resume and not cfg.save:
             cfg = replace(cfg, save=resume)
-        progress = cls(cfg, model, optimizer, controller, recorder, device, n_train)
+        progress = cls(cfg, model, optimizer, controller, recorder, device, n_train, shuffle=shuffle,
+                       drop_last=drop_last)
         if resume:
             progress.restore(resume)
         return progress

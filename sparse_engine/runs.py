@@ -308,8 +308,17 @@ class TrainResult:
         return self.history[-1]
 
 
+def sequence_loss(out, target):
+    """Cross-entropy of class scores ``out`` (B, C), or (B, T, C) against a target per step
+    (B, T): then the mean over every step of every sequence, as Zhang et al.'s Gesture cost."""
+    if out.dim() == 3:
+        return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), target.reshape(-1))
+    return nn.functional.cross_entropy(out, target)
+
+
 def evaluate(model, X, y, kind, batch=256, device="cpu"):
-    """(mean loss, accuracy) of ``model`` on (X, y); accuracy is nan for ``kind='regress'``."""
+    """(mean loss, accuracy) of ``model`` on (X, y); accuracy is nan for ``kind='regress'``.
+    With a class target per step (y (N, T)) both are means over all N*T steps."""
     model.eval()
     total, correct, n = 0.0, 0, 0
     with torch.no_grad():
@@ -320,6 +329,8 @@ def evaluate(model, X, y, kind, batch=256, device="cpu"):
                 total += model.loss(out, t).item() * len(t)
                 correct += (out.argmax(1) == t).sum().item()
             elif kind == "classify":
+                if out.dim() == 3:  # a class per step: every step counts as one example
+                    out, t = out.reshape(-1, out.shape[-1]), t.reshape(-1)
                 total += nn.functional.cross_entropy(out, t, reduction="sum").item()
                 correct += (out.argmax(1) == t).sum().item()
             else:
@@ -412,7 +423,9 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
     torch.manual_seed(cfg.seed)
     (Xtr, ytr), (Xte, yte), meta = load_task(cfg.task, cfg.data, cfg.seed, label_column=cfg.label_column,
                                              variant=recipe.variant if recipe is not None else None)
-    batches = math.ceil(len(Xtr) / cfg.batch_size)
+    # the paper's code skips an epoch's last partial batch where meta says so (Zhang et al.'s Gesture)
+    batches = len(Xtr) // cfg.batch_size if meta.get("drop_last") else math.ceil(len(Xtr) / cfg.batch_size)
+    trained = min(len(Xtr), batches * cfg.batch_size)  # the examples an epoch trains on
     callbacks = []
     recorder = None
     if cfg.model == "mlp":  # SET-MLP: SGD with decay outside the momentum, SET after each epoch but the last
@@ -428,9 +441,9 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
         loss_fn = model.loss
     else:
         model = SequenceModel(cfg.model, meta["n_in"], meta["n_out"], cfg.hidden, cfg.layers, cfg.density,
-                              cfg.sparse, meta["kind"], meta.get("vocab"))
+                              cfg.sparse, meta["kind"], meta.get("vocab"), readout=meta.get("readout"))
         if recipe is not None and recipe.zhang_init:
-            zhang_init(model, cfg.seed)
+            zhang_init(model, cfg.seed, **recipe.init)
         model = model.to(device)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         if cfg.record_balance:  # after each topology update and at each epoch's end (analysis/record.py)
@@ -442,9 +455,10 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
             ctl = make_recipe_controller(recipe, model, opt, batches, cfg.epochs, cfg.seed, callbacks)
         else:
             ctl = make_controller(cfg.algorithm, model, opt, cfg.epochs * batches, cfg.seed, callbacks)
-        loss_fn = nn.functional.cross_entropy if meta["kind"] == "classify" else nn.functional.mse_loss
+        loss_fn = sequence_loss if meta["kind"] == "classify" else nn.functional.mse_loss
     console = Console()
-    progress = TrainProgress.start(cfg, model, opt, ctl, recorder, device, len(Xtr))  # restores with --resume
+    progress = TrainProgress.start(cfg, model, opt, ctl, recorder, device, len(Xtr),  # restores with --resume
+                                   shuffle=meta.get("shuffle", True), drop_last=meta.get("drop_last", False))
     history = progress.history
     if not cfg.quiet:
         title = f"sparse {cfg.model.upper()} on {cfg.task} ({cfg.recipe or cfg.algorithm}, {device})"
@@ -484,12 +498,14 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
                                            batch=cfg.batch_size if cfg.model == "mlp" else 256, device=device)
         if ctl is not None:
             ctl.end_epoch(val_loss=test_loss) if cfg.algorithm == "selfish" else ctl.end_epoch()
+        if recipe is not None and recipe.fresh_optimizer(epoch, cfg.epochs):
+            opt.state.clear()  # the code builds a new Adam (moments and step count from zero) for the next epoch
         if recorder is not None:
             recorder.end_epoch(epoch * batches, recurrent_weights(model), epoch)
         weights = sparse_weights(model).values()
         nnz = sum(w.nnz for w in weights)
         size = sum(w.shape[0] * w.shape[1] for w in weights)
-        row = dict(epoch=epoch, train_loss=running / len(Xtr), test_loss=test_loss, test_acc=test_acc, nnz=nnz,
+        row = dict(epoch=epoch, train_loss=running / trained, test_loss=test_loss, test_acc=test_acc, nnz=nnz,
                    density=nnz / size)
         progress.end_epoch(row)  # appends to history; the checkpoint at every epoch end
         if not cfg.quiet:
@@ -711,7 +727,7 @@ def lesion_curves(cfg, m, console) -> dict:
     _, (Xte, yte), meta = load_task(args["task"], args["data"], args["seed"], label_column=args.get("label_column"),
                                     variant=recipe.variant if recipe is not None else None)
     model = SequenceModel(args["model"], meta["n_in"], meta["n_out"], args["hidden"], args["layers"], args["density"],
-                          args["sparse"], meta["kind"], meta.get("vocab"))
+                          args["sparse"], meta["kind"], meta.get("vocab"), readout=meta.get("readout"))
     model.load_state_dict(payload["model"])
     W = model.get_submodule(m.key) if isinstance(m.matrix, SparseWeight) else None
     if not isinstance(W, SparseWeight) or len(m.gates) != 1:

@@ -40,7 +40,20 @@ def task_data_problem(task: str, data) -> str | None:
 # Zhang et al.'s SMS preprocessing (their data/SMS_preprocess.py): punctuation, underscores and
 # digits removed, lower case, the first 25 words, words seen at least 10 times, zero-padded after.
 ZHANG_SMS = dict(length=25, min_count=10, clean=True, pad="post")
-VARIANTS = {"sms": {"zhang": ZHANG_SMS}}
+# Zhang et al.'s Gesture pipeline (their data/Gesture_preprocess.py, after the LTC paper's): the seven
+# recordings in this order, each cut into 32-frame sequences plus the sequences half-way between
+# them, labelled at every frame; features standardised over all those frames; one fixed permutation
+# (numpy RandomState(23489)) holds out 10% for validation and the next 15% for testing.
+ZHANG_GESTURE = dict(files=("a3_va3.csv", "b1_va3.csv", "b3_va3.csv", "c1_va3.csv", "c3_va3.csv", "a2_va3.csv",
+                            "a1_va3.csv"), length=32, split_seed=23489, valid=0.1, test=0.15)
+# Zhang et al.'s Mackey-Glass pipeline (Mackey_Glass/MG_*.py and data/MG_preprocess.py): the first 80% of
+# the series trains, the last 20% tests, no normalisation; the training part is cut into 12 rows
+# (the batch), each into 500-step inputs followed by the 50 values to predict from the last state;
+# one batch is the 12 rows at one offset, in order; the code's "epoch" is 10 passes over them.
+# The test part is one row (batch 1) cut the same way.
+ZHANG_MACKEY_GLASS = dict(rows=12, input_width=500, label_width=50, passes=10, train=0.8)
+VARIANTS = {"sms": {"zhang": ZHANG_SMS}, "gesture": {"zhang": ZHANG_GESTURE},
+            "mackey-glass": {"zhang": ZHANG_MACKEY_GLASS}}
 
 
 def load_task(task: str, data: str | None, seed: int, *, label_column: str | None = None,
@@ -49,7 +62,8 @@ def load_task(task: str, data: str | None, seed: int, *, label_column: str | Non
     token ids; meta holds n_in, n_out, kind ('classify' or 'regress') and vocab size.
     Task ``table`` (a feature matrix, for --model mlp: inputs (N, F), standardised with the
     training split's mean and deviation) reads its labels from the column ``label_column``.
-    ``variant``: a paper's preprocessing of the task (:data:`VARIANTS`: "zhang" for sms).
+    ``variant``: a paper's preprocessing of the task (:data:`VARIANTS`: "zhang" for sms, gesture
+    and mackey-glass).
     ValueError for an unknown task or variant or a missing ``data``; the readers' errors for bad files."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
@@ -78,6 +92,11 @@ def load_task(task: str, data: str | None, seed: int, *, label_column: str | Non
         texts, y = load_sms_spam(data)
         X, vocab = _word_ids(texts, **(VARIANTS["sms"][variant] if variant else dict(length=40)))
         meta = dict(n_in=50, n_out=2, kind="classify", vocab=vocab)
+    elif task == "gesture" and variant == "zhang":
+        return _zhang_gesture(data, **ZHANG_GESTURE)
+    elif task == "mackey-glass" and variant == "zhang":
+        # without a file: a generated series as long as MackeyGlass_t17.txt (50,000 values)
+        return _zhang_mackey_glass(load_series(data) if data else mackey_glass(50000), **ZHANG_MACKEY_GLASS)
     elif task == "gesture":
         recordings = load_gesture(data)
         meta = dict(n_in=recordings[0][0].shape[1], n_out=len(GESTURE_PHASES), kind="classify")
@@ -104,6 +123,61 @@ def load_task(task: str, data: str | None, seed: int, *, label_column: str | Non
         mean, std = X[tr].mean(0), X[tr].std(0).clamp_min(1e-6)
         X = (X - mean) / std
     return (X[tr], y[tr]), (X[te], y[te]), meta
+
+
+def _zhang_gesture(data, files, length: int, split_seed: int, valid: float, test: float):
+    """Zhang et al.'s Gesture split (:data:`ZHANG_GESTURE`): (train, test, meta), inputs (N, 32, 32),
+    targets (N, 32) a phase per frame; the validation part is left out (the code only reports it)."""
+    import numpy as np
+    from pathlib import Path
+
+    d = Path(data)
+    if not d.is_dir():
+        raise ValueError(f"data: the zhang gesture split needs the directory holding {', '.join(files)}; "
+                         f"got {str(data)!r}")
+    missing = [f for f in files if not (d / f).is_file()]
+    if missing:
+        raise ValueError(f"data: {d} lacks {', '.join(missing)} (the zhang gesture split reads {', '.join(files)})")
+    xs, ys = [], []
+    for name in files:
+        (feats, phases), = load_gesture(d / name)
+        count = len(feats) // length
+        for s in range(count):  # a sequence, then (but after the last) the one half a sequence later
+            for start in ((s * length, s * length + length // 2) if s < count - 1 else (s * length,)):
+                xs.append(feats[start:start + length])
+                ys.append(phases[start:start + length])
+    X, y = torch.stack(xs).double(), torch.stack(ys)
+    flat = X.reshape(-1, X.shape[-1])
+    X = ((X - flat.mean(0)) / flat.std(0, unbiased=False)).float()  # numpy's std: the population one
+    perm = torch.from_numpy(np.random.RandomState(split_seed).permutation(len(X)))
+    n_valid, n_test = int(valid * len(X)), int(test * len(X))
+    te, tr = perm[n_valid:n_valid + n_test], perm[n_valid + n_test:]
+    meta = dict(n_in=X.shape[-1], n_out=len(GESTURE_PHASES), kind="classify", readout="steps", drop_last=True)
+    return (X[tr], y[tr]), (X[te], y[te]), meta
+
+
+def _zhang_mackey_glass(series, rows: int, input_width: int, label_width: int, passes: int, train: float):
+    """Zhang et al.'s Mackey-Glass windows (:data:`ZHANG_MACKEY_GLASS`): (train, test, meta), inputs
+    (N, 500, 1), targets (N, 50); the training windows ordered as the code's batches (batch b of a pass
+    is the ``rows`` rows at offset b) and repeated ``passes`` times, so that one epoch is the code's."""
+    series = series.float().reshape(-1)
+    cut = int(len(series) * train)
+
+    def windows(part, n_rows):
+        row_len = len(part) // n_rows
+        per_row = (row_len - label_width) // input_width
+        if per_row <= 0:
+            raise ValueError(f"series of {len(series)} values is too short for the zhang mackey-glass windows "
+                             f"({n_rows} rows of {input_width} + {label_width} values)")
+        grid = part[:n_rows * row_len].reshape(n_rows, row_len)
+        x = [grid[:, i * input_width:(i + 1) * input_width] for i in range(per_row)]
+        t = [grid[:, (i + 1) * input_width:(i + 1) * input_width + label_width] for i in range(per_row)]
+        return torch.cat(x).unsqueeze(-1), torch.cat(t)  # offset-major: the rows of offset 0, then 1, ...
+
+    Xtr, ytr = windows(series[:cut], rows)
+    Xte, yte = windows(series[cut:], 1)
+    meta = dict(n_in=1, n_out=label_width, kind="regress", readout="last", shuffle=False)
+    return (Xtr.repeat(passes, 1, 1), ytr.repeat(passes, 1)), (Xte, yte), meta
 
 
 def _has_mnist_train(directory) -> bool:

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -53,7 +53,9 @@ class Recipe:
     gradients clipped to [-c, c] before each step. ``variant``: the paper's preprocessing of
     the task (:data:`~sparse_engine.data.tasks.VARIANTS`), where we have it. ``published``:
     (metric, value or None, where it comes from). ``zhang_init``: the model's weights are
-    drawn as Zhang et al.'s (:func:`zhang_init`)."""
+    drawn as Zhang et al.'s (:func:`zhang_init`, with the keyword arguments ``init``).
+    ``fresh_adam``: the 1-based epochs after which the code starts a new Adam (it rebuilds its
+    graph from the weights): ``"all"``, a (first, last) range, or None (never)."""
     name: str
     source: str
     train: dict
@@ -64,6 +66,19 @@ class Recipe:
     published: tuple = ("test_acc", None, "")
     notes: str = ""
     zhang_init: bool = True
+    init: dict = field(default_factory=dict)
+    fresh_adam: object = None
+
+    def fresh_optimizer(self, epoch: int, epochs: int) -> bool:
+        """Whether the optimizer starts afresh after ``epoch`` (1-based) of a run of ``epochs``;
+        a shorter run than the recipe's scales the range with its schedule."""
+        if self.fresh_adam is None or epoch >= epochs:
+            return False
+        if self.fresh_adam == "all":
+            return True
+        first, last = self.fresh_adam
+        scale = epochs / self.train["epochs"]
+        return round(first * scale) <= epoch <= round(last * scale)
 
 
 # Zhang et al. 2023 ("Universal structural patterns in sparse recurrent neural networks"): a vanilla
@@ -88,11 +103,19 @@ _ZHANG_TASKS = {
                   why_epochs="201 'epochs' of 50 batches of 128 = 10,050 steps: 21 passes over MNIST's 60,000"),
     "sms": dict(hidden=100, batch_size=128, lr=(5e-4, 5e-4), epochs=101, unit=None, schedule="cubic", zeta=0.1,
                 deepr=(1e-5, 1e-6), clip=None, script="SMS/SMS_{}.py", why_epochs="n_epochs 101"),
+    # Gesture and Mackey-Glass follow their scripts' whole pipeline: the data variant "zhang", input
+    # weights N(0, 1) (not over fan-in), zero recurrent bias, the readout's init, gradients clipped to
+    # [-1, 1], a new Adam whenever the code rebuilds its graph, and the schedule in the code's epochs
+    # (``units``: the first and last update as the code counts them, see make_recipe_controller)
     "gesture": dict(hidden=128, batch_size=32, lr=(5e-3, 1e-2), epochs=201, unit=None, schedule="cubic", zeta=0.1,
-                    deepr=(1e-3, 1e-3), clip=1.0, script="Gesture/Gesture_{}.py", why_epochs="training_iters 201"),
+                    deepr=(1e-3, 1e-3), clip=1.0, script="Gesture/Gesture_{}.py", why_epochs="training_iters 201",
+                    variant="zhang", init=dict(input_scale="one", readout="normal", zero_bias=True),
+                    units=dict(start=6, end=101), fresh_prune=(7, 100)),
     "mackey-glass": dict(hidden=128, batch_size=12, lr=(1e-3, 2e-3), epochs=101, unit=None, schedule="narang",
-                         zeta=0.2, deepr=(1e-5, 1e-5), clip=None, script="Mackey_Glass/MG_{}.py",
-                         why_epochs="n_epochs 101 (each of 10 passes over its series)"),
+                         zeta=0.2, deepr=(1e-5, 1e-5), clip=1.0, script="Mackey_Glass/MG_{}.py",
+                         why_epochs="n_epochs 101, each 10 passes of 6 batches over its 72 windows",
+                         variant="zhang", init=dict(input_scale="one", readout="glorot", zero_bias=True),
+                         units=dict(start=2, ramp=26, end=51), fresh_prune=(3, 50)),
 }
 
 
@@ -114,10 +137,14 @@ def _zhang_recipes() -> dict:
                 train = dict(base, density=0.05, algorithm="deepr", lr=s["lr"][1])
                 ctl = dict(kind="deepr", l1=s["deepr"][0], noise=s["deepr"][1])
             name = f"zhang-{task}-{kind}"
+            if "units" in s and kind == "prune":
+                ctl["units"] = s["units"]
+            fresh = None if "variant" not in s else ("all" if kind != "prune" else s["fresh_prune"])
             out[name] = Recipe(name=name, source=f"Zhang et al. 2023; {ZHANG_CODE} {script}", train=train,
                                controller=ctl, unit=s["unit"], clip_value=s["clip"],
-                               variant="zhang" if task == "sms" else None,
-                               published=(metric, None, _PUBLISHED_NOTE), notes=s["why_epochs"])
+                               variant="zhang" if task == "sms" else s.get("variant"),
+                               published=(metric, None, _PUBLISHED_NOTE), notes=s["why_epochs"],
+                               init=s.get("init", {}), fresh_adam=fresh)
     return out
 
 
@@ -143,6 +170,23 @@ def make_recipe_controller(recipe: Recipe, model, opt, batches: int, epochs: int
     unit = recipe.unit or batches
     units = max(2, (epochs * batches) // unit)
     c = recipe.controller
+    if c["kind"] == "gmp" and "units" in c:
+        # the code's own epochs (Gesture, Mackey-Glass): it prunes after its 0-based epoch e with the
+        # iteration count e * freq, so its update after our epoch k is our schedule's at k - 1; the
+        # start, ramp and end given are ours (a shorter run scales them)
+        u = c["units"]
+        scale = units / recipe.train["epochs"] if recipe.unit is None else 1.0
+        at = {k: max(1, round(v * scale)) for k, v in u.items()}
+        at["end"] = max(at["end"], at.get("ramp", at["start"]) + 1, at["start"] + 1)
+        if c["schedule"] == "narang":
+            at["ramp"] = min(max(at["ramp"], at["start"] + 1), at["end"])
+            return GradualMagnitudePruning(model, opt, final_density=c["final_density"], schedule="narang",
+                                           start_step=at["start"] * unit, ramp_step=at["ramp"] * unit,
+                                           end_step=at["end"] * unit, frequency=unit, requantile=True, seed=seed,
+                                           callbacks=callbacks)
+        return GradualMagnitudePruning(model, opt, final_density=c["final_density"], schedule="cubic",
+                                       initial_density=1.0, start_step=at["start"] * unit,
+                                       end_step=at["end"] * unit, frequency=unit, seed=seed, callbacks=callbacks)
     if c["kind"] == "gmp":
         if c["schedule"] == "narang":
             return GradualMagnitudePruning(model, opt, final_density=c["final_density"], schedule="narang",
@@ -162,14 +206,33 @@ def make_recipe_controller(recipe: Recipe, model, opt, batches: int, epochs: int
 
 
 @torch.no_grad()
-def zhang_init(model, seed: int) -> None:
-    """Zhang et al.'s initial weights: W_in ~ N(0, 1/n_in), W_rec ~ N(0, 1/n_hidden) at its
-    stored positions (a 0.05-density W_rec is not rescaled, as in their code)."""
+def zhang_init(model, seed: int, *, input_scale: str = "fan_in", readout: str | None = None,
+               zero_bias: bool = False) -> None:
+    """Zhang et al.'s initial weights: W_rec ~ N(0, 1/n_hidden) at its stored positions (a
+    0.05-density W_rec is not rescaled, as in their code); W_in ~ N(0, 1/n_in)
+    (``input_scale="fan_in"``: their MNIST and SMS scripts) or N(0, 1) (``"one"``: Gesture,
+    Mackey-Glass). ``readout``: None keeps the model's; "normal" N(0, 1) (their Gesture net's
+    tf.random_normal_initializer), "glorot" Glorot-uniform (their Mackey-Glass net); its bias 0.
+    ``zero_bias``: the recurrent bias 0 (their cell's zeros initializer)."""
+    if input_scale not in ("fan_in", "one") or readout not in (None, "normal", "glorot"):
+        raise ValueError(f"input_scale must be 'fan_in' or 'one' and readout None, 'normal' or 'glorot'; got "
+                         f"{input_scale!r}, {readout!r}")
     g = torch.Generator().manual_seed(int(seed) + 1000)
     rnn = model.rnn
     for name, p in rnn.named_parameters():
         if name.startswith("bias"):
+            if zero_bias:
+                p.zero_()
             continue
         fan_in = rnn.input_size if "ih" in name else rnn.hidden_size
+        if "ih" in name and input_scale == "one":
+            fan_in = 1
         # a sparse weight's values Parameter, or a dense matrix: the same draw per stored entry
         p.copy_((torch.randn(p.shape, generator=g) / math.sqrt(fan_in)).to(p.dtype))
+    if readout is not None:
+        w = model.readout.weight
+        if readout == "normal":
+            w.copy_(torch.randn(w.shape, generator=g))
+        else:
+            torch.nn.init.xavier_uniform_(w, generator=g)
+        model.readout.bias.zero_()
