@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.func import functional_call
 
 import sparse_engine as se
 from sparse_engine import SparseWeight
@@ -164,3 +165,19 @@ def test_state_dict_and_checkpoint_round_trip_after_rewiring(tmp_path):
     a.eval(), b.eval()
     torch.testing.assert_close(a(tokens)[0], b(tokens)[0], rtol=0, atol=0)
     assert b.decoder_weight is b.embedding.weight
+
+
+@pytest.mark.parametrize("model,kw", [("lstm", {}), ("rhn", {"depth": 2}), ("onlstm", {"chunk_size": 2})])
+def test_language_model_gradcheck(model, kw, rng):
+    """The whole model (sparse embedding lookup, recurrent layer, sparse decoder) passes gradcheck
+    in float64 with respect to every sparse weight's stored values and the decoder bias."""
+    torch.manual_seed(5)
+    m = se.nn.SparseLanguageModel(9, 4, 4, num_layers=1, model=model, density=0.5, dtype=torch.float64, **kw).eval()
+    tokens = torch.randint(0, 9, (3, 2), generator=rng)
+    names = [n for n, _ in m.named_parameters() if n.endswith(".values")] + ["decoder_bias"]
+    params = [dict(m.named_parameters())[n].detach().clone().requires_grad_(True) for n in names]
+    assert len(names) >= 4  # embedding, the layer's matrices, decoder
+
+    def f(*p):
+        return functional_call(m, dict(zip(names, p)), (tokens,))[0]
+    assert torch.autograd.gradcheck(f, tuple(params))

@@ -117,6 +117,19 @@ def test_shapes_and_state_dict(rng):
     torch.testing.assert_close(b(x)[0], y, rtol=0, atol=0)
 
 
+def test_checkpoint_round_trip(tmp_path, rng):
+    from sparse_engine.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(4)
+    a = se.nn.SparseODERNN(3, 5, density=0.4, dtype=torch.float64)
+    b = se.nn.SparseODERNN(3, 5, density=0.4, dtype=torch.float64)
+    x = torch.randn(4, 2, 3, generator=rng, dtype=torch.float64)
+    assert not torch.allclose(a(x)[0], b(x)[0])
+    save_checkpoint(tmp_path / "ode.pt", a)
+    load_checkpoint(tmp_path / "ode.pt", b)
+    torch.testing.assert_close(a(x)[0], b(x)[0], rtol=0, atol=0)
+
+
 def test_bad_arguments_name_the_argument():
     with pytest.raises(ValueError, match="dt"):
         se.nn.SparseODERNN(3, 4, dt=0)

@@ -168,6 +168,19 @@ def test_state_dict_round_trip(rng):
     torch.testing.assert_close(a(x)[0], b(x)[0], rtol=0, atol=0)
 
 
+def test_checkpoint_round_trip(tmp_path, rng):
+    from sparse_engine.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(10)
+    a = se.nn.SparseONLSTM(3, 4, chunk_size=2, num_layers=2, density=0.4, dtype=torch.float64)
+    b = se.nn.SparseONLSTM(3, 4, chunk_size=2, num_layers=2, density=0.4, dtype=torch.float64)
+    x = torch.randn(4, 2, 3, generator=rng, dtype=torch.float64)
+    assert not torch.allclose(a(x)[0], b(x)[0])
+    save_checkpoint(tmp_path / "onlstm.pt", a)
+    load_checkpoint(tmp_path / "onlstm.pt", b)
+    torch.testing.assert_close(a(x)[0], b(x)[0], rtol=0, atol=0)
+
+
 def test_bad_arguments_name_the_argument():
     with pytest.raises(ValueError, match="multiple of chunk_size"):
         se.nn.SparseONLSTM(3, 5, chunk_size=2)
