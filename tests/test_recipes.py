@@ -58,10 +58,45 @@ def test_zhang_pruning_schedules_in_the_codes_units():
     # SMS: Zhu & Gupta from epoch 5 to epoch round(101 / 2) = 50 (Python rounds 50.5 to 50), once an epoch
     _, c = controller("zhang-sms-prune", batches=35)
     assert c.schedule == "cubic" and (c.start_step, c.end_step, c.frequency) == (5 * 35, 50 * 35, 35)
+    # Gesture, Mackey-Glass: in the code's epochs, one later than the formulas above (see the test below)
     _, c = controller("zhang-gesture-prune", batches=10)
-    assert c.schedule == "cubic" and (c.start_step, c.end_step) == (50, 1000)
-    _, c = controller("zhang-mackey-glass-prune", batches=80)
-    assert c.schedule == "narang" and (c.start_step, c.ramp_step, c.end_step) == (80, 25 * 80, 50 * 80)
+    assert c.schedule == "cubic" and (c.start_step, c.end_step) == (60, 1010)
+    _, c = controller("zhang-mackey-glass-prune", batches=60)
+    assert c.schedule == "narang" and (c.start_step, c.ramp_step, c.end_step) == (2 * 60, 26 * 60, 51 * 60)
+
+
+def test_gesture_and_mackey_glass_prune_as_the_code_after_each_of_its_epochs():
+    from sparse_engine.training.schedules import narang_threshold
+
+    # Gesture_pruning.py, after its 0-based epoch e (5 < e < 100): keep the fraction
+    # s_t = 0.05 + 0.95 (1 - (e - 5) / 95)^3 of W_rec; that is our schedule after our epoch e + 1
+    _, c = controller("zhang-gesture-prune", batches=14)
+    for e in (6, 30, 77, 99):
+        assert c.target_density("rnn.weight_hh_l0", (e + 1) * 14) == pytest.approx(
+            0.05 + 0.95 * (1 - (e - 5) / 95) ** 3, abs=1e-12)
+    # MG_pruning.py (Narang), after its epoch e (1 < e < 50), 6 batches x 10 passes = 60 iterations an
+    # epoch: threshold from current_itr = e * 60, start 60, ramp 25 * 60, end 50 * 60
+    _, c = controller("zhang-mackey-glass-prune", batches=60)
+    q, f = 0.7, 60
+    theta = 2 * q * f / (2 * (25 * f - f) + 3 * (50 * f - 25 * f))
+    for e in (2, 10, 24, 25, 49):
+        itr = e * f
+        code = (theta * (itr - f + 1) / f if itr < 25 * f
+                else (theta * (25 * f - f + 1) + 1.5 * theta * (itr - 25 * f + 1)) / f)
+        ours = narang_threshold((e + 1) * f, q, c.start_step, c.ramp_step, c.end_step, c.frequency)
+        assert ours == pytest.approx(code, rel=1e-12)
+
+
+def test_a_new_adam_where_the_code_rebuilds_its_graph():
+    # pruning scripts: a new Adam after the epochs that pruned (0-based 5 < e < 100 for Gesture,
+    # 1 < e < 50 for Mackey-Glass); rewiring scripts: after every epoch; MNIST and SMS: not matched
+    g = get_recipe("zhang-gesture-prune")
+    assert [e for e in range(1, 202) if g.fresh_optimizer(e, 201)] == list(range(7, 101))
+    m = get_recipe("zhang-mackey-glass-prune")
+    assert [e for e in range(1, 102) if m.fresh_optimizer(e, 101)] == list(range(3, 51))
+    for name in ("zhang-gesture-set", "zhang-mackey-glass-deepr"):
+        assert [e for e in range(1, 6) if get_recipe(name).fresh_optimizer(e, 5)] == [1, 2, 3, 4]
+    assert not any(get_recipe("zhang-sms-set").fresh_optimizer(e, 101) for e in range(1, 102))
 
 
 def test_zhang_rewiring_recipes():
@@ -86,8 +121,102 @@ def test_zhang_init_is_normal_over_fan_in():
     assert abs(float(w_hh.mean())) < 0.003
 
 
+def test_zhang_init_of_the_gesture_and_mackey_glass_scripts():
+    for name, n_in, n_out, std in (("zhang-gesture-set", 32, 5, 1.0), ("zhang-mackey-glass-set", 1, 50, None)):
+        r = get_recipe(name)
+        assert r.variant == "zhang" and r.clip_value == 1.0
+        torch.manual_seed(0)
+        model = SequenceModel("rnn", n_in, n_out, 128, 1, 0.05, "recurrent", "classify")
+        zhang_init(model, 1, **r.init)
+        w_ih = model.rnn.weight_ih_l0.detach()
+        assert float(w_ih.std()) == pytest.approx(1.0, rel=0.1)  # N(0, 1), not over fan-in
+        assert all(float(b.detach().abs().max()) == 0 for n, b in model.rnn.named_parameters() if n.startswith("bias"))
+        w = model.readout.weight.detach()
+        assert float(model.readout.bias.detach().abs().max()) == 0
+        if std is not None:  # tf.random_normal_initializer: N(0, 1)
+            assert float(w.std()) == pytest.approx(std, rel=0.15)
+        else:  # Glorot-uniform: U(-b, b), b = sqrt(6 / (128 + 50))
+            b = (6 / (128 + 50)) ** 0.5
+            assert float(w.abs().max()) <= b and float(w.abs().max()) > 0.9 * b
+
+
+def test_zhang_gesture_split_as_the_code():
+    import csv
+
+    import numpy as np
+    from sparse_engine.data.tasks import load_task
+
+    d = DATA / "gesture"
+    if not d.is_dir():
+        pytest.skip("shared gesture data missing")
+    (Xtr, ytr), (Xte, yte), meta = load_task("gesture", str(d), 0, variant="zhang")
+    # written out independently: every file's 32-frame sequences and the ones half-way, in the code's order
+    order = ["a3", "b1", "b3", "c1", "c3", "a2", "a1"]
+    seqs = []
+    for name in order:
+        with open(d / f"{name}_va3.csv") as fh:
+            rows = list(csv.reader(fh))[1:]
+        x = np.array([[float(v) for v in r[:-1]] for r in rows])
+        y = np.array(["DPSHR".index(r[-1].strip()) for r in rows])
+        n = len(x) // 32
+        for s in range(n):
+            seqs.append((x[32 * s:32 * s + 32], y[32 * s:32 * s + 32]))
+            if s < n - 1:
+                seqs.append((x[32 * s + 16:32 * s + 48], y[32 * s + 16:32 * s + 48]))
+    allx = np.stack([x for x, _ in seqs])
+    mean, std = allx.reshape(-1, 32).mean(0), allx.reshape(-1, 32).std(0)
+    perm = np.random.RandomState(23489).permutation(len(seqs))
+    assert len(seqs) == 605 and (len(Xtr), len(Xte)) == (605 - 60 - 90, 90)
+    for ours_x, ours_y, k in ((Xtr[0], ytr[0], perm[150]), (Xte[5], yte[5], perm[65]), (Xtr[-1], ytr[-1], perm[-1])):
+        np.testing.assert_allclose(ours_x.numpy(), (seqs[k][0] - mean) / std, rtol=1e-5, atol=1e-5)
+        assert ours_y.tolist() == seqs[k][1].tolist()
+    assert meta["readout"] == "steps" and meta["drop_last"] and ytr.shape == (455, 32)
+
+
+def test_zhang_mackey_glass_windows_as_the_code(tmp_path):
+    from sparse_engine.data.tasks import load_task
+
+    f = tmp_path / "mg.txt"
+    f.write_text("\n".join(str(i) for i in range(10000)))
+    (Xtr, ytr), (Xte, yte), meta = load_task("mackey-glass", str(f), 0, variant="zhang")
+    # train: the first 8,000 values in 12 rows of 666 (one 500 + 50 window each), ten passes; test: the
+    # last 2,000 as one row, three windows
+    assert Xtr.shape == (120, 500, 1) and ytr.shape == (120, 50) and Xte.shape == (3, 500, 1)
+    for r in (0, 7, 11):
+        assert Xtr[r, :, 0].tolist() == list(range(666 * r, 666 * r + 500))
+        assert ytr[r].tolist() == list(range(666 * r + 500, 666 * r + 550))
+        assert torch.equal(Xtr[r + 12 * 9], Xtr[r])
+    assert Xte[2, :, 0].tolist() == list(range(9000, 9500)) and yte[2].tolist() == list(range(9500, 9550))
+    assert meta["readout"] == "last" and meta["shuffle"] is False and meta["n_out"] == 50
+    f.write_text("\n".join(str(i) for i in range(5000)))
+    with pytest.raises(ValueError, match="too short"):
+        load_task("mackey-glass", str(f), 0, variant="zhang")
+
+
+def test_per_step_classification_and_last_state_regression():
+    from sparse_engine.runs import evaluate, sequence_loss
+
+    torch.manual_seed(0)
+    m = SequenceModel("rnn", 3, 4, 6, 1, 0.5, "recurrent", "classify", readout="steps")
+    x, y = torch.randn(5, 7, 3), torch.randint(0, 4, (5, 7))
+    out = m(x)
+    assert out.shape == (5, 7, 4)
+    flat = torch.nn.functional.cross_entropy(out.reshape(35, 4), y.reshape(35))
+    assert sequence_loss(out, y).item() == pytest.approx(flat.item(), rel=1e-6)
+    loss, acc = evaluate(m, x, y, "classify", batch=2)  # means over all 35 steps
+    assert loss == pytest.approx(flat.item(), rel=1e-5)
+    assert acc == pytest.approx((out.argmax(-1) == y).float().mean().item())
+    r = SequenceModel("rnn", 1, 50, 6, 1, 0.5, "recurrent", "regress", readout="last")
+    xr, yr = torch.randn(4, 9, 1), torch.randn(4, 50)
+    assert r(xr).shape == (4, 50)
+    loss, _ = evaluate(r, xr, yr, "regress", batch=3)
+    assert loss == pytest.approx(torch.nn.functional.mse_loss(r(xr), yr).item(), rel=1e-5)
+    with pytest.raises(ValueError, match="readout"):
+        SequenceModel("rnn", 1, 1, 2, 1, 0.5, "recurrent", "regress", readout="first")
+
+
 def test_recipe_runs_from_one_command_and_prints_the_published_number(capsys):
-    argv = ["train", "--recipe", "zhang-mackey-glass-set", "--epochs", "2", "--hidden", "24"]
+    argv = ["train", "--recipe", "zhang-mackey-glass-set", "--epochs", "2", "--hidden", "8"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     line = [s for s in out.splitlines() if s.startswith("zhang-mackey-glass-set:")]
@@ -117,10 +246,10 @@ def test_recipe_bad_arguments_are_one_line(capsys):
 
 def test_pruning_recipe_reaches_its_density_and_learns():
     # a reduced budget on the bundled-free Mackey-Glass series: the schedule is compressed into 6 epochs
-    res = train(recipe="zhang-mackey-glass-prune", epochs=6, hidden=32, quiet=True, seed=1)
+    res = train(recipe="zhang-mackey-glass-prune", epochs=3, hidden=16, quiet=True, seed=1)
     w = sparse_weights(res.model)["rnn.weight_hh_l0"]
     assert 0.03 <= w.density <= 0.08  # dense at the start, about 0.05 at the end
-    untrained = train(recipe="zhang-mackey-glass-prune", epochs=6, hidden=32, quiet=True, seed=1, lr=1e-12)
+    untrained = train(recipe="zhang-mackey-glass-prune", epochs=3, hidden=16, quiet=True, seed=1, lr=1e-12)
     assert res.last["test_loss"] < 0.5 * untrained.last["test_loss"]
 
 
@@ -186,7 +315,7 @@ def test_zhang_sms_preprocessing_hand_computed():
     (X, _), _, meta = load_task("sms", str(DATA / "sms_spam" / "SMSSpamCollection"), 0, variant="zhang")
     assert X.shape[1] == 25 and 500 < meta["vocab"] < 2000
     with pytest.raises(ValueError, match="variant"):
-        load_task("mackey-glass", None, 0, variant="zhang")
+        load_task("digits", None, 0, variant="zhang")
 
 
 def test_a_published_number_prints_beside_ours_and_none_is_made_up():
