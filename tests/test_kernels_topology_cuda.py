@@ -17,7 +17,7 @@ from sparse_engine import SparseWeight
 from sparse_engine.nn import SparseLinear
 from sparse_engine.training import SET, DeepR, GradualMagnitudePruning, RigL, SelfishRNN, sparse_weights, topology
 from sparse_engine.kernels import topology_cuda
-from sparse_engine.testing import random_weight
+from sparse_engine.testing import num_threads, random_weight
 from _training_util import check_invariants, keys
 
 ops = torch.ops.sparse_engine
@@ -97,11 +97,12 @@ def test_gather_or_zero_edges(rng):
 
 
 # ------------------------------------------------------------------ CSR <-> dense
-@pytest.mark.parametrize("rows,cols,density", SHAPES)
-def test_scatter_gather_csr_equal_cpu_kernels_and_the_dense_matrix(rng, rows, cols, density):
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("rows,cols,density", SHAPES + [(300, 400, 0.4)])  # the last: a parallel copy
+def test_scatter_gather_csr_equal_cpu_kernels_and_the_dense_matrix(rng, rows, cols, density, threads):
     """scatter_csr writes exactly the stored entries (the other entries of dense are kept),
     gather_csr reads them back, against the float64 dense matrix; any dtype, dense row- or
-    column-major, values not contiguous."""
+    column-major, values not contiguous, one or two threads."""
     w = random_weight(rows, cols, density, empty_rows=(rows + 2) // 3, generator=rng)
     rp, ci, v = w.row_ptr, w.col_idx, w.values.detach()
     ref = w.to_dense()
@@ -115,9 +116,10 @@ def test_scatter_gather_csr_equal_cpu_kernels_and_the_dense_matrix(rng, rows, co
         for layout in (lambda t: t.clone(), lambda t: t.t().contiguous().t()):
             for impl in (ops, tt):
                 dense = layout(fill)
-                assert impl.scatter_csr(rp, ci, values, dense) is None
-                assert torch.equal(dense, expect), (dtype, impl)
-                assert torch.equal(impl.gather_csr(rp, ci, dense), values), (dtype, impl)
+                with num_threads(threads):
+                    assert impl.scatter_csr(rp, ci, values, dense) is None
+                    assert torch.equal(dense, expect), (dtype, impl)
+                    assert torch.equal(impl.gather_csr(rp, ci, dense), values), (dtype, impl)
 
 
 # ------------------------------------------------------------------ RigL growth

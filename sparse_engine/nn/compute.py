@@ -4,11 +4,13 @@ weights materialised for one forward.
 At small sizes and high densities a dense BLAS product beats any CSR kernel (hidden 200 at
 density 0.33 is a 53k-nonzero matrix that MKL/oneDNN multiplies faster than we can gather it),
 and torch's fused LSTM/GRU/RNN runs the whole sequence in C++. ``compute="dense"`` uses that:
-each forward scatters every sparse weight's values into a dense matrix (``scatter`` at the stored
-positions, whose backward gathers the dense gradient back at those positions only: the values get
-exactly the gradient of the sparse path) and runs torch's own module code on those matrices. The dense
-matrices live for one forward/backward (one sequence) only; at rest, in ``state_dict`` and in
-checkpoints the weight stays CSR.
+each forward writes every sparse weight's values into a dense matrix (the op ``scatter_csr``;
+:func:`materialize`, whose backward reads the dense gradient at the stored positions only
+(``gather_csr``): the values get exactly the gradient of the sparse path) and calls torch's
+recurrence (``torch.lstm``, ``torch.gru``, ...) on those matrices. The dense matrix of each weight
+is a buffer kept between forwards (per thread, while nothing else holds it; its size counts in the
+budget), rewritten at each forward; ``state_dict``, checkpoints and the topology controllers see
+only the CSR weight.
 
 * ``compute="sparse"``: always the CSR kernels (the memory-bound choice at large sizes).
 * ``compute="dense"``: always materialise, if the dense matrices fit the budget
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import weakref
 
 import torch
@@ -216,14 +219,19 @@ class _Entry:
         return self.row_ptr is rp and self.col_idx is ci and self.versions == (rp._version, ci._version)
 
 
-#: weight -> its _Entry: kept outside the module (not pickled, not copied), dropped with the weight
-_ENTRIES: "weakref.WeakKeyDictionary[SparseWeight, _Entry]" = weakref.WeakKeyDictionary()
+#: per thread, weight -> its _Entry: kept outside the module (not pickled, not copied), dropped
+#: with the weight. Per thread, so two threads running one module (a shared model served from a
+#: thread pool, ``torch.func.functional_call`` with other values in each) never write one buffer.
+_LOCAL = threading.local()
 
 
 def _entry(w: SparseWeight) -> _Entry:
-    """The weight's entry, made again when its pattern changed (``set_pattern`` and
-    ``load_state_dict`` give it new index tensors)."""
-    entry = _ENTRIES.get(w)
+    """The weight's entry in this thread, made again when its pattern changed (``set_pattern``
+    and ``load_state_dict`` give it new index tensors)."""
+    entries = _LOCAL.__dict__.get("entries")
+    if entries is None:
+        entries = _LOCAL.entries = weakref.WeakKeyDictionary()
+    entry = entries.get(w)
     if entry is None or not entry.matches(w):
-        entry = _ENTRIES[w] = _Entry(w)
+        entry = entries[w] = _Entry(w)
     return entry

@@ -47,8 +47,8 @@ projected layer is composed from the differentiable products under plain autogra
 Every module has ``.proj_size`` (0 without a projection), as ``nn.RNNBase``.
 
 ``compute=`` ('auto' | 'sparse' | 'dense'; default None: the global default, 'auto'): the sparse
-kernels, or torch's own dense LSTM/GRU/RNN on the weights materialised for one forward, under a
-memory budget; see :mod:`sparse_engine.nn.compute` and docs/compute_paths.md. Same results
+kernels, or torch's own dense LSTM/GRU/RNN recurrence (``torch.lstm``, ...) on the weights written into
+dense matrices at each forward, under a memory budget; see :mod:`sparse_engine.nn.compute` and docs/compute_paths.md. Same results
 either way (float reassociation aside), and the gradient reaches the stored values only.
 
 ``PackedSequence`` input works as in torch: the output is a PackedSequence with the input's
