@@ -4,6 +4,7 @@ budget, and the topology controllers on a module computing dense."""
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -141,6 +142,11 @@ def test_materialize_reuses_its_buffer_only_when_free(rng):
         first = m(x)[0]
         ptr = compute.materialize(m.weight_hh_l0).data_ptr()
         assert compute.materialize(m.weight_hh_l0).data_ptr() == ptr  # the same buffer again
+        other = []
+        t = threading.Thread(target=lambda: other.append(compute.materialize(m.weight_hh_l0).data_ptr()))
+        t.start()
+        t.join()
+        assert other and other[0] != ptr  # another thread writes a buffer of its own
         m.weight_hh_l0.values.data.mul_(-0.5)  # no version bump: must still be seen
         torch.testing.assert_close(m(x)[0], m.to_dense()(x)[0], rtol=1e-12, atol=1e-12)
         assert not torch.allclose(m(x)[0], first)
