@@ -745,10 +745,14 @@ void csr_copy_any(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at
   const int32_t* c = ci.const_data_ptr<int32_t>();
   void *sp = sparse.data_ptr(), *dp = dense.data_ptr();
   switch (dense.element_size()) {
-    case 1: return csr_copy<uint8_t, kToDense>(r, c, static_cast<uint8_t*>(sp), static_cast<uint8_t*>(dp), rows, cols, s0, s1);
-    case 2: return csr_copy<uint16_t, kToDense>(r, c, static_cast<uint16_t*>(sp), static_cast<uint16_t*>(dp), rows, cols, s0, s1);
-    case 4: return csr_copy<uint32_t, kToDense>(r, c, static_cast<uint32_t*>(sp), static_cast<uint32_t*>(dp), rows, cols, s0, s1);
-    case 8: return csr_copy<uint64_t, kToDense>(r, c, static_cast<uint64_t*>(sp), static_cast<uint64_t*>(dp), rows, cols, s0, s1);
+    case 1: return csr_copy<uint8_t, kToDense>(r, c, static_cast<uint8_t*>(sp), static_cast<uint8_t*>(dp), rows,
+                                               cols, s0, s1);
+    case 2: return csr_copy<uint16_t, kToDense>(r, c, static_cast<uint16_t*>(sp), static_cast<uint16_t*>(dp), rows,
+                                                cols, s0, s1);
+    case 4: return csr_copy<uint32_t, kToDense>(r, c, static_cast<uint32_t*>(sp), static_cast<uint32_t*>(dp), rows,
+                                                cols, s0, s1);
+    case 8: return csr_copy<uint64_t, kToDense>(r, c, static_cast<uint64_t*>(sp), static_cast<uint64_t*>(dp), rows,
+                                                cols, s0, s1);
     default: TORCH_CHECK_TYPE(false, "dense must have an element size of 1, 2, 4 or 8 bytes, got ", dense.scalar_type());
   }
 }
