@@ -98,7 +98,7 @@ def test_gather_or_zero_edges(rng):
 
 # ------------------------------------------------------------------ CSR <-> dense
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("rows,cols,density", SHAPES + [(300, 400, 0.4)])  # the last: a parallel copy
+@pytest.mark.parametrize("rows,cols,density", SHAPES + [(1024, 1100, 0.95)])  # the last: a parallel copy
 def test_scatter_gather_csr_equal_cpu_kernels_and_the_dense_matrix(rng, rows, cols, density, threads):
     """scatter_csr writes exactly the stored entries (the other entries of dense are kept),
     gather_csr reads them back, against the float64 dense matrix; any dtype, dense row- or

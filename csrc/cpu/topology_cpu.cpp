@@ -720,12 +720,18 @@ bool csr_copy_rows(const int64_t* __restrict rp, const int32_t* __restrict ci, U
   return ok;
 }
 
+// A copy is a fraction of a nanosecond per entry, so it goes parallel only from a million entries
+// (about 0.4 ms on one thread): below that, waking the team costs about as much as it saves, and
+// on a busy machine one descheduled thread holds up the whole copy (the dense path writes its
+// 800 x 200 matrices, 53k entries each, in about 20 us on one thread).
+constexpr int64_t kParallelCopy = int64_t(1) << 20;
+
 template <typename U, bool kToDense>
 void csr_copy(const int64_t* rp, const int32_t* ci, U* sparse, U* dense, int64_t rows, int64_t cols, int64_t s0,
               int64_t s1) {
   const auto copy = s1 == 1 ? csr_copy_rows<U, kToDense, true> : csr_copy_rows<U, kToDense, false>;
   bool ok = true;
-  if (!parallel_worth(rp[rows]) || kernel_threads() == 1) {
+  if (rp[rows] < kParallelCopy || kernel_threads() == 1) {
     ok = copy(rp, ci, sparse, dense, 0, rows, cols, s0, s1);
   } else {
     const int64_t chunks = num_chunks(rows);
