@@ -15,6 +15,9 @@ radix sorts, device scans and bandwidth-bound gathers, about as fast as a custom
 be, and the same code runs on the CPU, so it is tested bit for bit against the C++ kernels in
 CI on machines without a GPU (no GPU is needed to know the CUDA path is right). The CUDA
 kernels of the training path (spmm/spmm_t/sddmm) are hand-written; these are not worth it.
+``scatter_csr``/``gather_csr`` run at every forward of a module on the dense-compute path
+(``compute='dense'`` on a GPU): an index_put and an index, their row indices rebuilt per call
+(not measured on a GPU yet).
 
 Semantics are those of the CPU ops, including the tie rule (among equal scores the lower
 position wins; stable sorts give it) and the error messages (ValueError/TypeError naming the
