@@ -7,7 +7,7 @@
 //   sddmm      sddmm                                 sddmm_cpu.cpp      sddmm_cuda.cu     + sddmm_glue.cpp
 //   transpose  transpose_index                       transpose_cpu.cpp  transpose_cuda.cu + transpose_glue.cpp
 //   rnn_step   {lstm,gru,rnn,ctrnn}_step(_backward)  rnn_step_cpu.cpp   rnn_step_cuda.cu  + rnn_step_glue.cpp
-//   topology   select_smallest ... grad_topk         topology_cpu.cpp   none: torch primitives in
+//   topology   select_smallest ... gather_csr        topology_cpu.cpp   none: torch primitives in
 //                                                                       sparse_engine/kernels/topology_cuda.py
 //   analysis   signed_triad_census, ...              analysis_cpu.cpp   none (CPU only)
 //
@@ -78,6 +78,10 @@ TORCH_LIBRARY(sparse_engine, m) {
   // top-k |G X^T| at empty positions, tile by tile: (rows int64, cols int32, grads)
   m.def("grad_topk(Tensor row_ptr, Tensor col_idx, Tensor G, Tensor X, int k, int tile_rows, int tile_cols) "
         "-> (Tensor, Tensor, Tensor)");
+  // dense[r, c] = values[k] for every stored entry k at (r, c); dense's other entries are left as they are
+  m.def("scatter_csr(Tensor row_ptr, Tensor col_idx, Tensor values, Tensor(a!) dense) -> ()");
+  // out[k] = dense[r, c] for every stored entry k at (r, c)
+  m.def("gather_csr(Tensor row_ptr, Tensor col_idx, Tensor dense) -> Tensor");
 
   // ---------------------------------------------------------------- analysis
   // Signed triad census of the graph "entry (r, c) = edge c -> r": (census int64[16] with

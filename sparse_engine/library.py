@@ -40,6 +40,8 @@ remap_index              CUDA kernel
 gather_or_zero           fake, CUDA kernel
 coo_dot                  fake, CUDA kernel
 grad_topk                CUDA kernel
+scatter_csr              fake, CUDA kernel
+gather_csr               fake, CUDA kernel
 [analysis] CPU csrc/cpu/analysis_cpu.cpp, no CUDA kernels
 signed_triad_census      fake
 transitive_semicycles    fake
@@ -223,6 +225,16 @@ def _gather_or_zero_fake(t, origin):
 @_fake("sparse_engine::coo_dot")
 def _coo_dot_fake(rows, cols, G, X):
     return G.new_empty((rows.shape[0],))
+
+
+@_fake("sparse_engine::scatter_csr")
+def _scatter_csr_fake(row_ptr, col_idx, values, dense):
+    return None
+
+
+@_fake("sparse_engine::gather_csr")
+def _gather_csr_fake(row_ptr, col_idx, dense):
+    return dense.new_empty((col_idx.shape[0],))
 
 
 # The CUDA kernels (on any torch build, so a CUDA torch picks them up; a compiled CUDA kernel

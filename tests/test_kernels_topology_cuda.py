@@ -17,7 +17,7 @@ from sparse_engine import SparseWeight
 from sparse_engine.nn import SparseLinear
 from sparse_engine.training import SET, DeepR, GradualMagnitudePruning, RigL, SelfishRNN, sparse_weights, topology
 from sparse_engine.kernels import topology_cuda
-from sparse_engine.testing import random_weight
+from sparse_engine.testing import num_threads, random_weight
 from _training_util import check_invariants, keys
 
 ops = torch.ops.sparse_engine
@@ -94,6 +94,32 @@ def test_gather_or_zero_edges(rng):
     same(tt.gather_or_zero(torch.empty(0), torch.full((3,), -1)), ops.gather_or_zero(torch.empty(0), torch.full((3,), -1)))
     nan = torch.tensor([float("nan"), -0.0, 1.0])  # bits are copied, not values
     same(tt.gather_or_zero(nan, torch.tensor([0, 1, -1])), ops.gather_or_zero(nan, torch.tensor([0, 1, -1])))
+
+
+# ------------------------------------------------------------------ CSR <-> dense
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("rows,cols,density", SHAPES + [(1024, 1100, 0.95)])  # the last: a parallel copy
+def test_scatter_gather_csr_equal_cpu_kernels_and_the_dense_matrix(rng, rows, cols, density, threads):
+    """scatter_csr writes exactly the stored entries (the other entries of dense are kept),
+    gather_csr reads them back, against the float64 dense matrix; any dtype, dense row- or
+    column-major, values not contiguous, one or two threads."""
+    w = random_weight(rows, cols, density, empty_rows=(rows + 2) // 3, generator=rng)
+    rp, ci, v = w.row_ptr, w.col_idx, w.values.detach()
+    ref = w.to_dense()
+    stored = torch.zeros(rows, cols, dtype=torch.bool)
+    for r in range(rows):
+        stored[r, ci[rp[r]:rp[r + 1]].long()] = True
+    for dtype in (torch.float64, torch.float32, torch.float16, torch.int16, torch.bool):
+        values = torch.stack([v, -v], 1)[:, 0].to(dtype)  # strided
+        fill = torch.randn(rows, cols, generator=rng, dtype=torch.float64).mul(7).to(dtype)
+        expect = torch.where(stored, ref.to(dtype), fill)
+        for layout in (lambda t: t.clone(), lambda t: t.t().contiguous().t()):
+            for impl in (ops, tt):
+                dense = layout(fill)
+                with num_threads(threads):
+                    assert impl.scatter_csr(rp, ci, values, dense) is None
+                    assert torch.equal(dense, expect), (dtype, impl)
+                    assert torch.equal(impl.gather_csr(rp, ci, dense), values), (dtype, impl)
 
 
 # ------------------------------------------------------------------ RigL growth
@@ -227,7 +253,15 @@ def _bad_inputs():
     g = torch.Generator().manual_seed(0)  # the values do not matter, only shapes and dtypes
     G, X = torch.randn(4, 2, generator=g, dtype=torch.float64), torch.randn(4, 2, generator=g, dtype=torch.float64)
     yes = torch.ones(4, dtype=torch.bool)
+    d4 = torch.zeros(4, 4, dtype=torch.float64)
     return [
+        ("scatter_csr", (rp, ci, v[:3], d4), ValueError, "values"),
+        ("scatter_csr", (rp, ci, v.float(), d4), TypeError, "dtype"),
+        ("scatter_csr", (rp, ci, v, d4[:3]), ValueError, "dense"),
+        ("scatter_csr", (rp, ci.long(), v, d4), TypeError, "col_idx"),
+        ("gather_csr", (rp, ci, d4[:, :3]), ValueError, "col_idx"),
+        ("gather_csr", (rp, ci, d4[0]), ValueError, "dense"),
+        ("gather_csr", (rp.int(), ci, d4), TypeError, "row_ptr"),
         ("select_smallest", (torch.arange(4), 1), TypeError, "scores"),
         ("select_smallest", (torch.randn(2, 2, generator=g), 1), ValueError, "scores"),
         ("select_smallest", (torch.randn(4, generator=g), 5), ValueError, "k must"),
@@ -307,7 +341,8 @@ def test_registered_as_the_cuda_kernels_on_any_torch():
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"sparse_engine::{name}", "CPU"), name
         assert fn.__name__ == f"{name}_cuda"  # the twin of <op>_cpu in csrc/cpu/topology_cpu.cpp
     assert set(topology_cuda.OPS) == {"select_smallest", "set_prune", "compact", "random_empty", "merge",
-                                      "remap_index", "gather_or_zero", "coo_dot", "grad_topk"}
+                                      "remap_index", "gather_or_zero", "coo_dot", "grad_topk", "scatter_csr",
+                                      "gather_csr"}
     assert topology._ops_for(torch.device("cuda")) is ops and topology._ops_for(torch.device("cpu")) is ops
     # other devices: the generic functions directly
     assert vars(topology._ops_for(torch.device("meta"))) == topology_cuda.OPS

@@ -4,6 +4,7 @@ budget, and the topology controllers on a module computing dense."""
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from torch.nn.utils.rnn import PackedSequence
 import sparse_engine as se
 from sparse_engine.nn import compute
 from sparse_engine.nn.rnn import SparseRNNBase
+from sparse_engine.testing import random_weight
 from sparse_engine.training import sparse_weights
 from test_rnn_modules import SPARSE, build, check_against_torch, packed, param_grad_pairs
 from test_training_controllers import ALGOS, make
@@ -29,12 +31,12 @@ CASES = [
 def dense_calls(monkeypatch):
     """Counts the forwards that took the dense path."""
     calls = []
-    orig = SparseRNNBase._forward_dense
+    orig = SparseRNNBase._run_dense
 
     def spy(self, *args):
         calls.append(self)
         return orig(self, *args)
-    monkeypatch.setattr(SparseRNNBase, "_forward_dense", spy)
+    monkeypatch.setattr(SparseRNNBase, "_run_dense", spy)
     return calls
 
 
@@ -105,6 +107,68 @@ def test_dense_path_dropout_is_torchs(mode, rng):
     torch.testing.assert_close(m(x)[0], d.eval()(x)[0], rtol=1e-12, atol=1e-12)
 
 
+def test_materialize_is_the_dense_matrix_with_the_gradient_at_the_pattern(rng):
+    """float64, a pattern with empty rows: the dense matrix; gradcheck and gradgradcheck of the
+    values (the gradient of an absent entry goes nowhere); no graph when no gradient is needed."""
+    w = random_weight(9, 6, 0.4, empty_rows=3, generator=rng)
+    w.values.requires_grad_(True)
+    d = compute.materialize(w)
+    assert torch.equal(d, w.to_dense()) and d.grad_fn is not None
+    G = torch.randn(9, 6, generator=rng, dtype=torch.float64)
+    (d * G).sum().backward()
+    row, col, _ = w.coo()
+    assert torch.equal(w.values.grad, G[row, col])
+    weights = torch.randn(9, 6, generator=rng, dtype=torch.float64)
+
+    def f(values):  # what materialize applies when a gradient is needed, into fresh zeros
+        dense = compute._ToDense.apply(values, w.row_ptr, w.col_idx, values.new_zeros(9, 6))
+        return (dense ** 2 * weights).sum(0)
+    values = w.values.detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(f, (values,))
+    assert torch.autograd.gradgradcheck(f, (values,))
+    with torch.no_grad():
+        assert compute.materialize(w).grad_fn is None
+    dense = torch.randn(3, 3, requires_grad=True)
+    assert compute.materialize(dense) is dense
+
+
+def test_materialize_reuses_its_buffer_only_when_free(rng):
+    """The dense buffer of a weight is written again by each call while nothing else holds it;
+    a graph that has not run its backward keeps its own matrix, whatever happens to the values
+    (in place, through .data) before that backward."""
+    m = se.nn.SparseLSTM(3, 5, density=0.5, compute="dense", dtype=torch.float64)
+    x = torch.randn(4, 2, 3, generator=rng, dtype=torch.float64)
+    with torch.no_grad():
+        first = m(x)[0]
+        ptr = compute.materialize(m.weight_hh_l0).data_ptr()
+        assert compute.materialize(m.weight_hh_l0).data_ptr() == ptr  # the same buffer again
+        other = []
+        t = threading.Thread(target=lambda: other.append(compute.materialize(m.weight_hh_l0).data_ptr()))
+        t.start()
+        t.join()
+        assert other and other[0] != ptr  # another thread writes a buffer of its own
+        m.weight_hh_l0.values.data.mul_(-0.5)  # no version bump: must still be seen
+        torch.testing.assert_close(m(x)[0], m.to_dense()(x)[0], rtol=1e-12, atol=1e-12)
+        assert not torch.allclose(m(x)[0], first)
+    losses, refs = [], []
+    for _ in range(2):  # two graphs alive at once, the values changed between them
+        d = m.to_dense()
+        G = torch.randn(4, 2, 5, generator=rng, dtype=torch.float64)
+        losses.append((m(x)[0] * G).sum())
+        refs.append((d, (d(x)[0] * G).sum()))
+        with torch.no_grad():
+            m.weight_hh_l0.values.mul_(1.5)
+            m.weight_ih_l0.values.data.add_(0.25)
+    for loss in losses:
+        loss.backward()
+    for d, ref in refs:
+        ref.backward()
+    for name in ("weight_ih_l0", "weight_hh_l0"):
+        row, col, _ = getattr(m, name).coo()
+        expect = sum(getattr(d, name).grad[row, col] for d, _ in refs)
+        torch.testing.assert_close(getattr(m, name).values.grad, expect, rtol=1e-10, atol=1e-12)
+
+
 def _saved(m):
     import io
     buf = io.BytesIO()
@@ -121,8 +185,6 @@ def test_stays_csr_at_rest(dense_calls):
     assert all(isinstance(w, se.SparseWeight) for n, w in m.named_children())
     assert sum(p.numel() for p in m.parameters()) == sum(
         w.nnz for w in sparse_weights(m).values()) + 2 * 2 * 64  # values and biases only
-    skeleton = compute.skeleton(nn.LSTM, 5, 16, **m._dense_kwargs())
-    assert all(p.device.type == "meta" for p in skeleton.parameters())  # no dense weight kept
     assert not any(isinstance(v, (torch.Tensor, nn.Module)) for k, v in vars(m).items() if not k.startswith("_"))
     m2 = torch.load(_saved(m), weights_only=False)  # the whole module pickles as before
     torch.testing.assert_close(m2(torch.ones(2, 1, 5))[0], m(torch.ones(2, 1, 5))[0])

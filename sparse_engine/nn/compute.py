@@ -4,11 +4,13 @@ weights materialised for one forward.
 At small sizes and high densities a dense BLAS product beats any CSR kernel (hidden 200 at
 density 0.33 is a 53k-nonzero matrix that MKL/oneDNN multiplies faster than we can gather it),
 and torch's fused LSTM/GRU/RNN runs the whole sequence in C++. ``compute="dense"`` uses that:
-each forward scatters every sparse weight's values into a dense matrix (``scatter`` at the stored
-positions, whose backward gathers the dense gradient back at those positions only: the values get
-exactly the gradient of the sparse path) and runs torch's own module code on those matrices. The dense
-matrices live for one forward/backward (one sequence) only; at rest, in ``state_dict`` and in
-checkpoints the weight stays CSR.
+each forward writes every sparse weight's values into a dense matrix (the op ``scatter_csr``;
+:func:`materialize`, whose backward reads the dense gradient at the stored positions only
+(``gather_csr``): the values get exactly the gradient of the sparse path) and calls torch's
+recurrence (``torch.lstm``, ``torch.gru``, ...) on those matrices. The dense matrix of each weight
+is a buffer kept between forwards (per thread, while nothing else holds it; its size counts in the
+budget), rewritten at each forward; ``state_dict``, checkpoints and the topology controllers see
+only the CSR weight.
 
 * ``compute="sparse"``: always the CSR kernels (the memory-bound choice at large sizes).
 * ``compute="dense"``: always materialise, if the dense matrices fit the budget
@@ -34,9 +36,10 @@ import threading
 import weakref
 
 import torch
-from torch import nn
 
 from ..sparse import SparseWeight
+
+_ops = torch.ops.sparse_engine
 
 __all__ = ["COMPUTE_CHOICES", "set_default_compute", "get_default_compute", "default_compute",
            "set_dense_budget", "get_dense_budget", "check_compute", "use_dense", "auto_min_density", "materialize"]
@@ -133,42 +136,102 @@ def auto_min_density(hidden_size: int) -> float:
 
 def materialize(w) -> torch.Tensor:
     """The dense matrix of a SparseWeight, differentiable with respect to its values only (the
-    gradient of the dense matrix is read at the stored positions); a dense weight as it is."""
+    gradient of the dense matrix is read at the stored positions); a dense weight as it is.
+
+    The matrix is written into a buffer kept per weight, whose zeros stay from one call to the
+    next while the pattern is the same, so each call writes the nnz values only (the op
+    ``scatter_csr``): a fresh zero-filled matrix per forward costs, at hidden 200, about as much
+    again in page faults and cache misses of torch's recurrence as the writing itself. The
+    buffer is reused only when nothing else holds it (the graph of an earlier forward that has
+    not run its backward keeps its own, and a new buffer is made), and the values are written
+    on every call (an update through ``.data`` leaves the version counter as it is, so a dense
+    copy kept for unchanged values could go stale unseen)."""
     if not isinstance(w, SparseWeight):
         return w
-    rows, cols = w.shape
+    entry = _entry(w)
     values = w.values
-    return values.new_zeros(rows * cols).scatter(0, _positions(w), values).view(rows, cols)
+    buf = entry.buffer
+    if buf is None or buf.dtype != values.dtype or buf.device != values.device or _held(buf):
+        buf = entry.buffer = values.new_zeros(w.shape)
+    if torch.is_grad_enabled() and values.requires_grad:
+        return _ToDense.apply(values, w.row_ptr, w.col_idx, buf)
+    _ops.scatter_csr(w.row_ptr, w.col_idx, values, buf)
+    return buf.detach()
 
 
-#: weight -> (row_ptr, col_idx, their versions, positions): kept outside the module (not pickled,
-#: not copied), dropped with the weight
-_POSITIONS: "weakref.WeakKeyDictionary[SparseWeight, tuple]" = weakref.WeakKeyDictionary()
+def _held(buf: torch.Tensor) -> bool:
+    """Whether anything but ``buf`` itself shares its storage (the Python storage object made
+    here counts one; torch's cudagraph trees test their cached buffers the same way)."""
+    return torch._C._storage_Use_Count(buf.untyped_storage()._cdata) > 2
 
 
-def _positions(w: SparseWeight) -> torch.Tensor:
-    """row * cols + col of every stored entry, kept until the weight's pattern changes
-    (``set_pattern`` and ``load_state_dict`` give it new index tensors)."""
-    rp, ci = w.row_ptr, w.col_idx
-    cached = _POSITIONS.get(w)
-    if cached is not None and cached[0] is rp and cached[1] is ci and cached[2] == (rp._version, ci._version):
-        return cached[3]
-    row = torch.repeat_interleave(torch.arange(w.shape[0], device=rp.device), rp.diff(), output_size=w.nnz)
-    flat = row * w.shape[1] + ci.long()
-    _POSITIONS[w] = (rp, ci, (rp._version, ci._version), flat)
-    return flat
+class _ToDense(torch.autograd.Function):
+    """(values, row_ptr, col_idx, buffer) -> the buffer with the values written at the pattern's
+    positions (zeros elsewhere, see :func:`materialize`), as a new alias. Its backward reads the
+    gradient at those positions (:class:`_AtPattern`), and that one's backward writes into zeros
+    again, so double backward works."""
+
+    @staticmethod
+    def forward(values, row_ptr, col_idx, buf):
+        _ops.scatter_csr(row_ptr, col_idx, values, buf)
+        return buf.detach()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[1], inputs[2])
+
+    @staticmethod
+    def backward(ctx, grad):
+        row_ptr, col_idx = ctx.saved_tensors
+        return _AtPattern.apply(grad, row_ptr, col_idx), None, None, None
 
 
-_SKELETONS = threading.local()
+class _AtPattern(torch.autograd.Function):
+    """(dense, row_ptr, col_idx) -> dense at the pattern's positions (the op ``gather_csr``)."""
+
+    @staticmethod
+    def forward(dense, row_ptr, col_idx):
+        return _ops.gather_csr(row_ptr, col_idx, dense)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[1], inputs[2])
+        ctx.shape = inputs[0].shape
+
+    @staticmethod
+    def backward(ctx, grad):
+        row_ptr, col_idx = ctx.saved_tensors
+        return _ToDense.apply(grad, row_ptr, col_idx, grad.new_zeros(ctx.shape)), None, None
 
 
-def skeleton(cls: type, *args, **kwargs) -> nn.Module:
-    """A torch module ``cls(*args, **kwargs)`` on the meta device (no memory), whose code the dense
-    path runs with ``torch.func.functional_call`` on the materialised weights. One per
-    configuration and thread (``functional_call`` swaps its parameters during a call, so threads,
-    e.g. DataParallel replicas, must not share one); the caller sets its training mode."""
-    cache = _SKELETONS.__dict__.setdefault("modules", {})
-    key = (cls, args, tuple(sorted(kwargs.items())))
-    if key not in cache:
-        cache[key] = cls(*args, device="meta", **kwargs)
-    return cache[key]
+class _Entry:
+    """What :func:`materialize` keeps per weight: the pattern it was made for (its index tensors
+    and their versions) and the dense buffer."""
+    __slots__ = ("row_ptr", "col_idx", "versions", "buffer")
+
+    def __init__(self, w: SparseWeight):
+        self.row_ptr, self.col_idx = w.row_ptr, w.col_idx
+        self.versions = (w.row_ptr._version, w.col_idx._version)
+        self.buffer = None
+
+    def matches(self, w: SparseWeight) -> bool:
+        rp, ci = w.row_ptr, w.col_idx
+        return self.row_ptr is rp and self.col_idx is ci and self.versions == (rp._version, ci._version)
+
+
+#: per thread, weight -> its _Entry: kept outside the module (not pickled, not copied), dropped
+#: with the weight. Per thread, so two threads running one module (a shared model served from a
+#: thread pool, ``torch.func.functional_call`` with other values in each) never write one buffer.
+_LOCAL = threading.local()
+
+
+def _entry(w: SparseWeight) -> _Entry:
+    """The weight's entry in this thread, made again when its pattern changed (``set_pattern``
+    and ``load_state_dict`` give it new index tensors)."""
+    entries = _LOCAL.__dict__.get("entries")
+    if entries is None:
+        entries = _LOCAL.entries = weakref.WeakKeyDictionary()
+    entry = entries.get(w)
+    if entry is None or not entry.matches(w):
+        entry = entries[w] = _Entry(w)
+    return entry

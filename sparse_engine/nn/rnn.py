@@ -47,9 +47,9 @@ projected layer is composed from the differentiable products under plain autogra
 Every module has ``.proj_size`` (0 without a projection), as ``nn.RNNBase``.
 
 ``compute=`` ('auto' | 'sparse' | 'dense'; default None: the global default, 'auto'): the sparse
-kernels, or torch's own dense LSTM/GRU/RNN on the weights materialised for one forward, under a
-memory budget; see :mod:`sparse_engine.nn.compute` and docs/compute_paths.md. Same results
-either way (float reassociation aside), and the gradient reaches the stored values only.
+kernels, or torch's own dense recurrence (``torch.lstm``, ...) on the weights written into dense
+matrices at each forward, under a memory budget; see :mod:`sparse_engine.nn.compute` and
+docs/compute_paths.md. Same results either way (float reassociation aside), and the gradient reaches the stored values only.
 
 ``PackedSequence`` input works as in torch: the output is a PackedSequence with the input's
 ``batch_sizes``/``sorted_indices``/``unsorted_indices``, each sequence sees only its own steps
@@ -75,7 +75,7 @@ from torch.nn.utils.rnn import PackedSequence
 from .. import init as _init
 from ..constants import GATES
 from ..sparse import SparseWeight
-from .compute import check_compute, materialize, skeleton, use_dense
+from .compute import check_compute, materialize, use_dense
 from .recurrence import Config, RecordsGradFactors, batch_rows, check_input_dtype, projected_lstm, recurrence
 from .linear import EMPTY, fill_dense, refuse_dense_weights, resolve_density
 
@@ -83,6 +83,8 @@ __all__ = ["SparseRNN", "SparseLSTM", "SparseGRU", "SparseRNNBase"]
 
 _SPARSE_CHOICES = {"both": (True, True), "recurrent": (False, True), "input": (True, False)}
 _DENSE_CLASSES = {"RNN_TANH": nn.RNN, "RNN_RELU": nn.RNN, "LSTM": nn.LSTM, "GRU": nn.GRU}
+#: torch's whole-sequence recurrences, which its modules' forward calls (the dense-compute path)
+_DENSE_FUNCTIONS = {"RNN_TANH": torch.rnn_tanh, "RNN_RELU": torch.rnn_relu, "LSTM": torch.lstm, "GRU": torch.gru}
 
 
 def _check_positive_int(name, v):
@@ -495,14 +497,21 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
         weights = [getattr(self, n) for n in self._flat_weights_names if n.startswith("weight")]
         return use_dense(self.compute, weights, self.hidden_size, ref.device.type)
 
-    def _forward_dense(self, input, hx):
-        """torch's own module code (``nn.LSTM.forward`` and its fused kernels) on the weights
-        materialised for this forward; the gradient reaches each SparseWeight's values at its
-        stored positions only. The torch module is a shared skeleton on the meta device (no memory)."""
-        module = skeleton(_DENSE_CLASSES[self.mode], self.input_size, self.hidden_size, **self._dense_kwargs())
-        module.train(self.training)
-        weights = {name: materialize(getattr(self, name)) for name in self._flat_weights_names}
-        return torch.func.functional_call(module, weights, (input,) if hx is None else (input, hx))
+    def _run_dense(self, x: torch.Tensor, h0: torch.Tensor, c0, batch_sizes=None):
+        """torch's own fused recurrence (``torch.lstm``/``gru``/``rnn_tanh``/``rnn_relu``, what
+        ``nn.LSTM.forward`` calls: oneDNN/MKL on the CPU, cuDNN on CUDA) on the weights
+        materialised for this forward, from states checked by ``_initial_state``: (output
+        time-major (T, B, D*H) (a PackedSequence's data with ``batch_sizes``), h_n, c_n or None).
+        The gradient reaches each SparseWeight's values at its stored positions only. Called
+        directly, not through an ``nn.LSTM`` (``functional_call`` on a meta-device skeleton, as
+        before): that module's Python repeats our checks and took about 0.1 ms per call at
+        hidden 200, a twentieth of the inference."""
+        weights = [materialize(getattr(self, name)) for name in self._flat_weights_names]
+        hx = (h0, c0) if self.mode == "LSTM" else h0
+        args = (weights, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional)
+        run = _DENSE_FUNCTIONS[self.mode]
+        res = run(x, hx, *args, False) if batch_sizes is None else run(x, batch_sizes, hx, *args)
+        return res[0], res[1], (res[2] if self.mode == "LSTM" else None)
 
     def forward(self, input, hx=None):
         return self._forward_once(input, hx, step_major=False)
@@ -530,11 +539,12 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
         x, batched = time_major(input, self.batch_first)
         h0, c0 = self._initial_state(hx, x, batched, x.shape[1])
         if self._dense_now(x):
-            out, states = self._forward_dense(input, hx)
-            return (time_major(out, self.batch_first)[0].permute(0, 2, 1) if step_major else out), states
-        out, h_n, c_n = self._run(x, h0, c0, self._factor_sink)
-        if not step_major:
-            out = caller_layout(batch_rows(out), self.batch_first, batched)
+            out, h_n, c_n = self._run_dense(x, h0, c0)  # time-major (T, B, D*H)
+            out = out.permute(0, 2, 1) if step_major else caller_layout(out, self.batch_first, batched)
+        else:
+            out, h_n, c_n = self._run(x, h0, c0, self._factor_sink)
+            if not step_major:
+                out = caller_layout(batch_rows(out), self.batch_first, batched)
         if not batched:
             h_n = h_n.squeeze(1)
             c_n = c_n.squeeze(1) if c_n is not None else None
@@ -551,8 +561,16 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
         lengths, pos = packed_positions(batch_sizes, unsorted_indices)
         B = int(batch_sizes[0])
         h0, c0 = self._initial_state(hx, data, True, B)
-        if self._dense_now(data):
-            return self._forward_dense(input, hx)
+        if self._dense_now(data):  # torch's order: sorted by length, longest first
+            if sorted_indices is not None:
+                h0 = h0.index_select(1, sorted_indices)
+                c0 = None if c0 is None else c0.index_select(1, sorted_indices)
+            out, h_n, c_n = self._run_dense(data, h0, c0, batch_sizes)
+            if unsorted_indices is not None:
+                h_n = h_n.index_select(1, unsorted_indices)
+                c_n = None if c_n is None else c_n.index_select(1, unsorted_indices)
+            packed = PackedSequence(out, batch_sizes, sorted_indices, unsorted_indices)
+            return packed, ((h_n, c_n) if self.mode == "LSTM" else h_n)
         dev = data.device
         ys, rows, hs, cs, members = [], [], [], [], []
         for i, L in enumerate(sorted(set(lengths.tolist()), reverse=True)):
