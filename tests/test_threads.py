@@ -111,10 +111,10 @@ def test_topology_kernels():
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def wait_policy_after(code: str, **env) -> str:
-    """OMP_WAIT_POLICY in a fresh interpreter after running ``code``."""
-    base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    out = subprocess.run([sys.executable, "-c", code + "; import os; print(os.environ.get('OMP_WAIT_POLICY'))"],
+def wait_policy_after(code: str, variable: str = "OMP_WAIT_POLICY", **env) -> str:
+    """``variable`` (OMP_WAIT_POLICY) in a fresh interpreter after running ``code``."""
+    base = {k: v for k, v in os.environ.items() if k != variable}
+    out = subprocess.run([sys.executable, "-c", code + f"; import os; print(os.environ.get({variable!r}))"],
                          env={**base, "PYTHONPATH": str(ROOT), **env}, capture_output=True, text=True, check=True)
     return out.stdout.split()[-1]
 
@@ -125,3 +125,10 @@ def test_importing_sparse_engine_first_makes_waiting_passive():
     assert wait_policy_after("import torch, sparse_engine; assert not sparse_engine.threads.PASSIVE_WAIT") == "None"
     # a policy the user set is kept
     assert wait_policy_after("import sparse_engine", OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
+
+
+def test_importing_sparse_engine_first_asks_torch_for_huge_pages():
+    thp = "THP_MEM_ALLOC_ENABLE"
+    assert wait_policy_after("import sparse_engine; assert sparse_engine.threads.HUGE_PAGES", thp) == "1"
+    assert wait_policy_after("import torch, sparse_engine; assert not sparse_engine.threads.HUGE_PAGES", thp) == "None"
+    assert wait_policy_after("import sparse_engine", thp, THP_MEM_ALLOC_ENABLE="0") == "0"
