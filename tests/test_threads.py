@@ -108,6 +108,26 @@ def test_topology_kernels():
     same_on_1_and_2_threads(lambda: _ops.grad_topk(W.row_ptr, W.col_idx, G, X, 5000, 256, 256))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_mlp_kernels(dtype):
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(3000, 40, generator=g).to(dtype)
+    param, buf, grad = (torch.randn(200_000, generator=g).to(dtype) for _ in range(3))
+
+    def relu_dropout():
+        out = z.clone()
+        _ops.relu_dropout(out, 0.2, 12345)
+        return out
+
+    def sgd_step():
+        p, b = param.clone(), buf.clone()
+        _ops.sgd_step(p, b, grad, 0.05, 0.9, 2e-4)
+        return p, b
+
+    same_on_1_and_2_threads(relu_dropout)
+    same_on_1_and_2_threads(sgd_step)
+
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
