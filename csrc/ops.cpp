@@ -10,6 +10,7 @@
 //   topology   select_smallest ... gather_csr        topology_cpu.cpp   none: torch primitives in
 //                                                                       sparse_engine/kernels/topology_cuda.py
 //   analysis   signed_triad_census, ...              analysis_cpu.cpp   none (CPU only)
+//   mlp        relu_dropout, sgd_step                mlp_cpu.cpp        none (CPU only; CUDA uses torch ops)
 //
 // Shared by the families: csrc/checks.h (argument checks, one message each, CPU and CUDA),
 // csrc/constants.h (the parallel-work threshold, cell modes, gate layouts: the mirror of
@@ -94,6 +95,13 @@ TORCH_LIBRARY(sparse_engine, m) {
         "-> (Tensor, Tensor, Tensor)");
   // K degree-preserving randomisations: new dst arrays [K, m]
   m.def("degree_preserving_swaps(Tensor src, Tensor dst, int n, int n_swaps, Tensor seeds) -> Tensor");
+
+  // ---------------------------------------------------------------- mlp
+  // In place: z <- relu(z) * (u >= p) / (1 - p), u uniform from a hash of (seed, element index)
+  m.def("relu_dropout(Tensor(a!) z, float p, int seed) -> ()");
+  // In place, SGD with the decay outside the momentum (SETSGD):
+  // buf <- momentum * buf + grad; param <- param - decay * param - lr * buf
+  m.def("sgd_step(Tensor(a!) param, Tensor(b!) buf, Tensor grad, float lr, float momentum, float decay) -> ()");
 }
 
 #undef SE_INDEX_SCHEMA

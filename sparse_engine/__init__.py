@@ -1,5 +1,5 @@
 """sparse-engine: truly sparse RNNs and LSTMs (CSR weights, compiled CPU/CUDA kernels)."""
-from . import threads  # noqa: F401  (first: passive OpenMP waiting, before torch loads libgomp)
+from . import threads  # noqa: F401  (first: passive OpenMP waiting and huge pages, before torch loads)
 from . import _ext  # noqa: F401  (loads the compiled operators once)
 from . import ops
 from .sparse import SparseWeight

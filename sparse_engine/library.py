@@ -46,10 +46,15 @@ gather_csr               fake, CUDA kernel
 signed_triad_census      fake
 transitive_semicycles    fake
 degree_preserving_swaps  fake
+[mlp] CPU csrc/cpu/mlp_cpu.cpp, no CUDA kernels (CUDA runs torch's ops instead)
+relu_dropout             fake
+sgd_step                 fake
 
 Autograd: spmm, spmm_t and sddmm each have a formula written with the other two (so double
 backward works too); the recurrent steps are differentiated by their ``*_backward`` ops inside
-``sparse_engine.nn``'s autograd.Function; the topology and analysis ops are not differentiable.
+``sparse_engine.nn``'s autograd.Function; the topology, analysis and mlp ops are not differentiable.
+The mlp ops work in place (SparseMLP's ReLU + dropout, SETSGD's step) and are called only
+where their callers check that they apply (CPU, contiguous); they return nothing.
 Autocast (CPU and CUDA): spmm, spmm_t and sddmm are lower-precision ops like ``torch.mm``
 (see :mod:`sparse_engine.ops`).
 """
@@ -259,3 +264,14 @@ def _transitive_semicycles_fake(row_ptr, col_idx, values, type_mask):
 @_fake("sparse_engine::degree_preserving_swaps")
 def _degree_preserving_swaps_fake(src, dst, n, n_swaps, seeds):
     return dst.new_empty((seeds.shape[0], dst.shape[0]))
+
+
+# ------------------------------------------------------------------------------- mlp
+@_fake("sparse_engine::relu_dropout")
+def _relu_dropout_fake(z, p, seed):
+    return None
+
+
+@_fake("sparse_engine::sgd_step")
+def _sgd_step_fake(param, buf, grad, lr, momentum, decay):
+    return None

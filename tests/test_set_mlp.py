@@ -133,10 +133,11 @@ def test_faithful_test_time_scaling_and_default_eval_without_it():
     assert not torch.equal(model(x), dense_forward(model, x))
 
 
-def test_fused_relu_dropout_against_its_definition():
+@pytest.mark.parametrize("inplace", [False, True])
+def test_fused_relu_dropout_against_its_definition(inplace):
     torch.manual_seed(0)
     z = torch.randn(300, 40, dtype=torch.float64, requires_grad=True)
-    out = _ReluDropout.apply(z, 0.3)
+    out = _ReluDropout.apply(z * 1 if inplace else z, 0.3, inplace)  # in place only on a non-leaf
     kept = out.detach() != 0
     torch.testing.assert_close(out[kept], torch.relu(z)[kept] / 0.7)
     positive = z.detach() > 0
@@ -145,6 +146,47 @@ def test_fused_relu_dropout_against_its_definition():
     g = torch.randn(300, 40, dtype=torch.float64)
     out.backward(g)
     torch.testing.assert_close(z.grad, torch.where(kept, g / 0.7, torch.zeros_like(g)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_relu_dropout_kernel(dtype):
+    """Exactly relu(z) * keep / (1 - p); the kept fraction is 1 - p, the same for each seed and
+    column (no pattern along the position counter); the mask is a function of the seed alone;
+    NaN stays NaN."""
+    p, n = 0.2, 1_000_000
+    z = torch.rand(n // 40, 40).to(dtype) + 0.5  # all positive: the mask shows in full
+    masks = []
+    for seed in (0, 1, -5, 2**62):
+        out = z.clone()
+        torch.ops.sparse_engine.relu_dropout(out, p, seed)
+        kept = out != 0
+        wide = torch.promote_types(dtype, torch.float32)  # the kernel computes half in float
+        assert torch.equal(out[kept], (z[kept].to(wide) * (1 / (1 - p))).to(dtype))
+        assert abs(float(kept.double().mean()) - (1 - p)) < 0.003
+        assert float((kept[:, 0].double().mean() - (1 - p)).abs()) < 0.02
+        masks.append(kept)
+    assert all(not torch.equal(masks[0], m) for m in masks[1:])
+    again = z.clone()
+    torch.ops.sparse_engine.relu_dropout(again, p, 0)
+    assert torch.equal(again != 0, masks[0])
+    neg = torch.tensor([-1.0, float("nan"), 0.0, 2.0], dtype=dtype)
+    torch.ops.sparse_engine.relu_dropout(neg, 0.0, 3)
+    assert neg[0] == 0 and neg[1].isnan() and neg[2] == 0 and neg[3] == 2
+    z = torch.rand(10, 10) + 1
+    torch.ops.sparse_engine.relu_dropout(z, 0.0, 1)
+    assert (z > 1).all()  # p = 0 keeps everything
+
+
+def test_sgd_step_kernel_against_torch_ops():
+    g = torch.Generator().manual_seed(2)
+    param, buf, grad = (torch.randn(10_000, dtype=torch.float64, generator=g) for _ in range(3))
+    p, b = param.clone(), buf.clone()
+    torch.ops.sparse_engine.sgd_step(p, b, grad, 0.05, 0.9, 2e-4)
+    b_ref = 0.9 * buf + grad
+    torch.testing.assert_close(b, b_ref, rtol=1e-14, atol=1e-15)  # one rounding or two (fma)
+    torch.testing.assert_close(p, param * (1 - 2e-4) - 0.05 * b_ref, rtol=1e-14, atol=1e-15)
+    with pytest.raises(RuntimeError, match="one shape"):
+        torch.ops.sparse_engine.sgd_step(p, b[:5], grad, 0.05, 0.9, 2e-4)
 
 
 def test_inverted_dropout_in_default_mode_keeps_the_mean():

@@ -108,13 +108,33 @@ def test_topology_kernels():
     same_on_1_and_2_threads(lambda: _ops.grad_topk(W.row_ptr, W.col_idx, G, X, 5000, 256, 256))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_mlp_kernels(dtype):
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(3000, 40, generator=g).to(dtype)
+    param, buf, grad = (torch.randn(200_000, generator=g).to(dtype) for _ in range(3))
+
+    def relu_dropout():
+        out = z.clone()
+        _ops.relu_dropout(out, 0.2, 12345)
+        return out
+
+    def sgd_step():
+        p, b = param.clone(), buf.clone()
+        _ops.sgd_step(p, b, grad, 0.05, 0.9, 2e-4)
+        return p, b
+
+    same_on_1_and_2_threads(relu_dropout)
+    same_on_1_and_2_threads(sgd_step)
+
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def wait_policy_after(code: str, **env) -> str:
-    """OMP_WAIT_POLICY in a fresh interpreter after running ``code``."""
-    base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    out = subprocess.run([sys.executable, "-c", code + "; import os; print(os.environ.get('OMP_WAIT_POLICY'))"],
+def wait_policy_after(code: str, variable: str = "OMP_WAIT_POLICY", **env) -> str:
+    """``variable`` (OMP_WAIT_POLICY) in a fresh interpreter after running ``code``."""
+    base = {k: v for k, v in os.environ.items() if k != variable}
+    out = subprocess.run([sys.executable, "-c", code + f"; import os; print(os.environ.get({variable!r}))"],
                          env={**base, "PYTHONPATH": str(ROOT), **env}, capture_output=True, text=True, check=True)
     return out.stdout.split()[-1]
 
@@ -125,3 +145,10 @@ def test_importing_sparse_engine_first_makes_waiting_passive():
     assert wait_policy_after("import torch, sparse_engine; assert not sparse_engine.threads.PASSIVE_WAIT") == "None"
     # a policy the user set is kept
     assert wait_policy_after("import sparse_engine", OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
+
+
+def test_importing_sparse_engine_first_asks_torch_for_huge_pages():
+    thp = "THP_MEM_ALLOC_ENABLE"
+    assert wait_policy_after("import sparse_engine; assert sparse_engine.threads.HUGE_PAGES", thp) == "1"
+    assert wait_policy_after("import torch, sparse_engine; assert not sparse_engine.threads.HUGE_PAGES", thp) == "None"
+    assert wait_policy_after("import sparse_engine", thp, THP_MEM_ALLOC_ENABLE="0") == "0"

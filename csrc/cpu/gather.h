@@ -3,9 +3,9 @@
 //
 // The batch is padded: the dense operand is read from a copy whose rows are a whole number of
 // 32-byte units (pad_unit: 8 floats, 4 doubles, 16 halves), zero-filled past B. Every block
-// width is then a compile-time constant (1 to 4 units, at most 128 bytes), so a batch of up to
-// 128 bytes (32 floats) is one pass over the row's nonzeros with its accumulators in vector
-// registers, whatever B is (B = 20 used to be a 16-wide pass and a scalar 4-wide pass, half
+// width is then a compile-time constant (1 to 8 units, see wide_block), so a batch of up to
+// 64 floats is one pass over the row's nonzeros with its accumulators in vector registers,
+// whatever B is (B = 20 used to be a 16-wide pass and a scalar 4-wide pass, half
 // MKL's speed). Each output is summed over the row's nonzeros in index order by one thread:
 // results do not depend on the thread count.
 #pragma once
@@ -67,17 +67,30 @@ inline void accumulate_block(int64_t k0, int64_t k1, const int32_t* idx, const S
   for (int b = 0; b < W; ++b) acc[b] = a[b];
 }
 
-// The widest block: 4 units (128 bytes: 32 floats, 16 doubles, 64 halves).
+// The widest block of the recurrent steps (rnn_step_cpu.cpp): 4 units (128 bytes: 32 floats,
+// 16 doubles, 64 halves).
 template <typename S>
 constexpr int max_block() { return 4 * pad_unit<S>(); }
 
+// The widest block of gather_rows (spmm, spmm_t): 64 float or 32 double accumulators (8 AVX2
+// registers): 8 units of a 4- or 8-byte type, 4 of a 2-byte one (widened to float). A batch
+// of 40 (SET-MLP's) is one pass over the gathered rows; with 4-unit blocks it was a 32-wide
+// pass and an 8-wide pass that gathered every row a second time (at 333,333 x 333,333,
+// epsilon 13, B = 40, one thread, huge pages: spmm 11% and spmm_t 9% faster, measured).
+template <typename S>
+constexpr int wide_block() { return (kIsHalf<S> ? 4 : 8) * pad_unit<S>(); }
+
 // acc[0:n] = the row's sum over columns [0, n) of a padded source (src already offset to the
-// block's first column); n is a multiple of pad_unit and at most max_block: one pass.
+// block's first column); n is a multiple of pad_unit and at most 8 units: one pass.
 template <typename S>
 inline void accumulate_padded(int64_t k0, int64_t k1, const int32_t* idx, const S* vals, int64_t vbase,
                               const S* src, int64_t stride, int64_t n, acc_t<S>* acc, int64_t nnz) {
   constexpr int P = pad_unit<S>();
   switch (n / P) {
+    case 8: accumulate_block<S, 8 * P>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
+    case 7: accumulate_block<S, 7 * P>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
+    case 6: accumulate_block<S, 6 * P>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
+    case 5: accumulate_block<S, 5 * P>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
     case 4: accumulate_block<S, 4 * P>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
     case 3: accumulate_block<S, 3 * P>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
     case 2: accumulate_block<S, 2 * P>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
@@ -85,10 +98,10 @@ inline void accumulate_padded(int64_t k0, int64_t k1, const int32_t* idx, const 
   }
 }
 
-// acc[0:n] for the block of columns starting at b0 (a multiple of max_block) of a source
-// padded to `stride` columns, n = min(max_block, stride - b0); stride 1 (B = 1, no padding)
-// is a sparse dot product into acc[0], vectorised over the nonzeros.
-template <typename S>
+// acc[0:n] for the block of columns starting at b0 (a multiple of Block: max_block or
+// wide_block) of a source padded to `stride` columns, n = min(Block, stride - b0); stride 1
+// (B = 1, no padding) is a sparse dot product into acc[0], vectorised over the nonzeros.
+template <typename S, int Block = max_block<S>()>
 inline void accumulate_at(int64_t k0, int64_t k1, const int32_t* idx, const S* vals, int64_t vbase, const S* src,
                           int64_t stride, int64_t b0, acc_t<S>* acc, int64_t nnz) {
   using A = acc_t<S>;
@@ -99,7 +112,7 @@ inline void accumulate_at(int64_t k0, int64_t k1, const int32_t* idx, const S* v
     acc[0] = a;
     return;
   }
-  accumulate_padded<S>(k0, k1, idx, vals, vbase, src + b0, stride, std::min<int64_t>(max_block<S>(), stride - b0),
+  accumulate_padded<S>(k0, k1, idx, vals, vbase, src + b0, stride, std::min<int64_t>(Block, stride - b0),
                        acc, nnz);
 }
 
@@ -115,7 +128,7 @@ inline constexpr int64_t kGatherAhead = 64;
 template <typename scalar_t>
 void gather_rows(const int64_t* ptr, const int32_t* idx, const scalar_t* vals, const int32_t* perm,
                  const scalar_t* src, int64_t stride, const scalar_t* direct, scalar_t* out, int64_t n, int64_t B) {
-  constexpr int M = max_block<scalar_t>();
+  constexpr int M = wide_block<scalar_t>();
   const int64_t chunks = num_chunks(n);
   const auto bounds = balanced_bounds(ptr, n, chunks);
   const int64_t nnz = ptr[n];
@@ -143,7 +156,7 @@ void gather_rows(const int64_t* ptr, const int32_t* idx, const scalar_t* vals, c
       }
       scalar_t* y = out + i * B;
       for (int64_t b0 = 0; b0 < B; b0 += M) {
-        accumulate_at<scalar_t>(k0, k1, idx, v, vbase, src, stride, b0, acc, nnz);
+        accumulate_at<scalar_t, M>(k0, k1, idx, v, vbase, src, stride, b0, acc, nnz);
         const int64_t width = std::min<int64_t>(M, B - b0);
         for (int64_t b = 0; b < width; ++b)
           y[b0 + b] = static_cast<scalar_t>(direct ? static_cast<acc_t<scalar_t>>(direct[i * B + b0 + b]) + acc[b]

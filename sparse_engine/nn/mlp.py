@@ -73,20 +73,33 @@ class _ReluDropout(torch.autograd.Function):
     """relu(z) with inverted dropout in one step that saves only its output: the gradient is
     grad * scale where the output is > 0 (a dropped or negative unit gives 0 either way), so
     neither z nor the mask is kept for backward (the output is kept anyway: the next layer's
-    weight gradient needs it)."""
+    weight gradient needs it).
+
+    On the CPU it is one pass of the ``relu_dropout`` kernel, whose uniform draws are a hash of a
+    seed taken from torch's generator and of the element's position (parallel, thread-count
+    independent), over z itself with ``inplace`` (SparseMLP: z is the fresh output of the
+    layer's spmm, which nothing saves; no batch-sized allocation) or over a copy; elsewhere
+    it draws ``torch.rand_like(z)``."""
 
     @staticmethod
-    def forward(ctx, z, p: float):
+    def forward(ctx, z, p: float, inplace: bool):
         ctx.scale = 1.0 / (1.0 - p)
-        keep = torch.rand_like(z).ge_(p).mul_(ctx.scale)  # uniform draws: twice as fast as bernoulli ones
-        out = torch.relu(z).mul_(keep)
+        if z.device.type == "cpu":
+            seed = int(torch.randint(-2**63, 2**63 - 1, (), dtype=torch.int64))
+            out = z if inplace and z.is_contiguous() else z.clone(memory_format=torch.contiguous_format)
+            torch.ops.sparse_engine.relu_dropout(out, p, seed)
+            if out is z:
+                ctx.mark_dirty(z)
+        else:
+            keep = torch.rand_like(z).ge_(p).mul_(ctx.scale)  # uniform draws: twice as fast as bernoulli ones
+            out = torch.relu(z).mul_(keep)
         ctx.save_for_backward(out)
         return out
 
     @staticmethod
     def backward(ctx, grad):
         (out,) = ctx.saved_tensors
-        return torch.ops.aten.threshold_backward(grad, out, 0.0).mul_(ctx.scale), None  # grad where out > 0
+        return torch.ops.aten.threshold_backward(grad, out, 0.0).mul_(ctx.scale), None, None  # grad where out > 0
 
 
 class SparseMLP(nn.Module):
@@ -131,7 +144,7 @@ class SparseMLP(nn.Module):
             elif self.faithful:
                 h = _FaithfulDrop.apply(torch.relu(z), torch.rand_like(z).ge_(p))
             else:
-                h = _ReluDropout.apply(z, p)
+                h = _ReluDropout.apply(z, p, True)
         raise AssertionError("unreachable")
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,9 @@ class SETSGD(torch.optim.SGD):
     buf = momentum * buf + grad;  w <- w - weight_decay * w - lr * buf  (biases too).
     ``torch.optim.SGD(weight_decay=...)`` would add the decay to the gradient, inside the
     momentum. The momentum buffers are SGD's (``momentum_buffer``), so topology updates remap
-    them and ``state_dict`` is SGD's plus the group's ``decay``."""
+    them and ``state_dict`` is SGD's plus the group's ``decay``. On the CPU a step is one pass of
+    the ``sgd_step`` kernel per parameter (csrc/cpu/mlp_cpu.cpp); otherwise the decay, then
+    torch's SGD."""
 
     def __init__(self, params, lr: float = 0.05, momentum: float = 0.9, weight_decay: float = 2e-4):
         if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or not 0 <= weight_decay < 1:
@@ -43,12 +45,44 @@ class SETSGD(torch.optim.SGD):
 
     @torch.no_grad()
     def step(self, closure=None):
+        if all(self._fusable(group) for group in self.param_groups):
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is None:
+                        continue
+                    state = self.state[p]
+                    if state.get("momentum_buffer") is None:  # SGD's first step: buf = grad
+                        state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+                    torch.ops.sparse_engine.sgd_step(p, state["momentum_buffer"], p.grad, group["lr"],
+                                                     group["momentum"], group["decay"])
+            return loss
         for group in self.param_groups:
             if group["decay"]:
                 params = [p for p in group["params"] if p.grad is not None]
                 if params:
                     torch._foreach_mul_(params, 1.0 - group["decay"])
         return super().step(closure)
+
+    def _fusable(self, group) -> bool:
+        """Whether the group's step is the one pass of the ``sgd_step`` kernel (CPU, dense
+        contiguous gradients, plain momentum): instead of 4 passes of torch's ops over every
+        weight (25 million at a million neurons)."""
+        if group["dampening"] or group["nesterov"] or group["maximize"] or not group["momentum"]:
+            return False
+        if isinstance(group["lr"], torch.Tensor):
+            return False
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            buf = self.state[p].get("momentum_buffer") if p in self.state else None
+            if (p.device.type != "cpu" or p.grad.is_sparse or not p.is_contiguous() or not p.grad.is_contiguous()
+                    or p.grad.dtype != p.dtype or (buf is not None and not buf.is_contiguous())):
+                return False
+        return True
 
 
 def importance_keep(weight, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:

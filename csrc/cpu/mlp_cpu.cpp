@@ -1,0 +1,104 @@
+// The elementwise passes of SET-MLP training on the CPU (OpenMP), each one pass in place over
+// a tensor of a batch's activations or of all the weights (25 million at a million neurons),
+// where torch's ops take several passes, a fresh allocation and a serial random generator:
+//
+//   relu_dropout(z, p, seed)   z <- relu(z) * keep / (1 - p), keep = (u >= p), u uniform
+//   sgd_step(param, buf, grad, lr, momentum, decay)
+//                              buf <- momentum * buf + grad; param <- param - decay * param - lr * buf
+//
+// The random numbers of relu_dropout are a counter-based hash of (seed, element index), so the
+// result does not depend on the thread count (tests/test_threads.py). CUDA runs the same steps
+// with torch's ops (sparse_engine/nn/mlp.py, sparse_engine/training/set_mlp.py).
+#include <torch/library.h>
+#include <omp.h>
+#include <cmath>
+#include "common.h"
+#include "storage.h"
+
+namespace sparse_engine {
+namespace {
+
+// splitmix64's output function: a bijective mix of a 64-bit counter, good enough that
+// consecutive counters give independent-looking uniform bits.
+inline uint64_t mix64(uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xBF58476D1CE4E5B9ULL;
+  x ^= x >> 27;
+  x *= 0x94D049BB133111EBULL;
+  x ^= x >> 31;
+  return x;
+}
+
+// Elements per block of the parallel loops (a multiple of every vector width).
+inline constexpr int64_t kElementBlock = 1 << 14;
+
+template <typename S>
+void relu_dropout_kernel(S* z, int64_t n, double p, uint64_t seed) {
+  using A = acc_t<S>;
+  // keep iff the top 24 bits of the hash, r / 2^24 (torch.rand's float resolution), are >= p
+  const uint64_t threshold = static_cast<uint64_t>(std::ceil(p * 16777216.0));
+  const A scale = static_cast<A>(1.0 / (1.0 - p));
+  const uint64_t base = mix64(seed);  // so that seeds s and s + 1 do not share counters
+  const int64_t blocks = (n + kElementBlock - 1) / kElementBlock;
+#pragma omp parallel for schedule(static) num_threads(kernel_threads()) if (n >= kParallelWork)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t i0 = blk * kElementBlock, i1 = std::min(n, i0 + kElementBlock);
+#pragma omp simd
+    for (int64_t i = i0; i < i1; ++i) {
+      const uint64_t r = mix64(base + static_cast<uint64_t>(i) * 0x9E3779B97F4A7C15ULL) >> 40;
+      const A v = static_cast<A>(z[i]);
+      const A relu = v > A(0) || v != v ? v : A(0);  // NaN stays NaN, as in torch.relu
+      z[i] = static_cast<S>(relu * (r >= threshold ? scale : A(0)));
+    }
+  }
+}
+
+void relu_dropout_cpu(at::Tensor& z, double p, int64_t seed) {
+  TORCH_CHECK(z.is_contiguous(), "relu_dropout: z must be contiguous");
+  TORCH_CHECK(p >= 0.0 && p < 1.0, "relu_dropout: p must be in [0, 1), got ", p);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "relu_dropout_cpu", [&] {
+    relu_dropout_kernel<scalar_t>(z.data_ptr<scalar_t>(), z.numel(), p, static_cast<uint64_t>(seed));
+  });
+}
+
+template <typename S>
+void sgd_step_kernel(S* param, S* buf, const S* grad, int64_t n, double lr, double momentum, double decay) {
+  using A = acc_t<S>;
+  const A keep = static_cast<A>(1.0 - decay), a_lr = static_cast<A>(lr), m = static_cast<A>(momentum);
+  const int64_t blocks = (n + kElementBlock - 1) / kElementBlock;
+#pragma omp parallel for schedule(static) num_threads(kernel_threads()) if (n >= kParallelWork)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t i0 = blk * kElementBlock, i1 = std::min(n, i0 + kElementBlock);
+#pragma omp simd
+    for (int64_t i = i0; i < i1; ++i) {
+      const A b = m * static_cast<A>(buf[i]) + static_cast<A>(grad[i]);
+      const S b_s = static_cast<S>(b);
+      buf[i] = b_s;
+      param[i] = static_cast<S>(keep * static_cast<A>(param[i]) - a_lr * static_cast<A>(b_s));
+    }
+  }
+}
+
+void sgd_step_cpu(at::Tensor& param, at::Tensor& buf, const at::Tensor& grad, double lr, double momentum,
+                  double decay) {
+  TORCH_CHECK(param.is_contiguous() && buf.is_contiguous() && grad.is_contiguous(),
+              "sgd_step: param, buf and grad must be contiguous");
+  TORCH_CHECK(param.sizes() == buf.sizes() && param.sizes() == grad.sizes(),
+              "sgd_step: param, buf and grad must have one shape, got ", param.sizes(), ", ", buf.sizes(), " and ",
+              grad.sizes());
+  TORCH_CHECK(param.scalar_type() == buf.scalar_type() && param.scalar_type() == grad.scalar_type(),
+              "sgd_step: param, buf and grad must have one dtype");
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, param.scalar_type(), "sgd_step_cpu", [&] {
+    sgd_step_kernel<scalar_t>(param.data_ptr<scalar_t>(), buf.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(),
+                              param.numel(), lr, momentum, decay);
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparse_engine, CPU, m) {
+  m.impl("relu_dropout", &relu_dropout_cpu);
+  m.impl("sgd_step", &sgd_step_cpu);
+}
+
+}  // namespace sparse_engine
