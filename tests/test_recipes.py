@@ -479,3 +479,20 @@ def test_a_published_number_prints_beside_ours_and_none_is_made_up():
         metric, value, where = rec.published
         assert value is None and "no published number found" in where
         assert "published n/a (no published number found" in recipe_summary(rec, {metric: 0.5, "density": 0.05}, 1)
+
+
+def test_a_run_of_fifty_batch_epochs_resumes_bit_exactly(tmp_path, monkeypatch):
+    # the pass running on across epochs is part of the saved state: a run stopped in epoch 3 (its
+    # last checkpoint inside epoch 2 or 3) and resumed ends as the run made in one go
+    from test_resume import interrupt_at
+
+    d = str(DATA / "mnist_test")
+    opts = dict(recipe="zhang-mnist-set", data=d, epochs=4, hidden=8, quiet=True)
+    whole = train(**opts)
+    ck = tmp_path / "ck.pt"
+    restore = interrupt_at(monkeypatch, 130, KeyboardInterrupt())  # step 130: epoch 3 of 50-batch epochs
+    with pytest.raises(KeyboardInterrupt):
+        train(**opts, save=str(ck), checkpoint_every=30)
+    restore()
+    again = train(**opts, resume=str(ck))
+    assert again.history == whole.history
