@@ -86,7 +86,7 @@ class TrainProgress:
     steps) and :meth:`end_epoch` with the epoch's metrics (a checkpoint)."""
 
     def __init__(self, cfg, model, optimizer, controller, recorder, device, n_train: int, *, shuffle: bool = True,
-                 drop_last: bool = False):
+                 drop_last: bool = False, epoch_batches: int | None = None):
         self.cfg, self.model, self.optimizer = cfg, model, optimizer
         self.controller, self.recorder, self.device = controller, recorder, device
         # TrainConfig has checked checkpoint_every (an int >= 0, with save or resume to write to)
@@ -94,6 +94,13 @@ class TrainProgress:
         # shuffle False: every epoch in the stored order; drop_last: the last partial batch skipped
         self.shuffle, self.drop_last = shuffle, drop_last
         self.batches = n_train // cfg.batch_size if drop_last else -(-n_train // cfg.batch_size)
+        # epoch_batches: an epoch is that many full batches taken in turn from shuffled passes, a batch
+        # running on into the next pass (tf's next_batch: Zhang et al.'s MNIST); ``stream``: what is
+        # left of the current pass
+        self.epoch_batches = epoch_batches
+        if epoch_batches:
+            self.batches = epoch_batches
+        self.stream: torch.Tensor | None = None
         self.epoch, self.batch, self.steps = 0, 0, 0
         self.perm: torch.Tensor | None = None
         self.running = 0.0
@@ -106,10 +113,21 @@ class TrainProgress:
         far). A new epoch draws its shuffle; the interrupted one keeps the saved one."""
         if epoch != self.epoch + 1:
             raise RuntimeError(f"epoch {epoch} follows epoch {self.epoch}")
-        if self.perm is None:
-            perm = torch.randperm(self.n_train) if self.shuffle else torch.arange(self.n_train)
+        if self.perm is None and self.epoch_batches:
+            need, parts = self.batches * self.cfg.batch_size, []
+            while need > 0:
+                if self.stream is None or len(self.stream) == 0:
+                    self.stream = self._pass()
+                parts.append(self.stream[:need])
+                self.stream, need = self.stream[need:], need - len(parts[-1])
+            self.perm, self.batch, self.running = torch.cat(parts), 0, 0.0
+        elif self.perm is None:
+            perm = self._pass()
             self.perm, self.batch, self.running = perm[:self.batches * self.cfg.batch_size], 0, 0.0
         return list(self.perm.split(self.cfg.batch_size))[self.batch:], self.running
+
+    def _pass(self) -> torch.Tensor:
+        return torch.randperm(self.n_train) if self.shuffle else torch.arange(self.n_train)
 
     def after_step(self, running: float) -> None:
         """After a training step (optimizer and controller stepped, its loss added to ``running``)."""
@@ -131,6 +149,7 @@ class TrainProgress:
     def state(self) -> dict:
         return {"version": VERSION, "epoch": self.epoch, "batch": self.batch, "steps": self.steps,
                 "perm": None if self.perm is None else self.perm.clone(), "running": self.running,
+                "stream": None if self.stream is None else self.stream.clone(),
                 "controller": None if self.controller is None else self.controller.state_dict(),
                 "rng": rng_state(self.device),
                 "balance_records": None if self.recorder is None else list(self.recorder.records)}
@@ -179,22 +198,24 @@ class TrainProgress:
             self.recorder.records = list(state["balance_records"])
         self.history = list(extra.get("history", []))
         self.epoch, self.batch, self.steps = int(state["epoch"]), int(state["batch"]), int(state["steps"])
-        self.perm, self.running = state["perm"], float(state["running"])
-        if len(self.history) != self.epoch or (self.perm is not None and len(self.perm) != self.n_train):
+        self.perm, self.running, self.stream = state["perm"], float(state["running"]), state.get("stream")
+        epoch_len = self.batches * self.cfg.batch_size
+        epoch_len = epoch_len if self.epoch_batches else min(epoch_len, self.n_train)
+        if len(self.history) != self.epoch or (self.perm is not None and len(self.perm) != epoch_len):
             raise ValueError(f"--resume {path}: the saved position (epoch {self.epoch}, batch {self.batch}) does "
                              "not fit its history or this data set")
         set_rng_state(state["rng"], self.device)  # last: building the run has drawn from the generators
 
     @classmethod
     def start(cls, cfg, model, optimizer, controller, recorder, device, n_train: int, *, shuffle: bool = True,
-              drop_last: bool = False) -> "TrainProgress":
+              drop_last: bool = False, epoch_batches: int | None = None) -> "TrainProgress":
         """A new run's progress, or with ``cfg.resume`` the saved run's; checkpoints go to
         ``cfg.save`` (``cfg.resume`` when no --save is given)."""
         resume = getattr(cfg, "resume", None)
         if resume and not cfg.save:
             cfg = replace(cfg, save=resume)
         progress = cls(cfg, model, optimizer, controller, recorder, device, n_train, shuffle=shuffle,
-                       drop_last=drop_last)
+                       drop_last=drop_last, epoch_batches=epoch_batches)
         if resume:
             progress.restore(resume)
         return progress

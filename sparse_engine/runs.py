@@ -316,6 +316,13 @@ def sequence_loss(out, target):
     return nn.functional.cross_entropy(out, target)
 
 
+def softmax_score_loss(out, target):
+    """Cross-entropy of the class probabilities softmax(``out``) taken as scores: a softmax applied
+    twice, as Zhang et al.'s SMS net (its cost feeds tf.nn.softmax's output to
+    sparse_softmax_cross_entropy_with_logits)."""
+    return sequence_loss(torch.softmax(out, dim=-1), target)
+
+
 def evaluate(model, X, y, kind, batch=256, device="cpu"):
     """(mean loss, accuracy) of ``model`` on (X, y); accuracy is nan for ``kind='regress'``.
     With a class target per step (y (N, T)) both are means over all N*T steps."""
@@ -423,9 +430,14 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
     torch.manual_seed(cfg.seed)
     (Xtr, ytr), (Xte, yte), meta = load_task(cfg.task, cfg.data, cfg.seed, label_column=cfg.label_column,
                                              variant=recipe.variant if recipe is not None else None)
-    # the paper's code skips an epoch's last partial batch where meta says so (Zhang et al.'s Gesture)
-    batches = len(Xtr) // cfg.batch_size if meta.get("drop_last") else math.ceil(len(Xtr) / cfg.batch_size)
-    trained = min(len(Xtr), batches * cfg.batch_size)  # the examples an epoch trains on
+    # the paper's code skips an epoch's last partial batch where meta says so (Zhang et al.'s Gesture),
+    # or its epoch is a number of batches drawn from shuffled passes (Zhang et al.'s MNIST)
+    if meta.get("epoch_batches"):
+        batches = meta["epoch_batches"]
+        trained = batches * cfg.batch_size
+    else:
+        batches = len(Xtr) // cfg.batch_size if meta.get("drop_last") else math.ceil(len(Xtr) / cfg.batch_size)
+        trained = min(len(Xtr), batches * cfg.batch_size)  # the examples an epoch trains on
     callbacks = []
     recorder = None
     if cfg.model == "mlp":  # SET-MLP: SGD with decay outside the momentum, SET after each epoch but the last
@@ -456,9 +468,12 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
         else:
             ctl = make_controller(cfg.algorithm, model, opt, cfg.epochs * batches, cfg.seed, callbacks)
         loss_fn = sequence_loss if meta["kind"] == "classify" else nn.functional.mse_loss
+        if recipe is not None and recipe.softmax_loss:
+            loss_fn = softmax_score_loss
     console = Console()
     progress = TrainProgress.start(cfg, model, opt, ctl, recorder, device, len(Xtr),  # restores with --resume
-                                   shuffle=meta.get("shuffle", True), drop_last=meta.get("drop_last", False))
+                                   shuffle=meta.get("shuffle", True), drop_last=meta.get("drop_last", False),
+                                   epoch_batches=meta.get("epoch_batches"))
     history = progress.history
     if not cfg.quiet:
         title = f"sparse {cfg.model.upper()} on {cfg.task} ({cfg.recipe or cfg.algorithm}, {device})"

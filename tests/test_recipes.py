@@ -1,6 +1,7 @@
 """Published recipes (``sparse-engine train --recipe``): each builds the set-up of its paper's
 public code (Zhang et al.'s scripts, numbers read off MNIST/, SMS/, Gesture/, Mackey_Glass/), runs
 from one command, and ends with the published number beside ours."""
+import math
 import shutil
 
 import pytest
@@ -15,7 +16,7 @@ from _paths import DATA
 
 # (hidden, batch, lr, epochs, zeta, deepr l1, deepr noise) from each script's get_default_hp and __main__
 ZHANG = {
-    "mnist": (150, 128, {"prune": 1e-3, "set": 1e-3, "deepr": 1e-3}, 21, 0.2, 1e-5, 1e-5),
+    "mnist": (150, 128, {"prune": 1e-3, "set": 1e-3, "deepr": 1e-3}, 201, 0.2, 1e-5, 1e-5),
     "sms": (100, 128, {"prune": 5e-4, "set": 5e-4, "deepr": 5e-4}, 101, 0.1, 1e-5, 1e-6),
     "gesture": (128, 32, {"prune": 5e-3, "set": 1e-2, "deepr": 1e-2}, 201, 0.1, 1e-3, 1e-3),
     "mackey-glass": (128, 12, {"prune": 1e-3, "set": 2e-3, "deepr": 2e-3}, 101, 0.2, 1e-5, 1e-5),
@@ -49,20 +50,41 @@ def controller(name, batches, epochs=None):
 
 
 def test_zhang_pruning_schedules_in_the_codes_units():
-    # MNIST: Narang et al. in units of 50 batches: 469 batches x 21 epochs = 196 units; start 1 unit,
-    # ramp round(0.25 * 196) = 49 units, end round(0.5 * 196) = 98 units, q recomputed at each update
-    _, c = controller("zhang-mnist-prune", batches=469)
+    # MNIST: Narang et al. once an epoch of 50 batches; start after 1 epoch, ramp round(0.25 * 201) = 50,
+    # end round(0.5 * 201) = 100 (Python rounds 100.5 to 100), each one epoch later in our count
+    _, c = controller("zhang-mnist-prune", batches=50)
     assert isinstance(c, GradualMagnitudePruning) and c.schedule == "narang" and c.requantile
-    assert (c.start_step, c.ramp_step, c.end_step, c.frequency) == (50, 2450, 4900, 50)
+    assert (c.start_step, c.ramp_step, c.end_step, c.frequency) == (2 * 50, 51 * 50, 101 * 50, 50)
     assert c.final_density == 0.05 and c.initial == {"rnn.weight_hh_l0": 1.0}
-    # SMS: Zhu & Gupta from epoch 5 to epoch round(101 / 2) = 50 (Python rounds 50.5 to 50), once an epoch
+    # SMS: Zhu & Gupta from epoch 5 to epoch round(101 / 2) = 50, once an epoch, one later in our count
     _, c = controller("zhang-sms-prune", batches=35)
-    assert c.schedule == "cubic" and (c.start_step, c.end_step, c.frequency) == (5 * 35, 50 * 35, 35)
-    # Gesture, Mackey-Glass: in the code's epochs, one later than the formulas above (see the test below)
+    assert c.schedule == "cubic" and (c.start_step, c.end_step, c.frequency) == (6 * 35, 51 * 35, 35)
     _, c = controller("zhang-gesture-prune", batches=10)
     assert c.schedule == "cubic" and (c.start_step, c.end_step) == (60, 1010)
     _, c = controller("zhang-mackey-glass-prune", batches=60)
     assert c.schedule == "narang" and (c.start_step, c.ramp_step, c.end_step) == (2 * 60, 26 * 60, 51 * 60)
+
+
+def test_mnist_and_sms_prune_as_the_code_after_each_of_its_epochs():
+    from sparse_engine.training.schedules import narang_threshold
+
+    # SMS_pruning.py (Pruning_2), after its 0-based epoch e (5 <= e <= 50): keep s_t = 0.05 + 0.95 (1 - (e - 5) / 45)^3
+    _, c = controller("zhang-sms-prune", batches=35)
+    for e in (5, 6, 20, 49, 50):
+        assert c.target_density("rnn.weight_hh_l0", (e + 1) * 35) == pytest.approx(
+            0.05 + 0.95 * (1 - (e - 5) / 45) ** 3, abs=1e-12)
+    # MNIST_pruning.py (Pruning_1), after its epoch e (1 < e < 100), display_step 50: threshold from
+    # current_itr = e * 50, start 50, ramp round(0.25 * 201) * 50, end round(0.5 * 201) * 50
+    _, c = controller("zhang-mnist-prune", batches=50)
+    q, f = 0.3, 50
+    ramp, end = 50 * f, 100 * f
+    theta = 2 * q * f / (2 * (ramp - f) + 3 * (end - ramp))
+    for e in (2, 30, 49, 50, 99):
+        itr = e * f
+        code = (theta * (itr - f + 1) / f if itr < ramp
+                else (theta * (ramp - f + 1) + 1.5 * theta * (itr - ramp + 1)) / f)
+        ours = narang_threshold((e + 1) * f, q, c.start_step, c.ramp_step, c.end_step, c.frequency)
+        assert ours == pytest.approx(code, rel=1e-12)
 
 
 def test_gesture_and_mackey_glass_prune_as_the_code_after_each_of_its_epochs():
@@ -89,21 +111,24 @@ def test_gesture_and_mackey_glass_prune_as_the_code_after_each_of_its_epochs():
 
 def test_a_new_adam_where_the_code_rebuilds_its_graph():
     # pruning scripts: a new Adam after the epochs that pruned (0-based 5 < e < 100 for Gesture,
-    # 1 < e < 50 for Mackey-Glass); rewiring scripts: after every epoch; MNIST and SMS: not matched
+    # 1 < e < 50 for Mackey-Glass, 1 < e < 100 for MNIST, 5 <= e <= 50 for SMS); rewiring scripts:
+    # after every epoch
+    assert [e for e in range(1, 202) if get_recipe("zhang-mnist-prune").fresh_optimizer(e, 201)] == list(range(3, 101))
+    assert [e for e in range(1, 102) if get_recipe("zhang-sms-prune").fresh_optimizer(e, 101)] == list(range(6, 52))
     g = get_recipe("zhang-gesture-prune")
     assert [e for e in range(1, 202) if g.fresh_optimizer(e, 201)] == list(range(7, 101))
     m = get_recipe("zhang-mackey-glass-prune")
     assert [e for e in range(1, 102) if m.fresh_optimizer(e, 101)] == list(range(3, 51))
-    for name in ("zhang-gesture-set", "zhang-mackey-glass-deepr"):
-        assert [e for e in range(1, 6) if get_recipe(name).fresh_optimizer(e, 5)] == [1, 2, 3, 4]
-    assert not any(get_recipe("zhang-sms-set").fresh_optimizer(e, 101) for e in range(1, 102))
+    for task in ZHANG:
+        for kind in ("set", "deepr"):
+            assert [e for e in range(1, 6) if get_recipe(f"zhang-{task}-{kind}").fresh_optimizer(e, 5)] == [1, 2, 3, 4]
 
 
 def test_zhang_rewiring_recipes():
     for task, (*_, zeta, l1, noise) in ZHANG.items():
         model, c = controller(f"zhang-{task}-set", batches=7)
         assert isinstance(c, SET) and c.zeta == zeta and c.init == "zero"
-        assert c.rewire_every == (50 if task == "mnist" else "epoch")
+        assert c.rewire_every == "epoch"  # the code's epoch: 50 batches for MNIST
         model, c = controller(f"zhang-{task}-deepr", batches=7)
         assert isinstance(c, DeepR) and c.rule == "zhang" and (c.l1, c.noise) == (l1, noise)
         w = sparse_weights(model)["rnn.weight_hh_l0"]
@@ -138,6 +163,128 @@ def test_zhang_init_of_the_gesture_and_mackey_glass_scripts():
         else:  # Glorot-uniform: U(-b, b), b = sqrt(6 / (128 + 50))
             b = (6 / (128 + 50)) ** 0.5
             assert float(w.abs().max()) <= b and float(w.abs().max()) > 0.9 * b
+
+
+def test_zhang_init_of_the_mnist_and_sms_scripts():
+    # MNIST: W_in N(0, 1/28), readout N(0, 1) and bias 0; SMS: W_in N(0, 1/50), readout
+    # tf.truncated_normal_initializer(stddev=0.1) (redrawn beyond 0.2: deviation 0.1 * 0.8796), bias 0.1,
+    # embedding U(-1, 1) for every id, 0 included (its unknown words and padding), trained
+    for name, n_in, n_out, vocab in (("zhang-mnist-set", 28, 10, None), ("zhang-sms-set", 50, 2, 900)):
+        r = get_recipe(name)
+        assert r.variant == "zhang" and r.clip_value == 1.0
+        torch.manual_seed(0)
+        model = SequenceModel("rnn", n_in, n_out, 150, 1, 0.05, "recurrent", "classify", vocab)
+        zhang_init(model, 2, **r.init)
+        assert float(model.rnn.weight_ih_l0.detach().std()) == pytest.approx(n_in ** -0.5, rel=0.1)
+        assert all(float(b.detach().abs().max()) == 0 for n, b in model.rnn.named_parameters() if n.startswith("bias"))
+        w, b = model.readout.weight.detach(), model.readout.bias.detach()
+        if vocab is None:
+            assert float(w.std()) == pytest.approx(1.0, rel=0.15) and float(b.abs().max()) == 0
+            assert not r.softmax_loss
+            continue
+        assert float(w.abs().max()) <= 0.2 and float(w.std()) == pytest.approx(0.1 * 0.8796, rel=0.15)
+        assert torch.equal(b, torch.full((2,), 0.1))
+        e = model.embed.weight.detach()
+        assert model.embed.padding_idx is None and float(e.abs().max()) <= 1 and float(e.std()) == pytest.approx(
+            3 ** -0.5, rel=0.05)
+        model(torch.zeros(3, 25, dtype=torch.int64)).sum().backward()
+        assert float(model.embed.weight.grad[0].abs().sum()) > 0  # id 0 trains, as in the code
+        assert r.softmax_loss
+
+
+def test_sms_softmax_twice_loss():
+    from sparse_engine.runs import softmax_score_loss
+
+    out, y = torch.tensor([[2.0, -1.0], [0.5, 0.5], [-3.0, 1.0]]), torch.tensor([0, 1, 0])
+    p = [[e / sum(map(math.exp, r)) for e in map(math.exp, r)] for r in out.tolist()]
+    expected = sum(-math.log(math.exp(pr[t]) / sum(math.exp(v) for v in pr)) for pr, t in zip(p, y.tolist())) / 3
+    assert softmax_score_loss(out, y).item() == pytest.approx(expected, rel=1e-6)
+
+
+def _vocabulary_processor(texts, max_length, min_frequency):
+    """tf.contrib.learn's VocabularyProcessor as SMS_preprocess.py uses it, rebuilt from its rules on
+    texts its clean_text has cleaned: CategoricalVocabulary counts every token; trim() sorts by
+    word, then by count descending, and maps words from id 1 until a count <= min_frequency; id 0
+    is "<UNK>"; transform writes the first max_length ids after zeros."""
+    freq = {}
+    for t in texts:
+        for tok in t.split():
+            freq[tok] = freq.get(tok, 0) + 1
+    mapping = {}
+    for word, count in sorted(sorted(freq.items(), key=lambda x: x[0]), key=lambda x: x[1], reverse=True):
+        if count <= min_frequency:
+            break
+        mapping[word] = len(mapping) + 1
+    rows = []
+    for t in texts:
+        ids = [0] * max_length
+        for i, tok in enumerate(t.split()[:max_length]):
+            ids[i] = mapping.get(tok, 0)
+        rows.append(ids)
+    return rows, len(mapping) + 1
+
+
+def test_zhang_sms_vocabulary_as_the_codes_vocabulary_processor():
+    import re
+    from sparse_engine.data.files import load_sms_spam
+    from sparse_engine.data.tasks import ZHANG_SMS, _word_ids
+
+    texts, _ = load_sms_spam(DATA / "sms_spam" / "SMSSpamCollection")
+    # the code's copy of the file is ASCII (it dropped other characters), then its clean_text
+    cleaned = [" ".join(re.sub(r"([^\s\w]|_|[0-9])+", "", t.encode("ascii", "ignore").decode()).split()).lower()
+               for t in texts]
+    rows, size = _vocabulary_processor(cleaned, 25, 10)
+    ids, vocab = _word_ids(texts, **ZHANG_SMS)
+    assert vocab == size and ids.tolist() == rows
+    # hand-computed: "b" twice, "a" twice, "c" once; min count 2 -> a=1, b=2 (ties alphabetically); c and padding 0
+    ids, vocab = _word_ids(["b a c", "a b"], length=4, min_count=2, clean=True, pad="post", unknown_is_padding=True)
+    assert ids.tolist() == [[2, 1, 0, 0], [1, 2, 0, 0]] and vocab == 3
+
+
+def test_zhang_mnist_split_and_fifty_batch_epochs(tmp_path):
+    from sparse_engine.data.files import load_mnist
+    from sparse_engine.data.tasks import load_task
+
+    d = tmp_path / "mnist"
+    d.mkdir()
+    for k in ("images-idx3-ubyte", "labels-idx1-ubyte"):
+        shutil.copy(DATA / "mnist_test" / f"t10k-{k}.gz", d / f"t10k-{k}.gz")
+    X, y = load_mnist(d)
+    # test set only: the code's 500 test images test, the other 9,500 train
+    (Xtr, ytr), (Xte, yte), meta = load_task("mnist", str(d), 0, variant="zhang")
+    assert torch.equal(Xte, X[:500]) and torch.equal(yte, y[:500]) and torch.equal(Xtr, X[500:])
+    assert meta["epoch_batches"] == 50 and float(Xtr.max()) == 1.0 and float(Xtr.min()) == 0.0
+    for k in ("images-idx3-ubyte", "labels-idx1-ubyte"):  # stands in for the training files
+        shutil.copy(DATA / "mnist_test" / f"t10k-{k}.gz", d / f"train-{k}.gz")
+    (Xtr, _), (Xte, _), _ = load_task("mnist", str(d), 0, variant="zhang")
+    assert len(Xtr) == 10000 and len(Xte) == 500  # the first 55,000 training images (here all 10,000)
+
+
+def test_epochs_of_a_fixed_number_of_batches_run_on_across_shuffled_passes():
+    from types import SimpleNamespace
+    from sparse_engine.resume import TrainProgress
+
+    # 7 examples, batches of 2, epochs of 3 batches: 6 indices an epoch, the passes (7 each) run on
+    cfg = SimpleNamespace(batch_size=2, checkpoint_every=0, save=None)
+    p = TrainProgress(cfg, None, None, None, None, "cpu", 7, epoch_batches=3)
+    torch.manual_seed(5)
+    seen = []
+    for epoch in range(1, 8):
+        order, _ = p.begin_epoch(epoch)
+        assert [len(b) for b in order] == [2, 2, 2]
+        seen += torch.cat(order).tolist()
+        p.end_epoch({})
+    assert len(seen) == 42
+    torch.manual_seed(5)
+    passes = torch.cat([torch.randperm(7) for _ in range(6)]).tolist()
+    assert seen == passes  # 6 whole passes, each a permutation of the 7 examples, cut into epochs
+
+
+def test_mnist_recipe_trains_fifty_batches_an_epoch():
+    d = DATA / "mnist_test"
+    res = train(recipe="zhang-mnist-set", data=str(d), epochs=1, hidden=8, quiet=True)
+    assert res.history[0]["density"] == pytest.approx(0.05, abs=0.02)
+    assert res.history[0]["train_loss"] > 0
 
 
 def test_zhang_gesture_split_as_the_code():
@@ -332,3 +479,20 @@ def test_a_published_number_prints_beside_ours_and_none_is_made_up():
         metric, value, where = rec.published
         assert value is None and "no published number found" in where
         assert "published n/a (no published number found" in recipe_summary(rec, {metric: 0.5, "density": 0.05}, 1)
+
+
+def test_a_run_of_fifty_batch_epochs_resumes_bit_exactly(tmp_path, monkeypatch):
+    # the pass running on across epochs is part of the saved state: a run stopped in epoch 3 (its
+    # last checkpoint inside epoch 2 or 3) and resumed ends as the run made in one go
+    from test_resume import interrupt_at
+
+    d = str(DATA / "mnist_test")
+    opts = dict(recipe="zhang-mnist-set", data=d, epochs=4, hidden=8, quiet=True)
+    whole = train(**opts)
+    ck = tmp_path / "ck.pt"
+    restore = interrupt_at(monkeypatch, 130, KeyboardInterrupt())  # step 130: epoch 3 of 50-batch epochs
+    with pytest.raises(KeyboardInterrupt):
+        train(**opts, save=str(ck), checkpoint_every=30)
+    restore()
+    again = train(**opts, resume=str(ck))
+    assert again.history == whole.history

@@ -37,9 +37,16 @@ def task_data_problem(task: str, data) -> str | None:
     return None
 
 
-# Zhang et al.'s SMS preprocessing (their data/SMS_preprocess.py): punctuation, underscores and
-# digits removed, lower case, the first 25 words, words seen at least 10 times, zero-padded after.
-ZHANG_SMS = dict(length=25, min_count=10, clean=True, pad="post")
+# Zhang et al.'s SMS preprocessing (their data/SMS_preprocess.py, tf.contrib's VocabularyProcessor):
+# the text as ASCII (their copy of the file drops other characters), punctuation, underscores and digits
+# removed, lower case; the words seen more than 10 times, ordered by count then alphabetically, from id 1;
+# id 0 both for the other words and for the padding after the first 25 words.
+ZHANG_SMS = dict(length=25, min_count=11, clean=True, pad="post", ascii=True, unknown_is_padding=True)
+# Zhang et al.'s MNIST pipeline (MNIST/MNIST_*.py, tf's input_data): pixels in [0, 1], the first 55,000
+# training images (the last 5,000 are its validation set, unused), the first 500 test images to test;
+# its "epoch" is 50 batches of 128 drawn from shuffled passes (next_batch). Without the training files
+# (only the test set given) the other 9,500 test images train.
+ZHANG_MNIST = dict(train=55000, test=500, epoch_batches=50)
 # Zhang et al.'s Gesture pipeline (their data/Gesture_preprocess.py, after the LTC paper's): the seven
 # recordings in this order, each cut into 32-frame sequences plus the sequences half-way between
 # them, labelled at every frame; features standardised over all those frames; one fixed permutation
@@ -52,7 +59,7 @@ ZHANG_GESTURE = dict(files=("a3_va3.csv", "b1_va3.csv", "b3_va3.csv", "c1_va3.cs
 # one batch is the 12 rows at one offset, in order; the code's "epoch" is 10 passes over them.
 # The test part is one row (batch 1) cut the same way.
 ZHANG_MACKEY_GLASS = dict(rows=12, input_width=500, label_width=50, passes=10, train=0.8)
-VARIANTS = {"sms": {"zhang": ZHANG_SMS}, "gesture": {"zhang": ZHANG_GESTURE},
+VARIANTS = {"mnist": {"zhang": ZHANG_MNIST}, "sms": {"zhang": ZHANG_SMS}, "gesture": {"zhang": ZHANG_GESTURE},
             "mackey-glass": {"zhang": ZHANG_MACKEY_GLASS}}
 
 
@@ -62,8 +69,9 @@ def load_task(task: str, data: str | None, seed: int, *, label_column: str | Non
     token ids; meta holds n_in, n_out, kind ('classify' or 'regress') and vocab size.
     Task ``table`` (a feature matrix, for --model mlp: inputs (N, F), standardised with the
     training split's mean and deviation) reads its labels from the column ``label_column``.
-    ``variant``: a paper's preprocessing of the task (:data:`VARIANTS`: "zhang" for sms, gesture
-    and mackey-glass).
+    ``variant``: a paper's preprocessing of the task (:data:`VARIANTS`: "zhang" for mnist, sms,
+    gesture and mackey-glass). meta may also say how the paper's code batches: ``epoch_batches``
+    (an epoch is that many batches from shuffled passes), ``drop_last``, ``shuffle``.
     ValueError for an unknown task or variant or a missing ``data``; the readers' errors for bad files."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}; got {task!r}")
@@ -78,6 +86,8 @@ def load_task(task: str, data: str | None, seed: int, *, label_column: str | Non
         X, y = digits()
         X = X.view(-1, 8, 8)
         meta = dict(n_in=8, n_out=10, kind="classify")
+    elif task == "mnist" and variant == "zhang":
+        return _zhang_mnist(data, **ZHANG_MNIST)
     elif task == "mnist":
         meta = dict(n_in=28, n_out=10, kind="classify")
         if _has_mnist_train(data):  # the standard split: 60,000 training and 10,000 test images
@@ -123,6 +133,17 @@ def load_task(task: str, data: str | None, seed: int, *, label_column: str | Non
         mean, std = X[tr].mean(0), X[tr].std(0).clamp_min(1e-6)
         X = (X - mean) / std
     return (X[tr], y[tr]), (X[te], y[te]), meta
+
+
+def _zhang_mnist(data, train: int, test: int, epoch_batches: int):
+    """Zhang et al.'s MNIST (:data:`ZHANG_MNIST`): (train, test, meta); an epoch is ``epoch_batches``
+    batches (meta), not one pass."""
+    meta = dict(n_in=28, n_out=10, kind="classify", epoch_batches=epoch_batches)
+    Xte, yte = load_mnist(data)
+    if _has_mnist_train(data):
+        Xtr, ytr = load_mnist(data, "train")
+        return (Xtr[:train], ytr[:train]), (Xte[:test], yte[:test]), meta
+    return (Xte[test:], yte[test:]), (Xte[:test], yte[:test]), meta
 
 
 def _zhang_gesture(data, files, length: int, split_seed: int, valid: float, test: float):
@@ -207,23 +228,27 @@ def _gesture_windows(recordings, all_recordings, length: int, stride: int = 2):
 
 
 def _word_ids(texts, length: int, max_vocab: int = 5000, min_count: int = 1, clean: bool = False,
-              pad: str = "pre"):
+              pad: str = "pre", ascii: bool = False, unknown_is_padding: bool = False):
     """Lower-cased word ids (0 = padding, 1 = unknown): the ``max_vocab`` - 2 most frequent
-    words seen at least ``min_count`` times; ``clean`` drops punctuation, underscores and digits
-    first; ``pad="pre"`` keeps the last ``length`` words, left-padded, ``"post"`` the first
-    ``length``, right-padded."""
+    words seen at least ``min_count`` times (ties: alphabetically); ``ascii`` drops non-ASCII
+    characters and ``clean`` punctuation, underscores and digits first; ``pad="pre"`` keeps the
+    last ``length`` words, left-padded, ``"post"`` the first ``length``, right-padded;
+    ``unknown_is_padding``: the unknown words are 0 too and the words start at 1."""
+    if ascii:
+        texts = [t.encode("ascii", errors="ignore").decode() for t in texts]
     if clean:
         texts = [" ".join(re.sub(r"([^\s\w]|_|[0-9])+", "", t).split()) for t in texts]
     words = [t.lower().split() for t in texts]
-    counts = Counter(w for ws in words for w in ws).most_common(max_vocab - 2)
-    vocab = {w: i + 2 for i, (w, c) in enumerate(x for x in counts if x[1] >= min_count)}
+    first = 1 if unknown_is_padding else 2
+    counts = sorted(Counter(w for ws in words for w in ws).items(), key=lambda x: (-x[1], x[0]))[:max_vocab - first]
+    vocab = {w: i + first for i, (w, c) in enumerate(x for x in counts if x[1] >= min_count)}
     ids = torch.zeros(len(texts), length, dtype=torch.int64)
     for r, ws in enumerate(words):
-        seq = [vocab.get(w, 1) for w in ws]
+        seq = [vocab.get(w, first - 1) for w in ws]
         seq = seq[-length:] if pad == "pre" else seq[:length]
         if seq:
             if pad == "pre":
                 ids[r, length - len(seq):] = torch.tensor(seq)
             else:
                 ids[r, :len(seq)] = torch.tensor(seq)
-    return ids, len(vocab) + 2
+    return ids, len(vocab) + first

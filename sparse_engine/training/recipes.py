@@ -48,19 +48,20 @@ ZHANG_CODE = "github.com/XinjieZhang/sparse-RNNs"
 class Recipe:
     """One published set-up. ``train`` holds :class:`~sparse_engine.runs.TrainConfig` fields
     (task, model, hidden, density, sparse, algorithm, epochs, batch_size, lr); the rest says how
-    the controller is built. ``unit``: the optimizer steps of the code's "epoch" (its unit of
-    logging, pruning and rewiring), None for one pass over the training set. ``clip_value``:
-    gradients clipped to [-c, c] before each step. ``variant``: the paper's preprocessing of
-    the task (:data:`~sparse_engine.data.tasks.VARIANTS`), where we have it. ``published``:
-    (metric, value or None, where it comes from). ``zhang_init``: the model's weights are
-    drawn as Zhang et al.'s (:func:`zhang_init`, with the keyword arguments ``init``).
-    ``fresh_adam``: the 1-based epochs after which the code starts a new Adam (it rebuilds its
-    graph from the weights): ``"all"``, a (first, last) range, or None (never)."""
+    the controller is built. An epoch is the code's "epoch" (its unit of logging, pruning,
+    rewiring and graph rebuilding): one pass, or the batches the task's ``epoch_batches`` says.
+    ``clip_value``: gradients clipped to [-c, c] before each step. ``variant``: the paper's
+    preprocessing of the task (:data:`~sparse_engine.data.tasks.VARIANTS`). ``published``:
+    (metric, value or None, where it comes from). ``zhang_init``: the model's weights are drawn
+    as Zhang et al.'s (:func:`zhang_init`, with the keyword arguments ``init``). ``fresh_adam``:
+    the 1-based epochs after which the code starts a new Adam (it rebuilds its graph from the
+    weights): ``"all"``, a (first, last) range, or None (never). ``softmax_loss``: the training
+    loss is the cross-entropy of the class probabilities taken as scores (a softmax applied
+    twice), as Zhang et al.'s SMS net."""
     name: str
     source: str
     train: dict
     controller: dict
-    unit: int | None = None
     clip_value: float | None = None
     variant: str | None = None
     published: tuple = ("test_acc", None, "")
@@ -68,6 +69,7 @@ class Recipe:
     zhang_init: bool = True
     init: dict = field(default_factory=dict)
     fresh_adam: object = None
+    softmax_loss: bool = False
 
     def fresh_optimizer(self, epoch: int, epochs: int) -> bool:
         """Whether the optimizer starts afresh after ``epoch`` (1-based) of a run of ``epochs``;
@@ -95,26 +97,32 @@ class Recipe:
 # none is read off a plot. To add one: published=(metric, value, "paper, <where>").
 _PUBLISHED_NOTE = ("no published number found: the public code gives none for this set-up and the paper's "
                    "results section could not be read here (only its abstract and introduction); not transcribed")
+# Every task follows its scripts' whole pipeline: the data variant "zhang" (splits, windows,
+# vocabulary, normalisation; MNIST's 50-batch epochs), the scripts' init (input weights N(0, 1/n_in)
+# for MNIST and SMS, N(0, 1) for Gesture and Mackey-Glass; zero recurrent bias; the readout's init),
+# gradients clipped to [-1, 1] (all four nets), a new Adam whenever the code rebuilds its graph
+# (``fresh_prune``: the epochs after which a pruning script does; a rewiring script does after every
+# epoch), and the pruning schedule in the code's epochs (``units``: the first, ramp and last update
+# as our schedule counts them, one epoch after the code's, see make_recipe_controller).
 _ZHANG_TASKS = {
-    # lr: (pruning script, rewiring script); epochs: ours (passes over the training set); unit: the
-    # script's "epoch" in batches (None: one pass); deepr: (alpha = l1, sigma = noise); clip: by value
-    "mnist": dict(hidden=150, batch_size=128, lr=(1e-3, 1e-3), epochs=21, unit=50, schedule="narang", zeta=0.2,
-                  deepr=(1e-5, 1e-5), clip=None, script="MNIST/MNIST_{}.py",
-                  why_epochs="201 'epochs' of 50 batches of 128 = 10,050 steps: 21 passes over MNIST's 60,000"),
-    "sms": dict(hidden=100, batch_size=128, lr=(5e-4, 5e-4), epochs=101, unit=None, schedule="cubic", zeta=0.1,
-                deepr=(1e-5, 1e-6), clip=None, script="SMS/SMS_{}.py", why_epochs="n_epochs 101"),
-    # Gesture and Mackey-Glass follow their scripts' whole pipeline: the data variant "zhang", input
-    # weights N(0, 1) (not over fan-in), zero recurrent bias, the readout's init, gradients clipped to
-    # [-1, 1], a new Adam whenever the code rebuilds its graph, and the schedule in the code's epochs
-    # (``units``: the first and last update as the code counts them, see make_recipe_controller)
-    "gesture": dict(hidden=128, batch_size=32, lr=(5e-3, 1e-2), epochs=201, unit=None, schedule="cubic", zeta=0.1,
-                    deepr=(1e-3, 1e-3), clip=1.0, script="Gesture/Gesture_{}.py", why_epochs="training_iters 201",
-                    variant="zhang", init=dict(input_scale="one", readout="normal", zero_bias=True),
+    # lr: (pruning script, rewiring script); epochs: the code's; deepr: (alpha = l1, sigma = noise)
+    "mnist": dict(hidden=150, batch_size=128, lr=(1e-3, 1e-3), epochs=201, schedule="narang", zeta=0.2,
+                  deepr=(1e-5, 1e-5), script="MNIST/MNIST_{}.py",
+                  why_epochs="training_iters 201 of 50 batches of 128 (10,050 steps)",
+                  init=dict(input_scale="fan_in", readout="normal", zero_bias=True),
+                  units=dict(start=2, ramp=51, end=101), fresh_prune=(3, 100)),
+    "sms": dict(hidden=100, batch_size=128, lr=(5e-4, 5e-4), epochs=101, schedule="cubic", zeta=0.1,
+                deepr=(1e-5, 1e-6), script="SMS/SMS_{}.py", why_epochs="n_epochs 101",
+                init=dict(input_scale="fan_in", readout="truncnormal", zero_bias=True, embedding="uniform"),
+                units=dict(start=6, end=51), fresh_prune=(6, 51), softmax_loss=True),
+    "gesture": dict(hidden=128, batch_size=32, lr=(5e-3, 1e-2), epochs=201, schedule="cubic", zeta=0.1,
+                    deepr=(1e-3, 1e-3), script="Gesture/Gesture_{}.py", why_epochs="training_iters 201",
+                    init=dict(input_scale="one", readout="normal", zero_bias=True),
                     units=dict(start=6, end=101), fresh_prune=(7, 100)),
-    "mackey-glass": dict(hidden=128, batch_size=12, lr=(1e-3, 2e-3), epochs=101, unit=None, schedule="narang",
-                         zeta=0.2, deepr=(1e-5, 1e-5), clip=1.0, script="Mackey_Glass/MG_{}.py",
+    "mackey-glass": dict(hidden=128, batch_size=12, lr=(1e-3, 2e-3), epochs=101, schedule="narang",
+                         zeta=0.2, deepr=(1e-5, 1e-5), script="Mackey_Glass/MG_{}.py",
                          why_epochs="n_epochs 101, each 10 passes of 6 batches over its 72 windows",
-                         variant="zhang", init=dict(input_scale="one", readout="glorot", zero_bias=True),
+                         init=dict(input_scale="one", readout="glorot", zero_bias=True),
                          units=dict(start=2, ramp=26, end=51), fresh_prune=(3, 50)),
 }
 
@@ -136,15 +144,14 @@ def _zhang_recipes() -> dict:
             else:
                 train = dict(base, density=0.05, algorithm="deepr", lr=s["lr"][1])
                 ctl = dict(kind="deepr", l1=s["deepr"][0], noise=s["deepr"][1])
-            name = f"zhang-{task}-{kind}"
-            if "units" in s and kind == "prune":
+            if kind == "prune":
                 ctl["units"] = s["units"]
-            fresh = None if "variant" not in s else ("all" if kind != "prune" else s["fresh_prune"])
+            name = f"zhang-{task}-{kind}"
             out[name] = Recipe(name=name, source=f"Zhang et al. 2023; {ZHANG_CODE} {script}", train=train,
-                               controller=ctl, unit=s["unit"], clip_value=s["clip"],
-                               variant="zhang" if task == "sms" else s.get("variant"),
-                               published=(metric, None, _PUBLISHED_NOTE), notes=s["why_epochs"],
-                               init=s.get("init", {}), fresh_adam=fresh)
+                               controller=ctl, clip_value=1.0, variant="zhang", published=(metric, None, _PUBLISHED_NOTE),
+                               notes=s["why_epochs"], init=s["init"],
+                               fresh_adam="all" if kind != "prune" else s["fresh_prune"],
+                               softmax_loss=s.get("softmax_loss", False))
     return out
 
 
@@ -159,64 +166,52 @@ def get_recipe(name: str) -> Recipe:
 
 
 def make_recipe_controller(recipe: Recipe, model, opt, batches: int, epochs: int, seed: int, callbacks):
-    """The controller of ``recipe`` for a run of ``epochs`` passes of ``batches`` steps.
-    Schedules are in the code's units (``recipe.unit`` steps, or one pass): Zhang et al.'s
-    Narang pruning starts after one unit, ramps at a quarter and ends at half of the units, one
-    update a unit, with q recomputed from the current weights at every update (their
-    Pruning_Algorithm); their cubic pruning runs from unit 5 to half of the units; SET and DEEP R
-    rewire once a unit."""
+    """The controller of ``recipe`` for a run of ``epochs`` epochs of ``batches`` steps, in the
+    code's epochs: pruning once an epoch from ``units["start"]`` to ``units["end"]`` (Narang et
+    al.'s ramp at ``units["ramp"]``, q recomputed from the current weights at every update, as
+    their Pruning_Algorithm; Zhu and Gupta's cubic schedule from dense), a shorter run scaling
+    them; SET and DEEP R rewire after every epoch. The code prunes after its 0-based epoch e
+    with the iteration count e * batches, so its update after our epoch k is our schedule's at
+    k - 1: the units given are the code's plus one."""
     from . import SET, DeepR, GradualMagnitudePruning
 
-    unit = recipe.unit or batches
-    units = max(2, (epochs * batches) // unit)
     c = recipe.controller
-    if c["kind"] == "gmp" and "units" in c:
-        # the code's own epochs (Gesture, Mackey-Glass): it prunes after its 0-based epoch e with the
-        # iteration count e * freq, so its update after our epoch k is our schedule's at k - 1; the
-        # start, ramp and end given are ours (a shorter run scales them)
-        u = c["units"]
-        scale = units / recipe.train["epochs"] if recipe.unit is None else 1.0
-        at = {k: max(1, round(v * scale)) for k, v in u.items()}
+    if c["kind"] == "gmp":
+        scale = epochs / recipe.train["epochs"]
+        at = {k: max(1, round(v * scale)) for k, v in c["units"].items()}
         at["end"] = max(at["end"], at.get("ramp", at["start"]) + 1, at["start"] + 1)
         if c["schedule"] == "narang":
             at["ramp"] = min(max(at["ramp"], at["start"] + 1), at["end"])
             return GradualMagnitudePruning(model, opt, final_density=c["final_density"], schedule="narang",
-                                           start_step=at["start"] * unit, ramp_step=at["ramp"] * unit,
-                                           end_step=at["end"] * unit, frequency=unit, requantile=True, seed=seed,
-                                           callbacks=callbacks)
+                                           start_step=at["start"] * batches, ramp_step=at["ramp"] * batches,
+                                           end_step=at["end"] * batches, frequency=batches, requantile=True,
+                                           seed=seed, callbacks=callbacks)
         return GradualMagnitudePruning(model, opt, final_density=c["final_density"], schedule="cubic",
-                                       initial_density=1.0, start_step=at["start"] * unit,
-                                       end_step=at["end"] * unit, frequency=unit, seed=seed, callbacks=callbacks)
-    if c["kind"] == "gmp":
-        if c["schedule"] == "narang":
-            return GradualMagnitudePruning(model, opt, final_density=c["final_density"], schedule="narang",
-                                           start_step=unit, ramp_step=max(2, round(0.25 * units)) * unit,
-                                           end_step=max(3, round(0.5 * units)) * unit, frequency=unit,
-                                           requantile=True, seed=seed, callbacks=callbacks)
-        start = min(5, units // 4)
-        return GradualMagnitudePruning(model, opt, final_density=c["final_density"], schedule="cubic",
-                                       initial_density=1.0, start_step=start * unit,
-                                       end_step=max(start + 1, round(0.5 * units)) * unit, frequency=unit,
-                                       seed=seed, callbacks=callbacks)
-    every = recipe.unit if recipe.unit else "epoch"
+                                       initial_density=1.0, start_step=at["start"] * batches,
+                                       end_step=at["end"] * batches, frequency=batches, seed=seed,
+                                       callbacks=callbacks)
     if c["kind"] == "set":
-        return SET(model, opt, zeta=c["zeta"], rewire_every=every, seed=seed, callbacks=callbacks)
-    return DeepR(model, opt, rule="zhang", l1=c["l1"], noise=c["noise"], rewire_every=every, seed=seed,
+        return SET(model, opt, zeta=c["zeta"], rewire_every="epoch", seed=seed, callbacks=callbacks)
+    return DeepR(model, opt, rule="zhang", l1=c["l1"], noise=c["noise"], rewire_every="epoch", seed=seed,
                  callbacks=callbacks)
 
 
 @torch.no_grad()
 def zhang_init(model, seed: int, *, input_scale: str = "fan_in", readout: str | None = None,
-               zero_bias: bool = False) -> None:
+               zero_bias: bool = False, embedding: str | None = None) -> None:
     """Zhang et al.'s initial weights: W_rec ~ N(0, 1/n_hidden) at its stored positions (a
     0.05-density W_rec is not rescaled, as in their code); W_in ~ N(0, 1/n_in)
     (``input_scale="fan_in"``: their MNIST and SMS scripts) or N(0, 1) (``"one"``: Gesture,
-    Mackey-Glass). ``readout``: None keeps the model's; "normal" N(0, 1) (their Gesture net's
-    tf.random_normal_initializer), "glorot" Glorot-uniform (their Mackey-Glass net); its bias 0.
-    ``zero_bias``: the recurrent bias 0 (their cell's zeros initializer)."""
-    if input_scale not in ("fan_in", "one") or readout not in (None, "normal", "glorot"):
-        raise ValueError(f"input_scale must be 'fan_in' or 'one' and readout None, 'normal' or 'glorot'; got "
-                         f"{input_scale!r}, {readout!r}")
+    Mackey-Glass). ``readout``: None keeps the model's; "normal" N(0, 1) (their MNIST and Gesture
+    nets' tf.random_normal_initializer), "glorot" Glorot-uniform (their Mackey-Glass net), its
+    bias 0; "truncnormal" N(0, 0.1^2) redrawn beyond two deviations, bias 0.1 (their SMS net).
+    ``zero_bias``: the recurrent bias 0 (their cell's zeros initializer). ``embedding``:
+    "uniform" U(-1, 1) for every row, the padding id's too, which then trains (their SMS net:
+    id 0 is both padding and the unknown words)."""
+    if (input_scale not in ("fan_in", "one") or readout not in (None, "normal", "glorot", "truncnormal")
+            or embedding not in (None, "uniform")):
+        raise ValueError(f"input_scale must be 'fan_in' or 'one', readout None, 'normal', 'glorot' or 'truncnormal' "
+                         f"and embedding None or 'uniform'; got {input_scale!r}, {readout!r}, {embedding!r}")
     g = torch.Generator().manual_seed(int(seed) + 1000)
     rnn = model.rnn
     for name, p in rnn.named_parameters():
@@ -233,6 +228,11 @@ def zhang_init(model, seed: int, *, input_scale: str = "fan_in", readout: str | 
         w = model.readout.weight
         if readout == "normal":
             w.copy_(torch.randn(w.shape, generator=g))
+        elif readout == "truncnormal":
+            torch.nn.init.trunc_normal_(w, std=0.1, a=-0.2, b=0.2, generator=g)
         else:
             torch.nn.init.xavier_uniform_(w, generator=g)
-        model.readout.bias.zero_()
+        model.readout.bias.fill_(0.1 if readout == "truncnormal" else 0.0)
+    if embedding is not None:
+        model.embed.weight.uniform_(-1.0, 1.0, generator=g)
+        model.embed.padding_idx = None
