@@ -131,9 +131,10 @@ def results_table(rows: list[dict], kind: str, args) -> str:
             "peak memory (MiB) |")
     lines = [head, "|" + " --- |" * 9]
     f = lambda v: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"  # noqa: E731
+    score = (lambda v: f"{v:.3f}") if kind == "classify" else (lambda v: f"{v:.2g}")  # an MSE of 3e-4 is not 0.000
     for r in rows:
         lines.append(f"| {r['run']} | {r['hidden']:,} | {r['edges_start']:,} -> {r['edges_end']:,} | "
-                     f"{f(r['score_start'])} -> {f(r['score_end'])} | {f(r['semicycle_start'])} "
+                     f"{score(r['score_start'])} -> {score(r['score_end'])} | {f(r['semicycle_start'])} "
                      f"(z {f(r['z_semicycle_start'])}) -> {f(r['semicycle_end'])} (z {f(r['z_semicycle_end'])}) | "
                      f"{f(r['triad_start'])} -> {f(r['triad_end'])} | {r['wall_s']:.1f} | {r['record_s']:.1f} | "
                      f"{r['peak_mib']:,.0f} |")
