@@ -256,7 +256,8 @@ def main() -> None:
                 "(network): values + CSR + transposed index as built. Load avg: 1-minute load average at the "
                 "epoch's end (2 cores: above 2 the numbers are slowed by other work).\n\n"
                 f"Command: `python benchmarks/bench_set_mlp.py --sizes {args.sizes} --epochs {args.epochs} "
-                f"--threads {args.threads}`\n\n" + markdown_table(HEADER, [row_of(r) for r in rows]))
+                f"--threads {args.threads}" + (f" --train {args.train}" if args.train != 8000 else "") +
+                f" --max-gb {args.max_gb:g}`\n\n" + markdown_table(HEADER, [row_of(r) for r in rows]))
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(f"# SET-MLP on the CPU: time and memory per epoch\n\nMachine: {machine()}, "
                        f"{args.threads} threads for the runs\n\n{body}\n")
