@@ -32,6 +32,18 @@ inline uint64_t mix64(uint64_t x) {
 // Elements per block of the parallel loops (a multiple of every vector width).
 inline constexpr int64_t kElementBlock = 1 << 14;
 
+// body(i0, i1) over [0, n) in blocks of kElementBlock, the blocks spread over the threads (one
+// block is always one thread's, so a block's results do not depend on the thread count).
+template <typename Body>
+void for_each_block(int64_t n, const Body& body) {
+  const int64_t blocks = (n + kElementBlock - 1) / kElementBlock;
+#pragma omp parallel for schedule(static) num_threads(kernel_threads()) if (n >= kParallelWork)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t i0 = blk * kElementBlock;
+    body(i0, std::min(n, i0 + kElementBlock));
+  }
+}
+
 template <typename S>
 void relu_dropout_kernel(S* z, int64_t n, double p, uint64_t seed) {
   using A = acc_t<S>;
@@ -39,10 +51,7 @@ void relu_dropout_kernel(S* z, int64_t n, double p, uint64_t seed) {
   const uint64_t threshold = static_cast<uint64_t>(std::ceil(p * 16777216.0));
   const A scale = static_cast<A>(1.0 / (1.0 - p));
   const uint64_t base = mix64(seed);  // so that seeds s and s + 1 do not share counters
-  const int64_t blocks = (n + kElementBlock - 1) / kElementBlock;
-#pragma omp parallel for schedule(static) num_threads(kernel_threads()) if (n >= kParallelWork)
-  for (int64_t blk = 0; blk < blocks; ++blk) {
-    const int64_t i0 = blk * kElementBlock, i1 = std::min(n, i0 + kElementBlock);
+  for_each_block(n, [&](int64_t i0, int64_t i1) {
 #pragma omp simd
     for (int64_t i = i0; i < i1; ++i) {
       const uint64_t r = mix64(base + static_cast<uint64_t>(i) * 0x9E3779B97F4A7C15ULL) >> 40;
@@ -50,7 +59,7 @@ void relu_dropout_kernel(S* z, int64_t n, double p, uint64_t seed) {
       const A relu = v > A(0) || v != v ? v : A(0);  // NaN stays NaN, as in torch.relu
       z[i] = static_cast<S>(relu * (r >= threshold ? scale : A(0)));
     }
-  }
+  });
 }
 
 void relu_dropout_cpu(at::Tensor& z, double p, int64_t seed) {
@@ -65,10 +74,7 @@ template <typename S>
 void sgd_step_kernel(S* param, S* buf, const S* grad, int64_t n, double lr, double momentum, double decay) {
   using A = acc_t<S>;
   const A keep = static_cast<A>(1.0 - decay), a_lr = static_cast<A>(lr), m = static_cast<A>(momentum);
-  const int64_t blocks = (n + kElementBlock - 1) / kElementBlock;
-#pragma omp parallel for schedule(static) num_threads(kernel_threads()) if (n >= kParallelWork)
-  for (int64_t blk = 0; blk < blocks; ++blk) {
-    const int64_t i0 = blk * kElementBlock, i1 = std::min(n, i0 + kElementBlock);
+  for_each_block(n, [&](int64_t i0, int64_t i1) {
 #pragma omp simd
     for (int64_t i = i0; i < i1; ++i) {
       const A b = m * static_cast<A>(buf[i]) + static_cast<A>(grad[i]);
@@ -76,7 +82,7 @@ void sgd_step_kernel(S* param, S* buf, const S* grad, int64_t n, double lr, doub
       buf[i] = b_s;
       param[i] = static_cast<S>(keep * static_cast<A>(param[i]) - a_lr * static_cast<A>(b_s));
     }
-  }
+  });
 }
 
 void sgd_step_cpu(at::Tensor& param, at::Tensor& buf, const at::Tensor& grad, double lr, double momentum,
