@@ -276,9 +276,10 @@ def test_ops_that_read_the_transposed_index_refuse_an_absent_one(rng):
     with pytest.raises(ValueError, match="csc_row and csc_perm must have nnz="):
         torch.ops.sparse_engine.spmm(rp, ci, cp, cr, torch.empty(0, dtype=torch.int32), W.values,
                                      torch.randn(9, 3))
+    fresh = random_weight(12, 9, 0.4, generator=rng)
+    assert not fresh.has_transpose
     with pytest.raises(ValueError, match="X must have 9 rows"):  # the absent index still gives the column count
-        torch.ops.sparse_engine.spmm(*random_weight(12, 9, 0.4, generator=rng).csr_index, W.values,
-                                     torch.randn(8, 3))
+        torch.ops.sparse_engine.spmm(*fresh.csr_index, fresh.values, torch.randn(8, 3))
 
 
 def test_export_and_compile_of_a_weight_whose_transpose_is_not_built(rng):
