@@ -20,6 +20,9 @@ sparse_engine_composed: the module built with fused=False), so fused vs composed
 the same run.
 The results file is rewritten after every cell (and into --copy-to), and --budget-s stops starting
 cells (and caps each cell's timeout) so that a run under a wall-clock limit still leaves a table.
+Ours (SparseLSTM/GRU, fused then composed) runs first at every size, then the baselines, so a
+baseline that fails or takes its whole timeout cannot leave ours unmeasured. On a GPU each step is
+timed with CUDA events (torch.cuda.Event) recorded around it on the current stream.
 """
 from __future__ import annotations
 
@@ -153,9 +156,20 @@ def measure(method: str, cell: str, H: int, density: float, device: str, repeats
     else:
         raise ValueError(method)
 
-    def sync():
+    def timed_step() -> float:
+        """Seconds of one step: on a GPU between two CUDA events recorded on the current stream
+        around it (after a synchronize, so nothing earlier is counted); on the CPU wall time."""
         if dev.type == "cuda":
             torch.cuda.synchronize()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            step()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3
+        t0 = time.perf_counter()
+        step()
+        return time.perf_counter() - t0
 
     for _ in range(warmup):
         step()
@@ -165,11 +179,7 @@ def measure(method: str, cell: str, H: int, density: float, device: str, repeats
         torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - t0)
+        times.append(timed_step())
         for p in params:
             p.grad = None
     times.sort()
@@ -177,6 +187,13 @@ def measure(method: str, cell: str, H: int, density: float, device: str, repeats
             else peak_rss_bytes())
     return {"status": "ok", "ms": 1e3 * times[len(times) // 2], "peak_bytes": peak, "nnz": nnz, "path": path,
             "load": os.getloadavg()[0]}
+
+
+def run_order(methods) -> list[str]:
+    """The methods in the order they run: ours (sparse_engine, then its composed step) before the
+    baselines, each over every size."""
+    ours = [m for m in methods if m.startswith("sparse_engine")]
+    return ours + [m for m in methods if m not in ours]
 
 
 def run_child(method, cell, H, density, device, repeats, warmup, timeout) -> dict:
@@ -277,21 +294,21 @@ def main(argv=None):
 
     for cell, spec in ((c, s) for s in sizes for c in args.cells):
         H, d = spec.split(":")
-        H, d = int(H), float(d)
-        res = {}
-        rows.append((cell, H, d, res))
-        for method in methods:
-            need = 2 * GATES[cell] * H * H * (4 + 4 + 1 + 4) / 2**30  # weight, grad, mask, masked copy (float32)
-            timeout = cell_timeout()
-            if method == "masked_dense" and need > dense_limit:
-                res[method] = {"status": f"skipped (needs ~{need:.0f} GiB > {dense_limit:.0f} GiB)"}
-            elif timeout <= 0:
-                res[method] = {"status": f"not run (budget of {args.budget_s:.0f} s spent)"}
-            else:
-                res[method] = run_child(method, cell, H, d, device, args.repeats, args.warmup, timeout)
-            print(f"{cell} H={H:>6} density={d:<5} {method:>14}: {fmt(res[method], device)}"
-                  + (f"  ({res[method].get('error')})" if res[method].get("error") else ""), flush=True)
-            save()
+        rows.append((cell, int(H), float(d), {}))
+    # ours first, every size, then the baselines: a baseline that runs out of memory or time
+    # (a dense cuDNN LSTM at a large hidden size) cannot spend the budget before ours is measured
+    for method, (cell, H, d, res) in ((m, r) for m in run_order(methods) for r in rows):
+        need = 2 * GATES[cell] * H * H * (4 + 4 + 1 + 4) / 2**30  # weight, grad, mask, masked copy (float32)
+        timeout = cell_timeout()
+        if method == "masked_dense" and need > dense_limit:
+            res[method] = {"status": f"skipped (needs ~{need:.0f} GiB > {dense_limit:.0f} GiB)"}
+        elif timeout <= 0:
+            res[method] = {"status": f"not run (budget of {args.budget_s:.0f} s spent)"}
+        else:
+            res[method] = run_child(method, cell, H, d, device, args.repeats, args.warmup, timeout)
+        print(f"{cell} H={H:>6} density={d:<5} {method:>14}: {fmt(res[method], device)}"
+              + (f"  ({res[method].get('error')})" if res[method].get("error") else ""), flush=True)
+        save()
 
     if args.largest:
         limit = args.max_hidden or (2**18 if device == "cpu" else 2**21)
@@ -326,8 +343,10 @@ def report(rows, methods, device, args, load_start) -> list[str]:
         f"- machine: {machine(device)}",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; 1-min load average "
         f"{load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (a busy machine inflates every time)",
-        f"- median of {args.repeats} steps after {args.warmup} warm-up; peak memory of the whole process "
-        f"({'max_memory_allocated' if device == 'cuda' else 'max RSS'}); each cell in its own process",
+        f"- median of {args.repeats} steps after {args.warmup} warm-up, "
+        f"{'timed with CUDA events around each step' if device == 'cuda' else 'wall time'}; peak memory of the "
+        f"whole process ({'max_memory_allocated' if device == 'cuda' else 'max RSS'}); each cell in its own process; "
+        "ours measured first at every size, then the baselines",
         "- masked-dense: nn.LSTM / nn.GRU with weights * mask re-applied each step; torch.sparse: CSR "
         "torch.sparse.mm loop; load: 1-minute load average after our (SparseLSTM/GRU) measurement",
         "",

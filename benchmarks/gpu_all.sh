@@ -1,60 +1,77 @@
 #!/usr/bin/env bash
-# The one command for a GPU session: build the extension in place with the CUDA kernels, run
-# the CUDA tests, then the CUDA benchmarks. Logs and results files are also written to $OUT
-# when it is set (the device runner brings $OUT back; the checkout there is thrown away).
+# The commands of a GPU session: build the extension in place with the CUDA kernels, run the CUDA
+# tests and the sanitizer, then the CUDA benchmarks. Everything is written to $OUT as it goes
+# (the device runner brings $OUT back; the checkout there is thrown away), so a command stopped
+# at its limit still returns what it did.
 #
 # ---------------------------------------------------------------- GPU session plan (30 minutes)
-# One command may run at most 10 minutes, so run the stages as separate commands, in this
-# order (correctness first), each right after the previous one. Times are estimates for an
-# H100 with 16 host cores; every benchmark stops starting new cells after its budget and
-# rewrites its results file (into $OUT too) after every cell, so a cut-off run still leaves
-# results.
-#   1. STAGES="build test" benchmarks/gpu_all.sh                          ~5 min
-#        build ~2 min (nvcc for sm_90 only: TORCH_CUDA_ARCH_LIST = the detected GPU; the five
-#        .cu files compile in parallel, ~1 min each), tests ~2-3 min (incl. torch.compile).
-#        If this fails, read $OUT/gpu_logs/{build,tests}.log and fix before anything else.
-#        The built module is also copied to $OUT/build/ (stripped; split into .partNN files
-#        when over 15 MB): a machine idle for ~30 s is released and the next command gets a
-#        fresh one without the build. Here: `cat files_at/build/_C*.so* > sparse_engine/_C.cpython-
-#        312-x86_64-linux-gnu.so` (the name as it came back, without .partNN) and pass that path
-#        as `carry` to every later command; without it each later command first rebuilds
-#        (~2 min, automatic).
-#   2. BENCH_DTYPES=float32 BENCH_BUDGET_S=300 STAGES=bench benchmarks/gpu_all.sh   ~6-7 min
-#        the kernel grid, the issue's three reference cells first (N=131,072 at 20% density:
-#        3.4e9 nnz, is skipped by its memory estimate)
-#   3. STAGES=rnn benchmarks/gpu_all.sh                                   ~7 min (budget 360 s)
-#   4. STAGES="step topology" benchmarks/gpu_all.sh                       ~3-5 min
-#   5. STAGES=largest benchmarks/gpu_all.sh                               ~4 min (budget 240 s)
-#   6. BENCH_DTYPES=bfloat16 STAGES=bench benchmarks/gpu_all.sh --quick   ~2 min
-#        (the full bf16 grid, BENCH_BUDGET_S=420 without --quick, only with time to spare;
-#        likewise the rest of the float32 grid: STAGES=bench BENCH_DTYPES=float32 ... --n 131072)
-#   Optional, 5+ min: STAGES=sanitize (compute-sanitizer memcheck on a subset of the tests).
-# Afterwards commit, from $OUT (files_at) into benchmarks/results/: cuda_ops_<gpu>.md (float32
-# grid), cuda_ops_<gpu>_bf16_quick.md, rnn_step_gpu.md, topology_<gpu>.md, rnn_gpu.md,
-# rnn_gpu_largest.md (<gpu> = nvidia_h100_80gb_hbm3 or the like), and gpu_logs/tests.log as
-# benchmarks/results/gpu_tests_<gpu>.log; quote the numbers in docs/cuda.md / README.md.
+# A device command may run 10 minutes and a session has 30 minutes of device time, the machine's
+# start (1-2 minutes) and its idle time included; at most 8 files come back from $OUT per command.
+# So: one first command of about 9 minutes that does a little of everything (STAGES=first, the
+# default), then the longer stages in priority order, each command right after the one before
+# (a machine idle for ~30 s is given back, and the next one starts bare). Every stage takes its
+# time from DEADLINE_S (default 540 s, counted from the command's start): a stage that cannot get
+# its minimum is skipped and says so, a benchmark gets what is left as its budget (it stops starting
+# cells, and rewrites its results file into $OUT after every cell), and each stage runs under
+# `timeout`, so the command ends before the runner's 600 s.
+#   1. benchmarks/gpu_all.sh                                                  ~9 min
+#        STAGES=first = build test bench_quick rnn_quick topology step:
+#        build ~2 min (nvcc for the detected GPU's arch only), the GPU tests ~2-3 min (ops, fused
+#        step, topology ops, index checks; torch.compile included), then the targets' first
+#        numbers: the issue's three spmm/spmm_t/sddmm reference cells vs cuSPARSE (bench_cuda.py
+#        --quick), the LSTM step at H=4,096 and 16,384 (bench_rnn.py; ours first), SET prune +
+#        regrow at 100M nnz (bench_topology.py, its first case), fused vs composed step.
+#        If the build or the tests fail, read $OUT/gpu_all.log and fix before anything else.
+#        $OUT/build/ holds the built module (stripped; .partNN pieces when over 15 MB): join them
+#        here, `cat files_at/build/_C*.so* > sparse_engine/_C.cpython-312-x86_64-linux-gnu.so` (the
+#        name as it came back, without .partNN), and pass that path as `carry` to every later
+#        command; a command on a fresh machine without it rebuilds first (~2 min, automatic).
+#   2. STAGES=sanitize benchmarks/gpu_all.sh                                  ~5-7 min
+#        compute-sanitizer memcheck on the op, index-check and step tests that reach the long-row,
+#        zero-size and misaligned paths, and racecheck on the kernels with shared memory.
+#   3. STAGES=bench BENCH_DTYPES=float32 benchmarks/gpu_all.sh                ~9 min
+#        the float32 kernel grid (the reference cells first; N=131,072 at 20% is skipped by its
+#        memory estimate); what the deadline leaves out: ... STAGES=bench -- --n 131072 later.
+#   4. STAGES="rnn largest" benchmarks/gpu_all.sh                             ~9 min
+#        the LSTM/GRU training-step table (ours at every size first, then masked-dense cuDNN and
+#        torch.sparse), then the largest trainable SparseLSTM at 32 nonzeros per row.
+#   With time to spare, in this order: STAGES=topology (all cases), BENCH_DTYPES=bfloat16
+#   STAGES=bench ... -- --quick (then the full bf16 grid), STAGES=step.
+# $OUT per command: gpu_all.log (every stage's output, appended as it goes), each benchmark's results
+# file (cuda_ops_<gpu>[_bf16][_quick].md, rnn_gpu[_quick].md, rnn_gpu_largest.md, topology_<gpu>.md,
+# rnn_step_gpu.md) and, from the build stage, build/_C*.so[.partNN]: at most 8 files.
+# Afterwards commit from $OUT (files_at) into benchmarks/results/: the results files, and each
+# command's gpu_all.log as gpu_<stages>_<gpu>.log (<gpu> = nvidia_h100_80gb_hbm3 or the like);
+# quote the numbers in docs/cuda.md / README.md.
 # -------------------------------------------------------------------------------------------
 #
-#   benchmarks/gpu_all.sh                 # every stage (more than 10 minutes: see the plan)
+#   benchmarks/gpu_all.sh                              # STAGES=first (the plan's first command)
 #   STAGES="build test" benchmarks/gpu_all.sh
-#   STAGES="bench" benchmarks/gpu_all.sh --quick      # extra arguments go to bench_cuda.py
-#   STAGES="build sanitize" benchmarks/gpu_all.sh     # compute-sanitizer memcheck on a subset
-#   STAGES="step" benchmarks/gpu_all.sh               # fused vs composed recurrent step
-#   STAGES="topology" benchmarks/gpu_all.sh           # 100M-nnz prune + regrow (bench_topology.py)
-#   STAGES="rnn" benchmarks/gpu_all.sh                # LSTM training step table (bench_rnn.py)
-#   STAGES="largest" benchmarks/gpu_all.sh            # largest SparseLSTM hidden at 32 nonzeros/row
+#   STAGES="bench" benchmarks/gpu_all.sh --quick       # extra arguments go to bench_cuda.py
+#   STAGES="sanitize" benchmarks/gpu_all.sh            # memcheck + racecheck on a subset of the tests
+#   STAGES="step" benchmarks/gpu_all.sh                # fused vs composed recurrent step
+#   STAGES="topology" benchmarks/gpu_all.sh            # prune + regrow up to 100M nnz (bench_topology.py)
+#   STAGES="rnn" benchmarks/gpu_all.sh                 # LSTM/GRU training step table (bench_rnn.py)
+#   STAGES="largest" benchmarks/gpu_all.sh             # largest SparseLSTM hidden at 32 nonzeros/row
 #   BENCH_DTYPES=bfloat16 STAGES=bench benchmarks/gpu_all.sh   # only the bf16 grid
+#   DEADLINE_S=100000 STAGES="build test sanitize bench step topology rnn largest" benchmarks/gpu_all.sh
+#                                                      # everything, on a machine without a time limit
 # The bench stage runs the kernel grid once per dtype in BENCH_DTYPES (default "float32 bfloat16":
-# bf16 storage with float32 accumulation, against cuSPARSE in bf16 and our float32), each for at
-# most BENCH_BUDGET_S seconds (default 420) of new cells.
+# bf16 storage with float32 accumulation, against cuSPARSE in bf16 and our float32).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-STAGES=${STAGES:-build test bench step topology rnn largest}
+STAGES=${STAGES:-first}
+STAGES=${STAGES//first/build test bench_quick rnn_quick topology step}
 BENCH_DTYPES=${BENCH_DTYPES:-float32 bfloat16}
-BENCH_BUDGET_S=${BENCH_BUDGET_S:-420}
-LOGS=${OUT:-benchmarks/results}/gpu_logs
-mkdir -p "$LOGS"
+DEADLINE_S=${DEADLINE_S:-540}
+RESERVE_S=15  # left at the end for writing files and the runner's copy back
+# $OUT: the combined log and the results files (few files: the runner brings back at most 8);
+# without $OUT everything stays under benchmarks/results/
+DEST=${OUT:-benchmarks/results}
+LOG=$DEST/gpu_all.log
+LOCAL_LOGS=benchmarks/results/gpu_logs  # verbose logs (the build's) stay in the checkout
+mkdir -p "$DEST" "$LOCAL_LOGS"
 # the checkout's package whether or not `pip install -e .` worked (the fallback builds in place)
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1  # progress reaches the log even when a command is killed at its limit
@@ -62,38 +79,66 @@ copy=(); [[ -n "${OUT:-}" ]] && copy=(--copy-to "$OUT")
 status=0
 
 has() { [[ " $STAGES " == *" $1 "* ]]; }
-took() { echo "== $1 took $(( SECONDS - $2 )) s"; }
-# logged LOG LINES CMD...: CMD's output goes to $LOGS/LOG and its last LINES lines ("+1": all) to
-# the terminal; a failing CMD marks the whole run failed
-logged() {
-  local log=$1 lines=$2
-  shift 2
-  "$@" 2>&1 | tee "$LOGS/$log" | tail -n "$lines"
-  [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+say() { echo "$*" | tee -a "$LOG"; }
+left() { echo $(( DEADLINE_S - SECONDS - RESERVE_S )); }
+# starts STAGE if at least MIN seconds are left before the deadline (else says it is skipped)
+begin() {
+  local stage=$1 min=$2
+  if (( $(left) < min )); then
+    say "== $stage: skipped, $(left) s left before the deadline (DEADLINE_S=$DEADLINE_S), needs $min"
+    return 1
+  fi
+  say "== $stage ($(date -u +%H:%M:%S) UTC, $SECONDS s into the command, $(left) s left)"
 }
+took() { say "== $1 took $(( SECONDS - $2 )) s"; }
+# logged LINES CMD...: CMD's output is appended to the log and its last LINES lines ("+1": all) go to
+# the terminal; CMD runs under `timeout` until the deadline (or for $CAP seconds if that is sooner);
+# a failing CMD marks the whole run failed
+logged() {
+  local lines=$1
+  shift
+  local start; start=$(wc -l <"$LOG")
+  local t; t=$(left)
+  [[ -n "${CAP:-}" ]] && (( CAP < t )) && t=$CAP
+  (( t < 1 )) && t=1
+  timeout --kill-after=10 "$t" "$@" >>"$LOG" 2>&1
+  local rc=$?
+  tail -n +"$((start + 1))" "$LOG" | tail -n "$lines"
+  if (( rc == 124 || rc == 137 )); then say "   (stopped at the deadline)"; fi
+  (( rc == 0 )) || status=1
+  return $rc
+}
+# budget PERCENT MAX: seconds a benchmark may spend starting cells: PERCENT of the time left (the
+# stages after it get the rest; a cell that is running when its budget ends still finishes), at most MAX
+budget() { local b=$(( $(left) * $1 / 100 )); (( b > $2 )) && b=$2; (( b < 1 )) && b=1; echo $b; }
 
 cuda_ready() {  # this checkout's sparse_engine._C holds the CUDA kernels and a GPU is visible
   $PY -c "import torch, sparse_engine; from sparse_engine._ext import HAS_CUDA_KERNELS as h; \
 print('torch', torch.__version__, 'cuda available', torch.cuda.is_available(), 'CUDA kernels', h, \
 'from', sparse_engine.__file__); \
-assert h and torch.cuda.is_available(), 'built without CUDA kernels or no device'"
+assert h and torch.cuda.is_available(), 'built without CUDA kernels or no device'" 2>&1 | tee -a "$LOG"
 }
 
 build() {
   local t0=$SECONDS
-  echo "== build ($(nvcc --version 2>&1 | tail -1))"
+  say "== build ($(nvcc --version 2>&1 | tail -1); $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | head -1))"
   export SPARSE_ENGINE_CUDA=1
   # nvcc for the GPU present only (one arch keeps the build to ~2 minutes)
   if [[ -z "${TORCH_CUDA_ARCH_LIST:-}" ]]; then
     TORCH_CUDA_ARCH_LIST=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability(0))" 2>/dev/null) \
-      && export TORCH_CUDA_ARCH_LIST && echo "TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST"
+      && export TORCH_CUDA_ARCH_LIST && say "TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST"
   fi
-  if ! MAX_JOBS=${MAX_JOBS:-16} $PY -m pip install --no-build-isolation --no-deps -e . >"$LOGS/build.log" 2>&1; then
-    echo "pip install -e . failed (see $LOGS/build.log); trying setup.py build_ext --inplace"
-    tail -5 "$LOGS/build.log"
-    MAX_JOBS=${MAX_JOBS:-16} $PY setup.py build_ext --inplace >>"$LOGS/build.log" 2>&1 || { tail -40 "$LOGS/build.log"; exit 1; }
+  local blog=$LOCAL_LOGS/build.log
+  if ! MAX_JOBS=${MAX_JOBS:-16} timeout "$(left)" $PY -m pip install --no-build-isolation --no-deps -e . >"$blog" 2>&1; then
+    say "pip install -e . failed (see the tail below); trying setup.py build_ext --inplace"
+    tail -5 "$blog" | tee -a "$LOG"
+    if ! MAX_JOBS=${MAX_JOBS:-16} timeout "$(left)" $PY setup.py build_ext --inplace >>"$blog" 2>&1; then
+      tail -60 "$blog" | tee -a "$LOG"
+      exit 1
+    fi
   fi
-  tail -2 "$LOGS/build.log"
+  grep -iE "warning|error" "$blog" | grep -v "Wmaybe-uninitialized\|avx512\|note:" | head -20 >>"$LOG"
+  tail -2 "$blog" | tee -a "$LOG"
   cuda_ready || exit 1
   # the built module, so that a later command on a fresh machine can carry it instead of rebuilding:
   # without host debug info, and in parts of < 16 MiB (the largest file $OUT brings back)
@@ -104,87 +149,110 @@ build() {
       strip --strip-debug -o "$dst" "$so" 2>/dev/null || cp "$so" "$dst"
       if [[ $(stat -c %s "$dst") -gt 15000000 ]]; then split -b 15000000 -d "$dst" "$dst.part" && rm "$dst"; fi
     done
-    ls -l "$OUT/build"
+    ls -l "$OUT/build" | tee -a "$LOG"
   fi
   took build $t0
 }
 
+say "== gpu_all.sh: STAGES=\"$STAGES\", deadline ${DEADLINE_S} s, $(date -u '+%Y-%m-%d %H:%M') UTC, $(git log -1 --format='%h %s' 2>/dev/null | cut -c1-100)"
 if has build; then
   build
 elif [[ -n "${STAGES// /}" ]]; then
   # a fresh machine (the previous one was released) has no build: make one instead of failing
-  cuda_ready || { echo "no CUDA build here: building first"; build; }
+  cuda_ready || { say "no CUDA build here: building first"; build; }
 fi
 
-if has test; then
+# a hung kernel must not take the whole command: pytest-timeout (in the device image) ends the run
+# with every thread's stack when one test runs past this
+PYTEST_TIMEOUT=()
+$PY -c "import pytest_timeout" 2>/dev/null && PYTEST_TIMEOUT=(--timeout=240 --timeout-method=thread)
+
+if has test && begin tests 60; then
   t0=$SECONDS
-  echo "== tests"
   # only the tests that need the GPU: test_cuda_build.py (nvcc again) and test_cuda_emulated.py
-  # (host emulation, minutes) run on every CPU machine and would only spend device time here
-  logged tests.log 30 $PY -m pytest -q -ra --durations=10 tests/test_cuda_ops.py tests/test_cuda_rnn.py \
-    tests/test_kernels_topology_cuda.py
+  # (host emulation, minutes) run on every CPU machine and would only spend device time here;
+  # test_index_check.py runs its cases on CPU and CUDA
+  CAP=300 logged 30 $PY -m pytest -q -ra --durations=10 ${PYTEST_TIMEOUT[@]+"${PYTEST_TIMEOUT[@]}"} tests/test_cuda_ops.py tests/test_cuda_rnn.py \
+    tests/test_kernels_topology_cuda.py tests/test_index_check.py
   took tests $t0
 fi
 
-if has sanitize; then
+if has sanitize && begin sanitize 120; then
   t0=$SECONDS
-  echo "== compute-sanitizer memcheck (subset)"
   # not always on PATH; and without torch's caching allocator, so that an access past the end of
-  # a tensor is not hidden inside a larger cached block
+  # a tensor is not hidden inside a larger cached block. Each run gets a share of the time left.
+  # (On a gVisor machine compute-sanitizer says "Device not supported": the H100 kind, Firecracker, runs it.)
   SANITIZER=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
   export PYTORCH_NO_CUDA_MEMORY_CACHING=1
-  "$SANITIZER" --tool memcheck --error-exitcode 9 $PY -m pytest -q -x tests/test_cuda_ops.py \
-    -k "power_rows or power_cols or long_kernel_grid or zero or no_rows or no_cols or misaligned" \
-    >"$LOGS/sanitize.log" 2>&1
-  rc=$?
-  tail -15 "$LOGS/sanitize.log"
-  [[ $rc -eq 0 ]] || status=1
-  "$SANITIZER" --tool memcheck --error-exitcode 9 $PY -m pytest -q -x tests/test_cuda_rnn.py \
-    -k "skewed or zero or empty or misaligned" >"$LOGS/sanitize_rnn.log" 2>&1
-  rc=$?
-  tail -5 "$LOGS/sanitize_rnn.log"
-  [[ $rc -eq 0 ]] || status=1
+  san() {  # san TOOL SHARE_PERCENT PYTEST_ARGS...: one sanitizer run, at most SHARE% of the time left
+    local tool=$1 share=$2
+    shift 2
+    say "-- $tool: $*"
+    local cap=$(( $(left) * share / 100 ))
+    (( cap > 30 )) || { say "   skipped: too little time left"; return; }
+    CAP=$cap logged 8 "$SANITIZER" --tool "$tool" --error-exitcode 9 --print-limit 50 \
+      $PY -m pytest -q -x -p no:cacheprovider "$@"
+  }
+  # the ops on the patterns with long rows/columns, zero sizes and one column at B = 3 (scalar
+  # loads), 32 (vector loads, one tile) and 300 (several tiles), every dtype; misaligned inputs;
+  # bad indices (the scan must not read out of bounds either)
+  san memcheck 35 tests/test_cuda_ops.py -k "(test_ops_match_dense_reference and (-3- or -32- or -300-) and \
+(power or zero or no_ or one_col)) or long_kernel_grid or long_row_kernels or misaligned or zero_batch or out_of_range"
+  san memcheck 25 tests/test_index_check.py -k cuda
+  san memcheck 50 tests/test_cuda_rnn.py -k "skewed or zero or empty or misaligned"
+  # shared memory: the long-row kernels' partial sums and the fused step's per-block products
+  san racecheck 50 tests/test_cuda_ops.py -k "long_kernel_grid or long_row_kernels"
+  san racecheck 100 tests/test_cuda_rnn.py -k "skewed and (LSTM or GRU) and f32"
   unset PYTORCH_NO_CUDA_MEMORY_CACHING
   took sanitize $t0
 fi
 
+if has bench_quick && begin "benchmark, the issue's reference cells (float32)" 60; then
+  t0=$SECONDS
+  logged +1 $PY benchmarks/bench_cuda.py --quick --dtype float32 --budget-s "$(budget 30 150)" ${copy[@]+"${copy[@]}"}
+  took "reference cells" $t0
+fi
+
 if has bench; then
   for dt in $BENCH_DTYPES; do
+    begin "benchmark ($dt)" 60 || continue
     t0=$SECONDS
-    echo "== benchmark ($dt)"
-    logged "bench_$dt.log" +1 $PY benchmarks/bench_cuda.py --dtype "$dt" --budget-s "$BENCH_BUDGET_S" \
-      ${copy[@]+"${copy[@]}"} "$@"
+    logged +1 $PY benchmarks/bench_cuda.py --dtype "$dt" --budget-s "$(budget 85 480)" ${copy[@]+"${copy[@]}"} "$@"
     took "benchmark ($dt)" $t0
   done
 fi
 
-if has step; then
+if has rnn_quick && begin "LSTM training step, H=4,096 and 16,384" 60; then
   t0=$SECONDS
-  echo "== fused vs composed recurrent step"
-  logged bench_rnn_step.log 20 $PY benchmarks/bench_rnn_step.py --device cuda --budget-s 150 ${copy[@]+"${copy[@]}"}
-  took step $t0
+  logged 14 $PY benchmarks/bench_rnn.py --device cuda --cells LSTM --sizes 4096:0.01 16384:0.01 --repeats 5 \
+    --budget-s "$(budget 45 150)" --timeout 90 --out benchmarks/results/rnn_gpu_quick.md ${copy[@]+"${copy[@]}"}
+  took "LSTM step" $t0
 fi
 
-if has topology; then
+if has topology && begin "topology update (SET prune + regrow, 100M nnz first)" 45; then
   t0=$SECONDS
-  echo "== topology-update benchmark (100M nnz prune + regrow)"
-  logged bench_topology.log +1 $PY benchmarks/bench_topology.py --device cuda --budget-s 180 ${copy[@]+"${copy[@]}"}
+  logged +1 $PY benchmarks/bench_topology.py --device cuda --budget-s "$(budget 55 180)" ${copy[@]+"${copy[@]}"}
   took topology $t0
 fi
 
-if has rnn; then
+if has step && begin "fused vs composed recurrent step" 30; then
   t0=$SECONDS
-  echo "== LSTM training step (SparseLSTM fused and composed vs masked-dense cuDNN vs torch.sparse)"
-  logged bench_rnn.log 20 $PY benchmarks/bench_rnn.py --device cuda --budget-s 360 --timeout 180 ${copy[@]+"${copy[@]}"}
+  logged 20 $PY benchmarks/bench_rnn_step.py --device cuda --budget-s "$(budget 80 150)" ${copy[@]+"${copy[@]}"}
+  took step $t0
+fi
+
+if has rnn && begin "LSTM/GRU training step table (ours, masked-dense cuDNN, torch.sparse)" 90; then
+  t0=$SECONDS
+  logged 20 $PY benchmarks/bench_rnn.py --device cuda --budget-s "$(budget 60 420)" --timeout 180 ${copy[@]+"${copy[@]}"}
   took rnn $t0
 fi
 
-if has largest; then
+if has largest && begin "largest trainable SparseLSTM hidden size (32 nonzeros per row)" 90; then
   t0=$SECONDS
-  echo "== largest trainable SparseLSTM hidden size (32 nonzeros per row)"
-  logged bench_rnn_largest.log 14 $PY benchmarks/bench_rnn.py --device cuda --largest --sizes 4096:0.01 \
-    --methods sparse_engine --budget-s 240 --timeout 120 --out benchmarks/results/rnn_gpu_largest.md \
+  logged 14 $PY benchmarks/bench_rnn.py --device cuda --largest --sizes 4096:0.01 --cells LSTM \
+    --methods sparse_engine --budget-s "$(budget 80 300)" --timeout 150 --out benchmarks/results/rnn_gpu_largest.md \
     ${copy[@]+"${copy[@]}"}
   took largest $t0
 fi
+say "== done in $SECONDS s, status $status"
 exit $status

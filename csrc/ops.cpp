@@ -13,6 +13,7 @@
 //   mlp        relu_dropout, sgd_step                mlp_cpu.cpp        none (CPU only; CUDA uses torch ops)
 //
 // Shared by the families: csrc/checks.h (argument checks, one message each, CPU and CUDA),
+// csrc/index_check.h (the content check of an index, once per pattern, CPU and CUDA),
 // csrc/constants.h (the parallel-work threshold, cell modes, gate layouts: the mirror of
 // sparse_engine/constants.py), csrc/rnn_step_ops.h (the eight step ops written once over a
 // device), cpu/common.h, cpu/storage.h, cuda/common.cuh, cuda/glue.h and cuda/launchers.h (the
@@ -25,6 +26,8 @@
 // the values [nnz]. Activations are feature-major: (features x batch).
 #include <Python.h>
 #include <torch/library.h>
+
+#include "index_check.h"
 
 // The index of a sparse operand, as the schemas below spell it.
 #define SE_INDEX_SCHEMA "Tensor row_ptr, Tensor col_idx, Tensor csc_ptr, Tensor csc_row, Tensor csc_perm, "
@@ -106,9 +109,18 @@ TORCH_LIBRARY(sparse_engine, m) {
 
 #undef SE_INDEX_SCHEMA
 
+// sparse_engine._C._index_scans(): how many index content scans (csrc/index_check.h) this process
+// has run, CPU and CUDA together; the tests read it to see that a remembered index is not scanned again.
+static PyObject* index_scans(PyObject*, PyObject*) {
+  return PyLong_FromLongLong(sparse_engine::IndexCache::instance().scans());
+}
+
 // A minimal module init so `import sparse_engine._C` loads the library (and runs the
 // static registrations above) like any Python extension.
 extern "C" PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static PyMethodDef methods[] = {
+      {"_index_scans", index_scans, METH_NOARGS, "Index content scans run so far (csrc/index_check.h)."},
+      {nullptr, nullptr, 0, nullptr}};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module_def);
 }

@@ -1,5 +1,6 @@
 """The CUDA kernels' logic, run on the CPU: indexing, lane layouts, shuffles, the long-row
-kernels and bounds, checked against float64 references on a machine without a GPU.
+kernels (and that they are launched only when a row can be long), the index scan, and bounds,
+checked against float64 references on a machine without a GPU.
 
 csrc/cuda/spmm_cuda.cu, sddmm_cuda.cu and transpose_cuda.cu are compiled as host C++ with
 tests/cuda_emu/emu.h, which runs every CUDA thread as a std::thread, keeps each warp in
@@ -85,6 +86,16 @@ def test_kernels_match_float64_references_on_the_emulator(emulator):
     # the long-row kernels really ran, for rows (spmm, sddmm) and for columns (spmm_t)
     assert any("power " in line and "long rows=5" in line for line in lines)
     assert any("powerT" in line and "long cols=5" in line for line in lines)
+    # with the longest row known (a checked index), a pattern without long rows launches only the
+    # row kernels (spmm/spmm_t/sddmm), where sizing by nnz alone launched the long-row kernels too;
+    # with long rows, those still run
+    flat = [line for line in lines if line.split()[1:2] == ["flat"]]
+    assert flat and all("launches=2/2/2" in line for line in flat if "known=0" in line)
+    assert any("known=1" in line for line in flat) and all("launches=1/1/1" in line for line in flat if "known=1" in line)
+    assert any("power " in line and "known=1 launches=2/1/2" in line for line in lines)
+    # the index scan (launch_index_scan) found every planted problem (its FAIL lines fail the run above)
+    scans = [line for line in lines if line.startswith("scan ")]
+    assert len(scans) >= 15 and all(line.endswith(" ok") for line in scans)
 
 
 # ------------------------------------------------- fused recurrent step (rnn_step_cuda.cu)

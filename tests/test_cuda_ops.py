@@ -219,6 +219,66 @@ def test_more_long_rows_than_the_long_kernel_grid():
         assert_close_to(ops.sddmm(W, G, X), *refs["sddmm"], dtype)
 
 
+def _kernels_launched(fn) -> list[str]:
+    """Names of the CUDA kernels fn() launches (torch.profiler); skips where no kernel is seen."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()  # warm-up: the first call scans the index (csrc/index_check.h)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    names = [e.name for e in prof.events() if e.device_type == DeviceType.CUDA]
+    if not any("_kernel" in n for n in names):
+        pytest.skip("the profiler recorded no CUDA kernel (no CUPTI?)")
+    return names
+
+
+def test_the_long_row_kernels_run_only_when_a_row_is_long():
+    """A checked index's longest row is known on the host (csrc/index_check.h): without a long
+    row no long-row kernel is launched (nor its list's memset), where sizing by nnz alone (24,000
+    entries > the 1,024 threshold) launched one on every call; with long rows they still run."""
+    flat = copy_weight(weight_with_row_lengths(np.full(3000, 8), 2000, seed=1), dtype=torch.float32).to(DEV)
+    X, G = randn(2000, 32, seed=1), randn(3000, 32, seed=2)
+    names = _kernels_launched(lambda: (ops.spmm(flat, X), ops.spmm_t(flat, G), ops.sddmm(flat, G, X)))
+    assert sum("gather_rows_kernel" in n for n in names) == 2 and any("sddmm_rows_kernel" in n for n in names)
+    assert not any("_long_kernel" in n for n in names), names
+    assert not any("memset" in n.lower() for n in names), names
+    for name in ["power_rows", "power_cols"]:  # long rows of W (spmm, sddmm), of W^T (spmm_t)
+        W = weight(name)
+        rows, cols = W.shape
+        X, G = randn(cols, 32, seed=3), randn(rows, 32, seed=4)
+        names = _kernels_launched(lambda: (ops.spmm(W, X), ops.sddmm(W, G, X)))
+        for kernel in ("gather_long_kernel", "sddmm_long_kernel"):
+            assert any(kernel in n for n in names) == (name == "power_rows"), (name, kernel, names)
+        names = _kernels_launched(lambda: ops.spmm_t(W, G))
+        assert any("gather_long_kernel" in n for n in names) == (name == "power_cols"), (name, names)
+
+
+def test_an_out_of_range_index_is_an_error_not_a_fault():
+    """An index a kernel would read out of bounds with gives a ValueError (tests/test_index_check.py
+    has the cases); the CUDA context stays usable."""
+    W = weight("power_rows")
+    rows, cols = W.shape
+    X, G = randn(cols, 8, seed=1), randn(rows, 8, seed=2)
+    ref = ops.spmm(W, X)
+    for k in (0, W.nnz // 2, W.nnz - 1):
+        for bad in (cols, -1, 2**31 - 1):
+            ci = W.col_idx.clone()
+            ci[k] = bad
+            with pytest.raises(ValueError, match=rf"col_idx entry {bad} \(position {k}\) out of range"):
+                RAW.spmm(W.row_ptr, ci, *W.index[2:], W.values, X)
+            with pytest.raises(ValueError, match=rf"col_idx entry {bad} \(position {k}\)"):
+                RAW.sddmm(W.row_ptr, ci, *W.index[2:], G, X)
+    perm = W.csc_perm.clone()
+    perm[-1] = W.nnz
+    with pytest.raises(ValueError, match="csc_perm entry"):
+        RAW.spmm_t(*W.index[:4], perm, W.values, G)
+    torch.cuda.synchronize()
+    assert torch.equal(ops.spmm(W, X), ref)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("B", [20, 128])
 def test_large_random_weight(B):

@@ -1,6 +1,7 @@
 // Shared helpers for the CPU kernels: load-balanced row ranges and the chunk count of a
-// parallel loop; with them the argument checks (csrc/checks.h) and the constants
-// (csrc/constants.h: kParallelWork, the cell modes) every kernel file uses.
+// parallel loop; with them the argument checks (csrc/checks.h), the index content check
+// (csrc/index_check.h) and the constants (csrc/constants.h: kParallelWork, the cell modes) every
+// kernel file uses.
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -9,6 +10,7 @@
 
 #include "../checks.h"
 #include "../constants.h"
+#include "../index_check.h"
 
 namespace sparse_engine {
 

@@ -96,6 +96,7 @@ at::Tensor sddmm_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, const
                      const at::Tensor& csc_row, const at::Tensor& csc_perm, const at::Tensor& G,
                      const at::Tensor& X) {
   const IndexSizes s = check_sddmm_args(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, G, X, /*on_cuda=*/false);
+  cpu_checked_max_len({row_ptr, col_idx, nullptr, "row_ptr", "col_idx", nullptr}, X.size(0));  // once per pattern
   auto row_ptr_c = row_ptr.contiguous(), col_idx_c = col_idx.contiguous();
   auto out = at::empty({s.nnz}, G.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, G.scalar_type(), "sddmm_cpu", [&] {

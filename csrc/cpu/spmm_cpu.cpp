@@ -17,6 +17,7 @@ at::Tensor spmm_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, const 
                     const at::Tensor& X) {
   const IndexSizes s = check_spmm_args(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, X,
                                        /*transposed=*/false, /*on_cuda=*/false);
+  cpu_checked_max_len({row_ptr, col_idx, nullptr, "row_ptr", "col_idx", nullptr}, X.size(0));  // once per pattern
   auto row_ptr_c = row_ptr.contiguous(), col_idx_c = col_idx.contiguous(), values_c = values.contiguous();
   const int64_t B = X.size(1);
   auto Y = at::empty({s.rows, B}, X.options());
@@ -34,6 +35,7 @@ at::Tensor spmm_t_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, cons
                       const at::Tensor& G) {
   const IndexSizes s = check_spmm_args(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, G,
                                        /*transposed=*/true, /*on_cuda=*/false);
+  cpu_checked_max_len({csc_ptr, csc_row, &csc_perm, "csc_ptr", "csc_row", "csc_perm"}, G.size(0));
   auto csc_ptr_c = csc_ptr.contiguous(), csc_row_c = csc_row.contiguous(), csc_perm_c = csc_perm.contiguous();
   auto values_c = values.contiguous();
   const int64_t B = G.size(1);

@@ -11,6 +11,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> transpose_index_cpu(const at::Ten
                                                                    const at::Tensor& col_idx,
                                                                    int64_t n_cols) {
   const CsrSizes s = check_transpose_args(row_ptr, col_idx, n_cols, /*on_cuda=*/false);
+  // row_ptr non-decreasing, columns in range (remembered: the ops that follow with this CSR do
+  // not scan it again); the counting loop below still refuses an out-of-range column on its own
+  cpu_checked_max_len({row_ptr, col_idx, nullptr, "row_ptr", "col_idx", nullptr}, n_cols);
   auto row_ptr_c = row_ptr.contiguous(), col_idx_c = col_idx.contiguous();
   const int64_t rows = s.rows, nnz = s.nnz;
   auto csc_ptr = at::zeros({n_cols + 1}, row_ptr_c.options());

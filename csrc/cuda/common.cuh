@@ -50,6 +50,12 @@ inline int64_t long_list_len(int64_t n, int64_t nnz) {
   return m > 0 ? m + 1 : 0;
 }
 
+// The same knowing that no row has more than max_len entries (a checked index's longest row):
+// 0 when none is longer than the threshold, so that the long-row kernel is not launched at all.
+inline int64_t long_list_len(int64_t n, int64_t nnz, int64_t max_len) {
+  return max_len > long_row_threshold(n, nnz) ? long_list_len(n, nnz) : 0;
+}
+
 // The long-row list of a row kernel (spmm_cuda.cu, sddmm_cuda.cu): the rows longer than
 // `threshold`, [count, row ids...] as int32 in the workspace, for the block-per-row kernel.
 struct LongRows {

@@ -27,10 +27,15 @@ namespace cuda {
 // Number of int32 workspace entries the gather needs for the long-row list
 // (0: no row can be long, pass nullptr).
 int64_t gather_workspace_len(int64_t n_out, int64_t nnz);
+// The same when the host knows that no row has more than max_len entries (the checked index's
+// longest row, csrc/index_check.h): 0 when no row can be longer than the long-row threshold.
+int64_t gather_workspace_len(int64_t n_out, int64_t nnz, int64_t max_len);
 
 // out (n_out x B) = gather(ptr, idx, perm, values, src (n_src x B)). perm may be nullptr.
-// workspace: gather_workspace_len(n_out, nnz) int32 entries in device memory (or nullptr
-// when that is 0). Deterministic: every output element is summed in a fixed order.
+// workspace: gather_workspace_len(n_out, nnz[, max_len]) int32 entries in device memory, or
+// nullptr when that is 0. A nullptr workspace launches only the row kernel, which then does every
+// row itself (correct for any row length, unbalanced for long rows); else the long-row kernel is
+// launched too. Deterministic: every output element is summed in a fixed order.
 cudaError_t launch_gather(const int64_t* ptr, const int32_t* idx, const int32_t* perm,
                           const float* values, const float* src, float* out, int64_t n_out,
                           int64_t B, int64_t nnz, int32_t* workspace, cudaStream_t stream);
@@ -45,8 +50,10 @@ cudaError_t launch_gather(const int64_t* ptr, const int32_t* idx, const int32_t*
                           int64_t n_out, int64_t B, int64_t nnz, int32_t* workspace, cudaStream_t stream);
 
 // ------------------------------------------------------------------ sddmm (sddmm_cuda.cu)
-// Workspace (int32 entries) for sddmm's long-row list; 0 means pass nullptr.
+// Workspace (int32 entries) for sddmm's long-row list; 0 means pass nullptr (then only the row
+// kernel is launched, as for the gather). With max_len: as gather_workspace_len's.
 int64_t sddmm_workspace_len(int64_t rows, int64_t nnz);
+int64_t sddmm_workspace_len(int64_t rows, int64_t nnz, int64_t max_len);
 
 // out[k] = sum_b G[row_k, b] * X[col_idx[k], b] for the CSR pattern (row_ptr, col_idx).
 // G: rows x B, X: cols x B, out: nnz. Deterministic.
@@ -74,6 +81,14 @@ cudaError_t launch_transpose_index(const int64_t* row_ptr, const int32_t* col_id
                                    int64_t cols, int64_t nnz, int64_t* csc_ptr, int32_t* csc_row,
                                    int32_t* csc_perm, void* workspace, size_t workspace_bytes,
                                    cudaStream_t stream);
+
+// The content check of a compressed index (csrc/index_check.h): ptr (n+1), idx (nnz), perm (nnz
+// or nullptr). Writes 6 int64 to `out` (device memory): ptr[0], ptr[n], the smallest i with
+// ptr[i+1] < ptr[i], the smallest k with idx[k] outside [0, n_src), the smallest k with perm[k]
+// outside [0, nnz), the largest ptr[i+1] - ptr[i]; -1 where there is none. Reads only inside the
+// arrays whatever their content. One pass, O(n + nnz); the caller copies `out` to the host.
+cudaError_t launch_index_scan(const int64_t* ptr, const int32_t* idx, const int32_t* perm, int64_t n,
+                              int64_t nnz, int64_t n_src, int64_t* out, cudaStream_t stream);
 
 // ------------------------------------------------------------------ rnn_step (rnn_step_cuda.cu)
 // The fused recurrent step. Contract: the CPU ops of csrc/cpu/rnn_step_cpu.cpp (see its header

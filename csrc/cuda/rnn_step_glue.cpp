@@ -1,7 +1,8 @@
 // CUDA implementations of the fused recurrent step operators (schemas in csrc/ops.cpp; the
 // eight ops are written once in csrc/rnn_step_ops.h, this file is their CUDA device): the same
-// argument checks as the CPU ops plus "everything on one CUDA device", outputs and workspaces
-// from the caching allocator, launches on the current stream. The kernels are in
+// argument checks as the CPU ops plus "everything on one CUDA device", W_hh's index checked once
+// per pattern (csrc/index_check.h), outputs and workspaces from the caching allocator, launches
+// on the current stream. The kernels are in
 // rnn_step_cuda.cu (see launchers.h). c10/cuda headers only, like the other glue files.
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -40,6 +41,8 @@ struct CudaStep {
     const CheckedWeight k = check_weight(w, h, "h", gates);
     const c10::cuda::CUDAGuard guard(w.values.device());
     const int64_t H = k.H, B = k.B;
+    // W_hh's CSR, gathered through by the gate rows (columns in [0, H)): checked once per pattern
+    cuda_checked_max_len({w.row_ptr, w.col_idx, nullptr, "row_ptr", "col_idx", nullptr}, H);
     const StepInputs in = check_step_inputs<M>(gx, c, b_hh, H, B, w.values);
     auto h_c = h.contiguous();
     auto h_new = at::empty({H, B}, h_c.options());
@@ -73,8 +76,15 @@ struct CudaStep {
     auto dgx = M == CellMode::GRU ? at::empty({3 * H, B}, options) : at::Tensor();
     auto dc_prev = M == CellMode::LSTM ? at::empty({H, B}, options) : at::Tensor();
     auto dh_prev = at::empty({H, B}, options);
+    // the transposed index, gathered through for W_hh^T dG (rows in [0, gates*H)): checked once per
+    // pattern; the backward's only long-row class is that gather's (long columns of W_hh), so
+    // without a long column it gets no workspace and its long-row kernel is not launched
+    const int64_t max_col = cuda_checked_max_len(
+        {w.csc_ptr, w.csc_row, &w.csc_perm, "csc_ptr", "csc_row", "csc_perm"}, gates * H);
     if (H > 0 && B > 0) {
-      const at::Tensor workspace = int_workspace(cuda::rnn_step_backward_workspace_len(H, k.nnz), dh_c);
+      const int64_t workspace_len =
+          cuda::gather_workspace_len(H, k.nnz, max_col) > 0 ? cuda::rnn_step_backward_workspace_len(H, k.nnz) : 0;
+      const at::Tensor workspace = int_workspace(workspace_len, dh_c);
       const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
       AT_DISPATCH_FLOATING_TYPES(w.values.scalar_type(), "sparse_engine_rnn_step_backward_cuda", [&] {
         C10_CUDA_CHECK(cuda::launch_rnn_step_backward(

@@ -152,6 +152,8 @@ cudaError_t sddmm(const int64_t* row_ptr, const int32_t* col_idx, const T* G, co
 
 int64_t sddmm_workspace_len(int64_t rows, int64_t nnz) { return long_list_len(rows, nnz); }
 
+int64_t sddmm_workspace_len(int64_t rows, int64_t nnz, int64_t max_len) { return long_list_len(rows, nnz, max_len); }
+
 cudaError_t launch_sddmm(const int64_t* row_ptr, const int32_t* col_idx, const float* G,
                          const float* X, float* out, int64_t rows, int64_t B, int64_t nnz,
                          int32_t* workspace, cudaStream_t stream) {

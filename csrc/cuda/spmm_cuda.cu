@@ -120,6 +120,10 @@ cudaError_t gather(const int64_t* ptr, const int32_t* idx, const int32_t* perm, 
 
 int64_t gather_workspace_len(int64_t n_out, int64_t nnz) { return long_list_len(n_out, nnz); }
 
+int64_t gather_workspace_len(int64_t n_out, int64_t nnz, int64_t max_len) {
+  return long_list_len(n_out, nnz, max_len);
+}
+
 cudaError_t launch_gather(const int64_t* ptr, const int32_t* idx, const int32_t* perm,
                           const float* values, const float* src, float* out, int64_t n_out,
                           int64_t B, int64_t nnz, int32_t* workspace, cudaStream_t stream) {

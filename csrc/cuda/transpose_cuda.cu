@@ -4,6 +4,8 @@
 //   csc_row[p] = row of entry csc_perm[p]
 //   csc_ptr[j] = first p whose column is >= j  (a binary search per column)
 // O(nnz) work; the sort only looks at the ceil(log2(cols)) low bits of the column.
+// Also here: the content check of a compressed index (launch_index_scan, csrc/index_check.h),
+// which the glue runs once per pattern before any kernel gathers through the index.
 #include <cub/device/device_radix_sort.cuh>
 
 #include "common.cuh"
@@ -94,7 +96,76 @@ __global__ void col_ptr_kernel(const int32_t* __restrict__ sorted_cols, int64_t 
   }
 }
 
+// ---------------------------------------------------------------- index scan
+// out (6 int64, preset to -1 = "none"): ptr[0], ptr[n], first drop of ptr, first idx outside
+// [0, n_src), first perm outside [0, nnz), longest row. Each thread walks its grid-stride share,
+// keeping its first finding (positions only grow along its walk); then a warp takes the minimum
+// (maximum for the longest row) over its lanes with shuffles and lane 0 makes one atomic per
+// finding. Every read is inside the arrays, whatever their content.
+constexpr int kScanBlocksPerSm = 8;
+using u64 = unsigned long long;
+using i64 = long long;
+
+template <typename V, typename Better>
+__device__ __forceinline__ V warp_reduce(V v, Better better) {
+#pragma unroll
+  for (int o = kWarp / 2; o > 0; o /= 2) {
+    const V other = __shfl_xor_sync(kFullMask, v, o);
+    v = better(other, v) ? other : v;
+  }
+  return v;
+}
+
+__global__ void __launch_bounds__(kThreads)
+index_scan_kernel(const int64_t* __restrict__ ptr, const int32_t* __restrict__ idx, const int32_t* __restrict__ perm,
+                  int64_t n, int64_t nnz, int64_t n_src, int64_t* __restrict__ out) {
+  constexpr u64 kNone = ~0ull;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  u64 drop = kNone, bad_idx = kNone, bad_perm = kNone;
+  i64 longest = -1;
+  for (int64_t i = tid; i < n; i += stride) {
+    const int64_t len = ptr[i + 1] - ptr[i];
+    if (len < 0 && drop == kNone) drop = static_cast<u64>(i);
+    if (len > longest) longest = len;
+  }
+  for (int64_t k = tid; k < nnz; k += stride) {
+    const int32_t c = idx[k];
+    if ((c < 0 || c >= n_src) && bad_idx == kNone) bad_idx = static_cast<u64>(k);
+    if (perm != nullptr) {
+      const int32_t p = perm[k];
+      if ((p < 0 || p >= nnz) && bad_perm == kNone) bad_perm = static_cast<u64>(k);
+    }
+  }
+  const auto smaller = [](u64 a, u64 b) { return a < b; };
+  drop = warp_reduce(drop, smaller);
+  bad_idx = warp_reduce(bad_idx, smaller);
+  bad_perm = warp_reduce(bad_perm, smaller);
+  longest = warp_reduce(longest, [](i64 a, i64 b) { return a > b; });
+  if (threadIdx.x % kWarp == 0) {
+    if (drop != kNone) atomicMin(reinterpret_cast<u64*>(out + 2), drop);
+    if (bad_idx != kNone) atomicMin(reinterpret_cast<u64*>(out + 3), bad_idx);
+    if (bad_perm != kNone) atomicMin(reinterpret_cast<u64*>(out + 4), bad_perm);
+    if (longest >= 0) atomicMax(reinterpret_cast<i64*>(out + 5), longest);
+  }
+  if (tid == 0) {
+    out[0] = ptr[0];
+    out[1] = ptr[n];
+  }
+}
+
 }  // namespace
+
+cudaError_t launch_index_scan(const int64_t* ptr, const int32_t* idx, const int32_t* perm, int64_t n,
+                              int64_t nnz, int64_t n_src, int64_t* out, cudaStream_t stream) {
+  if (n < 0 || nnz < 0) return cudaErrorInvalidValue;
+  cudaError_t err = cudaMemsetAsync(out, 0xff, 6 * sizeof(int64_t), stream);  // every field -1
+  if (err != cudaSuccess) return err;
+  const unsigned blocks = static_cast<unsigned>(
+      std::max<int64_t>(1, std::min<int64_t>(cdiv(std::max(n, nnz), kThreads), int64_t{kScanBlocksPerSm} * num_sms())));
+  index_scan_kernel<<<blocks, kThreads, 0, stream>>>(ptr, idx, perm, n, nnz, n_src, out);
+  return cudaGetLastError();
+}
 
 size_t transpose_index_workspace_bytes(int64_t rows, int64_t cols, int64_t nnz) {
   (void)rows;

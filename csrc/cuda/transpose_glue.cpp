@@ -1,6 +1,7 @@
 // CUDA implementation of transpose_index (kernels: transpose_cuda.cu, see launchers.h): the
-// same argument checks as the CPU op (csrc/checks.h) plus "on one CUDA device", the outputs and
-// workspace from the caching allocator, launches on the current stream.
+// same argument checks as the CPU op (csrc/checks.h) plus "on one CUDA device", the pattern's
+// content checked (csrc/index_check.h), the outputs and workspace from the caching allocator,
+// launches on the current stream.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -8,10 +9,13 @@
 #include <torch/library.h>
 
 #include "../checks.h"
+#include "glue.h"
 #include "launchers.h"
 
 namespace sparse_engine {
 namespace {
+
+using namespace cuda_glue;
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> transpose_index_cuda(const at::Tensor& row_ptr,
                                                                     const at::Tensor& col_idx,
@@ -23,14 +27,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> transpose_index_cuda(const at::Te
   auto csc_ptr = at::empty({n_cols + 1}, row_ptr_c.options());
   auto csc_row = at::empty({nnz}, col_idx_c.options());
   auto csc_perm = at::empty({nnz}, col_idx_c.options());  // int32, like col_idx
-  if (nnz > 0) {
-    // The sort and the column pointers index by column: an out-of-range entry would write
-    // out of bounds, so check (one device-to-host sync, at pattern changes only).
-    auto [lo, hi] = at::aminmax(col_idx_c);
-    const int64_t min_col = lo.item<int64_t>(), max_col = hi.item<int64_t>();
-    TORCH_CHECK_VALUE(min_col >= 0 && max_col < n_cols, "col_idx entries must be in [0, ", n_cols, "), got range [",
-                      min_col, ", ", max_col, "]");
-  }
+  // The sort indexes by column and row_of by row_ptr: an out-of-range column or a bad row_ptr
+  // would write out of bounds, so check the pattern first (one scan and sync, at pattern changes
+  // only; remembered, so the spmm/sddmm calls that follow with this CSR do not scan it again).
+  cuda_checked_max_len({row_ptr, col_idx, nullptr, "row_ptr", "col_idx", nullptr}, n_cols);
   const size_t workspace_bytes = cuda::transpose_index_workspace_bytes(rows, n_cols, nnz);
   at::Tensor workspace = workspace_bytes > 0
                              ? at::empty({static_cast<int64_t>(workspace_bytes)}, row_ptr_c.options().dtype(at::kByte))

@@ -15,6 +15,7 @@
 #include <string>
 #include <type_traits>
 #include "launchers.h"
+#include "emu_count.h"
 using namespace sparse_engine::cuda;
 
 struct Csr { int64_t rows, cols; std::vector<int64_t> ptr; std::vector<int32_t> col; };
@@ -72,8 +73,25 @@ void check(const char* what, const std::vector<T>& out, const std::vector<double
   }
 }
 
+int64_t longest(const std::vector<int64_t>& ptr) {
+  int64_t best = 0;
+  for (size_t i = 0; i + 1 < ptr.size(); ++i) best = std::max(best, ptr[i + 1] - ptr[i]);
+  return best;
+}
+
+// Kernel launches of f() (emu.h counts them).
+template <class F> long launches_of(F&& f) {
+  const long before = emu::launches;
+  f();
+  return emu::launches - before;
+}
+
+// known_max: the workspaces are sized knowing the longest row and column (as the glue does with a
+// checked index, csrc/index_check.h), so a pattern without long rows gets none and the long-row
+// kernel is not launched; without it, whenever nnz allows a long row. Either way the long-row kernel
+// must run exactly when there is a workspace (the row kernel alone when there is none).
 template <class T>
-void run(const char* name, const Csr& m, int64_t B, bool misalign, std::mt19937& g) {
+void run(const char* name, const Csr& m, int64_t B, bool misalign, std::mt19937& g, bool known_max = false) {
   const double rel = sizeof(T) == 4 ? 2e-5 : 1e-12;
   std::normal_distribution<double> nd;
   int64_t nnz = m.col.size();
@@ -108,14 +126,38 @@ void run(const char* name, const Csr& m, int64_t B, bool misalign, std::mt19937&
   const T sentinel = from_d<T>(777.0);
   std::vector<T> outY(m.rows * B + 4, sentinel), outZ(m.cols * B + 4, sentinel), outS(nnz + 1, sentinel);
   T* y = outY.data() + off; T* z = outZ.data() + off;
-  std::vector<int32_t> ws(std::max<int64_t>(1, gather_workspace_len(m.rows, nnz)));
-  launch_gather(m.ptr.data(), m.col.data(), nullptr, vals.data(), X, y, m.rows, B, nnz, gather_workspace_len(m.rows, nnz) ? ws.data() : nullptr, 0);
-  int32_t n_long_rows = gather_workspace_len(m.rows, nnz) ? ws[0] : -1;
-  std::vector<int32_t> ws2(std::max<int64_t>(1, gather_workspace_len(m.cols, nnz)));
-  launch_gather(cp.data(), cr.data(), pm.data(), vals.data(), G, z, m.cols, B, nnz, gather_workspace_len(m.cols, nnz) ? ws2.data() : nullptr, 0);
-  int32_t n_long_cols = gather_workspace_len(m.cols, nnz) ? ws2[0] : -1;
-  std::vector<int32_t> ws3(std::max<int64_t>(1, sddmm_workspace_len(m.rows, nnz)));
-  launch_sddmm(m.ptr.data(), m.col.data(), G, X, outS.data(), m.rows, B, nnz, sddmm_workspace_len(m.rows, nnz) ? ws3.data() : nullptr, 0);
+  const int64_t max_row = longest(m.ptr), max_col = longest(cp);
+  const int64_t wl_rows = known_max ? gather_workspace_len(m.rows, nnz, max_row) : gather_workspace_len(m.rows, nnz);
+  const int64_t wl_cols = known_max ? gather_workspace_len(m.cols, nnz, max_col) : gather_workspace_len(m.cols, nnz);
+  const int64_t wl_sddmm = known_max ? sddmm_workspace_len(m.rows, nnz, max_row) : sddmm_workspace_len(m.rows, nnz);
+  std::vector<int32_t> ws(std::max<int64_t>(1, wl_rows));
+  const long l_spmm = launches_of([&] {
+    launch_gather(m.ptr.data(), m.col.data(), nullptr, vals.data(), X, y, m.rows, B, nnz, wl_rows ? ws.data() : nullptr, 0);
+  });
+  int32_t n_long_rows = wl_rows ? ws[0] : -1;
+  std::vector<int32_t> ws2(std::max<int64_t>(1, wl_cols));
+  const long l_spmm_t = launches_of([&] {
+    launch_gather(cp.data(), cr.data(), pm.data(), vals.data(), G, z, m.cols, B, nnz, wl_cols ? ws2.data() : nullptr, 0);
+  });
+  int32_t n_long_cols = wl_cols ? ws2[0] : -1;
+  std::vector<int32_t> ws3(std::max<int64_t>(1, wl_sddmm));
+  const long l_sddmm = launches_of([&] {
+    launch_sddmm(m.ptr.data(), m.col.data(), G, X, outS.data(), m.rows, B, nnz, wl_sddmm ? ws3.data() : nullptr, 0);
+  });
+  // launches: none for an empty output, the row kernel, plus the long-row kernel exactly when there is a workspace
+  const long want_spmm = (m.rows > 0 && B > 0) ? 1 + (wl_rows > 0) : 0;
+  const long want_spmm_t = (m.cols > 0 && B > 0) ? 1 + (wl_cols > 0) : 0;
+  const long want_sddmm = (m.rows > 0 && nnz > 0 && B > 0) ? 1 + (wl_sddmm > 0) : 0;
+  if (l_spmm != want_spmm || l_spmm_t != want_spmm_t || l_sddmm != want_sddmm) {
+    printf("  FAIL launches spmm/spmm_t/sddmm %ld/%ld/%ld, expected %ld/%ld/%ld\n", l_spmm, l_spmm_t, l_sddmm, want_spmm,
+           want_spmm_t, want_sddmm);
+    ++failures;
+  }
+  // a known longest row: the long-row list exists exactly when some row is longer than the threshold
+  if (known_max && ((wl_rows > 0) != (max_row > std::max<int64_t>(1024, 4 * ((nnz + m.rows - 1) / std::max<int64_t>(m.rows, 1)))))) {
+    printf("  FAIL known longest row %ld: workspace %ld\n", (long)max_row, (long)wl_rows);
+    ++failures;
+  }
   std::vector<T> yv(y, y + m.rows * B), zv(z, z + m.cols * B), sv(outS.begin(), outS.begin() + nnz);
   int before = failures;
   std::vector<int64_t> nY(m.rows * B), nZ(m.cols * B), nS(nnz, B);  // terms per output
@@ -126,7 +168,105 @@ void run(const char* name, const Csr& m, int64_t B, bool misalign, std::mt19937&
   if (!same_bits(outY[m.rows * B + off], sentinel) || (off && !same_bits(outY[0], sentinel))) { printf("  FAIL spmm wrote out of bounds\n"); ++failures; }
   if (!same_bits(outZ[m.cols * B + off], sentinel) || (off && !same_bits(outZ[0], sentinel))) { printf("  FAIL spmm_t wrote out of bounds\n"); ++failures; }
   if (!same_bits(outS[nnz], sentinel)) { printf("  FAIL sddmm wrote out of bounds\n"); ++failures; }
-  printf("%-4s %-10s B=%-3ld mis=%d nnz=%-6ld long rows=%d long cols=%d %s\n", tname<T>(), name, (long)B, (int)misalign, (long)nnz, n_long_rows, n_long_cols, failures == before ? "ok" : "FAILED");
+  printf("%-4s %-10s B=%-3ld mis=%d nnz=%-6ld long rows=%d long cols=%d known=%d launches=%ld/%ld/%ld %s\n", tname<T>(),
+         name, (long)B, (int)misalign, (long)nnz, n_long_rows, n_long_cols, (int)known_max, l_spmm, l_spmm_t, l_sddmm,
+         failures == before ? "ok" : "FAILED");
+}
+
+// ------------------------------------------------------------------ launch_index_scan
+// The scan must report exactly what a host loop finds: ptr's ends, its first drop, the first
+// idx / perm entry out of range, the longest row (-1 where none).
+void check_scan(const char* name, const std::vector<int64_t>& ptr, const std::vector<int32_t>& idx,
+                const std::vector<int32_t>* perm, int64_t n_src, int64_t planted_drop = -1, int64_t planted_idx = -1,
+                int64_t planted_perm = -1) {
+  const int64_t n = (int64_t)ptr.size() - 1, nnz = (int64_t)idx.size();
+  int64_t ref[6] = {ptr[0], ptr[n], -1, -1, -1, -1};
+  for (int64_t i = 0; i < n; ++i) {
+    if (ptr[i + 1] < ptr[i] && ref[2] < 0) ref[2] = i;
+    ref[5] = std::max(ref[5], ptr[i + 1] - ptr[i]);
+  }
+  for (int64_t k = 0; k < nnz; ++k) {
+    if ((idx[k] < 0 || idx[k] >= n_src) && ref[3] < 0) ref[3] = k;
+    if (perm && ((*perm)[k] < 0 || (*perm)[k] >= nnz) && ref[4] < 0) ref[4] = k;
+  }
+  std::vector<int64_t> out(7, 12345);  // one past the end: must stay
+  const cudaError_t e = launch_index_scan(ptr.data(), idx.data(), perm ? perm->data() : nullptr, n, nnz, n_src,
+                                          out.data(), 0);
+  bool ok = e == cudaSuccess && std::equal(ref, ref + 6, out.begin()) && out[6] == 12345;
+  // the planted problems are the first ones (so the reference loop above is not checked against itself only)
+  ok = ok && (planted_drop < 0 || ref[2] == planted_drop) && (planted_idx < 0 || ref[3] == planted_idx) &&
+       (planted_perm < 0 || ref[4] == planted_perm);
+  printf("scan %-12s n=%-5ld nnz=%-6ld -> %ld %ld %ld %ld %ld %ld %s\n", name, (long)n, (long)nnz, (long)out[0],
+         (long)out[1], (long)out[2], (long)out[3], (long)out[4], (long)out[5], ok ? "ok" : "FAILED");
+  if (!ok) {
+    printf("  FAIL index scan %s: expected %ld %ld %ld %ld %ld %ld\n", name, (long)ref[0], (long)ref[1], (long)ref[2],
+           (long)ref[3], (long)ref[4], (long)ref[5]);
+    ++failures;
+  }
+}
+
+void scan_cases(const Csr& pw, std::mt19937& g) {
+  std::vector<int64_t> cp; std::vector<int32_t> cr, pm;
+  transpose(pw, cp, cr, pm);
+  const int64_t nnz = pw.col.size();
+  check_scan("valid csr", pw.ptr, pw.col, nullptr, pw.cols);
+  check_scan("valid csc", cp, cr, &pm, pw.rows);
+  // more entries than the emulated grid's threads (8 blocks x 256), so the grid-stride loops and
+  // the cross-warp and cross-block minimum matter: plant two problems, the first one late in the
+  // first thread's walk and the second earlier in another thread's
+  {
+    std::vector<int32_t> col = pw.col;
+    col[nnz - 3] = (int32_t)pw.cols;  // too large, last positions
+    col[2049 + 17] = -1;               // negative: the first
+    check_scan("bad idx", pw.ptr, col, nullptr, pw.cols, -1, 2049 + 17);
+    col[2049 + 17] = 3;
+    check_scan("bad idx end", pw.ptr, col, nullptr, pw.cols, -1, nnz - 3);
+    col[0] = 1 << 30;
+    check_scan("bad idx 0", pw.ptr, col, nullptr, pw.cols, -1, 0);
+    // two in one thread's walk (positions 18 + 2048 j): its first; two in one warp: the lower lane's
+    col = pw.col;
+    col[18 + 2 * 2048] = -2;
+    col[18 + 2048] = -3;
+    check_scan("one thread", pw.ptr, col, nullptr, pw.cols, -1, 18 + 2048);
+    col[5] = -1;
+    col[3] = (int32_t)pw.cols + 1;
+    check_scan("one warp", pw.ptr, col, nullptr, pw.cols, -1, 3);
+  }
+  {
+    std::vector<int32_t> perm = pm;
+    perm[nnz - 1] = (int32_t)nnz;
+    perm[300] = -5;
+    check_scan("bad perm", cp, cr, &perm, pw.rows, -1, -1, 300);
+    std::vector<int32_t> row = cr;
+    row[7] = (int32_t)pw.rows;
+    check_scan("bad csc_row", cp, row, &pm, pw.rows, -1, 7);
+  }
+  {
+    std::vector<int64_t> ptr = pw.ptr;  // 97 entries: a drop at row 61, then also one at row 21
+    ptr[61] = ptr[62] + 1;
+    check_scan("drop", ptr, pw.col, nullptr, pw.cols, 61);
+    ptr[21] = ptr[22] + 1;
+    check_scan("two drops", ptr, pw.col, nullptr, pw.cols, 21);
+    ptr = pw.ptr;
+    ptr.back() += 3;  // wrong end, and a row running past nnz
+    check_scan("bad end", ptr, pw.col, nullptr, pw.cols);
+    ptr = pw.ptr;
+    ptr[0] = -1;
+    check_scan("bad start", ptr, pw.col, nullptr, pw.cols);
+  }
+  {  // many rows (grid-stride over ptr), a drop far out
+    std::vector<int64_t> len(5000);
+    std::uniform_int_distribution<int> u(0, 3);
+    for (auto& l : len) l = u(g);
+    Csr big = make(5000, 20, len, g);
+    check_scan("many rows", big.ptr, big.col, nullptr, big.cols);
+    std::vector<int64_t> ptr = big.ptr;
+    ptr[4000] = ptr[4001] + 1;  // row 4000 has -1 entries
+    check_scan("late drop", ptr, big.col, nullptr, big.cols, 4000);
+  }
+  check_scan("empty", {0}, {}, nullptr, 0);
+  check_scan("no entries", {0, 0, 0}, {}, nullptr, 5);
+  check_scan("no cols", {0, 1}, {0}, nullptr, 0, -1, 0);
 }
 
 int main(int argc, char** argv) {
@@ -171,6 +311,18 @@ int main(int argc, char** argv) {
   run<__half>("power", pw, 32, false, g);
   run<__half>("powerT", pwT, 5, false, g);
   run<__nv_bfloat16>("power", pw, 3, false, g);
+  // A pattern with more entries than the threshold but no long row (2400 entries, 8 per row, 60
+  // per column): sized without the longest row the long-row kernels would be launched for
+  // nothing; sized with it (known=1) only the row kernels run.
+  Csr flat = make(300, 40, std::vector<int64_t>(300, 8), g);
+  for (bool known : {false, true}) {
+    run<float>("flat", flat, 4, false, g, known);
+    run<__half>("flat", flat, 16, false, g, known);
+  }
+  // long rows and columns known to be there: the long-row kernels run as before
+  run<float>("power", pw, 32, false, g, true);
+  run<float>("powerT", pwT, 32, false, g, true);
+  scan_cases(pw, g);
   if (full) {
     run<__nv_bfloat16>("powerT", pwT, 16, false, g);
     for (int64_t B : {8, 64, 300}) { run<__half>("power", pw, B, false, g); run<__nv_bfloat16>("powerT", pwT, B, false, g); }

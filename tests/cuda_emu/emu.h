@@ -11,6 +11,8 @@
 #include <thread>
 #include <vector>
 
+#include "emu_count.h"
+
 namespace emu {
 struct Warp {
   std::barrier<> bar{32};
@@ -42,8 +44,15 @@ template <class T> T shfl_xor_sync(unsigned, T v, int m) { return shfl_from(v, (
 inline void syncthreads() { t_block->bar.arrive_and_wait(); }
 template <class T> T ldg(const T* p) { return *p; }
 inline int atomic_add(int* p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+// atomicMin / atomicMax (64-bit, as the index scan uses them): a compare-and-swap loop
+template <class T, class Better> T atomic_pick(T* p, T v, Better better) {
+  T cur = __atomic_load_n(p, __ATOMIC_SEQ_CST);
+  while (better(v, cur) && !__atomic_compare_exchange_n(p, &cur, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {}
+  return cur;
+}
+template <class T> T atomic_min(T* p, T v) { return atomic_pick(p, v, [](T a, T b) { return a < b; }); }
+template <class T> T atomic_max(T* p, T v) { return atomic_pick(p, v, [](T a, T b) { return a > b; }); }
 
-inline long launches = 0;
 // One std::thread per CUDA thread of a block, reused for every block (blocks run in turn;
 // a block-wide barrier separates them, so "static" shared memory is never shared by two).
 template <class K, class... A>
@@ -89,6 +98,8 @@ inline cudaError_t get_last_error() { return cudaSuccess; }
 #define __syncthreads emu::syncthreads
 #define __ldg emu::ldg
 #define atomicAdd emu::atomic_add
+#define atomicMin emu::atomic_min
+#define atomicMax emu::atomic_max
 #define cudaMemsetAsync emu::memset_async
 #define cudaGetLastError emu::get_last_error
 using std::fma;
