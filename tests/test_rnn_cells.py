@@ -9,7 +9,7 @@ import sparse_engine as se
 from sparse_engine.constants import GATES
 from sparse_engine.nn import cell_table
 from sparse_engine.nn.recurrence import Config, Recurrence
-from sparse_engine.testing import random_weight
+from sparse_engine.testing import copy_weight, random_weight
 
 
 @pytest.fixture(params=[True, False], ids=["fused", "composed"])
@@ -265,5 +265,36 @@ def test_fused_ops_opcheck(rng):
         (ops.ctrnn_step, (*W1.index, v1, g[:5], h, 0.1, 0.5)),
         (ops.ctrnn_step_backward, (*W1.index, v1, h, h, 0.1, 0.5)),
     ]
+    vt = {id(v): v[W.csc_perm.long()] for W, v in ((W4, v4), (W3, v3), (W1, v1))}
+    cases += [(op, args + (vt[id(args[5])],)) for op, args in cases if op._qualified_op_name.endswith("_backward")]
     for op, args in cases:
         torch.library.opcheck(op.default, args, test_utils=("test_schema", "test_faketensor"))
+
+
+def test_fused_backward_ops_with_values_t(rng):
+    """Each step backward given W_hh's values in column order (values_t, made once per sequence by
+    the recurrence) gives bitwise what it gives gathering values[csc_perm] itself, and reads
+    values_t: one made from other values gives dh_prev of those values."""
+    ops = torch.ops.sparse_engine
+    H, B = 6, 5
+    rnd = lambda *s: torch.randn(*s, generator=rng, dtype=torch.float64)  # noqa: E731
+    acts = torch.rand(4 * H, B, generator=rng, dtype=torch.float64)
+    h, c, dh, dc = rnd(H, B), rnd(H, B), rnd(H, B), rnd(H, B)
+    calls = {
+        4: lambda W, v, *t: ops.lstm_step_backward(*W.index, v, acts, c, c, dh, dc, *t),
+        3: lambda W, v, *t: ops.gru_step_backward(*W.index, v, acts, h, dh, *t),
+        1: lambda W, v, *t: ops.rnn_step_backward(*W.index, v, torch.tanh(h), dh, False, *t),
+        -1: lambda W, v, *t: ops.ctrnn_step_backward(*W.index, v, acts[:H], dh, 0.1, 0.5, *t),
+    }
+    for gates, call in calls.items():
+        W = random_weight(abs(gates) * H, H, 0.4, empty_rows=2, full_rows=1, generator=rng)
+        v = W.values.detach()
+        v_t = v[W.csc_perm.long()]
+        for a, b in zip(call(W, v), call(W, v, v_t)):
+            assert torch.equal(a, b)
+        other = -2.0 * v + 0.25
+        W_other = copy_weight(W, values=other)
+        for a, b in zip(call(W_other, other), call(W, v, other[W.csc_perm.long()])):
+            assert torch.equal(a, b)
+        with pytest.raises(ValueError, match="values_t must be 1-D with nnz"):
+            call(W, v, v_t[:-1])

@@ -1,6 +1,7 @@
 // Fused recurrent steps (CPU, OpenMP): the recurrent sparse product W_hh h and the gate
 // nonlinearities of one time step in one pass, and the matching backward (elementwise gate
-// gradient, then W_hh^T dG through the transposed index).
+// gradient, then W_hh^T dG through the transposed index, reading the values in column order
+// from values_t when the caller passes it: ../values_t.h).
 //
 // W_hh stacks the gates of one layer in one CSR of G*H rows in torch's order (LSTM i,f,g,o;
 // GRU r,z,n; RNN/CT-RNN one gate). For hidden unit j the kernel gathers rows j, H+j, ...
@@ -324,7 +325,9 @@ struct CpuStep {
     constexpr int gates = cell_gates(M);
     const CheckedWeight k = check_weight(w, dh, "dh", gates);
     const int64_t H = k.H, B = k.B;
-    auto dh_c = dh.contiguous(), values_c = w.values.contiguous();
+    auto dh_c = dh.contiguous();
+    const at::Tensor values_t_c = check_values_t(w.values_t, w.values);  // checked: contiguous
+    const at::Tensor values_c = values_t_c.defined() ? at::Tensor() : w.values.contiguous();
     const StepSaved in = check_step_saved<M>(acts, c_prev, c, h, dc, H, B, w.values);
     auto options = dh_c.options();
     auto dG = at::empty({gates * H, B}, options);
@@ -340,10 +343,13 @@ struct CpuStep {
                                   data_or_null<scalar_t>(in.c), h_prev, h_new, dh_c.data_ptr<scalar_t>(),
                                   data_or_null<scalar_t>(in.dc), dG.data_ptr<scalar_t>(), data_or_null<scalar_t>(dgx),
                                   data_or_null<scalar_t>(dc_prev), data_or_null<scalar_t>(direct), H, B, dt, tau);
-      // dh_prev = direct + W_hh^T dG, through the transposed index (gather.h)
+      // dh_prev = direct + W_hh^T dG, through the transposed index (gather.h): reading values_t
+      // (the values in column order) where the caller made it, else values[csc_perm[k]]
       const int64_t stride = padded_stride<scalar_t>(B);
       auto dG_p = padded_batch(dG, stride);
-      gather_rows<scalar_t>(k.index.csc_ptr, k.index.csc_row, values_c.data_ptr<scalar_t>(), k.index.csc_perm,
+      const bool by_column = w.values_t.defined();
+      const scalar_t* vals = by_column ? values_t_c.data_ptr<scalar_t>() : values_c.data_ptr<scalar_t>();
+      gather_rows<scalar_t>(k.index.csc_ptr, k.index.csc_row, vals, by_column ? nullptr : k.index.csc_perm,
                             dG_p.data_ptr<scalar_t>(), stride, data_or_null<scalar_t>(direct),
                             dh_prev.data_ptr<scalar_t>(), H, B);
     });

@@ -13,7 +13,9 @@ Forward:  per step the input part W_ih x_t (+ biases) (one product on that step'
 Backward: per step the elementwise gate gradient and one spmm_t (W_hh^T dG) for the hidden
           gradient, then that step's part of each weight gradient (sddmm, or a dense product,
           added up over the steps), of the bias gradients and of the input gradient (spmm_t):
-          no stacked gate gradients or states.
+          no stacked gate gradients or states. The spmm_t of every step read the values in
+          column order: they are gathered once per backward (``transposed``, an nnz copy held
+          while it runs), not in each step (csrc/values_t.h).
 Small runs (:data:`STACK_BYTES`: big weights, small activations) instead compute the input part
           of all steps as one product and, in the backward, stack the per-step gate gradients and
           states for one sddmm (or dense product) per weight over all T*B columns.
@@ -47,7 +49,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .cell_table import CELLS, has_fused_kernels, mm, mm_t, wgrad
+from .cell_table import CELLS, has_fused_kernels, mm, mm_t, transposed, wgrad
 from ..export import check_not_torchscript
 
 
@@ -241,6 +243,9 @@ class Recurrence(torch.autograd.Function):
         if cell.cell_state:
             dc = h0.new_zeros(H, B) if dc_T is None else dc_T
         stacked = ctx.stacked or cfg.sink is not None  # growth by gradient: the whole (G, X) of each weight
+        # W^T dG in every step reads the values in column order: gathered once here, not per step
+        w_hh_t = transposed(w_hh, idx) if T * U > 1 else None
+        w_ih_t = transposed(w_ih, cfg.idx_ih) if need[1] and not stacked and T > 1 else None
         bias_grads = ctx.has_bias and (need[6] or need[7])
         d_x = d_w_ih = d_w_hh = d_b_ih = d_b_hh = dgx_t = dgh_s = None
         if stacked:
@@ -256,7 +261,8 @@ class Recurrence(torch.autograd.Function):
             t = order[s // U]
             if s % U == U - 1 and dy is not None:
                 dh = dh + dy[t]
-            dG_x, dG, dh, dc = cell.backward_step(step_backward, w_hh, idx, cell.saved_at(s, bufs), dh, dc, params)
+            dG_x, dG, dh, dc = cell.backward_step(step_backward, w_hh, idx, cell.saved_at(s, bufs), dh, dc, params,
+                                                  w_hh_t)
             if stacked:
                 dgh_s[s] = dG
                 dgx_t[t] = dG_x if dgx_t[t] is None else dgx_t[t] + dG_x
@@ -267,7 +273,7 @@ class Recurrence(torch.autograd.Function):
             if d_w_ih is not None:
                 _wgrad_into(d_w_ih, cfg.idx_ih, dG_x, x_t)
             if d_x is not None:
-                d_x[t] += mm_t(w_ih, cfg.idx_ih, dG_x)
+                d_x[t] += mm_t(w_ih, cfg.idx_ih, dG_x, w_ih_t)
             if bias_grads:
                 g_sum = dG.sum(1)
                 d_b_hh += g_sum
