@@ -298,3 +298,60 @@ def test_fused_backward_ops_with_values_t(rng):
             assert torch.equal(a, b)
         with pytest.raises(ValueError, match="values_t must be 1-D with nnz"):
             call(W, v, v_t[:-1])
+
+
+def _reference_step(mode, W, gx, h, c, b_hh):
+    """One step in float64 from the dense W_hh and torch's functions: (h', c', acts)."""
+    D, gx, h = W.to_dense().double(), gx.double(), h.double()
+    H = h.shape[0]
+    pre = D @ h
+    if mode == "LSTM":
+        i, f, g, o = (gx + pre).chunk(4)
+        i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+        c2 = f * c.double() + i * g
+        return o * torch.tanh(c2), c2, torch.cat([i, f, g, o])
+    if mode == "GRU":
+        gh = pre + b_hh.double()[:, None]
+        r = torch.sigmoid(gx[:H] + gh[:H])
+        z = torch.sigmoid(gx[H:2 * H] + gh[H:2 * H])
+        n = torch.tanh(gx[2 * H:] + r * gh[2 * H:])
+        return n + z * (h - n), None, torch.cat([r, z, n, gh[2 * H:]])
+    a = torch.tanh(gx + pre)
+    if mode == "CTRNN":
+        return h * (1 - 0.1 / 0.5) + 0.1 * a, None, a
+    return (torch.relu(gx + pre) if mode == "RNN_RELU" else a), None, None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("B", [1, 2, 20, 33, 70])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH", "RNN_RELU", "CTRNN"])
+def test_fused_forward_ops_match_float64_reference(mode, B, dtype, rng):
+    """The fused forward ops against float64 torch on the dense W_hh: hidden 37 (two blocks of 16
+    units and a partial one, an empty row), batches narrower and wider than a register block (32
+    float / 16 double columns) and B = 1, pre-activations from about -15 to 15 (tanh and sigmoid
+    saturate) and near 0 (tanh's small-argument branch). float32: within 2e-6 absolute (its tanh
+    is within 6 ulp, csrc/cpu/rnn_step_cpu.cpp)."""
+    ops = torch.ops.sparse_engine
+    H, G = 37, GATES[mode]
+    W = random_weight(G * H, H, 0.3, empty_rows=1, full_rows=1, dtype=dtype, generator=rng)
+    scale = torch.logspace(-6, 1, G * H, dtype=torch.float64)[:, None]  # rows from tiny to large
+    gx = (torch.randn(G * H, B, generator=rng, dtype=torch.float64) * scale).to(dtype)
+    h = torch.randn(H, B, generator=rng, dtype=torch.float64).to(dtype)
+    c = torch.randn(H, B, generator=rng, dtype=torch.float64).to(dtype)
+    b_hh = torch.randn(G * H, generator=rng, dtype=torch.float64).to(dtype)
+    v = W.values.detach()
+    if mode == "LSTM":
+        out = ops.lstm_step(*W.index, v, gx, h, c)
+    elif mode == "GRU":
+        out = ops.gru_step(*W.index, v, gx, h, b_hh)
+    elif mode == "CTRNN":
+        out = ops.ctrnn_step(*W.index, v, gx, h, 0.1, 0.5)
+    else:
+        out = ops.rnn_step(*W.index, v, gx, h, mode == "RNN_RELU")
+    out = out if isinstance(out, tuple) else (out,)
+    ref = [t for t in _reference_step(mode, W, gx, h, c, b_hh) if t is not None]
+    tol = 2e-6 if dtype == torch.float32 else 1e-12
+    assert len(out) == len(ref)
+    for a, b in zip(out, ref):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol)
