@@ -8,8 +8,9 @@ the module transposes to torch's (T, B, H) once at the end (:func:`batch_rows`).
 Forward:  per step the input part W_ih x_t (+ biases) (one product on that step's block, used at
           once: no T x G*H x B buffer), then the recurrent product W_hh h and the gate
           nonlinearities, fused into one op where it has a kernel (CPU: ``csrc/cpu/rnn_step_cpu.cpp``;
-          CUDA: ``csrc/cuda/rnn_step_cuda.cu``), composed from spmm + torch elementwise ops otherwise
-          (see :func:`fused_ok`); the new state is written into Y's block.
+          CUDA: ``csrc/cuda/rnn_step_cuda.cu``) and, on the CPU, where the measured rule says it is
+          faster (:func:`fused_steps`), composed from spmm + torch elementwise ops otherwise; the new
+          state is written into Y's block.
 Backward: per step the elementwise gate gradient and one spmm_t (W_hh^T dG) for the hidden
           gradient, then that step's part of each weight gradient (sddmm, or a dense product,
           added up over the steps), of the bias gradients and of the input gradient (spmm_t):
@@ -50,6 +51,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .cell_table import CELLS, has_fused_kernels, mm, mm_t, transposed, wgrad
+from ..kernels.choose import choose_fused
 from ..export import check_not_torchscript
 
 
@@ -80,6 +82,22 @@ def fused_ok(cfg: Config, w_hh: torch.Tensor) -> bool:
     device with the kernels."""
     return (cfg.fused and cfg.idx_hh is not None and w_hh.dtype in _FUSED_DTYPES
             and has_fused_kernels(w_hh.device.type))
+
+
+def fused_steps(cfg: Config, w_hh: torch.Tensor) -> tuple[bool, bool]:
+    """(forward, backward): whether each direction of the step runs the fused op. Where they apply
+    (:func:`fused_ok`) and, on the CPU, where the measured rule
+    :func:`sparse_engine.kernels.choose.choose_fused` expects the fused op to be faster than the
+    composed step for this W_hh (nonzeros per row) and batch; the two directions share one
+    calling convention, so either can be composed while the other is fused."""
+    if not fused_ok(cfg, w_hh):
+        return False, False
+    sizes = (cfg.hidden, cfg.batch)
+    if w_hh.device.type != "cpu" or not all(isinstance(v, int) and v >= 1 for v in sizes):
+        return True, True  # other devices: not measured; symbolic or empty sizes: no guard on them
+    nnz = cfg.idx_hh[1].numel()
+    return (choose_fused(cfg.mode, cfg.hidden, nnz, cfg.batch),
+            choose_fused(cfg.mode, cfg.hidden, nnz, cfg.batch, backward=True))
 
 
 # ----------------------------------------------------------------- the Function
@@ -178,7 +196,7 @@ class Recurrence(torch.autograd.Function):
         bias = None
         if b_ih is not None:
             bias = b_ih if cell.hidden_bias or b_hh is None else b_ih + b_hh
-        fused = fused_ok(cfg, w_hh)
+        fused, fused_backward = fused_steps(cfg, w_hh)
         stacked = stacks(cfg, cell, h0)
         if stacked:  # the input part of all steps as one product
             gx = mm(w_ih, cfg.idx_ih, _to_cols(x))
@@ -206,7 +224,7 @@ class Recurrence(torch.autograd.Function):
             y[t] = h
         ctx.cfg = cfg
         ctx.has_bias = b_ih is not None
-        ctx.fused = fused
+        ctx.fused_backward = fused_backward
         ctx.stacked = stacked
         ctx.inner_keys = tuple(inner)
         ctx.n_c = len(cs) if cell.cell_state else 0
@@ -233,7 +251,7 @@ class Recurrence(torch.autograd.Function):
         inner = dict(zip(ctx.inner_keys, rest[:n_inner]))
         cs, acts = rest[n_inner:n_inner + ctx.n_c], rest[n_inner + ctx.n_c:]
         need = ctx.needs_input_grad  # (cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-        _, step_backward = cell.steps(ctx.fused)
+        _, step_backward = cell.steps(ctx.fused_backward)
         idx, U, params = cfg.idx_hh, cell.unfolds(cfg), cell.params(cfg)
         order = list(range(T - 1, -1, -1)) if cfg.reverse else list(range(T))
         states = _States(h0, y, inner, order, U)
