@@ -76,16 +76,22 @@ inline IndexSizes check_step_weight(const StepWeight& w, const at::Tensor& state
 // A step's dense operands besides W_hh and the state, checked like the state (dtype and device
 // of the values, their rows, B columns) and made contiguous; undefined where the mode takes none.
 // Both devices call these, so the checks and their messages are the same on each.
+// gx_ld: the distance between gx's rows; B (contiguous) unless the device reads a row-strided gx
+// (strided_gx: the CPU kernel, so a column block of the input part of all steps, as the
+// recurrence computes it for short runs, is read where it is, not copied per step).
 struct StepInputs {
   at::Tensor gx, c, b_hh;  // c: LSTM; b_hh: GRU, optional
+  int64_t gx_ld = 0;
 };
 
 template <CellMode M>
 StepInputs check_step_inputs(const at::Tensor& gx, const at::Tensor& c, const at::Tensor& b_hh, int64_t H,
-                             int64_t B, const at::Tensor& values) {
+                             int64_t B, const at::Tensor& values, bool strided_gx = false) {
   StepInputs in;
   check_batch_operand(gx, "gx", cell_gates(M) * H, B, values);
-  in.gx = gx.contiguous();
+  const bool rows_ok = (B <= 1 || gx.stride(1) == 1) && gx.stride(0) >= B && gx.storage_offset() >= 0;
+  in.gx = strided_gx && rows_ok ? gx : gx.contiguous();
+  in.gx_ld = in.gx.size(0) <= 1 ? B : in.gx.stride(0);
   if constexpr (M == CellMode::LSTM) {
     check_batch_operand(c, "c", H, B, values);
     in.c = c.contiguous();

@@ -322,20 +322,30 @@ def _reference_step(mode, W, gx, h, c, b_hh):
     return (torch.relu(gx + pre) if mode == "RNN_RELU" else a), None, None
 
 
+@pytest.mark.parametrize("gx_layout", ["contiguous", "column block", "transposed"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("B", [1, 2, 20, 33, 70])
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH", "RNN_RELU", "CTRNN"])
-def test_fused_forward_ops_match_float64_reference(mode, B, dtype, rng):
+def test_fused_forward_ops_match_float64_reference(mode, B, dtype, gx_layout, rng):
     """The fused forward ops against float64 torch on the dense W_hh: hidden 37 (two blocks of 16
     units and a partial one, an empty row), batches narrower and wider than a register block (32
     float / 16 double columns) and B = 1, pre-activations from about -15 to 15 (tanh and sigmoid
     saturate) and near 0 (tanh's small-argument branch). float32: within 2e-6 absolute (its tanh
-    is within 6 ulp, csrc/cpu/rnn_step_cpu.cpp)."""
+    is within 6 ulp, csrc/cpu/rnn_step_cpu.cpp). gx as the recurrence passes it (a block of B
+    columns of the input part of all steps: rows far apart, read in place by the CPU kernel),
+    contiguous, or transposed (copied first)."""
     ops = torch.ops.sparse_engine
     H, G = 37, GATES[mode]
     W = random_weight(G * H, H, 0.3, empty_rows=1, full_rows=1, dtype=dtype, generator=rng)
     scale = torch.logspace(-6, 1, G * H, dtype=torch.float64)[:, None]  # rows from tiny to large
     gx = (torch.randn(G * H, B, generator=rng, dtype=torch.float64) * scale).to(dtype)
+    if gx_layout == "column block":
+        wide = torch.randn(G * H, 3 * B + 1, generator=rng, dtype=torch.float64).to(dtype)
+        wide[:, B + 1:2 * B + 1] = gx
+        gx = wide[:, B + 1:2 * B + 1]
+        assert gx.stride() == (3 * B + 1, 1)
+    elif gx_layout == "transposed":
+        gx = gx.t().contiguous().t()
     h = torch.randn(H, B, generator=rng, dtype=torch.float64).to(dtype)
     c = torch.randn(H, B, generator=rng, dtype=torch.float64).to(dtype)
     b_hh = torch.randn(G * H, generator=rng, dtype=torch.float64).to(dtype)

@@ -154,7 +154,8 @@ struct IndexPtrs {
 template <typename scalar_t, CellMode M>
 // hp: h padded to `stride` columns (gather.h), so each gate row is one pass with its
 // accumulators in registers whatever B is; h itself is read for the gate math.
-void step_forward(IndexPtrs w, const scalar_t* values, const scalar_t* gx, const scalar_t* h, const scalar_t* hp,
+void step_forward(IndexPtrs w, const scalar_t* values, const scalar_t* gx, int64_t gx_ld, const scalar_t* h,
+                  const scalar_t* hp,
                   int64_t stride, const scalar_t* c, const scalar_t* b_hh, scalar_t* h_new, scalar_t* c_new,
                   scalar_t* acts, int64_t H, int64_t B, double dt, double tau) {
   constexpr int gates = cell_gates(M);
@@ -179,14 +180,16 @@ void step_forward(IndexPtrs w, const scalar_t* values, const scalar_t* gx, const
    {  // The block's rows of gx and c (h for GRU and CT-RNN), read after the products: fetched
       // now, while the gathers run (at hidden 16,384 they come from memory, and the gate math
       // stalled on them for as long as the products took)
-     const int64_t HB = H * B, span = units * B * static_cast<int64_t>(sizeof(scalar_t));
-     auto fetch = [&](const scalar_t* p) {
-       const char* a = reinterpret_cast<const char*>(p + j0 * B);
-       for (int64_t line = 0; line < span; line += 64) __builtin_prefetch(a + line);
+     const int64_t row = B * static_cast<int64_t>(sizeof(scalar_t));
+     auto fetch = [&](const scalar_t* p, int64_t ld) {  // units rows of B values, ld apart
+       for (int64_t u = 0; u < units; ++u) {
+         const char* a = reinterpret_cast<const char*>(p + (j0 + u) * ld);
+         for (int64_t line = 0; line < row; line += 64) __builtin_prefetch(a + line);
+       }
      };
-     for (int q = 0; q < gates; ++q) fetch(gx + q * HB);
-     if constexpr (M == CellMode::LSTM) fetch(c);
-     if constexpr (M == CellMode::GRU || M == CellMode::CTRNN) fetch(h);
+     for (int q = 0; q < gates; ++q) fetch(gx + q * H * gx_ld, gx_ld);
+     if constexpr (M == CellMode::LSTM) fetch(c, B);
+     if constexpr (M == CellMode::GRU || M == CellMode::CTRNN) fetch(h, B);
    }
    for (int64_t b0 = 0; b0 < B; b0 += kBlock) {
     const int64_t width = std::min(kBlock, B - b0), n = units * width;
@@ -196,50 +199,51 @@ void step_forward(IndexPtrs w, const scalar_t* values, const scalar_t* gx, const
         accumulate_at<scalar_t>(w.row_ptr[row], w.row_ptr[row + 1], w.col_idx, values, 0, hp, stride, b0,
                                 &sums[q][u * width], nnz);
       }
-    const int64_t HB = H * B;
-    // e: a value's place in the block (unit u, column b), o + b: in an (H x B) array
+    const int64_t HB = H * B, HL = H * gx_ld;
+    // e: a value's place in the block (unit u, column b), o: in an (H x B) array, x: in gx's
+    // first gate block (gate q: x + q * HL)
     auto each = [&](auto fn) {
       for (int64_t u = 0; u < units; ++u) {
-        const int64_t o = (j0 + u) * B + b0;
-        for (int64_t b = 0; b < width; ++b) fn(u * width + b, o + b, j0 + u);
+        const int64_t o = (j0 + u) * B + b0, x = (j0 + u) * gx_ld + b0;
+        for (int64_t b = 0; b < width; ++b) fn(u * width + b, o + b, x + b, j0 + u);
       }
     };
     if constexpr (M != CellMode::GRU) {
       for (int q = 0; q < gates; ++q)
-        each([&](int64_t e, int64_t o, int64_t) { sums[q][e] += gx[q * HB + o]; });
+        each([&](int64_t e, int64_t, int64_t x, int64_t) { sums[q][e] += gx[q * HL + x]; });
     }
     if constexpr (M == CellMode::LSTM) {
       vsigmoid(sums[0], n); vsigmoid(sums[1], n); vtanh(sums[2], n); vsigmoid(sums[3], n);
       scalar_t tc[kUnits * kBlock];
-      each([&](int64_t e, int64_t o, int64_t) {
+      each([&](int64_t e, int64_t o, int64_t, int64_t) {
         const scalar_t cn = sums[1][e] * c[o] + sums[0][e] * sums[2][e];
         c_new[o] = cn;
         tc[e] = cn;
       });
       vtanh(tc, n);
-      each([&](int64_t e, int64_t o, int64_t) {
+      each([&](int64_t e, int64_t o, int64_t, int64_t) {
         h_new[o] = sums[3][e] * tc[e];
         for (int q = 0; q < 4; ++q) acts[q * HB + o] = sums[q][e];
       });
     } else if constexpr (M == CellMode::GRU) {
       scalar_t ghn[kUnits * kBlock];
-      each([&](int64_t e, int64_t o, int64_t j) {
+      each([&](int64_t e, int64_t, int64_t x, int64_t j) {
         for (int q = 0; q < 3; ++q) sums[q][e] += b_hh ? b_hh[q * H + j] : scalar_t(0);
         ghn[e] = sums[2][e];
-        sums[0][e] += gx[o];
-        sums[1][e] += gx[HB + o];
+        sums[0][e] += gx[x];
+        sums[1][e] += gx[HL + x];
       });
       vsigmoid(sums[0], n); vsigmoid(sums[1], n);
-      each([&](int64_t e, int64_t o, int64_t) { sums[2][e] = gx[2 * HB + o] + sums[0][e] * ghn[e]; });
+      each([&](int64_t e, int64_t, int64_t x, int64_t) { sums[2][e] = gx[2 * HL + x] + sums[0][e] * ghn[e]; });
       vtanh(sums[2], n);
-      each([&](int64_t e, int64_t o, int64_t) {
+      each([&](int64_t e, int64_t o, int64_t, int64_t) {
         const scalar_t nn = sums[2][e], z = sums[1][e];
         h_new[o] = nn + z * (h[o] - nn);
         acts[o] = sums[0][e]; acts[HB + o] = z; acts[2 * HB + o] = nn; acts[3 * HB + o] = ghn[e];
       });
     } else {
       if constexpr (M != CellMode::RNN_RELU) vtanh(sums[0], n);
-      each([&](int64_t e, int64_t o, int64_t) {
+      each([&](int64_t e, int64_t o, int64_t, int64_t) {
         const scalar_t a = sums[0][e];
         if constexpr (M == CellMode::RNN_TANH) {
           h_new[o] = a;
@@ -332,7 +336,7 @@ struct CpuStep {
     constexpr int gates = cell_gates(M), saved = cell_saved_acts(M);
     const CheckedWeight k = check_weight(w, h, "h", gates);
     const int64_t H = k.H, B = k.B;
-    const StepInputs in = check_step_inputs<M>(gx, c, b_hh, H, B, w.values);
+    const StepInputs in = check_step_inputs<M>(gx, c, b_hh, H, B, w.values, /*strided_gx=*/true);
     auto h_c = h.contiguous(), values_c = w.values.contiguous();
     auto h_new = at::empty({H, B}, h_c.options());
     auto c_new = M == CellMode::LSTM ? at::empty({H, B}, h_c.options()) : at::Tensor();
@@ -340,7 +344,7 @@ struct CpuStep {
     AT_DISPATCH_FLOATING_TYPES(w.values.scalar_type(), "rnn_step", [&] {
       const int64_t stride = padded_stride<scalar_t>(B);
       auto h_p = padded_batch(h_c, stride);
-      step_forward<scalar_t, M>(k.index, values_c.data_ptr<scalar_t>(), in.gx.data_ptr<scalar_t>(),
+      step_forward<scalar_t, M>(k.index, values_c.data_ptr<scalar_t>(), in.gx.data_ptr<scalar_t>(), in.gx_ld,
                                 h_c.data_ptr<scalar_t>(), h_p.data_ptr<scalar_t>(), stride,
                                 data_or_null<scalar_t>(in.c), data_or_null<scalar_t>(in.b_hh),
                                 h_new.data_ptr<scalar_t>(), data_or_null<scalar_t>(c_new),

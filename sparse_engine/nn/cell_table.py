@@ -71,14 +71,17 @@ def _block(g, H, k):
     return g[k * H:(k + 1) * H]
 
 
+# The composed forward steps write their saved activations in place into one new tensor (the
+# pre-activations' own, LSTM; one of 4H rows, GRU): no per-gate temporaries and no torch.cat copy
+# of them. They run inside the Recurrence's forward, where autograd records nothing.
 def lstm_step(w, idx, gx, h, c):
-    g = gx + mm(w, idx, h)
+    g = gx + mm(w, idx, h)  # becomes the saved activations [i, f, g, o]
     H = h.shape[0]
-    i, f, o = (torch.sigmoid(_block(g, H, _LSTM[k])) for k in "ifo")
-    gg = torch.tanh(_block(g, H, _LSTM["g"]))
+    i, f, gg, o = (_block(g, H, _LSTM[k]) for k in "ifgo")
+    i.sigmoid_(), f.sigmoid_(), gg.tanh_(), o.sigmoid_()
     c2 = torch.addcmul(f * c, i, gg)
     h2 = o * torch.tanh(c2)
-    return h2, c2, torch.cat([i, f, gg, o])
+    return h2, c2, g
 
 
 def lstm_step_backward(w, idx, acts, c_prev, c, dh, dc, values_t=None):
@@ -93,14 +96,16 @@ def lstm_step_backward(w, idx, acts, c_prev, c, dh, dc, values_t=None):
 def gru_step(w, idx, gx, h, b_hh):
     gh = mm(w, idx, h)
     if b_hh is not None:
-        gh = gh + b_hh[:, None]
+        gh.add_(b_hh[:, None])
     H = h.shape[0]
-    r = torch.sigmoid(_block(gx, H, _GRU["r"]) + _block(gh, H, _GRU["r"]))
-    z = torch.sigmoid(_block(gx, H, _GRU["z"]) + _block(gh, H, _GRU["z"]))
-    ghn = _block(gh, H, _GRU["n"])
-    n = torch.tanh(_block(gx, H, _GRU["n"]) + r * ghn)
+    acts = gh.new_empty(4 * H, h.shape[1])  # the saved activations [r, z, n, W_hn h + b_hn]
+    r, z, n, ghn = (_block(acts, H, k) for k in range(4))
+    torch.add(_block(gx, H, _GRU["r"]), _block(gh, H, _GRU["r"]), out=r).sigmoid_()
+    torch.add(_block(gx, H, _GRU["z"]), _block(gh, H, _GRU["z"]), out=z).sigmoid_()
+    ghn.copy_(_block(gh, H, _GRU["n"]))
+    torch.addcmul(_block(gx, H, _GRU["n"]), r, ghn, out=n).tanh_()
     h2 = n + z * (h - n)
-    return h2, torch.cat([r, z, n, ghn])
+    return h2, acts
 
 
 def gru_step_backward(w, idx, acts, h_prev, dh, values_t=None):

@@ -198,11 +198,11 @@ class Recurrence(torch.autograd.Function):
             bias = b_ih if cell.hidden_bias or b_hh is None else b_ih + b_hh
         fused, fused_backward = fused_steps(cfg, w_hh)
         stacked = stacks(cfg, cell, h0)
-        if stacked:  # the input part of all steps as one product
+        if stacked:  # the input part of all steps as one product, (G*H, T*B); step t reads its
+            # B columns where they are (the CPU step kernel takes a row stride): no step-major copy
             gx = mm(w_ih, cfg.idx_ih, _to_cols(x))
             if bias is not None:
-                gx = gx + bias[:, None]
-            gx = gx.view(gx.shape[0], T, B).permute(1, 0, 2).contiguous()  # (T, G*H, B)
+                gx.add_(bias[:, None])
         step, _ = cell.steps(fused)
         idx, U = cfg.idx_hh, cell.unfolds(cfg)
         tail = ((b_hh,) if cell.hidden_bias else ()) + cell.params(cfg)
@@ -211,7 +211,7 @@ class Recurrence(torch.autograd.Function):
         inner, cs, acts = {}, [c0], []
         h, c, k = h0, c0, 0
         for t in order:
-            g = gx[t] if stacked else _input_part(w_ih, cfg.idx_ih, x[t], bias)
+            g = gx[:, t * B:(t + 1) * B] if stacked else _input_part(w_ih, cfg.idx_ih, x[t], bias)
             for u in range(U):
                 h, c, a = cell.forward_step(step, w_hh, idx, g, h, c, tail)
                 k += 1
