@@ -385,7 +385,7 @@ struct CpuStep {
       const bool by_column = w.values_t.defined();
       const scalar_t* vals = by_column ? values_t_c.data_ptr<scalar_t>() : values_c.data_ptr<scalar_t>();
       gather_rows<scalar_t>(k.index.csc_ptr, k.index.csc_row, vals, by_column ? nullptr : k.index.csc_perm,
-                            dG_p.data_ptr<scalar_t>(), stride, data_or_null<scalar_t>(direct),
+                            dG_p.data_ptr<scalar_t>(), gates * H, stride, data_or_null<scalar_t>(direct),
                             dh_prev.data_ptr<scalar_t>(), H, B);
     });
     return {dG, dh_prev, dc_prev, dgx};

@@ -28,7 +28,8 @@ at::Tensor spmm_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, const 
     const int64_t stride = padded_stride<scalar_t>(B);
     auto X_p = padded_batch(X, stride);
     gather_rows<scalar_t>(row_ptr_c.data_ptr<int64_t>(), col_idx_c.data_ptr<int32_t>(), values_c.data_ptr<scalar_t>(),
-                          nullptr, X_p.data_ptr<scalar_t>(), stride, nullptr, Y.data_ptr<scalar_t>(), s.rows, B);
+                          nullptr, X_p.data_ptr<scalar_t>(), s.cols, stride, nullptr, Y.data_ptr<scalar_t>(), s.rows,
+                          B);
   });
   return Y;
 }
@@ -49,8 +50,8 @@ at::Tensor spmm_t_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, cons
     const int64_t stride = padded_stride<scalar_t>(B);
     auto G_p = padded_batch(G, stride);
     gather_rows<scalar_t>(csc_ptr_c.data_ptr<int64_t>(), csc_row_c.data_ptr<int32_t>(), values_c.data_ptr<scalar_t>(),
-                          direct ? nullptr : csc_perm_c.data_ptr<int32_t>(), G_p.data_ptr<scalar_t>(), stride, nullptr,
-                          Z.data_ptr<scalar_t>(), s.cols, B);
+                          direct ? nullptr : csc_perm_c.data_ptr<int32_t>(), G_p.data_ptr<scalar_t>(), s.rows, stride,
+                          nullptr, Z.data_ptr<scalar_t>(), s.cols, B);
   });
   return Z;
 }
