@@ -6,8 +6,8 @@ the 8,000 training images of the shipped MNIST test set (load_task's 80/20 split
 Each size runs in a fresh subprocess, so its peak memory (``timing.peak_rss_bytes``: the resident
 high-water mark, read after every epoch) is its own. Per epoch it records the training time, the
 SET evolution time (none after the last epoch, as SET-MLP does), the peak RSS, the test accuracy,
-nnz, and bytes per connection: of the network as built (values + CSR + transposed index, row
-pointers included) and of the peak RSS (minus the RSS before the network existed); the SGD
+nnz, and bytes per connection: of the network as trained (values + CSR + the transposed index of
+the layers whose backward needs W^T, i.e. all but the first; row pointers included) and of the peak RSS (minus the RSS before the network existed); the SGD
 momentum (4 bytes a connection) is counted in the peak but not in the network's bytes. ``max`` is
 the largest size whose peak, extrapolated linearly in nnz from the sizes run before it, fits in
 ``--max-gb``. The markdown table (with the load average) is rewritten after every epoch, so a
@@ -85,8 +85,6 @@ def child(args) -> None:
     sizes = (Xtr.shape[1], *hidden_sizes(args.child), 10)
     model = SparseMLP(sizes, epsilon=args.epsilon, dropout=0.2)
     nnz = model.nnz
-    network = sum(t.numel() * t.element_size() for layer in model.layers for t in (layer.weight.values,
-                                                                                   *layer.weight.index))
     opt = SETSGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=2e-4)
     ctl = SETMLP(model, opt, epochs=args.epochs, zeta=0.3, seed=0)
     for epoch in range(1, args.epochs + 1):
@@ -97,6 +95,9 @@ def child(args) -> None:
             model.loss(model(Xtr[idx]), ytr[idx]).backward()
             opt.step()
         train_s = time.perf_counter() - start
+        # the weights as trained: values, CSR, and the transposed index where the backward built it
+        network = sum(b.numel() * b.element_size() for layer in model.layers
+                      for b in (layer.weight.values, *layer.weight.buffers()))
         model.eval()
         with torch.no_grad():
             correct = sum(int((model(Xte[i:i + args.batch]).argmax(1) == yte[i:i + args.batch]).sum())
@@ -253,7 +254,7 @@ def main() -> None:
         body = ("Per epoch: training (forward, backward, SGD step), then SET evolution of every layer (none after "
                 "the last epoch). Peak RSS: the process's resident high-water mark; bytes/conn (peak): (peak - "
                 "RSS before the network) / nnz, momentum and one batch's activations included; bytes/conn "
-                "(network): values + CSR + transposed index as built. Load avg: 1-minute load average at the "
+                "(network): values + CSR + transposed index (all layers but the first, whose input needs no gradient) as trained. Load avg: 1-minute load average at the "
                 "epoch's end (2 cores: above 2 the numbers are slowed by other work).\n\n"
                 f"Command: `python benchmarks/bench_set_mlp.py --sizes {args.sizes} --epochs {args.epochs} "
                 f"--threads {args.threads}" + (f" --train {args.train}" if args.train != 8000 else "") +

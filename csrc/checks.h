@@ -56,9 +56,14 @@ inline CsrSizes check_csr(const at::Tensor& row_ptr, const at::Tensor& col_idx) 
   return {row_ptr.numel() - 1, nnz};
 }
 
-// The full index of an operand, CSR + transposed (see csrc/ops.cpp); returns the matrix sizes.
+// The index of an operand, CSR + transposed (see csrc/ops.cpp); returns the matrix sizes.
+// The transposed index may be absent where the op does not read it (need_transpose false: spmm,
+// sddmm): csc_row and csc_perm then hold no entries and csc_ptr still has cols+1 entries (any
+// values; SparseWeight passes a zero-stride tensor), so the column count is still checked.
+// A SparseWeight builds its transposed index only when an op needs it (a layer whose input
+// needs no gradient never does).
 inline IndexSizes check_index(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tensor& csc_ptr,
-                              const at::Tensor& csc_row, const at::Tensor& csc_perm) {
+                              const at::Tensor& csc_row, const at::Tensor& csc_perm, bool need_transpose = true) {
   detail::check_dtype(row_ptr, "row_ptr", at::kLong, "int64");
   detail::check_dtype(col_idx, "col_idx", at::kInt, "int32");
   detail::check_dtype(csc_ptr, "csc_ptr", at::kLong, "int64");
@@ -69,11 +74,15 @@ inline IndexSizes check_index(const at::Tensor& row_ptr, const at::Tensor& col_i
   const int64_t nnz = col_idx.numel();
   TORCH_CHECK_VALUE(col_idx.dim() == 1 && csc_row.dim() == 1 && csc_perm.dim() == 1,
                     "col_idx, csc_row and csc_perm must be 1-D");
-  TORCH_CHECK_VALUE(csc_row.numel() == nnz && csc_perm.numel() == nnz,
+  const bool absent = nnz > 0 && csc_row.numel() == 0 && csc_perm.numel() == 0;
+  TORCH_CHECK_VALUE(!absent || !need_transpose,
+                    "this op needs the transposed index (csc_row and csc_perm with nnz=", nnz,
+                    " entries), got none: take the index from SparseWeight.index, which builds it");
+  TORCH_CHECK_VALUE(absent || (csc_row.numel() == nnz && csc_perm.numel() == nnz),
                     "csc_row and csc_perm must have nnz=", nnz, " entries, got ", csc_row.numel(),
                     " and ", csc_perm.numel());
   detail::check_ptr_ends(row_ptr, "row_ptr", nnz);
-  detail::check_ptr_ends(csc_ptr, "csc_ptr", nnz);
+  if (!absent) detail::check_ptr_ends(csc_ptr, "csc_ptr", nnz);
   return {row_ptr.numel() - 1, csc_ptr.numel() - 1, nnz};
 }
 
@@ -147,7 +156,7 @@ inline void check_int32_size(int64_t n, const char* what) {
 inline IndexSizes check_spmm_args(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tensor& csc_ptr,
                                   const at::Tensor& csc_row, const at::Tensor& csc_perm, const at::Tensor& values,
                                   const at::Tensor& dense, bool transposed, bool on_cuda) {
-  const IndexSizes s = check_index(row_ptr, col_idx, csc_ptr, csc_row, csc_perm);
+  const IndexSizes s = check_index(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, /*need_transpose=*/transposed);
   check_values(values, s.nnz, /*allow_half=*/true);
   if (on_cuda) check_index_device(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values.device());
   check_dense(dense, transposed ? "G" : "X", transposed ? s.rows : s.cols, values.scalar_type(), values.device());
@@ -158,7 +167,7 @@ inline IndexSizes check_spmm_args(const at::Tensor& row_ptr, const at::Tensor& c
 inline IndexSizes check_sddmm_args(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tensor& csc_ptr,
                                    const at::Tensor& csc_row, const at::Tensor& csc_perm, const at::Tensor& G,
                                    const at::Tensor& X, bool on_cuda) {
-  const IndexSizes s = check_index(row_ptr, col_idx, csc_ptr, csc_row, csc_perm);
+  const IndexSizes s = check_index(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, /*need_transpose=*/false);
   check_float_storage(G.scalar_type(), "G", /*allow_half=*/true);
   if (on_cuda) check_index_device(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, G.device());
   check_dense(G, "G", s.rows, G.scalar_type(), G.device());

@@ -87,11 +87,17 @@ def onnx_translation_table(dense: bool = False) -> dict:
     except ImportError as e:  # pragma: no cover - the onnx extra is missing
         raise ImportError("ONNX export needs onnxscript: pip install 'sparse-engine[onnx]'") from e
 
-    def entry_rows(csc_row, csc_perm):
-        """The row of each stored entry (CSR order): csc_row lists them in column order, csc_perm
-        says where each one sits in CSR order."""
-        zeros = op.ConstantOfShape(op.Shape(csc_perm), value=ir.tensor([0], dtype=ir.DataType.INT64))
-        return op.ScatterElements(zeros, csc_perm, op.Cast(csc_row, to=ir.DataType.INT64), axis=0)
+    def entry_rows(row_ptr, col_idx):
+        """The row of each stored entry (CSR order): the number of rows that end at or before it,
+        as a running sum of ones scattered at the row ends (an empty row adds its one at the same
+        place). Reads only the CSR: the transposed index may be absent (a layer that never
+        needed W^T, see SparseWeight.csr_index)."""
+        ends = op.Slice(row_ptr, op.Constant(value_ints=[1]), op.Constant(value_ints=[-1]))
+        marks = op.ConstantOfShape(op.Add(op.Shape(col_idx), op.Constant(value_ints=[1])),
+                                   value=ir.tensor([0], dtype=ir.DataType.INT64))
+        ones = op.Expand(op.Constant(value_ints=[1]), op.Shape(ends))
+        marks = op.ScatterElements(marks, ends, ones, axis=0, reduction="add")
+        return op.Slice(op.CumSum(marks, op.Constant(value_int=0)), op.Constant(value_ints=[0]), op.Shape(col_idx))
 
     def dims(ptr):
         """[len(ptr) - 1]: the rows of a CSR row_ptr, the columns of a csc_ptr."""
@@ -99,7 +105,7 @@ def onnx_translation_table(dense: bool = False) -> dict:
 
     def spmm_sparse(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, X):
         """W X as gather, multiply and scatter-add over the stored entries (O(nnz * B))."""
-        rows = entry_rows(csc_row, csc_perm)
+        rows = entry_rows(row_ptr, col_idx)
         terms = op.Mul(op.Gather(X, op.Cast(col_idx, to=ir.DataType.INT64), axis=0),
                        op.Unsqueeze(values, op.Constant(value_ints=[1])))
         out_shape = op.Concat(dims(row_ptr), op.Shape(X, start=1), axis=0)
@@ -108,7 +114,7 @@ def onnx_translation_table(dense: bool = False) -> dict:
 
     def spmm_dense(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, X):
         """W X with W scattered into a dense matrix (entries are unique: no reduction)."""
-        at = op.Concat(op.Unsqueeze(entry_rows(csc_row, csc_perm), op.Constant(value_ints=[1])),
+        at = op.Concat(op.Unsqueeze(entry_rows(row_ptr, col_idx), op.Constant(value_ints=[1])),
                        op.Unsqueeze(op.Cast(col_idx, to=ir.DataType.INT64), op.Constant(value_ints=[1])), axis=1)
         w_shape = op.Concat(dims(row_ptr), dims(csc_ptr), axis=0)
         zeros = op.Expand(op.CastLike(op.Constant(value_float=0.0), values), w_shape)

@@ -55,11 +55,17 @@ def _check_weight(W) -> None:
         raise TypeError(f"W must be a sparse_engine.SparseWeight, got {type(W).__name__}")
 
 
+def _needs_transpose(W, X: torch.Tensor) -> bool:
+    """Whether spmm(W, X) may need W^T later, for the gradient of X (the backward computes it
+    with spmm_t). The first layer of a model, whose input needs no gradient, does not."""
+    return W.has_transpose or (torch.is_grad_enabled() and X.requires_grad)
+
+
 def spmm(W, X: torch.Tensor) -> torch.Tensor:
     """Y = W X for a SparseWeight W (rows x cols) and dense X (cols x B)."""
     _check_weight(W)
     _check_dense(X, "X", W.shape[1], W.values)
-    return _ops.spmm(*W.index, W.values, X)
+    return _ops.spmm(*(W.index if _needs_transpose(W, X) else W.csr_index), W.values, X)
 
 
 def spmm_t(W, G: torch.Tensor, values_t: torch.Tensor | None = None) -> torch.Tensor:
@@ -88,4 +94,4 @@ def sddmm(W, G: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     _check_dense(X, "X", W.shape[1], W.values)
     if G.shape[1] != X.shape[1]:
         raise ValueError(f"G and X must have the same batch size, got {G.shape[1]} and {X.shape[1]}")
-    return _ops.sddmm(*W.index, G, X)
+    return _ops.sddmm(*W.csr_index, G, X)

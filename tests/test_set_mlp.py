@@ -294,16 +294,25 @@ def test_importance_pruning_removes_neurons_with_their_incoming_and_outgoing_con
         check_invariants(layer.weight)
 
 
-def test_bytes_per_connection_of_a_fresh_network():
-    """float32 value 4 + int32 column 4 + the transposed index (int32 row 4 + int32 position 4)
-    = 16 bytes per connection, plus the row/column pointers (int64, O(neurons))."""
+def test_bytes_per_connection_of_a_trained_network():
+    """float32 value 4 + int32 column 4 per connection, and the transposed index (int32 row 4 +
+    int32 position 4) only where the backward computes W^T G: not in the first layer, whose
+    input (the data) needs no gradient. Plus the row/column pointers (int64, O(neurons))."""
+    gen = torch.Generator().manual_seed(0)
+    model = SparseMLP((784, 1000, 1000, 10), generator=gen)
+    w0 = model.layers[0].weight
+    assert sum(t.element_size() for t in (w0.values, w0.col_idx, w0.csc_row, w0.csc_perm)) == 16
     model = SparseMLP((784, 1000, 1000, 10), generator=torch.Generator().manual_seed(0))
-    per_entry = sum(t.element_size() for w in (model.layers[0].weight,)
-                    for t in (w.values, w.col_idx, w.csc_row, w.csc_perm))
-    assert per_entry == 16
-    total = sum(t.numel() * t.element_size() for layer in model.layers for t in
-                (layer.weight.values, *layer.weight.index))
-    assert total / model.nnz < 17
+    held = lambda: sum(b.numel() * b.element_size() for layer in model.layers  # noqa: E731
+                       for b in (layer.weight.values, *layer.weight.buffers()))
+    assert held() / model.nnz < 8.5  # as built: no transposed index yet
+    x = torch.rand(5, 784, generator=gen)
+    model.loss(model(x), torch.arange(5)).backward()
+    built = [layer.weight.has_transpose for layer in model.layers]
+    assert built == [False, True, True]
+    first = model.layers[0].weight.nnz
+    assert held() / model.nnz < 9 + 8 * (model.nnz - first) / model.nnz  # + the pointers
+    assert held() / model.nnz < 16
 
 
 # ------------------------------------------------------------------------- the command

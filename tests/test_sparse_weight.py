@@ -229,3 +229,73 @@ def test_backward_works_after_the_pattern_changes_while_an_old_graph_is_alive(rn
     ops.spmm(W, X).sum().backward()
     assert W.values.grad.shape == (other.nnz,)
     assert old_loss is not None  # the old graph was alive throughout
+
+
+# ------------------------------------------------------------- the transposed index, built lazily
+def test_transposed_index_is_built_at_first_use_and_dropped_with_the_pattern(rng):
+    W = random_weight(40, 30, 0.2, empty_rows=3, generator=rng)
+    assert not W.has_transpose and W._buffers["csc_ptr"] is None
+    assert W.csr_index[3].numel() == 0 and W.csr_index[2].numel() == 31  # absent: the column count only
+    assert_transpose_consistent(W)  # reading csc_* builds it
+    assert W.has_transpose and W.csr_index[3] is W.csc_row
+    other = random_weight(40, 30, 0.05, generator=rng)
+    W.set_pattern(other.row_ptr, other.col_idx, other.values.detach())
+    assert not W.has_transpose
+    assert_transpose_consistent(W)
+    W.load_state_dict(random_weight(40, 30, 0.3, generator=rng).state_dict())
+    assert not W.has_transpose
+    assert_transpose_consistent(W)
+    assert "csc_ptr" not in W.state_dict()
+
+
+def test_spmm_builds_the_transposed_index_only_for_an_input_gradient(rng):
+    from sparse_engine import ops
+
+    W = random_weight(25, 18, 0.3, empty_rows=2, dtype=torch.float64, generator=rng)
+    X = torch.randn(18, 4, dtype=torch.float64, generator=rng)
+    ref = W.to_dense() @ X
+    torch.testing.assert_close(ops.spmm(W, X), ref, rtol=1e-12, atol=1e-12)
+    assert not W.has_transpose  # no input gradient: W^T is never needed
+    y = ops.spmm(W, X)
+    y.backward(torch.ones_like(y))  # the values' gradient is sddmm, which reads only the CSR
+    assert not W.has_transpose
+    torch.testing.assert_close(W.values.grad, X.sum(1)[W.col_idx.long()], rtol=1e-12, atol=1e-12)
+    Xg = X.clone().requires_grad_()
+    y = ops.spmm(W, Xg)
+    assert W.has_transpose
+    y.backward(torch.ones_like(y))
+    torch.testing.assert_close(Xg.grad, W.to_dense().sum(0)[:, None].expand(18, 4), rtol=1e-12, atol=1e-12)
+
+
+def test_ops_that_read_the_transposed_index_refuse_an_absent_one(rng):
+    W = random_weight(12, 9, 0.4, generator=rng)
+    G = torch.randn(12, 3, generator=rng)
+    with pytest.raises(ValueError, match="needs the transposed index"):
+        torch.ops.sparse_engine.spmm_t(*W.csr_index, W.values, G)
+    rp, ci, cp, cr, _ = W.index
+    with pytest.raises(ValueError, match="csc_row and csc_perm must have nnz="):
+        torch.ops.sparse_engine.spmm(rp, ci, cp, cr, torch.empty(0, dtype=torch.int32), W.values,
+                                     torch.randn(9, 3))
+    with pytest.raises(ValueError, match="X must have 9 rows"):  # the absent index still gives the column count
+        torch.ops.sparse_engine.spmm(*random_weight(12, 9, 0.4, generator=rng).csr_index, W.values,
+                                     torch.randn(8, 3))
+
+
+def test_export_and_compile_of_a_weight_whose_transpose_is_not_built(rng):
+    """torch.export does not build it (nothing in an inference graph reads W^T) and leaves no
+    tracing tensor behind; torch.compile builds it at the first compiled backward, in one graph."""
+    from sparse_engine.nn import SparseLinear
+
+    torch.manual_seed(0)
+    lin = SparseLinear(7, 5, density=0.5)
+    x = torch.randn(3, 7, generator=rng)
+    ref = lin(x)
+    torch.export.export(lin, (x,))
+    assert not lin.weight.has_transpose and "_absent_csc" in lin.weight.__dict__
+    assert all(type(t) is torch.Tensor for t in lin.weight.__dict__["_absent_csc"])
+    torch.testing.assert_close(lin(x), ref)
+    compiled = torch.compile(lin, fullgraph=True)
+    xg = x.clone().requires_grad_()
+    compiled(xg).sum().backward()
+    assert lin.weight.has_transpose and type(lin.weight.csc_ptr) is torch.Tensor
+    torch.testing.assert_close(xg.grad, lin.weight.to_dense().sum(0).expand(3, 7))

@@ -8,7 +8,10 @@ Rows are outputs and columns are inputs, as in ``nn.Linear.weight``. Storage:
   it unchanged. ``.to(torch.bfloat16)`` / ``.half()`` convert the values; indices stay.
 * the transposed index ``csc_ptr`` int64 [cols+1], ``csc_row`` int32 [nnz] and
   ``csc_perm`` int32 [nnz] (CSR positions in column order; nnz < 2^31), so W^T G runs without atomics.
-  It is derived, so it is not saved; it is rebuilt whenever the pattern changes.
+  It is derived, so it is not saved. It is built at its first use (``index``, the attributes
+  ``csc_*``) and dropped whenever the pattern changes: only W^T G needs it, and a layer whose
+  input needs no gradient (the first layer of an MLP) never computes W^T G, so it holds 8 bytes
+  per connection less. :func:`sparse_engine.ops.spmm` passes :attr:`csr_index` when it can.
 
 It is an ``nn.Module`` so that modules hold it as a child (``layer.weight``), ``.to()``
 moves it, and topology controllers find every sparse weight with ``model.modules()``.
@@ -27,6 +30,7 @@ from .. import _ext  # noqa: F401  (loads the compiled operators)
 from .csr import check_csr
 
 _INDEX_NAMES = ("row_ptr", "col_idx", "csc_ptr", "csc_row", "csc_perm")
+_CSC_NAMES = _INDEX_NAMES[2:]
 #: dtypes the values may have (spmm, spmm_t, sddmm; the fused RNN steps take float32/float64 only)
 VALUE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -86,7 +90,7 @@ class SparseWeight(nn.Module):
         self.values = nn.Parameter(values, requires_grad=requires_grad)
         if validate:
             self.validate()
-        self._rebuild_transpose()
+        self._drop_transpose()
 
     def __setattr__(self, name, value):
         if name == "parametrizations" and type(value) is nn.ModuleDict:  # torch's register_parametrization
@@ -118,8 +122,37 @@ class SparseWeight(nn.Module):
 
     @property
     def index(self) -> tuple[torch.Tensor, ...]:
-        """(row_ptr, col_idx, csc_ptr, csc_row, csc_perm), as the raw operators take them."""
-        return tuple(getattr(self, n) for n in _INDEX_NAMES)
+        """(row_ptr, col_idx, csc_ptr, csc_row, csc_perm), as the raw operators take them; builds
+        the transposed index if it is not there."""
+        return (self.row_ptr, self.col_idx, *self._transpose())
+
+    @property
+    def has_transpose(self) -> bool:
+        """Whether the transposed index is built (it is built at its first use)."""
+        return self._buffers.get("csc_ptr") is not None
+
+    @property
+    def csr_index(self) -> tuple[torch.Tensor, ...]:
+        """The index for the ops that read only the CSR (spmm, sddmm): :attr:`index` when the
+        transposed index is built, else the CSR with an absent transposed index (``csc_ptr`` a
+        zero-stride tensor of cols+1 entries, which only gives the column count; ``csc_row``
+        and ``csc_perm`` empty), so it is not built for them. spmm_t and the recurrent steps
+        refuse it."""
+        if self.has_transpose:
+            return self.index
+        return (self.row_ptr, self.col_idx, *self._absent_transpose())
+
+    def _absent_transpose(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The stand-in for a transposed index that is not built (see :attr:`csr_index`); two
+        small tensors, kept once made (eagerly) for this device and shape."""
+        dev, cols = self.row_ptr.device, self._shape[1]
+        absent = self.__dict__.get("_absent_csc")
+        if absent is None or absent[0].device != dev or absent[0].numel() != cols + 1:
+            none = torch.empty(0, dtype=torch.int32, device=dev)
+            absent = (torch.zeros((), dtype=torch.int64, device=dev).expand(cols + 1), none, none)
+            if not torch.compiler.is_compiling():  # a tracer's tensors must not outlive its trace
+                self.__dict__["_absent_csc"] = absent
+        return absent
 
     def extra_repr(self) -> str:
         rows, cols = self._shape
@@ -130,10 +163,23 @@ class SparseWeight(nn.Module):
         """Raises ValueError naming the first structural problem found. O(nnz)."""
         check_csr(self.row_ptr, self.col_idx, self._shape, self.values.numel())
 
-    def _rebuild_transpose(self) -> None:
-        csc = torch.ops.sparse_engine.transpose_index(self.row_ptr, self.col_idx, self._shape[1])
-        for name, t in zip(_INDEX_NAMES[2:], csc):
-            self.register_buffer(name, t, persistent=False)
+    def _drop_transpose(self) -> None:
+        """Forgets the transposed index (the pattern changed); the next use builds it."""
+        for name in _CSC_NAMES:  # register_buffer would look the name up, and so build it
+            self._buffers[name] = None
+            self._non_persistent_buffers_set.add(name)
+
+    def _transpose(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(csc_ptr, csc_row, csc_perm), built now if it is not there. Under ``torch.export``
+        (and so ONNX export) it is not built: the exported graph is for inference and never
+        reads W^T (the ONNX translations read only the CSR), and a buffer made while the
+        exporter traces would keep its tracing tensor."""
+        if not self.has_transpose:
+            if torch.compiler.is_exporting():
+                return self._absent_transpose()
+            csc = torch.ops.sparse_engine.transpose_index(self.row_ptr, self.col_idx, self._shape[1])
+            self._buffers.update(zip(_CSC_NAMES, csc))  # registered (non-persistent) by _drop_transpose
+        return tuple(self._buffers[n] for n in _CSC_NAMES)
 
     def set_pattern(self, row_ptr: torch.Tensor, col_idx: torch.Tensor, values: torch.Tensor,
                     *, validate: bool = True) -> None:
@@ -148,7 +194,7 @@ class SparseWeight(nn.Module):
         self._assign_values(values.to(self.values.dtype))
         if validate:
             self.validate()
-        self._rebuild_transpose()
+        self._drop_transpose()
 
     def _assign_values(self, data: torch.Tensor) -> None:
         """Gives ``values`` new data (maybe another nnz), keeping the Parameter object.
@@ -191,11 +237,14 @@ class SparseWeight(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
         self.validate()
-        self._rebuild_transpose()
+        self._drop_transpose()
 
     def __getattr__(self, name: str):
         """nn.Module's lookup; a Tensor method asked of a SparseWeight (``nn.init.orthogonal_(
-        lstm.weight_hh_l0)`` calls ``.ndimension()``) fails with a message saying what to use."""
+        lstm.weight_hh_l0)`` calls ``.ndimension()``) fails with a message saying what to use.
+        The transposed index (``csc_ptr``, ``csc_row``, ``csc_perm``) is built at its first access."""
+        if name in _CSC_NAMES and name in self.__dict__.get("_buffers", ()):
+            return self._transpose()[_CSC_NAMES.index(name)]
         try:
             return super().__getattr__(name)
         except AttributeError:
