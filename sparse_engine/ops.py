@@ -94,4 +94,5 @@ def sddmm(W, G: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     _check_dense(X, "X", W.shape[1], W.values)
     if G.shape[1] != X.shape[1]:
         raise ValueError(f"G and X must have the same batch size, got {G.shape[1]} and {X.shape[1]}")
-    return _ops.sddmm(*W.csr_index, G, X)
+    # its backward computes X's gradient with spmm_t, which reads the transposed index
+    return _ops.sddmm(*(W.index if _needs_transpose(W, X) else W.csr_index), G, X)
