@@ -7,21 +7,32 @@ import torch
 
 import sparse_engine as se
 from sparse_engine.kernels import choose
-from sparse_engine.kernels.choose import FUSED_FORWARD_MIN_ROW_NNZ, choose_fused
+from sparse_engine.constants import GATES
+from sparse_engine.kernels.choose import choose_fused
 from sparse_engine.nn import cell_table
 
 
 @pytest.mark.parametrize("mode,gates", [("LSTM", 4), ("GRU", 3), ("RNN_TANH", 1)])
-def test_forward_switches_at_the_row_length_threshold(mode, gates, monkeypatch):
-    H = 1000
-    # the measured cells, all fused since the fused forward's fixes (kernels/choose.py)
-    for hidden, density in ((1500, 0.33), (4096, 0.01), (16384, 0.001), (256, 0.1)):
-        nnz = round(density * gates * hidden * hidden)
-        assert choose_fused(mode, hidden, nnz, 20) is (nnz >= FUSED_FORWARD_MIN_ROW_NNZ * gates * hidden)
-    assert choose_fused(mode, H, 0, 20) is (FUSED_FORWARD_MIN_ROW_NNZ == 0)
-    monkeypatch.setattr(choose, "FUSED_FORWARD_MIN_ROW_NNZ", 50)
-    assert choose_fused(mode, H, 50 * gates * H, 20) is True
-    assert choose_fused(mode, H, 50 * gates * H - 1, 20) is False
+def test_forward_switches_at_the_row_length_and_size_thresholds(mode, gates):
+    H, B = 1000, 20
+    at = choose.FUSED_FORWARD_MAX_ROW_NNZ * gates * H
+    assert choose_fused(mode, H, at - 1, B) is True
+    assert choose_fused(mode, H, at, B) is False
+    biggest = choose.FUSED_FORWARD_MAX_GATE_BYTES // (4 * gates * B)  # hidden whose pre-activations fit
+    assert choose_fused(mode, biggest, 0, B) is True
+    assert choose_fused(mode, biggest + 1, 0, B) is False
+
+
+def test_the_measured_cells():
+    """kernels/choose.py's table: fused at short rows, composed where the products dominate and
+    for the LSTM at hidden 16,384, B = 20."""
+    def fused(mode, hidden, density, batch=20):
+        return choose_fused(mode, hidden, round(density * GATES[mode] * hidden * hidden), batch)
+    assert fused("LSTM", 512, 0.05) and fused("LSTM", 4096, 0.01) and fused("LSTM", 8192, 0.001)
+    assert fused("GRU", 16384, 0.001) and fused("GRU", 256, 0.1)
+    assert not fused("LSTM", 1500, 0.33) and not fused("GRU", 1500, 0.33)  # 495 per row
+    assert not fused("LSTM", 4096, 0.03) and not fused("GRU", 16384, 0.01)  # 123, 164 per row
+    assert not fused("LSTM", 16384, 0.001)  # 5 MB of pre-activations per step
 
 
 def test_backward_is_always_fused():
@@ -31,9 +42,9 @@ def test_backward_is_always_fused():
 
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
 def test_the_recurrence_takes_the_rule_per_direction(mode, monkeypatch, rng):
-    """With a threshold above the weight's row length the recurrence runs the composed forward
-    and the fused backward (the rule's choice for each direction), with the gradients of the
-    all-fused run; with the measured threshold, both fused."""
+    """With a row-length threshold below the weight's rows the recurrence runs the composed
+    forward and the fused backward (the rule's choice for each direction), with the gradients of
+    the all-fused run; with the measured thresholds (a small weight, short rows), both fused."""
     cell = cell_table.CELLS[mode]
     calls = {"composed forward": 0, "fused backward": 0}
     backward_op = f"{cell.kernel}_step_backward"
@@ -67,7 +78,7 @@ def test_the_recurrence_takes_the_rule_per_direction(mode, monkeypatch, rng):
 
     both_fused = run()
     assert calls == {"composed forward": 0, "fused backward": 6}
-    monkeypatch.setattr(choose, "FUSED_FORWARD_MIN_ROW_NNZ", 10**6)
+    monkeypatch.setattr(choose, "FUSED_FORWARD_MAX_ROW_NNZ", 0)
     mixed = run()
     assert calls == {"composed forward": 6, "fused backward": 12}
     for a, b in zip(both_fused, mixed):

@@ -43,29 +43,66 @@ inline at::Tensor padded_batch(const at::Tensor& t, int64_t stride) {
   return out;
 }
 
-// acc[0:W] = sum_{k in [k0, k1)} vals[k - vbase] * src[idx[k] * stride + 0:W]; nnz bounds the
-// prefetch (vbase: the values of a row gathered into a buffer of their own, see gather_rows).
+// Narrow blocks keep U sets of accumulators, entry k adding into set (k - k0) % U (the last
+// entries into set 0) and the sets summed at the end in a fixed order: with one set every entry's
+// FMAs waited for the previous entry's (4 cycles each), which bounded spmm at B = 20 (3 vectors)
+// to a quarter of the FMA throughput. The order of each output's sum depends on the row only.
 template <typename S, int W>
+constexpr int accumulator_sets() {
+  constexpr int vectors = W / pad_unit<S>();
+  return vectors >= 5 ? 1 : vectors >= 3 ? 2 : 4;
+}
+
+template <typename S, int W>
+inline void accumulate_entry(acc_t<S>* a, acc_t<S> v, const S* x) {
+  if constexpr (kIsHalf<S>) {
+    float xf[W];
+    widen<W>(x, xf);
+#pragma omp simd
+    for (int b = 0; b < W; ++b) a[b] += v * xf[b];
+  } else {
+#pragma omp simd
+    for (int b = 0; b < W; ++b) a[b] += v * x[b];
+  }
+}
+
+// a[0:W] = sum_{k in [k0, k1)} vals[k - vbase] * src[idx[k] * stride + 0:W] (a: the caller's
+// array, kept in registers when this is inlined); nnz bounds the prefetch of the row kPrefetch
+// entries ahead (vbase: the values of a row gathered into a buffer of their own, see gather_rows).
+template <typename S, int W, bool Prefetch>
+inline void row_sums(int64_t k0, int64_t k1, const int32_t* idx, const S* vals, int64_t vbase, const S* src,
+                     int64_t stride, int64_t nnz, acc_t<S>* a) {
+  using A = acc_t<S>;
+  constexpr int U = accumulator_sets<S, W>();
+  A sets[U][W];
+  for (int u = 0; u < U; ++u)
+    for (int b = 0; b < W; ++b) sets[u][b] = 0;
+  auto entry = [&](int64_t k, A* acc, auto fetch) {
+    if constexpr (decltype(fetch)::value)
+      prefetch_row<W * sizeof(S)>(src + static_cast<int64_t>(idx[k + kPrefetch]) * stride);
+    accumulate_entry<S, W>(acc, static_cast<A>(vals[k - vbase]), src + static_cast<int64_t>(idx[k]) * stride);
+  };
+  // the entries that prefetch (their row kPrefetch entries ahead exists), then the others
+  const int64_t k_fetch = Prefetch ? std::max(k0, std::min(k1, nnz - kPrefetch)) : k0;
+  int64_t k = k0;
+  for (; k + U <= k_fetch; k += U)
+    for (int u = 0; u < U; ++u) entry(k + u, sets[u], std::true_type());
+  for (; k + U <= k1; k += U)
+    for (int u = 0; u < U; ++u) entry(k + u, sets[u], std::false_type());
+  for (; k < k1; ++k) entry(k, sets[0], std::false_type());
+#pragma omp simd
+  for (int b = 0; b < W; ++b) {
+    if constexpr (U == 1) a[b] = sets[0][b];
+    if constexpr (U == 2) a[b] = sets[0][b] + sets[1][b];
+    if constexpr (U == 4) a[b] = (sets[0][b] + sets[1][b]) + (sets[2][b] + sets[3][b]);
+  }
+}
+
+// acc[0:W]: row_sums (the recurrent steps' gathers).
+template <typename S, int W, bool Prefetch>
 inline void accumulate_block(int64_t k0, int64_t k1, const int32_t* idx, const S* vals, int64_t vbase,
                              const S* src, int64_t stride, acc_t<S>* acc, int64_t nnz) {
-  using A = acc_t<S>;
-  A a[W];
-  for (int b = 0; b < W; ++b) a[b] = 0;
-  for (int64_t k = k0; k < k1; ++k) {
-    if (k + kPrefetch < nnz) prefetch_row<W * sizeof(S)>(src + static_cast<int64_t>(idx[k + kPrefetch]) * stride);
-    const A v = static_cast<A>(vals[k - vbase]);
-    const S* x = src + static_cast<int64_t>(idx[k]) * stride;
-    if constexpr (kIsHalf<S>) {
-      float xf[W];
-      widen<W>(x, xf);
-#pragma omp simd
-      for (int b = 0; b < W; ++b) a[b] += v * xf[b];
-    } else {
-#pragma omp simd
-      for (int b = 0; b < W; ++b) a[b] += v * x[b];
-    }
-  }
-  for (int b = 0; b < W; ++b) acc[b] = a[b];
+  row_sums<S, W, Prefetch>(k0, k1, idx, vals, vbase, src, stride, nnz, acc);
 }
 
 // The widest block of the recurrent steps (rnn_step_cpu.cpp): 4 units (128 bytes: 32 floats,
@@ -83,26 +120,26 @@ constexpr int wide_block() { return (kIsHalf<S> ? 4 : 8) * pad_unit<S>(); }
 
 // acc[0:n] = the row's sum over columns [0, n) of a padded source (src already offset to the
 // block's first column); n is a multiple of pad_unit and at most 8 units: one pass.
-template <typename S>
+template <typename S, bool Prefetch>
 inline void accumulate_padded(int64_t k0, int64_t k1, const int32_t* idx, const S* vals, int64_t vbase,
                               const S* src, int64_t stride, int64_t n, acc_t<S>* acc, int64_t nnz) {
   constexpr int P = pad_unit<S>();
   switch (n / P) {
-    case 8: accumulate_block<S, 8 * P>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
-    case 7: accumulate_block<S, 7 * P>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
-    case 6: accumulate_block<S, 6 * P>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
-    case 5: accumulate_block<S, 5 * P>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
-    case 4: accumulate_block<S, 4 * P>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
-    case 3: accumulate_block<S, 3 * P>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
-    case 2: accumulate_block<S, 2 * P>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
-    default: accumulate_block<S, P>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
+    case 8: accumulate_block<S, 8 * P, Prefetch>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
+    case 7: accumulate_block<S, 7 * P, Prefetch>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
+    case 6: accumulate_block<S, 6 * P, Prefetch>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
+    case 5: accumulate_block<S, 5 * P, Prefetch>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
+    case 4: accumulate_block<S, 4 * P, Prefetch>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
+    case 3: accumulate_block<S, 3 * P, Prefetch>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
+    case 2: accumulate_block<S, 2 * P, Prefetch>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
+    default: accumulate_block<S, P, Prefetch>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
   }
 }
 
 // acc[0:n] for the block of columns starting at b0 (a multiple of Block: max_block or
 // wide_block) of a source padded to `stride` columns, n = min(Block, stride - b0); stride 1
 // (B = 1, no padding) is a sparse dot product into acc[0], vectorised over the nonzeros.
-template <typename S, int Block = max_block<S>()>
+template <typename S, bool Prefetch, int Block = max_block<S>()>
 inline void accumulate_at(int64_t k0, int64_t k1, const int32_t* idx, const S* vals, int64_t vbase, const S* src,
                           int64_t stride, int64_t b0, acc_t<S>* acc, int64_t nnz) {
   using A = acc_t<S>;
@@ -113,7 +150,7 @@ inline void accumulate_at(int64_t k0, int64_t k1, const int32_t* idx, const S* v
     acc[0] = a;
     return;
   }
-  accumulate_padded<S>(k0, k1, idx, vals, vbase, src + b0, stride, std::min<int64_t>(Block, stride - b0),
+  accumulate_padded<S, Prefetch>(k0, k1, idx, vals, vbase, src + b0, stride, std::min<int64_t>(Block, stride - b0),
                        acc, nnz);
 }
 
@@ -144,58 +181,12 @@ inline const S* row_values(const S* vals, const int32_t* perm, int64_t k0, int64
 // One row's block of W columns (W a multiple of the padding unit, at most wide_block): the
 // sums in registers, written straight to y[0:width] (width <= W: the columns of the block that
 // are in the batch; the padding lanes are never stored), plus direct[0:width] when given.
-// Narrow blocks keep U sets of accumulators, entry k adding into set (k - k0) % U (the last
-// entries into set 0) and the sets summed at the end in a fixed order: with one set every entry's
-// FMAs waited for the previous entry's (4 cycles each), which bounded spmm at B = 20 (3 vectors)
-// to a quarter of the FMA throughput. The order of each output's sum depends on the row only.
-template <typename S, int W>
-constexpr int accumulator_sets() {
-  constexpr int vectors = W / pad_unit<S>();
-  return vectors >= 5 ? 1 : vectors >= 3 ? 2 : 4;
-}
-
-template <typename S, int W>
-inline void accumulate_entry(acc_t<S>* a, acc_t<S> v, const S* x) {
-  if constexpr (kIsHalf<S>) {
-    float xf[W];
-    widen<W>(x, xf);
-#pragma omp simd
-    for (int b = 0; b < W; ++b) a[b] += v * xf[b];
-  } else {
-#pragma omp simd
-    for (int b = 0; b < W; ++b) a[b] += v * x[b];
-  }
-}
-
 template <typename S, int W, bool Prefetch>
 inline void gather_block(int64_t k0, int64_t k1, const int32_t* idx, const S* vals, int64_t vbase, const S* src,
                          int64_t stride, int64_t nnz, int64_t width, const S* direct, S* y) {
   using A = acc_t<S>;
-  constexpr int U = accumulator_sets<S, W>();
-  A sets[U][W];
-  for (int u = 0; u < U; ++u)
-    for (int b = 0; b < W; ++b) sets[u][b] = 0;
-  auto entry = [&](int64_t k, A* a, auto fetch) {
-    if constexpr (decltype(fetch)::value)
-      prefetch_row<W * sizeof(S)>(src + static_cast<int64_t>(idx[k + kPrefetch]) * stride);
-    accumulate_entry<S, W>(a, static_cast<A>(vals[k - vbase]), src + static_cast<int64_t>(idx[k]) * stride);
-  };
-  // the entries that prefetch (their row kPrefetch entries ahead exists), then the others
-  const int64_t k_fetch = Prefetch ? std::max(k0, std::min(k1, nnz - kPrefetch)) : k0;
-  int64_t k = k0;
-  for (; k + U <= k_fetch; k += U)
-    for (int u = 0; u < U; ++u) entry(k + u, sets[u], std::true_type());
-  for (; k + U <= k1; k += U)
-    for (int u = 0; u < U; ++u) entry(k + u, sets[u], std::integral_constant<bool, Prefetch && false>());
-  for (; k < k1; ++k) entry(k, sets[0], std::false_type());
-  A* a = sets[0];
-  if constexpr (U == 2) {
-#pragma omp simd
-    for (int b = 0; b < W; ++b) a[b] += sets[1][b];
-  } else if constexpr (U == 4) {
-#pragma omp simd
-    for (int b = 0; b < W; ++b) a[b] = (a[b] + sets[1][b]) + (sets[2][b] + sets[3][b]);
-  }
+  A a[W];
+  row_sums<S, W, Prefetch>(k0, k1, idx, vals, vbase, src, stride, nnz, a);
   if (direct != nullptr) {
 #pragma omp simd
     for (int b = 0; b < W; ++b)

@@ -36,6 +36,9 @@ __attribute__((weak)) __m256 Sleef_expf8_u10(__m256);
 __attribute__((weak)) __m256 Sleef_tanhf8_u10(__m256);
 __attribute__((weak)) __m256d Sleef_expd4_u10(__m256d);
 __attribute__((weak)) __m256d Sleef_tanhd4_u10(__m256d);
+#if defined(__AVX512F__)
+__attribute__((weak)) __m512 Sleef_expf16_u10(__m512);
+#endif
 }
 #endif
 
@@ -114,8 +117,46 @@ inline __m256 tanh_from_exp(__m256 x, __m256 (*exp8)(__m256)) {
 }
 #endif
 
+#if defined(__AVX512F__)
+// The float functions on 16 lanes where the build has AVX-512 (SLEEF's 16-lane exp is 1.7x
+// faster per value than its 8-lane one here; torch's own sigmoid and tanh run on 16 lanes too):
+// a[i] = f(a[i]), the tail through masked loads and stores.
+template <typename F>
+inline void apply16(float* a, int64_t n, F f) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(a + i, f(_mm512_loadu_ps(a + i)));
+  if (i < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+    _mm512_mask_storeu_ps(a + i, m, f(_mm512_maskz_loadu_ps(m, a + i)));
+  }
+}
+
+// tanh_from_exp on 16 lanes (the same formulas and coefficients).
+inline __m512 tanh_from_exp16(__m512 x, __m512 (*exp16)(__m512)) {
+  const __m512 one = _mm512_set1_ps(1.f), two = _mm512_set1_ps(2.f);
+  const __m512 large = _mm512_sub_ps(one, _mm512_div_ps(two, _mm512_add_ps(one, exp16(_mm512_mul_ps(two, x)))));
+  const __m512 x2 = _mm512_mul_ps(x, x);
+  __m512 p = _mm512_set1_ps(-929569.f / 638512875.f);
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(21844.f / 6081075.f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-1382.f / 155925.f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(62.f / 2835.f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-17.f / 315.f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(2.f / 15.f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-1.f / 3.f));
+  const __m512 small = _mm512_fmadd_ps(_mm512_mul_ps(p, x2), x, x);
+  const __mmask16 below = _mm512_cmp_ps_mask(_mm512_abs_ps(x), _mm512_set1_ps(0.5f), _CMP_LT_OQ);
+  return _mm512_mask_blend_ps(below, large, small);
+}
+#endif
+
 // a <- tanh(a)
 template <typename T> inline void vtanh(T* a, int64_t n) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    if (const auto e = &Sleef_expf16_u10; e != nullptr)
+      return apply16(a, n, [e](__m512 x) { return tanh_from_exp16(x, e); });
+  }
+#endif
 #if defined(__AVX2__)
 #if defined(__FMA__)
   if constexpr (std::is_same_v<T, float>) {
@@ -130,6 +171,16 @@ template <typename T> inline void vtanh(T* a, int64_t n) {
 
 // a <- 1 / (1 + exp(-a)), torch.sigmoid's formula, in one pass over a
 template <typename T> inline void vsigmoid(T* a, int64_t n) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    if (const auto e = &Sleef_expf16_u10; e != nullptr) {
+      const __m512 one = _mm512_set1_ps(1.f);
+      return apply16(a, n, [e, one](__m512 x) {
+        return _mm512_div_ps(one, _mm512_add_ps(one, e(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+      });
+    }
+  }
+#endif
 #if defined(__AVX2__)
   if (const auto f = sleef_exp(T()); f != nullptr) {
     using V = Avx<T>;
@@ -168,6 +219,8 @@ void step_forward(IndexPtrs w, const scalar_t* values, const scalar_t* gx, int64
   // row's entries at every row end: the step ran at half spmm's speed, measured at 4,096 / 1%).
   constexpr int64_t kUnits = 16;
   const int64_t blocks = (H + kUnits - 1) / kUnits;
+  // prefetch the gathered rows of h only where h is larger than L2 holds (gather.h)
+  const bool fetch = H * stride * static_cast<int64_t>(sizeof(scalar_t)) >= kPrefetchFromBytes;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(kernel_threads()) if (parallel)
   for (int64_t blk = 0; blk < blocks; ++blk) {
    const int64_t j0 = blk * kUnits, units = std::min(kUnits, H - j0);
@@ -195,9 +248,11 @@ void step_forward(IndexPtrs w, const scalar_t* values, const scalar_t* gx, int64
     const int64_t width = std::min(kBlock, B - b0), n = units * width;
     for (int q = 0; q < gates; ++q)
       for (int64_t u = 0; u < units; ++u) {
-        const int64_t row = q * H + j0 + u;
-        accumulate_at<scalar_t>(w.row_ptr[row], w.row_ptr[row + 1], w.col_idx, values, 0, hp, stride, b0,
-                                &sums[q][u * width], nnz);
+        const int64_t row = q * H + j0 + u, k0 = w.row_ptr[row], k1 = w.row_ptr[row + 1];
+        if (fetch)
+          accumulate_at<scalar_t, true>(k0, k1, w.col_idx, values, 0, hp, stride, b0, &sums[q][u * width], nnz);
+        else
+          accumulate_at<scalar_t, false>(k0, k1, w.col_idx, values, 0, hp, stride, b0, &sums[q][u * width], nnz);
       }
     const int64_t HB = H * B, HL = H * gx_ld;
     // e: a value's place in the block (unit u, column b), o: in an (H x B) array, x: in gx's
@@ -205,6 +260,7 @@ void step_forward(IndexPtrs w, const scalar_t* values, const scalar_t* gx, int64
     auto each = [&](auto fn) {
       for (int64_t u = 0; u < units; ++u) {
         const int64_t o = (j0 + u) * B + b0, x = (j0 + u) * gx_ld + b0;
+#pragma omp simd
         for (int64_t b = 0; b < width; ++b) fn(u * width + b, o + b, x + b, j0 + u);
       }
     };
