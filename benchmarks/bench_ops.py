@@ -10,6 +10,7 @@ with the 1-minute load average at that moment (a busy machine inflates every tim
     python benchmarks/bench_ops.py                 # the full grid -> benchmarks/results/cpu_ops.md
     python benchmarks/bench_ops.py --quick         # a small subset, to check the script
     python benchmarks/bench_ops.py --n 16384 --density 0.01 --batch 32
+    python benchmarks/bench_ops.py --ops spmm_t spmm_t+gather sddmm --out /tmp/ops.md   # some ops only
 """
 from __future__ import annotations
 
@@ -29,14 +30,17 @@ GRID_N = [1024, 4096, 16384, 65536]
 GRID_DENSITY = [0.001, 0.01, 0.05, 0.33]
 GRID_B = [1, 20, 32]
 QUICK = ([1024, 4096], [0.01, 0.05], [1, 20])
-OPS = ["spmm", "spmm_t", "sddmm", "fwd+bwd"]
+OPS = ["spmm", "spmm_t", "spmm_t+gather", "sddmm", "fwd+bwd"]
 BASELINES = ["torch.sparse CSR", "scipy", "dense", "masked-dense"]
 HEADER = ["N", "density", "B", "op", "ours ms", "baseline", "baseline ms", "speed-up", "load"]
 NOTES = """speed-up = baseline time / our time; > 1 means we are faster. load = 1-minute load average
-when the row was measured. The spmm_t baseline gets a transposed CSR built once outside the timing,
-values included (`torch.sparse.mm(W.t(), G)` converts the transposed CSR on every call, about 100x
-slower); our spmm_t reads the current values through the transposed index on every call, as
-training needs. The forward-only rows run ours under torch.no_grad(), like the baselines, whose
+when the row was measured. spmm_t: W^T G. Its torch.sparse baseline gets a transposed CSR built
+once outside the timing, values included (`torch.sparse.mm(W.t(), G)` converts the transposed CSR
+on every call, about 100x slower), and so do we in the `spmm_t` rows: the values in column order
+(`ops.transposed_values(W)`, what a recurrence makes once per sequence) are made outside the
+timing and passed as `values_t`. The `spmm_t+gather` rows time ours gathering the current values
+through the transposed index on every call (`ops.spmm_t(W, G)`, one product per change of the
+values), against the same baselines. The forward-only rows run ours under torch.no_grad(), like the baselines, whose
 values are detached. sddmm baselines: torch.sparse.sampled_addmm, scipy (row gathers), dense (G X^T,
 then the entries), masked-dense ((G X^T) * mask). fwd+bwd: Y = W X, then the gradients of the
 values (or the dense weight) and X; scipy has no autograd. Dense and masked-dense build N x N
@@ -84,9 +88,10 @@ def implementations(op: str, W: SparseWeight, X: torch.Tensor, G: torch.Tensor) 
     def ours():
         # forward-only rows under no_grad, as the baselines' (detached) values are: recording the
         # autograd graph costs tens of microseconds per call, which dominates the smallest cells
-        if op in ("spmm", "spmm_t", "sddmm"):
-            run = {"spmm": lambda: ops.spmm(W, X), "spmm_t": lambda: ops.spmm_t(W, G),
-                   "sddmm": lambda: ops.sddmm(W, G, X)}[op]
+        if op in ("spmm", "spmm_t", "spmm_t+gather", "sddmm"):
+            values_t = ops.transposed_values(W) if op == "spmm_t" else None  # made once, outside the timing
+            run = {"spmm": lambda: ops.spmm(W, X), "spmm_t": lambda: ops.spmm_t(W, G, values_t),
+                   "spmm_t+gather": lambda: ops.spmm_t(W, G), "sddmm": lambda: ops.sddmm(W, G, X)}[op]
 
             def no_grad():
                 with torch.no_grad():
@@ -103,7 +108,7 @@ def implementations(op: str, W: SparseWeight, X: torch.Tensor, G: torch.Tensor) 
         csr = W.to_torch_sparse_csr()
         if op == "spmm":
             return lambda: torch.sparse.mm(csr, X)
-        if op == "spmm_t":
+        if op.startswith("spmm_t"):
             csr_t = csr.t().to_sparse_csr()
             return lambda: torch.sparse.mm(csr_t, G)
         if op == "sddmm":
@@ -120,7 +125,7 @@ def implementations(op: str, W: SparseWeight, X: torch.Tensor, G: torch.Tensor) 
         sci, Xn, Gn = W.to_scipy(), X.numpy(), G.numpy()
         if op == "spmm":
             return lambda: sci @ Xn
-        if op == "spmm_t":
+        if op.startswith("spmm_t"):
             return lambda: sci.T @ Gn
         row = sci.tocoo().row
         return lambda: (Gn[row] * Xn[sci.indices]).sum(1)
@@ -146,6 +151,8 @@ def implementations(op: str, W: SparseWeight, X: torch.Tensor, G: torch.Tensor) 
     impls = {"ours": ours, "torch.sparse CSR": torch_sparse,
              "scipy": scipy if op != "fwd+bwd" else None,
              "dense": lambda: dense(False), "masked-dense": lambda: dense(True)}
+    if op == "spmm_t+gather":  # the dense baselines are the spmm_t rows'; no values to gather there
+        del impls["dense"], impls["masked-dense"]
     if op == "spmm":
         try:
             import torch_sparse as pyg  # noqa: F401
@@ -172,7 +179,7 @@ class Results:
             f.write("| " + " | ".join(str(c) for c in row) + " |\n")
 
 
-def bench_cell(n: int, density: float, B: int, budget: float, out: Results) -> None:
+def bench_cell(n: int, density: float, B: int, budget: float, out: Results, ops_=OPS) -> None:
     nnz = int(round(density * n * n))
     head = [f"{n:,}", f"{density:.1%}", B]
     load = lambda: f"{os.getloadavg()[0]:.1f}"  # noqa: E731
@@ -183,7 +190,7 @@ def bench_cell(n: int, density: float, B: int, budget: float, out: Results) -> N
     W = make_weight(n, density)
     g = torch.Generator().manual_seed(1)
     X, G = torch.randn(n, B, generator=g), torch.randn(n, B, generator=g)
-    for op in OPS:
+    for op in ops_:
         impls = implementations(op, W, X, G)
         t_ours = timeit(impls.pop("ours")())
         for name, build in impls.items():
@@ -205,6 +212,7 @@ def main(argv=None) -> None:
     p.add_argument("--n", type=int, nargs="+", default=None, help=f"default {GRID_N}")
     p.add_argument("--density", type=float, nargs="+", default=None, help=f"default {GRID_DENSITY}")
     p.add_argument("--batch", type=int, nargs="+", default=None, help=f"default {GRID_B}")
+    p.add_argument("--ops", nargs="+", default=OPS, choices=OPS, help="default: all")
     p.add_argument("--memory-gib", type=float, default=None,
                    help="skip what would need more (default: 80%% of this machine's memory)")
     p.add_argument("--out", type=Path, default=RESULTS / "cpu_ops.md")
@@ -221,7 +229,7 @@ def main(argv=None) -> None:
     for n in sizes:
         for d in densities:
             for B in batches:
-                bench_cell(n, d, B, budget, out)
+                bench_cell(n, d, B, budget, out, [op for op in OPS if op in args.ops])
     print(f"wrote {out.path}")
 
 

@@ -13,9 +13,12 @@ its own and a failure (out of memory, cuDNN) is recorded as "fails" without endi
     python3 benchmarks/bench_rnn.py --device cuda --budget-s 480 --copy-to $OUT   # a 10-minute GPU command
 
 On a GPU the SparseLSTM column needs this build's CUDA kernels (sparse_engine._ext.HAS_CUDA_KERNELS);
-without them it is recorded as "no CUDA kernels". Each SparseLSTM cell says which recurrent step
-ran: "fused" (one op per step: csrc/cpu/rnn_step_cpu.cpp, csrc/cuda/rnn_step_cuda.cu) or "composed"
-(spmm + torch elementwise). On a GPU the table also times the composed step (method
+without them it is recorded as "no CUDA kernels". Each SparseLSTM cell says which path ran:
+"dense" (compute='auto' or 'dense' materialised the weights for torch's own recurrence,
+docs/compute_paths.md) or the sparse kernels with their recurrent step, "fused" (one op per step:
+csrc/cpu/rnn_step_cpu.cpp, csrc/cuda/rnn_step_cuda.cu), "composed" (spmm + torch elementwise) or
+"composed fwd, fused bwd" (kernels/choose.py's rule). --compute sets the modules' compute
+(default: the library default, 'auto'), so the sparse kernels can be timed where 'auto' goes dense. On a GPU the table also times the composed step (method
 sparse_engine_composed: the module built with fused=False), so fused vs composed is measured in
 the same run.
 The results file is rewritten after every cell (and into --copy-to), and --budget-s stops starting
@@ -93,7 +96,20 @@ def redraw_on_device(weights, density: float, dev) -> None:
         w.set_pattern(*random_csr_on(rows, cols, int(round(density * rows * cols)), dev, seed=i), validate=False)
 
 
-def measure(method: str, cell: str, H: int, density: float, device: str, repeats: int, warmup: int) -> dict:
+def compute_path(model, cfg, w_hh) -> str:
+    """The path a SparseLSTM/GRU forward takes: "dense" or the sparse recurrent step's kind."""
+    from sparse_engine.nn.recurrence import fused_steps
+
+    if model._dense_now(w_hh.values):
+        return "dense"
+    forward, backward = fused_steps(cfg, w_hh.values)
+    if forward == backward:
+        return "fused" if forward else "composed"
+    return f"{'fused' if forward else 'composed'} fwd, {'fused' if backward else 'composed'} bwd"
+
+
+def measure(method: str, cell: str, H: int, density: float, device: str, repeats: int, warmup: int,
+            compute: str | None = None) -> dict:
     from sparse_engine.timing import peak_rss_bytes
 
     import torch
@@ -107,21 +123,21 @@ def measure(method: str, cell: str, H: int, density: float, device: str, repeats
     x = torch.randn(T, B, H, device=dev)
     path = None
     if method in ("sparse_engine", "sparse_engine_composed"):
-        from sparse_engine.nn.recurrence import Config, fused_ok
+        from sparse_engine.nn.recurrence import Config
 
         if dev.type == "cuda" and not se._ext.HAS_CUDA_KERNELS:
             return {"status": "no CUDA kernels"}
         fused = method == "sparse_engine"
         Sparse = se.nn.SparseLSTM if cell == "LSTM" else se.nn.SparseGRU
         if dev.type == "cuda":  # a placeholder pattern (one entry per 1000 rows), redrawn on the device
-            model = Sparse(H, H, density=1e-3 / H, fused=fused).to(dev)
+            model = Sparse(H, H, density=1e-3 / H, fused=fused, compute=compute).to(dev)
             redraw_on_device([m for m in model.modules() if isinstance(m, se.SparseWeight)], density, dev)
         else:
-            model = Sparse(H, H, density=density, fused=fused)
+            model = Sparse(H, H, density=density, fused=fused, compute=compute)
         params = list(model.parameters())
         w_hh = model.weight_hh_l0
         cfg = Config(cell, H, B, T, idx_hh=w_hh.index, fused=model.fused)
-        path = "fused" if fused_ok(cfg, w_hh.values) else "composed"
+        path = compute_path(model, cfg, w_hh)
 
         def step():
             y, _ = model(x)
@@ -196,8 +212,9 @@ def run_order(methods) -> list[str]:
     return ours + [m for m in methods if m not in ours]
 
 
-def run_child(method, cell, H, density, device, repeats, warmup, timeout) -> dict:
-    cmd = [sys.executable, __file__, "--child", method, cell, str(H), str(density), device, str(repeats), str(warmup)]
+def run_child(method, cell, H, density, device, repeats, warmup, timeout, compute=None) -> dict:
+    cmd = [sys.executable, __file__, "--child", method, cell, str(H), str(density), device, str(repeats), str(warmup),
+           compute or "default"]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -240,8 +257,11 @@ def ratio(base: dict, ours: dict) -> str:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--child", nargs=7, metavar=("METHOD", "CELL", "H", "DENSITY", "DEVICE", "REPEATS", "WARMUP"),
+    p.add_argument("--child", nargs=8,
+                   metavar=("METHOD", "CELL", "H", "DENSITY", "DEVICE", "REPEATS", "WARMUP", "COMPUTE"),
                    help=argparse.SUPPRESS)
+    p.add_argument("--compute", choices=["auto", "sparse", "dense"], default=None,
+                   help="the SparseLSTM/GRU modules' compute path (default: the library default, 'auto')")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
     p.add_argument("--sizes", nargs="+", default=None, help="hidden:density pairs")
     p.add_argument("--cells", nargs="+", default=CELLS, choices=CELLS)
@@ -262,8 +282,9 @@ def main(argv=None):
                    help="stop starting cells after this many seconds; each cell's timeout is capped to what is left")
     args = p.parse_args(argv)
     if args.child:
-        m, cell, H, d, dev, rep, warm = args.child
-        print(json.dumps(measure(m, cell, int(H), float(d), dev, int(rep), int(warm))))
+        m, cell, H, d, dev, rep, warm, comp = args.child
+        print(json.dumps(measure(m, cell, int(H), float(d), dev, int(rep), int(warm),
+                                 None if comp == "default" else comp)))
         return
 
     import torch
@@ -305,7 +326,7 @@ def main(argv=None):
         elif timeout <= 0:
             res[method] = {"status": f"not run (budget of {args.budget_s:.0f} s spent)"}
         else:
-            res[method] = run_child(method, cell, H, d, device, args.repeats, args.warmup, timeout)
+            res[method] = run_child(method, cell, H, d, device, args.repeats, args.warmup, timeout, args.compute)
         print(f"{cell} H={H:>6} density={d:<5} {method:>14}: {fmt(res[method], device)}"
               + (f"  ({res[method].get('error')})" if res[method].get("error") else ""), flush=True)
         save()
@@ -349,6 +370,8 @@ def report(rows, methods, device, args, load_start) -> list[str]:
         "ours measured first at every size, then the baselines",
         "- masked-dense: nn.LSTM / nn.GRU with weights * mask re-applied each step; torch.sparse: CSR "
         "torch.sparse.mm loop; load: 1-minute load average after our (SparseLSTM/GRU) measurement",
+        f"- ours: SparseLSTM / SparseGRU, compute={args.compute or 'default (auto)'}; in parentheses the path "
+        "that ran: dense (weights materialised for torch's recurrence) or the sparse kernels' step (fused, composed)",
         "",
     ]
     composed = "sparse_engine_composed" in methods

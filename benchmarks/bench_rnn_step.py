@@ -99,20 +99,22 @@ def measure(ops, H, d, B, dev, repeats) -> list[str]:
     rows = []
     W = weight(4 * H, H, d, dev, seed=0)
     v, idx = W.values.detach(), W.index
+    vt = v[W.csc_perm.long()]  # the values in column order, as the recurrence gives both backward steps
     g, h, c = (torch.randn(n, B, device=dev) for n in (4 * H, H, H))
     acts = torch.rand(4 * H, B, device=dev)
     lstm, gru = CELLS["LSTM"], CELLS["GRU"]
     res = {
         "LSTM fwd": time_pair(lambda: ops.lstm_step(*idx, v, g, h, c), lambda: lstm.step(v, idx, g, h, c), repeats),
-        "LSTM bwd": time_pair(lambda: ops.lstm_step_backward(*idx, v, acts, c, c, h, h),
-                              lambda: lstm.step_backward(v, idx, acts, c, c, h, h), repeats),
+        "LSTM bwd": time_pair(lambda: ops.lstm_step_backward(*idx, v, acts, c, c, h, h, vt),
+                              lambda: lstm.step_backward(v, idx, acts, c, c, h, h, values_t=vt), repeats),
     }
     Wg = weight(3 * H, H, d, dev, seed=1)
     vg, ig, bg = Wg.values.detach(), Wg.index, torch.randn(3 * H, device=dev)
+    vgt = vg[Wg.csc_perm.long()]
     res["GRU fwd"] = time_pair(lambda: ops.gru_step(*ig, vg, g[:3 * H], h, bg),
                                lambda: gru.step(vg, ig, g[:3 * H], h, bg), repeats)
-    res["GRU bwd"] = time_pair(lambda: ops.gru_step_backward(*ig, vg, acts, h, h),
-                               lambda: gru.step_backward(vg, ig, acts, h, h), repeats)
+    res["GRU bwd"] = time_pair(lambda: ops.gru_step_backward(*ig, vg, acts, h, h, vgt),
+                               lambda: gru.step_backward(vg, ig, acts, h, h, values_t=vgt), repeats)
     per_row = round(W.nnz / (4 * H))
     for k, (fused, composed) in res.items():
         rows.append(f"| {H:,} | {d:g} | {per_row} | {k} | {fused:.0f} | {composed:.0f} | {composed / fused:.2f}x "
@@ -133,7 +135,8 @@ def write(out: Path, args, dev: torch.device, B: int, rows: list[str]) -> None:
         f"- machine: {where}, 1-min load average {os.getloadavg()[0]:.1f}",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; median of {args.repeats}, "
         "microseconds", "",
-        "Fused and composed are timed alternately; load: the 1-minute load average after each row. "
+        "Fused and composed are timed alternately; load: the 1-minute load average after each row. Both "
+        "backward steps get W_hh's values in column order (values_t), made once per sequence by the recurrence. "
         "sparse_engine.kernels.choose.choose_fused is the rule drawn from this table (docs/cpu_kernels.md).", "",
         "| hidden | density | nnz per row | step | fused (us) | composed (us) | composed / fused | load |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |", *rows, ""])

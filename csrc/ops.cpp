@@ -36,8 +36,10 @@ TORCH_LIBRARY(sparse_engine, m) {
   // ---------------------------------------------------------------- spmm
   // Y = W X: X (cols x B) -> (rows x B)
   m.def("spmm(" SE_INDEX_SCHEMA "Tensor values, Tensor X) -> Tensor");
-  // W^T G: G (rows x B) -> (cols x B); uses the transposed index, no atomics
-  m.def("spmm_t(" SE_INDEX_SCHEMA "Tensor values, Tensor G) -> Tensor");
+  // W^T G: G (rows x B) -> (cols x B); uses the transposed index, no atomics. values_t, when
+  // given, is values[csc_perm] (the values in column order, made once by the caller for many
+  // products; see csrc/values_t.h): the product reads it directly instead of through csc_perm.
+  m.def("spmm_t(" SE_INDEX_SCHEMA "Tensor values, Tensor G, Tensor? values_t=None) -> Tensor");
 
   // ---------------------------------------------------------------- sddmm
   // out[k] = sum_b G[row_k, b] * X[col_k, b]: the weight gradient sampled at the nonzeros
@@ -49,17 +51,21 @@ TORCH_LIBRARY(sparse_engine, m) {
 
   // ---------------------------------------------------------------- rnn_step
   // One recurrent step: W_hh h (+ gx) and the gate math fused; see cpu/rnn_step_cpu.cpp's header.
+  // Each backward takes W_hh's values_t (values[csc_perm], csrc/values_t.h) optionally, last:
+  // a recurrence makes it once per sequence for its T backward steps.
   m.def("lstm_step(" SE_INDEX_SCHEMA "Tensor values, Tensor gx, Tensor h, Tensor c) -> (Tensor, Tensor, Tensor)");
   m.def("lstm_step_backward(" SE_INDEX_SCHEMA "Tensor values, Tensor acts, Tensor c_prev, Tensor c, Tensor dh, "
-        "Tensor dc) -> (Tensor, Tensor, Tensor)");
+        "Tensor dc, Tensor? values_t=None) -> (Tensor, Tensor, Tensor)");
   m.def("gru_step(" SE_INDEX_SCHEMA "Tensor values, Tensor gx, Tensor h, Tensor? b_hh) -> (Tensor, Tensor)");
-  m.def("gru_step_backward(" SE_INDEX_SCHEMA "Tensor values, Tensor acts, Tensor h_prev, Tensor dh) "
+  m.def("gru_step_backward(" SE_INDEX_SCHEMA "Tensor values, Tensor acts, Tensor h_prev, Tensor dh, "
+        "Tensor? values_t=None) "
         "-> (Tensor, Tensor, Tensor)");
   m.def("rnn_step(" SE_INDEX_SCHEMA "Tensor values, Tensor gx, Tensor h, bool relu) -> Tensor");
-  m.def("rnn_step_backward(" SE_INDEX_SCHEMA "Tensor values, Tensor h_new, Tensor dh, bool relu) -> (Tensor, Tensor)");
+  m.def("rnn_step_backward(" SE_INDEX_SCHEMA "Tensor values, Tensor h_new, Tensor dh, bool relu, "
+        "Tensor? values_t=None) -> (Tensor, Tensor)");
   m.def("ctrnn_step(" SE_INDEX_SCHEMA "Tensor values, Tensor gx, Tensor h, float dt, float tau) -> (Tensor, Tensor)");
-  m.def("ctrnn_step_backward(" SE_INDEX_SCHEMA "Tensor values, Tensor acts, Tensor dh, float dt, float tau) "
-        "-> (Tensor, Tensor)");
+  m.def("ctrnn_step_backward(" SE_INDEX_SCHEMA "Tensor values, Tensor acts, Tensor dh, float dt, float tau, "
+        "Tensor? values_t=None) -> (Tensor, Tensor)");
 
   // ---------------------------------------------------------------- topology
   // bool mask of the k smallest scores (ties: lower index first)

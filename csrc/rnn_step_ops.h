@@ -18,11 +18,13 @@
 
 #include "checks.h"
 #include "constants.h"
+#include "values_t.h"
 
 namespace sparse_engine {
 
 // W_hh (G*H x H: the G gates of the mode stacked in one CSR) as every step op takes it: its
-// index (CSR + transposed) and values.
+// index (CSR + transposed) and values; the backward ops also take values_t (values[csc_perm],
+// values_t.h) when the caller made it: undefined otherwise, and always in a forward.
 struct StepWeight {
   const at::Tensor& row_ptr;
   const at::Tensor& col_idx;
@@ -30,6 +32,7 @@ struct StepWeight {
   const at::Tensor& csc_row;
   const at::Tensor& csc_perm;
   const at::Tensor& values;
+  at::Tensor values_t = {};
 };
 
 struct StepOutputs {
@@ -58,6 +61,7 @@ inline IndexSizes check_step_weight(const StepWeight& w, const at::Tensor& state
                                     bool on_cuda) {
   const IndexSizes s = check_index(w.row_ptr, w.col_idx, w.csc_ptr, w.csc_row, w.csc_perm);
   check_values(w.values, s.nnz);
+  check_values_t(w.values_t, w.values);
   if (on_cuda) check_index_device(w.row_ptr, w.col_idx, w.csc_ptr, w.csc_row, w.csc_perm, w.values.device());
   TORCH_CHECK_VALUE(s.rows == gates * s.cols, "W_hh must have ", gates, " * hidden rows (", gates, " x ", s.cols,
                     "), got ", s.rows);
@@ -72,16 +76,22 @@ inline IndexSizes check_step_weight(const StepWeight& w, const at::Tensor& state
 // A step's dense operands besides W_hh and the state, checked like the state (dtype and device
 // of the values, their rows, B columns) and made contiguous; undefined where the mode takes none.
 // Both devices call these, so the checks and their messages are the same on each.
+// gx_ld: the distance between gx's rows; B (contiguous) unless the device reads a row-strided gx
+// (strided_gx: the CPU kernel, so a column block of the input part of all steps, as the
+// recurrence computes it for short runs, is read where it is, not copied per step).
 struct StepInputs {
   at::Tensor gx, c, b_hh;  // c: LSTM; b_hh: GRU, optional
+  int64_t gx_ld = 0;
 };
 
 template <CellMode M>
 StepInputs check_step_inputs(const at::Tensor& gx, const at::Tensor& c, const at::Tensor& b_hh, int64_t H,
-                             int64_t B, const at::Tensor& values) {
+                             int64_t B, const at::Tensor& values, bool strided_gx = false) {
   StepInputs in;
   check_batch_operand(gx, "gx", cell_gates(M) * H, B, values);
-  in.gx = gx.contiguous();
+  const bool rows_ok = (B <= 1 || gx.stride(1) == 1) && gx.stride(0) >= B && gx.storage_offset() >= 0;
+  in.gx = strided_gx && rows_ok ? gx : gx.contiguous();
+  in.gx_ld = in.gx.size(0) <= 1 ? B : in.gx.stride(0);
   if constexpr (M == CellMode::LSTM) {
     check_batch_operand(c, "c", H, B, values);
     in.c = c.contiguous();
@@ -130,6 +140,9 @@ struct RnnStepOps {
   const at::Tensor &row_ptr, const at::Tensor &col_idx, const at::Tensor &csc_ptr, const at::Tensor &csc_row, \
       const at::Tensor &csc_perm, const at::Tensor &values
 #define SE_STEP_WEIGHT StepWeight{row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values}
+#define SE_STEP_WEIGHT_T \
+  StepWeight{row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, values_t.value_or(at::Tensor())}
+#define SE_VALUES_T const std::optional<at::Tensor>& values_t
 
   static std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_step(SE_STEP_WEIGHT_ARGS, const at::Tensor& gx,
                                                                   const at::Tensor& h, const at::Tensor& c) {
@@ -138,9 +151,9 @@ struct RnnStepOps {
   }
   static std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_step_backward(
       SE_STEP_WEIGHT_ARGS, const at::Tensor& acts, const at::Tensor& c_prev, const at::Tensor& c,
-      const at::Tensor& dh, const at::Tensor& dc) {
+      const at::Tensor& dh, const at::Tensor& dc, SE_VALUES_T) {
     const StepGrads r =
-        Device::template backward<CellMode::LSTM>(SE_STEP_WEIGHT, acts, c_prev, c, {}, dh, dc, 0.0, 1.0);
+        Device::template backward<CellMode::LSTM>(SE_STEP_WEIGHT_T, acts, c_prev, c, {}, dh, dc, 0.0, 1.0);
     return {r.dG, r.dh_prev, r.dc_prev};
   }
   static std::tuple<at::Tensor, at::Tensor> gru_step(SE_STEP_WEIGHT_ARGS, const at::Tensor& gx, const at::Tensor& h,
@@ -151,9 +164,9 @@ struct RnnStepOps {
   }
   static std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_step_backward(SE_STEP_WEIGHT_ARGS, const at::Tensor& acts,
                                                                           const at::Tensor& h_prev,
-                                                                          const at::Tensor& dh) {
+                                                                          const at::Tensor& dh, SE_VALUES_T) {
     const StepGrads r =
-        Device::template backward<CellMode::GRU>(SE_STEP_WEIGHT, acts, {}, {}, h_prev, dh, {}, 0.0, 1.0);
+        Device::template backward<CellMode::GRU>(SE_STEP_WEIGHT_T, acts, {}, {}, h_prev, dh, {}, 0.0, 1.0);
     return {r.dgx, r.dG, r.dh_prev};
   }
   static at::Tensor rnn_step(SE_STEP_WEIGHT_ARGS, const at::Tensor& gx, const at::Tensor& h, bool relu) {
@@ -161,10 +174,10 @@ struct RnnStepOps {
                 : Device::template forward<CellMode::RNN_TANH>(SE_STEP_WEIGHT, gx, h, {}, {}, 0.0, 1.0).h_new;
   }
   static std::tuple<at::Tensor, at::Tensor> rnn_step_backward(SE_STEP_WEIGHT_ARGS, const at::Tensor& h_new,
-                                                              const at::Tensor& dh, bool relu) {
+                                                              const at::Tensor& dh, bool relu, SE_VALUES_T) {
     const StepGrads r =
-        relu ? Device::template backward<CellMode::RNN_RELU>(SE_STEP_WEIGHT, {}, {}, {}, h_new, dh, {}, 0.0, 1.0)
-             : Device::template backward<CellMode::RNN_TANH>(SE_STEP_WEIGHT, {}, {}, {}, h_new, dh, {}, 0.0, 1.0);
+        relu ? Device::template backward<CellMode::RNN_RELU>(SE_STEP_WEIGHT_T, {}, {}, {}, h_new, dh, {}, 0.0, 1.0)
+             : Device::template backward<CellMode::RNN_TANH>(SE_STEP_WEIGHT_T, {}, {}, {}, h_new, dh, {}, 0.0, 1.0);
     return {r.dG, r.dh_prev};
   }
   static std::tuple<at::Tensor, at::Tensor> ctrnn_step(SE_STEP_WEIGHT_ARGS, const at::Tensor& gx, const at::Tensor& h,
@@ -173,13 +186,16 @@ struct RnnStepOps {
     return {r.h_new, r.acts};
   }
   static std::tuple<at::Tensor, at::Tensor> ctrnn_step_backward(SE_STEP_WEIGHT_ARGS, const at::Tensor& acts,
-                                                                const at::Tensor& dh, double dt, double tau) {
-    const StepGrads r = Device::template backward<CellMode::CTRNN>(SE_STEP_WEIGHT, acts, {}, {}, {}, dh, {}, dt, tau);
+                                                                const at::Tensor& dh, double dt, double tau,
+                                                                SE_VALUES_T) {
+    const StepGrads r = Device::template backward<CellMode::CTRNN>(SE_STEP_WEIGHT_T, acts, {}, {}, {}, dh, {}, dt, tau);
     return {r.dG, r.dh_prev};
   }
 
 #undef SE_STEP_WEIGHT_ARGS
 #undef SE_STEP_WEIGHT
+#undef SE_STEP_WEIGHT_T
+#undef SE_VALUES_T
 };
 
 // Registers the eight operators for one dispatch key:

@@ -51,10 +51,12 @@ relu_dropout             fake
 sgd_step                 fake
 
 Autograd: spmm, spmm_t and sddmm each have a formula written with the other two (so double
-backward works too); the recurrent steps are differentiated by their ``*_backward`` ops inside
-``sparse_engine.nn``'s autograd.Function; the topology, analysis and mlp ops are not differentiable.
-The mlp ops work in place (SparseMLP's ReLU + dropout, SETSGD's step) and are called only
-where their callers check that they apply (CPU, contiguous); they return nothing.
+backward works too; spmm_t's optional ``values_t``, the values in column order, gets no gradient:
+it is ``values`` read in another order, whose gradient goes to ``values``); the recurrent steps
+are differentiated by their ``*_backward`` ops inside ``sparse_engine.nn``'s autograd.Function;
+the topology, analysis and mlp ops are not differentiable. The mlp ops work in place (SparseMLP's
+ReLU + dropout, SETSGD's step) and are called only where their callers check that they apply
+(CPU, contiguous); they return nothing.
 Autocast (CPU and CUDA): spmm, spmm_t and sddmm are lower-precision ops like ``torch.mm``
 (see :mod:`sparse_engine.ops`).
 """
@@ -119,7 +121,7 @@ def _spmm_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, X):
 
 
 @_fake("sparse_engine::spmm_t")
-def _spmm_t_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, G):
+def _spmm_t_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, G, values_t=None):
     return G.new_empty((csc_ptr.shape[0] - 1, G.shape[1]))
 
 
@@ -131,10 +133,12 @@ def _spmm_backward(ctx, dY):
 
 
 def _spmm_t_backward(ctx, dZ):
-    *index, values, G = ctx.saved_tensors
+    # values_t (values[csc_perm], csrc/values_t.h) is the values read in another order: their
+    # gradient goes to values, none to values_t
+    *index, values, G, _values_t = ctx.saved_tensors
     d_values = _ops.sddmm(*index, G, dZ) if ctx.needs_input_grad[5] else None
     d_G = _ops.spmm(*index, values, dZ) if ctx.needs_input_grad[6] else None
-    return (*_NO_INDEX_GRADS, d_values, d_G)
+    return (*_NO_INDEX_GRADS, d_values, d_G, None)
 
 
 torch.library.register_autograd("sparse_engine::spmm", _spmm_backward, setup_context=_save_inputs)
@@ -169,14 +173,16 @@ def _transpose_index_fake(row_ptr, col_idx, n_cols):
 
 # -------------------------------------------------------------------------- rnn_step
 # Shapes (H hidden units, B batch): states H x B; gx and the gate gradient dG G*H x B (GATES);
-# the saved activations SAVED_ACTS*H x B.
+# the saved activations SAVED_ACTS*H x B. Each backward takes W_hh's values in column order
+# (values_t = values[csc_perm]) optionally, last.
 @_fake("sparse_engine::lstm_step")
 def _lstm_step_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, gx, h, c):
     return _like(h), _like(h), _blocks(h, SAVED_ACTS["LSTM"])
 
 
 @_fake("sparse_engine::lstm_step_backward")
-def _lstm_step_backward_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, acts, c_prev, c, dh, dc):
+def _lstm_step_backward_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, acts, c_prev, c, dh, dc,
+                             values_t=None):
     return _blocks(dh, GATES["LSTM"]), _like(dh), _like(dh)
 
 
@@ -186,7 +192,7 @@ def _gru_step_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, gx, h, 
 
 
 @_fake("sparse_engine::gru_step_backward")
-def _gru_step_backward_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, acts, h_prev, dh):
+def _gru_step_backward_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, acts, h_prev, dh, values_t=None):
     return _blocks(dh, GATES["GRU"]), _blocks(dh, GATES["GRU"]), _like(dh)
 
 
@@ -196,7 +202,7 @@ def _rnn_step_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, gx, h, 
 
 
 @_fake("sparse_engine::rnn_step_backward")
-def _rnn_step_backward_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, h_new, dh, relu):
+def _rnn_step_backward_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, h_new, dh, relu, values_t=None):
     return _blocks(dh, GATES["RNN_TANH"]), _like(dh)
 
 
@@ -206,7 +212,8 @@ def _ctrnn_step_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, gx, h
 
 
 @_fake("sparse_engine::ctrnn_step_backward")
-def _ctrnn_step_backward_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, acts, dh, dt, tau):
+def _ctrnn_step_backward_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, acts, dh, dt, tau,
+                              values_t=None):
     return _blocks(dh, GATES["CTRNN"]), _like(dh)
 
 

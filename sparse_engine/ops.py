@@ -4,6 +4,13 @@
 ``spmm_t(W, G)``    W^T G              G: (rows x B) -> (cols x B)
 ``sddmm(W, G, X)``  out[k] = sum_b G[row_k, b] X[col_k, b]   (length nnz)
 
+``spmm_t`` reads W's values in column order, ``values[csc_perm]``: each call gathers them
+through the transposed index, unless it is given them (``values_t=transposed_values(W)``), made
+once for every product with the same values (several W^T G in one backward, a recurrence's T
+steps). Then it is exactly spmm over the transposed CSR, with no indirection. The gathered copy
+is not tracked: make it again after any change of the values (an optimizer step, an update
+through ``.data``), since a stale one gives a wrong product silently.
+
 Activations are feature-major (features x batch). dtypes: float32, float64, and float16 /
 bfloat16 as storage (products and sums in float32, each output rounded once); the weight
 values and the dense operands must share one dtype. Each op has an autograd formula written
@@ -26,7 +33,7 @@ from .sparse import SparseWeight
 
 _ops = torch.ops.sparse_engine
 
-__all__ = ["spmm", "spmm_t", "sddmm"]
+__all__ = ["spmm", "spmm_t", "sddmm", "transposed_values"]
 
 
 # ---------------------------------------------------------------------------- checks
@@ -61,11 +68,22 @@ def spmm(W, X: torch.Tensor) -> torch.Tensor:
     return _ops.spmm(*(W.index if _needs_transpose(W, X) else W.csr_index), W.values, X)
 
 
-def spmm_t(W, G: torch.Tensor) -> torch.Tensor:
-    """W^T G for a SparseWeight W (rows x cols) and dense G (rows x B)."""
+def spmm_t(W, G: torch.Tensor, values_t: torch.Tensor | None = None) -> torch.Tensor:
+    """W^T G for a SparseWeight W (rows x cols) and dense G (rows x B). ``values_t``: W's values
+    in column order, :func:`transposed_values` of the current values (optional; the gradient goes
+    to ``W.values`` either way)."""
     _check_weight(W)
     _check_dense(G, "G", W.shape[0], W.values)
-    return _ops.spmm_t(*W.index, W.values, G)
+    return _ops.spmm_t(*W.index, W.values, G, values_t)
+
+
+def transposed_values(W) -> torch.Tensor:
+    """W's values in the order of its transposed index, ``values[csc_perm]`` (length nnz, no
+    gradient), for :func:`spmm_t`'s ``values_t``: one gather, made once for the products that share
+    these values. It is a copy: after the values change it is stale and must be made again."""
+    _check_weight(W)
+    with torch.no_grad():
+        return W.values.index_select(0, W.csc_perm)
 
 
 def sddmm(W, G: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
@@ -76,4 +94,5 @@ def sddmm(W, G: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     _check_dense(X, "X", W.shape[1], W.values)
     if G.shape[1] != X.shape[1]:
         raise ValueError(f"G and X must have the same batch size, got {G.shape[1]} and {X.shape[1]}")
-    return _ops.sddmm(*W.csr_index, G, X)
+    # its backward computes X's gradient with spmm_t, which reads the transposed index
+    return _ops.sddmm(*(W.index if _needs_transpose(W, X) else W.csr_index), G, X)

@@ -1,23 +1,88 @@
-"""choose_fused: the measured fused-vs-composed rule for the CPU recurrent steps."""
-import pytest
+"""choose_fused: the measured fused-vs-composed rule for the CPU recurrent steps, and the
+recurrence taking it for each direction of the step."""
+import dataclasses
 
-from sparse_engine.kernels.choose import FUSED_FORWARD_MIN_ROW_NNZ, choose_fused
+import pytest
+import torch
+
+import sparse_engine as se
+from sparse_engine.kernels import choose
+from sparse_engine.constants import GATES
+from sparse_engine.kernels.choose import choose_fused
+from sparse_engine.nn import cell_table
 
 
 @pytest.mark.parametrize("mode,gates", [("LSTM", 4), ("GRU", 3), ("RNN_TANH", 1)])
-def test_forward_switches_at_the_row_length_threshold(mode, gates):
-    H = 1000
-    at = FUSED_FORWARD_MIN_ROW_NNZ * gates * H
-    assert choose_fused(mode, H, at, 20) is True
-    assert choose_fused(mode, H, at - 1, 20) is False
-    # the measured cells: Selfish-RNN's 1,500 / 33% fused, 4,096 / 1% composed
-    assert choose_fused(mode, 1500, round(0.33 * gates * 1500 * 1500), 20) is True
-    assert choose_fused(mode, 4096, round(0.01 * gates * 4096 * 4096), 20) is False
+def test_forward_switches_at_the_row_length_and_size_thresholds(mode, gates):
+    H, B = 1000, 20
+    at = choose.FUSED_FORWARD_MAX_ROW_NNZ * gates * H
+    assert choose_fused(mode, H, at - 1, B) is True
+    assert choose_fused(mode, H, at, B) is False
+    biggest = choose.FUSED_FORWARD_MAX_GATE_BYTES // (4 * gates * B)  # hidden whose pre-activations fit
+    assert choose_fused(mode, biggest, 0, B) is True
+    assert choose_fused(mode, biggest + 1, 0, B) is False
+
+
+def test_the_measured_cells():
+    """kernels/choose.py's table: fused at short rows, composed where the products dominate and
+    for the LSTM at hidden 16,384, B = 20."""
+    def fused(mode, hidden, density, batch=20):
+        return choose_fused(mode, hidden, round(density * GATES[mode] * hidden * hidden), batch)
+    assert fused("LSTM", 512, 0.05) and fused("LSTM", 4096, 0.01) and fused("LSTM", 8192, 0.001)
+    assert fused("GRU", 16384, 0.001) and fused("GRU", 256, 0.1)
+    assert not fused("LSTM", 1500, 0.33) and not fused("GRU", 1500, 0.33)  # 495 per row
+    assert not fused("LSTM", 4096, 0.03) and not fused("GRU", 16384, 0.01)  # 123, 164 per row
+    assert not fused("LSTM", 16384, 0.001)  # 5 MB of pre-activations per step
 
 
 def test_backward_is_always_fused():
     assert choose_fused("LSTM", 4096, 0, 1, backward=True) is True
     assert choose_fused("GRU", 16384, 10**6, 32, backward=True) is True
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_the_recurrence_takes_the_rule_per_direction(mode, monkeypatch, rng):
+    """With a row-length threshold below the weight's rows the recurrence runs the composed
+    forward and the fused backward (the rule's choice for each direction), with the gradients of
+    the all-fused run; with the measured thresholds (a small weight, short rows), both fused."""
+    cell = cell_table.CELLS[mode]
+    calls = {"composed forward": 0, "fused backward": 0}
+    backward_op = f"{cell.kernel}_step_backward"
+
+    def spy_step(*args):
+        calls["composed forward"] += 1
+        return cell.step(*args)
+
+    class SpyOps:  # torch.ops.sparse_engine, counting the fused backward's calls
+        def __getattr__(self, name):
+            op = getattr(torch.ops.sparse_engine, name)
+            if name != backward_op:
+                return op
+
+            def counted(*args, **kwargs):
+                calls["fused backward"] += 1
+                return op(*args, **kwargs)
+            return counted
+
+    monkeypatch.setitem(cell_table.CELLS, mode, dataclasses.replace(cell, step=spy_step))
+    monkeypatch.setattr(cell_table, "_ops", SpyOps())
+    Module = se.nn.SparseLSTM if mode == "LSTM" else se.nn.SparseGRU
+    m = Module(5, 9, density=0.4, dtype=torch.float64, compute="sparse")
+    x = torch.randn(6, 3, 5, generator=rng, dtype=torch.float64)
+
+    def run():
+        m.zero_grad()
+        y, _ = m(x)
+        y.square().sum().backward()
+        return [y.detach()] + [p.grad.clone() for p in m.parameters()]
+
+    both_fused = run()
+    assert calls == {"composed forward": 0, "fused backward": 6}
+    monkeypatch.setattr(choose, "FUSED_FORWARD_MAX_ROW_NNZ", 0)
+    mixed = run()
+    assert calls == {"composed forward": 6, "fused backward": 12}
+    for a, b in zip(both_fused, mixed):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("args,exc,match", [

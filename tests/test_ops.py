@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from sparse_engine import SparseWeight, ops
-from sparse_engine.testing import AWKWARD_SHAPES, dense, num_threads, power_law_weight, random_weight, references, with_layout
+from sparse_engine.testing import (AWKWARD_SHAPES, copy_weight, dense, num_threads, power_law_weight, random_weight,
+                                   references, with_layout)
 
 BATCHES = [1, 3, 64, 67]
 
@@ -30,6 +31,70 @@ def test_kernels_match_dense_reference(shape, B, dtype, rng):
     assert_within_rounding(ops.spmm(W, X), *refs["spmm"], dtype)
     assert_within_rounding(ops.spmm_t(W, G), *refs["spmm_t"], dtype)
     assert_within_rounding(ops.sddmm(W, G, X), *refs["sddmm"], dtype)
+
+
+# ----------------------------------------------------- spmm_t with the values in column order
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("shape", AWKWARD_SHAPES, ids=str)
+@pytest.mark.parametrize("B", [1, 3, 67])
+def test_spmm_t_with_values_t_matches_reference_and_the_gather(shape, B, dtype, rng):
+    """spmm_t given values_t = values[csc_perm] (made once, csrc/values_t.h): within rounding of the
+    float64 reference, and bitwise the result of the per-call gather (same summation order)."""
+    W = random_weight(*shape, dtype=dtype, generator=rng)
+    G = torch.randn(shape.rows, B, generator=rng, dtype=torch.float64).to(dtype)
+    values_t = ops.transposed_values(W)
+    assert values_t.shape == (W.nnz,) and not values_t.requires_grad
+    out = ops.spmm_t(W, G, values_t)
+    if dtype != torch.bfloat16:
+        assert_within_rounding(out, *references(W, G=G)["spmm_t"], dtype)
+    assert torch.equal(out, ops.spmm_t(W, G))
+
+
+def test_spmm_t_reads_values_t_not_values(rng):
+    """With values_t the product uses it (not values through csc_perm): values_t made from other
+    values gives those values' product, so a stale values_t would show (the caller's contract);
+    a non-contiguous values_t is read correctly."""
+    W = random_weight(40, 30, 0.2, empty_rows=3, full_rows=1, generator=rng)
+    G = torch.randn(40, 9, generator=rng, dtype=torch.float64)
+    other = copy_weight(W)
+    with torch.no_grad():
+        other.values.mul_(-2.0).add_(0.5)
+    stale = ops.transposed_values(other)
+    torch.testing.assert_close(ops.spmm_t(W, G, stale), dense(other).T @ G)
+    strided = torch.stack([ops.transposed_values(W), stale], 1)[:, 0]
+    assert not strided.is_contiguous()
+    torch.testing.assert_close(ops.spmm_t(W, G, strided), dense(W).T @ G)
+
+
+def test_spmm_t_values_t_gradients_go_to_values(rng):
+    W = random_weight(12, 9, 0.3, empty_rows=2, full_rows=1, generator=rng)
+    idx = W.index
+    v = W.values.detach().clone().requires_grad_()
+    G = torch.randn(12, 4, generator=rng, dtype=torch.float64, requires_grad=True)
+    sp = torch.ops.sparse_engine
+    # values_t made from the values of each call (gradcheck perturbs them), detached
+    f = lambda v, G: sp.spmm_t(*idx, v, G, v.detach()[W.csc_perm.long()])  # noqa: E731
+    assert torch.autograd.gradcheck(f, (v, G))
+    assert torch.autograd.gradgradcheck(f, (v, G))
+    # a values_t that requires grad (made without detaching) gets none; values get it once
+    v_t2 = v[W.csc_perm.long()]
+    up = torch.randn(9, 4, generator=rng, dtype=torch.float64)
+    (g_with,) = torch.autograd.grad((sp.spmm_t(*idx, v, G, v_t2) * up).sum(), v)
+    (g_without,) = torch.autograd.grad((sp.spmm_t(*idx, v, G) * up).sum(), v)
+    torch.testing.assert_close(g_with, g_without)
+
+
+def test_spmm_t_values_t_bad_arguments(rng):
+    W = random_weight(4, 6, 0.5, dtype=torch.float32, generator=rng)
+    sp = torch.ops.sparse_engine
+    G = torch.randn(4, 2, generator=rng)
+    v_t = ops.transposed_values(W)
+    with pytest.raises(ValueError, match="values_t must be 1-D with nnz"):
+        sp.spmm_t(*W.index, W.values, G, v_t[:-1])
+    with pytest.raises(TypeError, match="values_t must have the dtype of values"):
+        sp.spmm_t(*W.index, W.values, G, v_t.double())
+    torch.library.opcheck(sp.spmm_t.default, (*W.index, W.values.detach(), G, v_t),
+                          test_utils=("test_schema", "test_faketensor"))
 
 
 def test_outputs_have_expected_shapes_and_dtypes(rng):

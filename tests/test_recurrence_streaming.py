@@ -12,9 +12,11 @@ import torch
 from torch import nn
 
 import sparse_engine as se
+from sparse_engine.constants import GATES
 from sparse_engine.models import SequenceModel
 from sparse_engine.nn import recurrence
-from sparse_engine.nn.recurrence import batch_rows
+from sparse_engine.nn.recurrence import Config, Recurrence, batch_rows
+from sparse_engine.testing import random_weight
 
 import test_rnn_cells
 
@@ -174,3 +176,36 @@ def test_training_step_peak_is_a_few_outputs():
                          check=True, timeout=300)
     ratio = float(out.stdout.split()[-1])
     assert 0.5 < ratio < 4.0, f"peak grew by {ratio:.2f} outputs"  # (the lower bound: it measured something)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "composed"])
+@pytest.mark.parametrize("stacked", [True, False], ids=["stacked", "per-step"])
+def test_each_activation_is_saved_once(mode, fused, stacked, rng, monkeypatch):
+    """What the recurrence keeps for its backward besides its inputs and weights: the output Y
+    (T x H x B, the states), LSTM's cell states (T of H x B) and each step's activations (T of
+    4H x B: LSTM [i f g o], GRU [r z n W_hn h + b_hn]), each in a storage of exactly its size:
+    nothing saved twice, no input part (gx) kept, no view holding a larger buffer alive."""
+    if not stacked:
+        monkeypatch.setattr(recurrence, "STACK_BYTES", 0)
+    I, H, B, T = 5, 7, 3, 4
+    G = GATES[mode]
+    W_ih, W_hh = (random_weight(G * H, n, 0.5, empty_rows=1, generator=rng) for n in (I, H))
+    cfg = Config(mode, H, B, T, False, W_ih.index, W_hh.index, fused=fused)
+    rnd = lambda *shape: torch.randn(*shape, generator=rng, dtype=torch.float64)  # noqa: E731
+    x, h0 = rnd(T, I, B).requires_grad_(), rnd(H, B)
+    c0 = rnd(H, B) if mode == "LSTM" else None
+    w_ih, w_hh = (W.values.detach().clone().requires_grad_() for W in (W_ih, W_hh))
+    b_ih, b_hh = rnd(G * H), rnd(G * H)
+    y, h, c = Recurrence.apply(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    given = {t.untyped_storage().data_ptr() for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh) if t is not None}
+    storages = {}
+    for t in y.grad_fn.saved_tensors:
+        if t is not None and t.untyped_storage().data_ptr() not in given:
+            storages.setdefault(t.untyped_storage().data_ptr(), []).append(t.untyped_storage().nbytes())
+    assert all(len(v) == 1 for v in storages.values()), "a storage saved twice"
+    HB = H * B * 8
+    expected = [T * HB] + ([HB] * T if mode == "LSTM" else []) + [4 * HB] * T  # Y, c_1..c_T, acts
+    assert sorted(v[0] for v in storages.values()) == sorted(expected)
+    (y.sum() + h.sum()).backward()
+    assert x.grad is not None and w_hh.grad is not None

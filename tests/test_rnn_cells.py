@@ -9,7 +9,7 @@ import sparse_engine as se
 from sparse_engine.constants import GATES
 from sparse_engine.nn import cell_table
 from sparse_engine.nn.recurrence import Config, Recurrence
-from sparse_engine.testing import random_weight
+from sparse_engine.testing import copy_weight, random_weight
 
 
 @pytest.fixture(params=[True, False], ids=["fused", "composed"])
@@ -265,5 +265,103 @@ def test_fused_ops_opcheck(rng):
         (ops.ctrnn_step, (*W1.index, v1, g[:5], h, 0.1, 0.5)),
         (ops.ctrnn_step_backward, (*W1.index, v1, h, h, 0.1, 0.5)),
     ]
+    vt = {id(v): v[W.csc_perm.long()] for W, v in ((W4, v4), (W3, v3), (W1, v1))}
+    cases += [(op, args + (vt[id(args[5])],)) for op, args in cases if op._qualified_op_name.endswith("_backward")]
     for op, args in cases:
         torch.library.opcheck(op.default, args, test_utils=("test_schema", "test_faketensor"))
+
+
+def test_fused_backward_ops_with_values_t(rng):
+    """Each step backward given W_hh's values in column order (values_t, made once per sequence by
+    the recurrence) gives bitwise what it gives gathering values[csc_perm] itself, and reads
+    values_t: one made from other values gives dh_prev of those values."""
+    ops = torch.ops.sparse_engine
+    H, B = 6, 5
+    rnd = lambda *s: torch.randn(*s, generator=rng, dtype=torch.float64)  # noqa: E731
+    acts = torch.rand(4 * H, B, generator=rng, dtype=torch.float64)
+    h, c, dh, dc = rnd(H, B), rnd(H, B), rnd(H, B), rnd(H, B)
+    calls = {
+        4: lambda W, v, *t: ops.lstm_step_backward(*W.index, v, acts, c, c, dh, dc, *t),
+        3: lambda W, v, *t: ops.gru_step_backward(*W.index, v, acts, h, dh, *t),
+        1: lambda W, v, *t: ops.rnn_step_backward(*W.index, v, torch.tanh(h), dh, False, *t),
+        -1: lambda W, v, *t: ops.ctrnn_step_backward(*W.index, v, acts[:H], dh, 0.1, 0.5, *t),
+    }
+    for gates, call in calls.items():
+        W = random_weight(abs(gates) * H, H, 0.4, empty_rows=2, full_rows=1, generator=rng)
+        v = W.values.detach()
+        v_t = v[W.csc_perm.long()]
+        for a, b in zip(call(W, v), call(W, v, v_t)):
+            assert torch.equal(a, b)
+        other = -2.0 * v + 0.25
+        W_other = copy_weight(W, values=other)
+        for a, b in zip(call(W_other, other), call(W, v, other[W.csc_perm.long()])):
+            assert torch.equal(a, b)
+        with pytest.raises(ValueError, match="values_t must be 1-D with nnz"):
+            call(W, v, v_t[:-1])
+
+
+def _reference_step(mode, W, gx, h, c, b_hh):
+    """One step in float64 from the dense W_hh and torch's functions: (h', c', acts)."""
+    D, gx, h = W.to_dense().double(), gx.double(), h.double()
+    H = h.shape[0]
+    pre = D @ h
+    if mode == "LSTM":
+        i, f, g, o = (gx + pre).chunk(4)
+        i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+        c2 = f * c.double() + i * g
+        return o * torch.tanh(c2), c2, torch.cat([i, f, g, o])
+    if mode == "GRU":
+        gh = pre + b_hh.double()[:, None]
+        r = torch.sigmoid(gx[:H] + gh[:H])
+        z = torch.sigmoid(gx[H:2 * H] + gh[H:2 * H])
+        n = torch.tanh(gx[2 * H:] + r * gh[2 * H:])
+        return n + z * (h - n), None, torch.cat([r, z, n, gh[2 * H:]])
+    a = torch.tanh(gx + pre)
+    if mode == "CTRNN":
+        return h * (1 - 0.1 / 0.5) + 0.1 * a, None, a
+    return (torch.relu(gx + pre) if mode == "RNN_RELU" else a), None, None
+
+
+@pytest.mark.parametrize("gx_layout", ["contiguous", "column block", "transposed"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("B", [1, 2, 20, 33, 70])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH", "RNN_RELU", "CTRNN"])
+def test_fused_forward_ops_match_float64_reference(mode, B, dtype, gx_layout, rng):
+    """The fused forward ops against float64 torch on the dense W_hh: hidden 37 (two blocks of 16
+    units and a partial one, an empty row), batches narrower and wider than a register block (32
+    float / 16 double columns) and B = 1, pre-activations from about -15 to 15 (tanh and sigmoid
+    saturate) and near 0 (tanh's small-argument branch). float32: within 2e-6 absolute (its tanh
+    is within 6 ulp, csrc/cpu/rnn_step_cpu.cpp). gx as the recurrence passes it (a block of B
+    columns of the input part of all steps: rows far apart, read in place by the CPU kernel),
+    contiguous, or transposed (copied first)."""
+    ops = torch.ops.sparse_engine
+    H, G = 37, GATES[mode]
+    W = random_weight(G * H, H, 0.3, empty_rows=1, full_rows=1, dtype=dtype, generator=rng)
+    scale = torch.logspace(-6, 1, G * H, dtype=torch.float64)[:, None]  # rows from tiny to large
+    gx = (torch.randn(G * H, B, generator=rng, dtype=torch.float64) * scale).to(dtype)
+    if gx_layout == "column block":
+        wide = torch.randn(G * H, 3 * B + 1, generator=rng, dtype=torch.float64).to(dtype)
+        wide[:, B + 1:2 * B + 1] = gx
+        gx = wide[:, B + 1:2 * B + 1]
+        assert gx.stride() == (3 * B + 1, 1)
+    elif gx_layout == "transposed":
+        gx = gx.t().contiguous().t()
+    h = torch.randn(H, B, generator=rng, dtype=torch.float64).to(dtype)
+    c = torch.randn(H, B, generator=rng, dtype=torch.float64).to(dtype)
+    b_hh = torch.randn(G * H, generator=rng, dtype=torch.float64).to(dtype)
+    v = W.values.detach()
+    if mode == "LSTM":
+        out = ops.lstm_step(*W.index, v, gx, h, c)
+    elif mode == "GRU":
+        out = ops.gru_step(*W.index, v, gx, h, b_hh)
+    elif mode == "CTRNN":
+        out = ops.ctrnn_step(*W.index, v, gx, h, 0.1, 0.5)
+    else:
+        out = ops.rnn_step(*W.index, v, gx, h, mode == "RNN_RELU")
+    out = out if isinstance(out, tuple) else (out,)
+    ref = [t for t in _reference_step(mode, W, gx, h, c, b_hh) if t is not None]
+    tol = 2e-6 if dtype == torch.float32 else 1e-12
+    assert len(out) == len(ref)
+    for a, b in zip(out, ref):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol)

@@ -40,7 +40,8 @@ def test_spmm_spmm_t_sddmm(dtype, B):
     X = torch.randn(500, B, generator=g).to(dtype)
     G = torch.randn(700, B, generator=g).to(dtype)
     assert (W.nnz + 700) * B >= 2**15 or B == 1
-    same_on_1_and_2_threads(lambda: (ops.spmm(W, X), ops.spmm_t(W, G), ops.sddmm(W, G, X)))
+    v_t = ops.transposed_values(W)
+    same_on_1_and_2_threads(lambda: (ops.spmm(W, X), ops.spmm_t(W, G), ops.sddmm(W, G, X), ops.spmm_t(W, G, v_t)))
 
 
 def test_transpose_index():
@@ -67,14 +68,19 @@ def test_recurrent_steps_forward_and_backward(B):
     acts4 = torch.rand(4 * H, B, generator=g, dtype=torch.float64)
     cases = {
         "lstm": lambda: _ops.lstm_step(*lstm.index, lstm.values.detach(), rnd(4 * H, B), h, c),
-        "lstm_backward": lambda: _ops.lstm_step_backward(*lstm.index, lstm.values.detach(), acts4, c, c, dh, dc),
+        "lstm_backward": lambda *t: _ops.lstm_step_backward(*lstm.index, lstm.values.detach(), acts4, c, c, dh, dc, *t),
         "gru": lambda: _ops.gru_step(*gru.index, gru.values.detach(), rnd(3 * H, B), h, rnd(3 * H)),
-        "gru_backward": lambda: _ops.gru_step_backward(*gru.index, gru.values.detach(), acts4, h, dh),
+        "gru_backward": lambda *t: _ops.gru_step_backward(*gru.index, gru.values.detach(), acts4, h, dh, *t),
         "rnn": lambda: _ops.rnn_step(*rnn.index, rnn.values.detach(), rnd(H, B), h, False),
-        "rnn_backward": lambda: _ops.rnn_step_backward(*rnn.index, rnn.values.detach(), torch.tanh(h), dh, True),
+        "rnn_backward": lambda *t: _ops.rnn_step_backward(*rnn.index, rnn.values.detach(), torch.tanh(h), dh, True,
+                                                          *t),
         "ctrnn": lambda: _ops.ctrnn_step(*rnn.index, rnn.values.detach(), rnd(H, B), h, 0.1, 1.0),
-        "ctrnn_backward": lambda: _ops.ctrnn_step_backward(*rnn.index, rnn.values.detach(), acts4[:H], dh, 0.1, 1.0),
+        "ctrnn_backward": lambda *t: _ops.ctrnn_step_backward(*rnn.index, rnn.values.detach(), acts4[:H], dh, 0.1,
+                                                              1.0, *t),
     }
+    for name, W in (("lstm", lstm), ("gru", gru), ("rnn", rnn), ("ctrnn", rnn)):  # values in column order
+        v_t = W.values.detach()[W.csc_perm.long()]
+        cases[f"{name}_backward_values_t"] = lambda f=cases[f"{name}_backward"], v_t=v_t: f(v_t)
     for name, fn in cases.items():
         state = g.get_state()
 

@@ -6,8 +6,9 @@
 // width is then a compile-time constant (1 to 8 units, see wide_block), so a batch of up to
 // 64 floats is one pass over the row's nonzeros with its accumulators in vector registers,
 // whatever B is (B = 20 used to be a 16-wide pass and a scalar 4-wide pass, half
-// MKL's speed). Each output is summed over the row's nonzeros in index order by one thread:
-// results do not depend on the thread count.
+// MKL's speed). Each output is summed over the row's nonzeros by one thread in an order fixed
+// by the row alone (in index order; gather_rows' narrow blocks in 2 or 4 interleaved partial
+// sums, added in a fixed order): results do not depend on the thread count.
 #pragma once
 #include <ATen/ATen.h>
 #include <omp.h>
@@ -42,29 +43,66 @@ inline at::Tensor padded_batch(const at::Tensor& t, int64_t stride) {
   return out;
 }
 
-// acc[0:W] = sum_{k in [k0, k1)} vals[k - vbase] * src[idx[k] * stride + 0:W]; nnz bounds the
-// prefetch (vbase: the values of a row gathered into a buffer of their own, see gather_rows).
+// Narrow blocks keep U sets of accumulators, entry k adding into set (k - k0) % U (the last
+// entries into set 0) and the sets summed at the end in a fixed order: with one set every entry's
+// FMAs waited for the previous entry's (4 cycles each), which bounded spmm at B = 20 (3 vectors)
+// to a quarter of the FMA throughput. The order of each output's sum depends on the row only.
 template <typename S, int W>
+constexpr int accumulator_sets() {
+  constexpr int vectors = W / pad_unit<S>();
+  return vectors >= 5 ? 1 : vectors >= 3 ? 2 : 4;
+}
+
+template <typename S, int W>
+inline void accumulate_entry(acc_t<S>* a, acc_t<S> v, const S* x) {
+  if constexpr (kIsHalf<S>) {
+    float xf[W];
+    widen<W>(x, xf);
+#pragma omp simd
+    for (int b = 0; b < W; ++b) a[b] += v * xf[b];
+  } else {
+#pragma omp simd
+    for (int b = 0; b < W; ++b) a[b] += v * x[b];
+  }
+}
+
+// a[0:W] = sum_{k in [k0, k1)} vals[k - vbase] * src[idx[k] * stride + 0:W] (a: the caller's
+// array, kept in registers when this is inlined); nnz bounds the prefetch of the row kPrefetch
+// entries ahead (vbase: the values of a row gathered into a buffer of their own, see gather_rows).
+template <typename S, int W, bool Prefetch>
+inline void row_sums(int64_t k0, int64_t k1, const int32_t* idx, const S* vals, int64_t vbase, const S* src,
+                     int64_t stride, int64_t nnz, acc_t<S>* a) {
+  using A = acc_t<S>;
+  constexpr int U = accumulator_sets<S, W>();
+  A sets[U][W];
+  for (int u = 0; u < U; ++u)
+    for (int b = 0; b < W; ++b) sets[u][b] = 0;
+  auto entry = [&](int64_t k, A* acc, auto fetch) {
+    if constexpr (decltype(fetch)::value)
+      prefetch_row<W * sizeof(S)>(src + static_cast<int64_t>(idx[k + kPrefetch]) * stride);
+    accumulate_entry<S, W>(acc, static_cast<A>(vals[k - vbase]), src + static_cast<int64_t>(idx[k]) * stride);
+  };
+  // the entries that prefetch (their row kPrefetch entries ahead exists), then the others
+  const int64_t k_fetch = Prefetch ? std::max(k0, std::min(k1, nnz - kPrefetch)) : k0;
+  int64_t k = k0;
+  for (; k + U <= k_fetch; k += U)
+    for (int u = 0; u < U; ++u) entry(k + u, sets[u], std::true_type());
+  for (; k + U <= k1; k += U)
+    for (int u = 0; u < U; ++u) entry(k + u, sets[u], std::false_type());
+  for (; k < k1; ++k) entry(k, sets[0], std::false_type());
+#pragma omp simd
+  for (int b = 0; b < W; ++b) {
+    if constexpr (U == 1) a[b] = sets[0][b];
+    if constexpr (U == 2) a[b] = sets[0][b] + sets[1][b];
+    if constexpr (U == 4) a[b] = (sets[0][b] + sets[1][b]) + (sets[2][b] + sets[3][b]);
+  }
+}
+
+// acc[0:W]: row_sums (the recurrent steps' gathers).
+template <typename S, int W, bool Prefetch>
 inline void accumulate_block(int64_t k0, int64_t k1, const int32_t* idx, const S* vals, int64_t vbase,
                              const S* src, int64_t stride, acc_t<S>* acc, int64_t nnz) {
-  using A = acc_t<S>;
-  A a[W];
-  for (int b = 0; b < W; ++b) a[b] = 0;
-  for (int64_t k = k0; k < k1; ++k) {
-    if (k + kPrefetch < nnz) prefetch_row<W * sizeof(S)>(src + static_cast<int64_t>(idx[k + kPrefetch]) * stride);
-    const A v = static_cast<A>(vals[k - vbase]);
-    const S* x = src + static_cast<int64_t>(idx[k]) * stride;
-    if constexpr (kIsHalf<S>) {
-      float xf[W];
-      widen<W>(x, xf);
-#pragma omp simd
-      for (int b = 0; b < W; ++b) a[b] += v * xf[b];
-    } else {
-#pragma omp simd
-      for (int b = 0; b < W; ++b) a[b] += v * x[b];
-    }
-  }
-  for (int b = 0; b < W; ++b) acc[b] = a[b];
+  row_sums<S, W, Prefetch>(k0, k1, idx, vals, vbase, src, stride, nnz, acc);
 }
 
 // The widest block of the recurrent steps (rnn_step_cpu.cpp): 4 units (128 bytes: 32 floats,
@@ -82,26 +120,26 @@ constexpr int wide_block() { return (kIsHalf<S> ? 4 : 8) * pad_unit<S>(); }
 
 // acc[0:n] = the row's sum over columns [0, n) of a padded source (src already offset to the
 // block's first column); n is a multiple of pad_unit and at most 8 units: one pass.
-template <typename S>
+template <typename S, bool Prefetch>
 inline void accumulate_padded(int64_t k0, int64_t k1, const int32_t* idx, const S* vals, int64_t vbase,
                               const S* src, int64_t stride, int64_t n, acc_t<S>* acc, int64_t nnz) {
   constexpr int P = pad_unit<S>();
   switch (n / P) {
-    case 8: accumulate_block<S, 8 * P>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
-    case 7: accumulate_block<S, 7 * P>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
-    case 6: accumulate_block<S, 6 * P>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
-    case 5: accumulate_block<S, 5 * P>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
-    case 4: accumulate_block<S, 4 * P>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
-    case 3: accumulate_block<S, 3 * P>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
-    case 2: accumulate_block<S, 2 * P>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
-    default: accumulate_block<S, P>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
+    case 8: accumulate_block<S, 8 * P, Prefetch>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
+    case 7: accumulate_block<S, 7 * P, Prefetch>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
+    case 6: accumulate_block<S, 6 * P, Prefetch>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
+    case 5: accumulate_block<S, 5 * P, Prefetch>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
+    case 4: accumulate_block<S, 4 * P, Prefetch>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
+    case 3: accumulate_block<S, 3 * P, Prefetch>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
+    case 2: accumulate_block<S, 2 * P, Prefetch>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
+    default: accumulate_block<S, P, Prefetch>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
   }
 }
 
 // acc[0:n] for the block of columns starting at b0 (a multiple of Block: max_block or
 // wide_block) of a source padded to `stride` columns, n = min(Block, stride - b0); stride 1
 // (B = 1, no padding) is a sparse dot product into acc[0], vectorised over the nonzeros.
-template <typename S, int Block = max_block<S>()>
+template <typename S, bool Prefetch, int Block = max_block<S>()>
 inline void accumulate_at(int64_t k0, int64_t k1, const int32_t* idx, const S* vals, int64_t vbase, const S* src,
                           int64_t stride, int64_t b0, acc_t<S>* acc, int64_t nnz) {
   using A = acc_t<S>;
@@ -112,27 +150,132 @@ inline void accumulate_at(int64_t k0, int64_t k1, const int32_t* idx, const S* v
     acc[0] = a;
     return;
   }
-  accumulate_padded<S>(k0, k1, idx, vals, vbase, src + b0, stride, std::min<int64_t>(Block, stride - b0),
+  accumulate_padded<S, Prefetch>(k0, k1, idx, vals, vbase, src + b0, stride, std::min<int64_t>(Block, stride - b0),
                        acc, nnz);
 }
 
 // out[i, :] = sum_{k in [ptr[i], ptr[i+1])} val(k) * src[idx[k], :] for i in [0, n), src padded
 // to `stride` columns; val(k) = vals[k], or vals[perm[k]] for a transposed index (spmm_t, the
-// recurrent backward). There each row's values are first gathered into a small buffer (their
-// loads independent, prefetched kGatherAhead entries ahead), and the product reads them from
-// L1: no indirection in its inner loop, and no nnz-sized workspace (as fast as gathering all
-// values into one first, measured on 2 cores).
+// recurrent backward, without values_t). There each row's values are first gathered into a small
+// buffer (their loads independent, prefetched kGatherAhead entries ahead), and the product reads
+// them from L1: no indirection in its inner loop, and no nnz-sized workspace (as fast as
+// gathering all values into one first, measured on 2 cores).
 // `direct` (n x B, optional) is added to the sums.
 inline constexpr int64_t kGatherAhead = 64;
 
+// A row's values: vals itself (returned with vbase 0), or for a transposed index (perm) its
+// entries gathered into row_vals (vbase: the row's first position).
+template <typename S>
+inline const S* row_values(const S* vals, const int32_t* perm, int64_t k0, int64_t k1, int64_t nnz,
+                           std::vector<S>& row_vals, int64_t& vbase) {
+  vbase = 0;
+  if (perm == nullptr) return vals;
+  for (int64_t k = k0; k < k1; ++k) {
+    if (k + kGatherAhead < nnz) __builtin_prefetch(vals + perm[k + kGatherAhead]);
+    row_vals[k - k0] = vals[perm[k]];
+  }
+  vbase = k0;
+  return row_vals.data();
+}
+
+// One row's block of W columns (W a multiple of the padding unit, at most wide_block): the
+// sums in registers, written straight to y[0:width] (width <= W: the columns of the block that
+// are in the batch; the padding lanes are never stored), plus direct[0:width] when given.
+template <typename S, int W, bool Prefetch>
+inline void gather_block(int64_t k0, int64_t k1, const int32_t* idx, const S* vals, int64_t vbase, const S* src,
+                         int64_t stride, int64_t nnz, int64_t width, const S* direct, S* y) {
+  using A = acc_t<S>;
+  A a[W];
+  row_sums<S, W, Prefetch>(k0, k1, idx, vals, vbase, src, stride, nnz, a);
+  if (direct != nullptr) {
+#pragma omp simd
+    for (int b = 0; b < W; ++b)
+      if (b < width) a[b] += static_cast<A>(direct[b]);
+  }
+  if (width == W) {
+#pragma omp simd
+    for (int b = 0; b < W; ++b) y[b] = static_cast<S>(a[b]);
+  } else {
+#pragma omp simd
+    for (int b = 0; b < W; ++b)
+      if (b < width) y[b] = static_cast<S>(a[b]);
+  }
+}
+
+// The rows [r0, r1) of gather_rows with the block widths fixed at compile time: full blocks of
+// M columns, then a last one of T (0: none), so the width is chosen once per call, not per row.
+template <typename S, int M, int T, bool Prefetch>
+void gather_row_range(const int64_t* ptr, const int32_t* idx, const S* vals, const int32_t* perm, const S* src,
+                      int64_t stride, const S* direct, S* out, int64_t r0, int64_t r1, int64_t B, int64_t nnz,
+                      std::vector<S>& row_vals) {
+  const int64_t full = (stride - T) / M;  // blocks of M columns before the last one
+  for (int64_t i = r0; i < r1; ++i) {
+    const int64_t k0 = ptr[i], k1 = ptr[i + 1];
+    int64_t vbase;
+    const S* v = row_values(vals, perm, k0, k1, nnz, row_vals, vbase);
+    S* y = out + i * B;
+    const S* d = direct ? direct + i * B : nullptr;
+    for (int64_t blk = 0; blk < full; ++blk) {
+      const int64_t b0 = blk * M;
+      gather_block<S, M, Prefetch>(k0, k1, idx, v, vbase, src + b0, stride, nnz, std::min<int64_t>(M, B - b0),
+                         d ? d + b0 : nullptr, y + b0);
+    }
+    if constexpr (T > 0) {
+      const int64_t b0 = full * M;
+      gather_block<S, T, Prefetch>(k0, k1, idx, v, vbase, src + b0, stride, nnz, B - b0, d ? d + b0 : nullptr,
+                                   y + b0);
+    }
+  }
+}
+
+// B = 1 (no padding): each row a sparse dot product, vectorised over the nonzeros.
+template <typename S>
+void gather_dot_range(const int64_t* ptr, const int32_t* idx, const S* vals, const int32_t* perm, const S* src,
+                      const S* direct, S* out, int64_t r0, int64_t r1, int64_t nnz, std::vector<S>& row_vals) {
+  using A = acc_t<S>;
+  for (int64_t i = r0; i < r1; ++i) {
+    int64_t vbase;
+    const S* v = row_values(vals, perm, ptr[i], ptr[i + 1], nnz, row_vals, vbase);
+    A a = 0;
+#pragma omp simd reduction(+ : a)
+    for (int64_t k = ptr[i]; k < ptr[i + 1]; ++k) a += static_cast<A>(v[k - vbase]) * static_cast<A>(src[idx[k]]);
+    out[i] = static_cast<S>(direct ? static_cast<A>(direct[i]) + a : a);
+  }
+}
+
+// gather_row_range for a last block of `units` padding units (0: none) and the prefetch choice.
+template <typename S, int M, int U = 0>
+auto row_range(int units, bool fetch) {
+  constexpr int P = pad_unit<S>();
+  if constexpr (U < 7) {
+    if (units != U) return row_range<S, M, U + 1>(units, fetch);
+  }
+  return fetch ? &gather_row_range<S, M, U * P, true> : &gather_row_range<S, M, U * P, false>;
+}
+
+// The size of the source (the gathered operand) from which gather_rows prefetches the rows it
+// will need: below it the source sits in L2 (2 MB per core on the development machine) and the
+// prefetch's address arithmetic, a third of the loop's instructions, bought nothing (spmm at
+// 1,024 / 5%, B = 20: 79 -> 74 us without, one thread; no difference measured at 4,096 / 1-5%
+// and 16,384 / 1%).
+inline constexpr int64_t kPrefetchFromBytes = int64_t(512) << 10;
+
+// src: src_rows x stride (padded, gather.h), out: n x B.
 template <typename scalar_t>
 void gather_rows(const int64_t* ptr, const int32_t* idx, const scalar_t* vals, const int32_t* perm,
-                 const scalar_t* src, int64_t stride, const scalar_t* direct, scalar_t* out, int64_t n, int64_t B) {
-  constexpr int M = wide_block<scalar_t>();
+                 const scalar_t* src, int64_t src_rows, int64_t stride, const scalar_t* direct, scalar_t* out,
+                 int64_t n, int64_t B) {
+  constexpr int M = wide_block<scalar_t>(), P = pad_unit<scalar_t>();
   const int64_t chunks = num_chunks(n);
   const auto bounds = balanced_bounds(ptr, n, chunks);
   const int64_t nnz = ptr[n];
   const bool parallel = (nnz + n) * B >= kParallelWork;
+  // the row loop for this stride: its last block's width (in padding units) picks the instance
+  using RowRange = void (*)(const int64_t*, const int32_t*, const scalar_t*, const int32_t*, const scalar_t*, int64_t,
+                            const scalar_t*, scalar_t*, int64_t, int64_t, int64_t, int64_t, std::vector<scalar_t>&);
+  static_assert(M <= 8 * P);
+  const bool fetch = src_rows * stride * static_cast<int64_t>(sizeof(scalar_t)) >= kPrefetchFromBytes;
+  const RowRange rows = stride == 1 ? nullptr : row_range<scalar_t, M>(static_cast<int>((stride % M) / P), fetch);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(kernel_threads()) if (parallel)
   for (int64_t c = 0; c < chunks; ++c) {
     std::vector<scalar_t> row_vals;
@@ -141,28 +284,10 @@ void gather_rows(const int64_t* ptr, const int32_t* idx, const scalar_t* vals, c
       for (int64_t i = bounds[c]; i < bounds[c + 1]; ++i) longest = std::max(longest, ptr[i + 1] - ptr[i]);
       row_vals.resize(longest);
     }
-    acc_t<scalar_t> acc[M];
-    for (int64_t i = bounds[c]; i < bounds[c + 1]; ++i) {
-      const int64_t k0 = ptr[i], k1 = ptr[i + 1];
-      const scalar_t* v = vals;
-      int64_t vbase = 0;
-      if (perm != nullptr) {
-        for (int64_t k = k0; k < k1; ++k) {
-          if (k + kGatherAhead < nnz) __builtin_prefetch(vals + perm[k + kGatherAhead]);
-          row_vals[k - k0] = vals[perm[k]];
-        }
-        v = row_vals.data();
-        vbase = k0;
-      }
-      scalar_t* y = out + i * B;
-      for (int64_t b0 = 0; b0 < B; b0 += M) {
-        accumulate_at<scalar_t, M>(k0, k1, idx, v, vbase, src, stride, b0, acc, nnz);
-        const int64_t width = std::min<int64_t>(M, B - b0);
-        for (int64_t b = 0; b < width; ++b)
-          y[b0 + b] = static_cast<scalar_t>(direct ? static_cast<acc_t<scalar_t>>(direct[i * B + b0 + b]) + acc[b]
-                                                   : acc[b]);
-      }
-    }
+    if (stride == 1)
+      gather_dot_range<scalar_t>(ptr, idx, vals, perm, src, direct, out, bounds[c], bounds[c + 1], nnz, row_vals);
+    else
+      rows(ptr, idx, vals, perm, src, stride, direct, out, bounds[c], bounds[c + 1], B, nnz, row_vals);
   }
 }
 

@@ -1,11 +1,15 @@
 // spmm and spmm_t on the CPU (OpenMP): Y = W X over the CSR index, W^T G over the transposed
 // index, both as one row gather (gather_rows, gather.h). Activations are feature-major
 // (features x batch) so every gathered row is contiguous; it is read from a copy padded to
-// whole 32-byte units, so any batch size runs with compile-time block widths.
+// whole 32-byte units, so any batch size runs with compile-time block widths. spmm_t with
+// values_t (the values in column order, made once by the caller: ../values_t.h) is spmm over the
+// transposed index; without it each call gathers values[csc_perm[k]] row by row.
 #include <torch/library.h>
 #include <omp.h>
+#include <optional>
 #include "common.h"
 #include "gather.h"
+#include "../values_t.h"
 
 namespace sparse_engine {
 namespace {
@@ -25,27 +29,31 @@ at::Tensor spmm_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, const 
     const int64_t stride = padded_stride<scalar_t>(B);
     auto X_p = padded_batch(X, stride);
     gather_rows<scalar_t>(row_ptr_c.data_ptr<int64_t>(), col_idx_c.data_ptr<int32_t>(), values_c.data_ptr<scalar_t>(),
-                          nullptr, X_p.data_ptr<scalar_t>(), stride, nullptr, Y.data_ptr<scalar_t>(), s.rows, B);
+                          nullptr, X_p.data_ptr<scalar_t>(), s.cols, stride, nullptr, Y.data_ptr<scalar_t>(), s.rows,
+                          B);
   });
   return Y;
 }
 
 at::Tensor spmm_t_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tensor& csc_ptr,
                       const at::Tensor& csc_row, const at::Tensor& csc_perm, const at::Tensor& values,
-                      const at::Tensor& G) {
+                      const at::Tensor& G, const std::optional<at::Tensor>& values_t) {
   const IndexSizes s = check_spmm_args(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, G,
                                        /*transposed=*/true, /*on_cuda=*/false);
   cpu_checked_max_len({csc_ptr, csc_row, &csc_perm, "csc_ptr", "csc_row", "csc_perm"}, G.size(0));
-  auto csc_ptr_c = csc_ptr.contiguous(), csc_row_c = csc_row.contiguous(), csc_perm_c = csc_perm.contiguous();
-  auto values_c = values.contiguous();
+  const at::Tensor values_t_c = check_values_t(values_t, values);
+  const bool direct = values_t_c.defined();  // values in column order: no csc_perm
+  auto csc_ptr_c = csc_ptr.contiguous(), csc_row_c = csc_row.contiguous();
+  auto csc_perm_c = direct ? at::Tensor() : csc_perm.contiguous();
+  auto values_c = direct ? values_t_c : values.contiguous();
   const int64_t B = G.size(1);
   auto Z = at::empty({s.cols, B}, G.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "spmm_t_cpu", [&] {
     const int64_t stride = padded_stride<scalar_t>(B);
     auto G_p = padded_batch(G, stride);
     gather_rows<scalar_t>(csc_ptr_c.data_ptr<int64_t>(), csc_row_c.data_ptr<int32_t>(), values_c.data_ptr<scalar_t>(),
-                          csc_perm_c.data_ptr<int32_t>(), G_p.data_ptr<scalar_t>(), stride, nullptr,
-                          Z.data_ptr<scalar_t>(), s.cols, B);
+                          direct ? nullptr : csc_perm_c.data_ptr<int32_t>(), G_p.data_ptr<scalar_t>(), s.rows, stride,
+                          nullptr, Z.data_ptr<scalar_t>(), s.cols, B);
   });
   return Z;
 }

@@ -70,6 +70,9 @@ struct CudaStep {
     const c10::cuda::CUDAGuard guard(w.values.device());
     const int64_t H = k.H, B = k.B;
     auto dh_c = dh.contiguous();
+    // values in column order (../values_t.h) where the caller made them: no csc_perm in the gather
+    const at::Tensor values_t_c = check_values_t(w.values_t, w.values);
+    const bool by_column = values_t_c.defined();
     const StepSaved in = check_step_saved<M>(acts, c_prev, c, h, dc, H, B, w.values);
     auto options = dh_c.options();
     auto dG = at::empty({gates * H, B}, options);
@@ -88,8 +91,10 @@ struct CudaStep {
       const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
       AT_DISPATCH_FLOATING_TYPES(w.values.scalar_type(), "sparse_engine_rnn_step_backward_cuda", [&] {
         C10_CUDA_CHECK(cuda::launch_rnn_step_backward(
-            M, k.csc_ptr.data_ptr<int64_t>(), k.csc_row.data_ptr<int32_t>(), k.csc_perm.data_ptr<int32_t>(),
-            k.values.data_ptr<scalar_t>(), k.nnz, data_or_null<scalar_t>(in.acts), data_or_null<scalar_t>(in.c_prev),
+            M, k.csc_ptr.data_ptr<int64_t>(), k.csc_row.data_ptr<int32_t>(),
+            by_column ? nullptr : k.csc_perm.data_ptr<int32_t>(),
+            by_column ? values_t_c.data_ptr<scalar_t>() : k.values.data_ptr<scalar_t>(), k.nnz,
+            data_or_null<scalar_t>(in.acts), data_or_null<scalar_t>(in.c_prev),
             data_or_null<scalar_t>(in.c), data_or_null<scalar_t>(in.h), dh_c.data_ptr<scalar_t>(),
             data_or_null<scalar_t>(in.dc), dG.data_ptr<scalar_t>(), data_or_null<scalar_t>(dgx),
             data_or_null<scalar_t>(dc_prev), dh_prev.data_ptr<scalar_t>(), H, B, dt, tau, workspace_ptr(workspace),

@@ -7,7 +7,10 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <optional>
+
 #include "../checks.h"
+#include "../values_t.h"
 #include "glue.h"
 #include "launchers.h"
 
@@ -51,12 +54,16 @@ at::Tensor spmm_cuda(const at::Tensor& row_ptr, const at::Tensor& col_idx, const
   return gather({row_ptr, col_idx, nullptr, "row_ptr", "col_idx", nullptr}, values, X, s.rows, s.nnz);
 }
 
-// W^T G over the transposed index: no atomics.
+// W^T G over the transposed index: no atomics; values_t (the values in column order,
+// ../values_t.h) read directly when given.
 at::Tensor spmm_t_cuda(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tensor& csc_ptr,
                        const at::Tensor& csc_row, const at::Tensor& csc_perm, const at::Tensor& values,
-                       const at::Tensor& G) {
+                       const at::Tensor& G, const std::optional<at::Tensor>& values_t) {
   const IndexSizes s = check_spmm_args(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, G,
                                        /*transposed=*/true, /*on_cuda=*/true);
+  const at::Tensor values_t_c = check_values_t(values_t, values);
+  if (values_t_c.defined())  // values in column order: csc_perm is not read
+    return gather({csc_ptr, csc_row, nullptr, "csc_ptr", "csc_row", nullptr}, values_t_c, G, s.cols, s.nnz);
   return gather({csc_ptr, csc_row, &csc_perm, "csc_ptr", "csc_row", "csc_perm"}, values, G, s.cols, s.nnz);
 }
 

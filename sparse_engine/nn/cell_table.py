@@ -9,7 +9,10 @@ The calling convention is the fused ops' (``csrc/cpu/rnn_step_cpu.cpp``; the CUD
 the same), with ``(w, idx)`` in place of ``(*idx, w)``::
 
     step(w, idx, gx, h, [c], [b_hh], *params)            -> h' | (h', [c'], acts)
-    step_backward(w, idx, *saved, dh, [dc], *params)     -> ([dgx], dG, dh_prev, [dc_prev])
+    step_backward(w, idx, *saved, dh, [dc], *params, values_t=None)
+                                                         -> ([dgx], dG, dh_prev, [dc_prev])
+
+(``values_t``: W_hh's values in column order, :func:`transposed`, made once per sequence.)
 
 ``[c]``/``[dc]`` only for a cell with a cell state (LSTM), ``[b_hh]`` only where the hidden
 bias enters the step (GRU's n gate), ``[dgx]`` only where the input-side gate gradient differs
@@ -37,9 +40,20 @@ def mm(w, idx, x):
     return w @ x if idx is None else _ops.spmm(*idx, w, x)
 
 
-def mm_t(w, idx, g):
-    """W^T g."""
-    return w.t() @ g if idx is None else _ops.spmm_t(*idx, w, g)
+def mm_t(w, idx, g, w_t=None):
+    """W^T g; ``w_t``: a sparse W's values in column order (:func:`transposed`), or None."""
+    return w.t() @ g if idx is None else _ops.spmm_t(*idx, w, g, w_t)
+
+
+def transposed(w, idx):
+    """A sparse W's values in the order of its transposed index, ``values[csc_perm]``, for the
+    W^T g products that share these values (a recurrence's backward: once per sequence instead
+    of a gather in each of its T steps, csrc/values_t.h); None for a dense W. No gradient: the
+    products' gradients go to ``w``."""
+    if idx is None:
+        return None
+    with torch.no_grad():
+        return w.index_select(0, idx[4])
 
 
 def wgrad(idx, g, x):
@@ -57,46 +71,51 @@ def _block(g, H, k):
     return g[k * H:(k + 1) * H]
 
 
+# The composed forward steps write their saved activations in place into one new tensor (the
+# pre-activations' own, LSTM; one of 4H rows, GRU): no per-gate temporaries and no torch.cat copy
+# of them. They run inside the Recurrence's forward, where autograd records nothing.
 def lstm_step(w, idx, gx, h, c):
-    g = gx + mm(w, idx, h)
+    g = gx + mm(w, idx, h)  # becomes the saved activations [i, f, g, o]
     H = h.shape[0]
-    i, f, o = (torch.sigmoid(_block(g, H, _LSTM[k])) for k in "ifo")
-    gg = torch.tanh(_block(g, H, _LSTM["g"]))
+    i, f, gg, o = (_block(g, H, _LSTM[k]) for k in "ifgo")
+    i.sigmoid_(), f.sigmoid_(), gg.tanh_(), o.sigmoid_()
     c2 = torch.addcmul(f * c, i, gg)
     h2 = o * torch.tanh(c2)
-    return h2, c2, torch.cat([i, f, gg, o])
+    return h2, c2, g
 
 
-def lstm_step_backward(w, idx, acts, c_prev, c, dh, dc):
+def lstm_step_backward(w, idx, acts, c_prev, c, dh, dc, values_t=None):
     i, f, g, o = acts.chunk(SAVED_ACTS["LSTM"])
     tc = torch.tanh(c)
     dct = dc + dh * o * (1 - tc * tc)
     dG = torch.cat([dct * g * i * (1 - i), dct * c_prev * f * (1 - f), dct * i * (1 - g * g),
                     dh * tc * o * (1 - o)])
-    return dG, mm_t(w, idx, dG), dct * f
+    return dG, mm_t(w, idx, dG, values_t), dct * f
 
 
 def gru_step(w, idx, gx, h, b_hh):
     gh = mm(w, idx, h)
     if b_hh is not None:
-        gh = gh + b_hh[:, None]
+        gh.add_(b_hh[:, None])
     H = h.shape[0]
-    r = torch.sigmoid(_block(gx, H, _GRU["r"]) + _block(gh, H, _GRU["r"]))
-    z = torch.sigmoid(_block(gx, H, _GRU["z"]) + _block(gh, H, _GRU["z"]))
-    ghn = _block(gh, H, _GRU["n"])
-    n = torch.tanh(_block(gx, H, _GRU["n"]) + r * ghn)
+    acts = gh.new_empty(4 * H, h.shape[1])  # the saved activations [r, z, n, W_hn h + b_hn]
+    r, z, n, ghn = (_block(acts, H, k) for k in range(4))
+    torch.add(_block(gx, H, _GRU["r"]), _block(gh, H, _GRU["r"]), out=r).sigmoid_()
+    torch.add(_block(gx, H, _GRU["z"]), _block(gh, H, _GRU["z"]), out=z).sigmoid_()
+    ghn.copy_(_block(gh, H, _GRU["n"]))
+    torch.addcmul(_block(gx, H, _GRU["n"]), r, ghn, out=n).tanh_()
     h2 = n + z * (h - n)
-    return h2, torch.cat([r, z, n, ghn])
+    return h2, acts
 
 
-def gru_step_backward(w, idx, acts, h_prev, dh):
+def gru_step_backward(w, idx, acts, h_prev, dh, values_t=None):
     r, z, n, ghn = acts.chunk(SAVED_ACTS["GRU"])
     dn = dh * (1 - z) * (1 - n * n)
     dr = dn * ghn * r * (1 - r)
     dz = dh * (h_prev - n) * z * (1 - z)
     dgx = torch.cat([dr, dz, dn])
     dgh = torch.cat([dr, dz, dn * r])
-    return dgx, dgh, dh * z + mm_t(w, idx, dgh)
+    return dgx, dgh, dh * z + mm_t(w, idx, dgh, values_t)
 
 
 def rnn_step(w, idx, gx, h, relu):
@@ -104,9 +123,9 @@ def rnn_step(w, idx, gx, h, relu):
     return torch.relu(pre) if relu else torch.tanh(pre)
 
 
-def rnn_step_backward(w, idx, h2, dh, relu):
+def rnn_step_backward(w, idx, h2, dh, relu, values_t=None):
     dpre = dh * (h2 > 0) if relu else dh * (1 - h2 * h2)
-    return dpre, mm_t(w, idx, dpre)
+    return dpre, mm_t(w, idx, dpre, values_t)
 
 
 def ctrnn_step(w, idx, gx, h, dt, tau):
@@ -114,9 +133,9 @@ def ctrnn_step(w, idx, gx, h, dt, tau):
     return h * (1 - dt / tau) + dt * a, a
 
 
-def ctrnn_step_backward(w, idx, a, dh, dt, tau):
+def ctrnn_step_backward(w, idx, a, dh, dt, tau, values_t=None):
     dpre = dh * dt * (1 - a * a)
-    return dpre, dh * (1 - dt / tau) + mm_t(w, idx, dpre)
+    return dpre, dh * (1 - dt / tau) + mm_t(w, idx, dpre, values_t)
 
 
 # ------------------------------------------------------------------- the table
@@ -127,7 +146,7 @@ ACTS, H_PREV, H_NEW, C_PREV, C_NEW = ("acts", 0), ("h", 0), ("h", 1), ("c", 0), 
 
 def _index_first(op):
     """An op taking (*idx, w, ...) as a step taking (w, idx, ...)."""
-    return lambda w, idx, *args: op(*idx, w, *args)
+    return lambda w, idx, *args, **kwargs: op(*idx, w, *args, **kwargs)
 
 
 def _no_params(cfg) -> tuple:
@@ -187,13 +206,13 @@ class Cell:
             out = (out,)
         return out[0], (out[1] if self.cell_state else c), (out[-1] if self.saved_acts else None)
 
-    def backward_step(self, step_backward, w, idx, saved, dh, dc, params):
+    def backward_step(self, step_backward, w, idx, saved, dh, dc, params, values_t=None):
         """One step back: (input-side gate gradient, hidden-side gate gradient, dh_prev, dc_prev
-        (``dc`` unchanged without a cell state))."""
+        (``dc`` unchanged without a cell state)). ``values_t``: :func:`transposed` of W_hh, or None."""
         if self.cell_state:
-            out = step_backward(w, idx, *saved, dh, dc, *params)
+            out = step_backward(w, idx, *saved, dh, dc, *params, values_t=values_t)
         else:
-            out = step_backward(w, idx, *saved, dh, *params)
+            out = step_backward(w, idx, *saved, dh, *params, values_t=values_t)
         k = 1 if self.input_grad else 0
         return out[0], out[k], out[k + 1], (out[k + 2] if self.cell_state else dc)
 

@@ -8,12 +8,15 @@ the module transposes to torch's (T, B, H) once at the end (:func:`batch_rows`).
 Forward:  per step the input part W_ih x_t (+ biases) (one product on that step's block, used at
           once: no T x G*H x B buffer), then the recurrent product W_hh h and the gate
           nonlinearities, fused into one op where it has a kernel (CPU: ``csrc/cpu/rnn_step_cpu.cpp``;
-          CUDA: ``csrc/cuda/rnn_step_cuda.cu``), composed from spmm + torch elementwise ops otherwise
-          (see :func:`fused_ok`); the new state is written into Y's block.
+          CUDA: ``csrc/cuda/rnn_step_cuda.cu``) and, on the CPU, where the measured rule says it is
+          faster (:func:`fused_steps`), composed from spmm + torch elementwise ops otherwise; the new
+          state is written into Y's block.
 Backward: per step the elementwise gate gradient and one spmm_t (W_hh^T dG) for the hidden
           gradient, then that step's part of each weight gradient (sddmm, or a dense product,
           added up over the steps), of the bias gradients and of the input gradient (spmm_t):
-          no stacked gate gradients or states.
+          no stacked gate gradients or states. The spmm_t of every step read the values in
+          column order: they are gathered once per backward (``transposed``, an nnz copy held
+          while it runs), not in each step (csrc/values_t.h).
 Small runs (:data:`STACK_BYTES`: big weights, small activations) instead compute the input part
           of all steps as one product and, in the backward, stack the per-step gate gradients and
           states for one sddmm (or dense product) per weight over all T*B columns.
@@ -47,7 +50,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .cell_table import CELLS, has_fused_kernels, mm, mm_t, wgrad
+from .cell_table import CELLS, has_fused_kernels, mm, mm_t, transposed, wgrad
+from ..kernels.choose import choose_fused
 from ..export import check_not_torchscript
 
 
@@ -78,6 +82,22 @@ def fused_ok(cfg: Config, w_hh: torch.Tensor) -> bool:
     device with the kernels."""
     return (cfg.fused and cfg.idx_hh is not None and w_hh.dtype in _FUSED_DTYPES
             and has_fused_kernels(w_hh.device.type))
+
+
+def fused_steps(cfg: Config, w_hh: torch.Tensor) -> tuple[bool, bool]:
+    """(forward, backward): whether each direction of the step runs the fused op. Where they apply
+    (:func:`fused_ok`) and, on the CPU, where the measured rule
+    :func:`sparse_engine.kernels.choose.choose_fused` expects the fused op to be faster than the
+    composed step for this W_hh (nonzeros per row) and batch; the two directions share one
+    calling convention, so either can be composed while the other is fused."""
+    if not fused_ok(cfg, w_hh):
+        return False, False
+    sizes = (cfg.hidden, cfg.batch)
+    if w_hh.device.type != "cpu" or not all(isinstance(v, int) and v >= 1 for v in sizes):
+        return True, True  # other devices: not measured; symbolic or empty sizes: no guard on them
+    nnz = cfg.idx_hh[1].numel()
+    return (choose_fused(cfg.mode, cfg.hidden, nnz, cfg.batch),
+            choose_fused(cfg.mode, cfg.hidden, nnz, cfg.batch, backward=True))
 
 
 # ----------------------------------------------------------------- the Function
@@ -176,13 +196,13 @@ class Recurrence(torch.autograd.Function):
         bias = None
         if b_ih is not None:
             bias = b_ih if cell.hidden_bias or b_hh is None else b_ih + b_hh
-        fused = fused_ok(cfg, w_hh)
+        fused, fused_backward = fused_steps(cfg, w_hh)
         stacked = stacks(cfg, cell, h0)
-        if stacked:  # the input part of all steps as one product
+        if stacked:  # the input part of all steps as one product, (G*H, T*B); step t reads its
+            # B columns where they are (the CPU step kernel takes a row stride): no step-major copy
             gx = mm(w_ih, cfg.idx_ih, _to_cols(x))
             if bias is not None:
-                gx = gx + bias[:, None]
-            gx = gx.view(gx.shape[0], T, B).permute(1, 0, 2).contiguous()  # (T, G*H, B)
+                gx.add_(bias[:, None])
         step, _ = cell.steps(fused)
         idx, U = cfg.idx_hh, cell.unfolds(cfg)
         tail = ((b_hh,) if cell.hidden_bias else ()) + cell.params(cfg)
@@ -191,7 +211,7 @@ class Recurrence(torch.autograd.Function):
         inner, cs, acts = {}, [c0], []
         h, c, k = h0, c0, 0
         for t in order:
-            g = gx[t] if stacked else _input_part(w_ih, cfg.idx_ih, x[t], bias)
+            g = gx[:, t * B:(t + 1) * B] if stacked else _input_part(w_ih, cfg.idx_ih, x[t], bias)
             for u in range(U):
                 h, c, a = cell.forward_step(step, w_hh, idx, g, h, c, tail)
                 k += 1
@@ -204,7 +224,7 @@ class Recurrence(torch.autograd.Function):
             y[t] = h
         ctx.cfg = cfg
         ctx.has_bias = b_ih is not None
-        ctx.fused = fused
+        ctx.fused_backward = fused_backward
         ctx.stacked = stacked
         ctx.inner_keys = tuple(inner)
         ctx.n_c = len(cs) if cell.cell_state else 0
@@ -231,7 +251,7 @@ class Recurrence(torch.autograd.Function):
         inner = dict(zip(ctx.inner_keys, rest[:n_inner]))
         cs, acts = rest[n_inner:n_inner + ctx.n_c], rest[n_inner + ctx.n_c:]
         need = ctx.needs_input_grad  # (cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-        _, step_backward = cell.steps(ctx.fused)
+        _, step_backward = cell.steps(ctx.fused_backward)
         idx, U, params = cfg.idx_hh, cell.unfolds(cfg), cell.params(cfg)
         order = list(range(T - 1, -1, -1)) if cfg.reverse else list(range(T))
         states = _States(h0, y, inner, order, U)
@@ -241,6 +261,9 @@ class Recurrence(torch.autograd.Function):
         if cell.cell_state:
             dc = h0.new_zeros(H, B) if dc_T is None else dc_T
         stacked = ctx.stacked or cfg.sink is not None  # growth by gradient: the whole (G, X) of each weight
+        # W^T dG in every step reads the values in column order: gathered once here, not per step
+        w_hh_t = transposed(w_hh, idx) if T * U > 1 else None
+        w_ih_t = transposed(w_ih, cfg.idx_ih) if need[1] and not stacked and T > 1 else None
         bias_grads = ctx.has_bias and (need[6] or need[7])
         d_x = d_w_ih = d_w_hh = d_b_ih = d_b_hh = dgx_t = dgh_s = None
         if stacked:
@@ -256,7 +279,8 @@ class Recurrence(torch.autograd.Function):
             t = order[s // U]
             if s % U == U - 1 and dy is not None:
                 dh = dh + dy[t]
-            dG_x, dG, dh, dc = cell.backward_step(step_backward, w_hh, idx, cell.saved_at(s, bufs), dh, dc, params)
+            dG_x, dG, dh, dc = cell.backward_step(step_backward, w_hh, idx, cell.saved_at(s, bufs), dh, dc, params,
+                                                  w_hh_t)
             if stacked:
                 dgh_s[s] = dG
                 dgx_t[t] = dG_x if dgx_t[t] is None else dgx_t[t] + dG_x
@@ -267,7 +291,7 @@ class Recurrence(torch.autograd.Function):
             if d_w_ih is not None:
                 _wgrad_into(d_w_ih, cfg.idx_ih, dG_x, x_t)
             if d_x is not None:
-                d_x[t] += mm_t(w_ih, cfg.idx_ih, dG_x)
+                d_x[t] += mm_t(w_ih, cfg.idx_ih, dG_x, w_ih_t)
             if bias_grads:
                 g_sum = dG.sum(1)
                 d_b_hh += g_sum
