@@ -9,6 +9,8 @@
 //   rnn_step   {lstm,gru,rnn,ctrnn}_step(_backward)  rnn_step_cpu.cpp   rnn_step_cuda.cu  + rnn_step_glue.cpp
 //   topology   select_smallest ... gather_csr        topology_cpu.cpp   none: torch primitives in
 //                                                                       sparse_engine/kernels/topology_cuda.py
+//   densify    pattern_bits ... same_bytes           densify_cpu.cpp    none (CPU only; on CUDA the dense
+//                                                                       path uses scatter_csr/gather_csr)
 //   analysis   signed_triad_census, ...              analysis_cpu.cpp   none (CPU only)
 //   mlp        relu_dropout, sgd_step                mlp_cpu.cpp        none (CPU only; CUDA uses torch ops)
 //
@@ -83,6 +85,16 @@ TORCH_LIBRARY(sparse_engine, m) {
   m.def("scatter_csr(Tensor row_ptr, Tensor col_idx, Tensor values, Tensor(a!) dense) -> ()");
   // out[k] = dense[r, c] for every stored entry k at (r, c)
   m.def("gather_csr(Tensor row_ptr, Tensor col_idx, Tensor dense) -> Tensor");
+
+  // ---------------------------------------------------------------- densify
+  // The CSR pattern as bits, int16 [rows, ceil(n_cols / 16)]: bit b of word j of row r set iff (r, 16 j + b) is stored
+  m.def("pattern_bits(Tensor row_ptr, Tensor col_idx, int n_cols) -> Tensor");
+  // dense <- the values at the positions of the pattern's bits and zeros elsewhere (every entry of dense written)
+  m.def("expand_bits(Tensor row_ptr, Tensor bits, Tensor values, Tensor(a!) dense) -> ()");
+  // out[k] = dense at the k-th stored position of the pattern's bits
+  m.def("compress_bits(Tensor row_ptr, Tensor bits, Tensor dense) -> Tensor");
+  // whether a and b have the same dtype and shape and hold the same bytes
+  m.def("same_bytes(Tensor a, Tensor b) -> bool");
 
   // ---------------------------------------------------------------- analysis
   // Signed triad census of the graph "entry (r, c) = edge c -> r": (census int64[16] with

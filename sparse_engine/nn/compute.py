@@ -42,7 +42,8 @@ from ..sparse import SparseWeight
 _ops = torch.ops.sparse_engine
 
 __all__ = ["COMPUTE_CHOICES", "set_default_compute", "get_default_compute", "default_compute",
-           "set_dense_budget", "get_dense_budget", "check_compute", "use_dense", "auto_min_density", "materialize"]
+           "set_dense_budget", "get_dense_budget", "check_compute", "use_dense", "auto_min_density", "materialize",
+           "materialize_all"]
 
 COMPUTE_CHOICES = ("auto", "sparse", "dense")
 #: bytes of dense matrices one module may materialise per forward (all layers together)
@@ -108,21 +109,24 @@ def use_dense(mode: str | None, weights, hidden_size: int, device_type: str = "c
     (SparseWeights or dense tensors) on ``device_type`` runs dense this forward. ``auto`` goes dense
     on the CPU only, where its rule was measured (on a GPU it stays sparse until measured there;
     ``compute='dense'`` works on any device)."""
-    mode = get_default_compute() if mode is None else mode
+    mode = _state["compute"] if mode is None else mode
     if mode == "sparse":
         return False
-    sparse = [w for w in weights if isinstance(w, SparseWeight)]
-    itemsize = lambda w: w.values.element_size()  # noqa: E731
-    nbytes = sum(w.shape[0] * w.shape[1] * itemsize(w) for w in sparse)
-    if nbytes > get_dense_budget():
+    nbytes = entries = nnz = 0
+    for w in weights:
+        if isinstance(w, SparseWeight):
+            values, _, col_idx = _parts(w)
+            rows, cols = w.shape
+            entries += rows * cols
+            nbytes += rows * cols * values.element_size()
+            nnz += col_idx.numel()
+    if nbytes > _state["budget"]:
         return False
-    if mode == "dense" or not sparse:
+    if mode == "dense" or not entries:
         return True
     if device_type != "cpu":
         return False
-    entries = sum(w.shape[0] * w.shape[1] for w in sparse)
-    density = sum(w.nnz for w in sparse) / entries if entries else 1.0
-    return density >= auto_min_density(hidden_size)
+    return nnz / entries >= auto_min_density(hidden_size)
 
 
 def auto_min_density(hidden_size: int) -> float:
@@ -137,53 +141,117 @@ def auto_min_density(hidden_size: int) -> float:
 def materialize(w) -> torch.Tensor:
     """The dense matrix of a SparseWeight, differentiable with respect to its values only (the
     gradient of the dense matrix is read at the stored positions); a dense weight as it is.
-
-    The matrix is written into a buffer kept per weight, whose zeros stay from one call to the
-    next while the pattern is the same, so each call writes the nnz values only (the op
-    ``scatter_csr``): a fresh zero-filled matrix per forward costs, at hidden 200, about as much
-    again in page faults and cache misses of torch's recurrence as the writing itself. The
-    buffer is reused only when nothing else holds it (the graph of an earlier forward that has
-    not run its backward keeps its own, and a new buffer is made), and the values are written
-    on every call (an update through ``.data`` leaves the version counter as it is, so a dense
-    copy kept for unchanged values could go stale unseen)."""
-    if not isinstance(w, SparseWeight):
-        return w
-    entry = _entry(w)
-    values = w.values
-    buf = entry.buffer
-    if buf is None or buf.dtype != values.dtype or buf.device != values.device or _held(buf):
-        buf = entry.buffer = values.new_zeros(w.shape)
-    if torch.is_grad_enabled() and values.requires_grad:
-        return _ToDense.apply(values, w.row_ptr, w.col_idx, buf)
-    _ops.scatter_csr(w.row_ptr, w.col_idx, values, buf)
-    return buf.detach()
+    :func:`materialize_all` does a module's matrices in one go, and says how. The matrix is a
+    buffer of this module's: read it, do not write it."""
+    return materialize_all([w])[0]
 
 
-def _held(buf: torch.Tensor) -> bool:
-    """Whether anything but ``buf`` itself shares its storage (the Python storage object made
-    here counts one; torch's cudagraph trees test their cached buffers the same way)."""
-    return torch._C._storage_Use_Count(buf.untyped_storage()._cdata) > 2
+def materialize_all(weights) -> list:
+    """:func:`materialize` of each weight (SparseWeights and dense tensors) in one call; the
+    matrices that need a gradient share one autograd node (one Python call forward and one
+    backward per module, not per matrix). A dense weight is returned as it is.
+
+    Each matrix is a buffer kept per weight and thread while its pattern stays (not allocated and
+    faulted in again at each forward: a fresh zero-filled matrix per forward cost, at hidden 200,
+    about as much again in page faults and in cache misses of torch's recurrence as the writing
+    itself). It is reused only when nothing else holds it (the graph of an earlier forward that
+    has not run its backward keeps its own, and a new buffer is made). On the CPU the values are
+    written with the pattern's bits (the op ``expand_bits``: whole rows, zeros included, 16
+    columns at a time), elsewhere at the stored positions (``scatter_csr``, into zeros).
+
+    A call without a gradient (inference, evaluation) skips the write when the buffer still holds
+    what the last such call wrote and the values are, byte for byte, those it wrote then (the op
+    ``same_bytes`` against a copy kept of them): a full comparison, so an update of any kind (in
+    place, through ``.data``, which leaves the version counter as it is, a new ``.data``) is
+    seen. What the buffer holds is known: only these ops write it, a call with a gradient or a
+    new buffer forgets the kept copy, and an in-place write through an alias of the buffer (what
+    this function returns) moves the buffer's version counter, which is compared too."""
+    out = list(weights)
+    entries = _entries()
+    grad = torch.is_grad_enabled()
+    pending = []  # (position in out, values, row_ptr, col_idx, bits, buffer) of the matrices with a graph
+    for i, w in enumerate(weights):
+        if not isinstance(w, SparseWeight):
+            continue
+        values, row_ptr, col_idx = _parts(w)
+        entry = entries.get(w)
+        if entry is None or not entry.matches(row_ptr, col_idx):
+            entry = entries[w] = _Entry(row_ptr, col_idx, w.shape[1])
+        buf = entry.free_buffer(values, w.shape)
+        if grad and values.requires_grad:
+            entry.forget()
+            pending.append((i, values, row_ptr, col_idx, entry.bits, buf))
+        else:
+            entry.write(values, buf)
+            out[i] = buf.detach()
+    if pending:
+        dense = _ToDense.apply(*(t for p in pending for t in p[1:]))
+        for p, d in zip(pending, dense if len(pending) > 1 else (dense,)):
+            out[p[0]] = d
+    return out
+
+
+def _parts(w: SparseWeight) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(values, row_ptr, col_idx) of a SparseWeight; a plain one's read from its dicts, without
+    nn.Module's ``__getattr__`` (a parametrized one is of a subclass: its values go through the
+    parametrization)."""
+    if type(w) is SparseWeight:
+        return w._parameters["values"], w._buffers["row_ptr"], w._buffers["col_idx"]
+    return w.values, w.row_ptr, w.col_idx
+
+
+def _write(values, row_ptr, col_idx, bits, buf) -> None:
+    """buf <- the matrix: with the pattern's bits (every entry written), else at the stored
+    positions (buf holds zeros elsewhere)."""
+    if bits is not None:
+        _ops.expand_bits(row_ptr, bits, values, buf)
+    else:
+        _ops.scatter_csr(row_ptr, col_idx, values, buf)
+
+
+def _read(grad, row_ptr, col_idx, bits) -> torch.Tensor:
+    """The dense ``grad`` at the stored positions."""
+    if bits is not None:
+        return _ops.compress_bits(row_ptr, bits, grad)
+    return _ops.gather_csr(row_ptr, col_idx, grad)
 
 
 class _ToDense(torch.autograd.Function):
-    """(values, row_ptr, col_idx, buffer) -> the buffer with the values written at the pattern's
-    positions (zeros elsewhere, see :func:`materialize`), as a new alias. Its backward reads the
-    gradient at those positions (:class:`_AtPattern`), and that one's backward writes into zeros
-    again, so double backward works."""
+    """(values, row_ptr, col_idx, bits or None, buffer) * n -> the n buffers holding their
+    matrices (see :func:`_write`; without bits the buffer must hold zeros off the pattern), each
+    as a new alias (one tensor for n = 1, else a tuple). Its backward reads each gradient at the
+    stored positions (:func:`_read`; :class:`_AtPattern` when the backward itself is
+    differentiated, whose backward writes into zeros again, so double backward works); an output
+    without a gradient gives its values none."""
 
     @staticmethod
-    def forward(values, row_ptr, col_idx, buf):
-        _ops.scatter_csr(row_ptr, col_idx, values, buf)
-        return buf.detach()
+    def forward(*args):
+        outs = []
+        for k in range(0, len(args), 5):
+            _write(*args[k:k + 5])
+            outs.append(args[k + 4].detach())
+        return outs[0] if len(outs) == 1 else tuple(outs)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[1], inputs[2])
+        ctx.save_for_backward(*(t for k in range(0, len(inputs), 5) for t in inputs[k + 1:k + 4]))
+        ctx.set_materialize_grads(False)
 
     @staticmethod
-    def backward(ctx, grad):
-        row_ptr, col_idx = ctx.saved_tensors
-        return _AtPattern.apply(grad, row_ptr, col_idx), None, None, None
+    def backward(ctx, *grads):
+        index = ctx.saved_tensors
+        double = torch.is_grad_enabled()  # create_graph: the gradient is differentiated again
+        out = []
+        for j, grad in enumerate(grads):
+            row_ptr, col_idx, bits = index[3 * j:3 * j + 3]
+            if grad is None:
+                g = None
+            elif double:
+                g = _AtPattern.apply(grad, row_ptr, col_idx)
+            else:
+                g = _read(grad, row_ptr, col_idx, bits)
+            out += [g, None, None, None, None]
+        return tuple(out)
 
 
 class _AtPattern(torch.autograd.Function):
@@ -201,22 +269,61 @@ class _AtPattern(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         row_ptr, col_idx = ctx.saved_tensors
-        return _ToDense.apply(grad, row_ptr, col_idx, grad.new_zeros(ctx.shape)), None, None
+        return _ToDense.apply(grad, row_ptr, col_idx, None, grad.new_zeros(ctx.shape)), None, None
 
 
 class _Entry:
-    """What :func:`materialize` keeps per weight: the pattern it was made for (its index tensors
-    and their versions) and the dense buffer."""
-    __slots__ = ("row_ptr", "col_idx", "versions", "buffer")
+    """What :func:`materialize_all` keeps per weight and thread: the pattern it was made for (its
+    index tensors and their versions; ``set_pattern`` and ``load_state_dict`` give a weight new
+    ones), the pattern's bits (CPU), the dense buffer with its storage (kept, so the test of
+    whether anything else holds the buffer makes no Python object per call), and for the skip of
+    an unchanged write the values it last wrote without a gradient (``last``) and the buffer's
+    version after that write (``written``; None: forgotten)."""
+    __slots__ = ("row_ptr", "col_idx", "versions", "bits", "buffer", "storage", "last", "written")
 
-    def __init__(self, w: SparseWeight):
-        self.row_ptr, self.col_idx = w.row_ptr, w.col_idx
-        self.versions = (w.row_ptr._version, w.col_idx._version)
-        self.buffer = None
+    def __init__(self, row_ptr: torch.Tensor, col_idx: torch.Tensor, cols: int):
+        self.row_ptr, self.col_idx = row_ptr, col_idx
+        self.versions = (row_ptr._version, col_idx._version)
+        self.bits = _ops.pattern_bits(row_ptr, col_idx, cols) if row_ptr.device.type == "cpu" else None
+        self.buffer = self.storage = self.last = self.written = None
 
-    def matches(self, w: SparseWeight) -> bool:
-        rp, ci = w.row_ptr, w.col_idx
-        return self.row_ptr is rp and self.col_idx is ci and self.versions == (rp._version, ci._version)
+    def matches(self, row_ptr: torch.Tensor, col_idx: torch.Tensor) -> bool:
+        return (self.row_ptr is row_ptr and self.col_idx is col_idx
+                and self.versions == (row_ptr._version, col_idx._version))
+
+    def free_buffer(self, values: torch.Tensor, shape) -> torch.Tensor:
+        """The buffer, or a new zero-filled one where it has another dtype or device or is held
+        elsewhere: anything but the buffer itself and the kept storage object that shares its
+        storage (an alias in a graph whose backward has not run; torch's cudagraph trees test
+        their cached buffers the same way)."""
+        buf = self.buffer
+        if (buf is None or buf.dtype != values.dtype or buf.device != values.device
+                or torch._C._storage_Use_Count(self.storage._cdata) > 2):
+            buf = self.buffer = values.new_zeros(shape)
+            self.storage = buf.untyped_storage()
+            self.written = None
+        return buf
+
+    def forget(self) -> None:
+        """The buffer is about to be written by a call with a gradient."""
+        self.written = None
+
+    def write(self, values: torch.Tensor, buf: torch.Tensor) -> None:
+        """buf <- the matrix of ``values``, without a gradient: skipped when buf holds the matrix
+        of the values last written (see :func:`materialize_all`); on the CPU only, where the
+        comparison costs a third of the write."""
+        if self.bits is None:
+            _write(values, self.row_ptr, self.col_idx, None, buf)
+            return
+        last = self.last
+        if self.written == buf._version and _ops.same_bytes(values, last):
+            return
+        self.written = None
+        _write(values, self.row_ptr, self.col_idx, self.bits, buf)
+        if last is None or last.shape != values.shape or last.dtype != values.dtype:
+            last = self.last = torch.empty_like(values, memory_format=torch.contiguous_format)
+        last.copy_(values)
+        self.written = buf._version
 
 
 #: per thread, weight -> its _Entry: kept outside the module (not pickled, not copied), dropped
@@ -225,13 +332,10 @@ class _Entry:
 _LOCAL = threading.local()
 
 
-def _entry(w: SparseWeight) -> _Entry:
-    """The weight's entry in this thread, made again when its pattern changed (``set_pattern``
-    and ``load_state_dict`` give it new index tensors)."""
+def _entries() -> weakref.WeakKeyDictionary:
+    """This thread's weight -> _Entry (made again by :func:`materialize_all` when the weight's
+    pattern changed)."""
     entries = _LOCAL.__dict__.get("entries")
     if entries is None:
         entries = _LOCAL.entries = weakref.WeakKeyDictionary()
-    entry = entries.get(w)
-    if entry is None or not entry.matches(w):
-        entry = entries[w] = _Entry(w)
-    return entry
+    return entries
