@@ -11,6 +11,8 @@
 //                                                                       sparse_engine/kernels/topology_cuda.py
 //   densify    pattern_bits ... same_bytes           densify_cpu.cpp    none (CPU only; on CUDA the dense
 //                                                                       path uses scatter_csr/gather_csr)
+//   dense_rnn  gru_sequence(_backward)               dense_rnn_cpu.cpp  none (CPU only; on CUDA the dense
+//                                                                       path runs torch's GRU)
 //   analysis   signed_triad_census, ...              analysis_cpu.cpp   none (CPU only)
 //   mlp        relu_dropout, sgd_step                mlp_cpu.cpp        none (CPU only; CUDA uses torch ops)
 //
@@ -95,6 +97,14 @@ TORCH_LIBRARY(sparse_engine, m) {
   m.def("compress_bits(Tensor row_ptr, Tensor bits, Tensor dense) -> Tensor");
   // whether a and b have the same dtype and shape and hold the same bytes
   m.def("same_bytes(Tensor a, Tensor b) -> bool");
+
+  // ---------------------------------------------------------------- dense_rnn
+  // A GRU layer-direction over a whole sequence with a dense W_hh, time- and batch-major: from
+  // gx = x W_ih^T + b_ih (T, B, 3H) and h0 (B, H): y (T, B, H), acts (T, B, 4H) = [r, z, n, W_hn h + b_hn]
+  m.def("gru_sequence(Tensor gx, Tensor h0, Tensor w_hh, Tensor? b_hh, bool reverse) -> (Tensor, Tensor)");
+  // its backward from dy (T, B, H): (dgx, dh0, dw_hh, db_hh: undefined without a bias)
+  m.def("gru_sequence_backward(Tensor dy, Tensor acts, Tensor y, Tensor h0, Tensor w_hh, bool reverse, "
+        "bool has_bias) -> (Tensor, Tensor, Tensor, Tensor)");
 
   // ---------------------------------------------------------------- analysis
   // Signed triad census of the graph "entry (r, c) = edge c -> r": (census int64[16] with

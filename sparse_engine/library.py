@@ -47,6 +47,9 @@ pattern_bits             fake
 expand_bits              fake
 compress_bits            fake
 same_bytes               none (returns a bool)
+[dense_rnn] CPU csrc/cpu/dense_rnn_cpu.cpp, no CUDA kernels (the dense path runs torch's GRU there)
+gru_sequence             fake
+gru_sequence_backward    fake
 [analysis] CPU csrc/cpu/analysis_cpu.cpp, no CUDA kernels
 signed_triad_census      fake
 transitive_semicycles    fake
@@ -57,7 +60,8 @@ sgd_step                 fake
 
 Autograd: spmm, spmm_t and sddmm each have a formula written with the other two (so double
 backward works too); the recurrent steps are differentiated by their ``*_backward`` ops inside
-``sparse_engine.nn``'s autograd.Function; the topology, densify, analysis and mlp ops are not
+``sparse_engine.nn``'s autograd.Function; gru_sequence by gru_sequence_backward inside
+``sparse_engine.nn.dense_rnn``'s; the topology, densify, analysis and mlp ops are not
 differentiable (the dense-compute path's autograd.Function in ``sparse_engine.nn.compute`` pairs
 scatter_csr/expand_bits with gather_csr/compress_bits).
 The mlp ops work in place (SparseMLP's ReLU + dropout, SETSGD's step) and are called only
@@ -270,6 +274,20 @@ def _expand_bits_fake(row_ptr, bits, values, dense):
 @_fake("sparse_engine::compress_bits")
 def _compress_bits_fake(row_ptr, bits, dense):
     return dense.new_empty((torch.library.get_ctx().new_dynamic_size(),))
+
+
+# ------------------------------------------------------------------------- dense_rnn
+@_fake("sparse_engine::gru_sequence")
+def _gru_sequence_fake(gx, h0, w_hh, b_hh, reverse):
+    T, B, G = gx.shape
+    return gx.new_empty((T, B, G // 3)), gx.new_empty((T, B, 4 * (G // 3)))
+
+
+@_fake("sparse_engine::gru_sequence_backward")
+def _gru_sequence_backward_fake(dy, acts, y, h0, w_hh, reverse, has_bias):
+    T, B, H = y.shape
+    return (y.new_empty((T, B, 3 * H)), y.new_empty((B, H)), y.new_empty((3 * H, H)),
+            y.new_empty((3 * H,)) if has_bias else None)
 
 
 # -------------------------------------------------------------------------- analysis

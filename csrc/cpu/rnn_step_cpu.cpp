@@ -21,79 +21,11 @@
 #include <cmath>
 #include "common.h"
 #include "gather.h"
+#include "vmath.h"
 #include "../rnn_step_ops.h"
-
-#if defined(__AVX2__)
-#include <immintrin.h>
-// SLEEF's vector exp/tanh (1 ulp), the ones ATen's own vectorized kernels use; libtorch_cpu
-// exports them on x86-64 builds, but that is not a promise of torch's: they are weak symbols,
-// so a torch without them still loads this library and the scalar std:: functions run.
-// Without AVX2 the scalar functions are used too.
-extern "C" {
-__attribute__((weak)) __m256 Sleef_expf8_u10(__m256);
-__attribute__((weak)) __m256 Sleef_tanhf8_u10(__m256);
-__attribute__((weak)) __m256d Sleef_expd4_u10(__m256d);
-__attribute__((weak)) __m256d Sleef_tanhd4_u10(__m256d);
-}
-#endif
 
 namespace sparse_engine {
 namespace {
-
-// In-place elementwise f over a short array: SLEEF's vector function where it exists (the
-// tail padded to one full vector), else the scalar std:: function.
-#if defined(__AVX2__)
-template <typename T> struct Avx;
-template <> struct Avx<float> {
-  using vec = __m256;
-  static constexpr int lanes = 8;
-  static vec load(const float* p) { return _mm256_loadu_ps(p); }
-  static void store(float* p, vec v) { _mm256_storeu_ps(p, v); }
-};
-template <> struct Avx<double> {
-  using vec = __m256d;
-  static constexpr int lanes = 4;
-  static vec load(const double* p) { return _mm256_loadu_pd(p); }
-  static void store(double* p, vec v) { _mm256_storeu_pd(p, v); }
-};
-#endif
-
-template <typename T, typename VecFn, typename ScalarFn>
-inline void apply_inplace(T* a, int64_t n, VecFn vec_fn, ScalarFn scalar_fn) {
-#if defined(__AVX2__)
-  if (vec_fn != nullptr) {  // null when the weak SLEEF symbol is absent
-    using V = Avx<T>;
-    int64_t i = 0;
-    for (; i + V::lanes <= n; i += V::lanes) V::store(a + i, vec_fn(V::load(a + i)));
-    if (i < n) {
-      T t[V::lanes] = {0};
-      std::copy(a + i, a + n, t);
-      V::store(t, vec_fn(V::load(t)));
-      std::copy(t, t + (n - i), a + i);
-    }
-    return;
-  }
-#endif
-  for (int64_t i = 0; i < n; ++i) a[i] = scalar_fn(a[i]);
-}
-
-#if defined(__AVX2__)
-#define SE_SLEEF(name) &Sleef_##name##_u10
-#else
-#define SE_SLEEF(name) static_cast<void*>(nullptr)
-#endif
-inline void vtanh(float* a, int64_t n) { apply_inplace(a, n, SE_SLEEF(tanhf8), [](float x) { return std::tanh(x); }); }
-inline void vtanh(double* a, int64_t n) { apply_inplace(a, n, SE_SLEEF(tanhd4), [](double x) { return std::tanh(x); }); }
-inline void vexp(float* a, int64_t n) { apply_inplace(a, n, SE_SLEEF(expf8), [](float x) { return std::exp(x); }); }
-inline void vexp(double* a, int64_t n) { apply_inplace(a, n, SE_SLEEF(expd4), [](double x) { return std::exp(x); }); }
-#undef SE_SLEEF
-
-// a <- 1 / (1 + exp(-a))
-template <typename T> inline void vsigmoid(T* a, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) a[i] = -a[i];
-  vexp(a, n);
-  for (int64_t i = 0; i < n; ++i) a[i] = T(1) / (T(1) + a[i]);
-}
 
 // (Below kParallelWork multiply-adds or elements a step runs on one thread: a parallel region
 // costs more than it saves, and far more on a busy machine.)

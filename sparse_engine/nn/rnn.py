@@ -75,6 +75,7 @@ from torch.nn.utils.rnn import PackedSequence
 from .. import init as _init
 from ..constants import GATES
 from ..sparse import SparseWeight
+from . import dense_rnn
 from .compute import _parts, check_compute, materialize_all, use_dense
 from .recurrence import Config, RecordsGradFactors, batch_rows, check_input_dtype, projected_lstm, recurrence
 from .linear import EMPTY, fill_dense, refuse_dense_weights, resolve_density
@@ -519,6 +520,8 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
         weights = materialize_all(weights)  # the sparse ones written into their dense buffers
         hx = (h0, c0) if self.mode == "LSTM" else h0
         args = (weights, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional)
+        if self.mode == "GRU" and self.fused and batch_sizes is None and dense_rnn.fused_gru_applies(x):
+            return (*dense_rnn.gru(x, hx, *args), None)  # torch's GRU, each layer's steps fused
         run = _DENSE_FUNCTIONS[self.mode]
         res = run(x, hx, *args, False) if batch_sizes is None else run(x, batch_sizes, hx, *args)
         return res[0], res[1], (res[2] if self.mode == "LSTM" else None)
