@@ -120,8 +120,8 @@ def test_materialize_is_the_dense_matrix_with_the_gradient_at_the_pattern(rng):
     assert torch.equal(w.values.grad, G[row, col])
     weights = torch.randn(9, 6, generator=rng, dtype=torch.float64)
 
-    def f(values):  # what materialize applies when a gradient is needed, into fresh zeros
-        dense = compute._ToDense.apply(values, w.row_ptr, w.col_idx, None, values.new_zeros(9, 6))
+    def f(values):  # the autograd node of materialize, on the matrix written into fresh zeros
+        dense = compute._scattered(values, w.row_ptr, w.col_idx, (9, 6))
         return (dense ** 2 * weights).sum(0)
     values = w.values.detach().clone().requires_grad_(True)
     assert torch.autograd.gradcheck(f, (values,))
@@ -169,57 +169,82 @@ def test_materialize_reuses_its_buffer_only_when_free(rng):
         torch.testing.assert_close(getattr(m, name).values.grad, expect, rtol=1e-10, atol=1e-12)
 
 
-def test_inference_skips_the_write_of_unchanged_values_only(rng, monkeypatch):
-    """Without a gradient, a forward whose values are byte for byte those written last time
-    reuses the dense buffer as it is; any change is seen and written: in place under no_grad (an
-    optimizer step), through ``.data`` (no version bump), a new ``.data``, 0.0 -> -0.0 (equal as
-    numbers, not as bytes), an in-place write through the matrix ``materialize`` returned, a
-    forward with a gradient in between, a new pattern. Each forward equals torch's module."""
-    writes = []
-    orig = compute._write
-    monkeypatch.setattr(compute, "_write", lambda *a: (writes.append(a[-1].shape), orig(*a))[1])
+class _CountingOps:
+    """torch.ops.sparse_engine, recording each write of a dense buffer: ('all', rows) for
+    expand_bits, ('changed', rows written) for refresh_bits."""
+
+    def __init__(self):
+        self.writes = []
+
+    def __getattr__(self, name):
+        return getattr(torch.ops.sparse_engine, name)
+
+    def expand_bits(self, row_ptr, bits, values, dense):
+        self.writes.append(("all", dense.shape[0]))
+        return torch.ops.sparse_engine.expand_bits(row_ptr, bits, values, dense)
+
+    def refresh_bits(self, row_ptr, bits, values, dense):
+        n = torch.ops.sparse_engine.refresh_bits(row_ptr, bits, values, dense)
+        self.writes.append(("changed", n))
+        return n
+
+
+def test_a_forward_writes_only_the_rows_whose_values_changed(rng, monkeypatch):
+    """A buffer that holds the matrix written last gets only the rows whose values are not, byte
+    for byte, those in it: nothing when nothing changed; any change is seen: in place under
+    no_grad (an optimizer step), through ``.data`` (no version bump), a new ``.data``, 0.0 ->
+    -0.0 (equal as numbers, not as bytes); an in-place write through the matrix ``materialize``
+    returned, a new pattern or a buffer held elsewhere get the whole matrix written. Each forward
+    equals torch's module, and its matrices are bit for bit the weights' dense matrices."""
+    ops = _CountingOps()
+    monkeypatch.setattr(compute, "_ops", ops)
     m = se.nn.SparseLSTM(3, 5, density=0.5, compute="dense", dtype=torch.float64)
     x = torch.randn(4, 2, 3, generator=rng, dtype=torch.float64)
     w_ih, w_hh = m.weight_ih_l0, m.weight_hh_l0
+    rows = 4 * 5
 
-    def forward(expect_writes):
-        del writes[:]
-        with torch.no_grad():
+    def forward(expect, grad=False):
+        del ops.writes[:]
+        with torch.set_grad_enabled(grad):
             y = m(x)[0]
             torch.testing.assert_close(y, m.to_dense()(x)[0], rtol=1e-12, atol=1e-12)
-            for w in (w_ih, w_hh):  # bit for bit the dense matrix
+        assert ops.writes == expect, ops.writes
+        if grad:
+            y.sum().backward()  # the graph lets go of the buffers
+        del ops.writes[:]
+        with torch.no_grad():
+            for w in (w_ih, w_hh):  # bit for bit the dense matrix (and nothing written again)
                 assert torch.equal(compute.materialize(w).view(torch.int64), w.to_dense().view(torch.int64))
-        assert len(writes) == expect_writes, writes
+        assert ops.writes == [("changed", 0)] * 2
         return y
 
-    first = forward(2)
-    assert torch.equal(forward(0), first)  # nothing changed: nothing written
+    first = forward([("all", rows)] * 2)
+    assert torch.equal(forward([("changed", 0)] * 2), first)  # nothing changed: nothing written
+    changed = int((w_hh.row_ptr.diff() > 0).sum())  # the rows with stored entries
     with torch.no_grad():
         w_hh.values.mul_(0.5)  # in place (an optimizer step)
-    forward(1)
+    forward([("changed", 0), ("changed", changed)])
     w_hh.values.data.mul_(-2.0)  # no version bump
-    forward(1)
+    forward([("changed", 0), ("changed", changed)])
     w_ih.values.data = w_ih.values.data * 3  # another tensor
-    forward(1)
+    forward([("changed", int((w_ih.row_ptr.diff() > 0).sum())), ("changed", 0)])
     with torch.no_grad():
         w_ih.values[0] = 0.0
-    forward(1)
+    forward([("changed", 1), ("changed", 0)])
     w_ih.values.data[0] = -0.0
-    forward(1)
+    forward([("changed", 1), ("changed", 0)])
     with torch.no_grad():
         d = compute.materialize(w_hh)
         d.add_(1.0)  # a write into the buffer through what materialize returned
         del d
-    forward(1)
-    m(x)[0].sum().backward()  # with a gradient: the buffers written, the kept copies forgotten
-    forward(2)
-    forward(0)
+    forward([("changed", 0), ("all", rows)])
+    forward([("changed", 0)] * 2, grad=True)  # with a gradient too
+    held = compute.materialize(w_ih)  # held elsewhere: the next forward writes a new buffer
+    forward([("all", rows), ("changed", 0)])
+    assert torch.equal(held.view(torch.int64), w_ih.to_dense().view(torch.int64))
     new = se.SparseWeight.random(*w_hh.shape, 0.3, dtype=torch.float64)
     w_hh.set_pattern(new.row_ptr, new.col_idx, new.values.detach())
-    forward(1)
-    held = compute.materialize(w_ih)  # held elsewhere: the next forward writes a new buffer
-    forward(1)
-    assert torch.equal(held.view(torch.int64), w_ih.to_dense().view(torch.int64))
+    forward([("changed", 0), ("all", rows)])
 
 
 def _saved(m):

@@ -4,13 +4,13 @@ weights materialised for one forward.
 At small sizes and high densities a dense BLAS product beats any CSR kernel (hidden 200 at
 density 0.33 is a 53k-nonzero matrix that MKL/oneDNN multiplies faster than we can gather it),
 and torch's fused LSTM/GRU/RNN runs the whole sequence in C++. ``compute="dense"`` uses that:
-each forward writes every sparse weight's values into a dense matrix (the op ``scatter_csr``;
-:func:`materialize`, whose backward reads the dense gradient at the stored positions only
-(``gather_csr``): the values get exactly the gradient of the sparse path) and calls torch's
-recurrence (``torch.lstm``, ``torch.gru``, ...) on those matrices. The dense matrix of each weight
-is a buffer kept between forwards (per thread, while nothing else holds it; its size counts in the
-budget), rewritten at each forward; ``state_dict``, checkpoints and the topology controllers see
-only the CSR weight.
+each forward writes every sparse weight's values into a dense matrix (:func:`materialize_all`;
+its backward reads the dense gradient at the stored positions only: the values get exactly the
+gradient of the sparse path) and calls torch's recurrence (``torch.lstm``, ... ; the GRU on the
+CPU through :mod:`sparse_engine.nn.dense_rnn`) on those matrices. The dense matrix of each weight
+is a buffer kept between forwards (per thread, while nothing else holds it; its size counts in
+the budget), written at each forward with a gradient and, without one, only when the values
+changed; ``state_dict``, checkpoints and the topology controllers see only the CSR weight.
 
 * ``compute="sparse"``: always the CSR kernels (the memory-bound choice at large sizes).
 * ``compute="dense"``: always materialise, if the dense matrices fit the budget
@@ -159,13 +159,15 @@ def materialize_all(weights) -> list:
     written with the pattern's bits (the op ``expand_bits``: whole rows, zeros included, 16
     columns at a time), elsewhere at the stored positions (``scatter_csr``, into zeros).
 
-    A call without a gradient (inference, evaluation) skips the write when the buffer still holds
-    what the last such call wrote and the values are, byte for byte, those it wrote then (the op
-    ``same_bytes`` against a copy kept of them): a full comparison, so an update of any kind (in
-    place, through ``.data``, which leaves the version counter as it is, a new ``.data``) is
-    seen. What the buffer holds is known: only these ops write it, a call with a gradient or a
-    new buffer forgets the kept copy, and an in-place write through an alias of the buffer (what
-    this function returns) moves the buffer's version counter, which is compared too."""
+    A buffer that holds a matrix this function wrote is brought up to date row by row instead
+    (``refresh_bits``): each row's stored entries are compared with the values, byte for byte,
+    and the row is written again only where they differ. A forward whose values did not change
+    (inference, evaluation) so writes nothing and leaves the matrix in cache for the recurrence;
+    since every value is compared, a change of any kind is seen (in place, through ``.data``,
+    which leaves the version counter as it is, a new ``.data``). That the buffer holds the
+    matrix written last is known: only these ops write it, and a write through an alias of the
+    buffer (what this function returns) moves the buffer's version counter, which is recorded
+    after each write and compared (a moved counter: the whole matrix is written again)."""
     out = list(weights)
     entries = _entries()
     grad = torch.is_grad_enabled()
@@ -178,11 +180,10 @@ def materialize_all(weights) -> list:
         if entry is None or not entry.matches(row_ptr, col_idx):
             entry = entries[w] = _Entry(row_ptr, col_idx, w.shape[1])
         buf = entry.free_buffer(values, w.shape)
+        entry.write(values.detach(), buf)
         if grad and values.requires_grad:
-            entry.forget()
             pending.append((i, values, row_ptr, col_idx, entry.bits, buf))
         else:
-            entry.write(values, buf)
             out[i] = buf.detach()
     if pending:
         dense = _ToDense.apply(*(t for p in pending for t in p[1:]))
@@ -200,15 +201,6 @@ def _parts(w: SparseWeight) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return w.values, w.row_ptr, w.col_idx
 
 
-def _write(values, row_ptr, col_idx, bits, buf) -> None:
-    """buf <- the matrix: with the pattern's bits (every entry written), else at the stored
-    positions (buf holds zeros elsewhere)."""
-    if bits is not None:
-        _ops.expand_bits(row_ptr, bits, values, buf)
-    else:
-        _ops.scatter_csr(row_ptr, col_idx, values, buf)
-
-
 def _read(grad, row_ptr, col_idx, bits) -> torch.Tensor:
     """The dense ``grad`` at the stored positions."""
     if bits is not None:
@@ -217,20 +209,18 @@ def _read(grad, row_ptr, col_idx, bits) -> torch.Tensor:
 
 
 class _ToDense(torch.autograd.Function):
-    """(values, row_ptr, col_idx, bits or None, buffer) * n -> the n buffers holding their
-    matrices (see :func:`_write`; without bits the buffer must hold zeros off the pattern), each
-    as a new alias (one tensor for n = 1, else a tuple). Its backward reads each gradient at the
-    stored positions (:func:`_read`; :class:`_AtPattern` when the backward itself is
-    differentiated, whose backward writes into zeros again, so double backward works); an output
-    without a gradient gives its values none."""
+    """(values, row_ptr, col_idx, bits or None, buffer) * n -> the n buffers, each as a new alias
+    (one tensor for n = 1, else a tuple), which hold the matrices of the values when it is called
+    (written by :func:`materialize_all`, or into zeros by ``scatter_csr``); differentiable with
+    respect to the values. Its backward reads each gradient at the stored positions
+    (:func:`_read`; :class:`_AtPattern` when the backward itself is differentiated, whose backward
+    writes into zeros again, so double backward works); an output without a gradient gives its
+    values none."""
 
     @staticmethod
     def forward(*args):
-        outs = []
-        for k in range(0, len(args), 5):
-            _write(*args[k:k + 5])
-            outs.append(args[k + 4].detach())
-        return outs[0] if len(outs) == 1 else tuple(outs)
+        outs = tuple(args[k + 4].detach() for k in range(0, len(args), 5))
+        return outs[0] if len(outs) == 1 else outs
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -254,6 +244,13 @@ class _ToDense(torch.autograd.Function):
         return tuple(out)
 
 
+def _scattered(values, row_ptr, col_idx, shape) -> torch.Tensor:
+    """The matrix of ``values`` in fresh zeros (``scatter_csr``), differentiable."""
+    buf = values.new_zeros(shape)
+    _ops.scatter_csr(row_ptr, col_idx, values.detach(), buf)
+    return _ToDense.apply(values, row_ptr, col_idx, None, buf)
+
+
 class _AtPattern(torch.autograd.Function):
     """(dense, row_ptr, col_idx) -> dense at the pattern's positions (the op ``gather_csr``)."""
 
@@ -269,23 +266,22 @@ class _AtPattern(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         row_ptr, col_idx = ctx.saved_tensors
-        return _ToDense.apply(grad, row_ptr, col_idx, None, grad.new_zeros(ctx.shape)), None, None
+        return _scattered(grad, row_ptr, col_idx, ctx.shape), None, None
 
 
 class _Entry:
     """What :func:`materialize_all` keeps per weight and thread: the pattern it was made for (its
     index tensors and their versions; ``set_pattern`` and ``load_state_dict`` give a weight new
     ones), the pattern's bits (CPU), the dense buffer with its storage (kept, so the test of
-    whether anything else holds the buffer makes no Python object per call), and for the skip of
-    an unchanged write the values it last wrote without a gradient (``last``) and the buffer's
-    version after that write (``written``; None: forgotten)."""
-    __slots__ = ("row_ptr", "col_idx", "versions", "bits", "buffer", "storage", "last", "written")
+    whether anything else holds the buffer makes no Python object per call), and the buffer's
+    version after the last write (None: the buffer holds no matrix written here)."""
+    __slots__ = ("row_ptr", "col_idx", "versions", "bits", "buffer", "storage", "written")
 
     def __init__(self, row_ptr: torch.Tensor, col_idx: torch.Tensor, cols: int):
         self.row_ptr, self.col_idx = row_ptr, col_idx
         self.versions = (row_ptr._version, col_idx._version)
         self.bits = _ops.pattern_bits(row_ptr, col_idx, cols) if row_ptr.device.type == "cpu" else None
-        self.buffer = self.storage = self.last = self.written = None
+        self.buffer = self.storage = self.written = None
 
     def matches(self, row_ptr: torch.Tensor, col_idx: torch.Tensor) -> bool:
         return (self.row_ptr is row_ptr and self.col_idx is col_idx
@@ -304,25 +300,15 @@ class _Entry:
             self.written = None
         return buf
 
-    def forget(self) -> None:
-        """The buffer is about to be written by a call with a gradient."""
-        self.written = None
-
     def write(self, values: torch.Tensor, buf: torch.Tensor) -> None:
-        """buf <- the matrix of ``values``, without a gradient: skipped when buf holds the matrix
-        of the values last written (see :func:`materialize_all`); on the CPU only, where the
-        comparison costs a third of the write."""
+        """buf <- the matrix of ``values`` (see :func:`materialize_all`): the rows that changed
+        where buf holds the matrix written last, else the whole matrix."""
         if self.bits is None:
-            _write(values, self.row_ptr, self.col_idx, None, buf)
-            return
-        last = self.last
-        if self.written == buf._version and _ops.same_bytes(values, last):
-            return
-        self.written = None
-        _write(values, self.row_ptr, self.col_idx, self.bits, buf)
-        if last is None or last.shape != values.shape or last.dtype != values.dtype:
-            last = self.last = torch.empty_like(values, memory_format=torch.contiguous_format)
-        last.copy_(values)
+            _ops.scatter_csr(self.row_ptr, self.col_idx, values, buf)
+        elif self.written == buf._version:
+            _ops.refresh_bits(self.row_ptr, self.bits, values, buf)
+        else:
+            _ops.expand_bits(self.row_ptr, self.bits, values, buf)
         self.written = buf._version
 
 

@@ -19,6 +19,8 @@ Same constructor arguments, parameter names (``weight_ih_l0``, ``weight_hh_l0_re
   of a dozen. On CUDA the fused step saves the gate pre-activations' round trip through global
   memory and ~10 kernel launches per step; not yet measured on a GPU
   (``bench_rnn_step.py --device cuda``).
+  On the dense-compute path (below) ``fused`` picks the CPU GRU: torch's GRU with each
+  layer-direction's steps fused (:mod:`sparse_engine.nn.dense_rnn`), or ``torch.gru`` itself.
 
 A sparse weight is a :class:`~sparse_engine.SparseWeight` child module under torch's name, its
 gates stacked in one CSR in torch's order (LSTM i, f, g, o: 4H rows; GRU r, z, n: 3H rows).
@@ -47,9 +49,9 @@ projected layer is composed from the differentiable products under plain autogra
 Every module has ``.proj_size`` (0 without a projection), as ``nn.RNNBase``.
 
 ``compute=`` ('auto' | 'sparse' | 'dense'; default None: the global default, 'auto'): the sparse
-kernels, or torch's own dense recurrence (``torch.lstm``, ...) on the weights written into dense
-matrices at each forward, under a memory budget; see :mod:`sparse_engine.nn.compute` and
-docs/compute_paths.md. Same results either way (float reassociation aside), and the gradient reaches the stored values only.
+kernels, or torch's own dense recurrence (``torch.lstm``, ...; the GRU fused on the CPU) on the
+weights written into dense matrices kept between forwards, under a memory budget; see
+:mod:`sparse_engine.nn.compute` and docs/compute_paths.md. Same results either way (float reassociation aside), and the gradient reaches the stored values only.
 
 ``PackedSequence`` input works as in torch: the output is a PackedSequence with the input's
 ``batch_sizes``/``sorted_indices``/``unsorted_indices``, each sequence sees only its own steps
