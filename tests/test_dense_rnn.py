@@ -96,7 +96,7 @@ def test_gru_sequence_gradcheck_and_gradgradcheck(reverse, bias, rng):
     b_hh = torch.randn(3 * H, generator=rng, dtype=torch.float64, requires_grad=True) if bias else None
 
     def f(gx, h0, w_hh, *b):
-        return dense_rnn._GruSequence.apply(gx, h0, w_hh, b[0] if b else None, reverse)[0]
+        return dense_rnn._GruSequence.apply(gx, h0, w_hh, b[0] if b else None, reverse)
     args = (gx, h0, w_hh) + ((b_hh,) if bias else ())
     torch.testing.assert_close(f(*args), dense_rnn._gru_steps(gx, h0, w_hh, b_hh, reverse), rtol=1e-12, atol=1e-12)
     assert torch.autograd.gradcheck(f, args)

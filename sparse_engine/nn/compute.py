@@ -171,7 +171,7 @@ def materialize_all(weights) -> list:
     out = list(weights)
     entries = _entries()
     grad = torch.is_grad_enabled()
-    pending = []  # (position in out, values, row_ptr, col_idx, bits, buffer) of the matrices with a graph
+    positions, index, values_with_graph = [], [], []  # the matrices with a graph
     for i, w in enumerate(weights):
         if not isinstance(w, SparseWeight):
             continue
@@ -182,13 +182,15 @@ def materialize_all(weights) -> list:
         buf = entry.free_buffer(values, w.shape)
         entry.write(values.detach(), buf)
         if grad and values.requires_grad:
-            pending.append((i, values, row_ptr, col_idx, entry.bits, buf))
+            positions.append(i)
+            index.append((row_ptr, col_idx, entry.bits, buf))
+            values_with_graph.append(values)
         else:
             out[i] = buf.detach()
-    if pending:
-        dense = _ToDense.apply(*(t for p in pending for t in p[1:]))
-        for p, d in zip(pending, dense if len(pending) > 1 else (dense,)):
-            out[p[0]] = d
+    if positions:
+        dense = _ToDense.apply(tuple(index), *values_with_graph)
+        for i, d in zip(positions, dense if len(positions) > 1 else (dense,)):
+            out[i] = d
     return out
 
 
@@ -209,38 +211,37 @@ def _read(grad, row_ptr, col_idx, bits) -> torch.Tensor:
 
 
 class _ToDense(torch.autograd.Function):
-    """(values, row_ptr, col_idx, bits or None, buffer) * n -> the n buffers, each as a new alias
-    (one tensor for n = 1, else a tuple), which hold the matrices of the values when it is called
-    (written by :func:`materialize_all`, or into zeros by ``scatter_csr``); differentiable with
-    respect to the values. Its backward reads each gradient at the stored positions
-    (:func:`_read`; :class:`_AtPattern` when the backward itself is differentiated, whose backward
-    writes into zeros again, so double backward works); an output without a gradient gives its
-    values none."""
+    """(index, *values) -> the buffers, each as a new alias (one tensor for one value tensor, else
+    a tuple), where index holds per value tensor its (row_ptr, col_idx, bits or None, buffer) and
+    each buffer holds the matrix of its values when this is called (written by
+    :func:`materialize_all`, or into zeros by ``scatter_csr``); differentiable with respect to
+    the values. Its backward reads each gradient at the stored positions (:func:`_read`;
+    :class:`_AtPattern` when the backward itself is differentiated, whose backward writes into
+    zeros again, so double backward works); an output without a gradient gives its values none.
+
+    The index travels as one non-tensor argument and the Function is of the ``forward(ctx, ...)``
+    kind: ``Function.apply`` binds the arguments of a ``setup_context`` Function to
+    ``forward``'s signature (``inspect.signature``) at every call and looks at every tensor
+    argument, which cost more than the rest of the dense path's Python together."""
 
     @staticmethod
-    def forward(*args):
-        outs = tuple(args[k + 4].detach() for k in range(0, len(args), 5))
+    def forward(ctx, index, *values):
+        ctx.index = index  # index tensors: not part of any graph, kept as they are
+        ctx.set_materialize_grads(False)
+        outs = tuple(buf.detach() for _, _, _, buf in index)
         return outs[0] if len(outs) == 1 else outs
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*(t for k in range(0, len(inputs), 5) for t in inputs[k + 1:k + 4]))
-        ctx.set_materialize_grads(False)
-
-    @staticmethod
     def backward(ctx, *grads):
-        index = ctx.saved_tensors
         double = torch.is_grad_enabled()  # create_graph: the gradient is differentiated again
-        out = []
-        for j, grad in enumerate(grads):
-            row_ptr, col_idx, bits = index[3 * j:3 * j + 3]
+        out = [None]
+        for (row_ptr, col_idx, bits, _), grad in zip(ctx.index, grads):
             if grad is None:
-                g = None
+                out.append(None)
             elif double:
-                g = _AtPattern.apply(grad, row_ptr, col_idx)
+                out.append(_AtPattern.apply(grad, row_ptr, col_idx))
             else:
-                g = _read(grad, row_ptr, col_idx, bits)
-            out += [g, None, None, None, None]
+                out.append(_read(grad, row_ptr, col_idx, bits))
         return tuple(out)
 
 
@@ -248,24 +249,20 @@ def _scattered(values, row_ptr, col_idx, shape) -> torch.Tensor:
     """The matrix of ``values`` in fresh zeros (``scatter_csr``), differentiable."""
     buf = values.new_zeros(shape)
     _ops.scatter_csr(row_ptr, col_idx, values.detach(), buf)
-    return _ToDense.apply(values, row_ptr, col_idx, None, buf)
+    return _ToDense.apply(((row_ptr, col_idx, None, buf),), values)
 
 
 class _AtPattern(torch.autograd.Function):
     """(dense, row_ptr, col_idx) -> dense at the pattern's positions (the op ``gather_csr``)."""
 
     @staticmethod
-    def forward(dense, row_ptr, col_idx):
+    def forward(ctx, dense, row_ptr, col_idx):
+        ctx.index, ctx.shape = (row_ptr, col_idx), dense.shape
         return _ops.gather_csr(row_ptr, col_idx, dense)
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[1], inputs[2])
-        ctx.shape = inputs[0].shape
-
-    @staticmethod
     def backward(ctx, grad):
-        row_ptr, col_idx = ctx.saved_tensors
+        row_ptr, col_idx = ctx.index
         return _scattered(grad, row_ptr, col_idx, ctx.shape), None, None
 
 

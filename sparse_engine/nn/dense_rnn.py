@@ -42,7 +42,7 @@ def gru(x: torch.Tensor, hx: torch.Tensor, weights: list, has_biases: bool, num_
             w_ih, w_hh, *b = weights[k * per:(k + 1) * per]
             b_ih, b_hh = b if has_biases else (None, None)
             gx = F.linear(layer_x, w_ih, b_ih)  # the input side of every step in one product
-            y = _GruSequence.apply(gx, hx[k], w_hh, b_hh, bool(d))[0]
+            y = _GruSequence.apply(gx, hx[k], w_hh, b_hh, bool(d))
             outs.append(y)
             h_n.append(y[0] if d else y[-1])
         layer_x = outs[0] if D == 1 else torch.cat(outs, 2)
@@ -66,24 +66,19 @@ def _gru_steps(gx, h0, w_hh, b_hh, reverse: bool) -> torch.Tensor:
 
 
 class _GruSequence(torch.autograd.Function):
-    """(gx (T, B, 3H), h0 (B, H), w_hh (3H, H), b_hh (3H) or None, reverse) -> (y (T, B, H), the
-    saved activations (not differentiable))."""
+    """(gx (T, B, 3H), h0 (B, H), w_hh (3H, H), b_hh (3H) or None, reverse) -> y (T, B, H). Of the
+    ``forward(ctx, ...)`` kind: ``Function.apply`` binds a ``setup_context`` Function's
+    arguments with ``inspect.signature`` at every call."""
 
     @staticmethod
-    def forward(gx, h0, w_hh, b_hh, reverse):
+    def forward(ctx, gx, h0, w_hh, b_hh, reverse):
         y, acts = _ops.gru_sequence(gx, h0, w_hh, b_hh, reverse)
-        return y, acts
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        gx, h0, w_hh, b_hh, reverse = inputs
-        y, acts = output
-        ctx.mark_non_differentiable(acts)
         ctx.save_for_backward(gx, h0, w_hh, b_hh, y, acts)
         ctx.reverse = reverse
+        return y
 
     @staticmethod
-    def backward(ctx, dy, _):
+    def backward(ctx, dy):
         gx, h0, w_hh, b_hh, y, acts = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: a backward that can itself be differentiated
             args = (gx, h0, w_hh, b_hh)
