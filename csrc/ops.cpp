@@ -9,7 +9,7 @@
 //   rnn_step   {lstm,gru,rnn,ctrnn}_step(_backward)  rnn_step_cpu.cpp   rnn_step_cuda.cu  + rnn_step_glue.cpp
 //   topology   select_smallest ... gather_csr        topology_cpu.cpp   none: torch primitives in
 //                                                                       sparse_engine/kernels/topology_cuda.py
-//   densify    pattern_bits ... refresh_bits         densify_cpu.cpp    none (CPU only; on CUDA the dense
+//   densify    pattern_bits ... same_bytes           densify_cpu.cpp    none (CPU only; on CUDA the dense
 //                                                                       path uses scatter_csr/gather_csr)
 //   dense_rnn  gru_sequence(_backward)               dense_rnn_cpu.cpp  none (CPU only; on CUDA the dense
 //                                                                       path runs torch's GRU)
@@ -95,9 +95,8 @@ TORCH_LIBRARY(sparse_engine, m) {
   m.def("expand_bits(Tensor row_ptr, Tensor bits, Tensor values, Tensor(a!) dense) -> ()");
   // out[k] = dense at the k-th stored position of the pattern's bits
   m.def("compress_bits(Tensor row_ptr, Tensor bits, Tensor dense) -> Tensor");
-  // expand_bits for the rows of dense (holding zeros off the pattern) whose stored entries are not the
-  // values' bytes; returns the number of rows written
-  m.def("refresh_bits(Tensor row_ptr, Tensor bits, Tensor values, Tensor(a!) dense) -> int");
+  // whether a and b have the same dtype and shape and hold the same bytes
+  m.def("same_bytes(Tensor a, Tensor b) -> bool");
 
   // ---------------------------------------------------------------- dense_rnn
   // A GRU layer-direction over a whole sequence with a dense W_hh, time- and batch-major: from

@@ -46,7 +46,7 @@ gather_csr               fake, CUDA kernel
 pattern_bits             fake
 expand_bits              fake
 compress_bits            fake
-refresh_bits             none (returns an int)
+same_bytes               none (returns a bool)
 [dense_rnn] CPU csrc/cpu/dense_rnn_cpu.cpp, no CUDA kernels (the dense path runs torch's GRU there)
 gru_sequence             fake
 gru_sequence_backward    fake

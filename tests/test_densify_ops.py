@@ -1,6 +1,6 @@
 """The densify ops (csrc/cpu/densify_cpu.cpp), the dense-compute path's CPU conversions between a
 CSR weight and its dense matrix: pattern_bits, expand_bits, compress_bits (against the dense
-matrix and scatter_csr/gather_csr), refresh_bits, and their refusals."""
+matrix and scatter_csr/gather_csr), same_bytes, and their refusals."""
 from __future__ import annotations
 
 import pytest
@@ -82,8 +82,6 @@ def test_bits_ops_refuse_what_does_not_fit(rng):
         ops.expand_bits(rp, ops.pattern_bits(other.row_ptr, other.col_idx, 30), v, dense)
     with pytest.raises(ValueError, match="entries per row"):
         ops.compress_bits(other.row_ptr, bits, dense)
-    with pytest.raises(ValueError, match="entries per row"):
-        ops.refresh_bits(other.row_ptr, bits, other.values.detach(), dense)
     with pytest.raises(ValueError, match="out of range"):
         ops.pattern_bits(rp, ci, 10)
     unsorted = ci.clone()
@@ -108,35 +106,16 @@ def test_bits_ops_refuse_what_does_not_fit(rng):
         ops.expand_bits(rp, bits, v, torch.zeros(50, dtype=v.dtype).as_strided((20, 30), (1, 1)))
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("rows,cols,density", SHAPES)
-def test_refresh_bits_writes_the_rows_that_differ(rng, rows, cols, density, threads):
-    """On a matrix expand_bits wrote, refresh_bits writes again exactly the rows where a stored
-    entry's bytes differ from the values (NaN is itself; -0.0 is not 0.0) and returns how many;
-    the result is the new values' matrix; one or two threads."""
-    w = random_weight(rows, cols, density, empty_rows=(rows + 2) // 3, generator=rng)
-    rp, ci = w.row_ptr, w.col_idx
-    bits = ops.pattern_bits(rp, ci, cols)
-    stored = stored_mask(w)
-    entry_row = torch.repeat_interleave(torch.arange(rows), rp.diff())
-    for dtype in DTYPES:
-        v = w.values.detach().to(dtype)
-        if v.numel():
-            v[0] = float("nan")
-        dense = torch.empty(rows, cols, dtype=dtype)
-        with num_threads(threads):
-            ops.expand_bits(rp, bits, v, dense)
-            assert ops.refresh_bits(rp, bits, v.clone(), dense) == 0
-            new = v.clone()
-            pick = torch.rand(new.numel(), generator=rng) < 0.1
-            pick[:1] = False  # entry 0 stays NaN, the same bytes
-            new[pick] = new[pick] * 2 + 1
-            zero = (new == 0) & ~pick  # an entry that is 0.0: -0.0 is another value
-            new[zero] = -0.0
-            changed = pick | zero
-            expect_rows = entry_row[changed].unique().numel()
-            assert ops.refresh_bits(rp, bits, new, dense) == expect_rows, dtype
-            expect = torch.zeros(rows, cols, dtype=dtype)
-            expect[stored] = new
-            assert torch.equal(as_bits(dense), as_bits(expect)), dtype
-            assert ops.refresh_bits(rp, bits, new, dense) == 0
+def test_same_bytes_compares_bytes():
+    x = torch.tensor([1.0, float("nan"), 0.0, 2.5])
+    assert ops.same_bytes(x, x.clone())  # NaN is the same bytes as itself
+    y = x.clone()
+    y[2] = -0.0  # equal as a number, other bytes
+    assert not ops.same_bytes(x, y)
+    y = x.clone()
+    y[-1] = 2.5000002
+    assert not ops.same_bytes(x, y)
+    assert not ops.same_bytes(x, x.double()) and not ops.same_bytes(x, x[:3]) and not ops.same_bytes(x, x.view(2, 2))
+    assert ops.same_bytes(torch.empty(0), torch.empty(0))
+    z = torch.stack([x, -x], 1)[:, 0]  # strided
+    assert not z.is_contiguous() and ops.same_bytes(z, x)

@@ -159,15 +159,15 @@ def materialize_all(weights) -> list:
     written with the pattern's bits (the op ``expand_bits``: whole rows, zeros included, 16
     columns at a time), elsewhere at the stored positions (``scatter_csr``, into zeros).
 
-    A buffer that holds a matrix this function wrote is brought up to date row by row instead
-    (``refresh_bits``): each row's stored entries are compared with the values, byte for byte,
-    and the row is written again only where they differ. A forward whose values did not change
-    (inference, evaluation) so writes nothing and leaves the matrix in cache for the recurrence;
-    since every value is compared, a change of any kind is seen (in place, through ``.data``,
-    which leaves the version counter as it is, a new ``.data``). That the buffer holds the
-    matrix written last is known: only these ops write it, and a write through an alias of the
-    buffer (what this function returns) moves the buffer's version counter, which is recorded
-    after each write and compared (a moved counter: the whole matrix is written again)."""
+    A call without a gradient (inference, evaluation) skips the write when the buffer still holds
+    what the last such call wrote and the values are, byte for byte, those it wrote then (the op
+    ``same_bytes`` against a copy kept of them): a full comparison, so an update of any kind (in
+    place, through ``.data``, which leaves the version counter as it is, a new ``.data``) is
+    seen. What the buffer holds is known: only these ops write it, a call with a gradient or a
+    new buffer forgets the kept copy, and a write through an alias of the buffer (what this
+    function returns) moves the buffer's version counter, which is recorded after each write and
+    compared too.
+    """
     out = list(weights)
     entries = _entries()
     grad = torch.is_grad_enabled()
@@ -180,8 +180,9 @@ def materialize_all(weights) -> list:
         if entry is None or not entry.matches(row_ptr, col_idx):
             entry = entries[w] = _Entry(row_ptr, col_idx, w.shape[1])
         buf = entry.free_buffer(values, w.shape)
-        entry.write(values.detach(), buf)
-        if grad and values.requires_grad:
+        with_graph = grad and values.requires_grad
+        entry.write(values.detach(), buf, keep=not with_graph)
+        if with_graph:
             positions.append(i)
             index.append((row_ptr, col_idx, entry.bits, buf))
             values_with_graph.append(values)
@@ -270,15 +271,16 @@ class _Entry:
     """What :func:`materialize_all` keeps per weight and thread: the pattern it was made for (its
     index tensors and their versions; ``set_pattern`` and ``load_state_dict`` give a weight new
     ones), the pattern's bits (CPU), the dense buffer with its storage (kept, so the test of
-    whether anything else holds the buffer makes no Python object per call), and the buffer's
-    version after the last write (None: the buffer holds no matrix written here)."""
-    __slots__ = ("row_ptr", "col_idx", "versions", "bits", "buffer", "storage", "written")
+    whether anything else holds the buffer makes no Python object per call), and for the skip of
+    an unchanged write the values last written without a gradient (``last``) and the buffer's
+    version after that write (``written``; None: nothing to skip against)."""
+    __slots__ = ("row_ptr", "col_idx", "versions", "bits", "buffer", "storage", "last", "written")
 
     def __init__(self, row_ptr: torch.Tensor, col_idx: torch.Tensor, cols: int):
         self.row_ptr, self.col_idx = row_ptr, col_idx
         self.versions = (row_ptr._version, col_idx._version)
         self.bits = _ops.pattern_bits(row_ptr, col_idx, cols) if row_ptr.device.type == "cpu" else None
-        self.buffer = self.storage = self.written = None
+        self.buffer = self.storage = self.last = self.written = None
 
     def matches(self, row_ptr: torch.Tensor, col_idx: torch.Tensor) -> bool:
         return (self.row_ptr is row_ptr and self.col_idx is col_idx
@@ -297,16 +299,23 @@ class _Entry:
             self.written = None
         return buf
 
-    def write(self, values: torch.Tensor, buf: torch.Tensor) -> None:
-        """buf <- the matrix of ``values`` (see :func:`materialize_all`): the rows that changed
-        where buf holds the matrix written last, else the whole matrix."""
+    def write(self, values: torch.Tensor, buf: torch.Tensor, keep: bool) -> None:
+        """buf <- the matrix of ``values`` (see :func:`materialize_all`); ``keep`` (a call without
+        a gradient): skipped when buf holds the matrix of the same bytes, else a copy of the
+        values kept for the next call (CPU only, where the comparison costs a few microseconds)."""
         if self.bits is None:
             _ops.scatter_csr(self.row_ptr, self.col_idx, values, buf)
-        elif self.written == buf._version:
-            _ops.refresh_bits(self.row_ptr, self.bits, values, buf)
-        else:
-            _ops.expand_bits(self.row_ptr, self.bits, values, buf)
-        self.written = buf._version
+            return
+        if keep and self.written == buf._version and _ops.same_bytes(values, self.last):
+            return
+        self.written = None
+        _ops.expand_bits(self.row_ptr, self.bits, values, buf)
+        if keep:
+            last = self.last
+            if last is None or last.shape != values.shape or last.dtype != values.dtype:
+                last = self.last = torch.empty_like(values, memory_format=torch.contiguous_format)
+            last.copy_(values)
+            self.written = buf._version
 
 
 #: per thread, weight -> its _Entry: kept outside the module (not pickled, not copied), dropped
