@@ -135,3 +135,15 @@ def test_gru_sequence_refuses_what_does_not_fit():
         ops.gru_sequence_backward(torch.zeros_like(y), acts[:, :, :4], y, h0, w, False, False)
     with pytest.raises(ValueError, match="dy must have"):
         ops.gru_sequence_backward(y[:2], acts, y, h0, w, False, False)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_gru_parallel_gate_math_equals_torch(threads, rng):
+    """A batch large enough for the gate math to go parallel (B * H * 8 >= kParallelWork), float32
+    (MKL's packed products where torch has them), one and two threads: torch's values and
+    gradients."""
+    from sparse_engine.testing import num_threads
+    m = build("GRU", 16, 96, torch.float32, num_layers=2, bidirectional=True, density=0.5, compute="dense")
+    x = torch.randn(7, 48, 16, generator=rng)
+    with num_threads(threads):
+        check_against_torch(m, x, None, torch.float32, rng)
