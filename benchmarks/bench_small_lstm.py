@@ -19,9 +19,13 @@ call for ``--min-time`` / rounds seconds), in an order rotated from round to rou
 load hits all of them; the tables give the median over the rounds of each variant's time and of
 its per-round ratio to torch.nn (torch.nn's time / ours, above 1: ours faster). The results file
 is rewritten after every row, with the 1-minute load average before and after each row (numbers
-from a busy machine are not results: run where ``uptime`` says under 2).
+from a busy machine are not results: run where ``uptime`` says under 2). ``--clock cpu`` times the
+calling thread's CPU time instead of the wall clock (``time.thread_time``; with one thread every
+kernel runs on it): time spent descheduled by other jobs is not counted, which makes comparisons
+on a shared machine steadier, though the caches they share still slow both sides.
 
-    python benchmarks/bench_small_lstm.py [--quick] [--lm] [--epoch] [--sweep] [--threads 1] [--out small_lstm_cpu.md]
+    python benchmarks/bench_small_lstm.py [--quick] [--lm] [--epoch] [--sweep] [--threads 1] [--clock wall|cpu]
+                                          [--out small_lstm_cpu.md]
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ import torch
 from torch import nn
 
 import sparse_engine as se
-from common import markdown_table, ms, timeit, write_result
+from common import markdown_table, ms, write_result
 
 SPARSE = {"LSTM": se.nn.SparseLSTM, "GRU": se.nn.SparseGRU}
 DENSE = {"LSTM": nn.LSTM, "GRU": nn.GRU}
@@ -45,13 +49,18 @@ def load() -> str:
     return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
+#: the clock of every measurement (``--clock``): the wall clock, or this thread's CPU time
+CLOCK = {"wall": time.perf_counter, "cpu": time.thread_time}
+clock = CLOCK["wall"]
+
+
 def sample(fn, seconds: float) -> float:
     """Seconds per call of ``fn``, calling it until ``seconds`` have passed (at least once)."""
-    n, start = 0, time.perf_counter()
+    n, start = 0, clock()
     while True:
         fn()
         n += 1
-        elapsed = time.perf_counter() - start
+        elapsed = clock() - start
         if elapsed >= seconds:
             return elapsed / n
 
@@ -143,17 +152,19 @@ def sweep(args, sections):
     for hidden in args.sweep_hidden:
         for density in args.sweep_density:
             ours, _ = modules("LSTM", hidden, density)
+            dense = SPARSE["LSTM"](hidden, hidden, density=density, compute="dense")
+            dense.load_state_dict(ours.state_dict())
+            ours.compute = "sparse"
             x = torch.randn(args.steps, args.batch, hidden)
-            t = {}
-            for path in ("sparse", "dense"):
-                ours.compute = path
-                t[path] = timeit(train_step(ours, x), repeat=args.repeat, min_time=args.min_time)
+            t = alternate({"sparse": train_step(ours, x), "dense": train_step(dense, x)}, args.rounds,
+                          args.min_time / args.rounds)
             ours.compute = "auto"
             picks = "dense" if ours._dense_now(x) else "sparse"
-            rows.append(["LSTM", hidden, density, ms(t["sparse"]), ms(t["dense"]), f"{t['sparse'] / t['dense']:.2f}x",
-                         picks, load()])
-            sections["sweep"] = ("## Crossover (LSTM fwd+bwd, T={}, B={})\n\n".format(args.steps, args.batch)
-                                 + markdown_table(header, rows))
+            rows.append(["LSTM", hidden, density, median_ms(t["sparse"]), median_ms(t["dense"]),
+                         paired_ratio(t, "sparse", "dense"), picks, load()])
+            sections["sweep"] = (f"## Crossover (LSTM fwd+bwd, T={args.steps}, B={args.batch})\n\nMedians of "
+                                 f"{args.rounds} alternating rounds; 'dense vs sparse': the median over the rounds "
+                                 "of the sparse path's time / the dense path's.\n\n" + markdown_table(header, rows))
             write(args, sections)
 
 
@@ -287,9 +298,9 @@ def lm_epoch(args, sections):
     t = {k: [] for k in runs}
     for r in range(args.epoch_rounds):  # whole epochs, alternating, the first model swapped each round
         for k in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
-            start = time.perf_counter()
+            start = clock()
             runs[k]()
-            t[k].append(time.perf_counter() - start)
+            t[k].append(clock() - start)
     val_batches = (val_data.shape[0] - 1 + bptt - 1) // bptt
     header = ["epoch", "torch.nn (s)", "ours (s)", "ours vs torch.nn", "load before", "load after"]
     row = [f"{args.epoch_batches} training batches (B={args.batch}) + {val_batches} validation batches "
@@ -304,7 +315,10 @@ def lm_epoch(args, sections):
 
 
 def write(args, sections):
-    body = "\n\n".join(sections[k] for k in ("main", "lm", "epoch", "sweep") if k in sections)
+    clocks = {"wall": "Times are wall-clock.", "cpu": "Times are the benchmark thread's CPU time (--clock cpu), not "
+              "wall-clock."}
+    body = clocks[args.clock] + "\n\n" + "\n\n".join(sections[k] for k in ("main", "lm", "epoch", "sweep")
+                                                       if k in sections)
     path = write_result(args.out, "Small recurrent layers: compute paths against torch.nn (CPU)", body)
     print(f"wrote {path}")
 
@@ -318,6 +332,8 @@ def main():
     p.add_argument("--batch", type=int, default=20)
     p.add_argument("--infer-batch", type=int, default=10)
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
+    p.add_argument("--clock", choices=sorted(CLOCK), default="wall",
+                   help="wall clock, or this thread's CPU time (steadier on a shared machine; one thread)")
     p.add_argument("--rounds", type=int, default=15, help="alternating rounds per comparison")
     p.add_argument("--min-time", type=float, default=6.0, help="seconds per variant and comparison, all rounds")
     p.add_argument("--no-main", action="store_true", help="skip the module table")
@@ -333,9 +349,10 @@ def main():
     p.add_argument("--out", default="small_lstm_cpu.md")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    args.repeat = 7
+    global clock
+    clock = CLOCK[args.clock]
     if args.quick:
-        args.repeat, args.rounds, args.min_time, args.epoch_batches, args.epoch_rounds = 3, 2, 0.0, 2, 1
+        args.rounds, args.min_time, args.epoch_batches, args.epoch_rounds = 2, 0.0, 2, 1
     sections = {}
     if not args.no_main:
         main_table(args, sections)
