@@ -14,7 +14,9 @@ corpus of random token ids (``--epoch-batches`` training batches, then the valid
 a quarter as many tokens at batch 10), each model in turn. ``--sweep`` adds the sparse/dense
 crossover over hidden sizes and densities that ``compute='auto'`` follows (docs/compute_paths.md).
 
-Every comparison alternates: each round takes one sample of every variant (a sample repeats a
+The training comparisons of the example put each model's parameters back to their first values
+(untimed) before every sample and every epoch (see Restore). Every comparison alternates: each
+round takes one sample of every variant (a sample repeats a
 call for ``--min-time`` / rounds seconds), in an order rotated from round to round, so a change of
 load hits all of them; the tables give the median over the rounds of each variant's time and of
 its per-round ratio to torch.nn (torch.nn's time / ours, above 1: ours faster). The results file
@@ -65,17 +67,36 @@ def sample(fn, seconds: float) -> float:
             return elapsed / n
 
 
-def alternate(runs: dict, rounds: int, seconds: float) -> dict:
+def alternate(runs: dict, rounds: int, seconds: float, before=None) -> dict:
     """{name: [seconds per call, one per round]}: every run once per round (after one warm-up
-    call each), the order rotated by one from round to round."""
+    call each), the order rotated by one from round to round; ``before(name)``, if given, is
+    called untimed before each sample."""
     names = list(runs)
     for fn in runs.values():
         fn()
     times = {k: [] for k in names}
     for r in range(rounds):
         for k in names[r % len(names):] + names[:r % len(names)]:
+            if before is not None:
+                before(k)
             times[k].append(sample(runs[k], seconds))
     return times
+
+
+class Restore:
+    """Puts each model's parameters back to what they were when this was made: the training
+    comparisons start every sample (every epoch) from the same weights, so that the two models'
+    numbers (which drift apart under SGD at the example's learning rate of 20: the dense model's
+    zeros get gradients) do not weigh in on their times."""
+
+    def __init__(self, models: dict):
+        self.models = models
+        self.saved = {k: [p.detach().clone() for p in m.parameters()] for k, m in models.items()}
+
+    def __call__(self, name: str) -> None:
+        with torch.no_grad():
+            for p, q in zip(self.models[name].parameters(), self.saved[name]):
+                p.copy_(q)
 
 
 def paired_ratio(times: dict, base: str, other: str) -> str:
@@ -249,7 +270,8 @@ def lm_batches(args, sections):
     for case, make in ((f"training batch, B={args.batch}", train_run), (f"evaluation batch, B={args.infer_batch}",
                                                                          eval_run)):
         before = load()
-        t = alternate({k: make(m) for k, m in models.items()}, args.rounds, args.min_time / args.rounds)
+        t = alternate({k: make(m) for k, m in models.items()}, args.rounds, args.min_time / args.rounds,
+                      before=Restore(models))
         rows.append([case, median_ms(t["torch.nn"]), median_ms(t["ours"]), paired_ratio(t, "torch.nn", "ours"),
                      before, load()])
         sections["lm"] = (f"## The word_language_model example's batches (vocabulary {V:,}, 2-layer LSTM "
@@ -295,9 +317,11 @@ def lm_epoch(args, sections):
 
     before = load()
     runs = {k: epoch(m) for k, m in models.items()}
+    restore = Restore(models)
     t = {k: [] for k in runs}
     for r in range(args.epoch_rounds):  # whole epochs, alternating, the first model swapped each round
         for k in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
+            restore(k)  # every epoch from the same weights
             start = clock()
             runs[k]()
             t[k].append(clock() - start)
