@@ -2,26 +2,45 @@
 
 The word-language-model setting: hidden 200 (= input 200), density 0.33, T=35; a training step
 (forward + backward) at batch 20 and inference (no_grad, eval) at batch 10. Ours on the sparse
-path, the dense-compute path and ``compute='auto'``, against ``nn.LSTM``/``nn.GRU`` with the same
-(zero-filled) weights. ``--sweep`` adds the sparse/dense crossover over hidden sizes and densities
-that ``compute='auto'`` follows (docs/compute_paths.md). ``--lm`` adds the whole training batch
-and evaluation batch of PyTorch's word_language_model example (embedding, 2-layer LSTM 200,
-dropout 0.2, decoder over a 10,000-word vocabulary as PTB's, bptt 35, batch 20, SGD with
-clipping; evaluation at batch 10) with nn.LSTM and with SparseLSTM at density 0.33. The results file is rewritten after every
-row, with the load average before and after each row (numbers from a busy machine are not results).
+path, the dense-compute path and ``compute='auto'`` (for the GRU also the dense path through
+torch's own GRU, ``fused=False``), against ``nn.LSTM``/``nn.GRU`` with the same (zero-filled)
+weights.
 
-    python benchmarks/bench_small_lstm.py [--quick] [--sweep] [--lm] [--out small_lstm_cpu.md]
+``--lm`` adds the training batch and the evaluation batch of PyTorch's word_language_model example
+(embedding, 2-layer LSTM 200, dropout 0.2, decoder over a 10,000-word vocabulary as PTB's, bptt 35,
+batch 20, SGD through ``p.data`` with clipping as the example does; evaluation at batch 10) with
+nn.LSTM and with SparseLSTM at density 0.33; ``--epoch`` a whole epoch of that example over a fixed
+corpus of random token ids (``--epoch-batches`` training batches, then the validation pass over
+a quarter as many tokens at batch 10), each model in turn. ``--sweep`` adds the sparse/dense
+crossover over hidden sizes and densities that ``compute='auto'`` follows (docs/compute_paths.md).
+
+The training comparisons of the example put each model's parameters back to their first values
+(untimed) before every sample and every epoch (see Restore). Every comparison alternates: each
+round takes one sample of every variant (a sample repeats a
+call for ``--min-time`` / rounds seconds), in an order rotated from round to round, so a change of
+load hits all of them; the tables give the median over the rounds of each variant's time and of
+its per-round ratio to torch.nn (torch.nn's time / ours, above 1: ours faster). The results file
+is rewritten after every row, with the 1-minute load average before and after each row (numbers
+from a busy machine are not results: run where ``uptime`` says under 2). ``--clock cpu`` times the
+calling thread's CPU time instead of the wall clock (``time.thread_time``; with one thread every
+kernel runs on it): time spent descheduled by other jobs is not counted, which makes comparisons
+on a shared machine steadier, though the caches they share still slow both sides.
+
+    python benchmarks/bench_small_lstm.py [--quick] [--lm] [--epoch] [--sweep] [--threads 1] [--clock wall|cpu]
+                                          [--out small_lstm_cpu.md]
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
+import time
 
 import torch
 from torch import nn
 
 import sparse_engine as se
-from common import markdown_table, ms, ratio, timeit, write_result
+from common import markdown_table, ms, write_result
 
 SPARSE = {"LSTM": se.nn.SparseLSTM, "GRU": se.nn.SparseGRU}
 DENSE = {"LSTM": nn.LSTM, "GRU": nn.GRU}
@@ -30,6 +49,63 @@ PATHS = ("sparse", "dense", "auto")
 
 def load() -> str:
     return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+#: the clock of every measurement (``--clock``): the wall clock, or this thread's CPU time
+CLOCK = {"wall": time.perf_counter, "cpu": time.thread_time}
+clock = CLOCK["wall"]
+
+
+def sample(fn, seconds: float) -> float:
+    """Seconds per call of ``fn``, calling it until ``seconds`` have passed (at least once)."""
+    n, start = 0, clock()
+    while True:
+        fn()
+        n += 1
+        elapsed = clock() - start
+        if elapsed >= seconds:
+            return elapsed / n
+
+
+def alternate(runs: dict, rounds: int, seconds: float, before=None) -> dict:
+    """{name: [seconds per call, one per round]}: every run once per round (after one warm-up
+    call each), the order rotated by one from round to round; ``before(name)``, if given, is
+    called untimed before each sample."""
+    names = list(runs)
+    for fn in runs.values():
+        fn()
+    times = {k: [] for k in names}
+    for r in range(rounds):
+        for k in names[r % len(names):] + names[:r % len(names)]:
+            if before is not None:
+                before(k)
+            times[k].append(sample(runs[k], seconds))
+    return times
+
+
+class Restore:
+    """Puts each model's parameters back to what they were when this was made: the training
+    comparisons start every sample (every epoch) from the same weights, so that the two models'
+    numbers (which drift apart under SGD at the example's learning rate of 20: the dense model's
+    zeros get gradients) do not weigh in on their times."""
+
+    def __init__(self, models: dict):
+        self.models = models
+        self.saved = {k: [p.detach().clone() for p in m.parameters()] for k, m in models.items()}
+
+    def __call__(self, name: str) -> None:
+        with torch.no_grad():
+            for p, q in zip(self.models[name].parameters(), self.saved[name]):
+                p.copy_(q)
+
+
+def paired_ratio(times: dict, base: str, other: str) -> str:
+    """The median over rounds of base's time / other's time in the same round."""
+    return f"{statistics.median(b / o for b, o in zip(times[base], times[other])):.3f}x"
+
+
+def median_ms(times: list) -> str:
+    return ms(statistics.median(times))
 
 
 def train_step(m, x):
@@ -52,23 +128,42 @@ def modules(mode, hidden, density, seed=0):
     return ours, ours.to_dense()
 
 
-def main_table(args, rows, sections):
-    header = ["cell", "case", "torch.nn (ms)"] + [f"{p} (ms)" for p in PATHS] + \
-             [f"{p} vs torch.nn" for p in PATHS] + ["load before", "load after"]
+def main_table(args, sections):
+    header = (["cell", "case", "torch.nn (ms)"] + [f"{p} (ms)" for p in PATHS] + ["dense, torch's GRU (ms)"]
+              + [f"{p} vs torch.nn" for p in PATHS] + ["dense, torch's GRU vs torch.nn", "load before", "load after"])
+    rows = []
     for mode in args.modes:
         ours, dense = modules(mode, args.hidden, args.density)
+        # the same module object in every variant but torch.nn's: its own copy per path, so each
+        # keeps its dense buffers as it would in use
+        variants = {p: ours if p == "sparse" else SPARSE[mode](args.hidden, args.hidden, density=args.density)
+                    for p in PATHS}
+        for p, m in variants.items():
+            if m is not ours:
+                m.load_state_dict(ours.state_dict())
+            m.compute = p
+        if mode == "GRU":
+            variants["torch-gru"] = SPARSE[mode](args.hidden, args.hidden, density=args.density, fused=False,
+                                                 compute="dense")
+            variants["torch-gru"].load_state_dict(ours.state_dict())
         for case, batch, make in (("fwd+bwd", args.batch, train_step), ("inference", args.infer_batch, infer)):
             before = load()
             x = torch.randn(args.steps, batch, args.hidden)
-            ours.train(case == "fwd+bwd"), dense.train(case == "fwd+bwd")
-            base = timeit(make(dense, x), repeat=args.repeat, min_time=args.min_time)
-            times = []
-            for path in PATHS:
-                ours.compute = path
-                times.append(timeit(make(ours, x), repeat=args.repeat, min_time=args.min_time))
-            rows.append([mode, f"{case}, B={batch}", ms(base), *map(ms, times), *(ratio(base, t) for t in times),
-                         before, load()])
-            write(args, markdown_table(header, rows), sections)
+            for m in (dense, *variants.values()):
+                m.train(case == "fwd+bwd")
+            runs = {"torch.nn": make(dense, x), **{p: make(m, x) for p, m in variants.items()}}
+            t = alternate(runs, args.rounds, args.min_time / args.rounds)
+            gru = "torch-gru" in t
+            rows.append([mode, f"{case}, B={batch}", median_ms(t["torch.nn"]), *(median_ms(t[p]) for p in PATHS),
+                         median_ms(t["torch-gru"]) if gru else "-",
+                         *(paired_ratio(t, "torch.nn", p) for p in PATHS),
+                         paired_ratio(t, "torch.nn", "torch-gru") if gru else "-", before, load()])
+            sections["main"] = (
+                f"## Hidden {args.hidden}, input {args.hidden}, density {args.density}, T={args.steps}\n\n"
+                f"Medians of {args.rounds} alternating rounds; 'X vs torch.nn' is the median over the rounds of "
+                "torch.nn's time / ours (above 1: ours faster). Load: 1/5/15-minute load averages.\n\n"
+                + markdown_table(header, rows))
+            write(args, sections)
 
 
 def sweep(args, sections):
@@ -78,18 +173,20 @@ def sweep(args, sections):
     for hidden in args.sweep_hidden:
         for density in args.sweep_density:
             ours, _ = modules("LSTM", hidden, density)
+            dense = SPARSE["LSTM"](hidden, hidden, density=density, compute="dense")
+            dense.load_state_dict(ours.state_dict())
+            ours.compute = "sparse"
             x = torch.randn(args.steps, args.batch, hidden)
-            t = {}
-            for path in ("sparse", "dense"):
-                ours.compute = path
-                t[path] = timeit(train_step(ours, x), repeat=args.repeat, min_time=args.min_time)
+            t = alternate({"sparse": train_step(ours, x), "dense": train_step(dense, x)}, args.rounds,
+                          args.min_time / args.rounds)
             ours.compute = "auto"
             picks = "dense" if ours._dense_now(x) else "sparse"
-            rows.append(["LSTM", hidden, density, ms(t["sparse"]), ms(t["dense"]), ratio(t["sparse"], t["dense"]),
-                         picks, load()])
-            sections["sweep"] = ("## Crossover (LSTM fwd+bwd, T={}, B={})\n\n".format(args.steps, args.batch)
-                                 + markdown_table(header, rows))
-            write(args, None, sections)
+            rows.append(["LSTM", hidden, density, median_ms(t["sparse"]), median_ms(t["dense"]),
+                         paired_ratio(t, "sparse", "dense"), picks, load()])
+            sections["sweep"] = (f"## Crossover (LSTM fwd+bwd, T={args.steps}, B={args.batch})\n\nMedians of "
+                                 f"{args.rounds} alternating rounds; 'dense vs sparse': the median over the rounds "
+                                 "of the sparse path's time / the dense path's.\n\n" + markdown_table(header, rows))
+            write(args, sections)
 
 
 class WordLM(nn.Module):
@@ -108,63 +205,144 @@ class WordLM(nn.Module):
         return self.decoder(self.drop(out)), hidden
 
 
-def lm_epoch(args, sections):
-    """Seconds per training batch and per evaluation batch of the example, ours against torch.nn,
-    measured alternately on the same random token ids."""
-    V, H, L = args.lm_vocab, args.hidden, 2
+def lm_models(args):
+    """{'torch.nn': the example's model with nn.LSTM, 'ours': with SparseLSTM}: the same weights."""
+    V, H = args.lm_vocab, args.hidden
     torch.manual_seed(0)
-    sparse_rnn = se.nn.SparseLSTM(H, H, L, dropout=0.2, density=args.density)
+    sparse_rnn = se.nn.SparseLSTM(H, H, 2, dropout=0.2, density=args.density)
     models = {"torch.nn": WordLM(sparse_rnn.to_dense(), V, H, 0.2), "ours": WordLM(sparse_rnn, V, H, 0.2)}
     models["ours"].encoder.load_state_dict(models["torch.nn"].encoder.state_dict())
     models["ours"].decoder.load_state_dict(models["torch.nn"].decoder.state_dict())
-    tokens = torch.randint(V, (args.steps + 1, args.batch))
-    eval_tokens = torch.randint(V, (args.steps + 1, args.infer_batch))
+    return models
 
-    def train_batch(m):
-        opt = torch.optim.SGD(m.parameters(), lr=20.0)
+
+def detach(h):
+    return h.detach() if isinstance(h, torch.Tensor) else tuple(detach(t) for t in h)
+
+
+def train_batch(m, V, lr=20.0, clip=0.25):
+    """The example's training step on (inputs, targets) from hidden: SGD through p.data."""
+    def step(inputs, targets, hidden):
+        m.zero_grad(set_to_none=True)
+        out, hidden = m(inputs, hidden)
+        nn.functional.cross_entropy(out.view(-1, V), targets).backward()
+        nn.utils.clip_grad_norm_(m.parameters(), clip)
+        for p in m.parameters():
+            p.data.add_(p.grad, alpha=-lr)
+        return detach(hidden)
+    return step
+
+
+def eval_batch(m, V):
+    def step(inputs, targets, hidden):
+        out, hidden = m(inputs, hidden)
+        return nn.functional.cross_entropy(out.view(-1, V), targets).item(), hidden
+    return step
+
+
+def lm_batches(args, sections):
+    """Seconds per training batch and per evaluation batch of the example, ours against torch.nn,
+    alternating, on the same random token ids."""
+    V = args.lm_vocab
+    models = lm_models(args)
+    tokens = torch.randint(V, (args.steps + 1, args.batch), generator=torch.Generator().manual_seed(1))
+    eval_tokens = torch.randint(V, (args.steps + 1, args.infer_batch), generator=torch.Generator().manual_seed(2))
+
+    def train_run(m):
+        step = train_batch(m, V)
+
+        def run():
+            m.train()
+            step(tokens[:-1], tokens[1:].reshape(-1), None)
+        return run
+
+    def eval_run(m):
+        step = eval_batch(m, V)
+
+        def run():
+            m.eval()
+            with torch.no_grad():
+                step(eval_tokens[:-1], eval_tokens[1:].reshape(-1), None)
+        return run
+
+    header = ["case", "torch.nn (ms)", "ours (ms)", "ours vs torch.nn", "load before", "load after"]
+    rows = []
+    for case, make in ((f"training batch, B={args.batch}", train_run), (f"evaluation batch, B={args.infer_batch}",
+                                                                         eval_run)):
+        before = load()
+        t = alternate({k: make(m) for k, m in models.items()}, args.rounds, args.min_time / args.rounds,
+                      before=Restore(models))
+        rows.append([case, median_ms(t["torch.nn"]), median_ms(t["ours"]), paired_ratio(t, "torch.nn", "ours"),
+                     before, load()])
+        sections["lm"] = (f"## The word_language_model example's batches (vocabulary {V:,}, 2-layer LSTM "
+                          f"{args.hidden}, density {args.density}, bptt {args.steps})\n\nMedians of {args.rounds} "
+                          "alternating rounds; 'ours vs torch.nn' is the median over the rounds of torch.nn's time "
+                          "/ ours (above 1: ours faster).\n\n" + markdown_table(header, rows))
+        write(args, sections)
+
+
+def columns(data: torch.Tensor, bsz: int) -> torch.Tensor:
+    """The example's batchify: (steps, bsz), the stream cut into bsz contiguous columns."""
+    steps = data.numel() // bsz
+    return data[:steps * bsz].view(bsz, steps).t().contiguous()
+
+
+def lm_epoch(args, sections):
+    """Seconds per epoch of the example (training over the corpus with truncated BPTT, then the
+    validation pass), ours against torch.nn, alternating epoch by epoch."""
+    V, bptt = args.lm_vocab, args.steps
+    models = lm_models(args)
+    g = torch.Generator().manual_seed(3)
+    train_data = columns(torch.randint(V, (args.epoch_batches * bptt * args.batch + 1,), generator=g), args.batch)
+    val_data = columns(torch.randint(V, (args.epoch_batches * bptt * args.batch // 4 + 1,), generator=g),
+                       args.infer_batch)
+
+    def epoch(m):
+        train, evaluate = train_batch(m, V), eval_batch(m, V)
 
         def run():
             m.train()
             hidden = None
-            m.zero_grad(set_to_none=True)
-            out, hidden = m(tokens[:-1], hidden)
-            nn.functional.cross_entropy(out.view(-1, V), tokens[1:].reshape(-1)).backward()
-            nn.utils.clip_grad_norm_(m.parameters(), 0.25)
-            opt.step()
-        return run
-
-    def eval_batch(m):
-        def run():
+            for i in range(0, train_data.shape[0] - 1, bptt):
+                n = min(bptt, train_data.shape[0] - 1 - i)
+                hidden = train(train_data[i:i + n], train_data[i + 1:i + 1 + n].reshape(-1), hidden)
             m.eval()
+            hidden, total = None, 0.0
             with torch.no_grad():
-                out, _ = m(eval_tokens[:-1], None)
-                nn.functional.cross_entropy(out.view(-1, V), eval_tokens[1:].reshape(-1))
+                for i in range(0, val_data.shape[0] - 1, bptt):
+                    n = min(bptt, val_data.shape[0] - 1 - i)
+                    loss, hidden = evaluate(val_data[i:i + n], val_data[i + 1:i + 1 + n].reshape(-1), hidden)
+                    total += n * loss
         return run
 
-    header = ["case", "torch.nn (ms)", "ours (ms)", "ours vs torch.nn", "load after"]
-    rows = []
-    for case, make in (("training batch, B=%d" % args.batch, train_batch), ("evaluation batch, B=%d" % args.infer_batch,
-                                                                           eval_batch)):
-        runs = {k: make(m) for k, m in models.items()}
-        t = {k: [] for k in runs}
-        for _ in range(args.lm_rounds):  # alternate, so a change of load hits both
-            for k, run in runs.items():
-                t[k].append(timeit(run, repeat=3, min_time=args.min_time / 2))
-        base, ours = min(t["torch.nn"]), min(t["ours"])
-        rows.append([case, ms(base), ms(ours), ratio(base, ours), load()])
-        sections["lm"] = (f"## The word_language_model example's batches (vocabulary {V:,}, 2-layer LSTM {H}, "
-                          f"density {args.density}, bptt {args.steps})\n\nBest of {args.lm_rounds} alternating "
-                          "rounds; 'ours vs torch.nn' is torch.nn's time / ours (above 1: ours faster).\n\n"
-                          + markdown_table(header, rows))
-        write(args, None, sections)
+    before = load()
+    runs = {k: epoch(m) for k, m in models.items()}
+    restore = Restore(models)
+    t = {k: [] for k in runs}
+    for r in range(args.epoch_rounds):  # whole epochs, alternating, the first model swapped each round
+        for k in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
+            restore(k)  # every epoch from the same weights
+            start = clock()
+            runs[k]()
+            t[k].append(clock() - start)
+    val_batches = (val_data.shape[0] - 1 + bptt - 1) // bptt
+    header = ["epoch", "torch.nn (s)", "ours (s)", "ours vs torch.nn", "load before", "load after"]
+    row = [f"{args.epoch_batches} training batches (B={args.batch}) + {val_batches} validation batches "
+           f"(B={args.infer_batch})", f"{statistics.median(t['torch.nn']):.2f}", f"{statistics.median(t['ours']):.2f}",
+           paired_ratio(t, "torch.nn", "ours"), before, load()]
+    sections["epoch"] = (f"## A whole epoch of the word_language_model example (vocabulary {V:,}, 2-layer LSTM "
+                         f"{args.hidden}, density {args.density}, bptt {bptt}, random token ids)\n\nMedians of "
+                         f"{args.epoch_rounds} epochs each, alternating (the first model swapped each round); "
+                         "'ours vs torch.nn' is the median over the rounds of torch.nn's time / ours.\n\n"
+                         + markdown_table(header, [row]))
+    write(args, sections)
 
 
-def write(args, table, sections):
-    if table is not None:
-        sections["main"] = (f"## Hidden {args.hidden}, input {args.hidden}, density {args.density}, T={args.steps}\n\n"
-                            "Times are medians; 'X vs torch.nn' is torch.nn's time / ours (above 1: ours faster). "
-                            "Load: 1/5/15-minute load averages.\n\n" + table)
-    body = "\n\n".join(sections[k] for k in ("main", "lm", "sweep") if k in sections)
+def write(args, sections):
+    clocks = {"wall": "Times are wall-clock.", "cpu": "Times are the benchmark thread's CPU time (--clock cpu), not "
+              "wall-clock."}
+    body = clocks[args.clock] + "\n\n" + "\n\n".join(sections[k] for k in ("main", "lm", "epoch", "sweep")
+                                                       if k in sections)
     path = write_result(args.out, "Small recurrent layers: compute paths against torch.nn (CPU)", body)
     print(f"wrote {path}")
 
@@ -177,19 +355,34 @@ def main():
     p.add_argument("--steps", type=int, default=35)
     p.add_argument("--batch", type=int, default=20)
     p.add_argument("--infer-batch", type=int, default=10)
+    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
+    p.add_argument("--clock", choices=sorted(CLOCK), default="wall",
+                   help="wall clock, or this thread's CPU time (steadier on a shared machine; one thread)")
+    p.add_argument("--rounds", type=int, default=15, help="alternating rounds per comparison")
+    p.add_argument("--min-time", type=float, default=6.0, help="seconds per variant and comparison, all rounds")
+    p.add_argument("--no-main", action="store_true", help="skip the module table")
     p.add_argument("--sweep", action="store_true", help="also measure the sparse/dense crossover")
     p.add_argument("--sweep-hidden", type=int, nargs="+", default=[200, 500, 1000, 1500, 2500])
     p.add_argument("--sweep-density", type=float, nargs="+", default=[0.01, 0.03, 0.05, 0.1, 0.33])
     p.add_argument("--lm", action="store_true", help="also time the word_language_model example's batches")
+    p.add_argument("--epoch", action="store_true", help="also time whole epochs of the word_language_model example")
+    p.add_argument("--epoch-batches", type=int, default=100, help="training batches per epoch")
+    p.add_argument("--epoch-rounds", type=int, default=5, help="epochs per model")
     p.add_argument("--lm-vocab", type=int, default=10_000)
-    p.add_argument("--lm-rounds", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="few samples: checks the script, not for results")
     p.add_argument("--out", default="small_lstm_cpu.md")
     args = p.parse_args()
-    args.repeat, args.min_time = (3, 0.0) if args.quick else (7, 0.5)
+    torch.set_num_threads(args.threads)
+    global clock
+    clock = CLOCK[args.clock]
+    if args.quick:
+        args.rounds, args.min_time, args.epoch_batches, args.epoch_rounds = 2, 0.0, 2, 1
     sections = {}
-    main_table(args, [], sections)
+    if not args.no_main:
+        main_table(args, sections)
     if args.lm:
+        lm_batches(args, sections)
+    if args.epoch:
         lm_epoch(args, sections)
     if args.sweep:
         sweep(args, sections)

@@ -9,6 +9,10 @@
 //   rnn_step   {lstm,gru,rnn,ctrnn}_step(_backward)  rnn_step_cpu.cpp   rnn_step_cuda.cu  + rnn_step_glue.cpp
 //   topology   select_smallest ... gather_csr        topology_cpu.cpp   none: torch primitives in
 //                                                                       sparse_engine/kernels/topology_cuda.py
+//   densify    pattern_bits ... same_bytes           densify_cpu.cpp    none (CPU only; on CUDA the dense
+//                                                                       path uses scatter_csr/gather_csr)
+//   dense_rnn  gru_sequence(_backward)               dense_rnn_cpu.cpp  none (CPU only; on CUDA the dense
+//                                                                       path runs torch's GRU)
 //   analysis   signed_triad_census, ...              analysis_cpu.cpp   none (CPU only)
 //   mlp        relu_dropout, sgd_step                mlp_cpu.cpp        none (CPU only; CUDA uses torch ops)
 //
@@ -92,6 +96,24 @@ TORCH_LIBRARY(sparse_engine, m) {
   m.def("scatter_csr(Tensor row_ptr, Tensor col_idx, Tensor values, Tensor(a!) dense) -> ()");
   // out[k] = dense[r, c] for every stored entry k at (r, c)
   m.def("gather_csr(Tensor row_ptr, Tensor col_idx, Tensor dense) -> Tensor");
+
+  // ---------------------------------------------------------------- densify
+  // The CSR pattern as bits, int16 [rows, ceil(n_cols / 16)]: bit b of word j of row r set iff (r, 16 j + b) is stored
+  m.def("pattern_bits(Tensor row_ptr, Tensor col_idx, int n_cols) -> Tensor");
+  // dense <- the values at the positions of the pattern's bits and zeros elsewhere (every entry of dense written)
+  m.def("expand_bits(Tensor row_ptr, Tensor bits, Tensor values, Tensor(a!) dense) -> ()");
+  // out[k] = dense at the k-th stored position of the pattern's bits
+  m.def("compress_bits(Tensor row_ptr, Tensor bits, Tensor dense) -> Tensor");
+  // whether a and b have the same dtype and shape and hold the same bytes
+  m.def("same_bytes(Tensor a, Tensor b) -> bool");
+
+  // ---------------------------------------------------------------- dense_rnn
+  // A GRU layer-direction over a whole sequence with a dense W_hh, time- and batch-major: from
+  // gx = x W_ih^T + b_ih (T, B, 3H) and h0 (B, H): y (T, B, H), acts (T, B, 4H) = [r, z, n, W_hn h + b_hn]
+  m.def("gru_sequence(Tensor gx, Tensor h0, Tensor w_hh, Tensor? b_hh, bool reverse) -> (Tensor, Tensor)");
+  // its backward from dy (T, B, H): (dgx, dh0, dw_hh, db_hh: undefined without a bias)
+  m.def("gru_sequence_backward(Tensor dy, Tensor acts, Tensor y, Tensor h0, Tensor w_hh, bool reverse, "
+        "bool has_bias) -> (Tensor, Tensor, Tensor, Tensor)");
 
   // ---------------------------------------------------------------- analysis
   // Signed triad census of the graph "entry (r, c) = edge c -> r": (census int64[16] with

@@ -42,6 +42,14 @@ coo_dot                  fake, CUDA kernel
 grad_topk                CUDA kernel
 scatter_csr              fake, CUDA kernel
 gather_csr               fake, CUDA kernel
+[densify] CPU csrc/cpu/densify_cpu.cpp, no CUDA kernels (the dense path uses scatter_csr/gather_csr there)
+pattern_bits             fake
+expand_bits              fake
+compress_bits            fake
+same_bytes               none (returns a bool)
+[dense_rnn] CPU csrc/cpu/dense_rnn_cpu.cpp, no CUDA kernels (the dense path runs torch's GRU there)
+gru_sequence             fake
+gru_sequence_backward    fake
 [analysis] CPU csrc/cpu/analysis_cpu.cpp, no CUDA kernels
 signed_triad_census      fake
 transitive_semicycles    fake
@@ -54,9 +62,11 @@ Autograd: spmm, spmm_t and sddmm each have a formula written with the other two 
 backward works too; spmm_t's optional ``values_t``, the values in column order, gets no gradient:
 it is ``values`` read in another order, whose gradient goes to ``values``); the recurrent steps
 are differentiated by their ``*_backward`` ops inside ``sparse_engine.nn``'s autograd.Function;
-the topology, analysis and mlp ops are not differentiable. The mlp ops work in place (SparseMLP's
-ReLU + dropout, SETSGD's step) and are called only where their callers check that they apply
-(CPU, contiguous); they return nothing.
+gru_sequence by gru_sequence_backward inside ``sparse_engine.nn.dense_rnn``'s; the topology,
+densify, analysis and mlp ops are not differentiable (the dense-compute path's autograd.Function
+in ``sparse_engine.nn.compute`` pairs scatter_csr/expand_bits with gather_csr/compress_bits).
+The mlp ops work in place (SparseMLP's ReLU + dropout, SETSGD's step) and are called only
+where their callers check that they apply (CPU, contiguous); they return nothing.
 Autocast (CPU and CUDA): spmm, spmm_t and sddmm are lower-precision ops like ``torch.mm``
 (see :mod:`sparse_engine.ops`).
 """
@@ -254,6 +264,36 @@ def _gather_csr_fake(row_ptr, col_idx, dense):
 for _name, _kernel in topology_cuda.OPS.items():
     if not torch._C._dispatch_has_kernel_for_dispatch_key(f"sparse_engine::{_name}", "CUDA"):
         _LIB.impl(_name, _kernel, "CUDA")
+
+
+# --------------------------------------------------------------------------- densify
+@_fake("sparse_engine::pattern_bits")
+def _pattern_bits_fake(row_ptr, col_idx, n_cols):
+    return row_ptr.new_empty((row_ptr.shape[0] - 1, (n_cols + 15) // 16), dtype=torch.int16)
+
+
+@_fake("sparse_engine::expand_bits")
+def _expand_bits_fake(row_ptr, bits, values, dense):
+    return None
+
+
+@_fake("sparse_engine::compress_bits")
+def _compress_bits_fake(row_ptr, bits, dense):
+    return dense.new_empty((torch.library.get_ctx().new_dynamic_size(),))
+
+
+# ------------------------------------------------------------------------- dense_rnn
+@_fake("sparse_engine::gru_sequence")
+def _gru_sequence_fake(gx, h0, w_hh, b_hh, reverse):
+    T, B, G = gx.shape
+    return gx.new_empty((T, B, G // 3)), gx.new_empty((T, B, 4 * (G // 3)))
+
+
+@_fake("sparse_engine::gru_sequence_backward")
+def _gru_sequence_backward_fake(dy, acts, y, h0, w_hh, reverse, has_bias):
+    T, B, H = y.shape
+    return (y.new_empty((T, B, 3 * H)), y.new_empty((B, H)), y.new_empty((3 * H, H)),
+            y.new_empty((3 * H,)) if has_bias else None)
 
 
 # -------------------------------------------------------------------------- analysis

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
 OPS_CPP = (CSRC / "ops.cpp").read_text()
 PYTHON_CUDA = {"topology"}   # CUDA kernels written with torch primitives, in sparse_engine/kernels/
-CPU_ONLY = {"analysis", "mlp"}
+CPU_ONLY = {"densify", "dense_rnn", "analysis", "mlp"}
 
 
 def schemas_by_family() -> dict[str, list[str]]:

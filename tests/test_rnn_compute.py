@@ -120,8 +120,8 @@ def test_materialize_is_the_dense_matrix_with_the_gradient_at_the_pattern(rng):
     assert torch.equal(w.values.grad, G[row, col])
     weights = torch.randn(9, 6, generator=rng, dtype=torch.float64)
 
-    def f(values):  # what materialize applies when a gradient is needed, into fresh zeros
-        dense = compute._ToDense.apply(values, w.row_ptr, w.col_idx, values.new_zeros(9, 6))
+    def f(values):  # the autograd node of materialize, on the matrix written into fresh zeros
+        dense = compute._scattered(values, w.row_ptr, w.col_idx, (9, 6))
         return (dense ** 2 * weights).sum(0)
     values = w.values.detach().clone().requires_grad_(True)
     assert torch.autograd.gradcheck(f, (values,))
@@ -167,6 +167,77 @@ def test_materialize_reuses_its_buffer_only_when_free(rng):
         row, col, _ = getattr(m, name).coo()
         expect = sum(getattr(d, name).grad[row, col] for d, _ in refs)
         torch.testing.assert_close(getattr(m, name).values.grad, expect, rtol=1e-10, atol=1e-12)
+
+
+class _CountingOps:
+    """torch.ops.sparse_engine, counting the writes of dense buffers (expand_bits)."""
+
+    def __init__(self):
+        self.writes = 0
+
+    def __getattr__(self, name):
+        return getattr(torch.ops.sparse_engine, name)
+
+    def expand_bits(self, row_ptr, bits, values, dense):
+        self.writes += 1
+        return torch.ops.sparse_engine.expand_bits(row_ptr, bits, values, dense)
+
+
+def test_inference_skips_the_write_of_unchanged_values_only(rng, monkeypatch):
+    """Without a gradient, a forward whose values are byte for byte those written last time
+    reuses the dense buffer as it is; any change is seen and written: in place under no_grad (an
+    optimizer step), through ``.data`` (no version bump), a new ``.data``, 0.0 -> -0.0 (equal as
+    numbers, not as bytes), an in-place write through the matrix ``materialize`` returned, a
+    forward with a gradient in between, a new pattern, a buffer held elsewhere. Each forward
+    equals torch's module, and its matrices are bit for bit the weights' dense matrices."""
+    ops = _CountingOps()
+    monkeypatch.setattr(compute, "_ops", ops)
+    m = se.nn.SparseLSTM(3, 5, density=0.5, compute="dense", dtype=torch.float64)
+    x = torch.randn(4, 2, 3, generator=rng, dtype=torch.float64)
+    w_ih, w_hh = m.weight_ih_l0, m.weight_hh_l0
+
+    def forward(expect, grad=False, then=0):
+        ops.writes = 0
+        with torch.set_grad_enabled(grad):
+            y = m(x)[0]
+            torch.testing.assert_close(y, m.to_dense()(x)[0], rtol=1e-12, atol=1e-12)
+        assert ops.writes == expect
+        if grad:
+            y.sum().backward()  # the graph lets go of the buffers
+        ops.writes = 0
+        with torch.no_grad():
+            for w in (w_ih, w_hh):  # bit for bit the dense matrix
+                assert torch.equal(compute.materialize(w).view(torch.int64), w.to_dense().view(torch.int64))
+        assert ops.writes == then  # nothing changed since the forward
+        return y
+
+    first = forward(2)
+    assert torch.equal(forward(0), first)  # nothing changed: nothing written
+    with torch.no_grad():
+        w_hh.values.mul_(0.5)  # in place (an optimizer step)
+    forward(1)
+    w_hh.values.data.mul_(-2.0)  # no version bump
+    forward(1)
+    w_ih.values.data = w_ih.values.data * 3  # another tensor
+    forward(1)
+    with torch.no_grad():
+        w_ih.values[0] = 0.0
+    forward(1)
+    w_ih.values.data[0] = -0.0
+    forward(1)
+    with torch.no_grad():
+        d = compute.materialize(w_hh)
+        d.add_(1.0)  # a write into the buffer through what materialize returned
+        del d
+    forward(1)
+    forward(2, grad=True, then=2)  # with a gradient: written, and the kept copies forgotten
+    forward(0)
+    held = compute.materialize(w_ih)  # held elsewhere: the next forward writes a new buffer
+    forward(1)
+    assert torch.equal(held.view(torch.int64), w_ih.to_dense().view(torch.int64))
+    new = se.SparseWeight.random(*w_hh.shape, 0.3, dtype=torch.float64)
+    w_hh.set_pattern(new.row_ptr, new.col_idx, new.values.detach())
+    forward(1)
 
 
 def _saved(m):

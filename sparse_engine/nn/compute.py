@@ -4,13 +4,13 @@ weights materialised for one forward.
 At small sizes and high densities a dense BLAS product beats any CSR kernel (hidden 200 at
 density 0.33 is a 53k-nonzero matrix that MKL/oneDNN multiplies faster than we can gather it),
 and torch's fused LSTM/GRU/RNN runs the whole sequence in C++. ``compute="dense"`` uses that:
-each forward writes every sparse weight's values into a dense matrix (the op ``scatter_csr``;
-:func:`materialize`, whose backward reads the dense gradient at the stored positions only
-(``gather_csr``): the values get exactly the gradient of the sparse path) and calls torch's
-recurrence (``torch.lstm``, ``torch.gru``, ...) on those matrices. The dense matrix of each weight
-is a buffer kept between forwards (per thread, while nothing else holds it; its size counts in the
-budget), rewritten at each forward; ``state_dict``, checkpoints and the topology controllers see
-only the CSR weight.
+each forward writes every sparse weight's values into a dense matrix (:func:`materialize_all`;
+its backward reads the dense gradient at the stored positions only: the values get exactly the
+gradient of the sparse path) and calls torch's recurrence (``torch.lstm``, ... ; the GRU on the
+CPU through :mod:`sparse_engine.nn.dense_rnn`) on those matrices. The dense matrix of each weight
+is a buffer kept between forwards (per thread, while nothing else holds it; its size counts in
+the budget), written at each forward with a gradient and, without one, only when the values
+changed; ``state_dict``, checkpoints and the topology controllers see only the CSR weight.
 
 * ``compute="sparse"``: always the CSR kernels (the memory-bound choice at large sizes).
 * ``compute="dense"``: always materialise, if the dense matrices fit the budget
@@ -42,7 +42,8 @@ from ..sparse import SparseWeight
 _ops = torch.ops.sparse_engine
 
 __all__ = ["COMPUTE_CHOICES", "set_default_compute", "get_default_compute", "default_compute",
-           "set_dense_budget", "get_dense_budget", "check_compute", "use_dense", "auto_min_density", "materialize"]
+           "set_dense_budget", "get_dense_budget", "check_compute", "use_dense", "auto_min_density", "materialize",
+           "materialize_all"]
 
 COMPUTE_CHOICES = ("auto", "sparse", "dense")
 #: bytes of dense matrices one module may materialise per forward (all layers together)
@@ -108,21 +109,24 @@ def use_dense(mode: str | None, weights, hidden_size: int, device_type: str = "c
     (SparseWeights or dense tensors) on ``device_type`` runs dense this forward. ``auto`` goes dense
     on the CPU only, where its rule was measured (on a GPU it stays sparse until measured there;
     ``compute='dense'`` works on any device)."""
-    mode = get_default_compute() if mode is None else mode
+    mode = _state["compute"] if mode is None else mode
     if mode == "sparse":
         return False
-    sparse = [w for w in weights if isinstance(w, SparseWeight)]
-    itemsize = lambda w: w.values.element_size()  # noqa: E731
-    nbytes = sum(w.shape[0] * w.shape[1] * itemsize(w) for w in sparse)
-    if nbytes > get_dense_budget():
+    nbytes = entries = nnz = 0
+    for w in weights:
+        if isinstance(w, SparseWeight):
+            values, _, col_idx = _parts(w)
+            rows, cols = w.shape
+            entries += rows * cols
+            nbytes += rows * cols * values.element_size()
+            nnz += col_idx.numel()
+    if nbytes > _state["budget"]:
         return False
-    if mode == "dense" or not sparse:
+    if mode == "dense" or not entries:
         return True
     if device_type != "cpu":
         return False
-    entries = sum(w.shape[0] * w.shape[1] for w in sparse)
-    density = sum(w.nnz for w in sparse) / entries if entries else 1.0
-    return density >= auto_min_density(hidden_size)
+    return nnz / entries >= auto_min_density(hidden_size)
 
 
 def auto_min_density(hidden_size: int) -> float:
@@ -137,86 +141,181 @@ def auto_min_density(hidden_size: int) -> float:
 def materialize(w) -> torch.Tensor:
     """The dense matrix of a SparseWeight, differentiable with respect to its values only (the
     gradient of the dense matrix is read at the stored positions); a dense weight as it is.
-
-    The matrix is written into a buffer kept per weight, whose zeros stay from one call to the
-    next while the pattern is the same, so each call writes the nnz values only (the op
-    ``scatter_csr``): a fresh zero-filled matrix per forward costs, at hidden 200, about as much
-    again in page faults and cache misses of torch's recurrence as the writing itself. The
-    buffer is reused only when nothing else holds it (the graph of an earlier forward that has
-    not run its backward keeps its own, and a new buffer is made), and the values are written
-    on every call (an update through ``.data`` leaves the version counter as it is, so a dense
-    copy kept for unchanged values could go stale unseen)."""
-    if not isinstance(w, SparseWeight):
-        return w
-    entry = _entry(w)
-    values = w.values
-    buf = entry.buffer
-    if buf is None or buf.dtype != values.dtype or buf.device != values.device or _held(buf):
-        buf = entry.buffer = values.new_zeros(w.shape)
-    if torch.is_grad_enabled() and values.requires_grad:
-        return _ToDense.apply(values, w.row_ptr, w.col_idx, buf)
-    _ops.scatter_csr(w.row_ptr, w.col_idx, values, buf)
-    return buf.detach()
+    :func:`materialize_all` does a module's matrices in one go, and says how. The matrix is a
+    buffer of this module's: read it, do not write it."""
+    return materialize_all([w])[0]
 
 
-def _held(buf: torch.Tensor) -> bool:
-    """Whether anything but ``buf`` itself shares its storage (the Python storage object made
-    here counts one; torch's cudagraph trees test their cached buffers the same way)."""
-    return torch._C._storage_Use_Count(buf.untyped_storage()._cdata) > 2
+def materialize_all(weights) -> list:
+    """:func:`materialize` of each weight (SparseWeights and dense tensors) in one call; the
+    matrices that need a gradient share one autograd node (one Python call forward and one
+    backward per module, not per matrix). A dense weight is returned as it is.
+
+    Each matrix is a buffer kept per weight and thread while its pattern stays (not allocated and
+    faulted in again at each forward: a fresh zero-filled matrix per forward cost, at hidden 200,
+    about as much again in page faults and in cache misses of torch's recurrence as the writing
+    itself). It is reused only when nothing else holds it (the graph of an earlier forward that
+    has not run its backward keeps its own, and a new buffer is made). On the CPU the values are
+    written with the pattern's bits (the op ``expand_bits``: whole rows, zeros included, 16
+    columns at a time), elsewhere at the stored positions (``scatter_csr``, into zeros).
+
+    A call without a gradient (inference, evaluation) skips the write when the buffer still holds
+    what the last such call wrote and the values are, byte for byte, those it wrote then (the op
+    ``same_bytes`` against a copy kept of them): a full comparison, so an update of any kind (in
+    place, through ``.data``, which leaves the version counter as it is, a new ``.data``) is
+    seen. What the buffer holds is known: only these ops write it, a call with a gradient or a
+    new buffer forgets the kept copy, and a write through an alias of the buffer (what this
+    function returns) moves the buffer's version counter, which is recorded after each write and
+    compared too.
+    """
+    out = list(weights)
+    entries = _entries()
+    grad = torch.is_grad_enabled()
+    positions, index, values_with_graph = [], [], []  # the matrices with a graph
+    for i, w in enumerate(weights):
+        if not isinstance(w, SparseWeight):
+            continue
+        values, row_ptr, col_idx = _parts(w)
+        entry = entries.get(w)
+        if entry is None or not entry.matches(row_ptr, col_idx):
+            entry = entries[w] = _Entry(row_ptr, col_idx, w.shape[1])
+        buf = entry.free_buffer(values, w.shape)
+        with_graph = grad and values.requires_grad
+        entry.write(values.detach(), buf, keep=not with_graph)
+        if with_graph:
+            positions.append(i)
+            index.append((row_ptr, col_idx, entry.bits, buf))
+            values_with_graph.append(values)
+        else:
+            out[i] = buf.detach()
+    if positions:
+        dense = _ToDense.apply(tuple(index), *values_with_graph)
+        for i, d in zip(positions, dense if len(positions) > 1 else (dense,)):
+            out[i] = d
+    return out
+
+
+def _parts(w: SparseWeight) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(values, row_ptr, col_idx) of a SparseWeight; a plain one's read from its dicts, without
+    nn.Module's ``__getattr__`` (a parametrized one is of a subclass: its values go through the
+    parametrization)."""
+    if type(w) is SparseWeight:
+        return w._parameters["values"], w._buffers["row_ptr"], w._buffers["col_idx"]
+    return w.values, w.row_ptr, w.col_idx
+
+
+def _read(grad, row_ptr, col_idx, bits) -> torch.Tensor:
+    """The dense ``grad`` at the stored positions."""
+    if bits is not None:
+        return _ops.compress_bits(row_ptr, bits, grad)
+    return _ops.gather_csr(row_ptr, col_idx, grad)
 
 
 class _ToDense(torch.autograd.Function):
-    """(values, row_ptr, col_idx, buffer) -> the buffer with the values written at the pattern's
-    positions (zeros elsewhere, see :func:`materialize`), as a new alias. Its backward reads the
-    gradient at those positions (:class:`_AtPattern`), and that one's backward writes into zeros
-    again, so double backward works."""
+    """(index, *values) -> the buffers, each as a new alias (one tensor for one value tensor, else
+    a tuple), where index holds per value tensor its (row_ptr, col_idx, bits or None, buffer) and
+    each buffer holds the matrix of its values when this is called (written by
+    :func:`materialize_all`, or into zeros by ``scatter_csr``); differentiable with respect to
+    the values. Its backward reads each gradient at the stored positions (:func:`_read`;
+    :class:`_AtPattern` when the backward itself is differentiated, whose backward writes into
+    zeros again, so double backward works); an output without a gradient gives its values none.
+
+    The index travels as one non-tensor argument and the Function is of the ``forward(ctx, ...)``
+    kind: ``Function.apply`` binds the arguments of a ``setup_context`` Function to
+    ``forward``'s signature (``inspect.signature``) at every call and looks at every tensor
+    argument, which cost more than the rest of the dense path's Python together."""
 
     @staticmethod
-    def forward(values, row_ptr, col_idx, buf):
-        _ops.scatter_csr(row_ptr, col_idx, values, buf)
-        return buf.detach()
+    def forward(ctx, index, *values):
+        ctx.index = index  # index tensors: not part of any graph, kept as they are
+        ctx.set_materialize_grads(False)
+        outs = tuple(buf.detach() for _, _, _, buf in index)
+        return outs[0] if len(outs) == 1 else outs
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[1], inputs[2])
+    def backward(ctx, *grads):
+        double = torch.is_grad_enabled()  # create_graph: the gradient is differentiated again
+        out = [None]
+        for (row_ptr, col_idx, bits, _), grad in zip(ctx.index, grads):
+            if grad is None:
+                out.append(None)
+            elif double:
+                out.append(_AtPattern.apply(grad, row_ptr, col_idx))
+            else:
+                out.append(_read(grad, row_ptr, col_idx, bits))
+        return tuple(out)
 
-    @staticmethod
-    def backward(ctx, grad):
-        row_ptr, col_idx = ctx.saved_tensors
-        return _AtPattern.apply(grad, row_ptr, col_idx), None, None, None
+
+def _scattered(values, row_ptr, col_idx, shape) -> torch.Tensor:
+    """The matrix of ``values`` in fresh zeros (``scatter_csr``), differentiable."""
+    buf = values.new_zeros(shape)
+    _ops.scatter_csr(row_ptr, col_idx, values.detach(), buf)
+    return _ToDense.apply(((row_ptr, col_idx, None, buf),), values)
 
 
 class _AtPattern(torch.autograd.Function):
     """(dense, row_ptr, col_idx) -> dense at the pattern's positions (the op ``gather_csr``)."""
 
     @staticmethod
-    def forward(dense, row_ptr, col_idx):
+    def forward(ctx, dense, row_ptr, col_idx):
+        ctx.index, ctx.shape = (row_ptr, col_idx), dense.shape
         return _ops.gather_csr(row_ptr, col_idx, dense)
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[1], inputs[2])
-        ctx.shape = inputs[0].shape
-
-    @staticmethod
     def backward(ctx, grad):
-        row_ptr, col_idx = ctx.saved_tensors
-        return _ToDense.apply(grad, row_ptr, col_idx, grad.new_zeros(ctx.shape)), None, None
+        row_ptr, col_idx = ctx.index
+        return _scattered(grad, row_ptr, col_idx, ctx.shape), None, None
 
 
 class _Entry:
-    """What :func:`materialize` keeps per weight: the pattern it was made for (its index tensors
-    and their versions) and the dense buffer."""
-    __slots__ = ("row_ptr", "col_idx", "versions", "buffer")
+    """What :func:`materialize_all` keeps per weight and thread: the pattern it was made for (its
+    index tensors and their versions; ``set_pattern`` and ``load_state_dict`` give a weight new
+    ones), the pattern's bits (CPU), the dense buffer with its storage (kept, so the test of
+    whether anything else holds the buffer makes no Python object per call), and for the skip of
+    an unchanged write the values last written without a gradient (``last``) and the buffer's
+    version after that write (``written``; None: nothing to skip against)."""
+    __slots__ = ("row_ptr", "col_idx", "versions", "bits", "buffer", "storage", "last", "written")
 
-    def __init__(self, w: SparseWeight):
-        self.row_ptr, self.col_idx = w.row_ptr, w.col_idx
-        self.versions = (w.row_ptr._version, w.col_idx._version)
-        self.buffer = None
+    def __init__(self, row_ptr: torch.Tensor, col_idx: torch.Tensor, cols: int):
+        self.row_ptr, self.col_idx = row_ptr, col_idx
+        self.versions = (row_ptr._version, col_idx._version)
+        self.bits = _ops.pattern_bits(row_ptr, col_idx, cols) if row_ptr.device.type == "cpu" else None
+        self.buffer = self.storage = self.last = self.written = None
 
-    def matches(self, w: SparseWeight) -> bool:
-        rp, ci = w.row_ptr, w.col_idx
-        return self.row_ptr is rp and self.col_idx is ci and self.versions == (rp._version, ci._version)
+    def matches(self, row_ptr: torch.Tensor, col_idx: torch.Tensor) -> bool:
+        return (self.row_ptr is row_ptr and self.col_idx is col_idx
+                and self.versions == (row_ptr._version, col_idx._version))
+
+    def free_buffer(self, values: torch.Tensor, shape) -> torch.Tensor:
+        """The buffer, or a new zero-filled one where it has another dtype or device or is held
+        elsewhere: anything but the buffer itself and the kept storage object that shares its
+        storage (an alias in a graph whose backward has not run; torch's cudagraph trees test
+        their cached buffers the same way)."""
+        buf = self.buffer
+        if (buf is None or buf.dtype != values.dtype or buf.device != values.device
+                or torch._C._storage_Use_Count(self.storage._cdata) > 2):
+            buf = self.buffer = values.new_zeros(shape)
+            self.storage = buf.untyped_storage()
+            self.written = None
+        return buf
+
+    def write(self, values: torch.Tensor, buf: torch.Tensor, keep: bool) -> None:
+        """buf <- the matrix of ``values`` (see :func:`materialize_all`); ``keep`` (a call without
+        a gradient): skipped when buf holds the matrix of the same bytes, else a copy of the
+        values kept for the next call (CPU only, where the comparison costs a few microseconds)."""
+        if self.bits is None:
+            _ops.scatter_csr(self.row_ptr, self.col_idx, values, buf)
+            return
+        if keep and self.written == buf._version and _ops.same_bytes(values, self.last):
+            return
+        self.written = None
+        _ops.expand_bits(self.row_ptr, self.bits, values, buf)
+        if keep:
+            last = self.last
+            if last is None or last.shape != values.shape or last.dtype != values.dtype:
+                last = self.last = torch.empty_like(values, memory_format=torch.contiguous_format)
+            last.copy_(values)
+            self.written = buf._version
 
 
 #: per thread, weight -> its _Entry: kept outside the module (not pickled, not copied), dropped
@@ -225,13 +324,10 @@ class _Entry:
 _LOCAL = threading.local()
 
 
-def _entry(w: SparseWeight) -> _Entry:
-    """The weight's entry in this thread, made again when its pattern changed (``set_pattern``
-    and ``load_state_dict`` give it new index tensors)."""
+def _entries() -> weakref.WeakKeyDictionary:
+    """This thread's weight -> _Entry (made again by :func:`materialize_all` when the weight's
+    pattern changed)."""
     entries = _LOCAL.__dict__.get("entries")
     if entries is None:
         entries = _LOCAL.entries = weakref.WeakKeyDictionary()
-    entry = entries.get(w)
-    if entry is None or not entry.matches(w):
-        entry = entries[w] = _Entry(w)
-    return entry
+    return entries

@@ -19,6 +19,8 @@ Same constructor arguments, parameter names (``weight_ih_l0``, ``weight_hh_l0_re
   of a dozen. On CUDA the fused step saves the gate pre-activations' round trip through global
   memory and ~10 kernel launches per step; not yet measured on a GPU
   (``bench_rnn_step.py --device cuda``).
+  On the dense-compute path (below) ``fused`` picks the CPU GRU: torch's GRU with each
+  layer-direction's steps fused (:mod:`sparse_engine.nn.dense_rnn`), or ``torch.gru`` itself.
 
 A sparse weight is a :class:`~sparse_engine.SparseWeight` child module under torch's name, its
 gates stacked in one CSR in torch's order (LSTM i, f, g, o: 4H rows; GRU r, z, n: 3H rows).
@@ -47,9 +49,9 @@ projected layer is composed from the differentiable products under plain autogra
 Every module has ``.proj_size`` (0 without a projection), as ``nn.RNNBase``.
 
 ``compute=`` ('auto' | 'sparse' | 'dense'; default None: the global default, 'auto'): the sparse
-kernels, or torch's own dense recurrence (``torch.lstm``, ...) on the weights written into dense
-matrices at each forward, under a memory budget; see :mod:`sparse_engine.nn.compute` and
-docs/compute_paths.md. Same results either way (float reassociation aside), and the gradient reaches the stored values only.
+kernels, or torch's own dense recurrence (``torch.lstm``, ...; the GRU fused on the CPU) on the
+weights written into dense matrices kept between forwards, under a memory budget; see
+:mod:`sparse_engine.nn.compute` and docs/compute_paths.md. Same results either way (float reassociation aside), and the gradient reaches the stored values only.
 
 ``PackedSequence`` input works as in torch: the output is a PackedSequence with the input's
 ``batch_sizes``/``sorted_indices``/``unsorted_indices``, each sequence sees only its own steps
@@ -75,7 +77,8 @@ from torch.nn.utils.rnn import PackedSequence
 from .. import init as _init
 from ..constants import GATES
 from ..sparse import SparseWeight
-from .compute import check_compute, materialize, use_dense
+from . import dense_rnn
+from .compute import _parts, check_compute, materialize_all, use_dense
 from .recurrence import Config, RecordsGradFactors, batch_rows, check_input_dtype, projected_lstm, recurrence
 from .linear import EMPTY, fill_dense, refuse_dense_weights, resolve_density
 
@@ -393,7 +396,7 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
         """No-op, for code written against nn.LSTM (there is no cuDNN weight buffer to pack)."""
 
     # ---------------------------------------------------------------------- forward
-    def _check_input(self, input, packed: bool = False):
+    def _check_input(self, input, packed: bool = False, ref: torch.Tensor | None = None):
         check_not_packed(input, type(self).__name__)
         if packed and input.dim() != 2:
             raise ValueError(f"a PackedSequence's data must be 2-D (steps, input_size), got shape {tuple(input.shape)}")
@@ -402,26 +405,32 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
         if input.shape[-1] != self.input_size:
             raise ValueError(f"input must have last dimension input_size={self.input_size}, "
                              f"got shape {tuple(input.shape)}")
-        ref = weight_args(self.weight_ih_l0)[0]
+        ref = self._reference() if ref is None else ref
         check_input_dtype(input, ref)
         if input.device != ref.device:
             raise ValueError(f"input must be on {ref.device} like the parameters, got {input.device}")
 
-    def _check_state(self, t, name, batched, B, size):
+    def _reference(self, weights=None) -> torch.Tensor:
+        """The tensor whose dtype and device the inputs and states must have: the first matrix's
+        values (``weights``: the module's matrices in ``_flat_weights_names`` order, as
+        ``_forward_once`` read them)."""
+        w = self.weight_ih_l0 if weights is None else weights[0]
+        return _parts(w)[0] if isinstance(w, SparseWeight) else w
+
+    def _check_state(self, t, name, batched, B, size, ref):
         D = 2 if self.bidirectional else 1
         want = (self.num_layers * D, B, size) if batched else (self.num_layers * D, size)
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if tuple(t.shape) != want:
             raise ValueError(f"{name} must have shape {want}, got {tuple(t.shape)}")
-        ref = weight_args(self.weight_ih_l0)[0]
         check_input_dtype(t, ref, name)
         if t.device != ref.device:
             raise ValueError(f"{name} must be on {ref.device} like the parameters, got {t.device}")
 
-    def _initial_state(self, hx, like: torch.Tensor, batched: bool, B: int):
+    def _initial_state(self, hx, like: torch.Tensor, batched: bool, B: int, ref: torch.Tensor | None = None):
         """(h0, c0) as (num_layers*D, B, P or H) and (num_layers*D, B, H) tensors (c0 None unless
-        LSTM) from the caller's ``hx`` (checked) or zeros."""
+        LSTM) from the caller's ``hx`` (checked against ``ref``, see ``_reference``) or zeros."""
         is_lstm = self.mode == "LSTM"
         out = self.proj_size or self.hidden_size
         if hx is None:
@@ -432,12 +441,13 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
         if is_lstm:
             if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
                 raise TypeError("hx must be a tuple (h_0, c_0) for an LSTM")
+            ref = self._reference() if ref is None else ref
             h0, c0 = hx
-            self._check_state(h0, "h_0", batched, B, out)
-            self._check_state(c0, "c_0", batched, B, self.hidden_size)
+            self._check_state(h0, "h_0", batched, B, out, ref)
+            self._check_state(c0, "c_0", batched, B, self.hidden_size, ref)
         else:
             h0, c0 = hx, None
-            self._check_state(h0, "hx", batched, B, out)
+            self._check_state(h0, "hx", batched, B, out, self._reference() if ref is None else ref)
         if not batched:
             h0 = h0.unsqueeze(1)
             c0 = c0.unsqueeze(1) if c0 is not None else None
@@ -486,7 +496,7 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
         return layer_x, h_n, c_n
 
     # ------------------------------------------------------------- dense compute
-    def _dense_now(self, ref: torch.Tensor) -> bool:
+    def _dense_now(self, ref: torch.Tensor, weights=None) -> bool:
         """This forward materialises the weights (:mod:`sparse_engine.nn.compute`): the module's
         ``compute`` setting says so, not recording gradient factors, not under autocast (where
         the sparse recurrence keeps the parameters' precision, see ``recurrence``), not while
@@ -494,10 +504,11 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
         if (self.record_grad_factors or torch.is_autocast_enabled(ref.device.type)
                 or torch.compiler.is_compiling()):
             return False
-        weights = [getattr(self, n) for n in self._flat_weights_names if n.startswith("weight")]
+        if weights is None:
+            weights = [getattr(self, n) for n in self._flat_weights_names]
         return use_dense(self.compute, weights, self.hidden_size, ref.device.type)
 
-    def _run_dense(self, x: torch.Tensor, h0: torch.Tensor, c0, batch_sizes=None):
+    def _run_dense(self, x: torch.Tensor, h0: torch.Tensor, c0, batch_sizes=None, weights=None):
         """torch's own fused recurrence (``torch.lstm``/``gru``/``rnn_tanh``/``rnn_relu``, what
         ``nn.LSTM.forward`` calls: oneDNN/MKL on the CPU, cuDNN on CUDA) on the weights
         materialised for this forward, from states checked by ``_initial_state``: (output
@@ -506,9 +517,13 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
         directly, not through an ``nn.LSTM`` (``functional_call`` on a meta-device skeleton, as
         before): that module's Python repeats our checks and took about 0.1 ms per call at
         hidden 200, a twentieth of the inference."""
-        weights = [materialize(getattr(self, name)) for name in self._flat_weights_names]
+        if weights is None:
+            weights = [getattr(self, n) for n in self._flat_weights_names]
+        weights = materialize_all(weights)  # the sparse ones written into their dense buffers
         hx = (h0, c0) if self.mode == "LSTM" else h0
         args = (weights, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional)
+        if self.mode == "GRU" and self.fused and batch_sizes is None and dense_rnn.fused_gru_applies(x):
+            return (*dense_rnn.gru(x, hx, *args), None)  # torch's GRU, each layer's steps fused
         run = _DENSE_FUNCTIONS[self.mode]
         res = run(x, hx, *args, False) if batch_sizes is None else run(x, batch_sizes, hx, *args)
         return res[0], res[1], (res[2] if self.mode == "LSTM" else None)
@@ -527,19 +542,26 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
     def _forward_once(self, input, hx, step_major: bool):
         # parametrized values (weight drop, ...) are evaluated once per forward: one dropout mask
         # for every step and every length group
-        if any(parametrize.is_parametrized(getattr(self, n)) for n in self._flat_weights_names):
+        # (the matrices are read once here and handed down: nn.Module's attribute lookup is
+        # about half a microsecond a name)
+        weights = [getattr(self, n) for n in self._flat_weights_names]
+        if any(type(w) is not SparseWeight and isinstance(w, SparseWeight) and parametrize.is_parametrized(w)
+               for w in weights):
             with parametrize.cached():
-                return self._forward(input, hx, step_major)
-        return self._forward(input, hx, step_major)
+                return self._forward(input, hx, step_major, weights)
+        return self._forward(input, hx, step_major, weights)
 
-    def _forward(self, input, hx, step_major: bool = False):
+    def _forward(self, input, hx, step_major: bool = False, weights=None):
+        if weights is None:
+            weights = [getattr(self, n) for n in self._flat_weights_names]
         if isinstance(input, PackedSequence):
-            return self._forward_packed(input, hx)
-        self._check_input(input)
+            return self._forward_packed(input, hx, weights)
+        ref = self._reference(weights)
+        self._check_input(input, ref=ref)
         x, batched = time_major(input, self.batch_first)
-        h0, c0 = self._initial_state(hx, x, batched, x.shape[1])
-        if self._dense_now(x):
-            out, h_n, c_n = self._run_dense(x, h0, c0)  # time-major (T, B, D*H)
+        h0, c0 = self._initial_state(hx, x, batched, x.shape[1], ref)
+        if self._dense_now(x, weights):
+            out, h_n, c_n = self._run_dense(x, h0, c0, None, weights)  # time-major (T, B, D*H)
             out = out.permute(0, 2, 1) if step_major else caller_layout(out, self.batch_first, batched)
         else:
             out, h_n, c_n = self._run(x, h0, c0, self._factor_sink)
@@ -550,22 +572,23 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
             c_n = c_n.squeeze(1) if c_n is not None else None
         return out, ((h_n, c_n) if self.mode == "LSTM" else h_n)
 
-    def _forward_packed(self, input: PackedSequence, hx):
+    def _forward_packed(self, input: PackedSequence, hx, weights=None):
         """torch's semantics for a PackedSequence (module doc): the sequences grouped by length,
         the stack run once per distinct length on that group alone (``_run`` takes one batch
         size for all steps), outputs and states put back in the input's packed / batch order."""
         data, batch_sizes, sorted_indices, unsorted_indices = input
-        self._check_input(data, packed=True)
+        ref = self._reference(weights)
+        self._check_input(data, packed=True, ref=ref)
         if batch_sizes.numel() == 0 or data.shape[0] == 0:
             raise ValueError("a PackedSequence with no steps")
         lengths, pos = packed_positions(batch_sizes, unsorted_indices)
         B = int(batch_sizes[0])
-        h0, c0 = self._initial_state(hx, data, True, B)
-        if self._dense_now(data):  # torch's order: sorted by length, longest first
+        h0, c0 = self._initial_state(hx, data, True, B, ref)
+        if self._dense_now(data, weights):  # torch's order: sorted by length, longest first
             if sorted_indices is not None:
                 h0 = h0.index_select(1, sorted_indices)
                 c0 = None if c0 is None else c0.index_select(1, sorted_indices)
-            out, h_n, c_n = self._run_dense(data, h0, c0, batch_sizes)
+            out, h_n, c_n = self._run_dense(data, h0, c0, batch_sizes, weights)
             if unsorted_indices is not None:
                 h_n = h_n.index_select(1, unsorted_indices)
                 c_n = None if c_n is None else c_n.index_select(1, unsorted_indices)
