@@ -23,13 +23,23 @@ on a 784-333333-333333-333334-10 SET-MLP (1 thread): spmm_t 29% faster, spmm 10%
 15%, a training step 21% (CPU time; docs/set_mlp.md). It needs the kernel's THP mode
 ``madvise`` or ``always`` (/sys/kernel/mm/transparent_hugepage/enabled); with ``never`` it
 does nothing.
+
+Freed memory: glibc's malloc serves every allocation above 32 MiB with its own mmap and gives it
+back to the system when freed, so each training step of a wide layer faults in and zeroes its
+batch-sized tensors again (at 1M SET-MLP neurons, 53 MB each: about 15% of a step).
+:func:`keep_freed_memory` makes malloc serve them from its heap and keep what is freed for the
+next step. The console command calls it (``sparse-engine``; not when ``GLIBC_TUNABLES`` is set:
+then the user has chosen malloc's settings); a library import does not, since it changes the
+whole process's allocator (its resident memory then stays at its peak).
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import sys
 
-__all__ = ["PASSIVE_WAIT", "HUGE_PAGES"]
+__all__ = ["PASSIVE_WAIT", "HUGE_PAGES", "keep_freed_memory"]
 
 #: True when this import set OMP_WAIT_POLICY=PASSIVE before torch loaded libgomp.
 PASSIVE_WAIT = "torch" not in sys.modules and "OMP_WAIT_POLICY" not in os.environ
@@ -40,3 +50,21 @@ if PASSIVE_WAIT:
 HUGE_PAGES = "torch" not in sys.modules and "THP_MEM_ALLOC_ENABLE" not in os.environ
 if HUGE_PAGES:
     os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
+
+
+# mallopt's parameters (glibc's malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def keep_freed_memory() -> bool:
+    """Makes glibc's malloc take every block from its heap (no mmap) and never trim it, so that the
+    large tensors freed by one step are reused, without page faults, by the next. Returns False
+    where it cannot (not glibc, or ``GLIBC_TUNABLES`` is set: the user's choice stands)."""
+    if "GLIBC_TUNABLES" in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1

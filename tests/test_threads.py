@@ -158,3 +158,38 @@ def test_importing_sparse_engine_first_asks_torch_for_huge_pages():
     assert wait_policy_after("import sparse_engine; assert sparse_engine.threads.HUGE_PAGES", thp) == "1"
     assert wait_policy_after("import torch, sparse_engine; assert not sparse_engine.threads.HUGE_PAGES", thp) == "None"
     assert wait_policy_after("import sparse_engine", thp, THP_MEM_ALLOC_ENABLE="0") == "0"
+
+
+MMAPPED_AFTER_64MB = """
+import ctypes, sys, torch
+import sparse_engine.threads as threads
+kept = threads.keep_freed_memory() if sys.argv[1] == "keep" else None
+class Info(ctypes.Structure):  # glibc's struct mallinfo2
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                 "fsmblks", "uordblks", "fordblks", "keepcost")]
+mallinfo2 = ctypes.CDLL(None).mallinfo2
+mallinfo2.restype = Info
+x = torch.ones(16 * 2**20)  # 64 MiB
+print(kept, mallinfo2().hblkhd >= 64 * 2**20)
+"""
+
+
+def glibc_version() -> tuple[int, ...]:
+    try:
+        name, version = os.confstr("CS_GNU_LIBC_VERSION").split()
+    except (ValueError, OSError, AttributeError):
+        return ()
+    return tuple(int(part) for part in version.split(".")[:2]) if name == "glibc" else ()
+
+
+@pytest.mark.skipif(glibc_version() < (2, 33), reason="needs glibc's mallinfo2 (2.33 and later)")
+def test_keep_freed_memory_serves_large_tensors_from_the_heap():
+    def run(mode, **env):
+        base = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+        out = subprocess.run([sys.executable, "-c", MMAPPED_AFTER_64MB, mode], env={**base, "PYTHONPATH": str(ROOT), **env},
+                             capture_output=True, text=True, check=True)
+        return out.stdout.split()
+    assert run("default") == ["None", "True"]  # glibc mmaps a 64 MiB block of its own
+    assert run("keep") == ["True", "False"]  # from the heap
+    # malloc settings the user chose are left alone
+    assert run("keep", GLIBC_TUNABLES="glibc.malloc.check=0") == ["False", "True"]
