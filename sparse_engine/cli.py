@@ -72,9 +72,15 @@ class ArgumentParser(argparse.ArgumentParser):
         raise CommandError(f"{message} (see '{self.prog} --help')", EXIT_USAGE)
 
 
+#: fields whose option turns them off (``--no-evolve-output`` sets evolve_output False)
+NEGATED = ("evolve_output",)
+
+
 def option_name(field: str) -> str:
     """The command line's name for a config field: ``batch_size`` -> ``--batch-size``."""
-    return field if field in POSITIONAL else "--" + field.replace("_", "-")
+    if field in POSITIONAL:
+        return field
+    return "--" + ("no-" if field in NEGATED else "") + field.replace("_", "-")
 
 
 def _hidden_sizes(text: str):
@@ -180,6 +186,10 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
     m.add_argument("--importance", type=float, default=TrainConfig.importance, metavar="FRACTION",
                    help="importance pruning: drop this fraction of each hidden layer's neurons after each "
                         "epoch but the last, in [0, 1) (default: %(default)s, off)")
+    m.add_argument("--no-evolve-output", dest="evolve_output", action="store_false",
+                   help="SET leaves the output layer's connections alone, as the later SET code does; use it "
+                        "for wide last hidden layers, where the dense output layer's redrawn weights cost "
+                        "accuracy (default: evolve it, evolve_output=%(default)s, as implementation 2)")
     m.add_argument("--label-column", metavar="NAME",
                    help="task table: the name of the label column (default: none)")
 

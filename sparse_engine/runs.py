@@ -160,6 +160,7 @@ _FIELD_RULES = {
     # --model mlp
     "epsilon": _positive, "zeta": _unit, "dropout": _fraction_below_one, "momentum": _fraction_below_one,
     "weight_decay": _fraction_below_one, "importance": _fraction_below_one, "faithful": _flag,
+    "evolve_output": _flag,
     "label_column": _str_or_none,
 }
 
@@ -184,7 +185,8 @@ def _train_combinations(cfg):
 
 MLP_TASKS = ("digits", "mnist", "table")
 MLP_ALGORITHMS = ("none", "set")
-MLP_FIELDS = ("epsilon", "zeta", "dropout", "momentum", "weight_decay", "faithful", "importance", "label_column")
+MLP_FIELDS = ("epsilon", "zeta", "dropout", "momentum", "weight_decay", "faithful", "importance", "evolve_output",
+              "label_column")
 
 
 def _mlp_combinations(cfg):
@@ -280,6 +282,7 @@ class TrainConfig(_Checked):
     weight_decay: float = 2e-4      # w -= weight_decay * w each step, outside the momentum
     faithful: bool = False          # SET implementation 2's quirks (sigmoid + MSE, dropout scaling, duplicates)
     importance: float = 0.0         # importance pruning: fraction of hidden neurons dropped after an epoch
+    evolve_output: bool = True      # SET also evolves the output layer (implementation 2); False: the later code
     label_column: str | None = None  # task 'table': the label column's name
     recipe: str | None = None       # a published set-up (sparse_engine.training.recipes.RECIPES); see recipe_config
 
@@ -449,7 +452,7 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
                           faithful=cfg.faithful).to(device)
         opt = SETSGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         ctl = None if cfg.algorithm == "none" else SETMLP(model, opt, cfg.epochs, cfg.zeta, importance=cfg.importance,
-                                                          seed=cfg.seed)
+                                                          seed=cfg.seed, evolve_output=cfg.evolve_output)
         loss_fn = model.loss
     else:
         model = SequenceModel(cfg.model, meta["n_in"], meta["n_out"], cfg.hidden, cfg.layers, cfg.density,

@@ -267,6 +267,36 @@ def test_no_evolution_after_the_last_epoch():
     assert ctl.evolutions == 1
 
 
+def test_evolve_output_false_leaves_the_output_layer_alone():
+    evolved = {}
+    for evolve_output in (True, False):
+        model, opt = _trained_model()
+        before = [(keys(layer.weight), layer.weight.values.detach().clone()) for layer in model.layers]
+        ctl = SETMLP(model, opt, epochs=3, zeta=0.3, seed=1, evolve_output=evolve_output)
+        ctl.end_epoch()
+        evolved[evolve_output] = [not (np.array_equal(k, keys(layer.weight)) and torch.equal(v, layer.weight.values))
+                                  for (k, v), layer in zip(before, model.layers)]
+        assert ctl.state_dict()["options"]["evolve_output"] is evolve_output
+    assert evolved[True] == [True] * len(evolved[True])
+    assert evolved[False] == [True] * (len(evolved[False]) - 1) + [False]
+    with pytest.raises(ValueError, match="evolve_output must be True or False"):
+        SETMLP(model, opt, epochs=3, evolve_output=1)
+
+
+def test_no_evolve_output_option_reaches_the_controller(monkeypatch):
+    seen = []
+    real = SETMLP.__init__
+
+    def spy(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        seen.append(self.evolve_output)
+
+    monkeypatch.setattr(SETMLP, "__init__", spy)
+    cli.run(BASE + ["--epochs", "1", "--no-evolve-output"])
+    cli.run(BASE + ["--epochs", "1"])
+    assert seen == [False, True]
+
+
 def test_importance_keep_against_numpy():
     model, _ = _trained_model(sizes=(20, 40, 4))
     w = model.layers[0].weight
@@ -388,6 +418,7 @@ def test_resumed_mlp_run_equals_the_uninterrupted_run(tmp_path, monkeypatch):
     (["--model", "mlp", "--epsilon", "0"], "argument --epsilon: expected a finite number > 0"),
     (["--model", "gru", "--faithful"], "argument --faithful: applies to --model mlp only, got --model gru"),
     (["--model", "mlp", "--importance", "0.1"], "argument --importance: prunes neurons when SET evolves"),
+    (["--model", "lstm", "--no-evolve-output"], "argument --no-evolve-output: applies to --model mlp only"),
 ])
 def test_mlp_option_errors_are_one_line(argv, message, capsys):
     assert cli.main(["train", "--quiet"] + argv) == cli.EXIT_USAGE

@@ -117,15 +117,25 @@ class SETMLP(SET):
     also drops that fraction of its neurons of lowest importance (:func:`importance_keep`: all
     their incoming and outgoing connections) before SET; those connections are not regrown, so
     the network shrinks. ``epochs`` is not saved in :meth:`state_dict` (a resumed run may
-    train longer)."""
+    train longer).
 
-    _options = ("importance", "importance_start")
+    ``evolve_output=False`` leaves the output layer's connections as they are, as the later SET
+    code does (SET-MLP-MPI, for the one-million-neuron paper: a dense output layer that SET never
+    touches). The default evolves every layer, as implementation 2 does. Where epsilon (in + out)
+    reaches in x out the output layer is dense, and SET only redraws ``zeta`` of its weights with
+    fresh N(0, 0.1^2) values: noise in the logits that grows with the square root of the last
+    hidden width (docs/set_mlp.md: at 333,334 units it cost 3-4 points of test accuracy)."""
+
+    _options = ("importance", "importance_start", "evolve_output")
 
     def __init__(self, model, optimizer, epochs: int, zeta: float = 0.3, *, importance: float = 0.0,
                  importance_start: int = 1, init="normal", init_scale: float = 0.1, seed: int = 0,
-                 callbacks: Iterable = ()):
+                 evolve_output: bool = True, callbacks: Iterable = ()):
         super().__init__(model, optimizer, zeta=zeta, init=init, init_scale=init_scale, seed=seed,
                          callbacks=callbacks)
+        if not isinstance(evolve_output, bool):
+            raise ValueError(f"evolve_output must be True or False, got {evolve_output!r}")
+        self.evolve_output = evolve_output
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
         if isinstance(importance, bool) or not isinstance(importance, (int, float)) or not 0 <= importance < 1:
@@ -139,7 +149,7 @@ class SETMLP(SET):
         names = list(self.weights)
         if self.importance > 0 and self.epoch >= self.importance_start:
             self._prune_neurons(names)
-        for name in names:
+        for name in names if self.evolve_output else names[:-1]:
             w = self.weights[name]
             keep = set_keep(w.values, self.zeta)
             n = w.nnz - int(keep.sum())
