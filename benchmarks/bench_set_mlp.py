@@ -74,10 +74,8 @@ def child(args) -> None:
 
     from sparse_engine.data.tasks import load_task
     from sparse_engine.nn import SparseMLP
-    from sparse_engine.threads import keep_freed_memory
     from sparse_engine.training.set_mlp import SETMLP, SETSGD
 
-    keep_freed_memory()  # as the sparse-engine command does: no page faults on each step's tensors
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     (Xtr, ytr), (Xte, yte), meta = load_task("mnist", str(MNIST), 0)

@@ -29,7 +29,6 @@ import sys
 
 import torch
 
-from . import threads
 from .data.tasks import TASK_DATA, TASKS, load_task  # noqa: F401  (load_task: re-exported, was defined here)
 from .models import MODELS
 from .runs import (DEVICES, SPARSE_CHOICES, AnalyzeConfig, BenchConfig, ConfigError, ConfigPathError,  # noqa: F401
@@ -304,12 +303,5 @@ def main(argv=None) -> int:
     return EXIT_OK
 
 
-def console() -> int:
-    """The installed ``sparse-engine`` command: :func:`main` in a process of its own, whose malloc
-    keeps freed memory for the next training step (``threads.keep_freed_memory``)."""
-    threads.keep_freed_memory()
-    return main()
-
-
 if __name__ == "__main__":
-    sys.exit(console())
+    sys.exit(main())

@@ -9,7 +9,6 @@ with every Adam forced to learning rate 0: each of these tests then fails."""
 import csv
 import math
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -248,17 +247,6 @@ def test_console_entry_point_returns_exit_code_zero(capsys):
     assert cli.main(["bench", "--n", "500", "--density", "0.02", "--batch", "4"]) == 0
     assert "spmm" in capsys.readouterr().out
     assert cli.main(["--help"]) == 0 and "exit codes" in capsys.readouterr().out
-
-
-def test_installed_command_keeps_freed_memory_then_runs_main(monkeypatch):
-    import tomllib
-
-    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
-    assert pyproject["project"]["scripts"]["sparse-engine"] == "sparse_engine.cli:console"
-    calls = []
-    monkeypatch.setattr(cli.threads, "keep_freed_memory", lambda: calls.append("keep") or True)
-    monkeypatch.setattr(cli, "main", lambda argv=None: calls.append("main") or 7)
-    assert cli.console() == 7 and calls == ["keep", "main"]
 
 
 def test_every_option_has_help_with_its_default_and_the_exit_codes():
