@@ -177,6 +177,23 @@ def test_relu_dropout_kernel(dtype):
     assert (z > 1).all()  # p = 0 keeps everything
 
 
+def test_relu_dropout_mask_is_the_documented_hash():
+    """keep = top 24 bits of mix64(mix64(seed) + i * golden) >= ceil(p 2^24) (csrc/cpu/mlp_cpu.cpp),
+    computed here in numpy: the masks of a seed stay the same across versions of the kernel."""
+    def mix64(x):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+    with np.errstate(over="ignore"):
+        for seed, p, n in [(0, 0.2, 1000), (2**62, 0.5, 777), (12345, 0.3, 70_000)]:
+            r = mix64(mix64(np.uint64(seed)) + np.arange(n, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+            keep = (r >> np.uint64(40)) >= np.uint64(math.ceil(p * 2**24))
+            z = torch.ones(n)
+            torch.ops.sparse_engine.relu_dropout(z, p, seed)
+            assert np.array_equal(z.numpy() != 0, keep)
+
+
 def test_sgd_step_kernel_against_torch_ops():
     g = torch.Generator().manual_seed(2)
     param, buf, grad = (torch.randn(10_000, dtype=torch.float64, generator=g) for _ in range(3))
