@@ -186,7 +186,7 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
                    help="importance pruning: drop this fraction of each hidden layer's neurons after each "
                         "epoch but the last, in [0, 1) (default: %(default)s, off)")
     m.add_argument("--no-evolve-output", dest="evolve_output", action="store_false",
-                   help="SET leaves the output layer's connections alone, as the later SET code does; use it "
+                   help="SET leaves the output layer's connections alone, as later SET code does; use it "
                         "for wide last hidden layers, where the dense output layer's redrawn weights cost "
                         "accuracy (default: evolve it, evolve_output=%(default)s, as implementation 2)")
     m.add_argument("--label-column", metavar="NAME",
