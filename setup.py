@@ -22,7 +22,7 @@ def want_cuda() -> bool:
 
 
 def extension():
-    sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    sources = ["csrc/ops.cpp", "csrc/autograd.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     cxx = ["-O3", "-fopenmp"]
     if os.environ.get("SPARSE_ENGINE_NATIVE", "1") == "1":
         cxx.append("-march=native")

@@ -15,7 +15,7 @@ from torch.utils import cpp_extension
 from _build_util import host_cxx, run_all
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = [ROOT / "csrc" / "ops.cpp", *sorted((ROOT / "csrc" / "cpu").glob("*.cpp"))]
+SOURCES = [ROOT / "csrc" / "ops.cpp", ROOT / "csrc" / "autograd.cpp", *sorted((ROOT / "csrc" / "cpu").glob("*.cpp"))]
 # The schemas and the op families the half-precision probe below calls: spmm, sddmm, transpose_index.
 PROBE_SOURCES = [ROOT / "csrc" / "ops.cpp", *(ROOT / "csrc" / "cpu" / f"{family}_cpu.cpp"
                                               for family in ("spmm", "sddmm", "transpose"))]

@@ -158,6 +158,12 @@ def test_gradcheck_all_ops(shape, B, rng):
     assert torch.autograd.gradcheck(lambda v, G: sp.spmm_t(*idx, v, G), (v, G))
     assert torch.autograd.gradcheck(lambda G, X: sp.sddmm(*idx, G, X), (G, X))
     assert torch.autograd.gradgradcheck(lambda v, X: sp.spmm(*idx, v, X), (v, X))
+    assert torch.autograd.gradgradcheck(lambda v, G: sp.spmm_t(*idx, v, G), (v, G))
+    assert torch.autograd.gradgradcheck(lambda G, X: sp.sddmm(*idx, G, X), (G, X))
+    # the C++ autograd (csrc/autograd.cpp), not a Python one
+    names = [f().grad_fn.name() for f in (lambda: sp.spmm(*idx, v, X), lambda: sp.spmm_t(*idx, v, G),
+                                          lambda: sp.sddmm(*idx, G, X))]
+    assert [n.rsplit("::", 1)[-1] for n in names] == ["SpmmFn>", "SpmmTFn>", "SddmmFn>"], names
 
 
 def test_gradients_match_dense_autograd(rng):

@@ -248,6 +248,36 @@ def test_transposed_index_is_built_at_first_use_and_dropped_with_the_pattern(rng
     assert "csc_ptr" not in W.state_dict()
 
 
+def test_index_tuple_is_kept_until_a_buffer_is_replaced(rng):
+    import gc
+    import weakref
+
+    W = random_weight(12, 9, 0.3, generator=rng)
+    first = W.index
+    assert W.index is first  # kept
+    assert [t is W._buffers[n] for t, n in zip(first, ("row_ptr", "col_idx", "csc_ptr", "csc_row", "csc_perm"))] \
+        == [True] * 5
+    # a new pattern: a new tuple of the new buffers, and the old buffers are not held alive by it
+    old = weakref.ref(first[1])
+    ref = random_weight(12, 9, 0.5, generator=rng)
+    W.set_pattern(ref.row_ptr, ref.col_idx, ref.values.detach())
+    del first
+    gc.collect()
+    assert old() is None
+    second = W.index
+    assert torch.equal(second[1], ref.col_idx) and torch.equal(second[2], ref.csc_ptr)
+    # a move replaces the buffers: the index follows it
+    W.to("meta")
+    assert all(t.device.type == "meta" for t in W.index)
+    # an in-place load keeps the buffers: the kept tuple reads the loaded pattern
+    a, b = random_weight(12, 9, 0.3, seed=1), random_weight(12, 9, 0.3, seed=1)
+    b.values.data.mul_(2)
+    kept = a.index
+    a.load_state_dict(b.state_dict())
+    assert all(torch.equal(x, y) for x, y in zip(a.index, b.index)) and torch.equal(a.values, b.values)
+    del kept
+
+
 def test_spmm_builds_the_transposed_index_only_for_an_input_gradient(rng):
     from sparse_engine import ops
 
