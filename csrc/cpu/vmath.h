@@ -73,6 +73,12 @@ inline auto sleef_exp(float) { return &Sleef_expf8_u10; }
 inline auto sleef_exp(double) { return &Sleef_expd4_u10; }
 #endif
 
+// The Taylor series of tanh(x) / x - 1 in x^2 to x^14 (so tanh to x^15), highest term first, for
+// tanh_from_exp's branch below |x| = 0.5 (8 and 16 lanes; Horner's rule in this order).
+inline constexpr int kTanhTerms = 7;
+inline constexpr float kTanhSeries[kTanhTerms] = {-929569.f / 638512875.f, 21844.f / 6081075.f, -1382.f / 155925.f,
+                                                  62.f / 2835.f, -17.f / 315.f, 2.f / 15.f, -1.f / 3.f};
+
 #if defined(__AVX2__) && defined(__FMA__)
 // tanh of 8 floats from one SLEEF exp: 1 - 2 / (1 + exp(2x)) (exp overflowing to inf gives 1,
 // underflowing to 0 gives -1), and below |x| = 0.5, where that loses relative precision to the
@@ -84,13 +90,8 @@ inline __m256 tanh_from_exp(__m256 x, __m256 (*exp8)(__m256)) {
   const __m256 one = _mm256_set1_ps(1.f), two = _mm256_set1_ps(2.f);
   const __m256 large = _mm256_sub_ps(one, _mm256_div_ps(two, _mm256_add_ps(one, exp8(_mm256_mul_ps(two, x)))));
   const __m256 x2 = _mm256_mul_ps(x, x);
-  __m256 p = _mm256_set1_ps(-929569.f / 638512875.f);
-  p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(21844.f / 6081075.f));
-  p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(-1382.f / 155925.f));
-  p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(62.f / 2835.f));
-  p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(-17.f / 315.f));
-  p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(2.f / 15.f));
-  p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(-1.f / 3.f));
+  __m256 p = _mm256_set1_ps(kTanhSeries[0]);
+  for (int k = 1; k < kTanhTerms; ++k) p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(kTanhSeries[k]));
   const __m256 small = _mm256_fmadd_ps(_mm256_mul_ps(p, x2), x, x);
   const __m256 abs_x = _mm256_andnot_ps(_mm256_set1_ps(-0.f), x);
   return _mm256_blendv_ps(large, small, _mm256_cmp_ps(abs_x, _mm256_set1_ps(0.5f), _CMP_LT_OQ));
@@ -116,13 +117,8 @@ inline __m512 tanh_from_exp16(__m512 x, __m512 (*exp16)(__m512)) {
   const __m512 one = _mm512_set1_ps(1.f), two = _mm512_set1_ps(2.f);
   const __m512 large = _mm512_sub_ps(one, _mm512_div_ps(two, _mm512_add_ps(one, exp16(_mm512_mul_ps(two, x)))));
   const __m512 x2 = _mm512_mul_ps(x, x);
-  __m512 p = _mm512_set1_ps(-929569.f / 638512875.f);
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(21844.f / 6081075.f));
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-1382.f / 155925.f));
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(62.f / 2835.f));
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-17.f / 315.f));
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(2.f / 15.f));
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-1.f / 3.f));
+  __m512 p = _mm512_set1_ps(kTanhSeries[0]);
+  for (int k = 1; k < kTanhTerms; ++k) p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(kTanhSeries[k]));
   const __m512 small = _mm512_fmadd_ps(_mm512_mul_ps(p, x2), x, x);
   const __mmask16 below = _mm512_cmp_ps_mask(_mm512_abs_ps(x), _mm512_set1_ps(0.5f), _CMP_LT_OQ);
   return _mm512_mask_blend_ps(below, large, small);
