@@ -15,6 +15,12 @@ namespace sparse_engine {
 // thread costs more than the whole product, and much more on a busy machine. (PARALLEL_WORK)
 inline constexpr int64_t kParallelWork = int64_t(1) << 15;
 
+// spmm_t without values_t on the CPU scatters the CSR's rows (csrc/cpu/scatter.h) when the values
+// take at least this many bytes or B = 1, and gathers them through csc_perm otherwise
+// (csrc/cpu/gather.h): below it those random reads mostly hit L2, and the gather of a batch is
+// faster; above it they cost as much as the product. (SCATTER_FROM_BYTES)
+inline constexpr int64_t kScatterFromBytes = int64_t(4) << 20;
+
 // The recurrent cell modes and their ids in the kernels, the launchers and Python (MODE_IDS).
 enum class CellMode : int { LSTM = 0, GRU = 1, RNN_TANH = 2, RNN_RELU = 3, CTRNN = 4 };
 inline constexpr int kNumCellModes = 5;

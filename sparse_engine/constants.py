@@ -9,6 +9,11 @@ from __future__ import annotations
 #: a thread costs more than the whole product, and much more on a busy machine.
 PARALLEL_WORK = 1 << 15
 
+#: ``spmm_t`` without ``values_t`` on the CPU scatters the CSR's rows (reading the values in
+#: order) when the values take at least this many bytes or B = 1, and gathers them through
+#: ``csc_perm`` otherwise (random reads, mostly from L2 there); see docs/cpu_kernels.md.
+SCATTER_FROM_BYTES = 4 << 20
+
 #: The recurrent cell modes and their ids in the kernels (``enum class CellMode`` in C++).
 MODE_IDS = {"LSTM": 0, "GRU": 1, "RNN_TANH": 2, "RNN_RELU": 3, "CTRNN": 4}
 

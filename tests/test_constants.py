@@ -39,9 +39,11 @@ def _table(text: str, name: str) -> list[str]:
 def header_values(text: str) -> dict:
     """The constants of csrc/constants.h, in the shape of sparse_engine/constants.py."""
     work = re.search(r"\bkParallelWork\s*=\s*([^;]+);", text)
+    scatter = re.search(r"\bkScatterFromBytes\s*=\s*([^;]+);", text)
     enum = re.search(r"enum\s+class\s+CellMode\s*:\s*int\s*\{([^}]*)\}", text)
     count = re.search(r"\bkNumCellModes\s*=\s*(\d+)\s*;", text)
-    assert work and enum and count, f"kParallelWork, enum class CellMode or kNumCellModes not found in {HEADER.name}"
+    assert work and scatter and enum and count, (
+        f"kParallelWork, kScatterFromBytes, enum class CellMode or kNumCellModes not found in {HEADER.name}")
     mode_ids = {name: int(value) for name, value in re.findall(r"(\w+)\s*=\s*(\d+)", enum.group(1))}
     n = int(count.group(1))
     names = [s.strip('"') for s in _table(text, "kCellModeNames")]
@@ -55,6 +57,7 @@ def header_values(text: str) -> dict:
     assert names == sorted(mode_ids, key=mode_ids.get), (names, mode_ids)
     return {
         "PARALLEL_WORK": _expr(work.group(1)),
+        "SCATTER_FROM_BYTES": _expr(scatter.group(1)),
         "MODE_IDS": mode_ids,
         "GATE_NAMES": {mode: tuple(gate_names[i]) for mode, i in mode_ids.items()},
         "GATES": {mode: gates[i] for mode, i in mode_ids.items()},
@@ -63,7 +66,7 @@ def header_values(text: str) -> dict:
 
 
 def python_values(module=constants) -> dict:
-    return {key: copy.deepcopy(getattr(module, key)) for key in ("PARALLEL_WORK", "MODE_IDS", "GATE_NAMES", "GATES",
+    return {key: copy.deepcopy(getattr(module, key)) for key in ("PARALLEL_WORK", "SCATTER_FROM_BYTES", "MODE_IDS", "GATE_NAMES", "GATES",
                                                                  "SAVED_ACTS")}
 
 
@@ -84,6 +87,7 @@ def test_python_gates_follow_the_gate_names():
 # Edits of the header text that must each be reported (or make the header unreadable).
 HEADER_EDITS = {
     "parallel work": ("int64_t(1) << 15", "int64_t(1) << 14"),
+    "scatter from": ("int64_t(4) << 20", "int64_t(2) << 20"),
     "mode id": ("GRU = 1, RNN_TANH = 2", "GRU = 2, RNN_TANH = 1"),
     "mode name": ('"RNN_RELU", "CTRNN"}', '"RNN_RELU", "CT_RNN"}'),
     "gate order": ('{"ifgo", "rzn"', '{"igfo", "rzn"'),
@@ -107,6 +111,8 @@ def test_a_changed_header_is_caught(edit):
 def _edit_python(values: dict, edit: str) -> None:
     if edit == "parallel work":
         values["PARALLEL_WORK"] *= 2
+    elif edit == "scatter from":
+        values["SCATTER_FROM_BYTES"] //= 2
     elif edit == "mode id":
         values["MODE_IDS"]["GRU"], values["MODE_IDS"]["LSTM"] = values["MODE_IDS"]["LSTM"], values["MODE_IDS"]["GRU"]
     elif edit == "new mode":
@@ -119,7 +125,7 @@ def _edit_python(values: dict, edit: str) -> None:
         values["SAVED_ACTS"]["CTRNN"] = 0
 
 
-@pytest.mark.parametrize("edit", ["parallel work", "mode id", "new mode", "gate order", "gates", "saved acts"])
+@pytest.mark.parametrize("edit", ["parallel work", "scatter from", "mode id", "new mode", "gate order", "gates", "saved acts"])
 def test_a_changed_python_constant_is_caught(edit):
     changed = python_values()
     _edit_python(changed, edit)
@@ -130,6 +136,7 @@ def test_a_changed_python_constant_is_caught(edit):
 def _static_asserts() -> str:
     lines = ['#include "constants.h"', "using namespace sparse_engine;",
              f"static_assert(kParallelWork == {constants.PARALLEL_WORK});",
+             f"static_assert(kScatterFromBytes == {constants.SCATTER_FROM_BYTES});",
              f"static_assert(kNumCellModes == {len(constants.MODE_IDS)});"]
     for mode, mode_id in constants.MODE_IDS.items():
         m = f"CellMode::{mode}"

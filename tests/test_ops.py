@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from sparse_engine import SparseWeight, ops
+from sparse_engine.constants import SCATTER_FROM_BYTES
 from sparse_engine.testing import (AWKWARD_SHAPES, copy_weight, dense, num_threads, power_law_weight, random_weight,
                                    references, with_layout)
 
@@ -39,7 +40,8 @@ def test_kernels_match_dense_reference(shape, B, dtype, rng):
 @pytest.mark.parametrize("B", [1, 3, 67])
 def test_spmm_t_with_values_t_matches_reference_and_the_gather(shape, B, dtype, rng):
     """spmm_t given values_t = values[csc_perm] (made once, csrc/values_t.h): within rounding of the
-    float64 reference, and bitwise the result of the per-call gather (same summation order)."""
+    float64 reference, and bitwise the result of the per-call gather (same summation order) where
+    spmm_t without values_t gathers (B > 1 and values below SCATTER_FROM_BYTES; B = 1 scatters)."""
     W = random_weight(*shape, dtype=dtype, generator=rng)
     G = torch.randn(shape.rows, B, generator=rng, dtype=torch.float64).to(dtype)
     values_t = ops.transposed_values(W)
@@ -47,7 +49,71 @@ def test_spmm_t_with_values_t_matches_reference_and_the_gather(shape, B, dtype, 
     out = ops.spmm_t(W, G, values_t)
     if dtype != torch.bfloat16:
         assert_within_rounding(out, *references(W, G=G)["spmm_t"], dtype)
-    assert torch.equal(out, ops.spmm_t(W, G))
+    if B > 1:
+        assert torch.equal(out, ops.spmm_t(W, G))
+
+
+# ------------------------------------------- spmm_t scattering the CSR's rows (csrc/cpu/scatter.h)
+# Without values_t, spmm_t scatters the rows of the CSR once the values take SCATTER_FROM_BYTES
+# (below, it gathers them through csc_perm, as the tests above use). These weights are above it.
+SCATTER_CASES = {  # dtype: (rows, cols, density), enough entries for SCATTER_FROM_BYTES
+    torch.float64: (1100, 700, 0.75),
+    torch.float32: (1500, 800, 0.9),
+    torch.bfloat16: (2200, 1100, 0.9),
+    torch.float16: (2200, 1100, 0.9),
+}
+
+
+def scatter_weight(dtype, generator, rows=None, cols=None, density=None) -> SparseWeight:
+    r, c, d = SCATTER_CASES[dtype]
+    W = random_weight(rows or r, cols or c, density or d, empty_rows=25, full_rows=2, dtype=dtype,
+                      generator=generator)
+    assert W.nnz * W.values.element_size() >= SCATTER_FROM_BYTES  # the scatter path runs
+    return W
+
+
+@pytest.mark.parametrize("dtype", list(SCATTER_CASES), ids=str)
+@pytest.mark.parametrize("B", [1, 3, 20, 67])
+def test_spmm_t_scatter_matches_reference(dtype, B, rng):
+    """Large values: W^T G within rounding of the float64 reference (float16/bfloat16: of the
+    reference on the rounded inputs, at their output precision), batches of one, a few, one
+    padded block and more than one block (67 > 64 columns), empty and full rows."""
+    W = scatter_weight(dtype, rng)
+    G = torch.randn(W.shape[0], B, generator=rng, dtype=torch.float64).to(dtype)
+    out = ops.spmm_t(W, G)
+    ref = references(W, G=G)["spmm_t"]
+    # sums in float32 for float16/bfloat16, rounded to the storage type once at the end
+    sum_eps = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).eps
+    bound = 2 * ref.terms * sum_eps * ref.abs_value + torch.finfo(dtype).eps * ref.value.abs() + 1e-300
+    assert out.dtype == dtype and out.shape == ref.value.shape
+    assert bool(((out.double() - ref.value).abs() <= bound).all())
+    # the gather through the transposed values (values_t) sums in another order: both are
+    # within the bound of the reference, so within twice the bound of each other
+    gathered = ops.spmm_t(W, G, ops.transposed_values(W))
+    assert bool(((out.double() - gathered.double()).abs() <= 2 * bound).all())
+
+
+def test_spmm_t_scatter_one_column_and_non_contiguous_batches(rng):
+    """A single column (every entry into one output row) and G given transposed or strided."""
+    W = random_weight(600_000, 1, 0.95, empty_rows=1000, dtype=torch.float64, generator=rng)
+    assert W.nnz * 8 >= SCATTER_FROM_BYTES
+    G = torch.randn(600_000, 3, generator=rng, dtype=torch.float64)
+    assert_within_rounding(ops.spmm_t(W, G), *references(W, G=G)["spmm_t"], torch.float64)
+    W = scatter_weight(torch.float32, rng)
+    for layout in ("transposed", "strided"):
+        G = with_layout(torch.randn(W.shape[0], 21, generator=rng), layout)
+        assert not G.is_contiguous()
+        assert_within_rounding(ops.spmm_t(W, G), *references(W, G=G)["spmm_t"], torch.float32)
+
+
+def test_spmm_input_gradient_through_the_scatter(rng):
+    """spmm's backward computes dX = W^T dY with spmm_t (no values_t): at a size that scatters,
+    the gradient is the float64 reference's."""
+    W = scatter_weight(torch.float64, rng)
+    X = torch.randn(W.shape[1], 5, generator=rng, dtype=torch.float64, requires_grad=True)
+    up = torch.randn(W.shape[0], 5, generator=rng, dtype=torch.float64)
+    (ops.spmm(W, X) * up).sum().backward()
+    assert_within_rounding(X.grad, *references(W, G=up)["spmm_t"], torch.float64)
 
 
 def test_spmm_t_reads_values_t_not_values(rng):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from sparse_engine import SparseWeight, ops
+from sparse_engine.constants import SCATTER_FROM_BYTES
 from sparse_engine.testing import num_threads, random_weight
 
 _ops = torch.ops.sparse_engine
@@ -42,6 +43,18 @@ def test_spmm_spmm_t_sddmm(dtype, B):
     assert (W.nnz + 700) * B >= 2**15 or B == 1
     v_t = ops.transposed_values(W)
     same_on_1_and_2_threads(lambda: (ops.spmm(W, X), ops.spmm_t(W, G), ops.sddmm(W, G, X), ops.spmm_t(W, G, v_t)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("B", [1, 20])
+def test_spmm_t_scatter(dtype, B):
+    """spmm_t without values_t at a size where it scatters the CSR's rows (csrc/cpu/scatter.h):
+    each thread owns a range of output rows, every sum runs over the rows in order."""
+    g = torch.Generator().manual_seed(B)
+    W = random_weight(2200, 1100, 0.9, empty_rows=20, full_rows=2, dtype=dtype, generator=g)
+    assert W.nnz * W.values.element_size() >= SCATTER_FROM_BYTES
+    G = torch.randn(2200, B, generator=g).to(dtype)
+    same_on_1_and_2_threads(lambda: ops.spmm_t(W, G))
 
 
 def test_transpose_index():

@@ -9,6 +9,7 @@
 #include <optional>
 #include "common.h"
 #include "gather.h"
+#include "scatter.h"
 #include "../values_t.h"
 
 namespace sparse_engine {
@@ -42,12 +43,29 @@ at::Tensor spmm_t_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, cons
                                        /*transposed=*/true, /*on_cuda=*/false);
   cpu_checked_max_len({csc_ptr, csc_row, &csc_perm, "csc_ptr", "csc_row", "csc_perm"}, G.size(0));
   const at::Tensor values_t_c = check_values_t(values_t, values);
+  const int64_t B = G.size(1);
+  auto Z = at::empty({s.cols, B}, G.options());
+  if (!values_t_c.defined() && (B == 1 || values.numel() * values.element_size() >= kScatterFromBytes)) {
+    // the values read in CSR order: scatter the CSR's rows (scatter.h)
+    cpu_checked_max_len({row_ptr, col_idx, nullptr, "row_ptr", "col_idx", nullptr}, s.cols);
+    auto row_ptr_c = row_ptr.contiguous(), col_idx_c = col_idx.contiguous(), values_c = values.contiguous();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "spmm_t_cpu", [&] {
+      using A = acc_t<scalar_t>;
+      const int64_t stride = padded_stride<scalar_t>(B);
+      auto G_p = padded_batch(G, stride);
+      const int64_t parts = scatter_parts(s.rows, s.cols, values.numel(), stride, sizeof(A));
+      const bool in_place = parts == 1 && !kIsHalf<scalar_t> && stride == B;  // Z itself holds the sum
+      auto acc = in_place ? Z : at::empty({parts, s.cols, stride}, G.options().dtype(c10::CppTypeToScalarType<A>::value));
+      scatter_rows<scalar_t>(row_ptr_c.data_ptr<int64_t>(), col_idx_c.data_ptr<int32_t>(),
+                             values_c.data_ptr<scalar_t>(), G_p.data_ptr<scalar_t>(), s.rows, s.cols, stride, parts,
+                             reinterpret_cast<A*>(acc.data_ptr()), Z.data_ptr<scalar_t>(), B);
+    });
+    return Z;
+  }
   const bool direct = values_t_c.defined();  // values in column order: no csc_perm
   auto csc_ptr_c = csc_ptr.contiguous(), csc_row_c = csc_row.contiguous();
   auto csc_perm_c = direct ? at::Tensor() : csc_perm.contiguous();
   auto values_c = direct ? values_t_c : values.contiguous();
-  const int64_t B = G.size(1);
-  auto Z = at::empty({s.cols, B}, G.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "spmm_t_cpu", [&] {
     const int64_t stride = padded_stride<scalar_t>(B);
     auto G_p = padded_batch(G, stride);

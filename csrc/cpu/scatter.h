@@ -1,0 +1,126 @@
+// W^T G by scattering the rows of the CSR (spmm_t without values_t, spmm_cpu.cpp):
+// acc[col_idx[k], :] += values[k] * G[i, :] for the entries k of each row i, in row order.
+//
+// The gather through the transposed index (gather.h) reads values[csc_perm[k]]: one random read
+// per entry, which costs as much as the product itself where the values do not fit in L2
+// (kScatterFromBytes, ../constants.h, chooses). Here the values and the index are read in
+// order, G's row i is loaded once into registers for all its row's entries, and the random
+// accesses are the read-modify-writes of the output's rows.
+//
+// Threads: the rows are cut into `parts` ranges (balanced by their entries) that depend on the
+// matrix alone, never on the thread count; each range scatters into an accumulator of its own,
+// and the accumulators are added in range order. So every output element is the same sum in the
+// same order on any number of threads. (Splitting the output's rows between the threads instead,
+// each skipping the entries outside its range, was tried: every thread then walked all entries,
+// and two threads took 3x one's time at 4,096 / 1%, B = 1.) The sums differ from the gather's
+// (values_t, or below kScatterFromBytes) by their order: within rounding.
+#pragma once
+#include <ATen/ATen.h>
+#include <omp.h>
+#include <algorithm>
+#include <cstring>
+#include "common.h"
+#include "gather.h"
+#include "storage.h"
+
+namespace sparse_engine {
+
+// The row ranges of the scatter: enough to keep 8 threads busy, but at most one accumulator per
+// 4 entries of an output row on average (the sum of the accumulators reads them all once) and
+// at most kScatterAccBytes of accumulators together.
+inline constexpr int64_t kScatterMaxParts = 8;
+inline constexpr int64_t kScatterAccBytes = int64_t(64) << 20;
+
+inline int64_t scatter_parts(int64_t rows, int64_t cols, int64_t nnz, int64_t stride, int64_t acc_size) {
+  if ((nnz + rows) * stride < kParallelWork) return 1;
+  int64_t parts = std::min<int64_t>(kScatterMaxParts, nnz / std::max<int64_t>(4 * cols, 1));
+  parts = std::min<int64_t>(parts, kScatterAccBytes / std::max<int64_t>(cols * stride * acc_size, 1));
+  return std::max<int64_t>(1, std::min<int64_t>(parts, rows));
+}
+
+// Rows [r0, r1) of the CSR scattered into acc (astride per output row), for the batch columns
+// [0, W) of src (already offset to the block; row stride `stride`).
+template <typename S, int W>
+void scatter_block(const int64_t* ptr, const int32_t* idx, const S* vals, const S* src, int64_t stride, int64_t r0,
+                   int64_t r1, acc_t<S>* acc, int64_t astride) {
+  using A = acc_t<S>;
+  for (int64_t i = r0; i < r1; ++i) {
+    const int64_t k0 = ptr[i], k1 = ptr[i + 1];
+    if (k0 == k1) continue;
+    A g[W];
+    if constexpr (kIsHalf<S>) {
+      widen<W>(src + i * stride, g);
+    } else {
+#pragma omp simd
+      for (int b = 0; b < W; ++b) g[b] = src[i * stride + b];
+    }
+    for (int64_t k = k0; k < k1; ++k) {
+      const A v = static_cast<A>(vals[k]);
+      A* a = acc + static_cast<int64_t>(idx[k]) * astride;
+#pragma omp simd
+      for (int b = 0; b < W; ++b) a[b] += v * g[b];
+    }
+  }
+}
+
+// B = 1: scalar entries.
+template <typename S>
+void scatter_dot(const int64_t* ptr, const int32_t* idx, const S* vals, const S* src, int64_t r0, int64_t r1,
+                 acc_t<S>* acc) {
+  using A = acc_t<S>;
+  for (int64_t i = r0; i < r1; ++i) {
+    const A g = static_cast<A>(src[i]);
+    for (int64_t k = ptr[i]; k < ptr[i + 1]; ++k) acc[idx[k]] += static_cast<A>(vals[k]) * g;
+  }
+}
+
+// scatter_block for a block of `units` padding units, chosen at run time.
+template <typename S, int U = 1>
+void scatter_units(int units, const int64_t* ptr, const int32_t* idx, const S* vals, const S* src, int64_t stride,
+                   int64_t r0, int64_t r1, acc_t<S>* acc, int64_t astride) {
+  if constexpr (U < 8) {
+    if (units != U) return scatter_units<S, U + 1>(units, ptr, idx, vals, src, stride, r0, r1, acc, astride);
+  }
+  scatter_block<S, U * pad_unit<S>()>(ptr, idx, vals, src, stride, r0, r1, acc, astride);
+}
+
+// out (cols x B) = W^T src for src (rows x stride, padded as gather.h pads it). acc: `parts`
+// accumulators of cols x stride (scatter_parts), any content; with one part and an output of
+// that shape and type, out itself. Each part zeroes its own accumulator (on the thread that
+// fills it: zeroed by the caller, every line moved between the cores' caches).
+template <typename S>
+void scatter_rows(const int64_t* ptr, const int32_t* idx, const S* vals, const S* src, int64_t rows, int64_t cols,
+                  int64_t stride, int64_t parts, acc_t<S>* acc, S* out, int64_t B) {
+  using A = acc_t<S>;
+  constexpr int P = pad_unit<S>(), M = wide_block<S>();
+  const auto bounds = balanced_bounds(ptr, rows, parts);
+  const int64_t size = cols * stride;
+  const bool in_place = static_cast<void*>(acc) == static_cast<void*>(out);
+#pragma omp parallel num_threads(kernel_threads()) if (parts > 1)
+  {
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t p = 0; p < parts; ++p) {
+      A* a = acc + p * size;
+      std::memset(a, 0, size * sizeof(A));
+      if (stride == 1) {
+        scatter_dot<S>(ptr, idx, vals, src, bounds[p], bounds[p + 1], a);
+        continue;
+      }
+      for (int64_t b0 = 0; b0 < stride; b0 += M) {
+        const int units = static_cast<int>(std::min<int64_t>(M, stride - b0) / P);
+        scatter_units<S>(units, ptr, idx, vals, src + b0, stride, bounds[p], bounds[p + 1], a + b0, stride);
+      }
+    }
+    if (!in_place) {  // out = the parts' sum, added in part order
+#pragma omp for schedule(static)
+      for (int64_t j = 0; j < cols; ++j)
+        for (int64_t b = 0; b < B; ++b) {
+          A sum = acc[j * stride + b];
+          for (int64_t p = 1; p < parts; ++p) sum += acc[p * size + j * stride + b];
+          out[j * B + b] = static_cast<S>(sum);
+        }
+    }
+  }
+}
+
+}  // namespace sparse_engine
