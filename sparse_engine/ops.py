@@ -5,9 +5,11 @@
 ``sddmm(W, G, X)``  out[k] = sum_b G[row_k, b] X[col_k, b]   (length nnz)
 
 ``spmm_t`` reads W's values in column order, ``values[csc_perm]``: each call gathers them
-through the transposed index, unless it is given them (``values_t=transposed_values(W)``), made
-once for every product with the same values (several W^T G in one backward, a recurrence's T
-steps). Then it is exactly spmm over the transposed CSR, with no indirection. The gathered copy
+through the transposed index (on the CPU, for B = 1 or values of 4 MiB and more, it scatters
+the CSR's rows instead, reading the values in order: docs/cpu_kernels.md), unless it is given
+them (``values_t=transposed_values(W)``), made once for every product with the same values
+(several W^T G in one backward, a recurrence's T steps). Then it is exactly spmm over the
+transposed CSR, with no indirection. The gathered copy
 is not tracked: make it again after any change of the values (an optimizer step, an update
 through ``.data``), since a stale one gives a wrong product silently.
 
@@ -64,8 +66,9 @@ def _needs_transpose(W, X: torch.Tensor) -> bool:
 def spmm(W, X: torch.Tensor) -> torch.Tensor:
     """Y = W X for a SparseWeight W (rows x cols) and dense X (cols x B)."""
     _check_weight(W)
-    _check_dense(X, "X", W.shape[1], W.values)
-    return _ops.spmm(*(W.index if _needs_transpose(W, X) else W.csr_index), W.values, X)
+    values = W.parts()[0]
+    _check_dense(X, "X", W.shape[1], values)
+    return _ops.spmm(*(W.index if _needs_transpose(W, X) else W.csr_index), values, X)
 
 
 def spmm_t(W, G: torch.Tensor, values_t: torch.Tensor | None = None) -> torch.Tensor:
@@ -73,8 +76,9 @@ def spmm_t(W, G: torch.Tensor, values_t: torch.Tensor | None = None) -> torch.Te
     in column order, :func:`transposed_values` of the current values (optional; the gradient goes
     to ``W.values`` either way)."""
     _check_weight(W)
-    _check_dense(G, "G", W.shape[0], W.values)
-    return _ops.spmm_t(*W.index, W.values, G, values_t)
+    values = W.parts()[0]
+    _check_dense(G, "G", W.shape[0], values)
+    return _ops.spmm_t(*W.index, values, G, values_t)
 
 
 def transposed_values(W) -> torch.Tensor:
@@ -90,8 +94,9 @@ def sddmm(W, G: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     """out[k] = sum_b G[row_k, b] X[col_k, b] at W's nonzeros: the gradient of W's values
     for Y = W X with upstream gradient G. W's values are not used."""
     _check_weight(W)
-    _check_dense(G, "G", W.shape[0], W.values)
-    _check_dense(X, "X", W.shape[1], W.values)
+    values = W.parts()[0]
+    _check_dense(G, "G", W.shape[0], values)
+    _check_dense(X, "X", W.shape[1], values)
     if G.shape[1] != X.shape[1]:
         raise ValueError(f"G and X must have the same batch size, got {G.shape[1]} and {X.shape[1]}")
     # its backward computes X's gradient with spmm_t, which reads the transposed index

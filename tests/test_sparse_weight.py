@@ -278,6 +278,31 @@ def test_index_tuple_is_kept_until_a_buffer_is_replaced(rng):
     del kept
 
 
+def test_parts_are_the_attributes_plain_and_parametrized(rng):
+    """parts() reads a plain weight's dicts (the same tensors as the attributes) and a parametrized
+    weight's values through its parametrization, so the ops multiply by what ``w.values`` gives."""
+    from torch.nn.utils import parametrize
+
+    from sparse_engine import ops
+
+    W = random_weight(12, 9, 0.3, generator=rng)
+    values, row_ptr, col_idx = W.parts()
+    assert values is W.values and row_ptr is W.row_ptr and col_idx is W.col_idx
+
+    class Double(torch.nn.Module):
+        def forward(self, v):
+            return 2 * v
+
+    parametrize.register_parametrization(W, "values", Double())
+    values, row_ptr, col_idx = W.parts()
+    assert torch.equal(values, 2 * W.parametrizations["values"].original) and row_ptr is W.row_ptr
+    row, col, _ = W.coo()
+    doubled = torch.zeros(12, 9, dtype=torch.float64)
+    doubled[row, col] = 2 * W.parametrizations["values"].original.detach()
+    X = torch.randn(9, 3, dtype=torch.float64, generator=rng)
+    torch.testing.assert_close(ops.spmm(W, X), doubled @ X)
+
+
 def test_spmm_builds_the_transposed_index_only_for_an_input_gradient(rng):
     from sparse_engine import ops
 

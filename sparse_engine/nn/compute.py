@@ -115,7 +115,7 @@ def use_dense(mode: str | None, weights, hidden_size: int, device_type: str = "c
     nbytes = entries = nnz = 0
     for w in weights:
         if isinstance(w, SparseWeight):
-            values, _, col_idx = _parts(w)
+            values, _, col_idx = w.parts()
             rows, cols = w.shape
             entries += rows * cols
             nbytes += rows * cols * values.element_size()
@@ -175,7 +175,7 @@ def materialize_all(weights) -> list:
     for i, w in enumerate(weights):
         if not isinstance(w, SparseWeight):
             continue
-        values, row_ptr, col_idx = _parts(w)
+        values, row_ptr, col_idx = w.parts()
         entry = entries.get(w)
         if entry is None or not entry.matches(row_ptr, col_idx):
             entry = entries[w] = _Entry(row_ptr, col_idx, w.shape[1])
@@ -193,15 +193,6 @@ def materialize_all(weights) -> list:
         for i, d in zip(positions, dense if len(positions) > 1 else (dense,)):
             out[i] = d
     return out
-
-
-def _parts(w: SparseWeight) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(values, row_ptr, col_idx) of a SparseWeight; a plain one's read from its dicts, without
-    nn.Module's ``__getattr__`` (a parametrized one is of a subclass: its values go through the
-    parametrization)."""
-    if type(w) is SparseWeight:
-        return w._parameters["values"], w._buffers["row_ptr"], w._buffers["col_idx"]
-    return w.values, w.row_ptr, w.col_idx
 
 
 def _read(grad, row_ptr, col_idx, bits) -> torch.Tensor:

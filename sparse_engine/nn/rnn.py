@@ -78,7 +78,7 @@ from .. import init as _init
 from ..constants import GATES
 from ..sparse import SparseWeight
 from . import dense_rnn
-from .compute import _parts, check_compute, materialize_all, use_dense
+from .compute import check_compute, materialize_all, use_dense
 from .recurrence import Config, RecordsGradFactors, batch_rows, check_input_dtype, projected_lstm, recurrence
 from .linear import EMPTY, fill_dense, refuse_dense_weights, resolve_density
 
@@ -415,7 +415,7 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
         values (``weights``: the module's matrices in ``_flat_weights_names`` order, as
         ``_forward_once`` read them)."""
         w = self.weight_ih_l0 if weights is None else weights[0]
-        return _parts(w)[0] if isinstance(w, SparseWeight) else w
+        return w.parts()[0] if isinstance(w, SparseWeight) else w
 
     def _check_state(self, t, name, batched, B, size, ref):
         D = 2 if self.bidirectional else 1
