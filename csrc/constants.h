@@ -16,7 +16,8 @@ namespace sparse_engine {
 inline constexpr int64_t kParallelWork = int64_t(1) << 15;
 
 // spmm_t without values_t on the CPU scatters the CSR's rows (csrc/cpu/scatter.h) when the values
-// take at least this many bytes or B = 1, and gathers them through csc_perm otherwise
+// take at least this many bytes or B = 1 (and its accumulators fit: csrc/cpu/scatter.h,
+// use_scatter), and gathers them through csc_perm otherwise
 // (csrc/cpu/gather.h): below it those random reads mostly hit L2, and the gather of a batch is
 // faster; above it they cost as much as the product. (SCATTER_FROM_BYTES)
 inline constexpr int64_t kScatterFromBytes = int64_t(4) << 20;

@@ -7,7 +7,7 @@ from sparse_engine.constants import SCATTER_FROM_BYTES
 from sparse_engine.testing import (AWKWARD_SHAPES, copy_weight, dense, num_threads, power_law_weight, random_weight,
                                    references, with_layout)
 
-BATCHES = [1, 3, 64, 67]
+BATCHES = [1, 3, 30, 60, 64, 67]  # 30 (double) and 60 (float): a last full block read with masked loads
 
 
 def assert_within_rounding(out, ref, abs_ref, terms, dtype):
@@ -104,6 +104,20 @@ def test_spmm_t_scatter_one_column_and_non_contiguous_batches(rng):
         G = with_layout(torch.randn(W.shape[0], 21, generator=rng), layout)
         assert not G.is_contiguous()
         assert_within_rounding(ops.spmm_t(W, G), *references(W, G=G)["spmm_t"], torch.float32)
+
+
+def test_spmm_t_gathers_where_the_scatter_accumulators_would_be_too_large():
+    """Wide outputs (8 accumulators of cols x padded B floats over 64 MiB, as SET-MLP's 333,333-unit
+    layers) keep the gather, so all threads stay busy: the same bits as with values_t (the
+    gather's summation order), and within rounding of the reference."""
+    g = torch.Generator().manual_seed(5)
+    W = SparseWeight.random(300, 70_000, 0.06, generator=g)
+    assert W.nnz * 4 >= SCATTER_FROM_BYTES and 8 * 70_000 * 40 * 4 > 64 << 20
+    G = torch.randn(300, 33, generator=g)
+    with torch.no_grad():
+        out = ops.spmm_t(W, G)
+        assert torch.equal(out, ops.spmm_t(W, G, ops.transposed_values(W)))
+    torch.testing.assert_close(out.double(), W.to_dense().double().T @ G.double(), rtol=1e-4, atol=1e-4)
 
 
 def test_spmm_input_gradient_through_the_scatter(rng):

@@ -1,18 +1,21 @@
 // Row gathers shared by spmm / spmm_t (spmm_cpu.cpp) and the fused recurrent steps
 // (rnn_step_cpu.cpp): acc[0:W] = sum_k vals[k] * src[idx[k], b0:b0+W] over one compressed row.
 //
-// The batch is padded: the dense operand is read from a copy whose rows are a whole number of
-// 32-byte units (pad_unit: 8 floats, 4 doubles, 16 halves), zero-filled past B. Every block
-// width is then a compile-time constant (1 to 8 units, see wide_block), so a batch of up to
-// 64 floats is one pass over the row's nonzeros with its accumulators in vector registers,
-// whatever B is (B = 20 used to be a 16-wide pass and a scalar 4-wide pass, half
-// MKL's speed). Each output is summed over the row's nonzeros by one thread in an order fixed
-// by the row alone (in index order; gather_rows' narrow blocks in 2 or 4 interleaved partial
-// sums, added in a fixed order): results do not depend on the thread count.
+// The batch is cut into blocks of a whole number of 32-byte units (pad_unit: 8 floats, 4
+// doubles, 16 halves), so every block width is a compile-time constant (1 to 8 units, see
+// wide_block) and a batch of up to 64 floats is one pass over the row's nonzeros with its
+// accumulators in vector registers, whatever B is (B = 20 used to be a 16-wide pass and a scalar
+// 4-wide pass, half MKL's speed). The last block reads past B in no row: a copy padded with
+// zeros to whole units (padded_batch), or for spmm and spmm_t with few entries per source row
+// the float/double source as it is, with masked loads there (gather_source). Each output is
+// summed over the row's nonzeros by one thread in an order fixed by the row alone (in index
+// order; gather_rows' narrow blocks in 2 or 4 interleaved partial sums, added in a fixed
+// order): results do not depend on the thread count.
 #pragma once
 #include <ATen/ATen.h>
 #include <omp.h>
 #include <cstring>
+#include <utility>
 #include <vector>
 #include "common.h"
 #include "storage.h"
@@ -43,6 +46,24 @@ inline at::Tensor padded_batch(const at::Tensor& t, int64_t stride) {
   return out;
 }
 
+// The source of gather_rows for spmm and spmm_t, as (tensor, row stride). Padding copies every
+// row of the source on the calling thread: at 4,096 x 20 floats 22 us of an 80 us spmm, and on
+// two threads the other core then fetched the fresh copy from this one's cache (spmm 4,096 /
+// 0.1%, B = 20: 104 us on two threads, 48 us unpadded). Unpadded float/double rows are read with
+// masked loads in their last block, which costs more per entry (rows of 80 bytes are not
+// 32-byte aligned, so loads split cache lines: 4,096 / 1%, B = 20, 41 entries per source row:
+// 236 us padded, 359 us unpadded, one thread). So the source is read as it is where the copy
+// weighs more, below kUnpaddedBelow entries per source row (16,384 / 0.1%, 16 a row, two threads:
+// 521 us padded, 398 us unpadded), and float16/bfloat16 always padded (their widening reads whole
+// units). The sums are the same either way (the padding lanes add zeros, the masked ones nothing).
+inline constexpr int64_t kUnpaddedBelow = 24;
+
+template <typename S>
+inline std::pair<at::Tensor, int64_t> gather_source(const at::Tensor& t, int64_t stride, int64_t nnz) {
+  if (!kIsHalf<S> && stride != t.size(1) && nnz < kUnpaddedBelow * t.size(0)) return {t.contiguous(), t.size(1)};
+  return {padded_batch(t, stride), stride};
+}
+
 // Narrow blocks keep U sets of accumulators, entry k adding into set (k - k0) % U (the last
 // entries into set 0) and the sets summed at the end in a fixed order: with one set every entry's
 // FMAs waited for the previous entry's (4 cycles each), which bounded spmm at B = 20 (3 vectors)
@@ -53,9 +74,15 @@ constexpr int accumulator_sets() {
   return vectors >= 5 ? 1 : vectors >= 3 ? 2 : 4;
 }
 
-template <typename S, int W>
-inline void accumulate_entry(acc_t<S>* a, acc_t<S> v, const S* x) {
-  if constexpr (kIsHalf<S>) {
+// Masked: only x[0:width] is read (masked loads), the other lanes add zero: a batch row of an
+// unpadded source whose last block is narrower than W (see gather_rows).
+template <typename S, int W, bool Masked = false>
+inline void accumulate_entry(acc_t<S>* a, acc_t<S> v, const S* x, int64_t width) {
+  if constexpr (Masked) {
+    static_assert(!kIsHalf<S>, "float16/bfloat16 sources are padded");
+#pragma omp simd
+    for (int b = 0; b < W; ++b) a[b] += v * (b < width ? x[b] : acc_t<S>(0));
+  } else if constexpr (kIsHalf<S>) {
     float xf[W];
     widen<W>(x, xf);
 #pragma omp simd
@@ -69,9 +96,10 @@ inline void accumulate_entry(acc_t<S>* a, acc_t<S> v, const S* x) {
 // a[0:W] = sum_{k in [k0, k1)} vals[k - vbase] * src[idx[k] * stride + 0:W] (a: the caller's
 // array, kept in registers when this is inlined); nnz bounds the prefetch of the row kPrefetch
 // entries ahead (vbase: the values of a row gathered into a buffer of their own, see gather_rows).
-template <typename S, int W, bool Prefetch>
+// Masked: only the first `width` columns of each source row are read.
+template <typename S, int W, bool Prefetch, bool Masked = false>
 inline void row_sums(int64_t k0, int64_t k1, const int32_t* idx, const S* vals, int64_t vbase, const S* src,
-                     int64_t stride, int64_t nnz, acc_t<S>* a) {
+                     int64_t stride, int64_t nnz, acc_t<S>* a, int64_t width = W) {
   using A = acc_t<S>;
   constexpr int U = accumulator_sets<S, W>();
   A sets[U][W];
@@ -80,7 +108,8 @@ inline void row_sums(int64_t k0, int64_t k1, const int32_t* idx, const S* vals, 
   auto entry = [&](int64_t k, A* acc, auto fetch) {
     if constexpr (decltype(fetch)::value)
       prefetch_row<W * sizeof(S)>(src + static_cast<int64_t>(idx[k + kPrefetch]) * stride);
-    accumulate_entry<S, W>(acc, static_cast<A>(vals[k - vbase]), src + static_cast<int64_t>(idx[k]) * stride);
+    accumulate_entry<S, W, Masked>(acc, static_cast<A>(vals[k - vbase]), src + static_cast<int64_t>(idx[k]) * stride,
+                                   width);
   };
   // the entries that prefetch (their row kPrefetch entries ahead exists), then the others
   const int64_t k_fetch = Prefetch ? std::max(k0, std::min(k1, nnz - kPrefetch)) : k0;
@@ -181,12 +210,13 @@ inline const S* row_values(const S* vals, const int32_t* perm, int64_t k0, int64
 // One row's block of W columns (W a multiple of the padding unit, at most wide_block): the
 // sums in registers, written straight to y[0:width] (width <= W: the columns of the block that
 // are in the batch; the padding lanes are never stored), plus direct[0:width] when given.
-template <typename S, int W, bool Prefetch>
+// Masked: the source rows are not padded, and only their first `width` columns are read.
+template <typename S, int W, bool Prefetch, bool Masked = false>
 inline void gather_block(int64_t k0, int64_t k1, const int32_t* idx, const S* vals, int64_t vbase, const S* src,
                          int64_t stride, int64_t nnz, int64_t width, const S* direct, S* y) {
   using A = acc_t<S>;
   A a[W];
-  row_sums<S, W, Prefetch>(k0, k1, idx, vals, vbase, src, stride, nnz, a);
+  row_sums<S, W, Prefetch, Masked>(k0, k1, idx, vals, vbase, src, stride, nnz, a, width);
   if (direct != nullptr) {
 #pragma omp simd
     for (int b = 0; b < W; ++b)
@@ -204,26 +234,38 @@ inline void gather_block(int64_t k0, int64_t k1, const int32_t* idx, const S* va
 
 // The rows [r0, r1) of gather_rows with the block widths fixed at compile time: full blocks of
 // M columns, then a last one of T (0: none), so the width is chosen once per call, not per row.
+// `stride` is the padded batch (the blocks' layout), `ld` the source's row stride: stride for a
+// padded source, B for an unpadded one, whose last block is then read with masked loads.
 template <typename S, int M, int T, bool Prefetch>
 void gather_row_range(const int64_t* ptr, const int32_t* idx, const S* vals, const int32_t* perm, const S* src,
-                      int64_t stride, const S* direct, S* out, int64_t r0, int64_t r1, int64_t B, int64_t nnz,
-                      std::vector<S>& row_vals) {
+                      int64_t stride, int64_t ld, const S* direct, S* out, int64_t r0, int64_t r1, int64_t B,
+                      int64_t nnz, std::vector<S>& row_vals) {
   const int64_t full = (stride - T) / M;  // blocks of M columns before the last one
+  const bool masked = ld < stride;        // then the last block reads past B in no source row
+  const int64_t unmasked = T == 0 && masked ? full - 1 : full;
   for (int64_t i = r0; i < r1; ++i) {
     const int64_t k0 = ptr[i], k1 = ptr[i + 1];
     int64_t vbase;
     const S* v = row_values(vals, perm, k0, k1, nnz, row_vals, vbase);
     S* y = out + i * B;
     const S* d = direct ? direct + i * B : nullptr;
-    for (int64_t blk = 0; blk < full; ++blk) {
+    for (int64_t blk = 0; blk < unmasked; ++blk) {
       const int64_t b0 = blk * M;
-      gather_block<S, M, Prefetch>(k0, k1, idx, v, vbase, src + b0, stride, nnz, std::min<int64_t>(M, B - b0),
-                         d ? d + b0 : nullptr, y + b0);
+      gather_block<S, M, Prefetch>(k0, k1, idx, v, vbase, src + b0, ld, nnz, std::min<int64_t>(M, B - b0),
+                                   d ? d + b0 : nullptr, y + b0);
+    }
+    if constexpr (!kIsHalf<S>) {
+      if (masked) {
+        constexpr int L = T > 0 ? T : M;  // the last block: T wide, or the last full one
+        const int64_t b0 = unmasked * M;
+        gather_block<S, L, Prefetch, true>(k0, k1, idx, v, vbase, src + b0, ld, nnz, B - b0, d ? d + b0 : nullptr,
+                                           y + b0);
+        continue;
+      }
     }
     if constexpr (T > 0) {
       const int64_t b0 = full * M;
-      gather_block<S, T, Prefetch>(k0, k1, idx, v, vbase, src + b0, stride, nnz, B - b0, d ? d + b0 : nullptr,
-                                   y + b0);
+      gather_block<S, T, Prefetch>(k0, k1, idx, v, vbase, src + b0, ld, nnz, B - b0, d ? d + b0 : nullptr, y + b0);
     }
   }
 }
@@ -260,11 +302,14 @@ auto row_range(int units, bool fetch) {
 // and 16,384 / 1%).
 inline constexpr int64_t kPrefetchFromBytes = int64_t(512) << 10;
 
-// src: src_rows x stride (padded, gather.h), out: n x B.
+// src: src_rows x stride (padded, gather.h), or for float/double src_rows x B (ld = B: not
+// padded, its last block read with masked loads); out: n x B.
 template <typename scalar_t>
 void gather_rows(const int64_t* ptr, const int32_t* idx, const scalar_t* vals, const int32_t* perm,
                  const scalar_t* src, int64_t src_rows, int64_t stride, const scalar_t* direct, scalar_t* out,
-                 int64_t n, int64_t B) {
+                 int64_t n, int64_t B, int64_t ld = -1) {
+  if (ld < 0) ld = stride;
+  TORCH_CHECK(ld == stride || (!kIsHalf<scalar_t> && ld == B), "gather_rows: a padded source, or an unpadded float one");
   constexpr int M = wide_block<scalar_t>(), P = pad_unit<scalar_t>();
   const int64_t chunks = num_chunks(n);
   const auto bounds = balanced_bounds(ptr, n, chunks);
@@ -272,7 +317,8 @@ void gather_rows(const int64_t* ptr, const int32_t* idx, const scalar_t* vals, c
   const bool parallel = (nnz + n) * B >= kParallelWork;
   // the row loop for this stride: its last block's width (in padding units) picks the instance
   using RowRange = void (*)(const int64_t*, const int32_t*, const scalar_t*, const int32_t*, const scalar_t*, int64_t,
-                            const scalar_t*, scalar_t*, int64_t, int64_t, int64_t, int64_t, std::vector<scalar_t>&);
+                            int64_t, const scalar_t*, scalar_t*, int64_t, int64_t, int64_t, int64_t,
+                            std::vector<scalar_t>&);
   static_assert(M <= 8 * P);
   const bool fetch = src_rows * stride * static_cast<int64_t>(sizeof(scalar_t)) >= kPrefetchFromBytes;
   const RowRange rows = stride == 1 ? nullptr : row_range<scalar_t, M>(static_cast<int>((stride % M) / P), fetch);
@@ -287,7 +333,7 @@ void gather_rows(const int64_t* ptr, const int32_t* idx, const scalar_t* vals, c
     if (stride == 1)
       gather_dot_range<scalar_t>(ptr, idx, vals, perm, src, direct, out, bounds[c], bounds[c + 1], nnz, row_vals);
     else
-      rows(ptr, idx, vals, perm, src, stride, direct, out, bounds[c], bounds[c + 1], B, nnz, row_vals);
+      rows(ptr, idx, vals, perm, src, stride, ld, direct, out, bounds[c], bounds[c + 1], B, nnz, row_vals);
   }
 }
 

@@ -26,16 +26,23 @@
 namespace sparse_engine {
 
 // The row ranges of the scatter: enough to keep 8 threads busy, but at most one accumulator per
-// 4 entries of an output row on average (the sum of the accumulators reads them all once) and
-// at most kScatterAccBytes of accumulators together.
+// 4 entries of an output row on average (the sum of the accumulators reads them all once).
 inline constexpr int64_t kScatterMaxParts = 8;
+
+inline int64_t scatter_parts(int64_t rows, int64_t cols, int64_t nnz, int64_t stride) {
+  if ((nnz + rows) * stride < kParallelWork) return 1;
+  const int64_t parts = std::min<int64_t>(kScatterMaxParts, nnz / std::max<int64_t>(4 * cols, 1));
+  return std::max<int64_t>(1, std::min<int64_t>(parts, rows));
+}
+
+// Whether spmm_t without values_t scatters (B = 1, or values of kScatterFromBytes and more) rather
+// than gathers: not where kScatterMaxParts accumulators would take more than kScatterAccBytes
+// (SET-MLP's 333,333-unit layers at B = 40: 53 MB each), since fewer would leave threads idle.
 inline constexpr int64_t kScatterAccBytes = int64_t(64) << 20;
 
-inline int64_t scatter_parts(int64_t rows, int64_t cols, int64_t nnz, int64_t stride, int64_t acc_size) {
-  if ((nnz + rows) * stride < kParallelWork) return 1;
-  int64_t parts = std::min<int64_t>(kScatterMaxParts, nnz / std::max<int64_t>(4 * cols, 1));
-  parts = std::min<int64_t>(parts, kScatterAccBytes / std::max<int64_t>(cols * stride * acc_size, 1));
-  return std::max<int64_t>(1, std::min<int64_t>(parts, rows));
+inline bool use_scatter(int64_t cols, int64_t B, int64_t stride, int64_t values_bytes, int64_t acc_size) {
+  return (B == 1 || values_bytes >= kScatterFromBytes) &&
+         kScatterMaxParts * cols * stride * acc_size <= kScatterAccBytes;
 }
 
 // Rows [r0, r1) of the CSR scattered into acc (astride per output row), for the batch columns

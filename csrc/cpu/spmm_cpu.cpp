@@ -1,7 +1,8 @@
 // spmm and spmm_t on the CPU (OpenMP): Y = W X over the CSR index, W^T G over the transposed
 // index, both as one row gather (gather_rows, gather.h). Activations are feature-major
-// (features x batch) so every gathered row is contiguous; it is read from a copy padded to
-// whole 32-byte units, so any batch size runs with compile-time block widths. spmm_t with
+// (features x batch) so every gathered row is contiguous; blocks of the batch have compile-time
+// widths (whole 32-byte units), the last one read from a copy padded to whole units or, with few
+// entries per source row, with masked loads (gather.h, gather_source). spmm_t with
 // values_t (the values in column order, made once by the caller: ../values_t.h) is spmm over the
 // transposed index; without it each call gathers values[csc_perm[k]] row by row.
 #include <torch/library.h>
@@ -28,10 +29,10 @@ at::Tensor spmm_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, const 
   auto Y = at::empty({s.rows, B}, X.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "spmm_cpu", [&] {
     const int64_t stride = padded_stride<scalar_t>(B);
-    auto X_p = padded_batch(X, stride);
+    const auto [X_p, ld] = gather_source<scalar_t>(X, stride, col_idx.numel());
     gather_rows<scalar_t>(row_ptr_c.data_ptr<int64_t>(), col_idx_c.data_ptr<int32_t>(), values_c.data_ptr<scalar_t>(),
                           nullptr, X_p.data_ptr<scalar_t>(), s.cols, stride, nullptr, Y.data_ptr<scalar_t>(), s.rows,
-                          B);
+                          B, ld);
   });
   return Y;
 }
@@ -45,7 +46,9 @@ at::Tensor spmm_t_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, cons
   const at::Tensor values_t_c = check_values_t(values_t, values);
   const int64_t B = G.size(1);
   auto Z = at::empty({s.cols, B}, G.options());
-  if (!values_t_c.defined() && (B == 1 || values.numel() * values.element_size() >= kScatterFromBytes)) {
+  const int64_t acc_size = values.scalar_type() == at::kDouble ? 8 : 4;
+  if (!values_t_c.defined() && use_scatter(s.cols, B, padded_stride<float>(B), values.numel() * values.element_size(),
+                                           acc_size)) {
     // the values read in CSR order: scatter the CSR's rows (scatter.h)
     cpu_checked_max_len({row_ptr, col_idx, nullptr, "row_ptr", "col_idx", nullptr}, s.cols);
     auto row_ptr_c = row_ptr.contiguous(), col_idx_c = col_idx.contiguous(), values_c = values.contiguous();
@@ -53,7 +56,7 @@ at::Tensor spmm_t_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, cons
       using A = acc_t<scalar_t>;
       const int64_t stride = padded_stride<scalar_t>(B);
       auto G_p = padded_batch(G, stride);
-      const int64_t parts = scatter_parts(s.rows, s.cols, values.numel(), stride, sizeof(A));
+      const int64_t parts = scatter_parts(s.rows, s.cols, values.numel(), stride);
       const bool in_place = parts == 1 && !kIsHalf<scalar_t> && stride == B;  // Z itself holds the sum
       auto acc = in_place ? Z : at::empty({parts, s.cols, stride}, G.options().dtype(c10::CppTypeToScalarType<A>::value));
       scatter_rows<scalar_t>(row_ptr_c.data_ptr<int64_t>(), col_idx_c.data_ptr<int32_t>(),
@@ -68,10 +71,10 @@ at::Tensor spmm_t_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, cons
   auto values_c = direct ? values_t_c : values.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "spmm_t_cpu", [&] {
     const int64_t stride = padded_stride<scalar_t>(B);
-    auto G_p = padded_batch(G, stride);
+    const auto [G_p, ld] = gather_source<scalar_t>(G, stride, csc_row.numel());
     gather_rows<scalar_t>(csc_ptr_c.data_ptr<int64_t>(), csc_row_c.data_ptr<int32_t>(), values_c.data_ptr<scalar_t>(),
                           direct ? nullptr : csc_perm_c.data_ptr<int32_t>(), G_p.data_ptr<scalar_t>(), s.rows, stride,
-                          nullptr, Z.data_ptr<scalar_t>(), s.cols, B);
+                          nullptr, Z.data_ptr<scalar_t>(), s.cols, B, ld);
   });
   return Z;
 }
