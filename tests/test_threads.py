@@ -12,6 +12,7 @@ import torch
 
 from sparse_engine import SparseWeight, ops
 from sparse_engine.constants import SCATTER_FROM_BYTES
+from sparse_engine.nn.functional import row_lookup
 from sparse_engine.testing import num_threads, random_weight
 
 _ops = torch.ops.sparse_engine
@@ -55,6 +56,24 @@ def test_spmm_t_scatter(dtype, B):
     assert W.nnz * W.values.element_size() >= SCATTER_FROM_BYTES
     G = torch.randn(2200, B, generator=g).to(dtype)
     same_on_1_and_2_threads(lambda: ops.spmm_t(W, G))
+
+
+def test_row_lookup_gradient():
+    """The embedding lookup's gradient (repeated ids accumulate into the values): more than 32,768
+    gathered entries, where torch's index_put_(accumulate=True), the backward of plain indexing,
+    adds float32 with atomics from several threads."""
+    g = torch.Generator().manual_seed(3)
+    W = random_weight(44, 200, 0.5, dtype=torch.float32, generator=g)
+    ids = torch.randint(0, 44, (700,), generator=g)
+    up = torch.randn(700, 200, generator=g)
+
+    def gradient():
+        W.values.grad = None
+        (row_lookup(W, ids) * up).sum().backward()
+        return W.values.grad.clone()
+
+    assert int((W.row_ptr[ids + 1] - W.row_ptr[ids]).sum()) > 32_768
+    same_on_1_and_2_threads(gradient)
 
 
 def test_transpose_index():

@@ -46,7 +46,11 @@ def row_lookup(w: SparseWeight, ids: torch.Tensor, values: torch.Tensor | None =
     first = torch.cumsum(counts, 0) - counts
     pos = start[out_row] + (torch.arange(out_row.numel(), device=ids.device) - first[out_row])
     flat = out_row * cols + w.col_idx[pos].to(torch.int64)
-    out = vals.new_zeros(ids.numel() * cols).index_add(0, flat, vals[pos])
+    # index_select, not vals[pos]: the backward of indexing with repeated positions is torch's
+    # index_put_(accumulate=True), whose CPU kernel adds float32 with atomics from several threads
+    # above 32,768 elements, so the values' gradient changed with the thread count (and from run
+    # to run); index_select's backward is index_add, which adds in order
+    out = vals.new_zeros(ids.numel() * cols).index_add(0, flat, vals.index_select(0, pos))
     return out.view(ids.numel(), cols)
 
 
