@@ -4,7 +4,8 @@
 // widths (whole 32-byte units), the last one read from a copy padded to whole units or, with few
 // entries per source row, with masked loads (gather.h, gather_source). spmm_t with
 // values_t (the values in column order, made once by the caller: ../values_t.h) is spmm over the
-// transposed index; without it each call gathers values[csc_perm[k]] row by row.
+// transposed index; without it each call gathers values[csc_perm[k]] row by row, or for B = 1
+// and large values scatters the CSR's rows instead (scatter.h, use_scatter).
 #include <torch/library.h>
 #include <omp.h>
 #include <optional>
@@ -46,15 +47,13 @@ at::Tensor spmm_t_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, cons
   const at::Tensor values_t_c = check_values_t(values_t, values);
   const int64_t B = G.size(1);
   auto Z = at::empty({s.cols, B}, G.options());
-  const int64_t acc_size = values.scalar_type() == at::kDouble ? 8 : 4;
-  if (!values_t_c.defined() && use_scatter(s.cols, B, padded_stride<float>(B), values.numel() * values.element_size(),
-                                           acc_size)) {
-    // the values read in CSR order: scatter the CSR's rows (scatter.h)
-    cpu_checked_max_len({row_ptr, col_idx, nullptr, "row_ptr", "col_idx", nullptr}, s.cols);
-    auto row_ptr_c = row_ptr.contiguous(), col_idx_c = col_idx.contiguous(), values_c = values.contiguous();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "spmm_t_cpu", [&] {
-      using A = acc_t<scalar_t>;
-      const int64_t stride = padded_stride<scalar_t>(B);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "spmm_t_cpu", [&] {
+    using A = acc_t<scalar_t>;
+    const int64_t stride = padded_stride<scalar_t>(B);
+    if (!values_t_c.defined() && use_scatter(s.cols, B, stride, values.numel() * values.element_size(), sizeof(A))) {
+      // the values read in CSR order: scatter the CSR's rows (scatter.h)
+      cpu_checked_max_len({row_ptr, col_idx, nullptr, "row_ptr", "col_idx", nullptr}, s.cols);
+      auto row_ptr_c = row_ptr.contiguous(), col_idx_c = col_idx.contiguous(), values_c = values.contiguous();
       auto G_p = padded_batch(G, stride);
       const int64_t parts = scatter_parts(s.rows, s.cols, values.numel(), stride);
       const bool in_place = parts == 1 && !kIsHalf<scalar_t> && stride == B;  // Z itself holds the sum
@@ -62,15 +61,12 @@ at::Tensor spmm_t_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, cons
       scatter_rows<scalar_t>(row_ptr_c.data_ptr<int64_t>(), col_idx_c.data_ptr<int32_t>(),
                              values_c.data_ptr<scalar_t>(), G_p.data_ptr<scalar_t>(), s.rows, s.cols, stride, parts,
                              reinterpret_cast<A*>(acc.data_ptr()), Z.data_ptr<scalar_t>(), B);
-    });
-    return Z;
-  }
-  const bool direct = values_t_c.defined();  // values in column order: no csc_perm
-  auto csc_ptr_c = csc_ptr.contiguous(), csc_row_c = csc_row.contiguous();
-  auto csc_perm_c = direct ? at::Tensor() : csc_perm.contiguous();
-  auto values_c = direct ? values_t_c : values.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "spmm_t_cpu", [&] {
-    const int64_t stride = padded_stride<scalar_t>(B);
+      return;
+    }
+    const bool direct = values_t_c.defined();  // values in column order: no csc_perm
+    auto csc_ptr_c = csc_ptr.contiguous(), csc_row_c = csc_row.contiguous();
+    auto csc_perm_c = direct ? at::Tensor() : csc_perm.contiguous();
+    auto values_c = direct ? values_t_c : values.contiguous();
     const auto [G_p, ld] = gather_source<scalar_t>(G, stride, csc_row.numel());
     gather_rows<scalar_t>(csc_ptr_c.data_ptr<int64_t>(), csc_row_c.data_ptr<int32_t>(), values_c.data_ptr<scalar_t>(),
                           direct ? nullptr : csc_perm_c.data_ptr<int32_t>(), G_p.data_ptr<scalar_t>(), s.rows, stride,
