@@ -7,7 +7,9 @@ from sparse_engine.constants import SCATTER_FROM_BYTES
 from sparse_engine.testing import (AWKWARD_SHAPES, copy_weight, dense, num_threads, power_law_weight, random_weight,
                                    references, with_layout)
 
-BATCHES = [1, 3, 30, 60, 64, 67]  # 30 (double) and 60 (float): a last full block read with masked loads
+# 20: three float vectors, the last read to its 4th lane; 30 (double) and 60 (float): a last full
+# block read with masked loads
+BATCHES = [1, 3, 20, 30, 60, 64, 67]
 
 
 def assert_within_rounding(out, ref, abs_ref, terms, dtype):
@@ -32,6 +34,33 @@ def test_kernels_match_dense_reference(shape, B, dtype, rng):
     assert_within_rounding(ops.spmm(W, X), *refs["spmm"], dtype)
     assert_within_rounding(ops.spmm_t(W, G), *refs["spmm_t"], dtype)
     assert_within_rounding(ops.sddmm(W, G, X), *refs["sddmm"], dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("B", [20, 67])
+def test_sources_with_many_entries_per_row_read_from_a_padded_copy(B, dtype, rng):
+    """spmm and spmm_t read their gathered operand from a copy padded to whole 32-byte units once it
+    has 192 entries or more per row (gather.h, kUnpaddedBelow), and as it is below that: a tall
+    dense weight's spmm (400 entries per row of X) and a wide one's spmm_t (of G) take the copy,
+    the other product of each the masked reads. sddmm reads float32 unpadded on AVX2 builds."""
+    for rows, cols in ((400, 3), (3, 400)):
+        W = random_weight(rows, cols, 1.0, dtype=dtype, generator=rng)
+        X = torch.randn(cols, B, generator=rng, dtype=dtype)
+        G = torch.randn(rows, B, generator=rng, dtype=dtype)
+        refs = references(W, X, G)
+        assert_within_rounding(ops.spmm(W, X), *refs["spmm"], dtype)
+        assert_within_rounding(ops.spmm_t(W, G), *refs["spmm_t"], dtype)
+        assert_within_rounding(ops.sddmm(W, G, X), *refs["sddmm"], dtype)
+
+
+def test_an_empty_batch_gives_zeros_and_empty_products(rng):
+    """B = 0: spmm and spmm_t return (rows x 0) and (cols x 0), sddmm a zero per entry."""
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        W = random_weight(9, 7, 0.4, dtype=dtype, generator=rng)
+        X, G = torch.randn(7, 0, dtype=dtype), torch.randn(9, 0, dtype=dtype)
+        assert ops.spmm(W, X).shape == (9, 0) and ops.spmm_t(W, G).shape == (7, 0)
+        out = ops.sddmm(W, G, X)
+        assert out.shape == (W.nnz,) and W.nnz > 0 and not out.any()
 
 
 # ----------------------------------------------------- spmm_t with the values in column order

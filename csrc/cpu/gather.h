@@ -5,9 +5,10 @@
 // doubles, 16 halves), so every block width is a compile-time constant (1 to 8 units, see
 // wide_block) and a batch of up to 64 floats is one pass over the row's nonzeros with its
 // accumulators in vector registers, whatever B is (B = 20 used to be a 16-wide pass and a scalar
-// 4-wide pass, half MKL's speed). The last block reads past B in no row: a copy padded with
-// zeros to whole units (padded_batch), or for spmm and spmm_t with few entries per source row
-// the float/double source as it is, with masked loads there (gather_source). Each output is
+// 4-wide pass, half MKL's speed). float/double accumulate in GCC vector types (vec_t), which
+// stay in registers. The last block reads past B in no row: a copy padded with zeros to whole
+// units (padded_batch), or for spmm and spmm_t with fewer than kUnpaddedBelow entries per source
+// row the float/double source as it is, its last vector read with a masked load (gather_source). Each output is
 // summed over the row's nonzeros by one thread in an order fixed by the row alone (in index
 // order; gather_rows' narrow blocks in 2 or 4 interleaved partial sums, added in a fixed
 // order): results do not depend on the thread count.
@@ -15,6 +16,10 @@
 #include <ATen/ATen.h>
 #include <omp.h>
 #include <cstring>
+#include <type_traits>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 #include <utility>
 #include <vector>
 #include "common.h"
@@ -48,15 +53,16 @@ inline at::Tensor padded_batch(const at::Tensor& t, int64_t stride) {
 
 // The source of gather_rows for spmm and spmm_t, as (tensor, row stride). Padding copies every
 // row of the source on the calling thread: at 4,096 x 20 floats 22 us of an 80 us spmm, and on
-// two threads the other core then fetched the fresh copy from this one's cache (spmm 4,096 /
-// 0.1%, B = 20: 104 us on two threads, 48 us unpadded). Unpadded float/double rows are read with
-// masked loads in their last block, which costs more per entry (rows of 80 bytes are not
-// 32-byte aligned, so loads split cache lines: 4,096 / 1%, B = 20, 41 entries per source row:
-// 236 us padded, 359 us unpadded, one thread). So the source is read as it is where the copy
-// weighs more, below kUnpaddedBelow entries per source row (16,384 / 0.1%, 16 a row, two threads:
-// 521 us padded, 398 us unpadded), and float16/bfloat16 always padded (their widening reads whole
-// units). The sums are the same either way (the padding lanes add zeros, the masked ones nothing).
-inline constexpr int64_t kUnpaddedBelow = 24;
+// two threads the other core then fetched the fresh copy from this one's cache. Unpadded
+// float/double rows are read with a masked load for their last vector, which costs a little more
+// per entry (rows of 80 bytes are not 32-byte aligned, so loads split cache lines). Measured on
+// two threads, B = 20, spmm, padded against unpadded: 4,096 / 0.1% (4 entries per source row)
+// 48 against 28 us; 4,096 / 1% (41) 146 against 121; 4,096 / 3% (123) 321 against 323; 16,384 /
+// 1% (164) 2,005 against 1,880; 4,096 / 5% (205) 474 against 547. So the source is read as it is
+// below kUnpaddedBelow entries per source row, and float16/bfloat16 always padded (their
+// widening reads whole units). The sums are the same either way (the padding lanes add zeros,
+// the masked ones nothing).
+inline constexpr int64_t kUnpaddedBelow = 192;
 
 template <typename S>
 inline std::pair<at::Tensor, int64_t> gather_source(const at::Tensor& t, int64_t stride, int64_t nnz) {
@@ -74,56 +80,154 @@ constexpr int accumulator_sets() {
   return vectors >= 5 ? 1 : vectors >= 3 ? 2 : 4;
 }
 
-// Masked: only x[0:width] is read (masked loads), the other lanes add zero: a batch row of an
-// unpadded source whose last block is narrower than W (see gather_rows).
-template <typename S, int W, bool Masked = false>
-inline void accumulate_entry(acc_t<S>* a, acc_t<S> v, const S* x, int64_t width) {
-  if constexpr (Masked) {
-    static_assert(!kIsHalf<S>, "float16/bfloat16 sources are padded");
+// float16/bfloat16: a[0:W] += v * float(x[0:W]) (their sources are always padded).
+template <typename S, int W>
+SE_ALWAYS_INLINE void accumulate_entry(acc_t<S>* a, acc_t<S> v, const S* x) {
+  static_assert(kIsHalf<S>);
+  float xf[W];
+  widen<W>(x, xf);
 #pragma omp simd
-    for (int b = 0; b < W; ++b) a[b] += v * (b < width ? x[b] : acc_t<S>(0));
-  } else if constexpr (kIsHalf<S>) {
-    float xf[W];
-    widen<W>(x, xf);
-#pragma omp simd
-    for (int b = 0; b < W; ++b) a[b] += v * xf[b];
+  for (int b = 0; b < W; ++b) a[b] += v * xf[b];
+}
+
+// float/double accumulators as GCC vector types of 32 bytes (8 floats, 4 doubles): the
+// compiler keeps an array of them in registers, where arrays of floats under `omp simd` stayed
+// on the stack (a load and a store around every FMA, a store-forwarding chain per entry: spmm
+// at 4,096 / 0.1%, B = 20, 74 us against MKL's 45, one thread).
+// (a specialisation each: GCC drops the attribute from an alias template of a dependent type)
+template <typename A>
+struct vec_of;
+template <>
+struct vec_of<float> { typedef float type __attribute__((vector_size(32))); };
+template <>
+struct vec_of<double> { typedef double type __attribute__((vector_size(32))); };
+template <typename A>
+using vec_t = typename vec_of<A>::type;
+
+template <typename A>
+constexpr int vec_lanes() { return 32 / static_cast<int>(sizeof(A)); }
+
+template <typename A>
+SE_ALWAYS_INLINE vec_t<A> load_vec(const A* p) {
+  vec_t<A> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <typename A>
+SE_ALWAYS_INLINE void store_vec(A* p, vec_t<A> v) { std::memcpy(p, &v, sizeof(v)); }
+
+// The first n lanes (1 <= n <= vec_lanes) of p, zeros after: nothing past p[n - 1] is read.
+template <typename A>
+SE_ALWAYS_INLINE vec_t<A> load_first(const A* p, int n) {
+#if defined(__AVX512VL__)
+  const __mmask8 m = static_cast<__mmask8>((1u << n) - 1);
+  if constexpr (std::is_same_v<A, float>) return reinterpret_cast<vec_t<A>>(_mm256_maskz_loadu_ps(m, p));
+  else return reinterpret_cast<vec_t<A>>(_mm256_maskz_loadu_pd(m, p));
+#elif defined(__AVX2__)
+  if constexpr (std::is_same_v<A, float>) {
+    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    return reinterpret_cast<vec_t<A>>(_mm256_maskload_ps(p, m));
   } else {
-#pragma omp simd
-    for (int b = 0; b < W; ++b) a[b] += v * x[b];
+    const __m256i m = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
+    return reinterpret_cast<vec_t<A>>(_mm256_maskload_pd(p, m));
+  }
+#else
+  vec_t<A> v = {};
+  for (int l = 0; l < n; ++l) v[l] = p[l];
+  return v;
+#endif
+}
+
+// p[0:n] = v[0:n] (1 <= n <= vec_lanes); nothing past p[n - 1] is written.
+template <typename A>
+SE_ALWAYS_INLINE void store_first(A* p, vec_t<A> v, int n) {
+#if defined(__AVX512VL__)
+  const __mmask8 m = static_cast<__mmask8>((1u << n) - 1);
+  if constexpr (std::is_same_v<A, float>) _mm256_mask_storeu_ps(p, m, reinterpret_cast<__m256>(v));
+  else _mm256_mask_storeu_pd(p, m, reinterpret_cast<__m256d>(v));
+#elif defined(__AVX2__)
+  if constexpr (std::is_same_v<A, float>) {
+    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    _mm256_maskstore_ps(p, m, reinterpret_cast<__m256>(v));
+  } else {
+    const __m256i m = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
+    _mm256_maskstore_pd(p, m, reinterpret_cast<__m256d>(v));
+  }
+#else
+  for (int l = 0; l < n; ++l) p[l] = v[l];
+#endif
+}
+
+// Runs entry(k, u, fetch) for k in [k0, k1): entry k into accumulator set (k - k0) % U, so that a
+// row's U consecutive entries are independent FMA chains (a short row's last entries too);
+// fetch (std::true_type) while the row kPrefetch entries ahead exists.
+template <int U, bool Prefetch, typename Entry>
+SE_ALWAYS_INLINE void for_entries(int64_t k0, int64_t k1, int64_t nnz, Entry&& entry) {
+  const int64_t k_fetch = Prefetch ? std::max(k0, std::min(k1, nnz - kPrefetch)) : k0;
+  int64_t k = k0;
+  for (; k + U <= k_fetch; k += U)
+    for (int u = 0; u < U; ++u) entry(k + u, u, std::true_type());
+  for (; k + U <= k1; k += U)
+    for (int u = 0; u < U; ++u) entry(k + u, u, std::false_type());
+  for (int u = 0; u + 1 < U; ++u)
+    if (k + u < k1) entry(k + u, u, std::false_type());
+}
+
+// float/double: out[0:W/L] (vectors of L = vec_lanes lanes) = sum_{k in [k0, k1)}
+// vals[k - vbase] * src[idx[k] * stride + 0:W]. Masked: the last vector reads only its first
+// `tail` lanes (the end of an unpadded source row), the others add zero.
+template <typename S, int W, bool Prefetch, bool Masked>
+SE_ALWAYS_INLINE void row_sums_vec(int64_t k0, int64_t k1, const int32_t* idx, const S* vals, int64_t vbase,
+                                   const S* src, int64_t stride, int64_t nnz, vec_t<S>* out, int tail) {
+  static_assert(!kIsHalf<S>);
+  using V = vec_t<S>;
+  constexpr int L = vec_lanes<S>(), NV = W / L, U = accumulator_sets<S, W>();
+  static_assert(W % L == 0);
+  V sets[U][NV] = {};
+  for_entries<U, Prefetch>(k0, k1, nnz, [&](int64_t k, int u, auto fetch) SE_ALWAYS_INLINE_LAMBDA {
+    const S* x = src + static_cast<int64_t>(idx[k]) * stride;
+    if constexpr (decltype(fetch)::value)
+      prefetch_row<W * sizeof(S)>(src + static_cast<int64_t>(idx[k + kPrefetch]) * stride);
+    const S v = vals[k - vbase];
+    for (int j = 0; j + 1 < NV; ++j) sets[u][j] += v * load_vec(x + j * L);
+    sets[u][NV - 1] += v * (Masked ? load_first(x + (NV - 1) * L, tail) : load_vec(x + (NV - 1) * L));
+  });
+  for (int j = 0; j < NV; ++j) {
+    if constexpr (U == 1) out[j] = sets[0][j];
+    if constexpr (U == 2) out[j] = sets[0][j] + sets[1][j];
+    if constexpr (U == 4) out[j] = (sets[0][j] + sets[1][j]) + (sets[2][j] + sets[3][j]);
   }
 }
 
 // a[0:W] = sum_{k in [k0, k1)} vals[k - vbase] * src[idx[k] * stride + 0:W] (a: the caller's
-// array, kept in registers when this is inlined); nnz bounds the prefetch of the row kPrefetch
-// entries ahead (vbase: the values of a row gathered into a buffer of their own, see gather_rows).
-// Masked: only the first `width` columns of each source row are read.
-template <typename S, int W, bool Prefetch, bool Masked = false>
-inline void row_sums(int64_t k0, int64_t k1, const int32_t* idx, const S* vals, int64_t vbase, const S* src,
-                     int64_t stride, int64_t nnz, acc_t<S>* a, int64_t width = W) {
+// array); nnz bounds the prefetch of the row kPrefetch entries ahead (vbase: the values of a row
+// gathered into a buffer of their own, see gather_rows).
+template <typename S, int W, bool Prefetch>
+SE_ALWAYS_INLINE void row_sums(int64_t k0, int64_t k1, const int32_t* idx, const S* vals, int64_t vbase,
+                               const S* src, int64_t stride, int64_t nnz, acc_t<S>* a) {
   using A = acc_t<S>;
-  constexpr int U = accumulator_sets<S, W>();
-  A sets[U][W];
-  for (int u = 0; u < U; ++u)
-    for (int b = 0; b < W; ++b) sets[u][b] = 0;
-  auto entry = [&](int64_t k, A* acc, auto fetch) {
-    if constexpr (decltype(fetch)::value)
-      prefetch_row<W * sizeof(S)>(src + static_cast<int64_t>(idx[k + kPrefetch]) * stride);
-    accumulate_entry<S, W, Masked>(acc, static_cast<A>(vals[k - vbase]), src + static_cast<int64_t>(idx[k]) * stride,
-                                   width);
-  };
-  // the entries that prefetch (their row kPrefetch entries ahead exists), then the others
-  const int64_t k_fetch = Prefetch ? std::max(k0, std::min(k1, nnz - kPrefetch)) : k0;
-  int64_t k = k0;
-  for (; k + U <= k_fetch; k += U)
-    for (int u = 0; u < U; ++u) entry(k + u, sets[u], std::true_type());
-  for (; k + U <= k1; k += U)
-    for (int u = 0; u < U; ++u) entry(k + u, sets[u], std::false_type());
-  for (; k < k1; ++k) entry(k, sets[0], std::false_type());
+  if constexpr (!kIsHalf<S>) {
+    constexpr int L = vec_lanes<S>();
+    vec_t<S> out[W / L];
+    row_sums_vec<S, W, Prefetch, false>(k0, k1, idx, vals, vbase, src, stride, nnz, out, L);
+    for (int j = 0; j < W / L; ++j) store_vec(a + j * L, out[j]);
+  } else {
+    constexpr int U = accumulator_sets<S, W>();
+    A sets[U][W];
+    for (int u = 0; u < U; ++u)
+      for (int b = 0; b < W; ++b) sets[u][b] = 0;
+    for_entries<U, Prefetch>(k0, k1, nnz, [&](int64_t k, int u, auto fetch) SE_ALWAYS_INLINE_LAMBDA {
+      if constexpr (decltype(fetch)::value)
+        prefetch_row<W * sizeof(S)>(src + static_cast<int64_t>(idx[k + kPrefetch]) * stride);
+      accumulate_entry<S, W>(sets[u], static_cast<A>(vals[k - vbase]), src + static_cast<int64_t>(idx[k]) * stride);
+    });
 #pragma omp simd
-  for (int b = 0; b < W; ++b) {
-    if constexpr (U == 1) a[b] = sets[0][b];
-    if constexpr (U == 2) a[b] = sets[0][b] + sets[1][b];
-    if constexpr (U == 4) a[b] = (sets[0][b] + sets[1][b]) + (sets[2][b] + sets[3][b]);
+    for (int b = 0; b < W; ++b) {
+      if constexpr (U == 1) a[b] = sets[0][b];
+      if constexpr (U == 2) a[b] = sets[0][b] + sets[1][b];
+      if constexpr (U == 4) a[b] = (sets[0][b] + sets[1][b]) + (sets[2][b] + sets[3][b]);
+    }
   }
 }
 
@@ -209,26 +313,42 @@ inline const S* row_values(const S* vals, const int32_t* perm, int64_t k0, int64
 
 // One row's block of W columns (W a multiple of the padding unit, at most wide_block): the
 // sums in registers, written straight to y[0:width] (width <= W: the columns of the block that
-// are in the batch; the padding lanes are never stored), plus direct[0:width] when given.
-// Masked: the source rows are not padded, and only their first `width` columns are read.
+// are in the batch, more than W - pad_unit of them; the padding lanes are never stored), plus
+// direct[0:width] when given. Masked: the source rows are not padded, and only their first
+// `width` columns are read.
 template <typename S, int W, bool Prefetch, bool Masked = false>
-inline void gather_block(int64_t k0, int64_t k1, const int32_t* idx, const S* vals, int64_t vbase, const S* src,
-                         int64_t stride, int64_t nnz, int64_t width, const S* direct, S* y) {
+SE_ALWAYS_INLINE void gather_block(int64_t k0, int64_t k1, const int32_t* idx, const S* vals, int64_t vbase,
+                                   const S* src, int64_t stride, int64_t nnz, int64_t width, const S* direct, S* y) {
   using A = acc_t<S>;
-  A a[W];
-  row_sums<S, W, Prefetch, Masked>(k0, k1, idx, vals, vbase, src, stride, nnz, a, width);
-  if (direct != nullptr) {
-#pragma omp simd
-    for (int b = 0; b < W; ++b)
-      if (b < width) a[b] += static_cast<A>(direct[b]);
-  }
-  if (width == W) {
-#pragma omp simd
-    for (int b = 0; b < W; ++b) y[b] = static_cast<S>(a[b]);
+  if constexpr (!kIsHalf<S>) {
+    constexpr int L = vec_lanes<S>(), NV = W / L;
+    const int tail = static_cast<int>(width - (NV - 1) * L);  // lanes of the last vector in the batch
+    vec_t<S> a[NV];
+    row_sums_vec<S, W, Prefetch, Masked>(k0, k1, idx, vals, vbase, src, stride, nnz, a, tail);
+    if (direct != nullptr) {
+      for (int j = 0; j + 1 < NV; ++j) a[j] += load_vec(direct + j * L);
+      a[NV - 1] += load_first(direct + (NV - 1) * L, tail);
+    }
+    for (int j = 0; j + 1 < NV; ++j) store_vec(y + j * L, a[j]);
+    if (tail == L) store_vec(y + (NV - 1) * L, a[NV - 1]);
+    else store_first(y + (NV - 1) * L, a[NV - 1], tail);
   } else {
+    static_assert(!Masked, "float16/bfloat16 sources are padded");
+    A a[W];
+    row_sums<S, W, Prefetch>(k0, k1, idx, vals, vbase, src, stride, nnz, a);
+    if (direct != nullptr) {
 #pragma omp simd
-    for (int b = 0; b < W; ++b)
-      if (b < width) y[b] = static_cast<S>(a[b]);
+      for (int b = 0; b < W; ++b)
+        if (b < width) a[b] += static_cast<A>(direct[b]);
+    }
+    if (width == W) {
+#pragma omp simd
+      for (int b = 0; b < W; ++b) y[b] = static_cast<S>(a[b]);
+    } else {
+#pragma omp simd
+      for (int b = 0; b < W; ++b)
+        if (b < width) y[b] = static_cast<S>(a[b]);
+    }
   }
 }
 

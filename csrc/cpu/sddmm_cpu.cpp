@@ -60,13 +60,15 @@ inline __m256 sums_of_8(const __m256* a) {
   return _mm256_add_ps(_mm256_permute2f128_ps(q0, q1, 0x20), _mm256_permute2f128_ps(q0, q1, 0x31));
 }
 
-// float32, a tile of `units` 8-float units (the padded batch): out[k] = dot(g, X[col_k]) for
+// float32, a tile of `units` 8-float units, the last one read to its `tail`-th column (1-8: the
+// rows are not padded, see kUnpaddedF32): out[k] = dot(g, X[col_k]) for
 // k in [k0, k1) (added to out[k] after the first tile), 8 entries at a time, each with its own
 // vector accumulator (8 independent FMA chains, g's units read from L1), then one transposing
 // reduction for the 8. A row's last entries (fewer than 8) repeat its entry k0's X row in the
 // unused accumulators, whose sums are dropped. g and X are already offset to the tile.
-inline void sddmm_row_f32(const float* g, const float* X, int64_t stride, int64_t units, const int32_t* col_idx,
-                          int64_t k0, int64_t k1, int64_t nnz, int64_t tile_bytes, bool first, float* out) {
+inline void sddmm_row_f32(const float* g, const float* X, int64_t stride, int64_t units, int tail,
+                          const int32_t* col_idx, int64_t k0, int64_t k1, int64_t nnz, int64_t tile_bytes, bool first,
+                          float* out) {
   for (int64_t k = k0; k < k1; k += 8) {
     const int64_t m = std::min<int64_t>(8, k1 - k);
     const float* x[8];
@@ -77,9 +79,18 @@ inline void sddmm_row_f32(const float* g, const float* X, int64_t stride, int64_
     }
     __m256 acc[8];
     for (int j = 0; j < 8; ++j) acc[j] = _mm256_setzero_ps();
-    for (int64_t u = 0; u < 8 * units; u += 8) {
+    for (int64_t u = 0; u < 8 * (units - 1); u += 8) {
       const __m256 gu = _mm256_loadu_ps(g + u);
       for (int j = 0; j < 8; ++j) acc[j] = _mm256_fmadd_ps(gu, _mm256_loadu_ps(x[j] + u), acc[j]);
+    }
+    const int64_t u = 8 * (units - 1);  // the last unit: its first `tail` columns only
+    if (tail == 8) {
+      const __m256 gu = _mm256_loadu_ps(g + u);
+      for (int j = 0; j < 8; ++j) acc[j] = _mm256_fmadd_ps(gu, _mm256_loadu_ps(x[j] + u), acc[j]);
+    } else {
+      const __m256 gu = reinterpret_cast<__m256>(load_first(g + u, tail));
+      for (int j = 0; j < 8; ++j)
+        acc[j] = _mm256_fmadd_ps(gu, reinterpret_cast<__m256>(load_first(x[j] + u, tail)), acc[j]);
     }
     __m256 s = sums_of_8(acc);
     if (m == 8) {
@@ -104,9 +115,11 @@ inline void sddmm_row_f32(const float* g, const float* X, int64_t stride, int64_
 template <typename S>
 constexpr int64_t sddmm_tile() { return 512 / sizeof(S); }  // 128 floats / 64 doubles / 256 halves
 
+// B: the batch columns summed; stride: the row stride of G and X (B, or B padded to whole units
+// for the generic loop, whose tiles are whole units).
 template <typename scalar_t>
 void sddmm_rows(const int64_t* row_ptr, const int32_t* col_idx, const scalar_t* G, const scalar_t* X,
-                scalar_t* out, int64_t rows, int64_t B, float* partial) {  // B: the padded batch
+                scalar_t* out, int64_t rows, int64_t B, int64_t stride, float* partial) {
   constexpr int64_t kTile = sddmm_tile<scalar_t>();
   const int64_t chunks = num_chunks(rows);
   const auto bounds = balanced_bounds(row_ptr, rows, chunks);
@@ -119,7 +132,7 @@ void sddmm_rows(const int64_t* row_ptr, const int32_t* col_idx, const scalar_t* 
 #pragma omp parallel for schedule(dynamic, 1) num_threads(kernel_threads()) if (parallel)
     for (int64_t c = 0; c < chunks; ++c) {
       for (int64_t i = bounds[c]; i < bounds[c + 1]; ++i) {
-        const scalar_t* G_i = G + i * B;
+        const scalar_t* G_i = G + i * stride;
         if (B == 1) {  // one column: out[k] = G[i] X[col_k], vectorised over the entries (gathers)
           using A = acc_t<scalar_t>;
           const A g = static_cast<A>(G_i[0]);
@@ -130,17 +143,19 @@ void sddmm_rows(const int64_t* row_ptr, const int32_t* col_idx, const scalar_t* 
         }
 #if defined(__AVX2__) && defined(__FMA__)
         if constexpr (std::is_same_v<scalar_t, float>) {
-          sddmm_row_f32(G_i + b0, X + b0, B, (b1 - b0) / 8, col_idx, row_ptr[i], row_ptr[i + 1], nnz, tile_bytes,
-                        first, out);
+          const int64_t units = (b1 - b0 + 7) / 8;
+          sddmm_row_f32(G_i + b0, X + b0, stride, units, static_cast<int>(b1 - b0 - 8 * (units - 1)), col_idx,
+                        row_ptr[i], row_ptr[i + 1], nnz, tile_bytes, first, out);
           continue;
         }
 #endif
         for (int64_t k = row_ptr[i]; k < row_ptr[i + 1]; ++k) {
           if (k + kPrefetch < nnz) {
-            const char* next = reinterpret_cast<const char*>(X + static_cast<int64_t>(col_idx[k + kPrefetch]) * B + b0);
+            const char* next =
+                reinterpret_cast<const char*>(X + static_cast<int64_t>(col_idx[k + kPrefetch]) * stride + b0);
             for (int64_t line = 0; line < tile_bytes; line += 64) __builtin_prefetch(next + line);
           }
-          const auto part = dot_range(G_i, X + static_cast<int64_t>(col_idx[k]) * B, b0, b1);
+          const auto part = dot_range(G_i, X + static_cast<int64_t>(col_idx[k]) * stride, b0, b1);
           if constexpr (kIsHalf<scalar_t>) {
             const float total = first ? part : partial[k] + part;
             if (last) out[k] = static_cast<scalar_t>(total); else partial[k] = total;
@@ -154,6 +169,15 @@ void sddmm_rows(const int64_t* row_ptr, const int32_t* col_idx, const scalar_t* 
   }
 }
 
+// float32 with AVX2: G and X are read as they are, the last unit of each row with masked loads
+// (copying both padded to whole units on the calling thread cost more than the product at few
+// entries per row: 4,096 / 0.1%, B = 20, 105 us on two threads, MKL 66); the other types pad.
+#if defined(__AVX2__) && defined(__FMA__)
+inline constexpr bool kUnpaddedF32 = true;
+#else
+inline constexpr bool kUnpaddedF32 = false;
+#endif
+
 // out[k] = sum_b G[row_k, b] * X[col_k, b]. Locals ending in _c are contiguous copies, in _p
 // copies padded with zeros to whole 32-byte units (gather.h), which add nothing to the dots.
 at::Tensor sddmm_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tensor& csc_ptr,
@@ -163,14 +187,17 @@ at::Tensor sddmm_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, const
   cpu_checked_max_len({row_ptr, col_idx, nullptr, "row_ptr", "col_idx", nullptr}, X.size(0));  // once per pattern
   auto row_ptr_c = row_ptr.contiguous(), col_idx_c = col_idx.contiguous();
   auto out = at::empty({s.nnz}, G.options());
+  if (G.size(1) == 0) return out.zero_();  // empty sums
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, G.scalar_type(), "sddmm_cpu", [&] {
-    const int64_t stride = padded_stride<scalar_t>(G.size(1));
+    const int64_t B = G.size(1);
+    const bool unpadded = kUnpaddedF32 && std::is_same_v<scalar_t, float>;
+    const int64_t stride = unpadded ? B : padded_stride<scalar_t>(B);
     auto G_p = padded_batch(G, stride), X_p = padded_batch(X, stride);
     // float32 partial sums between batch tiles, for a 2-byte type with more than one tile
     at::Tensor partial = kIsHalf<scalar_t> && stride > sddmm_tile<scalar_t>()
                              ? at::empty({s.nnz}, G.options().dtype(at::kFloat)) : at::Tensor();
     sddmm_rows<scalar_t>(row_ptr_c.data_ptr<int64_t>(), col_idx_c.data_ptr<int32_t>(), G_p.data_ptr<scalar_t>(),
-                         X_p.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), s.rows, stride,
+                         X_p.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), s.rows, unpadded ? B : stride, stride,
                          partial.defined() ? partial.data_ptr<float>() : nullptr);
   });
   return out;

@@ -12,6 +12,11 @@
 
 namespace sparse_engine {
 
+// The per-row bodies of the gathers: inlined into their row loops, whose accumulators then stay
+// in registers (GCC kept row_sums out of line, a call and a spill per row).
+#define SE_ALWAYS_INLINE inline __attribute__((always_inline))
+#define SE_ALWAYS_INLINE_LAMBDA __attribute__((always_inline))
+
 // Storage type S (float, double, at::Half, at::BFloat16) and its accumulator: float16 and
 // bfloat16 are only storage; every product and sum is in float32, and the result is
 // rounded to the storage type once, when it is written.
