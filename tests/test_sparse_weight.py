@@ -278,6 +278,24 @@ def test_index_tuple_is_kept_until_a_buffer_is_replaced(rng):
     del kept
 
 
+def test_csr_index_tuple_is_kept_until_the_csr_is_replaced(rng):
+    """Without a transposed index, csr_index hands out the same tuple while row_ptr and col_idx are
+    the same objects; a new pattern or a move gives a new one of the new buffers."""
+    from sparse_engine import ops as sparse_ops
+
+    W = random_weight(12, 9, 0.3, generator=rng)
+    first = W.csr_index
+    assert W.csr_index is first and first[0] is W.row_ptr and first[1] is W.col_idx
+    ref = random_weight(12, 9, 0.5, generator=rng)
+    W.set_pattern(ref.row_ptr, ref.col_idx, ref.values.detach())
+    second = W.csr_index
+    assert second is not first and torch.equal(second[1], ref.col_idx) and second[1] is W.col_idx
+    assert torch.equal(sparse_ops.spmm(W, torch.eye(9, dtype=W.values.dtype)), ref.to_dense())
+    W.to("meta")
+    assert all(t.device.type == "meta" for t in W.csr_index[:3])
+    assert not W.has_transpose
+
+
 def test_parts_are_the_attributes_plain_and_parametrized(rng):
     """parts() reads a plain weight's dicts (the same tensors as the attributes) and a parametrized
     weight's values through its parametrization, so the ops multiply by what ``w.values`` gives."""
