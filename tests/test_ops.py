@@ -122,6 +122,18 @@ def test_spmm_t_scatter_matches_reference(dtype, B, rng):
     assert bool(((out.double() - gathered.double()).abs() <= 2 * bound).all())
 
 
+def test_spmm_t_gathers_where_the_scatter_accumulators_outweigh_the_values(rng):
+    """Values above SCATTER_FROM_BYTES, but 8 accumulators of cols x 72 floats (11.5 MB) over twice
+    the values' 4.4 MB (scatter.h, kScatterAccPerValue): spmm_t gathers, bitwise the values_t
+    product (same summation order), within rounding of the reference."""
+    W = random_weight(300, 5000, 0.733, dtype=torch.float32, generator=rng)
+    assert W.nnz * 4 >= SCATTER_FROM_BYTES and 8 * 5000 * 72 * 4 > 2 * W.nnz * 4
+    G = torch.randn(300, 67, generator=rng)
+    out = ops.spmm_t(W, G)
+    assert torch.equal(out, ops.spmm_t(W, G, ops.transposed_values(W)))
+    assert_within_rounding(out, *references(W, G=G)["spmm_t"], torch.float32)
+
+
 def test_spmm_t_scatter_one_column_and_non_contiguous_batches(rng):
     """A single column (every entry into one output row) and G given transposed or strided."""
     W = random_weight(600_000, 1, 0.95, empty_rows=1000, dtype=torch.float64, generator=rng)

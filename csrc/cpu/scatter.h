@@ -36,13 +36,21 @@ inline int64_t scatter_parts(int64_t rows, int64_t cols, int64_t nnz, int64_t st
 }
 
 // Whether spmm_t without values_t scatters (B = 1, or values of kScatterFromBytes and more) rather
-// than gathers: not where kScatterMaxParts accumulators would take more than kScatterAccBytes
-// (SET-MLP's 333,333-unit layers at B = 40: 53 MB each), since fewer would leave threads idle.
+// than gathers: not where the accumulators (scatter_parts of cols x stride) would take more than
+// kScatterAccBytes (SET-MLP's 333,333-unit layers at B = 40: 53 MB each), since fewer would leave
+// threads idle; and for B > 1 not where they take more than kScatterAccPerValue times the values'
+// bytes: zeroing them, adding into them and summing them then cost more than gathering the
+// values through csc_perm. Two threads, B = 20 / 32, scatter against gather (accumulators over
+// values): 65,536 / 0.1% 24.1 / 31.0 ms against 19.4 / 21.7 (2.9x / 3.9x); 16,384 / 1% 3.9 /
+// 4.5 ms against 6.1 / 6.2 (1.2x / 1.6x); 65,536 / 1%, B = 20, 159 ms against 258 (0.3x).
 inline constexpr int64_t kScatterAccBytes = int64_t(64) << 20;
+inline constexpr int64_t kScatterAccPerValue = 2;
 
-inline bool use_scatter(int64_t cols, int64_t B, int64_t stride, int64_t values_bytes, int64_t acc_size) {
-  return (B == 1 || values_bytes >= kScatterFromBytes) &&
-         kScatterMaxParts * cols * stride * acc_size <= kScatterAccBytes;
+inline bool use_scatter(int64_t rows, int64_t cols, int64_t nnz, int64_t B, int64_t stride, int64_t values_bytes,
+                        int64_t acc_size) {
+  const int64_t acc_bytes = scatter_parts(rows, cols, nnz, stride) * cols * stride * acc_size;
+  if (acc_bytes > kScatterAccBytes) return false;
+  return B == 1 || (values_bytes >= kScatterFromBytes && acc_bytes <= kScatterAccPerValue * values_bytes);
 }
 
 // Rows [r0, r1) of the CSR scattered into acc (astride per output row), for the batch columns

@@ -50,7 +50,8 @@ at::Tensor spmm_t_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, cons
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values.scalar_type(), "spmm_t_cpu", [&] {
     using A = acc_t<scalar_t>;
     const int64_t stride = padded_stride<scalar_t>(B);
-    if (!values_t_c.defined() && use_scatter(s.cols, B, stride, values.numel() * values.element_size(), sizeof(A))) {
+    const int64_t values_bytes = values.numel() * values.element_size();
+    if (!values_t_c.defined() && use_scatter(s.rows, s.cols, values.numel(), B, stride, values_bytes, sizeof(A))) {
       // the values read in CSR order: scatter the CSR's rows (scatter.h)
       cpu_checked_max_len({row_ptr, col_idx, nullptr, "row_ptr", "col_idx", nullptr}, s.cols);
       auto row_ptr_c = row_ptr.contiguous(), col_idx_c = col_idx.contiguous(), values_c = values.contiguous();

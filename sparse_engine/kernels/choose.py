@@ -2,24 +2,28 @@
 
 A measured rule (docs/cpu_kernels.md has the table; benchmarks/bench_rnn_step.py measures it),
 taken by the recurrence (:func:`sparse_engine.nn.recurrence.fused_steps`) for each direction of
-the step. Fused and composed steps of LSTM and GRU timed alternately on one thread (CPU time),
-B=20, hidden 256 to 16,384 at 8 to 495 nonzeros per W_hh row, both backward steps given W_hh's
-values in column order (as the recurrence does), 2026-11-23, load average 2-3:
+the step. Fused and composed steps of LSTM and GRU timed alternately, B=20, hidden 256 to 16,384
+at 8 to 495 nonzeros per W_hh row, both backward steps given W_hh's values in column order (as
+the recurrence does), after the gathers' vector accumulators (issue #13), 2026-11-24, quiet:
+two threads (benchmarks/results/rnn_step_cpu.md) and one (OMP_NUM_THREADS=1, hidden 1,500 to
+16,384):
 
-* backward: the fused step (elementwise gate gradient + W_hh^T dG in one op) 1.04-1.99x faster
-  than the composed one everywhere.
-* forward: both are now close. The fused forward wins at short rows (LSTM 1.03-1.13x, GRU
-  1.05-1.65x below 100 nonzeros per row) and loses where the products dominate (123-495 per
-  row: LSTM 0.83-0.99x, GRU 0.82-1.08x: the composed step's spmm, which runs its rows with h
-  alone in the cache, gathers faster than the fused one, which streams the gate activations in
-  between), and for the LSTM at hidden 16,384, B = 20 (0.88-0.98x at 16 per row: its 5 MB of
-  pre-activations per step evict the gathered h from L2).
+* backward: the fused step (elementwise gate gradient + W_hh^T dG in one op) 1.04-1.85x faster
+  than the composed one everywhere on two threads, 1.26-1.62x on one.
+* forward: the fused forward wins at short rows and small steps (two threads: 1.12-2.02x up to
+  hidden 1,500 below 100 nonzeros per row; one thread: 1.04-1.16x up to hidden 8,192) and loses
+  where the products dominate (495 per row: 0.96x / 1.02x; 164 per row: 0.91x / 0.92x: the
+  composed step's spmm, which runs its rows with h alone in the cache, gathers faster than the
+  fused one, which streams the gate activations in between) and where one step's
+  pre-activations take megabytes (hidden 16,384, 16 per row: LSTM 5 MB 0.73x / 0.91x, GRU 3.9 MB
+  0.77x / 0.99x, two / one thread: they evict the gathered h from L2). Hidden 4,096 at 41 per
+  row (LSTM 1.3 MB, GRU 1.0 MB) is a draw: LSTM 0.95x on two threads, 1.07x on one; GRU 1.00x
+  and 1.13x.
 
 So: backward fused; forward fused below :data:`FUSED_FORWARD_MAX_ROW_NNZ` nonzeros per row when
 the step's pre-activations (gates x hidden x batch float32 values) take at most
-:data:`FUSED_FORWARD_MAX_GATE_BYTES`, composed otherwise. (Before the fused forward's fixes of
-issue #13 the rule was the other way round, fused from 256 per row: the composed step has
-become faster too, its spmm and its elementwise ops.)
+:data:`FUSED_FORWARD_MAX_GATE_BYTES` (3 MiB: 4 MiB, the bound before this measurement, took the
+GRU at hidden 16,384), composed otherwise.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ __all__ = ["choose_fused", "FUSED_FORWARD_MAX_ROW_NNZ", "FUSED_FORWARD_MAX_GATE_
 FUSED_FORWARD_MAX_ROW_NNZ = 100
 #: bytes of one step's pre-activations (gates x hidden x batch float32 values) up to which the
 #: fused forward step is chosen
-FUSED_FORWARD_MAX_GATE_BYTES = 4 * 2**20
+FUSED_FORWARD_MAX_GATE_BYTES = 3 * 2**20
 
 
 def choose_fused(mode: str, hidden: int, nnz: int, batch: int, *, backward: bool = False) -> bool:
