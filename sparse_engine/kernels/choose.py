@@ -5,8 +5,8 @@ taken by the recurrence (:func:`sparse_engine.nn.recurrence.fused_steps`) for ea
 the step. Fused and composed steps of LSTM and GRU timed alternately, B=20, hidden 256 to 16,384
 at 8 to 495 nonzeros per W_hh row, both backward steps given W_hh's values in column order (as
 the recurrence does), after the gathers' vector accumulators (issue #13), 2026-11-24, quiet:
-two threads (benchmarks/results/rnn_step_cpu.md) and one (OMP_NUM_THREADS=1, hidden 1,500 to
-16,384):
+two threads (benchmarks/results/rnn_step_cpu.md) and one (rnn_step_cpu_1thread.md, hidden
+1,500 to 16,384):
 
 * backward: the fused step (elementwise gate gradient + W_hh^T dG in one op) 1.04-1.85x faster
   than the composed one everywhere on two threads, 1.26-1.62x on one.
