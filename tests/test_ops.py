@@ -26,8 +26,14 @@ def assert_within_rounding(out, ref, abs_ref, terms, dtype):
 @pytest.mark.parametrize("shape", AWKWARD_SHAPES, ids=str)
 @pytest.mark.parametrize("B", BATCHES)
 def test_kernels_match_dense_reference(shape, B, dtype, rng):
-    rows, cols = shape.rows, shape.cols
-    W = random_weight(*shape, dtype=dtype, generator=rng)
+    assert_ops_match_reference(random_weight(*shape, dtype=dtype, generator=rng), B, rng)
+
+
+def assert_ops_match_reference(W, B, rng):
+    """spmm, spmm_t and sddmm of W on fresh random batches of B columns, within rounding of the
+    float64 reference."""
+    rows, cols = W.shape
+    dtype = W.values.dtype
     X = torch.randn(cols, B, generator=rng, dtype=dtype)
     G = torch.randn(rows, B, generator=rng, dtype=dtype)
     refs = references(W, X, G)
@@ -44,13 +50,7 @@ def test_sources_with_many_entries_per_row_read_from_a_padded_copy(B, dtype, rng
     dense weight's spmm (400 entries per row of X) and a wide one's spmm_t (of G) take the copy,
     the other product of each the masked reads. sddmm reads float32 unpadded on AVX2 builds."""
     for rows, cols in ((400, 3), (3, 400)):
-        W = random_weight(rows, cols, 1.0, dtype=dtype, generator=rng)
-        X = torch.randn(cols, B, generator=rng, dtype=dtype)
-        G = torch.randn(rows, B, generator=rng, dtype=dtype)
-        refs = references(W, X, G)
-        assert_within_rounding(ops.spmm(W, X), *refs["spmm"], dtype)
-        assert_within_rounding(ops.spmm_t(W, G), *refs["spmm_t"], dtype)
-        assert_within_rounding(ops.sddmm(W, G, X), *refs["sddmm"], dtype)
+        assert_ops_match_reference(random_weight(rows, cols, 1.0, dtype=dtype, generator=rng), B, rng)
 
 
 def test_an_empty_batch_gives_zeros_and_empty_products(rng):
