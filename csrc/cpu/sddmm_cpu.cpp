@@ -60,6 +60,17 @@ inline __m256 sums_of_8(const __m256* a) {
   return _mm256_add_ps(_mm256_permute2f128_ps(q0, q1, 0x20), _mm256_permute2f128_ps(q0, q1, 0x31));
 }
 
+// The sum of a's 8 lanes in sums_of_8's order, ((0+1)+(2+3)) + ((4+5)+(6+7)).
+inline float sum_of_8(__m256 a) {
+  const __m256 h = _mm256_hadd_ps(a, a), q = _mm256_hadd_ps(h, h);
+  return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(q), _mm256_extractf128_ps(q, 1)));
+}
+
+// Below this many entries left in a row, sddmm_row_f32 sums them one at a time: its groups of 8
+// computed 8 dot products (the unused ones repeating the row's first entry) whatever the row held,
+// 8 for 1 at 0.1% density.
+inline constexpr int64_t kSddmmOneByOne = 4;
+
 // float32, a tile of `units` 8-float units, the last one read to its `tail`-th column (1-8: the
 // rows are not padded, see kUnpaddedF32): out[k] = dot(g, X[col_k]) for
 // k in [k0, k1) (added to out[k] after the first tile), 8 entries at a time, each with its own
@@ -71,6 +82,23 @@ inline void sddmm_row_f32(const float* g, const float* X, int64_t stride, int64_
                           float* out) {
   for (int64_t k = k0; k < k1; k += 8) {
     const int64_t m = std::min<int64_t>(8, k1 - k);
+    if (m < kSddmmOneByOne) {  // a short row's last entries, one accumulator each
+      for (int64_t j = k; j < k1; ++j) {
+        const float* xj = X + static_cast<int64_t>(col_idx[j]) * stride;
+        __m256 acc = _mm256_setzero_ps();
+        for (int64_t u = 0; u < 8 * (units - 1); u += 8)
+          acc = _mm256_fmadd_ps(_mm256_loadu_ps(g + u), _mm256_loadu_ps(xj + u), acc);
+        const int64_t u = 8 * (units - 1);
+        if (tail == 8)
+          acc = _mm256_fmadd_ps(_mm256_loadu_ps(g + u), _mm256_loadu_ps(xj + u), acc);
+        else
+          acc = _mm256_fmadd_ps(reinterpret_cast<__m256>(load_first(g + u, tail)),
+                                reinterpret_cast<__m256>(load_first(xj + u, tail)), acc);
+        const float sum = sum_of_8(acc);
+        out[j] = first ? sum : out[j] + sum;
+      }
+      break;
+    }
     const float* x[8];
     for (int j = 0; j < 8; ++j) x[j] = X + static_cast<int64_t>(col_idx[j < m ? k + j : k0]) * stride;
     for (int64_t j = k + kPrefetch; j < std::min(k + kPrefetch + m, nnz); ++j) {
