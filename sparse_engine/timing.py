@@ -9,6 +9,11 @@ import time
 
 def best_of(fn, repeat: int = 3, warmup: int = 0) -> float:
     """Seconds of the fastest of ``repeat`` calls of ``fn``, after ``warmup`` untimed calls."""
+    return min(times_of(fn, repeat, warmup))
+
+
+def times_of(fn, repeat: int = 3, warmup: int = 0) -> list[float]:
+    """Seconds of each of ``repeat`` calls of ``fn``, after ``warmup`` untimed calls."""
     for _ in range(warmup):
         fn()
     times = []
@@ -16,7 +21,7 @@ def best_of(fn, repeat: int = 3, warmup: int = 0) -> float:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return min(times)
+    return times
 
 
 def peak_rss_bytes() -> int:
