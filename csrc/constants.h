@@ -13,6 +13,8 @@ namespace sparse_engine {
 
 // Below this much work (multiply-adds or elements) a CPU kernel stays on one thread: waking a
 // thread costs more than the whole product, and much more on a busy machine. (PARALLEL_WORK)
+// That is where idle threads spin; where they sleep at once, the default that `import
+// sparse_engine` sets, the CPU kernels use a higher bound (csrc/cpu/common.h, parallel_work).
 inline constexpr int64_t kParallelWork = int64_t(1) << 15;
 
 // spmm_t without values_t on the CPU scatters the CSR's rows (csrc/cpu/scatter.h) when the values

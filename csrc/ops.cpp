@@ -31,6 +31,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/common.h"
 #include "index_check.h"
 
 // The index of a sparse operand, as the schemas below spell it.
@@ -143,11 +144,18 @@ static PyObject* index_scans(PyObject*, PyObject*) {
   return PyLong_FromLongLong(sparse_engine::IndexCache::instance().scans());
 }
 
+// sparse_engine._C._parallel_work(): the work from which the CPU kernels use several threads
+// (csrc/cpu/common.h, parallel_work: higher where idle OpenMP threads sleep at once).
+static PyObject* parallel_work(PyObject*, PyObject*) {
+  return PyLong_FromLongLong(sparse_engine::parallel_work());
+}
+
 // A minimal module init so `import sparse_engine._C` loads the library (and runs the
 // static registrations above) like any Python extension.
 extern "C" PyObject* PyInit__C(void) {
   static PyMethodDef methods[] = {
       {"_index_scans", index_scans, METH_NOARGS, "Index content scans run so far (csrc/index_check.h)."},
+      {"_parallel_work", parallel_work, METH_NOARGS, "Work from which the CPU kernels use several threads."},
       {nullptr, nullptr, 0, nullptr}};
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module_def);

@@ -12,7 +12,11 @@ there. libgomp reads the variable once, when torch loads it, so setting it later
 importing this module (``import sparse_engine`` does, first of all) sets
 ``OMP_WAIT_POLICY=PASSIVE`` when torch is not imported yet and the variable is not set.
 :data:`PASSIVE_WAIT` says whether that happened; set the variable yourself (or import
-sparse_engine before torch) when torch comes first.
+sparse_engine before torch) when torch comes first. Sleeping threads must be woken at every
+parallel region (30-80 us on our 2-core VM), so the kernels then go parallel only from 2**19
+multiply-adds instead of 2**15 (``parallel_work`` in csrc/cpu/common.h;
+``sparse_engine._C._parallel_work()``). A short spin instead (``GOMP_SPINCOUNT=1000``) is
+faster on a quiet machine and slower on a busy one: benchmarks/results/wait_policy_cpu.md.
 
 Huge pages: the kernels gather rows of activations (and, in spmm_t, weight values) at random
 from tensors of tens of megabytes; with 4 KiB pages nearly every gather also misses the TLB.

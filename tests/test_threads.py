@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sparse_engine import SparseWeight, ops
-from sparse_engine.constants import SCATTER_FROM_BYTES
+from sparse_engine.constants import PARALLEL_WORK, SCATTER_FROM_BYTES
 from sparse_engine.nn.functional import row_lookup
 from sparse_engine.testing import num_threads, random_weight
 
@@ -183,6 +183,21 @@ def test_importing_sparse_engine_first_makes_waiting_passive():
     assert wait_policy_after("import torch, sparse_engine; assert not sparse_engine.threads.PASSIVE_WAIT") == "None"
     # a policy the user set is kept
     assert wait_policy_after("import sparse_engine", OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
+
+
+def test_kernels_stay_on_one_thread_for_more_work_where_idle_threads_sleep():
+    """Where libgomp's threads sleep at once (passive, no spin count) a parallel region first
+    wakes one, so the work from which kernels go parallel is higher (csrc/cpu/common.h)."""
+    # torch first, so that importing sparse_engine sets no policy: only the environment's counts
+    read = "import torch, sparse_engine._C as C, os; os.environ['X'] = str(C._parallel_work())"
+    spin, sleep = str(PARALLEL_WORK), str(1 << 19)
+    assert wait_policy_after(read, "X") == spin  # libgomp's default: spin
+    assert wait_policy_after("import sparse_engine; " + read, "X") == sleep  # the import's PASSIVE
+    assert wait_policy_after(read, "X", OMP_WAIT_POLICY="passive") == sleep
+    assert wait_policy_after(read, "X", OMP_WAIT_POLICY="ACTIVE") == spin
+    assert wait_policy_after(read, "X", OMP_WAIT_POLICY="PASSIVE", GOMP_SPINCOUNT="1000") == spin
+    assert wait_policy_after(read, "X", GOMP_SPINCOUNT="0") == sleep
+    assert wait_policy_after(read, "X", OMP_WAIT_POLICY="PASSIVE", GOMP_SPINCOUNT="infinity") == spin
 
 
 def test_importing_sparse_engine_first_asks_torch_for_huge_pages():

@@ -157,7 +157,7 @@ struct Builder {
 
 template <typename scalar_t>
 Graph build_graph(const int64_t* row_ptr, const int32_t* col_idx, const scalar_t* val, int64_t n, bool positions) {
-  const bool par = row_ptr[n] >= kParallelWork;
+  const bool par = row_ptr[n] >= parallel_work();
   Builder<scalar_t> bld{n, row_ptr, col_idx, val, positions, {}, {}, {}, {}, {}};
   bld.build_out(par);
   Graph g;
@@ -349,7 +349,7 @@ std::tuple<at::Tensor, at::Tensor> census_impl(const int64_t* row_ptr, const int
 }
 
 // A square CSR pattern with sorted, unique columns in every row, and its values, on the CPU.
-// (Below kParallelWork stored entries the kernels run on one thread: on a busy machine, waking
+// (Below parallel_work() stored entries the kernels run on one thread: on a busy machine, waking
 // threads costs more than a small graph's whole census.)
 void check_graph(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tensor& values) {
   const CsrSizes s = check_csr(row_ptr, col_idx);
@@ -361,7 +361,7 @@ void check_graph(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at:
   const int64_t* ptr = row_ptr_c.data_ptr<int64_t>();
   const int32_t* col = col_idx_c.data_ptr<int32_t>();
   bool ok = true;
-#pragma omp parallel for reduction(&& : ok) num_threads(kernel_threads()) if (ptr[n] >= kParallelWork)
+#pragma omp parallel for reduction(&& : ok) num_threads(kernel_threads()) if (ptr[n] >= parallel_work())
   for (int64_t r = 0; r < n; ++r) {
     if (ptr[r + 1] < ptr[r]) { ok = false; continue; }
     for (int64_t k = ptr[r]; k < ptr[r + 1]; ++k)
@@ -537,7 +537,7 @@ at::Tensor degree_preserving_swaps_cpu(const at::Tensor& src, const at::Tensor& 
   const int32_t* sp = s.data_ptr<int32_t>();
   int32_t* op = out.data_ptr<int32_t>();
   const int64_t* seed = sd.data_ptr<int64_t>();
-#pragma omp parallel for schedule(dynamic, 1) num_threads(kernel_threads()) if (K > 1 && m * (n_swaps + 1) >= 64 * kParallelWork)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(kernel_threads()) if (K > 1 && m * (n_swaps + 1) >= 64 * parallel_work())
   for (int64_t k = 0; k < K; ++k) swap_one(sp, op + k * m, m, n, n_swaps, static_cast<uint64_t>(seed[k]));
   return out;
 }

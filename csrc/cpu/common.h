@@ -5,7 +5,10 @@
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <strings.h>
+
 #include <algorithm>
+#include <cstdlib>
 #include <vector>
 
 #include "../checks.h"
@@ -39,6 +42,32 @@ inline std::vector<int64_t> balanced_bounds(const int64_t* ptr, int64_t n, int64
 // (tests/test_threads.py). On a busy machine what matters is how idle threads wait: see
 // sparse_engine/threads.py (OMP_WAIT_POLICY=PASSIVE by default).
 inline int kernel_threads() { return at::get_num_threads(); }
+
+// Whether libgomp's idle threads sleep at once: OMP_WAIT_POLICY=PASSIVE (what `import
+// sparse_engine` sets when it comes before torch) and no GOMP_SPINCOUNT, which overrides the
+// policy, or GOMP_SPINCOUNT=0. Read from the environment at the first call (libgomp read it when
+// torch loaded it; a later change of the variables changes neither).
+inline bool threads_sleep_at_once() {
+  if (const char* spin = std::getenv("GOMP_SPINCOUNT"); spin != nullptr && *spin != '\0') {
+    char* end = nullptr;
+    return std::strtoll(spin, &end, 10) == 0 && end != spin;  // "INFINITY" and the like spin
+  }
+  const char* policy = std::getenv("OMP_WAIT_POLICY");
+  return policy != nullptr && strcasecmp(policy, "PASSIVE") == 0;
+}
+
+// Sleeping threads: a parallel region first wakes one, 30-80 us on our 2-core VM, as long as
+// about this much work takes on one thread (docs/cpu_kernels.md, benchmarks/results/
+// cpu_ops_1024_passive.md).
+inline constexpr int64_t kSleepingParallelWork = int64_t(1) << 19;
+
+// The work (multiply-adds or elements) from which a kernel runs on kernel_threads() threads:
+// kParallelWork where idle threads spin, kSleepingParallelWork where they sleep at once. Results
+// do not depend on it (every kernel's result is the same on any number of threads).
+inline int64_t parallel_work() {
+  static const int64_t work = threads_sleep_at_once() ? kSleepingParallelWork : kParallelWork;
+  return work;
+}
 
 inline int64_t num_chunks(int64_t n) {
   return std::max<int64_t>(1, std::min<int64_t>(n, 8 * at::get_num_threads()));

@@ -84,7 +84,7 @@ void gates_backward(const T* acts, const T* h, const T* dh, T* dgx, T* dgh, T* d
 // body(b0, b1) over the batch rows, in parallel when a step's elementwise work is large.
 template <typename Body>
 void over_batch(int64_t B, int64_t H, const Body& body) {
-  if (B * H * 8 < kParallelWork || kernel_threads() == 1 || B == 1) {
+  if (B * H * 8 < parallel_work() || kernel_threads() == 1 || B == 1) {
     body(int64_t(0), B);
     return;
   }

@@ -434,7 +434,7 @@ void gather_rows(const int64_t* ptr, const int32_t* idx, const scalar_t* vals, c
   const int64_t chunks = num_chunks(n);
   const auto bounds = balanced_bounds(ptr, n, chunks);
   const int64_t nnz = ptr[n];
-  const bool parallel = (nnz + n) * B >= kParallelWork;
+  const bool parallel = (nnz + n) * B >= parallel_work();
   // the row loop for this stride: its last block's width (in padding units) picks the instance
   using RowRange = void (*)(const int64_t*, const int32_t*, const scalar_t*, const int32_t*, const scalar_t*, int64_t,
                             int64_t, const scalar_t*, scalar_t*, int64_t, int64_t, int64_t, int64_t,

@@ -37,7 +37,7 @@ inline constexpr int64_t kElementBlock = 1 << 14;
 template <typename Body>
 void for_each_block(int64_t n, const Body& body) {
   const int64_t blocks = (n + kElementBlock - 1) / kElementBlock;
-#pragma omp parallel for schedule(static) num_threads(kernel_threads()) if (n >= kParallelWork)
+#pragma omp parallel for schedule(static) num_threads(kernel_threads()) if (n >= parallel_work())
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t i0 = blk * kElementBlock;
     body(i0, std::min(n, i0 + kElementBlock));

@@ -29,7 +29,7 @@
 namespace sparse_engine {
 namespace {
 
-// (Below kParallelWork multiply-adds or elements a step runs on one thread: a parallel region
+// (Below parallel_work() multiply-adds or elements a step runs on one thread: a parallel region
 // costs more than it saves, and far more on a busy machine.)
 
 // The raw index arrays of W_hh (contiguous).
@@ -52,7 +52,7 @@ void step_forward(IndexPtrs w, const scalar_t* values, const scalar_t* gx, int64
   constexpr int64_t kBlock = max_block<scalar_t>();  // batch columns per register block
   const scalar_t decay = scalar_t(1 - dt / tau), sdt = scalar_t(dt);
   const int64_t nnz = w.row_ptr[gates * H];
-  const bool parallel = (nnz + gates * H) * B >= kParallelWork;
+  const bool parallel = (nnz + gates * H) * B >= parallel_work();
   // Hidden units in blocks of kUnits: each gate's rows of a block are consecutive in the CSR, so
   // the row gathers' prefetch runs ahead across rows (one unit at a time it fetched the wrong
   // row's entries at every row end: the step ran at half spmm's speed, measured at 4,096 / 1%).
@@ -165,7 +165,7 @@ void gates_backward(const scalar_t* acts, const scalar_t* c_prev, const scalar_t
   const scalar_t decay = scalar_t(1 - dt / tau), sdt = scalar_t(dt);
   constexpr int64_t kChunk = 256;
   const int64_t nchunks = (HB + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) num_threads(kernel_threads()) if (HB * 4 >= kParallelWork)
+#pragma omp parallel for schedule(static) num_threads(kernel_threads()) if (HB * 4 >= parallel_work())
   for (int64_t ch = 0; ch < nchunks; ++ch) {
    const int64_t e0 = ch * kChunk, e1 = std::min(HB, e0 + kChunk);
    scalar_t tcs[kChunk];

@@ -30,7 +30,7 @@ namespace sparse_engine {
 inline constexpr int64_t kScatterMaxParts = 8;
 
 inline int64_t scatter_parts(int64_t rows, int64_t cols, int64_t nnz, int64_t stride) {
-  if ((nnz + rows) * stride < kParallelWork) return 1;
+  if ((nnz + rows) * stride < parallel_work()) return 1;
   const int64_t parts = std::min<int64_t>(kScatterMaxParts, nnz / std::max<int64_t>(4 * cols, 1));
   return std::max<int64_t>(1, std::min<int64_t>(parts, rows));
 }

@@ -152,7 +152,7 @@ void sddmm_rows(const int64_t* row_ptr, const int32_t* col_idx, const scalar_t* 
   const int64_t chunks = num_chunks(rows);
   const auto bounds = balanced_bounds(row_ptr, rows, chunks);
   const int64_t nnz = row_ptr[rows];
-  const bool parallel = (nnz + rows) * B >= kParallelWork;
+  const bool parallel = (nnz + rows) * B >= parallel_work();
   for (int64_t b0 = 0; b0 < B || b0 == 0; b0 += kTile) {
     const int64_t b1 = std::min(B, b0 + kTile);
     const int64_t tile_bytes = (b1 - b0) * static_cast<int64_t>(sizeof(scalar_t));

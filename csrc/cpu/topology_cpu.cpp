@@ -22,7 +22,7 @@ namespace {
 
 // Small inputs run on one thread: waking a team costs more than the work, and much more when
 // the machine is oversubscribed.
-inline bool parallel_worth(int64_t work) { return work >= kParallelWork; }
+inline bool parallel_worth(int64_t work) { return work >= parallel_work(); }
 
 // ------------------------------------------------------------------ random numbers
 // Counter-based generator: draw j of a stream depends only on (seed, j), so parallel draws

@@ -27,7 +27,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> transpose_index_cpu(const at::Ten
   // Parallel stable counting sort: T blocks of rows (balanced by nnz) count their columns,
   // a prefix over (column, block) gives each block its slots, and blocks scatter in row
   // order, so the rows within each column come out sorted, as with one thread.
-  const int64_t T = (nnz >= 4 * kParallelWork && rows > 1)
+  const int64_t T = (nnz >= 4 * parallel_work() && rows > 1)
                         ? std::max<int64_t>(1, std::min<int64_t>(kernel_threads(), rows)) : 1;
   const auto bounds = balanced_bounds(ptr, rows, T);
   std::vector<int64_t> counts(static_cast<size_t>(T) * (n_cols + 1), 0);  // [block][column]
