@@ -362,7 +362,7 @@ def main(argv=None) -> int:
               "The CUDA numbers wait for a GPU machine.", file=sys.stderr)
         return 2
     import sparse_engine  # noqa: F401
-    from sparse_engine._ext import HAS_CUDA_KERNELS
+    from sparse_engine.kernels import HAS_CUDA_KERNELS
 
     if not HAS_CUDA_KERNELS:
         print("bench_cuda: sparse_engine._C was built without CUDA kernels; rebuild with a CUDA torch "

@@ -12,7 +12,7 @@ its own and a failure (out of memory, cuDNN) is recorded as "fails" without endi
     python benchmarks/bench_rnn.py --quick        # one small size, to check the script
     python3 benchmarks/bench_rnn.py --device cuda --budget-s 480 --copy-to $OUT   # a 10-minute GPU command
 
-On a GPU the SparseLSTM column needs this build's CUDA kernels (sparse_engine._ext.HAS_CUDA_KERNELS);
+On a GPU the SparseLSTM column needs this build's CUDA kernels (sparse_engine.kernels.HAS_CUDA_KERNELS);
 without them it is recorded as "no CUDA kernels". Each SparseLSTM cell says which path ran:
 "dense" (compute='auto' or 'dense' materialised the weights for torch's own recurrence,
 docs/compute_paths.md) or the sparse kernels with their recurrent step, "fused" (one op per step:
@@ -110,7 +110,7 @@ def compute_path(model, cfg, w_hh) -> str:
 
 def measure(method: str, cell: str, H: int, density: float, device: str, repeats: int, warmup: int,
             compute: str | None = None) -> dict:
-    from sparse_engine.timing import peak_rss_bytes
+    from sparse_engine.runtime.timing import peak_rss_bytes
 
     import torch
 
@@ -125,7 +125,7 @@ def measure(method: str, cell: str, H: int, density: float, device: str, repeats
     if method in ("sparse_engine", "sparse_engine_composed"):
         from sparse_engine.nn.recurrence import Config
 
-        if dev.type == "cuda" and not se._ext.HAS_CUDA_KERNELS:
+        if dev.type == "cuda" and not se.kernels.HAS_CUDA_KERNELS:
             return {"status": "no CUDA kernels"}
         fused = method == "sparse_engine"
         Sparse = se.nn.SparseLSTM if cell == "LSTM" else se.nn.SparseGRU

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import sparse_engine as se  # noqa: E402
+from sparse_engine.kernels import has_kernel  # noqa: E402
 from sparse_engine.nn.cell_table import CELLS  # noqa: E402
 
 SIZES = [(256, 0.1), (512, 0.05), (1500, 0.05), (1500, 0.33), (4096, 0.01), (16384, 0.001), (16384, 0.01)]
@@ -60,7 +61,7 @@ def main(argv=None):
     dev = torch.device(args.device)
     if dev.type == "cuda":
         _sync = torch.cuda.synchronize
-        if not torch._C._dispatch_has_kernel_for_dispatch_key("sparse_engine::lstm_step", "CUDA"):
+        if not has_kernel("lstm_step", "cuda"):
             sys.exit("this build has no CUDA fused step kernels (csrc/cuda/rnn_step_cuda.cu)")
     out = args.out or ROOT / "benchmarks" / "results" / f"rnn_step_{'gpu' if dev.type == 'cuda' else 'cpu'}.md"
     ops, B = torch.ops.sparse_engine, args.batch

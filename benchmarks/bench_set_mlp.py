@@ -35,8 +35,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # sparse_engine before torch (which common imports): it sets passive OpenMP waiting and torch's
-# huge pages (sparse_engine/threads.py), read once when torch loads
-from sparse_engine.timing import peak_rss_bytes  # noqa: E402
+# huge pages (sparse_engine/runtime/threads.py), read once when torch loads
+from sparse_engine.runtime.timing import peak_rss_bytes  # noqa: E402
 from common import RESULTS, machine, markdown_table  # noqa: E402
 
 MNIST = ROOT / ".." / "shared" / "data" / "mnist_test"

@@ -36,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's package, installed or not
 from sparse_engine import SparseWeight  # noqa: E402
-from sparse_engine.timing import best_of  # noqa: E402  (the same helper as sparse-engine bench)
+from sparse_engine.runtime.timing import best_of  # noqa: E402  (the same helper as sparse-engine bench)
 from sparse_engine.training import gradient_growth, magnitude_keep, random_empty, rewire, set_keep  # noqa: E402
 
 FRACTION = 0.3
@@ -313,7 +313,7 @@ def cuda_rigl(rows, cols, nnz, M, dense=True, method="exact"):
 def main_cuda(args):
     if not torch.cuda.is_available():
         raise SystemExit("--device cuda needs a CUDA device")
-    from sparse_engine._ext import HAS_CUDA_KERNELS
+    from sparse_engine.kernels import HAS_CUDA_KERNELS
 
     name = torch.cuda.get_device_name(0)
     gpu = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")

@@ -43,7 +43,7 @@ def child(threads: int) -> None:
     from sparse_engine import ops
     from sparse_engine.nn import SparseLSTM
     from sparse_engine.testing import random_weight
-    from sparse_engine.timing import times_of
+    from sparse_engine.runtime.timing import times_of
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

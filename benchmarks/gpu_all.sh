@@ -113,7 +113,7 @@ logged() {
 budget() { local b=$(( $(left) * $1 / 100 )); (( b > $2 )) && b=$2; (( b < 1 )) && b=1; echo $b; }
 
 cuda_ready() {  # this checkout's sparse_engine._C holds the CUDA kernels and a GPU is visible
-  $PY -c "import torch, sparse_engine; from sparse_engine._ext import HAS_CUDA_KERNELS as h; \
+  $PY -c "import torch, sparse_engine; from sparse_engine.kernels import HAS_CUDA_KERNELS as h; \
 print('torch', torch.__version__, 'cuda available', torch.cuda.is_available(), 'CUDA kernels', h, \
 'from', sparse_engine.__file__); \
 assert h and torch.cuda.is_available(), 'built without CUDA kernels or no device'" 2>&1 | tee -a "$LOG"

@@ -24,13 +24,13 @@ float32 accumulation; gradients flow back to the float32 values through the cast
 The raw operators are ``torch.ops.sparse_engine.{spmm,spmm_t,sddmm}`` and take the index
 tensors of a :class:`~sparse_engine.SparseWeight` explicitly (see ``SparseWeight.index``).
 This module holds the user-facing wrappers and their argument checks; the fake kernels, the
-autograd formulas and the autocast rules are registered by :mod:`sparse_engine.library`.
+autograd formulas and the autocast rules are registered by :mod:`sparse_engine.kernels.library`.
 """
 from __future__ import annotations
 
 import torch
 
-from . import _ext  # noqa: F401
+from . import kernels  # noqa: F401  (loads the compiled operators)
 from .sparse import SparseWeight
 
 _ops = torch.ops.sparse_engine

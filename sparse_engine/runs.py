@@ -23,13 +23,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ._ext import HAS_CUDA_KERNELS
+from .kernels import HAS_CUDA_KERNELS
 from .data.files import input_path_problem, output_path_problem
 from .data.tasks import TASK_DATA, TASKS, load_task, task_data_problem
 from .models import MODELS, SequenceModel
-from .resume import TrainProgress
+from .io.resume import TrainProgress
 from .sparse import SparseWeight, sparse_weights
-from .timing import best_of
+from .runtime.timing import best_of
 from .training.recipes import ALGORITHMS, RECIPES, get_recipe, make_controller, make_recipe_controller, zhang_init
 
 
@@ -272,7 +272,7 @@ class TrainConfig(_Checked):
     plot: str | None = None         # PNG of the loss curves
     device: str = "auto"            # auto, cpu or cuda
     quiet: bool = False             # no progress bars and no results table
-    resume: str | None = None       # continue the run saved in this checkpoint (see sparse_engine.resume)
+    resume: str | None = None       # continue the run saved in this checkpoint (see sparse_engine.io.resume)
     checkpoint_every: int = 0       # also checkpoint to --save every this many steps inside an epoch (0: epoch ends)
     # --model mlp only (SET-MLP, docs/set_mlp.md; SET implementation 2's values but for lr/batch_size)
     epsilon: float = 13.0           # Erdos-Renyi: about epsilon*(in+out) connections per layer
@@ -730,7 +730,7 @@ def lesion_curves(cfg, m, console) -> dict:
     from rich.table import Table
 
     from .analysis import lesion_ffls, plots
-    from .checkpoint import load_checkpoint
+    from .io.checkpoint import load_checkpoint
     from .sparse import SparseWeight
 
     payload = load_checkpoint(cfg.path)

@@ -12,7 +12,7 @@ import sparse_engine  # noqa: F401
 from sparse_engine import SparseWeight
 from sparse_engine.analysis import (TRANSITIVE_TYPES, TRIAD_TYPES, feed_forward_loops, ffl_coherence,
                                     signed_triad_census, structural_balance, to_networkx)
-from sparse_engine.constants import PARALLEL_WORK
+from sparse_engine.kernels.constants import PARALLEL_WORK
 from sparse_engine.testing import random_scipy
 
 # Holland-Leinhardt triads on nodes 0, 1, 2, written from their definitions.

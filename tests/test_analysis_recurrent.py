@@ -13,7 +13,7 @@ import torch
 from sparse_engine import cli
 from sparse_engine.analysis import (SUM, BalanceRecorder, gate_graphs, gate_names, load_recurrent, recurrent_weights,
                                     signed_triad_census, structural_balance)
-from sparse_engine.constants import GATE_NAMES
+from sparse_engine.kernels.constants import GATE_NAMES
 from sparse_engine.models import SequenceModel
 from sparse_engine.runs import analyze
 from sparse_engine.testing import random_weight

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from sparse_engine import SparseWeight, ops
-from sparse_engine._ext import HAS_CUDA_KERNELS
+from sparse_engine.kernels import HAS_CUDA_KERNELS
 from sparse_engine.nn import SparseCTRNN, SparseGRU, SparseLinear, SparseLSTM, SparseLSTMCell, SparseRNN
 from sparse_engine.testing import random_weight
 

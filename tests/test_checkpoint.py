@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparse_engine.checkpoint import load_checkpoint, save_checkpoint
+from sparse_engine.io.checkpoint import load_checkpoint, save_checkpoint
 from sparse_engine.nn import SparseLinear
 
 
@@ -90,7 +90,7 @@ import os, sys, time
 import torch
 from torch import nn
 from sparse_engine.nn import SparseLinear
-from sparse_engine.checkpoint import save_checkpoint
+from sparse_engine.io.checkpoint import save_checkpoint
 
 model = nn.Sequential(SparseLinear(300, 200, density=0.3))
 real_fsync = os.fsync

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from sparse_engine import cli
-from sparse_engine.checkpoint import load_checkpoint
+from sparse_engine.io.checkpoint import load_checkpoint
 from _paths import DATA
 
 
@@ -316,7 +316,7 @@ def test_train_gesture_generalises_to_a_held_out_recording():
 
 def test_train_device_choice(capsys):
     assert cli.resolve_device("cpu") == torch.device("cpu")
-    from sparse_engine._ext import HAS_CUDA_KERNELS
+    from sparse_engine.kernels import HAS_CUDA_KERNELS
     if not (torch.cuda.is_available() and HAS_CUDA_KERNELS):
         assert cli.resolve_device("auto") == torch.device("cpu")
         with pytest.raises(ValueError, match="^device: 'cuda' asked for"):
@@ -334,7 +334,7 @@ def test_train_device_choice(capsys):
 def test_train_from_python_matches_the_command_line(tmp_path):
     """The recipe behind ``train`` runs without argparse: the same seed gives the same history
     and weights as the command line, and its checkpoint stores the command line's options."""
-    from sparse_engine.checkpoint import load_checkpoint
+    from sparse_engine.io.checkpoint import load_checkpoint
     from sparse_engine.models import SequenceModel
     from sparse_engine.runs import TrainConfig, analyze, train
 

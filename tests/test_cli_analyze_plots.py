@@ -82,7 +82,7 @@ def test_nnstd_heat_map_of_a_directory_of_networks(tmp_path):
 
 
 def test_lesion_curves_of_a_trained_rnn(tmp_path):
-    from sparse_engine.checkpoint import load_checkpoint
+    from sparse_engine.io.checkpoint import load_checkpoint
 
     ck = tmp_path / "rnn.pt"
     cli.run(["train", "--model", "rnn", "--hidden", "32", "--density", "0.3", "--epochs", "3", "--quiet", "--save",

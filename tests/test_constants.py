@@ -1,4 +1,4 @@
-"""csrc/constants.h and sparse_engine/constants.py hold the same values.
+"""csrc/constants.h and sparse_engine/kernels/constants.py hold the same values.
 
 The header is read as text (a regex per constant) and compared with the Python module; the
 comparison is also run on altered copies of either side, so a check that could never fail is
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from _build_util import host_cxx, run_all
-from sparse_engine import constants
+from sparse_engine.kernels import constants
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = ROOT / "csrc" / "constants.h"
@@ -37,7 +37,7 @@ def _table(text: str, name: str) -> list[str]:
 
 
 def header_values(text: str) -> dict:
-    """The constants of csrc/constants.h, in the shape of sparse_engine/constants.py."""
+    """The constants of csrc/constants.h, in the shape of sparse_engine/kernels/constants.py."""
     work = re.search(r"\bkParallelWork\s*=\s*([^;]+);", text)
     scatter = re.search(r"\bkScatterFromBytes\s*=\s*([^;]+);", text)
     enum = re.search(r"enum\s+class\s+CellMode\s*:\s*int\s*\{([^}]*)\}", text)
@@ -71,7 +71,7 @@ def python_values(module=constants) -> dict:
 
 
 def mismatches(header: dict, python: dict) -> list[str]:
-    return [f"{key}: csrc/constants.h {header[key]!r} != sparse_engine/constants.py {python[key]!r}"
+    return [f"{key}: csrc/constants.h {header[key]!r} != sparse_engine/kernels/constants.py {python[key]!r}"
             for key in python if header.get(key) != python[key]]
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from _build_util import host_cxx, run_all
-from sparse_engine.constants import MODE_IDS
+from sparse_engine.kernels.constants import MODE_IDS
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_DIR = ROOT / "csrc" / "cuda"

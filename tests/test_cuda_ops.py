@@ -17,7 +17,7 @@ import torch
 
 from sparse_engine import SparseWeight, ops
 from sparse_engine import testing
-from sparse_engine._ext import HAS_CUDA_KERNELS
+from sparse_engine.kernels import HAS_CUDA_KERNELS
 from sparse_engine.testing import LAYOUTS, copy_weight, dense, references, weight_with_row_lengths, with_layout
 
 pytestmark = [

@@ -17,7 +17,8 @@ import torch
 
 import sparse_engine as se
 from sparse_engine import SparseWeight
-from sparse_engine.constants import GATES
+from sparse_engine.kernels import has_kernel
+from sparse_engine.kernels.constants import GATES
 from sparse_engine.nn.cell_table import CELLS, has_fused_kernels
 from sparse_engine.nn.recurrence import Config, Recurrence, fused_ok
 
@@ -29,7 +30,7 @@ DT, TAU = 0.1, 0.5
 
 
 def _has_device_kernels() -> bool:
-    return DEV == "cpu" or torch._C._dispatch_has_kernel_for_dispatch_key("sparse_engine::lstm_step", "CUDA")
+    return DEV == "cpu" or has_kernel("lstm_step", "cuda")
 
 
 gpu = [
@@ -60,7 +61,7 @@ def test_fused_path_selection():
     assert not fused_ok(Config("LSTM", 2, 3, 4), torch.zeros(3))  # dense W_hh
     assert not fused_ok(cfg, torch.zeros(3, device="meta"))  # no kernels for that key
     assert not fused_ok(dataclasses.replace(cfg, fused=False), torch.zeros(3))  # the module's fused=False
-    has_cuda = torch._C._dispatch_has_kernel_for_dispatch_key("sparse_engine::lstm_step", "CUDA")
+    has_cuda = has_kernel("lstm_step", "cuda")
     assert has_fused_kernels("cuda") == has_cuda
 
 

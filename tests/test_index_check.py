@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from sparse_engine import _C, ops
-from sparse_engine._ext import HAS_CUDA_KERNELS
+from sparse_engine.kernels import HAS_CUDA_KERNELS
 from sparse_engine.testing import randn, weight_with_row_lengths
 
 RAW = torch.ops.sparse_engine

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import sparse_engine
-from sparse_engine import serialization
+from sparse_engine.io import serialization
 from sparse_engine.nn import (SparseCTRNN, SparseCTRNNCell, SparseGRU, SparseGRUCell, SparseLinear, SparseLSTM,
                               SparseLSTMCell, SparseRNN, SparseRNNCell)
 
@@ -63,7 +63,7 @@ def test_whole_model_loads_under_weights_only(rnn_cls):
 
 
 def test_plain_weights_only_load_needs_the_list():
-    """Not registered at import (see sparse_engine.serialization): without the list a whole
+    """Not registered at import (see sparse_engine.io.serialization): without the list a whole
     model is refused, naming our class; with it (or after add_safe_globals) it loads."""
     torch.manual_seed(0)
     lstm = SparseLSTM(4, 3, density=0.5)

@@ -1,4 +1,4 @@
-"""ONNX export of our modules (dynamo exporter + sparse_engine.export's translation table),
+"""ONNX export of our modules (dynamo exporter + sparse_engine.io.export's translation table),
 checked by running the ONNX graph in onnxruntime against PyTorch; TorchScript and the legacy
 exporter refused with a message saying what to use instead."""
 import warnings
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from sparse_engine import SparseWeight
-from sparse_engine.export import NO_TORCHSCRIPT, onnx_translation_table
+from sparse_engine.io.export import NO_TORCHSCRIPT, onnx_translation_table
 from sparse_engine.nn import (SparseCTRNN, SparseGRU, SparseGRUCell, SparseLinear, SparseLSTM, SparseLSTMCell,
                               SparseRNN, SparseRNNCell)
 from sparse_engine.testing import random_weight

@@ -7,7 +7,7 @@ import torch
 
 import sparse_engine as se
 from sparse_engine.kernels import choose
-from sparse_engine.constants import GATES
+from sparse_engine.kernels.constants import GATES
 from sparse_engine.kernels.choose import choose_fused
 from sparse_engine.nn import cell_table
 

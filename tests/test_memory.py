@@ -5,7 +5,7 @@ import textwrap
 
 SCRIPT = textwrap.dedent("""
     import torch
-    from sparse_engine.timing import peak_rss_bytes
+    from sparse_engine.runtime.timing import peak_rss_bytes
     from sparse_engine.nn import SparseLinear
     torch.manual_seed(0)
     n = 200_000

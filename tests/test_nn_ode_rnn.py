@@ -118,7 +118,7 @@ def test_shapes_and_state_dict(rng):
 
 
 def test_checkpoint_round_trip(tmp_path, rng):
-    from sparse_engine.checkpoint import load_checkpoint, save_checkpoint
+    from sparse_engine.io.checkpoint import load_checkpoint, save_checkpoint
 
     torch.manual_seed(4)
     a = se.nn.SparseODERNN(3, 5, density=0.4, dtype=torch.float64)

@@ -169,7 +169,7 @@ def test_state_dict_round_trip(rng):
 
 
 def test_checkpoint_round_trip(tmp_path, rng):
-    from sparse_engine.checkpoint import load_checkpoint, save_checkpoint
+    from sparse_engine.io.checkpoint import load_checkpoint, save_checkpoint
 
     torch.manual_seed(10)
     a = se.nn.SparseONLSTM(3, 4, chunk_size=2, num_layers=2, density=0.4, dtype=torch.float64)

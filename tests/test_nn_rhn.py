@@ -137,7 +137,7 @@ def test_state_dict_round_trip_and_checkpoint(tmp_path, rng):
     b = se.nn.SparseRHN(3, 5, depth=3, density=0.4, dtype=torch.float64)
     x = torch.randn(4, 2, 3, generator=rng, dtype=torch.float64)
     assert not torch.allclose(a(x)[0], b(x)[0])
-    from sparse_engine.checkpoint import load_checkpoint, save_checkpoint
+    from sparse_engine.io.checkpoint import load_checkpoint, save_checkpoint
     save_checkpoint(tmp_path / "rhn.pt", a)
     load_checkpoint(tmp_path / "rhn.pt", b)
     torch.testing.assert_close(a(x)[0], b(x)[0], rtol=0, atol=0)

@@ -2,7 +2,7 @@
 csrc/ops.cpp under its family, its CPU kernel in csrc/cpu/<family>_cpu.cpp, its CUDA kernel in
 csrc/cuda/<family>_cuda.cu (+ <family>_glue.cpp) or, for the topology family, the Python
 function <op>_cuda of sparse_engine.kernels.topology_cuda, and its fake kernel and autograd
-formula in sparse_engine/library.py, whose table lists what it registers for each op."""
+formula in sparse_engine/kernels/library.py, whose table lists what it registers for each op."""
 from __future__ import annotations
 
 import re
@@ -13,7 +13,7 @@ import torch
 from torch._library import simple_registry
 
 import sparse_engine  # noqa: F401  (loads the library)
-from sparse_engine import library
+from sparse_engine.kernels import library
 from sparse_engine.kernels import topology_cuda
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from sparse_engine import SparseWeight, ops
-from sparse_engine.constants import SCATTER_FROM_BYTES
+from sparse_engine.kernels.constants import SCATTER_FROM_BYTES
 from sparse_engine.testing import (AWKWARD_SHAPES, copy_weight, dense, num_threads, power_law_weight, random_weight,
                                    references, with_layout)
 

@@ -24,7 +24,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 import sparse_engine as se
 from sparse_engine import SparseWeight, ops
-from sparse_engine.checkpoint import load_checkpoint, save_checkpoint
+from sparse_engine.io.checkpoint import load_checkpoint, save_checkpoint
 from sparse_engine.kernels import topology_cuda
 from sparse_engine.nn.cell_table import CELLS
 from sparse_engine.testing import LAYOUTS, copy_weight, num_threads, random_weight, references, with_layout

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import sparse_engine as se
-from sparse_engine.constants import GATES
+from sparse_engine.kernels.constants import GATES
 from sparse_engine.models import SequenceModel
 from sparse_engine.nn import recurrence
 from sparse_engine.nn.recurrence import Config, Recurrence, batch_rows

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from sparse_engine import cli
-from sparse_engine.checkpoint import load_checkpoint
+from sparse_engine.io.checkpoint import load_checkpoint
 from sparse_engine.runs import TrainConfig, train
 from _training_util import assert_bit_equal
 
@@ -97,7 +97,7 @@ def test_resume_through_the_python_api_and_with_more_epochs(tmp_path):
 
 
 def test_exception_inside_a_step_leaves_the_last_checkpoint_intact(tmp_path, monkeypatch):
-    from sparse_engine import resume as resume_module
+    from sparse_engine.io import resume as resume_module
 
     ck = tmp_path / "ck.pt"
     written = []
@@ -192,7 +192,7 @@ def test_resume_refuses_other_options_and_unusable_checkpoints(tmp_path):
     truncated.write_bytes(ck.read_bytes()[:1000])
     with pytest.raises(ValueError, match=f"{truncated}.*truncated"):
         train(CONFIG, resume=str(truncated))
-    from sparse_engine.checkpoint import save_checkpoint
+    from sparse_engine.io.checkpoint import save_checkpoint
     from sparse_engine.models import SequenceModel
 
     save_checkpoint(tmp_path / "plain.pt", SequenceModel("rnn", 8, 10, 16, 1, 0.2, "both", "classify"))

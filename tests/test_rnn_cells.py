@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import sparse_engine as se
-from sparse_engine.constants import GATES
+from sparse_engine.kernels.constants import GATES
 from sparse_engine.nn import cell_table
 from sparse_engine.nn.recurrence import Config, Recurrence
 from sparse_engine.testing import copy_weight, random_weight

@@ -354,7 +354,7 @@ def test_environment_variable_sets_the_initial_default():
 
 MEMORY_SCRIPT = """
 import torch
-from sparse_engine.timing import peak_rss_bytes
+from sparse_engine.runtime.timing import peak_rss_bytes
 from sparse_engine.nn import SparseLSTM
 torch.manual_seed(0)
 m = SparseLSTM(16384, 16384, density=0.005)  # compute=None: the default, 'auto' in this process

@@ -51,7 +51,7 @@ def test_user_model_loss_falls():
 
 _MEMORY_SCRIPT = textwrap.dedent("""
     import json, sys, torch
-    from sparse_engine.timing import peak_rss_bytes
+    from sparse_engine.runtime.timing import peak_rss_bytes
     sys.path.insert(0, sys.argv[1])
     import sparse_engine as se
     torch.manual_seed(0)

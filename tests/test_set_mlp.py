@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sparse_engine import cli
-from sparse_engine.checkpoint import load_checkpoint
+from sparse_engine.io.checkpoint import load_checkpoint
 from sparse_engine.nn import SparseMLP
 from sparse_engine.nn.mlp import _FaithfulDrop, _ReluDropout, set_mlp_weight
 from sparse_engine.runs import ConfigError, TrainConfig, train

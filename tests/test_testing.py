@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from sparse_engine.constants import PARALLEL_WORK
+from sparse_engine.kernels.constants import PARALLEL_WORK
 from sparse_engine.testing import (AWKWARD_SHAPES, LAYOUTS, Shape, copy_weight, dense, power_law_weight,
                                    random_scipy, random_weight, randn, references, sddmm_reference,
                                    spmm_reference, spmm_t_reference, weight_with_row_lengths, with_layout)

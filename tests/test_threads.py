@@ -1,7 +1,7 @@
 """Every CPU kernel gives bitwise the same result on 1 and 2 threads (each output is summed in
 one fixed order by one thread), at sizes above the parallel-work threshold so that the 2-thread
 run really splits the work; and importing sparse_engine before torch makes OpenMP's idle
-threads wait passively (sparse_engine/threads.py)."""
+threads wait passively (sparse_engine/runtime/threads.py)."""
 import os
 import subprocess
 import sys
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sparse_engine import SparseWeight, ops
-from sparse_engine.constants import PARALLEL_WORK, SCATTER_FROM_BYTES
+from sparse_engine.kernels.constants import PARALLEL_WORK, SCATTER_FROM_BYTES
 from sparse_engine.nn.functional import row_lookup
 from sparse_engine.testing import num_threads, random_weight
 
@@ -178,9 +178,9 @@ def wait_policy_after(code: str, variable: str = "OMP_WAIT_POLICY", **env) -> st
 
 
 def test_importing_sparse_engine_first_makes_waiting_passive():
-    assert wait_policy_after("import sparse_engine; assert sparse_engine.threads.PASSIVE_WAIT") == "PASSIVE"
+    assert wait_policy_after("import sparse_engine; assert sparse_engine.runtime.threads.PASSIVE_WAIT") == "PASSIVE"
     # too late once torch has loaded libgomp: left alone, and PASSIVE_WAIT says so
-    assert wait_policy_after("import torch, sparse_engine; assert not sparse_engine.threads.PASSIVE_WAIT") == "None"
+    assert wait_policy_after("import torch, sparse_engine; assert not sparse_engine.runtime.threads.PASSIVE_WAIT") == "None"
     # a policy the user set is kept
     assert wait_policy_after("import sparse_engine", OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
 
@@ -202,14 +202,14 @@ def test_kernels_stay_on_one_thread_for_more_work_where_idle_threads_sleep():
 
 def test_importing_sparse_engine_first_asks_torch_for_huge_pages():
     thp = "THP_MEM_ALLOC_ENABLE"
-    assert wait_policy_after("import sparse_engine; assert sparse_engine.threads.HUGE_PAGES", thp) == "1"
-    assert wait_policy_after("import torch, sparse_engine; assert not sparse_engine.threads.HUGE_PAGES", thp) == "None"
+    assert wait_policy_after("import sparse_engine; assert sparse_engine.runtime.threads.HUGE_PAGES", thp) == "1"
+    assert wait_policy_after("import torch, sparse_engine; assert not sparse_engine.runtime.threads.HUGE_PAGES", thp) == "None"
     assert wait_policy_after("import sparse_engine", thp, THP_MEM_ALLOC_ENABLE="0") == "0"
 
 
 MMAPPED_AFTER_64MB = """
 import ctypes, sys, torch
-import sparse_engine.threads as threads
+import sparse_engine.runtime.threads as threads
 kept = threads.keep_freed_memory() if sys.argv[1] == "keep" else None
 class Info(ctypes.Structure):  # glibc's struct mallinfo2
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",

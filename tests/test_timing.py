@@ -1,7 +1,7 @@
 """The timing helpers that `sparse-engine bench` and the benchmark scripts share."""
 import itertools
 
-from sparse_engine import timing
+from sparse_engine.runtime import timing
 
 
 def test_times_of_times_each_call_after_the_warmup_and_best_of_takes_the_fastest(monkeypatch):

@@ -618,7 +618,7 @@ def test_controller_state_dict_resumes_bit_exactly(algo, tmp_path):
     with weights_only=True), M more steps; fresh objects of another seed and density load the
     file and run the same M steps: losses, values, topology, optimizer and controller state
     are equal bit for bit."""
-    from sparse_engine.checkpoint import load_checkpoint, save_checkpoint
+    from sparse_engine.io.checkpoint import load_checkpoint, save_checkpoint
 
     N, M = 14, 10
     model, opt, sched, ctl = trainer(algo, model_seed=0, density=0.3, ctl_seed=5)

@@ -17,7 +17,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import sparse_engine
 from sparse_engine import init
-from sparse_engine.export import onnx_translation_table
+from sparse_engine.io.export import onnx_translation_table
 from sparse_engine.nn import SparseGRU, SparseLSTM, SparseRNN
 
 VOCAB, EMB, HID, LAYERS, BPTT, BATCH, EVAL_BATCH, LR = 24, 16, 32, 2, 12, 8, 4, 5.0
@@ -119,7 +119,7 @@ def save_and_load(model):
     buf = io.BytesIO()
     torch.save(model, buf)
     buf.seek(0)
-    allowed = [WordLM, nn.Dropout, nn.Embedding, nn.Linear, *sparse_engine.serialization.safe_globals()]
+    allowed = [WordLM, nn.Dropout, nn.Embedding, nn.Linear, *sparse_engine.io.serialization.safe_globals()]
     with torch.serialization.safe_globals(allowed):
         loaded = torch.load(buf, weights_only=True)
     loaded.rnn.flatten_parameters()  # as code written for cuDNN does after loading

@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .. import _ext  # noqa: F401  (loads the compiled operators)
+from .. import kernels  # noqa: F401  (loads the compiled operators)
 from .graph import GraphCSR, edges, to_graph
 
 __all__ = ["TRIAD_TYPES", "TRANSITIVE_TYPES", "NODE_SETS", "TriadCensus", "signed_triad_census", "FeedForwardLoops",

@@ -2,7 +2,7 @@
 per gate and the summed graph; and loading them from a checkpoint, an edge list or a ``.npz``.
 
 Gate blocks. Every cell keeps its W_hh as one (G*H, H) matrix with its G gate blocks stacked
-in torch's order (:data:`sparse_engine.constants.GATE_NAMES`: LSTM i, f, g, o; GRU r, z, n;
+in torch's order (:data:`sparse_engine.kernels.constants.GATE_NAMES`: LSTM i, f, g, o; GRU r, z, n;
 RNN and CT-RNN one block, named ``h``). Block k, rows k*H..(k+1)*H, is the H x H matrix through
 which unit i drives gate k of unit j (entry [j, i]); each block is a directed signed graph in
 the convention of :mod:`.graph`. The number of gates is read from the shape: (H, H) one block,
@@ -35,7 +35,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from ..constants import GATE_NAMES
+from ..kernels.constants import GATE_NAMES
 from ..sparse import SparseWeight
 from .graph import _one_line, _state_dict_weight, _torch_load, read_edge_csv
 

@@ -1,6 +1,39 @@
-"""Kernels written with torch primitives for ops whose C++ twins are in ``csrc/``; today the
-CUDA topology kernels (:mod:`.topology_cuda`, the twins of ``csrc/cpu/topology_cpu.cpp``).
+"""The operator library ``torch.ops.sparse_engine``: loads the compiled extension once, then its
+Python half, and says what this build holds.
 
-They are registered with the dispatcher by :mod:`sparse_engine.library`, like every other
-Python part of ``torch.ops.sparse_engine``.
+* ``sparse_engine._C`` (built from ``csrc/``): the schemas and the C++/CUDA kernels;
+* :mod:`.library`: every fake kernel, the autocast rules, and the registration of
+* :mod:`.topology_cuda`: the CUDA topology kernels, written with torch's primitives;
+* :mod:`.constants`: the values shared with ``csrc/constants.h``;
+* :mod:`.choose`: the measured rule that picks the fused or composed recurrent step on the CPU.
+
+:func:`has_kernel` is the one answer to "is op X built for device Y" (used by ``sparse_engine.nn``,
+the CLI, the tests and the benchmarks). Every module that calls ``torch.ops.sparse_engine`` imports
+this package first.
 """
+from __future__ import annotations
+
+import torch  # (first: _C links against libc10/libtorch, which torch loads)
+
+try:
+    from .. import _C  # noqa: F401  (registers torch.ops.sparse_engine.*)
+except ImportError as exc:  # pragma: no cover - only on a broken install
+    raise ImportError(
+        "sparse_engine._C is not built. Install the package with "
+        "`pip install --no-build-isolation -e .` (or run `make test`)."
+    ) from exc
+
+
+def has_kernel(op: str, device) -> bool:
+    """Whether ``torch.ops.sparse_engine.<op>`` has a kernel for ``device`` (a ``torch.device``,
+    or a device type such as ``"cpu"`` / ``"cuda"``) in this build, compiled or written in Python."""
+    key = torch.device(device).type.upper()
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"sparse_engine::{op}", key)
+
+
+#: True when this build holds the CUDA kernels (a CUDA torch and nvcc were present).
+HAS_CUDA_KERNELS = has_kernel("spmm", "cuda")
+
+from . import library  # noqa: E402,F401  (after HAS_CUDA_KERNELS: it registers the Python CUDA kernels)
+
+__all__ = ["has_kernel", "HAS_CUDA_KERNELS"]

@@ -27,7 +27,7 @@ GRU at hidden 16,384), composed otherwise.
 """
 from __future__ import annotations
 
-from ..constants import GATES
+from .constants import GATES
 
 __all__ = ["choose_fused", "FUSED_FORWARD_MAX_ROW_NNZ", "FUSED_FORWARD_MAX_GATE_BYTES"]
 

@@ -3,7 +3,7 @@
 CPU kernel) for ``sparse_engine::select_smallest``, ``set_prune``, ``compact``,
 ``random_empty``, ``merge``, ``remap_index``, ``gather_or_zero``, ``coo_dot``, ``grad_topk``,
 ``scatter_csr`` and ``gather_csr``.
-:mod:`sparse_engine.library` registers them as those operators' CUDA kernels (:data:`OPS`).
+:mod:`sparse_engine.kernels.library` registers them as those operators' CUDA kernels (:data:`OPS`).
 Nothing here is CUDA-specific: the functions run on tensors of any device (the tests run them
 on the CPU; :mod:`sparse_engine.training.topology` calls them directly on devices that have no
 kernel registered).
@@ -427,7 +427,7 @@ def gather_csr_cuda(row_ptr, col_idx, dense) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------- by operator
-#: The kernels by operator name (``torch.ops.sparse_engine.<name>``); :mod:`sparse_engine.library`
+#: The kernels by operator name (``torch.ops.sparse_engine.<name>``); :mod:`sparse_engine.kernels.library`
 #: registers them as the operators' CUDA kernels.
 OPS = {f.__name__.removesuffix("_cuda"): f for f in (
     select_smallest_cuda, set_prune_cuda, compact_cuda, random_empty_cuda, merge_cuda, remap_index_cuda,

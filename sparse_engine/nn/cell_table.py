@@ -2,7 +2,7 @@
 composed step and step-backward, behind one calling convention.
 
 Feature-major throughout (states (H x B), gate blocks of H rows stacked in torch's order, see
-:data:`sparse_engine.constants.GATE_NAMES`). A weight is either sparse (``values`` plus the 5
+:data:`sparse_engine.kernels.constants.GATE_NAMES`). A weight is either sparse (``values`` plus the 5
 index tensors of a SparseWeight) or dense (an ordinary matrix, index ``None``).
 
 The calling convention is the fused ops' (``csrc/cpu/rnn_step_cpu.cpp``; the CUDA kernels implement
@@ -29,7 +29,8 @@ from typing import Callable
 
 import torch
 
-from ..constants import GATE_NAMES, GATES, SAVED_ACTS
+from ..kernels import has_kernel
+from ..kernels.constants import GATE_NAMES, GATES, SAVED_ACTS
 
 _ops = torch.ops.sparse_engine
 
@@ -239,9 +240,7 @@ def _registered_fused_devices() -> frozenset:
     """The device types whose dispatch key has every fused step op in this build."""
     if not hasattr(_ops, "lstm_step"):
         return frozenset()
-    return frozenset(dev for dev, key in (("cpu", "CPU"), ("cuda", "CUDA"))
-                     if all(torch._C._dispatch_has_kernel_for_dispatch_key(f"sparse_engine::{op}", key)
-                            for op in FUSED_OPS))
+    return frozenset(dev for dev in ("cpu", "cuda") if all(has_kernel(op, dev) for op in FUSED_OPS))
 
 
 #: Looked up once at import (the compiled library registers its kernels when it loads), so that a

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..constants import GATES
+from ..kernels.constants import GATES
 from .recurrence import Config, RecordsGradFactors, batch_rows, check_input_dtype, recurrence
 from .linear import fill_dense, refuse_dense_weights
 from .rnn import (EMPTY, _check_positive_int, caller_layout, check_not_packed, load_dense, make_bias, make_weight,

@@ -52,7 +52,7 @@ import torch
 
 from .cell_table import CELLS, has_fused_kernels, mm, mm_t, transposed, wgrad
 from ..kernels.choose import choose_fused
-from ..export import check_not_torchscript
+from ..io.export import check_not_torchscript
 
 
 @dataclass(frozen=True)

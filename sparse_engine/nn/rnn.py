@@ -75,7 +75,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 
 from .. import init as _init
-from ..constants import GATES
+from ..kernels.constants import GATES
 from ..sparse import SparseWeight
 from . import dense_rnn
 from .compute import check_compute, materialize_all, use_dense

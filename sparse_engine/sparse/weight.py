@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import export as _export
+from ..io import export as _export
 from .. import init as _init
-from .. import _ext  # noqa: F401  (loads the compiled operators)
+from .. import kernels  # noqa: F401  (loads the compiled operators)
 from .csr import check_csr
 
 _INDEX_NAMES = ("row_ptr", "col_idx", "csc_ptr", "csc_row", "csc_perm")
@@ -298,7 +298,7 @@ class SparseWeight(nn.Module):
 
     def __prepare_scriptable__(self):
         """Called by ``torch.jit.script`` on every submodule: one clear refusal (see
-        :mod:`sparse_engine.export`) instead of a TorchScript compile error."""
+        :mod:`sparse_engine.io.export`) instead of a TorchScript compile error."""
         raise RuntimeError(_export.NO_TORCHSCRIPT)
 
     # -------------------------------------------------------------- conversions

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .. import _ext  # noqa: F401  (loads the compiled operators)
+from .. import kernels  # noqa: F401  (loads the compiled operators)
 from ..kernels import topology_cuda
 from ..sparse import SparseWeight
 

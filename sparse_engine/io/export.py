@@ -5,7 +5,7 @@ exporter traces the model with ``torch.export`` and translates each operator; ou
 translated by :func:`onnx_translation_table`::
 
     torch.onnx.export(model.eval(), (x,), "model.onnx", dynamo=True,
-                      custom_translation_table=sparse_engine.export.onnx_translation_table())
+                      custom_translation_table=sparse_engine.io.export.onnx_translation_table())
 
 The graph stays sparse: ``spmm`` becomes a gather of the input rows at the stored columns, a
 product with the values and a scatter-add into the output rows (``ScatterND`` with
@@ -40,14 +40,14 @@ __all__ = ["onnx_translation_table", "NO_TORCHSCRIPT", "check_not_torchscript", 
 #: What to use instead of TorchScript, in every refusal.
 INSTEAD = ("use torch.compile for speed, torch.export.export for a graph, or "
            "torch.onnx.export(model, args, f, dynamo=True, "
-           "custom_translation_table=sparse_engine.export.onnx_translation_table()) for ONNX")
+           "custom_translation_table=sparse_engine.io.export.onnx_translation_table()) for ONNX")
 NO_TORCHSCRIPT = ("sparse-engine modules do not support TorchScript (torch.jit.script / torch.jit.trace): "
                   "the recurrence is a torch.autograd.Function with Python control flow around custom "
                   "operators; " + INSTEAD)
 NO_LEGACY_ONNX = ("sparse-engine modules do not support the legacy TorchScript ONNX exporter "
                   "(torch.onnx.export(..., dynamo=False)): it traces with TorchScript and cannot hold a "
                   "SparseWeight's extra state; export with torch.onnx.export(model, args, f, dynamo=True, "
-                  "custom_translation_table=sparse_engine.export.onnx_translation_table())")
+                  "custom_translation_table=sparse_engine.io.export.onnx_translation_table())")
 
 
 def check_not_torchscript() -> None:

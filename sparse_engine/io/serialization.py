@@ -13,10 +13,10 @@ code of the file's choosing. The caller lists them with its own classes and torc
 (``torch.nn.Embedding``, ``torch.nn.Dropout``, ...; torch allows no module class by default)::
 
     with torch.serialization.safe_globals([MyModel, torch.nn.Embedding, torch.nn.Linear,
-                                           *sparse_engine.serialization.safe_globals()]):
+                                           *sparse_engine.io.serialization.safe_globals()]):
         model = torch.load(path, weights_only=True)
 
-or once per process: ``torch.serialization.add_safe_globals(sparse_engine.serialization.safe_globals())``.
+or once per process: ``torch.serialization.add_safe_globals(sparse_engine.io.serialization.safe_globals())``.
 
 Why ``import sparse_engine`` does not register them itself: torch's ``safe_globals`` context
 manager removes its whole list on exit, including entries that were registered before it, so the
@@ -34,13 +34,13 @@ from torch import nn
 
 __all__ = ["safe_globals"]
 
-_PACKAGE = __name__.rpartition(".")[0]  # "sparse_engine"
+_PACKAGE = __name__.partition(".")[0]  # "sparse_engine"
 
 
 def _import_module_packages() -> None:
     """Imports every module that defines our nn.Modules: all of sparse_engine.nn, the models
     and the SparseWeight storage (not the analysis, CLI or training code: they define none)."""
-    from . import models, nn as snn, sparse  # noqa: F401
+    from .. import models, nn as snn, sparse  # noqa: F401
 
     for info in pkgutil.iter_modules(snn.__path__, snn.__name__ + "."):
         importlib.import_module(info.name)

@@ -2,7 +2,7 @@
 autograd formula, the autocast rules and the registration of the kernels written in Python.
 
 ``csrc/ops.cpp`` holds the schemas (read an op's arguments there); the compiled kernels register
-themselves per dispatch key. :mod:`sparse_engine._ext` imports this module right after loading
+themselves per dispatch key. :mod:`sparse_engine.kernels` imports this module right after loading
 the compiled library, so importing any part of the package makes every operator complete
 (eager, autograd, autocast, ``torch.compile``). The sections below follow the op families of
 ``csrc/ops.cpp``; ``docs/architecture.md`` says where each family's kernels are. The CUDA
@@ -76,7 +76,7 @@ from __future__ import annotations
 import torch
 
 from .constants import GATES, SAVED_ACTS
-from .kernels import topology_cuda
+from . import has_kernel, topology_cuda
 
 _ops = torch.ops.sparse_engine
 
@@ -232,7 +232,7 @@ def _gather_csr_fake(row_ptr, col_idx, dense):
 # The CUDA kernels (on any torch build, so a CUDA torch picks them up; a compiled CUDA kernel
 # registered for an op would be kept).
 for _name, _kernel in topology_cuda.OPS.items():
-    if not torch._C._dispatch_has_kernel_for_dispatch_key(f"sparse_engine::{_name}", "CUDA"):
+    if not has_kernel(_name, "cuda"):
         _LIB.impl(_name, _kernel, "CUDA")
 
 
