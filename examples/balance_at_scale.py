@@ -17,7 +17,7 @@ balance over epochs with the null band), ``balance_comparison.png/.svg`` (the se
 of all four runs side by side), ``results.md`` (one row per run: accuracy or loss, balance
 before and after with the z-scores, wall time, recording time, peak memory).
 
-    python examples/balance_at_scale.py --task mnist --data ../shared/data/mnist_test \\
+    python examples/balance_at_scale.py --task mnist --data data/mnist_test \\
         --epochs 10 --out docs/balance_at_scale
     python examples/balance_at_scale.py --estimate     # times a few 100k batches and one record
 
@@ -25,6 +25,8 @@ before and after with the z-scores, wall time, recording time, peak memory).
 balance record with its nulls, and prints what the full run would cost, without training it.
 """
 from __future__ import annotations
+
+import sparse_engine  # noqa: F401  (before torch: OpenMP's idle threads then sleep, not spin)
 
 import argparse
 import math
@@ -178,7 +180,7 @@ def estimate(meta, data, args) -> dict:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=("mnist", "mackey-glass", "digits"), default="mackey-glass")
-    p.add_argument("--data", help="the task's data (mnist: an idx directory such as ../shared/data/mnist_test)")
+    p.add_argument("--data", help="the task's data (mnist: an idx directory such as data/mnist_test)")
     p.add_argument("--hidden", type=int, default=100_000, help="hidden units of the large runs (default 100,000)")
     p.add_argument("--density", type=float, default=1e-4, help="recurrent density of the large runs at the end")
     p.add_argument("--paper-hidden", type=int, default=None, help="hidden units of the papers' size (default: "

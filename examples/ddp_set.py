@@ -11,6 +11,8 @@ the values, the averaged gradients and the controller's seed are, and a callback
 """
 from __future__ import annotations
 
+import sparse_engine  # noqa: F401  (before torch: OpenMP's idle threads then sleep, not spin)
+
 import argparse
 import os
 import tempfile

@@ -1,12 +1,15 @@
 """Character-level language model on SMS messages: embedding + SparseLSTM + dense decoder.
 
-    python examples/lstm_language_model.py [--data ../shared/data/sms_spam/SMSSpamCollection]
+    python examples/lstm_language_model.py [--data data/sms_spam/SMSSpamCollection]
         [--hidden 512] [--density 0.05] [--steps 200]
 
 Prints the training loss (nats/char), the sparse weights' nnz against the dense count, and the
-peak memory of the process. The data file is the UCI SMS Spam Collection (label<TAB>text a line).
+peak memory of the process. The data file is the UCI SMS Spam Collection (label<TAB>text a line):
+``python -m sparse_engine.data.fetch sms_spam`` puts it at the default path, checked against its SHA-256.
 """
 from __future__ import annotations
+
+import sparse_engine  # noqa: F401  (before torch: OpenMP's idle threads then sleep, not spin)
 
 import argparse
 import resource
@@ -19,7 +22,7 @@ from torch import nn
 import sparse_engine as se
 from sparse_engine import SparseWeight
 
-DEFAULT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sms_spam" / "SMSSpamCollection"
+DEFAULT = Path("data") / "sms_spam" / "SMSSpamCollection"  # where sparse_engine.data.download puts it
 
 
 class CharLM(nn.Module):
@@ -36,7 +39,7 @@ class CharLM(nn.Module):
 
 def load_text(path: Path) -> str:
     if not path.exists():
-        raise SystemExit(f"data file not found: {path} (pass --data)")
+        raise SystemExit(f"data file not found: {path} (download it with `python -m sparse_engine.data.fetch sms_spam`, or pass --data)")
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     return "\n".join(line.split("\t", 1)[-1] for line in lines)
 

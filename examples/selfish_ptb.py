@@ -22,6 +22,8 @@ At the end it prints the published test perplexity beside ours.
 """
 from __future__ import annotations
 
+import sparse_engine  # noqa: F401  (before torch: OpenMP's idle threads then sleep, not spin)
+
 import argparse
 import copy
 import math

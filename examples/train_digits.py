@@ -7,6 +7,8 @@ accuracy, the number of stored weights (nnz) and the memory they take next to a 
 """
 from __future__ import annotations
 
+import sparse_engine  # noqa: F401  (before torch: OpenMP's idle threads then sleep, not spin)
+
 import argparse
 import resource
 

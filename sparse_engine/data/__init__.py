@@ -1,7 +1,9 @@
 """Datasets: generated (Mackey-Glass), bundled with a dependency (scikit-learn's digits),
-and readers for standard files a user points to (MNIST idx, SMS Spam Collection, UCI
-Gesture Phase Segmentation, one-float-a-line series). All return plain tensors.
+readers for standard files a user points to (MNIST idx, SMS Spam Collection, UCI
+Gesture Phase Segmentation, one-float-a-line series), and :func:`download`, which fetches those
+files from their public sources, checked against their SHA-256. The readers return plain tensors.
 :func:`load_task` turns them into the train/test sequence tasks of ``sparse-engine train``."""
+from .fetch import DATASETS, download
 from .corpus import Corpus, batchify, get_batch, load_corpus, tiny_corpus
 from .files import GESTURE_PHASES, load_gesture, load_mnist, load_series, load_sms_spam
 from .generated import digits, mackey_glass, sequence_windows
@@ -9,4 +11,4 @@ from .tasks import TASKS, load_task
 
 __all__ = ["digits", "mackey_glass", "sequence_windows", "load_mnist", "load_sms_spam", "load_gesture",
            "load_series", "GESTURE_PHASES", "TASKS", "load_task",
-           "Corpus", "load_corpus", "tiny_corpus", "batchify", "get_batch"]
+           "Corpus", "load_corpus", "tiny_corpus", "batchify", "get_batch", "DATASETS", "download"]

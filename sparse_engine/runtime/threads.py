@@ -43,6 +43,7 @@ import ctypes
 import ctypes.util
 import os
 import sys
+import warnings
 
 __all__ = ["PASSIVE_WAIT", "HUGE_PAGES", "keep_freed_memory"]
 
@@ -55,6 +56,28 @@ if PASSIVE_WAIT:
 HUGE_PAGES = "torch" not in sys.modules and "THP_MEM_ALLOC_ENABLE" not in os.environ
 if HUGE_PAGES:
     os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
+
+
+#: The one line said when torch came first and left libgomp spinning (:func:`_say_if_spinning`).
+SPINNING_WARNING = ("torch was imported before sparse_engine, so OpenMP's idle threads busy-wait; on a machine "
+                    "whose cores are busy that can make the kernels 3-40x slower: import sparse_engine first, "
+                    "or set OMP_WAIT_POLICY (PASSIVE; ACTIVE to keep spinning) to choose")
+
+
+def _say_if_spinning() -> None:
+    """Warns once (one line, a RuntimeWarning) when torch was imported first with no wait policy set
+    and more than one thread: libgomp then spins, which this import can no longer change. Setting
+    ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` (either way) is a choice and silences it."""
+    torch = sys.modules.get("torch")
+    if torch is None or "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        return
+    if getattr(torch, "get_num_threads", lambda: 1)() < 2:
+        return
+    # no source line to show: the warning is one line, filterable as module "sparse_engine"
+    warnings.warn_explicit(SPINNING_WARNING, RuntimeWarning, "sparse_engine", 0, module="sparse_engine")
+
+
+_say_if_spinning()
 
 
 # mallopt's parameters (glibc's malloc.h)
