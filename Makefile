@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/* csrc
 	@echo "       on 2 cores without CUDA) and installing sparse-engine with its test extras; full log: $(VENV)/build.log"
 	@set -o pipefail; start=$$(date +%s); \
 	if ! $(PY) -m pip install -v --no-build-isolation -e ".[test]" 2>&1 | tee $(VENV)/build.log | \
-	    awk '/^\[[0-9]+\/[0-9]+\]/ { for (i = 1; i < NF; i++) if ($$i == "-c") { n = split($$(i + 1), p, "/"); \
+	    awk '/^ *\[[0-9]+\/[0-9]+\]/ { for (i = 1; i < NF; i++) if ($$i == "-c" && $$(i + 1) ~ /\.(cpp|cu)$$/) { n = split($$(i + 1), p, "/"); \
 	         print "       " $$1 " " p[n - 1] "/" p[n]; fflush() } }'; then \
 	  tail -n 40 $(VENV)/build.log; echo "the build failed: the whole log is $(VENV)/build.log"; exit 1; fi; \
 	echo "       done in $$(( $$(date +%s) - start )) s"

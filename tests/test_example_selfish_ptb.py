@@ -32,6 +32,7 @@ def test_lstm_budget_runs_the_paper_sparsity(capsys):
     result = load().main(["--model", "lstm", "--budget", "--epochs", "1", "--max-batches", "5"])
     out = capsys.readouterr().out
     assert "published 71.65" in out and "(0.330)" in out and "1 epochs x 5 batches" in out
+    assert "said 71.72 from 2020-06-07 to 2020-09-30" in out  # the README's earlier Results table, named as such
     assert "published 73.79" in out and "Shiweiliuiiiiiii/Selfish-RNN" in out and "dense baseline: not found" in out
     assert result["published"] == 71.65
 
