@@ -1,5 +1,6 @@
 """Null models: invariants of each randomisation, determinism, z-scores; real pruned RNNs."""
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -75,19 +76,25 @@ def test_z_scores_and_p_values():
     assert r.p_greater[k] == pytest.approx((1 + np.sum(x >= r.observed[k])) / 31)
     # the unsigned census does not change under sign shuffling: zero spread, z undefined
     assert r.std["030T"] == 0 and np.isnan(r.z["030T"]) and r.p_greater["030T"] == 1.0
-    assert {row["measure"] for row in r.table()} == set(r.observed)
+    assert {row["measure"] for row in r.table()} == set(r.observed) - set(r.undefined)
 
 
-def test_p_value_of_a_nan_measure_is_nan_with_a_warning():
+def test_a_measure_the_graph_does_not_define_is_named_not_tested_and_not_warned_about():
     # a directed 6-cycle with a chord-free path: no transitive triad, so every balance value is NaN
     n = 6
     src, dst = np.arange(n), (np.arange(n) + 1) % n
     A = sp.csr_matrix((np.where(src % 2, 1.0, -1.0), (dst, src)), shape=(n, n))
-    with pytest.warns(UserWarning, match="balance_semicycle") as record:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing said unasked
         r = null_model_test(A, "sign_shuffle", K=9, seed=0)
-    assert any("balance_triad_030T" in str(w.message) for w in record)
     for k in ("balance_semicycle", "balance_triad", "balance_weighted_300"):
         assert np.isnan(r.observed[k]) and np.isnan(r.p_greater[k]) and np.isnan(r.p_less[k]), k
+    assert r.undefined["balance_triad_300"] == "no 300 triad in the graph"
+    assert r.undefined["balance_semicycle"] == "no transitive triad in the graph"
+    assert set(r.undefined) == {k for k, v in r.observed.items() if np.isnan(v)}
+    rows = {row["measure"] for row in r.table()}
+    assert rows == set(r.observed) - set(r.undefined) and "021C" in rows
+    assert {row["measure"] for row in r.table(undefined=True)} == set(r.observed)
     assert r.p_greater["021C"] == 1.0  # defined measures keep their p-values
 
 

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
 from .balance import CONVENTIONS, balance_measures
-from .census import NODE_SETS, _census_of_graph, _edge_nodes_only
+from .census import NODE_SETS, TRANSITIVE_TYPES, _census_of_graph, _edge_nodes_only
 from .graph import GraphCSR, edges, to_graph
 
 __all__ = ["METHODS", "randomize", "NullModelResult", "null_model_test"]
@@ -85,8 +85,12 @@ class NullModelResult:
     when std is 0), and the empirical one-sided p-values with the +1 correction,
     p_greater = (1 + #{null >= observed}) / (K' + 1), p_less likewise, over the K' null values
     that are not NaN (K' = K unless a randomisation has no triad of a type the measure needs).
-    A measure whose observed value is NaN (or whose null values are all NaN) has NaN p-values,
-    and :func:`null_model_test` warns naming it; so does leaving NaN null values out."""
+
+    A balance measure the observed graph does not define (it has no triad of the types it needs,
+    e.g. ``balance_triad_300`` without a 300 triad) is not tested: :attr:`undefined` names it and
+    why, its p-values are NaN and :meth:`table` leaves it out; nothing is said about it unasked. A
+    measure whose null values are all NaN has NaN p-values too, and :func:`null_model_test` warns,
+    as it does when it leaves some NaN null values out (the p-values then rest on fewer nulls)."""
 
     method: str
     observed: dict[str, float]
@@ -96,10 +100,13 @@ class NullModelResult:
     z: dict[str, float]
     p_greater: dict[str, float]
     p_less: dict[str, float]
+    undefined: dict[str, str] = field(default_factory=dict)  # measure -> why the graph does not define it
 
-    def table(self) -> list[dict]:
+    def table(self, undefined: bool = False) -> list[dict]:
+        """One row per measure (the undefined ones too with ``undefined=True``)."""
         return [{"measure": k, "observed": self.observed[k], "null_mean": self.mean[k], "null_std": self.std[k],
-                 "z": self.z[k], "p_greater": self.p_greater[k], "p_less": self.p_less[k]} for k in self.observed]
+                 "z": self.z[k], "p_greater": self.p_greater[k], "p_less": self.p_less[k]}
+                for k in self.observed if undefined or k not in self.undefined]
 
 
 def null_model_test(W, method: str = "sign_shuffle", K: int = 100, *, seed: int = 0, swaps_per_edge: float = 10.0,
@@ -133,15 +140,15 @@ def null_model_test(W, method: str = "sign_shuffle", K: int = 100, *, seed: int 
             some_nan.append(f"{k} ({K - len(ok)} of {K})")
         pg[k] = (1 + int(np.sum(ok >= o))) / (len(ok) + 1)
         pl[k] = (1 + int(np.sum(ok <= o))) / (len(ok) + 1)
-    if nan_observed:
-        many = len(nan_observed) > 1
-        warnings.warn(f"null_model_test: the observed {', '.join(nan_observed)} {'are' if many else 'is'} NaN (the "
-                      f"graph has no triad of the types needed), so {'their' if many else 'its'} p-values are NaN",
-                      stacklevel=2)
     if nan_null:
         warnings.warn(f"null_model_test: every null value of {', '.join(nan_null)} is NaN, so the p-values of "
                       f"{'these measures' if len(nan_null) > 1 else 'this measure'} are NaN", stacklevel=2)
     if some_nan:
         warnings.warn(f"null_model_test: some null values are NaN and left out of the p-values: "
                       f"{', '.join(some_nan)}", stacklevel=2)
-    return NullModelResult(method, obs, null, mean, std, z, pg, pl)
+    return NullModelResult(method, obs, null, mean, std, z, pg, pl, {k: _why_undefined(k) for k in nan_observed})
+
+
+def _why_undefined(measure: str) -> str:
+    kind = measure.rsplit("_", 1)[-1]
+    return f"no {kind} triad in the graph" if kind in TRANSITIVE_TYPES else "no transitive triad in the graph"
