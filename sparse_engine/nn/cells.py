@@ -3,8 +3,10 @@ continuous-time RNN (cell and layer) of Zhang et al. 2023.
 
 Cells share parameter names (``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``), shapes and
 state handling with torch's cells, and the ``density=``/``epsilon=``/``sparse=``/``fused=`` options of
-:mod:`sparse_engine.nn.rnn` (``fused``: the fused step ops where they exist, composed otherwise;
-see there). A step runs the same :class:`Recurrence` as the layers with T=1. Inputs are
+:mod:`sparse_engine.nn.rnn` (``fused``: the fused step ops where they apply and, on the CPU, the
+measured rule picks them, composed otherwise; see there). A step runs the same
+:class:`~sparse_engine.nn.recurrence.Recurrence` as the layers with T=1, handed the cell's weights
+as they are (:func:`~sparse_engine.nn.recurrence.recurrence`). Inputs are
 ``(B, I)`` or unbatched ``(I,)`` as for torch's cells; a ``PackedSequence`` is refused with a
 TypeError naming it, by the cells as by torch's and by :class:`SparseCTRNN` (no torch twin to
 follow; the other layers take one, see :mod:`sparse_engine.nn.rnn`).
@@ -115,7 +117,7 @@ class _SparseCellBase(RecordsGradFactors, nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     def reset_parameters(self) -> None:
-        """As torch's: every weight drawn again (see :func:`~sparse_engine.nn.rnn.reset_weights`)."""
+        """As torch's: every weight drawn again (see :func:`~sparse_engine.nn.weights.reset_weights`)."""
         reset_weights(self)
 
     def to_dense(self) -> nn.Module:

@@ -97,7 +97,7 @@ _DENSE_FUNCTIONS = {"RNN_TANH": torch.rnn_tanh, "RNN_RELU": torch.rnn_relu, "LST
 
 class SparseRNNBase(RecordsGradFactors, nn.Module):
     """Shared body of SparseRNN/SparseLSTM/SparseGRU (the ``nn.RNNBase`` of this package)."""
-    #: the fused step ops where they exist (see :mod:`sparse_engine.nn.rnn`); an instance attribute
+    #: allow the fused step ops (see :mod:`sparse_engine.nn.rnn`); an instance attribute
     #: set by ``fused=``, this default for modules pickled before the setting existed
     fused = True
     #: the compute path ('auto', 'sparse', 'dense'; None: the global default), see
@@ -220,7 +220,7 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     def reset_parameters(self) -> None:
-        """As torch's: every weight drawn again (see :func:`reset_weights`); patterns kept."""
+        """As torch's: every weight drawn again (see :func:`~sparse_engine.nn.weights.reset_weights`); patterns kept."""
         reset_weights(self)
 
     @property
