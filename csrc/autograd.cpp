@@ -37,6 +37,18 @@ const c10::TypedOperatorHandle<Op7>& sddmm_op() {
   return op;
 }
 
+// Every forward below: saves the index and the op's two tensor operands (a: values or G, b: X or
+// G) for the backward, then calls the op below the autograd key (``rest``: spmm_t's values_t,
+// which the backward does not read).
+template <class Op, class... Rest>
+Tensor save_and_call(AutogradContext* ctx, const c10::TypedOperatorHandle<Op>& op, const Tensor& rp,
+                     const Tensor& ci, const Tensor& cp, const Tensor& cr, const Tensor& perm, const Tensor& a,
+                     const Tensor& b, const Rest&... rest) {
+  ctx->save_for_backward({rp, ci, cp, cr, perm, a, b});
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(rp, ci, cp, cr, perm, a, b, rest...);
+}
+
 // The five index tensors of a saved list (row_ptr, col_idx, csc_ptr, csc_row, csc_perm first).
 #define SE_INDEX(s) s[0], s[1], s[2], s[3], s[4]
 // No gradient for the five index tensors
@@ -45,9 +57,7 @@ const c10::TypedOperatorHandle<Op7>& sddmm_op() {
 struct SpmmFn : torch::autograd::Function<SpmmFn> {
   static Tensor forward(AutogradContext* ctx, const Tensor& rp, const Tensor& ci, const Tensor& cp,
                         const Tensor& cr, const Tensor& perm, const Tensor& values, const Tensor& X) {
-    ctx->save_for_backward({rp, ci, cp, cr, perm, values, X});
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return spmm_op().call(rp, ci, cp, cr, perm, values, X);
+    return save_and_call(ctx, spmm_op(), rp, ci, cp, cr, perm, values, X);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto s = ctx->get_saved_variables();
@@ -63,9 +73,7 @@ struct SpmmTFn : torch::autograd::Function<SpmmTFn> {
   static Tensor forward(AutogradContext* ctx, const Tensor& rp, const Tensor& ci, const Tensor& cp,
                         const Tensor& cr, const Tensor& perm, const Tensor& values, const Tensor& G,
                         const std::optional<Tensor>& values_t) {
-    ctx->save_for_backward({rp, ci, cp, cr, perm, values, G});
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return spmm_t_op().call(rp, ci, cp, cr, perm, values, G, values_t);
+    return save_and_call(ctx, spmm_t_op(), rp, ci, cp, cr, perm, values, G, values_t);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto s = ctx->get_saved_variables();
@@ -80,9 +88,7 @@ struct SpmmTFn : torch::autograd::Function<SpmmTFn> {
 struct SddmmFn : torch::autograd::Function<SddmmFn> {
   static Tensor forward(AutogradContext* ctx, const Tensor& rp, const Tensor& ci, const Tensor& cp,
                         const Tensor& cr, const Tensor& perm, const Tensor& G, const Tensor& X) {
-    ctx->save_for_backward({rp, ci, cp, cr, perm, G, X});
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return sddmm_op().call(rp, ci, cp, cr, perm, G, X);
+    return save_and_call(ctx, sddmm_op(), rp, ci, cp, cr, perm, G, X);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto s = ctx->get_saved_variables();

@@ -19,10 +19,11 @@
 // Shared by the families: csrc/checks.h (argument checks, one message each, CPU and CUDA),
 // csrc/index_check.h (the content check of an index, once per pattern, CPU and CUDA),
 // csrc/constants.h (the parallel-work threshold, cell modes, gate layouts: the mirror of
-// sparse_engine/constants.py), csrc/rnn_step_ops.h (the eight step ops written once over a
+// sparse_engine/kernels/constants.py), csrc/rnn_step_ops.h (the eight step ops written once over a
 // device), cpu/common.h, cpu/storage.h, cuda/common.cuh, cuda/glue.h and cuda/launchers.h (the
-// CUDA kernels' host entry points). The Python side, sparse_engine/library.py, registers every op's fake
-// (meta) kernel and autograd formula against these schemas.
+// CUDA kernels' host entry points). csrc/autograd.cpp registers the autograd formulas of spmm,
+// spmm_t and sddmm; the Python side, sparse_engine/kernels/library.py, registers the ops' fake
+// (meta) kernels, the autocast rules and the CUDA topology kernels written in Python.
 //
 // Every sparse operand is passed as its full index: CSR (row_ptr int64 [rows+1],
 // col_idx int32 [nnz]) and the transposed index (csc_ptr int64 [cols+1], csc_row int32

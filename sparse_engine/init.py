@@ -1,6 +1,7 @@
 """Sparse initialisation: topologies built directly in CSR, in O(nnz) time and memory (never a
-dense or rows*cols-sized array, so it works for 10^5-10^6 neurons), and ``torch.nn.init``'s
-functions for SparseWeights.
+dense or rows*cols-sized array, so it works for 10^5-10^6 neurons; written in
+:mod:`sparse_engine.sparse.patterns`, public here), and ``torch.nn.init``'s functions for
+SparseWeights.
 
 The ``torch.nn.init`` mirrors (``uniform_``, ``normal_``, ``trunc_normal_``, ``constant_``,
 ``zeros_``, ``ones_``, ``xavier_uniform_``/``xavier_normal_``, ``kaiming_uniform_``/``kaiming_normal_``,
@@ -24,58 +25,12 @@ import math
 import torch
 from torch import nn
 
+from .sparse import SparseWeight, sparse_weights
+from .sparse.patterns import default_values, erdos_renyi_density, random_pattern  # noqa: F401  (public here)
+
 __all__ = ["erdos_renyi_density", "random_pattern", "default_values", "uniform_", "normal_", "trunc_normal_",
            "constant_", "zeros_", "ones_", "xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_",
            "orthogonal_", "named_weights"]
-
-
-def erdos_renyi_density(rows: int, cols: int, epsilon: float) -> float:
-    """Density of an Erdos-Renyi layer (Mocanu et al. 2018): epsilon*(rows+cols)/(rows*cols),
-    capped at 1, so nnz ~= epsilon * (n_in + n_out)."""
-    if not epsilon > 0:
-        raise ValueError(f"epsilon must be > 0, got {epsilon}")
-    if rows * cols == 0:
-        return 0.0
-    return min(1.0, epsilon * (rows + cols) / (rows * cols))
-
-
-def random_pattern(rows: int, cols: int, nnz: int, generator: torch.Generator | None = None):
-    """A uniformly random set of exactly ``nnz`` distinct positions as CSR (row_ptr int64,
-    col_idx int32, sorted and unique within each row).
-
-    Sparse targets draw linear positions with rejection of repeats (expected O(nnz)); dense
-    targets (nnz >= rows*cols/4) take a prefix of a permutation, which is then O(nnz) too.
-    """
-    total = rows * cols
-    if not 0 <= nnz <= total:
-        raise ValueError(f"nnz must be in [0, rows*cols={total}], got {nnz}")
-    if cols > 2**31 - 1:
-        raise ValueError(f"cols must fit int32 column indices, got {cols}")
-    if 4 * nnz >= total:
-        linear = torch.randperm(total, generator=generator)[:nnz]
-    else:
-        linear = torch.empty(0, dtype=torch.int64)
-        while linear.numel() < nnz:
-            need = nnz - linear.numel()
-            draw = torch.randint(total, (need + need // 8 + 16,), generator=generator)
-            linear = torch.unique(torch.cat([linear, draw]))
-        if linear.numel() > nnz:  # a uniform subset of a uniform set stays uniform
-            linear = linear[torch.randperm(linear.numel(), generator=generator)[:nnz]]
-    linear = torch.sort(linear).values
-    row = torch.div(linear, cols, rounding_mode="floor") if cols else linear
-    col = (linear - row * cols).to(torch.int32)
-    counts = torch.bincount(row, minlength=rows)
-    row_ptr = torch.zeros(rows + 1, dtype=torch.int64)
-    torch.cumsum(counts, 0, out=row_ptr[1:])
-    return row_ptr, col
-
-
-def default_values(nnz: int, rows: int, dtype=torch.float32, generator=None) -> torch.Tensor:
-    """Uniform(-b, b) with b = 1/sqrt(mean nonzeros per row): what ``nn.Linear`` would use
-    for a dense layer with the same fan-in, so sparse layers keep the usual activation scale."""
-    fan_in = max(1.0, nnz / max(rows, 1))
-    bound = 1.0 / math.sqrt(fan_in)
-    return torch.empty(nnz, dtype=dtype).uniform_(-bound, bound, generator=generator)
 
 
 # ------------------------------------------------------------ torch.nn.init on SparseWeights
@@ -88,8 +43,6 @@ _FANS = ("dense", "nnz")
 
 def _sparse(w):
     """``w`` if it is a SparseWeight, None for a tensor, TypeError otherwise."""
-    from .sparse import SparseWeight  # (sparse.weight imports this module)
-
     if isinstance(w, SparseWeight):
         return w
     if isinstance(w, torch.Tensor):
@@ -241,8 +194,6 @@ def named_weights(module: nn.Module):
             if "weight_hh" in name:
                 sparse_engine.init.orthogonal_(w)
     """
-    from .sparse import sparse_weights
-
     sparse = sparse_weights(module)
     for name, p in module.named_parameters():
         owner = name.removesuffix(".values")

@@ -23,8 +23,10 @@ operands are cast to the autocast dtype (float16 or bfloat16) and the kernels ru
 float32 accumulation; gradients flow back to the float32 values through the casts.
 The raw operators are ``torch.ops.sparse_engine.{spmm,spmm_t,sddmm}`` and take the index
 tensors of a :class:`~sparse_engine.SparseWeight` explicitly (see ``SparseWeight.index``).
-This module holds the user-facing wrappers and their argument checks; the fake kernels, the
-autograd formulas and the autocast rules are registered by :mod:`sparse_engine.kernels.library`.
+This module holds the user-facing wrappers; their argument checks are
+:func:`sparse_engine.sparse.csr.check_operand`'s (the dense operands) and the kernels' own (the
+index). The autograd formulas are registered in C++ (``csrc/autograd.cpp``), the fake kernels
+and the autocast rules by :mod:`sparse_engine.kernels.library`.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ import torch
 
 from . import kernels  # noqa: F401  (loads the compiled operators)
 from .sparse import SparseWeight
+from .sparse.csr import check_operand
 
 _ops = torch.ops.sparse_engine
 
@@ -39,19 +42,8 @@ __all__ = ["spmm", "spmm_t", "sddmm", "transposed_values"]
 
 
 # ---------------------------------------------------------------------------- checks
-def _check_dense(t, name: str, rows: int, values: torch.Tensor) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dim() != 2:
-        raise ValueError(f"{name} must be 2-D (features x batch), got shape {tuple(t.shape)}")
-    if t.shape[0] != rows:
-        raise ValueError(f"{name} must have {rows} rows (features), got shape {tuple(t.shape)}")
-    if t.dtype != values.dtype and not torch.is_autocast_enabled(values.device.type):
-        raise TypeError(f"{name} must have dtype {values.dtype} like the weight values, got {t.dtype}")
-    if t.device != values.device:
-        raise ValueError(f"{name} must be on {values.device} like the weight, got {t.device}")
-
-
+# (the dense operands: sparse.csr.check_operand, the one checker of the sparse ops' arguments;
+# the index: the kernels' own checks, csrc/checks.h and csrc/index_check.h)
 def _check_weight(W) -> None:
     if not isinstance(W, SparseWeight):
         raise TypeError(f"W must be a sparse_engine.SparseWeight, got {type(W).__name__}")
@@ -67,7 +59,7 @@ def spmm(W, X: torch.Tensor) -> torch.Tensor:
     """Y = W X for a SparseWeight W (rows x cols) and dense X (cols x B)."""
     _check_weight(W)
     values = W.parts()[0]
-    _check_dense(X, "X", W.shape[1], values)
+    check_operand(X, "X", W.shape[1], values)
     return _ops.spmm(*(W.index if _needs_transpose(W, X) else W.csr_index), values, X)
 
 
@@ -77,7 +69,7 @@ def spmm_t(W, G: torch.Tensor, values_t: torch.Tensor | None = None) -> torch.Te
     to ``W.values`` either way)."""
     _check_weight(W)
     values = W.parts()[0]
-    _check_dense(G, "G", W.shape[0], values)
+    check_operand(G, "G", W.shape[0], values)
     return _ops.spmm_t(*W.index, values, G, values_t)
 
 
@@ -95,8 +87,8 @@ def sddmm(W, G: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     for Y = W X with upstream gradient G. W's values are not used."""
     _check_weight(W)
     values = W.parts()[0]
-    _check_dense(G, "G", W.shape[0], values)
-    _check_dense(X, "X", W.shape[1], values)
+    check_operand(G, "G", W.shape[0], values)
+    check_operand(X, "X", W.shape[1], values)
     if G.shape[1] != X.shape[1]:
         raise ValueError(f"G and X must have the same batch size, got {G.shape[1]} and {X.shape[1]}")
     # its backward computes X's gradient with spmm_t, which reads the transposed index

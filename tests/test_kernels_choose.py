@@ -97,3 +97,28 @@ def test_the_recurrence_takes_the_rule_per_direction(mode, monkeypatch, rng):
 def test_bad_arguments(args, exc, match):
     with pytest.raises(exc, match=match):
         choose_fused(*args)
+
+
+def test_fused_steps_is_the_one_decision(rng):
+    """nn.cell_table.fused_steps answers, per run, which step each direction takes: composed
+    both ways when the fused ops do not apply (fused=False, a dense W_hh, fp16 values, a device
+    without the kernels), else on the CPU the measured rule's choice; the recurrence's and the
+    benchmarks' ``fused_steps`` is this function."""
+    from sparse_engine.nn import recurrence
+    from sparse_engine.nn.recurrence import Config
+
+    assert recurrence.fused_steps is cell_table.fused_steps
+    H, B = 6, 3
+    short = se.SparseWeight.random(4 * H, H, 0.5, generator=rng, dtype=torch.float64)
+    cfg = Config("LSTM", H, B, 2, idx_hh=short.index)
+    values = short.values.detach()
+    assert cell_table.fused_steps(cfg, values) == (True, True)
+    assert cell_table.fused_steps(dataclasses.replace(cfg, fused=False), values) == (False, False)
+    assert cell_table.fused_steps(dataclasses.replace(cfg, idx_hh=None), values) == (False, False)
+    assert cell_table.fused_steps(cfg, values.half()) == (False, False)
+    assert cell_table.fused_steps(cfg, values.to("meta")) == (False, False)  # no kernels for that key
+    # rows longer than the measured bound: the composed forward, the fused backward
+    dense_rows = se.SparseWeight.random(4 * 200, 200, 1.0, generator=rng, dtype=torch.float64)
+    long_cfg = Config("LSTM", 200, B, 2, idx_hh=dense_rows.index)
+    assert choose_fused("LSTM", 200, dense_rows.nnz, B) is False
+    assert cell_table.fused_steps(long_cfg, dense_rows.values.detach()) == (False, True)

@@ -1,8 +1,9 @@
 """Every operator can be found by name in one hop (docs/architecture.md): its schema in
 csrc/ops.cpp under its family, its CPU kernel in csrc/cpu/<family>_cpu.cpp, its CUDA kernel in
 csrc/cuda/<family>_cuda.cu (+ <family>_glue.cpp) or, for the topology family, the Python
-function <op>_cuda of sparse_engine.kernels.topology_cuda, and its fake kernel and autograd
-formula in sparse_engine/kernels/library.py, whose table lists what it registers for each op."""
+function <op>_cuda of sparse_engine.kernels.topology_cuda, its fake kernel in
+sparse_engine/kernels/library.py, whose table lists what each op has, and its autograd formula
+(spmm, spmm_t and sddmm) in csrc/autograd.cpp."""
 from __future__ import annotations
 
 import re

@@ -365,3 +365,49 @@ def test_fused_forward_ops_match_float64_reference(mode, B, dtype, gx_layout, rn
     for a, b in zip(out, ref):
         assert a.dtype == dtype
         torch.testing.assert_close(a.double(), b, rtol=tol, atol=tol)
+
+
+def test_recurrence_takes_the_weights_as_the_module_holds_them(rng):
+    """recurrence() given SparseWeights (split there, the index filled into the Config) computes
+    exactly what Recurrence.apply computes on their values with the index in the Config, and a
+    sink gets the weight-gradient factors (dL/dW = G X^T at the stored entries)."""
+    from sparse_engine.nn.recurrence import recurrence
+
+    mode, I, H, B, T = "GRU", 3, 4, 2, 3
+    W_ih, W_hh = (random_weight(3 * H, n, 0.6, generator=rng) for n in (I, H))
+    x = torch.randn(T, I, B, generator=rng, dtype=torch.float64)
+    h0 = torch.randn(H, B, generator=rng, dtype=torch.float64)
+    b_ih, b_hh = (torch.randn(3 * H, generator=rng, dtype=torch.float64) for _ in range(2))
+    sink = {}
+    y, h, _ = recurrence(Config(mode, H, B, T), x, h0, None, W_ih, W_hh, b_ih, b_hh, sink)
+    (y.square().sum() + h.sum()).backward()
+    v_ih, v_hh = (W.values.detach().clone().requires_grad_() for W in (W_ih, W_hh))
+    y2, h2, _ = Recurrence.apply(Config(mode, H, B, T, False, W_ih.index, W_hh.index), x, h0, None, v_ih, v_hh,
+                                 b_ih, b_hh)
+    (y2.square().sum() + h2.sum()).backward()
+    assert torch.equal(y, y2) and torch.equal(h, h2)
+    assert torch.equal(W_ih.values.grad, v_ih.grad) and torch.equal(W_hh.values.grad, v_hh.grad)
+    for kind, W in (("ih", W_ih), ("hh", W_hh)):
+        G, X = sink[kind]
+        row, col, _ = W.coo()
+        torch.testing.assert_close((G @ X.t())[row, col], W.values.grad, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cls", [se.nn.SparseLSTMCell, se.nn.SparseCTRNNCell], ids=["lstm", "ctrnn"])
+def test_a_cell_reads_each_weight_once_per_step(cls, rng):
+    """A cell hands its weights to the recurrence as they are, which reads each one's values once
+    per step: a parametrization (weight drop draws a mask at each read) runs once for W_hh."""
+    from torch.nn.utils import parametrize
+
+    class Counted(torch.nn.Module):
+        calls = 0
+
+        def forward(self, v):
+            Counted.calls += 1
+            return v
+
+    cell = cls(3, 5, density=0.5, dtype=torch.float64)
+    parametrize.register_parametrization(cell.weight_hh, "values", Counted())
+    Counted.calls = 0  # (registering evaluated it once, to check its output)
+    cell(torch.randn(2, 3, generator=rng, dtype=torch.float64))
+    assert Counted.calls == 1

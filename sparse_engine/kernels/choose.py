@@ -1,8 +1,9 @@
-"""Which recurrent step to run on the CPU, the fused op or the composed one, per shape.
+"""Which recurrent step is faster on the CPU, the fused op or the composed one, per shape.
 
 A measured rule (docs/cpu_kernels.md has the table; benchmarks/bench_rnn_step.py measures it),
-taken by the recurrence (:func:`sparse_engine.nn.recurrence.fused_steps`) for each direction of
-the step. Fused and composed steps of LSTM and GRU timed alternately, B=20, hidden 256 to 16,384
+which :func:`sparse_engine.nn.cell_table.fused_steps`, the one decision of which step a run
+takes, consults for each direction of a CPU run's step once the fused ops apply (nothing else
+calls it). Fused and composed steps of LSTM and GRU timed alternately, B=20, hidden 256 to 16,384
 at 8 to 495 nonzeros per W_hh row, both backward steps given W_hh's values in column order (as
 the recurrence does), after the gathers' vector accumulators (issue #13), 2026-11-24, quiet:
 two threads (benchmarks/results/rnn_step_cpu.md) and one (rnn_step_cpu_1thread.md, hidden

@@ -1,18 +1,21 @@
-"""The Python half of ``torch.ops.sparse_engine``, in one place: every fake (meta) kernel, every
-autograd formula, the autocast rules and the registration of the kernels written in Python.
+"""The Python half of ``torch.ops.sparse_engine``, in one place: every fake (meta) kernel, the
+autocast rules and the registration of the kernels written in Python. (The autograd formulas of
+spmm, spmm_t and sddmm are C++: ``csrc/autograd.cpp``.)
 
-``csrc/ops.cpp`` holds the schemas (read an op's arguments there); the compiled kernels register
-themselves per dispatch key. :mod:`sparse_engine.kernels` imports this module right after loading
-the compiled library, so importing any part of the package makes every operator complete
-(eager, autograd, autocast, ``torch.compile``). The sections below follow the op families of
-``csrc/ops.cpp``; ``docs/architecture.md`` says where each family's kernels are. The CUDA
-topology kernels are the Python functions ``<op>_cuda`` of
-:mod:`sparse_engine.kernels.topology_cuda`, registered here. "here": what this module registers
-(fake: the output shapes, for FakeTensor / ``torch.compile``; ops without one have
-data-dependent output sizes and run outside compiled graphs). ``tests/test_op_registry.py``
-checks this table against the schemas and the registrations.
+``csrc/ops.cpp`` holds the schemas (read an op's arguments there); the compiled kernels and the
+autograd formulas register themselves per dispatch key when the extension loads.
+:mod:`sparse_engine.kernels` imports this module right after loading the compiled library, so
+importing any part of the package makes every operator complete (eager, autograd, autocast,
+``torch.compile``). The sections below follow the op families of ``csrc/ops.cpp``;
+``docs/architecture.md`` says where each family's kernels are. The CUDA topology kernels are the
+Python functions ``<op>_cuda`` of :mod:`sparse_engine.kernels.topology_cuda`, registered here.
+The table says what each op has beside its compiled kernels: "fake", "autocast" and "CUDA
+kernel" are registered by this module (fake: the output shapes, for FakeTensor /
+``torch.compile``; ops without one have data-dependent output sizes and run outside compiled
+graphs), "autograd" by ``csrc/autograd.cpp``. ``tests/test_op_registry.py`` checks this table
+against the schemas and the registrations.
 
-op                       here
+op                       has
 -----------------------  ------------------------
 [spmm] CPU csrc/cpu/spmm_cpu.cpp, CUDA csrc/cuda/spmm_cuda.cu
 spmm                     fake, autograd, autocast

@@ -3,7 +3,10 @@ composed step and step-backward, behind one calling convention.
 
 Feature-major throughout (states (H x B), gate blocks of H rows stacked in torch's order, see
 :data:`sparse_engine.kernels.constants.GATE_NAMES`). A weight is either sparse (``values`` plus the 5
-index tensors of a SparseWeight) or dense (an ordinary matrix, index ``None``).
+index tensors of a SparseWeight) or dense (an ordinary matrix, index ``None``): the pair
+:func:`sparse_engine.nn.products.weight_args` makes, whose products (:mod:`.products`) the composed
+steps call. Which of a cell's two steps runs, for each direction, is decided here once per run
+(:func:`fused_steps`).
 
 The calling convention is the fused ops' (``csrc/cpu/rnn_step_cpu.cpp``; the CUDA kernels implement
 the same), with ``(w, idx)`` in place of ``(*idx, w)``::
@@ -12,7 +15,8 @@ the same), with ``(w, idx)`` in place of ``(*idx, w)``::
     step_backward(w, idx, *saved, dh, [dc], *params, values_t=None)
                                                          -> ([dgx], dG, dh_prev, [dc_prev])
 
-(``values_t``: W_hh's values in column order, :func:`transposed`, made once per sequence.)
+(``values_t``: W_hh's values in column order, :func:`~sparse_engine.nn.products.transposed`, made
+once per sequence.)
 
 ``[c]``/``[dc]`` only for a cell with a cell state (LSTM), ``[b_hh]`` only where the hidden
 bias enters the step (GRU's n gate), ``[dgx]`` only where the input-side gate gradient differs
@@ -30,36 +34,11 @@ from typing import Callable
 import torch
 
 from ..kernels import has_kernel
+from ..kernels.choose import choose_fused
 from ..kernels.constants import GATE_NAMES, GATES, SAVED_ACTS
+from .products import mm, mm_t
 
 _ops = torch.ops.sparse_engine
-
-
-# ------------------------------------------------------------- products, either kind
-def mm(w, idx, x):
-    """W x for a sparse (values, index) or dense W."""
-    return w @ x if idx is None else _ops.spmm(*idx, w, x)
-
-
-def mm_t(w, idx, g, w_t=None):
-    """W^T g; ``w_t``: a sparse W's values in column order (:func:`transposed`), or None."""
-    return w.t() @ g if idx is None else _ops.spmm_t(*idx, w, g, w_t)
-
-
-def transposed(w, idx):
-    """A sparse W's values in the order of its transposed index, ``values[csc_perm]``, for the
-    W^T g products that share these values (a recurrence's backward: once per sequence instead
-    of a gather in each of its T steps, csrc/values_t.h); None for a dense W. No gradient: the
-    products' gradients go to ``w``."""
-    if idx is None:
-        return None
-    with torch.no_grad():
-        return w.index_select(0, idx[4])
-
-
-def wgrad(idx, g, x):
-    """Gradient of W for y = W x: g x^T, only at the nonzeros when W is sparse."""
-    return g @ x.t() if idx is None else _ops.sddmm(*idx, g, x)
 
 
 # --------------------------------------------------------------- composed steps
@@ -209,7 +188,7 @@ class Cell:
 
     def backward_step(self, step_backward, w, idx, saved, dh, dc, params, values_t=None):
         """One step back: (input-side gate gradient, hidden-side gate gradient, dh_prev, dc_prev
-        (``dc`` unchanged without a cell state)). ``values_t``: :func:`transposed` of W_hh, or None."""
+        (``dc`` unchanged without a cell state)). ``values_t``: ``transposed`` W_hh (:mod:`.products`), or None."""
         if self.cell_state:
             out = step_backward(w, idx, *saved, dh, dc, *params, values_t=values_t)
         else:
@@ -246,8 +225,38 @@ def _registered_fused_devices() -> frozenset:
 #: Looked up once at import (the compiled library registers its kernels when it loads), so that a
 #: forward under ``torch.compile`` reads a constant instead of querying the dispatcher (a graph break).
 FUSED_DEVICES = _registered_fused_devices()
+#: The values' dtypes the fused step ops take (fp16/bf16 storage composes the step).
+FUSED_DTYPES = (torch.float32, torch.float64)
 
 
 def has_fused_kernels(device_type: str) -> bool:
     """Whether this build registered the fused step ops for the device's dispatch key."""
     return device_type in FUSED_DEVICES
+
+
+# ------------------------------------------------------- fused or composed: the one decision
+def fused_ok(cfg, w_hh: torch.Tensor) -> bool:
+    """Whether the fused step ops apply to a run at all: asked for (``cfg.fused``, the module's
+    ``fused`` setting), a sparse W_hh (``cfg.idx_hh``), values ``w_hh`` in float32/float64, on a
+    device whose build has the ops (:data:`FUSED_DEVICES`). The first test of :func:`fused_steps`."""
+    return (cfg.fused and cfg.idx_hh is not None and w_hh.dtype in FUSED_DTYPES
+            and w_hh.device.type in FUSED_DEVICES)
+
+
+def fused_steps(cfg, w_hh: torch.Tensor) -> tuple[bool, bool]:
+    """(forward, backward): whether each direction of a run's step is the fused op (else the
+    composed step), for the run's :class:`~sparse_engine.nn.recurrence.Config` and W_hh's values
+    (or dense matrix) ``w_hh``: the one place that decides. Where the fused ops apply
+    (:func:`fused_ok`) and, on the CPU, where the measured rule
+    :func:`sparse_engine.kernels.choose.choose_fused` expects the fused op to be faster than the
+    composed step for this W_hh (nonzeros per row) and batch; on other devices (not measured) both
+    fused. The two directions share one calling convention, so either can be composed while the
+    other is fused. Reads only constants and sizes, no dispatcher: safe inside ``torch.compile``."""
+    if not fused_ok(cfg, w_hh):
+        return False, False
+    sizes = (cfg.hidden, cfg.batch)
+    if w_hh.device.type != "cpu" or not all(isinstance(v, int) and v >= 1 for v in sizes):
+        return True, True  # other devices: not measured; symbolic or empty sizes: no guard on them
+    nnz = cfg.idx_hh[1].numel()
+    return (choose_fused(cfg.mode, cfg.hidden, nnz, cfg.batch),
+            choose_fused(cfg.mode, cfg.hidden, nnz, cfg.batch, backward=True))

@@ -3,8 +3,10 @@ continuous-time RNN (cell and layer) of Zhang et al. 2023.
 
 Cells share parameter names (``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``), shapes and
 state handling with torch's cells, and the ``density=``/``epsilon=``/``sparse=``/``fused=`` options of
-:mod:`sparse_engine.nn.rnn` (``fused``: the fused step ops where they exist, composed otherwise;
-see there). A step runs the same :class:`Recurrence` as the layers with T=1. Inputs are
+:mod:`sparse_engine.nn.rnn` (``fused``: the fused step ops where they apply and, on the CPU, the
+measured rule picks them, composed otherwise; see there). A step runs the same
+:class:`~sparse_engine.nn.recurrence.Recurrence` as the layers with T=1, handed the cell's weights
+as they are (:func:`~sparse_engine.nn.recurrence.recurrence`). Inputs are
 ``(B, I)`` or unbatched ``(I,)`` as for torch's cells; a ``PackedSequence`` is refused with a
 TypeError naming it, by the cells as by torch's and by :class:`SparseCTRNN` (no torch twin to
 follow; the other layers take one, see :mod:`sparse_engine.nn.rnn`).
@@ -15,10 +17,11 @@ import torch
 from torch import nn
 
 from ..kernels.constants import GATES
-from .recurrence import Config, RecordsGradFactors, batch_rows, check_input_dtype, recurrence
-from .linear import fill_dense, refuse_dense_weights
-from .rnn import (EMPTY, _check_positive_int, caller_layout, check_not_packed, load_dense, make_bias, make_weight,
-                  nonzero_masks, reset_weights, sparse_flags, time_major, weight_args)
+from .products import weight_args
+from .recurrence import Config, RecordsGradFactors, batch_rows, recurrence
+from .sequences import caller_layout, check_input_dtype, check_not_packed, time_major
+from .weights import (EMPTY, check_positive_int, fill_dense, load_dense, make_bias, make_weight, nonzero_masks,
+                      refuse_dense_weights, reset_weights, sparse_flags)
 
 __all__ = ["SparseRNNCell", "SparseLSTMCell", "SparseGRUCell", "SparseCTRNNCell", "SparseCTRNN"]
 
@@ -32,8 +35,8 @@ class _SparseCellBase(RecordsGradFactors, nn.Module):
     def __init__(self, mode, input_size, hidden_size, bias=True, *, density=None, epsilon=None, sparse="both",
                  fused: bool = True, device=None, dtype=None):
         super().__init__()
-        _check_positive_int("input_size", input_size)
-        _check_positive_int("hidden_size", hidden_size)
+        check_positive_int("input_size", input_size)
+        check_positive_int("hidden_size", hidden_size)
         self.mode, self.input_size, self.hidden_size, self.bias = mode, input_size, hidden_size, bool(bias)
         self.has_bias = bool(bias)  # self.bias is a Parameter in SparseCTRNNCell, the paper's name
         self.sparse = sparse
@@ -50,9 +53,9 @@ class _SparseCellBase(RecordsGradFactors, nn.Module):
     def _flat_weights_names(self):
         return ["weight_ih", "weight_hh", *(self._bias_names if self.has_bias else ())]
 
-    def _config(self, B: int) -> Config:
-        return Config(self.mode, self.hidden_size, B, 1, False, weight_args(self.weight_ih)[1],
-                      weight_args(self.weight_hh)[1], fused=self.fused, sink=self._factor_sink(""))
+    def _config(self, B: int, T: int = 1) -> Config:
+        """The settings of a run of T input steps of B columns (the weights go to ``recurrence``)."""
+        return Config(self.mode, self.hidden_size, B, T, fused=self.fused)
 
     def _check(self, input, hx_list, names):
         check_not_packed(input, type(self).__name__)
@@ -69,7 +72,7 @@ class _SparseCellBase(RecordsGradFactors, nn.Module):
             if t is not None:
                 check_input_dtype(t, ref, name)
 
-    def _run(self, input, h, c, b_ih, b_hh, **cfg_extra):
+    def _run(self, input, h, c, b_ih, b_hh):
         """One input step through the Recurrence: returns (h', c') feature-major -> batch-major."""
         batched = input.dim() == 2
         x = input if batched else input.unsqueeze(0)
@@ -80,11 +83,8 @@ class _SparseCellBase(RecordsGradFactors, nn.Module):
             h = h.unsqueeze(0)
         if self.mode == "LSTM":
             c = x.new_zeros(B, self.hidden_size) if c is None else (c if batched else c.unsqueeze(0))
-        cfg = self._config(B)
-        if cfg_extra:
-            cfg = Config(**{**cfg.__dict__, **cfg_extra})
-        w_ih, w_hh = weight_args(self.weight_ih)[0], weight_args(self.weight_hh)[0]
-        _, h2, c2 = recurrence(cfg, x.t()[None], h.t(), c.t() if c is not None else None, w_ih, w_hh, b_ih, b_hh)
+        _, h2, c2 = recurrence(self._config(B), x.t()[None], h.t(), c.t() if c is not None else None, self.weight_ih,
+                               self.weight_hh, b_ih, b_hh, self._factor_sink(""))
         h2 = h2.t()
         c2 = c2.t() if self.mode == "LSTM" else None
         if not batched:
@@ -117,7 +117,7 @@ class _SparseCellBase(RecordsGradFactors, nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     def reset_parameters(self) -> None:
-        """As torch's: every weight drawn again (see :func:`~sparse_engine.nn.rnn.reset_weights`)."""
+        """As torch's: every weight drawn again (see :func:`~sparse_engine.nn.weights.reset_weights`)."""
         reset_weights(self)
 
     def to_dense(self) -> nn.Module:
@@ -181,7 +181,7 @@ def _check_ct(dt, tau, unfolds):
         raise ValueError(f"dt must be > 0, got {dt}")
     if not tau > 0:
         raise ValueError(f"tau must be > 0, got {tau}")
-    _check_positive_int("unfolds", unfolds)
+    check_positive_int("unfolds", unfolds)
 
 
 class SparseCTRNNCell(_SparseCellBase):
@@ -196,9 +196,9 @@ class SparseCTRNNCell(_SparseCellBase):
         super().__init__("CTRNN", input_size, hidden_size, bias, **kwargs)
         self.dt, self.tau, self.unfolds = float(dt), float(tau), unfolds
 
-    def _config(self, B: int) -> Config:
-        c = super()._config(B)
-        return Config(**{**c.__dict__, "dt": self.dt, "tau": self.tau, "unfolds": self.unfolds})
+    def _config(self, B: int, T: int = 1) -> Config:
+        return Config(self.mode, self.hidden_size, B, T, dt=self.dt, tau=self.tau, unfolds=self.unfolds,
+                      fused=self.fused)
 
     def forward(self, input, hx=None):
         self._check(input, [hx], ["hx"])
@@ -247,9 +247,8 @@ class SparseCTRNN(SparseCTRNNCell):
                 raise ValueError(f"hx must have shape {want}, got {got}")
             check_input_dtype(hx, ref, "hx")
             h0 = (hx[0] if batched else hx[0].unsqueeze(0)).t()
-        cfg = Config(**{**self._config(B).__dict__, "steps": T})
-        y, h_T, _ = recurrence(cfg, x.permute(0, 2, 1).contiguous(), h0, None,
-                                     ref, weight_args(self.weight_hh)[0], self.bias, None)
+        y, h_T, _ = recurrence(self._config(B, T), x.permute(0, 2, 1).contiguous(), h0, None, self.weight_ih,
+                               self.weight_hh, self.bias, None, self._factor_sink(""))
         out = caller_layout(batch_rows(y), self.batch_first, batched)
         h_n = h_T.t().unsqueeze(0).contiguous()
         return out, (h_n if batched else h_n[:, 0])

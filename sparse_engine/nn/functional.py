@@ -1,6 +1,9 @@
 """Building blocks of the models composed step by step from the sparse products (RHN, ON-LSTM,
-the Neural-ODE RNN, the language models): a product with a weight that is sparse or dense,
-a row lookup in a CSR (the sparse embedding), and the dropouts of AWD-LSTM-style models.
+the Neural-ODE RNN, the language models): a row lookup in a CSR (the sparse embedding) and the
+locked dropout of AWD-LSTM-style models; with, for these models' code, the product with a weight
+that is sparse or dense (:func:`matmul`, from :mod:`.products`), their inputs and states
+(:func:`sequence_input`, :func:`initial_state`, from :mod:`.sequences`) and their arguments and
+initialisation (:func:`check_dropout`, :func:`init_values_uniform`, from :mod:`.weights`).
 
 Everything here is differentiated by autograd through :func:`sparse_engine.ops.spmm` (whose
 formula gives the gradient of the values at the nonzeros only) and torch's own ops.
@@ -9,23 +12,13 @@ from __future__ import annotations
 
 import torch
 
-from .. import ops
 from ..sparse import SparseWeight
-from .recurrence import check_input_dtype
-from .rnn import check_not_packed, time_major
+from .products import matmul
+from .sequences import initial_state, sequence_input
+from .weights import check_dropout, init_values_uniform
 
 __all__ = ["matmul", "row_lookup", "locked_dropout", "init_values_uniform", "check_dropout",
            "sequence_input", "initial_state"]
-
-
-def matmul(w, x: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
-    """W X for a SparseWeight or dense (rows x cols) Parameter ``w`` and feature-major X
-    (cols x B). ``values`` replaces a SparseWeight's values (DropConnect masks them)."""
-    if isinstance(w, SparseWeight):
-        if values is None:
-            return ops.spmm(w, x)
-        return torch.ops.sparse_engine.spmm(*w.index, values, x)
-    return (w if values is None else values) @ x
 
 
 def row_lookup(w: SparseWeight, ids: torch.Tensor, values: torch.Tensor | None = None) -> torch.Tensor:
@@ -61,41 +54,3 @@ def locked_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
         return x
     mask = x.new_empty(1, x.shape[1], x.shape[2]).bernoulli_(1 - p) / (1 - p)
     return x * mask
-
-
-def init_values_uniform(w, bound: float) -> None:
-    """U(-bound, bound) on a SparseWeight's values or a dense Parameter, in place."""
-    target = w.values if isinstance(w, SparseWeight) else w
-    with torch.no_grad():
-        target.uniform_(-bound, bound)
-
-
-def check_dropout(name: str, p) -> float:
-    """``p`` as a float, or ValueError naming ``name`` unless it is a number in [0, 1)."""
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
-        raise ValueError(f"{name} must be a number in [0, 1), got {p!r}")
-    return float(p)
-
-
-def sequence_input(owner: str, input, input_size: int, batch_first: bool, ref: torch.Tensor):
-    """The checked (T, B, I) time-major view of a layer's ``input`` ((T, B, I), batch-first
-    (B, T, I), or unbatched (T, I)) and whether it was batched; errors name ``owner``."""
-    check_not_packed(input, owner)
-    if input.dim() not in (2, 3) or input.shape[-1] != input_size:
-        raise ValueError(f"input must be (T, B, {input_size}), (B, T, {input_size}) with batch_first, "
-                         f"or (T, {input_size}), got {tuple(input.shape)}")
-    check_input_dtype(input, ref)
-    return time_major(input, batch_first)
-
-
-def initial_state(hx, name: str, want: tuple, batched: bool, ref: torch.Tensor, like: torch.Tensor):
-    """A layer's initial state as (L, B, H) (zeros when ``hx`` is None); ``want`` is the shape the
-    caller must give (unbatched: without B)."""
-    if hx is None:
-        L, H = want[0], want[-1]
-        return like.new_zeros(L, like.shape[1], H)
-    if not isinstance(hx, torch.Tensor) or tuple(hx.shape) != tuple(want):
-        got = tuple(hx.shape) if isinstance(hx, torch.Tensor) else type(hx).__name__
-        raise ValueError(f"{name} must have shape {tuple(want)}, got {got}")
-    check_input_dtype(hx, ref, name)
-    return hx if batched else hx.unsqueeze(1)

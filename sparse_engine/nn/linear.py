@@ -7,52 +7,8 @@ import torch
 from torch import nn
 
 from .. import ops
-from ..init import erdos_renyi_density
 from ..sparse import SparseWeight
-
-
-#: A density that rounds to nnz=0: from_dense builds empty sparse weights and replaces them at once.
-EMPTY = 1e-300
-
-
-def resolve_density(rows: int, cols: int, density: float | None, epsilon: float | None) -> float:
-    """The density a layer gets from ``density=`` or ``epsilon=`` (Erdos-Renyi, SET's
-    default epsilon=20 when neither is given)."""
-    if density is not None and epsilon is not None:
-        raise ValueError("give at most one of density= and epsilon=")
-    if density is not None:
-        if not 0.0 < density <= 1.0:
-            raise ValueError(f"density must be in (0, 1], got {density}")
-        return float(density)
-    return erdos_renyi_density(rows, cols, 20.0 if epsilon is None else epsilon)
-
-
-def fill_dense(dense: nn.Module, source: nn.Module, names) -> nn.Module:
-    """``dense`` (a fresh torch module, the ``to_dense()`` of ``source``) given ``source``'s
-    parameters ``names`` (zeros where a sparse matrix has no entry), their ``requires_grad`` and
-    ``source``'s training/eval mode, so the copy behaves as the module it replaces."""
-    with torch.no_grad():
-        for name in names:
-            src = getattr(source, name)
-            if src is None:
-                continue
-            values = src.values if isinstance(src, SparseWeight) else src
-            dst = getattr(dense, name)
-            dst.copy_(src.to_dense() if isinstance(src, SparseWeight) else src)
-            dst.requires_grad_(values.requires_grad)
-    return dense.train(source.training)
-
-
-def refuse_dense_weights(module: nn.Module, state_dict, prefix: str, error_msgs: list) -> None:
-    """For ``_load_from_state_dict``: an error (raised by ``load_state_dict`` even with
-    strict=False) for each SparseWeight child of ``module`` that the state_dict gives as a dense
-    tensor, as a torch.nn module's state_dict does, saying how to load it instead."""
-    for name, child in module.named_children():
-        if isinstance(child, SparseWeight) and isinstance(state_dict.get(prefix + name), torch.Tensor):
-            error_msgs.append(
-                f"{prefix + name!r} is a dense matrix (a torch.nn state_dict?) where {type(module).__name__} holds "
-                "a SparseWeight: load a dense torch state_dict with load_dense_state_dict(state_dict, density=...) "
-                "(recurrent layers and cells), or convert the torch module with from_dense(module, ...)")
+from .weights import EMPTY, fill_dense, refuse_dense_weights, resolve_density
 
 
 class SparseLinear(nn.Module):

@@ -15,11 +15,12 @@ import torch
 from torch import nn
 
 from ..sparse import SparseWeight
-from .functional import check_dropout, init_values_uniform, locked_dropout, matmul, row_lookup
-from .linear import resolve_density
+from .functional import locked_dropout, row_lookup
+from .products import matmul
 from .onlstm import SparseONLSTM
 from .rhn import SparseRHN
-from .rnn import SparseLSTM, _check_positive_int
+from .rnn import SparseLSTM
+from .weights import check_dropout, check_positive_int, init_values_uniform, resolve_density
 
 __all__ = ["SparseEmbedding", "SparseLanguageModel", "detach_state"]
 
@@ -36,8 +37,8 @@ class SparseEmbedding(nn.Module):
     def __init__(self, num_embeddings: int, embedding_dim: int, *, density: float | None = None,
                  epsilon: float | None = None, init_range: float = 0.1, device=None, dtype=None):
         super().__init__()
-        _check_positive_int("num_embeddings", num_embeddings)
-        _check_positive_int("embedding_dim", embedding_dim)
+        check_positive_int("num_embeddings", num_embeddings)
+        check_positive_int("embedding_dim", embedding_dim)
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         d = resolve_density(num_embeddings, embedding_dim, density, epsilon)
         w = SparseWeight.random(num_embeddings, embedding_dim, d, dtype=dtype or torch.get_default_dtype())
@@ -96,7 +97,7 @@ class SparseLanguageModel(nn.Module):
             raise ValueError(f"model must be one of {MODELS}, got {model!r}")
         for name, v in (("vocab_size", vocab_size), ("embedding_size", embedding_size),
                         ("hidden_size", hidden_size), ("num_layers", num_layers)):
-            _check_positive_int(name, v)
+            check_positive_int(name, v)
         self.model, self.vocab_size, self.tie_weights = model, vocab_size, bool(tie_weights)
         self.batch_first = bool(batch_first)
         self.dropout, self.dropouth, self.dropouti, self.dropoute = (

@@ -28,8 +28,8 @@ from torch import nn
 from .. import init as _init
 from .. import ops
 from ..sparse import SparseWeight
-from .functional import check_dropout
-from .linear import EMPTY, SparseLinear
+from .linear import SparseLinear
+from .weights import EMPTY, check_dropout
 
 #: SET-MLP's value scale: N(0, 0.1^2) weights (randn/10 in the scipy code)
 INIT_STD = 0.1

@@ -29,8 +29,9 @@ import math
 import torch
 from torch import nn
 
-from .functional import initial_state, matmul, sequence_input
-from .rnn import _check_positive_int, caller_layout, make_weight, sparse_flags, weight_args
+from .products import matmul, weight_args
+from .sequences import caller_layout, initial_state, sequence_input
+from .weights import check_positive_int, make_weight, sparse_flags
 
 __all__ = ["SparseODERNN"]
 
@@ -61,9 +62,9 @@ class SparseODERNN(nn.Module):
                  density: float | None = None, epsilon: float | None = None, sparse: str = "recurrent",
                  device=None, dtype=None):
         super().__init__()
-        _check_positive_int("input_size", input_size)
-        _check_positive_int("hidden_size", hidden_size)
-        _check_positive_int("unfolds", unfolds)
+        check_positive_int("input_size", input_size)
+        check_positive_int("hidden_size", hidden_size)
+        check_positive_int("unfolds", unfolds)
         if not (isinstance(dt, (int, float)) and dt > 0):
             raise ValueError(f"dt must be a number > 0, got {dt!r}")
         if method not in FIXED_GRID + ADAPTIVE:

@@ -26,8 +26,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .functional import check_dropout, initial_state, locked_dropout, matmul, sequence_input
-from .rnn import _check_positive_int, caller_layout, make_bias, make_weight, sparse_flags, weight_args
+from .functional import locked_dropout
+from .products import matmul, weight_args
+from .sequences import caller_layout, initial_state, sequence_input
+from .weights import check_dropout, check_positive_int, make_bias, make_weight, sparse_flags
 
 __all__ = ["SparseONLSTM", "cumsoftmax"]
 
@@ -47,7 +49,7 @@ class SparseONLSTM(nn.Module):
         super().__init__()
         for name, v in (("input_size", input_size), ("hidden_size", hidden_size), ("chunk_size", chunk_size),
                         ("num_layers", num_layers)):
-            _check_positive_int(name, v)
+            check_positive_int(name, v)
         if hidden_size % chunk_size:
             raise ValueError(f"hidden_size ({hidden_size}) must be a multiple of chunk_size ({chunk_size})")
         self.input_size, self.hidden_size, self.chunk_size, self.num_layers = (input_size, hidden_size,

@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..sparse import SparseWeight
-from .functional import check_dropout
+from .weights import check_dropout
 
 __all__ = ["WeightDrop", "SparseWeightNorm", "weight_drop", "sparse_weight_norm", "unparametrized"]
 

@@ -9,7 +9,8 @@ Forward:  per step the input part W_ih x_t (+ biases) (one product on that step'
           once: no T x G*H x B buffer), then the recurrent product W_hh h and the gate
           nonlinearities, fused into one op where it has a kernel (CPU: ``csrc/cpu/rnn_step_cpu.cpp``;
           CUDA: ``csrc/cuda/rnn_step_cuda.cu``) and, on the CPU, where the measured rule says it is
-          faster (:func:`fused_steps`), composed from spmm + torch elementwise ops otherwise; the new
+          faster (:func:`~sparse_engine.nn.cell_table.fused_steps`, the one decision), composed
+          from spmm + torch elementwise ops otherwise; the new
           state is written into Y's block.
 Backward: per step the elementwise gate gradient and one spmm_t (W_hh^T dG) for the hidden
           gradient, then that step's part of each weight gradient (sddmm, or a dense product,
@@ -24,9 +25,15 @@ Memory:   the saved activations are Y itself (the states are read back from it),
           and gate activations, GRU's and CT-RNN's saved activations and CT-RNN's sub-step states:
           O(T*B*gates*H), plus O(nnz); nothing is O(H^2) unless the user asked for a dense matrix.
 
-A weight is either sparse (its ``values`` plus the 5 index tensors of a SparseWeight) or
-dense (an ordinary (rows x cols) tensor, index ``None``); the two matrices of a layer are
-chosen independently (``sparse='both'|'recurrent'|'input'``).
+A weight is either sparse or dense (an ordinary (rows x cols) tensor); the two matrices of a
+layer are chosen independently (``sparse='both'|'recurrent'|'input'``). The modules hand each
+weight to :func:`recurrence` as they hold it (a SparseWeight or the tensor). There it is split,
+once, into what ``torch.autograd.Function`` needs: its values (or dense matrix) are the Function's
+tensor inputs, which autograd gives their gradients to (under a parametrization such as weight drop
+they are computed for this forward: the module itself cannot be the input), and a sparse weight's
+5 index tensors, which take no gradient, travel in the frozen :class:`Config` with the run's
+settings (``torch.compile`` traces the Function with the Config as a constant). Inside, each
+(values, index) pair goes to the products as the raw operators take it (:mod:`.products`).
 
 Modes: ``RNN_TANH``, ``RNN_RELU``, ``LSTM`` (gates i, f, g, o like torch), ``GRU`` (r, z, n
 like torch: n = tanh(Wx_n x + b_in + r * (W_hn h + b_hn)), so the hidden product of the n gate
@@ -43,20 +50,29 @@ W_hh^T dG through the transposed index. The fused path takes only float32/float6
 device whose dispatch key has the ops; any other dtype (fp16/bf16) or device composes the
 step from spmm/spmm_t and torch's elementwise ops, which give the same results. Whether to
 use it at all is the module's ``fused`` setting (``Config.fused``).
+
+Growth by gradient (:class:`RecordsGradFactors`): a run given a ``sink`` dict has its backward
+store each weight's gradient factors there; the sink is the Function's last argument, the one
+thing its backward writes outside autograd.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from .cell_table import CELLS, has_fused_kernels, mm, mm_t, transposed, wgrad
-from ..kernels.choose import choose_fused
 from ..io.export import check_not_torchscript
+from ..sparse import SparseWeight
+from .cell_table import CELLS, fused_ok, fused_steps  # noqa: F401  (fused_ok: its old home)
+from .products import mm, mm_t, transposed, weight_args, wgrad
+from .sequences import check_input_dtype  # noqa: F401  (its old home)
 
 
 @dataclass(frozen=True)
 class Config:
+    """One run's settings (a layer-direction over ``steps`` input steps of ``batch`` columns) and
+    the index half of its sparse weights (the values are the Function's inputs, see the module
+    docstring)."""
     mode: str
     hidden: int
     batch: int
@@ -67,37 +83,14 @@ class Config:
     dt: float = 0.1       # CTRNN only
     tau: float = 0.5      # CTRNN only
     unfolds: int = 1      # CTRNN only
-    #: the fused step ops where they apply (:func:`fused_ok`), else the composed step; the
-    #: modules' ``fused`` setting
+    #: the fused step ops where they apply (:func:`~sparse_engine.nn.cell_table.fused_steps`), else
+    #: the composed step; the modules' ``fused`` setting
     fused: bool = True
-    #: when set, backward stores the weight-gradient factors here: {"ih": (G, X), "hh": (G, X)}
-    sink: dict | None = field(default=None, compare=False)
 
-
-_FUSED_DTYPES = (torch.float32, torch.float64)
-
-
-def fused_ok(cfg: Config, w_hh: torch.Tensor) -> bool:
-    """The fused step ops apply: asked for (``cfg.fused``), sparse W_hh, float32/float64, a
-    device with the kernels."""
-    return (cfg.fused and cfg.idx_hh is not None and w_hh.dtype in _FUSED_DTYPES
-            and has_fused_kernels(w_hh.device.type))
-
-
-def fused_steps(cfg: Config, w_hh: torch.Tensor) -> tuple[bool, bool]:
-    """(forward, backward): whether each direction of the step runs the fused op. Where they apply
-    (:func:`fused_ok`) and, on the CPU, where the measured rule
-    :func:`sparse_engine.kernels.choose.choose_fused` expects the fused op to be faster than the
-    composed step for this W_hh (nonzeros per row) and batch; the two directions share one
-    calling convention, so either can be composed while the other is fused."""
-    if not fused_ok(cfg, w_hh):
-        return False, False
-    sizes = (cfg.hidden, cfg.batch)
-    if w_hh.device.type != "cpu" or not all(isinstance(v, int) and v >= 1 for v in sizes):
-        return True, True  # other devices: not measured; symbolic or empty sizes: no guard on them
-    nnz = cfg.idx_hh[1].numel()
-    return (choose_fused(cfg.mode, cfg.hidden, nnz, cfg.batch),
-            choose_fused(cfg.mode, cfg.hidden, nnz, cfg.batch, backward=True))
+    def with_index(self, idx_ih, idx_hh) -> "Config":
+        """This config with the given index tensors (:func:`recurrence` fills them in)."""
+        return Config(self.mode, self.hidden, self.batch, self.steps, self.reverse, idx_ih, idx_hh, self.dt,
+                      self.tau, self.unfolds, self.fused)
 
 
 # ----------------------------------------------------------------- the Function
@@ -182,14 +175,16 @@ class _States:
 
 
 class Recurrence(torch.autograd.Function):
-    """(cfg, X, h0, c0, w_ih, w_hh, b_ih, b_hh) -> (Y, h_T, c_T).
+    """(cfg, X, h0, c0, w_ih, w_hh, b_ih, b_hh[, sink]) -> (Y, h_T, c_T).
 
     X (T x I x B), h0/c0 (H x B) (c0 and c_T only for LSTM: pass None, get an empty tensor),
     Y (T x H x B) in time order also for the reverse direction (see the module docstring).
+    w_ih, w_hh: the weights' values (sparse, their index in ``cfg``) or dense matrices. ``sink``:
+    None, or a dict the backward fills with the weight-gradient factors {"ih": (G, X), "hh": (G, X)}.
     """
 
     @staticmethod
-    def forward(ctx, cfg: Config, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    def forward(ctx, cfg: Config, x, h0, c0, w_ih, w_hh, b_ih, b_hh, sink=None):
         cell, T, B, H = CELLS[cfg.mode], cfg.steps, cfg.batch, cfg.hidden
         ctx.device_type = w_hh.device.type
         ctx.set_materialize_grads(False)  # an unused output (Y, when only h_T is read) costs nothing
@@ -224,6 +219,7 @@ class Recurrence(torch.autograd.Function):
             y[t] = h
         ctx.cfg = cfg
         ctx.has_bias = b_ih is not None
+        ctx.sink = sink
         ctx.fused_backward = fused_backward
         ctx.stacked = stacked
         ctx.inner_keys = tuple(inner)
@@ -260,7 +256,8 @@ class Recurrence(torch.autograd.Function):
         dc = None
         if cell.cell_state:
             dc = h0.new_zeros(H, B) if dc_T is None else dc_T
-        stacked = ctx.stacked or cfg.sink is not None  # growth by gradient: the whole (G, X) of each weight
+        sink = ctx.sink
+        stacked = ctx.stacked or sink is not None  # growth by gradient: the whole (G, X) of each weight
         # W^T dG in every step reads the values in column order: gathered once here, not per step
         w_hh_t = transposed(w_hh, idx) if T * U > 1 else None
         w_ih_t = transposed(w_ih, cfg.idx_ih) if need[1] and not stacked and T > 1 else None
@@ -305,43 +302,43 @@ class Recurrence(torch.autograd.Function):
             d_w_hh = wgrad(idx, g_hh, x_hh) if need[5] else None
             if bias_grads:
                 d_b_ih, d_b_hh = g_ih.sum(1), g_hh.sum(1)
-            if cfg.sink is not None:
-                cfg.sink["ih"] = (g_ih.detach(), x_ih.detach())
-                cfg.sink["hh"] = (g_hh.detach(), x_hh.detach())
+            if sink is not None:
+                sink["ih"] = (g_ih.detach(), x_ih.detach())
+                sink["hh"] = (g_hh.detach(), x_hh.detach())
         if bias_grads:
             d_b_ih, d_b_hh = (d_b_ih if need[6] else None), (d_b_hh if need[7] else None)
         d_h0 = dh if need[2] else None
         d_c0 = dc if cell.cell_state and need[3] else None
-        return None, d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_b_ih, d_b_hh
+        return None, d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_b_ih, d_b_hh, None
 
 
 # ------------------------------------------------------------------- module entry
-def check_input_dtype(input: torch.Tensor, ref: torch.Tensor, name: str = "input") -> None:
-    """A recurrent module's input (or initial state ``name``) must have its parameters' dtype,
-    except under autocast, where :func:`recurrence` casts it."""
-    if input.dtype != ref.dtype and not torch.is_autocast_enabled(ref.device.type):
-        raise TypeError(f"{name} must have dtype {ref.dtype} like the parameters, got {input.dtype}")
+def recurrence(cfg: Config, x, h0, c0, w_ih, w_hh, b_ih, b_hh, sink: dict | None = None):
+    """``Recurrence.apply`` for the modules, which hand over their weights ``w_ih``, ``w_hh`` as
+    they hold them: a SparseWeight is split here, once, into its values (the Function's input)
+    and its index (filled into ``cfg``); a tensor is taken as it is, with its index in ``cfg``
+    when sparse (the Function's own form) or none when dense. ``sink``: see :class:`Recurrence`.
 
-
-def recurrence(cfg: Config, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
-    """``Recurrence.apply`` for the modules. Under autocast (``torch.autocast``) a sparse
-    recurrent layer runs in its parameters' dtype: the inputs and states are cast to it and
-    autocast is off inside, so the fused step kernels (float32/float64) still run and the
-    sequential recurrence keeps full precision; a layer whose parameters were converted to
-    float16/bfloat16 (``module.to(torch.bfloat16)``) runs in that dtype instead. (Unlike
-    ``nn.LSTM``, which autocast runs in float16 on a GPU.) The layer's outputs have the
-    parameters' dtype; autocast casts them again where the next op wants it."""
+    Under autocast (``torch.autocast``) a sparse recurrent layer runs in its parameters' dtype:
+    the inputs and states are cast to it and autocast is off inside, so the fused step kernels
+    (float32/float64) still run and the sequential recurrence keeps full precision; a layer whose
+    parameters were converted to float16/bfloat16 (``module.to(torch.bfloat16)``) runs in that
+    dtype instead. (Unlike ``nn.LSTM``, which autocast runs in float16 on a GPU.) The layer's
+    outputs have the parameters' dtype; autocast casts them again where the next op wants it."""
     check_not_torchscript()  # torch.jit.trace cannot follow the Function: say what to use instead
+    if isinstance(w_ih, SparseWeight) or isinstance(w_hh, SparseWeight):
+        (w_ih, idx_ih), (w_hh, idx_hh) = weight_args(w_ih, cfg.idx_ih), weight_args(w_hh, cfg.idx_hh)
+        cfg = cfg.with_index(idx_ih, idx_hh)
     dev = w_hh.device.type
     if not torch.is_autocast_enabled(dev):
-        return Recurrence.apply(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+        return Recurrence.apply(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, sink)
     dtype = w_hh.dtype
     cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
     with torch.autocast(dev, enabled=False):
-        return Recurrence.apply(cfg, cast(x), cast(h0), cast(c0), w_ih, w_hh, b_ih, b_hh)
+        return Recurrence.apply(cfg, cast(x), cast(h0), cast(c0), w_ih, w_hh, b_ih, b_hh, sink)
 
 
-# ------------------------------------- growth by gradient: the modules' side of Config.sink
+# ------------------------------------- growth by gradient: the modules' side of the sink
 class RecordsGradFactors:
     """The growth-by-gradient protocol of :mod:`sparse_engine.training.grad_factors` for the
     recurrent modules: while ``record_grad_factors`` is True, each layer-direction's backward
@@ -351,7 +348,8 @@ class RecordsGradFactors:
     record_grad_factors = False
 
     def _factor_sink(self, suffix: str, first: bool = True) -> dict | None:
-        """The dict a layer-direction's backward fills with its (G, X) (``Config.sink``), None
+        """The dict a layer-direction's backward fills with its (G, X) (the ``sink`` of
+        :func:`recurrence`), None
         unless recording. ``first=False`` adds a part for a further run of the same
         layer-direction in one forward (the length groups of a PackedSequence); the parts are read
         back concatenated along the columns (dL/dW = sum over parts of G X^T)."""
@@ -377,23 +375,26 @@ class RecordsGradFactors:
 
 
 # ------------------------------------------------------------- LSTM with a projection
-def projected_lstm(cfg: Config, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, idx_hr):
+def projected_lstm(cfg: Config, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, idx_hr=None):
     """An LSTM layer-direction with ``proj_size`` (torch's ``nn.LSTM(proj_size=P)``): per step
     c' = f c + i g, h' = W_hr (o tanh c'), so the recurrent product takes the P-dimensional h.
     Step-major like :class:`Recurrence`: x (T x I x B), h0 (P x B), c0 (H x B) ->
-    (Y (T x P x B), h_T, c_T).
+    (Y (T x P x B), h_T, c_T). The weights as :func:`recurrence` takes them (W_hr's index, when
+    it is given as values, in ``idx_hr``).
 
     Composed from the differentiable products (``spmm``/``sddmm`` through their registered
     autograd formulas, or ``@`` for a dense matrix) and torch's elementwise ops under plain autograd:
     the fused step kernels have no projection, so this costs one sddmm per step and weight
     instead of one per sequence. Growth by gradient has no factors here (see ``SparseLSTM``)."""
     T = cfg.steps
+    (w_ih, idx_ih), (w_hh, idx_hh) = weight_args(w_ih, cfg.idx_ih), weight_args(w_hh, cfg.idx_hh)
+    w_hr, idx_hr = weight_args(w_hr, idx_hr)
     bias = None if b_ih is None else (b_ih + b_hh)[:, None]
     h, c = h0, c0
     out = [None] * T
     for t in (range(T - 1, -1, -1) if cfg.reverse else range(T)):
-        gx = mm(w_ih, cfg.idx_ih, x[t])
-        g = (gx if bias is None else gx + bias) + mm(w_hh, cfg.idx_hh, h)
+        gx = mm(w_ih, idx_ih, x[t])
+        g = (gx if bias is None else gx + bias) + mm(w_hh, idx_hh, h)
         i, f, gg, o = g.chunk(4)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(gg)
         h = mm(w_hr, idx_hr, torch.sigmoid(o) * torch.tanh(c))

@@ -29,8 +29,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .functional import check_dropout, initial_state, matmul, sequence_input
-from .rnn import _check_positive_int, caller_layout, make_bias, make_weight, sparse_flags, weight_args
+from .products import matmul, weight_args
+from .sequences import caller_layout, initial_state, sequence_input
+from .weights import check_dropout, check_positive_int, make_bias, make_weight, sparse_flags
 
 __all__ = ["SparseRHN"]
 
@@ -43,9 +44,9 @@ class SparseRHN(nn.Module):
                  batch_first: bool = False, dropout_state: float = 0.0, *, density: float | None = None,
                  epsilon: float | None = None, sparse: str = "both", device=None, dtype=None):
         super().__init__()
-        _check_positive_int("input_size", input_size)
-        _check_positive_int("hidden_size", hidden_size)
-        _check_positive_int("depth", depth)
+        check_positive_int("input_size", input_size)
+        check_positive_int("hidden_size", hidden_size)
+        check_positive_int("depth", depth)
         self.input_size, self.hidden_size, self.depth = input_size, hidden_size, depth
         self.couple, self.has_bias, self.batch_first = bool(couple), bool(bias), bool(batch_first)
         self.dropout_state = check_dropout("dropout_state", dropout_state)

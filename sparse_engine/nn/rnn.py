@@ -7,18 +7,17 @@ Same constructor arguments, parameter names (``weight_ih_l0``, ``weight_hh_l0_re
   epsilon*(rows+cols)/(rows*cols); with neither, epsilon=20 as in SET),
 * ``sparse=``: which matrices are sparse: ``'both'`` (default), ``'recurrent'`` (Zhang et al.
   2023: input and readout dense) or ``'input'``. Dense matrices are ordinary Parameters.
-* ``fused=`` (default True; also the attribute ``module.fused``, read at each forward): run each
-  step as one fused op where one exists, i.e. a sparse W_hh in float32/float64 on a device
-  whose build has the step kernels (CPU: ``csrc/cpu/rnn_step_cpu.cpp``, CUDA:
-  ``csrc/cuda/rnn_step_cuda.cu``), and compose it from spmm/spmm_t and torch's elementwise ops
-  otherwise; ``fused=False`` always composes. Both give the same results (tests run each against
-  the other). Measured (benchmarks/bench_rnn_step.py, results/rnn_step_cpu.md, 2 threads, quiet
-  machine): neither wins everywhere; composed/fused time is 0.67-1.39x (the fused forward loses
-  at hidden 4,096, 1%, where it gathers 4 CSR rows per hidden unit; its backward wins at small
-  sizes). On a busy machine the fused step was 2-8x faster, having one parallel region instead
-  of a dozen. On CUDA the fused step saves the gate pre-activations' round trip through global
-  memory and ~10 kernel launches per step; not yet measured on a GPU
-  (``bench_rnn_step.py --device cuda``).
+* ``fused=`` (default True; also the attribute ``module.fused``, read at each forward): allow the
+  fused step ops, which apply to a sparse W_hh in float32/float64 on a device whose build has the
+  step kernels (CPU: ``csrc/cpu/rnn_step_cpu.cpp``, CUDA: ``csrc/cuda/rnn_step_cuda.cu``). Where
+  they apply, the forward and the backward step each run fused unless, on the CPU, the measured
+  rule expects the composed step to be faster for this W_hh and batch
+  (:func:`~sparse_engine.nn.cell_table.fused_steps`, the one decision;
+  :mod:`sparse_engine.kernels.choose`, the rule and its measurements); otherwise, and always with
+  ``fused=False``, the step is composed from spmm/spmm_t and torch's elementwise ops. Both give the
+  same results (tests run each against the other). On CUDA the fused step saves the gate
+  pre-activations' round trip through global memory and ~10 kernel launches per step; not yet
+  measured on a GPU (``bench_rnn_step.py --device cuda``).
   On the dense-compute path (below) ``fused`` picks the CPU GRU: torch's GRU with each
   layer-direction's steps fused (:mod:`sparse_engine.nn.dense_rnn`), or ``torch.gru`` itself.
 
@@ -38,7 +37,11 @@ states: a model that reads only the final states or applies its own product per 
 of ``SequenceModel``) skips a T x B x H copy forward and backward.
 
 Each layer-direction runs as one :class:`~sparse_engine.nn.recurrence.Recurrence` (see there
-for the kernel schedule).
+for the kernel schedule), handed its weights as the module holds them
+(:func:`~sparse_engine.nn.recurrence.recurrence`). What the layers and cells share lives beside
+this module, each part in a module named for it: :mod:`.weights` (building, drawing and converting
+the weights), :mod:`.sequences` (input, output and state layouts), :mod:`.products` (W x for a
+sparse or dense weight); the names that were defined here stay importable from here.
 
 ``proj_size`` (LSTM only) works as in ``nn.LSTM``: h has ``proj_size`` features, each
 layer-direction has a ``weight_hr_l{k}[_reverse]`` of shape (proj_size, hidden_size), sparse when
@@ -51,7 +54,8 @@ Every module has ``.proj_size`` (0 without a projection), as ``nn.RNNBase``.
 ``compute=`` ('auto' | 'sparse' | 'dense'; default None: the global default, 'auto'): the sparse
 kernels, or torch's own dense recurrence (``torch.lstm``, ...; the GRU fused on the CPU) on the
 weights written into dense matrices kept between forwards, under a memory budget; see
-:mod:`sparse_engine.nn.compute` and docs/compute_paths.md. Same results either way (float reassociation aside), and the gradient reaches the stored values only.
+:mod:`sparse_engine.nn.compute` and docs/compute_paths.md. Same results either way (float
+reassociation aside), and the gradient reaches the stored values only.
 
 ``PackedSequence`` input works as in torch: the output is a PackedSequence with the input's
 ``batch_sizes``/``sorted_indices``/``unsorted_indices``, each sequence sees only its own steps
@@ -66,198 +70,34 @@ torch's cells do.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 
-from .. import init as _init
 from ..kernels.constants import GATES
 from ..sparse import SparseWeight
 from . import dense_rnn
 from .compute import check_compute, materialize_all, use_dense
-from .recurrence import Config, RecordsGradFactors, batch_rows, check_input_dtype, projected_lstm, recurrence
-from .linear import EMPTY, fill_dense, refuse_dense_weights, resolve_density
+from .products import weight_args  # noqa: F401  (its old home)
+from .recurrence import Config, RecordsGradFactors, batch_rows, projected_lstm, recurrence
+from .sequences import (caller_layout, check_input_dtype, check_not_packed, inverse_permutation, packed_positions,
+                        time_major)
+from .weights import (EMPTY, SELECTIONS, check_positive_int, fill_dense, load_dense, make_bias,  # noqa: F401
+                      make_weight, nonzero_masks, refuse_dense_weights, reset_weights, resolve_density, sparse_flags,
+                      sparsify)
 
 __all__ = ["SparseRNN", "SparseLSTM", "SparseGRU", "SparseRNNBase"]
 
-_SPARSE_CHOICES = {"both": (True, True), "recurrent": (False, True), "input": (True, False)}
 _DENSE_CLASSES = {"RNN_TANH": nn.RNN, "RNN_RELU": nn.RNN, "LSTM": nn.LSTM, "GRU": nn.GRU}
 #: torch's whole-sequence recurrences, which its modules' forward calls (the dense-compute path)
 _DENSE_FUNCTIONS = {"RNN_TANH": torch.rnn_tanh, "RNN_RELU": torch.rnn_relu, "LSTM": torch.lstm, "GRU": torch.gru}
 
 
-def _check_positive_int(name, v):
-    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise ValueError(f"{name} must be a positive int, got {v!r}")
-
-
-def sparse_flags(sparse: str) -> tuple[bool, bool]:
-    """(input sparse, recurrent sparse) for ``sparse='both'|'recurrent'|'input'``."""
-    if sparse not in _SPARSE_CHOICES:
-        raise ValueError(f"sparse must be one of {sorted(_SPARSE_CHOICES)}, got {sparse!r}")
-    return _SPARSE_CHOICES[sparse]
-
-
-def make_weight(rows, cols, is_sparse, hidden, density, epsilon, device, dtype):
-    """A SparseWeight (random pattern) or a dense Parameter with torch's RNN init."""
-    if is_sparse:
-        w = SparseWeight.random(rows, cols, resolve_density(rows, cols, density, epsilon), dtype=dtype)
-        return w.to(device) if device is not None else w
-    k = 1.0 / math.sqrt(hidden)
-    return nn.Parameter(torch.empty(rows, cols, device=device, dtype=dtype).uniform_(-k, k))
-
-
-def make_bias(rows, hidden, device, dtype):
-    k = 1.0 / math.sqrt(hidden)
-    return nn.Parameter(torch.empty(rows, device=device, dtype=dtype).uniform_(-k, k))
-
-
-def reset_weights(module: nn.Module) -> None:
-    """``reset_parameters`` of the layers and cells: the construction's initialisation drawn
-    again on the current patterns (sparse values U(-b, b), b = 1/sqrt(stored entries per row);
-    dense matrices and biases U(-1/sqrt(H), 1/sqrt(H)), torch's)."""
-    k = 1.0 / math.sqrt(module.hidden_size)
-    for _, w in _init.named_weights(module):
-        if isinstance(w, SparseWeight):
-            b = 1.0 / math.sqrt(max(1.0, w.nnz / max(w.shape[0], 1)))
-            _init.uniform_(w, -b, b)
-        else:
-            _init.uniform_(w, -k, k)
-
-
-def weight_args(w):
-    """(tensor for the Function, index or None) of a SparseWeight or dense Parameter."""
-    return (w.values, w.index) if isinstance(w, SparseWeight) else (w, None)
-
-
-SELECTIONS = ("magnitude", "random")
-
-
-def sparsify(dense: torch.Tensor, density: float | None, mask: torch.Tensor | None, selection: str = "magnitude",
-             generator: torch.Generator | None = None) -> SparseWeight:
-    """Keeps ``mask`` (if given), else round(density * numel) entries chosen by ``selection``
-    ('magnitude': the largest |w|; 'random': uniformly random positions, drawn with
-    ``generator``), else the nonzeros."""
-    if mask is not None:
-        return SparseWeight.from_dense(dense, mask)
-    if density is None:
-        return SparseWeight.from_dense(dense)
-    if not 0.0 <= density <= 1.0:
-        raise ValueError(f"density must be in [0, 1], got {density}")
-    if selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
-    k = int(round(density * dense.numel()))
-    if selection == "magnitude":
-        chosen = dense.abs().flatten().topk(k).indices
-    else:
-        chosen = torch.randperm(dense.numel(), generator=generator)[:k].to(dense.device)
-    keep = torch.zeros(dense.numel(), dtype=torch.bool, device=dense.device)
-    keep[chosen] = True
-    return SparseWeight.from_dense(dense, keep.view(dense.shape))
-
-
-def load_dense(module: nn.Module, state_dict: dict, density: float | None, mask: dict | None, selection: str,
-               generator: torch.Generator | None) -> None:
-    """The body of ``load_dense_state_dict`` (layers and cells): ``state_dict`` holds torch's
-    dense tensors under ``module._flat_weights_names``; each sparse matrix keeps ``mask[name]``,
-    else ``density`` (None: its current density) chosen by ``selection``, in place (the values
-    Parameter object is kept, so an optimizer holding it stays valid); dense ones are copied."""
-    if density is not None and mask is not None:
-        raise ValueError("give at most one of density= and mask=")
-    if mask is not None and not isinstance(mask, dict):
-        raise TypeError("mask must be a dict {parameter name: bool tensor}")
-    if not hasattr(state_dict, "keys"):
-        raise TypeError(f"state_dict must be a dict of tensors, got {type(state_dict).__name__}")
-    names = module._flat_weights_names
-    missing = [n for n in names if n not in state_dict]
-    unexpected = [k for k in state_dict if k not in names]
-    if missing or unexpected:
-        raise ValueError(f"state_dict must hold a dense torch.nn.{module._DENSE.__name__}'s parameters "
-                         f"{names}; missing {missing}, unexpected {unexpected} (a sparse-engine state_dict "
-                         "loads with load_state_dict)")
-    for name in names:
-        dst, src = getattr(module, name), state_dict[name]
-        want = tuple(dst.shape)
-        if not isinstance(src, torch.Tensor) or tuple(src.shape) != want:
-            got = tuple(src.shape) if isinstance(src, torch.Tensor) else type(src).__name__
-            raise ValueError(f"state_dict[{name!r}] must be a tensor of shape {want}, got {got}")
-        if not isinstance(dst, SparseWeight):
-            with torch.no_grad():
-                dst.copy_(src)
-            continue
-        m = None if mask is None else mask.get(name)
-        if mask is not None and m is None:
-            raise ValueError(f"mask has no entry for the sparse matrix {name!r}")
-        d = dst.density if density is None and m is None else density
-        src = src.detach().to(dst.values.device, dst.values.dtype)
-        new = sparsify(src, d, None if m is None else m.to(src.device), selection, generator)
-        dst.set_pattern(new.row_ptr, new.col_idx, new.values.detach())
-
-
-def nonzero_masks(module: nn.Module) -> dict:
-    """{name: weight != 0} for every parameter of a torch module (from_dense keeping the nonzeros)."""
-    return {name: p.detach() != 0 for name, p in module.named_parameters()}
-
-
-def check_not_packed(input, owner: str) -> None:
-    """TypeError for a PackedSequence (modules without packed support: the cells, SparseCTRNN)
-    or any other non-tensor ``input``."""
-    if isinstance(input, PackedSequence):
-        raise TypeError(f"{owner} does not support PackedSequence input; pad the sequences "
-                        "(torch.nn.utils.rnn.pad_packed_sequence) and pass the padded tensor")
-    if not isinstance(input, torch.Tensor):
-        raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
-
-
-def time_major(input: torch.Tensor, batch_first: bool) -> tuple[torch.Tensor, bool]:
-    """(T, B, F) view of a batched (T, B, F) / batch-first (B, T, F) or unbatched (T, F) input,
-    and whether it was batched."""
-    batched = input.dim() == 3
-    x = input if batched else input.unsqueeze(1)
-    if batched and batch_first:
-        x = x.transpose(0, 1)
-    if x.shape[0] == 0:
-        raise ValueError("input must have at least one time step")
-    return x, batched
-
-
-def caller_layout(out: torch.Tensor, batch_first: bool, batched: bool) -> torch.Tensor:
-    """The time-major (T, B, F) output in the caller's layout, as torch's modules return it:
-    contiguous (T, B, F); for a batch-first batched input its transposed view (B, T, F) (torch's
-    ``nn.RNN(batch_first=True)`` output is not contiguous either, and a copy is a full pass over
-    the largest tensor of the step); (T, F) for an unbatched one (``batch_first`` does not apply)."""
-    out = out.contiguous()
-    if not batched:
-        return out[:, 0]
-    return out.transpose(0, 1) if batch_first else out
-
-
-def packed_positions(batch_sizes: torch.Tensor, unsorted_indices: torch.Tensor | None):
-    """(lengths (B,), pos (T, B)), CPU int64, in the caller's batch order, for a PackedSequence:
-    ``lengths[b]`` the steps of sequence b, ``pos[t, b]`` the row of ``data`` holding its step t
-    (meaningful for t < lengths[b])."""
-    bs = batch_sizes.to("cpu", torch.int64)
-    B = int(bs[0])
-    start = torch.cumsum(bs, 0) - bs               # row of step t's first sequence
-    # position of sequence b in the sorted (longest first) order
-    rank = torch.arange(B) if unsorted_indices is None else unsorted_indices.to("cpu", torch.int64)
-    lengths = (bs.unsqueeze(0) > torch.arange(B).unsqueeze(1)).sum(1)[rank]
-    return lengths, start.unsqueeze(1) + rank.unsqueeze(0)
-
-
-def inverse_permutation(p: torch.Tensor) -> torch.Tensor:
-    inv = torch.empty_like(p)
-    inv[p] = torch.arange(p.numel(), device=p.device)
-    return inv
-
-
 class SparseRNNBase(RecordsGradFactors, nn.Module):
     """Shared body of SparseRNN/SparseLSTM/SparseGRU (the ``nn.RNNBase`` of this package)."""
-    #: the fused step ops where they exist (see :mod:`sparse_engine.nn.rnn`); an instance attribute
+    #: allow the fused step ops (see :mod:`sparse_engine.nn.rnn`); an instance attribute
     #: set by ``fused=``, this default for modules pickled before the setting existed
     fused = True
     #: the compute path ('auto', 'sparse', 'dense'; None: the global default), see
@@ -271,9 +111,9 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
                  *, density: float | None = None, epsilon: float | None = None, sparse: str = "both",
                  fused: bool = True, compute: str | None = None, device=None, dtype=None):
         super().__init__()
-        _check_positive_int("input_size", input_size)
-        _check_positive_int("hidden_size", hidden_size)
-        _check_positive_int("num_layers", num_layers)
+        check_positive_int("input_size", input_size)
+        check_positive_int("hidden_size", hidden_size)
+        check_positive_int("num_layers", num_layers)
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
             raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
         if isinstance(proj_size, bool) or not isinstance(proj_size, int) or proj_size < 0:
@@ -380,7 +220,7 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     def reset_parameters(self) -> None:
-        """As torch's: every weight drawn again (see :func:`reset_weights`); patterns kept."""
+        """As torch's: every weight drawn again (see :func:`~sparse_engine.nn.weights.reset_weights`); patterns kept."""
         reset_weights(self)
 
     @property
@@ -468,23 +308,19 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
             for d in range(D):
                 k = layer * D + d
                 sfx = f"_l{layer}" + ("_reverse" if d else "")
-                w_ih, idx_ih = weight_args(getattr(self, "weight_ih" + sfx))
-                w_hh, idx_hh = weight_args(getattr(self, "weight_hh" + sfx))
+                w_ih, w_hh = getattr(self, "weight_ih" + sfx), getattr(self, "weight_hh" + sfx)
                 b_ih = getattr(self, "bias_ih" + sfx) if self.bias else None
                 b_hh = getattr(self, "bias_hh" + sfx) if self.bias else None
+                cfg = Config(self.mode, self.hidden_size, B, T, bool(d), fused=self.fused)
                 if self.proj_size:
                     if self.record_grad_factors:
                         raise ValueError("growth by gradient (record_grad_factors) is not available with "
                                          "proj_size: the projected LSTM has no fused backward to take the factors from")
-                    cfg = Config(self.mode, self.hidden_size, B, T, bool(d), idx_ih, idx_hh)
-                    w_hr, idx_hr = weight_args(getattr(self, "weight_hr" + sfx))
-                    y, h_T, c_T = projected_lstm(cfg, layer_x, h0[k].t(), c0[k].t(), w_ih, w_hh, w_hr, b_ih, b_hh,
-                                                 idx_hr)
+                    y, h_T, c_T = projected_lstm(cfg, layer_x, h0[k].t(), c0[k].t(), w_ih, w_hh,
+                                                 getattr(self, "weight_hr" + sfx), b_ih, b_hh)
                 else:
-                    cfg = Config(self.mode, self.hidden_size, B, T, bool(d), idx_ih, idx_hh, fused=self.fused,
-                                 sink=sink(sfx))
                     y, h_T, c_T = recurrence(cfg, layer_x, h0[k].t(), c0[k].t() if is_lstm else None,
-                                             w_ih, w_hh, b_ih, b_hh)
+                                             w_ih, w_hh, b_ih, b_hh, sink(sfx))
                 outs.append(y)
                 h_n.append(h_T)
                 c_n.append(c_T)

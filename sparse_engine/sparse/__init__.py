@@ -1,4 +1,6 @@
-"""Sparse weight storage: CSR with a COO view and a transposed index; the CSR checks."""
+"""Sparse weight storage: CSR with a COO view and a transposed index (:mod:`.weight`); the argument
+checks of the sparse ops, the Python twin of the kernels' (:mod:`.csr`); random patterns and the
+values a new weight starts with (:mod:`.patterns`)."""
 from .csr import check_csr, check_index
 from .weight import SparseWeight, sparse_weights
 

@@ -1,28 +1,34 @@
-"""The checks of a CSR index on the Python side, written once.
+"""The argument checks of the sparse ops on the Python side, written once: the Python twin of
+the C++ kernels' checks (``csrc/checks.h``, ``csrc/index_check.h``), worded like them.
 
 * :func:`check_index`: what a kernel needs before it reads an index (tensors, dtypes row_ptr
-  int64 and col_idx int32, 1-D, one device, the two ends of row_ptr: one sync), worded like
-  the C++ kernels' checks (``csrc/checks.h``). The torch-primitive
-  kernels (:mod:`sparse_engine.kernels.topology_cuda`) call it.
+  int64 and col_idx int32, 1-D, one device, the two ends of row_ptr: one sync). The
+  torch-primitive kernels (:mod:`sparse_engine.kernels.topology_cuda`) call it.
 * :func:`check_csr`: the whole structure of a matrix (length of row_ptr, its ends, values per
   entry, non-decreasing row_ptr, column range, columns sorted and unique within each row),
   O(nnz). :meth:`SparseWeight.validate <sparse_engine.SparseWeight.validate>` calls it, so does
   everything that builds a SparseWeight, loads one from a state_dict or a checkpoint, or reads
   one for the analysis.
+* :func:`check_operand`: a dense operand given with a sparse weight (2-D, features x batch, the
+  weight's rows or columns, its values' dtype and device): :mod:`sparse_engine.ops` calls it
+  before the kernel, whose own checks would name the op's internal arguments.
+* :func:`check_dtype_like`: the dtype rule of every float operand, a module's inputs and states
+  included: the dtype of the values it meets, except under autocast (which casts).
 
-Both raise ValueError (TypeError for a wrong type) naming the argument and the first problem.
+All raise ValueError (TypeError for a wrong type) naming the argument and the first problem.
 """
 from __future__ import annotations
 
 import torch
 
-__all__ = ["check_tensor", "check_dtype", "check_same_device", "check_index", "check_csr"]
+__all__ = ["check_tensor", "check_dtype", "check_same_device", "check_index", "check_csr", "check_operand",
+           "check_dtype_like"]
 
 
 def check_tensor(t, name: str) -> torch.Tensor:
     """``t`` itself when it is a tensor, else TypeError naming ``name``."""
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     return t
 
 
@@ -40,6 +46,29 @@ def check_same_device(**tensors: torch.Tensor) -> torch.device:
     if any(d != first for d in devs.values()):
         raise ValueError(f"all tensors must be on one device, got {', '.join(f'{n} on {d}' for n, d in devs.items())}")
     return first
+
+
+def check_dtype_like(t: torch.Tensor, name: str, ref: torch.Tensor, like: str) -> None:
+    """TypeError unless ``t`` has ``ref``'s dtype ("X must have dtype torch.float32 like
+    {like}, got ..."), or autocast is on for ``ref``'s device (the ops cast their operands there)."""
+    if t.dtype != ref.dtype and not torch.is_autocast_enabled(ref.device.type):
+        raise TypeError(f"{name} must have dtype {ref.dtype} like {like}, got {t.dtype}")
+
+
+def check_operand(t, name: str, rows: int, values: torch.Tensor) -> None:
+    """A dense operand (features x batch) of a product with a sparse weight whose ``values`` it
+    meets: a 2-D tensor of ``rows`` rows, the values' dtype (:func:`check_dtype_like`) and device.
+    (On every product's path: the passing case makes no further call.)"""
+    if not isinstance(t, torch.Tensor):
+        check_tensor(t, name)
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (features x batch), got shape {tuple(t.shape)}")
+    if t.shape[0] != rows:
+        raise ValueError(f"{name} must have {rows} rows (features), got shape {tuple(t.shape)}")
+    if t.dtype != values.dtype:
+        check_dtype_like(t, name, values, "the weight values")
+    if t.device != values.device:
+        raise ValueError(f"{name} must be on {values.device} like the weight, got {t.device}")
 
 
 def check_index(row_ptr, col_idx) -> tuple[int, int]:

@@ -25,9 +25,9 @@ import torch
 from torch import nn
 
 from ..io import export as _export
-from .. import init as _init
 from .. import kernels  # noqa: F401  (loads the compiled operators)
 from .csr import check_csr
+from .patterns import default_values, erdos_renyi_density, random_pattern
 
 _INDEX_NAMES = ("row_ptr", "col_idx", "csc_ptr", "csc_row", "csc_perm")
 _CSC_NAMES = _INDEX_NAMES[2:]
@@ -399,15 +399,15 @@ class SparseWeight(nn.Module):
             if not 0.0 <= density <= 1.0:
                 raise ValueError(f"density must be in [0, 1], got {density}")
             nnz = int(round(density * rows * cols))
-        row_ptr, col_idx = _init.random_pattern(rows, cols, nnz, generator)
-        values = _init.default_values(nnz, rows, dtype, generator)
+        row_ptr, col_idx = random_pattern(rows, cols, nnz, generator)
+        values = default_values(nnz, rows, dtype, generator)
         return cls(row_ptr, col_idx, values, (rows, cols), validate=False)
 
     @classmethod
     def erdos_renyi(cls, rows: int, cols: int, epsilon: float = 20.0, *, generator=None,
                     dtype: torch.dtype = torch.float32) -> "SparseWeight":
         """Erdos-Renyi topology (SET): density epsilon*(rows+cols)/(rows*cols), capped at 1."""
-        density = _init.erdos_renyi_density(rows, cols, epsilon)
+        density = erdos_renyi_density(rows, cols, epsilon)
         return cls.random(rows, cols, density, generator=generator, dtype=dtype)
 
 
