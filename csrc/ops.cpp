@@ -7,10 +7,10 @@
 //   sddmm      sddmm                                 sddmm_cpu.cpp      sddmm_cuda.cu     + sddmm_glue.cpp
 //   transpose  transpose_index                       transpose_cpu.cpp  transpose_cuda.cu + transpose_glue.cpp
 //   rnn_step   {lstm,gru,rnn,ctrnn}_step(_backward)  rnn_step_cpu.cpp   rnn_step_cuda.cu  + rnn_step_glue.cpp
-//   topology   select_smallest ... gather_csr        topology_cpu.cpp   none: torch primitives in
+//   topology   select_smallest ... grad_topk         topology_cpu.cpp   none: torch primitives in
 //                                                                       sparse_engine/kernels/topology_cuda.py
-//   densify    pattern_bits ... same_bytes           densify_cpu.cpp    none (CPU only; on CUDA the dense
-//                                                                       path uses scatter_csr/gather_csr)
+//   densify    pattern_bits ... gather_csr           densify_cpu.cpp    scatter_csr/gather_csr: torch primitives
+//                                                                       in sparse_engine/kernels/densify_cuda.py
 //   dense_rnn  gru_sequence(_backward)               dense_rnn_cpu.cpp  none (CPU only; on CUDA the dense
 //                                                                       path runs torch's GRU)
 //   analysis   signed_triad_census, ...              analysis_cpu.cpp   none (CPU only)
@@ -93,10 +93,6 @@ TORCH_LIBRARY(sparse_engine, m) {
   // top-k |G X^T| at empty positions, tile by tile: (rows int64, cols int32, grads)
   m.def("grad_topk(Tensor row_ptr, Tensor col_idx, Tensor G, Tensor X, int k, int tile_rows, int tile_cols) "
         "-> (Tensor, Tensor, Tensor)");
-  // dense[r, c] = values[k] for every stored entry k at (r, c); dense's other entries are left as they are
-  m.def("scatter_csr(Tensor row_ptr, Tensor col_idx, Tensor values, Tensor(a!) dense) -> ()");
-  // out[k] = dense[r, c] for every stored entry k at (r, c)
-  m.def("gather_csr(Tensor row_ptr, Tensor col_idx, Tensor dense) -> Tensor");
 
   // ---------------------------------------------------------------- densify
   // The CSR pattern as bits, int16 [rows, ceil(n_cols / 16)]: bit b of word j of row r set iff (r, 16 j + b) is stored
@@ -107,6 +103,10 @@ TORCH_LIBRARY(sparse_engine, m) {
   m.def("compress_bits(Tensor row_ptr, Tensor bits, Tensor dense) -> Tensor");
   // whether a and b have the same dtype and shape and hold the same bytes
   m.def("same_bytes(Tensor a, Tensor b) -> bool");
+  // dense[r, c] = values[k] for every stored entry k at (r, c); dense's other entries are left as they are
+  m.def("scatter_csr(Tensor row_ptr, Tensor col_idx, Tensor values, Tensor(a!) dense) -> ()");
+  // out[k] = dense[r, c] for every stored entry k at (r, c)
+  m.def("gather_csr(Tensor row_ptr, Tensor col_idx, Tensor dense) -> Tensor");
 
   // ---------------------------------------------------------------- dense_rnn
   // A GRU layer-direction over a whole sequence with a dense W_hh, time- and batch-major: from

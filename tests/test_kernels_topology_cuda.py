@@ -16,12 +16,12 @@ from torch import nn
 from sparse_engine import SparseWeight
 from sparse_engine.nn import SparseLinear
 from sparse_engine.training import SET, DeepR, GradualMagnitudePruning, RigL, SelfishRNN, sparse_weights, topology
-from sparse_engine.kernels import has_kernel, topology_cuda
+from sparse_engine.kernels import densify_cuda, has_kernel, topology_cuda
 from sparse_engine.testing import num_threads, random_weight
 from _training_util import check_invariants, keys
 
 ops = torch.ops.sparse_engine
-tt = SimpleNamespace(**topology_cuda.OPS)  # the kernels by operator name, like ops
+tt = SimpleNamespace(**topology_cuda.OPS, **densify_cuda.OPS)  # the kernels by operator name, like ops
 
 
 def same(a, b):
@@ -336,12 +336,12 @@ def test_tensors_on_two_devices_are_refused():
 
 # ------------------------------------------------------------------ registration
 def test_registered_as_the_cuda_kernels_on_any_torch():
-    for name, fn in topology_cuda.OPS.items():
+    for name, fn in {**topology_cuda.OPS, **densify_cuda.OPS}.items():
         assert has_kernel(name, "cuda") and has_kernel(name, "cpu"), name
-        assert fn.__name__ == f"{name}_cuda"  # the twin of <op>_cpu in csrc/cpu/topology_cpu.cpp
+        assert fn.__name__ == f"{name}_cuda"  # the twin of <op>_cpu in csrc/cpu/<family>_cpu.cpp
     assert set(topology_cuda.OPS) == {"select_smallest", "set_prune", "compact", "random_empty", "merge",
-                                      "remap_index", "gather_or_zero", "coo_dot", "grad_topk", "scatter_csr",
-                                      "gather_csr"}
+                                      "remap_index", "gather_or_zero", "coo_dot", "grad_topk"}
+    assert set(densify_cuda.OPS) == {"scatter_csr", "gather_csr"}
     assert topology._ops_for(torch.device("cuda")) is ops and topology._ops_for(torch.device("cpu")) is ops
     # other devices: the generic functions directly
     assert vars(topology._ops_for(torch.device("meta"))) == topology_cuda.OPS
@@ -350,7 +350,7 @@ def test_registered_as_the_cuda_kernels_on_any_torch():
 def test_old_module_name_still_imports():
     from sparse_engine.training import topology_torch
 
-    for name, fn in topology_cuda.OPS.items():
+    for name, fn in {**topology_cuda.OPS, **densify_cuda.OPS}.items():
         assert getattr(topology_torch, name) is fn and getattr(topology_torch, f"{name}_cuda") is fn
     assert topology_torch.OPS is topology_cuda.OPS
 

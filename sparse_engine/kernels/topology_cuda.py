@@ -1,8 +1,8 @@
 """The CUDA kernels of the topology operators, written with PyTorch's own tensor primitives:
 ``<op>_cuda`` here is the twin of ``<op>_cpu`` in ``csrc/cpu/topology_cpu.cpp`` (the OpenMP C++
 CPU kernel) for ``sparse_engine::select_smallest``, ``set_prune``, ``compact``,
-``random_empty``, ``merge``, ``remap_index``, ``gather_or_zero``, ``coo_dot``, ``grad_topk``,
-``scatter_csr`` and ``gather_csr``.
+``random_empty``, ``merge``, ``remap_index``, ``gather_or_zero``, ``coo_dot`` and ``grad_topk``
+(``scatter_csr``/``gather_csr``'s are in :mod:`sparse_engine.kernels.densify_cuda`).
 :mod:`sparse_engine.kernels.library` registers them as those operators' CUDA kernels (:data:`OPS`).
 Nothing here is CUDA-specific: the functions run on tensors of any device (the tests run them
 on the CPU; :mod:`sparse_engine.training.topology` calls them directly on devices that have no
@@ -15,9 +15,6 @@ radix sorts, device scans and bandwidth-bound gathers, about as fast as a custom
 be, and the same code runs on the CPU, so it is tested bit for bit against the C++ kernels in
 CI on machines without a GPU (no GPU is needed to know the CUDA path is right). The CUDA
 kernels of the training path (spmm/spmm_t/sddmm) are hand-written; these are not worth it.
-``scatter_csr``/``gather_csr`` run at every forward of a module on the dense-compute path
-(``compute='dense'`` on a GPU): an index_put and an index, their row indices rebuilt per call
-(not measured on a GPU yet).
 
 Semantics are those of the CPU ops, including the tie rule (among equal scores the lower
 position wins; stable sorts give it) and the error messages (ValueError/TypeError naming the
@@ -40,8 +37,7 @@ from ..sparse.csr import check_same_device as _same_device
 from ..sparse.csr import check_tensor as _tensor
 
 __all__ = ["select_smallest_cuda", "set_prune_cuda", "compact_cuda", "random_empty_cuda", "merge_cuda",
-           "remap_index_cuda", "gather_or_zero_cuda", "coo_dot_cuda", "grad_topk_cuda", "scatter_csr_cuda",
-           "gather_csr_cuda", "OPS"]
+           "remap_index_cuda", "gather_or_zero_cuda", "coo_dot_cuda", "grad_topk_cuda", "OPS"]
 
 _FLOATS = (torch.float32, torch.float64)
 _INT32_MAX = 2**31 - 1
@@ -394,41 +390,9 @@ def grad_topk_cuda(row_ptr, col_idx, G, X, k: int, tile_rows: int, tile_cols: in
     return r, (key - r * cols).to(torch.int32), grad
 
 
-# ----------------------------------------------------------------------- CSR <-> dense
-def _csr_dense_positions(row_ptr, col_idx, dense):
-    """(rows, cols) int64 of the stored entries, after the checks of the CPU kernels."""
-    _check_csr(row_ptr, col_idx)
-    if _tensor(dense, "dense").dim() != 2 or dense.shape[0] != row_ptr.numel() - 1:
-        raise ValueError(f"dense must be 2-D with rows={row_ptr.numel() - 1} rows, got shape {tuple(dense.shape)}")
-    _same_device(row_ptr=row_ptr, col_idx=col_idx, dense=dense)
-    cols = col_idx.long()
-    if cols.numel() and bool(((cols < 0) | (cols >= dense.shape[1])).any()):
-        raise ValueError(f"col_idx entries must be in [0, {dense.shape[1]}) (the columns of dense)")
-    rows = torch.repeat_interleave(torch.arange(dense.shape[0], device=dense.device), row_ptr.diff(),
-                                   output_size=cols.numel())
-    return rows, cols
-
-
-def scatter_csr_cuda(row_ptr, col_idx, values, dense) -> None:
-    """dense[r, c] = values[k] for every stored entry k at (r, c); dense's other entries are kept."""
-    rows, cols = _csr_dense_positions(row_ptr, col_idx, dense)
-    if _tensor(values, "values").dim() != 1 or values.numel() != cols.numel():
-        raise ValueError(f"values must be 1-D with nnz={cols.numel()} entries, got shape {tuple(values.shape)}")
-    if values.dtype != dense.dtype:
-        raise TypeError(f"values must have dense's dtype {dense.dtype}, got {values.dtype}")
-    _same_device(values=values, dense=dense)
-    dense[rows, cols] = values
-
-
-def gather_csr_cuda(row_ptr, col_idx, dense) -> torch.Tensor:
-    """out[k] = dense[r, c] for every stored entry k at (r, c)."""
-    rows, cols = _csr_dense_positions(row_ptr, col_idx, dense)
-    return dense[rows, cols]
-
-
 # ----------------------------------------------------------------------- by operator
 #: The kernels by operator name (``torch.ops.sparse_engine.<name>``); :mod:`sparse_engine.kernels.library`
 #: registers them as the operators' CUDA kernels.
 OPS = {f.__name__.removesuffix("_cuda"): f for f in (
     select_smallest_cuda, set_prune_cuda, compact_cuda, random_empty_cuda, merge_cuda, remap_index_cuda,
-    gather_or_zero_cuda, coo_dot_cuda, grad_topk_cuda, scatter_csr_cuda, gather_csr_cuda)}
+    gather_or_zero_cuda, coo_dot_cuda, grad_topk_cuda)}
