@@ -335,16 +335,24 @@ def test_tensors_on_two_devices_are_refused():
 
 
 # ------------------------------------------------------------------ registration
-def test_registered_as_the_cuda_kernels_on_any_torch():
+def test_registered_as_the_kernels_of_every_device_but_the_cpu():
+    """The Python kernels are the operators' CUDA kernels on any torch and, under
+    CompositeExplicitAutograd, the one fallback of every other device without a kernel of its own
+    (the CPU keeps its C++ kernels), so the operator is the only way to call them."""
     for name, fn in {**topology_cuda.OPS, **densify_cuda.OPS}.items():
         assert has_kernel(name, "cuda") and has_kernel(name, "cpu"), name
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"sparse_engine::{name}", "CompositeExplicitAutograd")
         assert fn.__name__ == f"{name}_cuda"  # the twin of <op>_cpu in csrc/cpu/<family>_cpu.cpp
     assert set(topology_cuda.OPS) == {"select_smallest", "set_prune", "compact", "random_empty", "merge",
                                       "remap_index", "gather_or_zero", "coo_dot", "grad_topk"}
     assert set(densify_cuda.OPS) == {"scatter_csr", "gather_csr"}
-    assert topology._ops_for(torch.device("cuda")) is ops and topology._ops_for(torch.device("cpu")) is ops
-    # other devices: the generic functions directly
-    assert vars(topology._ops_for(torch.device("meta"))) == topology_cuda.OPS
+    assert not torch._C._dispatch_has_kernel_for_dispatch_key("sparse_engine::spmm", "CompositeExplicitAutograd")
+    # a device without a kernel of its own (meta; remap_index has no fake kernel) runs the Python one
+    e = torch.empty(0, dtype=torch.int64, device="meta")
+    out = ops.remap_index(e, e, 5)
+    assert out.device.type == "meta" and out.shape == (5,) and out.dtype == torch.int64
+    with pytest.raises(TypeError, match="int64"):  # with its checks
+        ops.remap_index(e, torch.empty(0, dtype=torch.int32, device="meta"), 5)
 
 
 def test_old_module_name_still_imports():
@@ -418,8 +426,7 @@ def test_controllers_through_the_generic_ops(monkeypatch, name):
             check_invariants(w)
 
     ref = state_of(*train(name)[:2])
-    monkeypatch.setattr(topology, "_ops", tt)
-    assert topology._ops_for(torch.device("cpu")) is tt
+    monkeypatch.setattr(topology, "_ops", tt)  # the one place the training code calls the operators from
     model, opt, ctl = train(name, on_update=check)
     assert updates
     got = state_of(model, opt)

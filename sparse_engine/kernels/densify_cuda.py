@@ -1,8 +1,9 @@
 """The CUDA kernels of the densify family's ``scatter_csr`` and ``gather_csr``, written with
 PyTorch's own tensor primitives: ``<op>_cuda`` here is the twin of ``<op>_cpu`` in
 ``csrc/cpu/densify_cpu.cpp``. :mod:`sparse_engine.kernels.library` registers them (:data:`OPS`)
-as those operators' CUDA kernels, as it does the topology kernels of
-:mod:`sparse_engine.kernels.topology_cuda` (whose module docstring says why torch primitives). The family's other operators (the pattern as bits) are CPU-only: on other
+as those operators' kernels on CUDA and on every other device without one, as it does the
+topology kernels of :mod:`sparse_engine.kernels.topology_cuda` (whose module docstring says why
+torch primitives). The family's other operators (the pattern as bits) are CPU-only: on other
 devices the dense-compute path (``sparse_engine.nn.compute``) uses these two.
 
 They run at every forward of a module on the dense-compute path (``compute='dense'`` on a GPU):

@@ -7,9 +7,10 @@ the compiled library, so importing any part of the package makes every operator 
 (eager, autograd, autocast, ``torch.compile``). The sections below follow the op families of
 ``csrc/ops.cpp``; ``docs/architecture.md`` says where each family's kernels are. The CUDA
 topology kernels (and scatter_csr/gather_csr's) are the Python functions ``<op>_cuda`` of
-:mod:`sparse_engine.kernels.topology_cuda` (and ``densify_cuda``), registered here. "here": what this module registers
-(fake: the output shapes, for FakeTensor / ``torch.compile``; ops without one have
-data-dependent output sizes and run outside compiled graphs). ``tests/test_op_registry.py``
+:mod:`sparse_engine.kernels.topology_cuda` (and ``densify_cuda``), registered here by
+``_python_kernels`` for CUDA and as the fallback of every other device ("CUDA kernel").
+"here": what this module registers (fake: the output shapes, for FakeTensor / ``torch.compile``;
+ops without one have data-dependent output sizes and run outside compiled graphs). ``tests/test_op_registry.py``
 checks this table against the schemas and the registrations.
 
 op                       here
@@ -222,10 +223,14 @@ def _coo_dot_fake(rows, cols, G, X):
 def _python_kernels(ops: dict) -> None:
     """Registers the kernels written with torch primitives (``ops``: name -> function) as the
     operators' CUDA kernels (on any torch build, so a CUDA torch picks them up; a compiled CUDA
-    kernel would be kept)."""
+    kernel would be kept) and, under CompositeExplicitAutograd, as the one fallback for every
+    other device without a kernel of its own (XPU, MPS, ...; the CPU keeps its C++ kernels). So
+    ``torch.ops.sparse_engine.<op>`` runs on any device and no caller picks an implementation."""
     for name, kernel in ops.items():
         if not has_kernel(name, "cuda"):
             _LIB.impl(name, kernel, "CUDA")
+        _LIB.impl(name, kernel, "CompositeExplicitAutograd")
+
 
 
 _python_kernels(topology_cuda.OPS)
@@ -257,7 +262,7 @@ def _gather_csr_fake(row_ptr, col_idx, dense):
     return dense.new_empty((col_idx.shape[0],))
 
 
-_python_kernels(densify_cuda.OPS)  # scatter_csr, gather_csr: the dense path on CUDA
+_python_kernels(densify_cuda.OPS)  # scatter_csr, gather_csr: the dense path on every device but the CPU
 
 
 # ------------------------------------------------------------------------- dense_rnn

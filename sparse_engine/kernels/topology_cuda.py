@@ -3,10 +3,10 @@
 CPU kernel) for ``sparse_engine::select_smallest``, ``set_prune``, ``compact``,
 ``random_empty``, ``merge``, ``remap_index``, ``gather_or_zero``, ``coo_dot`` and ``grad_topk``
 (``scatter_csr``/``gather_csr``'s are in :mod:`sparse_engine.kernels.densify_cuda`).
-:mod:`sparse_engine.kernels.library` registers them as those operators' CUDA kernels (:data:`OPS`).
-Nothing here is CUDA-specific: the functions run on tensors of any device (the tests run them
-on the CPU; :mod:`sparse_engine.training.topology` calls them directly on devices that have no
-kernel registered).
+:mod:`sparse_engine.kernels.library` registers them (:data:`OPS`) as those operators' kernels on
+CUDA and on every other device that has none of its own (the CPU keeps its C++ kernels), so
+``torch.ops.sparse_engine.<op>`` is the one way to call them. Nothing here is CUDA-specific: the
+functions run on tensors of any device (the tests run them on the CPU).
 
 Why torch primitives instead of hand-written CUDA kernels: a topology update is a handful of
 sorts, scans and gathers over nnz-long arrays, run once per epoch (or every k steps). On a GPU
@@ -392,7 +392,7 @@ def grad_topk_cuda(row_ptr, col_idx, G, X, k: int, tile_rows: int, tile_cols: in
 
 # ----------------------------------------------------------------------- by operator
 #: The kernels by operator name (``torch.ops.sparse_engine.<name>``); :mod:`sparse_engine.kernels.library`
-#: registers them as the operators' CUDA kernels.
+#: registers them as the operators' kernels on every device but the CPU.
 OPS = {f.__name__.removesuffix("_cuda"): f for f in (
     select_smallest_cuda, set_prune_cuda, compact_cuda, random_empty_cuda, merge_cuda, remap_index_cuda,
     gather_or_zero_cuda, coo_dot_cuda, grad_topk_cuda)}

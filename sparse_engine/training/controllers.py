@@ -36,7 +36,7 @@ from ..sparse import SparseWeight
 from .density import sparse_weights
 from .grad_factors import GradFactorRecorder
 from .schedules import cosine_decay, cubic_density, narang_threshold
-from .topology import (INIT_CHOICES, Remap, _ops_for, _widened, global_magnitude_keep, gradient_growth, magnitude_keep,
+from .topology import (INIT_CHOICES, Remap, _compacted, global_magnitude_keep, gradient_growth, magnitude_keep,
                        random_empty, rewire, set_keep, threshold_keep)
 
 __all__ = ["TopologyController", "SET", "RigL", "GradualMagnitudePruning", "DeepR"]
@@ -599,9 +599,3 @@ class DeepR(TopologyController):
         s = remap.apply(self.sign[name])
         s[remap.new] = self._pending_sign.to(s.device)
         self.sign[name] = s
-
-
-def _compacted(w: SparseWeight, keep: torch.Tensor):
-    rp, ci, _, _ = _ops_for(w.values.device).compact(w.row_ptr, w.col_idx, _widened(w.values),
-                                                     keep.to(w.values.device))
-    return rp, ci

@@ -15,7 +15,7 @@ import torch
 
 from .controllers import Callback, TopologyController
 from .schedules import cosine_decay
-from .topology import Remap, magnitude_keep, threshold_keep
+from .topology import Remap, _compacted, magnitude_keep, threshold_keep
 
 __all__ = ["SelfishRNN", "SparseNTASGD", "redistribute", "selfish_set_keep"]
 
@@ -402,8 +402,6 @@ class SelfishRNN(TopologyController):
 def _regrown_in_place(w, keep: torch.Tensor, grow):
     """(keep, grow) with the positions ``grow`` picks among the just-pruned ones kept instead:
     their weights keep value and state, as in the masked-dense code."""
-    from .controllers import _compacted
-
     rows, cols = w.shape
     nr, nc = grow(*_compacted(w, keep))[:2]
     row, col, _ = w.coo()

@@ -9,7 +9,9 @@ every per-entry tensor (optimizer state, gradient, controller state). All steps 
 ``csrc/cpu/topology_cpu.cpp`` for CPU tensors; on a CUDA device the same operators run the
 kernels written with torch primitives in :mod:`sparse_engine.kernels.topology_cuda` (cub sorts
 and scans), so a CUDA weight is updated where it lives and no nnz-long array goes through the
-host. Tensors on any other device call those functions directly. Random initial values of new
+host; on any other device those kernels too (the documented fallback of
+:mod:`sparse_engine.kernels.library`). Every call is ``torch.ops.sparse_engine.<op>``: the
+dispatcher picks the kernel. Random initial values of new
 weights are drawn by the caller's generator (a CPU one in the controllers, so CPU and CUDA runs
 draw the same numbers) and copied to the device once (n numbers; "zero", the default, is made
 on the device).
@@ -21,25 +23,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Callable, Sequence
 
 import torch
 
 from .. import kernels  # noqa: F401  (loads the compiled operators)
-from ..kernels import topology_cuda
 from ..sparse import SparseWeight
 
 _ops = torch.ops.sparse_engine
-#: The torch-primitive kernels by operator name, for devices the dispatcher has no kernel for.
-_GENERIC = SimpleNamespace(**topology_cuda.OPS)
-
-
-def _ops_for(device: torch.device):
-    """The topology operators for tensors on ``device``: the dispatcher's (the C++ kernels on the
-    CPU, :mod:`sparse_engine.kernels.topology_cuda` on CUDA), or on another device (none is
-    registered there) those torch-primitive kernels called directly."""
-    return _ops if device.type in ("cpu", "cuda") else _GENERIC
 
 __all__ = [
     "Remap", "magnitude_keep", "global_magnitude_keep", "set_keep", "threshold_keep",
@@ -77,14 +68,14 @@ class Remap:
     def origin(self) -> torch.Tensor:
         """origin[p]: old position of the entry now at p, -1 for a new entry (computed once)."""
         if getattr(self, "_origin", None) is None:
-            self._origin = _ops_for(self.src.device).remap_index(self.src, self.dst, self.new_nnz)
+            self._origin = _ops.remap_index(self.src, self.dst, self.new_nnz)
         return self._origin
 
     def apply(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` (first dimension old_nnz, any dtype) in the new order; zero for new entries."""
         if t.dim() < 1 or t.shape[0] != self.old_nnz:
             raise ValueError(f"tensor must have first dimension old_nnz={self.old_nnz}, got {tuple(t.shape)}")
-        return _ops_for(t.device).gather_or_zero(t, self.origin().to(t.device))
+        return _ops.gather_or_zero(t, self.origin().to(t.device))
 
 
 # ----------------------------------------------------------------------- pruning
@@ -109,7 +100,7 @@ def magnitude_keep(values: torch.Tensor, n_prune: int) -> torch.Tensor:
     v = _check_values(values)
     if not 0 <= n_prune <= v.numel():
         raise ValueError(f"n_prune must be in [0, nnz={v.numel()}], got {n_prune}")
-    return ~_ops_for(v.device).select_smallest(v.abs(), int(n_prune))
+    return ~_ops.select_smallest(v.abs(), int(n_prune))
 
 
 def global_magnitude_keep(values: Sequence[torch.Tensor], n_prune: int) -> list[torch.Tensor]:
@@ -120,7 +111,7 @@ def global_magnitude_keep(values: Sequence[torch.Tensor], n_prune: int) -> list[
     mags = torch.cat([v.abs().double().to(dev) for v in vs]) if vs else torch.empty(0, dtype=torch.float64)
     if not 0 <= n_prune <= mags.numel():
         raise ValueError(f"n_prune must be in [0, total nnz={mags.numel()}], got {n_prune}")
-    keep = ~_ops_for(dev).select_smallest(mags, int(n_prune))
+    keep = ~_ops.select_smallest(mags, int(n_prune))
     return [k.to(v.device) for k, v in zip(torch.split(keep, [v.numel() for v in vs]), vs)]
 
 
@@ -132,7 +123,7 @@ def set_keep(values: torch.Tensor, zeta: float) -> torch.Tensor:
     v = _check_values(values)
     if not 0.0 <= zeta <= 1.0:
         raise ValueError(f"zeta must be in [0, 1], got {zeta}")
-    return _ops_for(v.device).set_prune(v, float(zeta))
+    return _ops.set_prune(v, float(zeta))
 
 
 def threshold_keep(values: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -151,7 +142,7 @@ def random_empty(row_ptr: torch.Tensor, col_idx: torch.Tensor, n_cols: int, n: i
     On another device: uniform ranks among the empty positions from that device's generator
     seeded with ``seed`` (see :func:`sparse_engine.kernels.topology_cuda.random_empty_cuda`;
     other positions than the CPU for the same seed, same distribution)."""
-    return _ops_for(row_ptr.device).random_empty(row_ptr, col_idx, int(n_cols), int(n), int(seed))
+    return _ops.random_empty(row_ptr, col_idx, int(n_cols), int(n), int(seed))
 
 
 def gradient_growth(row_ptr: torch.Tensor, col_idx: torch.Tensor, G: torch.Tensor, X: torch.Tensor, k: int,
@@ -184,7 +175,6 @@ def gradient_growth(row_ptr: torch.Tensor, col_idx: torch.Tensor, G: torch.Tenso
     rp, ci = row_ptr, col_idx
     G = _widened(G).to(rp.device)
     X = X.detach().to(rp.device, G.dtype)
-    ops = _ops_for(rp.device)
     empty = rows * cols - ci.numel()
     if not 0 <= k <= empty:
         raise ValueError(f"k must be in [0, {empty}] (the empty positions), got {k}")
@@ -199,15 +189,15 @@ def gradient_growth(row_ptr: torch.Tensor, col_idx: torch.Tensor, G: torch.Tenso
         if tile_rows is None:
             tile_rows = 256 if cpu else max(256, tile_elems // max(cols, 1))
         tile_cols = max(1, tile_elems // tile_rows)
-        return ops.grad_topk(rp, ci, G, X, int(k), int(tile_rows), int(tile_cols))
+        return _ops.grad_topk(rp, ci, G, X, int(k), int(tile_rows), int(tile_cols))
     if not (isinstance(sample_factor, int) and sample_factor >= 1):
         raise ValueError(f"sample_factor must be an int >= 1, got {sample_factor!r}")
     n_cand = int(min(empty, sample_factor * k))
     cr, cc = random_empty(rp, ci, cols, n_cand, seed)
-    grads = ops.coo_dot(cr, cc, G, X)
+    grads = _ops.coo_dot(cr, cc, G, X)
     if reduce_grads is not None:
         grads = reduce_grads(grads)
-    pick = ops.select_smallest(-grads.abs(), int(k))
+    pick = _ops.select_smallest(-grads.abs(), int(k))
     return cr[pick], cc[pick], grads[pick]
 
 
@@ -259,10 +249,9 @@ def rewire(weight: SparseWeight, keep: torch.Tensor, grow: GrowFn | None = None,
     if not isinstance(keep, torch.Tensor) or keep.dtype != torch.bool or keep.shape != (weight.nnz,):
         raise ValueError(f"keep must be a bool tensor of shape (nnz={weight.nnz},)")
     device = weight.values.device
-    ops = _ops_for(device)
     rows, cols = weight.shape
     old_nnz = weight.nnz
-    rp, ci, v, kept = ops.compact(weight.row_ptr, weight.col_idx, _widened(weight.values), keep.to(device))
+    rp, ci, v, kept = _ops.compact(weight.row_ptr, weight.col_idx, _widened(weight.values), keep.to(device))
     if grow is None:
         nr = torch.empty(0, dtype=torch.int64, device=device)
         nc = torch.empty(0, dtype=torch.int32, device=device)
@@ -277,7 +266,7 @@ def rewire(weight: SparseWeight, keep: torch.Tensor, grow: GrowFn | None = None,
         nv = values.detach().to(device, v.dtype)
         if nv.shape != (n,):
             raise ValueError(f"values must have one entry per new position ({n}), got {tuple(nv.shape)}")
-    rp, ci, v, old_pos, new_pos = ops.merge(rp, ci, v, cols, nr.to(device), nc.to(device), nv)
+    rp, ci, v, old_pos, new_pos = _ops.merge(rp, ci, v, cols, nr.to(device), nc.to(device), nv)
     weight.set_pattern(rp, ci, v.to(weight.values.dtype), validate=False)
     remap = Remap(src=kept, dst=old_pos, new=new_pos, old_nnz=old_nnz, new_nnz=v.numel())
     if weight.values.grad is not None:
@@ -285,6 +274,13 @@ def rewire(weight: SparseWeight, keep: torch.Tensor, grow: GrowFn | None = None,
     if optimizer is not None:
         remap_optimizer_state(optimizer, weight.values, remap)
     return remap
+
+
+def _compacted(weight: SparseWeight, keep: torch.Tensor):
+    """(row_ptr, col_idx) of ``weight`` without the entries where ``keep`` is False."""
+    rp, ci, _, _ = _ops.compact(weight.row_ptr, weight.col_idx, _widened(weight.values),
+                                keep.to(weight.values.device))
+    return rp, ci
 
 
 class _Probe:
