@@ -41,6 +41,7 @@ remap_index              CUDA kernel
 gather_or_zero           fake, CUDA kernel
 coo_dot                  fake, CUDA kernel
 grad_topk                CUDA kernel
+rewire                   CUDA kernel
 [densify] CPU csrc/cpu/densify_cpu.cpp, CUDA sparse_engine/kernels/densify_cuda.py for scatter_csr/gather_csr
 pattern_bits             fake
 expand_bits              fake
@@ -199,7 +200,7 @@ def _ctrnn_step_backward_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, valu
 
 
 # -------------------------------------------------------------------------- topology
-# compact, random_empty, merge, remap_index and grad_topk have data-dependent sizes (no fake).
+# compact, random_empty, merge, remap_index, grad_topk and rewire have data-dependent sizes (no fake).
 @_fake("sparse_engine::select_smallest")
 def _select_smallest_fake(scores, k):
     return scores.new_empty(scores.shape, dtype=torch.bool)
@@ -230,7 +231,6 @@ def _python_kernels(ops: dict) -> None:
         if not has_kernel(name, "cuda"):
             _LIB.impl(name, kernel, "CUDA")
         _LIB.impl(name, kernel, "CompositeExplicitAutograd")
-
 
 
 _python_kernels(topology_cuda.OPS)

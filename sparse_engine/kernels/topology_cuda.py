@@ -1,8 +1,8 @@
 """The CUDA kernels of the topology operators, written with PyTorch's own tensor primitives:
 ``<op>_cuda`` here is the twin of ``<op>_cpu`` in ``csrc/cpu/topology_cpu.cpp`` (the OpenMP C++
 CPU kernel) for ``sparse_engine::select_smallest``, ``set_prune``, ``compact``,
-``random_empty``, ``merge``, ``remap_index``, ``gather_or_zero``, ``coo_dot`` and ``grad_topk``
-(``scatter_csr``/``gather_csr``'s are in :mod:`sparse_engine.kernels.densify_cuda`).
+``random_empty``, ``merge``, ``remap_index``, ``gather_or_zero``, ``coo_dot``, ``grad_topk`` and
+``rewire`` (the steps of one update chained in one call).
 :mod:`sparse_engine.kernels.library` registers them (:data:`OPS`) as those operators' kernels on
 CUDA and on every other device that has none of its own (the CPU keeps its C++ kernels), so
 ``torch.ops.sparse_engine.<op>`` is the one way to call them. Nothing here is CUDA-specific: the
@@ -37,7 +37,7 @@ from ..sparse.csr import check_same_device as _same_device
 from ..sparse.csr import check_tensor as _tensor
 
 __all__ = ["select_smallest_cuda", "set_prune_cuda", "compact_cuda", "random_empty_cuda", "merge_cuda",
-           "remap_index_cuda", "gather_or_zero_cuda", "coo_dot_cuda", "grad_topk_cuda", "OPS"]
+           "remap_index_cuda", "gather_or_zero_cuda", "coo_dot_cuda", "grad_topk_cuda", "rewire_cuda", "OPS"]
 
 _FLOATS = (torch.float32, torch.float64)
 _INT32_MAX = 2**31 - 1
@@ -390,9 +390,70 @@ def grad_topk_cuda(row_ptr, col_idx, G, X, k: int, tile_rows: int, tile_cols: in
     return r, (key - r * cols).to(torch.int32), grad
 
 
+# ----------------------------------------------------------------------- one update
+def _grow(row_ptr, col_idx, n_cols, grow_row, grow_col, G, X, n, seed, tile_rows, tile_cols, sample_factor):
+    """The growth of :func:`rewire_cuda` on the compacted pattern (see the CPU kernel's)."""
+    given, by_gradient = grow_row is not None or grow_col is not None, G is not None or X is not None
+    if given and by_gradient:
+        raise ValueError("give the positions (grow_row, grow_col) or the factors (G, X), not both")
+    if given:
+        if grow_row is None or grow_col is None:
+            raise ValueError("grow_row and grow_col must be given together")
+        _dtype(grow_row, "grow_row", torch.int64)
+        _dtype(grow_col, "grow_col", torch.int32)
+        if not (grow_row.dim() == 1 and grow_col.dim() == 1 and grow_row.numel() == grow_col.numel()):
+            raise ValueError("grow_row and grow_col must be 1-D of the same length")
+        return grow_row, grow_col
+    if not by_gradient:
+        return random_empty_cuda(row_ptr, col_idx, n_cols, n, seed)
+    if G is None or X is None:
+        raise ValueError("G and X must be given together")
+    if _tensor(X, "X").dim() != 2 or X.shape[0] != n_cols:
+        raise ValueError(f"X must be 2-D with n_cols={n_cols} rows, got shape {list(X.shape)}")
+    if sample_factor == 0:
+        return grad_topk_cuda(row_ptr, col_idx, G, X, n, tile_rows, tile_cols)[:2]
+    if sample_factor < 0:
+        raise ValueError(f"sample_factor must be >= 0 (0: exact growth), got {sample_factor}")
+    empty = (row_ptr.numel() - 1) * n_cols - col_idx.numel()
+    if not 0 <= n <= empty:
+        raise ValueError(f"k must be in [0, {empty}] (the empty positions), got {n}")
+    cr, cc = random_empty_cuda(row_ptr, col_idx, n_cols, min(empty, sample_factor * n), seed)
+    pick = select_smallest_cuda(coo_dot_cuda(cr, cc, G, X).abs().neg(), n)
+    return cr[pick], cc[pick]
+
+
+def rewire_cuda(row_ptr, col_idx, values, n_cols: int, keep, grow_row, grow_col, G, X, n_grow: int, seed: int,
+                tile_rows: int, tile_cols: int, sample_factor: int, keep_regrown: bool, carry):
+    """One update of a layer: compact, grow (given positions, by gradient, or random), merge with new
+    values 0, and every tensor of ``carry`` in the new order: (row_ptr, col_idx, values, src, dst,
+    new_pos, new_row, new_col, carried). With ``keep_regrown`` a pruned entry whose position is grown
+    again stays (value and state)."""
+    if not 0 <= n_cols <= _INT32_MAX:
+        raise ValueError(f"n_cols must be in [0, 2^31), got {n_cols}")
+    for i, t in enumerate(carry):
+        if t.dim() < 1 or t.shape[0] != col_idx.numel():
+            raise ValueError(f"carry[{i}] must have first dimension nnz={col_idx.numel()}, got shape {list(t.shape)}")
+    rp, ci, v, kept = compact_cuda(row_ptr, col_idx, values, keep)
+    nr, nc = _grow(rp, ci, n_cols, grow_row, grow_col, G, X, n_grow, seed, tile_rows, tile_cols, sample_factor)
+    if keep_regrown and nr.numel():
+        keys = _keys(row_ptr, col_idx, n_cols)
+        new_keys = nr * n_cols + nc.long()
+        back = ~keep & torch.isin(keys, new_keys)
+        if bool(back.any()):
+            fresh = ~torch.isin(new_keys, keys[back])
+            rp, ci, v, kept = compact_cuda(row_ptr, col_idx, values, keep | back)
+            nr, nc = nr[fresh], nc[fresh]
+    rp, ci, v, old_pos, new_pos = merge_cuda(rp, ci, v, n_cols, nr, nc, v.new_zeros(nr.numel()))
+    carried = []
+    if len(carry):
+        origin = remap_index_cuda(kept, old_pos, v.numel())
+        carried = [gather_or_zero_cuda(t, origin) for t in carry]
+    return rp, ci, v, kept, old_pos, new_pos, nr, nc, carried
+
+
 # ----------------------------------------------------------------------- by operator
 #: The kernels by operator name (``torch.ops.sparse_engine.<name>``); :mod:`sparse_engine.kernels.library`
 #: registers them as the operators' kernels on every device but the CPU.
 OPS = {f.__name__.removesuffix("_cuda"): f for f in (
     select_smallest_cuda, set_prune_cuda, compact_cuda, random_empty_cuda, merge_cuda, remap_index_cuda,
-    gather_or_zero_cuda, coo_dot_cuda, grad_topk_cuda)}
+    gather_or_zero_cuda, coo_dot_cuda, grad_topk_cuda, rewire_cuda)}
