@@ -7,10 +7,10 @@
 //   sddmm      sddmm                                 sddmm_cpu.cpp      sddmm_cuda.cu     + sddmm_glue.cpp
 //   transpose  transpose_index                       transpose_cpu.cpp  transpose_cuda.cu + transpose_glue.cpp
 //   rnn_step   {lstm,gru,rnn,ctrnn}_step(_backward)  rnn_step_cpu.cpp   rnn_step_cuda.cu  + rnn_step_glue.cpp
-//   topology   select_smallest ... gather_csr        topology_cpu.cpp   none: torch primitives in
+//   topology   select_smallest ... rewire            topology_cpu.cpp   none: torch primitives in
 //                                                                       sparse_engine/kernels/topology_cuda.py
-//   densify    pattern_bits ... same_bytes           densify_cpu.cpp    none (CPU only; on CUDA the dense
-//                                                                       path uses scatter_csr/gather_csr)
+//   densify    pattern_bits ... gather_csr           densify_cpu.cpp    scatter_csr/gather_csr: torch primitives
+//                                                                       in sparse_engine/kernels/densify_cuda.py
 //   dense_rnn  gru_sequence(_backward)               dense_rnn_cpu.cpp  none (CPU only; on CUDA the dense
 //                                                                       path runs torch's GRU)
 //   analysis   signed_triad_census, ...              analysis_cpu.cpp   none (CPU only)
@@ -94,10 +94,17 @@ TORCH_LIBRARY(sparse_engine, m) {
   // top-k |G X^T| at empty positions, tile by tile: (rows int64, cols int32, grads)
   m.def("grad_topk(Tensor row_ptr, Tensor col_idx, Tensor G, Tensor X, int k, int tile_rows, int tile_cols) "
         "-> (Tensor, Tensor, Tensor)");
-  // dense[r, c] = values[k] for every stored entry k at (r, c); dense's other entries are left as they are
-  m.def("scatter_csr(Tensor row_ptr, Tensor col_idx, Tensor values, Tensor(a!) dense) -> ()");
-  // out[k] = dense[r, c] for every stored entry k at (r, c)
-  m.def("gather_csr(Tensor row_ptr, Tensor col_idx, Tensor dense) -> Tensor");
+  // One update of a layer in one call: compact (drop where keep is False) -> grow at empty positions
+  // of the compacted pattern: at (grow_row, grow_col) when given, else n_grow by |G X^T| when G and X
+  // are given (grad_topk with sample_factor 0, else the best of sample_factor * n_grow random
+  // candidates drawn with seed), else n_grow random ones (seed) -> merge (new values 0; keep_regrown:
+  // a pruned entry grown again stays as it was) -> carry's per-entry tensors in the new order.
+  // Returns (row_ptr, col_idx, values, src, dst, new_pos, new_row, new_col, carried): entry src[j]
+  // is now at dst[j]; the new entry at (new_row[j], new_col[j]) is at new_pos[j].
+  m.def("rewire(Tensor row_ptr, Tensor col_idx, Tensor values, int n_cols, Tensor keep, Tensor? grow_row, "
+        "Tensor? grow_col, Tensor? G, Tensor? X, int n_grow, int seed, int tile_rows, int tile_cols, "
+        "int sample_factor, bool keep_regrown, Tensor[] carry) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor[])");
 
   // ---------------------------------------------------------------- densify
   // The CSR pattern as bits, int16 [rows, ceil(n_cols / 16)]: bit b of word j of row r set iff (r, 16 j + b) is stored
@@ -108,6 +115,10 @@ TORCH_LIBRARY(sparse_engine, m) {
   m.def("compress_bits(Tensor row_ptr, Tensor bits, Tensor dense) -> Tensor");
   // whether a and b have the same dtype and shape and hold the same bytes
   m.def("same_bytes(Tensor a, Tensor b) -> bool");
+  // dense[r, c] = values[k] for every stored entry k at (r, c); dense's other entries are left as they are
+  m.def("scatter_csr(Tensor row_ptr, Tensor col_idx, Tensor values, Tensor(a!) dense) -> ()");
+  // out[k] = dense[r, c] for every stored entry k at (r, c)
+  m.def("gather_csr(Tensor row_ptr, Tensor col_idx, Tensor dense) -> Tensor");
 
   // ---------------------------------------------------------------- dense_rnn
   // A GRU layer-direction over a whole sequence with a dense W_hh, time- and batch-major: from

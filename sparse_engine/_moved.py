@@ -13,7 +13,7 @@ import importlib.abc
 import importlib.util
 import warnings
 
-#: old module (under sparse_engine) -> its home now
+#: old module (under sparse_engine, dotted below a subpackage) -> its home now
 MOVED = {
     "_ext": "kernels",
     "library": "kernels.library",
@@ -24,6 +24,8 @@ MOVED = {
     "resume": "io.resume",
     "serialization": "io.serialization",
     "export": "io.export",
+    "training.selfish": "training.controllers.selfish",
+    "training.set_mlp": "training.controllers.set_mlp",
 }
 _PACKAGE = __name__.rpartition(".")[0]
 
@@ -51,8 +53,8 @@ class MovedFinder(importlib.abc.MetaPathFinder):
     """Finds ``sparse_engine.<old>`` for every old name in :data:`MOVED`."""
 
     def find_spec(self, fullname, path=None, target=None):
-        package, _, old = fullname.rpartition(".")
-        if package != _PACKAGE or old not in MOVED:
+        old = fullname.removeprefix(_PACKAGE + ".")
+        if old == fullname or old not in MOVED:
             return None
         return importlib.util.spec_from_loader(fullname, _Loader(old))
 

@@ -16,12 +16,12 @@ from torch import nn
 from sparse_engine import SparseWeight
 from sparse_engine.nn import SparseLinear
 from sparse_engine.training import SET, DeepR, GradualMagnitudePruning, RigL, SelfishRNN, sparse_weights, topology
-from sparse_engine.kernels import has_kernel, topology_cuda
+from sparse_engine.kernels import densify_cuda, has_kernel, topology_cuda
 from sparse_engine.testing import num_threads, random_weight
 from _training_util import check_invariants, keys
 
 ops = torch.ops.sparse_engine
-tt = SimpleNamespace(**topology_cuda.OPS)  # the kernels by operator name, like ops
+tt = SimpleNamespace(**topology_cuda.OPS, **densify_cuda.OPS)  # the kernels by operator name, like ops
 
 
 def same(a, b):
@@ -85,6 +85,123 @@ def test_compact_merge_remap_equal_cpu_kernels(rng, rows, cols, density):
             for t in (v, v.float(), torch.randint(-9, 9, (w.nnz, 3), generator=rng), (v > 0).to(torch.int8),
                       v > 0, torch.randn(w.nnz, 2, 2, generator=rng)):
                 same(tt.gather_or_zero(t, origin), ops.gather_or_zero(t, origin))
+
+
+def keys_of(rp, ci, cols):
+    return (torch.repeat_interleave(torch.arange(rp.numel() - 1), rp.diff()) * cols + ci.long()).numpy()
+
+
+def rewire_args(rp, ci, v, cols, keep, given=None, G=None, X=None, n=0, seed=0, tiles=(0, 0), sample=0,
+                regrown=False, carry=()):
+    return (rp, ci, v, cols, keep, *(given or (None, None)), G, X, n, seed, *tiles, sample, regrown, list(carry))
+
+
+def composed_rewire(rp, ci, v, cols, keep, nr, nc, regrown, carry):
+    """The update as the separate operators compose it (compact, merge, remap) with the grown
+    positions known: the reference of the fused operator."""
+    if regrown:  # a pruned entry grown again stays
+        keys, new_keys = torch.from_numpy(keys_of(rp, ci, cols)), nr * cols + nc.long()
+        back = ~keep & torch.isin(keys, new_keys)
+        keep, fresh = keep | back, ~torch.isin(new_keys, keys[back])
+        nr, nc = nr[fresh], nc[fresh]
+    c = ops.compact(rp, ci, v, keep)
+    m = ops.merge(c[0], c[1], c[2], cols, nr, nc, torch.zeros(nr.numel(), dtype=v.dtype))
+    origin = ops.remap_index(c[3], m[3], m[1].numel())
+    return (*m[:3], c[3], m[3], m[4], nr, nc, [ops.gather_or_zero(t, origin) for t in carry])
+
+
+def same_rewire(a, b):
+    same(tuple(a[:8]), tuple(b[:8]))
+    assert len(a[8]) == len(b[8])
+    for x, y in zip(a[8], b[8]):
+        same(x, y)
+
+
+@pytest.mark.parametrize("rows,cols,density", SHAPES[:-1])
+def test_rewire_is_the_composed_update_and_equals_cpu_kernel(rng, rows, cols, density):
+    """The fused operator equals compact -> merge -> remap with the positions it grew, and the
+    Python kernel equals the C++ one bit for bit, for given positions (with and without keeping
+    the regrown entries) and exact gradient growth; random growth keeps the invariants."""
+    w = random_weight(rows, cols, density, empty_rows=(rows + 2) // 3, generator=rng)
+    rp, ci, v = w.row_ptr, w.col_idx, w.values.detach()
+    carry = (v * 3, torch.randint(-9, 9, (w.nnz, 3), generator=rng), (v > 0).to(torch.int8))
+    tiles = (7, 9)
+    for keep in (torch.rand(w.nnz, generator=rng) < 0.6, torch.ones(w.nnz, dtype=torch.bool),
+                 torch.zeros(w.nnz, dtype=torch.bool)):
+        c = ops.compact(rp, ci, v, keep)
+        empty = rows * cols - c[1].numel()
+        for n in sorted({0, min(1, empty), empty // 2, empty}):
+            given = ops.random_empty(c[0], c[1], cols, n, int(torch.randint(0, 2**40, (1,), generator=rng)))
+            for regrown in (False, True):
+                got = ops.rewire(*rewire_args(rp, ci, v, cols, keep, given, regrown=regrown, carry=carry))
+                same_rewire(got, composed_rewire(rp, ci, v, cols, keep, *given, regrown, carry))
+                same_rewire(tt.rewire(*rewire_args(rp, ci, v, cols, keep, given, regrown=regrown, carry=carry)), got)
+            G, X = torch.randn(rows, 3, generator=rng, dtype=v.dtype), torch.randn(cols, 3, generator=rng, dtype=v.dtype)
+            got = ops.rewire(*rewire_args(rp, ci, v, cols, keep, G=G, X=X, n=n, tiles=tiles, carry=carry))
+            top = ops.grad_topk(c[0], c[1], G, X, n, *tiles)[:2]
+            same_rewire(got, composed_rewire(rp, ci, v, cols, keep, *top, False, carry))
+            same_rewire(tt.rewire(*rewire_args(rp, ci, v, cols, keep, G=G, X=X, n=n, tiles=tiles, carry=carry)), got)
+            for impl in (ops, tt):  # random growth: n new entries at positions empty after the pruning
+                r = impl.rewire(*rewire_args(rp, ci, v, cols, keep, n=n, seed=5, carry=carry))
+                assert r[0][-1] == c[1].numel() + n and torch.equal(r[2][r[5]], torch.zeros(n, dtype=v.dtype))
+                assert not np.isin((r[6] * cols + r[7].long()).numpy(), (keys_of(c[0], c[1], cols))).any()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_rewire_of_a_large_layer_is_the_composed_update(rng, threads):
+    """Above the kernels' parallel threshold (600k entries), one and two threads: the fused
+    operator equals the composed update, a fifth of the grown positions just pruned."""
+    w = random_weight(1000, 1000, 0.6, generator=rng)
+    rp, ci, v = w.row_ptr, w.col_idx, w.values.detach()
+    keep = torch.rand(w.nnz, generator=rng) < 0.7
+    c = ops.compact(rp, ci, v, keep)
+    pruned = torch.nonzero(~keep).squeeze(1)[::5]
+    old = torch.from_numpy(keys_of(rp, ci, 1000))[pruned]
+    new = torch.from_numpy(np.setdiff1d(np.arange(10**6), keys_of(rp, ci, 1000)))[::7]
+    grown = torch.cat([old, new]).sort().values
+    given = (grown // 1000, (grown % 1000).int())
+    carry = (v, torch.randint(-9, 9, (w.nnz, 2), generator=rng))
+    with num_threads(threads):
+        for regrown in (False, True):
+            got = ops.rewire(*rewire_args(rp, ci, v, 1000, keep, given, regrown=regrown, carry=carry))
+            same_rewire(got, composed_rewire(rp, ci, v, 1000, keep, *given, regrown, carry))
+    assert got[6].numel() == new.numel() and c[1].numel() + old.numel() + new.numel() == got[1].numel()
+
+
+def test_rewire_sampled_gradient_growth_is_the_best_of_the_candidates(rng):
+    w = random_weight(30, 40, 0.1, generator=rng)
+    rp, ci, v = w.row_ptr, w.col_idx, w.values.detach().double()
+    G, X = torch.randn(30, 4, generator=rng, dtype=torch.float64), torch.randn(40, 4, generator=rng, dtype=torch.float64)
+    keep = torch.rand(w.nnz, generator=rng) < 0.7
+    c = ops.compact(rp, ci, v, keep)
+    empty = 30 * 40 - c[1].numel()
+    for impl in (ops, tt):
+        cr, cc = impl.random_empty(c[0], c[1], 40, min(empty, 3 * 25), 11)  # the candidates, as the op draws them
+        pick = ops.select_smallest(-ops.coo_dot(cr, cc, G, X).abs(), 25)
+        got = impl.rewire(*rewire_args(rp, ci, v, 40, keep, G=G, X=X, n=25, seed=11, sample=3))
+        assert torch.equal(got[6], cr[pick]) and torch.equal(got[7], cc[pick])
+
+
+def test_rewire_refuses_bad_input(rng):
+    w = random_weight(6, 5, 0.5, generator=rng)
+    rp, ci, v = w.row_ptr, w.col_idx, w.values.detach()
+    keep = torch.ones(w.nnz, dtype=torch.bool)
+    G, X = torch.randn(6, 2, generator=rng), torch.randn(5, 2, generator=rng)
+    r0, c0 = torch.tensor([0]), torch.tensor([0], dtype=torch.int32)
+    bad = [(dict(given=(r0, c0), G=G, X=X), ValueError, "not both"),
+           (dict(G=G), ValueError, "together"),
+           (dict(given=(r0, c0.long())), TypeError, "grow_col"),
+           (dict(G=G, X=X[:4], n=1), ValueError, "X must"),
+           (dict(G=G, X=X, n=1, sample=-1), ValueError, "sample_factor"),
+           (dict(G=G, X=X, n=99, sample=2), ValueError, "empty positions"),
+           (dict(n=99), ValueError, "empty positions"),
+           (dict(carry=(v[:-1],)), ValueError, "carry"),
+           (dict(given=(torch.tensor([1, 0]), torch.tensor([0, 0], dtype=torch.int32)), regrown=True), ValueError,
+            "sorted")]
+    for kw, exc, match in bad:
+        for impl in (ops, tt):
+            with pytest.raises(exc, match=match):
+                impl.rewire(*rewire_args(rp, ci, v, 5, keep, **kw))
 
 
 def test_gather_or_zero_edges(rng):
@@ -335,22 +452,30 @@ def test_tensors_on_two_devices_are_refused():
 
 
 # ------------------------------------------------------------------ registration
-def test_registered_as_the_cuda_kernels_on_any_torch():
-    for name, fn in topology_cuda.OPS.items():
+def test_registered_as_the_kernels_of_every_device_but_the_cpu():
+    """The Python kernels are the operators' CUDA kernels on any torch and, under
+    CompositeExplicitAutograd, the one fallback of every other device without a kernel of its own
+    (the CPU keeps its C++ kernels), so the operator is the only way to call them."""
+    for name, fn in {**topology_cuda.OPS, **densify_cuda.OPS}.items():
         assert has_kernel(name, "cuda") and has_kernel(name, "cpu"), name
-        assert fn.__name__ == f"{name}_cuda"  # the twin of <op>_cpu in csrc/cpu/topology_cpu.cpp
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"sparse_engine::{name}", "CompositeExplicitAutograd")
+        assert fn.__name__ == f"{name}_cuda"  # the twin of <op>_cpu in csrc/cpu/<family>_cpu.cpp
     assert set(topology_cuda.OPS) == {"select_smallest", "set_prune", "compact", "random_empty", "merge",
-                                      "remap_index", "gather_or_zero", "coo_dot", "grad_topk", "scatter_csr",
-                                      "gather_csr"}
-    assert topology._ops_for(torch.device("cuda")) is ops and topology._ops_for(torch.device("cpu")) is ops
-    # other devices: the generic functions directly
-    assert vars(topology._ops_for(torch.device("meta"))) == topology_cuda.OPS
+                                      "remap_index", "gather_or_zero", "coo_dot", "grad_topk", "rewire"}
+    assert set(densify_cuda.OPS) == {"scatter_csr", "gather_csr"}
+    assert not torch._C._dispatch_has_kernel_for_dispatch_key("sparse_engine::spmm", "CompositeExplicitAutograd")
+    # a device without a kernel of its own (meta; remap_index has no fake kernel) runs the Python one
+    e = torch.empty(0, dtype=torch.int64, device="meta")
+    out = ops.remap_index(e, e, 5)
+    assert out.device.type == "meta" and out.shape == (5,) and out.dtype == torch.int64
+    with pytest.raises(TypeError, match="int64"):  # with its checks
+        ops.remap_index(e, torch.empty(0, dtype=torch.int32, device="meta"), 5)
 
 
 def test_old_module_name_still_imports():
     from sparse_engine.training import topology_torch
 
-    for name, fn in topology_cuda.OPS.items():
+    for name, fn in {**topology_cuda.OPS, **densify_cuda.OPS}.items():
         assert getattr(topology_torch, name) is fn and getattr(topology_torch, f"{name}_cuda") is fn
     assert topology_torch.OPS is topology_cuda.OPS
 
@@ -418,8 +543,7 @@ def test_controllers_through_the_generic_ops(monkeypatch, name):
             check_invariants(w)
 
     ref = state_of(*train(name)[:2])
-    monkeypatch.setattr(topology, "_ops", tt)
-    assert topology._ops_for(torch.device("cpu")) is tt
+    monkeypatch.setattr(topology, "_ops", tt)  # the one place the training code calls the operators from
     model, opt, ctl = train(name, on_update=check)
     assert updates
     got = state_of(model, opt)

@@ -1,9 +1,10 @@
 """Every operator can be found by name in one hop (docs/architecture.md): its schema in
 csrc/ops.cpp under its family, its CPU kernel in csrc/cpu/<family>_cpu.cpp, its CUDA kernel in
-csrc/cuda/<family>_cuda.cu (+ <family>_glue.cpp) or, for the topology family, the Python
-function <op>_cuda of sparse_engine.kernels.topology_cuda, its fake kernel in
-sparse_engine/kernels/library.py, whose table lists what each op has, and its autograd formula
-(spmm, spmm_t and sddmm) in csrc/autograd.cpp."""
+csrc/cuda/<family>_cuda.cu (+ <family>_glue.cpp) or, for the topology family and the densify
+family's scatter_csr/gather_csr, the Python function <op>_cuda of
+sparse_engine.kernels.<family>_cuda, its fake kernel in sparse_engine/kernels/library.py, whose
+table lists what each op has, and its autograd formula (spmm, spmm_t and sddmm) in
+csrc/autograd.cpp."""
 from __future__ import annotations
 
 import re
@@ -14,14 +15,17 @@ import torch
 from torch._library import simple_registry
 
 import sparse_engine  # noqa: F401  (loads the library)
-from sparse_engine.kernels import library
-from sparse_engine.kernels import topology_cuda
+from sparse_engine.kernels import densify_cuda, library, topology_cuda
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
 OPS_CPP = (CSRC / "ops.cpp").read_text()
-PYTHON_CUDA = {"topology"}   # CUDA kernels written with torch primitives, in sparse_engine/kernels/
-CPU_ONLY = {"densify", "dense_rnn", "analysis", "mlp"}
+# CUDA kernels written with torch primitives, in sparse_engine/kernels/<family>_cuda.py, for every op
+# of the family but those that are CPU only (the pattern as bits: on CUDA the dense path uses the CSR)
+PYTHON_CUDA = {"topology": topology_cuda, "densify": densify_cuda}
+CPU_ONLY_OPS = {"pattern_bits", "expand_bits", "compress_bits", "same_bytes"}
+CPU_ONLY = {"dense_rnn", "analysis", "mlp"}
+PYTHON_CUDA_OPS = {op for module in PYTHON_CUDA.values() for op in module.OPS}
 
 
 def schemas_by_family() -> dict[str, list[str]]:
@@ -78,7 +82,8 @@ def test_the_loaded_library_is_exactly_the_schemas():
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_family_files_mirror_each_other(family):
     """cpu/<family>_cpu.cpp registers the family's CPU kernels; the CUDA kernels are
-    cuda/<family>_cuda.cu + <family>_glue.cpp, or Python <op>_cuda functions, or none (CPU only)."""
+    cuda/<family>_cuda.cu + <family>_glue.cpp, or Python <op>_cuda functions of
+    sparse_engine/kernels/<family>_cuda.py, or none (CPU only)."""
     cpu = CSRC / "cpu" / f"{family}_cpu.cpp"
     assert cpu.is_file(), cpu
     assert "TORCH_LIBRARY_IMPL(sparse_engine, CPU" in cpu.read_text() or "register_" in cpu.read_text()
@@ -87,9 +92,11 @@ def test_family_files_mirror_each_other(family):
     cu, glue = CSRC / "cuda" / f"{family}_cuda.cu", CSRC / "cuda" / f"{family}_glue.cpp"
     if family in PYTHON_CUDA:
         assert not cu.exists() and not glue.exists()
-        assert set(topology_cuda.OPS) == set(FAMILIES[family])
-        for op in FAMILIES[family]:
-            assert topology_cuda.OPS[op] is getattr(topology_cuda, f"{op}_cuda"), op
+        module = PYTHON_CUDA[family]
+        assert Path(module.__file__).name == f"{family}_cuda.py"
+        assert set(module.OPS) == set(FAMILIES[family]) - CPU_ONLY_OPS
+        for op in module.OPS:
+            assert module.OPS[op] is getattr(module, f"{op}_cuda"), op
     elif family in CPU_ONLY:
         assert not cu.exists() and not glue.exists()
     else:
@@ -97,7 +104,7 @@ def test_family_files_mirror_each_other(family):
         assert "CUDA" in glue.read_text()
     cpu_files = {p.stem.removesuffix("_cpu") for p in (CSRC / "cpu").glob("*_cpu.cpp")}
     cuda_files = {p.stem.removesuffix("_cuda") for p in (CSRC / "cuda").glob("*_cuda.cu")}
-    assert cpu_files == set(FAMILIES) and cuda_files == set(FAMILIES) - PYTHON_CUDA - CPU_ONLY
+    assert cpu_files == set(FAMILIES) and cuda_files == set(FAMILIES) - set(PYTHON_CUDA) - CPU_ONLY
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -131,7 +138,7 @@ def test_library_table_lists_what_is_registered():
             assert Path(fake.source.rsplit(":", 1)[0]).resolve() == Path(library.__file__).resolve(), (op, fake.source)
         autocast = torch._C._dispatch_has_kernel_for_dispatch_key(f"sparse_engine::{op}", "AutocastCPU")
         assert ("autocast" in table[op]) == autocast, op
-        assert ("CUDA kernel" in table[op]) == (FAMILY_OF[op] in PYTHON_CUDA), op
+        assert ("CUDA kernel" in table[op]) == (op in PYTHON_CUDA_OPS), op
     differentiable = {op for op in OPS if "autograd" in table[op]}
     assert differentiable == {"spmm", "spmm_t", "sddmm"}
     for op in OPS:

@@ -14,7 +14,7 @@ from sparse_engine.io.checkpoint import load_checkpoint
 from sparse_engine.nn import SparseMLP
 from sparse_engine.nn.mlp import _FaithfulDrop, _ReluDropout, set_mlp_weight
 from sparse_engine.runs import ConfigError, TrainConfig, train
-from sparse_engine.training.set_mlp import SETMLP, SETSGD, importance_keep
+from sparse_engine.training import SETMLP, SETSGD, importance_keep
 from _training_util import assert_bit_equal, check_invariants, keys, ref_set_keep, value_by_key
 
 

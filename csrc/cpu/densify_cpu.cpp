@@ -1,13 +1,18 @@
 // The dense-compute path's conversions between a CSR weight and its dense matrix
-// (sparse_engine/nn/compute.py), through the pattern as bits: one bit per matrix entry, set
-// where an entry is stored, in 16-bit words (words[r, j] bit b: column 16 j + b of row r).
+// (sparse_engine/nn/compute.py), two ways:
 //
+// through the pattern as bits: one bit per matrix entry, set where an entry is stored, in 16-bit
+// words (words[r, j] bit b: column 16 j + b of row r), CPU only:
 //   pattern_bits(row_ptr, col_idx, n_cols)   the words, int16 [rows, ceil(n_cols / 16)], once per pattern
 //   expand_bits(row_ptr, bits, values, dense)  dense <- the values at the pattern, zeros elsewhere
 //   compress_bits(row_ptr, bits, dense)        the values of dense at the pattern (its gradient)
 //   same_bytes(a, b)                           whether two tensors hold the same bytes
+// and through the CSR itself, on every device (on CUDA the Python kernels of
+// sparse_engine/kernels/densify_cuda.py):
+//   scatter_csr(row_ptr, col_idx, values, dense)  dense[r, c] <- values at the stored positions only
+//   gather_csr(row_ptr, col_idx, dense)           the values of dense at the stored positions
 //
-// Why bits and not the CSR (scatter_csr / gather_csr, topology_cpu.cpp): a row is written 16
+// Why bits on the CPU: a row is written 16
 // columns at a time from the word and the row's next values (AVX-512 expand; compress for the
 // gradient), whole rows with their zeros, with 1/16 of a float per entry of index traffic
 // instead of an int32 per stored entry. At 800 x 200, 33%, one thread: 17 us where scatter_csr
@@ -15,14 +20,15 @@
 // skip the write when the values are the bytes it wrote last time (compute.py says when that is
 // safe): a memcmp of the values and a kept copy, about 5 us for 53k floats where comparing them
 // with the dense matrix row by row took 30 (a loop bound by its compress latency); in the
-// forward of a 200-unit LSTM it cost a quarter of what that comparison did. CPU only: on other devices the
+// forward of a 200-unit LSTM it cost a quarter of what that comparison did. On other devices the
 // dense path uses scatter_csr / gather_csr.
 //
-// Every op checks that each row's bits count its row_ptr entries, so a bits tensor that does
+// Every bits op checks that each row's bits count its row_ptr entries, so a bits tensor that does
 // not belong to the pattern cannot make a kernel read or write out of bounds.
 #include <torch/library.h>
 #include <omp.h>
 #include <cstring>
+#include <limits>
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -289,6 +295,111 @@ bool same_bytes_cpu(const at::Tensor& a, const at::Tensor& b) {
   return std::memcmp(x.const_data_ptr(), y.const_data_ptr(), x.numel() * x.element_size()) == 0;
 }
 
+// ------------------------------------------------------------------ CSR <-> dense
+// scatter_csr writes the values into a dense matrix at the pattern's positions, gather_csr reads
+// a dense matrix there: the dense-compute path of the recurrent modules (sparse_engine/nn/
+// compute.py) materialises its weights with the first and takes their gradient with the second.
+// Row by row over the CSR (the int32 column index, no int64 positions: half the index traffic of
+// torch's scatter/index_select, which matters as much for what stays in cache for the products
+// that follow as for the copy itself). Any dtype (the bits are copied), any strides of dense.
+
+// The element copy of either direction over rows [r0, r1): sparse[k] <-> dense[r * s0 +
+// col_idx[k] * s1]; false where a column is out of range (that entry is skipped, the others are
+// copied). One scalar loop with the range test in it, outside the OpenMP region: at 800 x 200,
+// 33%, one thread, 20 us, where a separate test pass took 28 us more and the parallel region's
+// outlined loop 20 us more.
+template <typename U, bool kToDense, bool kUnitStride>
+bool csr_copy_rows(const int64_t* __restrict rp, const int32_t* __restrict ci, U* __restrict sparse,
+                   U* __restrict dense, int64_t r0, int64_t r1, int64_t cols, int64_t s0, int64_t s1) {
+  const uint32_t n_cols = static_cast<uint32_t>(std::min<int64_t>(cols, std::numeric_limits<uint32_t>::max()));
+  bool ok = true;
+  for (int64_t r = r0; r < r1; ++r) {
+    U* __restrict row = dense + r * s0;
+    const int64_t k1 = rp[r + 1];
+    for (int64_t k = rp[r]; k < k1; ++k) {
+      const uint32_t c = static_cast<uint32_t>(ci[k]);  // a negative index becomes >= n_cols
+      if (c >= n_cols) {
+        ok = false;
+        continue;
+      }
+      const int64_t at = kUnitStride ? c : c * s1;
+      if constexpr (kToDense) row[at] = sparse[k];
+      else sparse[k] = row[at];
+    }
+  }
+  return ok;
+}
+
+// A copy is a fraction of a nanosecond per entry, so it goes parallel only from a million entries
+// (about 0.4 ms on one thread): below that, waking the team costs about as much as it saves, and
+// on a busy machine one descheduled thread holds up the whole copy (the dense path writes its
+// 800 x 200 matrices, 53k entries each, in about 20 us on one thread).
+constexpr int64_t kParallelCopy = int64_t(1) << 20;
+
+template <typename U, bool kToDense>
+void csr_copy(const int64_t* rp, const int32_t* ci, U* sparse, U* dense, int64_t rows, int64_t cols, int64_t s0,
+              int64_t s1) {
+  const auto copy = s1 == 1 ? csr_copy_rows<U, kToDense, true> : csr_copy_rows<U, kToDense, false>;
+  bool ok = true;
+  if (rp[rows] < kParallelCopy || kernel_threads() == 1) {
+    ok = copy(rp, ci, sparse, dense, 0, rows, cols, s0, s1);
+  } else {
+    const int64_t chunks = num_chunks(rows);
+#pragma omp parallel for schedule(static) num_threads(kernel_threads()) reduction(&&:ok)
+    for (int64_t c = 0; c < chunks; ++c)
+      ok = copy(rp, ci, sparse, dense, rows * c / chunks, rows * (c + 1) / chunks, cols, s0, s1) && ok;
+  }
+  TORCH_CHECK_VALUE(ok, "col_idx entries must be in [0, ", cols, ") (the columns of dense)");
+}
+
+template <bool kToDense>
+void csr_copy_any(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tensor& sparse,
+                  const at::Tensor& dense) {
+  const int64_t rows = row_ptr.numel() - 1, cols = dense.size(1), s0 = dense.stride(0), s1 = dense.stride(1);
+  const auto rp = row_ptr.contiguous(), ci = col_idx.contiguous();
+  const int64_t* r = rp.const_data_ptr<int64_t>();
+  const int32_t* c = ci.const_data_ptr<int32_t>();
+  void *sp = sparse.data_ptr(), *dp = dense.data_ptr();
+  switch (dense.element_size()) {
+    case 1: return csr_copy<uint8_t, kToDense>(r, c, static_cast<uint8_t*>(sp), static_cast<uint8_t*>(dp), rows,
+                                               cols, s0, s1);
+    case 2: return csr_copy<uint16_t, kToDense>(r, c, static_cast<uint16_t*>(sp), static_cast<uint16_t*>(dp), rows,
+                                                cols, s0, s1);
+    case 4: return csr_copy<uint32_t, kToDense>(r, c, static_cast<uint32_t*>(sp), static_cast<uint32_t*>(dp), rows,
+                                                cols, s0, s1);
+    case 8: return csr_copy<uint64_t, kToDense>(r, c, static_cast<uint64_t*>(sp), static_cast<uint64_t*>(dp), rows,
+                                                cols, s0, s1);
+    default: TORCH_CHECK_TYPE(false, "dense must have an element size of 1, 2, 4 or 8 bytes, got ", dense.scalar_type());
+  }
+}
+
+// The pattern (checks.h) and a 2-D dense operand with one row per pattern row.
+int64_t check_csr_dense(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tensor& dense) {
+  const CsrSizes s = check_csr(row_ptr, col_idx);
+  TORCH_CHECK_VALUE(dense.dim() == 2 && dense.size(0) == s.rows, "dense must be 2-D with rows=", s.rows,
+                    " rows, got shape ", dense.sizes());
+  return s.nnz;
+}
+
+// dense[r, col_idx[k]] = values[k] for the entries k of every row r; the rest of dense is left as it is.
+void scatter_csr_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tensor& values,
+                     const at::Tensor& dense) {
+  const int64_t nnz = check_csr_dense(row_ptr, col_idx, dense);
+  TORCH_CHECK_VALUE(values.dim() == 1 && values.numel() == nnz, "values must be 1-D with nnz=", nnz,
+                    " entries, got shape ", values.sizes());
+  TORCH_CHECK_TYPE(values.scalar_type() == dense.scalar_type(), "values must have dense's dtype ",
+                   dense.scalar_type(), ", got ", values.scalar_type());
+  csr_copy_any<true>(row_ptr, col_idx, values.contiguous(), dense);
+}
+
+// out[k] = dense[r, col_idx[k]] for the entries k of every row r.
+at::Tensor gather_csr_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tensor& dense) {
+  const int64_t nnz = check_csr_dense(row_ptr, col_idx, dense);
+  auto out = at::empty({nnz}, dense.options());
+  csr_copy_any<false>(row_ptr, col_idx, out, dense);
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(sparse_engine, CPU, m) {
@@ -296,6 +407,8 @@ TORCH_LIBRARY_IMPL(sparse_engine, CPU, m) {
   m.impl("expand_bits", &expand_bits_cpu);
   m.impl("compress_bits", &compress_bits_cpu);
   m.impl("same_bytes", &same_bytes_cpu);
+  m.impl("scatter_csr", &scatter_csr_cpu);
+  m.impl("gather_csr", &gather_csr_cpu);
 }
 
 }  // namespace sparse_engine

@@ -1,11 +1,16 @@
 // Topology kernels for dynamic sparse training (CPU/OpenMP): selecting the weights to prune,
-// compacting the CSR, drawing empty positions, merging new entries, and RigL's gradient top-k
-// at empty positions computed tile by tile. Everything is O(nnz) (or O(tiles) for RigL) and
-// never builds a rows x cols array.
+// compacting the CSR, drawing empty positions, merging new entries, RigL's gradient top-k at
+// empty positions computed tile by tile, remapping per-entry state, and `rewire`, which chains
+// those steps into one update of a layer (one operator call per layer and update). Everything is
+// O(nnz) (or O(tiles) for RigL) and never builds a rows x cols array.
 //
 // Tie rule shared by every selection: among equal scores the entry with the lower position
 // (CSR position, or linear key row*cols+col for empty positions) is selected first, so results
 // are deterministic and can be compared with a stable numpy sort.
+//
+// Why one file of about 800 lines: it is the topology family's CPU file (one per op family,
+// tests/test_op_registry.py), and `rewire` calls the step kernels directly, which it can because
+// they share this translation unit; the sections follow an update's order.
 #include <torch/library.h>
 #include <omp.h>
 #include <atomic>
@@ -14,7 +19,9 @@
 #include <cstring>
 #include <limits>
 #include <parallel/algorithm>
+#include <optional>
 #include <random>
+#include <tuple>
 #include "common.h"
 
 namespace sparse_engine {
@@ -428,6 +435,32 @@ void merge_fill(const Csr& csr, const int64_t* new_row_ptr, const int32_t* new_c
   }
 }
 
+// New entries at (R[j], C[j]), j < n: checks that they are inside the rows x n_cols matrix and
+// sorted by (row, col) without duplicates (ValueError naming the first one that is not), and
+// returns where each row's new entries start (rows + 1 offsets).
+std::vector<int64_t> new_entry_rows(int64_t rows, int64_t n_cols, const int64_t* R, const int32_t* C, int64_t n) {
+  auto entry_ok = [&](int64_t j) {
+    return R[j] >= 0 && R[j] < rows && C[j] >= 0 && C[j] < n_cols &&
+           (j == 0 || R[j] > R[j - 1] || (R[j] == R[j - 1] && C[j] > C[j - 1]));
+  };
+  std::atomic<bool> bad_entry{false};
+#pragma omp parallel for schedule(static) num_threads(kernel_threads()) if(parallel_worth(n))
+  for (int64_t j = 0; j < n; ++j)
+    if (!entry_ok(j)) bad_entry = true;
+  if (bad_entry) {  // find the first one for the message
+    for (int64_t j = 0; j < n; ++j) {
+      TORCH_CHECK_VALUE(R[j] >= 0 && R[j] < rows && C[j] >= 0 && C[j] < n_cols, "new entry ", j, " at (", R[j],
+                        ", ", C[j], ") is outside the ", rows, " x ", n_cols, " matrix");
+      TORCH_CHECK_VALUE(entry_ok(j), "new entries must be sorted by (row, col) without duplicates: entry ", j,
+                        " at (", R[j], ", ", C[j], ")");
+    }
+  }
+  std::vector<int64_t> row_start(rows + 1, 0);
+  for (int64_t j = 0; j < n; ++j) ++row_start[R[j] + 1];
+  for (int64_t i = 0; i < rows; ++i) row_start[i + 1] += row_start[i];
+  return row_start;
+}
+
 // merge(row_ptr, col_idx, values, new_row, new_col, new_values) -> (row_ptr, col_idx, values,
 // old_pos, new_pos): inserts new entries (sorted by (row, col), unique, all at empty
 // positions; anything else is a ValueError) keeping every row sorted. old_pos[k] / new_pos[j]
@@ -449,26 +482,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> merge_cpu
   auto new_row_c = new_row.contiguous(), new_col_c = new_col.contiguous(), new_values_c = new_values.contiguous();
   const int64_t* R = new_row_c.data_ptr<int64_t>();  // new entry j is at (R[j], C[j])
   const int32_t* C = new_col_c.data_ptr<int32_t>();
-  auto entry_ok = [&](int64_t j) {
-    return R[j] >= 0 && R[j] < csr.rows && C[j] >= 0 && C[j] < n_cols &&
-           (j == 0 || R[j] > R[j - 1] || (R[j] == R[j - 1] && C[j] > C[j - 1]));
-  };
-  std::atomic<bool> bad_entry{false};
-#pragma omp parallel for schedule(static) num_threads(kernel_threads()) if(parallel_worth(n))
-  for (int64_t j = 0; j < n; ++j)
-    if (!entry_ok(j)) bad_entry = true;
-  if (bad_entry) {  // find the first one for the message
-    for (int64_t j = 0; j < n; ++j) {
-      TORCH_CHECK_VALUE(R[j] >= 0 && R[j] < csr.rows && C[j] >= 0 && C[j] < n_cols, "new entry ", j, " at (",
-                        R[j], ", ", C[j], ") is outside the ", csr.rows, " x ", n_cols, " matrix");
-      TORCH_CHECK_VALUE(entry_ok(j), "new entries must be sorted by (row, col) without duplicates: entry ", j,
-                        " at (", R[j], ", ", C[j], ")");
-    }
-  }
-  // first new entry of each row
-  std::vector<int64_t> new_row_ptr(csr.rows + 1, 0);
-  for (int64_t j = 0; j < n; ++j) ++new_row_ptr[R[j] + 1];
-  for (int64_t i = 0; i < csr.rows; ++i) new_row_ptr[i + 1] += new_row_ptr[i];
+  const std::vector<int64_t> new_row_ptr = new_entry_rows(csr.rows, n_cols, R, C, n);
   auto out_ptr = at::empty({csr.rows + 1}, row_ptr_c.options());
   int64_t* out_ptr_data = out_ptr.data_ptr<int64_t>();
   for (int64_t i = 0; i <= csr.rows; ++i) out_ptr_data[i] = csr.row_ptr[i] + new_row_ptr[i];
@@ -685,109 +699,111 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grad_topk_cpu(const at::Tensor& r
   return {std::get<0>(coo), std::get<1>(coo), grads.to(G.scalar_type())};
 }
 
-// ------------------------------------------------------------------ CSR <-> dense
-// scatter_csr writes the values into a dense matrix at the pattern's positions, gather_csr reads
-// a dense matrix there: the dense-compute path of the recurrent modules (sparse_engine/nn/
-// compute.py) materialises its weights with the first and takes their gradient with the second.
-// Row by row over the CSR (the int32 column index, no int64 positions: half the index traffic of
-// torch's scatter/index_select, which matters as much for what stays in cache for the products
-// that follow as for the copy itself). Any dtype (the bits are copied), any strides of dense.
+// ------------------------------------------------------------------ one update in one pass
+// rewire: the steps above chained in one call (training.topology.rewire's single operator call
+// per layer and update): compact -> grow at empty positions of the compacted pattern (so an entry
+// pruned now may be grown again, as in SET, RigL and sparselearning) -> merge -> every per-entry
+// tensor of `carry` in the new order.
 
-// The element copy of either direction over rows [r0, r1): sparse[k] <-> dense[r * s0 +
-// col_idx[k] * s1]; false where a column is out of range (that entry is skipped, the others are
-// copied). One scalar loop with the range test in it, outside the OpenMP region: at 800 x 200,
-// 33%, one thread, 20 us, where a separate test pass took 28 us more and the parallel region's
-// outlined loop 20 us more.
-template <typename U, bool kToDense, bool kUnitStride>
-bool csr_copy_rows(const int64_t* __restrict rp, const int32_t* __restrict ci, U* __restrict sparse,
-                   U* __restrict dense, int64_t r0, int64_t r1, int64_t cols, int64_t s0, int64_t s1) {
-  const uint32_t n_cols = static_cast<uint32_t>(std::min<int64_t>(cols, std::numeric_limits<uint32_t>::max()));
-  bool ok = true;
-  for (int64_t r = r0; r < r1; ++r) {
-    U* __restrict row = dense + r * s0;
-    const int64_t k1 = rp[r + 1];
-    for (int64_t k = rp[r]; k < k1; ++k) {
-      const uint32_t c = static_cast<uint32_t>(ci[k]);  // a negative index becomes >= n_cols
-      if (c >= n_cols) {
-        ok = false;
-        continue;
+// The growth of rewire, on the compacted pattern: at the given positions; else n by |G X^T|
+// (grad_topk with sample_factor 0, else the best n of sample_factor * n random candidates, as
+// training.topology.gradient_growth samples); else n uniformly random empty positions.
+std::tuple<at::Tensor, at::Tensor> grow_positions(const at::Tensor& row_ptr, const at::Tensor& col_idx, int64_t n_cols,
+                                                  const std::optional<at::Tensor>& grow_row,
+                                                  const std::optional<at::Tensor>& grow_col,
+                                                  const std::optional<at::Tensor>& G,
+                                                  const std::optional<at::Tensor>& X, int64_t n, int64_t seed,
+                                                  int64_t tile_rows, int64_t tile_cols, int64_t sample_factor) {
+  const bool given = grow_row.has_value() || grow_col.has_value(), by_gradient = G.has_value() || X.has_value();
+  TORCH_CHECK_VALUE(!(given && by_gradient), "give the positions (grow_row, grow_col) or the factors (G, X), not both");
+  if (given) {
+    TORCH_CHECK_VALUE(grow_row.has_value() && grow_col.has_value(), "grow_row and grow_col must be given together");
+    TORCH_CHECK_TYPE(grow_row->scalar_type() == at::kLong, "grow_row must be int64, got ", grow_row->scalar_type());
+    TORCH_CHECK_TYPE(grow_col->scalar_type() == at::kInt, "grow_col must be int32, got ", grow_col->scalar_type());
+    TORCH_CHECK_VALUE(grow_row->dim() == 1 && grow_col->dim() == 1 && grow_row->numel() == grow_col->numel(),
+                      "grow_row and grow_col must be 1-D of the same length");
+    return {grow_row->contiguous(), grow_col->contiguous()};
+  }
+  if (!by_gradient) return random_empty_cpu(row_ptr, col_idx, n_cols, n, seed);
+  TORCH_CHECK_VALUE(G.has_value() && X.has_value(), "G and X must be given together");
+  TORCH_CHECK_VALUE(X->dim() == 2 && X->size(0) == n_cols, "X must be 2-D with n_cols=", n_cols, " rows, got shape ",
+                    X->sizes());
+  if (sample_factor == 0) {
+    auto grown = grad_topk_cpu(row_ptr, col_idx, *G, *X, n, tile_rows, tile_cols);
+    return {std::get<0>(grown), std::get<1>(grown)};
+  }
+  TORCH_CHECK_VALUE(sample_factor > 0, "sample_factor must be >= 0 (0: exact growth), got ", sample_factor);
+  const int64_t empty = (row_ptr.numel() - 1) * n_cols - col_idx.numel();
+  TORCH_CHECK_VALUE(n >= 0 && n <= empty, "k must be in [0, ", empty, "] (the empty positions), got ", n);
+  auto cand = random_empty_cpu(row_ptr, col_idx, n_cols, std::min(empty, sample_factor * n), seed);
+  const at::Tensor pick = select_smallest_cpu(coo_dot_cpu(std::get<0>(cand), std::get<1>(cand), *G, *X).abs().neg(), n);
+  return {std::get<0>(cand).index({pick}), std::get<1>(cand).index({pick})};
+}
+
+// The pruned entries (keep[k] false) of the pattern whose position was grown again: sets back[k]
+// and clears fresh[j] of the grown position j they take (grown positions sorted, rows starting at
+// grow_start). Returns how many there are.
+int64_t mark_regrown(const Csr& csr, const bool* keep, const int64_t* grow_start, const int32_t* grow_col,
+                     bool* back, bool* fresh) {
+  int64_t count = 0;
+#pragma omp parallel for schedule(dynamic, 256) reduction(+ : count) num_threads(kernel_threads()) \
+    if(parallel_worth(csr.rows + csr.nnz))
+  for (int64_t i = 0; i < csr.rows; ++i) {
+    int64_t j = grow_start[i];
+    const int64_t j_end = grow_start[i + 1];
+    for (int64_t k = csr.row_ptr[i]; k < csr.row_ptr[i + 1] && j < j_end; ++k) {
+      if (keep[k]) continue;
+      while (j < j_end && grow_col[j] < csr.col_idx[k]) ++j;
+      if (j < j_end && grow_col[j] == csr.col_idx[k]) {
+        back[k] = true;
+        fresh[j++] = false;
+        ++count;
       }
-      const int64_t at = kUnitStride ? c : c * s1;
-      if constexpr (kToDense) row[at] = sparse[k];
-      else sparse[k] = row[at];
     }
   }
-  return ok;
+  return count;
 }
 
-// A copy is a fraction of a nanosecond per entry, so it goes parallel only from a million entries
-// (about 0.4 ms on one thread): below that, waking the team costs about as much as it saves, and
-// on a busy machine one descheduled thread holds up the whole copy (the dense path writes its
-// 800 x 200 matrices, 53k entries each, in about 20 us on one thread).
-constexpr int64_t kParallelCopy = int64_t(1) << 20;
-
-template <typename U, bool kToDense>
-void csr_copy(const int64_t* rp, const int32_t* ci, U* sparse, U* dense, int64_t rows, int64_t cols, int64_t s0,
-              int64_t s1) {
-  const auto copy = s1 == 1 ? csr_copy_rows<U, kToDense, true> : csr_copy_rows<U, kToDense, false>;
-  bool ok = true;
-  if (rp[rows] < kParallelCopy || kernel_threads() == 1) {
-    ok = copy(rp, ci, sparse, dense, 0, rows, cols, s0, s1);
-  } else {
-    const int64_t chunks = num_chunks(rows);
-#pragma omp parallel for schedule(static) num_threads(kernel_threads()) reduction(&&:ok)
-    for (int64_t c = 0; c < chunks; ++c)
-      ok = copy(rp, ci, sparse, dense, rows * c / chunks, rows * (c + 1) / chunks, cols, s0, s1) && ok;
+// rewire(row_ptr, col_idx, values, n_cols, keep, grow_row?, grow_col?, G?, X?, n_grow, seed, tile_rows,
+// tile_cols, sample_factor, keep_regrown, carry) -> (row_ptr, col_idx, values, src, dst, new_pos,
+// new_row, new_col, carried). New entries get the value 0 and zero state; with keep_regrown a pruned
+// entry whose position is grown again stays instead (value and state: Selfish-RNN's masked-dense
+// code). src[j] / dst[j]: old and new position of the j-th entry that stays; new_pos[j]: position of
+// the new entry at (new_row[j], new_col[j]); carried[i]: carry[i] (first dimension the old nnz) in
+// the new order.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+           std::vector<at::Tensor>>
+rewire_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tensor& values, int64_t n_cols,
+           const at::Tensor& keep, const std::optional<at::Tensor>& grow_row, const std::optional<at::Tensor>& grow_col,
+           const std::optional<at::Tensor>& G, const std::optional<at::Tensor>& X, int64_t n_grow, int64_t seed,
+           int64_t tile_rows, int64_t tile_cols, int64_t sample_factor, bool keep_regrown, at::TensorList carry) {
+  TORCH_CHECK_VALUE(n_cols >= 0 && n_cols <= INT32_MAX, "n_cols must be in [0, 2^31), got ", n_cols);
+  for (size_t i = 0; i < carry.size(); ++i)
+    TORCH_CHECK_VALUE(carry[i].dim() >= 1 && carry[i].size(0) == col_idx.numel(), "carry[", i,
+                      "] must have first dimension nnz=", col_idx.numel(), ", got shape ", carry[i].sizes());
+  auto [rp, ci, v, kept] = compact_cpu(row_ptr, col_idx, values, keep);
+  auto [nr, nc] = grow_positions(rp, ci, n_cols, grow_row, grow_col, G, X, n_grow, seed, tile_rows, tile_cols,
+                                 sample_factor);
+  if (keep_regrown && nr.numel() > 0) {
+    auto row_ptr_c = row_ptr.contiguous(), col_idx_c = col_idx.contiguous(), keep_c = keep.contiguous();
+    const Csr csr = csr_view(row_ptr_c, col_idx_c);
+    const int32_t* C = nc.data_ptr<int32_t>();
+    const auto start = new_entry_rows(csr.rows, n_cols, nr.data_ptr<int64_t>(), C, nr.numel());
+    auto back = at::zeros_like(keep_c), fresh = at::ones({nr.numel()}, keep_c.options());
+    if (mark_regrown(csr, keep_c.data_ptr<bool>(), start.data(), C, back.data_ptr<bool>(), fresh.data_ptr<bool>())) {
+      std::tie(rp, ci, v, kept) = compact_cpu(row_ptr, col_idx, values, keep_c.logical_or(back));
+      nr = nr.index({fresh});
+      nc = nc.index({fresh});
+    }
   }
-  TORCH_CHECK_VALUE(ok, "col_idx entries must be in [0, ", cols, ") (the columns of dense)");
-}
-
-template <bool kToDense>
-void csr_copy_any(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tensor& sparse,
-                  const at::Tensor& dense) {
-  const int64_t rows = row_ptr.numel() - 1, cols = dense.size(1), s0 = dense.stride(0), s1 = dense.stride(1);
-  const auto rp = row_ptr.contiguous(), ci = col_idx.contiguous();
-  const int64_t* r = rp.const_data_ptr<int64_t>();
-  const int32_t* c = ci.const_data_ptr<int32_t>();
-  void *sp = sparse.data_ptr(), *dp = dense.data_ptr();
-  switch (dense.element_size()) {
-    case 1: return csr_copy<uint8_t, kToDense>(r, c, static_cast<uint8_t*>(sp), static_cast<uint8_t*>(dp), rows,
-                                               cols, s0, s1);
-    case 2: return csr_copy<uint16_t, kToDense>(r, c, static_cast<uint16_t*>(sp), static_cast<uint16_t*>(dp), rows,
-                                                cols, s0, s1);
-    case 4: return csr_copy<uint32_t, kToDense>(r, c, static_cast<uint32_t*>(sp), static_cast<uint32_t*>(dp), rows,
-                                                cols, s0, s1);
-    case 8: return csr_copy<uint64_t, kToDense>(r, c, static_cast<uint64_t*>(sp), static_cast<uint64_t*>(dp), rows,
-                                                cols, s0, s1);
-    default: TORCH_CHECK_TYPE(false, "dense must have an element size of 1, 2, 4 or 8 bytes, got ", dense.scalar_type());
+  auto [out_ptr, out_col, out_val, old_pos, new_pos] = merge_cpu(rp, ci, v, n_cols, nr, nc,
+                                                                 at::zeros({nr.numel()}, v.options()));
+  std::vector<at::Tensor> carried;
+  if (!carry.empty()) {
+    const at::Tensor origin = remap_index_cpu(kept, old_pos, out_col.numel());
+    for (const auto& t : carry) carried.push_back(gather_or_zero_cpu(t, origin));
   }
-}
-
-// The pattern (checks.h) and a 2-D dense operand with one row per pattern row.
-int64_t check_csr_dense(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tensor& dense) {
-  const CsrSizes s = check_csr(row_ptr, col_idx);
-  TORCH_CHECK_VALUE(dense.dim() == 2 && dense.size(0) == s.rows, "dense must be 2-D with rows=", s.rows,
-                    " rows, got shape ", dense.sizes());
-  return s.nnz;
-}
-
-// dense[r, col_idx[k]] = values[k] for the entries k of every row r; the rest of dense is left as it is.
-void scatter_csr_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tensor& values,
-                     const at::Tensor& dense) {
-  const int64_t nnz = check_csr_dense(row_ptr, col_idx, dense);
-  TORCH_CHECK_VALUE(values.dim() == 1 && values.numel() == nnz, "values must be 1-D with nnz=", nnz,
-                    " entries, got shape ", values.sizes());
-  TORCH_CHECK_TYPE(values.scalar_type() == dense.scalar_type(), "values must have dense's dtype ",
-                   dense.scalar_type(), ", got ", values.scalar_type());
-  csr_copy_any<true>(row_ptr, col_idx, values.contiguous(), dense);
-}
-
-// out[k] = dense[r, col_idx[k]] for the entries k of every row r.
-at::Tensor gather_csr_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tensor& dense) {
-  const int64_t nnz = check_csr_dense(row_ptr, col_idx, dense);
-  auto out = at::empty({nnz}, dense.options());
-  csr_copy_any<false>(row_ptr, col_idx, out, dense);
-  return out;
+  return {out_ptr, out_col, out_val, kept, old_pos, new_pos, nr, nc, carried};
 }
 
 }  // namespace
@@ -802,8 +818,7 @@ TORCH_LIBRARY_IMPL(sparse_engine, CPU, m) {
   m.impl("remap_index", &remap_index_cpu);
   m.impl("coo_dot", &coo_dot_cpu);
   m.impl("gather_or_zero", &gather_or_zero_cpu);
-  m.impl("scatter_csr", &scatter_csr_cpu);
-  m.impl("gather_csr", &gather_csr_cpu);
+  m.impl("rewire", &rewire_cpu);
 }
 
 }  // namespace sparse_engine

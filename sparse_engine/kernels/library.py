@@ -7,8 +7,10 @@ autograd formulas register themselves per dispatch key when the extension loads.
 :mod:`sparse_engine.kernels` imports this module right after loading the compiled library, so
 importing any part of the package makes every operator complete (eager, autograd, autocast,
 ``torch.compile``). The sections below follow the op families of ``csrc/ops.cpp``;
-``docs/architecture.md`` says where each family's kernels are. The CUDA topology kernels are the
-Python functions ``<op>_cuda`` of :mod:`sparse_engine.kernels.topology_cuda`, registered here.
+``docs/architecture.md`` says where each family's kernels are. The CUDA topology kernels (and
+scatter_csr/gather_csr's) are the Python functions ``<op>_cuda`` of
+:mod:`sparse_engine.kernels.topology_cuda` (and ``densify_cuda``), registered here by
+``_python_kernels`` for CUDA and as the fallback of every other device without its own.
 The table says what each op has beside its compiled kernels: "fake", "autocast" and "CUDA
 kernel" are registered by this module (fake: the output shapes, for FakeTensor /
 ``torch.compile``; ops without one have data-dependent output sizes and run outside compiled
@@ -43,13 +45,14 @@ remap_index              CUDA kernel
 gather_or_zero           fake, CUDA kernel
 coo_dot                  fake, CUDA kernel
 grad_topk                CUDA kernel
-scatter_csr              fake, CUDA kernel
-gather_csr               fake, CUDA kernel
-[densify] CPU csrc/cpu/densify_cpu.cpp, no CUDA kernels (the dense path uses scatter_csr/gather_csr there)
+rewire                   CUDA kernel
+[densify] CPU csrc/cpu/densify_cpu.cpp, CUDA sparse_engine/kernels/densify_cuda.py for scatter_csr/gather_csr
 pattern_bits             fake
 expand_bits              fake
 compress_bits            fake
 same_bytes               none (returns a bool)
+scatter_csr              fake, CUDA kernel
+gather_csr               fake, CUDA kernel
 [dense_rnn] CPU csrc/cpu/dense_rnn_cpu.cpp, no CUDA kernels (the dense path runs torch's GRU there)
 gru_sequence             fake
 gru_sequence_backward    fake
@@ -79,7 +82,7 @@ from __future__ import annotations
 import torch
 
 from .constants import GATES, SAVED_ACTS
-from . import has_kernel, topology_cuda
+from . import densify_cuda, has_kernel, topology_cuda
 
 _ops = torch.ops.sparse_engine
 
@@ -201,7 +204,7 @@ def _ctrnn_step_backward_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, valu
 
 
 # -------------------------------------------------------------------------- topology
-# compact, random_empty, merge, remap_index and grad_topk have data-dependent sizes (no fake).
+# compact, random_empty, merge, remap_index, grad_topk and rewire have data-dependent sizes (no fake).
 @_fake("sparse_engine::select_smallest")
 def _select_smallest_fake(scores, k):
     return scores.new_empty(scores.shape, dtype=torch.bool)
@@ -222,21 +225,19 @@ def _coo_dot_fake(rows, cols, G, X):
     return G.new_empty((rows.shape[0],))
 
 
-@_fake("sparse_engine::scatter_csr")
-def _scatter_csr_fake(row_ptr, col_idx, values, dense):
-    return None
+def _python_kernels(ops: dict) -> None:
+    """Registers the kernels written with torch primitives (``ops``: name -> function) as the
+    operators' CUDA kernels (on any torch build, so a CUDA torch picks them up; a compiled CUDA
+    kernel would be kept) and, under CompositeExplicitAutograd, as the one fallback for every
+    other device without a kernel of its own (XPU, MPS, ...; the CPU keeps its C++ kernels). So
+    ``torch.ops.sparse_engine.<op>`` runs on any device and no caller picks an implementation."""
+    for name, kernel in ops.items():
+        if not has_kernel(name, "cuda"):
+            _LIB.impl(name, kernel, "CUDA")
+        _LIB.impl(name, kernel, "CompositeExplicitAutograd")
 
 
-@_fake("sparse_engine::gather_csr")
-def _gather_csr_fake(row_ptr, col_idx, dense):
-    return dense.new_empty((col_idx.shape[0],))
-
-
-# The CUDA kernels (on any torch build, so a CUDA torch picks them up; a compiled CUDA kernel
-# registered for an op would be kept).
-for _name, _kernel in topology_cuda.OPS.items():
-    if not has_kernel(_name, "cuda"):
-        _LIB.impl(_name, _kernel, "CUDA")
+_python_kernels(topology_cuda.OPS)
 
 
 # --------------------------------------------------------------------------- densify
@@ -253,6 +254,19 @@ def _expand_bits_fake(row_ptr, bits, values, dense):
 @_fake("sparse_engine::compress_bits")
 def _compress_bits_fake(row_ptr, bits, dense):
     return dense.new_empty((torch.library.get_ctx().new_dynamic_size(),))
+
+
+@_fake("sparse_engine::scatter_csr")
+def _scatter_csr_fake(row_ptr, col_idx, values, dense):
+    return None
+
+
+@_fake("sparse_engine::gather_csr")
+def _gather_csr_fake(row_ptr, col_idx, dense):
+    return dense.new_empty((col_idx.shape[0],))
+
+
+_python_kernels(densify_cuda.OPS)  # scatter_csr, gather_csr: the dense path on every device but the CPU
 
 
 # ------------------------------------------------------------------------- dense_rnn

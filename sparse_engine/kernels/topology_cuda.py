@@ -1,12 +1,12 @@
 """The CUDA kernels of the topology operators, written with PyTorch's own tensor primitives:
 ``<op>_cuda`` here is the twin of ``<op>_cpu`` in ``csrc/cpu/topology_cpu.cpp`` (the OpenMP C++
 CPU kernel) for ``sparse_engine::select_smallest``, ``set_prune``, ``compact``,
-``random_empty``, ``merge``, ``remap_index``, ``gather_or_zero``, ``coo_dot``, ``grad_topk``,
-``scatter_csr`` and ``gather_csr``.
-:mod:`sparse_engine.kernels.library` registers them as those operators' CUDA kernels (:data:`OPS`).
-Nothing here is CUDA-specific: the functions run on tensors of any device (the tests run them
-on the CPU; :mod:`sparse_engine.training.topology` calls them directly on devices that have no
-kernel registered).
+``random_empty``, ``merge``, ``remap_index``, ``gather_or_zero``, ``coo_dot``, ``grad_topk`` and
+``rewire`` (the steps of one update chained in one call).
+:mod:`sparse_engine.kernels.library` registers them (:data:`OPS`) as those operators' kernels on
+CUDA and on every other device that has none of its own (the CPU keeps its C++ kernels), so
+``torch.ops.sparse_engine.<op>`` is the one way to call them. Nothing here is CUDA-specific: the
+functions run on tensors of any device (the tests run them on the CPU).
 
 Why torch primitives instead of hand-written CUDA kernels: a topology update is a handful of
 sorts, scans and gathers over nnz-long arrays, run once per epoch (or every k steps). On a GPU
@@ -15,9 +15,6 @@ radix sorts, device scans and bandwidth-bound gathers, about as fast as a custom
 be, and the same code runs on the CPU, so it is tested bit for bit against the C++ kernels in
 CI on machines without a GPU (no GPU is needed to know the CUDA path is right). The CUDA
 kernels of the training path (spmm/spmm_t/sddmm) are hand-written; these are not worth it.
-``scatter_csr``/``gather_csr`` run at every forward of a module on the dense-compute path
-(``compute='dense'`` on a GPU): an index_put and an index, their row indices rebuilt per call
-(not measured on a GPU yet).
 
 Semantics are those of the CPU ops, including the tie rule (among equal scores the lower
 position wins; stable sorts give it) and the error messages (ValueError/TypeError naming the
@@ -40,8 +37,7 @@ from ..sparse.csr import check_same_device as _same_device
 from ..sparse.csr import check_tensor as _tensor
 
 __all__ = ["select_smallest_cuda", "set_prune_cuda", "compact_cuda", "random_empty_cuda", "merge_cuda",
-           "remap_index_cuda", "gather_or_zero_cuda", "coo_dot_cuda", "grad_topk_cuda", "scatter_csr_cuda",
-           "gather_csr_cuda", "OPS"]
+           "remap_index_cuda", "gather_or_zero_cuda", "coo_dot_cuda", "grad_topk_cuda", "rewire_cuda", "OPS"]
 
 _FLOATS = (torch.float32, torch.float64)
 _INT32_MAX = 2**31 - 1
@@ -394,41 +390,70 @@ def grad_topk_cuda(row_ptr, col_idx, G, X, k: int, tile_rows: int, tile_cols: in
     return r, (key - r * cols).to(torch.int32), grad
 
 
-# ----------------------------------------------------------------------- CSR <-> dense
-def _csr_dense_positions(row_ptr, col_idx, dense):
-    """(rows, cols) int64 of the stored entries, after the checks of the CPU kernels."""
-    _check_csr(row_ptr, col_idx)
-    if _tensor(dense, "dense").dim() != 2 or dense.shape[0] != row_ptr.numel() - 1:
-        raise ValueError(f"dense must be 2-D with rows={row_ptr.numel() - 1} rows, got shape {tuple(dense.shape)}")
-    _same_device(row_ptr=row_ptr, col_idx=col_idx, dense=dense)
-    cols = col_idx.long()
-    if cols.numel() and bool(((cols < 0) | (cols >= dense.shape[1])).any()):
-        raise ValueError(f"col_idx entries must be in [0, {dense.shape[1]}) (the columns of dense)")
-    rows = torch.repeat_interleave(torch.arange(dense.shape[0], device=dense.device), row_ptr.diff(),
-                                   output_size=cols.numel())
-    return rows, cols
+# ----------------------------------------------------------------------- one update
+def _grow(row_ptr, col_idx, n_cols, grow_row, grow_col, G, X, n, seed, tile_rows, tile_cols, sample_factor):
+    """The growth of :func:`rewire_cuda` on the compacted pattern (see the CPU kernel's)."""
+    given, by_gradient = grow_row is not None or grow_col is not None, G is not None or X is not None
+    if given and by_gradient:
+        raise ValueError("give the positions (grow_row, grow_col) or the factors (G, X), not both")
+    if given:
+        if grow_row is None or grow_col is None:
+            raise ValueError("grow_row and grow_col must be given together")
+        _dtype(grow_row, "grow_row", torch.int64)
+        _dtype(grow_col, "grow_col", torch.int32)
+        if not (grow_row.dim() == 1 and grow_col.dim() == 1 and grow_row.numel() == grow_col.numel()):
+            raise ValueError("grow_row and grow_col must be 1-D of the same length")
+        return grow_row, grow_col
+    if not by_gradient:
+        return random_empty_cuda(row_ptr, col_idx, n_cols, n, seed)
+    if G is None or X is None:
+        raise ValueError("G and X must be given together")
+    if _tensor(X, "X").dim() != 2 or X.shape[0] != n_cols:
+        raise ValueError(f"X must be 2-D with n_cols={n_cols} rows, got shape {list(X.shape)}")
+    if sample_factor == 0:
+        return grad_topk_cuda(row_ptr, col_idx, G, X, n, tile_rows, tile_cols)[:2]
+    if sample_factor < 0:
+        raise ValueError(f"sample_factor must be >= 0 (0: exact growth), got {sample_factor}")
+    empty = (row_ptr.numel() - 1) * n_cols - col_idx.numel()
+    if not 0 <= n <= empty:
+        raise ValueError(f"k must be in [0, {empty}] (the empty positions), got {n}")
+    cr, cc = random_empty_cuda(row_ptr, col_idx, n_cols, min(empty, sample_factor * n), seed)
+    pick = select_smallest_cuda(coo_dot_cuda(cr, cc, G, X).abs().neg(), n)
+    return cr[pick], cc[pick]
 
 
-def scatter_csr_cuda(row_ptr, col_idx, values, dense) -> None:
-    """dense[r, c] = values[k] for every stored entry k at (r, c); dense's other entries are kept."""
-    rows, cols = _csr_dense_positions(row_ptr, col_idx, dense)
-    if _tensor(values, "values").dim() != 1 or values.numel() != cols.numel():
-        raise ValueError(f"values must be 1-D with nnz={cols.numel()} entries, got shape {tuple(values.shape)}")
-    if values.dtype != dense.dtype:
-        raise TypeError(f"values must have dense's dtype {dense.dtype}, got {values.dtype}")
-    _same_device(values=values, dense=dense)
-    dense[rows, cols] = values
-
-
-def gather_csr_cuda(row_ptr, col_idx, dense) -> torch.Tensor:
-    """out[k] = dense[r, c] for every stored entry k at (r, c)."""
-    rows, cols = _csr_dense_positions(row_ptr, col_idx, dense)
-    return dense[rows, cols]
+def rewire_cuda(row_ptr, col_idx, values, n_cols: int, keep, grow_row, grow_col, G, X, n_grow: int, seed: int,
+                tile_rows: int, tile_cols: int, sample_factor: int, keep_regrown: bool, carry):
+    """One update of a layer: compact, grow (given positions, by gradient, or random), merge with new
+    values 0, and every tensor of ``carry`` in the new order: (row_ptr, col_idx, values, src, dst,
+    new_pos, new_row, new_col, carried). With ``keep_regrown`` a pruned entry whose position is grown
+    again stays (value and state)."""
+    if not 0 <= n_cols <= _INT32_MAX:
+        raise ValueError(f"n_cols must be in [0, 2^31), got {n_cols}")
+    for i, t in enumerate(carry):
+        if t.dim() < 1 or t.shape[0] != col_idx.numel():
+            raise ValueError(f"carry[{i}] must have first dimension nnz={col_idx.numel()}, got shape {list(t.shape)}")
+    rp, ci, v, kept = compact_cuda(row_ptr, col_idx, values, keep)
+    nr, nc = _grow(rp, ci, n_cols, grow_row, grow_col, G, X, n_grow, seed, tile_rows, tile_cols, sample_factor)
+    if keep_regrown and nr.numel():
+        keys = _keys(row_ptr, col_idx, n_cols)
+        new_keys = nr * n_cols + nc.long()
+        back = ~keep & torch.isin(keys, new_keys)
+        if bool(back.any()):
+            fresh = ~torch.isin(new_keys, keys[back])
+            rp, ci, v, kept = compact_cuda(row_ptr, col_idx, values, keep | back)
+            nr, nc = nr[fresh], nc[fresh]
+    rp, ci, v, old_pos, new_pos = merge_cuda(rp, ci, v, n_cols, nr, nc, v.new_zeros(nr.numel()))
+    carried = []
+    if len(carry):
+        origin = remap_index_cuda(kept, old_pos, v.numel())
+        carried = [gather_or_zero_cuda(t, origin) for t in carry]
+    return rp, ci, v, kept, old_pos, new_pos, nr, nc, carried
 
 
 # ----------------------------------------------------------------------- by operator
 #: The kernels by operator name (``torch.ops.sparse_engine.<name>``); :mod:`sparse_engine.kernels.library`
-#: registers them as the operators' CUDA kernels.
+#: registers them as the operators' kernels on every device but the CPU.
 OPS = {f.__name__.removesuffix("_cuda"): f for f in (
     select_smallest_cuda, set_prune_cuda, compact_cuda, random_empty_cuda, merge_cuda, remap_index_cuda,
-    gather_or_zero_cuda, coo_dot_cuda, grad_topk_cuda, scatter_csr_cuda, gather_csr_cuda)}
+    gather_or_zero_cuda, coo_dot_cuda, grad_topk_cuda, rewire_cuda)}

@@ -1,20 +1,21 @@
 """Dynamic sparse training: in-place topology updates and the algorithms built on them.
 
 Controllers (``Name(model, optimizer, **params)``; call ``.step()`` after each
-``optimizer.step()`` and ``.end_epoch()`` at the end of each epoch):
-:class:`SET`, :class:`SelfishRNN`, :class:`RigL`, :class:`GradualMagnitudePruning`,
-:class:`DeepR`; SET-MLP's recipe (:class:`SETMLP`, :class:`SETSGD`) in :mod:`.set_mlp`. Building blocks: :mod:`.topology` (prune masks, growth, ``rewire``),
+``optimizer.step()`` and ``.end_epoch()`` at the end of each epoch), one module each in
+:mod:`.controllers`: :class:`SET`, :class:`SelfishRNN`, :class:`RigL`,
+:class:`GradualMagnitudePruning`, :class:`DeepR`, and SET-MLP's recipe (:class:`SETMLP`,
+:class:`SETSGD`). Building blocks: :mod:`.topology` (prune masks, growth, ``rewire``),
 :mod:`.schedules`, :mod:`.density` (uniform / ERK), :mod:`.grad_factors` (what a module must
-provide for growth by gradient).
+provide for growth by gradient), :mod:`.recipes` (the papers' settings).
 """
-from .controllers import SET, DeepR, GradualMagnitudePruning, RigL, TopologyController
+from .controllers import (SET, SET_MLP_SETTINGS, SETMLP, SETSGD, DeepR, GradualMagnitudePruning, RigL, SelfishRNN,
+                          SparseNTASGD, TopologyController, importance_keep, redistribute, selfish_set_keep)
 from .density import erk_densities, sparse_weights, sparsify_, uniform_densities
 from .grad_factors import GradFactorRecorder
 from .schedules import cosine_decay, cubic_density, narang_threshold
-from .set_mlp import SET_MLP_SETTINGS, SETMLP, SETSGD, importance_keep
-from .selfish import SelfishRNN, SparseNTASGD, redistribute, selfish_set_keep
-from .topology import (INIT_CHOICES, Remap, global_magnitude_keep, gradient_growth, magnitude_keep, new_values,
-                       random_empty, remap_optimizer_state, rewire, set_keep, threshold_keep)
+from .topology import (INIT_CHOICES, GradientGrowth, RandomGrowth, Remap, global_magnitude_keep, gradient_growth,
+                       magnitude_keep, new_values, random_empty, remap_optimizer_state, rewire, set_keep,
+                       threshold_keep)
 
 __all__ = [
     "SET", "SETMLP", "SETSGD", "SET_MLP_SETTINGS", "importance_keep", "SelfishRNN", "RigL", "GradualMagnitudePruning", "DeepR", "TopologyController",
@@ -22,5 +23,16 @@ __all__ = [
     "cosine_decay", "cubic_density", "narang_threshold",
     "sparse_weights", "uniform_densities", "erk_densities", "sparsify_",
     "INIT_CHOICES", "Remap", "magnitude_keep", "global_magnitude_keep", "set_keep", "threshold_keep",
-    "random_empty", "gradient_growth", "new_values", "rewire", "remap_optimizer_state",
+    "random_empty", "gradient_growth", "RandomGrowth", "GradientGrowth", "new_values", "rewire",
+    "remap_optimizer_state",
 ]
+
+
+def __getattr__(name):
+    """``sparse_engine.training.selfish`` and ``.set_mlp``, the old homes of their controllers,
+    answer with the module in :mod:`.controllers` and a DeprecationWarning."""
+    from .._moved import MOVED, new_module
+
+    if f"training.{name}" in MOVED:
+        return new_module(f"training.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

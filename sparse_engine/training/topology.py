@@ -1,18 +1,23 @@
 """In-place topology updates of a SparseWeight: which entries to prune, where to grow, and
-the bookkeeping (sorted CSR, transposed index, optimizer state) after the change.
+the bookkeeping (sorted CSR, optimizer state, the caller's per-entry state) after the change.
 
-An update is: ``keep`` mask -> compaction -> growth at empty positions of the compacted
-pattern (so an entry pruned in this update may be regrown, as in SET, RigL and
-sparselearning; it then starts afresh) -> merge -> ``SparseWeight.set_pattern`` -> remap of
-every per-entry tensor (optimizer state, gradient, controller state). All steps are O(nnz)
-(gradient growth: see :func:`gradient_growth`) and run in the compiled kernels of
-``csrc/cpu/topology_cpu.cpp`` for CPU tensors; on a CUDA device the same operators run the
-kernels written with torch primitives in :mod:`sparse_engine.kernels.topology_cuda` (cub sorts
-and scans), so a CUDA weight is updated where it lives and no nnz-long array goes through the
-host. Tensors on any other device call those functions directly. Random initial values of new
-weights are drawn by the caller's generator (a CPU one in the controllers, so CPU and CUDA runs
-draw the same numbers) and copied to the device once (n numbers; "zero", the default, is made
-on the device).
+An update is a ``keep`` mask (:func:`set_keep`, :func:`magnitude_keep`, ...) and one call of
+:func:`rewire`, which runs the operator ``torch.ops.sparse_engine.rewire`` once: compaction ->
+growth at empty positions of the compacted pattern (so an entry pruned in this update may be
+regrown, as in SET, RigL and sparselearning; it then starts afresh) -> merge -> remap of every
+per-entry tensor (gradient, optimizer state, the controller's state) -> ``SparseWeight.set_pattern``.
+Growth is :class:`RandomGrowth`, :class:`GradientGrowth` (both run inside that call) or any
+callable ``grow(row_ptr, col_idx) -> (rows, cols)`` on the compacted pattern (then the compaction
+runs once more before it). All steps are O(nnz) (gradient growth: see :func:`gradient_growth`).
+
+Every operator is called as ``torch.ops.sparse_engine.<op>`` and the dispatcher picks the kernel:
+the C++ kernels of ``csrc/cpu/topology_cpu.cpp`` for CPU tensors, the kernels written with torch
+primitives in :mod:`sparse_engine.kernels.topology_cuda` on CUDA (cub sorts and scans: a CUDA
+weight is updated where it lives and no nnz-long array goes through the host) and, as the
+documented fallback (:mod:`sparse_engine.kernels.library`), on any other device. Random initial
+values of new weights are drawn by the caller's generator (a CPU one in the controllers, so CPU
+and CUDA runs draw the same numbers) after the call and copied to the device once (n numbers;
+"zero", the default, needs nothing).
 
 Tie rule: among equal scores the lower CSR position (or lower linear position row*cols+col)
 goes first, so every selection is deterministic.
@@ -20,31 +25,20 @@ goes first, so every selection is deterministic.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from types import SimpleNamespace
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
 
 from .. import kernels  # noqa: F401  (loads the compiled operators)
-from ..kernels import topology_cuda
 from ..sparse import SparseWeight
 
 _ops = torch.ops.sparse_engine
-#: The torch-primitive kernels by operator name, for devices the dispatcher has no kernel for.
-_GENERIC = SimpleNamespace(**topology_cuda.OPS)
-
-
-def _ops_for(device: torch.device):
-    """The topology operators for tensors on ``device``: the dispatcher's (the C++ kernels on the
-    CPU, :mod:`sparse_engine.kernels.topology_cuda` on CUDA), or on another device (none is
-    registered there) those torch-primitive kernels called directly."""
-    return _ops if device.type in ("cpu", "cuda") else _GENERIC
 
 __all__ = [
     "Remap", "magnitude_keep", "global_magnitude_keep", "set_keep", "threshold_keep",
-    "random_empty", "gradient_growth", "new_values", "rewire", "remap_optimizer_state",
-    "INIT_CHOICES",
+    "random_empty", "gradient_growth", "RandomGrowth", "GradientGrowth", "new_values", "rewire",
+    "remap_optimizer_state", "INIT_CHOICES",
 ]
 
 #: Initial values of new connections (``init=`` of :func:`new_values` and the controllers).
@@ -58,13 +52,17 @@ INIT_CHOICES = ("zero", "normal", "he_uniform", "xavier_uniform")
 @dataclass
 class Remap:
     """How entries moved in one update: old entry ``src[j]`` is now at ``dst[j]``; new entries
-    sit at ``new``; every other new position is a new entry (state zero)."""
+    sit at ``new`` (state zero), new entry ``new[j]`` at (``new_row[j]``, ``new_col[j]``);
+    ``carried``: the tensors given to :func:`rewire` as ``carry``, in the new order."""
 
     src: torch.Tensor
     dst: torch.Tensor
     new: torch.Tensor
     old_nnz: int
     new_nnz: int
+    new_row: torch.Tensor | None = None
+    new_col: torch.Tensor | None = None
+    carried: list = field(default_factory=list)
 
     @property
     def n_removed(self) -> int:
@@ -77,14 +75,14 @@ class Remap:
     def origin(self) -> torch.Tensor:
         """origin[p]: old position of the entry now at p, -1 for a new entry (computed once)."""
         if getattr(self, "_origin", None) is None:
-            self._origin = _ops_for(self.src.device).remap_index(self.src, self.dst, self.new_nnz)
+            self._origin = _ops.remap_index(self.src, self.dst, self.new_nnz)
         return self._origin
 
     def apply(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` (first dimension old_nnz, any dtype) in the new order; zero for new entries."""
         if t.dim() < 1 or t.shape[0] != self.old_nnz:
             raise ValueError(f"tensor must have first dimension old_nnz={self.old_nnz}, got {tuple(t.shape)}")
-        return _ops_for(t.device).gather_or_zero(t, self.origin().to(t.device))
+        return _ops.gather_or_zero(t, self.origin().to(t.device))
 
 
 # ----------------------------------------------------------------------- pruning
@@ -109,7 +107,7 @@ def magnitude_keep(values: torch.Tensor, n_prune: int) -> torch.Tensor:
     v = _check_values(values)
     if not 0 <= n_prune <= v.numel():
         raise ValueError(f"n_prune must be in [0, nnz={v.numel()}], got {n_prune}")
-    return ~_ops_for(v.device).select_smallest(v.abs(), int(n_prune))
+    return ~_ops.select_smallest(v.abs(), int(n_prune))
 
 
 def global_magnitude_keep(values: Sequence[torch.Tensor], n_prune: int) -> list[torch.Tensor]:
@@ -120,7 +118,7 @@ def global_magnitude_keep(values: Sequence[torch.Tensor], n_prune: int) -> list[
     mags = torch.cat([v.abs().double().to(dev) for v in vs]) if vs else torch.empty(0, dtype=torch.float64)
     if not 0 <= n_prune <= mags.numel():
         raise ValueError(f"n_prune must be in [0, total nnz={mags.numel()}], got {n_prune}")
-    keep = ~_ops_for(dev).select_smallest(mags, int(n_prune))
+    keep = ~_ops.select_smallest(mags, int(n_prune))
     return [k.to(v.device) for k, v in zip(torch.split(keep, [v.numel() for v in vs]), vs)]
 
 
@@ -132,7 +130,7 @@ def set_keep(values: torch.Tensor, zeta: float) -> torch.Tensor:
     v = _check_values(values)
     if not 0.0 <= zeta <= 1.0:
         raise ValueError(f"zeta must be in [0, 1], got {zeta}")
-    return _ops_for(v.device).set_prune(v, float(zeta))
+    return _ops.set_prune(v, float(zeta))
 
 
 def threshold_keep(values: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -151,7 +149,7 @@ def random_empty(row_ptr: torch.Tensor, col_idx: torch.Tensor, n_cols: int, n: i
     On another device: uniform ranks among the empty positions from that device's generator
     seeded with ``seed`` (see :func:`sparse_engine.kernels.topology_cuda.random_empty_cuda`;
     other positions than the CPU for the same seed, same distribution)."""
-    return _ops_for(row_ptr.device).random_empty(row_ptr, col_idx, int(n_cols), int(n), int(seed))
+    return _ops.random_empty(row_ptr, col_idx, int(n_cols), int(n), int(seed))
 
 
 def gradient_growth(row_ptr: torch.Tensor, col_idx: torch.Tensor, G: torch.Tensor, X: torch.Tensor, k: int,
@@ -171,44 +169,81 @@ def gradient_growth(row_ptr: torch.Tensor, col_idx: torch.Tensor, G: torch.Tenso
     method="auto" (default): exact while rows*cols*M <= max_flops (2^34, about a second on two
     cores), sample above it. ``reduce_grads`` (sample only): applied to the candidates' gradients
     before the selection (data-parallel training: their sum over the ranks)."""
+    rows = row_ptr.numel() - 1
+    G, X, tile_rows, tile_cols, sample_factor = _gradient_plan(rows, G, X, method, max_flops, sample_factor,
+                                                               tile_rows, tile_elems, reduce_grads, row_ptr.device)
+    cols = X.shape[0]
+    empty = rows * cols - col_idx.numel()
+    if not 0 <= k <= empty:
+        raise ValueError(f"k must be in [0, {empty}] (the empty positions), got {k}")
+    if not sample_factor:
+        return _ops.grad_topk(row_ptr, col_idx, G, X, int(k), tile_rows, tile_cols)
+    cr, cc = random_empty(row_ptr, col_idx, cols, int(min(empty, sample_factor * k)), seed)
+    grads = _ops.coo_dot(cr, cc, G, X)
+    if reduce_grads is not None:
+        grads = reduce_grads(grads)
+    pick = _ops.select_smallest(-grads.abs(), int(k))
+    return cr[pick], cc[pick], grads[pick]
+
+
+def _gradient_plan(rows: int, G, X, method: str, max_flops: float, sample_factor: int, tile_rows: int | None,
+                   tile_elems: int | None, reduce_grads, device: torch.device):
+    """Checks the options of gradient growth and decides how it runs: (G, X) widened and on
+    ``device``, and the operator arguments (tile_rows, tile_cols, sample_factor), sample_factor 0
+    for the exact tiled top-k."""
     if method not in ("auto", "exact", "sample"):
         raise ValueError(f"method must be 'auto', 'exact' or 'sample', got {method!r}")
     for name, t in (("G", G), ("X", X)):
         if not isinstance(t, torch.Tensor) or t.dim() != 2:
             raise ValueError(f"{name} must be a 2-D tensor (features x batch)")
-    rows, cols, M = row_ptr.numel() - 1, X.shape[0], G.shape[1]
+    cols, M = X.shape[0], G.shape[1]
     if G.shape[0] != rows:
         raise ValueError(f"G must have rows={rows} rows, got shape {tuple(G.shape)}")
     if X.shape[1] != M:
         raise ValueError(f"G and X must have the same batch size M, got {M} and {X.shape[1]}")
-    rp, ci = row_ptr, col_idx
-    G = _widened(G).to(rp.device)
-    X = X.detach().to(rp.device, G.dtype)
-    ops = _ops_for(rp.device)
-    empty = rows * cols - ci.numel()
-    if not 0 <= k <= empty:
-        raise ValueError(f"k must be in [0, {empty}] (the empty positions), got {k}")
+    G = _widened(G).to(device)
+    X = X.detach().to(device, G.dtype)
     if method == "auto":
         method = "exact" if rows * cols * max(M, 1) <= max_flops else "sample"
     if method == "exact":
         if reduce_grads is not None:
             raise ValueError("reduce_grads applies to method='sample' only (exact growth takes the gathered factors)")
-        cpu = rp.device.type == "cpu"
+        cpu = device.type == "cpu"
         if tile_elems is None:
             tile_elems = 2**22 if cpu else 2**26
         if tile_rows is None:
             tile_rows = 256 if cpu else max(256, tile_elems // max(cols, 1))
-        tile_cols = max(1, tile_elems // tile_rows)
-        return ops.grad_topk(rp, ci, G, X, int(k), int(tile_rows), int(tile_cols))
+        return G, X, int(tile_rows), int(max(1, tile_elems // tile_rows)), 0
     if not (isinstance(sample_factor, int) and sample_factor >= 1):
         raise ValueError(f"sample_factor must be an int >= 1, got {sample_factor!r}")
-    n_cand = int(min(empty, sample_factor * k))
-    cr, cc = random_empty(rp, ci, cols, n_cand, seed)
-    grads = ops.coo_dot(cr, cc, G, X)
-    if reduce_grads is not None:
-        grads = reduce_grads(grads)
-    pick = ops.select_smallest(-grads.abs(), int(k))
-    return cr[pick], cc[pick], grads[pick]
+    return G, X, 0, 0, sample_factor
+
+
+@dataclass
+class RandomGrowth:
+    """Growth of :func:`rewire` at ``n`` uniformly random empty positions of the pruned pattern
+    (:func:`random_empty` with ``seed``), inside its one operator call."""
+
+    n: int
+    seed: int
+
+
+@dataclass
+class GradientGrowth:
+    """Growth of :func:`rewire` at the ``n`` empty positions of the pruned pattern with the largest
+    |G X^T|: :func:`gradient_growth` with these options, inside its one operator call (with
+    ``reduce_grads``, whose collective runs in Python, before it)."""
+
+    G: torch.Tensor
+    X: torch.Tensor
+    n: int
+    method: str = "auto"
+    max_flops: float = 2.0 ** 34
+    sample_factor: int = 8
+    seed: int = 0
+    tile_rows: int | None = None
+    tile_elems: int | None = None
+    reduce_grads: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 # ----------------------------------------------------------------------- values
@@ -241,50 +276,111 @@ def new_values(n: int, weight: SparseWeight, init="zero", *, init_scale: float =
 
 # ----------------------------------------------------------------------- update
 GrowFn = Callable[[torch.Tensor, torch.Tensor], tuple]
+#: What :func:`rewire` grows: see its docstring.
+Growth = RandomGrowth | GradientGrowth | tuple | GrowFn
 
 
-def rewire(weight: SparseWeight, keep: torch.Tensor, grow: GrowFn | None = None, *, init="zero",
+def rewire(weight: SparseWeight, keep: torch.Tensor, grow: Growth | None = None, *, init="zero",
            init_scale: float = 0.1, generator: torch.Generator | None = None,
-           optimizer: torch.optim.Optimizer | None = None, values: torch.Tensor | None = None) -> Remap:
-    """Prunes the entries where ``keep`` is False, then adds the positions ``grow(row_ptr,
-    col_idx)`` returns (rows int64, cols int32, sorted, at empty positions of the pruned
-    pattern) with values from ``values`` (if given, one per new entry) or ``init``.
+           optimizer: torch.optim.Optimizer | None = None, values=None, keep_regrown: bool = False,
+           carry: Sequence[torch.Tensor] = ()) -> Remap:
+    """Prunes the entries where ``keep`` is False, then adds the positions ``grow`` gives on the
+    pruned pattern: a :class:`RandomGrowth` or :class:`GradientGrowth`, the positions themselves
+    (rows int64, cols int32), or a callable ``grow(row_ptr, col_idx)`` returning them from the
+    pruned pattern; sorted by (row, col), at empty positions of the pruned pattern. New entries
+    take ``values`` (one per new entry in (row, col) order, or a callable ``values(rows, cols)``
+    of their positions) or ``init``. ``keep_regrown``: a position pruned now and grown again keeps
+    its entry, value and state, instead of a new one (Selfish-RNN's masked-dense code: its mask
+    goes 1 -> 0 -> 1).
 
-    Rebuilds the transposed index, and remaps the optimizer state of ``weight.values`` (every
-    tensor whose first dimension is the old nnz: SGD momentum_buffer, Adam exp_avg/exp_avg_sq,
-    ...) and its ``.grad``: kept entries keep their state, removed ones are dropped, new ones
-    start at zero. Returns the :class:`Remap` so callers can move their own per-entry state."""
+    Remaps the optimizer state of ``weight.values`` (every tensor whose first dimension is the old
+    nnz: SGD momentum_buffer, Adam exp_avg/exp_avg_sq, ...), its ``.grad`` and the tensors of
+    ``carry`` (the caller's per-entry state, returned in the new order as ``Remap.carried``): kept
+    entries keep their state, removed ones are dropped, new ones start at zero. One call of the
+    operator ``rewire`` does the update (two with a callable ``grow``, whose pattern is compacted
+    first); the transposed index is rebuilt at the weight's next use. Returns the :class:`Remap`."""
     if not isinstance(weight, SparseWeight):
         raise TypeError(f"weight must be a SparseWeight, got {type(weight).__name__}")
     if not isinstance(keep, torch.Tensor) or keep.dtype != torch.bool or keep.shape != (weight.nnz,):
         raise ValueError(f"keep must be a bool tensor of shape (nnz={weight.nnz},)")
+    if values is None and not (callable(init) or init in INIT_CHOICES):
+        raise ValueError(f"init must be one of {INIT_CHOICES} or a callable, got {init!r}")
     device = weight.values.device
-    ops = _ops_for(device)
-    rows, cols = weight.shape
+    keep = keep.to(device)
     old_nnz = weight.nnz
-    rp, ci, v, kept = ops.compact(weight.row_ptr, weight.col_idx, _widened(weight.values), keep.to(device))
+    state = _per_entry_state(weight, optimizer)
+    own = [s for s in state if s[2].device == device]  # moved by the operator, the rest after it
+    out = _ops.rewire(weight.row_ptr, weight.col_idx, _widened(weight.values), weight.shape[1], keep,
+                      *_growth_args(grow, weight, keep), bool(keep_regrown),
+                      [t for _, _, t in own] + list(carry))
+    rp, ci, v, src, dst, new, new_row, new_col, moved = out
+    nv = None
+    if values is not None:
+        nv = values(new_row, new_col) if callable(values) else values
+        nv = nv.detach().to(device, v.dtype)
+        if nv.shape != new.shape:
+            raise ValueError(f"values must have one entry per new position ({new.numel()}), got {tuple(nv.shape)}")
+    elif init != "zero":  # "zero": the operator's new entries are zeros already
+        probe = _Probe(weight.shape, v.numel(), weight.values.dtype, device)  # fan-in/out after the update
+        nv = new_values(new.numel(), probe, init, init_scale=init_scale, generator=generator).to(v.dtype)
+    if nv is not None and new.numel():
+        v[new] = nv
+    weight.set_pattern(rp, ci, v.to(weight.values.dtype), validate=False)
+    remap = Remap(src=src, dst=dst, new=new, old_nnz=old_nnz, new_nnz=v.numel(), new_row=new_row, new_col=new_col,
+                  carried=list(moved[len(own):]))
+    for (holder, key, _), t in zip(own, moved):
+        holder[key] = t
+    for holder, key, t in state:
+        if t.device != device:
+            holder[key] = remap.apply(t)
+    return remap
+
+
+def _per_entry_state(weight: SparseWeight, optimizer) -> list[tuple]:
+    """(holder, key, tensor) of the weight's gradient and of every optimizer state tensor with one
+    row per entry (first dimension nnz); ``holder[key] = t`` puts a remapped one back."""
+    values, nnz = weight.values, weight.nnz
+    out = [] if values.grad is None else [(_GradSlot(values), "grad", values.grad)]
+    state = optimizer.state.get(values) if optimizer is not None else None
+    for key, t in (state or {}).items():
+        if isinstance(t, torch.Tensor) and t.dim() >= 1 and t.shape[0] == nnz:
+            out.append((state, key, t))
+    return out
+
+
+class _GradSlot:
+    """``slot["grad"] = t`` sets the parameter's ``.grad`` (a holder like the optimizer's state dict)."""
+
+    def __init__(self, param: torch.Tensor):
+        self.param = param
+
+    def __setitem__(self, key: str, t: torch.Tensor) -> None:
+        self.param.grad = t
+
+
+def _growth_args(grow, weight: SparseWeight, keep: torch.Tensor) -> tuple:
+    """The growth arguments of the operator ``rewire`` (grow_row, grow_col, G, X, n_grow, seed,
+    tile_rows, tile_cols, sample_factor) for :func:`rewire`'s ``grow``."""
     if grow is None:
-        nr = torch.empty(0, dtype=torch.int64, device=device)
-        nc = torch.empty(0, dtype=torch.int32, device=device)
+        return None, None, None, None, 0, 0, 0, 0, 0
+    if isinstance(grow, RandomGrowth):
+        return None, None, None, None, int(grow.n), int(grow.seed), 0, 0, 0
+    if isinstance(grow, tuple):  # the positions themselves
+        return grow[0].to(keep.device), grow[1].to(keep.device), None, None, 0, 0, 0, 0, 0
+    g = grow
+    if isinstance(g, GradientGrowth) and g.reduce_grads is None:
+        G, X, tile_rows, tile_cols, sample_factor = _gradient_plan(
+            weight.shape[0], g.G, g.X, g.method, g.max_flops, g.sample_factor, g.tile_rows, g.tile_elems, None,
+            weight.values.device)
+        return None, None, G, X, int(g.n), int(g.seed), tile_rows, tile_cols, sample_factor
+    rp, ci, _, _ = _ops.compact(weight.row_ptr, weight.col_idx, _widened(weight.values), keep)
+    if isinstance(g, GradientGrowth):  # the candidates' gradients go through a collective in Python
+        nr, nc = gradient_growth(rp, ci, g.G, g.X, g.n, method=g.method, max_flops=g.max_flops,
+                                 sample_factor=g.sample_factor, seed=g.seed, tile_rows=g.tile_rows,
+                                 tile_elems=g.tile_elems, reduce_grads=g.reduce_grads)[:2]
     else:
         nr, nc = grow(rp, ci)[:2]
-    n = nr.numel()
-    if values is None:
-        # fan-in/out of the layer after the update, for He/Xavier bounds
-        probe = _Probe(weight.shape, v.numel() + n, weight.values.dtype, device)
-        nv = new_values(n, probe, init, init_scale=init_scale, generator=generator).to(v.dtype)
-    else:
-        nv = values.detach().to(device, v.dtype)
-        if nv.shape != (n,):
-            raise ValueError(f"values must have one entry per new position ({n}), got {tuple(nv.shape)}")
-    rp, ci, v, old_pos, new_pos = ops.merge(rp, ci, v, cols, nr.to(device), nc.to(device), nv)
-    weight.set_pattern(rp, ci, v.to(weight.values.dtype), validate=False)
-    remap = Remap(src=kept, dst=old_pos, new=new_pos, old_nnz=old_nnz, new_nnz=v.numel())
-    if weight.values.grad is not None:
-        weight.values.grad = remap.apply(weight.values.grad)
-    if optimizer is not None:
-        remap_optimizer_state(optimizer, weight.values, remap)
-    return remap
+    return nr.to(keep.device), nc.to(keep.device), None, None, 0, 0, 0, 0, 0
 
 
 class _Probe:

@@ -17,8 +17,8 @@ from typing import Iterable
 
 import torch
 
-from .controllers import SET
-from .topology import set_keep
+from ..topology import set_keep
+from .set import SET
 
 __all__ = ["SET_MLP_SETTINGS", "SETSGD", "SETMLP", "importance_keep"]
 
@@ -143,17 +143,17 @@ class SETMLP(SET):
         self.epochs, self.importance, self.importance_start = epochs, float(importance), int(importance_start)
         self.evolutions = 0
 
-    def _after_epoch(self) -> None:
-        if self.epoch >= self.epochs:  # not after the last epoch
-            return
+    def _due(self, epoch: int) -> bool:
+        return epoch < self.epochs  # not after the last epoch
+
+    def _update(self) -> None:
         names = list(self.weights)
         if self.importance > 0 and self.epoch >= self.importance_start:
             self._prune_neurons(names)
         for name in names if self.evolve_output else names[:-1]:
             w = self.weights[name]
             keep = set_keep(w.values, self.zeta)
-            n = w.nnz - int(keep.sum())
-            self._rewire(name, keep, self._random_grow(w, n))
+            self._rewire(name, keep, self._random_grow(w, w.nnz - int(keep.sum())))
         self.evolutions += 1
         self._notify()
 

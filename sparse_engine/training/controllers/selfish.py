@@ -13,9 +13,9 @@ from typing import Iterable
 
 import torch
 
-from .controllers import Callback, TopologyController
-from .schedules import cosine_decay
-from .topology import Remap, magnitude_keep, threshold_keep
+from ..schedules import cosine_decay
+from ..topology import Remap, magnitude_keep, threshold_keep
+from .base import Callback, TopologyController
 
 __all__ = ["SelfishRNN", "SparseNTASGD", "redistribute", "selfish_set_keep"]
 
@@ -274,8 +274,9 @@ class SelfishRNN(TopologyController):
         self.averager.update()
         if self.dense_momentum:
             self._update_dense_momentum()
-        if self.recorder is not None:
-            self.recorder.new_step()
+
+    def _records(self, t: int) -> bool:
+        return True  # growth at the epoch's end reads the last batch's factors, dense momentum every step's
 
     @torch.no_grad()
     def _update_dense_momentum(self) -> None:
@@ -322,7 +323,7 @@ class SelfishRNN(TopologyController):
                 out.append(float(self._momentum(w).mean()) if w.nnz else 0.0)
         return out
 
-    def _after_epoch(self) -> None:
+    def _update(self) -> None:
         p = self.death_rate
         scores = self._scores() if self.redistribution != "none" else None
         keeps, removed = {}, {}
@@ -349,10 +350,7 @@ class SelfishRNN(TopologyController):
                 g = self._momentum_grow(name, w, keeps[name], n)
             else:
                 g = self._random_grow(w, n)
-            keep = keeps[name]
-            if not self.reset_regrown:
-                keep, g = _regrown_in_place(w, keep, g)
-            remap = self._rewire(name, keep, g)
+            remap = self._rewire(name, keeps[name], g, keep_regrown=not self.reset_regrown)
             if self.growth == "momentum" and self._momentum_kind == "adam":
                 self._adam_state_from_dense(name, w, remap)
         self._notify()
@@ -370,7 +368,7 @@ class SelfishRNN(TopologyController):
             score[(row * cols + col)[pruned]] = self._momentum(w)[pruned]
         score[(row * cols + col)[keep]] = -math.inf  # survivors are not empty
         top = torch.topk(score, n).indices.sort().values
-        return lambda rp, ci: (top // cols, (top % cols).to(torch.int32))
+        return top // cols, (top % cols).to(torch.int32)
 
     @torch.no_grad()
     def _adam_state_from_dense(self, name: str, w, remap: Remap) -> None:
@@ -378,15 +376,13 @@ class SelfishRNN(TopologyController):
         st = self.optimizer.state.get(w.values)
         if not st or "exp_avg" not in st or remap.n_grown == 0:
             return
-        rows, cols = w.shape
-        row, col, _ = w.coo()
-        keys = (row * cols + col)[remap.new]
+        keys = remap.new_row * w.shape[1] + remap.new_col.long()
         m, v = self.dense_momentum[name]
         st["exp_avg"][remap.new] = m.flatten()[keys].to(st["exp_avg"].dtype)
         st["exp_avg_sq"][remap.new] = v.flatten()[keys].to(st["exp_avg_sq"].dtype)
 
-    def _on_remap(self, name: str, remap: Remap) -> None:
-        self.averager.remap(name, remap)
+    def _entry_state(self, name: str) -> list[tuple[dict, str]]:
+        return [(self.averager.ax, name), (self.averager.count, name)] if self.averager.active else []
 
     def _own_state(self) -> dict:
         return {"val_losses": list(self.val_losses), "averager": self.averager.state_dict(),
@@ -398,19 +394,3 @@ class SelfishRNN(TopologyController):
         self.dense_momentum = {n: tuple(t.to(self.weights[n].values.device) for t in mv)
                                for n, mv in state.get("dense_momentum", {}).items()}
 
-
-def _regrown_in_place(w, keep: torch.Tensor, grow):
-    """(keep, grow) with the positions ``grow`` picks among the just-pruned ones kept instead:
-    their weights keep value and state, as in the masked-dense code."""
-    from .controllers import _compacted
-
-    rows, cols = w.shape
-    nr, nc = grow(*_compacted(w, keep))[:2]
-    row, col, _ = w.coo()
-    keys = row * cols + col
-    new_keys = nr.to(keys.device) * cols + nc.to(keys.device).long()
-    back = ~keep & torch.isin(keys, new_keys)
-    if not bool(back.any()):
-        return keep, (lambda rp, ci: (nr, nc))
-    fresh = ~torch.isin(new_keys, keys[back])
-    return keep | back, (lambda rp, ci: (nr[fresh.to(nr.device)], nc[fresh.to(nc.device)]))

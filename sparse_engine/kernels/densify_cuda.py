@@ -1,0 +1,58 @@
+"""The CUDA kernels of the densify family's ``scatter_csr`` and ``gather_csr``, written with
+PyTorch's own tensor primitives: ``<op>_cuda`` here is the twin of ``<op>_cpu`` in
+``csrc/cpu/densify_cpu.cpp``. :mod:`sparse_engine.kernels.library` registers them (:data:`OPS`)
+as those operators' kernels on CUDA and on every other device without one, as it does the
+topology kernels of :mod:`sparse_engine.kernels.topology_cuda` (whose module docstring says why
+torch primitives). The family's other operators (the pattern as bits) are CPU-only: on other
+devices the dense-compute path (``sparse_engine.nn.compute``) uses these two.
+
+They run at every forward of a module on the dense-compute path (``compute='dense'`` on a GPU):
+an index_put and an index, their row indices rebuilt per call (not measured on a GPU yet).
+Semantics and error messages are those of the CPU kernels; nothing here is CUDA-specific, so the
+tests run them on CPU tensors against the C++ kernels.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..sparse.csr import check_index as _check_csr
+from ..sparse.csr import check_same_device as _same_device
+from ..sparse.csr import check_tensor as _tensor
+
+__all__ = ["scatter_csr_cuda", "gather_csr_cuda", "OPS"]
+
+
+def _csr_dense_positions(row_ptr, col_idx, dense):
+    """(rows, cols) int64 of the stored entries, after the checks of the CPU kernels."""
+    _check_csr(row_ptr, col_idx)
+    if _tensor(dense, "dense").dim() != 2 or dense.shape[0] != row_ptr.numel() - 1:
+        raise ValueError(f"dense must be 2-D with rows={row_ptr.numel() - 1} rows, got shape {tuple(dense.shape)}")
+    _same_device(row_ptr=row_ptr, col_idx=col_idx, dense=dense)
+    cols = col_idx.long()
+    if cols.numel() and bool(((cols < 0) | (cols >= dense.shape[1])).any()):
+        raise ValueError(f"col_idx entries must be in [0, {dense.shape[1]}) (the columns of dense)")
+    rows = torch.repeat_interleave(torch.arange(dense.shape[0], device=dense.device), row_ptr.diff(),
+                                   output_size=cols.numel())
+    return rows, cols
+
+
+def scatter_csr_cuda(row_ptr, col_idx, values, dense) -> None:
+    """dense[r, c] = values[k] for every stored entry k at (r, c); dense's other entries are kept."""
+    rows, cols = _csr_dense_positions(row_ptr, col_idx, dense)
+    if _tensor(values, "values").dim() != 1 or values.numel() != cols.numel():
+        raise ValueError(f"values must be 1-D with nnz={cols.numel()} entries, got shape {tuple(values.shape)}")
+    if values.dtype != dense.dtype:
+        raise TypeError(f"values must have dense's dtype {dense.dtype}, got {values.dtype}")
+    _same_device(values=values, dense=dense)
+    dense[rows, cols] = values
+
+
+def gather_csr_cuda(row_ptr, col_idx, dense) -> torch.Tensor:
+    """out[k] = dense[r, c] for every stored entry k at (r, c)."""
+    rows, cols = _csr_dense_positions(row_ptr, col_idx, dense)
+    return dense[rows, cols]
+
+
+#: The kernels by operator name (``torch.ops.sparse_engine.<name>``), registered by
+#: :mod:`sparse_engine.kernels.library`.
+OPS = {f.__name__.removesuffix("_cuda"): f for f in (scatter_csr_cuda, gather_csr_cuda)}

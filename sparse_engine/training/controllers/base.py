@@ -1,0 +1,244 @@
+"""The base of every topology controller: finds the sparse weights, holds the generator, the
+callbacks and the counters, decides when an update runs (one schedule), runs each layer's update
+as one :func:`~sparse_engine.training.topology.rewire` call, and saves and restores all of it.
+
+    ctl = SET(model, optimizer, zeta=0.3, seed=0, callbacks=[recorder])
+    for epoch in range(E):
+        for batch in loader:
+            loss.backward(); optimizer.step(); ctl.step()
+        ctl.end_epoch()
+
+Every controller works on every SparseWeight of the model (``model.modules()``), is
+deterministic given ``seed``, and after each topology update calls each callback as
+``cb(step: int, weights: dict[str, SparseWeight])`` (``step`` = optimizer steps so far).
+Updates keep rows sorted and unique, rebuild the transposed index and remap the optimizer
+state and the controller's own per-entry state (see :func:`~sparse_engine.training.topology.rewire`).
+
+The schedule: ``rewire_every`` is "epoch" (:meth:`~TopologyController._update` at ``end_epoch``) or
+a number of optimizer steps (at ``step``); :meth:`~TopologyController._due` says whether the update
+runs at a given step or epoch (every ``rewire_every``, or a window a subclass narrows it to).
+
+Resuming: ``ctl.state_dict()`` holds everything a controller needs to continue bit for bit
+(counters, its generator, schedule options, per-weight state such as DEEP R's signs or
+Selfish-RNN's averages). Save it with the model's and the optimizer's between training steps,
+after ``ctl.step()`` or ``ctl.end_epoch()`` (with Selfish-RNN's growth by gradient not between an
+epoch's last step and ``end_epoch()``: that growth uses the last batch's gradient factors, which
+are not saved). Load it into a controller built the same way on the reloaded model:
+``model.load_state_dict(...)``, ``optimizer.load_state_dict(...)``, ``ctl.load_state_dict(...)``.
+As for torch's LR schedulers, the saved schedule options win over the new controller's.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from ...sparse import SparseWeight
+from ..density import sparse_weights
+from ..grad_factors import GradFactorRecorder
+from ..topology import INIT_CHOICES, GradientGrowth, RandomGrowth, Remap, rewire
+
+__all__ = ["TopologyController", "Callback"]
+
+Callback = Callable[[int, dict], None]
+
+
+def check_rewire_every(value) -> str | int:
+    """``value`` when it is "epoch" or a positive int, else ValueError."""
+    if not (value == "epoch" or (isinstance(value, int) and not isinstance(value, bool) and value > 0)):
+        raise ValueError(f"rewire_every must be 'epoch' or a positive int, got {value!r}")
+    return value
+
+
+class TopologyController:
+    """Base class. A subclass sets :attr:`rewire_every` (and narrows :meth:`_due` if its updates
+    run in a window), implements :meth:`_update` (the keep masks and growth of every layer, each
+    layer through :meth:`_rewire`), and may override :meth:`_after_step` / :meth:`_after_epoch`
+    (work that is not an update), :meth:`_entry_state` (its own per-entry state, moved with the
+    weights) and the state hooks (:attr:`_options`, :meth:`_own_state`, :meth:`_load_own_state`)."""
+
+    #: when :meth:`_update` runs: "epoch" (at ``end_epoch``) or every that many optimizer steps
+    rewire_every: str | int = "epoch"
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, *, seed: int = 0,
+                 callbacks: Iterable[Callback] = (), init="zero", init_scale: float = 0.1):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
+        self.weights: dict[str, SparseWeight] = sparse_weights(model)
+        if not self.weights:
+            raise ValueError("model has no SparseWeight to update")
+        self.callbacks = list(callbacks)
+        for cb in self.callbacks:
+            if not callable(cb):
+                raise TypeError(f"callbacks must be callables cb(step, weights), got {type(cb).__name__}")
+        if not (callable(init) or init in INIT_CHOICES):
+            raise ValueError(f"init must be one of {INIT_CHOICES} or a callable, got {init!r}")
+        self.model, self.optimizer = model, optimizer
+        self.init, self.init_scale = init, float(init_scale)
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self.step_count = 0
+        self.epoch = 0
+        self.recorder: GradFactorRecorder | None = None
+
+    # ------------------------------------------------------------------ driving
+    def step(self) -> None:
+        """Call after every ``optimizer.step()``."""
+        self.step_count += 1
+        self._after_step()
+        if self.rewire_every != "epoch" and self._due(self.step_count):
+            self._update()
+        if self.recorder is not None:
+            self.recorder.new_step()
+            self.recorder.armed = self._records(self.step_count + 1)
+
+    def end_epoch(self) -> None:
+        """Call at the end of every epoch."""
+        self.epoch += 1
+        self._after_epoch()
+        if self.rewire_every == "epoch" and self._due(self.epoch):
+            self._update()
+
+    def _due(self, t: int) -> bool:
+        """Whether the update runs at step ``t`` (``rewire_every`` a number) or at the end of epoch
+        ``t`` ("epoch"): every ``rewire_every`` steps, every epoch."""
+        return self.rewire_every == "epoch" or t % self.rewire_every == 0
+
+    def _records(self, t: int) -> bool:
+        """Whether step ``t``'s backward records the gradient factors (with a recorder): before the
+        steps that update (a subclass growing at the epoch's end records at every step)."""
+        return self.rewire_every != "epoch" and self._due(t)
+
+    def _after_step(self) -> None:
+        """Per-step work that is not a topology update (it runs before a due update)."""
+
+    def _after_epoch(self) -> None:
+        """Per-epoch work that is not a topology update (it runs before a due update)."""
+
+    def _update(self) -> None:
+        """One topology update of every layer, then :meth:`_notify` (none here: a controller written
+        for the earlier base, which updated in its own ``_after_step`` / ``_after_epoch``, still works)."""
+
+    # ------------------------------------------------------------------ helpers
+    def _seed(self) -> int:
+        return int(torch.randint(0, 2**62, (1,), generator=self.generator))
+
+    def _notify(self) -> None:
+        for cb in self.callbacks:
+            cb(self.step_count, dict(self.weights))
+
+    def _random_grow(self, weight: SparseWeight, n: int) -> RandomGrowth:
+        return RandomGrowth(n, self._seed())
+
+    def _use_gradients(self, model: nn.Module) -> None:
+        self.recorder = GradFactorRecorder(model, self.weights)
+        missing = [n for n, w in self.weights.items() if not self.recorder.supports(w)]
+        if missing:
+            raise ValueError(f"gradient growth needs (G, X) factors for {missing}: their modules must be SparseLinear "
+                             "or implement dense_grad_factors(name) (see sparse_engine.training.grad_factors)")
+
+    def _gradient_grow(self, weight: SparseWeight, n: int) -> GradientGrowth:
+        if self.recorder.is_global():  # data-parallel: the gradient of the global batch
+            G, X, method, reduce = self.recorder.growth_inputs(weight, self.grad_options["method"],
+                                                               self.grad_options["max_flops"])
+            options = dict(self.grad_options, method=method)
+        else:
+            (G, X), reduce, options = self.recorder.factors(weight), None, self.grad_options
+        return GradientGrowth(G, X, n, seed=self._seed(), reduce_grads=reduce, **options)
+
+    def _set_grad_options(self, method: str, max_flops: float, sample_factor: int) -> None:
+        if method not in ("auto", "exact", "sample"):
+            raise ValueError(f"grad_method must be 'auto', 'exact' or 'sample', got {method!r}")
+        if not (isinstance(sample_factor, int) and sample_factor >= 1):
+            raise ValueError(f"sample_factor must be an int >= 1, got {sample_factor!r}")
+        self.grad_options = dict(method=method, max_flops=max_flops, sample_factor=sample_factor)
+
+    def _rewire(self, name: str, keep: torch.Tensor, grow=None, values=None, keep_regrown: bool = False) -> Remap:
+        """One layer's update in one pass: :func:`~sparse_engine.training.topology.rewire` with this
+        controller's init, generator and optimizer, moving :meth:`_entry_state` along."""
+        places = self._entry_state(name)
+        remap = rewire(self.weights[name], keep, grow, init=self.init, init_scale=self.init_scale,
+                       generator=self.generator, optimizer=self.optimizer, values=values, keep_regrown=keep_regrown,
+                       carry=[holder[key] for holder, key in places])
+        for (holder, key), t in zip(places, remap.carried):
+            holder[key] = t
+        self._on_remap(name, remap)
+        return remap
+
+    def _entry_state(self, name: str) -> list[tuple[dict, str]]:
+        """This controller's per-entry tensors of weight ``name`` (first dimension its nnz), as
+        (dict, key) places: an update moves them with the weight (zero for new entries)."""
+        return []
+
+    def _on_remap(self, name: str, remap: Remap) -> None:
+        """Hook after a layer's update (its per-entry state is moved already)."""
+
+    def close(self) -> None:
+        """Removes the hooks this controller put on the model."""
+        if self.recorder is not None:
+            self.recorder.remove()
+
+    # ------------------------------------------------------------------ state
+    #: attributes holding a subclass's schedule and options: saved, and restored on load
+    _options: tuple[str, ...] = ()
+    #: options fixed when the controller is built (hooks, recorders): must match on load
+    _fixed: tuple[str, ...] = ()
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue bit for bit (a deep copy, safe to keep while training
+        goes on; only tensors, numbers, strings, lists and dicts, so ``torch.load(...,
+        weights_only=True)`` reads it). Keys: ``controller`` (class name), ``weights`` (their
+        names), ``step_count``, ``epoch``, ``generator`` (the CPU generator's state), ``init``
+        (None for a callable), ``init_scale``, ``options`` (the subclass's schedule and options),
+        ``recorder`` (the gradient-factor recorder's settings, or None) and the subclass's own
+        state (see each class)."""
+        state = {"controller": type(self).__name__, "weights": list(self.weights),
+                 "step_count": self.step_count, "epoch": self.epoch, "generator": self.generator.get_state(),
+                 "init": None if callable(self.init) else self.init, "init_scale": self.init_scale,
+                 "options": {k: getattr(self, k) for k in self._options if hasattr(self, k)},
+                 "recorder": None if self.recorder is None else self.recorder.state_dict()}
+        state.update(self._own_state())
+        return copy.deepcopy(state)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restores :meth:`state_dict`'s output into a controller of the same class over a model
+        with the same sparse weights (load the model's state first). ValueError when the
+        controller class, the weights or a construction-time option differ."""
+        if not isinstance(state, dict) or "controller" not in state:
+            raise ValueError("state must be a dict from TopologyController.state_dict()")
+        if state["controller"] != type(self).__name__:
+            raise ValueError(f"state is of a {state['controller']} controller, not {type(self).__name__}")
+        if list(state["weights"]) != list(self.weights):
+            raise ValueError(f"state is of the sparse weights {list(state['weights'])}, this controller has "
+                             f"{list(self.weights)}")
+        for k in self._fixed:
+            if state["options"].get(k) != getattr(self, k):
+                raise ValueError(f"state has {k}={state['options'].get(k)!r}, this controller {k}={getattr(self, k)!r}"
+                                 " (fixed when the controller is built)")
+        if (state["recorder"] is None) != (self.recorder is None):
+            raise ValueError("state and controller differ in whether they record gradient factors")
+        state = copy.deepcopy(state)
+        self.step_count, self.epoch = int(state["step_count"]), int(state["epoch"])
+        self.generator.set_state(state["generator"])
+        if state["init"] is not None:
+            self.init = state["init"]
+        self.init_scale = float(state["init_scale"])
+        for k, v in state["options"].items():
+            setattr(self, k, v)
+        if self.recorder is not None:
+            self.recorder.load_state_dict(state["recorder"])
+        self._load_own_state(state)
+
+    def _own_state(self) -> dict:
+        """A subclass's per-weight state for :meth:`state_dict`."""
+        return {}
+
+    def _load_own_state(self, state: dict) -> None:
+        """Restores what :meth:`_own_state` saved."""
+
+    def _on_device(self, tensors: dict) -> dict:
+        """``tensors`` (name -> tensor) moved to the devices of the weights of the same names."""
+        return {n: t.to(self.weights[n].values.device) for n, t in tensors.items()}

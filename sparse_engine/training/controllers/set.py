@@ -1,0 +1,46 @@
+"""SET, Sparse Evolutionary Training (Mocanu et al. 2018): magnitude pruning per sign, random regrowth."""
+from __future__ import annotations
+
+from typing import Iterable
+
+from ... import init as _init
+from ..topology import set_keep
+from .base import Callback, TopologyController, check_rewire_every
+
+__all__ = ["SET"]
+
+
+class SET(TopologyController):
+    """Sparse Evolutionary Training (Mocanu et al. 2018). After each epoch every layer drops the
+    fraction ``zeta`` of its positive weights nearest zero and, separately, of its negative
+    weights nearest zero (exact zeros are always dropped, as in the reference code), then
+    regrows the same number at uniformly random empty positions.
+
+    ``epsilon``: None keeps the model's topology (SparseLinear is Erdos-Renyi with SET's
+    epsilon=20 by default); a number re-draws every sparse weight as Erdos-Renyi(epsilon) with
+    fresh values at construction (do it before the optimizer has state).
+    ``init``: value of new weights, "zero" by default (Keras SET, Selfish-RNN); "normal" with
+    init_scale=0.1 is the scipy SET code; "he_uniform"/"xavier_uniform" later SET code.
+    ``rewire_every``: "epoch" (SET) or a number of optimizer steps (Zhang et al.'s MNIST script
+    rewires every 50 batches, its unit of an "epoch")."""
+
+    def __init__(self, model, optimizer, zeta: float = 0.3, epsilon: float | None = None, *, init="zero",
+                 init_scale: float = 0.1, rewire_every="epoch", seed: int = 0, callbacks: Iterable[Callback] = ()):
+        super().__init__(model, optimizer, seed=seed, callbacks=callbacks, init=init, init_scale=init_scale)
+        if not 0.0 <= zeta <= 1.0:
+            raise ValueError(f"zeta must be in [0, 1], got {zeta}")
+        self.zeta, self.rewire_every = float(zeta), check_rewire_every(rewire_every)
+        if epsilon is not None:
+            for w in self.weights.values():
+                rows, cols = w.shape
+                nnz = int(round(_init.erdos_renyi_density(rows, cols, epsilon) * rows * cols))
+                rp, ci = _init.random_pattern(rows, cols, nnz, self.generator)
+                vals = _init.default_values(nnz, rows, w.values.dtype, self.generator)
+                dev = w.values.device
+                w.set_pattern(rp.to(dev), ci.to(dev), vals.to(dev), validate=False)
+
+    def _update(self) -> None:
+        for name, w in self.weights.items():
+            keep = set_keep(w.values, self.zeta)
+            self._rewire(name, keep, self._random_grow(w, w.nnz - int(keep.sum())))
+        self._notify()
