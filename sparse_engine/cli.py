@@ -32,12 +32,12 @@ import torch
 from .data.tasks import TASK_DATA, TASKS, load_task  # noqa: F401  (load_task: re-exported, was defined here)
 from .models import MODELS
 from .runs import (DEVICES, SPARSE_CHOICES, AnalyzeConfig, BenchConfig, ConfigError, ConfigPathError,  # noqa: F401
-                   TrainConfig, analyze, bench, check_paths, plot_dir_problem, resolve_device, train)
+                   TrainConfig, analyze, bench, check_analyze_paths, resolve_device, train)
 from .training.recipes import ALGORITHMS, RECIPES
 
-# Names defined here before the recipes moved out, kept so that old imports still work.
+# Names defined or imported here before the recipes moved out, kept so that old imports still work.
 from .models import SequenceModel  # noqa: F401,E402
-from .runs import evaluate, load_matrix  # noqa: F401,E402
+from .runs import check_paths, evaluate, load_matrix, plot_dir_problem  # noqa: F401,E402
 from .training.recipes import make_controller  # noqa: F401,E402
 
 PROG = "sparse-engine"
@@ -249,11 +249,7 @@ def run(argv=None):
         if args.command == "bench":
             return bench(BenchConfig(**options))
         cfg = AnalyzeConfig(**options)
-        # the file analyze reads and the one it writes, before the census starts (analyze itself
-        # checks the file's type and content when it loads the matrix: ValueError naming the file)
-        check_paths(cfg, {"path": None}, ("export_csv",))  # a file, or a directory of NNSTD networks
-        if cfg.plot is not None and (problem := plot_dir_problem(cfg.plot)) is not None:
-            raise ConfigPathError("plot", problem)
+        check_analyze_paths(cfg)  # before the census starts (train() checks its paths itself)
         return analyze(cfg)
     except ConfigError as exc:  # a value (2) or a path (1) the recipe cannot use, named as on the command line
         code = EXIT_FAILED if isinstance(exc, ConfigPathError) else EXIT_USAGE

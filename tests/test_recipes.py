@@ -416,7 +416,7 @@ def test_mnist_task_uses_the_standard_split_when_the_training_files_are_there(tm
 
 
 def test_selfish_runs_evaluate_on_the_nt_asgd_averages(monkeypatch):
-    import sparse_engine.runs as runs
+    import sparse_engine.runs.train_run as runs
     from sparse_engine.training import SelfishRNN
 
     made, seen = [], []

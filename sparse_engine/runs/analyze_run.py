@@ -1,0 +1,226 @@
+"""``sparse-engine analyze`` as a function, :func:`analyze`: the signed triad census and
+structural balance of a recurrent matrix (with null models, an edge-list export, figures and, for
+a train checkpoint, motif lesions), the balance of a recorded run, or the NNSTD between the
+networks of a directory. The analysis itself is :mod:`sparse_engine.analysis`; this module loads,
+prints the tables and writes the files."""
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+
+from .config import AnalyzeConfig, ConfigError, with_options
+from .train_run import evaluate, load_run_task, run_recipe, sequence_model
+
+
+def load_matrix(path: str, key: str | None = None):
+    """The recurrent matrix to analyse, as a :class:`~sparse_engine.analysis.RecurrentMatrix`
+    (:func:`~sparse_engine.analysis.load_recurrent`): from a checkpoint (.pt/.pth/.ckpt;
+    default key: the first hidden-to-hidden weight, ``rnn.weight_hh_l0`` or a CT-RNN's
+    ``rnn.weight_hh``, sparse or dense), a Gephi edge list (.csv) or a scipy matrix (.npz).
+    FileNotFoundError for a missing file, ValueError naming the file for anything unreadable."""
+    from ..analysis import load_recurrent
+
+    return load_recurrent(path, key)
+
+
+
+def is_balance_record(path) -> bool:
+    """True for a CSV whose header is a balance record's (``--record-balance``), not an edge list."""
+    p = Path(path)
+    if p.suffix.lower() != ".csv" or not p.is_file():
+        return False
+    with open(p, newline="", encoding="utf-8-sig", errors="replace") as f:
+        header = f.readline().strip().split(",")
+    return {"step", "layer", "gate", "balance_semicycle"} <= set(header)
+
+
+def _analyze_record(cfg, console):
+    """``analyze`` of a recorded run: the balance per epoch as a table, and its figures."""
+    from rich.table import Table
+
+    from ..analysis import DEFINITIONS, plots, read_record
+
+    rows = read_record(cfg.path)
+    if not rows:
+        raise ValueError(f"{cfg.path} holds no records (only a header)")
+    t = Table(title=f"recorded balance of {cfg.path} ({len(rows)} records; the last of each epoch)")
+    for col in ("layer", "gate", "epoch", *DEFINITIONS):
+        t.add_column(col, justify="right")
+    for layer, gate in dict.fromkeys((r["layer"], r["gate"]) for r in rows):
+        s = plots.balance_series(rows, layer=layer, gate=gate)
+        for i, x in enumerate(s["x"]):
+            t.add_row(layer, gate, str(x), *(f"{s[d][i]:.3f}" for d in DEFINITIONS))
+    console.print(t)
+    if cfg.plot:
+        for path in plots.plot_record(rows, cfg.plot):
+            console.print(f"figure: {path}")
+    return rows
+
+
+def _analyze_nnstd(cfg, console) -> dict:
+    """``analyze`` of a directory: the NNSTD between every two networks found in it (folders of
+    ``weight_l<i>.npz`` layers), as a table and, with ``plot``, a heat map."""
+    from rich.table import Table
+
+    from ..analysis import find_nnstd_networks, load_nnstd_layers, nnstd_matrix, plots
+
+    found = find_nnstd_networks(cfg.path)
+    if len(found) < 2:
+        raise ValueError(f"{cfg.path} is a directory: expected at least two networks in it (folders of NNSTD layers "
+                         f"weight_l0.npz, weight_l1.npz, ...), found {len(found)}")
+    labels = list(found)
+    D = nnstd_matrix([load_nnstd_layers(d) for d in found.values()])
+    t = Table(title=f"NNSTD between the {len(labels)} networks in {cfg.path} (mean over layers)")
+    t.add_column("network", no_wrap=True)
+    for i in range(len(labels)):
+        t.add_column(str(i), justify="right")
+    for i, label in enumerate(labels):
+        t.add_row(f"{i}: {label}", *(f"{x:.3f}" for x in D[i]))
+    console.print(t)
+    if cfg.plot:
+        for path in plots.save(plots.nnstd_figure(D, labels), cfg.plot, "nnstd"):
+            console.print(f"figure: {path}")
+    return {"labels": labels, "distance": D}
+
+
+LESION_KINDS = ("balanced", "unbalanced", "random", "edges")
+
+
+def lesion_curves(cfg, m, console) -> dict:
+    """``analyze CHECKPOINT --lesion N``: the model of a ``train`` checkpoint is rebuilt from its
+    saved options, and up to N motifs of each kind in :data:`LESION_KINDS` are cut from its
+    recurrent matrix as the paper does (one shuffled list, cumulative, 10 runs), scoring the
+    test set after each cut (accuracy, or MSE for regression tasks). {kind: LesionRuns}."""
+    from rich.table import Table
+
+    from ..analysis import lesion_ffls, plots
+    from ..io.checkpoint import load_checkpoint
+    from ..sparse import SparseWeight
+
+    payload = load_checkpoint(cfg.path)
+    args = payload.get("extra", {}).get("args") or {}
+    if args.get("command") != "train":
+        raise ValueError(f"{cfg.path}: --lesion needs a checkpoint written by sparse-engine train (its options rebuild "
+                         "the model and its test set)")
+    if args.get("model") == "mlp":
+        raise ValueError(f"{cfg.path}: --lesion needs a recurrent model's checkpoint (train --model rnn or ctrnn); "
+                         "this one is an mlp")
+    _, (Xte, yte), meta = load_run_task(args, run_recipe(args))  # the run's test set and model, as train built them
+    model = sequence_model(args, meta)
+    model.load_state_dict(payload["model"])
+    W = model.get_submodule(m.key) if isinstance(m.matrix, SparseWeight) else None
+    if not isinstance(W, SparseWeight) or len(m.gates) != 1:
+        what = f"an {m.cell} gate stack" if len(m.gates) != 1 else "stored dense"
+        raise ValueError(f"{cfg.path}: --lesion needs a sparse one-block recurrent matrix (train --model rnn or "
+                         f"ctrnn, --sparse recurrent or both); {m.key} is {what}")
+    classify = meta["kind"] == "classify"
+
+    def score():
+        loss, acc = evaluate(model, Xte, yte, meta["kind"])
+        return acc if classify else loss
+
+    runs = {kind: lesion_ffls(W, score, kind=kind, max_removals=cfg.lesion, transpose=cfg.transpose, seed=cfg.seed)
+            for kind in LESION_KINDS}
+    what = "test accuracy" if classify else "test MSE"
+    t = Table(title=f"motif lesions of {m.key}: {what}, mean of {len(runs['edges'].curves)} runs")
+    for col in ("kind", "removed", "intact", "after"):
+        t.add_column(col, justify="right")
+    for kind, res in runs.items():
+        t.add_row(kind, str(res.n_removed[-1]), f"{res.mean[0]:.4f}", f"{res.mean[-1]:.4f}")
+    console.print(t)
+    if cfg.plot:
+        fig = plots.lesion_figure(runs, ylabel=what, title=f"motif lesions of {m.key}")
+        for path in plots.save(fig, cfg.plot, "lesions"):
+            console.print(f"figure: {path}")
+    return runs
+
+
+def analyze(config: AnalyzeConfig | None = None, **options):
+    """Signed triad census and structural balance of a recurrent matrix, with optional null
+    models and edge-list export (``sparse-engine analyze``). An LSTM's or GRU's W_hh is
+    analysed per gate block and as the sum of its blocks (``gate`` picks one); see
+    :mod:`sparse_engine.analysis.recurrent`. Prints tables and returns an
+    :class:`~sparse_engine.analysis.AnalysisResult`: the overall balance per definition of
+    the chosen gate, else of the summed graph (gated cells) or the one block, with every
+    graph's values in ``.graphs``."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .. import analysis as A
+
+    cfg = with_options(AnalyzeConfig, config, options)
+    console = Console()
+    mode = "a directory of networks" if Path(cfg.path).is_dir() else (
+        "a recorded run" if is_balance_record(cfg.path) else None)
+    if mode is not None:  # only --plot (and --seed) apply there: refuse the rest rather than ignore them
+        for f in fields(AnalyzeConfig):
+            if f.name not in ("path", "plot", "seed") and getattr(cfg, f.name) != f.default:
+                raise ConfigError(f.name, f"does not apply to {mode} ({cfg.path})")
+        return _analyze_nnstd(cfg, console) if Path(cfg.path).is_dir() else _analyze_record(cfg, console)
+    m = load_matrix(cfg.path, cfg.key)
+    graphs = m.graphs(cfg.gate, transpose=cfg.transpose)
+    primary = cfg.gate if cfg.gate is not None else m.primary
+    console.print(m.describe())
+    nodes = "edges" if cfg.convention == "seed" else "all"
+    census = {g: A.signed_triad_census(w, nodes=nodes) for g, w in graphs.items()}
+    n = next(iter(census.values())).n
+    t = Table(title=f"signed triad census of {m.key or cfg.path} (n={n:,})")
+    t.add_column("type", justify="right")
+    if len(graphs) == 1:
+        c = census[primary]
+        for col in ("count", "balanced", "unbalanced"):
+            t.add_column(col, justify="right")
+        for name in A.TRIAD_TYPES:
+            t.add_row(name, f"{c.counts[name]:,}", f"{c.balanced.get(name, '')}", f"{c.unbalanced.get(name, '')}")
+    else:
+        for g in graphs:
+            t.add_column(f"{g} count" if g != A.SUM else "sum count", justify="right")
+        for name in A.TRIAD_TYPES:
+            t.add_row(name, *(f"{census[g].counts[name]:,}" for g in graphs))
+    console.print(t)
+    b = Table(title="structural balance" + (" per gate and of the summed graph" if len(graphs) > 1 else ""))
+    if len(graphs) > 1:
+        b.add_column("graph")
+    b.add_column("definition")
+    for typ in A.TRANSITIVE_TYPES:
+        b.add_column(typ, justify="right")
+    b.add_column("overall", justify="right")
+    per_graph = {}
+    for g, c in census.items():
+        per_graph[g] = {}
+        for d in A.DEFINITIONS:
+            bal = A.structural_balance(c, d, convention=cfg.convention)
+            per_graph[g][d] = bal.value
+            cells = (*(f"{bal.per_type[x]:.3f}" for x in A.TRANSITIVE_TYPES), f"{bal.value:.3f}")
+            b.add_row(*((g,) if len(graphs) > 1 else ()), d, *cells)
+    console.print(b)
+    nulls = {}
+    if cfg.null:
+        nt = Table(title=f"{cfg.null} null models ({cfg.null_method})")
+        cols = (("graph",) if len(graphs) > 1 else ()) + ("measure", "observed", "null mean", "z", "p (greater)")
+        for col in cols:
+            nt.add_column(col, justify="right")
+        for g, w in graphs.items():
+            nulls[g] = res = A.null_model_test(w, cfg.null_method, K=cfg.null, seed=cfg.seed, nodes=nodes,
+                                               convention=cfg.convention)
+            for row in res.table():
+                if row["measure"].startswith("balance_"):
+                    nt.add_row(*((g,) if len(graphs) > 1 else ()), row["measure"], f"{row['observed']:.3f}",
+                               f"{row['null_mean']:.3f}", f"{row['z']:.2f}", f"{row['p_greater']:.3f}")
+        console.print(nt)
+    if cfg.export_csv:
+        out = Path(cfg.export_csv)
+        for g, w in graphs.items():  # one edge list per graph: name_<gate>.csv when there are several
+            path = out if len(graphs) == 1 else out.with_name(f"{out.stem}_{g}{out.suffix}")
+            A.write_edge_csv(w, path, ids=m.ids)
+            console.print(f"edge list{'' if len(graphs) == 1 else f' ({g})'}: {path}")
+    if cfg.plot:
+        from ..analysis import plots
+
+        for g, w in graphs.items():  # census_<gate>, distributions_<gate> when there are several
+            name = "" if len(graphs) == 1 else f"{g}_"
+            for path in plots.plot_matrix(w, cfg.plot, census=census[g], null=nulls.get(g), name=name):
+                console.print(f"figure: {path}")
+    lesions = lesion_curves(cfg, m, console) if cfg.lesion else {}
+    return A.AnalysisResult(per_graph[primary], matrix=m, primary=primary, graphs=per_graph, census=census,
+                            null=nulls, lesions=lesions)
