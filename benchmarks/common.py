@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the checkout's package, installed or not
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # the checkout's package, installed or not
 from sparse_engine.kernels import HAS_CUDA_KERNELS  # noqa: E402
 from sparse_engine.runtime.timing import times_of  # noqa: E402
 
