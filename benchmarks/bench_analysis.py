@@ -12,10 +12,6 @@ duplicate edges), never densely.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
-import subprocess
 import time
 
 import numpy as np
@@ -23,8 +19,10 @@ import scipy.sparse as sp
 import torch
 
 import sparse_engine  # noqa: F401
+from common import machine
 from sparse_engine.analysis import (DEFINITIONS, GraphCSR, nnstd, null_model_test, randomize, signed_triad_census,
                                     structural_balance, to_networkx)
+from sparse_engine.runtime.timing import times_of
 
 
 def graph_from_keys(n: int, key: np.ndarray, rng) -> GraphCSR:
@@ -71,14 +69,19 @@ def census_and_balance(g: GraphCSR):
 
 
 def best_of(f, repeat: int, cpu: bool = False):
-    """Best wall time of ``repeat`` runs (and, with cpu=True, the process CPU time of that run:
-    user + system over all threads, which a busy shared machine inflates less than wall time)."""
-    best = (float("inf"), 0.0)
-    for _ in range(repeat):
-        t, c = time.perf_counter(), time.process_time()
+    """Best wall time of ``repeat`` runs and the last run's output (with cpu=True, the wall time
+    and the process CPU time of the fastest run: user + system over all threads, which a busy
+    shared machine inflates less than wall time)."""
+    runs = []  # (CPU seconds, output) of each run
+
+    def run():
+        c = time.process_time()
         out = f()
-        best = min(best, (time.perf_counter() - t, time.process_time() - c))
-    return (best if cpu else best[0]), out
+        runs.append((time.process_time() - c, out))
+
+    wall = times_of(run, repeat)
+    best = min(range(repeat), key=wall.__getitem__)
+    return ((wall[best], runs[best][0]) if cpu else wall[best]), runs[-1][1]
 
 
 def pairwise_nnstd_cost(A: sp.csr_matrix, B: sp.csr_matrix) -> np.ndarray:
@@ -146,14 +149,9 @@ def main():
         print(s, flush=True)
         lines.append(s)
 
-    cpu = subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True, text=True).stdout
-    cpu = cpu.split(":", 1)[-1].strip()
     say("# Structure analysis benchmarks")
     say()
-    say(f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
-    say(f"- machine: {cpu or platform.processor()}, {os.cpu_count()} cores, threads used: {args.threads}; "
-        f"torch {torch.__version__}; load average at start {os.getloadavg()[0]:.1f} (shared machine: "
-        "times are noisy)")
+    say(f"- machine at the start: {machine()} (shared machine: times are noisy)")
     say("- census = signed triad census (16 types + signed semicycles, CB/PB/CI) + the three balance "
         "definitions; time is the best of the repeats, graph generation excluded")
     say()

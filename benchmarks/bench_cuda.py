@@ -26,11 +26,8 @@ partial grid, so that runs split by --n do not overwrite each other), rewritten 
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
-import platform
 import re
-import subprocess
 import sys
 import time
 import zlib
@@ -38,7 +35,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's package, installed or not
+from common import cuda_times_of, machine
+
 DEV = "cuda"
 GRID_N = [4096, 16384, 65536, 131072]
 GRID_DENSITY = [0.001, 0.01, 0.05, 0.2]
@@ -97,26 +95,14 @@ def power_law_pattern(n: int, nnz: int, gen: torch.Generator, gamma: float = 2.5
 
 # ---------------------------------------------------------------------------- timing
 def time_ms(fn, budget_s: float = 0.4, min_reps: int = 5, max_reps: int = 50) -> float:
-    """Median of CUDA-event timings of fn() after a warm-up."""
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    fn()
-    end.record()
-    end.synchronize()
-    first = start.elapsed_time(end)
+    """Median milliseconds of fn() timed with CUDA events (common.cuda_times_of): one call after a
+    warm-up says how many calls fill ``budget_s``, within [min_reps, max_reps]."""
+    first = 1e3 * cuda_times_of(fn, 1, warmup=1)[0]
     if first > 1e3 * budget_s:  # a slow baseline (seconds per call at 1e9 nnz): 3 runs are enough
         min_reps = min(min_reps, 3)
     reps = int(min(max_reps, max(min_reps, budget_s * 1e3 / max(first, 1e-3))))
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
-    for s, e in events:
-        s.record()
-        fn()
-        e.record()
-    torch.cuda.synchronize()
-    times = sorted(s.elapsed_time(e) for s, e in events)
-    return times[len(times) // 2]
+    times = sorted(cuda_times_of(fn, reps, warmup=0))
+    return 1e3 * times[len(times) // 2]
 
 
 def copy_bandwidth() -> float:
@@ -171,20 +157,17 @@ def run_cell(n, density, B, pattern, args, dense_cache, bw):
     if target * BYTES_PER_NNZ_PEAK > 0.85 * total:
         return {"skip": f"nnz {target:,} needs ~{target * BYTES_PER_NNZ_PEAK / 2**30:.0f} GiB"}
     gen = torch.Generator(device=DEV).manual_seed(zlib.crc32(f"{n}/{density}/{pattern}".encode()))
-    t0 = time.perf_counter()
     row_ptr, col = (uniform_pattern if pattern == "uniform" else power_law_pattern)(n, target, gen)
     nnz = col.numel()
     dtype = DTYPES[args.dtype]
     values = (torch.randn(nnz, generator=gen, device=DEV) / math.sqrt(max(1.0, nnz / n))).to(dtype)
-    torch.cuda.synchronize()
-    t_index = time.perf_counter()
     W = SparseWeight(row_ptr, col, values, (n, n), validate=False, requires_grad=False)
     torch.cuda.synchronize()
     transpose_ms = time_ms(lambda: torch.ops.sparse_engine.transpose_index(W.row_ptr, W.col_idx, n), budget_s=0.2,
                            min_reps=3, max_reps=10)
     lengths = W.row_ptr.diff()
     info = {"nnz": nnz, "density": nnz / (n * n), "max_row": int(lengths.max()), "mean_row": nnz / n,
-            "gen_s": t_index - t0, "transpose_ms": transpose_ms}
+            "transpose_ms": transpose_ms}
     X = torch.randn(n, B, generator=gen, device=DEV).to(dtype)
     G = torch.randn(n, B, generator=gen, device=DEV).to(dtype)
     # our float32 kernels on the same (rounded) inputs, for the 2-byte dtypes
@@ -285,14 +268,7 @@ def ratio(base, ours) -> str:
 
 def machine_header(bw: float) -> str:
     p = torch.cuda.get_device_properties(0)
-    try:
-        cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        cpu = next((l.split(":", 1)[1].strip() for l in cpu.splitlines() if l.startswith("Model name")), platform.processor())
-    except OSError:
-        cpu = platform.processor()
-    return (f"GPU: {p.name}, {p.multi_processor_count} SMs, {p.total_memory / 2**30:.0f} GiB; "
-            f"CPU: {cpu}; torch {torch.__version__} (CUDA {torch.version.cuda}); "
-            f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
+    return (f"Machine: {machine()}; {p.multi_processor_count} SMs, {p.total_memory / 2**30:.0f} GiB\n\n"
             f"Measured device copy bandwidth: {bw / 1e9:.0f} GB/s. TF32 matmul: "
             f"{'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'} (dense baselines in full fp32).\n")
 

@@ -30,10 +30,8 @@ timed with CUDA events (torch.cuda.Event) recorded around it on the current stre
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -110,13 +108,15 @@ def compute_path(model, cfg, w_hh) -> str:
 
 def measure(method: str, cell: str, H: int, density: float, device: str, repeats: int, warmup: int,
             compute: str | None = None) -> dict:
-    from sparse_engine.runtime.timing import peak_rss_bytes
+    # sparse_engine before torch (which common imports): passive OpenMP waiting, as in use
+    from sparse_engine.runtime.timing import peak_rss_bytes, times_of
 
     import torch
 
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import sparse_engine as se
+    from common import cuda_times_of
 
     torch.manual_seed(0)
     dev = torch.device(device)
@@ -172,32 +172,19 @@ def measure(method: str, cell: str, H: int, density: float, device: str, repeats
     else:
         raise ValueError(method)
 
-    def timed_step() -> float:
-        """Seconds of one step: on a GPU between two CUDA events recorded on the current stream
-        around it (after a synchronize, so nothing earlier is counted); on the CPU wall time."""
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end) / 1e3
-        t0 = time.perf_counter()
-        step()
-        return time.perf_counter() - t0
+    def clear_grads():
+        for p in params:
+            p.grad = None
 
     for _ in range(warmup):
         step()
-        for p in params:
-            p.grad = None
+        clear_grads()
     if dev.type == "cuda":
+        # CUDA events around each step on the current stream, after a synchronize (nothing earlier counts)
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(repeats):
-        times.append(timed_step())
-        for p in params:
-            p.grad = None
+        times = cuda_times_of(step, repeats, warmup=0, setup=clear_grads, sync_each=True)
+    else:
+        times = times_of(step, repeats, setup=clear_grads)
     times.sort()
     peak = (torch.cuda.max_memory_allocated() if dev.type == "cuda"
             else peak_rss_bytes())
@@ -227,21 +214,6 @@ def run_child(method, cell, H, density, device, repeats, warmup, timeout, comput
 
 
 # ------------------------------------------------------------------------- report
-def machine(device: str) -> str:
-    import torch
-
-    if device == "cuda":
-        return f"{torch.cuda.get_device_name()} (torch {torch.__version__}, CUDA {torch.version.cuda})"
-    model = platform.processor()
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return f"{model}, {torch.get_num_threads()} threads (torch {torch.__version__})"
-
-
 def fmt(r: dict, device: str) -> str:
     if r.get("status") != "ok":
         return r.get("status", "fails")
@@ -358,12 +330,14 @@ def main(argv=None):
 
 
 def report(rows, methods, device, args, load_start) -> list[str]:
+    from common import machine
+
     lines = [
         "# LSTM and GRU training step (forward + backward), one layer, T=35, B=20, input = hidden",
         "",
-        f"- machine: {machine(device)}",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; 1-min load average "
-        f"{load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (a busy machine inflates every time)",
+        f"- machine: {machine()}",
+        f"- 1-min load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (a busy machine "
+        "inflates every time)",
         f"- median of {args.repeats} steps after {args.warmup} warm-up, "
         f"{'timed with CUDA events around each step' if device == 'cuda' else 'wall time'}; peak memory of the "
         f"whole process ({'max_memory_allocated' if device == 'cuda' else 'max RSS'}); each cell in its own process; "

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import datetime
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,8 +23,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import sparse_engine as se  # noqa: E402
+from common import machine  # noqa: E402
 from sparse_engine.kernels import has_kernel  # noqa: E402
 from sparse_engine.nn.cell_table import CELLS  # noqa: E402
+from sparse_engine.runtime.timing import times_of  # noqa: E402
 
 SIZES = [(256, 0.1), (512, 0.05), (1500, 0.05), (1500, 0.33), (4096, 0.01), (16384, 0.001), (16384, 0.01)]
 GPU_SIZES = SIZES + [(65536, 0.01)]
@@ -39,11 +39,7 @@ def time_pair(fused, composed, repeats):
     t = ([], [])
     for _ in range(repeats):
         for f, out in zip((fused, composed), t):
-            _sync()
-            t0 = time.perf_counter()
-            f()
-            _sync()
-            out.append(time.perf_counter() - t0)
+            out += times_of(f, 1, sync=_sync)
     return tuple(1e6 * sorted(x)[len(x) // 2] for x in t)
 
 
@@ -125,17 +121,10 @@ def measure(ops, H, d, B, dev, repeats) -> list[str]:
 
 
 def write(out: Path, args, dev: torch.device, B: int, rows: list[str]) -> None:
-    if dev.type == "cuda":
-        where = f"{torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}"
-    else:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in subprocess.run(["lscpu"], capture_output=True, text=True)
-                    .stdout.splitlines() if ln.startswith("Model name")), "?")
-        where = f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     text = "\n".join([
         f"# One recurrent step, fused op vs composed (spmm + torch elementwise), {dev.type}, B={B}", "",
-        f"- machine: {where}, 1-min load average {os.getloadavg()[0]:.1f}",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; median of {args.repeats}, "
-        "microseconds", "",
+        f"- machine: {machine()}",
+        f"- median of {args.repeats}, microseconds", "",
         "Fused and composed are timed alternately; load: the 1-minute load average after each row. Both "
         "backward steps get W_hh's values in column order (values_t), made once per sequence by the recurrence. "
         "sparse_engine.kernels.choose.choose_fused is the rule drawn from this table (docs/cpu_kernels.md).", "",

@@ -27,7 +27,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # sparse_engine before torch (which common imports): it sets passive OpenMP waiting and torch's
 # huge pages (sparse_engine/runtime/threads.py), read once when torch loads
-from sparse_engine.runtime.timing import peak_rss_bytes  # noqa: E402
+from sparse_engine.runtime.timing import peak_rss_bytes, times_of  # noqa: E402
 from common import RESULTS, machine, markdown_table  # noqa: E402
 
 MNIST = ROOT / ".." / "shared" / "data" / "mnist_test"
@@ -87,14 +86,15 @@ def child(args) -> None:
     nnz = model.nnz
     opt = SETSGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=2e-4)
     ctl = SETMLP(model, opt, epochs=args.epochs, zeta=0.3, seed=0)
-    for epoch in range(1, args.epochs + 1):
-        start = time.perf_counter()
-        perm = torch.randperm(len(Xtr))
-        for idx in perm.split(args.batch):
+
+    def train_epoch():
+        for idx in torch.randperm(len(Xtr)).split(args.batch):
             opt.zero_grad(set_to_none=False)
             model.loss(model(Xtr[idx]), ytr[idx]).backward()
             opt.step()
-        train_s = time.perf_counter() - start
+
+    for epoch in range(1, args.epochs + 1):
+        train_s = times_of(train_epoch, 1)[0]
         # the weights as trained: values, CSR, and the transposed index where the backward built it
         network = sum(b.numel() * b.element_size() for layer in model.layers
                       for b in (layer.weight.values, *layer.weight.buffers()))
@@ -103,9 +103,7 @@ def child(args) -> None:
             correct = sum(int((model(Xte[i:i + args.batch]).argmax(1) == yte[i:i + args.batch]).sum())
                           for i in range(0, len(Xte), args.batch))  # one training batch's activations
         model.train()
-        start = time.perf_counter()
-        ctl.end_epoch()
-        evo_s = time.perf_counter() - start
+        evo_s = times_of(ctl.end_epoch, 1)[0]
         peak = peak_rss_bytes()
         print(json.dumps(dict(neurons=args.child, sizes=sizes, epoch=epoch, train_s=train_s, evolution_s=evo_s,
                               peak=peak, base=base_rss, acc=correct / len(Xte), nnz=nnz, network=network,
@@ -133,20 +131,24 @@ def accuracy_curve(name: str, H: int, seed: int, args, data) -> tuple[list[float
         loss_fn = nn.functional.cross_entropy
     opt = SETSGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=2e-4)
     ctl = SETMLP(model, opt, epochs=args.epochs, zeta=0.3, seed=seed) if name == "SET-MLP" else None
-    accs, start = [], time.perf_counter()
-    for epoch in range(args.epochs):
-        for idx in torch.randperm(len(Xtr)).split(args.batch):
-            opt.zero_grad()
-            loss_fn(model(Xtr[idx]), ytr[idx]).backward()
-            opt.step()
-        model.eval()
-        with torch.no_grad():
-            accs.append(float((model(Xte).argmax(1) == yte).float().mean()))
-        model.train()
-        if ctl is not None:
-            ctl.end_epoch()
+    accs = []
+
+    def run():
+        for epoch in range(args.epochs):
+            for idx in torch.randperm(len(Xtr)).split(args.batch):
+                opt.zero_grad()
+                loss_fn(model(Xtr[idx]), ytr[idx]).backward()
+                opt.step()
+            model.eval()
+            with torch.no_grad():
+                accs.append(float((model(Xte).argmax(1) == yte).float().mean()))
+            model.train()
+            if ctl is not None:
+                ctl.end_epoch()
+
+    seconds = times_of(run, 1)[0]
     params = model.nnz + sum(l.bias.numel() for l in model.layers) if ctl else sum(p.numel() for p in model.parameters())
-    return accs, params, time.perf_counter() - start
+    return accs, params, seconds
 
 
 def mean_std(values: list[float]) -> str:

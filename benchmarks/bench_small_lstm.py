@@ -41,6 +41,7 @@ from torch import nn
 
 import sparse_engine as se
 from common import markdown_table, ms, write_result
+from sparse_engine.runtime.timing import times_of
 
 SPARSE = {"LSTM": se.nn.SparseLSTM, "GRU": se.nn.SparseGRU}
 DENSE = {"LSTM": nn.LSTM, "GRU": nn.GRU}
@@ -57,14 +58,8 @@ clock = CLOCK["wall"]
 
 
 def sample(fn, seconds: float) -> float:
-    """Seconds per call of ``fn``, calling it until ``seconds`` have passed (at least once)."""
-    n, start = 0, clock()
-    while True:
-        fn()
-        n += 1
-        elapsed = clock() - start
-        if elapsed >= seconds:
-            return elapsed / n
+    """Seconds per call of ``fn`` on ``clock``, calling it until ``seconds`` have passed (at least once)."""
+    return times_of(fn, 1, min_time=seconds, clock=clock)[0]
 
 
 def alternate(runs: dict, rounds: int, seconds: float, before=None) -> dict:
@@ -322,9 +317,7 @@ def lm_epoch(args, sections):
     for r in range(args.epoch_rounds):  # whole epochs, alternating, the first model swapped each round
         for k in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
             restore(k)  # every epoch from the same weights
-            start = clock()
-            runs[k]()
-            t[k].append(clock() - start)
+            t[k] += times_of(runs[k], 1, clock=clock)
     val_batches = (val_data.shape[0] - 1 + bptt - 1) // bptt
     header = ["epoch", "torch.nn (s)", "ours (s)", "ours vs torch.nn", "load before", "load after"]
     row = [f"{args.epoch_batches} training batches (B={args.batch}) + {val_batches} validation batches "

@@ -23,21 +23,17 @@ keeps the nnz, so nothing is reset or copied; see timed_updates), best of 3 afte
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's package, installed or not
-from sparse_engine import SparseWeight  # noqa: E402
-from sparse_engine.runtime.timing import best_of  # noqa: E402  (the same helper as sparse-engine bench)
-from sparse_engine.training import gradient_growth, magnitude_keep, random_empty, rewire, set_keep  # noqa: E402
+from common import machine  # (it puts the checkout's package on the path, installed or not)
+from sparse_engine import SparseWeight
+from sparse_engine.runtime.timing import best_of  # the same helper as sparse-engine bench
+from sparse_engine.training import gradient_growth, magnitude_keep, random_empty, rewire, set_keep
 
 FRACTION = 0.3
 # --device cuda: (mode, rows, cols, nnz) prune+regrow cases and (method, n, nnz, M) RigL cases
@@ -103,19 +99,10 @@ def sparse_update(rows, cols, nnz, mode="magnitude"):
     return timed_updates(w, with_adam_state(w), mode)
 
 
-def best_update_time(update, refresh, sync=lambda: None, repeat: int = 3) -> float:
+def best_update_time(update, refresh, sync=None, repeat: int = 3) -> float:
     """Seconds of the fastest of ``repeat`` calls of ``update()`` after a warm-up call, each
     preceded by an untimed ``refresh()``."""
-    best = float("inf")
-    for r in range(repeat + 1):
-        refresh()
-        sync()
-        t0 = time.perf_counter()
-        update()
-        sync()
-        if r:
-            best = min(best, time.perf_counter() - t0)
-    return best
+    return best_of(update, repeat, warmup=1, setup=refresh, sync=sync)
 
 
 def masked_dense(rows, cols, nnz, device="cpu"):
@@ -196,13 +183,10 @@ def main():
     rows, cols, nnz = args.rows, args.cols, args.nnz
     lines = []
     say = lambda s="": (print(s), lines.append(s))
-    cpu = subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True, text=True).stdout.strip()
     say("# Topology update benchmark (CPU)")
     say()
-    say(f"- machine: {cpu.split(':', 1)[-1].strip()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-        f"python {platform.python_version()}")
-    say(f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, load average at start "
-        f"{os.getloadavg()[0]:.1f} (shared machine: numbers are noisy when it is above the core count)")
+    say(f"- machine at the start: {machine()} (shared machine: numbers are noisy when the load is above the core "
+        "count)")
     say(f"- one update drops {FRACTION:.0%} of the weights and regrows as many at random empty positions; "
         "sparse times include Adam state remap and the transposed-index rebuild; consecutive updates, each on the "
         "pattern the one before left (no reset; values redrawn in place between them, untimed); best of 3 after a "
@@ -240,15 +224,7 @@ def main():
 # =============================================================================== GPU
 def cuda_sync_time(fn, repeat=3):
     """Best of ``repeat`` after one warm-up run (allocator and cub workspaces), synchronized."""
-    fn()
-    best = float("inf")
-    for _ in range(repeat):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return best_of(fn, repeat, warmup=1, sync=torch.cuda.synchronize)
 
 
 def free_bytes() -> int:
@@ -313,17 +289,12 @@ def cuda_rigl(rows, cols, nnz, M, dense=True, method="exact"):
 def main_cuda(args):
     if not torch.cuda.is_available():
         raise SystemExit("--device cuda needs a CUDA device")
-    from sparse_engine.kernels import HAS_CUDA_KERNELS
-
     name = torch.cuda.get_device_name(0)
     gpu = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
     out = Path(args.out or Path(__file__).resolve().parent / "results" / f"topology_{gpu}.md")
-    cpu = subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True, text=True).stdout.strip()
     header = [
         f"# Topology update benchmark ({name})", "",
-        f"- machine: {name}, {torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB; host "
-        f"{cpu.split(':', 1)[-1].strip()}, torch {torch.__version__}, CUDA kernels built: {HAS_CUDA_KERNELS}",
-        f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- machine: {machine()}; {torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB of GPU memory",
         f"- one update drops {FRACTION:.0%} of the weights and regrows as many at uniformly random empty positions, "
         "remaps the gradient and Adam's two moments and rebuilds the transposed index, all on the device (topology ops: torch "
         "primitives of sparse_engine.kernels.topology_cuda); consecutive updates, each on the pattern the one before "

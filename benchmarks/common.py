@@ -1,51 +1,114 @@
-"""Timing and reporting helpers shared by the benchmark scripts."""
+"""What the benchmark scripts share: how they time, how they name the machine, how they write
+their results.
+
+* Timing: wall time (or another clock) through ``sparse_engine.runtime.timing.times_of`` /
+  ``best_of``, the helpers ``sparse-engine bench`` uses too; :func:`timeit` is their median of
+  adaptive samples for calls of microseconds; :func:`cuda_times_of` times work queued on a GPU
+  with CUDA events.
+* :func:`machine`: the one line every results file's header gives (CPU, cores, threads, load,
+  versions, GPU, whether this build has the CUDA kernels, date).
+* :func:`write_result`, :func:`markdown_table`, :func:`ms`, :func:`ratio`: the results files.
+
+torch is imported before anything of sparse_engine, so that importing this module leaves
+OpenMP's waiting policy to the script: ``import sparse_engine`` sets passive waiting only when it
+comes before torch (sparse_engine/runtime/threads.py), and each script keeps its own order.
+"""
 from __future__ import annotations
 
 import datetime
+import functools
+import os
 import platform
 import statistics
 import subprocess
-import time
+import sys
 from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # the checkout's package, installed or not
+from sparse_engine.kernels import HAS_CUDA_KERNELS  # noqa: E402
+from sparse_engine.runtime.timing import times_of  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
 
 
+# ---------------------------------------------------------------------------- timing
 def timeit(fn, *, repeat: int = 7, min_time: float = 0.2, warmup: int = 1) -> float:
-    """Median seconds per call; each sample loops until ``min_time`` has passed."""
-    start = time.perf_counter()
-    for _ in range(warmup):
-        fn()
-    if time.perf_counter() - start > 1.0:  # slow baselines: three single calls are enough
+    """Median seconds per call over ``repeat`` samples, each calling ``fn`` until
+    ``min_time / repeat`` seconds have passed; a call whose warm-up took over a second (a slow
+    baseline) is timed in three single calls instead."""
+    if sum(times_of(fn, warmup)) > 1.0:
         repeat, min_time = 3, 0.0
-    samples = []
+    return statistics.median(times_of(fn, repeat, min_time=min_time / repeat))
+
+
+def cuda_times_of(fn, repeat: int, warmup: int = 1, *, setup=None, sync_each: bool = False) -> list[float]:
+    """Seconds of each of ``repeat`` calls of ``fn``, read from CUDA events recorded on the current
+    stream just before and after each call, after ``warmup`` untimed calls and a synchronize.
+
+    The calls are queued back to back and the events read after one synchronize at the end, so
+    the host's launch latency hides behind the previous call, as in a training loop. With
+    ``sync_each`` the device is synchronized before each call instead: the call starts on an idle
+    device and its own launch latency counts. ``setup()`` runs untimed (on the host) before each
+    call, warm-up included."""
+    for _ in range(warmup):
+        if setup is not None:
+            setup()
+        fn()
+    torch.cuda.synchronize()
+    events = []
     for _ in range(repeat):
-        n, start = 0, time.perf_counter()
-        while True:
-            fn()
-            n += 1
-            elapsed = time.perf_counter() - start
-            if elapsed >= min_time / repeat:
-                break
-        samples.append(elapsed / n)
-    return statistics.median(samples)
+        if setup is not None:
+            setup()
+        if sync_each:
+            torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        events.append((start, end))
+    torch.cuda.synchronize()
+    return [start.elapsed_time(end) / 1e3 for start, end in events]
+
+
+# --------------------------------------------------------------------------- machine
+@functools.lru_cache(maxsize=None)
+def _lscpu() -> dict:
+    """``lscpu``'s "field: value" lines (empty where there is no lscpu)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"}).stdout
+    except OSError:
+        return {}
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in out.splitlines()) if v.strip()}
+
+
+def _cores() -> str:
+    info, logical = _lscpu(), os.cpu_count()
+    try:
+        cores = int(info["Core(s) per socket"]) * int(info.get("Socket(s)", 1))
+    except (KeyError, ValueError):
+        return f"{logical} logical CPUs"
+    return f"{cores} cores" + (f" ({logical} logical CPUs)" if logical != cores else "")
 
 
 def machine() -> str:
-    """One line naming the machine the numbers come from."""
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name"):
-                cpu = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return (f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-            f"{datetime.date.today().isoformat()}")
+    """One line naming where and when the numbers were taken, for every results file's header:
+    the CPU model and its cores, torch's threads, the 1-minute load average now, python and torch
+    (and CUDA) versions, the GPU, whether this build has the CUDA kernels, the date and time (UTC)."""
+    cpu = _lscpu().get("Model name") or platform.processor() or "unknown CPU"
+    gpu = (f"GPU {torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})" if torch.cuda.is_available()
+           else "no GPU")
+    threads = torch.get_num_threads()
+    return (f"{cpu}, {_cores()}, {threads} torch thread{'s' * (threads != 1)}, 1-min load average "
+            f"{os.getloadavg()[0]:.1f}; python {platform.python_version()}, torch {torch.__version__}; {gpu}, "
+            f"CUDA kernels {'built' if HAS_CUDA_KERNELS else 'not built'}; "
+            f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
 
 
+# --------------------------------------------------------------------------- results
 def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]

@@ -1,5 +1,7 @@
 """Helpers for tests of code built on sparse-engine: seeded random SparseWeights, the awkward
-shapes every kernel must survive, and float64 dense references of spmm, spmm_t and sddmm.
+shapes every kernel must survive, float64 dense references of spmm, spmm_t and sddmm, numpy
+references of the topology selections (the k smallest, SET's keep mask), and checks of a
+weight's invariants and of a saved state bit for bit.
 
 sparse-engine's own tests use these; they are public so that your tests can too::
 
@@ -24,11 +26,14 @@ Conventions:
   :func:`weight_with_row_lengths` and :func:`power_law_weight` cost O(nnz + rows) memory, and
   ``SparseWeight.random`` is O(nnz) for huge sizes;
 * the references are computed in float64 on the CPU from the values as stored (a float16
-  weight's reference uses its float16 values exactly), for any device and dtype of the inputs.
+  weight's reference uses its float16 values exactly), for any device and dtype of the inputs;
+* the checks raise ``AssertionError`` naming what differs (also under ``python -O``).
 """
 from __future__ import annotations
 
 import contextlib
+import decimal
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -41,6 +46,8 @@ __all__ = [
     "random_weight", "weight_with_row_lengths", "power_law_weight", "random_scipy", "randn",
     "copy_weight", "with_layout",
     "dense", "spmm_reference", "spmm_t_reference", "sddmm_reference", "Reference", "references",
+    "smallest_reference", "set_keep_reference", "entry_keys", "value_by_key",
+    "check_invariants", "assert_bit_equal", "num_threads",
 ]
 
 
@@ -293,6 +300,101 @@ def references(W: SparseWeight, X: torch.Tensor | None = None, G: torch.Tensor |
     return out
 
 
+def smallest_reference(scores: np.ndarray, k: int) -> np.ndarray:
+    """Bool mask of the ``k`` smallest ``scores``, ties to the lower index (-0.0 equals 0.0): a
+    stable sort. The contract of ``ops.select_smallest`` and of ``training.magnitude_keep``
+    (which drops the smallest ``|values|``)."""
+    out = np.zeros(scores.size, bool)
+    out[np.argsort(scores + 0.0, kind="stable")[:k]] = True
+    return out
+
+
+def _llround(x: float) -> int:
+    """C's llround: the nearest integer, halves away from zero, of the exact binary value."""
+    return int(decimal.Decimal(x).to_integral_value(rounding=decimal.ROUND_HALF_UP))
+
+
+def set_keep_reference(v: np.ndarray, zeta: float) -> np.ndarray:
+    """SET's keep mask (``training.set_keep``): drop round(zeta P) of the P positive values nearest
+    zero and round(zeta N) of the N negative ones (ties: the lower index), and every zero."""
+    keep = np.zeros(v.size, bool)
+    for sign in (v > 0, v < 0):
+        idx = np.flatnonzero(sign)
+        order = idx[np.argsort(np.abs(v[idx]), kind="stable")]
+        keep[order[_llround(zeta * float(idx.size)):]] = True
+    return keep
+
+
+# -------------------------------------------------------------------------- checks
+def entry_keys(W: SparseWeight) -> np.ndarray:
+    """Each stored entry's position ``row * cols + col``, in CSR order: compare the patterns of
+    two weights, or find where an update pruned and regrew."""
+    row, col, _ = W.coo()
+    return (row.cpu() * W.shape[1] + col.cpu()).numpy()
+
+
+def value_by_key(W: SparseWeight) -> dict:
+    """``{entry_keys(W)[k]: value k}``: what a topology update must keep at the surviving positions."""
+    return dict(zip(entry_keys(W).tolist(), W.values.detach().cpu().tolist()))
+
+
+def _check(ok: bool, message) -> None:
+    if not ok:
+        raise AssertionError(message)
+
+
+def check_invariants(W: SparseWeight, nnz: int | None = None) -> None:
+    """``W.validate()`` (sorted, unique, in-range columns), ``nnz`` stored entries if given, and a
+    transposed index equal to scipy's CSC of the same matrix: what every topology update must
+    leave behind."""
+    W.validate()
+    if nnz is not None:
+        _check(W.nnz == nnz, f"nnz is {W.nnz}, expected {nnz}")
+    csc = W.to_scipy().tocsc()
+    csc.sort_indices()
+    _check(np.array_equal(W.csc_ptr.cpu().numpy(), csc.indptr), "csc_ptr differs from scipy's CSC")
+    _check(np.array_equal(W.csc_row.cpu().numpy(), csc.indices), "csc_row differs from scipy's CSC")
+    values = W.values.detach().cpu()
+    values = values.float() if values.element_size() == 2 else values  # as to_scipy() converts them
+    _check(np.array_equal(values.numpy()[W.csc_perm.cpu().numpy()], csc.data),
+           "csc_perm does not put the values in scipy's CSC order")
+
+
+def assert_bit_equal(a, b, where: str = "state") -> None:
+    """Nested dicts, lists and tuples of tensors and numbers exactly equal: the same types, keys
+    in the same order, tensors of the same dtype, shape and device whose elements compare equal
+    (``torch.equal``), numbers equal (a float NaN equals a float NaN). The message names the first
+    difference by its path from ``where``, e.g. ``state['opt'][0]``. For a resumed run against
+    the run made in one go (model, optimizer and controller state dicts)."""
+    if isinstance(a, torch.Tensor):
+        _check(isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape,
+               f"{where}: {_describe(a)} vs {_describe(b)}")
+        _check(a.device == b.device and torch.equal(a, b), f"{where}: tensors differ")
+    elif isinstance(a, dict):
+        _check(isinstance(b, dict) and list(a) == list(b), f"{where}: keys {list(a)} vs {_describe(b)}")
+        for k in a:
+            assert_bit_equal(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, (list, tuple)):
+        _check(type(a) is type(b) and len(a) == len(b), f"{where}: {_describe(a)} vs {_describe(b)}")
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_bit_equal(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and math.isnan(a):
+        _check(isinstance(b, float) and math.isnan(b), f"{where}: nan vs {b!r}")
+    else:
+        _check(type(a) is type(b) and a == b, f"{where}: {a!r} vs {b!r}")
+
+
+def _describe(x) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"tensor {x.dtype} {tuple(x.shape)} on {x.device}"
+    if isinstance(x, dict):
+        return f"keys {list(x)}"
+    if isinstance(x, (list, tuple)):
+        return f"{type(x).__name__} of {len(x)}"
+    return repr(x)
+
+
+# ---------------------------------------------------------------------------- threads
 @contextlib.contextmanager
 def num_threads(n: int):
     """torch's intra-op threads (the kernels' OpenMP team) set to ``n`` for the block, restored

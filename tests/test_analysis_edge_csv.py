@@ -11,9 +11,6 @@ import scipy.sparse as sp
 import sparse_engine  # noqa: F401
 from sparse_engine.analysis import read_edge_csv, signed_triad_census, write_edge_csv
 from sparse_engine.runs import analyze
-from _paths import DATA as SHARED_DATA
-
-DATA = SHARED_DATA / "sparse_rnns_networks"
 
 
 def write(tmp_path, text, name="e.csv"):
@@ -67,11 +64,10 @@ def test_id_rules(tmp_path):
     assert W.shape == (2, 2) and W[1, 0] == 0.5 and W[0, 1] == -2.0
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason=f"real data folder {DATA} missing")
-def test_shipped_networks_read_exactly_as_before():
+def test_shipped_networks_read_exactly_as_before(shared_data):
     """Ids used as they are, n = largest id + 1 (two person-activity networks have isolated units
     below the largest id: they stay nodes), so every census and balance value is unchanged."""
-    files = sorted(DATA.glob("*.csv"))
+    files = sorted(shared_data("sparse_rnns_networks").glob("*.csv"))
     assert len(files) >= 40
     for path in files:
         d = np.loadtxt(path, delimiter=",", skiprows=1, usecols=(1, 2, 3), ndmin=2)

@@ -3,23 +3,22 @@ figures it writes agree, the models learn; and its --estimate mode."""
 import math
 
 import pytest
-from _paths import load_example
 
 pytest.importorskip("matplotlib")
 
 from sparse_engine.analysis import read_record  # noqa: E402
 
 
-def load():
-    return load_example("balance_at_scale")
+@pytest.fixture
+def ex(load_script):
+    return load_script("examples/balance_at_scale.py")
 
 
 ARGS = ["--task", "mackey-glass", "--hidden", "200", "--density", "0.02", "--paper-hidden", "30", "--epochs", "2",
         "--null", "3", "--batch-size", "64", "--lr", "0.01"]
 
 
-def test_small_experiment_writes_consistent_outputs(tmp_path):
-    ex = load()
+def test_small_experiment_writes_consistent_outputs(tmp_path, ex):
     rows = ex.main(ARGS + ["--out", str(tmp_path)])
     assert [r["run"] for r in rows] == ["n30_pruning", "n30_set", "n200_pruning", "n200_set"]
     table = (tmp_path / "results.md").read_text()
@@ -39,14 +38,12 @@ def test_small_experiment_writes_consistent_outputs(tmp_path):
     assert pruning[30]["edges_end"] <= math.ceil(0.05 * 900) and pruning[200]["edges_end"] < pruning[200]["edges_start"]
 
 
-def test_untrained_model_fails_the_learning_check(tmp_path):
-    ex = load()
+def test_untrained_model_fails_the_learning_check(tmp_path, ex):
     rows = ex.main(ARGS + ["--out", str(tmp_path), "--lr", "1e-12", "--skip-large"])
     assert all(not (r["score_end"] < 0.5 * r["score_start"]) for r in rows)
 
 
-def test_estimate_mode(tmp_path):
-    ex = load()
+def test_estimate_mode(tmp_path, ex):
     est = ex.main(["--task", "mackey-glass", "--hidden", "2000", "--density", "0.005", "--null", "2",
                    "--estimate", "--estimate-batches", "2"])
     assert est["edges"] > 0 and est["step_s"] > 0 and est["record_s"] > 0

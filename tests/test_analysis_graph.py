@@ -12,9 +12,6 @@ from sparse_engine.analysis import (BalanceRecorder, edges, feed_forward_loops, 
                                     read_edge_csv, signed_triad_census, structural_balance, to_networkx,
                                     write_edge_csv)
 from sparse_engine.testing import random_weight
-from _paths import DATA as SHARED_DATA
-
-DATA = SHARED_DATA / "sparse_rnns_networks"
 
 
 def test_edge_convention_zeros_and_self_loops():
@@ -54,9 +51,8 @@ def test_csv_round_trip(tmp_path, rng):
         read_edge_csv(bad)
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason=f"real data folder {DATA} missing")
-def test_real_csv_orientation():
-    path = DATA / "MNIST__pruning_n_150_p_0.05__epoch_200.csv"
+def test_real_csv_orientation(shared_data):
+    path = shared_data("sparse_rnns_networks", "MNIST__pruning_n_150_p_0.05__epoch_200.csv")
     W = read_edge_csv(path, n=150)
     with open(path) as f:
         rows = list(csv.DictReader(f))

@@ -11,9 +11,6 @@ import sparse_engine  # noqa: F401
 from sparse_engine import SparseWeight
 from sparse_engine.analysis import jaccard_cost, jaccard_similarity, load_nnstd_layers, nnstd
 from sparse_engine.testing import random_scipy
-from _paths import DATA as SHARED_DATA
-
-DATA = SHARED_DATA / "nnstd_topologies"
 
 
 def rand_layers(rng, sizes, density):
@@ -113,14 +110,14 @@ def test_bad_inputs():
         load_nnstd_layers(Path("/nonexistent"))
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason=f"real data folder {DATA} missing")
-def test_real_topologies_distance_grows_with_training():
-    ref = {e: load_nnstd_layers(DATA / "e5_s0_w0" / e) for e in ("epoch_000", "epoch_190")}
+def test_real_topologies_distance_grows_with_training(shared_data):
+    data = shared_data("nnstd_topologies")
+    ref = {e: load_nnstd_layers(data / "e5_s0_w0" / e) for e in ("epoch_000", "epoch_190")}
     assert [L.shape for L in ref["epoch_000"]] == [(784, 784)] * 3 + [(10, 784)]
     last = {}
     for w in ("w1", "w5", "w9"):
-        d0 = nnstd(ref["epoch_000"], load_nnstd_layers(DATA / f"e5_s0_{w}" / "epoch_000")).distance
-        d1 = nnstd(ref["epoch_190"], load_nnstd_layers(DATA / f"e5_s0_{w}" / "epoch_190")).distance
+        d0 = nnstd(ref["epoch_000"], load_nnstd_layers(data / f"e5_s0_{w}" / "epoch_000")).distance
+        d1 = nnstd(ref["epoch_190"], load_nnstd_layers(data / f"e5_s0_{w}" / "epoch_190")).distance
         assert 0 < d0 < d1 < 1
         last[w] = (d0, d1)
     # farther generations are farther apart, before and after training

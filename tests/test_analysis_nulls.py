@@ -10,9 +10,6 @@ import torch
 import sparse_engine  # noqa: F401
 from sparse_engine.analysis import edges, null_model_test, randomize, read_edge_csv, signed_triad_census
 from sparse_engine.testing import random_scipy
-from _paths import DATA as SHARED_DATA
-
-DATA = SHARED_DATA / "sparse_rnns_networks"
 
 
 def degrees(src, dst, n):
@@ -117,11 +114,10 @@ PRUNED = ["MNIST__pruning_n_150_p_0.05__epoch_200.csv", "SMS__pruning_n_100_p_0.
           "MG__pruning_n_128_p_0.05__epoch_100.csv"]
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason=f"real data folder {DATA} missing")
 @pytest.mark.parametrize("name", PRUNED)
-def test_pruned_networks_more_balanced_than_sign_shuffles(name):
+def test_pruned_networks_more_balanced_than_sign_shuffles(name, shared_data):
     n = int(re.search(r"_n_(\d+)_", name).group(1))
-    A = read_edge_csv(DATA / name, n)
+    A = read_edge_csv(shared_data("sparse_rnns_networks", name), n)
     r = null_model_test(A, "sign_shuffle", K=60, seed=0)
     for k in ("balance_semicycle", "balance_triad", "balance_weighted"):
         assert r.observed[k] > np.nanmax(r.null[k]), k

@@ -10,10 +10,6 @@ import pytest
 import scipy.sparse as sp
 
 from sparse_engine.analysis import (TRANSITIVE_TYPES, read_edge_csv, signed_triad_census, structural_balance)
-from _paths import DATA as SHARED_DATA
-
-DATA = SHARED_DATA / "sparse_rnns_networks"
-FILES = sorted(DATA.glob("*.csv")) if DATA.is_dir() else []
 
 
 def brute_semicycles(W: sp.spmatrix) -> dict[str, tuple[int, int]]:
@@ -70,11 +66,11 @@ def check(W, seed_only_differs=None):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not FILES, reason=f"real data folder {DATA} missing")
-def test_every_shipped_network():
-    assert len(FILES) == 48
+def test_every_shipped_network(shared_data):
+    files = sorted(shared_data("sparse_rnns_networks").glob("*.csv"))
+    assert len(files) == 48
     differ, fewer_nodes = [], []
-    for f in FILES:
+    for f in files:
         W = read_edge_csv(f)
         seed, ours = check(W)
         if not (seed == pytest.approx(ours, abs=1e-12)):

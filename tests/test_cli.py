@@ -15,7 +15,6 @@ import torch
 
 from sparse_engine import cli
 from sparse_engine.io.checkpoint import load_checkpoint
-from _paths import DATA
 
 
 def untrained(argv):
@@ -63,9 +62,8 @@ def test_bench_reports_ratios():
     assert [r["op"] for r in rows] == ["spmm", "sddmm"] and all(r["ours"] > 0 for r in rows)
 
 
-@pytest.mark.skipif(not DATA.exists(), reason="shared data folder is not present")
-def test_analyze_gephi_csv_and_export(tmp_path):
-    src = DATA / "sparse_rnns_networks" / "Gesture__pruning_n_128_p_0.05__epoch_200.csv"
+def test_analyze_gephi_csv_and_export(tmp_path, shared_data):
+    src = shared_data("sparse_rnns_networks", "Gesture__pruning_n_128_p_0.05__epoch_200.csv")
     out = tmp_path / "edges.csv"
     result = cli.run(["analyze", str(src), "--export-csv", str(out)])
     assert 0.0 <= result["semicycle"] <= 1.0
@@ -302,9 +300,8 @@ def test_progress_bar_shows_running_loss_and_throughput(monkeypatch, capsys):
     assert progress_postfix(0.123456, 3000, 2.0) == "loss 0.1235, 1,500 samples/s"
 
 
-@pytest.mark.skipif(not DATA.exists(), reason="shared data folder is not present")
-def test_train_gesture_generalises_to_a_held_out_recording():
-    folder = str(DATA / "gesture")
+def test_train_gesture_generalises_to_a_held_out_recording(shared_data):
+    folder = str(shared_data("gesture"))
     (_, ytr), (_, yte), meta = cli.load_task("gesture", folder, seed=0)
     assert meta["n_out"] == 5 and meta["n_in"] == 32
     argv = ["train", "--task", "gesture", "--data", folder, "--hidden", "64", "--epochs", "3", "--quiet"]

@@ -8,9 +8,6 @@ pytest.importorskip("matplotlib")
 
 from sparse_engine import cli  # noqa: E402
 from sparse_engine.analysis import read_edge_csv, read_record, signed_triad_census, structural_balance  # noqa: E402
-from _paths import DATA  # noqa: E402
-
-SEED_NET = DATA / "sparse_rnns_networks" / "Person_node__pruning_n_64_p_0.05__epoch_50.csv"
 
 
 def valid(folder, names):
@@ -20,13 +17,13 @@ def valid(folder, names):
         assert ET.parse(svg).getroot().tag.endswith("svg"), name
 
 
-@pytest.mark.skipif(not SEED_NET.exists(), reason="shared data folder is not present")
-def test_seed_network_figures_and_convention(tmp_path):
+def test_seed_network_figures_and_convention(tmp_path, shared_data):
+    seed_net = shared_data("sparse_rnns_networks", "Person_node__pruning_n_64_p_0.05__epoch_50.csv")
     out = tmp_path / "figs"  # created
-    result = cli.run(["analyze", str(SEED_NET), "--plot", str(out), "--null", "4", "--null-method", "swap",
+    result = cli.run(["analyze", str(seed_net), "--plot", str(out), "--null", "4", "--null-method", "swap",
                       "--convention", "seed"])
     valid(out, ["census", "distributions"])
-    W = read_edge_csv(SEED_NET)
+    W = read_edge_csv(seed_net)
     assert result["semicycle"] == pytest.approx(structural_balance(W, convention="seed").value)
     assert result["semicycle"] != pytest.approx(structural_balance(W).value)  # this network tells them apart
     c = result.census["h"]
@@ -69,11 +66,10 @@ def test_plot_errors_are_one_line(tmp_path, capsys):
     assert "argument --lesion: does not apply to a directory of networks" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not (DATA / "nnstd_topologies").exists(), reason="shared data folder is not present")
-def test_nnstd_heat_map_of_a_directory_of_networks(tmp_path):
+def test_nnstd_heat_map_of_a_directory_of_networks(tmp_path, shared_data):
     from sparse_engine.analysis import load_nnstd_layers, nnstd
 
-    root = DATA / "nnstd_topologies" / "e5_s0_w0"  # one run before (epoch_000) and after (epoch_190) training
+    root = shared_data("nnstd_topologies", "e5_s0_w0")  # one run before (epoch_000) and after (epoch_190) training
     result = cli.run(["analyze", str(root), "--plot", str(tmp_path)])
     assert result["labels"] == ["epoch_000", "epoch_190"]
     want = nnstd(load_nnstd_layers(root / "epoch_000"), load_nnstd_layers(root / "epoch_190")).distance

@@ -7,45 +7,38 @@ import torch
 from sparse_engine.data import (digits, load_gesture, load_mnist, load_series, load_sms_spam, mackey_glass,
                                 sequence_windows)
 from sparse_engine.data.files import GESTURE_PHASES
-from _paths import DATA
-
-needs_data = pytest.mark.skipif(not DATA.exists(), reason=f"shared data folder {DATA} is not present")
 
 
-@needs_data
-def test_mnist_test_set():
-    images, labels = load_mnist(DATA / "mnist_test")
+def test_mnist_test_set(shared_data):
+    images, labels = load_mnist(shared_data("mnist_test"))
     assert images.shape == (10_000, 28, 28) and labels.shape == (10_000,)
     assert 0.0 <= float(images.min()) and float(images.max()) <= 1.0
     assert set(labels.tolist()) == set(range(10))
-    with gzip.open(DATA / "mnist_test" / "t10k-labels-idx1-ubyte.gz") as f:
+    with gzip.open(shared_data("mnist_test", "t10k-labels-idx1-ubyte.gz")) as f:
         raw = f.read()
     assert labels[:20].tolist() == list(raw[8:28])  # labels start after an 8-byte header
 
 
-@needs_data
-def test_sms_spam_collection():
-    texts, labels = load_sms_spam(DATA / "sms_spam" / "SMSSpamCollection")
-    lines = [l for l in (DATA / "sms_spam" / "SMSSpamCollection").read_text(encoding="utf-8", errors="replace").splitlines() if l]
+def test_sms_spam_collection(shared_data):
+    texts, labels = load_sms_spam(shared_data("sms_spam", "SMSSpamCollection"))
+    lines = [l for l in shared_data("sms_spam", "SMSSpamCollection").read_text(encoding="utf-8", errors="replace").splitlines() if l]
     assert len(texts) == len(labels) == len(lines) == 5574
     assert int(labels.sum()) == sum(l.startswith("spam\t") for l in lines)
     assert texts[0] == lines[0].split("\t", 1)[1]
 
 
-@needs_data
-def test_gesture_recordings():
-    recordings = load_gesture(DATA / "gesture")
+def test_gesture_recordings(shared_data):
+    recordings = load_gesture(shared_data("gesture"))
     assert len(recordings) == 7
     feats, phases = recordings[0]
     assert feats.shape[1] == 32 and feats.shape[0] == phases.shape[0]
-    first = (DATA / "gesture" / "a1_va3.csv").read_text().splitlines()[1].split(",")
+    first = shared_data("gesture", "a1_va3.csv").read_text().splitlines()[1].split(",")
     assert feats[0, 0].item() == pytest.approx(float(first[0]))
     assert phases[0].item() == GESTURE_PHASES.index(first[-1])
 
 
-@needs_data
-def test_generated_mackey_glass_matches_the_shipped_series_statistics():
-    real = load_series(DATA / "mackey_glass" / "MackeyGlass_t17.txt")
+def test_generated_mackey_glass_matches_the_shipped_series_statistics(shared_data):
+    real = load_series(shared_data("mackey_glass", "MackeyGlass_t17.txt"))
     assert real.shape == (50_000,)
     ours = mackey_glass(5000)
     # the same attractor: range, mean and spread agree with the real file's
@@ -104,11 +97,10 @@ def test_tasks_split_by_seed():
             load_task(task, None, seed=0)
 
 
-@needs_data
-def test_sms_task_is_left_padded_word_ids():
+def test_sms_task_is_left_padded_word_ids(shared_data):
     from sparse_engine.data import load_task
 
-    (Xtr, ytr), (Xte, _), meta = load_task("sms", str(DATA / "sms_spam" / "SMSSpamCollection"), seed=0)
+    (Xtr, ytr), (Xte, _), meta = load_task("sms", str(shared_data("sms_spam", "SMSSpamCollection")), seed=0)
     assert len(Xtr) + len(Xte) == 5574 and Xtr.shape[1] == 40 and Xtr.dtype == torch.int64
     assert meta["n_out"] == 2 and 2 < meta["vocab"] <= 5000 and int(Xtr.max()) < meta["vocab"]
     pad = Xtr == 0

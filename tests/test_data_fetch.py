@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from _paths import DATA
 from sparse_engine.data import DATASETS, download
 from sparse_engine.data.sources import ABOUT, SHA256, source
 
@@ -49,9 +48,10 @@ def _local_sources(monkeypatch, tmp_path, folder_of):
     return calls
 
 
-@pytest.mark.skipif(not DATA.exists(), reason="needs the shared data folder")
 @pytest.mark.parametrize("name", DATASETS)
-def test_the_table_holds_the_checksums_of_the_real_files_and_download_keeps_them(name, monkeypatch, tmp_path):
+def test_the_table_holds_the_checksums_of_the_real_files_and_download_keeps_them(name, monkeypatch, tmp_path,
+                                                                                   shared_data):
+    DATA = shared_data(name).parent
     for file, digest in SHA256[name].items():
         assert hashlib.sha256((DATA / name / file).read_bytes()).hexdigest() == digest, file
     calls = _local_sources(monkeypatch, tmp_path, lambda n: DATA / n)

@@ -17,8 +17,7 @@ from sparse_engine import SparseWeight
 from sparse_engine.nn import SparseLinear
 from sparse_engine.training import SET, DeepR, GradualMagnitudePruning, RigL, SelfishRNN, sparse_weights, topology
 from sparse_engine.kernels import densify_cuda, has_kernel, topology_cuda
-from sparse_engine.testing import num_threads, random_weight
-from _training_util import check_invariants, keys
+from sparse_engine.testing import check_invariants, entry_keys, num_threads, random_weight
 
 ops = torch.ops.sparse_engine
 tt = SimpleNamespace(**topology_cuda.OPS, **densify_cuda.OPS)  # the kernels by operator name, like ops
@@ -293,7 +292,7 @@ def test_random_empty_invariants_and_seed(rng, rows, cols, density, n):
         k = (r * cols + c.long()).numpy()
         assert np.all(np.diff(k) > 0)  # sorted, unique
         assert ((c >= 0) & (c < cols)).all() and ((r >= 0) & (r < rows)).all()
-        assert not np.isin(k, keys(w)).any()  # only positions that were empty
+        assert not np.isin(k, entry_keys(w)).any()  # only positions that were empty
         again = tt.random_empty(w.row_ptr, w.col_idx, cols, n, seed)
         assert torch.equal(r, again[0]) and torch.equal(c, again[1])
     if 0 < n < rows * cols - w.nnz:
@@ -338,7 +337,7 @@ def test_random_empty_uniform_per_position_when_the_surplus_is_dropped(rows, col
         r, c = tt.random_empty(w.row_ptr, w.col_idx, cols, n, seed=s)
         assert r.numel() == n
         counts += torch.bincount(r * cols + c.long(), minlength=rows * cols)
-    assert (counts[torch.from_numpy(keys(w))] == 0).all()
+    assert (counts[torch.from_numpy(entry_keys(w))] == 0).all()
     empty = counts[~mask]
     assert stats.chisquare(empty.numpy()).pvalue > 1e-3
 
@@ -622,7 +621,7 @@ class TestCUDA:
             r, c2 = ops.random_empty(*d(rp, ci), cols, n, 11)
             assert r.is_cuda and c2.is_cuda and r.numel() == n
             key = (r * cols + c2.long()).cpu().numpy()
-            assert np.all(np.diff(key) > 0) and not np.isin(key, keys(w)).any()
+            assert np.all(np.diff(key) > 0) and not np.isin(key, entry_keys(w)).any()
             again = ops.random_empty(*d(rp, ci), cols, n, 11)
             assert torch.equal(r, again[0]) and torch.equal(c2, again[1])
 
@@ -679,8 +678,8 @@ class TestCUDA:
             ctl.step()
             ctl.end_epoch()
             w = model[0].weight
-            return {int(k): float(v) for k, v in zip(keys(SparseWeight(w.row_ptr.cpu(), w.col_idx.cpu(),
-                                                                      w.values.detach().cpu(), w.shape)),
+            return {int(k): float(v) for k, v in zip(entry_keys(SparseWeight(w.row_ptr.cpu(), w.col_idx.cpu(),
+                                                                            w.values.detach().cpu(), w.shape)),
                                                      w.values.detach().cpu())}
 
         cpu, cuda = build("cpu"), build("cuda")

@@ -10,7 +10,6 @@ everything needed to replay it); hypothesis itself picks its seed.
 """
 from __future__ import annotations
 
-import decimal
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,7 +26,8 @@ from sparse_engine import SparseWeight, ops
 from sparse_engine.io.checkpoint import load_checkpoint, save_checkpoint
 from sparse_engine.kernels import topology_cuda
 from sparse_engine.nn.cell_table import CELLS
-from sparse_engine.testing import LAYOUTS, copy_weight, num_threads, random_weight, references, with_layout
+from sparse_engine.testing import (LAYOUTS, copy_weight, num_threads, random_weight, references, set_keep_reference,
+                                   smallest_reference, with_layout)
 from sparse_engine.training import topology
 
 _ops = torch.ops.sparse_engine
@@ -351,29 +351,6 @@ def score_vectors(draw, dtype):
     return torch.from_numpy(rng.choice(pool, n)).to(dtype)
 
 
-def ref_smallest(scores: np.ndarray, k: int) -> np.ndarray:
-    """The k smallest, ties to the lower index (-0.0 equals 0.0): a stable sort."""
-    out = np.zeros(scores.size, bool)
-    out[np.argsort(scores + 0.0, kind="stable")[:k]] = True
-    return out
-
-
-def llround(x: float) -> int:
-    """C's llround: the nearest integer, halves away from zero, of the exact binary value."""
-    return int(decimal.Decimal(x).to_integral_value(rounding=decimal.ROUND_HALF_UP))
-
-
-def ref_set_keep(v: np.ndarray, zeta: float) -> np.ndarray:
-    """SET: drop round(zeta P) of the P positives nearest zero and round(zeta N) of the N
-    negatives nearest zero (ties: lower index), and every zero."""
-    keep = np.zeros(v.size, bool)
-    for sign in (v > 0, v < 0):
-        idx = np.flatnonzero(sign)
-        order = idx[np.argsort(np.abs(v[idx]), kind="stable")]
-        keep[order[llround(zeta * float(idx.size)):]] = True
-    return keep
-
-
 @budget()
 @given(data=st.data(), dtype=st.sampled_from([F32, F64]), impl=impls, n_threads=threads)
 def test_select_smallest_is_a_stable_sort(data, dtype, impl, n_threads):
@@ -382,7 +359,7 @@ def test_select_smallest_is_a_stable_sort(data, dtype, impl, n_threads):
     with num_threads(n_threads):
         got = IMPLS[impl].select_smallest(scores, k)
     assert got.dtype == torch.bool and got.shape == scores.shape
-    assert np.array_equal(got.numpy(), ref_smallest(scores.numpy(), k))
+    assert np.array_equal(got.numpy(), smallest_reference(scores.numpy(), k))
 
 
 @budget()
@@ -393,7 +370,7 @@ def test_set_prune_follows_its_contract(data, dtype, zeta, impl, n_threads):
     v = data.draw(score_vectors(dtype))
     with num_threads(n_threads):
         keep = IMPLS[impl].set_prune(v, zeta)
-    assert np.array_equal(keep.numpy(), ref_set_keep(v.numpy(), zeta))
+    assert np.array_equal(keep.numpy(), set_keep_reference(v.numpy(), zeta))
 
 
 @budget(0.25)

@@ -12,7 +12,6 @@ from sparse_engine.models import SequenceModel
 from sparse_engine.runs import ConfigError, TrainConfig, recipe_config, train
 from sparse_engine.training import SET, DeepR, GradualMagnitudePruning, sparse_weights
 from sparse_engine.training.recipes import RECIPES, get_recipe, make_recipe_controller, zhang_init
-from _paths import DATA
 
 # (hidden, batch, lr, epochs, zeta, deepr l1, deepr noise) from each script's get_default_hp and __main__
 ZHANG = {
@@ -224,12 +223,12 @@ def _vocabulary_processor(texts, max_length, min_frequency):
     return rows, len(mapping) + 1
 
 
-def test_zhang_sms_vocabulary_as_the_codes_vocabulary_processor():
+def test_zhang_sms_vocabulary_as_the_codes_vocabulary_processor(shared_data):
     import re
     from sparse_engine.data.files import load_sms_spam
     from sparse_engine.data.tasks import ZHANG_SMS, _word_ids
 
-    texts, _ = load_sms_spam(DATA / "sms_spam" / "SMSSpamCollection")
+    texts, _ = load_sms_spam(shared_data("sms_spam", "SMSSpamCollection"))
     # the code's copy of the file is ASCII (it dropped other characters), then its clean_text
     cleaned = [" ".join(re.sub(r"([^\s\w]|_|[0-9])+", "", t.encode("ascii", "ignore").decode()).split()).lower()
                for t in texts]
@@ -241,21 +240,21 @@ def test_zhang_sms_vocabulary_as_the_codes_vocabulary_processor():
     assert ids.tolist() == [[2, 1, 0, 0], [1, 2, 0, 0]] and vocab == 3
 
 
-def test_zhang_mnist_split_and_fifty_batch_epochs(tmp_path):
+def test_zhang_mnist_split_and_fifty_batch_epochs(tmp_path, shared_data):
     from sparse_engine.data.files import load_mnist
     from sparse_engine.data.tasks import load_task
 
     d = tmp_path / "mnist"
     d.mkdir()
     for k in ("images-idx3-ubyte", "labels-idx1-ubyte"):
-        shutil.copy(DATA / "mnist_test" / f"t10k-{k}.gz", d / f"t10k-{k}.gz")
+        shutil.copy(shared_data("mnist_test", f"t10k-{k}.gz"), d / f"t10k-{k}.gz")
     X, y = load_mnist(d)
     # test set only: the code's 500 test images test, the other 9,500 train
     (Xtr, ytr), (Xte, yte), meta = load_task("mnist", str(d), 0, variant="zhang")
     assert torch.equal(Xte, X[:500]) and torch.equal(yte, y[:500]) and torch.equal(Xtr, X[500:])
     assert meta["epoch_batches"] == 50 and float(Xtr.max()) == 1.0 and float(Xtr.min()) == 0.0
     for k in ("images-idx3-ubyte", "labels-idx1-ubyte"):  # stands in for the training files
-        shutil.copy(DATA / "mnist_test" / f"t10k-{k}.gz", d / f"train-{k}.gz")
+        shutil.copy(shared_data("mnist_test", f"t10k-{k}.gz"), d / f"train-{k}.gz")
     (Xtr, _), (Xte, _), _ = load_task("mnist", str(d), 0, variant="zhang")
     assert len(Xtr) == 10000 and len(Xte) == 500  # the first 55,000 training images (here all 10,000)
 
@@ -280,22 +279,20 @@ def test_epochs_of_a_fixed_number_of_batches_run_on_across_shuffled_passes():
     assert seen == passes  # 6 whole passes, each a permutation of the 7 examples, cut into epochs
 
 
-def test_mnist_recipe_trains_fifty_batches_an_epoch():
-    d = DATA / "mnist_test"
+def test_mnist_recipe_trains_fifty_batches_an_epoch(shared_data):
+    d = shared_data("mnist_test")
     res = train(recipe="zhang-mnist-set", data=str(d), epochs=1, hidden=8, quiet=True)
     assert res.history[0]["density"] == pytest.approx(0.05, abs=0.02)
     assert res.history[0]["train_loss"] > 0
 
 
-def test_zhang_gesture_split_as_the_code():
+def test_zhang_gesture_split_as_the_code(shared_data):
     import csv
 
     import numpy as np
     from sparse_engine.data.tasks import load_task
 
-    d = DATA / "gesture"
-    if not d.is_dir():
-        pytest.skip("shared gesture data missing")
+    d = shared_data("gesture")
     (Xtr, ytr), (Xte, yte), meta = load_task("gesture", str(d), 0, variant="zhang")
     # written out independently: every file's 32-frame sequences and the ones half-way, in the code's order
     order = ["a3", "b1", "b3", "c1", "c3", "a2", "a1"]
@@ -400,17 +397,17 @@ def test_pruning_recipe_reaches_its_density_and_learns():
     assert res.last["test_loss"] < 0.5 * untrained.last["test_loss"]
 
 
-def test_mnist_task_uses_the_standard_split_when_the_training_files_are_there(tmp_path):
+def test_mnist_task_uses_the_standard_split_when_the_training_files_are_there(tmp_path, shared_data):
     from sparse_engine.data.tasks import load_task
 
     d = tmp_path / "mnist"
     d.mkdir()
     for k in ("images-idx3-ubyte", "labels-idx1-ubyte"):
-        shutil.copy(DATA / "mnist_test" / f"t10k-{k}.gz", d / f"t10k-{k}.gz")
+        shutil.copy(shared_data("mnist_test", f"t10k-{k}.gz"), d / f"t10k-{k}.gz")
     (Xtr, _), (Xte, _), _ = load_task("mnist", str(d), 0)
     assert (len(Xtr), len(Xte)) == (8000, 2000)  # the test set alone, split 80/20
     for k in ("images-idx3-ubyte", "labels-idx1-ubyte"):  # stands in for the training files
-        shutil.copy(DATA / "mnist_test" / f"t10k-{k}.gz", d / f"train-{k}.gz")
+        shutil.copy(shared_data("mnist_test", f"t10k-{k}.gz"), d / f"train-{k}.gz")
     (Xtr, _), (Xte, _), _ = load_task("mnist", str(d), 0)
     assert (len(Xtr), len(Xte)) == (10000, 10000)
 
@@ -452,14 +449,14 @@ def test_a_recipe_run_resumes_only_as_that_recipe(tmp_path):
     assert again.history[0]["test_loss"] == first.history[0]["test_loss"] and len(again.history) == 2
 
 
-def test_zhang_sms_preprocessing_hand_computed():
+def test_zhang_sms_preprocessing_hand_computed(shared_data):
     from sparse_engine.data.tasks import _word_ids, load_task
 
     # punctuation, underscores and digits dropped, lower case; words seen >= 2 times; the first 3, padded after
     ids, vocab = _word_ids(["Hi, you! 42 you_too", "you you"], length=3, min_count=2, clean=True, pad="post")
     assert ids.tolist() == [[1, 2, 1], [2, 2, 0]] and vocab == 3  # 0 pad, 1 unknown, 2 "you"
     assert all(get_recipe(f"zhang-sms-{k}").variant == "zhang" for k in ("prune", "set", "deepr"))
-    (X, _), _, meta = load_task("sms", str(DATA / "sms_spam" / "SMSSpamCollection"), 0, variant="zhang")
+    (X, _), _, meta = load_task("sms", str(shared_data("sms_spam", "SMSSpamCollection")), 0, variant="zhang")
     assert X.shape[1] == 25 and 500 < meta["vocab"] < 2000
     with pytest.raises(ValueError, match="variant"):
         load_task("digits", None, 0, variant="zhang")
@@ -481,12 +478,12 @@ def test_a_published_number_prints_beside_ours_and_none_is_made_up():
         assert "published n/a (no published number found" in recipe_summary(rec, {metric: 0.5, "density": 0.05}, 1)
 
 
-def test_a_run_of_fifty_batch_epochs_resumes_bit_exactly(tmp_path, monkeypatch):
+def test_a_run_of_fifty_batch_epochs_resumes_bit_exactly(tmp_path, monkeypatch, shared_data):
     # the pass running on across epochs is part of the saved state: a run stopped in epoch 3 (its
     # last checkpoint inside epoch 2 or 3) and resumed ends as the run made in one go
     from test_resume import interrupt_at
 
-    d = str(DATA / "mnist_test")
+    d = str(shared_data("mnist_test"))
     opts = dict(recipe="zhang-mnist-set", data=d, epochs=4, hidden=8, quiet=True)
     whole = train(**opts)
     ck = tmp_path / "ck.pt"

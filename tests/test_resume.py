@@ -16,7 +16,7 @@ import torch
 from sparse_engine import cli
 from sparse_engine.io.checkpoint import load_checkpoint
 from sparse_engine.runs import TrainConfig, train
-from _training_util import assert_bit_equal
+from sparse_engine.testing import assert_bit_equal
 
 # digits: 1437 training examples, 23 batches of 64 per epoch, 69 steps in 3 epochs
 BASE = ["train", "--model", "rnn", "--hidden", "16", "--epochs", "3", "--quiet"]

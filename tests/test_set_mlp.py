@@ -15,7 +15,7 @@ from sparse_engine.nn import SparseMLP
 from sparse_engine.nn.mlp import _FaithfulDrop, _ReluDropout, set_mlp_weight
 from sparse_engine.runs import ConfigError, TrainConfig, train
 from sparse_engine.training import SETMLP, SETSGD, importance_keep
-from _training_util import assert_bit_equal, check_invariants, keys, ref_set_keep, value_by_key
+from sparse_engine.testing import assert_bit_equal, check_invariants, entry_keys, set_keep_reference, value_by_key
 
 
 def dense_forward(model, x, faithful_eval=False):
@@ -89,7 +89,7 @@ def test_faithful_mode_draws_with_replacement_so_duplicates_collapse():
     rows, cols, eps = 30, 20, 5  # 250 draws over 600 positions: many repeats
     w = set_mlp_weight(rows, cols, eps, faithful=True, generator=torch.Generator().manual_seed(3))
     draws = torch.randint(rows * cols, (eps * (rows + cols),), generator=torch.Generator().manual_seed(3))
-    assert np.array_equal(keys(w), np.unique(draws.numpy()))
+    assert np.array_equal(entry_keys(w), np.unique(draws.numpy()))
     assert w.nnz < eps * (rows + cols)
     check_invariants(w)
     # values N(0, 0.1^2)
@@ -250,9 +250,9 @@ def _trained_model(sizes=(20, 30, 4), seed=0):
 def test_evolution_prunes_each_sign_separately_keeps_survivors_and_their_momentum():
     model, opt = _trained_model()
     before = [value_by_key(layer.weight) for layer in model.layers]
-    keep = [ref_set_keep(layer.weight.values.detach().numpy(), 0.3) for layer in model.layers]
-    kept_keys = [set(keys(layer.weight)[k].tolist()) for layer, k in zip(model.layers, keep)]
-    momentum = [dict(zip(keys(layer.weight).tolist(), opt.state[layer.weight.values]["momentum_buffer"].tolist()))
+    keep = [set_keep_reference(layer.weight.values.detach().numpy(), 0.3) for layer in model.layers]
+    kept_keys = [set(entry_keys(layer.weight)[k].tolist()) for layer, k in zip(model.layers, keep)]
+    momentum = [dict(zip(entry_keys(layer.weight).tolist(), opt.state[layer.weight.values]["momentum_buffer"].tolist()))
                 for layer in model.layers]
     nnz = [layer.weight.nnz for layer in model.layers]
     ctl = SETMLP(model, opt, epochs=3, zeta=0.3, seed=1)
@@ -261,7 +261,7 @@ def test_evolution_prunes_each_sign_separately_keeps_survivors_and_their_momentu
         w = layer.weight
         check_invariants(w, nnz[i])
         after = value_by_key(w)
-        buf = dict(zip(keys(w).tolist(), opt.state[w.values]["momentum_buffer"].tolist()))
+        buf = dict(zip(entry_keys(w).tolist(), opt.state[w.values]["momentum_buffer"].tolist()))
         survivors = {k for k in after if k in before[i] and after[k] == before[i][k]}
         assert survivors == kept_keys[i]
         assert all(buf[k] == momentum[i][k] for k in survivors)
@@ -273,13 +273,13 @@ def test_evolution_prunes_each_sign_separately_keeps_survivors_and_their_momentu
 def test_no_evolution_after_the_last_epoch():
     model, opt = _trained_model()
     ctl = SETMLP(model, opt, epochs=2, zeta=0.3, seed=1)
-    first = [keys(layer.weight) for layer in model.layers]
+    first = [entry_keys(layer.weight) for layer in model.layers]
     ctl.end_epoch()
-    second = [keys(layer.weight) for layer in model.layers]
+    second = [entry_keys(layer.weight) for layer in model.layers]
     assert any(not np.array_equal(a, b) for a, b in zip(first, second))
     values = [layer.weight.values.detach().clone() for layer in model.layers]
     ctl.end_epoch()  # the last epoch: the evaluated model is the saved one
-    assert all(np.array_equal(a, keys(layer.weight)) for a, layer in zip(second, model.layers))
+    assert all(np.array_equal(a, entry_keys(layer.weight)) for a, layer in zip(second, model.layers))
     assert all(torch.equal(v, layer.weight.values) for v, layer in zip(values, model.layers))
     assert ctl.evolutions == 1
 
@@ -288,10 +288,10 @@ def test_evolve_output_false_leaves_the_output_layer_alone():
     evolved = {}
     for evolve_output in (True, False):
         model, opt = _trained_model()
-        before = [(keys(layer.weight), layer.weight.values.detach().clone()) for layer in model.layers]
+        before = [(entry_keys(layer.weight), layer.weight.values.detach().clone()) for layer in model.layers]
         ctl = SETMLP(model, opt, epochs=3, zeta=0.3, seed=1, evolve_output=evolve_output)
         ctl.end_epoch()
-        evolved[evolve_output] = [not (np.array_equal(k, keys(layer.weight)) and torch.equal(v, layer.weight.values))
+        evolved[evolve_output] = [not (np.array_equal(k, entry_keys(layer.weight)) and torch.equal(v, layer.weight.values))
                                   for (k, v), layer in zip(before, model.layers)]
         assert ctl.state_dict()["options"]["evolve_output"] is evolve_output
     assert evolved[True] == [True] * len(evolved[True])

@@ -8,10 +8,11 @@ import scipy.sparse as sp
 import torch
 
 from sparse_engine.kernels.constants import PARALLEL_WORK
-from sparse_engine.testing import (AWKWARD_SHAPES, LAYOUTS, Shape, copy_weight, dense, power_law_weight,
-                                   random_scipy, random_weight, randn, references, sddmm_reference,
-                                   spmm_reference, spmm_t_reference, weight_with_row_lengths, with_layout)
-from _training_util import check_invariants  # validate() and a transposed index equal to scipy's CSC
+from sparse_engine import SparseWeight
+from sparse_engine.testing import (AWKWARD_SHAPES, LAYOUTS, Shape, assert_bit_equal, check_invariants, copy_weight,
+                                   dense, entry_keys, power_law_weight, randn, random_scipy, random_weight, references,
+                                   sddmm_reference, set_keep_reference, smallest_reference, spmm_reference,
+                                   spmm_t_reference, value_by_key, weight_with_row_lengths, with_layout)
 
 
 def row_lengths(W):
@@ -229,3 +230,43 @@ def test_awkward_shapes_hold_the_documented_cases():
         n = row_lengths(W)
         assert int((n == 0).sum()) >= s.empty_rows and int((n == s.cols).sum()) >= s.full_rows
     assert len({str(s) for s in AWKWARD_SHAPES}) == len(AWKWARD_SHAPES)  # usable as pytest ids
+
+
+# ------------------------------------------------------------- checks and topology references
+def test_check_invariants_catches_a_wrong_count_and_a_stale_transposed_index():
+    W = random_weight(9, 7, 0.4, seed=4)
+    check_invariants(W, nnz=W.nnz)
+    with pytest.raises(AssertionError, match="nnz is"):
+        check_invariants(W, nnz=W.nnz + 1)
+    perm = W.csc_perm
+    perm[[0, 1]] = perm[[1, 0]]  # two entries' values now in the wrong column order
+    with pytest.raises(AssertionError, match="csc_perm"):
+        check_invariants(W)
+
+
+def test_assert_bit_equal_names_the_first_difference():
+    state = {"a": [torch.tensor([1.0, 2.0]), 3], "b": (float("nan"), "x")}
+    assert_bit_equal(state, {"a": [torch.tensor([1.0, 2.0]), 3], "b": (float("nan"), "x")})
+    for other, where in (({"a": [torch.tensor([1.0, 2.5]), 3], "b": (float("nan"), "x")}, r"state\['a'\]\[0\]"),
+                         ({"a": [torch.tensor([1.0, 2.0], dtype=torch.float64), 3], "b": (float("nan"), "x")},
+                          r"state\['a'\]\[0\]: tensor torch.float32"),
+                         ({"a": [torch.tensor([1.0, 2.0]), 3.0], "b": (float("nan"), "x")}, r"state\['a'\]\[1\]"),
+                         ({"a": [torch.tensor([1.0, 2.0]), 3], "b": [float("nan"), "x"]}, r"state\['b'\]"),
+                         ({"b": (float("nan"), "x"), "a": [torch.tensor([1.0, 2.0]), 3]}, "state: keys")):
+        with pytest.raises(AssertionError, match=where):
+            assert_bit_equal(state, other)
+
+
+def test_entry_keys_and_values_by_position():
+    W = SparseWeight(torch.tensor([0, 2, 2, 3]), torch.tensor([1, 3, 0], dtype=torch.int32),
+                     torch.tensor([0.5, -1.0, 2.0]), (3, 4))
+    assert entry_keys(W).tolist() == [1, 3, 8]  # row * 4 + col
+    assert value_by_key(W) == {1: 0.5, 3: -1.0, 8: 2.0}
+
+
+def test_topology_references_hand_computed():
+    scores = np.array([0.3, -0.0, 0.1, 0.0, 0.1])
+    assert smallest_reference(scores, 3).tolist() == [False, True, True, True, False]  # ties: lower index
+    v = np.array([0.5, -0.1, 0.2, -0.3, 0.0, 0.4])
+    # 3 positives, round(0.5 * 3) = 2 of them dropped (halves away from zero); 2 negatives, 1 dropped; the zero
+    assert set_keep_reference(v, 0.5).tolist() == [True, False, False, True, False, False]

@@ -12,7 +12,8 @@ from sparse_engine.nn import SparseLinear
 from sparse_engine.training import (SET, DeepR, GradFactorRecorder, GradualMagnitudePruning, RigL, SelfishRNN,
                                     SparseNTASGD, cosine_decay, cubic_density, erk_densities, narang_threshold,
                                     redistribute, sparse_weights, sparsify_)
-from _training_util import assert_bit_equal, check_invariants, keys, ref_set_keep, ref_smallest, value_by_key
+from sparse_engine.testing import (assert_bit_equal, check_invariants, entry_keys, set_keep_reference, smallest_reference,
+                                   value_by_key)
 
 
 def mlp(seed=0, density=0.3, hidden=32):
@@ -112,22 +113,22 @@ def test_set_prunes_per_sign_and_regrows_at_empty_positions():
         opt.step()
         ctl.step()
     ws = sparse_weights(model)
-    before = {n: (value_by_key(w), keys(w), w.values.detach().numpy().copy(),
-                  dict(zip(keys(w).tolist(), opt.state[w.values]["momentum_buffer"].tolist())))
+    before = {n: (value_by_key(w), entry_keys(w), w.values.detach().numpy().copy(),
+                  dict(zip(entry_keys(w).tolist(), opt.state[w.values]["momentum_buffer"].tolist())))
               for n, w in ws.items()}
     ctl.end_epoch()
     assert seen == [(4, sorted(ws))]
     for n, w in ws.items():
         vals, k, v, mom = before[n]
         check_invariants(w, nnz=len(vals))
-        keep = ref_set_keep(v, 0.3)
+        keep = set_keep_reference(v, 0.3)
         kept = set(k[keep].tolist())
         after = value_by_key(w)
         new = set(after) - kept
         assert kept <= set(after) and len(new) == (~keep).sum()
         assert not (new & kept)
         assert all(after[q] == 0.0 for q in new)  # default init zero
-        m = dict(zip(keys(w).tolist(), opt.state[w.values]["momentum_buffer"].tolist()))
+        m = dict(zip(entry_keys(w).tolist(), opt.state[w.values]["momentum_buffer"].tolist()))
         assert all(m[q] == mom[q] for q in kept) and all(m[q] == 0 for q in new)
 
 
@@ -210,7 +211,8 @@ def test_rigl_update_drops_smallest_and_grows_largest_gradient():
         nn.functional.cross_entropy(model(x[t::9]), y[t::9]).backward()
         opt.step()
         if t % 3 == 0:
-            snapshots = {n: (keys(w), w.values.detach().numpy().copy(), ctl.recorder.factors(w)) for n, w in ws.items()}
+            snapshots = {n: (entry_keys(w), w.values.detach().numpy().copy(), ctl.recorder.factors(w))
+                         for n, w in ws.items()}
         ctl.step()
         if t % 3 == 0:
             f = 0.2 * (1 + math.cos(math.pi * t / 10))
@@ -219,8 +221,8 @@ def test_rigl_update_drops_smallest_and_grows_largest_gradient():
                 k, v, (G, X) = snapshots[n]
                 check_invariants(w, nnz=k.size)
                 n_upd = int(f * k.size)
-                kept = set(k[~ref_smallest(np.abs(v), n_upd)].tolist())
-                after = set(keys(w).tolist())
+                kept = set(k[~smallest_reference(np.abs(v), n_upd)].tolist())
+                after = set(entry_keys(w).tolist())
                 new = after - kept
                 assert kept <= after and len(new) == n_upd
                 D = np.abs((G.double() @ X.double().t()).numpy()).reshape(-1)
@@ -255,7 +257,7 @@ def test_gmp_cubic_hits_the_schedule_and_prunes_smallest():
         opt.zero_grad()
         nn.functional.cross_entropy(model(x[t::24]), y[t::24]).backward()
         opt.step()
-        before = {n: (keys(w), w.values.detach().numpy().copy()) for n, w in ws.items()}
+        before = {n: (entry_keys(w), w.values.detach().numpy().copy()) for n, w in ws.items()}
         ctl.step()
         for n, w in ws.items():
             size = w.shape[0] * w.shape[1]
@@ -264,7 +266,7 @@ def test_gmp_cubic_hits_the_schedule_and_prunes_smallest():
                 p = (t - 2) / 18
                 target = round((0.1 + 0.9 * (1 - p) ** 3) * size)
                 check_invariants(w, nnz=min(k.size, target))
-                assert np.array_equal(np.sort(keys(w)), np.sort(k[~ref_smallest(np.abs(v), k.size - w.nnz)]))
+                assert np.array_equal(np.sort(entry_keys(w)), np.sort(k[~smallest_reference(np.abs(v), k.size - w.nnz)]))
             else:
                 assert w.nnz == k.size
     for w in ws.values():
@@ -485,13 +487,13 @@ def test_rigl_through_the_dense_grad_factors_protocol():
             dense = m.w.to_dense().requires_grad_()
             (dense @ x.t()).pow(2).sum().backward()
             assert torch.allclose(G @ X.t(), dense.grad, atol=1e-5)
-            before = set(keys(m.w).tolist())
+            before = set(entry_keys(m.w).tolist())
         opt.step()
         ctl.step()
         if t == 2:
             assert not m.record_grad_factors
             check_invariants(m.w, nnz=nnz)
-            assert set(keys(m.w).tolist()) != before
+            assert set(entry_keys(m.w).tolist()) != before
 
 
 # ------------------------------------------------------------ 2-byte weights

@@ -10,7 +10,7 @@ from torch import nn
 
 from sparse_engine.nn import SparseLinear
 from sparse_engine.training import DeepR, GradualMagnitudePruning, SelfishRNN, narang_threshold, selfish_set_keep
-from _training_util import check_invariants, keys, value_by_key
+from sparse_engine.testing import check_invariants, entry_keys, value_by_key
 
 
 def frozen_then_grown(seed=0):
@@ -238,17 +238,17 @@ def test_selfish_momentum_growth_with_adam_uses_dense_moments():
         ctl.step()
     assert torch.allclose(ctl.dense_momentum["weight"][0].double(), m, rtol=1e-5, atol=1e-6)
     assert torch.allclose(ctl.dense_momentum["weight"][1].double(), v, rtol=1e-5, atol=1e-6)
-    before = set(keys(lin.weight).tolist())
+    before = set(entry_keys(lin.weight).tolist())
     vals = lin.weight.values.detach().abs().numpy()
     n = math.ceil(0.3 * lin.weight.nnz)
-    died = {int(k) for k in keys(lin.weight)[np.argsort(vals, kind="stable")[:n]]}
+    died = {int(k) for k in entry_keys(lin.weight)[np.argsort(vals, kind="stable")[:n]]}
     ctl.end_epoch()
     # the n empty positions (the just-pruned included) of largest |m| / (sqrt(v) + 1e-8)
     score = (m / (v.sqrt() + 1e-8)).abs().flatten()
     for k in before - died:
         score[k] = -math.inf
     chosen = set(torch.topk(score, n).indices.tolist())
-    after = set(keys(lin.weight).tolist())
+    after = set(entry_keys(lin.weight).tolist())
     assert after == (before - died) | chosen
     fresh = sorted(chosen - before)
     pos = [sorted(after).index(k) for k in fresh]

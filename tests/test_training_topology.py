@@ -9,8 +9,8 @@ import torch
 from sparse_engine import SparseWeight
 from sparse_engine.training import (gradient_growth, global_magnitude_keep, magnitude_keep, new_values,
                                     random_empty, rewire, set_keep, threshold_keep)
-from sparse_engine.testing import random_weight
-from _training_util import check_invariants, keys, ref_set_keep, ref_smallest, value_by_key
+from sparse_engine.testing import (check_invariants, entry_keys, random_weight, set_keep_reference, smallest_reference,
+                                   value_by_key)
 
 ops = torch.ops.sparse_engine
 
@@ -22,17 +22,17 @@ def test_select_smallest_matches_stable_numpy_with_ties(rng, n):
     for k in sorted({0, n // 3, n}):
         got = ops.select_smallest(scores, k).numpy()
         assert got.sum() == k
-        assert np.array_equal(got, ref_smallest(scores.numpy(), k))
+        assert np.array_equal(got, smallest_reference(scores.numpy(), k))
 
 
 def test_select_smallest_signed_zeros_and_wide_range(rng):
     scores = torch.tensor([0.0, -0.0, 1e-30, -1e30, 3.0, -0.0, 0.0, 2.0], dtype=torch.float64)
     for k in range(scores.numel() + 1):
-        assert np.array_equal(ops.select_smallest(scores, k).numpy(), ref_smallest(scores.numpy(), k))
+        assert np.array_equal(ops.select_smallest(scores, k).numpy(), smallest_reference(scores.numpy(), k))
     big = torch.randn(300_000, generator=rng) * torch.exp(torch.randn(300_000, generator=rng) * 5)
     big[::3] = big[::3].round()  # ties across the histogram bins
     for k in (1, 123_457, 300_000):
-        assert np.array_equal(ops.select_smallest(big, k).numpy(), ref_smallest(big.numpy(), k))
+        assert np.array_equal(ops.select_smallest(big, k).numpy(), smallest_reference(big.numpy(), k))
 
 
 def test_magnitude_keep_prunes_exactly_the_smallest(rng):
@@ -40,7 +40,7 @@ def test_magnitude_keep_prunes_exactly_the_smallest(rng):
     v = w.values.detach().numpy()
     for n_prune in (0, 1, w.nnz // 3, w.nnz):
         keep = magnitude_keep(w.values, n_prune).numpy()
-        assert np.array_equal(~keep, ref_smallest(np.abs(v), n_prune))
+        assert np.array_equal(~keep, smallest_reference(np.abs(v), n_prune))
 
 
 def test_global_magnitude_keep_uses_one_threshold_across_layers(rng):
@@ -48,7 +48,7 @@ def test_global_magnitude_keep_uses_one_threshold_across_layers(rng):
     n_prune = 250
     keeps = global_magnitude_keep(vs, n_prune)
     allv = np.abs(np.concatenate([v.double().numpy() for v in vs]))
-    ref = ~ref_smallest(allv, n_prune)
+    ref = ~smallest_reference(allv, n_prune)
     assert np.array_equal(np.concatenate([k.numpy() for k in keeps]), ref)
     assert [k.numel() for k in keeps] == [v.numel() for v in vs]
 
@@ -59,7 +59,7 @@ def test_set_keep_prunes_each_sign_nearest_zero(rng, zeta):
     v[::50] = 0.0
     v[1::7] = v[1::7].round()  # ties among magnitudes
     keep = set_keep(v, zeta).numpy()
-    assert np.array_equal(keep, ref_set_keep(v.numpy(), zeta))
+    assert np.array_equal(keep, set_keep_reference(v.numpy(), zeta))
     assert not keep[v.numpy() == 0].any()
 
 
@@ -99,7 +99,7 @@ def test_random_empty_positions_are_new_unique_sorted(rng, rows, cols, density, 
     k = (r * cols + c.long()).numpy()
     assert np.all(np.diff(k) > 0)  # sorted, unique
     assert ((c >= 0) & (c < cols)).all() and ((r >= 0) & (r < rows)).all()
-    assert not np.isin(k, keys(w)).any()
+    assert not np.isin(k, entry_keys(w)).any()
 
 
 def test_random_empty_is_deterministic_per_seed(rng):
@@ -168,12 +168,12 @@ def test_rewire_keeps_values_and_optimizer_state_only_where_it_should(rng, opt_n
         w.values.grad = torch.randn(w.nnz, generator=rng)
         opt.step()
     before = value_by_key(w)
-    state_before = {n: dict(zip(keys(w).tolist(), opt.state[w.values][n].tolist())) for n in names}
-    grad_before = dict(zip(keys(w).tolist(), w.values.grad.tolist()))
+    state_before = {n: dict(zip(entry_keys(w).tolist(), opt.state[w.values][n].tolist())) for n in names}
+    grad_before = dict(zip(entry_keys(w).tolist(), w.values.grad.tolist()))
     step_before = opt.state[w.values].get("step")
     n_prune = w.nnz // 4
     keep = magnitude_keep(w.values, n_prune)
-    pruned_keys = set(keys(w)[~keep.numpy()].tolist())
+    pruned_keys = set(entry_keys(w)[~keep.numpy()].tolist())
     grown = {}
 
     def grow(rp, ci):
@@ -190,7 +190,7 @@ def test_rewire_keeps_values_and_optimizer_state_only_where_it_should(rng, opt_n
     assert not (grown["keys"] & kept_keys)  # grown only at positions empty after pruning
     for k in kept_keys:
         assert after[k] == before[k]
-    ak = keys(w).tolist()
+    ak = entry_keys(w).tolist()
     for n in names:
         st = dict(zip(ak, opt.state[w.values][n].tolist()))
         for k in kept_keys:
@@ -246,7 +246,7 @@ def dense_topk(w, G, X, k):
     D = (G.double() @ X.double().t()).numpy()
     cols = w.shape[1]
     occupied = np.zeros(D.size, bool)
-    occupied[keys(w)] = True
+    occupied[entry_keys(w)] = True
     cand = np.nonzero(~occupied)[0]
     mag = np.abs(D.reshape(-1)[cand])
     order = cand[np.lexsort((cand, -mag))][:k]  # largest |g|, ties to the lower key
@@ -289,7 +289,7 @@ def test_sampled_gradient_growth(rng):
     # a small budget: still k distinct empty positions with their true gradients
     r, c, g = gradient_growth(w.row_ptr, w.col_idx, G, X, 25, method="sample", sample_factor=2, seed=1)
     key = (r * 40 + c.long()).numpy()
-    assert key.size == 25 and np.all(np.diff(key) > 0) and not np.isin(key, keys(w)).any()
+    assert key.size == 25 and np.all(np.diff(key) > 0) and not np.isin(key, entry_keys(w)).any()
     D = (G @ X.t()).numpy().reshape(-1)
     assert np.allclose(g.numpy(), D[key])
 

@@ -7,20 +7,43 @@ import sys
 import time
 
 
-def best_of(fn, repeat: int = 3, warmup: int = 0) -> float:
-    """Seconds of the fastest of ``repeat`` calls of ``fn``, after ``warmup`` untimed calls."""
-    return min(times_of(fn, repeat, warmup))
+def best_of(fn, repeat: int = 3, warmup: int = 0, **options) -> float:
+    """Seconds of the fastest of ``repeat`` calls of ``fn``, after ``warmup`` untimed calls
+    (``options``: those of :func:`times_of`)."""
+    return min(times_of(fn, repeat, warmup, **options))
 
 
-def times_of(fn, repeat: int = 3, warmup: int = 0) -> list[float]:
-    """Seconds of each of ``repeat`` calls of ``fn``, after ``warmup`` untimed calls."""
+def times_of(fn, repeat: int = 3, warmup: int = 0, *, min_time: float = 0.0, setup=None, sync=None,
+             clock=None) -> list[float]:
+    """Seconds per call of ``fn`` in each of ``repeat`` samples, after ``warmup`` untimed calls.
+
+    A sample is one call, or with ``min_time`` as many calls as fill that many seconds (their
+    time / their number: for calls too short to time one at a time). ``setup()`` runs untimed
+    before each sample and each warm-up call (to restore what a call changes); ``sync()`` (e.g.
+    ``torch.cuda.synchronize``) runs before the clock starts and before it is read, so that work
+    queued on a device counts; ``clock`` is the clock in seconds (``time.perf_counter`` unless
+    given; ``time.thread_time`` counts only this thread's CPU time)."""
     for _ in range(warmup):
+        if setup is not None:
+            setup()
         fn()
     times = []
     for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+        if setup is not None:
+            setup()
+        if sync is not None:
+            sync()
+        read = clock or time.perf_counter
+        calls, t0 = 0, read()
+        while True:
+            fn()
+            calls += 1
+            if sync is not None:
+                sync()
+            elapsed = read() - t0
+            if elapsed >= min_time:
+                break
+        times.append(elapsed / calls)
     return times
 
 
