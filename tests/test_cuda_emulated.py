@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from cuda_emu import emu_build
-from cuda_emu.emu_testing import assert_passed, build, objects_dir
+from cuda_emu.emu_testing import assert_every_kernel_ran, assert_passed, build, objects_dir
 from sparse_engine.constants import MODE_IDS
 
 SUITE = os.environ.get("SPARSE_ENGINE_EMU_SUITE", "small")  # "full": bigger long-row cases, wider batches
@@ -86,6 +86,7 @@ def test_kernels_match_float64_references_on_the_emulator(driver_runs):
         # the index scan (launch_index_scan) found every planted problem (its FAIL lines fail the run above)
         scans = [line for line in lines if line.startswith("scan ")]
         assert len(scans) >= 15 and all(line.endswith(" ok") for line in scans), seed
+        assert_every_kernel_ran(proc, ["spmm_cuda", "sddmm_cuda", "transpose_cuda"])
 
 
 @pytest.mark.slow
@@ -113,6 +114,7 @@ def test_fused_rnn_step_kernels_match_float64_references_on_the_emulator(rnn_run
         assert any("longcols" in line and "long cols=5" in line for line in lines)
         # three batch tiles: more than the emulated grid.y (2), so the forward's tile loop ran twice
         assert any(" B=67 " in line for line in lines)
+        assert_every_kernel_ran(proc, ["rnn_step_cuda", "spmm_cuda"])
     assert_orders_vary_and_outputs_do_not(rnn_runs)
 
 

@@ -16,7 +16,7 @@ import re
 import pytest
 
 from cuda_emu import emu_build
-from cuda_emu.emu_testing import assert_passed, build, objects_dir
+from cuda_emu.emu_testing import assert_every_kernel_ran, assert_passed, build, objects_dir
 
 DRIVERS = [("driver", ["spmm_cuda", "sddmm_cuda", "transpose_cuda"]), ("rnn_driver", ["rnn_step_cuda", "spmm_cuda"])]
 
@@ -26,6 +26,7 @@ def _run_sanitized(tmp_path_factory, variant: str) -> None:
         exe = build(tmp_path_factory, kernels, driver, variant)
         proc = emu_build.run(exe, "sanitize", "1", timeout=1800)
         assert_passed(proc)
+        assert_every_kernel_ran(proc, kernels)  # the subset reaches every kernel
         assert not re.search(r"ERROR: AddressSanitizer|runtime error:|WARNING: ThreadSanitizer", proc.stderr), \
             proc.stderr[-6000:]
 

@@ -10,6 +10,7 @@
 // synchronisation CUDA guarantees: launch boundaries and __syncthreads.
 #include "emu_runtime.h"
 
+#include <pthread.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -198,6 +199,7 @@ Context g_main;
 std::vector<Fiber*> g_pool;      // idle fibers
 std::vector<Fiber*> g_runnable;  // runnable, not running
 Stats g_stats{};
+std::string g_kernels;  // kernels_launched()
 size_t g_page = 4096;
 #if defined(EMU_ASAN)
 const void* g_main_stack_bottom = nullptr;
@@ -424,7 +426,7 @@ void thread_exit(Fiber* f) {
 
 void fiber_main() {
 #if defined(EMU_ASAN)
-  __sanitizer_finish_switch_fiber(nullptr, &g_main_stack_bottom, &g_main_stack_size);
+  __sanitizer_finish_switch_fiber(nullptr, nullptr, nullptr);
 #endif
   for (;;) {
     Fiber* self = g_current;
@@ -636,6 +638,9 @@ void run_launch(const char* name, const char* where, dim3 grid, dim3 block, size
   if (shmem > kMaxSharedPerBlock) fail("%zu bytes of dynamic shared memory, more than %zu", shmem, kMaxSharedPerBlock);
   check_stream("kernel launch", stream);
   ++g_stats.launches;
+  const std::string base_name = std::string(name).substr(0, std::string(name).find('<'));
+  if (("," + g_kernels + ",").find("," + base_name + ",") == std::string::npos)
+    g_kernels += (g_kernels.empty() ? "" : ",") + base_name;
   for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)
       for (unsigned x = 0; x < grid.x; ++x) L.order.push_back(uint3{x, y, z});
@@ -661,11 +666,22 @@ void configure(uint64_t seed, cudaStream_t stream) {
   g_stream = stream;
   g_stream_set = true;
   g_page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+#if defined(EMU_ASAN)
+  pthread_attr_t attr;  // the host thread's stack, for switches back to it
+  void* addr = nullptr;
+  if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+    pthread_attr_getstack(&attr, &addr, &g_main_stack_size);
+    pthread_attr_destroy(&attr);
+  }
+  g_main_stack_bottom = addr;
+#endif
 #if defined(EMU_TSAN)
   g_main_tsan = __tsan_get_current_fiber();
 #endif
 }
 
 Stats stats() { return g_stats; }
+
+const char* kernels_launched() { return g_kernels.c_str(); }
 
 }  // namespace emu

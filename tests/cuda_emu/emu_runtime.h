@@ -20,6 +20,9 @@ struct Stats {
   uint64_t order_hash;  // of the block order and the first scheduling choices of every launch
 };
 Stats stats();
+// The kernels launched so far, by name as written at their launch sites without template arguments,
+// comma-separated in the order of their first launch.
+const char* kernels_launched();
 
 // ---- used by emu.h in the kernels
 // The running CUDA thread's built-in variables (set by the runtime at every switch).

@@ -1,6 +1,7 @@
 """Helpers of the emulator tests (tests/test_cuda_emulated.py, tests/test_cuda_sanitizers.py)."""
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -30,3 +31,17 @@ def assert_passed(proc: subprocess.CompletedProcess) -> list[str]:
     assert proc.returncode == 0 and lines and lines[-1].startswith("ALL OK"), \
         "\n".join(bad or lines[-20:]) + proc.stderr[-4000:]
     return lines
+
+
+def kernels_in(files) -> set[str]:
+    """Names of the __global__ functions defined in the given csrc/cuda files."""
+    return {m[1] for f in files for m in re.finditer(r"__global__\s+void\s+(?:__launch_bounds__\((?:[^()]|\([^()]*\))*\)\s*)?(\w+)\s*\(",
+                                                     (emu_build.CUDA_DIR / f"{f}.cu").read_text())}
+
+
+def assert_every_kernel_ran(proc: subprocess.CompletedProcess, files) -> None:
+    """The driver's run launched every kernel defined in the given .cu files."""
+    m = re.search(r"^emu kernels=(.*)$", proc.stdout, re.M)
+    assert m, proc.stdout[-2000:]
+    missing = kernels_in(files) - set(m[1].split(","))
+    assert not missing, f"kernels never launched: {sorted(missing)}"

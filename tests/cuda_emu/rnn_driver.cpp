@@ -286,6 +286,7 @@ int main(int argc, char** argv) {
   printf("emu seed=%llu launches=%ld blocks=%ld threads=%ld block_switches=%ld max_live_blocks=%d order=%016llx "
          "outputs=%016llx\n", (unsigned long long)seed, st.launches, st.blocks, st.threads, st.block_switches,
          st.max_live_blocks, (unsigned long long)st.order_hash, (unsigned long long)out_hash);
+  printf("emu kernels=%s\n", emu::kernels_launched());
   printf("%s (%d failures)\n", failures ? "FAILED" : "ALL OK", failures);
   return failures != 0;
 }
