@@ -122,7 +122,7 @@ def _summary(variant: str, proc) -> str:
         if m:
             line = m.group(0).strip()
             if "ThreadSanitizer" in line:  # where: the first frame in a kernel file
-                frame = re.search(r"#\d+ [^\n]*?(\w+_kernel)\b[^\n]*?(\w+_cuda_emu\.cpp:\d+|common\.cuh:\d+)", text)
+                frame = re.search(r"#\d+ [^\n]*?(\w+_kernel)\b[^\n]*?(\w+_cuda\.cu:\d+|common\.cuh:\d+)", text)
                 if frame:
                     line = re.sub(r" \(pid=\d+\)", "", line) + f" in {frame.group(1)} ({frame.group(2)})"
             return line[:220]

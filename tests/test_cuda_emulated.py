@@ -12,7 +12,8 @@ against their alignment, and every launch, memset and sort must be on the caller
 seeds run in CI; their outputs must be bitwise equal (fixed summation orders). What this cannot
 show: speed, coalescing, the hardware's own scheduling and memory model beyond what the random
 orders reach, int32 overflow at sizes beyond 2^31 (tests/test_cuda_limits.py, on a GPU), cub itself.
-The same drivers run under AddressSanitizer+UBSan and ThreadSanitizer in tests/test_cuda_sanitizers.py;
+The same drivers, on the same inputs, run under AddressSanitizer+UBSan and ThreadSanitizer in
+tests/test_cuda_sanitizers.py;
 tests/cuda_planted_bugs.py shows the suite failing for typical planted GPU bugs.
 """
 from __future__ import annotations
@@ -25,10 +26,9 @@ from pathlib import Path
 import pytest
 
 from cuda_emu import emu_build
-from cuda_emu.emu_testing import assert_every_kernel_ran, assert_passed, build, objects_dir
+from cuda_emu.emu_testing import SUITE, assert_every_kernel_ran, assert_passed, build, objects_dir
 from sparse_engine.constants import MODE_IDS
 
-SUITE = os.environ.get("SPARSE_ENGINE_EMU_SUITE", "small")  # "full": bigger long-row cases, wider batches
 SEEDS = os.environ.get("SPARSE_ENGINE_EMU_SEEDS", "1,2,3").split(",")
 STATS = re.compile(r"^emu seed=\d+ launches=(\d+) blocks=(\d+) threads=(\d+) block_switches=(\d+) "
                    r"max_live_blocks=(\d+) order=(\w+) outputs=(\w+)$", re.M)

@@ -1,13 +1,13 @@
 """The emulated CUDA kernels (tests/test_cuda_emulated.py) under AddressSanitizer + UndefinedBehaviorSanitizer
-and under ThreadSanitizer, on the drivers' "sanitize" subset: every kernel (the row and long-row kernels
-of spmm, spmm_t, sddmm and the fused step, transpose_index's four, the index scan, the step's elementwise
-backward kernels), every dtype and mode, scalar and vector loads, three batch tiles, misaligned inputs,
-empty rows and zero nnz; the subset because the full inputs take 3-5 times as long under the sanitizers
-on two cores. ASan+UBSan reports an access outside any array (a global or shared one: each __shared__
-variable is its own allocation) and undefined behaviour; TSan sees each CUDA thread as a thread and only
-barriers and launch boundaries as synchronisation, so a data race between threads of a block is a missing
-__syncthreads and one between blocks (which run interleaved, several at a time) a wrong stride or a
-missing atomic. Each finding is fatal. The TSan test also plants a race to show it is seen here.
+and under ThreadSanitizer, on the same inputs as the emulator tests (the drivers' "small" suite, seed 1;
+SPARSE_ENGINE_EMU_SUITE picks another): every kernel, dtype and mode. About 20 s of CPU per driver and
+sanitizer on top of the builds. ASan+UBSan reports an access outside any array (a global or a shared
+one: each __shared__ variable is its own allocation) and undefined behaviour; TSan sees each CUDA
+thread as a thread and only barriers and launch boundaries as synchronisation, so a data race between
+threads of a block is a missing __syncthreads and one between blocks (which run interleaved, several
+at a time) a wrong stride or a missing atomic. Each finding is fatal. The TSan test also plants a race
+to show it is seen here. (tests/cuda_planted_bugs.py runs the sanitizers on the drivers' "sanitize"
+subset, which still reaches every kernel, to keep its 19 rebuilds short.)
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import re
 import pytest
 
 from cuda_emu import emu_build
-from cuda_emu.emu_testing import assert_every_kernel_ran, assert_passed, build, objects_dir
+from cuda_emu.emu_testing import SUITE, assert_every_kernel_ran, assert_passed, build, objects_dir
 
 DRIVERS = [("driver", ["spmm_cuda", "sddmm_cuda", "transpose_cuda"]), ("rnn_driver", ["rnn_step_cuda", "spmm_cuda"])]
 
@@ -24,9 +24,9 @@ DRIVERS = [("driver", ["spmm_cuda", "sddmm_cuda", "transpose_cuda"]), ("rnn_driv
 def _run_sanitized(tmp_path_factory, variant: str) -> None:
     for driver, kernels in DRIVERS:
         exe = build(tmp_path_factory, kernels, driver, variant)
-        proc = emu_build.run(exe, "sanitize", "1", timeout=1800)
+        proc = emu_build.run(exe, SUITE, "1", timeout=1800)
         assert_passed(proc)
-        assert_every_kernel_ran(proc, kernels)  # the subset reaches every kernel
+        assert_every_kernel_ran(proc, kernels)
         assert not re.search(r"ERROR: AddressSanitizer|runtime error:|WARNING: ThreadSanitizer", proc.stderr), \
             proc.stderr[-6000:]
 

@@ -5,8 +5,8 @@
 // |out - ref| <= u_T |ref| + 2 (n + 1) u_32 sum |terms| (+ half of float16's smallest subnormal),
 // u = unit roundoff, n = terms in the sum. A float16/bfloat16 accumulator would miss it.
 // Built and run by tests/test_cuda_emulated.py and tests/test_cuda_sanitizers.py. Arguments: the suite
-// ("small"; "full" adds bigger cases; "sanitize" is the subset the sanitizer builds run, which still
-// reaches every kernel) and the emulator's seed (block and thread orders). Every launcher gets the
+// ("small"; "full" adds bigger cases; "sanitize" is a subset that still reaches every kernel, for the
+// sanitizer stages of tests/cuda_planted_bugs.py) and the emulator's seed (block and thread orders). Every launcher gets the
 // same non-default stream (the emulator checks every launch is on it), workspaces hold garbage as a
 // fresh cudaMalloc would, and the last line has a hash of every output: the same for every seed.
 #include <cstdio>
@@ -314,7 +314,7 @@ int main(int argc, char** argv) {
   // nothing; sized with it (known=1) only the row kernels run.
   Csr flat = make(300, 40, std::vector<int64_t>(300, 8), g);
   if (sanitize) {
-    // The sanitizer builds' subset: every kernel (row and long-row kernels of spmm, spmm_t and sddmm,
+    // The planted-bug script's sanitizer subset: every kernel (row and long-row kernels of spmm, spmm_t and sddmm,
     // the four of transpose_index, the index scan), scalar and vector loads, one to three tiles
     // (B = 300: more than the lowered grid.y), every dtype, misaligned inputs, empty rows and zero nnz.
     for (int64_t B : {1, 4, 33, 300}) run<float>("uniform", uni, B, false, g);

@@ -83,7 +83,7 @@ def rewrite(source: str, name: str) -> str:
     host = "".join(out)
     if CUB in host:  # cub has no host version: a stable sort stands in for it
         host = host.replace(CUB, '#include "cub_shim.h"')
-    return '#include "emu.h"\n' + host
+    return f'#include "emu.h"\n#line 1 "{name}.cu"\n' + host  # messages cite the .cu file's own lines
 
 
 def _compile(cxx: str, flags: list[str], src: Path, obj_dir: Path, stem: str,

@@ -1,6 +1,7 @@
 """Helpers of the emulator tests (tests/test_cuda_emulated.py, tests/test_cuda_sanitizers.py)."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -8,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from cuda_emu import emu_build
+
+SUITE = os.environ.get("SPARSE_ENGINE_EMU_SUITE", "small")  # the drivers' inputs; "full": bigger cases
 
 
 def objects_dir(tmp_path_factory) -> Path:
