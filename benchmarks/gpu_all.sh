@@ -16,8 +16,9 @@
 # `timeout`, so the command ends before the runner's 600 s.
 #   1. benchmarks/gpu_all.sh                                                  ~9 min
 #        STAGES=first = build test bench_quick rnn_quick topology step:
-#        build ~2 min (nvcc for the detected GPU's arch only), the GPU tests ~2-3 min (ops, fused
-#        step, topology ops, index checks; torch.compile included), then the targets' first
+#        build ~2 min (nvcc for the detected GPU's arch only), the GPU tests ~3-4 min (sizes past
+#        grid.y and 2^31, streams, a CUDA graph, NaN-filled outputs; ops, fused step, topology ops,
+#        index checks; torch.compile included; -x, and a failure ends the command), then the targets' first
 #        numbers: the issue's three spmm/spmm_t/sddmm reference cells vs cuSPARSE (bench_cuda.py
 #        --quick), the LSTM step at H=4,096 and 16,384 (bench_rnn.py; ours first), SET prune +
 #        regrow at 100M nnz (bench_topology.py, its first case), fused vs composed step.
@@ -28,7 +29,8 @@
 #        command; a command on a fresh machine without it rebuilds first (~2 min, automatic).
 #   2. STAGES=sanitize benchmarks/gpu_all.sh                                  ~5-7 min
 #        compute-sanitizer memcheck on the op, index-check and step tests that reach the long-row,
-#        zero-size and misaligned paths, and racecheck on the kernels with shared memory.
+#        zero-size and misaligned paths, initcheck on the long-row paths, and racecheck on the kernels
+#        with shared memory.
 #   3. STAGES=bench BENCH_DTYPES=float32 benchmarks/gpu_all.sh                ~9 min
 #        the float32 kernel grid (the reference cells first; N=131,072 at 20% is skipped by its
 #        memory estimate); what the deadline leaves out: ... STAGES=bench -- --n 131072 later.
@@ -169,11 +171,18 @@ $PY -c "import pytest_timeout" 2>/dev/null && PYTEST_TIMEOUT=(--timeout=240 --ti
 
 if has test && begin tests 60; then
   t0=$SECONDS
-  # only the tests that need the GPU: test_cuda_build.py (nvcc again) and test_cuda_emulated.py
-  # (host emulation, minutes) run on every CPU machine and would only spend device time here;
-  # test_index_check.py runs its cases on CPU and CUDA
-  CAP=300 logged 30 $PY -m pytest -q -ra --durations=10 ${PYTEST_TIMEOUT[@]+"${PYTEST_TIMEOUT[@]}"} tests/test_cuda_ops.py tests/test_cuda_rnn.py \
-    tests/test_kernels_topology_cuda.py tests/test_index_check.py
+  # only the tests that need the GPU: test_cuda_build.py (nvcc again), test_cuda_emulated.py and
+  # test_cuda_sanitizers.py (host emulation) run on every CPU machine and would only spend device time
+  # here; test_index_check.py runs its cases on CPU and CUDA. test_cuda_limits.py (sizes past grid.y and
+  # 2^31, streams, a CUDA graph, NaN-filled outputs; ~30 GB) runs first: what the emulator cannot show.
+  # -x: the first failure ends the run, and the benchmarks do not start on wrong kernels.
+  if ! CAP=330 logged 30 $PY -m pytest -x -q -ra --durations=10 ${PYTEST_TIMEOUT[@]+"${PYTEST_TIMEOUT[@]}"} \
+      tests/test_cuda_limits.py tests/test_cuda_ops.py tests/test_cuda_rnn.py tests/test_kernels_topology_cuda.py \
+      tests/test_index_check.py; then
+    took tests $t0
+    say "== tests failed: no benchmark runs on these kernels (fix first; the log has the failure)"
+    exit 1
+  fi
   took tests $t0
 fi
 
@@ -200,6 +209,8 @@ if has sanitize && begin sanitize 120; then
 (power or zero or no_ or one_col)) or long_kernel_grid or long_row_kernels or misaligned or zero_batch or out_of_range"
   san memcheck 25 tests/test_index_check.py -k cuda
   san memcheck 50 tests/test_cuda_rnn.py -k "skewed or zero or empty or misaligned"
+  # reads of memory no one wrote (a workspace or list count left uninitialised): initcheck
+  san initcheck 30 tests/test_cuda_ops.py -k "(test_ops_match_dense_reference and -32- and (power or zero)) or long_kernel_grid"
   # shared memory: the long-row kernels' partial sums and the fused step's per-block products
   san racecheck 50 tests/test_cuda_ops.py -k "long_kernel_grid or long_row_kernels"
   san racecheck 100 tests/test_cuda_rnn.py -k "skewed and (LSTM or GRU) and f32"

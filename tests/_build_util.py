@@ -9,6 +9,20 @@ def host_cxx() -> str | None:
     return shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
 
 
+def cuda_home():
+    """The CUDA toolkit's root (a pathlib.Path whose include/ has cuda_runtime.h), or None:
+    $CUDA_HOME, $CUDA_PATH, /usr/local/cuda, then the toolkit of the nvcc on PATH."""
+    from pathlib import Path
+
+    for cand in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if cand and (Path(cand) / "include" / "cuda_runtime.h").exists():
+            return Path(cand)
+    nvcc = shutil.which("nvcc")
+    if nvcc and (Path(nvcc).resolve().parents[1] / "include" / "cuda_runtime.h").exists():
+        return Path(nvcc).resolve().parents[1]
+    return None
+
+
 def run_all(commands: dict, timeout: float = 600) -> dict:
     """Runs the commands (independent compiles) at once, both cores busy, and returns
     {key: (returncode, stdout and stderr)}."""

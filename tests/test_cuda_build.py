@@ -1,10 +1,14 @@
-"""The CUDA sources keep compiling on machines without a GPU.
+"""The CUDA sources keep compiling on machines without a GPU, within a GPU's resources.
 
-Each csrc/cuda/<family>_cuda.cu is compiled on its own with the machine's nvcc (the kernels take
-plain pointers, so no torch headers are needed), each launcher header (csrc/cuda/*launchers.h)
-compiles alone without torch, and every torch glue file (csrc/cuda/<family>_glue.cpp) is
-compiled with the host compiler against torch's c10/cuda headers. Running the kernels is
-tests/test_cuda_ops.py's and tests/test_cuda_rnn.py's job and needs a GPU.
+Each csrc/cuda/<family>_cuda.cu is compiled on its own with the machine's nvcc for sm_80 and sm_90
+(the kernels take plain pointers, so no torch headers are needed), each launcher header
+(csrc/cuda/*launchers.h) compiles alone without torch, and every torch glue file
+(csrc/cuda/<family>_glue.cpp) is compiled with the host compiler against torch's c10/cuda headers.
+ptxas's resource report of every kernel instantiation, for both architectures, must show no register
+spills and a register and shared-memory use that keeps at least a quarter of an SM's threads
+resident at the block size the kernel declares in its __launch_bounds__ (which the emulator checks
+every launch against). Running the kernels is tests/test_cuda_emulated.py's job on the CPU and
+tests/test_cuda_ops.py's, tests/test_cuda_rnn.py's and tests/test_cuda_limits.py's on a GPU.
 """
 from __future__ import annotations
 
@@ -19,34 +23,23 @@ from pathlib import Path
 import pytest
 from torch.utils import cpp_extension
 
-from _build_util import host_cxx, run_all
+from _build_util import cuda_home, host_cxx, run_all
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_DIR = ROOT / "csrc" / "cuda"
 CU_FILES = sorted(CUDA_DIR.glob("*.cu"))
 GLUE_FILES = sorted(CUDA_DIR.glob("*.cpp"))  # torch glue: one per family of operators
 LAUNCHER_HEADERS = sorted(CUDA_DIR.glob("*launchers.h"))
-ARCH = os.environ.get("SPARSE_ENGINE_TEST_ARCH", "sm_90")  # the H100's; one arch keeps CI fast
+# A100's and H100's; the resource check reads ptxas's report for each
+ARCHS = os.environ.get("SPARSE_ENGINE_TEST_ARCHS", "sm_80,sm_90").split(",")
 # The flags torch's BuildExtension gives every .cu (setup.py), among them -D__CUDA_NO_HALF_OPERATORS__
 # and -D__CUDA_NO_HALF_CONVERSIONS__: half/bf16 code that leans on implicit conversions compiles
 # alone but not in the extension, so the kernels are checked under the same flags.
 NVCC_FLAGS = list(cpp_extension.COMMON_NVCC_FLAGS)
 
 
-def _cuda_home() -> Path | None:
-    for cand in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
-        if cand and (Path(cand) / "include" / "cuda_runtime_api.h").exists():
-            return Path(cand)
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        home = Path(nvcc).resolve().parents[1]
-        if (home / "include" / "cuda_runtime_api.h").exists():
-            return home
-    return None
-
-
 def _nvcc() -> str | None:
-    home = _cuda_home()
+    home = cuda_home()
     if shutil.which("nvcc"):
         return shutil.which("nvcc")
     if home and (home / "bin" / "nvcc").exists():
@@ -69,14 +62,21 @@ def test_there_are_cuda_sources():
 
 @pytest.fixture(scope="module")
 def cu_objects(tmp_path_factory) -> dict:
-    """{source: (returncode, output, object path)} for every .cu, compiled in parallel."""
+    """{source: (returncode, output with ptxas's resource report, object path)} for every .cu, compiled
+    in parallel for every arch of ARCHS; the PTX of each arch stays in <out>/keep/<stem>/."""
     nvcc = _nvcc()
     if nvcc is None:
         pytest.skip("nvcc not found (PATH, CUDA_HOME, /usr/local/cuda): cannot compile the CUDA kernels")
     out = tmp_path_factory.mktemp("cu_objects")
     obj = {src: out / (src.stem + ".o") for src in CU_FILES}
-    results = run_all({src: [nvcc, "-std=c++17", "-O3", *NVCC_FLAGS, f"-arch={ARCH}", "-c", "-o", str(obj[src]),
-                             str(src)] for src in CU_FILES})
+    gencode = [f"-gencode=arch=compute_{a.removeprefix('sm_')},code={a}" for a in ARCHS]
+    commands = {}
+    for src in CU_FILES:
+        keep = out / "keep" / src.stem
+        keep.mkdir(parents=True)
+        commands[src] = [nvcc, "-std=c++17", "-O3", *NVCC_FLAGS, *gencode, "-Xptxas", "-v", "--keep", "--keep-dir",
+                         str(keep), "-c", "-o", str(obj[src]), str(src)]
+    results = run_all(commands, timeout=1800)
     return {src: (rc, text, obj[src]) for src, (rc, text) in results.items()}
 
 
@@ -99,7 +99,7 @@ def _defined_symbols(objs, kind: str) -> set:
 def test_launcher_headers_stand_alone(header, tmp_path):
     """A launcher header needs only the CUDA runtime API: no torch, no device code, so the
     glue (host compiler) and the kernels (nvcc) can both include it; some glue file does."""
-    home, cxx = _cuda_home(), host_cxx()
+    home, cxx = cuda_home(), host_cxx()
     if home is None or cxx is None:
         pytest.skip("needs a CUDA toolkit's headers (cuda_runtime_api.h) and a host C++ compiler")
     tu = tmp_path / "tu.cpp"
@@ -120,7 +120,7 @@ def glue_objects(tmp_path_factory) -> dict:
     torch = pytest.importorskip("torch")
     from torch.utils.cpp_extension import include_paths
 
-    home, cxx = _cuda_home(), host_cxx()
+    home, cxx = cuda_home(), host_cxx()
     if home is None or cxx is None:
         pytest.skip("needs a CUDA toolkit's headers (cuda_runtime_api.h) and a host C++ compiler")
     incs = include_paths()
@@ -150,6 +150,88 @@ def test_torch_glue_compiles_and_calls_the_kernels(glue, glue_objects, cu_object
     defined = _defined_symbols([o for _, _, o in cu_objects.values()], "T")
     assert needed, f"{glue.name} calls no sparse_engine::cuda launcher?"
     assert needed <= defined, f"launchers called by {glue.name} but not defined: {sorted(needed - defined)}"
+
+
+# ------------------------------------------------------------------ registers, spills, occupancy
+# Per SM on sm_80 and sm_90: 64 warps, 32 blocks, 65,536 registers in four quarters of 16,384 (a warp's
+# registers come from one quarter, in units of 256), and the shared memory a kernel may use.
+SM = {"sm_80": dict(smem=164 * 1024), "sm_90": dict(smem=228 * 1024)}
+MIN_OCCUPANCY = 0.25  # a quarter of the SM's 64 warps resident
+ENTRY = re.compile(r"Compiling entry function '(\w+)' for '(sm_\d+)'")
+SPILLS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+USED = re.compile(r"Used (\d+) registers(?:.*?(\d+) bytes smem)?")
+
+
+def ptxas_report(text: str) -> dict:
+    """{(arch, mangled kernel): {"regs", "spill_stores", "spill_loads", "smem"}} from nvcc -Xptxas -v."""
+    report, key, props = {}, None, None
+    for line in text.splitlines():
+        if m := ENTRY.search(line):
+            key = (m[2], m[1])
+            report[key] = {}
+        elif m := re.search(r"Function properties for (\w+)", line):
+            props = m[1]
+        elif key and props == key[1] and (m := SPILLS.search(line)):
+            report[key].update(spill_stores=int(m[2]), spill_loads=int(m[3]))
+        elif key and (m := USED.search(line)):
+            report[key].update(regs=int(m[1]), smem=int(m[2] or 0))
+    return report
+
+
+def launch_bounds(ptx: str) -> dict:
+    """{mangled kernel: threads per block of its __launch_bounds__ (PTX .maxntid)}."""
+    bounds = {}
+    for m in re.finditer(r"\.entry (\w+)\((?:.|\n)*?\)\s*((?:\.\w+[^\n{]*\n\s*)*)\{", ptx):
+        nt = re.search(r"\.maxntid (\d+), (\d+), (\d+)", m[2])
+        bounds[m[1]] = int(nt[1]) * int(nt[2]) * int(nt[3]) if nt else None
+    return bounds
+
+
+def occupancy(arch: str, regs: int, threads: int, smem: int) -> float:
+    """Resident warps / 64 for blocks of `threads` threads using `regs` registers per thread and `smem`
+    bytes of static shared memory (1 KB more per block reserved by the driver)."""
+    warps = -(-threads // 32)
+    per_warp = -(-regs * 32 // 256) * 256
+    blocks = min(32, 64 // warps, 4 * (16384 // per_warp) // warps)
+    if smem:
+        blocks = min(blocks, SM[arch]["smem"] // (smem + 1024))
+    return blocks * warps / 64
+
+
+def test_occupancy_model():
+    """The model reproduces what ptxas does under __launch_bounds__(T, kMinBlocks<T>): 128 registers give
+    two blocks of 256 threads (25%), 96 three blocks of 192 (28%), 112 only two of 192 (19%)."""
+    assert occupancy("sm_90", 128, 256, 0) == 0.25 and occupancy("sm_90", 136, 256, 0) == 0.125
+    assert occupancy("sm_90", 96, 192, 0) == 18 / 64 and occupancy("sm_90", 112, 192, 0) == 12 / 64
+    assert occupancy("sm_80", 32, 256, 0) == 1.0 and occupancy("sm_80", 32, 256, 80 * 1024) == 0.25
+
+
+def test_kernels_neither_spill_nor_fall_below_a_quarter_occupancy(cu_objects):
+    """Every instantiation of our kernels (cub's excluded) for sm_80 and sm_90: no spill stores or
+    loads, a declared __launch_bounds__, and registers and shared memory that leave at least a quarter
+    of the SM's warps resident at that block size."""
+    if any(code != 0 for code, _, _ in cu_objects.values()):
+        pytest.fail("the .cu files did not compile (see test_cu_files_compile_with_nvcc)")
+    checked, problems = 0, []
+    for src, (_, text, obj) in cu_objects.items():
+        report = ptxas_report(text)
+        bounds = {arch: launch_bounds((obj.parent / "keep" / src.stem / f"{src.stem}.compute_{arch[3:]}.ptx").read_text())
+                  for arch in ARCHS}
+        for (arch, kernel), r in report.items():
+            if "13sparse_engine" not in kernel:
+                continue
+            checked += 1
+            threads = bounds[arch].get(kernel)
+            name = f"{src.name} {arch} {kernel}"
+            if r["spill_stores"] or r["spill_loads"]:
+                problems.append(f"{name}: {r['spill_stores']} bytes of spill stores, {r['spill_loads']} of loads")
+            if threads is None:
+                problems.append(f"{name}: no __launch_bounds__")
+            elif (occ := occupancy(arch, r["regs"], threads, r["smem"])) < MIN_OCCUPANCY:
+                problems.append(f"{name}: {r['regs']} registers, {r['smem']} bytes smem at {threads} threads: "
+                                f"{occ:.1%} occupancy")
+    assert checked >= 100 * len(ARCHS), f"only {checked} kernels in ptxas's report"
+    assert not problems, "\n".join(problems)
 
 
 if __name__ == "__main__":  # pragma: no cover

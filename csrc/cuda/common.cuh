@@ -31,6 +31,13 @@ constexpr int kRowWarps = 8;    // warps (rows) per block in the row kernels
 constexpr int kLongWarps = 8;   // warps cooperating on one long row
 constexpr int64_t kMinLongRow = 1024;  // rows shorter than this always stay with one warp
 
+// Occupancy floor: a quarter of an SM's 2,048 threads (16 of its 64 warps on sm_80 / sm_90) resident.
+// Every kernel declares __launch_bounds__(threads, kMinBlocks<threads>), so ptxas keeps its registers
+// per thread low enough for that many blocks per SM (128 at 256 threads, 112 at 192);
+// tests/test_cuda_build.py checks the result, and no spills, for sm_80 and sm_90.
+template <int Threads>
+constexpr int kMinBlocks = (2048 / 4 + Threads - 1) / Threads;
+
 // Rows longer than this go to the block-per-row kernel: a power-law row can be 100x the
 // mean, and one warp on it would finish long after all the others.
 inline int64_t long_row_threshold(int64_t n, int64_t nnz) {
@@ -93,25 +100,23 @@ __device__ __forceinline__ int64_t long_row_count(const LongRows& rows) {
   return count < rows.cap ? count : rows.cap;
 }
 
-// Vector columns per tile: the smallest power of two >= C, at most a warp.
+// Vector columns per tile: the smallest power of two >= C, at most MaxLanes (a warp).
+template <int MaxLanes = kWarp>
 inline int lanes_for(int64_t C) {
   int cw = 1;
-  while (cw < kWarp && cw < C) cw *= 2;
+  while (cw < MaxLanes && cw < C) cw *= 2;
   return cw;
 }
 
-// launch(std::integral_constant<int, CW>{}) for CW = lanes_for(C): the row kernels take their
-// lane count as a template parameter.
-template <typename Launch>
-cudaError_t dispatch_lanes(int64_t C, Launch&& launch) {
-  switch (lanes_for(C)) {
-    case 1: return launch(std::integral_constant<int, 1>{});
-    case 2: return launch(std::integral_constant<int, 2>{});
-    case 4: return launch(std::integral_constant<int, 4>{});
-    case 8: return launch(std::integral_constant<int, 8>{});
-    case 16: return launch(std::integral_constant<int, 16>{});
-    default: return launch(std::integral_constant<int, 32>{});
+// launch(std::integral_constant<int, CW>{}) for the run-time lane count cw (a power of two, at most
+// MaxLanes): the row kernels take their lane count as a template parameter, and only counts up to
+// MaxLanes are instantiated.
+template <int CW, int MaxLanes, typename Launch>
+cudaError_t dispatch_lanes_from(int cw, Launch&& launch) {
+  if constexpr (CW < MaxLanes) {
+    if (cw > CW) return dispatch_lanes_from<2 * CW, MaxLanes>(cw, launch);
   }
+  return launch(std::integral_constant<int, CW>{});
 }
 
 inline int num_sms() {
@@ -128,9 +133,18 @@ inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 1
 
 inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Largest grid.y (and the cap we use for grid.x of grid-stride kernels).
-constexpr int64_t kMaxGridY = 65535;
-constexpr int64_t kMaxGridX = 2147483647;
+// Launch limits the launchers respect: grid.y <= 65,535 on every GPU (a grid-stride loop over
+// grid.y takes the rest), and at most SPARSE_ENGINE_MAX_STRIDE_BLOCKS blocks for an elementwise
+// grid-stride kernel. The CPU emulator (tests/cuda_emu) compiles with lower values, and checks
+// every launch against them, so that each of those loops runs more than once in its tests.
+#ifndef SPARSE_ENGINE_MAX_GRID_Y
+#define SPARSE_ENGINE_MAX_GRID_Y 65535
+#endif
+#ifndef SPARSE_ENGINE_MAX_STRIDE_BLOCKS
+#define SPARSE_ENGINE_MAX_STRIDE_BLOCKS (1 << 20)
+#endif
+constexpr int64_t kMaxGridY = SPARSE_ENGINE_MAX_GRID_Y;
+constexpr int64_t kMaxStrideBlocks = SPARSE_ENGINE_MAX_STRIDE_BLOCKS;
 
 template <typename T>
 constexpr bool kIsHalf = std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>;
@@ -144,10 +158,10 @@ template <typename T>
 constexpr int kWideVec = 16 / static_cast<int>(sizeof(T));
 
 // launch(VEC, CW) as compile-time constants (std::integral_constant): VEC the vector width
-// (kWideVec<T> when `wide`, else 1), CW = lanes_for(C).
-template <typename T, typename Launch>
+// (kWideVec<T> when `wide`, else 1), CW = lanes_for<MaxLanes>(C).
+template <typename T, int MaxLanes = kWarp, typename Launch>
 cudaError_t dispatch_vec_lanes(bool wide, int64_t C, Launch&& launch) {
-  return dispatch_lanes(C, [&](auto lanes) {
+  return dispatch_lanes_from<1, MaxLanes>(lanes_for<MaxLanes>(C), [&](auto lanes) {
     return wide ? launch(std::integral_constant<int, kWideVec<T>>{}, lanes)
                 : launch(std::integral_constant<int, 1>{}, lanes);
   });
@@ -155,12 +169,12 @@ cudaError_t dispatch_vec_lanes(bool wide, int64_t C, Launch&& launch) {
 
 // The launch of a row kernel with a long-row list (spmm_cuda.cu, sddmm_cuda.cu): a.long_rows
 // set up in `workspace` for n rows and nnz entries, then launch(VEC, CW) as above for a.C.
-template <typename T, typename Args, typename Launch>
+template <typename T, int MaxLanes, typename Args, typename Launch>
 cudaError_t launch_row_kernels(Args& a, int64_t n, int64_t nnz, bool wide, int32_t* workspace, cudaStream_t stream,
                                Launch&& launch) {
   const cudaError_t err = init_long_rows(a.long_rows, n, nnz, workspace, stream);
   if (err != cudaSuccess) return err;
-  return dispatch_vec_lanes<T>(wide, a.C, launch);
+  return dispatch_vec_lanes<T, MaxLanes>(wide, a.C, launch);
 }
 
 __device__ __forceinline__ float to_acc(float x) { return x; }
@@ -228,7 +242,7 @@ __device__ __forceinline__ void store_vec(T* __restrict__ p, const acc_t<T> (&x)
 // total. The summation order is fixed. Shared by spmm_cuda.cu (spmm, spmm_t) and
 // rnn_step_cuda.cu (the gate rows of the fused step). All lanes of the warp must call it (it
 // shuffles).
-template <typename T, int VEC, int CW, bool FULL>
+template <typename T, int VEC, int CW, bool FULL, int kInflight>
 __device__ __forceinline__ void gather_chunk(const int32_t* __restrict__ idx, const T* __restrict__ values,
                                              const int32_t* __restrict__ perm, const T* __restrict__ src,
                                              int64_t B, int64_t k0, int64_t end, int64_t cv, bool active,
@@ -244,7 +258,7 @@ __device__ __forceinline__ void gather_chunk(const int32_t* __restrict__ idx, co
     my_val = to_acc(values[perm ? perm[k] : k]);
   }
   const int64_t m = end - k0;
-#pragma unroll
+#pragma unroll(kInflight)
   for (int jj = 0; jj < CW; ++jj) {
     const int j = jj * S + s;
     const int32_t col = __shfl_sync(kFullMask, my_idx, j);
@@ -258,18 +272,22 @@ __device__ __forceinline__ void gather_chunk(const int32_t* __restrict__ idx, co
   }
 }
 
-template <typename T, int VEC, int CW>
+template <typename T, int VEC, int CW, int kInflightBytes = 256>
 __device__ __forceinline__ void gather_range(const int32_t* __restrict__ idx, const T* __restrict__ values,
                                              const int32_t* __restrict__ perm, const T* __restrict__ src,
                                              int64_t B, int64_t first, int64_t end, int64_t step, int64_t cv,
                                              bool active, int lane, acc_t<T> (&acc)[VEC]) {
+  // Entries of a chunk whose loads are in flight at once per lane (the unroll of its loop): all of
+  // them, up to kInflightBytes of loaded values, half of the 128-register cap at 256 threads (at 32
+  // rows of 16 bytes the loads alone took every register, and ptxas spilled)
+  constexpr int kInflight = std::max<int>(1, std::min<int>(CW, kInflightBytes / (VEC * sizeof(acc_t<T>))));
 #pragma unroll
   for (int e = 0; e < VEC; ++e) acc[e] = acc_t<T>(0);
   for (int64_t k0 = first; k0 < end; k0 += step) {
     if (end - k0 >= kWarp)
-      gather_chunk<T, VEC, CW, true>(idx, values, perm, src, B, k0, end, cv, active, lane, acc);
+      gather_chunk<T, VEC, CW, true, kInflight>(idx, values, perm, src, B, k0, end, cv, active, lane, acc);
     else
-      gather_chunk<T, VEC, CW, false>(idx, values, perm, src, B, k0, end, cv, active, lane, acc);
+      gather_chunk<T, VEC, CW, false, kInflight>(idx, values, perm, src, B, k0, end, cv, active, lane, acc);
   }
 #pragma unroll
   for (int o = CW; o < kWarp; o *= 2) {

@@ -114,6 +114,9 @@ cudaError_t launch_rnn_step_forward(CellMode mode, const int64_t* row_ptr, const
 
 // int32 workspace entries launch_rnn_step_backward needs (0: pass nullptr).
 int64_t rnn_step_backward_workspace_len(int64_t H, int64_t nnz);
+// The same knowing W_hh's longest column (max_col entries, the checked transposed index's longest
+// row): 0 when no column is long, and then the backward's gather launches no long-row kernel.
+int64_t rnn_step_backward_workspace_len(int64_t H, int64_t nnz, int64_t max_col);
 
 // Backward of one step: the elementwise gate gradient, then dh_prev = direct + W_hh^T dG through
 // the transposed index (csc_ptr, csc_row, csc_perm; launch_gather above).

@@ -107,9 +107,12 @@ __device__ __forceinline__ void gate_math(const StepArgs<T>& a, T (&p)[kGates<M>
 }
 
 template <typename T, CellMode M, int VEC, int CW>
-__global__ void __launch_bounds__(kGates<M> * kUnits<M> * kWarp)
+__global__ void __launch_bounds__(kGates<M> * kUnits<M> * kWarp, kMinBlocks<kGates<M> * kUnits<M> * kWarp>)
 step_forward_kernel(const StepArgs<T> a) {
   constexpr int NG = kGates<M>, U = kUnits<M>, TW = CW * VEC;
+  // Loaded bytes in flight per lane in the gather (common.cuh): GRU's 6-warp blocks need 3 per SM for the
+  // occupancy floor, which caps them at 96 registers, and ptxas spilled there with more than 64 bytes
+  constexpr int kInflightBytes = NG == 3 ? 64 : 256;
   __shared__ T pre[NG][U][TW];
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   const int q = warp / U, u = warp % U;
@@ -124,7 +127,7 @@ step_forward_kernel(const StepArgs<T> a) {
   for (int64_t t = blockIdx.y; t < a.tiles; t += gridDim.y) {  // uniform per block
     const int64_t cv = t * CW + c;
     T acc[VEC];
-    gather_range<T, VEC, CW>(a.idx, a.values, nullptr, a.h, a.B, start, end, kWarp, cv, cv < a.C, lane, acc);
+    gather_range<T, VEC, CW, kInflightBytes>(a.idx, a.values, nullptr, a.h, a.B, start, end, kWarp, cv, cv < a.C, lane, acc);
     if (s == 0) {
 #pragma unroll
       for (int e = 0; e < VEC; ++e) pre[q][u][c * VEC + e] = acc[e];
@@ -192,7 +195,7 @@ struct BackArgs {
 
 // dG (hidden-side pre-activation gradient) and GRU's dgx, LSTM's dc_prev; as rnn_step_cpu.cpp.
 template <typename T, CellMode M>
-__global__ void __launch_bounds__(kEltThreads) gates_backward_kernel(const BackArgs<T> a) {
+__global__ void __launch_bounds__(kEltThreads, kMinBlocks<kEltThreads>) gates_backward_kernel(const BackArgs<T> a) {
   const int64_t HB = a.H * a.B;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < HB; e += stride) {
@@ -227,7 +230,7 @@ __global__ void __launch_bounds__(kEltThreads) gates_backward_kernel(const BackA
 
 // dh_prev += the direct path: dh z (GRU), dh (1 - dt/tau) (CT-RNN).
 template <typename T, CellMode M>
-__global__ void __launch_bounds__(kEltThreads) add_direct_kernel(const BackArgs<T> a) {
+__global__ void __launch_bounds__(kEltThreads, kMinBlocks<kEltThreads>) add_direct_kernel(const BackArgs<T> a) {
   const int64_t HB = a.H * a.B;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < HB; e += stride) {
@@ -283,6 +286,11 @@ cudaError_t launch_rnn_step_forward(CellMode mode, const int64_t* row_ptr, const
 }
 
 int64_t rnn_step_backward_workspace_len(int64_t H, int64_t nnz) { return gather_workspace_len(H, nnz); }
+
+// The backward's only long-row class is its gather's (long columns of W_hh).
+int64_t rnn_step_backward_workspace_len(int64_t H, int64_t nnz, int64_t max_col) {
+  return gather_workspace_len(H, nnz, max_col);
+}
 
 cudaError_t launch_rnn_step_backward(CellMode mode, const int64_t* csc_ptr, const int32_t* csc_row,
                                      const int32_t* csc_perm, const float* values, int64_t nnz,

@@ -19,6 +19,12 @@ namespace {
 
 using namespace detail;
 
+// At most 8 vector columns per tile (4 slots of 8 lanes each on 32 entries): a lane keeps CW
+// partial dot products and CW columns in registers, and at 16 or 32 they no longer fit the
+// 128-register cap of __launch_bounds__ (ptxas spilled; uncapped, 134-174 registers gave 12.5%
+// occupancy). Wider batches take more tiles per lane, and the reduce-scatter needs fewer shuffles.
+constexpr int kSddmmLanes = 8;
+
 template <typename T>
 struct SddmmArgs {
   const int64_t* __restrict__ row_ptr;
@@ -102,7 +108,7 @@ __device__ __forceinline__ void sddmm_range(const SddmmArgs<T>& a, int64_t row, 
 }
 
 template <typename T, int VEC, int CW>
-__global__ void __launch_bounds__(kRowWarps * kWarp) sddmm_rows_kernel(const SddmmArgs<T> a) {
+__global__ void __launch_bounds__(kRowWarps * kWarp, kMinBlocks<kRowWarps * kWarp>) sddmm_rows_kernel(const SddmmArgs<T> a) {
   const int lane = threadIdx.x % kWarp;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowWarps + threadIdx.x / kWarp;
   if (row >= a.rows) return;
@@ -112,7 +118,7 @@ __global__ void __launch_bounds__(kRowWarps * kWarp) sddmm_rows_kernel(const Sdd
 }
 
 template <typename T, int VEC, int CW>
-__global__ void __launch_bounds__(kLongWarps * kWarp) sddmm_long_kernel(const SddmmArgs<T> a) {
+__global__ void __launch_bounds__(kLongWarps * kWarp, kMinBlocks<kLongWarps * kWarp>) sddmm_long_kernel(const SddmmArgs<T> a) {
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   const int64_t count = long_row_count(a.long_rows);
   for (int64_t item = blockIdx.x; item < count; item += gridDim.x) {
@@ -143,7 +149,7 @@ cudaError_t sddmm(const int64_t* row_ptr, const int32_t* col_idx, const T* G, co
   constexpr int kWide = kWideVec<T>;
   const bool wide = B % kWide == 0 && aligned16(G) && aligned16(X);
   SddmmArgs<T> a{row_ptr, col_idx, G, X, out, rows, B, wide ? B / kWide : B, 0, {}};
-  return launch_row_kernels<T>(a, rows, nnz, wide, workspace, stream, [&](auto vec, auto lanes) {
+  return launch_row_kernels<T, kSddmmLanes>(a, rows, nnz, wide, workspace, stream, [&](auto vec, auto lanes) {
     return sddmm_launch<T, decltype(vec)::value, decltype(lanes)::value>(a, stream);
   });
 }

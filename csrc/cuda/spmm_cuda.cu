@@ -37,7 +37,7 @@ struct GatherArgs {
 };
 
 template <typename T, int VEC, int CW>
-__global__ void __launch_bounds__(kRowWarps * kWarp)
+__global__ void __launch_bounds__(kRowWarps * kWarp, kMinBlocks<kRowWarps * kWarp>)
 gather_rows_kernel(const GatherArgs<T> a) {
   const int lane = threadIdx.x % kWarp;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowWarps + threadIdx.x / kWarp;
@@ -55,7 +55,7 @@ gather_rows_kernel(const GatherArgs<T> a) {
 }
 
 template <typename T, int VEC, int CW>
-__global__ void __launch_bounds__(kLongWarps * kWarp)
+__global__ void __launch_bounds__(kLongWarps * kWarp, kMinBlocks<kLongWarps * kWarp>)
 gather_long_kernel(const GatherArgs<T> a) {
   using A = acc_t<T>;
   __shared__ A partial[kLongWarps][CW * VEC];
@@ -111,7 +111,7 @@ cudaError_t gather(const int64_t* ptr, const int32_t* idx, const int32_t* perm, 
   constexpr int kWide = kWideVec<T>;
   const bool wide = B % kWide == 0 && aligned16(src) && aligned16(out);
   GatherArgs<T> a{ptr, idx, perm, values, src, out, n, B, wide ? B / kWide : B, 0, {}};
-  return launch_row_kernels<T>(a, n, nnz, wide, workspace, stream, [&](auto vec, auto lanes) {
+  return launch_row_kernels<T, kWarp>(a, n, nnz, wide, workspace, stream, [&](auto vec, auto lanes) {
     return gather_launch<T, decltype(vec)::value, decltype(lanes)::value>(a, stream);
   });
 }

@@ -53,17 +53,17 @@ TransposeWorkspace layout(int64_t nnz, size_t sort_bytes) {
 }
 
 unsigned grid_for(int64_t n, int64_t per_block) {
-  return static_cast<unsigned>(std::min<int64_t>(std::max<int64_t>(cdiv(n, per_block), 1), 1 << 20));
+  return static_cast<unsigned>(std::min<int64_t>(std::max<int64_t>(cdiv(n, per_block), 1), kMaxStrideBlocks));
 }
 
-__global__ void iota_kernel(int32_t* __restrict__ out, int64_t n) {
+__global__ void __launch_bounds__(kThreads, kMinBlocks<kThreads>) iota_kernel(int32_t* __restrict__ out, int64_t n) {
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     out[i] = static_cast<int32_t>(i);
 }
 
 // row_of[k] = i for k in [row_ptr[i], row_ptr[i+1]): a warp per row, grid-stride over rows.
-__global__ void row_of_kernel(const int64_t* __restrict__ row_ptr, int64_t rows,
+__global__ void __launch_bounds__(kThreads, kMinBlocks<kThreads>) row_of_kernel(const int64_t* __restrict__ row_ptr, int64_t rows,
                               int32_t* __restrict__ row_of) {
   const int lane = threadIdx.x % kWarp;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
@@ -74,7 +74,7 @@ __global__ void row_of_kernel(const int64_t* __restrict__ row_ptr, int64_t rows,
   }
 }
 
-__global__ void gather_rows_of_kernel(const int32_t* __restrict__ perm,
+__global__ void __launch_bounds__(kThreads, kMinBlocks<kThreads>) gather_rows_of_kernel(const int32_t* __restrict__ perm,
                                       const int32_t* __restrict__ row_of,
                                       int32_t* __restrict__ csc_row, int64_t nnz) {
   for (int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; p < nnz;
@@ -83,7 +83,7 @@ __global__ void gather_rows_of_kernel(const int32_t* __restrict__ perm,
 }
 
 // csc_ptr[j] = number of sorted keys < j, for j in [0, cols].
-__global__ void col_ptr_kernel(const int32_t* __restrict__ sorted_cols, int64_t nnz, int64_t cols,
+__global__ void __launch_bounds__(kThreads, kMinBlocks<kThreads>) col_ptr_kernel(const int32_t* __restrict__ sorted_cols, int64_t nnz, int64_t cols,
                                int64_t* __restrict__ csc_ptr) {
   for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j <= cols;
        j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -116,7 +116,7 @@ __device__ __forceinline__ V warp_reduce(V v, Better better) {
   return v;
 }
 
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMinBlocks<kThreads>)
 index_scan_kernel(const int64_t* __restrict__ ptr, const int32_t* __restrict__ idx, const int32_t* __restrict__ perm,
                   int64_t n, int64_t nnz, int64_t n_src, int64_t* __restrict__ out) {
   constexpr u64 kNone = ~0ull;

@@ -4,7 +4,11 @@
 // inputs, and the bound is what float32 accumulation plus one final rounding allows:
 // |out - ref| <= u_T |ref| + 2 (n + 1) u_32 sum |terms| (+ half of float16's smallest subnormal),
 // u = unit roundoff, n = terms in the sum. A float16/bfloat16 accumulator would miss it.
-// Built and run by tests/test_cuda_emulated.py. Argument: "full" adds bigger cases.
+// Built and run by tests/test_cuda_emulated.py and tests/test_cuda_sanitizers.py. Arguments: the suite
+// ("small"; "full" adds bigger cases; "sanitize" is a subset that still reaches every kernel, for the
+// sanitizer stages of tests/cuda_planted_bugs.py) and the emulator's seed (block and thread orders). Every launcher gets the
+// same non-default stream (the emulator checks every launch is on it), workspaces hold garbage as a
+// fresh cudaMalloc would, and the last line has a hash of every output: the same for every seed.
 #include <cstdio>
 #include <cstdlib>
 #include <cmath>
@@ -15,7 +19,7 @@
 #include <string>
 #include <type_traits>
 #include "launchers.h"
-#include "emu_count.h"
+#include "emu_runtime.h"
 using namespace sparse_engine::cuda;
 
 struct Csr { int64_t rows, cols; std::vector<int64_t> ptr; std::vector<int32_t> col; };
@@ -60,6 +64,18 @@ template <class T> const char* tname() {
 }
 
 int failures = 0;
+const cudaStream_t kStream = reinterpret_cast<cudaStream_t>(uintptr_t{0x5e1f});  // not the default stream
+uint64_t out_hash = 1469598103934665603ull;  // FNV-1a over every output's bytes
+template <class T> void hash_outputs(const std::vector<T>& v) {
+  const auto* p = reinterpret_cast<const unsigned char*>(v.data());
+  for (size_t i = 0; i < v.size() * sizeof(T); ++i) out_hash = (out_hash ^ p[i]) * 1099511628211ull;
+}
+// A device workspace as cudaMalloc leaves it: garbage (the launchers must initialise what they read).
+template <class T> std::vector<T> garbage(size_t n) {
+  std::vector<T> v(n);
+  std::memset(v.data(), 0x5a, n * sizeof(T));
+  return v;
+}
 // |out - ref| <= tol: for float/double rel * bound (bound = sum |terms|), for the 2-byte types
 // the storage rounding of the result plus float32 accumulation over n terms.
 template <class T>
@@ -103,9 +119,9 @@ void run(const char* name, const Csr& m, int64_t B, bool misalign, std::mt19937&
   std::vector<int64_t> cp; std::vector<int32_t> cr; std::vector<int32_t> pm; transpose(m, cp, cr, pm);
   {  // transpose_cuda.cu gives the CPU's index exactly (cub replaced by a stable sort, cub_shim.h)
     std::vector<int64_t> cp2(m.cols + 2, -7); std::vector<int32_t> cr2(nnz + 1, -7), pm2(nnz + 1, -7);
-    std::vector<char> ws(transpose_index_workspace_bytes(m.rows, m.cols, nnz) + 1);
+    std::vector<char> ws = garbage<char>(transpose_index_workspace_bytes(m.rows, m.cols, nnz) + 1);
     cudaError_t e = launch_transpose_index(m.ptr.data(), m.col.data(), m.rows, m.cols, nnz, cp2.data(), cr2.data(),
-                                           pm2.data(), ws.size() > 1 ? ws.data() : nullptr, ws.size() - 1, 0);
+                                           pm2.data(), ws.size() > 1 ? ws.data() : nullptr, ws.size() - 1, kStream);
     bool same = e == cudaSuccess && std::equal(cp.begin(), cp.end(), cp2.begin()) &&
                 std::equal(cr.begin(), cr.end(), cr2.begin()) && std::equal(pm.begin(), pm.end(), pm2.begin()) &&
                 cp2[m.cols + 1] == -7 && cr2[nnz] == -7 && pm2[nnz] == -7;
@@ -130,19 +146,19 @@ void run(const char* name, const Csr& m, int64_t B, bool misalign, std::mt19937&
   const int64_t wl_rows = known_max ? gather_workspace_len(m.rows, nnz, max_row) : gather_workspace_len(m.rows, nnz);
   const int64_t wl_cols = known_max ? gather_workspace_len(m.cols, nnz, max_col) : gather_workspace_len(m.cols, nnz);
   const int64_t wl_sddmm = known_max ? sddmm_workspace_len(m.rows, nnz, max_row) : sddmm_workspace_len(m.rows, nnz);
-  std::vector<int32_t> ws(std::max<int64_t>(1, wl_rows));
+  std::vector<int32_t> ws = garbage<int32_t>(std::max<int64_t>(1, wl_rows));
   const long l_spmm = launches_of([&] {
-    launch_gather(m.ptr.data(), m.col.data(), nullptr, vals.data(), X, y, m.rows, B, nnz, wl_rows ? ws.data() : nullptr, 0);
+    launch_gather(m.ptr.data(), m.col.data(), nullptr, vals.data(), X, y, m.rows, B, nnz, wl_rows ? ws.data() : nullptr, kStream);
   });
   int32_t n_long_rows = wl_rows ? ws[0] : -1;
-  std::vector<int32_t> ws2(std::max<int64_t>(1, wl_cols));
+  std::vector<int32_t> ws2 = garbage<int32_t>(std::max<int64_t>(1, wl_cols));
   const long l_spmm_t = launches_of([&] {
-    launch_gather(cp.data(), cr.data(), pm.data(), vals.data(), G, z, m.cols, B, nnz, wl_cols ? ws2.data() : nullptr, 0);
+    launch_gather(cp.data(), cr.data(), pm.data(), vals.data(), G, z, m.cols, B, nnz, wl_cols ? ws2.data() : nullptr, kStream);
   });
   int32_t n_long_cols = wl_cols ? ws2[0] : -1;
-  std::vector<int32_t> ws3(std::max<int64_t>(1, wl_sddmm));
+  std::vector<int32_t> ws3 = garbage<int32_t>(std::max<int64_t>(1, wl_sddmm));
   const long l_sddmm = launches_of([&] {
-    launch_sddmm(m.ptr.data(), m.col.data(), G, X, outS.data(), m.rows, B, nnz, wl_sddmm ? ws3.data() : nullptr, 0);
+    launch_sddmm(m.ptr.data(), m.col.data(), G, X, outS.data(), m.rows, B, nnz, wl_sddmm ? ws3.data() : nullptr, kStream);
   });
   // launches: none for an empty output, the row kernel, plus the long-row kernel exactly when there is a workspace
   const long want_spmm = (m.rows > 0 && B > 0) ? 1 + (wl_rows > 0) : 0;
@@ -168,6 +184,7 @@ void run(const char* name, const Csr& m, int64_t B, bool misalign, std::mt19937&
   if (!same_bits(outY[m.rows * B + off], sentinel) || (off && !same_bits(outY[0], sentinel))) { printf("  FAIL spmm wrote out of bounds\n"); ++failures; }
   if (!same_bits(outZ[m.cols * B + off], sentinel) || (off && !same_bits(outZ[0], sentinel))) { printf("  FAIL spmm_t wrote out of bounds\n"); ++failures; }
   if (!same_bits(outS[nnz], sentinel)) { printf("  FAIL sddmm wrote out of bounds\n"); ++failures; }
+  hash_outputs(outY); hash_outputs(outZ); hash_outputs(outS);
   printf("%-4s %-10s B=%-3ld mis=%d nnz=%-6ld long rows=%d long cols=%d known=%d launches=%ld/%ld/%ld %s\n", tname<T>(),
          name, (long)B, (int)misalign, (long)nnz, n_long_rows, n_long_cols, (int)known_max, l_spmm, l_spmm_t, l_sddmm,
          failures == before ? "ok" : "FAILED");
@@ -191,7 +208,7 @@ void check_scan(const char* name, const std::vector<int64_t>& ptr, const std::ve
   }
   std::vector<int64_t> out(7, 12345);  // one past the end: must stay
   const cudaError_t e = launch_index_scan(ptr.data(), idx.data(), perm ? perm->data() : nullptr, n, nnz, n_src,
-                                          out.data(), 0);
+                                          out.data(), kStream);
   bool ok = e == cudaSuccess && std::equal(ref, ref + 6, out.begin()) && out[6] == 12345;
   // the planted problems are the first ones (so the reference loop above is not checked against itself only)
   ok = ok && (planted_drop < 0 || ref[2] == planted_drop) && (planted_idx < 0 || ref[3] == planted_idx) &&
@@ -271,8 +288,12 @@ void scan_cases(const Csr& pw, std::mt19937& g) {
 
 int main(int argc, char** argv) {
   setvbuf(stdout, nullptr, _IONBF, 0);
-  const bool full = argc > 1 && std::string(argv[1]) == "full";
-  std::mt19937 g(1);
+  const std::string suite = argc > 1 ? argv[1] : "small";
+  const uint64_t seed = argc > 2 ? std::strtoull(argv[2], nullptr, 10) : 1;
+  if (suite != "small" && suite != "full" && suite != "sanitize") { printf("unknown suite %s\n", suite.c_str()); return 2; }
+  emu::configure(seed, kStream);
+  const bool full = suite == "full", sanitize = suite == "sanitize";
+  std::mt19937 g(1);  // the inputs do not depend on the emulator's seed
   // Power-law-like rows: mostly 0-12 entries, plus rows long enough (> 1024) for the
   // block-per-row kernels; more of them than the emulated long-row grid (4 blocks).
   auto power = [&](int64_t rows, int64_t cols, std::vector<int64_t> longs) {
@@ -288,41 +309,65 @@ int main(int argc, char** argv) {
   std::vector<int64_t> el(30, 0); el[3] = 5; el[17] = 33; el[29] = 1; Csr empt = make(30, 40, el, g);
   Csr zero = make(5, 6, std::vector<int64_t>(5, 0), g);
   Csr onec = make(20, 1, std::vector<int64_t>(20, 1), g);
-  // batch widths reaching every lane layout: scalar / 16-byte loads, 1..32 lanes, 1-3 tiles
-  for (int64_t B : {1, 2, 3, 4, 20, 32, 33, 64, 256, 300}) run<float>("uniform", uni, B, false, g);
-  for (int64_t B : {1, 2, 3, 20, 64, 300}) run<double>("uniform", uni, B, false, g);
-  for (int64_t B : {1, 4, 32, 33}) run<float>("empty", empt, B, false, g);
-  for (int64_t B : {2, 20}) run<double>("empty", empt, B, false, g);
-  for (int64_t B : {1, 4, 33}) { run<float>("zero", zero, B, false, g); run<float>("onecol", onec, B, false, g); }
-  for (int64_t B : {4, 32}) run<float>("uniform", uni, B, true, g);   // misaligned: scalar path
-  for (int64_t B : {2, 20}) run<double>("uniform", uni, B, true, g);
-  // 5 long rows / columns > the emulated 4-block long-row grid: its grid-stride loop runs
-  run<float>("power", pw, 32, false, g);
-  run<float>("powerT", pwT, 32, false, g);
-  run<double>("power", pw, 2, false, g);
-  // float16 / bfloat16 storage (VEC = 8 halves per 16-byte load): B = 8..256 reach 1..32
-  // lanes with vector loads, 520 three tiles; odd B and a misaligned start take the scalar
-  // path; the power-law patterns the long-row kernels.
-  for (int64_t B : {1, 3, 8, 16, 33, 64, 256, 520}) run<__half>("uniform", uni, B, false, g);
-  for (int64_t B : {1, 5, 24, 32, 44, 128}) run<__nv_bfloat16>("uniform", uni, B, false, g);
-  for (int64_t B : {8, 33}) { run<__half>("empty", empt, B, false, g); run<__nv_bfloat16>("zero", zero, B, false, g); }
-  for (int64_t B : {1, 16}) { run<__nv_bfloat16>("onecol", onec, B, false, g); run<__half>("zero", zero, B, false, g); }
-  for (int64_t B : {8, 64}) { run<__half>("uniform", uni, B, true, g); run<__nv_bfloat16>("uniform", uni, B, true, g); }
-  run<__half>("power", pw, 32, false, g);
-  run<__half>("powerT", pwT, 5, false, g);
-  run<__nv_bfloat16>("power", pw, 3, false, g);
   // A pattern with more entries than the threshold but no long row (2400 entries, 8 per row, 60
   // per column): sized without the longest row the long-row kernels would be launched for
   // nothing; sized with it (known=1) only the row kernels run.
   Csr flat = make(300, 40, std::vector<int64_t>(300, 8), g);
-  for (bool known : {false, true}) {
-    run<float>("flat", flat, 4, false, g, known);
-    run<__half>("flat", flat, 16, false, g, known);
+  if (sanitize) {
+    // The planted-bug script's sanitizer subset: every kernel (row and long-row kernels of spmm, spmm_t and sddmm,
+    // the four of transpose_index, the index scan), scalar and vector loads, one to three tiles
+    // (B = 300: more than the lowered grid.y), every dtype, misaligned inputs, empty rows and zero nnz.
+    for (int64_t B : {1, 4, 33, 300}) run<float>("uniform", uni, B, false, g);
+    for (int64_t B : {2, 64}) run<double>("uniform", uni, B, false, g);
+    run<float>("empty", empt, 4, false, g);
+    run<float>("zero", zero, 4, false, g);
+    run<float>("onecol", onec, 1, false, g);
+    run<float>("uniform", uni, 4, true, g);
+    run<double>("uniform", uni, 2, true, g);
+    run<__half>("uniform", uni, 8, false, g);
+    run<__half>("uniform", uni, 520, false, g);
+    run<__nv_bfloat16>("uniform", uni, 3, false, g);
+    run<__nv_bfloat16>("uniform", uni, 64, true, g);
+    run<float>("power", pw, 32, false, g);
+    run<float>("powerT", pwT, 32, false, g);
+    run<double>("power", pw, 2, false, g);
+    run<__half>("powerT", pwT, 5, false, g);
+    for (bool known : {false, true}) run<float>("flat", flat, 4, false, g, known);
+    run<float>("power", pw, 32, false, g, true);
+    scan_cases(pw, g);
+  } else {
+    // batch widths reaching every lane layout: scalar / 16-byte loads, 1..32 lanes, 1-3 tiles
+    for (int64_t B : {1, 2, 3, 4, 20, 32, 33, 64, 256, 300}) run<float>("uniform", uni, B, false, g);
+    for (int64_t B : {1, 2, 3, 20, 64, 300}) run<double>("uniform", uni, B, false, g);
+    for (int64_t B : {1, 4, 32, 33}) run<float>("empty", empt, B, false, g);
+    for (int64_t B : {2, 20}) run<double>("empty", empt, B, false, g);
+    for (int64_t B : {1, 4, 33}) { run<float>("zero", zero, B, false, g); run<float>("onecol", onec, B, false, g); }
+    for (int64_t B : {4, 32}) run<float>("uniform", uni, B, true, g);   // misaligned: scalar path
+    for (int64_t B : {2, 20}) run<double>("uniform", uni, B, true, g);
+    // 5 long rows / columns > the emulated 4-block long-row grid: its grid-stride loop runs
+    run<float>("power", pw, 32, false, g);
+    run<float>("powerT", pwT, 32, false, g);
+    run<double>("power", pw, 2, false, g);
+    // float16 / bfloat16 storage (VEC = 8 halves per 16-byte load): B = 8..256 reach 1..32
+    // lanes with vector loads, 520 three tiles; odd B and a misaligned start take the scalar
+    // path; the power-law patterns the long-row kernels.
+    for (int64_t B : {1, 3, 8, 16, 33, 64, 256, 520}) run<__half>("uniform", uni, B, false, g);
+    for (int64_t B : {1, 5, 24, 32, 44, 128}) run<__nv_bfloat16>("uniform", uni, B, false, g);
+    for (int64_t B : {8, 33}) { run<__half>("empty", empt, B, false, g); run<__nv_bfloat16>("zero", zero, B, false, g); }
+    for (int64_t B : {1, 16}) { run<__nv_bfloat16>("onecol", onec, B, false, g); run<__half>("zero", zero, B, false, g); }
+    for (int64_t B : {8, 64}) { run<__half>("uniform", uni, B, true, g); run<__nv_bfloat16>("uniform", uni, B, true, g); }
+    run<__half>("power", pw, 32, false, g);
+    run<__half>("powerT", pwT, 5, false, g);
+    run<__nv_bfloat16>("power", pw, 3, false, g);
+    for (bool known : {false, true}) {
+      run<float>("flat", flat, 4, false, g, known);
+      run<__half>("flat", flat, 16, false, g, known);
+    }
+    // long rows and columns known to be there: the long-row kernels run as before
+    run<float>("power", pw, 32, false, g, true);
+    run<float>("powerT", pwT, 32, false, g, true);
+    scan_cases(pw, g);
   }
-  // long rows and columns known to be there: the long-row kernels run as before
-  run<float>("power", pw, 32, false, g, true);
-  run<float>("powerT", pwT, 32, false, g, true);
-  scan_cases(pw, g);
   if (full) {
     run<__nv_bfloat16>("powerT", pwT, 16, false, g);
     for (int64_t B : {8, 64, 300}) { run<__half>("power", pw, B, false, g); run<__nv_bfloat16>("powerT", pwT, B, false, g); }
@@ -330,6 +375,11 @@ int main(int argc, char** argv) {
     for (int64_t B : {256, 300}) { run<float>("empty", empt, B, false, g); run<float>("uniform", uni, B, true, g); }
     for (int64_t B : {20, 300}) { run<double>("power", pw, B, false, g); run<double>("powerT", pwT, B, false, g); }
   }
+  const emu::Stats st = emu::stats();
+  printf("emu seed=%llu launches=%ld blocks=%ld threads=%ld block_switches=%ld max_live_blocks=%d order=%016llx "
+         "outputs=%016llx\n", (unsigned long long)seed, st.launches, st.blocks, st.threads, st.block_switches,
+         st.max_live_blocks, (unsigned long long)st.order_hash, (unsigned long long)out_hash);
+  printf("emu kernels=%s\n", emu::kernels_launched());
   printf("%s (%d failures)\n", failures ? "FAILED" : "ALL OK", failures);
   return failures != 0;
 }

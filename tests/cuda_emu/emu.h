@@ -1,82 +1,126 @@
-// Host emulation of the CUDA features our kernels use (tests only): one std::thread per CUDA thread,
-// warps in lockstep at every shuffle (a 32-party barrier), blocks run one after another.
+// The CUDA features our kernels use, emulated on the host (tests only): included first by every
+// kernel file that tests/cuda_emu/emu_build.py compiles as host C++.
+//
+// Every CUDA thread is a fiber (its own stack) of emu_runtime.cpp, which runs the blocks of a
+// launch several at a time and picks the next thread to run at random (seeded) at every
+// shuffle, barrier and atomic, and checks what a GPU leaves undefined or refuses:
+//  * launch configuration: threads per block, grid dimensions (grid.y / grid.z at most
+//    SPARSE_ENGINE_MAX_GRID_Y, lowered for the tests), static + dynamic shared memory, the
+//    kernel's __launch_bounds__, the stream (the caller's, not the default one);
+//  * shuffles: the calling lane is in the mask, the source lane is in the mask, every lane named in
+//    the mask arrives at the same shuffle (same site, same mask) and none of them has exited or
+//    waits at a barrier instead;
+//  * __syncthreads: reached by every thread of the block at the same site, none exited;
+//  * __ldg and the 16-byte vector loads/stores: aligned (the stores through UBSan's alignment
+//    check, which every emulator build enables);
+//  * a deadlock (threads waiting, none runnable) is reported, not a hang.
+// A violation prints "EMU-ERROR ..." with the kernel, block and thread and exits with status 86.
+// Shared memory is per block, filled with 0xff bytes (NaN for floats) when a block starts.
+// Shuffles do not order memory between lanes (as on Volta and later), so ThreadSanitizer builds see
+// only barriers and launch boundaries as synchronisation.
 #pragma once
 #include <cuda_runtime.h>
-#include <barrier>
+
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <functional>
-#include <memory>
-#include <thread>
-#include <vector>
+#include <type_traits>
 
-#include "emu_count.h"
+#include "emu_runtime.h"
 
 namespace emu {
-struct Warp {
-  std::barrier<> bar{32};
-  uint64_t buf[32];
-};
-struct Block {
-  std::barrier<> bar;
-  std::vector<std::unique_ptr<Warp>> warps;
-  explicit Block(int n) : bar(n) { for (int i = 0; i < (n + 31) / 32; ++i) warps.emplace_back(new Warp); }
-};
-inline thread_local uint3 t_threadIdx, t_blockIdx;
-inline thread_local dim3 t_blockDim, t_gridDim;
-inline thread_local Block* t_block = nullptr;
-
-template <class T> T shfl_from(T v, int src) {
-  static_assert(sizeof(T) <= 8);
-  const int lane = t_threadIdx.x % 32;
-  Warp& w = *t_block->warps[t_threadIdx.x / 32];
-  uint64_t bits = 0; std::memcpy(&bits, &v, sizeof(T));
-  w.buf[lane] = bits;
-  w.bar.arrive_and_wait();
-  uint64_t got = w.buf[src & 31];
-  w.bar.arrive_and_wait();
-  T r; std::memcpy(&r, &got, sizeof(T));
+template <class T>
+T shfl_sync(unsigned mask, T v, int src, int width = 32, const char* file = __builtin_FILE(),
+            int line = __builtin_LINE()) {
+  static_assert(sizeof(T) <= 8 && std::is_trivially_copyable_v<T>);
+  uint64_t bits = 0;
+  std::memcpy(&bits, &v, sizeof(T));
+  bits = shuffle(mask, bits, src, width, 0, file, line);
+  T r;
+  std::memcpy(&r, &bits, sizeof(T));
   return r;
 }
-template <class T> T shfl_sync(unsigned, T v, int src) { return shfl_from(v, src); }
-template <class T> T shfl_xor_sync(unsigned, T v, int m) { return shfl_from(v, (int)(t_threadIdx.x % 32) ^ m); }
-inline void syncthreads() { t_block->bar.arrive_and_wait(); }
-template <class T> T ldg(const T* p) { return *p; }
-inline int atomic_add(int* p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
-// atomicMin / atomicMax (64-bit, as the index scan uses them): a compare-and-swap loop
-template <class T, class Better> T atomic_pick(T* p, T v, Better better) {
-  T cur = __atomic_load_n(p, __ATOMIC_SEQ_CST);
-  while (better(v, cur) && !__atomic_compare_exchange_n(p, &cur, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {}
-  return cur;
+template <class T>
+T shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32, const char* file = __builtin_FILE(),
+                int line = __builtin_LINE()) {
+  static_assert(sizeof(T) <= 8 && std::is_trivially_copyable_v<T>);
+  uint64_t bits = 0;
+  std::memcpy(&bits, &v, sizeof(T));
+  bits = shuffle(mask, bits, lane_mask, width, 1, file, line);
+  T r;
+  std::memcpy(&r, &bits, sizeof(T));
+  return r;
+}
+inline void sync_threads(const char* file = __builtin_FILE(), int line = __builtin_LINE()) { syncthreads(file, line); }
+
+// __ldg: a plain read that must be aligned to its type (16 bytes for float4 / double2 / uint4).
+template <class T>
+T ldg(const T* p) {
+  if (reinterpret_cast<uintptr_t>(p) % alignof(T) != 0)
+    fail("__ldg of a %zu-byte value at %p, not %zu-byte aligned (a misaligned vector load)", sizeof(T),
+         static_cast<const void*>(p), alignof(T));
+  return *p;
+}
+
+// Atomics: relaxed, as CUDA's (no ordering: a ThreadSanitizer build sees no synchronisation in
+// them), after a chance for another thread to run.
+inline int atomic_add(int* p, int v) {
+  yield();
+  return __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
+}
+template <class T, class Better>
+T atomic_pick(T* p, T v, Better better) {
+  yield();
+  T cur_v = __atomic_load_n(p, __ATOMIC_RELAXED);
+  while (better(v, cur_v) && !__atomic_compare_exchange_n(p, &cur_v, v, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+  }
+  return cur_v;
 }
 template <class T> T atomic_min(T* p, T v) { return atomic_pick(p, v, [](T a, T b) { return a < b; }); }
 template <class T> T atomic_max(T* p, T v) { return atomic_pick(p, v, [](T a, T b) { return a > b; }); }
 
-// One std::thread per CUDA thread of a block, reused for every block (blocks run in turn;
-// a block-wide barrier separates them, so "static" shared memory is never shared by two).
-template <class K, class... A>
-void launch(K kernel, dim3 grid, dim3 block, size_t, cudaStream_t, A... args) {
-  ++launches;
-  const int nt = block.x * block.y * block.z;
-  Block blk(nt);
-  std::barrier<> between(nt);
-  std::vector<std::thread> ts;
-  for (int t = 0; t < nt; ++t)
-    ts.emplace_back([&, t] {
-      t_threadIdx = uint3{(unsigned)t, 0, 0};
-      t_blockDim = block; t_gridDim = grid; t_block = &blk;
-      for (unsigned by = 0; by < grid.y; ++by)
-        for (unsigned bx = 0; bx < grid.x; ++bx) {
-          t_blockIdx = uint3{bx, by, 0};
-          kernel(args...);
-          between.arrive_and_wait();
-        }
-    });
-  for (auto& th : ts) th.join();
+// A __shared__ variable of the running block: `__shared__ T name[dims];` is rewritten to
+// `static char name_emu_tag; auto& name = ::emu::shared<T[dims]>(&name_emu_tag);`.
+template <class T>
+T& shared(const void* tag) {
+  static_assert(alignof(T) <= alignof(std::max_align_t));
+  return *static_cast<T*>(shared_alloc(tag, sizeof(T)));
 }
-inline cudaError_t memset_async(void* p, int v, size_t n, cudaStream_t = 0) { std::memset(p, v, n); return cudaSuccess; }
-inline cudaError_t get_last_error() { return cudaSuccess; }
+
+// `kernel<<<grid, block, shmem, stream>>>(args)` is rewritten to
+// `::emu::launch("kernel", __PRETTY_FUNCTION__, kernel, ::emu::LaunchConfig{grid, block, shmem, stream}, args)`:
+// a launch without a stream gets the default stream, which the stream check rejects.
+struct LaunchConfig {
+  dim3 grid;
+  dim3 block;
+  size_t shmem = 0;
+  cudaStream_t stream = nullptr;
+};
+template <class K, class... A>
+void launch(const char* name, const char* where, K kernel, LaunchConfig c, A... args) {
+  ++launches;
+  auto call = [&]() { kernel(args...); };  // every thread gets its own copies of the arguments
+  using C = decltype(call);
+  run_launch(name, where, c.grid, c.block, c.shmem, c.stream, [](void* p) { (*static_cast<C*>(p))(); }, &call);
+}
+
+inline cudaError_t memset_async(void* p, int v, size_t n, cudaStream_t stream = nullptr) {
+  check_stream("cudaMemsetAsync", stream);
+  std::memset(p, v, n);
+  return cudaSuccess;
+}
+inline cudaError_t get_last_error() { return cudaSuccess; }  // a failing launch has already ended the run
+inline cudaError_t get_device(int* d) {
+  *d = 0;
+  return cudaSuccess;
+}
+// One SM: the long-row kernels get a 4-block grid, the index scan 8 blocks, the elementwise kernels
+// 32, so their grid-stride loops run more than once on small inputs.
+inline cudaError_t device_get_attribute(int* v, cudaDeviceAttr, int) {
+  *v = 1;
+  return cudaSuccess;
+}
 }  // namespace emu
 
 #undef __global__
@@ -87,25 +131,21 @@ inline cudaError_t get_last_error() { return cudaSuccess; }
 #define __global__
 #define __device__
 #define __forceinline__ inline
-#define __shared__ static
+#define __shared__ __shared__is_rewritten_by_emu_build_py
 #define __launch_bounds__(...)
-#define threadIdx emu::t_threadIdx
-#define blockIdx emu::t_blockIdx
-#define blockDim emu::t_blockDim
-#define gridDim emu::t_gridDim
-#define __shfl_sync emu::shfl_sync
-#define __shfl_xor_sync emu::shfl_xor_sync
-#define __syncthreads emu::syncthreads
-#define __ldg emu::ldg
-#define atomicAdd emu::atomic_add
-#define atomicMin emu::atomic_min
-#define atomicMax emu::atomic_max
-#define cudaMemsetAsync emu::memset_async
-#define cudaGetLastError emu::get_last_error
+#define threadIdx (::emu::cur->threadIdx)
+#define blockIdx (::emu::cur->blockIdx)
+#define blockDim (::emu::cur->blockDim)
+#define gridDim (::emu::cur->gridDim)
+#define __shfl_sync ::emu::shfl_sync
+#define __shfl_xor_sync ::emu::shfl_xor_sync
+#define __syncthreads ::emu::sync_threads
+#define __ldg ::emu::ldg
+#define atomicAdd ::emu::atomic_add
+#define atomicMin ::emu::atomic_min
+#define atomicMax ::emu::atomic_max
+#define cudaMemsetAsync ::emu::memset_async
+#define cudaGetLastError ::emu::get_last_error
+#define cudaGetDevice ::emu::get_device
+#define cudaDeviceGetAttribute ::emu::device_get_attribute
 using std::fma;
-namespace emu {
-inline cudaError_t get_device(int* d) { *d = 0; return cudaSuccess; }
-inline cudaError_t device_get_attribute(int* v, cudaDeviceAttr, int) { *v = 1; return cudaSuccess; }  // 1 SM: the long-row kernels get a 4-block grid, so their grid-stride loops run
-}
-#define cudaGetDevice emu::get_device
-#define cudaDeviceGetAttribute emu::device_get_attribute

@@ -2,7 +2,10 @@
 // mode, float32 and float64) on the CPU through emu.h and checks them against float64
 // references computed here, including that nothing is written outside the outputs.
 // The backward also runs spmm_cuda.cu's kernels (W_hh^T dG). Built and run by
-// tests/test_cuda_emulated.py; separate from driver.cpp so the two can change independently.
+// tests/test_cuda_emulated.py and tests/test_cuda_sanitizers.py; separate from driver.cpp so the two
+// can change independently. Arguments: the suite ("small", "full", "sanitize": a subset that reaches
+// every kernel and mode, for tests/cuda_planted_bugs.py's sanitizer stages) and the emulator's seed; the same stream, garbage workspaces and output hash
+// as driver.cpp.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -10,6 +13,7 @@
 #include <random>
 #include <string>
 #include <vector>
+#include "emu_runtime.h"
 #include "launchers.h"
 using namespace sparse_engine;
 using namespace sparse_engine::cuda;
@@ -64,6 +68,12 @@ template <class T> struct Buf {
 };
 
 int failures = 0;
+const cudaStream_t kStream = reinterpret_cast<cudaStream_t>(uintptr_t{0x5e1f});  // not the default stream
+uint64_t out_hash = 1469598103934665603ull;  // FNV-1a over every output's bytes
+template <class T> void hash_outputs(const Buf<T>& b) {
+  const auto* p = reinterpret_cast<const unsigned char*>(b.v.data());
+  for (size_t i = 0; i < b.v.size() * sizeof(T); ++i) out_hash = (out_hash ^ p[i]) * 1099511628211ull;
+}
 
 // |out - ref| <= rel * (1 + scale) element by element (scale: sum of |terms| behind ref).
 template <class T>
@@ -144,7 +154,7 @@ void run(CellMode mode, const char* pname, const std::vector<int64_t>& lens, int
   cudaError_t e = launch_rnn_step_forward(mode, m.ptr.data(), m.col.data(), vals.data(), gx.p(), h.p(),
                                           mode == CellMode::LSTM ? c.p() : nullptr, use_bhh ? bhh.p() : nullptr, h2.p(),
                                           mode == CellMode::LSTM ? c2.p() : nullptr, nacts ? acts.p() : nullptr, H, B, dt,
-                                          tau, 0);
+                                          tau, kStream);
   const int before = failures;
   if (e != cudaSuccess) { printf("  FAIL forward returned %d\n", (int)e); ++failures; }
   check("h_new", h2, rh, sh, rel);
@@ -192,19 +202,22 @@ void run(CellMode mode, const char* pname, const std::vector<int64_t>& lens, int
         sdh[o] += std::fabs((double)vals[k]) * (std::fabs(rG[r * B + b]) + sG[r * B + b]);
       }
   std::vector<int64_t> cp; std::vector<int32_t> cr; std::vector<int32_t> pm; transpose(m, cp, cr, pm);
-  const int64_t wl = rnn_step_backward_workspace_len(H, nnz);
-  std::vector<int32_t> ws(std::max<int64_t>(1, wl));
+  int64_t max_col = 0;  // as the glue sizes the workspace: from the checked index's longest column
+  for (int64_t j = 0; j < H; ++j) max_col = std::max(max_col, cp[j + 1] - cp[j]);
+  const int64_t wl = rnn_step_backward_workspace_len(H, nnz, max_col);
+  std::vector<int32_t> ws(std::max<int64_t>(1, wl), 0x5a5a5a5a);  // garbage, as from cudaMalloc
   Buf<T> dG(G * HB, off), dgx(3 * HB, off), dcp(HB, off), dhp(HB, off);
   const T* hin = mode == CellMode::GRU ? h.p() : (mode == CellMode::RNN_TANH || mode == CellMode::RNN_RELU ? h2.p() : nullptr);
   e = launch_rnn_step_backward(mode, cp.data(), cr.data(), pm.data(), vals.data(), nnz, nacts ? acts.p() : nullptr,
                                mode == CellMode::LSTM ? c.p() : nullptr, mode == CellMode::LSTM ? c2.p() : nullptr, hin, dh.p(),
                                mode == CellMode::LSTM ? dc.p() : nullptr, dG.p(), mode == CellMode::GRU ? dgx.p() : nullptr,
-                               mode == CellMode::LSTM ? dcp.p() : nullptr, dhp.p(), H, B, dt, tau, wl ? ws.data() : nullptr, 0);
+                               mode == CellMode::LSTM ? dcp.p() : nullptr, dhp.p(), H, B, dt, tau, wl ? ws.data() : nullptr, kStream);
   if (e != cudaSuccess) { printf("  FAIL backward returned %d\n", (int)e); ++failures; }
   check("dG", dG, rG, sG, rel);
   check("dh_prev", dhp, rdh, sdh, rel);
   if (mode == CellMode::LSTM) check("dc_prev", dcp, rdc, sdc, rel); else if (!dcp.intact()) { printf("  FAIL dc_prev written\n"); ++failures; }
   if (mode == CellMode::GRU) check("dgx", dgx, rgx, sgx, rel); else if (!dgx.intact()) { printf("  FAIL dgx written\n"); ++failures; }
+  for (const Buf<T>* b : {&h2, &c2, &acts, &dG, &dgx, &dcp, &dhp}) hash_outputs(*b);
   int64_t max_row = 0;
   for (int64_t r = 0; r < G * H; ++r) max_row = std::max(max_row, m.ptr[r + 1] - m.ptr[r]);
   printf("%s %-8s %-8s H=%-4ld B=%-3ld mis=%d nnz=%-6ld max row=%-4ld long cols=%d %s\n", sizeof(T) == 4 ? "f32" : "f64",
@@ -216,8 +229,12 @@ void run(CellMode mode, const char* pname, const std::vector<int64_t>& lens, int
 
 int main(int argc, char** argv) {
   setvbuf(stdout, nullptr, _IONBF, 0);
-  const bool full = argc > 1 && std::string(argv[1]) == "full";
-  std::mt19937 g(7);
+  const std::string suite = argc > 1 ? argv[1] : "small";
+  const uint64_t seed = argc > 2 ? std::strtoull(argv[2], nullptr, 10) : 1;
+  if (suite != "small" && suite != "full" && suite != "sanitize") { printf("unknown suite %s\n", suite.c_str()); return 2; }
+  emu::configure(seed, kStream);
+  const bool full = suite == "full", sanitize = suite == "sanitize";
+  std::mt19937 g(7);  // the inputs do not depend on the emulator's seed
   auto lengths = [&](const char* kind, int G, int64_t H) {
     std::vector<int64_t> len(G * H);
     std::uniform_int_distribution<int> u(0, 9);
@@ -230,9 +247,19 @@ int main(int argc, char** argv) {
   for (int id = 0; id < kNumCellModes; ++id) {
     const CellMode mode = static_cast<CellMode>(id);
     const int G = cell_gates(mode);
+    if (sanitize) {  // every mode: scalar and vector loads, three tiles (more than the lowered grid.y),
+                     // long rows, float64, a misaligned state
+      run<float>(mode, "uniform", lengths("uniform", G, 37), 37, 3, false, g);
+      run<float>(mode, "uniform", lengths("uniform", G, 37), 37, 20, false, g);
+      run<float>(mode, "uniform", lengths("uniform", G, 21), 21, 67, false, g);
+      run<double>(mode, "long", lengths("long", G, 100), 100, 2, false, g);
+      run<float>(mode, "uniform", lengths("uniform", G, 37), 37, 20, true, g);
+      continue;
+    }
     // batch widths: scalar and 16-byte loads, several lane layouts, more than one tile
     for (int64_t B : {1, 3, 20}) run<float>(mode, "uniform", lengths("uniform", G, 37), 37, B, false, g);
     if (G > 1) run<float>(mode, "uniform", lengths("uniform", G, 37), 37, 33, false, g);  // 32 lanes, 2 tiles
+    run<float>(mode, "uniform", lengths("uniform", G, 21), 21, 67, false, g);  // 3 tiles: grid.y's loop
     for (int64_t B : {2, 5, 20}) run<double>(mode, "uniform", lengths("uniform", G, 37), 37, B, false, g);
     run<float>(mode, "empty", lengths("empty", G, 45), 45, 8, false, g);
     run<double>(mode, "empty", lengths("empty", G, 45), 45, 3, false, g);
@@ -251,7 +278,15 @@ int main(int argc, char** argv) {
   // 5 columns of 1040 / 1050 entries (> max(1024, 4 x mean)) in W_hh: W_hh^T dG takes spmm_cuda.cu's long-row
   // kernel, with more long rows than its emulated 4-block grid
   run<float>(CellMode::LSTM, "longcols", lengths("uniform", 4, 260), 260, 4, false, g, 5);
-  run<double>(CellMode::GRU, "longcols", lengths("uniform", 3, 350), 350, 1, false, g, 5);
+  if (!sanitize) run<double>(CellMode::GRU, "longcols", lengths("uniform", 3, 350), 350, 1, false, g, 5);
+  // H x B = 9,900 elements, more than the emulated elementwise grid's 32 x 256 threads: its
+  // grid-stride loop runs twice
+  run<float>(CellMode::GRU, "wide", lengths("uniform", 3, 99), 99, 100, false, g);
+  const emu::Stats st = emu::stats();
+  printf("emu seed=%llu launches=%ld blocks=%ld threads=%ld block_switches=%ld max_live_blocks=%d order=%016llx "
+         "outputs=%016llx\n", (unsigned long long)seed, st.launches, st.blocks, st.threads, st.block_switches,
+         st.max_live_blocks, (unsigned long long)st.order_hash, (unsigned long long)out_hash);
+  printf("emu kernels=%s\n", emu::kernels_launched());
   printf("%s (%d failures)\n", failures ? "FAILED" : "ALL OK", failures);
   return failures != 0;
 }
