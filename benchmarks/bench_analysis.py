@@ -16,13 +16,13 @@ import time
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 
 import sparse_engine  # noqa: F401
 from common import machine
 from sparse_engine.analysis import (DEFINITIONS, GraphCSR, nnstd, null_model_test, randomize, signed_triad_census,
                                     structural_balance, to_networkx)
 from sparse_engine.runtime.timing import times_of
+import torch  # noqa: E402
 
 
 def graph_from_keys(n: int, key: np.ndarray, rng) -> GraphCSR:

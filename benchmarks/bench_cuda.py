@@ -33,9 +33,9 @@ import time
 import zlib
 from pathlib import Path
 
-import torch
 
 from common import cuda_times_of, machine
+import torch  # noqa: E402
 
 DEV = "cuda"
 GRID_N = [4096, 16384, 65536, 131072]

@@ -19,12 +19,12 @@ import os
 import sys
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine, ms, ratio, timeit  # noqa: E402
 
 from sparse_engine import SparseWeight, ops  # noqa: E402
+import torch  # noqa: E402
 
 GRID_N = [1024, 4096, 16384, 65536]
 GRID_DENSITY = [0.001, 0.01, 0.05, 0.33]

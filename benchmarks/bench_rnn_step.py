@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -27,6 +26,7 @@ from common import machine  # noqa: E402
 from sparse_engine.kernels import has_kernel  # noqa: E402
 from sparse_engine.nn.cell_table import CELLS  # noqa: E402
 from sparse_engine.runtime.timing import times_of  # noqa: E402
+import torch  # noqa: E402
 
 SIZES = [(256, 0.1), (512, 0.05), (1500, 0.05), (1500, 0.33), (4096, 0.01), (16384, 0.001), (16384, 0.01)]
 GPU_SIZES = SIZES + [(65536, 0.01)]

@@ -36,12 +36,12 @@ import os
 import statistics
 import time
 
-import torch
-from torch import nn
 
 import sparse_engine as se
 from common import markdown_table, ms, write_result
 from sparse_engine.runtime.timing import times_of
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 SPARSE = {"LSTM": se.nn.SparseLSTM, "GRU": se.nn.SparseGRU}
 DENSE = {"LSTM": nn.LSTM, "GRU": nn.GRU}

@@ -28,12 +28,12 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 from common import machine  # (it puts the checkout's package on the path, installed or not)
 from sparse_engine import SparseWeight
 from sparse_engine.runtime.timing import best_of  # the same helper as sparse-engine bench
 from sparse_engine.training import gradient_growth, magnitude_keep, random_empty, rewire, set_keep
+import torch  # noqa: E402
 
 FRACTION = 0.3
 # --device cuda: (mode, rows, cols, nnz) prune+regrow cases and (method, n, nnz, M) RigL cases

@@ -40,10 +40,10 @@ MLP_SIZES = (784, 20_000, 20_000, 20_000, 10)
 def child(root: str, updates: int) -> None:
     """Measures every case with the package of ``root``; prints one JSON line."""
     sys.path.insert(0, root)
+    import sparse_engine  # first: passive OpenMP waiting (sparse_engine/runtime/threads.py)
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    import sparse_engine
     from sparse_engine.nn import SparseLinear, SparseMLP
     from sparse_engine.runtime.timing import best_of
     from sparse_engine.training import SET, SETMLP, SETSGD, RigL, SelfishRNN

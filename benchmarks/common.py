@@ -9,9 +9,11 @@ their results.
   versions, GPU, whether this build has the CUDA kernels, date).
 * :func:`write_result`, :func:`markdown_table`, :func:`ms`, :func:`ratio`: the results files.
 
-torch is imported before anything of sparse_engine, so that importing this module leaves
-OpenMP's waiting policy to the script: ``import sparse_engine`` sets passive waiting only when it
-comes before torch (sparse_engine/runtime/threads.py), and each script keeps its own order.
+sparse_engine is imported before torch, here and in every script (tests/test_threads.py checks),
+so that the benchmarks run with the OpenMP waiting policy a user gets: passive waiting, which
+``import sparse_engine`` sets only when it comes first (sparse_engine/runtime/threads.py).
+Tables measured before 2026-11-25 by scripts that imported torch first ran with libgomp's
+spinning waits; benchmarks/results/README.md lists them.
 """
 from __future__ import annotations
 
@@ -24,13 +26,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # the checkout's package, installed or not
 from sparse_engine.kernels import HAS_CUDA_KERNELS  # noqa: E402
 from sparse_engine.runtime.timing import times_of  # noqa: E402
+import torch  # noqa: E402  (after sparse_engine: see above)
 
 RESULTS = ROOT / "benchmarks" / "results"
 

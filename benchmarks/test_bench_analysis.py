@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.sparse as sp
-import torch
 
 import sparse_engine  # noqa: F401
 from sparse_engine.analysis import nnstd
+import torch  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("bench_analysis", Path(__file__).with_name("bench_analysis.py"))
 bench = importlib.util.module_from_spec(_spec)

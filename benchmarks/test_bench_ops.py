@@ -4,9 +4,9 @@ Each group holds ours and its baselines on the same inputs, so the table pytest-
 prints compares them directly. Not part of the test suite (tests/ is).
 """
 import pytest
-import torch
 
 from sparse_engine import SparseWeight, ops
+import torch  # noqa: E402
 
 SHAPES = [(4096, 0.05), (16384, 0.01)]
 B = 32

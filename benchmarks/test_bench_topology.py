@@ -2,10 +2,10 @@
 truly sparse prune + random regrow vs the masked-dense torch.topk way, same layer.
 Not part of the test suite (tests/ is); bench_topology.py has the large cases."""
 import pytest
-import torch
 
 from sparse_engine import SparseWeight
 from sparse_engine.training import magnitude_keep, random_empty, rewire
+import torch  # noqa: E402
 
 N, NNZ, FRACTION = 4096, 1_000_000, 0.3
 

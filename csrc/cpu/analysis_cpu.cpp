@@ -23,6 +23,10 @@
 // (i, j, k) with edges i->j, j->k and i->k is a transitive semicycle, balanced when
 // sign(w_ij) sign(w_jk) sign(w_ik) > 0, each w the weight of that directed edge (reciprocal
 // edges keep their own signs).
+//
+// Why one file of about 550 lines: it is the analysis family's CPU file (one per op family,
+// tests/test_op_registry.py); the census and the semicycles share the graph built from the CSR
+// (neighbour merge, sign bits), written once at the top; the swaps are the family's third op.
 #include <torch/library.h>
 #include <omp.h>
 #include <random>
