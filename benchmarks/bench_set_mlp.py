@@ -73,7 +73,7 @@ def child(args) -> None:
 
     from sparse_engine.data.tasks import load_task
     from sparse_engine.nn import SparseMLP
-    from sparse_engine.training.set_mlp import SETMLP, SETSGD
+    from sparse_engine.training import SETMLP, SETSGD
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -118,7 +118,7 @@ def accuracy_curve(name: str, H: int, seed: int, args, data) -> tuple[list[float
     from torch import nn
 
     from sparse_engine.nn import SparseMLP
-    from sparse_engine.training.set_mlp import SETMLP, SETSGD
+    from sparse_engine.training import SETMLP, SETSGD
 
     (Xtr, ytr), (Xte, yte) = data
     torch.manual_seed(seed)

@@ -4,6 +4,7 @@ import importlib
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -59,3 +60,32 @@ def test_has_kernel_answers_per_op_and_device():
     assert not kernels.has_kernel("relu_dropout", "cuda")
     assert kernels.has_kernel("set_prune", "cuda")
     assert kernels.HAS_CUDA_KERNELS == kernels.has_kernel("spmm", "cuda")
+
+
+def test_the_project_itself_uses_no_old_module_path():
+    """The old paths are for users' code; the package, its tests, benchmarks and examples import
+    every module from its home (else a move would hide behind its own DeprecationWarning)."""
+    import ast
+
+    from sparse_engine._moved import MOVED
+
+    old = {f"sparse_engine.{name}" for name in MOVED}
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for folder in ("sparse_engine", "tests", "benchmarks", "examples"):
+        for path in (root / folder).rglob("*.py"):
+            if path.name in ("_moved.py", "test_package_layout.py"):
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom):
+                    base = node.module or ""
+                    if node.level:  # relative: resolve against the file's package
+                        pkg = path.relative_to(root).with_suffix("").parts[:-node.level]
+                        base = ".".join(pkg + ((base,) if base else ()))
+                    names = [base] + [f"{base}.{a.name}" for a in node.names]
+                elif isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                else:
+                    continue
+                found += [f"{path.relative_to(root)}:{node.lineno} {n}" for n in names if n in old]
+    assert not found, found

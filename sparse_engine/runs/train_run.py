@@ -157,7 +157,7 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
     recorder = None
     if cfg.model == "mlp":  # SET-MLP: SGD with decay outside the momentum, SET after each epoch but the last
         from ..nn import SparseMLP
-        from ..training.set_mlp import SETMLP, SETSGD
+        from ..training import SETMLP, SETSGD
 
         Xtr, Xte = Xtr.reshape(len(Xtr), -1), Xte.reshape(len(Xte), -1)
         model = SparseMLP(mlp_sizes(cfg, Xtr.shape[1], meta["n_out"]), cfg.epsilon, cfg.dropout,
