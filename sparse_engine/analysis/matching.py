@@ -46,6 +46,14 @@ def _grouped(batch_of: np.ndarray, n_batches: int):
     return order, local, bounds
 
 
+def _renumber(idx: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values of ``idx`` (in 0..n-1), sorted, and ``idx`` as positions among them."""
+    nodes = np.flatnonzero(np.bincount(idx, minlength=n))
+    position = np.zeros(n, np.int64)
+    position[nodes] = np.arange(len(nodes))
+    return nodes, position[idx]
+
+
 def max_weight_matching(sim) -> tuple[np.ndarray, np.ndarray]:
     """A maximum-weight matching (not necessarily perfect) of the bipartite graph whose edges are
     the entries of ``sim`` (a scipy.sparse matrix: rows left, columns right, weights; entries
@@ -54,17 +62,18 @@ def max_weight_matching(sim) -> tuple[np.ndarray, np.ndarray]:
     never with rows x columns of the whole graph."""
     if not sp.issparse(sim):
         raise TypeError(f"sim must be a scipy.sparse matrix, got {type(sim).__name__}")
-    sim = sp.coo_matrix(sim, copy=True)
-    sim.sum_duplicates()
+    sim = sp.csr_matrix(sim, copy=True)
+    sim.sum_duplicates()  # O(nnz) when already canonical, as overlaps from a sparse product are
+    sim = sim.tocoo()
     if not np.isfinite(sim.data).all():
         raise ValueError("sim must hold finite weights")
     keep = sim.data > 0
-    row, col, w = sim.row[keep].astype(np.int64), sim.col[keep].astype(np.int64), sim.data[keep].astype(np.float64)
+    row, col, w = sim.row[keep], sim.col[keep], sim.data[keep].astype(np.float64)
     if len(w) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     # the nodes that have an edge, renumbered: left 0..nl-1, right nl..nl+nr-1
-    left_nodes, row = np.unique(row, return_inverse=True)
-    right_nodes, col = np.unique(col, return_inverse=True)
+    left_nodes, row = _renumber(row, sim.shape[0])
+    right_nodes, col = _renumber(col, sim.shape[1])
     nl, nr = len(left_nodes), len(right_nodes)
     graph = sp.coo_matrix((np.ones(len(w)), (row, nl + col)), shape=(nl + nr, nl + nr))
     n_comp, labels = connected_components(graph, directed=False)
