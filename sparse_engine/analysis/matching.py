@@ -10,8 +10,8 @@ maximum-weight matching of the graph. With more columns than rows scipy skips LA
 augmenting row reduction and runs only its shortest augmenting paths: one finite Dijkstra-like
 search per left node, exact in float arithmetic like ``scipy.optimize.linear_sum_assignment``.
 The row reduction of a square graph is what looped forever on float ties (a 102 x 11 layer pair,
-see docs/analysis.md); integer-scaled costs make it terminate only in theory (a price war moving
-one unit a step), and round the costs.
+see docs/analysis.md); integer-scaled costs make it terminate, but a price war can then take as
+many steps as the scale is large, and the rounding makes the optimum approximate.
 """
 from __future__ import annotations
 
