@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+from scipy.optimize import linear_sum_assignment
 
 import sparse_engine  # noqa: F401
 from sparse_engine import SparseWeight
-from sparse_engine.analysis import jaccard_cost, jaccard_similarity, load_nnstd_layers, nnstd
+from sparse_engine.analysis import (jaccard_cost, jaccard_similarity, load_nnstd_layers, max_weight_matching,
+                                    nnstd)
 from sparse_engine.testing import random_scipy
 
 
@@ -106,6 +108,8 @@ def test_bad_inputs():
         nnstd([A], [np.ones((4, 3))])
     with pytest.raises(ValueError, match="average"):
         nnstd([A], [A], average="mean")
+    with pytest.raises(ValueError, match="solver"):
+        nnstd([A], [A], solver="lap")
     with pytest.raises(ValueError, match="folder"):
         load_nnstd_layers(Path("/nonexistent"))
 
@@ -128,8 +132,6 @@ def test_real_topologies_distance_grows_with_training(shared_data):
 def test_sparse_matching_equals_dense_assignment():
     """The sparse matching reaches the dense linear_sum_assignment optimum, with many empty
     neurons and ties."""
-    from scipy.optimize import linear_sum_assignment
-
     seed = int(np.random.default_rng().integers(2**31))
     print(f"numpy seed {seed}")
     rng = np.random.default_rng(seed)
@@ -152,14 +154,13 @@ _HUNG = """
 import numpy as np, scipy.sparse as sp
 import importlib
 mod = importlib.import_module("sparse_engine.analysis.nnstd")
-mod.DENSE_MATCH_LIMIT = 0  # every layer through the sparse solver, the one that must not hang
 rng = np.random.default_rng(329)  # the loop of the test above with this seed reaches the pair
 for density in (0.005, 0.02, 0.1, 0.5):
     for _ in range(5):
         n, k = int(rng.integers(1, 120)), int(rng.integers(1, 60))
         A = sp.random(n, k, density=density, random_state=rng, format="csr")
         B = sp.random(n, k, density=density, random_state=rng, format="csr")
-        mod.nnstd([A], [B])
+        mod.nnstd([A], [B], solver="sparse")  # the sparse solver, the one that must not hang
 print("done")
 """
 
@@ -176,25 +177,63 @@ def test_sparse_matching_terminates_where_lapjvsp_hung():
     assert proc.returncode == 0 and proc.stdout.strip() == "done", proc.stderr[-2000:]
 
 
-def test_max_weight_matching_against_dense_assignment(np_rng):
-    """Fresh random bipartite graphs (rectangular, ties from integer weights, isolated nodes):
-    the matching is valid and its weight is linear_sum_assignment's optimum."""
-    from scipy.optimize import linear_sum_assignment
+def test_max_weight_matching_against_dense_assignment(monkeypatch, np_rng):
+    """Fresh random bipartite graphs (rectangular, ties from integer weights, isolated nodes,
+    non-positive entries, several components, solved together or each alone): the matching is
+    valid and its weight is linear_sum_assignment's optimum."""
+    import importlib
 
-    from sparse_engine.analysis import max_weight_matching
-
+    matching = importlib.import_module("sparse_engine.analysis.matching")
     g = np_rng
-    for trial in range(40):
+    for trial in range(60):
         n, k = int(g.integers(1, 60)), int(g.integers(1, 60))
         M = sp.random(n, k, density=float(g.choice([0.02, 0.1, 0.5])), random_state=g, format="coo")
         if trial % 2:
             M.data = g.integers(1, 4, size=M.nnz).astype(float)  # many ties
+        if trial % 3 == 0:
+            M.data[g.random(M.nnz) < 0.2] *= -1  # never worth matching
+        if trial % 5 == 0:
+            M = sp.block_diag([M, M.T, M]).tocoo()  # several components
+        monkeypatch.setattr(matching, "BATCH_NODES", int(g.choice([1, 16, 4096])))
         li, ri = max_weight_matching(M)
         assert len(set(li.tolist())) == len(li) and len(set(ri.tolist())) == len(ri)
         D = M.toarray()
         assert (D[li, ri] > 0).all()
-        r, c = linear_sum_assignment(D, maximize=True)
-        assert D[li, ri].sum() == pytest.approx(D[r, c].sum(), abs=1e-9), f"trial {trial}"
+        r, c = linear_sum_assignment(np.maximum(D, 0), maximize=True)
+        assert D[li, ri].sum() == pytest.approx(np.maximum(D, 0)[r, c].sum(), abs=1e-9), f"trial {trial}"
+
+
+def test_max_weight_matching_bad_input():
+    with pytest.raises(TypeError, match="sim"):
+        max_weight_matching(np.ones((2, 2)))
+    with pytest.raises(ValueError, match="finite"):
+        max_weight_matching(sp.coo_matrix(np.array([[1.0, np.nan]])))
+    li, ri = max_weight_matching(sp.coo_matrix((3, 4)))
+    assert len(li) == len(ri) == 0
+
+
+_UNRELATED = """
+import numpy as np, scipy.sparse as sp
+from sparse_engine.analysis import nnstd
+g = np.random.default_rng(0)
+A, B = (sp.random(5000, 5000, density=0.002, random_state=g, format="csr") for _ in range(2))
+print(nnstd([A], [B]).distance)
+"""
+
+
+@pytest.mark.slow
+def test_unrelated_layers_finish():
+    """Two unrelated 5,000-neuron layers (density 0.002): HiGHS's simplex did not finish in 20
+    minutes, the dense assignment takes over a minute; the sparse matching takes seconds (in a
+    subprocess with a generous limit, so a hang fails instead of stalling CI). Their distance is
+    high (mostly disjoint input sets) but below 1 (some overlaps)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", _UNRELATED], capture_output=True, text=True, timeout=300, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 0.8 < float(proc.stdout) < 1
 
 
 @pytest.mark.slow
@@ -216,23 +255,64 @@ def test_sparse_matching_at_large_size():
     assert (res.matchings[0] == planted).mean() > 0.99
 
 
-def test_sparse_path_reaches_the_dense_optimum(monkeypatch, np_rng):
-    """Layers above DENSE_MATCH_LIMIT neurons take the sparse (HiGHS) path: forced here on small
-    fresh random layers (the printed seed), it must reach the optimum of the dense assignment."""
+def layer_pairs(rng):
+    """Seeded small layer pairs of every kind the solvers must agree on: unrelated, near-copies
+    with rows permuted, exact permuted copies, repeated input sets (ties), many empty neurons
+    or inputs, one neuron."""
+    pairs = []
+    for density in (0.02, 0.1, 0.5):
+        for _ in range(6):
+            n, k = int(rng.integers(2, 120)), int(rng.integers(1, 60))
+            A = sp.random(n, k, density=density, random_state=rng, format="csr")
+            B = sp.random(n, k, density=density, random_state=rng, format="csr")
+            pairs.append((A, B))  # unrelated
+            near = (A + sp.random(n, k, density=density / 5, random_state=rng, format="csr")).tocsr()
+            pairs.append((A, near[rng.permutation(n)]))  # a permuted near-copy
+            pairs.append((A, A[rng.permutation(n)]))  # a permuted copy: distance 0
+            rows = rng.integers(0, max(1, n // 4), size=n)
+            pairs.append((A[rows], B[rng.integers(0, max(1, n // 4), size=n)]))  # repeated input sets
+    A = sp.random(60, 30, density=0.05, random_state=rng, format="csr")
+    pairs.append((A, sp.random(60, 30, density=0.05, random_state=rng, format="csr")))  # many empty rows
+    pairs.append((sp.csr_matrix((1, 5)), sp.csr_matrix(np.ones((1, 5)))))  # one neuron
+    pairs.append((sp.csr_matrix(np.ones((1, 5))), sp.csr_matrix(np.ones((1, 5)))))
+    return pairs
+
+
+def test_dense_and_sparse_solvers_reach_the_optimum(monkeypatch, np_rng):
+    """Both solvers (and auto) reach linear_sum_assignment's optimum of the dense cost matrix on
+    every kind of layer pair, with the components matched in one solve or each on its own."""
+    import importlib
+
+    matching = importlib.import_module("sparse_engine.analysis.matching")
+    for idx, (A, B) in enumerate(layer_pairs(np_rng)):
+        n = A.shape[0]
+        cost = jaccard_cost(A.astype(bool).astype(float), B.astype(bool).astype(float))
+        r, c = linear_sum_assignment(cost)
+        best = cost[r, c].sum()
+        if idx % 4 == 2:
+            assert best == 0.0  # the permuted copy
+        for solver in ("auto", "dense", "sparse"):
+            for batch in (4096, 1):
+                monkeypatch.setattr(matching, "BATCH_NODES", batch)
+                res = nnstd([A], [B], solver=solver)
+                assert sorted(res.matchings[0]) == list(range(n))
+                assert cost[np.arange(n), res.matchings[0]].sum() == pytest.approx(best, abs=1e-9), (idx, solver)
+                assert res.distance * n == pytest.approx(best, abs=1e-9), (idx, solver)
+
+
+def test_auto_solver_follows_the_overlap(monkeypatch):
+    """auto: the dense assignment when most pairs of neurons overlap, the sparse matching when
+    few do (unrelated sparse layers, where the dense assignment is the slow one)."""
     import importlib
 
     mod = importlib.import_module("sparse_engine.analysis.nnstd")
-
-    rng = np_rng
-    cases = []
-    for density in (0.02, 0.1, 0.5):
-        for _ in range(4):
-            n, k = int(rng.integers(2, 120)), int(rng.integers(1, 60))
-            cases.append((sp.random(n, k, density=density, random_state=rng, format="csr"),
-                          sp.random(n, k, density=density, random_state=rng, format="csr")))
-    dense = [nnstd([A], [B]).distance for A, B in cases]
-    monkeypatch.setattr(mod, "DENSE_MATCH_LIMIT", 0)
-    sparse = [nnstd([A], [B]) for A, B in cases]
-    for (A, B), d, res in zip(cases, dense, sparse):
-        assert sorted(res.matchings[0]) == list(range(A.shape[0]))
-        assert res.distance == pytest.approx(d, abs=1e-12)
+    used = []
+    monkeypatch.setattr(mod, "linear_sum_assignment",
+                        lambda *a, **k: used.append("dense") or linear_sum_assignment(*a, **k))
+    monkeypatch.setattr(mod, "max_weight_matching", lambda *a: used.append("sparse") or max_weight_matching(*a))
+    g = np.random.default_rng(5)
+    full = sp.random(50, 20, density=0.5, random_state=g, format="csr")
+    thin = sp.random(400, 400, density=0.005, random_state=g, format="csr")
+    nnstd([full], [sp.random(50, 20, density=0.5, random_state=g, format="csr")])
+    nnstd([thin], [sp.random(400, 400, density=0.005, random_state=g, format="csr")])
+    assert used == ["dense", "sparse"]

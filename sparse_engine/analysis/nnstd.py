@@ -6,20 +6,19 @@ a neuron's input set is the set of columns where its row is nonzero. Per layer:
 1. the cost between neuron a of network A and neuron b of network B is 1 - Jaccard(in(a), in(b)),
    0 when both input sets are empty; intersections come from one sparse product of the binary
    matrices, A_bin @ B_bin^T (no pairwise loops);
-2. neurons are matched at minimum total cost. Only pairs that share an input have a cost
-   below 1, so the dense (out x out) assignment (``scipy.optimize.linear_sum_assignment``)
-   equals: pair empty neurons with empty neurons (cost 0), then a maximum-weight matching on
-   the sparse graph of overlapping pairs (weight = Jaccard), the rest paired arbitrarily at
-   cost 1. Layers of at most ``DENSE_MATCH_LIMIT`` (2,048) neurons use the dense
-   ``linear_sum_assignment``. Larger ones solve the matching as a linear program on the overlap
-   graph (one variable per overlapping pair, ``sum_j x_ij <= 1``, ``sum_i x_ij <= 1``) with
-   HiGHS's dual simplex (``scipy.optimize.linprog(method="highs-ds")``): the constraint matrix
-   of a bipartite graph is totally unimodular, so the simplex's optimal vertex is a matching;
-   the simplex is finite (HiGHS guards against cycling) and memory grows with the overlaps, not
-   with out^2. scipy's sparse ``min_weight_full_bipartite_matching`` is not used: it is LAPJVsp,
-   which looped forever on a small layer with float ties (see docs/analysis.md). Optimal
-   matchings can tie; the per-layer optimum is unique but which tied matching is taken changes
-   the next layer's input order, as in any implementation;
+2. neurons are matched at minimum total cost. Jaccard distance is a metric, so two neurons with
+   the same input set (cost 0; two empty ones included) are matched to each other first: an
+   exchange never makes that worse. Only pairs that share an input have a cost below 1, so the
+   dense (out x out) assignment (``scipy.optimize.linear_sum_assignment``) of the rest equals a
+   maximum-weight matching on the sparse graph of overlapping pairs (weight = Jaccard), the
+   rest paired arbitrarily at cost 1. ``solver="auto"`` takes the one that needs less memory:
+   the dense cost matrix (8 bytes a pair of neurons) when at least 40% of the pairs overlap,
+   else :func:`max_weight_matching` on the overlap graph (about 20 bytes an overlapping pair;
+   exact, always finite, time growing with the overlaps). That is also the faster one on both
+   sides (dense LSA is slow on mostly-zero matrices: 40 s against 3.5 s for two unrelated
+   5,000-neuron layers). ``solver="dense"`` or ``"sparse"`` forces one; both reach the same
+   optimum. Optimal matchings can tie; the per-layer optimum is unique but which tied matching
+   is taken changes the next layer's input order, as in any implementation;
 3. the matching permutes the next layer's inputs in B (its column matched[i] becomes column
    i), so later layers are compared in A's neuron order. The first layer's inputs are taken as
    aligned (the same data features).
@@ -38,11 +37,13 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.optimize import linear_sum_assignment, linprog
+from scipy.optimize import linear_sum_assignment
+from scipy.sparse.csgraph import maximum_bipartite_matching
 
 from ..sparse import SparseWeight
+from .matching import max_weight_matching
 
-__all__ = ["AVERAGES", "NNSTDResult", "nnstd", "max_weight_matching", "nnstd_matrix", "jaccard_similarity",
+__all__ = ["AVERAGES", "SOLVERS", "NNSTDResult", "nnstd", "max_weight_matching", "nnstd_matrix", "jaccard_similarity",
            "jaccard_cost", "load_nnstd_layers", "find_nnstd_networks"]
 
 
@@ -75,50 +76,41 @@ def jaccard_similarity(A: sp.csr_matrix, B: sp.csr_matrix) -> sp.coo_matrix:
 
 
 def jaccard_cost(A: sp.csr_matrix, B: sp.csr_matrix) -> np.ndarray:
-    """Dense (rows(A) x rows(B)) matrix of 1 - Jaccard (0 for two empty rows): for tests and
-    small layers; :func:`nnstd` never builds it."""
+    """Dense (rows(A) x rows(B)) matrix of 1 - Jaccard (0 for two empty rows), for tests;
+    :func:`nnstd` never builds it (its dense solver takes the similarities of the neurons left
+    after the zero-cost pairs)."""
     cost = 1.0 - jaccard_similarity(A, B).toarray()
     cost[np.ix_(np.diff(A.indptr) == 0, np.diff(B.indptr) == 0)] = 0.0
     return cost
 
 
-#: Layers with at most this many neurons are matched with the dense assignment (robust, at most
-#: 32 MB); larger ones on the sparse overlap graph (HiGHS, time and memory grow with overlaps).
-DENSE_MATCH_LIMIT = 2048
+#: How the layers' neurons are matched (see the module doc).
+SOLVERS = ("auto", "dense", "sparse")
+
+#: ``solver="auto"`` takes the dense assignment when at least this fraction of the pairs of
+#: neurons overlap: its cost matrix (8 bytes a pair) is then no larger than the sparse solver's
+#: overlap graph (about 20 bytes an overlapping pair), and dense is then also the faster
+#: (measured crossover: 38% of the pairs, 1,500 and 3,000 neurons).
+DENSE_FILL = 0.4
 
 #: How the layers' distances make the network's: their mean (the paper's code) or total cost
 #: over total neurons.
 AVERAGES = ("layers", "neurons")
 
 
-def max_weight_matching(sim: sp.coo_matrix) -> tuple[np.ndarray, np.ndarray]:
-    """A maximum-weight matching (not necessarily perfect) of the bipartite graph whose edges are
-    the entries of ``sim`` (rows left, columns right, weights > 0): (left, right) index arrays.
-
-    Solved as the LP max sum w_e x_e, each node's x summing to <= 1, 0 <= x <= 1, by HiGHS's
-    dual simplex: a bipartite incidence matrix is totally unimodular, so the optimal basic
-    solution is 0/1. Finite (simplex with anti-cycling), O(nnz) memory. A RuntimeError if HiGHS
-    does not report an optimal 0/1 solution (never seen; better than a wrong matching)."""
-    sim = sp.coo_matrix(sim)
-    m = sim.nnz
-    if m == 0:
+def _identical_pairs(sim: sp.coo_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """A maximum matching of the pairs with the same (nonempty) input set: Jaccard exactly 1.0
+    (intersection / union is 1.0 only when they are equal)."""
+    same = sim.data == 1.0
+    if not same.any():
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    n_left, n_right = sim.shape
-    e = np.arange(m)
-    incidence = sp.csc_matrix((np.ones(2 * m), (np.concatenate([sim.row, n_left + sim.col]), np.concatenate([e, e]))),
-                              shape=(n_left + n_right, m))
-    res = linprog(-np.asarray(sim.data, dtype=np.float64), A_ub=incidence, b_ub=np.ones(n_left + n_right),
-                  bounds=(0, 1), method="highs-ds")
-    if res.status != 0:
-        raise RuntimeError(f"max_weight_matching: HiGHS did not reach the optimum ({res.message})")
-    x = res.x
-    if np.any((x > 1e-6) & (x < 1 - 1e-6)):
-        raise RuntimeError("max_weight_matching: HiGHS returned a fractional solution")
-    pick = x > 0.5
-    return sim.row[pick].astype(np.int64), sim.col[pick].astype(np.int64)
+    g = sp.csr_matrix((np.ones(int(same.sum())), (sim.row[same], sim.col[same])), shape=sim.shape)
+    col = maximum_bipartite_matching(g, perm_type="column")
+    li = np.flatnonzero(col >= 0)
+    return li, col[li].astype(np.int64)
 
 
-def _match(A: sp.csr_matrix, B: sp.csr_matrix):
+def _match(A: sp.csr_matrix, B: sp.csr_matrix, solver: str = "auto"):
     """Minimum-cost perfect matching of A's rows to B's rows (same count) under 1 - Jaccard:
     (col, total cost), col[i] = B row matched to A row i."""
     n = A.shape[0]
@@ -126,24 +118,26 @@ def _match(A: sp.csr_matrix, B: sp.csr_matrix):
     empty_a = np.flatnonzero(np.diff(A.indptr) == 0)
     empty_b = np.flatnonzero(np.diff(B.indptr) == 0)
     k = min(len(empty_a), len(empty_b))
-    col[empty_a[:k]] = empty_b[:k]  # empty with empty: cost 0, never worse than anything else
+    col[empty_a[:k]] = empty_b[:k]  # the same (empty) input set: cost 0
     sim = jaccard_similarity(A, B)
-    gain = 0.0
-    if sim.nnz and n <= DENSE_MATCH_LIMIT:
-        # small layer: the dense assignment (scipy's linear_sum_assignment, at most 32 MB);
-        # LAPJVsp below can loop forever on some inputs (a random 102 x 11 pair at density 0.5
-        # hung it, with float and with integer costs), and small dense layers are where its
-        # ties are most common
-        dense = sim.toarray()
-        li, ri = linear_sum_assignment(dense, maximize=True)
-        pick = dense[li, ri] > 0
-        li, ri = li[pick], ri[pick]
+    li, ri = _identical_pairs(sim)  # the same nonempty input set: cost 0
+    col[li] = ri
+    free_b = np.ones(n, dtype=bool)
+    free_b[col[col >= 0]] = False
+    keep = (col[sim.row] < 0) & free_b[sim.col]
+    rest = sp.coo_matrix((sim.data[keep], (sim.row[keep], sim.col[keep])), shape=sim.shape)
+    gain = float(len(li))
+    if rest.nnz:
+        rows, cols = np.flatnonzero(col < 0), np.flatnonzero(free_b)
+        if solver == "dense" or (solver == "auto" and rest.nnz >= DENSE_FILL * len(rows) * len(cols)):
+            dense = rest.tocsr()[rows][:, cols].toarray()
+            a, b = linear_sum_assignment(dense, maximize=True)
+            pick = dense[a, b] > 0
+            li, ri = rows[a[pick]], cols[b[pick]]
+        else:
+            li, ri = max_weight_matching(rest)
         col[li] = ri
-        gain = float(dense[li, ri].sum())
-    elif sim.nnz:
-        li, ri = max_weight_matching(sim)
-        col[li] = ri
-        gain = float(np.asarray(sim.tocsr()[li, ri]).sum())
+        gain += float(np.asarray(rest.tocsr()[li, ri]).sum())
     free_a = np.flatnonzero(col < 0)
     used = np.zeros(n, dtype=bool)
     used[col[col >= 0]] = True
@@ -151,11 +145,15 @@ def _match(A: sp.csr_matrix, B: sp.csr_matrix):
     return col, float(n - k - gain)
 
 
-def nnstd(layers_a, layers_b, *, align_outputs: bool = False, average: str = "layers") -> NNSTDResult:
+def nnstd(layers_a, layers_b, *, align_outputs: bool = False, average: str = "layers",
+          solver: str = "auto") -> NNSTDResult:
     """Topology distance between two networks given as lists of layer matrices (out x in);
-    ``average``: one of :data:`AVERAGES` (see the module doc)."""
+    ``average``: one of :data:`AVERAGES`, ``solver``: one of :data:`SOLVERS` (see the module
+    doc)."""
     if average not in AVERAGES:
         raise ValueError(f"average must be one of {AVERAGES}, got {average!r}")
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
     if not isinstance(layers_a, (list, tuple)) or not isinstance(layers_b, (list, tuple)):
         raise TypeError("layers_a and layers_b must be lists of layer matrices")
     if len(layers_a) != len(layers_b) or not layers_a:
@@ -180,7 +178,7 @@ def nnstd(layers_a, layers_b, *, align_outputs: bool = False, average: str = "la
             both_empty = (np.diff(A.indptr) == 0) & (np.diff(B.indptr) == 0)
             total = float(A.shape[0] - sim.data[on_diag].sum() - both_empty.sum())
         else:
-            col, total = _match(A, B)
+            col, total = _match(A, B, solver)
         costs += total
         neurons += A.shape[0]
         per_layer.append(total / A.shape[0] if A.shape[0] else 0.0)
