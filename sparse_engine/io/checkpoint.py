@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -174,7 +175,19 @@ def read_payload(path, map_location="cpu", weights_only: bool = False):
         if bad is not None:
             raise CheckpointError(path, f"corrupted (record {bad!r} fails its CRC check)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=weights_only)
+        with warnings.catch_warnings(record=True) as said:  # kept back: a file that fails says one line
+            warnings.simplefilter("always")
+            payload = torch.load(path, map_location=map_location, weights_only=weights_only)
+    except MemoryError:
+        raise
     except Exception as e:  # the unpickler's internals are no help to the reader: say what the file is
-        what = "truncated or corrupted (torch.load cannot read it)" if is_zip else "not a file written by torch.save"
+        if not is_zip:
+            what = "not a file written by torch.save"
+        elif weights_only:
+            what = "torch.load cannot read it (damaged, or it pickles objects other than tensors and containers)"
+        else:
+            what = "truncated or corrupted (torch.load cannot read it)"
         raise CheckpointError(path, what) from e
+    for w in said:  # a file that loads: torch's warnings as they were
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return payload
