@@ -24,6 +24,23 @@ def load_matrix(path: str, key: str | None = None):
 
 
 
+def _load_checked(cfg):
+    """:func:`load_matrix` of ``cfg``, a ``key`` that names no matrix of the file and a ``gate`` that
+    is not one of the matrix's blocks refused as bad arguments (ConfigError naming the option)."""
+    from ..analysis import SUM
+
+    try:
+        m = load_matrix(cfg.path, cfg.key)
+    except ValueError as exc:
+        if cfg.key is not None and repr(cfg.key) in str(exc):  # the key names no matrix of the file
+            raise ConfigError("key", str(exc)) from exc
+        raise
+    gates = (*m.gates, SUM) if len(m.gates) > 1 else m.gates
+    if cfg.gate is not None and cfg.gate not in gates:
+        raise ConfigError("gate", f"expected one of {', '.join(gates)} for {m.label} ({m.cell}), got {cfg.gate!r}")
+    return m
+
+
 def is_balance_record(path) -> bool:
     """True for a CSV whose header is a balance record's (``--record-balance``), not an edge list."""
     p = Path(path)
@@ -157,7 +174,7 @@ def analyze(config: AnalyzeConfig | None = None, **options):
             if f.name not in ("path", "plot", "seed") and getattr(cfg, f.name) != f.default:
                 raise ConfigError(f.name, f"does not apply to {mode} ({cfg.path})")
         return _analyze_nnstd(cfg, console) if Path(cfg.path).is_dir() else _analyze_record(cfg, console)
-    m = load_matrix(cfg.path, cfg.key)
+    m = _load_checked(cfg)
     graphs = m.graphs(cfg.gate, transpose=cfg.transpose)
     primary = cfg.gate if cfg.gate is not None else m.primary
     console.print(m.describe())
