@@ -275,7 +275,11 @@ def test_progress_bar_shows_running_loss_and_throughput(monkeypatch, capsys):
 
     import tqdm
 
-    stream = io.StringIO()
+    class Terminal(io.StringIO):  # the bar is drawn on a terminal only
+        def isatty(self):
+            return True
+
+    stream = Terminal()
 
     class Recorded(tqdm.tqdm):  # refresh at every step, into a stream the test reads
         def __init__(self, *args, **kwargs):

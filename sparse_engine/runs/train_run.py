@@ -207,8 +207,10 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
             recorder.epoch = epoch
         done = progress.batch  # batches of this epoch a resumed run had done (full ones)
         seen, start = done * cfg.batch_size, time.perf_counter()
+        # no bar where stderr is not a terminal (a log file, a pipe): its carriage returns would fill it;
+        # the line after each epoch says how it went
         bar = tqdm(order, desc=f"epoch {epoch}", unit="batch", initial=done, total=done + len(order), leave=False,
-                   disable=cfg.quiet)
+                   disable=True if cfg.quiet else None)
         for idx in bar:
             opt.zero_grad()
             loss = loss_fn(model(Xtr[idx].to(device)), ytr[idx].to(device))
