@@ -265,6 +265,7 @@ def analyze(config: AnalyzeConfig | None = None, **options):
             console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
     if cfg.export_csv:
         out = Path(cfg.export_csv)
+        out.parent.mkdir(parents=True, exist_ok=True)  # as every output path option
         for g, w in graphs.items():  # one edge list per graph: name_<gate>.csv when there are several
             path = out if len(graphs) == 1 else out.with_name(f"{out.stem}_{g}{out.suffix}")
             A.write_edge_csv(w, path, ids=m.ids)
