@@ -142,7 +142,7 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     t.add_argument("--save", metavar="PATH",
                    help="write the (resumable) checkpoint here, atomically, after every epoch: a .pt, .pth or "
-                        ".ckpt file in a directory that exists (default: none)")
+                        ".ckpt file; missing directories are created (default: none)")
     t.add_argument("--record-balance", metavar="CSV",
                    help="write structural balance after each topology update and each epoch to this CSV "
                         "(default: none)")
@@ -223,7 +223,7 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
                    help="one gate block of an LSTM (i f g o) or GRU (r z n) W_hh, or sum (the blocks added) "
                         "(default: every gate and the sum)")
     a.add_argument("--plot", metavar="DIR",
-                   help="write the figures (PNG and SVG) into this directory, created if missing: census against "
+                   help="write the figures (PNG and SVG) into this directory, created with its parents if missing: census against "
                         "the null model (with --null) and degree/weight distributions; for a recorded run "
                         "(a --record-balance CSV as PATH) the balance over epochs; for a directory the NNSTD heat "
                         "map; needs matplotlib (default: none)")
