@@ -18,8 +18,10 @@ also every STEPS optimizer steps inside an epoch, always between two steps. ``--
 rebuilds the run from its options, loads all of that and goes on from the next step with the
 saved shuffle of the interrupted epoch (its done batches skipped) and then the restored generator,
 so it computes what the uninterrupted run would have (the same device and thread count).
-The options that shape the computation must equal the saved ones (:data:`MUST_MATCH`); only
-``--epochs`` may grow (the controller keeps the schedule of the saved run: its state holds it).
+The run's options are the saved ones (:func:`saved_options`;
+:func:`sparse_engine.runs.config.resume_config` fills in those not given); options given that
+shape the computation must equal the saved ones (:data:`MUST_MATCH`); only ``--epochs`` may grow
+(the controller keeps the schedule of the saved run: its state holds it).
 """
 from __future__ import annotations
 
