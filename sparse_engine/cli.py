@@ -24,6 +24,7 @@ from __future__ import annotations
 # arguments and dispatches, and turns the errors a user can cause into one line and an exit
 # code (see EXIT_CODES).
 import argparse
+import difflib
 import os
 import sys
 
@@ -141,7 +142,7 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     t.add_argument("--save", metavar="PATH",
                    help="write the (resumable) checkpoint here, atomically, after every epoch: a .pt, .pth or "
-                        ".ckpt file in a directory that exists (default: none)")
+                        ".ckpt file; missing directories are created (default: none)")
     t.add_argument("--record-balance", metavar="CSV",
                    help="write structural balance after each topology update and each epoch to this CSV "
                         "(default: none)")
@@ -154,8 +155,10 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true",
                    help="no progress bar and no per-epoch results lines (default: off)")
     t.add_argument("--resume", metavar="PATH",
-                   help="continue the run saved in this checkpoint bit for bit (same options; --epochs may grow); "
-                        "checkpoints then go to --save, or to PATH without it (default: none)")
+                   help="continue the run saved in this checkpoint bit for bit, with the options it was saved with "
+                        "(options given must agree with them; --epochs may grow; --save, --plot, --record-balance, "
+                        "--device, --quiet, --checkpoint-every may change); checkpoints then go to --save, or to "
+                        "PATH without it (default: none)")
     t.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every, metavar="STEPS",
                    help="also write the resumable checkpoint every STEPS training steps inside an epoch, >= 0; "
                         "needs --save or --resume (default: %(default)s: after every epoch only)")
@@ -220,7 +223,7 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
                    help="one gate block of an LSTM (i f g o) or GRU (r z n) W_hh, or sum (the blocks added) "
                         "(default: every gate and the sum)")
     a.add_argument("--plot", metavar="DIR",
-                   help="write the figures (PNG and SVG) into this directory, created if missing: census against "
+                   help="write the figures (PNG and SVG) into this directory, created with its parents if missing: census against "
                         "the null model (with --null) and degree/weight distributions; for a recorded run "
                         "(a --record-balance CSV as PATH) the balance over epochs; for a directory the NNSTD heat "
                         "map; needs matplotlib (default: none)")
@@ -235,15 +238,49 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+def _commands(parser) -> dict:
+    """The subcommands' parsers by name."""
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def _parse(argv):
+    """``build_parser().parse_args(argv)``, an unknown option named with the closest option of its
+    command and that command's ``--help``."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        sub = _commands(parser)[args.command]
+        options = [o for a in sub._actions for o in a.option_strings]
+        first = next((u.split("=", 1)[0] for u in unknown if u.startswith("-")), "")
+        close = difflib.get_close_matches(first, options, n=1, cutoff=0.6) if first else []
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise CommandError(f"unrecognized arguments: {' '.join(unknown)}{hint} (see '{sub.prog} --help')", EXIT_USAGE)
+    return args
+
+
+def given_options(argv, command: str) -> dict:
+    """The options of ``command`` typed in ``argv``, without argparse's defaults: what ``train
+    --resume`` takes from the command line rather than from the checkpoint."""
+    parser = build_parser()
+    sub = _commands(parser)[command]
+    for action in sub._actions:
+        action.default = argparse.SUPPRESS
+    sub._defaults.clear()
+    return {k: v for k, v in vars(parser.parse_args(argv)).items() if k != "command"}
+
+
 def run(argv=None):
     """Runs one command and returns its result (the last epoch's metrics, the benchmark rows
     or the balance values). Bad arguments raise :class:`CommandError` (code 2), bad paths
-    CommandError (code 1); other errors propagate (:func:`main` turns them into exit codes)."""
-    args = build_parser().parse_args(argv)
+    CommandError (code 1); other errors propagate (:func:`main` turns them into exit codes).
+    ``train --resume PATH`` takes the options not typed from the checkpoint."""
+    args = _parse(argv)
     if args.command == "train" and args.recipe is not None:  # again, with the recipe's settings as defaults
         args = build_parser(args.recipe).parse_args(argv)
     options = {k: v for k, v in vars(args).items() if k != "command"}
     try:
+        if args.command == "train" and args.resume is not None:
+            return train(**given_options(argv, "train")).last
         if args.command == "train":
             return train(TrainConfig(**options)).last
         if args.command == "bench":

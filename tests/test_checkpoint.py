@@ -143,3 +143,62 @@ def test_truncated_or_corrupted_checkpoints_are_named_in_a_clear_error(tmp_path)
         with pytest.raises(ValueError, match=message) as err:
             load_checkpoint(tmp_path / name, model, opt)
         assert str(tmp_path / name) in str(err.value)
+
+
+def bad_checkpoints(good: bytes, tmp_path) -> dict:
+    """name -> path of a file that is not a sparse-engine checkpoint or is damaged, one of each kind."""
+    import pickle
+    import zipfile
+
+    rng = torch.Generator().manual_seed(0)
+    files = {"empty": b"", "truncated": good[:len(good) // 2], "random": torch.randint(0, 256, (4096,),
+                                                                                        generator=rng,
+                                                                                        dtype=torch.uint8).numpy().tobytes(),
+             "text": b"hello, I am not a checkpoint\n" * 20, "pickle": pickle.dumps({"model": {}})}
+    paths = {name: tmp_path / f"{name}.pt" for name in files}
+    for name, content in files.items():
+        paths[name].write_bytes(content)
+    for name, obj in {"dict": {"x": torch.ones(3)}, "list": [1, 2, 3], "tensor": torch.zeros(2)}.items():
+        paths[name] = tmp_path / f"{name}.pt"
+        torch.save(obj, paths[name])  # a plain torch.save of something else
+    # a zip archive whose CRCs hold but whose pickle is cut short: torch.load's own errors are internals
+    # (KeyError, 'Memo value not found', ...)
+    paths["pickle-cut"] = tmp_path / "pickle-cut.pt"
+    with zipfile.ZipFile(tmp_path / "good.pt") as src, zipfile.ZipFile(paths["pickle-cut"], "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            dst.writestr(info, data[:len(data) // 2] if info.filename.endswith("data.pkl") else data)
+    paths["other-zip"] = tmp_path / "other-zip.pt"
+    with zipfile.ZipFile(paths["other-zip"], "w") as z:
+        z.writestr("readme.txt", "a zip archive, not a checkpoint")
+    return paths
+
+
+def test_every_kind_of_bad_file_is_one_clear_error(tmp_path, capsys):
+    """Empty, truncated, random bytes, text, a pickle, a torch.save of something else, a zip with a
+    cut pickle, another zip: CheckpointError (a ValueError) from Python, naming the file and saying
+    'not a sparse-engine checkpoint (or damaged)'; from the command line one such line, exit code 1,
+    and no unpickler internals."""
+    from sparse_engine import cli
+    from sparse_engine.io.checkpoint import CheckpointError
+
+    model, opt = model_and_optimizer(0.3)
+    good = save_checkpoint(tmp_path / "good.pt", model, opt).read_bytes()
+    paths = bad_checkpoints(good, tmp_path)
+    assert len(paths) == 10
+    internals = ("KeyError", "Memo", "Traceback", "Unpickling", "weights_only", "invalid load key")
+    for name, path in paths.items():
+        with pytest.raises(CheckpointError) as err:
+            load_checkpoint(path)
+        message = str(err.value)
+        assert isinstance(err.value, ValueError) and err.value.path == path, name
+        assert message.startswith(f"{path}: not a sparse-engine checkpoint (or damaged)"), (name, message)
+        assert "\n" not in message and not any(word in message for word in internals), (name, message)
+        assert cli.main(["train", "--resume", str(path)]) == 1, name
+        lines = capsys.readouterr().err.splitlines()
+        assert lines == [f"sparse-engine: error: {message}"], (name, lines)
+        if name not in ("dict", "list", "tensor"):  # analyze reads any PyTorch checkpoint: these are readable
+            assert cli.main(["analyze", str(path)]) == 1, name
+            lines = capsys.readouterr().err.splitlines()
+            assert len(lines) == 1 and f"{path}: not a sparse-engine checkpoint (or damaged)" in lines[0], (name, lines)
+            assert not any(word in lines[0] for word in internals), (name, lines)

@@ -144,8 +144,8 @@ def test_bad_files_are_one_line_and_exit_code_1(tmp_path, capsys):
         (["analyze", str(tmp_path / "rows.csv")], "rows.csv, line 3: Source 'one' is not a node id"),
         (["analyze", str(tmp_path / "m.npz")], "m.npz is not a scipy sparse matrix"),
         (["analyze", str(tmp_path / "m.txt.pt")], "m.txt.pt", "checkpoint"),
-        (["analyze", str(tmp_path / "good.csv"), "--export-csv", str(tmp_path / "no" / "e.csv")],
-         "argument --export-csv: directory ", "does not exist"),
+        (["analyze", str(tmp_path / "good.csv"), "--export-csv", str(bad_csv / "no" / "e.csv")],
+         "argument --export-csv: ", "bad.csv is not a directory (cannot create"),
         (["train", "--task", "sms", "--data", str(tmp_path / "sms.txt")], "sms.txt:1: expected 'ham|spam<TAB>text'"),
         (["train", "--task", "mackey-glass", "--data", str(tmp_path / "m.txt")], "m.txt:1: expected one number a line"),
     ]
@@ -173,18 +173,38 @@ def test_output_paths_are_checked_before_training(tmp_path, capsys, monkeypatch)
     monkeypatch.setattr(train_run, "load_task", no_training)
     (tmp_path / "file").write_text("")
     (tmp_path / "folder.pt").mkdir()
-    for option, path, problem in [("--save", tmp_path / "missing" / "ck.pt", "does not exist (create it first)"),
+    for option, path, problem in [("--save", tmp_path / "file" / "sub" / "ck.pt", "is not a directory (cannot create"),
                                   ("--save", tmp_path / "folder.pt", "is a directory"),
-                                  ("--plot", tmp_path / "missing" / "loss.png", "does not exist"),
+                                  ("--plot", tmp_path / "file" / "loss.png", "is not a directory"),
                                   ("--record-balance", tmp_path / "file" / "b.csv", "is not a directory")]:
         start = time.perf_counter()
         assert cli.main(["train", "--epochs", "50", option, str(path)]) == 1
         assert time.perf_counter() - start < 5
         line = one_error_line(capsys)
         assert f"argument {option}: " in line and problem in line
-    with pytest.raises(runs.ConfigPathError, match="save: directory .* does not exist") as err:
-        runs.train(save=str(tmp_path / "missing" / "ck.pt"), quiet=True)
+    with pytest.raises(runs.ConfigPathError, match="save: .*file is not a directory") as err:
+        runs.train(save=str(tmp_path / "file" / "new" / "ck.pt"), quiet=True)
     assert isinstance(err.value, ValueError) and err.value.field == "save"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder.pt"]  # nothing created on the way
+
+
+def test_every_output_path_option_creates_missing_parent_directories(tmp_path):
+    """--save, --record-balance, --plot (train) and --export-csv, --plot (analyze) alike: the
+    directories that do not exist yet are created, as most command line tools do."""
+    out = {name: tmp_path / f"new_{name}" / "deeper" for name in ("save", "balance", "plot", "csv", "figures")}
+    ck, bal, png = out["save"] / "ck.pt", out["balance"] / "bal.csv", out["plot"] / "loss.png"
+    cli.run(["train", "--model", "rnn", "--hidden", "8", "--epochs", "1", "--algorithm", "set", "--quiet",
+             "--save", str(ck), "--record-balance", str(bal), "--plot", str(png)])
+    assert load_checkpoint(ck)["extra"]["history"] and list(csv.DictReader(open(bal)))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    edges = out["csv"] / "edges.csv"
+    cli.run(["analyze", str(ck), "--export-csv", str(edges), "--plot", str(out["figures"])])
+    assert edges.read_text().startswith("Id,Source,Target,Weight")
+    assert any(p.suffix == ".png" for p in out["figures"].iterdir())
+    # a resumed run's checkpoints go to a new --save directory too
+    more = tmp_path / "again" / "ck.pt"
+    cli.run(["train", "--resume", str(ck), "--epochs", "2", "--quiet", "--save", str(more)])
+    assert load_checkpoint(more)["extra"]["resume"]["epoch"] == 2
 
 
 def test_library_configs_raise_value_errors_naming_the_field():
@@ -275,7 +295,11 @@ def test_progress_bar_shows_running_loss_and_throughput(monkeypatch, capsys):
 
     import tqdm
 
-    stream = io.StringIO()
+    class Terminal(io.StringIO):  # the bar is drawn on a terminal only
+        def isatty(self):
+            return True
+
+    stream = Terminal()
 
     class Recorded(tqdm.tqdm):  # refresh at every step, into a stream the test reads
         def __init__(self, *args, **kwargs):

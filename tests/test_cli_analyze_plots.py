@@ -52,8 +52,8 @@ def test_plot_errors_are_one_line(tmp_path, capsys):
     assert cli.main(["analyze", str(src), "--plot", str(f)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "argument --plot: " in err[0] and "expected a directory" in err[0]
-    assert cli.main(["analyze", str(src), "--plot", str(tmp_path / "no" / "dir")]) == 1
-    assert "does not exist" in capsys.readouterr().err
+    assert cli.main(["analyze", str(src), "--plot", str(f / "dir")]) == 1  # its parents are created, not under a file
+    assert f"{f} is not a directory" in capsys.readouterr().err
     assert cli.main(["analyze", str(src), "--convention", "paper"]) == 2
     assert "invalid choice: 'paper'" in capsys.readouterr().err
     # options that only apply to one network are refused for a recorded run or a directory

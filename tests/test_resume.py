@@ -171,19 +171,55 @@ def test_run_killed_with_sigkill_resumes_bit_exactly(tmp_path):
     assert [p.name for p in run_dir.iterdir()] == ["ck.pt"]  # the temporary of a save cut by the kill: removed
 
 
-def test_resume_refuses_other_options_and_unusable_checkpoints(tmp_path):
+def test_resume_without_retyping_the_options_is_bit_exact(tmp_path, monkeypatch):
+    """``train --resume PATH`` alone continues with the options saved in the checkpoint (model,
+    sizes, algorithm, seed, checkpoint interval, ...) to the run that was never interrupted;
+    options typed that may change (--epochs growing, --quiet) are taken."""
+    opts = ["--algorithm", "set", "--density", "0.3", "--seed", "3", "--lr", "0.01"]
+    ref = tmp_path / "ref.pt"
+    full = cli.run(BASE + opts + ["--save", str(ref)])
+    ck = tmp_path / "ck.pt"
+    restore = interrupt_at(monkeypatch, 40, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        cli.run(BASE + opts + ["--save", str(ck), "--checkpoint-every", "7"])
+    restore()
+    assert load_checkpoint(ck)["extra"]["resume"]["steps"] == 35
+    assert cli.run(["train", "--resume", str(ck), "--quiet"]) == full
+    assert_same_run(ck, ref)
+    saved = load_checkpoint(ck)["extra"]["args"]
+    assert (saved["algorithm"], saved["density"], saved["seed"], saved["hidden"]) == ("set", 0.3, 3, 16)
+    # --epochs may grow; options typed with the checkpoint's own values are accepted
+    more = cli.run(["train", "--resume", str(ck), "--epochs", "4", "--hidden", "16", "--algorithm", "set", "--quiet"])
+    assert more["epoch"] == 4 and load_checkpoint(ck)["extra"]["args"]["epochs"] == 4
+    # from Python: the same, with keyword options
+    again = train(resume=str(ref), epochs=4, quiet=True)
+    assert again.history[-1] == more
+
+
+def test_resume_refuses_other_options_and_unusable_checkpoints(tmp_path, capsys):
     ck = tmp_path / "ck.pt"
     cli.run(BASE[:5] + ["--epochs", "1", "--quiet", "--save", str(ck)])
-    with pytest.raises(ValueError, match=r"--hidden 32 differs from the checkpoint's --hidden 16"):
-        cli.run(["train", "--model", "rnn", "--hidden", "32", "--epochs", "1", "--quiet", "--resume", str(ck)])
-    with pytest.raises(ValueError, match=r"--algorithm 'set' differs .* --algorithm 'none'"):
-        cli.run(BASE[:5] + ["--epochs", "1", "--quiet", "--algorithm", "set", "--resume", str(ck)])
-    with pytest.raises(ValueError, match=r"--lr 0.01 differs"):
+    # an option given that conflicts with the checkpoint: one line naming it, both values, exit code 2
+    for argv, line in [(["--hidden", "32"], f"argument --hidden: 32 differs from the checkpoint's --hidden 16 ({ck})"),
+                       (["--algorithm", "set"], "argument --algorithm: set differs from the checkpoint's --algorithm none"),
+                       (["--seed", "1"], "argument --seed: 1 differs from the checkpoint's --seed 0"),
+                       (["--density", "0.5"], "argument --density: 0.5 differs from the checkpoint's --density 0.2"),
+                       (["--task", "mackey-glass"], "argument --task: mackey-glass differs from the checkpoint's --task "
+                                                    "digits"),
+                       (["--epochs", "0"], "argument --epochs: expected an integer >= 1, got 0")]:
+        assert cli.main(["train", "--resume", str(ck), *argv]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith(f"sparse-engine: error: {line}"), err
+        assert "sparse-engine train --help" in err[0]
+    with pytest.raises(ValueError, match=r"^lr: 0.01 differs from the checkpoint's --lr 0.005") as e:
         train(CONFIG, epochs=1, lr=0.01, resume=str(ck))
+    assert e.value.field == "lr"
     two = tmp_path / "two.pt"
     train(CONFIG, epochs=2, save=str(two))
-    with pytest.raises(ValueError, match=r"--epochs 1 is less than the checkpoint's --epochs 2"):
+    with pytest.raises(ValueError, match=r"^epochs: 1 is less than the checkpoint's --epochs 2"):
         train(CONFIG, epochs=1, resume=str(two))
+    assert cli.main(["train", "--resume", str(two), "--epochs", "1"]) == 2
+    assert "argument --epochs: 1 is less than the checkpoint's --epochs 2" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"^epochs: expected an integer >= 1, got 0"):  # checked before resuming
         train(CONFIG, epochs=0, resume=str(ck))
     with pytest.raises(ValueError, match=r"^resume: .*missing.pt does not exist"):  # checked before any work

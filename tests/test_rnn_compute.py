@@ -169,6 +169,31 @@ def test_materialize_reuses_its_buffer_only_when_free(rng):
         torch.testing.assert_close(getattr(m, name).values.grad, expect, rtol=1e-10, atol=1e-12)
 
 
+def test_materialize_never_writes_memory_that_something_still_holds(rng):
+    """Whatever keeps the memory of a matrix ``materialize`` returned (a detached copy, a view,
+    ``.data``, its storage) after that matrix is gone keeps its numbers: the next call writes
+    another buffer; once nothing holds a buffer, it is written again."""
+    w = se.SparseWeight.random(6, 5, 0.5, generator=rng, dtype=torch.float64)
+    keeps = {"detach": lambda d: d.detach(), "view": lambda d: d[1:], "data": lambda d: d.data,
+             "storage": lambda d: d.untyped_storage()}
+    with torch.no_grad():
+        for name, keep in keeps.items():
+            d = compute.materialize(w)
+            ptr, expect = d.data_ptr(), w.to_dense()
+            kept = keep(d)
+            del d
+            w.values.mul_(-2.0)  # new values: the next call writes them
+            again = compute.materialize(w)
+            assert again.data_ptr() != ptr, name
+            torch.testing.assert_close(again, w.to_dense(), rtol=0, atol=0)
+            held = kept if name != "storage" else torch.empty(0, dtype=torch.float64).set_(kept)
+            assert torch.equal(held.reshape(-1)[-expect[1:].numel():] if name == "view" else held.reshape(-1),
+                               expect[1:].reshape(-1) if name == "view" else expect.reshape(-1)), name
+            second = again.data_ptr()
+            del kept, held, again
+            assert compute.materialize(w).data_ptr() == second, name  # nothing holds it: written again
+
+
 class _CountingOps:
     """torch.ops.sparse_engine, counting the writes of dense buffers (expand_bits)."""
 

@@ -55,7 +55,7 @@ def test_analyze_paths_are_checked_in_one_place(tmp_path):
     good = runs.AnalyzeConfig(path=str(tmp_path / "a.csv"), export_csv=str(tmp_path / "e.csv"))
     assert runs.check_analyze_paths(good) is None
     cases = [(dict(path=str(tmp_path / "none.pt")), "path", "does not exist"),
-             (dict(export_csv=str(tmp_path / "no" / "e.csv")), "export_csv", "does not exist"),
+             (dict(export_csv=str(tmp_path / "file" / "e.csv")), "export_csv", "is not a directory"),
              (dict(plot=str(tmp_path / "file")), "plot", "expected a directory")]
     for change, field, problem in cases:
         if field == "plot":

@@ -85,18 +85,16 @@ def _one_line(e: BaseException) -> str:
 
 def _torch_load(path):
     """``torch.load`` (weights only, to the CPU) with one error for a missing file
-    (FileNotFoundError) and one for anything unreadable (ValueError naming the file)."""
+    (FileNotFoundError) and one for anything unreadable (CheckpointError, a ValueError naming the
+    file, never the unpickler's internals)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
     if not path.is_file():
         raise ValueError(f"{path} is not a file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (MemoryError, KeyboardInterrupt):
-        raise
-    except Exception as e:  # unpickling errors, truncated zip archives, EOF, ...: all mean "not a checkpoint"
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({_one_line(e)})") from e
+    from ..io.checkpoint import read_payload
+
+    return read_payload(path, weights_only=True)  # CheckpointError (a ValueError) for a damaged file
 
 
 def load_sparse_weight(checkpoint, key: str | None = None) -> SparseWeight:

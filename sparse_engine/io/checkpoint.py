@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -122,17 +123,30 @@ def save_checkpoint(path, model: nn.Module, optimizer: torch.optim.Optimizer | N
     return path
 
 
+class CheckpointError(ValueError):
+    """A file that is not a sparse-engine checkpoint or is damaged (empty, truncated, a failed CRC,
+    random bytes, a ``torch.save`` of something else). Its message is one line,
+    ``<path>: not a sparse-engine checkpoint (or damaged): <why>``, never the unpickler's internals;
+    ``path`` and ``reason`` hold the two parts."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(f"{path}: not a sparse-engine checkpoint (or damaged): {reason}")
+        self.path, self.reason = Path(path), reason
+
+
 def load_checkpoint(path, model: nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None,
                     map_location="cpu") -> dict:
     """Reads a checkpoint; loads it into ``model``/``optimizer`` when given. Returns the payload.
-    FileNotFoundError when ``path`` does not exist; ValueError naming it when it is truncated,
-    corrupted or not a sparse-engine checkpoint."""
+    FileNotFoundError when ``path`` does not exist; :class:`CheckpointError` (a ValueError) naming
+    it when it is empty, truncated, corrupted or not a sparse-engine checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     payload = read_payload(path, map_location)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a sparse-engine checkpoint (format {FORMAT})")
+        what = f"a dict without the format tag {FORMAT!r}" if isinstance(payload, dict) else \
+            f"a {type(payload).__name__}, not a dict tagged {FORMAT!r}"
+        raise CheckpointError(path, f"it holds {what}")
     if model is not None:
         model.load_state_dict(payload["model"])
     if optimizer is not None:
@@ -143,12 +157,13 @@ def load_checkpoint(path, model: nn.Module | None = None, optimizer: torch.optim
 
 
 def read_payload(path, map_location="cpu", weights_only: bool = False):
-    """``torch.load`` of ``path`` after checking the archive's CRC-32s; ValueError naming the file
-    (truncated, corrupted, not a checkpoint) instead of torch's or pickle's exceptions."""
+    """``torch.load`` of ``path`` after checking the archive's CRC-32s; :class:`CheckpointError`
+    (a ValueError naming the file: empty, truncated, corrupted, not a ``torch.save`` file) instead
+    of torch's or pickle's exceptions (``KeyError: 101``, ``Memo value not found``, ...)."""
     path = Path(path)
     size = path.stat().st_size
     if size == 0:
-        raise ValueError(f"{path} is empty: a truncated checkpoint (not a sparse-engine checkpoint)")
+        raise CheckpointError(path, "the file is empty (truncated)")
     with open(path, "rb") as f:
         is_zip = f.read(4) == b"PK\x03\x04"
     if is_zip:
@@ -156,14 +171,23 @@ def read_payload(path, map_location="cpu", weights_only: bool = False):
             with zipfile.ZipFile(path) as z:
                 bad = z.testzip()
         except Exception as e:  # BadZipFile, EOFError, zlib.error, ...
-            raise ValueError(f"{path} is truncated or corrupted ({size} bytes, {e}): not a readable sparse-engine "
-                             "checkpoint") from e
+            raise CheckpointError(path, f"truncated or corrupted ({size:,} bytes: not a complete zip archive)") from e
         if bad is not None:
-            raise ValueError(f"{path} is corrupted: record {bad!r} fails its CRC check (not a readable sparse-engine "
-                             "checkpoint)")
+            raise CheckpointError(path, f"corrupted (record {bad!r} fails its CRC check)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=weights_only)
-    except Exception as e:
-        what = "is truncated or corrupted" if is_zip else "is not a sparse-engine checkpoint"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ValueError(f"{path} {what} (torch.load: {type(e).__name__}: {first})") from e
+        with warnings.catch_warnings(record=True) as said:  # kept back: a file that fails says one line
+            warnings.simplefilter("always")
+            payload = torch.load(path, map_location=map_location, weights_only=weights_only)
+    except MemoryError:
+        raise
+    except Exception as e:  # the unpickler's internals are no help to the reader: say what the file is
+        if not is_zip:
+            what = "not a file written by torch.save"
+        elif weights_only:
+            what = "torch.load cannot read it (damaged, or it pickles objects other than tensors and containers)"
+        else:
+            what = "truncated or corrupted (torch.load cannot read it)"
+        raise CheckpointError(path, what) from e
+    for w in said:  # a file that loads: torch's warnings as they were
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return payload

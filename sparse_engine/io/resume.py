@@ -18,8 +18,10 @@ also every STEPS optimizer steps inside an epoch, always between two steps. ``--
 rebuilds the run from its options, loads all of that and goes on from the next step with the
 saved shuffle of the interrupted epoch (its done batches skipped) and then the restored generator,
 so it computes what the uninterrupted run would have (the same device and thread count).
-The options that shape the computation must equal the saved ones (:data:`MUST_MATCH`); only
-``--epochs`` may grow (the controller keeps the schedule of the saved run: its state holds it).
+The run's options are the saved ones (:func:`saved_options`;
+:func:`sparse_engine.runs.config.resume_config` fills in those not given); options given that
+shape the computation must equal the saved ones (:data:`MUST_MATCH`); only ``--epochs`` may grow
+(the controller keeps the schedule of the saved run: its state holds it).
 """
 from __future__ import annotations
 
@@ -32,13 +34,13 @@ import torch
 
 from .checkpoint import load_checkpoint, save_checkpoint
 
-__all__ = ["MUST_MATCH", "TrainProgress"]
+__all__ = ["MUST_MATCH", "TrainProgress", "saved_options"]
 
 #: TrainConfig fields a resumed run must share with the saved one (the others, e.g. --save,
 #: --plot, --quiet, --device, --checkpoint-every, may change; --epochs may grow)
 MUST_MATCH = ("task", "data", "model", "hidden", "layers", "density", "sparse", "algorithm", "batch_size", "lr",
               "seed", "epsilon", "zeta", "dropout", "momentum", "weight_decay", "faithful", "importance",
-              "label_column", "recipe")
+              "evolve_output", "label_column", "recipe")
 VERSION = 1
 
 
@@ -46,12 +48,26 @@ def _flag(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-def _same_option(field: str, old, new) -> bool:
+def same_option(field: str, old, new) -> bool:
+    """Whether option ``field`` given as ``new`` is the checkpoint's ``old`` (a ``--data`` path
+    written another way counts as the same)."""
     if old == new:
         return True
     if field == "data" and old is not None and new is not None:  # the same file written another way
         return Path(old).expanduser().resolve() == Path(new).expanduser().resolve()
     return False
+
+
+def saved_options(path) -> dict:
+    """The options (TrainConfig fields) of the resumable run saved in the checkpoint ``path``.
+    CheckpointError (a ValueError) for a file that is not a sparse-engine checkpoint or is
+    damaged; ValueError for a checkpoint with no resumable state."""
+    extra = load_checkpoint(path)["extra"]
+    args = extra.get("args")
+    if extra.get("resume") is None or not isinstance(args, dict) or args.get("command", "train") != "train":
+        raise ValueError(f"{path}: this checkpoint holds no resumable state (it was not written by sparse-engine "
+                         "train, or by a version before --resume)")
+    return {k: v for k, v in args.items() if k != "command"}
 
 
 def rng_state(device: torch.device) -> dict:
@@ -166,10 +182,7 @@ class TrainProgress:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"--resume {path}: no such checkpoint")
-        try:
-            payload = load_checkpoint(path)
-        except ValueError as e:
-            raise ValueError(f"--resume {path}: {e}") from e
+        payload = load_checkpoint(path)  # CheckpointError (a ValueError) names the file
         extra = payload["extra"]
         state = extra.get("resume")
         if state is None or "optimizer" not in payload:
@@ -180,7 +193,7 @@ class TrainProgress:
                              f"reads {VERSION}")
         saved = extra.get("args", {})
         for field in MUST_MATCH:
-            if field in saved and not _same_option(field, saved[field], getattr(self.cfg, field)):
+            if field in saved and not same_option(field, saved[field], getattr(self.cfg, field)):
                 raise ValueError(f"--resume {path}: {_flag(field)} {getattr(self.cfg, field)!r} differs from the "
                                  f"checkpoint's {_flag(field)} {saved[field]!r}; a resumed run must use the "
                                  "checkpoint's settings (only --epochs may be increased)")

@@ -155,7 +155,8 @@ def materialize_all(weights) -> list:
     faulted in again at each forward: a fresh zero-filled matrix per forward cost, at hidden 200,
     about as much again in page faults and in cache misses of torch's recurrence as the writing
     itself). It is reused only when nothing else holds it (the graph of an earlier forward that
-    has not run its backward keeps its own, and a new buffer is made). On the CPU the values are
+    has not run its backward keeps its own, and a new buffer is made): each call lends it out
+    through an alias whose storage says when the last holder let go (``_Entry.lend``). On the CPU the values are
     written with the pattern's bits (the op ``expand_bits``: whole rows, zeros included, 16
     columns at a time), elsewhere at the stored positions (``scatter_csr``, into zeros).
 
@@ -184,10 +185,10 @@ def materialize_all(weights) -> list:
         entry.write(values.detach(), buf, keep=not with_graph)
         if with_graph:
             positions.append(i)
-            index.append((row_ptr, col_idx, entry.bits, buf))
+            index.append((row_ptr, col_idx, entry.bits, entry.lend(buf)))
             values_with_graph.append(values)
         else:
-            out[i] = buf.detach()
+            out[i] = entry.lend(buf)
     if positions:
         dense = _ToDense.apply(tuple(index), *values_with_graph)
         for i, d in zip(positions, dense if len(positions) > 1 else (dense,)):
@@ -218,7 +219,9 @@ class _ToDense(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, index, *values):
-        ctx.index = index  # index tensors: not part of any graph, kept as they are
+        # index tensors: not part of any graph, kept as they are; the buffers are not kept (the
+        # backward does not read them, and what holds a buffer decides when it is written again)
+        ctx.index = tuple(item[:3] for item in index)
         ctx.set_materialize_grads(False)
         outs = tuple(buf.detach() for _, _, _, buf in index)
         return outs[0] if len(outs) == 1 else outs
@@ -227,7 +230,7 @@ class _ToDense(torch.autograd.Function):
     def backward(ctx, *grads):
         double = torch.is_grad_enabled()  # create_graph: the gradient is differentiated again
         out = [None]
-        for (row_ptr, col_idx, bits, _), grad in zip(ctx.index, grads):
+        for (row_ptr, col_idx, bits), grad in zip(ctx.index, grads):
             if grad is None:
                 out.append(None)
             elif double:
@@ -261,34 +264,54 @@ class _AtPattern(torch.autograd.Function):
 class _Entry:
     """What :func:`materialize_all` keeps per weight and thread: the pattern it was made for (its
     index tensors and their versions; ``set_pattern`` and ``load_state_dict`` give a weight new
-    ones), the pattern's bits (CPU), the dense buffer with its storage (kept, so the test of
-    whether anything else holds the buffer makes no Python object per call), and for the skip of
-    an unchanged write the values last written without a gradient (``last``) and the buffer's
-    version after that write (``written``; None: nothing to skip against)."""
-    __slots__ = ("row_ptr", "col_idx", "versions", "bits", "buffer", "storage", "last", "written")
+    ones), the pattern's bits (CPU), the dense buffer, a weak reference to the token of its last
+    loan (:meth:`lend`: dead once nothing holds what was lent), and for the skip of an unchanged
+    write the values last written without a gradient (``last``) and the buffer's version after
+    that write (``written``; None: nothing to skip against)."""
+    __slots__ = ("row_ptr", "col_idx", "versions", "bits", "buffer", "array", "lent", "last", "written")
 
     def __init__(self, row_ptr: torch.Tensor, col_idx: torch.Tensor, cols: int):
         self.row_ptr, self.col_idx = row_ptr, col_idx
         self.versions = (row_ptr._version, col_idx._version)
         self.bits = _ops.pattern_bits(row_ptr, col_idx, cols) if row_ptr.device.type == "cpu" else None
-        self.buffer = self.storage = self.last = self.written = None
+        self.buffer = self.array = self.lent = self.last = self.written = None
 
     def matches(self, row_ptr: torch.Tensor, col_idx: torch.Tensor) -> bool:
         return (self.row_ptr is row_ptr and self.col_idx is col_idx
                 and self.versions == (row_ptr._version, col_idx._version))
 
     def free_buffer(self, values: torch.Tensor, shape) -> torch.Tensor:
-        """The buffer, or a new zero-filled one where it has another dtype or device or is held
-        elsewhere: anything but the buffer itself and the kept storage object that shares its
-        storage (an alias in a graph whose backward has not run; torch's cudagraph trees test
-        their cached buffers the same way)."""
+        """The buffer, or a new zero-filled one where it has another dtype or device, is off the
+        CPU, or is still held through its last loan (an alias in a graph whose backward has not
+        run, a matrix :func:`materialize` returned that the caller keeps, or any view, detached
+        copy or storage of one)."""
         buf = self.buffer
-        if (buf is None or buf.dtype != values.dtype or buf.device != values.device
-                or torch._C._storage_Use_Count(self.storage._cdata) > 2):
+        if (buf is None or buf.dtype != values.dtype or buf.device != values.device or buf.device.type != "cpu"
+                or (self.lent is not None and self.lent() is not None)):
             buf = self.buffer = values.new_zeros(shape)
-            self.storage = buf.untyped_storage()
+            self.array = buf.view(torch.uint8).numpy() if buf.device.type == "cpu" else None  # its bytes
             self.written = None
+        self.lent = None
         return buf
+
+    def lend(self, buf: torch.Tensor) -> torch.Tensor:
+        """``buf`` for a caller: an alias that shares its memory and version counter (a write
+        through it is seen by the skip of :meth:`write`) but holds a storage of its own, made by
+        ``torch.from_numpy`` over a new NumPy array object of the buffer's bytes, the loan's token.
+        That storage keeps the token alive for as long as anything holds the alias or anything
+        made from it (views, ``detach``, its storage, the graph's saved tensors), and only that
+        long: :meth:`free_buffer` reuses the buffer once its weak reference to the token is dead.
+        With public APIs only; torch has none that counts a storage's users. Off the CPU (no
+        NumPy view of the memory) every forward writes a new buffer instead."""
+        if buf.device.type != "cpu":
+            return buf.detach()
+        token = self.array.view()  # a new array object over the buffer's bytes
+        alias = buf.detach()  # never requires a gradient: set_ needs no no_grad
+        alias.set_(torch.from_numpy(token).untyped_storage(), buf.storage_offset(), buf.shape, buf.stride())
+        self.lent = weakref.ref(token)
+        if self.written is not None:
+            self.written = buf._version  # set_ moved the shared version counter, not the values
+        return alias
 
     def write(self, values: torch.Tensor, buf: torch.Tensor, keep: bool) -> None:
         """buf <- the matrix of ``values`` (see :func:`materialize_all`); ``keep`` (a call without

@@ -22,7 +22,8 @@ One module per command, and what they share:
 Every name is importable from ``sparse_engine.runs`` itself, as when this was one module.
 """
 from .config import (DEVICES, MLP_ALGORITHMS, MLP_FIELDS, MLP_TASKS, SPARSE_CHOICES, AnalyzeConfig, BenchConfig,
-                     ConfigError, ConfigPathError, TrainConfig, mlp_sizes, recipe_config, resolve_device)
+                     ConfigError, ConfigPathError, TrainConfig, mlp_sizes, recipe_config, resolve_device,
+                     resume_config)
 from .paths import check_analyze_paths, check_paths, check_train_paths, plot_dir_problem
 from .train_run import (TrainResult, epoch_header, epoch_line, evaluate, load_run_task, plot_history,
                         progress_postfix, recipe_summary, run_recipe, sequence_loss, sequence_model,
@@ -43,7 +44,7 @@ from ..training.recipes import (ALGORITHMS, RECIPES, get_recipe, make_controller
 
 __all__ = [
     "DEVICES", "SPARSE_CHOICES", "MLP_ALGORITHMS", "MLP_FIELDS", "MLP_TASKS", "AnalyzeConfig", "BenchConfig",
-    "ConfigError", "ConfigPathError", "TrainConfig", "mlp_sizes", "recipe_config", "resolve_device",
+    "ConfigError", "ConfigPathError", "TrainConfig", "mlp_sizes", "recipe_config", "resolve_device", "resume_config",
     "check_analyze_paths", "check_paths", "check_train_paths", "plot_dir_problem",
     "TrainResult", "epoch_header", "epoch_line", "evaluate", "load_run_task", "plot_history", "progress_postfix",
     "recipe_summary", "run_recipe", "sequence_loss", "sequence_model", "softmax_score_loss", "train",

@@ -5,6 +5,8 @@ networks of a directory. The analysis itself is :mod:`sparse_engine.analysis`; t
 prints the tables and writes the files."""
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import fields
 from pathlib import Path
 
@@ -22,6 +24,44 @@ def load_matrix(path: str, key: str | None = None):
 
     return load_recurrent(path, key)
 
+
+
+def _number(value: float, digits: int = 3) -> str:
+    """A value for the tables; ``-`` where it is not defined (no triad of the type, a z-score of
+    null values that do not vary)."""
+    return "-" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _untested(why: dict, definitions) -> str:
+    """``balance_*_300 (no 300 triad in the graph), ...``: the measures a null model test left out
+    (measure -> why), the balance definitions written ``*`` where all of them are left out alike."""
+    groups: dict = {}
+    for measure, reason in why.items():
+        definition = next((d for d in definitions if measure.startswith(f"balance_{d}")), None)
+        rest = measure[len(f"balance_{definition}"):] if definition else measure
+        groups.setdefault((rest, reason), []).append(measure)
+    parts = []
+    for (rest, reason), measures in groups.items():
+        names = [f"balance_*{rest}"] if len(measures) == len(definitions) and len(definitions) > 1 else measures
+        parts += [f"{name} ({reason})" for name in names]
+    return ", ".join(parts)
+
+
+def _load_checked(cfg):
+    """:func:`load_matrix` of ``cfg``, a ``key`` that names no matrix of the file and a ``gate`` that
+    is not one of the matrix's blocks refused as bad arguments (ConfigError naming the option)."""
+    from ..analysis import SUM
+
+    try:
+        m = load_matrix(cfg.path, cfg.key)
+    except ValueError as exc:
+        if cfg.key is not None and repr(cfg.key) in str(exc):  # the key names no matrix of the file
+            raise ConfigError("key", str(exc)) from exc
+        raise
+    gates = (*m.gates, SUM) if len(m.gates) > 1 else m.gates
+    if cfg.gate is not None and cfg.gate not in gates:
+        raise ConfigError("gate", f"expected one of {', '.join(gates)} for {m.label} ({m.cell}), got {cfg.gate!r}")
+    return m
 
 
 def is_balance_record(path) -> bool:
@@ -157,7 +197,7 @@ def analyze(config: AnalyzeConfig | None = None, **options):
             if f.name not in ("path", "plot", "seed") and getattr(cfg, f.name) != f.default:
                 raise ConfigError(f.name, f"does not apply to {mode} ({cfg.path})")
         return _analyze_nnstd(cfg, console) if Path(cfg.path).is_dir() else _analyze_record(cfg, console)
-    m = load_matrix(cfg.path, cfg.key)
+    m = _load_checked(cfg)
     graphs = m.graphs(cfg.gate, transpose=cfg.transpose)
     primary = cfg.gate if cfg.gate is not None else m.primary
     console.print(m.describe())
@@ -191,7 +231,7 @@ def analyze(config: AnalyzeConfig | None = None, **options):
         for d in A.DEFINITIONS:
             bal = A.structural_balance(c, d, convention=cfg.convention)
             per_graph[g][d] = bal.value
-            cells = (*(f"{bal.per_type[x]:.3f}" for x in A.TRANSITIVE_TYPES), f"{bal.value:.3f}")
+            cells = (*(_number(bal.per_type[x]) for x in A.TRANSITIVE_TYPES), _number(bal.value))
             b.add_row(*((g,) if len(graphs) > 1 else ()), d, *cells)
     console.print(b)
     nulls = {}
@@ -200,16 +240,32 @@ def analyze(config: AnalyzeConfig | None = None, **options):
         cols = (("graph",) if len(graphs) > 1 else ()) + ("measure", "observed", "null mean", "z", "p (greater)")
         for col in cols:
             nt.add_column(col, justify="right")
+        untested, notes = [], []
         for g, w in graphs.items():
-            nulls[g] = res = A.null_model_test(w, cfg.null_method, K=cfg.null, seed=cfg.seed, nodes=nodes,
-                                               convention=cfg.convention)
+            with warnings.catch_warnings(record=True) as said:  # NaN null values: said below, once
+                warnings.simplefilter("always")
+                nulls[g] = res = A.null_model_test(w, cfg.null_method, K=cfg.null, seed=cfg.seed, nodes=nodes,
+                                                   convention=cfg.convention)
+            notes += [str(x.message) for x in said if "every null value" not in str(x.message)]
+            why = {k: r for k, r in res.undefined.items() if k.startswith("balance_")}
             for row in res.table():
-                if row["measure"].startswith("balance_"):
-                    nt.add_row(*((g,) if len(graphs) > 1 else ()), row["measure"], f"{row['observed']:.3f}",
-                               f"{row['null_mean']:.3f}", f"{row['z']:.2f}", f"{row['p_greater']:.3f}")
+                if not row["measure"].startswith("balance_"):
+                    continue
+                if math.isnan(row["p_greater"]):  # defined here, but in none of the null networks
+                    why[row["measure"]] = "no null network has it"
+                    continue
+                nt.add_row(*((g,) if len(graphs) > 1 else ()), row["measure"], f"{row['observed']:.3f}",
+                           f"{row['null_mean']:.3f}", _number(row["z"], 2), f"{row['p_greater']:.3f}")
+            if why:
+                untested.append((f"{g}: " if len(graphs) > 1 else "") + _untested(why, A.DEFINITIONS))
         console.print(nt)
+        if untested:  # one line rather than rows of NaN
+            console.print("not tested: " + "; ".join(untested), markup=False, highlight=False, soft_wrap=True)
+        for note in dict.fromkeys(notes):
+            console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
     if cfg.export_csv:
         out = Path(cfg.export_csv)
+        out.parent.mkdir(parents=True, exist_ok=True)  # as every output path option
         for g, w in graphs.items():  # one edge list per graph: name_<gate>.csv when there are several
             path = out if len(graphs) == 1 else out.with_name(f"{out.stem}_{g}{out.suffix}")
             A.write_edge_csv(w, path, ids=m.ids)

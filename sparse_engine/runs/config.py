@@ -283,6 +283,47 @@ def recipe_config(recipe: str, **options) -> TrainConfig:
     return TrainConfig(**{**fields_, **options, "recipe": recipe})
 
 
+def _shown(value) -> str:
+    """An option's value as typed on the command line (``1000,1000`` for a list of sizes)."""
+    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+
+
+def resume_config(resume, **given) -> TrainConfig:
+    """The :class:`TrainConfig` that continues the run saved in the checkpoint ``resume``: the
+    options it was saved with, ``given`` (the options a user typed) overriding those that may
+    change (``epochs`` may grow; ``save``, ``plot``, ``record_balance``, ``device``, ``quiet``,
+    ``checkpoint_every``). ``save`` and ``quiet`` are not taken from the checkpoint: without
+    ``save`` the checkpoints go to ``resume``. ConfigError naming the first given option that conflicts with the
+    checkpoint's (one of :data:`~sparse_engine.io.resume.MUST_MATCH`, or fewer ``epochs``),
+    ConfigPathError for a missing file, CheckpointError (a ValueError) for a file that is not a
+    sparse-engine checkpoint or is damaged, ValueError for a checkpoint with no resumable state."""
+    from ..io.resume import MUST_MATCH, saved_options, same_option
+
+    problem = _path(resume)
+    if problem is None:
+        from ..data.files import input_path_problem
+
+        problem = input_path_problem(resume, "file")
+    if problem is not None:
+        raise ConfigPathError("resume", problem)
+    saved = saved_options(resume)
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise TypeError(f"resume_config() got an unexpected keyword argument {unknown[0]!r}")
+    for field in MUST_MATCH:
+        if field in given and field in saved and not same_option(field, saved[field], given[field]):
+            flag = "--" + field.replace("_", "-")
+            raise ConfigError(field, f"{_shown(given[field])} differs from the checkpoint's {flag} "
+                                     f"{_shown(saved[field])} ({resume}): a resumed run keeps the options it was "
+                                     f"saved with (leave {flag} out)")
+    if _integer(1)(given.get("epochs")) is None and given["epochs"] < saved.get("epochs", 0):
+        raise ConfigError("epochs", f"{given['epochs']} is less than the checkpoint's --epochs {saved['epochs']} "
+                                    f"({resume}): --epochs may only grow")
+    options = {k: v for k, v in saved.items() if k in known and k not in ("save", "resume", "quiet")}
+    return TrainConfig(**{**options, **given, "resume": resume})
+
+
 @dataclass
 class BenchConfig(_Checked):
     """``sparse-engine bench`` options: an n x n matrix of this density, ``batch`` columns."""

@@ -19,7 +19,7 @@ from ..io.resume import TrainProgress
 from ..models import SequenceModel
 from ..sparse import sparse_weights
 from ..training.recipes import get_recipe, make_controller, make_recipe_controller, zhang_init
-from .config import TrainConfig, mlp_sizes, recipe_config, resolve_device, with_options
+from .config import TrainConfig, mlp_sizes, recipe_config, resolve_device, resume_config, with_options
 from .paths import check_train_paths
 
 
@@ -131,14 +131,20 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
     their paths are set. ConfigError for a bad option, before any work. With ``recipe`` (a name
     of :data:`~sparse_engine.training.recipes.RECIPES`) the run is that published set-up
     (:func:`recipe_config`; the other options override it), ending with the published number
-    beside ours."""
+    beside ours. With ``resume`` (a checkpoint) and no ``config``, the options not given are the
+    checkpoint's (:func:`~sparse_engine.runs.config.resume_config`); with a ``config`` its options
+    that shape the computation must equal the checkpoint's."""
     from rich.console import Console
     from tqdm import tqdm
 
-    if config is None and options.get("recipe") is not None:
+    if config is None and options.get("resume") is not None:  # the checkpoint's options, where not given
+        cfg = resume_config(**options)
+    elif config is None and options.get("recipe") is not None:
         cfg = recipe_config(**options)
     else:
         cfg = with_options(TrainConfig, config, options)
+        if cfg.resume is not None:  # every option given: those that must match are checked against the checkpoint
+            cfg = resume_config(cfg.resume, **{k: v for k, v in asdict(cfg).items() if k != "resume"})
     args = asdict(cfg)  # the options as its checkpoint saves them (what analyze --lesion rebuilds from)
     recipe = run_recipe(args)
     check_train_paths(cfg)
@@ -201,8 +207,10 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
             recorder.epoch = epoch
         done = progress.batch  # batches of this epoch a resumed run had done (full ones)
         seen, start = done * cfg.batch_size, time.perf_counter()
+        # no bar where stderr is not a terminal (a log file, a pipe): its carriage returns would fill it;
+        # the line after each epoch says how it went
         bar = tqdm(order, desc=f"epoch {epoch}", unit="batch", initial=done, total=done + len(order), leave=False,
-                   disable=cfg.quiet)
+                   disable=True if cfg.quiet else None)
         for idx in bar:
             opt.zero_grad()
             loss = loss_fn(model(Xtr[idx].to(device)), ytr[idx].to(device))
