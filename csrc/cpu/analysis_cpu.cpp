@@ -235,7 +235,7 @@ void for_each_triangle(const Graph& g, F&& f) {
       for (int64_t x = ub; x < ue; ++x) {
         const int64_t v = nb[x];
         const int64_t vb = g.fbeg[v], ve = vb + g.fcnt[v], lv = ve - vb;
-        if (lv > 3 * lu * (64 - __builtin_clzll(static_cast<uint64_t>(lv)))) {
+        if (lv > 0 && lv > 3 * lu * (64 - __builtin_clzll(static_cast<uint64_t>(lv)))) {  // clz(0) is undefined
           // v is a hub next to u's short list: search u's few neighbours in fwd(v) instead
           int64_t y = vb;
           for (int64_t z = ub; z < ue && y < ve; ++z) {
