@@ -4,6 +4,10 @@ when a CUDA-enabled torch and nvcc are present.
 Environment switches:
   SPARSE_ENGINE_CUDA=0|1   force the CUDA kernels off / on (default: auto-detect)
   SPARSE_ENGINE_NATIVE=0   build for a generic x86-64 instead of -march=native
+  SPARSE_ENGINE_SANITIZE=address
+                           the CPU kernels with AddressSanitizer + UndefinedBehaviorSanitizer (-O1 -g,
+                           every finding fatal), for `make asan`, which builds them into build/asan
+                           (the normal extension is left as it is) and runs the kernel tests under it
 """
 import glob
 import os
@@ -26,7 +30,15 @@ def extension():
     cxx = ["-O3", "-fopenmp"]
     if os.environ.get("SPARSE_ENGINE_NATIVE", "1") == "1":
         cxx.append("-march=native")
-    kwargs = dict(extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
+    link = ["-fopenmp"]
+    sanitize = os.environ.get("SPARSE_ENGINE_SANITIZE", "")
+    if sanitize == "address":
+        flags = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
+        cxx = ["-O1", "-g", "-fno-wrapv"] + flags + cxx[1:]  # -fno-wrapv: Python's -fwrapv hides signed overflow
+        link += flags
+    elif sanitize:
+        raise SystemExit(f"SPARSE_ENGINE_SANITIZE must be 'address' (or unset), got {sanitize!r}")
+    kwargs = dict(extra_compile_args={"cxx": cxx}, extra_link_args=link)
     if want_cuda():
         sources += sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
         kwargs["extra_compile_args"]["nvcc"] = ["-O3", "-lineinfo"]

@@ -44,8 +44,10 @@ inline void check_ptr_ends(const at::Tensor& ptr, const char* name, int64_t nnz)
 
 }  // namespace detail
 
-// A CSR pattern (row_ptr int64 [rows+1], col_idx int32 [nnz]); returns its sizes. The column
-// range is the kernel's to check where it needs it (check_col_range).
+// A CSR pattern (row_ptr int64 [rows+1], col_idx int32 [nnz]); returns its sizes. Its content
+// (row_ptr non-decreasing, the column range, sorted rows) is checked by index_check.h: once per
+// pattern for the products (cpu_checked_max_len), on every call for the ops that read the whole
+// pattern anyway (check_csr_content).
 inline CsrSizes check_csr(const at::Tensor& row_ptr, const at::Tensor& col_idx) {
   detail::check_dtype(row_ptr, "row_ptr", at::kLong, "int64");
   detail::check_dtype(col_idx, "col_idx", at::kInt, "int32");
@@ -182,7 +184,8 @@ inline IndexSizes check_sddmm_args(const at::Tensor& row_ptr, const at::Tensor& 
 inline CsrSizes check_transpose_args(const at::Tensor& row_ptr, const at::Tensor& col_idx, int64_t n_cols,
                                      bool on_cuda) {
   const CsrSizes s = check_csr(row_ptr, col_idx);
-  TORCH_CHECK_VALUE(n_cols >= 0, "n_cols must be >= 0, got ", n_cols);
+  TORCH_CHECK_VALUE(n_cols >= 0 && n_cols <= std::numeric_limits<int32_t>::max(), "n_cols must be in [0, 2^31), got ",
+                    n_cols);  // col_idx is int32: no column past 2^31 - 1
   TORCH_CHECK_VALUE(s.nnz <= std::numeric_limits<int32_t>::max(),
                     "nnz must be < 2^31 (csc_perm holds int32 positions), got ", s.nnz);
   if (on_cuda) {

@@ -269,4 +269,41 @@ inline int64_t cpu_checked_max_len(const CompressedIndex& ix, int64_t n_src) {
   });
 }
 
+// The content check of a whole CSR pattern in host memory, on every call, for the ops that read
+// the whole pattern anyway (topology, densify, analysis: O(rows + nnz) like the op itself, so
+// nothing is remembered): row_ptr non-decreasing from 0 to nnz, every column in [0, n_cols), and
+// with `sorted` the columns strictly increasing within each row (sorted and unique), which those
+// ops' results depend on. ValueError naming the argument and the first problem, worded like the
+// products' remembered check above. The Python twin is sparse_engine.sparse.csr.check_pattern.
+inline void check_csr_content(const at::Tensor& row_ptr, const at::Tensor& col_idx, int64_t n_cols, bool sorted) {
+  const at::Tensor ptr_c = row_ptr.contiguous(), idx_c = col_idx.contiguous();
+  const int64_t* ptr = ptr_c.const_data_ptr<int64_t>();
+  const int32_t* idx = idx_c.const_data_ptr<int32_t>();
+  const int64_t n = ptr_c.numel() - 1, nnz = idx_c.numel();
+  raise_index_problem({row_ptr, col_idx, nullptr, "row_ptr", "col_idx", nullptr},
+                      scan_index_cpu(ptr, idx, nullptr, n, nnz, n_cols), n_cols);
+  if (!sorted) return;
+  constexpr int64_t kNone = std::numeric_limits<int64_t>::max();
+  const int64_t row = at::parallel_reduce(
+      int64_t(0), n, int64_t(1) << 12, kNone,
+      [&](int64_t b, int64_t e, int64_t r) {
+        for (int64_t i = b; i < e && r == kNone; ++i)
+          for (int64_t k = ptr[i] + 1; k < ptr[i + 1]; ++k)
+            if (idx[k] <= idx[k - 1]) {
+              r = i;
+              break;
+            }
+        return r;
+      },
+      [](int64_t x, int64_t y) { return std::min(x, y); });
+  if (row == kNone) return;
+  int64_t k = ptr[row] + 1;
+  while (idx[k] > idx[k - 1]) ++k;
+  TORCH_CHECK_VALUE(false, "col_idx must be sorted and unique within each row: ",
+                    idx[k] == idx[k - 1] ? "duplicate" : "unsorted", " column ", idx[k], " in row ", row);
+}
+
+// Columns of a pattern whose column count is not known to the op (compact): any int32 but a negative one.
+inline constexpr int64_t kAnyColumn = int64_t(1) << 31;
+
 }  // namespace sparse_engine

@@ -88,7 +88,7 @@ def test_bits_ops_refuse_what_does_not_fit(rng):
     r = int((rp.diff() >= 2).nonzero()[0])
     a, b = int(rp[r]), int(rp[r]) + 1
     unsorted[a], unsorted[b] = ci[b], ci[a]
-    with pytest.raises(ValueError, match="strictly increasing"):
+    with pytest.raises(ValueError, match="sorted and unique within each row: unsorted"):
         ops.pattern_bits(rp, unsorted, 30)
     with pytest.raises(ValueError, match="bits must be"):
         ops.expand_bits(rp, bits[:, :1].contiguous(), v, dense)

@@ -239,7 +239,7 @@ void for_each_triangle(const Graph& g, F&& f) {
       for (int64_t x = ub; x < ue; ++x) {
         const int64_t v = nb[x];
         const int64_t vb = g.fbeg[v], ve = vb + g.fcnt[v], lv = ve - vb;
-        if (lv > 3 * lu * (64 - __builtin_clzll(static_cast<uint64_t>(lv)))) {
+        if (lv > 0 && lv > 3 * lu * (64 - __builtin_clzll(static_cast<uint64_t>(lv)))) {  // clz(0) is undefined
           // v is a hub next to u's short list: search u's few neighbours in fwd(v) instead
           int64_t y = vb;
           for (int64_t z = ub; z < ue && y < ve; ++z) {
@@ -360,19 +360,7 @@ void check_graph(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at:
   TORCH_CHECK_VALUE(row_ptr.device().is_cpu() && col_idx.device().is_cpu() && values.device().is_cpu(),
                     "row_ptr, col_idx and values must be CPU tensors");
   check_values(values, s.nnz);
-  const int64_t n = s.rows;
-  auto row_ptr_c = row_ptr.contiguous(), col_idx_c = col_idx.contiguous();
-  const int64_t* ptr = row_ptr_c.data_ptr<int64_t>();
-  const int32_t* col = col_idx_c.data_ptr<int32_t>();
-  bool ok = true;
-#pragma omp parallel for reduction(&& : ok) num_threads(kernel_threads()) if (ptr[n] >= parallel_work())
-  for (int64_t r = 0; r < n; ++r) {
-    if (ptr[r + 1] < ptr[r]) { ok = false; continue; }
-    for (int64_t k = ptr[r]; k < ptr[r + 1]; ++k)
-      ok = ok && col[k] >= 0 && col[k] < n && (k == ptr[r] || col[k] > col[k - 1]);
-  }
-  TORCH_CHECK_VALUE(ok, "row_ptr/col_idx must be a valid square CSR pattern (n=", n,
-                    ") with sorted, unique columns in [0, n) within each row");
+  check_csr_content(row_ptr, col_idx, /*n_cols=*/s.rows, /*sorted=*/true);  // square: columns in [0, n)
 }
 
 std::tuple<at::Tensor, at::Tensor> signed_triad_census_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx,
@@ -534,9 +522,17 @@ at::Tensor degree_preserving_swaps_cpu(const at::Tensor& src, const at::Tensor& 
   TORCH_CHECK_VALUE(src.dim() == 1 && dst.dim() == 1 && src.numel() == dst.numel(),
                     "src and dst must be 1-D of equal length");
   TORCH_CHECK_VALUE(seeds.dim() == 1, "seeds must be 1-D");
-  TORCH_CHECK_VALUE(n >= 0 && n_swaps >= 0, "n and n_swaps must be >= 0");
+  TORCH_CHECK_VALUE(n >= 0 && n <= (int64_t(1) << 31) && n_swaps >= 0,
+                    "n must be in [0, 2^31] and n_swaps >= 0, got ", n, " and ", n_swaps);
   auto s = src.contiguous(), d = dst.contiguous(), sd = seeds.contiguous();
   const int64_t m = s.numel(), K = sd.numel();
+  const auto nodes = [&](const at::Tensor& t, const char* name) {  // the edge keys src * n + dst
+    if (m == 0) return;
+    const int64_t lo = t.min().item<int64_t>(), hi = t.max().item<int64_t>();
+    TORCH_CHECK_VALUE(lo >= 0 && hi < n, name, " entries must be in [0, n=", n, "), got range [", lo, ", ", hi, "]");
+  };
+  nodes(s, "src");
+  nodes(d, "dst");
   auto out = d.unsqueeze(0).repeat({K, 1}).contiguous();
   const int32_t* sp = s.data_ptr<int32_t>();
   int32_t* op = out.data_ptr<int32_t>();

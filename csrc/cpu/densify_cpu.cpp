@@ -238,13 +238,22 @@ int64_t check_bits_args(const at::Tensor& row_ptr, const at::Tensor& bits, const
   const int64_t* rp = row_ptr.const_data_ptr<int64_t>();
   const int64_t nnz = rp[rows];
   TORCH_CHECK_VALUE(rp[0] == 0 && nnz >= 0, "row_ptr must start at 0, got ", rp[0]);
+  // no bit at a column >= cols in a row's last word (the copy would count an entry it cannot place)
+  if (const int64_t used = cols % kBitsPerWord) {
+    const auto* b = reinterpret_cast<const uint16_t*>(bits.const_data_ptr<int16_t>());
+    const uint16_t past = static_cast<uint16_t>(~((1u << used) - 1));
+    for (int64_t r = 0; r < rows; ++r)
+      TORCH_CHECK_VALUE((b[r * words_for(cols) + words_for(cols) - 1] & past) == 0, "bits must have no bit at a column >= ",
+                        cols, " (row ", r, ")");
+  }
   return nnz;
 }
 
 // ------------------------------------------------------------------ the ops
 at::Tensor pattern_bits_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, int64_t n_cols) {
   const CsrSizes s = check_csr(row_ptr, col_idx);
-  TORCH_CHECK_VALUE(n_cols >= 0, "n_cols must be >= 0, got ", n_cols);
+  TORCH_CHECK_VALUE(n_cols >= 0 && n_cols <= INT32_MAX, "n_cols must be in [0, 2^31), got ", n_cols);
+  check_csr_content(row_ptr, col_idx, n_cols, /*sorted=*/true);  // one bit per entry
   const int64_t W = words_for(n_cols);
   auto out = at::zeros({s.rows, W}, row_ptr.options().dtype(at::kShort));
   const auto rp = row_ptr.contiguous();
@@ -253,13 +262,9 @@ at::Tensor pattern_bits_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx
   const int32_t* c = ci.const_data_ptr<int32_t>();
   auto* bits = reinterpret_cast<uint16_t*>(out.data_ptr<int16_t>());
   for (int64_t i = 0; i < s.rows; ++i) {
-    int64_t prev = -1;
     for (int64_t k = r[i]; k < r[i + 1]; ++k) {
       const int64_t col = c[k];
-      TORCH_CHECK_VALUE(col >= 0 && col < n_cols, "col_idx entry ", col, " out of range [0, ", n_cols, ")");
-      TORCH_CHECK_VALUE(col > prev, "col_idx must be strictly increasing within each row (row ", i, ")");
       bits[i * W + col / kBitsPerWord] |= static_cast<uint16_t>(1u << (col % kBitsPerWord));
-      prev = col;
     }
   }
   return out;
@@ -304,8 +309,9 @@ bool same_bytes_cpu(const at::Tensor& a, const at::Tensor& b) {
 // that follow as for the copy itself). Any dtype (the bits are copied), any strides of dense.
 
 // The element copy of either direction over rows [r0, r1): sparse[k] <-> dense[r * s0 +
-// col_idx[k] * s1]; false where a column is out of range (that entry is skipped, the others are
-// copied). One scalar loop with the range test in it, outside the OpenMP region: at 800 x 200,
+// col_idx[k] * s1]; false where a column is out of range or, into dense, not above the row's
+// previous one (a duplicate would make the result depend on the order of the writes; that entry
+// is skipped, the others are copied). One scalar loop with the range test in it, outside the OpenMP region: at 800 x 200,
 // 33%, one thread, 20 us, where a separate test pass took 28 us more and the parallel region's
 // outlined loop 20 us more.
 template <typename U, bool kToDense, bool kUnitStride>
@@ -316,12 +322,14 @@ bool csr_copy_rows(const int64_t* __restrict rp, const int32_t* __restrict ci, U
   for (int64_t r = r0; r < r1; ++r) {
     U* __restrict row = dense + r * s0;
     const int64_t k1 = rp[r + 1];
+    int64_t prev = -1;
     for (int64_t k = rp[r]; k < k1; ++k) {
       const uint32_t c = static_cast<uint32_t>(ci[k]);  // a negative index becomes >= n_cols
-      if (c >= n_cols) {
+      if (c >= n_cols || (kToDense && static_cast<int64_t>(c) <= prev)) {
         ok = false;
         continue;
       }
+      if constexpr (kToDense) prev = c;
       const int64_t at = kUnitStride ? c : c * s1;
       if constexpr (kToDense) row[at] = sparse[k];
       else sparse[k] = row[at];
@@ -337,7 +345,7 @@ bool csr_copy_rows(const int64_t* __restrict rp, const int32_t* __restrict ci, U
 constexpr int64_t kParallelCopy = int64_t(1) << 20;
 
 template <typename U, bool kToDense>
-void csr_copy(const int64_t* rp, const int32_t* ci, U* sparse, U* dense, int64_t rows, int64_t cols, int64_t s0,
+bool csr_copy(const int64_t* rp, const int32_t* ci, U* sparse, U* dense, int64_t rows, int64_t cols, int64_t s0,
               int64_t s1) {
   const auto copy = s1 == 1 ? csr_copy_rows<U, kToDense, true> : csr_copy_rows<U, kToDense, false>;
   bool ok = true;
@@ -349,7 +357,7 @@ void csr_copy(const int64_t* rp, const int32_t* ci, U* sparse, U* dense, int64_t
     for (int64_t c = 0; c < chunks; ++c)
       ok = copy(rp, ci, sparse, dense, rows * c / chunks, rows * (c + 1) / chunks, cols, s0, s1) && ok;
   }
-  TORCH_CHECK_VALUE(ok, "col_idx entries must be in [0, ", cols, ") (the columns of dense)");
+  return ok;
 }
 
 template <bool kToDense>
@@ -360,17 +368,24 @@ void csr_copy_any(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at
   const int64_t* r = rp.const_data_ptr<int64_t>();
   const int32_t* c = ci.const_data_ptr<int32_t>();
   void *sp = sparse.data_ptr(), *dp = dense.data_ptr();
+  bool ok = true;
   switch (dense.element_size()) {
-    case 1: return csr_copy<uint8_t, kToDense>(r, c, static_cast<uint8_t*>(sp), static_cast<uint8_t*>(dp), rows,
+    case 1: ok = csr_copy<uint8_t, kToDense>(r, c, static_cast<uint8_t*>(sp), static_cast<uint8_t*>(dp), rows,
                                                cols, s0, s1);
-    case 2: return csr_copy<uint16_t, kToDense>(r, c, static_cast<uint16_t*>(sp), static_cast<uint16_t*>(dp), rows,
-                                                cols, s0, s1);
-    case 4: return csr_copy<uint32_t, kToDense>(r, c, static_cast<uint32_t*>(sp), static_cast<uint32_t*>(dp), rows,
-                                                cols, s0, s1);
-    case 8: return csr_copy<uint64_t, kToDense>(r, c, static_cast<uint64_t*>(sp), static_cast<uint64_t*>(dp), rows,
-                                                cols, s0, s1);
+      break;
+    case 2: ok = csr_copy<uint16_t, kToDense>(r, c, static_cast<uint16_t*>(sp), static_cast<uint16_t*>(dp), rows,
+                                              cols, s0, s1);
+      break;
+    case 4: ok = csr_copy<uint32_t, kToDense>(r, c, static_cast<uint32_t*>(sp), static_cast<uint32_t*>(dp), rows,
+                                              cols, s0, s1);
+      break;
+    case 8: ok = csr_copy<uint64_t, kToDense>(r, c, static_cast<uint64_t*>(sp), static_cast<uint64_t*>(dp), rows,
+                                              cols, s0, s1);
+      break;
     default: TORCH_CHECK_TYPE(false, "dense must have an element size of 1, 2, 4 or 8 bytes, got ", dense.scalar_type());
   }
+  if (!ok) check_csr_content(row_ptr, col_idx, cols, /*sorted=*/kToDense);  // raises, naming the first problem
+  TORCH_CHECK_VALUE(ok, "col_idx must hold the columns of dense");  // not reached
 }
 
 // The pattern (checks.h) and a 2-D dense operand with one row per pattern row.
@@ -378,6 +393,9 @@ int64_t check_csr_dense(const at::Tensor& row_ptr, const at::Tensor& col_idx, co
   const CsrSizes s = check_csr(row_ptr, col_idx);
   TORCH_CHECK_VALUE(dense.dim() == 2 && dense.size(0) == s.rows, "dense must be 2-D with rows=", s.rows,
                     " rows, got shape ", dense.sizes());
+  // row_ptr non-decreasing, columns in range: remembered per pattern like the products' check (the
+  // dense path copies the same weight at every forward and backward)
+  cpu_checked_max_len({row_ptr, col_idx, nullptr, "row_ptr", "col_idx", nullptr}, dense.size(1));
   return s.nnz;
 }
 

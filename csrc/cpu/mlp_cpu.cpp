@@ -67,8 +67,9 @@ void relu_dropout_kernel(S* z, int64_t n, double p, uint64_t seed) {
 }
 
 void relu_dropout_cpu(at::Tensor& z, double p, int64_t seed) {
-  TORCH_CHECK(z.is_contiguous(), "relu_dropout: z must be contiguous");
-  TORCH_CHECK(p >= 0.0 && p < 1.0, "relu_dropout: p must be in [0, 1), got ", p);
+  TORCH_CHECK_VALUE(z.is_contiguous(), "relu_dropout: z must be contiguous");
+  TORCH_CHECK_VALUE(p >= 0.0 && p < 1.0, "relu_dropout: p must be in [0, 1), got ", p);
+  check_float_storage(z.scalar_type(), "relu_dropout: z", /*allow_half=*/true);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "relu_dropout_cpu", [&] {
     relu_dropout_kernel<scalar_t>(z.data_ptr<scalar_t>(), z.numel(), p, static_cast<uint64_t>(seed));
   });
@@ -91,13 +92,14 @@ void sgd_step_kernel(S* param, S* buf, const S* grad, int64_t n, double lr, doub
 
 void sgd_step_cpu(at::Tensor& param, at::Tensor& buf, const at::Tensor& grad, double lr, double momentum,
                   double decay) {
-  TORCH_CHECK(param.is_contiguous() && buf.is_contiguous() && grad.is_contiguous(),
-              "sgd_step: param, buf and grad must be contiguous");
-  TORCH_CHECK(param.sizes() == buf.sizes() && param.sizes() == grad.sizes(),
-              "sgd_step: param, buf and grad must have one shape, got ", param.sizes(), ", ", buf.sizes(), " and ",
-              grad.sizes());
-  TORCH_CHECK(param.scalar_type() == buf.scalar_type() && param.scalar_type() == grad.scalar_type(),
-              "sgd_step: param, buf and grad must have one dtype");
+  TORCH_CHECK_VALUE(param.is_contiguous() && buf.is_contiguous() && grad.is_contiguous(),
+                    "sgd_step: param, buf and grad must be contiguous");
+  TORCH_CHECK_VALUE(param.sizes() == buf.sizes() && param.sizes() == grad.sizes(),
+                    "sgd_step: param, buf and grad must have one shape, got ", param.sizes(), ", ", buf.sizes(),
+                    " and ", grad.sizes());
+  TORCH_CHECK_TYPE(param.scalar_type() == buf.scalar_type() && param.scalar_type() == grad.scalar_type(),
+                   "sgd_step: param, buf and grad must have one dtype");
+  check_float_storage(param.scalar_type(), "sgd_step: param", /*allow_half=*/true);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, param.scalar_type(), "sgd_step_cpu", [&] {
     sgd_step_kernel<scalar_t>(param.data_ptr<scalar_t>(), buf.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(),
                               param.numel(), lr, momentum, decay);

@@ -231,6 +231,8 @@ struct CpuStep {
     constexpr int gates = cell_gates(M), saved = cell_saved_acts(M);
     const CheckedWeight k = check_weight(w, h, "h", gates);
     const int64_t H = k.H, B = k.B;
+    // W_hh's CSR, gathered through by the gate rows (columns in [0, H)): checked once per pattern
+    cpu_checked_max_len({w.row_ptr, w.col_idx, nullptr, "row_ptr", "col_idx", nullptr}, H);
     const StepInputs in = check_step_inputs<M>(gx, c, b_hh, H, B, w.values, /*strided_gx=*/true);
     auto h_c = h.contiguous(), values_c = w.values.contiguous();
     auto h_new = at::empty({H, B}, h_c.options());
@@ -255,6 +257,8 @@ struct CpuStep {
     constexpr int gates = cell_gates(M);
     const CheckedWeight k = check_weight(w, dh, "dh", gates);
     const int64_t H = k.H, B = k.B;
+    // the transposed index, gathered through for W_hh^T dG (rows in [0, gates*H)): once per pattern
+    cpu_checked_max_len({w.csc_ptr, w.csc_row, &w.csc_perm, "csc_ptr", "csc_row", "csc_perm"}, gates * H);
     auto dh_c = dh.contiguous();
     const at::Tensor values_t_c = check_values_t(w.values_t, w.values);  // checked: contiguous
     const at::Tensor values_c = values_t_c.defined() ? at::Tensor() : w.values.contiguous();

@@ -204,9 +204,12 @@ struct Csr {
   const int32_t* col_idx;
 };
 
-// row_ptr and col_idx: contiguous tensors.
-Csr csr_view(const at::Tensor& row_ptr, const at::Tensor& col_idx) {
+// row_ptr and col_idx: contiguous tensors, checked whole (index_check.h): row_ptr non-decreasing
+// from 0 to nnz, columns in [0, n_cols) and, with `sorted`, sorted and unique in each row (what
+// drawing empty positions, merging and the gradient's top-k rely on).
+Csr csr_view(const at::Tensor& row_ptr, const at::Tensor& col_idx, int64_t n_cols, bool sorted) {
   const CsrSizes s = check_csr(row_ptr, col_idx);
+  check_csr_content(row_ptr, col_idx, n_cols, sorted);
   return {s.rows, s.nnz, row_ptr.data_ptr<int64_t>(), col_idx.data_ptr<int32_t>()};
 }
 
@@ -237,7 +240,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> compact_cpu(const at:
                                                                        const at::Tensor& keep) {
   auto row_ptr_c = row_ptr.contiguous(), col_idx_c = col_idx.contiguous(), values_c = values.contiguous();
   auto keep_c = keep.contiguous();
-  const Csr csr = csr_view(row_ptr_c, col_idx_c);
+  const Csr csr = csr_view(row_ptr_c, col_idx_c, kAnyColumn, /*sorted=*/false);  // columns copied as they are
   check_values(values_c, csr.nnz);
   TORCH_CHECK_TYPE(keep_c.scalar_type() == at::kBool, "keep must be bool, got ", keep_c.scalar_type());
   TORCH_CHECK_VALUE(keep_c.dim() == 1 && keep_c.numel() == csr.nnz, "keep must be 1-D with nnz=", csr.nnz,
@@ -402,9 +405,9 @@ std::tuple<at::Tensor, at::Tensor> keys_to_coo(const std::vector<int64_t>& keys,
 // random_empty(row_ptr, col_idx, n_cols, n, seed) -> (rows int64, cols int32), sorted.
 std::tuple<at::Tensor, at::Tensor> random_empty_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx,
                                                     int64_t n_cols, int64_t n, int64_t seed) {
-  auto row_ptr_c = row_ptr.contiguous(), col_idx_c = col_idx.contiguous();
-  const Csr csr = csr_view(row_ptr_c, col_idx_c);
   TORCH_CHECK_VALUE(n_cols >= 0 && n_cols <= INT32_MAX, "n_cols must be in [0, 2^31), got ", n_cols);
+  auto row_ptr_c = row_ptr.contiguous(), col_idx_c = col_idx.contiguous();
+  const Csr csr = csr_view(row_ptr_c, col_idx_c, n_cols, /*sorted=*/true);
   TORCH_CHECK_VALUE(n >= 0, "n must be >= 0, got ", n);
   return keys_to_coo(draw_empty(csr, n_cols, n, static_cast<uint64_t>(seed)), n_cols);
 }
@@ -468,8 +471,9 @@ std::vector<int64_t> new_entry_rows(int64_t rows, int64_t n_cols, const int64_t*
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> merge_cpu(
     const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tensor& values, int64_t n_cols,
     const at::Tensor& new_row, const at::Tensor& new_col, const at::Tensor& new_values) {
+  TORCH_CHECK_VALUE(n_cols >= 0 && n_cols <= INT32_MAX, "n_cols must be in [0, 2^31), got ", n_cols);
   auto row_ptr_c = row_ptr.contiguous(), col_idx_c = col_idx.contiguous(), values_c = values.contiguous();
-  const Csr csr = csr_view(row_ptr_c, col_idx_c);
+  const Csr csr = csr_view(row_ptr_c, col_idx_c, n_cols, /*sorted=*/true);
   check_values(values_c, csr.nnz);
   TORCH_CHECK_TYPE(new_row.scalar_type() == at::kLong, "new_row must be int64, got ", new_row.scalar_type());
   TORCH_CHECK_TYPE(new_col.scalar_type() == at::kInt, "new_col must be int32, got ", new_col.scalar_type());
@@ -510,6 +514,7 @@ at::Tensor remap_index_cpu(const at::Tensor& kept_pos, const at::Tensor& old_pos
                    "kept_pos and old_pos must be int64");
   TORCH_CHECK_VALUE(kept_pos.dim() == 1 && old_pos.dim() == 1 && kept_pos.numel() == old_pos.numel(),
                     "kept_pos and old_pos must be 1-D of the same length");
+  TORCH_CHECK_VALUE(new_nnz >= 0, "new_nnz must be >= 0, got ", new_nnz);
   auto kept_pos_c = kept_pos.contiguous(), old_pos_c = old_pos.contiguous();
   auto origin = at::full({new_nnz}, -1, kept_pos_c.options());
   const int64_t* kept = kept_pos_c.data_ptr<int64_t>();
@@ -634,10 +639,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grad_topk_cpu(const at::Tensor& r
                                                              const at::Tensor& G, const at::Tensor& X, int64_t k,
                                                              int64_t tile_rows, int64_t tile_cols) {
   auto row_ptr_c = row_ptr.contiguous(), col_idx_c = col_idx.contiguous();
-  const Csr csr = csr_view(row_ptr_c, col_idx_c);
+  const CsrSizes sizes = check_csr(row_ptr_c, col_idx_c);
   TORCH_CHECK_TYPE(G.scalar_type() == at::kFloat || G.scalar_type() == at::kDouble,
                    "G must be float32 or float64, got ", G.scalar_type());
-  TORCH_CHECK_VALUE(G.dim() == 2 && G.size(0) == csr.rows, "G must be 2-D with rows=", csr.rows, " rows, got ",
+  TORCH_CHECK_VALUE(G.dim() == 2 && G.size(0) == sizes.rows, "G must be 2-D with rows=", sizes.rows, " rows, got ",
                     G.sizes());
   TORCH_CHECK_VALUE(X.dim() == 2 && X.size(1) == G.size(1), "X must be 2-D (cols x M) with M=", G.size(1),
                     " like G, got ", X.sizes());
@@ -645,9 +650,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grad_topk_cpu(const at::Tensor& r
   TORCH_CHECK_VALUE(tile_rows > 0 && tile_cols > 0, "tile_rows and tile_cols must be > 0");
   const int64_t cols = X.size(0);
   TORCH_CHECK_VALUE(cols <= INT32_MAX, "X has too many rows (cols) for int32 column indices");
+  const Csr csr = csr_view(row_ptr_c, col_idx_c, cols, /*sorted=*/true);
   const int64_t empty = csr.rows * cols - csr.nnz;
   TORCH_CHECK_VALUE(k >= 0 && k <= empty, "k must be in [0, ", empty, "] (the empty positions), got ", k);
-  check_col_range(csr.col_idx, csr.nnz, cols);
   std::vector<Cand> best;
   if (k > 0) {
     auto Gc = G.contiguous(), Xc = X.contiguous();
@@ -735,7 +740,8 @@ std::tuple<at::Tensor, at::Tensor> grow_positions(const at::Tensor& row_ptr, con
   TORCH_CHECK_VALUE(sample_factor > 0, "sample_factor must be >= 0 (0: exact growth), got ", sample_factor);
   const int64_t empty = (row_ptr.numel() - 1) * n_cols - col_idx.numel();
   TORCH_CHECK_VALUE(n >= 0 && n <= empty, "k must be in [0, ", empty, "] (the empty positions), got ", n);
-  auto cand = random_empty_cpu(row_ptr, col_idx, n_cols, std::min(empty, sample_factor * n), seed);
+  const int64_t n_cand = n > 0 && sample_factor > empty / n ? empty : std::min(empty, sample_factor * n);  // no overflow
+  auto cand = random_empty_cpu(row_ptr, col_idx, n_cols, n_cand, seed);
   const at::Tensor pick = select_smallest_cpu(coo_dot_cpu(std::get<0>(cand), std::get<1>(cand), *G, *X).abs().neg(), n);
   return {std::get<0>(cand).index({pick}), std::get<1>(cand).index({pick})};
 }
@@ -778,6 +784,7 @@ rewire_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tenso
            const std::optional<at::Tensor>& G, const std::optional<at::Tensor>& X, int64_t n_grow, int64_t seed,
            int64_t tile_rows, int64_t tile_cols, int64_t sample_factor, bool keep_regrown, at::TensorList carry) {
   TORCH_CHECK_VALUE(n_cols >= 0 && n_cols <= INT32_MAX, "n_cols must be in [0, 2^31), got ", n_cols);
+  csr_view(row_ptr.contiguous(), col_idx.contiguous(), n_cols, /*sorted=*/true);  // the steps below see it checked
   for (size_t i = 0; i < carry.size(); ++i)
     TORCH_CHECK_VALUE(carry[i].dim() >= 1 && carry[i].size(0) == col_idx.numel(), "carry[", i,
                       "] must have first dimension nnz=", col_idx.numel(), ", got shape ", carry[i].sizes());
@@ -786,7 +793,7 @@ rewire_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tenso
                                  sample_factor);
   if (keep_regrown && nr.numel() > 0) {
     auto row_ptr_c = row_ptr.contiguous(), col_idx_c = col_idx.contiguous(), keep_c = keep.contiguous();
-    const Csr csr = csr_view(row_ptr_c, col_idx_c);
+    const Csr csr = csr_view(row_ptr_c, col_idx_c, n_cols, /*sorted=*/true);
     const int32_t* C = nc.data_ptr<int32_t>();
     const auto start = new_entry_rows(csr.rows, n_cols, nr.data_ptr<int64_t>(), C, nr.numel());
     auto back = at::zeros_like(keep_c), fresh = at::ones({nr.numel()}, keep_c.options());

@@ -16,21 +16,23 @@ from __future__ import annotations
 import torch
 
 from ..sparse.csr import check_index as _check_csr
+from ..sparse.csr import check_pattern as _check_pattern
 from ..sparse.csr import check_same_device as _same_device
 from ..sparse.csr import check_tensor as _tensor
 
 __all__ = ["scatter_csr_cuda", "gather_csr_cuda", "OPS"]
 
 
-def _csr_dense_positions(row_ptr, col_idx, dense):
-    """(rows, cols) int64 of the stored entries, after the checks of the CPU kernels."""
+def _csr_dense_positions(row_ptr, col_idx, dense, sorted: bool):
+    """(rows, cols) int64 of the stored entries, after the checks of the CPU kernels (``sorted``:
+    sorted, unique columns in each row, which a scatter needs: a duplicate's result would depend on
+    the order of the writes)."""
     _check_csr(row_ptr, col_idx)
     if _tensor(dense, "dense").dim() != 2 or dense.shape[0] != row_ptr.numel() - 1:
         raise ValueError(f"dense must be 2-D with rows={row_ptr.numel() - 1} rows, got shape {tuple(dense.shape)}")
     _same_device(row_ptr=row_ptr, col_idx=col_idx, dense=dense)
+    _check_pattern(row_ptr, col_idx, dense.shape[1], sorted=sorted)
     cols = col_idx.long()
-    if cols.numel() and bool(((cols < 0) | (cols >= dense.shape[1])).any()):
-        raise ValueError(f"col_idx entries must be in [0, {dense.shape[1]}) (the columns of dense)")
     rows = torch.repeat_interleave(torch.arange(dense.shape[0], device=dense.device), row_ptr.diff(),
                                    output_size=cols.numel())
     return rows, cols
@@ -38,7 +40,7 @@ def _csr_dense_positions(row_ptr, col_idx, dense):
 
 def scatter_csr_cuda(row_ptr, col_idx, values, dense) -> None:
     """dense[r, c] = values[k] for every stored entry k at (r, c); dense's other entries are kept."""
-    rows, cols = _csr_dense_positions(row_ptr, col_idx, dense)
+    rows, cols = _csr_dense_positions(row_ptr, col_idx, dense, sorted=True)
     if _tensor(values, "values").dim() != 1 or values.numel() != cols.numel():
         raise ValueError(f"values must be 1-D with nnz={cols.numel()} entries, got shape {tuple(values.shape)}")
     if values.dtype != dense.dtype:
@@ -49,7 +51,7 @@ def scatter_csr_cuda(row_ptr, col_idx, values, dense) -> None:
 
 def gather_csr_cuda(row_ptr, col_idx, dense) -> torch.Tensor:
     """out[k] = dense[r, c] for every stored entry k at (r, c)."""
-    rows, cols = _csr_dense_positions(row_ptr, col_idx, dense)
+    rows, cols = _csr_dense_positions(row_ptr, col_idx, dense, sorted=False)
     return dense[rows, cols]
 
 

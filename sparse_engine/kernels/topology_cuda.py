@@ -32,7 +32,9 @@ import math
 import torch
 
 from ..sparse.csr import check_dtype as _dtype
+from ..sparse.csr import ANY_COLUMN as _ANY_COLUMN
 from ..sparse.csr import check_index as _check_csr
+from ..sparse.csr import check_pattern as _check_pattern
 from ..sparse.csr import check_same_device as _same_device
 from ..sparse.csr import check_tensor as _tensor
 
@@ -70,6 +72,11 @@ def _entry_rows(row_ptr: torch.Tensor, nnz: int) -> torch.Tensor:
 def _keys(row_ptr: torch.Tensor, col_idx: torch.Tensor, n_cols: int) -> torch.Tensor:
     """Linear positions row * n_cols + col of the stored entries (sorted for a valid CSR)."""
     return _entry_rows(row_ptr, col_idx.numel()) * n_cols + col_idx.long()
+
+
+def _check_n_cols(n_cols: int) -> None:
+    if not 0 <= n_cols <= _INT32_MAX:
+        raise ValueError(f"n_cols must be in [0, 2^31), got {n_cols}")
 
 
 def _llround(x: float) -> int:
@@ -122,7 +129,7 @@ def set_prune_cuda(values: torch.Tensor, zeta: float) -> torch.Tensor:
 def compact_cuda(row_ptr, col_idx, values, keep):
     """(row_ptr, col_idx, values, kept_pos) of the CSR holding only the entries with keep[k];
     kept_pos[j] is the old position of new entry j. A scan of keep gives the new row_ptr."""
-    rows, nnz = _check_csr(row_ptr, col_idx)
+    rows, nnz = _check_pattern(row_ptr, col_idx, _ANY_COLUMN)  # columns copied as they are
     _check_values(values, nnz)
     _dtype(keep, "keep", torch.bool)
     if keep.dim() != 1 or keep.numel() != nnz:
@@ -169,9 +176,8 @@ def random_empty_cuda(row_ptr, col_idx, n_cols: int, n: int, seed: int):
     mapped to positions: with the stored linear keys o_0 < o_1 < ..., d_j = o_j - j empty
     positions lie before entry j, so the empty position of rank q is q + #{j: d_j <= q} (one
     searchsorted). No rejection against the pattern and no rows x cols array."""
-    rows, nnz = _check_csr(row_ptr, col_idx)
-    if not 0 <= n_cols <= _INT32_MAX:
-        raise ValueError(f"n_cols must be in [0, 2^31), got {n_cols}")
+    _check_n_cols(n_cols)
+    rows, nnz = _check_pattern(row_ptr, col_idx, n_cols, sorted=True)
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     empty = rows * n_cols - nnz
@@ -197,7 +203,8 @@ def merge_cuda(row_ptr, col_idx, values, n_cols: int, new_row, new_col, new_valu
     ValueError) keeping every row sorted: (row_ptr, col_idx, values, old_pos, new_pos). Both
     key lists are sorted, so an entry's merged position is its own index plus the number of
     keys of the other list below it (searchsorted)."""
-    rows, nnz = _check_csr(row_ptr, col_idx)
+    _check_n_cols(n_cols)
+    rows, nnz = _check_pattern(row_ptr, col_idx, n_cols, sorted=True)
     _check_values(values, nnz)
     _dtype(new_row, "new_row", torch.int64)
     _dtype(new_col, "new_col", torch.int32)
@@ -336,15 +343,11 @@ def grad_topk_cuda(row_ptr, col_idx, G, X, k: int, tile_rows: int, tile_cols: in
     cols = X.shape[0]
     if cols > _INT32_MAX:
         raise ValueError("X has too many rows (cols) for int32 column indices")
+    _check_pattern(row_ptr, col_idx, cols, sorted=True)
     empty = rows * cols - nnz
     if not 0 <= k <= empty:
         raise ValueError(f"k must be in [0, {empty}] (the empty positions), got {k}")
     dev = _same_device(row_ptr=row_ptr, G=G, X=X)
-    if nnz:
-        lo, hi = torch.stack([col_idx.min(), col_idx.max()]).tolist()
-        if lo < 0 or hi >= cols:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"col_idx entry {bad} out of range [0, {cols})")
     if k == 0:
         return (torch.empty(0, dtype=torch.int64, device=dev), torch.empty(0, dtype=torch.int32, device=dev),
                 torch.empty(0, dtype=G.dtype, device=dev))
@@ -428,8 +431,8 @@ def rewire_cuda(row_ptr, col_idx, values, n_cols: int, keep, grow_row, grow_col,
     values 0, and every tensor of ``carry`` in the new order: (row_ptr, col_idx, values, src, dst,
     new_pos, new_row, new_col, carried). With ``keep_regrown`` a pruned entry whose position is grown
     again stays (value and state)."""
-    if not 0 <= n_cols <= _INT32_MAX:
-        raise ValueError(f"n_cols must be in [0, 2^31), got {n_cols}")
+    _check_n_cols(n_cols)
+    _check_pattern(row_ptr, col_idx, n_cols, sorted=True)  # the steps below see it checked
     for i, t in enumerate(carry):
         if t.dim() < 1 or t.shape[0] != col_idx.numel():
             raise ValueError(f"carry[{i}] must have first dimension nnz={col_idx.numel()}, got shape {list(t.shape)}")

@@ -4,6 +4,10 @@ the C++ kernels' checks (``csrc/checks.h``, ``csrc/index_check.h``), worded like
 * :func:`check_index`: what a kernel needs before it reads an index (tensors, dtypes row_ptr
   int64 and col_idx int32, 1-D, one device, the two ends of row_ptr: one sync). The
   torch-primitive kernels (:mod:`sparse_engine.kernels.topology_cuda`) call it.
+* :func:`check_pattern`: :func:`check_index` plus the content of the pattern that a kernel reading
+  it whole relies on (row_ptr non-decreasing, every column in range, and where asked sorted and
+  unique columns in each row), worded like the C++ check (``check_csr_content``); the
+  torch-primitive topology and densify kernels call it. O(rows + nnz), a few syncs.
 * :func:`check_csr`: the whole structure of a matrix (length of row_ptr, its ends, values per
   entry, non-decreasing row_ptr, column range, columns sorted and unique within each row),
   O(nnz). :meth:`SparseWeight.validate <sparse_engine.SparseWeight.validate>` calls it, so does
@@ -21,8 +25,11 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_tensor", "check_dtype", "check_same_device", "check_index", "check_csr", "check_operand",
-           "check_dtype_like"]
+__all__ = ["check_tensor", "check_dtype", "check_same_device", "check_index", "check_pattern", "check_csr",
+           "check_operand", "check_dtype_like"]
+
+#: The column bound of a pattern whose column count the op does not know (compact): not negative.
+ANY_COLUMN = 2**31
 
 
 def check_tensor(t, name: str) -> torch.Tensor:
@@ -87,6 +94,44 @@ def check_index(row_ptr, col_idx) -> tuple[int, int]:
     return rows, nnz
 
 
+def check_pattern(row_ptr, col_idx, n_cols: int, *, sorted: bool = False) -> tuple[int, int]:
+    """(rows, nnz) of a CSR index given to a kernel that reads it whole: :func:`check_index`, then
+    row_ptr non-decreasing, every column in [0, n_cols) and, with ``sorted``, the columns sorted
+    and unique within each row (ValueError naming the first problem, like the C++ kernels)."""
+    rows, nnz = check_index(row_ptr, col_idx)
+    drops = torch.nonzero(row_ptr[1:] < row_ptr[:-1])
+    if drops.numel():
+        i = int(drops[0])
+        raise ValueError(f"row_ptr must be non-decreasing, got row_ptr[{i}]={int(row_ptr[i])} > "
+                         f"row_ptr[{i + 1}]={int(row_ptr[i + 1])} ({rows} rows)")
+    outside = col_idx < 0
+    if n_cols < ANY_COLUMN:
+        outside |= col_idx >= n_cols
+    bad = torch.nonzero(outside)
+    if bad.numel():
+        k = int(bad[0])
+        raise ValueError(f"col_idx entry {int(col_idx[k])} (position {k}) out of range [0, {n_cols})")
+    if sorted:
+        _check_rows_sorted(row_ptr, col_idx)
+    return rows, nnz
+
+
+def _check_rows_sorted(rp: torch.Tensor, ci: torch.Tensor) -> None:
+    """ValueError unless each row's columns (row_ptr non-decreasing from 0 to nnz) increase strictly."""
+    if ci.numel() < 2:
+        return
+    step_ok = ci[1:] > ci[:-1]
+    row_start = torch.zeros(ci.numel(), dtype=torch.bool, device=ci.device)
+    starts = rp[:-1][rp[:-1] < ci.numel()]
+    row_start[starts] = True
+    bad = ~step_ok & ~row_start[1:]
+    if bool(bad.any()):
+        k = int(bad.nonzero()[0]) + 1
+        row = int(torch.searchsorted(rp, torch.tensor(k, device=rp.device), right=True)) - 1
+        kind = "duplicate" if int(ci[k]) == int(ci[k - 1]) else "unsorted"
+        raise ValueError(f"col_idx must be sorted and unique within each row: {kind} column {int(ci[k])} in row {row}")
+
+
 def check_csr(row_ptr: torch.Tensor, col_idx: torch.Tensor, shape: tuple[int, int],
               n_values: int | None = None) -> None:
     """Raises ValueError naming the first structural problem of the (rows x cols) CSR
@@ -107,14 +152,4 @@ def check_csr(row_ptr: torch.Tensor, col_idx: torch.Tensor, shape: tuple[int, in
         return
     if int(ci.min()) < 0 or int(ci.max()) >= cols:
         raise ValueError(f"col_idx entries must be in [0, cols={cols}), got range [{int(ci.min())}, {int(ci.max())}]")
-    # within a row, each column must exceed the one before it (sorted and unique)
-    step_ok = ci[1:] > ci[:-1]
-    row_start = torch.zeros(ci.numel(), dtype=torch.bool, device=ci.device)
-    starts = rp[:-1][rp[:-1] < ci.numel()]
-    row_start[starts] = True
-    bad = ~step_ok & ~row_start[1:]
-    if bool(bad.any()):
-        k = int(bad.nonzero()[0]) + 1
-        row = int(torch.searchsorted(rp, torch.tensor(k, device=rp.device), right=True)) - 1
-        kind = "duplicate" if int(ci[k]) == int(ci[k - 1]) else "unsorted"
-        raise ValueError(f"col_idx must be sorted and unique within each row: {kind} column {int(ci[k])} in row {row}")
+    _check_rows_sorted(rp, ci)
