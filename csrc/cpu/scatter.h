@@ -116,7 +116,7 @@ void scatter_rows(const int64_t* ptr, const int32_t* idx, const S* vals, const S
 #pragma omp for schedule(dynamic, 1)
     for (int64_t p = 0; p < parts; ++p) {
       A* a = acc + p * size;
-      std::memset(a, 0, size * sizeof(A));
+      if (size) std::memset(a, 0, size * sizeof(A));  // (memset of a null pointer is undefined, even for 0 bytes)
       if (stride == 1) {
         scatter_dot<S>(ptr, idx, vals, src, bounds[p], bounds[p + 1], a);
         continue;
