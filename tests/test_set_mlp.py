@@ -417,7 +417,7 @@ def test_resumed_mlp_run_equals_the_uninterrupted_run(tmp_path, monkeypatch):
         assert_bit_equal(a[key], b[key], key)
     assert_bit_equal(a["extra"]["history"], b["extra"]["history"], "history")
     assert_bit_equal(a["extra"]["resume"], b["extra"]["resume"], "resume")
-    with pytest.raises(ValueError, match="--zeta 0.1 differs"):
+    with pytest.raises(cli.CommandError, match="argument --zeta: 0.1 differs from the checkpoint's --zeta 0.3"):
         cli.run(opts + ["--resume", str(ck), "--zeta", "0.1"])
 
 
