@@ -44,7 +44,8 @@ test: install
 # every operator with malformed input among them, run against that build from a copy of the package
 # (the fuzz test alone: 1.5 minutes on 2 busy cores). Python and torch are not instrumented, so libasan is preloaded, with
 # libstdc++ (else ASan cannot intercept the first C++ throw: the ValueErrors); --capture=sys leaves
-# the sanitizers' reports (written to fd 2 just before the process exits) on the terminal.
+# the sanitizers' reports (written to fd 2 just before the process exits) on the terminal. One test is
+# left out: it checks glibc malloc's trimming, and ASan's allocator replaces malloc.
 ASAN_TESTS := test_fuzz_ops.py test_index_check.py test_ops.py test_kernels_topology_cuda.py \
 	test_training_topology.py test_densify_ops.py test_properties.py test_rnn_cells.py test_dense_rnn.py \
 	test_analysis_census.py test_threads.py
@@ -59,7 +60,8 @@ asan: install
 	  LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -print-file-name=libstdc++.so)" \
 	  ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 UBSAN_OPTIONS=print_stacktrace=1 && \
 	  $(abspath $(PY)) -c "import sparse_engine._C as c; assert '/build/asan/' in c.__file__, c.__file__" && \
-	  $(abspath $(PY)) -m pytest -q -p no:cacheprovider --capture=sys -o pythonpath=$$PWD $(addprefix $(CURDIR)/tests/,$(ASAN_TESTS))
+	  $(abspath $(PY)) -m pytest -q -p no:cacheprovider --capture=sys -o pythonpath=$$PWD $(addprefix $(CURDIR)/tests/,$(ASAN_TESTS)) \
+	    -k "not test_keep_freed_memory_serves_large_tensors_from_the_heap"
 
 # The CPU tables (benchmarks/results/cpu_ops.md, rnn_cpu.md), each written row by row; run it on
 # a quiet machine. BENCH_ARGS=--quick checks the scripts on a small subset.
