@@ -204,12 +204,23 @@ struct Csr {
   const int32_t* col_idx;
 };
 
+// rewire checks its input pattern once and then runs the steps below on it and on the patterns
+// they build: while a StepsOfRewire lives on this thread, csr_view skips the O(nnz) content scan
+// (the O(1) checks stay). Scanning at every step cost SET's update at 1M nnz about 4 scans, 10-15%
+// of its time (benchmarks/results/topology_one_pass.md).
+thread_local bool in_rewire = false;
+struct StepsOfRewire {
+  const bool outer = in_rewire;
+  StepsOfRewire() { in_rewire = true; }
+  ~StepsOfRewire() { in_rewire = outer; }
+};
+
 // row_ptr and col_idx: contiguous tensors, checked whole (index_check.h): row_ptr non-decreasing
 // from 0 to nnz, columns in [0, n_cols) and, with `sorted`, sorted and unique in each row (what
 // drawing empty positions, merging and the gradient's top-k rely on).
 Csr csr_view(const at::Tensor& row_ptr, const at::Tensor& col_idx, int64_t n_cols, bool sorted) {
   const CsrSizes s = check_csr(row_ptr, col_idx);
-  check_csr_content(row_ptr, col_idx, n_cols, sorted);
+  if (!in_rewire) check_csr_content(row_ptr, col_idx, n_cols, sorted);
   return {s.rows, s.nnz, row_ptr.data_ptr<int64_t>(), col_idx.data_ptr<int32_t>()};
 }
 
@@ -784,7 +795,8 @@ rewire_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tenso
            const std::optional<at::Tensor>& G, const std::optional<at::Tensor>& X, int64_t n_grow, int64_t seed,
            int64_t tile_rows, int64_t tile_cols, int64_t sample_factor, bool keep_regrown, at::TensorList carry) {
   TORCH_CHECK_VALUE(n_cols >= 0 && n_cols <= INT32_MAX, "n_cols must be in [0, 2^31), got ", n_cols);
-  csr_view(row_ptr.contiguous(), col_idx.contiguous(), n_cols, /*sorted=*/true);  // the steps below see it checked
+  csr_view(row_ptr.contiguous(), col_idx.contiguous(), n_cols, /*sorted=*/true);  // the one content scan
+  const StepsOfRewire steps;
   for (size_t i = 0; i < carry.size(); ++i)
     TORCH_CHECK_VALUE(carry[i].dim() >= 1 && carry[i].size(0) == col_idx.numel(), "carry[", i,
                       "] must have first dimension nnz=", col_idx.numel(), ", got shape ", carry[i].sizes());
