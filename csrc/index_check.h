@@ -174,18 +174,23 @@ class IndexCache {
     return {{state_of(&ix.ptr), state_of(&ix.idx), state_of(ix.perm)}, n_src};
   }
 
-  // The longest row remembered for exactly this index, if any.
-  std::optional<int64_t> find(const Key& key) {
+  // The longest row remembered for exactly this index, if any; with `sorted`, only if the index
+  // is also known to have its idx strictly increasing within each row (what rewire needs).
+  std::optional<int64_t> find(const Key& key, bool sorted = false) {
     std::lock_guard<std::mutex> lock(mutex_);
     const auto it = map_.find(slot_of(key));
-    if (it == map_.end() || !(it->second.key.tensors == key.tensors) || it->second.key.n_src != key.n_src)
+    if (it == map_.end() || !(it->second.key.tensors == key.tensors) || it->second.key.n_src != key.n_src ||
+        (sorted && !it->second.sorted))
       return std::nullopt;
     return it->second.max_len;
   }
 
-  void insert(const Key& key, const CompressedIndex& ix, int64_t max_len) {
-    Entry e{key, {pin(&ix.ptr), pin(&ix.idx), pin(ix.perm)}, max_len};
+  void insert(const Key& key, const CompressedIndex& ix, int64_t max_len, bool sorted = false) {
+    Entry e{key, {pin(&ix.ptr), pin(&ix.idx), pin(ix.perm)}, max_len, sorted};
     std::lock_guard<std::mutex> lock(mutex_);
+    const auto it = map_.find(slot_of(key));
+    if (it != map_.end() && it->second.key.tensors == key.tensors && it->second.key.n_src == key.n_src)
+      e.sorted = e.sorted || it->second.sorted;  // what is known of an unchanged index stays known
     if (map_.size() >= kMaxEntries) evict();
     map_.insert_or_assign(slot_of(key), std::move(e));
   }
@@ -214,6 +219,7 @@ class IndexCache {
     Key key;
     std::array<Pin, 3> pins;  // keep the StorageImpl objects (not their data) alive: no address reuse
     int64_t max_len;
+    bool sorted;  // idx strictly increasing within each row (checked, or built so by rewire)
   };
 
   static Slot slot_of(const Key& key) {
@@ -275,14 +281,16 @@ inline int64_t cpu_checked_max_len(const CompressedIndex& ix, int64_t n_src) {
 // with `sorted` the columns strictly increasing within each row (sorted and unique), which those
 // ops' results depend on. ValueError naming the argument and the first problem, worded like the
 // products' remembered check above. The Python twin is sparse_engine.sparse.csr.check_pattern.
-inline void check_csr_content(const at::Tensor& row_ptr, const at::Tensor& col_idx, int64_t n_cols, bool sorted) {
+// Returns the longest row (0 for no rows).
+inline int64_t check_csr_content(const at::Tensor& row_ptr, const at::Tensor& col_idx, int64_t n_cols, bool sorted) {
   const at::Tensor ptr_c = row_ptr.contiguous(), idx_c = col_idx.contiguous();
   const int64_t* ptr = ptr_c.const_data_ptr<int64_t>();
   const int32_t* idx = idx_c.const_data_ptr<int32_t>();
   const int64_t n = ptr_c.numel() - 1, nnz = idx_c.numel();
-  raise_index_problem({row_ptr, col_idx, nullptr, "row_ptr", "col_idx", nullptr},
-                      scan_index_cpu(ptr, idx, nullptr, n, nnz, n_cols), n_cols);
-  if (!sorted) return;
+  const IndexScan scan = scan_index_cpu(ptr, idx, nullptr, n, nnz, n_cols);
+  raise_index_problem({row_ptr, col_idx, nullptr, "row_ptr", "col_idx", nullptr}, scan, n_cols);
+  const int64_t max_len = std::max<int64_t>(scan.max_len, 0);
+  if (!sorted) return max_len;
   constexpr int64_t kNone = std::numeric_limits<int64_t>::max();
   const int64_t row = at::parallel_reduce(
       int64_t(0), n, int64_t(1) << 12, kNone,
@@ -296,11 +304,38 @@ inline void check_csr_content(const at::Tensor& row_ptr, const at::Tensor& col_i
         return r;
       },
       [](int64_t x, int64_t y) { return std::min(x, y); });
-  if (row == kNone) return;
+  if (row == kNone) return max_len;
   int64_t k = ptr[row] + 1;
   while (idx[k] > idx[k - 1]) ++k;
   TORCH_CHECK_VALUE(false, "col_idx must be sorted and unique within each row: ",
                     idx[k] == idx[k - 1] ? "duplicate" : "unsorted", " column ", idx[k], " in row ", row);
+}
+
+// check_csr_content(sorted) remembered like the products' scans, for a pattern that comes back
+// again and again unchanged: a layer's weight at each topology update (rewire). The patterns
+// rewire builds are remembered as checked (remember_sorted_csr), so a layer's next update, and
+// the products between, scan nothing; an index changed in place (new version) is scanned again.
+// The same blind spot as the products' cache: writes that bypass the version counter.
+inline void check_sorted_csr_remembered(const at::Tensor& row_ptr, const at::Tensor& col_idx, int64_t n_cols) {
+  IndexCache& cache = IndexCache::instance();
+  const CompressedIndex ix{row_ptr, col_idx, nullptr, "row_ptr", "col_idx", nullptr};
+  const IndexCache::Key key = IndexCache::key_of(ix, n_cols);
+  if (key.usable() && cache.find(key, /*sorted=*/true)) return;
+  cache.count_scan();
+  const int64_t max_len = check_csr_content(row_ptr, col_idx, n_cols, /*sorted=*/true);
+  if (key.usable()) cache.insert(key, ix, max_len, /*sorted=*/true);
+}
+
+// Remembers a CSR pattern an op has just built, valid and sorted by construction (rewire's
+// output): row_ptr contiguous int64 of n + 1 entries, col_idx int32 in [0, n_cols).
+inline void remember_sorted_csr(const at::Tensor& row_ptr, const at::Tensor& col_idx, int64_t n_cols) {
+  const CompressedIndex ix{row_ptr, col_idx, nullptr, "row_ptr", "col_idx", nullptr};
+  const IndexCache::Key key = IndexCache::key_of(ix, n_cols);
+  if (!key.usable()) return;
+  const int64_t* ptr = row_ptr.const_data_ptr<int64_t>();
+  int64_t max_len = 0;
+  for (int64_t i = 0; i + 1 < row_ptr.numel(); ++i) max_len = std::max(max_len, ptr[i + 1] - ptr[i]);
+  IndexCache::instance().insert(key, ix, max_len, /*sorted=*/true);
 }
 
 // Columns of a pattern whose column count is not known to the op (compact): any int32 but a negative one.

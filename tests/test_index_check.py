@@ -250,3 +250,52 @@ def test_fused_step_on_cuda_checks_its_index():
         RAW.rnn_step_backward(*index, W.values, h_new, h, False)
     RAW.rnn_step_backward(*W.index, W.values, h_new, h, False)
     torch.cuda.synchronize()  # no fault was left behind
+
+
+def _rewire(rp, ci, values, keep, seed=0):
+    """The operator rewire on the CPU with random growth of 2 entries; returns (row_ptr, col_idx, values)."""
+    out = RAW.rewire(rp, ci, values, COLS, keep, None, None, None, None, 2, seed, 2, 2, 0, False, [])
+    return out[0], out[1], out[2]
+
+
+def _spmm(rp, ci, v, X):
+    """spmm without the transposed index (it does not read it)."""
+    none = torch.empty(0, dtype=torch.int32)
+    return RAW.spmm(rp, ci, torch.zeros(COLS + 1, dtype=torch.int64), none, none, v, X)
+
+
+def test_rewire_scans_a_layers_pattern_once_and_its_own_output_never():
+    """A layer's pattern comes back to rewire at each update: its first update scans it, the
+    pattern rewire builds is remembered as checked (so the next update and the products between
+    scan nothing), and a pattern changed in place is scanned again and its problem reported."""
+    W = weight("cpu")
+    rp, ci, v = W.row_ptr.clone(), W.col_idx.clone(), W.values.detach().clone()
+    keep = torch.arange(NNZ) % 3 != 0
+    n = scans()
+    rp2, ci2, v2 = _rewire(rp, ci, v, keep)
+    assert scans() == n + 1
+    X, _ = operands("cpu")
+    _spmm(rp2, ci2, v2, X)  # the product finds rewire's output checked
+    rp3, ci3, v3 = _rewire(rp2, ci2, v2, torch.ones(ci2.numel(), dtype=torch.bool), seed=1)
+    _rewire(rp, ci, v, keep)  # the first input, unchanged: remembered too
+    assert scans() == n + 1
+    # in place: columns of row 3 swapped (version bumped), found on the next update
+    row3 = slice(int(rp3[3]), int(rp3[4]))
+    ci3[row3] = ci3[row3].flip(0)
+    with pytest.raises(ValueError, match="col_idx must be sorted and unique within each row: unsorted column"):
+        _rewire(rp3, ci3, v3, torch.ones(ci3.numel(), dtype=torch.bool))
+    assert scans() == n + 2
+
+
+def test_a_pattern_the_products_accepted_is_still_checked_for_order_by_rewire():
+    """spmm needs no sorted columns and remembers its scan; rewire needs them and must not take
+    the product's memory of an unsorted pattern as a check of order."""
+    W = weight("cpu")
+    rp, ci, v = W.row_ptr.clone(), W.col_idx.clone(), W.values.detach().clone()
+    ci[int(rp[0]):int(rp[1])] = ci[int(rp[0]):int(rp[1])].flip(0)  # row 0 unsorted, in range
+    X, _ = operands("cpu")
+    n = scans()
+    _spmm(rp, ci, v, X)
+    assert scans() == n + 1
+    with pytest.raises(ValueError, match="col_idx must be sorted and unique within each row: unsorted column"):
+        _rewire(rp, ci, v, torch.ones(NNZ, dtype=torch.bool))

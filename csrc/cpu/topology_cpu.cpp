@@ -204,10 +204,11 @@ struct Csr {
   const int32_t* col_idx;
 };
 
-// rewire checks its input pattern once and then runs the steps below on it and on the patterns
-// they build: while a StepsOfRewire lives on this thread, csr_view skips the O(nnz) content scan
-// (the O(1) checks stay). Scanning at every step cost SET's update at 1M nnz about 4 scans, 10-15%
-// of its time (benchmarks/results/topology_one_pass.md).
+// rewire checks its input pattern once (remembered: index_check.h, check_sorted_csr_remembered)
+// and then runs the steps below on it and on the patterns they build: while a StepsOfRewire lives
+// on this thread, csr_view skips the O(nnz) content scan (the O(1) checks stay). Scanning at every
+// step cost SET's update at 1M nnz about 4 scans, 10-15% of its time, and the one scan left, 2%
+// (benchmarks/results/topology_one_pass.md).
 thread_local bool in_rewire = false;
 struct StepsOfRewire {
   const bool outer = in_rewire;
@@ -795,7 +796,8 @@ rewire_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tenso
            const std::optional<at::Tensor>& G, const std::optional<at::Tensor>& X, int64_t n_grow, int64_t seed,
            int64_t tile_rows, int64_t tile_cols, int64_t sample_factor, bool keep_regrown, at::TensorList carry) {
   TORCH_CHECK_VALUE(n_cols >= 0 && n_cols <= INT32_MAX, "n_cols must be in [0, 2^31), got ", n_cols);
-  csr_view(row_ptr.contiguous(), col_idx.contiguous(), n_cols, /*sorted=*/true);  // the one content scan
+  check_csr(row_ptr, col_idx);
+  check_sorted_csr_remembered(row_ptr, col_idx, n_cols);  // the one content scan, none for its own output
   const StepsOfRewire steps;
   for (size_t i = 0; i < carry.size(); ++i)
     TORCH_CHECK_VALUE(carry[i].dim() >= 1 && carry[i].size(0) == col_idx.numel(), "carry[", i,
@@ -817,11 +819,13 @@ rewire_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tenso
   }
   auto [out_ptr, out_col, out_val, old_pos, new_pos] = merge_cpu(rp, ci, v, n_cols, nr, nc,
                                                                  at::zeros({nr.numel()}, v.options()));
+  rp = ci = v = at::Tensor();  // freed before the carried state is gathered: a lower peak, fewer fresh pages
   std::vector<at::Tensor> carried;
   if (!carry.empty()) {
     const at::Tensor origin = remap_index_cpu(kept, old_pos, out_col.numel());
     for (const auto& t : carry) carried.push_back(gather_or_zero_cpu(t, origin));
   }
+  remember_sorted_csr(out_ptr, out_col, n_cols);
   return {out_ptr, out_col, out_val, kept, old_pos, new_pos, nr, nc, carried};
 }
 
