@@ -51,6 +51,15 @@ projected layer is composed from the differentiable products under plain autogra
 (:func:`~sparse_engine.nn.recurrence.projected_lstm`; no fused steps, no growth by gradient).
 Every module has ``.proj_size`` (0 without a projection), as ``nn.RNNBase``.
 
+``recompute_every=k`` (default None; also the attribute, read at each forward): keep the state
+(h, and c for an LSTM) only every k steps and recompute each segment of k steps in the backward,
+from its kept state, with the same calls (:func:`~sparse_engine.nn.recurrence.recomputes`): the
+saved activations are O(T/k + k) steps instead of O(T) (an LSTM keeps h, c and 4 gates a step),
+for one more forward's time; gradients identical bit for bit on the CPU. For layers whose
+activations do not fit (hidden 10^5-10^6 units; :mod:`sparse_engine.nn.memory` predicts a step's
+peak and picks k for a budget). Not with ``proj_size`` or ``compute='dense'`` (ValueError); it
+keeps ``compute='auto'`` on the sparse path.
+
 ``compute=`` ('auto' | 'sparse' | 'dense'; default None: the global default, 'auto'): the sparse
 kernels, or torch's own dense recurrence (``torch.lstm``, ...; the GRU fused on the CPU) on the
 weights written into dense matrices kept between forwards, under a memory budget; see
@@ -84,9 +93,9 @@ from .products import weight_args  # noqa: F401  (its old home)
 from .recurrence import Config, RecordsGradFactors, batch_rows, projected_lstm, recurrence
 from .sequences import (caller_layout, check_input_dtype, check_not_packed, inverse_permutation, packed_positions,
                         time_major)
-from .weights import (EMPTY, SELECTIONS, check_positive_int, fill_dense, load_dense, make_bias,  # noqa: F401
-                      make_weight, nonzero_masks, refuse_dense_weights, reset_weights, resolve_density, sparse_flags,
-                      sparsify)
+from .weights import (EMPTY, SELECTIONS, check_positive_int, check_recompute_every, fill_dense, load_dense,  # noqa
+                      make_bias, make_weight, nonzero_masks, refuse_dense_weights, reset_weights, resolve_density,
+                      sparse_flags, sparsify)
 
 __all__ = ["SparseRNN", "SparseLSTM", "SparseGRU", "SparseRNNBase"]
 
@@ -105,11 +114,15 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
     compute = None
     #: size of h with a projection (LSTM only, as ``nn.LSTM``); 0: none
     proj_size = 0
+    #: keep the state every k steps and recompute the rest in the backward (see the module
+    #: docstring); None: keep every step. This default for modules pickled before the setting existed
+    recompute_every = None
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
                  *, density: float | None = None, epsilon: float | None = None, sparse: str = "both",
-                 fused: bool = True, compute: str | None = None, device=None, dtype=None):
+                 fused: bool = True, compute: str | None = None, recompute_every: int | None = None,
+                 device=None, dtype=None):
         super().__init__()
         check_positive_int("input_size", input_size)
         check_positive_int("hidden_size", hidden_size)
@@ -130,6 +143,13 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
         self.dropout = float(dropout)
         self.sparse = sparse
         self.fused = bool(fused)
+        self.recompute_every = check_recompute_every(recompute_every)
+        if recompute_every is not None and compute == "dense":
+            raise ValueError("recompute_every needs the sparse compute path: torch's dense recurrence "
+                             "(compute='dense') keeps every step")
+        if recompute_every is not None and proj_size:
+            raise ValueError("recompute_every is not available with proj_size (the projected LSTM runs under "
+                             "plain autograd; wrap it in torch.utils.checkpoint instead)")
         sp_ih, sp_hh = sparse_flags(sparse)
         dtype = dtype or torch.get_default_dtype()
         G = GATES[mode] * hidden_size
@@ -311,7 +331,8 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
                 w_ih, w_hh = getattr(self, "weight_ih" + sfx), getattr(self, "weight_hh" + sfx)
                 b_ih = getattr(self, "bias_ih" + sfx) if self.bias else None
                 b_hh = getattr(self, "bias_hh" + sfx) if self.bias else None
-                cfg = Config(self.mode, self.hidden_size, B, T, bool(d), fused=self.fused)
+                cfg = Config(self.mode, self.hidden_size, B, T, bool(d), fused=self.fused,
+                             recompute_every=check_recompute_every(self.recompute_every))
                 if self.proj_size:
                     if self.record_grad_factors:
                         raise ValueError("growth by gradient (record_grad_factors) is not available with "
@@ -336,9 +357,10 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
         """This forward materialises the weights (:mod:`sparse_engine.nn.compute`): the module's
         ``compute`` setting says so, not recording gradient factors, not under autocast (where
         the sparse recurrence keeps the parameters' precision, see ``recurrence``), not while
-        ``torch.compile`` traces (dynamo does not trace torch's RNN modules: a graph break)."""
+        ``torch.compile`` traces (dynamo does not trace torch's RNN modules: a graph break), not
+        when ``recompute_every`` is set (an option of the sparse recurrence only)."""
         if (self.record_grad_factors or torch.is_autocast_enabled(ref.device.type)
-                or torch.compiler.is_compiling()):
+                or torch.compiler.is_compiling() or self.recompute_every is not None):
             return False
         if weights is None:
             weights = [getattr(self, n) for n in self._flat_weights_names]
@@ -460,7 +482,8 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
             if getattr(self, attr) != default:
                 s += f", {attr}={getattr(self, attr)}"
         return (s + f", sparse={self.sparse!r}" + ("" if self.fused else ", fused=False")
-                + ("" if self.compute is None else f", compute={self.compute!r}"))
+                + ("" if self.compute is None else f", compute={self.compute!r}")
+                + ("" if self.recompute_every is None else f", recompute_every={self.recompute_every}"))
 
 
 class SparseRNN(SparseRNNBase):
