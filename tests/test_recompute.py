@@ -298,3 +298,38 @@ def test_segments_cover_every_step_once():
     assert recomputes(Config("CTRNN", 4, 2, 5, unfolds=3, recompute_every=14), cells["CTRNN"]) == 14
     assert recomputes(Config("CTRNN", 4, 2, 5, unfolds=3, recompute_every=15), cells["CTRNN"]) == 0
     assert recomputes(Config("GRU", 4, 2, 5), cells["GRU"]) == 0
+
+
+# ------------------------------------------------------------- final state only
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])
+@pytest.mark.parametrize("k", [None, 2])
+def test_final_state_is_forwards_without_the_output(mode, k):
+    """``final_state`` gives forward's final states and the same gradients (two layers, both
+    directions), and a recomputed run then makes no output sequence at all."""
+    m = build(mode, num_layers=2, bidirectional=True, recompute_every=k)
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(7, 3, 4, generator=g)
+    w = torch.randn(4, 3, 9, generator=g)
+
+    def run(final):
+        m.zero_grad()
+        xx = x.clone().requires_grad_()
+        h = m.final_state(xx) if final else m(xx)[1]
+        states = list(h) if isinstance(h, tuple) else [h]
+        sum((s * w).sum() for s in states).backward()
+        return [s.detach() for s in states] + [xx.grad] + [p.grad for p in m.parameters()]
+
+    assert_bit_equal(run(True), run(False))
+    made = []
+    real = torch.Tensor.new_empty
+    T, H, B = 7, 9, 3
+
+    def spy(t, *size, **kw):
+        made.append(tuple(size[0]) if len(size) == 1 and isinstance(size[0], (tuple, list)) else size)
+        return real(t, *size, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.Tensor, "new_empty", spy)
+        m.final_state(x)
+    # the first layer's outputs feed the second (both directions); the second makes none when recomputing
+    assert made.count((T, H, B)) == (2 if k else 4)

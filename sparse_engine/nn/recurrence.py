@@ -95,11 +95,14 @@ class Config:
     #: None: every step's activations are kept for the backward; k: only the state every k steps,
     #: the rest recomputed in the backward (:func:`recomputes`); the modules' ``recompute_every``
     recompute_every: int | None = None
+    #: False: the caller reads only the final state (the modules' ``final_state``): Y is returned
+    #: empty, and a recomputed run never makes it
+    output: bool = True
 
     def with_index(self, idx_ih, idx_hh) -> "Config":
         """This config with the given index tensors (:func:`recurrence` fills them in)."""
         return Config(self.mode, self.hidden, self.batch, self.steps, self.reverse, idx_ih, idx_hh, self.dt,
-                      self.tau, self.unfolds, self.fused, self.recompute_every)
+                      self.tau, self.unfolds, self.fused, self.recompute_every, self.output)
 
 
 # ----------------------------------------------------------------- the Function
@@ -252,8 +255,8 @@ class Recurrence(torch.autograd.Function):
     """(cfg, X, h0, c0, w_ih, w_hh, b_ih, b_hh[, sink]) -> (Y, h_T, c_T).
 
     X (T x I x B), h0/c0 (H x B) (c0 and c_T only for LSTM: pass None, get an empty tensor),
-    Y (T x H x B) in time order also for the reverse direction (see the module docstring).
-    w_ih, w_hh: the weights' values (sparse, their index in ``cfg``) or dense matrices. ``sink``:
+    Y (T x H x B) in time order also for the reverse direction (see the module docstring), empty
+    when ``cfg.output`` is False. w_ih, w_hh: the weights' values (sparse, their index in ``cfg``) or dense matrices. ``sink``:
     None, or a dict the backward fills with the weight-gradient factors {"ih": (G, X), "hh": (G, X)}.
     """
 
@@ -274,7 +277,7 @@ class Recurrence(torch.autograd.Function):
             if bias is not None:
                 gx.add_(bias[:, None])
         k_every = recomputes(cfg, cell)
-        y = h0.new_empty(T, H, B)
+        y = h0.new_empty(T, H, B) if cfg.output or not k_every else None  # the stored run's states
         run = _Run(cfg, cell, x, w_ih, w_hh, bias, b_hh, gx, fused)
         keep = {}  # the states kept for recomputation: {s: (h_s, c_s)} at every k_every-th step
         inner, cs, acts = {}, [c0], []
@@ -290,7 +293,7 @@ class Recurrence(torch.autograd.Function):
                     cs.append(c)
                 if a is not None:
                     acts.append(a)
-            if last:
+            if last and y is not None:
                 y[t] = h
         ctx.cfg = cfg
         ctx.has_bias = b_ih is not None
@@ -310,7 +313,9 @@ class Recurrence(torch.autograd.Function):
             ctx.save_for_backward(x, w_ih, w_hh, b_hh if cell.hidden_bias else None, y, h0, *inner.values(),
                                   *(cs if cell.cell_state else ()), *acts)
         c_T = c if cell.cell_state else h.new_empty(0)
-        ctx.mark_non_differentiable(*(() if cell.cell_state else (c_T,)))
+        if not cfg.output:
+            y = h.new_empty(0)
+        ctx.mark_non_differentiable(*(() if cell.cell_state else (c_T,)), *(() if cfg.output else (y,)))
         return y, h, c_T
 
     @staticmethod
