@@ -59,7 +59,16 @@ def test_write_is_atomic(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]  # no temporary left behind
 
 
-def test_ctrl_c_during_a_save_comes_after_the_file_is_in_place(tmp_path, monkeypatch):
+@pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler for the test, as in an interactive run (a test run started in the
+    background of a non-interactive shell inherits SIGINT ignored), restored after."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_during_a_save_comes_after_the_file_is_in_place(tmp_path, monkeypatch, python_sigint):
     """SIGINT arriving while torch.save writes: the save completes (the new checkpoint loads)
     and then the KeyboardInterrupt comes, not torch's zip writer's RuntimeError (the CLI's exit
     130 test found it: one Ctrl-C in ten landed in a save)."""

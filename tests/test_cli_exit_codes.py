@@ -106,12 +106,15 @@ def test_2_bad_arguments(argv, words, checkpoint, capsys, monkeypatch):
 
 @pytest.mark.skipif(os.name != "posix", reason="SIGINT")
 def test_130_interrupted(tmp_path):
-    """Ctrl-C during training: exit code 130 and one line."""
+    """Ctrl-C during training: exit code 130 and one line. (The child gets SIGINT's default
+    disposition: a test run started in the background of a non-interactive shell ignores SIGINT,
+    and a Python started with it ignored never installs its KeyboardInterrupt handler.)"""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-m", "sparse_engine.cli", "train", "--task", "mackey-glass",
                              "--model", "rnn", "--hidden", "8", "--epochs", "1000", "--quiet", "--save", "ck.pt",
                              "--checkpoint-every", "1"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not (tmp_path / "ck.pt").exists():  # training has started: main() handles the signal
