@@ -163,19 +163,20 @@ static PyObject* parallel_work(PyObject*, PyObject*) {
   return PyLong_FromLongLong(sparse_engine::parallel_work());
 }
 
-// sparse_engine._C._set_tiling(from_bytes, panel_bytes): the cache tiling of the CPU gathers
-// (csrc/cpu/gather.h, gather_panels), for tests that run the tiled kernels on small inputs; returns
-// the bounds in force before, as (from_bytes, panel_bytes).
+// sparse_engine._C._set_tiling(from_bytes, panel_bytes, from_row_bytes): the cache tiling of the CPU
+// gathers (csrc/cpu/gather.h, gather_panels), for tests that run the tiled kernels on small inputs
+// and benchmarks that compare; returns the bounds in force before, as the same triple.
 static PyObject* set_tiling(PyObject*, PyObject* args) {
-  long long from_bytes = 0, panel_bytes = 0;
-  if (!PyArg_ParseTuple(args, "LL", &from_bytes, &panel_bytes)) return nullptr;
-  if (from_bytes < 0 || panel_bytes < 1) {
-    PyErr_SetString(PyExc_ValueError, "_set_tiling: from_bytes must be >= 0 and panel_bytes >= 1");
+  long long from_bytes = 0, panel_bytes = 0, from_row_bytes = 0;
+  if (!PyArg_ParseTuple(args, "LLL", &from_bytes, &panel_bytes, &from_row_bytes)) return nullptr;
+  if (from_bytes < 0 || panel_bytes < 1 || from_row_bytes < 0) {
+    PyErr_SetString(PyExc_ValueError, "_set_tiling: from_bytes must be >= 0, panel_bytes >= 1 and from_row_bytes >= 0");
     return nullptr;
   }
   const long long old_from = sparse_engine::kTileFromBytes.exchange(from_bytes);
   const long long old_panel = sparse_engine::kPanelBytes.exchange(panel_bytes);
-  return Py_BuildValue("(LL)", old_from, old_panel);
+  const long long old_row = sparse_engine::kTileFromRowBytes.exchange(from_row_bytes);
+  return Py_BuildValue("(LLL)", old_from, old_panel, old_row);
 }
 
 // A minimal module init so `import sparse_engine._C` loads the library (and runs the

@@ -21,17 +21,17 @@ RAW = torch.ops.sparse_engine
 @pytest.fixture
 def tiles():
     """tiles(panel_bytes): tiling from any source size in panels of panel_bytes (restored after)."""
-    before = _C._set_tiling(0, 1)
+    before = _C._set_tiling(0, 1, 0)
 
     def set_panels(panel_bytes):
-        _C._set_tiling(0, panel_bytes)
+        _C._set_tiling(0, panel_bytes, 0)
 
     yield set_panels
     _C._set_tiling(*before)
 
 
 def untiled():
-    _C._set_tiling(2**62, 2**62)
+    _C._set_tiling(2**62, 2**62, 2**62)
 
 
 def scrambled(W: SparseWeight) -> tuple:
@@ -154,6 +154,15 @@ def test_recurrent_steps_tiled_match_untiled(mode, fused, tiles, rng):
 
 def test_set_tiling_checks_its_arguments():
     with pytest.raises(ValueError, match="panel_bytes >= 1"):
-        _C._set_tiling(0, 0)
+        _C._set_tiling(0, 0, 0)
     with pytest.raises(ValueError, match="from_bytes must be >= 0"):
-        _C._set_tiling(-1, 5)
+        _C._set_tiling(-1, 5, 0)
+    with pytest.raises(ValueError, match="from_row_bytes >= 0"):
+        _C._set_tiling(0, 5, -1)
+
+
+def test_default_bounds():
+    """Tiled from 32 MiB of gathered source in 16 MiB panels, rows of at least 128 bytes."""
+    now = _C._set_tiling(0, 1, 0)
+    _C._set_tiling(*now)
+    assert now == (32 << 20, 16 << 20, 128)

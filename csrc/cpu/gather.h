@@ -457,15 +457,23 @@ inline constexpr int64_t kPrefetchFromBytes = int64_t(512) << 10;
 // product rounds differently from an untiled one (within float tolerance; every tiled call on
 // any thread count gives the same bits). float/double with B > 1 only (a 2-byte output would be
 // rounded between panels). Both bounds can be lowered for tests: sparse_engine._C._set_tiling.
+//
+// Where it pays (benchmarks/results/floor_cpu.md, 2 threads, the same run): SET-MLP's 333,333-unit
+// layer at B = 40 (51 MiB of 160-byte rows, 4 panels) spmm and spmm_t 1.47x, sddmm 1.22x faster;
+// rows of B = 20 floats (96 bytes padded) lost: 1,048,576 square at 32 per row 0.94x (spmm) and
+// 0.73x (sddmm), the LSTM step at hidden 10^6 0.58x. So rows of fewer than kTileFromRowBytes stay
+// untiled: per (row, panel) they gather too little to pay the row's pass over its output.
 inline std::atomic<int64_t> kTileFromBytes{int64_t(32) << 20};
 inline std::atomic<int64_t> kPanelBytes{int64_t(16) << 20};
+inline std::atomic<int64_t> kTileFromRowBytes{128};
 
 // How many panels the gathers from a source of src_rows rows (stride elements each) take: 1 (untiled)
-// below kTileFromBytes, for a 2-byte type and for B = 1.
+// below kTileFromBytes or kTileFromRowBytes, for a 2-byte type and for B = 1.
 template <typename S>
 inline int64_t gather_panels(int64_t src_rows, int64_t stride, int64_t B) {
-  const int64_t bytes = src_rows * stride * static_cast<int64_t>(sizeof(S));
-  if (kIsHalf<S> || B <= 1 || src_rows < 2 || bytes < kTileFromBytes.load()) return 1;
+  const int64_t row = stride * static_cast<int64_t>(sizeof(S)), bytes = src_rows * row;
+  if (kIsHalf<S> || B <= 1 || src_rows < 2 || bytes < kTileFromBytes.load() || row < kTileFromRowBytes.load())
+    return 1;
   const int64_t panel = std::max<int64_t>(1, kPanelBytes.load());
   return std::min(src_rows, (bytes + panel - 1) / panel);
 }
