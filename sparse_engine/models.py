@@ -38,12 +38,13 @@ class SequenceModel(nn.Module):
         if not isinstance(self.rnn, SparseRNNBase) or x.dim() != 3:  # SparseCTRNN, unbatched input
             out, h_n = self.rnn(x)
             return self.readout(out[..., -1, :] if self.readout_mode == "last" else out)
+        if self.readout_mode == "last":  # the last step's output is the last layer's final state (one direction):
+            h_n = self.rnn.final_state(x)  # no output sequence made
+            h_n = h_n[0] if isinstance(h_n, tuple) else h_n
+            return self.readout(h_n[-1])
         # the sparse modules' output as the recurrence computed it, step-major (T, H, B): the whole
         # sequence is never transposed to torch's layout, forward or backward
         y, h_n = self.rnn.step_major(x)
-        if self.readout_mode == "last":  # the last step's output is the last layer's final state (one direction)
-            h_n = h_n[0] if isinstance(h_n, tuple) else h_n
-            return self.readout(h_n[-1])
         w = self.readout.weight.expand(y.shape[0], -1, -1)  # bmm, not matmul: that would transpose y
         out = torch.baddbmm(self.readout.bias[:, None], w, y)  # (T, n_out, B), per step
         return out.permute(2, 0, 1)  # (B, T, n_out), batch-first as the input

@@ -5,7 +5,9 @@ A checkpoint is one ``torch.save`` file holding the model's and (optionally) the
 directory (``.<name>.<pid>-<random>.tmp``, created with the user's umask like any new file),
 flushed to disk and renamed over the target, so a crash never leaves a torn file. A writer
 killed mid-save (``kill -9``, power loss) leaves only its temporary behind; the next save of the
-same checkpoint deletes such orphans (those of processes that are gone).
+same checkpoint deletes such orphans (those of processes that are gone). Ctrl-C (SIGINT) during a
+save is held back until the file is in place and raised then: ``torch.save`` interrupted half-way
+fails in its zip writer's cleanup with a RuntimeError that hides the interrupt.
 Reading checks the file's CRC-32s (``torch.save`` writes a zip archive), so a truncated or
 corrupted file is refused with a ``ValueError`` naming it instead of loading wrong numbers or
 failing inside the unpickler.
@@ -13,9 +15,12 @@ Sparse weights may hold a different nnz than a freshly built model: loading resi
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
+import signal
+import threading
 import warnings
 import zipfile
 from pathlib import Path
@@ -106,21 +111,40 @@ def save_checkpoint(path, model: nn.Module, optimizer: torch.optim.Optimizer | N
     if optimizer is not None:
         payload["optimizer"] = optimizer.state_dict()
     remove_stale_temporaries(path)  # before writing: an orphan may hold the space this save needs
-    fd, tmp = _create_temporary(path)
-    _writing.add(str(tmp))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    finally:
-        _writing.discard(str(tmp))
-    _fsync_directory(path.parent)
+    with _interrupts_held():
+        fd, tmp = _create_temporary(path)
+        _writing.add(str(tmp))
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(payload, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        finally:
+            _writing.discard(str(tmp))
+        _fsync_directory(path.parent)
     return path
+
+
+@contextlib.contextmanager
+def _interrupts_held():
+    """SIGINT held back while the body runs, then raised as KeyboardInterrupt (on the main thread
+    with Python's own handler; elsewhere, and with a handler of the user's, nothing changes)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    got = []
+    signal.signal(signal.SIGINT, lambda signum, frame: got.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if got:
+        raise KeyboardInterrupt
 
 
 class CheckpointError(ValueError):

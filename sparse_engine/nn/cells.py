@@ -20,8 +20,8 @@ from ..kernels.constants import GATES
 from .products import weight_args
 from .recurrence import Config, RecordsGradFactors, batch_rows, recurrence
 from .sequences import caller_layout, check_input_dtype, check_not_packed, time_major
-from .weights import (EMPTY, check_positive_int, fill_dense, load_dense, make_bias, make_weight, nonzero_masks,
-                      refuse_dense_weights, reset_weights, sparse_flags)
+from .weights import (EMPTY, check_positive_int, check_recompute_every, fill_dense, load_dense, make_bias,
+                      make_weight, nonzero_masks, refuse_dense_weights, reset_weights, sparse_flags)
 
 __all__ = ["SparseRNNCell", "SparseLSTMCell", "SparseGRUCell", "SparseCTRNNCell", "SparseCTRNN"]
 
@@ -224,10 +224,20 @@ class SparseCTRNN(SparseCTRNNCell):
     (1, B, H), unbatched (1, H)). ``output`` holds the state after the last unfold of each input
     step. One layer, one direction; no PackedSequence (TypeError)."""
 
+    #: as SparseRNN's (:mod:`sparse_engine.nn.rnn`): the state kept every k Euler sub-steps, the
+    #: rest recomputed in the backward; None: every sub-step kept
+    recompute_every = None
+
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, batch_first: bool = False,
-                 dt: float = 0.1, tau: float = 0.5, unfolds: int = 6, **kwargs):
+                 dt: float = 0.1, tau: float = 0.5, unfolds: int = 6, *, recompute_every: int | None = None,
+                 **kwargs):
         super().__init__(input_size, hidden_size, bias, dt, tau, unfolds, **kwargs)
         self.batch_first = bool(batch_first)
+        self.recompute_every = check_recompute_every(recompute_every)
+
+    def _config(self, B: int, T: int = 1) -> Config:
+        return Config(self.mode, self.hidden_size, B, T, dt=self.dt, tau=self.tau, unfolds=self.unfolds,
+                      fused=self.fused, recompute_every=check_recompute_every(self.recompute_every))
 
     def forward(self, input, hx=None):
         check_not_packed(input, type(self).__name__)
@@ -254,4 +264,5 @@ class SparseCTRNN(SparseCTRNNCell):
         return out, (h_n if batched else h_n[:, 0])
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + (", batch_first=True" if self.batch_first else "")
+        return (super().extra_repr() + (", batch_first=True" if self.batch_first else "")
+                + ("" if self.recompute_every is None else f", recompute_every={self.recompute_every}"))

@@ -24,6 +24,12 @@ Small runs (:data:`STACK_BYTES`: big weights, small activations) instead compute
 Memory:   the saved activations are Y itself (the states are read back from it), plus LSTM's c
           and gate activations, GRU's and CT-RNN's saved activations and CT-RNN's sub-step states:
           O(T*B*gates*H), plus O(nnz); nothing is O(H^2) unless the user asked for a dense matrix.
+Recomputed (``Config.recompute_every`` k, the modules' ``recompute_every``): the forward keeps only
+          the state (h, and c for LSTM) after every k-th step (:class:`_Run` runs the steps); the
+          backward takes the segments from the last, runs each one's k steps again from its kept
+          state with the same calls on the same inputs (so the same numbers, bit for bit) and then
+          its backward steps, and drops them before the next: O(T/k + k) steps of activations
+          instead of O(T), for one more forward. Stacked runs keep their input part (gx) too.
 
 A weight is either sparse or dense (an ordinary (rows x cols) tensor); the two matrices of a
 layer are chosen independently (``sparse='both'|'recurrent'|'input'``). The modules hand each
@@ -86,11 +92,17 @@ class Config:
     #: the fused step ops where they apply (:func:`~sparse_engine.nn.cell_table.fused_steps`), else
     #: the composed step; the modules' ``fused`` setting
     fused: bool = True
+    #: None: every step's activations are kept for the backward; k: only the state every k steps,
+    #: the rest recomputed in the backward (:func:`recomputes`); the modules' ``recompute_every``
+    recompute_every: int | None = None
+    #: False: the caller reads only the final state (the modules' ``final_state``): Y is returned
+    #: empty, and a recomputed run never makes it
+    output: bool = True
 
     def with_index(self, idx_ih, idx_hh) -> "Config":
         """This config with the given index tensors (:func:`recurrence` fills them in)."""
         return Config(self.mode, self.hidden, self.batch, self.steps, self.reverse, idx_ih, idx_hh, self.dt,
-                      self.tau, self.unfolds, self.fused)
+                      self.tau, self.unfolds, self.fused, self.recompute_every, self.output)
 
 
 # ----------------------------------------------------------------- the Function
@@ -174,12 +186,77 @@ class _States:
         return self.y[self.order[k // self.U - 1]]
 
 
+def recomputes(cfg: Config, cell) -> int:
+    """The recomputation interval k of a run (``cfg.recompute_every``), or 0 when every step's
+    activations are kept: asked for none, or k not below the run's steps (one segment of all the
+    steps would keep as much as storing them)."""
+    k = cfg.recompute_every
+    return 0 if k is None or k >= cfg.steps * cell.unfolds(cfg) else k
+
+
+class _Run:
+    """The forward's steps of one run, from any step on: the forward runs them all, the backward
+    of a recomputed run one segment at a time, with the same calls on the same inputs (the same
+    numbers, bit for bit)."""
+
+    def __init__(self, cfg: Config, cell, x, w_ih, w_hh, bias, b_hh, gx, fused: bool):
+        self.cfg, self.cell, self.x, self.w_ih, self.w_hh, self.bias, self.gx = cfg, cell, x, w_ih, w_hh, bias, gx
+        self.step, _ = cell.steps(fused)
+        self.U = cell.unfolds(cfg)
+        self.tail = ((b_hh,) if cell.hidden_bias else ()) + cell.params(cfg)
+        self.order = range(cfg.steps - 1, -1, -1) if cfg.reverse else range(cfg.steps)
+
+    def steps(self, lo: int, hi: int, h, c):
+        """Steps lo .. hi-1 (processing order, CT-RNN sub-steps counted) from the state (h, c)
+        before step lo: yields (s, input step t, whether s ends t, (h', c', saved activations))."""
+        cfg, cell, B, U = self.cfg, self.cell, self.cfg.batch, self.U
+        g = None
+        for s in range(lo, hi):
+            t, u = self.order[s // U], s % U
+            if g is None or u == 0:  # the input part of input step t, once for its sub-steps
+                g = self.gx[:, t * B:(t + 1) * B] if self.gx is not None else \
+                    _input_part(self.w_ih, cfg.idx_ih, self.x[t], self.bias)
+            h, c, a = cell.forward_step(self.step, self.w_hh, cfg.idx_hh, g, h, c, self.tail)
+            yield s, t, u == U - 1, (h, c, a)
+
+
+def _stored(ctx, cell, y, h0, rest, order, U):
+    """The backward's buffers of a run that kept every step: one segment of all the steps, the
+    states read back from Y (no second copy), the c's and activations as saved."""
+    n_inner = len(ctx.inner_keys)
+    inner = dict(zip(ctx.inner_keys, rest[:n_inner]))
+    cs, acts = rest[n_inner:n_inner + ctx.n_c], rest[n_inner + ctx.n_c:]
+    return [(0, ctx.cfg.steps * U, {"h": _States(h0, y, inner, order, U), "c": cs, "acts": acts})]
+
+
+def _recomputed(ctx, cell, x, w_ih, w_hh, b_hh, h0, rest):
+    """The backward's buffers of a recomputed run, segment by segment from the last: each one's
+    states, c's and activations computed again from the state kept at its start, alive while
+    that segment's backward runs (the loop drops them before asking for the next)."""
+    cfg = ctx.cfg
+    c0, bias, gx, *kept = rest
+    n = len(ctx.kept)
+    starts = {0: (h0, c0)}
+    for j, s in enumerate(ctx.kept):
+        starts[s] = (kept[j], kept[n + j] if cell.cell_state else None)
+    run = _Run(cfg, cell, x, w_ih, w_hh, bias, b_hh, gx, ctx.fused)
+    S, k = cfg.steps * run.U, recomputes(cfg, cell)
+    for lo in range(((S - 1) // k) * k, -1, -k):
+        hi = min(lo + k, S)
+        h, c = starts.pop(lo)
+        hs, cs, acts = {lo: h}, {lo: c}, {}
+        for s, _, _, (h, c, a) in run.steps(lo, hi, h, c):
+            hs[s + 1], cs[s + 1], acts[s] = h, c, a
+        yield lo, hi, {"h": hs, "c": cs, "acts": acts}
+        del hs, cs, acts
+
+
 class Recurrence(torch.autograd.Function):
     """(cfg, X, h0, c0, w_ih, w_hh, b_ih, b_hh[, sink]) -> (Y, h_T, c_T).
 
     X (T x I x B), h0/c0 (H x B) (c0 and c_T only for LSTM: pass None, get an empty tensor),
-    Y (T x H x B) in time order also for the reverse direction (see the module docstring).
-    w_ih, w_hh: the weights' values (sparse, their index in ``cfg``) or dense matrices. ``sink``:
+    Y (T x H x B) in time order also for the reverse direction (see the module docstring), empty
+    when ``cfg.output`` is False. w_ih, w_hh: the weights' values (sparse, their index in ``cfg``) or dense matrices. ``sink``:
     None, or a dict the backward fills with the weight-gradient factors {"ih": (G, X), "hh": (G, X)}.
     """
 
@@ -193,41 +270,52 @@ class Recurrence(torch.autograd.Function):
             bias = b_ih if cell.hidden_bias or b_hh is None else b_ih + b_hh
         fused, fused_backward = fused_steps(cfg, w_hh)
         stacked = stacks(cfg, cell, h0)
+        gx = None
         if stacked:  # the input part of all steps as one product, (G*H, T*B); step t reads its
             # B columns where they are (the CPU step kernel takes a row stride): no step-major copy
             gx = mm(w_ih, cfg.idx_ih, _to_cols(x))
             if bias is not None:
                 gx.add_(bias[:, None])
-        step, _ = cell.steps(fused)
-        idx, U = cfg.idx_hh, cell.unfolds(cfg)
-        tail = ((b_hh,) if cell.hidden_bias else ()) + cell.params(cfg)
-        order = range(T - 1, -1, -1) if cfg.reverse else range(T)
-        y = h0.new_empty(T, H, B)
+        k_every = recomputes(cfg, cell)
+        y = h0.new_empty(T, H, B) if cfg.output or not k_every else None  # the stored run's states
+        run = _Run(cfg, cell, x, w_ih, w_hh, bias, b_hh, gx, fused)
+        keep = {}  # the states kept for recomputation: {s: (h_s, c_s)} at every k_every-th step
         inner, cs, acts = {}, [c0], []
-        h, c, k = h0, c0, 0
-        for t in order:
-            g = gx[:, t * B:(t + 1) * B] if stacked else _input_part(w_ih, cfg.idx_ih, x[t], bias)
-            for u in range(U):
-                h, c, a = cell.forward_step(step, w_hh, idx, g, h, c, tail)
-                k += 1
-                if u < U - 1:
-                    inner[k] = h
+        h, c = h0, c0
+        for s, t, last, (h, c, a) in run.steps(0, T * run.U, h0, c0):
+            if k_every:
+                if (s + 1) % k_every == 0 and s + 1 < T * run.U:
+                    keep[s + 1] = (h, c)
+            else:
+                if not last:
+                    inner[s + 1] = h
                 if cell.cell_state:
                     cs.append(c)
                 if a is not None:
                     acts.append(a)
-            y[t] = h
+            if last and y is not None:
+                y[t] = h
         ctx.cfg = cfg
         ctx.has_bias = b_ih is not None
         ctx.sink = sink
+        ctx.fused = fused
         ctx.fused_backward = fused_backward
         ctx.stacked = stacked
-        ctx.inner_keys = tuple(inner)
-        ctx.n_c = len(cs) if cell.cell_state else 0
-        ctx.save_for_backward(x, w_ih, w_hh, b_hh if cell.hidden_bias else None, y, h0, *inner.values(),
-                              *(cs if cell.cell_state else ()), *acts)
+        if k_every:  # x, the weights, h0 (c0), the kept states; the stacked input part (small runs)
+            ctx.kept = tuple(keep)
+            ctx.save_for_backward(x, w_ih, w_hh, b_hh if cell.hidden_bias else None, None, h0, c0, bias, gx,
+                                  *(h_ for h_, _ in keep.values()),
+                                  *(c_ for _, c_ in keep.values() if cell.cell_state))
+        else:
+            ctx.kept = None
+            ctx.inner_keys = tuple(inner)
+            ctx.n_c = len(cs) if cell.cell_state else 0
+            ctx.save_for_backward(x, w_ih, w_hh, b_hh if cell.hidden_bias else None, y, h0, *inner.values(),
+                                  *(cs if cell.cell_state else ()), *acts)
         c_T = c if cell.cell_state else h.new_empty(0)
-        ctx.mark_non_differentiable(*(() if cell.cell_state else (c_T,)))
+        if not cfg.output:
+            y = h.new_empty(0)
+        ctx.mark_non_differentiable(*(() if cell.cell_state else (c_T,)), *(() if cfg.output else (y,)))
         return y, h, c_T
 
     @staticmethod
@@ -243,15 +331,12 @@ class Recurrence(torch.autograd.Function):
         cfg = ctx.cfg
         cell, H, B, T = CELLS[cfg.mode], cfg.hidden, cfg.batch, cfg.steps
         x, w_ih, w_hh, b_hh, y, h0, *rest = ctx.saved_tensors
-        n_inner = len(ctx.inner_keys)
-        inner = dict(zip(ctx.inner_keys, rest[:n_inner]))
-        cs, acts = rest[n_inner:n_inner + ctx.n_c], rest[n_inner + ctx.n_c:]
         need = ctx.needs_input_grad  # (cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
         _, step_backward = cell.steps(ctx.fused_backward)
         idx, U, params = cfg.idx_hh, cell.unfolds(cfg), cell.params(cfg)
         order = list(range(T - 1, -1, -1)) if cfg.reverse else list(range(T))
-        states = _States(h0, y, inner, order, U)
-        bufs = {"h": states, "c": cs, "acts": acts}
+        segments = _recomputed(ctx, cell, x, w_ih, w_hh, b_hh, h0, rest) if ctx.kept is not None else \
+            _stored(ctx, cell, y, h0, rest, order, U)
         dh = h0.new_zeros(H, B) if dh_T is None else dh_T
         dc = None
         if cell.cell_state:
@@ -272,30 +357,35 @@ class Recurrence(torch.autograd.Function):
             if bias_grads:
                 d_b_ih = h0.new_zeros(cell.gates * H)
                 d_b_hh = h0.new_zeros(cell.gates * H)
-        for s in range(T * U - 1, -1, -1):
-            t = order[s // U]
-            if s % U == U - 1 and dy is not None:
-                dh = dh + dy[t]
-            dG_x, dG, dh, dc = cell.backward_step(step_backward, w_hh, idx, cell.saved_at(s, bufs), dh, dc, params,
-                                                  w_hh_t)
-            if stacked:
-                dgh_s[s] = dG
-                dgx_t[t] = dG_x if dgx_t[t] is None else dgx_t[t] + dG_x
-                continue
-            x_t = x[t]
-            if d_w_hh is not None:
-                _wgrad_into(d_w_hh, idx, dG, states[s])
-            if d_w_ih is not None:
-                _wgrad_into(d_w_ih, cfg.idx_ih, dG_x, x_t)
-            if d_x is not None:
-                d_x[t] += mm_t(w_ih, cfg.idx_ih, dG_x, w_ih_t)
-            if bias_grads:
-                g_sum = dG.sum(1)
-                d_b_hh += g_sum
-                d_b_ih += g_sum if dG_x is dG else dG_x.sum(1)
+        states_all = [None] * (T * U) if stacked else None  # the stacked wgrad's states, in step order
+        for lo, hi, bufs in segments:  # from the last steps to the first
+            states = bufs["h"]
+            for s in range(hi - 1, lo - 1, -1):
+                t = order[s // U]
+                if s % U == U - 1 and dy is not None:
+                    dh = dh + dy[t]
+                dG_x, dG, dh, dc = cell.backward_step(step_backward, w_hh, idx, cell.saved_at(s, bufs), dh, dc,
+                                                      params, w_hh_t)
+                if stacked:
+                    dgh_s[s] = dG
+                    dgx_t[t] = dG_x if dgx_t[t] is None else dgx_t[t] + dG_x
+                    states_all[s] = states[s]
+                    continue
+                x_t = x[t]
+                if d_w_hh is not None:
+                    _wgrad_into(d_w_hh, idx, dG, states[s])
+                if d_w_ih is not None:
+                    _wgrad_into(d_w_ih, cfg.idx_ih, dG_x, x_t)
+                if d_x is not None:
+                    d_x[t] += mm_t(w_ih, cfg.idx_ih, dG_x, w_ih_t)
+                if bias_grads:
+                    g_sum = dG.sum(1)
+                    d_b_hh += g_sum
+                    d_b_ih += g_sum if dG_x is dG else dG_x.sum(1)
+            del bufs, states  # a recomputed segment's buffers go before the next one is made
         if stacked:  # one product per weight over all T*B columns (dL/dW = G X^T), X in G's column order
             g_ih, x_ih = _to_cols(torch.stack(dgx_t)), _to_cols(x)
-            g_hh, x_hh = _to_cols(torch.stack(dgh_s)), _to_cols(torch.stack([states[k] for k in range(T * U)]))
+            g_hh, x_hh = _to_cols(torch.stack(dgh_s)), _to_cols(torch.stack(states_all))
             if need[1]:
                 d_x = mm_t(w_ih, cfg.idx_ih, g_ih).view(x.shape[1], T, B).permute(1, 0, 2).contiguous()
             d_w_ih = wgrad(cfg.idx_ih, g_ih, x_ih) if need[4] else None

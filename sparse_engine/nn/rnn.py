@@ -33,8 +33,9 @@ unbatched ``(T, I)`` whatever ``batch_first`` says, giving ``(T, D*H)``; states 
 torch's, a batch-first output is the transposed view of the time-major one (not contiguous).
 ``module.step_major(input, hx)`` returns ``forward``'s output before its transposition to torch's
 layout, step-major ``(T, D*H, B)`` (features x batch per step, the kernels' layout), and its final
-states: a model that reads only the final states or applies its own product per step (the readout
-of ``SequenceModel``) skips a T x B x H copy forward and backward.
+states: a model that applies its own product per step (the readout of ``SequenceModel``) skips a
+T x B x H copy forward and backward. ``module.final_state(input, hx)`` returns only the final
+states, and the last layer makes no output sequence (a classifier reading the last step).
 
 Each layer-direction runs as one :class:`~sparse_engine.nn.recurrence.Recurrence` (see there
 for the kernel schedule), handed its weights as the module holds them
@@ -50,6 +51,15 @@ h_0/h_n are (num_layers*D, B, proj_size) while c_0/c_n keep hidden_size. On the 
 projected layer is composed from the differentiable products under plain autograd
 (:func:`~sparse_engine.nn.recurrence.projected_lstm`; no fused steps, no growth by gradient).
 Every module has ``.proj_size`` (0 without a projection), as ``nn.RNNBase``.
+
+``recompute_every=k`` (default None; also the attribute, read at each forward): keep the state
+(h, and c for an LSTM) only every k steps and recompute each segment of k steps in the backward,
+from its kept state, with the same calls (:func:`~sparse_engine.nn.recurrence.recomputes`): the
+saved activations are O(T/k + k) steps instead of O(T) (an LSTM keeps h, c and 4 gates a step),
+for one more forward's time; gradients identical bit for bit on the CPU. For layers whose
+activations do not fit (hidden 10^5-10^6 units; :mod:`sparse_engine.nn.memory` predicts a step's
+peak and picks k for a budget). Not with ``proj_size`` or ``compute='dense'`` (ValueError); it
+keeps ``compute='auto'`` on the sparse path.
 
 ``compute=`` ('auto' | 'sparse' | 'dense'; default None: the global default, 'auto'): the sparse
 kernels, or torch's own dense recurrence (``torch.lstm``, ...; the GRU fused on the CPU) on the
@@ -84,9 +94,9 @@ from .products import weight_args  # noqa: F401  (its old home)
 from .recurrence import Config, RecordsGradFactors, batch_rows, projected_lstm, recurrence
 from .sequences import (caller_layout, check_input_dtype, check_not_packed, inverse_permutation, packed_positions,
                         time_major)
-from .weights import (EMPTY, SELECTIONS, check_positive_int, fill_dense, load_dense, make_bias,  # noqa: F401
-                      make_weight, nonzero_masks, refuse_dense_weights, reset_weights, resolve_density, sparse_flags,
-                      sparsify)
+from .weights import (EMPTY, SELECTIONS, check_positive_int, check_recompute_every, fill_dense, load_dense,  # noqa
+                      make_bias, make_weight, nonzero_masks, refuse_dense_weights, reset_weights, resolve_density,
+                      sparse_flags, sparsify)
 
 __all__ = ["SparseRNN", "SparseLSTM", "SparseGRU", "SparseRNNBase"]
 
@@ -105,11 +115,15 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
     compute = None
     #: size of h with a projection (LSTM only, as ``nn.LSTM``); 0: none
     proj_size = 0
+    #: keep the state every k steps and recompute the rest in the backward (see the module
+    #: docstring); None: keep every step. This default for modules pickled before the setting existed
+    recompute_every = None
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
                  *, density: float | None = None, epsilon: float | None = None, sparse: str = "both",
-                 fused: bool = True, compute: str | None = None, device=None, dtype=None):
+                 fused: bool = True, compute: str | None = None, recompute_every: int | None = None,
+                 device=None, dtype=None):
         super().__init__()
         check_positive_int("input_size", input_size)
         check_positive_int("hidden_size", hidden_size)
@@ -130,6 +144,13 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
         self.dropout = float(dropout)
         self.sparse = sparse
         self.fused = bool(fused)
+        self.recompute_every = check_recompute_every(recompute_every)
+        if recompute_every is not None and compute == "dense":
+            raise ValueError("recompute_every needs the sparse compute path: torch's dense recurrence "
+                             "(compute='dense') keeps every step")
+        if recompute_every is not None and proj_size:
+            raise ValueError("recompute_every is not available with proj_size (the projected LSTM runs under "
+                             "plain autograd; wrap it in torch.utils.checkpoint instead)")
         sp_ih, sp_hh = sparse_flags(sparse)
         dtype = dtype or torch.get_default_dtype()
         G = GATES[mode] * hidden_size
@@ -293,10 +314,11 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
             c0 = c0.unsqueeze(1) if c0 is not None else None
         return h0, c0
 
-    def _run(self, x: torch.Tensor, h0: torch.Tensor, c0, sink):
+    def _run(self, x: torch.Tensor, h0: torch.Tensor, c0, sink, output: bool = True):
         """The whole stack on a time-major (T, B, I) ``x`` from (num_layers*D, B, H) states:
         (output step-major (T, D*H, B), h_n, c_n or None), states (num_layers*D, B, H) (h: P with
-        a projection). ``sink(suffix)`` gives each layer-direction's grad-factor sink."""
+        a projection). ``sink(suffix)`` gives each layer-direction's grad-factor sink. ``output``
+        False: the last layer computes no output sequence (None in its place; ``final_state``)."""
         is_lstm = self.mode == "LSTM"
         T, B, _ = x.shape
         D = 2 if self.bidirectional else 1
@@ -311,7 +333,9 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
                 w_ih, w_hh = getattr(self, "weight_ih" + sfx), getattr(self, "weight_hh" + sfx)
                 b_ih = getattr(self, "bias_ih" + sfx) if self.bias else None
                 b_hh = getattr(self, "bias_hh" + sfx) if self.bias else None
-                cfg = Config(self.mode, self.hidden_size, B, T, bool(d), fused=self.fused)
+                cfg = Config(self.mode, self.hidden_size, B, T, bool(d), fused=self.fused,
+                             recompute_every=check_recompute_every(self.recompute_every),
+                             output=output or layer < self.num_layers - 1)
                 if self.proj_size:
                     if self.record_grad_factors:
                         raise ValueError("growth by gradient (record_grad_factors) is not available with "
@@ -324,6 +348,9 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
                 outs.append(y)
                 h_n.append(h_T)
                 c_n.append(c_T)
+            if not output and layer == self.num_layers - 1:
+                layer_x = None
+                break
             layer_x = outs[0] if D == 1 else torch.cat(outs, 1)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_x = F.dropout(layer_x, self.dropout, training=True)
@@ -336,9 +363,10 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
         """This forward materialises the weights (:mod:`sparse_engine.nn.compute`): the module's
         ``compute`` setting says so, not recording gradient factors, not under autocast (where
         the sparse recurrence keeps the parameters' precision, see ``recurrence``), not while
-        ``torch.compile`` traces (dynamo does not trace torch's RNN modules: a graph break)."""
+        ``torch.compile`` traces (dynamo does not trace torch's RNN modules: a graph break), not
+        when ``recompute_every`` is set (an option of the sparse recurrence only)."""
         if (self.record_grad_factors or torch.is_autocast_enabled(ref.device.type)
-                or torch.compiler.is_compiling()):
+                or torch.compiler.is_compiling() or self.recompute_every is not None):
             return False
         if weights is None:
             weights = [getattr(self, n) for n in self._flat_weights_names]
@@ -375,7 +403,16 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
             raise TypeError("step_major does not take a PackedSequence; call the module")
         return self._forward_once(input, hx, step_major=True)
 
-    def _forward_once(self, input, hx, step_major: bool):
+    def final_state(self, input, hx=None):
+        """The final states of ``forward(input, hx)`` (h_n, or (h_n, c_n) for an LSTM), same values
+        and gradients, without the last layer's output sequence: for a model that reads only the
+        last step (a classifier), a recomputed run (``recompute_every``) then never holds its
+        T x H x B output (at hidden 10^6 and B=20, 80 MB a step). No PackedSequence."""
+        if isinstance(input, PackedSequence):
+            raise TypeError("final_state does not take a PackedSequence; call the module")
+        return self._forward_once(input, hx, step_major=True, output=False)[1]
+
+    def _forward_once(self, input, hx, step_major: bool, output: bool = True):
         # parametrized values (weight drop, ...) are evaluated once per forward: one dropout mask
         # for every step and every length group
         # (the matrices are read once here and handed down: nn.Module's attribute lookup is
@@ -384,10 +421,10 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
         if any(type(w) is not SparseWeight and isinstance(w, SparseWeight) and parametrize.is_parametrized(w)
                for w in weights):
             with parametrize.cached():
-                return self._forward(input, hx, step_major, weights)
-        return self._forward(input, hx, step_major, weights)
+                return self._forward(input, hx, step_major, weights, output)
+        return self._forward(input, hx, step_major, weights, output)
 
-    def _forward(self, input, hx, step_major: bool = False, weights=None):
+    def _forward(self, input, hx, step_major: bool = False, weights=None, output: bool = True):
         if weights is None:
             weights = [getattr(self, n) for n in self._flat_weights_names]
         if isinstance(input, PackedSequence):
@@ -400,7 +437,7 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
             out, h_n, c_n = self._run_dense(x, h0, c0, None, weights)  # time-major (T, B, D*H)
             out = out.permute(0, 2, 1) if step_major else caller_layout(out, self.batch_first, batched)
         else:
-            out, h_n, c_n = self._run(x, h0, c0, self._factor_sink)
+            out, h_n, c_n = self._run(x, h0, c0, self._factor_sink, output)
             if not step_major:
                 out = caller_layout(batch_rows(out), self.batch_first, batched)
         if not batched:
@@ -460,7 +497,8 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
             if getattr(self, attr) != default:
                 s += f", {attr}={getattr(self, attr)}"
         return (s + f", sparse={self.sparse!r}" + ("" if self.fused else ", fused=False")
-                + ("" if self.compute is None else f", compute={self.compute!r}"))
+                + ("" if self.compute is None else f", compute={self.compute!r}")
+                + ("" if self.recompute_every is None else f", recompute_every={self.recompute_every}"))
 
 
 class SparseRNN(SparseRNNBase):

@@ -34,6 +34,13 @@ def check_positive_int(name: str, v) -> None:
         raise ValueError(f"{name} must be a positive int, got {v!r}")
 
 
+def check_recompute_every(k) -> int | None:
+    """The modules' ``recompute_every``: None, or a positive int (ValueError naming it otherwise)."""
+    if k is not None:
+        check_positive_int("recompute_every", k)
+    return k
+
+
 def check_dropout(name: str, p) -> float:
     """``p`` as a float, or ValueError naming ``name`` unless it is a number in [0, 1)."""
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
