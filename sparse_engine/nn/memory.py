@@ -374,12 +374,14 @@ def _mode(r: _Run) -> str:
     return r.name.split(":")[0]
 
 
-def _run_forward(led: _Ledger, r: _Run, out_name: str, keep_y: bool) -> None:
-    """Recurrence.forward of one layer-direction: allocates its output ``out_name`` (Y, T x H x B)
-    and what it keeps for the backward (``<run>.acts``: LSTM's c and the saved activations, CT-RNN's
-    sub-step states; with recomputation only the checkpoint states and, stacked, gx)."""
+def _run_forward(led: _Ledger, r: _Run, out_name: str, output: bool) -> None:
+    """Recurrence.forward of one layer-direction: its output ``out_name`` (Y, T x H x B: always when
+    storing, where it holds the states; recomputing, only where ``output``: ``final_state`` makes
+    none) and what it keeps for the backward. Stored: every step's c and activations and a CT-RNN's
+    sub-step states; recomputed (``recomputes``): the states after every k-th step, the bias sum and,
+    stacked, the input part gx."""
     n, T, B, U, u, e = r.name, r.T, r.B, r.U, r.u, r.e
-    steps = T * U
+    S, c = T * U, int(_mode(r) == "LSTM")
     if r.bias and _mode(r) not in ("GRU", "CTRNN"):
         led.alloc(n + ".bias", "workspace", r.G * e)  # b_ih + b_hh
     if r.stacked:  # gx = mm(W_ih, _to_cols(x)): the input part of all steps, (G*H, T*B)
@@ -387,32 +389,30 @@ def _run_forward(led: _Ledger, r: _Run, out_name: str, keep_y: bool) -> None:
         led.temp(n + ".xpad", "workspace", r.source_pad(r.I, T * B, r.nnz_ih))
         led.alloc(n + ".gx", "activations" if r.k else "workspace", r.G * T * B * e)
         led.free(n + ".xcols")
-    led.alloc(out_name, "activations", T * u)  # y = h0.new_empty(T, H, B)
-    c_blocks = 1 if _mode(r) == "LSTM" else 0
-    per_step = (c_blocks + r.A) * u              # c' and the saved activations of a step
-    inner = (U - 1) * u * T                     # CT-RNN's sub-step states (inner)
-    if r.k is None:  # stored: every step's c and activations, kept in the Function's lists
-        led.alloc(n + ".kept", "activations", per_step * (steps - 1) + inner)
-    else:  # recomputed: the states at steps k, 2k, ... < T (h, and c for an LSTM)
-        led.alloc(n + ".ckpt", "activations", (steps - 1) // r.k * (1 + c_blocks) * u)
-        if c_blocks:
-            led.alloc(n + ".prev_c", "workspace", u)  # the step before's c, read by this one
-    led.alloc(n + ".h", "workspace", u)  # the state the last step reads
+    if r.k is None or output:
+        led.alloc(out_name, "activations", T * u)  # y = h0.new_empty(T, H, B)
+    if r.k is None:  # every step's c' and activations so far, in the Function's lists, and the
+        # sub-step states (inner), among them the one the last step reads
+        led.alloc(n + ".kept", "activations", (c + r.A) * u * (S - 1) + (U - 1) * u * T)
+        led.alloc(n + ".h", "workspace", u)  # the state the last step reads (Y has a copy)
+    else:  # the states (h, c) after steps k, 2k, ... < S; the step before's h, c and activations,
+        # still bound to the loop's variables (not again where they are a kept state)
+        led.alloc(n + ".ckpt", "activations", (S - 1) // r.k * (1 + c) * u)
+        led.alloc(n + ".h", "workspace", 0 if (S - 1) % r.k == 0 else (1 + c) * u)
+        led.alloc(n + ".prev_a", "workspace", r.A * u)
     if not r.stacked:  # _input_part: this step's W_ih x_t (+ bias), (G*H, B)
         led.alloc(n + ".g", "workspace", r.G * B * e)
         led.temp(n + ".gpad", "workspace", r.source_pad(r.I, B, r.nnz_ih))
-    keep = [(n + ".hT", u)] + ([(n + ".cT", u)] if c_blocks else []) + ([(n + ".a", r.A * u)] if r.A else [])
+    keep = [(n + ".hT", u)] + ([(n + ".cT", u)] if c else []) + ([(n + ".a", r.A * u)] if r.A else [])
     _forward_step(led, r, n + ".step", keep)
-    if r.k is not None:  # a recomputing forward keeps no activations: c_T is an output, a is dropped
-        led.free(n + ".a", n + ".prev_c")
-    led.free(n + ".h", n + ".g", n + ".bias", n + ".xcols")
-    if not r.k:
-        led.free(n + ".gx")  # the stacked input part dies with the forward (kept when recomputing)
-    if not keep_y and r.k is not None:
-        led.free(out_name)  # not saved: nobody reads Y
+    led.free(n + ".h", n + ".g", n + ".prev_a")
+    if r.k is None:
+        led.free(n + ".bias", n + ".gx")  # they die with the forward when every step is kept
+    else:
+        led.free(n + ".a")  # the last step's activations, dropped when the forward returns
 
 
-def _run_backward(led: _Ledger, r: _Run, y_name: str, dy: str | None, dx_name: str) -> None:
+def _run_backward(led: _Ledger, r: _Run, dy: str | None, dx_name: str) -> None:
     """Recurrence.backward of one layer-direction, then the release of what it kept; its
     gradients land as ``gradients`` and its input's gradient as ``dx_name`` (when needed)."""
     n, T, B, U, u, e, G, I = r.name, r.T, r.B, r.U, r.u, r.e, r.G, r.I
@@ -435,17 +435,29 @@ def _run_backward(led: _Ledger, r: _Run, y_name: str, dy: str | None, dx_name: s
         if r.bias:
             led.alloc(n + ".db_ih", "gradients", G * e)
             led.alloc(n + ".db_hh", "gradients", G * e)
-    if r.k is not None:  # the segment being recomputed: its states, c's and activations, as stored
-        seg = min(r.k, steps)
-        led.alloc(n + ".segment", "activations", seg * u * (1 + c + r.A))
-        if r.stacked:  # the states of every segment, for the one sddmm of W_hh over all T*B columns
-            led.alloc(n + ".states", "activations", (steps - seg) * u)
     dgx = 3 * u if gru else 0                  # GRU's input-side gate gradient, apart from dG
-    if r.stacked:  # every step's gate gradients, kept for one product per weight at the end (the
-        # last one is also the one still bound to dG); a CT-RNN's sums per input step beside them
-        led.alloc(n + ".dGs", "workspace", (steps - 1) * (G * B * e + dgx) + (T - 1) * G * B * e * (U > 1))
-    else:
-        led.alloc(n + ".dG", "workspace", G * B * e + dgx)   # the previous step's, still bound
+    dG_step = G * B * e + dgx
+    sums = G * B * e if U > 1 else 0           # a CT-RNN's dG summed per input step (stacked)
+    if r.k is not None:  # _recomputed: the segments from the last; the first, [0, k), comes last, with
+        # the most beside it: stacked, the gate gradients of the steps after it and the states the
+        # other segments made again (states_all keeps each one's but its first, a kept state)
+        k, m = r.k, (steps - 1) // r.k
+        if r.stacked:
+            led.alloc(n + ".dGs", "workspace", (steps - k) * dG_step + (T - -(-k // U)) * sums)
+            led.alloc(n + ".states", "activations", (steps - k - m) * u)
+        # the segment run again: k - 1 steps' h, c and activations in its dicts, then the last one
+        led.alloc(n + ".segment", "activations", (k - 1) * (1 + c + r.A) * u)
+        if not r.stacked:
+            led.alloc(n + ".seg_g", "workspace", G * B * e)
+        _forward_step(led, r, n + ".seg_step", [(n + ".seg_last", (1 + c + r.A) * u)])
+        led.free(n + ".seg_g")
+        if r.stacked:  # then its backward steps add theirs
+            led.alloc(n + ".dGs2", "workspace", (k - 1) * dG_step + (-(-k // U) - 1) * sums)
+    if r.stacked and r.k is None:  # every step's gate gradients, kept for one product per weight at
+        # the end (the last one is also the one still bound to dG); a CT-RNN's sums beside them
+        led.alloc(n + ".dGs", "workspace", (steps - 1) * dG_step + (T - 1) * sums)
+    elif not r.stacked:
+        led.alloc(n + ".dG", "workspace", dG_step)   # the previous step's, still bound
     led.temp(n + ".dh_dy", "workspace", u if dy else 0)  # dh = dh + dy[t]
     # the step backward: dG (+ GRU's dgx), dh_prev, dc_prev; the fused op's padded dG that W^T dG
     # gathers from and (CPU) GRU's / CT-RNN's ``direct``; a composed step's elementwise temporaries
@@ -468,17 +480,17 @@ def _run_backward(led: _Ledger, r: _Run, y_name: str, dy: str | None, dx_name: s
             led.temp(n + ".mm_t", "workspace", I * B * e, r.source_pad(G, B, r.nnz_ih))
         if r.bias:  # dG.sum(1) (GRU: dG_x.sum(1) too)
             led.temp(n + ".gsum", "workspace", G * e, G * e if gru else 0)
-    else:
+    if r.k is not None:  # the segment's buffers go; stacked, states_all keeps its states but the first
+        led.free(n + ".segment", n + ".seg_last")
+        if r.stacked:
+            led.alloc(n + ".states0", "activations", (r.k - 1) * u)
+    if r.stacked:
         _stacked_products(led, r, dx_name)
-    led.free(n + ".dG", n + ".dGs", n + ".dh", n + ".dc", n + ".w_hh_t", n + ".w_ih_t", n + ".segment",
-             n + ".states", n + ".gcols", n + ".xcols_b", n + ".hcols", n + ".hhcols")
-    for name in (n + ".dw_ih", n + ".dw_hh", n + ".db_ih", n + ".db_hh"):  # .grad of the values and biases
-        if led.has(name):
-            kind, size = led.live[name]
-            led.free(name)
-            led.alloc(name + ".grad", "gradients", size)
-    # the Function's saved tensors are released after its backward
-    led.free(y_name, n + ".kept", n + ".hT", n + ".cT", n + ".a", n + ".ckpt", n + ".gx")
+    led.free(n + ".dG", n + ".dGs", n + ".dGs2", n + ".dh", n + ".dc", n + ".w_hh_t", n + ".w_ih_t",
+             n + ".states", n + ".states0", n + ".gcols", n + ".xcols_b", n + ".hcols", n + ".hhcols")
+    # the Function's saved tensors are released after its backward (Y: where it saved it)
+    led.free(n + ".kept", n + ".hT", n + ".cT", n + ".a", n + ".ckpt", n + ".gx", n + ".bias",
+             *((n + ".y",) if r.k is None else ()))
 
 
 def _stacked_products(led: _Ledger, r: _Run, dx_name: str) -> None:
@@ -489,7 +501,7 @@ def _stacked_products(led: _Ledger, r: _Run, dx_name: str) -> None:
     dG_all = steps * G * B * e
     # the last step's dG joins the list: dGs now holds all of them; a CT-RNN's input steps hold the
     # sums of their sub-steps' dG (dgx_t[t] + dG_x: new tensors)
-    led.free(n + ".dG", n + ".dGs")
+    led.free(n + ".dG", n + ".dGs", n + ".dGs2")
     led.alloc(n + ".dGs", "workspace", dG_all + (steps * 3 * u if gru else 0) + (T * G * B * e if U > 1 else 0))
     # _to_cols: (S, R, B) -> (R, S*B), a copy; with B = 1 a transposed view of the stack, which the
     # kernels then copy contiguous themselves
@@ -563,7 +575,7 @@ def _runs(s: RecurrentSizes, T: int, B: int, k: int | None) -> list[_Run]:
             runs.append(_Run(f"{s.mode}:{layer}.{d}", s.input_size if layer == 0 else D * H, H, GATES[s.mode] * H,
                              SAVED_ACTS[s.mode], nnz_ih, nnz_hh, T, B, s.unfolds, e, cpu, fwd, bwd,
                              stacks(cfg, cell, ref), layer > 0 or (s.head is not None and s.head.vocab is not None),
-                             s.bias, k, s.mode != "CTRNN"))
+                             s.bias, k if k and k < T * s.unfolds else None, s.mode != "CTRNN"))
     return runs
 
 
@@ -613,8 +625,6 @@ def _check_args(s, T, B, optimizer, k):
         raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
     if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
         raise ValueError(f"recompute_every must be None or an integer >= 1, got {k!r}")
-    if k is not None and s.mode == "CTRNN":
-        raise ValueError("recompute_every applies to SparseRNN, SparseLSTM and SparseGRU, not the CT-RNN")
     entries = nnz = 0
     for i, (a, b) in enumerate(zip(s.nnz_ih, s.nnz_hh)):
         cols = s.input_size if i < s.directions else s.directions * s.hidden
@@ -623,7 +633,8 @@ def _check_args(s, T, B, optimizer, k):
                 entries += s.gates * s.hidden * c
                 nnz += w
     itemsize = torch.empty(0, dtype=s.dtype).element_size()
-    if s.mode != "CTRNN" and dense_by_sizes(s.compute, entries, nnz, itemsize, s.hidden, s.device):
+    # the modules take the sparse path when recomputing (rnn.py, _dense_now)
+    if s.mode != "CTRNN" and k is None and dense_by_sizes(s.compute, entries, nnz, itemsize, s.hidden, s.device):
         raise ValueError("this module computes on the dense path (compute='auto' takes it for small, dense enough "
                          "layers: docs/compute_paths.md), whose memory is torch's recurrence's; the model covers the "
                          "sparse path: build it with compute='sparse' (or sizes with compute='sparse')")
@@ -672,43 +683,55 @@ def predict(model, steps: int, batch: int, optimizer: str = "adam", *, recompute
         led.alloc("c0", "activations", n_states)
     led.alloc("x0", "activations", T * I0 * B * e)  # x.permute(0, 2, 1).contiguous(): (T, I, B)
     layer_in, top = {0: "x0"}, s.layers - 1
+    rec = any(r.k for r in runs)  # recomputing (k below the run's steps: else recomputes() stores)
+    # the top layer's output sequence: SequenceModel's readout of the last step asks final_state() for
+    # the final states alone (Y is then made only where it holds the stored states)
+    top_output = head is None or s.mode == "CTRNN" or head.readout == "steps"
+    # recomputing, the layer's Y is kept by nobody once the next layer has its input (the cat of the
+    # directions, the dropout's output): it lives while _run's names hold it: the list ``outs`` until
+    # the next layer starts, the variable ``y`` (the last direction's) until its first run returns
+    outs = []
     for layer in range(s.layers):
-        ys = []
-        for d in range(D):
-            y = f"y{layer}.{d}"
-            # recomputing, Y outlives the forward only where something reads it: the next layer, the readout
-            keep_y = D == 1 and (layer < top or (head is not None and head.readout == "steps"))
-            _run_forward(led, runs[layer * D + d], y, keep_y)
-            ys.append(y)
+        output = layer < top or top_output
+        led.free(*outs[:-1])
+        ys = [r.name + ".y" for r in runs[layer * D:(layer + 1) * D]]
+        for i, (r, y) in enumerate(zip(runs[layer * D:(layer + 1) * D], ys)):
+            _run_forward(led, r, y, output)
+            if not i:
+                led.free(*outs[-1:])
+        outs = []
         out = ys[0]
-        if D == 2:  # torch.cat(outs, 1): the next layer's input (each run keeps its own Y when storing)
+        if D == 2 and output:  # torch.cat(outs, 1): the next layer's input (each run keeps its Y when storing)
             out = f"cat{layer}"
             led.alloc(out, "activations", T * D * H * B * e)
-            if k is not None:
-                led.free(*ys)
+            if rec:
+                outs = ys
         if s.dropout and layer < top:  # F.dropout: a new output and the mask it is multiplied with
             # (CPU: torch's composite dropout, a mask of values; CUDA: native_dropout's bool mask)
             led.alloc(f"drop{layer}", "activations", T * D * H * B * e)
             led.alloc(f"mask{layer}", "activations", T * D * H * B * (e if s.device == "cpu" else 1))
             if D == 2:
                 led.free(out)
+            elif rec:
+                outs = ys  # saved by nobody: the mask's product keeps only the mask
             out = f"drop{layer}"
         layer_in[layer + 1] = out
     if s.mode == "CTRNN":  # h_T.t().unsqueeze(0).contiguous()
         led.alloc("h_n", "activations", n_states)
     else:  # torch.stack(h_n).transpose(1, 2).contiguous(), and c_n
         for name in ("h_n", "c_n") if s.mode == "LSTM" else ("h_n",):
-            led.temp(name + "_stack", "workspace", n_states)
             led.alloc(name, "activations", n_states)
+            led.temp(name + "_stack", "workspace", n_states)  # (live with the copy made of it)
     for r in runs:  # the runs' h_T (and, not kept when recomputing, c_T), copied into h_n / c_n
-        led.free(r.name + ".hT", *((r.name + ".cT",) if k is not None else ()))
+        led.free(r.name + ".hT", *((r.name + ".cT",) if r.k else ()))
+    led.free(*outs)
     led.free("embedded")
     top_out = layer_in[s.layers]
     if head is None or s.mode == "CTRNN":  # batch_rows: torch's (T, B, D*H) output, a 2-D transposing
         # copy_ per step (on the CPU through a 60 x 60 block buffer)
         led.alloc("out", "batch" if head is None else "activations", T * B * D * H * e)
         led.temp("transpose", "workspace", _transpose_buffer(s.device == "cpu", B * D * H, e))
-        if D == 2 or k is not None:
+        if D == 2 or rec:
             led.free(top_out)  # nobody keeps the top layer's step-major output
     if head is None:
         led.free("h_n", "c_n")  # the caller keeps the output, not the final states
@@ -720,9 +743,13 @@ def predict(model, steps: int, batch: int, optimizer: str = "adam", *, recompute
         dx = f"dx{layer}"
         for d in range(D - 1, -1, -1):
             part = dx if d == D - 1 else dx + ".other"
-            _run_backward(led, runs[layer * D + d], f"y{layer}.{d}", dy, part)
+            _run_backward(led, runs[layer * D + d], dy, part)
             led.free(dx + ".other")  # the engine adds the second direction's d_x into the first's
-        led.free(dy or "", layer_in[layer] if (layer and D == 2 and not s.dropout) else "", "x0" if not layer else "")
+        led.free(dy or "")
+        # this layer's input goes with its backward where nothing else keeps it: the copy of the batch,
+        # the cat of the two directions, or (recomputing) the layer below's Y, which its run did not save
+        if not layer or (not s.dropout and (D == 2 or rec)):
+            led.free(layer_in[layer])
         if layer and s.dropout:  # the dropout below: its output was this layer's input; grad * mask / (1 - p)
             led.free(f"drop{layer - 1}")
             if led.has(dx):
