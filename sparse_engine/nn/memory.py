@@ -739,6 +739,8 @@ def predict(model, steps: int, batch: int, optimizer: str = "adam", *, recompute
     # ------------------------------------------------------------------ backward
     led.begin("backward")
     dy = _head_backward(led, s, T, B, e)
+    if rec:
+        led.free(top_out)  # the readout of every step kept the top layer's Y; its run did not
     for layer in range(s.layers - 1, -1, -1):
         dx = f"dx{layer}"
         for d in range(D - 1, -1, -1):
@@ -800,7 +802,7 @@ def _head_backward(led: _Ledger, s: RecurrentSizes, T: int, B: int, e: int) -> s
     led.temp("loss_bwd", "workspace", n * C * e, n * C * e)
     led.free("loss_saved", "logits_rows")
     led.alloc("dlogits", "workspace", n * C * e)
-    led.alloc("readout.grad", "gradients", C * H * e + C * e)
+    led.alloc("readout.grad", "gradients", C * H * e + C * e)  # (the readout's own order aside)
     if s.mode == "CTRNN":  # the readout input's gradient (the last step's, in zeros, or every step's),
         # then _BatchRows.backward's contiguous copy of that (B, T, H) view and its step-major transpose
         led.free("dlogits", "logits", "out_rows", "out")
@@ -814,10 +816,12 @@ def _head_backward(led: _Ledger, s: RecurrentSizes, T: int, B: int, e: int) -> s
         led.temp("dh_n", "workspace", B * H * e, s.layers * D * B * H * e)
         led.free("dlogits", "logits")
         return None
-    # baddbmm(bias, W expanded over T, y): dy = W^T dlogits per step, dW per step then summed over T
-    led.temp("dW_steps", "workspace", T * C * H * e)
+    # baddbmm(bias, W expanded over T, y): dW per step and dy = W^T dlogits per step, beside the Y it
+    # saved; then the expand's backward sums dW over T
+    led.alloc("dW_steps", "workspace", T * C * H * e)
     led.alloc("dy", "workspace", T * H * B * e)
     led.free("dlogits", "logits")
+    led.free("dW_steps")
     return "dy"
 
 
