@@ -1,17 +1,18 @@
 """The memory model (sparse_engine.nn.memory) against measured peaks at scale: SparseLSTM, T=35, B=20,
 32 nonzeros per recurrent row (density 32/hidden), sparse='recurrent' (dense W_ih of 28 inputs), Adam.
 
-    python benchmarks/bench_memory_model.py                 # hidden 10,000 and 100,000
-    python benchmarks/bench_memory_model.py --huge          # and 1,000,000 (about 16 GB, minutes)
+    python benchmarks/bench_memory_model.py --recompute-every none,5   # 10,000 and 100,000: the committed table
+    python benchmarks/bench_memory_model.py --huge      # then 1,000,000 (about 16 GB with k=4, minutes), appended
 
-Each size runs three times in fresh subprocesses, two training steps each (the first builds the transposed
-index and Adam's state; the model predicts the steady step, the second), measured two ways:
+Each size runs three times in fresh subprocesses, two training steps each (the first builds the
+transposed index and Adam's state; the model predicts the steady step, the second), measured three
+ways:
 
 * resident memory: the process's peak RSS (``timing.peak_rss_bytes``) minus its RSS before the
   model was built, what the machine must have; it includes what glibc's malloc keeps or rounds and
   torch's 2 MiB alignment of large tensors (huge pages, ``runtime/threads.py``). A process's first
   training steps also make what it keeps whatever the model (OpenMP's threads, BLAS and autograd
-  buffers, code pages: about 100 MB here, the "runtime" column): a hidden-64 LSTM trains two steps
+  buffers, code pages: about 85 MB here, the "runtime" column): a hidden-64 LSTM trains two steps
   before "before" is read;
 * the same with glibc's mmap threshold fixed at 128 KiB (``GLIBC_TUNABLES``, :data:`FIXED_MMAP`): by
   default malloc raises the threshold to the largest block freed, then serves blocks below it from
@@ -38,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # sparse_engine before torch (which common imports): passive OpenMP waiting, torch's huge pages
 from sparse_engine.runtime.timing import available_memory_bytes, peak_rss_bytes, rss_bytes  # noqa: E402
-from common import markdown_table, write_result  # noqa: E402
+from common import RESULTS, markdown_table, write_result  # noqa: E402
 
 #: the hidden size of the LSTM a child trains first, for the process's one-time costs
 WARM_UP_HIDDEN = 64
@@ -70,6 +71,14 @@ def sizes(args, hidden: int, k: int | None):
 
     return RecurrentSizes.build("lstm", args.input, hidden, row_nnz=args.row_nnz, sparse="recurrent",
                                 recompute_every=k)
+
+
+def kept_rows(path: Path) -> list[list[str]]:
+    """The rows of the table in an earlier results file (none if there is no file or table)."""
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.startswith("| ")][1:]  # after the header
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
 
 
 def child(args) -> None:
@@ -131,7 +140,9 @@ def measure(args, hidden: int, k: int | None, mode: str, tunables: str | None = 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="10k,100k", help="hidden sizes (default: %(default)s)")
-    p.add_argument("--huge", action="store_true", help="also hidden 1,000,000 (about 16 GB, minutes)")
+    p.add_argument("--huge", action="store_true",
+                   help="the hidden 1,000,000 row alone (about 16 GB with recomputation, minutes), added to the rows "
+                        "already in --out")
     p.add_argument("--recompute-every", default="auto",
                    help="K, none, or auto: none where the stored run fits --budget, else the interval "
                         "recompute_for_budget picks; several, comma-separated, give a row each (default: %(default)s)")
@@ -142,6 +153,8 @@ def main() -> None:
     p.add_argument("--row-nnz", type=int, default=32, help="nonzeros per row of W_hh")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="memory_model_cpu.md")
+    p.add_argument("--append", action="store_true",
+                   help="keep the rows already in --out (e.g. add the --huge row to those of 10k and 100k)")
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)
     p.add_argument("--mode", choices=("rss", "trace"), help=argparse.SUPPRESS)
     p.add_argument("--k", type=int, help=argparse.SUPPRESS)
@@ -151,9 +164,10 @@ def main() -> None:
 
     from sparse_engine.nn.memory import parse_size, predict, recompute_for_budget
 
-    hiddens = [parse_hidden(h) for h in args.sizes.split(",")] + ([1_000_000] if args.huge else [])
+    hiddens = [1_000_000] if args.huge else [parse_hidden(h) for h in args.sizes.split(",")]
+    args.append = args.append or args.huge
     budget = parse_size(args.budget) if args.budget else available_memory_bytes()
-    rows = []
+    rows = kept_rows(RESULTS / args.out) if args.append else []
     for hidden, choice in [(h, c) for h in hiddens for c in args.recompute_every.split(",")]:
         if choice == "auto":
             k = recompute_for_budget(sizes(args, hidden, None), args.steps, args.batch, budget)[0]
