@@ -33,6 +33,7 @@
 #include <torch/library.h>
 
 #include "cpu/common.h"
+#include "cpu/gather.h"
 #include "index_check.h"
 
 // The index of a sparse operand, as the schemas below spell it.
@@ -162,12 +163,28 @@ static PyObject* parallel_work(PyObject*, PyObject*) {
   return PyLong_FromLongLong(sparse_engine::parallel_work());
 }
 
+// sparse_engine._C._set_tiling(from_bytes, panel_bytes): the cache tiling of the CPU gathers
+// (csrc/cpu/gather.h, gather_panels), for tests that run the tiled kernels on small inputs; returns
+// the bounds in force before, as (from_bytes, panel_bytes).
+static PyObject* set_tiling(PyObject*, PyObject* args) {
+  long long from_bytes = 0, panel_bytes = 0;
+  if (!PyArg_ParseTuple(args, "LL", &from_bytes, &panel_bytes)) return nullptr;
+  if (from_bytes < 0 || panel_bytes < 1) {
+    PyErr_SetString(PyExc_ValueError, "_set_tiling: from_bytes must be >= 0 and panel_bytes >= 1");
+    return nullptr;
+  }
+  const long long old_from = sparse_engine::kTileFromBytes.exchange(from_bytes);
+  const long long old_panel = sparse_engine::kPanelBytes.exchange(panel_bytes);
+  return Py_BuildValue("(LL)", old_from, old_panel);
+}
+
 // A minimal module init so `import sparse_engine._C` loads the library (and runs the
 // static registrations above) like any Python extension.
 extern "C" PyObject* PyInit__C(void) {
   static PyMethodDef methods[] = {
       {"_index_scans", index_scans, METH_NOARGS, "Index content scans run so far (csrc/index_check.h)."},
       {"_parallel_work", parallel_work, METH_NOARGS, "Work from which the CPU kernels use several threads."},
+      {"_set_tiling", set_tiling, METH_VARARGS, "Cache tiling bounds of the CPU gathers (tests); returns the old."},
       {nullptr, nullptr, 0, nullptr}};
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module_def);

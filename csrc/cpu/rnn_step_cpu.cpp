@@ -20,6 +20,7 @@
 #include <torch/library.h>
 #include <omp.h>
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 #include "common.h"
 #include "gather.h"
@@ -43,11 +44,13 @@ struct IndexPtrs {
 
 template <typename scalar_t, CellMode M>
 // hp: h padded to `stride` columns (gather.h), so each gate row is one pass with its
-// accumulators in registers whatever B is; h itself is read for the gate math.
+// accumulators in registers whatever B is; h itself is read for the gate math. pre: W_hh h
+// computed beforehand ((gates*H) x B, the cache-tiled gathers of a large h: gather.h,
+// gather_panels), or nullptr: each block's rows gathered here.
 void step_forward(IndexPtrs w, const scalar_t* values, const scalar_t* gx, int64_t gx_ld, const scalar_t* h,
                   const scalar_t* hp,
                   int64_t stride, const scalar_t* c, const scalar_t* b_hh, scalar_t* h_new, scalar_t* c_new,
-                  scalar_t* acts, int64_t H, int64_t B, double dt, double tau) {
+                  scalar_t* acts, int64_t H, int64_t B, double dt, double tau, const scalar_t* pre = nullptr) {
   constexpr int gates = cell_gates(M);
   constexpr int64_t kBlock = max_block<scalar_t>();  // batch columns per register block
   const scalar_t decay = scalar_t(1 - dt / tau), sdt = scalar_t(dt);
@@ -88,7 +91,9 @@ void step_forward(IndexPtrs w, const scalar_t* values, const scalar_t* gx, int64
     for (int q = 0; q < gates; ++q)
       for (int64_t u = 0; u < units; ++u) {
         const int64_t row = q * H + j0 + u, k0 = w.row_ptr[row], k1 = w.row_ptr[row + 1];
-        if (fetch)
+        if (pre != nullptr)
+          std::memcpy(&sums[q][u * width], pre + row * B + b0, width * sizeof(scalar_t));
+        else if (fetch)
           accumulate_at<scalar_t, true>(k0, k1, w.col_idx, values, 0, hp, stride, b0, &sums[q][u * width], nnz);
         else
           accumulate_at<scalar_t, false>(k0, k1, w.col_idx, values, 0, hp, stride, b0, &sums[q][u * width], nnz);
@@ -241,11 +246,17 @@ struct CpuStep {
     AT_DISPATCH_FLOATING_TYPES(w.values.scalar_type(), "rnn_step", [&] {
       const int64_t stride = padded_stride<scalar_t>(B);
       auto h_p = padded_batch(h_c, stride);
+      at::Tensor pre;  // a large h: W_hh h by the cache-tiled gathers first (gather.h), then the gate math
+      if (gather_panels<scalar_t>(H, stride, B) > 1) {
+        pre = at::empty({gates * H, B}, h_c.options());
+        gather_rows<scalar_t>(k.index.row_ptr, k.index.col_idx, values_c.data_ptr<scalar_t>(), nullptr,
+                              h_p.data_ptr<scalar_t>(), H, stride, nullptr, pre.data_ptr<scalar_t>(), gates * H, B);
+      }
       step_forward<scalar_t, M>(k.index, values_c.data_ptr<scalar_t>(), in.gx.data_ptr<scalar_t>(), in.gx_ld,
                                 h_c.data_ptr<scalar_t>(), h_p.data_ptr<scalar_t>(), stride,
                                 data_or_null<scalar_t>(in.c), data_or_null<scalar_t>(in.b_hh),
                                 h_new.data_ptr<scalar_t>(), data_or_null<scalar_t>(c_new),
-                                data_or_null<scalar_t>(acts), H, B, dt, tau);
+                                data_or_null<scalar_t>(acts), H, B, dt, tau, data_or_null<scalar_t>(pre));
     });
     return {h_new, c_new, acts};
   }

@@ -3,7 +3,9 @@
 // so both rows of each dot product are contiguous.
 #include <torch/library.h>
 #include <omp.h>
+#include <limits>
 #include <type_traits>
+#include <vector>
 #if defined(__AVX2__)
 #include <immintrin.h>
 #endif
@@ -145,27 +147,44 @@ constexpr int64_t sddmm_tile() { return 512 / sizeof(S); }  // 128 floats / 64 d
 
 // B: the batch columns summed; stride: the row stride of G and X (B, or B padded to whole units
 // for the generic loop, whose tiles are whole units).
+//
+// The X rows an entry gathers are cache-tiled like spmm's (gather.h, gather_panels): from a large X
+// (the states of a layer of 10^5-10^6 units) the rows are taken in panels, every row of G
+// consuming one panel before the next. Each entry's dot product is the same whichever panel
+// computes it, so the results are the same bits as untiled.
 template <typename scalar_t>
 void sddmm_rows(const int64_t* row_ptr, const int32_t* col_idx, const scalar_t* G, const scalar_t* X,
-                scalar_t* out, int64_t rows, int64_t B, int64_t stride, float* partial) {
+                scalar_t* out, int64_t rows, int64_t B, int64_t stride, float* partial, int64_t x_rows) {
   constexpr int64_t kTile = sddmm_tile<scalar_t>();
   const int64_t chunks = num_chunks(rows);
   const auto bounds = balanced_bounds(row_ptr, rows, chunks);
   const int64_t nnz = row_ptr[rows];
   const bool parallel = (nnz + rows) * B >= parallel_work();
+  const int64_t panels = gather_panels<scalar_t>(x_rows, stride, std::min(B, kTile));
+  const int64_t panel_rows = (x_rows + panels - 1) / panels;
+  std::vector<int64_t> next(panels > 1 ? rows : 0);  // per row, its first entry not done yet
   for (int64_t b0 = 0; b0 < B || b0 == 0; b0 += kTile) {
     const int64_t b1 = std::min(B, b0 + kTile);
     const int64_t tile_bytes = (b1 - b0) * static_cast<int64_t>(sizeof(scalar_t));
     const bool first = b0 == 0, last = b1 == B;
+    if (panels > 1) std::copy(row_ptr, row_ptr + rows, next.begin());
+    for (int64_t p = 0; p < panels; ++p) {
+    const int64_t end = p + 1 == panels ? std::numeric_limits<int64_t>::max() : (p + 1) * panel_rows;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(kernel_threads()) if (parallel)
     for (int64_t c = 0; c < chunks; ++c) {
       for (int64_t i = bounds[c]; i < bounds[c + 1]; ++i) {
         const scalar_t* G_i = G + i * stride;
+        int64_t k0 = row_ptr[i], k1 = row_ptr[i + 1], bound = nnz;  // bound: of the prefetch
+        if (panels > 1) {  // this panel's entries of the row: up to its first at a later panel's X row
+          int64_t k = k0 = next[i];
+          while (k < k1 && col_idx[k] < end) ++k;
+          next[i] = k1 = bound = k;
+        }
         if (B == 1) {  // one column: out[k] = G[i] X[col_k], vectorised over the entries (gathers)
           using A = acc_t<scalar_t>;
           const A g = static_cast<A>(G_i[0]);
 #pragma omp simd
-          for (int64_t k = row_ptr[i]; k < row_ptr[i + 1]; ++k)
+          for (int64_t k = k0; k < k1; ++k)
             out[k] = static_cast<scalar_t>(g * static_cast<A>(X[col_idx[k]]));
           continue;
         }
@@ -173,12 +192,12 @@ void sddmm_rows(const int64_t* row_ptr, const int32_t* col_idx, const scalar_t* 
         if constexpr (std::is_same_v<scalar_t, float>) {
           const int64_t units = (b1 - b0 + 7) / 8;
           sddmm_row_f32(G_i + b0, X + b0, stride, units, static_cast<int>(b1 - b0 - 8 * (units - 1)), col_idx,
-                        row_ptr[i], row_ptr[i + 1], nnz, tile_bytes, first, out);
+                        k0, k1, bound, tile_bytes, first, out);
           continue;
         }
 #endif
-        for (int64_t k = row_ptr[i]; k < row_ptr[i + 1]; ++k) {
-          if (k + kPrefetch < nnz) {
+        for (int64_t k = k0; k < k1; ++k) {
+          if (k + kPrefetch < bound) {
             const char* next =
                 reinterpret_cast<const char*>(X + static_cast<int64_t>(col_idx[k + kPrefetch]) * stride + b0);
             for (int64_t line = 0; line < tile_bytes; line += 64) __builtin_prefetch(next + line);
@@ -192,6 +211,7 @@ void sddmm_rows(const int64_t* row_ptr, const int32_t* col_idx, const scalar_t* 
           }
         }
       }
+    }
     }
     if (B == 0) break;
   }
@@ -226,7 +246,7 @@ at::Tensor sddmm_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, const
                              ? at::empty({s.nnz}, G.options().dtype(at::kFloat)) : at::Tensor();
     sddmm_rows<scalar_t>(row_ptr_c.data_ptr<int64_t>(), col_idx_c.data_ptr<int32_t>(), G_p.data_ptr<scalar_t>(),
                          X_p.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), s.rows, unpadded ? B : stride, stride,
-                         partial.defined() ? partial.data_ptr<float>() : nullptr);
+                         partial.defined() ? partial.data_ptr<float>() : nullptr, X.size(0));
   });
   return out;
 }
