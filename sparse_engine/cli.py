@@ -8,7 +8,8 @@
   ``mackey-glass`` (one value a line). ``--device`` picks the CPU or a CUDA GPU.
   ``--model mlp`` trains a SET-MLP instead (docs/set_mlp.md) on ``digits``, ``mnist`` or
   ``table`` (a CSV/.npz feature matrix with ``--label-column``).
-* ``bench``: the CPU operators against torch.sparse (MKL) and scipy on one shape.
+* ``bench``: the CPU operators against torch.sparse (MKL) and scipy on one shape; ``--memory``: the
+  predicted memory of a training step of a recurrent model, and the largest that fits a budget.
 * ``analyze``: signed triad census and structural balance of a recurrent matrix from a
   checkpoint, a Gephi edge-list CSV or a scipy ``.npz``, with optional null models; or the
   balance of a recorded run (a ``--record-balance`` CSV), or the NNSTD between the networks of a
@@ -232,7 +233,8 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
     m.add_argument("--label-column", metavar="NAME",
                    help="task table: the name of the label column (default: none)")
 
-    b = command("bench", "quick CPU operator benchmark against torch.sparse and scipy")
+    b = command("bench", "quick CPU operator benchmark against torch.sparse and scipy; with --memory the predicted "
+                         "memory of a training step")
     b.add_argument("--n", type=int, default=BenchConfig.n, metavar="N",
                    help="rows and columns of the square sparse matrix, >= 1 (default: %(default)s)")
     b.add_argument("--density", type=float, default=BenchConfig.density, metavar="FRACTION",

@@ -15,10 +15,9 @@ import torch
 from ..data.tasks import TASKS, task_data_problem
 from ..kernels import HAS_CUDA_KERNELS
 from ..models import MODELS
+from ..nn.memory import OPTIMIZERS as MEMORY_OPTIMIZERS  # what bench --memory predicts for
+from ..nn.memory import parse_size
 from ..training.recipes import ALGORITHMS, RECIPES, get_recipe
-
-#: the optimizers ``bench --memory`` predicts for (those of sparse_engine.nn.memory.OPTIMIZERS)
-MEMORY_OPTIMIZERS = ("adam", "sgd", "sgd-momentum")
 
 
 def with_options(cls, config, options):
@@ -130,8 +129,6 @@ def _size_or_none(value):
     """A memory size: bytes (an int), or text such as 16G or 512M; None: the default."""
     if value is None:
         return None
-    from ..nn.memory import parse_size
-
     try:
         parse_size(value)
     except ValueError as exc:
@@ -417,7 +414,6 @@ class AnalyzeConfig(_Checked):
     plot: str | None = None         # write the figures (PNG and SVG) into this directory
     convention: str = "default"     # "seed": the paper's code's balance mean and node count
     lesion: int = 0                 # remove up to this many motifs per run (a train checkpoint's model)
-
 
 
 _COMBINATIONS = {TrainConfig: _train_combinations, BenchConfig: _bench_combinations}
