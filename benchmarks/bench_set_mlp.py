@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # sparse_engine before torch (which common imports): it sets passive OpenMP waiting and torch's
 # huge pages (sparse_engine/runtime/threads.py), read once when torch loads
-from sparse_engine.runtime.timing import peak_rss_bytes, times_of  # noqa: E402
+from sparse_engine.runtime.timing import peak_rss_bytes, rss_bytes, times_of  # noqa: E402
 from common import RESULTS, machine, markdown_table  # noqa: E402
 
 MNIST = ROOT / ".." / "shared" / "data" / "mnist_test"
@@ -60,11 +60,6 @@ def parse_size(text: str) -> int | str:
 def hidden_sizes(neurons: int) -> tuple[int, int, int]:
     third = neurons // 3
     return third, third, neurons - 2 * third
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def child(args) -> None:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from common import machine  # (it puts the checkout's package on the path, installed or not)
 from sparse_engine import SparseWeight
-from sparse_engine.runtime.timing import best_of  # the same helper as sparse-engine bench
+from sparse_engine.runtime.timing import available_memory_bytes, best_of  # the same helpers as sparse-engine bench
 from sparse_engine.training import gradient_growth, magnitude_keep, random_empty, rewire, set_keep
 import torch  # noqa: E402
 
@@ -42,13 +42,6 @@ CUDA_UPDATE_CASES = [("SET", 100_000, 100_000, 100_000_000), ("magnitude", 100_0
 CUDA_RIGL_CASES = [("exact", 16384, 13_421_773, 64), ("exact", 32768, 10_737_418, 64),
                    ("sample", 100_000, 100_000_000, 64)]
 DEV = "cuda"
-
-
-def mem_available() -> int:
-    for line in open("/proc/meminfo"):
-        if line.startswith("MemAvailable"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def timed_updates(w: SparseWeight, opt, mode: str, sync=lambda: None, repeat: int = 3):
@@ -197,7 +190,7 @@ def main():
     for r, c, z in ((4096, 4096, 1_000_000), (rows, cols, nnz), (100_000, 100_000, nnz)):
         t, ph = sparse_update(r, c, z)
         need = r * c * 14
-        if need < 0.6 * mem_available():
+        if need < 0.6 * (available_memory_bytes() or 0):
             td = dense_update(r, c, z)
             dense_s, ratio = f"{td:.3f}", f"{td / t:.1f}x"
         else:

@@ -8,7 +8,8 @@
   ``mackey-glass`` (one value a line). ``--device`` picks the CPU or a CUDA GPU.
   ``--model mlp`` trains a SET-MLP instead (docs/set_mlp.md) on ``digits``, ``mnist`` or
   ``table`` (a CSV/.npz feature matrix with ``--label-column``).
-* ``bench``: the CPU operators against torch.sparse (MKL) and scipy on one shape.
+* ``bench``: the CPU operators against torch.sparse (MKL) and scipy on one shape; ``--memory``: the
+  predicted memory of a training step of a recurrent model, and the largest that fits a budget.
 * ``analyze``: signed triad census and structural balance of a recurrent matrix from a
   checkpoint, a Gephi edge-list CSV or a scipy ``.npz``, with optional null models; or the
   balance of a recorded run (a ``--record-balance`` CSV), or the NNSTD between the networks of a
@@ -34,6 +35,7 @@ from .data.tasks import TASK_DATA, TASKS, load_task  # noqa: F401  (load_task: r
 from .models import MODELS
 from .runs import (DEVICES, SPARSE_CHOICES, AnalyzeConfig, BenchConfig, ConfigError, ConfigPathError,  # noqa: F401
                    TrainConfig, analyze, bench, check_analyze_paths, resolve_device, train)
+from .runs.config import MEMORY_OPTIMIZERS
 from .training.recipes import ALGORITHMS, RECIPES
 
 # Names defined or imported here before the recipes moved out, kept so that old imports still work.
@@ -47,7 +49,8 @@ EXIT_CODES = f"""\
 exit codes:
   {EXIT_OK}    success
   {EXIT_FAILED}    a file could not be read or written (missing, unwritable, malformed), or the run failed
-  {EXIT_USAGE}    bad arguments (unknown option, a value out of range, options that do not go together)
+  {EXIT_USAGE}    bad arguments (unknown option, a value out of range, options that do not go together, a train
+       run whose estimated memory exceeds --memory-budget)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C)
 Errors are one line on stderr: '{PROG}: error: argument --OPTION: what was expected, got what'.
 Set SPARSE_ENGINE_TRACEBACK=1 to see the full traceback of a runtime error."""
@@ -93,6 +96,46 @@ def _hidden_sizes(text: str):
     return sizes[0] if len(sizes) == 1 else sizes
 
 
+def _recompute_every(text: str):
+    """``--recompute-every``: an integer, ``auto`` or ``none`` (None); the range is the config's check."""
+    if text in ("auto", "none"):
+        return None if text == "none" else text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, auto or none, got {text!r}") from None
+
+
+#: The options more than one command takes, defined once: (flags, argparse keywords); each command
+#: adds them with its config's default (:func:`_option`).
+OPTIONS = {
+    "model": (("--model",), dict(choices=MODELS, help="recurrent layer (default: %(default)s)")),
+    "hidden": (("--hidden",), dict(type=_hidden_sizes, metavar="UNITS",
+                                   help="hidden units per layer, >= 1; for --model mlp also a list of layer sizes such "
+                                        "as 1000,1000,1000 (default: %(default)s)")),
+    "layers": (("--layers",), dict(type=int, metavar="N",
+                                   help="stacked recurrent layers, >= 1; ctrnn has one (default: %(default)s)")),
+    "density": (("--density",), dict(type=float, metavar="FRACTION",
+                                     help="fraction of nonzero weights in the sparse matrices, in (0, 1] "
+                                          "(default: %(default)s)")),
+    "sparse": (("--sparse",), dict(choices=SPARSE_CHOICES, help="which matrices are sparse: the recurrent, the input "
+                                                                 "or both (default: %(default)s)")),
+    "device": (("--device",), dict(choices=DEVICES, help="auto: a CUDA GPU when available (and built with the CUDA "
+                                                         "kernels), else the CPU (default: %(default)s)")),
+    "recompute_every": (("--recompute-every",), dict(
+        type=_recompute_every, metavar="{K,auto,none}",
+        help="keep the recurrent state every K steps and recompute the rest in the backward (same gradients, one "
+             "more forward, activations O(T/K + K) steps instead of O(T)); auto: the K with the least memory when "
+             "storing every step does not fit the budget (default: none)")),
+}
+
+
+def _option(parser, field: str, config, **overrides) -> None:
+    """Adds the option of config field ``field`` as :data:`OPTIONS` defines it, with ``config``'s default."""
+    flags, keywords = OPTIONS[field]
+    parser.add_argument(*flags, **{**keywords, "default": getattr(config, field), **overrides})
+
+
 def _formatter(prog):
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=30)
 
@@ -117,17 +160,8 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
     t.add_argument("--task", choices=TASKS, default=TrainConfig.task,
                    help="sequence task (default: %(default)s, scikit-learn's 8x8 digits read row by row)")
     t.add_argument("--data", "--data-dir", "--data-file", dest="data", metavar="PATH", help=f"dataset file or directory ({data_help}); default: none")
-    t.add_argument("--model", choices=MODELS, default=TrainConfig.model,
-                   help="recurrent layer (default: %(default)s)")
-    t.add_argument("--hidden", type=_hidden_sizes, default=TrainConfig.hidden, metavar="UNITS",
-                   help="hidden units per layer, >= 1; for --model mlp also a list of layer sizes such as "
-                        "1000,1000,1000 (default: %(default)s)")
-    t.add_argument("--layers", type=int, default=TrainConfig.layers, metavar="N",
-                   help="stacked recurrent layers, >= 1; ctrnn has one (default: %(default)s)")
-    t.add_argument("--density", type=float, default=TrainConfig.density, metavar="FRACTION",
-                   help="fraction of nonzero weights in the sparse matrices, in (0, 1] (default: %(default)s)")
-    t.add_argument("--sparse", choices=SPARSE_CHOICES, default=TrainConfig.sparse,
-                   help="which matrices are sparse: the recurrent, the input or both (default: %(default)s)")
+    for field in ("model", "hidden", "layers", "density", "sparse"):
+        _option(t, field, TrainConfig)
     t.add_argument("--algorithm", choices=ALGORITHMS, default=TrainConfig.algorithm,
                    help="dynamic sparse training: none (fixed topology), SET, gradual magnitude pruning, "
                         "DEEP R, Selfish-RNN or RigL (default: %(default)s)")
@@ -149,16 +183,14 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
     t.add_argument("--plot", metavar="IMAGE",
                    help="plot the train and test loss per epoch to this image, e.g. loss.png; needs "
                         "matplotlib (default: none)")
-    t.add_argument("--device", choices=DEVICES, default=TrainConfig.device,
-                   help="auto: a CUDA GPU when available (and built with the CUDA kernels), else the CPU "
-                        "(default: %(default)s)")
+    _option(t, "device", TrainConfig)
     t.add_argument("--quiet", action="store_true",
                    help="no progress bar and no per-epoch results lines (default: off)")
     t.add_argument("--resume", metavar="PATH",
                    help="continue the run saved in this checkpoint bit for bit, with the options it was saved with "
                         "(options given must agree with them; --epochs may grow; --save, --plot, --record-balance, "
-                        "--device, --quiet, --checkpoint-every may change); checkpoints then go to --save, or to "
-                        "PATH without it (default: none)")
+                        "--device, --quiet, --checkpoint-every, --recompute-every, --memory-budget may change); "
+                        "checkpoints then go to --save, or to PATH without it (default: none)")
     t.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every, metavar="STEPS",
                    help="also write the resumable checkpoint every STEPS training steps inside an epoch, >= 0; "
                         "needs --save or --resume (default: %(default)s: after every epoch only)")
@@ -166,6 +198,12 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
                    help="a published set-up: its task, model, sizes, epochs, batch, lr and sparsification "
                         "schedule; other options given override it; ends with the published number beside ours. "
                         f"One of: {', '.join(RECIPES)} (default: none; see docs/papers.md)")
+    _option(t, "recompute_every", TrainConfig)
+    t.add_argument("--memory-budget", metavar="SIZE",
+                   help="memory a training step (and an evaluation batch) may take, e.g. 16G or 512M: the run is "
+                        "refused before it starts when the memory model (docs/memory.md) estimates more, and "
+                        "--recompute-every auto picks its K for it (default: the memory available now; on a GPU its "
+                        "free memory)")
     if recipe is not None:
         t.set_defaults(**RECIPES[recipe].train)
 
@@ -195,13 +233,32 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
     m.add_argument("--label-column", metavar="NAME",
                    help="task table: the name of the label column (default: none)")
 
-    b = command("bench", "quick CPU operator benchmark against torch.sparse and scipy")
+    b = command("bench", "quick CPU operator benchmark against torch.sparse and scipy; with --memory the predicted "
+                         "memory of a training step")
     b.add_argument("--n", type=int, default=BenchConfig.n, metavar="N",
                    help="rows and columns of the square sparse matrix, >= 1 (default: %(default)s)")
     b.add_argument("--density", type=float, default=BenchConfig.density, metavar="FRACTION",
                    help="fraction of nonzero entries, in (0, 1] (default: %(default)s)")
     b.add_argument("--batch", type=int, default=BenchConfig.batch, metavar="N",
-                   help="columns of the dense operand, >= 1 (default: %(default)s)")
+                   help="columns of the dense operand, >= 1; with --memory the batch size (default: %(default)s)")
+    mem = b.add_argument_group("--memory: the predicted memory of a training step of a recurrent model, from its "
+                               "sizes alone (nothing is built; docs/memory.md)")
+    mem.add_argument("--memory", action="store_true",
+                     help="print the step's peak by kind and phase instead of timing operators; with --budget also "
+                          "the largest hidden size that fits (same nonzeros per row: --density x --hidden) "
+                          "(default: off)")
+    for field in ("model", "hidden", "layers", "sparse"):
+        _option(mem, field, BenchConfig)
+    mem.add_argument("--seq-len", type=int, default=BenchConfig.seq_len, metavar="T",
+                     help="steps per sequence, >= 1 (default: %(default)s)")
+    mem.add_argument("--input-size", type=int, default=BenchConfig.input_size, metavar="N",
+                     help="input features per step, >= 1 (default: %(default)s)")
+    mem.add_argument("--optimizer", choices=MEMORY_OPTIMIZERS, default=BenchConfig.optimizer,
+                     help="its state and temporaries (default: %(default)s)")
+    _option(mem, "recompute_every", BenchConfig)
+    _option(mem, "device", BenchConfig)
+    mem.add_argument("--budget", metavar="SIZE",
+                     help="memory a step may take, e.g. 16G or 80G for an 80 GB GPU (default: none)")
 
     a = command("analyze", "motifs and structural balance of a recurrent matrix")
     a.add_argument("path", help="checkpoint (.pt, .pth, .ckpt), Gephi edge list (.csv: Id,Source,Target,Weight), "

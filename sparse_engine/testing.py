@@ -47,7 +47,7 @@ __all__ = [
     "copy_weight", "with_layout",
     "dense", "spmm_reference", "spmm_t_reference", "sddmm_reference", "Reference", "references",
     "smallest_reference", "set_keep_reference", "entry_keys", "value_by_key",
-    "check_invariants", "assert_bit_equal", "num_threads",
+    "check_invariants", "assert_bit_equal", "num_threads", "TensorMemoryTrace",
 ]
 
 
@@ -405,3 +405,71 @@ def num_threads(n: int):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------- memory
+class TensorMemoryTrace:
+    """The CPU tensor memory of a block of code, byte for byte, from torch's own allocator: the
+    allocations and frees that ``torch.profiler`` records with ``profile_memory=True`` (every
+    tensor of the CPU allocator, the kernels' temporaries included), summed in time order. It does
+    not depend on glibc's malloc (which keeps freed blocks and maps large ones afresh, so the
+    resident size says as much about malloc as about the tensors). Only tensors made inside the
+    trace count (a free is matched to its allocation by address), so build what you measure
+    inside it::
+
+        with TensorMemoryTrace() as trace:
+            model, opt = build()
+            step()                          # warm-up: transposed index, optimizer state
+            with trace.phase("forward"):
+                ...
+        trace.peak("forward")               # bytes live at the phase's high-water mark
+
+    (:mod:`sparse_engine.nn.memory` is checked against it: tests/test_memory_model.py)."""
+
+    def __init__(self):
+        self._prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True)
+        self._timeline: list[tuple[int, int]] = []   # (ns, live bytes after the event)
+        self._phases: dict[str, tuple[int, int]] = {}
+
+    def __enter__(self) -> "TensorMemoryTrace":
+        self._prof.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._prof.__exit__(*exc)
+        allocs, todo = [], list(self._prof.profiler.kineto_results.experimental_event_tree())
+        allocation = torch._C._profiler._EventType.Allocation
+        while todo:
+            e = todo.pop()
+            todo.extend(e.children)
+            if e.tag == allocation:
+                f = e.extra_fields
+                if f.device.type == "cpu":
+                    allocs.append((e.start_time_ns, f.ptr, f.alloc_size))
+            elif e.name.startswith("trace:"):
+                self._phases[e.name[len("trace:"):]] = (e.start_time_ns, e.end_time_ns)
+        live, sizes, timeline = 0, {}, []
+        for t, ptr, nbytes in sorted(allocs):
+            if nbytes > 0:
+                sizes[ptr] = nbytes
+            elif sizes.pop(ptr, None) is None:
+                continue  # made before the trace
+            live += nbytes
+            timeline.append((t, live))
+        self._timeline = timeline
+
+    def phase(self, name: str):
+        """A block whose peak :meth:`peak` reports under ``name``."""
+        return torch.profiler.record_function("trace:" + name)
+
+    def peak(self, name: str | None = None) -> int:
+        """Bytes live at the high-water mark of phase ``name`` (None: of the whole trace), counted
+        from the trace's start."""
+        if name is None:
+            return max((live for _, live in self._timeline), default=0)
+        if name not in self._phases:
+            raise KeyError(f"no phase {name!r} was traced; phases: {sorted(self._phases)}")
+        start, end = self._phases[name]
+        before = [live for t, live in self._timeline if t < start]
+        inside = [live for t, live in self._timeline if start <= t <= end]
+        return max(before[-1:] + inside, default=0)

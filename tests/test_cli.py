@@ -313,7 +313,8 @@ def test_progress_bar_shows_running_loss_and_throughput(monkeypatch, capsys):
     total = math.ceil(len(X) / 64)
     during = [f for f in frames if f"/{total} " in f and f"{total}/{total}" not in f and "loss " in f]
     assert during and "samples/s" in during[-1], frames[:5]
-    out = capsys.readouterr().out.splitlines()
+    memory, *out = capsys.readouterr().out.splitlines()  # first the memory estimate (tests/test_cli_memory.py)
+    assert memory.startswith("memory: estimated peak ")
     assert out[0] == "sparse RNN on mackey-glass (none, cpu)" and out[1].split()[:3] == ["epoch", "train", "loss"]
     assert [line.split()[0] for line in out[2:4]] == ["1", "2"]
     stream.seek(0), stream.truncate()

@@ -93,6 +93,8 @@ def test_1_a_file_that_cannot_be_read_or_written(checkpoint, capsys, monkeypatch
     (["train", "--resume", "ck.pt", "--hidden", "16"], ["argument --hidden: 16 differs from the checkpoint's "
                                                         "--hidden 8 (ck.pt)"]),
     (["bench", "--n", "x"], ["argument --n: invalid int value: 'x'", "see 'sparse-engine bench --help'"]),
+    (["train", "--memory-budget", "1K"], ["argument --memory-budget: ", "needs an estimated",
+                                          "more than the budget of 1 KiB"]),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) and v and v[0] in ("train", "analyze", "bench") else "")
 def test_2_bad_arguments(argv, words, checkpoint, capsys, monkeypatch):
     if argv[1] == "--epochz":

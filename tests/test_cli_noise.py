@@ -34,7 +34,8 @@ def test_train_into_a_log_file_has_plain_lines(tmp_path):
                                    "--epochs", "2", "--save", "ck.pt", cwd=tmp_path)
     assert code == 0, err
     assert "\r" not in out + err and "\x1b" not in out + err
-    lines = out.splitlines()
+    memory, *lines = out.splitlines()  # the memory plan's one line before the run (docs/memory.md)
+    assert memory.startswith("memory: estimated peak ") and memory.endswith("(the memory available now)")
     assert lines[0] == "sparse RNN on mackey-glass (none, cpu)" and lines[1].split()[0] == "epoch"
     assert [line.split()[0] for line in lines[2:4]] == ["1", "2"] and lines[4] == "checkpoint: ck.pt"
     assert err == ""

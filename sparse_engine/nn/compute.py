@@ -42,8 +42,8 @@ from ..sparse import SparseWeight
 _ops = torch.ops.sparse_engine
 
 __all__ = ["COMPUTE_CHOICES", "set_default_compute", "get_default_compute", "default_compute",
-           "set_dense_budget", "get_dense_budget", "check_compute", "use_dense", "auto_min_density", "materialize",
-           "materialize_all"]
+           "set_dense_budget", "get_dense_budget", "check_compute", "use_dense", "dense_by_sizes", "auto_min_density",
+           "materialize", "materialize_all"]
 
 COMPUTE_CHOICES = ("auto", "sparse", "dense")
 #: bytes of dense matrices one module may materialise per forward (all layers together)
@@ -109,18 +109,27 @@ def use_dense(mode: str | None, weights, hidden_size: int, device_type: str = "c
     (SparseWeights or dense tensors) on ``device_type`` runs dense this forward. ``auto`` goes dense
     on the CPU only, where its rule was measured (on a GPU it stays sparse until measured there;
     ``compute='dense'`` works on any device)."""
-    mode = _state["compute"] if mode is None else mode
-    if mode == "sparse":
-        return False
-    nbytes = entries = nnz = 0
+    entries = nnz = 0
+    itemsize = 4
     for w in weights:
         if isinstance(w, SparseWeight):
             values, _, col_idx = w.parts()
             rows, cols = w.shape
             entries += rows * cols
-            nbytes += rows * cols * values.element_size()
+            itemsize = values.element_size()
             nnz += col_idx.numel()
-    if nbytes > _state["budget"]:
+    return dense_by_sizes(mode, entries, nnz, itemsize, hidden_size, device_type)
+
+
+def dense_by_sizes(mode: str | None, entries: int, nnz: int, itemsize: int, hidden_size: int,
+                   device_type: str = "cpu") -> bool:
+    """:func:`use_dense` from sizes alone: ``entries`` (rows x cols) and ``nnz`` summed over the
+    module's sparse matrices, whose values take ``itemsize`` bytes each. The memory model
+    (:mod:`sparse_engine.nn.memory`) asks this without building the module."""
+    mode = _state["compute"] if mode is None else mode
+    if mode == "sparse":
+        return False
+    if entries * itemsize > _state["budget"]:
         return False
     if mode == "dense" or not entries:
         return True

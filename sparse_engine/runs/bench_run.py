@@ -26,15 +26,20 @@ def torch_sparse_notices_silenced():
         yield
 
 
-def bench(config: BenchConfig | None = None, **options) -> list[dict]:
+def bench(config: BenchConfig | None = None, **options) -> list[dict] | dict:
     """Times spmm and sddmm on the CPU against torch.sparse (MKL) and scipy on one shape
-    (``sparse-engine bench``), prints a table and returns one dict per operator (seconds)."""
+    (``sparse-engine bench``), prints a table and returns one dict per operator (seconds). With
+    ``memory``: the predicted memory of a training step instead (:func:`.memory_run.memory_bench`)."""
     from rich.console import Console
     from rich.table import Table
 
     from .. import ops
 
     cfg = with_options(BenchConfig, config, options)
+    if cfg.memory:
+        from .memory_run import memory_bench
+
+        return memory_bench(cfg)
     W = SparseWeight.random(cfg.n, cfg.n, cfg.density, generator=torch.Generator().manual_seed(0))
     X = torch.randn(cfg.n, cfg.batch)
     G = torch.randn(cfg.n, cfg.batch)

@@ -15,6 +15,8 @@ import torch
 from ..data.tasks import TASKS, task_data_problem
 from ..kernels import HAS_CUDA_KERNELS
 from ..models import MODELS
+from ..nn.memory import OPTIMIZERS as MEMORY_OPTIMIZERS  # what bench --memory predicts for
+from ..nn.memory import parse_size
 from ..training.recipes import ALGORITHMS, RECIPES, get_recipe
 
 
@@ -115,6 +117,24 @@ def _unit(value):
         return f"expected a number in [0, 1], got {value!r}"
 
 
+def _recompute_every(value):
+    """``--recompute-every``: None (store every step), a positive integer, or 'auto' (the budget picks)."""
+    if value is None or value == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        return f"expected an integer >= 1, auto or none, got {value!r}"
+
+
+def _size_or_none(value):
+    """A memory size: bytes (an int), or text such as 16G or 512M; None: the default."""
+    if value is None:
+        return None
+    try:
+        parse_size(value)
+    except ValueError as exc:
+        return str(exc)
+
+
 def _recipe_or_none(value):
     return None if value is None else _one_of(tuple(RECIPES))(value)
 
@@ -142,6 +162,9 @@ _FIELD_RULES = {
     "plot": _path_or_none, "export_csv": _path_or_none, "key": _str_or_none, "resume": _path_or_none,
     "checkpoint_every": _integer(0), "gate": _str_or_none, "convention": _convention, "lesion": _integer(0),
     "quiet": _flag, "transpose": _flag, "recipe": _recipe_or_none,
+    # the memory model (sparse_engine.nn.memory): train's plan, bench --memory
+    "recompute_every": _recompute_every, "memory_budget": _size_or_none, "budget": _size_or_none,
+    "memory": _flag, "seq_len": _integer(1), "input_size": _integer(1), "optimizer": _one_of(MEMORY_OPTIMIZERS),
     # --model mlp
     "epsilon": _positive, "zeta": _unit, "dropout": _fraction_below_one, "momentum": _fraction_below_one,
     "weight_decay": _fraction_below_one, "importance": _fraction_below_one, "faithful": _flag,
@@ -176,6 +199,10 @@ MLP_FIELDS = ("epsilon", "zeta", "dropout", "momentum", "weight_decay", "faithfu
 
 def _mlp_combinations(cfg):
     """(field, reason) for options that do not go with --model mlp (or need it), or None."""
+    if cfg.model == "mlp":
+        for field in ("recompute_every", "memory_budget"):
+            if getattr(cfg, field) is not None:
+                return field, "applies to the recurrent models (lstm, gru, rnn, ctrnn), got --model mlp"
     if cfg.model != "mlp":
         if isinstance(cfg.hidden, (tuple, list)):
             return "hidden", f"a list of layer sizes needs --model mlp, got --model {cfg.model}"
@@ -216,7 +243,7 @@ class _Checked:
             problem = rule(getattr(self, f.name)) if rule is not None else None
             if problem is not None:
                 raise ConfigError(f.name, problem)
-        combination = _train_combinations(self) if isinstance(self, TrainConfig) else None
+        combination = _COMBINATIONS.get(type(self), lambda cfg: None)(self)
         if combination is not None:
             raise ConfigError(*combination)
 
@@ -270,6 +297,9 @@ class TrainConfig(_Checked):
     evolve_output: bool = True      # SET also evolves the output layer (implementation 2); False: the later code
     label_column: str | None = None  # task 'table': the label column's name
     recipe: str | None = None       # a published set-up (sparse_engine.training.recipes.RECIPES); see recipe_config
+    # memory (sparse_engine.nn.memory); they do not change what is computed, so a resumed run may change them
+    recompute_every: int | str | None = None  # keep the state every K steps ('auto': the budget picks K)
+    memory_budget: int | str | None = None    # bytes a step may use, e.g. 16G (None: available memory)
 
 
 def recipe_config(recipe: str, **options) -> TrainConfig:
@@ -326,10 +356,48 @@ def resume_config(resume, **given) -> TrainConfig:
 
 @dataclass
 class BenchConfig(_Checked):
-    """``sparse-engine bench`` options: an n x n matrix of this density, ``batch`` columns."""
+    """``sparse-engine bench`` options: an n x n matrix of this density, ``batch`` columns; with
+    ``memory`` the predicted memory of a training step of a recurrent model instead (its sizes:
+    ``model`` ... ``budget``; :func:`sparse_engine.runs.memory_run.memory_bench`)."""
     n: int = 16384
     density: float = 0.01
     batch: int = 32
+    memory: bool = False
+    model: str = TrainConfig.model
+    hidden: int = TrainConfig.hidden
+    layers: int = TrainConfig.layers
+    sparse: str = TrainConfig.sparse
+    seq_len: int = 35
+    input_size: int = 28
+    optimizer: str = "adam"
+    recompute_every: int | str | None = None
+    device: str = TrainConfig.device
+    budget: int | str | None = None
+
+
+#: BenchConfig's fields that only bench --memory reads
+MEMORY_FIELDS = ("model", "hidden", "layers", "sparse", "seq_len", "input_size", "optimizer", "recompute_every",
+                 "device", "budget")
+
+
+def _bench_combinations(cfg):
+    """(field, reason) for bench options that do not go together, or None."""
+    if not cfg.memory:
+        for field in MEMORY_FIELDS:
+            if getattr(cfg, field) != getattr(BenchConfig, field):
+                return field, "applies to bench --memory (the memory of a training step), not the operator benchmark"
+        return None
+    if cfg.n != BenchConfig.n:
+        return "n", "applies to the operator benchmark, not bench --memory (which takes --hidden)"
+    if cfg.model == "mlp":
+        return "model", "the memory model covers the recurrent models (lstm, gru, rnn, ctrnn), got 'mlp'"
+    if isinstance(cfg.hidden, (tuple, list)):
+        return "hidden", f"expected one hidden size, got {','.join(map(str, cfg.hidden))}"
+    if cfg.model == "ctrnn" and cfg.layers != 1:
+        return "layers", f"model 'ctrnn' has one layer, got {cfg.layers}"
+    if cfg.recompute_every == "auto" and cfg.budget is None:
+        return "recompute_every", "auto picks the interval for a budget: give --budget (e.g. 16G)"
+    return None
 
 
 @dataclass
@@ -347,3 +415,5 @@ class AnalyzeConfig(_Checked):
     convention: str = "default"     # "seed": the paper's code's balance mean and node count
     lesion: int = 0                 # remove up to this many motifs per run (a train checkpoint's model)
 
+
+_COMBINATIONS = {TrainConfig: _train_combinations, BenchConfig: _bench_combinations}

@@ -20,6 +20,7 @@ from ..models import SequenceModel
 from ..sparse import sparse_weights
 from ..training.recipes import get_recipe, make_controller, make_recipe_controller, zhang_init
 from .config import TrainConfig, mlp_sizes, recipe_config, resolve_device, resume_config, with_options
+from .memory_run import plan_training
 from .paths import check_train_paths
 
 
@@ -90,12 +91,13 @@ def load_run_task(options: Mapping, recipe=None):
                      variant=recipe.variant if recipe is not None else None)
 
 
-def sequence_model(options: Mapping, meta: dict) -> SequenceModel:
+def sequence_model(options: Mapping, meta: dict, recompute_every: int | None = None) -> SequenceModel:
     """The (freshly initialised) :class:`~sparse_engine.models.SequenceModel` of a run's options
-    (as :func:`run_recipe`) for its task's ``meta``."""
+    (as :func:`run_recipe`) for its task's ``meta``; ``recompute_every``: the interval the run's
+    memory plan chose (:func:`~sparse_engine.runs.memory_run.plan_training`; it changes no result)."""
     return SequenceModel(options["model"], meta["n_in"], meta["n_out"], options["hidden"], options["layers"],
                          options["density"], options["sparse"], meta["kind"], meta.get("vocab"),
-                         readout=meta.get("readout"))
+                         readout=meta.get("readout"), recompute_every=recompute_every)
 
 
 def progress_postfix(loss: float, samples: int, seconds: float) -> str:
@@ -161,6 +163,7 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
         trained = min(len(Xtr), batches * cfg.batch_size)  # the examples an epoch trains on
     callbacks = []
     recorder = None
+    console = Console()
     if cfg.model == "mlp":  # SET-MLP: SGD with decay outside the momentum, SET after each epoch but the last
         from ..nn import SparseMLP
         from ..training import SETMLP, SETSGD
@@ -172,8 +175,11 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
         ctl = None if cfg.algorithm == "none" else SETMLP(model, opt, cfg.epochs, cfg.zeta, importance=cfg.importance,
                                                           seed=cfg.seed, evolve_output=cfg.evolve_output)
         loss_fn = model.loss
-    else:
-        model = sequence_model(args, meta)
+    else:  # the memory plan first: a run that would not fit is refused before anything is built
+        recompute_every, line = plan_training(cfg, meta, Xtr.shape[1], len(Xte), device)
+        if line is not None and not cfg.quiet:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+        model = sequence_model(args, meta, recompute_every)
         if recipe is not None and recipe.zhang_init:
             zhang_init(model, cfg.seed, **recipe.init)
         model = model.to(device)
@@ -190,7 +196,6 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
         loss_fn = sequence_loss if meta["kind"] == "classify" else nn.functional.mse_loss
         if recipe is not None and recipe.softmax_loss:
             loss_fn = softmax_score_loss
-    console = Console()
     progress = TrainProgress.start(cfg, model, opt, ctl, recorder, device, len(Xtr),  # restores with --resume
                                    shuffle=meta.get("shuffle", True), drop_last=meta.get("drop_last", False),
                                    epoch_batches=meta.get("epoch_batches"))

@@ -1,7 +1,9 @@
 """Measurements used by ``sparse-engine bench``, the benchmark scripts (benchmarks/) and the
-memory tests, kept in the package so that all of them measure the same way."""
+memory tests, kept in the package so that all of them measure the same way; and the memory the
+machine has free (the default budget of ``sparse-engine train --memory-budget``)."""
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import time
@@ -60,3 +62,25 @@ def peak_rss_bytes() -> int:
         pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux KiB
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process now, in bytes (Linux: ``/proc/self/statm``; elsewhere the peak)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return peak_rss_bytes()
+
+
+def available_memory_bytes() -> int | None:
+    """The memory the kernel says a new process can have without swapping (``MemAvailable`` of
+    ``/proc/meminfo``), in bytes; None where there is no such file."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

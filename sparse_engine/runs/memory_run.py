@@ -1,0 +1,133 @@
+"""The memory model (:mod:`sparse_engine.nn.memory`) on the command line: ``train``'s plan before
+it builds anything (its estimate line, ``--recompute-every auto``, the refusal of a run that would
+not fit ``--memory-budget``) and ``bench --memory``'s table. Kept apart from train_run and bench_run
+because both read the same sizes the same way and neither needs the other's work."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from ..nn.memory import (Head, MemoryBudgetError, RecurrentSizes, evaluation_peak, format_size, largest_hidden,
+                         parse_size, predict, recompute_for_budget)
+from ..runtime.timing import available_memory_bytes
+from .config import BenchConfig, ConfigError
+
+#: the batch of train's evaluation of the test set (evaluate's default for the recurrent models)
+EVAL_BATCH = 256
+
+
+def budget_bytes(value, device: torch.device) -> tuple[int | None, str]:
+    """(bytes, where they come from) of ``--memory-budget``: the value given, else the memory free
+    now (``MemAvailable``; on a GPU its free memory); None where that cannot be read."""
+    if value is not None:
+        return parse_size(value), "--memory-budget"
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0], "the GPU's free memory"
+    return available_memory_bytes(), "the memory available now"
+
+
+def run_sizes(options: Mapping, meta: dict, device: torch.device) -> RecurrentSizes:
+    """The :class:`RecurrentSizes` of the SequenceModel a train run builds (``sequence_model``), from
+    its options and its task's ``meta``, without building it; the compute path as the module's default."""
+    kind = meta["kind"]
+    readout = meta.get("readout") or ("last" if kind == "classify" else "steps")
+    head = Head(meta["n_out"], readout, kind, meta.get("vocab"))
+    return RecurrentSizes.build(options["model"], meta["n_in"], options["hidden"], layers=options["layers"],
+                                density=options["density"], sparse=options["sparse"], head=head, compute=None,
+                                device=device.type)
+
+
+def plan_training(cfg, meta: dict, steps: int, n_test: int, device: torch.device) -> tuple[int | None, str | None]:
+    """(recompute_every, the line ``train`` prints) for a run of ``cfg``'s options on sequences of
+    ``steps`` steps: the interval given, or for ``auto`` the one :func:`recompute_for_budget` picks;
+    ConfigError naming ``--memory-budget`` (or ``--recompute-every auto``) when the estimated step
+    or evaluation batch does not fit the budget. No line for a model on the dense compute path
+    (small layers, whose memory the model does not replay) unless a budget was asked for."""
+    budget, source = budget_bytes(cfg.memory_budget, device)
+    k = None if cfg.recompute_every == "auto" else cfg.recompute_every
+    sizes = run_sizes(vars(cfg), meta, device)
+    B, B_eval = cfg.batch_size, max(1, min(EVAL_BATCH, n_test))
+    try:
+        if cfg.recompute_every == "auto" and budget is not None:
+            try:
+                k, step = recompute_for_budget(sizes, steps, B, budget, eval_batch=B_eval)
+            except MemoryBudgetError as exc:
+                raise ConfigError("recompute_every", f"auto: {exc} ({source})") from None
+        else:
+            step = predict(sizes, steps, B, recompute_every=k)
+        evaluation = evaluation_peak(sizes, steps, B_eval, recompute_every=k)
+    except ValueError as exc:
+        if "dense path" not in str(exc):
+            raise
+        if cfg.memory_budget is None:
+            return None, None
+        return None, ("memory: not estimated, --memory-budget not checked: layers this small compute on the dense "
+                      "path (docs/compute_paths.md), the memory model covers the sparse one")
+    need = max(step.peak, evaluation)
+    chosen = "every step stored" if k is None else f"recompute_every {k}" + (" (auto)" if cfg.recompute_every ==
+                                                                            "auto" else "")
+    line = (f"memory: estimated peak {format_size(need)} (a training step of {B}: {format_size(step.peak)}, "
+            f"{step.phase}; evaluation batches of {B_eval}: {format_size(evaluation)}; {chosen})")
+    if budget is None:
+        return k, line + "; no budget: the available memory cannot be read here"
+    if need > budget:
+        what = "a training step" if step.peak >= evaluation else f"an evaluation batch of {B_eval}"
+        hint = "" if k is not None else "--recompute-every auto, "
+        raise ConfigError("memory_budget", f"{what} needs an estimated {format_size(need)} ({chosen}), more than the "
+                                           f"budget of {format_size(budget)} ({source}): try {hint}a smaller "
+                                           "--batch-size or --hidden, or a larger --memory-budget")
+    return k, line + f" of a budget of {format_size(budget)} ({source})"
+
+
+def memory_bench(cfg: BenchConfig) -> dict:
+    """``bench --memory``: the predicted peak of a training step by kind and phase, as a table, and
+    with a budget the largest hidden size that fits (same nonzeros per row). Builds nothing."""
+    from rich.console import Console
+    from rich.table import Table
+
+    device = "cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+    row_nnz = cfg.density * cfg.hidden
+
+    def sizes(hidden: int, k=None) -> RecurrentSizes:
+        return RecurrentSizes.build(cfg.model, cfg.input_size, hidden, layers=cfg.layers, row_nnz=row_nnz,
+                                    sparse=cfg.sparse, recompute_every=k, device=device)
+
+    budget = None if cfg.budget is None else parse_size(cfg.budget)
+    T, B = cfg.seq_len, cfg.batch
+    try:
+        if cfg.recompute_every == "auto":
+            k, got = recompute_for_budget(sizes(cfg.hidden), T, B, budget, cfg.optimizer)
+        else:
+            k = cfg.recompute_every
+            got = predict(sizes(cfg.hidden, k), T, B, cfg.optimizer)
+    except MemoryBudgetError as exc:
+        raise ConfigError("budget", str(exc)) from None
+    except ValueError as exc:  # sizes past what the layers take (density above 1, ...)
+        raise ConfigError("hidden", str(exc)) from None
+    console = Console()
+    title = (f"{cfg.model.upper()} hidden {cfg.hidden:,} x {cfg.layers}, {row_nnz:g} nonzeros per row "
+             f"(density {cfg.density:g}, sparse={cfg.sparse}), T={T}, B={B}, {cfg.optimizer}, {device}, "
+             + ("every step stored" if k is None else f"recompute_every {k}"))
+    table = Table(title=title)
+    for col in ("at the peak", "bytes", ""):
+        table.add_column(col, justify="right")
+    for kind, nbytes in got.rows():
+        table.add_row(kind, f"{nbytes:,}", format_size(nbytes))
+    for phase, nbytes in got.phases.items():
+        table.add_row(f"{phase} phase peak", f"{nbytes:,}", format_size(nbytes))
+    console.print(table)
+    result = {"breakdown": got, "recompute_every": k, "largest": None}
+    if budget is not None:
+        low = max(1, int(-(-row_nnz // 1)))  # a density of at most 1
+        fits = largest_hidden(lambda h: sizes(h, None if cfg.recompute_every == "auto" else k), T, B, budget,
+                              cfg.optimizer, auto=cfg.recompute_every == "auto", low=low)
+        if fits is None:
+            console.print(f"no hidden size fits {format_size(budget)}", markup=False)
+        else:
+            hidden, k_fit, at = fits
+            how = "every step stored" if k_fit is None else f"recompute_every {k_fit}"
+            console.print(f"largest hidden size for a budget of {format_size(budget)}: {hidden:,} ({row_nnz:g} "
+                          f"nonzeros per row, {how}: peak {format_size(at.peak)}, {at.phase})", markup=False)
+        result["largest"] = fits
+    return result

@@ -1,0 +1,138 @@
+"""The memory model on the command line: train's estimate line, --recompute-every (a real run, the
+same results as storing every step), --memory-budget's refusal before anything is built, both
+options changed on --resume; bench --memory's table and the largest hidden size for a budget.
+(The prediction itself is checked against measured peaks in tests/test_memory_model.py.)"""
+import pytest
+
+from sparse_engine import cli
+from sparse_engine.data.tasks import load_task
+from sparse_engine.io.checkpoint import load_checkpoint
+from sparse_engine.nn.memory import RecurrentSizes, evaluation_peak, format_size, predict
+from sparse_engine.runs import TrainConfig, train
+from sparse_engine.runs.memory_run import run_sizes
+from sparse_engine.testing import assert_bit_equal
+
+# digits: 1437 training sequences of 8 steps (batches of 64), 360 test sequences
+RUN = ["train", "--model", "lstm", "--hidden", "24", "--epochs", "1"]
+
+
+def one_line(err: str) -> str:
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sparse-engine: error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_train_prints_the_estimate_it_checks(capsys):
+    assert cli.main(RUN) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("memory:"))
+    import torch
+
+    sizes = run_sizes(vars(TrainConfig(model="lstm", hidden=24)), load_task("digits", None, 0)[2], torch.device("cpu"))
+    step, evaluation = predict(sizes, 8, 64), evaluation_peak(sizes, 8, 256)
+    assert f"estimated peak {format_size(max(step.peak, evaluation))}" in line
+    assert f"a training step of 64: {format_size(step.peak)}, {step.phase}" in line
+    assert f"evaluation batches of 256: {format_size(evaluation)}" in line
+    assert "every step stored" in line and "of a budget of" in line and "(the memory available now)" in line
+
+
+def test_train_recompute_every_gives_the_same_run(capsys, tmp_path):
+    """--recompute-every 2 reaches the module and recomputes (bit-identical gradients on the CPU):
+    the same weights and metrics as storing every step."""
+    stored, recomputed = tmp_path / "stored.pt", tmp_path / "recomputed.pt"
+    assert cli.main([*RUN, "--save", str(stored)]) == 0
+    assert cli.main([*RUN, "--recompute-every", "2", "--save", str(recomputed)]) == 0
+    assert "recompute_every 2)" in capsys.readouterr().out
+    a, b = load_checkpoint(stored), load_checkpoint(recomputed)
+    assert_bit_equal(a["model"], b["model"], "model")
+    assert a["extra"]["history"] == b["extra"]["history"]
+    assert b["extra"]["args"]["recompute_every"] == 2
+    result = train(TrainConfig(model="lstm", hidden=24, epochs=1, quiet=True, recompute_every=2))
+    assert result.model.rnn.recompute_every == 2 and result.history == a["extra"]["history"]
+
+
+def test_train_recompute_every_auto_picks_for_the_budget(capsys):
+    """A budget between the least a recomputed run needs and what storing needs: auto recomputes."""
+    import torch
+
+    sizes = run_sizes(vars(TrainConfig(model="lstm", hidden=300, density=0.05)), load_task("digits", None, 0)[2],
+                      torch.device("cpu"))
+    stored = max(predict(sizes, 8, 64).peak, evaluation_peak(sizes, 8, 256))
+    argv = ["train", "--hidden", "300", "--density", "0.05", "--epochs", "1", "--recompute-every", "auto",
+            "--memory-budget", str(stored - 1)]
+    assert cli.main(argv) == 0
+    assert "(auto)) of a budget of" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--memory-budget", "1K"], ["argument --memory-budget: an evaluation batch of 256 needs an estimated",
+                                 "more than the budget of 1 KiB (--memory-budget): try --recompute-every auto"]),
+    (["--memory-budget", "1K", "--recompute-every", "3"], ["(recompute_every 3), more than the budget of 1 KiB"]),
+    (["--memory-budget", "1K", "--recompute-every", "auto"],
+     ["argument --recompute-every: auto: does not fit even with recomputation: a step and evaluation batches of 256 "
+      "need at least", "the budget is 1 KiB (--memory-budget)"]),
+    (["--recompute-every", "0"], ["argument --recompute-every: expected an integer >= 1, auto or none, got 0"]),
+    (["--recompute-every", "often"], ["argument --recompute-every: expected an integer >= 1, auto or none, got "
+                                      "'often'"]),
+    (["--memory-budget", "lots"], ["argument --memory-budget: expected a size such as 16G, 512M or 1000000 (bytes), "
+                                   "got 'lots'"]),
+    (["--model", "mlp", "--recompute-every", "2"], ["argument --recompute-every: applies to the recurrent models"]),
+], ids=lambda v: " ".join(v) if isinstance(v, list) and v[0].startswith("--") else "")
+def test_train_refuses_in_one_line_before_building(argv, words, capsys, monkeypatch):
+    """A run the budget cannot hold is refused with exit code 2 (bad arguments) before its model exists."""
+    import sparse_engine.runs.train_run as train_run
+
+    monkeypatch.setattr(train_run, "sequence_model", lambda *a, **k: pytest.fail("the model was built"))
+    assert cli.main([*RUN, *argv]) == 2
+    out, err = capsys.readouterr()
+    line = one_line(err)
+    assert all(w in line for w in words), line
+    assert "sparse-engine train --help" in line and out == ""
+
+
+def test_resume_may_change_recompute_every_and_memory_budget(tmp_path):
+    """Neither changes what is computed: a run saved storing every step goes on recomputing, and
+    ends where the run never interrupted ends, bit for bit."""
+    ref, ck = tmp_path / "ref.pt", tmp_path / "ck.pt"
+    base = ["train", "--model", "gru", "--hidden", "16", "--quiet"]
+    full = cli.run([*base, "--epochs", "2", "--save", str(ref)])
+    cli.run([*base, "--epochs", "1", "--save", str(ck)])
+    again = cli.run(["train", "--resume", str(ck), "--epochs", "2", "--recompute-every", "3", "--memory-budget", "8G"])
+    assert again == full
+    saved = load_checkpoint(ck)["extra"]["args"]
+    assert (saved["recompute_every"], saved["memory_budget"]) == (3, "8G")
+    assert_bit_equal(load_checkpoint(ck)["model"], load_checkpoint(ref)["model"], "model")
+
+
+def test_bench_memory_prints_the_breakdown_and_the_largest_size(capsys):
+    """Issue #30's LSTM: a million units with 32 nonzeros per row, predicted without building it,
+    and the largest hidden size a 16 GB budget holds with recomputation chosen for it."""
+    argv = ["bench", "--memory", "--hidden", "1000000", "--density", "0.000032", "--sparse", "recurrent",
+            "--batch", "20", "--seq-len", "35", "--device", "cpu"]
+    result = cli.run([*argv, "--budget", "16G", "--recompute-every", "auto"])
+    out = capsys.readouterr().out
+    for kind in ("weights", "index", "gradients", "optimizer", "activations", "workspace", "batch", "peak (backward)"):
+        assert kind in out
+    assert "largest hidden size for a budget of 16 GiB:" in out
+    hidden, k, at = result["largest"]
+    sizes = RecurrentSizes.build("lstm", 28, hidden, row_nnz=32, sparse="recurrent", recompute_every=k)
+    assert at == predict(sizes, 35, 20) and at.peak <= 16 * 2**30
+    bigger = RecurrentSizes.build("lstm", 28, hidden + 1, row_nnz=32, sparse="recurrent")
+    assert all(predict(bigger, 35, 20, recompute_every=j).peak > 16 * 2**30 for j in [None, *range(1, 36)])
+    stored = cli.run(argv)
+    assert stored["recompute_every"] is None and stored["breakdown"].peak > result["breakdown"].peak
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["bench", "--hidden", "100"], "argument --hidden: applies to bench --memory"),
+    (["bench", "--memory", "--n", "100"], "argument --n: applies to the operator benchmark"),
+    (["bench", "--memory", "--model", "mlp"], "argument --model: the memory model covers the recurrent models"),
+    (["bench", "--memory", "--recompute-every", "auto"], "argument --recompute-every: auto picks the interval for a "
+                                                         "budget: give --budget"),
+    (["bench", "--memory", "--budget", "1K", "--recompute-every", "auto"], "argument --budget: does not fit even "
+                                                                          "with recomputation"),
+    (["bench", "--memory", "--density", "0.5", "--hidden", "100", "--budget", "2Q"], "argument --budget: expected a "
+                                                                                     "size"),
+])
+def test_bench_memory_bad_arguments(argv, words, capsys):
+    assert cli.main(argv) == 2
+    assert words in one_line(capsys.readouterr().err)
