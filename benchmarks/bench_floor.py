@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 from common import machine, markdown_table, write_result  # noqa: F401  (imports sparse_engine first)
 from floor import gather_bandwidth, triad_bandwidth
+from sparse_engine.runtime.timing import best_of
 
 import sparse_engine._C as _C
 import torch
@@ -43,15 +43,6 @@ TILED = (32 << 20, 16 << 20, 0)  # the default panels, whatever the row size
 
 def padded(B: int) -> int:
     return -(-B // 8) * 8
-
-
-def best(fn, repeat: int) -> float:
-    out = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        out = min(out, time.perf_counter() - t)
-    return out
 
 
 def product_cases(n_rows, n_cols, nnz_per_row, B, label, generator, epsilon=None):
@@ -137,7 +128,7 @@ def main(argv=None):
                 for _ in range(args.repeat):  # alternating, so both see the same load
                     for mode in times:
                         _C._set_tiling(*(UNTILED if mode == "untiled" else TILED))
-                        times[mode] = min(times[mode], best(fn, 1))
+                        times[mode] = min(times[mode], best_of(fn, repeat=1))
             finally:
                 _C._set_tiling(*before)
             gather_floor = streamed / triad + gathered / gather

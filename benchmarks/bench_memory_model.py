@@ -39,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # sparse_engine before torch (which common imports): passive OpenMP waiting, torch's huge pages
 from sparse_engine.runtime.timing import available_memory_bytes, peak_rss_bytes, rss_bytes  # noqa: E402
-from common import RESULTS, markdown_table, write_result  # noqa: E402
+from common import RESULTS, markdown_table, parse_hidden, write_result  # noqa: E402
 
 #: the hidden size of the LSTM a child trains first, for the process's one-time costs
 WARM_UP_HIDDEN = 64
@@ -55,15 +55,6 @@ HEADER = ["hidden", "W_hh nnz", "recompute_every", "predicted peak (phase)", "tr
 
 def mb(nbytes: int) -> str:
     return f"{nbytes / 2**20:,.1f} MiB"
-
-
-def parse_hidden(text: str) -> int:
-    text = text.strip().lower()
-    scale = {"k": 10**3, "m": 10**6}.get(text[-1:], 1)
-    try:
-        return int(float(text[:-1] if scale > 1 else text) * scale)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected sizes like 10k,100k,1M; got {text!r}") from None
 
 
 def sizes(args, hidden: int, k: int | None):

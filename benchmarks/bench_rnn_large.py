@@ -49,7 +49,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import markdown_table, write_result  # noqa: E402
+from common import markdown_table, parse_hidden, write_result  # noqa: E402
 
 BEFORE = "8eb8491"  # main before the recurrence streamed its per-step work (branch recperf)
 TASKS = {"mnist": dict(T=28, n_in=28, n_out=10, kind="classify"),
@@ -149,15 +149,7 @@ print(json.dumps({"k": k, "build_s": build_s, "build_peak": build_peak, "first_s
 
 def parse_sizes(text: str) -> list:
     """``10k,100k,1M,max`` -> [10000, 100000, 1000000, "max"]."""
-    out = []
-    for part in text.split(","):
-        part = part.strip().lower()
-        if part == "max":
-            out.append("max")
-            continue
-        scale = {"k": 10**3, "m": 10**6}.get(part[-1:], 1)
-        out.append(int(float(part[:-1] if scale > 1 else part) * scale))
-    return out
+    return ["max" if part.strip().lower() == "max" else parse_hidden(part) for part in text.split(",")]
 
 
 def lstm_traffic(H: int, nnz: int, k) -> tuple[float, float]:

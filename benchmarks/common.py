@@ -124,6 +124,17 @@ def write_result(name: str, title: str, body: str) -> Path:
     return path
 
 
+def parse_hidden(text: str) -> int:
+    """A layer size written as on the command lines of the benchmarks: ``10000``, ``10k``, ``1M``."""
+    import argparse
+    text = text.strip().lower()
+    scale = {"k": 10**3, "m": 10**6}.get(text[-1:], 1)
+    try:
+        return int(float(text[:-1] if scale > 1 else text) * scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 10k,100k,1M; got {text!r}") from None
+
+
 def ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1e3:.2f}"
 

@@ -16,20 +16,9 @@ of ``repeat`` runs (the floor is what the machine can do, not what it did under 
 """
 from __future__ import annotations
 
-import time
-
 import sparse_engine  # noqa: F401  (before torch: the OpenMP waiting policy, see benchmarks/common.py)
 import torch
-
-
-def _best(fn, repeat: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+from sparse_engine.runtime.timing import best_of
 
 
 def triad_bandwidth(n: int = 1 << 26, repeat: int = 5) -> float:
@@ -37,7 +26,7 @@ def triad_bandwidth(n: int = 1 << 26, repeat: int = 5) -> float:
     256 MiB each): 12 n bytes a pass."""
     b, c = torch.rand(n), torch.rand(n)
     a = torch.empty(n)
-    return 12 * n / _best(lambda: torch.add(b, c, alpha=3.0, out=a), repeat)
+    return 12 * n / best_of(lambda: torch.add(b, c, alpha=3.0, out=a), repeat, warmup=1)
 
 
 def gather_bandwidth(row_floats: int, table_bytes: int = 1 << 30, rows: int = 1 << 22, repeat: int = 5,
@@ -51,8 +40,8 @@ def gather_bandwidth(row_floats: int, table_bytes: int = 1 << 30, rows: int = 1 
     idx = torch.randint(n_rows, (rows,), generator=g)
     offsets = torch.arange(0, rows, bag)
     out = torch.empty(rows, row_floats)
-    copy = _best(lambda: torch.index_select(table, 0, idx, out=out), repeat)
-    summed = _best(lambda: torch.nn.functional.embedding_bag(idx, table, offsets, mode="sum"), repeat)
+    copy = best_of(lambda: torch.index_select(table, 0, idx, out=out), repeat, warmup=1)
+    summed = best_of(lambda: torch.nn.functional.embedding_bag(idx, table, offsets, mode="sum"), repeat, warmup=1)
     return rows * row_floats * 4 / min(copy, summed)
 
 
