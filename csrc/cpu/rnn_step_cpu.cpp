@@ -290,13 +290,16 @@ struct CpuStep {
                                   data_or_null<scalar_t>(dc_prev), data_or_null<scalar_t>(direct), H, B, dt, tau);
       // dh_prev = direct + W_hh^T dG, through the transposed index (gather.h): reading values_t
       // (the values in column order) where the caller made it, else values[csc_perm[k]]
+      // dG read as it is (masked loads for its rows' last vector) where its rows are gathered
+      // few times each, as spmm_t reads G (gather.h, gather_source): no padded copy (at hidden
+      // 10^6, B = 20: 384 MB and a pass over it each step)
       const int64_t stride = padded_stride<scalar_t>(B);
-      auto dG_p = padded_batch(dG, stride);
+      const auto [dG_p, ld] = gather_source<scalar_t>(dG, stride, k.index.csc_ptr[H]);
       const bool by_column = w.values_t.defined();
       const scalar_t* vals = by_column ? values_t_c.data_ptr<scalar_t>() : values_c.data_ptr<scalar_t>();
       gather_rows<scalar_t>(k.index.csc_ptr, k.index.csc_row, vals, by_column ? nullptr : k.index.csc_perm,
                             dG_p.data_ptr<scalar_t>(), gates * H, stride, data_or_null<scalar_t>(direct),
-                            dh_prev.data_ptr<scalar_t>(), H, B);
+                            dh_prev.data_ptr<scalar_t>(), H, B, ld);
     });
     return {dG, dh_prev, dc_prev, dgx};
   }

@@ -283,13 +283,14 @@ def run_backward(led: Ledger, r: Run, dy: str | None, dx_name: str) -> None:
         led.alloc(n + ".dG", "workspace", dG_step)   # the previous step's, still bound
     led.temp(n + ".dh_dy", "workspace", u if dy else 0)  # dh = dh + dy[t]
     # the step backward: dG (+ GRU's dgx), dh_prev, dc_prev; the fused op's padded dG that W^T dG
-    # gathers from and (CPU) GRU's / CT-RNN's ``direct``; a composed step's elementwise temporaries
+    # gathers from (as spmm_t's source: padded from kUnpaddedBelow entries per row of dG on) and
+    # (CPU) GRU's / CT-RNN's ``direct``; a composed step's elementwise temporaries
     new = [G * B * e + dgx, u, u if c else 0]
     # the last step back (s = 0) reads the initial state, a transposed view of h_0 / c_0 (the
     # modules pass h0[k].t()): the fused LSTM and GRU steps copy it contiguous
     first = u + transpose_buffer(r.cpu, r.H * r.B, e) if r.transposed_h0 else 0
     if r.fused_bwd:
-        extra = [u if (r.cpu and mode_of(r) in ("GRU", "CTRNN")) else 0, r.pad(G, B),
+        extra = [u if (r.cpu and mode_of(r) in ("GRU", "CTRNN")) else 0, r.source_pad(G, B, r.nnz_hh),
                  first if mode_of(r) in ("LSTM", "GRU") else 0]
     else:
         extra = [max(_BWD_STEP_TEMPS[mode_of(r)] * u, r.source_pad(G, B, r.nnz_hh))]
