@@ -103,6 +103,7 @@ def status(key):  # bytes
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key)) * 1024
 
 H, T, B = a["hidden"], a["T"], a["B"]
+runtime = status("VmRSS:")  # the interpreter, torch and the library, before any model
 torch.manual_seed(0)
 t0 = time.perf_counter()
 model = SequenceModel("lstm", a["n_in"], a["n_out"], H, 1, a["per_row"] / H, "recurrent", "classify")
@@ -141,7 +142,7 @@ W = model.rnn.weight_hh_l0
 params = sum(p.numel() for p in model.parameters())
 print(json.dumps({"k": k, "build_s": build_s, "build_peak": build_peak, "first_s": steps[0][0],
                   "step_s": best[0], "fwd_s": best[1], "bwd_s": best[2], "opt_s": best[3], "set_s": set_s,
-                  "train_peak": train_peak, "train_rss_before": before, "predicted": predicted, "nnz": W.nnz,
+                  "train_peak": train_peak, "runtime": runtime, "predicted": predicted, "nnz": W.nnz,
                   "params": params, "set_nnz": model.rnn.weight_hh_l0.nnz,
                   "load": open("/proc/loadavg").read().split()[0]}))
 """
@@ -213,24 +214,27 @@ def lstm_table(args) -> None:
             gather = gather_bandwidth(row_floats, table_bytes=max(hidden * row_floats * 4, 1 << 20))
             streamed, gathered = lstm_traffic(hidden, r["nnz"], r["k"])
             floor = streamed / triad + gathered / gather
-            peak = r["train_peak"]
+            peak = r["train_peak"] - r["runtime"]  # the step's, as the memory model counts it
             rows.append([f"{hidden:,}" + (" (max)" if size == "max" else ""), f"{r['nnz']:,}",
                          "stored" if r["k"] is None else f"every {r['k']}",
                          f"{r['step_s']:.2f} ({r['fwd_s']:.1f} + {r['bwd_s']:.1f} + {r['opt_s']:.2f})",
-                         f"{r['set_s']:.2f}", f"{peak / 2**30:.2f}", f"{r['predicted'] / 2**30:.2f}",
+                         f"{r['set_s']:.2f}", f"{peak / 2**30:.2f} ({r['train_peak'] / 2**30:.2f})",
+                         f"{r['predicted'] / 2**30:.2f}",
                          f"{r['build_s']:.0f} s, {r['build_peak'] / 2**30:.2f}",
-                         f"{peak / r['params']:.1f}", f"{masked_dense_bytes(hidden) / 2**40:,.3g} TiB",
+                         f"{r['train_peak'] / r['params']:.1f}", f"{masked_dense_bytes(hidden) / 2**40:,.3g} TiB",
                          f"{gather / 1e9:.1f}", f"{floor:.2f} ({100 * floor / r['step_s']:.0f}%)", r["load"]])
         print(" | ".join(rows[-1]), flush=True)
         write_result(args.out or "lstm_scale_cpu.md", "SparseLSTM scale table (CPU)", head + "\n\n" + markdown_table(
             ["hidden", "recurrent nonzeros", "activations", "step s (fwd + bwd + Adam)", "SET update s",
-             "training peak GiB", "predicted GiB", "build (time, peak GiB)", "bytes per parameter",
+             "training peak GiB (process)", "predicted GiB", "build (time, peak GiB)", "bytes per parameter",
              "masked-dense nn.LSTM needs", "gathers GB/s", "floor s (% of it reached)", "load"], rows)
             + f"\n\n{args.steps} timed step(s) after one warm-up (the best shown), in a process per size; "
               f"`python benchmarks/bench_rnn_large.py --sizes {args.sizes}` (see its docstring: what the floor "
-              f"counts). The training peak is the process's resident high-water mark from the first step on "
-              f"(its construction's own peak apart); 'max': the largest hidden size the memory model fits in "
-              f"{args.budget}.")
+              f"counts). The training peak is the resident high-water mark from the first step on (its "
+              f"construction's own peak apart) less the resident memory before the model was built (the "
+              f"interpreter, torch and the library, about 0.3 GiB), in brackets the process's own; bytes per "
+              f"parameter: the process's peak over all parameters (recurrent nonzeros, dense W_ih, readout, "
+              f"biases); 'max': the largest hidden size the memory model fits in {args.budget}.")
 
 
 def _lstm_sizes(hidden: int):

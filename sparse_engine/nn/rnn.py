@@ -94,18 +94,17 @@ from .products import weight_args  # noqa: F401  (its old home)
 from .recurrence import Config, RecordsGradFactors, batch_rows, projected_lstm, recurrence
 from .sequences import (caller_layout, check_input_dtype, check_not_packed, inverse_permutation, packed_positions,
                         time_major)
-from .weights import (EMPTY, SELECTIONS, check_positive_int, check_recompute_every, fill_dense, load_dense,  # noqa
-                      make_bias, make_weight, nonzero_masks, refuse_dense_weights, reset_weights, resolve_density,
-                      sparse_flags, sparsify)
+from .weights import (EMPTY, SELECTIONS, TorchConversion, check_positive_int, check_recompute_every,  # noqa
+                      fill_dense, load_dense, make_bias, make_weight, nonzero_masks, refuse_dense_weights,
+                      reset_weights, resolve_density, sparse_flags, sparsify)
 
 __all__ = ["SparseRNN", "SparseLSTM", "SparseGRU", "SparseRNNBase"]
 
-_DENSE_CLASSES = {"RNN_TANH": nn.RNN, "RNN_RELU": nn.RNN, "LSTM": nn.LSTM, "GRU": nn.GRU}
 #: torch's whole-sequence recurrences, which its modules' forward calls (the dense-compute path)
 _DENSE_FUNCTIONS = {"RNN_TANH": torch.rnn_tanh, "RNN_RELU": torch.rnn_relu, "LSTM": torch.lstm, "GRU": torch.gru}
 
 
-class SparseRNNBase(RecordsGradFactors, nn.Module):
+class SparseRNNBase(RecordsGradFactors, TorchConversion, nn.Module):
     """Shared body of SparseRNN/SparseLSTM/SparseGRU (the ``nn.RNNBase`` of this package)."""
     #: allow the fused step ops (see :mod:`sparse_engine.nn.rnn`); an instance attribute
     #: set by ``fused=``, this default for modules pickled before the setting existed
@@ -175,66 +174,6 @@ class SparseRNNBase(RecordsGradFactors, nn.Module):
                             make_weight(proj_size, hidden_size, sp_hh, hidden_size, density, epsilon, device, dtype))
                     names.append("weight_hr" + sfx)
                 self._flat_weights_names += names
-
-    # ------------------------------------------------------------------ conversion
-    def _dense_kwargs(self) -> dict:
-        kw = dict(num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
-                  dropout=self.dropout, bidirectional=self.bidirectional)
-        if self.proj_size:
-            kw["proj_size"] = self.proj_size
-        if self.mode.startswith("RNN_"):
-            kw["nonlinearity"] = self.mode[4:].lower()
-        return kw
-
-    @classmethod
-    def _check_dense_source(cls, module, expected):
-        if type(module) is not expected:
-            raise TypeError(f"{cls.__name__}.from_dense expects a torch.nn.{expected.__name__}, "
-                            f"got {type(module).__name__}")
-
-    @classmethod
-    def from_dense(cls, module: nn.Module, density: float | None = None, mask: dict | None = None,
-                   sparse: str = "both", selection: str = "magnitude", generator: torch.Generator | None = None):
-        """A sparse copy of a torch ``nn.RNN``/``nn.LSTM``/``nn.GRU``.
-
-        Each matrix chosen by ``sparse=`` keeps the entries under ``mask[name]`` (a dict of bool
-        tensors keyed by torch's parameter names), else the ``density`` fraction (per matrix, all
-        gates together) chosen by ``selection`` ('magnitude': largest |w|, the default;
-        'random': uniformly random positions from ``generator``), else its nonzeros. Other
-        parameters are copied. (:meth:`load_dense_state_dict` does the same from a state_dict.)
-        """
-        cls._check_dense_source(module, cls._DENSE)
-        w = module.weight_ih_l0
-        kw = dict(num_layers=module.num_layers, bias=module.bias, batch_first=module.batch_first,
-                  dropout=module.dropout, bidirectional=module.bidirectional)
-        if cls is SparseRNN:
-            kw["nonlinearity"] = module.nonlinearity
-        if getattr(module, "proj_size", 0):
-            kw["proj_size"] = module.proj_size
-        new = cls(module.input_size, module.hidden_size, density=EMPTY, sparse=sparse, device=w.device,
-                  dtype=w.dtype, **kw)
-        if density is None and mask is None:
-            mask = nonzero_masks(module)
-        new.load_dense_state_dict(module.state_dict(), density, mask=mask, selection=selection, generator=generator)
-        return new
-
-    def load_dense_state_dict(self, state_dict: dict, density: float | None = None, *, mask: dict | None = None,
-                              selection: str = "magnitude", generator: torch.Generator | None = None) -> None:
-        """Loads a dense torch ``nn.LSTM``/``GRU``/``RNN`` ``state_dict`` (same sizes) into this
-        module: each sparse matrix keeps ``mask[name]``, else ``density`` of its entries (None:
-        the density it has now) chosen by ``selection`` ('magnitude' or 'random', as
-        :meth:`from_dense`); dense matrices and biases are copied. ``load_state_dict`` refuses a
-        dense state_dict and points here."""
-        load_dense(self, state_dict, density, mask, selection, generator)
-
-    def to_dense(self) -> nn.Module:
-        """The equivalent torch module (zeros where a sparse matrix has no entry; same
-        requires_grad and training mode). O(H^2) memory: for tests and export."""
-        first = getattr(self, "weight_ih_l0")
-        ref = first.values if isinstance(first, SparseWeight) else first
-        dense = _DENSE_CLASSES[self.mode](self.input_size, self.hidden_size, device=ref.device, dtype=ref.dtype,
-                                          **self._dense_kwargs())
-        return fill_dense(dense, self, self._flat_weights_names)
 
     def _load_from_state_dict(self, state_dict, prefix, *args):
         refuse_dense_weights(self, state_dict, prefix, args[-1])  # a torch state_dict: say what to call

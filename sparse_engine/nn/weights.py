@@ -22,7 +22,7 @@ from ..sparse import SparseWeight
 
 __all__ = ["EMPTY", "SELECTIONS", "check_positive_int", "check_dropout", "sparse_flags", "resolve_density",
            "make_weight", "make_bias", "reset_weights", "init_values_uniform", "sparsify", "load_dense",
-           "nonzero_masks", "fill_dense", "refuse_dense_weights"]
+           "nonzero_masks", "fill_dense", "refuse_dense_weights", "TorchConversion"]
 
 _SPARSE_CHOICES = {"both": (True, True), "recurrent": (False, True), "input": (True, False)}
 
@@ -203,3 +203,70 @@ def refuse_dense_weights(module: nn.Module, state_dict, prefix: str, error_msgs:
                 f"{prefix + name!r} is a dense matrix (a torch.nn state_dict?) where {type(module).__name__} holds "
                 "a SparseWeight: load a dense torch state_dict with load_dense_state_dict(state_dict, density=...) "
                 "(recurrent layers and cells), or convert the torch module with from_dense(module, ...)")
+
+
+class TorchConversion:
+    """``from_dense``, ``load_dense_state_dict`` and ``to_dense`` of the recurrent layers
+    (SparseRNN/LSTM/GRU, :mod:`.rnn`): torch's module to ours and back. A subclass names its torch
+    class in ``_DENSE`` and has the layers' attributes (``mode``, sizes, ``_flat_weights_names``)."""
+
+    _DENSE: type = nn.Module
+
+    def _dense_kwargs(self) -> dict:
+        kw = dict(num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
+                  dropout=self.dropout, bidirectional=self.bidirectional)
+        if self.proj_size:
+            kw["proj_size"] = self.proj_size
+        if self.mode.startswith("RNN_"):
+            kw["nonlinearity"] = self.mode[4:].lower()
+        return kw
+
+    @classmethod
+    def _check_dense_source(cls, module, expected):
+        if type(module) is not expected:
+            raise TypeError(f"{cls.__name__}.from_dense expects a torch.nn.{expected.__name__}, "
+                            f"got {type(module).__name__}")
+
+    @classmethod
+    def from_dense(cls, module: nn.Module, density: float | None = None, mask: dict | None = None,
+                   sparse: str = "both", selection: str = "magnitude", generator: torch.Generator | None = None):
+        """A sparse copy of a torch ``nn.RNN``/``nn.LSTM``/``nn.GRU``.
+
+        Each matrix chosen by ``sparse=`` keeps the entries under ``mask[name]`` (a dict of bool
+        tensors keyed by torch's parameter names), else the ``density`` fraction (per matrix, all
+        gates together) chosen by ``selection`` ('magnitude': largest |w|, the default;
+        'random': uniformly random positions from ``generator``), else its nonzeros. Other
+        parameters are copied. (:meth:`load_dense_state_dict` does the same from a state_dict.)
+        """
+        cls._check_dense_source(module, cls._DENSE)
+        w = module.weight_ih_l0
+        kw = dict(num_layers=module.num_layers, bias=module.bias, batch_first=module.batch_first,
+                  dropout=module.dropout, bidirectional=module.bidirectional)
+        if cls._DENSE is nn.RNN:
+            kw["nonlinearity"] = module.nonlinearity
+        if getattr(module, "proj_size", 0):
+            kw["proj_size"] = module.proj_size
+        new = cls(module.input_size, module.hidden_size, density=EMPTY, sparse=sparse, device=w.device,
+                  dtype=w.dtype, **kw)
+        if density is None and mask is None:
+            mask = nonzero_masks(module)
+        new.load_dense_state_dict(module.state_dict(), density, mask=mask, selection=selection, generator=generator)
+        return new
+
+    def load_dense_state_dict(self, state_dict: dict, density: float | None = None, *, mask: dict | None = None,
+                              selection: str = "magnitude", generator: torch.Generator | None = None) -> None:
+        """Loads a dense torch ``nn.LSTM``/``GRU``/``RNN`` ``state_dict`` (same sizes) into this
+        module: each sparse matrix keeps ``mask[name]``, else ``density`` of its entries (None:
+        the density it has now) chosen by ``selection`` ('magnitude' or 'random', as
+        :meth:`from_dense`); dense matrices and biases are copied. ``load_state_dict`` refuses a
+        dense state_dict and points here."""
+        load_dense(self, state_dict, density, mask, selection, generator)
+
+    def to_dense(self) -> nn.Module:
+        """The equivalent torch module (zeros where a sparse matrix has no entry; same
+        requires_grad and training mode). O(H^2) memory: for tests and export."""
+        first = getattr(self, "weight_ih_l0")
+        ref = first.values if isinstance(first, SparseWeight) else first
+        dense = self._DENSE(self.input_size, self.hidden_size, device=ref.device, dtype=ref.dtype,
+                            **self._dense_kwargs())
+        return fill_dense(dense, self, self._flat_weights_names)
