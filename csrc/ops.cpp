@@ -58,21 +58,24 @@ TORCH_LIBRARY(sparse_engine, m) {
 
   // ---------------------------------------------------------------- rnn_step
   // One recurrent step: W_hh h (+ gx) and the gate math fused; see cpu/rnn_step_cpu.cpp's header.
-  // Each backward takes W_hh's values_t (values[csc_perm], csrc/values_t.h) optionally, last:
-  // a recurrence makes it once per sequence for its T backward steps.
+  // Each backward takes W_hh's values_t (values[csc_perm], csrc/values_t.h) optionally: a
+  // recurrence makes it once per sequence for its T backward steps; and optionally, last, the
+  // step's input state h_in (H x B, what W_hh multiplied) with dw_t (nnz, in the transposed
+  // index's order), to which it adds W_hh's gradient of the step, dG h_in^T at the nonzeros (the
+  // CPU in the same pass as W_hh^T dG: each gathered row of dG serves both).
   m.def("lstm_step(" SE_INDEX_SCHEMA "Tensor values, Tensor gx, Tensor h, Tensor c) -> (Tensor, Tensor, Tensor)");
   m.def("lstm_step_backward(" SE_INDEX_SCHEMA "Tensor values, Tensor acts, Tensor c_prev, Tensor c, Tensor dh, "
-        "Tensor dc, Tensor? values_t=None) -> (Tensor, Tensor, Tensor)");
+        "Tensor dc, Tensor? values_t=None, Tensor? h_in=None, Tensor(a!)? dw_t=None) -> (Tensor, Tensor, Tensor)");
   m.def("gru_step(" SE_INDEX_SCHEMA "Tensor values, Tensor gx, Tensor h, Tensor? b_hh) -> (Tensor, Tensor)");
   m.def("gru_step_backward(" SE_INDEX_SCHEMA "Tensor values, Tensor acts, Tensor h_prev, Tensor dh, "
-        "Tensor? values_t=None) "
+        "Tensor? values_t=None, Tensor? h_in=None, Tensor(a!)? dw_t=None) "
         "-> (Tensor, Tensor, Tensor)");
   m.def("rnn_step(" SE_INDEX_SCHEMA "Tensor values, Tensor gx, Tensor h, bool relu) -> Tensor");
   m.def("rnn_step_backward(" SE_INDEX_SCHEMA "Tensor values, Tensor h_new, Tensor dh, bool relu, "
-        "Tensor? values_t=None) -> (Tensor, Tensor)");
+        "Tensor? values_t=None, Tensor? h_in=None, Tensor(a!)? dw_t=None) -> (Tensor, Tensor)");
   m.def("ctrnn_step(" SE_INDEX_SCHEMA "Tensor values, Tensor gx, Tensor h, float dt, float tau) -> (Tensor, Tensor)");
   m.def("ctrnn_step_backward(" SE_INDEX_SCHEMA "Tensor values, Tensor acts, Tensor dh, float dt, float tau, "
-        "Tensor? values_t=None) -> (Tensor, Tensor)");
+        "Tensor? values_t=None, Tensor? h_in=None, Tensor(a!)? dw_t=None) -> (Tensor, Tensor)");
 
   // ---------------------------------------------------------------- topology
   // bool mask of the k smallest scores (ties: lower index first)

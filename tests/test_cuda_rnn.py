@@ -326,3 +326,30 @@ def test_gradcheck_fused_on_device(mode):
         return (y, h, c) if mode == "LSTM" else (y, h)
 
     assert torch.autograd.gradcheck(f, args)
+
+
+@_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_step_backward_adds_the_weight_gradient(dtype):
+    """Each step backward given h_in and dw_t adds dG h_in^T at W_hh's nonzeros to dw_t in the
+    transposed index's order (CUDA: sddmm then the permutation, csrc/rnn_step_ops.h; the CPU
+    fuses it into its W^T dG pass): against sddmm on the same device."""
+    g = torch.Generator().manual_seed(11)
+    H, B = 33, 20
+    rnd = lambda *s: torch.randn(*s, generator=g, dtype=dtype).to(DEV)  # noqa: E731
+    acts = torch.rand(4 * H, B, generator=g, dtype=dtype).to(DEV)
+    h, c, dh, dc, h_in = rnd(H, B), rnd(H, B), rnd(H, B), rnd(H, B), rnd(H, B)
+    calls = {
+        4: lambda W, v, **kw: RAW.lstm_step_backward(*W.index, v, acts, c, c, dh, dc, None, **kw),
+        3: lambda W, v, **kw: RAW.gru_step_backward(*W.index, v, acts, h, dh, None, **kw),
+        1: lambda W, v, **kw: RAW.rnn_step_backward(*W.index, v, torch.tanh(h), dh, False, None, **kw),
+        -1: lambda W, v, **kw: RAW.ctrnn_step_backward(*W.index, v, acts[:H], dh, DT, TAU, None, **kw),
+    }
+    for gates, call in calls.items():
+        W = SparseWeight.random(abs(gates) * H, H, density=0.3, generator=g, dtype=dtype).to(DEV)
+        v = W.values.detach()
+        dw = torch.zeros(W.nnz, dtype=dtype, device=DEV)
+        out = call(W, v, h_in=h_in, dw_t=dw)
+        dG = out[1] if gates == 3 else out[0]
+        want = RAW.sddmm(*W.index, dG, h_in)[W.csc_perm.long()]
+        torch.testing.assert_close(dw, want, **TOL[dtype])

@@ -411,3 +411,109 @@ def test_a_cell_reads_each_weight_once_per_step(cls, rng):
     Counted.calls = 0  # (registering evaluated it once, to check its output)
     cell(torch.randn(2, 3, generator=rng, dtype=torch.float64))
     assert Counted.calls == 1
+
+
+def _backward_calls(H, B, rng, dtype=torch.float64):
+    """{gates: call(W, v, *optional)} of each step backward op on fresh random operands."""
+    ops = torch.ops.sparse_engine
+    rnd = lambda *s: torch.randn(*s, generator=rng, dtype=dtype)  # noqa: E731
+    acts = torch.rand(4 * H, B, generator=rng, dtype=dtype)
+    h, c, dh, dc = rnd(H, B), rnd(H, B), rnd(H, B), rnd(H, B)
+    return {
+        4: lambda W, v, *t, **kw: ops.lstm_step_backward(*W.index, v, acts, c, c, dh, dc, *t, **kw),
+        3: lambda W, v, *t, **kw: ops.gru_step_backward(*W.index, v, acts, h, dh, *t, **kw),
+        1: lambda W, v, *t, **kw: ops.rnn_step_backward(*W.index, v, torch.tanh(h), dh, False, *t, **kw),
+        -1: lambda W, v, *t, **kw: ops.ctrnn_step_backward(*W.index, v, acts[:H], dh, 0.1, 0.5, *t, **kw),
+    }
+
+
+@pytest.mark.parametrize("B", [1, 3, 20, 67, 130])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_backward_adds_the_weight_gradient(B, dtype, rng):
+    """Given h_in and dw_t, each step backward adds dG h_in^T at W_hh's nonzeros to dw_t, in the
+    transposed index's order (the CPU in its W^T dG pass): within rounding of the float64
+    reference (sddmm's definition), with or without values_t, on 1 and 2 threads the same bits,
+    and its other outputs unchanged."""
+    from sparse_engine.testing import num_threads
+    from test_ops import assert_within_rounding
+    H = 7
+    for gates, call in _backward_calls(H, B, rng, dtype).items():
+        W = random_weight(abs(gates) * H, H, 0.5, empty_rows=2, full_rows=1, dtype=dtype, generator=rng)
+        v = W.values.detach()
+        perm = W.csc_perm.long()
+        h_in = torch.randn(H, B, generator=rng, dtype=dtype)
+        start = torch.randn(W.nnz, generator=rng, dtype=dtype)
+        plain = call(W, v, v[perm])
+        dG = plain[1] if gates == 3 else plain[0]
+        row, col, _ = W.coo()
+        exact = (dG.double()[row] * h_in.double()[col]).sum(1)[perm]  # per entry, transposed order
+        bound = (dG.double()[row].abs() * h_in.double()[col].abs()).sum(1)[perm]
+        got = []
+        for threads in (1, 2):
+            for values_t in ((v[perm],), ()):
+                dw = start.clone()
+                with num_threads(threads):
+                    out = call(W, v, *values_t, h_in=h_in, dw_t=dw)
+                for a, b in zip(out, plain):
+                    assert torch.equal(a, b)
+                got.append(dw)
+                assert_within_rounding(dw - start, exact, bound + start.double().abs() / max(B, 1), B + 1, dtype)
+        assert all(torch.equal(got[0], g) for g in got[1:])
+
+
+def test_weight_gradient_arguments_are_checked(rng):
+    ops = torch.ops.sparse_engine
+    H, B = 5, 3
+    W = random_weight(4 * H, H, 0.5, generator=rng)
+    v = W.values.detach()
+    acts = torch.rand(4 * H, B, generator=rng, dtype=torch.float64)
+    h = torch.randn(H, B, generator=rng, dtype=torch.float64)
+    dw = torch.zeros(W.nnz, dtype=torch.float64)
+    call = lambda **kw: ops.lstm_step_backward(*W.index, v, acts, h, h, h, h, None, **kw)  # noqa: E731
+    with pytest.raises(ValueError, match="h_in and dw_t go together"):
+        call(h_in=h)
+    with pytest.raises(ValueError, match="h_in and dw_t go together"):
+        call(dw_t=dw)
+    with pytest.raises(ValueError, match="dw_t must be 1-D with one entry per nonzero"):
+        call(h_in=h, dw_t=dw[:-1])
+    with pytest.raises(TypeError, match="dw_t must have the dtype of values"):
+        call(h_in=h, dw_t=dw.float())
+    with pytest.raises(ValueError, match="dw_t must be contiguous"):
+        call(h_in=h, dw_t=torch.zeros(2 * W.nnz, dtype=torch.float64)[::2])
+    with pytest.raises(ValueError, match="h_in"):
+        call(h_in=h[:4], dw_t=dw)
+    opcheck_args = (*W.index, v, acts, h, h, h, h, v[W.csc_perm.long()], h, dw)
+    torch.library.opcheck(ops.lstm_step_backward.default, opcheck_args, test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "composed"])
+def test_per_step_backward_takes_w_hh_gradient_from_the_step(fused, monkeypatch, rng):
+    """Per step (large runs), a fused step backward adds W_hh's gradient itself: no sddmm for W_hh
+    (one per step composed), the same gradient within rounding."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from sparse_engine.nn import recurrence
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.sddmm = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.sddmm += func.__name__.startswith("sddmm")
+            return func(*args, **(kwargs or {}))
+
+    monkeypatch.setattr(recurrence, "STACK_BYTES", 0)
+    torch.manual_seed(0)
+    grads = {}
+    for f in (fused, not fused):
+        torch.manual_seed(0)
+        m = se.nn.SparseLSTM(4, 9, density=0.4, sparse="recurrent", compute="sparse", fused=f)
+        x = torch.randn(6, 3, 4, generator=torch.Generator().manual_seed(1))
+        count = Count()
+        with count:
+            m(x)[0].pow(2).sum().backward()
+        grads[f] = m.weight_hh_l0.values.grad
+        if f == fused:
+            assert count.sddmm == (0 if fused else 6)
+    torch.testing.assert_close(grads[True], grads[False], rtol=1e-5, atol=1e-6)

@@ -209,6 +209,59 @@ void gates_backward(const scalar_t* acts, const scalar_t* c_prev, const scalar_t
   }
 }
 
+// dh_prev[j] = direct[j] + sum_k v_k dG[r_k] over column j of W_hh (row j of the transposed
+// index, entries k at rows r_k), by gather_rows' own row loop (the same bits as without the
+// weight gradient), and right after it, while those rows of dG are still in L1, dw_t[k] +=
+// dot(dG[r_k], h_in[j]): W_hh's gradient from the rows W_hh^T dG gathered, which sddmm would
+// gather again from memory (h's rows, at random) in a pass of its own (at hidden 10^6, B = 20:
+// 128M rows of 80 bytes a step). The dot products in blocks of L lanes, the last masked to B,
+// each block's lanes summed in order: fixed, whatever the threads. src: dG, rows of `ld`.
+template <typename S>
+void add_row_dots(int64_t k0, int64_t k1, const int32_t* idx, const S* src, int64_t ld, const S* x, int64_t B,
+                  S* dw) {
+  constexpr int L = vec_lanes<S>();
+  using V = vec_t<S>;
+  for (int64_t k = k0; k < k1; ++k) {
+    const S* g = src + static_cast<int64_t>(idx[k]) * ld;
+    V dot{};
+    int64_t b = 0;
+    for (; b + L <= B; b += L) dot += load_vec(g + b) * load_vec(x + b);
+    if (b < B) dot += load_first(g + b, static_cast<int>(B - b)) * load_first(x + b, static_cast<int>(B - b));
+    S d = 0;
+    for (int l = 0; l < L; ++l) d += dot[l];
+    dw[k] += d;
+  }
+}
+
+template <typename S>
+void gather_rows_wgrad(const int64_t* ptr, const int32_t* idx, const S* vals, const int32_t* perm, const S* src,
+                       int64_t src_rows, int64_t stride, int64_t ld, const S* direct, S* out, int64_t n, int64_t B,
+                       const S* x, S* dw) {
+  constexpr int M = wide_block<S>(), P = pad_unit<S>();
+  const int64_t chunks = num_chunks(n);
+  const auto bounds = balanced_bounds(ptr, n, chunks);
+  const int64_t nnz = ptr[n];
+  const bool parallel = (nnz + n) * B >= parallel_work();
+  const bool fetch = src_rows * stride * static_cast<int64_t>(sizeof(S)) >= kPrefetchFromBytes;
+  const auto rows = stride == 1 ? nullptr : row_range<S, M>(static_cast<int>((stride % M) / P), fetch);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(kernel_threads()) if (parallel)
+  for (int64_t c = 0; c < chunks; ++c) {
+    std::vector<S> row_vals;
+    if (perm != nullptr) {
+      int64_t longest = 0;
+      for (int64_t i = bounds[c]; i < bounds[c + 1]; ++i) longest = std::max(longest, ptr[i + 1] - ptr[i]);
+      row_vals.resize(longest);
+    }
+    for (int64_t i = bounds[c]; i < bounds[c + 1]; ++i) {
+      if (stride == 1)
+        gather_dot_range<S>(ptr, idx, vals, perm, src, direct, out, i, i + 1, nnz, row_vals);
+      else
+        rows(ptr, idx, vals, perm, src, stride, ld, direct, out, i, i + 1, B, nnz, row_vals, nullptr);
+      add_row_dots<S>(ptr[i], ptr[i + 1], idx, src, ld, x + i * B, B, dw);
+    }
+  }
+}
+
 // W_hh checked and made contiguous for the kernels: H, the batch, and the raw index arrays
 // (valid while `kept` lives).
 struct CheckedWeight {
@@ -230,6 +283,8 @@ CheckedWeight check_weight(const StepWeight& w, const at::Tensor& state, const c
 
 // The CPU device of the step ops (csrc/rnn_step_ops.h). Locals ending in _c are contiguous copies.
 struct CpuStep {
+  static constexpr bool kFusesWeightGrad = true;  // backward adds the weight gradient in its W^T dG pass
+
   template <CellMode M>
   static StepOutputs forward(const StepWeight& w, const at::Tensor& gx, const at::Tensor& h, const at::Tensor& c,
                              const at::Tensor& b_hh, double dt, double tau) {
@@ -264,7 +319,7 @@ struct CpuStep {
   template <CellMode M>
   static StepGrads backward(const StepWeight& w, const at::Tensor& acts, const at::Tensor& c_prev,
                             const at::Tensor& c, const at::Tensor& h, const at::Tensor& dh, const at::Tensor& dc,
-                            double dt, double tau) {
+                            double dt, double tau, const WeightGrad& g = {}) {
     constexpr int gates = cell_gates(M);
     const CheckedWeight k = check_weight(w, dh, "dh", gates);
     const int64_t H = k.H, B = k.B;
@@ -297,9 +352,15 @@ struct CpuStep {
       const auto [dG_p, ld] = gather_source<scalar_t>(dG, stride, k.index.csc_ptr[H]);
       const bool by_column = w.values_t.defined();
       const scalar_t* vals = by_column ? values_t_c.data_ptr<scalar_t>() : values_c.data_ptr<scalar_t>();
-      gather_rows<scalar_t>(k.index.csc_ptr, k.index.csc_row, vals, by_column ? nullptr : k.index.csc_perm,
-                            dG_p.data_ptr<scalar_t>(), gates * H, stride, data_or_null<scalar_t>(direct),
-                            dh_prev.data_ptr<scalar_t>(), H, B, ld);
+      if (g.dw_t.defined())  // and W_hh's gradient, from the same gathered rows of dG
+        gather_rows_wgrad<scalar_t>(k.index.csc_ptr, k.index.csc_row, vals, by_column ? nullptr : k.index.csc_perm,
+                                    dG_p.data_ptr<scalar_t>(), gates * H, stride, ld, data_or_null<scalar_t>(direct),
+                                    dh_prev.data_ptr<scalar_t>(), H, B, g.h_in.data_ptr<scalar_t>(),
+                                    g.dw_t.data_ptr<scalar_t>());
+      else
+        gather_rows<scalar_t>(k.index.csc_ptr, k.index.csc_row, vals, by_column ? nullptr : k.index.csc_perm,
+                              dG_p.data_ptr<scalar_t>(), gates * H, stride, data_or_null<scalar_t>(direct),
+                              dh_prev.data_ptr<scalar_t>(), H, B, ld);
     });
     return {dG, dh_prev, dc_prev, dgx};
   }

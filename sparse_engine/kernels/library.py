@@ -160,7 +160,7 @@ def _transpose_index_fake(row_ptr, col_idx, n_cols):
 # -------------------------------------------------------------------------- rnn_step
 # Shapes (H hidden units, B batch): states H x B; gx and the gate gradient dG G*H x B (GATES);
 # the saved activations SAVED_ACTS*H x B. Each backward takes W_hh's values in column order
-# (values_t = values[csc_perm]) optionally, last.
+# (values_t = values[csc_perm]) optionally, then h_in and dw_t (added to in place: nothing to fake).
 @_fake("sparse_engine::lstm_step")
 def _lstm_step_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, gx, h, c):
     return _like(h), _like(h), _blocks(h, SAVED_ACTS["LSTM"])
@@ -168,7 +168,7 @@ def _lstm_step_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, gx, h,
 
 @_fake("sparse_engine::lstm_step_backward")
 def _lstm_step_backward_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, acts, c_prev, c, dh, dc,
-                             values_t=None):
+                             values_t=None, h_in=None, dw_t=None):
     return _blocks(dh, GATES["LSTM"]), _like(dh), _like(dh)
 
 
@@ -178,7 +178,8 @@ def _gru_step_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, gx, h, 
 
 
 @_fake("sparse_engine::gru_step_backward")
-def _gru_step_backward_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, acts, h_prev, dh, values_t=None):
+def _gru_step_backward_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, acts, h_prev, dh, values_t=None,
+                            h_in=None, dw_t=None):
     return _blocks(dh, GATES["GRU"]), _blocks(dh, GATES["GRU"]), _like(dh)
 
 
@@ -188,7 +189,8 @@ def _rnn_step_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, gx, h, 
 
 
 @_fake("sparse_engine::rnn_step_backward")
-def _rnn_step_backward_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, h_new, dh, relu, values_t=None):
+def _rnn_step_backward_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, h_new, dh, relu, values_t=None,
+                            h_in=None, dw_t=None):
     return _blocks(dh, GATES["RNN_TANH"]), _like(dh)
 
 
@@ -199,7 +201,7 @@ def _ctrnn_step_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, gx, h
 
 @_fake("sparse_engine::ctrnn_step_backward")
 def _ctrnn_step_backward_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, acts, dh, dt, tau,
-                              values_t=None):
+                              values_t=None, h_in=None, dw_t=None):
     return _blocks(dh, GATES["CTRNN"]), _like(dh)
 
 

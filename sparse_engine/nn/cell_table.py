@@ -186,13 +186,15 @@ class Cell:
             out = (out,)
         return out[0], (out[1] if self.cell_state else c), (out[-1] if self.saved_acts else None)
 
-    def backward_step(self, step_backward, w, idx, saved, dh, dc, params, values_t=None):
+    def backward_step(self, step_backward, w, idx, saved, dh, dc, params, values_t=None, **weight_grad):
         """One step back: (input-side gate gradient, hidden-side gate gradient, dh_prev, dc_prev
-        (``dc`` unchanged without a cell state)). ``values_t``: ``transposed`` W_hh (:mod:`.products`), or None."""
+        (``dc`` unchanged without a cell state)). ``values_t``: ``transposed`` W_hh (:mod:`.products`), or None.
+        ``weight_grad``: ``h_in=, dw_t=`` for a fused step backward, which then adds W_hh's gradient
+        of the step to ``dw_t`` (in the transposed index's order; csrc/ops.cpp)."""
         if self.cell_state:
-            out = step_backward(w, idx, *saved, dh, dc, *params, values_t=values_t)
+            out = step_backward(w, idx, *saved, dh, dc, *params, values_t=values_t, **weight_grad)
         else:
-            out = step_backward(w, idx, *saved, dh, *params, values_t=values_t)
+            out = step_backward(w, idx, *saved, dh, *params, values_t=values_t, **weight_grad)
         k = 1 if self.input_grad else 0
         return out[0], out[k], out[k + 1], (out[k + 2] if self.cell_state else dc)
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .products import UNTRANSPOSE_CHUNK
+
 #: What the ledger keeps apart: parameters' values (sparse values, dense matrices, biases),
 #: the sparse index (CSR and transposed), parameter gradients, optimizer state, what the forward
 #: keeps for the backward, transient buffers, and the batch the caller holds (input, targets,
@@ -279,8 +281,7 @@ def run_backward(led: Ledger, r: Run, dy: str | None, dx_name: str) -> None:
     if r.stacked and r.k is None:  # every step's gate gradients, kept for one product per weight at
         # the end (the last one is also the one still bound to dG); a CT-RNN's sums beside them
         led.alloc(n + ".dGs", "workspace", (steps - 1) * dG_step + (T - 1) * sums)
-    elif not r.stacked:
-        led.alloc(n + ".dG", "workspace", dG_step)   # the previous step's, still bound
+    # (per step, the previous step's dG is dropped before the next is made)
     led.temp(n + ".dh_dy", "workspace", u if dy else 0)  # dh = dh + dy[t]
     # the step backward: dG (+ GRU's dgx), dh_prev, dc_prev; the fused op's padded dG that W^T dG
     # gathers from (as spmm_t's source: padded from kUnpaddedBelow entries per row of dG on) and
@@ -289,14 +290,17 @@ def run_backward(led: Ledger, r: Run, dy: str | None, dx_name: str) -> None:
     # the last step back (s = 0) reads the initial state, a transposed view of h_0 / c_0 (the
     # modules pass h0[k].t()): the fused LSTM and GRU steps copy it contiguous
     first = u + transpose_buffer(r.cpu, r.H * r.B, e) if r.transposed_h0 else 0
+    # a fused step backward adds W_hh's gradient itself (no sddmm), reading h_s contiguous: at
+    # s = 0 a copy of h_0's transposed view
+    fused_wgrad = r.fused_bwd and not r.stacked and r.nnz_hh is not None
     if r.fused_bwd:
         extra = [u if (r.cpu and mode_of(r) in ("GRU", "CTRNN")) else 0, r.source_pad(G, B, r.nnz_hh),
-                 first if mode_of(r) in ("LSTM", "GRU") else 0]
+                 first if mode_of(r) in ("LSTM", "GRU") else 0, first if fused_wgrad else 0]
     else:
         extra = [max(_BWD_STEP_TEMPS[mode_of(r)] * u, r.source_pad(G, B, r.nnz_hh))]
     led.temp(n + ".step", "workspace", *new, *extra)
     if not r.stacked:  # this step's part of each gradient (the new dG is now the bound one)
-        if r.nnz_hh is not None:  # sddmm(dG, h_s): a new nnz-long tensor added into d_w_hh (h_0: a view)
+        if r.nnz_hh is not None and not fused_wgrad:  # sddmm(dG, h_s): a new nnz-long tensor added into d_w_hh
             _sddmm(led, r, n + ".sddmm_hh", r.nnz_hh, G, r.H, B, x_strided=r.transposed_h0)
         if r.nnz_ih is not None:
             _sddmm(led, r, n + ".sddmm_ih", r.nnz_ih, G, I, B)
@@ -310,6 +314,10 @@ def run_backward(led: Ledger, r: Run, dy: str | None, dx_name: str) -> None:
             led.alloc(n + ".states0", "activations", (r.k - 1) * u)
     if r.stacked:
         _stacked_products(led, r, dx_name)
+    if fused_wgrad:  # values_t goes, then d_w_hh in the CSR's order: a copy beside the accumulator
+        led.free(n + ".w_hh_t")
+        # (written in chunks: torch's indexed write copies each chunk's int32 positions to int64)
+        led.temp(n + ".untransposed", "gradients", r.nnz_hh * e, min(r.nnz_hh, UNTRANSPOSE_CHUNK) * 8)
     led.free(n + ".dG", n + ".dGs", n + ".dGs2", n + ".dh", n + ".dc", n + ".w_hh_t", n + ".w_ih_t",
              n + ".states", n + ".states0", n + ".gcols", n + ".xcols_b", n + ".hcols", n + ".hhcols")
     # the Function's saved tensors are released after its backward (Y: where it saved it)

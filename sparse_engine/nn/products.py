@@ -50,6 +50,21 @@ def transposed(w, idx):
         return w.index_select(0, idx[4])
 
 
+#: Entries per chunk of :func:`untransposed`: torch's indexed write takes an int64 copy of the
+#: int32 permutation it is given, 8 bytes a nonzero (1 GB at 128M nonzeros) if taken whole.
+UNTRANSPOSE_CHUNK = 1 << 22
+
+
+def untransposed(values_t, idx):
+    """The inverse of :func:`transposed`: per-entry values in the transposed index's order back in
+    the CSR's (``out[csc_perm] = values_t``), in chunks of :data:`UNTRANSPOSE_CHUNK` entries."""
+    out = torch.empty_like(values_t)
+    perm = idx[4]
+    for a in range(0, values_t.numel(), UNTRANSPOSE_CHUNK):
+        out[perm[a:a + UNTRANSPOSE_CHUNK]] = values_t[a:a + UNTRANSPOSE_CHUNK]
+    return out
+
+
 def wgrad(idx, g, x):
     """Gradient of W for y = W x: g x^T, only at the nonzeros when W is sparse."""
     return g @ x.t() if idx is None else _ops.sddmm(*idx, g, x)

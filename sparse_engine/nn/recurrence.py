@@ -70,7 +70,7 @@ import torch
 from ..io.export import check_not_torchscript
 from ..sparse import SparseWeight
 from .cell_table import CELLS, fused_ok, fused_steps  # noqa: F401  (fused_ok: its old home)
-from .products import mm, mm_t, transposed, weight_args, wgrad
+from .products import mm, mm_t, transposed, untransposed, weight_args, wgrad
 from .sequences import check_input_dtype  # noqa: F401  (its old home)
 
 
@@ -347,6 +347,10 @@ class Recurrence(torch.autograd.Function):
         w_hh_t = transposed(w_hh, idx) if T * U > 1 else None
         w_ih_t = transposed(w_ih, cfg.idx_ih) if need[1] and not stacked and T > 1 else None
         bias_grads = ctx.has_bias and (need[6] or need[7])
+        # a fused step backward adds W_hh's gradient itself, from the rows of dG it gathers for
+        # W_hh^T dG anyway (no sddmm pass gathering the states again), in the transposed index's
+        # order: d_w_hh accumulates in that order and is put in the CSR's at the end
+        fused_wgrad = ctx.fused_backward and not stacked and need[5] and idx is not None
         d_x = d_w_ih = d_w_hh = d_b_ih = d_b_hh = dgx_t = dgh_s = None
         if stacked:
             dgx_t, dgh_s = [None] * T, [None] * (T * U)
@@ -364,15 +368,16 @@ class Recurrence(torch.autograd.Function):
                 t = order[s // U]
                 if s % U == U - 1 and dy is not None:
                     dh = dh + dy[t]
+                extra = {"h_in": states[s], "dw_t": d_w_hh} if fused_wgrad else {}
                 dG_x, dG, dh, dc = cell.backward_step(step_backward, w_hh, idx, cell.saved_at(s, bufs), dh, dc,
-                                                      params, w_hh_t)
+                                                      params, w_hh_t, **extra)
                 if stacked:
                     dgh_s[s] = dG
                     dgx_t[t] = dG_x if dgx_t[t] is None else dgx_t[t] + dG_x
                     states_all[s] = states[s]
                     continue
                 x_t = x[t]
-                if d_w_hh is not None:
+                if d_w_hh is not None and not fused_wgrad:
                     _wgrad_into(d_w_hh, idx, dG, states[s])
                 if d_w_ih is not None:
                     _wgrad_into(d_w_ih, cfg.idx_ih, dG_x, x_t)
@@ -382,7 +387,11 @@ class Recurrence(torch.autograd.Function):
                     g_sum = dG.sum(1)
                     d_b_hh += g_sum
                     d_b_ih += g_sum if dG_x is dG else dG_x.sum(1)
+                dG = dG_x = None  # gone before the next step's are made (G*H x B each: 320 MB at 10^6 units)
             del bufs, states  # a recomputed segment's buffers go before the next one is made
+        if fused_wgrad:
+            del w_hh_t  # before the copy in the CSR's order: a lower peak
+            d_w_hh = untransposed(d_w_hh, idx)
         if stacked:  # one product per weight over all T*B columns (dL/dW = G X^T), X in G's column order
             g_ih, x_ih = _to_cols(torch.stack(dgx_t)), _to_cols(x)
             g_hh, x_hh = _to_cols(torch.stack(dgh_s)), _to_cols(torch.stack(states_all))
