@@ -91,7 +91,7 @@ def main(argv=None) -> int:
         loss = torch.nn.functional.cross_entropy(model(X[idx]), y[idx])
         loss.backward()
         opt.step()
-        print(f"step {step_no + 1}/{args.steps}: loss {float(loss):.4f}, {time.perf_counter() - t0:.1f} s, "
+        print(f"step {step_no + 1}/{args.steps}: loss {loss.item():.4f}, {time.perf_counter() - t0:.1f} s, "
               f"peak {peak_rss_bytes() / 2**30:.2f} GiB", flush=True)
         if args.save:
             save_checkpoint(args.save, model, opt, step=step_no + 1)

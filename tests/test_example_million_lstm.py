@@ -3,8 +3,9 @@ of a budget too small, learning (the held-out batch's loss falls, and stays put 
 resume from a checkpoint continuing bit for bit."""
 import re
 
-import pytest
 import torch
+
+from sparse_engine.testing import assert_bit_equal
 
 
 def run(load_script, capsys, *args):
@@ -32,8 +33,8 @@ def test_learns_and_resumes(load_script, shared_data, capsys, tmp_path):
     run(load_script, capsys, *common, "--steps", "2", "--save", str(tmp_path / "b.pt"))
     run(load_script, capsys, *common, "--steps", "4", "--resume", str(tmp_path / "b.pt"), "--save", str(tmp_path / "b.pt"))
     a, b = torch.load(tmp_path / "a.pt", weights_only=False), torch.load(tmp_path / "b.pt", weights_only=False)
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
+    assert_bit_equal(a["model"], b["model"], "model")
+    assert_bit_equal(a["optimizer"], b["optimizer"], "optimizer")
 
 
 def test_a_budget_too_small_is_one_line(load_script, shared_data, capsys):
