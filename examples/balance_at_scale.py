@@ -2,7 +2,7 @@
 
 Trains a sparse tanh RNN (only the recurrent matrix sparse, as Zhang et al. 2023) for every
 (task, algorithm, hidden size, seed) of the sweep, with gradual magnitude pruning and with SET,
-and records at the start, at the end of every epoch and at the end:
+and records at the start and at the end of every epoch (above 10,000 units at the start and the end):
 
 * task performance (test accuracy);
 * how far the recurrent weights moved since the start: ``moved`` = ||w_end - w_start|| /
@@ -65,7 +65,7 @@ ALGORITHMS = ("pruning", "set")
 NULLS = ("sign_shuffle", "swap")
 MEASURES = ("semicycle", "triad")  # in the tables and figures; records.csv holds "weighted" too
 TASK_DATA = {"mnist": "mnist_test", "gesture": "gesture", "digits": None}  # under --data
-LARGE = 10_000  # sizes above this use --large-seeds, --large-epochs, --large-epoch-steps
+LARGE = 10_000  # sizes above: --large-seeds, --large-epochs, --large-epoch-steps, records at start and end only
 BUDGETS = {"full": dict(sizes="128,1000,10000,100000", tasks="mnist,gesture", seeds=3, epochs=6, null=20),
            "small": dict(sizes="128,1000", tasks="mnist,gesture", seeds=1, epochs=2, null=10)}
 RUN_KEY = ("task", "algorithm", "hidden", "seed")
@@ -166,9 +166,10 @@ def run(task: str, data, meta, hidden: int, algorithm: str, seed: int, epochs: i
             opt.step()
             ctl.step()
         ctl.end_epoch()
-        extra = {"score": evaluate(model, Xte, yte), **movement(start, snapshot(weight()))}
-        records.append(rec.take(epoch * per_epoch, epoch, weight(), extra))
-        log(records[-1])
+        if hidden <= LARGE or epoch == epochs:  # above 10,000 units a record with swap nulls costs minutes
+            extra = {"score": evaluate(model, Xte, yte), **movement(start, snapshot(weight()))}
+            records.append(rec.take(epoch * per_epoch, epoch, weight(), extra))
+            log(records[-1])
     first, last = records[0], records[-1]
     row = {**key, "degree": args.degree, "epochs": epochs, "steps": epochs * per_epoch, "null_K": args.null,
            "edges_start": first["swap"]["edges"], "edges_end": last["swap"]["edges"],
@@ -264,7 +265,8 @@ pruning 0.492 (-0.3), SET 0.521 (1.1).
 
 def write_results(out: Path, runs: list[dict], records: list[dict], command: str) -> None:
     K = sorted({r["null_K"] for r in runs})
-    text = (f"# Balance at scale: the size sweep\n\n`{command}`\n\nOne row per (task, algorithm, hidden size): mean "
+    text = (f"# Balance at scale: the size sweep\n\n`{command}`\n\n(Each run is seeded on its own and a rerun skips the runs "
+            "already in `runs.csv`, so the sweep can be made in parts: see `epochs x steps` for each run's budget.) One row per (task, algorithm, hidden size): mean "
             f"± std over the seeds of the values at the end of training; z against K = {', '.join(map(str, K))} "
             "randomised copies per record of each null (sign shuffle; swap = degree-preserving rewiring, signs "
             "on their edges); ratio = observed / null mean. moved = ||w_end - w_start|| / ||w_start|| over the "
@@ -300,23 +302,25 @@ def figures(out: Path, runs: list[dict], records: list[dict]) -> None:
                 ax.errorbar(ns, [np.nanmean(x) for x in v], [np.nanstd(x) for x in v], marker="o", ms=3,
                             capsize=2, label=f"{when} (mean ± std over seeds)", **style)
             ax.set_xscale("log")
+            ax.set_xticks(ns, [f"{n:,.0f}" for n in ns], minor=False)
+            ax.minorticks_off()
             ax.set_title(f"{task}, {alg}", fontsize=9)
             ax.set_xlabel("hidden units")
             ax.set_ylabel(f"{d} balance")
     axes[0, 0].legend(fontsize=6)
     plots.save(fig, out, "balance_vs_size")
 
-    tasks = sorted({r["task"] for r in records})
-    fig = Figure(figsize=(3.6 * len(tasks), 5.4), layout="constrained")
-    axes = np.array(fig.subplots(len(NULLS), len(tasks), squeeze=False))
+    panels = [(t, m) for t in sorted({r["task"] for r in records}) for m in NULLS]
+    fig = Figure(figsize=(3.3 * len(panels), 5.4), layout="constrained")
+    axes = np.array(fig.subplots(len(MEASURES), len(panels), squeeze=False))
     sizes = sorted({r["hidden"] for r in records})
     cmap = {n: c for n, c in zip(sizes, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"))}
-    for col, task in enumerate(tasks):
-        for row, m in enumerate(NULLS):
+    for col, (task, m) in enumerate(panels):
+        for row, d in enumerate(MEASURES):
             ax = axes[row, col]
             for alg, marker in zip(ALGORITHMS, ("o", "^")):
                 for n in sizes:
-                    pts = [(r["moved"], r["z_balance_semicycle"]) for r in records
+                    pts = [(r["moved"], r[f"z_balance_{d}"]) for r in records
                            if (r["task"], r["algorithm"], r["hidden"], r["null_method"]) == (task, alg, n, m)]
                     if pts:
                         x, y = zip(*pts)
@@ -324,8 +328,8 @@ def figures(out: Path, runs: list[dict], records: list[dict]) -> None:
                                    label=f"{alg}, {n:,}")
             ax.axhspan(-2, 2, color="grey", alpha=0.15, linewidth=0)
             ax.set_xlabel("relative change of the kept weights")
-            ax.set_ylabel(f"semicycle z vs {m.replace('_', ' ')}")
-            ax.set_title(f"{task}: every record (z in ±2 shaded)", fontsize=9)
+            ax.set_ylabel(f"{d} balance: z")
+            ax.set_title(f"{task}, vs {m.replace('_', ' ')} null", fontsize=9)
     axes[0, 0].legend(fontsize=6, ncol=2)
     plots.save(fig, out, "balance_vs_movement")
 
@@ -373,7 +377,7 @@ def main(argv=None):
     p.add_argument("--large-seeds", type=int, default=1, help="seeds above 10,000 units (default 1)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--epoch-steps", type=int, default=None, help="steps per epoch (default: the training set)")
-    p.add_argument("--large-epochs", type=int, default=3, help="epochs above 10,000 units (default 3)")
+    p.add_argument("--large-epochs", type=int, default=4, help="epochs above 10,000 units (default 4)")
     p.add_argument("--large-epoch-steps", type=int, default=25, help="steps per epoch above 10,000 units")
     p.add_argument("--degree", type=float, default=10, help="recurrent connections per unit at the end (default 10)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -396,7 +400,10 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     runs, records = read_csv(out / "runs.csv"), read_csv(out / "records.csv")
     done = {tuple(r[k] for k in RUN_KEY) for r in runs}
-    command = "python examples/balance_at_scale.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    preset = {**{k: p.get_default(k) for k in vars(args)}, **BUDGETS[args.budget]}  # the command, less sizes/seeds
+    command = f"python examples/balance_at_scale.py --budget {args.budget} --data {args.data} --out {args.out}" + "".join(
+        f" --{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+        if k not in ("sizes", "seeds", "large_seeds", "data", "out", "budget") and v != preset[k])
     sizes = [int(s) for s in args.sizes.split(",")]
     for hidden in sizes:  # small sizes first: a sweep stopped early has whole sizes
         large = hidden > LARGE
@@ -419,6 +426,8 @@ def main(argv=None):
                     write_csv(out / "runs.csv", runs)
                     write_csv(out / "records.csv", records)
                     write_results(out, runs, records, command)
+    if runs:  # also when nothing was left to run: the tables and figures from the CSVs
+        write_results(out, runs, records, command)
     return runs
 
 

@@ -30,6 +30,7 @@ def test_sweep_writes_consistent_outputs(tmp_path, ex):
     assert {r["null_method"] for r in records} == {"sign_shuffle", "swap"}
     assert all(r["null_K"] == 3 for r in records)
     table = (tmp_path / "results.md").read_text()
+    assert "--budget small" in table and "--tasks digits --epoch-steps 6 --degree 4.0" in table  # the command, with what differs from the preset
     for r in runs:
         mine = [x for x in records if (x["algorithm"], x["hidden"], x["seed"]) == (r["algorithm"], r["hidden"], r["seed"])]
         for m in ("sign_shuffle", "swap"):
