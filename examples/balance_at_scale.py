@@ -330,7 +330,8 @@ def figures(out: Path, runs: list[dict], records: list[dict]) -> None:
             ax.set_xlabel("relative change of the kept weights")
             ax.set_ylabel(f"{d} balance: z")
             ax.set_title(f"{task}, vs {m.replace('_', ' ')} null", fontsize=9)
-    axes[0, 0].legend(fontsize=6, ncol=2)
+    handles = {lab: h for ax in axes.flat for h, lab in zip(*ax.get_legend_handles_labels())}
+    axes[0, 0].legend(handles.values(), handles.keys(), fontsize=6, ncol=2)
     plots.save(fig, out, "balance_vs_movement")
 
 
