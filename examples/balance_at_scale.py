@@ -265,8 +265,9 @@ pruning 0.492 (-0.3), SET 0.521 (1.1).
 
 def write_results(out: Path, runs: list[dict], records: list[dict], command: str) -> None:
     K = sorted({r["null_K"] for r in runs})
-    text = (f"# Balance at scale: the size sweep\n\n`{command}`\n\n(Each run is seeded on its own and a rerun skips the runs "
-            "already in `runs.csv`, so the sweep can be made in parts: see `epochs x steps` for each run's budget.) One row per (task, algorithm, hidden size): mean "
+    text = (f"# Balance at scale: the size sweep\n\n`{command}`\n\n(Each run is seeded on its own and a rerun "
+            "skips the runs already in `runs.csv`, so the sweep can be made in parts: see `epochs x steps` for each "
+            "run's budget.) One row per (task, algorithm, hidden size): mean "
             f"± std over the seeds of the values at the end of training; z against K = {', '.join(map(str, K))} "
             "randomised copies per record of each null (sign shuffle; swap = degree-preserving rewiring, signs "
             "on their edges); ratio = observed / null mean. moved = ||w_end - w_start|| / ||w_start|| over the "
