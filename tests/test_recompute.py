@@ -119,9 +119,10 @@ def test_gradcheck(mode, k, rng, monkeypatch):
 @pytest.mark.parametrize("schedule", ["stacked", "per-step"])
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_only_the_states_every_k_steps_are_kept(mode, schedule, k, rng, monkeypatch):
-    """Besides its inputs and weights the recomputed run keeps the state h (and c) after every
+    """Besides its inputs and weights the recomputed run saves the state h (and c) after every
     k-th step (not the last: that is h_T), the summed bias and, stacked, the input part of all
-    steps; no output Y, no activations."""
+    steps; no output Y, no activations (the last segment's, kept for its backward, are not saved
+    tensors: test_the_last_segment_is_not_run_again)."""
     if schedule == "per-step":
         monkeypatch.setattr(recurrence, "STACK_BYTES", 0)
     I, H, B, T = 5, 7, 3, 7
@@ -147,6 +148,68 @@ def test_only_the_states_every_k_steps_are_kept(mode, schedule, k, rng, monkeypa
         expected.append(G * H * T * B * 8)
     assert kept == sorted(expected)
     assert recomputes(cfg, se.nn.cell_table.CELLS[mode]) == k
+
+
+def _function_run(mode, T, k, rng):
+    """The inputs of one Recurrence.apply (float64, per-step schedule) and a loss of its outputs."""
+    I, H, B = 3, 5, 2
+    G = GATES[mode] * H
+    W_ih, W_hh = (random_weight(G, n, 0.5, generator=rng) for n in (I, H))
+    cfg = Config(mode, H, B, T, True, W_ih.index, W_hh.index, recompute_every=k)
+    rnd = lambda *shape: torch.randn(*shape, generator=rng, dtype=torch.float64)  # noqa: E731
+    args = [rnd(T, I, B), rnd(H, B), rnd(H, B) if mode == "LSTM" else None, W_ih.values.detach().clone(),
+            W_hh.values.detach().clone(), rnd(G), rnd(G)]
+    for a in args:
+        if a is not None:
+            a.requires_grad_(True)
+    return cfg, args, (rnd(T, H, B), rnd(H, B))
+
+
+def _count_steps(monkeypatch) -> list:
+    """Counts the steps every _Run runs (the forward's and the backward's recomputed ones)."""
+    count, steps = [0], recurrence._Run.steps
+
+    def counted(self, lo, hi, h, c):
+        for out in steps(self, lo, hi, h, c):
+            count[0] += 1
+            yield out
+    monkeypatch.setattr(recurrence._Run, "steps", counted)
+    return count
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "RNN_TANH"])
+@pytest.mark.parametrize("T, k", [(7, 3), (6, 3), (5, 4)])
+def test_the_last_segment_is_not_run_again(mode, T, k, rng, monkeypatch):
+    """The forward keeps the last segment's L steps (held apart from the saved tensors, so they go
+    when its backward is done) and the backward recomputes only the S - L steps before it; a second
+    backward (retain_graph) finds them gone and recomputes them: twice the first's gradients."""
+    monkeypatch.setattr(recurrence, "STACK_BYTES", 0)
+    count = _count_steps(monkeypatch)
+    cfg, args, (wy, wh) = _function_run(mode, T, k, rng)
+    y, h, _ = Recurrence.apply(cfg, *args)
+    L = T - (T - 1) // k * k
+    assert count[0] == T and len(y.grad_fn.last_segment) == L
+    loss = (y * wy).sum() + (h * wh).sum()
+    loss.backward(retain_graph=True)
+    assert count[0] == T + (T - L) and y.grad_fn.last_segment is None
+    first = [a.grad.clone() for a in args if a is not None]
+    loss.backward()
+    assert count[0] == 2 * T + (T - L)
+    assert_bit_equal([a.grad for a in args if a is not None], [g + g for g in first])
+
+
+def test_an_output_changed_in_place_is_recomputed(monkeypatch):
+    """h_T is the last segment's last state: changed in place after the forward, the backward
+    recomputes the segment instead of reading it (as the stored run reads its states from Y)."""
+    monkeypatch.setattr(recurrence, "STACK_BYTES", 0)
+    grads = []
+    for k in (None, 2):
+        cfg, args, (wy, wh) = _function_run("RNN_TANH", 5, k, torch.Generator().manual_seed(11))
+        y, h, _ = Recurrence.apply(cfg, *args)
+        h.mul_(3.0)
+        ((y * wy).sum() + (h * wh).sum()).backward()
+        grads.append([a.grad for a in args if a is not None])
+    assert_bit_equal(grads[1], grads[0])
 
 
 PEAK = textwrap.dedent("""

@@ -220,11 +220,13 @@ def run_forward(led: Ledger, r: Run, out_name: str, output: bool) -> None:
         # sub-step states (inner), among them the one the last step reads
         led.alloc(n + ".kept", "activations", (c + r.A) * u * (S - 1) + (U - 1) * u * T)
         led.alloc(n + ".h", "workspace", u)  # the state the last step reads (Y has a copy)
-    else:  # the states (h, c) after steps k, 2k, ... < S; the step before's h, c and activations,
-        # still bound to the loop's variables (not again where they are a kept state)
+    else:  # the states (h, c) after steps k, 2k, ... < S; the last segment's L steps (h, c and
+        # activations: the step before's among them, kept for the backward, the last one's as keep
+        # below); the step before's activations, still bound to the loop's variables, where L = 1
+        L = S - (S - 1) // r.k * r.k
         led.alloc(n + ".ckpt", "activations", (S - 1) // r.k * (1 + c) * u)
-        led.alloc(n + ".h", "workspace", 0 if (S - 1) % r.k == 0 else (1 + c) * u)
-        led.alloc(n + ".prev_a", "workspace", r.A * u)
+        led.alloc(n + ".last_segment", "activations", (L - 1) * (1 + c + r.A) * u)
+        led.alloc(n + ".prev_a", "workspace", r.A * u if L == 1 else 0)
     if not r.stacked:  # _input_part: this step's W_ih x_t (+ bias), (G*H, B)
         led.alloc(n + ".g", "workspace", r.G * B * e)
         led.temp(n + ".gpad", "workspace", r.source_pad(r.I, B, r.nnz_ih))
@@ -233,8 +235,6 @@ def run_forward(led: Ledger, r: Run, out_name: str, output: bool) -> None:
     led.free(n + ".h", n + ".g", n + ".prev_a")
     if r.k is None:
         led.free(n + ".bias", n + ".gx")  # they die with the forward when every step is kept
-    else:
-        led.free(n + ".a")  # the last step's activations, dropped when the forward returns
 
 
 def run_backward(led: Ledger, r: Run, dy: str | None, dx_name: str) -> None:
@@ -267,6 +267,9 @@ def run_backward(led: Ledger, r: Run, dy: str | None, dx_name: str) -> None:
         # the most beside it: stacked, the gate gradients of the steps after it and the states the
         # other segments made again (states_all keeps each one's but its first, a kept state)
         k, m = r.k, (steps - 1) // r.k
+        # the last segment's backward reads what the forward kept of it; then it goes, before the
+        # others are made again (none larger: the generic segment below)
+        led.free(n + ".last_segment", n + ".a")
         if r.stacked:
             led.alloc(n + ".dGs", "workspace", (steps - k) * dG_step + (T - -(-k // U)) * sums)
             led.alloc(n + ".states", "activations", (steps - k - m) * u)

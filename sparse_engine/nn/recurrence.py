@@ -29,7 +29,8 @@ Recomputed (``Config.recompute_every`` k, the modules' ``recompute_every``): the
           backward takes the segments from the last, runs each one's k steps again from its kept
           state with the same calls on the same inputs (so the same numbers, bit for bit) and then
           its backward steps, and drops them before the next: O(T/k + k) steps of activations
-          instead of O(T), for one more forward. Stacked runs keep their input part (gx) too.
+          instead of O(T), for one more forward of all but the last segment, whose steps the
+          forward keeps (its backward runs first). Stacked runs keep their input part (gx) too.
 
 A weight is either sparse or dense (an ordinary (rows x cols) tensor); the two matrices of a
 layer are chosen independently (``sparse='both'|'recurrent'|'input'``). The modules hand each
@@ -229,6 +230,11 @@ def _stored(ctx, cell, y, h0, rest, order, U):
     return [(0, ctx.cfg.steps * U, {"h": _States(h0, y, inner, order, U), "c": cs, "acts": acts})]
 
 
+def _tensors(steps):
+    """The tensors of a list of steps' (h', c', activations), None left out."""
+    return [v for step in steps for v in step if v is not None]
+
+
 def _recomputed(ctx, cell, x, w_ih, w_hh, b_hh, h0, rest):
     """The backward's buffers of a recomputed run, segment by segment from the last: each one's
     states, c's and activations computed again from the state kept at its start, alive while
@@ -239,14 +245,24 @@ def _recomputed(ctx, cell, x, w_ih, w_hh, b_hh, h0, rest):
     starts = {0: (h0, c0)}
     for j, s in enumerate(ctx.kept):
         starts[s] = (kept[j], kept[n + j] if cell.cell_state else None)
+    # the last segment as the forward left it, taken once (a second backward, retain_graph,
+    # recomputes it like the others, as does one after an in-place change of an output)
+    last, ctx.last_segment = ctx.last_segment, None
+    if last is not None and [v._version for v in _tensors(last)] != ctx.last_versions:
+        last = None
     run = _Run(cfg, cell, x, w_ih, w_hh, bias, b_hh, gx, ctx.fused)
     S, k = cfg.steps * run.U, recomputes(cfg, cell)
     for lo in range(((S - 1) // k) * k, -1, -k):
         hi = min(lo + k, S)
         h, c = starts.pop(lo)
         hs, cs, acts = {lo: h}, {lo: c}, {}
-        for s, _, _, (h, c, a) in run.steps(lo, hi, h, c):
-            hs[s + 1], cs[s + 1], acts[s] = h, c, a
+        if last is not None:
+            for s, (h, c, a) in enumerate(last, lo):
+                hs[s + 1], cs[s + 1], acts[s] = h, c, a
+            last = None
+        else:
+            for s, _, _, (h, c, a) in run.steps(lo, hi, h, c):
+                hs[s + 1], cs[s + 1], acts[s] = h, c, a
         yield lo, hi, {"h": hs, "c": cs, "acts": acts}
         del hs, cs, acts
 
@@ -280,12 +296,20 @@ class Recurrence(torch.autograd.Function):
         y = h0.new_empty(T, H, B) if cfg.output or not k_every else None  # the stored run's states
         run = _Run(cfg, cell, x, w_ih, w_hh, bias, b_hh, gx, fused)
         keep = {}  # the states kept for recomputation: {s: (h_s, c_s)} at every k_every-th step
+        # and the last segment's steps (h', c', activations): its backward comes first, so they are
+        # used at once instead of recomputed, and held no longer than a recomputed one (not saved
+        # tensors, which would live to the end of the backward; detached: h_T is an output)
+        # (eager only: torch.compile's traced backward recomputes it)
+        last_lo = ((T * run.U - 1) // k_every) * k_every if k_every else None
+        last_segment = [] if k_every and any(ctx.needs_input_grad) and not torch.compiler.is_compiling() else None
         inner, cs, acts = {}, [c0], []
         h, c = h0, c0
         for s, t, last, (h, c, a) in run.steps(0, T * run.U, h0, c0):
             if k_every:
                 if (s + 1) % k_every == 0 and s + 1 < T * run.U:
                     keep[s + 1] = (h, c)
+                if s >= last_lo and last_segment is not None:
+                    last_segment.append(tuple(None if v is None else v.detach() for v in (h, c, a)))
             else:
                 if not last:
                     inner[s + 1] = h
@@ -303,6 +327,8 @@ class Recurrence(torch.autograd.Function):
         ctx.stacked = stacked
         if k_every:  # x, the weights, h0 (c0), the kept states; the stacked input part (small runs)
             ctx.kept = tuple(keep)
+            ctx.last_segment = last_segment or None
+            ctx.last_versions = [v._version for v in _tensors(last_segment or [])]
             ctx.save_for_backward(x, w_ih, w_hh, b_hh if cell.hidden_bias else None, None, h0, c0, bias, gx,
                                   *(h_ for h_, _ in keep.values()),
                                   *(c_ for _, c_ in keep.values() if cell.cell_state))
