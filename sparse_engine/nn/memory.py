@@ -155,8 +155,10 @@ def _intervals(T: int) -> list[int]:
 def recompute_for_budget(model, steps: int, batch: int, budget: int, optimizer: str = "adam", *,
                          eval_batch: int | None = None, **overrides) -> tuple[int | None, MemoryBreakdown]:
     """(recompute_every, the step's breakdown) for a step within ``budget`` bytes: None (store every
-    step) where that fits, else the interval with the smallest predicted peak (each costs one more
-    forward whatever k is, so the least memory wins; the largest such k on a tie). With
+    step) where that fits, else the interval with the smallest predicted peak (the largest such k
+    on a tie): the least memory wins, leaving the most headroom. A larger k recomputes fewer steps
+    (all but the last segment's: T - 1 - (T - 1) % k of T), at most about half a forward less; a
+    user who prefers that time to memory names k. With
     ``eval_batch``, the evaluation batches between steps (:func:`evaluation_peak`) must fit too.
     :class:`MemoryBudgetError` when no interval fits, naming the smallest peak possible."""
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
