@@ -16,7 +16,7 @@ import torch
 import sparse_engine as se
 from sparse_engine.kernels.constants import GATES
 from sparse_engine.nn import recurrence
-from sparse_engine.nn.recurrence import Config, Recurrence, recomputes
+from sparse_engine.nn.recurrence import Config, Recurrence, _tensors, recomputes
 from sparse_engine.testing import assert_bit_equal, random_weight
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -210,6 +210,29 @@ def test_an_output_changed_in_place_is_recomputed(monkeypatch):
         ((y * wy).sum() + (h * wh).sum()).backward()
         grads.append([a.grad for a in args if a is not None])
     assert_bit_equal(grads[1], grads[0])
+
+
+@pytest.mark.parametrize("k", [None, 2])
+def test_nothing_is_kept_for_a_backward_under_no_grad(k, rng, monkeypatch):
+    """Under torch.no_grad (an evaluation) neither run keeps states, c's, activations or the last
+    segment (2-D tensors) beyond its inputs and outputs; with grad the same call keeps them. The
+    outputs agree."""
+    monkeypatch.setattr(recurrence, "STACK_BYTES", 0)
+    cfg, args, _ = _function_run("LSTM", 5, k, rng)
+    kept, forward = [], Recurrence.forward
+
+    def spy(ctx, *a):
+        out = forward(ctx, *a)
+        mine = {t.untyped_storage().data_ptr() for t in (*a[1:], *out) if isinstance(t, torch.Tensor)}
+        kept.append([t for t in (*ctx.to_save, *_tensors(getattr(ctx, "last_segment", None) or []))
+                     if t is not None and t.dim() == 2 and t.untyped_storage().data_ptr() not in mine])
+        return out
+    monkeypatch.setattr(Recurrence, "forward", staticmethod(spy))
+    with torch.no_grad():
+        evaluated = recurrence.recurrence(cfg, *args)
+    trained = recurrence.recurrence(cfg, *args)
+    assert kept[0] == [] and len(kept[1]) > 0
+    assert_bit_equal([t.detach() for t in trained], list(evaluated))
 
 
 PEAK = textwrap.dedent("""

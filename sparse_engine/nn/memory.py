@@ -217,8 +217,8 @@ def largest_hidden(build, steps: int, batch: int, budget: int, optimizer: str = 
 def evaluation_peak(model, steps: int, batch: int, optimizer: str = "adam", **overrides) -> int:
     """Bytes of an evaluation batch under ``torch.no_grad`` between training steps (the command
     line scores the test set after each epoch, in batches of 256): the training forward's peak at
-    that batch, an upper bound (an evaluation drops each layer's activations when its run returns;
-    exact for one layer), plus the gradients the last training step left."""
+    that batch, an upper bound (under no_grad a run keeps nothing for a backward: no c's,
+    activations or recomputation states), plus the gradients the last training step left."""
     got = predict(model, steps, batch, optimizer, **overrides)
     return got.phases["forward"] + got.weights
 

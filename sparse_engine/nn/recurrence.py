@@ -64,7 +64,7 @@ thing its backward writes outside autograd.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -99,11 +99,13 @@ class Config:
     #: False: the caller reads only the final state (the modules' ``final_state``): Y is returned
     #: empty, and a recomputed run never makes it
     output: bool = True
+    #: False: no backward will follow (:func:`recurrence` under ``torch.no_grad``), so the forward
+    #: keeps nothing for one: no states, c's or activations beyond what it returns
+    backward: bool = True
 
     def with_index(self, idx_ih, idx_hh) -> "Config":
         """This config with the given index tensors (:func:`recurrence` fills them in)."""
-        return Config(self.mode, self.hidden, self.batch, self.steps, self.reverse, idx_ih, idx_hh, self.dt,
-                      self.tau, self.unfolds, self.fused, self.recompute_every, self.output)
+        return replace(self, idx_ih=idx_ih, idx_hh=idx_hh)
 
 
 # ----------------------------------------------------------------- the Function
@@ -293,7 +295,8 @@ class Recurrence(torch.autograd.Function):
             if bias is not None:
                 gx.add_(bias[:, None])
         k_every = recomputes(cfg, cell)
-        y = h0.new_empty(T, H, B) if cfg.output or not k_every else None  # the stored run's states
+        saving = cfg.backward and any(ctx.needs_input_grad)  # anything kept for a backward
+        y = h0.new_empty(T, H, B) if cfg.output or (saving and not k_every) else None  # the stored run's states
         run = _Run(cfg, cell, x, w_ih, w_hh, bias, b_hh, gx, fused)
         keep = {}  # the states kept for recomputation: {s: (h_s, c_s)} at every k_every-th step
         # and the last segment's steps (h', c', activations): its backward comes first, so they are
@@ -301,11 +304,13 @@ class Recurrence(torch.autograd.Function):
         # tensors, which would live to the end of the backward; detached: h_T is an output)
         # (eager only: torch.compile's traced backward recomputes it)
         last_lo = ((T * run.U - 1) // k_every) * k_every if k_every else None
-        last_segment = [] if k_every and any(ctx.needs_input_grad) and not torch.compiler.is_compiling() else None
+        last_segment = [] if saving and k_every and not torch.compiler.is_compiling() else None
         inner, cs, acts = {}, [c0], []
         h, c = h0, c0
         for s, t, last, (h, c, a) in run.steps(0, T * run.U, h0, c0):
-            if k_every:
+            if not saving:
+                pass
+            elif k_every:
                 if (s + 1) % k_every == 0 and s + 1 < T * run.U:
                     keep[s + 1] = (h, c)
                 if s >= last_lo and last_segment is not None:
@@ -454,6 +459,8 @@ def recurrence(cfg: Config, x, h0, c0, w_ih, w_hh, b_ih, b_hh, sink: dict | None
     if isinstance(w_ih, SparseWeight) or isinstance(w_hh, SparseWeight):
         (w_ih, idx_ih), (w_hh, idx_hh) = weight_args(w_ih, cfg.idx_ih), weight_args(w_hh, cfg.idx_hh)
         cfg = cfg.with_index(idx_ih, idx_hh)
+    if not torch.is_grad_enabled():
+        cfg = replace(cfg, backward=False)
     dev = w_hh.device.type
     if not torch.is_autocast_enabled(dev):
         return Recurrence.apply(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, sink)
