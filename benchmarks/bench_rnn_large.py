@@ -18,6 +18,10 @@ bandwidth of an operand of that size).
 
     python benchmarks/bench_rnn_large.py --sizes 10k,100k,1M,max
     python benchmarks/bench_rnn_large.py --sizes 100k --steps 1 --recompute 5
+    python benchmarks/bench_rnn_large.py --sizes 1M --before 4c97327     # each size, then an older commit's
+
+``--before REF`` adds, after each size, the same cell run with commit REF's ``sparse_engine``
+(``git archive``) and this checkout's compiled extension: a comparison under the same load.
 
 ``--model rnn`` (benchmarks/results/rnn_large_cpu.md): one training step of a large sparse vanilla
 RNN (the model of examples/balance_at_scale.py: ``SequenceModel("rnn", ..., sparse="recurrent")``)
@@ -156,13 +160,14 @@ def parse_sizes(text: str) -> list:
 def lstm_traffic(H: int, nnz: int, k) -> tuple[float, float]:
     """(streamed bytes, gathered bytes) of one training step of the scale table's model: per
     step and product, the CSR (values and column, 8 bytes a nonzero) streamed and one padded row
-    of the batch gathered per nonzero; the forward once (twice when recomputing), the backward's
+    of the batch gathered per nonzero; the forward once, and again for the steps a recomputed run
+    makes again (all but its last segment's: T - 1 - (T - 1) % k of T), the backward's
     W_hh^T dG (the transposed index and values_t, 8 bytes a nonzero) and sddmm (column, gradient
     written and added, 16 bytes a nonzero); the states and gates (about 16 rows of H x B per step
     forward, 16 backward) and the dense W_ih (4H x 28, read forward, its gradient added backward)."""
     T, B, n_in = LSTM["T"], LSTM["B"], LSTM["n_in"]
     row = -(-B // 8) * 8 * 4
-    forwards = 2 if k else 1
+    forwards = 1 + ((T - 1) // k * k / T if k else 0)
     per_step_stream = forwards * (8 * nnz + 16 * H * B * 4 + 4 * H * n_in * 4) + (24 * nnz + 16 * H * B * 4
                                                                                   + 2 * 4 * H * n_in * 4)
     per_step_gather = (forwards + 2) * nnz * row
@@ -178,63 +183,76 @@ def masked_dense_bytes(H: int) -> int:
 
 def lstm_table(args) -> None:
     """The SparseLSTM scale table (see the module docstring)."""
-    from floor import gather_bandwidth, triad_bandwidth
+    from floor import triad_bandwidth
     from sparse_engine.nn import memory
 
     budget = memory.parse_size(args.budget)
     sizes = parse_sizes(args.sizes)
     triad = triad_bandwidth()
-    row_floats = -(-LSTM["B"] // 8) * 8
     head = (f"SparseLSTM classifier: T={LSTM['T']}, B={LSTM['B']}, {LSTM['n_in']} inputs (dense W_ih), "
             f"{LSTM['per_row']} nonzeros per recurrent row, Adam; {args.threads} threads. Floor: triad "
             f"{triad / 1e9:.1f} GB/s, measured at the start of the run; gathers per row below.")
     rows = []
-    for size in sizes:
-        if size == "max":
-            found = memory.largest_hidden(_lstm_sizes, LSTM["T"], LSTM["B"], budget, auto=args.recompute == "auto",
-                                          low=1000, high=50_000_000)
-            hidden = found[0] if found else None
-            # the construction of the pattern (SparseWeight.random) peaks at about 55 bytes a nonzero
-            while hidden and 55 * 4 * hidden * LSTM["per_row"] > budget:
-                hidden = int(hidden * 0.95)
-            if not hidden:
-                continue
-        else:
-            hidden = size
-        spec = dict(LSTM, hidden=hidden, steps=args.steps, threads=args.threads, recompute=args.recompute,
-                    budget=budget)
-        env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(args.threads))
-        out = subprocess.run([sys.executable, "-c", LSTM_CHILD, json.dumps(spec)], capture_output=True, text=True,
-                             env=env, cwd=str(ROOT), timeout=args.timeout)
-        if out.returncode:
-            rows.append([f"{hidden:,}" + (" (max)" if size == "max" else ""), "failed: "
-                         + ((out.stderr.strip().splitlines() or ["?"])[-1][:80])] + ["-"] * 11)
-        else:
-            r = json.loads(out.stdout.strip().splitlines()[-1])
-            gather = gather_bandwidth(row_floats, table_bytes=max(hidden * row_floats * 4, 1 << 20))
-            streamed, gathered = lstm_traffic(hidden, r["nnz"], r["k"])
-            floor = streamed / triad + gathered / gather
-            peak = r["train_peak"] - r["runtime"]  # the step's, as the memory model counts it
-            rows.append([f"{hidden:,}" + (" (max)" if size == "max" else ""), f"{r['nnz']:,}",
-                         "stored" if r["k"] is None else f"every {r['k']}",
-                         f"{r['step_s']:.2f} ({r['fwd_s']:.1f} + {r['bwd_s']:.1f} + {r['opt_s']:.2f})",
-                         f"{r['set_s']:.2f}", f"{peak / 2**30:.2f} ({r['train_peak'] / 2**30:.2f})",
-                         f"{r['predicted'] / 2**30:.2f}",
-                         f"{r['build_s']:.0f} s, {r['build_peak'] / 2**30:.2f}",
-                         f"{r['train_peak'] / r['params']:.1f}", f"{masked_dense_bytes(hidden) / 2**40:,.3g} TiB",
-                         f"{gather / 1e9:.1f}", f"{floor:.2f} ({100 * floor / r['step_s']:.0f}%)", r["load"]])
-        print(" | ".join(rows[-1]), flush=True)
-        write_result(args.out or "lstm_scale_cpu.md", "SparseLSTM scale table (CPU)", head + "\n\n" + markdown_table(
-            ["hidden", "recurrent nonzeros", "activations", "step s (fwd + bwd + Adam)", "SET update s",
-             "training peak GiB (process)", "predicted GiB", "build (time, peak GiB)", "bytes per parameter",
-             "masked-dense nn.LSTM needs", "gathers GB/s", "floor s (% of it reached)", "load"], rows)
-            + f"\n\n{args.steps} timed step(s) after one warm-up (the best shown), in a process per size; "
-              f"`python benchmarks/bench_rnn_large.py --sizes {args.sizes}` (see its docstring: what the floor "
-              f"counts). The training peak is the resident high-water mark from the first step on (its "
-              f"construction's own peak apart) less the resident memory before the model was built (the "
-              f"interpreter, torch and the library, about 0.3 GiB), in brackets the process's own; bytes per "
-              f"parameter: the process's peak over all parameters (recurrent nonzeros, dense W_ih, readout, "
-              f"biases); 'max': the largest hidden size the memory model fits in {args.budget}.")
+    with tempfile.TemporaryDirectory() as tmp:
+        versions = [("", ROOT)]
+        if args.before != "none":  # back to back with this checkout, under the same load
+            versions.append((f" (before: {args.before})", checkout(args.before, Path(tmp))))
+        for size in sizes:
+            for label, path in versions:
+                lstm_row(args, size, budget, triad, head, rows, label, path)
+
+
+def lstm_row(args, size, budget, triad, head, rows, label="", path=ROOT) -> None:
+    """One row of the LSTM table: ``size`` measured with the ``sparse_engine`` under ``path``
+    (``label`` names an older commit's: its floor column is left out, what it recomputes may
+    differ), appended to ``rows``; the results file is rewritten."""
+    from floor import gather_bandwidth
+    from sparse_engine.nn import memory
+    hidden = size
+    if size == "max":
+        found = memory.largest_hidden(_lstm_sizes, LSTM["T"], LSTM["B"], budget, auto=args.recompute == "auto",
+                                      low=1000, high=50_000_000)
+        hidden = found[0] if found else None
+        # the construction of the pattern (SparseWeight.random) peaks at about 55 bytes a nonzero
+        while hidden and 55 * 4 * hidden * LSTM["per_row"] > budget:
+            hidden = int(hidden * 0.95)
+        if not hidden:
+            return
+    name = f"{hidden:,}" + (" (max)" if size == "max" else "") + label
+    spec = dict(LSTM, hidden=hidden, steps=args.steps, threads=args.threads, recompute=args.recompute, budget=budget)
+    env = dict(os.environ, PYTHONPATH=str(path), OMP_NUM_THREADS=str(args.threads))
+    out = subprocess.run([sys.executable, "-c", LSTM_CHILD, json.dumps(spec)], capture_output=True, text=True,
+                         env=env, cwd=str(path), timeout=args.timeout)
+    if out.returncode:
+        rows.append([name, "failed: " + ((out.stderr.strip().splitlines() or ["?"])[-1][:80])] + ["-"] * 11)
+    else:
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        row_floats = -(-LSTM["B"] // 8) * 8
+        gather = gather_bandwidth(row_floats, table_bytes=max(hidden * row_floats * 4, 1 << 20))
+        streamed, gathered = lstm_traffic(hidden, r["nnz"], r["k"])
+        floor = streamed / triad + gathered / gather
+        peak = r["train_peak"] - r["runtime"]  # the step's, as the memory model counts it
+        rows.append([name, f"{r['nnz']:,}", "stored" if r["k"] is None else f"every {r['k']}",
+                     f"{r['step_s']:.2f} ({r['fwd_s']:.1f} + {r['bwd_s']:.1f} + {r['opt_s']:.2f})",
+                     f"{r['set_s']:.2f}", f"{peak / 2**30:.2f} ({r['train_peak'] / 2**30:.2f})",
+                     f"{r['predicted'] / 2**30:.2f}", f"{r['build_s']:.0f} s, {r['build_peak'] / 2**30:.2f}",
+                     f"{r['train_peak'] / r['params']:.1f}", f"{masked_dense_bytes(hidden) / 2**40:,.3g} TiB",
+                     f"{gather / 1e9:.1f}", "-" if label else f"{floor:.2f} ({100 * floor / r['step_s']:.0f}%)",
+                     r["load"]])
+    print(" | ".join(rows[-1]), flush=True)
+    before = f" --before {args.before}" if args.before != "none" else ""
+    write_result(args.out or "lstm_scale_cpu.md", "SparseLSTM scale table (CPU)", head + "\n\n" + markdown_table(
+        ["hidden", "recurrent nonzeros", "activations", "step s (fwd + bwd + Adam)", "SET update s",
+         "training peak GiB (process)", "predicted GiB", "build (time, peak GiB)", "bytes per parameter",
+         "masked-dense nn.LSTM needs", "gathers GB/s", "floor s (% of it reached)", "load"], rows)
+        + f"\n\n{args.steps} timed step(s) after one warm-up (the best shown), in a process per size; "
+          f"`python benchmarks/bench_rnn_large.py --sizes {args.sizes}{before}` (see its docstring: what the "
+          f"floor counts; '(before: REF)': the same cell with commit REF's sparse_engine and this checkout's "
+          f"compiled extension, run right after). The training peak is the resident high-water mark from the "
+          f"first step on (its construction's own peak apart) less the resident memory before the model was "
+          f"built (the interpreter, torch and the library, about 0.3 GiB), in brackets the process's own; bytes "
+          f"per parameter: the process's peak over all parameters (recurrent nonzeros, dense W_ih, readout, "
+          f"biases); 'max': the largest hidden size the memory model fits in {args.budget}.")
 
 
 def _lstm_sizes(hidden: int):
@@ -280,14 +298,17 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=None, help="timed steps per cell (after one warm-up step); "
                                                          "default 2 for lstm, 3 for rnn")
     p.add_argument("--threads", type=int, default=None, help="default: 2 for lstm, 1 for rnn")
-    p.add_argument("--before", default=BEFORE, help=f"commit to compare with (default {BEFORE}); 'none': skip")
+    p.add_argument("--before", default=None, help=f"commit to compare with (default: {BEFORE} for rnn, none for "
+                                                   "lstm); 'none': skip")
     p.add_argument("--timeout", type=int, default=7200, help="seconds per cell")
     p.add_argument("--out", default=None, help="results file name (default rnn_large_cpu.md, "
                                                "rnn_large_cpu_mackey-glass.md for that task)")
     args = p.parse_args(argv)
     if args.model == "lstm":
         args.sizes, args.threads, args.steps = args.sizes or "10k,100k,1M,max", args.threads or 2, args.steps or 2
+        args.before = args.before or "none"
         return lstm_table(args)
+    args.before = args.before or BEFORE
     args.sizes, args.threads, args.steps = parse_sizes(args.sizes or "10000,30000,100000"), args.threads or 1, args.steps or 3
     name = args.out or ("rnn_large_cpu.md" if args.task == "mnist" else f"rnn_large_cpu_{args.task}.md")
     t = TASKS[args.task]
