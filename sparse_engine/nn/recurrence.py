@@ -24,13 +24,14 @@ Small runs (:data:`STACK_BYTES`: big weights, small activations) instead compute
 Memory:   the saved activations are Y itself (the states are read back from it), plus LSTM's c
           and gate activations, GRU's and CT-RNN's saved activations and CT-RNN's sub-step states:
           O(T*B*gates*H), plus O(nnz); nothing is O(H^2) unless the user asked for a dense matrix.
-Recomputed (``Config.recompute_every`` k, the modules' ``recompute_every``): the forward keeps only
-          the state (h, and c for LSTM) after every k-th step (:class:`_Run` runs the steps); the
-          backward takes the segments from the last, runs each one's k steps again from its kept
-          state with the same calls on the same inputs (so the same numbers, bit for bit) and then
-          its backward steps, and drops them before the next: O(T/k + k) steps of activations
-          instead of O(T), for one more forward of all but the last segment, whose steps the
-          forward keeps (its backward runs first). Stacked runs keep their input part (gx) too.
+Recomputed (``Config.recompute_every`` k, the modules' ``recompute_every``): the forward keeps
+          the state (h, and c for LSTM) after every k-th step and the last segment's steps, whose
+          backward runs first (:class:`_Run` runs the steps); the backward takes the segments from
+          the last, runs each earlier one's k steps again from its kept state with the same calls
+          on the same inputs (so the same numbers, bit for bit) and then its backward steps, and
+          drops them before the next: O(T/k + k) steps of activations instead of O(T), for one
+          more forward of all but the last segment. Stacked runs keep their input part (gx) too.
+Under ``torch.no_grad`` (``Config.backward`` False) a run keeps nothing for a backward.
 
 A weight is either sparse or dense (an ordinary (rows x cols) tensor); the two matrices of a
 layer are chosen independently (``sparse='both'|'recurrent'|'input'``). The modules hand each

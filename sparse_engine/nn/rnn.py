@@ -56,7 +56,8 @@ Every module has ``.proj_size`` (0 without a projection), as ``nn.RNNBase``.
 (h, and c for an LSTM) only every k steps and recompute each segment of k steps in the backward,
 from its kept state, with the same calls (:func:`~sparse_engine.nn.recurrence.recomputes`): the
 saved activations are O(T/k + k) steps instead of O(T) (an LSTM keeps h, c and 4 gates a step),
-for one more forward's time; gradients identical bit for bit on the CPU. For layers whose
+for one more forward's time less the last segment's (its backward runs first, on the steps the
+forward kept); gradients identical bit for bit on the CPU. For layers whose
 activations do not fit (hidden 10^5-10^6 units; :mod:`sparse_engine.nn.memory` predicts a step's
 peak and picks k for a budget). Not with ``proj_size`` or ``compute='dense'`` (ValueError); it
 keeps ``compute='auto'`` on the sparse path.
