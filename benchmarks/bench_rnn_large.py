@@ -60,7 +60,9 @@ TASKS = {"mnist": dict(T=28, n_in=28, n_out=10, kind="classify"),
          "mackey-glass": dict(T=50, n_in=1, n_out=1, kind="regress")}
 
 CHILD = r"""
-import json, resource, sys, time, torch
+import json, resource, sys, time
+import sparse_engine  # before torch: OpenMP's idle threads then sleep, not spin
+import torch
 from torch import nn
 from sparse_engine.models import SequenceModel
 a = json.loads(sys.argv[1])

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from .products import UNTRANSPOSE_CHUNK
+from .recurrence import last_start
 
 #: What the ledger keeps apart: parameters' values (sparse values, dense matrices, biases),
 #: the sparse index (CSR and transposed), parameter gradients, optimizer state, what the forward
@@ -223,7 +224,7 @@ def run_forward(led: Ledger, r: Run, out_name: str, output: bool) -> None:
     else:  # the states (h, c) after steps k, 2k, ... < S; the last segment's L steps (h, c and
         # activations: the step before's among them, kept for the backward, the last one's as keep
         # below); the step before's activations, still bound to the loop's variables, where L = 1
-        L = S - (S - 1) // r.k * r.k
+        L = S - last_start(S, r.k)
         led.alloc(n + ".ckpt", "activations", (S - 1) // r.k * (1 + c) * u)
         led.alloc(n + ".last_segment", "activations", (L - 1) * (1 + c + r.A) * u)
         led.alloc(n + ".prev_a", "workspace", r.A * u if L == 1 else 0)

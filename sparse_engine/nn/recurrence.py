@@ -198,6 +198,13 @@ def recomputes(cfg: Config, cell) -> int:
     return 0 if k is None or k >= cfg.steps * cell.unfolds(cfg) else k
 
 
+def last_start(steps: int, k: int) -> int:
+    """The first step of a recomputed run's last segment (``steps`` steps, interval k): the forward
+    keeps that segment's steps for its backward, which runs first; only the steps before it are
+    run again."""
+    return (steps - 1) // k * k
+
+
 class _Run:
     """The forward's steps of one run, from any step on: the forward runs them all, the backward
     of a recomputed run one segment at a time, with the same calls on the same inputs (the same
@@ -255,7 +262,7 @@ def _recomputed(ctx, cell, x, w_ih, w_hh, b_hh, h0, rest):
         last = None
     run = _Run(cfg, cell, x, w_ih, w_hh, bias, b_hh, gx, ctx.fused)
     S, k = cfg.steps * run.U, recomputes(cfg, cell)
-    for lo in range(((S - 1) // k) * k, -1, -k):
+    for lo in range(last_start(S, k), -1, -k):
         hi = min(lo + k, S)
         h, c = starts.pop(lo)
         hs, cs, acts = {lo: h}, {lo: c}, {}
@@ -304,7 +311,7 @@ class Recurrence(torch.autograd.Function):
         # used at once instead of recomputed, and held no longer than a recomputed one (not saved
         # tensors, which would live to the end of the backward; detached: h_T is an output)
         # (eager only: torch.compile's traced backward recomputes it)
-        last_lo = ((T * run.U - 1) // k_every) * k_every if k_every else None
+        last_lo = last_start(T * run.U, k_every) if k_every else None
         last_segment = [] if saving and k_every and not torch.compiler.is_compiling() else None
         inner, cs, acts = {}, [c0], []
         h, c = h0, c0
