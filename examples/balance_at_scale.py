@@ -22,8 +22,9 @@ schedule over the first 75% of the steps); SET keeps it (zeta 0.1, one rewiring 
 
 Budgets (``--budget``; any flag given overrides its preset):
 
-* ``full``: hidden 128, 1,000, 10,000 (3 seeds) and 100,000 (1 seed, ``--large-epochs`` epochs
-  of ``--large-epoch-steps`` steps), MNIST rows and gesture, both algorithms, 6 epochs, K = 20;
+* ``full``: hidden 128, 1,000, 10,000 (3 seeds) and 100,000 (1 seed), MNIST rows and gesture,
+  both algorithms, 6 epochs of the whole training set at every size (the 100,000-unit runs train
+  as long as the others, so their weights move as far: see ``moved``), K = 20;
 * ``small``: hidden 128 and 1,000, 1 seed, 2 epochs, K = 10 (minutes on a laptop).
 
 Writes into ``--out`` as it goes (a stopped sweep keeps what it finished; rerunning skips the
@@ -379,8 +380,8 @@ def main(argv=None):
     p.add_argument("--large-seeds", type=int, default=1, help="seeds above 10,000 units (default 1)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--epoch-steps", type=int, default=None, help="steps per epoch (default: the training set)")
-    p.add_argument("--large-epochs", type=int, default=4, help="epochs above 10,000 units (default 4)")
-    p.add_argument("--large-epoch-steps", type=int, default=25, help="steps per epoch above 10,000 units")
+    p.add_argument("--large-epochs", type=int, help="epochs above 10,000 units (default: --epochs)")
+    p.add_argument("--large-epoch-steps", type=int, help="steps per epoch above 10,000 units (default: --epoch-steps)")
     p.add_argument("--degree", type=float, default=10, help="recurrent connections per unit at the end (default 10)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -421,8 +422,9 @@ def main(argv=None):
                         f"{r['swap']['balance_semicycle']:.3f} (z {r['sign_shuffle']['z_balance_semicycle']:.1f} / "
                         f"{r['swap']['z_balance_semicycle']:.1f}) {peak_mib():,.0f} MiB", flush=True)
                     row, recs = run(task, (train, test), meta, hidden, algorithm, seed,
-                                    args.large_epochs if large else args.epochs,
-                                    args.large_epoch_steps if large else args.epoch_steps, args, log)
+                                    (args.large_epochs or args.epochs) if large else args.epochs,
+                                    (args.large_epoch_steps or args.epoch_steps) if large else args.epoch_steps,
+                                    args, log)
                     runs.append(row)
                     records.extend(recs)
                     write_csv(out / "runs.csv", runs)

@@ -78,3 +78,13 @@ def test_estimate_mode(ex):
     assert est["edges"] == pytest.approx(2000 * 10, rel=0.05) and est["step_s"] > 0 and est["record_s"] > 0
     assert est["peak_mib_recorded"] >= est["peak_mib_built"] > 0
     assert np.isfinite(est["epoch_s"])
+
+
+def test_large_sizes_train_as_long_as_the_others_unless_told(tmp_path, ex, monkeypatch):
+    monkeypatch.setattr(ex, "LARGE", 30)  # 40 units count as large: records at the start and the end only
+    base = ARGS[:2] + ["--sizes", "40", "--seeds", "1", "--algorithms", "set"] + ARGS[6:]
+    same = ex.main(base + ["--out", str(tmp_path / "same")])
+    assert (same[0]["epochs"], same[0]["steps"]) == (2, 12)
+    assert len(read_record(tmp_path / "same" / "records.csv")) == 2 * 2  # start and end, two nulls
+    told = ex.main(base + ["--out", str(tmp_path / "told"), "--large-epochs", "3", "--large-epoch-steps", "2"])
+    assert (told[0]["epochs"], told[0]["steps"]) == (3, 6)
