@@ -1,0 +1,222 @@
+"""SET-MLP against SET implementation 2 itself, in one run: the same network (784-H-H-H-10,
+epsilon 13), the same 8,000 MNIST training images, batch 40, the same recipe, one size after the
+other, each implementation in a process of its own.
+
+SET implementation 2 is the authors' public scipy + Cython code
+(https://github.com/dcmocanu/sparse-evolutionary-artificial-neural-networks). Its tutorial folder
+``Tutorial-ECMLPKDD-2019-Scalable-Deep-Learning`` (``set_mlp.py``) is implementation 2 with dropout,
+run with the settings this library's ``SET_MLP_SETTINGS`` and ``--faithful`` follow: ReLU, sigmoid
+output with MSE, dropout 0.2, SGD lr 0.05, momentum 0.9, weight decay 2e-4, zeta 0.3. Nothing of it
+is part of this project: fetch it, and install Cython to build its kernel:
+
+    pip install cython
+    git clone https://github.com/dcmocanu/sparse-evolutionary-artificial-neural-networks impl2
+    python benchmarks/bench_set_impl2.py --impl2 impl2/Tutorial-ECMLPKDD-2019-Scalable-Deep-Learning \\
+        --hidden 1000,10000,100000
+
+Its kernel (``sparseoperations.pyx``) is compiled into ``--build`` (default: a folder under the
+system's temporary directory), never into the checkout. One compatibility shim: NumPy 2.4 removed
+``np.in1d``, which the code calls; the child process gives it back as NumPy defined it,
+``np.isin(a, b).ravel()``.
+
+Per size and implementation: the network's build time (not in the epoch: implementation 2 fills a
+``lil_matrix`` one entry at a time), one training epoch (forward, backward, update over the 8,000
+images in batches of 40), one SET evolution of every layer, and the test accuracy on the 2,000
+held-out images after that epoch (before the evolution). Ours: ``SparseMLP(..., faithful=True)`` in
+float32 on ``--threads`` threads; implementation 2 computes in float64 on one thread (scipy's sparse
+products and its Cython loop do not use more). The ratio is ours / implementation 2 per epoch
+(training + evolution). The markdown table is rewritten after every run.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import RESULTS, machine, markdown_table, parse_hidden  # noqa: E402
+
+MNIST = ROOT / ".." / "shared" / "data" / "mnist_test"
+SETTINGS = dict(epsilon=13, batch=40, lr=0.05, momentum=0.9, weight_decay=2e-4, dropout=0.2, zeta=0.3)
+HEADER = ["H", "sizes", "nnz (ours / impl 2)", "ours: train + evolution s", "impl 2: train + evolution s",
+          "epoch ratio ours / impl 2", "us per connection (ours / impl 2)", "test acc (ours / impl 2)",
+          "build s (ours / impl 2)", "load avg"]
+
+
+def mnist(path: Path, train: int):
+    """(Xtr, ytr, Xte, yte) as float32 / int64 tensors: the split every SET-MLP benchmark uses."""
+    from sparse_engine.data.tasks import load_task
+
+    (Xtr, ytr), (Xte, yte), _ = load_task("mnist", str(path), 0)
+    return Xtr.reshape(len(Xtr), -1)[:train], ytr[:train], Xte.reshape(len(Xte), -1), yte
+
+
+def ours(args) -> dict:
+    import sparse_engine  # noqa: F401  (before torch: its OpenMP waiting policy, see common.py)
+    import torch
+
+    from sparse_engine.nn import SparseMLP
+    from sparse_engine.training import SETMLP, SETSGD
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    Xtr, ytr, Xte, yte = mnist(Path(args.data), args.train)
+    s = SETTINGS
+    t = time.perf_counter()
+    model = SparseMLP((784, args.child, args.child, args.child, 10), epsilon=s["epsilon"], dropout=s["dropout"],
+                      faithful=True)
+    build = time.perf_counter() - t
+    opt = SETSGD(model.parameters(), lr=s["lr"], momentum=s["momentum"], weight_decay=s["weight_decay"])
+    ctl = SETMLP(model, opt, epochs=2, zeta=s["zeta"], seed=0)  # 2: the end of epoch 1 evolves
+    nnz = model.nnz
+    t = time.perf_counter()
+    for idx in torch.randperm(len(Xtr)).split(s["batch"]):
+        opt.zero_grad(set_to_none=False)
+        model.loss(model(Xtr[idx]), ytr[idx]).backward()
+        opt.step()
+    train = time.perf_counter() - t
+    model.eval()
+    with torch.no_grad():
+        acc = float((model(Xte).argmax(1) == yte).float().mean())
+    model.train()
+    t = time.perf_counter()
+    ctl.end_epoch()
+    return dict(nnz=nnz, build=build, train=train, evolution=time.perf_counter() - t, acc=acc)
+
+
+def build_impl2(folder: Path, build: Path) -> None:
+    """Compile implementation 2's Cython kernel into ``build`` (once)."""
+    if any(build.glob("sparseoperations*.so")):
+        return
+    try:
+        import Cython  # noqa: F401
+    except ImportError:
+        sys.exit("bench_set_impl2: --impl2 needs Cython to build its kernel (pip install cython)")
+    build.mkdir(parents=True, exist_ok=True)
+    src = build / "sparseoperations.pyx"
+    src.write_bytes((folder / "sparseoperations.pyx").read_bytes())
+    setup = ("import numpy\nfrom setuptools import setup, Extension\nfrom Cython.Build import cythonize\n"
+             "setup(ext_modules=cythonize([Extension('sparseoperations', ['sparseoperations.pyx'], "
+             "include_dirs=[numpy.get_include()])], language_level=3), script_args=['build_ext', '--inplace'])\n")
+    done = subprocess.run([sys.executable, "-c", setup], cwd=build, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"bench_set_impl2: building {src} failed:\n{done.stderr[-2000:]}")
+
+
+def impl2(args) -> dict:
+    import numpy as np
+
+    if not hasattr(np, "in1d"):
+        np.in1d = lambda a, b, **kw: np.isin(a, b, **kw).ravel()  # removed in NumPy 2.4: in1d was this
+    sys.path[:0] = [args.build, args.impl2]
+    mod = __import__(args.module)
+    Xtr, ytr, Xte, yte = mnist(Path(args.data), args.train)
+    X, Xt = Xtr.double().numpy(), Xte.double().numpy()
+    Y, Yt = np.eye(10)[ytr.numpy()], np.eye(10)[yte.numpy()]
+    s = SETTINGS
+    np.random.seed(0)
+    t = time.perf_counter()
+    net = mod.SET_MLP((784, args.child, args.child, args.child, 10), (mod.Relu, mod.Relu, mod.Relu, mod.Sigmoid),
+                      epsilon=s["epsilon"])
+    build = time.perf_counter() - t
+    nnz = sum(w.nnz for w in net.w.values())
+    fit = dict(loss=mod.MSE, epochs=1, batch_size=s["batch"], learning_rate=s["lr"], momentum=s["momentum"],
+               weight_decay=s["weight_decay"], zeta=s["zeta"], testing=False)
+    if "dropoutrate" in inspect.signature(net.fit).parameters:  # the tutorial's version
+        fit["dropoutrate"] = s["dropout"]
+    os.chdir(tempfile.mkdtemp())  # fit writes its input-connection file into the working directory
+    t = time.perf_counter()
+    net.fit(X, Y, Xt, Yt, **fit)  # one epoch: training only (no evolution after the last epoch)
+    train = time.perf_counter() - t
+    acc, _ = net.predict(Xt, Yt, batch_size=s["batch"])
+    evolve = next(getattr(net, m) for m in ("weightsEvolution_II", "weightsEvolution_Amar", "weightsEvolution")
+                  if hasattr(net, m))
+    t = time.perf_counter()
+    evolve()
+    return dict(nnz=nnz, build=build, train=train, evolution=time.perf_counter() - t, acc=acc)
+
+
+def row_of(H: int, a: dict, b: dict | None, load: float) -> list:
+    ea = a["train"] + a["evolution"]
+    cells = [f"{H:,}", f"784-{H}-{H}-{H}-10", f"{a['nnz']:,} / " + (f"{b['nnz']:,}" if b else "-"),
+             f"{a['train']:.2f} + {a['evolution']:.2f} = {ea:.2f}"]
+    if b is None:
+        return cells + ["-", "-", f"{ea / a['nnz'] * 1e6:.2f} / -", f"{a['acc']:.4f} / -", f"{a['build']:.1f} / -",
+                        f"{load:.2f}"]
+    eb = b["train"] + b["evolution"]
+    return cells + [f"{b['train']:.1f} + {b['evolution']:.1f} = {eb:.1f}", f"{ea / eb:.3f}x",
+                    f"{ea / a['nnz'] * 1e6:.2f} / {eb / b['nnz'] * 1e6:.2f}", f"{a['acc']:.4f} / {b['acc']:.4f}",
+                    f"{a['build']:.1f} / {b['build']:.1f}", f"{load:.2f}"]
+
+
+def child_run(args, which: str, H: int) -> dict | None:
+    cmd = [sys.executable, __file__, "--child", str(H), "--which", which, "--threads", str(args.threads),
+           "--train", str(args.train), "--data", args.data, "--module", args.module, "--build", args.build]
+    if args.impl2:
+        cmd += ["--impl2", args.impl2]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads if which == "ours" else 1))
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    if done.returncode != 0:
+        print(f"H={H:,} {which}: exit {done.returncode}", file=sys.stderr)
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--impl2", help="folder of SET implementation 2 holding --module and sparseoperations.pyx "
+                                   "(without it: our side only)")
+    p.add_argument("--module", default="set_mlp", help="implementation 2's module in --impl2 (default set_mlp)")
+    p.add_argument("--hidden", default="1000,10000,100000", help="neurons per hidden layer, comma-separated")
+    p.add_argument("--threads", type=int, default=2, help="our threads (implementation 2 runs on one)")
+    p.add_argument("--train", type=int, default=8000, help="training images (of the 8,000 of the split)")
+    p.add_argument("--data", default=str(MNIST), help="the mnist_test folder (sparse_engine.data.fetch writes one)")
+    p.add_argument("--build", default=str(Path(tempfile.gettempdir()) / "sparse_engine_impl2_build"),
+                   help="where implementation 2's kernel is compiled")
+    p.add_argument("--out", default=str(RESULTS / "set_impl2_cpu.md"))
+    p.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--which", choices=("ours", "impl2"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        print(json.dumps((ours if args.which == "ours" else impl2)(args)), flush=True)
+        return
+    if not Path(args.data).exists():
+        sys.exit(f"bench_set_impl2: --data {args.data} does not exist (a folder holding MNIST's test set; "
+                 "sparse_engine.data.fetch('mnist_test') downloads it)")
+    if args.impl2:
+        folder = Path(args.impl2)
+        if not (folder / f"{args.module}.py").exists() or not (folder / "sparseoperations.pyx").exists():
+            sys.exit(f"bench_set_impl2: --impl2 {folder} holds no {args.module}.py and sparseoperations.pyx")
+        build_impl2(folder, Path(args.build))
+    rows = []
+    command = ("python benchmarks/bench_set_impl2.py" + (f" --impl2 {args.impl2}" if args.impl2 else "")
+               + f" --hidden {args.hidden} --threads {args.threads}")
+    for H in [parse_hidden(h) for h in args.hidden.split(",")]:
+        a = child_run(args, "ours", H)
+        b = child_run(args, "impl2", H) if args.impl2 else None
+        if a is None:
+            break
+        rows.append(row_of(H, a, b, os.getloadavg()[0]))
+        print(" | ".join(rows[-1]), flush=True)
+        Path(args.out).write_text(
+            f"# SET-MLP against SET implementation 2, same run\n\nMachine: {machine()}\n\n"
+            "784-H-H-H-10, epsilon 13, 8,000 MNIST training images (the shipped test set's 80/20 split), batch 40, "
+            "SGD lr 0.05, momentum 0.9, weight decay 2e-4, dropout 0.2, zeta 0.3; per size each implementation in a "
+            "process of its own, ours first. Seconds: one training epoch + one SET evolution of every layer; "
+            f"ours on {args.threads} threads in float32, implementation 2 on one thread in float64 (its code does "
+            "not use more); test accuracy after the one epoch. Load avg: 1-minute, after the size.\n\n"
+            f"Command: `{command}`\n\n" + markdown_table(HEADER, rows) + "\n")
+    print(f"results: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
