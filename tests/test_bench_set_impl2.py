@@ -1,6 +1,6 @@
 """benchmarks/bench_set_impl2.py's plumbing, without SET implementation 2 itself (its code is not
 part of the project): a stand-in module with the same interface shows what the harness passes to
-it and reads back; the ratio; the NumPy shim; the one-line errors."""
+it and reads back; the ratio; the NumPy and scipy shims; the one-line errors."""
 import argparse
 import sys
 import textwrap
@@ -11,7 +11,7 @@ import torch
 
 FAKE = """
 import numpy as np
-from scipy.sparse import random as sparse_random
+from scipy.sparse import coo_matrix, random as sparse_random
 calls = []
 class Relu: pass
 class Sigmoid: pass
@@ -26,6 +26,9 @@ class SET_MLP:
         calls.append(("fit", x.dtype, x.shape, y_true.shape, epochs, batch_size, learning_rate, @DROPOUT_VALUE@))
         flag = np.in1d(np.zeros((3, 1)), np.zeros(1))  # implementation 2's array_intersect: 2-D in, 1-D out
         calls.append(("in1d", flag.shape))
+        dw = coo_matrix(self.w[1])  # the kernel writes the gradient into dw.data
+        dw.data[:] = 0
+        calls.append(("weights kept", bool(self.w[1].data.all())))
     def predict(self, x_test, y_test, batch_size=1):
         return 0.5, None
     def @EVOLVE@(self):
@@ -61,7 +64,8 @@ def test_implementation_2_is_called_as_its_own_main_calls_it(tmp_path, bench, mo
     assert calls[0] == ("init", (784, 6, 6, 6, 10), 13)
     assert calls[1] == ("fit", np.float64, (80, 784), (80, 10), 1, 40, 0.05, 0.2 if tutorial else None)
     assert calls[2] == ("in1d", (3,))  # the shim flattens as NumPy's in1d did
-    assert calls[3] == ("evolve",)
+    assert calls[3] == ("weights kept", True)  # coo_matrix(csr) copies, as in the scipy it was written for
+    assert calls[4] == ("evolve",)
     assert out["nnz"] == 784 * 6 + 6 * 6 + 6 * 6 + 6 * 10  # summed over its layers
     assert out["acc"] == 0.5 and out["train"] >= 0 and out["evolution"] >= 0
 
