@@ -72,7 +72,7 @@ def ours(args) -> dict:
     from sparse_engine.training import SETMLP, SETSGD
 
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     Xtr, ytr, Xte, yte = mnist(Path(args.data), args.train)
     s = SETTINGS
     t = time.perf_counter()
@@ -80,21 +80,24 @@ def ours(args) -> dict:
                       faithful=True)
     build = time.perf_counter() - t
     opt = SETSGD(model.parameters(), lr=s["lr"], momentum=s["momentum"], weight_decay=s["weight_decay"])
-    ctl = SETMLP(model, opt, epochs=2, zeta=s["zeta"], seed=0)  # 2: the end of epoch 1 evolves
-    nnz = model.nnz
-    t = time.perf_counter()
-    for idx in torch.randperm(len(Xtr)).split(s["batch"]):
-        opt.zero_grad(set_to_none=False)
-        model.loss(model(Xtr[idx]), ytr[idx]).backward()
-        opt.step()
-    train = time.perf_counter() - t
-    model.eval()
-    with torch.no_grad():
-        acc = float((model(Xte).argmax(1) == yte).float().mean())
-    model.train()
-    t = time.perf_counter()
-    ctl.end_epoch()
-    return dict(nnz=nnz, build=build, train=train, evolution=time.perf_counter() - t, acc=acc)
+    epochs = args.curve or 2  # timing: the end of epoch 1 evolves
+    ctl = SETMLP(model, opt, epochs=epochs, zeta=s["zeta"], seed=args.seed)
+    nnz, accs, times = model.nnz, [], []
+    for _ in range(args.curve or 1):
+        t = time.perf_counter()
+        for idx in torch.randperm(len(Xtr)).split(s["batch"]):
+            opt.zero_grad(set_to_none=False)
+            model.loss(model(Xtr[idx]), ytr[idx]).backward()
+            opt.step()
+        times.append(time.perf_counter() - t)
+        model.eval()
+        with torch.no_grad():
+            accs.append(float((model(Xte).argmax(1) == yte).float().mean()))
+        model.train()
+        t = time.perf_counter()
+        ctl.end_epoch()
+        times.append(time.perf_counter() - t)
+    return dict(nnz=nnz, build=build, train=times[0], evolution=times[1], acc=accs[0], accs=accs)
 
 
 def build_impl2(folder: Path, build: Path) -> None:
@@ -135,7 +138,7 @@ def impl2(args) -> dict:
     X, Xt = Xtr.double().numpy(), Xte.double().numpy()
     Y, Yt = np.eye(10)[ytr.numpy()], np.eye(10)[yte.numpy()]
     s = SETTINGS
-    np.random.seed(0)
+    np.random.seed(args.seed)
     t = time.perf_counter()
     net = mod.SET_MLP((784, args.child, args.child, args.child, 10), (mod.Relu, mod.Relu, mod.Relu, mod.Sigmoid),
                       epsilon=s["epsilon"])
@@ -146,6 +149,10 @@ def impl2(args) -> dict:
     if "dropoutrate" in inspect.signature(net.fit).parameters:  # the tutorial's version
         fit["dropoutrate"] = s["dropout"]
     os.chdir(tempfile.mkdtemp())  # fit writes its input-connection file into the working directory
+    if args.curve:  # its own loop: test accuracy after every epoch, evolution after all but the last
+        mod.batchSize = s["batch"]  # fit's testing reads this global of its script's __main__
+        metrics = net.fit(X, Y, Xt, Yt, **{**fit, "epochs": args.curve, "testing": True})
+        return dict(nnz=nnz, accs=[float(a) for a in metrics[:, 3]])
     t = time.perf_counter()
     net.fit(X, Y, Xt, Yt, **fit)  # one epoch: training only (no evolution after the last epoch)
     train = time.perf_counter() - t
@@ -155,6 +162,11 @@ def impl2(args) -> dict:
     t = time.perf_counter()
     evolve()
     return dict(nnz=nnz, build=build, train=train, evolution=time.perf_counter() - t, acc=acc)
+
+
+def shown(folder: str) -> str:
+    """--impl2 as the results file shows it: the checkout's own folder name, not this machine's path."""
+    return f"impl2/{Path(folder).name}"
 
 
 def row_of(H: int, a: dict, b: dict | None, load: float) -> list:
@@ -170,9 +182,10 @@ def row_of(H: int, a: dict, b: dict | None, load: float) -> list:
                     f"{a['build']:.1f} / {b['build']:.1f}", f"{load:.2f}"]
 
 
-def child_run(args, which: str, H: int) -> dict | None:
+def child_run(args, which: str, H: int, seed: int = 0) -> dict | None:
     cmd = [sys.executable, __file__, "--child", str(H), "--which", which, "--threads", str(args.threads),
-           "--train", str(args.train), "--data", args.data, "--module", args.module, "--build", args.build]
+           "--train", str(args.train), "--data", args.data, "--module", args.module, "--build", args.build,
+           "--seed", str(seed), "--curve", str(args.curve)]
     if args.impl2:
         cmd += ["--impl2", args.impl2]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads if which == "ours" else 1))
@@ -194,7 +207,13 @@ def main(argv=None) -> None:
     p.add_argument("--data", default=str(MNIST), help="the mnist_test folder (sparse_engine.data.fetch writes one)")
     p.add_argument("--build", default=str(Path(tempfile.gettempdir()) / "sparse_engine_impl2_build"),
                    help="where implementation 2's kernel is compiled")
-    p.add_argument("--out", default=str(RESULTS / "set_impl2_cpu.md"))
+    p.add_argument("--out", help="results file (default benchmarks/results/set_impl2_cpu.md, with --curve "
+                                 "set_impl2_curve_H.md)")
+    p.add_argument("--curve", type=int, default=0, metavar="EPOCHS",
+                   help="instead of timing: test accuracy after each of EPOCHS epochs, both sides, at the first "
+                        "--hidden size, for --seeds seeds (implementation 2's own fit loop)")
+    p.add_argument("--seeds", type=int, default=2, help="--curve: seeds 0..N-1 per side (default 2)")
+    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)
     p.add_argument("--which", choices=("ours", "impl2"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -209,8 +228,11 @@ def main(argv=None) -> None:
         if not (folder / f"{args.module}.py").exists() or not (folder / "sparseoperations.pyx").exists():
             sys.exit(f"bench_set_impl2: --impl2 {folder} holds no {args.module}.py and sparseoperations.pyx")
         build_impl2(folder, Path(args.build))
+    if args.curve:
+        return curves(args)
     rows = []
-    command = ("python benchmarks/bench_set_impl2.py" + (f" --impl2 {args.impl2}" if args.impl2 else "")
+    out = Path(args.out or RESULTS / "set_impl2_cpu.md")
+    command = ("python benchmarks/bench_set_impl2.py" + (f" --impl2 {shown(args.impl2)}" if args.impl2 else "")
                + f" --hidden {args.hidden} --threads {args.threads}")
     for H in [parse_hidden(h) for h in args.hidden.split(",")]:
         a = child_run(args, "ours", H)
@@ -219,7 +241,7 @@ def main(argv=None) -> None:
             break
         rows.append(row_of(H, a, b, os.getloadavg()[0]))
         print(" | ".join(rows[-1]), flush=True)
-        Path(args.out).write_text(
+        out.write_text(
             f"# SET-MLP against SET implementation 2, same run\n\nMachine: {machine()}\n\n"
             "784-H-H-H-10, epsilon 13, 8,000 MNIST training images (the shipped test set's 80/20 split), batch 40, "
             "SGD lr 0.05, momentum 0.9, weight decay 2e-4, dropout 0.2, zeta 0.3; per size each implementation in a "
@@ -227,7 +249,38 @@ def main(argv=None) -> None:
             f"ours on {args.threads} threads in float32, implementation 2 on one thread in float64 (its code does "
             "not use more); test accuracy after the one epoch. Load avg: 1-minute, after the size.\n\n"
             f"Command: `{command}`\n\n" + markdown_table(HEADER, rows) + "\n")
-    print(f"results: {args.out}")
+    print(f"results: {out}")
+
+
+def curves(args) -> None:
+    """Test accuracy per epoch of both sides at one size, seed by seed; the file is rewritten
+    after every run."""
+    H = parse_hidden(args.hidden.split(",")[0])
+    out = Path(args.out or RESULTS / f"set_impl2_curve_{H}.md")
+    sides = {"ours": [], "impl2": []} if args.impl2 else {"ours": []}
+    for seed in range(args.seeds):
+        for which, runs in sides.items():
+            r = child_run(args, which, H, seed)
+            if r is None:
+                return
+            runs.append(r["accs"])
+            rows = [[e + 1] + [f"{sum(a[e] for a in rs) / len(rs):.4f} ({len(rs)})" if rs else "-"
+                               for rs in sides.values()] for e in range(args.curve)]
+            out.write_text(
+                f"# SET-MLP against SET implementation 2: test accuracy per epoch\n\nMachine: {machine()}\n\n"
+                f"784-{H}-{H}-{H}-10, the recipe of `set_impl2_cpu.md` (ours with `faithful=True`), {args.curve} "
+                "epochs, SET evolution after each but the last; test accuracy on the 2,000 held-out images after "
+                "each epoch, mean over the seeds run so far (their number in brackets). Implementation 2 runs its "
+                "own `fit` loop (its shuffles, dropout and draws from NumPy's generator seeded with the seed); ours "
+                "from torch's.\n\n"
+                f"Command: `python benchmarks/bench_set_impl2.py --impl2 {shown(args.impl2)} --hidden {H} --curve "
+                f"{args.curve} --seeds {args.seeds}`\n\n"
+                + markdown_table(["epoch", *("ours" if w == "ours" else "implementation 2" for w in sides)], rows)
+                + "\n\nLast epoch, each seed: " + "; ".join(
+                    f"{'ours' if w == 'ours' else 'implementation 2'} " + ", ".join(f"{a[-1]:.4f}" for a in rs)
+                    for w, rs in sides.items()) + "\n")
+            print(f"{which} seed {seed}: " + " ".join(f"{a:.3f}" for a in runs[-1]), flush=True)
+    print(f"results: {out}")
 
 
 if __name__ == "__main__":

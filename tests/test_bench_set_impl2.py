@@ -23,6 +23,8 @@ class SET_MLP:
                   for i, (a, b) in enumerate(zip(dimensions, dimensions[1:]))}
     def fit(self, x, y_true, x_test, y_test, loss, epochs, batch_size, learning_rate=1e-3, momentum=0.9,
             weight_decay=0.0002, zeta=0.3, @DROPOUT@testing=True, save_filename=""):
+        if testing:  # the --curve mode: its own loop and metrics, accuracy in the last column
+            return np.column_stack([np.zeros((epochs, 3)), np.arange(1, epochs + 1) / 10])
         calls.append(("fit", x.dtype, x.shape, y_true.shape, epochs, batch_size, learning_rate, @DROPOUT_VALUE@))
         flag = np.in1d(np.zeros((3, 1)), np.zeros(1))  # implementation 2's array_intersect: 2-D in, 1-D out
         calls.append(("in1d", flag.shape))
@@ -58,7 +60,7 @@ def test_implementation_2_is_called_as_its_own_main_calls_it(tmp_path, bench, mo
     monkeypatch.delattr(np, "in1d")  # and afterwards as it was (the harness sets it)
     monkeypatch.setattr(sys, "path", list(sys.path))  # the harness prepends --build and --impl2
     args = argparse.Namespace(child=6, build=str(tmp_path), impl2=str(tmp_path), module=name, data="unused",
-                              train=80)
+                              train=80, seed=0, curve=0)
     out = bench.impl2(args)
     calls = sys.modules[name].calls
     assert calls[0] == ("init", (784, 6, 6, 6, 10), 13)
@@ -91,3 +93,14 @@ def test_bad_paths_are_one_line(tmp_path, load_script, argv, says):
     with pytest.raises(SystemExit) as e:
         bench.main(argv)
     assert says in str(e.value) and "\n" not in str(e.value)
+
+
+def test_curve_mode_reads_implementation_2s_own_metrics(tmp_path, bench, monkeypatch):
+    source = FAKE.replace("@DROPOUT@", "dropoutrate=0, ").replace("@DROPOUT_VALUE@", "dropoutrate")
+    (tmp_path / "fake_impl2_curve.py").write_text(textwrap.dedent(source.replace("@EVOLVE@", "weightsEvolution_II")))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    args = argparse.Namespace(child=6, build=str(tmp_path), impl2=str(tmp_path), module="fake_impl2_curve",
+                              data="unused", train=80, seed=1, curve=3)
+    assert bench.impl2(args)["accs"] == pytest.approx([0.1, 0.2, 0.3])
+    assert sys.modules["fake_impl2_curve"].batchSize == 40  # its fit's testing reads this global
