@@ -30,6 +30,10 @@ held-out images after that epoch (before the evolution). Ours: ``SparseMLP(..., 
 float32 on ``--threads`` threads; implementation 2 computes in float64 on one thread (scipy's sparse
 products and its Cython loop do not use more). The ratio is ours / implementation 2 per epoch
 (training + evolution). The markdown table is rewritten after every run.
+
+``--curve EPOCHS`` measures accuracy instead of time: the test accuracy after every epoch of both
+sides at the first ``--hidden`` size, for ``--seeds`` seeds, implementation 2 in its own ``fit``
+loop (``benchmarks/results/set_impl2_curve_H.md``).
 """
 from __future__ import annotations
 
@@ -47,10 +51,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import sparse_engine  # noqa: E402,F401  (before torch: its OpenMP waiting policy, see common.py)
 from common import RESULTS, machine, markdown_table, parse_hidden  # noqa: E402
+from sparse_engine.training import SET_MLP_SETTINGS as SETTINGS  # noqa: E402  (both sides run these)
 
 MNIST = ROOT / ".." / "shared" / "data" / "mnist_test"
-SETTINGS = dict(epsilon=13, batch=40, lr=0.05, momentum=0.9, weight_decay=2e-4, dropout=0.2, zeta=0.3)
 HEADER = ["H", "sizes", "nnz (ours / impl 2)", "ours: train + evolution s", "impl 2: train + evolution s",
           "epoch ratio ours / impl 2", "us per connection (ours / impl 2)", "test acc (ours / impl 2)",
           "build s (ours / impl 2)", "load avg"]
@@ -65,7 +70,6 @@ def mnist(path: Path, train: int):
 
 
 def ours(args) -> dict:
-    import sparse_engine  # noqa: F401  (before torch: its OpenMP waiting policy, see common.py)
     import torch
 
     from sparse_engine.nn import SparseMLP
@@ -85,7 +89,7 @@ def ours(args) -> dict:
     nnz, accs, times = model.nnz, [], []
     for _ in range(args.curve or 1):
         t = time.perf_counter()
-        for idx in torch.randperm(len(Xtr)).split(s["batch"]):
+        for idx in torch.randperm(len(Xtr)).split(s["batch_size"]):
             opt.zero_grad(set_to_none=False)
             model.loss(model(Xtr[idx]), ytr[idx]).backward()
             opt.step()
@@ -141,22 +145,22 @@ def impl2(args) -> dict:
     np.random.seed(args.seed)
     t = time.perf_counter()
     net = mod.SET_MLP((784, args.child, args.child, args.child, 10), (mod.Relu, mod.Relu, mod.Relu, mod.Sigmoid),
-                      epsilon=s["epsilon"])
+                      epsilon=int(s["epsilon"]))  # its range(epsilon * (rows + cols))
     build = time.perf_counter() - t
     nnz = sum(w.nnz for w in net.w.values())
-    fit = dict(loss=mod.MSE, epochs=1, batch_size=s["batch"], learning_rate=s["lr"], momentum=s["momentum"],
+    fit = dict(loss=mod.MSE, epochs=1, batch_size=s["batch_size"], learning_rate=s["lr"], momentum=s["momentum"],
                weight_decay=s["weight_decay"], zeta=s["zeta"], testing=False)
     if "dropoutrate" in inspect.signature(net.fit).parameters:  # the tutorial's version
         fit["dropoutrate"] = s["dropout"]
     os.chdir(tempfile.mkdtemp())  # fit writes its input-connection file into the working directory
     if args.curve:  # its own loop: test accuracy after every epoch, evolution after all but the last
-        mod.batchSize = s["batch"]  # fit's testing reads this global of its script's __main__
+        mod.batchSize = s["batch_size"]  # fit's testing reads this global of its script's __main__
         metrics = net.fit(X, Y, Xt, Yt, **{**fit, "epochs": args.curve, "testing": True})
         return dict(nnz=nnz, accs=[float(a) for a in metrics[:, 3]])
     t = time.perf_counter()
     net.fit(X, Y, Xt, Yt, **fit)  # one epoch: training only (no evolution after the last epoch)
     train = time.perf_counter() - t
-    acc, _ = net.predict(Xt, Yt, batch_size=s["batch"])
+    acc, _ = net.predict(Xt, Yt, batch_size=s["batch_size"])
     evolve = next(getattr(net, m) for m in ("weightsEvolution_II", "weightsEvolution_Amar", "weightsEvolution")
                   if hasattr(net, m))
     t = time.perf_counter()
