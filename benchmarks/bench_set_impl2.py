@@ -174,16 +174,16 @@ def shown(folder: str) -> str:
 
 
 def row_of(H: int, a: dict, b: dict | None, load: float) -> list:
+    """One table row: ours (``a``) beside implementation 2 (``b``; None: not run, '-' in its cells)."""
     ea = a["train"] + a["evolution"]
-    cells = [f"{H:,}", f"784-{H}-{H}-{H}-10", f"{a['nnz']:,} / " + (f"{b['nnz']:,}" if b else "-"),
-             f"{a['train']:.2f} + {a['evolution']:.2f} = {ea:.2f}"]
-    if b is None:
-        return cells + ["-", "-", f"{ea / a['nnz'] * 1e6:.2f} / -", f"{a['acc']:.4f} / -", f"{a['build']:.1f} / -",
-                        f"{load:.2f}"]
-    eb = b["train"] + b["evolution"]
-    return cells + [f"{b['train']:.1f} + {b['evolution']:.1f} = {eb:.1f}", f"{ea / eb:.3f}x",
-                    f"{ea / a['nnz'] * 1e6:.2f} / {eb / b['nnz'] * 1e6:.2f}", f"{a['acc']:.4f} / {b['acc']:.4f}",
-                    f"{a['build']:.1f} / {b['build']:.1f}", f"{load:.2f}"]
+    eb = b["train"] + b["evolution"] if b else None
+    both = lambda ours, theirs: f"{ours} / {theirs if b else '-'}"  # noqa: E731  (theirs only read when b)
+    return [f"{H:,}", f"784-{H}-{H}-{H}-10", both(f"{a['nnz']:,}", b and f"{b['nnz']:,}"),
+            f"{a['train']:.2f} + {a['evolution']:.2f} = {ea:.2f}",
+            f"{b['train']:.1f} + {b['evolution']:.1f} = {eb:.1f}" if b else "-", f"{ea / eb:.3f}x" if b else "-",
+            both(f"{ea / a['nnz'] * 1e6:.2f}", b and f"{eb / b['nnz'] * 1e6:.2f}"),
+            both(f"{a['acc']:.4f}", b and f"{b['acc']:.4f}"), both(f"{a['build']:.1f}", b and f"{b['build']:.1f}"),
+            f"{load:.2f}"]
 
 
 def child_run(args, which: str, H: int, seed: int = 0) -> dict | None:
@@ -208,7 +208,8 @@ def main(argv=None) -> None:
     p.add_argument("--hidden", default="1000,10000,100000", help="neurons per hidden layer, comma-separated")
     p.add_argument("--threads", type=int, default=2, help="our threads (implementation 2 runs on one)")
     p.add_argument("--train", type=int, default=8000, help="training images (of the 8,000 of the split)")
-    p.add_argument("--data", default=str(MNIST), help="the mnist_test folder (sparse_engine.data.fetch writes one)")
+    p.add_argument("--data", default=str(MNIST), help="the mnist_test folder (python -m sparse_engine.data.fetch "
+                                                      "mnist_test writes one)")
     p.add_argument("--build", default=str(Path(tempfile.gettempdir()) / "sparse_engine_impl2_build"),
                    help="where implementation 2's kernel is compiled")
     p.add_argument("--out", help="results file (default benchmarks/results/set_impl2_cpu.md, with --curve "
@@ -226,7 +227,7 @@ def main(argv=None) -> None:
         return
     if not Path(args.data).exists():
         sys.exit(f"bench_set_impl2: --data {args.data} does not exist (a folder holding MNIST's test set; "
-                 "sparse_engine.data.fetch('mnist_test') downloads it)")
+                 "python -m sparse_engine.data.fetch mnist_test --root DIR downloads DIR/mnist_test)")
     if args.impl2:
         folder = Path(args.impl2)
         if not (folder / f"{args.module}.py").exists() or not (folder / "sparseoperations.pyx").exists():
