@@ -395,6 +395,12 @@ def main(argv=None):
         if getattr(args, k) is None:
             setattr(args, k, v)
     tasks = args.tasks.split(",")
+    for t in tasks:
+        if t not in TASK_DATA:
+            p.error(f"--tasks: unknown task {t!r} (expected some of {', '.join(TASK_DATA)})")
+        if TASK_DATA[t] and not (Path(args.data) / TASK_DATA[t]).is_dir():
+            p.error(f"--data {args.data}: no {TASK_DATA[t]}/ in it (the folder holding mnist_test/ and gesture/; "
+                    f"python -m sparse_engine.data.fetch {TASK_DATA[t]} --root DIR downloads it)")
     load = lambda t: load_task(t, TASK_DATA[t] and str(Path(args.data) / TASK_DATA[t]), 0)  # noqa: E731
     if args.estimate:
         train, test, meta = load(tasks[0])

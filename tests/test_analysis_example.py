@@ -88,3 +88,13 @@ def test_large_sizes_train_as_long_as_the_others_unless_told(tmp_path, ex, monke
     assert len(read_record(tmp_path / "same" / "records.csv")) == 2 * 2  # start and end, two nulls
     told = ex.main(base + ["--out", str(tmp_path / "told"), "--large-epochs", "3", "--large-epoch-steps", "2"])
     assert (told[0]["epochs"], told[0]["steps"]) == (3, 6)
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--tasks", "mnist", "--data", "/nonexistent"], "--data /nonexistent: no mnist_test/ in it"),
+    (["--tasks", "mnistt"], "--tasks: unknown task 'mnistt'"),
+])
+def test_bad_data_or_task_is_one_line(ex, capsys, argv, says):
+    with pytest.raises(SystemExit) as e:
+        ex.main(argv + ["--out", "unused"])
+    assert e.value.code == 2 and says in capsys.readouterr().err
