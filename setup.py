@@ -11,6 +11,7 @@ Environment switches:
 """
 import glob
 import os
+import sys
 
 from setuptools import setup
 from torch.utils import cpp_extension
@@ -31,6 +32,13 @@ def extension():
     if os.environ.get("SPARSE_ENGINE_NATIVE", "1") == "1":
         cxx.append("-march=native")
     link = ["-fopenmp"]
+    if sys.platform.startswith("linux"):
+        # libstdc++ as the shared library torch loads, also where the compiler links it statically
+        # (-static-libstdc++; the GPU image's /opt/gcc/bin/g++ does): a second, static copy in the module
+        # breaks its C++ streams, so an error message lost its numbers (a -static-libstdc++ build here)
+        # or the process crashed at the first one (that compiler's build, on the H200). Named before
+        # the compiler's own -lstdc++, this one is the one linked.
+        link.append("-lstdc++")
     sanitize = os.environ.get("SPARSE_ENGINE_SANITIZE", "")
     if sanitize == "address":
         flags = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]

@@ -1,16 +1,22 @@
 """The CPU sources also compile where setup.py's defaults don't hold: as C++17 (some torch
 versions build extensions as C++17, this one as C++20) and without -march=native
 (SPARSE_ENGINE_NATIVE=0, or a CPU without AVX2/F16C), which compiles the portable branches
-(the scalar float16 conversion, the scalar exp/tanh) that a -march=native build skips. (The
+(the scalar float16 conversion, the scalar exp/tanh) that a -march=native build skips. The built
+module links the shared libstdc++ that torch loads, whatever the compiler's default. (The
 sources' shape, one schema file and kernels per op family, is tests/test_op_registry.py's.)"""
 from __future__ import annotations
 
+import shutil
 import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
 import pytest
+import torch
 from torch.utils import cpp_extension
+
+import sparse_engine  # noqa: F401  (loads sparse_engine._C)
 
 from _build_util import host_cxx, run_all
 
@@ -31,6 +37,23 @@ def test_cpu_sources_compile_as_cxx17_without_march_native():
     failures = [f"{src.name}:\n{out[-3000:]}" for src, (rc, out) in results.items() if rc]
     assert not failures, "\n".join(failures)
 
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not (shutil.which("readelf") and shutil.which("nm")),
+                    reason="needs Linux and binutils (readelf, nm)")
+def test_module_links_the_shared_libstdcxx():
+    """sparse_engine._C needs libstdc++.so and holds no copy of its own (setup.py's -lstdc++): with a
+    static copy (a -static-libstdc++ build, the GPU image's /opt/gcc/bin/g++) the module's streams
+    break, and an error message loses its numbers (here) or the process crashes (on the H200)."""
+    so = sparse_engine._C.__file__
+    needed = subprocess.run(["readelf", "-d", so], capture_output=True, text=True, check=True).stdout
+    assert "libstdc++.so" in needed, f"{so} does not link the shared libstdc++:\n{needed}"
+    defined = subprocess.run(["nm", "-D", "--defined-only", so], capture_output=True, text=True, check=True).stdout
+    own = [line for line in defined.splitlines() if "_ZNSo9_M_insert" in line or "codecvt" in line]
+    assert not own, f"{so} defines libstdc++'s stream functions itself: {own[:3]}"
+    rp, ci = torch.tensor([0, 2, 3]), torch.tensor([0, 5, 1], dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"col_idx entry 5 \(position 1\) out of range \[0, 5\)"):
+        torch.ops.sparse_engine.transpose_index(rp, ci, 5)
 
 _PROBE = r"""
 import sys, torch

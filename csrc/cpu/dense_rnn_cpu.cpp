@@ -248,7 +248,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_sequence_backward
     const auto hs = reverse ? y.narrow(0, 1, T - 1) : y.narrow(0, 0, T - 1);
     dw.addmm_(g.reshape({(T - 1) * B, 3 * H}).t(), hs.reshape({(T - 1) * B, H}));
   }
-  auto db = has_bias ? dgh.sum({0, 1}) : at::Tensor();
+  auto db = has_bias ? dgh.sum(at::IntArrayRef{0, 1}) : at::Tensor();
   return {dgx, dh, dw, db};
 }
 
