@@ -391,11 +391,17 @@ def test_torch_compile_on_cuda(dtype):
     eager.backward()
     compiled = torch.compile(step, fullgraph=True)(v2, X)
     compiled.backward()
-    # bfloat16: inductor may fuse tanh/square differently (other roundings in between)
-    tol = 1e-9 if dtype == torch.float64 else 2e-2
     assert v2.grad.dtype == dtype
-    torch.testing.assert_close(compiled, eager, rtol=tol, atol=tol)
-    torch.testing.assert_close(v2.grad, v1.grad, rtol=tol, atol=tol)
+    if dtype == torch.float64:
+        torch.testing.assert_close(compiled, eager, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(v2.grad, v1.grad, rtol=1e-9, atol=1e-9)
+        return
+    # bfloat16: inductor fuses tanh/square in float32 where eager rounds to bfloat16 in between, so an
+    # entry may move by bfloat16 steps of the largest ones (here up to ~5,600, where a step is 32; eager
+    # is itself 37 from the float64 gradient): 2% of the largest entry (the H200 run: 2.0 apart)
+    torch.testing.assert_close(compiled, eager, rtol=2e-2, atol=2e-2)
+    scale = float(v1.grad.float().abs().max())
+    torch.testing.assert_close(v2.grad.float(), v1.grad.float(), rtol=2e-2, atol=2e-2 * scale)
 
 
 # ------------------------------------------------------------------------ bad input
