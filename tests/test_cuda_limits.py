@@ -138,8 +138,9 @@ def test_rows_times_batch_beyond_2_31():
     products = G[sample].double().repeat_interleave(3, 0) * X[col_idx[k].long()].double()
     # a float32 dot product of B = 32,768 terms: its error scales with the sum of |terms| (the H200 run
     # gave 6e-4 on values near 20, 3e-8 of that sum), not with the value; a wrong offset is off by ~100
-    err = (S[k].double() - products.sum(1)).abs()
-    assert bool((err <= tolerance(None, products.abs().sum(1), B, torch.float32)).all()), \
+    want = products.sum(1)
+    err = (S[k].double() - want).abs()
+    assert bool((err <= tolerance(want, products.abs().sum(1), B, torch.float32)).all()), \
         f"sddmm past 2^31: worst error {float(err.max()):.3g}"
 
 
