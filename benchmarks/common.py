@@ -118,8 +118,12 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 
 
 def write_result(name: str, title: str, body: str) -> Path:
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / name
+    """Writes a results file: ``name`` is a file name (put in benchmarks/results/) or a path with a
+    folder (taken as given, like the scripts whose --out is a path; the folder is made)."""
+    path = Path(name)
+    if path.parent == Path("."):
+        path = RESULTS / path
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"# {title}\n\nMachine: {machine()}\n\n{body}\n")
     return path
 

@@ -57,3 +57,14 @@ def test_cuda_times_of_reads_events_around_each_call(monkeypatch, common):
     log.clear()
     assert common.cuda_times_of(fn, 2, warmup=0, sync_each=True) == [0.002, 0.002]
     assert log == ["sync"] + ["sync", "record", "fn", "record"] * 2 + ["sync"]
+
+
+def test_write_result_takes_a_file_name_or_a_path(monkeypatch, tmp_path, common):
+    """A bare name goes to benchmarks/results/; a path is used as given (bench_rnn_large's --out
+    benchmarks/results/x.md was joined to benchmarks/results/ and its first row ended the run)."""
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    assert common.write_result("a.md", "T", "body") == tmp_path / "results" / "a.md"
+    monkeypatch.chdir(tmp_path)
+    path = common.write_result("some/dir/b.md", "T", "body")
+    assert path.resolve() == (tmp_path / "some" / "dir" / "b.md").resolve()
+    assert path.read_text().startswith("# T\n\nMachine: ") and path.read_text().endswith("\n\nbody\n")
