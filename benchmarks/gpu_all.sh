@@ -186,12 +186,15 @@ if has test && begin tests 60; then
   # test_cuda_sanitizers.py (host emulation) run on every CPU machine and would only spend device time
   # here; test_index_check.py runs its cases on CPU and CUDA. test_cuda_limits.py (sizes past grid.y and
   # 2^31, streams, a CUDA graph, NaN-filled outputs; ~30 GB) runs first: what the emulator cannot show.
+  # Then the GPU cases of other files (autocast on CUDA, the memory model against the caching
+  # allocator, recomputation bit for bit, the CLI's device choice), which the first H200 run left out.
   # No -x: every failure is listed (the first H200 run stopped at its first, a test's tolerance, and
   # cost a second command to see the rest). The benchmarks run after a failure too (they check their
   # own results against cuSPARSE / the CPU), and the command's status says the tests failed.
   if ! CAP=330 logged 40 $PY -m pytest -q -ra --durations=10 ${PYTEST_TIMEOUT[@]+"${PYTEST_TIMEOUT[@]}"} \
       tests/test_cuda_limits.py tests/test_cuda_ops.py tests/test_cuda_rnn.py tests/test_kernels_topology_cuda.py \
-      tests/test_index_check.py; then
+      tests/test_index_check.py tests/test_autocast.py tests/test_memory_model.py::test_prediction_on_a_gpu \
+      tests/test_recompute.py::test_cuda_bit_identical tests/test_cli.py::test_train_device_choice; then
     say "== tests FAILED (the list above; the log has each failure): the benchmarks below run on these kernels"
   fi
   took tests $t0
