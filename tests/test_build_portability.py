@@ -38,7 +38,6 @@ def test_cpu_sources_compile_as_cxx17_without_march_native():
     assert not failures, "\n".join(failures)
 
 
-
 @pytest.mark.skipif(not sys.platform.startswith("linux") or not (shutil.which("readelf") and shutil.which("nm")),
                     reason="needs Linux and binutils (readelf, nm)")
 def test_module_links_the_shared_libstdcxx():
@@ -54,6 +53,7 @@ def test_module_links_the_shared_libstdcxx():
     rp, ci = torch.tensor([0, 2, 3]), torch.tensor([0, 5, 1], dtype=torch.int32)
     with pytest.raises(ValueError, match=r"col_idx entry 5 \(position 1\) out of range \[0, 5\)"):
         torch.ops.sparse_engine.transpose_index(rp, ci, 5)
+
 
 _PROBE = r"""
 import sys, torch
