@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import sparse_engine  # noqa: E402,F401  (before torch: its OpenMP waiting policy, see common.py)
-from common import RESULTS, machine, markdown_table, parse_hidden  # noqa: E402
+from common import RESULTS, markdown_table, parse_hidden, write_result  # noqa: E402
 from sparse_engine.training import SET_MLP_SETTINGS as SETTINGS  # noqa: E402  (both sides run these)
 
 MNIST = ROOT / ".." / "shared" / "data" / "mnist_test"
@@ -236,7 +236,7 @@ def main(argv=None) -> None:
     if args.curve:
         return curves(args)
     rows = []
-    out = Path(args.out or RESULTS / "set_impl2_cpu.md")
+    out = Path(args.out).absolute() if args.out else RESULTS / "set_impl2_cpu.md"
     command = ("python benchmarks/bench_set_impl2.py" + (f" --impl2 {shown(args.impl2)}" if args.impl2 else "")
                + f" --hidden {args.hidden} --threads {args.threads}")
     for H in [parse_hidden(h) for h in args.hidden.split(",")]:
@@ -246,14 +246,14 @@ def main(argv=None) -> None:
             break
         rows.append(row_of(H, a, b, os.getloadavg()[0]))
         print(" | ".join(rows[-1]), flush=True)
-        out.write_text(
-            f"# SET-MLP against SET implementation 2, same run\n\nMachine: {machine()}\n\n"
+        write_result(
+            out, "SET-MLP against SET implementation 2, same run",
             "784-H-H-H-10, epsilon 13, 8,000 MNIST training images (the shipped test set's 80/20 split), batch 40, "
             "SGD lr 0.05, momentum 0.9, weight decay 2e-4, dropout 0.2, zeta 0.3; per size each implementation in a "
             "process of its own, ours first. Seconds: one training epoch + one SET evolution of every layer; "
             f"ours on {args.threads} threads in float32, implementation 2 on one thread in float64 (its code does "
             "not use more); test accuracy after the one epoch. Load avg: 1-minute, after the size.\n\n"
-            f"Command: `{command}`\n\n" + markdown_table(HEADER, rows) + "\n")
+            f"Command: `{command}`\n\n" + markdown_table(HEADER, rows))
     print(f"results: {out}")
 
 
@@ -261,7 +261,7 @@ def curves(args) -> None:
     """Test accuracy per epoch of both sides at one size, seed by seed; the file is rewritten
     after every run."""
     H = parse_hidden(args.hidden.split(",")[0])
-    out = Path(args.out or RESULTS / f"set_impl2_curve_{H}.md")
+    out = Path(args.out).absolute() if args.out else RESULTS / f"set_impl2_curve_{H}.md"
     sides = {"ours": [], "impl2": []} if args.impl2 else {"ours": []}
     for seed in range(args.seeds):
         for which, runs in sides.items():
@@ -271,8 +271,8 @@ def curves(args) -> None:
             runs.append(r["accs"])
             rows = [[e + 1] + [f"{sum(a[e] for a in rs) / len(rs):.4f} ({len(rs)})" if rs else "-"
                                for rs in sides.values()] for e in range(args.curve)]
-            out.write_text(
-                f"# SET-MLP against SET implementation 2: test accuracy per epoch\n\nMachine: {machine()}\n\n"
+            write_result(
+                out, "SET-MLP against SET implementation 2: test accuracy per epoch",
                 f"784-{H}-{H}-{H}-10, the recipe of `set_impl2_cpu.md` (ours with `faithful=True`), {args.curve} "
                 "epochs, SET evolution after each but the last; test accuracy on the 2,000 held-out images after "
                 "each epoch, mean over the seeds run so far (their number in brackets). Implementation 2 runs its "
@@ -283,7 +283,7 @@ def curves(args) -> None:
                 + markdown_table(["epoch", *("ours" if w == "ours" else "implementation 2" for w in sides)], rows)
                 + "\n\nLast epoch, each seed: " + "; ".join(
                     f"{'ours' if w == 'ours' else 'implementation 2'} " + ", ".join(f"{a[-1]:.4f}" for a in rs)
-                    for w, rs in sides.items()) + "\n")
+                    for w, rs in sides.items()))
             print(f"{which} seed {seed}: " + " ".join(f"{a:.3f}" for a in runs[-1]), flush=True)
     print(f"results: {out}")
 
