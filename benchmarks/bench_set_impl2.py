@@ -168,9 +168,11 @@ def impl2(args) -> dict:
     return dict(nnz=nnz, build=build, train=train, evolution=time.perf_counter() - t, acc=acc)
 
 
-def shown(folder: str) -> str:
-    """--impl2 as the results file shows it: the checkout's own folder name, not this machine's path."""
-    return f"impl2/{Path(folder).name}"
+def command(args, options: str) -> str:
+    """The command line a results file names: --impl2 (when given) as the checkout's own folder name,
+    not this machine's path, then ``options``."""
+    impl2 = f" --impl2 impl2/{Path(args.impl2).name}" if args.impl2 else ""
+    return f"python benchmarks/bench_set_impl2.py{impl2}{options}"
 
 
 def row_of(H: int, a: dict, b: dict | None, load: float) -> list:
@@ -237,8 +239,6 @@ def main(argv=None) -> None:
         return curves(args)
     rows = []
     out = Path(args.out).absolute() if args.out else RESULTS / "set_impl2_cpu.md"
-    command = ("python benchmarks/bench_set_impl2.py" + (f" --impl2 {shown(args.impl2)}" if args.impl2 else "")
-               + f" --hidden {args.hidden} --threads {args.threads}")
     for H in [parse_hidden(h) for h in args.hidden.split(",")]:
         a = child_run(args, "ours", H)
         b = child_run(args, "impl2", H) if args.impl2 else None
@@ -253,7 +253,8 @@ def main(argv=None) -> None:
             "process of its own, ours first. Seconds: one training epoch + one SET evolution of every layer; "
             f"ours on {args.threads} threads in float32, implementation 2 on one thread in float64 (its code does "
             "not use more); test accuracy after the one epoch. Load avg: 1-minute, after the size.\n\n"
-            f"Command: `{command}`\n\n" + markdown_table(HEADER, rows))
+            f"Command: `{command(args, f' --hidden {args.hidden} --threads {args.threads}')}`\n\n"
+            + markdown_table(HEADER, rows))
     print(f"results: {out}")
 
 
@@ -278,8 +279,7 @@ def curves(args) -> None:
                 "each epoch, mean over the seeds run so far (their number in brackets). Implementation 2 runs its "
                 "own `fit` loop (its shuffles, dropout and draws from NumPy's generator seeded with the seed); ours "
                 "from torch's.\n\n"
-                f"Command: `python benchmarks/bench_set_impl2.py --impl2 {shown(args.impl2)} --hidden {H} --curve "
-                f"{args.curve} --seeds {args.seeds}`\n\n"
+                f"Command: `{command(args, f' --hidden {H} --curve {args.curve} --seeds {args.seeds}')}`\n\n"
                 + markdown_table(["epoch", *("ours" if w == "ours" else "implementation 2" for w in sides)], rows)
                 + "\n\nLast epoch, each seed: " + "; ".join(
                     f"{'ours' if w == 'ours' else 'implementation 2'} " + ", ".join(f"{a[-1]:.4f}" for a in rs)

@@ -104,3 +104,10 @@ def test_curve_mode_reads_implementation_2s_own_metrics(tmp_path, bench, monkeyp
                               data="unused", train=80, seed=1, curve=3)
     assert bench.impl2(args)["accs"] == pytest.approx([0.1, 0.2, 0.3])
     assert sys.modules["fake_impl2_curve"].batchSize == 40  # its fit's testing reads this global
+
+
+def test_command_names_the_impl2_checkout_by_its_folder_or_not_at_all(bench):
+    """The results files' command line; --curve without --impl2 (ours alone) failed on the missing path."""
+    assert bench.command(argparse.Namespace(impl2="/home/me/src/sparse-evolutionary"), " --hidden 30") == \
+        "python benchmarks/bench_set_impl2.py --impl2 impl2/sparse-evolutionary --hidden 30"
+    assert bench.command(argparse.Namespace(impl2=None), " --curve 2") == "python benchmarks/bench_set_impl2.py --curve 2"
