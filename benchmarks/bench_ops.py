@@ -21,7 +21,7 @@ from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, ms, ratio, timeit  # noqa: E402
+from common import RESULTS, ms, ratio, timeit, write_result  # noqa: E402
 
 from sparse_engine import SparseWeight, ops  # noqa: E402
 import torch  # noqa: E402
@@ -179,10 +179,8 @@ class Results:
     """The results file, written row by row: the header first, then each row as it comes."""
 
     def __init__(self, path: Path, title: str):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"# {title}\n\nMachine: {machine()}\n\n{NOTES}\n| " + " | ".join(HEADER) + " |\n|"
-                        + "---|" * len(HEADER) + "\n")
+        self.path = write_result(path.absolute(), title, f"{NOTES}\n| " + " | ".join(HEADER) + " |\n|"
+                                 + "---|" * len(HEADER))
 
     def add(self, row: list) -> None:
         print(*row, sep="\t", flush=True)

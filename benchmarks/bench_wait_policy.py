@@ -93,21 +93,21 @@ def main() -> None:
         parser.error("--rounds must be >= 1 and --busy counts >= 0")
 
     sys.path.insert(0, str(HERE))
-    from common import machine, markdown_table  # imports torch: only here, after the children's env is set
+    from common import markdown_table, write_result  # imports torch: only here, after the children's env is set
 
     header = ["busy processes", "configuration", *[f"{w} (ms)" for w in WORKLOADS],
               *[f"{w}: vs default" for w in WORKLOADS], "load"]
     rows: list[list] = []
 
     def write() -> None:
-        Path(args.out).write_text(
-            "# OpenMP waiting policies on the CPU kernels\n\n"
-            f"Machine: {machine()}\n\n{__doc__.split(chr(10) + chr(10))[0]}\n\n"
+        write_result(
+            Path(args.out).absolute(), "OpenMP waiting policies on the CPU kernels",
+            f"{__doc__.split(chr(10) + chr(10))[0]}\n\n"
             "Medians over the rounds of each child's median of 5 calls. 'vs default': this "
             "configuration's time / the default's (passive, 2 threads); > 1 means slower than "
             "the default. Busy processes are Python busy loops in the benchmark's own session "
             "(they share its CPU time fairly). Load: 1-minute load average after the level's last "
-            "round.\n\n" + markdown_table(header, rows) + "\n")
+            "round.\n\n" + markdown_table(header, rows))
 
     for busy in args.busy:
         hogs = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(busy)]
