@@ -11,7 +11,12 @@ Environment switches:
 """
 import glob
 import os
+import shlex
+import shutil
+import subprocess
 import sys
+import sysconfig
+import tempfile
 
 from setuptools import setup
 from torch.utils import cpp_extension
@@ -26,6 +31,50 @@ def want_cuda() -> bool:
     return torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
 
 
+def linker_cxx() -> str:
+    """The C++ compiler setuptools links the module with: $CXX, else Python's own."""
+    return os.environ.get("CXX") or sysconfig.get_config_var("CXX") or "c++"
+
+
+def carries_its_own_libstdcxx(cxx: str, link: list) -> bool:
+    """Links a one-line shared library with ``cxx`` and the module's link flags: True when it holds
+    libstdc++'s stream code itself (a static copy). Beside the copy torch loads, such a module's
+    streams break: on the GPU image (whose /opt/gcc/bin/g++ links libstdc++ statically even past
+    -lstdc++) the first error message that formats a number crashed the process. False when the
+    probe cannot tell (no compiler or nm: the real build then says what is wrong)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src, lib = os.path.join(tmp, "probe.cpp"), os.path.join(tmp, "probe.so")
+        with open(src, "w") as f:
+            f.write('#include <sstream>\nstd::string probe(long v) { std::ostringstream s; s << v; return s.str(); }\n')
+        try:
+            subprocess.run([*shlex.split(cxx), "-shared", "-fPIC", src, "-o", lib, *link],
+                           check=True, capture_output=True, timeout=120)
+            symbols = subprocess.run(["nm", "--defined-only", lib], check=True, capture_output=True,
+                                     text=True, timeout=60).stdout
+        except (OSError, subprocess.SubprocessError):
+            return False
+    return "_ZNSo9_M_insertIlEERSoT_" in symbols  # std::ostream::_M_insert<long>
+
+
+def choose_linker(link: list) -> None:
+    """Keeps the module on the shared libstdc++: when the linking compiler would put a static copy
+    in, build with the first g++/c++ on this machine that does not (CXX set for this build, and
+    said), or stop with what to set."""
+    cxx = linker_cxx()
+    if not carries_its_own_libstdcxx(cxx, link):
+        return
+    for other in ("/usr/bin/g++", "g++", "c++", "clang++"):
+        path = shutil.which(other)
+        if path and path != shutil.which(shlex.split(cxx)[0]) and not carries_its_own_libstdcxx(path, link):
+            print(f"setup.py: {cxx} links libstdc++ into the module statically (a second copy beside "
+                  f"torch's breaks C++ streams); building with {path} instead (set CXX to choose)", file=sys.stderr)
+            os.environ["CXX"] = path  # torch's ninja build compiles and setuptools links with it
+            return
+    raise SystemExit(f"setup.py: the C++ compiler {cxx} links libstdc++ into the module statically, which "
+                     "breaks its C++ streams beside torch's libstdc++; set CXX to a g++ that links "
+                     "the shared libstdc++.so")
+
+
 def extension():
     sources = ["csrc/ops.cpp", "csrc/autograd.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     cxx = ["-O3", "-fopenmp"]
@@ -37,8 +86,10 @@ def extension():
         # (-static-libstdc++; the GPU image's /opt/gcc/bin/g++ does): a second, static copy in the module
         # breaks its C++ streams, so an error message lost its numbers (a -static-libstdc++ build here)
         # or the process crashed at the first one (that compiler's build, on the H200). Named before
-        # the compiler's own -lstdc++, this one is the one linked.
+        # the compiler's own -lstdc++, this one is linked by a plain -static-libstdc++; the GPU image's
+        # compiler put its static copy in even so (the second H200 run), so choose_linker probes.
         link.append("-lstdc++")
+        choose_linker(link)
     sanitize = os.environ.get("SPARSE_ENGINE_SANITIZE", "")
     if sanitize == "address":
         flags = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]

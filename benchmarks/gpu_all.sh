@@ -13,12 +13,12 @@
 # (default 540 s, counted from the command's start): a stage that cannot get its minimum is skipped
 # and says so, a benchmark gets what is left as its budget (it stops starting cells, and rewrites its
 # results file into $OUT after every cell), and each stage runs under `timeout`, so the command ends
-# before the runner's 600 s. Times below: the first run, on an H200 (2026-11-26).
-#   1. benchmarks/gpu_all.sh                                                  ~4-5 min
+# before the runner's 600 s. Times below: the first two runs, on an H200 (2026-11-26).
+#   1. benchmarks/gpu_all.sh                                                  ~5 min
 #        STAGES=first = build test bench_quick rnn_quick topology step:
-#        build 62 s (nvcc for the detected GPU's arch only, 16 jobs; then one bad index must come back
-#        as the whole ValueError, else the module is broken and the command ends), the GPU tests 90 s
-#        (668: sizes past grid.y and 2^31, streams, a CUDA graph, NaN-filled outputs; ops, fused step,
+#        build 63 s (nvcc for the detected GPU's arch only, 16 jobs; then one bad index must come back
+#        as the whole ValueError, else the module is broken and the command ends), the GPU tests 150 s
+#        (689: sizes past grid.y and 2^31, streams, a CUDA graph, NaN-filled outputs; ops, fused step,
 #        topology ops, index checks; torch.compile included; every failure listed, and the benchmarks
 #        still run: each checks its own results, and a GPU session is too rare to spend on a rerun),
 #        then the targets' first numbers (75 s): the issue's three spmm/spmm_t/sddmm reference cells vs
@@ -29,14 +29,14 @@
 #        here, `cat files_at/build/_C*.so* > sparse_engine/_C.cpython-312-x86_64-linux-gnu.so` (the
 #        name as it came back, without .partNN), and pass that path as `carry` to every later
 #        command; a command on a fresh machine without it rebuilds first (~1 min, automatic).
-#   2. STAGES=sanitize benchmarks/gpu_all.sh                                  ~5-7 min
+#   2. STAGES=sanitize benchmarks/gpu_all.sh                                  ~1.5 min
 #        compute-sanitizer memcheck on the op, index-check and step tests that reach the long-row,
 #        zero-size and misaligned paths, initcheck on the long-row paths, and racecheck on the kernels
 #        with shared memory.
 #   3. STAGES=bench BENCH_DTYPES=float32 benchmarks/gpu_all.sh                ~9 min
 #        the float32 kernel grid (the reference cells first; N=131,072 at 20% is skipped by its
 #        memory estimate); what the deadline leaves out: ... STAGES=bench -- --n 131072 later.
-#   4. STAGES="rnn largest" benchmarks/gpu_all.sh                             ~9 min
+#   4. STAGES="rnn largest" benchmarks/gpu_all.sh                             ~4-9 min
 #        the LSTM/GRU training-step table (ours at every size first, then masked-dense cuDNN and
 #        torch.sparse), then the largest trainable SparseLSTM at 32 nonzeros per row.
 #   With time to spare, in this order: STAGES=topology (all cases), BENCH_DTYPES=bfloat16
@@ -132,15 +132,7 @@ for dev in ('cpu', 'cuda'):
 print('errors: whole ValueErrors on cpu and cuda')" 2>&1 | tee -a "$LOG"
 }
 
-build() {
-  local t0=$SECONDS
-  say "== build ($(nvcc --version 2>&1 | tail -1); $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | head -1))"
-  export SPARSE_ENGINE_CUDA=1
-  # nvcc for the GPU present only (one arch keeps the build to ~2 minutes)
-  if [[ -z "${TORCH_CUDA_ARCH_LIST:-}" ]]; then
-    TORCH_CUDA_ARCH_LIST=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability(0))" 2>/dev/null) \
-      && export TORCH_CUDA_ARCH_LIST && say "TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST"
-  fi
+install() {  # pip install -e . (else setup.py build_ext --inplace), its log under $LOCAL_LOGS
   local blog=$LOCAL_LOGS/build.log
   if ! MAX_JOBS=${MAX_JOBS:-16} timeout "$(left)" $PY -m pip install --no-build-isolation --no-deps -e . >"$blog" 2>&1; then
     say "pip install -e . failed (see the tail below); trying setup.py build_ext --inplace"
@@ -150,9 +142,29 @@ build() {
       exit 1
     fi
   fi
-  grep -iE "warning|error" "$blog" | grep -v "Wmaybe-uninitialized\|avx512\|note:" | head -20 >>"$LOG"
+  grep -iE "warning|error|setup.py:" "$blog" | grep -v "Wmaybe-uninitialized\|avx512\|note:" | head -20 >>"$LOG"
   tail -2 "$blog" | tee -a "$LOG"
-  cuda_ready || exit 1
+}
+
+build() {
+  local t0=$SECONDS
+  say "== build ($(nvcc --version 2>&1 | tail -1); $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | head -1))"
+  export SPARSE_ENGINE_CUDA=1
+  # nvcc for the GPU present only (one arch keeps the build to ~2 minutes)
+  if [[ -z "${TORCH_CUDA_ARCH_LIST:-}" ]]; then
+    TORCH_CUDA_ARCH_LIST=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability(0))" 2>/dev/null) \
+      && export TORCH_CUDA_ARCH_LIST && say "TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST"
+  fi
+  install
+  if ! cuda_ready; then
+    # a module broken by its compiler (setup.py's probe should catch a static libstdc++, as on the
+    # H200 image): one rebuild with the system's g++ before giving up, a GPU session being rare
+    [[ -x /usr/bin/g++ && "${CXX:-}" != /usr/bin/g++ ]] || exit 1
+    say "the module built with ${CXX:-the default compiler} is broken: rebuilding with CXX=/usr/bin/g++"
+    rm -rf build sparse_engine/_C*.so
+    CXX=/usr/bin/g++ install
+    cuda_ready || exit 1
+  fi
   # the built module, so that a later command on a fresh machine can carry it instead of rebuilding:
   # without host debug info, and in parts of < 16 MiB (the largest file $OUT brings back)
   if [[ -n "${OUT:-}" ]]; then

@@ -55,6 +55,37 @@ def test_module_links_the_shared_libstdcxx():
         torch.ops.sparse_engine.transpose_index(rp, ci, 5)
 
 
+
+def _setup_functions() -> dict:
+    """setup.py's functions, without running its setup() call."""
+    source = (ROOT / "setup.py").read_text().split("\nsetup(\n")[0]
+    names: dict = {"__file__": str(ROOT / "setup.py")}
+    exec(compile(source, "setup.py", "exec"), names)
+    return names
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not (shutil.which("g++") and shutil.which("nm")),
+                    reason="needs Linux, g++ and nm")
+def test_setup_builds_past_a_compiler_that_links_libstdcxx_statically(tmp_path, monkeypatch):
+    """The GPU image's /opt/gcc/bin/g++ put a static libstdc++ into the module even past -lstdc++
+    (the second H200 run crashed at the first error message again). A wrapper that does the same
+    here: setup.py's probe must see it and build with a g++ that links the shared library."""
+    wrapper = tmp_path / "g++"
+    wrapper.write_text("#!/bin/bash\nargs=(); for a in \"$@\"; do [[ $a == -lstdc++ ]] && a=-l:libstdc++.a; "
+                       f"args+=(\"$a\"); done\nexec {shutil.which('g++')} -static-libstdc++ \"${{args[@]}}\"\n")
+    wrapper.chmod(0o755)
+    setup = _setup_functions()
+    link = ["-fopenmp", "-lstdc++"]
+    assert setup["carries_its_own_libstdcxx"](str(wrapper), link)
+    assert not setup["carries_its_own_libstdcxx"](shutil.which("g++"), link)
+    monkeypatch.setenv("CXX", str(wrapper))
+    setup["choose_linker"](link)
+    chosen = setup["linker_cxx"]()
+    assert chosen != str(wrapper) and not setup["carries_its_own_libstdcxx"](chosen, link)
+    monkeypatch.setenv("CXX", shutil.which("g++"))
+    setup["choose_linker"](link)  # a compiler that links the shared library is kept
+    assert setup["linker_cxx"]() == shutil.which("g++")
+
 _PROBE = r"""
 import sys, torch
 torch.ops.load_library(sys.argv[1])

@@ -41,7 +41,7 @@ def outputs_and_grads(m, x, k, loss="all"):
     x = x.detach().clone().requires_grad_()
     out, h = m(x)
     states = list(h) if isinstance(h, tuple) else [h]
-    w = torch.linspace(-1, 1, out.numel()).view_as(out)
+    w = torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=out.device).view_as(out)
     total = sum((s * s.flip(-1)).sum() for s in states)
     if loss == "all":
         total = total + (out * w).sum()
