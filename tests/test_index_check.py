@@ -279,9 +279,10 @@ def test_rewire_scans_a_layers_pattern_once_and_its_own_output_never():
     rp3, ci3, v3 = _rewire(rp2, ci2, v2, torch.ones(ci2.numel(), dtype=torch.bool), seed=1)
     _rewire(rp, ci, v, keep)  # the first input, unchanged: remembered too
     assert scans() == n + 1
-    # in place: columns of row 3 swapped (version bumped), found on the next update
-    row3 = slice(int(rp3[3]), int(rp3[4]))
-    ci3[row3] = ci3[row3].flip(0)
+    # in place: the columns of the first row with two or more reversed (version bumped), found on the next update
+    r = int(torch.nonzero(rp3.diff() >= 2)[0])
+    row = slice(int(rp3[r]), int(rp3[r + 1]))
+    ci3[row] = ci3[row].flip(0)
     with pytest.raises(ValueError, match="col_idx must be sorted and unique within each row: unsorted column"):
         _rewire(rp3, ci3, v3, torch.ones(ci3.numel(), dtype=torch.bool))
     assert scans() == n + 2

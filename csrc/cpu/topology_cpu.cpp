@@ -11,6 +11,7 @@
 // Why one file of about 800 lines: it is the topology family's CPU file (one per op family,
 // tests/test_op_registry.py), and `rewire` calls the step kernels directly, which it can because
 // they share this translation unit; the sections follow an update's order.
+#include <c10/util/accumulate.h>
 #include <torch/library.h>
 #include <omp.h>
 #include <atomic>
@@ -173,13 +174,13 @@ void set_keep(const scalar_t* v, int64_t n, double zeta, bool* keep) {
     P += v[i] > 0;
     N += v[i] < 0;
   }
-  std::vector<uint8_t> drop(n, 0);
-  bool* d = reinterpret_cast<bool*>(drop.data());
+  // `keep` (all false on entry) first marks the dropped entries, then is inverted in place: no
+  // second n-long mask of fresh memory
   auto mag = [v](int64_t i) { return std::abs(v[i]); };
-  mark_smallest<scalar_t>(n, std::llround(zeta * static_cast<double>(P)), [v](int64_t i) { return v[i] > 0; }, mag, d);
-  mark_smallest<scalar_t>(n, std::llround(zeta * static_cast<double>(N)), [v](int64_t i) { return v[i] < 0; }, mag, d);
+  mark_smallest<scalar_t>(n, std::llround(zeta * static_cast<double>(P)), [v](int64_t i) { return v[i] > 0; }, mag, keep);
+  mark_smallest<scalar_t>(n, std::llround(zeta * static_cast<double>(N)), [v](int64_t i) { return v[i] < 0; }, mag, keep);
 #pragma omp parallel for schedule(static) num_threads(kernel_threads()) if(parallel_worth(n))
-  for (int64_t i = 0; i < n; ++i) keep[i] = !drop[i] && v[i] != 0;
+  for (int64_t i = 0; i < n; ++i) keep[i] = !keep[i] && v[i] != 0;
 }
 
 at::Tensor set_prune_cpu(const at::Tensor& values, double zeta) {
@@ -188,7 +189,7 @@ at::Tensor set_prune_cpu(const at::Tensor& values, double zeta) {
   TORCH_CHECK_VALUE(values.dim() == 1, "values must be 1-D, got ", values.dim(), " dims");
   TORCH_CHECK_VALUE(zeta >= 0.0 && zeta <= 1.0, "zeta must be in [0, 1], got ", zeta);
   auto v = values.contiguous();
-  auto keep = at::empty({v.numel()}, v.options().dtype(at::kBool));
+  auto keep = at::zeros({v.numel()}, v.options().dtype(at::kBool));
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "set_prune_cpu", [&] {
     check_finite(v.data_ptr<scalar_t>(), v.numel(), "values");
     set_keep<scalar_t>(v.data_ptr<scalar_t>(), v.numel(), zeta, keep.data_ptr<bool>());
@@ -237,7 +238,7 @@ void compact_fill(const Csr& csr, const bool* keep, const int64_t* out_ptr, cons
     for (int64_t k = csr.row_ptr[i]; k < csr.row_ptr[i + 1]; ++k) {
       if (!keep[k]) continue;
       out_col[d] = csr.col_idx[k];
-      out_values[d] = values[k];
+      if (out_values) out_values[d] = values[k];
       kept_pos[d] = k;
       ++d;
     }
@@ -246,10 +247,11 @@ void compact_fill(const Csr& csr, const bool* keep, const int64_t* out_ptr, cons
 
 // compact(row_ptr, col_idx, values, keep) -> (row_ptr, col_idx, values, kept_pos): the CSR
 // holding only the entries with keep[k]; kept_pos[j] is the old position of new entry j.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> compact_cpu(const at::Tensor& row_ptr,
-                                                                       const at::Tensor& col_idx,
-                                                                       const at::Tensor& values,
-                                                                       const at::Tensor& keep) {
+// with_values false: no values out (undefined; rewire's merge reads them through kept_pos).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> compact_impl(const at::Tensor& row_ptr,
+                                                                        const at::Tensor& col_idx,
+                                                                        const at::Tensor& values,
+                                                                        const at::Tensor& keep, bool with_values) {
   auto row_ptr_c = row_ptr.contiguous(), col_idx_c = col_idx.contiguous(), values_c = values.contiguous();
   auto keep_c = keep.contiguous();
   const Csr csr = csr_view(row_ptr_c, col_idx_c, kAnyColumn, /*sorted=*/false);  // columns copied as they are
@@ -269,13 +271,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> compact_cpu(const at:
   for (int64_t i = 0; i < csr.rows; ++i) out_ptr_data[i + 1] += out_ptr_data[i];
   const int64_t m = out_ptr_data[csr.rows];
   auto out_col = at::empty({m}, col_idx_c.options());
-  auto out_val = at::empty({m}, values_c.options());
+  auto out_val = with_values ? at::empty({m}, values_c.options()) : at::Tensor();
   auto kept_pos = at::empty({m}, row_ptr_c.options());
   AT_DISPATCH_FLOATING_TYPES(values_c.scalar_type(), "compact_cpu", [&] {
     compact_fill<scalar_t>(csr, kept, out_ptr_data, values_c.data_ptr<scalar_t>(), out_col.data_ptr<int32_t>(),
-                           out_val.data_ptr<scalar_t>(), kept_pos.data_ptr<int64_t>());
+                           with_values ? out_val.data_ptr<scalar_t>() : nullptr, kept_pos.data_ptr<int64_t>());
   });
   return {out_ptr, out_col, out_val, kept_pos};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> compact_cpu(const at::Tensor& row_ptr,
+                                                                       const at::Tensor& col_idx,
+                                                                       const at::Tensor& values,
+                                                                       const at::Tensor& keep) {
+  return compact_impl(row_ptr, col_idx, values, keep, /*with_values=*/true);
 }
 
 // ------------------------------------------------------------------ empty positions
@@ -383,15 +392,14 @@ std::vector<int64_t> draw_empty(const Csr& csr, int64_t cols, int64_t n, uint64_
     drop_occupied(csr, cols, keys);
   }
   const int64_t m = keys.size();
-  if (m > n) {  // drop a uniformly random subset of the surplus, keeping the order
-    std::vector<int64_t> idx(m);
-    for (int64_t i = 0; i < m; ++i) idx[i] = i;
+  if (m > n) {  // drop a uniformly random subset of the surplus, keeping the order: Floyd's
+    // sampling of m - n of the m keys, a mark per key (no m-long index array to fill and shuffle:
+    // 8 bytes a key of fresh memory, a third of this function's at 128M entries)
     std::mt19937_64 gen(splitmix64(seed ^ 0x5bd1e995ULL ^ counter));
     std::vector<uint8_t> drop(m, 0);
-    for (int64_t i = 0; i < m - n; ++i) {
-      const int64_t j = i + bounded(gen(), m - i);
-      std::swap(idx[i], idx[j]);
-      drop[idx[i]] = 1;
+    for (int64_t i = n; i < m; ++i) {
+      const int64_t j = bounded(gen(), i + 1);
+      drop[drop[j] ? i : j] = 1;
     }
     int64_t d = 0;
     for (int64_t i = 0; i < m; ++i)
@@ -427,11 +435,13 @@ std::tuple<at::Tensor, at::Tensor> random_empty_cpu(const at::Tensor& row_ptr, c
 // ------------------------------------------------------------------ merge
 // Row by row, merges the old entries of row i with its new ones (both sorted by column) into
 // the merged row starting at out_ptr[i], and records where each old and each new entry went.
+// new_values null: the new entries are zeros; value_at non-null: old entry k's value is
+// old_values[value_at[k]] (rewire's: the values before compaction, no copy of them compacted).
 // A new entry at a stored position is reported in `clash` (its number; any one of them).
 template <typename scalar_t>
 void merge_fill(const Csr& csr, const int64_t* new_row_ptr, const int32_t* new_col, const int64_t* out_ptr,
-                const scalar_t* old_values, const scalar_t* new_values, int32_t* out_col, scalar_t* out_values,
-                int64_t* old_pos, int64_t* new_pos, std::atomic<int64_t>& clash) {
+                const scalar_t* old_values, const int64_t* value_at, const scalar_t* new_values, int32_t* out_col,
+                scalar_t* out_values, int64_t* old_pos, int64_t* new_pos, std::atomic<int64_t>& clash) {
 #pragma omp parallel for schedule(dynamic, 256) num_threads(kernel_threads()) \
     if(parallel_worth(csr.rows + csr.nnz))
   for (int64_t i = 0; i < csr.rows; ++i) {
@@ -440,10 +450,10 @@ void merge_fill(const Csr& csr, const int64_t* new_row_ptr, const int32_t* new_c
     int64_t d = out_ptr[i];                                   // next merged position
     while (k < k_end || j < j_end) {
       if (j >= j_end || (k < k_end && csr.col_idx[k] < new_col[j])) {
-        out_col[d] = csr.col_idx[k]; out_values[d] = old_values[k]; old_pos[k] = d; ++k;
+        out_col[d] = csr.col_idx[k]; out_values[d] = old_values[value_at ? value_at[k] : k]; old_pos[k] = d; ++k;
       } else {
         if (k < k_end && csr.col_idx[k] == new_col[j]) clash = j;
-        out_col[d] = new_col[j]; out_values[d] = new_values[j]; new_pos[j] = d; ++j;
+        out_col[d] = new_col[j]; out_values[d] = new_values ? new_values[j] : scalar_t(0); new_pos[j] = d; ++j;
       }
       ++d;
     }
@@ -480,22 +490,27 @@ std::vector<int64_t> new_entry_rows(int64_t rows, int64_t n_cols, const int64_t*
 // old_pos, new_pos): inserts new entries (sorted by (row, col), unique, all at empty
 // positions; anything else is a ValueError) keeping every row sorted. old_pos[k] / new_pos[j]
 // are the positions of old entry k / new entry j in the merged CSR.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> merge_cpu(
+// rewire's merge: new_values undefined, the new entries are zeros; value_at defined (the kept
+// positions of compact_impl without values), old entry k's value is values[value_at[k]].
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> merge_impl(
     const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tensor& values, int64_t n_cols,
-    const at::Tensor& new_row, const at::Tensor& new_col, const at::Tensor& new_values) {
+    const at::Tensor& new_row, const at::Tensor& new_col, const at::Tensor& new_values,
+    const at::Tensor& value_at = at::Tensor()) {
   TORCH_CHECK_VALUE(n_cols >= 0 && n_cols <= INT32_MAX, "n_cols must be in [0, 2^31), got ", n_cols);
   auto row_ptr_c = row_ptr.contiguous(), col_idx_c = col_idx.contiguous(), values_c = values.contiguous();
   const Csr csr = csr_view(row_ptr_c, col_idx_c, n_cols, /*sorted=*/true);
-  check_values(values_c, csr.nnz);
+  if (!value_at.defined()) check_values(values_c, csr.nnz);
   TORCH_CHECK_TYPE(new_row.scalar_type() == at::kLong, "new_row must be int64, got ", new_row.scalar_type());
   TORCH_CHECK_TYPE(new_col.scalar_type() == at::kInt, "new_col must be int32, got ", new_col.scalar_type());
-  TORCH_CHECK_TYPE(new_values.scalar_type() == values.scalar_type(), "new_values must have dtype ",
+  const bool zeros = !new_values.defined();
+  TORCH_CHECK_TYPE(zeros || new_values.scalar_type() == values.scalar_type(), "new_values must have dtype ",
                    values.scalar_type(), ", got ", new_values.scalar_type());
   const int64_t n = new_row.numel();
-  TORCH_CHECK_VALUE(new_row.dim() == 1 && new_col.dim() == 1 && new_values.dim() == 1 &&
-                        new_col.numel() == n && new_values.numel() == n,
+  TORCH_CHECK_VALUE(new_row.dim() == 1 && new_col.dim() == 1 && new_col.numel() == n &&
+                        (zeros || (new_values.dim() == 1 && new_values.numel() == n)),
                     "new_row, new_col and new_values must be 1-D of the same length");
-  auto new_row_c = new_row.contiguous(), new_col_c = new_col.contiguous(), new_values_c = new_values.contiguous();
+  auto new_row_c = new_row.contiguous(), new_col_c = new_col.contiguous();
+  auto new_values_c = zeros ? new_values : new_values.contiguous();
   const int64_t* R = new_row_c.data_ptr<int64_t>();  // new entry j is at (R[j], C[j])
   const int32_t* C = new_col_c.data_ptr<int32_t>();
   const std::vector<int64_t> new_row_ptr = new_entry_rows(csr.rows, n_cols, R, C, n);
@@ -510,12 +525,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> merge_cpu
   std::atomic<int64_t> clash{-1};
   AT_DISPATCH_FLOATING_TYPES(values_c.scalar_type(), "merge_cpu", [&] {
     merge_fill<scalar_t>(csr, new_row_ptr.data(), C, out_ptr_data, values_c.data_ptr<scalar_t>(),
-                         new_values_c.data_ptr<scalar_t>(), out_col.data_ptr<int32_t>(), out_val.data_ptr<scalar_t>(),
+                         value_at.defined() ? value_at.data_ptr<int64_t>() : nullptr,
+                         zeros ? nullptr : new_values_c.data_ptr<scalar_t>(), out_col.data_ptr<int32_t>(), out_val.data_ptr<scalar_t>(),
                          old_pos.data_ptr<int64_t>(), new_pos.data_ptr<int64_t>(), clash);
   });
   TORCH_CHECK_VALUE(clash.load() < 0, "new entry ", clash.load(), " at (", R[std::max<int64_t>(0, clash.load())],
                     ", ", C[std::max<int64_t>(0, clash.load())], ") is already stored");
   return {out_ptr, out_col, out_val, old_pos, new_pos};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> merge_cpu(
+    const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tensor& values, int64_t n_cols,
+    const at::Tensor& new_row, const at::Tensor& new_col, const at::Tensor& new_values) {
+  return merge_impl(row_ptr, col_idx, values, n_cols, new_row, new_col, new_values);
 }
 
 // ------------------------------------------------------------------ state remap
@@ -758,6 +780,45 @@ std::tuple<at::Tensor, at::Tensor> grow_positions(const at::Tensor& row_ptr, con
   return {std::get<0>(cand).index({pick}), std::get<1>(cand).index({pick})};
 }
 
+// Every tensor of `carry` (first dimension the old nnz) in the merged order: old entry kept[j]
+// moves to old_pos[j], and the rows of the new entries (new_pos) are zeros. What remap_index and
+// gather_or_zero compute, without their new_nnz-long origin index (8 bytes an entry of fresh
+// memory each update, 1 GB at 128M entries: page faults cost more than the copies on the VMs
+// here) and in one pass over the kept entries for all the tensors.
+std::vector<at::Tensor> carry_over(at::TensorList carry, const at::Tensor& kept, const at::Tensor& old_pos,
+                                   const at::Tensor& new_pos, int64_t new_nnz) {
+  struct Part { const char* src; char* dst; int64_t bytes; };
+  std::vector<at::Tensor> out, sources;
+  std::vector<Part> parts;
+  for (const auto& t : carry) {
+    sources.push_back(t.contiguous());
+    auto sizes = t.sizes().vec();
+    const int64_t inner = c10::multiply_integers(sizes.begin() + 1, sizes.end());  // also when the old nnz is 0
+    sizes[0] = new_nnz;
+    out.push_back(at::empty(sizes, t.options()));
+    parts.push_back({static_cast<const char*>(sources.back().data_ptr()), static_cast<char*>(out.back().data_ptr()),
+                     inner * static_cast<int64_t>(t.element_size())});
+  }
+  if (parts.empty()) return out;
+  const int64_t *from = kept.data_ptr<int64_t>(), *to = old_pos.data_ptr<int64_t>(), *fresh = new_pos.data_ptr<int64_t>();
+  const int64_t n_kept = kept.numel(), n_new = new_pos.numel();
+  auto copy = [](const Part& p, int64_t d, int64_t s) {
+    if (p.bytes == 4) reinterpret_cast<uint32_t*>(p.dst)[d] = reinterpret_cast<const uint32_t*>(p.src)[s];
+    else if (p.bytes == 8) reinterpret_cast<uint64_t*>(p.dst)[d] = reinterpret_cast<const uint64_t*>(p.src)[s];
+    else std::memcpy(p.dst + d * p.bytes, p.src + s * p.bytes, p.bytes);
+  };
+#pragma omp parallel num_threads(kernel_threads()) if(parallel_worth(n_kept + n_new))
+  {
+#pragma omp for schedule(static) nowait
+    for (int64_t j = 0; j < n_kept; ++j)
+      for (const Part& p : parts) copy(p, to[j], from[j]);
+#pragma omp for schedule(static)
+    for (int64_t j = 0; j < n_new; ++j)
+      for (const Part& p : parts) std::memset(p.dst + fresh[j] * p.bytes, 0, p.bytes);
+  }
+  return out;
+}
+
 // The pruned entries (keep[k] false) of the pattern whose position was grown again: sets back[k]
 // and clears fresh[j] of the grown position j they take (grown positions sorted, rows starting at
 // grow_start). Returns how many there are.
@@ -802,7 +863,8 @@ rewire_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tenso
   for (size_t i = 0; i < carry.size(); ++i)
     TORCH_CHECK_VALUE(carry[i].dim() >= 1 && carry[i].size(0) == col_idx.numel(), "carry[", i,
                       "] must have first dimension nnz=", col_idx.numel(), ", got shape ", carry[i].sizes());
-  auto [rp, ci, v, kept] = compact_cpu(row_ptr, col_idx, values, keep);
+  auto values_c = values.contiguous();
+  auto [rp, ci, v, kept] = compact_impl(row_ptr, col_idx, values_c, keep, /*with_values=*/false);
   auto [nr, nc] = grow_positions(rp, ci, n_cols, grow_row, grow_col, G, X, n_grow, seed, tile_rows, tile_cols,
                                  sample_factor);
   if (keep_regrown && nr.numel() > 0) {
@@ -812,19 +874,14 @@ rewire_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tenso
     const auto start = new_entry_rows(csr.rows, n_cols, nr.data_ptr<int64_t>(), C, nr.numel());
     auto back = at::zeros_like(keep_c), fresh = at::ones({nr.numel()}, keep_c.options());
     if (mark_regrown(csr, keep_c.data_ptr<bool>(), start.data(), C, back.data_ptr<bool>(), fresh.data_ptr<bool>())) {
-      std::tie(rp, ci, v, kept) = compact_cpu(row_ptr, col_idx, values, keep_c.logical_or(back));
+      std::tie(rp, ci, v, kept) = compact_impl(row_ptr, col_idx, values_c, keep_c.logical_or(back), false);
       nr = nr.index({fresh});
       nc = nc.index({fresh});
     }
   }
-  auto [out_ptr, out_col, out_val, old_pos, new_pos] = merge_cpu(rp, ci, v, n_cols, nr, nc,
-                                                                 at::zeros({nr.numel()}, v.options()));
-  rp = ci = v = at::Tensor();  // freed before the carried state is gathered: a lower peak, fewer fresh pages
-  std::vector<at::Tensor> carried;
-  if (!carry.empty()) {
-    const at::Tensor origin = remap_index_cpu(kept, old_pos, out_col.numel());
-    for (const auto& t : carry) carried.push_back(gather_or_zero_cpu(t, origin));
-  }
+  auto [out_ptr, out_col, out_val, old_pos, new_pos] = merge_impl(rp, ci, values_c, n_cols, nr, nc, at::Tensor(), kept);
+  rp = ci = at::Tensor();  // freed before the carried state is gathered: a lower peak, fewer fresh pages
+  std::vector<at::Tensor> carried = carry_over(carry, kept, old_pos, new_pos, out_col.numel());
   remember_sorted_csr(out_ptr, out_col, n_cols);
   return {out_ptr, out_col, out_val, kept, old_pos, new_pos, nr, nc, carried};
 }

@@ -297,8 +297,12 @@ def rewire(weight: SparseWeight, keep: torch.Tensor, grow: Growth | None = None,
     nnz: SGD momentum_buffer, Adam exp_avg/exp_avg_sq, ...), its ``.grad`` and the tensors of
     ``carry`` (the caller's per-entry state, returned in the new order as ``Remap.carried``): kept
     entries keep their state, removed ones are dropped, new ones start at zero. One call of the
-    operator ``rewire`` does the update (two with a callable ``grow``, whose pattern is compacted
-    first); the transposed index is rebuilt at the weight's next use. Returns the :class:`Remap`."""
+    operator ``rewire`` makes the new pattern (two with a callable ``grow``, whose pattern is
+    compacted first); the state follows, one tensor at a time once the old pattern is freed, each
+    old tensor freed before the next is made (:meth:`Remap.apply`), so the update's new arrays
+    mostly reuse memory just freed: at 128M entries the state is 1.5 GB, and memory not reused
+    within seconds cost 1.2 s a GB to touch on the VMs here (docs/topology.md). The transposed
+    index is dropped first and rebuilt at the weight's next use. Returns the :class:`Remap`."""
     if not isinstance(weight, SparseWeight):
         raise TypeError(f"weight must be a SparseWeight, got {type(weight).__name__}")
     if not isinstance(keep, torch.Tensor) or keep.dtype != torch.bool or keep.shape != (weight.nnz,):
@@ -309,11 +313,10 @@ def rewire(weight: SparseWeight, keep: torch.Tensor, grow: Growth | None = None,
     keep = keep.to(device)
     old_nnz = weight.nnz
     state = _per_entry_state(weight, optimizer)
-    own = [s for s in state if s[2].device == device]  # moved by the operator, the rest after it
+    weight._drop_transpose()  # stale after the update: its memory is free for the update's arrays
     out = _ops.rewire(weight.row_ptr, weight.col_idx, _widened(weight.values), weight.shape[1], keep,
-                      *_growth_args(grow, weight, keep), bool(keep_regrown),
-                      [t for _, _, t in own] + list(carry))
-    rp, ci, v, src, dst, new, new_row, new_col, moved = out
+                      *_growth_args(grow, weight, keep), bool(keep_regrown), [])
+    rp, ci, v, src, dst, new, new_row, new_col, _ = out
     nv = None
     if values is not None:
         nv = values(new_row, new_col) if callable(values) else values
@@ -326,33 +329,36 @@ def rewire(weight: SparseWeight, keep: torch.Tensor, grow: Growth | None = None,
     if nv is not None and new.numel():
         v.index_copy_(0, new, nv)  # new positions are unique: a copy, half the time of v[new] = nv
     weight.set_pattern(rp, ci, v.to(weight.values.dtype), validate=False)
-    remap = Remap(src=src, dst=dst, new=new, old_nnz=old_nnz, new_nnz=v.numel(), new_row=new_row, new_col=new_col,
-                  carried=list(moved[len(own):]))
-    for (holder, key, _), t in zip(own, moved):
-        holder[key] = t
-    for holder, key, t in state:
-        if t.device != device:
-            holder[key] = remap.apply(t)
+    del rp, ci, v, out  # (the weight holds them)
+    remap = Remap(src=src, dst=dst, new=new, old_nnz=old_nnz, new_nnz=weight.nnz, new_row=new_row, new_col=new_col)
+    for holder, key in state:  # no other reference to the old tensor: freed as the new one replaces it
+        holder[key] = remap.apply(holder[key])
+    remap.carried = [remap.apply(t) for t in carry]
     return remap
 
 
 def _per_entry_state(weight: SparseWeight, optimizer) -> list[tuple]:
-    """(holder, key, tensor) of the weight's gradient and of every optimizer state tensor with one
-    row per entry (first dimension nnz); ``holder[key] = t`` puts a remapped one back."""
+    """(holder, key) of the weight's gradient and of every optimizer state tensor with one row per
+    entry (first dimension nnz): ``holder[key]`` is the tensor, ``holder[key] = t`` puts a remapped
+    one back. No reference to the tensors themselves, so each is freed when it is replaced."""
     values, nnz = weight.values, weight.nnz
-    out = [] if values.grad is None else [(_GradSlot(values), "grad", values.grad)]
+    out = [] if values.grad is None else [(_GradSlot(values), "grad")]
     state = optimizer.state.get(values) if optimizer is not None else None
     for key, t in (state or {}).items():
         if isinstance(t, torch.Tensor) and t.dim() >= 1 and t.shape[0] == nnz:
-            out.append((state, key, t))
+            out.append((state, key))
     return out
 
 
 class _GradSlot:
-    """``slot["grad"] = t`` sets the parameter's ``.grad`` (a holder like the optimizer's state dict)."""
+    """``slot["grad"]`` is the parameter's ``.grad`` and ``slot["grad"] = t`` sets it (a holder like
+    the optimizer's state dict)."""
 
     def __init__(self, param: torch.Tensor):
         self.param = param
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self.param.grad
 
     def __setitem__(self, key: str, t: torch.Tensor) -> None:
         self.param.grad = t
