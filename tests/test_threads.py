@@ -132,6 +132,7 @@ def test_topology_kernels():
     G, X = torch.randn(1000, 16, generator=g), torch.randn(800, 16, generator=g)
     same_on_1_and_2_threads(lambda: _ops.select_smallest(scores, n // 3))
     same_on_1_and_2_threads(lambda: _ops.set_prune(scores, 0.3))
+    same_on_1_and_2_threads(lambda: _ops.set_prune((scores * 4).round(), 0.3))  # ties at both cuts, some kept
     row_ptr, col_idx, values, kept_pos = same_on_1_and_2_threads(
         lambda: _ops.compact(W.row_ptr, W.col_idx, W.values.detach(), keep))
     new_row, new_col = same_on_1_and_2_threads(lambda: _ops.random_empty(row_ptr, col_idx, 800, 20_000, 7))
@@ -141,6 +142,8 @@ def test_topology_kernels():
     origin = same_on_1_and_2_threads(lambda: _ops.remap_index(kept_pos, merged[3], merged[1].numel()))
     state = torch.randn(W.nnz, 3, generator=g)
     same_on_1_and_2_threads(lambda: _ops.gather_or_zero(state, origin))
+    same_on_1_and_2_threads(lambda: _ops.rewire(W.row_ptr, W.col_idx, W.values.detach(), 800, keep, None, None, None,
+                                                None, 20_000, 7, 0, 0, 0, False, [state, state[:, 0]]))
     rows = torch.repeat_interleave(torch.arange(1000), W.row_ptr.diff())
     same_on_1_and_2_threads(lambda: _ops.coo_dot(rows, W.col_idx, G, X))
     same_on_1_and_2_threads(lambda: _ops.grad_topk(W.row_ptr, W.col_idx, G, X, 5000, 256, 256))

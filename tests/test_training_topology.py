@@ -206,6 +206,43 @@ def test_rewire_keeps_values_and_optimizer_state_only_where_it_should(rng, opt_n
     opt.step()
 
 
+def test_rewire_frees_before_it_allocates(rng, monkeypatch):
+    """At 128M connections memory not reused at once is slow to touch (docs/topology.md), so the
+    stale transposed index is dropped before the operator runs, and the gradient and Adam's state
+    are moved only after the new pattern is set, each old tensor unreferenced once replaced."""
+    import weakref
+
+    from sparse_engine.training import topology
+
+    w = random_weight(30, 40, 0.2, dtype=torch.float32, generator=rng)
+    opt = torch.optim.Adam([w.values], lr=0.01)
+    w.values.grad = torch.randn(w.nnz, generator=rng)
+    opt.step()
+    w.values.grad = torch.randn(w.nnz, generator=rng)
+    w._transpose()
+    old = [weakref.ref(t) for t in (w.values.grad, opt.state[w.values]["exp_avg"], opt.state[w.values]["exp_avg_sq"])]
+    old_col = w.col_idx
+    seen = []
+
+    class Ops:
+        def __getattr__(self, name):
+            op = getattr(torch.ops.sparse_engine, name)
+
+            def call(*args):
+                seen.append((name, w.has_transpose, w.col_idx is old_col, sum(r() is not None for r in old)))
+                return op(*args)
+            return call
+
+    keep = magnitude_keep(w.values, 30)
+    monkeypatch.setattr(topology, "_ops", Ops())
+    rewire(w, keep, topology.RandomGrowth(30, 1), optimizer=opt)
+    assert seen[0] == ("rewire", False, True, 3)  # the transposed index gone, the old pattern in use
+    gathers = [s for s in seen if s[0] == "gather_or_zero"]
+    assert len(gathers) == 3 and all(not s[2] for s in gathers)  # after set_pattern
+    assert [s[3] for s in gathers] == [3, 2, 1]  # each old tensor freed once replaced
+    assert all(r() is None for r in old)
+
+
 def test_rewire_prune_only_and_empty_rows(rng):
     w = random_weight(20, 10, 0.3, generator=rng)
     keep = torch.zeros(w.nnz, dtype=torch.bool)

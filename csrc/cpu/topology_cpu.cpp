@@ -19,8 +19,8 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
-#include <parallel/algorithm>
 #include <numeric>
+#include <parallel/algorithm>
 #include <optional>
 #include <random>
 #include <tuple>

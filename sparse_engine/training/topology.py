@@ -144,8 +144,10 @@ def threshold_keep(values: torch.Tensor, threshold: float) -> torch.Tensor:
 # ----------------------------------------------------------------------- growth
 def random_empty(row_ptr: torch.Tensor, col_idx: torch.Tensor, n_cols: int, n: int, seed: int):
     """Exactly ``n`` distinct positions drawn uniformly from the empty positions of the pattern,
-    as (rows int64, cols int32) sorted by (row, col). Rejection sampling against the sorted rows
-    while at least 4n positions are empty; enumeration of the empty positions otherwise (CPU).
+    as (rows int64, cols int32) sorted by (row, col). On the CPU, while at least 4n positions are
+    empty, each row draws a Poisson number of candidate columns (together uniformly random
+    positions), keeps those not stored, and a uniformly random surplus is dropped; otherwise the
+    empty positions are enumerated.
     On another device: uniform ranks among the empty positions from that device's generator
     seeded with ``seed`` (see :func:`sparse_engine.kernels.topology_cuda.random_empty_cuda`;
     other positions than the CPU for the same seed, same distribution)."""
@@ -297,12 +299,13 @@ def rewire(weight: SparseWeight, keep: torch.Tensor, grow: Growth | None = None,
     nnz: SGD momentum_buffer, Adam exp_avg/exp_avg_sq, ...), its ``.grad`` and the tensors of
     ``carry`` (the caller's per-entry state, returned in the new order as ``Remap.carried``): kept
     entries keep their state, removed ones are dropped, new ones start at zero. One call of the
-    operator ``rewire`` makes the new pattern (two with a callable ``grow``, whose pattern is
-    compacted first); the state follows, one tensor at a time once the old pattern is freed, each
-    old tensor freed before the next is made (:meth:`Remap.apply`), so the update's new arrays
-    mostly reuse memory just freed: at 128M entries the state is 1.5 GB, and memory not reused
-    within seconds cost 1.2 s a GB to touch on the VMs here (docs/topology.md). The transposed
-    index is dropped first and rebuilt at the weight's next use. Returns the :class:`Remap`."""
+    operator ``rewire`` makes the new pattern and moves ``carry`` (two with a callable ``grow``,
+    whose pattern is compacted first); the gradient and the optimizer state follow
+    (:meth:`Remap.apply`), one tensor at a time once the old pattern is freed, each old tensor
+    freed before the next is made, so their new arrays reuse memory just freed (at 128M entries
+    Adam's state and the gradient are 1.5 GB, and memory not reused within seconds cost 1.2 s a
+    GB to touch on the VMs here: docs/topology.md). The transposed index is dropped first and
+    rebuilt at the weight's next use. Returns the :class:`Remap`."""
     if not isinstance(weight, SparseWeight):
         raise TypeError(f"weight must be a SparseWeight, got {type(weight).__name__}")
     if not isinstance(keep, torch.Tensor) or keep.dtype != torch.bool or keep.shape != (weight.nnz,):
@@ -315,8 +318,8 @@ def rewire(weight: SparseWeight, keep: torch.Tensor, grow: Growth | None = None,
     state = _per_entry_state(weight, optimizer)
     weight._drop_transpose()  # stale after the update: its memory is free for the update's arrays
     out = _ops.rewire(weight.row_ptr, weight.col_idx, _widened(weight.values), weight.shape[1], keep,
-                      *_growth_args(grow, weight, keep), bool(keep_regrown), [])
-    rp, ci, v, src, dst, new, new_row, new_col, _ = out
+                      *_growth_args(grow, weight, keep), bool(keep_regrown), list(carry))
+    rp, ci, v, src, dst, new, new_row, new_col, carried = out
     nv = None
     if values is not None:
         nv = values(new_row, new_col) if callable(values) else values
@@ -330,10 +333,10 @@ def rewire(weight: SparseWeight, keep: torch.Tensor, grow: Growth | None = None,
         v.index_copy_(0, new, nv)  # new positions are unique: a copy, half the time of v[new] = nv
     weight.set_pattern(rp, ci, v.to(weight.values.dtype), validate=False)
     del rp, ci, v, out  # (the weight holds them)
-    remap = Remap(src=src, dst=dst, new=new, old_nnz=old_nnz, new_nnz=weight.nnz, new_row=new_row, new_col=new_col)
+    remap = Remap(src=src, dst=dst, new=new, old_nnz=old_nnz, new_nnz=weight.nnz, new_row=new_row, new_col=new_col,
+                  carried=list(carried))
     for holder, key in state:  # no other reference to the old tensor: freed as the new one replaces it
         holder[key] = remap.apply(holder[key])
-    remap.carried = [remap.apply(t) for t in carry]
     return remap
 
 
