@@ -55,9 +55,12 @@ def test_sweep_writes_consistent_outputs(tmp_path, ex):
 
 def test_nothing_moves_at_learning_rate_zero(tmp_path, ex):
     runs = ex.main(ARGS + ["--out", str(tmp_path), "--lr", "0", "--sizes", "24", "--seeds", "1",
-                           "--algorithms", "set"])
-    assert runs[0]["moved"] == 0.0  # SET still rewires: the kept weights did not move
-    assert runs[0]["new"] > 0
+                           "--algorithms", "pruning,set"])
+    by = {r["algorithm"]: r for r in runs}
+    assert by["pruning"]["moved"] == 0.0 and by["pruning"]["dropped"] > 0  # pruned, and nothing trained
+    # SET still rewires. (Its `moved` is not 0 in general: a position pruned and regrown later is
+    # "in both" snapshots with a new value, which a small layer's random regrowth often hits.)
+    assert by["set"]["new"] > 0
 
 
 def test_movement_metric(ex):

@@ -142,8 +142,12 @@ def test_topology_kernels():
     origin = same_on_1_and_2_threads(lambda: _ops.remap_index(kept_pos, merged[3], merged[1].numel()))
     state = torch.randn(W.nnz, 3, generator=g)
     same_on_1_and_2_threads(lambda: _ops.gather_or_zero(state, origin))
-    same_on_1_and_2_threads(lambda: _ops.rewire(W.row_ptr, W.col_idx, W.values.detach(), 800, keep, None, None, None,
-                                                None, 20_000, 7, 0, 0, 0, False, [state, state[:, 0]]))
+
+    def rewire():  # its outputs, the carried tensors' list flattened
+        out = _ops.rewire(W.row_ptr, W.col_idx, W.values.detach(), 800, keep, None, None, None, None, 20_000, 7,
+                          0, 0, 0, False, [state, state[:, 0]])
+        return (*out[:8], *out[8])
+    same_on_1_and_2_threads(rewire)
     rows = torch.repeat_interleave(torch.arange(1000), W.row_ptr.diff())
     same_on_1_and_2_threads(lambda: _ops.coo_dot(rows, W.col_idx, G, X))
     same_on_1_and_2_threads(lambda: _ops.grad_topk(W.row_ptr, W.col_idx, G, X, 5000, 256, 256))
