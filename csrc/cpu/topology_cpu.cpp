@@ -14,13 +14,13 @@
 #include <c10/util/accumulate.h>
 #include <torch/library.h>
 #include <omp.h>
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <numeric>
-#include <parallel/algorithm>
 #include <optional>
 #include <random>
 #include <tuple>
@@ -679,6 +679,20 @@ at::Tensor remap_index_cpu(const at::Tensor& kept_pos, const at::Tensor& old_pos
 
 // gather_or_zero(t, origin) -> out with out[p] = t[origin[p]] (whole trailing slices), zero where
 // origin[p] < 0. Any dtype; t's first dimension is the old nnz.
+// Entry d of dst (rows of `bytes` bytes) = entry s of src, or zeros for s < 0: gather_or_zero's
+// and carry_over's copy.
+inline void copy_or_zero(char* dst, int64_t d, const char* src, int64_t s, int64_t bytes) {
+  if (bytes == 4) {
+    reinterpret_cast<uint32_t*>(dst)[d] = s < 0 ? 0u : reinterpret_cast<const uint32_t*>(src)[s];
+  } else if (bytes == 8) {
+    reinterpret_cast<uint64_t*>(dst)[d] = s < 0 ? 0ull : reinterpret_cast<const uint64_t*>(src)[s];
+  } else if (s < 0) {
+    std::memset(dst + d * bytes, 0, bytes);
+  } else {
+    std::memcpy(dst + d * bytes, src + s * bytes, bytes);
+  }
+}
+
 at::Tensor gather_or_zero_cpu(const at::Tensor& t, const at::Tensor& origin) {
   TORCH_CHECK_TYPE(origin.scalar_type() == at::kLong, "origin must be int64");
   TORCH_CHECK_VALUE(t.dim() >= 1, "t must have at least one dimension");
@@ -699,14 +713,8 @@ at::Tensor gather_or_zero_cpu(const at::Tensor& t, const at::Tensor& origin) {
     const int64_t o = org[p];
     if (o >= old_n) {
       bad = true;
-    } else if (bytes == 4) {
-      reinterpret_cast<uint32_t*>(dst)[p] = o < 0 ? 0u : reinterpret_cast<const uint32_t*>(src)[o];
-    } else if (bytes == 8) {
-      reinterpret_cast<uint64_t*>(dst)[p] = o < 0 ? 0ull : reinterpret_cast<const uint64_t*>(src)[o];
-    } else if (o < 0) {
-      std::memset(dst + p * bytes, 0, bytes);
     } else {
-      std::memcpy(dst + p * bytes, src + o * bytes, bytes);
+      copy_or_zero(dst, p, src, o, bytes);
     }
   }
   TORCH_CHECK_VALUE(!bad, "origin entries must be < ", old_n, " (the first dimension of t)");
@@ -914,19 +922,14 @@ std::vector<at::Tensor> carry_over(at::TensorList carry, const at::Tensor& kept,
   if (parts.empty()) return out;
   const int64_t *from = kept.data_ptr<int64_t>(), *to = old_pos.data_ptr<int64_t>(), *fresh = new_pos.data_ptr<int64_t>();
   const int64_t n_kept = kept.numel(), n_new = new_pos.numel();
-  auto copy = [](const Part& p, int64_t d, int64_t s) {
-    if (p.bytes == 4) reinterpret_cast<uint32_t*>(p.dst)[d] = reinterpret_cast<const uint32_t*>(p.src)[s];
-    else if (p.bytes == 8) reinterpret_cast<uint64_t*>(p.dst)[d] = reinterpret_cast<const uint64_t*>(p.src)[s];
-    else std::memcpy(p.dst + d * p.bytes, p.src + s * p.bytes, p.bytes);
-  };
 #pragma omp parallel num_threads(kernel_threads()) if(parallel_worth(n_kept + n_new))
   {
 #pragma omp for schedule(static) nowait
     for (int64_t j = 0; j < n_kept; ++j)
-      for (const Part& p : parts) copy(p, to[j], from[j]);
+      for (const Part& p : parts) copy_or_zero(p.dst, to[j], p.src, from[j], p.bytes);
 #pragma omp for schedule(static)
     for (int64_t j = 0; j < n_new; ++j)
-      for (const Part& p : parts) std::memset(p.dst + fresh[j] * p.bytes, 0, p.bytes);
+      for (const Part& p : parts) copy_or_zero(p.dst, fresh[j], p.src, -1, p.bytes);
   }
   return out;
 }
