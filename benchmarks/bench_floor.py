@@ -4,8 +4,9 @@
 
 First the floor (benchmarks/floor.py): STREAM's triad (sequential bandwidth) and the random
 gather bandwidth of rows of the padded batch the kernels read (B floats rounded up to 8). Then
-each kernel at a large shape, untiled and cache-tiled (csrc/cpu/gather.h, gather_panels: the
-default from 32 MiB of gathered source), alternating, the best of ``--repeat`` runs each, and
+each kernel at a large shape, untiled and cache-tiled (csrc/cpu/gather.h, gather_panels: 16 MiB
+panels from 32 MiB of gathered source; the header says from what size the library tiles on this
+machine by default), alternating, the best of ``--repeat`` runs each, and
 its two floors from the bytes it moves:
 
 * gather floor: the streamed bytes (index, values, outputs, sequential operands) at the triad's
@@ -38,7 +39,7 @@ from sparse_engine.sparse import SparseWeight
 RAW = torch.ops.sparse_engine
 F32 = 4
 UNTILED = (2**62, 2**62, 2**62)
-TILED = (32 << 20, 16 << 20, 0)  # the default panels, whatever the row size
+TILED = (32 << 20, 16 << 20, 0)  # 16 MiB panels from 32 MiB, whatever the row size
 
 
 def padded(B: int) -> int:
@@ -97,8 +98,12 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     load0 = os.getloadavg()[0]
     triad = triad_bandwidth(1 << (22 if args.quick else 26))
+    default = _C._set_tiling(*UNTILED)
+    _C._set_tiling(*default)
     head = (f"Floor: triad {triad / 1e9:.1f} GB/s (benchmarks/floor.py); the random gather bandwidth of each "
-            f"row's gathered operand is in its row. Load average at the start {load0:.1f}.")
+            f"row's gathered operand is in its row. Load average at the start {load0:.1f}. The library's default "
+            f"here tiles from {default[0] / 2**20:,.0f} MiB of gathered rows of >= {default[2]} bytes (32 MiB or the "
+            "last-level cache the OS reports, whichever is larger); the tiled column forces 16 MiB panels from 32 MiB.")
     g = torch.Generator().manual_seed(0)
     if args.quick:
         shapes = [("product", (65_536, 65_536, 8, 20, "65,536 / 8 per row, B=20", None))]

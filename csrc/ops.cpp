@@ -145,8 +145,9 @@ TORCH_LIBRARY(sparse_engine, m) {
   m.def("degree_preserving_swaps(Tensor src, Tensor dst, int n, int n_swaps, Tensor seeds) -> Tensor");
 
   // ---------------------------------------------------------------- mlp
-  // In place: z <- relu(z) * (u >= p) / (1 - p), u uniform from a hash of (seed, element index)
-  m.def("relu_dropout(Tensor(a!) z, float p, int seed) -> ()");
+  // In place: z <- relu(z) * (u >= p) * scale, u uniform from a hash of (seed, element index);
+  // scale 1 / (1 - p) by default (inverted dropout), 1 for SET-MLP's faithful mode
+  m.def("relu_dropout(Tensor(a!) z, float p, int seed, float? scale=None) -> ()");
   // In place, SGD with the decay outside the momentum (SETSGD):
   // buf <- momentum * buf + grad; param <- param - decay * param - lr * buf
   m.def("sgd_step(Tensor(a!) param, Tensor(b!) buf, Tensor grad, float lr, float momentum, float decay) -> ()");

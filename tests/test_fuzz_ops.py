@@ -582,6 +582,7 @@ ARGUMENT_CASES = [
     ("relu_dropout", lambda f: f(torch.zeros(4, 4).t(), 0.5, 1), ValueError, "z must be contiguous"),
     ("relu_dropout", lambda f: f(torch.zeros(4), 1.0, 1), ValueError, r"p must be in \[0, 1\)"),
     ("relu_dropout", lambda f: f(torch.zeros(4), float("nan"), 1), ValueError, r"p must be in"),
+    ("relu_dropout", lambda f: f(torch.zeros(4), 0.5, 1, float("inf")), ValueError, "scale must be finite"),
     ("relu_dropout", lambda f: f(torch.zeros(4, dtype=torch.int64), 0.5, 1), TypeError,
      "z must be float32 or float64"),
     ("sgd_step", lambda f: _sgd(param=torch.zeros(4, 4).t()[0]), ValueError, "must be contiguous"),

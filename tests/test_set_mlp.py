@@ -111,13 +111,21 @@ def test_faithful_loss_gradient_is_the_scipy_codes_error():
     np.testing.assert_allclose(float(loss.detach()), np.mean((a - yn) ** 2), rtol=1e-12)
 
 
-def test_faithful_dropout_masks_without_rescaling_and_passes_gradients_unmasked():
-    x = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(6), requires_grad=True)
-    mask = (torch.rand(5, 4, generator=torch.Generator().manual_seed(7)) >= 0.5).double()
-    out = _FaithfulDrop.apply(x, mask)
-    torch.testing.assert_close(out, x * mask)  # no 1/(1-p)
-    out.backward(torch.ones_like(out))
-    torch.testing.assert_close(x.grad, torch.ones_like(x))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_faithful_dropout_masks_without_rescaling_and_passes_gradients_unmasked(dtype):
+    torch.manual_seed(6)
+    x = (torch.rand(500, 40, dtype=dtype) + 0.5).requires_grad_()  # all positive: the mask shows in full
+    torch.manual_seed(7)
+    out = _FaithfulDrop.apply(x, 0.3)
+    kept = out.detach() != 0
+    assert torch.equal(out.detach()[kept], x.detach()[kept])  # no 1/(1-p)
+    assert abs(float((~kept).double().mean()) - 0.3) < 0.01
+    torch.manual_seed(7)
+    again = _FaithfulDrop.apply(x.detach(), 0.3)
+    assert torch.equal(again, out.detach())  # torch.manual_seed fixes the mask
+    g = torch.randn(500, 40, dtype=dtype)
+    out.backward(g)
+    assert torch.equal(x.grad, g)  # dropped units pass their gradient too
 
 
 def test_faithful_test_time_scaling_and_default_eval_without_it():
@@ -169,6 +177,9 @@ def test_relu_dropout_kernel(dtype):
     again = z.clone()
     torch.ops.sparse_engine.relu_dropout(again, p, 0)
     assert torch.equal(again != 0, masks[0])
+    unscaled = z.clone()
+    torch.ops.sparse_engine.relu_dropout(unscaled, p, 0, 1.0)  # faithful mode's dropout: the same mask, no scale
+    assert torch.equal(unscaled != 0, masks[0]) and torch.equal(unscaled[masks[0]], z[masks[0]])
     neg = torch.tensor([-1.0, float("nan"), 0.0, 2.0], dtype=dtype)
     torch.ops.sparse_engine.relu_dropout(neg, 0.0, 3)
     assert neg[0] == 0 and neg[1].isnan() and neg[2] == 0 and neg[3] == 2

@@ -2,7 +2,9 @@
 // a tensor of a batch's activations or of all the weights (25 million at a million neurons),
 // where torch's ops take several passes, a fresh allocation and a serial random generator:
 //
-//   relu_dropout(z, p, seed)   z <- relu(z) * keep / (1 - p), keep = (u >= p), u uniform
+//   relu_dropout(z, p, seed, scale)
+//                              z <- relu(z) * keep * scale, keep = (u >= p), u uniform; scale
+//                              1 / (1 - p) unless given (SET-MLP's faithful mode: 1)
 //   sgd_step(param, buf, grad, lr, momentum, decay)
 //                              buf <- momentum * buf + grad; param <- param - decay * param - lr * buf
 //
@@ -12,6 +14,7 @@
 #include <torch/library.h>
 #include <omp.h>
 #include <cmath>
+#include <optional>
 #include "common.h"
 #include "storage.h"
 
@@ -45,11 +48,11 @@ void for_each_block(int64_t n, const Body& body) {
 }
 
 template <typename S>
-void relu_dropout_kernel(S* z, int64_t n, double p, uint64_t seed) {
+void relu_dropout_kernel(S* z, int64_t n, double p, uint64_t seed, double scale_by) {
   using A = acc_t<S>;
   // keep iff the top 24 bits of the hash, r / 2^24 (torch.rand's float resolution), are >= p
   const uint64_t threshold = static_cast<uint64_t>(std::ceil(p * 16777216.0));
-  const A scale = static_cast<A>(1.0 / (1.0 - p));
+  const A scale = static_cast<A>(scale_by);
   const uint64_t base = mix64(seed);  // so that seeds s and s + 1 do not share counters
   // Branch-free on locals of the block: the loop vectorises (the 64-bit hash on AVX-512DQ lanes).
   for_each_block(n, [&](int64_t i0, int64_t i1) {
@@ -66,12 +69,14 @@ void relu_dropout_kernel(S* z, int64_t n, double p, uint64_t seed) {
   });
 }
 
-void relu_dropout_cpu(at::Tensor& z, double p, int64_t seed) {
+void relu_dropout_cpu(at::Tensor& z, double p, int64_t seed, std::optional<double> scale) {
   TORCH_CHECK_VALUE(z.is_contiguous(), "relu_dropout: z must be contiguous");
   TORCH_CHECK_VALUE(p >= 0.0 && p < 1.0, "relu_dropout: p must be in [0, 1), got ", p);
+  TORCH_CHECK_VALUE(!scale || std::isfinite(*scale), "relu_dropout: scale must be finite, got ", scale.value_or(0.0));
   check_float_storage(z.scalar_type(), "relu_dropout: z", /*allow_half=*/true);
+  const double by = scale ? *scale : 1.0 / (1.0 - p);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "relu_dropout_cpu", [&] {
-    relu_dropout_kernel<scalar_t>(z.data_ptr<scalar_t>(), z.numel(), p, static_cast<uint64_t>(seed));
+    relu_dropout_kernel<scalar_t>(z.data_ptr<scalar_t>(), z.numel(), p, static_cast<uint64_t>(seed), by);
   });
 }
 

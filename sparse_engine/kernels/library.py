@@ -304,7 +304,7 @@ def _degree_preserving_swaps_fake(src, dst, n, n_swaps, seeds):
 
 # ------------------------------------------------------------------------------- mlp
 @_fake("sparse_engine::relu_dropout")
-def _relu_dropout_fake(z, p, seed):
+def _relu_dropout_fake(z, p, seed, scale=None):
     return None
 
 
