@@ -36,16 +36,25 @@ inline uint64_t mix64(uint64_t x) {
 inline constexpr int64_t kElementBlock = 1 << 14;
 
 // body(i0, i1) over [0, n) in blocks of kElementBlock, the blocks spread over the threads (one
-// block is always one thread's, so a block's results do not depend on the thread count).
+// block is always one thread's, so a block's results do not depend on the thread count), from
+// parallel_work() / cost elements: `cost`, how many units of parallel_work() (a gather's
+// multiply-adds) an element counts for, is set per pass from where its second thread was measured
+// to pay (relu_dropout_threads.md).
 template <typename Body>
-void for_each_block(int64_t n, const Body& body) {
+void for_each_block(int64_t n, const Body& body, int64_t cost = 1) {
   const int64_t blocks = (n + kElementBlock - 1) / kElementBlock;
-#pragma omp parallel for schedule(static) num_threads(kernel_threads()) if (n >= parallel_work())
+#pragma omp parallel for schedule(static) num_threads(kernel_threads()) if (n * cost >= parallel_work())
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t i0 = blk * kElementBlock;
     body(i0, std::min(n, i0 + kElementBlock));
   }
 }
+
+// relu_dropout's cost per element for for_each_block (its 64-bit hash): parallel from 262,144
+// elements, where 2 threads took 185 us against 235 on one (benchmarks/results/
+// relu_dropout_threads.md, Intel Xeon VM, passive waits); with cost 4 it went parallel from 131,072
+// too, where 2 threads were 0.94x as fast. sgd_step keeps cost 1 (2 threads 1.02x at 524,288).
+inline constexpr int64_t kHashCost = 2;
 
 template <typename S>
 void relu_dropout_kernel(S* z, int64_t n, double p, uint64_t seed, double scale_by) {
@@ -66,7 +75,7 @@ void relu_dropout_kernel(S* z, int64_t n, double p, uint64_t seed, double scale_
       const A relu = v > A(0) || v != v ? v : A(0);  // NaN stays NaN, as in torch.relu
       zb[i] = static_cast<S>(relu * keep);
     }
-  });
+  }, kHashCost);
 }
 
 void relu_dropout_cpu(at::Tensor& z, double p, int64_t seed, std::optional<double> scale) {

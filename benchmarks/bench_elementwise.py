@@ -1,0 +1,56 @@
+"""SET-MLP's elementwise CPU passes (csrc/cpu/mlp_cpu.cpp: relu_dropout, sgd_step) on 1 and 2
+threads by size: where the second thread pays, which sets each pass's parallel threshold.
+
+    python benchmarks/bench_elementwise.py [--out relu_dropout_threads.md]
+
+A pass runs on one thread below parallel_work() / cost elements (relu_dropout's hash: cost
+kHashCost; sgd_step: 1), whatever torch's thread count, so on 2 threads the rows below a
+pass's threshold time that one thread, and the rows above it the parallel pass: the 1-thread
+column next to them is what the pass did there with a higher threshold. Medians of adaptive
+samples (common.timeit), 1 and 2 threads alternating per size; the results file is rewritten
+after every row, with the load average.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+from common import machine, markdown_table, timeit, write_result  # noqa: F401  (imports sparse_engine first)
+
+import sparse_engine._C as _C
+import torch
+
+RAW = torch.ops.sparse_engine
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[1 << k for k in range(14, 22)])
+    p.add_argument("--out", default="relu_dropout_threads.md")
+    args = p.parse_args(argv)
+    g = torch.Generator().manual_seed(0)
+    header = ["pass", "elements", "1 thread us", "2 threads us", "1 / 2 threads", "load"]
+    rows = []
+    for n in args.sizes:
+        z0 = torch.randn(n, generator=g)
+        z = z0.clone()
+        param, buf, grad = (torch.randn(n, generator=g) for _ in range(3))
+        passes = {"relu_dropout": lambda: RAW.relu_dropout(z, 0.2, 7),  # ReLU'd after the first call: same work
+                  "sgd_step": lambda: RAW.sgd_step(param, buf, grad, 1e-9, 0.9, 0.0)}
+        for name, fn in passes.items():
+            times = {}
+            for threads in (1, 2, 1, 2):
+                torch.set_num_threads(threads)
+                times[threads] = min(times.get(threads, float("inf")), timeit(fn))
+            rows.append([name, f"{n:,}", f"{1e6 * times[1]:.1f}", f"{1e6 * times[2]:.1f}",
+                         f"{times[1] / times[2]:.2f}x", f"{os.getloadavg()[0]:.1f}"])
+            print(" | ".join(rows[-1]), flush=True)
+            write_result(args.out, "SET-MLP's elementwise passes on 1 and 2 threads",
+                         f"parallel_work() here: {_C._parallel_work():,} (csrc/cpu/common.h).\n\n"
+                         + markdown_table(header, rows)
+                         + "\n\n`python benchmarks/bench_elementwise.py` (its docstring says how to read it).")
+    torch.set_num_threads(2)
+
+
+if __name__ == "__main__":
+    main()
