@@ -156,8 +156,10 @@ def test_topology_kernels():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_mlp_kernels(dtype):
     g = torch.Generator().manual_seed(5)
-    z = torch.randn(3000, 40, generator=g).to(dtype)
-    param, buf, grad = (torch.randn(200_000, generator=g).to(dtype) for _ in range(3))
+    # above both passes' parallel thresholds (csrc/cpu/mlp_cpu.cpp: 2^18 and 2^19 elements), so that
+    # two threads do split them
+    z = torch.randn(7000, 40, generator=g).to(dtype)
+    param, buf, grad = (torch.randn(600_000, generator=g).to(dtype) for _ in range(3))
 
     def relu_dropout():
         out = z.clone()
