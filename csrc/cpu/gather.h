@@ -472,8 +472,12 @@ inline constexpr int64_t kPrefetchFromBytes = int64_t(512) << 10;
 // as fast tiled as untiled (random 160-byte rows from 64 MiB at 24 GB/s there, against 10 GB/s
 // from 80 MiB on the AMD VM's 32 MiB L3, where tiling won 1.22-1.47x).
 inline int64_t last_level_cache_bytes() {
+#if defined(_SC_LEVEL3_CACHE_SIZE)  // glibc's; elsewhere 0 (the 32 MiB bound)
   const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
   return l3 > 0 ? static_cast<int64_t>(l3) : 0;
+#else
+  return 0;
+#endif
 }
 inline std::atomic<int64_t> kTileFromBytes{std::max<int64_t>(int64_t(32) << 20, last_level_cache_bytes())};
 inline std::atomic<int64_t> kPanelBytes{int64_t(16) << 20};
