@@ -677,8 +677,6 @@ at::Tensor remap_index_cpu(const at::Tensor& kept_pos, const at::Tensor& old_pos
   return origin;
 }
 
-// gather_or_zero(t, origin) -> out with out[p] = t[origin[p]] (whole trailing slices), zero where
-// origin[p] < 0. Any dtype; t's first dimension is the old nnz.
 // Entry d of dst (rows of `bytes` bytes) = entry s of src, or zeros for s < 0: gather_or_zero's
 // and carry_over's copy.
 inline void copy_or_zero(char* dst, int64_t d, const char* src, int64_t s, int64_t bytes) {
@@ -693,6 +691,8 @@ inline void copy_or_zero(char* dst, int64_t d, const char* src, int64_t s, int64
   }
 }
 
+// gather_or_zero(t, origin) -> out with out[p] = t[origin[p]] (whole trailing slices), zero where
+// origin[p] < 0. Any dtype; t's first dimension is the old nnz.
 at::Tensor gather_or_zero_cpu(const at::Tensor& t, const at::Tensor& origin) {
   TORCH_CHECK_TYPE(origin.scalar_type() == at::kLong, "origin must be int64");
   TORCH_CHECK_VALUE(t.dim() >= 1, "t must have at least one dimension");
