@@ -1,4 +1,4 @@
-"""The memory model (sparse_engine.nn.memory) against measured peaks at scale: SparseLSTM, T=35, B=20,
+"""The memory model (sparse_engine.memory) against measured peaks at scale: SparseLSTM, T=35, B=20,
 32 nonzeros per recurrent row (density 32/hidden), sparse='recurrent' (dense W_ih of 28 inputs), Adam.
 
     python benchmarks/bench_memory_model.py --recompute-every none,5   # 10,000 and 100,000: the committed table
@@ -58,7 +58,7 @@ def mb(nbytes: int) -> str:
 
 
 def sizes(args, hidden: int, k: int | None):
-    from sparse_engine.nn.memory import RecurrentSizes
+    from sparse_engine.memory import RecurrentSizes
 
     return RecurrentSizes.build("lstm", args.input, hidden, row_nnz=args.row_nnz, sparse="recurrent",
                                 recompute_every=k)
@@ -77,7 +77,7 @@ def child(args) -> None:
     import torch
 
     from sparse_engine.nn import SparseLSTM
-    from sparse_engine.nn.memory import predict
+    from sparse_engine.memory import predict
     from sparse_engine.testing import TensorMemoryTrace
 
     torch.set_num_threads(args.threads)
@@ -153,7 +153,7 @@ def main() -> None:
     if args.child:
         return child(args)
 
-    from sparse_engine.nn.memory import parse_size, predict, recompute_for_budget
+    from sparse_engine.memory import parse_size, predict, recompute_for_budget
 
     hiddens = [1_000_000] if args.huge else [parse_hidden(h) for h in args.sizes.split(",")]
     args.append = args.append or args.huge

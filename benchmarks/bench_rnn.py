@@ -96,7 +96,7 @@ def redraw_on_device(weights, density: float, dev) -> None:
 
 def compute_path(model, cfg, w_hh) -> str:
     """The path a SparseLSTM/GRU forward takes: "dense" or the sparse recurrent step's kind."""
-    from sparse_engine.nn.recurrence import fused_steps
+    from sparse_engine.recurrent.sequence import fused_steps
 
     if model._dense_now(w_hh.values):
         return "dense"
@@ -149,7 +149,7 @@ def measure(method: str, cell: str, H: int, density: float, device: str, repeats
     x = torch.randn(T, B, H, device=dev)
     path = None
     if method in ("sparse_engine", "sparse_engine_composed"):
-        from sparse_engine.nn.recurrence import Config
+        from sparse_engine.recurrent.sequence import Config
 
         if dev.type == "cuda" and not se.kernels.HAS_CUDA_KERNELS:
             return {"status": "no CUDA kernels"}

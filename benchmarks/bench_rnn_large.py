@@ -4,7 +4,7 @@
 SparseLSTM classifier (``SequenceModel("lstm", 28, 10, H, 1, 32 / H, "recurrent", "classify")``:
 32 nonzeros per recurrent row, a dense 28-input W_ih and readout, Adam), T=35, B=20, random
 inputs, at each of ``--sizes`` (``10k,100k,1M,max``; ``max``: the largest hidden size whose step
-the memory model (sparse_engine.nn.memory) fits in ``--budget``, 16G by default, and whose
+the memory model (sparse_engine.memory) fits in ``--budget``, 16G by default, and whose
 construction fits too). Per size, in a process of its own: the build, the recompute interval
 (``--recompute auto``: none where every step fits the budget, else the memory model's pick), one
 warm-up step and ``--steps`` timed steps (forward, backward, optimizer), one SET update (zeta 0.3,
@@ -186,7 +186,7 @@ def masked_dense_bytes(H: int) -> int:
 def lstm_table(args) -> None:
     """The SparseLSTM scale table (see the module docstring)."""
     from floor import triad_bandwidth
-    from sparse_engine.nn import memory
+    from sparse_engine import memory
 
     budget = memory.parse_size(args.budget)
     sizes = parse_sizes(args.sizes)
@@ -209,7 +209,7 @@ def lstm_row(args, size, budget, triad, head, rows, label="", path=ROOT) -> None
     (``label`` names an older commit's: its floor column is left out, what it recomputes may
     differ), appended to ``rows``; the results file is rewritten."""
     from floor import gather_bandwidth
-    from sparse_engine.nn import memory
+    from sparse_engine import memory
     hidden = size
     if size == "max":
         found = memory.largest_hidden(_lstm_sizes, LSTM["T"], LSTM["B"], budget, auto=args.recompute == "auto",
@@ -259,7 +259,7 @@ def lstm_row(args, size, budget, triad, head, rows, label="", path=ROOT) -> None
 
 def _lstm_sizes(hidden: int):
     """The memory model's sizes of the scale table's model at ``hidden`` units, without building it."""
-    from sparse_engine.nn.memory import Head, RecurrentSizes
+    from sparse_engine.memory import Head, RecurrentSizes
     return RecurrentSizes.build("lstm", LSTM["n_in"], hidden, row_nnz=LSTM["per_row"], sparse="recurrent",
                                 head=Head(LSTM["n_out"], "last", "classify"))
 

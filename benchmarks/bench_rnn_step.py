@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import sparse_engine as se  # noqa: E402
 from common import machine  # noqa: E402
 from sparse_engine.kernels import has_kernel  # noqa: E402
-from sparse_engine.nn.cell_table import CELLS  # noqa: E402
+from sparse_engine.recurrent.cell_steps import CELLS  # noqa: E402
 from sparse_engine.runtime.timing import times_of  # noqa: E402
 import torch  # noqa: E402
 

@@ -12,7 +12,7 @@ sampled mode on the large layer. Writes benchmarks/results/topology_cpu.md.
     python3 benchmarks/bench_topology.py --device cuda [--copy-to DIR] [--budget-s 240]
 
 --device cuda: the same updates on the GPU (the topology ops' CUDA kernels, i.e. the torch
-primitives of sparse_engine.kernels.topology_cuda): the issue's 100M-nnz SET prune+regrow
+primitives of sparse_engine.kernels.topology_torch): the issue's 100M-nnz SET prune+regrow
 (goal <= 50 ms on an H100) and smaller layers against masked-dense torch.topk where that fits
 in GPU memory, plus RigL growth. Writes benchmarks/results/topology_<gpu>.md, rewritten after
 every case (and into --copy-to), and stops starting cases after --budget-s.
@@ -290,7 +290,7 @@ def main_cuda(args):
         f"- machine: {machine()}; {torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB of GPU memory",
         f"- one update drops {FRACTION:.0%} of the weights and regrows as many at uniformly random empty positions, "
         "remaps the gradient and Adam's two moments and rebuilds the transposed index, all on the device (topology ops: torch "
-        "primitives of sparse_engine.kernels.topology_cuda); consecutive updates, each on the pattern the one before "
+        "primitives of sparse_engine.kernels.topology_torch); consecutive updates, each on the pattern the one before "
         "left (no reset, no copy; the values are redrawn in place between them, untimed); best of 3 after a warm-up, "
         "synchronized between phases. Masked-dense: torch.topk over the dense |W| and dense random scores, Adam state "
         "masked, on its own evolving mask; best of 2 after a warm-up. "

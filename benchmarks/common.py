@@ -152,12 +152,12 @@ def random_csr_on(rows: int, cols: int, nnz: int, device, seed: int = 0):
     entries, drawn on ``device`` (the topology ops' random_empty: O(nnz) there). On a GPU this
     takes milliseconds where SparseWeight.random, which draws on the host, takes minutes at
     100M+ entries. Values: uniform(+-1/sqrt(nnz per row)), like SparseWeight.random."""
-    from sparse_engine.kernels import topology_cuda
+    from sparse_engine.kernels import topology_torch
 
     device = torch.device(device)
     empty = torch.zeros(rows + 1, dtype=torch.int64, device=device)
     no_cols = torch.empty(0, dtype=torch.int32, device=device)
-    row, col_idx = topology_cuda.random_empty_cuda(empty, no_cols, cols, nnz, seed)
+    row, col_idx = topology_torch.random_empty_torch(empty, no_cols, cols, nnz, seed)
     row_ptr = torch.zeros(rows + 1, dtype=torch.int64, device=device)
     torch.cumsum(torch.bincount(row, minlength=rows), 0, out=row_ptr[1:])
     del row

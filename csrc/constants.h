@@ -1,5 +1,5 @@
 // Constants shared by the CPU kernels, the CUDA kernels and the Python side: the C++ copy of
-// sparse_engine/constants.py (tests/test_constants.py reads this file and checks that the two
+// sparse_engine/kernels/constants.py (tests/test_constants.py reads this file and checks that the two
 // agree, so a change here must be made there too).
 //
 // Plain C++17 with no includes beyond <cstdint>: it compiles with nvcc alone (the .cu files),
@@ -23,6 +23,11 @@ inline constexpr int64_t kParallelWork = int64_t(1) << 15;
 // (csrc/cpu/gather.h): below it those random reads mostly hit L2, and the gather of a batch is
 // faster; above it they cost as much as the product. (SCATTER_FROM_BYTES)
 inline constexpr int64_t kScatterFromBytes = int64_t(4) << 20;
+
+// spmm and spmm_t on the CPU read a strided dense float/double source as it is below this many
+// entries per source row, and a padded copy of it from there on (csrc/cpu/gather.h, gather_source,
+// has the measurements); the memory model counts those copies. (UNPADDED_BELOW)
+inline constexpr int64_t kUnpaddedBelow = 192;
 
 // The recurrent cell modes and their ids in the kernels, the launchers and Python (MODE_IDS).
 enum class CellMode : int { LSTM = 0, GRU = 1, RNN_TANH = 2, RNN_RELU = 3, CTRNN = 4 };

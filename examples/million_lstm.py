@@ -30,7 +30,7 @@ import torch
 from sparse_engine.data.tasks import load_task
 from sparse_engine.io.checkpoint import load_checkpoint, save_checkpoint
 from sparse_engine.models import SequenceModel
-from sparse_engine.nn import memory
+from sparse_engine import memory
 from sparse_engine.runtime.timing import available_memory_bytes, peak_rss_bytes
 
 

@@ -36,6 +36,4 @@ def __getattr__(name):
 
     if name == "analysis":
         return importlib.import_module(".analysis", __name__)
-    if name in _moved.MOVED:
-        return _moved.new_module(name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _moved.old_name(__name__, stacklevel=4)(name)

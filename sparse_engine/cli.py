@@ -31,17 +31,13 @@ import sys
 
 import torch
 
-from .data.tasks import TASK_DATA, TASKS, load_task  # noqa: F401  (load_task: re-exported, was defined here)
+from . import _moved
+from .data.tasks import TASK_DATA, TASKS
 from .models import MODELS
-from .runs import (DEVICES, SPARSE_CHOICES, AnalyzeConfig, BenchConfig, ConfigError, ConfigPathError,  # noqa: F401
-                   TrainConfig, analyze, bench, check_analyze_paths, resolve_device, train)
+from .runs import (DEVICES, SPARSE_CHOICES, AnalyzeConfig, BenchConfig, ConfigError, ConfigPathError, TrainConfig,
+                   analyze, bench, check_analyze_paths, train)
 from .runs.config import MEMORY_OPTIMIZERS
 from .training.recipes import ALGORITHMS, RECIPES
-
-# Names defined or imported here before the recipes moved out, kept so that old imports still work.
-from .models import SequenceModel  # noqa: F401,E402
-from .runs import check_paths, evaluate, load_matrix, plot_dir_problem  # noqa: F401,E402
-from .training.recipes import make_controller  # noqa: F401,E402
 
 PROG = "sparse-engine"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -395,3 +391,5 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+__getattr__ = _moved.old_name(__name__)  # its old names, answered with a warning (sparse_engine._moved)

@@ -17,7 +17,7 @@ class SequenceModel(nn.Module):
     recurrent part is sparse by default). ``readout``: "last" reads the last step (B, n_out),
     "steps" every step (B, T, n_out); None: "last" for classification, "steps" for regression.
     ``recompute_every``: the recurrent module's (keep the state every k steps, recompute the rest
-    in the backward; :mod:`sparse_engine.nn.memory` picks k for a memory budget)."""
+    in the backward; :mod:`sparse_engine.memory` picks k for a memory budget)."""
 
     def __init__(self, model: str, n_in: int, n_out: int, hidden: int, layers: int, density: float,
                  sparse: str, kind: str, vocab: int | None = None, readout: str | None = None,

@@ -24,7 +24,7 @@ float32 accumulation; gradients flow back to the float32 values through the cast
 The raw operators are ``torch.ops.sparse_engine.{spmm,spmm_t,sddmm}`` and take the index
 tensors of a :class:`~sparse_engine.SparseWeight` explicitly (see ``SparseWeight.index``).
 This module holds the user-facing wrappers; their argument checks are
-:func:`sparse_engine.sparse.csr.check_operand`'s (the dense operands) and the kernels' own (the
+:func:`sparse_engine.kernels.checks.check_operand`'s (the dense operands) and the kernels' own (the
 index). The autograd formulas are registered in C++ (``csrc/autograd.cpp``), the fake kernels
 and the autocast rules by :mod:`sparse_engine.kernels.library`.
 """
@@ -34,7 +34,7 @@ import torch
 
 from . import kernels  # noqa: F401  (loads the compiled operators)
 from .sparse import SparseWeight
-from .sparse.csr import check_operand
+from .kernels.checks import check_operand
 
 _ops = torch.ops.sparse_engine
 

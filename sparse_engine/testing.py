@@ -424,7 +424,7 @@ class TensorMemoryTrace:
                 ...
         trace.peak("forward")               # bytes live at the phase's high-water mark
 
-    (:mod:`sparse_engine.nn.memory` is checked against it: tests/test_memory_model.py)."""
+    (:mod:`sparse_engine.memory` is checked against it: tests/test_memory_model.py)."""
 
     def __init__(self):
         self._prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True)

@@ -93,7 +93,7 @@ def load_script():
 
 # Tests run the modules on the sparse kernels unless they ask for another compute path (``compute=``
 # or ``default_compute``): at test sizes ``compute='auto'`` would otherwise pick torch's dense
-# modules and the kernels would go untested (see sparse_engine/nn/compute.py). The variable pins the
+# modules and the kernels would go untested (see sparse_engine/recurrent/compute_paths.py). The variable pins the
 # subprocesses that tests start (CLI runs, resumed runs compared bit for bit with in-process ones).
 os.environ["SPARSE_ENGINE_COMPUTE"] = "sparse"
 
@@ -101,7 +101,7 @@ os.environ["SPARSE_ENGINE_COMPUTE"] = "sparse"
 @pytest.fixture(autouse=True)
 def _sparse_compute_by_default():
     """The sparse path for every test, whatever an earlier test set as the global default."""
-    from sparse_engine.nn.compute import default_compute
+    from sparse_engine.recurrent.compute_paths import default_compute
 
     with default_compute("sparse"):
         yield

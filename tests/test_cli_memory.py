@@ -7,7 +7,7 @@ import pytest
 from sparse_engine import cli
 from sparse_engine.data.tasks import load_task
 from sparse_engine.io.checkpoint import load_checkpoint
-from sparse_engine.nn.memory import RecurrentSizes, evaluation_peak, format_size, predict
+from sparse_engine.memory import RecurrentSizes, evaluation_peak, format_size, predict
 from sparse_engine.runs import TrainConfig, train
 from sparse_engine.runs.memory_run import run_sizes
 from sparse_engine.testing import assert_bit_equal

@@ -40,10 +40,12 @@ def header_values(text: str) -> dict:
     """The constants of csrc/constants.h, in the shape of sparse_engine/kernels/constants.py."""
     work = re.search(r"\bkParallelWork\s*=\s*([^;]+);", text)
     scatter = re.search(r"\bkScatterFromBytes\s*=\s*([^;]+);", text)
+    unpadded = re.search(r"\bkUnpaddedBelow\s*=\s*([^;]+);", text)
     enum = re.search(r"enum\s+class\s+CellMode\s*:\s*int\s*\{([^}]*)\}", text)
     count = re.search(r"\bkNumCellModes\s*=\s*(\d+)\s*;", text)
-    assert work and scatter and enum and count, (
-        f"kParallelWork, kScatterFromBytes, enum class CellMode or kNumCellModes not found in {HEADER.name}")
+    assert work and scatter and unpadded and enum and count, (
+        f"kParallelWork, kScatterFromBytes, kUnpaddedBelow, enum class CellMode or kNumCellModes not found in "
+        f"{HEADER.name}")
     mode_ids = {name: int(value) for name, value in re.findall(r"(\w+)\s*=\s*(\d+)", enum.group(1))}
     n = int(count.group(1))
     names = [s.strip('"') for s in _table(text, "kCellModeNames")]
@@ -58,6 +60,7 @@ def header_values(text: str) -> dict:
     return {
         "PARALLEL_WORK": _expr(work.group(1)),
         "SCATTER_FROM_BYTES": _expr(scatter.group(1)),
+        "UNPADDED_BELOW": _expr(unpadded.group(1)),
         "MODE_IDS": mode_ids,
         "GATE_NAMES": {mode: tuple(gate_names[i]) for mode, i in mode_ids.items()},
         "GATES": {mode: gates[i] for mode, i in mode_ids.items()},
@@ -66,8 +69,8 @@ def header_values(text: str) -> dict:
 
 
 def python_values(module=constants) -> dict:
-    return {key: copy.deepcopy(getattr(module, key)) for key in ("PARALLEL_WORK", "SCATTER_FROM_BYTES", "MODE_IDS", "GATE_NAMES", "GATES",
-                                                                 "SAVED_ACTS")}
+    return {key: copy.deepcopy(getattr(module, key)) for key in ("PARALLEL_WORK", "SCATTER_FROM_BYTES", "UNPADDED_BELOW",
+                                                                 "MODE_IDS", "GATE_NAMES", "GATES", "SAVED_ACTS")}
 
 
 def mismatches(header: dict, python: dict) -> list[str]:
@@ -88,6 +91,7 @@ def test_python_gates_follow_the_gate_names():
 HEADER_EDITS = {
     "parallel work": ("int64_t(1) << 15", "int64_t(1) << 14"),
     "scatter from": ("int64_t(4) << 20", "int64_t(2) << 20"),
+    "unpadded below": ("kUnpaddedBelow = 192", "kUnpaddedBelow = 256"),
     "mode id": ("GRU = 1, RNN_TANH = 2", "GRU = 2, RNN_TANH = 1"),
     "mode name": ('"RNN_RELU", "CTRNN"}', '"RNN_RELU", "CT_RNN"}'),
     "gate order": ('{"ifgo", "rzn"', '{"igfo", "rzn"'),
@@ -113,6 +117,8 @@ def _edit_python(values: dict, edit: str) -> None:
         values["PARALLEL_WORK"] *= 2
     elif edit == "scatter from":
         values["SCATTER_FROM_BYTES"] //= 2
+    elif edit == "unpadded below":
+        values["UNPADDED_BELOW"] += 64
     elif edit == "mode id":
         values["MODE_IDS"]["GRU"], values["MODE_IDS"]["LSTM"] = values["MODE_IDS"]["LSTM"], values["MODE_IDS"]["GRU"]
     elif edit == "new mode":
@@ -125,7 +131,8 @@ def _edit_python(values: dict, edit: str) -> None:
         values["SAVED_ACTS"]["CTRNN"] = 0
 
 
-@pytest.mark.parametrize("edit", ["parallel work", "scatter from", "mode id", "new mode", "gate order", "gates", "saved acts"])
+@pytest.mark.parametrize("edit", ["parallel work", "scatter from", "unpadded below", "mode id", "new mode", "gate order",
+                                  "gates", "saved acts"])
 def test_a_changed_python_constant_is_caught(edit):
     changed = python_values()
     _edit_python(changed, edit)
@@ -137,6 +144,7 @@ def _static_asserts() -> str:
     lines = ['#include "constants.h"', "using namespace sparse_engine;",
              f"static_assert(kParallelWork == {constants.PARALLEL_WORK});",
              f"static_assert(kScatterFromBytes == {constants.SCATTER_FROM_BYTES});",
+             f"static_assert(kUnpaddedBelow == {constants.UNPADDED_BELOW});",
              f"static_assert(kNumCellModes == {len(constants.MODE_IDS)});"]
     for mode, mode_id in constants.MODE_IDS.items():
         m = f"CellMode::{mode}"

@@ -19,8 +19,9 @@ import sparse_engine as se
 from sparse_engine import SparseWeight
 from sparse_engine.kernels import has_kernel
 from sparse_engine.kernels.constants import GATES
-from sparse_engine.nn.cell_table import CELLS, has_fused_kernels
-from sparse_engine.nn.recurrence import Config, Recurrence, fused_ok
+from sparse_engine.recurrent.cell_steps import CELLS, has_fused_kernels
+from sparse_engine.recurrent.cell_steps import fused_ok
+from sparse_engine.recurrent.sequence import Config, Recurrence
 
 DEV = os.environ.get("SPARSE_ENGINE_RNN_TEST_DEVICE", "cuda")
 RAW = torch.ops.sparse_engine

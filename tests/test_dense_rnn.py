@@ -1,4 +1,4 @@
-"""The dense-compute path's fused GRU on the CPU (sparse_engine/nn/dense_rnn.py, the ops
+"""The dense-compute path's fused GRU on the CPU (sparse_engine/recurrent/dense_gru.py, the ops
 gru_sequence/gru_sequence_backward of csrc/cpu/dense_rnn_cpu.cpp): torch's GRU, values and every
 gradient, over the configurations of nn.GRU; which forwards take it; double backward; the ops'
 refusals."""
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import sparse_engine as se
-from sparse_engine.nn import dense_rnn
+from sparse_engine.recurrent import dense_gru as dense_rnn
 from test_rnn_modules import build, check_against_torch, param_grad_pairs
 
 ops = torch.ops.sparse_engine
@@ -72,8 +72,8 @@ def test_fused_gru_dropout_is_torchs_and_which_forwards_take_it(rng, fused_calls
     torch_calls = []
     real = torch.gru
     monkeypatch.setattr(torch, "gru", lambda *a: (torch_calls.append(1), real(*a))[1])
-    from sparse_engine.nn import rnn
-    monkeypatch.setitem(rnn._DENSE_FUNCTIONS, "GRU", torch.gru)
+    from sparse_engine.recurrent import compute_paths
+    monkeypatch.setitem(compute_paths._DENSE_FUNCTIONS, "GRU", torch.gru)
     m.fused = False
     torch.testing.assert_close(m.eval()(x)[0], d.eval()(x)[0], rtol=1e-12, atol=1e-12)
     assert len(fused_calls) == 1 and len(torch_calls) == 1

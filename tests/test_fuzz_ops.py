@@ -14,7 +14,7 @@ where the broken input still describes a result, that result:
 What every op refuses: a wrong dtype or dimension, row_ptr not starting at 0, not ending at nnz or
 decreasing anywhere, a column (or row of the transposed index, or csc_perm entry) out of range,
 values of another length, sizes past what the op can hold. The Python kernels registered for
-CUDA and as the fallback of other devices (kernels/topology_cuda.py, densify_cuda.py) answer the
+CUDA and as the fallback of other devices (kernels/topology_torch.py, densify_torch.py) answer the
 same cases on CPU tensors alike. A read out of bounds that does not crash is seen by `make asan`,
 which runs this file under AddressSanitizer + UndefinedBehaviorSanitizer. Where each check lives
 and what it costs: docs/architecture.md ("Malformed input").
@@ -28,7 +28,7 @@ import pytest
 import torch
 
 import sparse_engine  # noqa: F401  (loads the operators)
-from sparse_engine.kernels import densify_cuda, topology_cuda
+from sparse_engine.kernels import densify_torch, topology_torch
 from sparse_engine.kernels.constants import GATES, SAVED_ACTS
 from sparse_engine.testing import randn, weight_with_row_lengths
 
@@ -278,7 +278,7 @@ def _gather_check(out, ix):
 
 
 R, C = 6, 5
-TOPO, DENS = topology_cuda.OPS, densify_cuda.OPS
+TOPO, DENS = topology_torch.OPS, densify_torch.OPS
 
 SPARSE_OPS = [
     Op("spmm", (R, C), "csr", lambda ix: OPS.spmm(*_unread(ix).five, ix.values, _X(C)),
@@ -593,7 +593,7 @@ ARGUMENT_CASES = [
 ]
 
 
-PYTHON_KERNELS = {**topology_cuda.OPS, **densify_cuda.OPS}
+PYTHON_KERNELS = {**topology_torch.OPS, **densify_torch.OPS}
 KERNEL_CASES = [(name, kernel, *rest) for name, *rest in ARGUMENT_CASES
                 for kernel in [getattr(OPS, name)] + ([PYTHON_KERNELS[name]] if name in PYTHON_KERNELS else [])]
 
@@ -616,5 +616,5 @@ def test_every_registered_operator_is_fuzzed():
     fuzzed = {op.name for op in SPARSE_OPS} | {case[0] for case in ARGUMENT_CASES}
     assert registered - fuzzed == set(), "add the new operator's cases to this file"
     assert {name.removeprefix("py:") for name in fuzzed if name.startswith("py:")} == \
-        set(topology_cuda.OPS) - {"select_smallest", "set_prune", "remap_index", "gather_or_zero", "coo_dot"} \
-        | set(densify_cuda.OPS)
+        set(topology_torch.OPS) - {"select_smallest", "set_prune", "remap_index", "gather_or_zero", "coo_dot"} \
+        | set(densify_torch.OPS)

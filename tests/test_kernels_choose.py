@@ -9,7 +9,7 @@ import sparse_engine as se
 from sparse_engine.kernels import choose
 from sparse_engine.kernels.constants import GATES
 from sparse_engine.kernels.choose import choose_fused
-from sparse_engine.nn import cell_table
+from sparse_engine.recurrent import cell_steps as cell_table
 
 
 @pytest.mark.parametrize("mode,gates", [("LSTM", 4), ("GRU", 3), ("RNN_TANH", 1)])
@@ -104,8 +104,8 @@ def test_fused_steps_is_the_one_decision(rng):
     both ways when the fused ops do not apply (fused=False, a dense W_hh, fp16 values, a device
     without the kernels), else on the CPU the measured rule's choice; the recurrence's and the
     benchmarks' ``fused_steps`` is this function."""
-    from sparse_engine.nn import recurrence
-    from sparse_engine.nn.recurrence import Config
+    from sparse_engine.recurrent import sequence as recurrence
+    from sparse_engine.recurrent.sequence import Config
 
     assert recurrence.fused_steps is cell_table.fused_steps
     H, B = 6, 3

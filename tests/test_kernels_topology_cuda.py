@@ -1,5 +1,5 @@
 """The CUDA kernels of the topology ops, written with torch primitives
-(sparse_engine.kernels.topology_cuda): run on CPU tensors against the C++ kernels bit for bit
+(sparse_engine.kernels.topology_torch): run on CPU tensors against the C++ kernels bit for bit
 (deterministic ops), invariants, determinism and uniformity of random growth, the same errors,
 the whole controller path routed through them; and a CUDA class (skipped without a GPU) that runs
 the controllers on a CUDA model and checks that nothing leaves the device."""
@@ -8,6 +8,7 @@ import math
 from types import SimpleNamespace
 
 import numpy as np
+
 import pytest
 import torch
 from scipy import stats
@@ -17,11 +18,11 @@ from sparse_engine import SparseWeight
 from sparse_engine.nn import SparseLinear
 from sparse_engine.training import SET, DeepR, GradualMagnitudePruning, RigL, SelfishRNN, sparse_weights, topology
 from sparse_engine.training.controllers import base
-from sparse_engine.kernels import densify_cuda, has_kernel, topology_cuda
+from sparse_engine.kernels import densify_torch, has_kernel, topology_torch
 from sparse_engine.testing import check_invariants, entry_keys, num_threads, random_weight, value_by_key
 
 ops = torch.ops.sparse_engine
-tt = SimpleNamespace(**topology_cuda.OPS, **densify_cuda.OPS)  # the kernels by operator name, like ops
+tt = SimpleNamespace(**topology_torch.OPS, **densify_torch.OPS)  # the kernels by operator name, like ops
 
 
 def same(a, b):
@@ -456,13 +457,13 @@ def test_registered_as_the_kernels_of_every_device_but_the_cpu():
     """The Python kernels are the operators' CUDA kernels on any torch and, under
     CompositeExplicitAutograd, the one fallback of every other device without a kernel of its own
     (the CPU keeps its C++ kernels), so the operator is the only way to call them."""
-    for name, fn in {**topology_cuda.OPS, **densify_cuda.OPS}.items():
+    for name, fn in {**topology_torch.OPS, **densify_torch.OPS}.items():
         assert has_kernel(name, "cuda") and has_kernel(name, "cpu"), name
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"sparse_engine::{name}", "CompositeExplicitAutograd")
         assert fn.__name__ == f"{name}_cuda"  # the twin of <op>_cpu in csrc/cpu/<family>_cpu.cpp
-    assert set(topology_cuda.OPS) == {"select_smallest", "set_prune", "compact", "random_empty", "merge",
+    assert set(topology_torch.OPS) == {"select_smallest", "set_prune", "compact", "random_empty", "merge",
                                       "remap_index", "gather_or_zero", "coo_dot", "grad_topk", "rewire"}
-    assert set(densify_cuda.OPS) == {"scatter_csr", "gather_csr"}
+    assert set(densify_torch.OPS) == {"scatter_csr", "gather_csr"}
     assert not torch._C._dispatch_has_kernel_for_dispatch_key("sparse_engine::spmm", "CompositeExplicitAutograd")
     # a device without a kernel of its own (meta; remap_index has no fake kernel) runs the Python one
     e = torch.empty(0, dtype=torch.int64, device="meta")
@@ -470,14 +471,6 @@ def test_registered_as_the_kernels_of_every_device_but_the_cpu():
     assert out.device.type == "meta" and out.shape == (5,) and out.dtype == torch.int64
     with pytest.raises(TypeError, match="int64"):  # with its checks
         ops.remap_index(e, torch.empty(0, dtype=torch.int32, device="meta"), 5)
-
-
-def test_old_module_name_still_imports():
-    from sparse_engine.training import topology_torch
-
-    for name, fn in {**topology_cuda.OPS, **densify_cuda.OPS}.items():
-        assert getattr(topology_torch, name) is fn and getattr(topology_torch, f"{name}_cuda") is fn
-    assert topology_torch.OPS is topology_cuda.OPS
 
 
 # ------------------------------------------------------------------ controllers through the generic ops

@@ -1,4 +1,4 @@
-"""sparse_engine.nn.memory: the predicted peak of a training step against the one measured.
+"""sparse_engine.memory: the predicted peak of a training step against the one measured.
 
 The measure is torch's own allocator seen through the profiler's allocation events
 (``sparse_engine.testing.TensorMemoryTrace``: every CPU tensor, the kernels' temporaries
@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-import sparse_engine.nn.recurrence as recurrence
+import sparse_engine.recurrent.sequence as recurrence
 from sparse_engine.models import SequenceModel
 from sparse_engine.nn import SparseGRU, SparseLSTM, SparseRNN
-from sparse_engine.nn.compute import default_compute
-from sparse_engine.nn.memory import (KINDS, PHASES, MemoryBudgetError, RecurrentSizes, format_size, parse_size,
+from sparse_engine.recurrent.compute_paths import default_compute
+from sparse_engine.memory import (KINDS, PHASES, MemoryBudgetError, RecurrentSizes, format_size, parse_size,
                                      predict, recompute_for_budget, sizes_of)
 from sparse_engine.runs.train_run import sequence_loss
 from sparse_engine.testing import TensorMemoryTrace

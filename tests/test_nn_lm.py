@@ -12,7 +12,7 @@ import sparse_engine as se
 from sparse_engine import SparseWeight
 from sparse_engine.io.checkpoint import load_checkpoint, save_checkpoint
 from sparse_engine.data import batchify, get_batch, tiny_corpus
-from sparse_engine.nn.functional import row_lookup
+from sparse_engine.nn.blocks import row_lookup
 from sparse_engine.nn.lm import detach_state
 from sparse_engine.testing import random_weight
 

@@ -1,8 +1,8 @@
 """Every operator can be found by name in one hop (docs/architecture.md): its schema in
 csrc/ops.cpp under its family, its CPU kernel in csrc/cpu/<family>_cpu.cpp, its CUDA kernel in
 csrc/cuda/<family>_cuda.cu (+ <family>_glue.cpp) or, for the topology family and the densify
-family's scatter_csr/gather_csr, the Python function <op>_cuda of
-sparse_engine.kernels.<family>_cuda, its fake kernel in sparse_engine/kernels/library.py, whose
+family's scatter_csr/gather_csr, the Python function <op>_torch of
+sparse_engine.kernels.<family>_torch, its fake kernel in sparse_engine/kernels/library.py, whose
 table lists what each op has, and its autograd formula (spmm, spmm_t and sddmm) in
 csrc/autograd.cpp."""
 from __future__ import annotations
@@ -15,14 +15,14 @@ import torch
 from torch._library import simple_registry
 
 import sparse_engine  # noqa: F401  (loads the library)
-from sparse_engine.kernels import densify_cuda, library, topology_cuda
+from sparse_engine.kernels import densify_torch, library, topology_torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
 OPS_CPP = (CSRC / "ops.cpp").read_text()
-# CUDA kernels written with torch primitives, in sparse_engine/kernels/<family>_cuda.py, for every op
+# CUDA kernels written with torch primitives, in sparse_engine/kernels/<family>_torch.py, for every op
 # of the family but those that are CPU only (the pattern as bits: on CUDA the dense path uses the CSR)
-PYTHON_CUDA = {"topology": topology_cuda, "densify": densify_cuda}
+PYTHON_CUDA = {"topology": topology_torch, "densify": densify_torch}
 CPU_ONLY_OPS = {"pattern_bits", "expand_bits", "compress_bits", "same_bytes"}
 CPU_ONLY = {"dense_rnn", "analysis", "mlp"}
 PYTHON_CUDA_OPS = {op for module in PYTHON_CUDA.values() for op in module.OPS}
@@ -82,8 +82,8 @@ def test_the_loaded_library_is_exactly_the_schemas():
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_family_files_mirror_each_other(family):
     """cpu/<family>_cpu.cpp registers the family's CPU kernels; the CUDA kernels are
-    cuda/<family>_cuda.cu + <family>_glue.cpp, or Python <op>_cuda functions of
-    sparse_engine/kernels/<family>_cuda.py, or none (CPU only)."""
+    cuda/<family>_cuda.cu + <family>_glue.cpp, or Python <op>_torch functions of
+    sparse_engine/kernels/<family>_torch.py, or none (CPU only)."""
     cpu = CSRC / "cpu" / f"{family}_cpu.cpp"
     assert cpu.is_file(), cpu
     assert "TORCH_LIBRARY_IMPL(sparse_engine, CPU" in cpu.read_text() or "register_" in cpu.read_text()
@@ -93,10 +93,10 @@ def test_family_files_mirror_each_other(family):
     if family in PYTHON_CUDA:
         assert not cu.exists() and not glue.exists()
         module = PYTHON_CUDA[family]
-        assert Path(module.__file__).name == f"{family}_cuda.py"
+        assert Path(module.__file__).name == f"{family}_torch.py"
         assert set(module.OPS) == set(FAMILIES[family]) - CPU_ONLY_OPS
         for op in module.OPS:
-            assert module.OPS[op] is getattr(module, f"{op}_cuda"), op
+            assert module.OPS[op] is getattr(module, f"{op}_torch"), op
     elif family in CPU_ONLY:
         assert not cu.exists() and not glue.exists()
     else:

@@ -53,6 +53,17 @@ def test_an_old_from_import_gives_the_same_functions():
     assert save_checkpoint is new
 
 
+def test_the_old_home_of_the_torch_kernels_still_imports():
+    with pytest.warns(DeprecationWarning, match="sparse_engine.kernels.topology_torch"):
+        from sparse_engine.training import topology_torch as old
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for name, fn in {**kernels.topology_torch.OPS, **kernels.densify_torch.OPS}.items():
+            assert getattr(old, name) is fn and getattr(old, f"{name}_cuda") is fn
+    assert old.OPS is kernels.topology_torch.OPS
+
+
 def test_has_kernel_answers_per_op_and_device():
     assert kernels.has_kernel("spmm", "cpu") and kernels.has_kernel("spmm", torch.device("cpu"))
     assert kernels.has_kernel("lstm_step", "cpu")

@@ -24,8 +24,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 import sparse_engine as se
 from sparse_engine import SparseWeight, ops
 from sparse_engine.io.checkpoint import load_checkpoint, save_checkpoint
-from sparse_engine.kernels import topology_cuda
-from sparse_engine.nn.cell_table import CELLS
+from sparse_engine.kernels import topology_torch
+from sparse_engine.recurrent.cell_steps import CELLS
 from sparse_engine.testing import (LAYOUTS, copy_weight, num_threads, random_weight, references, set_keep_reference,
                                    smallest_reference, with_layout)
 from sparse_engine.training import topology
@@ -333,7 +333,7 @@ def test_ctrnn_matches_its_definition(I, H, T, B, batched, bf, given_state, bias
 
 # ------------------------------------------------------------------ topology: selections
 # the CPU kernels, and the torch-primitive kernels (the CUDA ones) run on CPU tensors
-IMPLS = {"cpu": _ops, "torch": SimpleNamespace(**topology_cuda.OPS)}
+IMPLS = {"cpu": _ops, "torch": SimpleNamespace(**topology_torch.OPS)}
 impls = st.sampled_from(sorted(IMPLS))
 TIES = [0.0, -0.0, 1.0, -1.0, 0.5, -0.5, 2.0, -2.0, 1e-30, -1e30, 3.25, float("inf"), -float("inf")]
 

@@ -15,8 +15,10 @@ import torch
 
 import sparse_engine as se
 from sparse_engine.kernels.constants import GATES
-from sparse_engine.nn import recurrence
-from sparse_engine.nn.recurrence import Config, Recurrence, _tensors, recomputes
+from sparse_engine.recurrent import recompute, sequence
+from sparse_engine.recurrent.cell_steps import CELLS
+from sparse_engine.recurrent.recompute import recomputes, step_tensors
+from sparse_engine.recurrent.sequence import Config, Recurrence
 from sparse_engine.testing import assert_bit_equal, random_weight
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +56,7 @@ def outputs_and_grads(m, x, k, loss="all"):
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "composed"])
 def test_bit_identical_to_the_stored_run(mode, schedule, fused, monkeypatch):
     if schedule == "per-step":
-        monkeypatch.setattr(recurrence, "STACK_BYTES", 0)
+        monkeypatch.setattr(sequence, "STACK_BYTES", 0)
     kw = {} if mode == "CTRNN" else dict(num_layers=2, bidirectional=True)
     m = build(mode, fused=fused, **kw)
     torch.manual_seed(1)
@@ -96,7 +98,7 @@ def test_growth_by_gradient_factors_are_the_stored_runs():
 @pytest.mark.parametrize("k", [1, 2])
 def test_gradcheck(mode, k, rng, monkeypatch):
     """Float64 gradients of the recomputed Function against finite differences, per-step schedule."""
-    monkeypatch.setattr(recurrence, "STACK_BYTES", 0)
+    monkeypatch.setattr(sequence, "STACK_BYTES", 0)
     I, H, B, T = 3, 4, 2, 3
     G = GATES[mode] * H
     W_ih, W_hh = (random_weight(G, n, 0.6, empty_rows=1, generator=rng) for n in (I, H))
@@ -124,7 +126,7 @@ def test_only_the_states_every_k_steps_are_kept(mode, schedule, k, rng, monkeypa
     steps; no output Y, no activations (the last segment's, kept for its backward, are not saved
     tensors: test_the_last_segment_is_not_run_again)."""
     if schedule == "per-step":
-        monkeypatch.setattr(recurrence, "STACK_BYTES", 0)
+        monkeypatch.setattr(sequence, "STACK_BYTES", 0)
     I, H, B, T = 5, 7, 3, 7
     U = 2 if mode == "CTRNN" else 1
     G = GATES[mode]
@@ -147,7 +149,7 @@ def test_only_the_states_every_k_steps_are_kept(mode, schedule, k, rng, monkeypa
     if schedule == "stacked":
         expected.append(G * H * T * B * 8)
     assert kept == sorted(expected)
-    assert recomputes(cfg, se.nn.cell_table.CELLS[mode]) == k
+    assert recomputes(cfg, CELLS[mode]) == k
 
 
 def _function_run(mode, T, k, rng):
@@ -167,13 +169,13 @@ def _function_run(mode, T, k, rng):
 
 def _count_steps(monkeypatch) -> list:
     """Counts the steps every _Run runs (the forward's and the backward's recomputed ones)."""
-    count, steps = [0], recurrence._Run.steps
+    count, steps = [0], recompute.StepRunner.steps
 
     def counted(self, lo, hi, h, c):
         for out in steps(self, lo, hi, h, c):
             count[0] += 1
             yield out
-    monkeypatch.setattr(recurrence._Run, "steps", counted)
+    monkeypatch.setattr(recompute.StepRunner, "steps", counted)
     return count
 
 
@@ -183,7 +185,7 @@ def test_the_last_segment_is_not_run_again(mode, T, k, rng, monkeypatch):
     """The forward keeps the last segment's L steps (held apart from the saved tensors, so they go
     when its backward is done) and the backward recomputes only the S - L steps before it; a second
     backward (retain_graph) finds them gone and recomputes them: twice the first's gradients."""
-    monkeypatch.setattr(recurrence, "STACK_BYTES", 0)
+    monkeypatch.setattr(sequence, "STACK_BYTES", 0)
     count = _count_steps(monkeypatch)
     cfg, args, (wy, wh) = _function_run(mode, T, k, rng)
     y, h, _ = Recurrence.apply(cfg, *args)
@@ -201,7 +203,7 @@ def test_the_last_segment_is_not_run_again(mode, T, k, rng, monkeypatch):
 def test_an_output_changed_in_place_is_recomputed(monkeypatch):
     """h_T is the last segment's last state: changed in place after the forward, the backward
     recomputes the segment instead of reading it (as the stored run reads its states from Y)."""
-    monkeypatch.setattr(recurrence, "STACK_BYTES", 0)
+    monkeypatch.setattr(sequence, "STACK_BYTES", 0)
     grads = []
     for k in (None, 2):
         cfg, args, (wy, wh) = _function_run("RNN_TANH", 5, k, torch.Generator().manual_seed(11))
@@ -217,20 +219,20 @@ def test_nothing_is_kept_for_a_backward_under_no_grad(k, rng, monkeypatch):
     """Under torch.no_grad (an evaluation) neither run keeps states, c's, activations or the last
     segment (2-D tensors) beyond its inputs and outputs; with grad the same call keeps them. The
     outputs agree."""
-    monkeypatch.setattr(recurrence, "STACK_BYTES", 0)
+    monkeypatch.setattr(sequence, "STACK_BYTES", 0)
     cfg, args, _ = _function_run("LSTM", 5, k, rng)
     kept, forward = [], Recurrence.forward
 
     def spy(ctx, *a):
         out = forward(ctx, *a)
         mine = {t.untyped_storage().data_ptr() for t in (*a[1:], *out) if isinstance(t, torch.Tensor)}
-        kept.append([t for t in (*ctx.to_save, *_tensors(getattr(ctx, "last_segment", None) or []))
+        kept.append([t for t in (*ctx.to_save, *step_tensors(getattr(ctx, "last_segment", None) or []))
                      if t is not None and t.dim() == 2 and t.untyped_storage().data_ptr() not in mine])
         return out
     monkeypatch.setattr(Recurrence, "forward", staticmethod(spy))
     with torch.no_grad():
-        evaluated = recurrence.recurrence(cfg, *args)
-    trained = recurrence.recurrence(cfg, *args)
+        evaluated = sequence.recurrence(cfg, *args)
+    trained = sequence.recurrence(cfg, *args)
     assert kept[0] == [] and len(kept[1]) > 0
     assert_bit_equal([t.detach() for t in trained], list(evaluated))
 
@@ -378,7 +380,7 @@ def test_keeps_auto_compute_on_the_sparse_path():
 
 def test_segments_cover_every_step_once():
     """recomputes: 0 (nothing recomputed) from k >= the run's steps, counted in CT-RNN sub-steps."""
-    cells = se.nn.cell_table.CELLS
+    cells = CELLS
     assert recomputes(Config("LSTM", 4, 2, 5, recompute_every=5), cells["LSTM"]) == 0
     assert recomputes(Config("LSTM", 4, 2, 5, recompute_every=4), cells["LSTM"]) == 4
     assert recomputes(Config("CTRNN", 4, 2, 5, unfolds=3, recompute_every=14), cells["CTRNN"]) == 14

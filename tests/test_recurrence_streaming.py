@@ -14,8 +14,9 @@ from torch import nn
 import sparse_engine as se
 from sparse_engine.kernels.constants import GATES
 from sparse_engine.models import SequenceModel
-from sparse_engine.nn import recurrence
-from sparse_engine.nn.recurrence import Config, Recurrence, batch_rows
+from sparse_engine.recurrent import sequence as recurrence
+from sparse_engine.recurrent.layout import batch_rows
+from sparse_engine.recurrent.sequence import Config, Recurrence
 from sparse_engine.testing import random_weight
 
 import test_rnn_cells

@@ -7,8 +7,8 @@ from torch import nn
 
 import sparse_engine as se
 from sparse_engine.kernels.constants import GATES
-from sparse_engine.nn import cell_table
-from sparse_engine.nn.recurrence import Config, Recurrence
+from sparse_engine.recurrent import cell_steps as cell_table
+from sparse_engine.recurrent.sequence import Config, Recurrence
 from sparse_engine.testing import copy_weight, random_weight
 
 
@@ -371,7 +371,7 @@ def test_recurrence_takes_the_weights_as_the_module_holds_them(rng):
     """recurrence() given SparseWeights (split there, the index filled into the Config) computes
     exactly what Recurrence.apply computes on their values with the index in the Config, and a
     sink gets the weight-gradient factors (dL/dW = G X^T at the stored entries)."""
-    from sparse_engine.nn.recurrence import recurrence
+    from sparse_engine.recurrent.sequence import recurrence
 
     mode, I, H, B, T = "GRU", 3, 4, 2, 3
     W_ih, W_hh = (random_weight(3 * H, n, 0.6, generator=rng) for n in (I, H))
@@ -492,7 +492,7 @@ def test_per_step_backward_takes_w_hh_gradient_from_the_step(fused, monkeypatch,
     (one per step composed), the same gradient within rounding."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from sparse_engine.nn import recurrence
+    from sparse_engine.recurrent import sequence as recurrence
 
     class Count(TorchDispatchMode):
         def __init__(self):

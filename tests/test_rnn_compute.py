@@ -1,4 +1,4 @@
-"""The dense compute path (sparse_engine/nn/compute.py): same values and gradients as torch.nn and
+"""The dense compute path (sparse_engine/recurrent/compute_paths.py): same values and gradients as torch.nn and
 as the sparse path, gradient only at the stored entries, CSR at rest, the auto rule and the
 budget, and the topology controllers on a module computing dense."""
 import os
@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 import sparse_engine as se
-from sparse_engine.nn import compute
+from sparse_engine.recurrent import compute_paths as compute
 from sparse_engine.nn.rnn import SparseRNNBase
 from sparse_engine.testing import random_weight
 from sparse_engine.training import sparse_weights
@@ -368,7 +368,7 @@ def test_controllers_evolve_the_same_topology_on_the_dense_path(algo):
 
 
 def test_environment_variable_sets_the_initial_default():
-    code = "import sparse_engine.nn.compute as c; print(c.get_default_compute())"
+    code = "import sparse_engine.recurrent.compute_paths as c; print(c.get_default_compute())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "SPARSE_ENGINE_COMPUTE": "dense"})
     assert out.stdout.strip() == "dense"

@@ -12,7 +12,7 @@ import torch
 
 from sparse_engine import SparseWeight, ops
 from sparse_engine.kernels.constants import PARALLEL_WORK, SCATTER_FROM_BYTES
-from sparse_engine.nn.functional import row_lookup
+from sparse_engine.nn.blocks import row_lookup
 from sparse_engine.testing import num_threads, random_weight
 
 _ops = torch.ops.sparse_engine

@@ -11,7 +11,7 @@ import torch
 
 import sparse_engine._C as _C
 from sparse_engine import SparseWeight, ops
-from sparse_engine.nn.recurrence import Config, Recurrence
+from sparse_engine.recurrent.sequence import Config, Recurrence
 from sparse_engine.testing import num_threads, random_weight, references, weight_with_row_lengths
 
 from test_ops import assert_within_rounding

@@ -24,7 +24,7 @@
 // sign(w_ij) sign(w_jk) sign(w_ik) > 0, each w the weight of that directed edge (reciprocal
 // edges keep their own signs).
 //
-// Why one file of about 550 lines: it is the analysis family's CPU file (one per op family,
+// Why one file above 500 lines: it is the analysis family's CPU file (one per op family,
 // tests/test_op_registry.py); the census and the semicycles share the graph built from the CSR
 // (neighbour merge, sign bits), written once at the top; the swaps are the family's third op.
 #include <torch/library.h>

@@ -14,7 +14,7 @@ it does here; the CSR index travels as initializers. ``onnx_translation_table(de
 trades that for speed: each matrix is scattered into a dense one and multiplied with
 ``MatMul`` (see there for when and why). The fused recurrent steps (``lstm_step``,
 ``gru_step``, ``rnn_step``, ``ctrnn_step``) become that product plus the gate math of
-:mod:`sparse_engine.nn.cell_table`'s composed steps. Only the forward ops are translated (export
+:mod:`sparse_engine.recurrent.cell_steps`'s composed steps. Only the forward ops are translated (export
 is for inference). As with any ``torch.export`` graph, the recurrence is unrolled over the
 example input's number of steps: the exported model takes sequences of exactly that length
 (torch's own ``nn.LSTM`` exports to ONNX's ``LSTM`` op, which takes any length; ours has no
@@ -31,43 +31,14 @@ recurrence (trace). A plain ``SparseLinear`` does trace (one custom op), and is 
 """
 from __future__ import annotations
 
-import sys
-
 import torch
 
 __all__ = ["onnx_translation_table", "NO_TORCHSCRIPT", "check_not_torchscript", "check_not_legacy_onnx_export"]
 
-#: What to use instead of TorchScript, in every refusal.
-INSTEAD = ("use torch.compile for speed, torch.export.export for a graph, or "
-           "torch.onnx.export(model, args, f, dynamo=True, "
-           "custom_translation_table=sparse_engine.io.export.onnx_translation_table()) for ONNX")
-NO_TORCHSCRIPT = ("sparse-engine modules do not support TorchScript (torch.jit.script / torch.jit.trace): "
-                  "the recurrence is a torch.autograd.Function with Python control flow around custom "
-                  "operators; " + INSTEAD)
-NO_LEGACY_ONNX = ("sparse-engine modules do not support the legacy TorchScript ONNX exporter "
-                  "(torch.onnx.export(..., dynamo=False)): it traces with TorchScript and cannot hold a "
-                  "SparseWeight's extra state; export with torch.onnx.export(model, args, f, dynamo=True, "
-                  "custom_translation_table=sparse_engine.io.export.onnx_translation_table())")
-
-
-def check_not_torchscript() -> None:
-    """RuntimeError(:data:`NO_TORCHSCRIPT`) while ``torch.jit.trace`` is tracing."""
-    if torch.jit.is_tracing():
-        raise RuntimeError(NO_TORCHSCRIPT)
-
-
-def check_not_legacy_onnx_export() -> None:
-    """RuntimeError while the legacy (TorchScript) ONNX exporter runs. torch's public
-    ``torch.onnx.is_in_onnx_export()`` is True for both exporters, so this reads the legacy
-    exporter's own flag (a private name, where torch 2.4-2.13 keep it), from ``sys.modules``
-    only: while that exporter runs its module is loaded, and otherwise nothing is imported."""
-    for where in ("torch.onnx._internal.torchscript_exporter._globals", "torch.onnx._globals"):
-        flags = getattr(sys.modules.get(where), "GLOBALS", None)
-        if flags is not None:
-            if getattr(flags, "in_onnx_export", False):
-                raise RuntimeError(NO_LEGACY_ONNX)
-            return
-
+# The refusals live beside SparseWeight, which raises them with the recurrence (both below io/); their
+# names stay importable from here, where users meet them with the export.
+from ..sparse.no_torchscript import (NO_LEGACY_ONNX, NO_TORCHSCRIPT, check_not_legacy_onnx_export,  # noqa: E402,F401
+                                     check_not_torchscript)
 
 # ------------------------------------------------------------------ ONNX translation
 def onnx_translation_table(dense: bool = False) -> dict:

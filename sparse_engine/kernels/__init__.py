@@ -3,7 +3,9 @@ Python half, and says what this build holds.
 
 * ``sparse_engine._C`` (built from ``csrc/``): the schemas and the C++/CUDA kernels;
 * :mod:`.library`: every fake kernel, the autocast rules, and the registration of
-* :mod:`.topology_cuda`: the CUDA topology kernels, written with torch's primitives;
+* :mod:`.topology_torch` and :mod:`.densify_torch`: kernels written with torch's primitives, for CUDA
+  and every device without a C++ kernel;
+* :mod:`.checks`: the argument checks of the sparse ops, the Python twin of ``csrc/checks.h``;
 * :mod:`.constants`: the values shared with ``csrc/constants.h``;
 * :mod:`.choose`: the measured rule that picks the fused or composed recurrent step on the CPU.
 
@@ -34,6 +36,9 @@ def has_kernel(op: str, device) -> bool:
 #: True when this build holds the CUDA kernels (a CUDA torch and nvcc were present).
 HAS_CUDA_KERNELS = has_kernel("spmm", "cuda")
 
+from .. import _moved
 from . import library  # noqa: E402,F401  (after HAS_CUDA_KERNELS: it registers the Python CUDA kernels)
 
 __all__ = ["has_kernel", "HAS_CUDA_KERNELS"]
+
+__getattr__ = _moved.old_name(__name__)  # its old names, answered with a warning (sparse_engine._moved)

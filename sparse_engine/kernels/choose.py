@@ -1,7 +1,7 @@
 """Which recurrent step is faster on the CPU, the fused op or the composed one, per shape.
 
 A measured rule (docs/cpu_kernels.md has the table; benchmarks/bench_rnn_step.py measures it),
-which :func:`sparse_engine.nn.cell_table.fused_steps`, the one decision of which step a run
+which :func:`sparse_engine.recurrent.cell_steps.fused_steps`, the one decision of which step a run
 takes, consults for each direction of a CPU run's step once the fused ops apply (nothing else
 calls it). Fused and composed steps of LSTM and GRU timed alternately, B=20, hidden 256 to 16,384
 at 8 to 495 nonzeros per W_hh row, both backward steps given W_hh's values in column order (as

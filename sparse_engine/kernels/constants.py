@@ -16,6 +16,11 @@ PARALLEL_WORK = 1 << 15
 #: ``csc_perm`` otherwise (random reads, mostly from L2 there); see docs/cpu_kernels.md.
 SCATTER_FROM_BYTES = 4 << 20
 
+#: ``spmm`` / ``spmm_t`` on the CPU read a strided float/double operand as it is below this many
+#: entries per source row and a padded copy of it from there on (``csrc/cpu/gather.h``); the
+#: memory model (:mod:`sparse_engine.memory`) counts those copies.
+UNPADDED_BELOW = 192
+
 #: The recurrent cell modes and their ids in the kernels (``enum class CellMode`` in C++).
 MODE_IDS = {"LSTM": 0, "GRU": 1, "RNN_TANH": 2, "RNN_RELU": 3, "CTRNN": 4}
 

@@ -8,8 +8,8 @@ autograd formulas register themselves per dispatch key when the extension loads.
 importing any part of the package makes every operator complete (eager, autograd, autocast,
 ``torch.compile``). The sections below follow the op families of ``csrc/ops.cpp``;
 ``docs/architecture.md`` says where each family's kernels are. The CUDA topology kernels (and
-scatter_csr/gather_csr's) are the Python functions ``<op>_cuda`` of
-:mod:`sparse_engine.kernels.topology_cuda` (and ``densify_cuda``), registered here by
+scatter_csr/gather_csr's) are the Python functions ``<op>_torch`` of
+:mod:`sparse_engine.kernels.topology_torch` (and ``densify_torch``), registered here by
 ``_python_kernels`` for CUDA and as the fallback of every other device without its own.
 The table says what each op has beside its compiled kernels: "fake", "autocast" and "CUDA
 kernel" are registered by this module (fake: the output shapes, for FakeTensor /
@@ -35,7 +35,7 @@ rnn_step                 fake
 rnn_step_backward        fake
 ctrnn_step               fake
 ctrnn_step_backward      fake
-[topology] CPU csrc/cpu/topology_cpu.cpp, CUDA sparse_engine/kernels/topology_cuda.py
+[topology] CPU csrc/cpu/topology_cpu.cpp, CUDA sparse_engine/kernels/topology_torch.py
 select_smallest          fake, CUDA kernel
 set_prune                fake, CUDA kernel
 compact                  CUDA kernel
@@ -46,7 +46,7 @@ gather_or_zero           fake, CUDA kernel
 coo_dot                  fake, CUDA kernel
 grad_topk                CUDA kernel
 rewire                   CUDA kernel
-[densify] CPU csrc/cpu/densify_cpu.cpp, CUDA sparse_engine/kernels/densify_cuda.py for scatter_csr/gather_csr
+[densify] CPU csrc/cpu/densify_cpu.cpp, CUDA sparse_engine/kernels/densify_torch.py for scatter_csr/gather_csr
 pattern_bits             fake
 expand_bits              fake
 compress_bits            fake
@@ -69,9 +69,9 @@ C++ (``csrc/autograd.cpp``: about 20 us a call less than Python's register_autog
 backward works too; spmm_t's optional ``values_t``, the values in column order, gets no gradient:
 it is ``values`` read in another order, whose gradient goes to ``values``); the recurrent steps
 are differentiated by their ``*_backward`` ops inside ``sparse_engine.nn``'s autograd.Function;
-gru_sequence by gru_sequence_backward inside ``sparse_engine.nn.dense_rnn``'s; the topology,
+gru_sequence by gru_sequence_backward inside ``sparse_engine.recurrent.dense_gru``'s; the topology,
 densify, analysis and mlp ops are not differentiable (the dense-compute path's autograd.Function
-in ``sparse_engine.nn.compute`` pairs scatter_csr/expand_bits with gather_csr/compress_bits).
+in ``sparse_engine.recurrent.compute_paths`` pairs scatter_csr/expand_bits with gather_csr/compress_bits).
 The mlp ops work in place (SparseMLP's ReLU + dropout, SETSGD's step) and are called only
 where their callers check that they apply (CPU, contiguous); they return nothing.
 Autocast (CPU and CUDA): spmm, spmm_t and sddmm are lower-precision ops like ``torch.mm``
@@ -82,7 +82,7 @@ from __future__ import annotations
 import torch
 
 from .constants import GATES, SAVED_ACTS
-from . import densify_cuda, has_kernel, topology_cuda
+from . import densify_torch, has_kernel, topology_torch
 
 _ops = torch.ops.sparse_engine
 
@@ -239,7 +239,7 @@ def _python_kernels(ops: dict) -> None:
         _LIB.impl(name, kernel, "CompositeExplicitAutograd")
 
 
-_python_kernels(topology_cuda.OPS)
+_python_kernels(topology_torch.OPS)
 
 
 # --------------------------------------------------------------------------- densify
@@ -268,7 +268,7 @@ def _gather_csr_fake(row_ptr, col_idx, dense):
     return dense.new_empty((col_idx.shape[0],))
 
 
-_python_kernels(densify_cuda.OPS)  # scatter_csr, gather_csr: the dense path on every device but the CPU
+_python_kernels(densify_torch.OPS)  # scatter_csr, gather_csr: the dense path on every device but the CPU
 
 
 # ------------------------------------------------------------------------- dense_rnn

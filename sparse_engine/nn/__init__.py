@@ -1,4 +1,5 @@
 """Drop-in sparse replacements for torch.nn layers."""
+from .. import _moved
 from .linear import SparseLinear
 from .mlp import SparseMLP
 from .rnn import SparseGRU, SparseLSTM, SparseRNN
@@ -8,10 +9,12 @@ from .onlstm import SparseONLSTM
 from .ode_rnn import SparseODERNN
 from .lm import SparseEmbedding, SparseLanguageModel
 from .parametrizations import SparseWeightNorm, WeightDrop, sparse_weight_norm, unparametrized, weight_drop
-from .compute import default_compute, set_default_compute, set_dense_budget
+from ..recurrent import default_compute, set_default_compute, set_dense_budget
 
 __all__ = ["SparseLinear", "SparseMLP", "SparseRNN", "SparseLSTM", "SparseGRU", "SparseRNNCell", "SparseLSTMCell",
            "SparseGRUCell", "SparseCTRNNCell", "SparseCTRNN",
            "SparseRHN", "SparseONLSTM", "SparseODERNN", "SparseEmbedding", "SparseLanguageModel",
            "WeightDrop", "SparseWeightNorm", "weight_drop", "sparse_weight_norm", "unparametrized",
            "default_compute", "set_default_compute", "set_dense_budget"]
+
+__getattr__ = _moved.old_name(__name__)  # its old names, answered with a warning (sparse_engine._moved)

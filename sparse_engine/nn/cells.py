@@ -5,8 +5,8 @@ Cells share parameter names (``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_h
 state handling with torch's cells, and the ``density=``/``epsilon=``/``sparse=``/``fused=`` options of
 :mod:`sparse_engine.nn.rnn` (``fused``: the fused step ops where they apply and, on the CPU, the
 measured rule picks them, composed otherwise; see there). A step runs the same
-:class:`~sparse_engine.nn.recurrence.Recurrence` as the layers with T=1, handed the cell's weights
-as they are (:func:`~sparse_engine.nn.recurrence.recurrence`). Inputs are
+:class:`~sparse_engine.recurrent.sequence.Recurrence` as the layers with T=1, handed the cell's weights
+as they are (:func:`~sparse_engine.recurrent.sequence.recurrence`). Inputs are
 ``(B, I)`` or unbatched ``(I,)`` as for torch's cells; a ``PackedSequence`` is refused with a
 TypeError naming it, by the cells as by torch's and by :class:`SparseCTRNN` (no torch twin to
 follow; the other layers take one, see :mod:`sparse_engine.nn.rnn`).
@@ -17,8 +17,7 @@ import torch
 from torch import nn
 
 from ..kernels.constants import GATES
-from .products import weight_args
-from .recurrence import Config, RecordsGradFactors, batch_rows, recurrence
+from ..recurrent import Config, RecordsGradFactors, batch_rows, recurrence, weight_args
 from .sequences import caller_layout, check_input_dtype, check_not_packed, time_major
 from .weights import (EMPTY, check_positive_int, check_recompute_every, fill_dense, load_dense, make_bias,
                       make_weight, nonzero_masks, refuse_dense_weights, reset_weights, sparse_flags)

@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..recurrent import matmul
 from ..sparse import SparseWeight
-from .functional import locked_dropout, row_lookup
-from .products import matmul
+from .blocks import locked_dropout, row_lookup
 from .onlstm import SparseONLSTM
 from .rhn import SparseRHN
 from .rnn import SparseLSTM

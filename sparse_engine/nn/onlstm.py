@@ -26,8 +26,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .functional import locked_dropout
-from .products import matmul, weight_args
+from .blocks import locked_dropout
+from ..recurrent import matmul, weight_args
 from .sequences import caller_layout, initial_state, sequence_input
 from .weights import check_dropout, check_positive_int, make_bias, make_weight, sparse_flags
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .products import matmul, weight_args
+from ..recurrent import matmul, weight_args
 from .sequences import caller_layout, initial_state, sequence_input
 from .weights import check_dropout, check_positive_int, make_bias, make_weight, sparse_flags
 

@@ -12,14 +12,14 @@ Same constructor arguments, parameter names (``weight_ih_l0``, ``weight_hh_l0_re
   step kernels (CPU: ``csrc/cpu/rnn_step_cpu.cpp``, CUDA: ``csrc/cuda/rnn_step_cuda.cu``). Where
   they apply, the forward and the backward step each run fused unless, on the CPU, the measured
   rule expects the composed step to be faster for this W_hh and batch
-  (:func:`~sparse_engine.nn.cell_table.fused_steps`, the one decision;
+  (:func:`~sparse_engine.recurrent.cell_steps.fused_steps`, the one decision;
   :mod:`sparse_engine.kernels.choose`, the rule and its measurements); otherwise, and always with
   ``fused=False``, the step is composed from spmm/spmm_t and torch's elementwise ops. Both give the
   same results (tests run each against the other). On CUDA the fused step saves the gate
   pre-activations' round trip through global memory and ~10 kernel launches per step; not yet
   measured on a GPU (``bench_rnn_step.py --device cuda``).
   On the dense-compute path (below) ``fused`` picks the CPU GRU: torch's GRU with each
-  layer-direction's steps fused (:mod:`sparse_engine.nn.dense_rnn`), or ``torch.gru`` itself.
+  layer-direction's steps fused (:mod:`sparse_engine.recurrent.dense_gru`), or ``torch.gru`` itself.
 
 A sparse weight is a :class:`~sparse_engine.SparseWeight` child module under torch's name, its
 gates stacked in one CSR in torch's order (LSTM i, f, g, o: 4H rows; GRU r, z, n: 3H rows).
@@ -37,9 +37,9 @@ states: a model that applies its own product per step (the readout of ``Sequence
 T x B x H copy forward and backward. ``module.final_state(input, hx)`` returns only the final
 states, and the last layer makes no output sequence (a classifier reading the last step).
 
-Each layer-direction runs as one :class:`~sparse_engine.nn.recurrence.Recurrence` (see there
+Each layer-direction runs as one :class:`~sparse_engine.recurrent.sequence.Recurrence` (see there
 for the kernel schedule), handed its weights as the module holds them
-(:func:`~sparse_engine.nn.recurrence.recurrence`). What the layers and cells share lives beside
+(:func:`~sparse_engine.recurrent.sequence.recurrence`). What the layers and cells share lives beside
 this module, each part in a module named for it: :mod:`.weights` (building, drawing and converting
 the weights), :mod:`.sequences` (input, output and state layouts), :mod:`.products` (W x for a
 sparse or dense weight); the names that were defined here stay importable from here.
@@ -49,23 +49,23 @@ layer-direction has a ``weight_hr_l{k}[_reverse]`` of shape (proj_size, hidden_s
 the recurrent weights are (``sparse='both'``/``'recurrent'``: it is inside the recurrence), and
 h_0/h_n are (num_layers*D, B, proj_size) while c_0/c_n keep hidden_size. On the sparse path a
 projected layer is composed from the differentiable products under plain autograd
-(:func:`~sparse_engine.nn.recurrence.projected_lstm`; no fused steps, no growth by gradient).
+(:func:`~sparse_engine.recurrent.sequence.projected_lstm`; no fused steps, no growth by gradient).
 Every module has ``.proj_size`` (0 without a projection), as ``nn.RNNBase``.
 
 ``recompute_every=k`` (default None; also the attribute, read at each forward): keep the state
 (h, and c for an LSTM) only every k steps and recompute each segment of k steps in the backward,
-from its kept state, with the same calls (:func:`~sparse_engine.nn.recurrence.recomputes`): the
+from its kept state, with the same calls (:func:`~sparse_engine.recurrent.sequence.recomputes`): the
 saved activations are O(T/k + k) steps instead of O(T) (an LSTM keeps h, c and 4 gates a step),
 for one more forward's time less the last segment's (its backward runs first, on the steps the
 forward kept); gradients identical bit for bit on the CPU. For layers whose
-activations do not fit (hidden 10^5-10^6 units; :mod:`sparse_engine.nn.memory` predicts a step's
+activations do not fit (hidden 10^5-10^6 units; :mod:`sparse_engine.memory` predicts a step's
 peak and picks k for a budget). Not with ``proj_size`` or ``compute='dense'`` (ValueError); it
 keeps ``compute='auto'`` on the sparse path.
 
 ``compute=`` ('auto' | 'sparse' | 'dense'; default None: the global default, 'auto'): the sparse
 kernels, or torch's own dense recurrence (``torch.lstm``, ...; the GRU fused on the CPU) on the
 weights written into dense matrices kept between forwards, under a memory budget; see
-:mod:`sparse_engine.nn.compute` and docs/compute_paths.md. Same results either way (float
+:mod:`sparse_engine.recurrent.compute_paths` and docs/compute_paths.md. Same results either way (float
 reassociation aside), and the gradient reaches the stored values only.
 
 ``PackedSequence`` input works as in torch: the output is a PackedSequence with the input's
@@ -87,31 +87,25 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 
+from .. import _moved
 from ..kernels.constants import GATES
+from ..recurrent import Config, RecordsGradFactors, batch_rows, check_compute, dense_recurrence, recurrence, use_dense
 from ..sparse import SparseWeight
-from . import dense_rnn
-from .compute import check_compute, materialize_all, use_dense
-from .products import weight_args  # noqa: F401  (its old home)
-from .recurrence import Config, RecordsGradFactors, batch_rows, projected_lstm, recurrence
 from .sequences import (caller_layout, check_input_dtype, check_not_packed, inverse_permutation, packed_positions,
                         time_major)
-from .weights import (EMPTY, SELECTIONS, TorchConversion, check_positive_int, check_recompute_every,  # noqa
-                      fill_dense, load_dense, make_bias, make_weight, nonzero_masks, refuse_dense_weights,
-                      reset_weights, resolve_density, sparse_flags, sparsify)
+from .weights import (TorchConversion, check_positive_int, check_recompute_every, make_bias, make_weight,
+                      refuse_dense_weights, reset_weights, sparse_flags)
 
 __all__ = ["SparseRNN", "SparseLSTM", "SparseGRU", "SparseRNNBase"]
 
 #: torch's whole-sequence recurrences, which its modules' forward calls (the dense-compute path)
-_DENSE_FUNCTIONS = {"RNN_TANH": torch.rnn_tanh, "RNN_RELU": torch.rnn_relu, "LSTM": torch.lstm, "GRU": torch.gru}
-
-
 class SparseRNNBase(RecordsGradFactors, TorchConversion, nn.Module):
     """Shared body of SparseRNN/SparseLSTM/SparseGRU (the ``nn.RNNBase`` of this package)."""
     #: allow the fused step ops (see :mod:`sparse_engine.nn.rnn`); an instance attribute
     #: set by ``fused=``, this default for modules pickled before the setting existed
     fused = True
     #: the compute path ('auto', 'sparse', 'dense'; None: the global default), see
-    #: :mod:`sparse_engine.nn.compute`; this default for modules pickled before the setting existed
+    #: :mod:`sparse_engine.recurrent.compute_paths`; this default for modules pickled before the setting existed
     compute = None
     #: size of h with a projection (LSTM only, as ``nn.LSTM``); 0: none
     proj_size = 0
@@ -276,15 +270,12 @@ class SparseRNNBase(RecordsGradFactors, TorchConversion, nn.Module):
                 cfg = Config(self.mode, self.hidden_size, B, T, bool(d), fused=self.fused,
                              recompute_every=check_recompute_every(self.recompute_every),
                              output=output or layer < self.num_layers - 1)
-                if self.proj_size:
-                    if self.record_grad_factors:
-                        raise ValueError("growth by gradient (record_grad_factors) is not available with "
-                                         "proj_size: the projected LSTM has no fused backward to take the factors from")
-                    y, h_T, c_T = projected_lstm(cfg, layer_x, h0[k].t(), c0[k].t(), w_ih, w_hh,
-                                                 getattr(self, "weight_hr" + sfx), b_ih, b_hh)
-                else:
-                    y, h_T, c_T = recurrence(cfg, layer_x, h0[k].t(), c0[k].t() if is_lstm else None,
-                                             w_ih, w_hh, b_ih, b_hh, sink(sfx))
+                if self.proj_size and self.record_grad_factors:
+                    raise ValueError("growth by gradient (record_grad_factors) is not available with "
+                                     "proj_size: the projected LSTM has no fused backward to take the factors from")
+                w_hr = getattr(self, "weight_hr" + sfx) if self.proj_size else None
+                y, h_T, c_T = recurrence(cfg, layer_x, h0[k].t(), c0[k].t() if is_lstm else None, w_ih, w_hh,
+                                         b_ih, b_hh, None if w_hr is not None else sink(sfx), w_hr)
                 outs.append(y)
                 h_n.append(h_T)
                 c_n.append(c_T)
@@ -300,7 +291,7 @@ class SparseRNNBase(RecordsGradFactors, TorchConversion, nn.Module):
 
     # ------------------------------------------------------------- dense compute
     def _dense_now(self, ref: torch.Tensor, weights=None) -> bool:
-        """This forward materialises the weights (:mod:`sparse_engine.nn.compute`): the module's
+        """This forward materialises the weights (:mod:`sparse_engine.recurrent.compute_paths`): the module's
         ``compute`` setting says so, not recording gradient factors, not under autocast (where
         the sparse recurrence keeps the parameters' precision, see ``recurrence``), not while
         ``torch.compile`` traces (dynamo does not trace torch's RNN modules: a graph break), not
@@ -313,24 +304,12 @@ class SparseRNNBase(RecordsGradFactors, TorchConversion, nn.Module):
         return use_dense(self.compute, weights, self.hidden_size, ref.device.type)
 
     def _run_dense(self, x: torch.Tensor, h0: torch.Tensor, c0, batch_sizes=None, weights=None):
-        """torch's own fused recurrence (``torch.lstm``/``gru``/``rnn_tanh``/``rnn_relu``, what
-        ``nn.LSTM.forward`` calls: oneDNN/MKL on the CPU, cuDNN on CUDA) on the weights
-        materialised for this forward, from states checked by ``_initial_state``: (output
-        time-major (T, B, D*H) (a PackedSequence's data with ``batch_sizes``), h_n, c_n or None).
-        The gradient reaches each SparseWeight's values at its stored positions only. Called
-        directly, not through an ``nn.LSTM`` (``functional_call`` on a meta-device skeleton, as
-        before): that module's Python repeats our checks and took about 0.1 ms per call at
-        hidden 200, a twentieth of the inference."""
+        """The dense path (:func:`~sparse_engine.recurrent.compute_paths.dense_recurrence`) on this
+        module's weights and settings, from states checked by ``_initial_state``."""
         if weights is None:
             weights = [getattr(self, n) for n in self._flat_weights_names]
-        weights = materialize_all(weights)  # the sparse ones written into their dense buffers
-        hx = (h0, c0) if self.mode == "LSTM" else h0
-        args = (weights, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional)
-        if self.mode == "GRU" and self.fused and batch_sizes is None and dense_rnn.fused_gru_applies(x):
-            return (*dense_rnn.gru(x, hx, *args), None)  # torch's GRU, each layer's steps fused
-        run = _DENSE_FUNCTIONS[self.mode]
-        res = run(x, hx, *args, False) if batch_sizes is None else run(x, batch_sizes, hx, *args)
-        return res[0], res[1], (res[2] if self.mode == "LSTM" else None)
+        return dense_recurrence(self.mode, x, h0, c0, weights, self.bias, self.num_layers, self.dropout,
+                                self.training, self.bidirectional, self.fused, batch_sizes)
 
     def forward(self, input, hx=None):
         return self._forward_once(input, hx, step_major=False)
@@ -474,3 +453,5 @@ class SparseGRU(SparseRNNBase):
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, **kwargs):
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          **kwargs)
+
+__getattr__ = _moved.old_name(__name__)  # its old names, answered with a warning (sparse_engine._moved)

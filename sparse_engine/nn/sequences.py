@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch.nn.utils.rnn import PackedSequence
 
-from ..sparse.csr import check_dtype_like
+from ..kernels.checks import check_dtype_like
 
 __all__ = ["check_not_packed", "time_major", "caller_layout", "packed_positions", "inverse_permutation",
            "check_input_dtype", "sequence_input", "initial_state"]
@@ -72,8 +72,8 @@ def inverse_permutation(p: torch.Tensor) -> torch.Tensor:
 
 def check_input_dtype(input: torch.Tensor, ref: torch.Tensor, name: str = "input") -> None:
     """A recurrent module's input (or initial state ``name``) must have its parameters' dtype
-    (``ref``'s), except under autocast, where :func:`~sparse_engine.nn.recurrence.recurrence`
-    casts it: :func:`sparse_engine.sparse.csr.check_dtype_like`'s rule, the ops' too."""
+    (``ref``'s), except under autocast, where :func:`~sparse_engine.recurrent.sequence.recurrence`
+    casts it: :func:`sparse_engine.kernels.checks.check_dtype_like`'s rule, the ops' too."""
     if input.dtype != ref.dtype:
         check_dtype_like(input, name, ref, "the parameters")
 

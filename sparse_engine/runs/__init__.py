@@ -19,8 +19,10 @@ One module per command, and what they share:
 * ``bench_run``: :func:`bench`;
 * ``analyze_run``: :func:`analyze`.
 
-Every name is importable from ``sparse_engine.runs`` itself, as when this was one module.
+Every name is importable from ``sparse_engine.runs`` itself, as when this was one module (the names that
+module imported from elsewhere with a DeprecationWarning, until 0.2.0: ``sparse_engine._moved``).
 """
+from .. import _moved
 from .config import (DEVICES, MLP_ALGORITHMS, MLP_FIELDS, MLP_TASKS, SPARSE_CHOICES, AnalyzeConfig, BenchConfig,
                      ConfigError, ConfigPathError, TrainConfig, mlp_sizes, recipe_config, resolve_device,
                      resume_config)
@@ -31,17 +33,6 @@ from .train_run import (TrainResult, epoch_header, epoch_line, evaluate, load_ru
 from .bench_run import bench
 from .analyze_run import LESION_KINDS, analyze, is_balance_record, lesion_curves, load_matrix
 
-# Names the single module runs.py imported from elsewhere, still importable from here.
-from ..data.files import input_path_problem, output_path_problem  # noqa: E402,F401
-from ..data.tasks import TASK_DATA, TASKS, load_task, task_data_problem  # noqa: E402,F401
-from ..io.resume import TrainProgress  # noqa: E402,F401
-from ..kernels import HAS_CUDA_KERNELS  # noqa: E402,F401
-from ..models import MODELS, SequenceModel  # noqa: E402,F401
-from ..runtime.timing import best_of  # noqa: E402,F401
-from ..sparse import SparseWeight, sparse_weights  # noqa: E402,F401
-from ..training.recipes import (ALGORITHMS, RECIPES, get_recipe, make_controller,  # noqa: E402,F401
-                                make_recipe_controller, zhang_init)
-
 __all__ = [
     "DEVICES", "SPARSE_CHOICES", "MLP_ALGORITHMS", "MLP_FIELDS", "MLP_TASKS", "AnalyzeConfig", "BenchConfig",
     "ConfigError", "ConfigPathError", "TrainConfig", "mlp_sizes", "recipe_config", "resolve_device", "resume_config",
@@ -50,3 +41,5 @@ __all__ = [
     "recipe_summary", "run_recipe", "sequence_loss", "sequence_model", "softmax_score_loss", "train",
     "bench", "LESION_KINDS", "analyze", "is_balance_record", "lesion_curves", "load_matrix",
 ]
+
+__getattr__ = _moved.old_name(__name__)  # its old names, answered with a warning (sparse_engine._moved)

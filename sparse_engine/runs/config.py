@@ -15,8 +15,8 @@ import torch
 from ..data.tasks import TASKS, task_data_problem
 from ..kernels import HAS_CUDA_KERNELS
 from ..models import MODELS
-from ..nn.memory import OPTIMIZERS as MEMORY_OPTIMIZERS  # what bench --memory predicts for
-from ..nn.memory import parse_size
+from ..memory import OPTIMIZERS as MEMORY_OPTIMIZERS  # what bench --memory predicts for
+from ..memory import parse_size
 from ..training.recipes import ALGORITHMS, RECIPES, get_recipe
 
 
@@ -162,7 +162,7 @@ _FIELD_RULES = {
     "plot": _path_or_none, "export_csv": _path_or_none, "key": _str_or_none, "resume": _path_or_none,
     "checkpoint_every": _integer(0), "gate": _str_or_none, "convention": _convention, "lesion": _integer(0),
     "quiet": _flag, "transpose": _flag, "recipe": _recipe_or_none,
-    # the memory model (sparse_engine.nn.memory): train's plan, bench --memory
+    # the memory model (sparse_engine.memory): train's plan, bench --memory
     "recompute_every": _recompute_every, "memory_budget": _size_or_none, "budget": _size_or_none,
     "memory": _flag, "seq_len": _integer(1), "input_size": _integer(1), "optimizer": _one_of(MEMORY_OPTIMIZERS),
     # --model mlp
@@ -297,7 +297,7 @@ class TrainConfig(_Checked):
     evolve_output: bool = True      # SET also evolves the output layer (implementation 2); False: the later code
     label_column: str | None = None  # task 'table': the label column's name
     recipe: str | None = None       # a published set-up (sparse_engine.training.recipes.RECIPES); see recipe_config
-    # memory (sparse_engine.nn.memory); they do not change what is computed, so a resumed run may change them
+    # memory (sparse_engine.memory); they do not change what is computed, so a resumed run may change them
     recompute_every: int | str | None = None  # keep the state every K steps ('auto': the budget picks K)
     memory_budget: int | str | None = None    # bytes a step may use, e.g. 16G (None: available memory)
 

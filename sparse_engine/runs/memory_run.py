@@ -1,4 +1,4 @@
-"""The memory model (:mod:`sparse_engine.nn.memory`) on the command line: ``train``'s plan before
+"""The memory model (:mod:`sparse_engine.memory`) on the command line: ``train``'s plan before
 it builds anything (its estimate line, ``--recompute-every auto``, the refusal of a run that would
 not fit ``--memory-budget``) and ``bench --memory``'s table. Kept apart from train_run and bench_run
 because both read the same sizes the same way and neither needs the other's work."""
@@ -8,7 +8,7 @@ from collections.abc import Mapping
 
 import torch
 
-from ..nn.memory import (Head, MemoryBudgetError, RecurrentSizes, evaluation_peak, format_size, largest_hidden,
+from ..memory import (Head, MemoryBudgetError, RecurrentSizes, evaluation_peak, format_size, largest_hidden,
                          parse_size, predict, recompute_for_budget)
 from ..runtime.timing import available_memory_bytes
 from .config import BenchConfig, ConfigError

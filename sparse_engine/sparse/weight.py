@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..io import export as _export
+from . import no_torchscript as _refuse
 from .. import kernels  # noqa: F401  (loads the compiled operators)
-from .csr import check_csr
+from ..kernels.checks import check_csr
 from .patterns import default_values, erdos_renyi_density, random_pattern
 
 _INDEX_NAMES = ("row_ptr", "col_idx", "csc_ptr", "csc_row", "csc_perm")
@@ -253,7 +253,7 @@ class SparseWeight(nn.Module):
 
     # ------------------------------------------------------------- state_dict
     def get_extra_state(self):
-        _export.check_not_legacy_onnx_export()  # it would fail on this dict with an AttributeError
+        _refuse.check_not_legacy_onnx_export()  # it would fail on this dict with an AttributeError
         return {"shape": self._shape}
 
     def set_extra_state(self, state) -> None:
@@ -299,7 +299,7 @@ class SparseWeight(nn.Module):
     def __prepare_scriptable__(self):
         """Called by ``torch.jit.script`` on every submodule: one clear refusal (see
         :mod:`sparse_engine.io.export`) instead of a TorchScript compile error."""
-        raise RuntimeError(_export.NO_TORCHSCRIPT)
+        raise RuntimeError(_refuse.NO_TORCHSCRIPT)
 
     # -------------------------------------------------------------- conversions
     def coo(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -8,9 +8,11 @@ Controllers (``Name(model, optimizer, **params)``; call ``.step()`` after each
 :mod:`.schedules`, :mod:`.density` (uniform / ERK), :mod:`.grad_factors` (what a module must
 provide for growth by gradient), :mod:`.recipes` (the papers' settings).
 """
+from .. import _moved
 from .controllers import (SET, SET_MLP_SETTINGS, SETMLP, SETSGD, DeepR, GradualMagnitudePruning, RigL, SelfishRNN,
                           SparseNTASGD, TopologyController, importance_keep, redistribute, selfish_set_keep)
-from .density import erk_densities, sparse_weights, sparsify_, uniform_densities
+from ..sparse import sparse_weights
+from .density import erk_densities, sparsify_, uniform_densities
 from .grad_factors import GradFactorRecorder
 from .schedules import cosine_decay, cubic_density, narang_threshold
 from .topology import (INIT_CHOICES, GradientGrowth, RandomGrowth, Remap, global_magnitude_keep, gradient_growth,
@@ -28,11 +30,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name):
-    """``sparse_engine.training.selfish`` and ``.set_mlp``, the old homes of their controllers,
-    answer with the module in :mod:`.controllers` and a DeprecationWarning."""
-    from .._moved import MOVED, new_module
-
-    if f"training.{name}" in MOVED:
-        return new_module(f"training.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = _moved.old_name(__name__)  # old paths (sparse_engine._moved): training.selfish, .set_mlp, ...

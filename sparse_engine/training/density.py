@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from .. import init as _init
-from ..sparse import sparse_weights  # noqa: F401  (also here, its old home)
+from ..sparse import sparse_weights
 
-__all__ = ["sparse_weights", "uniform_densities", "erk_densities", "sparsify_"]
+__all__ = ["uniform_densities", "erk_densities", "sparsify_"]
 
 
 def uniform_densities(shapes: dict[str, tuple[int, int]], density: float) -> dict[str, float]:

@@ -9,7 +9,7 @@ Protocol (what a module must do so its sparse weights can grow by gradient):
 
 * ``SparseLinear`` needs nothing: the recorder hooks its forward (input) and the output's
   gradient. ``SparseRNN``/``SparseLSTM``/``SparseGRU``, their cells and ``SparseCTRNN``
-  implement the method below (``sparse_engine.nn.recurrence.RecordsGradFactors``).
+  implement the method below (``sparse_engine.recurrent.sequence.RecordsGradFactors``).
 * Any other module owning a SparseWeight as attribute ``name`` (e.g. an RNN's ``weight_hh``)
   implements ``dense_grad_factors(name) -> (G, X)`` returning the factors of the most recent
   backward pass (detached; G: rows x M, X: cols x M, dL/dW = G @ X.T; for an RNN, the stacked

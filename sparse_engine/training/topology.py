@@ -12,7 +12,7 @@ runs once more before it). All steps are O(nnz) (gradient growth: see :func:`gra
 
 Every operator is called as ``torch.ops.sparse_engine.<op>`` and the dispatcher picks the kernel:
 the C++ kernels of ``csrc/cpu/topology_cpu.cpp`` for CPU tensors, the kernels written with torch
-primitives in :mod:`sparse_engine.kernels.topology_cuda` on CUDA (cub sorts and scans: a CUDA
+primitives in :mod:`sparse_engine.kernels.topology_torch` on CUDA (cub sorts and scans: a CUDA
 weight is updated where it lives and no nnz-long array goes through the host) and, as the
 documented fallback (:mod:`sparse_engine.kernels.library`), on any other device. Random initial
 values of new weights are drawn by the caller's generator (a CPU one in the controllers, so CPU
@@ -149,7 +149,7 @@ def random_empty(row_ptr: torch.Tensor, col_idx: torch.Tensor, n_cols: int, n: i
     positions), keeps those not stored, and a uniformly random surplus is dropped; otherwise the
     empty positions are enumerated.
     On another device: uniform ranks among the empty positions from that device's generator
-    seeded with ``seed`` (see :func:`sparse_engine.kernels.topology_cuda.random_empty_cuda`;
+    seeded with ``seed`` (see :func:`sparse_engine.kernels.topology_torch.random_empty_torch`;
     other positions than the CPU for the same seed, same distribution)."""
     return _ops.random_empty(row_ptr, col_idx, int(n_cols), int(n), int(seed))
 

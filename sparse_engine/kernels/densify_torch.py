@@ -1,10 +1,10 @@
-"""The CUDA kernels of the densify family's ``scatter_csr`` and ``gather_csr``, written with
-PyTorch's own tensor primitives: ``<op>_cuda`` here is the twin of ``<op>_cpu`` in
+"""The densify family's ``scatter_csr`` and ``gather_csr`` written with PyTorch's own tensor
+primitives, their kernels on CUDA and on every device without a C++ kernel: ``<op>_torch`` here is the twin of ``<op>_cpu`` in
 ``csrc/cpu/densify_cpu.cpp``. :mod:`sparse_engine.kernels.library` registers them (:data:`OPS`)
 as those operators' kernels on CUDA and on every other device without one, as it does the
-topology kernels of :mod:`sparse_engine.kernels.topology_cuda` (whose module docstring says why
+topology kernels of :mod:`sparse_engine.kernels.topology_torch` (whose module docstring says why
 torch primitives). The family's other operators (the pattern as bits) are CPU-only: on other
-devices the dense-compute path (``sparse_engine.nn.compute``) uses these two.
+devices the dense-compute path (``sparse_engine.recurrent.compute_paths``) uses these two.
 
 They run at every forward of a module on the dense-compute path (``compute='dense'`` on a GPU):
 an index_put and an index, their row indices rebuilt per call (not measured on a GPU yet).
@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import torch
 
-from ..sparse.csr import check_index as _check_csr
-from ..sparse.csr import check_pattern as _check_pattern
-from ..sparse.csr import check_same_device as _same_device
-from ..sparse.csr import check_tensor as _tensor
+from .. import _moved
+from .checks import check_index as _check_csr
+from .checks import check_pattern as _check_pattern
+from .checks import check_same_device as _same_device
+from .checks import check_tensor as _tensor
 
-__all__ = ["scatter_csr_cuda", "gather_csr_cuda", "OPS"]
+__all__ = ["scatter_csr_torch", "gather_csr_torch", "OPS"]
 
 
 def _csr_dense_positions(row_ptr, col_idx, dense, sorted: bool):
@@ -38,7 +39,7 @@ def _csr_dense_positions(row_ptr, col_idx, dense, sorted: bool):
     return rows, cols
 
 
-def scatter_csr_cuda(row_ptr, col_idx, values, dense) -> None:
+def scatter_csr_torch(row_ptr, col_idx, values, dense) -> None:
     """dense[r, c] = values[k] for every stored entry k at (r, c); dense's other entries are kept."""
     rows, cols = _csr_dense_positions(row_ptr, col_idx, dense, sorted=True)
     if _tensor(values, "values").dim() != 1 or values.numel() != cols.numel():
@@ -49,7 +50,7 @@ def scatter_csr_cuda(row_ptr, col_idx, values, dense) -> None:
     dense[rows, cols] = values
 
 
-def gather_csr_cuda(row_ptr, col_idx, dense) -> torch.Tensor:
+def gather_csr_torch(row_ptr, col_idx, dense) -> torch.Tensor:
     """out[k] = dense[r, c] for every stored entry k at (r, c)."""
     rows, cols = _csr_dense_positions(row_ptr, col_idx, dense, sorted=False)
     return dense[rows, cols]
@@ -57,4 +58,6 @@ def gather_csr_cuda(row_ptr, col_idx, dense) -> torch.Tensor:
 
 #: The kernels by operator name (``torch.ops.sparse_engine.<name>``), registered by
 #: :mod:`sparse_engine.kernels.library`.
-OPS = {f.__name__.removesuffix("_cuda"): f for f in (scatter_csr_cuda, gather_csr_cuda)}
+OPS = {f.__name__.removesuffix("_torch"): f for f in (scatter_csr_torch, gather_csr_torch)}
+
+__getattr__ = _moved.old_name(__name__)  # its old names, answered with a warning (sparse_engine._moved)

@@ -9,7 +9,7 @@ Forward:  per step the input part W_ih x_t (+ biases) (one product on that step'
           once: no T x G*H x B buffer), then the recurrent product W_hh h and the gate
           nonlinearities, fused into one op where it has a kernel (CPU: ``csrc/cpu/rnn_step_cpu.cpp``;
           CUDA: ``csrc/cuda/rnn_step_cuda.cu``) and, on the CPU, where the measured rule says it is
-          faster (:func:`~sparse_engine.nn.cell_table.fused_steps`, the one decision), composed
+          faster (:func:`~sparse_engine.recurrent.cell_steps.fused_steps`, the one decision), composed
           from spmm + torch elementwise ops otherwise; the new
           state is written into Y's block.
 Backward: per step the elementwise gate gradient and one spmm_t (W_hh^T dG) for the hidden
@@ -26,7 +26,7 @@ Memory:   the saved activations are Y itself (the states are read back from it),
           O(T*B*gates*H), plus O(nnz); nothing is O(H^2) unless the user asked for a dense matrix.
 Recomputed (``Config.recompute_every`` k, the modules' ``recompute_every``): the forward keeps
           the state (h, and c for LSTM) after every k-th step and the last segment's steps, whose
-          backward runs first (:class:`_Run` runs the steps); the backward takes the segments from
+          backward runs first (:class:`StepRunner` runs the steps); the backward takes the segments from
           the last, runs each earlier one's k steps again from its kept state with the same calls
           on the same inputs (so the same numbers, bit for bit) and then its backward steps, and
           drops them before the next: O(T/k + k) steps of activations instead of O(T), for one
@@ -47,7 +47,7 @@ Modes: ``RNN_TANH``, ``RNN_RELU``, ``LSTM`` (gates i, f, g, o like torch), ``GRU
 like torch: n = tanh(Wx_n x + b_in + r * (W_hn h + b_hn)), so the hidden product of the n gate
 is kept separately) and ``CTRNN`` (Euler-unfolded continuous-time RNN:
 h += dt * (-h / tau + tanh(W_ih x + W_hh h + b)), ``unfolds`` sub-steps per input step). Each is
-an entry of :data:`sparse_engine.nn.cell_table.CELLS`: its gate layout, fused step op pair and
+an entry of :data:`sparse_engine.recurrent.cell_steps.CELLS`: its gate layout, fused step op pair and
 composed step and step-backward, called the same way for every mode.
 
 The fused step ops' contract (``csrc/cpu/rnn_step_cpu.cpp``; the CUDA kernels implement the same):
@@ -65,48 +65,18 @@ thing its backward writes outside autograd.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 
-from ..io.export import check_not_torchscript
+from .. import _moved
 from ..sparse import SparseWeight
-from .cell_table import CELLS, fused_ok, fused_steps  # noqa: F401  (fused_ok: its old home)
+from ..sparse.no_torchscript import check_not_torchscript
+from .cell_steps import CELLS, fused_steps
+from .config import Config
 from .products import mm, mm_t, transposed, untransposed, weight_args, wgrad
-from .sequences import check_input_dtype  # noqa: F401  (its old home)
-
-
-@dataclass(frozen=True)
-class Config:
-    """One run's settings (a layer-direction over ``steps`` input steps of ``batch`` columns) and
-    the index half of its sparse weights (the values are the Function's inputs, see the module
-    docstring)."""
-    mode: str
-    hidden: int
-    batch: int
-    steps: int
-    reverse: bool = False
-    idx_ih: tuple | None = None  # index tensors of a sparse W_ih, None when dense
-    idx_hh: tuple | None = None
-    dt: float = 0.1       # CTRNN only
-    tau: float = 0.5      # CTRNN only
-    unfolds: int = 1      # CTRNN only
-    #: the fused step ops where they apply (:func:`~sparse_engine.nn.cell_table.fused_steps`), else
-    #: the composed step; the modules' ``fused`` setting
-    fused: bool = True
-    #: None: every step's activations are kept for the backward; k: only the state every k steps,
-    #: the rest recomputed in the backward (:func:`recomputes`); the modules' ``recompute_every``
-    recompute_every: int | None = None
-    #: False: the caller reads only the final state (the modules' ``final_state``): Y is returned
-    #: empty, and a recomputed run never makes it
-    output: bool = True
-    #: False: no backward will follow (:func:`recurrence` under ``torch.no_grad``), so the forward
-    #: keeps nothing for one: no states, c's or activations beyond what it returns
-    backward: bool = True
-
-    def with_index(self, idx_ih, idx_hh) -> "Config":
-        """This config with the given index tensors (:func:`recurrence` fills them in)."""
-        return replace(self, idx_ih=idx_ih, idx_hh=idx_hh)
+from .projected import projected_lstm
+from .recompute import StepRunner, last_start, recomputed_segments, recomputes, step_tensors, stored_segments
 
 
 # ----------------------------------------------------------------- the Function
@@ -114,31 +84,6 @@ def _to_cols(stacked: torch.Tensor) -> torch.Tensor:
     """(S, R, B) step-major -> (R, S*B) feature-major (one copy)."""
     S, R, B = stacked.shape
     return stacked.permute(1, 0, 2).reshape(R, S * B)
-
-
-def batch_rows(y: torch.Tensor) -> torch.Tensor:
-    """(T, F, B) step-major -> (T, B, F) contiguous, torch's time-major layout, differentiably:
-    one 2-D transpose per step (torch's blocked transpose copy; a 3-D ``transpose(1, 2).contiguous()``
-    copies element by element, about 3x slower at hidden 100k)."""
-    return _BatchRows.apply(y)
-
-
-def _transpose_steps(a: torch.Tensor) -> torch.Tensor:
-    out = a.new_empty(a.shape[0], a.shape[2], a.shape[1])
-    for t in range(a.shape[0]):
-        out[t].copy_(a[t].t())
-    return out
-
-
-class _BatchRows(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, y):
-        return _transpose_steps(y.contiguous())
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        return _transpose_steps(g.contiguous())
 
 
 #: Up to this size of the stacked per-step gate gradients and states (bytes), the input part and the
@@ -159,122 +104,11 @@ def stacks(cfg: Config, cell, ref: torch.Tensor) -> bool:
     return size <= STACK_BYTES
 
 
-def _input_part(w_ih, idx_ih, x_t, bias):
-    """W_ih x_t (+ bias) of one input step (G*H x B); a dense W_ih adds the bias in its product."""
-    if idx_ih is None and bias is not None:
-        return torch.addmm(bias[:, None], w_ih, x_t)
-    g = mm(w_ih, idx_ih, x_t)
-    return g if bias is None else g.add_(bias[:, None])
-
-
 def _wgrad_into(acc, idx, g, x):
     """acc += g x^T (at the nonzeros when sparse): one step's part of a weight gradient."""
     if idx is None:
         return acc.addmm_(g, x.t())
     return acc.add_(wgrad(idx, g, x))
-
-
-class _States:
-    """The states h_0 .. h_S of one run in processing order, read from where the forward left
-    them: h_0, the output Y's blocks (the state after each input step) and, between them, a
-    CT-RNN's Euler sub-steps (``inner``: {k: h_k}). No second copy of Y is kept."""
-
-    def __init__(self, h0, y, inner: dict, order, U: int):
-        self.h0, self.y, self.inner, self.order, self.U = h0, y, inner, order, U
-
-    def __getitem__(self, k: int) -> torch.Tensor:
-        if k == 0:
-            return self.h0
-        if k % self.U:
-            return self.inner[k]
-        return self.y[self.order[k // self.U - 1]]
-
-
-def recomputes(cfg: Config, cell) -> int:
-    """The recomputation interval k of a run (``cfg.recompute_every``), or 0 when every step's
-    activations are kept: asked for none, or k not below the run's steps (one segment of all the
-    steps would keep as much as storing them)."""
-    k = cfg.recompute_every
-    return 0 if k is None or k >= cfg.steps * cell.unfolds(cfg) else k
-
-
-def last_start(steps: int, k: int) -> int:
-    """The first step of a recomputed run's last segment (``steps`` steps, interval k): the forward
-    keeps that segment's steps for its backward, which runs first; only the steps before it are
-    run again."""
-    return (steps - 1) // k * k
-
-
-class _Run:
-    """The forward's steps of one run, from any step on: the forward runs them all, the backward
-    of a recomputed run one segment at a time, with the same calls on the same inputs (the same
-    numbers, bit for bit)."""
-
-    def __init__(self, cfg: Config, cell, x, w_ih, w_hh, bias, b_hh, gx, fused: bool):
-        self.cfg, self.cell, self.x, self.w_ih, self.w_hh, self.bias, self.gx = cfg, cell, x, w_ih, w_hh, bias, gx
-        self.step, _ = cell.steps(fused)
-        self.U = cell.unfolds(cfg)
-        self.tail = ((b_hh,) if cell.hidden_bias else ()) + cell.params(cfg)
-        self.order = range(cfg.steps - 1, -1, -1) if cfg.reverse else range(cfg.steps)
-
-    def steps(self, lo: int, hi: int, h, c):
-        """Steps lo .. hi-1 (processing order, CT-RNN sub-steps counted) from the state (h, c)
-        before step lo: yields (s, input step t, whether s ends t, (h', c', saved activations))."""
-        cfg, cell, B, U = self.cfg, self.cell, self.cfg.batch, self.U
-        g = None
-        for s in range(lo, hi):
-            t, u = self.order[s // U], s % U
-            if g is None or u == 0:  # the input part of input step t, once for its sub-steps
-                g = self.gx[:, t * B:(t + 1) * B] if self.gx is not None else \
-                    _input_part(self.w_ih, cfg.idx_ih, self.x[t], self.bias)
-            h, c, a = cell.forward_step(self.step, self.w_hh, cfg.idx_hh, g, h, c, self.tail)
-            yield s, t, u == U - 1, (h, c, a)
-
-
-def _stored(ctx, cell, y, h0, rest, order, U):
-    """The backward's buffers of a run that kept every step: one segment of all the steps, the
-    states read back from Y (no second copy), the c's and activations as saved."""
-    n_inner = len(ctx.inner_keys)
-    inner = dict(zip(ctx.inner_keys, rest[:n_inner]))
-    cs, acts = rest[n_inner:n_inner + ctx.n_c], rest[n_inner + ctx.n_c:]
-    return [(0, ctx.cfg.steps * U, {"h": _States(h0, y, inner, order, U), "c": cs, "acts": acts})]
-
-
-def _tensors(steps):
-    """The tensors of a list of steps' (h', c', activations), None left out."""
-    return [v for step in steps for v in step if v is not None]
-
-
-def _recomputed(ctx, cell, x, w_ih, w_hh, b_hh, h0, rest):
-    """The backward's buffers of a recomputed run, segment by segment from the last: each one's
-    states, c's and activations computed again from the state kept at its start, alive while
-    that segment's backward runs (the loop drops them before asking for the next)."""
-    cfg = ctx.cfg
-    c0, bias, gx, *kept = rest
-    n = len(ctx.kept)
-    starts = {0: (h0, c0)}
-    for j, s in enumerate(ctx.kept):
-        starts[s] = (kept[j], kept[n + j] if cell.cell_state else None)
-    # the last segment as the forward left it, taken once (a second backward, retain_graph,
-    # recomputes it like the others, as does one after an in-place change of an output)
-    last, ctx.last_segment = ctx.last_segment, None
-    if last is not None and [v._version for v in _tensors(last)] != ctx.last_versions:
-        last = None
-    run = _Run(cfg, cell, x, w_ih, w_hh, bias, b_hh, gx, ctx.fused)
-    S, k = cfg.steps * run.U, recomputes(cfg, cell)
-    for lo in range(last_start(S, k), -1, -k):
-        hi = min(lo + k, S)
-        h, c = starts.pop(lo)
-        hs, cs, acts = {lo: h}, {lo: c}, {}
-        if last is not None:
-            for s, (h, c, a) in enumerate(last, lo):
-                hs[s + 1], cs[s + 1], acts[s] = h, c, a
-            last = None
-        else:
-            for s, _, _, (h, c, a) in run.steps(lo, hi, h, c):
-                hs[s + 1], cs[s + 1], acts[s] = h, c, a
-        yield lo, hi, {"h": hs, "c": cs, "acts": acts}
-        del hs, cs, acts
 
 
 class Recurrence(torch.autograd.Function):
@@ -305,7 +139,7 @@ class Recurrence(torch.autograd.Function):
         k_every = recomputes(cfg, cell)
         saving = cfg.backward and any(ctx.needs_input_grad)  # anything kept for a backward
         y = h0.new_empty(T, H, B) if cfg.output or (saving and not k_every) else None  # the stored run's states
-        run = _Run(cfg, cell, x, w_ih, w_hh, bias, b_hh, gx, fused)
+        run = StepRunner(cfg, cell, x, w_ih, w_hh, bias, b_hh, gx, fused)
         keep = {}  # the states kept for recomputation: {s: (h_s, c_s)} at every k_every-th step
         # and the last segment's steps (h', c', activations): its backward comes first, so they are
         # used at once instead of recomputed, and held no longer than a recomputed one (not saved
@@ -341,7 +175,7 @@ class Recurrence(torch.autograd.Function):
         if k_every:  # x, the weights, h0 (c0), the kept states; the stacked input part (small runs)
             ctx.kept = tuple(keep)
             ctx.last_segment = last_segment or None
-            ctx.last_versions = [v._version for v in _tensors(last_segment or [])]
+            ctx.last_versions = [v._version for v in step_tensors(last_segment or [])]
             ctx.save_for_backward(x, w_ih, w_hh, b_hh if cell.hidden_bias else None, None, h0, c0, bias, gx,
                                   *(h_ for h_, _ in keep.values()),
                                   *(c_ for _, c_ in keep.values() if cell.cell_state))
@@ -374,8 +208,8 @@ class Recurrence(torch.autograd.Function):
         _, step_backward = cell.steps(ctx.fused_backward)
         idx, U, params = cfg.idx_hh, cell.unfolds(cfg), cell.params(cfg)
         order = list(range(T - 1, -1, -1)) if cfg.reverse else list(range(T))
-        segments = _recomputed(ctx, cell, x, w_ih, w_hh, b_hh, h0, rest) if ctx.kept is not None else \
-            _stored(ctx, cell, y, h0, rest, order, U)
+        segments = recomputed_segments(ctx, cell, x, w_ih, w_hh, b_hh, h0, rest) if ctx.kept is not None else \
+            stored_segments(ctx, cell, y, h0, rest, order, U)
         dh = h0.new_zeros(H, B) if dh_T is None else dh_T
         dc = None
         if cell.cell_state:
@@ -451,11 +285,13 @@ class Recurrence(torch.autograd.Function):
 
 
 # ------------------------------------------------------------------- module entry
-def recurrence(cfg: Config, x, h0, c0, w_ih, w_hh, b_ih, b_hh, sink: dict | None = None):
-    """``Recurrence.apply`` for the modules, which hand over their weights ``w_ih``, ``w_hh`` as
-    they hold them: a SparseWeight is split here, once, into its values (the Function's input)
-    and its index (filled into ``cfg``); a tensor is taken as it is, with its index in ``cfg``
-    when sparse (the Function's own form) or none when dense. ``sink``: see :class:`Recurrence`.
+def recurrence(cfg: Config, x, h0, c0, w_ih, w_hh, b_ih, b_hh, sink: dict | None = None, w_hr=None):
+    """One layer-direction on the sparse path, the engine's entry for the modules: ``Recurrence.apply``
+    for weights handed over as the modules hold them (a SparseWeight is split here, once, into its
+    values (the Function's input) and its index (filled into ``cfg``); a tensor is taken as it is,
+    with its index in ``cfg`` when sparse (the Function's own form) or none when dense). ``sink``: see
+    :class:`Recurrence`. ``w_hr``: an LSTM's projection (``proj_size``), which
+    :func:`~.projected.projected_lstm` computes instead (no fused steps, no sink).
 
     Under autocast (``torch.autocast``) a sparse recurrent layer runs in its parameters' dtype:
     the inputs and states are cast to it and autocast is off inside, so the fused step kernels
@@ -463,6 +299,8 @@ def recurrence(cfg: Config, x, h0, c0, w_ih, w_hh, b_ih, b_hh, sink: dict | None
     parameters were converted to float16/bfloat16 (``module.to(torch.bfloat16)``) runs in that
     dtype instead. (Unlike ``nn.LSTM``, which autocast runs in float16 on a GPU.) The layer's
     outputs have the parameters' dtype; autocast casts them again where the next op wants it."""
+    if w_hr is not None:
+        return projected_lstm(cfg, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh)
     check_not_torchscript()  # torch.jit.trace cannot follow the Function: say what to use instead
     if isinstance(w_ih, SparseWeight) or isinstance(w_hh, SparseWeight):
         (w_ih, idx_ih), (w_hh, idx_hh) = weight_args(w_ih, cfg.idx_ih), weight_args(w_hh, cfg.idx_hh)
@@ -477,66 +315,4 @@ def recurrence(cfg: Config, x, h0, c0, w_ih, w_hh, b_ih, b_hh, sink: dict | None
     with torch.autocast(dev, enabled=False):
         return Recurrence.apply(cfg, cast(x), cast(h0), cast(c0), w_ih, w_hh, b_ih, b_hh, sink)
 
-
-# ------------------------------------- growth by gradient: the modules' side of the sink
-class RecordsGradFactors:
-    """The growth-by-gradient protocol of :mod:`sparse_engine.training.grad_factors` for the
-    recurrent modules: while ``record_grad_factors`` is True, each layer-direction's backward
-    keeps the (G, X) its sddmm uses (dL/dW = G X^T), and ``dense_grad_factors(name)`` returns
-    them for ``weight_ih*``/``weight_hh*``. Nothing is kept otherwise."""
-
-    record_grad_factors = False
-
-    def _factor_sink(self, suffix: str, first: bool = True) -> dict | None:
-        """The dict a layer-direction's backward fills with its (G, X) (the ``sink`` of
-        :func:`recurrence`), None
-        unless recording. ``first=False`` adds a part for a further run of the same
-        layer-direction in one forward (the length groups of a PackedSequence); the parts are read
-        back concatenated along the columns (dL/dW = sum over parts of G X^T)."""
-        if not self.record_grad_factors:
-            self.__dict__.pop("_grad_factor_store", None)
-            return None
-        parts = self.__dict__.setdefault("_grad_factor_store", {}).setdefault(suffix, [{}])
-        if first:
-            del parts[1:]  # the further parts of an earlier forward
-            return parts[0]
-        parts.append({})
-        return parts[-1]
-
-    def dense_grad_factors(self, name: str):
-        for kind in ("ih", "hh"):
-            if name.startswith(f"weight_{kind}"):
-                parts = self.__dict__.get("_grad_factor_store", {}).get(name[len(f"weight_{kind}"):], [])
-                got = [part[kind] for part in parts if kind in part]
-                if len(got) <= 1:
-                    return got[0] if got else None
-                return tuple(torch.cat(factor, 1) for factor in zip(*got))
-        raise ValueError(f"name must name a weight_ih*/weight_hh* matrix, got {name!r}")
-
-
-# ------------------------------------------------------------- LSTM with a projection
-def projected_lstm(cfg: Config, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh, idx_hr=None):
-    """An LSTM layer-direction with ``proj_size`` (torch's ``nn.LSTM(proj_size=P)``): per step
-    c' = f c + i g, h' = W_hr (o tanh c'), so the recurrent product takes the P-dimensional h.
-    Step-major like :class:`Recurrence`: x (T x I x B), h0 (P x B), c0 (H x B) ->
-    (Y (T x P x B), h_T, c_T). The weights as :func:`recurrence` takes them (W_hr's index, when
-    it is given as values, in ``idx_hr``).
-
-    Composed from the differentiable products (``spmm``/``sddmm`` through their registered
-    autograd formulas, or ``@`` for a dense matrix) and torch's elementwise ops under plain autograd:
-    the fused step kernels have no projection, so this costs one sddmm per step and weight
-    instead of one per sequence. Growth by gradient has no factors here (see ``SparseLSTM``)."""
-    T = cfg.steps
-    (w_ih, idx_ih), (w_hh, idx_hh) = weight_args(w_ih, cfg.idx_ih), weight_args(w_hh, cfg.idx_hh)
-    w_hr, idx_hr = weight_args(w_hr, idx_hr)
-    bias = None if b_ih is None else (b_ih + b_hh)[:, None]
-    h, c = h0, c0
-    out = [None] * T
-    for t in (range(T - 1, -1, -1) if cfg.reverse else range(T)):
-        gx = mm(w_ih, idx_ih, x[t])
-        g = (gx if bias is None else gx + bias) + mm(w_hh, idx_hh, h)
-        i, f, gg, o = g.chunk(4)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(gg)
-        h = mm(w_hr, idx_hr, torch.sigmoid(o) * torch.tanh(c))
-        out[t] = h
-    return torch.stack(out), h, c
+__getattr__ = _moved.old_name(__name__)  # its old names, answered with a warning (sparse_engine._moved)

@@ -7,7 +7,7 @@ and torch's fused LSTM/GRU/RNN runs the whole sequence in C++. ``compute="dense"
 each forward writes every sparse weight's values into a dense matrix (:func:`materialize_all`;
 its backward reads the dense gradient at the stored positions only: the values get exactly the
 gradient of the sparse path) and calls torch's recurrence (``torch.lstm``, ... ; the GRU on the
-CPU through :mod:`sparse_engine.nn.dense_rnn`) on those matrices. The dense matrix of each weight
+CPU through :mod:`sparse_engine.recurrent.dense_gru`) on those matrices. The dense matrix of each weight
 is a buffer kept between forwards (per thread, while nothing else holds it; its size counts in
 the budget), written at each forward with a gradient and, without one, only when the values
 changed; ``state_dict``, checkpoints and the topology controllers see only the CSR weight.
@@ -38,6 +38,7 @@ import weakref
 import torch
 
 from ..sparse import SparseWeight
+from . import dense_gru
 
 _ops = torch.ops.sparse_engine
 
@@ -125,7 +126,7 @@ def dense_by_sizes(mode: str | None, entries: int, nnz: int, itemsize: int, hidd
                    device_type: str = "cpu") -> bool:
     """:func:`use_dense` from sizes alone: ``entries`` (rows x cols) and ``nnz`` summed over the
     module's sparse matrices, whose values take ``itemsize`` bytes each. The memory model
-    (:mod:`sparse_engine.nn.memory`) asks this without building the module."""
+    (:mod:`sparse_engine.memory`) asks this without building the module."""
     mode = _state["compute"] if mode is None else mode
     if mode == "sparse":
         return False
@@ -203,6 +204,30 @@ def materialize_all(weights) -> list:
         for i, d in zip(positions, dense if len(positions) > 1 else (dense,)):
             out[i] = d
     return out
+
+
+#: torch's fused recurrences, what ``nn.RNN``/``nn.LSTM``/``nn.GRU`` call (oneDNN/MKL on the CPU, cuDNN on CUDA)
+_DENSE_FUNCTIONS = {"RNN_TANH": torch.rnn_tanh, "RNN_RELU": torch.rnn_relu, "LSTM": torch.lstm, "GRU": torch.gru}
+
+
+def dense_recurrence(mode: str, x: torch.Tensor, h0: torch.Tensor, c0, weights, bias: bool, num_layers: int,
+                     dropout: float, training: bool, bidirectional: bool, fused: bool, batch_sizes=None):
+    """The dense path's whole stack: torch's own fused recurrence (``torch.lstm``/``gru``/``rnn_tanh``/
+    ``rnn_relu``) on ``weights`` (torch's flat order; SparseWeights materialised for this forward,
+    :func:`materialize_all`), or on the CPU with ``fused`` the GRU of :mod:`.dense_gru`. From
+    checked states: (output time-major (T, B, D*H) (a PackedSequence's data with ``batch_sizes``),
+    h_n, c_n or None). The gradient reaches each SparseWeight's values at its stored positions only.
+    Called directly, not through an ``nn.LSTM`` (``functional_call`` on a meta-device skeleton):
+    that module's Python repeats the modules' checks and took about 0.1 ms per call at hidden 200,
+    a twentieth of the inference."""
+    weights = materialize_all(weights)  # the sparse ones written into their dense buffers
+    hx = (h0, c0) if mode == "LSTM" else h0
+    args = (weights, bias, num_layers, dropout, training, bidirectional)
+    if mode == "GRU" and fused and batch_sizes is None and dense_gru.fused_gru_applies(x):
+        return (*dense_gru.gru(x, hx, *args), None)  # torch's GRU, each layer's steps fused
+    run = _DENSE_FUNCTIONS[mode]
+    res = run(x, hx, *args, False) if batch_sizes is None else run(x, batch_sizes, hx, *args)
+    return res[0], res[1], (res[2] if mode == "LSTM" else None)
 
 
 def _read(grad, row_ptr, col_idx, bits) -> torch.Tensor:

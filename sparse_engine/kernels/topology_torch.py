@@ -1,5 +1,5 @@
-"""The CUDA kernels of the topology operators, written with PyTorch's own tensor primitives:
-``<op>_cuda`` here is the twin of ``<op>_cpu`` in ``csrc/cpu/topology_cpu.cpp`` (the OpenMP C++
+"""The topology operators written with PyTorch's own tensor primitives, their kernels on CUDA and on
+every device without a C++ kernel of its own: ``<op>_torch`` here is the twin of ``<op>_cpu`` in ``csrc/cpu/topology_cpu.cpp`` (the OpenMP C++
 CPU kernel) for ``sparse_engine::select_smallest``, ``set_prune``, ``compact``,
 ``random_empty``, ``merge``, ``remap_index``, ``gather_or_zero``, ``coo_dot``, ``grad_topk`` and
 ``rewire`` (the steps of one update chained in one call).
@@ -31,15 +31,16 @@ import math
 
 import torch
 
-from ..sparse.csr import check_dtype as _dtype
-from ..sparse.csr import ANY_COLUMN as _ANY_COLUMN
-from ..sparse.csr import check_index as _check_csr
-from ..sparse.csr import check_pattern as _check_pattern
-from ..sparse.csr import check_same_device as _same_device
-from ..sparse.csr import check_tensor as _tensor
+from .. import _moved
+from .checks import check_dtype as _dtype
+from .checks import ANY_COLUMN as _ANY_COLUMN
+from .checks import check_index as _check_csr
+from .checks import check_pattern as _check_pattern
+from .checks import check_same_device as _same_device
+from .checks import check_tensor as _tensor
 
-__all__ = ["select_smallest_cuda", "set_prune_cuda", "compact_cuda", "random_empty_cuda", "merge_cuda",
-           "remap_index_cuda", "gather_or_zero_cuda", "coo_dot_cuda", "grad_topk_cuda", "rewire_cuda", "OPS"]
+__all__ = ["select_smallest_torch", "set_prune_torch", "compact_torch", "random_empty_torch", "merge_torch",
+           "remap_index_torch", "gather_or_zero_torch", "coo_dot_torch", "grad_topk_torch", "rewire_torch", "OPS"]
 
 _FLOATS = (torch.float32, torch.float64)
 _INT32_MAX = 2**31 - 1
@@ -92,7 +93,7 @@ def _stable_smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------- selection
-def select_smallest_cuda(scores: torch.Tensor, k: int) -> torch.Tensor:
+def select_smallest_torch(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Bool mask of the ``k`` smallest scores (ties: lower index). One stable radix sort."""
     _float(scores, "scores")
     if scores.dim() != 1:
@@ -107,7 +108,7 @@ def select_smallest_cuda(scores: torch.Tensor, k: int) -> torch.Tensor:
     return out
 
 
-def set_prune_cuda(values: torch.Tensor, zeta: float) -> torch.Tensor:
+def set_prune_torch(values: torch.Tensor, zeta: float) -> torch.Tensor:
     """SET keep mask: drops round(zeta * P) of the P positive values nearest zero and, separately,
     round(zeta * N) of the N negative ones nearest zero, and every exact zero."""
     _float(values, "values")
@@ -126,7 +127,7 @@ def set_prune_cuda(values: torch.Tensor, zeta: float) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------- compaction
-def compact_cuda(row_ptr, col_idx, values, keep):
+def compact_torch(row_ptr, col_idx, values, keep):
     """(row_ptr, col_idx, values, kept_pos) of the CSR holding only the entries with keep[k];
     kept_pos[j] is the old position of new entry j. A scan of keep gives the new row_ptr."""
     rows, nnz = _check_pattern(row_ptr, col_idx, _ANY_COLUMN)  # columns copied as they are
@@ -168,7 +169,7 @@ def _random_subset(total: int, n: int, gen: torch.Generator, dev: torch.device) 
     return got
 
 
-def random_empty_cuda(row_ptr, col_idx, n_cols: int, n: int, seed: int):
+def random_empty_torch(row_ptr, col_idx, n_cols: int, n: int, seed: int):
     """Exactly ``n`` distinct positions drawn uniformly from the empty positions of the pattern,
     as (rows int64, cols int32) sorted by (row, col); deterministic given ``seed`` and the device.
 
@@ -198,7 +199,7 @@ def random_empty_cuda(row_ptr, col_idx, n_cols: int, n: int, seed: int):
 
 
 # ----------------------------------------------------------------------- merge
-def merge_cuda(row_ptr, col_idx, values, n_cols: int, new_row, new_col, new_values):
+def merge_torch(row_ptr, col_idx, values, n_cols: int, new_row, new_col, new_values):
     """Inserts new entries (sorted by (row, col), unique, at empty positions; anything else is a
     ValueError) keeping every row sorted: (row_ptr, col_idx, values, old_pos, new_pos). Both
     key lists are sorted, so an entry's merged position is its own index plus the number of
@@ -249,7 +250,7 @@ def merge_cuda(row_ptr, col_idx, values, n_cols: int, new_row, new_col, new_valu
 
 
 # ----------------------------------------------------------------------- state remap
-def remap_index_cuda(kept_pos, old_pos, new_nnz: int) -> torch.Tensor:
+def remap_index_torch(kept_pos, old_pos, new_nnz: int) -> torch.Tensor:
     """origin[p]: old position of the entry now at p, -1 for a new entry."""
     if _tensor(kept_pos, "kept_pos").dtype != torch.int64 or _tensor(old_pos, "old_pos").dtype != torch.int64:
         raise TypeError("kept_pos and old_pos must be int64")
@@ -265,7 +266,7 @@ def remap_index_cuda(kept_pos, old_pos, new_nnz: int) -> torch.Tensor:
     return origin
 
 
-def gather_or_zero_cuda(t, origin) -> torch.Tensor:
+def gather_or_zero_torch(t, origin) -> torch.Tensor:
     """out[p] = t[origin[p]] (whole trailing slices, any dtype), zero where origin[p] < 0."""
     if _tensor(origin, "origin").dtype != torch.int64:
         raise TypeError("origin must be int64")
@@ -289,7 +290,7 @@ def _check_factors(G, X) -> None:
         raise TypeError("X must have the dtype of G")
 
 
-def coo_dot_cuda(rows, cols, G, X) -> torch.Tensor:
+def coo_dot_torch(rows, cols, G, X) -> torch.Tensor:
     """out[j] = dot(G[rows[j], :], X[cols[j], :]), in chunks of about 2^22 (CPU) or 2^26 (other
     devices) gathered elements per factor."""
     _dtype(rows, "rows", torch.int64)
@@ -322,7 +323,7 @@ def _best(mag, key, grad, k):
     return mag[order], key[order], grad[order]
 
 
-def grad_topk_cuda(row_ptr, col_idx, G, X, k: int, tile_rows: int, tile_cols: int):
+def grad_topk_torch(row_ptr, col_idx, G, X, k: int, tile_rows: int, tile_cols: int):
     """The k empty positions with the largest |(G X^T)[i, j]| (ties to the lower linear key;
     NaN never selected), sorted by (row, col), with their signed gradient: (rows int64, cols
     int32, grads). One GEMM per tile_rows x tile_cols tile; stored entries of the tile are
@@ -395,7 +396,7 @@ def grad_topk_cuda(row_ptr, col_idx, G, X, k: int, tile_rows: int, tile_cols: in
 
 # ----------------------------------------------------------------------- one update
 def _grow(row_ptr, col_idx, n_cols, grow_row, grow_col, G, X, n, seed, tile_rows, tile_cols, sample_factor):
-    """The growth of :func:`rewire_cuda` on the compacted pattern (see the CPU kernel's)."""
+    """The growth of :func:`rewire_torch` on the compacted pattern (see the CPU kernel's)."""
     given, by_gradient = grow_row is not None or grow_col is not None, G is not None or X is not None
     if given and by_gradient:
         raise ValueError("give the positions (grow_row, grow_col) or the factors (G, X), not both")
@@ -408,24 +409,24 @@ def _grow(row_ptr, col_idx, n_cols, grow_row, grow_col, G, X, n, seed, tile_rows
             raise ValueError("grow_row and grow_col must be 1-D of the same length")
         return grow_row, grow_col
     if not by_gradient:
-        return random_empty_cuda(row_ptr, col_idx, n_cols, n, seed)
+        return random_empty_torch(row_ptr, col_idx, n_cols, n, seed)
     if G is None or X is None:
         raise ValueError("G and X must be given together")
     if _tensor(X, "X").dim() != 2 or X.shape[0] != n_cols:
         raise ValueError(f"X must be 2-D with n_cols={n_cols} rows, got shape {list(X.shape)}")
     if sample_factor == 0:
-        return grad_topk_cuda(row_ptr, col_idx, G, X, n, tile_rows, tile_cols)[:2]
+        return grad_topk_torch(row_ptr, col_idx, G, X, n, tile_rows, tile_cols)[:2]
     if sample_factor < 0:
         raise ValueError(f"sample_factor must be >= 0 (0: exact growth), got {sample_factor}")
     empty = (row_ptr.numel() - 1) * n_cols - col_idx.numel()
     if not 0 <= n <= empty:
         raise ValueError(f"k must be in [0, {empty}] (the empty positions), got {n}")
-    cr, cc = random_empty_cuda(row_ptr, col_idx, n_cols, min(empty, sample_factor * n), seed)
-    pick = select_smallest_cuda(coo_dot_cuda(cr, cc, G, X).abs().neg(), n)
+    cr, cc = random_empty_torch(row_ptr, col_idx, n_cols, min(empty, sample_factor * n), seed)
+    pick = select_smallest_torch(coo_dot_torch(cr, cc, G, X).abs().neg(), n)
     return cr[pick], cc[pick]
 
 
-def rewire_cuda(row_ptr, col_idx, values, n_cols: int, keep, grow_row, grow_col, G, X, n_grow: int, seed: int,
+def rewire_torch(row_ptr, col_idx, values, n_cols: int, keep, grow_row, grow_col, G, X, n_grow: int, seed: int,
                 tile_rows: int, tile_cols: int, sample_factor: int, keep_regrown: bool, carry):
     """One update of a layer: compact, grow (given positions, by gradient, or random), merge with new
     values 0, and every tensor of ``carry`` in the new order: (row_ptr, col_idx, values, src, dst,
@@ -436,7 +437,7 @@ def rewire_cuda(row_ptr, col_idx, values, n_cols: int, keep, grow_row, grow_col,
     for i, t in enumerate(carry):
         if t.dim() < 1 or t.shape[0] != col_idx.numel():
             raise ValueError(f"carry[{i}] must have first dimension nnz={col_idx.numel()}, got shape {list(t.shape)}")
-    rp, ci, v, kept = compact_cuda(row_ptr, col_idx, values, keep)
+    rp, ci, v, kept = compact_torch(row_ptr, col_idx, values, keep)
     nr, nc = _grow(rp, ci, n_cols, grow_row, grow_col, G, X, n_grow, seed, tile_rows, tile_cols, sample_factor)
     if keep_regrown and nr.numel():
         keys = _keys(row_ptr, col_idx, n_cols)
@@ -444,19 +445,21 @@ def rewire_cuda(row_ptr, col_idx, values, n_cols: int, keep, grow_row, grow_col,
         back = ~keep & torch.isin(keys, new_keys)
         if bool(back.any()):
             fresh = ~torch.isin(new_keys, keys[back])
-            rp, ci, v, kept = compact_cuda(row_ptr, col_idx, values, keep | back)
+            rp, ci, v, kept = compact_torch(row_ptr, col_idx, values, keep | back)
             nr, nc = nr[fresh], nc[fresh]
-    rp, ci, v, old_pos, new_pos = merge_cuda(rp, ci, v, n_cols, nr, nc, v.new_zeros(nr.numel()))
+    rp, ci, v, old_pos, new_pos = merge_torch(rp, ci, v, n_cols, nr, nc, v.new_zeros(nr.numel()))
     carried = []
     if len(carry):
-        origin = remap_index_cuda(kept, old_pos, v.numel())
-        carried = [gather_or_zero_cuda(t, origin) for t in carry]
+        origin = remap_index_torch(kept, old_pos, v.numel())
+        carried = [gather_or_zero_torch(t, origin) for t in carry]
     return rp, ci, v, kept, old_pos, new_pos, nr, nc, carried
 
 
 # ----------------------------------------------------------------------- by operator
 #: The kernels by operator name (``torch.ops.sparse_engine.<name>``); :mod:`sparse_engine.kernels.library`
 #: registers them as the operators' kernels on every device but the CPU.
-OPS = {f.__name__.removesuffix("_cuda"): f for f in (
-    select_smallest_cuda, set_prune_cuda, compact_cuda, random_empty_cuda, merge_cuda, remap_index_cuda,
-    gather_or_zero_cuda, coo_dot_cuda, grad_topk_cuda, rewire_cuda)}
+OPS = {f.__name__.removesuffix("_torch"): f for f in (
+    select_smallest_torch, set_prune_torch, compact_torch, random_empty_torch, merge_torch, remap_index_torch,
+    gather_or_zero_torch, coo_dot_torch, grad_topk_torch, rewire_torch)}
+
+__getattr__ = _moved.old_name(__name__)  # its old names, answered with a warning (sparse_engine._moved)

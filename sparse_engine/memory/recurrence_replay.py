@@ -1,5 +1,5 @@
 """The memory model's replay of one ``Recurrence`` call (a layer-direction over a sequence,
-:mod:`sparse_engine.nn.recurrence`): what its forward allocates and keeps, what its backward
+:mod:`sparse_engine.recurrent.sequence`): what its forward allocates and keeps, what its backward
 allocates, in the order it does, into a :class:`Ledger` of live bytes by kind. The whole step
 (the stack of layers, the head, the optimizer) is :mod:`.memory_step`; the public API :mod:`.memory`.
 
@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .products import UNTRANSPOSE_CHUNK
-from .recurrence import last_start
+from ..kernels.constants import UNPADDED_BELOW
+from ..recurrent.products import UNTRANSPOSE_CHUNK
+from ..recurrent.recompute import last_start
 
 #: What the ledger keeps apart: parameters' values (sparse values, dense matrices, biases),
 #: the sparse index (CSR and transposed), parameter gradients, optimizer state, what the forward
@@ -25,9 +26,6 @@ from .recurrence import last_start
 KINDS = ("weights", "index", "gradients", "optimizer", "activations", "workspace", "batch")
 PHASES = ("forward", "backward", "optimizer")
 
-#: csrc/cpu/gather.h: spmm / spmm_t read their dense source unpadded below this many entries per
-#: source row (kUnpaddedBelow), padded copies of it from there on
-_UNPADDED_BELOW = 192
 #: the CUDA caching allocator's rounding of every block
 _CUDA_BLOCK = 512
 
@@ -135,7 +133,7 @@ class Run:
         product is torch's (no copies)."""
         if nnz is None:
             return 0
-        return self.copies(rows, cols, strided, not (self.e >= 4 and nnz < _UNPADDED_BELOW * rows))
+        return self.copies(rows, cols, strided, not (self.e >= 4 and nnz < UNPADDED_BELOW * rows))
 
     def unpadded_sddmm(self) -> bool:
         """sddmm reads float32 unpadded on an AVX2+FMA build (kUnpaddedF32)."""

@@ -5,7 +5,7 @@ A weight reaches the kernels as the raw operators take it, ``(values, index)``: 
 values (through its parametrization, if any) and its five index tensors (``SparseWeight.index``),
 or a dense matrix and ``None`` (:func:`weight_args`). :func:`mm`, :func:`mm_t`, :func:`wgrad` and
 :func:`transposed` take that pair: inside the recurrence's autograd.Function, where the values are
-the Function's inputs and the index travels in its ``Config`` (:mod:`sparse_engine.nn.recurrence`),
+the Function's inputs and the index travels in its ``Config`` (:mod:`sparse_engine.recurrent.sequence`),
 and in :func:`matmul`, the product the composed models (RHN, ON-LSTM, the ODE-RNN, the language
 models) differentiate under plain autograd. The sparse products are the operators
 ``torch.ops.sparse_engine.{spmm,spmm_t,sddmm}`` (autograd formulas in ``csrc/autograd.cpp``), the

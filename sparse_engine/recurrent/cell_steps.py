@@ -4,7 +4,7 @@ composed step and step-backward, behind one calling convention.
 Feature-major throughout (states (H x B), gate blocks of H rows stacked in torch's order, see
 :data:`sparse_engine.kernels.constants.GATE_NAMES`). A weight is either sparse (``values`` plus the 5
 index tensors of a SparseWeight) or dense (an ordinary matrix, index ``None``): the pair
-:func:`sparse_engine.nn.products.weight_args` makes, whose products (:mod:`.products`) the composed
+:func:`sparse_engine.recurrent.products.weight_args` makes, whose products (:mod:`.products`) the composed
 steps call. Which of a cell's two steps runs, for each direction, is decided here once per run
 (:func:`fused_steps`).
 
@@ -15,7 +15,7 @@ the same), with ``(w, idx)`` in place of ``(*idx, w)``::
     step_backward(w, idx, *saved, dh, [dc], *params, values_t=None)
                                                          -> ([dgx], dG, dh_prev, [dc_prev])
 
-(``values_t``: W_hh's values in column order, :func:`~sparse_engine.nn.products.transposed`, made
+(``values_t``: W_hh's values in column order, :func:`~sparse_engine.recurrent.products.transposed`, made
 once per sequence.)
 
 ``[c]``/``[dc]`` only for a cell with a cell state (LSTM), ``[b_hh]`` only where the hidden
@@ -24,7 +24,7 @@ from the hidden-side one (GRU); ``saved`` are the forward's buffers the backward
 (:attr:`Cell.saved`) and ``params`` the cell's scalars (:attr:`Cell.params`). A composed step is
 written with the same torch ops in the same order as before; :meth:`Cell.forward_step` and
 :meth:`Cell.backward_step` unpack either kind the same way, so the loops of
-:class:`~sparse_engine.nn.recurrence.Recurrence` do not branch per mode.
+:class:`~sparse_engine.recurrent.sequence.Recurrence` do not branch per mode.
 """
 from __future__ import annotations
 
@@ -247,7 +247,7 @@ def fused_ok(cfg, w_hh: torch.Tensor) -> bool:
 
 def fused_steps(cfg, w_hh: torch.Tensor) -> tuple[bool, bool]:
     """(forward, backward): whether each direction of a run's step is the fused op (else the
-    composed step), for the run's :class:`~sparse_engine.nn.recurrence.Config` and W_hh's values
+    composed step), for the run's :class:`~sparse_engine.recurrent.sequence.Config` and W_hh's values
     (or dense matrix) ``w_hh``: the one place that decides. Where the fused ops apply
     (:func:`fused_ok`) and, on the CPU, where the measured rule
     :func:`sparse_engine.kernels.choose.choose_fused` expects the fused op to be faster than the

@@ -13,11 +13,12 @@ import torch
 
 from ..kernels.choose import choose_fused
 from ..kernels.constants import GATES, SAVED_ACTS
-from .cell_table import CELLS, FUSED_DTYPES, has_fused_kernels
-from .compute import dense_by_sizes
-from .memory_recurrence import Ledger, Run, run_backward, run_forward, transpose_buffer
-from .recurrence import Config, stacks
-from .weights import sparse_flags
+from ..nn.weights import sparse_flags
+from ..recurrent.cell_steps import CELLS, FUSED_DTYPES, has_fused_kernels
+from ..recurrent.compute_paths import dense_by_sizes
+from ..recurrent.config import Config
+from ..recurrent.sequence import stacks
+from .recurrence_replay import Ledger, Run, run_backward, run_forward, transpose_buffer
 
 OPTIMIZERS = ("adam", "sgd", "sgd-momentum")
 #: The modes of the modules (SparseRNN's nonlinearity is the mode's tail).

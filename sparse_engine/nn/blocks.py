@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..sparse import SparseWeight
-from .products import matmul
+from ..recurrent import matmul
 from .sequences import initial_state, sequence_input
 from .weights import check_dropout, init_values_uniform
 

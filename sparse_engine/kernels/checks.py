@@ -3,7 +3,7 @@ the C++ kernels' checks (``csrc/checks.h``, ``csrc/index_check.h``), worded like
 
 * :func:`check_index`: what a kernel needs before it reads an index (tensors, dtypes row_ptr
   int64 and col_idx int32, 1-D, one device, the two ends of row_ptr: one sync). The
-  torch-primitive kernels (:mod:`sparse_engine.kernels.topology_cuda`) call it.
+  torch-primitive kernels (:mod:`sparse_engine.kernels.topology_torch`) call it.
 * :func:`check_pattern`: :func:`check_index` plus the content of the pattern that a kernel reading
   it whole relies on (row_ptr non-decreasing, every column in range, and where asked sorted and
   unique columns in each row), worded like the C++ check (``check_csr_content``); the

@@ -36,8 +36,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from .memory_recurrence import KINDS, PHASES
-from .memory_step import MODES, OPTIMIZERS, Head, RecurrentSizes, check_args, replay
+from .recurrence_replay import KINDS, PHASES
+from .step_replay import MODES, OPTIMIZERS, Head, RecurrentSizes, check_args, replay
 
 __all__ = ["KINDS", "PHASES", "OPTIMIZERS", "RecurrentSizes", "Head", "MemoryBreakdown", "MemoryBudgetError",
            "sizes_of", "predict", "recompute_for_budget", "largest_hidden", "evaluation_peak", "parse_size",

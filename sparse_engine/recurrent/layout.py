@@ -1,0 +1,32 @@
+"""The recurrence's step-major output (T, F, B) turned into torch's time-major (T, B, F) layout,
+differentiably (:func:`batch_rows`): the modules call it once per sequence, not once per step."""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["batch_rows"]
+
+
+def batch_rows(y: torch.Tensor) -> torch.Tensor:
+    """(T, F, B) step-major -> (T, B, F) contiguous, torch's time-major layout, differentiably:
+    one 2-D transpose per step (torch's blocked transpose copy; a 3-D ``transpose(1, 2).contiguous()``
+    copies element by element, about 3x slower at hidden 100k)."""
+    return _BatchRows.apply(y)
+
+
+def _transpose_steps(a: torch.Tensor) -> torch.Tensor:
+    out = a.new_empty(a.shape[0], a.shape[2], a.shape[1])
+    for t in range(a.shape[0]):
+        out[t].copy_(a[t].t())
+    return out
+
+
+class _BatchRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y):
+        return _transpose_steps(y.contiguous())
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        return _transpose_steps(g.contiguous())
