@@ -168,7 +168,7 @@ static PyObject* parallel_work(PyObject*, PyObject*) {
 }
 
 // sparse_engine._C._set_tiling(from_bytes, panel_bytes, from_row_bytes): the cache tiling of the CPU
-// gathers (csrc/cpu/gather.h, gather_panels), for tests that run the tiled kernels on small inputs
+// gathers (csrc/cpu/tiling.h, gather_panels), for tests that run the tiled kernels on small inputs
 // and benchmarks that compare; returns the bounds in force before, as the same triple.
 static PyObject* set_tiling(PyObject*, PyObject* args) {
   long long from_bytes = 0, panel_bytes = 0, from_row_bytes = 0;

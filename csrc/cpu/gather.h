@@ -4,8 +4,8 @@
 // The batch is cut into blocks of a whole number of 32-byte units (pad_unit: 8 floats, 4
 // doubles, 16 halves), so every block width is a compile-time constant (1 to 8 units, see
 // wide_block) and a batch of up to 64 floats is one pass over the row's nonzeros with its
-// accumulators in vector registers, whatever B is (B = 20 used to be a 16-wide pass and a scalar
-// 4-wide pass, half MKL's speed). float/double accumulate in GCC vector types (vec_t), which
+// accumulators in vector registers, whatever B is (a 16-wide pass and a scalar 4-wide pass for
+// B = 20 ran at half MKL's speed). float/double accumulate in GCC vector types (vec_t), which
 // stay in registers. The last block reads past B in no row: a copy padded with zeros to whole
 // units (padded_batch), or for spmm and spmm_t with fewer than kUnpaddedBelow entries per source
 // row the float/double source as it is, its last vector read with a masked load (gather_source). Each output is
@@ -20,14 +20,13 @@
 #if defined(__AVX2__)
 #include <immintrin.h>
 #endif
-#include <unistd.h>
 #include <algorithm>
-#include <atomic>
 #include <limits>
 #include <utility>
 #include <vector>
 #include "common.h"
 #include "storage.h"
+#include "tiling.h"
 
 namespace sparse_engine {
 
@@ -63,10 +62,9 @@ inline at::Tensor padded_batch(const at::Tensor& t, int64_t stride) {
 // two threads, B = 20, spmm, padded against unpadded: 4,096 / 0.1% (4 entries per source row)
 // 48 against 28 us; 4,096 / 1% (41) 146 against 121; 4,096 / 3% (123) 321 against 323; 16,384 /
 // 1% (164) 2,005 against 1,880; 4,096 / 5% (205) 474 against 547. So the source is read as it is
-// below kUnpaddedBelow entries per source row, and float16/bfloat16 always padded (their
-// widening reads whole units). The sums are the same either way (the padding lanes add zeros,
-// the masked ones nothing).
-inline constexpr int64_t kUnpaddedBelow = 192;
+// below kUnpaddedBelow entries per source row (csrc/constants.h: the memory model replays these
+// copies), and float16/bfloat16 always padded (their widening reads whole units). The sums are the
+// same either way (the padding lanes add zeros, the masked ones nothing).
 
 template <typename S>
 inline std::pair<at::Tensor, int64_t> gather_source(const at::Tensor& t, int64_t stride, int64_t nnz) {
@@ -249,8 +247,8 @@ constexpr int max_block() { return 4 * pad_unit<S>(); }
 
 // The widest block of gather_rows (spmm, spmm_t): 64 float or 32 double accumulators (8 AVX2
 // registers): 8 units of a 4- or 8-byte type, 4 of a 2-byte one (widened to float). A batch
-// of 40 (SET-MLP's) is one pass over the gathered rows; with 4-unit blocks it was a 32-wide
-// pass and an 8-wide pass that gathered every row a second time (at 333,333 x 333,333,
+// of 40 (SET-MLP's) is one pass over the gathered rows; 4-unit blocks would make it a 32-wide
+// pass and an 8-wide pass that gather every row a second time (at 333,333 x 333,333,
 // epsilon 13, B = 40, one thread, huge pages: spmm 11% and spmm_t 9% faster, measured).
 template <typename S>
 constexpr int wide_block() { return (kIsHalf<S> ? 4 : 8) * pad_unit<S>(); }
@@ -444,55 +442,6 @@ auto row_range(int units, bool fetch) {
 // 1,024 / 5%, B = 20: 79 -> 74 us without, one thread; no difference measured at 4,096 / 1-5%
 // and 16,384 / 1%).
 inline constexpr int64_t kPrefetchFromBytes = int64_t(512) << 10;
-
-// Cache tiling of the gathers from a large source (the activations of a layer of 10^5-10^6 units):
-// every nonzero gathers a random source row, and once the source outgrows the last-level cache
-// each gather is a trip to memory. From kTileFromBytes of source the rows are taken in panels of
-// about kPanelBytes (whole source rows), every output row consuming one panel before the next
-// is loaded, so its gathers hit the cache; each output row's sum is carried across panels in the
-// output itself (written by the first panel, added to by the others), which costs one pass over
-// the output per panel. Measured on a 2-core AMD EPYC VM (32 MB L3), random 96-byte rows from a
-// table of 80 MB 10.3 GB/s, 16 MB 25 GB/s, 8 MB 28 GB/s (benchmarks/floor.py). The entries of a
-// row in a panel are those up to its first entry at a later panel's source row: any order of
-// columns is summed exactly once (the last panel takes every entry left), sorted rows are what
-// makes the panels' entries contiguous. The sum of a row is then taken panel by panel, so a tiled
-// product rounds differently from an untiled one (within float tolerance; every tiled call on
-// any thread count gives the same bits). float/double with B > 1 only (a 2-byte output would be
-// rounded between panels). Both bounds can be lowered for tests: sparse_engine._C._set_tiling.
-//
-// Where it pays (benchmarks/results/floor_cpu.md, 2 threads, the same run): SET-MLP's 333,333-unit
-// layer at B = 40 (51 MiB of 160-byte rows, 4 panels) spmm and spmm_t 1.47x, sddmm 1.22x faster;
-// rows of B = 20 floats (96 bytes padded) lost: 1,048,576 square at 32 per row 0.94x (spmm) and
-// 0.73x (sddmm), the LSTM step at hidden 10^6 0.58x. So rows of fewer than kTileFromRowBytes stay
-// untiled: per (row, panel) they gather too little to pay the row's pass over its output.
-//
-// The bound is the larger of 32 MiB and the last-level cache the OS reports
-// (sysconf(_SC_LEVEL3_CACHE_SIZE)): a source that fits it is gathered from the cache untiled. Measured on
-// an Intel Xeon VM reporting 480 MiB of L3 (floor_cpu_xeon.md), SET-MLP's 51 MiB layer ran 0.6-0.75x
-// as fast tiled as untiled (random 160-byte rows from 64 MiB at 24 GB/s there, against 10 GB/s
-// from 80 MiB on the AMD VM's 32 MiB L3, where tiling won 1.22-1.47x).
-inline int64_t last_level_cache_bytes() {
-#if defined(_SC_LEVEL3_CACHE_SIZE)  // glibc's; elsewhere 0 (the 32 MiB bound)
-  const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
-  return l3 > 0 ? static_cast<int64_t>(l3) : 0;
-#else
-  return 0;
-#endif
-}
-inline std::atomic<int64_t> kTileFromBytes{std::max<int64_t>(int64_t(32) << 20, last_level_cache_bytes())};
-inline std::atomic<int64_t> kPanelBytes{int64_t(16) << 20};
-inline std::atomic<int64_t> kTileFromRowBytes{128};
-
-// How many panels the gathers from a source of src_rows rows (stride elements each) take: 1 (untiled)
-// below kTileFromBytes or kTileFromRowBytes, for a 2-byte type and for B = 1.
-template <typename S>
-inline int64_t gather_panels(int64_t src_rows, int64_t stride, int64_t B) {
-  const int64_t row = stride * static_cast<int64_t>(sizeof(S)), bytes = src_rows * row;
-  if (kIsHalf<S> || B <= 1 || src_rows < 2 || bytes < kTileFromBytes.load() || row < kTileFromRowBytes.load())
-    return 1;
-  const int64_t panel = std::max<int64_t>(1, kPanelBytes.load());
-  return std::min(src_rows, (bytes + panel - 1) / panel);
-}
 
 // src: src_rows x stride (padded, gather.h), or for float/double src_rows x B (ld = B: not
 // padded, its last block read with masked loads); out: n x B. Tiled by gather_panels.

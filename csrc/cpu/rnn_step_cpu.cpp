@@ -45,7 +45,7 @@ struct IndexPtrs {
 template <typename scalar_t, CellMode M>
 // hp: h padded to `stride` columns (gather.h), so each gate row is one pass with its
 // accumulators in registers whatever B is; h itself is read for the gate math. pre: W_hh h
-// computed beforehand ((gates*H) x B, the cache-tiled gathers of a large h: gather.h,
+// computed beforehand ((gates*H) x B, the cache-tiled gathers of a large h: tiling.h,
 // gather_panels), or nullptr: each block's rows gathered here.
 void step_forward(IndexPtrs w, const scalar_t* values, const scalar_t* gx, int64_t gx_ld, const scalar_t* h,
                   const scalar_t* hp,

@@ -148,7 +148,7 @@ constexpr int64_t sddmm_tile() { return 512 / sizeof(S); }  // 128 floats / 64 d
 // B: the batch columns summed; stride: the row stride of G and X (B, or B padded to whole units
 // for the generic loop, whose tiles are whole units).
 //
-// The X rows an entry gathers are cache-tiled like spmm's (gather.h, gather_panels): from a large X
+// The X rows an entry gathers are cache-tiled like spmm's (tiling.h, gather_panels): from a large X
 // (the states of a layer of 10^5-10^6 units) the rows are taken in panels, every row of G
 // consuming one panel before the next. Each entry's dot product is the same whichever panel
 // computes it, so the results are the same bits as untiled.

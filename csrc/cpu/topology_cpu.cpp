@@ -8,9 +8,12 @@
 // (CSR position, or linear key row*cols+col for empty positions) is selected first, so results
 // are deterministic and can be compared with a stable numpy sort.
 //
-// Why one file of about 800 lines: it is the topology family's CPU file (one per op family,
-// tests/test_op_registry.py), and `rewire` calls the step kernels directly, which it can because
-// they share this translation unit; the sections follow an update's order.
+// Why one file above 500 lines: it is the topology family's CPU file (one per op family,
+// tests/test_op_registry.py) with the ten ops and the loops only they run, and `rewire` calls the
+// step kernels directly, which it can because they share this translation unit; the sections
+// follow an update's order. What stands apart is in headers: the counter-based generator
+// (random_streams.h), the radix selection (radix_select.h), the drawing of empty positions
+// (empty_positions.h) and what they share with the ops (topology_common.h: parallel_worth, Csr).
 #include <c10/util/accumulate.h>
 #include <torch/library.h>
 #include <omp.h>
@@ -19,119 +22,16 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <limits>
-#include <numeric>
 #include <optional>
-#include <random>
 #include <tuple>
+#include <vector>
 #include "common.h"
+#include "empty_positions.h"
+#include "radix_select.h"
+#include "topology_common.h"
 
 namespace sparse_engine {
 namespace {
-
-// Small inputs run on one thread: waking a team costs more than the work, and much more when
-// the machine is oversubscribed.
-inline bool parallel_worth(int64_t work) { return work >= parallel_work(); }
-
-// ------------------------------------------------------------------ random numbers
-// Counter-based generator: draw j of a stream depends only on (seed, j), so parallel draws
-// give the same result for any number of threads.
-inline uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ULL;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-  return x ^ (x >> 31);
-}
-
-// Uniform integer in [0, n) from a 64-bit draw (multiply-shift; bias < n / 2^64).
-inline int64_t bounded(uint64_t r, int64_t n) {
-  return static_cast<int64_t>((static_cast<unsigned __int128>(r) * static_cast<uint64_t>(n)) >> 64);
-}
-
-// ------------------------------------------------------------------ selection
-// Order-preserving unsigned key of a float/double (radix selection on the bit pattern).
-// -0.0 is mapped to +0.0 so that keys agree with float equality.
-inline uint32_t ordered_key(float x) {
-  if (x == 0) x = 0.0f;
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-inline uint64_t ordered_key(double x) {
-  if (x == 0) x = 0.0;
-  uint64_t u;
-  std::memcpy(&u, &x, 8);
-  return (u & 0x8000000000000000ull) ? ~u : (u | 0x8000000000000000ull);
-}
-
-// Marks in `out` (OR-ed into it) the k entries with the smallest score(i) among those with
-// include(i), ties to the lower index. Radix selection: a parallel histogram of the top 16 key bits finds the bin of
-// the k-th score, nth_element runs on that bin only, and a parallel two-pass marking selects
-// "score < t, or score == t for the first ones in index order". O(n), no copy of all scores.
-template <typename scalar_t, typename Include, typename Score>
-void mark_smallest(int64_t n, int64_t k, Include include, Score score, bool* out) {
-  if (k <= 0) return;
-  constexpr int kBits = 16;
-  constexpr int kShift = sizeof(scalar_t) * 8 - kBits;
-  const int nt = kernel_threads();
-  std::vector<int64_t> hist(static_cast<size_t>(nt) << kBits, 0);
-#pragma omp parallel num_threads(nt) if(parallel_worth(n))
-  {
-    int64_t* h = hist.data() + (static_cast<size_t>(omp_get_thread_num()) << kBits);
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < n; ++i) h[ordered_key(score(i)) >> kShift] += include(i);
-  }
-  for (int t = 1; t < nt; ++t)
-    for (size_t b = 0; b < (size_t(1) << kBits); ++b) hist[b] += hist[(size_t(t) << kBits) + b];
-  int64_t below = 0;
-  size_t bin = 0;
-  for (; bin < (size_t(1) << kBits); ++bin) {
-    if (below + hist[bin] >= k) break;
-    below += hist[bin];
-  }
-  TORCH_CHECK_VALUE(bin < (size_t(1) << kBits), "cannot select ", k, " entries out of ", below);
-  std::vector<std::vector<scalar_t>> parts(nt);
-#pragma omp parallel num_threads(nt) if(parallel_worth(n))
-  {
-    auto& mine = parts[omp_get_thread_num()];
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < n; ++i)
-      if (include(i) & ((ordered_key(score(i)) >> kShift) == bin)) mine.push_back(score(i));
-  }
-  std::vector<scalar_t> band;
-  band.reserve(hist[bin]);
-  for (auto& part : parts) band.insert(band.end(), part.begin(), part.end());
-  const int64_t kin = k - below;
-  std::nth_element(band.begin(), band.begin() + (kin - 1), band.end());
-  const scalar_t t = band[kin - 1];
-  int64_t less = below;
-  for (const scalar_t x : band) less += x < t;
-  const int64_t equal_needed = k - less;
-  // marking: chunks count their ties first so the earliest ties are the selected ones
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(n / 65536 + 1, 4 * nt));
-  std::vector<int64_t> eq(chunks + 1, 0);
-#pragma omp parallel for schedule(static) num_threads(nt) if(parallel_worth(n))
-  for (int64_t c = 0; c < chunks; ++c) {
-    int64_t cnt = 0;
-    for (int64_t i = n * c / chunks; i < n * (c + 1) / chunks; ++i) cnt += include(i) & (score(i) == t);
-    eq[c + 1] = cnt;
-  }
-  for (int64_t c = 0; c < chunks; ++c) eq[c + 1] += eq[c];
-#pragma omp parallel for schedule(static) num_threads(nt) if(parallel_worth(n))
-  for (int64_t c = 0; c < chunks; ++c) {
-    int64_t budget = std::max<int64_t>(0, equal_needed - eq[c]);
-    for (int64_t i = n * c / chunks; i < n * (c + 1) / chunks; ++i) {
-      // branch-free on include(i), which may be a coin flip (the sign, for SET)
-      const bool inc = include(i);
-      const scalar_t x = score(i);
-      out[i] = out[i] | (inc & (x < t));
-      if (inc & (x == t) & (budget > 0)) {
-        out[i] = true;
-        --budget;
-      }
-    }
-  }
-}
 
 template <typename scalar_t>
 void check_finite(const scalar_t* v, int64_t n, const char* name) {
@@ -163,125 +63,7 @@ at::Tensor select_smallest_cpu(const at::Tensor& scores, int64_t k) {
   return out;
 }
 
-// SET pruning (Mocanu et al. 2018): removes round(zeta * P) of the P positive weights nearest
-// zero and, separately, round(zeta * N) of the N negative weights nearest zero (the largest
-// negative ones). Exact zeros lie inside the pruned band of the reference implementation and
-// are always removed; of equal magnitudes at a cut, the earliest go. Writes the keep mask.
-// Both signs in the same passes (mark_smallest's radix selection, once for both): a histogram of
-// the magnitudes' top 16 bits per sign, the values of each cut's bin, and the mask, with a pass
-// counting the ties before each chunk only where not every value equal to a cut goes (rare for
-// trained weights); 4 passes over the values where two selections took 9, 1.7 s at 128M.
-template <typename scalar_t>
-void set_keep(const scalar_t* v, int64_t n, double zeta, bool* keep) {
-  constexpr int kBits = 16;
-  constexpr int kShift = sizeof(scalar_t) * 8 - kBits;
-  constexpr size_t kBins = size_t(1) << kBits;
-  const int nt = kernel_threads();
-  const bool par = parallel_worth(n);
-  auto bin_of = [](scalar_t magnitude) { return static_cast<size_t>(ordered_key(magnitude) >> kShift); };
-  std::vector<int64_t> hist(2 * kBins * nt, 0);  // per thread: positives' bins, then negatives'
-  std::atomic<bool> nan{false};
-#pragma omp parallel num_threads(nt) if(par)
-  {
-    int64_t* h = hist.data() + 2 * kBins * omp_get_thread_num();
-    bool bad = false;
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < n; ++i) {
-      const scalar_t x = v[i];
-      bad |= std::isnan(x);
-      const size_t b = bin_of(std::abs(x));
-      h[b] += x > 0;
-      h[kBins + b] += x < 0;
-    }
-    if (bad) nan = true;
-  }
-  TORCH_CHECK_VALUE(!nan, "values must not contain NaN");
-  for (int t = 1; t < nt; ++t)
-    for (size_t b = 0; b < 2 * kBins; ++b) hist[b] += hist[2 * kBins * t + b];
-  struct Cut {  // one sign's: drop the magnitudes below t, and `ties` of those equal to t
-    int64_t k = 0, below = 0, ties = 0;
-    size_t bin = kBins;
-    scalar_t t = scalar_t(-1);  // below every magnitude: nothing dropped
-    bool every_tie = true;
-  } cut[2];
-  for (int sign = 0; sign < 2; ++sign) {
-    const int64_t* h = hist.data() + sign * kBins;
-    const int64_t count = std::accumulate(h, h + kBins, int64_t(0));
-    Cut& c = cut[sign];
-    c.k = std::llround(zeta * static_cast<double>(count));
-    if (c.k == 0) continue;
-    for (c.bin = 0; c.below + h[c.bin] < c.k; ++c.bin) c.below += h[c.bin];
-  }
-  std::vector<std::vector<scalar_t>> parts(2 * nt);
-#pragma omp parallel num_threads(nt) if(par)
-  {
-    auto* mine = &parts[2 * omp_get_thread_num()];
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < n; ++i) {
-      const scalar_t x = v[i], m = std::abs(x);
-      const size_t b = bin_of(m);
-      if (x > 0 && b == cut[0].bin) mine[0].push_back(m);
-      if (x < 0 && b == cut[1].bin) mine[1].push_back(m);
-    }
-  }
-  for (int sign = 0; sign < 2; ++sign) {
-    Cut& c = cut[sign];
-    if (c.k == 0) continue;
-    std::vector<scalar_t> band;
-    for (int t = 0; t < nt; ++t) band.insert(band.end(), parts[2 * t + sign].begin(), parts[2 * t + sign].end());
-    const int64_t kin = c.k - c.below;
-    std::nth_element(band.begin(), band.begin() + (kin - 1), band.end());
-    c.t = band[kin - 1];
-    int64_t less = c.below, equal = 0;
-    for (const scalar_t x : band) {
-      less += x < c.t;
-      equal += x == c.t;
-    }
-    c.ties = c.k - less;
-    c.every_tie = c.ties == equal;
-  }
-  // where some ties stay: chunks count theirs first, so that the earliest ties are the ones dropped
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(n / 65536 + 1, 4 * nt));
-  std::vector<int64_t> before(2 * (chunks + 1), 0);
-  if (!cut[0].every_tie || !cut[1].every_tie) {
-#pragma omp parallel for schedule(static) num_threads(nt) if(par)
-    for (int64_t ch = 0; ch < chunks; ++ch) {
-      int64_t e0 = 0, e1 = 0;
-      for (int64_t i = n * ch / chunks; i < n * (ch + 1) / chunks; ++i) {
-        e0 += v[i] > 0 && v[i] == cut[0].t;
-        e1 += v[i] < 0 && -v[i] == cut[1].t;
-      }
-      before[2 * (ch + 1)] = e0;
-      before[2 * (ch + 1) + 1] = e1;
-    }
-    for (int64_t ch = 0; ch < chunks; ++ch) {
-      before[2 * (ch + 1)] += before[2 * ch];
-      before[2 * (ch + 1) + 1] += before[2 * ch + 1];
-    }
-  }
-#pragma omp parallel for schedule(static) num_threads(nt) if(par)
-  for (int64_t ch = 0; ch < chunks; ++ch) {
-    int64_t budget[2] = {std::max<int64_t>(0, cut[0].ties - before[2 * ch]),
-                         std::max<int64_t>(0, cut[1].ties - before[2 * ch + 1])};
-    for (int64_t i = n * ch / chunks; i < n * (ch + 1) / chunks; ++i) {
-      const scalar_t x = v[i];
-      if (x == 0) {
-        keep[i] = false;
-        continue;
-      }
-      const int sign = x < 0;
-      const Cut& c = cut[sign];
-      const scalar_t m = std::abs(x);
-      bool drop = m < c.t;
-      if (m == c.t && (c.every_tie || budget[sign] > 0)) {
-        drop = true;
-        --budget[sign];
-      }
-      keep[i] = !drop;
-    }
-  }
-}
-
+// set_prune(values, zeta) -> keep mask: SET's prune of each sign (set_keep, radix_select.h).
 at::Tensor set_prune_cpu(const at::Tensor& values, double zeta) {
   TORCH_CHECK_TYPE(values.scalar_type() == at::kFloat || values.scalar_type() == at::kDouble,
                    "values must be float32 or float64, got ", values.scalar_type());
@@ -293,35 +75,6 @@ at::Tensor set_prune_cpu(const at::Tensor& values, double zeta) {
     set_keep<scalar_t>(v.data_ptr<scalar_t>(), v.numel(), zeta, keep.data_ptr<bool>());
   });
   return keep;
-}
-
-// ------------------------------------------------------------------ CSR patterns
-// A checked CSR pattern: its sizes and arrays.
-struct Csr {
-  int64_t rows, nnz;
-  const int64_t* row_ptr;
-  const int32_t* col_idx;
-};
-
-// rewire checks its input pattern once (remembered: index_check.h, check_sorted_csr_remembered)
-// and then runs the steps below on it and on the patterns they build: while a StepsOfRewire lives
-// on this thread, csr_view skips the O(nnz) content scan (the O(1) checks stay). Scanning at every
-// step cost SET's update at 1M nnz about 4 scans, 10-15% of its time, and the one scan left, 2%
-// (benchmarks/results/topology_one_pass.md).
-thread_local bool in_rewire = false;
-struct StepsOfRewire {
-  const bool outer = in_rewire;
-  StepsOfRewire() { in_rewire = true; }
-  ~StepsOfRewire() { in_rewire = outer; }
-};
-
-// row_ptr and col_idx: contiguous tensors, checked whole (index_check.h): row_ptr non-decreasing
-// from 0 to nnz, columns in [0, n_cols) and, with `sorted`, sorted and unique in each row (what
-// drawing empty positions, merging and the gradient's top-k rely on).
-Csr csr_view(const at::Tensor& row_ptr, const at::Tensor& col_idx, int64_t n_cols, bool sorted) {
-  const CsrSizes s = check_csr(row_ptr, col_idx);
-  if (!in_rewire) check_csr_content(row_ptr, col_idx, n_cols, sorted);
-  return {s.rows, s.nnz, row_ptr.data_ptr<int64_t>(), col_idx.data_ptr<int32_t>()};
 }
 
 // ------------------------------------------------------------------ compaction
@@ -386,153 +139,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> compact_cpu(const at:
 }
 
 // ------------------------------------------------------------------ empty positions
-
-// Keeps a uniformly random subset of n of the keys (partial Fisher-Yates), then sorts them.
-void random_subset(std::vector<int64_t>& keys, int64_t n, uint64_t seed) {
-  std::mt19937_64 gen(splitmix64(seed ^ 0x5bd1e995ULL));
-  const int64_t m = keys.size();
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t j = i + bounded(gen(), m - i);
-    std::swap(keys[i], keys[j]);
-  }
-  keys.resize(n);
-  std::sort(keys.begin(), keys.end());
-}
-
-std::tuple<at::Tensor, at::Tensor> keys_to_coo(const std::vector<int64_t>& keys, int64_t cols) {
-  const int64_t n = keys.size();
-  auto rows = at::empty({n}, at::kLong);
-  auto cidx = at::empty({n}, at::kInt);
-  int64_t* r = rows.data_ptr<int64_t>();
-  int32_t* cc = cidx.data_ptr<int32_t>();
-  for (int64_t j = 0; j < n; ++j) {
-    r[j] = keys[j] / cols;
-    cc[j] = static_cast<int32_t>(keys[j] - r[j] * cols);
-  }
-  return {rows, cidx};
-}
-
-// A Poisson(lambda) count from `parts` uniforms of a counter-based stream (inverse CDF, lambda
-// split into `parts` equal parts of at most 64 so that e^-part cannot underflow).
-int64_t poisson_count(double lambda, int64_t parts, uint64_t stream) {
-  const double part = lambda / parts, p0 = std::exp(-part);
-  int64_t count = 0;
-  for (int64_t t = 0; t < parts; ++t) {
-    const double u = static_cast<double>(splitmix64(stream + t) >> 11) * 0x1.0p-53;
-    double p = p0, cdf = p0;
-    int64_t k = 0;
-    while (u > cdf && p > 0) {
-      ++k;
-      p *= part / k;
-      cdf += p;
-    }
-    count += k;
-  }
-  return count;
-}
-
-// n distinct uniformly random empty positions (at least 4n are empty), as (rows, cols) sorted:
-// each row draws a Poisson number of candidate columns, the same mean for every row (together a
-// Poisson number of uniformly random positions of the matrix), sorts them and keeps the distinct
-// ones that are not stored; if fewer than n survive (unlikely by the margin) all is drawn again
-// with twice the mean, else a uniformly random surplus is dropped (Floyd's sampling). Every
-// empty position is treated alike, so the n returned are a uniform n-subset. Rows work on their
-// own counter-based streams in parallel (any thread count gives the same draw), with no global
-// sort and 4 bytes a candidate: the global draw-sort-dedupe this replaces moved ~20 bytes a
-// candidate through memory, half of a SET update's time at 128M entries.
-std::tuple<at::Tensor, at::Tensor> draw_empty_by_rows(const Csr& csr, int64_t cols, int64_t n, uint64_t seed) {
-  const int64_t rows = csr.rows, total = rows * cols, empty = total - csr.nnz;
-  const int nt = kernel_threads();
-  const bool par = parallel_worth(rows + n);
-  std::vector<int64_t> start(rows + 1, 0), kept(rows + 1, 0);  // candidates' and survivors' offsets
-  for (int round = 0;; ++round) {
-    // survivors wanted: n, a margin for the Poisson spread and a little for duplicates
-    const double want = std::ldexp(n + n / 64.0 + 8.0 * std::sqrt(static_cast<double>(n)) + 16.0, round);
-    const double lambda = want / rows * (static_cast<double>(total) / empty);
-    const int64_t parts = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(lambda / 64)));
-    const uint64_t counts = splitmix64(seed + 0x632BE59BD9B4E019ULL * (round + 1)), draws = splitmix64(counts);
-#pragma omp parallel for schedule(static) num_threads(nt) if(par)
-    for (int64_t i = 0; i < rows; ++i) start[i + 1] = poisson_count(lambda, parts, counts + i * parts);
-    for (int64_t i = 0; i < rows; ++i) start[i + 1] += start[i];
-    std::vector<int32_t> cand(start[rows]);  // each row's survivors, at the row's candidate offset
-#pragma omp parallel for schedule(dynamic, 1024) num_threads(nt) if(par)
-    for (int64_t i = 0; i < rows; ++i) {
-      int32_t* c = cand.data() + start[i];
-      const int64_t m = start[i + 1] - start[i];
-      for (int64_t t = 0; t < m; ++t) c[t] = static_cast<int32_t>(bounded(splitmix64(draws + start[i] + t), cols));
-      std::sort(c, c + m);
-      const int32_t *p = csr.col_idx + csr.row_ptr[i], *e = csr.col_idx + csr.row_ptr[i + 1];
-      int64_t s = 0;
-      int32_t prev = -1;
-      for (int64_t t = 0; t < m; ++t) {
-        const int32_t col = c[t];
-        if (col == prev) continue;
-        prev = col;
-        while (p < e && *p < col) ++p;
-        if (p < e && *p == col) continue;
-        c[s++] = col;
-      }
-      kept[i + 1] = s;
-    }
-    std::vector<int64_t> first(rows + 1, 0);  // offsets of each row's survivors among all of them
-    for (int64_t i = 0; i < rows; ++i) first[i + 1] = first[i] + kept[i + 1];
-    const int64_t found = first[rows];
-    if (found < n) continue;
-    std::vector<uint8_t> drop(found, 0);
-    std::mt19937_64 gen(splitmix64(draws ^ 0x5bd1e995ULL));
-    for (int64_t j = n; j < found; ++j) {
-      const int64_t k = bounded(gen(), j + 1);
-      drop[drop[k] ? j : k] = 1;
-    }
-    std::vector<int64_t>& out_start = kept;  // reused: each row's offset in the output
-    out_start[0] = 0;
-#pragma omp parallel for schedule(static) num_threads(nt) if(par)
-    for (int64_t i = 0; i < rows; ++i) {
-      int64_t s = 0;
-      for (int64_t j = first[i]; j < first[i + 1]; ++j) s += !drop[j];
-      out_start[i + 1] = s;
-    }
-    for (int64_t i = 0; i < rows; ++i) out_start[i + 1] += out_start[i];
-    auto out_rows = at::empty({n}, at::kLong);
-    auto out_cols = at::empty({n}, at::kInt);
-    int64_t* r = out_rows.data_ptr<int64_t>();
-    int32_t* cc = out_cols.data_ptr<int32_t>();
-#pragma omp parallel for schedule(static) num_threads(nt) if(par)
-    for (int64_t i = 0; i < rows; ++i) {
-      int64_t d = out_start[i];
-      const int32_t* c = cand.data() + start[i];
-      for (int64_t j = first[i]; j < first[i + 1]; ++j) {
-        if (drop[j]) continue;
-        r[d] = i;
-        cc[d++] = c[j - first[i]];
-      }
-    }
-    return {out_rows, out_cols};
-  }
-}
-
-// n distinct uniformly random empty positions, as (rows int64, cols int32) sorted by (row, col):
-// drawn by rows (draw_empty_by_rows) while at least 4n positions are empty; else the empty
-// positions are enumerated (O(rows * cols), which is then O(nnz + n)) and n picked.
-std::tuple<at::Tensor, at::Tensor> draw_empty(const Csr& csr, int64_t cols, int64_t n, uint64_t seed) {
-  const int64_t total = csr.rows * cols;
-  const int64_t empty = total - csr.nnz;
-  TORCH_CHECK_VALUE(n >= 0 && n <= empty, "cannot grow ", n, " entries: only ", empty,
-                    " empty positions in a ", csr.rows, " x ", cols, " matrix with nnz=", csr.nnz);
-  std::vector<int64_t> keys;
-  if (n == 0) return keys_to_coo(keys, cols);
-  if (empty >= 4 * n) return draw_empty_by_rows(csr, cols, n, seed);
-  keys.reserve(empty);
-  for (int64_t i = 0; i < csr.rows; ++i) {
-    int64_t e = csr.row_ptr[i];
-    for (int64_t j = 0; j < cols; ++j) {
-      if (e < csr.row_ptr[i + 1] && csr.col_idx[e] == j) { ++e; continue; }
-      keys.push_back(i * cols + j);
-    }
-  }
-  random_subset(keys, n, seed);
-  return keys_to_coo(keys, cols);
-}
 
 // random_empty(row_ptr, col_idx, n_cols, n, seed) -> (rows int64, cols int32), sorted.
 std::tuple<at::Tensor, at::Tensor> random_empty_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx,

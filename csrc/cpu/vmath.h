@@ -85,7 +85,7 @@ inline constexpr float kTanhSeries[kTanhTerms] = {-929569.f / 638512875.f, 21844
 // cancellation, x (1 + x^2 P(x^2)) with P the Taylor series of tanh to x^15 (terms after it add
 // less than 1e-8 relative there). Within 6 ulp of tanh over all floats (5.2 ulp at most,
 // measured on a 1e-5 grid over [-12, 12] against std::tanh in double), about 3.5x faster than
-// SLEEF's tanhf8 (1.8 ns per value, one core: it was a third of the LSTM step's gate math).
+// SLEEF's tanhf8 (1.8 ns per value, one core: a third of the LSTM step's gate math).
 inline __m256 tanh_from_exp(__m256 x, __m256 (*exp8)(__m256)) {
   const __m256 one = _mm256_set1_ps(1.f), two = _mm256_set1_ps(2.f);
   const __m256 large = _mm256_sub_ps(one, _mm256_div_ps(two, _mm256_add_ps(one, exp8(_mm256_mul_ps(two, x)))));

@@ -5,7 +5,7 @@ which :func:`sparse_engine.recurrent.cell_steps.fused_steps`, the one decision o
 takes, consults for each direction of a CPU run's step once the fused ops apply (nothing else
 calls it). Fused and composed steps of LSTM and GRU timed alternately, B=20, hidden 256 to 16,384
 at 8 to 495 nonzeros per W_hh row, both backward steps given W_hh's values in column order (as
-the recurrence does), after the gathers' vector accumulators (issue #13), 2026-11-24, quiet:
+the recurrence does), on a quiet machine:
 two threads (benchmarks/results/rnn_step_cpu.md) and one (rnn_step_cpu_1thread.md, hidden
 1,500 to 16,384):
 
