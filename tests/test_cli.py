@@ -165,12 +165,12 @@ def test_bad_files_are_one_line_and_exit_code_1(tmp_path, capsys):
 def test_output_paths_are_checked_before_training(tmp_path, capsys, monkeypatch):
     """A bad --save, --plot or --record-balance fails at once, not after the last epoch."""
     import sparse_engine.runs as runs
-    from sparse_engine.runs import train_run
+    from sparse_engine.runs import rebuild
 
     def no_training(*args, **kwargs):
         raise AssertionError("training started")
 
-    monkeypatch.setattr(train_run, "load_task", no_training)
+    monkeypatch.setattr(rebuild, "load_task", no_training)
     (tmp_path / "file").write_text("")
     (tmp_path / "folder.pt").mkdir()
     for option, path, problem in [("--save", tmp_path / "file" / "sub" / "ck.pt", "is not a directory (cannot create"),

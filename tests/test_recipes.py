@@ -261,7 +261,7 @@ def test_zhang_mnist_split_and_fifty_batch_epochs(tmp_path, shared_data):
 
 def test_epochs_of_a_fixed_number_of_batches_run_on_across_shuffled_passes():
     from types import SimpleNamespace
-    from sparse_engine.io.resume import TrainProgress
+    from sparse_engine.runs.resume import TrainProgress
 
     # 7 examples, batches of 2, epochs of 3 batches: 6 indices an epoch, the passes (7 each) run on
     cfg = SimpleNamespace(batch_size=2, checkpoint_every=0, save=None)

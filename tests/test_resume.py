@@ -97,7 +97,7 @@ def test_resume_through_the_python_api_and_with_more_epochs(tmp_path):
 
 
 def test_exception_inside_a_step_leaves_the_last_checkpoint_intact(tmp_path, monkeypatch):
-    from sparse_engine.io import resume as resume_module
+    from sparse_engine.runs import resume as resume_module
 
     ck = tmp_path / "ck.pt"
     written = []

@@ -11,7 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from .config import AnalyzeConfig, ConfigError, with_options
-from .train_run import evaluate, load_run_task, run_recipe, sequence_model
+from .rebuild import evaluate, load_run_task, run_recipe, sequence_model
 
 
 def load_matrix(path: str, key: str | None = None):
@@ -23,7 +23,6 @@ def load_matrix(path: str, key: str | None = None):
     from ..analysis import load_recurrent
 
     return load_recurrent(path, key)
-
 
 
 def _number(value: float, digits: int = 3) -> str:
@@ -184,7 +183,6 @@ def analyze(config: AnalyzeConfig | None = None, **options):
     the chosen gate, else of the summed graph (gated cells) or the one block, with every
     graph's values in ``.graphs``."""
     from rich.console import Console
-    from rich.table import Table
 
     from .. import analysis as A
 
@@ -203,23 +201,55 @@ def analyze(config: AnalyzeConfig | None = None, **options):
     console.print(m.describe())
     nodes = "edges" if cfg.convention == "seed" else "all"
     census = {g: A.signed_triad_census(w, nodes=nodes) for g, w in graphs.items()}
+    console.print(_census_table(census, m.key or cfg.path, primary))
+    per_graph = _balance(cfg, census, console)
+    nulls = _null_models(cfg, graphs, nodes, console) if cfg.null else {}
+    if cfg.export_csv:
+        _export_csv(cfg.export_csv, graphs, m.ids, console)
+    if cfg.plot:
+        from ..analysis import plots
+
+        for g, w in graphs.items():  # census_<gate>, distributions_<gate> when there are several
+            name = "" if len(graphs) == 1 else f"{g}_"
+            for path in plots.plot_matrix(w, cfg.plot, census=census[g], null=nulls.get(g), name=name):
+                console.print(f"figure: {path}")
+    lesions = lesion_curves(cfg, m, console) if cfg.lesion else {}
+    return A.AnalysisResult(per_graph[primary], matrix=m, primary=primary, graphs=per_graph, census=census,
+                            null=nulls, lesions=lesions)
+
+
+def _census_table(census: dict, label: str, primary: str):
+    """The signed triad census: count, balanced and unbalanced of the one graph, or the counts of each."""
+    from rich.table import Table
+
+    from .. import analysis as A
+
     n = next(iter(census.values())).n
-    t = Table(title=f"signed triad census of {m.key or cfg.path} (n={n:,})")
+    t = Table(title=f"signed triad census of {label} (n={n:,})")
     t.add_column("type", justify="right")
-    if len(graphs) == 1:
+    if len(census) == 1:
         c = census[primary]
         for col in ("count", "balanced", "unbalanced"):
             t.add_column(col, justify="right")
         for name in A.TRIAD_TYPES:
             t.add_row(name, f"{c.counts[name]:,}", f"{c.balanced.get(name, '')}", f"{c.unbalanced.get(name, '')}")
     else:
-        for g in graphs:
+        for g in census:
             t.add_column(f"{g} count" if g != A.SUM else "sum count", justify="right")
         for name in A.TRIAD_TYPES:
-            t.add_row(name, *(f"{census[g].counts[name]:,}" for g in graphs))
-    console.print(t)
-    b = Table(title="structural balance" + (" per gate and of the summed graph" if len(graphs) > 1 else ""))
-    if len(graphs) > 1:
+            t.add_row(name, *(f"{census[g].counts[name]:,}" for g in census))
+    return t
+
+
+def _balance(cfg, census: dict, console) -> dict:
+    """Structural balance of each graph by each definition, as a table: {graph: {definition: value}}."""
+    from rich.table import Table
+
+    from .. import analysis as A
+
+    several = len(census) > 1
+    b = Table(title="structural balance" + (" per gate and of the summed graph" if several else ""))
+    if several:
         b.add_column("graph")
     b.add_column("definition")
     for typ in A.TRANSITIVE_TYPES:
@@ -232,51 +262,55 @@ def analyze(config: AnalyzeConfig | None = None, **options):
             bal = A.structural_balance(c, d, convention=cfg.convention)
             per_graph[g][d] = bal.value
             cells = (*(_number(bal.per_type[x]) for x in A.TRANSITIVE_TYPES), _number(bal.value))
-            b.add_row(*((g,) if len(graphs) > 1 else ()), d, *cells)
+            b.add_row(*((g,) if several else ()), d, *cells)
     console.print(b)
-    nulls = {}
-    if cfg.null:
-        nt = Table(title=f"{cfg.null} null models ({cfg.null_method})")
-        cols = (("graph",) if len(graphs) > 1 else ()) + ("measure", "observed", "null mean", "z", "p (greater)")
-        for col in cols:
-            nt.add_column(col, justify="right")
-        untested, notes = [], []
-        for g, w in graphs.items():
-            with warnings.catch_warnings(record=True) as said:  # NaN null values: said below, once
-                warnings.simplefilter("always")
-                nulls[g] = res = A.null_model_test(w, cfg.null_method, K=cfg.null, seed=cfg.seed, nodes=nodes,
-                                                   convention=cfg.convention)
-            notes += [str(x.message) for x in said if "every null value" not in str(x.message)]
-            why = {k: r for k, r in res.undefined.items() if k.startswith("balance_")}
-            for row in res.table():
-                if not row["measure"].startswith("balance_"):
-                    continue
-                if math.isnan(row["p_greater"]):  # defined here, but in none of the null networks
-                    why[row["measure"]] = "no null network has it"
-                    continue
-                nt.add_row(*((g,) if len(graphs) > 1 else ()), row["measure"], f"{row['observed']:.3f}",
-                           f"{row['null_mean']:.3f}", _number(row["z"], 2), f"{row['p_greater']:.3f}")
-            if why:
-                untested.append((f"{g}: " if len(graphs) > 1 else "") + _untested(why, A.DEFINITIONS))
-        console.print(nt)
-        if untested:  # one line rather than rows of NaN
-            console.print("not tested: " + "; ".join(untested), markup=False, highlight=False, soft_wrap=True)
-        for note in dict.fromkeys(notes):
-            console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
-    if cfg.export_csv:
-        out = Path(cfg.export_csv)
-        out.parent.mkdir(parents=True, exist_ok=True)  # as every output path option
-        for g, w in graphs.items():  # one edge list per graph: name_<gate>.csv when there are several
-            path = out if len(graphs) == 1 else out.with_name(f"{out.stem}_{g}{out.suffix}")
-            A.write_edge_csv(w, path, ids=m.ids)
-            console.print(f"edge list{'' if len(graphs) == 1 else f' ({g})'}: {path}")
-    if cfg.plot:
-        from ..analysis import plots
+    return per_graph
 
-        for g, w in graphs.items():  # census_<gate>, distributions_<gate> when there are several
-            name = "" if len(graphs) == 1 else f"{g}_"
-            for path in plots.plot_matrix(w, cfg.plot, census=census[g], null=nulls.get(g), name=name):
-                console.print(f"figure: {path}")
-    lesions = lesion_curves(cfg, m, console) if cfg.lesion else {}
-    return A.AnalysisResult(per_graph[primary], matrix=m, primary=primary, graphs=per_graph, census=census,
-                            null=nulls, lesions=lesions)
+
+def _null_models(cfg, graphs: dict, nodes: str, console) -> dict:
+    """``--null K``: each graph against K randomised ones, as a table, with the measures left untested
+    and the null models' notes on a line each: {graph: NullModelResult}."""
+    from rich.table import Table
+
+    from .. import analysis as A
+
+    several = len(graphs) > 1
+    nt = Table(title=f"{cfg.null} null models ({cfg.null_method})")
+    for col in (("graph",) if several else ()) + ("measure", "observed", "null mean", "z", "p (greater)"):
+        nt.add_column(col, justify="right")
+    nulls, untested, notes = {}, [], []
+    for g, w in graphs.items():
+        with warnings.catch_warnings(record=True) as said:  # NaN null values: said below, once
+            warnings.simplefilter("always")
+            nulls[g] = res = A.null_model_test(w, cfg.null_method, K=cfg.null, seed=cfg.seed, nodes=nodes,
+                                               convention=cfg.convention)
+        notes += [str(x.message) for x in said if "every null value" not in str(x.message)]
+        why = {k: r for k, r in res.undefined.items() if k.startswith("balance_")}
+        for row in res.table():
+            if not row["measure"].startswith("balance_"):
+                continue
+            if math.isnan(row["p_greater"]):  # defined here, but in none of the null networks
+                why[row["measure"]] = "no null network has it"
+                continue
+            nt.add_row(*((g,) if several else ()), row["measure"], f"{row['observed']:.3f}",
+                       f"{row['null_mean']:.3f}", _number(row["z"], 2), f"{row['p_greater']:.3f}")
+        if why:
+            untested.append((f"{g}: " if several else "") + _untested(why, A.DEFINITIONS))
+    console.print(nt)
+    if untested:  # one line rather than rows of NaN
+        console.print("not tested: " + "; ".join(untested), markup=False, highlight=False, soft_wrap=True)
+    for note in dict.fromkeys(notes):
+        console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+    return nulls
+
+
+def _export_csv(export_csv: str, graphs: dict, ids, console) -> None:
+    """Each graph as a Gephi edge list: ``export_csv``, or name_<gate>.csv when there are several."""
+    from .. import analysis as A
+
+    out = Path(export_csv)
+    out.parent.mkdir(parents=True, exist_ok=True)  # as every output path option
+    for g, w in graphs.items():
+        path = out if len(graphs) == 1 else out.with_name(f"{out.stem}_{g}{out.suffix}")
+        A.write_edge_csv(w, path, ids=ids)
+        console.print(f"edge list{'' if len(graphs) == 1 else f' ({g})'}: {path}")

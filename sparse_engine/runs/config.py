@@ -1,23 +1,23 @@
 """The options of ``sparse-engine train | bench | analyze`` as checked dataclasses
 (:class:`TrainConfig`, :class:`BenchConfig`, :class:`AnalyzeConfig`; their defaults are the command
-line's), the rule each field is checked with, and :class:`ConfigError`, the one error a bad value
-raises. The checks of the paths a run reads and writes are :mod:`sparse_engine.runs.paths`."""
+line's), each field declared once with its rule and its help (:func:`~.options.option`), the
+options that cannot go together, and :class:`ConfigError`, the one error a bad value raises. The
+rules are :mod:`sparse_engine.runs.validators`; the checks of the paths a run reads and writes are
+:mod:`sparse_engine.runs.paths`; the options a resumed run keeps, :mod:`sparse_engine.runs.resume`."""
 from __future__ import annotations
 
-import math
-import numbers
-import os
 from dataclasses import dataclass, fields, replace
-from pathlib import Path
 
 import torch
 
-from ..data.tasks import TASKS, task_data_problem
+from .. import _moved
+from ..data.tasks import TASK_DATA, TASKS, task_data_problem
 from ..kernels import HAS_CUDA_KERNELS
-from ..models import MODELS
 from ..memory import OPTIMIZERS as MEMORY_OPTIMIZERS  # what bench --memory predicts for
-from ..memory import parse_size
+from ..models import MODELS
 from ..training.recipes import ALGORITHMS, RECIPES, get_recipe
+from . import validators as valid
+from .options import check_value, hidden_sizes, option, recompute_interval, shared_option
 
 
 def with_options(cls, config, options):
@@ -25,7 +25,6 @@ def with_options(cls, config, options):
     return cls(**options) if config is None else replace(config, **options)
 
 
-# ----------------------------------------------------------------------------- checks
 class ConfigError(ValueError):
     """A config value a recipe cannot run with. ``field`` names the config field (the command
     line's option is ``--`` + field with ``-`` for ``_``, or the positional ``path``);
@@ -41,138 +40,222 @@ class ConfigPathError(ConfigError):
     written; found before any work starts."""
 
 
+class _Checked:
+    """Base of the configs: constructing one (or ``replace``-ing a field) checks every field
+    with the rule it was declared with and raises :class:`ConfigError` naming the first bad one."""
+
+    def __post_init__(self):
+        for f in fields(self):
+            problem = check_value(f, getattr(self, f.name))
+            if problem is not None:
+                raise ConfigError(f.name, problem)
+        combination = _COMBINATIONS.get(type(self), lambda cfg: None)(self)
+        if combination is not None:
+            raise ConfigError(*combination)
+
+
 SPARSE_CHOICES = ("recurrent", "input", "both")
 DEVICES = ("auto", "cpu", "cuda")
+#: the ``--help`` groups of the options that apply to --model mlp only, and to bench --memory only
+MLP_OPTIONS = ("--model mlp (SET-MLP, docs/set_mlp.md; SET implementation 2 also uses --lr 0.05 --batch-size 40 "
+               "--algorithm set)")
+MEMORY_OPTIONS = ("--memory: the predicted memory of a training step of a recurrent model, from its sizes alone "
+                  "(nothing is built; docs/memory.md)")
+_DATA_HELP = "; ".join(f"{task}: {what}{'' if required else ' (optional)'}"
+                       for task, (_, what, required) in TASK_DATA.items())
 
 
-def _one_of(choices):
-    def check(value):
-        if value not in choices:
-            return f"expected one of {', '.join(choices)}; got {value!r}"
-    return check
+# ---------------------------------------------------------------------------- configs
+@dataclass
+class TrainConfig(_Checked):
+    """``sparse-engine train`` options (the same names, ``-`` as ``_``, and defaults)."""
+    task: str = option("digits", choices=TASKS,
+                       help="sequence task (default: %(default)s, scikit-learn's 8x8 digits read row by row)")
+    data: str | None = option(None, check=valid.or_none(valid.path), metavar="PATH",
+                              flags=("--data-dir", "--data-file"),
+                              help=f"dataset file or directory ({_DATA_HELP}); default: none")
+    model: str = option("lstm", choices=MODELS, help="recurrent layer (default: %(default)s)")
+    hidden: int = option(128, check=valid.hidden, type=hidden_sizes, metavar="UNITS",
+                         help="hidden units per layer, >= 1; for --model mlp also a list of layer sizes such as "
+                              "1000,1000,1000 (default: %(default)s)")
+    layers: int = option(1, check=valid.integer(1), metavar="N",
+                         help="stacked recurrent layers, >= 1; ctrnn has one (default: %(default)s)")
+    density: float = option(0.2, check=valid.fraction, metavar="FRACTION",
+                            help="fraction of nonzero weights in the sparse matrices, in (0, 1] (default: %(default)s)")
+    sparse: str = option("both", choices=SPARSE_CHOICES,
+                         help="which matrices are sparse: the recurrent, the input or both (default: %(default)s)")
+    algorithm: str = option("none", choices=ALGORITHMS,
+                            help="dynamic sparse training: none (fixed topology), SET, gradual magnitude pruning, "
+                                 "DEEP R, Selfish-RNN or RigL (default: %(default)s)")
+    epochs: int = option(5, check=valid.integer(1), metavar="N", may_change=True,  # may grow only: resume_config
+                         help="passes over the training set, >= 1 (default: %(default)s)")
+    batch_size: int = option(64, check=valid.integer(1), metavar="N",
+                             help="sequences per optimizer step, >= 1 (default: %(default)s)")
+    lr: float = option(5e-3, check=valid.positive, metavar="RATE",
+                       help="Adam learning rate, > 0 (default: %(default)s)")
+    seed: int = option(0, check=valid.integer(0), metavar="N",
+                       help="seed of the split, the initial weights and the topology updates, >= 0 "
+                            "(default: %(default)s)")
+    save: str | None = option(None, check=valid.checkpoint_or_none, metavar="PATH", may_change=True,
+                              help="write the (resumable) checkpoint here, atomically, after every epoch: a .pt, "
+                                   ".pth or .ckpt file; missing directories are created (default: none)")
+    record_balance: str | None = option(None, check=valid.or_none(valid.path), metavar="CSV", may_change=True,
+                                        help="write structural balance after each topology update and each epoch to "
+                                             "this CSV (default: none)")
+    plot: str | None = option(None, check=valid.or_none(valid.path), metavar="IMAGE", may_change=True,
+                              help="plot the train and test loss per epoch to this image, e.g. loss.png; needs "
+                                   "matplotlib (default: none)")
+    device: str = option("auto", choices=DEVICES, may_change=True,
+                         help="auto: a CUDA GPU when available (and built with the CUDA kernels), else the CPU "
+                              "(default: %(default)s)")
+    quiet: bool = option(False, may_change=True, help="no progress bar and no per-epoch results lines (default: off)")
+    resume: str | None = option(None, check=valid.or_none(valid.path), metavar="PATH", may_change=True,
+                                help="continue the run saved in this checkpoint bit for bit, with the options it was "
+                                     "saved with (options given must agree with them; --epochs may grow; --save, "
+                                     "--plot, --record-balance, --device, --quiet, --checkpoint-every, "
+                                     "--recompute-every, --memory-budget may change); checkpoints then go to --save, "
+                                     "or to PATH without it (default: none)")
+    checkpoint_every: int = option(0, check=valid.integer(0), metavar="STEPS", may_change=True,
+                                   help="also write the resumable checkpoint every STEPS training steps inside an "
+                                        "epoch, >= 0; needs --save or --resume (default: %(default)s: after every "
+                                        "epoch only)")
+    # SET-MLP's (SET implementation 2's values but for lr/batch_size)
+    epsilon: float = option(13.0, check=valid.positive, metavar="E", group=MLP_OPTIONS,
+                            help="Erdos-Renyi sparsity: about E*(in+out) connections per layer, > 0 "
+                                 "(default: %(default)s)")
+    zeta: float = option(0.3, check=valid.unit, metavar="FRACTION", group=MLP_OPTIONS,
+                         help="fraction of the positive and of the negative weights SET replaces after each epoch but "
+                              "the last, in [0, 1] (default: %(default)s)")
+    dropout: float = option(0.2, check=valid.fraction_below_one, metavar="P", group=MLP_OPTIONS,
+                            help="dropout of the hidden activations, in [0, 1) (default: %(default)s)")
+    momentum: float = option(0.9, check=valid.fraction_below_one, metavar="M", group=MLP_OPTIONS,
+                             help="SGD momentum, in [0, 1) (default: %(default)s)")  # the MLP trains with SGD
+    weight_decay: float = option(2e-4, check=valid.fraction_below_one, metavar="D", group=MLP_OPTIONS,
+                                 help="w -= D*w every step, outside the momentum, in [0, 1) (default: %(default)s)")
+    faithful: bool = option(False, group=MLP_OPTIONS,
+                            help="SET implementation 2's quirks: sigmoid output with its MSE error, dropout without "
+                                 "rescaling, duplicate connections collapsed (default: off)")
+    importance: float = option(0.0, check=valid.fraction_below_one, metavar="FRACTION", group=MLP_OPTIONS,
+                               help="importance pruning: drop this fraction of each hidden layer's neurons after each "
+                                    "epoch but the last, in [0, 1) (default: %(default)s, off)")
+    evolve_output: bool = option(True, group=MLP_OPTIONS,
+                                 help="SET leaves the output layer's connections alone, as later SET code does; use it "
+                                      "for wide last hidden layers, where the dense output layer's redrawn weights "
+                                      "cost accuracy (default: evolve it, evolve_output=%(default)s, as "
+                                      "implementation 2)")
+    label_column: str | None = option(None, check=valid.or_none(valid.string), metavar="NAME", group=MLP_OPTIONS,
+                                      help="task table: the name of the label column (default: none)")
+    recipe: str | None = option(None, choices=tuple(RECIPES), metavar="NAME",  # see recipe_config
+                                help="a published set-up: its task, model, sizes, epochs, batch, lr and sparsification "
+                                     "schedule; other options given override it; ends with the published number "
+                                     f"beside ours. One of: {', '.join(RECIPES)} (default: none; see docs/papers.md)")
+    # the memory model (sparse_engine.memory): they change no result, so a resumed run may change them
+    recompute_every: int | str | None = option(
+        None, check=valid.recompute_every, type=recompute_interval, metavar="{K,auto,none}", may_change=True,
+        help="keep the recurrent state every K steps and recompute the rest in the backward (same gradients, one "
+             "more forward, activations O(T/K + K) steps instead of O(T)); auto: the K with the least memory when "
+             "storing every step does not fit the budget (default: none)")
+    memory_budget: int | str | None = option(
+        None, check=valid.size_or_none, metavar="SIZE", may_change=True,
+        help="memory a training step (and an evaluation batch) may take, e.g. 16G or 512M: the run is refused before "
+             "it starts when the memory model (docs/memory.md) estimates more, and --recompute-every auto picks its K "
+             "for it (default: the memory available now; on a GPU its free memory)")
 
 
-def _integer(low: int):
-    def check(value):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-            return f"expected an integer >= {low}, got {value!r}"
-    return check
+@dataclass
+class BenchConfig(_Checked):
+    """``sparse-engine bench`` options: an n x n matrix of this density, ``batch`` columns; with
+    ``memory`` the predicted memory of a training step of a recurrent model instead (its sizes:
+    ``model`` ... ``budget``; :func:`sparse_engine.runs.memory_run.memory_bench`)."""
+    n: int = option(16384, check=valid.integer(1), metavar="N",
+                    help="rows and columns of the square sparse matrix, >= 1 (default: %(default)s)")
+    density: float = option(0.01, check=valid.fraction, metavar="FRACTION",
+                            help="fraction of nonzero entries, in (0, 1] (default: %(default)s)")
+    batch: int = option(32, check=valid.integer(1), metavar="N",
+                        help="columns of the dense operand, >= 1; with --memory the batch size (default: %(default)s)")
+    memory: bool = option(False, group=MEMORY_OPTIONS,
+                          help="print the step's peak by kind and phase instead of timing operators; with --budget "
+                               "also the largest hidden size that fits (same nonzeros per row: --density x --hidden) "
+                               "(default: off)")
+    model: str = shared_option(TrainConfig, "model", group=MEMORY_OPTIONS)
+    hidden: int = shared_option(TrainConfig, "hidden", group=MEMORY_OPTIONS)
+    layers: int = shared_option(TrainConfig, "layers", group=MEMORY_OPTIONS)
+    sparse: str = shared_option(TrainConfig, "sparse", group=MEMORY_OPTIONS)
+    seq_len: int = option(35, check=valid.integer(1), metavar="T", group=MEMORY_OPTIONS,
+                          help="steps per sequence, >= 1 (default: %(default)s)")
+    input_size: int = option(28, check=valid.integer(1), metavar="N", group=MEMORY_OPTIONS,
+                             help="input features per step, >= 1 (default: %(default)s)")
+    optimizer: str = option("adam", choices=MEMORY_OPTIMIZERS, group=MEMORY_OPTIONS,
+                            help="its state and temporaries (default: %(default)s)")
+    recompute_every: int | str | None = shared_option(TrainConfig, "recompute_every", group=MEMORY_OPTIONS)
+    device: str = shared_option(TrainConfig, "device", group=MEMORY_OPTIONS)
+    budget: int | str | None = option(None, check=valid.size_or_none, metavar="SIZE", group=MEMORY_OPTIONS,
+                                      help="memory a step may take, e.g. 16G or 80G for an 80 GB GPU (default: none)")
 
 
-def _fraction(value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value <= 1:
-        return f"expected a number in (0, 1], got {value!r}"
+def _null_methods():
+    from ..analysis.nulls import METHODS  # when first needed: the analysis package loads scipy
+
+    return METHODS
 
 
-def _positive(value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0 < value < math.inf):
-        return f"expected a finite number > 0, got {value!r}"
-
-
-def _path(value):
-    if not isinstance(value, (str, os.PathLike)) or str(value) == "":
-        return f"expected a path, got {value!r}"
-
-
-def _path_or_none(value):
-    return None if value is None else _path(value)
-
-
-def _checkpoint_or_none(value):
-    """A checkpoint path ``analyze`` can read back: a checkpoint suffix."""
-    if value is None or _path(value) is not None:
-        return _path_or_none(value)
-    from ..analysis.recurrent import CHECKPOINT_SUFFIXES
-
-    if Path(value).suffix.lower() not in CHECKPOINT_SUFFIXES:
-        return f"expected a checkpoint file name ending in {', '.join(CHECKPOINT_SUFFIXES)}, got {str(value)!r}"
-
-
-def _str_or_none(value):
-    if value is not None and not isinstance(value, str):
-        return f"expected a string, got {value!r}"
-
-
-def _flag(value):
-    if not isinstance(value, bool):
-        return f"expected True or False, got {value!r}"
-
-
-def _hidden(value):
-    """Hidden units: one int (per layer), or for --model mlp a list of layer sizes."""
-    if isinstance(value, (tuple, list)):
-        if not value or any(_integer(1)(v) for v in value):
-            return f"expected integers >= 1 separated by commas, got {','.join(map(str, value)) or 'nothing'}"
-        return None
-    return _integer(1)(value)
-
-
-def _fraction_below_one(value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
-        return f"expected a number in [0, 1), got {value!r}"
-
-
-def _unit(value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
-        return f"expected a number in [0, 1], got {value!r}"
-
-
-def _recompute_every(value):
-    """``--recompute-every``: None (store every step), a positive integer, or 'auto' (the budget picks)."""
-    if value is None or value == "auto":
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        return f"expected an integer >= 1, auto or none, got {value!r}"
-
-
-def _size_or_none(value):
-    """A memory size: bytes (an int), or text such as 16G or 512M; None: the default."""
-    if value is None:
-        return None
-    try:
-        parse_size(value)
-    except ValueError as exc:
-        return str(exc)
-
-
-def _recipe_or_none(value):
-    return None if value is None else _one_of(tuple(RECIPES))(value)
-
-
-def _null_method(value):
-    from ..analysis.nulls import METHODS
-
-    return _one_of(METHODS)(value)
-
-
-def _convention(value):
+def _conventions():
     from ..analysis.balance import CONVENTIONS
 
-    return _one_of(CONVENTIONS)(value)
+    return CONVENTIONS
 
 
-# One rule per field name, shared by the three configs (a name means the same in each).
-_FIELD_RULES = {
-    "task": _one_of(TASKS), "model": _one_of(MODELS), "sparse": _one_of(SPARSE_CHOICES),
-    "algorithm": _one_of(ALGORITHMS), "device": _one_of(DEVICES), "null_method": _null_method,
-    "hidden": _hidden, "layers": _integer(1), "epochs": _integer(1), "batch_size": _integer(1),
-    "n": _integer(1), "batch": _integer(1), "null": _integer(0), "seed": _integer(0),
-    "density": _fraction, "lr": _positive,
-    "path": _path, "data": _path_or_none, "save": _checkpoint_or_none, "record_balance": _path_or_none,
-    "plot": _path_or_none, "export_csv": _path_or_none, "key": _str_or_none, "resume": _path_or_none,
-    "checkpoint_every": _integer(0), "gate": _str_or_none, "convention": _convention, "lesion": _integer(0),
-    "quiet": _flag, "transpose": _flag, "recipe": _recipe_or_none,
-    # the memory model (sparse_engine.memory): train's plan, bench --memory
-    "recompute_every": _recompute_every, "memory_budget": _size_or_none, "budget": _size_or_none,
-    "memory": _flag, "seq_len": _integer(1), "input_size": _integer(1), "optimizer": _one_of(MEMORY_OPTIMIZERS),
-    # --model mlp
-    "epsilon": _positive, "zeta": _unit, "dropout": _fraction_below_one, "momentum": _fraction_below_one,
-    "weight_decay": _fraction_below_one, "importance": _fraction_below_one, "faithful": _flag,
-    "evolve_output": _flag,
-    "label_column": _str_or_none,
-}
+@dataclass
+class AnalyzeConfig(_Checked):
+    """``sparse-engine analyze`` options."""
+    path: str = option(check=valid.path,
+                       help="checkpoint (.pt, .pth, .ckpt), Gephi edge list (.csv: Id,Source,Target,Weight), scipy "
+                            "sparse matrix (.npz), a --record-balance CSV (balance over training), or a directory of "
+                            "networks as NNSTD layers (weight_l<i>.npz: the NNSTD between them)")
+    key: str | None = option(None, check=valid.or_none(valid.string),
+                             help="which matrix of a checkpoint, e.g. rnn.weight_hh_l1 (default: the first "
+                                  "hidden-to-hidden weight, weight_hh_l0)")
+    transpose: bool = option(False, help="the matrix is used as h @ W, rows presynaptic (default: off, W @ h)")
+    null: int = option(0, check=valid.integer(0), metavar="K",
+                       help="compare with K randomised networks, >= 0 (default: %(default)s, none)")
+    null_method: str = option("sign_shuffle", choices=_null_methods,
+                              help="how the null networks are randomised: shuffle the signs, degree-preserving swaps, "
+                                   "or both (default: %(default)s)")
+    seed: int = option(0, check=valid.integer(0), metavar="N",
+                       help="seed of the null models, >= 0 (default: %(default)s)")
+    export_csv: str | None = option(None, check=valid.or_none(valid.path), metavar="CSV",
+                                    help="also write the graph as a Gephi edge list (default: none)")
+    gate: str | None = option(None, check=valid.or_none(valid.string), metavar="NAME",
+                              help="one gate block of an LSTM (i f g o) or GRU (r z n) W_hh, or sum (the blocks "
+                                   "added) (default: every gate and the sum)")
+    plot: str | None = option(None, check=valid.or_none(valid.path), metavar="DIR",
+                              help="write the figures (PNG and SVG) into this directory, created with its parents if "
+                                   "missing: census against the null model (with --null) and degree/weight "
+                                   "distributions; for a recorded run (a --record-balance CSV as PATH) the balance "
+                                   "over epochs; for a directory the NNSTD heat map; needs matplotlib (default: none)")
+    convention: str = option("default", choices=_conventions,
+                             help="default, or seed: the paper's code's (balance mean without types that have no "
+                                  "balanced semicycle; census over the nodes that have edges) (default: %(default)s)")
+    lesion: int = option(0, check=valid.integer(0), metavar="N",
+                         help="for a checkpoint of train with a sparse rnn/ctrnn: cut up to N motifs (balanced, "
+                              "unbalanced, any; and N edge triples) from the recurrent matrix as the paper (one "
+                              "shuffled list, cumulative, 10 runs) and score the test set after each cut; with --plot "
+                              "the lesion curves, >= 0 (default: %(default)s, none)")
 
 
+def _group(config, title: str) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(config) if f.metadata["group"] == title)
+
+
+MLP_TASKS = ("digits", "mnist", "table")
+MLP_ALGORITHMS = ("none", "set")
+#: TrainConfig's options for --model mlp only
+MLP_FIELDS = _group(TrainConfig, MLP_OPTIONS)
+#: BenchConfig's fields that only bench --memory reads
+MEMORY_FIELDS = tuple(name for name in _group(BenchConfig, MEMORY_OPTIONS) if name != "memory")
+
+
+# ------------------------------------------------------------- options that do not go together
 def _train_combinations(cfg):
     """(field, reason) for options that cannot go together, or None."""
     problem = task_data_problem(cfg.task, cfg.data)
@@ -189,12 +272,6 @@ def _train_combinations(cfg):
     if cfg.checkpoint_every and cfg.save is None and cfg.resume is None:
         return "checkpoint_every", "needs a checkpoint to write to: save or resume (--save PATH or --resume PATH)"
     return None
-
-
-MLP_TASKS = ("digits", "mnist", "table")
-MLP_ALGORITHMS = ("none", "set")
-MLP_FIELDS = ("epsilon", "zeta", "dropout", "momentum", "weight_decay", "faithful", "importance", "evolve_output",
-              "label_column")
 
 
 def _mlp_combinations(cfg):
@@ -226,160 +303,6 @@ def _mlp_combinations(cfg):
     return None
 
 
-def mlp_sizes(cfg, n_in: int, n_out: int) -> tuple[int, ...]:
-    """The layer sizes of --model mlp: inputs, --hidden (a list, or one size repeated --layers
-    times), outputs."""
-    hidden = tuple(cfg.hidden) if isinstance(cfg.hidden, (tuple, list)) else (cfg.hidden,) * cfg.layers
-    return (n_in, *hidden, n_out)
-
-
-class _Checked:
-    """Base of the configs: constructing one (or ``replace``-ing a field) checks every field
-    with :data:`_FIELD_RULES` and raises :class:`ConfigError` naming the first bad one."""
-
-    def __post_init__(self):
-        for f in fields(self):
-            rule = _FIELD_RULES.get(f.name)
-            problem = rule(getattr(self, f.name)) if rule is not None else None
-            if problem is not None:
-                raise ConfigError(f.name, problem)
-        combination = _COMBINATIONS.get(type(self), lambda cfg: None)(self)
-        if combination is not None:
-            raise ConfigError(*combination)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto``: a CUDA GPU when torch sees one and this build has the CUDA kernels, else the CPU.
-    ConfigError (field ``device``) when ``cuda`` is asked for and cannot be had."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() and HAS_CUDA_KERNELS else "cpu")
-    if name not in DEVICES:
-        raise ConfigError("device", _one_of(DEVICES)(name))
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device", "'cuda' asked for, but torch sees no CUDA device (use 'cpu' or 'auto')")
-    if name == "cuda" and not HAS_CUDA_KERNELS:
-        raise ConfigError("device", "'cuda' asked for, but this build of sparse_engine has no CUDA kernels "
-                                    "(reinstall with a CUDA torch and nvcc present, or use 'cpu')")
-    return torch.device(name)
-
-
-# ---------------------------------------------------------------------------- configs
-@dataclass
-class TrainConfig(_Checked):
-    """``sparse-engine train`` options (the same names, ``-`` as ``_``, and defaults)."""
-    task: str = "digits"            # one of sparse_engine.data.TASKS
-    data: str | None = None         # dataset file or directory (mnist, sms, gesture; optional for mackey-glass)
-    model: str = "lstm"             # one of sparse_engine.models.MODELS
-    hidden: int = 128
-    layers: int = 1
-    density: float = 0.2            # density of the sparse matrices
-    sparse: str = "both"            # recurrent, input or both
-    algorithm: str = "none"         # one of sparse_engine.training.recipes.ALGORITHMS
-    epochs: int = 5
-    batch_size: int = 64
-    lr: float = 5e-3
-    seed: int = 0
-    save: str | None = None         # checkpoint path (written atomically)
-    record_balance: str | None = None  # CSV of structural balance after topology updates and each epoch
-    plot: str | None = None         # PNG of the loss curves
-    device: str = "auto"            # auto, cpu or cuda
-    quiet: bool = False             # no progress bars and no results table
-    resume: str | None = None       # continue the run saved in this checkpoint (see sparse_engine.io.resume)
-    checkpoint_every: int = 0       # also checkpoint to --save every this many steps inside an epoch (0: epoch ends)
-    # --model mlp only (SET-MLP, docs/set_mlp.md; SET implementation 2's values but for lr/batch_size)
-    epsilon: float = 13.0           # Erdos-Renyi: about epsilon*(in+out) connections per layer
-    zeta: float = 0.3               # fraction of each sign's weights SET replaces after an epoch
-    dropout: float = 0.2            # dropout of the hidden activations
-    momentum: float = 0.9           # SGD momentum (the MLP trains with SGD, not Adam)
-    weight_decay: float = 2e-4      # w -= weight_decay * w each step, outside the momentum
-    faithful: bool = False          # SET implementation 2's quirks (sigmoid + MSE, dropout scaling, duplicates)
-    importance: float = 0.0         # importance pruning: fraction of hidden neurons dropped after an epoch
-    evolve_output: bool = True      # SET also evolves the output layer (implementation 2); False: the later code
-    label_column: str | None = None  # task 'table': the label column's name
-    recipe: str | None = None       # a published set-up (sparse_engine.training.recipes.RECIPES); see recipe_config
-    # memory (sparse_engine.memory); they do not change what is computed, so a resumed run may change them
-    recompute_every: int | str | None = None  # keep the state every K steps ('auto': the budget picks K)
-    memory_budget: int | str | None = None    # bytes a step may use, e.g. 16G (None: available memory)
-
-
-def recipe_config(recipe: str, **options) -> TrainConfig:
-    """The :class:`TrainConfig` of the published set-up ``recipe`` (task, model, sizes, epochs,
-    batch, lr, algorithm of :data:`~sparse_engine.training.recipes.RECIPES`), with ``options``
-    overriding any field (``data``, a shorter ``epochs``, ``seed``, ...)."""
-    try:
-        fields_ = get_recipe(recipe).train
-    except ValueError:
-        raise ConfigError("recipe", _recipe_or_none(recipe)) from None
-    return TrainConfig(**{**fields_, **options, "recipe": recipe})
-
-
-def _shown(value) -> str:
-    """An option's value as typed on the command line (``1000,1000`` for a list of sizes)."""
-    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
-
-
-def resume_config(resume, **given) -> TrainConfig:
-    """The :class:`TrainConfig` that continues the run saved in the checkpoint ``resume``: the
-    options it was saved with, ``given`` (the options a user typed) overriding those that may
-    change (``epochs`` may grow; ``save``, ``plot``, ``record_balance``, ``device``, ``quiet``,
-    ``checkpoint_every``). ``save`` and ``quiet`` are not taken from the checkpoint: without
-    ``save`` the checkpoints go to ``resume``. ConfigError naming the first given option that conflicts with the
-    checkpoint's (one of :data:`~sparse_engine.io.resume.MUST_MATCH`, or fewer ``epochs``),
-    ConfigPathError for a missing file, CheckpointError (a ValueError) for a file that is not a
-    sparse-engine checkpoint or is damaged, ValueError for a checkpoint with no resumable state."""
-    from ..io.resume import MUST_MATCH, saved_options, same_option
-
-    problem = _path(resume)
-    if problem is None:
-        from ..data.files import input_path_problem
-
-        problem = input_path_problem(resume, "file")
-    if problem is not None:
-        raise ConfigPathError("resume", problem)
-    saved = saved_options(resume)
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(given) - known)
-    if unknown:
-        raise TypeError(f"resume_config() got an unexpected keyword argument {unknown[0]!r}")
-    for field in MUST_MATCH:
-        if field in given and field in saved and not same_option(field, saved[field], given[field]):
-            flag = "--" + field.replace("_", "-")
-            raise ConfigError(field, f"{_shown(given[field])} differs from the checkpoint's {flag} "
-                                     f"{_shown(saved[field])} ({resume}): a resumed run keeps the options it was "
-                                     f"saved with (leave {flag} out)")
-    if _integer(1)(given.get("epochs")) is None and given["epochs"] < saved.get("epochs", 0):
-        raise ConfigError("epochs", f"{given['epochs']} is less than the checkpoint's --epochs {saved['epochs']} "
-                                    f"({resume}): --epochs may only grow")
-    options = {k: v for k, v in saved.items() if k in known and k not in ("save", "resume", "quiet")}
-    return TrainConfig(**{**options, **given, "resume": resume})
-
-
-@dataclass
-class BenchConfig(_Checked):
-    """``sparse-engine bench`` options: an n x n matrix of this density, ``batch`` columns; with
-    ``memory`` the predicted memory of a training step of a recurrent model instead (its sizes:
-    ``model`` ... ``budget``; :func:`sparse_engine.runs.memory_run.memory_bench`)."""
-    n: int = 16384
-    density: float = 0.01
-    batch: int = 32
-    memory: bool = False
-    model: str = TrainConfig.model
-    hidden: int = TrainConfig.hidden
-    layers: int = TrainConfig.layers
-    sparse: str = TrainConfig.sparse
-    seq_len: int = 35
-    input_size: int = 28
-    optimizer: str = "adam"
-    recompute_every: int | str | None = None
-    device: str = TrainConfig.device
-    budget: int | str | None = None
-
-
-#: BenchConfig's fields that only bench --memory reads
-MEMORY_FIELDS = ("model", "hidden", "layers", "sparse", "seq_len", "input_size", "optimizer", "recompute_every",
-                 "device", "budget")
-
-
 def _bench_combinations(cfg):
     """(field, reason) for bench options that do not go together, or None."""
     if not cfg.memory:
@@ -400,20 +323,41 @@ def _bench_combinations(cfg):
     return None
 
 
-@dataclass
-class AnalyzeConfig(_Checked):
-    """``sparse-engine analyze`` options."""
-    path: str                       # checkpoint (.pt), Gephi edge list (.csv) or scipy matrix (.npz)
-    key: str | None = None          # which matrix of a checkpoint (default: the first recurrent one)
-    transpose: bool = False         # the matrix is used as h @ W (rows presynaptic)
-    null: int = 0                   # compare with this many randomised networks
-    null_method: str = "sign_shuffle"
-    seed: int = 0
-    export_csv: str | None = None   # write the graph here as a Gephi edge list
-    gate: str | None = None         # one gate block of an LSTM/GRU (i f g o / r z n) or "sum"; default all
-    plot: str | None = None         # write the figures (PNG and SVG) into this directory
-    convention: str = "default"     # "seed": the paper's code's balance mean and node count
-    lesion: int = 0                 # remove up to this many motifs per run (a train checkpoint's model)
-
-
 _COMBINATIONS = {TrainConfig: _train_combinations, BenchConfig: _bench_combinations}
+
+
+# ------------------------------------------------------------- what a config is turned into
+def mlp_sizes(cfg, n_in: int, n_out: int) -> tuple[int, ...]:
+    """The layer sizes of --model mlp: inputs, --hidden (a list, or one size repeated --layers
+    times), outputs."""
+    hidden = tuple(cfg.hidden) if isinstance(cfg.hidden, (tuple, list)) else (cfg.hidden,) * cfg.layers
+    return (n_in, *hidden, n_out)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: a CUDA GPU when torch sees one and this build has the CUDA kernels, else the CPU.
+    ConfigError (field ``device``) when ``cuda`` is asked for and cannot be had."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() and HAS_CUDA_KERNELS else "cpu")
+    if name not in DEVICES:
+        raise ConfigError("device", valid.one_of(DEVICES)(name))
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", "'cuda' asked for, but torch sees no CUDA device (use 'cpu' or 'auto')")
+    if name == "cuda" and not HAS_CUDA_KERNELS:
+        raise ConfigError("device", "'cuda' asked for, but this build of sparse_engine has no CUDA kernels "
+                                    "(reinstall with a CUDA torch and nvcc present, or use 'cpu')")
+    return torch.device(name)
+
+
+def recipe_config(recipe: str, **options) -> TrainConfig:
+    """The :class:`TrainConfig` of the published set-up ``recipe`` (task, model, sizes, epochs,
+    batch, lr, algorithm of :data:`~sparse_engine.training.recipes.RECIPES`), with ``options``
+    overriding any field (``data``, a shorter ``epochs``, ``seed``, ...)."""
+    try:
+        fields_ = get_recipe(recipe).train
+    except ValueError:
+        raise ConfigError("recipe", valid.or_none(valid.one_of(tuple(RECIPES)))(recipe)) from None
+    return TrainConfig(**{**fields_, **options, "recipe": recipe})
+
+
+__getattr__ = _moved.old_name(__name__)  # its old names, answered with a warning (sparse_engine._moved)

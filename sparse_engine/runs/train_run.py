@@ -1,27 +1,27 @@
 """``sparse-engine train`` as a function, :func:`train`: a sparse recurrent model (or a SET-MLP)
-trained on a task, with its progress lines, checkpoints and plot. What a run builds from its
-options, its data (:func:`load_run_task`) and its model (:func:`sequence_model`), is written
-once here: ``analyze --lesion`` rebuilds a trained run's model and test set with the same two
-functions, and scores it with the same :func:`evaluate`."""
+trained on a task, with its progress lines, checkpoints and plot. What it builds from its
+options (data, model, loss, scoring) is :mod:`sparse_engine.runs.rebuild`, which ``analyze
+--lesion`` uses again to rebuild a trained run; where a run stands and its resumable checkpoints,
+:mod:`sparse_engine.runs.resume`."""
 from __future__ import annotations
 
 import contextlib
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
-from ..data.tasks import load_task
-from ..io.resume import TrainProgress
 from ..models import SequenceModel
 from ..sparse import sparse_weights
-from ..training.recipes import get_recipe, make_controller, make_recipe_controller, zhang_init
-from .config import TrainConfig, mlp_sizes, recipe_config, resolve_device, resume_config, with_options
+from ..training.recipes import make_controller, make_recipe_controller, zhang_init
+from .config import TrainConfig, mlp_sizes, recipe_config, resolve_device, with_options
 from .memory_run import plan_training
 from .paths import check_train_paths
+from .rebuild import evaluate, load_run_task, run_recipe, sequence_loss, sequence_model, softmax_score_loss
+from .resume import TrainProgress, resume_config
 
 
 @dataclass
@@ -35,69 +35,6 @@ class TrainResult:
     def last(self) -> dict:
         """The last epoch's metrics (what the command line's ``run`` returns)."""
         return self.history[-1]
-
-
-def sequence_loss(out, target):
-    """Cross-entropy of class scores ``out`` (B, C), or (B, T, C) against a target per step
-    (B, T): then the mean over every step of every sequence, as Zhang et al.'s Gesture cost."""
-    if out.dim() == 3:
-        return nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), target.reshape(-1))
-    return nn.functional.cross_entropy(out, target)
-
-
-def softmax_score_loss(out, target):
-    """Cross-entropy of the class probabilities softmax(``out``) taken as scores: a softmax applied
-    twice, as Zhang et al.'s SMS net (its cost feeds tf.nn.softmax's output to
-    sparse_softmax_cross_entropy_with_logits)."""
-    return sequence_loss(torch.softmax(out, dim=-1), target)
-
-
-def evaluate(model, X, y, kind, batch=256, device="cpu"):
-    """(mean loss, accuracy) of ``model`` on (X, y); accuracy is nan for ``kind='regress'``.
-    With a class target per step (y (N, T)) both are means over all N*T steps."""
-    model.eval()
-    total, correct, n = 0.0, 0, 0
-    with torch.no_grad():
-        for i in range(0, len(X), batch):
-            out = model(X[i:i + batch].to(device))
-            t = y[i:i + batch].to(device)
-            if kind == "classify" and hasattr(model, "loss"):  # SparseMLP: its mode's loss (a batch mean)
-                total += model.loss(out, t).item() * len(t)
-                correct += (out.argmax(1) == t).sum().item()
-            elif kind == "classify":
-                if out.dim() == 3:  # a class per step: every step counts as one example
-                    out, t = out.reshape(-1, out.shape[-1]), t.reshape(-1)
-                total += nn.functional.cross_entropy(out, t, reduction="sum").item()
-                correct += (out.argmax(1) == t).sum().item()
-            else:
-                total += nn.functional.mse_loss(out, t, reduction="sum").item() / t[0].numel()
-            n += len(t)
-    model.train()
-    return total / n, (correct / n if kind == "classify" else math.nan)
-
-
-
-# ------------------------------------------------ what a run builds from its options
-def run_recipe(options: Mapping):
-    """The :class:`~sparse_engine.training.recipes.Recipe` a run follows, or None. ``options``:
-    a run's options as its checkpoint saves them (``asdict`` of its :class:`TrainConfig`)."""
-    return get_recipe(options["recipe"]) if options.get("recipe") else None
-
-
-def load_run_task(options: Mapping, recipe=None):
-    """(train, test, meta) of :func:`~sparse_engine.data.tasks.load_task` for a run's options
-    (as :func:`run_recipe`), with its recipe's variant of the data."""
-    return load_task(options["task"], options["data"], options["seed"], label_column=options.get("label_column"),
-                     variant=recipe.variant if recipe is not None else None)
-
-
-def sequence_model(options: Mapping, meta: dict, recompute_every: int | None = None) -> SequenceModel:
-    """The (freshly initialised) :class:`~sparse_engine.models.SequenceModel` of a run's options
-    (as :func:`run_recipe`) for its task's ``meta``; ``recompute_every``: the interval the run's
-    memory plan chose (:func:`~sparse_engine.runs.memory_run.plan_training`; it changes no result)."""
-    return SequenceModel(options["model"], meta["n_in"], meta["n_out"], options["hidden"], options["layers"],
-                         options["density"], options["sparse"], meta["kind"], meta.get("vocab"),
-                         readout=meta.get("readout"), recompute_every=recompute_every)
 
 
 def progress_postfix(loss: float, samples: int, seconds: float) -> str:
@@ -134,135 +71,194 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
     of :data:`~sparse_engine.training.recipes.RECIPES`) the run is that published set-up
     (:func:`recipe_config`; the other options override it), ending with the published number
     beside ours. With ``resume`` (a checkpoint) and no ``config``, the options not given are the
-    checkpoint's (:func:`~sparse_engine.runs.config.resume_config`); with a ``config`` its options
+    checkpoint's (:func:`~sparse_engine.runs.resume.resume_config`); with a ``config`` its options
     that shape the computation must equal the checkpoint's."""
     from rich.console import Console
-    from tqdm import tqdm
 
-    if config is None and options.get("resume") is not None:  # the checkpoint's options, where not given
-        cfg = resume_config(**options)
-    elif config is None and options.get("recipe") is not None:
-        cfg = recipe_config(**options)
-    else:
-        cfg = with_options(TrainConfig, config, options)
-        if cfg.resume is not None:  # every option given: those that must match are checked against the checkpoint
-            cfg = resume_config(cfg.resume, **{k: v for k, v in asdict(cfg).items() if k != "resume"})
+    cfg = _train_config(config, options)
     args = asdict(cfg)  # the options as its checkpoint saves them (what analyze --lesion rebuilds from)
     recipe = run_recipe(args)
     check_train_paths(cfg)
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     (Xtr, ytr), (Xte, yte), meta = load_run_task(args, recipe)
-    # the paper's code skips an epoch's last partial batch where meta says so (Zhang et al.'s Gesture),
-    # or its epoch is a number of batches drawn from shuffled passes (Zhang et al.'s MNIST)
-    if meta.get("epoch_batches"):
-        batches = meta["epoch_batches"]
-        trained = batches * cfg.batch_size
-    else:
-        batches = len(Xtr) // cfg.batch_size if meta.get("drop_last") else math.ceil(len(Xtr) / cfg.batch_size)
-        trained = min(len(Xtr), batches * cfg.batch_size)  # the examples an epoch trains on
-    callbacks = []
-    recorder = None
+    batches, trained = _epoch_size(meta, len(Xtr), cfg.batch_size)
     console = Console()
-    if cfg.model == "mlp":  # SET-MLP: SGD with decay outside the momentum, SET after each epoch but the last
-        from ..nn import SparseMLP
-        from ..training import SETMLP, SETSGD
-
+    if cfg.model == "mlp":
         Xtr, Xte = Xtr.reshape(len(Xtr), -1), Xte.reshape(len(Xte), -1)
-        model = SparseMLP(mlp_sizes(cfg, Xtr.shape[1], meta["n_out"]), cfg.epsilon, cfg.dropout,
-                          faithful=cfg.faithful).to(device)
-        opt = SETSGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        ctl = None if cfg.algorithm == "none" else SETMLP(model, opt, cfg.epochs, cfg.zeta, importance=cfg.importance,
-                                                          seed=cfg.seed, evolve_output=cfg.evolve_output)
-        loss_fn = model.loss
-    else:  # the memory plan first: a run that would not fit is refused before anything is built
-        recompute_every, line = plan_training(cfg, meta, Xtr.shape[1], len(Xte), device)
-        if line is not None and not cfg.quiet:
-            console.print(line, markup=False, highlight=False, soft_wrap=True)
-        model = sequence_model(args, meta, recompute_every)
-        if recipe is not None and recipe.zhang_init:
-            zhang_init(model, cfg.seed, **recipe.init)
-        model = model.to(device)
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-        if cfg.record_balance:  # after each topology update and at each epoch's end (analysis/record.py)
-            from ..analysis import BalanceRecorder, recurrent_weights
-
-            recorder = BalanceRecorder(layers=list(recurrent_weights(model)), path=cfg.record_balance)  # written as it goes
-            callbacks.append(recorder)
-        if recipe is not None:
-            ctl = make_recipe_controller(recipe, model, opt, batches, cfg.epochs, cfg.seed, callbacks)
-        else:
-            ctl = make_controller(cfg.algorithm, model, opt, cfg.epochs * batches, cfg.seed, callbacks)
-        loss_fn = sequence_loss if meta["kind"] == "classify" else nn.functional.mse_loss
-        if recipe is not None and recipe.softmax_loss:
-            loss_fn = softmax_score_loss
-    progress = TrainProgress.start(cfg, model, opt, ctl, recorder, device, len(Xtr),  # restores with --resume
-                                   shuffle=meta.get("shuffle", True), drop_last=meta.get("drop_last", False),
-                                   epoch_batches=meta.get("epoch_batches"))
-    history = progress.history
+        parts = _mlp_parts(cfg, meta, Xtr.shape[1], device)
+    else:
+        parts = _sequence_parts(cfg, args, recipe, meta, (Xtr.shape[1], len(Xte)), device, batches, console)
+    progress = TrainProgress.start(cfg, parts.model, parts.optimizer, parts.controller, parts.recorder, device,
+                                   len(Xtr), shuffle=meta.get("shuffle", True), drop_last=meta.get("drop_last", False),
+                                   epoch_batches=meta.get("epoch_batches"))  # restores with --resume
     if not cfg.quiet:
-        title = f"sparse {cfg.model.upper()} on {cfg.task} ({cfg.recipe or cfg.algorithm}, {device})"
-        console.print(title, markup=False, highlight=False)
-        console.print(epoch_header(), markup=False, highlight=False)
-        for row in history:  # the epochs a resumed run had finished
-            console.print(epoch_line(row, None), markup=False, highlight=False)
+        _print_start(console, cfg, device, progress.history)
     for epoch in range(progress.epoch + 1, cfg.epochs + 1):
-        order, running = progress.begin_epoch(epoch)
-        if recorder is not None:
-            recorder.epoch = epoch
-        done = progress.batch  # batches of this epoch a resumed run had done (full ones)
-        seen, start = done * cfg.batch_size, time.perf_counter()
-        # no bar where stderr is not a terminal (a log file, a pipe): its carriage returns would fill it;
-        # the line after each epoch says how it went
-        bar = tqdm(order, desc=f"epoch {epoch}", unit="batch", initial=done, total=done + len(order), leave=False,
-                   disable=True if cfg.quiet else None)
-        for idx in bar:
-            opt.zero_grad()
-            loss = loss_fn(model(Xtr[idx].to(device)), ytr[idx].to(device))
-            loss.backward()
-            if recipe is not None and recipe.clip_value is not None:
-                nn.utils.clip_grad_value_(model.parameters(), recipe.clip_value)
-            opt.step()
-            if ctl is not None:
-                ctl.step()
-            running += loss.item() * len(idx)
-            progress.after_step(running)
-            seen += len(idx)
-            if not cfg.quiet:
-                bar.set_postfix_str(progress_postfix(running / seen, seen - done * cfg.batch_size,
-                                                     time.perf_counter() - start), refresh=False)
-        samples_per_s = (seen - done * cfg.batch_size) / max(time.perf_counter() - start, 1e-9)
-        # Selfish-RNN evaluates on the NT-ASGD averages once averaging has started, as its paper;
-        # an MLP's hidden layers can be wide (10^5-10^6 units): its test batches are training-sized
-        averaged = ctl.averaged() if hasattr(ctl, "averaged") else contextlib.nullcontext()
-        with averaged:
-            test_loss, test_acc = evaluate(model, Xte, yte, meta["kind"],
-                                           batch=cfg.batch_size if cfg.model == "mlp" else 256, device=device)
-        if ctl is not None:
-            ctl.end_epoch(val_loss=test_loss) if cfg.algorithm == "selfish" else ctl.end_epoch()
-        if recipe is not None and recipe.fresh_optimizer(epoch, cfg.epochs):
-            opt.state.clear()  # the code builds a new Adam (moments and step count from zero) for the next epoch
-        if recorder is not None:
-            recorder.end_epoch(epoch * batches, recurrent_weights(model), epoch)
-        weights = sparse_weights(model).values()
-        nnz = sum(w.nnz for w in weights)
-        size = sum(w.shape[0] * w.shape[1] for w in weights)
-        row = dict(epoch=epoch, train_loss=running / trained, test_loss=test_loss, test_acc=test_acc, nnz=nnz,
-                   density=nnz / size)
+        running, samples_per_s = _train_epoch(cfg, parts, progress, epoch, (Xtr, ytr), recipe, device)
+        row = _end_epoch(cfg, parts, epoch, running / trained, (Xte, yte, meta), recipe, batches, device)
         progress.end_epoch(row)  # appends to history; the checkpoint at every epoch end
         if not cfg.quiet:
             console.print(epoch_line(row, samples_per_s), markup=False, highlight=False)
+    _print_outputs(console, cfg, recipe, parts.recorder, progress)
+    return TrainResult(parts.model, progress.history)
+
+
+def _train_config(config: TrainConfig | None, options: dict) -> TrainConfig:
+    """The run's config: ``config`` with ``options``; with ``resume`` and no ``config`` the
+    checkpoint's options where not given, with ``recipe`` and no ``config`` the recipe's."""
+    if config is None and options.get("resume") is not None:  # the checkpoint's options, where not given
+        return resume_config(**options)
+    if config is None and options.get("recipe") is not None:
+        return recipe_config(**options)
+    cfg = with_options(TrainConfig, config, options)
+    if cfg.resume is not None:  # every option given: those that must match are checked against the checkpoint
+        cfg = resume_config(cfg.resume, **{k: v for k, v in asdict(cfg).items() if k != "resume"})
+    return cfg
+
+
+def _epoch_size(meta: dict, n_train: int, batch_size: int) -> tuple[int, int]:
+    """(batches an epoch, examples it trains on). The paper's code skips an epoch's last partial
+    batch where meta says so (Zhang et al.'s Gesture), or its epoch is a number of batches drawn
+    from shuffled passes (Zhang et al.'s MNIST)."""
+    if meta.get("epoch_batches"):
+        return meta["epoch_batches"], meta["epoch_batches"] * batch_size
+    batches = n_train // batch_size if meta.get("drop_last") else math.ceil(n_train / batch_size)
+    return batches, min(n_train, batches * batch_size)
+
+
+@dataclass
+class _Parts:
+    """What a run trains: its model, optimizer, topology controller (None: a fixed topology),
+    loss and balance recorder (None without ``record_balance``)."""
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    controller: object
+    loss: Callable
+    recorder: object = None
+
+
+def _mlp_parts(cfg: TrainConfig, meta: dict, n_in: int, device) -> _Parts:
+    """SET-MLP: SGD with decay outside the momentum, SET after each epoch but the last."""
+    from ..nn import SparseMLP
+    from ..training import SETMLP, SETSGD
+
+    model = SparseMLP(mlp_sizes(cfg, n_in, meta["n_out"]), cfg.epsilon, cfg.dropout, faithful=cfg.faithful).to(device)
+    opt = SETSGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    ctl = None if cfg.algorithm == "none" else SETMLP(model, opt, cfg.epochs, cfg.zeta, importance=cfg.importance,
+                                                      seed=cfg.seed, evolve_output=cfg.evolve_output)
+    return _Parts(model, opt, ctl, model.loss)
+
+
+def _sequence_parts(cfg: TrainConfig, args: dict, recipe, meta: dict, sizes: tuple[int, int], device, batches: int,
+                    console) -> _Parts:
+    """A recurrent model with Adam, its controller and loss. The memory plan first (``sizes``:
+    steps per sequence, test examples): a run that would not fit is refused before anything is built."""
+    recompute_every, line = plan_training(cfg, meta, *sizes, device)
+    if line is not None and not cfg.quiet:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    model = sequence_model(args, meta, recompute_every)
+    if recipe is not None and recipe.zhang_init:
+        zhang_init(model, cfg.seed, **recipe.init)
+    model = model.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    callbacks, recorder = [], None
+    if cfg.record_balance:  # after each topology update and at each epoch's end (analysis/record.py)
+        from ..analysis import BalanceRecorder, recurrent_weights
+
+        recorder = BalanceRecorder(layers=list(recurrent_weights(model)), path=cfg.record_balance)  # written as it goes
+        callbacks.append(recorder)
+    if recipe is not None:
+        ctl = make_recipe_controller(recipe, model, opt, batches, cfg.epochs, cfg.seed, callbacks)
+    else:
+        ctl = make_controller(cfg.algorithm, model, opt, cfg.epochs * batches, cfg.seed, callbacks)
+    loss = sequence_loss if meta["kind"] == "classify" else nn.functional.mse_loss
+    if recipe is not None and recipe.softmax_loss:
+        loss = softmax_score_loss
+    return _Parts(model, opt, ctl, loss, recorder)
+
+
+def _print_start(console, cfg: TrainConfig, device, history: list[dict]) -> None:
+    """The run's title and the header of its epoch lines, and the epochs a resumed run had finished."""
+    title = f"sparse {cfg.model.upper()} on {cfg.task} ({cfg.recipe or cfg.algorithm}, {device})"
+    console.print(title, markup=False, highlight=False)
+    console.print(epoch_header(), markup=False, highlight=False)
+    for row in history:
+        console.print(epoch_line(row, None), markup=False, highlight=False)
+
+
+def _train_epoch(cfg: TrainConfig, parts: _Parts, progress: TrainProgress, epoch: int, train_set, recipe,
+                 device) -> tuple[float, float]:
+    """Trains on the batches of epoch ``epoch`` still to run: (its summed train loss, samples/s)."""
+    from tqdm import tqdm
+
+    (Xtr, ytr), model, opt, ctl = train_set, parts.model, parts.optimizer, parts.controller
+    order, running = progress.begin_epoch(epoch)
+    if parts.recorder is not None:
+        parts.recorder.epoch = epoch
+    done = progress.batch  # batches of this epoch a resumed run had done (full ones)
+    seen, start = done * cfg.batch_size, time.perf_counter()
+    # no bar where stderr is not a terminal (a log file, a pipe): its carriage returns would fill it;
+    # the line after each epoch says how it went
+    bar = tqdm(order, desc=f"epoch {epoch}", unit="batch", initial=done, total=done + len(order), leave=False,
+               disable=True if cfg.quiet else None)
+    for idx in bar:
+        opt.zero_grad()
+        loss = parts.loss(model(Xtr[idx].to(device)), ytr[idx].to(device))
+        loss.backward()
+        if recipe is not None and recipe.clip_value is not None:
+            nn.utils.clip_grad_value_(model.parameters(), recipe.clip_value)
+        opt.step()
+        if ctl is not None:
+            ctl.step()
+        running += loss.item() * len(idx)
+        progress.after_step(running)
+        seen += len(idx)
+        if not cfg.quiet:
+            bar.set_postfix_str(progress_postfix(running / seen, seen - done * cfg.batch_size,
+                                                 time.perf_counter() - start), refresh=False)
+    return running, (seen - done * cfg.batch_size) / max(time.perf_counter() - start, 1e-9)
+
+
+def _end_epoch(cfg: TrainConfig, parts: _Parts, epoch: int, train_loss: float, test_set, recipe, batches: int,
+               device) -> dict:
+    """After epoch ``epoch``'s steps: its test score, the controller's and the recorder's epoch end;
+    the epoch's row of the history."""
+    (Xte, yte, meta), model, ctl = test_set, parts.model, parts.controller
+    # Selfish-RNN evaluates on the NT-ASGD averages once averaging has started, as its paper;
+    # an MLP's hidden layers can be wide (10^5-10^6 units): its test batches are training-sized
+    averaged = ctl.averaged() if hasattr(ctl, "averaged") else contextlib.nullcontext()
+    with averaged:
+        test_loss, test_acc = evaluate(model, Xte, yte, meta["kind"],
+                                       batch=cfg.batch_size if cfg.model == "mlp" else 256, device=device)
+    if ctl is not None:
+        ctl.end_epoch(val_loss=test_loss) if cfg.algorithm == "selfish" else ctl.end_epoch()
+    if recipe is not None and recipe.fresh_optimizer(epoch, cfg.epochs):
+        parts.optimizer.state.clear()  # the code builds a new Adam (moments, step count from zero) for the next epoch
+    if parts.recorder is not None:
+        from ..analysis import recurrent_weights
+
+        parts.recorder.end_epoch(epoch * batches, recurrent_weights(model), epoch)
+    weights = sparse_weights(model).values()
+    nnz = sum(w.nnz for w in weights)
+    size = sum(w.shape[0] * w.shape[1] for w in weights)
+    return dict(epoch=epoch, train_loss=train_loss, test_loss=test_loss, test_acc=test_acc, nnz=nnz,
+                density=nnz / size)
+
+
+def _print_outputs(console, cfg: TrainConfig, recipe, recorder, progress: TrainProgress) -> None:
+    """After the last epoch: the recipe's published number beside ours, and the files written."""
     if recipe is not None and not cfg.quiet:
-        console.print(recipe_summary(recipe, history[-1], cfg.epochs), markup=False, highlight=False, soft_wrap=True)
+        console.print(recipe_summary(recipe, progress.history[-1], cfg.epochs), markup=False, highlight=False,
+                      soft_wrap=True)
     if progress.save_path:
         console.print(f"checkpoint: {progress.save_path}")
     if recorder is not None:
         recorder.to_csv(cfg.record_balance)
         console.print(f"balance records: {cfg.record_balance}")
     if cfg.plot:
-        plot_history(history, cfg.plot)
+        plot_history(progress.history, cfg.plot)
         console.print(f"plot: {cfg.plot}")
-    return TrainResult(model, history)
 
 
 def recipe_summary(recipe, last: dict, epochs: int) -> str:

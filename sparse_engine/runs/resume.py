@@ -18,29 +18,32 @@ also every STEPS optimizer steps inside an epoch, always between two steps. ``--
 rebuilds the run from its options, loads all of that and goes on from the next step with the
 saved shuffle of the interrupted epoch (its done batches skipped) and then the restored generator,
 so it computes what the uninterrupted run would have (the same device and thread count).
-The run's options are the saved ones (:func:`saved_options`;
-:func:`sparse_engine.runs.config.resume_config` fills in those not given); options given that
-shape the computation must equal the saved ones (:data:`MUST_MATCH`); only ``--epochs`` may grow
-(the controller keeps the schedule of the saved run: its state holds it).
+The run's options are the saved ones (:func:`saved_options`; :func:`resume_config` fills in
+those not given); options given that shape the computation must equal the saved ones
+(:data:`MUST_MATCH`, the :class:`~sparse_engine.runs.config.TrainConfig` fields not declared
+``may_change``); only ``--epochs`` may grow (the controller keeps the schedule of the saved run:
+its state holds it).
 """
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from ..data.files import input_path_problem
+from ..io.checkpoint import load_checkpoint, save_checkpoint
+from . import validators as valid
+from .config import ConfigError, ConfigPathError, TrainConfig
 
-__all__ = ["MUST_MATCH", "TrainProgress", "saved_options"]
+__all__ = ["MUST_MATCH", "TrainProgress", "resume_config", "saved_options"]
 
-#: TrainConfig fields a resumed run must share with the saved one (the others, e.g. --save,
-#: --plot, --quiet, --device, --checkpoint-every, may change; --epochs may grow)
-MUST_MATCH = ("task", "data", "model", "hidden", "layers", "density", "sparse", "algorithm", "batch_size", "lr",
-              "seed", "epsilon", "zeta", "dropout", "momentum", "weight_decay", "faithful", "importance",
-              "evolve_output", "label_column", "recipe")
+#: TrainConfig fields a resumed run must share with the saved one: those its declaration does not
+#: mark ``may_change`` (--save, --plot, --quiet, --device, --checkpoint-every, ... may change;
+#: --epochs may grow)
+MUST_MATCH = tuple(f.name for f in fields(TrainConfig) if not f.metadata["may_change"])
 VERSION = 1
 
 
@@ -68,6 +71,43 @@ def saved_options(path) -> dict:
         raise ValueError(f"{path}: this checkpoint holds no resumable state (it was not written by sparse-engine "
                          "train, or by a version before --resume)")
     return {k: v for k, v in args.items() if k != "command"}
+
+
+def _shown(value) -> str:
+    """An option's value as typed on the command line (``1000,1000`` for a list of sizes)."""
+    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+
+
+def resume_config(resume, **given) -> TrainConfig:
+    """The :class:`TrainConfig` that continues the run saved in the checkpoint ``resume``: the
+    options it was saved with, ``given`` (the options a user typed) overriding those that may
+    change (``epochs`` may grow; ``save``, ``plot``, ``record_balance``, ``device``, ``quiet``,
+    ``checkpoint_every``). ``save`` and ``quiet`` are not taken from the checkpoint: without
+    ``save`` the checkpoints go to ``resume``. ConfigError naming the first given option that conflicts with the
+    checkpoint's (one of :data:`MUST_MATCH`, or fewer ``epochs``),
+    ConfigPathError for a missing file, CheckpointError (a ValueError) for a file that is not a
+    sparse-engine checkpoint or is damaged, ValueError for a checkpoint with no resumable state."""
+    problem = valid.path(resume)
+    if problem is None:
+        problem = input_path_problem(resume, "file")
+    if problem is not None:
+        raise ConfigPathError("resume", problem)
+    saved = saved_options(resume)
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise TypeError(f"resume_config() got an unexpected keyword argument {unknown[0]!r}")
+    for field in MUST_MATCH:
+        if field in given and field in saved and not same_option(field, saved[field], given[field]):
+            flag = _flag(field)
+            raise ConfigError(field, f"{_shown(given[field])} differs from the checkpoint's {flag} "
+                                     f"{_shown(saved[field])} ({resume}): a resumed run keeps the options it was "
+                                     f"saved with (leave {flag} out)")
+    if valid.integer(1)(given.get("epochs")) is None and given["epochs"] < saved.get("epochs", 0):
+        raise ConfigError("epochs", f"{given['epochs']} is less than the checkpoint's --epochs {saved['epochs']} "
+                                    f"({resume}): --epochs may only grow")
+    options = {k: v for k, v in saved.items() if k in known and k not in ("save", "resume", "quiet")}
+    return TrainConfig(**{**options, **given, "resume": resume})
 
 
 def rng_state(device: torch.device) -> dict:
@@ -232,3 +272,4 @@ class TrainProgress:
         if resume:
             progress.restore(resume)
         return progress
+
