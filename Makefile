@@ -44,11 +44,15 @@ test: install
 # every operator with malformed input among them, run against that build from a copy of the package
 # (the fuzz test alone: 1.5 minutes on 2 busy cores). Python and torch are not instrumented, so libasan is preloaded, with
 # libstdc++ (else ASan cannot intercept the first C++ throw: the ValueErrors); --capture=sys leaves
-# the sanitizers' reports (written to fd 2 just before the process exits) on the terminal. One test is
-# left out: it checks glibc malloc's trimming, and ASan's allocator replaces malloc.
-ASAN_TESTS := test_fuzz_ops.py test_index_check.py test_ops.py test_kernels_topology_cuda.py \
-	test_training_topology.py test_densify_ops.py test_properties.py test_rnn_cells.py test_dense_rnn.py \
-	test_analysis_census.py test_threads.py
+# the sanitizers' reports (written to fd 2 just before the process exits) on the terminal. Left out: the
+# test of glibc malloc's trimming (ASan's allocator replaces malloc) and the op families' tests on the
+# CUDA emulator (*_on_the_emulator: host builds of the CUDA kernels, which
+# tests/kernels/test_cuda_sanitizers.py runs under the sanitizers).
+ASAN_TESTS := ops/test_malformed_input.py ops/test_index_check.py ops/test_spmm.py ops/test_sddmm.py \
+	ops/test_transpose.py ops/test_rnn_step.py ops/test_topology.py ops/test_densify.py ops/test_dense_rnn.py \
+	ops/test_analysis.py ops/test_mlp.py training/test_topology_updates.py sparse/test_weight_invariants.py \
+	io/test_checkpoint_round_trips.py nn/test_module_properties.py nn/test_cells.py nn/test_blocks.py \
+	analysis/test_census.py runtime/test_import_order.py
 asan: install
 	@echo "== building the CPU kernels with -fsanitize=address,undefined into build/asan"
 	@mkdir -p build/asan && SPARSE_ENGINE_CUDA=0 SPARSE_ENGINE_SANITIZE=address $(PY) setup.py build_ext --build-lib build/asan/lib \
@@ -61,7 +65,7 @@ asan: install
 	  ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 UBSAN_OPTIONS=print_stacktrace=1 && \
 	  $(abspath $(PY)) -c "import sparse_engine._C as c; assert '/build/asan/' in c.__file__, c.__file__" && \
 	  $(abspath $(PY)) -m pytest -q -p no:cacheprovider --capture=sys -o pythonpath=$$PWD $(addprefix $(CURDIR)/tests/,$(ASAN_TESTS)) \
-	    -k "not test_keep_freed_memory_serves_large_tensors_from_the_heap"
+	    -k "not test_keep_freed_memory_serves_large_tensors_from_the_heap and not on_the_emulator"
 
 # The CPU tables (benchmarks/results/cpu_ops.md, rnn_cpu.md), each written row by row; run it on
 # a quiet machine. BENCH_ARGS=--quick checks the scripts on a small subset.

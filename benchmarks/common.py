@@ -9,7 +9,7 @@ their results.
   versions, GPU, whether this build has the CUDA kernels, date).
 * :func:`write_result`, :func:`markdown_table`, :func:`ms`, :func:`ratio`: the results files.
 
-sparse_engine is imported before torch, here and in every script (tests/test_threads.py checks),
+sparse_engine is imported before torch, here and in every script (tests/runtime/test_import_order.py checks),
 so that the benchmarks run with the OpenMP waiting policy a user gets: passive waiting, which
 ``import sparse_engine`` sets only when it comes first (sparse_engine/runtime/threads.py).
 Tables measured before 2026-11-25 by scripts that imported torch first ran with libgomp's

@@ -194,19 +194,25 @@ $PY -c "import pytest_timeout" 2>/dev/null && PYTEST_TIMEOUT=(--timeout=240 --ti
 
 if has test && begin tests 60; then
   t0=$SECONDS
-  # only the tests that need the GPU: test_cuda_build.py (nvcc again), test_cuda_emulated.py and
-  # test_cuda_sanitizers.py (host emulation) run on every CPU machine and would only spend device time
-  # here; test_index_check.py runs its cases on CPU and CUDA. test_cuda_limits.py (sizes past grid.y and
-  # 2^31, streams, a CUDA graph, NaN-filled outputs; ~30 GB) runs first: what the emulator cannot show.
-  # Then the GPU cases of other files (autocast on CUDA, the memory model against the caching
-  # allocator, recomputation bit for bit, the CLI's device choice), which the first H200 run left out.
+  # only the tests that need the GPU, picked by -k (which matches marker names too): those marked
+  # `cuda`, parametrized on "cuda" or in a class TestCUDA, and the three named below. The CPU cases of
+  # the same files, tests/kernels/test_cuda_build.py (nvcc again) and the emulator tests (tests/ops'
+  # *_on_the_emulator, tests/kernels/test_cuda_emulator.py and test_cuda_sanitizers.py: host emulation)
+  # run on every CPU machine and would only spend device time here. tests/kernels/test_cuda_limits.py
+  # (sizes past grid.y and 2^31, streams, a CUDA graph; ~30 GB) runs first: what the emulator cannot
+  # show. Then every op family's GPU cases (tests/ops/test_<family>.py: the products, the transposed
+  # index, the fused step, the topology ops, the index checks, NaN-filled outputs, autocast,
+  # torch.compile), the modules and the controllers on CUDA, and the GPU cases of other files (the memory
+  # model against the caching allocator, recomputation bit for bit, the CLI's device choice), which the
+  # first H200 run left out.
   # No -x: every failure is listed (the first H200 run stopped at its first, a test's tolerance, and
   # cost a second command to see the rest). The benchmarks run after a failure too (they check their
   # own results against cuSPARSE / the CPU), and the command's status says the tests failed.
   if ! CAP=330 logged 40 $PY -m pytest -q -ra --durations=10 ${PYTEST_TIMEOUT[@]+"${PYTEST_TIMEOUT[@]}"} \
-      tests/test_cuda_limits.py tests/test_cuda_ops.py tests/test_cuda_rnn.py tests/test_kernels_topology_cuda.py \
-      tests/test_index_check.py tests/test_autocast.py tests/test_memory_model.py::test_prediction_on_a_gpu \
-      tests/test_recompute.py::test_cuda_bit_identical tests/test_cli.py::test_train_device_choice; then
+      -k "(cuda or gpu or device_choice) and not emulator" \
+      tests/kernels/test_cuda_limits.py tests/ops tests/nn/test_on_cuda.py tests/nn/test_autocast.py \
+      tests/training/test_topology_updates.py tests/memory/test_memory_model.py::test_prediction_on_a_gpu \
+      tests/recurrent/test_recompute.py::test_cuda_bit_identical tests/cli/test_cli.py::test_train_device_choice; then
     say "== tests FAILED (the list above; the log has each failure): the benchmarks below run on these kernels"
   fi
   took tests $t0
@@ -230,16 +236,18 @@ if has sanitize && begin sanitize 120; then
   }
   # the ops on the patterns with long rows/columns, zero sizes and one column at B = 3 (scalar
   # loads), 32 (vector loads, one tile) and 300 (several tiles), every dtype; misaligned inputs;
-  # bad indices (the scan must not read out of bounds either)
-  san memcheck 35 tests/test_cuda_ops.py -k "(test_ops_match_dense_reference and (-3- or -32- or -300-) and \
-(power or zero or no_ or one_col)) or long_kernel_grid or long_row_kernels or misaligned or zero_batch or out_of_range"
-  san memcheck 25 tests/test_index_check.py -k cuda
-  san memcheck 50 tests/test_cuda_rnn.py -k "skewed or zero or empty or misaligned"
+  # bad indices (the scan must not read out of bounds either). "cuda and": the GPU cases of each file
+  san memcheck 35 tests/ops/test_spmm.py tests/ops/test_sddmm.py tests/ops/test_transpose.py -k "cuda and ((test_ops_match_dense_reference and \
+(-3- or -32- or -300-) and (power or zero or no_ or one_col)) or long_kernel_grid or long_row_kernels or misaligned or \
+zero_batch or out_of_range)"
+  san memcheck 25 tests/ops/test_index_check.py -k cuda
+  san memcheck 50 tests/ops/test_rnn_step.py -k "cuda and (skewed or zero or empty or misaligned)"
   # reads of memory no one wrote (a workspace or list count left uninitialised): initcheck
-  san initcheck 30 tests/test_cuda_ops.py -k "(test_ops_match_dense_reference and -32- and (power or zero)) or long_kernel_grid"
+  san initcheck 30 tests/ops/test_spmm.py tests/ops/test_sddmm.py -k "cuda and ((test_ops_match_dense_reference and -32- and (power or zero)) or \
+long_kernel_grid)"
   # shared memory: the long-row kernels' partial sums and the fused step's per-block products
-  san racecheck 50 tests/test_cuda_ops.py -k "long_kernel_grid or long_row_kernels"
-  san racecheck 100 tests/test_cuda_rnn.py -k "skewed and (LSTM or GRU) and f32"
+  san racecheck 50 tests/ops/test_spmm.py tests/ops/test_sddmm.py -k "cuda and (long_kernel_grid or long_row_kernels)"
+  san racecheck 100 tests/ops/test_rnn_step.py -k "cuda and skewed and (LSTM or GRU) and f32"
   unset PYTORCH_NO_CUDA_MEMORY_CACHING
   took sanitize $t0
 fi

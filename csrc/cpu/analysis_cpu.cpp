@@ -25,7 +25,7 @@
 // edges keep their own signs).
 //
 // Why one file above 500 lines: it is the analysis family's CPU file (one per op family,
-// tests/test_op_registry.py); the census and the semicycles share the graph built from the CSR
+// tests/ops/test_registry.py); the census and the semicycles share the graph built from the CSR
 // (neighbour merge, sign bits), written once at the top; the swaps are the family's third op.
 #include <torch/library.h>
 #include <omp.h>

@@ -39,7 +39,7 @@ inline std::vector<int64_t> balanced_bounds(const int64_t* ptr, int64_t n, int64
 // The threads of a kernel's parallel regions: torch's thread count (torch.set_num_threads),
 // read in one place so that a thread rule has one home. Only the num_threads clauses and
 // arrays sized with it use it, and every kernel's result is independent of it
-// (tests/test_threads.py). On a busy machine what matters is how idle threads wait: see
+// (the *_on_1_and_2_threads tests of tests/ops/). On a busy machine what matters is how idle threads wait: see
 // sparse_engine/threads.py (OMP_WAIT_POLICY=PASSIVE by default).
 inline int kernel_threads() { return at::get_num_threads(); }
 

@@ -9,7 +9,7 @@
 //                              buf <- momentum * buf + grad; param <- param - decay * param - lr * buf
 //
 // The random numbers of relu_dropout are a counter-based hash of (seed, element index), so the
-// result does not depend on the thread count (tests/test_threads.py). CUDA runs the same steps
+// result does not depend on the thread count (tests/ops/test_mlp.py). CUDA runs the same steps
 // with torch's ops (sparse_engine/nn/mlp.py, sparse_engine/training/set_mlp.py).
 #include <torch/library.h>
 #include <omp.h>

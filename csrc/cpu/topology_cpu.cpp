@@ -9,7 +9,7 @@
 // are deterministic and can be compared with a stable numpy sort.
 //
 // Why one file above 500 lines: it is the topology family's CPU file (one per op family,
-// tests/test_op_registry.py) with the ten ops and the loops only they run, and `rewire` calls the
+// tests/ops/test_registry.py) with the ten ops and the loops only they run, and `rewire` calls the
 // step kernels directly, which it can because they share this translation unit; the sections
 // follow an update's order. What stands apart is in headers: the counter-based generator
 // (random_streams.h), the radix selection (radix_select.h), the drawing of empty positions

@@ -34,7 +34,7 @@ constexpr int64_t kMinLongRow = 1024;  // rows shorter than this always stay wit
 // Occupancy floor: a quarter of an SM's 2,048 threads (16 of its 64 warps on sm_80 / sm_90) resident.
 // Every kernel declares __launch_bounds__(threads, kMinBlocks<threads>), so ptxas keeps its registers
 // per thread low enough for that many blocks per SM (128 at 256 threads, 112 at 192);
-// tests/test_cuda_build.py checks the result, and no spills, for sm_80 and sm_90.
+// tests/kernels/test_cuda_build.py checks the result, and no spills, for sm_80 and sm_90.
 template <int Threads>
 constexpr int kMinBlocks = (2048 / 4 + Threads - 1) / Threads;
 

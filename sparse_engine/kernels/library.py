@@ -14,7 +14,7 @@ scatter_csr/gather_csr's) are the Python functions ``<op>_torch`` of
 The table says what each op has beside its compiled kernels: "fake", "autocast" and "CUDA
 kernel" are registered by this module (fake: the output shapes, for FakeTensor /
 ``torch.compile``; ops without one have data-dependent output sizes and run outside compiled
-graphs), "autograd" by ``csrc/autograd.cpp``. ``tests/test_op_registry.py`` checks this table
+graphs), "autograd" by ``csrc/autograd.cpp``. ``tests/ops/test_registry.py`` checks this table
 against the schemas and the registrations.
 
 op                       has

@@ -28,7 +28,7 @@ The optimizer: ``"adam"`` (two moments; on the CPU torch's per-tensor Adam takes
 of the largest parameter, on CUDA the foreach Adam one of all of them), ``"sgd"`` (no state) and
 ``"sgd-momentum"`` (one buffer). CUDA: allocations rounded up to the caching allocator's 512 bytes,
 no padded copies; not checked on a GPU yet. Checked on the CPU against the allocation events of
-torch's profiler (``tests/test_memory_model.py``) and the process's resident memory at 10,000 and
+torch's profiler (``tests/memory/test_memory_model.py``) and the process's resident memory at 10,000 and
 100,000 units (``benchmarks/bench_memory_model.py``, docs/memory.md).
 """
 from __future__ import annotations

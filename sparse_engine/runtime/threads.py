@@ -1,8 +1,8 @@
 """Threads of the CPU kernels, how idle OpenMP threads wait, and huge pages for large tensors.
 
 The kernels (and torch's own CPU ops) run on ``torch.get_num_threads()`` threads: set it with
-``torch.set_num_threads(n)`` or ``OMP_NUM_THREADS=n``. Results do not depend on it
-(tests/test_threads.py).
+``torch.set_num_threads(n)`` or ``OMP_NUM_THREADS=n``. Results do not depend on it (the
+``*_on_1_and_2_threads`` tests of tests/ops/).
 
 Waiting: by default libgomp's idle threads spin (busy-wait) after every parallel region. On a
 machine whose cores other processes keep busy, the spinning threads and the descheduled ones

@@ -4,9 +4,10 @@
 // inputs, and the bound is what float32 accumulation plus one final rounding allows:
 // |out - ref| <= u_T |ref| + 2 (n + 1) u_32 sum |terms| (+ half of float16's smallest subnormal),
 // u = unit roundoff, n = terms in the sum. A float16/bfloat16 accumulator would miss it.
-// Built and run by tests/test_cuda_emulated.py and tests/test_cuda_sanitizers.py. Arguments: the suite
+// Built and run by tests/cuda_emu/emu_testing.py (for tests/ops/test_spmm.py, test_sddmm.py, test_transpose.py,
+// test_index_check.py, and tests/kernels/test_cuda_emulator.py) and tests/kernels/test_cuda_sanitizers.py. Arguments: the suite
 // ("small"; "full" adds bigger cases; "sanitize" is a subset that still reaches every kernel, for the
-// sanitizer stages of tests/cuda_planted_bugs.py) and the emulator's seed (block and thread orders). Every launcher gets the
+// sanitizer stages of tests/cuda_emu/planted_bugs.py) and the emulator's seed (block and thread orders). Every launcher gets the
 // same non-default stream (the emulator checks every launch is on it), workspaces hold garbage as a
 // fresh cudaMalloc would, and the last line has a hash of every output: the same for every seed.
 #include <cstdio>

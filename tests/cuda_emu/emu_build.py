@@ -12,9 +12,9 @@ each ``__shared__ T name[dims];`` a per-block variable of the runtime, every ``_
 function's body starts with ``::emu::kernel_entry(__PRETTY_FUNCTION__, <its __launch_bounds__>)``,
 and cub's radix sort is replaced by a stable sort (cub_shim.h). The launch limits are lowered
 (grid.y at most 2, grid-stride kernels at most 3 blocks) so that the loops over them run more
-than once. Used by tests/test_cuda_emulated.py, tests/test_cuda_sanitizers.py and
-tests/cuda_planted_bugs.py; objects are cached by content, so a rebuild after a one-file change
-compiles that file only.
+than once. Used by the emulator tests (through emu_testing.py: tests/ops/test_<family>.py,
+tests/kernels/test_cuda_emulator.py and test_cuda_sanitizers.py) and by planted_bugs.py; objects
+are cached by content, so a rebuild after a one-file change compiles that file only.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from _build_util import cuda_home, host_cxx, run_all  # tests/ is on the path (pytest, the planted-bug script)
+from cuda_emu.build_util import cuda_home, host_cxx, run_all  # tests/ is on the path (pytest, planted_bugs.py)
 
 ROOT = Path(__file__).resolve().parents[2]
 CUDA_DIR = ROOT / "csrc" / "cuda"

@@ -2,9 +2,9 @@
 // mode, float32 and float64) on the CPU through emu.h and checks them against float64
 // references computed here, including that nothing is written outside the outputs.
 // The backward also runs spmm_cuda.cu's kernels (W_hh^T dG). Built and run by
-// tests/test_cuda_emulated.py and tests/test_cuda_sanitizers.py; separate from driver.cpp so the two
+// tests/ops/test_rnn_step.py and tests/kernels/test_cuda_sanitizers.py; separate from driver.cpp so the two
 // can change independently. Arguments: the suite ("small", "full", "sanitize": a subset that reaches
-// every kernel and mode, for tests/cuda_planted_bugs.py's sanitizer stages) and the emulator's seed; the same stream, garbage workspaces and output hash
+// every kernel and mode, for tests/cuda_emu/planted_bugs.py's sanitizer stages) and the emulator's seed; the same stream, garbage workspaces and output hash
 // as driver.cpp.
 #include <algorithm>
 #include <cmath>

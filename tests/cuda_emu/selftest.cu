@@ -2,7 +2,7 @@
 // "ok" must pass (a block-wide sum with shuffles, shared memory and barriers, equal to the host's);
 // every other case breaks one CUDA rule and must end with the emulator's error (exit status 86) or,
 // for the misaligned store, UBSan's. Compiled with emu_build.py's rewrite like the real kernels;
-// tests/test_cuda_emulated.py runs every case.
+// tests/kernels/test_cuda_emulator.py runs every case.
 #include <cuda_runtime.h>
 
 #include <cstdio>

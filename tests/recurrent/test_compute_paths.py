@@ -1,0 +1,368 @@
+"""The dense compute path (sparse_engine/recurrent/compute_paths.py): same values and gradients as torch.nn and
+as the sparse path, gradient only at the stored entries, CSR at rest, the auto rule and the
+budget. (The topology controllers on a module computing dense: tests/training/test_controllers.py.)"""
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
+
+import sparse_engine as se
+from sparse_engine.recurrent import compute_paths as compute
+from sparse_engine.nn.rnn import SparseRNNBase
+from sparse_engine.testing import check_against_torch, param_grad_pairs, random_packed, random_weight
+from sparse_engine.training import sparse_weights
+
+#: torch's mode names of the modules
+MODES = ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"]
+
+# (num_layers, bidirectional, batch_first, given state, T, B, I, H)
+CASES = [
+    (1, False, False, False, 5, 3, 4, 7),
+    (2, True, True, True, 4, 2, 3, 6),
+    (3, False, False, True, 3, 1, 1, 5),
+]
+
+
+@pytest.fixture
+def dense_calls(monkeypatch):
+    """Counts the forwards that took the dense path."""
+    calls = []
+    orig = SparseRNNBase._run_dense
+
+    def spy(self, *args):
+        calls.append(self)
+        return orig(self, *args)
+    monkeypatch.setattr(SparseRNNBase, "_run_dense", spy)
+    return calls
+
+
+def states(mode, L, B, H, rng, proj=0):
+    h = torch.randn(L, B, proj or H, generator=rng, dtype=torch.float64)
+    return (h, torch.randn(L, B, H, generator=rng, dtype=torch.float64)) if mode == "LSTM" else h
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "L{}-bi{}-bf{}-h0{}-T{}-B{}-I{}-H{}".format(*c))
+def test_dense_path_matches_torch_float64(case, mode, rng, dense_calls, build_rnn):
+    L, bi, bf, given, T, B, I, H = case
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=rng)))
+    m = build_rnn(mode, I, H, torch.float64, num_layers=L, bidirectional=bi, batch_first=bf, compute="dense")
+    x = torch.randn((B, T, I) if bf else (T, B, I), generator=rng, dtype=torch.float64)
+    hx = states(mode, L * (2 if bi else 1), B, H, rng) if given else None
+    check_against_torch(m, x, hx, torch.float64, rng)  # values, input/state/bias/weight gradients
+    assert dense_calls == [m]
+
+
+def run_both(m, x, hx, rng):
+    """(outputs, gradients) of ``m`` on the sparse and on the dense path, same loss."""
+    results = []
+    for path in ("sparse", "dense"):
+        m.compute = path
+        m.zero_grad()
+        xi = (x.data if isinstance(x, PackedSequence) else x).clone().requires_grad_(True)
+        y, s = m(PackedSequence(xi, *x[1:]) if isinstance(x, PackedSequence) else xi, hx)
+        y = y.data if isinstance(y, PackedSequence) else y
+        flat = [y, *(s if isinstance(s, tuple) else (s,))]
+        g = torch.Generator().manual_seed(7)
+        loss = sum((t * torch.randn(t.shape, generator=g, dtype=t.dtype)).sum() for t in flat)
+        loss.backward()
+        results.append((flat, [xi.grad] + [p.grad.clone() for p in m.parameters()]))
+    return results
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_dense_path_equals_sparse_path_packed_bidirectional(mode, rng, dense_calls, build_rnn):
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=rng)))
+    m = build_rnn(mode, 3, 8, torch.float64, num_layers=2, bidirectional=True, density=0.3)
+    x = random_packed([4, 1, 6, 4, 2], 3, dtype=torch.float64, generator=rng)
+    (ys, gs), (yd, gd) = run_both(m, x, states(mode, 4, 5, 8, rng), rng)
+    assert len(dense_calls) == 1
+    for a, b in zip(ys + gs, yd + gd):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    assert all(p.grad.shape == p.shape for p in m.parameters())  # values: one gradient per stored entry
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_dense_path_dropout_is_torchs(mode, rng, build_rnn):
+    """With dropout the dense path is torch's module: the same masks under the same seed."""
+    m = build_rnn(mode, 4, 6, torch.float64, num_layers=3, dropout=0.5, compute="dense")
+    d = m.to_dense()
+    x = torch.randn(5, 2, 4, generator=rng, dtype=torch.float64)
+    torch.manual_seed(3)
+    y1 = m(x)[0]
+    torch.manual_seed(3)
+    y2 = d(x)[0]
+    torch.testing.assert_close(y1, y2, rtol=1e-12, atol=1e-12)
+    torch.manual_seed(4)
+    assert not torch.allclose(m(x)[0], y1)  # dropped, stochastic
+    (y1 * y1).sum().backward()
+    (y2 * y2).sum().backward()
+    for name, ours, ref in param_grad_pairs(m, d):
+        torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10, msg=lambda s: f"{name}: {s}")
+    m.eval()
+    torch.testing.assert_close(m(x)[0], d.eval()(x)[0], rtol=1e-12, atol=1e-12)
+
+
+def test_materialize_is_the_dense_matrix_with_the_gradient_at_the_pattern(rng):
+    """float64, a pattern with empty rows: the dense matrix; gradcheck and gradgradcheck of the
+    values (the gradient of an absent entry goes nowhere); no graph when no gradient is needed."""
+    w = random_weight(9, 6, 0.4, empty_rows=3, generator=rng)
+    w.values.requires_grad_(True)
+    d = compute.materialize(w)
+    assert torch.equal(d, w.to_dense()) and d.grad_fn is not None
+    G = torch.randn(9, 6, generator=rng, dtype=torch.float64)
+    (d * G).sum().backward()
+    row, col, _ = w.coo()
+    assert torch.equal(w.values.grad, G[row, col])
+    weights = torch.randn(9, 6, generator=rng, dtype=torch.float64)
+
+    def f(values):  # the autograd node of materialize, on the matrix written into fresh zeros
+        dense = compute._scattered(values, w.row_ptr, w.col_idx, (9, 6))
+        return (dense ** 2 * weights).sum(0)
+    values = w.values.detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(f, (values,))
+    assert torch.autograd.gradgradcheck(f, (values,))
+    with torch.no_grad():
+        assert compute.materialize(w).grad_fn is None
+    dense = torch.randn(3, 3, requires_grad=True)
+    assert compute.materialize(dense) is dense
+
+
+def test_materialize_reuses_its_buffer_only_when_free(rng):
+    """The dense buffer of a weight is written again by each call while nothing else holds it;
+    a graph that has not run its backward keeps its own matrix, whatever happens to the values
+    (in place, through .data) before that backward."""
+    m = se.nn.SparseLSTM(3, 5, density=0.5, compute="dense", dtype=torch.float64)
+    x = torch.randn(4, 2, 3, generator=rng, dtype=torch.float64)
+    with torch.no_grad():
+        first = m(x)[0]
+        ptr = compute.materialize(m.weight_hh_l0).data_ptr()
+        assert compute.materialize(m.weight_hh_l0).data_ptr() == ptr  # the same buffer again
+        other = []
+        t = threading.Thread(target=lambda: other.append(compute.materialize(m.weight_hh_l0).data_ptr()))
+        t.start()
+        t.join()
+        assert other and other[0] != ptr  # another thread writes a buffer of its own
+        m.weight_hh_l0.values.data.mul_(-0.5)  # no version bump: must still be seen
+        torch.testing.assert_close(m(x)[0], m.to_dense()(x)[0], rtol=1e-12, atol=1e-12)
+        assert not torch.allclose(m(x)[0], first)
+    losses, refs = [], []
+    for _ in range(2):  # two graphs alive at once, the values changed between them
+        d = m.to_dense()
+        G = torch.randn(4, 2, 5, generator=rng, dtype=torch.float64)
+        losses.append((m(x)[0] * G).sum())
+        refs.append((d, (d(x)[0] * G).sum()))
+        with torch.no_grad():
+            m.weight_hh_l0.values.mul_(1.5)
+            m.weight_ih_l0.values.data.add_(0.25)
+    for loss in losses:
+        loss.backward()
+    for d, ref in refs:
+        ref.backward()
+    for name in ("weight_ih_l0", "weight_hh_l0"):
+        row, col, _ = getattr(m, name).coo()
+        expect = sum(getattr(d, name).grad[row, col] for d, _ in refs)
+        torch.testing.assert_close(getattr(m, name).values.grad, expect, rtol=1e-10, atol=1e-12)
+
+
+def test_materialize_never_writes_memory_that_something_still_holds(rng):
+    """Whatever keeps the memory of a matrix ``materialize`` returned (a detached copy, a view,
+    ``.data``, its storage) after that matrix is gone keeps its numbers: the next call writes
+    another buffer; once nothing holds a buffer, it is written again."""
+    w = se.SparseWeight.random(6, 5, 0.5, generator=rng, dtype=torch.float64)
+    keeps = {"detach": lambda d: d.detach(), "view": lambda d: d[1:], "data": lambda d: d.data,
+             "storage": lambda d: d.untyped_storage()}
+    with torch.no_grad():
+        for name, keep in keeps.items():
+            d = compute.materialize(w)
+            ptr, expect = d.data_ptr(), w.to_dense()
+            kept = keep(d)
+            del d
+            w.values.mul_(-2.0)  # new values: the next call writes them
+            again = compute.materialize(w)
+            assert again.data_ptr() != ptr, name
+            torch.testing.assert_close(again, w.to_dense(), rtol=0, atol=0)
+            held = kept if name != "storage" else torch.empty(0, dtype=torch.float64).set_(kept)
+            assert torch.equal(held.reshape(-1)[-expect[1:].numel():] if name == "view" else held.reshape(-1),
+                               expect[1:].reshape(-1) if name == "view" else expect.reshape(-1)), name
+            second = again.data_ptr()
+            del kept, held, again
+            assert compute.materialize(w).data_ptr() == second, name  # nothing holds it: written again
+
+
+class _CountingOps:
+    """torch.ops.sparse_engine, counting the writes of dense buffers (expand_bits)."""
+
+    def __init__(self):
+        self.writes = 0
+
+    def __getattr__(self, name):
+        return getattr(torch.ops.sparse_engine, name)
+
+    def expand_bits(self, row_ptr, bits, values, dense):
+        self.writes += 1
+        return torch.ops.sparse_engine.expand_bits(row_ptr, bits, values, dense)
+
+
+def test_inference_skips_the_write_of_unchanged_values_only(rng, monkeypatch):
+    """Without a gradient, a forward whose values are byte for byte those written last time
+    reuses the dense buffer as it is; any change is seen and written: in place under no_grad (an
+    optimizer step), through ``.data`` (no version bump), a new ``.data``, 0.0 -> -0.0 (equal as
+    numbers, not as bytes), an in-place write through the matrix ``materialize`` returned, a
+    forward with a gradient in between, a new pattern, a buffer held elsewhere. Each forward
+    equals torch's module, and its matrices are bit for bit the weights' dense matrices."""
+    ops = _CountingOps()
+    monkeypatch.setattr(compute, "_ops", ops)
+    m = se.nn.SparseLSTM(3, 5, density=0.5, compute="dense", dtype=torch.float64)
+    x = torch.randn(4, 2, 3, generator=rng, dtype=torch.float64)
+    w_ih, w_hh = m.weight_ih_l0, m.weight_hh_l0
+
+    def forward(expect, grad=False, then=0):
+        ops.writes = 0
+        with torch.set_grad_enabled(grad):
+            y = m(x)[0]
+            torch.testing.assert_close(y, m.to_dense()(x)[0], rtol=1e-12, atol=1e-12)
+        assert ops.writes == expect
+        if grad:
+            y.sum().backward()  # the graph lets go of the buffers
+        ops.writes = 0
+        with torch.no_grad():
+            for w in (w_ih, w_hh):  # bit for bit the dense matrix
+                assert torch.equal(compute.materialize(w).view(torch.int64), w.to_dense().view(torch.int64))
+        assert ops.writes == then  # nothing changed since the forward
+        return y
+
+    first = forward(2)
+    assert torch.equal(forward(0), first)  # nothing changed: nothing written
+    with torch.no_grad():
+        w_hh.values.mul_(0.5)  # in place (an optimizer step)
+    forward(1)
+    w_hh.values.data.mul_(-2.0)  # no version bump
+    forward(1)
+    w_ih.values.data = w_ih.values.data * 3  # another tensor
+    forward(1)
+    with torch.no_grad():
+        w_ih.values[0] = 0.0
+    forward(1)
+    w_ih.values.data[0] = -0.0
+    forward(1)
+    with torch.no_grad():
+        d = compute.materialize(w_hh)
+        d.add_(1.0)  # a write into the buffer through what materialize returned
+        del d
+    forward(1)
+    forward(2, grad=True, then=2)  # with a gradient: written, and the kept copies forgotten
+    forward(0)
+    held = compute.materialize(w_ih)  # held elsewhere: the next forward writes a new buffer
+    forward(1)
+    assert torch.equal(held.view(torch.int64), w_ih.to_dense().view(torch.int64))
+    new = se.SparseWeight.random(*w_hh.shape, 0.3, dtype=torch.float64)
+    w_hh.set_pattern(new.row_ptr, new.col_idx, new.values.detach())
+    forward(1)
+
+
+def _saved(m):
+    import io
+    buf = io.BytesIO()
+    torch.save(m, buf)
+    buf.seek(0)
+    return buf
+
+
+def test_stays_csr_at_rest(dense_calls):
+    m = se.nn.SparseLSTM(5, 16, num_layers=2, density=0.3, compute="dense")
+    keys = set(m.state_dict())
+    m(torch.randn(3, 2, 5))[0].sum().backward()
+    assert dense_calls and set(m.state_dict()) == keys
+    assert all(isinstance(w, se.SparseWeight) for n, w in m.named_children())
+    assert sum(p.numel() for p in m.parameters()) == sum(
+        w.nnz for w in sparse_weights(m).values()) + 2 * 2 * 64  # values and biases only
+    assert not any(isinstance(v, (torch.Tensor, nn.Module)) for k, v in vars(m).items() if not k.startswith("_"))
+    m2 = torch.load(_saved(m), weights_only=False)  # the whole module pickles as before
+    torch.testing.assert_close(m2(torch.ones(2, 1, 5))[0], m(torch.ones(2, 1, 5))[0])
+
+
+def test_auto_rule_budget_and_default(dense_calls):
+    small = se.nn.SparseLSTM(4, 32, density=0.33)
+    sparse = se.nn.SparseLSTM(4, 32, density=0.01)
+    x = torch.randn(3, 2, 4)
+    with compute.default_compute("auto"):
+        small(x)
+        sparse(x)
+        assert dense_calls == [small]
+        small_h, large_h = compute.AUTO_SMALL_HIDDEN, compute.AUTO_SMALL_HIDDEN + 1
+        mid = [se.SparseWeight.random(40, 40, 0.1)]  # between the two thresholds
+        assert compute.use_dense(None, mid, small_h) and not compute.use_dense(None, mid, large_h)
+        assert not compute.use_dense(None, mid, small_h, "cuda") and compute.use_dense("dense", mid, small_h, "cuda")
+    sparse.compute = "dense"  # explicit: whatever the density
+    sparse(x)
+    assert dense_calls == [small, sparse]
+    small(x)  # the test default (conftest) is 'sparse'
+    assert len(dense_calls) == 2
+    old = compute.get_dense_budget()
+    try:
+        compute.set_dense_budget(4 * 32 * 4 * 4 - 1)  # one byte short of the two float32 matrices
+        sparse(x)
+        assert len(dense_calls) == 2
+        compute.set_dense_budget(4 * 32 * 36 * 4)
+        sparse(x)
+        assert len(dense_calls) == 3
+    finally:
+        compute.set_dense_budget(old)
+    huge = [se.SparseWeight.random(4 * 16384, 16384, nnz=1000)]  # 4 GiB dense: over the default budget
+    assert not compute.use_dense("dense", huge, 16384) and not compute.use_dense("auto", huge, 16384)
+    with pytest.raises(ValueError, match="nbytes"):
+        compute.set_dense_budget(-1)
+    with pytest.raises(ValueError, match="compute must be one of"):
+        compute.set_default_compute("fast")
+
+
+def test_grad_factor_recording_and_autocast_take_the_sparse_path(dense_calls):
+    m = se.nn.SparseLSTM(4, 8, density=0.5, compute="dense")
+    x = torch.randn(3, 2, 4)
+    m.record_grad_factors = True
+    m(x)[0].sum().backward()
+    assert not dense_calls and m.dense_grad_factors("weight_hh_l0") is not None
+    m.record_grad_factors = False
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        m(x)
+    assert not dense_calls
+    m(x)
+    assert dense_calls == [m]
+
+
+def test_environment_variable_sets_the_initial_default():
+    code = "import sparse_engine.recurrent.compute_paths as c; print(c.get_default_compute())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "SPARSE_ENGINE_COMPUTE": "dense"})
+    assert out.stdout.strip() == "dense"
+    bad = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "SPARSE_ENGINE_COMPUTE": "fast"})
+    assert bad.returncode != 0 and "SPARSE_ENGINE_COMPUTE must be one of" in bad.stderr
+
+
+MEMORY_SCRIPT = """
+import torch
+from sparse_engine.runtime.timing import peak_rss_bytes
+from sparse_engine.nn import SparseLSTM
+torch.manual_seed(0)
+m = SparseLSTM(16384, 16384, density=0.005)  # compute=None: the default, 'auto' in this process
+m(torch.randn(3, 2, 16384))[0].square().mean().backward()
+print(m.weight_ih_l0.nnz + m.weight_hh_l0.nnz, peak_rss_bytes())
+"""
+
+
+def test_auto_keeps_a_large_layer_sparse_in_memory():
+    """At hidden 16,384 the dense matrices (2 x 4.3 GB) are far over the budget: 'auto' trains on
+    the CSR kernels in a fraction of one dense matrix."""
+    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT], capture_output=True, text=True, check=True,
+                         env={**os.environ, "SPARSE_ENGINE_COMPUTE": "auto"})
+    nnz, peak = (int(v) for v in out.stdout.split())
+    dense_matrix = 4 * 16384 * 16384 * 4
+    assert nnz == 2 * round(0.005 * 4 * 16384 * 16384)
+    assert peak < dense_matrix / 4, f"peak RSS {peak / 2**30:.2f} GiB"
