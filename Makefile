@@ -17,12 +17,11 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/* csrc
 	@$(PY) -m pip install -q --upgrade pip setuptools wheel numpy ninja
 	@echo "== 2/3 torch 2.13.0$(if $(TORCH_INDEX), from $(TORCH_INDEX)) (about 1 minute from a local wheel; a download of 0.2-3 GB otherwise)"
 	@$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	@echo "== 3/3 compiling the kernels (C++/OpenMP, and CUDA when torch has it and nvcc is found: about 4 minutes"
-	@echo "       on 2 cores without CUDA) and installing sparse-engine with its test extras; full log: $(VENV)/build.log"
+	@echo "== 3/3 compiling the kernels (C++/OpenMP, and CUDA when torch has it and nvcc is found: 2-6 minutes"
+	@echo "       on a 2-core VM without CUDA) and installing sparse-engine with its test extras; full log: $(VENV)/build.log"
 	@set -o pipefail; start=$$(date +%s); \
-	if ! $(PY) -m pip install -v --no-build-isolation -e ".[test]" 2>&1 | tee $(VENV)/build.log | \
-	    awk '/^ *\[[0-9]+\/[0-9]+\]/ { for (i = 1; i < NF; i++) if ($$i == "-c" && $$(i + 1) ~ /\.(cpp|cu)$$/) { n = split($$(i + 1), p, "/"); \
-	         print "       " $$1 " " p[n - 1] "/" p[n]; fflush() } }'; then \
+	if ! PYTHONUNBUFFERED=1 $(PY) -m pip install -v --no-build-isolation -e ".[test]" 2>&1 | tee $(VENV)/build.log | \
+	    $(PY) -u tools/build_progress.py; then \
 	  tail -n 40 $(VENV)/build.log; echo "the build failed: the whole log is $(VENV)/build.log"; exit 1; fi; \
 	echo "       done in $$(( $$(date +%s) - start )) s"
 	@touch $@
@@ -33,7 +32,7 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/sparse-engine train
 
-# The whole suite; about 10 minutes on 2 cores (the slowest part compiles the CUDA kernels for
+# The whole suite; 15-30 minutes on a 2-core VM (the slowest part compiles the CUDA kernels for
 # the CPU emulator and runs them).
 test: install
 	$(PY) -m pytest -q tests
