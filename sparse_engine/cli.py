@@ -32,7 +32,7 @@ from dataclasses import fields
 
 import torch
 
-from . import _moved
+from ._moved import old_name
 from .runs import (AnalyzeConfig, BenchConfig, ConfigError, ConfigPathError, TrainConfig, analyze, bench,
                    check_analyze_paths, train)
 from .runs.options import argument, is_negated, is_positional
@@ -218,4 +218,4 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     sys.exit(main())
 
-__getattr__ = _moved.old_name(__name__)  # its old names, answered with a warning (sparse_engine._moved)
+__getattr__ = old_name(__name__)  # its old names, answered with a warning (sparse_engine._moved)

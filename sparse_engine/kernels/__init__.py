@@ -36,9 +36,9 @@ def has_kernel(op: str, device) -> bool:
 #: True when this build holds the CUDA kernels (a CUDA torch and nvcc were present).
 HAS_CUDA_KERNELS = has_kernel("spmm", "cuda")
 
-from .. import _moved
+from .._moved import old_name
 from . import library  # noqa: E402,F401  (after HAS_CUDA_KERNELS: it registers the Python CUDA kernels)
 
 __all__ = ["has_kernel", "HAS_CUDA_KERNELS"]
 
-__getattr__ = _moved.old_name(__name__)  # its old names, answered with a warning (sparse_engine._moved)
+__getattr__ = old_name(__name__)  # its old names, answered with a warning (sparse_engine._moved)

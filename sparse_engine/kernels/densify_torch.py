@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import _moved
+from .._moved import old_name
 from .checks import check_index as _check_csr
 from .checks import check_pattern as _check_pattern
 from .checks import check_same_device as _same_device
@@ -60,4 +60,4 @@ def gather_csr_torch(row_ptr, col_idx, dense) -> torch.Tensor:
 #: :mod:`sparse_engine.kernels.library`.
 OPS = {f.__name__.removesuffix("_torch"): f for f in (scatter_csr_torch, gather_csr_torch)}
 
-__getattr__ = _moved.old_name(__name__)  # its old names, answered with a warning (sparse_engine._moved)
+__getattr__ = old_name(__name__)  # its old names, answered with a warning (sparse_engine._moved)

@@ -31,7 +31,7 @@ import math
 
 import torch
 
-from .. import _moved
+from .._moved import old_name
 from .checks import check_dtype as _dtype
 from .checks import ANY_COLUMN as _ANY_COLUMN
 from .checks import check_index as _check_csr
@@ -462,4 +462,4 @@ OPS = {f.__name__.removesuffix("_torch"): f for f in (
     select_smallest_torch, set_prune_torch, compact_torch, random_empty_torch, merge_torch, remap_index_torch,
     gather_or_zero_torch, coo_dot_torch, grad_topk_torch, rewire_torch)}
 
-__getattr__ = _moved.old_name(__name__)  # its old names, answered with a warning (sparse_engine._moved)
+__getattr__ = old_name(__name__)  # its old names, answered with a warning (sparse_engine._moved)

@@ -1,5 +1,5 @@
 """Drop-in sparse replacements for torch.nn layers."""
-from .. import _moved
+from .._moved import old_name
 from .linear import SparseLinear
 from .mlp import SparseMLP
 from .rnn import SparseGRU, SparseLSTM, SparseRNN
@@ -17,4 +17,4 @@ __all__ = ["SparseLinear", "SparseMLP", "SparseRNN", "SparseLSTM", "SparseGRU", 
            "WeightDrop", "SparseWeightNorm", "weight_drop", "sparse_weight_norm", "unparametrized",
            "default_compute", "set_default_compute", "set_dense_budget"]
 
-__getattr__ = _moved.old_name(__name__)  # its old names, answered with a warning (sparse_engine._moved)
+__getattr__ = old_name(__name__)  # its old names, answered with a warning (sparse_engine._moved)

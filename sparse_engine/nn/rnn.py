@@ -87,7 +87,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 
-from .. import _moved
+from .._moved import old_name
 from ..kernels.constants import GATES
 from ..recurrent import Config, RecordsGradFactors, batch_rows, check_compute, dense_recurrence, recurrence, use_dense
 from ..sparse import SparseWeight
@@ -454,4 +454,4 @@ class SparseGRU(SparseRNNBase):
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          **kwargs)
 
-__getattr__ = _moved.old_name(__name__)  # its old names, answered with a warning (sparse_engine._moved)
+__getattr__ = old_name(__name__)  # its old names, answered with a warning (sparse_engine._moved)

@@ -69,7 +69,7 @@ from dataclasses import replace
 
 import torch
 
-from .. import _moved
+from .._moved import old_name
 from ..sparse import SparseWeight
 from ..sparse.no_torchscript import check_not_torchscript
 from .cell_steps import CELLS, fused_steps
@@ -315,4 +315,4 @@ def recurrence(cfg: Config, x, h0, c0, w_ih, w_hh, b_ih, b_hh, sink: dict | None
     with torch.autocast(dev, enabled=False):
         return Recurrence.apply(cfg, cast(x), cast(h0), cast(c0), w_ih, w_hh, b_ih, b_hh, sink)
 
-__getattr__ = _moved.old_name(__name__)  # its old names, answered with a warning (sparse_engine._moved)
+__getattr__ = old_name(__name__)  # its old names, answered with a warning (sparse_engine._moved)

@@ -28,7 +28,7 @@ One module per command, and what they share:
 Every name is importable from ``sparse_engine.runs`` itself, as when this was one module (the names that
 module imported from elsewhere with a DeprecationWarning, until 0.2.0: ``sparse_engine._moved``).
 """
-from .. import _moved
+from .._moved import old_name
 from .config import (DEVICES, MLP_ALGORITHMS, MLP_FIELDS, MLP_TASKS, SPARSE_CHOICES, AnalyzeConfig, BenchConfig,
                      ConfigError, ConfigPathError, TrainConfig, mlp_sizes, recipe_config, resolve_device)
 from .paths import check_analyze_paths, check_paths, check_train_paths, plot_dir_problem
@@ -47,4 +47,4 @@ __all__ = [
     "bench", "LESION_KINDS", "analyze", "is_balance_record", "lesion_curves", "load_matrix",
 ]
 
-__getattr__ = _moved.old_name(__name__)  # its old names, answered with a warning (sparse_engine._moved)
+__getattr__ = old_name(__name__)  # its old names, answered with a warning (sparse_engine._moved)

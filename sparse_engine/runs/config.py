@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
-from .. import _moved
+from .._moved import old_name
 from ..data.tasks import TASK_DATA, TASKS, task_data_problem
 from ..kernels import HAS_CUDA_KERNELS
 from ..memory import OPTIMIZERS as MEMORY_OPTIMIZERS  # what bench --memory predicts for
@@ -360,4 +360,4 @@ def recipe_config(recipe: str, **options) -> TrainConfig:
     return TrainConfig(**{**fields_, **options, "recipe": recipe})
 
 
-__getattr__ = _moved.old_name(__name__)  # its old names, answered with a warning (sparse_engine._moved)
+__getattr__ = old_name(__name__)  # its old names, answered with a warning (sparse_engine._moved)

@@ -8,7 +8,7 @@ Controllers (``Name(model, optimizer, **params)``; call ``.step()`` after each
 :mod:`.schedules`, :mod:`.density` (uniform / ERK), :mod:`.grad_factors` (what a module must
 provide for growth by gradient), :mod:`.recipes` (the papers' settings).
 """
-from .. import _moved
+from .._moved import old_name
 from .controllers import (SET, SET_MLP_SETTINGS, SETMLP, SETSGD, DeepR, GradualMagnitudePruning, RigL, SelfishRNN,
                           SparseNTASGD, TopologyController, importance_keep, redistribute, selfish_set_keep)
 from ..sparse import sparse_weights
@@ -30,4 +30,4 @@ __all__ = [
 ]
 
 
-__getattr__ = _moved.old_name(__name__)  # old paths (sparse_engine._moved): training.selfish, .set_mlp, ...
+__getattr__ = old_name(__name__)  # old paths (sparse_engine._moved): training.selfish, .set_mlp, ...
