@@ -1,18 +1,26 @@
 """The README's Python snippets run as written."""
 import re
+import sys
+import types
 from pathlib import Path
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_readme_python_blocks_run():
+    """Each block runs as a module of its own, as a user's script would (so a class it defines can be
+    pickled whole, as the save/load recipe does)."""
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
     assert blocks, "README has no python example"
-    for block in blocks:
-        namespace = {}
-        exec(compile(block, str(README), "exec"), namespace)
-        if "layer" in namespace:
-            assert namespace["layer"].weight.nnz == 2_000_000
+    for i, block in enumerate(blocks):
+        module = types.ModuleType(f"readme_block_{i}")
+        sys.modules[module.__name__] = module
+        try:
+            exec(compile(block, str(README), "exec"), module.__dict__)
+        finally:
+            del sys.modules[module.__name__]
+        if "layer" in module.__dict__:
+            assert module.layer.weight.nnz == 2_000_000
 
 
 ROOT = README.parent
@@ -94,3 +102,27 @@ def test_every_script_command_in_the_readme_names_a_script_and_its_options():
             continue
         missing += [f"{script} {o}" for o in argv if o.startswith("--") and f'"{o.split("=")[0]}"' not in source]
     assert not missing, f"README names scripts or options that do not exist: {missing}"
+
+
+def first_import(block: str, package: str) -> int | None:
+    """The line number of the block's first import of ``package``, or None."""
+    for n, line in enumerate(block.splitlines()):
+        if re.match(rf"(import|from) {package}(\.| |$)", line):
+            return n
+    return None
+
+
+def imports_torch_first(block: str) -> bool:
+    torch, ours = first_import(block, "torch"), first_import(block, "sparse_engine")
+    return torch is not None and (ours is None or torch < ours)
+
+
+def test_readme_examples_import_sparse_engine_before_torch():
+    """An example that imports torch first would teach the order in which OpenMP's threads spin
+    (sparse_engine/runtime/threads.py)."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    late = [b.splitlines()[0] for b in blocks if imports_torch_first(b)]
+    assert not late, f"README examples importing torch before sparse_engine: {late}"
+    assert imports_torch_first("import torch\nimport sparse_engine\n") and imports_torch_first("import torch\n")
+    assert not imports_torch_first("import sparse_engine\nimport torch\n")
+    assert first_import("from torch import nn\n", "torch") == 0 and first_import("import torchvision\n", "torch") is None
