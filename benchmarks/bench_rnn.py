@@ -30,17 +30,17 @@ timed with CUDA events (torch.cuda.Event) recorded around it on the current stre
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the checkout's package, installed or not
+from sparse_engine.runs.step_bench import METHODS, cell_text, run_child, run_order, speedup  # noqa: E402
+
 CPU_SIZES = ["1500:0.33", "4096:0.01", "16384:0.01"]
 GPU_SIZES = ["1500:0.33", "4096:0.01", "16384:0.01", "65536:0.01"]
-METHODS = ["sparse_engine", "sparse_engine_composed", "masked_dense", "torch_sparse"]
 CPU_METHODS = ["sparse_engine", "masked_dense", "torch_sparse"]  # the CPU step: bench_rnn_step.py
 T, B = 35, 20
 CELLS = ["LSTM", "GRU"]
@@ -48,218 +48,9 @@ GATES = {"LSTM": 4, "GRU": 3}
 QUICK_SIZES = ["512:0.05"]
 
 
-# ------------------------------------------------------------------ one measurement
-def _lstm_torch_sparse(W_ih, W_hh, b, x, H):
-    """The LSTM written with torch.sparse CSR products (autograd through torch.sparse.mm)."""
-    import torch
-
-    gx = torch.sparse.mm(W_ih, x.reshape(T * B, -1).t()).view(4 * H, T, B)
-    h = c = x.new_zeros(H, B)
-    outs = []
-    for t in range(T):
-        g = gx[:, t] + torch.sparse.mm(W_hh, h) + b[:, None]
-        i, f, gg, o = g.chunk(4)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(gg)
-        h = torch.sigmoid(o) * torch.tanh(c)
-        outs.append(h)
-    return torch.stack(outs)
-
-
-def _gru_torch_sparse(W_ih, W_hh, b, x, H):
-    """The GRU (torch's gate order r, z, n; b_hn inside r * (...)) with torch.sparse CSR products."""
-    import torch
-
-    gx = (torch.sparse.mm(W_ih, x.reshape(T * B, -1).t()) + b[:3 * H, None]).view(3 * H, T, B)
-    h = x.new_zeros(H, B)
-    outs = []
-    for t in range(T):
-        gh = torch.sparse.mm(W_hh, h) + b[3 * H:, None]
-        xr, xz, xn = gx[:, t].chunk(3)
-        hr, hz, hn = gh.chunk(3)
-        r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
-        n = torch.tanh(xn + r * hn)
-        h = n + z * (h - n)
-        outs.append(h)
-    return torch.stack(outs)
-
-
-def redraw_on_device(weights, density: float, dev) -> None:
-    """Gives each SparseWeight a uniformly random pattern of round(density * rows * cols) entries
-    drawn on ``dev``: SparseWeight.random draws on the host, minutes per weight at 100M+ entries,
-    which would bound --largest by host time instead of device memory."""
-    from common import random_csr_on
-
-    for i, w in enumerate(weights):
-        rows, cols = w.shape
-        w.set_pattern(*random_csr_on(rows, cols, int(round(density * rows * cols)), dev, seed=i), validate=False)
-
-
-def compute_path(model, cfg, w_hh) -> str:
-    """The path a SparseLSTM/GRU forward takes: "dense" or the sparse recurrent step's kind."""
-    from sparse_engine.recurrent.sequence import fused_steps
-
-    if model._dense_now(w_hh.values):
-        return "dense"
-    forward, backward = fused_steps(cfg, w_hh.values)
-    if forward == backward:
-        return "fused" if forward else "composed"
-    return f"{'fused' if forward else 'composed'} fwd, {'fused' if backward else 'composed'} bwd"
-
-
-def _without_cudnn_if_it_fails(step, params):
-    """(step, path): the masked-dense step as it is, or, where its first run fails (cuDNN's LSTM at
-    hidden 16,384 on torch 2.11: "Storage size calculation overflowed"), the same step with cuDNN
-    off (torch's own recurrence, the same dense products), so the size still has a masked-dense
-    baseline; the path names it. An error that stays with cuDNN off (out of memory) propagates."""
-    import torch
-
-    try:
-        step()
-        return step, None
-    except RuntimeError as e:
-        first = str(e).splitlines()[0][:80]
-    finally:
-        for p in params:
-            p.grad = None
-
-    def without_cudnn():
-        with torch.backends.cudnn.flags(enabled=False):
-            step()
-    without_cudnn()  # fails as the whole cell does if torch's own recurrence cannot run either
-    for p in params:
-        p.grad = None
-    print(f"masked-dense: cuDNN failed ({first}); timed with cuDNN off", file=sys.stderr)
-    return without_cudnn, "cuDNN off: it failed"
-
-
-def measure(method: str, cell: str, H: int, density: float, device: str, repeats: int, warmup: int,
-            compute: str | None = None) -> dict:
-    # sparse_engine before torch (which common imports): passive OpenMP waiting, as in use
-    from sparse_engine.runtime.timing import peak_rss_bytes, times_of
-
-    import torch
-
-    sys.path.insert(0, str(ROOT))
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import sparse_engine as se
-    from common import cuda_times_of
-
-    torch.manual_seed(0)
-    dev = torch.device(device)
-    x = torch.randn(T, B, H, device=dev)
-    path = None
-    if method in ("sparse_engine", "sparse_engine_composed"):
-        from sparse_engine.recurrent.sequence import Config
-
-        if dev.type == "cuda" and not se.kernels.HAS_CUDA_KERNELS:
-            return {"status": "no CUDA kernels"}
-        fused = method == "sparse_engine"
-        Sparse = se.nn.SparseLSTM if cell == "LSTM" else se.nn.SparseGRU
-        if dev.type == "cuda":  # a placeholder pattern (one entry per 1000 rows), redrawn on the device
-            model = Sparse(H, H, density=1e-3 / H, fused=fused, compute=compute).to(dev)
-            redraw_on_device([m for m in model.modules() if isinstance(m, se.SparseWeight)], density, dev)
-        else:
-            model = Sparse(H, H, density=density, fused=fused, compute=compute)
-        params = list(model.parameters())
-        w_hh = model.weight_hh_l0
-        cfg = Config(cell, H, B, T, idx_hh=w_hh.index, fused=model.fused)
-        path = compute_path(model, cfg, w_hh)
-
-        def step():
-            y, _ = model(x)
-            y.sum().backward()
-        nnz = sum(m.nnz for m in model.modules() if isinstance(m, se.SparseWeight))
-    elif method == "masked_dense":
-        model = getattr(torch.nn, cell)(H, H, device=dev)  # initialised on the device: no host copy of 4H x H
-        masks = [(torch.rand(w.shape, device=dev) < density) for w in (model.weight_ih_l0, model.weight_hh_l0)]
-        params = list(model.parameters())
-
-        def step():
-            with torch.no_grad():
-                for w, m in zip((model.weight_ih_l0, model.weight_hh_l0), masks):
-                    w.mul_(m)
-            y, _ = model(x)
-            y.sum().backward()
-        nnz = sum(int(m.sum()) for m in masks)
-        if dev.type == "cuda":
-            step, path = _without_cudnn_if_it_fails(step, params)
-    elif method == "torch_sparse":
-        ws = [se.SparseWeight.random(GATES[cell] * H, H, nnz=1 if dev.type == "cuda" else None,
-                                     density=None if dev.type == "cuda" else density).to(dev) for _ in range(2)]
-        if dev.type == "cuda":
-            redraw_on_device(ws, density, dev)
-        w_ih, w_hh = (w.to_torch_sparse_csr().detach().requires_grad_(True) for w in ws)
-        del ws
-        b = torch.zeros((4 if cell == "LSTM" else 6) * H, device=dev, requires_grad=True)
-        params = [w_ih, w_hh, b]
-        loop = _lstm_torch_sparse if cell == "LSTM" else _gru_torch_sparse
-
-        def step():
-            loop(w_ih, w_hh, b, x, H).sum().backward()
-        nnz = int(w_ih._nnz() + w_hh._nnz())
-    else:
-        raise ValueError(method)
-
-    def clear_grads():
-        for p in params:
-            p.grad = None
-
-    for _ in range(warmup):
-        step()
-        clear_grads()
-    if dev.type == "cuda":
-        # CUDA events around each step on the current stream, after a synchronize (nothing earlier counts)
-        torch.cuda.reset_peak_memory_stats()
-        times = cuda_times_of(step, repeats, warmup=0, setup=clear_grads, sync_each=True)
-    else:
-        times = times_of(step, repeats, setup=clear_grads)
-    times.sort()
-    peak = (torch.cuda.max_memory_allocated() if dev.type == "cuda"
-            else peak_rss_bytes())
-    return {"status": "ok", "ms": 1e3 * times[len(times) // 2], "peak_bytes": peak, "nnz": nnz, "path": path,
-            "load": os.getloadavg()[0]}
-
-
-def run_order(methods) -> list[str]:
-    """The methods in the order they run: ours (sparse_engine, then its composed step) before the
-    baselines, each over every size."""
-    ours = [m for m in methods if m.startswith("sparse_engine")]
-    return ours + [m for m in methods if m not in ours]
-
-
-def run_child(method, cell, H, density, device, repeats, warmup, timeout, compute=None) -> dict:
-    cmd = [sys.executable, __file__, "--child", method, cell, str(H), str(density), device, str(repeats), str(warmup),
-           compute or "default"]
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"status": f"timeout > {timeout}s"}
-    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
-    if out.returncode != 0 or not lines:
-        err = (out.stderr.strip().splitlines() or ["killed"])[-1]
-        return {"status": "fails", "error": err[:160]}
-    return json.loads(lines[-1])
-
-
 # ------------------------------------------------------------------------- report
-def fmt(r: dict, device: str) -> str:
-    if r.get("status") != "ok":
-        return r.get("status", "fails")
-    path = f" ({r['path']})" if r.get("path") else ""
-    return f"{r['ms']:.1f} ms, {r['peak_bytes'] / 2**30:.2f} GiB{path}"
-
-
-def ratio(base: dict, ours: dict) -> str:
-    if base.get("status") != "ok" or ours.get("status") != "ok":
-        return "-"
-    return f"{base['ms'] / ours['ms']:.2f}x"
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--child", nargs=8,
-                   metavar=("METHOD", "CELL", "H", "DENSITY", "DEVICE", "REPEATS", "WARMUP", "COMPUTE"),
-                   help=argparse.SUPPRESS)
     p.add_argument("--compute", choices=["auto", "sparse", "dense"], default=None,
                    help="the SparseLSTM/GRU modules' compute path (default: the library default, 'auto')")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
@@ -281,11 +72,6 @@ def main(argv=None):
     p.add_argument("--budget-s", type=float, default=None,
                    help="stop starting cells after this many seconds; each cell's timeout is capped to what is left")
     args = p.parse_args(argv)
-    if args.child:
-        m, cell, H, d, dev, rep, warm, comp = args.child
-        print(json.dumps(measure(m, cell, int(H), float(d), dev, int(rep), int(warm),
-                                 None if comp == "default" else comp)))
-        return
 
     import torch
 
@@ -326,8 +112,8 @@ def main(argv=None):
         elif timeout <= 0:
             res[method] = {"status": f"not run (budget of {args.budget_s:.0f} s spent)"}
         else:
-            res[method] = run_child(method, cell, H, d, device, args.repeats, args.warmup, timeout, args.compute)
-        print(f"{cell} H={H:>6} density={d:<5} {method:>14}: {fmt(res[method], device)}"
+            res[method] = run_child(method, cell, H, d, device, args.repeats, args.warmup, timeout, args.compute, T, B)
+        print(f"{cell} H={H:>6} density={d:<5} {method:>14}: {cell_text(res[method])}"
               + (f"  ({res[method].get('error')})" if res[method].get("error") else ""), flush=True)
         save()
 
@@ -342,16 +128,16 @@ def main(argv=None):
                 print(f"largest search: hidden {H:,} not run (budget spent)", flush=True)
                 extra.append(f"- hidden {H:,}: not run (budget of {args.budget_s:.0f} s spent), so the largest may be larger")
                 break
-            r = run_child("sparse_engine", "LSTM", H, args.per_row / H, device, 1, 0, timeout)
-            print(f"largest search: hidden {H:,}: {fmt(r, device)}" + (f"  ({r['error']})" if r.get("error") else ""),
+            r = run_child("sparse_engine", "LSTM", H, args.per_row / H, device, 1, 0, timeout, T=T, B=B)
+            print(f"largest search: hidden {H:,}: {cell_text(r)}" + (f"  ({r['error']})" if r.get("error") else ""),
                   flush=True)
             cut = r.get("status", "").startswith("timeout") and timeout < args.timeout
-            extra.append(f"- hidden {H:,}: {fmt(r, device)}" + (" (cut short by --budget-s)" if cut else ""))
+            extra.append(f"- hidden {H:,}: {cell_text(r)}" + (" (cut short by --budget-s)" if cut else ""))
             save()
             if r.get("status") != "ok":
                 break
             best, H = (H, r), H * 2
-        extra[3] = (f"- largest: {best[0]:,} hidden ({fmt(best[1], device)})" if best else "- none fits")
+        extra[3] = (f"- largest: {best[0]:,} hidden ({cell_text(best[1])})" if best else "- none fits")
     save()
     print("\n".join(report(rows, methods, device, args, load_start) + extra))
     print(f"wrote {out_path}")
@@ -387,9 +173,9 @@ def report(rows, methods, device, args, load_start) -> list[str]:
         cmp_ = res.get("sparse_engine_composed", {"status": "-"})
         md, ts = res.get("masked_dense", {"status": "-"}), res.get("torch_sparse", {"status": "-"})
         load = f"{ours['load']:.1f}" if "load" in ours else "-"
-        cells = [cell, f"{H:,}", f"{d:g}", fmt(ours, device)] + ([fmt(cmp_, device)] if composed else []) + [
-            fmt(md, device), fmt(ts, device), ratio(md, ours), ratio(ts, ours)] + (
-            [ratio(cmp_, ours)] if composed else []) + [load]
+        cells = [cell, f"{H:,}", f"{d:g}", cell_text(ours)] + ([cell_text(cmp_)] if composed else []) + [
+            cell_text(md), cell_text(ts), speedup(md, ours), speedup(ts, ours)] + (
+            [speedup(cmp_, ours)] if composed else []) + [load]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Ratios are baseline time / our time (> 1: ours is faster).")

@@ -3,8 +3,9 @@ their results.
 
 * Timing: wall time (or another clock) through ``sparse_engine.runtime.timing.times_of`` /
   ``best_of``, the helpers ``sparse-engine bench`` uses too; :func:`timeit` is their median of
-  adaptive samples for calls of microseconds; :func:`cuda_times_of` times work queued on a GPU
-  with CUDA events.
+  adaptive samples for calls of microseconds; ``cuda_times_of`` (sparse_engine.runtime.timing)
+  times work queued on a GPU with CUDA events; ``random_csr_on`` (sparse_engine.sparse.patterns)
+  draws a large random pattern on the device.
 * :func:`machine`: the one line every results file's header gives (CPU, cores, threads, load,
   versions, GPU, whether this build has the CUDA kernels, date).
 * :func:`write_result`, :func:`markdown_table`, :func:`ms`, :func:`ratio`: the results files.
@@ -31,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # the checkout's package, installed or not
 from sparse_engine.kernels import HAS_CUDA_KERNELS  # noqa: E402
-from sparse_engine.runtime.timing import times_of  # noqa: E402
+from sparse_engine.runtime.timing import cuda_times_of, times_of  # noqa: E402,F401  (cuda_times_of: the scripts')
+from sparse_engine.sparse.patterns import random_csr_on  # noqa: E402,F401  (the scripts')
 import torch  # noqa: E402  (after sparse_engine: see above)
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -45,35 +47,6 @@ def timeit(fn, *, repeat: int = 7, min_time: float = 0.2, warmup: int = 1) -> fl
     if sum(times_of(fn, warmup)) > 1.0:
         repeat, min_time = 3, 0.0
     return statistics.median(times_of(fn, repeat, min_time=min_time / repeat))
-
-
-def cuda_times_of(fn, repeat: int, warmup: int = 1, *, setup=None, sync_each: bool = False) -> list[float]:
-    """Seconds of each of ``repeat`` calls of ``fn``, read from CUDA events recorded on the current
-    stream just before and after each call, after ``warmup`` untimed calls and a synchronize.
-
-    The calls are queued back to back and the events read after one synchronize at the end, so
-    the host's launch latency hides behind the previous call, as in a training loop. With
-    ``sync_each`` the device is synchronized before each call instead: the call starts on an idle
-    device and its own launch latency counts. ``setup()`` runs untimed (on the host) before each
-    call, warm-up included."""
-    for _ in range(warmup):
-        if setup is not None:
-            setup()
-        fn()
-    torch.cuda.synchronize()
-    events = []
-    for _ in range(repeat):
-        if setup is not None:
-            setup()
-        if sync_each:
-            torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        events.append((start, end))
-    torch.cuda.synchronize()
-    return [start.elapsed_time(end) / 1e3 for start, end in events]
 
 
 # --------------------------------------------------------------------------- machine
@@ -145,23 +118,3 @@ def ms(seconds: float | None) -> str:
 
 def ratio(baseline: float | None, ours: float) -> str:
     return "-" if baseline is None else f"{baseline / ours:.2f}x"
-
-
-def random_csr_on(rows: int, cols: int, nnz: int, device, seed: int = 0):
-    """(row_ptr, col_idx, values) of a uniformly random rows x cols pattern of exactly nnz
-    entries, drawn on ``device`` (the topology ops' random_empty: O(nnz) there). On a GPU this
-    takes milliseconds where SparseWeight.random, which draws on the host, takes minutes at
-    100M+ entries. Values: uniform(+-1/sqrt(nnz per row)), like SparseWeight.random."""
-    from sparse_engine.kernels import topology_torch
-
-    device = torch.device(device)
-    empty = torch.zeros(rows + 1, dtype=torch.int64, device=device)
-    no_cols = torch.empty(0, dtype=torch.int32, device=device)
-    row, col_idx = topology_torch.random_empty_torch(empty, no_cols, cols, nnz, seed)
-    row_ptr = torch.zeros(rows + 1, dtype=torch.int64, device=device)
-    torch.cumsum(torch.bincount(row, minlength=rows), 0, out=row_ptr[1:])
-    del row
-    bound = 1.0 / max(1.0, nnz / max(rows, 1)) ** 0.5
-    g = torch.Generator(device=device).manual_seed(seed)
-    values = torch.empty(nnz, device=device).uniform_(-bound, bound, generator=g)
-    return row_ptr, col_idx, values

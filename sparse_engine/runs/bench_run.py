@@ -1,15 +1,18 @@
 """``sparse-engine bench`` as a function, :func:`bench`: a quick look at the CPU operators against
-torch.sparse (MKL) and scipy on one shape. The full benchmarks are the scripts in benchmarks/."""
+torch.sparse (MKL) and scipy on one shape; with ``model`` one training step of a recurrent layer
+against masked-dense and torch.sparse (:mod:`.step_bench`); with ``memory`` the predicted memory of a
+step (:mod:`.memory_run`). The full benchmarks are the scripts in benchmarks/."""
 from __future__ import annotations
 
 import contextlib
 import warnings
+from dataclasses import replace
 
 import torch
 
 from ..runtime.timing import best_of
 from ..sparse import SparseWeight
-from .config import BenchConfig, with_options
+from .config import BenchConfig, resolve_device, with_options
 
 
 #: what torch.sparse says about itself when a CSR tensor is first made (once per process): nothing
@@ -29,7 +32,9 @@ def torch_sparse_notices_silenced():
 def bench(config: BenchConfig | None = None, **options) -> list[dict] | dict:
     """Times spmm and sddmm on the CPU against torch.sparse (MKL) and scipy on one shape
     (``sparse-engine bench``), prints a table and returns one dict per operator (seconds). With
-    ``memory``: the predicted memory of a training step instead (:func:`.memory_run.memory_bench`)."""
+    ``model``: one training step of that recurrent model against masked-dense and torch.sparse
+    (:func:`.step_bench.step_bench`, {method: measurement}); with ``memory``: the predicted memory of
+    a training step (:func:`.memory_run.memory_bench`)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -39,7 +44,13 @@ def bench(config: BenchConfig | None = None, **options) -> list[dict] | dict:
     if cfg.memory:
         from .memory_run import memory_bench
 
-        return memory_bench(cfg)
+        return memory_bench(replace(cfg, model=cfg.model or "lstm", batch=cfg.batch or 32))
+    if cfg.model is not None:
+        from .step_bench import step_bench
+
+        return step_bench(cfg.model.upper(), cfg.hidden, cfg.density, resolve_device(cfg.device).type, cfg.seq_len,
+                          cfg.batch or 20, cfg.repeats)
+    cfg = replace(cfg, batch=cfg.batch or 32)
     W = SparseWeight.random(cfg.n, cfg.n, cfg.density, generator=torch.Generator().manual_seed(0))
     X = torch.randn(cfg.n, cfg.batch)
     G = torch.randn(cfg.n, cfg.batch)

@@ -59,8 +59,11 @@ DEVICES = ("auto", "cpu", "cuda")
 #: the ``--help`` groups of the options that apply to --model mlp only, and to bench --memory only
 MLP_OPTIONS = ("--model mlp (SET-MLP, docs/set_mlp.md; SET implementation 2 also uses --lr 0.05 --batch-size 40 "
                "--algorithm set)")
-MEMORY_OPTIONS = ("--memory: the predicted memory of a training step of a recurrent model, from its sizes alone "
-                  "(nothing is built; docs/memory.md)")
+MEMORY_OPTIONS = ("--model / --memory: one training step of a recurrent model, timed against masked-dense and "
+                  "torch.sparse (--model), or its memory predicted from its sizes alone (--memory: nothing is built; "
+                  "docs/memory.md)")
+#: what ``bench --model`` times: the cells with a masked-dense torch.nn twin
+STEP_MODELS = ("lstm", "gru", "rnn")
 _DATA_HELP = "; ".join(f"{task}: {what}{'' if required else ' (optional)'}"
                        for task, (_, what, required) in TASK_DATA.items())
 
@@ -165,19 +168,26 @@ class TrainConfig(_Checked):
 @dataclass
 class BenchConfig(_Checked):
     """``sparse-engine bench`` options: an n x n matrix of this density, ``batch`` columns; with
-    ``memory`` the predicted memory of a training step of a recurrent model instead (its sizes:
-    ``model`` ... ``budget``; :func:`sparse_engine.runs.memory_run.memory_bench`)."""
+    ``model`` one training step of that recurrent model at ``hidden`` and ``density`` instead, against
+    masked-dense and torch.sparse (:func:`sparse_engine.runs.step_bench.step_bench`); with ``memory``
+    the predicted memory of a training step (its sizes: ``model`` ... ``budget``;
+    :func:`sparse_engine.runs.memory_run.memory_bench`)."""
     n: int = option(16384, check=valid.integer(1), metavar="N",
                     help="rows and columns of the square sparse matrix, >= 1 (default: %(default)s)")
     density: float = option(0.01, check=valid.fraction, metavar="FRACTION",
                             help="fraction of nonzero entries, in (0, 1] (default: %(default)s)")
-    batch: int = option(32, check=valid.integer(1), metavar="N",
-                        help="columns of the dense operand, >= 1; with --memory the batch size (default: %(default)s)")
+    batch: int | None = option(None, check=valid.or_none(valid.integer(1)), type=int, metavar="N",
+                               help="columns of the dense operand, >= 1; with --model or --memory the batch size "
+                                    "(default: 32; 20 with --model)")
     memory: bool = option(False, group=MEMORY_OPTIONS,
                           help="print the step's peak by kind and phase instead of timing operators; with --budget "
                                "also the largest hidden size that fits (same nonzeros per row: --density x --hidden) "
                                "(default: off)")
-    model: str = shared_option(TrainConfig, "model", group=MEMORY_OPTIONS)
+    model: str | None = option(None, choices=MODELS, group=MEMORY_OPTIONS,
+                               help="time one training step of this recurrent model (lstm, gru or rnn: one layer, "
+                                    "input = hidden, --hidden and --density) against masked-dense and torch.sparse, "
+                                    "instead of the operators; with --memory the model whose step is predicted "
+                                    "(default: none; lstm with --memory)")
     hidden: int = shared_option(TrainConfig, "hidden", group=MEMORY_OPTIONS)
     layers: int = shared_option(TrainConfig, "layers", group=MEMORY_OPTIONS)
     sparse: str = shared_option(TrainConfig, "sparse", group=MEMORY_OPTIONS)
@@ -191,6 +201,8 @@ class BenchConfig(_Checked):
     device: str = shared_option(TrainConfig, "device", group=MEMORY_OPTIONS)
     budget: int | str | None = option(None, check=valid.size_or_none, metavar="SIZE", group=MEMORY_OPTIONS,
                                       help="memory a step may take, e.g. 16G or 80G for an 80 GB GPU (default: none)")
+    repeats: int = option(3, check=valid.integer(1), metavar="N", group=MEMORY_OPTIONS,
+                          help="with --model: steps timed per method, their median is shown (default: %(default)s)")
 
 
 def _null_methods():
@@ -251,8 +263,10 @@ MLP_TASKS = ("digits", "mnist", "table")
 MLP_ALGORITHMS = ("none", "set")
 #: TrainConfig's options for --model mlp only
 MLP_FIELDS = _group(TrainConfig, MLP_OPTIONS)
-#: BenchConfig's fields that only bench --memory reads
+#: BenchConfig's fields that only bench --model and bench --memory read
 MEMORY_FIELDS = tuple(name for name in _group(BenchConfig, MEMORY_OPTIONS) if name != "memory")
+#: the ones bench --model reads (beside --density and --batch)
+STEP_FIELDS = ("model", "hidden", "seq_len", "device", "repeats")
 
 
 # ------------------------------------------------------------- options that do not go together
@@ -305,17 +319,33 @@ def _mlp_combinations(cfg):
 
 def _bench_combinations(cfg):
     """(field, reason) for bench options that do not go together, or None."""
-    if not cfg.memory:
+    if not cfg.memory and cfg.model is None:
         for field in MEMORY_FIELDS:
             if getattr(cfg, field) != getattr(BenchConfig, field):
-                return field, "applies to bench --memory (the memory of a training step), not the operator benchmark"
+                return field, ("applies to bench --memory or bench --model (a training step of a recurrent model), "
+                               "not the operator benchmark")
         return None
+    which = "bench --memory" if cfg.memory else "bench --model"
     if cfg.n != BenchConfig.n:
-        return "n", "applies to the operator benchmark, not bench --memory (which takes --hidden)"
+        return "n", f"applies to the operator benchmark, not {which} (which takes --hidden)"
+    one_size = None if not isinstance(cfg.hidden, (tuple, list)) else (
+        "hidden", f"expected one hidden size, got {','.join(map(str, cfg.hidden))}")
+    if not cfg.memory:
+        if cfg.model not in STEP_MODELS:
+            return "model", (f"bench --model times {', '.join(STEP_MODELS)} against their masked-dense torch.nn twins, "
+                             f"got {cfg.model!r}")
+        if one_size:
+            return one_size
+        for field in MEMORY_FIELDS:
+            if field not in STEP_FIELDS and getattr(cfg, field) != getattr(BenchConfig, field):
+                return field, "applies to bench --memory, not bench --model"
+        return None
+    if cfg.repeats != BenchConfig.repeats:
+        return "repeats", "applies to bench --model, not bench --memory"
     if cfg.model == "mlp":
         return "model", "the memory model covers the recurrent models (lstm, gru, rnn, ctrnn), got 'mlp'"
-    if isinstance(cfg.hidden, (tuple, list)):
-        return "hidden", f"expected one hidden size, got {','.join(map(str, cfg.hidden))}"
+    if one_size:
+        return one_size
     if cfg.model == "ctrnn" and cfg.layers != 1:
         return "layers", f"model 'ctrnn' has one layer, got {cfg.layers}"
     if cfg.recompute_every == "auto" and cfg.budget is None:

@@ -49,6 +49,37 @@ def times_of(fn, repeat: int = 3, warmup: int = 0, *, min_time: float = 0.0, set
     return times
 
 
+def cuda_times_of(fn, repeat: int, warmup: int = 1, *, setup=None, sync_each: bool = False) -> list[float]:
+    """Seconds of each of ``repeat`` calls of ``fn``, read from CUDA events recorded on the current
+    stream just before and after each call, after ``warmup`` untimed calls and a synchronize.
+
+    The calls are queued back to back and the events read after one synchronize at the end, so
+    the host's launch latency hides behind the previous call, as in a training loop. With
+    ``sync_each`` the device is synchronized before each call instead: the call starts on an idle
+    device and its own launch latency counts. ``setup()`` runs untimed (on the host) before each
+    call, warm-up included."""
+    import torch  # here: this module runs without torch
+
+    for _ in range(warmup):
+        if setup is not None:
+            setup()
+        fn()
+    torch.cuda.synchronize()
+    events = []
+    for _ in range(repeat):
+        if setup is not None:
+            setup()
+        if sync_each:
+            torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        events.append((start, end))
+    torch.cuda.synchronize()
+    return [start.elapsed_time(end) / 1e3 for start, end in events]
+
+
 def peak_rss_bytes() -> int:
     """Peak resident memory of this process, in bytes. On Linux the high-water mark of its own
     address space (``VmHWM``): ``getrusage``'s ``ru_maxrss`` survives ``exec``, so a child
