@@ -193,8 +193,9 @@ def main(argv=None) -> int:
     except CommandError as exc:
         _say(f"{PROG}: error: {_one_line(exc)}")
         return exc.code
-    except KeyboardInterrupt:
-        _say(f"{PROG}: interrupted")
+    except KeyboardInterrupt as exc:
+        checkpoint = getattr(exc, "resume_from", None)
+        _say(f"{PROG}: interrupted" + (f"; continue with: {PROG} train --resume {checkpoint}" if checkpoint else ""))
         return EXIT_INTERRUPTED
     except SystemExit as exc:  # --help (0), or user code that exits with a message
         if exc.code is None or isinstance(exc.code, int):

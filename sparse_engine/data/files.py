@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import gzip
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,9 @@ def _existing(path, what: str, kind: str | None = None) -> Path:
 # ------------------------------------------------------------------ path checks before a run
 def output_path_problem(path) -> str | None:
     """Why a file cannot be written at ``path`` (its directory is missing or not writable,
-    it is a directory, it exists read-only), or None when it can. Nothing is created."""
+    it is a directory, it exists read-only, or no file can be created there: a read-only file system,
+    /proc; permissions the access check cannot see, as for root), or None when it can. A file is
+    created in the directory and removed at once, as the atomic writes will: nothing is left."""
     p = Path(path)
     if str(path) == "" or p.name in ("", ".", ".."):
         return f"expected a file name, got {str(path)!r}"
@@ -46,6 +49,12 @@ def output_path_problem(path) -> str | None:
         return f"directory {parent} is not writable"
     if p.exists() and not os.access(p, os.W_OK):
         return f"{p} exists and is not writable"
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{p.name}.", suffix=".probe")
+    except OSError as exc:
+        return f"cannot create a file in {parent} ({exc.strerror or exc})"
+    os.close(fd)
+    os.unlink(probe)
     return None
 
 

@@ -27,6 +27,7 @@ its state holds it).
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
@@ -162,6 +163,7 @@ class TrainProgress:
         self.running = 0.0
         self.history: list[dict] = []
         self.save_path = cfg.save
+        self.started = time.time()  # a checkpoint written since then is this run's
 
     # ------------------------------------------------------------------ driving
     def begin_epoch(self, epoch: int):
@@ -211,11 +213,26 @@ class TrainProgress:
                 "balance_records": None if self.recorder is None else list(self.recorder.records)}
 
     def save(self) -> Path:
-        """Writes the resumable checkpoint (atomically) to the run's save path."""
+        """Writes the resumable checkpoint (atomically) to the run's save path; an OSError that
+        names the option (``--save``, or ``--resume`` for a resumed run writing over its checkpoint)."""
         # the options as the command line's namespace held them, so checkpoints read the same either way
-        return save_checkpoint(self.save_path, self.model, self.optimizer,
-                               args={"command": "train", **asdict(self.cfg)}, history=list(self.history),
-                               resume=self.state())
+        try:
+            path = save_checkpoint(self.save_path, self.model, self.optimizer,
+                                   args={"command": "train", **asdict(self.cfg)}, history=list(self.history),
+                                   resume=self.state())
+        except OSError as exc:
+            option = "--save" if self.cfg.save is not None or self.cfg.resume is None else "--resume"
+            raise OSError(f"argument {option}: cannot write the checkpoint {self.save_path} "
+                          f"({exc.strerror or exc})") from exc
+        return path
+
+    def resume_from(self) -> Path | None:
+        """The checkpoint a run cut off now continues from: the one this run wrote (its file changed
+        since the run started: a save cut off before its rename leaves the file as it was), else the
+        one it resumed from; None when there is none."""
+        if self.save_path and Path(self.save_path).is_file() and Path(self.save_path).stat().st_mtime >= self.started:
+            return Path(self.save_path)
+        return Path(self.cfg.resume) if self.cfg.resume is not None else None
 
     def restore(self, path) -> None:
         """Loads the run saved at ``path`` (after checking its options against this run's)."""

@@ -94,12 +94,16 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
                                    epoch_batches=meta.get("epoch_batches"))  # restores with --resume
     if not cfg.quiet:
         _print_start(console, cfg, device, progress.history)
-    for epoch in range(progress.epoch + 1, cfg.epochs + 1):
-        running, samples_per_s = _train_epoch(cfg, parts, progress, epoch, (Xtr, ytr), recipe, device)
-        row = _end_epoch(cfg, parts, epoch, running / trained, (Xte, yte, meta), recipe, batches, device)
-        progress.end_epoch(row)  # appends to history; the checkpoint at every epoch end
-        if not cfg.quiet:
-            console.print(epoch_line(row, samples_per_s), markup=False, highlight=False)
+    try:
+        for epoch in range(progress.epoch + 1, cfg.epochs + 1):
+            running, samples_per_s = _train_epoch(cfg, parts, progress, epoch, (Xtr, ytr), recipe, device)
+            row = _end_epoch(cfg, parts, epoch, running / trained, (Xte, yte, meta), recipe, batches, device)
+            progress.end_epoch(row)  # appends to history; the checkpoint at every epoch end
+            if not cfg.quiet:
+                console.print(epoch_line(row, samples_per_s), markup=False, highlight=False)
+    except KeyboardInterrupt as exc:
+        exc.resume_from = progress.resume_from()  # what the command line names for --resume
+        raise
     _print_outputs(console, cfg, recipe, parts.recorder, progress)
     return TrainResult(parts.model, progress.history)
 

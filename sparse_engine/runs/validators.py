@@ -29,10 +29,16 @@ def one_of(choices):
     return check
 
 
+#: the largest integer an option may be: torch and numpy take sizes and counts as int64
+INT64_MAX = 2**63 - 1
+
+
 def integer(low: int):
     def check(value):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
             return f"expected an integer >= {low}, got {value!r}"
+        if value > INT64_MAX:
+            return f"expected an integer >= {low} and at most {INT64_MAX:,}, got {value!r}"
     return check
 
 

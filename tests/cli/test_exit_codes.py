@@ -100,7 +100,7 @@ def test_2_bad_arguments(argv, words, checkpoint, capsys, monkeypatch, run_cli):
 
 @pytest.mark.skipif(os.name != "posix", reason="SIGINT")
 def test_130_interrupted(tmp_path):
-    """Ctrl-C during training: exit code 130 and one line. (The child gets SIGINT's default
+    """Ctrl-C during training: exit code 130 and one line, naming the checkpoint to continue from. (The child gets SIGINT's default
     disposition: a test run started in the background of a non-interactive shell ignores SIGINT,
     and a Python started with it ignored never installs its KeyboardInterrupt handler.)"""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
@@ -118,4 +118,5 @@ def test_130_interrupted(tmp_path):
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 130 and err.splitlines() == ["sparse-engine: interrupted"], (proc.returncode, err)
+    assert proc.returncode == 130 and err.splitlines() == [
+        "sparse-engine: interrupted; continue with: sparse-engine train --resume ck.pt"], (proc.returncode, err)
