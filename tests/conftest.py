@@ -64,8 +64,10 @@ if settings is not None:
 
 
 ROOT = Path(__file__).resolve().parents[1]
-#: data sets and trained networks shared with the examples, kept outside the repository
-SHARED_DATA = ROOT / ".." / "shared" / "data"
+#: the real data sets and trained networks some tests read, kept outside the repository: the folder
+#: SPARSE_ENGINE_DATA names (laid out as ``python -m sparse_engine.data.fetch NAME --root FOLDER``
+#: writes it: FOLDER/NAME/...), else the project's shared folder beside the checkout
+SHARED_DATA = Path(os.environ.get("SPARSE_ENGINE_DATA") or ROOT / ".." / "shared" / "data")
 
 
 @pytest.fixture
@@ -86,12 +88,14 @@ def np_rng():
 
 @pytest.fixture
 def shared_data():
-    """``shared_data(*parts)``: the path ``../shared/data/<parts>``; the test is skipped when it
-    is missing (a checkout without the shared folder, or without that data set)."""
+    """``shared_data(*parts)``: the path ``<data folder>/<parts>`` (:data:`SHARED_DATA`); the test
+    is skipped when it is missing, with the command that downloads that data set."""
     def path(*parts: str) -> Path:
         p = SHARED_DATA.joinpath(*parts)
         if not p.exists():
-            pytest.skip(f"shared data {p} is not present")
+            pytest.skip(f"data set {parts[0] if parts else ''!r} is not here: download it with `python -m "
+                        f"sparse_engine.data.fetch {parts[0] if parts else 'NAME'} --root DIR` and set "
+                        f"SPARSE_ENGINE_DATA=DIR")
         return p
     return path
 

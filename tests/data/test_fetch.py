@@ -113,3 +113,13 @@ def test_bad_name_and_the_command_line(capsys, monkeypatch, tmp_path):
     assert fetch.main(["mackey_glass", "--root", str(tmp_path / "r")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "differs from the expected" in err[-1]
+
+
+def test_a_missing_data_set_skips_naming_its_download(shared_data):
+    """A test that needs a data set this checkout lacks is skipped with the command that downloads it
+    (not a path beside the project's checkout, which users do not have)."""
+    with pytest.raises(pytest.skip.Exception) as skipped:
+        shared_data("no_such_data_set", "file.csv")
+    message = str(skipped.value)
+    assert "python -m sparse_engine.data.fetch no_such_data_set --root DIR" in message
+    assert "SPARSE_ENGINE_DATA=DIR" in message and "shared" not in message

@@ -1,4 +1,5 @@
-"""Dataset readers on the real files in ../shared/data, and the Mackey-Glass generator."""
+"""Dataset readers on the real files of the data folder (tests/conftest.py: SPARSE_ENGINE_DATA), and the
+Mackey-Glass generator."""
 import gzip
 
 import pytest
