@@ -67,10 +67,11 @@ asan: install
 	    -k "not test_keep_freed_memory_serves_large_tensors_from_the_heap and not on_the_emulator"
 
 # The CPU tables (benchmarks/results/cpu_ops.md, rnn_cpu.md), each written row by row; run it on
-# a quiet machine. BENCH_ARGS=--quick checks the scripts on a small subset.
+# a quiet machine. BENCH_ARGS=--quick checks the scripts on a small subset, into fresh files under
+# benchmarks/results/local/ (the committed tables are rewritten only by a full run's --out).
 bench: install
-	$(PY) benchmarks/bench_ops.py $(BENCH_ARGS)
-	$(PY) benchmarks/bench_rnn.py --device cpu $(BENCH_ARGS)
+	$(PY) benchmarks/bench_ops.py $(if $(findstring --quick,$(BENCH_ARGS)),,--out cpu_ops.md) $(BENCH_ARGS)
+	$(PY) benchmarks/bench_rnn.py --device cpu $(if $(findstring --quick,$(BENCH_ARGS)),,--out rnn_cpu.md) $(BENCH_ARGS)
 
 clean:
 	rm -rf build $(VENV) sparse_engine/_C*.so *.egg-info

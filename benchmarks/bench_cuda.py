@@ -7,6 +7,7 @@ PyTorch user has, on the same inputs in the same run, plus the memory-bandwidth 
     python3 benchmarks/bench_cuda.py --quick    # the three reference cells, B=32
     python3 benchmarks/bench_cuda.py --n 65536 --density 0.01 --batch 32 --pattern uniform
     python3 benchmarks/bench_cuda.py --dtype bfloat16   # 2-byte storage, float32 accumulation
+    python3 benchmarks/bench_cuda.py --quick --out benchmarks/results/   # rewrites cuda_ops_<gpu>_quick.md
 
 Baselines: torch.sparse.mm on CSR (cuSPARSE SpMM; for spmm_t on the explicitly transposed
 CSR), torch.sparse.sampled_addmm (cuSPARSE SDDMM), dense cuBLAS (W @ X; G @ X^T for sddmm)
@@ -20,8 +21,12 @@ tail, degree exponent 2.5, capped at N; columns uniform). Actual nnz is reported
 --dtype float16/bfloat16: values, X and G in that dtype; every baseline runs in the same dtype
 where torch supports it (an unsupported one shows its error in the table), and our float32
 kernels on the same inputs are timed too ("ours fp32"), so the gain from 2-byte storage shows.
-Results: benchmarks/results/cuda_ops_<gpu>[_bf16|_fp16].md (with _quick or _n<sizes> for a
-partial grid, so that runs split by --n do not overwrite each other), rewritten after every cell.
+Results: the table cuda_ops_<gpu>[_bf16|_fp16].md (with _quick or _n<sizes> for a partial grid, so
+that runs split by --n do not overwrite each other), rewritten after every cell (and into
+--copy-to): without --out a fresh file benchmarks/results/local/cuda_ops_<gpu>...-<UTC time>.md
+(named at the start and the end); the committed table is rewritten only with --out NAME, or with
+--out benchmarks/results/ (that name in that folder, as benchmarks/gpu_all.sh passes). The console
+shows the table's header, then a line as each cell starts and one as it ends.
 """
 from __future__ import annotations
 
@@ -34,7 +39,7 @@ import zlib
 from pathlib import Path
 
 
-from common import cuda_times_of, machine
+from common import announce, cell_ends, cell_starts, cuda_times_of, finish, machine, out_help, results_path
 import torch  # noqa: E402
 
 DEV = "cuda"
@@ -273,22 +278,28 @@ def machine_header(bw: float) -> str:
             f"{'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'} (dense baselines in full fp32).\n")
 
 
+TITLE = "CUDA operators: ours vs cuSPARSE, dense cuBLAS, masked-dense (same run)"
+
+
+def op_columns(half: bool) -> list[str]:
+    """The columns of each op's table (``half``: the 2-byte dtypes' "ours fp32" columns too)."""
+    return (["N", "density", "pattern", "B", "nnz", "max row", "ours ms", "cuSPARSE ms", "x", "dense ms", "x",
+             "masked ms", "x"] + (["ours fp32 ms", "x"] if half else []) + ["floor ms", "% floor", "check"])
+
+
 def write_report(path: Path, header: str, cells: list, ops: list, dtype: str = "float32") -> None:
     half = dtype != "float32"
     # ours and cuSPARSE each round to the storage type once: a few units of its epsilon apart
     check_ok = 4 * torch.finfo(DTYPES[dtype]).eps if half else 1e-3
-    lines = ["# CUDA operators: ours vs cuSPARSE, dense cuBLAS, masked-dense (same run)", "", header,
+    lines = [f"# {TITLE}", "", header,
              f"dtype: {dtype}" + (" (storage; our kernels accumulate in float32; baselines in the same dtype, "
                                   "\"ours fp32\" = our float32 kernels on the same inputs)" if half else ""), "",
              "x = baseline time / our time (> 1: we are faster). floor = bytes that must move / copy bandwidth; "
              "% floor = floor time / our time. check = max |ours - cuSPARSE| / max |cuSPARSE| "
              f"(ok below {check_ok:.1e}).", ""]
-    extra_h, extra_sep = (" ours fp32 ms | x |", "---|---|") if half else ("", "")
+    columns = op_columns(half)
     for op in ops:
-        lines += [f"## {op}", "",
-                  "| N | density | pattern | B | nnz | max row | ours ms | cuSPARSE ms | x | dense ms | x | "
-                  "masked ms | x |" + extra_h + " floor ms | % floor | check |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + extra_sep + "---|---|---|"]
+        lines += [f"## {op}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         for (n, d, B, pat), cell in cells:
             if "skip" in cell:
                 lines.append(f"| {n:,} | {d:.1%} | {pat} | {B} | skipped: {cell['skip']} |||||||||||")
@@ -330,7 +341,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-dense", action="store_true", help="skip the dense and masked-dense baselines")
     ap.add_argument("--budget-s", type=float, default=450.0, help="stop starting new cells after this long")
     ap.add_argument("--copy-to", type=Path, default=None, help="also write the results file into this folder")
-    ap.add_argument("--out", type=Path, default=None, help="results file (default benchmarks/results/cuda_ops_<gpu>.md)")
+    ap.add_argument("--out", default=None, help=out_help("cuda_ops_<gpu>[_bf16|_fp16][_quick|_n<sizes>].md"))
     args = ap.parse_args(argv)
 
     if not torch.cuda.is_available():
@@ -352,17 +363,21 @@ def main(argv=None) -> int:
     cells.sort(key=lambda c: (ref.get(c[:3], len(ref)), c[0], c[1], c[2], c[3]))
     gpu = re.sub(r"[^a-z0-9]+", "_", torch.cuda.get_device_name(0).lower()).strip("_")
     part = "_quick" if args.quick else ("" if args.n == GRID_N else "_n" + "-".join(map(str, args.n)))
-    out = args.out or Path(__file__).resolve().parent / "results" / f"cuda_ops_{gpu}{SUFFIX[args.dtype]}{part}.md"
+    out = results_path(args.out, f"cuda_ops_{gpu}{SUFFIX[args.dtype]}{part}.md")
 
+    announce(f"{TITLE}, {args.dtype}", op_columns(args.dtype != "float32"), out)
+    print(f"(one such table per op: {', '.join(args.ops)})", flush=True)
+    c = cell_starts("device copy bandwidth (1 GiB)")
     bw = copy_bandwidth()
+    cell_ends(c, f"{bw / 1e9:.0f} GB/s")
     header = machine_header(bw)
-    print(header)
     done, dense_cache = [], {}
     t_start = time.perf_counter()
     for n, d, B, pat in cells:
         if time.perf_counter() - t_start > args.budget_s:
-            print(f"budget of {args.budget_s:.0f} s spent: {len(cells) - len(done)} cells not run")
+            print(f"budget of {args.budget_s:.0f} s spent: {len(cells) - len(done)} cells not run", flush=True)
             break
+        c = cell_starts(f"N={n} d={d} B={B} {pat}")
         try:
             cell = run_cell(n, d, B, pat, args, dense_cache, bw)
         except torch.cuda.OutOfMemoryError:
@@ -374,25 +389,27 @@ def main(argv=None) -> int:
             try:
                 del_cache()
             except RuntimeError:  # a sticky CUDA error (illegal address ...): every later cell would fail
+                cell_ends(c, f"skipped ({cell['skip']})")
                 done.append(((n, d, B, pat), cell))
                 write_report(out, header, done, args.ops, args.dtype)
                 if args.copy_to is not None:
                     write_report(args.copy_to / out.name, header, done, args.ops, args.dtype)
                 print("the CUDA context is broken; stopping", file=sys.stderr)
+                finish(out)
                 return 1
         done.append(((n, d, B, pat), cell))
         if "skip" in cell:
-            print(f"N={n} d={d} B={B} {pat}: skipped ({cell['skip']})")
+            cell_ends(c, f"skipped ({cell['skip']})")
         else:
             summary = "  ".join(
                 f"{op} {fmt_ms(r['ours'])} ms ({ratio(r['base'], r['ours'])} vs cuSPARSE, "
                 f"{r['floor_ms'] / r['ours']:.0%} of floor)" if isinstance(r["ours"], float) else f"{op} {r['ours']}"
                 for op, r in cell["ops"].items())
-            print(f"N={n} d={d} B={B} {pat} nnz={cell['info']['nnz']:,}: {summary}", flush=True)
+            cell_ends(c, f"nnz={cell['info']['nnz']:,}: {summary}")
         write_report(out, header, done, args.ops, args.dtype)
         if args.copy_to is not None:
             write_report(args.copy_to / out.name, header, done, args.ops, args.dtype)
-    print(f"wrote {out}")
+    finish(out)
     return 0
 
 

@@ -1,6 +1,7 @@
 """Large-shape CPU kernels against this machine's memory floor, measured in the same run.
 
-    python benchmarks/bench_floor.py [--quick] [--threads 2] [--repeat 3]   -> benchmarks/results/floor_cpu.md
+    python benchmarks/bench_floor.py [--quick] [--threads 2] [--repeat 3]  # -> benchmarks/results/local/floor_cpu-<t>.md
+    python benchmarks/bench_floor.py --out floor_cpu.md                     # rewrites the committed table
 
 First the floor (benchmarks/floor.py): STREAM's triad (sequential bandwidth) and the random
 gather bandwidth of rows of the padded batch the kernels read (B floats rounded up to 8). Then
@@ -21,14 +22,17 @@ tiled kernel can be against the gather floor). Shapes (float32, 32 nonzeros per 
 spmm / spmm_t (with values_t) / sddmm at 65,536 and 1,048,576 square; SET-MLP's hidden layer
 (333,333 x 333,333 at epsilon 13, B = 40: forward spmm, spmm_t of the input gradient, sddmm
 of the weight gradient); the LSTM step at hidden 1,000,000 (W_hh 4M x 1M, B = 20) forward and
-backward. The results file is rewritten after every row, with the load average.
+backward. The results file is rewritten after every row, with the load average: without --out a
+fresh file under benchmarks/results/local/ (named at the start and the end), the committed table
+only with --out floor_cpu.md.
 """
 from __future__ import annotations
 
 import argparse
 import os
 
-from common import machine, markdown_table, write_result  # noqa: F401  (imports sparse_engine first)
+from common import (announce, cell, finish, markdown_table, out_help, results_path,  # imports sparse_engine first
+                    write_result)
 from floor import gather_bandwidth, triad_bandwidth
 from sparse_engine.runtime.timing import best_of
 
@@ -40,6 +44,11 @@ RAW = torch.ops.sparse_engine
 F32 = 4
 UNTILED = (2**62, 2**62, 2**62)
 TILED = (32 << 20, 16 << 20, 0)  # 16 MiB panels from 32 MiB, whatever the row size
+DEFAULT = "floor_cpu.md"
+TITLE = "Large-shape CPU kernels against the memory floor"
+HEADER = ["kernel", "gathered operand", "gathers GB/s", "untiled s", "tiled s", "untiled / tiled",
+          "gather floor s", "stream floor s",
+          "untiled % of gather floor", "tiled % of gather floor", "tiled % of stream floor", "load"]
 
 
 def padded(B: int) -> int:
@@ -93,11 +102,15 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="small shapes only (checks the script)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--out", default="floor_cpu.md")
+    p.add_argument("--out", default=None, help=out_help(DEFAULT))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    path = results_path(args.out, DEFAULT)
+    announce(TITLE, HEADER, path)
     load0 = os.getloadavg()[0]
-    triad = triad_bandwidth(1 << (22 if args.quick else 26))
+    with cell("floor: the triad's bandwidth") as c:
+        triad = triad_bandwidth(1 << (22 if args.quick else 26))
+        c.result = f"{triad / 1e9:.1f} GB/s"
     default = _C._set_tiling(*UNTILED)
     _C._set_tiling(*default)
     head = (f"Floor: triad {triad / 1e9:.1f} GB/s (benchmarks/floor.py); the random gather bandwidth of each "
@@ -113,41 +126,41 @@ def main(argv=None):
                   ("product", (333_333, 333_333, None, 40, "SET-MLP 333,333 eps 13, B=40", 13.0)),
                   ("lstm", (1_000_000, 32, 20))]
     rows = []
-    header = ["kernel", "gathered operand", "gathers GB/s", "untiled s", "tiled s", "untiled / tiled",
-              "gather floor s", "stream floor s",
-              "untiled % of gather floor", "tiled % of gather floor", "tiled % of stream floor", "load"]
     for kind, spec in shapes:
-        if kind == "product":
-            n_rows, n_cols, per_row, B, label, eps = spec
-            W, cases = product_cases(n_rows, n_cols, per_row, B, label, g, eps)
-        else:
-            W, cases = lstm_cases(*spec, generator=g)
-            B = spec[2]
+        with cell(f"building the weight: {spec[4] if kind == 'product' else f'LSTM W_hh, hidden {spec[0]:,}'}"):
+            if kind == "product":
+                n_rows, n_cols, per_row, B, label, eps = spec
+                W, cases = product_cases(n_rows, n_cols, per_row, B, label, g, eps)
+            else:
+                W, cases = lstm_cases(*spec, generator=g)
+                B = spec[2]
         for name, fn, streamed, gathered, sequential, src_rows in cases:
-            table = src_rows * padded(B) * F32
-            gather = gather_bandwidth(padded(B), table_bytes=table)
-            fn()  # warm: index checks, transposed index, pages
-            times = {"untiled": float("inf"), "tiled": float("inf")}
-            before = _C._set_tiling(*TILED)
-            try:
-                for _ in range(args.repeat):  # alternating, so both see the same load
-                    for mode in times:
-                        _C._set_tiling(*(UNTILED if mode == "untiled" else TILED))
-                        times[mode] = min(times[mode], best_of(fn, repeat=1))
-            finally:
-                _C._set_tiling(*before)
-            gather_floor = streamed / triad + gathered / gather
-            stream_floor = sequential / triad
-            u, t = times["untiled"], times["tiled"]
-            rows.append([name, f"{table / 2**20:,.0f} MiB", f"{gather / 1e9:.1f}", f"{u:.3f}", f"{t:.3f}", f"{u / t:.2f}x", f"{gather_floor:.3f}", f"{stream_floor:.3f}",
-                         f"{100 * gather_floor / u:.0f}%", f"{100 * gather_floor / t:.0f}%",
-                         f"{100 * stream_floor / t:.0f}%", f"{os.getloadavg()[0]:.1f}"])
-            print(" | ".join(rows[-1]), flush=True)
-            write_result(args.out, "Large-shape CPU kernels against the memory floor",
-                         head + "\n\n" + markdown_table(header, rows)
+            with cell(name) as c:
+                table = src_rows * padded(B) * F32
+                gather = gather_bandwidth(padded(B), table_bytes=table)
+                fn()  # warm: index checks, transposed index, pages
+                times = {"untiled": float("inf"), "tiled": float("inf")}
+                before = _C._set_tiling(*TILED)
+                try:
+                    for _ in range(args.repeat):  # alternating, so both see the same load
+                        for mode in times:
+                            _C._set_tiling(*(UNTILED if mode == "untiled" else TILED))
+                            times[mode] = min(times[mode], best_of(fn, repeat=1))
+                finally:
+                    _C._set_tiling(*before)
+                gather_floor = streamed / triad + gathered / gather
+                stream_floor = sequential / triad
+                u, t = times["untiled"], times["tiled"]
+                c.result = [name, f"{table / 2**20:,.0f} MiB", f"{gather / 1e9:.1f}", f"{u:.3f}", f"{t:.3f}",
+                            f"{u / t:.2f}x", f"{gather_floor:.3f}", f"{stream_floor:.3f}",
+                            f"{100 * gather_floor / u:.0f}%", f"{100 * gather_floor / t:.0f}%",
+                            f"{100 * stream_floor / t:.0f}%", f"{os.getloadavg()[0]:.1f}"]
+            rows.append(c.result)
+            write_result(path, TITLE, head + "\n\n" + markdown_table(HEADER, rows)
                          + f"\n\n{args.threads} threads, float32, best of {args.repeat} alternating runs; "
                            "`python benchmarks/bench_floor.py` (its docstring says what each floor counts).")
         del W, cases
+    finish(path)
 
 
 if __name__ == "__main__":

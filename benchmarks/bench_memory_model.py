@@ -1,8 +1,10 @@
 """The memory model (sparse_engine.memory) against measured peaks at scale: SparseLSTM, T=35, B=20,
 32 nonzeros per recurrent row (density 32/hidden), sparse='recurrent' (dense W_ih of 28 inputs), Adam.
 
-    python benchmarks/bench_memory_model.py --recompute-every none,5   # 10,000 and 100,000: the committed table
-    python benchmarks/bench_memory_model.py --huge      # then 1,000,000 (about 16 GB with k=4, minutes), appended
+    python benchmarks/bench_memory_model.py --recompute-every none,5 --out memory_model_cpu.md   # the committed table
+    python benchmarks/bench_memory_model.py --huge --out memory_model_cpu.md   # then 1,000,000 (about 16 GB
+                                                                               # with k=4, minutes), appended
+    python benchmarks/bench_memory_model.py --sizes 10k --recompute-every none   # a fresh file, one row
 
 Each size runs three times in fresh subprocesses, two training steps each (the first builds the
 transposed index and Adam's state; the model predicts the steady step, the second), measured three
@@ -23,8 +25,12 @@ ways:
 The prediction is made in this process from the sizes alone (``RecurrentSizes.build``), without
 building anything. A size whose stored run the budget (``--budget``, default: the memory available
 now) cannot hold is run with the recompute interval :func:`recompute_for_budget` picks, and
-``--recompute-every K`` forces one. The markdown table is rewritten after every row
-(benchmarks/results/memory_model_cpu.md).
+``--recompute-every K`` forces one. The markdown table is rewritten after every row: without --out
+a fresh file benchmarks/results/local/memory_model_cpu-<UTC time>.md (named at the start and the
+end); the committed table is rewritten only with --out memory_model_cpu.md. ``--append`` (and
+``--huge``) keeps the rows of --out's file, or without --out those of the committed table (read,
+not written). The console shows the table's header, then a line as each row and each of its three
+measurements starts and ends.
 """
 from __future__ import annotations
 
@@ -39,7 +45,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # sparse_engine before torch (which common imports): passive OpenMP waiting, torch's huge pages
 from sparse_engine.runtime.timing import available_memory_bytes, peak_rss_bytes, rss_bytes  # noqa: E402
-from common import RESULTS, markdown_table, parse_hidden, write_result  # noqa: E402
+from common import (announce, cell, finish, markdown_table, out_help, parse_hidden, previous_results,  # noqa: E402
+                    results_path, shown, write_result)
 
 #: the hidden size of the LSTM a child trains first, for the process's one-time costs
 WARM_UP_HIDDEN = 64
@@ -47,6 +54,8 @@ WARM_UP_HIDDEN = 64
 #: given back when freed (by default the threshold rises to the largest block freed, up to 32 MiB,
 #: and blocks below it come from the heap, where freed ones stay resident)
 FIXED_MMAP = "glibc.malloc.mmap_threshold=131072"
+DEFAULT = "memory_model_cpu.md"
+TITLE = "Memory model against measured peaks (CPU)"
 HEADER = ["hidden", "W_hh nnz", "recompute_every", "predicted peak (phase)", "traced peak", "predicted / traced",
           "peak RSS - RSS before", "predicted / RSS", f"RSS, {FIXED_MMAP}", "predicted / RSS (fixed threshold)",
           "predicted: weights / index / grads / Adam / activations / workspace / batch (MiB)",
@@ -143,9 +152,10 @@ def main() -> None:
     p.add_argument("--input", type=int, default=28)
     p.add_argument("--row-nnz", type=int, default=32, help="nonzeros per row of W_hh")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default="memory_model_cpu.md")
+    p.add_argument("--out", default=None, help=out_help(DEFAULT))
     p.add_argument("--append", action="store_true",
-                   help="keep the rows already in --out (e.g. add the --huge row to those of 10k and 100k)")
+                   help="keep the rows already in --out (without --out: in the committed table, which is read, not "
+                        "written), e.g. add the --huge row to those of 10k and 100k")
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)
     p.add_argument("--mode", choices=("rss", "trace"), help=argparse.SUPPRESS)
     p.add_argument("--k", type=int, help=argparse.SUPPRESS)
@@ -158,30 +168,40 @@ def main() -> None:
     hiddens = [1_000_000] if args.huge else [parse_hidden(h) for h in args.sizes.split(",")]
     args.append = args.append or args.huge
     budget = parse_size(args.budget) if args.budget else available_memory_bytes()
-    rows = kept_rows(RESULTS / args.out) if args.append else []
+    path = results_path(args.out, DEFAULT)
+    rows = kept_rows(previous_results(args.out, DEFAULT)) if args.append else []
+    announce(TITLE, HEADER, path)
+    if rows:
+        print(f"kept {len(rows)} rows of {shown(previous_results(args.out, DEFAULT))}", flush=True)
     for hidden, choice in [(h, c) for h in hiddens for c in args.recompute_every.split(",")]:
-        if choice == "auto":
-            k = recompute_for_budget(sizes(args, hidden, None), args.steps, args.batch, budget)[0]
-        else:
-            k = None if choice == "none" else int(choice)
-        pred = predict(sizes(args, hidden, k), args.steps, args.batch, "adam")
-        traced = measure(args, hidden, k, "trace")
-        rss = measure(args, hidden, k, "rss")
-        fixed = measure(args, hidden, k, "rss", FIXED_MMAP)
-        assert traced["predicted_from_module"] == rss["predicted_from_module"] == pred.peak, (traced, rss, pred)
-        mib = " / ".join(f"{getattr(pred, kind) / 2**20:,.0f}" for kind in
-                         ("weights", "index", "gradients", "optimizer", "activations", "workspace", "batch"))
-        rows.append([f"{hidden:,}", f"{4 * args.row_nnz * hidden:,}", k or "-", f"{mb(pred.peak)} ({pred.phase})",
-                     mb(traced["traced"]), f"{pred.peak / traced['traced']:.3f}", mb(rss["rss"]),
-                     f"{pred.peak / rss['rss']:.3f}", mb(fixed["rss"]), f"{pred.peak / fixed['rss']:.3f}", mib,
-                     mb(rss["runtime"]), f"{os.getloadavg()[0]:.1f}"])
+        with cell(f"hidden {hidden:,}, recompute_every {choice}") as row:
+            if choice == "auto":
+                k = recompute_for_budget(sizes(args, hidden, None), args.steps, args.batch, budget)[0]
+            else:
+                k = None if choice == "none" else int(choice)
+            pred = predict(sizes(args, hidden, k), args.steps, args.batch, "adam")
+            got = {}
+            for name, mode, tunables in (("traced", "trace", None), ("rss", "rss", None),
+                                         ("fixed", "rss", FIXED_MMAP)):
+                with cell(f"  hidden {hidden:,}: {'tensor trace' if mode == 'trace' else 'peak RSS'}"
+                          + (", fixed mmap threshold" if tunables else "")) as c:
+                    got[name] = measure(args, hidden, k, mode, tunables)
+                    c.result = mb(got[name]["traced" if mode == "trace" else "rss"])
+            traced, rss, fixed = got["traced"], got["rss"], got["fixed"]
+            assert traced["predicted_from_module"] == rss["predicted_from_module"] == pred.peak, (traced, rss, pred)
+            mib = " / ".join(f"{getattr(pred, kind) / 2**20:,.0f}" for kind in
+                             ("weights", "index", "gradients", "optimizer", "activations", "workspace", "batch"))
+            row.result = [f"{hidden:,}", f"{4 * args.row_nnz * hidden:,}", k or "-", f"{mb(pred.peak)} ({pred.phase})",
+                          mb(traced["traced"]), f"{pred.peak / traced['traced']:.3f}", mb(rss["rss"]),
+                          f"{pred.peak / rss['rss']:.3f}", mb(fixed["rss"]), f"{pred.peak / fixed['rss']:.3f}", mib,
+                          mb(rss["runtime"]), f"{os.getloadavg()[0]:.1f}"]
+        rows.append(row.result)
         body = (f"SparseLSTM({args.input}, hidden, density={args.row_nnz}/hidden, sparse='recurrent'), T={args.steps}, "
                 f"B={args.batch}, Adam, {args.threads} threads; the second of two training steps "
                 "(benchmarks/bench_memory_model.py; what is counted: docs/memory.md).\n\n"
                 + markdown_table(HEADER, rows))
-        path = write_result(args.out, "Memory model against measured peaks (CPU)", body)
-        print(rows[-1], flush=True)
-    print(f"written: {path}")
+        write_result(path, TITLE, body)
+    finish(path)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,13 @@ masked-dense (W * mask, then the dense product), plus PyG's torch_sparse when it
 for every N in {1,024, 4,096, 16,384, 65,536}, density in {0.1%, 1%, 5%, 33%} and batch B in
 {1, 20, 32}. A baseline (or a whole cell) whose memory would exceed --memory-gib is skipped and
 the row says so. Each row is printed and appended to the results file as soon as it is measured,
-with the 1-minute load average at that moment (a busy machine inflates every time).
+with the 1-minute load average at that moment (a busy machine inflates every time); each cell
+(N, density, B) prints a line when it starts and when it ends. Without --out the results file is a
+fresh one, benchmarks/results/local/cpu_ops-<UTC time>.md (named at the start and the end); the
+committed table is rewritten only with --out cpu_ops.md (`make bench` passes it).
 
-    python benchmarks/bench_ops.py                 # the full grid -> benchmarks/results/cpu_ops.md
-    python benchmarks/bench_ops.py --quick         # a small subset, to check the script
+    python benchmarks/bench_ops.py --out cpu_ops.md   # the full grid -> benchmarks/results/cpu_ops.md
+    python benchmarks/bench_ops.py --quick         # a small subset, to check the script (a fresh file)
     python benchmarks/bench_ops.py --n 16384 --density 0.01 --batch 32
     python benchmarks/bench_ops.py --ops spmm_t spmm_t+gather sddmm --out /tmp/ops.md   # some ops only
 """
@@ -21,7 +24,8 @@ from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, ms, ratio, timeit, write_result  # noqa: E402
+from common import (announce, cell, finish, ms, out_help, ratio, results_path, timeit,  # noqa: E402
+                    write_result)
 
 from sparse_engine import SparseWeight, ops  # noqa: E402
 import torch  # noqa: E402
@@ -32,6 +36,8 @@ GRID_B = [1, 20, 32]
 QUICK = ([1024, 4096], [0.01, 0.05], [1, 20])
 OPS = ["spmm", "spmm_t", "spmm_t+gather", "sddmm", "fwd+bwd"]
 BASELINES = ["torch.sparse CSR", "scipy", "dense", "masked-dense"]
+DEFAULT = "cpu_ops.md"
+TITLE = "CPU operators: ours vs baselines (same run)"
 HEADER = ["N", "density", "B", "op", "ours ms", "baseline", "baseline ms", "speed-up", "load"]
 NOTES = """speed-up = baseline time / our time; > 1 means we are faster. load = 1-minute load average
 when the row was measured. spmm_t: W^T G. Its torch.sparse baseline gets a transposed CSR built
@@ -181,11 +187,14 @@ class Results:
     def __init__(self, path: Path, title: str):
         self.path = write_result(path.absolute(), title, f"{NOTES}\n| " + " | ".join(HEADER) + " |\n|"
                                  + "---|" * len(HEADER))
+        self.rows = 0
 
     def add(self, row: list) -> None:
-        print(*row, sep="\t", flush=True)
+        line = "| " + " | ".join(str(c) for c in row) + " |"
+        print(line, flush=True)
         with self.path.open("a") as f:
-            f.write("| " + " | ".join(str(c) for c in row) + " |\n")
+            f.write(line + "\n")
+        self.rows += 1
 
 
 def bench_cell(n: int, density: float, B: int, budget: float, out: Results, ops_=OPS) -> None:
@@ -224,7 +233,7 @@ def main(argv=None) -> None:
     p.add_argument("--ops", nargs="+", default=OPS, choices=OPS, help="default: all")
     p.add_argument("--memory-gib", type=float, default=None,
                    help="skip what would need more (default: 80%% of this machine's memory)")
-    p.add_argument("--out", type=Path, default=RESULTS / "cpu_ops.md")
+    p.add_argument("--out", default=None, help=out_help(DEFAULT))
     args = p.parse_args(argv)
     grid = QUICK if args.quick else (GRID_N, GRID_DENSITY, GRID_B)
     sizes, densities, batches = args.n or grid[0], args.density or grid[1], args.batch or grid[2]
@@ -234,12 +243,17 @@ def main(argv=None) -> None:
     if any(not 0 < d <= 1 for d in densities):
         p.error("--density values must be in (0, 1]")
     budget = (args.memory_gib if args.memory_gib is not None else 0.8 * physical_gib()) * 2**30
-    out = Results(args.out, "CPU operators: ours vs baselines (same run)")
+    path = results_path(args.out, DEFAULT)
+    announce(TITLE, HEADER, path)
+    out = Results(path, TITLE)
     for n in sizes:
         for d in densities:
             for B in batches:
-                bench_cell(n, d, B, budget, out, [op for op in OPS if op in args.ops])
-    print(f"wrote {out.path}")
+                with cell(f"N {n:,}, density {d:.1%}, B {B}") as c:
+                    before = out.rows
+                    bench_cell(n, d, B, budget, out, [op for op in OPS if op in args.ops])
+                    c.result = f"{out.rows - before} rows"
+    finish(out.path)
 
 
 if __name__ == "__main__":

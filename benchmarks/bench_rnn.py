@@ -5,12 +5,13 @@ cuDNN on a GPU) and a ``torch.sparse`` CSR loop, in the same run. Each row recor
 load average when it was measured. Every (method, size) runs in its own subprocess so its peak memory is
 its own and a failure (out of memory, cuDNN) is recorded as "fails" without ending the run.
 
-    python benchmarks/bench_rnn.py                 # CPU table -> benchmarks/results/rnn_cpu.md
-    python benchmarks/bench_rnn.py                 # on a CUDA machine: GPU table -> rnn_gpu.md
+    python benchmarks/bench_rnn.py                 # CPU table -> benchmarks/results/local/rnn_cpu-<time>.md
+    python benchmarks/bench_rnn.py                 # on a CUDA machine: GPU table -> ...local/rnn_gpu-<time>.md
+    python benchmarks/bench_rnn.py --out rnn_cpu.md   # rewrites the committed benchmarks/results/rnn_cpu.md
     python benchmarks/bench_rnn.py --largest       # + largest trainable hidden at 32 nonzeros/row
     python benchmarks/bench_rnn.py --sizes 1500:0.33 4096:0.01 --repeats 5 --cells LSTM
     python benchmarks/bench_rnn.py --quick        # one small size, to check the script
-    python3 benchmarks/bench_rnn.py --device cuda --budget-s 480 --copy-to $OUT   # a 10-minute GPU command
+    python3 benchmarks/bench_rnn.py --device cuda --budget-s 480 --out rnn_gpu.md --copy-to $OUT  # a 10-minute GPU run
 
 On a GPU the SparseLSTM column needs this build's CUDA kernels (sparse_engine.kernels.HAS_CUDA_KERNELS);
 without them it is recorded as "no CUDA kernels". Each SparseLSTM cell says which path ran:
@@ -23,6 +24,9 @@ sparse_engine_composed: the module built with fused=False), so fused vs composed
 the same run.
 The results file is rewritten after every cell (and into --copy-to), and --budget-s stops starting
 cells (and caps each cell's timeout) so that a run under a wall-clock limit still leaves a table.
+Without --out it is a fresh file, benchmarks/results/local/rnn_<cpu|gpu>-<UTC time>.md (named at the
+start and the end); the committed table is rewritten only with --out rnn_cpu.md (rnn_gpu.md). The
+console shows the table's header, then a line as each (method, size) starts and as it ends.
 Ours (SparseLSTM/GRU, fused then composed) runs first at every size, then the baselines, so a
 baseline that fails or takes its whole timeout cannot leave ours unmeasured. On a GPU each step is
 timed with CUDA events (torch.cuda.Event) recorded around it on the current stream.
@@ -37,7 +41,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the checkout's package, installed or not
+sys.path.insert(0, str(ROOT / "benchmarks"))
 from sparse_engine.runs.step_bench import METHODS, cell_text, run_child, run_order, speedup  # noqa: E402
+import common  # noqa: E402  (after sparse_engine: see common.py)
 
 CPU_SIZES = ["1500:0.33", "4096:0.01", "16384:0.01"]
 GPU_SIZES = ["1500:0.33", "4096:0.01", "16384:0.01", "65536:0.01"]
@@ -67,7 +73,7 @@ def main(argv=None):
     p.add_argument("--largest", action="store_true", help="also search the largest trainable hidden size")
     p.add_argument("--per-row", type=int, default=32, help="nonzeros per row for --largest")
     p.add_argument("--max-hidden", type=int, default=None, help="stop --largest here (default cpu 2^18, gpu 2^21)")
-    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--out", default=None, help=common.out_help("rnn_<cpu|gpu>.md"))
     p.add_argument("--copy-to", type=Path, default=None, help="also write the results file into this folder")
     p.add_argument("--budget-s", type=float, default=None,
                    help="stop starting cells after this many seconds; each cell's timeout is capped to what is left")
@@ -80,7 +86,7 @@ def main(argv=None):
     if args.quick:
         args.repeats = 1
     methods = args.methods or (METHODS if device == "cuda" else CPU_METHODS)
-    out_path = args.out or ROOT / "benchmarks" / "results" / f"rnn_{'gpu' if device == 'cuda' else 'cpu'}.md"
+    out_path = common.results_path(args.out, f"rnn_{'gpu' if device == 'cuda' else 'cpu'}.md")
     load_start = os.getloadavg()[0]
     t_start = time.perf_counter()
     # masked-dense holds 4H x H weights, gradients, masks and a masked copy: skip it where that
@@ -102,19 +108,21 @@ def main(argv=None):
     for cell, spec in ((c, s) for s in sizes for c in args.cells):
         H, d = spec.split(":")
         rows.append((cell, int(H), float(d), {}))
+    common.announce(TITLE, columns(methods), out_path)
     # ours first, every size, then the baselines: a baseline that runs out of memory or time
     # (a dense cuDNN LSTM at a large hidden size) cannot spend the budget before ours is measured
     for method, (cell, H, d, res) in ((m, r) for m in run_order(methods) for r in rows):
         need = 2 * GATES[cell] * H * H * (4 + 4 + 1 + 4) / 2**30  # weight, grad, mask, masked copy (float32)
         timeout = cell_timeout()
-        if method == "masked_dense" and need > dense_limit:
-            res[method] = {"status": f"skipped (needs ~{need:.0f} GiB > {dense_limit:.0f} GiB)"}
-        elif timeout <= 0:
-            res[method] = {"status": f"not run (budget of {args.budget_s:.0f} s spent)"}
-        else:
-            res[method] = run_child(method, cell, H, d, device, args.repeats, args.warmup, timeout, args.compute, T, B)
-        print(f"{cell} H={H:>6} density={d:<5} {method:>14}: {cell_text(res[method])}"
-              + (f"  ({res[method].get('error')})" if res[method].get("error") else ""), flush=True)
+        with common.cell(f"{cell} hidden {H:,} density {d:g}, {method}") as c:
+            if method == "masked_dense" and need > dense_limit:
+                res[method] = {"status": f"skipped (needs ~{need:.0f} GiB > {dense_limit:.0f} GiB)"}
+            elif timeout <= 0:
+                res[method] = {"status": f"not run (budget of {args.budget_s:.0f} s spent)"}
+            else:
+                res[method] = run_child(method, cell, H, d, device, args.repeats, args.warmup, timeout, args.compute,
+                                        T, B)
+            c.result = cell_text(res[method]) + (f"  ({res[method].get('error')})" if res[method].get("error") else "")
         save()
 
     if args.largest:
@@ -128,9 +136,9 @@ def main(argv=None):
                 print(f"largest search: hidden {H:,} not run (budget spent)", flush=True)
                 extra.append(f"- hidden {H:,}: not run (budget of {args.budget_s:.0f} s spent), so the largest may be larger")
                 break
-            r = run_child("sparse_engine", "LSTM", H, args.per_row / H, device, 1, 0, timeout, T=T, B=B)
-            print(f"largest search: hidden {H:,}: {cell_text(r)}" + (f"  ({r['error']})" if r.get("error") else ""),
-                  flush=True)
+            with common.cell(f"largest search: hidden {H:,}") as c:
+                r = run_child("sparse_engine", "LSTM", H, args.per_row / H, device, 1, 0, timeout, T=T, B=B)
+                c.result = cell_text(r) + (f"  ({r['error']})" if r.get("error") else "")
             cut = r.get("status", "").startswith("timeout") and timeout < args.timeout
             extra.append(f"- hidden {H:,}: {cell_text(r)}" + (" (cut short by --budget-s)" if cut else ""))
             save()
@@ -140,16 +148,25 @@ def main(argv=None):
         extra[3] = (f"- largest: {best[0]:,} hidden ({cell_text(best[1])})" if best else "- none fits")
     save()
     print("\n".join(report(rows, methods, device, args, load_start) + extra))
-    print(f"wrote {out_path}")
+    common.finish(out_path)
+
+
+TITLE = "LSTM and GRU training step (forward + backward), one layer, T=35, B=20, input = hidden"
+
+
+def columns(methods) -> list[str]:
+    """The table's columns (a composed-step column where that method runs)."""
+    composed = "sparse_engine_composed" in methods
+    return ["cell", "hidden", "density", "ours"] + (["ours, composed step"] if composed else []) + [
+        "masked-dense", "torch.sparse CSR", "vs masked-dense", "vs torch.sparse"] + (
+        ["composed / fused"] if composed else []) + ["load"]
 
 
 def report(rows, methods, device, args, load_start) -> list[str]:
-    from common import machine
-
     lines = [
-        "# LSTM and GRU training step (forward + backward), one layer, T=35, B=20, input = hidden",
+        f"# {TITLE}",
         "",
-        f"- machine: {machine()}",
+        f"- machine: {common.machine()}",
         f"- 1-min load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (a busy machine "
         "inflates every time)",
         f"- median of {args.repeats} steps after {args.warmup} warm-up, "
@@ -164,9 +181,7 @@ def report(rows, methods, device, args, load_start) -> list[str]:
         "",
     ]
     composed = "sparse_engine_composed" in methods
-    head = ["cell", "hidden", "density", "ours"] + (["ours, composed step"] if composed else []) + [
-        "masked-dense", "torch.sparse CSR", "vs masked-dense", "vs torch.sparse"] + (
-        ["composed / fused"] if composed else []) + ["load"]
+    head = columns(methods)
     lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for cell, H, d, res in rows:
         ours = res.get("sparse_engine", {"status": "-"})

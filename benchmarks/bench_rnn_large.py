@@ -1,6 +1,6 @@
 """Training steps of large sparse recurrent networks on the CPU, two tables.
 
-``--model lstm`` (the default; benchmarks/results/lstm_scale_cpu.md): the scale table of a
+``--model lstm`` (the default; the table lstm_scale_cpu.md): the scale table of a
 SparseLSTM classifier (``SequenceModel("lstm", 28, 10, H, 1, 32 / H, "recurrent", "classify")``:
 32 nonzeros per recurrent row, a dense 28-input W_ih and readout, Adam), T=35, B=20, random
 inputs, at each of ``--sizes`` (``10k,100k,1M,max``; ``max``: the largest hidden size whose step
@@ -16,20 +16,20 @@ against its memory floor (benchmarks/floor.py, measured in the same run: the str
 triad's bandwidth plus the gathered rows, one per nonzero and product, at the random gather
 bandwidth of an operand of that size).
 
-    python benchmarks/bench_rnn_large.py --sizes 10k,100k,1M,max
-    python benchmarks/bench_rnn_large.py --sizes 100k --steps 1 --recompute 5
+    python benchmarks/bench_rnn_large.py --sizes 10k,100k,1M,max --out lstm_scale_cpu.md   # the committed table
+    python benchmarks/bench_rnn_large.py --sizes 100k --steps 1 --recompute 5               # a fresh file
     python benchmarks/bench_rnn_large.py --sizes 1M --before 4c97327     # each size, then an older commit's
 
 ``--before REF`` adds, after each size, the same cell run with commit REF's ``sparse_engine``
 (``git archive``) and this checkout's compiled extension: a comparison under the same load.
 
-``--model rnn`` (benchmarks/results/rnn_large_cpu.md): one training step of a large sparse vanilla
+``--model rnn`` (the table rnn_large_cpu.md): one training step of a large sparse vanilla
 RNN (the model of examples/balance_at_scale.py: ``SequenceModel("rnn", ..., sparse="recurrent")``)
 at hidden 10k/30k/100k, recurrent density 1e-4, batch 64, for this checkout ("after") and, in the
 same run, an older commit ("before", default: the commit before the recurrence was reworked to
 stream its input products and weight gradients per step), back to back under the same load.
 
-    python benchmarks/bench_rnn_large.py --model rnn                       -> rnn_large_cpu.md
+    python benchmarks/bench_rnn_large.py --model rnn --out rnn_large_cpu.md   # the committed table
     python benchmarks/bench_rnn_large.py --model rnn --sizes 30000 --steps 2 --before none
     python benchmarks/bench_rnn_large.py --model rnn --task mackey-glass    # T=50, 1 input, regression
 
@@ -39,6 +39,12 @@ Each (version, size) runs in its own subprocess, so its peak memory is its own; 
 version is the older commit's ``sparse_engine`` (``git archive``) with this checkout's compiled
 extension, so only the Python differs. The results files are rewritten after every cell, with
 the load average when the cell ran (numbers taken on a loaded machine are not comparable).
+
+Where the results go: without --out a fresh file benchmarks/results/local/<table>-<UTC time>.md
+(lstm_scale_cpu, rnn_large_cpu or rnn_large_cpu_<task>; named at the start and the end); a
+committed table is rewritten only with --out NAME (e.g. --out lstm_scale_cpu.md). The console
+shows the table's header, then a line as each cell (size, version) starts and one (its row) as it
+ends.
 """
 from __future__ import annotations
 
@@ -53,7 +59,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import markdown_table, parse_hidden, write_result  # noqa: E402
+from common import (announce, cell, finish, markdown_table, out_help, parse_hidden, results_path,  # noqa: E402
+                    write_result)
 
 BEFORE = "8eb8491"  # main before the recurrence streamed its per-step work (branch recperf)
 TASKS = {"mnist": dict(T=28, n_in=28, n_out=10, kind="classify"),
@@ -183,6 +190,12 @@ def masked_dense_bytes(H: int) -> int:
     return 20 * params
 
 
+LSTM_TITLE = "SparseLSTM scale table (CPU)"
+LSTM_COLUMNS = ["hidden", "recurrent nonzeros", "activations", "step s (fwd + bwd + Adam)", "SET update s",
+                "training peak GiB (process)", "predicted GiB", "build (time, peak GiB)", "bytes per parameter",
+                "masked-dense nn.LSTM needs", "gathers GB/s", "floor s (% of it reached)", "load"]
+
+
 def lstm_table(args) -> None:
     """The SparseLSTM scale table (see the module docstring)."""
     from floor import triad_bandwidth
@@ -190,7 +203,11 @@ def lstm_table(args) -> None:
 
     budget = memory.parse_size(args.budget)
     sizes = parse_sizes(args.sizes)
-    triad = triad_bandwidth()
+    args.path = results_path(args.out, "lstm_scale_cpu.md")
+    announce(LSTM_TITLE, LSTM_COLUMNS, args.path)
+    with cell("floor: the triad's bandwidth") as c:
+        triad = triad_bandwidth()
+        c.result = f"{triad / 1e9:.1f} GB/s"
     head = (f"SparseLSTM classifier: T={LSTM['T']}, B={LSTM['B']}, {LSTM['n_in']} inputs (dense W_ih), "
             f"{LSTM['per_row']} nonzeros per recurrent row, Adam; {args.threads} threads. Floor: triad "
             f"{triad / 1e9:.1f} GB/s, measured at the start of the run; gathers per row below.")
@@ -202,12 +219,13 @@ def lstm_table(args) -> None:
         for size in sizes:
             for label, path in versions:
                 lstm_row(args, size, budget, triad, head, rows, label, path)
+    finish(args.path)
 
 
 def lstm_row(args, size, budget, triad, head, rows, label="", path=ROOT) -> None:
     """One row of the LSTM table: ``size`` measured with the ``sparse_engine`` under ``path``
     (``label`` names an older commit's: its floor column is left out, what it recomputes may
-    differ), appended to ``rows``; the results file is rewritten."""
+    differ), appended to ``rows``; the results file (``args.path``) is rewritten."""
     from floor import gather_bandwidth
     from sparse_engine import memory
     hidden = size
@@ -219,34 +237,33 @@ def lstm_row(args, size, budget, triad, head, rows, label="", path=ROOT) -> None
         while hidden and 55 * 4 * hidden * LSTM["per_row"] > budget:
             hidden = int(hidden * 0.95)
         if not hidden:
+            print(f"max: no hidden size fits {args.budget}", flush=True)
             return
     name = f"{hidden:,}" + (" (max)" if size == "max" else "") + label
     spec = dict(LSTM, hidden=hidden, steps=args.steps, threads=args.threads, recompute=args.recompute, budget=budget)
     env = dict(os.environ, PYTHONPATH=str(path), OMP_NUM_THREADS=str(args.threads))
-    out = subprocess.run([sys.executable, "-c", LSTM_CHILD, json.dumps(spec)], capture_output=True, text=True,
-                         env=env, cwd=str(path), timeout=args.timeout)
-    if out.returncode:
-        rows.append([name, "failed: " + ((out.stderr.strip().splitlines() or ["?"])[-1][:80])] + ["-"] * 11)
-    else:
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        row_floats = -(-LSTM["B"] // 8) * 8
-        gather = gather_bandwidth(row_floats, table_bytes=max(hidden * row_floats * 4, 1 << 20))
-        streamed, gathered = lstm_traffic(hidden, r["nnz"], r["k"])
-        floor = streamed / triad + gathered / gather
-        peak = r["train_peak"] - r["runtime"]  # the step's, as the memory model counts it
-        rows.append([name, f"{r['nnz']:,}", "stored" if r["k"] is None else f"every {r['k']}",
-                     f"{r['step_s']:.2f} ({r['fwd_s']:.1f} + {r['bwd_s']:.1f} + {r['opt_s']:.2f})",
-                     f"{r['set_s']:.2f}", f"{peak / 2**30:.2f} ({r['train_peak'] / 2**30:.2f})",
-                     f"{r['predicted'] / 2**30:.2f}", f"{r['build_s']:.0f} s, {r['build_peak'] / 2**30:.2f}",
-                     f"{r['train_peak'] / r['params']:.1f}", f"{masked_dense_bytes(hidden) / 2**40:,.3g} TiB",
-                     f"{gather / 1e9:.1f}", "-" if label else f"{floor:.2f} ({100 * floor / r['step_s']:.0f}%)",
-                     r["load"]])
-    print(" | ".join(rows[-1]), flush=True)
+    with cell(f"hidden {name}") as c:
+        out = subprocess.run([sys.executable, "-c", LSTM_CHILD, json.dumps(spec)], capture_output=True, text=True,
+                             env=env, cwd=str(path), timeout=args.timeout)
+        if out.returncode:
+            c.result = [name, "failed: " + ((out.stderr.strip().splitlines() or ["?"])[-1][:80])] + ["-"] * 11
+        else:
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            row_floats = -(-LSTM["B"] // 8) * 8
+            gather = gather_bandwidth(row_floats, table_bytes=max(hidden * row_floats * 4, 1 << 20))
+            streamed, gathered = lstm_traffic(hidden, r["nnz"], r["k"])
+            floor = streamed / triad + gathered / gather
+            peak = r["train_peak"] - r["runtime"]  # the step's, as the memory model counts it
+            c.result = [name, f"{r['nnz']:,}", "stored" if r["k"] is None else f"every {r['k']}",
+                        f"{r['step_s']:.2f} ({r['fwd_s']:.1f} + {r['bwd_s']:.1f} + {r['opt_s']:.2f})",
+                        f"{r['set_s']:.2f}", f"{peak / 2**30:.2f} ({r['train_peak'] / 2**30:.2f})",
+                        f"{r['predicted'] / 2**30:.2f}", f"{r['build_s']:.0f} s, {r['build_peak'] / 2**30:.2f}",
+                        f"{r['train_peak'] / r['params']:.1f}", f"{masked_dense_bytes(hidden) / 2**40:,.3g} TiB",
+                        f"{gather / 1e9:.1f}", "-" if label else f"{floor:.2f} ({100 * floor / r['step_s']:.0f}%)",
+                        r["load"]]
+    rows.append(c.result)
     before = f" --before {args.before}" if args.before != "none" else ""
-    write_result(args.out or "lstm_scale_cpu.md", "SparseLSTM scale table (CPU)", head + "\n\n" + markdown_table(
-        ["hidden", "recurrent nonzeros", "activations", "step s (fwd + bwd + Adam)", "SET update s",
-         "training peak GiB (process)", "predicted GiB", "build (time, peak GiB)", "bytes per parameter",
-         "masked-dense nn.LSTM needs", "gathers GB/s", "floor s (% of it reached)", "load"], rows)
+    write_result(args.path, LSTM_TITLE, head + "\n\n" + markdown_table(LSTM_COLUMNS, rows)
         + f"\n\n{args.steps} timed step(s) after one warm-up (the best shown), in a process per size; "
           f"`python benchmarks/bench_rnn_large.py --sizes {args.sizes}{before}` (see its docstring: what the "
           f"floor counts; '(before: REF)': the same cell with commit REF's sparse_engine and this checkout's "
@@ -303,8 +320,7 @@ def main(argv=None):
     p.add_argument("--before", default=None, help=f"commit to compare with (default: {BEFORE} for rnn, none for "
                                                    "lstm); 'none': skip")
     p.add_argument("--timeout", type=int, default=7200, help="seconds per cell")
-    p.add_argument("--out", default=None, help="results file name (default rnn_large_cpu.md, "
-                                               "rnn_large_cpu_mackey-glass.md for that task)")
+    p.add_argument("--out", default=None, help=out_help("lstm_scale_cpu.md, rnn_large_cpu[_<task>].md"))
     args = p.parse_args(argv)
     if args.model == "lstm":
         args.sizes, args.threads, args.steps = args.sizes or "10k,100k,1M,max", args.threads or 2, args.steps or 2
@@ -312,28 +328,31 @@ def main(argv=None):
         return lstm_table(args)
     args.before = args.before or BEFORE
     args.sizes, args.threads, args.steps = parse_sizes(args.sizes or "10000,30000,100000"), args.threads or 1, args.steps or 3
-    name = args.out or ("rnn_large_cpu.md" if args.task == "mnist" else f"rnn_large_cpu_{args.task}.md")
+    path = results_path(args.out, "rnn_large_cpu.md" if args.task == "mnist" else f"rnn_large_cpu_{args.task}.md")
     t = TASKS[args.task]
     title = (f"Large sparse RNN training step ({args.task}: T={t['T']}, {t['n_in']} inputs, batch {args.batch}, "
              f"recurrent density {args.density:g}, Adam)")
+    columns = ["hidden", "version", "step (s, best)", "step (s, median)", "peak RSS (MiB)", "load average (1 min)"]
+    announce(title, columns, path)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         versions = [("after (this checkout)", ROOT)]
         if args.before != "none":
             versions.insert(0, (f"before ({args.before})", checkout(args.before, Path(tmp))))
         for hidden in args.sizes:
-            for label, path in versions:  # back to back, so both see the same load
-                r = measure(path, args, hidden)
-                cells = ([r["error"], "-", "-", "-"] if "error" in r else
-                         [f"{r['step_s']:.2f}", f"{r['median_s']:.2f}", f"{r['peak_mib']:,.0f}", r["load"]])
-                rows.append([f"{hidden:,}", label] + cells)
-                print(" | ".join(rows[-1]), flush=True)
-                body = (markdown_table(["hidden", "version", "step (s, best)", "step (s, median)", "peak RSS (MiB)",
-                                        "load average (1 min)"], rows)
+            for label, path_ in versions:  # back to back, so both see the same load
+                with cell(f"hidden {hidden:,}, {label}") as c:
+                    r = measure(path_, args, hidden)
+                    c.result = [f"{hidden:,}", label] + (
+                        [r["error"], "-", "-", "-"] if "error" in r else
+                        [f"{r['step_s']:.2f}", f"{r['median_s']:.2f}", f"{r['peak_mib']:,.0f}", r["load"]])
+                rows.append(c.result)
+                body = (markdown_table(columns, rows)
                         + f"\n\n{args.steps} timed steps after one warm-up, {args.threads} thread(s); "
                           "`python benchmarks/bench_rnn_large.py` (see its docstring). Compare rows taken at a "
                           "similar load only.")
-                write_result(name, title, body)
+                write_result(path, title, body)
+    finish(path)
 
 
 if __name__ == "__main__":

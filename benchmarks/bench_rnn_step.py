@@ -2,12 +2,16 @@
 csrc/cuda/rnn_step_cuda.cu on a GPU) against the composed step (spmm op, then torch's elementwise
 ops), forward and backward, per LSTM/GRU step. This is the measurement behind using the fused op.
 
-    python benchmarks/bench_rnn_step.py [--batch 20] [--repeats 50]   -> benchmarks/results/rnn_step_cpu.md
-    python benchmarks/bench_rnn_step.py --device cuda                  -> benchmarks/results/rnn_step_gpu.md
-    python benchmarks/bench_rnn_step.py --sizes 256:0.1 --repeats 3 --out /tmp/step.md   # a quick check
+    python benchmarks/bench_rnn_step.py [--batch 20] [--repeats 50]   # -> ...local/rnn_step_cpu-<time>.md
+    python benchmarks/bench_rnn_step.py --device cuda                  # -> ...local/rnn_step_gpu-<time>.md
+    python benchmarks/bench_rnn_step.py --out rnn_step_cpu.md          # rewrites the committed table
+    python benchmarks/bench_rnn_step.py --sizes 256:0.1 --repeats 3    # a quick check
 
 The results file is rewritten after every size (and into --copy-to); a size that fails (out of
-memory) is recorded as such; --budget-s stops starting sizes after that many seconds.
+memory) is recorded as such; --budget-s stops starting sizes after that many seconds. Without --out
+it is a fresh file under benchmarks/results/local/ (named at the start and the end); the committed
+table is rewritten only with --out rnn_step_cpu.md (rnn_step_gpu.md). The console shows the
+table's header, then a line as each size starts and one per row as it ends.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import sparse_engine as se  # noqa: E402
-from common import machine  # noqa: E402
+from common import announce, cell, finish, machine, out_help, results_path  # noqa: E402
 from sparse_engine.kernels import has_kernel  # noqa: E402
 from sparse_engine.recurrent.cell_steps import CELLS  # noqa: E402
 from sparse_engine.runtime.timing import times_of  # noqa: E402
@@ -48,7 +52,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=20)
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/rnn_step_{cpu,gpu}.md")
+    p.add_argument("--out", default=None, help=out_help("rnn_step_<cpu|gpu>.md"))
     p.add_argument("--copy-to", type=Path, default=None, help="also write the results file into this folder")
     p.add_argument("--budget-s", type=float, default=None, help="stop starting sizes after this many seconds")
     p.add_argument("--sizes", nargs="+", default=None, help="hidden:density pairs (default: the table's)")
@@ -59,26 +63,30 @@ def main(argv=None):
         _sync = torch.cuda.synchronize
         if not has_kernel("lstm_step", "cuda"):
             sys.exit("this build has no CUDA fused step kernels (csrc/cuda/rnn_step_cuda.cu)")
-    out = args.out or ROOT / "benchmarks" / "results" / f"rnn_step_{'gpu' if dev.type == 'cuda' else 'cpu'}.md"
+    out = results_path(args.out, f"rnn_step_{'gpu' if dev.type == 'cuda' else 'cpu'}.md")
     ops, B = torch.ops.sparse_engine, args.batch
     rows, t_start = [], time.perf_counter()
     sizes = ([(int(x.split(":")[0]), float(x.split(":")[1])) for x in args.sizes] if args.sizes
              else GPU_SIZES if dev.type == "cuda" else SIZES)
+    announce(title(dev, B), COLUMNS, out)
     for H, d in sizes:
         if args.budget_s is not None and time.perf_counter() - t_start > args.budget_s:
             rows.append(f"| {H:,} | {d:g} | | not run (budget of {args.budget_s:.0f} s spent) | | | | |")
             print(rows[-1], flush=True)
             continue
-        try:
-            rows += measure(ops, H, d, B, dev, args.repeats)
-        except (RuntimeError, MemoryError) as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
-            rows.append(f"| {H:,} | {d:g} | | fails: {str(exc).splitlines()[0][:80]} | | | | |")
-            print(rows[-1], flush=True)
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
+        with cell(f"hidden {H:,} density {d:g}") as c:
+            try:
+                new = measure(ops, H, d, B, dev, args.repeats)
+                c.result = f"{len(new)} rows"
+            except (RuntimeError, MemoryError) as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
+                new = [f"| {H:,} | {d:g} | | fails: {str(exc).splitlines()[0][:80]} | | | | |"]
+                c.result = new[0]
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+        rows += new
         write(out, args, dev, B, rows)
     write(out, args, dev, B, rows)
-    print(f"wrote {out}")
+    finish(out)
 
 
 def weight(rows: int, cols: int, d: float, dev: torch.device, seed: int) -> se.SparseWeight:
@@ -120,15 +128,22 @@ def measure(ops, H, d, B, dev, repeats) -> list[str]:
     return rows
 
 
+COLUMNS = ["hidden", "density", "nnz per row", "step", "fused (us)", "composed (us)", "composed / fused", "load"]
+
+
+def title(dev: torch.device, B: int) -> str:
+    return f"One recurrent step, fused op vs composed (spmm + torch elementwise), {dev.type}, B={B}"
+
+
 def write(out: Path, args, dev: torch.device, B: int, rows: list[str]) -> None:
     text = "\n".join([
-        f"# One recurrent step, fused op vs composed (spmm + torch elementwise), {dev.type}, B={B}", "",
+        f"# {title(dev, B)}", "",
         f"- machine: {machine()}",
         f"- median of {args.repeats}, microseconds", "",
         "Fused and composed are timed alternately; load: the 1-minute load average after each row. Both "
         "backward steps get W_hh's values in column order (values_t), made once per sequence by the recurrence. "
         "sparse_engine.kernels.choose.choose_fused is the rule drawn from this table (docs/cpu_kernels.md).", "",
-        "| hidden | density | nnz per row | step | fused (us) | composed (us) | composed / fused | load |",
+        "| " + " | ".join(COLUMNS) + " |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |", *rows, ""])
     for path in [out] + ([args.copy_to / out.name] if args.copy_to else []):
         path.parent.mkdir(parents=True, exist_ok=True)

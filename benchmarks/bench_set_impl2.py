@@ -29,11 +29,15 @@ images in batches of 40), one SET evolution of every layer, and the test accurac
 held-out images after that epoch (before the evolution). Ours: ``SparseMLP(..., faithful=True)`` in
 float32 on ``--threads`` threads; implementation 2 computes in float64 on one thread (scipy's sparse
 products and its Cython loop do not use more). The ratio is ours / implementation 2 per epoch
-(training + evolution). The markdown table is rewritten after every run.
+(training + evolution). The markdown table is rewritten after every run: without --out a fresh
+file benchmarks/results/local/set_impl2_cpu-<UTC time>.md (named at the start and the end); the
+committed table is rewritten only with --out set_impl2_cpu.md. The console shows the table's
+header, then a line as each run (size, implementation) starts and as it ends.
 
 ``--curve EPOCHS`` measures accuracy instead of time: the test accuracy after every epoch of both
 sides at the first ``--hidden`` size, for ``--seeds`` seeds, implementation 2 in its own ``fit``
-loop (``benchmarks/results/set_impl2_curve_H.md``).
+loop (the table set_impl2_curve_H.md: without --out a fresh file under benchmarks/results/local/,
+the committed one only with --out set_impl2_curve_H.md).
 """
 from __future__ import annotations
 
@@ -52,7 +56,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import sparse_engine  # noqa: E402,F401  (before torch: its OpenMP waiting policy, see common.py)
-from common import RESULTS, markdown_table, parse_hidden, write_result  # noqa: E402
+from common import (announce, cell, finish, markdown_table, out_help, parse_hidden, results_path,  # noqa: E402
+                    write_result)
 from sparse_engine.training import SET_MLP_SETTINGS as SETTINGS  # noqa: E402  (both sides run these)
 
 MNIST = ROOT / ".." / "shared" / "data" / "mnist_test"
@@ -214,8 +219,7 @@ def main(argv=None) -> None:
                                                       "mnist_test writes one)")
     p.add_argument("--build", default=str(Path(tempfile.gettempdir()) / "sparse_engine_impl2_build"),
                    help="where implementation 2's kernel is compiled")
-    p.add_argument("--out", help="results file (default benchmarks/results/set_impl2_cpu.md, with --curve "
-                                 "set_impl2_curve_H.md)")
+    p.add_argument("--out", help=out_help("set_impl2_cpu.md, with --curve set_impl2_curve_H.md"))
     p.add_argument("--curve", type=int, default=0, metavar="EPOCHS",
                    help="instead of timing: test accuracy after each of EPOCHS epochs, both sides, at the first "
                         "--hidden size, for --seeds seeds (implementation 2's own fit loop)")
@@ -238,16 +242,25 @@ def main(argv=None) -> None:
     if args.curve:
         return curves(args)
     rows = []
-    out = Path(args.out).absolute() if args.out else RESULTS / "set_impl2_cpu.md"
+    out = results_path(args.out, "set_impl2_cpu.md")
+    title = "SET-MLP against SET implementation 2, same run"
+    announce(title, HEADER, out)
     for H in [parse_hidden(h) for h in args.hidden.split(",")]:
-        a = child_run(args, "ours", H)
-        b = child_run(args, "impl2", H) if args.impl2 else None
+        with cell(f"H {H:,}, ours") as c:
+            a = child_run(args, "ours", H)
+            c.result = "failed" if a is None else f"{a['train']:.2f} + {a['evolution']:.2f} s, accuracy {a['acc']:.4f}"
         if a is None:
             break
+        b = None
+        if args.impl2:
+            with cell(f"H {H:,}, implementation 2") as c:
+                b = child_run(args, "impl2", H)
+                c.result = ("failed" if b is None else
+                            f"{b['train']:.1f} + {b['evolution']:.1f} s, accuracy {b['acc']:.4f}")
         rows.append(row_of(H, a, b, os.getloadavg()[0]))
         print(" | ".join(rows[-1]), flush=True)
         write_result(
-            out, "SET-MLP against SET implementation 2, same run",
+            out, title,
             "784-H-H-H-10, epsilon 13, 8,000 MNIST training images (the shipped test set's 80/20 split), batch 40, "
             "SGD lr 0.05, momentum 0.9, weight decay 2e-4, dropout 0.2, zeta 0.3; per size each implementation in a "
             "process of its own, ours first. Seconds: one training epoch + one SET evolution of every layer; "
@@ -255,25 +268,31 @@ def main(argv=None) -> None:
             "not use more); test accuracy after the one epoch. Load avg: 1-minute, after the size.\n\n"
             f"Command: `{command(args, f' --hidden {args.hidden} --threads {args.threads}')}`\n\n"
             + markdown_table(HEADER, rows))
-    print(f"results: {out}")
+    finish(out)
 
 
 def curves(args) -> None:
     """Test accuracy per epoch of both sides at one size, seed by seed; the file is rewritten
     after every run."""
     H = parse_hidden(args.hidden.split(",")[0])
-    out = Path(args.out).absolute() if args.out else RESULTS / f"set_impl2_curve_{H}.md"
+    out = results_path(args.out, f"set_impl2_curve_{H}.md")
     sides = {"ours": [], "impl2": []} if args.impl2 else {"ours": []}
+    title = "SET-MLP against SET implementation 2: test accuracy per epoch"
+    announce(title, ["epoch", *("ours" if w == "ours" else "implementation 2" for w in sides)], out)
     for seed in range(args.seeds):
         for which, runs in sides.items():
-            r = child_run(args, which, H, seed)
+            with cell(f"{'ours' if which == 'ours' else 'implementation 2'}, H {H:,}, seed {seed}, "
+                      f"{args.curve} epochs") as c:
+                r = child_run(args, which, H, seed)
+                c.result = "failed" if r is None else "accuracy " + " ".join(f"{a:.3f}" for a in r["accs"])
             if r is None:
+                finish(out)
                 return
             runs.append(r["accs"])
             rows = [[e + 1] + [f"{sum(a[e] for a in rs) / len(rs):.4f} ({len(rs)})" if rs else "-"
                                for rs in sides.values()] for e in range(args.curve)]
             write_result(
-                out, "SET-MLP against SET implementation 2: test accuracy per epoch",
+                out, title,
                 f"784-{H}-{H}-{H}-10, the recipe of `set_impl2_cpu.md` (ours with `faithful=True`), {args.curve} "
                 "epochs, SET evolution after each but the last; test accuracy on the 2,000 held-out images after "
                 "each epoch, mean over the seeds run so far (their number in brackets). Implementation 2 runs its "
@@ -284,8 +303,7 @@ def curves(args) -> None:
                 + "\n\nLast epoch, each seed: " + "; ".join(
                     f"{'ours' if w == 'ours' else 'implementation 2'} " + ", ".join(f"{a[-1]:.4f}" for a in rs)
                     for w, rs in sides.items()))
-            print(f"{which} seed {seed}: " + " ".join(f"{a:.3f}" for a in runs[-1]), flush=True)
-    print(f"results: {out}")
+    finish(out)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """SET-MLP at scale on the CPU: 784 - three hidden layers of N/3 neurons - 10, epsilon 13, batch 40,
 the 8,000 training images of the shipped MNIST test set (load_task's 80/20 split; 2,000 held out).
 
-    python benchmarks/bench_set_mlp.py --sizes 10k,100k,1M,max --epochs 2 --threads 2
+    python benchmarks/bench_set_mlp.py --sizes 10k,100k,1M,max --epochs 2 --threads 2 --out set_mlp_cpu.md
+    python benchmarks/bench_set_mlp.py --sizes 3000 --epochs 1 --train 400   # seconds: checks the script
 
 Each size runs in a fresh subprocess, so its peak memory (``timing.peak_rss_bytes``: the resident
 high-water mark, read after every epoch) is its own. Per epoch it records the training time, the
@@ -11,14 +12,18 @@ the layers whose backward needs W^T, i.e. all but the first; row pointers includ
 momentum (4 bytes a connection) is counted in the peak but not in the network's bytes. ``max`` is
 the largest size whose peak, extrapolated linearly in nnz from the sizes run before it, fits in
 ``--max-gb``. The markdown table (with the load average) is rewritten after every epoch, so a
-run cut short keeps what it measured.
+run cut short keeps what it measured: without --out a fresh file
+benchmarks/results/local/set_mlp_cpu-<UTC time>.md (named at the start and the end); the committed
+table is rewritten only with --out set_mlp_cpu.md. The console shows the table's header, then a
+line as each epoch of each size starts and one (its row) as it ends.
 
     python benchmarks/bench_set_mlp.py --accuracy 1000 --epochs 60 --seeds 3
 
 compares instead the test accuracy of SET-MLP 784-H-H-H-10 with a dense MLP of the same sizes
 (PyTorch's default init; the same SGD, dropout, weight decay, batches and epochs) on the same
 split, scoring each run by the mean of its last ``--last`` epochs (no selection on the test set),
-and writes benchmarks/results/set_mlp_accuracy_H.md with both learning curves.
+and writes the table set_mlp_accuracy_H.md with both learning curves (without --out a fresh file
+under benchmarks/results/local/, the committed one only with --out set_mlp_accuracy_H.md).
 """
 from __future__ import annotations
 
@@ -36,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # sparse_engine before torch (which common imports): it sets passive OpenMP waiting and torch's
 # huge pages (sparse_engine/runtime/threads.py), read once when torch loads
 from sparse_engine.runtime.timing import peak_rss_bytes, rss_bytes, times_of  # noqa: E402
-from common import RESULTS, machine, markdown_table  # noqa: E402
+from common import (announce, cell, cell_ends, cell_starts, finish, machine, markdown_table, out_help,  # noqa: E402
+                    results_path)
 
 MNIST = ROOT / ".." / "shared" / "data" / "mnist_test"
 HEADER = ["neurons", "sizes", "epoch", "train s", "evolution s", "epoch s", "evolution %", "peak RSS MB",
@@ -169,7 +175,10 @@ def accuracy_vs_dense(args) -> None:
     H, K = args.accuracy, min(args.last, args.epochs)
     seeds = {"SET-MLP": args.seeds, "dense MLP": args.dense_seeds or args.seeds}
     runs = {name: [] for name in seeds}  # name -> [(accs, params, seconds)]
-    out = RESULTS / f"set_mlp_accuracy_{H}.md"
+    out = results_path(args.out, f"set_mlp_accuracy_{H}.md")
+    title = "SET-MLP against a dense MLP of the same sizes"
+    columns = ["model", "sizes", "parameters", "epochs", "seeds", f"mean of last {K} epochs", "last epoch",
+               "best epoch (on test)", "s/epoch"]
     command = (f"python benchmarks/bench_set_mlp.py --accuracy {H} --epochs {args.epochs} --seeds {args.seeds}"
                + (f" --dense-seeds {args.dense_seeds}" if args.dense_seeds else "") + f" --last {args.last} --threads {args.threads}")
 
@@ -185,8 +194,9 @@ def accuracy_vs_dense(args) -> None:
         every = max(1, args.epochs // 10)
         curve_rows = [[e] + [f"{sum(c[e - K:e]) / K:.4f}" if e >= K else "" for c in curves.values()]
                       for e in range(every, args.epochs + 1, every)]
+        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(
-            "# SET-MLP against a dense MLP of the same sizes\n\n"
+            f"# {title}\n\n"
             f"Machine: {machine()}, load average {os.getloadavg()[0]:.2f} at the end "
             "(2 cores, shared; seconds are indicative)\n\n"
             "MNIST: the shipped 10,000-image test set split 80/20 (8,000 train, 2,000 test, split seed 0). Both: "
@@ -198,21 +208,21 @@ def accuracy_vs_dense(args) -> None:
             "'best epoch' is the highest single-epoch test accuracy, chosen on the test set: shown only "
             "to compare with earlier reports, not a fair score.\n\n"
             f"Command: `{command}`\n\n"
-            + markdown_table(["model", "sizes", "parameters", "epochs", "seeds", f"mean of last {K} epochs",
-                              "last epoch", "best epoch (on test)", "s/epoch"], rows)
+            + markdown_table(columns, rows)
             + f"\n\nLearning curves: mean test accuracy of the {K} epochs up to epoch e (mean over seeds), "
             "i.e. the score each model would get with a budget of e epochs (SET-MLP's evolution schedule is that "
             f"of the {args.epochs}-epoch run).\n\n"
             + markdown_table(["epoch e", *curves], curve_rows) + "\n")
 
+    announce(title, columns, out)
     for name, n in seeds.items():
         for seed in range(n):
-            runs[name].append(accuracy_curve(name, H, seed, args, data))
-            accs = runs[name][-1][0]
-            print(name, "seed", seed, f"last {K}: {sum(accs[-K:]) / K:.4f}", "curve", [round(a, 4) for a in accs],
-                  flush=True)
+            with cell(f"{name} 784-{H}-{H}-{H}-10, seed {seed}, {args.epochs} epochs") as c:
+                runs[name].append(accuracy_curve(name, H, seed, args, data))
+                accs = runs[name][-1][0]
+                c.result = f"last {K}: {sum(accs[-K:]) / K:.4f}, curve {[round(a, 4) for a in accs]}"
             write()
-    print(f"results: {out}")
+    finish(out)
 
 
 def row_of(r: dict) -> list:
@@ -232,7 +242,7 @@ def main() -> None:
     p.add_argument("--epsilon", type=float, default=13.0)
     p.add_argument("--train", type=int, default=8000, help="training images (of the 8,000 of the split)")
     p.add_argument("--max-gb", type=float, default=16.0, help="memory the 'max' size may use")
-    p.add_argument("--out", default=str(RESULTS / "set_mlp_cpu.md"))
+    p.add_argument("--out", default=None, help=out_help("set_mlp_cpu.md, with --accuracy H set_mlp_accuracy_H.md"))
     p.add_argument("--accuracy", type=int, metavar="H",
                    help="instead: compare SET-MLP 784-H-H-H-10 with a dense MLP of the same sizes")
     p.add_argument("--seeds", type=int, default=1, help="--accuracy: seeds per model (0, 1, ...)")
@@ -245,7 +255,8 @@ def main() -> None:
     if args.accuracy:
         return accuracy_vs_dense(args)
     sizes = [parse_size(s) for s in args.sizes.split(",")]
-    out, rows, fit = Path(args.out), [], []
+    out, rows, fit = results_path(args.out, "set_mlp_cpu.md"), [], []
+    title = "SET-MLP on the CPU: time and memory per epoch"
 
     def write():
         body = ("Per epoch: training (forward, backward, SGD step), then SET evolution of every layer (none after "
@@ -257,9 +268,10 @@ def main() -> None:
                 f"--threads {args.threads}" + (f" --train {args.train}" if args.train != 8000 else "") +
                 f" --max-gb {args.max_gb:g}`\n\n" + markdown_table(HEADER, [row_of(r) for r in rows]))
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(f"# SET-MLP on the CPU: time and memory per epoch\n\nMachine: {machine()}, "
+        out.write_text(f"# {title}\n\nMachine: {machine()}, "
                        f"{args.threads} threads for the runs\n\n{body}\n")
 
+    announce(title, HEADER, out)
     for size in sizes:
         if size == "max":
             if not fit:
@@ -273,16 +285,20 @@ def main() -> None:
                                                                    ("epochs", "threads", "batch", "epsilon", "train")]
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
         with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) as proc:
+            epoch = cell_starts(f"{size:,} neurons, epoch 1 of {args.epochs}")
             for line in proc.stdout:
                 r = json.loads(line)
                 rows.append(r)
-                print(" | ".join(map(str, row_of(r))), flush=True)
+                cell_ends(epoch, row_of(r))
                 write()
+                if r["epoch"] < args.epochs:
+                    epoch = cell_starts(f"{size:,} neurons, epoch {r['epoch'] + 1} of {args.epochs}")
         if proc.returncode != 0:
+            cell_ends(epoch, f"failed (exit {proc.returncode})")
             print(f"size {size:,} failed (exit {proc.returncode})", file=sys.stderr)
             break
         fit.append((size, rows[-1]["peak"]))
-    print(f"results: {out}")
+    finish(out)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,11 @@ on a shared machine steadier, though the caches they share still slow both sides
 
     python benchmarks/bench_small_lstm.py [--quick] [--lm] [--epoch] [--sweep] [--threads 1] [--clock wall|cpu]
                                           [--out small_lstm_cpu.md]
+
+Without --out the results file is a fresh one, benchmarks/results/local/small_lstm_cpu-<UTC
+time>.md (named at the start and the end); a committed table is rewritten only with --out NAME
+(small_lstm_cpu.md; small_lstm_sweep_cpu.md, a run with --sweep). The console shows each table's
+header, then a line as each row's comparison starts and one (its row) as it ends.
 """
 from __future__ import annotations
 
@@ -38,7 +43,7 @@ import time
 
 
 import sparse_engine as se
-from common import markdown_table, ms, write_result
+from common import announce, announce_columns, cell, finish, markdown_table, ms, out_help, results_path, write_result
 from sparse_engine.runtime.timing import times_of
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
@@ -127,6 +132,7 @@ def main_table(args, sections):
     header = (["cell", "case", "torch.nn (ms)"] + [f"{p} (ms)" for p in PATHS] + ["dense, torch's GRU (ms)"]
               + [f"{p} vs torch.nn" for p in PATHS] + ["dense, torch's GRU vs torch.nn", "load before", "load after"])
     rows = []
+    section(f"## Hidden {args.hidden}, input {args.hidden}, density {args.density}, T={args.steps}", header)
     for mode in args.modes:
         ours, dense = modules(mode, args.hidden, args.density)
         # the same module object in every variant but torch.nn's: its own copy per path, so each
@@ -142,17 +148,19 @@ def main_table(args, sections):
                                                  compute="dense")
             variants["torch-gru"].load_state_dict(ours.state_dict())
         for case, batch, make in (("fwd+bwd", args.batch, train_step), ("inference", args.infer_batch, infer)):
-            before = load()
-            x = torch.randn(args.steps, batch, args.hidden)
-            for m in (dense, *variants.values()):
-                m.train(case == "fwd+bwd")
-            runs = {"torch.nn": make(dense, x), **{p: make(m, x) for p, m in variants.items()}}
-            t = alternate(runs, args.rounds, args.min_time / args.rounds)
-            gru = "torch-gru" in t
-            rows.append([mode, f"{case}, B={batch}", median_ms(t["torch.nn"]), *(median_ms(t[p]) for p in PATHS),
-                         median_ms(t["torch-gru"]) if gru else "-",
-                         *(paired_ratio(t, "torch.nn", p) for p in PATHS),
-                         paired_ratio(t, "torch.nn", "torch-gru") if gru else "-", before, load()])
+            with cell(f"{mode} {case}, B={batch}") as c:
+                before = load()
+                x = torch.randn(args.steps, batch, args.hidden)
+                for m in (dense, *variants.values()):
+                    m.train(case == "fwd+bwd")
+                runs = {"torch.nn": make(dense, x), **{p: make(m, x) for p, m in variants.items()}}
+                t = alternate(runs, args.rounds, args.min_time / args.rounds)
+                gru = "torch-gru" in t
+                c.result = [mode, f"{case}, B={batch}", median_ms(t["torch.nn"]), *(median_ms(t[p]) for p in PATHS),
+                            median_ms(t["torch-gru"]) if gru else "-",
+                            *(paired_ratio(t, "torch.nn", p) for p in PATHS),
+                            paired_ratio(t, "torch.nn", "torch-gru") if gru else "-", before, load()]
+            rows.append(c.result)
             sections["main"] = (
                 f"## Hidden {args.hidden}, input {args.hidden}, density {args.density}, T={args.steps}\n\n"
                 f"Medians of {args.rounds} alternating rounds; 'X vs torch.nn' is the median over the rounds of "
@@ -165,19 +173,22 @@ def sweep(args, sections):
     header = ["cell", "hidden", "density", "sparse (ms)", "dense (ms)", "dense vs sparse", "auto picks",
               "load after"]
     rows = []
+    section(f"## Crossover (LSTM fwd+bwd, T={args.steps}, B={args.batch})", header)
     for hidden in args.sweep_hidden:
         for density in args.sweep_density:
-            ours, _ = modules("LSTM", hidden, density)
-            dense = SPARSE["LSTM"](hidden, hidden, density=density, compute="dense")
-            dense.load_state_dict(ours.state_dict())
-            ours.compute = "sparse"
-            x = torch.randn(args.steps, args.batch, hidden)
-            t = alternate({"sparse": train_step(ours, x), "dense": train_step(dense, x)}, args.rounds,
-                          args.min_time / args.rounds)
-            ours.compute = "auto"
-            picks = "dense" if ours._dense_now(x) else "sparse"
-            rows.append(["LSTM", hidden, density, median_ms(t["sparse"]), median_ms(t["dense"]),
-                         paired_ratio(t, "sparse", "dense"), picks, load()])
+            with cell(f"LSTM hidden {hidden}, density {density}") as c:
+                ours, _ = modules("LSTM", hidden, density)
+                dense = SPARSE["LSTM"](hidden, hidden, density=density, compute="dense")
+                dense.load_state_dict(ours.state_dict())
+                ours.compute = "sparse"
+                x = torch.randn(args.steps, args.batch, hidden)
+                t = alternate({"sparse": train_step(ours, x), "dense": train_step(dense, x)}, args.rounds,
+                              args.min_time / args.rounds)
+                ours.compute = "auto"
+                picks = "dense" if ours._dense_now(x) else "sparse"
+                c.result = ["LSTM", hidden, density, median_ms(t["sparse"]), median_ms(t["dense"]),
+                            paired_ratio(t, "sparse", "dense"), picks, load()]
+            rows.append(c.result)
             sections["sweep"] = (f"## Crossover (LSTM fwd+bwd, T={args.steps}, B={args.batch})\n\nMedians of "
                                  f"{args.rounds} alternating rounds; 'dense vs sparse': the median over the rounds "
                                  "of the sparse path's time / the dense path's.\n\n" + markdown_table(header, rows))
@@ -262,13 +273,16 @@ def lm_batches(args, sections):
 
     header = ["case", "torch.nn (ms)", "ours (ms)", "ours vs torch.nn", "load before", "load after"]
     rows = []
+    section(f"## The word_language_model example's batches (vocabulary {V:,})", header)
     for case, make in ((f"training batch, B={args.batch}", train_run), (f"evaluation batch, B={args.infer_batch}",
                                                                          eval_run)):
-        before = load()
-        t = alternate({k: make(m) for k, m in models.items()}, args.rounds, args.min_time / args.rounds,
-                      before=Restore(models))
-        rows.append([case, median_ms(t["torch.nn"]), median_ms(t["ours"]), paired_ratio(t, "torch.nn", "ours"),
-                     before, load()])
+        with cell(f"word_language_model {case}") as c:
+            before = load()
+            t = alternate({k: make(m) for k, m in models.items()}, args.rounds, args.min_time / args.rounds,
+                          before=Restore(models))
+            c.result = [case, median_ms(t["torch.nn"]), median_ms(t["ours"]), paired_ratio(t, "torch.nn", "ours"),
+                        before, load()]
+        rows.append(c.result)
         sections["lm"] = (f"## The word_language_model example's batches (vocabulary {V:,}, 2-layer LSTM "
                           f"{args.hidden}, density {args.density}, bptt {args.steps})\n\nMedians of {args.rounds} "
                           "alternating rounds; 'ours vs torch.nn' is the median over the rounds of torch.nn's time "
@@ -310,19 +324,23 @@ def lm_epoch(args, sections):
                     total += n * loss
         return run
 
+    header = ["epoch", "torch.nn (s)", "ours (s)", "ours vs torch.nn", "load before", "load after"]
+    section(f"## A whole epoch of the word_language_model example (vocabulary {V:,})", header)
     before = load()
     runs = {k: epoch(m) for k, m in models.items()}
     restore = Restore(models)
     t = {k: [] for k in runs}
     for r in range(args.epoch_rounds):  # whole epochs, alternating, the first model swapped each round
         for k in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
-            restore(k)  # every epoch from the same weights
-            t[k] += times_of(runs[k], 1, clock=clock)
+            with cell(f"word_language_model epoch, {k}, round {r + 1} of {args.epoch_rounds}") as c:
+                restore(k)  # every epoch from the same weights
+                t[k] += times_of(runs[k], 1, clock=clock)
+                c.result = f"{t[k][-1]:.2f} s"
     val_batches = (val_data.shape[0] - 1 + bptt - 1) // bptt
-    header = ["epoch", "torch.nn (s)", "ours (s)", "ours vs torch.nn", "load before", "load after"]
     row = [f"{args.epoch_batches} training batches (B={args.batch}) + {val_batches} validation batches "
            f"(B={args.infer_batch})", f"{statistics.median(t['torch.nn']):.2f}", f"{statistics.median(t['ours']):.2f}",
            paired_ratio(t, "torch.nn", "ours"), before, load()]
+    print(" | ".join(row), flush=True)
     sections["epoch"] = (f"## A whole epoch of the word_language_model example (vocabulary {V:,}, 2-layer LSTM "
                          f"{args.hidden}, density {args.density}, bptt {bptt}, random token ids)\n\nMedians of "
                          f"{args.epoch_rounds} epochs each, alternating (the first model swapped each round); "
@@ -331,13 +349,21 @@ def lm_epoch(args, sections):
     write(args, sections)
 
 
+TITLE = "Small recurrent layers: compute paths against torch.nn (CPU)"
+
+
+def section(heading: str, columns: list) -> None:
+    """A table's heading and columns on the console, before its first measurement."""
+    print(heading, flush=True)
+    announce_columns(columns)
+
+
 def write(args, sections):
     clocks = {"wall": "Times are wall-clock.", "cpu": "Times are the benchmark thread's CPU time (--clock cpu), not "
               "wall-clock."}
     body = clocks[args.clock] + "\n\n" + "\n\n".join(sections[k] for k in ("main", "lm", "epoch", "sweep")
                                                        if k in sections)
-    path = write_result(args.out, "Small recurrent layers: compute paths against torch.nn (CPU)", body)
-    print(f"wrote {path}")
+    write_result(args.path, TITLE, body)
 
 
 def main():
@@ -363,13 +389,15 @@ def main():
     p.add_argument("--epoch-rounds", type=int, default=5, help="epochs per model")
     p.add_argument("--lm-vocab", type=int, default=10_000)
     p.add_argument("--quick", action="store_true", help="few samples: checks the script, not for results")
-    p.add_argument("--out", default="small_lstm_cpu.md")
+    p.add_argument("--out", default=None, help=out_help("small_lstm_cpu.md"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     global clock
     clock = CLOCK[args.clock]
     if args.quick:
         args.rounds, args.min_time, args.epoch_batches, args.epoch_rounds = 2, 0.0, 2, 1
+    args.path = results_path(args.out, "small_lstm_cpu.md")
+    announce(TITLE, None, args.path)
     sections = {}
     if not args.no_main:
         main_table(args, sections)
@@ -379,6 +407,7 @@ def main():
         lm_epoch(args, sections)
     if args.sweep:
         sweep(args, sections)
+    finish(args.path)
 
 
 if __name__ == "__main__":

@@ -6,16 +6,22 @@ Masked-dense (what sparselearning / Selfish-RNN do): a dense weight and mask, to
 the dense |w| for the drop and over dense random scores for the regrowth, Adam state zeroed
 by the mask. Measured in the same run; the dense baseline only where it fits in memory.
 Also RigL growth by gradient: tiled exact top-k vs the dense gradient + torch.topk, and the
-sampled mode on the large layer. Writes benchmarks/results/topology_cpu.md.
+sampled mode on the large layer. The table is topology_cpu.md, rewritten after every row.
 
     PYTHONPATH=. python benchmarks/bench_topology.py [--rows 16384 --cols 16384 --nnz 10000000]
+    python benchmarks/bench_topology.py --out topology_cpu.md     # rewrites the committed table
     python3 benchmarks/bench_topology.py --device cuda [--copy-to DIR] [--budget-s 240]
 
 --device cuda: the same updates on the GPU (the topology ops' CUDA kernels, i.e. the torch
 primitives of sparse_engine.kernels.topology_torch): the issue's 100M-nnz SET prune+regrow
 (goal <= 50 ms on an H100) and smaller layers against masked-dense torch.topk where that fits
-in GPU memory, plus RigL growth. Writes benchmarks/results/topology_<gpu>.md, rewritten after
-every case (and into --copy-to), and stops starting cases after --budget-s.
+in GPU memory, plus RigL growth. The table is topology_<gpu>.md, rewritten after every case (and
+into --copy-to), and it stops starting cases after --budget-s.
+
+Without --out the results file is a fresh one, benchmarks/results/local/topology_<cpu|gpu>-<UTC
+time>.md (named at the start and the end); the committed table is rewritten only with --out NAME
+(or --out benchmarks/results/: the default name there, as benchmarks/gpu_all.sh passes). The
+console shows the table's header, then a line as each case starts and one as it ends.
 
 Timing: consecutive updates of one weight, each on the pattern the one before left (an update
 keeps the nnz, so nothing is reset or copied; see timed_updates), best of 3 after a warm-up.
@@ -29,7 +35,8 @@ import time
 from pathlib import Path
 
 
-from common import machine  # (it puts the checkout's package on the path, installed or not)
+from common import (announce, announce_columns, cell, finish, machine, out_help,  # (it puts the checkout's
+                    results_path)  # package on the path, installed or not)
 from sparse_engine import SparseWeight
 from sparse_engine.runtime.timing import available_memory_bytes, best_of  # the same helpers as sparse-engine bench
 from sparse_engine.training import gradient_growth, magnitude_keep, random_empty, rewire, set_keep
@@ -42,6 +49,11 @@ CUDA_UPDATE_CASES = [("SET", 100_000, 100_000, 100_000_000), ("magnitude", 100_0
 CUDA_RIGL_CASES = [("exact", 16384, 13_421_773, 64), ("exact", 32768, 10_737_418, 64),
                    ("sample", 100_000, 100_000_000, 64)]
 DEV = "cuda"
+UPDATE_COLUMNS = ["case", "layer", "nnz", "truly sparse (s)", "masked-dense (s)", "dense / sparse"]
+RIGL_COLUMNS = ["mode", "layer", "M", "k", "sparse (s)", "dense G X^T + topk (s)", "dense / sparse"]
+CUDA_UPDATE_COLUMNS = ["case", "layer", "nnz", "truly sparse (ms)", "peak GiB (with setup)", "masked-dense (ms)",
+                       "dense / sparse"]
+CUDA_RIGL_COLUMNS = ["mode", "layer", "nnz", "M", "sparse (ms)", "dense G X^T + topk (ms)", "dense / sparse"]
 
 
 def timed_updates(w: SparseWeight, opt, mode: str, sync=lambda: None, repeat: int = 3):
@@ -166,52 +178,63 @@ def main():
     ap.add_argument("--cols", type=int, default=16384)
     ap.add_argument("--nnz", type=int, default=10_000_000)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--out", default=None, help="results file (default: results/topology_<cpu|gpu>.md)")
+    ap.add_argument("--out", default=None, help=out_help("topology_<cpu|gpu>.md"))
     ap.add_argument("--copy-to", type=Path, default=None, help="cuda: also write the results file into this folder")
     ap.add_argument("--budget-s", type=float, default=240.0, help="cuda: stop starting new cases after this long")
     args = ap.parse_args()
     if args.device == "cuda":
         return main_cuda(args)
-    args.out = args.out or str(Path(__file__).resolve().parent / "results" / "topology_cpu.md")
+    out = results_path(args.out, "topology_cpu.md")
     rows, cols, nnz = args.rows, args.cols, args.nnz
-    lines = []
-    say = lambda s="": (print(s), lines.append(s))
-    say("# Topology update benchmark (CPU)")
-    say()
-    say(f"- machine at the start: {machine()} (shared machine: numbers are noisy when the load is above the core "
-        "count)")
-    say(f"- one update drops {FRACTION:.0%} of the weights and regrows as many at random empty positions; "
-        "sparse times include Adam state remap and the transposed-index rebuild; consecutive updates, each on the "
-        "pattern the one before left (no reset; values redrawn in place between them, untimed); best of 3 after a "
-        "warm-up (masked-dense: best of 2)")
-    say()
-    say("| case | layer | nnz | truly sparse (s) | masked-dense (s) | dense / sparse |")
-    say("| --- | --- | ---: | ---: | ---: | ---: |")
+    title = "Topology update benchmark (CPU)"
+    announce(title, UPDATE_COLUMNS, out)
+    lines = [
+        f"# {title}", "",
+        (f"- machine at the start: {machine()} (shared machine: numbers are noisy when the load is above the core "
+         "count)"),
+        (f"- one update drops {FRACTION:.0%} of the weights and regrows as many at random empty positions; "
+         "sparse times include Adam state remap and the transposed-index rebuild; consecutive updates, each on the "
+         "pattern the one before left (no reset; values redrawn in place between them, untimed); best of 3 after a "
+         "warm-up (masked-dense: best of 2)"), "",
+        "| " + " | ".join(UPDATE_COLUMNS) + " |",
+        "| --- | --- | ---: | ---: | ---: | ---: |"]
+
+    def add(row: str) -> None:  # the file is rewritten after every row
+        lines.append(row)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("\n".join(lines) + "\n")
+
     for r, c, z in ((4096, 4096, 1_000_000), (rows, cols, nnz), (100_000, 100_000, nnz)):
-        t, ph = sparse_update(r, c, z)
-        need = r * c * 14
-        if need < 0.6 * (available_memory_bytes() or 0):
-            td = dense_update(r, c, z)
-            dense_s, ratio = f"{td:.3f}", f"{td / t:.1f}x"
-        else:
-            dense_s, ratio = f"n/a (needs ~{need / 2**30:.0f} GiB)", "-"
-        say(f"| magnitude prune + random regrow | {r} x {c} | {z:,} | {t:.3f} ({phases(ph)}) | {dense_s} | {ratio} |")
-    t, ph = sparse_update(rows, cols, nnz, mode="SET")
-    say(f"| SET prune + random regrow | {rows} x {cols} | {nnz:,} | {t:.3f} ({phases(ph)}) | - | - |")
-    say()
-    say("RigL growth (top-k |G X^T| at empty positions), M = batch columns:")
-    say()
-    say("| mode | layer | M | k | sparse (s) | dense G X^T + topk (s) | dense / sparse |")
-    say("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+        with cell(f"magnitude prune + random regrow, {r} x {c}, nnz {z:,}") as progress:
+            t, ph = sparse_update(r, c, z)
+            need = r * c * 14
+            if need < 0.6 * (available_memory_bytes() or 0):
+                td = dense_update(r, c, z)
+                dense_s, ratio = f"{td:.3f}", f"{td / t:.1f}x"
+            else:
+                dense_s, ratio = f"n/a (needs ~{need / 2**30:.0f} GiB)", "-"
+            progress.result = (f"| magnitude prune + random regrow | {r} x {c} | {z:,} | {t:.3f} ({phases(ph)}) | "
+                               f"{dense_s} | {ratio} |")
+        add(progress.result)
+    with cell(f"SET prune + random regrow, {rows} x {cols}, nnz {nnz:,}") as progress:
+        t, ph = sparse_update(rows, cols, nnz, mode="SET")
+        progress.result = f"| SET prune + random regrow | {rows} x {cols} | {nnz:,} | {t:.3f} ({phases(ph)}) | - | - |"
+    add(progress.result)
+    lines += ["", "RigL growth (top-k |G X^T| at empty positions), M = batch columns:", ""]
+    announce_columns(RIGL_COLUMNS)
+    lines += ["| " + " | ".join(RIGL_COLUMNS) + " |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for r, d, M in ((2048, 0.05, 64), (4096, 0.05, 64)):
-        ts, td, k = rigl_exact(r, r, d, M)
-        say(f"| exact, tiled | {r} x {r} | {M} | {k:,} | {ts:.3f} | {td:.3f} | {td / ts:.1f}x |")
-    ts, k = rigl_sampled(rows, cols, nnz, 64)
-    say(f"| sampled (8k candidates) | {rows} x {cols} | 64 | {k:,} | {ts:.3f} | - | - |")
-    say()
-    say("GPU: `--device cuda` (benchmarks/gpu_all.sh runs it) measures the 100M-nnz case (goal < 50 ms on an H100).")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
+        with cell(f"RigL exact, tiled, {r} x {r}, density {d:g}") as progress:
+            ts, td, k = rigl_exact(r, r, d, M)
+            progress.result = f"| exact, tiled | {r} x {r} | {M} | {k:,} | {ts:.3f} | {td:.3f} | {td / ts:.1f}x |"
+        add(progress.result)
+    with cell(f"RigL sampled, {rows} x {cols}, nnz {nnz:,}") as progress:
+        ts, k = rigl_sampled(rows, cols, nnz, 64)
+        progress.result = f"| sampled (8k candidates) | {rows} x {cols} | 64 | {k:,} | {ts:.3f} | - | - |"
+    add(progress.result)
+    lines.append("")
+    add("GPU: `--device cuda` (benchmarks/gpu_all.sh runs it) measures the 100M-nnz case (goal < 50 ms on an H100).")
+    finish(out)
 
 
 # =============================================================================== GPU
@@ -284,7 +307,8 @@ def main_cuda(args):
         raise SystemExit("--device cuda needs a CUDA device")
     name = torch.cuda.get_device_name(0)
     gpu = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-    out = Path(args.out or Path(__file__).resolve().parent / "results" / f"topology_{gpu}.md")
+    out = results_path(args.out, f"topology_{gpu}.md")
+    announce(f"Topology update benchmark ({name})", CUDA_UPDATE_COLUMNS, out)
     header = [
         f"# Topology update benchmark ({name})", "",
         f"- machine: {machine()}; {torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB of GPU memory",
@@ -315,55 +339,56 @@ def main_cuda(args):
         torch.cuda.empty_cache()
         return f"fails: {type(exc).__name__}: " + (str(exc).splitlines() or [""])[0][:80].replace("|", "/")
 
-    rows_out += ["| case | layer | nnz | truly sparse (ms) | peak GiB (with setup) | masked-dense (ms) | dense / sparse |",
-                 "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    rows_out += ["| " + " | ".join(CUDA_UPDATE_COLUMNS) + " |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for mode, r, c, z in CUDA_UPDATE_CASES:
         if time.perf_counter() - t_start > args.budget_s:
             rows_out.append(f"| {mode} | {r} x {c} | {z:,} | not run (budget of {args.budget_s:.0f} s spent) ||||")
-            continue
-        torch.cuda.reset_peak_memory_stats()
-        try:
-            t, ph, peak = cuda_sparse_update(r, c, z, mode)
-        except (RuntimeError, ValueError, TypeError, AssertionError) as exc:  # OOM is a RuntimeError
-            rows_out.append(f"| {mode} prune + random regrow | {r:,} x {c:,} | {z:,} | "
-                            f"{failed(f'{mode} {r}x{c}', exc)} | | | |")
             print(rows_out[-1], flush=True)
-            write()
             continue
-        need = r * c * 4 * 6  # W, |W|, scores, two Adam moments, topk work
-        dense_s, ratio = (f"n/a (needs ~{need / 2**30:.0f} GiB)", "-") if mode == "magnitude" else ("-", "-")
-        if mode == "magnitude" and need < 0.8 * free_bytes():
+        with cell(f"{mode} prune + random regrow, {r:,} x {c:,}, nnz {z:,}") as progress:
+            torch.cuda.reset_peak_memory_stats()
             try:
-                td = cuda_dense_update(r, c, z)
-                dense_s, ratio = f"{td * 1e3:.1f}", f"{td / t:.1f}x"
-            except RuntimeError as exc:
-                dense_s = failed(f"masked-dense {r}x{c}", exc)
-        rows_out.append(f"| {mode} prune + random regrow | {r:,} x {c:,} | {z:,} | {t * 1e3:.1f} "
-                        f"({phases(ph, 1e3)}) | {peak / 2**30:.1f} | {dense_s} | {ratio} |")
-        print(rows_out[-1], flush=True)
+                t, ph, peak = cuda_sparse_update(r, c, z, mode)
+            except (RuntimeError, ValueError, TypeError, AssertionError) as exc:  # OOM is a RuntimeError
+                progress.result = (f"| {mode} prune + random regrow | {r:,} x {c:,} | {z:,} | "
+                                   f"{failed(f'{mode} {r}x{c}', exc)} | | | |")
+            else:
+                need = r * c * 4 * 6  # W, |W|, scores, two Adam moments, topk work
+                dense_s, ratio = (f"n/a (needs ~{need / 2**30:.0f} GiB)", "-") if mode == "magnitude" else ("-", "-")
+                if mode == "magnitude" and need < 0.8 * free_bytes():
+                    try:
+                        td = cuda_dense_update(r, c, z)
+                        dense_s, ratio = f"{td * 1e3:.1f}", f"{td / t:.1f}x"
+                    except RuntimeError as exc:
+                        dense_s = failed(f"masked-dense {r}x{c}", exc)
+                progress.result = (f"| {mode} prune + random regrow | {r:,} x {c:,} | {z:,} | {t * 1e3:.1f} "
+                                   f"({phases(ph, 1e3)}) | {peak / 2**30:.1f} | {dense_s} | {ratio} |")
+        rows_out.append(progress.result)
         write()
     rows_out += ["", "RigL growth (top-k |G X^T| at empty positions, k = 30% of nnz), M = batch columns:", "",
-                 "| mode | layer | nnz | M | sparse (ms) | dense G X^T + topk (ms) | dense / sparse |",
-                 "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+                 "| " + " | ".join(CUDA_RIGL_COLUMNS) + " |", "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    announce_columns(CUDA_RIGL_COLUMNS)
     for method, r, z, M in CUDA_RIGL_CASES:
         if time.perf_counter() - t_start > args.budget_s:
             rows_out.append(f"| {method} | {r} x {r} | {z:,} | {M} | not run (budget spent) |||")
+            print(rows_out[-1], flush=True)
             continue
         dense = method == "exact" and r * r * 4 * 2 < 0.8 * free_bytes()
         label = "exact, tiled" if method == "exact" else "sampled (8k candidates)"
-        try:
-            ts, td, k = cuda_rigl(r, r, z, M, dense=dense, method=method)
-        except (RuntimeError, ValueError, TypeError, AssertionError) as exc:
-            rows_out.append(f"| {label} | {r:,} x {r:,} | {z:,} | {M} | {failed(f'RigL {method} {r}', exc)} | | |")
-            print(rows_out[-1], flush=True)
-            write()
-            continue
-        rows_out.append(f"| {label} | {r:,} x {r:,} | {z:,} | {M} | {ts * 1e3:.1f} | "
-                        f"{'-' if td is None else f'{td * 1e3:.1f}'} | {'-' if td is None else f'{td / ts:.1f}x'} |")
-        print(rows_out[-1], flush=True)
+        with cell(f"RigL {label}, {r:,} x {r:,}, nnz {z:,}") as progress:
+            try:
+                ts, td, k = cuda_rigl(r, r, z, M, dense=dense, method=method)
+            except (RuntimeError, ValueError, TypeError, AssertionError) as exc:
+                progress.result = (f"| {label} | {r:,} x {r:,} | {z:,} | {M} | {failed(f'RigL {method} {r}', exc)} "
+                                   "| | |")
+            else:
+                progress.result = (f"| {label} | {r:,} x {r:,} | {z:,} | {M} | {ts * 1e3:.1f} | "
+                                   f"{'-' if td is None else f'{td * 1e3:.1f}'} | "
+                                   f"{'-' if td is None else f'{td / ts:.1f}x'} |")
+        rows_out.append(progress.result)
         write()
     write()
-    print(f"wrote {out}")
+    finish(out)
     return status
 
 

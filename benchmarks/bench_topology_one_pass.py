@@ -14,7 +14,14 @@ place (else the entries regrown at zero would be the next ones pruned), and for 
 and backward give the gradient factors. Times: the fastest update of ``--updates`` after a
 warm-up, per process; the checkouts run in alternating child processes ``--runs`` times each and
 the table keeps each one's fastest (the machine is shared). Calls: counted with a
-TorchDispatchMode in a separate, untimed update. Writes benchmarks/results/topology_one_pass.md.
+TorchDispatchMode in a separate, untimed update.
+
+The table (topology_one_pass.md) is rewritten after every round of child processes: without --out
+a fresh file benchmarks/results/local/topology_one_pass-<UTC time>.md (named at the start and the
+end); the committed table is rewritten only with --out topology_one_pass.md. The console shows the
+table's header, then a line as each child process starts and one (its times) as it ends.
+
+    python benchmarks/bench_topology_one_pass.py --runs 1 --updates 1   # one child: checks the script
 """
 from __future__ import annotations
 
@@ -123,31 +130,50 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=5, help="child processes per checkout")
     p.add_argument("--updates", type=int, default=3, help="timed updates per case and process")
     p.add_argument("--child", help=argparse.SUPPRESS)
-    p.add_argument("--out", default=str(HERE.parent / "results" / "topology_one_pass.md"))
+    p.add_argument("--out", default=None, help="results file: a name, written in benchmarks/results/ (the committed "
+                   "table's, topology_one_pass.md, rewrites it), a path with a folder (as given) or a folder ending in "
+                   "/; default: a fresh file benchmarks/results/local/topology_one_pass-<UTC time>.md")
     args = p.parse_args()
     if args.child:
         return child(args.child, args.updates)
+    sys.path.insert(0, str(HERE.parent))
+    from common import announce, cell, finish, results_path  # only here: it imports this checkout's package
+
+    args.path = results_path(args.out, "topology_one_pass.md")
     roots = {"this": str(HERE.parents[1])}
     if args.baseline:
         roots = {"baseline": args.baseline, **roots}
+    announce(TITLE, columns(list(roots)), args.path)
     load0 = os.getloadavg()
     best: dict[str, dict] = {k: {} for k in roots}
-    for _ in range(args.runs):
+    for run in range(args.runs):
         for label, root in roots.items():
-            for name, r in run_child(root, args.updates).items():
+            with cell(f"run {run + 1} of {args.runs}, {label} checkout ({root})") as c:
+                got = run_child(root, args.updates)
+                c.result = ", ".join(f"{name} {1e3 * r['s']:.1f} ms" for name, r in got.items())
+            for name, r in got.items():
                 if name not in best[label] or r["s"] < best[label][name]["s"]:
                     best[label][name] = r
-    load1 = os.getloadavg()
-    write(args, roots, best, load0, load1)
+        write(args, roots, best, load0, os.getloadavg())
+    print(args.path.read_text(), flush=True)
+    finish(args.path)
+
+
+TITLE = "One topology update of one layer: operator calls and time (CPU)"
+
+
+def columns(labels: list[str]) -> list[str]:
+    head = ["case", "layer", "nnz"] + [f"calls ({lb})" for lb in labels] + [f"ms ({lb})" for lb in labels]
+    if len(labels) == 2:
+        head.append("baseline / this")
+    return head
 
 
 def write(args, roots, best, load0, load1) -> None:
     import torch
 
     labels = list(roots)
-    head = ["case", "layer", "nnz"] + [f"calls ({lb})" for lb in labels] + [f"ms ({lb})" for lb in labels]
-    if len(labels) == 2:
-        head.append("baseline / this")
+    head = columns(labels)
     rows = []
     for a, r, c, n in CASES:
         name = f"{a} {r}x{c} {n}"
@@ -159,7 +185,7 @@ def write(args, roots, best, load0, load1) -> None:
             cells.append(f"{best[labels[0]][name]['s'] / best[labels[1]][name]['s']:.2f}x")
         rows.append("| " + " | ".join(cells) + " |")
     lines = [
-        "# One topology update of one layer: operator calls and time (CPU)", "",
+        f"# {TITLE}", "",
         f"- machine: {platform.processor() or 'cpu'}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
         f"python {platform.python_version()}",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; load average "
@@ -172,8 +198,8 @@ def write(args, roots, best, load0, load1) -> None:
         "ms: the fastest update (see the script's docstring)", "",
         "| " + " | ".join(head) + " |", "|" + "|".join(" --- " if i < 2 else " ---: " for i in range(len(head))) + "|",
         *rows, ""]
-    Path(args.out).write_text("\n".join(lines))
-    print("\n".join(lines))
+    args.path.parent.mkdir(parents=True, exist_ok=True)
+    args.path.write_text("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -3,11 +3,14 @@
 then sleep), libgomp's own default (what a program gets when torch is imported first: a long spin)
 and one thread, on a quiet machine and with busy-loop processes started beside it. Each
 configuration runs in a fresh interpreter (libgomp reads the variables once), in alternating
-rounds; the table gives each one's median over the rounds. Writes
-benchmarks/results/wait_policy_cpu.md after every load level.
+rounds; the table gives each one's median over the rounds. The table (wait_policy_cpu.md) is
+rewritten after every load level: without --out a fresh file
+benchmarks/results/local/wait_policy_cpu-<UTC time>.md (named at the start and the end); the
+committed table is rewritten only with --out wait_policy_cpu.md. The console shows the table's
+header, then a line as each configuration's child starts and one (its times) as it ends.
 
-    python benchmarks/bench_wait_policy.py                    # loads 0 and 2 busy processes
-    python benchmarks/bench_wait_policy.py --busy 0 --rounds 1 --out /tmp/wait.md   # a quick check
+    python benchmarks/bench_wait_policy.py --out wait_policy_cpu.md   # loads 0 and 2 busy processes
+    python benchmarks/bench_wait_policy.py --busy 0 --rounds 1        # a quick check (a fresh file)
 """
 from __future__ import annotations
 
@@ -84,7 +87,10 @@ def main() -> None:
     parser.add_argument("--busy", type=int, nargs="+", default=[0, 2],
                         help="numbers of busy-loop processes to run beside the benchmark")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", default=str(HERE / "results" / "wait_policy_cpu.md"))
+    parser.add_argument("--out", default=None, help="results file: a name, written in benchmarks/results/ (the "
+                        "committed table's, wait_policy_cpu.md, rewrites it), a path with a folder (as given) or a "
+                        "folder ending in /; default: a fresh file benchmarks/results/local/wait_policy_cpu-<UTC "
+                        "time>.md")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
@@ -93,15 +99,19 @@ def main() -> None:
         parser.error("--rounds must be >= 1 and --busy counts >= 0")
 
     sys.path.insert(0, str(HERE))
-    from common import markdown_table, write_result  # imports torch: only here, after the children's env is set
+    # imports torch: only here, after the children's env is set
+    from common import announce, cell, finish, markdown_table, results_path, write_result
 
     header = ["busy processes", "configuration", *[f"{w} (ms)" for w in WORKLOADS],
               *[f"{w}: vs default" for w in WORKLOADS], "load"]
     rows: list[list] = []
+    path = results_path(args.out, "wait_policy_cpu.md")
+    title = "OpenMP waiting policies on the CPU kernels"
+    announce(title, header, path)
 
     def write() -> None:
         write_result(
-            Path(args.out).absolute(), "OpenMP waiting policies on the CPU kernels",
+            path, title,
             f"{__doc__.split(chr(10) + chr(10))[0]}\n\n"
             "Medians over the rounds of each child's median of 5 calls. 'vs default': this "
             "configuration's time / the default's (passive, 2 threads); > 1 means slower than "
@@ -114,9 +124,11 @@ def main() -> None:
         try:
             time.sleep(5 if busy else 0)
             times: dict[str, list[list[float]]] = {name: [] for name in CONFIGS}
-            for _ in range(args.rounds):
+            for r in range(args.rounds):
                 for name in CONFIGS:
-                    times[name].append(run_config(name))
+                    with cell(f"busy {busy}, round {r + 1} of {args.rounds}: {name}") as c:
+                        times[name].append(run_config(name))
+                        c.result = " / ".join(f"{t:.1f}" for t in times[name][-1]) + " ms"
             load = f"{os.getloadavg()[0]:.1f}"
         finally:
             for hog in hogs:
@@ -127,8 +139,10 @@ def main() -> None:
         default = medians[DEFAULT]
         for name, m in medians.items():
             rows.append([busy, name, *[f"{t:.1f}" for t in m], *[f"{t / d:.2f}" for t, d in zip(m, default)], load])
+        for row in rows[-len(medians):]:
+            print("| " + " | ".join(str(v) for v in row) + " |", flush=True)
         write()
-        print(f"busy {busy}: written {args.out}", flush=True)
+    finish(path)
 
 
 if __name__ == "__main__":

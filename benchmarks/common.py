@@ -9,6 +9,17 @@ their results.
 * :func:`machine`: the one line every results file's header gives (CPU, cores, threads, load,
   versions, GPU, whether this build has the CUDA kernels, date).
 * :func:`write_result`, :func:`markdown_table`, :func:`ms`, :func:`ratio`: the results files.
+* Where they go, one rule for every script (:func:`results_path`): ``--out NAME`` writes
+  benchmarks/results/NAME (how a committed table is rewritten, on purpose), ``--out a/b.md`` that
+  path as given, ``--out DIR/`` the script's default name in DIR; without ``--out`` a fresh file
+  benchmarks/results/local/<default stem>-<UTC YYYYmmdd-HHMMSS>.md (git ignores that folder), so
+  that a run never overwrites a committed table by default. :func:`previous_results` is the file a
+  script reads its earlier rows from (--out's, else the committed default).
+* What the console shows (:func:`announce`, :func:`cell`, :func:`finish`): before the first
+  measurement the table's title, the machine line, the results file and the column names; then a
+  line when each cell starts (``hidden 100,000 ...``) and one when it ends (its numbers and
+  seconds), each flushed, so that a cell of minutes is not silence; at the end the results file
+  again.
 
 sparse_engine is imported before torch, here and in every script (tests/runtime/test_import_order.py checks),
 so that the benchmarks run with the OpenMP waiting policy a user gets: passive waiting, which
@@ -18,6 +29,7 @@ spinning waits; benchmarks/results/README.md lists them.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import os
@@ -25,6 +37,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -37,6 +50,15 @@ from sparse_engine.sparse.patterns import random_csr_on  # noqa: E402,F401  (the
 import torch  # noqa: E402  (after sparse_engine: see above)
 
 RESULTS = ROOT / "benchmarks" / "results"
+#: where a run without --out writes (in .gitignore): never a committed table
+LOCAL = RESULTS / "local"
+
+
+def out_help(default: str) -> str:
+    """The help of every script's --out, ``default`` its default file name."""
+    return (f"results file: a name, written in benchmarks/results/ (the committed table's, {default}, rewrites "
+            "it), a path with a folder (as given) or a folder ending in / (the default name in it); default: a "
+            f"fresh file benchmarks/results/local/{_stem(default)}-<UTC time>.md")
 
 
 # ---------------------------------------------------------------------------- timing
@@ -99,6 +121,118 @@ def write_result(name: str, title: str, body: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"# {title}\n\nMachine: {machine()}\n\n{body}\n")
     return path
+
+
+def _stem(default: str | os.PathLike) -> str:
+    return Path(default).name.removesuffix(".md")
+
+
+def results_path(out: str | os.PathLike | None, default: str | os.PathLike) -> Path:
+    """Where a script writes its results; ``default`` is its default file name (``cpu_ops.md``,
+    or one that names the device or the options: ``rnn_gpu.md``, ``cuda_ops_<gpu>_quick.md``).
+
+    * ``out`` None (no --out): a fresh file ``benchmarks/results/local/<default stem>-<UTC
+      YYYYmmdd-HHMMSS>.md`` (``-2``, ``-3``, ... after the time if that exists), which no committed
+      file can be; the folder is in .gitignore;
+    * a bare name (``cpu_ops.md``): ``benchmarks/results/<name>``, e.g. the committed table, rewritten
+      on purpose;
+    * a folder: a path ending in ``/`` or an existing folder: ``default`` in it (gpu_all.sh's
+      ``--out benchmarks/results/`` for the tables named after the GPU);
+    * any other path (``a/b.md``, ``/tmp/x.md``): as given.
+    """
+    if out is None:
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+        path, n = LOCAL / f"{_stem(default)}-{stamp}.md", 1
+        while path.exists():
+            n += 1
+            path = LOCAL / f"{_stem(default)}-{stamp}-{n}.md"
+        return path
+    text = os.fspath(out)
+    path = Path(text)
+    if text.endswith(("/", os.sep)) or path.is_dir():
+        return path / Path(default).name
+    return RESULTS / path if path.parent == Path(".") else path
+
+
+def previous_results(out: str | os.PathLike | None, default: str | os.PathLike) -> Path:
+    """The file a script reads its earlier rows from (bench_memory_model.py --append, bench_analysis.py
+    --only): --out's file when given (it is rewritten too), else the committed ``benchmarks/results/
+    <default>`` (read only: the run writes a fresh file, :func:`results_path`)."""
+    return results_path(out, default) if out is not None else RESULTS / Path(default).name
+
+
+def shown(path: str | os.PathLike) -> str:
+    """``path`` as the console shows it: relative to the working directory when under it."""
+    path = Path(path).absolute()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _line(values) -> str:
+    return values if isinstance(values, str) else " | ".join(str(v) for v in values)
+
+
+def announce(title: str, columns=None, path: str | os.PathLike | None = None) -> None:
+    """Printed before a script's first measurement: its table's title, the machine line, where the
+    results go (``results: <path>``) and the column names (a list, as the table's header row; a
+    script with several tables announces the next ones' with :func:`announce_columns`)."""
+    print(f"# {title}", flush=True)
+    print(f"Machine: {machine()}", flush=True)
+    if path is not None:
+        print(f"results: {shown(path)}", flush=True)
+    if columns:
+        announce_columns(columns)
+
+
+def announce_columns(columns) -> None:
+    """The column names of a table, as its markdown header row."""
+    print("| " + " | ".join(str(c) for c in columns) + " |", flush=True)
+
+
+class Cell:
+    """One cell of a table being measured (see :func:`cell`): ``label`` names it, ``result`` is
+    what its end line shows (a row: a list, shown as ``a | b | c``; or a string)."""
+
+    def __init__(self, label: str):
+        self.label, self.result = label, None
+        self.start = time.perf_counter()
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def cell_starts(label: str) -> Cell:
+    """Prints ``<label> ...`` (flushed) and returns the cell, for :func:`cell_ends`."""
+    print(f"{label} ...", flush=True)
+    return Cell(label)
+
+
+def cell_ends(c: Cell, result=None) -> None:
+    """Prints ``<label>: <result> (<seconds> s)``, flushed; ``result`` (or ``c.result``) a row or
+    a string; none: ``done``."""
+    result = c.result if result is None else result
+    print(f"{c.label}: {'done' if result is None else _line(result)} ({c.seconds():.1f} s)", flush=True)
+
+
+@contextlib.contextmanager
+def cell(label: str):
+    """``with cell("hidden 100,000") as c: ...; c.result = row``: a line when the cell starts and one
+    when it ends, with its numbers (``c.result``) and how long it took; a cell that raises ends with
+    ``failed: <error>`` and the error goes on."""
+    c = cell_starts(label)
+    try:
+        yield c
+    except BaseException as exc:
+        cell_ends(c, f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        raise
+    cell_ends(c)
+
+
+def finish(path: str | os.PathLike) -> None:
+    """The last line of a run: where its results are."""
+    print(f"results: {shown(path)}", flush=True)
 
 
 def parse_hidden(text: str) -> int:

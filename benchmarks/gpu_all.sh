@@ -254,7 +254,7 @@ fi
 
 if has bench_quick && begin "benchmark, the issue's reference cells (float32)" 60; then
   t0=$SECONDS
-  logged +1 $PY benchmarks/bench_cuda.py --quick --dtype float32 --budget-s "$(budget 30 150)" ${copy[@]+"${copy[@]}"}
+  logged +1 $PY benchmarks/bench_cuda.py --quick --dtype float32 --budget-s "$(budget 30 150)" --out benchmarks/results/ ${copy[@]+"${copy[@]}"}
   took "reference cells" $t0
 fi
 
@@ -262,7 +262,7 @@ if has bench; then
   for dt in $BENCH_DTYPES; do
     begin "benchmark ($dt)" 60 || continue
     t0=$SECONDS
-    logged +1 $PY benchmarks/bench_cuda.py --dtype "$dt" --budget-s "$(budget 85 480)" ${copy[@]+"${copy[@]}"} "$@"
+    logged +1 $PY benchmarks/bench_cuda.py --dtype "$dt" --budget-s "$(budget 85 480)" --out benchmarks/results/ ${copy[@]+"${copy[@]}"} "$@"
     took "benchmark ($dt)" $t0
   done
 fi
@@ -276,19 +276,19 @@ fi
 
 if has topology && begin "topology update (SET prune + regrow, 100M nnz first)" 45; then
   t0=$SECONDS
-  logged +1 $PY benchmarks/bench_topology.py --device cuda --budget-s "$(budget 55 180)" ${copy[@]+"${copy[@]}"}
+  logged +1 $PY benchmarks/bench_topology.py --device cuda --budget-s "$(budget 55 180)" --out benchmarks/results/ ${copy[@]+"${copy[@]}"}
   took topology $t0
 fi
 
 if has step && begin "fused vs composed recurrent step" 30; then
   t0=$SECONDS
-  logged 20 $PY benchmarks/bench_rnn_step.py --device cuda --budget-s "$(budget 80 150)" ${copy[@]+"${copy[@]}"}
+  logged 20 $PY benchmarks/bench_rnn_step.py --device cuda --budget-s "$(budget 80 150)" --out rnn_step_gpu.md ${copy[@]+"${copy[@]}"}
   took step $t0
 fi
 
 if has rnn && begin "LSTM/GRU training step table (ours, masked-dense cuDNN, torch.sparse)" 90; then
   t0=$SECONDS
-  logged 20 $PY benchmarks/bench_rnn.py --device cuda --budget-s "$(budget 60 420)" --timeout 180 ${copy[@]+"${copy[@]}"}
+  logged 20 $PY benchmarks/bench_rnn.py --device cuda --budget-s "$(budget 60 420)" --timeout 180 --out rnn_gpu.md ${copy[@]+"${copy[@]}"}
   took rnn $t0
 fi
 
