@@ -57,7 +57,7 @@ QUICK_SIZES = ["512:0.05"]
 # ------------------------------------------------------------------------- report
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--compute", choices=["auto", "sparse", "dense"], default=None,
+    p.add_argument("--compute", choices=["auto", "sparse", "dense", "persistent"], default=None,
                    help="the SparseLSTM/GRU modules' compute path (default: the library default, 'auto')")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
     p.add_argument("--sizes", nargs="+", default=None, help="hidden:density pairs")
@@ -155,11 +155,12 @@ TITLE = "LSTM and GRU training step (forward + backward), one layer, T=35, B=20,
 
 
 def columns(methods) -> list[str]:
-    """The table's columns (a composed-step column where that method runs)."""
-    composed = "sparse_engine_composed" in methods
-    return ["cell", "hidden", "density", "ours"] + (["ours, composed step"] if composed else []) + [
+    """The table's columns (a composed-step and a persistent column where those methods run)."""
+    composed, persistent = "sparse_engine_composed" in methods, "sparse_engine_persistent" in methods
+    return ["cell", "hidden", "density", "ours"] + (["ours, composed step"] if composed else []) + (
+        ["ours, persistent"] if persistent else []) + [
         "masked-dense", "torch.sparse CSR", "vs masked-dense", "vs torch.sparse"] + (
-        ["composed / fused"] if composed else []) + ["load"]
+        ["composed / fused"] if composed else []) + (["persistent vs masked-dense"] if persistent else []) + ["load"]
 
 
 def report(rows, methods, device, args, load_start) -> list[str]:
@@ -177,20 +178,23 @@ def report(rows, methods, device, args, load_start) -> list[str]:
         "it where cuDNN's RNN fails, marked 'cuDNN off'); torch.sparse: CSR "
         "torch.sparse.mm loop; load: 1-minute load average after our (SparseLSTM/GRU) measurement",
         f"- ours: SparseLSTM / SparseGRU, compute={args.compute or 'default (auto)'}; in parentheses the path "
-        "that ran: dense (weights materialised for torch's recurrence) or the sparse kernels' step (fused, composed)",
+        "that ran: dense (weights materialised for torch's recurrence), the sparse kernels' step (fused, composed) "
+        "or the whole sequence in one op each way (persistent: one cooperative launch per direction on a GPU)",
         "",
     ]
-    composed = "sparse_engine_composed" in methods
+    composed, persistent = "sparse_engine_composed" in methods, "sparse_engine_persistent" in methods
     head = columns(methods)
     lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for cell, H, d, res in rows:
         ours = res.get("sparse_engine", {"status": "-"})
         cmp_ = res.get("sparse_engine_composed", {"status": "-"})
+        pers = res.get("sparse_engine_persistent", {"status": "-"})
         md, ts = res.get("masked_dense", {"status": "-"}), res.get("torch_sparse", {"status": "-"})
         load = f"{ours['load']:.1f}" if "load" in ours else "-"
-        cells = [cell, f"{H:,}", f"{d:g}", cell_text(ours)] + ([cell_text(cmp_)] if composed else []) + [
+        cells = [cell, f"{H:,}", f"{d:g}", cell_text(ours)] + ([cell_text(cmp_)] if composed else []) + (
+            [cell_text(pers)] if persistent else []) + [
             cell_text(md), cell_text(ts), speedup(md, ours), speedup(ts, ours)] + (
-            [speedup(cmp_, ours)] if composed else []) + [load]
+            [speedup(cmp_, ours)] if composed else []) + ([speedup(md, pers)] if persistent else []) + [load]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Ratios are baseline time / our time (> 1: ours is faster).")

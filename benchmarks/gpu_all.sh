@@ -39,11 +39,17 @@
 #   4. STAGES="rnn largest" benchmarks/gpu_all.sh                             ~4-9 min
 #        the LSTM/GRU training-step table (ours at every size first, then masked-dense cuDNN and
 #        torch.sparse), then the largest trainable SparseLSTM at 32 nonzeros per row.
+#   5. STAGES=persistent benchmarks/gpu_all.sh                                ~6-8 min
+#        the persistent recurrent kernels (issue 44; rnn_sequence_cuda.cu, compute="persistent"): their
+#        GPU tests (the ops against float64 references, every output written, the modules against the
+#        per-step path, deterministic), memcheck and racecheck on them, then the LSTM/GRU table of the
+#        issue's cells with ours per-step, ours persistent and masked-dense cuDNN (rnn_gpu_persistent.md).
+#        Not yet run on a GPU: the session that has one runs it first (before 1., with "build").
 #   With time to spare, in this order: STAGES=topology (all cases), BENCH_DTYPES=bfloat16
 #   STAGES=bench ... -- --quick (then the full bf16 grid), STAGES=step.
 # $OUT per command: gpu_all.log (every stage's output, appended as it goes), each benchmark's results
 # file (cuda_ops_<gpu>[_bf16][_quick].md, rnn_gpu[_quick].md, rnn_gpu_largest.md, topology_<gpu>.md,
-# rnn_step_gpu.md) and, from the build stage, build/_C*.so[.partNN]: at most 8 files.
+# rnn_step_gpu.md, rnn_gpu_persistent.md) and, from the build stage, build/_C*.so[.partNN]: at most 8 files.
 # Afterwards commit from $OUT (files_at) into benchmarks/results/: the results files, and each
 # command's gpu_all.log as gpu_<stages>_<gpu>.log (<gpu> = nvidia_h100_80gb_hbm3 or the like);
 # quote the numbers in docs/cuda.md / README.md.
@@ -57,8 +63,9 @@
 #   STAGES="topology" benchmarks/gpu_all.sh            # prune + regrow up to 100M nnz (bench_topology.py)
 #   STAGES="rnn" benchmarks/gpu_all.sh                 # LSTM/GRU training step table (bench_rnn.py)
 #   STAGES="largest" benchmarks/gpu_all.sh             # largest SparseLSTM hidden at 32 nonzeros/row
+#   STAGES="persistent" benchmarks/gpu_all.sh          # the persistent kernels: tests, sanitizers, table
 #   BENCH_DTYPES=bfloat16 STAGES=bench benchmarks/gpu_all.sh   # only the bf16 grid
-#   DEADLINE_S=100000 STAGES="build test sanitize bench step topology rnn largest" benchmarks/gpu_all.sh
+#   DEADLINE_S=100000 STAGES="build test sanitize bench step topology rnn largest persistent" benchmarks/gpu_all.sh
 #                                                      # everything, on a machine without a time limit
 # The bench stage runs the kernel grid once per dtype in BENCH_DTYPES (default "float32 bfloat16":
 # bf16 storage with float32 accumulation, against cuSPARSE in bf16 and our float32).
@@ -298,6 +305,26 @@ if has largest && begin "largest trainable SparseLSTM hidden size (32 nonzeros p
     --methods sparse_engine --budget-s "$(budget 80 300)" --timeout 150 --out benchmarks/results/rnn_gpu_largest.md \
     ${copy[@]+"${copy[@]}"}
   took largest $t0
+fi
+if has persistent && begin "persistent recurrent kernels: tests, sanitizers, table" 120; then
+  t0=$SECONDS
+  # correctness first: the ops against float64 references and the CPU, every output written; the
+  # modules against the per-step path on the GPU; then memcheck and racecheck on the same ops
+  CAP=150 logged 20 $PY -m pytest -q -ra ${PYTEST_TIMEOUT[@]+"${PYTEST_TIMEOUT[@]}"} -k cuda \
+    tests/ops/test_rnn_sequence.py tests/recurrent/test_persistent.py \
+    || say "== persistent tests FAILED (the list above): the table below runs on these kernels"
+  SANITIZER=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
+  for tool in memcheck racecheck; do
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 CAP=$(( $(left) / 5 )) logged 6 "$SANITIZER" --tool $tool --error-exitcode 9 \
+      --print-limit 50 $PY -m pytest -q -x -p no:cacheprovider tests/ops/test_rnn_sequence.py \
+      -k "cuda and test_matches_float64_reference and f32 and (H7 or H40)"
+  done
+  # the table: the issue's cells, ours per step and persistent, masked-dense cuDNN (ours first)
+  logged 24 $PY benchmarks/bench_rnn.py --device cuda --cells LSTM GRU \
+    --sizes 4096:0.01 1500:0.33 1500:0.1 4096:0.05 4096:0.1 16384:0.01 \
+    --methods sparse_engine sparse_engine_persistent masked_dense --repeats 5 --timeout 90 \
+    --budget-s "$(budget 90 330)" --out benchmarks/results/rnn_gpu_persistent.md ${copy[@]+"${copy[@]}"}
+  took persistent $t0
 fi
 say "== done in $SECONDS s, status $status"
 exit $status

@@ -7,6 +7,7 @@
 //   sddmm      sddmm                                 sddmm_cpu.cpp      sddmm_cuda.cu     + sddmm_glue.cpp
 //   transpose  transpose_index                       transpose_cpu.cpp  transpose_cuda.cu + transpose_glue.cpp
 //   rnn_step   {lstm,gru,rnn,ctrnn}_step(_backward)  rnn_step_cpu.cpp   rnn_step_cuda.cu  + rnn_step_glue.cpp
+//   rnn_sequence  rnn_sequence(_backward)         rnn_sequence_cpu.cpp  rnn_sequence_cuda.cu + rnn_sequence_glue.cpp
 //   topology   select_smallest ... rewire            topology_cpu.cpp   none: torch primitives in
 //                                                                       sparse_engine/kernels/topology_cuda.py
 //   densify    pattern_bits ... gather_csr           densify_cpu.cpp    scatter_csr/gather_csr: torch primitives
@@ -76,6 +77,21 @@ TORCH_LIBRARY(sparse_engine, m) {
   m.def("ctrnn_step(" SE_INDEX_SCHEMA "Tensor values, Tensor gx, Tensor h, float dt, float tau) -> (Tensor, Tensor)");
   m.def("ctrnn_step_backward(" SE_INDEX_SCHEMA "Tensor values, Tensor acts, Tensor dh, float dt, float tau, "
         "Tensor? values_t=None, Tensor? h_in=None, Tensor(a!)? dw_t=None) -> (Tensor, Tensor)");
+
+  // ---------------------------------------------------------------- rnn_sequence
+  // A layer-direction's whole sequence (LSTM, GRU, RNN_TANH, RNN_RELU: `mode`), forward and backward,
+  // in one op: on CUDA one persistent cooperative launch each way, on the CPU the step ops in a loop
+  // (the contract). Arguments and shapes: csrc/rnn_sequence_ops.h. Forward: from gx (G*H, T, B),
+  // every step's input part with its biases, and h0 (c0: LSTM; b_hh: GRU's hidden bias, optional):
+  // (y (T, H, B) in time order, LSTM's cs (T, H, B), the saved activations (T, 4H, B): LSTM, GRU).
+  m.def("rnn_sequence(" SE_INDEX_SCHEMA "Tensor values, str mode, Tensor gx, Tensor h0, Tensor? c0, "
+        "Tensor? b_hh, bool reverse) -> (Tensor, Tensor, Tensor)");
+  // Backward: from the forward's outputs, dy (T, H, B; None: the outputs took no gradient) and dh_T
+  // (dc_T): (dG (G*H, T, B), the hidden-side gate gradients, GRU's input-side dgx (3H, T, B), dh_0,
+  // LSTM's dc_0); W_hh's gradient is dG against the states (sddmm over T*B columns, the caller's).
+  m.def("rnn_sequence_backward(" SE_INDEX_SCHEMA "Tensor values, str mode, Tensor y, Tensor h0, Tensor? c0, "
+        "Tensor? cs, Tensor? acts, Tensor? dy, Tensor dh, Tensor? dc, bool reverse, Tensor? values_t=None) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
 
   // ---------------------------------------------------------------- topology
   // bool mask of the k smallest scores (ties: lower index first)

@@ -13,13 +13,20 @@
 // different nonzero of the row at the same time, so small batches still use every lane.
 // lane = s * CW + c  (c: vector column within the tile, s: slot).
 #pragma once
+#ifndef SE_GRID_SYNC  // the emulator has its own (tests/cuda_emu/emu.h)
+#include <cooperative_groups.h>
+#endif
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <tuple>
 #include <type_traits>
+#include <utility>
+
+#include "../constants.h"
 
 namespace sparse_engine {
 namespace cuda {
@@ -145,6 +152,52 @@ inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 #endif
 constexpr int64_t kMaxGridY = SPARSE_ENGINE_MAX_GRID_Y;
 constexpr int64_t kMaxStrideBlocks = SPARSE_ENGINE_MAX_STRIDE_BLOCKS;
+
+// Persistent kernels (rnn_sequence_cuda.cu): a cooperative launch, whose blocks are all resident at
+// once, and the grid-wide barrier between their phases. Macros so that the CPU emulator
+// (tests/cuda_emu/emu.h) puts its own in their place, which checks both (the grid fits, every thread
+// of every block reaches the same grid sync).
+#ifndef SE_GRID_SYNC
+#define SE_GRID_SYNC() cooperative_groups::this_grid().sync()
+// The arguments are converted to the kernel's parameter types first: cudaLaunchCooperativeKernel reads
+// each through a pointer, by the kernel's signature.
+template <typename... Params, typename... Args, size_t... I>
+cudaError_t launch_cooperative_typed(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shmem,
+                                     cudaStream_t stream, std::index_sequence<I...>, Args... args) {
+  std::tuple<Params...> typed(args...);
+  void* params[] = {static_cast<void*>(&std::get<I>(typed))...};
+  return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), grid, block, params, shmem, stream);
+}
+template <typename... Params, typename... Args>
+cudaError_t launch_cooperative(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shmem, cudaStream_t stream,
+                               Args... args) {
+  static_assert(sizeof...(Params) == sizeof...(Args), "one argument per kernel parameter");
+  return launch_cooperative_typed(kernel, grid, block, shmem, stream, std::index_sequence_for<Params...>{}, args...);
+}
+#define SE_LAUNCH_COOPERATIVE(kernel, grid, block, shmem, stream, ...) \
+  ::sparse_engine::cuda::detail::launch_cooperative(kernel, grid, block, shmem, stream, __VA_ARGS__)
+#endif
+
+// launch(std::integral_constant<CellMode, M>{}) for the run-time mode: the kernels take the mode
+// as a template parameter.
+template <typename Launch>
+cudaError_t dispatch_mode(CellMode mode, Launch&& launch) {
+  switch (mode) {
+    case CellMode::LSTM: return launch(std::integral_constant<CellMode, CellMode::LSTM>{});
+    case CellMode::GRU: return launch(std::integral_constant<CellMode, CellMode::GRU>{});
+    case CellMode::RNN_TANH: return launch(std::integral_constant<CellMode, CellMode::RNN_TANH>{});
+    case CellMode::RNN_RELU: return launch(std::integral_constant<CellMode, CellMode::RNN_RELU>{});
+    case CellMode::CTRNN: return launch(std::integral_constant<CellMode, CellMode::CTRNN>{});
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+// The gate nonlinearities of the recurrent kernels (rnn_step_cuda.cu, rnn_sequence_cuda.cu), float or double.
+__device__ __forceinline__ float ex(float x) { return expf(x); }
+__device__ __forceinline__ double ex(double x) { return exp(x); }
+__device__ __forceinline__ float th(float x) { return tanhf(x); }
+__device__ __forceinline__ double th(double x) { return tanh(x); }
+template <typename T> __device__ __forceinline__ T sigm(T x) { return T(1) / (T(1) + ex(-x)); }
 
 template <typename T>
 constexpr bool kIsHalf = std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>;

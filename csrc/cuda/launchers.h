@@ -1,5 +1,6 @@
 // Host-side entry points of the CUDA kernels, one section per op family: spmm (spmm_cuda.cu),
-// sddmm (sddmm_cuda.cu), transpose (transpose_cuda.cu), rnn_step (rnn_step_cuda.cu). Plain
+// sddmm (sddmm_cuda.cu), transpose (transpose_cuda.cu), rnn_step (rnn_step_cuda.cu), rnn_sequence
+// (rnn_sequence_cuda.cu). Plain
 // pointers, sizes and a cudaStream_t, no torch types, so the .cu files compile with nvcc alone
 // and the torch glue (<family>_glue.cpp) compiles with the host compiler alone.
 //
@@ -137,6 +138,42 @@ cudaError_t launch_rnn_step_backward(CellMode mode, const int64_t* csc_ptr, cons
                                      const double* h, const double* dh, const double* dc, double* dG,
                                      double* dgx, double* dc_prev, double* dh_prev, int64_t H, int64_t B,
                                      double dt, double tau, int32_t* workspace, cudaStream_t stream);
+
+// ------------------------------------------------------------------ rnn_sequence (rnn_sequence_cuda.cu)
+// A layer-direction's whole sequence in one persistent (cooperative) launch, forward or backward:
+// LSTM, GRU, RNN_TANH, RNN_RELU (rnn_sequence_mode), float32/float64. W_hh as in rnn_step; every
+// dense array feature-major and contiguous. Contract: the composite kernels of
+// sparse_engine/kernels/rnn_sequence_torch.py (the step ops in a loop).
+bool rnn_sequence_mode(CellMode mode);
+// Forward. gx: (G*H) x (T*B), every step's input part with its biases (column t*B + b); h0 (and
+// LSTM's c0): H x B; b_hh: GRU's (3H) or nullptr. Out: y (T x H x B, the state after each step, in
+// time order also for the reverse direction), LSTM's cs (T x H x B, c after each step), acts (T x 4H
+// x B: LSTM [i; f; g; o], GRU [r; z; n; W_hn h + b_hn]; nullptr for RNN). Steps run t = 0..T-1, or
+// T-1..0 with reverse.
+cudaError_t launch_rnn_sequence_forward(CellMode mode, const int64_t* row_ptr, const int32_t* col_idx,
+                                        const float* values, const float* gx, const float* h0, const float* c0,
+                                        const float* b_hh, float* y, float* cs, float* acts, int64_t H, int64_t B,
+                                        int64_t T, bool reverse, cudaStream_t stream);
+cudaError_t launch_rnn_sequence_forward(CellMode mode, const int64_t* row_ptr, const int32_t* col_idx,
+                                        const double* values, const double* gx, const double* h0, const double* c0,
+                                        const double* b_hh, double* y, double* cs, double* acts, int64_t H,
+                                        int64_t B, int64_t T, bool reverse, cudaStream_t stream);
+// Backward, from the forward's y, cs, acts (and h0, c0); W_hh as its transposed index (csc_ptr,
+// csc_row) and values_t, its values in that order (values[csc_perm], ../values_t.h). dy: the
+// output sequence's gradient (T x H x B) or nullptr; dh (and LSTM's dc): H x B, dh_T (dc_T) in,
+// dh_0 (dc_0) out. Out: dG ((G*H) x (T*B), the hidden-side gate gradient of every step, column
+// t*B + b: dL/dW_hh = dG (the states' columns)^T) and GRU's dgx (3H x T*B, the input side; for the
+// other modes the input side is dG itself).
+cudaError_t launch_rnn_sequence_backward(CellMode mode, const int64_t* csc_ptr, const int32_t* csc_row,
+                                         const float* values_t, const float* y,
+                                         const float* h0, const float* cs, const float* c0, const float* acts,
+                                         const float* dy, float* dG, float* dgx, float* dh, float* dc, int64_t H,
+                                         int64_t B, int64_t T, bool reverse, cudaStream_t stream);
+cudaError_t launch_rnn_sequence_backward(CellMode mode, const int64_t* csc_ptr, const int32_t* csc_row,
+                                         const double* values_t, const double* y,
+                                         const double* h0, const double* cs, const double* c0, const double* acts,
+                                         const double* dy, double* dG, double* dgx, double* dh, double* dc, int64_t H,
+                                         int64_t B, int64_t T, bool reverse, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace sparse_engine

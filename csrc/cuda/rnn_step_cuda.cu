@@ -35,26 +35,6 @@ template <CellMode M> constexpr int kGates = cell_gates(M);
 template <CellMode M> constexpr int kUnits = kGates<M> == 1 ? 8 : 2;
 constexpr int kEltThreads = 256;  // threads per block of the elementwise kernels
 
-__device__ __forceinline__ float ex(float x) { return expf(x); }
-__device__ __forceinline__ double ex(double x) { return exp(x); }
-__device__ __forceinline__ float th(float x) { return tanhf(x); }
-__device__ __forceinline__ double th(double x) { return tanh(x); }
-template <typename T> __device__ __forceinline__ T sigm(T x) { return T(1) / (T(1) + ex(-x)); }
-
-// launch(std::integral_constant<CellMode, M>{}) for the run-time mode: the kernels take the mode
-// as a template parameter.
-template <typename Launch>
-cudaError_t dispatch_mode(CellMode mode, Launch&& launch) {
-  switch (mode) {
-    case CellMode::LSTM: return launch(std::integral_constant<CellMode, CellMode::LSTM>{});
-    case CellMode::GRU: return launch(std::integral_constant<CellMode, CellMode::GRU>{});
-    case CellMode::RNN_TANH: return launch(std::integral_constant<CellMode, CellMode::RNN_TANH>{});
-    case CellMode::RNN_RELU: return launch(std::integral_constant<CellMode, CellMode::RNN_RELU>{});
-    case CellMode::CTRNN: return launch(std::integral_constant<CellMode, CellMode::CTRNN>{});
-    default: return cudaErrorInvalidValue;
-  }
-}
-
 template <typename T>
 struct StepArgs {
   const int64_t* __restrict__ ptr;

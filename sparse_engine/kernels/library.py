@@ -35,6 +35,9 @@ rnn_step                 fake
 rnn_step_backward        fake
 ctrnn_step               fake
 ctrnn_step_backward      fake
+[rnn_sequence] CPU csrc/cpu/rnn_sequence_cpu.cpp, CUDA csrc/cuda/rnn_sequence_cuda.cu
+rnn_sequence             fake
+rnn_sequence_backward    fake
 [topology] CPU csrc/cpu/topology_cpu.cpp, CUDA sparse_engine/kernels/topology_torch.py
 select_smallest          fake, CUDA kernel
 set_prune                fake, CUDA kernel
@@ -203,6 +206,31 @@ def _ctrnn_step_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, gx, h
 def _ctrnn_step_backward_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, acts, dh, dt, tau,
                               values_t=None, h_in=None, dw_t=None):
     return _blocks(dh, GATES["CTRNN"]), _like(dh)
+
+
+# ---------------------------------------------------------------------- rnn_sequence
+# Shapes (T steps): gx and dG (G*H, T, B), y and LSTM's cs (T, H, B), the saved activations
+# (T, SAVED_ACTS*H, B); an output the mode does not make is an empty (0,) tensor.
+def _empty(t: torch.Tensor) -> torch.Tensor:
+    return t.new_empty((0,))
+
+
+@_fake("sparse_engine::rnn_sequence")
+def _rnn_sequence_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, mode, gx, h0, c0, b_hh, reverse):
+    T, (H, B) = gx.shape[1], h0.shape
+    y = h0.new_empty((T, H, B))
+    cs = h0.new_empty((T, H, B)) if mode == "LSTM" else _empty(h0)
+    saved = SAVED_ACTS.get(mode, 0)
+    return y, cs, h0.new_empty((T, saved * H, B)) if saved else _empty(h0)
+
+
+@_fake("sparse_engine::rnn_sequence_backward")
+def _rnn_sequence_backward_fake(row_ptr, col_idx, csc_ptr, csc_row, csc_perm, values, mode, y, h0, c0, cs, acts, dy,
+                                dh, dc, reverse, values_t=None):
+    T, (H, B) = y.shape[0], dh.shape
+    dG = dh.new_empty((GATES[mode] * H, T, B))
+    dgx = dh.new_empty((3 * H, T, B)) if mode == "GRU" else _empty(dh)
+    return dG, dgx, _like(dh), _like(dh) if mode == "LSTM" else _empty(dh)
 
 
 # -------------------------------------------------------------------------- topology

@@ -15,7 +15,7 @@ from ..kernels.choose import choose_fused
 from ..kernels.constants import GATES, SAVED_ACTS
 from ..nn.weights import sparse_flags
 from ..recurrent.cell_steps import CELLS, FUSED_DTYPES, has_fused_kernels
-from ..recurrent.compute_paths import dense_by_sizes
+from ..recurrent.compute_paths import dense_by_sizes, use_persistent
 from ..recurrent.config import Config
 from ..recurrent.sequence import stacks
 from .recurrence_replay import Ledger, Run, run_backward, run_forward, transpose_buffer
@@ -179,6 +179,10 @@ def check_args(s: RecurrentSizes, T: int, B: int, optimizer: str, k: int | None)
                 entries += s.gates * s.hidden * c
                 nnz += w
     itemsize = torch.empty(0, dtype=s.dtype).element_size()
+    if s.mode != "CTRNN" and k is None and use_persistent(s.compute):
+        raise ValueError("this module computes with compute='persistent' (each sequence in one op, with the "
+                         "buffers of all steps stacked), which the model does not cover yet: build it with "
+                         "compute='sparse' (or sizes with compute='sparse')")
     # the modules take the sparse path when recomputing (rnn.py, _dense_now)
     if s.mode != "CTRNN" and k is None and dense_by_sizes(s.compute, entries, nnz, itemsize, s.hidden, s.device):
         raise ValueError("this module computes on the dense path (compute='auto' takes it for small, dense enough "

@@ -62,10 +62,12 @@ activations do not fit (hidden 10^5-10^6 units; :mod:`sparse_engine.memory` pred
 peak and picks k for a budget). Not with ``proj_size`` or ``compute='dense'`` (ValueError); it
 keeps ``compute='auto'`` on the sparse path.
 
-``compute=`` ('auto' | 'sparse' | 'dense'; default None: the global default, 'auto'): the sparse
-kernels, or torch's own dense recurrence (``torch.lstm``, ...; the GRU fused on the CPU) on the
-weights written into dense matrices kept between forwards, under a memory budget; see
-:mod:`sparse_engine.recurrent.compute_paths` and docs/compute_paths.md. Same results either way (float
+``compute=`` ('auto' | 'sparse' | 'dense' | 'persistent'; default None: the global default, 'auto'):
+the sparse kernels, or torch's own dense recurrence (``torch.lstm``, ...; the GRU fused on the CPU)
+on the weights written into dense matrices kept between forwards, under a memory budget; see
+:mod:`sparse_engine.recurrent.compute_paths` and docs/compute_paths.md; or the sparse kernels with
+each layer-direction's whole sequence in one op each way (on a GPU one persistent kernel launch
+for all steps; :mod:`sparse_engine.recurrent.persistent`). Same results every way (float
 reassociation aside), and the gradient reaches the stored values only.
 
 ``PackedSequence`` input works as in torch: the output is a PackedSequence with the input's
@@ -89,7 +91,8 @@ from torch.nn.utils.rnn import PackedSequence
 
 from .._moved import old_name
 from ..kernels.constants import GATES
-from ..recurrent import Config, RecordsGradFactors, batch_rows, check_compute, dense_recurrence, recurrence, use_dense
+from ..recurrent import (Config, RecordsGradFactors, batch_rows, check_compute, dense_recurrence, recurrence, use_dense,
+                         use_persistent)
 from ..sparse import SparseWeight
 from .sequences import (caller_layout, check_input_dtype, check_not_packed, inverse_permutation, packed_positions,
                         time_major)
@@ -104,7 +107,7 @@ class SparseRNNBase(RecordsGradFactors, TorchConversion, nn.Module):
     #: allow the fused step ops (see :mod:`sparse_engine.nn.rnn`); an instance attribute
     #: set by ``fused=``, this default for modules pickled before the setting existed
     fused = True
-    #: the compute path ('auto', 'sparse', 'dense'; None: the global default), see
+    #: the compute path ('auto', 'sparse', 'dense', 'persistent'; None: the global default), see
     #: :mod:`sparse_engine.recurrent.compute_paths`; this default for modules pickled before the setting existed
     compute = None
     #: size of h with a projection (LSTM only, as ``nn.LSTM``); 0: none
@@ -139,9 +142,9 @@ class SparseRNNBase(RecordsGradFactors, TorchConversion, nn.Module):
         self.sparse = sparse
         self.fused = bool(fused)
         self.recompute_every = check_recompute_every(recompute_every)
-        if recompute_every is not None and compute == "dense":
-            raise ValueError("recompute_every needs the sparse compute path: torch's dense recurrence "
-                             "(compute='dense') keeps every step")
+        if recompute_every is not None and compute in ("dense", "persistent"):
+            raise ValueError(f"recompute_every needs the per-step sparse compute path: compute={compute!r} "
+                             "keeps every step")
         if recompute_every is not None and proj_size:
             raise ValueError("recompute_every is not available with proj_size (the projected LSTM runs under "
                              "plain autograd; wrap it in torch.utils.checkpoint instead)")
@@ -269,7 +272,7 @@ class SparseRNNBase(RecordsGradFactors, TorchConversion, nn.Module):
                 b_hh = getattr(self, "bias_hh" + sfx) if self.bias else None
                 cfg = Config(self.mode, self.hidden_size, B, T, bool(d), fused=self.fused,
                              recompute_every=check_recompute_every(self.recompute_every),
-                             output=output or layer < self.num_layers - 1)
+                             output=output or layer < self.num_layers - 1, persistent=use_persistent(self.compute))
                 if self.proj_size and self.record_grad_factors:
                     raise ValueError("growth by gradient (record_grad_factors) is not available with "
                                      "proj_size: the projected LSTM has no fused backward to take the factors from")

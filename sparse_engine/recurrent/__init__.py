@@ -7,7 +7,8 @@ The modules of :mod:`sparse_engine.nn` come in through this package's names only
   :class:`Config`); an LSTM's projection goes through it too (:mod:`.projected`);
 * :func:`dense_recurrence`: the dense path's whole stack, torch's recurrence on the weights
   materialised for one forward, and :func:`use_dense`, the choice between the two paths
-  (:mod:`.compute_paths`, docs/compute_paths.md);
+  (:mod:`.compute_paths`, docs/compute_paths.md), and :func:`use_persistent`, whether the sparse
+  path runs each sequence as one op each way (:mod:`.persistent`);
 * :func:`batch_rows`: the step-major output in torch's layout (:mod:`.layout`);
 * :class:`RecordsGradFactors`: the modules' side of growth by gradient (:mod:`.factor_sink`);
 * :func:`weight_args`, :func:`matmul`: a weight's product as the kernels take it (:mod:`.products`),
@@ -19,13 +20,13 @@ of a run and the backward's buffers, kept or recomputed) and :mod:`.dense_gru` (
 GRU on the CPU).
 """
 from .compute_paths import (check_compute, default_compute, dense_recurrence, materialize_all, set_default_compute,
-                            set_dense_budget, use_dense)
+                            set_dense_budget, use_dense, use_persistent)
 from .config import Config
 from .factor_sink import RecordsGradFactors
 from .layout import batch_rows
 from .products import matmul, weight_args
 from .sequence import recurrence
 
-__all__ = ["recurrence", "Config", "dense_recurrence", "use_dense", "check_compute", "materialize_all",
+__all__ = ["recurrence", "Config", "dense_recurrence", "use_dense", "use_persistent", "check_compute", "materialize_all",
            "default_compute", "set_default_compute", "set_dense_budget", "batch_rows", "RecordsGradFactors",
            "matmul", "weight_args"]

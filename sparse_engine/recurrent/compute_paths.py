@@ -13,6 +13,11 @@ the budget), written at each forward with a gradient and, without one, only when
 changed; ``state_dict``, checkpoints and the topology controllers see only the CSR weight.
 
 * ``compute="sparse"``: always the CSR kernels (the memory-bound choice at large sizes).
+* ``compute="persistent"``: the CSR kernels with each layer-direction's whole sequence in one op
+  each way (on a GPU one persistent launch for all T steps, :mod:`sparse_engine.recurrent.persistent`)
+  where that applies (LSTM, GRU, RNN with a sparse recurrent matrix in float32/float64, every step
+  kept), the per-step sparse path elsewhere. ``auto`` does not pick it yet: its GPU crossover is to
+  be measured (``benchmarks/gpu_all.sh``, issue 44).
 * ``compute="dense"``: always materialise, if the dense matrices fit the budget
   (:func:`set_dense_budget`, default :data:`DEFAULT_DENSE_BUDGET` bytes for all matrices of a
   module together); over the budget it falls back to the sparse path.
@@ -43,10 +48,11 @@ from . import dense_gru
 _ops = torch.ops.sparse_engine
 
 __all__ = ["COMPUTE_CHOICES", "set_default_compute", "get_default_compute", "default_compute",
-           "set_dense_budget", "get_dense_budget", "check_compute", "use_dense", "dense_by_sizes", "auto_min_density",
+           "set_dense_budget", "get_dense_budget", "check_compute", "use_dense", "use_persistent", "dense_by_sizes",
+           "auto_min_density",
            "materialize", "materialize_all"]
 
-COMPUTE_CHOICES = ("auto", "sparse", "dense")
+COMPUTE_CHOICES = ("auto", "sparse", "dense", "persistent")
 #: bytes of dense matrices one module may materialise per forward (all layers together)
 DEFAULT_DENSE_BUDGET = 256 * 2**20
 #: ``auto``: the lowest density (nnz / dense entries over the module's sparse matrices) that goes
@@ -75,7 +81,7 @@ def check_compute(mode, name: str = "compute") -> str:
 
 
 def set_default_compute(mode: str) -> None:
-    """The compute path of modules whose ``compute`` is None (the default): 'auto', 'sparse' or 'dense'."""
+    """The compute path of modules whose ``compute`` is None (the default): one of :data:`COMPUTE_CHOICES`."""
     _state["compute"] = check_compute(mode)
 
 
@@ -128,7 +134,7 @@ def dense_by_sizes(mode: str | None, entries: int, nnz: int, itemsize: int, hidd
     module's sparse matrices, whose values take ``itemsize`` bytes each. The memory model
     (:mod:`sparse_engine.memory`) asks this without building the module."""
     mode = _state["compute"] if mode is None else mode
-    if mode == "sparse":
+    if mode in ("sparse", "persistent"):
         return False
     if entries * itemsize > _state["budget"]:
         return False
@@ -137,6 +143,12 @@ def dense_by_sizes(mode: str | None, entries: int, nnz: int, itemsize: int, hidd
     if device_type != "cpu":
         return False
     return nnz / entries >= auto_min_density(hidden_size)
+
+
+def use_persistent(mode: str | None) -> bool:
+    """Whether a module with the given ``compute`` setting (None: the global default) asks for the
+    whole-sequence ops (``compute="persistent"``; where they apply is the recurrence's to say)."""
+    return (_state["compute"] if mode is None else mode) == "persistent"
 
 
 def auto_min_density(hidden_size: int) -> float:

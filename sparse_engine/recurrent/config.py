@@ -25,6 +25,9 @@ class Config:
     #: the fused step ops where they apply (:func:`~sparse_engine.recurrent.cell_steps.fused_steps`), else
     #: the composed step; the modules' ``fused`` setting
     fused: bool = True
+    #: the whole sequence in one op each way where it applies (:mod:`~sparse_engine.recurrent.persistent`):
+    #: the modules' ``compute="persistent"``
+    persistent: bool = False
     #: None: every step's activations are kept for the backward; k: only the state every k steps,
     #: the rest recomputed in the backward (:func:`recomputes`); the modules' ``recompute_every``
     recompute_every: int | None = None

@@ -72,6 +72,7 @@ import torch
 from .._moved import old_name
 from ..sparse import SparseWeight
 from ..sparse.no_torchscript import check_not_torchscript
+from . import persistent
 from .cell_steps import CELLS, fused_steps
 from .config import Config
 from .products import mm, mm_t, transposed, untransposed, weight_args, wgrad
@@ -129,13 +130,23 @@ class Recurrence(torch.autograd.Function):
         if b_ih is not None:
             bias = b_ih if cell.hidden_bias or b_hh is None else b_ih + b_hh
         fused, fused_backward = fused_steps(cfg, w_hh)
-        stacked = stacks(cfg, cell, h0)
+        one_op = persistent.applies(cfg, w_hh)  # the whole sequence in one op each way
+        stacked = one_op or stacks(cfg, cell, h0)
         gx = None
         if stacked:  # the input part of all steps as one product, (G*H, T*B); step t reads its
             # B columns where they are (the CPU step kernel takes a row stride): no step-major copy
             gx = mm(w_ih, cfg.idx_ih, _to_cols(x))
             if bias is not None:
                 gx.add_(bias[:, None])
+        ctx.cfg = cfg
+        ctx.has_bias = b_ih is not None
+        ctx.sink = sink
+        ctx.persistent = one_op
+        if one_op:
+            y, h, c, saved = persistent.forward(cfg, w_hh, b_hh, gx, h0, c0)
+            ctx.kept = None
+            ctx.save_for_backward(x, w_ih, w_hh, b_hh if cell.hidden_bias else None, y, h0, c0, *saved)
+            return Recurrence._outputs(ctx, cfg, cell, y, h, c)
         k_every = recomputes(cfg, cell)
         saving = cfg.backward and any(ctx.needs_input_grad)  # anything kept for a backward
         y = h0.new_empty(T, H, B) if cfg.output or (saving and not k_every) else None  # the stored run's states
@@ -166,9 +177,6 @@ class Recurrence(torch.autograd.Function):
                     acts.append(a)
             if last and y is not None:
                 y[t] = h
-        ctx.cfg = cfg
-        ctx.has_bias = b_ih is not None
-        ctx.sink = sink
         ctx.fused = fused
         ctx.fused_backward = fused_backward
         ctx.stacked = stacked
@@ -185,6 +193,11 @@ class Recurrence(torch.autograd.Function):
             ctx.n_c = len(cs) if cell.cell_state else 0
             ctx.save_for_backward(x, w_ih, w_hh, b_hh if cell.hidden_bias else None, y, h0, *inner.values(),
                                   *(cs if cell.cell_state else ()), *acts)
+        return Recurrence._outputs(ctx, cfg, cell, y, h, c)
+
+    @staticmethod
+    def _outputs(ctx, cfg, cell, y, h, c):
+        """(Y, h_T, c_T) as the Function returns them: empty where not asked for or not the cell's."""
         c_T = c if cell.cell_state else h.new_empty(0)
         if not cfg.output:
             y = h.new_empty(0)
@@ -205,15 +218,20 @@ class Recurrence(torch.autograd.Function):
         cell, H, B, T = CELLS[cfg.mode], cfg.hidden, cfg.batch, cfg.steps
         x, w_ih, w_hh, b_hh, y, h0, *rest = ctx.saved_tensors
         need = ctx.needs_input_grad  # (cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-        _, step_backward = cell.steps(ctx.fused_backward)
         idx, U, params = cfg.idx_hh, cell.unfolds(cfg), cell.params(cfg)
-        order = list(range(T - 1, -1, -1)) if cfg.reverse else list(range(T))
-        segments = recomputed_segments(ctx, cell, x, w_ih, w_hh, b_hh, h0, rest) if ctx.kept is not None else \
-            stored_segments(ctx, cell, y, h0, rest, order, U)
         dh = h0.new_zeros(H, B) if dh_T is None else dh_T
         dc = None
         if cell.cell_state:
             dc = h0.new_zeros(H, B) if dc_T is None else dc_T
+        if ctx.persistent:  # one op back through time, then the stacked products
+            c0, *saved = rest
+            g_ih, g_hh, x_hh, dh, dc = persistent.backward(cfg, w_hh, transposed(w_hh, idx) if T > 1 else None, y, h0,
+                                                           c0, saved, dy, dh, dc)
+            return Recurrence._stacked_grads(ctx, need, cell, x, w_ih, g_ih, g_hh, x_hh, dh, dc)
+        _, step_backward = cell.steps(ctx.fused_backward)
+        order = list(range(T - 1, -1, -1)) if cfg.reverse else list(range(T))
+        segments = recomputed_segments(ctx, cell, x, w_ih, w_hh, b_hh, h0, rest) if ctx.kept is not None else \
+            stored_segments(ctx, cell, y, h0, rest, order, U)
         sink = ctx.sink
         stacked = ctx.stacked or sink is not None  # growth by gradient: the whole (G, X) of each weight
         # W^T dG in every step reads the values in column order: gathered once here, not per step
@@ -265,20 +283,36 @@ class Recurrence(torch.autograd.Function):
         if fused_wgrad:
             del w_hh_t  # before the copy in the CSR's order: a lower peak
             d_w_hh = untransposed(d_w_hh, idx)
-        if stacked:  # one product per weight over all T*B columns (dL/dW = G X^T), X in G's column order
-            g_ih, x_ih = _to_cols(torch.stack(dgx_t)), _to_cols(x)
-            g_hh, x_hh = _to_cols(torch.stack(dgh_s)), _to_cols(torch.stack(states_all))
-            if need[1]:
-                d_x = mm_t(w_ih, cfg.idx_ih, g_ih).view(x.shape[1], T, B).permute(1, 0, 2).contiguous()
-            d_w_ih = wgrad(cfg.idx_ih, g_ih, x_ih) if need[4] else None
-            d_w_hh = wgrad(idx, g_hh, x_hh) if need[5] else None
-            if bias_grads:
-                d_b_ih, d_b_hh = g_ih.sum(1), g_hh.sum(1)
-            if sink is not None:
-                sink["ih"] = (g_ih.detach(), x_ih.detach())
-                sink["hh"] = (g_hh.detach(), x_hh.detach())
+        if stacked:  # one product per weight over all T*B columns
+            return Recurrence._stacked_grads(ctx, need, cell, x, w_ih, _to_cols(torch.stack(dgx_t)),
+                                             _to_cols(torch.stack(dgh_s)), _to_cols(torch.stack(states_all)), dh, dc)
         if bias_grads:
             d_b_ih, d_b_hh = (d_b_ih if need[6] else None), (d_b_hh if need[7] else None)
+        return Recurrence._grads(need, cell, d_x, dh, dc, d_w_ih, d_w_hh, d_b_ih, d_b_hh)
+
+    @staticmethod
+    def _stacked_grads(ctx, need, cell, x, w_ih, g_ih, g_hh, x_hh, dh, dc):
+        """The gradients of a stacked run from the gate gradients of all steps, input side ``g_ih``
+        and hidden side ``g_hh`` ((G*H) x (T*B)), and the states W_hh multiplied, ``x_hh`` (H x (T*B)),
+        in the same column order: one product per weight over all T*B columns (dL/dW = G X^T); a
+        ``sink`` gets those factors (growth by gradient)."""
+        cfg, sink = ctx.cfg, ctx.sink
+        T, B = cfg.steps, cfg.batch
+        x_ih = _to_cols(x)
+        d_x = mm_t(w_ih, cfg.idx_ih, g_ih).view(x.shape[1], T, B).permute(1, 0, 2).contiguous() if need[1] else None
+        d_w_ih = wgrad(cfg.idx_ih, g_ih, x_ih) if need[4] else None
+        d_w_hh = wgrad(cfg.idx_hh, g_hh, x_hh) if need[5] else None
+        d_b_ih = d_b_hh = None
+        if ctx.has_bias:
+            d_b_ih, d_b_hh = (g_ih.sum(1) if need[6] else None), (g_hh.sum(1) if need[7] else None)
+        if sink is not None:
+            sink["ih"] = (g_ih.detach(), x_ih.detach())
+            sink["hh"] = (g_hh.detach(), x_hh.detach())
+        return Recurrence._grads(need, cell, d_x, dh, dc, d_w_ih, d_w_hh, d_b_ih, d_b_hh)
+
+    @staticmethod
+    def _grads(need, cell, d_x, dh, dc, d_w_ih, d_w_hh, d_b_ih, d_b_hh):
+        """The backward's return value, in the order of the forward's inputs."""
         d_h0 = dh if need[2] else None
         d_c0 = dc if cell.cell_state and need[3] else None
         return None, d_x, d_h0, d_c0, d_w_ih, d_w_hh, d_b_ih, d_b_hh, None

@@ -22,8 +22,9 @@ import torch
 #: the masked-dense and torch.sparse baselines by cell; ours is SparseLSTM / SparseGRU / SparseRNN
 CELLS = ("LSTM", "GRU", "RNN")
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
-METHODS = ("sparse_engine", "sparse_engine_composed", "masked_dense", "torch_sparse")
-LABELS = {"sparse_engine": "ours", "sparse_engine_composed": "ours, composed step", "masked_dense": "masked-dense",
+METHODS = ("sparse_engine", "sparse_engine_composed", "sparse_engine_persistent", "masked_dense", "torch_sparse")
+LABELS = {"sparse_engine": "ours", "sparse_engine_composed": "ours, composed step",
+          "sparse_engine_persistent": "ours, persistent", "masked_dense": "masked-dense",
           "torch_sparse": "torch.sparse CSR"}
 
 
@@ -90,11 +91,15 @@ def redraw_on_device(weights, density: float, dev) -> None:
 
 
 def compute_path(model, cfg, w_hh) -> str:
-    """The path a SparseLSTM/GRU/RNN forward takes: "dense" or the sparse recurrent step's kind."""
+    """The path a SparseLSTM/GRU/RNN forward takes: "dense", "persistent" (the whole sequence in one
+    op each way) or the sparse recurrent step's kind."""
+    from ..recurrent import persistent
     from ..recurrent.cell_steps import fused_steps
 
     if model._dense_now(w_hh.values):
         return "dense"
+    if persistent.applies(cfg, w_hh.values):
+        return "persistent"
     forward, backward = fused_steps(cfg, w_hh.values)
     if forward == backward:
         return "fused" if forward else "composed"
@@ -132,7 +137,9 @@ def _ours(method, cell, H, density, dev, compute, T, B):
     if dev.type == "cuda" and not se.kernels.HAS_CUDA_KERNELS:
         return None
     module = {"LSTM": se.nn.SparseLSTM, "GRU": se.nn.SparseGRU, "RNN": se.nn.SparseRNN}[cell]
-    fused = method == "sparse_engine"
+    fused = method != "sparse_engine_composed"
+    if method == "sparse_engine_persistent":
+        compute = "persistent"
     if dev.type == "cuda":  # a placeholder pattern (one entry per 1000 rows), redrawn on the device
         model = module(H, H, density=1e-3 / H, fused=fused, compute=compute).to(dev)
         redraw_on_device([m for m in model.modules() if isinstance(m, se.SparseWeight)], density, dev)
@@ -140,7 +147,7 @@ def _ours(method, cell, H, density, dev, compute, T, B):
         model = module(H, H, density=density, fused=fused, compute=compute)
     w_hh = model.weight_hh_l0
     path = compute_path(model, Config("RNN_TANH" if cell == "RNN" else cell, H, B, T, idx_hh=w_hh.index,
-                                      fused=model.fused), w_hh)
+                                      fused=model.fused, persistent=compute == "persistent"), w_hh)
     nnz = sum(m.nnz for m in model.modules() if isinstance(m, se.SparseWeight))
     return model, list(model.parameters()), nnz, path
 
@@ -156,7 +163,7 @@ def measure(method: str, cell: str, H: int, density: float, device: str, repeats
     dev = torch.device(device)
     x = torch.randn(T, B, H, device=dev)
     path = None
-    if method in ("sparse_engine", "sparse_engine_composed"):
+    if method.startswith("sparse_engine"):
         built = _ours(method, cell, H, density, dev, compute, T, B)
         if built is None:
             return {"status": "no CUDA kernels"}

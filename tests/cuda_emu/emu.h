@@ -11,6 +11,12 @@
 //    the mask arrives at the same shuffle (same site, same mask) and none of them has exited or
 //    waits at a barrier instead;
 //  * __syncthreads: reached by every thread of the block at the same site, none exited;
+//  * cooperative launches (SE_LAUNCH_COOPERATIVE, cudaLaunchCooperativeKernel): the grid at most what
+//    fits on the device at once (the occupancy query below, 1 SM), every block resident from the start;
+//    SE_GRID_SYNC (cooperative_groups' grid sync) only there, reached by every thread of every block at
+//    the same site, none exited; a ThreadSanitizer build sees it as the synchronisation it is, so a
+//    block reading what another wrote without a grid sync between is a race;
+//  * shared memory: 48 KiB per block unless cudaFuncSetAttribute raised it (up to 227 KiB);
 //  * __ldg and the 16-byte vector loads/stores: aligned (the stores through UBSan's alignment
 //    check, which every emulator build enables);
 //  * a deadlock (threads waiting, none runnable) is reported, not a hang.
@@ -63,6 +69,12 @@ T ldg(const T* p) {
   return *p;
 }
 
+// __ldcg: a load cached in L2 only (data other blocks wrote in the same launch); a plain read here.
+template <class T>
+T ldcg(const T* p) {
+  return *p;
+}
+
 // Atomics: relaxed, as CUDA's (no ordering: a ThreadSanitizer build sees no synchronisation in
 // them), after a chance for another thread to run.
 inline int atomic_add(int* p, int v) {
@@ -104,6 +116,26 @@ void launch(const char* name, const char* where, K kernel, LaunchConfig c, A... 
   using C = decltype(call);
   run_launch(name, where, c.grid, c.block, c.shmem, c.stream, [](void* p) { (*static_cast<C*>(p))(); }, &call);
 }
+// SE_LAUNCH_COOPERATIVE(kernel, grid, block, shmem, stream, args...): cudaLaunchCooperativeKernel.
+template <class K, class... A>
+cudaError_t launch_cooperative(const char* name, const char* where, K kernel, LaunchConfig c, A... args) {
+  ++launches;
+  auto call = [&]() { kernel(args...); };
+  using C = decltype(call);
+  run_launch(name, where, c.grid, c.block, c.shmem, c.stream, [](void* p) { (*static_cast<C*>(p))(); }, &call, true,
+             reinterpret_cast<const void*>(kernel));
+  return cudaSuccess;
+}
+template <class K>
+cudaError_t occupancy(int* blocks, K, int threads, size_t shmem) {
+  *blocks = blocks_per_sm(threads, shmem);
+  return cudaSuccess;
+}
+template <class K>
+cudaError_t func_set_attribute(K kernel, cudaFuncAttribute attr, int value) {
+  if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) set_max_dynamic_shared(reinterpret_cast<const void*>(kernel), value);
+  return cudaSuccess;
+}
 
 inline cudaError_t memset_async(void* p, int v, size_t n, cudaStream_t stream = nullptr) {
   check_stream("cudaMemsetAsync", stream);
@@ -116,9 +148,14 @@ inline cudaError_t get_device(int* d) {
   return cudaSuccess;
 }
 // One SM: the long-row kernels get a 4-block grid, the index scan 8 blocks, the elementwise kernels
-// 32, so their grid-stride loops run more than once on small inputs.
-inline cudaError_t device_get_attribute(int* v, cudaDeviceAttr, int) {
-  *v = 1;
+// 32, so their grid-stride loops run more than once on small inputs. Shared memory and cooperative
+// launches as an H100's.
+inline cudaError_t device_get_attribute(int* v, cudaDeviceAttr attr, int) {
+  switch (attr) {
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *v = static_cast<int>(kMaxSharedOptin); break;
+    case cudaDevAttrMaxSharedMemoryPerMultiprocessor: *v = 228 * 1024; break;
+    default: *v = 1;  // the SM count, cooperative launch supported
+  }
   return cudaSuccess;
 }
 }  // namespace emu
@@ -141,6 +178,7 @@ inline cudaError_t device_get_attribute(int* v, cudaDeviceAttr, int) {
 #define __shfl_xor_sync ::emu::shfl_xor_sync
 #define __syncthreads ::emu::sync_threads
 #define __ldg ::emu::ldg
+#define __ldcg ::emu::ldcg
 #define atomicAdd ::emu::atomic_add
 #define atomicMin ::emu::atomic_min
 #define atomicMax ::emu::atomic_max
@@ -148,4 +186,9 @@ inline cudaError_t device_get_attribute(int* v, cudaDeviceAttr, int) {
 #define cudaGetLastError ::emu::get_last_error
 #define cudaGetDevice ::emu::get_device
 #define cudaDeviceGetAttribute ::emu::device_get_attribute
+#define cudaOccupancyMaxActiveBlocksPerMultiprocessor ::emu::occupancy
+#define cudaFuncSetAttribute ::emu::func_set_attribute
+#define SE_GRID_SYNC() ::emu::grid_sync(__FILE__, __LINE__)
+#define SE_LAUNCH_COOPERATIVE(kernel, grid, block, shmem, stream, ...) \
+  ::emu::launch_cooperative(#kernel, __PRETTY_FUNCTION__, kernel, ::emu::LaunchConfig{grid, block, shmem, stream}, __VA_ARGS__)
 using std::fma;

@@ -8,7 +8,9 @@ emu_runtime.cpp and a driver, in one of three variants:
 
 The .cu source is rewritten only where host C++ cannot take it: each ``kernel<<<cfg>>>(args);``
 becomes ``::emu::launch("kernel", __PRETTY_FUNCTION__, kernel, ::emu::LaunchConfig{cfg}, args);``,
-each ``__shared__ T name[dims];`` a per-block variable of the runtime, every ``__global__``
+each ``__shared__ T name[dims];`` a per-block variable of the runtime (``extern __shared__ T name[];`` the
+block's dynamic shared memory), cooperative launches and grid syncs (``SE_LAUNCH_COOPERATIVE``,
+``SE_GRID_SYNC``: csrc/cuda/common.cuh) the runtime's, every ``__global__``
 function's body starts with ``::emu::kernel_entry(__PRETTY_FUNCTION__, <its __launch_bounds__>)``,
 and cub's radix sort is replaced by a stable sort (cub_shim.h). The launch limits are lowered
 (grid.y at most 2, grid-stride kernels at most 3 blocks) so that the loops over them run more
@@ -31,6 +33,7 @@ CUDA_DIR = ROOT / "csrc" / "cuda"
 EMU_DIR = Path(__file__).resolve().parent
 
 LAUNCH = re.compile(r"(\b\w+_kernel(?:<[^<>]*>)?)\s*<<<(.*?)>>>\((.*?)\);", re.S)
+EXTERN_SHARED = re.compile(r"extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?(?P<type>[\w:]+)\s+(?P<name>\w+)\s*\[\s*\]\s*;")
 SHARED = re.compile(r"__shared__\s+(?P<type>[\w:]+(?:<[^;{}]*?>)?)\s+(?P<name>\w+)(?P<dims>(?:\s*\[[^\]]+\])*)\s*;")
 GLOBAL = re.compile(r"__global__\s+void\s+(?:__launch_bounds__\((?P<bounds>(?:[^()]|\([^()]*\))*)\)\s*)?(?P<name>\w+)\s*\(")
 CUB = "#include <cub/device/device_radix_sort.cuh>"
@@ -63,8 +66,10 @@ class Unavailable(Exception):
 def rewrite(source: str, name: str) -> str:
     """csrc/cuda/<name>.cu as host C++ for emu.h (see the module docstring)."""
     host, n = LAUNCH.subn(r'::emu::launch("\1", __PRETTY_FUNCTION__, \1, ::emu::LaunchConfig{\2}, \3);', source)
-    if n == 0:
+    if n == 0 and "SE_LAUNCH_COOPERATIVE(" not in source:
         raise ValueError(f"no kernel launch found in {name}.cu")
+    host = EXTERN_SHARED.sub(lambda m: f"{m['type']}* {m['name']} = static_cast<{m['type']}*>(::emu::dynamic_shared());",
+                             host)
     host = SHARED.sub(lambda m: f"static char {m['name']}_emu_tag; auto& {m['name']} = "
                                 f"::emu::shared<{m['type']}{m['dims']}>(&{m['name']}_emu_tag);", host)
     if "__shared__" in host:

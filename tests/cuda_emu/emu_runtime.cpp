@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <random>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -42,6 +43,8 @@ constexpr unsigned kMaxBlockX = 1024, kMaxBlockY = 1024, kMaxBlockZ = 64;
 constexpr unsigned kMaxGridX = 2147483647u;
 constexpr unsigned kMaxGridYZ = SPARSE_ENGINE_MAX_GRID_Y;  // 65,535 on a GPU; lowered by the build
 constexpr size_t kMaxSharedPerBlock = 48 * 1024;  // static + dynamic without an opt-in attribute
+constexpr size_t kSharedPerSM = 228 * 1024;       // an SM's shared memory (sm_90), for co-residency
+constexpr int kThreadsPerSM = 2048, kBlocksPerSM = 32;
 constexpr size_t kStackBytes = EMU_STACK_KIB * 1024;
 constexpr int kExitStatus = 86;
 
@@ -113,7 +116,7 @@ inline void ctx_switch(Context& from, Context& to) { swapcontext(&from.uc, &to.u
 #endif
 
 // ------------------------------------------------------------------ state
-enum class State { Idle, Runnable, AtShuffle, AtBarrier, Done };
+enum class State { Idle, Runnable, AtShuffle, AtBarrier, AtGridSync, Done };
 
 struct Block;
 
@@ -172,6 +175,7 @@ struct Block {
   // shared memory
   std::vector<SharedVar> shared;
   size_t shared_bytes = 0;
+  void* dynamic = nullptr;  // extern __shared__: the launch's shmem bytes
 };
 
 struct Launch {
@@ -187,8 +191,19 @@ struct Launch {
   std::vector<Block*> running;
   int live_blocks = 0, max_live = 1;
   int picks = 0;
+  size_t shared_limit = 0;  // static + dynamic shared memory per block this kernel may take
+  // cooperative launches (cudaLaunchCooperativeKernel): every block resident, grid_sync allowed
+  bool cooperative = false;
+  long total_threads = 0, exited_threads = 0;
+  long grid_arrived = 0;
+  unsigned grid_gen = 0;
+  const char* grid_file = nullptr;
+  int grid_line = 0;
+  std::vector<Fiber*> grid_waiting;
+  char grid_sync_addr[2];  // TSan synchronisation addresses, one per grid barrier generation parity
 };
 
+std::map<const void*, int> g_max_dynamic_shared;  // cudaFuncSetAttribute per kernel
 uint64_t g_seed = 1;
 cudaStream_t g_stream = nullptr;
 bool g_stream_set = false;
@@ -314,10 +329,11 @@ void switch_to(Fiber* from, Fiber* to) {
   for (Block* b : g_launch->running)
     for (Fiber* f : b->threads) {
       if (shown == 8) break;
-      if (f->state != State::AtShuffle && f->state != State::AtBarrier) continue;
+      if (f->state != State::AtShuffle && f->state != State::AtBarrier && f->state != State::AtGridSync) continue;
       char buf[256];
       snprintf(buf, sizeof buf, "\n    block (%u,%u,%u) thread %d at %s %s:%d", b->idx.x, b->idx.y, b->idx.z, f->linear,
-               f->state == State::AtShuffle ? "a shuffle" : "__syncthreads", base(f->wait_file), f->wait_line);
+               f->state == State::AtShuffle ? "a shuffle" : f->state == State::AtBarrier ? "__syncthreads" : "a grid sync",
+               base(f->wait_file), f->wait_line);
       s += buf;
       ++shown;
     }
@@ -388,6 +404,7 @@ void admit_block() {
 
 void retire_block(Block* b) {
   for (SharedVar& v : b->shared) free(v.ptr);
+  free(b->dynamic);
   for (Fiber* f : b->threads) {
     f->state = State::Idle;
     f->block = nullptr;
@@ -414,6 +431,11 @@ void thread_exit(Fiber* f) {
     fail("thread returns while %d threads of its block wait at __syncthreads at %s:%d: a barrier must be reached "
          "by every thread of the block",
          b->bar_arrived, base(b->bar_file), b->bar_line);
+  if (g_launch->grid_arrived > 0)
+    fail("thread returns while %ld threads of the grid wait at the grid sync at %s:%d: a grid sync must be reached by "
+         "every thread of every block",
+         g_launch->grid_arrived, base(g_launch->grid_file), g_launch->grid_line);
+  ++g_launch->exited_threads;
   w.exited |= 1u << f->lane;
   if (b->first_exited < 0) b->first_exited = f->linear;
   ++b->exited;
@@ -473,9 +495,10 @@ void* shared_alloc(const void* tag, size_t bytes) {
   for (const SharedVar& v : b.shared)
     if (v.tag == tag) return v.ptr;
   b.shared_bytes += bytes;
-  if (b.shared_bytes + g_launch->shmem > kMaxSharedPerBlock)
-    fail("%zu bytes of static and %zu of dynamic shared memory per block, more than %zu", b.shared_bytes,
-         g_launch->shmem, kMaxSharedPerBlock);
+  if (b.shared_bytes + g_launch->shmem > g_launch->shared_limit)
+    fail("%zu bytes of static and %zu of dynamic shared memory per block, more than %zu (cudaFuncSetAttribute "
+         "raises the 48 KiB default up to %zu)", b.shared_bytes, g_launch->shmem, g_launch->shared_limit,
+         kMaxSharedOptin);
   void* p = malloc(bytes ? bytes : 1);
   memset(p, 0xff, bytes);  // uninitialised shared memory: NaN for floats (not a write by this thread)
   b.shared.push_back({tag, p, bytes});
@@ -606,6 +629,81 @@ void syncthreads(const char* file, int line) {
 #endif
 }
 
+void grid_sync(const char* file, int line) {
+  Ignore ignore;
+  Fiber* f = g_current;
+  if (!f) fail("a grid sync outside a kernel");
+  Launch& L = *g_launch;
+  if (!L.cooperative)
+    fail("a grid sync at %s:%d in a launch that is not cooperative: its blocks are not all resident at once, and the "
+         "waiting ones would deadlock a GPU (launch with cudaLaunchCooperativeKernel)", base(file), line);
+  Block& b = *f->block;
+  for (Round* r : b.warps[f->warp].open)
+    if (r->mask >> f->lane & 1)
+      fail("grid sync at %s:%d while lanes 0x%08x of its warp wait for this thread at the shuffle at %s:%d", base(file),
+           line, r->arrived, base(r->file), r->line);
+  if (b.bar_arrived > 0)
+    fail("grid sync at %s:%d while %d threads of its block wait at __syncthreads at %s:%d", base(file), line,
+         b.bar_arrived, base(b.bar_file), b.bar_line);
+  if (L.exited_threads > 0)
+    fail("grid sync at %s:%d after %ld threads of the grid returned: a grid sync must be reached by every thread of "
+         "every block", base(file), line, L.exited_threads);
+  if (L.grid_arrived == 0) {
+    L.grid_file = file;
+    L.grid_line = line;
+  } else if (L.grid_line != line || strcmp(L.grid_file, file) != 0) {
+    fail("grid sync at %s:%d while %ld threads of the grid wait at the one at %s:%d (a grid sync in divergent code)",
+         base(file), line, L.grid_arrived, base(L.grid_file), L.grid_line);
+  }
+  const unsigned gen = L.grid_gen;
+#if defined(EMU_TSAN)
+  __tsan_release(&L.grid_sync_addr[gen & 1]);
+#endif
+  ++L.grid_arrived;
+  if (L.grid_arrived == L.total_threads) {  // the last thread: release them all
+    for (Fiber* t : L.grid_waiting) make_runnable(t);
+    L.grid_waiting.clear();
+    L.grid_arrived = 0;
+    ++L.grid_gen;
+    make_runnable(f);
+  } else {
+    f->state = State::AtGridSync;
+    f->wait_file = file;
+    f->wait_line = line;
+    L.grid_waiting.push_back(f);
+  }
+  reschedule(f);
+#if defined(EMU_TSAN)
+  __tsan_acquire(&L.grid_sync_addr[gen & 1]);
+#endif
+}
+
+void* dynamic_shared() {
+  Ignore ignore;
+  Fiber* f = g_current;
+  if (!f) fail("extern __shared__ memory used outside a kernel");
+  Block& b = *f->block;
+  if (!b.dynamic) {
+    b.dynamic = malloc(g_launch->shmem ? g_launch->shmem : 1);
+    memset(b.dynamic, 0xff, g_launch->shmem);  // uninitialised: NaN for floats
+  }
+  return b.dynamic;
+}
+
+void set_max_dynamic_shared(const void* kernel, int bytes) {
+  Ignore ignore;
+  if (bytes < 0 || static_cast<size_t>(bytes) > kMaxSharedOptin)
+    fail("cudaFuncSetAttribute(MaxDynamicSharedMemorySize, %d): at most %zu on the device", bytes, kMaxSharedOptin);
+  g_max_dynamic_shared[kernel] = bytes;
+}
+
+int blocks_per_sm(int threads, size_t shmem) {
+  if (threads <= 0) return 0;
+  const size_t by_shared = kSharedPerSM / (shmem + 1024);  // 1 KiB reserved per block, as on sm_80 / sm_90
+  return static_cast<int>(std::min<size_t>({static_cast<size_t>(kThreadsPerSM / threads), by_shared,
+                                            static_cast<size_t>(kBlocksPerSM)}));
+}
+
 void check_stream(const char* what, cudaStream_t stream) {
   Ignore ignore;
   if (g_stream_set && stream != g_stream)
@@ -614,7 +712,7 @@ void check_stream(const char* what, cudaStream_t stream) {
 }
 
 void run_launch(const char* name, const char* where, dim3 grid, dim3 block, size_t shmem, cudaStream_t stream,
-                void (*body)(void*), void* closure) {
+                void (*body)(void*), void* closure, bool cooperative, const void* kernel) {
   Ignore ignore;
   if (g_current) fail("a kernel launch inside a kernel");
   Launch L;
@@ -625,6 +723,9 @@ void run_launch(const char* name, const char* where, dim3 grid, dim3 block, size
   L.shmem = shmem;
   L.body = body;
   L.closure = closure;
+  L.cooperative = cooperative;
+  const auto optin = g_max_dynamic_shared.find(kernel);
+  L.shared_limit = std::max(kMaxSharedPerBlock, optin == g_max_dynamic_shared.end() ? size_t(0) : size_t(optin->second));
   g_launch = &L;
   const unsigned long long nt = 1ull * block.x * block.y * block.z;
   if (block.x == 0 || block.y == 0 || block.z == 0 || grid.x == 0 || grid.y == 0 || grid.z == 0)
@@ -635,23 +736,38 @@ void run_launch(const char* name, const char* where, dim3 grid, dim3 block, size
   if (grid.x > kMaxGridX || grid.y > kMaxGridYZ || grid.z > kMaxGridYZ)
     fail("grid (%u, %u, %u): grid.x at most %u, grid.y and grid.z at most %u here (SPARSE_ENGINE_MAX_GRID_Y)", grid.x,
          grid.y, grid.z, kMaxGridX, kMaxGridYZ, kMaxGridYZ);
-  if (shmem > kMaxSharedPerBlock) fail("%zu bytes of dynamic shared memory, more than %zu", shmem, kMaxSharedPerBlock);
+  if (shmem > L.shared_limit)
+    fail("%zu bytes of dynamic shared memory, more than %zu (cudaFuncSetAttribute raises the 48 KiB default up to %zu)",
+         shmem, L.shared_limit, kMaxSharedOptin);
   check_stream("kernel launch", stream);
   ++g_stats.launches;
-  const std::string base_name = std::string(name).substr(0, std::string(name).find('<'));
-  if (("," + g_kernels + ",").find("," + base_name + ",") == std::string::npos)
-    g_kernels += (g_kernels.empty() ? "" : ",") + base_name;
   for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)
       for (unsigned x = 0; x < grid.x; ++x) L.order.push_back(uint3{x, y, z});
   std::shuffle(L.order.begin(), L.order.end(), g_rng);
-  const int at_once = 2 + static_cast<int>(g_seed % 3);
+  int at_once = 2 + static_cast<int>(g_seed % 3);
+  if (cooperative) {  // every block resident from the start; a GPU refuses a grid larger than what fits
+    const long fits = blocks_per_sm(static_cast<int>(nt), shmem);  // x 1 SM
+    if (static_cast<long>(L.order.size()) > fits)
+      fail("a cooperative launch of %zu blocks, more than the %ld that fit on the device at once "
+           "(cudaErrorCooperativeLaunchTooLarge: size the grid with cudaOccupancyMaxActiveBlocksPerMultiprocessor)",
+           L.order.size(), fits);
+    at_once = static_cast<int>(L.order.size());
+    L.total_threads = static_cast<long>(L.order.size()) * static_cast<long>(nt);
+  }
 #if defined(EMU_TSAN)
   __tsan_release(&g_launch_begin);
 #endif
   for (int i = 0; i < at_once && L.next < L.order.size(); ++i) admit_block();
   reschedule(nullptr);  // back here when every block has finished
   if (!g_runnable.empty() || L.live_blocks != 0) fail("emulator: launch ended with threads left");
+  // the kernel's own name, from its first thread ("void ns::name(args) [with ...]"): what kernels_launched lists
+  std::string kernel_name = L.pretty ? std::string(L.pretty) : std::string(name);
+  kernel_name = kernel_name.substr(0, kernel_name.find('('));
+  kernel_name = kernel_name.substr(kernel_name.find_last_of(": ") + 1);
+  kernel_name = kernel_name.substr(0, kernel_name.find('<'));
+  if (("," + g_kernels + ",").find("," + kernel_name + ",") == std::string::npos)
+    g_kernels += (g_kernels.empty() ? "" : ",") + kernel_name;
 #if defined(EMU_TSAN)
   __tsan_acquire(&g_launch_end);
 #endif

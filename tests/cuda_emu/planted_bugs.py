@@ -32,8 +32,10 @@ TABLE = ROOT / "docs" / "cuda_planted_bugs.md"
 # Which emulator executables a file's kernels run in: (kernel files, driver).
 DRIVER = ("driver", ["spmm_cuda", "sddmm_cuda", "transpose_cuda"])
 RNN_DRIVER = ("rnn_driver", ["rnn_step_cuda", "spmm_cuda"])
+SEQ_DRIVER = ("seq_driver", ["rnn_sequence_cuda"])
 DRIVERS = {"spmm_cuda.cu": [DRIVER, RNN_DRIVER], "sddmm_cuda.cu": [DRIVER], "transpose_cuda.cu": [DRIVER],
-           "rnn_step_cuda.cu": [RNN_DRIVER], "common.cuh": [DRIVER, RNN_DRIVER]}
+           "rnn_step_cuda.cu": [RNN_DRIVER], "rnn_sequence_cuda.cu": [SEQ_DRIVER],
+           "common.cuh": [DRIVER, RNN_DRIVER, SEQ_DRIVER]}
 # (stage, variant, suite, seeds)
 STAGES = [("emulator", "plain", "small", ["1", "2", "3"]), ("asan+ubsan", "asan", "sanitize", ["1"]),
           ("tsan", "tsan", "sanitize", ["1"])]
@@ -105,6 +107,25 @@ BUGS = [
         "gather_long_kernel: grid-stride step 1 instead of gridDim.x (blocks redo each other's rows)"),
     Bug("missing-memset", "common.cuh", "  return cudaMemsetAsync(workspace, 0, sizeof(int32_t), stream);",
         "  return cudaSuccess;", "init_long_rows: the long-row list's count is not zeroed (garbage from cudaMalloc)"),
+    Bug("grid-sync-removed-forward", "rnn_sequence_cuda.cu",
+        "    if (s + 1 < a.steps) SE_GRID_SYNC();  // every unit's h' of step t before any reads it\n", "",
+        "seq_forward_kernel: the grid sync between one step's states and the next step's reads of them removed"),
+    Bug("grid-sync-removed-backward", "rnn_sequence_cuda.cu",
+        "    SE_GRID_SYNC();  // every gate gradient of step t before any unit's W_hh^T dG reads it\n", "",
+        "seq_backward_kernel: the grid sync between the gate gradients and W_hh^T dG removed"),
+    Bug("grid-not-resident", "rnn_sequence_cuda.cu",
+        "  blocks = std::min<int64_t>(static_cast<int64_t>(per_sm) * num_sms(), cdiv(H, kSeqWarps));",
+        "  blocks = cdiv(H, kSeqWarps);",
+        "grid_for: a grid of one block per 8 units, not capped at what can be resident at once"),
+    Bug("grid-sync-not-cooperative", "rnn_sequence_cuda.cu",
+        "      return SE_LAUNCH_COOPERATIVE(kernel, dim3(static_cast<unsigned>(blocks)), dim3(kSeqThreads), 0, stream, a);\n"
+        "    }\n  });\n}\n\ntemplate <typename T>\ncudaError_t backward(",
+        "      seq_forward_kernel<T, M><<<dim3(static_cast<unsigned>(blocks)), dim3(kSeqThreads), 0, stream>>>(a);\n"
+        "      return cudaGetLastError();\n    }\n  });\n}\n\ntemplate <typename T>\ncudaError_t backward(",
+        "the forward launched as a plain launch: its grid syncs wait for blocks that need not be resident"),
+    Bug("state-read-cached", "rnn_sequence_cuda.cu",
+        "const T* h = s == 0 ? a.h0 : a.y + tp * HB;", "const T* h = a.h0;",
+        "seq_forward_kernel: every step reads h_0 instead of the state the step before wrote"),
     Bug("default-stream", "spmm_cuda.cu", "gather_rows_kernel<T, VEC, CW><<<grid, kRowWarps * kWarp, 0, stream>>>(a);",
         "gather_rows_kernel<T, VEC, CW><<<grid, kRowWarps * kWarp>>>(a);",
         "gather_launch: the row kernel launched on the default stream, not the caller's"),

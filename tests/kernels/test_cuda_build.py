@@ -46,7 +46,7 @@ def _nvcc(cuda_home) -> str | None:
     return None
 
 
-FAMILIES = ("spmm", "sddmm", "transpose", "rnn_step")  # the op families with CUDA kernels (csrc/ops.cpp)
+FAMILIES = ("spmm", "sddmm", "transpose", "rnn_step", "rnn_sequence")  # the op families with CUDA kernels (csrc/ops.cpp)
 
 
 def test_there_are_cuda_sources():

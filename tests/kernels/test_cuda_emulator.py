@@ -82,7 +82,7 @@ def test_emulator_reports_a_broken_cuda_rule(selftest, case):
 
 
 # -------------------------------------------------------------------- planted bugs (a few, in CI)
-PLANTED_IN_CI = ["grid-y-overflow", "shuffle-mask", "sync-divergent", "misaligned-vector-load"]
+PLANTED_IN_CI = ["grid-y-overflow", "shuffle-mask", "sync-divergent", "misaligned-vector-load", "grid-sync-removed-forward"]
 
 
 @pytest.mark.slow

@@ -204,6 +204,8 @@ def test_bad_arguments_name_themselves():
     with pytest.raises(ValueError, match="dense path"):  # small and dense: compute='auto' goes dense
         predict(SparseLSTM(8, 64, density=0.5, compute="auto"), 5, 4)
     assert predict(SparseLSTM(8, 64, density=0.5, compute="auto", recompute_every=2), 5, 4).peak > 0  # sparse
+    with pytest.raises(ValueError, match="compute='persistent'.*not cover"):
+        predict(SparseLSTM(8, 64, density=0.1, compute="persistent"), 5, 4)
 
 
 def test_sizes_parse_and_print():

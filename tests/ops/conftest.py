@@ -16,8 +16,9 @@ cross-family files). Test files import nothing from here; they ask for these fix
   (torch.compile against eager), ``half_gradient_case`` (float16/bfloat16 gradients against float32),
   and for the CUDA tests ``assert_close_to`` (their tolerance), ``cpu_f64_references``,
   ``layout_batches``, ``many_long_rows`` and ``nan_pool_inputs``;
-* ``driver_runs`` and ``rnn_driver_runs``: the CUDA emulator's drivers (tests/cuda_emu/driver.cpp:
-  spmm, sddmm, transpose_index and the index scan; rnn_driver.cpp: the fused steps), built and run once
+* ``driver_runs``, ``rnn_driver_runs`` and ``seq_driver_runs``: the CUDA emulator's drivers
+  (tests/cuda_emu/driver.cpp: spmm, sddmm, transpose_index and the index scan; rnn_driver.cpp: the fused
+  steps; seq_driver.cpp: the persistent whole-sequence kernels), built and run once
   per session for every seed (tests/cuda_emu/emu_testing.py); each family's test asserts on its lines.
 
 The references, factories and assertions that code outside the op tests needs too are in
@@ -456,3 +457,9 @@ def rnn_driver_runs(tmp_path_factory) -> dict:
     """{seed: CompletedProcess} of tests/cuda_emu/rnn_driver.cpp: rnn_step_cuda.cu (+ spmm_cuda.cu, whose
     gather its backward calls), a separate executable from the driver's."""
     return emu_testing.driver_runs(tmp_path_factory, "rnn_driver")
+
+@pytest.fixture(scope="session")
+def seq_driver_runs(tmp_path_factory) -> dict:
+    """{seed: CompletedProcess} of tests/cuda_emu/seq_driver.cpp: the persistent kernels of
+    rnn_sequence_cuda.cu (cooperative launches, a grid-wide barrier per step) against float64 references."""
+    return emu_testing.driver_runs(tmp_path_factory, "seq_driver")

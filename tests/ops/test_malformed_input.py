@@ -227,6 +227,39 @@ def _step_op(name: str, mode: str, backward: bool) -> Op:
     return Op(name, (GATES[mode] * H, H), "csc" if backward else "csr", call, check)
 
 
+def _seq_op(mode: str, backward: bool) -> Op:
+    """rnn_sequence(_backward) of ``mode`` over 2 steps; W_hh is read like the step ops read it."""
+    H, T = 3, 2
+    lstm, saved = mode == "LSTM", SAVED_ACTS[mode] > 0
+
+    def steps(rows, seed):
+        return _X(rows * T, seed).view(rows, T, B)
+
+    if not backward:
+        args = (mode, steps(GATES[mode] * H, 2), _X(H, 3), _X(H, 4) if lstm else None,
+                _X(3 * H, 5)[:, 0].clone() if mode == "GRU" else None, True)
+    else:
+        sequence = lambda rows, seed: steps(rows, seed).permute(1, 0, 2).contiguous().tanh()  # noqa: E731
+        args = (mode, sequence(H, 2), _X(H, 3), _X(H, 4) if lstm else None, sequence(H, 5) if lstm else None,
+                sequence(SAVED_ACTS[mode] * H, 6).sigmoid() if saved else None, sequence(H, 7), _X(H, 8),
+                _X(H, 9) if lstm else None, True)
+    name = "rnn_sequence_backward" if backward else "rnn_sequence"
+    op = getattr(OPS, name)
+
+    def call(ix):
+        if not backward:
+            ix = _unread(ix)
+        return op(*ix.five, ix.values, *args)
+
+    def check(out, ix):  # the same op on the coalesced matrix
+        ref = coalesced(ix, "csc" if backward else "csr")
+        for a, b in zip(out, op(*ref.five, ref.values, *args)):
+            if a.numel():
+                close(a, b, f"{name} {mode}")
+
+    return Op(f"{name}", (GATES[mode] * H, H), "csc" if backward else "csr", call, check)
+
+
 def _compact_check(out, ix):
     keep = _keep(ix)
     r, c, v = coo(ix, "csr")
@@ -293,6 +326,7 @@ SPARSE_OPS = [
     *[_step_op(f"{p}_step{'_backward' if bw else ''}", mode, bw)
       for p, mode in (("lstm", "LSTM"), ("gru", "GRU"), ("rnn", "RNN_TANH"), ("ctrnn", "CTRNN"))
       for bw in (False, True)],
+    *[_seq_op(mode, bw) for mode in ("LSTM", "GRU", "RNN_RELU") for bw in (False, True)],
     Op("compact", (R, C), "csr", lambda ix: OPS.compact(ix.row_ptr, ix.col_idx, ix.values, _keep(ix)),
        _compact_check),
     Op("random_empty", (R, C), "csr", lambda ix: OPS.random_empty(ix.row_ptr, ix.col_idx, ix.n_cols, 4, 7), None,

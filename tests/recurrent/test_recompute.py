@@ -347,8 +347,10 @@ def test_bad_recompute_every(bad):
 
 
 def test_refused_with_dense_compute_and_projection():
-    with pytest.raises(ValueError, match="recompute_every needs the sparse compute path"):
-        se.nn.SparseLSTM(3, 4, recompute_every=2, compute="dense")
+    for compute in ("dense", "persistent"):
+        with pytest.raises(ValueError, match=f"recompute_every needs the per-step sparse compute path: "
+                                             f"compute='{compute}'"):
+            se.nn.SparseLSTM(3, 4, recompute_every=2, compute=compute)
     with pytest.raises(ValueError, match="recompute_every is not available with proj_size"):
         se.nn.SparseLSTM(3, 4, proj_size=2, recompute_every=2)
 

@@ -1,0 +1,280 @@
+// Persistent recurrent kernels: a layer-direction's whole sequence, forward or backward, in one
+// cooperative launch (the GPU kernels of the rnn_sequence ops; contract: launchers.h, and the
+// composite kernels of sparse_engine/kernels/rnn_sequence_torch.py, which are the per-step ops in a
+// loop). Why: at a few thousand units a step is a few microseconds of work, and the per-step path
+// pays several kernel launches and their gaps for each of the T steps (Diamos et al. 2016,
+// Persistent RNNs; Zhu et al. 2018, Sparse Persistent RNNs).
+//
+// Forward (seq_forward_kernel): every block of the grid is resident for the whole launch and owns
+// a contiguous range of hidden units with all their gate rows; a warp takes one unit at a time, a
+// lane one batch column (tiles of 32). Per step it gathers the unit's G rows of W_hh against the
+// state h written by the step before (read with __ldcg: other blocks wrote it in this launch, so
+// not through the non-coherent read-only cache), adds the step's input part (one product over all
+// T*B columns made before the launch), applies the gate math and writes h' into Y[t] (the
+// state the next step reads), c' and the saved activations; then a grid-wide barrier (SE_GRID_SYNC,
+// cooperative groups) before the next step.
+// Backward (seq_backward_kernel), per step from the last: phase A, each thread its units' gate
+// gradients dG from the saved activations and the running dh (and dc), written into the T*B-column
+// dG that the weight gradients read afterwards (one sddmm over all steps); a grid barrier; phase B,
+// each thread its units' dh_prev = W_hh^T dG (their columns of W_hh: the transposed index and the
+// values in its order)
+// plus the direct term (GRU). A thread keeps the same units and columns in both phases and in
+// every step, so the running dh and dc need no barrier of their own: one grid barrier a step.
+// The weights are read from global memory each step: a matrix that fits on chip stays in L2
+// (benchmarks/gpu_all.sh's rnn stage measures whether staging it in shared memory pays).
+// Every sum has a fixed order (each output by one thread, in index order): bitwise reproducible.
+#include "common.cuh"
+#include "launchers.h"
+
+namespace sparse_engine {
+namespace cuda {
+namespace {
+
+using namespace detail;
+
+constexpr int kSeqWarps = 8;  // warps per block: each takes one hidden unit at a time
+constexpr int kSeqThreads = kSeqWarps * kWarp;
+// at least 2 blocks per SM (16 of its 64 warps): a register budget of 128 a thread, which ptxas
+// otherwise undercuts with spills around the grid barrier (CUDA 13, sm_80/sm_90; the ptxas gate of
+// tests/kernels/test_cuda_build.py)
+constexpr int kSeqMinBlocks = 2;
+template <CellMode M> constexpr int kGates = cell_gates(M);
+
+template <typename T>
+struct SeqArgs {
+  const int64_t* __restrict__ ptr;  // W_hh (G*H rows)
+  const int32_t* __restrict__ idx;
+  const T* __restrict__ values;
+  const T* __restrict__ gx;   // (G*H) x (T*B): every step's input part, biases in; column t*B + b
+  const T* h0;
+  const T* c0;                 // LSTM
+  const T* __restrict__ bhh;  // GRU's b_hh (3H) or nullptr
+  T* y;                        // T x H x B: the state after each step, in time order
+  T* cs;                       // T x H x B: LSTM's c after each step
+  T* acts;                     // T x 4H x B: LSTM [i; f; g; o], GRU [r; z; n; W_hn h + b_hn]
+  int64_t H, B, steps;  // hidden units, batch, time steps
+  bool reverse;
+};
+
+template <typename T, CellMode M>
+__global__ void __launch_bounds__(kSeqThreads, kSeqMinBlocks) seq_forward_kernel(const SeqArgs<T> a) {
+  constexpr int NG = kGates<M>;
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const int64_t per = (a.H + gridDim.x - 1) / gridDim.x;  // units per block
+  const int64_t u0 = blockIdx.x * per, u1 = u0 + per < a.H ? u0 + per : a.H;
+  const int64_t HB = a.H * a.B, TB = a.steps * a.B;
+  for (int64_t s = 0; s < a.steps; ++s) {
+    const int64_t t = a.reverse ? a.steps - 1 - s : s, tp = a.reverse ? t + 1 : t - 1;  // tp: the step before
+    const T* h = s == 0 ? a.h0 : a.y + tp * HB;
+    const T* c = nullptr;
+    if constexpr (M == CellMode::LSTM) c = s == 0 ? a.c0 : a.cs + tp * HB;
+    for (int64_t j = u0 + warp; j < u1; j += kSeqWarps) {
+      for (int64_t b = lane; b < a.B; b += kWarp) {
+        const int64_t o = j * a.B + b, col = t * a.B + b;
+        T p[NG];
+#pragma unroll
+        for (int q = 0; q < NG; ++q) {
+          T acc = 0;
+          for (int64_t k = a.ptr[q * a.H + j]; k < a.ptr[q * a.H + j + 1]; ++k)
+            acc += a.values[k] * __ldcg(h + static_cast<int64_t>(a.idx[k]) * a.B + b);
+          p[q] = acc;
+        }
+        T* hn = a.y + t * HB + o;
+        if constexpr (M == CellMode::LSTM) {
+          const T i = sigm(p[0] + a.gx[j * TB + col]), f = sigm(p[1] + a.gx[(a.H + j) * TB + col]);
+          const T g = th(p[2] + a.gx[(2 * a.H + j) * TB + col]), og = sigm(p[3] + a.gx[(3 * a.H + j) * TB + col]);
+          const T cn = f * c[o] + i * g;  // c[o]: this thread's own write of the step before
+          a.cs[t * HB + o] = cn;
+          *hn = og * th(cn);
+          T* s_acts = a.acts + t * 4 * HB + o;
+          s_acts[0] = i; s_acts[HB] = f; s_acts[2 * HB] = g; s_acts[3 * HB] = og;
+        } else if constexpr (M == CellMode::GRU) {
+          if (a.bhh != nullptr) {
+#pragma unroll
+            for (int q = 0; q < 3; ++q) p[q] += a.bhh[q * a.H + j];
+          }
+          const T r = sigm(p[0] + a.gx[j * TB + col]), z = sigm(p[1] + a.gx[(a.H + j) * TB + col]);
+          const T n = th(a.gx[(2 * a.H + j) * TB + col] + r * p[2]);
+          *hn = n + z * (__ldcg(h + o) - n);
+          T* s_acts = a.acts + t * 4 * HB + o;
+          s_acts[0] = r; s_acts[HB] = z; s_acts[2 * HB] = n; s_acts[3 * HB] = p[2];
+        } else if constexpr (M == CellMode::RNN_TANH) {
+          *hn = th(p[0] + a.gx[j * TB + col]);
+        } else {  // RNN_RELU
+          const T v = p[0] + a.gx[j * TB + col];
+          *hn = v > T(0) ? v : T(0);
+        }
+      }
+    }
+    if (s + 1 < a.steps) SE_GRID_SYNC();  // every unit's h' of step t before any reads it
+  }
+}
+
+template <typename T>
+struct SeqBackArgs {
+  const int64_t* __restrict__ cptr;  // W_hh's transposed index (csc_ptr, csc_row)
+  const int32_t* __restrict__ crow;
+  const T* __restrict__ values_t;     // W_hh's values in that index's order (values[csc_perm])
+  const T* __restrict__ y;     // the forward's outputs: states, c's, saved activations
+  const T* __restrict__ h0;
+  const T* __restrict__ cs;
+  const T* __restrict__ c0;
+  const T* __restrict__ acts;
+  const T* __restrict__ dy;    // T x H x B, or nullptr (the output sequence took no gradient)
+  T* dG;                       // (G*H) x (T*B): the hidden-side gate gradients, column t*B + b
+  T* dgx;                      // GRU: (3H) x (T*B), the input-side ones
+  T* dh;                       // H x B: dh_T in, the running gradient, dh_0 out
+  T* dc;                       // LSTM: dc_T in, dc_0 out
+  int64_t H, B, steps;  // hidden units, batch, time steps
+  bool reverse;
+};
+
+template <typename T, CellMode M>
+__global__ void __launch_bounds__(kSeqThreads, kSeqMinBlocks) seq_backward_kernel(const SeqBackArgs<T> a) {
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  const int64_t per = (a.H + gridDim.x - 1) / gridDim.x;  // units per block
+  const int64_t u0 = blockIdx.x * per, u1 = u0 + per < a.H ? u0 + per : a.H;
+  const int64_t HB = a.H * a.B, TB = a.steps * a.B;
+  for (int64_t s = a.steps - 1; s >= 0; --s) {
+    const int64_t t = a.reverse ? a.steps - 1 - s : s, tp = a.reverse ? t + 1 : t - 1;
+    // phase A: this thread's units' gate gradients of step t (and the direct part of dh_prev)
+    for (int64_t j = u0 + warp; j < u1; j += kSeqWarps) {
+      for (int64_t b = lane; b < a.B; b += kWarp) {
+        const int64_t o = j * a.B + b, col = t * a.B + b;
+        const T d = a.dh[o] + (a.dy != nullptr ? a.dy[t * HB + o] : T(0));
+        T* g = a.dG + j * TB + col;  // gate q's row: g[q * H * TB]
+        if constexpr (M == CellMode::LSTM) {
+          const T* s_acts = a.acts + t * 4 * HB + o;
+          const T i = s_acts[0], f = s_acts[HB], gg = s_acts[2 * HB], og = s_acts[3 * HB];
+          const T c_prev = s == 0 ? a.c0[o] : a.cs[tp * HB + o];
+          const T tc = th(a.cs[t * HB + o]);
+          const T dcn = a.dc[o] + d * og * (T(1) - tc * tc);
+          g[0] = dcn * gg * i * (T(1) - i);
+          g[a.H * TB] = dcn * c_prev * f * (T(1) - f);
+          g[2 * a.H * TB] = dcn * i * (T(1) - gg * gg);
+          g[3 * a.H * TB] = d * tc * og * (T(1) - og);
+          a.dc[o] = dcn * f;
+          a.dh[o] = T(0);
+        } else if constexpr (M == CellMode::GRU) {
+          const T* s_acts = a.acts + t * 4 * HB + o;
+          const T r = s_acts[0], z = s_acts[HB], n = s_acts[2 * HB], ghn = s_acts[3 * HB];
+          const T h_prev = s == 0 ? a.h0[o] : a.y[tp * HB + o];
+          const T dpn = d * (T(1) - z) * (T(1) - n * n);
+          const T dpr = dpn * ghn * r * (T(1) - r), dpz = d * (h_prev - n) * z * (T(1) - z);
+          g[0] = dpr;
+          g[a.H * TB] = dpz;
+          g[2 * a.H * TB] = dpn * r;
+          T* gx = a.dgx + j * TB + col;
+          gx[0] = dpr;
+          gx[a.H * TB] = dpz;
+          gx[2 * a.H * TB] = dpn;
+          a.dh[o] = d * z;
+        } else {
+          const T hn = a.y[t * HB + o];
+          g[0] = M == CellMode::RNN_TANH ? d * (T(1) - hn * hn) : (hn > T(0) ? d : T(0));
+          a.dh[o] = T(0);
+        }
+      }
+    }
+    SE_GRID_SYNC();  // every gate gradient of step t before any unit's W_hh^T dG reads it
+    // phase B: this thread's units' dh_prev, from their columns of W_hh
+    for (int64_t j = u0 + warp; j < u1; j += kSeqWarps) {
+      for (int64_t b = lane; b < a.B; b += kWarp) {
+        const int64_t col = t * a.B + b;
+        T acc = 0;
+        for (int64_t k = a.cptr[j]; k < a.cptr[j + 1]; ++k)
+          acc += a.values_t[k] * __ldcg(a.dG + static_cast<int64_t>(a.crow[k]) * TB + col);
+        a.dh[j * a.B + b] += acc;
+      }
+    }
+  }
+}
+
+// The grid: every block resident at once (what the occupancy query allows on every SM), at most
+// one unit per warp.
+template <typename K>
+cudaError_t grid_for(K kernel, int64_t H, int64_t& blocks) {
+  int per_sm = 0;
+  if (const cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kSeqThreads, 0);
+      e != cudaSuccess)
+    return e;
+  blocks = std::min<int64_t>(static_cast<int64_t>(per_sm) * num_sms(), cdiv(H, kSeqWarps));
+  return blocks > 0 ? cudaSuccess : cudaErrorCooperativeLaunchTooLarge;
+}
+
+bool sequence_mode(CellMode mode) {
+  return mode == CellMode::LSTM || mode == CellMode::GRU || mode == CellMode::RNN_TANH || mode == CellMode::RNN_RELU;
+}
+
+template <typename T>
+cudaError_t forward(CellMode mode, const SeqArgs<T>& a, cudaStream_t stream) {
+  if (!sequence_mode(mode)) return cudaErrorInvalidValue;
+  if (a.H <= 0 || a.B <= 0 || a.steps <= 0) return cudaSuccess;
+  return dispatch_mode(mode, [&](auto m) -> cudaError_t {
+    constexpr CellMode M = decltype(m)::value;
+    if constexpr (M == CellMode::CTRNN) {
+      return cudaErrorInvalidValue;
+    } else {
+      auto kernel = seq_forward_kernel<T, M>;
+      int64_t blocks = 0;
+      if (const cudaError_t e = grid_for(kernel, a.H, blocks); e != cudaSuccess) return e;
+      return SE_LAUNCH_COOPERATIVE(kernel, dim3(static_cast<unsigned>(blocks)), dim3(kSeqThreads), 0, stream, a);
+    }
+  });
+}
+
+template <typename T>
+cudaError_t backward(CellMode mode, const SeqBackArgs<T>& a, cudaStream_t stream) {
+  if (!sequence_mode(mode)) return cudaErrorInvalidValue;
+  if (a.H <= 0 || a.B <= 0 || a.steps <= 0) return cudaSuccess;
+  return dispatch_mode(mode, [&](auto m) -> cudaError_t {
+    constexpr CellMode M = decltype(m)::value;
+    if constexpr (M == CellMode::CTRNN) {
+      return cudaErrorInvalidValue;
+    } else {
+      auto kernel = seq_backward_kernel<T, M>;
+      int64_t blocks = 0;
+      if (const cudaError_t e = grid_for(kernel, a.H, blocks); e != cudaSuccess) return e;
+      return SE_LAUNCH_COOPERATIVE(kernel, dim3(static_cast<unsigned>(blocks)), dim3(kSeqThreads), 0, stream, a);
+    }
+  });
+}
+
+}  // namespace
+
+bool rnn_sequence_mode(CellMode mode) { return sequence_mode(mode); }
+
+cudaError_t launch_rnn_sequence_forward(CellMode mode, const int64_t* row_ptr, const int32_t* col_idx,
+                                        const float* values, const float* gx, const float* h0, const float* c0,
+                                        const float* b_hh, float* y, float* cs, float* acts, int64_t H, int64_t B,
+                                        int64_t T, bool reverse, cudaStream_t stream) {
+  return forward<float>(mode, {row_ptr, col_idx, values, gx, h0, c0, b_hh, y, cs, acts, H, B, T, reverse}, stream);
+}
+
+cudaError_t launch_rnn_sequence_forward(CellMode mode, const int64_t* row_ptr, const int32_t* col_idx,
+                                        const double* values, const double* gx, const double* h0, const double* c0,
+                                        const double* b_hh, double* y, double* cs, double* acts, int64_t H,
+                                        int64_t B, int64_t T, bool reverse, cudaStream_t stream) {
+  return forward<double>(mode, {row_ptr, col_idx, values, gx, h0, c0, b_hh, y, cs, acts, H, B, T, reverse}, stream);
+}
+
+cudaError_t launch_rnn_sequence_backward(CellMode mode, const int64_t* csc_ptr, const int32_t* csc_row,
+                                         const float* values_t, const float* y,
+                                         const float* h0, const float* cs, const float* c0, const float* acts,
+                                         const float* dy, float* dG, float* dgx, float* dh, float* dc, int64_t H,
+                                         int64_t B, int64_t T, bool reverse, cudaStream_t stream) {
+  return backward<float>(mode, {csc_ptr, csc_row, values_t, y, h0, cs, c0, acts, dy, dG, dgx, dh, dc, H, B,
+                                T, reverse}, stream);
+}
+
+cudaError_t launch_rnn_sequence_backward(CellMode mode, const int64_t* csc_ptr, const int32_t* csc_row,
+                                         const double* values_t, const double* y,
+                                         const double* h0, const double* cs, const double* c0, const double* acts,
+                                         const double* dy, double* dG, double* dgx, double* dh, double* dc, int64_t H,
+                                         int64_t B, int64_t T, bool reverse, cudaStream_t stream) {
+  return backward<double>(mode, {csc_ptr, csc_row, values_t, y, h0, cs, c0, acts, dy, dG, dgx, dh, dc, H, B,
+                                 T, reverse}, stream);
+}
+
+}  // namespace cuda
+}  // namespace sparse_engine

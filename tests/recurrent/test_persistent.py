@@ -1,0 +1,181 @@
+"""compute="persistent": each layer-direction's whole sequence in one op each way
+(sparse_engine/recurrent/persistent.py; the ops are tests/ops/test_rnn_sequence.py's). On the CPU the
+op is the fused step ops in a loop, so the modules give the per-step sparse path's bits (a reverse
+direction's W_hh and b_hh gradients add the steps' columns in another order: close, not equal);
+where the ops do not apply the run takes the per-step path; the choice is a compute setting like the
+others; gradcheck, growth by gradient and torch.compile go through it."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sparse_engine as se
+from sparse_engine.recurrent import compute_paths, persistent
+from sparse_engine.recurrent.config import Config
+
+MODULES = [se.nn.SparseLSTM, se.nn.SparseGRU, se.nn.SparseRNN]
+
+
+def build(cls, seed, **kw):
+    torch.manual_seed(seed)
+    kw.setdefault("density", 0.5)
+    kw.setdefault("dtype", torch.float64)
+    return cls(5, 7, **kw)
+
+
+def forward_backward(m, x, compute, hx=None):
+    """Outputs and every gradient (input's, parameters') of one forward and backward."""
+    m.compute = compute
+    m.zero_grad()
+    x = x.detach().requires_grad_()
+    y, h = m(x, hx)
+    hs = h if isinstance(h, tuple) else (h,)
+    g = torch.Generator().manual_seed(5)
+    (y * torch.randn(y.shape, generator=g, dtype=y.dtype)).sum().backward(retain_graph=True)
+    sum(s.sum() for s in hs).backward()
+    return {"y": y.detach(), **{f"h{k}": s.detach() for k, s in enumerate(hs)}, "x": x.grad,
+            **{n: p.grad for n, p in m.named_parameters()}}
+
+
+@pytest.fixture
+def op_calls(monkeypatch):
+    """The runs that took the sequence op (a list, one entry per layer-direction)."""
+    calls, real = [], persistent.forward
+
+    def counted(cfg, *args):
+        calls.append(cfg)
+        return real(cfg, *args)
+
+    monkeypatch.setattr(persistent, "forward", counted)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("cls", MODULES, ids=lambda c: c.__name__)
+def test_same_bits_as_the_per_step_path_on_the_cpu(cls, dtype, op_calls, rng):
+    m = build(cls, 1, num_layers=2, bidirectional=True, dtype=dtype)
+    x = torch.randn(6, 3, 5, generator=rng, dtype=dtype)
+    want = forward_backward(m, x, "sparse")
+    assert not op_calls
+    got = forward_backward(m, x, "persistent")
+    assert len(op_calls) == 4  # 2 layers x 2 directions
+    for name in want:
+        if "reverse" in name and ("weight_hh" in name or "bias_hh" in name):
+            torch.testing.assert_close(got[name], want[name], msg=lambda s: f"{name}: {s}")
+        else:
+            assert torch.equal(got[name], want[name]), name
+
+
+@pytest.mark.parametrize("cls", MODULES, ids=lambda c: c.__name__)
+def test_initial_state_batch_first_and_final_state(cls, op_calls, rng):
+    m = build(cls, 2, batch_first=True)
+    x = torch.randn(3, 4, 5, generator=rng, dtype=torch.float64)  # (B, T, I)
+    h0 = torch.randn(1, 3, 7, generator=rng, dtype=torch.float64)
+    hx = (h0, torch.randn(1, 3, 7, generator=rng, dtype=torch.float64)) if cls is se.nn.SparseLSTM else h0
+    want, got = forward_backward(m, x, "sparse", hx), forward_backward(m, x, "persistent", hx)
+    for name in want:
+        assert torch.equal(got[name], want[name]), name
+    m.compute = "persistent"
+    final = m.final_state(x, hx)
+    assert torch.equal(final[0] if isinstance(final, tuple) else final, got["h0"])
+    assert op_calls and not op_calls[-1].output  # final_state asked for no output sequence
+
+
+def test_gradcheck_through_the_module():
+    m = build(se.nn.SparseGRU, 3, bidirectional=True)
+    m.compute = "persistent"
+    x = torch.randn(4, 2, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    params = [p for p in m.parameters()]
+    assert torch.autograd.gradcheck(lambda x, *p: m(x)[0], (x, *params))
+
+
+def test_growth_by_gradient_factors_are_the_same(rng):
+    m = build(se.nn.SparseLSTM, 4)
+    x = torch.randn(5, 2, 5, generator=rng, dtype=torch.float64)
+    m.record_grad_factors = True
+    factors = {}
+    for compute in ("sparse", "persistent"):
+        forward_backward(m, x, compute)
+        factors[compute] = [m.dense_grad_factors(n) for n in ("weight_ih_l0", "weight_hh_l0")]
+    for (g1, x1), (g2, x2) in zip(factors["sparse"], factors["persistent"]):
+        assert torch.equal(g1, g2) and torch.equal(x1, x2)
+
+
+def test_where_it_does_not_apply_the_run_is_per_step(op_calls, rng):
+    """A dense W_hh, float16 values, a CT-RNN, recomputation, the composed steps (fused=False):
+    the per-step path, same results as compute='sparse'."""
+    x = torch.randn(4, 2, 5, generator=rng, dtype=torch.float64)
+    for m in (build(se.nn.SparseLSTM, 5, sparse="input"), build(se.nn.SparseGRU, 5, fused=False),
+              build(se.nn.SparseCTRNN, 5)):
+        want = forward_backward(m, x, "sparse")
+        got = forward_backward(m, x, "persistent")
+        for name in want:
+            assert torch.equal(got[name], want[name]), (type(m).__name__, name)
+    m = build(se.nn.SparseRNN, 5)
+    m.compute, m.recompute_every = "persistent", 2  # set after construction (the constructor refuses it)
+    m(x)
+    m = build(se.nn.SparseRNN, 5, dtype=torch.float16)
+    m.compute = "persistent"
+    m(x.half())
+    assert not op_calls
+
+
+def test_applies_only_where_the_ops_do():
+    w = torch.zeros(3, dtype=torch.float32)
+    idx = (torch.zeros(2, dtype=torch.int64),) * 5
+    cfg = Config("LSTM", 1, 1, 3, idx_hh=idx, persistent=True)
+    assert persistent.applies(cfg, w)
+    assert not persistent.applies(Config("LSTM", 1, 1, 3, idx_hh=idx), w)  # not asked for
+    assert not persistent.applies(Config("CTRNN", 1, 1, 3, idx_hh=idx, persistent=True), w)
+    assert not persistent.applies(Config("LSTM", 1, 1, 3, persistent=True), w)  # dense W_hh
+    assert not persistent.applies(Config("LSTM", 1, 1, 0, idx_hh=idx, persistent=True), w)  # no steps
+    assert not persistent.applies(Config("LSTM", 1, 1, 3, idx_hh=idx, persistent=True, recompute_every=2), w)
+    assert not persistent.applies(Config("LSTM", 1, 1, 3, idx_hh=idx, persistent=True, fused=False), w)
+    assert not persistent.applies(cfg, w.half())
+
+
+def test_a_compute_setting_like_the_others(op_calls, rng):
+    assert "persistent" in compute_paths.COMPUTE_CHOICES
+    x = torch.randn(3, 2, 5, generator=rng, dtype=torch.float64)
+    m = build(se.nn.SparseLSTM, 6, density=0.9)  # 'auto' would take the dense path here
+    with compute_paths.default_compute("persistent"):
+        assert not m._dense_now(x) and compute_paths.use_persistent(None)
+        m(x)
+    assert len(op_calls) == 1
+    assert not compute_paths.use_persistent(None)  # the default is back
+    assert build(se.nn.SparseGRU, 6, compute="persistent").compute == "persistent"
+    with pytest.raises(ValueError, match=r"compute must be one of \('auto', 'sparse', 'dense', 'persistent'\)"):
+        build(se.nn.SparseGRU, 6, compute="persist")
+
+
+def test_compiled_matches_eager(rng):
+    torch._dynamo.reset()
+    m, ref = build(se.nn.SparseLSTM, 7, compute="persistent"), build(se.nn.SparseLSTM, 7, compute="persistent")
+    x = torch.randn(4, 2, 5, generator=rng, dtype=torch.float64)
+    y = torch.compile(m, fullgraph=True, backend="aot_eager")(x)[0]
+    y.pow(2).sum().backward()
+    y_ref = ref(x)[0]
+    y_ref.pow(2).sum().backward()
+    assert torch.equal(y, y_ref)
+    for p, q in zip(m.parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------- CUDA
+@pytest.mark.cuda
+@pytest.mark.parametrize("cls", MODULES, ids=lambda c: c.__name__)
+def test_on_cuda_like_the_per_step_path_and_deterministic(cls, rng):
+    """The persistent kernels through the modules (two layers, both directions, several blocks of
+    units, two batch tiles): the per-step path's results up to the order of each sum, and the
+    same bits run after run."""
+    if not (torch.cuda.is_available() and se.kernels.HAS_CUDA_KERNELS):
+        pytest.skip("needs a CUDA device and the CUDA kernels")
+    torch.manual_seed(8)
+    m = cls(40, 300, num_layers=2, bidirectional=True, density=0.05).cuda()
+    x = torch.randn(7, 35, 40, generator=rng).cuda()
+    want = forward_backward(m, x, "sparse")
+    got = forward_backward(m, x, "persistent")
+    again = forward_backward(m, x, "persistent")
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5, msg=lambda s: f"{name}: {s}")
+        assert torch.equal(got[name], again[name]), name
