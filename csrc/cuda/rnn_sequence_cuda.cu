@@ -206,38 +206,31 @@ bool sequence_mode(CellMode mode) {
   return mode == CellMode::LSTM || mode == CellMode::GRU || mode == CellMode::RNN_TANH || mode == CellMode::RNN_RELU;
 }
 
-template <typename T>
-cudaError_t forward(CellMode mode, const SeqArgs<T>& a, cudaStream_t stream) {
+// One cooperative launch of the kernel that kernel_of(mode tag) names, on the grid of grid_for.
+template <typename Args, typename KernelOf>
+cudaError_t launch(CellMode mode, const Args& a, cudaStream_t stream, KernelOf kernel_of) {
   if (!sequence_mode(mode)) return cudaErrorInvalidValue;
   if (a.H <= 0 || a.B <= 0 || a.steps <= 0) return cudaSuccess;
   return dispatch_mode(mode, [&](auto m) -> cudaError_t {
-    constexpr CellMode M = decltype(m)::value;
-    if constexpr (M == CellMode::CTRNN) {
+    if constexpr (decltype(m)::value == CellMode::CTRNN) {
       return cudaErrorInvalidValue;
     } else {
-      auto kernel = seq_forward_kernel<T, M>;
+      auto seq_kernel = kernel_of(m);
       int64_t blocks = 0;
-      if (const cudaError_t e = grid_for(kernel, a.H, blocks); e != cudaSuccess) return e;
-      return SE_LAUNCH_COOPERATIVE(kernel, dim3(static_cast<unsigned>(blocks)), dim3(kSeqThreads), 0, stream, a);
+      if (const cudaError_t e = grid_for(seq_kernel, a.H, blocks); e != cudaSuccess) return e;
+      return SE_LAUNCH_COOPERATIVE(seq_kernel, dim3(static_cast<unsigned>(blocks)), dim3(kSeqThreads), 0, stream, a);
     }
   });
 }
 
 template <typename T>
+cudaError_t forward(CellMode mode, const SeqArgs<T>& a, cudaStream_t stream) {
+  return launch(mode, a, stream, [](auto m) { return seq_forward_kernel<T, decltype(m)::value>; });
+}
+
+template <typename T>
 cudaError_t backward(CellMode mode, const SeqBackArgs<T>& a, cudaStream_t stream) {
-  if (!sequence_mode(mode)) return cudaErrorInvalidValue;
-  if (a.H <= 0 || a.B <= 0 || a.steps <= 0) return cudaSuccess;
-  return dispatch_mode(mode, [&](auto m) -> cudaError_t {
-    constexpr CellMode M = decltype(m)::value;
-    if constexpr (M == CellMode::CTRNN) {
-      return cudaErrorInvalidValue;
-    } else {
-      auto kernel = seq_backward_kernel<T, M>;
-      int64_t blocks = 0;
-      if (const cudaError_t e = grid_for(kernel, a.H, blocks); e != cudaSuccess) return e;
-      return SE_LAUNCH_COOPERATIVE(kernel, dim3(static_cast<unsigned>(blocks)), dim3(kSeqThreads), 0, stream, a);
-    }
-  });
+  return launch(mode, a, stream, [](auto m) { return seq_backward_kernel<T, decltype(m)::value>; });
 }
 
 }  // namespace

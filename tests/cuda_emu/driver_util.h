@@ -8,10 +8,14 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <random>
+#include <string>
 #include <vector>
 
 #include <cuda_runtime_api.h>
+
+#include "emu_runtime.h"
 
 namespace {
 
@@ -87,5 +91,36 @@ bool check(const char* what, const Buf<T>& out, const std::vector<double>& ref, 
 }
 
 double sig(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+
+// A driver's command line, `driver [small|full|sanitize] [seed]`, with the emulator configured for
+// its seed and the test stream; false (after a message) for an unknown suite.
+struct Args {
+  std::string suite = "small";
+  uint64_t seed = 1;
+  bool full() const { return suite == "full"; }
+  bool sanitize() const { return suite == "sanitize"; }
+};
+bool parse_args(int argc, char** argv, Args& a) {
+  setvbuf(stdout, nullptr, _IONBF, 0);
+  if (argc > 1) a.suite = argv[1];
+  if (argc > 2) a.seed = std::strtoull(argv[2], nullptr, 10);
+  if (a.suite != "small" && a.suite != "full" && a.suite != "sanitize") {
+    printf("unknown suite %s\n", a.suite.c_str());
+    return false;
+  }
+  emu::configure(a.seed, kStream);
+  return true;
+}
+
+// The run's last three lines, which tests/cuda_emu/emu_testing.py reads; the exit status.
+int finish(const Args& a) {
+  const emu::Stats st = emu::stats();
+  printf("emu seed=%llu launches=%ld blocks=%ld threads=%ld block_switches=%ld max_live_blocks=%d order=%016llx "
+         "outputs=%016llx\n", (unsigned long long)a.seed, st.launches, st.blocks, st.threads, st.block_switches,
+         st.max_live_blocks, (unsigned long long)st.order_hash, (unsigned long long)out_hash);
+  printf("emu kernels=%s\n", emu::kernels_launched());
+  printf("%s (%d failures)\n", failures ? "FAILED" : "ALL OK", failures);
+  return failures != 0;
+}
 
 }  // namespace

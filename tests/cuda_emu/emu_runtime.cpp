@@ -153,6 +153,17 @@ struct Warp {
   std::vector<Round*> open;
 };
 
+// A barrier of a fixed number of threads (a block's __syncthreads, a cooperative grid's sync): the
+// first arrival fixes its source line, the last releases every waiting thread (wait_at).
+struct Barrier {
+  long arrived = 0;
+  unsigned gen = 0;
+  const char* file = nullptr;
+  int line = 0;
+  std::vector<Fiber*> waiting;
+  char sync[2];  // TSan synchronisation addresses, one per generation parity
+};
+
 struct SharedVar {
   const void* tag;
   void* ptr;
@@ -165,13 +176,7 @@ struct Block {
   int first_exited = -1;
   std::vector<Fiber*> threads;
   std::vector<Warp> warps;
-  // __syncthreads
-  int bar_arrived = 0;
-  unsigned bar_gen = 0;
-  const char* bar_file = nullptr;
-  int bar_line = 0;
-  std::vector<Fiber*> bar_waiting;
-  char bar_sync[2];  // TSan synchronisation addresses, one per barrier generation parity
+  Barrier bar;  // __syncthreads
   // shared memory
   std::vector<SharedVar> shared;
   size_t shared_bytes = 0;
@@ -195,12 +200,7 @@ struct Launch {
   // cooperative launches (cudaLaunchCooperativeKernel): every block resident, grid_sync allowed
   bool cooperative = false;
   long total_threads = 0, exited_threads = 0;
-  long grid_arrived = 0;
-  unsigned grid_gen = 0;
-  const char* grid_file = nullptr;
-  int grid_line = 0;
-  std::vector<Fiber*> grid_waiting;
-  char grid_sync_addr[2];  // TSan synchronisation addresses, one per grid barrier generation parity
+  Barrier grid_bar;  // SE_GRID_SYNC
 };
 
 std::map<const void*, int> g_max_dynamic_shared;  // cudaFuncSetAttribute per kernel
@@ -427,14 +427,14 @@ void thread_exit(Fiber* f) {
     if (r->mask >> f->lane & 1)
       fail("thread returns while lanes 0x%08x of its warp wait for it at the shuffle at %s:%d (mask 0x%08x)",
            r->arrived, base(r->file), r->line, r->mask);
-  if (b->bar_arrived > 0)
+  if (b->bar.arrived > 0)
     fail("thread returns while %d threads of its block wait at __syncthreads at %s:%d: a barrier must be reached "
          "by every thread of the block",
-         b->bar_arrived, base(b->bar_file), b->bar_line);
-  if (g_launch->grid_arrived > 0)
+         b->bar.arrived, base(b->bar.file), b->bar.line);
+  if (g_launch->grid_bar.arrived > 0)
     fail("thread returns while %ld threads of the grid wait at the grid sync at %s:%d: a grid sync must be reached by "
          "every thread of every block",
-         g_launch->grid_arrived, base(g_launch->grid_file), g_launch->grid_line);
+         g_launch->grid_bar.arrived, base(g_launch->grid_bar.file), g_launch->grid_bar.line);
   ++g_launch->exited_threads;
   w.exited |= 1u << f->lane;
   if (b->first_exited < 0) b->first_exited = f->linear;
@@ -544,7 +544,7 @@ uint64_t shuffle(unsigned mask, uint64_t bits, int arg, int width, int kind, con
            mask & w.exited);
     if (mask & w.at_barrier)
       fail("%s at %s:%d (mask 0x%08x): lanes 0x%08x it names wait at __syncthreads at %s:%d instead", what,
-           base(file), line, mask, mask & w.at_barrier, base(f->block->bar_file), f->block->bar_line);
+           base(file), line, mask, mask & w.at_barrier, base(f->block->bar.file), f->block->bar.line);
     for (Round* o : w.open)
       if (o->arrived & mask)
         fail("%s at %s:%d (mask 0x%08x): lanes 0x%08x it names wait at another shuffle, at %s:%d (mask 0x%08x)", what,
@@ -582,6 +582,38 @@ uint64_t shuffle(unsigned mask, uint64_t bits, int arg, int width, int kind, con
   return f->shfl_result;
 }
 
+// Thread f arrives at `bar` (at file:line) of `total` threads: the last one releases them all (and
+// calls on_release first), the others wait in `waiting`. ThreadSanitizer sees the barrier as
+// synchronisation: every arrival releases, every departure acquires.
+template <typename OnRelease>
+void wait_at(Barrier& bar, Fiber* f, const char* file, int line, long total, State waiting, OnRelease on_release) {
+  if (bar.arrived == 0) {
+    bar.file = file;
+    bar.line = line;
+  }
+  const unsigned gen = bar.gen;
+#if defined(EMU_TSAN)
+  __tsan_release(&bar.sync[gen & 1]);
+#endif
+  if (++bar.arrived == total) {  // the last thread: release them all
+    for (Fiber* t : bar.waiting) make_runnable(t);
+    bar.waiting.clear();
+    on_release();
+    bar.arrived = 0;
+    ++bar.gen;
+    make_runnable(f);
+  } else {
+    f->state = waiting;
+    f->wait_file = file;
+    f->wait_line = line;
+    bar.waiting.push_back(f);
+  }
+  reschedule(f);
+#if defined(EMU_TSAN)
+  __tsan_acquire(&bar.sync[gen & 1]);
+#endif
+}
+
 void syncthreads(const char* file, int line) {
   Ignore ignore;
   Fiber* f = g_current;
@@ -597,36 +629,13 @@ void syncthreads(const char* file, int line) {
     fail("__syncthreads at %s:%d after %d threads of the block returned (thread %d first): a barrier must be reached "
          "by every thread of the block",
          base(file), line, b.exited, b.first_exited);
-  if (b.bar_arrived == 0) {
-    b.bar_file = file;
-    b.bar_line = line;
-  } else if (b.bar_line != line || strcmp(b.bar_file, file) != 0) {
-    fail("__syncthreads at %s:%d while %d threads of the block wait at the one at %s:%d (a barrier in divergent code)",
-         base(file), line, b.bar_arrived, base(b.bar_file), b.bar_line);
-  }
-  const unsigned gen = b.bar_gen;
-#if defined(EMU_TSAN)
-  __tsan_release(&b.bar_sync[gen & 1]);
-#endif
-  ++b.bar_arrived;
+  if (b.bar.arrived > 0 && (b.bar.line != line || strcmp(b.bar.file, file) != 0))
+    fail("__syncthreads at %s:%d while %ld threads of the block wait at the one at %s:%d (a barrier in divergent code)",
+         base(file), line, b.bar.arrived, base(b.bar.file), b.bar.line);
   w.at_barrier |= 1u << f->lane;
-  if (b.bar_arrived == b.nt) {  // the last thread: release them all
-    for (Fiber* t : b.bar_waiting) make_runnable(t);
-    b.bar_waiting.clear();
+  wait_at(b.bar, f, file, line, b.nt, State::AtBarrier, [&] {
     for (Warp& x : b.warps) x.at_barrier = 0;
-    b.bar_arrived = 0;
-    ++b.bar_gen;
-    make_runnable(f);
-  } else {
-    f->state = State::AtBarrier;
-    f->wait_file = file;
-    f->wait_line = line;
-    b.bar_waiting.push_back(f);
-  }
-  reschedule(f);
-#if defined(EMU_TSAN)
-  __tsan_acquire(&b.bar_sync[gen & 1]);
-#endif
+  });
 }
 
 void grid_sync(const char* file, int line) {
@@ -642,40 +651,16 @@ void grid_sync(const char* file, int line) {
     if (r->mask >> f->lane & 1)
       fail("grid sync at %s:%d while lanes 0x%08x of its warp wait for this thread at the shuffle at %s:%d", base(file),
            line, r->arrived, base(r->file), r->line);
-  if (b.bar_arrived > 0)
-    fail("grid sync at %s:%d while %d threads of its block wait at __syncthreads at %s:%d", base(file), line,
-         b.bar_arrived, base(b.bar_file), b.bar_line);
+  if (b.bar.arrived > 0)
+    fail("grid sync at %s:%d while %ld threads of its block wait at __syncthreads at %s:%d", base(file), line,
+         b.bar.arrived, base(b.bar.file), b.bar.line);
   if (L.exited_threads > 0)
     fail("grid sync at %s:%d after %ld threads of the grid returned: a grid sync must be reached by every thread of "
          "every block", base(file), line, L.exited_threads);
-  if (L.grid_arrived == 0) {
-    L.grid_file = file;
-    L.grid_line = line;
-  } else if (L.grid_line != line || strcmp(L.grid_file, file) != 0) {
+  if (L.grid_bar.arrived > 0 && (L.grid_bar.line != line || strcmp(L.grid_bar.file, file) != 0))
     fail("grid sync at %s:%d while %ld threads of the grid wait at the one at %s:%d (a grid sync in divergent code)",
-         base(file), line, L.grid_arrived, base(L.grid_file), L.grid_line);
-  }
-  const unsigned gen = L.grid_gen;
-#if defined(EMU_TSAN)
-  __tsan_release(&L.grid_sync_addr[gen & 1]);
-#endif
-  ++L.grid_arrived;
-  if (L.grid_arrived == L.total_threads) {  // the last thread: release them all
-    for (Fiber* t : L.grid_waiting) make_runnable(t);
-    L.grid_waiting.clear();
-    L.grid_arrived = 0;
-    ++L.grid_gen;
-    make_runnable(f);
-  } else {
-    f->state = State::AtGridSync;
-    f->wait_file = file;
-    f->wait_line = line;
-    L.grid_waiting.push_back(f);
-  }
-  reschedule(f);
-#if defined(EMU_TSAN)
-  __tsan_acquire(&L.grid_sync_addr[gen & 1]);
-#endif
+         base(file), line, L.grid_bar.arrived, base(L.grid_bar.file), L.grid_bar.line);
+  wait_at(L.grid_bar, f, file, line, L.total_threads, State::AtGridSync, [] {});
 }
 
 void* dynamic_shared() {

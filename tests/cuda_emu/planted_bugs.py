@@ -118,11 +118,11 @@ BUGS = [
         "  blocks = cdiv(H, kSeqWarps);",
         "grid_for: a grid of one block per 8 units, not capped at what can be resident at once"),
     Bug("grid-sync-not-cooperative", "rnn_sequence_cuda.cu",
-        "      return SE_LAUNCH_COOPERATIVE(kernel, dim3(static_cast<unsigned>(blocks)), dim3(kSeqThreads), 0, stream, a);\n"
-        "    }\n  });\n}\n\ntemplate <typename T>\ncudaError_t backward(",
-        "      seq_forward_kernel<T, M><<<dim3(static_cast<unsigned>(blocks)), dim3(kSeqThreads), 0, stream>>>(a);\n"
-        "      return cudaGetLastError();\n    }\n  });\n}\n\ntemplate <typename T>\ncudaError_t backward(",
-        "the forward launched as a plain launch: its grid syncs wait for blocks that need not be resident"),
+        "      return SE_LAUNCH_COOPERATIVE(seq_kernel, dim3(static_cast<unsigned>(blocks)), dim3(kSeqThreads), 0, stream, a);",
+        "      seq_kernel<<<dim3(static_cast<unsigned>(blocks)), dim3(kSeqThreads), 0, stream>>>(a);\n"
+        "      return cudaGetLastError();",
+        "launch: the persistent kernels launched as plain launches: their grid syncs wait for blocks that need not "
+        "be resident"),
     Bug("state-read-cached", "rnn_sequence_cuda.cu",
         "const T* h = s == 0 ? a.h0 : a.y + tp * HB;", "const T* h = a.h0;",
         "seq_forward_kernel: every step reads h_0 instead of the state the step before wrote"),

@@ -157,12 +157,9 @@ void run(CellMode mode, const char* pname, const std::vector<int64_t>& lens, int
 }  // namespace
 
 int main(int argc, char** argv) {
-  setvbuf(stdout, nullptr, _IONBF, 0);
-  const std::string suite = argc > 1 ? argv[1] : "small";
-  const uint64_t seed = argc > 2 ? std::strtoull(argv[2], nullptr, 10) : 1;
-  if (suite != "small" && suite != "full" && suite != "sanitize") { printf("unknown suite %s\n", suite.c_str()); return 2; }
-  emu::configure(seed, kStream);
-  const bool full = suite == "full", sanitize = suite == "sanitize";
+  Args args;
+  if (!parse_args(argc, argv, args)) return 2;
+  const bool full = args.full(), sanitize = args.sanitize();
   std::mt19937 g(11);  // the inputs do not depend on the emulator's seed
   auto lengths = [&](const char* kind, int G, int64_t H) {
     std::vector<int64_t> len(G * H);
@@ -193,11 +190,5 @@ int main(int argc, char** argv) {
       run<double>(mode, "uniform", lengths("uniform", G, 64), 64, 130, 3, true, true, g);
     }
   }
-  const emu::Stats st = emu::stats();
-  printf("emu seed=%llu launches=%ld blocks=%ld threads=%ld block_switches=%ld max_live_blocks=%d order=%016llx "
-         "outputs=%016llx\n", (unsigned long long)seed, st.launches, st.blocks, st.threads, st.block_switches,
-         st.max_live_blocks, (unsigned long long)st.order_hash, (unsigned long long)out_hash);
-  printf("emu kernels=%s\n", emu::kernels_launched());
-  printf("%s (%d failures)\n", failures ? "FAILED" : "ALL OK", failures);
-  return failures != 0;
+  return finish(args);
 }
