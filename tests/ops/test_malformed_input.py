@@ -208,23 +208,28 @@ def _step_args(mode: str, H: int, backward: bool):
             "RNN_TANH": (_X(H, 3).tanh(), _X(H, 6), False), "CTRNN": (acts, _X(H, 6), 0.1, 1.0)}[mode]
 
 
-def _step_op(name: str, mode: str, backward: bool) -> Op:
-    H = 3
+def _w_hh_op(name: str, mode: str, backward: bool, args: tuple) -> Op:
+    """An op whose sparse operand is W_hh of ``mode`` at hidden 3 (the step and sequence ops): the
+    forward reads its CSR, the backward its transposed index; order-free (checked against the same op
+    on the coalesced matrix)."""
     op = getattr(OPS, name)
-    args = _step_args(mode, H, backward)
 
     def call(ix):
         if not backward:
             ix = _unread(ix)
         return op(*ix.five, ix.values, *args)
 
-    def check(out, ix):  # the same op on the coalesced matrix
+    def check(out, ix):
         ref = coalesced(ix, "csc" if backward else "csr")
         for a, b in zip(out, op(*ref.five, ref.values, *args)):
             if isinstance(a, torch.Tensor) and a.numel():
-                close(a, b, name)
+                close(a, b, f"{name} {mode}")
 
-    return Op(name, (GATES[mode] * H, H), "csc" if backward else "csr", call, check)
+    return Op(name, (GATES[mode] * 3, 3), "csc" if backward else "csr", call, check)
+
+
+def _step_op(name: str, mode: str, backward: bool) -> Op:
+    return _w_hh_op(name, mode, backward, _step_args(mode, 3, backward))
 
 
 def _seq_op(mode: str, backward: bool) -> Op:
@@ -243,21 +248,7 @@ def _seq_op(mode: str, backward: bool) -> Op:
         args = (mode, sequence(H, 2), _X(H, 3), _X(H, 4) if lstm else None, sequence(H, 5) if lstm else None,
                 sequence(SAVED_ACTS[mode] * H, 6).sigmoid() if saved else None, sequence(H, 7), _X(H, 8),
                 _X(H, 9) if lstm else None, True)
-    name = "rnn_sequence_backward" if backward else "rnn_sequence"
-    op = getattr(OPS, name)
-
-    def call(ix):
-        if not backward:
-            ix = _unread(ix)
-        return op(*ix.five, ix.values, *args)
-
-    def check(out, ix):  # the same op on the coalesced matrix
-        ref = coalesced(ix, "csc" if backward else "csr")
-        for a, b in zip(out, op(*ref.five, ref.values, *args)):
-            if a.numel():
-                close(a, b, f"{name} {mode}")
-
-    return Op(f"{name}", (GATES[mode] * H, H), "csc" if backward else "csr", call, check)
+    return _w_hh_op("rnn_sequence_backward" if backward else "rnn_sequence", mode, backward, args)
 
 
 def _compact_check(out, ix):
