@@ -1,23 +1,34 @@
 """GPU benchmark of spmm, spmm_t and sddmm: our CUDA kernels against the other options a
-PyTorch user has, on the same inputs in the same run, plus the memory-bandwidth floor.
+PyTorch user has, on the same inputs in the same run, plus the memory-bandwidth floor, on a grid
+that cannot hide a loss: the row law is an axis beside N, density and B.
 
-    python3 benchmarks/bench_cuda.py            # the issue's grid, as far as --budget-s allows
-    python3 benchmarks/bench_cuda.py --n 4096 16384 65536    # a grid split in two runs ...
-    python3 benchmarks/bench_cuda.py --n 131072              # ... under a 10-minute limit
-    python3 benchmarks/bench_cuda.py --quick    # the three reference cells, B=32
-    python3 benchmarks/bench_cuda.py --n 65536 --density 0.01 --batch 32 --pattern uniform
+    python3 benchmarks/bench_cuda.py            # the grid, as far as --budget-s allows
+    python3 benchmarks/bench_cuda.py --n 16384 65536     # a grid split in two runs ...
+    python3 benchmarks/bench_cuda.py --n 262144          # ... under a 10-minute limit
+    python3 benchmarks/bench_cuda.py --quick    # the reference cells (uniform and zipf1.0)
+    python3 benchmarks/bench_cuda.py --n 65536 --density 0.01 --batch 1 128 --laws zipf1.2 banded
     python3 benchmarks/bench_cuda.py --dtype bfloat16   # 2-byte storage, float32 accumulation
     python3 benchmarks/bench_cuda.py --quick --out benchmarks/results/   # rewrites cuda_ops_<gpu>_quick.md
 
+The grid: row law (sparse_engine.sparse.patterns.row_law_pattern: uniform, zipf0.8, zipf1.0,
+zipf1.2 (hub rows, as dynamic sparse training grows them), banded, block) x N {16,384, 65,536,
+262,144} x density {0.05%, 0.1%, 1%, 5%} x B {1, 4, 32, 128, 256, 512}, one dtype a run (gpu_all.sh
+runs float32 and bfloat16); smallest N first, every law at each N and density before the next
+density, so that --budget-s cuts the large sizes, not a law. --laws replaces --pattern, which is
+still accepted, as is its old "power_law" (now zipf1.0: row lengths ~ 1/rank, no longer Pareto draws).
 Baselines: torch.sparse.mm on CSR (cuSPARSE SpMM; for spmm_t on the explicitly transposed
 CSR), torch.sparse.sampled_addmm (cuSPARSE SDDMM), dense cuBLAS (W @ X; G @ X^T for sddmm)
 and masked-dense (W * mask, then the dense product; what masked sparse training does each
 step). Dense timings do not depend on the pattern, so they are measured once per (N, B).
+"best x" = the fastest baseline's time / ours (< 1: a loss).
 floor = bytes that must move (index, values, inputs and outputs once each) / device copy
 bandwidth (a 1 GiB tensor copy). Timing: CUDA events, warm-up, median of 5-50 runs; inputs
 stay in L2 when they fit, as they would in a training loop.
-Patterns: "uniform" (positions uniformly random) and "power_law" (row lengths from a Pareto
-tail, degree exponent 2.5, capped at N; columns uniform). Actual nnz is reported.
+check: our result against a float64 reference computed on the GPU from the CSR arrays and the
+operands as stored (benchmarks/float64_check.py: every output row when cheap, else a sample with
+the longest rows), within the op tests' rounding bound in the dtype of our output, so a bfloat16
+cell measures our error, not cuSPARSE's; a WRONG cell is recorded, the other cells still run, and
+the run ends with status 1.
 --dtype float16/bfloat16: values, X and G in that dtype; every baseline runs in the same dtype
 where torch supports it (an unsupported one shows its error in the table), and our float32
 kernels on the same inputs are timed too ("ours fp32"), so the gain from 2-byte storage shows.
@@ -39,63 +50,25 @@ import zlib
 from pathlib import Path
 
 
-from common import announce, cell_ends, cell_starts, cuda_times_of, finish, machine, out_help, results_path
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (announce, cell_ends, cell_starts, cuda_times_of, finish, machine, out_help,  # noqa: E402
+                    results_path)
+from float64_check import check, verdict  # noqa: E402
+
+from sparse_engine.sparse.patterns import ROW_LAWS, row_law_pattern  # noqa: E402
 import torch  # noqa: E402
 
 DEV = "cuda"
-GRID_N = [4096, 16384, 65536, 131072]
-GRID_DENSITY = [0.001, 0.01, 0.05, 0.2]
-GRID_B = [32, 256]
-PATTERNS = ["uniform", "power_law"]
-REFERENCE = [(65536, 0.01, 32), (16384, 0.01, 32), (131072, 0.01, 32)]  # the issue's cells first
+GRID_N = [16384, 65536, 262144]
+GRID_DENSITY = [0.0005, 0.001, 0.01, 0.05]
+GRID_B = [1, 4, 32, 128, 256, 512]
+OLD_NAMES = {"power_law": "zipf1.0"}  # --pattern's old name
+# --quick: the issue's reference cells at B = 32 (the first table's), then B = 1 and 128 at 65,536 / 1%
+QUICK = [(65536, 0.01, 32), (16384, 0.01, 32), (131072, 0.01, 32), (65536, 0.01, 1), (65536, 0.01, 128)]
+QUICK_LAWS = ["uniform", "zipf1.0"]
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SUFFIX = {"float32": "", "float16": "_fp16", "bfloat16": "_bf16"}
-BYTES_PER_NNZ_PEAK = 64  # generation sort + CSR + transposed index + baseline copies
-
-
-# ----------------------------------------------------------------------------- inputs
-def _keys_to_csr(keys: torch.Tensor, n: int):
-    row = torch.div(keys, n, rounding_mode="floor")
-    col = (keys - row * n).to(torch.int32)
-    counts = torch.bincount(row, minlength=n)
-    del row
-    row_ptr = torch.zeros(n + 1, dtype=torch.int64, device=keys.device)
-    torch.cumsum(counts, 0, out=row_ptr[1:])
-    return row_ptr, col
-
-
-def uniform_pattern(n: int, nnz: int, gen: torch.Generator):
-    """Exactly nnz distinct uniformly random positions (draw, deduplicate, top up)."""
-    total = n * n
-    keys = torch.empty(0, dtype=torch.int64, device=DEV)
-    while keys.numel() < nnz:
-        need = nnz - keys.numel()
-        draw = torch.randint(total, (need + need // 8 + 1024,), generator=gen, device=DEV)
-        keys = torch.unique(torch.cat([keys, draw]))
-        del draw
-    if keys.numel() > nnz:
-        keep = torch.randperm(keys.numel(), generator=gen, device=DEV)[:nnz]
-        keys = keys[keep].sort().values
-    return _keys_to_csr(keys, n)
-
-
-def power_law_pattern(n: int, nnz: int, gen: torch.Generator, gamma: float = 2.5):
-    """Row lengths proportional to Pareto weights (tail exponent gamma - 1), scaled so that
-    sum(min(n, length)) ~= nnz; columns uniform, duplicates dropped (so long rows come out
-    somewhat shorter; the actual nnz is reported)."""
-    u = torch.rand(n, generator=gen, device=DEV, dtype=torch.float64)
-    w = (1.0 - u).pow(-1.0 / (gamma - 1.0))
-    lo, hi = 0.0, float(nnz) / float(w.min()) + 1.0
-    for _ in range(60):  # bisection on the scale: the cap at n makes it nonlinear
-        mid = 0.5 * (lo + hi)
-        if float(torch.clamp(w * mid, max=n).sum()) < nnz: lo = mid
-        else: hi = mid
-    lengths = torch.clamp((w * hi).round(), max=n).long()
-    rows = torch.repeat_interleave(torch.arange(n, device=DEV), lengths)
-    cols = torch.randint(n, (rows.numel(),), generator=gen, device=DEV)
-    keys = torch.unique(rows * n + cols)
-    del rows, cols
-    return _keys_to_csr(keys, n)
+BYTES_PER_NNZ_PEAK = 64  # the pattern drawn in chunks + CSR + transposed index + baseline copies + the check's scan
 
 
 # ---------------------------------------------------------------------------- timing
@@ -136,12 +109,6 @@ def _first_line(exc: BaseException, n: int) -> str:
     return (str(exc).splitlines() or [type(exc).__name__])[0][:n].replace("|", "/")
 
 
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.float(), b.float()
-    scale = float(b.abs().max()) if b.numel() else 0.0
-    return float((a - b).abs().max()) / scale if scale > 0 else float((a - b).abs().max() if a.numel() else 0.0)
-
-
 # ---------------------------------------------------------------------------- a cell
 def floor_bytes(op: str, n: int, nnz: int, B: int, es: int = 4) -> int:
     """es: bytes per value / activation element (4 float32, 2 float16/bfloat16)."""
@@ -153,7 +120,24 @@ def floor_bytes(op: str, n: int, nnz: int, B: int, es: int = 4) -> int:
     return 8 * (n + 1) + (4 + es) * nnz + dense_io  # sddmm: col, out; G and X read
 
 
-def run_cell(n, density, B, pattern, args, dense_cache, bw):
+def pattern_for(n: int, density: float, law: str, cache: dict):
+    """(row_ptr, col_idx, float32 values, transpose ms) of the cell's pattern, drawn on the device
+    (row_law_pattern), kept in ``cache`` for the next cells of the same N, density and law (the
+    grid's order runs their B one after the other); the previous pattern is freed first."""
+    key = (n, density, law)
+    if cache.get("key") != key:
+        cache.clear()
+        del_cache()
+        gen = torch.Generator(device=DEV).manual_seed(zlib.crc32(f"{n}/{density}/{law}".encode()))
+        row_ptr, col = row_law_pattern(law, n, n, int(round(density * n * n)), gen, device=DEV)
+        values = torch.randn(col.numel(), generator=gen, device=DEV) / math.sqrt(max(1.0, col.numel() / n))
+        transpose_ms = time_ms(lambda: torch.ops.sparse_engine.transpose_index(row_ptr, col, n), budget_s=0.2,
+                               min_reps=3, max_reps=10)
+        cache.update(key=key, pattern=(row_ptr, col, values, transpose_ms))
+    return cache["pattern"]
+
+
+def run_cell(n, density, B, law, args, dense_cache, bw, patterns=None):
     from sparse_engine import SparseWeight
     from sparse_engine import ops as se_ops
 
@@ -161,18 +145,13 @@ def run_cell(n, density, B, pattern, args, dense_cache, bw):
     free, total = torch.cuda.mem_get_info()
     if target * BYTES_PER_NNZ_PEAK > 0.85 * total:
         return {"skip": f"nnz {target:,} needs ~{target * BYTES_PER_NNZ_PEAK / 2**30:.0f} GiB"}
-    gen = torch.Generator(device=DEV).manual_seed(zlib.crc32(f"{n}/{density}/{pattern}".encode()))
-    row_ptr, col = (uniform_pattern if pattern == "uniform" else power_law_pattern)(n, target, gen)
+    row_ptr, col, values32, transpose_ms = pattern_for(n, density, law, {} if patterns is None else patterns)
     nnz = col.numel()
     dtype = DTYPES[args.dtype]
-    values = (torch.randn(nnz, generator=gen, device=DEV) / math.sqrt(max(1.0, nnz / n))).to(dtype)
-    W = SparseWeight(row_ptr, col, values, (n, n), validate=False, requires_grad=False)
+    W = SparseWeight(row_ptr, col, values32.to(dtype), (n, n), validate=False, requires_grad=False)
     torch.cuda.synchronize()
-    transpose_ms = time_ms(lambda: torch.ops.sparse_engine.transpose_index(W.row_ptr, W.col_idx, n), budget_s=0.2,
-                           min_reps=3, max_reps=10)
-    lengths = W.row_ptr.diff()
-    info = {"nnz": nnz, "density": nnz / (n * n), "max_row": int(lengths.max()), "mean_row": nnz / n,
-            "transpose_ms": transpose_ms}
+    info = {"nnz": nnz, "max_row": int(W.row_ptr.diff().max()) if n else 0, "transpose_ms": transpose_ms}
+    gen = torch.Generator(device=DEV).manual_seed(zlib.crc32(f"{n}/{density}/{law}/{B}".encode()))
     X = torch.randn(n, B, generator=gen, device=DEV).to(dtype)
     G = torch.randn(n, B, generator=gen, device=DEV).to(dtype)
     # our float32 kernels on the same (rounded) inputs, for the 2-byte dtypes
@@ -202,9 +181,8 @@ def run_cell(n, density, B, pattern, args, dense_cache, bw):
         r = {"ours": try_time(ours_fn), "base": try_time(base_fn), "base_name": base_name}
         if W32 is not None:
             r["ours32"] = try_time(ours32[op])
-        try:  # does ours agree with cuSPARSE on this input?
-            o, b = ours_fn(), base_fn()
-            r["check"] = rel_err(o, b.values() if b.layout == torch.sparse_csr else b)
+        try:  # ours against a float64 reference of the same (stored) inputs: our error, not cuSPARSE's
+            r["check"] = check(W, X, G, {op: ours_fn()})
         except (RuntimeError, TypeError, ValueError) as exc:  # OutOfMemoryError is a RuntimeError
             r["check"] = "n/a: " + _first_line(exc, 40)
         del_cache()
@@ -271,6 +249,26 @@ def ratio(base, ours) -> str:
     return f"{base / ours:.2f}x" if isinstance(base, float) and isinstance(ours, float) and ours > 0 else "-"
 
 
+def best(r: dict):
+    """The fastest baseline's time of an op's results (cuSPARSE, dense, masked), or None."""
+    times = [r.get(k) for k in ("base", "dense", "masked") if isinstance(r.get(k), float)]
+    return min(times) if times else None
+
+
+def check_text(chk) -> str:
+    """The check column: ``checked (...)``, ``WRONG: ...`` or why there is no check."""
+    return verdict(*chk) if isinstance(chk, tuple) else str(chk)
+
+
+def wrong(cell: dict) -> list[str]:
+    """The ops of a cell whose check failed."""
+    return [op for op, r in cell.get("ops", {}).items() if check_text(r["check"]).startswith("WRONG")]
+
+
+def pct(density: float) -> str:
+    return f"{density * 100:g}%"
+
+
 def machine_header(bw: float) -> str:
     p = torch.cuda.get_device_properties(0)
     return (f"Machine: {machine()}; {p.multi_processor_count} SMs, {p.total_memory / 2**30:.0f} GiB\n\n"
@@ -278,71 +276,86 @@ def machine_header(bw: float) -> str:
             f"{'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'} (dense baselines in full fp32).\n")
 
 
-TITLE = "CUDA operators: ours vs cuSPARSE, dense cuBLAS, masked-dense (same run)"
+TITLE = "CUDA operators: ours vs cuSPARSE, dense cuBLAS, masked-dense (same run), by row law"
 
 
 def op_columns(half: bool) -> list[str]:
     """The columns of each op's table (``half``: the 2-byte dtypes' "ours fp32" columns too)."""
-    return (["N", "density", "pattern", "B", "nnz", "max row", "ours ms", "cuSPARSE ms", "x", "dense ms", "x",
-             "masked ms", "x"] + (["ours fp32 ms", "x"] if half else []) + ["floor ms", "% floor", "check"])
+    return (["N", "density", "law", "B", "nnz", "max row", "ours ms", "cuSPARSE ms", "x", "dense ms", "x",
+             "masked ms", "x", "best x"] + (["ours fp32 ms", "x"] if half else []) + ["floor ms", "% floor", "check"])
 
 
 def write_report(path: Path, header: str, cells: list, ops: list, dtype: str = "float32") -> None:
     half = dtype != "float32"
-    # ours and cuSPARSE each round to the storage type once: a few units of its epsilon apart
-    check_ok = 4 * torch.finfo(DTYPES[dtype]).eps if half else 1e-3
     lines = [f"# {TITLE}", "", header,
              f"dtype: {dtype}" + (" (storage; our kernels accumulate in float32; baselines in the same dtype, "
                                   "\"ours fp32\" = our float32 kernels on the same inputs)" if half else ""), "",
-             "x = baseline time / our time (> 1: we are faster). floor = bytes that must move / copy bandwidth; "
-             "% floor = floor time / our time. check = max |ours - cuSPARSE| / max |cuSPARSE| "
-             f"(ok below {check_ok:.1e}).", ""]
+             "x = baseline time / our time (> 1: we are faster); best x: against the fastest baseline (< 1: a "
+             "loss). floor = bytes that must move / copy bandwidth; % floor = floor time / our time. check: ours "
+             "against a float64 reference of the same stored inputs, within the op tests' rounding bound in "
+             f"{dtype} (all rows, or a sample of N+ rows with the longest).", ""]
     columns = op_columns(half)
     for op in ops:
         lines += [f"## {op}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        for (n, d, B, pat), cell in cells:
+        for (n, d, B, law), cell in cells:
             if "skip" in cell:
-                lines.append(f"| {n:,} | {d:.1%} | {pat} | {B} | skipped: {cell['skip']} |||||||||||")
+                skipped = f"| {n:,} | {pct(d)} | {law} | {B} | skipped: {cell['skip']} |"
+                lines.append(skipped + " |" * (len(columns) - 5))
                 continue
             i, r = cell["info"], cell["ops"][op]
             ours = r["ours"]
             pf = f"{r['floor_ms'] / ours:.0%}" if isinstance(ours, float) else "-"
-            chk = r["check"]
-            chk = ("ok" if chk < check_ok else f"{chk:.1e} !") if isinstance(chk, float) else chk
             extra = f" {fmt_ms(r.get('ours32', '-'))} | {ratio(r.get('ours32'), ours)} |" if half else ""
             lines.append(
-                f"| {n:,} | {i['density']:.2%} | {pat} | {B} | {i['nnz']:,} | {i['max_row']:,} | {fmt_ms(ours)} | "
+                f"| {n:,} | {pct(d)} | {law} | {B} | {i['nnz']:,} | {i['max_row']:,} | {fmt_ms(ours)} | "
                 f"{fmt_ms(r['base'])} | {ratio(r['base'], ours)} | {fmt_ms(r.get('dense', '-'))} | "
-                f"{ratio(r.get('dense'), ours)} | {fmt_ms(r.get('masked', '-'))} | {ratio(r.get('masked'), ours)} |"
-                f"{extra} {r['floor_ms']:.3f} | {pf} | {chk} |")
+                f"{ratio(r.get('dense'), ours)} | {fmt_ms(r.get('masked', '-'))} | {ratio(r.get('masked'), ours)} | "
+                f"{ratio(best(r), ours)} |{extra} {r['floor_ms']:.3f} | {pf} | {check_text(r['check'])} |")
         lines.append("")
     lines += ["## transpose_index (building the transposed index on the GPU)", "",
-              "| N | density | pattern | nnz | ms |", "|---|---|---|---|---|"]
+              "| N | density | law | nnz | ms |", "|---|---|---|---|---|"]
     seen = set()
-    for (n, d, B, pat), cell in cells:
-        if "info" in cell and (n, d, pat) not in seen:
-            seen.add((n, d, pat))
-            lines.append(f"| {n:,} | {cell['info']['density']:.2%} | {pat} | {cell['info']['nnz']:,} | "
-                         f"{cell['info']['transpose_ms']:.2f} |")
+    for (n, d, _, law), cell in cells:
+        if "info" in cell and (n, d, law) not in seen:
+            seen.add((n, d, law))
+            lines.append(f"| {n:,} | {pct(d)} | {law} | {cell['info']['nnz']:,} | {cell['info']['transpose_ms']:.2f} |")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
 
 
+def grid_cells(args) -> list:
+    """(N, density, B, law) in the order they run: --quick's reference cells as listed; else N, then
+    density, then law, then B (so that one pattern serves a law's B in a row)."""
+    if args.quick:
+        return [(n, d, B, law) for n, d, B in QUICK for law in args.laws]
+    return [(n, d, B, law) for n in args.n for d in args.density for law in args.laws for B in args.batch]
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--n", type=int, nargs="+", default=GRID_N)
     ap.add_argument("--density", type=float, nargs="+", default=GRID_DENSITY)
     ap.add_argument("--batch", type=int, nargs="+", default=GRID_B)
-    ap.add_argument("--pattern", nargs="+", default=PATTERNS, choices=PATTERNS)
+    ap.add_argument("--laws", "--pattern", nargs="+", default=None, choices=list(ROW_LAWS) + list(OLD_NAMES),
+                    help="row laws (default: all; --quick: uniform and zipf1.0); power_law, the old name, is zipf1.0")
     ap.add_argument("--ops", nargs="+", default=["spmm", "spmm_t", "sddmm"], choices=["spmm", "spmm_t", "sddmm"])
     ap.add_argument("--dtype", default="float32", choices=list(DTYPES),
                     help="storage dtype of values and activations (float16/bfloat16: float32 accumulation)")
-    ap.add_argument("--quick", action="store_true", help="only the issue's three reference cells at B=32")
+    ap.add_argument("--quick", action="store_true",
+                    help="the issue's reference cells (N 65,536, 16,384, 131,072 at 1%%, B 32; then B 1 and 128 at "
+                         "65,536)")
     ap.add_argument("--no-dense", action="store_true", help="skip the dense and masked-dense baselines")
     ap.add_argument("--budget-s", type=float, default=450.0, help="stop starting new cells after this long")
     ap.add_argument("--copy-to", type=Path, default=None, help="also write the results file into this folder")
     ap.add_argument("--out", default=None, help=out_help("cuda_ops_<gpu>[_bf16|_fp16][_quick|_n<sizes>].md"))
     args = ap.parse_args(argv)
+    laws = [OLD_NAMES.get(law, law) for law in args.laws or (QUICK_LAWS if args.quick else ROW_LAWS)]
+    args.laws = list(dict.fromkeys(laws))
+    for name, values in (("--n", args.n), ("--batch", args.batch)):
+        if any(v < 1 for v in values):
+            ap.error(f"{name} values must be >= 1")
+    if any(not 0 < d <= 1 for d in args.density):
+        ap.error("--density values must be in (0, 1]")
 
     if not torch.cuda.is_available():
         print("bench_cuda: no CUDA device (torch.cuda.is_available() is False); nothing to measure. "
@@ -356,11 +369,7 @@ def main(argv=None) -> int:
               "(SPARSE_ENGINE_CUDA=1 pip install --no-build-isolation -e .)", file=sys.stderr)
         return 2
 
-    cells = [(n, d, B, p) for n in args.n for d in args.density for B in args.batch for p in args.pattern]
-    if args.quick:
-        cells = [(n, d, 32, p) for n, d, _ in REFERENCE for p in args.pattern]
-    ref = {(n, d, B): i for i, (n, d, B) in enumerate(REFERENCE)}
-    cells.sort(key=lambda c: (ref.get(c[:3], len(ref)), c[0], c[1], c[2], c[3]))
+    cells = grid_cells(args)
     gpu = re.sub(r"[^a-z0-9]+", "_", torch.cuda.get_device_name(0).lower()).strip("_")
     part = "_quick" if args.quick else ("" if args.n == GRID_N else "_n" + "-".join(map(str, args.n)))
     out = results_path(args.out, f"cuda_ops_{gpu}{SUFFIX[args.dtype]}{part}.md")
@@ -371,45 +380,55 @@ def main(argv=None) -> int:
     bw = copy_bandwidth()
     cell_ends(c, f"{bw / 1e9:.0f} GB/s")
     header = machine_header(bw)
-    done, dense_cache = [], {}
+    done, dense_cache, patterns = [], {}, {}
+
+    def report():
+        write_report(out, header, done, args.ops, args.dtype)
+        if args.copy_to is not None:
+            write_report(args.copy_to / out.name, header, done, args.ops, args.dtype)
+
     t_start = time.perf_counter()
-    for n, d, B, pat in cells:
+    for n, d, B, law in cells:
         if time.perf_counter() - t_start > args.budget_s:
             print(f"budget of {args.budget_s:.0f} s spent: {len(cells) - len(done)} cells not run", flush=True)
             break
-        c = cell_starts(f"N={n} d={d} B={B} {pat}")
+        c = cell_starts(f"N={n} d={pct(d)} B={B} {law}")
         try:
-            cell = run_cell(n, d, B, pat, args, dense_cache, bw)
+            cell = run_cell(n, d, B, law, args, dense_cache, bw, patterns)
         except torch.cuda.OutOfMemoryError:
+            patterns.clear()
             del_cache()
             cell = {"skip": "out of memory"}
         except (RuntimeError, TypeError, ValueError) as exc:  # record it; the other cells still run
+            patterns.clear()
             cell = {"skip": "error: " + _first_line(exc, 100)}
-            print(f"N={n} d={d} B={B} {pat}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            print(f"N={n} d={pct(d)} B={B} {law}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
             try:
                 del_cache()
             except RuntimeError:  # a sticky CUDA error (illegal address ...): every later cell would fail
                 cell_ends(c, f"skipped ({cell['skip']})")
-                done.append(((n, d, B, pat), cell))
-                write_report(out, header, done, args.ops, args.dtype)
-                if args.copy_to is not None:
-                    write_report(args.copy_to / out.name, header, done, args.ops, args.dtype)
+                done.append(((n, d, B, law), cell))
+                report()
                 print("the CUDA context is broken; stopping", file=sys.stderr)
                 finish(out)
                 return 1
-        done.append(((n, d, B, pat), cell))
+        done.append(((n, d, B, law), cell))
         if "skip" in cell:
             cell_ends(c, f"skipped ({cell['skip']})")
         else:
             summary = "  ".join(
-                f"{op} {fmt_ms(r['ours'])} ms ({ratio(r['base'], r['ours'])} vs cuSPARSE, "
-                f"{r['floor_ms'] / r['ours']:.0%} of floor)" if isinstance(r["ours"], float) else f"{op} {r['ours']}"
+                f"{op} {fmt_ms(r['ours'])} ms ({ratio(best(r), r['ours'])} vs the best baseline, "
+                f"{r['floor_ms'] / r['ours']:.0%} of floor, {check_text(r['check'])})"
+                if isinstance(r["ours"], float) else f"{op} {r['ours']}"
                 for op, r in cell["ops"].items())
-            cell_ends(c, f"nnz={cell['info']['nnz']:,}: {summary}")
-        write_report(out, header, done, args.ops, args.dtype)
-        if args.copy_to is not None:
-            write_report(args.copy_to / out.name, header, done, args.ops, args.dtype)
+            cell_ends(c, f"nnz={cell['info']['nnz']:,}, max row {cell['info']['max_row']:,}: {summary}")
+        report()
     finish(out)
+    failed = [f"N={n} d={pct(d)} B={B} {law}: {', '.join(wrong(cell))}" for (n, d, B, law), cell in done if wrong(cell)]
+    if failed:
+        print("bench_cuda: our result is WRONG (past the rounding bound of a float64 reference) in "
+              + "; ".join(failed), file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

@@ -1,18 +1,30 @@
-"""CPU benchmark of spmm, spmm_t, sddmm and spmm forward+backward over a grid of shapes.
+"""CPU benchmark of spmm, spmm_t, sddmm and spmm forward+backward on a grid that cannot hide a
+loss: the row law is an axis, so that skewed rows (dynamic sparse training grows hub rows), B = 1
+and wide batches show up beside the uniform patterns.
 
-Same inputs, same run: ours vs torch.sparse.mm on CSR (MKL), scipy.sparse, dense and
-masked-dense (W * mask, then the dense product), plus PyG's torch_sparse when it is installed,
-for every N in {1,024, 4,096, 16,384, 65,536}, density in {0.1%, 1%, 5%, 33%} and batch B in
-{1, 20, 32}. A baseline (or a whole cell) whose memory would exceed --memory-gib is skipped and
-the row says so. Each row is printed and appended to the results file as soon as it is measured,
-with the 1-minute load average at that moment (a busy machine inflates every time); each cell
-(N, density, B) prints a line when it starts and when it ends. Without --out the results file is a
-fresh one, benchmarks/results/local/cpu_ops-<UTC time>.md (named at the start and the end); the
-committed table is rewritten only with --out cpu_ops.md (`make bench` passes it).
+Same inputs, same run: ours vs torch.sparse.mm on CSR (MKL), scipy.sparse, dense and masked-dense
+(W * mask, then the dense product), plus PyG's torch_sparse when it is installed. The grid: row law
+(``sparse_engine.sparse.patterns.row_law_pattern``: uniform, zipf0.8, zipf1.0, zipf1.2, banded,
+block) x N {16,384, 65,536, 262,144} x density {0.05%, 0.1%, 1%, 5%} x B {1, 4, 32, 128, 256, 512},
+smallest N first and every law at each N and density before the next density, so that --budget-s
+(no new cell once spent) cuts the large sizes, not a law. One row per op and cell:
 
-    python benchmarks/bench_ops.py --out cpu_ops.md   # the full grid -> benchmarks/results/cpu_ops.md
-    python benchmarks/bench_ops.py --quick         # a small subset, to check the script (a fresh file)
-    python benchmarks/bench_ops.py --n 16384 --density 0.01 --batch 32
+* every baseline's time, the fastest one ("best") and ours against it ("x best" < 1: a loss);
+* % floor: the time to move the bytes that must move once (values, index, the dense operands read
+  and the output written once) at this machine's memcpy bandwidth, measured once per run, over ours;
+* check: our result against a float64 reference computed independently (benchmarks/float64_check.py:
+  every output row when cheap, else a sample with the longest rows) within the op tests' rounding
+  bound: "checked", or the row says WRONG and the run ends with status 1.
+
+A baseline (or a whole cell) whose memory would exceed --memory-gib is skipped and the row says so.
+Rows are printed and appended to the results file as measured, with the 1-minute load average (a
+busy machine inflates every time); each cell prints a line when it starts and when it ends. Without
+--out the results file is a fresh one, benchmarks/results/local/cpu_ops-<UTC time>.md (named at the
+start and the end); the committed table is rewritten only with --out cpu_ops.md (`make bench`).
+
+    python benchmarks/bench_ops.py --out cpu_ops.md --budget-s 36000   # the grid, as far as 10 hours go
+    python benchmarks/bench_ops.py --quick         # uniform and zipf1.0, B 1 and 128, at N 2,048 (a fresh file)
+    python benchmarks/bench_ops.py --n 16384 --density 0.01 --batch 1 128 --laws zipf1.2 banded
     python benchmarks/bench_ops.py --ops spmm_t spmm_t+gather sddmm --out /tmp/ops.md   # some ops only
 """
 from __future__ import annotations
@@ -20,39 +32,57 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (announce, cell, finish, ms, out_help, ratio, results_path, timeit,  # noqa: E402
-                    write_result)
+from common import announce, cell, finish, out_help, results_path, timeit, write_result  # noqa: E402
+from float64_check import check, verdict  # noqa: E402
 
 from sparse_engine import SparseWeight, ops  # noqa: E402
+from sparse_engine.runtime.timing import best_of  # noqa: E402
+from sparse_engine.sparse.patterns import ROW_LAWS, default_values, row_law_pattern  # noqa: E402
 import torch  # noqa: E402
 
-GRID_N = [1024, 4096, 16384, 65536]
-GRID_DENSITY = [0.001, 0.01, 0.05, 0.33]
-GRID_B = [1, 20, 32]
-QUICK = ([1024, 4096], [0.01, 0.05], [1, 20])
+GRID_N = [16384, 65536, 262144]
+GRID_DENSITY = [0.0005, 0.001, 0.01, 0.05]
+GRID_B = [1, 4, 32, 128, 256, 512]
+QUICK = dict(n=[2048], density=[0.01], batch=[1, 128], laws=["uniform", "zipf1.0"])
 OPS = ["spmm", "spmm_t", "spmm_t+gather", "sddmm", "fwd+bwd"]
 BASELINES = ["torch.sparse CSR", "scipy", "dense", "masked-dense"]
+try:
+    import torch_sparse as _pyg  # noqa: F401
+    BASELINES.append("torch_sparse (PyG)")
+except ImportError:
+    pass
 DEFAULT = "cpu_ops.md"
-TITLE = "CPU operators: ours vs baselines (same run)"
-HEADER = ["N", "density", "B", "op", "ours ms", "baseline", "baseline ms", "speed-up", "load"]
-NOTES = """speed-up = baseline time / our time; > 1 means we are faster. load = 1-minute load average
-when the row was measured. spmm_t: W^T G. Its torch.sparse baseline gets a transposed CSR built
-once outside the timing, values included (`torch.sparse.mm(W.t(), G)` converts the transposed CSR
-on every call, about 100x slower), and so do we in the `spmm_t` rows: the values in column order
-(`ops.transposed_values(W)`, what a recurrence makes once per sequence) are made outside the
-timing and passed as `values_t`. The `spmm_t+gather` rows time ours gathering the current values
-through the transposed index on every call (`ops.spmm_t(W, G)`, one product per change of the
-values), against the same baselines. The forward-only rows run ours under torch.no_grad(), like the baselines, whose
-values are detached. sddmm baselines: torch.sparse.sampled_addmm, scipy (row gathers), dense (G X^T,
-then the entries), masked-dense ((G X^T) * mask). fwd+bwd: Y = W X, then the gradients of the
-values (or the dense weight) and X; scipy has no autograd. Dense and masked-dense build N x N
-matrices; torch.sparse's backward through a CSR weight also needs O(N^2) memory. Anything that
-would need more than the memory budget is skipped and says so.
+TITLE = "CPU operators: ours vs baselines (same run), by row law"
+HEADER = (["N", "law", "density", "max row", "B", "op", "ours ms"] + [f"{b} ms" for b in BASELINES]
+          + ["best", "x best", "% floor", "check", "load"])
+NOTES = """x best = the fastest baseline's time / our time; < 1 is a loss. % floor = the time to move the bytes that
+must move once (values, index, the dense operands read and the output written once) at the memcpy
+bandwidth above, over our time (above 100%: the operands stayed in the caches, as in small cells).
+check: ours against a float64 reference computed independently, within the op tests' rounding bound
+(all rows, or a sample of N+ rows with the longest). max row: the longest row of the pattern (the row
+law's hub). load = 1-minute load average when the row was measured.
+spmm_t: W^T G. Its torch.sparse baseline gets a transposed CSR built once outside the timing, values
+included (`torch.sparse.mm(W.t(), G)` converts the transposed CSR on every call, about 100x slower),
+and so do we in the `spmm_t` rows: the values in column order (`ops.transposed_values(W)`, what a
+recurrence makes once per sequence) are made outside the timing and passed as `values_t`. The
+`spmm_t+gather` rows time ours gathering the current values through the transposed index on every call
+(`ops.spmm_t(W, G)`, one product per change of the values), against the same sparse baselines. The
+forward-only rows run ours under torch.no_grad(), like the baselines, whose values are detached. sddmm
+baselines: torch.sparse.sampled_addmm, scipy (row gathers), dense (G X^T, then the entries),
+masked-dense ((G X^T) * mask). fwd+bwd: Y = W X, then the gradients of the values (or the dense
+weight) and X; scipy has no autograd. Dense and masked-dense build N x N matrices; torch.sparse's
+backward through a CSR weight also needs O(N^2) memory. Anything that would need more than the memory
+budget is skipped and says so ("skip ~N GiB"); "-": no such baseline for that op.
 """
+
+
+class CheckFailed(RuntimeError):
+    """Our result is past its rounding bound: the run stops (status 1)."""
 
 
 def physical_gib() -> float:
@@ -88,39 +118,59 @@ def _baseline_bytes(op: str, impl: str, n: int, nnz: int, B: int, dense: float, 
     raise ValueError(impl)
 
 
-def make_weight(n: int, density: float) -> SparseWeight:
+def floor_bytes(op: str, n: int, nnz: int, B: int) -> int:
+    """Bytes that must move once: float32 values and int32 columns (8 per entry; 12 where the values
+    are gathered through the transposed index), int64 row pointers, the N x B operands read and the
+    output written once (sddmm: both operands read, one value per entry written)."""
+    index, dense = 8 * (n + 1), 4 * n * B
+    one = {"spmm": 8 * nnz, "spmm_t": 8 * nnz, "spmm_t+gather": 12 * nnz, "sddmm": 8 * nnz}
+    if op == "fwd+bwd":  # Y = W X, then dX = W^T G gathering the values, dW = sddmm(G, X)
+        return sum(one[o] + index + 2 * dense for o in ("spmm", "spmm_t+gather", "sddmm"))
+    return one[op] + index + 2 * dense
+
+
+def copy_bandwidth(n: int = 1 << 26) -> float:
+    """Bytes per second of a float32 copy of ``n`` elements (256 MiB: past the caches), read + write,
+    the best of 5 on torch's threads."""
+    a = torch.rand(n)
+    b = torch.empty_like(a)
+    return 8 * n / best_of(lambda: b.copy_(a), 5, warmup=1)
+
+
+def make_weight(n: int, density: float, law: str) -> SparseWeight:
     g = torch.Generator().manual_seed(0)
-    nnz = int(round(density * n * n))
-    if nnz <= 20_000_000:
-        return SparseWeight.random(n, n, density, generator=g)
-    from common import random_csr_on  # O(nnz) draws with the topology ops, for the big cells
-
-    return SparseWeight(*random_csr_on(n, n, nnz, "cpu"), (n, n), validate=False)
+    row_ptr, col_idx = row_law_pattern(law, n, n, int(round(density * n * n)), g)
+    return SparseWeight(row_ptr, col_idx, default_values(col_idx.numel(), n, generator=g), (n, n), validate=False)
 
 
-def implementations(op: str, W: SparseWeight, X: torch.Tensor, G: torch.Tensor) -> dict:
-    """name -> a function building (outside the timing) and returning the timed callable."""
-    n = W.shape[0]
-
-    def ours():
-        # forward-only rows under no_grad, as the baselines' (detached) values are: recording the
-        # autograd graph costs tens of microseconds per call, which dominates the smallest cells
-        if op in ("spmm", "spmm_t", "spmm_t+gather", "sddmm"):
-            values_t = ops.transposed_values(W) if op == "spmm_t" else None  # made once, outside the timing
-            run = {"spmm": lambda: ops.spmm(W, X), "spmm_t": lambda: ops.spmm_t(W, G, values_t),
-                   "spmm_t+gather": lambda: ops.spmm_t(W, G), "sddmm": lambda: ops.sddmm(W, G, X)}[op]
-
-            def no_grad():
-                with torch.no_grad():
-                    return run()
-            return no_grad
-
-        def fwd_bwd():
+def ours(op: str, W: SparseWeight, X: torch.Tensor, G: torch.Tensor):
+    """(the timed callable, a function returning its outputs for the check: "spmm" W X, "spmm_t" W^T G,
+    "sddmm" G X^T at W's entries). The forward-only calls run under torch.no_grad(), as the baselines'
+    (detached) values do: recording the autograd graph costs tens of microseconds per call, which
+    dominates the smallest cells."""
+    if op == "fwd+bwd":
+        def fwd_bwd(outputs: bool = False):
             x = X.detach().requires_grad_()
-            ops.spmm(W, x).backward(G)
+            y = ops.spmm(W, x)
+            y.backward(G)
+            grads = {"spmm": y.detach(), "spmm_t": x.grad, "sddmm": W.values.grad} if outputs else None
             W.values.grad = None
-        return fwd_bwd
+            return grads
+        return fwd_bwd, lambda: fwd_bwd(True)
+    values_t = ops.transposed_values(W) if op == "spmm_t" else None  # made once, outside the timing
+    key, run = {"spmm": ("spmm", lambda: ops.spmm(W, X)), "spmm_t": ("spmm_t", lambda: ops.spmm_t(W, G, values_t)),
+                "spmm_t+gather": ("spmm_t", lambda: ops.spmm_t(W, G)),
+                "sddmm": ("sddmm", lambda: ops.sddmm(W, G, X))}[op]
 
+    def no_grad():
+        with torch.no_grad():
+            return run()
+    return no_grad, lambda: {key: no_grad()}
+
+
+def baselines(op: str, W: SparseWeight, X: torch.Tensor, G: torch.Tensor) -> dict:
+    """name -> a function building (outside the timing) and returning the timed callable, or None
+    where the baseline has no such op."""
     def torch_sparse():
         csr = W.to_torch_sparse_csr()
         if op == "spmm":
@@ -165,96 +215,147 @@ def implementations(op: str, W: SparseWeight, X: torch.Tensor, G: torch.Tensor) 
             P.grad = None
         return fwd_bwd
 
-    impls = {"ours": ours, "torch.sparse CSR": torch_sparse,
-             "scipy": scipy if op != "fwd+bwd" else None,
+    impls = {"torch.sparse CSR": torch_sparse, "scipy": scipy if op != "fwd+bwd" else None,
              "dense": lambda: dense(False), "masked-dense": lambda: dense(True)}
     if op == "spmm_t+gather":  # the dense baselines are the spmm_t rows'; no values to gather there
-        del impls["dense"], impls["masked-dense"]
-    if op == "spmm":
-        try:
-            import torch_sparse as pyg  # noqa: F401
-
-            impls["torch_sparse (PyG)"] = lambda: (lambda ts: (lambda: ts @ X))(W.to_torch_sparse())
-        except ImportError:
-            pass
-    assert n == W.shape[1]
+        impls["dense"] = impls["masked-dense"] = None
+    if "torch_sparse (PyG)" in BASELINES:
+        impls["torch_sparse (PyG)"] = ((lambda: (lambda ts: (lambda: ts @ X))(W.to_torch_sparse()))
+                                       if op == "spmm" else None)
     return impls
 
 
 class Results:
     """The results file, written row by row: the header first, then each row as it comes."""
 
-    def __init__(self, path: Path, title: str):
-        self.path = write_result(path.absolute(), title, f"{NOTES}\n| " + " | ".join(HEADER) + " |\n|"
+    def __init__(self, path: Path, title: str, notes: str):
+        self.path = write_result(path.absolute(), title, f"{notes}\n| " + " | ".join(HEADER) + " |\n|"
                                  + "---|" * len(HEADER))
         self.rows = 0
 
     def add(self, row: list) -> None:
         line = "| " + " | ".join(str(c) for c in row) + " |"
         print(line, flush=True)
-        with self.path.open("a") as f:
-            f.write(line + "\n")
+        self.note(line)
         self.rows += 1
 
+    def note(self, line: str) -> None:
+        with self.path.open("a") as f:
+            f.write(line + "\n")
 
-def bench_cell(n: int, density: float, B: int, budget: float, out: Results, ops_=OPS) -> None:
-    nnz = int(round(density * n * n))
-    head = [f"{n:,}", f"{density:.1%}", B]
+
+def pct(density: float) -> str:
+    return f"{density * 100:g}%"
+
+
+def ms(seconds: float) -> str:
+    """Milliseconds with 3 decimals below 10 ms (calls of microseconds), 1 above."""
+    x = seconds * 1e3
+    return f"{x:.3f}" if x < 10 else f"{x:.1f}"
+
+
+def bench_cell(n: int, density: float, law: str, B: int, W: SparseWeight, out: Results, bandwidth: float,
+               budget: float, ops_=OPS) -> None:
+    """The rows of one cell: each op, ours (checked) and every baseline. Raises CheckFailed after
+    writing the row of a wrong result."""
+    nnz = W.nnz
+    head = [f"{n:,}", law, pct(density), f"{int(W.row_ptr.diff().max()):,}", B]
     load = lambda: f"{os.getloadavg()[0]:.1f}"  # noqa: E731
-    if memory_needed("fwd+bwd", "ours", n, nnz, B) > budget:
-        need = memory_needed("fwd+bwd", "ours", n, nnz, B) / 2**30
-        out.add(head + ["all", "-", "all", "-", f"skipped: needs ~{need:.0f} GiB > {budget / 2**30:.0f} GiB", load()])
-        return
-    W = make_weight(n, density)
     g = torch.Generator().manual_seed(1)
     X, G = torch.randn(n, B, generator=g), torch.randn(n, B, generator=g)
     for op in ops_:
-        impls = implementations(op, W, X, G)
-        t_ours = timeit(impls.pop("ours")())
-        for name, build in impls.items():
+        timed, outputs = ours(op, W, X, G)
+        ratio, rows = check(W, X, G, outputs())
+        t_ours = timeit(timed)
+        times = {}
+        for name, build in baselines(op, W, X, G).items():
             if build is None:
+                times[name] = "-"
                 continue
             need = memory_needed(op, name, n, nnz, B)
             if need > budget:
-                out.add(head + [op, ms(t_ours), name, f"skipped: needs ~{need / 2**30:.0f} GiB", "-", load()])
+                times[name] = f"skip ~{need / 2**30:.0f} GiB"
                 continue
             fn = build()
-            t = timeit(fn)
+            times[name] = timeit(fn)
             del fn
-            out.add(head + [op, ms(t_ours), name, ms(t), ratio(t, t_ours), load()])
+        measured = {k: v for k, v in times.items() if isinstance(v, float)}
+        best = min(measured, key=measured.get) if measured else None
+        floor = floor_bytes(op, n, nnz, B) / bandwidth
+        row = head + [op, ms(t_ours)] + [ms(v) if isinstance(v, float) else v for v in times.values()] + [
+            best or "-", f"{measured[best] / t_ours:.2f}x" if best else "-", f"{floor / t_ours:.0%}",
+            verdict(ratio, rows), load()]
+        out.add(row)
+        if not ratio <= 1.0:
+            raise CheckFailed(f"ours is wrong at N {n:,}, {law}, density {pct(density)}, B {B}, {op}: "
+                              f"error {ratio:.3g}x the rounding bound")
 
 
-def main(argv=None) -> None:
+def cells(sizes, densities, laws, batches):
+    """The grid in its order: N, then density, then law, then B (one pattern per law, N, density)."""
+    return [(n, d, law, B) for n in sizes for d in densities for law in laws for B in batches]
+
+
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="N 1,024 and 4,096, density 1%% and 5%%, B 1 and 20")
+    p.add_argument("--quick", action="store_true",
+                   help="N 2,048, density 1%%, B 1 and 128, laws uniform and zipf1.0 (checks the script)")
     p.add_argument("--n", type=int, nargs="+", default=None, help=f"default {GRID_N}")
     p.add_argument("--density", type=float, nargs="+", default=None, help=f"default {GRID_DENSITY}")
     p.add_argument("--batch", type=int, nargs="+", default=None, help=f"default {GRID_B}")
+    p.add_argument("--laws", nargs="+", default=None, choices=ROW_LAWS, help="row laws; default: all")
     p.add_argument("--ops", nargs="+", default=OPS, choices=OPS, help="default: all")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="start no new cell after this many seconds (the grid's order puts the small N first)")
     p.add_argument("--memory-gib", type=float, default=None,
                    help="skip what would need more (default: 80%% of this machine's memory)")
     p.add_argument("--out", default=None, help=out_help(DEFAULT))
     args = p.parse_args(argv)
-    grid = QUICK if args.quick else (GRID_N, GRID_DENSITY, GRID_B)
-    sizes, densities, batches = args.n or grid[0], args.density or grid[1], args.batch or grid[2]
+    grid = QUICK if args.quick else dict(n=GRID_N, density=GRID_DENSITY, batch=GRID_B, laws=list(ROW_LAWS))
+    sizes, densities = args.n or grid["n"], args.density or grid["density"]
+    batches, laws = args.batch or grid["batch"], args.laws or grid["laws"]
     for name, values in (("--n", sizes), ("--batch", batches)):
         if any(v < 1 for v in values):
             p.error(f"{name} values must be >= 1")
     if any(not 0 < d <= 1 for d in densities):
         p.error("--density values must be in (0, 1]")
+    if args.budget_s is not None and not args.budget_s > 0:
+        p.error("--budget-s must be > 0")
     budget = (args.memory_gib if args.memory_gib is not None else 0.8 * physical_gib()) * 2**30
     path = results_path(args.out, DEFAULT)
     announce(TITLE, HEADER, path)
-    out = Results(path, TITLE)
-    for n in sizes:
-        for d in densities:
-            for B in batches:
-                with cell(f"N {n:,}, density {d:.1%}, B {B}") as c:
-                    before = out.rows
-                    bench_cell(n, d, B, budget, out, [op for op in OPS if op in args.ops])
-                    c.result = f"{out.rows - before} rows"
+    with cell("memcpy bandwidth (256 MiB float32 copy)") as c:
+        bandwidth = copy_bandwidth()
+        c.result = f"{bandwidth / 1e9:.1f} GB/s"
+    out = Results(path, TITLE, f"memcpy bandwidth: {bandwidth / 1e9:.1f} GB/s (a 256 MiB float32 copy, read + "
+                               f"write, best of 5, {torch.get_num_threads()} threads).\n\n{NOTES}")
+    todo, start, pattern = cells(sizes, densities, laws, batches), time.perf_counter(), (None, None)
+    try:
+        for i, (n, d, law, B) in enumerate(todo):
+            if args.budget_s is not None and time.perf_counter() - start > args.budget_s:
+                line = f"budget of {args.budget_s:.0f} s spent: {len(todo) - i} of {len(todo)} cells not run"
+                print(line, flush=True)
+                out.note(f"\n{line} (the first not run: N {n:,}, {law}, density {pct(d)}, B {B}).")
+                break
+            with cell(f"N {n:,}, {law}, density {pct(d)}, B {B}") as c:
+                before, nnz = out.rows, int(round(d * n * n))
+                if memory_needed("fwd+bwd", "ours", n, nnz, B) > budget:
+                    need = memory_needed("fwd+bwd", "ours", n, nnz, B) / 2**30
+                    out.add([f"{n:,}", law, pct(d), "-", B, "all", f"skipped: needs ~{need:.0f} GiB > "
+                             f"{budget / 2**30:.0f} GiB"] + ["-"] * (len(HEADER) - 8) + [f"{os.getloadavg()[0]:.1f}"])
+                else:
+                    if pattern[0] != (n, d, law):
+                        pattern = (None, None)  # the previous weight freed before the next is built
+                        pattern = ((n, d, law), make_weight(n, d, law))
+                    bench_cell(n, d, law, B, pattern[1], out, bandwidth, budget, [op for op in OPS if op in args.ops])
+                c.result = f"{out.rows - before} rows"
+    except CheckFailed as exc:
+        print(f"bench_ops: {exc}", file=sys.stderr, flush=True)
+        finish(out.path)
+        return 1
     finish(out.path)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
