@@ -11,8 +11,9 @@ runs on the operands' device.
 """
 from __future__ import annotations
 
-import torch
 from sparse_engine.testing import rounding_bound
+
+import torch
 
 #: float64 multiply-adds a reference may spend on one output before it samples rows (an entry
 #: counts as at least MIN_WORK of them: its gathers cost that much at B = 1)
