@@ -11,10 +11,11 @@
 
 namespace sparse_engine {
 
-// Below this much work (multiply-adds or elements) a CPU kernel stays on one thread: waking a
-// thread costs more than the whole product, and much more on a busy machine. (PARALLEL_WORK)
-// That is where idle threads spin; where they sleep at once, the default that `import
-// sparse_engine` sets, the CPU kernels use a higher bound (csrc/cpu/common.h, parallel_work).
+// Below this much work (multiply-adds or elements) a CPU kernel stays on one thread: there the
+// thread pool's second thread (csrc/cpu/thread_pool.h) costs more than it saves. Measured with
+// the pool's own waits (its workers spin 20 us after a job, then sleep), whatever the import order:
+// from here 2 threads were as fast as 1 or faster in spmm, spmm_t and sddmm on a quiet 2-core VM
+// (benchmarks/results/pool_threshold_cpu.md; docs/cpu_kernels.md, "The thread pool"). (PARALLEL_WORK)
 inline constexpr int64_t kParallelWork = int64_t(1) << 15;
 
 // spmm_t without values_t on the CPU scatters the CSR's rows (csrc/cpu/scatter.h) when the values

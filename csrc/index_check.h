@@ -37,6 +37,8 @@
 #include <unordered_map>
 #include <utility>
 
+#include "cpu/thread_pool.h"
+
 namespace sparse_engine {
 
 // What a scan of a compressed index (ptr: n+1 entries; idx and perm: nnz entries) found. The
@@ -70,8 +72,9 @@ inline IndexScan scan_index_cpu(const int64_t* ptr, const int32_t* idx, const in
   constexpr int64_t kNone = std::numeric_limits<int64_t>::max();
   IndexScan s{ptr[0], ptr[n], -1, -1, -1, -1};
   using Rows = std::pair<int64_t, int64_t>;  // (first drop, longest row)
-  const Rows rows = at::parallel_reduce(
-      int64_t(0), n, kGrain, Rows{kNone, -1},
+  const int threads = at::get_num_threads();  // the scans run on the kernels' pool, not on OpenMP
+  const Rows rows = reduce_ranges(
+      n, kGrain, threads, Rows{kNone, -1},
       [&](int64_t b, int64_t e, Rows r) {
         for (int64_t i = b; i < e; ++i) {
           const int64_t len = ptr[i + 1] - ptr[i];
@@ -82,8 +85,8 @@ inline IndexScan scan_index_cpu(const int64_t* ptr, const int32_t* idx, const in
       },
       [](Rows a, Rows b) { return Rows{std::min(a.first, b.first), std::max(a.second, b.second)}; });
   auto first_outside = [&](const int32_t* a, int64_t hi) {
-    return at::parallel_reduce(
-        int64_t(0), nnz, kGrain, kNone,
+    return reduce_ranges(
+        nnz, kGrain, threads, kNone,
         [&](int64_t b, int64_t e, int64_t r) {
           for (int64_t k = b; k < e && r == kNone; ++k)
             if (a[k] < 0 || a[k] >= hi) r = k;
@@ -292,8 +295,8 @@ inline int64_t check_csr_content(const at::Tensor& row_ptr, const at::Tensor& co
   const int64_t max_len = std::max<int64_t>(scan.max_len, 0);
   if (!sorted) return max_len;
   constexpr int64_t kNone = std::numeric_limits<int64_t>::max();
-  const int64_t row = at::parallel_reduce(
-      int64_t(0), n, int64_t(1) << 12, kNone,
+  const int64_t row = reduce_ranges(
+      n, int64_t(1) << 12, at::get_num_threads(), kNone,
       [&](int64_t b, int64_t e, int64_t r) {
         for (int64_t i = b; i < e && r == kNone; ++i)
           for (int64_t k = ptr[i] + 1; k < ptr[i + 1]; ++k)

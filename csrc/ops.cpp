@@ -33,6 +33,17 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <omp.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
 #include "cpu/common.h"
 #include "cpu/gather.h"
 #include "index_check.h"
@@ -177,10 +188,142 @@ static PyObject* index_scans(PyObject*, PyObject*) {
   return PyLong_FromLongLong(sparse_engine::IndexCache::instance().scans());
 }
 
+// sparse_engine._C._shorten_openmp_spin(): starts one OpenMP team of 2 threads on a thread of its
+// own that sleeps (blocked, never spinning) until _end_openmp_team(), so that libgomp manages one
+// thread more than torch's: with torch's threads at the CPU count that is more threads than CPUs,
+// where libgomp's idle threads spin for its throttled count (1000 spins, a few microseconds; see
+// GOMP_SPINCOUNT in libgomp's manual) instead of its default (300,000: about 4 ms after each
+// parallel op, measured on a 2-core VM). For torch's own CPU ops when torch was imported first and
+// left libgomp's default waits (sparse_engine/runtime/threads.py, which ends the team at exit: a
+// team still asleep then would keep the process from exiting). Returns whether it started one.
+namespace {
+struct SleepingTeam {
+  std::mutex m;
+  std::condition_variable cv;
+  bool end = false;
+  std::thread thread;
+  pid_t pid = 0;  // the process that started it: a child made by fork() has no such thread to end
+};
+SleepingTeam& sleeping_team() {
+  static auto* team = new SleepingTeam();  // never destroyed: its thread may outlive static destructors
+  return *team;
+}
+}  // namespace
+
+static PyObject* shorten_openmp_spin(PyObject*, PyObject*) {
+  SleepingTeam& t = sleeping_team();
+  {
+    std::lock_guard<std::mutex> lock(t.m);
+    if (t.thread.joinable() || t.end) Py_RETURN_FALSE;
+    t.pid = getpid();
+    t.thread = std::thread([&t] {
+#pragma omp parallel num_threads(2)
+      {
+        std::unique_lock<std::mutex> lock(t.m);
+        t.cv.wait(lock, [&t] { return t.end; });
+      }
+    });
+  }
+  Py_RETURN_TRUE;
+}
+
+// sparse_engine._C._end_openmp_team(): wakes the team of _shorten_openmp_spin and waits for its
+// thread to end (nothing when there is none). Returns whether there was one.
+static PyObject* end_openmp_team(PyObject*, PyObject*) {
+  SleepingTeam& t = sleeping_team();
+  {
+    std::lock_guard<std::mutex> lock(t.m);
+    t.end = true;
+  }
+  t.cv.notify_all();
+  if (!t.thread.joinable() || t.pid != getpid()) Py_RETURN_FALSE;  // (a fork's child: left as it is)
+  Py_BEGIN_ALLOW_THREADS
+  t.thread.join();
+  Py_END_ALLOW_THREADS
+  Py_RETURN_TRUE;
+}
+
 // sparse_engine._C._parallel_work(): the work from which the CPU kernels use several threads
-// (csrc/cpu/common.h, parallel_work: higher where idle OpenMP threads sleep at once).
+// (csrc/cpu/common.h, parallel_work: kParallelWork unless _set_parallel_work changed it).
 static PyObject* parallel_work(PyObject*, PyObject*) {
   return PyLong_FromLongLong(sparse_engine::parallel_work());
+}
+
+// sparse_engine._C._set_parallel_work(work): that bound, for tests that split small inputs across
+// threads and the benchmark that measures it; returns the bound in force before. Results do not
+// depend on it.
+static PyObject* set_parallel_work(PyObject*, PyObject* args) {
+  long long work = 0;
+  if (!PyArg_ParseTuple(args, "L", &work)) return nullptr;
+  if (work < 0) {
+    PyErr_SetString(PyExc_ValueError, "_set_parallel_work: work must be >= 0");
+    return nullptr;
+  }
+  return PyLong_FromLongLong(sparse_engine::g_parallel_work.exchange(work));
+}
+
+// sparse_engine._C._pool_stats(): (jobs, worker_chunks, busy, nested, workers, stalls) of the CPU
+// kernels' thread pool (csrc/cpu/thread_pool.h): the parallel jobs it ran, the chunks its workers
+// ran, the calls that ran on their calling thread because another thread's job held the pool or
+// because they came from inside a chunk, the workers started so far in this process, and the
+// jobs whose caller waited long for a preempted worker (after which workers leave it a reserve).
+static PyObject* pool_stats(PyObject*, PyObject*) {
+  auto& st = sparse_engine::pool::stats();
+  const sparse_engine::pool::ThreadPool* p = sparse_engine::pool::g_pool.load();
+  return Py_BuildValue("(LLLLiL)", static_cast<long long>(st.jobs.load()),
+                       static_cast<long long>(st.worker_chunks.load()), static_cast<long long>(st.busy.load()),
+                       static_cast<long long>(st.nested.load()), p ? p->workers() : 0,
+                       static_cast<long long>(st.stalls.load()));
+}
+
+// sparse_engine._C._pool_check(chunks, threads, throw_at, hold_ms, inner): the pool's contract on
+// a job of its own, for tests/ops/test_thread_pool.py (the GIL released, so two Python threads can
+// call it at once). Chunk c adds 1 to a counter of its own; chunk `throw_at` (>= 0) raises a
+// ValueError (TORCH_CHECK_VALUE) instead; chunk 0 first sleeps `hold_ms` milliseconds; every chunk
+// runs a nested call of `inner` chunks. Returns (every chunk but throw_at ran exactly once, the
+// chunks that ran off the calling thread, every nested chunk ran on its chunk's thread).
+static PyObject* pool_check(PyObject*, PyObject* args) {
+  long long chunks = 0, throw_at = -1, hold_ms = 0, inner = 0;
+  int threads = 1;
+  if (!PyArg_ParseTuple(args, "LiLLL", &chunks, &threads, &throw_at, &hold_ms, &inner)) return nullptr;
+  if (chunks < 0 || chunks > (1LL << 24) || inner < 0 || inner > 1024 || hold_ms < 0 || hold_ms > 60000) {
+    PyErr_SetString(PyExc_ValueError, "_pool_check: chunks in [0, 2^24], inner in [0, 1024], hold_ms in [0, 60000]");
+    return nullptr;
+  }
+  std::vector<std::atomic<int>> runs(static_cast<size_t>(chunks));
+  std::atomic<int64_t> off_caller{0};
+  std::atomic<bool> inner_same{true};
+  std::string error;
+  PyObject* error_type = nullptr;
+  Py_BEGIN_ALLOW_THREADS
+  try {
+    const auto caller = std::this_thread::get_id();
+    sparse_engine::run_chunks(chunks, threads, [&](int64_t c, int) {
+      if (c == 0 && hold_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(hold_ms));
+      TORCH_CHECK_VALUE(c != throw_at, "chunk ", c, " of the pool check failed");
+      const auto me = std::this_thread::get_id();
+      if (me != caller) off_caller.fetch_add(1);
+      sparse_engine::run_chunks(inner, threads, [&](int64_t, int) {
+        if (std::this_thread::get_id() != me) inner_same = false;
+      });
+      runs[c].fetch_add(1);
+    });
+  } catch (const c10::ValueError& e) {
+    error = e.what_without_backtrace();
+    error_type = PyExc_ValueError;
+  } catch (const std::exception& e) {
+    error = e.what();
+    error_type = PyExc_RuntimeError;
+  }
+  Py_END_ALLOW_THREADS
+  if (error_type != nullptr) {
+    PyErr_SetString(error_type, error.c_str());
+    return nullptr;
+  }
+  bool once = true;
+  for (long long c = 0; c < chunks; ++c) once = once && runs[c].load() == (c == throw_at ? 0 : 1);
+  return Py_BuildValue("(OLO)", once ? Py_True : Py_False, static_cast<long long>(off_caller.load()),
+                       inner_same.load() ? Py_True : Py_False);
 }
 
 // sparse_engine._C._set_tiling(from_bytes, panel_bytes, from_row_bytes): the cache tiling of the CPU
@@ -204,7 +347,14 @@ static PyObject* set_tiling(PyObject*, PyObject* args) {
 extern "C" PyObject* PyInit__C(void) {
   static PyMethodDef methods[] = {
       {"_index_scans", index_scans, METH_NOARGS, "Index content scans run so far (csrc/index_check.h)."},
+      {"_shorten_openmp_spin", shorten_openmp_spin, METH_NOARGS,
+       "One sleeping OpenMP team, so that libgomp's idle threads spin briefly (once per process)."},
+      {"_end_openmp_team", end_openmp_team, METH_NOARGS, "Ends that team (at exit)."},
       {"_parallel_work", parallel_work, METH_NOARGS, "Work from which the CPU kernels use several threads."},
+      {"_set_parallel_work", set_parallel_work, METH_VARARGS, "Sets that work (tests, benchmarks); returns the old."},
+      {"_pool_stats", pool_stats, METH_NOARGS,
+       "The CPU thread pool's counters (jobs, worker_chunks, busy, nested, workers, stalls)."},
+      {"_pool_check", pool_check, METH_VARARGS, "Runs a job of the pool's own (tests of its contract)."},
       {"_set_tiling", set_tiling, METH_VARARGS, "Cache tiling bounds of the CPU gathers (tests); returns the old."},
       {nullptr, nullptr, 0, nullptr}};
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};

@@ -16,6 +16,7 @@ from . import _moved
 _moved.install()  # old module paths (sparse_engine.runtime.threads, .checkpoint, ...) keep working, with a warning
 from .runtime import threads  # noqa: E402,F401  (first: passive OpenMP waiting and huge pages, before torch loads)
 from . import kernels  # noqa: E402,F401  (loads the compiled operators once)
+threads.shorten_torch_spin()  # torch imported first: libgomp's idle threads spin briefly
 from . import ops  # noqa: E402
 from .sparse import SparseWeight  # noqa: E402
 from . import nn  # noqa: E402

@@ -1,4 +1,4 @@
-// Structure analysis kernels (OpenMP): the signed triad census and the transitive semicycles
+// Structure analysis kernels (CPU): the signed triad census and the transitive semicycles
 // (feed-forward loops) of the directed signed graph of a square CSR matrix, and
 // degree-preserving edge swaps for null models.
 //
@@ -28,7 +28,6 @@
 // tests/ops/test_registry.py); the census and the semicycles share the graph built from the CSR
 // (neighbour merge, sign bits), written once at the top; the swaps are the family's third op.
 #include <torch/library.h>
-#include <omp.h>
 #include <random>
 #include <vector>
 #include "common.h"
@@ -90,22 +89,23 @@ struct Builder {
   bool valid(int64_t r, int64_t k) const { return col_idx[k] != r && val[k] != scalar_t(0); }
 
   // Counting-sort transpose. Rows are split into T contiguous blocks; block t's entries of
-  // column c go after those of blocks < t, so every out-list comes out sorted.
+  // column c go after those of blocks < t, so every out-list comes out sorted (for any T).
   void build_out(bool par) {
-    // per-block column counters cost T * n: keep them within about twice the entries
+    // per-block column counters cost T * n: keep them within about twice the entries; up to 4
+    // blocks per thread (a block held up on a busy core delays the call by less)
     const int64_t cap = std::max<int64_t>(1, 2 * row_ptr[n] / std::max<int64_t>(n, 1));
-    const int T = par ? static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({kernel_threads(), 64, cap}))) : 1;
+    const int T = par ? static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({4 * int64_t(kernel_threads()), 64, cap})))
+                      : 1;
     std::vector<int64_t> bounds(T + 1);
     for (int t = 0; t <= T; ++t) bounds[t] = n * t / T;
     std::vector<int64_t> cnt(static_cast<size_t>(T) * n + 1, 0);  // cnt[t * n + c]
     icnt.assign(n, 0);
-#pragma omp parallel for schedule(static, 1) num_threads(T) if (T > 1)
-    for (int t = 0; t < T; ++t) {
+    parallel_chunks(T, T > 1, [&](int64_t t) {
       int64_t* ct = cnt.data() + static_cast<size_t>(t) * n;
       for (int64_t r = bounds[t]; r < bounds[t + 1]; ++r)
         for (int64_t k = row_ptr[r]; k < row_ptr[r + 1]; ++k)
           if (valid(r, k)) ++ct[col_idx[k]], ++icnt[r];
-    }
+    });
     optr.assign(n + 1, 0);
     for (int64_t c = 0; c < n; ++c) {  // cnt becomes each block's start offset per column
       int64_t o = optr[c];
@@ -119,8 +119,7 @@ struct Builder {
     onbr.resize(optr[n]);
     oneg.resize(optr[n]);
     if (positions) opos.resize(optr[n]);
-#pragma omp parallel for schedule(static, 1) num_threads(T) if (T > 1)
-    for (int t = 0; t < T; ++t) {
+    parallel_chunks(T, T > 1, [&](int64_t t) {
       int64_t* next = cnt.data() + static_cast<size_t>(t) * n;
       for (int64_t r = bounds[t]; r < bounds[t + 1]; ++r)
         for (int64_t k = row_ptr[r]; k < row_ptr[r + 1]; ++k)
@@ -130,7 +129,7 @@ struct Builder {
             oneg[d] = val[k] < 0;
             if (positions) opos[d] = k;
           }
-    }
+    });
   }
 
   // Calls f(v, info, pos_out, pos_in) for every neighbour v of u in increasing order
@@ -188,10 +187,14 @@ Graph build_graph(const int64_t* row_ptr, const int32_t* col_idx, const scalar_t
     g.fpos_in.resize(slots);
   }
   const int64_t* key = g.key.data();
-  int64_t asym = 0, mut = 0, deg_asym = 0, deg_mut = 0;
-#pragma omp parallel for schedule(dynamic, 256) num_threads(kernel_threads()) \
-    reduction(+ : asym, mut, deg_asym, deg_mut) if (par)
-  for (int64_t u = 0; u < n; ++u) {
+  // the sums per chunk of 256 nodes, added in chunk order
+  constexpr int64_t kNodes = 256;
+  const int64_t chunks = (n + kNodes - 1) / kNodes;
+  struct Sums { int64_t asym = 0, mut = 0, deg_asym = 0, deg_mut = 0; };
+  std::vector<Sums> sums(chunks);
+  parallel_chunks(chunks, par, [&](int64_t c) {
+   Sums& s = sums[c];
+   for (int64_t u = c * kNodes; u < std::min(n, (c + 1) * kNodes); ++u) {
     int64_t d = g.fbeg[u], o = 0, i = 0, mu = 0;
     bld.merge(u, [&](int64_t v, uint8_t info, int64_t po, int64_t pi) {
       if ((info & 3) == 3) ++mu; else if (info & kOut) ++o; else ++i;
@@ -205,8 +208,11 @@ Graph build_graph(const int64_t* row_ptr, const int32_t* col_idx, const scalar_t
     g.fcnt[u] = static_cast<int32_t>(d - g.fbeg[u]);
     g.n_out[u] = static_cast<int32_t>(o), g.n_in[u] = static_cast<int32_t>(i), g.n_mut[u] = static_cast<int32_t>(mu);
     const int64_t deg = o + i + mu;
-    asym += o + i, mut += mu, deg_asym += deg * (o + i), deg_mut += deg * mu;
-  }
+    s.asym += o + i, s.mut += mu, s.deg_asym += deg * (o + i), s.deg_mut += deg * mu;
+   }
+  });
+  int64_t asym = 0, mut = 0, deg_asym = 0, deg_mut = 0;
+  for (const Sums& s : sums) asym += s.asym, mut += s.mut, deg_asym += s.deg_asym, deg_mut += s.deg_mut;
   // sum over edges {u, v} of n - deg u - deg v = n * edges - sum_u deg u * (u's edges of the kind)
   g.sum_asym = asym / 2 * n - deg_asym;
   g.sum_mut = mut / 2 * n - deg_mut;
@@ -221,17 +227,19 @@ Graph build_graph(const int64_t* row_ptr, const int32_t* col_idx, const scalar_t
 // lists fwd(v) are read sequentially, so the work is about sum over forward edges of |fwd(v)|
 // cheap, well-predicted tests; when fwd(v) is much longer than fwd(u) (v a hub), u's
 // neighbours are binary-searched in fwd(v) instead, so hubs are not rescanned from every
-// low-degree neighbour. f is called concurrently; tid is the OpenMP thread number.
+// low-degree neighbour. f is called concurrently from up to `threads` threads; tid (< threads)
+// names the thread (its slot in the pool: thread_pool.h), for per-thread tallies that do not
+// depend on which thread found which triangle.
 template <typename F>
-void for_each_triangle(const Graph& g, F&& f) {
+void for_each_triangle(const Graph& g, int threads, F&& f) {
   const int64_t n = g.n;
   const int32_t* nb = g.fnbr.data();
-#pragma omp parallel num_threads(kernel_threads()) if (g.par)
-  {
-    const int tid = omp_get_thread_num();
-    std::vector<uint64_t> bits((n + 63) / 64, 0);
-#pragma omp for schedule(dynamic, 64)
-    for (int64_t u = 0; u < n; ++u) {
+  constexpr int64_t kNodes = 64;  // nodes per chunk
+  std::vector<std::vector<uint64_t>> bitmaps(threads);  // one per thread, made by its first chunk
+  run_chunks((n + kNodes - 1) / kNodes, threads, [&](int64_t chunk, int tid) {
+    std::vector<uint64_t>& bits = bitmaps[tid];
+    if (bits.empty()) bits.assign((n + 63) / 64 + 1, 0);
+    for (int64_t u = chunk * kNodes; u < std::min(n, (chunk + 1) * kNodes); ++u) {
       const int64_t ub = g.fbeg[u], ue = ub + g.fcnt[u];
       if (ue - ub < 2) continue;
       for (int64_t x = ub; x < ue; ++x) bits[nb[x] >> 6] |= uint64_t(1) << (nb[x] & 63);
@@ -259,7 +267,7 @@ void for_each_triangle(const Graph& g, F&& f) {
       }
       for (int64_t x = ub; x < ue; ++x) bits[nb[x] >> 6] = 0;
     }
-  }
+  });
 }
 
 inline int tricode(uint8_t uv, uint8_t uw, uint8_t vw) {  // ordered (a, b, c) = (u, v, w)
@@ -294,8 +302,9 @@ template <typename scalar_t>
 std::tuple<at::Tensor, at::Tensor> census_impl(const int64_t* row_ptr, const int32_t* col_idx, const scalar_t* val,
                                                int64_t n) {
   Graph g = build_graph(row_ptr, col_idx, val, n, false);
-  std::vector<Counts> local(at::get_num_threads());
-  for_each_triangle(g, [&](int tid, int64_t, int64_t, int64_t, int64_t x, int64_t y, int64_t z) {
+  const int threads = g.par ? kernel_threads() : 1;
+  std::vector<Counts> local(threads);  // per thread (integer tallies: their sum is the same however split)
+  for_each_triangle(g, threads, [&](int tid, int64_t, int64_t, int64_t, int64_t x, int64_t y, int64_t z) {
     Counts& c = local[tid];
     const uint8_t uv = g.finfo[x], vw = g.finfo[y], uw = g.finfo[z];
     const int t = kTricode[tricode(uv, uw, vw)];
@@ -386,8 +395,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> semicycles_impl(const int64_t* ro
     std::vector<int64_t> nodes, pos;
     std::vector<int8_t> type;
   };
-  std::vector<Local> local(at::get_num_threads());
-  for_each_triangle(g, [&](int tid, int64_t u, int64_t v, int64_t w, int64_t x, int64_t y, int64_t z) {
+  const int threads = g.par ? kernel_threads() : 1;
+  std::vector<Local> local(threads);  // per thread; the caller sorts what they found
+  for_each_triangle(g, threads, [&](int tid, int64_t u, int64_t v, int64_t w, int64_t x, int64_t y, int64_t z) {
     const uint8_t uv = g.finfo[x], vw = g.finfo[y], uw = g.finfo[z];
     const int t = kTricode[tricode(uv, uw, vw)];
     if (!((mask >> t) & 1)) return;
@@ -537,8 +547,8 @@ at::Tensor degree_preserving_swaps_cpu(const at::Tensor& src, const at::Tensor& 
   const int32_t* sp = s.data_ptr<int32_t>();
   int32_t* op = out.data_ptr<int32_t>();
   const int64_t* seed = sd.data_ptr<int64_t>();
-#pragma omp parallel for schedule(dynamic, 1) num_threads(kernel_threads()) if (K > 1 && m * (n_swaps + 1) >= 64 * parallel_work())
-  for (int64_t k = 0; k < K; ++k) swap_one(sp, op + k * m, m, n, n_swaps, static_cast<uint64_t>(seed[k]));
+  parallel_chunks(K, K > 1 && m * (n_swaps + 1) >= 64 * parallel_work(),
+                  [&](int64_t k) { swap_one(sp, op + k * m, m, n, n_swaps, static_cast<uint64_t>(seed[k])); });
   return out;
 }
 

@@ -1,19 +1,19 @@
-// Shared helpers for the CPU kernels: load-balanced row ranges and the chunk count of a
-// parallel loop; with them the argument checks (csrc/checks.h), the index content check
-// (csrc/index_check.h) and the constants (csrc/constants.h: kParallelWork, the cell modes) every
-// kernel file uses.
+// Shared helpers for the CPU kernels: load-balanced row ranges, the chunk count of a parallel
+// loop and the parallel loops themselves (on the pool of thread_pool.h); with them the argument
+// checks (csrc/checks.h), the index content check (csrc/index_check.h) and the constants
+// (csrc/constants.h: kParallelWork, the cell modes) every kernel file uses.
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <strings.h>
 
 #include <algorithm>
-#include <cstdlib>
+#include <atomic>
 #include <vector>
 
 #include "../checks.h"
 #include "../constants.h"
 #include "../index_check.h"
+#include "thread_pool.h"
 
 namespace sparse_engine {
 
@@ -36,41 +36,40 @@ inline std::vector<int64_t> balanced_bounds(const int64_t* ptr, int64_t n, int64
   return bounds;
 }
 
-// The threads of a kernel's parallel regions: torch's thread count (torch.set_num_threads),
-// read in one place so that a thread rule has one home. Only the num_threads clauses and
-// arrays sized with it use it, and every kernel's result is independent of it
-// (the *_on_1_and_2_threads tests of tests/ops/). On a busy machine what matters is how idle threads wait: see
-// sparse_engine/threads.py (OMP_WAIT_POLICY=PASSIVE by default).
+// The threads of a kernel's parallel loops: torch's thread count (torch.set_num_threads), read
+// at every call, in one place so that a thread rule has one home. Every kernel's result is
+// independent of it (the *_on_1_and_2_threads tests of tests/ops/). The loops run on the
+// library's own pool (thread_pool.h), not on OpenMP's teams: how idle threads wait there does not
+// depend on OMP_WAIT_POLICY, nor so on whether torch or sparse_engine was imported first.
 inline int kernel_threads() { return at::get_num_threads(); }
 
-// Whether libgomp's idle threads sleep at once: OMP_WAIT_POLICY=PASSIVE (what `import
-// sparse_engine` sets when it comes before torch) and no GOMP_SPINCOUNT, which overrides the
-// policy, or GOMP_SPINCOUNT=0. Read from the environment at the first call (libgomp read it when
-// torch loaded it; a later change of the variables changes neither).
-inline bool threads_sleep_at_once() {
-  if (const char* spin = std::getenv("GOMP_SPINCOUNT"); spin != nullptr && *spin != '\0') {
-    char* end = nullptr;
-    return std::strtoll(spin, &end, 10) == 0 && end != spin;  // "INFINITY" and the like spin
-  }
-  const char* policy = std::getenv("OMP_WAIT_POLICY");
-  return policy != nullptr && strcasecmp(policy, "PASSIVE") == 0;
-}
-
-// Sleeping threads: a parallel region first wakes one, 30-80 us on our 2-core VM, as long as
-// about this much work takes on one thread (docs/cpu_kernels.md, benchmarks/results/
-// cpu_ops_1024_passive.md).
-inline constexpr int64_t kSleepingParallelWork = int64_t(1) << 19;
-
 // The work (multiply-adds or elements) from which a kernel runs on kernel_threads() threads:
-// kParallelWork where idle threads spin, kSleepingParallelWork where they sleep at once. Results
-// do not depend on it (every kernel's result is the same on any number of threads).
-inline int64_t parallel_work() {
-  static const int64_t work = threads_sleep_at_once() ? kSleepingParallelWork : kParallelWork;
-  return work;
-}
+// kParallelWork (csrc/constants.h: where the pool's second thread was measured to pay,
+// docs/cpu_kernels.md), changed only by sparse_engine._C._set_parallel_work (tests that split
+// small inputs, the benchmark that measures the bound). Results do not depend on it.
+inline std::atomic<int64_t> g_parallel_work{kParallelWork};
+inline int64_t parallel_work() { return g_parallel_work.load(std::memory_order_relaxed); }
 
 inline int64_t num_chunks(int64_t n) {
   return std::max<int64_t>(1, std::min<int64_t>(n, 8 * at::get_num_threads()));
+}
+
+// fn(c) for every c in [0, chunks): on kernel_threads() threads of the pool where `parallel`,
+// else on the calling thread, in chunk order.
+template <typename F>
+void parallel_chunks(int64_t chunks, bool parallel, F&& fn) {
+  run_chunks(chunks, parallel ? kernel_threads() : 1, [&fn](int64_t c, int) { fn(c); });
+}
+
+// fn(i0, i1) over [0, n): one range on the calling thread, or where `parallel` num_chunks(n)
+// ranges of about equal length on the pool. Only for loops whose results do not depend on
+// where the ranges are cut (each element written on its own).
+template <typename F>
+void parallel_ranges(int64_t n, bool parallel, F&& fn) {
+  if (n <= 0) return;
+  if (!parallel || kernel_threads() == 1) return fn(int64_t(0), n);
+  const int64_t chunks = num_chunks(n);
+  run_chunks(chunks, kernel_threads(), [&fn, n, chunks](int64_t c, int) { fn(n * c / chunks, n * (c + 1) / chunks); });
 }
 
 }  // namespace sparse_engine

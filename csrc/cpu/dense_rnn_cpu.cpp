@@ -20,7 +20,6 @@
 // stays in time order. Time-major, batch-major rows: torch's layout, so no transposition.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
-#include <omp.h>
 #include <cmath>
 #include <optional>
 #include "common.h"
@@ -88,9 +87,7 @@ void over_batch(int64_t B, int64_t H, const Body& body) {
     body(int64_t(0), B);
     return;
   }
-  const int64_t chunks = std::min<int64_t>(B, kernel_threads());
-#pragma omp parallel for schedule(static) num_threads(kernel_threads())
-  for (int64_t c = 0; c < chunks; ++c) body(B * c / chunks, B * (c + 1) / chunks);
+  parallel_ranges(B, true, body);
 }
 
 // torch's own ops for MKL's packed GEMM, mkl::_mkl_reorder_linear_weight and mkl::_mkl_linear (what

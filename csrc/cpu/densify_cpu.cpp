@@ -26,7 +26,6 @@
 // Every bits op checks that each row's bits count its row_ptr entries, so a bits tensor that does
 // not belong to the pattern cannot make a kernel read or write out of bounds.
 #include <torch/library.h>
-#include <omp.h>
 #include <cstring>
 #include <limits>
 #if defined(__AVX512F__)
@@ -185,15 +184,14 @@ int64_t bits_copy(const int64_t* rp, const uint16_t* bits, U* values, U* dense, 
   };
   if (rows * cols < kParallelEntries || kernel_threads() == 1) return rows_in(0, rows);
   const int64_t chunks = num_chunks(rows);
+  std::vector<int64_t> copied(chunks);  // per chunk: its rows copied, or -1
+  parallel_chunks(chunks, true, [&](int64_t c) { copied[c] = rows_in(rows * c / chunks, rows * (c + 1) / chunks); });
   int64_t written = 0;
-  bool ok = true;
-#pragma omp parallel for schedule(static) num_threads(kernel_threads()) reduction(+:written) reduction(&&:ok)
-  for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t n = rows_in(rows * c / chunks, rows * (c + 1) / chunks);
-    ok = n >= 0 && ok;
-    written += n >= 0 ? n : 0;
+  for (const int64_t n : copied) {
+    if (n < 0) return -1;
+    written += n;
   }
-  return ok ? written : int64_t(-1);
+  return written;
 }
 
 template <Copy kMode>
@@ -311,7 +309,7 @@ bool same_bytes_cpu(const at::Tensor& a, const at::Tensor& b) {
 // The element copy of either direction over rows [r0, r1): sparse[k] <-> dense[r * s0 +
 // col_idx[k] * s1]; false where a column is out of range or, into dense, not above the row's
 // previous one (a duplicate would make the result depend on the order of the writes; that entry
-// is skipped, the others are copied). One scalar loop with the range test in it, outside the OpenMP region: at 800 x 200,
+// is skipped, the others are copied). One scalar loop with the range test in it, outside the parallel loop: at 800 x 200,
 // 33%, one thread, 20 us, where a separate test pass took 28 us more and the parallel region's
 // outlined loop 20 us more.
 template <typename U, bool kToDense, bool kUnitStride>
@@ -353,9 +351,11 @@ bool csr_copy(const int64_t* rp, const int32_t* ci, U* sparse, U* dense, int64_t
     ok = copy(rp, ci, sparse, dense, 0, rows, cols, s0, s1);
   } else {
     const int64_t chunks = num_chunks(rows);
-#pragma omp parallel for schedule(static) num_threads(kernel_threads()) reduction(&&:ok)
-    for (int64_t c = 0; c < chunks; ++c)
-      ok = copy(rp, ci, sparse, dense, rows * c / chunks, rows * (c + 1) / chunks, cols, s0, s1) && ok;
+    std::vector<char> chunk_ok(chunks);
+    parallel_chunks(chunks, true, [&](int64_t c) {
+      chunk_ok[c] = copy(rp, ci, sparse, dense, rows * c / chunks, rows * (c + 1) / chunks, cols, s0, s1);
+    });
+    ok = std::all_of(chunk_ok.begin(), chunk_ok.end(), [](char x) { return x != 0; });
   }
   return ok;
 }

@@ -41,7 +41,6 @@ inline std::tuple<at::Tensor, at::Tensor> keys_to_coo(const std::vector<int64_t>
 // through memory (half of a SET update's time at 128M entries).
 inline std::tuple<at::Tensor, at::Tensor> draw_empty_by_rows(const Csr& csr, int64_t cols, int64_t n, uint64_t seed) {
   const int64_t rows = csr.rows, total = rows * cols, empty = total - csr.nnz;
-  const int nt = kernel_threads();
   const bool par = parallel_worth(rows + n);
   std::vector<int64_t> start(rows + 1, 0), kept(rows + 1, 0);  // candidates' and survivors' offsets
   for (int round = 0;; ++round) {
@@ -50,12 +49,14 @@ inline std::tuple<at::Tensor, at::Tensor> draw_empty_by_rows(const Csr& csr, int
     const double lambda = want / rows * (static_cast<double>(total) / empty);
     const int64_t parts = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(lambda / 64)));
     const uint64_t counts = splitmix64(seed + 0x632BE59BD9B4E019ULL * (round + 1)), draws = splitmix64(counts);
-#pragma omp parallel for schedule(static) num_threads(nt) if(par)
-    for (int64_t i = 0; i < rows; ++i) start[i + 1] = poisson_count(lambda, parts, counts + i * parts);
+    parallel_ranges(rows, par, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) start[i + 1] = poisson_count(lambda, parts, counts + i * parts);
+    });
     for (int64_t i = 0; i < rows; ++i) start[i + 1] += start[i];
     std::vector<int32_t> cand(start[rows]);  // each row's survivors, at the row's candidate offset
-#pragma omp parallel for schedule(dynamic, 1024) num_threads(nt) if(par)
-    for (int64_t i = 0; i < rows; ++i) {
+    constexpr int64_t kRows = 1024;  // rows per chunk
+    parallel_chunks((rows + kRows - 1) / kRows, par, [&](int64_t chunk) {
+     for (int64_t i = chunk * kRows; i < std::min(rows, (chunk + 1) * kRows); ++i) {
       int32_t* c = cand.data() + start[i];
       const int64_t m = start[i + 1] - start[i];
       for (int64_t t = 0; t < m; ++t) c[t] = static_cast<int32_t>(bounded(splitmix64(draws + start[i] + t), cols));
@@ -72,7 +73,8 @@ inline std::tuple<at::Tensor, at::Tensor> draw_empty_by_rows(const Csr& csr, int
         c[s++] = col;
       }
       kept[i + 1] = s;
-    }
+     }
+    });
     std::vector<int64_t> first(rows + 1, 0);  // offsets of each row's survivors among all of them
     for (int64_t i = 0; i < rows; ++i) first[i + 1] = first[i] + kept[i + 1];
     const int64_t found = first[rows];
@@ -85,27 +87,29 @@ inline std::tuple<at::Tensor, at::Tensor> draw_empty_by_rows(const Csr& csr, int
     }
     std::vector<int64_t>& out_start = kept;  // reused: each row's offset in the output
     out_start[0] = 0;
-#pragma omp parallel for schedule(static) num_threads(nt) if(par)
-    for (int64_t i = 0; i < rows; ++i) {
-      int64_t s = 0;
-      for (int64_t j = first[i]; j < first[i + 1]; ++j) s += !drop[j];
-      out_start[i + 1] = s;
-    }
+    parallel_ranges(rows, par, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        int64_t s = 0;
+        for (int64_t j = first[i]; j < first[i + 1]; ++j) s += !drop[j];
+        out_start[i + 1] = s;
+      }
+    });
     for (int64_t i = 0; i < rows; ++i) out_start[i + 1] += out_start[i];
     auto out_rows = at::empty({n}, at::kLong);
     auto out_cols = at::empty({n}, at::kInt);
     int64_t* r = out_rows.data_ptr<int64_t>();
     int32_t* cc = out_cols.data_ptr<int32_t>();
-#pragma omp parallel for schedule(static) num_threads(nt) if(par)
-    for (int64_t i = 0; i < rows; ++i) {
-      int64_t d = out_start[i];
-      const int32_t* c = cand.data() + start[i];
-      for (int64_t j = first[i]; j < first[i + 1]; ++j) {
-        if (drop[j]) continue;
-        r[d] = i;
-        cc[d++] = c[j - first[i]];
+    parallel_ranges(rows, par, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        int64_t d = out_start[i];
+        const int32_t* c = cand.data() + start[i];
+        for (int64_t j = first[i]; j < first[i + 1]; ++j) {
+          if (drop[j]) continue;
+          r[d] = i;
+          cc[d++] = c[j - first[i]];
+        }
       }
-    }
+    });
     return {out_rows, out_cols};
   }
 }

@@ -14,7 +14,6 @@
 // order): results do not depend on the thread count.
 #pragma once
 #include <ATen/ATen.h>
-#include <omp.h>
 #include <cstring>
 #include <type_traits>
 #if defined(__AVX2__)
@@ -471,8 +470,7 @@ void gather_rows(const int64_t* ptr, const int32_t* idx, const scalar_t* vals, c
   for (int64_t p = 0; p < panels; ++p) {  // one panel of source rows at a time, consumed by every row
     const Panel panel{next.data(), p + 1 == panels ? std::numeric_limits<int64_t>::max() : (p + 1) * panel_rows,
                       p == 0};
-#pragma omp parallel for schedule(dynamic, 1) num_threads(kernel_threads()) if (parallel)
-    for (int64_t c = 0; c < chunks; ++c) {
+    parallel_chunks(chunks, parallel, [&](int64_t c) {
       std::vector<scalar_t> row_vals;
       if (perm != nullptr) {
         int64_t longest = 0;
@@ -484,7 +482,7 @@ void gather_rows(const int64_t* ptr, const int32_t* idx, const scalar_t* vals, c
       else
         rows(ptr, idx, vals, perm, src, stride, ld, direct, out, bounds[c], bounds[c + 1], B, nnz, row_vals,
              panels > 1 ? &panel : nullptr);
-    }
+    });
   }
 }
 

@@ -1,6 +1,6 @@
-// The elementwise passes of SET-MLP training on the CPU (OpenMP), each one pass in place over
-// a tensor of a batch's activations or of all the weights (25 million at a million neurons),
-// where torch's ops take several passes, a fresh allocation and a serial random generator:
+// The elementwise passes of SET-MLP training on the CPU, each one pass in place over a tensor of
+// a batch's activations or of all the weights (25 million at a million neurons), where torch's
+// ops take several passes, a fresh allocation and a serial random generator:
 //
 //   relu_dropout(z, p, seed, scale)
 //                              z <- relu(z) * keep * scale, keep = (u >= p), u uniform; scale
@@ -12,7 +12,6 @@
 // result does not depend on the thread count (tests/ops/test_mlp.py). CUDA runs the same steps
 // with torch's ops (sparse_engine/nn/mlp.py, sparse_engine/training/set_mlp.py).
 #include <torch/library.h>
-#include <omp.h>
 #include <cmath>
 #include <optional>
 #include "common.h"
@@ -43,11 +42,10 @@ inline constexpr int64_t kElementBlock = 1 << 14;
 template <typename Body>
 void for_each_block(int64_t n, const Body& body, int64_t cost = 1) {
   const int64_t blocks = (n + kElementBlock - 1) / kElementBlock;
-#pragma omp parallel for schedule(static) num_threads(kernel_threads()) if (n * cost >= parallel_work())
-  for (int64_t blk = 0; blk < blocks; ++blk) {
+  parallel_chunks(blocks, n * cost >= parallel_work(), [&](int64_t blk) {
     const int64_t i0 = blk * kElementBlock;
     body(i0, std::min(n, i0 + kElementBlock));
-  }
+  });
 }
 
 // relu_dropout's cost per element for for_each_block (its 64-bit hash): parallel from 262,144

@@ -3,7 +3,6 @@
 // (set_keep, behind set_prune), ties to the lower index (topology_cpu.cpp's tie rule). Separate
 // from topology_cpu.cpp as an algorithm of its own: it sees scores, not sparse patterns.
 #pragma once
-#include <omp.h>
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -39,14 +38,17 @@ void mark_smallest(int64_t n, int64_t k, Include include, Score score, bool* out
   if (k <= 0) return;
   constexpr int kBits = 16;
   constexpr int kShift = sizeof(scalar_t) * 8 - kBits;
-  const int nt = kernel_threads();
+  const int nt = parallel_worth(n) ? kernel_threads() : 1;
+  // a histogram and a list per thread (slot): counts, and a band whose order nth_element ignores
+  const int64_t scan_chunks = num_chunks(n);
+  const auto scan = [&](auto&& body) {
+    run_chunks(scan_chunks, nt, [&](int64_t c, int slot) { body(n * c / scan_chunks, n * (c + 1) / scan_chunks, slot); });
+  };
   std::vector<int64_t> hist(static_cast<size_t>(nt) << kBits, 0);
-#pragma omp parallel num_threads(nt) if(parallel_worth(n))
-  {
-    int64_t* h = hist.data() + (static_cast<size_t>(omp_get_thread_num()) << kBits);
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < n; ++i) h[ordered_key(score(i)) >> kShift] += include(i);
-  }
+  scan([&](int64_t i0, int64_t i1, int slot) {
+    int64_t* h = hist.data() + (static_cast<size_t>(slot) << kBits);
+    for (int64_t i = i0; i < i1; ++i) h[ordered_key(score(i)) >> kShift] += include(i);
+  });
   for (int t = 1; t < nt; ++t)
     for (size_t b = 0; b < (size_t(1) << kBits); ++b) hist[b] += hist[(size_t(t) << kBits) + b];
   int64_t below = 0;
@@ -57,13 +59,11 @@ void mark_smallest(int64_t n, int64_t k, Include include, Score score, bool* out
   }
   TORCH_CHECK_VALUE(bin < (size_t(1) << kBits), "cannot select ", k, " entries out of ", below);
   std::vector<std::vector<scalar_t>> parts(nt);
-#pragma omp parallel num_threads(nt) if(parallel_worth(n))
-  {
-    auto& mine = parts[omp_get_thread_num()];
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < n; ++i)
+  scan([&](int64_t i0, int64_t i1, int slot) {
+    auto& mine = parts[slot];
+    for (int64_t i = i0; i < i1; ++i)
       if (include(i) & ((ordered_key(score(i)) >> kShift) == bin)) mine.push_back(score(i));
-  }
+  });
   std::vector<scalar_t> band;
   band.reserve(hist[bin]);
   for (auto& part : parts) band.insert(band.end(), part.begin(), part.end());
@@ -76,15 +76,13 @@ void mark_smallest(int64_t n, int64_t k, Include include, Score score, bool* out
   // marking: chunks count their ties first so the earliest ties are the selected ones
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(n / 65536 + 1, 4 * nt));
   std::vector<int64_t> eq(chunks + 1, 0);
-#pragma omp parallel for schedule(static) num_threads(nt) if(parallel_worth(n))
-  for (int64_t c = 0; c < chunks; ++c) {
+  run_chunks(chunks, nt, [&](int64_t c, int) {
     int64_t cnt = 0;
     for (int64_t i = n * c / chunks; i < n * (c + 1) / chunks; ++i) cnt += include(i) & (score(i) == t);
     eq[c + 1] = cnt;
-  }
+  });
   for (int64_t c = 0; c < chunks; ++c) eq[c + 1] += eq[c];
-#pragma omp parallel for schedule(static) num_threads(nt) if(parallel_worth(n))
-  for (int64_t c = 0; c < chunks; ++c) {
+  run_chunks(chunks, nt, [&](int64_t c, int) {
     int64_t budget = std::max<int64_t>(0, equal_needed - eq[c]);
     for (int64_t i = n * c / chunks; i < n * (c + 1) / chunks; ++i) {
       // branch-free on include(i), which may be a coin flip (the sign, for SET)
@@ -96,7 +94,7 @@ void mark_smallest(int64_t n, int64_t k, Include include, Score score, bool* out
         --budget;
       }
     }
-  }
+  });
 }
 
 // SET pruning (Mocanu et al. 2018): removes round(zeta * P) of the P positive weights nearest
@@ -112,17 +110,18 @@ void set_keep(const scalar_t* v, int64_t n, double zeta, bool* keep) {
   constexpr int kBits = 16;
   constexpr int kShift = sizeof(scalar_t) * 8 - kBits;
   constexpr size_t kBins = size_t(1) << kBits;
-  const int nt = kernel_threads();
-  const bool par = parallel_worth(n);
+  const int nt = parallel_worth(n) ? kernel_threads() : 1;
+  const int64_t scan_chunks = num_chunks(n);
+  const auto scan = [&](auto&& body) {  // body(i0, i1, slot): a histogram and lists per thread (slot)
+    run_chunks(scan_chunks, nt, [&](int64_t c, int slot) { body(n * c / scan_chunks, n * (c + 1) / scan_chunks, slot); });
+  };
   auto bin_of = [](scalar_t magnitude) { return static_cast<size_t>(ordered_key(magnitude) >> kShift); };
   std::vector<int64_t> hist(2 * kBins * nt, 0);  // per thread: positives' bins, then negatives'
   std::atomic<bool> nan{false};
-#pragma omp parallel num_threads(nt) if(par)
-  {
-    int64_t* h = hist.data() + 2 * kBins * omp_get_thread_num();
+  scan([&](int64_t i0, int64_t i1, int slot) {
+    int64_t* h = hist.data() + 2 * kBins * slot;
     bool bad = false;
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < n; ++i) {
+    for (int64_t i = i0; i < i1; ++i) {
       const scalar_t x = v[i];
       bad |= std::isnan(x);
       const size_t b = bin_of(std::abs(x));
@@ -130,7 +129,7 @@ void set_keep(const scalar_t* v, int64_t n, double zeta, bool* keep) {
       h[kBins + b] += x < 0;
     }
     if (bad) nan = true;
-  }
+  });
   TORCH_CHECK_VALUE(!nan, "values must not contain NaN");
   for (int t = 1; t < nt; ++t)
     for (size_t b = 0; b < 2 * kBins; ++b) hist[b] += hist[2 * kBins * t + b];
@@ -149,17 +148,15 @@ void set_keep(const scalar_t* v, int64_t n, double zeta, bool* keep) {
     for (c.bin = 0; c.below + h[c.bin] < c.k; ++c.bin) c.below += h[c.bin];
   }
   std::vector<std::vector<scalar_t>> parts(2 * nt);
-#pragma omp parallel num_threads(nt) if(par)
-  {
-    auto* mine = &parts[2 * omp_get_thread_num()];
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < n; ++i) {
+  scan([&](int64_t i0, int64_t i1, int slot) {
+    auto* mine = &parts[2 * slot];
+    for (int64_t i = i0; i < i1; ++i) {
       const scalar_t x = v[i], m = std::abs(x);
       const size_t b = bin_of(m);
       if (x > 0 && b == cut[0].bin) mine[0].push_back(m);
       if (x < 0 && b == cut[1].bin) mine[1].push_back(m);
     }
-  }
+  });
   for (int sign = 0; sign < 2; ++sign) {
     Cut& c = cut[sign];
     if (c.k == 0) continue;
@@ -180,8 +177,7 @@ void set_keep(const scalar_t* v, int64_t n, double zeta, bool* keep) {
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(n / 65536 + 1, 4 * nt));
   std::vector<int64_t> before(2 * (chunks + 1), 0);
   if (!cut[0].every_tie || !cut[1].every_tie) {
-#pragma omp parallel for schedule(static) num_threads(nt) if(par)
-    for (int64_t ch = 0; ch < chunks; ++ch) {
+    run_chunks(chunks, nt, [&](int64_t ch, int) {
       int64_t e0 = 0, e1 = 0;
       for (int64_t i = n * ch / chunks; i < n * (ch + 1) / chunks; ++i) {
         e0 += v[i] > 0 && v[i] == cut[0].t;
@@ -189,14 +185,13 @@ void set_keep(const scalar_t* v, int64_t n, double zeta, bool* keep) {
       }
       before[2 * (ch + 1)] = e0;
       before[2 * (ch + 1) + 1] = e1;
-    }
+    });
     for (int64_t ch = 0; ch < chunks; ++ch) {
       before[2 * (ch + 1)] += before[2 * ch];
       before[2 * (ch + 1) + 1] += before[2 * ch + 1];
     }
   }
-#pragma omp parallel for schedule(static) num_threads(nt) if(par)
-  for (int64_t ch = 0; ch < chunks; ++ch) {
+  run_chunks(chunks, nt, [&](int64_t ch, int) {
     int64_t budget[2] = {std::max<int64_t>(0, cut[0].ties - before[2 * ch]),
                          std::max<int64_t>(0, cut[1].ties - before[2 * ch + 1])};
     for (int64_t i = n * ch / chunks; i < n * (ch + 1) / chunks; ++i) {
@@ -215,7 +210,7 @@ void set_keep(const scalar_t* v, int64_t n, double zeta, bool* keep) {
       }
       keep[i] = !drop;
     }
-  }
+  });
 }
 
 }  // namespace sparse_engine

@@ -1,4 +1,4 @@
-// Fused recurrent steps (CPU, OpenMP): the recurrent sparse product W_hh h and the gate
+// Fused recurrent steps (CPU): the recurrent sparse product W_hh h and the gate
 // nonlinearities of one time step in one pass, and the matching backward (elementwise gate
 // gradient, then W_hh^T dG through the transposed index, reading the values in column order
 // from values_t when the caller passes it: ../values_t.h).
@@ -18,7 +18,6 @@
 // pass. The eight operators themselves are written once for both devices (csrc/rnn_step_ops.h);
 // this file gives them the CPU's forward and backward (CpuStep).
 #include <torch/library.h>
-#include <omp.h>
 #include <cmath>
 #include <cstring>
 #include <type_traits>
@@ -63,8 +62,7 @@ void step_forward(IndexPtrs w, const scalar_t* values, const scalar_t* gx, int64
   const int64_t blocks = (H + kUnits - 1) / kUnits;
   // prefetch the gathered rows of h only where h is larger than L2 holds (gather.h)
   const bool fetch = H * stride * static_cast<int64_t>(sizeof(scalar_t)) >= kPrefetchFromBytes;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(kernel_threads()) if (parallel)
-  for (int64_t blk = 0; blk < blocks; ++blk) {
+  parallel_chunks(blocks, parallel, [&](int64_t blk) {
    const int64_t j0 = blk * kUnits, units = std::min(kUnits, H - j0);
    // Per gate, the block's sums unit after unit, `width` columns each (no padding lanes between
    // units), so each transcendental function runs once per gate over exactly units x width
@@ -156,7 +154,7 @@ void step_forward(IndexPtrs w, const scalar_t* values, const scalar_t* gx, int64
       });
     }
    }
-  }
+  });
 }
 
 // Elementwise gate gradient of one step: dG (G*H x B, the hidden-side pre-activation
@@ -170,8 +168,8 @@ void gates_backward(const scalar_t* acts, const scalar_t* c_prev, const scalar_t
   const scalar_t decay = scalar_t(1 - dt / tau), sdt = scalar_t(dt);
   constexpr int64_t kChunk = 256;
   const int64_t nchunks = (HB + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) num_threads(kernel_threads()) if (HB * 4 >= parallel_work())
-  for (int64_t ch = 0; ch < nchunks; ++ch) {
+  parallel_ranges(nchunks, HB * 4 >= parallel_work(), [&](int64_t ch0, int64_t ch1) {
+  for (int64_t ch = ch0; ch < ch1; ++ch) {
    const int64_t e0 = ch * kChunk, e1 = std::min(HB, e0 + kChunk);
    scalar_t tcs[kChunk];
    if constexpr (M == CellMode::LSTM) {
@@ -207,6 +205,7 @@ void gates_backward(const scalar_t* acts, const scalar_t* c_prev, const scalar_t
     }
    }
   }
+  });
 }
 
 // dh_prev[j] = direct[j] + sum_k v_k dG[r_k] over column j of W_hh (row j of the transposed
@@ -244,8 +243,7 @@ void gather_rows_wgrad(const int64_t* ptr, const int32_t* idx, const S* vals, co
   const bool parallel = (nnz + n) * B >= parallel_work();
   const bool fetch = src_rows * stride * static_cast<int64_t>(sizeof(S)) >= kPrefetchFromBytes;
   const auto rows = stride == 1 ? nullptr : row_range<S, M>(static_cast<int>((stride % M) / P), fetch);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(kernel_threads()) if (parallel)
-  for (int64_t c = 0; c < chunks; ++c) {
+  parallel_chunks(chunks, parallel, [&](int64_t c) {
     std::vector<S> row_vals;
     if (perm != nullptr) {
       int64_t longest = 0;
@@ -259,7 +257,7 @@ void gather_rows_wgrad(const int64_t* ptr, const int32_t* idx, const S* vals, co
         rows(ptr, idx, vals, perm, src, stride, ld, direct, out, i, i + 1, B, nnz, row_vals, nullptr);
       add_row_dots<S>(ptr[i], ptr[i + 1], idx, src, ld, x + i * B, B, dw);
     }
-  }
+  });
 }
 
 // W_hh checked and made contiguous for the kernels: H, the batch, and the raw index arrays

@@ -16,7 +16,6 @@
 // (values_t, or below kScatterFromBytes) by their order: within rounding.
 #pragma once
 #include <ATen/ATen.h>
-#include <omp.h>
 #include <algorithm>
 #include <cstring>
 #include "common.h"
@@ -29,8 +28,15 @@ namespace sparse_engine {
 // 4 entries of an output row on average (the sum of the accumulators reads them all once).
 inline constexpr int64_t kScatterMaxParts = 8;
 
+// Below this much work ((nnz + rows) x stride) the scatter is one part. The parts fix each output's
+// order of summation, so this is a constant of its own, not parallel_work() (a setting of the
+// thread pool: sparse_engine._C._set_parallel_work): with it, spmm_t's bits depended on that bound,
+// which until the pool was 2^15 or 2^19 by the import order. 2^19 is what `import sparse_engine`
+// first gave; the memory model repeats it (sparse_engine/memory/recurrence_replay.py, _spmm_t_extra).
+inline constexpr int64_t kScatterSplitWork = int64_t(1) << 19;
+
 inline int64_t scatter_parts(int64_t rows, int64_t cols, int64_t nnz, int64_t stride) {
-  if ((nnz + rows) * stride < parallel_work()) return 1;
+  if ((nnz + rows) * stride < kScatterSplitWork) return 1;
   const int64_t parts = std::min<int64_t>(kScatterMaxParts, nnz / std::max<int64_t>(4 * cols, 1));
   return std::max<int64_t>(1, std::min<int64_t>(parts, rows));
 }
@@ -111,31 +117,30 @@ void scatter_rows(const int64_t* ptr, const int32_t* idx, const S* vals, const S
   const auto bounds = balanced_bounds(ptr, rows, parts);
   const int64_t size = cols * stride;
   const bool in_place = static_cast<void*>(acc) == static_cast<void*>(out);
-#pragma omp parallel num_threads(kernel_threads()) if (parts > 1)
-  {
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t p = 0; p < parts; ++p) {
-      A* a = acc + p * size;
-      if (size) std::memset(a, 0, size * sizeof(A));  // (memset of a null pointer is undefined, even for 0 bytes)
-      if (stride == 1) {
-        scatter_dot<S>(ptr, idx, vals, src, bounds[p], bounds[p + 1], a);
-        continue;
-      }
-      for (int64_t b0 = 0; b0 < stride; b0 += M) {
-        const int units = static_cast<int>(std::min<int64_t>(M, stride - b0) / P);
-        scatter_units<S>(units, ptr, idx, vals, src + b0, stride, bounds[p], bounds[p + 1], a + b0, stride);
-      }
+  // the parts, each into its accumulator; then (a second call) out = their sum, added in part
+  // order, by ranges of output rows
+  const bool parallel = parts > 1;
+  parallel_chunks(parts, parallel, [&](int64_t p) {
+    A* a = acc + p * size;
+    if (size) std::memset(a, 0, size * sizeof(A));  // (memset of a null pointer is undefined, even for 0 bytes)
+    if (stride == 1) {
+      scatter_dot<S>(ptr, idx, vals, src, bounds[p], bounds[p + 1], a);
+      return;
     }
-    if (!in_place) {  // out = the parts' sum, added in part order
-#pragma omp for schedule(static)
-      for (int64_t j = 0; j < cols; ++j)
-        for (int64_t b = 0; b < B; ++b) {
-          A sum = acc[j * stride + b];
-          for (int64_t p = 1; p < parts; ++p) sum += acc[p * size + j * stride + b];
-          out[j * B + b] = static_cast<S>(sum);
-        }
+    for (int64_t b0 = 0; b0 < stride; b0 += M) {
+      const int units = static_cast<int>(std::min<int64_t>(M, stride - b0) / P);
+      scatter_units<S>(units, ptr, idx, vals, src + b0, stride, bounds[p], bounds[p + 1], a + b0, stride);
     }
-  }
+  });
+  if (in_place) return;
+  parallel_ranges(cols, parallel, [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j)
+      for (int64_t b = 0; b < B; ++b) {
+        A sum = acc[j * stride + b];
+        for (int64_t p = 1; p < parts; ++p) sum += acc[p * size + j * stride + b];
+        out[j * B + b] = static_cast<S>(sum);
+      }
+  });
 }
 
 }  // namespace sparse_engine

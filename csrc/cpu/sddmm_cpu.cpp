@@ -1,8 +1,7 @@
-// sddmm on the CPU (OpenMP): out[k] = dot(G[row_k, :], X[col_k, :]) for every stored entry k,
+// sddmm on the CPU: out[k] = dot(G[row_k, :], X[col_k, :]) for every stored entry k,
 // the weight gradient sampled at the nonzeros. Activations are feature-major (features x batch)
 // so both rows of each dot product are contiguous.
 #include <torch/library.h>
-#include <omp.h>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -170,8 +169,7 @@ void sddmm_rows(const int64_t* row_ptr, const int32_t* col_idx, const scalar_t* 
     if (panels > 1) std::copy(row_ptr, row_ptr + rows, next.begin());
     for (int64_t p = 0; p < panels; ++p) {
     const int64_t end = p + 1 == panels ? std::numeric_limits<int64_t>::max() : (p + 1) * panel_rows;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(kernel_threads()) if (parallel)
-    for (int64_t c = 0; c < chunks; ++c) {
+    parallel_chunks(chunks, parallel, [&](int64_t c) {
       for (int64_t i = bounds[c]; i < bounds[c + 1]; ++i) {
         const scalar_t* G_i = G + i * stride;
         int64_t k0 = row_ptr[i], k1 = row_ptr[i + 1], bound = nnz;  // bound: of the prefetch
@@ -211,7 +209,7 @@ void sddmm_rows(const int64_t* row_ptr, const int32_t* col_idx, const scalar_t* 
           }
         }
       }
-    }
+    });
     }
     if (B == 0) break;
   }

@@ -1,4 +1,4 @@
-// spmm and spmm_t on the CPU (OpenMP): Y = W X over the CSR index, W^T G over the transposed
+// spmm and spmm_t on the CPU: Y = W X over the CSR index, W^T G over the transposed
 // index, both as one row gather (gather_rows, gather.h). Activations are feature-major
 // (features x batch) so every gathered row is contiguous; blocks of the batch have compile-time
 // widths (whole 32-byte units), the last one read from a copy padded to whole units or, with few
@@ -7,7 +7,6 @@
 // transposed index; without it each call gathers values[csc_perm[k]] row by row, or for B = 1
 // and large values scatters the CSR's rows instead (scatter.h, use_scatter).
 #include <torch/library.h>
-#include <omp.h>
 #include <optional>
 #include "common.h"
 #include "gather.h"

@@ -1,4 +1,4 @@
-// Topology kernels for dynamic sparse training (CPU/OpenMP): selecting the weights to prune,
+// Topology kernels for dynamic sparse training (CPU): selecting the weights to prune,
 // compacting the CSR, drawing empty positions, merging new entries, RigL's gradient top-k at
 // empty positions computed tile by tile, remapping per-entry state, and `rewire`, which chains
 // those steps into one update of a layer (one operator call per layer and update). Everything is
@@ -16,7 +16,6 @@
 // (empty_positions.h) and what they share with the ops (topology_common.h: parallel_worth, Csr).
 #include <c10/util/accumulate.h>
 #include <torch/library.h>
-#include <omp.h>
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -36,9 +35,10 @@ namespace {
 template <typename scalar_t>
 void check_finite(const scalar_t* v, int64_t n, const char* name) {
   std::atomic<bool> bad{false};
-#pragma omp parallel for num_threads(kernel_threads()) if(parallel_worth(n))
-  for (int64_t i = 0; i < n; ++i)
-    if (std::isnan(v[i])) bad = true;
+  parallel_ranges(n, parallel_worth(n), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i)
+      if (std::isnan(v[i])) bad = true;
+  });
   TORCH_CHECK_VALUE(!bad, name, " must not contain NaN");
 }
 
@@ -83,17 +83,18 @@ at::Tensor set_prune_cpu(const at::Tensor& values, double zeta) {
 template <typename scalar_t>
 void compact_fill(const Csr& csr, const bool* keep, const int64_t* out_ptr, const scalar_t* values, int32_t* out_col,
                   scalar_t* out_values, int64_t* kept_pos) {
-#pragma omp parallel for schedule(static) num_threads(kernel_threads()) if(parallel_worth(csr.rows + csr.nnz))
-  for (int64_t i = 0; i < csr.rows; ++i) {
-    int64_t d = out_ptr[i];
-    for (int64_t k = csr.row_ptr[i]; k < csr.row_ptr[i + 1]; ++k) {
-      if (!keep[k]) continue;
-      out_col[d] = csr.col_idx[k];
-      if (out_values) out_values[d] = values[k];
-      kept_pos[d] = k;
-      ++d;
+  parallel_ranges(csr.rows, parallel_worth(csr.rows + csr.nnz), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      int64_t d = out_ptr[i];
+      for (int64_t k = csr.row_ptr[i]; k < csr.row_ptr[i + 1]; ++k) {
+        if (!keep[k]) continue;
+        out_col[d] = csr.col_idx[k];
+        if (out_values) out_values[d] = values[k];
+        kept_pos[d] = k;
+        ++d;
+      }
     }
-  }
+  });
 }
 
 // compact(row_ptr, col_idx, values, keep) -> (row_ptr, col_idx, values, kept_pos): the CSR
@@ -113,12 +114,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> compact_impl(const at
   const bool* kept = keep_c.data_ptr<bool>();
   auto out_ptr = at::zeros({csr.rows + 1}, row_ptr_c.options());
   int64_t* out_ptr_data = out_ptr.data_ptr<int64_t>();
-#pragma omp parallel for schedule(static) num_threads(kernel_threads()) if(parallel_worth(csr.rows + csr.nnz))
-  for (int64_t i = 0; i < csr.rows; ++i) {
-    int64_t count = 0;
-    for (int64_t k = csr.row_ptr[i]; k < csr.row_ptr[i + 1]; ++k) count += kept[k];
-    out_ptr_data[i + 1] = count;
-  }
+  parallel_ranges(csr.rows, parallel_worth(csr.rows + csr.nnz), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      int64_t count = 0;
+      for (int64_t k = csr.row_ptr[i]; k < csr.row_ptr[i + 1]; ++k) count += kept[k];
+      out_ptr_data[i + 1] = count;
+    }
+  });
   for (int64_t i = 0; i < csr.rows; ++i) out_ptr_data[i + 1] += out_ptr_data[i];
   const int64_t m = out_ptr_data[csr.rows];
   auto out_col = at::empty({m}, col_idx_c.options());
@@ -160,22 +162,23 @@ template <typename scalar_t>
 void merge_fill(const Csr& csr, const int64_t* new_row_ptr, const int32_t* new_col, const int64_t* out_ptr,
                 const scalar_t* old_values, const int64_t* value_at, const scalar_t* new_values, int32_t* out_col,
                 scalar_t* out_values, int64_t* old_pos, int64_t* new_pos, std::atomic<int64_t>& clash) {
-#pragma omp parallel for schedule(dynamic, 256) num_threads(kernel_threads()) \
-    if(parallel_worth(csr.rows + csr.nnz))
-  for (int64_t i = 0; i < csr.rows; ++i) {
-    int64_t k = csr.row_ptr[i], k_end = csr.row_ptr[i + 1];  // old entries of row i
-    int64_t j = new_row_ptr[i], j_end = new_row_ptr[i + 1];  // new entries of row i
-    int64_t d = out_ptr[i];                                   // next merged position
-    while (k < k_end || j < j_end) {
-      if (j >= j_end || (k < k_end && csr.col_idx[k] < new_col[j])) {
-        out_col[d] = csr.col_idx[k]; out_values[d] = old_values[value_at ? value_at[k] : k]; old_pos[k] = d; ++k;
-      } else {
-        if (k < k_end && csr.col_idx[k] == new_col[j]) clash = j;
-        out_col[d] = new_col[j]; out_values[d] = new_values ? new_values[j] : scalar_t(0); new_pos[j] = d; ++j;
+  constexpr int64_t kRows = 256;  // rows per chunk
+  parallel_chunks((csr.rows + kRows - 1) / kRows, parallel_worth(csr.rows + csr.nnz), [&](int64_t c) {
+    for (int64_t i = c * kRows; i < std::min(csr.rows, (c + 1) * kRows); ++i) {
+      int64_t k = csr.row_ptr[i], k_end = csr.row_ptr[i + 1];  // old entries of row i
+      int64_t j = new_row_ptr[i], j_end = new_row_ptr[i + 1];  // new entries of row i
+      int64_t d = out_ptr[i];                                   // next merged position
+      while (k < k_end || j < j_end) {
+        if (j >= j_end || (k < k_end && csr.col_idx[k] < new_col[j])) {
+          out_col[d] = csr.col_idx[k]; out_values[d] = old_values[value_at ? value_at[k] : k]; old_pos[k] = d; ++k;
+        } else {
+          if (k < k_end && csr.col_idx[k] == new_col[j]) clash = j;
+          out_col[d] = new_col[j]; out_values[d] = new_values ? new_values[j] : scalar_t(0); new_pos[j] = d; ++j;
+        }
+        ++d;
       }
-      ++d;
     }
-  }
+  });
 }
 
 // New entries at (R[j], C[j]), j < n: checks that they are inside the rows x n_cols matrix and
@@ -187,9 +190,10 @@ std::vector<int64_t> new_entry_rows(int64_t rows, int64_t n_cols, const int64_t*
            (j == 0 || R[j] > R[j - 1] || (R[j] == R[j - 1] && C[j] > C[j - 1]));
   };
   std::atomic<bool> bad_entry{false};
-#pragma omp parallel for schedule(static) num_threads(kernel_threads()) if(parallel_worth(n))
-  for (int64_t j = 0; j < n; ++j)
-    if (!entry_ok(j)) bad_entry = true;
+  parallel_ranges(n, parallel_worth(n), [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j)
+      if (!entry_ok(j)) bad_entry = true;
+  });
   if (bad_entry) {  // find the first one for the message
     for (int64_t j = 0; j < n; ++j) {
       TORCH_CHECK_VALUE(R[j] >= 0 && R[j] < rows && C[j] >= 0 && C[j] < n_cols, "new entry ", j, " at (", R[j],
@@ -274,11 +278,12 @@ at::Tensor remap_index_cpu(const at::Tensor& kept_pos, const at::Tensor& old_pos
   int64_t* out = origin.data_ptr<int64_t>();
   const int64_t n = kept_pos_c.numel();
   std::atomic<bool> bad{false};
-#pragma omp parallel for schedule(static) num_threads(kernel_threads()) if(parallel_worth(n))
-  for (int64_t j = 0; j < n; ++j) {
-    if (moved_to[j] < 0 || moved_to[j] >= new_nnz) { bad = true; continue; }
-    out[moved_to[j]] = kept[j];
-  }
+  parallel_ranges(n, parallel_worth(n), [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      if (moved_to[j] < 0 || moved_to[j] >= new_nnz) { bad = true; continue; }
+      out[moved_to[j]] = kept[j];
+    }
+  });
   TORCH_CHECK_VALUE(!bad, "old_pos entries must be in [0, new_nnz=", new_nnz, ")");
   return origin;
 }
@@ -314,15 +319,16 @@ at::Tensor gather_or_zero_cpu(const at::Tensor& t, const at::Tensor& origin) {
   const int64_t* org = oc.data_ptr<int64_t>();
   const int64_t n = oc.numel();
   std::atomic<bool> bad{false};
-#pragma omp parallel for schedule(static) num_threads(kernel_threads()) if(parallel_worth(n))
-  for (int64_t p = 0; p < n; ++p) {
-    const int64_t o = org[p];
-    if (o >= old_n) {
-      bad = true;
-    } else {
-      copy_or_zero(dst, p, src, o, bytes);
+  parallel_ranges(n, parallel_worth(n), [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t o = org[p];
+      if (o >= old_n) {
+        bad = true;
+      } else {
+        copy_or_zero(dst, p, src, o, bytes);
+      }
     }
-  }
+  });
   TORCH_CHECK_VALUE(!bad, "origin entries must be < ", old_n, " (the first dimension of t)");
   return out;
 }
@@ -333,15 +339,16 @@ at::Tensor gather_or_zero_cpu(const at::Tensor& t, const at::Tensor& origin) {
 template <typename scalar_t>
 void coo_dot_loop(const int64_t* rows, const int32_t* cols, const scalar_t* G, const scalar_t* X, scalar_t* out,
                   int64_t n, int64_t M) {
-#pragma omp parallel for schedule(static) num_threads(kernel_threads()) if(parallel_worth(n * M))
-  for (int64_t j = 0; j < n; ++j) {
-    const scalar_t* G_row = G + rows[j] * M;
-    const scalar_t* X_row = X + static_cast<int64_t>(cols[j]) * M;
-    scalar_t acc = 0;
+  parallel_ranges(n, parallel_worth(n * M), [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      const scalar_t* G_row = G + rows[j] * M;
+      const scalar_t* X_row = X + static_cast<int64_t>(cols[j]) * M;
+      scalar_t acc = 0;
 #pragma omp simd reduction(+ : acc)
-    for (int64_t b = 0; b < M; ++b) acc += G_row[b] * X_row[b];
-    out[j] = acc;
-  }
+      for (int64_t b = 0; b < M; ++b) acc += G_row[b] * X_row[b];
+      out[j] = acc;
+    }
+  });
 }
 
 at::Tensor coo_dot_cpu(const at::Tensor& rows, const at::Tensor& cols, const at::Tensor& G, const at::Tensor& X) {
@@ -428,11 +435,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grad_topk_cpu(const at::Tensor& r
         const double* t = T.data_ptr<double>();
         const int64_t w = c1 - c0;
         const double lo = bound;
-#pragma omp parallel num_threads(nt) if(parallel_worth((r1 - r0) * w))
-        {
-          auto& mine = local[omp_get_thread_num()];
-#pragma omp for schedule(static)
-          for (int64_t i = r0; i < r1; ++i) {
+        // each thread's candidates in a list of its own (slot); the best k of them all do not
+        // depend on which thread found which (ties go to the lower key, unique)
+        const int64_t n_rows = r1 - r0, chunks = num_chunks(n_rows);
+        run_chunks(chunks, parallel_worth(n_rows * w) ? nt : 1, [&](int64_t c, int slot) {
+          auto& mine = local[slot];
+          for (int64_t i = r0 + n_rows * c / chunks; i < r0 + n_rows * (c + 1) / chunks; ++i) {
             const int32_t* b = csr.col_idx + csr.row_ptr[i];
             const int32_t* e = csr.col_idx + csr.row_ptr[i + 1];
             const int32_t* p = std::lower_bound(b, e, static_cast<int32_t>(c0));
@@ -443,7 +451,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grad_topk_cpu(const at::Tensor& r
               if (std::abs(g) >= lo) mine.push_back({std::abs(g), i * cols + j, g});
             }
           }
-        }
+        });
         for (auto& mine : local) {
           best.insert(best.end(), mine.begin(), mine.end());
           mine.clear();
@@ -528,15 +536,18 @@ std::vector<at::Tensor> carry_over(at::TensorList carry, const at::Tensor& kept,
   if (parts.empty()) return out;
   const int64_t *from = kept.data_ptr<int64_t>(), *to = old_pos.data_ptr<int64_t>(), *fresh = new_pos.data_ptr<int64_t>();
   const int64_t n_kept = kept.numel(), n_new = new_pos.numel();
-#pragma omp parallel num_threads(kernel_threads()) if(parallel_worth(n_kept + n_new))
-  {
-#pragma omp for schedule(static) nowait
-    for (int64_t j = 0; j < n_kept; ++j)
-      for (const Part& p : parts) copy_or_zero(p.dst, to[j], p.src, from[j], p.bytes);
-#pragma omp for schedule(static)
-    for (int64_t j = 0; j < n_new; ++j)
-      for (const Part& p : parts) copy_or_zero(p.dst, fresh[j], p.src, -1, p.bytes);
-  }
+  // the kept entries' ranges, then the new ones' (disjoint destinations), in one parallel call
+  const int64_t kept_chunks = num_chunks(n_kept), new_chunks = n_new > 0 ? num_chunks(n_new) : 0;
+  parallel_chunks(kept_chunks + new_chunks, parallel_worth(n_kept + n_new), [&](int64_t c) {
+    if (c < kept_chunks) {
+      for (int64_t j = n_kept * c / kept_chunks; j < n_kept * (c + 1) / kept_chunks; ++j)
+        for (const Part& p : parts) copy_or_zero(p.dst, to[j], p.src, from[j], p.bytes);
+    } else {
+      c -= kept_chunks;
+      for (int64_t j = n_new * c / new_chunks; j < n_new * (c + 1) / new_chunks; ++j)
+        for (const Part& p : parts) copy_or_zero(p.dst, fresh[j], p.src, -1, p.bytes);
+    }
+  });
   return out;
 }
 
@@ -545,22 +556,28 @@ std::vector<at::Tensor> carry_over(at::TensorList carry, const at::Tensor& kept,
 // grow_start). Returns how many there are.
 int64_t mark_regrown(const Csr& csr, const bool* keep, const int64_t* grow_start, const int32_t* grow_col,
                      bool* back, bool* fresh) {
-  int64_t count = 0;
-#pragma omp parallel for schedule(dynamic, 256) reduction(+ : count) num_threads(kernel_threads()) \
-    if(parallel_worth(csr.rows + csr.nnz))
-  for (int64_t i = 0; i < csr.rows; ++i) {
-    int64_t j = grow_start[i];
-    const int64_t j_end = grow_start[i + 1];
-    for (int64_t k = csr.row_ptr[i]; k < csr.row_ptr[i + 1] && j < j_end; ++k) {
-      if (keep[k]) continue;
-      while (j < j_end && grow_col[j] < csr.col_idx[k]) ++j;
-      if (j < j_end && grow_col[j] == csr.col_idx[k]) {
-        back[k] = true;
-        fresh[j++] = false;
-        ++count;
+  constexpr int64_t kRows = 256;  // rows per chunk
+  const int64_t chunks = (csr.rows + kRows - 1) / kRows;
+  std::vector<int64_t> counts(chunks, 0);  // per chunk, added in chunk order
+  parallel_chunks(chunks, parallel_worth(csr.rows + csr.nnz), [&](int64_t c) {
+    int64_t count = 0;
+    for (int64_t i = c * kRows; i < std::min(csr.rows, (c + 1) * kRows); ++i) {
+      int64_t j = grow_start[i];
+      const int64_t j_end = grow_start[i + 1];
+      for (int64_t k = csr.row_ptr[i]; k < csr.row_ptr[i + 1] && j < j_end; ++k) {
+        if (keep[k]) continue;
+        while (j < j_end && grow_col[j] < csr.col_idx[k]) ++j;
+        if (j < j_end && grow_col[j] == csr.col_idx[k]) {
+          back[k] = true;
+          fresh[j++] = false;
+          ++count;
+        }
       }
     }
-  }
+    counts[c] = count;
+  });
+  int64_t count = 0;
+  for (const int64_t c : counts) count += c;
   return count;
 }
 

@@ -1,7 +1,7 @@
-// transpose_index on the CPU (OpenMP): the transposed index (csc_ptr, csc_row, csc_perm) of a
+// transpose_index on the CPU: the transposed index (csc_ptr, csc_row, csc_perm) of a
 // CSR pattern, O(nnz + cols), with each column's rows ascending.
 #include <torch/library.h>
-#include <omp.h>
+#include <algorithm>
 #include "common.h"
 
 namespace sparse_engine {
@@ -26,21 +26,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> transpose_index_cpu(const at::Ten
   int32_t* out_perm = csc_perm.data_ptr<int32_t>();
   // Parallel stable counting sort: T blocks of rows (balanced by nnz) count their columns,
   // a prefix over (column, block) gives each block its slots, and blocks scatter in row
-  // order, so the rows within each column come out sorted, as with one thread.
+  // order, so the rows within each column come out sorted, as with one block. T: up to 4 blocks
+  // per thread (a block claimed by a thread that a busy core holds up delays the call by less),
+  // where their counters (T x n_cols) stay within about the entries.
+  const int64_t threads = kernel_threads();
   const int64_t T = (nnz >= 4 * parallel_work() && rows > 1)
-                        ? std::max<int64_t>(1, std::min<int64_t>(kernel_threads(), rows)) : 1;
+                        ? std::max<int64_t>(1, std::min<int64_t>({4 * threads, rows,
+                                                                  std::max<int64_t>(threads, nnz / (n_cols + 1))}))
+                        : 1;
   const auto bounds = balanced_bounds(ptr, rows, T);
   std::vector<int64_t> counts(static_cast<size_t>(T) * (n_cols + 1), 0);  // [block][column]
-  bool in_range = true;
-#pragma omp parallel for schedule(static, 1) num_threads(T) reduction(&& : in_range)
-  for (int64_t t = 0; t < T; ++t) {
+  std::vector<char> block_in_range(T, 1);
+  parallel_chunks(T, T > 1, [&](int64_t t) {
     int64_t* block_counts = counts.data() + t * (n_cols + 1);
     for (int64_t k = ptr[bounds[t]]; k < ptr[bounds[t + 1]]; ++k) {
       const int32_t j = col[k];
-      if (j < 0 || j >= n_cols) { in_range = false; break; }
+      if (j < 0 || j >= n_cols) { block_in_range[t] = 0; break; }
       ++block_counts[j];
     }
-  }
+  });
+  const bool in_range = std::all_of(block_in_range.begin(), block_in_range.end(), [](char ok) { return ok != 0; });
   if (!in_range) check_col_range(col, nnz, n_cols);
   int64_t running = 0;  // counts become each block's first slot in each column
   for (int64_t j = 0; j < n_cols; ++j) {
@@ -53,8 +58,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> transpose_index_cpu(const at::Ten
     }
   }
   out_ptr[n_cols] = running;
-#pragma omp parallel for schedule(static, 1) num_threads(T)
-  for (int64_t t = 0; t < T; ++t) {
+  parallel_chunks(T, T > 1, [&](int64_t t) {
     int64_t* next = counts.data() + t * (n_cols + 1);
     for (int64_t i = bounds[t]; i < bounds[t + 1]; ++i) {
       for (int64_t k = ptr[i]; k < ptr[i + 1]; ++k) {
@@ -63,7 +67,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> transpose_index_cpu(const at::Ten
         out_perm[dst] = static_cast<int32_t>(k);
       }
     }
-  }
+  });
   return {csc_ptr, csc_row, csc_perm};
 }
 

@@ -5,10 +5,11 @@ that header and checks that the two agree, so a change here must be made there t
 """
 from __future__ import annotations
 
-#: Below this much work (multiply-adds or elements) a CPU kernel stays on one thread: waking
-#: a thread costs more than the whole product, and much more on a busy machine. That is where
-#: idle OpenMP threads spin; where they sleep at once (the default ``import sparse_engine`` sets)
-#: the bound is 2**19 (``sparse_engine._C._parallel_work()`` gives the one in force).
+#: Below this much work (multiply-adds or elements) a CPU kernel stays on one thread: there the
+#: second thread of the kernels' pool (``csrc/cpu/thread_pool.h``) costs more than it saves
+#: (measured: benchmarks/results/pool_threshold_cpu.md). One bound, whatever the import order and
+#: the OpenMP variables (``sparse_engine._C._parallel_work()`` gives the one in force; tests change
+#: it with ``_set_parallel_work``).
 PARALLEL_WORK = 1 << 15
 
 #: ``spmm_t`` without ``values_t`` on the CPU scatters the CSR's rows (reading the values in

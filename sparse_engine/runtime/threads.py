@@ -1,22 +1,33 @@
-"""Threads of the CPU kernels, how idle OpenMP threads wait, and huge pages for large tensors.
+"""Threads of the CPU kernels and of torch's CPU ops, how their idle threads wait, and huge pages
+for large tensors.
 
 The kernels (and torch's own CPU ops) run on ``torch.get_num_threads()`` threads: set it with
-``torch.set_num_threads(n)`` or ``OMP_NUM_THREADS=n``. Results do not depend on it (the
-``*_on_1_and_2_threads`` tests of tests/ops/).
+``torch.set_num_threads(n)`` or ``OMP_NUM_THREADS=n``; it may change between calls. Results do not
+depend on it (the ``*_on_1_and_2_threads`` tests of tests/ops/).
 
-Waiting: by default libgomp's idle threads spin (busy-wait) after every parallel region. On a
-machine whose cores other processes keep busy, the spinning threads and the descheduled ones
-that every barrier waits for made 2 threads 3-60x slower than 1 (measured: docs/cpu_kernels.md).
-With ``OMP_WAIT_POLICY=PASSIVE`` idle threads sleep at once and 2 threads cost the same as 1
-there. libgomp reads the variable once, when torch loads it, so setting it later does nothing:
-importing this module (``import sparse_engine`` does, first of all) sets
-``OMP_WAIT_POLICY=PASSIVE`` when torch is not imported yet and the variable is not set.
-:data:`PASSIVE_WAIT` says whether that happened; set the variable yourself (or import
-sparse_engine before torch) when torch comes first. Sleeping threads must be woken at every
-parallel region (30-80 us on our 2-core VM), so the kernels then go parallel only from 2**19
-multiply-adds instead of 2**15 (``parallel_work`` in csrc/cpu/common.h;
-``sparse_engine._C._parallel_work()``). A short spin instead (``GOMP_SPINCOUNT=1000``) is
-faster on a quiet machine and slower on a busy one: benchmarks/results/wait_policy_cpu.md.
+The kernels run their parallel loops on a thread pool of the library's own (csrc/cpu/thread_pool.h),
+not on OpenMP's teams: its workers spin for at most 20 us after a job, then sleep; the calling
+thread takes part and claims pieces of the work from a counter, so it never waits for a thread
+that has not started (one whose core another process holds); it also works in a child made by
+fork(). How the kernels' threads wait is therefore the same whatever a script imported first:
+measured on a 2-core VM, quiet and beside a busy process, a script importing torch first runs the
+kernels within a few percent of one importing sparse_engine first
+(benchmarks/results/pool_import_order_cpu.md; docs/cpu_kernels.md, "The thread pool"). They go
+parallel from ``PARALLEL_WORK`` multiply-adds or elements (``sparse_engine._C._parallel_work()``),
+whatever the environment.
+
+torch's own CPU ops still run on libgomp, whose idle threads by default spin (busy-wait) after
+every parallel region, about 4 ms on our 2-core VM, which on a machine whose other cores are busy
+takes those cores' time. libgomp reads ``OMP_WAIT_POLICY`` once, when torch loads it, so importing
+this module (``import sparse_engine`` does, first of all) sets ``OMP_WAIT_POLICY=PASSIVE`` when
+torch is not imported yet and the variable is not set: :data:`PASSIVE_WAIT` says whether that
+happened. When torch came first and neither ``OMP_WAIT_POLICY`` nor ``GOMP_SPINCOUNT`` is set,
+``import sparse_engine`` instead starts one sleeping OpenMP team (:func:`shorten_torch_spin`,
+``sparse_engine._C._shorten_openmp_spin``): libgomp then manages more threads than there are CPUs
+and spins for its short, throttled count (libgomp's documented behaviour; a few microseconds), so a
+script that imports torch first runs torch's ops with short spins instead of long ones:
+:data:`SHORT_SPIN` says whether that happened (measured: docs/cpu_kernels.md, "The thread pool").
+Set ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` to choose the waits yourself; neither is then changed.
 
 Huge pages: the kernels gather rows of activations (and, in spmm_t, weight values) at random
 from tensors of tens of megabytes; with 4 KiB pages nearly every gather also misses the TLB.
@@ -43,11 +54,10 @@ import ctypes
 import ctypes.util
 import os
 import sys
-import warnings
 
-__all__ = ["PASSIVE_WAIT", "HUGE_PAGES", "keep_freed_memory"]
+__all__ = ["PASSIVE_WAIT", "SHORT_SPIN", "HUGE_PAGES", "keep_freed_memory", "shorten_torch_spin"]
 
-#: True when this import set OMP_WAIT_POLICY=PASSIVE before torch loaded libgomp.
+#: True when this import set OMP_WAIT_POLICY=PASSIVE before torch loaded libgomp (torch's own CPU ops).
 PASSIVE_WAIT = "torch" not in sys.modules and "OMP_WAIT_POLICY" not in os.environ
 if PASSIVE_WAIT:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
@@ -58,26 +68,26 @@ if HUGE_PAGES:
     os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
 
 
-#: The one line said when torch came first and left libgomp spinning (:func:`_say_if_spinning`).
-SPINNING_WARNING = ("torch was imported before sparse_engine, so OpenMP's idle threads busy-wait; on a machine "
-                    "whose cores are busy that can make the kernels 3-40x slower: import sparse_engine first, "
-                    "or set OMP_WAIT_POLICY (PASSIVE; ACTIVE to keep spinning) to choose")
+#: True when importing sparse_engine after torch shortened libgomp's spinning (:func:`shorten_torch_spin`).
+SHORT_SPIN = False
 
 
-def _say_if_spinning() -> None:
-    """Warns once (one line, a RuntimeWarning) when torch was imported first with no wait policy set
-    and more than one thread: libgomp then spins, which this import can no longer change. Setting
-    ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` (either way) is a choice and silences it."""
-    torch = sys.modules.get("torch")
-    if torch is None or "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
-        return
-    if getattr(torch, "get_num_threads", lambda: 1)() < 2:
-        return
-    # no source line to show: the warning is one line, filterable as module "sparse_engine"
-    warnings.warn_explicit(SPINNING_WARNING, RuntimeWarning, "sparse_engine", 0, module="sparse_engine")
+def shorten_torch_spin() -> bool:
+    """Where torch was imported first and no OpenMP wait was chosen (neither ``OMP_WAIT_POLICY`` nor
+    ``GOMP_SPINCOUNT`` set), starts the sleeping OpenMP team that makes libgomp's idle threads spin
+    briefly (once per process; ended at exit, since a team asleep then would keep the process from
+    exiting); sets and returns :data:`SHORT_SPIN`. Called by ``import sparse_engine`` once the
+    extension has loaded."""
+    global SHORT_SPIN
+    if PASSIVE_WAIT or SHORT_SPIN or "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        return SHORT_SPIN
+    import atexit
 
-
-_say_if_spinning()
+    from .. import _C
+    if _C._shorten_openmp_spin():
+        atexit.register(_C._end_openmp_team)
+        SHORT_SPIN = True
+    return SHORT_SPIN
 
 
 # mallopt's parameters (glibc's malloc.h)

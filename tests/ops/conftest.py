@@ -9,7 +9,8 @@ cross-family files). Test files import nothing from here; they ask for these fix
   dtype=float32, seed=0, device="cuda")``: that pattern with standard normal values, built on the CPU;
   ``pattern_case``: each (pattern, dtype, batch width) of the families' CUDA reference tests;
 * ``nan_filled_pool``: the test's CUDA allocations carved from memory full of NaN (every output written);
-* ``same_on_1_and_2_threads(fn)``: ``fn()`` on 1 thread and on 2, the same bits;
+* ``same_on_1_and_2_threads(fn)``: ``fn()`` on 1 thread and on 2 (every parallel loop split, whatever
+  the size), the same bits;
 * the inputs that test_spmm.py and test_sddmm.py share (a test of one name in both checks spmm and
   spmm_t in the one, sddmm in the other, on the same inputs): ``batches(W, B, generator)`` and
   ``seeded_batches(W, B, seeds)`` (X and G for W), ``gradcheck_inputs``, ``eager_and_compiled``
@@ -34,7 +35,7 @@ import scipy.sparse as sp
 import torch
 
 from cuda_emu import emu_testing
-from sparse_engine import SparseWeight, ops
+from sparse_engine import SparseWeight, _C, ops
 from sparse_engine.kernels import HAS_CUDA_KERNELS
 from sparse_engine.testing import (LAYOUTS, copy_weight, num_threads, randn, random_weight, references,
                                    rounding_bound, weight_with_row_lengths, with_layout)
@@ -174,11 +175,20 @@ def nan_filled_pool():
 
 # ------------------------------------------------------------------------- threads
 def _same_on_1_and_2_threads(fn):
-    """fn() on 1 thread and on 2; asserts the outputs are bitwise equal and returns them."""
-    with num_threads(1):
-        one = fn()
-    with num_threads(2):
-        two = fn()
+    """fn() on 1 thread and on 2; asserts the outputs are bitwise equal and returns them. Both runs
+    with the kernels' parallel bound at 0 (sparse_engine._C._set_parallel_work), so that on 2
+    threads every parallel loop splits whatever the input's size; the 2-thread run must have run
+    jobs on the thread pool (csrc/cpu/thread_pool.h: _pool_stats' first count)."""
+    old = _C._set_parallel_work(0)
+    try:
+        with num_threads(1):
+            one = fn()
+        jobs = _C._pool_stats()[0]
+        with num_threads(2):
+            two = fn()
+        assert _C._pool_stats()[0] > jobs, "the 2-thread run ran no parallel job"
+    finally:
+        _C._set_parallel_work(old)
     ones = one if isinstance(one, tuple) else (one,)
     twos = two if isinstance(two, tuple) else (two,)
     assert len(ones) == len(twos)
@@ -190,8 +200,9 @@ def _same_on_1_and_2_threads(fn):
 
 @pytest.fixture(scope="session")
 def same_on_1_and_2_threads():
-    """``same_on_1_and_2_threads(fn)``: ``fn()`` on 1 thread and on 2, at sizes where the kernels split
-    the work; asserts the outputs (a tensor or a tuple of them) are bitwise equal and returns them."""
+    """``same_on_1_and_2_threads(fn)``: ``fn()`` on 1 thread and on 2, the kernels' parallel bound at 0
+    so that every parallel loop splits the work; asserts that the 2-thread run ran parallel jobs and
+    that the outputs (a tensor or a tuple of them) are bitwise equal, and returns them."""
     return _same_on_1_and_2_threads
 
 

@@ -1,14 +1,21 @@
-"""Importing sparse_engine before torch makes OpenMP's idle threads wait passively and asks torch for
-huge pages (sparse_engine/runtime/threads.py); importing torch first is said in one line; where idle
-threads sleep, the kernels go parallel from more work; keep_freed_memory serves large tensors from
-the heap; every script imports sparse_engine before torch. (That each CPU kernel gives the same bits
-on 1 and 2 threads: tests/ops/test_<family>.py.)"""
+"""Importing sparse_engine before torch makes OpenMP's idle threads (torch's own CPU ops) wait
+passively and asks torch for huge pages (sparse_engine/runtime/threads.py); the kernels run on the
+library's own thread pool (csrc/cpu/thread_pool.h), not on OpenMP's teams, so importing torch first
+changes nothing for them and is not warned about: the same parallel bound and the same pool whatever
+the order and the OpenMP variables; keep_freed_memory serves large tensors from the heap; every
+script imports sparse_engine before torch (for torch's ops and the huge pages); torch first, the
+import shortens libgomp's spinning with a sleeping team. (That each CPU
+kernel gives the same bits on 1 and 2 threads: tests/ops/test_<family>.py; the pool's contract:
+tests/ops/test_thread_pool.py.)"""
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+import sparse_engine
 
 from sparse_engine.kernels.constants import PARALLEL_WORK
 
@@ -39,29 +46,105 @@ def stderr_after(code: str, **env) -> list[str]:
     return out.stderr.splitlines()
 
 
-def test_importing_torch_first_is_said_in_one_line_unless_the_policy_is_chosen():
+def test_importing_torch_first_says_nothing():
+    """The kernels' threads do not depend on the order (the pool), so there is nothing to warn about;
+    nor with either OpenMP variable set, nor on one thread."""
     torch_first = "import torch; torch.set_num_threads(2); import sparse_engine"
-    lines = stderr_after(torch_first)
-    assert len(lines) == 1 and "RuntimeWarning" in lines[0] and "import sparse_engine first" in lines[0]
+    assert stderr_after(torch_first) == []
     assert stderr_after("import sparse_engine, torch; torch.set_num_threads(2)") == []
-    assert stderr_after(torch_first, OMP_WAIT_POLICY="ACTIVE") == []  # a choice: spinning kept, no warning
+    assert stderr_after(torch_first, OMP_WAIT_POLICY="ACTIVE") == []
     assert stderr_after(torch_first, GOMP_SPINCOUNT="1000") == []
-    assert stderr_after("import torch; torch.set_num_threads(1); import sparse_engine") == []  # nothing spins
+    assert stderr_after("import torch; torch.set_num_threads(1); import sparse_engine") == []
 
 
-def test_kernels_stay_on_one_thread_for_more_work_where_idle_threads_sleep():
-    """Where libgomp's threads sleep at once (passive, no spin count) a parallel region first
-    wakes one, so the work from which kernels go parallel is higher (csrc/cpu/common.h)."""
-    # torch first, so that importing sparse_engine sets no policy: only the environment's counts
-    read = "import torch, sparse_engine._C as C, os; os.environ['X'] = str(C._parallel_work())"
-    spin, sleep = str(PARALLEL_WORK), str(1 << 19)
-    assert wait_policy_after(read, "X") == spin  # libgomp's default: spin
-    assert wait_policy_after("import sparse_engine; " + read, "X") == sleep  # the import's PASSIVE
-    assert wait_policy_after(read, "X", OMP_WAIT_POLICY="passive") == sleep
-    assert wait_policy_after(read, "X", OMP_WAIT_POLICY="ACTIVE") == spin
-    assert wait_policy_after(read, "X", OMP_WAIT_POLICY="PASSIVE", GOMP_SPINCOUNT="1000") == spin
-    assert wait_policy_after(read, "X", GOMP_SPINCOUNT="0") == sleep
-    assert wait_policy_after(read, "X", OMP_WAIT_POLICY="PASSIVE", GOMP_SPINCOUNT="infinity") == spin
+def run_code(code: str, timeout: float = 120, **env) -> str:
+    """stdout of a fresh interpreter running ``code`` (no OpenMP wait variable set unless given); it
+    must exit by itself within ``timeout`` seconds."""
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    return subprocess.run([sys.executable, "-c", code], env={**base, "PYTHONPATH": str(ROOT), **env},
+                          capture_output=True, text=True, check=True, timeout=timeout).stdout
+
+
+SHORT = "print(sparse_engine.runtime.threads.SHORT_SPIN)"
+
+
+def test_torch_first_shortens_openmp_spinning_unless_the_waits_are_chosen():
+    """Torch first and no wait chosen: the sleeping team starts (SHORT_SPIN), and the process, and a
+    child forked from it, still exit by themselves; sparse_engine first (passive waits) or a chosen
+    OMP_WAIT_POLICY / GOMP_SPINCOUNT: nothing is started."""
+    assert run_code("import torch, sparse_engine; " + SHORT).split() == ["True"]
+    assert run_code("import sparse_engine, torch; " + SHORT).split() == ["False"]
+    assert run_code("import torch, sparse_engine; " + SHORT, OMP_WAIT_POLICY="ACTIVE").split() == ["False"]
+    assert run_code("import torch, sparse_engine; " + SHORT, GOMP_SPINCOUNT="300000").split() == ["False"]
+    # the child ends by SystemExit, so its exit handlers run (the team is the parent's: left alone);
+    # it runs our ops (the pool is fork-safe), not torch's OpenMP ones (libgomp's are not after fork)
+    forked = ("import os, torch, sparse_engine; torch.set_num_threads(2); torch.ones(1 << 20).sum()\n"
+              "W = sparse_engine.SparseWeight.random(2000, 2000, 0.02, generator=torch.Generator().manual_seed(0))\n"
+              "X = torch.ones(2000, 20)\n"
+              "pid = os.fork()\n"
+              "if pid == 0:\n    sparse_engine.ops.spmm(W, X); raise SystemExit(0)\n"
+              "print(os.waitpid(pid, 0)[1], sparse_engine.runtime.threads.SHORT_SPIN)")
+    assert run_code(forked).split() == ["0", "True"]
+
+
+# CPU time the process spends while its main thread sleeps right after parallel torch ops: what
+# libgomp's idle threads spin (2 threads; ms over 20 sleeps of 50 ms)
+SPIN_CPU = ("import resource, time, torch, sparse_engine; torch.set_num_threads(2); x = torch.randn(1 << 22)\n"
+            "cpu = lambda: sum(resource.getrusage(resource.RUSAGE_SELF)[:2])\n"
+            "x.sum(); time.sleep(0.1); total = 0.0\n"
+            "for _ in range(20):\n    x.sum(); c = cpu(); time.sleep(0.05); total += cpu() - c\n"
+            "print(total * 1e3)")
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 CPUs (libgomp's worker thread)")
+def test_the_short_spin_takes_less_cpu_after_torchs_parallel_ops():
+    """With the team, libgomp's idle worker stops spinning within microseconds of each op; with
+    libgomp's default count chosen explicitly (GOMP_SPINCOUNT=300000, which leaves it alone) it
+    spins for milliseconds (about 4 ms per op on our 2-core VM)."""
+    short = float(run_code(SPIN_CPU))
+    long = float(run_code(SPIN_CPU, GOMP_SPINCOUNT="300000"))
+    assert short < 0.5 * long, (short, long)
+
+
+# A parallel spmm on 2 threads, then what the pool did: (the parallel bound, jobs run, workers)
+POOL_AFTER = ("import sparse_engine._C as C, torch; from sparse_engine import SparseWeight, ops; "
+              "torch.set_num_threads(2); W = SparseWeight.random(2000, 2000, 0.02, "
+              "generator=torch.Generator().manual_seed(0)); ops.spmm(W, torch.randn(2000, 20)); "
+              "s = C._pool_stats(); print(C._parallel_work(), s[0], s[4])")
+
+
+def pool_after(first: str, **env) -> list[int]:
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    out = subprocess.run([sys.executable, "-c", first + "; " + POOL_AFTER], env={**base, "PYTHONPATH": str(ROOT), **env},
+                         capture_output=True, text=True, check=True)
+    return [int(x) for x in out.stdout.split()]
+
+
+def test_the_kernels_run_on_their_pool_with_one_bound_whatever_the_order_and_the_environment():
+    """Torch first or sparse_engine first, with or without OpenMP's variables (which once changed
+    the bound: 2**15 spinning, 2**19 sleeping), the kernels go parallel from PARALLEL_WORK and their
+    parallel loops are jobs of the pool, run with its worker."""
+    for first in ("import torch", "import sparse_engine"):
+        for env in ({}, {"OMP_WAIT_POLICY": "PASSIVE"}, {"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "0"},
+                    {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "infinity"}):
+            work, jobs, workers = pool_after(first, **env)
+            assert work == PARALLEL_WORK, (first, env, work)
+            assert jobs >= 1 and workers >= 1, (first, env, jobs, workers)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not shutil.which("nm"), reason="needs Linux and nm")
+def test_the_kernels_share_no_loop_on_an_openmp_team():
+    """The extension calls none of libgomp's loop-sharing, barrier or atomic entry points, which the
+    kernels' `omp for` loops, dynamic schedules and reductions called: their parallel loops are the
+    pool's (tests/ops/test_thread_pool.py checks the sources), and so are the index content checks'
+    reductions (csrc/index_check.h, reduce_ranges). GOMP_parallel itself stays, for the sleeping
+    team that shortens libgomp's spinning (sparse_engine._C._shorten_openmp_spin)."""
+    undefined = subprocess.run(["nm", "-D", "--undefined-only", sparse_engine._C.__file__], capture_output=True,
+                               text=True, check=True).stdout
+    names = {line.split()[-1].split("@")[0] for line in undefined.splitlines() if line.strip()}
+    shared = sorted(n for n in names if n.startswith(("GOMP_loop", "GOMP_barrier", "GOMP_atomic", "GOMP_critical",
+                                                        "GOMP_single", "GOMP_sections")))
+    assert shared == [], shared
 
 
 def test_importing_sparse_engine_first_asks_torch_for_huge_pages():
