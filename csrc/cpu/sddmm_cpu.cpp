@@ -135,7 +135,7 @@ inline void sddmm_row_f32(const float* g, const float* X, int64_t stride, int64_
 #endif
 
 // out[k] = dot(G[row_k, :], X[col_k, :]) for every stored entry k. A wide batch (the T*B
-// columns of a recurrent layer) is done in tiles of kTile columns, so the X rows a tile
+// columns of a recurrent layer) is done in tiles of sddmm_tile() columns, so the X rows a tile
 // gathers stay in L2 instead of streaming from memory once per nonzero (about 10% faster at
 // B = 700 on one thread, measured); each tile adds its partial dot in a fixed order, so
 // results stay deterministic. A 2-byte type keeps the partial sums of all but the last tile
@@ -144,8 +144,20 @@ inline void sddmm_row_f32(const float* g, const float* X, int64_t stride, int64_
 template <typename S>
 constexpr int64_t sddmm_tile() { return 512 / sizeof(S); }  // 128 floats / 64 doubles / 256 halves
 
+// The tiles pay only where rows are long: a tile's G row is then reused by many entries and its X
+// rows by many G rows. Where rows hold a few entries, each entry reading its X row in separate
+// 512-byte pieces, one pass over the index per tile, cost more than reading it whole. Measured on
+// one thread (2-core Xeon VM, quiet; tiled / untiled): 1,500 / 33% (495 a row), B = 700, 34 / 73 ms;
+// 4,096 / 1% (41), B = 700, 16 / 21; 8,192 / 1% (82), B = 256, 32 / 30; 4,096 / 0.1% (4),
+// B = 512, 2.6 / 1.7; 16,384 / 0.05% (8), B = 512, 27.6 / 15.5 (torch.sparse.sampled_addmm 16.1).
+// So the batch is tiled from kSddmmTileFromRowMean entries per row on average.
+inline constexpr int64_t kSddmmTileFromRowMean = 16;
+inline bool sddmm_tiles_batch(int64_t nnz, int64_t rows) { return nnz >= kSddmmTileFromRowMean * rows; }
+
 // B: the batch columns summed; stride: the row stride of G and X (B, or B padded to whole units
 // for the generic loop, whose tiles are whole units).
+//
+// Batch tiles of sddmm_tile() columns where sddmm_tiles_batch, else one tile of all B.
 //
 // The X rows an entry gathers are cache-tiled like spmm's (tiling.h, gather_panels): from a large X
 // (the states of a layer of 10^5-10^6 units) the rows are taken in panels, every row of G
@@ -154,16 +166,16 @@ constexpr int64_t sddmm_tile() { return 512 / sizeof(S); }  // 128 floats / 64 d
 template <typename scalar_t>
 void sddmm_rows(const int64_t* row_ptr, const int32_t* col_idx, const scalar_t* G, const scalar_t* X,
                 scalar_t* out, int64_t rows, int64_t B, int64_t stride, float* partial, int64_t x_rows) {
-  constexpr int64_t kTile = sddmm_tile<scalar_t>();
+  const int64_t nnz = row_ptr[rows];
+  const int64_t tile = sddmm_tiles_batch(nnz, rows) ? sddmm_tile<scalar_t>() : std::max<int64_t>(B, 1);
   const int64_t chunks = num_chunks(rows);
   const auto bounds = balanced_bounds(row_ptr, rows, chunks);
-  const int64_t nnz = row_ptr[rows];
   const bool parallel = (nnz + rows) * B >= parallel_work();
-  const int64_t panels = gather_panels<scalar_t>(x_rows, stride, std::min(B, kTile));
+  const int64_t panels = gather_panels<scalar_t>(x_rows, stride, std::min(B, tile));
   const int64_t panel_rows = (x_rows + panels - 1) / panels;
   std::vector<int64_t> next(panels > 1 ? rows : 0);  // per row, its first entry not done yet
-  for (int64_t b0 = 0; b0 < B || b0 == 0; b0 += kTile) {
-    const int64_t b1 = std::min(B, b0 + kTile);
+  for (int64_t b0 = 0; b0 < B || b0 == 0; b0 += tile) {
+    const int64_t b1 = std::min(B, b0 + tile);
     const int64_t tile_bytes = (b1 - b0) * static_cast<int64_t>(sizeof(scalar_t));
     const bool first = b0 == 0, last = b1 == B;
     if (panels > 1) std::copy(row_ptr, row_ptr + rows, next.begin());
@@ -240,7 +252,7 @@ at::Tensor sddmm_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, const
     const int64_t stride = unpadded ? B : padded_stride<scalar_t>(B);
     auto G_p = padded_batch(G, stride), X_p = padded_batch(X, stride);
     // float32 partial sums between batch tiles, for a 2-byte type with more than one tile
-    at::Tensor partial = kIsHalf<scalar_t> && stride > sddmm_tile<scalar_t>()
+    at::Tensor partial = kIsHalf<scalar_t> && stride > sddmm_tile<scalar_t>() && sddmm_tiles_batch(s.nnz, s.rows)
                              ? at::empty({s.nnz}, G.options().dtype(at::kFloat)) : at::Tensor();
     sddmm_rows<scalar_t>(row_ptr_c.data_ptr<int64_t>(), col_idx_c.data_ptr<int32_t>(), G_p.data_ptr<scalar_t>(),
                          X_p.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), s.rows, unpadded ? B : stride, stride,

@@ -68,10 +68,14 @@ def test_sources_with_many_entries_per_row_read_from_a_padded_copy(B, dtype, rng
         assert_sddmm_matches_reference(random_weight(rows, cols, 1.0, dtype=dtype, generator=rng), B, rng, batches)
 
 
-def test_wide_batches_cross_the_sddmm_tiles(rng):
-    """Batches wider than one tile (128 float / 64 double columns) and not a multiple of it."""
+@pytest.mark.parametrize("density", [0.5, 0.1], ids=["tiled", "untiled"])
+def test_wide_batches_cross_the_sddmm_tiles(rng, density):
+    """Batches wider than one tile (128 float / 64 double columns) and not a multiple of it, where the
+    CPU kernel tiles the batch (16 or more entries per row on average: 25 here) and where it reads
+    each row whole (5 per row)."""
     for dtype in (torch.float32, torch.float64):
-        W = random_weight(60, 50, 0.2, empty_rows=3, full_rows=1, dtype=dtype, generator=rng)
+        W = random_weight(60, 50, density, empty_rows=3, full_rows=1, dtype=dtype, generator=rng)
+        assert (W.nnz >= 16 * 60) == (density == 0.5)  # csrc/cpu/sddmm_cpu.cpp, kSddmmTileFromRowMean
         for B in (129, 300):
             G = torch.randn(60, B, generator=rng, dtype=dtype)
             X = torch.randn(50, B, generator=rng, dtype=dtype)
@@ -186,14 +190,18 @@ def test_non_contiguous_inputs_half(dtype, rng, batches):
 
 @pytest.mark.parametrize("dtype", HALF)
 def test_accumulation_is_float32_and_rounded_once(dtype):
-    """n = 3001 products 1 * 1 in one batch (several batch tiles): float32 holds 3001 exactly, rounded
+    """n = 3001 products 1 * 1 in one batch (read whole, and in batch tiles): float32 holds 3001 exactly, rounded
     once to the storage type, where a float16 running sum stops at 2048 and a bfloat16 one at 256
     (test_spmm.py's test of this name: the same in one row of spmm and one column of spmm_t)."""
     n = 3001
     expected = torch.tensor(float(n), dtype=torch.float64).to(dtype)  # exact sum, one rounding
     one = SparseWeight(torch.tensor([0, 1]), torch.tensor([0], dtype=torch.int32), torch.ones(1, dtype=dtype), (1, 1))
-    s = ops.sddmm(one, torch.ones(1, n, dtype=dtype), torch.ones(1, n, dtype=dtype))  # several batch tiles
+    s = ops.sddmm(one, torch.ones(1, n, dtype=dtype), torch.ones(1, n, dtype=dtype))  # one row read whole
     assert torch.equal(s, expected.reshape(1))
+    # a row of 16 entries: the batch in tiles, the partial sums carried in float32 between them
+    row = SparseWeight(torch.tensor([0, 16]), torch.arange(16, dtype=torch.int32), torch.ones(16, dtype=dtype), (1, 16))
+    s = ops.sddmm(row, torch.ones(1, n, dtype=dtype), torch.ones(16, n, dtype=dtype))
+    assert torch.equal(s, expected.expand(16))
 
 
 # ------------------------------------------------------------------- float16 / bfloat16 gradients
