@@ -144,15 +144,20 @@ inline void sddmm_row_f32(const float* g, const float* X, int64_t stride, int64_
 template <typename S>
 constexpr int64_t sddmm_tile() { return 512 / sizeof(S); }  // 128 floats / 64 doubles / 256 halves
 
-// The tiles pay only where rows are long: a tile's G row is then reused by many entries and its X
-// rows by many G rows. Where rows hold a few entries, each entry reading its X row in separate
-// 512-byte pieces, one pass over the index per tile, cost more than reading it whole. Measured on
-// one thread (2-core Xeon VM, quiet; tiled / untiled): 1,500 / 33% (495 a row), B = 700, 34 / 73 ms;
-// 4,096 / 1% (41), B = 700, 16 / 21; 8,192 / 1% (82), B = 256, 32 / 30; 4,096 / 0.1% (4),
-// B = 512, 2.6 / 1.7; 16,384 / 0.05% (8), B = 512, 27.6 / 15.5 (torch.sparse.sampled_addmm 16.1).
-// So the batch is tiled from kSddmmTileFromRowMean entries per row on average.
+// The tiles pay only where rows are long and a tile's X rows fit the core's L2: a tile of G's row
+// is then reused by many entries and the tile of X's rows by many G rows. Where rows hold a few
+// entries, or the X rows' tile outgrows L2, each entry reading its X row in separate 512-byte
+// pieces, one pass over the index per tile, cost more than reading it whole. Measured on the
+// 2-core Xeon VM (2 MB L2 per core), quiet; tiled / whole, one thread: 1,500 / 33% (495 a row,
+// 0.75 MB tile set), B = 700, 34 / 73 ms; 4,096 / 1% (41, 2 MB), B = 700, 16 / 21; 8,192 / 1% (82,
+// 4 MB), B = 256, 32 / 30; 4,096 / 0.1% (4), B = 512, 2.6 / 1.7; 16,384 / 0.05% (8, 8 MB),
+// B = 512, 27.6 / 15.5 (torch.sparse.sampled_addmm 16.1). Two threads against sampled_addmm at
+// 16,384 / 1%, B = 512 (164 a row, 8 MB): tiled 0.50-0.61x (the row-law grid), whole 1.03-1.17x.
 inline constexpr int64_t kSddmmTileFromRowMean = 16;
-inline bool sddmm_tiles_batch(int64_t nnz, int64_t rows) { return nnz >= kSddmmTileFromRowMean * rows; }
+inline constexpr int64_t kSddmmTileSetBytes = int64_t(2) << 20;
+inline bool sddmm_tiles_batch(int64_t nnz, int64_t rows, int64_t x_rows, int64_t tile_bytes) {
+  return nnz >= kSddmmTileFromRowMean * rows && x_rows * tile_bytes <= kSddmmTileSetBytes;
+}
 
 // B: the batch columns summed; stride: the row stride of G and X (B, or B padded to whole units
 // for the generic loop, whose tiles are whole units).
@@ -167,7 +172,7 @@ template <typename scalar_t>
 void sddmm_rows(const int64_t* row_ptr, const int32_t* col_idx, const scalar_t* G, const scalar_t* X,
                 scalar_t* out, int64_t rows, int64_t B, int64_t stride, float* partial, int64_t x_rows) {
   const int64_t nnz = row_ptr[rows];
-  const int64_t tile = sddmm_tiles_batch(nnz, rows) ? sddmm_tile<scalar_t>() : std::max<int64_t>(B, 1);
+  const int64_t tile = sddmm_tiles_batch(nnz, rows, x_rows, 512) ? sddmm_tile<scalar_t>() : std::max<int64_t>(B, 1);
   const int64_t chunks = num_chunks(rows);
   const auto bounds = balanced_bounds(row_ptr, rows, chunks);
   const bool parallel = (nnz + rows) * B >= parallel_work();
@@ -252,7 +257,7 @@ at::Tensor sddmm_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, const
     const int64_t stride = unpadded ? B : padded_stride<scalar_t>(B);
     auto G_p = padded_batch(G, stride), X_p = padded_batch(X, stride);
     // float32 partial sums between batch tiles, for a 2-byte type with more than one tile
-    at::Tensor partial = kIsHalf<scalar_t> && stride > sddmm_tile<scalar_t>() && sddmm_tiles_batch(s.nnz, s.rows)
+    at::Tensor partial = kIsHalf<scalar_t> && stride > sddmm_tile<scalar_t>() && sddmm_tiles_batch(s.nnz, s.rows, X.size(0), 512)
                              ? at::empty({s.nnz}, G.options().dtype(at::kFloat)) : at::Tensor();
     sddmm_rows<scalar_t>(row_ptr_c.data_ptr<int64_t>(), col_idx_c.data_ptr<int32_t>(), G_p.data_ptr<scalar_t>(),
                          X_p.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), s.rows, unpadded ? B : stride, stride,
