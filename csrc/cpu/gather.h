@@ -24,6 +24,7 @@
 #include <utility>
 #include <vector>
 #include "common.h"
+#include "sparse_dot.h"
 #include "storage.h"
 #include "tiling.h"
 
@@ -268,32 +269,6 @@ inline void accumulate_padded(int64_t k0, int64_t k1, const int32_t* idx, const 
     case 2: accumulate_block<S, 2 * P, Prefetch>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
     default: accumulate_block<S, P, Prefetch>(k0, k1, idx, vals, vbase, src, stride, acc, nnz); break;
   }
-}
-
-// B = 1: a row's sparse dot product sum_{k in [k0, k1)} v[k - vbase] * src[idx[k]]. Rows of
-// kDotVectorFrom entries or more are vectorised over the nonzeros (gathers; one reduction per row);
-// shorter ones, the common case at low density, are a plain scalar loop in index order, as
-// scipy's: the vector loop's masked tail and horizontal reduction cost more than a short row's
-// products, and the out-of-order core overlaps the next rows' chains with this one's. spmm at
-// 2,048 / 1% (20 entries a row), one thread, quiet: 36 us vectorised, 28 with 4 scalar
-// accumulators (their tails mispredicted), 22 with one; scipy 27. The order depends on the row
-// alone: the same bits on any thread count.
-inline constexpr int64_t kDotVectorFrom = 64;
-
-template <typename S>
-SE_ALWAYS_INLINE acc_t<S> sparse_dot(int64_t k0, int64_t k1, const int32_t* idx, const S* v, int64_t vbase,
-                                     const S* src) {
-  using A = acc_t<S>;
-  if (k1 - k0 >= kDotVectorFrom) {
-    A a = 0;
-#pragma omp simd reduction(+ : a)
-    for (int64_t k = k0; k < k1; ++k) a += static_cast<A>(v[k - vbase]) * static_cast<A>(src[idx[k]]);
-    return a;
-  }
-  A a = 0;
-  const S* w = v - vbase;
-  for (int64_t k = k0; k < k1; ++k) a += static_cast<A>(w[k]) * static_cast<A>(src[idx[k]]);
-  return a;
 }
 
 // acc[0:n] for the block of columns starting at b0 (a multiple of Block: max_block or
