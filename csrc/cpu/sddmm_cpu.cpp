@@ -155,7 +155,9 @@ constexpr int64_t sddmm_tile() { return 512 / sizeof(S); }  // 128 floats / 64 d
 // 16,384 / 1%, B = 512 (164 a row, 8 MB): tiled 0.50-0.61x (the row-law grid), whole 1.03-1.17x.
 inline constexpr int64_t kSddmmTileFromRowMean = 16;
 inline constexpr int64_t kSddmmTileSetBytes = int64_t(2) << 20;
-inline bool sddmm_tiles_batch(int64_t nnz, int64_t rows, int64_t x_rows, int64_t tile_bytes) {
+template <typename S>
+bool sddmm_tiles_batch(int64_t nnz, int64_t rows, int64_t x_rows) {
+  const int64_t tile_bytes = sddmm_tile<S>() * static_cast<int64_t>(sizeof(S));
   return nnz >= kSddmmTileFromRowMean * rows && x_rows * tile_bytes <= kSddmmTileSetBytes;
 }
 
@@ -172,7 +174,7 @@ template <typename scalar_t>
 void sddmm_rows(const int64_t* row_ptr, const int32_t* col_idx, const scalar_t* G, const scalar_t* X,
                 scalar_t* out, int64_t rows, int64_t B, int64_t stride, float* partial, int64_t x_rows) {
   const int64_t nnz = row_ptr[rows];
-  const int64_t tile = sddmm_tiles_batch(nnz, rows, x_rows, 512) ? sddmm_tile<scalar_t>() : std::max<int64_t>(B, 1);
+  const int64_t tile = sddmm_tiles_batch<scalar_t>(nnz, rows, x_rows) ? sddmm_tile<scalar_t>() : std::max<int64_t>(B, 1);
   const int64_t chunks = num_chunks(rows);
   const auto bounds = balanced_bounds(row_ptr, rows, chunks);
   const bool parallel = (nnz + rows) * B >= parallel_work();
@@ -257,7 +259,7 @@ at::Tensor sddmm_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, const
     const int64_t stride = unpadded ? B : padded_stride<scalar_t>(B);
     auto G_p = padded_batch(G, stride), X_p = padded_batch(X, stride);
     // float32 partial sums between batch tiles, for a 2-byte type with more than one tile
-    at::Tensor partial = kIsHalf<scalar_t> && stride > sddmm_tile<scalar_t>() && sddmm_tiles_batch(s.nnz, s.rows, X.size(0), 512)
+    at::Tensor partial = kIsHalf<scalar_t> && stride > sddmm_tile<scalar_t>() && sddmm_tiles_batch<scalar_t>(s.nnz, s.rows, X.size(0))
                              ? at::empty({s.nnz}, G.options().dtype(at::kFloat)) : at::Tensor();
     sddmm_rows<scalar_t>(row_ptr_c.data_ptr<int64_t>(), col_idx_c.data_ptr<int32_t>(), G_p.data_ptr<scalar_t>(),
                          X_p.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), s.rows, unpadded ? B : stride, stride,

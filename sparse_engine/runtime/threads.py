@@ -10,8 +10,8 @@ not on OpenMP's teams: its workers spin for at most 20 us after a job, then slee
 thread takes part and claims pieces of the work from a counter, so it never waits for a thread
 that has not started (one whose core another process holds); it also works in a child made by
 fork(). How the kernels' threads wait is therefore the same whatever a script imported first:
-measured on a 2-core VM, quiet and beside a busy process, a script importing torch first runs the
-kernels within a few percent of one importing sparse_engine first
+measured on a 2-core VM, quiet and beside a busy process, a script importing torch first ran the
+kernels at 0.90-1.05x the time of one importing sparse_engine first
 (benchmarks/results/pool_import_order_cpu.md; docs/cpu_kernels.md, "The thread pool"). They go
 parallel from ``PARALLEL_WORK`` multiply-adds or elements (``sparse_engine._C._parallel_work()``),
 whatever the environment.
