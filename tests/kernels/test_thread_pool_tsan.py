@@ -15,15 +15,30 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = ROOT / "tests" / "kernels" / "thread_pool_driver.cpp"
 PLANTED = """
+#include <atomic>
+#include <chrono>
 #include <cstdio>
+#include <thread>
 #include "thread_pool.h"
 int main() {
   long total = 0;
-  for (int r = 0; r < 50; ++r) sparse_engine::run_chunks(64, 2, [&](long long c, int) { total += c; });
+  for (int r = 0; r < 50; ++r) {
+    // Each chunk waits (2 s at most) until both slots have run a chunk, so that the race happens
+    // even where the caller could claim every chunk before the worker wakes (a slow CI machine).
+    // The flag is relaxed: no happens-before for ThreadSanitizer, so it hides nothing.
+    std::atomic<int> seen{0};
+    sparse_engine::run_chunks(64, 2, [&](long long c, int slot) {
+      seen.fetch_or(1 << slot, std::memory_order_relaxed);
+      const auto t0 = std::chrono::steady_clock::now();
+      while (seen.load(std::memory_order_relaxed) != 3 &&
+             std::chrono::steady_clock::now() - t0 < std::chrono::seconds(2))
+        std::this_thread::yield();
+      total += c;
+    });
+  }
   std::printf("%ld\\n", total);
 }
 """
-
 
 def build(cxx: str, source: Path, exe: Path, sanitize: bool) -> subprocess.CompletedProcess:
     flags = ["-O1", "-g", "-fsanitize=thread"] if sanitize else ["-O2"]
