@@ -157,10 +157,12 @@ TITLE = "LSTM and GRU training step (forward + backward), one layer, T=35, B=20,
 def columns(methods) -> list[str]:
     """The table's columns (a composed-step and a persistent column where those methods run)."""
     composed, persistent = "sparse_engine_composed" in methods, "sparse_engine_persistent" in methods
+    unstaged = "sparse_engine_persistent_l2" in methods
     return ["cell", "hidden", "density", "ours"] + (["ours, composed step"] if composed else []) + (
-        ["ours, persistent"] if persistent else []) + [
+        ["ours, persistent"] if persistent else []) + (["ours, persistent, W_hh not staged"] if unstaged else []) + [
         "masked-dense", "torch.sparse CSR", "vs masked-dense", "vs torch.sparse"] + (
-        ["composed / fused"] if composed else []) + (["persistent vs masked-dense"] if persistent else []) + ["load"]
+        ["composed / fused"] if composed else []) + (["persistent vs masked-dense"] if persistent else []) + (
+        ["staged / not staged"] if persistent and unstaged else []) + ["load"]
 
 
 def report(rows, methods, device, args, load_start) -> list[str]:
@@ -183,18 +185,21 @@ def report(rows, methods, device, args, load_start) -> list[str]:
         "",
     ]
     composed, persistent = "sparse_engine_composed" in methods, "sparse_engine_persistent" in methods
+    unstaged = "sparse_engine_persistent_l2" in methods
     head = columns(methods)
     lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for cell, H, d, res in rows:
         ours = res.get("sparse_engine", {"status": "-"})
         cmp_ = res.get("sparse_engine_composed", {"status": "-"})
         pers = res.get("sparse_engine_persistent", {"status": "-"})
+        l2 = res.get("sparse_engine_persistent_l2", {"status": "-"})
         md, ts = res.get("masked_dense", {"status": "-"}), res.get("torch_sparse", {"status": "-"})
         load = f"{ours['load']:.1f}" if "load" in ours else "-"
         cells = [cell, f"{H:,}", f"{d:g}", cell_text(ours)] + ([cell_text(cmp_)] if composed else []) + (
-            [cell_text(pers)] if persistent else []) + [
+            [cell_text(pers)] if persistent else []) + ([cell_text(l2)] if unstaged else []) + [
             cell_text(md), cell_text(ts), speedup(md, ours), speedup(ts, ours)] + (
-            [speedup(cmp_, ours)] if composed else []) + ([speedup(md, pers)] if persistent else []) + [load]
+            [speedup(cmp_, ours)] if composed else []) + ([speedup(md, pers)] if persistent else []) + (
+            [speedup(l2, pers)] if persistent and unstaged else []) + [load]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Ratios are baseline time / our time (> 1: ours is faster).")

@@ -43,7 +43,8 @@
 #        the persistent recurrent kernels (issue 44; rnn_sequence_cuda.cu, compute="persistent"): their
 #        GPU tests (the ops against float64 references, every output written, the modules against the
 #        per-step path, deterministic), memcheck and racecheck on them, then the LSTM/GRU table of the
-#        issue's cells with ours per-step, ours persistent and masked-dense cuDNN (rnn_gpu_persistent.md).
+#        issue's cells with ours per-step, ours persistent (W_hh staged in shared memory, and not staged)
+#        and masked-dense cuDNN (rnn_gpu_persistent.md).
 #        Not yet run on a GPU: the session that has one runs it first (before 1., with "build").
 #   With time to spare, in this order: STAGES=topology (all cases), BENCH_DTYPES=bfloat16
 #   STAGES=bench ... -- --quick (then the full bf16 grid), STAGES=step.
@@ -322,7 +323,7 @@ if has persistent && begin "persistent recurrent kernels: tests, sanitizers, tab
   # the table: the issue's cells, ours per step and persistent, masked-dense cuDNN (ours first)
   logged 24 $PY benchmarks/bench_rnn.py --device cuda --cells LSTM GRU \
     --sizes 4096:0.01 1500:0.33 1500:0.1 4096:0.05 4096:0.1 16384:0.01 \
-    --methods sparse_engine sparse_engine_persistent masked_dense --repeats 5 --timeout 90 \
+    --methods sparse_engine sparse_engine_persistent sparse_engine_persistent_l2 masked_dense --repeats 5 --timeout 90 \
     --budget-s "$(budget 90 330)" --out benchmarks/results/rnn_gpu_persistent.md ${copy[@]+"${copy[@]}"}
   took persistent $t0
 fi

@@ -342,6 +342,22 @@ static PyObject* set_tiling(PyObject*, PyObject* args) {
   return Py_BuildValue("(LLL)", old_from, old_panel, old_row);
 }
 
+#ifdef SPARSE_ENGINE_WITH_CUDA
+namespace sparse_engine::cuda {
+int64_t set_rnn_sequence_stage_bytes(int64_t bytes);  // csrc/cuda/launchers.h (no CUDA headers here)
+}
+
+// sparse_engine._C._set_sequence_stage_bytes(bytes): caps the bytes of W_hh each block of the
+// persistent recurrent kernels stages in shared memory (0: none, read through L2 every step; -1: no
+// cap, the default); returns the cap before. Outputs do not depend on it: for the tests that say so
+// and the benchmark that compares staged and unstaged. CUDA builds only.
+static PyObject* set_sequence_stage_bytes(PyObject*, PyObject* args) {
+  long long bytes = -1;
+  if (!PyArg_ParseTuple(args, "L", &bytes)) return nullptr;
+  return PyLong_FromLongLong(sparse_engine::cuda::set_rnn_sequence_stage_bytes(bytes));
+}
+#endif
+
 // A minimal module init so `import sparse_engine._C` loads the library (and runs the
 // static registrations above) like any Python extension.
 extern "C" PyObject* PyInit__C(void) {
@@ -356,6 +372,10 @@ extern "C" PyObject* PyInit__C(void) {
        "The CPU thread pool's counters (jobs, worker_chunks, busy, nested, workers, stalls)."},
       {"_pool_check", pool_check, METH_VARARGS, "Runs a job of the pool's own (tests of its contract)."},
       {"_set_tiling", set_tiling, METH_VARARGS, "Cache tiling bounds of the CPU gathers (tests); returns the old."},
+#ifdef SPARSE_ENGINE_WITH_CUDA
+      {"_set_sequence_stage_bytes", set_sequence_stage_bytes, METH_VARARGS,
+       "Caps W_hh's bytes a persistent kernel's block stages in shared memory (-1 none); returns the old."},
+#endif
       {nullptr, nullptr, 0, nullptr}};
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module_def);

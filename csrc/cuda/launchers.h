@@ -145,19 +145,23 @@ cudaError_t launch_rnn_step_backward(CellMode mode, const int64_t* csc_ptr, cons
 // dense array feature-major and contiguous. Contract: the composite kernels of
 // sparse_engine/kernels/rnn_sequence_torch.py (the step ops in a loop).
 bool rnn_sequence_mode(CellMode mode);
+// Caps the bytes of W_hh each block of the persistent kernels stages in shared memory (0: none, the
+// weights read through L2 every step; < 0: no cap, the default); returns the cap before. Outputs do
+// not depend on it (tests, and the benchmark that compares staged and unstaged).
+int64_t set_rnn_sequence_stage_bytes(int64_t bytes);
 // Forward. gx: (G*H) x (T*B), every step's input part with its biases (column t*B + b); h0 (and
 // LSTM's c0): H x B; b_hh: GRU's (3H) or nullptr. Out: y (T x H x B, the state after each step, in
 // time order also for the reverse direction), LSTM's cs (T x H x B, c after each step), acts (T x 4H
 // x B: LSTM [i; f; g; o], GRU [r; z; n; W_hn h + b_hn]; nullptr for RNN). Steps run t = 0..T-1, or
-// T-1..0 with reverse.
+// T-1..0 with reverse. nnz: W_hh's nonzeros (the most any block stages in shared memory).
 cudaError_t launch_rnn_sequence_forward(CellMode mode, const int64_t* row_ptr, const int32_t* col_idx,
-                                        const float* values, const float* gx, const float* h0, const float* c0,
-                                        const float* b_hh, float* y, float* cs, float* acts, int64_t H, int64_t B,
-                                        int64_t T, bool reverse, cudaStream_t stream);
-cudaError_t launch_rnn_sequence_forward(CellMode mode, const int64_t* row_ptr, const int32_t* col_idx,
-                                        const double* values, const double* gx, const double* h0, const double* c0,
-                                        const double* b_hh, double* y, double* cs, double* acts, int64_t H,
+                                        const float* values, int64_t nnz, const float* gx, const float* h0,
+                                        const float* c0, const float* b_hh, float* y, float* cs, float* acts, int64_t H,
                                         int64_t B, int64_t T, bool reverse, cudaStream_t stream);
+cudaError_t launch_rnn_sequence_forward(CellMode mode, const int64_t* row_ptr, const int32_t* col_idx,
+                                        const double* values, int64_t nnz, const double* gx, const double* h0,
+                                        const double* c0, const double* b_hh, double* y, double* cs, double* acts,
+                                        int64_t H, int64_t B, int64_t T, bool reverse, cudaStream_t stream);
 // Backward, from the forward's y, cs, acts (and h0, c0); W_hh as its transposed index (csc_ptr,
 // csc_row) and values_t, its values in that order (values[csc_perm], ../values_t.h). dy: the
 // output sequence's gradient (T x H x B) or nullptr; dh (and LSTM's dc): H x B, dh_T (dc_T) in,
@@ -165,12 +169,12 @@ cudaError_t launch_rnn_sequence_forward(CellMode mode, const int64_t* row_ptr, c
 // t*B + b: dL/dW_hh = dG (the states' columns)^T) and GRU's dgx (3H x T*B, the input side; for the
 // other modes the input side is dG itself).
 cudaError_t launch_rnn_sequence_backward(CellMode mode, const int64_t* csc_ptr, const int32_t* csc_row,
-                                         const float* values_t, const float* y,
+                                         const float* values_t, int64_t nnz, const float* y,
                                          const float* h0, const float* cs, const float* c0, const float* acts,
                                          const float* dy, float* dG, float* dgx, float* dh, float* dc, int64_t H,
                                          int64_t B, int64_t T, bool reverse, cudaStream_t stream);
 cudaError_t launch_rnn_sequence_backward(CellMode mode, const int64_t* csc_ptr, const int32_t* csc_row,
-                                         const double* values_t, const double* y,
+                                         const double* values_t, int64_t nnz, const double* y,
                                          const double* h0, const double* cs, const double* c0, const double* acts,
                                          const double* dy, double* dG, double* dgx, double* dh, double* dc, int64_t H,
                                          int64_t B, int64_t T, bool reverse, cudaStream_t stream);

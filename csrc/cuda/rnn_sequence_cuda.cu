@@ -20,9 +20,16 @@
 // values in its order)
 // plus the direct term (GRU). A thread keeps the same units and columns in both phases and in
 // every step, so the running dh and dc need no barrier of their own: one grid barrier a step.
-// The weights are read from global memory each step: a matrix that fits on chip stays in L2
-// (benchmarks/gpu_all.sh's rnn stage measures whether staging it in shared memory pays).
+// Staging: before its first step each block copies its rows of W_hh (forward: its units' G gate
+// rows; backward: its units' columns, the transposed index) into dynamic shared memory, values then
+// the int32 index, as many entries as the launch gave it (stage_entries: what is left of the SM's
+// shared memory by the blocks the registers allow, unless set_rnn_sequence_stage_bytes lowers it);
+// an entry past that is read from global memory (L2) each step. The staged prefix and the rest
+// are summed in index order, so staging changes no bit (the emulator checks staged, partly staged
+// and unstaged runs for equal outputs).
 // Every sum has a fixed order (each output by one thread, in index order): bitwise reproducible.
+#include <atomic>
+
 #include "common.cuh"
 #include "launchers.h"
 
@@ -39,6 +46,43 @@ constexpr int kSeqThreads = kSeqWarps * kWarp;
 // tests/kernels/test_cuda_build.py)
 constexpr int kSeqMinBlocks = 2;
 template <CellMode M> constexpr int kGates = cell_gates(M);
+constexpr int64_t kEntryIndexBytes = sizeof(int32_t);
+std::atomic<int64_t> g_stage_bytes{-1};  // set_rnn_sequence_stage_bytes: -1 no cap, else bytes a block
+
+// A block's rows of W_hh in shared memory: positions [0, entries) hold the first entries of its
+// segments laid end to end (segment q from position off[q]).
+template <typename T>
+struct Stage {
+  const T* v;
+  const int32_t* i;
+  int64_t entries;
+};
+
+// Copies segment [base, base + len) of (values, idx) to positions [off, off + len) of the stage, as
+// far as it reaches; the caller syncs the block afterwards.
+template <typename T>
+__device__ __forceinline__ void stage_segment(T* sv, int32_t* si, int64_t entries, int64_t off, const T* values,
+                                              const int32_t* idx, int64_t base, int64_t len) {
+  const int64_t n = off >= entries ? 0 : (len < entries - off ? len : entries - off);
+  for (int64_t e = threadIdx.x; e < n; e += blockDim.x) {
+    sv[off + e] = values[base + e];
+    si[off + e] = idx[base + e];
+  }
+}
+
+// sum over k in [k0, k1) of values[k] * x[idx[k] * B + b] (x read through L2), in index order: the
+// entries from stage position pos onward that the stage holds, then the rest from global memory.
+template <typename T>
+__device__ __forceinline__ T staged_dot(const Stage<T>& st, int64_t pos, const T* values, const int32_t* idx,
+                                        int64_t k0, int64_t k1, const T* x, int64_t B, int64_t b) {
+  const int64_t room = st.entries > pos ? st.entries - pos : 0;
+  const int64_t ks = k0 + (k1 - k0 < room ? k1 - k0 : room);
+  T acc = 0;
+  for (int64_t k = k0; k < ks; ++k, ++pos)
+    acc += st.v[pos] * __ldcg(x + static_cast<int64_t>(st.i[pos]) * B + b);
+  for (int64_t k = ks; k < k1; ++k) acc += values[k] * __ldcg(x + static_cast<int64_t>(idx[k]) * B + b);
+  return acc;
+}
 
 template <typename T>
 struct SeqArgs {
@@ -54,6 +98,7 @@ struct SeqArgs {
   T* acts;                     // T x 4H x B: LSTM [i; f; g; o], GRU [r; z; n; W_hn h + b_hn]
   int64_t H, B, steps;  // hidden units, batch, time steps
   bool reverse;
+  int64_t stage_entries;  // W_hh entries a block stages in shared memory (set by launch())
 };
 
 template <typename T, CellMode M>
@@ -63,6 +108,29 @@ __global__ void __launch_bounds__(kSeqThreads, kSeqMinBlocks) seq_forward_kernel
   const int64_t per = (a.H + gridDim.x - 1) / gridDim.x;  // units per block
   const int64_t u0 = blockIdx.x * per, u1 = u0 + per < a.H ? u0 + per : a.H;
   const int64_t HB = a.H * a.B, TB = a.steps * a.B;
+  // this block's G gate rows of W_hh in shared memory (the launch's: stage_entries values, then as
+  // many int32 indices), gate q's segment from position off[q]
+  extern __shared__ __align__(16) char seq_smem[];
+  T* sv = reinterpret_cast<T*>(seq_smem);
+  int32_t* si = reinterpret_cast<int32_t*>(sv + a.stage_entries);
+  int64_t base[NG], off[NG + 1];
+  off[0] = 0;
+#pragma unroll
+  for (int q = 0; q < NG; ++q) {
+    base[q] = u0 < u1 ? a.ptr[q * a.H + u0] : 0;
+    off[q + 1] = off[q] + (u0 < u1 ? a.ptr[q * a.H + u1] - base[q] : 0);
+  }
+  // one loop over the stage's positions (a loop per gate made CUDA 13's cicc run out of memory)
+  const int64_t n = off[NG] < a.stage_entries ? off[NG] : a.stage_entries;
+  for (int64_t e = threadIdx.x; e < n; e += blockDim.x) {
+    int q = 0;
+#pragma unroll
+    for (int r = 1; r < NG; ++r) q += e >= off[r];
+    sv[e] = a.values[base[q] + (e - off[q])];
+    si[e] = a.idx[base[q] + (e - off[q])];
+  }
+  __syncthreads();  // every thread's staged entries before any thread's first step reads them
+  const Stage<T> st{sv, si, a.stage_entries};
   for (int64_t s = 0; s < a.steps; ++s) {
     const int64_t t = a.reverse ? a.steps - 1 - s : s, tp = a.reverse ? t + 1 : t - 1;  // tp: the step before
     const T* h = s == 0 ? a.h0 : a.y + tp * HB;
@@ -74,10 +142,8 @@ __global__ void __launch_bounds__(kSeqThreads, kSeqMinBlocks) seq_forward_kernel
         T p[NG];
 #pragma unroll
         for (int q = 0; q < NG; ++q) {
-          T acc = 0;
-          for (int64_t k = a.ptr[q * a.H + j]; k < a.ptr[q * a.H + j + 1]; ++k)
-            acc += a.values[k] * __ldcg(h + static_cast<int64_t>(a.idx[k]) * a.B + b);
-          p[q] = acc;
+          const int64_t k0 = a.ptr[q * a.H + j];
+          p[q] = staged_dot(st, off[q] + (k0 - base[q]), a.values, a.idx, k0, a.ptr[q * a.H + j + 1], h, a.B, b);
         }
         T* hn = a.y + t * HB + o;
         if constexpr (M == CellMode::LSTM) {
@@ -127,6 +193,7 @@ struct SeqBackArgs {
   T* dc;                       // LSTM: dc_T in, dc_0 out
   int64_t H, B, steps;  // hidden units, batch, time steps
   bool reverse;
+  int64_t stage_entries;  // W_hh^T entries a block stages in shared memory (set by launch())
 };
 
 template <typename T, CellMode M>
@@ -135,6 +202,14 @@ __global__ void __launch_bounds__(kSeqThreads, kSeqMinBlocks) seq_backward_kerne
   const int64_t per = (a.H + gridDim.x - 1) / gridDim.x;  // units per block
   const int64_t u0 = blockIdx.x * per, u1 = u0 + per < a.H ? u0 + per : a.H;
   const int64_t HB = a.H * a.B, TB = a.steps * a.B;
+  // this block's columns of W_hh (its units' rows of the transposed index) in shared memory
+  extern __shared__ __align__(16) char seq_smem[];
+  T* sv = reinterpret_cast<T*>(seq_smem);
+  int32_t* si = reinterpret_cast<int32_t*>(sv + a.stage_entries);
+  const int64_t base = u0 < u1 ? a.cptr[u0] : 0;
+  stage_segment(sv, si, a.stage_entries, 0, a.values_t, a.crow, base, u0 < u1 ? a.cptr[u1] - base : 0);
+  __syncthreads();  // every thread's staged entries before any thread's first step reads them
+  const Stage<T> st{sv, si, a.stage_entries};
   for (int64_t s = a.steps - 1; s >= 0; --s) {
     const int64_t t = a.reverse ? a.steps - 1 - s : s, tp = a.reverse ? t + 1 : t - 1;
     // phase A: this thread's units' gate gradients of step t (and the direct part of dh_prev)
@@ -180,22 +255,42 @@ __global__ void __launch_bounds__(kSeqThreads, kSeqMinBlocks) seq_backward_kerne
     // phase B: this thread's units' dh_prev, from their columns of W_hh
     for (int64_t j = u0 + warp; j < u1; j += kSeqWarps) {
       for (int64_t b = lane; b < a.B; b += kWarp) {
-        const int64_t col = t * a.B + b;
-        T acc = 0;
-        for (int64_t k = a.cptr[j]; k < a.cptr[j + 1]; ++k)
-          acc += a.values_t[k] * __ldcg(a.dG + static_cast<int64_t>(a.crow[k]) * TB + col);
-        a.dh[j * a.B + b] += acc;
+        const int64_t k0 = a.cptr[j];
+        // dG's row r, column t*B + b: (dG + t*B)[r * TB + b]
+        a.dh[j * a.B + b] += staged_dot(st, k0 - base, a.values_t, a.crow, k0, a.cptr[j + 1], a.dG + t * a.B, TB, b);
       }
     }
   }
 }
 
-// The grid: every block resident at once (what the occupancy query allows on every SM), at most
-// one unit per warp.
-template <typename K>
-cudaError_t grid_for(K kernel, int64_t H, int64_t& blocks) {
-  int per_sm = 0;
+// The grid: every block resident at once (what the occupancy query allows on every SM without
+// shared memory: the registers decide), at most one unit per warp; and the entries each block stages:
+// the SM's shared memory split among those blocks (1 KiB of each block's reserved), at most the
+// block opt-in limit, the whole matrix (nnz) and set_rnn_sequence_stage_bytes's cap. The occupancy
+// is asked again with that shared memory, so the grid always fits.
+template <typename T, typename K>
+cudaError_t grid_for(K kernel, int64_t H, int64_t nnz, int64_t& blocks, int64_t& stage_entries, size_t& shmem) {
+  int per_sm = 0, dev = 0, sm_bytes = 0, optin = 0;
   if (const cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kSeqThreads, 0);
+      e != cudaSuccess)
+    return e;
+  if (per_sm <= 0) return cudaErrorCooperativeLaunchTooLarge;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sm_bytes, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
+    cudaGetLastError();
+    sm_bytes = optin = 0;  // no staging
+  }
+  constexpr int64_t entry = sizeof(T) + kEntryIndexBytes;
+  int64_t bytes = std::min<int64_t>({static_cast<int64_t>(sm_bytes) / per_sm - 1024, optin, nnz * entry});
+  if (const int64_t cap = g_stage_bytes.load(); cap >= 0) bytes = std::min(bytes, cap);
+  stage_entries = std::max<int64_t>(bytes, 0) / entry;
+  shmem = static_cast<size_t>(stage_entries * entry);
+  if (const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                 static_cast<int>(shmem));
+      e != cudaSuccess)
+    return e;
+  if (const cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kSeqThreads, shmem);
       e != cudaSuccess)
     return e;
   blocks = std::min<int64_t>(static_cast<int64_t>(per_sm) * num_sms(), cdiv(H, kSeqWarps));
@@ -207,8 +302,8 @@ bool sequence_mode(CellMode mode) {
 }
 
 // One cooperative launch of the kernel that kernel_of(mode tag) names, on the grid of grid_for.
-template <typename Args, typename KernelOf>
-cudaError_t launch(CellMode mode, const Args& a, cudaStream_t stream, KernelOf kernel_of) {
+template <typename T, typename Args, typename KernelOf>
+cudaError_t launch(CellMode mode, Args a, int64_t nnz, cudaStream_t stream, KernelOf kernel_of) {
   if (!sequence_mode(mode)) return cudaErrorInvalidValue;
   if (a.H <= 0 || a.B <= 0 || a.steps <= 0) return cudaSuccess;
   return dispatch_mode(mode, [&](auto m) -> cudaError_t {
@@ -217,56 +312,63 @@ cudaError_t launch(CellMode mode, const Args& a, cudaStream_t stream, KernelOf k
     } else {
       auto seq_kernel = kernel_of(m);
       int64_t blocks = 0;
-      if (const cudaError_t e = grid_for(seq_kernel, a.H, blocks); e != cudaSuccess) return e;
-      return SE_LAUNCH_COOPERATIVE(seq_kernel, dim3(static_cast<unsigned>(blocks)), dim3(kSeqThreads), 0, stream, a);
+      size_t shmem = 0;
+      if (const cudaError_t e = grid_for<T>(seq_kernel, a.H, nnz, blocks, a.stage_entries, shmem); e != cudaSuccess)
+        return e;
+      return SE_LAUNCH_COOPERATIVE(seq_kernel, dim3(static_cast<unsigned>(blocks)), dim3(kSeqThreads), shmem, stream,
+                                   a);
     }
   });
 }
 
 template <typename T>
-cudaError_t forward(CellMode mode, const SeqArgs<T>& a, cudaStream_t stream) {
-  return launch(mode, a, stream, [](auto m) { return seq_forward_kernel<T, decltype(m)::value>; });
+cudaError_t forward(CellMode mode, const SeqArgs<T>& a, int64_t nnz, cudaStream_t stream) {
+  return launch<T>(mode, a, nnz, stream, [](auto m) { return seq_forward_kernel<T, decltype(m)::value>; });
 }
 
 template <typename T>
-cudaError_t backward(CellMode mode, const SeqBackArgs<T>& a, cudaStream_t stream) {
-  return launch(mode, a, stream, [](auto m) { return seq_backward_kernel<T, decltype(m)::value>; });
+cudaError_t backward(CellMode mode, const SeqBackArgs<T>& a, int64_t nnz, cudaStream_t stream) {
+  return launch<T>(mode, a, nnz, stream, [](auto m) { return seq_backward_kernel<T, decltype(m)::value>; });
 }
 
 }  // namespace
 
 bool rnn_sequence_mode(CellMode mode) { return sequence_mode(mode); }
 
+int64_t set_rnn_sequence_stage_bytes(int64_t bytes) { return g_stage_bytes.exchange(bytes < 0 ? -1 : bytes); }
+
 cudaError_t launch_rnn_sequence_forward(CellMode mode, const int64_t* row_ptr, const int32_t* col_idx,
-                                        const float* values, const float* gx, const float* h0, const float* c0,
-                                        const float* b_hh, float* y, float* cs, float* acts, int64_t H, int64_t B,
-                                        int64_t T, bool reverse, cudaStream_t stream) {
-  return forward<float>(mode, {row_ptr, col_idx, values, gx, h0, c0, b_hh, y, cs, acts, H, B, T, reverse}, stream);
+                                        const float* values, int64_t nnz, const float* gx, const float* h0,
+                                        const float* c0, const float* b_hh, float* y, float* cs, float* acts, int64_t H,
+                                        int64_t B, int64_t T, bool reverse, cudaStream_t stream) {
+  return forward<float>(mode, {row_ptr, col_idx, values, gx, h0, c0, b_hh, y, cs, acts, H, B, T, reverse, 0}, nnz,
+                        stream);
 }
 
 cudaError_t launch_rnn_sequence_forward(CellMode mode, const int64_t* row_ptr, const int32_t* col_idx,
-                                        const double* values, const double* gx, const double* h0, const double* c0,
-                                        const double* b_hh, double* y, double* cs, double* acts, int64_t H,
-                                        int64_t B, int64_t T, bool reverse, cudaStream_t stream) {
-  return forward<double>(mode, {row_ptr, col_idx, values, gx, h0, c0, b_hh, y, cs, acts, H, B, T, reverse}, stream);
+                                        const double* values, int64_t nnz, const double* gx, const double* h0,
+                                        const double* c0, const double* b_hh, double* y, double* cs, double* acts,
+                                        int64_t H, int64_t B, int64_t T, bool reverse, cudaStream_t stream) {
+  return forward<double>(mode, {row_ptr, col_idx, values, gx, h0, c0, b_hh, y, cs, acts, H, B, T, reverse, 0}, nnz,
+                         stream);
 }
 
 cudaError_t launch_rnn_sequence_backward(CellMode mode, const int64_t* csc_ptr, const int32_t* csc_row,
-                                         const float* values_t, const float* y,
+                                         const float* values_t, int64_t nnz, const float* y,
                                          const float* h0, const float* cs, const float* c0, const float* acts,
                                          const float* dy, float* dG, float* dgx, float* dh, float* dc, int64_t H,
                                          int64_t B, int64_t T, bool reverse, cudaStream_t stream) {
   return backward<float>(mode, {csc_ptr, csc_row, values_t, y, h0, cs, c0, acts, dy, dG, dgx, dh, dc, H, B,
-                                T, reverse}, stream);
+                                T, reverse, 0}, nnz, stream);
 }
 
 cudaError_t launch_rnn_sequence_backward(CellMode mode, const int64_t* csc_ptr, const int32_t* csc_row,
-                                         const double* values_t, const double* y,
+                                         const double* values_t, int64_t nnz, const double* y,
                                          const double* h0, const double* cs, const double* c0, const double* acts,
                                          const double* dy, double* dG, double* dgx, double* dh, double* dc, int64_t H,
                                          int64_t B, int64_t T, bool reverse, cudaStream_t stream) {
   return backward<double>(mode, {csc_ptr, csc_row, values_t, y, h0, cs, c0, acts, dy, dG, dgx, dh, dc, H, B,
-                                 T, reverse}, stream);
+                                 T, reverse, 0}, nnz, stream);
 }
 
 }  // namespace cuda

@@ -44,7 +44,8 @@ std::tuple<Tensor, Tensor, Tensor> rnn_sequence_cuda(const Tensor& row_ptr, cons
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "sparse_engine_rnn_sequence_cuda", [&] {
       C10_CUDA_CHECK(cuda::launch_rnn_sequence_forward(
-          s.mode, rp.data_ptr<int64_t>(), ci.data_ptr<int32_t>(), v.data_ptr<scalar_t>(), gx_c.data_ptr<scalar_t>(),
+          s.mode, rp.data_ptr<int64_t>(), ci.data_ptr<int32_t>(), v.data_ptr<scalar_t>(), v.numel(),
+          gx_c.data_ptr<scalar_t>(),
           h0_c.data_ptr<scalar_t>(), data_or_null<scalar_t>(c0_c), data_or_null<scalar_t>(b_c),
           y.data_ptr<scalar_t>(), s.mode == CellMode::LSTM ? cs.data_ptr<scalar_t>() : nullptr,
           saved ? acts.data_ptr<scalar_t>() : nullptr, H, B, T, reverse, stream));
@@ -81,7 +82,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> rnn_sequence_backward_cuda(
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "sparse_engine_rnn_sequence_backward_cuda", [&] {
       C10_CUDA_CHECK(cuda::launch_rnn_sequence_backward(
-          s.mode, cp.data_ptr<int64_t>(), cr.data_ptr<int32_t>(), v_t.data_ptr<scalar_t>(), y_c.data_ptr<scalar_t>(),
+          s.mode, cp.data_ptr<int64_t>(), cr.data_ptr<int32_t>(), v_t.data_ptr<scalar_t>(), v_t.numel(),
+          y_c.data_ptr<scalar_t>(),
           h0_c.data_ptr<scalar_t>(), data_or_null<scalar_t>(cs_c), data_or_null<scalar_t>(c0_c),
           data_or_null<scalar_t>(acts_c), data_or_null<scalar_t>(dy_c), dG.data_ptr<scalar_t>(),
           s.mode == CellMode::GRU ? dgx.data_ptr<scalar_t>() : nullptr, dh_run.data_ptr<scalar_t>(),

@@ -22,9 +22,11 @@ import torch
 #: the masked-dense and torch.sparse baselines by cell; ours is SparseLSTM / SparseGRU / SparseRNN
 CELLS = ("LSTM", "GRU", "RNN")
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
-METHODS = ("sparse_engine", "sparse_engine_composed", "sparse_engine_persistent", "masked_dense", "torch_sparse")
+METHODS = ("sparse_engine", "sparse_engine_composed", "sparse_engine_persistent", "sparse_engine_persistent_l2",
+           "masked_dense", "torch_sparse")
 LABELS = {"sparse_engine": "ours", "sparse_engine_composed": "ours, composed step",
-          "sparse_engine_persistent": "ours, persistent", "masked_dense": "masked-dense",
+          "sparse_engine_persistent": "ours, persistent",
+          "sparse_engine_persistent_l2": "ours, persistent, W_hh not staged", "masked_dense": "masked-dense",
           "torch_sparse": "torch.sparse CSR"}
 
 
@@ -138,8 +140,10 @@ def _ours(method, cell, H, density, dev, compute, T, B):
         return None
     module = {"LSTM": se.nn.SparseLSTM, "GRU": se.nn.SparseGRU, "RNN": se.nn.SparseRNN}[cell]
     fused = method != "sparse_engine_composed"
-    if method == "sparse_engine_persistent":
+    if method.startswith("sparse_engine_persistent"):
         compute = "persistent"
+    if method == "sparse_engine_persistent_l2" and dev.type == "cuda":  # W_hh through L2 every step (the
+        se._C._set_sequence_stage_bytes(0)                                # cell's own process: no reset)
     if dev.type == "cuda":  # a placeholder pattern (one entry per 1000 rows), redrawn on the device
         model = module(H, H, density=1e-3 / H, fused=fused, compute=compute).to(dev)
         redraw_on_device([m for m in model.modules() if isinstance(m, se.SparseWeight)], density, dev)

@@ -118,14 +118,27 @@ BUGS = [
         "  blocks = cdiv(H, kSeqWarps);",
         "grid_for: a grid of one block per 8 units, not capped at what can be resident at once"),
     Bug("grid-sync-not-cooperative", "rnn_sequence_cuda.cu",
-        "      return SE_LAUNCH_COOPERATIVE(seq_kernel, dim3(static_cast<unsigned>(blocks)), dim3(kSeqThreads), 0, stream, a);",
-        "      seq_kernel<<<dim3(static_cast<unsigned>(blocks)), dim3(kSeqThreads), 0, stream>>>(a);\n"
+        "      return SE_LAUNCH_COOPERATIVE(seq_kernel, dim3(static_cast<unsigned>(blocks)), dim3(kSeqThreads), shmem, stream,\n"
+        "                                   a);",
+        "      seq_kernel<<<dim3(static_cast<unsigned>(blocks)), dim3(kSeqThreads), shmem, stream>>>(a);\n"
         "      return cudaGetLastError();",
         "launch: the persistent kernels launched as plain launches: their grid syncs wait for blocks that need not "
         "be resident"),
     Bug("state-read-cached", "rnn_sequence_cuda.cu",
         "const T* h = s == 0 ? a.h0 : a.y + tp * HB;", "const T* h = a.h0;",
         "seq_forward_kernel: every step reads h_0 instead of the state the step before wrote"),
+    Bug("stage-barrier-removed", "rnn_sequence_cuda.cu",
+        "  __syncthreads();  // every thread's staged entries before any thread's first step reads them\n"
+        "  const Stage<T> st{sv, si, a.stage_entries};\n  for (int64_t s = 0;",
+        "  const Stage<T> st{sv, si, a.stage_entries};\n  for (int64_t s = 0;",
+        "seq_forward_kernel: no block barrier between staging W_hh in shared memory and the first step's reads"),
+    Bug("stage-offset-one-gate", "rnn_sequence_cuda.cu",
+        "p[q] = staged_dot(st, off[q] + (k0 - base[q]),", "p[q] = staged_dot(st, k0 - base[0],",
+        "seq_forward_kernel: every gate's staged position counted from the first gate's segment"),
+    Bug("stage-past-shared", "rnn_sequence_cuda.cu",
+        "  shmem = static_cast<size_t>(stage_entries * entry);",
+        "  shmem = static_cast<size_t>(stage_entries * sizeof(T));",
+        "grid_for: the launch's shared memory sized for the staged values only, not their index"),
     Bug("default-stream", "spmm_cuda.cu", "gather_rows_kernel<T, VEC, CW><<<grid, kRowWarps * kWarp, 0, stream>>>(a);",
         "gather_rows_kernel<T, VEC, CW><<<grid, kRowWarps * kWarp>>>(a);",
         "gather_launch: the row kernel launched on the default stream, not the caller's"),

@@ -39,7 +39,7 @@ void run(CellMode mode, const char* pname, const std::vector<int64_t>& lens, int
   auto order = [&](int64_t s) { return reverse ? NT - 1 - s : s; };
   // ---- forward
   Buf<T> y(NT * HB, 0), cs(NT * HB, 0), acts(std::max<int64_t>(A, 1) * NT * HB, 0);
-  cudaError_t e = launch_rnn_sequence_forward(mode, m.ptr.data(), m.col.data(), vals.data(), gx.p(), h0.p(),
+  cudaError_t e = launch_rnn_sequence_forward(mode, m.ptr.data(), m.col.data(), vals.data(), nnz, gx.p(), h0.p(),
                                               lstm ? c0.p() : nullptr, use_bhh ? bhh.p() : nullptr, y.p(),
                                               lstm ? cs.p() : nullptr, A ? acts.p() : nullptr, H, B, NT, reverse, kStream);
   const int before = failures;
@@ -93,6 +93,7 @@ void run(CellMode mode, const char* pname, const std::vector<int64_t>& lens, int
   // ---- backward: the float64 recursion from the kernel's forward outputs
   Buf<T> dy(NT * HB, 0), dh(HB, 0), dc(HB, 0);
   dy.randomize(g); dh.randomize(g); dc.randomize(g);
+  const Buf<T> dh_in = dh, dc_in = dc;  // the backward updates dh and dc in place
   std::vector<double> dh_r(HB), dc_r(HB), rG(G * H * TB, 0.0), rgx(3 * H * TB, 0.0);
   for (int64_t i = 0; i < HB; ++i) { dh_r[i] = (double)dh[i]; dc_r[i] = lstm ? (double)dc[i] : 0.0; }
   auto act = [&](int64_t t, int q, int64_t o) { return (double)acts[(t * 4 + q) * HB + o]; };
@@ -133,7 +134,7 @@ void run(CellMode mode, const char* pname, const std::vector<int64_t>& lens, int
   Buf<T> dG(G * H * TB, 0), dgx(3 * H * TB, 0);
   std::vector<T> vals_t(pm.size());
   for (size_t k = 0; k < pm.size(); ++k) vals_t[k] = vals[pm[k]];
-  e = launch_rnn_sequence_backward(mode, cp.data(), cr.data(), vals_t.data(), y.p(), h0.p(),
+  e = launch_rnn_sequence_backward(mode, cp.data(), cr.data(), vals_t.data(), nnz, y.p(), h0.p(),
                                    lstm ? cs.p() : nullptr, lstm ? c0.p() : nullptr, A ? acts.p() : nullptr,
                                    with_dy ? dy.p() : nullptr, dG.p(), gru ? dgx.p() : nullptr, dh.p(),
                                    lstm ? dc.p() : nullptr, H, B, NT, reverse, kStream);
@@ -149,6 +150,30 @@ void run(CellMode mode, const char* pname, const std::vector<int64_t>& lens, int
   if (lstm) check("dc0", dc, dc_r, bounds(dc_r), rel); else if (!dc.intact()) { printf("  FAIL dc written\n"); ++failures; }
   if (gru) check("dgx", dgx, rgx, bounds(rgx), rel); else if (!dgx.intact()) { printf("  FAIL dgx written\n"); ++failures; }
   for (const Buf<T>* b : {&y, &cs, &acts, &dG, &dgx, &dh, &dc}) hash_outputs(*b);
+  // the same bits with W_hh partly staged in shared memory (a few entries a block, so most rows
+  // straddle the end of the stage) and not staged at all, as with the whole matrix staged above
+  const int64_t entry = sizeof(T) + sizeof(int32_t);
+  for (const int64_t cap : {int64_t{0}, 5 * entry, 37 * entry + 3}) {
+    const int64_t old = set_rnn_sequence_stage_bytes(cap);
+    Buf<T> y2(NT * HB, 0), cs2(NT * HB, 0), acts2(std::max<int64_t>(A, 1) * NT * HB, 0), dG2(G * H * TB, 0),
+        dgx2(3 * H * TB, 0), dh2 = dh_in, dc2 = dc_in;
+    cudaError_t e2 = launch_rnn_sequence_forward(mode, m.ptr.data(), m.col.data(), vals.data(), nnz, gx.p(), h0.p(),
+                                                 lstm ? c0.p() : nullptr, use_bhh ? bhh.p() : nullptr, y2.p(),
+                                                 lstm ? cs2.p() : nullptr, A ? acts2.p() : nullptr, H, B, NT, reverse,
+                                                 kStream);
+    if (e2 == cudaSuccess)
+      e2 = launch_rnn_sequence_backward(mode, cp.data(), cr.data(), vals_t.data(), nnz, y2.p(), h0.p(),
+                                        lstm ? cs2.p() : nullptr, lstm ? c0.p() : nullptr, A ? acts2.p() : nullptr,
+                                        with_dy ? dy.p() : nullptr, dG2.p(), gru ? dgx2.p() : nullptr, dh2.p(),
+                                        lstm ? dc2.p() : nullptr, H, B, NT, reverse, kStream);
+    set_rnn_sequence_stage_bytes(old);
+    bool same = e2 == cudaSuccess;
+    auto eq = [&](const Buf<T>& a, const Buf<T>& b) {
+      same = same && std::memcmp(a.v.data(), b.v.data(), a.v.size() * sizeof(T)) == 0;
+    };
+    eq(y, y2); eq(cs, cs2); eq(acts, acts2); eq(dG, dG2); eq(dgx, dgx2); eq(dh, dh2); eq(dc, dc2);
+    if (!same) { printf("  FAIL staging %ld bytes a block changed the outputs\n", (long)cap); ++failures; }
+  }
   printf("%s %-8s %-8s H=%-4ld B=%-3ld T=%-2ld %s%s nnz=%-6ld %s\n", sizeof(T) == 4 ? "f32" : "f64",
          kCellModeNames[static_cast<int>(mode)], pname, (long)H, (long)B, (long)NT, reverse ? "reverse" : "forward",
          with_dy ? "" : " (no dy)", (long)nnz, failures == before ? "ok" : "FAILED");

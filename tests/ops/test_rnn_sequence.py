@@ -8,7 +8,8 @@ device:
   without dy, values_t and GRU's b_hh;
 * the CPU op is its contract, the fused step ops in a loop: the same bits as calling them;
 * 1 vs 2 threads, argument checks (one line naming the argument), opcheck (schemas, fake kernels);
-* CUDA (marked ``cuda``): the same references on the GPU, every output written;
+* CUDA (marked ``cuda``): the same references on the GPU, every output written, the same bits with
+  W_hh staged in shared memory, in part or not at all;
 * the persistent CUDA kernels on the emulator (tests/cuda_emu/seq_driver.cpp, marked ``slow``);
   the emulator catching their planted bugs is tests/kernels/test_cuda_emulator.py's.
 """
@@ -275,6 +276,29 @@ def test_every_output_is_written_on_cuda(mode, nan_filled_pool):
     want = run_op(mode, copy_weight(W, device="cpu"), *map(cpu, (gx, h0, c0, b_hh)), False, *map(cpu, (dy, dh, dc)))
     for name, a, b in zip(NAMES, fwd + bwd, want[0] + want[1]):
         torch.testing.assert_close(a.cpu(), b, rtol=1e-4, atol=1e-4, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.cuda
+@pytest.mark.usefixtures("cuda_device")
+@pytest.mark.parametrize("mode", MODES)
+def test_staging_w_hh_in_shared_memory_changes_no_bit_on_cuda(mode):
+    """W_hh staged in shared memory whole (the default), in part (a few hundred bytes a block, so
+    rows straddle the stage's end) and not at all: the same bits, and the float64 reference."""
+    from sparse_engine import _C
+    args = case(mode, 700, 20, 5, F32, "cuda", seed=13, density=0.05, empty_rows=20)
+    W, gx, h0, c0, b_hh, dy, dh, dc = args
+    runs = {}
+    for cap in (-1, 0, 1000):
+        old = _C._set_sequence_stage_bytes(cap)
+        try:
+            fwd, bwd = run_op(mode, W, gx, h0, c0, b_hh, False, dy, dh, dc)
+        finally:
+            _C._set_sequence_stage_bytes(old)
+        runs[cap] = [t.cpu() for t in fwd + bwd]
+    for cap in (0, 1000):
+        for name, a, b in zip(NAMES, runs[-1], runs[cap]):
+            assert torch.equal(a, b), (cap, name)
+    assert_matches_reference(mode, args, False, F32)
 
 
 # ------------------------------------------------------------ the CUDA kernels on the emulator
