@@ -314,6 +314,11 @@ int main(int argc, char** argv) {
   // per column): sized without the longest row the long-row kernels would be launched for
   // nothing; sized with it (known=1) only the row kernels run.
   Csr flat = make(300, 40, std::vector<int64_t>(300, 8), g);
+  // Rows of 100-300 entries, none long (the threshold is 4x the mean): several full 32-entry chunks
+  // a row in the row kernel, which a single vector column (B = 1, or B = 4 floats, 8 halves) takes
+  // kOneColumnChunks at a time; with "power"'s long rows the long-row kernel does the same.
+  std::vector<int64_t> ml(40); { std::uniform_int_distribution<int> u(100, 300); for (auto& l : ml) l = u(g); }
+  Csr mid = make(40, 400, ml, g);
   if (sanitize) {
     // The planted-bug script's sanitizer subset: every kernel (row and long-row kernels of spmm, spmm_t and sddmm,
     // the four of transpose_index, the index scan), scalar and vector loads, one to three tiles
@@ -335,6 +340,8 @@ int main(int argc, char** argv) {
     run<__half>("powerT", pwT, 5, false, g);
     for (bool known : {false, true}) run<float>("flat", flat, 4, false, g, known);
     run<float>("power", pw, 32, false, g, true);
+    for (int64_t B : {1, 4}) run<float>("mid", mid, B, false, g);
+    run<float>("power", pw, 1, false, g);
     scan_cases(pw, g);
   } else {
     // batch widths reaching every lane layout: scalar / 16-byte loads, 1..32 lanes, 1-3 tiles
@@ -364,6 +371,13 @@ int main(int argc, char** argv) {
       run<float>("flat", flat, 4, false, g, known);
       run<__half>("flat", flat, 16, false, g, known);
     }
+    // one vector column over rows of several full chunks, short and long: 1, 4 floats, 8 halves
+    for (int64_t B : {1, 4}) run<float>("mid", mid, B, false, g);
+    run<double>("mid", mid, 1, false, g);
+    run<__half>("mid", mid, 8, false, g);
+    run<__nv_bfloat16>("mid", mid, 1, false, g);
+    for (int64_t B : {1, 4}) run<float>("power", pw, B, false, g);
+    run<double>("power", pw, 1, false, g);
     // long rows and columns known to be there: the long-row kernels run as before
     run<float>("power", pw, 32, false, g, true);
     run<float>("powerT", pwT, 32, false, g, true);

@@ -139,6 +139,10 @@ BUGS = [
         "  shmem = static_cast<size_t>(stage_entries * entry);",
         "  shmem = static_cast<size_t>(stage_entries * sizeof(T));",
         "grid_for: the launch's shared memory sized for the staged values only, not their index"),
+    Bug("one-column-stride", "common.cuh",
+        "        const int64_t k = k0 + u * step + lane;", "        const int64_t k = k0 + u * kWarp + lane;",
+        "gather_range: one vector column's chunks taken 32 entries apart, not `step` (the long-row kernel's "
+        "warps read each other's chunks)"),
     Bug("default-stream", "spmm_cuda.cu", "gather_rows_kernel<T, VEC, CW><<<grid, kRowWarps * kWarp, 0, stream>>>(a);",
         "gather_rows_kernel<T, VEC, CW><<<grid, kRowWarps * kWarp>>>(a);",
         "gather_launch: the row kernel launched on the default stream, not the caller's"),
