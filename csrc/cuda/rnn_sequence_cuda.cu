@@ -70,18 +70,34 @@ __device__ __forceinline__ void stage_segment(T* sv, int32_t* si, int64_t entrie
   }
 }
 
-// sum over k in [k0, k1) of values[k] * x[idx[k] * B + b] (x read through L2), in index order: the
-// entries from stage position pos onward that the stage holds, then the rest from global memory.
+// acc + sum over e in [0, n) of v[e] * x[i[e] * B + b] (x read through L2), added in order; the
+// gathers go kDotAhead at a time, so that they are in flight together rather than one behind the
+// other (a step's critical path is its longest row's chain of L2 reads), the adds still in order.
+constexpr int kDotAhead = 4;
+template <typename T>
+__device__ __forceinline__ T dot_run(T acc, const T* v, const int32_t* i, int64_t n, const T* x, int64_t B,
+                                     int64_t b) {
+  int64_t e = 0;
+  for (; e + kDotAhead <= n; e += kDotAhead) {
+    T g[kDotAhead];
+#pragma unroll
+    for (int u = 0; u < kDotAhead; ++u) g[u] = __ldcg(x + static_cast<int64_t>(i[e + u]) * B + b);
+#pragma unroll
+    for (int u = 0; u < kDotAhead; ++u) acc += v[e + u] * g[u];
+  }
+  for (; e < n; ++e) acc += v[e] * __ldcg(x + static_cast<int64_t>(i[e]) * B + b);
+  return acc;
+}
+
+// sum over k in [k0, k1) of values[k] * x[idx[k] * B + b], in index order: the entries from stage
+// position pos onward that the stage holds, then the rest from global memory.
 template <typename T>
 __device__ __forceinline__ T staged_dot(const Stage<T>& st, int64_t pos, const T* values, const int32_t* idx,
                                         int64_t k0, int64_t k1, const T* x, int64_t B, int64_t b) {
   const int64_t room = st.entries > pos ? st.entries - pos : 0;
-  const int64_t ks = k0 + (k1 - k0 < room ? k1 - k0 : room);
-  T acc = 0;
-  for (int64_t k = k0; k < ks; ++k, ++pos)
-    acc += st.v[pos] * __ldcg(x + static_cast<int64_t>(st.i[pos]) * B + b);
-  for (int64_t k = ks; k < k1; ++k) acc += values[k] * __ldcg(x + static_cast<int64_t>(idx[k]) * B + b);
-  return acc;
+  const int64_t staged = k1 - k0 < room ? k1 - k0 : room;
+  const T acc = dot_run(T(0), st.v + pos, st.i + pos, staged, x, B, b);
+  return dot_run(acc, values + k0 + staged, idx + k0 + staged, k1 - k0 - staged, x, B, b);
 }
 
 template <typename T>
