@@ -5,7 +5,7 @@ The layout of tests/ follows the code (``tests/package/test_test_layout.py`` che
 per package of sparse_engine (``tests/nn/``, ``tests/recurrent/``, ``tests/training/``, ...), one
 file per op family or subject, named for what it checks without repeating its folder's name
 (``tests/nn/test_rhn.py``, ``tests/io/test_export.py``); tests of the top-level modules at the
-root (``tests/test_init.py``, ``tests/test_distributed.py``, ``tests/test_testing.py``); the
+root (``tests/test_init.py``, ``tests/test_testing.py``); the
 scripts' tests in ``tests/examples/`` and ``tests/benchmarks/``; the layout itself (import
 layers, module sizes, old import paths, this layout) in ``tests/package/``. Every test file's
 name is unique (pytest imports each by its basename) and no test file imports another.
@@ -28,8 +28,8 @@ Where shared test code lives:
 * ``tests/cuda_emu/``, the CUDA emulator's tool package (it also runs outside pytest): its
   compiler helpers (``build_util``) and planted bugs, which a folder's conftest.py (``tests/kernels/``,
   ``tests/ops/``) hands to its tests as fixtures;
-* a test file's own helpers stay in it (``tests/test_distributed.py`` holds the scenarios its
-  spawned processes run).
+* a test file's own helpers stay in it (``tests/distributed/test_data_parallel.py`` holds the
+  scenarios its spawned processes run).
 
 Besides fixtures, this file loads the hypothesis profile of the property tests (the ``@given``
 tests of the op families, e.g. ``tests/ops/test_spmm.py``), chosen by ``HYPOTHESIS_PROFILE``:

@@ -143,7 +143,7 @@ class GradFactorRecorder:
 
     def _gathered(self, got):
         """All ranks' factors from this rank's ``got`` (None: nothing recorded here), G / W."""
-        from ..distributed import all_gather_columns, dist
+        from ..distributed.data_parallel import all_gather_columns, dist
 
         G = all_gather_columns(None if got is None else got[0], self.process_group)
         X = all_gather_columns(None if got is None else got[1], self.process_group)
@@ -157,7 +157,7 @@ class GradFactorRecorder:
         gradients over the ranks: the same numbers, communicating O(candidates) instead of the factors."""
         if not self.is_global():
             return (*self.factors(weight), method, None)
-        from ..distributed import all_reduce_sum, dist, gather_batch_sizes
+        from ..distributed.data_parallel import all_reduce_sum, dist, gather_batch_sizes
 
         got = self._local(weight)
         sizes = gather_batch_sizes(None if got is None else got[1].shape[1], self.process_group)

@@ -26,8 +26,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .sparse import SparseWeight, sparse_weights
-from .sparse.weight import _INDEX_NAMES
+from ..sparse import SparseWeight, sparse_weights
+from ..sparse.weight import _INDEX_NAMES
 
 __all__ = ["DistributedDataParallel", "rewrap", "topology_fingerprint", "check_topology_in_sync",
            "broadcast_topology", "all_gather_columns", "all_reduce_sum", "gather_batch_sizes", "is_distributed"]

@@ -1,0 +1,17 @@
+"""Training across processes with ``torch.distributed`` (NCCL on GPUs, gloo on CPUs):
+
+* :mod:`.data_parallel`: every rank holds the whole model and a share of the batch (DDP, the
+  topology kept in sync across ranks);
+* :mod:`.sharding`: every rank holds a share of each sparse layer's rows, for a model larger
+  than one card (model parallelism, :func:`shard_rows`).
+
+See docs/distributed.md.
+"""
+from .data_parallel import (DistributedDataParallel, all_gather_columns, all_reduce_sum,  # noqa: F401
+                            broadcast_topology, check_topology_in_sync, gather_batch_sizes, is_distributed, rewrap,
+                            topology_fingerprint)
+from .sharding import Shard, shard_ranges, shard_rows  # noqa: F401
+
+__all__ = ["DistributedDataParallel", "rewrap", "topology_fingerprint", "check_topology_in_sync",
+           "broadcast_topology", "all_gather_columns", "all_reduce_sum", "gather_batch_sizes", "is_distributed",
+           "shard_rows", "shard_ranges", "Shard"]

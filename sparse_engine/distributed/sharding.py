@@ -1,0 +1,326 @@
+"""Model parallelism: a sparse layer's output rows split across the ranks of a process group, for
+networks larger than one card (issue 47). Data parallelism (:mod:`.data_parallel`) keeps a whole
+model on every rank; here each rank keeps the rows of its share of the units: their values,
+index, gradients and optimizer state.
+
+:func:`shard_rows` turns a SparseLinear, SparseRNN, SparseLSTM or SparseGRU into its sharded
+form in place. Given the same input on every rank, every rank returns the same output as the
+unsharded module (and the same input gradients). The exchange follows Megatron-LM's tensor
+parallelism (Shoeybi et al. 2019), by rows: a replicated tensor (the same on every rank, its
+gradient too) enters the local rows' product through :class:`_Replicated` (identity; backward:
+the ranks' partial gradients summed, one all-reduce), and the local rows' result leaves through
+:class:`_Gathered` (one all-gather along the features; backward: the rank's own slice). A
+recurrent layer does this once per time step: the local units' h is gathered, so every rank has
+the whole state for the next step's product.
+
+Not yet (issue 47): the backward's all-reduce of each step as a reduce-scatter, the exchange
+overlapped with the local rows, SparseMLP, dropout between layers, proj_size, PackedSequence,
+topology updates that equal the unsharded ones, checkpoints across world sizes.
+See docs/distributed.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .. import ops
+from ..kernels.constants import GATES
+from ..nn import SparseGRU, SparseLinear, SparseLSTM, SparseRNN
+from ..nn.rnn import SparseRNNBase
+from ..sparse import SparseWeight
+
+__all__ = ["shard_rows", "shard_ranges", "Shard"]
+
+
+def shard_ranges(n: int, world: int) -> list[tuple[int, int]]:
+    """[start, end) of each rank's share of n rows: the first n % world ranks one more."""
+    base, extra = divmod(n, world)
+    out, start = [], 0
+    for r in range(world):
+        size = base + (r < extra)
+        out.append((start, start + size))
+        start += size
+    return out
+
+
+@dataclass
+class Shard:
+    """Where a sharded module's rows are: its process group, this rank, every rank's [start, end)
+    of the units (SparseLinear: of the output features)."""
+    group: object
+    rank: int
+    world: int
+    ranges: list
+
+    @property
+    def start(self) -> int:
+        return self.ranges[self.rank][0]
+
+    @property
+    def end(self) -> int:
+        return self.ranges[self.rank][1]
+
+
+# ------------------------------------------------------------------ the exchange
+class _Replicated(torch.autograd.Function):
+    """A replicated tensor entering the local rows: identity; backward sums the ranks' partial
+    gradients (all-reduce), so the gradient of the replicated tensor is replicated too."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        ctx.group = group
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+def _all_gather_features(local: torch.Tensor, shard: "Shard") -> torch.Tensor:
+    """Every rank's ``local`` (its features last) concatenated in rank order along the features."""
+    widest = max(e - s for s, e in shard.ranges)
+    padded = local.new_zeros(*local.shape[:-1], widest)  # all_gather needs equal sizes
+    padded[..., :local.shape[-1]] = local
+    parts = [torch.empty_like(padded) for _ in range(shard.world)]
+    dist.all_gather(parts, padded, group=shard.group)
+    return torch.cat([p[..., :e - s] for p, (s, e) in zip(parts, shard.ranges)], dim=-1)
+
+
+class _Gathered(torch.autograd.Function):
+    """The local rows' result (features last) gathered from every rank in rank order: a
+    replicated tensor; backward: this rank's slice of the (replicated) gradient."""
+
+    @staticmethod
+    def forward(ctx, local, shard):
+        ctx.start, ctx.size = shard.start, local.shape[-1]
+        return _all_gather_features(local, shard)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.narrow(-1, ctx.start, ctx.size).contiguous(), None
+
+
+class _Scattered(torch.autograd.Function):
+    """A replicated tensor's slice of this rank's features (last dimension); backward gathers the
+    ranks' slices of the gradient, so the replicated tensor's gradient is replicated."""
+
+    @staticmethod
+    def forward(ctx, x, shard):
+        ctx.shard = shard
+        return x.narrow(-1, shard.start, shard.end - shard.start).contiguous()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _all_gather_features(grad.contiguous(), ctx.shard), None
+
+
+def replicated(x: torch.Tensor, shard: Shard) -> torch.Tensor:
+    return _Replicated.apply(x, shard.group)
+
+
+def gathered(local: torch.Tensor, shard: Shard) -> torch.Tensor:
+    return _Gathered.apply(local, shard)
+
+
+def scattered(x: torch.Tensor, shard: Shard) -> torch.Tensor:
+    return _Scattered.apply(x, shard)
+
+
+# ------------------------------------------------------------------ the rows of a weight
+def _row_block(weight, rows: torch.Tensor):
+    """The rows ``rows`` (ascending, int64) of a SparseWeight or a dense Parameter, as a new one."""
+    if isinstance(weight, SparseWeight):
+        row_ptr, col_idx, values = weight.row_ptr, weight.col_idx, weight.values.detach()
+        lengths = (row_ptr[1:] - row_ptr[:-1])[rows]
+        new_ptr = torch.zeros(len(rows) + 1, dtype=torch.int64, device=row_ptr.device)
+        new_ptr[1:] = torch.cumsum(lengths, 0)
+        starts = row_ptr[rows]
+        entries = (torch.repeat_interleave(starts - new_ptr[:-1], lengths)
+                   + torch.arange(int(new_ptr[-1]), device=row_ptr.device))
+        return SparseWeight(new_ptr, col_idx[entries], values[entries].clone(), (len(rows), weight.shape[1]),
+                            requires_grad=weight.values.requires_grad)
+    return nn.Parameter(weight.detach()[rows].clone(), requires_grad=weight.requires_grad)
+
+
+def _device(weight) -> torch.device:
+    return weight.values.device if isinstance(weight, SparseWeight) else weight.device
+
+
+def _product(weight, x: torch.Tensor) -> torch.Tensor:
+    """weight @ x, x feature-major (features x columns), for a SparseWeight or a dense weight."""
+    return ops.spmm(weight, x) if isinstance(weight, SparseWeight) else weight @ x
+
+
+def _group_of(group) -> tuple[object, int, int]:
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("shard_rows needs torch.distributed initialized first (torch.distributed."
+                           "init_process_group, or a launch with torchrun)")
+    return group, dist.get_rank(group), dist.get_world_size(group)
+
+
+# ------------------------------------------------------------------ the sharded modules
+class ShardedSparseLinear(SparseLinear):
+    """A SparseLinear whose weight holds this rank's output rows (see :func:`shard_rows`)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if input.shape[-1] != self.in_features:
+            raise ValueError(f"input must have last dimension in_features={self.in_features}, "
+                             f"got shape {tuple(input.shape)}")
+        lead = input.shape[:-1]
+        x = replicated(input.reshape(-1, self.in_features), self.shard)
+        y = _product(self.weight, x.t()).t()
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return gathered(y, self.shard).reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", rows {self.shard.start}:{self.shard.end} of rank {self.shard.rank}"
+
+
+def _cell(mode: str, gx, gh, h_loc, c_loc):
+    """One step of the local units (feature-major, units x B) from the gates' input part gx and
+    hidden part gh (biases in): torch.nn's cell equations. Returns (h, c)."""
+    if mode == "LSTM":
+        i, f, g, o = gx.add(gh).chunk(4)
+        c = torch.sigmoid(f) * c_loc + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+    if mode == "GRU":
+        xr, xz, xn = gx.chunk(3)
+        hr, hz, hn = gh.chunk(3)
+        r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + r * hn)
+        return n + z * (h_loc - n), None
+    pre = gx + gh
+    return (torch.tanh(pre) if mode == "RNN_TANH" else torch.relu(pre)), None
+
+
+class ShardedRNNBase:
+    """The forward of a sharded SparseRNN/LSTM/GRU (mixed in before the module's class): each
+    layer-direction's input part for all steps as one product of the local rows, then per step
+    the local rows of W_hh against the whole state, the cell on the local units, and the local h
+    gathered from every rank."""
+
+    def forward(self, input, hx=None):
+        if isinstance(input, nn.utils.rnn.PackedSequence):
+            raise TypeError("a sharded recurrent module does not take a PackedSequence yet (issue 47)")
+        shard, H, D = self.shard, self.hidden_size, 2 if self.bidirectional else 1
+        batched = input.dim() == 3
+        x = input if batched else input.unsqueeze(1)
+        if self.batch_first and batched:
+            x = x.transpose(0, 1)
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"input must have last dimension input_size={self.input_size}, got shape "
+                             f"{tuple(input.shape)}")
+        T, B = x.shape[0], x.shape[1]
+        lstm = self.mode == "LSTM"
+        h0, c0 = (hx if lstm and hx is not None else (hx, None))
+        zeros = x.new_zeros(self.num_layers * D, B, H)
+        h0 = zeros if h0 is None else (h0 if batched else h0.unsqueeze(1))
+        if lstm:
+            c0 = zeros if c0 is None else (c0 if batched else c0.unsqueeze(1))
+        h_n, c_n = [], []
+        for layer in range(self.num_layers):
+            xin = replicated(x, shard).reshape(T * B, -1).t()  # (features, T*B)
+            outs = []
+            for d in range(D):
+                k = layer * D + d
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                gx = _product(getattr(self, "weight_ih" + sfx), xin)
+                if self.bias:
+                    gx = gx + getattr(self, "bias_ih" + sfx)[:, None]
+                gx = gx.view(-1, T, B)
+                h_full = h0[k]                                     # (B, H), replicated
+                c_loc = scattered(c0[k], shard).t() if lstm else None  # (units, B)
+                h_loc = scattered(h0[k], shard).t()
+                ys = [None] * T
+                for s in range(T):
+                    t = T - 1 - s if d else s
+                    gh = _product(getattr(self, "weight_hh" + sfx), replicated(h_full, shard).t())
+                    if self.bias:
+                        gh = gh + getattr(self, "bias_hh" + sfx)[:, None]
+                    h_loc, c_loc = _cell(self.mode, gx[:, t], gh, h_loc, c_loc)
+                    h_full = gathered(h_loc.t(), shard)
+                    ys[t] = h_full
+                outs.append(torch.stack(ys))
+                h_n.append(h_full)
+                if lstm:
+                    c_n.append(gathered(c_loc.t(), shard))
+            x = torch.cat(outs, dim=-1) if D == 2 else outs[0]
+        out = x.transpose(0, 1) if self.batch_first and batched else x
+        h_n = torch.stack(h_n)
+        c_n = torch.stack(c_n) if lstm else None
+        if not batched:
+            out, h_n = out.squeeze(1), h_n.squeeze(1)
+            c_n = c_n.squeeze(1) if lstm else None
+        return out, ((h_n, c_n) if lstm else h_n)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", units {self.shard.start}:{self.shard.end} of rank {self.shard.rank}"
+
+
+class ShardedSparseRNN(ShardedRNNBase, SparseRNN):
+    """A SparseRNN whose weights hold this rank's units' rows (see :func:`shard_rows`)."""
+
+
+class ShardedSparseLSTM(ShardedRNNBase, SparseLSTM):
+    """A SparseLSTM whose weights hold this rank's units' gate rows (see :func:`shard_rows`)."""
+
+
+class ShardedSparseGRU(ShardedRNNBase, SparseGRU):
+    """A SparseGRU whose weights hold this rank's units' gate rows (see :func:`shard_rows`)."""
+
+
+_SHARDED = {SparseLinear: ShardedSparseLinear, SparseRNN: ShardedSparseRNN, SparseLSTM: ShardedSparseLSTM,
+            SparseGRU: ShardedSparseGRU}
+
+
+def _unit_rows(G: int, H: int, start: int, end: int, device) -> torch.Tensor:
+    """The rows of a gate-major (G*H)-row matrix that belong to units [start, end)."""
+    units = torch.arange(start, end, device=device)
+    return (torch.arange(G, device=device)[:, None] * H + units[None, :]).reshape(-1)
+
+
+def shard_rows(module: nn.Module, group=None) -> nn.Module:
+    """Splits ``module``'s sparse weights by output rows across the ranks of ``group`` (None: the
+    default group), in place, and returns it: each rank keeps its share of the units (SparseLinear:
+    of the output features; the first ``n % world`` ranks one more) with their values, index and
+    bias, and forward exchanges the rest (module docstring). Call it on every rank of the group,
+    on identical modules (the same seed), before building the optimizer.
+
+    Supported: SparseLinear, SparseRNN, SparseLSTM, SparseGRU (any number of layers, either
+    direction, ``batch_first``, dense or sparse input weights); not yet a module with dropout
+    between layers, ``proj_size``, or parametrized weights."""
+    group, rank, world = _group_of(group)
+    kind = type(module)
+    if kind in _SHARDED.values():
+        raise ValueError(f"shard_rows: the module is already sharded ({kind.__name__})")
+    if kind not in _SHARDED:
+        raise TypeError("shard_rows takes a SparseLinear, SparseRNN, SparseLSTM or SparseGRU, got "
+                        f"{kind.__name__} (shard its layers one by one)")
+    if isinstance(module, SparseRNNBase):
+        if module.dropout and module.num_layers > 1:
+            raise ValueError("shard_rows: dropout between layers is not supported yet (issue 47)")
+        if module.proj_size:
+            raise ValueError("shard_rows: proj_size is not supported yet (issue 47)")
+        H, G = module.hidden_size, GATES[module.mode]
+        ranges = shard_ranges(H, world)
+        start, end = ranges[rank]
+        for name in module._flat_weights_names:
+            w = getattr(module, name)
+            rows = _unit_rows(G, H, start, end, _device(w))
+            setattr(module, name, _row_block(w, rows))
+    else:
+        ranges = shard_ranges(module.out_features, world)
+        start, end = ranges[rank]
+        rows = torch.arange(start, end, device=_device(module.weight))
+        module.weight = _row_block(module.weight, rows)
+        if module.bias is not None:
+            module.bias = nn.Parameter(module.bias.detach()[start:end].clone())
+    module.shard = Shard(group, rank, world, ranges)
+    module.__class__ = _SHARDED[kind]
+    return module

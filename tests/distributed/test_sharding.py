@@ -1,0 +1,229 @@
+"""Model parallelism on 2 and 4 CPU processes (gloo): ``shard_rows`` splits a SparseLinear /
+SparseRNN / SparseLSTM / SparseGRU by output rows, and every rank returns what the unsharded
+module returns on one process: outputs, input and state gradients, and each rank's rows of the
+weight gradients; a few SGD steps of a sharded LSTM follow the unsharded run's losses.
+
+Each world size runs ONE group of spawned processes (the fixture ``results``); every rank builds
+the unsharded module from the same seed, runs it as the reference, shards a copy and runs that.
+Row products are the same kernel on the same rows, so the forward of SparseLinear and the value
+gradients come out bit for bit; sums over rows (the input gradient, W^T G) are partial sums per
+rank added by an all-reduce, and the recurrent modules' sharded step is torch's cell against our
+fused kernels: those are compared in float64 to 1e-10. A hang fails: collectives time out after
+30 s and the run is killed after 150 s."""
+import copy
+import os
+import sys
+import time
+import traceback
+from datetime import timedelta
+
+import pytest
+import torch
+import torch.distributed as dist
+
+if not (dist.is_available() and dist.is_gloo_available()):
+    pytest.skip("torch.distributed with the gloo backend is not available in this torch build",
+                allow_module_level=True)
+
+import torch.multiprocessing as mp  # noqa: E402
+
+from sparse_engine import SparseWeight  # noqa: E402
+from sparse_engine.distributed import shard_ranges, shard_rows  # noqa: E402
+from sparse_engine.nn import SparseGRU, SparseLinear, SparseLSTM, SparseRNN  # noqa: E402
+
+F64 = torch.float64
+
+
+# ======================================================= the scenarios (run in the spawned processes)
+def dense_grad(w) -> torch.Tensor:
+    """The gradient of a SparseWeight's values as a dense matrix (zeros off the pattern)."""
+    return SparseWeight(w.row_ptr, w.col_idx, w.values.grad, w.shape, validate=False).to_dense()
+
+
+def weight_grads(module) -> dict:
+    return {n: (dense_grad(m) if isinstance(m, SparseWeight) else m.grad)
+            for n, m in module.named_children() if isinstance(m, SparseWeight)} | {
+        n: p.grad for n, p in module.named_parameters(recurse=False)}
+
+
+def inputs(seed, *shape):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=F64)
+
+
+def compare(full, sharded, x_full, x_sh, outs_full, outs_sh, rows_of):
+    """{name: (max |difference|, exactly equal)} of outputs, input gradients and each weight
+    gradient's rows of this rank."""
+    res = {}
+    for i, (a, b) in enumerate(zip(outs_full, outs_sh)):
+        res[f"out{i}"] = ((a - b).abs().max().item(), torch.equal(a, b))
+    res["x.grad"] = ((x_full.grad - x_sh.grad).abs().max().item(), torch.equal(x_full.grad, x_sh.grad))
+    gf, gs = weight_grads(full), weight_grads(sharded)
+    assert gf.keys() == gs.keys(), (gf.keys(), gs.keys())
+    for name in gf:
+        want = gf[name][rows_of(name)]
+        res[name] = ((want - gs[name]).abs().max().item(), torch.equal(want, gs[name]))
+    return res
+
+
+def linear_case(rank, world):
+    torch.manual_seed(7)
+    full = SparseLinear(12, 11, density=0.4, dtype=F64)
+    sharded = shard_rows(copy.deepcopy(full))
+    x_full, x_sh = inputs(1, 5, 12).requires_grad_(), inputs(1, 5, 12).requires_grad_()
+    w = inputs(2, 5, 11)
+    y_full, y_sh = full(x_full), sharded(x_sh)
+    (y_full * w).sum().backward()
+    (y_sh * w).sum().backward()
+    start, end = shard_ranges(11, world)[rank]
+    return compare(full, sharded, x_full, x_sh, [y_full], [y_sh], lambda name: slice(start, end))
+
+
+RNN_CASES = {  # name: (class, kwargs, batch_first, unbatched)
+    "lstm": (SparseLSTM, dict(num_layers=2, bidirectional=True), False, False),
+    "gru": (SparseGRU, dict(num_layers=2), True, False),
+    "rnn_relu": (SparseRNN, dict(nonlinearity="relu", bidirectional=True), False, False),
+    "lstm_unbatched": (SparseLSTM, dict(sparse="recurrent"), False, True),
+}
+
+
+def rnn_case(name, rank, world):
+    cls, kwargs, batch_first, unbatched = RNN_CASES[name]
+    H, n_in, T, B = 9, 6, 4, 3
+    torch.manual_seed(11)
+    full = cls(n_in, H, density=0.4, batch_first=batch_first, dtype=F64, **kwargs)
+    sharded = shard_rows(copy.deepcopy(full))
+    D, L = (2 if full.bidirectional else 1), full.num_layers
+    shape = (T, n_in) if unbatched else ((B, T, n_in) if batch_first else (T, B, n_in))
+    x_full, x_sh = inputs(3, *shape).requires_grad_(), inputs(3, *shape).requires_grad_()
+    h_shape = (L * D, H) if unbatched else (L * D, B, H)
+    h0 = inputs(4, *h_shape)
+    hx = (h0, inputs(5, *h_shape)) if cls is SparseLSTM else h0
+    out_full, st_full = full(x_full, hx)
+    out_sh, st_sh = sharded(x_sh, hx)
+    outs_full = [out_full, *(st_full if isinstance(st_full, tuple) else [st_full])]
+    outs_sh = [out_sh, *(st_sh if isinstance(st_sh, tuple) else [st_sh])]
+    loss = lambda outs: sum((o * inputs(10 + i, *o.shape)).sum() for i, o in enumerate(outs))  # noqa: E731
+    loss(outs_full).backward()
+    loss(outs_sh).backward()
+    start, end = shard_ranges(H, world)[rank]
+    G = {SparseLSTM: 4, SparseGRU: 3, SparseRNN: 1}[cls]
+    rows = (torch.arange(G)[:, None] * H + torch.arange(start, end)[None, :]).reshape(-1)
+    return compare(full, sharded, x_full, x_sh, outs_full, outs_sh, lambda n: rows)
+
+
+def training(rank, world, lr=0.05, steps=12):
+    """Adam on a sharded SparseLSTM + head against the same run unsharded: both runs' losses."""
+    def run(shard):
+        torch.manual_seed(3)
+        lstm = SparseLSTM(5, 10, density=0.5, dtype=F64)
+        head = torch.nn.Linear(10, 2, dtype=F64)
+        if shard:
+            shard_rows(lstm)
+        opt = torch.optim.Adam([*lstm.parameters(), *head.parameters()], lr=lr)
+        x, y = inputs(20, 6, 8, 5), inputs(21, 8, 2)
+        losses = []
+        for _ in range(steps):
+            opt.zero_grad()
+            out, _ = lstm(x)
+            loss = torch.nn.functional.mse_loss(head(out[-1]), y)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        return losses
+    return {"full": run(False), "sharded": run(True)}
+
+
+def scenarios(rank, world):
+    out = {"linear": lambda: linear_case(rank, world), "training": lambda: training(rank, world),
+           "untrained": lambda: training(rank, world, lr=0.0)}
+    out |= {name: (lambda n=name: rnn_case(n, rank, world)) for name in RNN_CASES}
+    return out
+
+
+def worker(rank: int, world: int, init_file: str, out_dir: str):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=30))
+    results = {}
+    try:
+        for name, fn in scenarios(rank, world).items():
+            try:
+                results[name] = ("ok", fn())
+            except Exception:
+                results[name] = ("error", traceback.format_exc())
+            dist.barrier()
+    finally:
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.destroy_process_group()
+
+
+# ============================================================= the tests (in the test process)
+DEADLINE_S = 150
+
+
+@pytest.fixture(scope="module", params=[2, 4], ids=["2-ranks", "4-ranks"])
+def results(request, tmp_path_factory):
+    world = request.param
+    tmp = tmp_path_factory.mktemp(f"shard{world}")
+    if sys.platform.startswith("linux") and os.path.exists("/sys/class/net/lo"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    ctx = mp.start_processes(worker, args=(world, str(tmp / "init"), str(tmp)), nprocs=world, join=False,
+                             start_method="spawn")
+    deadline = time.monotonic() + DEADLINE_S
+    try:
+        while not ctx.join(timeout=5):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the {world} gloo processes did not finish within {DEADLINE_S} s (hang?)")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+
+def outcome(results, name):
+    out = []
+    for r, res in enumerate(results):
+        status, value = res[name]
+        if status != "ok":
+            pytest.fail(f"scenario {name} failed on rank {r}:\n{value}")
+        out.append(value)
+    return out
+
+
+def test_sharded_linear_equals_the_whole_layer(results):
+    for r, res in enumerate(outcome(results, "linear")):
+        assert res["out0"][1], f"rank {r}: outputs differ by {res['out0'][0]}"  # the same rows, same kernel
+        for name in ("weight", "bias"):
+            assert res[name][1], f"rank {r}: {name}'s gradient rows differ by {res[name][0]}"
+        assert res["x.grad"][0] < 1e-12, f"rank {r}: input gradient differs by {res['x.grad'][0]}"
+
+
+@pytest.mark.parametrize("case", list(RNN_CASES))
+def test_sharded_recurrence_equals_the_whole_module(results, case):
+    for r, res in enumerate(outcome(results, case)):
+        worst = {k: v[0] for k, v in res.items() if v[0] > 1e-10}
+        assert not worst, f"rank {r}: {worst}"
+        assert len([k for k in res if k.startswith("out")]) >= 2  # the output and the final state(s)
+
+
+def test_sharded_lstm_trains_like_the_whole_one(results):
+    for r, res in enumerate(outcome(results, "training")):
+        full, sharded = res["full"], res["sharded"]
+        assert max(abs(a - b) for a, b in zip(full, sharded)) < 1e-10, (r, full, sharded)
+        assert sharded[-1] < 0.8 * sharded[0], (r, sharded)  # it learns
+    for r, res in enumerate(outcome(results, "untrained")):  # and the check above can fail
+        assert res["sharded"][-1] == res["sharded"][0], (r, res["sharded"])
+
+
+def test_shard_ranges_cover_the_rows_in_order():
+    assert shard_ranges(10, 4) == [(0, 3), (3, 6), (6, 8), (8, 10)]
+    assert shard_ranges(2, 4) == [(0, 1), (1, 2), (2, 2), (2, 2)]  # ranks without rows
+
+
+def test_shard_rows_refuses_without_a_process_group_and_names_what_it_takes():
+    if dist.is_initialized():
+        pytest.skip("a process group is initialized in this process")
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        shard_rows(SparseLinear(4, 4, density=0.5))
