@@ -10,8 +10,8 @@ See docs/distributed.md.
 from .data_parallel import (DistributedDataParallel, all_gather_columns, all_reduce_sum,  # noqa: F401
                             broadcast_topology, check_topology_in_sync, gather_batch_sizes, is_distributed, rewrap,
                             topology_fingerprint)
-from .sharding import Shard, shard_ranges, shard_rows  # noqa: F401
+from .sharding import Shard, full_state_dict, shard_ranges, shard_rows  # noqa: F401
 
 __all__ = ["DistributedDataParallel", "rewrap", "topology_fingerprint", "check_topology_in_sync",
            "broadcast_topology", "all_gather_columns", "all_reduce_sum", "gather_batch_sizes", "is_distributed",
-           "shard_rows", "shard_ranges", "Shard"]
+           "shard_rows", "shard_ranges", "Shard", "full_state_dict"]

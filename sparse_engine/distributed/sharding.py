@@ -32,7 +32,7 @@ from ..nn import SparseGRU, SparseLinear, SparseLSTM, SparseRNN
 from ..nn.rnn import SparseRNNBase
 from ..sparse import SparseWeight
 
-__all__ = ["shard_rows", "shard_ranges", "Shard"]
+__all__ = ["shard_rows", "shard_ranges", "Shard", "full_state_dict"]
 
 
 def shard_ranges(n: int, world: int) -> list[tuple[int, int]]:
@@ -65,6 +65,17 @@ class Shard:
 
 
 # ------------------------------------------------------------------ the exchange
+def _collective(op, *args, group, what: str):
+    """``op(*args, group=group)``; a failure (a rank that died, or the process group's timeout)
+    becomes one line that says so, rather than gloo's or NCCL's page."""
+    try:
+        return op(*args, group=group)
+    except RuntimeError as e:
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        raise RuntimeError(f"sharded {what}: rank {dist.get_rank()} got no answer from the other ranks of its group "
+                           f"(one died, or stopped past the process group's timeout): {first}") from None
+
+
 class _Replicated(torch.autograd.Function):
     """A replicated tensor entering the local rows: identity; backward sums the ranks' partial
     gradients (all-reduce), so the gradient of the replicated tensor is replicated too."""
@@ -77,7 +88,7 @@ class _Replicated(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         grad = grad.contiguous().clone()
-        dist.all_reduce(grad, group=ctx.group)
+        _collective(dist.all_reduce, grad, group=ctx.group, what="backward (all_reduce)")
         return grad, None
 
 
@@ -87,7 +98,7 @@ def _all_gather_features(local: torch.Tensor, shard: "Shard") -> torch.Tensor:
     padded = local.new_zeros(*local.shape[:-1], widest)  # all_gather needs equal sizes
     padded[..., :local.shape[-1]] = local
     parts = [torch.empty_like(padded) for _ in range(shard.world)]
-    dist.all_gather(parts, padded, group=shard.group)
+    _collective(dist.all_gather, parts, padded, group=shard.group, what="exchange (all_gather)")
     return torch.cat([p[..., :e - s] for p, (s, e) in zip(parts, shard.ranges)], dim=-1)
 
 
@@ -322,5 +333,64 @@ def shard_rows(module: nn.Module, group=None) -> nn.Module:
         if module.bias is not None:
             module.bias = nn.Parameter(module.bias.detach()[start:end].clone())
     module.shard = Shard(group, rank, world, ranges)
+    module._shard_rows = {name: _sharded_rows_of(module, name) for name in _sharded_names(module)}
     module.__class__ = _SHARDED[kind]
     return module
+
+
+# ------------------------------------------------------------------ checkpoints across world sizes
+def _sharded_names(module) -> list[str]:
+    """The state_dict prefixes of a (sharding) module's row-split weights and biases."""
+    if isinstance(module, SparseRNNBase):
+        return list(module._flat_weights_names)
+    return ["weight"] + (["bias"] if module.bias is not None else [])
+
+
+def _sharded_rows_of(module, name: str) -> torch.Tensor:
+    """The global rows of weight ``name`` that this rank keeps (CPU int64)."""
+    s = module.shard
+    if isinstance(module, SparseRNNBase):
+        return _unit_rows(GATES[module.mode], module.hidden_size, s.start, s.end, "cpu")
+    return torch.arange(s.start, s.end)
+
+
+def _full_rows(local, rows: torch.Tensor, n_rows: int, shard: Shard) -> dict:
+    """The state of the whole (n_rows-row) weight from every rank's rows (a collective)."""
+    if isinstance(local, SparseWeight):
+        row_ptr = local.row_ptr.cpu()
+        mine = (torch.repeat_interleave(rows, row_ptr[1:] - row_ptr[:-1]), local.col_idx.cpu(),
+                local.values.detach().cpu())
+    else:
+        mine = (rows, local.detach().cpu())
+    parts = [None] * shard.world
+    _collective(dist.all_gather_object, parts, mine, group=shard.group, what="full_state_dict (all_gather_object)")
+    if isinstance(local, SparseWeight):
+        entry_row = torch.cat([p[0] for p in parts])
+        order = torch.sort(entry_row, stable=True).indices  # a row's entries come from one rank, in order
+        row_ptr = torch.zeros(n_rows + 1, dtype=torch.int64)
+        row_ptr[1:] = torch.cumsum(torch.bincount(entry_row, minlength=n_rows), 0)
+        return {"row_ptr": row_ptr, "col_idx": torch.cat([p[1] for p in parts])[order],
+                "values": torch.cat([p[2] for p in parts])[order], "_extra_state": {"shape": (n_rows, local.shape[1])}}
+    full = torch.empty((n_rows, *parts[0][1].shape[1:]), dtype=parts[0][1].dtype)
+    for rows_r, data in parts:
+        full[rows_r] = data
+    return {"": full}
+
+
+def full_state_dict(model: nn.Module) -> dict:
+    """``model.state_dict()`` as the unsharded model would have it: every sharded module's rows
+    gathered from all ranks of its group (a collective: every rank calls it), on the CPU. Save it
+    from one rank; it loads into the unsharded model (``load_state_dict``), which
+    :func:`shard_rows` then splits for any world size, bit for bit."""
+    state = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in model.state_dict().items()}
+    for prefix, module in model.named_modules():
+        if not isinstance(module, tuple(_SHARDED.values())):
+            continue
+        pre = prefix + "." if prefix else ""
+        for name, rows in module._shard_rows.items():
+            local = getattr(module, name)
+            n_rows = (GATES[module.mode] * module.hidden_size if isinstance(module, SparseRNNBase)
+                      else module.out_features)
+            for key, value in _full_rows(local, rows, n_rows, module.shard).items():
+                state[pre + name + ("." + key if key else "")] = value
+    return state

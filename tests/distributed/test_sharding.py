@@ -28,7 +28,7 @@ if not (dist.is_available() and dist.is_gloo_available()):
 import torch.multiprocessing as mp  # noqa: E402
 
 from sparse_engine import SparseWeight  # noqa: E402
-from sparse_engine.distributed import shard_ranges, shard_rows  # noqa: E402
+from sparse_engine.distributed import full_state_dict, shard_ranges, shard_rows  # noqa: E402
 from sparse_engine.nn import SparseGRU, SparseLinear, SparseLSTM, SparseRNN  # noqa: E402
 
 F64 = torch.float64
@@ -134,10 +134,76 @@ def training(rank, world, lr=0.05, steps=12):
     return {"full": run(False), "sharded": run(True)}
 
 
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = SparseLSTM(4, 7, density=0.5, dtype=F64)
+        self.head = SparseLinear(7, 3, density=0.6, dtype=F64)
+
+    def forward(self, x):
+        out, _ = self.lstm(x)
+        return self.head(out)
+
+
+def same_state(a, b) -> bool:
+    return a.keys() == b.keys() and all(
+        torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)
+
+
+def checkpoint_case(rank, world):
+    """A sharded model's full_state_dict: the unsharded state bit for bit; after training, it
+    loads into one process and into a sharding over half the ranks, which give the same bits."""
+    torch.manual_seed(5)
+    whole = Net()
+    model = copy.deepcopy(whole)
+    shard_rows(model.lstm), shard_rows(model.head)
+    res = {"round_trip": same_state(full_state_dict(model), whole.state_dict())}
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    x = inputs(30, 5, 2, 4)
+    for _ in range(2):
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+    saved = full_state_dict(model)
+    single = Net()
+    single.load_state_dict(saved)
+    res["world_1"] = same_state(single.state_dict(), saved)
+    with torch.no_grad():
+        out = model(x)  # a collective of the whole group: every rank
+    half = max(1, world // 2)
+    sub = dist.new_group(list(range(half)))  # every rank takes part in making it
+    if rank < half:
+        moved = Net()
+        moved.load_state_dict(saved)
+        shard_rows(moved.lstm, sub), shard_rows(moved.head, sub)
+        res["moved"] = same_state(full_state_dict(moved), saved)
+        with torch.no_grad():
+            res["same_output"] = torch.equal(moved(x), out)
+    return res
+
+
+def dead_rank_case(rank, world):
+    """The last rank stops taking part (as a dead one would) while the others run a sharded
+    forward on a group with a 3 s timeout: they fail with one line, not a hang."""
+    group = dist.new_group(list(range(world)), timeout=timedelta(seconds=3))
+    torch.manual_seed(8)
+    layer = shard_rows(SparseLinear(6, 6, density=0.5, dtype=F64), group)
+    if rank == world - 1:
+        return None
+    start = time.monotonic()
+    try:
+        layer(inputs(1, 2, 6))
+    except RuntimeError as e:
+        return {"message": str(e), "seconds": time.monotonic() - start}
+    return {"message": "no error", "seconds": time.monotonic() - start}
+
+
 def scenarios(rank, world):
     out = {"linear": lambda: linear_case(rank, world), "training": lambda: training(rank, world),
+           "checkpoint": lambda: checkpoint_case(rank, world),
            "untrained": lambda: training(rank, world, lr=0.0)}
     out |= {name: (lambda n=name: rnn_case(n, rank, world)) for name in RNN_CASES}
+    out["dead_rank"] = lambda: dead_rank_case(rank, world)  # last: it leaves its group broken
     return out
 
 
@@ -215,6 +281,22 @@ def test_sharded_lstm_trains_like_the_whole_one(results):
         assert sharded[-1] < 0.8 * sharded[0], (r, sharded)  # it learns
     for r, res in enumerate(outcome(results, "untrained")):  # and the check above can fail
         assert res["sharded"][-1] == res["sharded"][0], (r, res["sharded"])
+
+
+def test_a_checkpoint_moves_between_world_sizes_bit_for_bit(results):
+    for r, res in enumerate(outcome(results, "checkpoint")):
+        assert res["round_trip"] and res["world_1"], (r, res)
+        if r < max(1, len(results) // 2):
+            assert res["moved"] and res["same_output"], (r, res)
+
+
+def test_a_dead_rank_fails_the_others_with_one_line_not_a_hang(results):
+    got = outcome(results, "dead_rank")
+    assert got[-1] is None
+    for r, res in enumerate(got[:-1]):
+        msg = res["message"]
+        assert msg.startswith("sharded exchange (all_gather): rank ") and "\n" not in msg, (r, msg)
+        assert res["seconds"] < 20, (r, res)  # the group's 3 s timeout, not a hang
 
 
 def test_shard_ranges_cover_the_rows_in_order():
