@@ -10,13 +10,13 @@ parallelism (Shoeybi et al. 2019), by rows: a replicated tensor (the same on eve
 gradient too) enters the local rows' product through :class:`_Replicated` (identity; backward:
 the ranks' partial gradients summed, one all-reduce), and the local rows' result leaves through
 :class:`_Gathered` (one all-gather along the features; backward: the rank's own slice). A
-recurrent layer does this once per time step: the local units' h is gathered, so every rank has
-the whole state for the next step's product.
+recurrent layer gathers the local units' h once per time step (:class:`_StepState`), so every
+rank has the whole state for the next step's product; in the backward the ranks' partial
+gradients of that state go back to the units' owners with one reduce-scatter per step.
 
-Not yet (issue 47): the backward's all-reduce of each step as a reduce-scatter, the exchange
-overlapped with the local rows, SparseMLP, dropout between layers, proj_size, PackedSequence,
-topology updates that equal the unsharded ones, checkpoints across world sizes.
-See docs/distributed.md.
+Checkpoints: :func:`full_state_dict` (one state for any world size). Not yet (issue 47): the
+exchange overlapped with the local rows, SparseMLP, dropout between layers, proj_size,
+PackedSequence, topology updates that equal the unsharded ones. See docs/distributed.md.
 """
 from __future__ import annotations
 
@@ -100,6 +100,38 @@ def _all_gather_features(local: torch.Tensor, shard: "Shard") -> torch.Tensor:
     parts = [torch.empty_like(padded) for _ in range(shard.world)]
     _collective(dist.all_gather, parts, padded, group=shard.group, what="exchange (all_gather)")
     return torch.cat([p[..., :e - s] for p, (s, e) in zip(parts, shard.ranges)], dim=-1)
+
+
+def _reduce_scatter_features(grad: torch.Tensor, shard: "Shard") -> torch.Tensor:
+    """Every rank's ``grad`` (features last) summed over the ranks, this rank's features of it."""
+    widest = max(e - s for s, e in shard.ranges)
+    parts = []
+    for s, e in shard.ranges:
+        part = grad.new_zeros(*grad.shape[:-1], widest)  # reduce_scatter needs equal sizes
+        part[..., :e - s] = grad[..., s:e]
+        parts.append(part)
+    out = torch.empty_like(parts[0])
+    _collective(dist.reduce_scatter, out, parts, group=shard.group, what="backward (reduce_scatter)")
+    return out[..., :shard.end - shard.start]
+
+
+class _StepState(torch.autograd.Function):
+    """A recurrent step's local h (B x units) gathered once (one all-gather) for its two uses: the
+    next step's product of the local rows, whose gradient on each rank is a partial sum over its
+    rows (backward: reduce-scattered to the units' owners), and the replicated output (backward:
+    this rank's slice)."""
+
+    @staticmethod
+    def forward(ctx, h_loc, shard):
+        ctx.shard = shard
+        full = _all_gather_features(h_loc, shard)
+        return full, full.view_as(full)
+
+    @staticmethod
+    def backward(ctx, g_product, g_output):
+        shard = ctx.shard
+        local = _reduce_scatter_features(g_product.contiguous(), shard)
+        return local + g_output.narrow(-1, shard.start, shard.end - shard.start), None
 
 
 class _Gathered(torch.autograd.Function):
@@ -245,20 +277,19 @@ class ShardedRNNBase:
                 if self.bias:
                     gx = gx + getattr(self, "bias_ih" + sfx)[:, None]
                 gx = gx.view(-1, T, B)
-                h_full = h0[k]                                     # (B, H), replicated
+                h_product = replicated(h0[k], shard)              # (B, H): every rank's state
                 c_loc = scattered(c0[k], shard).t() if lstm else None  # (units, B)
                 h_loc = scattered(h0[k], shard).t()
                 ys = [None] * T
                 for s in range(T):
                     t = T - 1 - s if d else s
-                    gh = _product(getattr(self, "weight_hh" + sfx), replicated(h_full, shard).t())
+                    gh = _product(getattr(self, "weight_hh" + sfx), h_product.t())
                     if self.bias:
                         gh = gh + getattr(self, "bias_hh" + sfx)[:, None]
                     h_loc, c_loc = _cell(self.mode, gx[:, t], gh, h_loc, c_loc)
-                    h_full = gathered(h_loc.t(), shard)
-                    ys[t] = h_full
+                    h_product, ys[t] = _StepState.apply(h_loc.t().contiguous(), shard)
                 outs.append(torch.stack(ys))
-                h_n.append(h_full)
+                h_n.append(ys[T - 1 if not d else 0])
                 if lstm:
                     c_n.append(gathered(c_loc.t(), shard))
             x = torch.cat(outs, dim=-1) if D == 2 else outs[0]
