@@ -92,46 +92,48 @@ class _Replicated(torch.autograd.Function):
         return grad, None
 
 
-def _all_gather_features(local: torch.Tensor, shard: "Shard") -> torch.Tensor:
-    """Every rank's ``local`` (its features last) concatenated in rank order along the features."""
+def _all_gather_features(local: torch.Tensor, shard: "Shard", dim: int = -1) -> torch.Tensor:
+    """Every rank's ``local`` concatenated in rank order along its features (dimension ``dim``)."""
+    local = local.movedim(dim, 0)
     widest = max(e - s for s, e in shard.ranges)
-    padded = local.new_zeros(*local.shape[:-1], widest)  # all_gather needs equal sizes
-    padded[..., :local.shape[-1]] = local
+    padded = local.new_zeros(widest, *local.shape[1:])  # all_gather needs equal sizes
+    padded[:local.shape[0]] = local
     parts = [torch.empty_like(padded) for _ in range(shard.world)]
     _collective(dist.all_gather, parts, padded, group=shard.group, what="exchange (all_gather)")
-    return torch.cat([p[..., :e - s] for p, (s, e) in zip(parts, shard.ranges)], dim=-1)
+    return torch.cat([p[:e - s] for p, (s, e) in zip(parts, shard.ranges)]).movedim(0, dim)
 
 
-def _reduce_scatter_features(grad: torch.Tensor, shard: "Shard") -> torch.Tensor:
-    """Every rank's ``grad`` (features last) summed over the ranks, this rank's features of it."""
+def _reduce_scatter_features(grad: torch.Tensor, shard: "Shard", dim: int = -1) -> torch.Tensor:
+    """Every rank's ``grad`` summed over the ranks: this rank's features (dimension ``dim``) of it."""
+    grad = grad.movedim(dim, 0)
     widest = max(e - s for s, e in shard.ranges)
     parts = []
     for s, e in shard.ranges:
-        part = grad.new_zeros(*grad.shape[:-1], widest)  # reduce_scatter needs equal sizes
-        part[..., :e - s] = grad[..., s:e]
+        part = grad.new_zeros(widest, *grad.shape[1:])  # reduce_scatter needs equal sizes
+        part[:e - s] = grad[s:e]
         parts.append(part)
     out = torch.empty_like(parts[0])
     _collective(dist.reduce_scatter, out, parts, group=shard.group, what="backward (reduce_scatter)")
-    return out[..., :shard.end - shard.start]
+    return out[:shard.end - shard.start].movedim(0, dim)
 
 
 class _StepState(torch.autograd.Function):
-    """A recurrent step's local h (B x units) gathered once (one all-gather) for its two uses: the
-    next step's product of the local rows, whose gradient on each rank is a partial sum over its
-    rows (backward: reduce-scattered to the units' owners), and the replicated output (backward:
-    this rank's slice)."""
+    """A recurrent step's local h (units x B, feature-major) gathered once (one all-gather) for its
+    two uses: the next step's product of the local rows ((H, B), contiguous, as the product reads
+    it), whose gradient on each rank is a partial sum over its rows (backward: reduce-scattered to
+    the units' owners), and the replicated output ((B, H), a view; backward: this rank's slice)."""
 
     @staticmethod
     def forward(ctx, h_loc, shard):
         ctx.shard = shard
-        full = _all_gather_features(h_loc, shard)
-        return full, full.view_as(full)
+        full = _all_gather_features(h_loc, shard, dim=0)
+        return full, full.t()
 
     @staticmethod
     def backward(ctx, g_product, g_output):
         shard = ctx.shard
-        local = _reduce_scatter_features(g_product.contiguous(), shard)
-        return local + g_output.narrow(-1, shard.start, shard.end - shard.start), None
+        local = _reduce_scatter_features(g_product, shard, dim=0)
+        return local + g_output.t()[shard.start:shard.end], None
 
 
 class _Gathered(torch.autograd.Function):
@@ -274,20 +276,22 @@ class ShardedRNNBase:
                 k = layer * D + d
                 sfx = f"_l{layer}" + ("_reverse" if d else "")
                 gx = _product(getattr(self, "weight_ih" + sfx), xin)
-                if self.bias:
-                    gx = gx + getattr(self, "bias_ih" + sfx)[:, None]
-                gx = gx.view(-1, T, B)
-                h_product = replicated(h0[k], shard)              # (B, H): every rank's state
+                if self.bias:  # in place: the product's backward does not read its output
+                    gx.add_(getattr(self, "bias_ih" + sfx)[:, None])
+                # one tensor per step, by one unbind: its backward stacks the steps' gradients once
+                # (an index per step would make a zeros tensor of the whole gx per step)
+                gx = gx.view(-1, T, B).unbind(1)
+                h_product = replicated(h0[k], shard).t()          # (H, B): every rank's state
                 c_loc = scattered(c0[k], shard).t() if lstm else None  # (units, B)
                 h_loc = scattered(h0[k], shard).t()
                 ys = [None] * T
                 for s in range(T):
                     t = T - 1 - s if d else s
-                    gh = _product(getattr(self, "weight_hh" + sfx), h_product.t())
+                    gh = _product(getattr(self, "weight_hh" + sfx), h_product)
                     if self.bias:
                         gh = gh + getattr(self, "bias_hh" + sfx)[:, None]
-                    h_loc, c_loc = _cell(self.mode, gx[:, t], gh, h_loc, c_loc)
-                    h_product, ys[t] = _StepState.apply(h_loc.t().contiguous(), shard)
+                    h_loc, c_loc = _cell(self.mode, gx[t], gh, h_loc, c_loc)
+                    h_product, ys[t] = _StepState.apply(h_loc, shard)
                 outs.append(torch.stack(ys))
                 h_n.append(ys[T - 1 if not d else 0])
                 if lstm:
