@@ -29,6 +29,8 @@ import torch.multiprocessing as mp  # noqa: E402
 
 from sparse_engine import SparseWeight  # noqa: E402
 from sparse_engine.distributed import full_state_dict, shard_ranges, shard_rows  # noqa: E402
+from sparse_engine.distributed.scale import ShardedLSTMStep, largest_sharded_hidden  # noqa: E402
+from sparse_engine.testing import TensorMemoryTrace  # noqa: E402
 from sparse_engine.nn import SparseGRU, SparseLinear, SparseLSTM, SparseRNN  # noqa: E402
 
 F64 = torch.float64
@@ -182,6 +184,31 @@ def checkpoint_case(rank, world):
     return res
 
 
+def memory_case(rank, world):
+    """The peak of a sharded SparseLSTM's training step (torch's allocator) on the whole group
+    and on a group of this rank alone, with the model's prediction for each."""
+    H, k, T, B = 2000, 32, 10, 8
+    singles = [dist.new_group([r]) for r in range(world)]  # every rank makes every group
+    res = {}
+    for name, group, w in (("whole", None, world), ("single", singles[rank], 1)):
+        with TensorMemoryTrace() as trace:
+            torch.manual_seed(0)
+            lstm = shard_rows(SparseLSTM(H, H, density=k / H), group)
+            opt = torch.optim.Adam(lstm.parameters(), lr=1e-3)
+            x = torch.randn(T, B, H, requires_grad=True)
+
+            def step():
+                opt.zero_grad(set_to_none=False)
+                out, _ = lstm(x)
+                out.sum().backward()
+                opt.step()
+            step()  # warm-up: the transposed indexes, Adam's moments
+            with trace.phase("step"):
+                step()
+        res[name] = (trace.peak("step"), ShardedLSTMStep(H, k, T, B, w).peak_bytes())
+    return res
+
+
 def dead_rank_case(rank, world):
     """The last rank stops taking part (as a dead one would) while the others run a sharded
     forward on a group with a 3 s timeout: they fail with one line, not a hang."""
@@ -200,7 +227,7 @@ def dead_rank_case(rank, world):
 
 def scenarios(rank, world):
     out = {"linear": lambda: linear_case(rank, world), "training": lambda: training(rank, world),
-           "checkpoint": lambda: checkpoint_case(rank, world),
+           "checkpoint": lambda: checkpoint_case(rank, world), "memory": lambda: memory_case(rank, world),
            "untrained": lambda: training(rank, world, lr=0.0)}
     out |= {name: (lambda n=name: rnn_case(n, rank, world)) for name in RNN_CASES}
     out["dead_rank"] = lambda: dead_rank_case(rank, world)  # last: it leaves its group broken
@@ -297,6 +324,44 @@ def test_a_dead_rank_fails_the_others_with_one_line_not_a_hang(results):
         msg = res["message"]
         assert msg.startswith("sharded exchange (all_gather): rank ") and "\n" not in msg, (r, msg)
         assert res["seconds"] < 20, (r, res)  # the group's 3 s timeout, not a hang
+
+
+def test_the_scale_model_predicts_a_ranks_peak_within_10_percent(results):
+    for r, res in enumerate(outcome(results, "memory")):
+        for name, (measured, predicted) in res.items():
+            assert abs(predicted / measured - 1) < 0.10, (r, name, measured, predicted)
+        assert res["whole"][0] < 0.75 * res["single"][0], (r, res)  # sharding does shrink it
+
+
+def test_largest_sharded_hidden_is_the_last_that_fits():
+    G = 2 ** 30
+    for world, card in ((1, 24 * G), (8, 80 * G)):
+        h = largest_sharded_hidden(world, card)
+        assert ShardedLSTMStep(h, 32, 35, 20, world).peak_bytes() <= 0.9 * card
+        assert ShardedLSTMStep(h + 1, 32, 35, 20, world).peak_bytes() > 0.9 * card
+    assert largest_sharded_hidden(8, 80 * G) > 2 * largest_sharded_hidden(1, 80 * G)
+
+
+def test_example_runs_under_torchrun():
+    """examples/sharded_lstm.py as documented (torchrun, 2 CPU processes), a short run: it learns
+    the digits (chance is 0.1) and both ranks finish."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(root / "examples" / "sharded_lstm.py"), "--epochs", "3"]
+    try:
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"torchrun did not finish in 120 s:\n{e.stdout}\n{e.stderr}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    line = next(s for s in done.stdout.splitlines() if "test accuracy" in s)
+    assert line.startswith("2 process(es), 3 epochs of a sharded SparseLSTM: hidden 256, units 0:128 on rank 0")
+    first, last = (float(v) for v in line.split("loss ")[1].split(",")[0].split(" -> "))
+    assert last < 0.5 * first
+    assert float(line.split("test accuracy ")[1]) > 0.5
 
 
 def test_shard_ranges_cover_the_rows_in_order():
