@@ -8,15 +8,19 @@ both W_ih (input = hidden) and W_hh, T steps, batch B, e bytes a value (float32:
   its place in the transposed index (row and permutation, 8): 4e + 12 bytes; the row pointers of
   both weights (8 bytes a row) and of their transposed indexes (8 bytes a column: all H columns
   on every rank); the biases with their gradients and moments;
-* activations, per step: the gathered state saved for the next product's weight gradient (H*B,
-  every rank the whole of it) and the output sequence (H*B), the step's input part (G*n*B) and
-  the six tensors torch's LSTM cell keeps for its backward (6*n*B); the input and its gradient
-  (2*T*B*H, the caller's).
+* activations, at the larger of two moments: the end of the forward, per step the gathered
+  state (H*B, every rank the whole of it: it is both the output sequence and what each step's
+  backward reads for its weight gradient, kept once), the step's input part (G*n*B) and the six
+  tensors torch's LSTM cell keeps for its backward (6*n*B), plus the input (T*B*H); and the end of
+  the backward, the input part's gradient (each step's and then stacked: 2*G*n*B a step) and the
+  input's gradient on its way (the product's, summed over the ranks, the result: 3*T*B*H, with
+  the input and the output 4*T*B*H). A loss that reads every step of the output adds its
+  gradient (another T*B*H, the caller's).
 
-So the replicated state, 2*T*B*H values a rank, does not shrink with more ranks: it bounds the
-largest model (saving only the local units' state and gathering it again in the backward, or
-recomputation, would lift it; not done yet). Checked against torch's allocator
-(TensorMemoryTrace) on 1 and 2 CPU processes: tests/distributed/test_sharding.py.
+So the output sequence, T*B*H values a rank, does not shrink with more ranks: it bounds the
+largest model (a model that reads only the last step could drop it; not done yet). Checked
+against torch's allocator (TensorMemoryTrace) on 1, 2 and 4 CPU processes:
+tests/distributed/test_sharding.py.
 
 The step time is an estimate, labelled as one: the sparse products read their nonzeros once and
 gather B values for each (forward, and twice in the backward) at the device's memory bandwidth,
@@ -61,9 +65,14 @@ class ShardedLSTMStep:
         return self.local_nnz * per_nnz + pointers + biases
 
     def activation_bytes(self) -> int:
+        """The larger of the two high-water marks of the step: the end of the forward (what the
+        backward will read, plus the input) and the end of the backward (the input part's
+        gradient, every step's and stacked, then the input's gradient: the product's, its sum
+        over the ranks, the result, beside the input and the output)."""
         e, n, H, T, B = self.value_bytes, self.units, self.hidden, self.steps, self.batch
-        per_step = (2 * H + (GATES + 6) * n) * B
-        return e * T * per_step + 2 * e * T * B * H  # + the input and its gradient
+        forward_end = T * B * (H + (GATES + 6) * n) + T * B * H
+        backward_end = 2 * T * B * GATES * n + 4 * T * B * H
+        return e * max(forward_end, backward_end)
 
     def peak_bytes(self) -> int:
         return self.persistent_bytes() + self.activation_bytes()

@@ -32,6 +32,8 @@ from ..nn import SparseGRU, SparseLinear, SparseLSTM, SparseRNN
 from ..nn.rnn import SparseRNNBase
 from ..sparse import SparseWeight
 
+_ops = torch.ops.sparse_engine  # loaded by .. ops
+
 __all__ = ["shard_rows", "shard_ranges", "Shard", "full_state_dict"]
 
 
@@ -69,7 +71,14 @@ def _collective(op, *args, group, what: str):
     """``op(*args, group=group)``; a failure (a rank that died, or the process group's timeout)
     becomes one line that says so, rather than gloo's or NCCL's page."""
     try:
-        return op(*args, group=group)
+        if op is dist.all_gather_object:
+            return op(*args, group=group)
+        # waited for here, and the handle dropped here, so that the buffers' last reference goes
+        # on this thread (a blocking call leaves it to the backend's thread, where torch's memory
+        # profiler does not see the free)
+        work = op(*args, group=group, async_op=True)
+        work.wait()
+        del work
     except RuntimeError as e:
         first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
         raise RuntimeError(f"sharded {what}: rank {dist.get_rank()} got no answer from the other ranks of its group "
@@ -134,6 +143,70 @@ class _StepState(torch.autograd.Function):
         shard = ctx.shard
         local = _reduce_scatter_features(g_product, shard, dim=0)
         return local + g_output.t()[shard.start:shard.end], None
+
+
+class _States:
+    """A layer-direction's gathered states, (T, H, B): written step by step (outside autograd), the
+    output sequence, and read again by each step's backward for its weight gradient, so that no
+    rank keeps a second copy of every step's whole state. ``version``: the buffer's version after
+    the last write (a later in-place change of the output would make the backward wrong)."""
+
+    def __init__(self, T, H, B, like: torch.Tensor):
+        self.Y = like.new_empty(T, H, B)
+        self.version = None
+
+    def check(self) -> torch.Tensor:
+        if self.Y._version != self.version:
+            raise RuntimeError("the output of a sharded recurrent module was modified in place before the "
+                               "backward, which reads it (clone it before changing it)")
+        return self.Y
+
+
+class _StepProduct(torch.autograd.Function):
+    """W_hh's local rows times the state gathered at step tp (states.Y[tp], H x B). Saves nothing
+    of the state: the backward reads it from the output sequence. Backward: the values' gradient
+    (sddmm of the local rows), the state's (W^T g, a partial sum over the local rows, reduce-
+    scattered to the units' owners)."""
+
+    @staticmethod
+    def forward(ctx, h_loc_prev, values, weight, states, tp, shard):
+        ctx.weight, ctx.states, ctx.tp, ctx.shard = weight, states, tp, shard
+        ctx.save_for_backward(values)
+        X = states.Y[tp]
+        if isinstance(weight, SparseWeight):
+            return _ops.spmm(*weight.csr_index, values, X)
+        return values @ X
+
+    @staticmethod
+    def backward(ctx, g):
+        (values,) = ctx.saved_tensors
+        weight, shard = ctx.weight, ctx.shard
+        X = ctx.states.check()[ctx.tp]
+        g = g.contiguous()
+        if isinstance(weight, SparseWeight):
+            g_values = _ops.sddmm(*weight.index, g, X) if ctx.needs_input_grad[1] else None
+            g_state = _ops.spmm_t(*weight.index, values, g, None)
+        else:
+            g_values = g @ X.t() if ctx.needs_input_grad[1] else None
+            g_state = values.t() @ g
+        return _reduce_scatter_features(g_state, shard, dim=0), g_values, None, None, None, None
+
+
+class _Sequence(torch.autograd.Function):
+    """The gathered states as the layer-direction's output (T, H, B); backward: each step's local
+    h gets its own units' slice of the (replicated) gradient."""
+
+    @staticmethod
+    def forward(ctx, states, shard, *h_locs):
+        ctx.shard = shard
+        # a view, so that the buffer itself gets no grad_fn: the steps' backward nodes hold the
+        # buffer, and a buffer holding the graph would make a reference cycle that outlives the step
+        return states.Y.view_as(states.Y)
+
+    @staticmethod
+    def backward(ctx, g):
+        s, e = ctx.shard.start, ctx.shard.end
+        return (None, None, *g[:, s:e].unbind(0))
 
 
 class _Gathered(torch.autograd.Function):
@@ -281,19 +354,29 @@ class ShardedRNNBase:
                 # one tensor per step, by one unbind: its backward stacks the steps' gradients once
                 # (an index per step would make a zeros tensor of the whole gx per step)
                 gx = gx.view(-1, T, B).unbind(1)
-                h_product = replicated(h0[k], shard).t()          # (H, B): every rank's state
+                w_hh = getattr(self, "weight_hh" + sfx)
+                v_hh = w_hh.values if isinstance(w_hh, SparseWeight) else w_hh
+                states = _States(T, H, B, x)
                 c_loc = scattered(c0[k], shard).t() if lstm else None  # (units, B)
                 h_loc = scattered(h0[k], shard).t()
-                ys = [None] * T
+                h_locs = [None] * T
+                tp = None
                 for s in range(T):
                     t = T - 1 - s if d else s
-                    gh = _product(getattr(self, "weight_hh" + sfx), h_product)
+                    if tp is None:  # the first step: the given state, replicated
+                        gh = _product(w_hh, replicated(h0[k], shard).t())
+                    else:
+                        gh = _StepProduct.apply(h_loc, v_hh, w_hh, states, tp, shard)
                     if self.bias:
                         gh = gh + getattr(self, "bias_hh" + sfx)[:, None]
                     h_loc, c_loc = _cell(self.mode, gx[t], gh, h_loc, c_loc)
-                    h_product, ys[t] = _StepState.apply(h_loc, shard)
-                outs.append(torch.stack(ys))
-                h_n.append(ys[T - 1 if not d else 0])
+                    with torch.no_grad():  # every rank's units: the next step's state, the output
+                        states.Y[t] = _all_gather_features(h_loc, shard, dim=0)
+                    h_locs[t], tp = h_loc, t
+                states.version = states.Y._version
+                y = _Sequence.apply(states, shard, *h_locs).transpose(1, 2)  # (T, B, H), a view
+                outs.append(y)
+                h_n.append(y[tp])
                 if lstm:
                     c_n.append(gathered(c_loc.t(), shard))
             x = torch.cat(outs, dim=-1) if D == 2 else outs[0]
