@@ -15,7 +15,7 @@ rank has the whole state for the next step's product; in the backward the ranks'
 gradients of that state go back to the units' owners with one reduce-scatter per step.
 
 Checkpoints: :func:`full_state_dict` (one state for any world size). Not yet (issue 47): the
-exchange overlapped with the local rows, SparseMLP, dropout between layers, proj_size,
+exchange overlapped with the local rows, dropout between recurrent layers, proj_size,
 PackedSequence, topology updates that equal the unsharded ones. See docs/distributed.md.
 """
 from __future__ import annotations
@@ -28,7 +28,8 @@ from torch import nn
 
 from .. import ops
 from ..kernels.constants import GATES
-from ..nn import SparseGRU, SparseLinear, SparseLSTM, SparseRNN
+from ..nn import SparseGRU, SparseLinear, SparseLSTM, SparseMLP, SparseRNN
+from ..nn.mlp import _FaithfulDrop, _ReluDropout
 from ..nn.rnn import SparseRNNBase
 from ..sparse import SparseWeight
 
@@ -109,7 +110,9 @@ def _all_gather_features(local: torch.Tensor, shard: "Shard", dim: int = -1) -> 
     padded[:local.shape[0]] = local
     parts = [torch.empty_like(padded) for _ in range(shard.world)]
     _collective(dist.all_gather, parts, padded, group=shard.group, what="exchange (all_gather)")
-    return torch.cat([p[:e - s] for p, (s, e) in zip(parts, shard.ranges)]).movedim(0, dim)
+    out = torch.cat([p[:e - s] for p, (s, e) in zip(parts, shard.ranges)])
+    # a tensor of its own, not a view: its user may change it in place (relu_, dropout)
+    return out if dim % out.dim() == 0 else out.movedim(0, dim).contiguous()
 
 
 def _reduce_scatter_features(grad: torch.Tensor, shard: "Shard", dim: int = -1) -> torch.Tensor:
@@ -210,17 +213,18 @@ class _Sequence(torch.autograd.Function):
 
 
 class _Gathered(torch.autograd.Function):
-    """The local rows' result (features last) gathered from every rank in rank order: a
-    replicated tensor; backward: this rank's slice of the (replicated) gradient."""
+    """The local rows' result gathered from every rank in rank order along its features
+    (dimension ``dim``): a replicated tensor; backward: this rank's slice of the (replicated)
+    gradient."""
 
     @staticmethod
-    def forward(ctx, local, shard):
-        ctx.start, ctx.size = shard.start, local.shape[-1]
-        return _all_gather_features(local, shard)
+    def forward(ctx, local, shard, dim=-1):
+        ctx.start, ctx.size, ctx.dim = shard.start, local.shape[dim], dim
+        return _all_gather_features(local, shard, dim)
 
     @staticmethod
     def backward(ctx, grad):
-        return grad.narrow(-1, ctx.start, ctx.size).contiguous(), None
+        return grad.narrow(ctx.dim, ctx.start, ctx.size).contiguous(), None, None
 
 
 class _Scattered(torch.autograd.Function):
@@ -241,8 +245,8 @@ def replicated(x: torch.Tensor, shard: Shard) -> torch.Tensor:
     return _Replicated.apply(x, shard.group)
 
 
-def gathered(local: torch.Tensor, shard: Shard) -> torch.Tensor:
-    return _Gathered.apply(local, shard)
+def gathered(local: torch.Tensor, shard: Shard, dim: int = -1) -> torch.Tensor:
+    return _Gathered.apply(local, shard, dim)
 
 
 def scattered(x: torch.Tensor, shard: Shard) -> torch.Tensor:
@@ -404,6 +408,33 @@ class ShardedSparseGRU(ShardedRNNBase, SparseGRU):
     """A SparseGRU whose weights hold this rank's units' gate rows (see :func:`shard_rows`)."""
 
 
+class ShardedSparseMLP(SparseMLP):
+    """A SparseMLP whose layers hold this rank's output rows (see :func:`shard_rows`): each
+    layer's local rows, then the pre-activations gathered from every rank, so that ReLU and
+    dropout run on the whole width with the same draws on every rank (the unsharded model's)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != self.sizes[0]:
+            raise ValueError(f"x must be a (batch, {self.sizes[0]}) tensor, got "
+                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+        h = x.t().contiguous()  # feature-major, as SparseMLP
+        p, last = self.dropout, len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            z = _product(layer.weight, replicated(h, layer.shard)).add_(layer.bias[:, None])
+            z = gathered(z, layer.shard, dim=0)
+            if self.faithful and not self.training and i > 0 and p > 0:
+                z = z * (1.0 - p)
+            if i == last:
+                return z.t()
+            if not (self.training and p > 0):
+                h = torch.relu(z)
+            elif self.faithful:
+                h = _FaithfulDrop.apply(torch.relu_(z), p)
+            else:
+                h = _ReluDropout.apply(z, p, True)
+        raise AssertionError("unreachable")
+
+
 _SHARDED = {SparseLinear: ShardedSparseLinear, SparseRNN: ShardedSparseRNN, SparseLSTM: ShardedSparseLSTM,
             SparseGRU: ShardedSparseGRU}
 
@@ -421,15 +452,22 @@ def shard_rows(module: nn.Module, group=None) -> nn.Module:
     bias, and forward exchanges the rest (module docstring). Call it on every rank of the group,
     on identical modules (the same seed), before building the optimizer.
 
-    Supported: SparseLinear, SparseRNN, SparseLSTM, SparseGRU (any number of layers, either
-    direction, ``batch_first``, dense or sparse input weights); not yet a module with dropout
-    between layers, ``proj_size``, or parametrized weights."""
+    Supported: SparseLinear, SparseMLP (each of its layers), SparseRNN, SparseLSTM, SparseGRU (any
+    number of layers, either direction, ``batch_first``, dense or sparse input weights); not yet a
+    recurrent module with dropout between layers, ``proj_size``, or parametrized weights."""
     group, rank, world = _group_of(group)
     kind = type(module)
     if kind in _SHARDED.values():
         raise ValueError(f"shard_rows: the module is already sharded ({kind.__name__})")
+    if kind is SparseMLP:
+        for layer in module.layers:
+            shard_rows(layer, group)
+        module.__class__ = ShardedSparseMLP
+        return module
+    if kind is ShardedSparseMLP:
+        raise ValueError("shard_rows: the module is already sharded (ShardedSparseMLP)")
     if kind not in _SHARDED:
-        raise TypeError("shard_rows takes a SparseLinear, SparseRNN, SparseLSTM or SparseGRU, got "
+        raise TypeError("shard_rows takes a SparseLinear, SparseMLP, SparseRNN, SparseLSTM or SparseGRU, got "
                         f"{kind.__name__} (shard its layers one by one)")
     if isinstance(module, SparseRNNBase):
         if module.dropout and module.num_layers > 1:

@@ -31,7 +31,7 @@ from sparse_engine import SparseWeight  # noqa: E402
 from sparse_engine.distributed import full_state_dict, shard_ranges, shard_rows  # noqa: E402
 from sparse_engine.distributed.scale import ShardedLSTMStep, largest_sharded_hidden  # noqa: E402
 from sparse_engine.testing import TensorMemoryTrace  # noqa: E402
-from sparse_engine.nn import SparseGRU, SparseLinear, SparseLSTM, SparseRNN  # noqa: E402
+from sparse_engine.nn import SparseGRU, SparseLinear, SparseLSTM, SparseMLP, SparseRNN  # noqa: E402
 
 F64 = torch.float64
 
@@ -79,6 +79,35 @@ def linear_case(rank, world):
     (y_sh * w).sum().backward()
     start, end = shard_ranges(11, world)[rank]
     return compare(full, sharded, x_full, x_sh, [y_full], [y_sh], lambda name: slice(start, end))
+
+
+def mlp_case(rank, world, faithful):
+    """SparseMLP (SET-MLP's network) with dropout in training and at test time: the same outputs,
+    input gradient and weight-gradient rows as the whole network (the same dropout draws)."""
+    torch.manual_seed(13)
+    full = SparseMLP([12, 20, 9, 5], epsilon=4.0, dropout=0.3, faithful=faithful, dtype=F64)
+    sharded = shard_rows(copy.deepcopy(full))
+    res = {}
+    for mode in ("train", "eval"):
+        full.train(mode == "train"), sharded.train(mode == "train")
+        x_full, x_sh = inputs(40, 6, 12).requires_grad_(), inputs(40, 6, 12).requires_grad_()
+        torch.manual_seed(14)
+        y_full = full(x_full)
+        torch.manual_seed(14)
+        y_sh = sharded(x_sh)
+        w = inputs(41, 6, 5)
+        (y_full * w).sum().backward()
+        (y_sh * w).sum().backward()
+        res[mode + " out"] = ((y_full - y_sh).abs().max().item(), torch.equal(y_full, y_sh))
+        res[mode + " x.grad"] = ((x_full.grad - x_sh.grad).abs().max().item(), None)
+        for i, (lf, ls) in enumerate(zip(full.layers, sharded.layers)):
+            s, e = ls.shard.start, ls.shard.end
+            g = dense_grad(lf.weight)[s:e]
+            mine = dense_grad(ls.weight)
+            res[f"{mode} layer{i}"] = ((g - mine).abs().max().item(), torch.equal(g, mine))
+            res[f"{mode} bias{i}"] = ((lf.bias.grad[s:e] - ls.bias.grad).abs().max().item(), None)
+        full.zero_grad(), sharded.zero_grad()
+    return res
 
 
 RNN_CASES = {  # name: (class, kwargs, batch_first, unbatched)
@@ -243,7 +272,8 @@ def dead_rank_case(rank, world):
 def scenarios(rank, world):
     out = {"linear": lambda: linear_case(rank, world), "training": lambda: training(rank, world),
            "checkpoint": lambda: checkpoint_case(rank, world), "memory": lambda: memory_case(rank, world),
-           "inplace": lambda: inplace_case(rank, world),
+           "inplace": lambda: inplace_case(rank, world), "mlp": lambda: mlp_case(rank, world, False),
+           "mlp_faithful": lambda: mlp_case(rank, world, True),
            "untrained": lambda: training(rank, world, lr=0.0)}
     out |= {name: (lambda n=name: rnn_case(n, rank, world)) for name in RNN_CASES}
     out["dead_rank"] = lambda: dead_rank_case(rank, world)  # last: it leaves its group broken
@@ -307,6 +337,18 @@ def test_sharded_linear_equals_the_whole_layer(results):
         for name in ("weight", "bias"):
             assert res[name][1], f"rank {r}: {name}'s gradient rows differ by {res[name][0]}"
         assert res["x.grad"][0] < 1e-12, f"rank {r}: input gradient differs by {res['x.grad'][0]}"
+
+
+@pytest.mark.parametrize("case", ["mlp", "mlp_faithful"])
+def test_sharded_mlp_equals_the_whole_network_with_the_same_dropout(results, case):
+    for r, res in enumerate(outcome(results, case)):
+        for name, (diff, exact) in res.items():
+            if name.endswith("out") or name.endswith("layer2"):
+                # the same rows, the same kernels, the same draws: the outputs and the last layer's
+                # gradient; a lower layer's gradient comes through W^T g summed over the ranks
+                assert exact, (r, name, diff)
+            else:
+                assert diff < 1e-12, (r, name, diff)
 
 
 @pytest.mark.parametrize("case", list(RNN_CASES))
