@@ -10,8 +10,10 @@ See docs/distributed.md.
 from .data_parallel import (DistributedDataParallel, all_gather_columns, all_reduce_sum,  # noqa: F401
                             broadcast_topology, check_topology_in_sync, gather_batch_sizes, is_distributed, rewrap,
                             topology_fingerprint)
-from .sharding import Shard, full_state_dict, shard_ranges, shard_rows  # noqa: F401
+from .sharding import (Shard, full_optimizer_state_dict, full_state_dict, load_full_optimizer_state_dict,  # noqa: F401
+                       shard_ranges, shard_rows)
 
 __all__ = ["DistributedDataParallel", "rewrap", "topology_fingerprint", "check_topology_in_sync",
            "broadcast_topology", "all_gather_columns", "all_reduce_sum", "gather_batch_sizes", "is_distributed",
-           "shard_rows", "shard_ranges", "Shard", "full_state_dict"]
+           "shard_rows", "shard_ranges", "Shard", "full_state_dict", "full_optimizer_state_dict",
+           "load_full_optimizer_state_dict"]
