@@ -15,7 +15,7 @@ rank has the whole state for the next step's product; in the backward the ranks'
 gradients of that state go back to the units' owners with one reduce-scatter per step.
 
 Checkpoints: :func:`full_state_dict` (one state for any world size). Not yet (issue 47): the
-exchange overlapped with the local rows, dropout between recurrent layers, proj_size,
+exchange overlapped with the local rows, proj_size,
 PackedSequence, topology updates that equal the unsharded ones. See docs/distributed.md.
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
@@ -385,6 +386,10 @@ class ShardedRNNBase:
                 if lstm:
                     c_n.append(gathered(c_loc.t(), shard))
             x = torch.cat(outs, dim=-1) if D == 2 else outs[0]
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                # the unsharded module's draws (the same seed on every rank): its dropout runs on
+                # the step-major (T, D*H, B) layout
+                x = F.dropout(x.permute(0, 2, 1).contiguous(), self.dropout, training=True).permute(0, 2, 1)
         out = x.transpose(0, 1) if self.batch_first and batched else x
         h_n = torch.stack(h_n)
         c_n = torch.stack(c_n) if lstm else None
@@ -454,8 +459,9 @@ def shard_rows(module: nn.Module, group=None) -> nn.Module:
     on identical modules (the same seed), before building the optimizer.
 
     Supported: SparseLinear, SparseMLP (each of its layers), SparseRNN, SparseLSTM, SparseGRU (any
-    number of layers, either direction, ``batch_first``, dense or sparse input weights); not yet a
-    recurrent module with dropout between layers, ``proj_size``, or parametrized weights."""
+    number of layers, either direction, ``batch_first``, dense or sparse input weights, dropout
+    between layers with the unsharded module's draws when every rank has the same seed); not yet
+    ``proj_size`` or parametrized weights."""
     group, rank, world = _group_of(group)
     kind = type(module)
     if kind in _SHARDED.values():
@@ -471,8 +477,6 @@ def shard_rows(module: nn.Module, group=None) -> nn.Module:
         raise TypeError("shard_rows takes a SparseLinear, SparseMLP, SparseRNN, SparseLSTM or SparseGRU, got "
                         f"{kind.__name__} (shard its layers one by one)")
     if isinstance(module, SparseRNNBase):
-        if module.dropout and module.num_layers > 1:
-            raise ValueError("shard_rows: dropout between layers is not supported yet (issue 47)")
         if module.proj_size:
             raise ValueError("shard_rows: proj_size is not supported yet (issue 47)")
         H, G = module.hidden_size, GATES[module.mode]

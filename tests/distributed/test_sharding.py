@@ -116,6 +116,7 @@ RNN_CASES = {  # name: (class, kwargs, batch_first, unbatched)
     "gru": (SparseGRU, dict(num_layers=2), True, False),
     "rnn_relu": (SparseRNN, dict(nonlinearity="relu", bidirectional=True), False, False),
     "lstm_unbatched": (SparseLSTM, dict(sparse="recurrent"), False, True),
+    "lstm_dropout": (SparseLSTM, dict(num_layers=3, dropout=0.4, bidirectional=True), False, False),
 }
 
 
@@ -131,7 +132,9 @@ def rnn_case(name, rank, world):
     h_shape = (L * D, H) if unbatched else (L * D, B, H)
     h0 = inputs(4, *h_shape)
     hx = (h0, inputs(5, *h_shape)) if cls is SparseLSTM else h0
+    torch.manual_seed(12)  # dropout between layers: the same draws
     out_full, st_full = full(x_full, hx)
+    torch.manual_seed(12)
     out_sh, st_sh = sharded(x_sh, hx)
     outs_full = [out_full, *(st_full if isinstance(st_full, tuple) else [st_full])]
     outs_sh = [out_sh, *(st_sh if isinstance(st_sh, tuple) else [st_sh])]
