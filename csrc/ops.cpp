@@ -345,6 +345,7 @@ static PyObject* set_tiling(PyObject*, PyObject* args) {
 #ifdef SPARSE_ENGINE_WITH_CUDA
 namespace sparse_engine::cuda {
 int64_t set_rnn_sequence_stage_bytes(int64_t bytes);  // csrc/cuda/launchers.h (no CUDA headers here)
+bool set_rnn_sequence_compact_index(bool allow);
 }
 
 // sparse_engine._C._set_sequence_stage_bytes(bytes): caps the bytes of W_hh each block of the
@@ -355,6 +356,14 @@ static PyObject* set_sequence_stage_bytes(PyObject*, PyObject* args) {
   long long bytes = -1;
   if (!PyArg_ParseTuple(args, "L", &bytes)) return nullptr;
   return PyLong_FromLongLong(sparse_engine::cuda::set_rnn_sequence_stage_bytes(bytes));
+}
+
+// sparse_engine._C._set_sequence_compact_index(allow): whether that stage may hold the index in 16
+// bits an entry where every index fits (the default); returns the setting before (tests).
+static PyObject* set_sequence_compact_index(PyObject*, PyObject* args) {
+  int allow = 1;
+  if (!PyArg_ParseTuple(args, "p", &allow)) return nullptr;
+  return PyBool_FromLong(sparse_engine::cuda::set_rnn_sequence_compact_index(allow != 0));
 }
 #endif
 
@@ -375,6 +384,8 @@ extern "C" PyObject* PyInit__C(void) {
 #ifdef SPARSE_ENGINE_WITH_CUDA
       {"_set_sequence_stage_bytes", set_sequence_stage_bytes, METH_VARARGS,
        "Caps W_hh's bytes a persistent kernel's block stages in shared memory (-1 none); returns the old."},
+      {"_set_sequence_compact_index", set_sequence_compact_index, METH_VARARGS,
+       "Allows a 16-bit staged index where every index fits (default); returns the old setting."},
 #endif
       {nullptr, nullptr, 0, nullptr}};
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};

@@ -149,6 +149,9 @@ bool rnn_sequence_mode(CellMode mode);
 // weights read through L2 every step; < 0: no cap, the default); returns the cap before. Outputs do
 // not depend on it (tests, and the benchmark that compares staged and unstaged).
 int64_t set_rnn_sequence_stage_bytes(int64_t bytes);
+// Whether the staged index may take 16 bits an entry where every index fits (the default: yes);
+// returns the setting before. Outputs do not depend on it (tests).
+bool set_rnn_sequence_compact_index(bool allow);
 // Forward. gx: (G*H) x (T*B), every step's input part with its biases (column t*B + b); h0 (and
 // LSTM's c0): H x B; b_hh: GRU's (3H) or nullptr. Out: y (T x H x B, the state after each step, in
 // time order also for the reverse direction), LSTM's cs (T x H x B, c after each step), acts (T x 4H

@@ -22,11 +22,11 @@
 // every step, so the running dh and dc need no barrier of their own: one grid barrier a step.
 // Staging: before its first step each block copies its rows of W_hh (forward: its units' G gate
 // rows; backward: its units' columns, the transposed index) into dynamic shared memory, values then
-// the int32 index, as many entries as the launch gave it (stage_entries: what is left of the SM's
-// shared memory by the blocks the registers allow, unless set_rnn_sequence_stage_bytes lowers it);
-// an entry past that is read from global memory (L2) each step. The staged prefix and the rest
-// are summed in index order, so staging changes no bit (the emulator checks staged, partly staged
-// and unstaged runs for equal outputs).
+// the index (uint16 where every index fits 16 bits, else int32), as many entries as the launch
+// gave it (stage_entries: what is left of the SM's shared memory by the blocks the registers allow,
+// unless set_rnn_sequence_stage_bytes lowers it); an entry past that is read from global memory
+// (L2) each step. The staged prefix and the rest are summed in index order, so staging changes no
+// bit (the emulator checks staged, partly staged, unstaged and int32-staged runs for equal outputs).
 // Every sum has a fixed order (each output by one thread, in index order): bitwise reproducible.
 #include <atomic>
 
@@ -46,37 +46,48 @@ constexpr int kSeqThreads = kSeqWarps * kWarp;
 // tests/kernels/test_cuda_build.py)
 constexpr int kSeqMinBlocks = 2;
 template <CellMode M> constexpr int kGates = cell_gates(M);
-constexpr int64_t kEntryIndexBytes = sizeof(int32_t);
-std::atomic<int64_t> g_stage_bytes{-1};  // set_rnn_sequence_stage_bytes: -1 no cap, else bytes a block
+// A staged index entry takes 2 bytes where every index fits 16 bits (forward: H <= 65,536
+// columns; backward: G*H rows), else 4: a third more entries on chip in float32.
+constexpr int64_t kCompactIndexRange = 65536;
+std::atomic<int64_t> g_stage_bytes{-1};        // set_rnn_sequence_stage_bytes: -1 no cap, else bytes a block
+std::atomic<bool> g_compact_index{true};       // set_rnn_sequence_compact_index
 
 // A block's rows of W_hh in shared memory: positions [0, entries) hold the first entries of its
-// segments laid end to end (segment q from position off[q]).
+// segments laid end to end (segment q from position off[q]); the index as int32 (i) or, compact,
+// as uint16 (i16): one of the two is set.
 template <typename T>
 struct Stage {
   const T* v;
   const int32_t* i;
+  const uint16_t* i16;
   int64_t entries;
 };
 
-// Copies segment [base, base + len) of (values, idx) to positions [off, off + len) of the stage, as
-// far as it reaches; the caller syncs the block afterwards.
+// The stage in a launch's dynamic shared memory: `entries` values, then as many indices.
 template <typename T>
-__device__ __forceinline__ void stage_segment(T* sv, int32_t* si, int64_t entries, int64_t off, const T* values,
-                                              const int32_t* idx, int64_t base, int64_t len) {
-  const int64_t n = off >= entries ? 0 : (len < entries - off ? len : entries - off);
-  for (int64_t e = threadIdx.x; e < n; e += blockDim.x) {
-    sv[off + e] = values[base + e];
-    si[off + e] = idx[base + e];
-  }
+__device__ __forceinline__ Stage<T> stage_at(char* smem, int64_t entries, bool compact) {
+  T* v = reinterpret_cast<T*>(smem);
+  return {v, compact ? nullptr : reinterpret_cast<int32_t*>(v + entries),
+          compact ? reinterpret_cast<uint16_t*>(v + entries) : nullptr, entries};
+}
+
+// Copies entry src of (values, idx) to stage position e.
+template <typename T>
+__device__ __forceinline__ void stage_entry(const Stage<T>& st, int64_t e, const T* values, const int32_t* idx,
+                                            int64_t src) {
+  const_cast<T*>(st.v)[e] = values[src];
+  if (st.i16 != nullptr)
+    const_cast<uint16_t*>(st.i16)[e] = static_cast<uint16_t>(idx[src]);
+  else
+    const_cast<int32_t*>(st.i)[e] = idx[src];
 }
 
 // acc + sum over e in [0, n) of v[e] * x[i[e] * B + b] (x read through L2), added in order; the
 // gathers go kDotAhead at a time, so that they are in flight together rather than one behind the
 // other (a step's critical path is its longest row's chain of L2 reads), the adds still in order.
 constexpr int kDotAhead = 4;
-template <typename T>
-__device__ __forceinline__ T dot_run(T acc, const T* v, const int32_t* i, int64_t n, const T* x, int64_t B,
-                                     int64_t b) {
+template <typename T, typename I>
+__device__ __forceinline__ T dot_run(T acc, const T* v, const I* i, int64_t n, const T* x, int64_t B, int64_t b) {
   int64_t e = 0;
   for (; e + kDotAhead <= n; e += kDotAhead) {
     T g[kDotAhead];
@@ -96,7 +107,8 @@ __device__ __forceinline__ T staged_dot(const Stage<T>& st, int64_t pos, const T
                                         int64_t k0, int64_t k1, const T* x, int64_t B, int64_t b) {
   const int64_t room = st.entries > pos ? st.entries - pos : 0;
   const int64_t staged = k1 - k0 < room ? k1 - k0 : room;
-  const T acc = dot_run(T(0), st.v + pos, st.i + pos, staged, x, B, b);
+  const T acc = st.i16 != nullptr ? dot_run(T(0), st.v + pos, st.i16 + pos, staged, x, B, b)
+                                   : dot_run(T(0), st.v + pos, st.i + pos, staged, x, B, b);
   return dot_run(acc, values + k0 + staged, idx + k0 + staged, k1 - k0 - staged, x, B, b);
 }
 
@@ -115,6 +127,7 @@ struct SeqArgs {
   int64_t H, B, steps;  // hidden units, batch, time steps
   bool reverse;
   int64_t stage_entries;  // W_hh entries a block stages in shared memory (set by launch())
+  bool stage_compact;     // their index as uint16 (set by launch())
 };
 
 template <typename T, CellMode M>
@@ -127,8 +140,7 @@ __global__ void __launch_bounds__(kSeqThreads, kSeqMinBlocks) seq_forward_kernel
   // this block's G gate rows of W_hh in shared memory (the launch's: stage_entries values, then as
   // many int32 indices), gate q's segment from position off[q]
   extern __shared__ __align__(16) char seq_smem[];
-  T* sv = reinterpret_cast<T*>(seq_smem);
-  int32_t* si = reinterpret_cast<int32_t*>(sv + a.stage_entries);
+  const Stage<T> st = stage_at<T>(seq_smem, a.stage_entries, a.stage_compact);
   int64_t base[NG], off[NG + 1];
   off[0] = 0;
 #pragma unroll
@@ -142,11 +154,9 @@ __global__ void __launch_bounds__(kSeqThreads, kSeqMinBlocks) seq_forward_kernel
     int q = 0;
 #pragma unroll
     for (int r = 1; r < NG; ++r) q += e >= off[r];
-    sv[e] = a.values[base[q] + (e - off[q])];
-    si[e] = a.idx[base[q] + (e - off[q])];
+    stage_entry(st, e, a.values, a.idx, base[q] + (e - off[q]));
   }
   __syncthreads();  // every thread's staged entries before any thread's first step reads them
-  const Stage<T> st{sv, si, a.stage_entries};
   for (int64_t s = 0; s < a.steps; ++s) {
     const int64_t t = a.reverse ? a.steps - 1 - s : s, tp = a.reverse ? t + 1 : t - 1;  // tp: the step before
     const T* h = s == 0 ? a.h0 : a.y + tp * HB;
@@ -210,6 +220,7 @@ struct SeqBackArgs {
   int64_t H, B, steps;  // hidden units, batch, time steps
   bool reverse;
   int64_t stage_entries;  // W_hh^T entries a block stages in shared memory (set by launch())
+  bool stage_compact;     // their index as uint16 (set by launch())
 };
 
 template <typename T, CellMode M>
@@ -220,12 +231,11 @@ __global__ void __launch_bounds__(kSeqThreads, kSeqMinBlocks) seq_backward_kerne
   const int64_t HB = a.H * a.B, TB = a.steps * a.B;
   // this block's columns of W_hh (its units' rows of the transposed index) in shared memory
   extern __shared__ __align__(16) char seq_smem[];
-  T* sv = reinterpret_cast<T*>(seq_smem);
-  int32_t* si = reinterpret_cast<int32_t*>(sv + a.stage_entries);
+  const Stage<T> st = stage_at<T>(seq_smem, a.stage_entries, a.stage_compact);
   const int64_t base = u0 < u1 ? a.cptr[u0] : 0;
-  stage_segment(sv, si, a.stage_entries, 0, a.values_t, a.crow, base, u0 < u1 ? a.cptr[u1] - base : 0);
+  const int64_t len = u0 < u1 ? a.cptr[u1] - base : 0, n = len < a.stage_entries ? len : a.stage_entries;
+  for (int64_t e = threadIdx.x; e < n; e += blockDim.x) stage_entry(st, e, a.values_t, a.crow, base + e);
   __syncthreads();  // every thread's staged entries before any thread's first step reads them
-  const Stage<T> st{sv, si, a.stage_entries};
   for (int64_t s = a.steps - 1; s >= 0; --s) {
     const int64_t t = a.reverse ? a.steps - 1 - s : s, tp = a.reverse ? t + 1 : t - 1;
     // phase A: this thread's units' gate gradients of step t (and the direct part of dh_prev)
@@ -285,7 +295,8 @@ __global__ void __launch_bounds__(kSeqThreads, kSeqMinBlocks) seq_backward_kerne
 // block opt-in limit, the whole matrix (nnz) and set_rnn_sequence_stage_bytes's cap. The occupancy
 // is asked again with that shared memory, so the grid always fits.
 template <typename T, typename K>
-cudaError_t grid_for(K kernel, int64_t H, int64_t nnz, int64_t& blocks, int64_t& stage_entries, size_t& shmem) {
+cudaError_t grid_for(K kernel, int64_t H, int64_t nnz, int64_t index_range, int64_t& blocks, int64_t& stage_entries,
+                     bool& compact, size_t& shmem) {
   int per_sm = 0, dev = 0, sm_bytes = 0, optin = 0;
   if (const cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kSeqThreads, 0);
       e != cudaSuccess)
@@ -297,7 +308,8 @@ cudaError_t grid_for(K kernel, int64_t H, int64_t nnz, int64_t& blocks, int64_t&
     cudaGetLastError();
     sm_bytes = optin = 0;  // no staging
   }
-  constexpr int64_t entry = sizeof(T) + kEntryIndexBytes;
+  compact = g_compact_index.load() && index_range <= kCompactIndexRange;
+  const int64_t entry = static_cast<int64_t>(sizeof(T)) + (compact ? 2 : 4);
   int64_t bytes = std::min<int64_t>({static_cast<int64_t>(sm_bytes) / per_sm - 1024, optin, nnz * entry});
   if (const int64_t cap = g_stage_bytes.load(); cap >= 0) bytes = std::min(bytes, cap);
   stage_entries = std::max<int64_t>(bytes, 0) / entry;
@@ -319,7 +331,7 @@ bool sequence_mode(CellMode mode) {
 
 // One cooperative launch of the kernel that kernel_of(mode tag) names, on the grid of grid_for.
 template <typename T, typename Args, typename KernelOf>
-cudaError_t launch(CellMode mode, Args a, int64_t nnz, cudaStream_t stream, KernelOf kernel_of) {
+cudaError_t launch(CellMode mode, Args a, int64_t nnz, bool backward, cudaStream_t stream, KernelOf kernel_of) {
   if (!sequence_mode(mode)) return cudaErrorInvalidValue;
   if (a.H <= 0 || a.B <= 0 || a.steps <= 0) return cudaSuccess;
   return dispatch_mode(mode, [&](auto m) -> cudaError_t {
@@ -327,9 +339,13 @@ cudaError_t launch(CellMode mode, Args a, int64_t nnz, cudaStream_t stream, Kern
       return cudaErrorInvalidValue;
     } else {
       auto seq_kernel = kernel_of(m);
+      // the staged index's values: W_hh's columns (forward), or its rows (backward's transposed index)
+      const int64_t index_range = backward ? cell_gates(mode) * a.H : a.H;
       int64_t blocks = 0;
       size_t shmem = 0;
-      if (const cudaError_t e = grid_for<T>(seq_kernel, a.H, nnz, blocks, a.stage_entries, shmem); e != cudaSuccess)
+      if (const cudaError_t e = grid_for<T>(seq_kernel, a.H, nnz, index_range, blocks, a.stage_entries,
+                                            a.stage_compact, shmem);
+          e != cudaSuccess)
         return e;
       return SE_LAUNCH_COOPERATIVE(seq_kernel, dim3(static_cast<unsigned>(blocks)), dim3(kSeqThreads), shmem, stream,
                                    a);
@@ -339,12 +355,12 @@ cudaError_t launch(CellMode mode, Args a, int64_t nnz, cudaStream_t stream, Kern
 
 template <typename T>
 cudaError_t forward(CellMode mode, const SeqArgs<T>& a, int64_t nnz, cudaStream_t stream) {
-  return launch<T>(mode, a, nnz, stream, [](auto m) { return seq_forward_kernel<T, decltype(m)::value>; });
+  return launch<T>(mode, a, nnz, false, stream, [](auto m) { return seq_forward_kernel<T, decltype(m)::value>; });
 }
 
 template <typename T>
 cudaError_t backward(CellMode mode, const SeqBackArgs<T>& a, int64_t nnz, cudaStream_t stream) {
-  return launch<T>(mode, a, nnz, stream, [](auto m) { return seq_backward_kernel<T, decltype(m)::value>; });
+  return launch<T>(mode, a, nnz, true, stream, [](auto m) { return seq_backward_kernel<T, decltype(m)::value>; });
 }
 
 }  // namespace
@@ -353,20 +369,22 @@ bool rnn_sequence_mode(CellMode mode) { return sequence_mode(mode); }
 
 int64_t set_rnn_sequence_stage_bytes(int64_t bytes) { return g_stage_bytes.exchange(bytes < 0 ? -1 : bytes); }
 
+bool set_rnn_sequence_compact_index(bool allow) { return g_compact_index.exchange(allow); }
+
 cudaError_t launch_rnn_sequence_forward(CellMode mode, const int64_t* row_ptr, const int32_t* col_idx,
                                         const float* values, int64_t nnz, const float* gx, const float* h0,
                                         const float* c0, const float* b_hh, float* y, float* cs, float* acts, int64_t H,
                                         int64_t B, int64_t T, bool reverse, cudaStream_t stream) {
-  return forward<float>(mode, {row_ptr, col_idx, values, gx, h0, c0, b_hh, y, cs, acts, H, B, T, reverse, 0}, nnz,
-                        stream);
+  return forward<float>(mode, {row_ptr, col_idx, values, gx, h0, c0, b_hh, y, cs, acts, H, B, T, reverse, 0, false},
+                        nnz, stream);
 }
 
 cudaError_t launch_rnn_sequence_forward(CellMode mode, const int64_t* row_ptr, const int32_t* col_idx,
                                         const double* values, int64_t nnz, const double* gx, const double* h0,
                                         const double* c0, const double* b_hh, double* y, double* cs, double* acts,
                                         int64_t H, int64_t B, int64_t T, bool reverse, cudaStream_t stream) {
-  return forward<double>(mode, {row_ptr, col_idx, values, gx, h0, c0, b_hh, y, cs, acts, H, B, T, reverse, 0}, nnz,
-                         stream);
+  return forward<double>(mode, {row_ptr, col_idx, values, gx, h0, c0, b_hh, y, cs, acts, H, B, T, reverse, 0, false},
+                         nnz, stream);
 }
 
 cudaError_t launch_rnn_sequence_backward(CellMode mode, const int64_t* csc_ptr, const int32_t* csc_row,
@@ -375,7 +393,7 @@ cudaError_t launch_rnn_sequence_backward(CellMode mode, const int64_t* csc_ptr, 
                                          const float* dy, float* dG, float* dgx, float* dh, float* dc, int64_t H,
                                          int64_t B, int64_t T, bool reverse, cudaStream_t stream) {
   return backward<float>(mode, {csc_ptr, csc_row, values_t, y, h0, cs, c0, acts, dy, dG, dgx, dh, dc, H, B,
-                                T, reverse, 0}, nnz, stream);
+                                T, reverse, 0, false}, nnz, stream);
 }
 
 cudaError_t launch_rnn_sequence_backward(CellMode mode, const int64_t* csc_ptr, const int32_t* csc_row,
@@ -384,7 +402,7 @@ cudaError_t launch_rnn_sequence_backward(CellMode mode, const int64_t* csc_ptr, 
                                          const double* dy, double* dG, double* dgx, double* dh, double* dc, int64_t H,
                                          int64_t B, int64_t T, bool reverse, cudaStream_t stream) {
   return backward<double>(mode, {csc_ptr, csc_row, values_t, y, h0, cs, c0, acts, dy, dG, dgx, dh, dc, H, B,
-                                 T, reverse, 0}, nnz, stream);
+                                 T, reverse, 0, false}, nnz, stream);
 }
 
 }  // namespace cuda

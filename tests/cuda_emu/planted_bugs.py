@@ -129,8 +129,8 @@ BUGS = [
         "seq_forward_kernel: every step reads h_0 instead of the state the step before wrote"),
     Bug("stage-barrier-removed", "rnn_sequence_cuda.cu",
         "  __syncthreads();  // every thread's staged entries before any thread's first step reads them\n"
-        "  const Stage<T> st{sv, si, a.stage_entries};\n  for (int64_t s = 0;",
-        "  const Stage<T> st{sv, si, a.stage_entries};\n  for (int64_t s = 0;",
+        "  for (int64_t s = 0;",
+        "  for (int64_t s = 0;",
         "seq_forward_kernel: no block barrier between staging W_hh in shared memory and the first step's reads"),
     Bug("stage-offset-one-gate", "rnn_sequence_cuda.cu",
         "p[q] = staged_dot(st, off[q] + (k0 - base[q]),", "p[q] = staged_dot(st, k0 - base[0],",

@@ -151,10 +151,13 @@ void run(CellMode mode, const char* pname, const std::vector<int64_t>& lens, int
   if (gru) check("dgx", dgx, rgx, bounds(rgx), rel); else if (!dgx.intact()) { printf("  FAIL dgx written\n"); ++failures; }
   for (const Buf<T>* b : {&y, &cs, &acts, &dG, &dgx, &dh, &dc}) hash_outputs(*b);
   // the same bits with W_hh partly staged in shared memory (a few entries a block, so most rows
-  // straddle the end of the stage) and not staged at all, as with the whole matrix staged above
+  // straddle the end of the stage), not staged at all, and staged with an int32 index, as with the
+  // whole matrix staged above (a uint16 index: every H here fits 16 bits)
   const int64_t entry = sizeof(T) + sizeof(int32_t);
-  for (const int64_t cap : {int64_t{0}, 5 * entry, 37 * entry + 3}) {
+  // (-1: the whole matrix staged with a 4-byte index, the compact 2-byte one refused)
+  for (const int64_t cap : {int64_t{0}, 5 * entry, 37 * entry + 3, int64_t{-1}}) {
     const int64_t old = set_rnn_sequence_stage_bytes(cap);
+    const bool old_compact = set_rnn_sequence_compact_index(cap != -1);
     Buf<T> y2(NT * HB, 0), cs2(NT * HB, 0), acts2(std::max<int64_t>(A, 1) * NT * HB, 0), dG2(G * H * TB, 0),
         dgx2(3 * H * TB, 0), dh2 = dh_in, dc2 = dc_in;
     cudaError_t e2 = launch_rnn_sequence_forward(mode, m.ptr.data(), m.col.data(), vals.data(), nnz, gx.p(), h0.p(),
@@ -167,6 +170,7 @@ void run(CellMode mode, const char* pname, const std::vector<int64_t>& lens, int
                                         with_dy ? dy.p() : nullptr, dG2.p(), gru ? dgx2.p() : nullptr, dh2.p(),
                                         lstm ? dc2.p() : nullptr, H, B, NT, reverse, kStream);
     set_rnn_sequence_stage_bytes(old);
+    set_rnn_sequence_compact_index(old_compact);
     bool same = e2 == cudaSuccess;
     auto eq = [&](const Buf<T>& a, const Buf<T>& b) {
       same = same && std::memcmp(a.v.data(), b.v.data(), a.v.size() * sizeof(T)) == 0;

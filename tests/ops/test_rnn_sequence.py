@@ -282,22 +282,23 @@ def test_every_output_is_written_on_cuda(mode, nan_filled_pool):
 @pytest.mark.usefixtures("cuda_device")
 @pytest.mark.parametrize("mode", MODES)
 def test_staging_w_hh_in_shared_memory_changes_no_bit_on_cuda(mode):
-    """W_hh staged in shared memory whole (the default), in part (a few hundred bytes a block, so
-    rows straddle the stage's end) and not at all: the same bits, and the float64 reference."""
+    """W_hh staged in shared memory whole (the default, a 16-bit index), in part (a few hundred bytes
+    a block, so rows straddle the stage's end), not at all, and with a 32-bit index: the same bits,
+    and the float64 reference."""
     from sparse_engine import _C
     args = case(mode, 700, 20, 5, F32, "cuda", seed=13, density=0.05, empty_rows=20)
     W, gx, h0, c0, b_hh, dy, dh, dc = args
     runs = {}
-    for cap in (-1, 0, 1000):
-        old = _C._set_sequence_stage_bytes(cap)
+    for cap, compact in ((-1, True), (0, True), (1000, True), (-1, False)):
+        old, old_compact = _C._set_sequence_stage_bytes(cap), _C._set_sequence_compact_index(compact)
         try:
             fwd, bwd = run_op(mode, W, gx, h0, c0, b_hh, False, dy, dh, dc)
         finally:
-            _C._set_sequence_stage_bytes(old)
-        runs[cap] = [t.cpu() for t in fwd + bwd]
-    for cap in (0, 1000):
-        for name, a, b in zip(NAMES, runs[-1], runs[cap]):
-            assert torch.equal(a, b), (cap, name)
+            _C._set_sequence_stage_bytes(old), _C._set_sequence_compact_index(old_compact)
+        runs[cap, compact] = [t.cpu() for t in fwd + bwd]
+    for key in ((0, True), (1000, True), (-1, False)):
+        for name, a, b in zip(NAMES, runs[-1, True], runs[key]):
+            assert torch.equal(a, b), (key, name)
     assert_matches_reference(mode, args, False, F32)
 
 
