@@ -42,9 +42,10 @@
 #   5. STAGES=persistent benchmarks/gpu_all.sh                                ~6-8 min
 #        the persistent recurrent kernels (issue 44; rnn_sequence_cuda.cu, compute="persistent"): their
 #        GPU tests (the ops against float64 references, every output written, the modules against the
-#        per-step path, deterministic), memcheck and racecheck on them, then the LSTM/GRU table of the
-#        issue's cells with ours per-step, ours persistent (W_hh staged in shared memory, and not staged)
-#        and masked-dense cuDNN (rnn_gpu_persistent.md).
+#        per-step path, deterministic; and issue 47's sharded LSTM on NCCL, one rank per GPU),
+#        memcheck and racecheck on them, then the LSTM/GRU table of the issue's cells with ours
+#        per-step, ours persistent (W_hh staged in shared memory, and not staged) and masked-dense
+#        cuDNN (rnn_gpu_persistent.md).
 #        Not yet run on a GPU: the session that has one runs it first (before 1., with "build").
 #   With time to spare, in this order: STAGES=topology (all cases), BENCH_DTYPES=bfloat16
 #   STAGES=bench ... -- --quick (then the full bf16 grid), STAGES=step.
@@ -312,7 +313,7 @@ if has persistent && begin "persistent recurrent kernels: tests, sanitizers, tab
   # correctness first: the ops against float64 references and the CPU, every output written; the
   # modules against the per-step path on the GPU; then memcheck and racecheck on the same ops
   CAP=150 logged 20 $PY -m pytest -q -ra ${PYTEST_TIMEOUT[@]+"${PYTEST_TIMEOUT[@]}"} -k cuda \
-    tests/ops/test_rnn_sequence.py tests/recurrent/test_persistent.py \
+    tests/ops/test_rnn_sequence.py tests/recurrent/test_persistent.py tests/distributed/test_sharding.py \
     || say "== persistent tests FAILED (the list above): the table below runs on these kernels"
   SANITIZER=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
   for tool in memcheck racecheck; do

@@ -298,7 +298,7 @@ def scenarios(rank, world):
     out = {"linear": lambda: linear_case(rank, world), "training": lambda: training(rank, world),
            "checkpoint": lambda: checkpoint_case(rank, world), "memory": lambda: memory_case(rank, world),
            "inplace": lambda: inplace_case(rank, world), "mlp": lambda: mlp_case(rank, world, False),
-           "mlp_faithful": lambda: mlp_case(rank, world, True),
+           "mlp_faithful": lambda: mlp_case(rank, world, True), "device_cpu": lambda: device_case(rank, world, "cpu"),
            "untrained": lambda: training(rank, world, lr=0.0)}
     out |= {name: (lambda n=name: rnn_case(n, rank, world)) for name in RNN_CASES}
     out["dead_rank"] = lambda: dead_rank_case(rank, world)  # last: it leaves its group broken
@@ -455,6 +455,75 @@ def test_example_runs_under_torchrun():
     first, last = (float(v) for v in line.split("loss ")[1].split(",")[0].split(" -> "))
     assert last < 0.5 * first
     assert float(line.split("test accuracy ")[1]) > 0.5
+
+
+# ------------------------------------------------------------------ NCCL, one rank per GPU
+def device_case(rank, world, device):
+    """A 2-layer bidirectional SparseLSTM on ``device`` against the whole one: every difference
+    (outputs, states, gradients) and whether full_state_dict gives the whole state back."""
+    torch.manual_seed(21)
+    H = 9
+    full = SparseLSTM(5, H, num_layers=2, bidirectional=True, density=0.4, dtype=F64).to(device)
+    sharded = shard_rows(copy.deepcopy(full))
+    x_full = inputs(3, 4, 3, 5).to(device).requires_grad_()
+    x_sh = inputs(3, 4, 3, 5).to(device).requires_grad_()
+    (o_full, (h_full, c_full)), (o_sh, (h_sh, c_sh)) = full(x_full), sharded(x_sh)
+    w = inputs(4, *o_full.shape).to(device)
+    ((o_full * w).sum() + h_full.sum() + c_full.sum()).backward()
+    ((o_sh * w).sum() + h_sh.sum() + c_sh.sum()).backward()
+    start, end = shard_ranges(H, world)[rank]
+    rows = (torch.arange(4)[:, None] * H + torch.arange(start, end)[None, :]).reshape(-1).to(device)
+    diffs = {k: v[0] for k, v in compare(full, sharded, x_full, x_sh, [o_full, h_full, c_full],
+                                         [o_sh, h_sh, c_sh], lambda n: rows).items()}
+    whole = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in full.state_dict().items()}
+    return {"diffs": diffs, "state": same_state(full_state_dict(sharded), whole)}
+
+
+def nccl_worker(rank: int, world: int, init_file: str, out_dir: str):
+    """device_case on CUDA with NCCL (every collective on GPU tensors)."""
+    torch.cuda.set_device(rank)
+    dist.init_process_group("nccl", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=60))
+    try:
+        res = device_case(rank, world, "cuda")
+    except Exception:
+        res = {"error": traceback.format_exc()}
+    finally:
+        torch.save(res, os.path.join(out_dir, f"nccl{rank}.pt"))
+        dist.destroy_process_group()
+
+
+def assert_device_case(r, res):
+    assert "error" not in res, res.get("error")
+    worst = {k: v for k, v in res["diffs"].items() if v > 1e-10}
+    assert not worst and res["state"], (r, worst, res["state"])
+
+
+def test_the_device_case_on_the_cpu(results):
+    """The NCCL test's case, here with gloo on the CPU (so that its own logic is proven here)."""
+    for r, res in enumerate(outcome(results, "device_cpu")):
+        assert_device_case(r, res)
+
+
+@pytest.mark.cuda
+def test_nccl_one_rank_per_gpu(tmp_path):
+    """On a GPU machine (gpu_all.sh's persistent stage): the NCCL path, one rank per GPU (up to 4)."""
+    if not (torch.cuda.is_available() and dist.is_nccl_available()):
+        pytest.skip("needs CUDA and NCCL")
+    world = min(4, torch.cuda.device_count())
+    ctx = mp.start_processes(nccl_worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world,
+                             join=False, start_method="spawn")
+    deadline = time.monotonic() + DEADLINE_S
+    try:
+        while not ctx.join(timeout=5):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the {world} NCCL processes did not finish within {DEADLINE_S} s (hang?)")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+    for r in range(world):
+        assert_device_case(r, torch.load(tmp_path / f"nccl{r}.pt", weights_only=False))
 
 
 def test_shard_ranges_cover_the_rows_in_order():
