@@ -3,15 +3,17 @@
 * :mod:`.data_parallel`: every rank holds the whole model and a share of the batch (DDP, the
   topology kept in sync across ranks);
 * :mod:`.sharding`: every rank holds a share of each sparse layer's rows, for a model larger
-  than one card (model parallelism, :func:`shard_rows`).
+  than one card (model parallelism, :func:`shard_rows`); :mod:`.exchange` how the ranks trade
+  tensors, :mod:`.checkpoint` checkpoints for any world size, :mod:`.scale` how large and how fast.
 
 See docs/distributed.md.
 """
 from .data_parallel import (DistributedDataParallel, all_gather_columns, all_reduce_sum,  # noqa: F401
                             broadcast_topology, check_topology_in_sync, gather_batch_sizes, is_distributed, rewrap,
                             topology_fingerprint)
-from .sharding import (Shard, full_optimizer_state_dict, full_state_dict, load_full_optimizer_state_dict,  # noqa: F401
-                       shard_ranges, shard_rows)
+from .checkpoint import full_optimizer_state_dict, full_state_dict, load_full_optimizer_state_dict  # noqa: F401
+from .exchange import Shard, shard_ranges  # noqa: F401
+from .sharding import shard_rows  # noqa: F401
 
 __all__ = ["DistributedDataParallel", "rewrap", "topology_fingerprint", "check_topology_in_sync",
            "broadcast_topology", "all_gather_columns", "all_reduce_sum", "gather_batch_sizes", "is_distributed",
