@@ -14,8 +14,6 @@ from __future__ import annotations
 import sparse_engine  # noqa: F401  (before torch: OpenMP's idle threads then sleep, not spin)
 
 import argparse
-import os
-import tempfile
 
 import torch
 import torch.distributed as dist
@@ -23,25 +21,9 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from sparse_engine.distributed import DistributedDataParallel, check_topology_in_sync, rewrap
+from sparse_engine.distributed import DistributedDataParallel, check_topology_in_sync, init_from_env, rewrap
 from sparse_engine.nn import SparseLinear
 from sparse_engine.training import SET
-
-
-def init_distributed() -> tuple[int, int, torch.device]:
-    """torchrun's environment, or a world of one process when started with plain python."""
-    cuda = torch.cuda.is_available()
-    backend = "nccl" if cuda else "gloo"
-    if "RANK" in os.environ:
-        dist.init_process_group(backend)
-    else:
-        store = os.path.join(tempfile.mkdtemp(), "store")
-        dist.init_process_group(backend, init_method=f"file://{store}", rank=0, world_size=1)
-    rank = dist.get_rank()
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    return rank, dist.get_world_size(), device
 
 
 def main(argv=None) -> float:
@@ -52,7 +34,7 @@ def main(argv=None) -> float:
     p.add_argument("--zeta", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    rank, world, device = init_distributed()
+    rank, world, device = init_from_env()
     try:
         torch.manual_seed(args.seed)  # the same data split and the same initial model on every rank
         X, y = load_digits(return_X_y=True)

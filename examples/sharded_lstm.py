@@ -15,8 +15,6 @@ from __future__ import annotations
 import sparse_engine  # noqa: F401  (before torch: OpenMP's idle threads then sleep, not spin)
 
 import argparse
-import os
-import tempfile
 
 import torch
 import torch.distributed as dist
@@ -24,23 +22,8 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from sparse_engine.distributed import shard_rows
+from sparse_engine.distributed import init_from_env, shard_rows
 from sparse_engine.nn import SparseLSTM
-
-
-def init_distributed() -> tuple[int, int, torch.device]:
-    """torchrun's environment, or a world of one process when started with plain python."""
-    cuda = torch.cuda.is_available()
-    backend = "nccl" if cuda else "gloo"
-    if "RANK" in os.environ:
-        dist.init_process_group(backend)
-    else:
-        store = os.path.join(tempfile.mkdtemp(), "store")
-        dist.init_process_group(backend, init_method=f"file://{store}", rank=0, world_size=1)
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    return dist.get_rank(), dist.get_world_size(), device
 
 
 class DigitsLSTM(nn.Module):
@@ -62,7 +45,7 @@ def main(argv=None) -> tuple[float, float, float]:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    rank, world, device = init_distributed()
+    rank, world, device = init_from_env()
     try:
         torch.manual_seed(args.seed)  # the same model, split and batches on every rank
         X, y = load_digits(return_X_y=True)

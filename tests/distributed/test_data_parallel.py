@@ -8,7 +8,6 @@ scenario's results. A hang fails: collectives time out after 30 s and the whole 
 after 150 s."""
 import os
 import sys
-import time
 import traceback
 from datetime import timedelta
 
@@ -22,7 +21,6 @@ if not (dist.is_available() and dist.is_gloo_available()):
     pytest.skip("torch.distributed with the gloo backend is not available in this torch build",
                 allow_module_level=True)
 
-import torch.multiprocessing as mp  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
@@ -254,22 +252,8 @@ DEADLINE_S = 150
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ddp")
-    if sys.platform.startswith("linux") and os.path.exists("/sys/class/net/lo"):
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    ctx = mp.start_processes(worker, args=(WORLD, str(tmp / "init"), str(tmp)), nprocs=WORLD, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + DEADLINE_S
-    try:
-        while not ctx.join(timeout=5):
-            if time.monotonic() > deadline:
-                pytest.fail(f"the {WORLD} gloo processes did not finish within {DEADLINE_S} s (hang?)")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.kill()
-    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+def results(tmp_path_factory, spawn_ranks):
+    return spawn_ranks(worker, WORLD, tmp_path_factory.mktemp("ddp"), DEADLINE_S)
 
 
 def outcome(results, name):

@@ -25,8 +25,6 @@ if not (dist.is_available() and dist.is_gloo_available()):
     pytest.skip("torch.distributed with the gloo backend is not available in this torch build",
                 allow_module_level=True)
 
-import torch.multiprocessing as mp  # noqa: E402
-
 from sparse_engine import SparseWeight  # noqa: E402
 from sparse_engine.distributed import (full_optimizer_state_dict, full_state_dict,  # noqa: E402
                                        load_full_optimizer_state_dict, shard_ranges, shard_rows)
@@ -327,23 +325,9 @@ DEADLINE_S = 150
 
 
 @pytest.fixture(scope="module", params=[2, 4], ids=["2-ranks", "4-ranks"])
-def results(request, tmp_path_factory):
+def results(request, tmp_path_factory, spawn_ranks):
     world = request.param
-    tmp = tmp_path_factory.mktemp(f"shard{world}")
-    if sys.platform.startswith("linux") and os.path.exists("/sys/class/net/lo"):
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    ctx = mp.start_processes(worker, args=(world, str(tmp / "init"), str(tmp)), nprocs=world, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + DEADLINE_S
-    try:
-        while not ctx.join(timeout=5):
-            if time.monotonic() > deadline:
-                pytest.fail(f"the {world} gloo processes did not finish within {DEADLINE_S} s (hang?)")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.kill()
-    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(world)]
+    return spawn_ranks(worker, world, tmp_path_factory.mktemp(f"shard{world}"), DEADLINE_S)
 
 
 def outcome(results, name):
@@ -506,24 +490,25 @@ def test_the_device_case_on_the_cpu(results):
 
 
 @pytest.mark.cuda
-def test_nccl_one_rank_per_gpu(tmp_path):
+def test_nccl_one_rank_per_gpu(tmp_path, spawn_ranks):
     """On a GPU machine (gpu_all.sh's persistent stage): the NCCL path, one rank per GPU (up to 4)."""
     if not (torch.cuda.is_available() and dist.is_nccl_available()):
         pytest.skip("needs CUDA and NCCL")
     world = min(4, torch.cuda.device_count())
-    ctx = mp.start_processes(nccl_worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world,
-                             join=False, start_method="spawn")
-    deadline = time.monotonic() + DEADLINE_S
-    try:
-        while not ctx.join(timeout=5):
-            if time.monotonic() > deadline:
-                pytest.fail(f"the {world} NCCL processes did not finish within {DEADLINE_S} s (hang?)")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.kill()
-    for r in range(world):
-        assert_device_case(r, torch.load(tmp_path / f"nccl{r}.pt", weights_only=False))
+    for r, res in enumerate(spawn_ranks(nccl_worker, world, tmp_path, DEADLINE_S, prefix="nccl")):
+        assert_device_case(r, res)
+
+
+def test_init_from_env_without_torchrun_is_a_world_of_one():
+    """What the examples call when started with plain python (a fresh process: it initializes)."""
+    import subprocess
+    code = ("import sparse_engine.distributed as d; r, w, dev = d.init_from_env(); "
+            "import torch.distributed as dist; print(r, w, dev.type, dist.get_backend()); dist.destroy_process_group()")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    want = "0 1 cuda nccl" if torch.cuda.is_available() else "0 1 cpu gloo"
+    assert done.stdout.split("\n")[-2] == want, done.stdout
 
 
 def test_shard_ranges_cover_the_rows_in_order():
