@@ -10,8 +10,8 @@ the unsharded module (and the same input gradients). How the ranks exchange is :
 time step, so every rank has the whole state for the next step's product, and in the backward
 the ranks' partial gradients of that state go to the units' owners with one reduce-scatter per
 step. Checkpoints for any world size: :mod:`.checkpoint`. Not yet (issue 47): the exchange
-overlapped with the local rows, proj_size, PackedSequence, topology updates that equal the
-unsharded ones. See docs/distributed.md.
+overlapped with the local rows, proj_size, topology updates that equal the unsharded ones. See
+docs/distributed.md.
 """
 from __future__ import annotations
 
@@ -19,12 +19,14 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence
 
 from .. import ops
 from ..kernels.constants import GATES
 from ..nn import SparseGRU, SparseLinear, SparseLSTM, SparseMLP, SparseRNN
 from ..nn.mlp import _FaithfulDrop, _ReluDropout
 from ..nn.rnn import SparseRNNBase
+from ..nn.sequences import inverse_permutation, packed_positions
 from ..sparse import SparseWeight
 from .exchange import (Shard, _all_gather_features, _Sequence, _States, _StepProduct, gathered, replicated,
                        scattered, shard_ranges)
@@ -108,9 +110,10 @@ class ShardedRNNBase:
     gathered from every rank."""
 
     def forward(self, input, hx=None):
-        if isinstance(input, nn.utils.rnn.PackedSequence):
-            raise TypeError("a sharded recurrent module does not take a PackedSequence yet (issue 47)")
-        shard, H, D = self.shard, self.hidden_size, 2 if self.bidirectional else 1
+        lstm, D = self.mode == "LSTM", 2 if self.bidirectional else 1
+        h0, c0 = (hx if lstm and hx is not None else (hx, None))
+        if isinstance(input, PackedSequence):
+            return self._forward_packed(input, h0, c0)
         batched = input.dim() == 3
         x = input if batched else input.unsqueeze(1)
         if self.batch_first and batched:
@@ -118,13 +121,48 @@ class ShardedRNNBase:
         if x.shape[-1] != self.input_size:
             raise ValueError(f"input must have last dimension input_size={self.input_size}, got shape "
                              f"{tuple(input.shape)}")
-        T, B = x.shape[0], x.shape[1]
-        lstm = self.mode == "LSTM"
-        h0, c0 = (hx if lstm and hx is not None else (hx, None))
-        zeros = x.new_zeros(self.num_layers * D, B, H)
+        zeros = x.new_zeros(self.num_layers * D, x.shape[1], self.hidden_size)
         h0 = zeros if h0 is None else (h0 if batched else h0.unsqueeze(1))
         if lstm:
             c0 = zeros if c0 is None else (c0 if batched else c0.unsqueeze(1))
+        out, h_n, c_n = self._sequence(x, h0, c0)
+        out = out.transpose(0, 1) if self.batch_first and batched else out
+        if not batched:
+            out, h_n = out.squeeze(1), h_n.squeeze(1)
+            c_n = c_n.squeeze(1) if lstm else None
+        return out, ((h_n, c_n) if lstm else h_n)
+
+    def _forward_packed(self, input: PackedSequence, h0, c0):
+        """torch's semantics for a PackedSequence, as the unsharded module: the sequences grouped
+        by length, each group run on its own (every rank the same groups in the same order),
+        outputs and states put back in the packed and the caller's order."""
+        data, batch_sizes, sorted_indices, unsorted_indices = input
+        lengths, pos = packed_positions(batch_sizes, unsorted_indices)
+        B, D, lstm = int(batch_sizes[0]), 2 if self.bidirectional else 1, self.mode == "LSTM"
+        zeros = data.new_zeros(self.num_layers * D, B, self.hidden_size)
+        h0 = zeros if h0 is None else h0
+        c0 = (zeros if c0 is None else c0) if lstm else None
+        ys, rows, hs, cs, members = [], [], [], [], []
+        for L in sorted(set(lengths.tolist()), reverse=True):
+            idx = (lengths == L).nonzero().squeeze(1)
+            p, gi = pos[:L, idx].to(data.device), idx.to(data.device)
+            y, h, c = self._sequence(data[p], h0[:, gi], None if c0 is None else c0[:, gi])
+            ys.append(y.reshape(-1, y.shape[-1]))
+            rows.append(p.reshape(-1))
+            hs.append(h)
+            cs.append(c)
+            members.append(gi)
+        out = torch.cat(ys)[inverse_permutation(torch.cat(rows))]
+        back = inverse_permutation(torch.cat(members))
+        packed = PackedSequence(out, batch_sizes, sorted_indices, unsorted_indices)
+        h_n = torch.cat(hs, 1)[:, back]
+        return packed, ((h_n, torch.cat(cs, 1)[:, back]) if lstm else h_n)
+
+    def _sequence(self, x, h0, c0):
+        """Every layer over a time-major x (T, B, input): (output (T, B, D*H), h_n, c_n)."""
+        shard, H, D = self.shard, self.hidden_size, 2 if self.bidirectional else 1
+        T, B = x.shape[0], x.shape[1]
+        lstm = self.mode == "LSTM"
         h_n, c_n = [], []
         for layer in range(self.num_layers):
             xin = replicated(x, shard).reshape(T * B, -1).t()  # (features, T*B)
@@ -168,13 +206,7 @@ class ShardedRNNBase:
                 # the unsharded module's draws (the same seed on every rank): its dropout runs on
                 # the step-major (T, D*H, B) layout
                 x = F.dropout(x.permute(0, 2, 1).contiguous(), self.dropout, training=True).permute(0, 2, 1)
-        out = x.transpose(0, 1) if self.batch_first and batched else x
-        h_n = torch.stack(h_n)
-        c_n = torch.stack(c_n) if lstm else None
-        if not batched:
-            out, h_n = out.squeeze(1), h_n.squeeze(1)
-            c_n = c_n.squeeze(1) if lstm else None
-        return out, ((h_n, c_n) if lstm else h_n)
+        return x, torch.stack(h_n), (torch.stack(c_n) if lstm else None)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", units {self.shard.start}:{self.shard.end} of rank {self.shard.rank}"

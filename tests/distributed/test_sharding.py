@@ -145,6 +145,30 @@ def rnn_case(name, rank, world):
     return compare(full, sharded, x_full, x_sh, outs_full, outs_sh, lambda n: rows)
 
 
+def packed_case(rank, world):
+    """A PackedSequence (unsorted lengths) through a 2-layer bidirectional LSTM with a given state:
+    the packed output, the states and every gradient as the whole module's."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+    H, n_in, T = 7, 4, 5
+    torch.manual_seed(17)
+    full = SparseLSTM(n_in, H, num_layers=2, bidirectional=True, density=0.5, dtype=F64)
+    sharded = shard_rows(copy.deepcopy(full))
+    lengths = torch.tensor([3, 5, 1, 3])
+    x_full, x_sh = inputs(50, T, 4, n_in).requires_grad_(), inputs(50, T, 4, n_in).requires_grad_()
+    hx = (inputs(51, 4, 4, H), inputs(52, 4, 4, H))
+    (p_full, (h_full, c_full)) = full(pack_padded_sequence(x_full, lengths, enforce_sorted=False), hx)
+    (p_sh, (h_sh, c_sh)) = sharded(pack_padded_sequence(x_sh, lengths, enforce_sorted=False), hx)
+    outs_full, outs_sh = [p_full.data, h_full, c_full], [p_sh.data, h_sh, c_sh]
+    sum((o * inputs(60 + i, *o.shape)).sum() for i, o in enumerate(outs_full)).backward()
+    sum((o * inputs(60 + i, *o.shape)).sum() for i, o in enumerate(outs_sh)).backward()
+    start, end = shard_ranges(H, world)[rank]
+    rows = (torch.arange(4)[:, None] * H + torch.arange(start, end)[None, :]).reshape(-1)
+    res = compare(full, sharded, x_full, x_sh, outs_full, outs_sh, lambda n: rows)
+    res["same_packing"] = (0.0, torch.equal(p_full.batch_sizes, p_sh.batch_sizes)
+                           and torch.equal(p_full.unsorted_indices, p_sh.unsorted_indices))
+    return res
+
+
 def training(rank, world, lr=0.05, steps=12):
     """Adam on a sharded SparseLSTM + head against the same run unsharded: both runs' losses."""
     def run(shard):
@@ -296,7 +320,8 @@ def scenarios(rank, world):
     out = {"linear": lambda: linear_case(rank, world), "training": lambda: training(rank, world),
            "checkpoint": lambda: checkpoint_case(rank, world), "memory": lambda: memory_case(rank, world),
            "inplace": lambda: inplace_case(rank, world), "mlp": lambda: mlp_case(rank, world, False),
-           "mlp_faithful": lambda: mlp_case(rank, world, True), "device_cpu": lambda: device_case(rank, world, "cpu"),
+           "mlp_faithful": lambda: mlp_case(rank, world, True), "lstm_packed": lambda: packed_case(rank, world),
+           "device_cpu": lambda: device_case(rank, world, "cpu"),
            "untrained": lambda: training(rank, world, lr=0.0)}
     out |= {name: (lambda n=name: rnn_case(n, rank, world)) for name in RNN_CASES}
     out["dead_rank"] = lambda: dead_rank_case(rank, world)  # last: it leaves its group broken
@@ -366,6 +391,12 @@ def test_sharded_recurrence_equals_the_whole_module(results, case):
         worst = {k: v[0] for k, v in res.items() if v[0] > 1e-10}
         assert not worst, f"rank {r}: {worst}"
         assert len([k for k in res if k.startswith("out")]) >= 2  # the output and the final state(s)
+
+
+def test_sharded_recurrence_takes_a_packed_sequence_as_the_whole_module(results):
+    for r, res in enumerate(outcome(results, "lstm_packed")):
+        worst = {k: v[0] for k, v in res.items() if v[0] > 1e-10}
+        assert not worst and res["same_packing"][1], (r, worst)
 
 
 def test_sharded_lstm_trains_like_the_whole_one(results):
