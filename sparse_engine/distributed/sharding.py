@@ -26,7 +26,7 @@ from ..kernels.constants import GATES
 from ..nn import SparseGRU, SparseLinear, SparseLSTM, SparseMLP, SparseRNN
 from ..nn.mlp import _FaithfulDrop, _ReluDropout
 from ..nn.rnn import SparseRNNBase
-from ..nn.sequences import inverse_permutation, packed_positions
+from ..nn.sequences import packed_positions, run_by_length
 from ..sparse import SparseWeight
 from .exchange import (Shard, _all_gather_features, _Sequence, _States, _StepProduct, gathered, replicated,
                        scattered, shard_ranges)
@@ -142,21 +142,12 @@ class ShardedRNNBase:
         zeros = data.new_zeros(self.num_layers * D, B, self.hidden_size)
         h0 = zeros if h0 is None else h0
         c0 = (zeros if c0 is None else c0) if lstm else None
-        ys, rows, hs, cs, members = [], [], [], [], []
-        for L in sorted(set(lengths.tolist()), reverse=True):
-            idx = (lengths == L).nonzero().squeeze(1)
-            p, gi = pos[:L, idx].to(data.device), idx.to(data.device)
-            y, h, c = self._sequence(data[p], h0[:, gi], None if c0 is None else c0[:, gi])
-            ys.append(y.reshape(-1, y.shape[-1]))
-            rows.append(p.reshape(-1))
-            hs.append(h)
-            cs.append(c)
-            members.append(gi)
-        out = torch.cat(ys)[inverse_permutation(torch.cat(rows))]
-        back = inverse_permutation(torch.cat(members))
+        def run(i, x, h0_g, c0_g):
+            y, h, c = self._sequence(x, h0_g, c0_g)
+            return y.reshape(-1, y.shape[-1]), h, c
+        out, h_n, c_n = run_by_length(data, lengths, pos, h0, c0, run)
         packed = PackedSequence(out, batch_sizes, sorted_indices, unsorted_indices)
-        h_n = torch.cat(hs, 1)[:, back]
-        return packed, ((h_n, torch.cat(cs, 1)[:, back]) if lstm else h_n)
+        return packed, ((h_n, c_n) if lstm else h_n)
 
     def _sequence(self, x, h0, c0):
         """Every layer over a time-major x (T, B, input): (output (T, B, D*H), h_n, c_n)."""

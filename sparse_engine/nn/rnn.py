@@ -94,7 +94,7 @@ from ..kernels.constants import GATES
 from ..recurrent import (Config, RecordsGradFactors, batch_rows, check_compute, dense_recurrence, recurrence, use_dense,
                          use_persistent)
 from ..sparse import SparseWeight
-from .sequences import (caller_layout, check_input_dtype, check_not_packed, inverse_permutation, packed_positions,
+from .sequences import (caller_layout, check_input_dtype, check_not_packed, packed_positions, run_by_length,
                         time_major)
 from .weights import (TorchConversion, check_positive_int, check_recompute_every, make_bias, make_weight,
                       refuse_dense_weights, reset_weights, sparse_flags)
@@ -389,26 +389,12 @@ class SparseRNNBase(RecordsGradFactors, TorchConversion, nn.Module):
                 c_n = None if c_n is None else c_n.index_select(1, unsorted_indices)
             packed = PackedSequence(out, batch_sizes, sorted_indices, unsorted_indices)
             return packed, ((h_n, c_n) if self.mode == "LSTM" else h_n)
-        dev = data.device
-        ys, rows, hs, cs, members = [], [], [], [], []
-        for i, L in enumerate(sorted(set(lengths.tolist()), reverse=True)):
-            idx = (lengths == L).nonzero().squeeze(1)
-            p = pos[:L, idx].to(dev)                   # (L, g): the group's rows of data
-            gi = idx.to(dev)
-            y, h, c = self._run(data[p], h0[:, gi], None if c0 is None else c0[:, gi],
-                                lambda sfx, first=(i == 0): self._factor_sink(sfx, first))
-            ys.append(batch_rows(y).reshape(-1, y.shape[1]))
-            rows.append(p.reshape(-1))
-            hs.append(h)
-            cs.append(c)
-            members.append(gi)
-        out = torch.cat(ys)[inverse_permutation(torch.cat(rows))]
-        back = inverse_permutation(torch.cat(members))
-        h_n = torch.cat(hs, 1)[:, back]
+        def run(i, x, h0_g, c0_g):
+            y, h, c = self._run(x, h0_g, c0_g, lambda sfx, first=(i == 0): self._factor_sink(sfx, first))
+            return batch_rows(y).reshape(-1, y.shape[1]), h, c
+        out, h_n, c_n = run_by_length(data, lengths, pos, h0, c0, run)
         packed = PackedSequence(out, batch_sizes, sorted_indices, unsorted_indices)
-        if self.mode == "LSTM":
-            return packed, (h_n, torch.cat(cs, 1)[:, back])
-        return packed, h_n
+        return packed, ((h_n, c_n) if self.mode == "LSTM" else h_n)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"

@@ -14,7 +14,7 @@ from torch.nn.utils.rnn import PackedSequence
 from ..kernels.checks import check_dtype_like
 
 __all__ = ["check_not_packed", "time_major", "caller_layout", "packed_positions", "inverse_permutation",
-           "check_input_dtype", "sequence_input", "initial_state"]
+           "run_by_length", "check_input_dtype", "sequence_input", "initial_state"]
 
 
 def check_not_packed(input, owner: str) -> None:
@@ -68,6 +68,30 @@ def inverse_permutation(p: torch.Tensor) -> torch.Tensor:
     inv = torch.empty_like(p)
     inv[p] = torch.arange(p.numel(), device=p.device)
     return inv
+
+
+def run_by_length(data: torch.Tensor, lengths: torch.Tensor, pos: torch.Tensor, h0: torch.Tensor, c0, run):
+    """A PackedSequence through a recurrence that takes one batch size for all its steps, with
+    torch's semantics: the sequences grouped by length (longest first), ``run(i, x, h0, c0)`` on
+    group i alone (x: (L, g, features) time-major; it returns the group's outputs as (L*g, out)
+    rows in (step, sequence) order, h_n, c_n), outputs and states put back in the packed order and
+    the caller's. ``lengths``, ``pos``: :func:`packed_positions`. Returns (the packed outputs,
+    h_n, c_n or None)."""
+    dev = data.device
+    ys, rows, hs, cs, members = [], [], [], [], []
+    for i, L in enumerate(sorted(set(lengths.tolist()), reverse=True)):
+        idx = (lengths == L).nonzero().squeeze(1)
+        p = pos[:L, idx].to(dev)                   # (L, g): the group's rows of data
+        gi = idx.to(dev)
+        y, h, c = run(i, data[p], h0[:, gi], None if c0 is None else c0[:, gi])
+        ys.append(y)
+        rows.append(p.reshape(-1))
+        hs.append(h)
+        cs.append(c)
+        members.append(gi)
+    back = inverse_permutation(torch.cat(members))
+    return (torch.cat(ys)[inverse_permutation(torch.cat(rows))], torch.cat(hs, 1)[:, back],
+            None if c0 is None else torch.cat(cs, 1)[:, back])
 
 
 def check_input_dtype(input: torch.Tensor, ref: torch.Tensor, name: str = "input") -> None:
