@@ -57,9 +57,9 @@ std::atomic<bool> g_compact_index{true};       // set_rnn_sequence_compact_index
 // as uint16 (i16): one of the two is set.
 template <typename T>
 struct Stage {
-  const T* v;
-  const int32_t* i;
-  const uint16_t* i16;
+  T* v;
+  int32_t* i;
+  uint16_t* i16;
   int64_t entries;
 };
 
@@ -75,11 +75,11 @@ __device__ __forceinline__ Stage<T> stage_at(char* smem, int64_t entries, bool c
 template <typename T>
 __device__ __forceinline__ void stage_entry(const Stage<T>& st, int64_t e, const T* values, const int32_t* idx,
                                             int64_t src) {
-  const_cast<T*>(st.v)[e] = values[src];
+  st.v[e] = values[src];
   if (st.i16 != nullptr)
-    const_cast<uint16_t*>(st.i16)[e] = static_cast<uint16_t>(idx[src]);
+    st.i16[e] = static_cast<uint16_t>(idx[src]);
   else
-    const_cast<int32_t*>(st.i)[e] = idx[src];
+    st.i[e] = idx[src];
 }
 
 // acc + sum over e in [0, n) of v[e] * x[i[e] * B + b] (x read through L2), added in order; the
