@@ -31,7 +31,7 @@ def forward_backward(m, x, compute, hx=None):
     y, h = m(x, hx)
     hs = h if isinstance(h, tuple) else (h,)
     g = torch.Generator().manual_seed(5)
-    (y * torch.randn(y.shape, generator=g, dtype=y.dtype)).sum().backward(retain_graph=True)
+    (y * torch.randn(y.shape, generator=g, dtype=y.dtype).to(y.device)).sum().backward(retain_graph=True)
     sum(s.sum() for s in hs).backward()
     return {"y": y.detach(), **{f"h{k}": s.detach() for k, s in enumerate(hs)}, "x": x.grad,
             **{n: p.grad for n, p in m.named_parameters()}}
