@@ -104,6 +104,7 @@ class Run:
     bias: bool
     k: int | None          # recompute_every
     transposed_h0: bool    # h_0 (c_0) reach the Function as transposed views (not the CT-RNN's)
+    persistent: bool = False  # the whole sequence in one op each way (recurrent/persistent.py)
 
     @property
     def u(self) -> int:
@@ -208,11 +209,14 @@ def run_forward(led: Ledger, r: Run, out_name: str, output: bool) -> None:
     S, c = T * U, int(mode_of(r) == "LSTM")
     if r.bias and mode_of(r) not in ("GRU", "CTRNN"):
         led.alloc(n + ".bias", "workspace", r.G * e)  # b_ih + b_hh
-    if r.stacked:  # gx = mm(W_ih, _to_cols(x)): the input part of all steps, (G*H, T*B)
+    if r.stacked or r.persistent:  # gx = mm(W_ih, _to_cols(x)): the input part of all steps, (G*H, T*B)
         led.alloc(n + ".xcols", "workspace", r.I * T * B * e)
         led.temp(n + ".xpad", "workspace", r.source_pad(r.I, T * B, r.nnz_ih))
         led.alloc(n + ".gx", "activations" if r.k else "workspace", r.G * T * B * e)
         led.free(n + ".xcols")
+    if r.persistent:
+        _persistent_forward(led, r, out_name)
+        return
     if r.k is None or output:
         led.alloc(out_name, "activations", T * u)  # y = h0.new_empty(T, H, B)
     if r.k is None:  # every step's c' and activations so far, in the Function's lists, and the
@@ -236,9 +240,67 @@ def run_forward(led: Ledger, r: Run, out_name: str, output: bool) -> None:
         led.free(n + ".bias", n + ".gx")  # they die with the forward when every step is kept
 
 
+def _persistent_forward(led: Ledger, r: Run, out_name: str) -> None:
+    """persistent.forward (after the input part): the sequence op's Y (``out_name``), LSTM's c's and
+    the saved activations, T steps of each, kept; on the CPU each step's outputs and padded state
+    beside them (rnn_sequence_cpu.cpp copies them in); h_T and c_T as copies."""
+    n, T, u = r.name, r.T, r.u
+    c = int(mode_of(r) == "LSTM")
+    led.alloc(out_name, "activations", T * u)
+    led.alloc(n + ".kept", "activations", (c + r.A) * T * u)
+    if r.cpu:
+        led.temp(n + ".step", "workspace", (1 + c + r.A) * u, r.pad(r.H, r.B))
+    led.alloc(n + ".hT", "activations", u)
+    led.alloc(n + ".cT", "activations", c * u)
+    led.free(n + ".bias", n + ".gx")
+
+
+def _persistent_backward(led: Ledger, r: Run, dy: str | None, dx_name: str) -> None:
+    """persistent.backward, then Recurrence._stacked_grads: the sequence op's dG (and GRU's dgx) for
+    all steps, on the CPU beside each step's outputs; the states W_hh multiplied as columns (a cat,
+    then its (H, T*B) copy: a strided view at B = 1); then one product per weight over all T*B
+    columns, as the stacked run's end."""
+    n, T, B, u, e, G, I = r.name, r.T, r.B, r.u, r.e, r.G, r.I
+    lstm, gru, view = mode_of(r) == "LSTM", mode_of(r) == "GRU", B == 1
+    led.alloc(n + ".dh", "workspace", u)
+    if lstm:
+        led.alloc(n + ".dc", "workspace", u)
+    if T > 1:
+        led.alloc(n + ".w_hh_t", "workspace", r.nnz_hh * e)  # transposed(w_hh): values in column order
+    led.alloc(n + ".dGs", "workspace", G * T * B * e + (3 * T * u if gru else 0))
+    if r.cpu:  # a step: dh + dy[t], its dG (GRU's dgx), dh_prev, dc_prev and the fused op's transients
+        first = u + transpose_buffer(True, r.H * r.B, e) if r.transposed_h0 and (lstm or gru) else 0
+        led.temp(n + ".step", "workspace", u if dy else 0, G * B * e + (3 * u if gru else 0), u, u if lstm else 0,
+                 u if gru else 0, r.source_pad(G, B, r.nnz_hh), first)
+    led.free(n + ".w_hh_t")  # an argument of the op's call only
+    # torch.cat(before), then its (H, T*B) copy beside it (B = 1: a view of the cat)
+    led.alloc(n + ".hhcols", "workspace", T * u)
+    led.temp(n + ".cat", "workspace", 0 if view else T * u)
+    TB = T * B
+    led.alloc(n + ".xcols_b", "workspace", I * TB * e if not view else 0)  # x_ih = _to_cols(x)
+    if r.need_x:  # mm_t(W_ih, g_ih) (I x T*B), then its step-major copy: d_x
+        extra = 0 if r.nnz_ih is None else _spmm_t_extra(r, G, I, TB)
+        led.alloc(n + ".dxcols", "workspace", I * TB * e + extra)
+        led.alloc(dx_name, "workspace", T * I * B * e)
+        led.free(n + ".dxcols")
+    for w, nnz, rows in (("ih", r.nnz_ih, I), ("hh", r.nnz_hh, r.H)):
+        if nnz is None:
+            led.alloc(f"{n}.dw_{w}", "gradients", G * rows * e)
+        else:
+            _sddmm(led, r, f"{n}.sddmm_{w}", nnz, G, rows, TB, x_strided=view, keep=f"{n}.dw_{w}")
+    if r.bias:
+        led.alloc(n + ".db_ih", "gradients", G * e)
+        led.alloc(n + ".db_hh", "gradients", G * e)
+    led.free(n + ".dGs", n + ".dh", n + ".dc", n + ".w_hh_t", n + ".hhcols", n + ".xcols_b")
+    led.free(n + ".kept", n + ".hT", n + ".cT", n + ".y")
+
+
 def run_backward(led: Ledger, r: Run, dy: str | None, dx_name: str) -> None:
     """Recurrence.backward of one layer-direction, then the release of what it kept; its
     gradients land as ``gradients`` and its input's gradient as ``dx_name`` (when needed)."""
+    if r.persistent:
+        _persistent_backward(led, r, dy, dx_name)
+        return
     n, T, B, U, u, e, G, I = r.name, r.T, r.B, r.U, r.u, r.e, r.G, r.I
     steps = T * U
     c = mode_of(r) == "LSTM"

@@ -15,8 +15,9 @@ from ..kernels.choose import choose_fused
 from ..kernels.constants import GATES, SAVED_ACTS
 from ..nn.weights import sparse_flags
 from ..recurrent.cell_steps import CELLS, FUSED_DTYPES, has_fused_kernels
-from ..recurrent.compute_paths import dense_by_sizes, use_persistent
+from ..recurrent.compute_paths import dense_by_sizes, persistent_by_sizes
 from ..recurrent.config import Config
+from ..recurrent.persistent import MODES as PERSISTENT_MODES
 from ..recurrent.sequence import stacks
 from .recurrence_replay import Ledger, Run, run_backward, run_forward, transpose_buffer
 
@@ -116,12 +117,15 @@ def runs_of(s: RecurrentSizes, T: int, B: int, k: int | None) -> list[Run]:
             fused = (s.fused and nnz_hh is not None and s.dtype in FUSED_DTYPES
                      and (has_fused_kernels(s.device) or s.device == "cuda"))
             fwd = bwd = fused
+            # persistent.applies from sizes: the whole sequence in one op each way
+            one_op = (fused and s.mode in PERSISTENT_MODES and k is None
+                      and persistent_by_sizes(s.compute, nnz_hh, e, H, s.device))
             if fused and cpu:
                 fwd = choose_fused(s.mode, H, nnz_hh, B)
             runs.append(Run(f"{s.mode}:{layer}.{d}", s.input_size if layer == 0 else D * H, H, GATES[s.mode] * H,
                              SAVED_ACTS[s.mode], nnz_ih, nnz_hh, T, B, s.unfolds, e, cpu, fwd, bwd,
                              stacks(cfg, cell, ref), layer > 0 or (s.head is not None and s.head.vocab is not None),
-                             s.bias, k if k and k < T * s.unfolds else None, s.mode != "CTRNN"))
+                             s.bias, k if k and k < T * s.unfolds else None, s.mode != "CTRNN", one_op))
     return runs
 
 
@@ -179,10 +183,6 @@ def check_args(s: RecurrentSizes, T: int, B: int, optimizer: str, k: int | None)
                 entries += s.gates * s.hidden * c
                 nnz += w
     itemsize = torch.empty(0, dtype=s.dtype).element_size()
-    if s.mode != "CTRNN" and k is None and use_persistent(s.compute):
-        raise ValueError("this module computes with compute='persistent' (each sequence in one op, with the "
-                         "buffers of all steps stacked), which the model does not cover yet: build it with "
-                         "compute='sparse' (or sizes with compute='sparse')")
     # the modules take the sparse path when recomputing (rnn.py, _dense_now)
     if s.mode != "CTRNN" and k is None and dense_by_sizes(s.compute, entries, nnz, itemsize, s.hidden, s.device):
         raise ValueError("this module computes on the dense path (compute='auto' takes it for small, dense enough "

@@ -67,7 +67,8 @@ the sparse kernels, or torch's own dense recurrence (``torch.lstm``, ...; the GR
 on the weights written into dense matrices kept between forwards, under a memory budget; see
 :mod:`sparse_engine.recurrent.compute_paths` and docs/compute_paths.md; or the sparse kernels with
 each layer-direction's whole sequence in one op each way (on a GPU one persistent kernel launch
-for all steps; :mod:`sparse_engine.recurrent.persistent`). Same results every way (float
+for all steps; :mod:`sparse_engine.recurrent.persistent`; ``auto`` takes it on a GPU where W_hh fits
+the chip's shared memory). Same results every way (float
 reassociation aside), and the gradient reaches the stored values only.
 
 ``PackedSequence`` input works as in torch: the output is a PackedSequence with the input's
@@ -272,7 +273,7 @@ class SparseRNNBase(RecordsGradFactors, TorchConversion, nn.Module):
                 b_hh = getattr(self, "bias_hh" + sfx) if self.bias else None
                 cfg = Config(self.mode, self.hidden_size, B, T, bool(d), fused=self.fused,
                              recompute_every=check_recompute_every(self.recompute_every),
-                             output=output or layer < self.num_layers - 1, persistent=use_persistent(self.compute))
+                             output=output or layer < self.num_layers - 1, persistent=use_persistent(self.compute, w_hh))
                 if self.proj_size and self.record_grad_factors:
                     raise ValueError("growth by gradient (record_grad_factors) is not available with "
                                      "proj_size: the projected LSTM has no fused backward to take the factors from")

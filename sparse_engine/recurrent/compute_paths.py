@@ -16,15 +16,16 @@ changed; ``state_dict``, checkpoints and the topology controllers see only the C
 * ``compute="persistent"``: the CSR kernels with each layer-direction's whole sequence in one op
   each way (on a GPU one persistent launch for all T steps, :mod:`sparse_engine.recurrent.persistent`)
   where that applies (LSTM, GRU, RNN with a sparse recurrent matrix in float32/float64, every step
-  kept), the per-step sparse path elsewhere. ``auto`` does not pick it yet: its GPU crossover is to
-  be measured (``benchmarks/gpu_all.sh``, issue 44).
+  kept), the per-step sparse path elsewhere.
 * ``compute="dense"``: always materialise, if the dense matrices fit the budget
   (:func:`set_dense_budget`, default :data:`DEFAULT_DENSE_BUDGET` bytes for all matrices of a
   module together); over the budget it falls back to the sparse path.
 * ``compute="auto"`` (default): on the CPU, dense when it fits the budget and the module's density
   is at least :func:`auto_min_density` of its hidden size (the crossover measured on this project's
   CPU, see docs/compute_paths.md), sparse otherwise; large layers stay sparse through the budget.
-  On other devices sparse (not measured there yet).
+  On a GPU persistent where W_hh fits the chip's shared memory (:func:`persistent_by_sizes`: the
+  persistent kernels then hold it on chip for all T steps; measured on an H200, where they beat the
+  per-step kernels on every such cell and lose where W_hh is larger), else sparse (per step).
 
 The default for modules built with ``compute=None`` is global: :func:`set_default_compute` or, for
 a block, ``with default_compute("sparse"): ...``; it starts as the environment variable
@@ -49,7 +50,7 @@ _ops = torch.ops.sparse_engine
 
 __all__ = ["COMPUTE_CHOICES", "set_default_compute", "get_default_compute", "default_compute",
            "set_dense_budget", "get_dense_budget", "check_compute", "use_dense", "use_persistent", "dense_by_sizes",
-           "auto_min_density",
+           "persistent_by_sizes", "on_chip_bytes", "auto_min_density",
            "materialize", "materialize_all"]
 
 COMPUTE_CHOICES = ("auto", "sparse", "dense", "persistent")
@@ -59,6 +60,15 @@ DEFAULT_DENSE_BUDGET = 256 * 2**20
 #: dense, for hidden sizes up to :data:`AUTO_SMALL_HIDDEN` and above (docs/compute_paths.md)
 AUTO_MIN_DENSITY = (0.03, 0.15)
 AUTO_SMALL_HIDDEN = 256
+#: ``auto`` on a GPU: the persistent kernels where W_hh (values and the index they stage: 16-bit
+#: up to 65,536 columns, else 32-bit) takes at most this share of the chip's shared memory (each
+#: block keeps 1 KiB of its own, and a block's rows are not all the same length). Measured on an
+#: H200 (benchmarks/results/rnn_gpu_persistent.md, T=35, B=20): persistent vs per step 1.0-2.2x at
+#: 0.4-0.7 of it, 0.86-0.88x at 1.0-1.4 of it (4,096 units at 10%)
+AUTO_PERSISTENT_SHARE = 0.9
+#: the shared memory of an H100 / H200 (132 SMs x 228 KiB): a prediction for "cuda" made where no
+#: GPU is visible assumes one
+HOPPER_ON_CHIP_BYTES = 132 * 228 * 1024
 
 #: the environment variable that sets the initial global default (read once, at import)
 ENV_VAR = "SPARSE_ENGINE_COMPUTE"
@@ -145,10 +155,41 @@ def dense_by_sizes(mode: str | None, entries: int, nnz: int, itemsize: int, hidd
     return nnz / entries >= auto_min_density(hidden_size)
 
 
-def use_persistent(mode: str | None) -> bool:
-    """Whether a module with the given ``compute`` setting (None: the global default) asks for the
-    whole-sequence ops (``compute="persistent"``; where they apply is the recurrence's to say)."""
+def use_persistent(mode: str | None, w_hh=None) -> bool:
+    """Whether a layer-direction of a module with the given ``compute`` setting (None: the global
+    default) and recurrent matrix ``w_hh`` asks for the whole-sequence ops: ``compute="persistent"``,
+    or ``auto`` by :func:`persistent_by_sizes` (where they apply is the recurrence's to say)."""
+    if isinstance(w_hh, SparseWeight):
+        values, _, col_idx = w_hh.parts()
+        return persistent_by_sizes(mode, col_idx.numel(), values.element_size(), w_hh.shape[1], values.device)
     return (_state["compute"] if mode is None else mode) == "persistent"
+
+
+def persistent_by_sizes(mode: str | None, nnz_hh: int | None, itemsize: int, hidden: int, device) -> bool:
+    """:func:`use_persistent` from sizes alone: ``compute="persistent"``, or ``auto`` on a GPU
+    (``device``: a torch.device or its type) for a sparse W_hh of ``nnz_hh`` values of ``itemsize``
+    bytes whose staged form fits :data:`AUTO_PERSISTENT_SHARE` of :func:`on_chip_bytes`. The memory
+    model asks this without building the module."""
+    mode = _state["compute"] if mode is None else mode
+    if mode == "persistent":
+        return True
+    device = torch.device(device)
+    if mode != "auto" or device.type != "cuda" or nnz_hh is None:
+        return False
+    entry = itemsize + (2 if hidden <= 65536 else 4)
+    return nnz_hh * entry <= AUTO_PERSISTENT_SHARE * on_chip_bytes(device)
+
+
+def on_chip_bytes(device=None) -> int:
+    """The shared memory of all the GPU's SMs together (what the persistent kernels stage W_hh in):
+    ``device``'s, the current GPU's for None or a bare ``"cuda"``, or :data:`HOPPER_ON_CHIP_BYTES`
+    where no GPU is visible or torch does not report it."""
+    if not torch.cuda.is_available():
+        return HOPPER_ON_CHIP_BYTES
+    device = torch.device("cuda") if device is None else torch.device(device)
+    props = torch.cuda.get_device_properties(device.index if device.index is not None else torch.cuda.current_device())
+    per_sm = getattr(props, "shared_memory_per_multiprocessor", 0)
+    return props.multi_processor_count * per_sm if per_sm else HOPPER_ON_CHIP_BYTES
 
 
 def auto_min_density(hidden_size: int) -> float:

@@ -52,14 +52,14 @@ def traced_steps(build, batch_of, loss_of, optimizer: str) -> tuple[dict, nn.Mod
     return {phase: trace.peak(phase) for phase in PHASES}, model
 
 
-def module_step(cell, hidden, steps, batch, optimizer, input_size=16, dtype=torch.float32, **kwargs):
+def module_step(cell, hidden, steps, batch, optimizer, input_size=16, dtype=torch.float32, compute="sparse", **kwargs):
     """A bare module's step as the model defines it: (T, B, I) input, the output's sum as the loss,
     the output held through the step."""
     def loss_of(model, x):
         out = model(x)[0]
         return out.sum(), out
 
-    return traced_steps(lambda: CELLS[cell](input_size, hidden, compute="sparse", dtype=dtype, **kwargs),
+    return traced_steps(lambda: CELLS[cell](input_size, hidden, compute=compute, dtype=dtype, **kwargs),
                         lambda g: (torch.randn(steps, batch, input_size, generator=g, dtype=dtype),), loss_of,
                         optimizer)
 
@@ -96,6 +96,35 @@ def test_prediction_matches_the_measured_peak(cell, k, sparse, optimizer, per_st
     assert predicted.stacked == (not per_step,)
     assert predicted.recompute_every == k
     assert_close(predicted, measured, f"{cell} k={k} {sparse} {optimizer}")
+
+
+@pytest.mark.parametrize("kwargs", [{}, dict(num_layers=2, bidirectional=True)], ids=["one", "2-layers-bidi"])
+@pytest.mark.parametrize("batch", [8, 1])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_prediction_for_the_persistent_path(cell, batch, kwargs):
+    """compute='persistent' (on the CPU the sequence ops loop over the fused steps; on a GPU
+    ``auto`` takes it where W_hh fits on chip): the model replays the sequence ops' buffers."""
+    measured, model = module_step(cell, 300, 14, batch, "adam", density=0.05, compute="persistent", **kwargs)
+    predicted = predict(model, 14, batch, "adam")
+    assert_close(predicted, measured, f"{cell} B={batch} {kwargs}")
+
+
+def test_the_model_follows_auto_to_the_persistent_path_on_a_gpu():
+    """The replay takes the persistent path where the module would: compute='auto' on a GPU with
+    W_hh on chip (not on the CPU, not at a million units, not when recomputing)."""
+    from sparse_engine.memory.step_replay import runs_of
+
+    def persistent(**kw):
+        s = RecurrentSizes.build("lstm", 16, kw.pop("hidden", 2000), density=kw.pop("density", 0.01), **kw)
+        return [r.persistent for r in runs_of(s, 20, 8, s.recompute_every)]
+
+    assert persistent(compute="auto", device="cuda") == [True]
+    assert persistent(compute="auto", device="cuda", layers=2, bidirectional=True) == [True] * 4
+    assert persistent(compute="auto", device="cpu") == [False]
+    assert persistent(compute="sparse", device="cuda") == [False]
+    assert persistent(compute="auto", device="cuda", recompute_every=4) == [False]
+    assert persistent(compute="auto", device="cuda", hidden=2**20, density=32 / 2**20) == [False]
+    assert persistent(compute="persistent", device="cpu") == [True]
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -204,8 +233,6 @@ def test_bad_arguments_name_themselves():
     with pytest.raises(ValueError, match="dense path"):  # small and dense: compute='auto' goes dense
         predict(SparseLSTM(8, 64, density=0.5, compute="auto"), 5, 4)
     assert predict(SparseLSTM(8, 64, density=0.5, compute="auto", recompute_every=2), 5, 4).peak > 0  # sparse
-    with pytest.raises(ValueError, match="compute='persistent'.*not cover"):
-        predict(SparseLSTM(8, 64, density=0.1, compute="persistent"), 5, 4)
 
 
 def test_sizes_parse_and_print():

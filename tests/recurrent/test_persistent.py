@@ -148,6 +148,50 @@ def test_a_compute_setting_like_the_others(op_calls, rng):
         build(se.nn.SparseGRU, 6, compute="persist")
 
 
+def test_auto_takes_it_on_a_gpu_where_w_hh_fits_on_chip(op_calls, rng):
+    """``auto``: on a GPU the persistent kernels where W_hh's values and 16-bit index (32-bit past
+    65,536 columns) fill at most 90% of the chip's shared memory (here, without a GPU, an H100's:
+    132 SMs x 228 KiB); never on the CPU; 'persistent' always, 'sparse' and 'dense' never."""
+    room = 0.9 * 132 * 228 * 1024
+    fits, over = int(room // 6), int(room // 6) + 1  # float32 values, 16-bit index: 6 bytes an entry
+    by_sizes = compute_paths.persistent_by_sizes
+    assert by_sizes("auto", fits, 4, 4096, "cuda") and not by_sizes("auto", over, 4, 4096, "cuda")
+    assert by_sizes("auto", int(room // 8), 4, 70000, "cuda") and not by_sizes("auto", fits, 4, 70000, "cuda")
+    assert not by_sizes("auto", int(room // 10) + 1, 8, 4096, "cuda")  # float64: 10 bytes an entry
+    assert not by_sizes("auto", 10, 4, 4096, "cpu") and not by_sizes("auto", None, 4, 4096, "cuda")
+    assert by_sizes("persistent", 10**12, 4, 4096, "cpu")
+    assert not by_sizes("sparse", 10, 4, 4096, "cuda") and not by_sizes("dense", 10, 4, 4096, "cuda")
+    with compute_paths.default_compute("auto"):
+        assert by_sizes(None, fits, 4, 4096, torch.device("cuda", 0))
+        m = build(se.nn.SparseLSTM, 6, density=0.05)
+        m(torch.randn(3, 2, 5, generator=rng, dtype=torch.float64))  # the CPU: per step
+    assert not op_calls
+
+
+def test_auto_rule_picks_the_faster_path_in_the_measured_table():
+    """benchmarks/results/rnn_gpu_persistent.md (an H200, T=35, B=20): where the rule takes the
+    persistent kernels they are not slower than the per-step path, and every cell where they are
+    slower is one the rule leaves per step. (It also leaves 16,384 units at 1% per step, where
+    W_hh is twice the shared memory and the persistent kernels still won: see docs/compute_paths.md.)"""
+    import pathlib
+    path = pathlib.Path(__file__).parents[2] / "benchmarks" / "results" / "rnn_gpu_persistent.md"
+    cells = []
+    for line in path.read_text().splitlines():
+        cols = [c.strip() for c in line.strip("|").split("|")]
+        if len(cols) > 5 and cols[0] in ("LSTM", "GRU") and cols[3].endswith("(fused)"):
+            hidden, density = int(cols[1].replace(",", "")), float(cols[2])
+            per_step, one_op = float(cols[3].split()[0]), float(cols[4].split()[0])
+            nnz = round({"LSTM": 4, "GRU": 3}[cols[0]] * hidden * hidden * density)
+            cells.append((cols[0], hidden, density, per_step, one_op,
+                          compute_paths.persistent_by_sizes("auto", nnz, 4, hidden, "cuda")))
+    assert len(cells) == 12 and sum(c[5] for c in cells) == 8, cells
+    for mode, hidden, density, per_step, one_op, chosen in cells:
+        if chosen:
+            assert one_op <= per_step, (mode, hidden, density)
+        if one_op > per_step:
+            assert not chosen, (mode, hidden, density)
+
+
 def test_compiled_matches_eager(rng):
     torch._dynamo.reset()
     m, ref = build(se.nn.SparseLSTM, 7, compute="persistent"), build(se.nn.SparseLSTM, 7, compute="persistent")
@@ -179,3 +223,14 @@ def test_on_cuda_like_the_per_step_path_and_deterministic(cls, rng):
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5, msg=lambda s: f"{name}: {s}")
         assert torch.equal(got[name], again[name]), name
+
+
+@pytest.mark.cuda
+def test_auto_takes_the_persistent_kernels_on_cuda(op_calls, rng):
+    """A small W_hh on a GPU: ``auto`` runs each layer-direction in one op each way."""
+    if not (torch.cuda.is_available() and se.kernels.HAS_CUDA_KERNELS):
+        pytest.skip("needs a CUDA device and the CUDA kernels")
+    torch.manual_seed(8)
+    m = se.nn.SparseGRU(40, 300, num_layers=2, density=0.05, compute="auto").cuda()
+    m(torch.randn(7, 5, 40, generator=rng).cuda())
+    assert len(op_calls) == 2
