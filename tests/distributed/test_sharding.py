@@ -26,8 +26,8 @@ if not (dist.is_available() and dist.is_gloo_available()):
                 allow_module_level=True)
 
 from sparse_engine import SparseWeight  # noqa: E402
-from sparse_engine.distributed import (full_optimizer_state_dict, full_state_dict,  # noqa: E402
-                                       load_full_optimizer_state_dict, shard_ranges, shard_rows)
+from sparse_engine.distributed import (DistributedDataParallel, full_optimizer_state_dict,  # noqa: E402
+                                       full_state_dict, load_full_optimizer_state_dict, shard_ranges, shard_rows)
 from sparse_engine.distributed.scale import ShardedLSTMStep, largest_sharded_hidden  # noqa: E402
 from sparse_engine.testing import TensorMemoryTrace  # noqa: E402
 from sparse_engine.nn import SparseGRU, SparseLinear, SparseLSTM, SparseMLP, SparseRNN  # noqa: E402
@@ -260,6 +260,39 @@ def checkpoint_case(rank, world):
     return res
 
 
+def two_d_case(rank, world, steps=3):
+    """Model parallelism inside data parallelism: pairs of ranks shard one model (``shard_rows`` on
+    their group), the world / 2 pairs each take a part of the batch, and sparse_engine's DDP on each
+    rank's data-parallel group (the ranks holding the same rows) averages the gradients. Against
+    one process on the whole batch: each step's loss (the parts' mean) and the full state after."""
+    tp, dp = 2, world // 2
+    tp_groups = [dist.new_group(list(range(g * tp, (g + 1) * tp))) for g in range(dp)]  # every rank makes
+    dp_groups = [dist.new_group(list(range(r, world, tp))) for r in range(tp)]         # every group
+    tp_group, dp_group = tp_groups[rank // tp], dp_groups[rank % tp]
+    torch.manual_seed(5)
+    whole = Net()
+    model = copy.deepcopy(whole)
+    shard_rows(model.lstm, tp_group), shard_rows(model.head, tp_group)
+    ddp = DistributedDataParallel(model, process_group=dp_group)
+    opt_whole = torch.optim.SGD(whole.parameters(), lr=0.5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    x = inputs(70, 5, 3 * dp, 4)  # (T, B, I): the whole batch; pair g takes columns [3g, 3g + 3)
+    part = x[:, 3 * (rank // tp):3 * (rank // tp + 1)]
+    losses = []
+    for _ in range(steps):
+        opt_whole.zero_grad(), opt.zero_grad()
+        loss_whole = whole(x).square().mean()
+        loss_whole.backward()
+        opt_whole.step()
+        loss = ddp(part).square().mean()
+        loss.backward()
+        opt.step()
+        mean = loss.detach().clone()
+        dist.all_reduce(mean, group=dp_group)
+        losses.append((loss_whole.item(), mean.item() / dp))
+    return {"losses": losses, "state": close_state(full_state_dict(model), whole.state_dict(), tol=1e-12)}
+
+
 def memory_case(rank, world):
     """The peak of a sharded SparseLSTM's training step (torch's allocator) on the whole group
     and on a group of this rank alone, with the model's prediction for each."""
@@ -321,7 +354,7 @@ def scenarios(rank, world):
            "checkpoint": lambda: checkpoint_case(rank, world), "memory": lambda: memory_case(rank, world),
            "inplace": lambda: inplace_case(rank, world), "mlp": lambda: mlp_case(rank, world, False),
            "mlp_faithful": lambda: mlp_case(rank, world, True), "lstm_packed": lambda: packed_case(rank, world),
-           "device_cpu": lambda: device_case(rank, world, "cpu"),
+           "device_cpu": lambda: device_case(rank, world, "cpu"), "two_d": lambda: two_d_case(rank, world),
            "untrained": lambda: training(rank, world, lr=0.0)}
     out |= {name: (lambda n=name: rnn_case(n, rank, world)) for name in RNN_CASES}
     out["dead_rank"] = lambda: dead_rank_case(rank, world)  # last: it leaves its group broken
@@ -413,6 +446,15 @@ def test_a_checkpoint_moves_between_world_sizes_bit_for_bit(results):
         assert res["round_trip"] and res["world_1"] and res["resumed_world_1"], (r, res)
         if r < max(1, len(results) // 2):
             assert res["moved"] and res["same_output"] and res["resumed_half"], (r, res)
+
+
+def test_model_parallel_inside_data_parallel_trains_as_one_process(results):
+    """2 ranks: one model sharded over both (no data parallelism); 4 ranks: 2 x 2."""
+    for r, res in enumerate(outcome(results, "two_d")):
+        assert res["state"], r
+        for step, (whole, parts) in enumerate(res["losses"]):
+            assert abs(whole - parts) < 1e-12, (r, step, whole, parts)
+        assert res["losses"][-1][0] < res["losses"][0][0], (r, res["losses"])  # the steps changed it
 
 
 def test_an_output_changed_in_place_is_refused_in_the_backward(results):
