@@ -45,8 +45,12 @@
 #        per-step path, deterministic; and issue 47's sharded LSTM on NCCL, one rank per GPU),
 #        memcheck and racecheck on them, then the LSTM/GRU table of the issue's cells with ours
 #        per-step, ours persistent (W_hh staged in shared memory, and not staged) and masked-dense
-#        cuDNN (rnn_gpu_persistent.md).
-#        Not yet run on a GPU: the session that has one runs it first (before 1., with "build").
+#        cuDNN (rnn_gpu_persistent.md). First run on an H200 (2026-11-26, third session): build 79 s,
+#        the stage 345 s (tests 10 s, sanitizers 60 s, the table the rest).
+#   Next GPU session first: spmm/spmm_t split long rows into segments (not timed yet: the first grid,
+#   cuda_ops_nvidia_h200.md, had Zipf rows at B >= 32 at 0.22-0.7x cuSPARSE): DEADLINE_S=500
+#   STAGES="build test bench_quick bench" BENCH_DTYPES=float32 (the tests ~150 s, the grid what is left),
+#   and compare with benchmarks/results/cuda_ops_nvidia_h200.md.
 #   With time to spare, in this order: STAGES=topology (all cases), BENCH_DTYPES=bfloat16
 #   STAGES=bench ... -- --quick (then the full bf16 grid), STAGES=step.
 # $OUT per command: gpu_all.log (every stage's output, appended as it goes), each benchmark's results

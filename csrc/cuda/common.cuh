@@ -70,12 +70,48 @@ inline int64_t long_list_len(int64_t n, int64_t nnz, int64_t max_len) {
   return max_len > long_row_threshold(n, nnz) ? long_list_len(n, nnz) : 0;
 }
 
+// The gather's long rows split into segments, each (row, segment, batch tile) a block of its own,
+// whose partial sums a second kernel adds in segment order (deterministic): a Zipf row of 65,536
+// entries on one block of 8 warps left the rest of the GPU idle (0.26-0.5x cuSPARSE at B >= 32).
+// At most kMaxSegments a row, and at most n / max_long_rows(n, nnz) (so the partials, cap x S x B
+// accumulators, are no larger than the output); a segment is at least kMinSegment entries
+// (4 chunks for each of the block's warps).
+constexpr int64_t kMaxSegments = 64;
+constexpr int64_t kMinSegment = 4 * kLongWarps * kWarp;
+
+inline int64_t long_row_segments(int64_t n, int64_t nnz) {
+  const int64_t cap = max_long_rows(n, nnz);
+  return cap > 0 ? std::max<int64_t>(1, std::min<int64_t>(kMaxSegments, n / cap)) : 1;
+}
+
+// Entries of each segment of a row of `len` entries split `segments` ways: whole chunks of the
+// block's warps, at least kMinSegment. The row has cdiv(len, that) segments.
+__host__ __device__ inline int64_t segment_length(int64_t len, int64_t segments) {
+  constexpr int64_t kStep = kLongWarps * kWarp;
+  const int64_t per = (len + segments - 1) / segments;
+  const int64_t seg = (per + kStep - 1) / kStep * kStep;
+  return seg > kMinSegment ? seg : kMinSegment;
+}
+
+// Workspace of the gather (int32 entries): the long-row list, then (where rows are split) the
+// partial sums at a 16-byte boundary: cap x segments x B accumulators of acc_bytes each.
+inline int64_t gather_list_and_partials_len(int64_t n, int64_t nnz, int64_t list_len, int64_t B,
+                                            int64_t acc_bytes) {
+  if (list_len <= 0) return 0;
+  const int64_t segments = long_row_segments(n, nnz);
+  if (segments <= 1 || B <= 0) return list_len;
+  return (list_len + 3) / 4 * 4 + (list_len - 1) * segments * B * acc_bytes / 4;
+}
+
 // The long-row list of a row kernel (spmm_cuda.cu, sddmm_cuda.cu): the rows longer than
-// `threshold`, [count, row ids...] as int32 in the workspace, for the block-per-row kernel.
+// `threshold`, [count, row ids...] as int32 in the workspace, for the block-per-row kernel; for
+// the gather, the partial sums of its rows' segments (segments 1: none, each row one block).
 struct LongRows {
   int64_t threshold;
   int64_t cap;    // room for row ids
   int32_t* list;  // nullptr: no row can be long (or no workspace)
+  int64_t segments = 1;    // per row, at most
+  void* partial = nullptr;  // cap x segments x B accumulators (segments > 1)
 };
 
 // The list in `workspace` (long_list_len(n, nnz) int32 entries, or nullptr when that is 0),
@@ -88,6 +124,17 @@ inline cudaError_t init_long_rows(LongRows& rows, int64_t n, int64_t nnz, int32_
   rows.list = workspace;
   rows.cap = len - 1;
   return cudaMemsetAsync(workspace, 0, sizeof(int32_t), stream);
+}
+
+// The gather's: the list, and where its rows are split, the partials after it (the workspace of
+// gather_list_and_partials_len).
+inline cudaError_t init_long_rows_split(LongRows& rows, int64_t n, int64_t nnz, int32_t* workspace,
+                                        cudaStream_t stream) {
+  const cudaError_t err = init_long_rows(rows, n, nnz, workspace, stream);
+  if (err != cudaSuccess || rows.list == nullptr) return err;
+  rows.segments = long_row_segments(n, nnz);
+  if (rows.segments > 1) rows.partial = workspace + (rows.cap + 1 + 3) / 4 * 4;
+  return cudaSuccess;
 }
 
 // In a row kernel: whether row `row` (of `length` entries) is long, in which case the warp leaves

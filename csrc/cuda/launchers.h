@@ -25,15 +25,20 @@ namespace sparse_engine {
 namespace cuda {
 
 // ------------------------------------------------------------------ spmm (spmm_cuda.cu)
-// Number of int32 workspace entries the gather needs for the long-row list
-// (0: no row can be long, pass nullptr).
-int64_t gather_workspace_len(int64_t n_out, int64_t nnz);
+// Number of int32 workspace entries the gather needs for the long-row list and the partial sums
+// of the long rows' segments, for a batch of B values of elem_bytes each (0: no row can be long,
+// pass nullptr).
+int64_t gather_workspace_len(int64_t n_out, int64_t nnz, int64_t B, int64_t elem_bytes);
 // The same when the host knows that no row has more than max_len entries (the checked index's
 // longest row, csrc/index_check.h): 0 when no row can be longer than the long-row threshold.
-int64_t gather_workspace_len(int64_t n_out, int64_t nnz, int64_t max_len);
+int64_t gather_workspace_len(int64_t n_out, int64_t nnz, int64_t max_len, int64_t B, int64_t elem_bytes);
+
+// Segments a long row of the gather is split into, at most (1: each long row one block, no
+// partial sums in the workspace); the gather then launches a third kernel that adds them.
+int64_t gather_long_row_segments(int64_t n_out, int64_t nnz);
 
 // out (n_out x B) = gather(ptr, idx, perm, values, src (n_src x B)). perm may be nullptr.
-// workspace: gather_workspace_len(n_out, nnz[, max_len]) int32 entries in device memory, or
+// workspace: gather_workspace_len(n_out, nnz[, max_len], B, sizeof(T)) int32 entries in device memory, or
 // nullptr when that is 0. A nullptr workspace launches only the row kernel, which then does every
 // row itself (correct for any row length, unbalanced for long rows); else the long-row kernel is
 // launched too. Deterministic: every output element is summed in a fixed order.
@@ -113,11 +118,12 @@ cudaError_t launch_rnn_step_forward(CellMode mode, const int64_t* row_ptr, const
                                     double* acts, int64_t H, int64_t B, double dt, double tau,
                                     cudaStream_t stream);
 
-// int32 workspace entries launch_rnn_step_backward needs (0: pass nullptr).
-int64_t rnn_step_backward_workspace_len(int64_t H, int64_t nnz);
+// int32 workspace entries launch_rnn_step_backward needs for a batch of B values of elem_bytes each
+// (0: pass nullptr).
+int64_t rnn_step_backward_workspace_len(int64_t H, int64_t nnz, int64_t B, int64_t elem_bytes);
 // The same knowing W_hh's longest column (max_col entries, the checked transposed index's longest
 // row): 0 when no column is long, and then the backward's gather launches no long-row kernel.
-int64_t rnn_step_backward_workspace_len(int64_t H, int64_t nnz, int64_t max_col);
+int64_t rnn_step_backward_workspace_len(int64_t H, int64_t nnz, int64_t max_col, int64_t B, int64_t elem_bytes);
 
 // Backward of one step: the elementwise gate gradient, then dh_prev = direct + W_hh^T dG through
 // the transposed index (csc_ptr, csc_row, csc_perm; launch_gather above).
@@ -125,7 +131,7 @@ int64_t rnn_step_backward_workspace_len(int64_t H, int64_t nnz, int64_t max_col)
 //   GRU   in: acts, h (= h_prev), dh.    out: dG (3H x B, hidden side), dgx (3H x B), dh_prev.
 //   RNN_TANH/RNN_RELU in: h (= h_new), dh.  out: dG (H x B), dh_prev.
 //   CTRNN in: acts, dh.                  out: dG (H x B), dh_prev.
-// nnz: entries of W_hh. workspace: rnn_step_backward_workspace_len(H, nnz) int32 entries.
+// nnz: entries of W_hh. workspace: rnn_step_backward_workspace_len(H, nnz, B, sizeof(T)) int32 entries.
 cudaError_t launch_rnn_step_backward(CellMode mode, const int64_t* csc_ptr, const int32_t* csc_row,
                                      const int32_t* csc_perm, const float* values, int64_t nnz,
                                      const float* acts, const float* c_prev, const float* c, const float* h,

@@ -265,11 +265,13 @@ cudaError_t launch_rnn_step_forward(CellMode mode, const int64_t* row_ptr, const
   return forward<double>(mode, row_ptr, col_idx, values, gx, h, c, b_hh, h_new, c_new, acts, H, B, dt, tau, stream);
 }
 
-int64_t rnn_step_backward_workspace_len(int64_t H, int64_t nnz) { return gather_workspace_len(H, nnz); }
+int64_t rnn_step_backward_workspace_len(int64_t H, int64_t nnz, int64_t B, int64_t elem_bytes) {
+  return gather_workspace_len(H, nnz, B, elem_bytes);
+}
 
 // The backward's only long-row class is its gather's (long columns of W_hh).
-int64_t rnn_step_backward_workspace_len(int64_t H, int64_t nnz, int64_t max_col) {
-  return gather_workspace_len(H, nnz, max_col);
+int64_t rnn_step_backward_workspace_len(int64_t H, int64_t nnz, int64_t max_col, int64_t B, int64_t elem_bytes) {
+  return gather_workspace_len(H, nnz, max_col, B, elem_bytes);
 }
 
 cudaError_t launch_rnn_step_backward(CellMode mode, const int64_t* csc_ptr, const int32_t* csc_row,

@@ -85,7 +85,7 @@ struct CudaStep {
     const int64_t max_col = cuda_checked_max_len(
         {w.csc_ptr, w.csc_row, &w.csc_perm, "csc_ptr", "csc_row", "csc_perm"}, gates * H);
     if (H > 0 && B > 0) {
-      const at::Tensor workspace = int_workspace(cuda::rnn_step_backward_workspace_len(H, k.nnz, max_col), dh_c);
+      const at::Tensor workspace = int_workspace(cuda::rnn_step_backward_workspace_len(H, k.nnz, max_col, B, dh_c.element_size()), dh_c);
       const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
       AT_DISPATCH_FLOATING_TYPES(w.values.scalar_type(), "sparse_engine_rnn_step_backward_cuda", [&] {
         C10_CUDA_CHECK(cuda::launch_rnn_step_backward(

@@ -7,8 +7,11 @@
 //    a time with one coalesced load, then broadcasts them with shuffles; each lane loads a
 //    16-byte slice of the gathered source row (see common.cuh for the lane layout).
 //  * Rows longer than long_row_threshold() are not done there: the warp appends them to a
-//    list (common.cuh's LongRows) and gather_long_kernel gives each such (row, tile) a whole block whose warps take
-//    interleaved 32-entry chunks and sum their partials in shared memory in a fixed order.
+//    list (common.cuh's LongRows) and gather_long_kernel gives each such (row, segment, tile) a whole
+//    block whose warps take interleaved 32-entry chunks and sum their partials in shared memory in a
+//    fixed order. A long row is split into segments (long_row_segments, segment_length) whose sums
+//    go to the workspace, and long_sum_kernel adds them in segment order into the output; with
+//    one segment a row (few rows could be long) the block writes the output itself.
 // Every output element is a sum in a fixed order: results are bitwise reproducible.
 // float16/bfloat16 storage: values and source rows are widened on load, sums are float32,
 // each output is rounded once.
@@ -61,11 +64,16 @@ gather_long_kernel(const GatherArgs<T> a) {
   __shared__ A partial[kLongWarps][CW * VEC];
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   const int c = lane % CW, s = lane / CW;
-  const int64_t items = long_row_count(a.long_rows) * a.tiles;
+  const int64_t S = a.long_rows.segments, per_row = S * a.tiles;
+  const int64_t items = long_row_count(a.long_rows) * per_row;
   for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {  // uniform per block
-    const int64_t row = a.long_rows.list[1 + item / a.tiles];
-    const int64_t t = item % a.tiles;
-    const int64_t start = a.ptr[row], end = a.ptr[row + 1];
+    const int64_t pos = item / per_row, seg = item % per_row / a.tiles, t = item % a.tiles;
+    const int64_t row = a.long_rows.list[1 + pos];
+    int64_t start = a.ptr[row], end = a.ptr[row + 1];
+    const int64_t seg_len = segment_length(end - start, S);
+    if (seg * seg_len >= end - start) continue;  // the row has fewer segments (uniform per block)
+    start += seg * seg_len;
+    end = end - start < seg_len ? end : start + seg_len;
     const int64_t cv = t * CW + c;
     const bool active = cv < a.C;
     A acc[VEC];
@@ -84,9 +92,35 @@ gather_long_kernel(const GatherArgs<T> a) {
 #pragma unroll
         for (int e = 0; e < VEC; ++e) sum[e] += partial[w][c * VEC + e];
       }
-      store_vec<T, VEC>(a.out + row * a.B + cv * VEC, sum);
+      if (S == 1) {
+        store_vec<T, VEC>(a.out + row * a.B + cv * VEC, sum);
+      } else {  // this segment's sums, added by long_sum_kernel
+        A* part = static_cast<A*>(a.long_rows.partial) + (pos * S + seg) * a.B + cv * VEC;
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) part[e] = sum[e];
+      }
     }
     __syncthreads();  // partial is reused by the next item
+  }
+}
+
+// The split long rows' outputs: each element the sum of its row's segments, in segment order.
+template <typename T>
+__global__ void __launch_bounds__(kLongWarps * kWarp, kMinBlocks<kLongWarps * kWarp>)
+long_sum_kernel(const GatherArgs<T> a) {
+  using A = acc_t<T>;
+  const int64_t S = a.long_rows.segments, total = long_row_count(a.long_rows) * a.B;
+  const A* part = static_cast<const A*>(a.long_rows.partial);
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t pos = i / a.B, b = i % a.B;
+    const int64_t row = a.long_rows.list[1 + pos];
+    const int64_t len = a.ptr[row + 1] - a.ptr[row];
+    const int64_t seg_len = segment_length(len, S), segs = (len + seg_len - 1) / seg_len;
+    const A* p = part + pos * S * a.B + b;
+    A sum = p[0];
+    for (int64_t s = 1; s < segs; ++s) sum += p[s * a.B];
+    a.out[row * a.B + b] = from_acc<T>(sum);
   }
 }
 
@@ -98,8 +132,12 @@ cudaError_t gather_launch(GatherArgs<T> a, cudaStream_t stream) {
   gather_rows_kernel<T, VEC, CW><<<grid, kRowWarps * kWarp, 0, stream>>>(a);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess || a.long_rows.list == nullptr) return err;
-  const int64_t blocks = std::min<int64_t>(a.long_rows.cap * a.tiles, 4LL * num_sms());
+  const int64_t blocks = std::min<int64_t>(a.long_rows.cap * a.long_rows.segments * a.tiles, 4LL * num_sms());
   gather_long_kernel<T, VEC, CW><<<static_cast<unsigned>(blocks), kLongWarps * kWarp, 0, stream>>>(a);
+  err = cudaGetLastError();
+  if (err != cudaSuccess || a.long_rows.segments == 1) return err;
+  const int64_t sum_blocks = std::min<int64_t>(cdiv(a.long_rows.cap * a.B, kLongWarps * kWarp), 4LL * num_sms());
+  long_sum_kernel<T><<<static_cast<unsigned>(sum_blocks), kLongWarps * kWarp, 0, stream>>>(a);
   return cudaGetLastError();
 }
 
@@ -111,17 +149,25 @@ cudaError_t gather(const int64_t* ptr, const int32_t* idx, const int32_t* perm, 
   constexpr int kWide = kWideVec<T>;
   const bool wide = B % kWide == 0 && aligned16(src) && aligned16(out);
   GatherArgs<T> a{ptr, idx, perm, values, src, out, n, B, wide ? B / kWide : B, 0, {}};
-  return launch_row_kernels<T, kWarp>(a, n, nnz, wide, workspace, stream, [&](auto vec, auto lanes) {
+  const cudaError_t err = init_long_rows_split(a.long_rows, n, nnz, workspace, stream);
+  if (err != cudaSuccess) return err;
+  return dispatch_vec_lanes<T, kWarp>(wide, a.C, [&](auto vec, auto lanes) {
     return gather_launch<T, decltype(vec)::value, decltype(lanes)::value>(a, stream);
   });
 }
 
+int64_t acc_bytes(int64_t elem_bytes) { return elem_bytes == 8 ? 8 : 4; }  // acc_t: double, else float
+
 }  // namespace
 
-int64_t gather_workspace_len(int64_t n_out, int64_t nnz) { return long_list_len(n_out, nnz); }
+int64_t gather_long_row_segments(int64_t n_out, int64_t nnz) { return long_row_segments(n_out, nnz); }
 
-int64_t gather_workspace_len(int64_t n_out, int64_t nnz, int64_t max_len) {
-  return long_list_len(n_out, nnz, max_len);
+int64_t gather_workspace_len(int64_t n_out, int64_t nnz, int64_t B, int64_t elem_bytes) {
+  return gather_list_and_partials_len(n_out, nnz, long_list_len(n_out, nnz), B, acc_bytes(elem_bytes));
+}
+
+int64_t gather_workspace_len(int64_t n_out, int64_t nnz, int64_t max_len, int64_t B, int64_t elem_bytes) {
+  return gather_list_and_partials_len(n_out, nnz, long_list_len(n_out, nnz, max_len), B, acc_bytes(elem_bytes));
 }
 
 cudaError_t launch_gather(const int64_t* ptr, const int32_t* idx, const int32_t* perm,

@@ -34,7 +34,7 @@ at::Tensor gather(const CompressedIndex& ix, const at::Tensor& values, const at:
   const int64_t B = src_c.size(1);
   auto out = at::empty({n_out, B}, src_c.options());
   if (n_out == 0 || B == 0) return out;
-  const at::Tensor workspace = int_workspace(cuda::gather_workspace_len(n_out, nnz, max_len), src_c);
+  const at::Tensor workspace = int_workspace(cuda::gather_workspace_len(n_out, nnz, max_len, B, src_c.element_size()), src_c);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, values_c.scalar_type(), "sparse_engine_gather_cuda", [&] {
     C10_CUDA_CHECK(cuda::launch_gather(ptr_c.data_ptr<int64_t>(), idx_c.data_ptr<int32_t>(),

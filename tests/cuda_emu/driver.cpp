@@ -144,8 +144,9 @@ void run(const char* name, const Csr& m, int64_t B, bool misalign, std::mt19937&
   std::vector<T> outY(m.rows * B + 4, sentinel), outZ(m.cols * B + 4, sentinel), outS(nnz + 1, sentinel);
   T* y = outY.data() + off; T* z = outZ.data() + off;
   const int64_t max_row = longest(m.ptr), max_col = longest(cp);
-  const int64_t wl_rows = known_max ? gather_workspace_len(m.rows, nnz, max_row) : gather_workspace_len(m.rows, nnz);
-  const int64_t wl_cols = known_max ? gather_workspace_len(m.cols, nnz, max_col) : gather_workspace_len(m.cols, nnz);
+  const int64_t e = sizeof(T);
+  const int64_t wl_rows = known_max ? gather_workspace_len(m.rows, nnz, max_row, B, e) : gather_workspace_len(m.rows, nnz, B, e);
+  const int64_t wl_cols = known_max ? gather_workspace_len(m.cols, nnz, max_col, B, e) : gather_workspace_len(m.cols, nnz, B, e);
   const int64_t wl_sddmm = known_max ? sddmm_workspace_len(m.rows, nnz, max_row) : sddmm_workspace_len(m.rows, nnz);
   std::vector<int32_t> ws = garbage<int32_t>(std::max<int64_t>(1, wl_rows));
   const long l_spmm = launches_of([&] {
@@ -161,9 +162,10 @@ void run(const char* name, const Csr& m, int64_t B, bool misalign, std::mt19937&
   const long l_sddmm = launches_of([&] {
     launch_sddmm(m.ptr.data(), m.col.data(), G, X, outS.data(), m.rows, B, nnz, wl_sddmm ? ws3.data() : nullptr, kStream);
   });
-  // launches: none for an empty output, the row kernel, plus the long-row kernel exactly when there is a workspace
-  const long want_spmm = (m.rows > 0 && B > 0) ? 1 + (wl_rows > 0) : 0;
-  const long want_spmm_t = (m.cols > 0 && B > 0) ? 1 + (wl_cols > 0) : 0;
+  // launches: none for an empty output, the row kernel, plus the long-row kernel exactly when there is a
+  // workspace, plus the segments' sum where long rows are split
+  const long want_spmm = (m.rows > 0 && B > 0) ? 1 + (wl_rows > 0) * (1 + (gather_long_row_segments(m.rows, nnz) > 1)) : 0;
+  const long want_spmm_t = (m.cols > 0 && B > 0) ? 1 + (wl_cols > 0) * (1 + (gather_long_row_segments(m.cols, nnz) > 1)) : 0;
   const long want_sddmm = (m.rows > 0 && nnz > 0 && B > 0) ? 1 + (wl_sddmm > 0) : 0;
   if (l_spmm != want_spmm || l_spmm_t != want_spmm_t || l_sddmm != want_sddmm) {
     printf("  FAIL launches spmm/spmm_t/sddmm %ld/%ld/%ld, expected %ld/%ld/%ld\n", l_spmm, l_spmm_t, l_sddmm, want_spmm,
@@ -304,6 +306,9 @@ int main(int argc, char** argv) {
     return make(rows, cols, len, g);
   };
   Csr pw = power(96, 1100, {1100, 1090, 1080, 1050, 1030});
+  // Rows of up to 5,000 entries: split into up to 5 segments of 1,024 (long_row_segments = 13 here),
+  // each a block of its own, whose sums the third kernel adds
+  Csr longr = power(200, 6000, {5000, 4100, 3000, 2050, 1500});
   Csr pwT{pw.cols, pw.rows, {0}, {}};  // long columns: the block-per-row path of spmm_t
   { std::vector<int64_t> cp; std::vector<int32_t> cr; std::vector<int32_t> pm; transpose(pw, cp, cr, pm); pwT.ptr = cp; pwT.col = cr; }
   Csr uni = make(37, 50, std::vector<int64_t>(37, 7), g);
@@ -342,6 +347,10 @@ int main(int argc, char** argv) {
     run<float>("power", pw, 32, false, g, true);
     for (int64_t B : {1, 4}) run<float>("mid", mid, B, false, g);
     run<float>("power", pw, 1, false, g);
+    for (int64_t B : {1, 32, 33}) run<float>("long", longr, B, false, g);
+    run<double>("long", longr, 2, false, g);
+    run<__half>("long", longr, 8, false, g);
+    run<float>("long", longr, 32, false, g, true);
     scan_cases(pw, g);
   } else {
     // batch widths reaching every lane layout: scalar / 16-byte loads, 1..32 lanes, 1-3 tiles
@@ -366,6 +375,7 @@ int main(int argc, char** argv) {
     for (int64_t B : {8, 64}) { run<__half>("uniform", uni, B, true, g); run<__nv_bfloat16>("uniform", uni, B, true, g); }
     run<__half>("power", pw, 32, false, g);
     run<__half>("powerT", pwT, 5, false, g);
+    run<float>("long", longr, 33, false, g);
     run<__nv_bfloat16>("power", pw, 3, false, g);
     for (bool known : {false, true}) {
       run<float>("flat", flat, 4, false, g, known);

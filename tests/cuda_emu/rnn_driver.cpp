@@ -132,7 +132,7 @@ void run(CellMode mode, const char* pname, const std::vector<int64_t>& lens, int
   std::vector<int64_t> cp; std::vector<int32_t> cr; std::vector<int32_t> pm; transpose(m, cp, cr, pm);
   int64_t max_col = 0;  // as the glue sizes the workspace: from the checked index's longest column
   for (int64_t j = 0; j < H; ++j) max_col = std::max(max_col, cp[j + 1] - cp[j]);
-  const int64_t wl = rnn_step_backward_workspace_len(H, nnz, max_col);
+  const int64_t wl = rnn_step_backward_workspace_len(H, nnz, max_col, B, sizeof(T));
   std::vector<int32_t> ws(std::max<int64_t>(1, wl), 0x5a5a5a5a);  // garbage, as from cudaMalloc
   Buf<T> dG(G * HB, off), dgx(3 * HB, off), dcp(HB, off), dhp(HB, off);
   const T* hin = mode == CellMode::GRU ? h.p() : (mode == CellMode::RNN_TANH || mode == CellMode::RNN_RELU ? h2.p() : nullptr);

@@ -643,7 +643,7 @@ def test_the_long_row_kernels_run_only_when_a_row_is_long(pattern_weight):
     X, G = randn(2000, 32, seed=1), randn(3000, 32, seed=2)
     names = _kernels_launched(lambda: (ops.spmm(flat, X), ops.spmm_t(flat, G), ops.sddmm(flat, G, X)))
     assert sum("gather_rows_kernel" in n for n in names) == 2 and any("sddmm_rows_kernel" in n for n in names)
-    assert not any("_long_kernel" in n for n in names), names
+    assert not any("_long_kernel" in n or "long_sum_kernel" in n for n in names), names
     assert not any("memset" in n.lower() for n in names), names
     for name in ["power_rows", "power_cols"]:  # long rows of W (spmm, sddmm), of W^T (spmm_t)
         W = pattern_weight(name)
@@ -652,6 +652,7 @@ def test_the_long_row_kernels_run_only_when_a_row_is_long(pattern_weight):
         names = _kernels_launched(lambda: (ops.spmm(W, X), ops.sddmm(W, G, X)))
         for kernel in ("gather_long_kernel", "sddmm_long_kernel"):
             assert any(kernel in n for n in names) == (name == "power_rows"), (name, kernel, names)
+        assert any("long_sum_kernel" in n for n in names) == (name == "power_rows"), (name, names)  # rows split
         names = _kernels_launched(lambda: ops.spmm_t(W, G))
         assert any("gather_long_kernel" in n for n in names) == (name == "power_cols"), (name, names)
 
@@ -824,16 +825,19 @@ def test_spmm_kernels_match_float64_references_on_the_emulator(driver_runs):
     of the float64 references; the long-row kernels run when a row is long, and only then."""
     for seed, proc in driver_runs.items():
         lines = assert_passed(proc)
-        # the long-row kernels really ran, for rows (spmm) and for columns (spmm_t)
+        # the long-row kernels really ran, for rows (spmm) and for columns (spmm_t); rows of up to
+        # 5,000 entries split in segments whose sums a third kernel adds (launches 3)
         assert any("power " in line and "long rows=5" in line for line in lines)
+        assert any(line.split()[1:2] == ["long"] and "long rows=5" in line and "launches=3/" in line for line in lines)
         assert any("powerT" in line and "long cols=5" in line for line in lines)
         # with the longest row known (a checked index), a pattern without long rows launches only the
-        # row kernels (spmm/spmm_t), where sizing by nnz alone launched the long-row kernels too;
+        # row kernels (spmm/spmm_t), where sizing by nnz alone launched the long-row kernels too (and
+        # the segments' sum);
         # with long rows, those still run (a line's launches=a/b/c: spmm/spmm_t/sddmm; test_sddmm.py
         # checks c)
         flat = [line for line in lines if line.split()[1:2] == ["flat"]]
-        assert flat and all("launches=2/2/" in line for line in flat if "known=0" in line)
+        assert flat and all("launches=3/3/" in line for line in flat if "known=0" in line)
         assert any("known=1" in line for line in flat)
         assert all("launches=1/1/" in line for line in flat if "known=1" in line)
-        assert any("power " in line and "known=1 launches=2/1/" in line for line in lines)
+        assert any("power " in line and "known=1 launches=3/1/" in line for line in lines)
         assert_every_kernel_ran(proc, ["spmm_cuda"])
