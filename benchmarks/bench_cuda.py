@@ -17,7 +17,9 @@ runs float32 and bfloat16); smallest N first, every law at each N and density be
 density, so that --budget-s cuts the large sizes, not a law. --laws replaces --pattern, which is
 still accepted, as is its old "power_law" (now zipf1.0: row lengths ~ 1/rank, no longer Pareto draws).
 Baselines: torch.sparse.mm on CSR (cuSPARSE SpMM; for spmm_t on the explicitly transposed
-CSR), torch.sparse.sampled_addmm (cuSPARSE SDDMM), dense cuBLAS (W @ X; G @ X^T for sddmm)
+CSR, and ours with ``values_t``, the values in that order, made beforehand as well, as the issue's cells had
+it: the first H200 grid (2026-11-26) gave ours none, so it read them through the permutation, one
+more random gather per entry, likely why its spmm_t lost at B = 1 (0.33-0.6x) and won elsewhere), torch.sparse.sampled_addmm (cuSPARSE SDDMM), dense cuBLAS (W @ X; G @ X^T for sddmm)
 and masked-dense (W * mask, then the dense product; what masked sparse training does each
 step). Dense timings do not depend on the pattern, so they are measured once per (N, B).
 "best x" = the fastest baseline's time / ours (< 1: a loss).
@@ -68,7 +70,7 @@ QUICK = [(65536, 0.01, 32), (16384, 0.01, 32), (131072, 0.01, 32), (65536, 0.01,
 QUICK_LAWS = ["uniform", "zipf1.0"]
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SUFFIX = {"float32": "", "float16": "_fp16", "bfloat16": "_bf16"}
-BYTES_PER_NNZ_PEAK = 64  # the pattern drawn in chunks + CSR + transposed index + baseline copies + the check's scan
+BYTES_PER_NNZ_PEAK = 68  # pattern drawn in chunks + CSR + transposed index + values_t + baseline copies + check scan
 
 
 # ---------------------------------------------------------------------------- timing
@@ -164,6 +166,7 @@ def run_cell(n, density, B, law, args, dense_cache, bw, patterns=None):
     A = torch.sparse_csr_tensor(crow, W.col_idx if idx32 else W.col_idx.long(), W.values, (n, n))
     At = torch.sparse_csr_tensor(W.csc_ptr.to(crow.dtype), W.csc_row if idx32 else W.csc_row.long(),
                                  W.values[W.csc_perm], (n, n))
+    values_t = se_ops.transposed_values(W)
     res = {}
     ours32 = {
         "spmm": lambda: se_ops.spmm(W32, X32),
@@ -172,7 +175,9 @@ def run_cell(n, density, B, law, args, dense_cache, bw, patterns=None):
     }
     cases = {
         "spmm": (lambda: se_ops.spmm(W, X), lambda: torch.sparse.mm(A, X), "cuSPARSE SpMM"),
-        "spmm_t": (lambda: se_ops.spmm_t(W, G), lambda: torch.sparse.mm(At, G), "cuSPARSE SpMM (W^T CSR)"),
+        # both sides get the values in the transposed order made beforehand (cuSPARSE its CSR of W^T,
+        # ours values_t), as a training step makes them once for all its products (issue 45's cells)
+        "spmm_t": (lambda: se_ops.spmm_t(W, G, values_t), lambda: torch.sparse.mm(At, G), "cuSPARSE SpMM (W^T CSR)"),
         "sddmm": (lambda: se_ops.sddmm(W, G, X),
                   lambda: torch.sparse.sampled_addmm(A, G, X.t(), beta=0.0, alpha=1.0), "cuSPARSE SDDMM"),
     }

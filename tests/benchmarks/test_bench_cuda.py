@@ -110,7 +110,7 @@ def test_main_as_gpu_all_calls_it(gpu_main, tmp_path, capsys):
 def test_main_ends_with_status_1_on_a_wrong_result(gpu_main, monkeypatch, tmp_path, capsys):
     import sparse_engine.ops as se_ops
 
-    monkeypatch.setattr(se_ops, "spmm_t", lambda W, G: torch.zeros(W.shape[1], G.shape[1], dtype=G.dtype))
+    monkeypatch.setattr(se_ops, "spmm_t", lambda W, G, values_t=None: torch.zeros(W.shape[1], G.shape[1], dtype=G.dtype))
     rc = gpu_main(["--n", "200", "--density", "0.05", "--batch", "4", "--laws", "uniform", "--budget-s", "100",
                    "--out", str(tmp_path / "w.md")])
     assert rc == 1
