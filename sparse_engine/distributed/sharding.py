@@ -28,6 +28,7 @@ from ..nn.mlp import _FaithfulDrop, _ReluDropout
 from ..nn.rnn import SparseRNNBase
 from ..nn.sequences import packed_positions, run_by_length
 from ..sparse import SparseWeight
+from .topology import RowShard
 from .exchange import (Shard, _all_gather_features, _Sequence, _States, _StepProduct, gathered, replicated,
                        scattered, shard_ranges)
 
@@ -296,6 +297,10 @@ def shard_rows(module: nn.Module, group=None) -> nn.Module:
             module.bias = nn.Parameter(module.bias.detach()[start:end].clone())
     module.shard = Shard(group, rank, world, ranges)
     module._shard_rows = {name: _sharded_rows_of(module, name) for name in _sharded_names(module)}
+    # the topology controllers' view of the sparse ones (distributed/topology.py)
+    n_rows = GATES[module.mode] * module.hidden_size if isinstance(module, SparseRNNBase) else module.out_features
+    module._row_shards = {name: RowShard(rows, n_rows, group) for name, rows in module._shard_rows.items()
+                          if isinstance(getattr(module, name), SparseWeight)}
     module.__class__ = _SHARDED[kind]
     return module
 

@@ -71,6 +71,10 @@ class TopologyController:
         self.weights: dict[str, SparseWeight] = sparse_weights(model)
         if not self.weights:
             raise ValueError("model has no SparseWeight to update")
+        #: the weights split by rows across ranks (``shard_rows``), by name: their row shards
+        #: (sparse_engine/distributed/topology.py), for the updates that decide over the whole matrix
+        self.shards = {f"{prefix}.{name}" if prefix else name: shard for prefix, m in model.named_modules()
+                       for name, shard in getattr(m, "_row_shards", {}).items()}
         self.callbacks = list(callbacks)
         for cb in self.callbacks:
             if not callable(cb):
@@ -130,8 +134,14 @@ class TopologyController:
         for cb in self.callbacks:
             cb(self.step_count, dict(self.weights))
 
-    def _random_grow(self, weight: SparseWeight, n: int) -> RandomGrowth:
-        return RandomGrowth(n, self._seed())
+    def _random_grow(self, weight: SparseWeight, n: int, shard=None):
+        """Growth at ``n`` random empty positions; for a weight sharded by rows (``shard``, its
+        RowShard) ``n`` is this rank's and the positions are the whole matrix's draw (a collective)."""
+        seed = self._seed()
+        if shard is None:
+            return RandomGrowth(n, seed)
+        total = shard.total(n)
+        return lambda row_ptr, col_idx: shard.random_empty(row_ptr, col_idx, weight.shape[1], total, seed)
 
     def _use_gradients(self, model: nn.Module) -> None:
         self.recorder = GradFactorRecorder(model, self.weights)

@@ -14,7 +14,9 @@ class SET(TopologyController):
     """Sparse Evolutionary Training (Mocanu et al. 2018). After each epoch every layer drops the
     fraction ``zeta`` of its positive weights nearest zero and, separately, of its negative
     weights nearest zero (exact zeros are always dropped, as in the reference code), then
-    regrows the same number at uniformly random empty positions.
+    regrows the same number at uniformly random empty positions. A weight split across ranks by
+    ``shard_rows`` gets the unsharded update, each rank its rows of it (collectives of its group:
+    call ``step``/``end_epoch`` on every rank).
 
     ``epsilon``: None keeps the model's topology (SparseLinear is Erdos-Renyi with SET's
     epsilon=20 by default); a number re-draws every sparse weight as Erdos-Renyi(epsilon) with
@@ -41,6 +43,7 @@ class SET(TopologyController):
 
     def _update(self) -> None:
         for name, w in self.weights.items():
-            keep = set_keep(w.values, self.zeta)
-            self._rewire(name, keep, self._random_grow(w, w.nnz - int(keep.sum())))
+            shard = self.shards.get(name)  # sharded by rows: the whole matrix's update, this rank's rows
+            keep = set_keep(w.values, self.zeta) if shard is None else shard.set_keep(w, self.zeta)
+            self._rewire(name, keep, self._random_grow(w, w.nnz - int(keep.sum()), shard))
         self._notify()

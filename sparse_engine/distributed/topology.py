@@ -1,0 +1,157 @@
+"""SET's topology update on a row-sharded weight, bit for bit the unsharded update (issue 47).
+
+A weight split by :func:`~sparse_engine.distributed.shard_rows` holds some of the whole matrix's rows
+on each rank (a recurrent layer: the same units in every gate block). SET (Mocanu et al. 2018) prunes
+a fraction of each sign over the whole matrix and regrows as many at uniformly random empty
+positions; done on each shard alone it would prune each shard's own fraction and draw other
+positions. :class:`RowShard` gives the whole matrix's answer on every rank, each rank keeping its
+rows of it:
+
+* :meth:`RowShard.set_keep`: the ``round(zeta * count)`` magnitudes nearest zero of each sign over all
+  ranks (``set_keep``'s rule, ties to the lower position of the whole matrix): the k-th smallest
+  magnitude found by a radix selection whose 65,536-bin histograms are summed over the ranks (2
+  all-reduces in float32, 4 in float64), the ties at it (rare) ordered by their (row, column) in
+  the whole matrix, gathered from the ranks;
+* :meth:`RowShard.random_empty`: the positions ``random_empty`` draws for the whole pruned pattern,
+  this rank's rows of them. The draw numbers its candidates from the matrix's first row, so every
+  rank assembles the whole pruned pattern (each rank's column indices, gathered: 4 bytes a
+  connection for the moment of the update) and draws the same positions with the same seed.
+
+The controllers find a sharded module's weights by its ``_row_shards`` (set by ``shard_rows``) and
+use these in place of the one-process functions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .data_parallel import _comm_device
+from .exchange import _collective
+
+_ops = torch.ops.sparse_engine
+
+_BINS = 1 << 16
+
+
+@dataclass
+class RowShard:
+    """Where a sharded weight's rows are in the whole matrix: ``rows`` (CPU int64, increasing) the
+    whole matrix's row of each local row, ``n_rows`` the whole matrix's rows, ``group`` the ranks
+    that hold the others."""
+    rows: torch.Tensor
+    n_rows: int
+    group: object
+
+    # ------------------------------------------------------------------------- pruning
+    def set_keep(self, weight, zeta: float) -> torch.Tensor:
+        """This rank's part of ``set_keep(whole values, zeta)`` (a collective of the group)."""
+        values = weight.values.detach()
+        if not 0.0 <= zeta <= 1.0:
+            raise ValueError(f"zeta must be in [0, 1], got {zeta}")
+        dev = values.device
+        counts = torch.stack([(values > 0).sum(), (values < 0).sum(), values.isnan().sum()]).to(torch.int64)
+        self._all_reduce(counts, "SET's counts")
+        if counts[2]:
+            raise ValueError("values must not contain NaN")
+        key = _magnitude_keys(values)
+        drop = values == 0  # exact zeros: always dropped, as set_keep does
+        for sign, count in ((values > 0, int(counts[0])), (values < 0, int(counts[1]))):
+            k = _round_half_away(zeta * count)
+            if k == 0:
+                continue
+            mine = key[sign]
+            t = self._kth_smallest(mine, k, 64 if values.dtype == torch.float64 else 32)
+            below = (mine < t).sum().reshape(1)
+            self._all_reduce(below, "SET's selection")
+            drop |= sign & (key < t)
+            ties = sign & (key == t)
+            drop |= self._first_ties(weight, ties, k - int(below))
+        return (~drop).to(dev)
+
+    def _kth_smallest(self, keys: torch.Tensor, k: int, bits: int) -> int:
+        """The k-th smallest (1-based) key over the group: 16 bits a round, from the top."""
+        prefix, left, cand = 0, k, keys
+        for shift in range(bits - 16, -1, -16):
+            digit = (cand >> shift) & (_BINS - 1)
+            hist = torch.bincount(digit, minlength=_BINS).to(torch.int64)
+            self._all_reduce(hist, "SET's selection")
+            cum = hist.cumsum(0)
+            b = int(torch.searchsorted(cum, torch.tensor([left], dtype=torch.int64, device=cum.device)))
+            left -= int(cum[b - 1]) if b > 0 else 0
+            prefix |= b << shift
+            cand = cand[digit == b]
+        return prefix
+
+    def _first_ties(self, weight, ties: torch.Tensor, n: int) -> torch.Tensor:
+        """Of the entries equal to the cut on every rank, the ``n`` first in the whole matrix's order
+        (by row, then column): a mask of this rank's."""
+        out = torch.zeros_like(ties)
+        if n <= 0:
+            return out
+        n_cols = weight.shape[1]
+        pos = ties.nonzero().flatten()
+        keys = self._global_rows(weight)[pos.cpu()] * n_cols + weight.col_idx[pos].cpu().long()
+        everyone = [None] * dist.get_world_size(self.group)
+        _collective(dist.all_gather_object, everyone, keys, group=self.group, what="all_gather_object")
+        cut = torch.cat(everyone).sort().values[n - 1]
+        out[pos[(keys <= cut).to(pos.device)]] = True
+        return out
+
+    # ------------------------------------------------------------------------- regrowth
+    def random_empty(self, row_ptr: torch.Tensor, col_idx: torch.Tensor, n_cols: int, n: int, seed: int):
+        """This rank's rows (local rows, columns) of ``random_empty`` over the whole pattern of
+        which (row_ptr, col_idx) are this rank's rows, ``n`` positions in all (a collective)."""
+        lengths = row_ptr.diff().cpu()
+        everyone = [None] * dist.get_world_size(self.group)
+        _collective(dist.all_gather_object, everyone, (self.rows, lengths, col_idx.cpu()), group=self.group,
+                    what="all_gather_object")
+        full_len = torch.zeros(self.n_rows, dtype=torch.int64)
+        for rows, lens, _ in everyone:
+            full_len[rows] = lens
+        full_ptr = torch.cat([torch.zeros(1, dtype=torch.int64), full_len.cumsum(0)])
+        full_col = torch.empty(int(full_ptr[-1]), dtype=torch.int32)
+        for rows, lens, cols in everyone:
+            first = torch.repeat_interleave(full_ptr[rows], lens)
+            local_first = torch.repeat_interleave(torch.cat([torch.zeros(1, dtype=torch.int64), lens.cumsum(0)[:-1]]),
+                                                  lens)
+            full_col[first + torch.arange(len(cols)) - local_first] = cols
+        dev = row_ptr.device
+        r, c = _ops.random_empty(full_ptr.to(dev), full_col.to(dev), int(n_cols), int(n), int(seed))
+        local = torch.full((self.n_rows,), -1, dtype=torch.int64, device=dev)
+        local[self.rows.to(dev)] = torch.arange(len(self.rows), device=dev)
+        mine = local[r]
+        keep = mine >= 0
+        return mine[keep], c[keep]
+
+    def total(self, n: int) -> int:
+        """``n`` summed over the group."""
+        t = torch.tensor([n], dtype=torch.int64)
+        self._all_reduce(t, "SET's counts")
+        return int(t)
+
+    # ------------------------------------------------------------------------- helpers
+    def _global_rows(self, weight) -> torch.Tensor:
+        """The whole matrix's row of each local entry (CPU int64)."""
+        return torch.repeat_interleave(self.rows, weight.row_ptr.diff().cpu())
+
+    def _all_reduce(self, t: torch.Tensor, what: str) -> None:
+        """Sums ``t`` over the group in place (through the backend's device: the GPU for NCCL)."""
+        comm = t.to(_comm_device(self.group))
+        _collective(dist.all_reduce, comm, group=self.group, what=what)
+        t.copy_(comm)
+
+
+def _magnitude_keys(values: torch.Tensor) -> torch.Tensor:
+    """|values| as order-preserving non-negative int64 keys (a non-negative float's bits)."""
+    mag = values.abs()
+    if values.dtype == torch.float64:
+        return mag.view(torch.int64)
+    return mag.float().view(torch.int32).to(torch.int64)
+
+
+def _round_half_away(x: float) -> int:
+    """std::llround for x >= 0 (set_keep's count): halves away from zero."""
+    k = int(x)
+    return k + 1 if x - k >= 0.5 else k
