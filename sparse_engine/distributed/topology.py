@@ -13,9 +13,10 @@ rows of it:
   all-reduces in float32, 4 in float64), the ties at it (rare) ordered by their (row, column) in
   the whole matrix, gathered from the ranks;
 * :meth:`RowShard.random_empty`: the positions ``random_empty`` draws for the whole pruned pattern,
-  this rank's rows of them. The draw numbers its candidates from the matrix's first row, so every
-  rank assembles the whole pruned pattern (each rank's column indices, gathered: 4 bytes a
-  connection for the moment of the update) and draws the same positions with the same seed.
+  this rank's rows of them (and :meth:`RowShard.new_values_of` their values of the whole draw).
+  The draw numbers its candidates from the matrix's first row, so every rank assembles the whole
+  pruned pattern (each rank's column indices, gathered: 4 bytes a connection for the moment of the
+  update) and draws the same positions with the same seed.
 
 The controllers find a sharded module's weights by its ``_row_shards`` (set by ``shard_rows``) and
 use these in place of the one-process functions.
@@ -123,7 +124,16 @@ class RowShard:
         local[self.rows.to(dev)] = torch.arange(len(self.rows), device=dev)
         mine = local[r]
         keep = mine >= 0
+        # which of the whole draw's positions are this rank's (their new values: new_values_of)
+        self.drawn, self.drawn_total = keep.nonzero().flatten(), int(n)
         return mine[keep], c[keep]
+
+    def new_values_of(self, draw):
+        """The new values of this rank's positions of the last :meth:`random_empty`: ``draw(n)``
+        makes all n of the whole matrix (on every rank, so that a generator advances alike
+        everywhere), in the whole draw's order; this rank's are taken."""
+        every = draw(self.drawn_total)
+        return every[self.drawn.to(every.device)]
 
     def total(self, n: int) -> int:
         """``n`` summed over the group."""

@@ -227,10 +227,11 @@ def set_update_case(rank, world):
     """Two SET updates of a sharded module against the same updates of the whole module on one
     process: the whole state (pattern and values, every rank's rows gathered) bit for bit. A third of
     the values share one small magnitude of each sign, so the cut falls among ties (split by the
-    whole matrix's order), and some are exactly zero (always pruned)."""
+    whole matrix's order), and some are exactly zero (always pruned); new values zero, normal
+    (drawn from the controller's generator) and He-uniform (scaled by the whole matrix's fan-in)."""
     from sparse_engine.training import SET
     res = {}
-    for kind in ("lstm", "gru_2_layers", "linear"):
+    for kind, init in (("lstm", "zero"), ("gru_2_layers", "normal"), ("linear", "he_uniform")):
         torch.manual_seed(21)
         whole = {"lstm": lambda: SparseLSTM(6, 12, density=0.4, dtype=F64),
                  "gru_2_layers": lambda: SparseGRU(5, 9, num_layers=2, bidirectional=True, density=0.5, dtype=F64),
@@ -239,8 +240,7 @@ def set_update_case(rank, world):
             for w in sparse_weights(whole).values():
                 w.values[::3], w.values[1::4], w.values[2::13] = 0.01, -0.01, 0.0
         sharded = shard_rows(copy.deepcopy(whole))
-        ctl_whole, ctl = SET(whole, None, zeta=0.3, rewire_every=1, seed=5), SET(sharded, None, zeta=0.3,
-                                                                                  rewire_every=1, seed=5)
+        ctl_whole, ctl = (SET(m, None, zeta=0.3, rewire_every=1, seed=5, init=init) for m in (whole, sharded))
         before = copy.deepcopy(whole.state_dict())
         for _ in range(2):
             ctl_whole.step()

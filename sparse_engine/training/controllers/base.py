@@ -38,7 +38,7 @@ from torch import nn
 from ...sparse import SparseWeight
 from ..density import sparse_weights
 from ..grad_factors import GradFactorRecorder
-from ..topology import INIT_CHOICES, GradientGrowth, RandomGrowth, Remap, rewire
+from ..topology import INIT_CHOICES, GradientGrowth, RandomGrowth, Remap, _Probe, new_values, rewire
 
 __all__ = ["TopologyController", "Callback"]
 
@@ -142,6 +142,17 @@ class TopologyController:
             return RandomGrowth(n, seed)
         total = shard.total(n)
         return lambda row_ptr, col_idx: shard.random_empty(row_ptr, col_idx, weight.shape[1], total, seed)
+
+    def _sharded_values(self, weight: SparseWeight, shard):
+        """The new values of a sharded weight's update (after :meth:`_random_grow` with its shard):
+        this rank's of the whole matrix's, drawn as the unsharded update draws them (None: zeros)."""
+        if self.init == "zero":
+            return None
+        nnz = shard.total(weight.nnz)  # SET keeps the whole matrix's nnz: fan-in / fan-out as unsharded
+        probe = _Probe((shard.n_rows, weight.shape[1]), nnz, weight.values.dtype, weight.values.device)
+        draw = lambda n: new_values(n, probe, self.init, init_scale=self.init_scale,  # noqa: E731
+                                    generator=self.generator)
+        return lambda rows, cols: shard.new_values_of(draw)
 
     def _use_gradients(self, model: nn.Module) -> None:
         self.recorder = GradFactorRecorder(model, self.weights)

@@ -44,6 +44,11 @@ class SET(TopologyController):
     def _update(self) -> None:
         for name, w in self.weights.items():
             shard = self.shards.get(name)  # sharded by rows: the whole matrix's update, this rank's rows
-            keep = set_keep(w.values, self.zeta) if shard is None else shard.set_keep(w, self.zeta)
-            self._rewire(name, keep, self._random_grow(w, w.nnz - int(keep.sum()), shard))
+            if shard is None:
+                keep = set_keep(w.values, self.zeta)
+                self._rewire(name, keep, self._random_grow(w, w.nnz - int(keep.sum())))
+            else:
+                keep = shard.set_keep(w, self.zeta)
+                self._rewire(name, keep, self._random_grow(w, w.nnz - int(keep.sum()), shard),
+                             values=self._sharded_values(w, shard))
         self._notify()
