@@ -250,6 +250,37 @@ def set_update_case(rank, world):
     return res
 
 
+def other_controllers_case(rank, world, steps=12):
+    """Selfish-RNN (magnitude death, random growth: each shard on its own) trains a sharded LSTM;
+    RigL (growth by gradient) is refused with one line."""
+    from sparse_engine.training import RigL, SelfishRNN
+    torch.manual_seed(3)
+    lstm = shard_rows(SparseLSTM(5, 10, density=0.5, dtype=F64))
+    head = torch.nn.Linear(10, 2, dtype=F64)
+    opt = torch.optim.Adam([*lstm.parameters(), *head.parameters()], lr=0.05)
+    try:
+        RigL(lstm, opt, end_step=steps, update_every=4)
+        refusal = "no error"
+    except ValueError as e:
+        refusal = str(e)
+    ctl = SelfishRNN(lstm, opt, total_steps=steps)
+    before = {n: w.col_idx.clone() for n, w in sparse_weights(lstm).items()}
+    x, y = inputs(20, 6, 8, 5), inputs(21, 8, 2)
+    losses = []
+    for i in range(steps):
+        opt.zero_grad()
+        out, _ = lstm(x)
+        loss = torch.nn.functional.mse_loss(head(out[-1]), y)
+        loss.backward()
+        opt.step()
+        ctl.step()
+        if i % 4 == 3:
+            ctl.end_epoch()
+        losses.append(loss.item())
+    changed = any(not torch.equal(w.col_idx, before[n]) for n, w in sparse_weights(lstm).items())
+    return {"refusal": refusal, "losses": losses, "changed": changed}
+
+
 class Net(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -415,7 +446,8 @@ def scenarios(rank, world):
            "mlp_faithful": lambda: mlp_case(rank, world, True), "lstm_packed": lambda: packed_case(rank, world),
            "device_cpu": lambda: device_case(rank, world, "cpu"), "two_d": lambda: two_d_case(rank, world),
            "untrained": lambda: training(rank, world, lr=0.0), "set": lambda: set_training(rank, world),
-           "set_update": lambda: set_update_case(rank, world)}
+           "set_update": lambda: set_update_case(rank, world),
+           "other_controllers": lambda: other_controllers_case(rank, world)}
     out |= {name: (lambda n=name: rnn_case(n, rank, world)) for name in RNN_CASES}
     out["dead_rank"] = lambda: dead_rank_case(rank, world)  # last: it leaves its group broken
     return out
@@ -517,6 +549,13 @@ def test_a_sharded_lstm_trains_with_set_like_the_whole_one(results):
         assert sh["weights"] == 2 and full["same_nnz"] and sh["changed"], (r, sh)
         assert max(abs(a - b) for a, b in zip(sh["losses"], full["losses"])) < 1e-10, (r, sh["losses"], full["losses"])
         assert sh["losses"][-1] < 0.8 * sh["losses"][0], (r, sh["losses"])
+
+
+def test_selfish_rnn_trains_a_sharded_lstm_and_rigl_is_refused_in_one_line(results):
+    for r, res in enumerate(outcome(results, "other_controllers")):
+        assert "growth by gradient (RigL) on a model sharded by shard_rows is not supported" in res["refusal"], r
+        assert "\n" not in res["refusal"], r
+        assert res["changed"] and res["losses"][-1] < 0.8 * res["losses"][0], (r, res)
 
 
 def test_a_checkpoint_moves_between_world_sizes_bit_for_bit(results):

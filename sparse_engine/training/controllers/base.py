@@ -155,6 +155,10 @@ class TopologyController:
         return lambda rows, cols: shard.new_values_of(draw)
 
     def _use_gradients(self, model: nn.Module) -> None:
+        if self.shards:
+            raise ValueError(f"growth by gradient ({type(self).__name__}) on a model sharded by shard_rows is not "
+                             f"supported yet ({', '.join(self.shards)}): the sharded modules record no gradient factors; "
+                             "SET, and Selfish-RNN with growth='random', work on sharded models (docs/distributed.md)")
         self.recorder = GradFactorRecorder(model, self.weights)
         missing = [n for n, w in self.weights.items() if not self.recorder.supports(w)]
         if missing:
