@@ -17,9 +17,11 @@ runs float32 and bfloat16); smallest N first, every law at each N and density be
 density, so that --budget-s cuts the large sizes, not a law. --laws replaces --pattern, which is
 still accepted, as is its old "power_law" (now zipf1.0: row lengths ~ 1/rank, no longer Pareto draws).
 Baselines: torch.sparse.mm on CSR (cuSPARSE SpMM; for spmm_t on the explicitly transposed
-CSR, and ours with ``values_t``, the values in that order, made beforehand as well, as the issue's cells had
-it: the first H200 grid (2026-11-26) gave ours none, so it read them through the permutation, one
-more random gather per entry, likely why its spmm_t lost at B = 1 (0.33-0.6x) and won elsewhere), torch.sparse.sampled_addmm (cuSPARSE SDDMM), dense cuBLAS (W @ X; G @ X^T for sddmm)
+CSR, and ours with ``values_t``, the values in that order, made beforehand as well, as the issue's
+cells had it; the first H200 grid (2026-11-26) gave ours none, so it read them through the
+permutation, one more random gather per entry, likely why its spmm_t lost at B = 1 (0.33-0.6x).
+spmm_t's table also times that call, "ours, values gathered", what SparseLinear's backward does),
+torch.sparse.sampled_addmm (cuSPARSE SDDMM), dense cuBLAS (W @ X; G @ X^T for sddmm)
 and masked-dense (W * mask, then the dense product; what masked sparse training does each
 step). Dense timings do not depend on the pattern, so they are measured once per (N, B).
 "best x" = the fastest baseline's time / ours (< 1: a loss).
@@ -184,6 +186,8 @@ def run_cell(n, density, B, law, args, dense_cache, bw, patterns=None):
     for op in args.ops:
         ours_fn, base_fn, base_name = cases[op]
         r = {"ours": try_time(ours_fn), "base": try_time(base_fn), "base_name": base_name}
+        if op == "spmm_t":  # and the values gathered through the permutation on the call (no values_t)
+            r["ours_gather"] = try_time(lambda: se_ops.spmm_t(W, G))
         if W32 is not None:
             r["ours32"] = try_time(ours32[op])
         try:  # ours against a float64 reference of the same (stored) inputs: our error, not cuSPARSE's
@@ -284,10 +288,12 @@ def machine_header(bw: float) -> str:
 TITLE = "CUDA operators: ours vs cuSPARSE, dense cuBLAS, masked-dense (same run), by row law"
 
 
-def op_columns(half: bool) -> list[str]:
-    """The columns of each op's table (``half``: the 2-byte dtypes' "ours fp32" columns too)."""
+def op_columns(half: bool, op: str = "spmm") -> list[str]:
+    """The columns of each op's table (``half``: the 2-byte dtypes' "ours fp32" columns too; spmm_t:
+    ours with the values gathered through the permutation on the call, against the best baseline)."""
     return (["N", "density", "law", "B", "nnz", "max row", "ours ms", "cuSPARSE ms", "x", "dense ms", "x",
-             "masked ms", "x", "best x"] + (["ours fp32 ms", "x"] if half else []) + ["floor ms", "% floor", "check"])
+             "masked ms", "x", "best x"] + (["ours fp32 ms", "x"] if half else [])
+            + (["ours, values gathered ms", "best x"] if op == "spmm_t" else []) + ["floor ms", "% floor", "check"])
 
 
 def write_report(path: Path, header: str, cells: list, ops: list, dtype: str = "float32") -> None:
@@ -299,8 +305,8 @@ def write_report(path: Path, header: str, cells: list, ops: list, dtype: str = "
              "loss). floor = bytes that must move / copy bandwidth; % floor = floor time / our time. check: ours "
              "against a float64 reference of the same stored inputs, within the op tests' rounding bound in "
              f"{dtype} (all rows, or a sample of N+ rows with the longest).", ""]
-    columns = op_columns(half)
     for op in ops:
+        columns = op_columns(half, op)
         lines += [f"## {op}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         for (n, d, B, law), cell in cells:
             if "skip" in cell:
@@ -311,6 +317,8 @@ def write_report(path: Path, header: str, cells: list, ops: list, dtype: str = "
             ours = r["ours"]
             pf = f"{r['floor_ms'] / ours:.0%}" if isinstance(ours, float) else "-"
             extra = f" {fmt_ms(r.get('ours32', '-'))} | {ratio(r.get('ours32'), ours)} |" if half else ""
+            if op == "spmm_t":
+                extra += f" {fmt_ms(r.get('ours_gather', '-'))} | {ratio(best(r), r.get('ours_gather'))} |"
             lines.append(
                 f"| {n:,} | {pct(d)} | {law} | {B} | {i['nnz']:,} | {i['max_row']:,} | {fmt_ms(ours)} | "
                 f"{fmt_ms(r['base'])} | {ratio(r['base'], ours)} | {fmt_ms(r.get('dense', '-'))} | "

@@ -56,12 +56,18 @@ def test_a_cell_on_the_cpu_is_checked(bench, law, dtype, tmp_path):
             assert isinstance(r["ours"], float) and bench.best(r) is not None
             if dtype == "bfloat16":
                 assert isinstance(r["ours32"], float)
+        assert isinstance(cell["ops"]["spmm_t"]["ours_gather"], float)  # spmm_t without values_t too
         cells.append(((300, 0.05, B, law), cell))
     assert patterns["key"] == (300, 0.05, law)  # one pattern for both B
     out = tmp_path / "t.md"
     bench.write_report(out, "Machine: test\n", cells, ["spmm", "spmm_t", "sddmm"], dtype)
     text = out.read_text()
     assert "| N | density | law | B | nnz | max row | ours ms |" in text and "| best x |" in text
+    spmm_t = text.split("## spmm_t")[1].split("## sddmm")[0]
+    assert "| ours, values gathered ms | best x |" in spmm_t and "values gathered" not in text.split("## spmm_t")[0]
+    header = next(line for line in spmm_t.splitlines() if line.startswith("| N |"))
+    rows = [line for line in spmm_t.splitlines() if line.startswith("| 300 |")]
+    assert len(rows) == 2 and all(row.count("|") == header.count("|") for row in rows), (header, rows)
     assert all(text.count(f"| 300 | 5% | {law} | {B} | ") == 3 for B in (1, 4)) and "WRONG" not in text
     assert text.count(f"| 300 | 5% | {law} | 4,500 | 0.50 |") == 1  # the transposition, once a pattern
 
