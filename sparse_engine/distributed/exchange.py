@@ -52,22 +52,36 @@ class Shard:
 
 
 # ------------------------------------------------------------------ the exchange
-def _collective(op, *args, group, what: str):
+def _collective(op, *args, group, what: str, wait: bool = True):
     """``op(*args, group=group)``; a failure (a rank that died, or the process group's timeout)
-    becomes one line that says so, rather than gloo's or NCCL's page."""
+    becomes one line that says so, rather than gloo's or NCCL's page. ``wait`` False: started, and
+    a function returned that waits for it (with the same one line), so that work can go on meanwhile."""
     try:
         if op is dist.all_gather_object:
             return op(*args, group=group)
-        # waited for here, and the handle dropped here, so that the buffers' last reference goes
-        # on this thread (a blocking call leaves it to the backend's thread, where torch's memory
+        # waited for on this thread, and the handle dropped here, so that the buffers' last reference
+        # goes on this thread (a blocking call leaves it to the backend's thread, where torch's memory
         # profiler does not see the free)
         work = op(*args, group=group, async_op=True)
-        work.wait()
-        del work
     except RuntimeError as e:
-        first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        raise RuntimeError(f"sharded {what}: rank {dist.get_rank()} got no answer from the other ranks of its group "
-                           f"(one died, or stopped past the process group's timeout): {first}") from None
+        raise _failure(e, what) from None
+    if not wait:
+        return lambda: _wait(work, what)
+    _wait(work, what)
+    del work
+
+
+def _wait(work, what: str) -> None:
+    try:
+        work.wait()
+    except RuntimeError as e:
+        raise _failure(e, what) from None
+
+
+def _failure(e: RuntimeError, what: str) -> RuntimeError:
+    first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+    return RuntimeError(f"sharded {what}: rank {dist.get_rank()} got no answer from the other ranks of its group "
+                        f"(one died, or stopped past the process group's timeout): {first}")
 
 
 class _Replicated(torch.autograd.Function):
@@ -99,8 +113,9 @@ def _all_gather_features(local: torch.Tensor, shard: "Shard", dim: int = -1) -> 
     return out if dim % out.dim() == 0 else out.movedim(0, dim).contiguous()
 
 
-def _reduce_scatter_features(grad: torch.Tensor, shard: "Shard", dim: int = -1) -> torch.Tensor:
-    """Every rank's ``grad`` summed over the ranks: this rank's features (dimension ``dim``) of it."""
+def _reduce_scatter_features(grad: torch.Tensor, shard: "Shard", dim: int = -1, wait: bool = True):
+    """Every rank's ``grad`` summed over the ranks: this rank's features (dimension ``dim``) of it;
+    ``wait`` False: a function that waits for the collective and returns that (work goes on meanwhile)."""
     grad = grad.movedim(dim, 0)
     widest = max(e - s for s, e in shard.ranges)
     parts = []
@@ -109,8 +124,13 @@ def _reduce_scatter_features(grad: torch.Tensor, shard: "Shard", dim: int = -1) 
         part[:e - s] = grad[s:e]
         parts.append(part)
     out = torch.empty_like(parts[0])
-    _collective(dist.reduce_scatter, out, parts, group=shard.group, what="backward (reduce_scatter)")
-    return out[:shard.end - shard.start].movedim(0, dim)
+    done = _collective(dist.reduce_scatter, out, parts, group=shard.group, what="backward (reduce_scatter)",
+                       wait=False)
+
+    def result():
+        done()
+        return out[:shard.end - shard.start].movedim(0, dim)
+    return result() if wait else result
 
 
 class _States:
@@ -151,13 +171,14 @@ class _StepProduct(torch.autograd.Function):
         weight, shard = ctx.weight, ctx.shard
         X = ctx.states.check()[ctx.tp]
         g = g.contiguous()
-        if isinstance(weight, SparseWeight):
-            g_values = _ops.sddmm(*weight.index, g, X) if ctx.needs_input_grad[1] else None
-            g_state = _ops.spmm_t(*weight.index, values, g, None)
-        else:
-            g_values = g @ X.t() if ctx.needs_input_grad[1] else None
-            g_state = values.t() @ g
-        return _reduce_scatter_features(g_state, shard, dim=0), g_values, None, None, None, None
+        # the state's gradient first, its reduce-scatter in flight while the values' gradient is made
+        sparse = isinstance(weight, SparseWeight)
+        g_state = _ops.spmm_t(*weight.index, values, g, None) if sparse else values.t() @ g
+        g_state = _reduce_scatter_features(g_state, shard, dim=0, wait=False)
+        g_values = None
+        if ctx.needs_input_grad[1]:
+            g_values = _ops.sddmm(*weight.index, g, X) if sparse else g @ X.t()
+        return g_state(), g_values, None, None, None, None
 
 
 class _Sequence(torch.autograd.Function):
