@@ -66,9 +66,9 @@ def _collective(op, *args, group, what: str, wait: bool = True):
     except RuntimeError as e:
         raise _failure(e, what) from None
     if not wait:
-        return lambda: _wait(work, what)
+        return lambda handle=work: _wait(handle, what)
     _wait(work, what)
-    del work
+    return None
 
 
 def _wait(work, what: str) -> None:
