@@ -100,17 +100,22 @@ class _Replicated(torch.autograd.Function):
         return grad, None
 
 
-def _all_gather_features(local: torch.Tensor, shard: "Shard", dim: int = -1) -> torch.Tensor:
-    """Every rank's ``local`` concatenated in rank order along its features (dimension ``dim``)."""
+def _all_gather_features(local: torch.Tensor, shard: "Shard", dim: int = -1, wait: bool = True):
+    """Every rank's ``local`` concatenated in rank order along its features (dimension ``dim``);
+    ``wait`` False: a function that waits for the collective and returns that (work goes on meanwhile)."""
     local = local.movedim(dim, 0)
     widest = max(e - s for s, e in shard.ranges)
     padded = local.new_zeros(widest, *local.shape[1:])  # all_gather needs equal sizes
     padded[:local.shape[0]] = local
     parts = [torch.empty_like(padded) for _ in range(shard.world)]
-    _collective(dist.all_gather, parts, padded, group=shard.group, what="exchange (all_gather)")
-    out = torch.cat([p[:e - s] for p, (s, e) in zip(parts, shard.ranges)])
-    # a tensor of its own, not a view: its user may change it in place (relu_, dropout)
-    return out if dim % out.dim() == 0 else out.movedim(0, dim).contiguous()
+    done = _collective(dist.all_gather, parts, padded, group=shard.group, what="exchange (all_gather)", wait=False)
+
+    def result():
+        done()
+        out = torch.cat([p[:e - s] for p, (s, e) in zip(parts, shard.ranges)])
+        # a tensor of its own, not a view: its user may change it in place (relu_, dropout)
+        return out if dim % out.dim() == 0 else out.movedim(0, dim).contiguous()
+    return result() if wait else result
 
 
 def _reduce_scatter_features(grad: torch.Tensor, shard: "Shard", dim: int = -1, wait: bool = True):

@@ -152,47 +152,38 @@ class ShardedRNNBase:
 
     def _sequence(self, x, h0, c0):
         """Every layer over a time-major x (T, B, input): (output (T, B, D*H), h_n, c_n)."""
-        shard, H, D = self.shard, self.hidden_size, 2 if self.bidirectional else 1
+        shard, D = self.shard, 2 if self.bidirectional else 1
         T, B = x.shape[0], x.shape[1]
         lstm = self.mode == "LSTM"
         h_n, c_n = [], []
         for layer in range(self.num_layers):
             xin = replicated(x, shard).reshape(T * B, -1).t()  # (features, T*B)
-            outs = []
-            for d in range(D):
-                k = layer * D + d
-                sfx = f"_l{layer}" + ("_reverse" if d else "")
-                gx = _product(getattr(self, "weight_ih" + sfx), xin)
-                if self.bias:  # in place: the product's backward does not read its output
-                    gx.add_(getattr(self, "bias_ih" + sfx)[:, None])
-                # one tensor per step, by one unbind: its backward stacks the steps' gradients once
-                # (an index per step would make a zeros tensor of the whole gx per step)
-                gx = gx.view(-1, T, B).unbind(1)
-                w_hh = getattr(self, "weight_hh" + sfx)
-                v_hh = w_hh.values if isinstance(w_hh, SparseWeight) else w_hh
-                states = _States(T, H, B, x)
-                c_loc = scattered(c0[k], shard).t() if lstm else None  # (units, B)
-                h_loc = scattered(h0[k], shard).t()
-                h_locs = [None] * T
-                tp = None
-                for s in range(T):
-                    t = T - 1 - s if d else s
-                    if tp is None:  # the first step: the given state, replicated
-                        gh = _product(w_hh, replicated(h0[k], shard).t())
-                    else:
-                        gh = _StepProduct.apply(h_loc, v_hh, w_hh, states, tp, shard)
+            runs = [self._direction(layer, d, xin, h0, c0, T, B) for d in range(D)]
+            # both directions step by step together: one's gather of h is in flight while the
+            # other computes its step (the same operations, the same bits, in another order)
+            for s in range(T):
+                for run in runs:
+                    t = T - 1 - s if run.d else s
+                    if run.gather is not None:  # the state of the step before, gathered
+                        run.finish_gather()
+                        gh = _StepProduct.apply(run.h_loc, run.v_hh, run.w_hh, run.states, run.tp, shard)
+                    else:  # the first step: the given state, replicated
+                        gh = _product(run.w_hh, replicated(h0[run.k], shard).t())
                     if self.bias:
-                        gh = gh + getattr(self, "bias_hh" + sfx)[:, None]
-                    h_loc, c_loc = _cell(self.mode, gx[t], gh, h_loc, c_loc)
+                        gh = gh + getattr(self, "bias_hh" + run.sfx)[:, None]
+                    run.h_loc, run.c_loc = _cell(self.mode, run.gx[t], gh, run.h_loc, run.c_loc)
                     with torch.no_grad():  # every rank's units: the next step's state, the output
-                        states.Y[t] = _all_gather_features(h_loc, shard, dim=0)
-                    h_locs[t], tp = h_loc, t
-                states.version = states.Y._version
-                y = _Sequence.apply(states, shard, *h_locs).transpose(1, 2)  # (T, B, H), a view
+                        run.gather = (t, _all_gather_features(run.h_loc, shard, dim=0, wait=False))
+                    run.h_locs[t], run.tp = run.h_loc, t
+            outs = []
+            for run in runs:
+                run.finish_gather()
+                run.states.version = run.states.Y._version
+                y = _Sequence.apply(run.states, shard, *run.h_locs).transpose(1, 2)  # (T, B, H), a view
                 outs.append(y)
-                h_n.append(y[tp])
+                h_n.append(y[run.tp])
                 if lstm:
-                    c_n.append(gathered(c_loc.t(), shard))
+                    c_n.append(gathered(run.c_loc.t(), shard))
             x = torch.cat(outs, dim=-1) if D == 2 else outs[0]
             if self.dropout and self.training and layer < self.num_layers - 1:
                 # the unsharded module's draws (the same seed on every rank): its dropout runs on
@@ -200,8 +191,45 @@ class ShardedRNNBase:
                 x = F.dropout(x.permute(0, 2, 1).contiguous(), self.dropout, training=True).permute(0, 2, 1)
         return x, torch.stack(h_n), (torch.stack(c_n) if lstm else None)
 
+    def _direction(self, layer: int, d: int, xin, h0, c0, T: int, B: int) -> "_Direction":
+        """A layer-direction's run before its first step: the input part of all steps as one
+        product of the local rows (then one tensor per step), and the local initial state."""
+        shard, k = self.shard, layer * (2 if self.bidirectional else 1) + d
+        sfx = f"_l{layer}" + ("_reverse" if d else "")
+        gx = _product(getattr(self, "weight_ih" + sfx), xin)
+        if self.bias:  # in place: the product's backward does not read its output
+            gx.add_(getattr(self, "bias_ih" + sfx)[:, None])
+        run = _Direction(d, k, sfx)
+        # one tensor per step, by one unbind: its backward stacks the steps' gradients once
+        # (an index per step would make a zeros tensor of the whole gx per step)
+        run.gx = gx.view(-1, T, B).unbind(1)
+        run.w_hh = getattr(self, "weight_hh" + sfx)
+        run.v_hh = run.w_hh.values if isinstance(run.w_hh, SparseWeight) else run.w_hh
+        run.states = _States(T, self.hidden_size, B, xin)
+        run.c_loc = scattered(c0[k], shard).t() if self.mode == "LSTM" else None  # (units, B)
+        run.h_loc = scattered(h0[k], shard).t()
+        run.h_locs = [None] * T
+        return run
+
     def extra_repr(self) -> str:
         return super().extra_repr() + f", units {self.shard.start}:{self.shard.end} of rank {self.shard.rank}"
+
+
+class _Direction:
+    """A layer-direction's state between steps (ShardedRNNBase._sequence): the local h (c), every
+    step's local h, the gathered states, the step the last gather is for and its wait."""
+
+    def __init__(self, d: int, k: int, sfx: str):
+        self.d, self.k, self.sfx = d, k, sfx
+        self.gx = self.w_hh = self.v_hh = self.states = self.h_loc = self.c_loc = self.h_locs = None
+        self.tp = None
+        self.gather = None  # (step, the wait of its all-gather) or None
+
+    def finish_gather(self) -> None:
+        """The last step's state, gathered from every rank, into the output sequence."""
+        t, result = self.gather
+        with torch.no_grad():
+            self.states.Y[t] = result()
 
 
 class ShardedSparseRNN(ShardedRNNBase, SparseRNN):
