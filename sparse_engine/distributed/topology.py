@@ -94,9 +94,7 @@ class RowShard:
         n_cols = weight.shape[1]
         pos = ties.nonzero().flatten()
         keys = self._global_rows(weight)[pos.cpu()] * n_cols + weight.col_idx[pos].cpu().long()
-        everyone = [None] * dist.get_world_size(self.group)
-        _collective(dist.all_gather_object, everyone, keys, group=self.group, what="all_gather_object")
-        cut = torch.cat(everyone).sort().values[n - 1]
+        cut = torch.cat(self._all_gather(keys)).sort().values[n - 1]
         out[pos[(keys <= cut).to(pos.device)]] = True
         return out
 
@@ -105,9 +103,7 @@ class RowShard:
         """This rank's rows (local rows, columns) of ``random_empty`` over the whole pattern of
         which (row_ptr, col_idx) are this rank's rows, ``n`` positions in all (a collective)."""
         lengths = row_ptr.diff().cpu()
-        everyone = [None] * dist.get_world_size(self.group)
-        _collective(dist.all_gather_object, everyone, (self.rows, lengths, col_idx.cpu()), group=self.group,
-                    what="all_gather_object")
+        everyone = list(zip(self._all_gather(self.rows), self._all_gather(lengths), self._all_gather(col_idx.cpu())))
         full_len = torch.zeros(self.n_rows, dtype=torch.int64)
         for rows, lens, _ in everyone:
             full_len[rows] = lens
@@ -145,6 +141,20 @@ class RowShard:
     def _global_rows(self, weight) -> torch.Tensor:
         """The whole matrix's row of each local entry (CPU int64)."""
         return torch.repeat_interleave(self.rows, weight.row_ptr.diff().cpu())
+
+    def _all_gather(self, t: torch.Tensor) -> list:
+        """Every rank's 1-D ``t`` (of any length), in rank order, on the CPU: the lengths first, then
+        the tensors padded to the longest (through the backend's device)."""
+        dev, world = _comm_device(self.group), dist.get_world_size(self.group)
+        n = torch.tensor([t.numel()], dtype=torch.int64, device=dev)
+        sizes = [torch.empty_like(n) for _ in range(world)]
+        _collective(dist.all_gather, sizes, n, group=self.group, what="SET's exchange (all_gather)")
+        sizes = [int(s) for s in sizes]
+        padded = torch.zeros(max(1, *sizes), dtype=t.dtype, device=dev)  # (a collective of empty tensors: one element)
+        padded[:t.numel()] = t.to(dev)
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        _collective(dist.all_gather, parts, padded, group=self.group, what="SET's exchange (all_gather)")
+        return [p[:s].cpu() for p, s in zip(parts, sizes)]
 
     def _all_reduce(self, t: torch.Tensor, what: str) -> None:
         """Sums ``t`` over the group in place (through the backend's device: the GPU for NCCL)."""
