@@ -170,6 +170,26 @@ def packed_case(rank, world):
     return res
 
 
+def train_lstm(lstm, head, opt, steps, ctl=None, epoch_every=None) -> list:
+    """``steps`` optimizer steps of ``lstm`` + ``head`` on one fixed batch (the MSE of the last
+    step's output): the losses; the controller ``ctl`` steps after each (and ends an epoch every
+    ``epoch_every``)."""
+    x, y = inputs(20, 6, 8, 5), inputs(21, 8, 2)
+    losses = []
+    for i in range(steps):
+        opt.zero_grad()
+        out, _ = lstm(x)
+        loss = torch.nn.functional.mse_loss(head(out[-1]), y)
+        loss.backward()
+        opt.step()
+        if ctl is not None:
+            ctl.step()
+            if epoch_every and i % epoch_every == epoch_every - 1:
+                ctl.end_epoch()
+        losses.append(loss.item())
+    return losses
+
+
 def training(rank, world, lr=0.05, steps=12):
     """Adam on a sharded SparseLSTM + head against the same run unsharded: both runs' losses."""
     def run(shard):
@@ -179,16 +199,7 @@ def training(rank, world, lr=0.05, steps=12):
         if shard:
             shard_rows(lstm)
         opt = torch.optim.Adam([*lstm.parameters(), *head.parameters()], lr=lr)
-        x, y = inputs(20, 6, 8, 5), inputs(21, 8, 2)
-        losses = []
-        for _ in range(steps):
-            opt.zero_grad()
-            out, _ = lstm(x)
-            loss = torch.nn.functional.mse_loss(head(out[-1]), y)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        return losses
+        return train_lstm(lstm, head, opt, steps)
     return {"full": run(False), "sharded": run(True)}
 
 
@@ -206,16 +217,7 @@ def set_training(rank, world, lr=0.05, steps=16):
         opt = torch.optim.Adam([*lstm.parameters(), *head.parameters()], lr=lr)
         ctl = SET(lstm, opt, zeta=0.3, rewire_every=4, seed=1)
         before = {n: (w.nnz, w.col_idx.clone()) for n, w in sparse_weights(lstm).items()}
-        x, y = inputs(20, 6, 8, 5), inputs(21, 8, 2)
-        losses = []
-        for _ in range(steps):
-            opt.zero_grad()
-            out, _ = lstm(x)
-            loss = torch.nn.functional.mse_loss(head(out[-1]), y)
-            loss.backward()
-            opt.step()
-            ctl.step()
-            losses.append(loss.item())
+        losses = train_lstm(lstm, head, opt, steps, ctl)
         after = sparse_weights(lstm)
         return {"losses": losses, "same_nnz": all(after[n].nnz == k for n, (k, _) in before.items()),
                 "changed": any(not torch.equal(after[n].col_idx, c) for n, (_, c) in before.items()),
@@ -265,18 +267,7 @@ def other_controllers_case(rank, world, steps=12):
         refusal = str(e)
     ctl = SelfishRNN(lstm, opt, total_steps=steps)
     before = {n: w.col_idx.clone() for n, w in sparse_weights(lstm).items()}
-    x, y = inputs(20, 6, 8, 5), inputs(21, 8, 2)
-    losses = []
-    for i in range(steps):
-        opt.zero_grad()
-        out, _ = lstm(x)
-        loss = torch.nn.functional.mse_loss(head(out[-1]), y)
-        loss.backward()
-        opt.step()
-        ctl.step()
-        if i % 4 == 3:
-            ctl.end_epoch()
-        losses.append(loss.item())
+    losses = train_lstm(lstm, head, opt, steps, ctl, epoch_every=4)
     changed = any(not torch.equal(w.col_idx, before[n]) for n, w in sparse_weights(lstm).items())
     return {"refusal": refusal, "losses": losses, "changed": changed}
 
