@@ -7,8 +7,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..kernels.constants import GATES
-from ..nn.rnn import SparseRNNBase
 from ..sparse import SparseWeight
 from .exchange import Shard, _collective
 from .sharding import _SHARDED
@@ -55,22 +53,18 @@ def _copy(v):
 
 def _sharded_params(model: nn.Module) -> dict:
     """{id of a sharded Parameter: (its name in model.state_dict(), its module, the weight's name,
-    the rows this rank keeps)}."""
+    its RowShard: the rows this rank keeps)}."""
     out = {}
     for prefix, module in model.named_modules():
         if not isinstance(module, tuple(_SHARDED.values())):
             continue
         pre = prefix + "." if prefix else ""
-        for name, rows in module._shard_rows.items():
+        for name, shard in module._row_shards.items():
             local = getattr(module, name)
             sparse = isinstance(local, SparseWeight)
             param, key = (local.values, pre + name + ".values") if sparse else (local, pre + name)
-            out[id(param)] = (key, module, name, rows)
+            out[id(param)] = (key, module, name, shard)
     return out
-
-
-def _n_rows(module) -> int:
-    return GATES[module.mode] * module.hidden_size if isinstance(module, SparseRNNBase) else module.out_features
 
 
 def full_state_dict(model: nn.Module) -> dict:
@@ -83,8 +77,8 @@ def full_state_dict(model: nn.Module) -> dict:
         if not isinstance(module, tuple(_SHARDED.values())):
             continue
         pre = prefix + "." if prefix else ""
-        for name, rows in module._shard_rows.items():
-            whole, _ = _full_rows(getattr(module, name), rows, _n_rows(module), module.shard)
+        for name, shard in module._row_shards.items():
+            whole, _ = _full_rows(getattr(module, name), shard.rows, shard.n_rows, module.shard)
             for key, value in whole.items():
                 state[pre + name + ("." + key if key else "")] = value
     return state
@@ -104,8 +98,8 @@ def full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer
         like = [k for k, v in st.items() if isinstance(v, torch.Tensor) and v.shape == p.shape]
         entry = {k: _copy(v) for k, v in st.items() if k not in like}
         if id(p) in sharded:
-            key, module, wname, rows = sharded[id(p)]
-            _, gathered_ = _full_rows(getattr(module, wname), rows, _n_rows(module), module.shard,
+            key, module, wname, shard = sharded[id(p)]
+            _, gathered_ = _full_rows(getattr(module, wname), shard.rows, shard.n_rows, module.shard,
                                       [st[k] for k in like])
             entry.update(zip(like, gathered_))
             name = key
@@ -131,12 +125,13 @@ def load_full_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Opti
     for group, saved in zip(optimizer.param_groups, groups):
         group.update({k: v for k, v in saved.items() if k != "params"})
         for p in group["params"]:
-            key, module, wname, rows = sharded.get(id(p), (names[id(p)], None, None, None))
+            key, module, wname, shard = sharded.get(id(p), (names[id(p)], None, None, None))
             if key not in state["state"]:
                 raise KeyError(f"no optimizer state for parameter {key!r}")
             entry = {}
             for k, v in state["state"][key].items():
                 if isinstance(v, torch.Tensor) and module is not None and v.dim() > 0 and v.shape != p.shape:
+                    rows = shard.rows
                     if isinstance(getattr(module, wname), SparseWeight):
                         row_ptr = model_state[key.rsplit(".", 1)[0] + ".row_ptr"]
                         lengths = row_ptr[rows + 1] - row_ptr[rows]

@@ -9,9 +9,9 @@ the unsharded module (and the same input gradients). How the ranks exchange is :
 (Megatron-LM's tensor parallelism by rows); a recurrent layer gathers the local units' h once per
 time step, so every rank has the whole state for the next step's product, and in the backward
 the ranks' partial gradients of that state go to the units' owners with one reduce-scatter per
-step. Checkpoints for any world size: :mod:`.checkpoint`. Not yet (issue 47): the exchange
-overlapped with the local rows, proj_size, topology updates that equal the unsharded ones. See
-docs/distributed.md.
+step. Checkpoints for any world size: :mod:`.checkpoint`; SET's update as the unsharded one:
+:mod:`.topology`. Not yet (issue 47): a one-direction layer's gather overlapped with the local
+rows, proj_size, growth by gradient. See docs/distributed.md.
 """
 from __future__ import annotations
 
@@ -174,7 +174,7 @@ class ShardedRNNBase:
                     run.h_loc, run.c_loc = _cell(self.mode, run.gx[t], gh, run.h_loc, run.c_loc)
                     with torch.no_grad():  # every rank's units: the next step's state, the output
                         run.gather = (t, _all_gather_features(run.h_loc, shard, dim=0, wait=False))
-                    run.h_locs[t], run.tp = run.h_loc, t
+                    run.h_locs[t] = run.h_loc
             outs = []
             for run in runs:
                 run.finish_gather()
@@ -222,8 +222,12 @@ class _Direction:
     def __init__(self, d: int, k: int, sfx: str):
         self.d, self.k, self.sfx = d, k, sfx
         self.gx = self.w_hh = self.v_hh = self.states = self.h_loc = self.c_loc = self.h_locs = None
-        self.tp = None
-        self.gather = None  # (step, the wait of its all-gather) or None
+        self.gather = None  # (step, the wait of its all-gather) or None: before the first step
+
+    @property
+    def tp(self) -> int:
+        """The step before: the one the last gather is for."""
+        return self.gather[0]
 
     def finish_gather(self) -> None:
         """The last step's state, gathered from every rank, into the output sequence."""
@@ -324,16 +328,16 @@ def shard_rows(module: nn.Module, group=None) -> nn.Module:
         if module.bias is not None:
             module.bias = nn.Parameter(module.bias.detach()[start:end].clone())
     module.shard = Shard(group, rank, world, ranges)
-    module._shard_rows = {name: _sharded_rows_of(module, name) for name in _sharded_names(module)}
-    # the topology controllers' view of the sparse ones (distributed/topology.py)
+    # where each row-split weight's and bias's rows are in the whole matrix: for the checkpoints
+    # (checkpoint.py) and the topology controllers (distributed/topology.py)
     n_rows = GATES[module.mode] * module.hidden_size if isinstance(module, SparseRNNBase) else module.out_features
-    module._row_shards = {name: RowShard(rows, n_rows, group) for name, rows in module._shard_rows.items()
-                          if isinstance(getattr(module, name), SparseWeight)}
+    module._row_shards = {name: RowShard(_sharded_rows_of(module, name), n_rows, group)
+                          for name in _sharded_names(module)}
     module.__class__ = _SHARDED[kind]
     return module
 
 
-# ------------------------------------------------------------------ which rows (for checkpoint.py)
+# ------------------------------------------------------------------ which rows (RowShard)
 def _sharded_names(module) -> list[str]:
     """The state_dict prefixes of a (sharding) module's row-split weights and biases."""
     if isinstance(module, SparseRNNBase):

@@ -18,8 +18,8 @@ rows of it:
   pruned pattern (each rank's column indices, gathered: 4 bytes a connection for the moment of the
   update) and draws the same positions with the same seed.
 
-The controllers find a sharded module's weights by its ``_row_shards`` (set by ``shard_rows``) and
-use these in place of the one-process functions.
+The controllers find a sharded module's weights' shards by name in its ``_row_shards`` (set by
+``shard_rows``) and use these in place of the one-process functions.
 """
 from __future__ import annotations
 
@@ -38,9 +38,10 @@ _BINS = 1 << 16
 
 @dataclass
 class RowShard:
-    """Where a sharded weight's rows are in the whole matrix: ``rows`` (CPU int64, increasing) the
-    whole matrix's row of each local row, ``n_rows`` the whole matrix's rows, ``group`` the ranks
-    that hold the others."""
+    """Where a sharded weight's (or bias's) rows are in the whole matrix: ``rows`` (CPU int64,
+    increasing) the whole matrix's row of each local row, ``n_rows`` the whole matrix's rows,
+    ``group`` the ranks that hold the others. ``shard_rows`` sets one per row-split tensor of a
+    module (its ``_row_shards``), which the checkpoints and the topology controllers read."""
     rows: torch.Tensor
     n_rows: int
     group: object
@@ -52,13 +53,14 @@ class RowShard:
         if not 0.0 <= zeta <= 1.0:
             raise ValueError(f"zeta must be in [0, 1], got {zeta}")
         dev = values.device
-        counts = torch.stack([(values > 0).sum(), (values < 0).sum(), values.isnan().sum()]).to(torch.int64)
+        positive, negative = values > 0, values < 0
+        counts = torch.stack([positive.sum(), negative.sum(), values.isnan().sum()]).to(torch.int64)
         self._all_reduce(counts, "SET's counts")
         if counts[2]:
             raise ValueError("values must not contain NaN")
         key = _magnitude_keys(values)
         drop = values == 0  # exact zeros: always dropped, as set_keep does
-        for sign, count in ((values > 0, int(counts[0])), (values < 0, int(counts[1]))):
+        for sign, count in ((positive, int(counts[0])), (negative, int(counts[1]))):
             k = _round_half_away(zeta * count)
             if k == 0:
                 continue

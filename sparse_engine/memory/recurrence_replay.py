@@ -291,7 +291,7 @@ def _persistent_backward(led: Ledger, r: Run, dy: str | None, dx_name: str) -> N
     if r.bias:
         led.alloc(n + ".db_ih", "gradients", G * e)
         led.alloc(n + ".db_hh", "gradients", G * e)
-    led.free(n + ".dGs", n + ".dh", n + ".dc", n + ".w_hh_t", n + ".hhcols", n + ".xcols_b")
+    led.free(n + ".dGs", n + ".dh", n + ".dc", n + ".hhcols", n + ".xcols_b")
     led.free(n + ".kept", n + ".hT", n + ".cT", n + ".y")
 
 

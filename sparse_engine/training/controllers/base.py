@@ -73,8 +73,9 @@ class TopologyController:
             raise ValueError("model has no SparseWeight to update")
         #: the weights split by rows across ranks (``shard_rows``), by name: their row shards
         #: (sparse_engine/distributed/topology.py), for the updates that decide over the whole matrix
-        self.shards = {f"{prefix}.{name}" if prefix else name: shard for prefix, m in model.named_modules()
-                       for name, shard in getattr(m, "_row_shards", {}).items()}
+        shards = {f"{prefix}.{name}" if prefix else name: shard for prefix, m in model.named_modules()
+                  for name, shard in getattr(m, "_row_shards", {}).items()}
+        self.shards = {name: shards[name] for name in self.weights if name in shards}
         self.callbacks = list(callbacks)
         for cb in self.callbacks:
             if not callable(cb):
