@@ -268,11 +268,13 @@ cudaError_t dispatch_vec_lanes(bool wide, int64_t C, Launch&& launch) {
 }
 
 // The launch of a row kernel with a long-row list (spmm_cuda.cu, sddmm_cuda.cu): a.long_rows
-// set up in `workspace` for n rows and nnz entries, then launch(VEC, CW) as above for a.C.
-template <typename T, int MaxLanes, typename Args, typename Launch>
+// set up in `workspace` for n rows and nnz entries (SplitLongRows: with the partial sums of their
+// segments, the gather's), then launch(VEC, CW) as above for a.C.
+template <typename T, int MaxLanes, bool SplitLongRows = false, typename Args, typename Launch>
 cudaError_t launch_row_kernels(Args& a, int64_t n, int64_t nnz, bool wide, int32_t* workspace, cudaStream_t stream,
                                Launch&& launch) {
-  const cudaError_t err = init_long_rows(a.long_rows, n, nnz, workspace, stream);
+  const cudaError_t err = SplitLongRows ? init_long_rows_split(a.long_rows, n, nnz, workspace, stream)
+                                        : init_long_rows(a.long_rows, n, nnz, workspace, stream);
   if (err != cudaSuccess) return err;
   return dispatch_vec_lanes<T, MaxLanes>(wide, a.C, launch);
 }

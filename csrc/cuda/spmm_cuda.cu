@@ -149,9 +149,8 @@ cudaError_t gather(const int64_t* ptr, const int32_t* idx, const int32_t* perm, 
   constexpr int kWide = kWideVec<T>;
   const bool wide = B % kWide == 0 && aligned16(src) && aligned16(out);
   GatherArgs<T> a{ptr, idx, perm, values, src, out, n, B, wide ? B / kWide : B, 0, {}};
-  const cudaError_t err = init_long_rows_split(a.long_rows, n, nnz, workspace, stream);
-  if (err != cudaSuccess) return err;
-  return dispatch_vec_lanes<T, kWarp>(wide, a.C, [&](auto vec, auto lanes) {
+  constexpr bool kSplitLongRows = true;
+  return launch_row_kernels<T, kWarp, kSplitLongRows>(a, n, nnz, wide, workspace, stream, [&](auto vec, auto lanes) {
     return gather_launch<T, decltype(vec)::value, decltype(lanes)::value>(a, stream);
   });
 }
