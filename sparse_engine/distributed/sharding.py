@@ -26,7 +26,7 @@ from ..kernels.constants import GATES
 from ..nn import SparseGRU, SparseLinear, SparseLSTM, SparseMLP, SparseRNN
 from ..nn.mlp import _FaithfulDrop, _ReluDropout
 from ..nn.rnn import SparseRNNBase
-from ..nn.sequences import packed_positions, run_by_length
+from ..nn.sequences import packed_positions, run_by_length, time_major
 from ..sparse import SparseWeight
 from .topology import RowShard
 from .exchange import (Shard, _all_gather_features, _Sequence, _States, _StepProduct, gathered, replicated,
@@ -115,10 +115,7 @@ class ShardedRNNBase:
         h0, c0 = (hx if lstm and hx is not None else (hx, None))
         if isinstance(input, PackedSequence):
             return self._forward_packed(input, h0, c0)
-        batched = input.dim() == 3
-        x = input if batched else input.unsqueeze(1)
-        if self.batch_first and batched:
-            x = x.transpose(0, 1)
+        x, batched = time_major(input, self.batch_first)
         if x.shape[-1] != self.input_size:
             raise ValueError(f"input must have last dimension input_size={self.input_size}, got shape "
                              f"{tuple(input.shape)}")

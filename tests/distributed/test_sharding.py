@@ -414,6 +414,16 @@ def inplace_case(rank, world):
     return "no error"
 
 
+def empty_sequence_case(rank, world):
+    """No time step: the unsharded module's one-line error (a reshape error before)."""
+    lstm = shard_rows(SparseLSTM(3, 6, density=0.5, dtype=F64))
+    try:
+        lstm(inputs(1, 0, 2, 3))
+    except ValueError as e:
+        return str(e)
+    return "no error"
+
+
 def dead_rank_case(rank, world):
     """The last rank stops taking part (as a dead one would) while the others run a sharded
     forward on a group with a 3 s timeout: they fail with one line, not a hang."""
@@ -438,7 +448,8 @@ def scenarios(rank, world):
            "device_cpu": lambda: device_case(rank, world, "cpu"), "two_d": lambda: two_d_case(rank, world),
            "untrained": lambda: training(rank, world, lr=0.0), "set": lambda: set_training(rank, world),
            "set_update": lambda: set_update_case(rank, world),
-           "other_controllers": lambda: other_controllers_case(rank, world)}
+           "other_controllers": lambda: other_controllers_case(rank, world),
+           "empty_sequence": lambda: empty_sequence_case(rank, world)}
     out |= {name: (lambda n=name: rnn_case(n, rank, world)) for name in RNN_CASES}
     out["dead_rank"] = lambda: dead_rank_case(rank, world)  # last: it leaves its group broken
     return out
@@ -563,6 +574,11 @@ def test_model_parallel_inside_data_parallel_trains_as_one_process(results):
         for step, (whole, parts) in enumerate(res["losses"]):
             assert abs(whole - parts) < 1e-12, (r, step, whole, parts)
         assert res["losses"][-1][0] < res["losses"][0][0], (r, res["losses"])  # the steps changed it
+
+
+def test_an_empty_sequence_is_refused_in_one_line(results):
+    for r, msg in enumerate(outcome(results, "empty_sequence")):
+        assert msg == "input must have at least one time step", (r, msg)
 
 
 def test_an_output_changed_in_place_is_refused_in_the_backward(results):
