@@ -10,8 +10,9 @@ Used by the command line (``train --memory-budget``, ``bench --memory``) and by 
 nothing of the training path imports it.
 """
 from .predict import (KINDS, OPTIMIZERS, PHASES, Head, MemoryBreakdown, MemoryBudgetError, RecurrentSizes,
-                      evaluation_peak, format_size, largest_hidden, parse_size, predict, recompute_for_budget, sizes_of)
+                      evaluation_peak, format_size, largest_hidden, least_memory_interval, parse_size, predict,
+                      recompute_for_budget, sizes_of)
 
 __all__ = ["KINDS", "PHASES", "OPTIMIZERS", "RecurrentSizes", "Head", "MemoryBreakdown", "MemoryBudgetError",
-           "sizes_of", "predict", "recompute_for_budget", "largest_hidden", "evaluation_peak", "parse_size",
+           "sizes_of", "predict", "recompute_for_budget", "least_memory_interval", "largest_hidden", "evaluation_peak", "parse_size",
            "format_size"]

@@ -40,8 +40,8 @@ from .recurrence_replay import KINDS, PHASES
 from .step_replay import MODES, OPTIMIZERS, Head, RecurrentSizes, check_args, replay
 
 __all__ = ["KINDS", "PHASES", "OPTIMIZERS", "RecurrentSizes", "Head", "MemoryBreakdown", "MemoryBudgetError",
-           "sizes_of", "predict", "recompute_for_budget", "largest_hidden", "evaluation_peak", "parse_size",
-           "format_size"]
+           "sizes_of", "predict", "recompute_for_budget", "least_memory_interval", "largest_hidden", "evaluation_peak",
+           "parse_size", "format_size"]
 
 
 def _weight_nnz(w):
@@ -152,30 +152,41 @@ def _intervals(T: int) -> list[int]:
     return sorted(ks)
 
 
+def _need(model, steps, batch, optimizer, k, eval_batch, overrides) -> tuple[int, MemoryBreakdown]:
+    """(bytes a step and, with ``eval_batch``, the evaluation batches need, the step's breakdown)."""
+    got = predict(model, steps, batch, optimizer, recompute_every=k, **overrides)
+    if eval_batch is None:
+        return got.peak, got
+    return max(got.peak, evaluation_peak(model, steps, eval_batch, optimizer, recompute_every=k,
+                                         **overrides)), got
+
+
+def least_memory_interval(model, steps: int, batch: int, optimizer: str = "adam", *, eval_batch: int | None = None,
+                          **overrides) -> tuple[int, int, MemoryBreakdown]:
+    """(recompute_every, the bytes it needs, the step's breakdown) of the interval with the
+    smallest predicted peak (the largest such k on a tie); with ``eval_batch`` the evaluation
+    batches between steps (:func:`evaluation_peak`) count too."""
+    best = min(((*_need(model, steps, batch, optimizer, k, eval_batch, overrides), k) for k in _intervals(steps)),
+               key=lambda t: (t[0], -t[2]))
+    least, step, k = best
+    return k, least, step
+
+
 def recompute_for_budget(model, steps: int, batch: int, budget: int, optimizer: str = "adam", *,
                          eval_batch: int | None = None, **overrides) -> tuple[int | None, MemoryBreakdown]:
     """(recompute_every, the step's breakdown) for a step within ``budget`` bytes: None (store every
-    step) where that fits, else the interval with the smallest predicted peak (the largest such k
-    on a tie): the least memory wins, leaving the most headroom. A larger k recomputes fewer steps
-    (all but the last segment's: T - 1 - (T - 1) % k of T), at most about half a forward less; a
-    user who prefers that time to memory names k. With
-    ``eval_batch``, the evaluation batches between steps (:func:`evaluation_peak`) must fit too.
+    step) where that fits, else the interval with the smallest predicted peak
+    (:func:`least_memory_interval`): the least memory wins, leaving the most headroom. A larger k
+    recomputes fewer steps (all but the last segment's: T - 1 - (T - 1) % k of T), at most about
+    half a forward less; a user who prefers that time to memory names k. With ``eval_batch``, the
+    evaluation batches between steps (:func:`evaluation_peak`) must fit too.
     :class:`MemoryBudgetError` when no interval fits, naming the smallest peak possible."""
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
         raise ValueError(f"budget must be a number of bytes >= 1, got {budget!r}")
-
-    def need(k):
-        got = predict(model, steps, batch, optimizer, recompute_every=k, **overrides)
-        if eval_batch is None:
-            return got.peak, got
-        return max(got.peak, evaluation_peak(model, steps, eval_batch, optimizer, recompute_every=k,
-                                             **overrides)), got
-
-    stored, step = need(None)
+    stored, step = _need(model, steps, batch, optimizer, None, eval_batch, overrides)
     if stored <= budget:
         return None, step
-    best = min(((*need(k), k) for k in _intervals(steps)), key=lambda t: (t[0], -t[2]))
-    least, step, k = best
+    k, least, step = least_memory_interval(model, steps, batch, optimizer, eval_batch=eval_batch, **overrides)
     if least > budget:
         what = "a step" + (f" and evaluation batches of {eval_batch}" if eval_batch else "")
         raise MemoryBudgetError(

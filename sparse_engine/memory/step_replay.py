@@ -18,10 +18,12 @@ from ..recurrent.cell_steps import CELLS, FUSED_DTYPES, has_fused_kernels
 from ..recurrent.compute_paths import dense_by_sizes, persistent_by_sizes
 from ..recurrent.config import Config
 from ..recurrent.persistent import MODES as PERSISTENT_MODES
+from ..training.compact_adam import CHUNK
 from ..recurrent.sequence import stacks
 from .recurrence_replay import Ledger, Run, run_backward, run_forward, transpose_buffer
 
-OPTIMIZERS = ("adam", "sgd", "sgd-momentum")
+#: "adam-bf16": :class:`~sparse_engine.training.CompactAdam`, Adam with bfloat16 moments
+OPTIMIZERS = ("adam", "adam-bf16", "sgd", "sgd-momentum")
 #: The modes of the modules (SparseRNN's nonlinearity is the mode's tail).
 MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU", "CTRNN")
 
@@ -198,14 +200,16 @@ def replay(s: RecurrentSizes, steps: int, batch: int, optimizer: str) -> tuple[L
     # what lives from step to step: values and dense parameters, the index, the optimizer state
     led.alloc("params", "weights", sum(params))
     led.alloc("index", "index", _index_bytes(s))
-    states = {"adam": 2, "sgd": 0, "sgd-momentum": 1}[optimizer]
-    led.alloc("opt_state", "optimizer", states * sum(params) + (4 * len(params) if optimizer == "adam" else 0))
+    # bytes of state per byte of parameter (CompactAdam: two bfloat16 moments), plus Adam's step counters
+    per_byte = {"adam": 2, "adam-bf16": 4 / e, "sgd": 0, "sgd-momentum": 1}[optimizer]
+    steps_bytes = 4 * len(params) if optimizer.startswith("adam") else 0
+    led.alloc("opt_state", "optimizer", int(per_byte * sum(params)) + steps_bytes)
     runs = runs_of(s, steps, batch, s.recompute_every)
     layer_in = _forward(led, s, runs, steps, batch, e)
     led.begin("backward")
     _backward(led, s, runs, layer_in, steps, batch, e)
     led.begin("optimizer")
-    _optimizer_step(led, optimizer, params, s.device)
+    _optimizer_step(led, optimizer, params, s.device, e)
     return led, runs
 
 
@@ -370,8 +374,13 @@ def _head_backward(led: Ledger, s: RecurrentSizes, T: int, B: int, e: int) -> st
     return "dy"
 
 
-def _optimizer_step(led: Ledger, optimizer: str, params: list[int], device: str) -> None:
-    """torch.optim's step on the CPU (one tensor at a time) or CUDA (foreach, all at once)."""
+def _optimizer_step(led: Ledger, optimizer: str, params: list[int], device: str, e: int) -> None:
+    """torch.optim's step on the CPU (one tensor at a time) or CUDA (foreach, all at once);
+    CompactAdam's a chunk at a time on both."""
+    if optimizer == "adam-bf16":  # its _update: m, v, denom in float32, then round_stochastic's noise,
+        c = min(CHUNK, max(params) // e)  # its sum and the bfloat16 result, for the largest chunk
+        led.temp("compact_adam", "workspace", *[4 * c] * 5, 2 * c)
+        return
     if optimizer != "adam":
         return  # SGD (with momentum: buf.mul_().add_()) updates in place
     if device == "cuda":  # _multi_tensor_adam: exp_avg_sq_sqrt = torch._foreach_sqrt(exp_avg_sqs)

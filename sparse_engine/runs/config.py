@@ -154,15 +154,22 @@ class TrainConfig(_Checked):
                                      f"beside ours. One of: {', '.join(RECIPES)} (default: none; see docs/papers.md)")
     # the memory model (sparse_engine.memory): they change no result, so a resumed run may change them
     recompute_every: int | str | None = option(
-        None, check=valid.recompute_every, type=recompute_interval, metavar="{K,auto,none}", may_change=True,
+        "auto", check=valid.recompute_every, type=recompute_interval, metavar="{K,auto,none}", may_change=True,
         help="keep the recurrent state every K steps and recompute the rest in the backward (same gradients, one "
-             "more forward, activations O(T/K + K) steps instead of O(T)); auto: the K with the least memory when "
-             "storing every step does not fit the budget (default: none)")
+             "more forward, activations O(T/K + K) steps instead of O(T)); none: store every step; auto: store every "
+             "step where that fits the budget, else the K with the least memory (default: %(default)s)")
+    adam_state: str = option(
+        "auto", choices=("auto", "float32", "bfloat16"), may_change=True,
+        help="the dtype of Adam's two moments (recurrent models): float32 is torch's Adam; bfloat16 "
+             "(sparse_engine.training.CompactAdam, stochastic rounding) saves 4 bytes a parameter and trains within "
+             "the spread of seeds in our tests (docs/memory.md); auto: bfloat16 only where float32 does not fit "
+             "the budget even with recomputation (default: %(default)s)")
     memory_budget: int | str | None = option(
         None, check=valid.size_or_none, metavar="SIZE", may_change=True,
-        help="memory a training step (and an evaluation batch) may take, e.g. 16G or 512M: the run is refused before "
-             "it starts when the memory model (docs/memory.md) estimates more, and --recompute-every auto picks its K "
-             "for it (default: the memory available now; on a GPU its free memory)")
+        help="memory a training step (and an evaluation batch) may take, e.g. 16G or 512M: --recompute-every auto "
+             "and --adam-state auto pick what fits (exact choices first, the plan is printed), and the run is refused "
+             "before it starts when the memory model (docs/memory.md) estimates more than any allowed choice "
+             "(default: the memory available now; on a GPU its free memory)")
 
 
 @dataclass
@@ -197,7 +204,10 @@ class BenchConfig(_Checked):
                              help="input features per step, >= 1 (default: %(default)s)")
     optimizer: str = option("adam", choices=MEMORY_OPTIMIZERS, group=MEMORY_OPTIONS,
                             help="its state and temporaries (default: %(default)s)")
-    recompute_every: int | str | None = shared_option(TrainConfig, "recompute_every", group=MEMORY_OPTIONS)
+    recompute_every: int | str | None = option(
+        None, check=valid.recompute_every, type=recompute_interval, metavar="{K,auto,none}", group=MEMORY_OPTIONS,
+        help="predict a step that keeps the recurrent state every K steps (train's --recompute-every); auto: store "
+             "every step where that fits --budget, else the K with the least memory (default: none)")
     device: str = shared_option(TrainConfig, "device", group=MEMORY_OPTIONS)
     budget: int | str | None = option(None, check=valid.size_or_none, metavar="SIZE", group=MEMORY_OPTIONS,
                                       help="memory a step may take, e.g. 16G or 80G for an 80 GB GPU (default: none)")
@@ -291,8 +301,8 @@ def _train_combinations(cfg):
 def _mlp_combinations(cfg):
     """(field, reason) for options that do not go with --model mlp (or need it), or None."""
     if cfg.model == "mlp":
-        for field in ("recompute_every", "memory_budget"):
-            if getattr(cfg, field) is not None:
+        for field, default in (("recompute_every", "auto"), ("adam_state", "auto"), ("memory_budget", None)):
+            if getattr(cfg, field) != default:
                 return field, "applies to the recurrent models (lstm, gru, rnn, ctrnn), got --model mlp"
     if cfg.model != "mlp":
         if isinstance(cfg.hidden, (tuple, list)):

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..models import SequenceModel
 from ..sparse import sparse_weights
+from ..training.compact_adam import CompactAdam
 from ..training.recipes import make_controller, make_recipe_controller, zhang_init
 from .config import TrainConfig, mlp_sizes, recipe_config, resolve_device, with_options
 from .memory_run import plan_training
@@ -158,14 +159,17 @@ def _sequence_parts(cfg: TrainConfig, args: dict, recipe, meta: dict, sizes: tup
                     console) -> _Parts:
     """A recurrent model with Adam, its controller and loss. The memory plan first (``sizes``:
     steps per sequence, test examples): a run that would not fit is refused before anything is built."""
-    recompute_every, line = plan_training(cfg, meta, *sizes, device)
+    recompute_every, adam_state, line = plan_training(cfg, meta, *sizes, device)
     if line is not None and not cfg.quiet:
         console.print(line, markup=False, highlight=False, soft_wrap=True)
     model = sequence_model(args, meta, recompute_every)
     if recipe is not None and recipe.zhang_init:
         zhang_init(model, cfg.seed, **recipe.init)
     model = model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    if adam_state == "bfloat16":  # the memory plan's pick, or the user's (docs/memory.md)
+        opt = CompactAdam(model.parameters(), lr=cfg.lr, seed=cfg.seed)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     callbacks, recorder = [], None
     if cfg.record_balance:  # after each topology update and at each epoch's end (analysis/record.py)
         from ..analysis import BalanceRecorder, recurrent_weights

@@ -6,13 +6,15 @@ Controllers (``Name(model, optimizer, **params)``; call ``.step()`` after each
 :class:`GradualMagnitudePruning`, :class:`DeepR`, and SET-MLP's recipe (:class:`SETMLP`,
 :class:`SETSGD`). Building blocks: :mod:`.topology` (prune masks, growth, ``rewire``),
 :mod:`.schedules`, :mod:`.density` (uniform / ERK), :mod:`.grad_factors` (what a module must
-provide for growth by gradient), :mod:`.recipes` (the papers' settings).
+provide for growth by gradient), :mod:`.recipes` (the papers' settings), :class:`CompactAdam`
+(Adam with bfloat16 moments, for models that must fit a small card).
 """
 from .._moved import old_name
 from .controllers import (SET, SET_MLP_SETTINGS, SETMLP, SETSGD, DeepR, GradualMagnitudePruning, RigL, SelfishRNN,
                           SparseNTASGD, TopologyController, importance_keep, redistribute, selfish_set_keep)
 from ..sparse import sparse_weights
 from .density import erk_densities, sparsify_, uniform_densities
+from .compact_adam import CompactAdam
 from .grad_factors import GradFactorRecorder
 from .schedules import cosine_decay, cubic_density, narang_threshold
 from .topology import (INIT_CHOICES, GradientGrowth, RandomGrowth, Remap, global_magnitude_keep, gradient_growth,
@@ -26,7 +28,7 @@ __all__ = [
     "sparse_weights", "uniform_densities", "erk_densities", "sparsify_",
     "INIT_CHOICES", "Remap", "magnitude_keep", "global_magnitude_keep", "set_keep", "threshold_keep",
     "random_empty", "gradient_growth", "RandomGrowth", "GradientGrowth", "new_values", "rewire",
-    "remap_optimizer_state",
+    "remap_optimizer_state", "CompactAdam",
 ]
 
 

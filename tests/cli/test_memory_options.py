@@ -41,7 +41,7 @@ def test_train_recompute_every_gives_the_same_run(capsys, tmp_path):
     stored, recomputed = tmp_path / "stored.pt", tmp_path / "recomputed.pt"
     assert cli.main([*RUN, "--save", str(stored)]) == 0
     assert cli.main([*RUN, "--recompute-every", "2", "--save", str(recomputed)]) == 0
-    assert "recompute_every 2)" in capsys.readouterr().out
+    assert "recompute_every 2; Adam moments float32)" in capsys.readouterr().out
     a, b = load_checkpoint(stored), load_checkpoint(recomputed)
     assert_bit_equal(a["model"], b["model"], "model")
     assert a["extra"]["history"] == b["extra"]["history"]
@@ -60,16 +60,45 @@ def test_train_recompute_every_auto_picks_for_the_budget(capsys):
     argv = ["train", "--hidden", "300", "--density", "0.05", "--epochs", "1", "--recompute-every", "auto",
             "--memory-budget", str(stored - 1)]
     assert cli.main(argv) == 0
-    assert "(auto)) of a budget of" in capsys.readouterr().out
+    assert "(auto); Adam moments float32) of a budget of" in capsys.readouterr().out
+
+
+def test_train_adam_state_auto_narrows_the_moments_only_where_needed(capsys, tmp_path):
+    """A budget below the least a float32 run needs (recomputing) but above a bfloat16 one: the plan
+    takes CompactAdam's bfloat16 moments, says so, and the checkpoint holds them; with room to spare
+    it keeps float32 (torch's Adam), and an lr-0 control shows the run trains."""
+    import torch
+
+    from sparse_engine.memory import least_memory_interval
+
+    sizes = run_sizes(vars(TrainConfig(model="lstm", hidden=300, density=0.05)), load_task("digits", None, 0)[2],
+                      torch.device("cpu"))
+    f32 = least_memory_interval(sizes, 8, 64, "adam", eval_batch=256)[1]
+    b16 = least_memory_interval(sizes, 8, 64, "adam-bf16", eval_batch=256)[1]
+    assert b16 < f32
+    ck = tmp_path / "ck.pt"
+    argv = ["train", "--hidden", "300", "--density", "0.05", "--epochs", "1", "--memory-budget", str(f32 - 1),
+            "--save", str(ck)]
+    assert cli.main(argv) == 0
+    assert "; Adam moments bfloat16 (auto)) of a budget of" in capsys.readouterr().out
+    state = load_checkpoint(ck)["optimizer"]["state"]
+    assert {t["exp_avg"].dtype for t in state.values()} == {torch.bfloat16}
+    assert cli.main([*argv[:-4], "--save", str(ck)]) == 0
+    assert "every step stored; Adam moments float32)" in capsys.readouterr().out
+    assert {t["exp_avg"].dtype for t in load_checkpoint(ck)["optimizer"]["state"].values()} == {torch.float32}
 
 
 @pytest.mark.parametrize("argv, words", [
     (["--memory-budget", "1K"], ["argument --memory-budget: an evaluation batch of 256 needs an estimated",
-                                 "more than the budget of 1 KiB (--memory-budget): try --recompute-every auto"]),
-    (["--memory-budget", "1K", "--recompute-every", "3"], ["(recompute_every 3), more than the budget of 1 KiB"]),
-    (["--memory-budget", "1K", "--recompute-every", "auto"],
-     ["argument --recompute-every: auto: does not fit even with recomputation: a step and evaluation batches of 256 "
-      "need at least", "the budget is 1 KiB (--memory-budget)"]),
+                                 "(even with recompute_every ", " (auto); Adam moments bfloat16 (auto)), more than the "
+                                 "budget of 1 KiB (--memory-budget): try a smaller --batch-size"]),
+    (["--memory-budget", "1K", "--recompute-every", "3"], ["(even with recompute_every 3; Adam moments bfloat16 "
+                                                           "(auto)), more than the budget of 1 KiB",
+                                                           "try --recompute-every auto, a smaller"]),
+    (["--memory-budget", "1K", "--recompute-every", "none", "--adam-state", "float32"],
+     ["(every step stored; Adam moments float32), more than the budget of 1 KiB",
+      "try --recompute-every and --adam-state auto, a smaller"]),
+    (["--model", "mlp", "--adam-state", "bfloat16"], ["argument --adam-state: applies to the recurrent models"]),
     (["--recompute-every", "0"], ["argument --recompute-every: expected an integer >= 1, auto or none, got 0"]),
     (["--recompute-every", "often"], ["argument --recompute-every: expected an integer >= 1, auto or none, got "
                                       "'often'"]),

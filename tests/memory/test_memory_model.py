@@ -19,6 +19,7 @@ from sparse_engine.memory import (KINDS, PHASES, MemoryBudgetError, RecurrentSiz
                                      predict, recompute_for_budget, sizes_of)
 from sparse_engine.runs.train_run import sequence_loss
 from sparse_engine.testing import TensorMemoryTrace
+from sparse_engine.training import CompactAdam
 
 TOLERANCE = 0.15
 CELLS = {"lstm": SparseLSTM, "gru": SparseGRU, "rnn": SparseRNN}
@@ -28,6 +29,8 @@ SEED = 0
 def optimizer_of(kind: str, params):
     if kind == "adam":
         return torch.optim.Adam(params, lr=1e-3)
+    if kind == "adam-bf16":
+        return CompactAdam(params, lr=1e-3)
     return torch.optim.SGD(params, lr=0.1, momentum=0.9 if kind == "sgd-momentum" else 0.0)
 
 
@@ -81,6 +84,7 @@ CASES = [
     ("gru", 4, "both", "adam"), ("gru", 5, "recurrent", "sgd"),
     ("rnn", None, "both", "adam"), ("rnn", None, "recurrent", "sgd-momentum"),
     ("rnn", 4, "both", "sgd"), ("rnn", 2, "recurrent", "adam"),
+    ("lstm", None, "both", "adam-bf16"), ("gru", 4, "recurrent", "adam-bf16"),
 ]
 
 

@@ -13,6 +13,7 @@ from typing import Iterable
 
 import torch
 
+from ..compact_adam import CompactAdam
 from ..schedules import cosine_decay
 from ..topology import Remap, magnitude_keep, threshold_keep
 from .base import Callback, TopologyController
@@ -241,7 +242,7 @@ class SelfishRNN(TopologyController):
         """"adam" or "sgd" (what growth "momentum" reads); ValueError when the optimizer has no
         momentum or the dense buffers would pass ``max_bytes``."""
         opt = self.optimizer
-        if isinstance(opt, (torch.optim.Adam, torch.optim.AdamW)):
+        if isinstance(opt, (torch.optim.Adam, torch.optim.AdamW, CompactAdam)):
             kind, per_entry = "adam", 2 * 4  # exp_avg and exp_avg_sq, float32, kept for the whole run
         elif isinstance(opt, torch.optim.SGD) and all(g.get("momentum", 0) > 0 for g in opt.param_groups):
             kind, per_entry = "sgd", 4  # one score at each update
