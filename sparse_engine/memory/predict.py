@@ -40,7 +40,8 @@ from .recurrence_replay import KINDS, PHASES
 from .step_replay import MODES, OPTIMIZERS, Head, RecurrentSizes, check_args, replay
 
 __all__ = ["KINDS", "PHASES", "OPTIMIZERS", "RecurrentSizes", "Head", "MemoryBreakdown", "MemoryBudgetError",
-           "sizes_of", "predict", "recompute_for_budget", "least_memory_interval", "largest_hidden", "evaluation_peak",
+           "sizes_of", "predict", "recompute_for_budget", "least_memory_interval", "ADAM_STATES", "MemoryPlan",
+           "memory_plans", "plan_for_budget", "largest_hidden", "evaluation_peak",
            "parse_size", "format_size"]
 
 
@@ -194,6 +195,57 @@ def recompute_for_budget(model, steps: int, batch: int, budget: int, optimizer: 
             f"(recompute_every={k}; {format_size(stored)} storing every step), the budget is "
             f"{format_size(budget)}", least, k)
     return k, step
+
+
+#: the dtype of Adam's moments -> the optimizer the model replays (CompactAdam for bfloat16)
+ADAM_STATES = {"float32": "adam", "bfloat16": "adam-bf16"}
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """One choice of the memory options of a training run: ``recompute_every`` (None: store every
+    step), ``adam_state`` (:data:`ADAM_STATES`), the bytes it needs (the step's peak, or the
+    evaluation batches' where larger) and the step's breakdown."""
+    recompute_every: int | None
+    adam_state: str
+    need: int
+    step: MemoryBreakdown
+    evaluation: int | None = None
+
+
+def memory_plans(model, steps: int, batch: int, *, recompute_every="auto", adam_state: str = "auto",
+                 eval_batch: int | None = None, **overrides) -> list[MemoryPlan]:
+    """The choices allowed by ``recompute_every`` (an interval, None, or ``"auto"``: storing, then
+    the interval of least memory) and ``adam_state`` (``"float32"``, ``"bfloat16"`` or ``"auto"``:
+    both), cheapest first: exact ones before approximate ones (float32 moments before bfloat16),
+    and within each storing before recomputing (recomputation costs time, not accuracy)."""
+    if adam_state not in ("auto", *ADAM_STATES):
+        raise ValueError(f"adam_state must be auto, float32 or bfloat16, got {adam_state!r}")
+    plans = []
+    for state in (list(ADAM_STATES) if adam_state == "auto" else [adam_state]):
+        optimizer = ADAM_STATES[state]
+        ks = [None, "auto"] if recompute_every == "auto" else [recompute_every]
+        for k in ks:
+            if k == "auto":
+                k = least_memory_interval(model, steps, batch, optimizer, eval_batch=eval_batch, **overrides)[0]
+            need, step = _need(model, steps, batch, optimizer, k, eval_batch, overrides)
+            evaluation = None if eval_batch is None else evaluation_peak(model, steps, eval_batch, optimizer,
+                                                                         recompute_every=k, **overrides)
+            plans.append(MemoryPlan(k, state, need, step, evaluation))
+    return plans
+
+
+def plan_for_budget(model, steps: int, batch: int, budget: int, **options) -> MemoryPlan:
+    """The cheapest of :func:`memory_plans` (``options``: its keywords) whose need fits ``budget``
+    bytes; :class:`MemoryBudgetError` naming the least any of them needs when none fits."""
+    plans = memory_plans(model, steps, batch, **options)
+    for plan in plans:
+        if plan.need <= budget:
+            return plan
+    least = min(plans, key=lambda p: p.need)
+    raise MemoryBudgetError(f"does not fit: at least {format_size(least.need)} (recompute_every="
+                            f"{least.recompute_every}, Adam moments {least.adam_state}), the budget is "
+                            f"{format_size(budget)}", least.need, least.recompute_every)
 
 
 def largest_hidden(build, steps: int, batch: int, budget: int, optimizer: str = "adam", *, auto: bool = False,

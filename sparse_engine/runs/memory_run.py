@@ -8,8 +8,8 @@ from collections.abc import Mapping
 
 import torch
 
-from ..memory import (Head, MemoryBudgetError, RecurrentSizes, evaluation_peak, format_size, largest_hidden,
-                         least_memory_interval, parse_size, predict, recompute_for_budget)
+from ..memory import (Head, MemoryBudgetError, RecurrentSizes, format_size, largest_hidden, memory_plans, parse_size,
+                         predict, recompute_for_budget)
 from ..runtime.timing import available_memory_bytes
 from .config import BenchConfig, ConfigError
 
@@ -38,62 +38,47 @@ def run_sizes(options: Mapping, meta: dict, device: torch.device) -> RecurrentSi
                                 device=device.type)
 
 
-#: ``--adam-state`` -> the memory model's optimizer
-ADAM_STATES = {"float32": "adam", "bfloat16": "adam-bf16"}
-
-
 def plan_training(cfg, meta: dict, steps: int, n_test: int, device: torch.device) -> tuple[int | None, str, str | None]:
     """(recompute_every, adam_state, the line ``train`` prints) for a run of ``cfg``'s options on
-    sequences of ``steps`` steps. The options set to ``auto`` are chosen for the budget, exact ones
-    first: every step stored with float32 Adam moments where that fits, else recomputation (same
-    results), else bfloat16 moments (:class:`~sparse_engine.training.CompactAdam`), stored, then
-    recomputed. ConfigError naming ``--memory-budget`` (or the option pinned) when the estimated
-    step or evaluation batch fits nothing allowed. No line for a model on the dense compute path
-    (small layers, whose memory the model does not replay) unless a budget was asked for."""
+    sequences of ``steps`` steps: the cheapest of :func:`~sparse_engine.memory.memory_plans` that
+    fits the budget (the options set to ``auto`` chosen, exact ones first). ConfigError naming
+    ``--memory-budget`` when the estimated step or evaluation batch fits none. No line for a model
+    on the dense compute path (small layers, whose memory the model does not replay) unless a
+    budget was asked for."""
     budget, source = budget_bytes(cfg.memory_budget, device)
     sizes = run_sizes(vars(cfg), meta, device)
     B, B_eval = cfg.batch_size, max(1, min(EVAL_BATCH, n_test))
-    states = ["float32", "bfloat16"] if cfg.adam_state == "auto" else [cfg.adam_state]
-    auto_k = cfg.recompute_every == "auto"
     try:
-        plans = [_plan(sizes, steps, B, B_eval, k, state) for state in states
-                 for k in ([None, "auto"] if auto_k else [cfg.recompute_every])]
+        plans = memory_plans(sizes, steps, B, recompute_every=cfg.recompute_every, adam_state=cfg.adam_state,
+                             eval_batch=B_eval)
     except ValueError as exc:
         if "dense path" not in str(exc):
             raise
+        state = "float32" if cfg.adam_state == "auto" else cfg.adam_state
         if cfg.memory_budget is None:
-            return None, states[0], None
-        return None, states[0], ("memory: not estimated, --memory-budget not checked: layers this small compute on "
-                                 "the dense path (docs/compute_paths.md), the memory model covers the sparse one")
-    fits = [p for p in plans if budget is None or p[0] <= budget]
-    need, step, evaluation, k, state = fits[0] if fits else min(plans, key=lambda p: p[0])
-    chosen = ("every step stored" if k is None else f"recompute_every {k}" + (" (auto)" if auto_k else ""))
+            return None, state, None
+        return None, state, ("memory: not estimated, --memory-budget not checked: layers this small compute on "
+                             "the dense path (docs/compute_paths.md), the memory model covers the sparse one")
+    fits = [p for p in plans if budget is None or p.need <= budget]
+    plan = fits[0] if fits else min(plans, key=lambda p: p.need)
+    k, state = plan.recompute_every, plan.adam_state
+    chosen = "every step stored" if k is None else f"recompute_every {k}" + (
+        " (auto)" if cfg.recompute_every == "auto" else "")
     chosen += f"; Adam moments {state}" + (" (auto)" if cfg.adam_state == "auto" and state != "float32" else "")
-    line = (f"memory: estimated peak {format_size(need)} (a training step of {B}: {format_size(step.peak)}, "
-            f"{step.phase}; evaluation batches of {B_eval}: {format_size(evaluation)}; {chosen})")
+    line = (f"memory: estimated peak {format_size(plan.need)} (a training step of {B}: {format_size(plan.step.peak)}, "
+            f"{plan.step.phase}; evaluation batches of {B_eval}: {format_size(plan.evaluation)}; {chosen})")
     if budget is None:
         return k, state, line + "; no budget: the available memory cannot be read here"
     if not fits:
-        what = "a training step" if step.peak >= evaluation else f"an evaluation batch of {B_eval}"
+        what = "a training step" if plan.step.peak >= plan.evaluation else f"an evaluation batch of {B_eval}"
         pinned = [f"--{o}" for o, v in (("recompute-every", cfg.recompute_every), ("adam-state", cfg.adam_state))
                   if v != "auto"]
         hint = f"{' and '.join(pinned)} auto, " if pinned else ""
         least = "even with " if len(plans) > 1 else ""  # the choice of least memory
-        raise ConfigError("memory_budget", f"{what} needs an estimated {format_size(need)} ({least}{chosen}), more "
-                                           f"than the budget of {format_size(budget)} ({source}): try {hint}a "
+        raise ConfigError("memory_budget", f"{what} needs an estimated {format_size(plan.need)} ({least}{chosen}), "
+                                           f"more than the budget of {format_size(budget)} ({source}): try {hint}a "
                                            "smaller --batch-size or --hidden, or a larger --memory-budget")
     return k, state, line + f" of a budget of {format_size(budget)} ({source})"
-
-
-def _plan(sizes, steps: int, B: int, B_eval: int, k, state: str) -> tuple:
-    """(bytes needed, the step's breakdown, the evaluation's peak, recompute_every, state) of one
-    choice; ``k='auto'``: the interval of least memory."""
-    optimizer = ADAM_STATES[state]
-    if k == "auto":
-        k = least_memory_interval(sizes, steps, B, optimizer, eval_batch=B_eval)[0]
-    step = predict(sizes, steps, B, optimizer, recompute_every=k)
-    evaluation = evaluation_peak(sizes, steps, B_eval, optimizer, recompute_every=k)
-    return max(step.peak, evaluation), step, evaluation, k, state
 
 
 def memory_bench(cfg: BenchConfig) -> dict:
