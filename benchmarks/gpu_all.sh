@@ -51,11 +51,14 @@
 #   cuda_ops_nvidia_h200.md, had Zipf rows at B >= 32 at 0.22-0.7x cuSPARSE): DEADLINE_S=500
 #   STAGES="build test bench_quick bench" BENCH_DTYPES=float32 (the tests ~150 s, the grid what is left),
 #   and compare with benchmarks/results/cuda_ops_nvidia_h200.md.
+#   Then STAGES=caps (issue 46: the largest LSTM/GRU under 8, 12, 16, 24 and 80 GB, emulated with
+#   set_per_process_memory_fraction; bench_caps.py, caps_cuda.md; not run yet: the 80G row builds ~1e9
+#   connections on the CPU first, so it comes last; DEADLINE_S=580).
 #   With time to spare, in this order: STAGES=topology (all cases), BENCH_DTYPES=bfloat16
 #   STAGES=bench ... -- --quick (then the full bf16 grid), STAGES=step.
 # $OUT per command: gpu_all.log (every stage's output, appended as it goes), each benchmark's results
 # file (cuda_ops_<gpu>[_bf16][_quick].md, rnn_gpu[_quick].md, rnn_gpu_largest.md, topology_<gpu>.md,
-# rnn_step_gpu.md, rnn_gpu_persistent.md) and, from the build stage, build/_C*.so[.partNN]: at most 8 files.
+# rnn_step_gpu.md, rnn_gpu_persistent.md, caps_cuda.md) and, from the build stage, build/_C*.so[.partNN]: at most 8 files.
 # Afterwards commit from $OUT (files_at) into benchmarks/results/: the results files, and each
 # command's gpu_all.log as gpu_<stages>_<gpu>.log (<gpu> = nvidia_h100_80gb_hbm3 or the like);
 # quote the numbers in docs/cuda.md / README.md.
@@ -70,6 +73,7 @@
 #   STAGES="rnn" benchmarks/gpu_all.sh                 # LSTM/GRU training step table (bench_rnn.py)
 #   STAGES="largest" benchmarks/gpu_all.sh             # largest SparseLSTM hidden at 32 nonzeros/row
 #   STAGES="persistent" benchmarks/gpu_all.sh          # the persistent kernels: tests, sanitizers, table
+#   STAGES="caps" benchmarks/gpu_all.sh                # the largest LSTM/GRU under memory caps (bench_caps.py)
 #   BENCH_DTYPES=bfloat16 STAGES=bench benchmarks/gpu_all.sh   # only the bf16 grid
 #   DEADLINE_S=100000 STAGES="build test sanitize bench step topology rnn largest persistent" benchmarks/gpu_all.sh
 #                                                      # everything, on a machine without a time limit
@@ -331,6 +335,21 @@ if has persistent && begin "persistent recurrent kernels: tests, sanitizers, tab
     --methods sparse_engine sparse_engine_persistent sparse_engine_persistent_l2 masked_dense --repeats 5 --timeout 90 \
     --budget-s "$(budget 90 330)" --out benchmarks/results/rnn_gpu_persistent.md ${copy[@]+"${copy[@]}"}
   took persistent $t0
+fi
+if has caps && begin "the largest sparse LSTM/GRU under 8-80 GB caps (issue 46)" 120; then
+  t0=$SECONDS
+  # correctness first: recomputation gives the same gradients on the GPU, the memory model's GPU
+  # check, CompactAdam (bfloat16 moments) on the GPU as on the CPU
+  CAP=90 logged 10 $PY -m pytest -q -ra ${PYTEST_TIMEOUT[@]+"${PYTEST_TIMEOUT[@]}"} \
+    tests/recurrent/test_recompute.py::test_cuda_bit_identical tests/memory/test_memory_model.py::test_prediction_on_a_gpu \
+    tests/training/test_compact_adam.py -k "cuda or gpu" \
+    || say "== caps tests FAILED (the list above)"
+  # each row a process capped with set_per_process_memory_fraction; the memory model picks the
+  # largest hidden and its options; the 80G row builds about a billion connections (minutes)
+  logged 24 $PY benchmarks/bench_caps.py --device cuda --models lstm,gru \
+    --rows 8G,12G,16G,24G,16G@1M,none@1M,80G --steps 2 --timeout 300 --budget-s "$(budget 85 480)" \
+    --out benchmarks/results/caps_cuda.md ${copy[@]+"${copy[@]}"}
+  took caps $t0
 fi
 say "== done in $SECONDS s, status $status"
 exit $status

@@ -159,11 +159,11 @@ class TrainConfig(_Checked):
              "more forward, activations O(T/K + K) steps instead of O(T)); none: store every step; auto: store every "
              "step where that fits the budget, else the K with the least memory (default: %(default)s)")
     adam_state: str = option(
-        "auto", choices=("auto", "float32", "bfloat16"), may_change=True,
+        "auto", choices=("auto", "float32", "bfloat16"),
         help="the dtype of Adam's two moments (recurrent models): float32 is torch's Adam; bfloat16 "
              "(sparse_engine.training.CompactAdam, stochastic rounding) saves 4 bytes a parameter and trains within "
              "the spread of seeds in our tests (docs/memory.md); auto: bfloat16 only where float32 does not fit "
-             "the budget even with recomputation (default: %(default)s)")
+             "the budget even with recomputation; a checkpoint keeps the dtype chosen (default: %(default)s)")
     memory_budget: int | str | None = option(
         None, check=valid.size_or_none, metavar="SIZE", may_change=True,
         help="memory a training step (and an evaluation batch) may take, e.g. 16G or 512M: --recompute-every auto "

@@ -5,11 +5,12 @@ because both read the same sizes the same way and neither needs the other's work
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 
-from ..memory import (Head, MemoryBudgetError, RecurrentSizes, format_size, largest_hidden, memory_plans, parse_size,
-                         predict, recompute_for_budget)
+from ..memory import (ADAM_STATES, Head, MemoryBudgetError, RecurrentSizes, evaluation_peak, format_size, largest_hidden,
+                         memory_plans, parse_size, predict, recompute_for_budget)
 from ..runtime.timing import available_memory_bytes
 from .config import BenchConfig, ConfigError
 
@@ -38,47 +39,72 @@ def run_sizes(options: Mapping, meta: dict, device: torch.device) -> RecurrentSi
                                 device=device.type)
 
 
-def plan_training(cfg, meta: dict, steps: int, n_test: int, device: torch.device) -> tuple[int | None, str, str | None]:
-    """(recompute_every, adam_state, the line ``train`` prints) for a run of ``cfg``'s options on
-    sequences of ``steps`` steps: the cheapest of :func:`~sparse_engine.memory.memory_plans` that
-    fits the budget (the options set to ``auto`` chosen, exact ones first). ConfigError naming
-    ``--memory-budget`` when the estimated step or evaluation batch fits none. No line for a model
-    on the dense compute path (small layers, whose memory the model does not replay) unless a
-    budget was asked for."""
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What ``train``'s memory plan chose: the recompute interval, the dtype of Adam's moments, the
+    batch of the test set's evaluation, and the line it prints (None: nothing to say)."""
+    recompute_every: int | None
+    adam_state: str
+    eval_batch: int
+    line: str | None
+
+
+def plan_training(cfg, meta: dict, steps: int, n_test: int, device: torch.device) -> TrainingPlan:
+    """The memory plan of a run of ``cfg``'s options on sequences of ``steps`` steps: the cheapest
+    of :func:`~sparse_engine.memory.memory_plans` whose step fits the budget (the options set to
+    ``auto`` chosen, exact ones first), evaluated in batches of up to :data:`EVAL_BATCH` sequences,
+    halved until they fit too (the evaluation never forces an approximation; the batch changes
+    only the order in which the test loss is summed). ConfigError naming ``--memory-budget`` when
+    nothing allowed fits. No line for a model on the dense compute path (small layers, whose
+    memory the model does not replay) unless a budget was asked for."""
     budget, source = budget_bytes(cfg.memory_budget, device)
     sizes = run_sizes(vars(cfg), meta, device)
     B, B_eval = cfg.batch_size, max(1, min(EVAL_BATCH, n_test))
     try:
-        plans = memory_plans(sizes, steps, B, recompute_every=cfg.recompute_every, adam_state=cfg.adam_state,
-                             eval_batch=B_eval)
+        plans = memory_plans(sizes, steps, B, recompute_every=cfg.recompute_every, adam_state=cfg.adam_state)
     except ValueError as exc:
         if "dense path" not in str(exc):
             raise
         state = "float32" if cfg.adam_state == "auto" else cfg.adam_state
-        if cfg.memory_budget is None:
-            return None, state, None
-        return None, state, ("memory: not estimated, --memory-budget not checked: layers this small compute on "
-                             "the dense path (docs/compute_paths.md), the memory model covers the sparse one")
-    fits = [p for p in plans if budget is None or p.need <= budget]
-    plan = fits[0] if fits else min(plans, key=lambda p: p.need)
+        line = None if cfg.memory_budget is None else (
+            "memory: not estimated, --memory-budget not checked: layers this small compute on the dense path "
+            "(docs/compute_paths.md), the memory model covers the sparse one")
+        return TrainingPlan(None, state, B_eval, line)
+
+    def evaluation(plan, batch):
+        return evaluation_peak(sizes, steps, batch, ADAM_STATES[plan.adam_state], recompute_every=plan.recompute_every)
+
+    chosen = None
+    for plan in plans:
+        if budget is not None and plan.need > budget:
+            continue
+        batch = B_eval
+        while batch > 1 and budget is not None and evaluation(plan, batch) > budget:
+            batch //= 2
+        if budget is None or evaluation(plan, batch) <= budget:
+            chosen = plan, batch
+            break
+    plan, batch = chosen or (min(plans, key=lambda p: p.need), 1)
+    evaluated = evaluation(plan, batch)
     k, state = plan.recompute_every, plan.adam_state
-    chosen = "every step stored" if k is None else f"recompute_every {k}" + (
+    options = "every step stored" if k is None else f"recompute_every {k}" + (
         " (auto)" if cfg.recompute_every == "auto" else "")
-    chosen += f"; Adam moments {state}" + (" (auto)" if cfg.adam_state == "auto" and state != "float32" else "")
-    line = (f"memory: estimated peak {format_size(plan.need)} (a training step of {B}: {format_size(plan.step.peak)}, "
-            f"{plan.step.phase}; evaluation batches of {B_eval}: {format_size(plan.evaluation)}; {chosen})")
+    options += f"; Adam moments {state}" + (" (auto)" if cfg.adam_state == "auto" and state != "float32" else "")
+    need = max(plan.need, evaluated)
+    line = (f"memory: estimated peak {format_size(need)} (a training step of {B}: {format_size(plan.need)}, "
+            f"{plan.step.phase}; evaluation batches of {batch}: {format_size(evaluated)}; {options})")
     if budget is None:
-        return k, state, line + "; no budget: the available memory cannot be read here"
-    if not fits:
-        what = "a training step" if plan.step.peak >= plan.evaluation else f"an evaluation batch of {B_eval}"
+        return TrainingPlan(k, state, batch, line + "; no budget: the available memory cannot be read here")
+    if chosen is None:
+        what = "a training step" if plan.need >= evaluated else f"an evaluation batch of {batch}"
         pinned = [f"--{o}" for o, v in (("recompute-every", cfg.recompute_every), ("adam-state", cfg.adam_state))
                   if v != "auto"]
         hint = f"{' and '.join(pinned)} auto, " if pinned else ""
         least = "even with " if len(plans) > 1 else ""  # the choice of least memory
-        raise ConfigError("memory_budget", f"{what} needs an estimated {format_size(plan.need)} ({least}{chosen}), "
+        raise ConfigError("memory_budget", f"{what} needs an estimated {format_size(need)} ({least}{options}), "
                                            f"more than the budget of {format_size(budget)} ({source}): try {hint}a "
                                            "smaller --batch-size or --hidden, or a larger --memory-budget")
-    return k, state, line + f" of a budget of {format_size(budget)} ({source})"
+    return TrainingPlan(k, state, batch, line + f" of a budget of {format_size(budget)} ({source})")
 
 
 def memory_bench(cfg: BenchConfig) -> dict:

@@ -94,6 +94,8 @@ def resume_config(resume, **given) -> TrainConfig:
     if problem is not None:
         raise ConfigPathError("resume", problem)
     saved = saved_options(resume)
+    if given.get("adam_state") == "auto" and "adam_state" in saved:  # auto: the dtype the saved run's plan chose
+        given = {**given, "adam_state": saved["adam_state"]}
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(given) - known)
     if unknown:

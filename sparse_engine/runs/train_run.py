@@ -9,7 +9,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -90,6 +90,8 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
         parts = _mlp_parts(cfg, meta, Xtr.shape[1], device)
     else:
         parts = _sequence_parts(cfg, args, recipe, meta, (Xtr.shape[1], len(Xte)), device, batches, console)
+        # the checkpoint keeps the moments' dtype the plan chose: a resumed run computes the same
+        cfg = replace(cfg, adam_state="bfloat16" if isinstance(parts.optimizer, CompactAdam) else "float32")
     progress = TrainProgress.start(cfg, parts.model, parts.optimizer, parts.controller, parts.recorder, device,
                                    len(Xtr), shuffle=meta.get("shuffle", True), drop_last=meta.get("drop_last", False),
                                    epoch_batches=meta.get("epoch_batches"))  # restores with --resume
@@ -141,6 +143,7 @@ class _Parts:
     controller: object
     loss: Callable
     recorder: object = None
+    eval_batch: int | None = None  # recurrent models: the memory plan's (None: the batch size)
 
 
 def _mlp_parts(cfg: TrainConfig, meta: dict, n_in: int, device) -> _Parts:
@@ -159,14 +162,14 @@ def _sequence_parts(cfg: TrainConfig, args: dict, recipe, meta: dict, sizes: tup
                     console) -> _Parts:
     """A recurrent model with Adam, its controller and loss. The memory plan first (``sizes``:
     steps per sequence, test examples): a run that would not fit is refused before anything is built."""
-    recompute_every, adam_state, line = plan_training(cfg, meta, *sizes, device)
-    if line is not None and not cfg.quiet:
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
-    model = sequence_model(args, meta, recompute_every)
+    plan = plan_training(cfg, meta, *sizes, device)
+    if plan.line is not None and not cfg.quiet:
+        console.print(plan.line, markup=False, highlight=False, soft_wrap=True)
+    model = sequence_model(args, meta, plan.recompute_every)
     if recipe is not None and recipe.zhang_init:
         zhang_init(model, cfg.seed, **recipe.init)
     model = model.to(device)
-    if adam_state == "bfloat16":  # the memory plan's pick, or the user's (docs/memory.md)
+    if plan.adam_state == "bfloat16":  # the memory plan's pick, or the user's (docs/memory.md)
         opt = CompactAdam(model.parameters(), lr=cfg.lr, seed=cfg.seed)
     else:
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -183,7 +186,7 @@ def _sequence_parts(cfg: TrainConfig, args: dict, recipe, meta: dict, sizes: tup
     loss = sequence_loss if meta["kind"] == "classify" else nn.functional.mse_loss
     if recipe is not None and recipe.softmax_loss:
         loss = softmax_score_loss
-    return _Parts(model, opt, ctl, loss, recorder)
+    return _Parts(model, opt, ctl, loss, recorder, plan.eval_batch)
 
 
 def _print_start(console, cfg: TrainConfig, device, history: list[dict]) -> None:
@@ -234,11 +237,12 @@ def _end_epoch(cfg: TrainConfig, parts: _Parts, epoch: int, train_loss: float, t
     the epoch's row of the history."""
     (Xte, yte, meta), model, ctl = test_set, parts.model, parts.controller
     # Selfish-RNN evaluates on the NT-ASGD averages once averaging has started, as its paper;
-    # an MLP's hidden layers can be wide (10^5-10^6 units): its test batches are training-sized
+    # an MLP's hidden layers can be wide (10^5-10^6 units): its test batches are training-sized; a
+    # recurrent model's are the memory plan's (up to 256)
     averaged = ctl.averaged() if hasattr(ctl, "averaged") else contextlib.nullcontext()
     with averaged:
-        test_loss, test_acc = evaluate(model, Xte, yte, meta["kind"],
-                                       batch=cfg.batch_size if cfg.model == "mlp" else 256, device=device)
+        test_loss, test_acc = evaluate(model, Xte, yte, meta["kind"], batch=parts.eval_batch or cfg.batch_size,
+                                       device=device)
     if ctl is not None:
         ctl.end_epoch(val_loss=test_loss) if cfg.algorithm == "selfish" else ctl.end_epoch()
     if recipe is not None and recipe.fresh_optimizer(epoch, cfg.epochs):

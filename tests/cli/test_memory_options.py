@@ -51,16 +51,38 @@ def test_train_recompute_every_gives_the_same_run(capsys, tmp_path):
 
 
 def test_train_recompute_every_auto_picks_for_the_budget(capsys):
-    """A budget between the least a recomputed run needs and what storing needs: auto recomputes."""
+    """A budget between the least a recomputed step needs and what a stored step needs: auto
+    recomputes; the evaluation batches are halved until they fit too."""
     import torch
 
     sizes = run_sizes(vars(TrainConfig(model="lstm", hidden=300, density=0.05)), load_task("digits", None, 0)[2],
                       torch.device("cpu"))
-    stored = max(predict(sizes, 8, 64).peak, evaluation_peak(sizes, 8, 256))
-    argv = ["train", "--hidden", "300", "--density", "0.05", "--epochs", "1", "--recompute-every", "auto",
-            "--memory-budget", str(stored - 1)]
+    stored = predict(sizes, 8, 64).peak
+    assert evaluation_peak(sizes, 8, 256) > stored  # so 256 sequences must be halved
+    argv = ["train", "--hidden", "300", "--density", "0.05", "--epochs", "1", "--memory-budget", str(stored - 1)]
     assert cli.main(argv) == 0
-    assert "(auto); Adam moments float32) of a budget of" in capsys.readouterr().out
+    line = capsys.readouterr().out.splitlines()[0]
+    from sparse_engine.memory import least_memory_interval
+
+    k = least_memory_interval(sizes, 8, 64)[0]
+    batch = next(b for b in (128, 64, 32, 16, 8, 4, 2, 1) if evaluation_peak(sizes, 8, b, recompute_every=k) < stored)
+    assert f"evaluation batches of {batch}: " in line and f"recompute_every {k} (auto); Adam moments float32) of a" in line
+
+
+def test_the_evaluation_batch_changes_only_the_test_loss_summation():
+    """A budget that halves the evaluation batches: the same weights; the test loss and accuracy
+    equal the run at 256 to rounding."""
+    import torch
+
+    sizes = run_sizes(vars(TrainConfig(model="gru", hidden=200, density=0.05)), load_task("digits", None, 0)[2],
+                      torch.device("cpu"))
+    budget = (evaluation_peak(sizes, 8, 256) + evaluation_peak(sizes, 8, 128)) // 2
+    assert budget > predict(sizes, 8, 64).peak
+    base = ["train", "--model", "gru", "--hidden", "200", "--density", "0.05", "--epochs", "1", "--quiet"]
+    halved = cli.run([*base, "--memory-budget", str(budget)])
+    whole = cli.run(base)
+    assert halved["test_acc"] == whole["test_acc"] and halved["train_loss"] == whole["train_loss"]
+    assert halved["test_loss"] == pytest.approx(whole["test_loss"], rel=1e-6)
 
 
 def test_train_adam_state_auto_narrows_the_moments_only_where_needed(capsys, tmp_path):
@@ -73,23 +95,27 @@ def test_train_adam_state_auto_narrows_the_moments_only_where_needed(capsys, tmp
 
     sizes = run_sizes(vars(TrainConfig(model="lstm", hidden=300, density=0.05)), load_task("digits", None, 0)[2],
                       torch.device("cpu"))
-    f32 = least_memory_interval(sizes, 8, 64, "adam", eval_batch=256)[1]
-    b16 = least_memory_interval(sizes, 8, 64, "adam-bf16", eval_batch=256)[1]
+    f32 = least_memory_interval(sizes, 8, 64, "adam")[1]
+    b16 = least_memory_interval(sizes, 8, 64, "adam-bf16")[1]
     assert b16 < f32
     ck = tmp_path / "ck.pt"
     argv = ["train", "--hidden", "300", "--density", "0.05", "--epochs", "1", "--memory-budget", str(f32 - 1),
             "--save", str(ck)]
     assert cli.main(argv) == 0
     assert "; Adam moments bfloat16 (auto)) of a budget of" in capsys.readouterr().out
-    state = load_checkpoint(ck)["optimizer"]["state"]
-    assert {t["exp_avg"].dtype for t in state.values()} == {torch.bfloat16}
+    saved = load_checkpoint(ck)
+    assert {t["exp_avg"].dtype for t in saved["optimizer"]["state"].values()} == {torch.bfloat16}
+    assert saved["extra"]["args"]["adam_state"] == "bfloat16"  # what a resumed run takes
+    full = cli.run([*argv[:-2], "--epochs", "2", "--quiet"])
+    resumed = cli.run(["train", "--resume", str(ck), "--epochs", "2", "--quiet"])
+    assert resumed == full  # bit-exact: the same moments, the same rounding draws
     assert cli.main([*argv[:-4], "--save", str(ck)]) == 0
     assert "every step stored; Adam moments float32)" in capsys.readouterr().out
     assert {t["exp_avg"].dtype for t in load_checkpoint(ck)["optimizer"]["state"].values()} == {torch.float32}
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["--memory-budget", "1K"], ["argument --memory-budget: an evaluation batch of 256 needs an estimated",
+    (["--memory-budget", "1K"], ["argument --memory-budget: a training step needs an estimated",
                                  "(even with recompute_every ", " (auto); Adam moments bfloat16 (auto)), more than the "
                                  "budget of 1 KiB (--memory-budget): try a smaller --batch-size"]),
     (["--memory-budget", "1K", "--recompute-every", "3"], ["(even with recompute_every 3; Adam moments bfloat16 "

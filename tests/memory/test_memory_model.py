@@ -247,15 +247,15 @@ def test_sizes_parse_and_print():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("k", [None, 4])
-def test_prediction_on_a_gpu(k):
-    """CUDA: the caching allocator's own peak (512-byte blocks), foreach Adam."""
+@pytest.mark.parametrize("k, optimizer", [(None, "adam"), (4, "adam"), (4, "adam-bf16")])
+def test_prediction_on_a_gpu(k, optimizer):
+    """CUDA: the caching allocator's own peak (512-byte blocks), foreach Adam or CompactAdam."""
     dev = torch.device("cuda")
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()  # what earlier tests left
     torch.manual_seed(SEED)
     model = SparseLSTM(16, 2000, density=0.01, recompute_every=k, device=dev)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = optimizer_of(optimizer, model.parameters())
     data = torch.Generator(device=dev).manual_seed(SEED)
     for _ in range(2):  # measured: the second step
         opt.zero_grad()
@@ -267,5 +267,5 @@ def test_prediction_on_a_gpu(k):
         del out
         torch.cuda.synchronize()
     measured = torch.cuda.max_memory_allocated() - base
-    predicted = predict(model, 20, 8)
+    predicted = predict(model, 20, 8, optimizer)
     assert abs(predicted.peak / measured - 1) <= TOLERANCE, (predicted.peak, measured)

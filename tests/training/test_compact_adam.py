@@ -158,3 +158,35 @@ def test_set_remaps_the_bfloat16_state():
         st = opt.state[w.values]
         assert st["exp_avg"].dtype == torch.bfloat16 and st["exp_avg"].shape == w.values.shape
     assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_float32_state_is_torch_adam_and_bfloat16_is_deterministic():
+    """On a GPU: float32 state equals torch's Adam there (foreach off) bit for bit; bfloat16 runs
+    repeat bit for bit (the draws come from a CUDA generator, so not the CPU's bits) and keep the
+    second moment moving."""
+    def on_cuda(ps):
+        return [nn.Parameter(p.detach().cuda()) for p in ps]
+
+    def drive_cuda(opt, ps, steps):
+        g = torch.Generator(device="cuda").manual_seed(1)
+        for _ in range(steps):
+            for p in ps:
+                p.grad = torch.randn(p.shape, generator=g, device="cuda") * 3.0
+            opt.step()
+
+    a, b = on_cuda(params()), on_cuda(params())
+    drive_cuda(CompactAdam(a, lr=0.01, state_dtype=torch.float32, chunk=7), a, 5)
+    drive_cuda(torch.optim.Adam(b, lr=0.01, foreach=False), b, 5)
+    assert all(torch.equal(p, q) for p, q in zip(a, b))
+    c, d = on_cuda(params()), on_cuda(params())
+    drive_cuda(CompactAdam(c, lr=0.01, seed=3), c, 5)
+    drive_cuda(CompactAdam(d, lr=0.01, seed=3), d, 5)
+    assert all(torch.equal(p, q) for p, q in zip(c, d))
+    p = nn.Parameter(torch.zeros(256, device="cuda"))
+    opt = CompactAdam([p], lr=0.0, betas=(0.9, 0.999), seed=5)
+    for _ in range(3000):
+        p.grad = torch.ones(256, device="cuda")
+        opt.step()
+    assert abs(float(opt.state[p]["exp_avg_sq"].float().mean()) - (1 - 0.999**3000)) < 0.01
