@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..memory import (ADAM_STATES, Head, MemoryBudgetError, RecurrentSizes, evaluation_peak, format_size, largest_hidden,
-                         memory_plans, parse_size, predict, recompute_for_budget)
+from ..memory import (ADAM_STATES, Head, MemoryBudgetError, RecurrentSizes, evaluation_peak, format_size,
+                      largest_hidden, memory_plans, parse_size, predict, recompute_for_budget)
 from ..runtime.timing import available_memory_bytes
 from .config import BenchConfig, ConfigError
 

@@ -66,7 +66,8 @@ def test_train_recompute_every_auto_picks_for_the_budget(capsys):
 
     k = least_memory_interval(sizes, 8, 64)[0]
     batch = next(b for b in (128, 64, 32, 16, 8, 4, 2, 1) if evaluation_peak(sizes, 8, b, recompute_every=k) < stored)
-    assert f"evaluation batches of {batch}: " in line and f"recompute_every {k} (auto); Adam moments float32) of a" in line
+    assert f"evaluation batches of {batch}: " in line
+    assert f"recompute_every {k} (auto); Adam moments float32) of a" in line
 
 
 def test_the_evaluation_batch_changes_only_the_test_loss_summation():
