@@ -6,22 +6,19 @@
 //       const at::Tensor& h, const at::Tensor& c, const at::Tensor& b_hh, double dt, double tau);
 //   template <CellMode M> static StepGrads backward(const StepWeight& w, const at::Tensor& acts,
 //       const at::Tensor& c_prev, const at::Tensor& c, const at::Tensor& h, const at::Tensor& dh,
-//       const at::Tensor& dc, double dt, double tau);
+//       const at::Tensor& dc, double dt, double tau, const WeightGrad& g);
 // (a tensor the mode does not use is passed undefined; h in backward is GRU's h_prev and the
 // RNN's h_new), and register_rnn_step_ops<Device>(m) registers the eight ops for a dispatch
 // key: cpu/rnn_step_cpu.cpp (CPU), cuda/rnn_step_glue.cpp (CUDA).
 //
-// The backward ops' optional weight gradient (h_in, dw_t: dw_t += dG h_in^T at the nonzeros, in
-// the transposed index's order) is added here, with the sddmm op, for a device whose backward
-// does not take it; a device that does (kFusesWeightGrad, the CPU: in its W_hh^T dG pass) gets
-// it as a last argument, a WeightGrad.
+// The backward ops' optional weight gradient (g: h_in, dw_t; dw_t += dG h_in^T at the nonzeros,
+// in the transposed index's order) is the device's to add, with no nnz-long temporaries: the
+// CPU in its W_hh^T dG pass, CUDA with an accumulating sddmm on the transposed index.
 #pragma once
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
 #include <optional>
 #include <tuple>
-#include <type_traits>
 
 #include "checks.h"
 #include "constants.h"
@@ -62,12 +59,6 @@ struct WeightGrad {
   at::Tensor h_in, dw_t;
 };
 
-// Whether Device's backward takes a WeightGrad (a static constexpr bool kFusesWeightGrad).
-template <typename D, typename = void>
-struct fuses_weight_grad : std::false_type {};
-template <typename D>
-struct fuses_weight_grad<D, std::void_t<decltype(D::kFusesWeightGrad)>> : std::bool_constant<D::kFusesWeightGrad> {};
-
 // h_in and dw_t checked (both or neither; h_in like the state operand, dw_t one contiguous entry
 // per nonzero in the values' dtype and device); h_in made contiguous.
 inline WeightGrad check_weight_grad(const std::optional<at::Tensor>& h_in, const std::optional<at::Tensor>& dw_t,
@@ -84,32 +75,6 @@ inline WeightGrad check_weight_grad(const std::optional<at::Tensor>& h_in, const
   check_device(*dw_t, "dw_t", values.device());
   TORCH_CHECK_VALUE(dw_t->is_contiguous(), "dw_t must be contiguous (it is added to in place)");
   return {h_in->contiguous(), *dw_t};
-}
-
-// dw_t += sddmm(dG, h_in)[csc_perm]: the weight gradient for a device whose backward does not fuse it.
-inline void add_weight_grad_t(const StepWeight& w, const at::Tensor& dG, const WeightGrad& g) {
-  static const auto sddmm =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("sparse_engine::sddmm", "")
-          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                            const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
-  const at::Tensor& dw_t = g.dw_t;
-  dw_t.add_(sddmm.call(w.row_ptr, w.col_idx, w.csc_ptr, w.csc_row, w.csc_perm, dG, g.h_in)
-                .index_select(0, w.csc_perm));
-}
-
-// Device's backward of mode M with the weight gradient g: fused where the device takes it.
-template <typename Device, CellMode M>
-StepGrads backward_with(const StepWeight& w, const at::Tensor& acts, const at::Tensor& c_prev, const at::Tensor& c,
-                        const at::Tensor& h, const at::Tensor& dh, const at::Tensor& dc, double dt, double tau,
-                        const WeightGrad& g) {
-  if constexpr (fuses_weight_grad<Device>::value) {
-    return Device::template backward<M>(w, acts, c_prev, c, h, dh, dc, dt, tau, g);
-  } else {
-    StepGrads r = Device::template backward<M>(w, acts, c_prev, c, h, dh, dc, dt, tau);
-    if (g.dw_t.defined()) add_weight_grad_t(w, r.dG, g);
-    return r;
-  }
 }
 
 // The data of an optional operand or output (undefined for the mode: nullptr), for the kernels.
@@ -219,8 +184,8 @@ struct RnnStepOps {
   static std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_step_backward(
       SE_STEP_WEIGHT_ARGS, const at::Tensor& acts, const at::Tensor& c_prev, const at::Tensor& c,
       const at::Tensor& dh, const at::Tensor& dc, SE_VALUES_T) {
-    const StepGrads r = backward_with<Device, CellMode::LSTM>(SE_STEP_WEIGHT_T, acts, c_prev, c, {}, dh, dc, 0.0,
-                                                               1.0, SE_GRAD);
+    const StepGrads r = Device::template backward<CellMode::LSTM>(SE_STEP_WEIGHT_T, acts, c_prev, c, {}, dh, dc, 0.0,
+                                                                  1.0, SE_GRAD);
     return {r.dG, r.dh_prev, r.dc_prev};
   }
   static std::tuple<at::Tensor, at::Tensor> gru_step(SE_STEP_WEIGHT_ARGS, const at::Tensor& gx, const at::Tensor& h,
@@ -232,8 +197,8 @@ struct RnnStepOps {
   static std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_step_backward(SE_STEP_WEIGHT_ARGS, const at::Tensor& acts,
                                                                           const at::Tensor& h_prev,
                                                                           const at::Tensor& dh, SE_VALUES_T) {
-    const StepGrads r = backward_with<Device, CellMode::GRU>(SE_STEP_WEIGHT_T, acts, {}, {}, h_prev, dh, {}, 0.0, 1.0,
-                                                              SE_GRAD);
+    const StepGrads r = Device::template backward<CellMode::GRU>(SE_STEP_WEIGHT_T, acts, {}, {}, h_prev, dh, {}, 0.0,
+                                                                 1.0, SE_GRAD);
     return {r.dgx, r.dG, r.dh_prev};
   }
   static at::Tensor rnn_step(SE_STEP_WEIGHT_ARGS, const at::Tensor& gx, const at::Tensor& h, bool relu) {
@@ -244,8 +209,8 @@ struct RnnStepOps {
                                                               const at::Tensor& dh, bool relu, SE_VALUES_T) {
     const WeightGrad g = SE_GRAD;
     const StepGrads r =
-        relu ? backward_with<Device, CellMode::RNN_RELU>(SE_STEP_WEIGHT_T, {}, {}, {}, h_new, dh, {}, 0.0, 1.0, g)
-             : backward_with<Device, CellMode::RNN_TANH>(SE_STEP_WEIGHT_T, {}, {}, {}, h_new, dh, {}, 0.0, 1.0, g);
+        relu ? Device::template backward<CellMode::RNN_RELU>(SE_STEP_WEIGHT_T, {}, {}, {}, h_new, dh, {}, 0.0, 1.0, g)
+             : Device::template backward<CellMode::RNN_TANH>(SE_STEP_WEIGHT_T, {}, {}, {}, h_new, dh, {}, 0.0, 1.0, g);
     return {r.dG, r.dh_prev};
   }
   static std::tuple<at::Tensor, at::Tensor> ctrnn_step(SE_STEP_WEIGHT_ARGS, const at::Tensor& gx, const at::Tensor& h,
@@ -256,8 +221,8 @@ struct RnnStepOps {
   static std::tuple<at::Tensor, at::Tensor> ctrnn_step_backward(SE_STEP_WEIGHT_ARGS, const at::Tensor& acts,
                                                                 const at::Tensor& dh, double dt, double tau,
                                                                 SE_VALUES_T) {
-    const StepGrads r = backward_with<Device, CellMode::CTRNN>(SE_STEP_WEIGHT_T, acts, {}, {}, {}, dh, {}, dt, tau,
-                                                                SE_GRAD);
+    const StepGrads r = Device::template backward<CellMode::CTRNN>(SE_STEP_WEIGHT_T, acts, {}, {}, {}, dh, {}, dt,
+                                                                   tau, SE_GRAD);
     return {r.dG, r.dh_prev};
   }
 

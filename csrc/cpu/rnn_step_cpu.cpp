@@ -281,8 +281,6 @@ CheckedWeight check_weight(const StepWeight& w, const at::Tensor& state, const c
 
 // The CPU device of the step ops (csrc/rnn_step_ops.h). Locals ending in _c are contiguous copies.
 struct CpuStep {
-  static constexpr bool kFusesWeightGrad = true;  // backward adds the weight gradient in its W^T dG pass
-
   template <CellMode M>
   static StepOutputs forward(const StepWeight& w, const at::Tensor& gx, const at::Tensor& h, const at::Tensor& c,
                              const at::Tensor& b_hh, double dt, double tau) {

@@ -75,6 +75,14 @@ cudaError_t launch_sddmm(const int64_t* row_ptr, const int32_t* col_idx, const _
 cudaError_t launch_sddmm(const int64_t* row_ptr, const int32_t* col_idx, const __nv_bfloat16* G,
                          const __nv_bfloat16* X, __nv_bfloat16* out, int64_t rows, int64_t B,
                          int64_t nnz, int32_t* workspace, cudaStream_t stream);
+// out[k] += sum_b G[row_k, b] * X[col_k, b] (the product rounded to storage, then added): the
+// same dot products, bit for bit, as launch_sddmm, added in place; same workspace.
+cudaError_t launch_sddmm_add(const int64_t* row_ptr, const int32_t* col_idx, const float* G,
+                             const float* X, float* out, int64_t rows, int64_t B, int64_t nnz,
+                             int32_t* workspace, cudaStream_t stream);
+cudaError_t launch_sddmm_add(const int64_t* row_ptr, const int32_t* col_idx, const double* G,
+                             const double* X, double* out, int64_t rows, int64_t B, int64_t nnz,
+                             int32_t* workspace, cudaStream_t stream);
 
 // ------------------------------------------------------------------ transpose (transpose_cuda.cu)
 // Bytes of device workspace launch_transpose_index needs.

@@ -9,6 +9,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
+
 #include "../checks.h"
 #include "../rnn_step_ops.h"
 #include "glue.h"
@@ -64,7 +66,7 @@ struct CudaStep {
   template <CellMode M>
   static StepGrads backward(const StepWeight& w, const at::Tensor& acts, const at::Tensor& c_prev,
                             const at::Tensor& c, const at::Tensor& h, const at::Tensor& dh, const at::Tensor& dc,
-                            double dt, double tau) {
+                            double dt, double tau, const WeightGrad& g) {
     constexpr int gates = cell_gates(M);
     const CheckedWeight k = check_weight(w, dh, "dh", gates);
     const c10::cuda::CUDAGuard guard(w.values.device());
@@ -85,7 +87,10 @@ struct CudaStep {
     const int64_t max_col = cuda_checked_max_len(
         {w.csc_ptr, w.csc_row, &w.csc_perm, "csc_ptr", "csc_row", "csc_perm"}, gates * H);
     if (H > 0 && B > 0) {
-      const at::Tensor workspace = int_workspace(cuda::rnn_step_backward_workspace_len(H, k.nnz, max_col, B, dh_c.element_size()), dh_c);
+      // one workspace for the step's kernels and then (same stream) the weight gradient's sddmm
+      const int64_t step_len = cuda::rnn_step_backward_workspace_len(H, k.nnz, max_col, B, dh_c.element_size());
+      const int64_t wgrad_len = g.dw_t.defined() ? cuda::sddmm_workspace_len(H, k.nnz, max_col) : 0;
+      const at::Tensor workspace = int_workspace(std::max(step_len, wgrad_len), dh_c);
       const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
       AT_DISPATCH_FLOATING_TYPES(w.values.scalar_type(), "sparse_engine_rnn_step_backward_cuda", [&] {
         C10_CUDA_CHECK(cuda::launch_rnn_step_backward(
@@ -97,6 +102,13 @@ struct CudaStep {
             data_or_null<scalar_t>(in.dc), dG.data_ptr<scalar_t>(), data_or_null<scalar_t>(dgx),
             data_or_null<scalar_t>(dc_prev), dh_prev.data_ptr<scalar_t>(), H, B, dt, tau, workspace_ptr(workspace),
             stream));
+        // dw_t += dG h_in^T at the nonzeros, in the transposed order: the sddmm of the transposed
+        // index (its rows: W_hh's columns, h_in's rows; its columns: dG's rows), added in place
+        if (g.dw_t.defined() && k.nnz > 0)
+          C10_CUDA_CHECK(cuda::launch_sddmm_add(k.csc_ptr.data_ptr<int64_t>(), k.csc_row.data_ptr<int32_t>(),
+                                                g.h_in.data_ptr<scalar_t>(), dG.data_ptr<scalar_t>(),
+                                                g.dw_t.data_ptr<scalar_t>(), H, B, k.nnz, workspace_ptr(workspace),
+                                                stream));
       });
     }
     return {dG, dh_prev, dc_prev, dgx};

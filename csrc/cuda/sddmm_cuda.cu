@@ -10,6 +10,8 @@
 // Rows longer than long_row_threshold() are listed and done by a block of warps each
 // (entries are independent, so the warps need no reduction). Fixed summation order:
 // results are bitwise reproducible. float16/bfloat16: float32 dot products, rounded once.
+// launch_sddmm_add adds into out instead (the fused recurrent step's weight gradient, taken on
+// the transposed index so it lands in the transposed order with no nnz-long temporaries).
 #include "common.cuh"
 #include "launchers.h"
 
@@ -37,6 +39,7 @@ struct SddmmArgs {
   int64_t C;         // vector columns: B / VEC
   int64_t tiles;     // ceil(C / CW)
   LongRows long_rows;  // rows left to the long-row kernel
+  bool add;            // out[k] += the dot product (rounded to T first, as out.add_(sddmm(...)))
 };
 
 // Reduce-scatter over the CW lanes of a slot: afterwards p[0] of lane c holds the sum over
@@ -92,7 +95,8 @@ __device__ __forceinline__ void sddmm_chunk(const SddmmArgs<T>& a, const T* __re
   reduce_scatter<CW / 2>(p, c);
   // Entry j = lane lives in slot j % S at lane position j / S.
   const A r = __shfl_sync(kFullMask, p[0], (lane % S) * CW + lane / S);
-  if (FULL || k < end) a.out[k] = from_acc<T>(r);  // the one rounding to storage
+  if (FULL || k < end)  // the one rounding to storage (and the sum's, adding)
+    a.out[k] = a.add ? from_acc<T>(to_acc(a.out[k]) + to_acc(from_acc<T>(r))) : from_acc<T>(r);
 }
 
 template <typename T, int VEC, int CW>
@@ -143,12 +147,12 @@ cudaError_t sddmm_launch(SddmmArgs<T> a, cudaStream_t stream) {
 
 template <typename T>
 cudaError_t sddmm(const int64_t* row_ptr, const int32_t* col_idx, const T* G, const T* X, T* out,
-                  int64_t rows, int64_t B, int64_t nnz, int32_t* workspace, cudaStream_t stream) {
+                  int64_t rows, int64_t B, int64_t nnz, int32_t* workspace, cudaStream_t stream, bool add = false) {
   if (rows <= 0 || nnz <= 0) return cudaSuccess;
-  if (B <= 0) return cudaMemsetAsync(out, 0, sizeof(T) * nnz, stream);  // empty sums
+  if (B <= 0) return add ? cudaSuccess : cudaMemsetAsync(out, 0, sizeof(T) * nnz, stream);  // empty sums
   constexpr int kWide = kWideVec<T>;
   const bool wide = B % kWide == 0 && aligned16(G) && aligned16(X);
-  SddmmArgs<T> a{row_ptr, col_idx, G, X, out, rows, B, wide ? B / kWide : B, 0, {}};
+  SddmmArgs<T> a{row_ptr, col_idx, G, X, out, rows, B, wide ? B / kWide : B, 0, {}, add};
   return launch_row_kernels<T, kSddmmLanes>(a, rows, nnz, wide, workspace, stream, [&](auto vec, auto lanes) {
     return sddmm_launch<T, decltype(vec)::value, decltype(lanes)::value>(a, stream);
   });
@@ -182,6 +186,18 @@ cudaError_t launch_sddmm(const int64_t* row_ptr, const int32_t* col_idx, const _
                          const __nv_bfloat16* X, __nv_bfloat16* out, int64_t rows, int64_t B,
                          int64_t nnz, int32_t* workspace, cudaStream_t stream) {
   return sddmm<__nv_bfloat16>(row_ptr, col_idx, G, X, out, rows, B, nnz, workspace, stream);
+}
+
+cudaError_t launch_sddmm_add(const int64_t* row_ptr, const int32_t* col_idx, const float* G,
+                             const float* X, float* out, int64_t rows, int64_t B, int64_t nnz,
+                             int32_t* workspace, cudaStream_t stream) {
+  return sddmm<float>(row_ptr, col_idx, G, X, out, rows, B, nnz, workspace, stream, true);
+}
+
+cudaError_t launch_sddmm_add(const int64_t* row_ptr, const int32_t* col_idx, const double* G,
+                             const double* X, double* out, int64_t rows, int64_t B, int64_t nnz,
+                             int32_t* workspace, cudaStream_t stream) {
+  return sddmm<double>(row_ptr, col_idx, G, X, out, rows, B, nnz, workspace, stream, true);
 }
 
 }  // namespace cuda

@@ -366,8 +366,8 @@ def run_backward(led: Ledger, r: Run, dy: str | None, dx_name: str) -> None:
     if not r.stacked:  # this step's part of each gradient (the new dG is now the bound one)
         if r.nnz_hh is not None and not fused_wgrad:  # sddmm(dG, h_s): a new nnz-long tensor added into d_w_hh
             _sddmm(led, r, n + ".sddmm_hh", r.nnz_hh, G, r.H, B, x_strided=r.transposed_h0)
-        elif fused_wgrad and not r.cpu:  # (inside the step op) sddmm's result and its permuted copy, added
-            led.temp(n + ".wgrad_t", "workspace", r.nnz_hh * e, r.nnz_hh * e)
+        # (a fused step adds W_hh's gradient in place: the CPU in its W^T dG pass, CUDA by an
+        # accumulating sddmm on the transposed index; no nnz-long temporaries)
         if r.nnz_ih is not None:
             _sddmm(led, r, n + ".sddmm_ih", r.nnz_ih, G, I, B)
         if r.need_x:  # d_x[t] += W_ih^T dG_x

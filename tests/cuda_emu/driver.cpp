@@ -187,6 +187,27 @@ void run(const char* name, const Csr& m, int64_t B, bool misalign, std::mt19937&
   if (!same_bits(outY[m.rows * B + off], sentinel) || (off && !same_bits(outY[0], sentinel))) { printf("  FAIL spmm wrote out of bounds\n"); ++failures; }
   if (!same_bits(outZ[m.cols * B + off], sentinel) || (off && !same_bits(outZ[0], sentinel))) { printf("  FAIL spmm_t wrote out of bounds\n"); ++failures; }
   if (!same_bits(outS[nnz], sentinel)) { printf("  FAIL sddmm wrote out of bounds\n"); ++failures; }
+  if constexpr (sizeof(T) >= 4) {
+    // launch_sddmm_add on the transposed index (the fused step's weight gradient): its rows are the
+    // columns, G and X swap, and it adds into out in the transposed order. The same dot products as
+    // sddmm's, bit for bit, each added to what out held (the products' order over the batch is the
+    // same; the pattern's rows and columns differ, so long rows and columns take other kernels)
+    std::vector<T> outT(nnz + 1, sentinel), init(nnz);
+    for (int64_t j = 0; j < nnz; ++j) outT[j] = init[j] = from_d<T>(nd(g));
+    const int64_t wl_t = known_max ? sddmm_workspace_len(m.cols, nnz, max_col) : sddmm_workspace_len(m.cols, nnz);
+    std::vector<int32_t> ws4 = garbage<int32_t>(std::max<int64_t>(1, wl_t));
+    launch_sddmm_add(cp.data(), cr.data(), X, G, outT.data(), m.cols, B, nnz, wl_t ? ws4.data() : nullptr, kStream);
+    long wrong = 0;
+    for (int64_t j = 0; j < nnz; ++j) {
+      const T want = B > 0 ? static_cast<T>(init[j] + outS[pm[j]]) : init[j];
+      wrong += !same_bits(outT[j], want);
+    }
+    if (wrong || !same_bits(outT[nnz], sentinel)) {
+      printf("  FAIL sddmm_add: %ld entries differ from init + sddmm's (or it wrote past the end)\n", wrong);
+      ++failures;
+    }
+    hash_outputs(outT);
+  }
   hash_outputs(outY); hash_outputs(outZ); hash_outputs(outS);
   printf("%-4s %-10s B=%-3ld mis=%d nnz=%-6ld long rows=%d long cols=%d known=%d launches=%ld/%ld/%ld %s\n", tname<T>(),
          name, (long)B, (int)misalign, (long)nnz, n_long_rows, n_long_cols, (int)known_max, l_spmm, l_spmm_t, l_sddmm,
