@@ -350,8 +350,9 @@ def test_gradcheck_fused_on_device(mode):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_step_backward_adds_the_weight_gradient(dtype):
     """Each step backward given h_in and dw_t adds dG h_in^T at W_hh's nonzeros to dw_t in the
-    transposed index's order (CUDA: sddmm then the permutation, csrc/rnn_step_ops.h; the CPU
-    fuses it into its W^T dG pass): against sddmm on the same device."""
+    transposed index's order (CUDA: an accumulating sddmm on the transposed index, the same dot
+    products; the CPU fuses it into its W^T dG pass): against sddmm on the same device, added to
+    what dw_t held; on CUDA bit for bit."""
     g = torch.Generator().manual_seed(11)
     H, B = 33, 20
     rnd = lambda *s: torch.randn(*s, generator=g, dtype=dtype).to(DEV)  # noqa: E731
@@ -366,10 +367,13 @@ def test_step_backward_adds_the_weight_gradient(dtype):
     for gates, call in calls.items():
         W = SparseWeight.random(abs(gates) * H, H, density=0.3, generator=g, dtype=dtype).to(DEV)
         v = W.values.detach()
-        dw = torch.zeros(W.nnz, dtype=dtype, device=DEV)
+        start = rnd(W.nnz)
+        dw = start.clone()
         out = call(W, v, h_in=h_in, dw_t=dw)
         dG = out[1] if gates == 3 else out[0]
-        want = RAW.sddmm(*W.index, dG, h_in)[W.csc_perm.long()]
+        want = start + RAW.sddmm(*W.index, dG, h_in)[W.csc_perm.long()]
+        if DEV == "cuda":
+            assert torch.equal(dw, want)
         torch.testing.assert_close(dw, want, **TOL[dtype])
 
 
