@@ -347,7 +347,7 @@ if has caps && begin "the largest sparse LSTM/GRU under 8-80 GB caps (issue 46)"
   # each row a process capped with set_per_process_memory_fraction; the memory model picks the
   # largest hidden and its options; the 80G row builds about a billion connections (minutes)
   logged 24 $PY benchmarks/bench_caps.py --device cuda --models lstm,gru \
-    --rows 8G,12G,16G,24G,16G@1M,none@1M,80G --steps 2 --timeout 300 --budget-s "$(budget 85 480)" \
+    --rows 8G,16G,24G,16G@1M,none@1M,80G,12G --steps 2 --timeout 300 --budget-s "$(budget 85 480)" \
     --out benchmarks/results/caps_cuda.md ${copy[@]+"${copy[@]}"}
   took caps $t0
 fi
