@@ -1,4 +1,5 @@
-"""SET's topology update on a row-sharded weight, bit for bit the unsharded update (issue 47).
+"""Topology updates on a row-sharded weight, bit for bit the unsharded update (issue 47): SET's,
+and Selfish-RNN's magnitude death and random regrowth.
 
 A weight split by :func:`~sparse_engine.distributed.shard_rows` holds some of the whole matrix's rows
 on each rank (a recurrent layer: the same units in every gate block). SET (Mocanu et al. 2018) prunes
@@ -12,8 +13,9 @@ rows of it:
   magnitude found by a radix selection whose 65,536-bin histograms are summed over the ranks (2
   all-reduces in float32, 4 in float64), the ties at it (rare) ordered by their (row, column) in
   the whole matrix, gathered from the ranks;
+* :meth:`RowShard.magnitude_keep`: the same selection over all |w| (Selfish-RNN's magnitude death);
 * :meth:`RowShard.random_empty`: the positions ``random_empty`` draws for the whole pruned pattern,
-  this rank's rows of them (and :meth:`RowShard.new_values_of` their values of the whole draw).
+  this rank's rows of them (and :meth:`RowShard.values_at` the new values, of the whole draw).
   The draw numbers its candidates from the matrix's first row, so every rank assembles the whole
   pruned pattern (each rank's column indices, gathered: 4 bytes a connection for the moment of the
   update) and draws the same positions with the same seed.
@@ -73,6 +75,28 @@ class RowShard:
             drop |= self._first_ties(weight, ties, k - int(below))
         return (~drop).to(dev)
 
+    def magnitude_keep(self, weight, n_prune: int) -> torch.Tensor:
+        """This rank's part of ``magnitude_keep(whole values, n_prune)``: the ``n_prune`` smallest
+        |w| of the whole matrix go, ties to the lower position of the whole matrix (Selfish-RNN's
+        magnitude death; a collective of the group)."""
+        values = weight.values.detach()
+        if values.isnan().any():
+            raise ValueError("values must not contain NaN")
+        key = _magnitude_keys(values)
+        drop = torch.zeros_like(values, dtype=torch.bool).cpu()
+        if n_prune > 0:
+            t = self._kth_smallest(key, n_prune, 64 if values.dtype == torch.float64 else 32)
+            below = (key < t).sum().reshape(1)
+            self._all_reduce(below, "the magnitude selection")
+            drop = (key < t).cpu() | self._first_ties(weight, (key == t).cpu(), n_prune - int(below))
+        return (~drop).to(values.device)
+
+    def sums(self, *numbers: float) -> list[float]:
+        """``numbers`` summed over the group, in float64 (exact for counts below 2^53)."""
+        t = torch.tensor(numbers, dtype=torch.float64)
+        self._all_reduce(t, "the topology update's sums")
+        return t.tolist()
+
     def _kth_smallest(self, keys: torch.Tensor, k: int, bits: int) -> int:
         """The k-th smallest (1-based) key over the group: 16 bits a round, from the top."""
         prefix, left, cand = 0, k, keys
@@ -122,16 +146,17 @@ class RowShard:
         local[self.rows.to(dev)] = torch.arange(len(self.rows), device=dev)
         mine = local[r]
         keep = mine >= 0
-        # which of the whole draw's positions are this rank's (their new values: new_values_of)
-        self.drawn, self.drawn_total = keep.nonzero().flatten(), int(n)
         return mine[keep], c[keep]
 
-    def new_values_of(self, draw):
-        """The new values of this rank's positions of the last :meth:`random_empty`: ``draw(n)``
-        makes all n of the whole matrix (on every rank, so that a generator advances alike
-        everywhere), in the whole draw's order; this rank's are taken."""
-        every = draw(self.drawn_total)
-        return every[self.drawn.to(every.device)]
+    def values_at(self, rows: torch.Tensor, cols: torch.Tensor, n_cols: int, draw) -> torch.Tensor:
+        """The new values of this rank's new positions (local ``rows``, ``cols``) as the unsharded
+        update gives them: ``draw(n)`` makes the values of all n new positions of the whole matrix
+        (on every rank, so that a generator advances alike everywhere), in the whole matrix's
+        (row, column) order; this rank's are taken (a collective)."""
+        keys = self.rows[rows.cpu()] * n_cols + cols.cpu().long()
+        every_key = torch.cat(self._all_gather(keys)).sort().values
+        every = draw(len(every_key))
+        return every[torch.searchsorted(every_key, keys).to(every.device)]
 
     def total(self, n: int) -> int:
         """``n`` summed over the group."""

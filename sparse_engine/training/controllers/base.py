@@ -137,23 +137,23 @@ class TopologyController:
 
     def _random_grow(self, weight: SparseWeight, n: int, shard=None):
         """Growth at ``n`` random empty positions; for a weight sharded by rows (``shard``, its
-        RowShard) ``n`` is this rank's and the positions are the whole matrix's draw (a collective)."""
+        RowShard) ``n`` counts the whole matrix's and this rank's rows of the whole draw are taken
+        (a collective)."""
         seed = self._seed()
         if shard is None:
             return RandomGrowth(n, seed)
-        total = shard.total(n)
-        return lambda row_ptr, col_idx: shard.random_empty(row_ptr, col_idx, weight.shape[1], total, seed)
+        return lambda row_ptr, col_idx: shard.random_empty(row_ptr, col_idx, weight.shape[1], n, seed)
 
-    def _sharded_values(self, weight: SparseWeight, shard):
+    def _sharded_values(self, weight: SparseWeight, shard, nnz: int):
         """The new values of a sharded weight's update (after :meth:`_random_grow` with its shard):
-        this rank's of the whole matrix's, drawn as the unsharded update draws them (None: zeros)."""
+        this rank's of the whole matrix's, drawn as the unsharded update draws them, for the whole
+        matrix's ``nnz`` after the update (the fan-in of he_uniform); None: zeros."""
         if self.init == "zero":
             return None
-        nnz = shard.total(weight.nnz)  # SET keeps the whole matrix's nnz: fan-in / fan-out as unsharded
         probe = _Probe((shard.n_rows, weight.shape[1]), nnz, weight.values.dtype, weight.values.device)
         draw = lambda n: new_values(n, probe, self.init, init_scale=self.init_scale,  # noqa: E731
                                     generator=self.generator)
-        return lambda rows, cols: shard.new_values_of(draw)
+        return lambda rows, cols: shard.values_at(rows, cols, weight.shape[1], draw)
 
     def _use_gradients(self, model: nn.Module) -> None:
         if self.shards:

@@ -232,6 +232,11 @@ class SelfishRNN(TopologyController):
         self.val_losses: list[float] = []
         self.averager = SparseNTASGD(self.weights)
         self.dense_momentum: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if self.shards and (death == "SET" or growth == "momentum"):
+            what = "death='SET'" if death == "SET" else "growth='momentum'"
+            raise ValueError(f"Selfish-RNN's {what} on a model sharded by shard_rows is not supported yet "
+                             f"({', '.join(self.shards)}): use death 'magnitude' or 'threshold' and growth 'random' "
+                             "(docs/distributed.md)")
         if growth == "momentum":
             self._momentum_kind = self._check_momentum_growth(dense_momentum_max_bytes)
         if growth == "gradient" or (growth == "momentum" and self._momentum_kind == "adam"):
@@ -314,44 +319,62 @@ class SelfishRNN(TopologyController):
                          "exp_avg_sq, or SGD with momentum > 0) after at least one step")
 
     def _scores(self) -> list[float]:
+        """Each layer's redistribution score. A weight sharded by rows scores its whole matrix: the
+        counts summed over the ranks, the means as float64 sums over float64 counts (torch's float32
+        mean where it is whole: the same decision but where a rounding of the means tips a share)."""
         out = []
-        for w in self.weights.values():
+        for name, w in self.weights.items():
+            shard = self.shards.get(name)
             if self.redistribution == "nonzeros":
-                out.append(float((w.values.detach().abs() > self.threshold).sum()))
-            elif self.redistribution == "magnitude":
-                out.append(float(w.values.detach().abs().mean()) if w.nnz else 0.0)
-            else:  # momentum
-                out.append(float(self._momentum(w).mean()) if w.nnz else 0.0)
+                count = int((w.values.detach().abs() > self.threshold).sum())
+                out.append(float(count if shard is None else shard.total(count)))
+                continue
+            v = w.values.detach().abs() if self.redistribution == "magnitude" else self._momentum(w)
+            if shard is None:
+                out.append(float(v.mean()) if w.nnz else 0.0)
+            else:
+                total, n = shard.sums(float(v.double().sum()), w.nnz)
+                out.append(total / n if n else 0.0)
         return out
 
     def _update(self) -> None:
+        """Death in each layer, the removed total regrown across the layers (redistribution), random
+        (or gradient, momentum) growth. A weight sharded by rows takes its whole matrix's update: the
+        death and the counts over all ranks, the regrowth the whole matrix's draw (RowShard)."""
         p = self.death_rate
         scores = self._scores() if self.redistribution != "none" else None
-        keeps, removed = {}, {}
+        keeps, removed, caps, nnzs = {}, {}, {}, {}
         for name, w in self.weights.items():
+            shard = self.shards.get(name)
+            nnzs[name] = nnz = w.nnz if shard is None else shard.total(w.nnz)
             if self.death == "magnitude":
-                keep = magnitude_keep(w.values, min(w.nnz, math.ceil(p * w.nnz)))
-            elif self.death == "SET":
+                n_prune = min(nnz, math.ceil(p * nnz))
+                keep = magnitude_keep(w.values, n_prune) if shard is None else shard.magnitude_keep(w, n_prune)
+            elif self.death == "SET":  # (refused on a sharded weight at construction)
                 keep = selfish_set_keep(w.values, p, self.set_negatives)
             else:
                 keep = threshold_keep(w.values, self.threshold)
-            keeps[name], removed[name] = keep, w.nnz - int(keep.sum())
+            gone = w.nnz - int(keep.sum())
+            keeps[name], removed[name] = keep, gone if shard is None else shard.total(gone)
+            rows = w.shape[0] if shard is None else shard.n_rows
+            caps[name] = rows * w.shape[1] - nnz + removed[name]
         names = list(self.weights)
         if scores is None:
             grow = [removed[n] for n in names]
         else:
-            caps = [self.weights[n].shape[0] * self.weights[n].shape[1] - self.weights[n].nnz + removed[n]
-                    for n in names]
-            grow = redistribute(sum(removed.values()), scores, caps)
+            grow = redistribute(sum(removed.values()), scores, [caps[n] for n in names])
         for name, n in zip(names, grow):
-            w = self.weights[name]
+            w, shard = self.weights[name], self.shards.get(name)
+            values = None
             if self.growth == "gradient":
                 g = self._gradient_grow(w, n)
             elif self.growth == "momentum":
                 g = self._momentum_grow(name, w, keeps[name], n)
             else:
-                g = self._random_grow(w, n)
-            remap = self._rewire(name, keeps[name], g, keep_regrown=not self.reset_regrown)
+                g = self._random_grow(w, n, shard)
+                if shard is not None:  # (a revived position, keep_regrown, keeps its value: not drawn)
+                    values = self._sharded_values(w, shard, nnzs[name] - removed[name] + n)
+            remap = self._rewire(name, keeps[name], g, values=values, keep_regrown=not self.reset_regrown)
             if self.growth == "momentum" and self._momentum_kind == "adam":
                 self._adam_state_from_dense(name, w, remap)
         self._notify()

@@ -49,6 +49,7 @@ class SET(TopologyController):
                 self._rewire(name, keep, self._random_grow(w, w.nnz - int(keep.sum())))
             else:
                 keep = shard.set_keep(w, self.zeta)
-                self._rewire(name, keep, self._random_grow(w, w.nnz - int(keep.sum()), shard),
-                             values=self._sharded_values(w, shard))
+                nnz = shard.total(w.nnz)  # SET keeps the whole matrix's nnz
+                self._rewire(name, keep, self._random_grow(w, shard.total(w.nnz - int(keep.sum())), shard),
+                             values=self._sharded_values(w, shard, nnz))
         self._notify()
