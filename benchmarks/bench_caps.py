@@ -224,8 +224,8 @@ def main(argv=None) -> int:
             rows.append(c.result)
             body = head + "\n\n" + markdown_table(COLUMNS, rows) + (
                 "\n\nerror: predicted / measured - 1. Caps: " + ", ".join(
-                    f"{s.partition('@')[0]} = {format_size(parse_size(s.partition('@')[0]))}"
-                    for s in args.rows.split(",") if not s.startswith("none")) + ".")
+                    f"{c} = {format_size(parse_size(c))}"
+                    for c in dict.fromkeys(r.partition("@")[0] for r in args.rows.split(",")) if c != "none") + ".")
             for target in [path] + ([args.copy_to / path.name] if args.copy_to else []):
                 write_result(target, title, body)
     finish(path)
