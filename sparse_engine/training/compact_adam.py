@@ -89,6 +89,8 @@ class CompactAdam(torch.optim.Optimizer):
                     continue
                 if p.grad.is_sparse:
                     raise RuntimeError("CompactAdam does not take sparse gradients")
+                if p.dtype != torch.float32:  # the update is float32 arithmetic (round_stochastic's input)
+                    raise TypeError(f"CompactAdam updates float32 parameters, got {p.dtype} (parameter {index})")
                 if not p.is_contiguous():
                     raise ValueError("CompactAdam updates contiguous parameters only")
                 st = self.state[p]

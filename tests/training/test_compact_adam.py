@@ -109,6 +109,13 @@ def test_deterministic_and_resumes_bit_exactly():
     assert all(torch.equal(p, q) for p, q in zip(a, e))
 
 
+def test_parameters_other_than_float32_are_refused():
+    p = nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    p.grad = torch.ones(3, dtype=torch.float64)
+    with pytest.raises(TypeError, match="CompactAdam updates float32 parameters, got torch.float64"):
+        CompactAdam([p]).step()
+
+
 def test_bad_arguments_are_named():
     for kwargs, word in [({"lr": -1.0}, "lr"), ({"betas": (0.9, 1.0)}, "betas"), ({"eps": -1.0}, "eps"),
                          ({"state_dtype": torch.float16}, "state_dtype"), ({"chunk": 0}, "chunk"),
