@@ -50,7 +50,9 @@
 #   Next GPU session first: spmm/spmm_t split long rows into segments (not timed yet: the first grid,
 #   cuda_ops_nvidia_h200.md, had Zipf rows at B >= 32 at 0.22-0.7x cuSPARSE): DEADLINE_S=500
 #   STAGES="build test bench_quick bench" BENCH_DTYPES=float32 (the tests ~150 s, the grid what is left),
-#   and compare with benchmarks/results/cuda_ops_nvidia_h200.md.
+#   and compare with benchmarks/results/cuda_ops_nvidia_h200.md. The test stage also checks, for the
+#   first time on a GPU, the step backward's weight gradient added in place (launch_sddmm_add, bit for
+#   bit: tests/ops/test_rnn_step.py::test_step_backward_adds_the_weight_gradient) and CompactAdam.
 #   Then STAGES=caps (issue 46: the largest LSTM/GRU under 8, 12, 16, 24 and 80 GB, emulated with
 #   set_per_process_memory_fraction; bench_caps.py, caps_cuda.md; not run yet: the 80G row builds ~1e9
 #   connections on the CPU first, so it comes last; DEADLINE_S=580).
