@@ -222,15 +222,16 @@ if has test && begin tests 60; then
   # show. Then every op family's GPU cases (tests/ops/test_<family>.py: the products, the transposed
   # index, the fused step, the topology ops, the index checks, NaN-filled outputs, autocast,
   # torch.compile), the modules and the controllers on CUDA, and the GPU cases of other files (the memory
-  # model against the caching allocator, recomputation bit for bit, the CLI's device choice), which the
-  # first H200 run left out.
+  # model against the caching allocator, recomputation bit for bit, the CLI's device choice, CompactAdam),
+  # which the first H200 run left out.
   # No -x: every failure is listed (the first H200 run stopped at its first, a test's tolerance, and
   # cost a second command to see the rest). The benchmarks run after a failure too (they check their
   # own results against cuSPARSE / the CPU), and the command's status says the tests failed.
   if ! CAP=330 logged 40 $PY -m pytest -q -ra --durations=10 ${PYTEST_TIMEOUT[@]+"${PYTEST_TIMEOUT[@]}"} \
       -k "(cuda or gpu or device_choice) and not emulator" \
       tests/kernels/test_cuda_limits.py tests/ops tests/nn/test_on_cuda.py tests/nn/test_autocast.py \
-      tests/training/test_topology_updates.py tests/memory/test_memory_model.py::test_prediction_on_a_gpu \
+      tests/training/test_topology_updates.py tests/training/test_compact_adam.py \
+      tests/memory/test_memory_model.py::test_prediction_on_a_gpu \
       tests/recurrent/test_recompute.py::test_cuda_bit_identical tests/cli/test_cli.py::test_train_device_choice; then
     say "== tests FAILED (the list above; the log has each failure): the benchmarks below run on these kernels"
   fi
