@@ -153,13 +153,14 @@ def _intervals(T: int) -> list[int]:
     return sorted(ks)
 
 
-def _need(model, steps, batch, optimizer, k, eval_batch, overrides) -> tuple[int, MemoryBreakdown]:
-    """(bytes a step and, with ``eval_batch``, the evaluation batches need, the step's breakdown)."""
+def _need(model, steps, batch, optimizer, k, eval_batch, overrides) -> tuple[int, MemoryBreakdown, int | None]:
+    """(bytes a step and, with ``eval_batch``, the evaluation batches need, the step's breakdown,
+    the evaluation's peak or None)."""
     got = predict(model, steps, batch, optimizer, recompute_every=k, **overrides)
     if eval_batch is None:
-        return got.peak, got
-    return max(got.peak, evaluation_peak(model, steps, eval_batch, optimizer, recompute_every=k,
-                                         **overrides)), got
+        return got.peak, got, None
+    evaluation = evaluation_peak(model, steps, eval_batch, optimizer, recompute_every=k, **overrides)
+    return max(got.peak, evaluation), got, evaluation
 
 
 def least_memory_interval(model, steps: int, batch: int, optimizer: str = "adam", *, eval_batch: int | None = None,
@@ -167,10 +168,14 @@ def least_memory_interval(model, steps: int, batch: int, optimizer: str = "adam"
     """(recompute_every, the bytes it needs, the step's breakdown) of the interval with the
     smallest predicted peak (the largest such k on a tie); with ``eval_batch`` the evaluation
     batches between steps (:func:`evaluation_peak`) count too."""
-    best = min(((*_need(model, steps, batch, optimizer, k, eval_batch, overrides), k) for k in _intervals(steps)),
-               key=lambda t: (t[0], -t[2]))
-    least, step, k = best
+    least, step, _, k = _least(model, steps, batch, optimizer, eval_batch, overrides)
     return k, least, step
+
+
+def _least(model, steps, batch, optimizer, eval_batch, overrides) -> tuple:
+    """:func:`_need`'s (need, breakdown, evaluation) and the interval k of least need (the largest on a tie)."""
+    return min(((*_need(model, steps, batch, optimizer, k, eval_batch, overrides), k) for k in _intervals(steps)),
+               key=lambda t: (t[0], -t[3]))
 
 
 def recompute_for_budget(model, steps: int, batch: int, budget: int, optimizer: str = "adam", *,
@@ -184,7 +189,7 @@ def recompute_for_budget(model, steps: int, batch: int, budget: int, optimizer: 
     :class:`MemoryBudgetError` when no interval fits, naming the smallest peak possible."""
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
         raise ValueError(f"budget must be a number of bytes >= 1, got {budget!r}")
-    stored, step = _need(model, steps, batch, optimizer, None, eval_batch, overrides)
+    stored, step, _ = _need(model, steps, batch, optimizer, None, eval_batch, overrides)
     if stored <= budget:
         return None, step
     k, least, step = least_memory_interval(model, steps, batch, optimizer, eval_batch=eval_batch, **overrides)
@@ -227,10 +232,9 @@ def memory_plans(model, steps: int, batch: int, *, recompute_every="auto", adam_
         ks = [None, "auto"] if recompute_every == "auto" else [recompute_every]
         for k in ks:
             if k == "auto":
-                k = least_memory_interval(model, steps, batch, optimizer, eval_batch=eval_batch, **overrides)[0]
-            need, step = _need(model, steps, batch, optimizer, k, eval_batch, overrides)
-            evaluation = None if eval_batch is None else evaluation_peak(model, steps, eval_batch, optimizer,
-                                                                         recompute_every=k, **overrides)
+                need, step, evaluation, k = _least(model, steps, batch, optimizer, eval_batch, overrides)
+            else:
+                need, step, evaluation = _need(model, steps, batch, optimizer, k, eval_batch, overrides)
             plans.append(MemoryPlan(k, state, need, step, evaluation))
     return plans
 

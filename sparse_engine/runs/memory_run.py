@@ -79,13 +79,18 @@ def plan_training(cfg, meta: dict, steps: int, n_test: int, device: torch.device
         if budget is not None and plan.need > budget:
             continue
         batch = B_eval
-        while batch > 1 and budget is not None and evaluation(plan, batch) > budget:
+        evaluated = evaluation(plan, batch)
+        while batch > 1 and budget is not None and evaluated > budget:
             batch //= 2
-        if budget is None or evaluation(plan, batch) <= budget:
-            chosen = plan, batch
+            evaluated = evaluation(plan, batch)
+        if budget is None or evaluated <= budget:
+            chosen = plan, batch, evaluated
             break
-    plan, batch = chosen or (min(plans, key=lambda p: p.need), 1)
-    evaluated = evaluation(plan, batch)
+    fits = chosen is not None
+    if not fits:  # the choice of least memory, for the refusal
+        plan = min(plans, key=lambda p: p.need)
+        chosen = plan, 1, evaluation(plan, 1)
+    plan, batch, evaluated = chosen
     k, state = plan.recompute_every, plan.adam_state
     options = "every step stored" if k is None else f"recompute_every {k}" + (
         " (auto)" if cfg.recompute_every == "auto" else "")
@@ -95,7 +100,7 @@ def plan_training(cfg, meta: dict, steps: int, n_test: int, device: torch.device
             f"{plan.step.phase}; evaluation batches of {batch}: {format_size(evaluated)}; {options})")
     if budget is None:
         return TrainingPlan(k, state, batch, line + "; no budget: the available memory cannot be read here")
-    if chosen is None:
+    if not fits:
         what = "a training step" if plan.need >= evaluated else f"an evaluation batch of {batch}"
         pinned = [f"--{o}" for o, v in (("recompute-every", cfg.recompute_every), ("adam-state", cfg.adam_state))
                   if v != "auto"]
