@@ -64,15 +64,8 @@ class RowShard:
         drop = values == 0  # exact zeros: always dropped, as set_keep does
         for sign, count in ((positive, int(counts[0])), (negative, int(counts[1]))):
             k = _round_half_away(zeta * count)
-            if k == 0:
-                continue
-            mine = key[sign]
-            t = self._kth_smallest(mine, k, 64 if values.dtype == torch.float64 else 32)
-            below = (mine < t).sum().reshape(1)
-            self._all_reduce(below, "SET's selection")
-            drop |= sign & (key < t)
-            ties = sign & (key == t)
-            drop |= self._first_ties(weight, ties, k - int(below))
+            if k:
+                drop |= self._smallest(weight, key, sign, k, "SET's selection")
         return (~drop).to(dev)
 
     def magnitude_keep(self, weight, n_prune: int) -> torch.Tensor:
@@ -82,14 +75,19 @@ class RowShard:
         values = weight.values.detach()
         if values.isnan().any():
             raise ValueError("values must not contain NaN")
-        key = _magnitude_keys(values)
-        drop = torch.zeros_like(values, dtype=torch.bool).cpu()
-        if n_prune > 0:
-            t = self._kth_smallest(key, n_prune, 64 if values.dtype == torch.float64 else 32)
-            below = (key < t).sum().reshape(1)
-            self._all_reduce(below, "the magnitude selection")
-            drop = (key < t).cpu() | self._first_ties(weight, (key == t).cpu(), n_prune - int(below))
-        return (~drop).to(values.device)
+        every = torch.ones_like(values, dtype=torch.bool)
+        if n_prune <= 0:
+            return every
+        return ~self._smallest(weight, _magnitude_keys(values), every, n_prune, "the magnitude selection")
+
+    def _smallest(self, weight, key: torch.Tensor, among: torch.Tensor, k: int, what: str) -> torch.Tensor:
+        """The ``k`` smallest keys of the entries ``among`` over the group, ties to the lower position
+        of the whole matrix: a mask of this rank's entries."""
+        t = self._kth_smallest(key[among], k, 64 if weight.values.dtype == torch.float64 else 32, what)
+        below = among & (key < t)
+        n_below = below.sum().reshape(1)
+        self._all_reduce(n_below, what)
+        return below | self._first_ties(weight, among & (key == t), k - int(n_below))
 
     def sums(self, *numbers: float) -> list[float]:
         """``numbers`` summed over the group, in float64 (exact for counts below 2^53)."""
@@ -97,13 +95,13 @@ class RowShard:
         self._all_reduce(t, "the topology update's sums")
         return t.tolist()
 
-    def _kth_smallest(self, keys: torch.Tensor, k: int, bits: int) -> int:
+    def _kth_smallest(self, keys: torch.Tensor, k: int, bits: int, what: str) -> int:
         """The k-th smallest (1-based) key over the group: 16 bits a round, from the top."""
         prefix, left, cand = 0, k, keys
         for shift in range(bits - 16, -1, -16):
             digit = (cand >> shift) & (_BINS - 1)
             hist = torch.bincount(digit, minlength=_BINS).to(torch.int64)
-            self._all_reduce(hist, "SET's selection")
+            self._all_reduce(hist, what)
             cum = hist.cumsum(0)
             b = int(torch.searchsorted(cum, torch.tensor([left], dtype=torch.int64, device=cum.device)))
             left -= int(cum[b - 1]) if b > 0 else 0
