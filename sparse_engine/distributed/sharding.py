@@ -9,8 +9,8 @@ the unsharded module (and the same input gradients). How the ranks exchange is :
 (Megatron-LM's tensor parallelism by rows); a recurrent layer gathers the local units' h once per
 time step, so every rank has the whole state for the next step's product, and in the backward
 the ranks' partial gradients of that state go to the units' owners with one reduce-scatter per
-step. Checkpoints for any world size: :mod:`.checkpoint`; SET's update as the unsharded one:
-:mod:`.topology`. Not yet (issue 47): a one-direction layer's gather overlapped with the local
+step. Checkpoints for any world size: :mod:`.checkpoint`; SET's and Selfish-RNN's updates as the
+unsharded ones: :mod:`.topology`. Not yet (issue 47): a one-direction layer's gather overlapped with the local
 rows, proj_size, growth by gradient. See docs/distributed.md.
 """
 from __future__ import annotations

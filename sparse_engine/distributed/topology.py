@@ -73,7 +73,7 @@ class RowShard:
         |w| of the whole matrix go, ties to the lower position of the whole matrix (Selfish-RNN's
         magnitude death; a collective of the group)."""
         values = weight.values.detach()
-        if values.isnan().any():
+        if self.total(int(values.isnan().sum())):  # every rank raises, none waits in a collective
             raise ValueError("values must not contain NaN")
         every = torch.ones_like(values, dtype=torch.bool)
         if n_prune <= 0:

@@ -283,7 +283,17 @@ def selfish_update_case(rank, world):
             "same": same_state(full_state_dict(sharded), whole.state_dict()),
             "changed": not same_state(before, whole.state_dict()),
             "moved": nnz_before != [w.nnz for w in sparse_weights(whole).values()]}
-    refusals = []
+    lstm = shard_rows(SparseLSTM(4, 6, density=0.5, dtype=F64))
+    w = sparse_weights(lstm)["weight_hh_l0"]
+    if rank == 0:  # a NaN on one rank: every rank refuses (none is left waiting in a collective)
+        with torch.no_grad():
+            w.values[0] = float("nan")
+    try:
+        lstm._row_shards["weight_hh_l0"].magnitude_keep(w, 3)
+        nan = "no error"
+    except ValueError as e:
+        nan = str(e)
+    refusals = [nan]
     for kw in ({"death": "SET"}, {"growth": "momentum"}):
         try:
             SelfishRNN(shard_rows(SparseLSTM(4, 6, density=0.5, dtype=F64)), None, total_steps=4, **kw)
@@ -589,7 +599,8 @@ def test_a_sharded_selfish_rnn_update_is_the_whole_modules_bit_for_bit(results):
         for kind, out in res["cases"].items():
             assert out["same"] and out["changed"], (r, kind, out)
         assert res["cases"]["gru magnitude nonzeros zero"]["moved"], (r, res)  # connections changed layers
-        for msg, what in zip(res["refusals"], ("death='SET'", "growth='momentum'")):
+        assert res["refusals"][0] == "values must not contain NaN", (r, res["refusals"])
+        for msg, what in zip(res["refusals"][1:], ("death='SET'", "growth='momentum'")):
             assert f"Selfish-RNN's {what} on a model sharded by shard_rows is not supported yet" in msg, (r, msg)
             assert "\n" not in msg
 
