@@ -9,9 +9,10 @@ the unsharded module (and the same input gradients). How the ranks exchange is :
 (Megatron-LM's tensor parallelism by rows); a recurrent layer gathers the local units' h once per
 time step, so every rank has the whole state for the next step's product, and in the backward
 the ranks' partial gradients of that state go to the units' owners with one reduce-scatter per
-step. Checkpoints for any world size: :mod:`.checkpoint`; SET's and Selfish-RNN's updates as the
-unsharded ones: :mod:`.topology`. Not yet (issue 47): a one-direction layer's gather overlapped with the local
-rows, proj_size, growth by gradient. See docs/distributed.md.
+step. Checkpoints for any world size: :mod:`.checkpoint`; SET's, RigL's and Selfish-RNN's updates as the
+unsharded ones: :mod:`.topology`; growth by gradient records each rank's rows' factors
+(:class:`_GrowthFactors`). Not yet (issue 47): a one-direction layer's gather overlapped with the
+local rows, proj_size. See docs/distributed.md.
 """
 from __future__ import annotations
 
@@ -141,21 +142,23 @@ class ShardedRNNBase:
         h0 = zeros if h0 is None else h0
         c0 = (zeros if c0 is None else c0) if lstm else None
         def run(i, x, h0_g, c0_g):
-            y, h, c = self._sequence(x, h0_g, c0_g)
+            y, h, c = self._sequence(x, h0_g, c0_g, first=(i == 0))
             return y.reshape(-1, y.shape[-1]), h, c
         out, h_n, c_n = run_by_length(data, lengths, pos, h0, c0, run)
         packed = PackedSequence(out, batch_sizes, sorted_indices, unsorted_indices)
         return packed, ((h_n, c_n) if lstm else h_n)
 
-    def _sequence(self, x, h0, c0):
-        """Every layer over a time-major x (T, B, input): (output (T, B, D*H), h_n, c_n)."""
+    def _sequence(self, x, h0, c0, first: bool = True):
+        """Every layer over a time-major x (T, B, input): (output (T, B, D*H), h_n, c_n). ``first``:
+        the first run of this forward (a PackedSequence runs once per length group), for the
+        gradient factors' record."""
         shard, D = self.shard, 2 if self.bidirectional else 1
         T, B = x.shape[0], x.shape[1]
         lstm = self.mode == "LSTM"
         h_n, c_n = [], []
         for layer in range(self.num_layers):
             xin = replicated(x, shard).reshape(T * B, -1).t()  # (features, T*B)
-            runs = [self._direction(layer, d, xin, h0, c0, T, B) for d in range(D)]
+            runs = [self._direction(layer, d, xin, h0, c0, T, B, first) for d in range(D)]
             # both directions step by step together: one's gather of h is in flight while the
             # other computes its step (the same operations, the same bits, in another order)
             for s in range(T):
@@ -166,6 +169,8 @@ class ShardedRNNBase:
                         gh = _StepProduct.apply(run.h_loc, run.v_hh, run.w_hh, run.states, run.tp, shard)
                     else:  # the first step: the given state, replicated
                         gh = _product(run.w_hh, replicated(h0[run.k], shard).t())
+                    if run.factors is not None:
+                        run.factors.watch_step(t, gh)
                     if self.bias:
                         gh = gh + getattr(self, "bias_hh" + run.sfx)[:, None]
                     run.h_loc, run.c_loc = _cell(self.mode, run.gx[t], gh, run.h_loc, run.c_loc)
@@ -188,9 +193,10 @@ class ShardedRNNBase:
                 x = F.dropout(x.permute(0, 2, 1).contiguous(), self.dropout, training=True).permute(0, 2, 1)
         return x, torch.stack(h_n), (torch.stack(c_n) if lstm else None)
 
-    def _direction(self, layer: int, d: int, xin, h0, c0, T: int, B: int) -> "_Direction":
+    def _direction(self, layer: int, d: int, xin, h0, c0, T: int, B: int, first: bool) -> "_Direction":
         """A layer-direction's run before its first step: the input part of all steps as one
-        product of the local rows (then one tensor per step), and the local initial state."""
+        product of the local rows (then one tensor per step), the local initial state, and while a
+        controller asks for them (``record_grad_factors``) the hooks that record (G, X)."""
         shard, k = self.shard, layer * (2 if self.bidirectional else 1) + d
         sfx = f"_l{layer}" + ("_reverse" if d else "")
         gx = _product(getattr(self, "weight_ih" + sfx), xin)
@@ -206,6 +212,9 @@ class ShardedRNNBase:
         run.c_loc = scattered(c0[k], shard).t() if self.mode == "LSTM" else None  # (units, B)
         run.h_loc = scattered(h0[k], shard).t()
         run.h_locs = [None] * T
+        sink = self._factor_sink(sfx, first) if gx.requires_grad else None
+        if sink is not None:
+            run.factors = _GrowthFactors(sink, run, xin, h0[k].t(), gx)
         return run
 
     def extra_repr(self) -> str:
@@ -220,6 +229,7 @@ class _Direction:
         self.d, self.k, self.sfx = d, k, sfx
         self.gx = self.w_hh = self.v_hh = self.states = self.h_loc = self.c_loc = self.h_locs = None
         self.gather = None  # (step, the wait of its all-gather) or None: before the first step
+        self.factors: _GrowthFactors | None = None  # recording (G, X) for growth by gradient
 
     @property
     def tp(self) -> int:
@@ -231,6 +241,34 @@ class _Direction:
         t, result = self.gather
         with torch.no_grad():
             self.states.Y[t] = result()
+
+
+class _GrowthFactors:
+    """A sharded layer-direction's (G, X) for growth by gradient (dL/dW = G X^T; the recurrent
+    modules' ``_factor_sink``), recorded by tensor hooks as the backward runs: W_ih's G is the
+    gradient of the input part of all steps (local rows x T*B) and X the layer's input; W_hh's G is
+    each step's hidden part's gradient and X the whole state before that step (the given one at the
+    first step), in the order of time."""
+
+    def __init__(self, sink: dict, run: _Direction, xin: torch.Tensor, h_first: torch.Tensor, gx: torch.Tensor):
+        self.sink, self.states, self.reverse, self.h_first = sink, run.states, bool(run.d), h_first.detach()
+        self.steps = [None] * len(run.h_locs)
+        gx.register_hook(lambda g: sink.__setitem__("ih", (g.detach(), xin.detach())))
+
+    def watch_step(self, t: int, gh: torch.Tensor) -> None:
+        if gh.requires_grad:
+            gh.register_hook(lambda g: self._step(t, g))
+
+    def _step(self, t: int, g: torch.Tensor) -> None:
+        self.steps[t] = g.detach()
+        if any(s is None for s in self.steps):
+            return
+        Y = self.states.Y.detach()  # (T, H, B): the state after each step
+        first = self.h_first[None]
+        before = torch.cat([Y[1:], first]) if self.reverse else torch.cat([first, Y[:-1]])
+        T, H, B = Y.shape
+        self.sink["hh"] = (torch.stack(self.steps, 1).reshape(-1, T * B), before.transpose(0, 1).reshape(H, T * B))
+        self.steps = [None] * T
 
 
 class ShardedSparseRNN(ShardedRNNBase, SparseRNN):

@@ -1,5 +1,5 @@
-"""Topology updates on a row-sharded weight, bit for bit the unsharded update (issue 47): SET's,
-and Selfish-RNN's magnitude death and random regrowth.
+"""Topology updates on a row-sharded weight, the unsharded update (issue 47): SET's, RigL's and
+Selfish-RNN's (magnitude death; random or gradient growth).
 
 A weight split by :func:`~sparse_engine.distributed.shard_rows` holds some of the whole matrix's rows
 on each rank (a recurrent layer: the same units in every gate block). SET (Mocanu et al. 2018) prunes
@@ -13,7 +13,9 @@ rows of it:
   magnitude found by a radix selection whose 65,536-bin histograms are summed over the ranks (2
   all-reduces in float32, 4 in float64), the ties at it (rare) ordered by their (row, column) in
   the whole matrix, gathered from the ranks;
-* :meth:`RowShard.magnitude_keep`: the same selection over all |w| (Selfish-RNN's magnitude death);
+* :meth:`RowShard.magnitude_keep`: the same selection over all |w| (Selfish-RNN's and RigL's death);
+* :meth:`RowShard.top_gradients`: the same selection over candidates' |gradient| (RigL's growth,
+  :func:`~sparse_engine.training.topology.sharded_gradient_growth`);
 * :meth:`RowShard.random_empty`: the positions ``random_empty`` draws for the whole pruned pattern,
   this rank's rows of them (and :meth:`RowShard.values_at` the new values, of the whole draw).
   The draw numbers its candidates from the matrix's first row, so every rank assembles the whole
@@ -83,11 +85,20 @@ class RowShard:
     def _smallest(self, weight, key: torch.Tensor, among: torch.Tensor, k: int, what: str) -> torch.Tensor:
         """The ``k`` smallest keys of the entries ``among`` over the group, ties to the lower position
         of the whole matrix: a mask of this rank's entries."""
-        t = self._kth_smallest(key[among], k, 64 if weight.values.dtype == torch.float64 else 32, what)
+        n_cols = weight.shape[1]
+        return self._smallest_at(key, among, k, 64 if weight.values.dtype == torch.float64 else 32, what,
+                                 lambda pos: self._global_rows(weight)[pos.cpu()] * n_cols
+                                 + weight.col_idx[pos].cpu().long())
+
+    def _smallest_at(self, key: torch.Tensor, among: torch.Tensor, k: int, bits: int, what: str,
+                     position) -> torch.Tensor:
+        """:meth:`_smallest` of any local entries: ``position(idx)`` gives the whole matrix's linear
+        positions (row * cols + col, CPU int64) of the local entries ``idx``, which order the ties."""
+        t = self._kth_smallest(key[among], k, bits, what)
         below = among & (key < t)
         n_below = below.sum().reshape(1)
         self._all_reduce(n_below, what)
-        return below | self._first_ties(weight, among & (key == t), k - int(n_below))
+        return below | self._first_ties(among & (key == t), k - int(n_below), position)
 
     def sums(self, *numbers: float) -> list[float]:
         """``numbers`` summed over the group, in float64 (exact for counts below 2^53)."""
@@ -109,15 +120,14 @@ class RowShard:
             cand = cand[digit == b]
         return prefix
 
-    def _first_ties(self, weight, ties: torch.Tensor, n: int) -> torch.Tensor:
+    def _first_ties(self, ties: torch.Tensor, n: int, position) -> torch.Tensor:
         """Of the entries equal to the cut on every rank, the ``n`` first in the whole matrix's order
-        (by row, then column): a mask of this rank's."""
+        (by row, then column; ``position`` as :meth:`_smallest_at`): a mask of this rank's."""
         out = torch.zeros_like(ties)
         if n <= 0:
             return out
-        n_cols = weight.shape[1]
         pos = ties.nonzero().flatten()
-        keys = self._global_rows(weight)[pos.cpu()] * n_cols + weight.col_idx[pos].cpu().long()
+        keys = position(pos)
         cut = torch.cat(self._all_gather(keys)).sort().values[n - 1]
         out[pos[(keys <= cut).to(pos.device)]] = True
         return out
@@ -155,6 +165,22 @@ class RowShard:
         every_key = torch.cat(self._all_gather(keys)).sort().values
         every = draw(len(every_key))
         return every[torch.searchsorted(every_key, keys).to(every.device)]
+
+    # ------------------------------------------------------------------------- growth by gradient
+    def top_gradients(self, rows: torch.Tensor, cols: torch.Tensor, grads: torch.Tensor, k: int,
+                      n_cols: int) -> torch.Tensor:
+        """Of this rank's candidate positions (local ``rows``, ``cols``) and their gradients, those
+        among the ``k`` of largest |gradient| over the group, ties to the lower position of the whole
+        matrix (``gradient_growth``'s rule): a mask (a collective of the group)."""
+        if self.total(int(grads.isnan().sum())):  # every rank raises, none waits in a collective
+            raise ValueError("the gradients of growth by gradient must not contain NaN")
+        chosen = torch.zeros_like(grads, dtype=torch.bool)
+        if k <= 0:
+            return chosen
+        wide = grads.dtype == torch.float64
+        key = ((1 << 63) - 1 if wide else (1 << 31) - 1) - _magnitude_keys(grads)  # the largest first
+        return self._smallest_at(key, ~chosen, k, 64 if wide else 32, "the gradient selection",
+                                 lambda pos: self.rows[rows[pos].cpu()] * n_cols + cols[pos].cpu().long())
 
     def total(self, n: int) -> int:
         """``n`` summed over the group."""

@@ -73,9 +73,11 @@ class GradFactorRecorder:
                 self._linear[key].clear()
             slot = [None, inputs[0].detach().reshape(-1, module.in_features).t()]
             self._linear[key].append(slot)
+            shard = getattr(module, "shard", None)  # sharded by rows (shard_rows): G of its own rows
+            rows = slice(None) if shard is None else slice(shard.start, shard.end)
 
-            def grad_hook(g, slot=slot, n=module.out_features):
-                slot[0] = g.detach().reshape(-1, n).t()
+            def grad_hook(g, slot=slot, n=module.out_features, rows=rows):
+                slot[0] = g.detach().reshape(-1, n)[:, rows].t()
             output.register_hook(grad_hook)
         return hook
 
@@ -149,19 +151,20 @@ class GradFactorRecorder:
         X = all_gather_columns(None if got is None else got[1], self.process_group)
         return G / dist.get_world_size(self.process_group), X
 
-    def growth_inputs(self, weight: SparseWeight, method: str, max_flops: float):
+    def growth_inputs(self, weight: SparseWeight, method: str, max_flops: float, rows: int | None = None):
         """(G, X, method, reduce_grads) for :func:`~sparse_engine.training.topology.gradient_growth`.
         One process: :meth:`factors`, ``method`` as given. Data-parallel: ``method`` is resolved
         with the global M ("auto": exact while rows*cols*M <= max_flops); "exact" gets the gathered
         factors, "sample" the local ones (G / W) and a ``reduce_grads`` that sums the candidates'
-        gradients over the ranks: the same numbers, communicating O(candidates) instead of the factors."""
+        gradients over the ranks: the same numbers, communicating O(candidates) instead of the factors.
+        ``rows``: the whole matrix's rows that "auto" counts (a weight sharded by rows: more than its own)."""
         if not self.is_global():
             return (*self.factors(weight), method, None)
         from ..distributed.data_parallel import all_reduce_sum, dist, gather_batch_sizes
 
         got = self._local(weight)
         sizes = gather_batch_sizes(None if got is None else got[1].shape[1], self.process_group)
-        rows, cols = weight.shape
+        rows, cols = weight.shape[0] if rows is None else rows, weight.shape[1]
         if method == "auto":
             method = "exact" if rows * cols * max(sum(sizes), 1) <= max_flops else "sample"
         if method == "exact":

@@ -37,7 +37,8 @@ _ops = torch.ops.sparse_engine
 
 __all__ = [
     "Remap", "magnitude_keep", "global_magnitude_keep", "set_keep", "threshold_keep",
-    "random_empty", "gradient_growth", "RandomGrowth", "GradientGrowth", "new_values", "rewire",
+    "random_empty", "gradient_growth", "sharded_gradient_growth", "RandomGrowth", "GradientGrowth", "new_values",
+    "rewire",
     "remap_optimizer_state", "INIT_CHOICES",
 ]
 
@@ -186,6 +187,38 @@ def gradient_growth(row_ptr: torch.Tensor, col_idx: torch.Tensor, G: torch.Tenso
         grads = reduce_grads(grads)
     pick = _ops.select_smallest(-grads.abs(), int(k))
     return cr[pick], cc[pick], grads[pick]
+
+
+def sharded_gradient_growth(shard, row_ptr: torch.Tensor, col_idx: torch.Tensor, G: torch.Tensor, X: torch.Tensor,
+                            k: int, *, method: str = "auto", max_flops: float = 2.0 ** 34, sample_factor: int = 8,
+                            seed: int = 0, tile_rows: int | None = None, tile_elems: int | None = None,
+                            reduce_grads: Callable[[torch.Tensor], torch.Tensor] | None = None):
+    """:func:`gradient_growth` of a weight split by rows across ranks
+    (:func:`~sparse_engine.distributed.shard_rows`; ``shard`` its RowShard, (row_ptr, col_idx) and G
+    this rank's rows, X the whole input): this rank's rows (local rows, cols, grads) of the whole
+    matrix's ``k`` positions, as one process chooses them. "exact": each rank's best k of its own
+    rows (its share of the whole top k is among them); "sample": the whole pattern's candidates
+    (the same ``seed``), each rank computing those in its rows. Then the k of largest |gradient|
+    over all ranks, ties to the lower position of the whole matrix (``RowShard.top_gradients``: a
+    histogram selection, so no rank gathers the candidates). "auto" decides with the whole matrix's
+    rows. A collective of the shard's group."""
+    rows, cols = row_ptr.numel() - 1, X.shape[0]
+    if method == "auto":
+        method = "exact" if shard.n_rows * cols * max(G.shape[1], 1) <= max_flops else "sample"
+    empty = shard.n_rows * cols - shard.total(col_idx.numel())
+    if not 0 <= k <= empty:
+        raise ValueError(f"k must be in [0, {empty}] (the empty positions), got {k}")
+    if method == "exact":
+        r, c, grads = gradient_growth(row_ptr, col_idx, G, X, min(k, rows * cols - col_idx.numel()), method="exact",
+                                      tile_rows=tile_rows, tile_elems=tile_elems)
+    else:
+        G, X = _gradient_plan(rows, G, X, method, max_flops, sample_factor, None, None, None, row_ptr.device)[:2]
+        r, c = shard.random_empty(row_ptr, col_idx, cols, min(empty, sample_factor * k), seed)
+        grads = _ops.coo_dot(r, c, G, X)
+        if reduce_grads is not None:
+            grads = reduce_grads(grads)
+    pick = shard.top_gradients(r, c, grads, k, cols)
+    return r[pick], c[pick], grads[pick]
 
 
 def _gradient_plan(rows: int, G, X, method: str, max_flops: float, sample_factor: int, tile_rows: int | None,

@@ -38,7 +38,8 @@ from torch import nn
 from ...sparse import SparseWeight
 from ..density import sparse_weights
 from ..grad_factors import GradFactorRecorder
-from ..topology import INIT_CHOICES, GradientGrowth, RandomGrowth, Remap, _Probe, new_values, rewire
+from ..topology import (INIT_CHOICES, GradientGrowth, RandomGrowth, Remap, _Probe, new_values, rewire,
+                        sharded_gradient_growth)
 
 __all__ = ["TopologyController", "Callback"]
 
@@ -156,24 +157,32 @@ class TopologyController:
         return lambda rows, cols: shard.values_at(rows, cols, weight.shape[1], draw)
 
     def _use_gradients(self, model: nn.Module) -> None:
-        if self.shards:
-            raise ValueError(f"growth by gradient ({type(self).__name__}) on a model sharded by shard_rows is not "
-                             f"supported yet ({', '.join(self.shards)}): the sharded modules record no gradient factors; "
-                             "SET, and Selfish-RNN with growth='random', work on sharded models (docs/distributed.md)")
         self.recorder = GradFactorRecorder(model, self.weights)
         missing = [n for n, w in self.weights.items() if not self.recorder.supports(w)]
         if missing:
             raise ValueError(f"gradient growth needs (G, X) factors for {missing}: their modules must be SparseLinear "
                              "or implement dense_grad_factors(name) (see sparse_engine.training.grad_factors)")
+        if self.shards:
+            # the ranks of a shard group see the same batch: each keeps its rows' factors (with a
+            # data-parallel dimension, set global_factors True and process_group to its group)
+            self.recorder.global_factors = False
 
-    def _gradient_grow(self, weight: SparseWeight, n: int) -> GradientGrowth:
+    def _gradient_grow(self, weight: SparseWeight, n: int, shard=None):
+        """Growth at the ``n`` empty positions of largest |gradient|; for a weight sharded by rows
+        (``shard``, its RowShard) ``n`` counts the whole matrix's, and this rank's rows of the whole
+        matrix's choice are taken (:func:`~sparse_engine.training.topology.sharded_gradient_growth`)."""
         if self.recorder.is_global():  # data-parallel: the gradient of the global batch
-            G, X, method, reduce = self.recorder.growth_inputs(weight, self.grad_options["method"],
-                                                               self.grad_options["max_flops"])
+            G, X, method, reduce = self.recorder.growth_inputs(
+                weight, self.grad_options["method"], self.grad_options["max_flops"],
+                rows=weight.shape[0] if shard is None else shard.n_rows)
             options = dict(self.grad_options, method=method)
         else:
             (G, X), reduce, options = self.recorder.factors(weight), None, self.grad_options
-        return GradientGrowth(G, X, n, seed=self._seed(), reduce_grads=reduce, **options)
+        seed = self._seed()
+        if shard is None:
+            return GradientGrowth(G, X, n, seed=seed, reduce_grads=reduce, **options)
+        return lambda row_ptr, col_idx: sharded_gradient_growth(shard, row_ptr, col_idx, G, X, n, seed=seed,
+                                                                reduce_grads=reduce, **options)
 
     def _set_grad_options(self, method: str, max_flops: float, sample_factor: int) -> None:
         if method not in ("auto", "exact", "sample"):

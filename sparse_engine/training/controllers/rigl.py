@@ -17,7 +17,8 @@ class RigL(TopologyController):
     ``init`` (zero, as in RigL). The gradient comes from the last batch's factors (see
     :mod:`~sparse_engine.training.grad_factors`), recorded only before update steps;
     ``grad_method``/``max_flops``/``sample_factor``: see :func:`~sparse_engine.training.topology.gradient_growth`.
-    ``state_dict()``: the common keys (``recorder``: whether it is armed for the next batch),
+    A model sharded by ``shard_rows`` gets the unsharded update, each rank its rows of it
+    (docs/distributed.md). ``state_dict()``: the common keys (``recorder``: whether it is armed for the next batch),
     options ``end_step``, ``update_fraction``, ``update_every``, ``grad_options``."""
 
     _options = ("end_step", "update_fraction", "update_every", "grad_options")
@@ -51,8 +52,13 @@ class RigL(TopologyController):
     def _update(self) -> None:
         f = self.fraction(self.step_count)
         for name, w in self.weights.items():
-            n = int(f * w.nnz)
-            grow = self._gradient_grow(w, n)
-            self._rewire(name, magnitude_keep(w.values, n), grow)
+            shard = self.shards.get(name)  # sharded by rows: the whole matrix's update, this rank's rows
+            nnz = w.nnz if shard is None else shard.total(w.nnz)
+            n = int(f * nnz)
+            grow = self._gradient_grow(w, n, shard)
+            if shard is None:
+                self._rewire(name, magnitude_keep(w.values, n), grow)
+            else:
+                self._rewire(name, shard.magnitude_keep(w, n), grow, values=self._sharded_values(w, shard, nnz))
         self.recorder.clear()
         self._notify()

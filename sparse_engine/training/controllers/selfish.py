@@ -340,7 +340,8 @@ class SelfishRNN(TopologyController):
     def _update(self) -> None:
         """Death in each layer, the removed total regrown across the layers (redistribution), random
         (or gradient, momentum) growth. A weight sharded by rows takes its whole matrix's update: the
-        death and the counts over all ranks, the regrowth the whole matrix's draw (RowShard)."""
+        death and the counts over all ranks, the regrowth the whole matrix's draw or its largest
+        gradients (RowShard)."""
         p = self.death_rate
         scores = self._scores() if self.redistribution != "none" else None
         keeps, removed, caps, nnzs = {}, {}, {}, {}
@@ -367,13 +368,13 @@ class SelfishRNN(TopologyController):
             w, shard = self.weights[name], self.shards.get(name)
             values = None
             if self.growth == "gradient":
-                g = self._gradient_grow(w, n)
-            elif self.growth == "momentum":
+                g = self._gradient_grow(w, n, shard)
+            elif self.growth == "momentum":  # (refused on a sharded weight at construction)
                 g = self._momentum_grow(name, w, keeps[name], n)
             else:
                 g = self._random_grow(w, n, shard)
-                if shard is not None:  # (a revived position, keep_regrown, keeps its value: not drawn)
-                    values = self._sharded_values(w, shard, nnzs[name] - removed[name] + n)
+            if shard is not None:  # (a revived position, keep_regrown, keeps its value: not drawn)
+                values = self._sharded_values(w, shard, nnzs[name] - removed[name] + n)
             remap = self._rewire(name, keeps[name], g, values=values, keep_regrown=not self.reset_regrown)
             if self.growth == "momentum" and self._momentum_kind == "adam":
                 self._adam_state_from_dense(name, w, remap)
