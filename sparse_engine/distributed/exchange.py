@@ -155,17 +155,47 @@ class _States:
         return self.Y
 
 
+class _OwnColumns:
+    """A sparse W_hh's local rows split by columns for one forward: those of this rank's own units
+    (``start:end``), whose state is here before the step's all-gather ends, and the others'. So
+    the product of the first runs while the gather is in flight (a one-direction layer's overlap;
+    the sum of a row is the two parts' sums added). Index and values are copied once per forward."""
+
+    def __init__(self, weight: SparseWeight, start: int, end: int):
+        row_ptr, col = weight.row_ptr, weight.col_idx
+        values = weight.values.detach()
+        own = (col >= start) & (col < end)
+        own_ptr = torch.cat([own.new_zeros(1, dtype=torch.int64), own.cumsum(0)])[row_ptr]
+        rows = (weight.shape[0], end - start)
+        self.own = SparseWeight(own_ptr, col[own] - start, values[own], rows, validate=False, requires_grad=False)
+        self.other = SparseWeight(row_ptr - own_ptr, col[~own], values[~own], weight.shape, validate=False,
+                                  requires_grad=False)
+
+    def own_part(self, h_loc: torch.Tensor) -> torch.Tensor:
+        """The own units' columns times their state (units x B)."""
+        return _ops.spmm(*self.own.csr_index, self.own.values, h_loc.contiguous())
+
+    def other_part(self, X: torch.Tensor) -> torch.Tensor:
+        """The other units' columns times the whole state (H x B, the own units' rows unread)."""
+        return _ops.spmm(*self.other.csr_index, self.other.values, X)
+
+
 class _StepProduct(torch.autograd.Function):
-    """W_hh's local rows times the state gathered at step tp (states.Y[tp], H x B). Saves nothing
-    of the state: the backward reads it from the output sequence. Backward: the values' gradient
-    (sddmm of the local rows), the state's (W^T g, a partial sum over the local rows, reduce-
-    scattered to the units' owners)."""
+    """W_hh's local rows times the state gathered at step tp (states.Y[tp], H x B), after
+    ``wait()`` (the gather's end; with ``split``, an :class:`_OwnColumns`, the own units' columns
+    are multiplied before it). Saves nothing of the state: the backward reads it from the output
+    sequence. Backward: the values' gradient (sddmm of the local rows), the state's (W^T g, a
+    partial sum over the local rows, reduce-scattered to the units' owners)."""
 
     @staticmethod
-    def forward(ctx, h_loc_prev, values, weight, states, tp, shard):
+    def forward(ctx, h_loc_prev, values, weight, states, tp, shard, split, wait):
         ctx.weight, ctx.states, ctx.tp, ctx.shard = weight, states, tp, shard
         ctx.save_for_backward(values)
+        own = None if split is None else split.own_part(h_loc_prev)
+        wait()
         X = states.Y[tp]
+        if own is not None:
+            return own.add_(split.other_part(X))
         if isinstance(weight, SparseWeight):
             return _ops.spmm(*weight.csr_index, values, X)
         return values @ X
@@ -183,7 +213,7 @@ class _StepProduct(torch.autograd.Function):
         g_values = None
         if ctx.needs_input_grad[1]:
             g_values = _ops.sddmm(*weight.index, g, X) if sparse else g @ X.t()
-        return g_state(), g_values, None, None, None, None
+        return g_state(), g_values, None, None, None, None, None, None
 
 
 class _Sequence(torch.autograd.Function):

@@ -11,7 +11,9 @@ both W_ih (input = hidden) and W_hh, T steps, batch B, e bytes a value (float32:
 * activations, at the larger of two moments: the end of the forward, per step the gathered
   state (H*B, every rank the whole of it: it is both the output sequence and what each step's
   backward reads for its weight gradient, kept once), the step's input part (G*n*B) and the six
-  tensors torch's LSTM cell keeps for its backward (6*n*B), plus the input (T*B*H); and the end of
+  tensors torch's LSTM cell keeps for its backward (6*n*B), plus the input (T*B*H) and, with
+  ``overlap`` (shard_rows' default) on more than one rank, W_hh's local nonzeros split by columns
+  for the forward (a column and a value each: 4 + e bytes, :class:`~.exchange._OwnColumns`); and the end of
   the backward, the input part's gradient (each step's and then stacked: 2*G*n*B a step) and the
   input's gradient on its way (the product's, summed over the ranks, the result: 3*T*B*H, with
   the input and the output 4*T*B*H). A loss that reads every step of the output adds its
@@ -25,7 +27,8 @@ tests/distributed/test_sharding.py.
 The step time is an estimate, labelled as one: the sparse products read their nonzeros once and
 gather B values for each (forward, and twice in the backward) at the device's memory bandwidth,
 and each time step exchanges H*B values twice (all-gather forward, reduce-scatter backward), each
-(world - 1) / world of it over the link, plus the link's latency; nothing overlapped.
+(world - 1) / world of it over the link, plus the link's latency; the overlap of the own units'
+columns with the gather is not counted (an upper bound).
 """
 from __future__ import annotations
 
@@ -46,6 +49,7 @@ class ShardedLSTMStep:
     batch: int
     world: int
     value_bytes: int = 4
+    overlap: bool = True
 
     @property
     def units(self) -> int:
@@ -70,9 +74,11 @@ class ShardedLSTMStep:
         gradient, every step's and stacked, then the input's gradient: the product's, its sum
         over the ranks, the result, beside the input and the output)."""
         e, n, H, T, B = self.value_bytes, self.units, self.hidden, self.steps, self.batch
-        forward_end = T * B * (H + (GATES + 6) * n) + T * B * H
-        backward_end = 2 * T * B * GATES * n + 4 * T * B * H
-        return e * max(forward_end, backward_end)
+        forward_end = e * (T * B * (H + (GATES + 6) * n) + T * B * H)
+        if self.overlap and self.world > 1:
+            forward_end += GATES * n * self.nnz_per_row * (4 + e)
+        backward_end = e * (2 * T * B * GATES * n + 4 * T * B * H)
+        return max(forward_end, backward_end)
 
     def peak_bytes(self) -> int:
         return self.persistent_bytes() + self.activation_bytes()

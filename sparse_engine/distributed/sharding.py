@@ -11,8 +11,9 @@ time step, so every rank has the whole state for the next step's product, and in
 the ranks' partial gradients of that state go to the units' owners with one reduce-scatter per
 step. Checkpoints for any world size: :mod:`.checkpoint`; SET's, RigL's and Selfish-RNN's updates as the
 unsharded ones: :mod:`.topology`; growth by gradient records each rank's rows' factors
-(:class:`_GrowthFactors`). Not yet (issue 47): a one-direction layer's gather overlapped with the
-local rows, proj_size. See docs/distributed.md.
+(:class:`_GrowthFactors`). While a step's gather is in flight, a bidirectional layer computes the
+other direction's step and a one-direction layer the product of its own units' columns
+(:class:`~.exchange._OwnColumns`). Not yet (issue 47): proj_size. See docs/distributed.md.
 """
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ from ..nn.rnn import SparseRNNBase
 from ..nn.sequences import packed_positions, run_by_length, time_major
 from ..sparse import SparseWeight
 from .topology import RowShard
-from .exchange import (Shard, _all_gather_features, _Sequence, _States, _StepProduct, gathered, replicated,
-                       scattered, shard_ranges)
+from .exchange import (Shard, _all_gather_features, _OwnColumns, _Sequence, _States, _StepProduct, gathered,
+                       replicated, scattered, shard_ranges)
 
 __all__ = ["shard_rows", "ShardedSparseLinear", "ShardedSparseMLP", "ShardedSparseRNN", "ShardedSparseLSTM",
            "ShardedSparseGRU"]
@@ -160,13 +161,14 @@ class ShardedRNNBase:
             xin = replicated(x, shard).reshape(T * B, -1).t()  # (features, T*B)
             runs = [self._direction(layer, d, xin, h0, c0, T, B, first) for d in range(D)]
             # both directions step by step together: one's gather of h is in flight while the
-            # other computes its step (the same operations, the same bits, in another order)
+            # other computes its step (the same operations, the same bits, in another order); one
+            # direction multiplies its own units' columns meanwhile (run.split)
             for s in range(T):
                 for run in runs:
                     t = T - 1 - s if run.d else s
                     if run.gather is not None:  # the state of the step before, gathered
-                        run.finish_gather()
-                        gh = _StepProduct.apply(run.h_loc, run.v_hh, run.w_hh, run.states, run.tp, shard)
+                        gh = _StepProduct.apply(run.h_loc, run.v_hh, run.w_hh, run.states, run.tp, shard, run.split,
+                                                run.finish_gather)
                     else:  # the first step: the given state, replicated
                         gh = _product(run.w_hh, replicated(h0[run.k], shard).t())
                     if run.factors is not None:
@@ -208,6 +210,8 @@ class ShardedRNNBase:
         run.gx = gx.view(-1, T, B).unbind(1)
         run.w_hh = getattr(self, "weight_hh" + sfx)
         run.v_hh = run.w_hh.values if isinstance(run.w_hh, SparseWeight) else run.w_hh
+        if self.overlap and shard.world > 1 and not self.bidirectional and isinstance(run.w_hh, SparseWeight):
+            run.split = _OwnColumns(run.w_hh, shard.start, shard.end)
         run.states = _States(T, self.hidden_size, B, xin)
         run.c_loc = scattered(c0[k], shard).t() if self.mode == "LSTM" else None  # (units, B)
         run.h_loc = scattered(h0[k], shard).t()
@@ -230,6 +234,7 @@ class _Direction:
         self.gx = self.w_hh = self.v_hh = self.states = self.h_loc = self.c_loc = self.h_locs = None
         self.gather = None  # (step, the wait of its all-gather) or None: before the first step
         self.factors: _GrowthFactors | None = None  # recording (G, X) for growth by gradient
+        self.split: _OwnColumns | None = None  # one direction: W_hh's own units' columns apart
 
     @property
     def tp(self) -> int:
@@ -320,7 +325,7 @@ def _unit_rows(G: int, H: int, start: int, end: int, device) -> torch.Tensor:
     return (torch.arange(G, device=device)[:, None] * H + units[None, :]).reshape(-1)
 
 
-def shard_rows(module: nn.Module, group=None) -> nn.Module:
+def shard_rows(module: nn.Module, group=None, *, overlap: bool = True) -> nn.Module:
     """Splits ``module``'s sparse weights by output rows across the ranks of ``group`` (None: the
     default group), in place, and returns it: each rank keeps its share of the units (SparseLinear:
     of the output features; the first ``n % world`` ranks one more) with their values, index and
@@ -330,7 +335,13 @@ def shard_rows(module: nn.Module, group=None) -> nn.Module:
     Supported: SparseLinear, SparseMLP (each of its layers), SparseRNN, SparseLSTM, SparseGRU (any
     number of layers, either direction, ``batch_first``, dense or sparse input weights, dropout
     between layers with the unsharded module's draws when every rank has the same seed); not yet
-    ``proj_size`` or parametrized weights."""
+    ``proj_size`` or parametrized weights.
+
+    ``overlap`` (recurrent modules, one direction, sparse W_hh; the module's attribute ``overlap``
+    afterwards): multiply the own units' columns of W_hh while the step's all-gather is in flight.
+    A row's sum is then made in two parts, so outputs move with the world size by rounding (1e-16
+    relative, float64); False gives every world size the same bits (a row's product does not depend
+    on where the row lives), with the gather not overlapped."""
     group, rank, world = _group_of(group)
     kind = type(module)
     if kind in _SHARDED.values():
@@ -363,6 +374,8 @@ def shard_rows(module: nn.Module, group=None) -> nn.Module:
         if module.bias is not None:
             module.bias = nn.Parameter(module.bias.detach()[start:end].clone())
     module.shard = Shard(group, rank, world, ranges)
+    if isinstance(module, SparseRNNBase):
+        module.overlap = bool(overlap)
     # where each row-split weight's and bias's rows are in the whole matrix: for the checkpoints
     # (checkpoint.py) and the topology controllers (distributed/topology.py)
     n_rows = GATES[module.mode] * module.hidden_size if isinstance(module, SparseRNNBase) else module.out_features

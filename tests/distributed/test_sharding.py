@@ -434,7 +434,7 @@ def checkpoint_case(rank, world):
     whole = Net()
     model = copy.deepcopy(whole)
     shard_rows(model.lstm), shard_rows(model.head)
-    res = {"round_trip": same_state(full_state_dict(model), whole.state_dict())}
+    res = {"round_trip": same_state(full_state_dict(model), whole.state_dict()), "overlap": model.lstm.overlap}
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
     x = inputs(30, 5, 2, 4)
     train_steps(model, opt, x)
@@ -442,8 +442,11 @@ def checkpoint_case(rank, world):
     single = Net()
     single.load_state_dict(saved)
     res["world_1"] = same_state(single.state_dict(), saved)
-    with torch.no_grad():
-        out = model(x)  # a collective of the whole group: every rank
+    with torch.no_grad():  # collectives of the whole group: every rank
+        out = model(x)
+        model.lstm.overlap = False  # a row's sum in one part: the same bits on every world size
+        out_one_part = model(x)
+        model.lstm.overlap = True
     train_steps(model, opt, x)  # going on here ...
     went_on = full_state_dict(model)
     single_opt = torch.optim.Adam(single.parameters(), lr=0.05)
@@ -458,7 +461,10 @@ def checkpoint_case(rank, world):
         shard_rows(moved.lstm, sub), shard_rows(moved.head, sub)
         res["moved"] = same_state(full_state_dict(moved), saved)
         with torch.no_grad():
-            res["same_output"] = torch.equal(moved(x), out)
+            res["output_moved_by"] = (moved(x) - out).abs().max().item()  # the own units' part is another
+            moved.lstm.overlap = False
+            res["same_output"] = torch.equal(moved(x), out_one_part)
+            moved.lstm.overlap = True
         moved_opt = torch.optim.Adam(moved.parameters(), lr=0.05)
         load_full_optimizer_state_dict(moved, moved_opt, saved_opt, saved)
         train_steps(moved, moved_opt, x)  # ... and resumed on half the ranks
@@ -559,6 +565,36 @@ def memory_case(rank, world):
     return res
 
 
+def overlap_case(rank, world):
+    """The order of a one-direction layer's step with ``overlap``: the own units' columns multiplied
+    before the wait for the step's gather, at every step after the first (the first step reads the
+    given state); without it, no own-columns product. Events of a 2-layer LSTM's forward, T=4."""
+    from sparse_engine.distributed import exchange, sharding
+    events = []
+    own_part, finish = exchange._OwnColumns.own_part, sharding._Direction.finish_gather
+
+    def spy_own(self, h):
+        events.append("own")
+        return own_part(self, h)
+
+    def spy_finish(self):
+        events.append("wait")
+        return finish(self)
+    exchange._OwnColumns.own_part, sharding._Direction.finish_gather = spy_own, spy_finish
+    try:
+        torch.manual_seed(4)
+        lstm = shard_rows(SparseLSTM(3, 8, num_layers=2, density=0.5, dtype=F64))
+        out = {}
+        for overlap in (True, False):
+            lstm.overlap = overlap
+            events.clear()
+            lstm(inputs(80, 4, 2, 3))
+            out[overlap] = list(events)
+        return out
+    finally:
+        exchange._OwnColumns.own_part, sharding._Direction.finish_gather = own_part, finish
+
+
 def inplace_case(rank, world):
     """The output changed in place before the backward (which reads it): an error, not a wrong
     gradient."""
@@ -602,7 +638,8 @@ def dead_rank_case(rank, world):
 def scenarios(rank, world):
     out = {"linear": lambda: linear_case(rank, world), "training": lambda: training(rank, world),
            "checkpoint": lambda: checkpoint_case(rank, world), "memory": lambda: memory_case(rank, world),
-           "inplace": lambda: inplace_case(rank, world), "mlp": lambda: mlp_case(rank, world, False),
+           "inplace": lambda: inplace_case(rank, world), "overlap": lambda: overlap_case(rank, world),
+           "mlp": lambda: mlp_case(rank, world, False),
            "mlp_faithful": lambda: mlp_case(rank, world, True), "lstm_packed": lambda: packed_case(rank, world),
            "device_cpu": lambda: device_case(rank, world, "cpu"), "two_d": lambda: two_d_case(rank, world),
            "two_d_rigl": lambda: two_d_rigl_case(rank, world),
@@ -758,6 +795,7 @@ def test_a_checkpoint_moves_between_world_sizes_bit_for_bit(results):
         assert res["round_trip"] and res["world_1"] and res["resumed_world_1"], (r, res)
         if r < max(1, len(results) // 2):
             assert res["moved"] and res["same_output"] and res["resumed_half"], (r, res)
+            assert res["overlap"] and res["output_moved_by"] < 1e-12, (r, res)
 
 
 def test_model_parallel_inside_data_parallel_trains_as_one_process(results):
@@ -772,6 +810,13 @@ def test_model_parallel_inside_data_parallel_trains_as_one_process(results):
 def test_rigl_inside_data_parallel_updates_as_one_process(results):
     for r, res in enumerate(outcome(results, "two_d_rigl")):
         assert res == [(True, True)] * 3, (r, res)
+
+
+def test_a_one_direction_step_multiplies_its_own_columns_before_waiting_for_the_gather(results):
+    layer = ["own", "wait"] * 3 + ["wait"]  # steps 1..3: own columns, then the wait; the last step's gather
+    for r, res in enumerate(outcome(results, "overlap")):
+        assert res[True] == layer * 2, (r, res[True])
+        assert res[False] == ["wait"] * 8, (r, res[False])
 
 
 def test_an_empty_sequence_is_refused_in_one_line(results):
