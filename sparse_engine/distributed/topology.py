@@ -13,7 +13,8 @@ rows of it:
   magnitude found by a radix selection whose 65,536-bin histograms are summed over the ranks (2
   all-reduces in float32, 4 in float64), the ties at it (rare) ordered by their (row, column) in
   the whole matrix, gathered from the ranks;
-* :meth:`RowShard.magnitude_keep`: the same selection over all |w| (Selfish-RNN's and RigL's death);
+* :meth:`RowShard.magnitude_keep`: the same selection over all |w| (Selfish-RNN's and RigL's death),
+  :meth:`RowShard.selfish_set_keep` over each sign (Selfish-RNN's "SET" death);
 * :meth:`RowShard.top_gradients`: the same selection over candidates' |gradient| (RigL's growth,
   :func:`~sparse_engine.training.topology.sharded_gradient_growth`);
 * :meth:`RowShard.random_empty`: the positions ``random_empty`` draws for the whole pruned pattern,
@@ -27,6 +28,7 @@ The controllers find a sharded module's weights' shards by name in its ``_row_sh
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -69,6 +71,25 @@ class RowShard:
             if k:
                 drop |= self._smallest(weight, key, sign, k, "SET's selection")
         return (~drop).to(dev)
+
+    def selfish_set_keep(self, weight, rate: float, negatives: str) -> torch.Tensor:
+        """This rank's part of Selfish-RNN's "SET" death (``selfish_set_keep(whole values, rate,
+        negatives)``): k = ceil(ceil(rate * nnz) / 2) of each sign over the whole matrix, the
+        smallest positive ones and the most negative (or the nearest zero) negative ones, ties to
+        the lower position of the whole matrix; exact zeros go (a collective of the group)."""
+        values = weight.values.detach()
+        positive, negative = values > 0, values < 0
+        counts = torch.tensor([int(positive.sum()), int(negative.sum()), values.numel()], dtype=torch.int64)
+        self._all_reduce(counts, "Selfish-RNN's counts")
+        k = math.ceil(math.ceil(rate * int(counts[2])) / 2)
+        key = _magnitude_keys(values)
+        top = (1 << 63) - 1 if values.dtype == torch.float64 else (1 << 31) - 1
+        drop = values == 0
+        for sign, count, sign_key in ((positive, int(counts[0]), key),
+                                      (negative, int(counts[1]), top - key if negatives == "most_negative" else key)):
+            if min(k, count):
+                drop |= self._smallest(weight, sign_key, sign, min(k, count), "Selfish-RNN's SET death")
+        return ~drop
 
     def magnitude_keep(self, weight, n_prune: int) -> torch.Tensor:
         """This rank's part of ``magnitude_keep(whole values, n_prune)``: the ``n_prune`` smallest

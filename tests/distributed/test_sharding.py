@@ -254,15 +254,18 @@ def set_update_case(rank, world):
 
 def selfish_update_case(rank, world):
     """Two Selfish-RNN updates of a sharded module against the same updates of the whole module:
-    magnitude and threshold death, redistribution none / nonzeros / magnitude across a 2-layer
-    bidirectional GRU's 8 matrices and an LSTM's 2 (ties at the cut, exact zeros), new values zero
-    and normal: the whole state bit for bit; death 'SET' and growth 'momentum' refused in one line."""
+    magnitude, threshold and "SET" death (either rule for the negatives), redistribution none /
+    nonzeros / magnitude across a 2-layer bidirectional GRU's 8 matrices and an LSTM's 2 (ties at
+    the cut, exact zeros), new values zero and normal: the whole state bit for bit; growth
+    'momentum' refused in one line."""
     from sparse_engine.training import SelfishRNN
     res = {}
-    for kind, death, redistribution, init in (("gru", "magnitude", "nonzeros", "zero"),
-                                               ("gru", "magnitude", "magnitude", "normal"),
-                                               ("gru", "threshold", "none", "zero"),
-                                               ("lstm", "magnitude", "none", "normal")):
+    for kind, death, redistribution, init, negatives in (("gru", "magnitude", "nonzeros", "zero", None),
+                                                         ("gru", "magnitude", "magnitude", "normal", None),
+                                                         ("gru", "threshold", "none", "zero", None),
+                                                         ("lstm", "magnitude", "none", "normal", None),
+                                                         ("gru", "SET", "nonzeros", "zero", "most_negative"),
+                                                         ("lstm", "SET", "none", "zero", "nearest_zero")):
         torch.manual_seed(21)
         whole = (SparseGRU(5, 9, num_layers=2, bidirectional=True, density=0.5, dtype=F64) if kind == "gru"
                  else SparseLSTM(6, 12, density=0.4, dtype=F64))
@@ -272,14 +275,15 @@ def selfish_update_case(rank, world):
                 w.values[::3], w.values[1::4], w.values[2::13] = 0.01, -0.01, 0.0
         sharded = shard_rows(copy.deepcopy(whole))
         ctl_whole, ctl = (SelfishRNN(m, None, total_steps=10, death_rate=0.3, death=death,
-                                     redistribution=redistribution, threshold=0.02, init=init, seed=5)
+                                     redistribution=redistribution, threshold=0.02, init=init, seed=5,
+                                     set_negatives=negatives or "most_negative")
                           for m in (whole, sharded))
         nnz_before = [w.nnz for w in sparse_weights(whole).values()]
         before = copy.deepcopy(whole.state_dict())
         for _ in range(2):
             ctl_whole.end_epoch()
             ctl.end_epoch()
-        res[f"{kind} {death} {redistribution} {init}"] = {
+        res[f"{kind} {death} {redistribution} {init} {negatives}"] = {
             "same": same_state(full_state_dict(sharded), whole.state_dict()),
             "changed": not same_state(before, whole.state_dict()),
             "moved": nnz_before != [w.nnz for w in sparse_weights(whole).values()]}
@@ -293,14 +297,12 @@ def selfish_update_case(rank, world):
         nan = "no error"
     except ValueError as e:
         nan = str(e)
-    refusals = [nan]
-    for kw in ({"death": "SET"}, {"growth": "momentum"}):
-        try:
-            SelfishRNN(shard_rows(SparseLSTM(4, 6, density=0.5, dtype=F64)), None, total_steps=4, **kw)
-            refusals.append("no error")
-        except ValueError as e:
-            refusals.append(str(e))
-    return {"cases": res, "refusals": refusals}
+    try:
+        SelfishRNN(shard_rows(SparseLSTM(4, 6, density=0.5, dtype=F64)), None, total_steps=4, growth="momentum")
+        momentum = "no error"
+    except ValueError as e:
+        momentum = str(e)
+    return {"cases": res, "refusals": [nan, momentum]}
 
 
 def gradient_update_case(rank, world):
@@ -746,11 +748,13 @@ def test_a_sharded_selfish_rnn_update_is_the_whole_modules_bit_for_bit(results):
     for r, res in enumerate(outcome(results, "selfish_update")):
         for kind, out in res["cases"].items():
             assert out["same"] and out["changed"], (r, kind, out)
-        assert res["cases"]["gru magnitude nonzeros zero"]["moved"], (r, res)  # connections changed layers
+        assert len(res["cases"]) == 6, (r, res)
+        for case in ("gru magnitude nonzeros zero None", "gru SET nonzeros zero most_negative"):
+            assert res["cases"][case]["moved"], (r, res)  # connections changed layers
         assert res["refusals"][0] == "values must not contain NaN", (r, res["refusals"])
-        for msg, what in zip(res["refusals"][1:], ("death='SET'", "growth='momentum'")):
-            assert f"Selfish-RNN's {what} on a model sharded by shard_rows is not supported yet" in msg, (r, msg)
-            assert "\n" not in msg
+        msg = res["refusals"][1]
+        assert "Selfish-RNN's growth='momentum' keeps dense rows x cols momentum buffers" in msg, (r, msg)
+        assert "\n" not in msg
 
 
 def test_a_sharded_lstm_trains_with_set_like_the_whole_one(results):

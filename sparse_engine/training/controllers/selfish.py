@@ -232,11 +232,10 @@ class SelfishRNN(TopologyController):
         self.val_losses: list[float] = []
         self.averager = SparseNTASGD(self.weights)
         self.dense_momentum: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        if self.shards and (death == "SET" or growth == "momentum"):
-            what = "death='SET'" if death == "SET" else "growth='momentum'"
-            raise ValueError(f"Selfish-RNN's {what} on a model sharded by shard_rows is not supported yet "
-                             f"({', '.join(self.shards)}): use death 'magnitude' or 'threshold' and growth 'random' "
-                             "(docs/distributed.md)")
+        if self.shards and growth == "momentum":
+            raise ValueError(f"Selfish-RNN's growth='momentum' keeps dense rows x cols momentum buffers, which a model "
+                             f"sharded by shard_rows does not support ({', '.join(self.shards)}): use growth 'random' "
+                             "or 'gradient' (docs/distributed.md)")
         if growth == "momentum":
             self._momentum_kind = self._check_momentum_growth(dense_momentum_max_bytes)
         if growth == "gradient" or (growth == "momentum" and self._momentum_kind == "adam"):
@@ -351,8 +350,9 @@ class SelfishRNN(TopologyController):
             if self.death == "magnitude":
                 n_prune = min(nnz, math.ceil(p * nnz))
                 keep = magnitude_keep(w.values, n_prune) if shard is None else shard.magnitude_keep(w, n_prune)
-            elif self.death == "SET":  # (refused on a sharded weight at construction)
-                keep = selfish_set_keep(w.values, p, self.set_negatives)
+            elif self.death == "SET":
+                keep = (selfish_set_keep(w.values, p, self.set_negatives) if shard is None
+                        else shard.selfish_set_keep(w, p, self.set_negatives))
             else:
                 keep = threshold_keep(w.values, self.threshold)
             gone = w.nnz - int(keep.sum())
