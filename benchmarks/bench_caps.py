@@ -8,7 +8,8 @@ stored before recomputation, float32 Adam moments before bfloat16 ones; ``@HIDDE
 its cheapest options), then a fresh process builds it (the command line's classifier:
 ``SequenceModel(model, 28, 10, H, 1, 32 / H, "recurrent", "classify")``, 32 nonzeros per recurrent
 row, Adam or CompactAdam, T=35, B=20, random inputs), caps itself, trains a warm-up step and
-``--steps`` timed ones, and reports the measured peak against the prediction, and the step time.
+``--steps`` timed ones, and reports the measured peak against the prediction, and the step time
+beside the estimate train's plan line prints.
 
 The cap: on CUDA ``torch.cuda.set_per_process_memory_fraction(cap / total)`` (the caching
 allocator refuses more); on the CPU ``RLIMIT_AS`` at the process's address space before the model
@@ -56,6 +57,16 @@ dev = torch.device(a["device"])
 def status(key):
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key)) * 1024
 
+# train's estimated step time (its plan line), made as train makes it: before the model is built
+# (and before the cap, which counts from the address space after it)
+from sparse_engine.memory import Head, RecurrentSizes
+from sparse_engine.runs.step_estimate import estimate_step
+plan_sizes = RecurrentSizes.build(a["model"], a["n_in"], a["hidden"], row_nnz=a["per_row"], sparse="recurrent",
+                                  device=dev.type, head=Head(a["n_out"], "last", "classify"))
+estimated = estimate_step(plan_sizes, a["T"], a["B"], "adam-bf16" if a["adam_state"] == "bfloat16" else "adam",
+                          dev).seconds(a["T"], a["k"])
+if dev.type == "cuda":
+    torch.cuda.empty_cache()
 before = status("VmRSS:")
 if dev.type == "cuda":
     torch.cuda.init()
@@ -109,8 +120,8 @@ if dev.type == "cuda":
 else:
     peak, rss = trace.peak("step"), status("VmHWM:") - before
 timed = times[-a["steps"]:]
-print(json.dumps({"step_s": sorted(timed)[len(timed) // 2], "peak": peak, "rss": rss, "build_s": build_s,
-                  "loss": losses, "load": open("/proc/loadavg").read().split()[0]}))
+print(json.dumps({"step_s": sorted(timed)[len(timed) // 2], "estimated_s": estimated, "peak": peak, "rss": rss,
+                  "build_s": build_s, "loss": losses, "load": open("/proc/loadavg").read().split()[0]}))
 """
 
 
@@ -154,7 +165,7 @@ def plan_row(model: str, cap: int | None, hidden: int | None, device: str, margi
 
 
 COLUMNS = ["cap", "model", "hidden", "recurrent nonzeros", "options chosen", "predicted", "measured peak",
-           "error", "step s", "build s", "loss (first, last)", "load"]
+           "error", "step s", "estimated step s", "build s", "loss (first, last)", "load"]
 
 
 def gib(n: float) -> str:
@@ -196,7 +207,7 @@ def main(argv=None) -> int:
             found = plan_row(model, cap, parse_hidden(at) if at else None, args.device, args.margin)
             with cell(f"{spec} {model}") as c:
                 if found is None:
-                    c.result = [cap_text, model, at or "-", "-", "nothing fits"] + ["-"] * 7
+                    c.result = [cap_text, model, at or "-", "-", "nothing fits"] + ["-"] * 8
                 else:
                     hidden, plan = found
                     options = ("every step stored" if plan.recompute_every is None
@@ -214,16 +225,20 @@ def main(argv=None) -> int:
                     base = [cap_text, model, f"{hidden:,}", f"{gates * hidden * PER_ROW:,}", options,
                             gib(plan.step.peak)]
                     if error:
-                        c.result = base + [f"failed: {error}"] + ["-"] * 5
+                        c.result = base + [f"failed: {error}"] + ["-"] * 6
                     else:
                         r = json.loads(out.stdout.strip().splitlines()[-1])
                         rss = "" if r["rss"] is None else f" (resident {gib(r['rss'])})"
                         c.result = base + [gib(r["peak"]) + rss, f"{plan.step.peak / r['peak'] - 1:+.1%}",
-                                           f"{r['step_s']:.2f}", f"{r['build_s']:.0f}",
+                                           f"{r['step_s']:.2f}",
+                                           f"{r['estimated_s']:.2f} ({r['estimated_s'] / r['step_s']:.2f}x)",
+                                           f"{r['build_s']:.0f}",
                                            f"{r['loss'][0]:.3f}, {r['loss'][-1]:.3f}", r["load"]]
             rows.append(c.result)
             body = head + "\n\n" + markdown_table(COLUMNS, rows) + (
-                "\n\nerror: predicted / measured - 1. Caps: " + ", ".join(
+                "\n\nerror: predicted / measured - 1. estimated step s: what train's plan line prints "
+                "(sparse_engine/runs/step_estimate.py, timed in the row's process before the build), and "
+                "its ratio to the measured step. Caps: " + ", ".join(
                     f"{c} = {format_size(parse_size(c))}"
                     for c in dict.fromkeys(r.partition("@")[0] for r in args.rows.split(",")) if c != "none") + ".")
             for target in [path] + ([args.copy_to / path.name] if args.copy_to else []):

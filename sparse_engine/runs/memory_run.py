@@ -109,7 +109,25 @@ def plan_training(cfg, meta: dict, steps: int, n_test: int, device: torch.device
         raise ConfigError("memory_budget", f"{what} needs an estimated {format_size(need)} ({least}{options}), "
                                            f"more than the budget of {format_size(budget)} ({source}): try {hint}a "
                                            "smaller --batch-size or --hidden, or a larger --memory-budget")
-    return TrainingPlan(k, state, batch, line + f" of a budget of {format_size(budget)} ({source})")
+    line += f" of a budget of {format_size(budget)} ({source})"
+    if cfg.memory_budget is not None:  # a run planned to fit a card: how long its steps take, too
+        line += "; " + _step_time(sizes, steps, B, plan, device)
+    return TrainingPlan(k, state, batch, line)
+
+
+def _step_time(sizes, steps: int, batch: int, plan, device: torch.device) -> str:
+    """The plan line's estimated step time (:mod:`.step_estimate`), or why there is none."""
+    from .step_estimate import estimate_step
+
+    try:
+        estimate = estimate_step(sizes, steps, batch, ADAM_STATES[plan.adam_state], device)
+        seconds = estimate.seconds(steps, plan.recompute_every)
+    except torch.OutOfMemoryError:  # the timed blocks did not fit beside what is there
+        return "step time not estimated (no memory for its timed products)"
+    finally:
+        if device.type == "cuda":  # the timed blocks' memory back to the card, for the run
+            torch.cuda.empty_cache()
+    return f"estimated step {seconds:.3g} s (its products and cells timed here at this size: an estimate)"
 
 
 def memory_bench(cfg: BenchConfig) -> dict:

@@ -35,6 +35,17 @@ def test_train_prints_the_estimate_it_checks(capsys):
     assert "every step stored" in line and "of a budget of" in line and "(the memory available now)" in line
 
 
+def test_train_estimates_the_step_time_under_a_budget_only(capsys):
+    """With --memory-budget the plan line ends with the estimated step time, labelled as one (how
+    close it comes: benchmarks/bench_caps.py, beside the measured step)."""
+    assert cli.main(RUN) == 0
+    assert "estimated step" not in capsys.readouterr().out
+    assert cli.main([*RUN, "--memory-budget", "8G"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("memory:"))
+    assert line.endswith(" s (its products and cells timed here at this size: an estimate)"), line
+    assert float(line.split("estimated step ")[1].split(" s")[0]) > 0, line
+
+
 def test_train_recompute_every_gives_the_same_run(capsys, tmp_path):
     """--recompute-every 2 reaches the module and recomputes (bit-identical gradients on the CPU):
     the same weights and metrics as storing every step."""

@@ -1,0 +1,202 @@
+"""``train``'s estimated step time, printed in its plan line before it builds anything (issue 46):
+the run's products timed on this device at its sizes, then scaled to its rows.
+
+Each matrix of the recurrence (per layer-direction: W_ih, W_hh) stands as a block of its rows with
+its real column count and nonzeros per row (up to 2^18 nonzeros on a CPU, 2^22 on a GPU, where a
+smaller product is bound by its launch), and the step's products are timed on it once: W_hh's of
+B columns (per time step: forward, and in the backward its transposed product and its weight
+gradient: spmm, spmm_t, sddmm; a dense matrix the three matmuls), W_ih's over all T*B columns at
+once (timed on as many as keep the block's operand under 256 MiB, scaled to T*B). Each is scaled
+by the matrix's rows over the block's. The rest of the recurrence (the gates' elementwise work,
+the state's copies) is what training steps of the same module with 4,096 and 16,384 units take
+beyond their products, on the line through the two (a fixed cost per step, one per unit) taken to
+the run's units (a smaller module: timed at its size). A
+recomputed run (``recompute_every``) runs the forward once more; the optimizer's update is timed
+on up to 2^22 values and scaled to the parameters. Not counted: the head and loss, the data. It
+is an estimate, and says so: timed once, on a machine whose load varies
+(benchmarks/bench_caps.py sets it beside the measured step).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .. import ops
+from ..memory import RecurrentSizes
+from ..nn.weights import _SPARSE_CHOICES
+from ..sparse import SparseWeight
+
+#: nonzeros of a timed block: enough that the product is bound by memory, not its launch
+_BLOCK_NNZ = {"cpu": 2 ** 18, "cuda": 2 ** 22}
+_OPERAND_BYTES = 2 ** 28  # the wide product's operand, at most
+_OPTIMIZER_VALUES = 2 ** 22
+
+
+@dataclass(frozen=True)
+class ProductTimes:
+    """Seconds of one matrix's products at the run's size (already scaled to all its rows):
+    ``forward`` (W X), ``backward`` (W^T G and the weight gradient), for the given columns."""
+    forward: float
+    backward: float
+
+
+@dataclass(frozen=True)
+class StepEstimate:
+    """The timed parts of a training step: each layer-direction's W_hh products at B columns (per
+    time step) and W_ih's over all T*B columns, the rest of the recurrence (``cells``: forward and
+    backward, over all steps) and the optimizer's update."""
+    recurrent: tuple[ProductTimes, ...]
+    inputs: tuple[ProductTimes, ...]
+    cells: ProductTimes
+    optimizer: float
+
+    def seconds(self, steps: int, recompute_every: int | None) -> float:
+        """The step: every time step's recurrent products, the input products once, the cells, the
+        optimizer; with recomputation the forward once more."""
+        parts = [ProductTimes(steps * p.forward, steps * p.backward) for p in self.recurrent]
+        parts += [*self.inputs, self.cells]
+        again = 2 if recompute_every else 1
+        return sum(again * p.forward + p.backward for p in parts) + self.optimizer
+
+
+def estimate_step(sizes: RecurrentSizes, steps: int, batch: int, optimizer: str = "adam",
+                  device: torch.device | str = "cpu") -> StepEstimate:
+    """Times the products of ``sizes`` (module docstring) on ``device``; ``optimizer`` "adam" or
+    "adam-bf16" (CompactAdam's moments in bfloat16)."""
+    device = torch.device(device)
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):  # the run's own draws (its model's initial values) stay as they were
+        products = _products(sizes, steps, batch, device)
+        cells = _cells(sizes, steps, batch, device)
+    params = sum(n if n is not None else sizes.gates * sizes.hidden * cols
+                 for n, cols in zip(sizes.nnz_ih + sizes.nnz_hh, _input_cols(sizes) + _recurrent_cols(sizes)))
+    return StepEstimate(*products, cells, _optimizer_seconds(params, optimizer, device))
+
+
+def _input_cols(sizes: RecurrentSizes) -> list[int]:
+    D = sizes.directions
+    return [sizes.input_size if i < D else D * sizes.hidden for i in range(len(sizes.nnz_ih))]
+
+
+def _recurrent_cols(sizes: RecurrentSizes) -> list[int]:
+    return [sizes.hidden] * len(sizes.nnz_hh)
+
+
+def _products(sizes: RecurrentSizes, steps: int, batch: int, device) -> tuple[tuple, tuple]:
+    """(each W_hh's product times per time step, each W_ih's over all steps)."""
+    gen = torch.Generator().manual_seed(0)
+    rows, recurrent, inputs = sizes.gates * sizes.hidden, [], []
+    for nnz_ih, nnz_hh, cols_ih in zip(sizes.nnz_ih, sizes.nnz_hh, _input_cols(sizes)):
+        recurrent.append(_product_times(rows, sizes.hidden, nnz_hh, batch, batch, sizes.dtype, device, gen))
+        wide = max(batch, min(steps * batch, _OPERAND_BYTES // (4 * cols_ih)))
+        inputs.append(_product_times(rows, cols_ih, nnz_ih, wide, steps * batch, sizes.dtype, device, gen))
+    return tuple(recurrent), tuple(inputs)
+
+
+_SMALL = (4096, 16384)  # units of the modules whose steps, beyond their products, give the cells' time
+
+
+def _cells(sizes: RecurrentSizes, steps: int, batch: int, device) -> ProductTimes:
+    """The recurrence beyond its products, forward and backward, for all ``steps``: a training step
+    of the same module with 4,096 and with 16,384 units less their products, the line through the
+    two (a fixed cost per step, and one per unit) taken to the run's units; a module of at most
+    16,384 units is timed at its own size."""
+    h1, h2 = _SMALL
+    if sizes.mode == "CTRNN":  # (not estimated)
+        return ProductTimes(0.0, 0.0)
+    if sizes.hidden <= h2:
+        return ProductTimes(*_cells_at(sizes, sizes.hidden, steps, batch, device))
+    (f1, b1), (f2, b2) = (_cells_at(sizes, h, steps, batch, device) for h in _SMALL)
+
+    def at_run(c1, c2):
+        per_unit = (c2 - c1) / (h2 - h1)
+        return c1 + per_unit * (sizes.hidden - h1) if per_unit > 0 else c2 * sizes.hidden / h2
+    return ProductTimes(at_run(f1, f2), at_run(b1, b2))
+
+
+def _cells_at(sizes: RecurrentSizes, h: int, steps: int, batch: int, device) -> tuple[float, float]:
+    """(forward, backward) seconds of a training step of ``sizes``' module with ``h`` units and the
+    same nonzeros per row, less its products."""
+    from ..nn import SparseGRU, SparseLSTM, SparseRNN
+
+    cls = {"LSTM": SparseLSTM, "GRU": SparseGRU, "RNN_TANH": SparseRNN, "RNN_RELU": SparseRNN}[sizes.mode]
+    n_in = h if sizes.input_size == sizes.hidden else sizes.input_size
+    per_row = next((n / (sizes.gates * sizes.hidden) for n in sizes.nnz_hh if n is not None), h)
+    model = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn", "RNN_RELU": "rnn_relu"}[sizes.mode]
+    small = RecurrentSizes.build(model, n_in, h, layers=sizes.layers, row_nnz=min(per_row, h),
+                                 sparse=_sparse_flag(sizes), bidirectional=sizes.bidirectional, bias=sizes.bias,
+                                 dtype=sizes.dtype)
+    kw = {"nonlinearity": "relu"} if sizes.mode == "RNN_RELU" else {}
+    torch.manual_seed(0)
+    module = cls(n_in, h, num_layers=sizes.layers, bidirectional=sizes.bidirectional, bias=sizes.bias,
+                 density=min(per_row, h) / h, sparse=_sparse_flag(sizes), dtype=sizes.dtype, **kw).to(device)
+    x = torch.randn(steps, batch, n_in, dtype=sizes.dtype, device=device)
+    state = {}
+
+    def forward():
+        state["out"] = module(x)[0].sum()
+
+    fwd = _seconds(forward, device, repeats=2)
+    bwd = _seconds(lambda: (forward(), state["out"].backward()), device, repeats=2) - fwd
+    recurrent, inputs = _products(small, steps, batch, device)
+    product_fwd = sum(steps * p.forward for p in recurrent) + sum(p.forward for p in inputs)
+    product_bwd = sum(steps * p.backward for p in recurrent) + sum(p.backward for p in inputs)
+    return max(0.0, fwd - product_fwd), max(0.0, bwd - product_bwd)
+
+
+def _sparse_flag(sizes: RecurrentSizes) -> str:
+    """The ``sparse=`` setting of ``sizes``' module."""
+    flags = (sizes.nnz_ih[0] is not None, sizes.nnz_hh[0] is not None)
+    return next(name for name, f in _SPARSE_CHOICES.items() if f == flags)
+
+
+def _product_times(rows: int, cols: int, nnz: int | None, width: int, scale_width: int, dtype, device,
+                   gen) -> ProductTimes:
+    """The products of a rows x cols matrix (nnz None: dense) with ``width`` columns, timed on a
+    block of its rows and scaled to all of them and to ``scale_width`` columns."""
+    per_row = cols if nnz is None else max(nnz / max(rows, 1), 1e-9)
+    block = max(1, min(rows, int(_BLOCK_NNZ.get(device.type, 2 ** 22) / per_row)))
+    if nnz is None:
+        W = torch.randn(block, cols, generator=gen, dtype=dtype).to(device)
+    else:
+        W = SparseWeight.random(block, cols, nnz=max(1, round(per_row * block)), generator=gen, dtype=dtype).to(device)
+    X = torch.randn(cols, width, generator=gen, dtype=dtype).to(device)
+    G = torch.randn(block, width, generator=gen, dtype=dtype).to(device)
+    if nnz is None:
+        fwd = _seconds(lambda: W @ X, device)
+        bwd = _seconds(lambda: (W.t() @ G, G @ X.t()), device)
+    else:
+        with torch.no_grad():
+            fwd = _seconds(lambda: ops.spmm(W, X), device)
+            bwd = _seconds(lambda: (ops.spmm_t(W, G), ops.sddmm(W, G, X)), device)
+    scale = rows / block * scale_width / width
+    return ProductTimes(fwd * scale, bwd * scale)
+
+
+def _optimizer_seconds(params: int, optimizer: str, device) -> float:
+    from ..training.compact_adam import CompactAdam
+
+    n = max(1, min(params, _OPTIMIZER_VALUES))
+    p = torch.nn.Parameter(torch.zeros(n, device=device))
+    p.grad = torch.ones_like(p)
+    opt = CompactAdam([p]) if optimizer == "adam-bf16" else torch.optim.Adam([p])
+    return _seconds(opt.step, device) * params / n
+
+
+def _seconds(fn, device, repeats: int = 3) -> float:
+    """The fastest of ``repeats`` timed calls after one warm-up (which builds what is built once,
+    such as the transposed index)."""
+    fn()
+    best = math.inf
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return best
