@@ -342,10 +342,10 @@ fi
 if has caps && begin "the largest sparse LSTM/GRU under 8-80 GB caps (issue 46)" 120; then
   t0=$SECONDS
   # correctness first: recomputation gives the same gradients on the GPU, the memory model's GPU
-  # check, CompactAdam (bfloat16 moments) on the GPU as on the CPU
+  # check, CompactAdam (bfloat16 moments) and bfloat16 saved activations on the GPU as on the CPU
   CAP=90 logged 10 $PY -m pytest -q -ra ${PYTEST_TIMEOUT[@]+"${PYTEST_TIMEOUT[@]}"} \
     tests/recurrent/test_recompute.py::test_cuda_bit_identical tests/memory/test_memory_model.py::test_prediction_on_a_gpu \
-    tests/training/test_compact_adam.py -k "cuda or gpu" \
+    tests/training/test_compact_adam.py tests/recurrent/test_saved_dtype.py -k "cuda or gpu" \
     || say "== caps tests FAILED (the list above)"
   # each row a process capped with set_per_process_memory_fraction; the memory model picks the
   # largest hidden and its options; the 80G row builds about a billion connections (minutes)

@@ -81,7 +81,8 @@ def sizes_of(module, **overrides) -> RecurrentSizes:
         bias=bool(module.bias) if mode != "CTRNN" else module.bias is not None,
         dropout=getattr(module, "dropout", 0.0), unfolds=getattr(module, "unfolds", 1), fused=module.fused,
         compute="sparse" if mode == "CTRNN" else module.compute,
-        recompute_every=getattr(module, "recompute_every", None), head=head, dtype=ref.dtype,
+        recompute_every=getattr(module, "recompute_every", None),
+        saved_dtype=getattr(module, "saved_dtype", None), head=head, dtype=ref.dtype,
         device=ref.device.type)
     return replace(sizes, **overrides)
 

@@ -105,6 +105,17 @@ class Run:
     k: int | None          # recompute_every
     transposed_h0: bool    # h_0 (c_0) reach the Function as transposed views (not the CT-RNN's)
     persistent: bool = False  # the whole sequence in one op each way (recurrent/persistent.py)
+    es: int = 0            # bytes per value of the kept c's and activations (saved_dtype; 0: e)
+
+    @property
+    def narrow(self) -> bool:
+        """A stored run keeps its c's and activations narrower than its values (saved_dtype)."""
+        return self.es not in (0, self.e) and self.k is None
+
+    @property
+    def us(self) -> int:
+        """One kept c or activation block, H x B values of saved_dtype."""
+        return self.H * self.B * (self.es if self.narrow else self.e)
 
     @property
     def u(self) -> int:
@@ -221,7 +232,7 @@ def run_forward(led: Ledger, r: Run, out_name: str, output: bool) -> None:
         led.alloc(out_name, "activations", T * u)  # y = h0.new_empty(T, H, B)
     if r.k is None:  # every step's c' and activations so far, in the Function's lists, and the
         # sub-step states (inner), among them the one the last step reads
-        led.alloc(n + ".kept", "activations", (c + r.A) * u * (S - 1) + (U - 1) * u * T)
+        led.alloc(n + ".kept", "activations", (c + r.A) * r.us * (S - 1) + (U - 1) * u * T)
         led.alloc(n + ".h", "workspace", u)  # the state the last step reads (Y has a copy)
     else:  # the states (h, c) after steps k, 2k, ... < S; the last segment's L steps (h, c and
         # activations: the step before's among them, kept for the backward, the last one's as keep
@@ -234,7 +245,14 @@ def run_forward(led: Ledger, r: Run, out_name: str, output: bool) -> None:
         led.alloc(n + ".g", "workspace", r.G * B * e)
         led.temp(n + ".gpad", "workspace", r.source_pad(r.I, B, r.nnz_ih))
     keep = [(n + ".hT", u)] + ([(n + ".cT", u)] if c else []) + ([(n + ".a", r.A * u)] if r.A else [])
+    if r.narrow:  # the step before's c and activations, in the values' dtype, still bound to the
+        # loop's variables while this step runs (the lists keep narrower copies)
+        led.alloc(n + ".prev", "workspace", (c + r.A) * u)
     _forward_step(led, r, n + ".step", keep)
+    if r.narrow:  # then this step's copied narrower beside it (_kept); its activations' own tensor
+        # stays bound to the loop's variable until the forward returns
+        led.free(n + ".prev")
+        led.alloc(n + ".kept_last", "activations", (c + r.A) * r.us)
     led.free(n + ".h", n + ".g", n + ".prev_a")
     if r.k is None:
         led.free(n + ".bias", n + ".gx")  # they die with the forward when every step is kept
@@ -362,7 +380,10 @@ def run_backward(led: Ledger, r: Run, dy: str | None, dx_name: str) -> None:
                  first if mode_of(r) in ("LSTM", "GRU") else 0, first if fused_wgrad else 0]
     else:
         extra = [max(_BWD_STEP_TEMPS[mode_of(r)] * u, r.source_pad(G, B, r.nnz_hh))]
-    led.temp(n + ".step", "workspace", *new, *extra)
+    # a narrower stored run's step reads its c's and activations back in the values' dtype: copies
+    # (the first step's c_prev is c_0 itself)
+    widened = ((r.A + 2 * c) * u if steps > 1 else (r.A + c) * u) if r.narrow else 0
+    led.temp(n + ".step", "workspace", *new, *extra, widened)
     if not r.stacked:  # this step's part of each gradient (the new dG is now the bound one)
         if r.nnz_hh is not None and not fused_wgrad:  # sddmm(dG, h_s): a new nnz-long tensor added into d_w_hh
             _sddmm(led, r, n + ".sddmm_hh", r.nnz_hh, G, r.H, B, x_strided=r.transposed_h0)
@@ -387,7 +408,7 @@ def run_backward(led: Ledger, r: Run, dy: str | None, dx_name: str) -> None:
     led.free(n + ".dG", n + ".dGs", n + ".dGs2", n + ".dh", n + ".dc", n + ".w_hh_t", n + ".w_ih_t",
              n + ".states", n + ".states0", n + ".gcols", n + ".xcols_b", n + ".hcols", n + ".hhcols")
     # the Function's saved tensors are released after its backward (Y: where it saved it)
-    led.free(n + ".kept", n + ".hT", n + ".cT", n + ".a", n + ".ckpt", n + ".gx", n + ".bias",
+    led.free(n + ".kept", n + ".kept_last", n + ".hT", n + ".cT", n + ".a", n + ".ckpt", n + ".gx", n + ".bias",
              *((n + ".y",) if r.k is None else ()))
 
 

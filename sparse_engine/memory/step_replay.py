@@ -59,6 +59,7 @@ class RecurrentSizes:
     fused: bool = True                # the module's ``fused`` setting
     compute: str | None = "sparse"    # the module's ``compute`` setting (None: the global default)
     recompute_every: int | None = None
+    saved_dtype: torch.dtype | None = None  # the modules' saved_dtype: the kept c's and activations' dtype
     head: Head | None = None          # a SequenceModel's embedding and readout
     dtype: torch.dtype = torch.float32
     device: str = "cpu"
@@ -127,7 +128,9 @@ def runs_of(s: RecurrentSizes, T: int, B: int, k: int | None) -> list[Run]:
             runs.append(Run(f"{s.mode}:{layer}.{d}", s.input_size if layer == 0 else D * H, H, GATES[s.mode] * H,
                              SAVED_ACTS[s.mode], nnz_ih, nnz_hh, T, B, s.unfolds, e, cpu, fwd, bwd,
                              stacks(cfg, cell, ref), layer > 0 or (s.head is not None and s.head.vocab is not None),
-                             s.bias, k if k and k < T * s.unfolds else None, s.mode != "CTRNN", one_op))
+                             s.bias, k if k and k < T * s.unfolds else None, s.mode != "CTRNN",
+                             one_op and s.saved_dtype is None,
+                             e if s.saved_dtype is None else torch.empty(0, dtype=s.saved_dtype).element_size()))
     return runs
 
 

@@ -62,6 +62,12 @@ activations do not fit (hidden 10^5-10^6 units; :mod:`sparse_engine.memory` pred
 peak and picks k for a budget). Not with ``proj_size`` or ``compute='dense'`` (ValueError); it
 keeps ``compute='auto'`` on the sparse path.
 
+``saved_dtype=torch.bfloat16`` (or float16; default None: the parameters' dtype; also the
+attribute): a run that keeps every step keeps LSTM's c's and the gates' saved activations in that
+dtype, half the bytes of its activations but Y, and its backward reads them rounded (gradients
+within bfloat16's rounding of float32's: docs/memory.md). On the per-step sparse path, like
+``recompute_every``, with which it does not combine (a recomputed run keeps a few steps only).
+
 ``compute=`` ('auto' | 'sparse' | 'dense' | 'persistent'; default None: the global default, 'auto'):
 the sparse kernels, or torch's own dense recurrence (``torch.lstm``, ...; the GRU fused on the CPU)
 on the weights written into dense matrices kept between forwards, under a memory budget; see
@@ -97,8 +103,8 @@ from ..recurrent import (Config, RecordsGradFactors, batch_rows, check_compute, 
 from ..sparse import SparseWeight
 from .sequences import (caller_layout, check_input_dtype, check_not_packed, packed_positions, run_by_length,
                         time_major)
-from .weights import (TorchConversion, check_positive_int, check_recompute_every, make_bias, make_weight,
-                      refuse_dense_weights, reset_weights, sparse_flags)
+from .weights import (TorchConversion, check_positive_int, check_recompute_every, check_saved_dtype, make_bias,
+                      make_weight, refuse_dense_weights, reset_weights, sparse_flags)
 
 __all__ = ["SparseRNN", "SparseLSTM", "SparseGRU", "SparseRNNBase"]
 
@@ -116,12 +122,14 @@ class SparseRNNBase(RecordsGradFactors, TorchConversion, nn.Module):
     #: keep the state every k steps and recompute the rest in the backward (see the module
     #: docstring); None: keep every step. This default for modules pickled before the setting existed
     recompute_every = None
+    #: the dtype of the kept c's and saved activations (see the module docstring); None: the parameters'
+    saved_dtype = None
 
     def __init__(self, mode: str, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, proj_size: int = 0,
                  *, density: float | None = None, epsilon: float | None = None, sparse: str = "both",
                  fused: bool = True, compute: str | None = None, recompute_every: int | None = None,
-                 device=None, dtype=None):
+                 saved_dtype: torch.dtype | None = None, device=None, dtype=None):
         super().__init__()
         check_positive_int("input_size", input_size)
         check_positive_int("hidden_size", hidden_size)
@@ -149,6 +157,11 @@ class SparseRNNBase(RecordsGradFactors, TorchConversion, nn.Module):
         if recompute_every is not None and proj_size:
             raise ValueError("recompute_every is not available with proj_size (the projected LSTM runs under "
                              "plain autograd; wrap it in torch.utils.checkpoint instead)")
+        self.saved_dtype = check_saved_dtype(saved_dtype)
+        if saved_dtype is not None and (compute in ("dense", "persistent") or proj_size or recompute_every):
+            what = (f"compute={compute!r}" if compute in ("dense", "persistent") else
+                    "proj_size" if proj_size else "recompute_every (it keeps a few steps only)")
+            raise ValueError(f"saved_dtype needs the per-step sparse path keeping every step, not {what}")
         sp_ih, sp_hh = sparse_flags(sparse)
         dtype = dtype or torch.get_default_dtype()
         G = GATES[mode] * hidden_size
@@ -273,7 +286,9 @@ class SparseRNNBase(RecordsGradFactors, TorchConversion, nn.Module):
                 b_hh = getattr(self, "bias_hh" + sfx) if self.bias else None
                 cfg = Config(self.mode, self.hidden_size, B, T, bool(d), fused=self.fused,
                              recompute_every=check_recompute_every(self.recompute_every),
-                             output=output or layer < self.num_layers - 1, persistent=use_persistent(self.compute, w_hh))
+                             saved_dtype=check_saved_dtype(self.saved_dtype),
+                             output=output or layer < self.num_layers - 1,
+                             persistent=use_persistent(self.compute, w_hh))
                 if self.proj_size and self.record_grad_factors:
                     raise ValueError("growth by gradient (record_grad_factors) is not available with "
                                      "proj_size: the projected LSTM has no fused backward to take the factors from")
@@ -299,9 +314,9 @@ class SparseRNNBase(RecordsGradFactors, TorchConversion, nn.Module):
         ``compute`` setting says so, not recording gradient factors, not under autocast (where
         the sparse recurrence keeps the parameters' precision, see ``recurrence``), not while
         ``torch.compile`` traces (dynamo does not trace torch's RNN modules: a graph break), not
-        when ``recompute_every`` is set (an option of the sparse recurrence only)."""
+        when ``recompute_every`` or ``saved_dtype`` is set (options of the sparse recurrence only)."""
         if (self.record_grad_factors or torch.is_autocast_enabled(ref.device.type)
-                or torch.compiler.is_compiling() or self.recompute_every is not None):
+                or torch.compiler.is_compiling() or self.recompute_every is not None or self.saved_dtype is not None):
             return False
         if weights is None:
             weights = [getattr(self, n) for n in self._flat_weights_names]
@@ -407,7 +422,8 @@ class SparseRNNBase(RecordsGradFactors, TorchConversion, nn.Module):
                 s += f", {attr}={getattr(self, attr)}"
         return (s + f", sparse={self.sparse!r}" + ("" if self.fused else ", fused=False")
                 + ("" if self.compute is None else f", compute={self.compute!r}")
-                + ("" if self.recompute_every is None else f", recompute_every={self.recompute_every}"))
+                + ("" if self.recompute_every is None else f", recompute_every={self.recompute_every}")
+                + ("" if self.saved_dtype is None else f", saved_dtype={self.saved_dtype}"))
 
 
 class SparseRNN(SparseRNNBase):

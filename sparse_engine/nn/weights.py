@@ -34,6 +34,13 @@ def check_positive_int(name: str, v) -> None:
         raise ValueError(f"{name} must be a positive int, got {v!r}")
 
 
+def check_saved_dtype(dtype) -> torch.dtype | None:
+    """The recurrent modules' ``saved_dtype``: None, torch.bfloat16 or torch.float16 (ValueError naming it)."""
+    if dtype is not None and dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"saved_dtype must be None, torch.bfloat16 or torch.float16, got {dtype!r}")
+    return dtype
+
+
 def check_recompute_every(k) -> int | None:
     """The modules' ``recompute_every``: None, or a positive int (ValueError naming it otherwise)."""
     if k is not None:

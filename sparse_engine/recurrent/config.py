@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import torch
+
 __all__ = ["Config"]
 
 
@@ -31,6 +33,10 @@ class Config:
     #: None: every step's activations are kept for the backward; k: only the state every k steps,
     #: the rest recomputed in the backward (:func:`recomputes`); the modules' ``recompute_every``
     recompute_every: int | None = None
+    #: None: a run that keeps every step keeps LSTM's c's and the saved activations in the values'
+    #: dtype; torch.bfloat16 (or float16): in that dtype, made back into the values' dtype for each
+    #: step's backward (half the bytes, the backward reads them rounded); the modules' ``saved_dtype``
+    saved_dtype: torch.dtype | None = None
     #: False: the caller reads only the final state (the modules' ``final_state``): Y is returned
     #: empty, and a recomputed run never makes it
     output: bool = True

@@ -34,9 +34,9 @@ MODES = ("LSTM", "GRU", "RNN_TANH", "RNN_RELU")
 def applies(cfg, w_hh: torch.Tensor) -> bool:
     """Whether a run takes the sequence ops: asked for (``cfg.persistent``), a mode of :data:`MODES`,
     where the fused step ops apply (:func:`~sparse_engine.recurrent.cell_steps.fused_ok`), no
-    recomputation and at least one step."""
+    recomputation, no ``saved_dtype`` and at least one step."""
     return (cfg.persistent and cfg.mode in MODES and fused_ok(cfg, w_hh) and cfg.recompute_every is None
-            and not (isinstance(cfg.steps, int) and cfg.steps < 1))
+            and cfg.saved_dtype is None and not (isinstance(cfg.steps, int) and cfg.steps < 1))
 
 
 def forward(cfg, w_hh, b_hh, gx, h0, c0):

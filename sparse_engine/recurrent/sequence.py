@@ -31,6 +31,12 @@ Recomputed (``Config.recompute_every`` k, the modules' ``recompute_every``): the
           on the same inputs (so the same numbers, bit for bit) and then its backward steps, and
           drops them before the next: O(T/k + k) steps of activations instead of O(T), for one
           more forward of all but the last segment. Stacked runs keep their input part (gx) too.
+Narrower (``Config.saved_dtype``, the modules' ``saved_dtype``): a stored run keeps LSTM's c's and
+          the saved activations in bfloat16 (or float16), each step's copied narrower as it is made
+          and back into the values' dtype for its backward step: their bytes halved for a rounding
+          of what the backward reads. Done here, around the step ops, not inside the kernels, so
+          that every device and path (fused or composed) takes it with no kernel of its own
+          (docs/memory.md: what it costs). Not with recomputation (its segments live briefly).
 Under ``torch.no_grad`` (``Config.backward`` False) a run keeps nothing for a backward.
 
 A weight is either sparse or dense (an ordinary (rows x cols) tensor); the two matrices of a
@@ -105,6 +111,12 @@ def stacks(cfg: Config, cell, ref: torch.Tensor) -> bool:
     return size <= STACK_BYTES
 
 
+def _kept(t: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """A step's c or saved activations as a stored run keeps them for the backward: in
+    ``cfg.saved_dtype`` where set (a copy; the step's own tensor goes once the loop moves on)."""
+    return t if cfg.saved_dtype is None else t.to(cfg.saved_dtype)
+
+
 def _wgrad_into(acc, idx, g, x):
     """acc += g x^T (at the nonzeros when sparse): one step's part of a weight gradient."""
     if idx is None:
@@ -172,9 +184,9 @@ class Recurrence(torch.autograd.Function):
                 if not last:
                     inner[s + 1] = h
                 if cell.cell_state:
-                    cs.append(c)
+                    cs.append(_kept(c, cfg))
                 if a is not None:
-                    acts.append(a)
+                    acts.append(_kept(a, cfg))
             if last and y is not None:
                 y[t] = h
         ctx.fused = fused
@@ -233,6 +245,7 @@ class Recurrence(torch.autograd.Function):
         segments = recomputed_segments(ctx, cell, x, w_ih, w_hh, b_hh, h0, rest) if ctx.kept is not None else \
             stored_segments(ctx, cell, y, h0, rest, order, U)
         sink = ctx.sink
+        step_dtype = h0.dtype  # the dtype the steps compute in
         stacked = ctx.stacked or sink is not None  # growth by gradient: the whole (G, X) of each weight
         # W^T dG in every step reads the values in column order: gathered once here, not per step
         w_hh_t = transposed(w_hh, idx) if T * U > 1 else None
@@ -260,8 +273,12 @@ class Recurrence(torch.autograd.Function):
                 if s % U == U - 1 and dy is not None:
                     dh = dh + dy[t]
                 extra = {"h_in": states[s], "dw_t": d_w_hh} if fused_wgrad else {}
-                dG_x, dG, dh, dc = cell.backward_step(step_backward, w_hh, idx, cell.saved_at(s, bufs), dh, dc,
-                                                      params, w_hh_t, **extra)
+                saved = cell.saved_at(s, bufs)
+                if cfg.saved_dtype is not None:  # kept narrower (_kept): back in the values' dtype
+                    saved = [v.to(step_dtype) for v in saved]
+                dG_x, dG, dh, dc = cell.backward_step(step_backward, w_hh, idx, saved, dh, dc, params, w_hh_t,
+                                                      **extra)
+                saved = None
                 if stacked:
                     dgh_s[s] = dG
                     dgx_t[t] = dG_x if dgx_t[t] is None else dgx_t[t] + dG_x

@@ -102,6 +102,20 @@ def test_prediction_matches_the_measured_peak(cell, k, sparse, optimizer, per_st
     assert_close(predicted, measured, f"{cell} k={k} {sparse} {optimizer}")
 
 
+@pytest.mark.parametrize("per_step", [False, True], ids=["stacked", "per-step"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_prediction_with_bfloat16_saved_activations(cell, per_step, monkeypatch):
+    """saved_dtype=bfloat16: the kept c's and activations at half the bytes, beside each step's own
+    in float32 and the backward's copies back (measured within 1.6% stacked, 4.1% per step, over)."""
+    if per_step:
+        monkeypatch.setattr(recurrence, "STACK_BYTES", 0)
+    measured, model = module_step(cell, 300, 14, 8, "adam", density=0.05, saved_dtype=torch.bfloat16)
+    predicted = predict(model, 14, 8, "adam")
+    assert_close(predicted, measured, f"{cell} saved bfloat16")
+    wide = predict(model, 14, 8, "adam", saved_dtype=None)
+    assert predicted.activations < wide.activations  # the model knows the option
+
+
 @pytest.mark.parametrize("kwargs", [{}, dict(num_layers=2, bidirectional=True)], ids=["one", "2-layers-bidi"])
 @pytest.mark.parametrize("batch", [8, 1])
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
