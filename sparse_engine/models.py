@@ -17,11 +17,12 @@ class SequenceModel(nn.Module):
     recurrent part is sparse by default). ``readout``: "last" reads the last step (B, n_out),
     "steps" every step (B, T, n_out); None: "last" for classification, "steps" for regression.
     ``recompute_every``: the recurrent module's (keep the state every k steps, recompute the rest
-    in the backward; :mod:`sparse_engine.memory` picks k for a memory budget)."""
+    in the backward; :mod:`sparse_engine.memory` picks k for a memory budget); ``saved_dtype``: the
+    recurrent module's (lstm, gru, rnn: the kept c's and activations in bfloat16)."""
 
     def __init__(self, model: str, n_in: int, n_out: int, hidden: int, layers: int, density: float,
                  sparse: str, kind: str, vocab: int | None = None, readout: str | None = None,
-                 recompute_every: int | None = None):
+                 recompute_every: int | None = None, saved_dtype: torch.dtype | None = None):
         super().__init__()
         if readout not in (None, "last", "steps"):
             raise ValueError(f"readout must be 'last' or 'steps', got {readout!r}")
@@ -29,12 +30,14 @@ class SequenceModel(nn.Module):
         self.readout_mode = readout or ("last" if kind == "classify" else "steps")
         self.embed = nn.Embedding(vocab, n_in, padding_idx=0) if vocab else None
         if model == "ctrnn":
+            if saved_dtype is not None:
+                raise ValueError("saved_dtype is for lstm, gru and rnn, not ctrnn")
             self.rnn = snn.SparseCTRNN(n_in, hidden, density=density, sparse=sparse, batch_first=True,
                                        recompute_every=recompute_every)
         else:
             cls = {"lstm": snn.SparseLSTM, "gru": snn.SparseGRU, "rnn": snn.SparseRNN}[model]
             self.rnn = cls(n_in, hidden, num_layers=layers, batch_first=True, density=density, sparse=sparse,
-                           recompute_every=recompute_every)
+                           recompute_every=recompute_every, saved_dtype=saved_dtype)
         self.readout = nn.Linear(hidden, n_out)
 
     def forward(self, x):

@@ -36,6 +36,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+import torch
+
 from .recurrence_replay import KINDS, PHASES
 from .step_replay import MODES, OPTIMIZERS, Head, RecurrentSizes, check_args, replay
 
@@ -217,26 +219,37 @@ class MemoryPlan:
     need: int
     step: MemoryBreakdown
     evaluation: int | None = None
+    saved_dtype: str = "float32"  # the kept c's and activations (the modules' saved_dtype)
 
 
 def memory_plans(model, steps: int, batch: int, *, recompute_every="auto", adam_state: str = "auto",
-                 eval_batch: int | None = None, **overrides) -> list[MemoryPlan]:
+                 saved_dtype: str = "float32", eval_batch: int | None = None, **overrides) -> list[MemoryPlan]:
     """The choices allowed by ``recompute_every`` (an interval, None, or ``"auto"``: storing, then
-    the interval of least memory) and ``adam_state`` (``"float32"``, ``"bfloat16"`` or ``"auto"``:
-    both), cheapest first: exact ones before approximate ones (float32 moments before bfloat16),
-    and within each storing before recomputing (recomputation costs time, not accuracy)."""
-    if adam_state not in ("auto", *ADAM_STATES):
-        raise ValueError(f"adam_state must be auto, float32 or bfloat16, got {adam_state!r}")
+    the interval of least memory), ``adam_state`` (``"float32"``, ``"bfloat16"`` or ``"auto"``:
+    both) and ``saved_dtype`` (the same three: bfloat16 saved activations, which only a stored run
+    takes), cheapest first: exact ones before approximate ones (float32 moments before bfloat16,
+    then bfloat16 saved activations, whose rounding reaches every gradient), and within each storing
+    before recomputing (recomputation costs time, not accuracy)."""
+    for name, value in (("adam_state", adam_state), ("saved_dtype", saved_dtype)):
+        if value not in ("auto", *ADAM_STATES):
+            raise ValueError(f"{name} must be auto, float32 or bfloat16, got {value!r}")
     plans = []
-    for state in (list(ADAM_STATES) if adam_state == "auto" else [adam_state]):
-        optimizer = ADAM_STATES[state]
+    for saved in ("float32", "bfloat16") if saved_dtype == "auto" else (saved_dtype,):
         ks = [None, "auto"] if recompute_every == "auto" else [recompute_every]
-        for k in ks:
-            if k == "auto":
-                need, step, evaluation, k = _least(model, steps, batch, optimizer, eval_batch, overrides)
-            else:
-                need, step, evaluation = _need(model, steps, batch, optimizer, k, eval_batch, overrides)
-            plans.append(MemoryPlan(k, state, need, step, evaluation))
+        if saved == "bfloat16":
+            if ks != [None] and ks != [None, "auto"]:
+                raise ValueError("saved_dtype bfloat16 keeps every step: recompute_every must be None or auto")
+            ks, extra = [None], {**overrides, "saved_dtype": torch.bfloat16}
+        else:
+            extra = overrides
+        for state in (list(ADAM_STATES) if adam_state == "auto" else [adam_state]):
+            optimizer = ADAM_STATES[state]
+            for k in ks:
+                if k == "auto":
+                    need, step, evaluation, k = _least(model, steps, batch, optimizer, eval_batch, extra)
+                else:
+                    need, step, evaluation = _need(model, steps, batch, optimizer, k, eval_batch, extra)
+                plans.append(MemoryPlan(k, state, need, step, evaluation, saved))
     return plans
 
 

@@ -164,6 +164,12 @@ class TrainConfig(_Checked):
              "(sparse_engine.training.CompactAdam, stochastic rounding) saves 4 bytes a parameter and trains within "
              "the spread of seeds in our tests (docs/memory.md); auto: bfloat16 only where float32 does not fit "
              "the budget even with recomputation; a checkpoint keeps the dtype chosen (default: %(default)s)")
+    saved_dtype: str = option(
+        "auto", choices=("auto", "float32", "bfloat16"),
+        help="the dtype of the c's and gate activations a run that stores every step keeps for the backward "
+             "(lstm, gru, rnn): bfloat16 halves their bytes and the backward reads them rounded (docs/memory.md); "
+             "auto: bfloat16 only where nothing exact, nor bfloat16 Adam moments, fits the budget; not with "
+             "--recompute-every K; a checkpoint keeps the dtype chosen (default: %(default)s)")
     memory_budget: int | str | None = option(
         None, check=valid.size_or_none, metavar="SIZE", may_change=True,
         help="memory a training step (and an evaluation batch) may take, e.g. 16G or 512M: --recompute-every auto "
@@ -287,6 +293,11 @@ def _train_combinations(cfg):
         return "data", problem
     if cfg.model == "ctrnn" and cfg.layers != 1:
         return "layers", f"model 'ctrnn' has one layer, got {cfg.layers}"
+    if cfg.saved_dtype == "bfloat16" and cfg.model == "ctrnn":
+        return "saved_dtype", "bfloat16 saved activations are for lstm, gru and rnn, got --model ctrnn"
+    if cfg.saved_dtype == "bfloat16" and cfg.recompute_every not in ("auto", None):
+        return "saved_dtype", (f"bfloat16 keeps every step's activations, --recompute-every {cfg.recompute_every} "
+                               "only a few: give one of them (or --recompute-every auto)")
     mlp_problem = _mlp_combinations(cfg)
     if mlp_problem is not None:
         return mlp_problem
@@ -301,7 +312,8 @@ def _train_combinations(cfg):
 def _mlp_combinations(cfg):
     """(field, reason) for options that do not go with --model mlp (or need it), or None."""
     if cfg.model == "mlp":
-        for field, default in (("recompute_every", "auto"), ("adam_state", "auto"), ("memory_budget", None)):
+        for field, default in (("recompute_every", "auto"), ("adam_state", "auto"), ("saved_dtype", "auto"),
+                               ("memory_budget", None)):
             if getattr(cfg, field) != default:
                 return field, "applies to the recurrent models (lstm, gru, rnn, ctrnn), got --model mlp"
     if cfg.model != "mlp":

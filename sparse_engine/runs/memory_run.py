@@ -5,7 +5,7 @@ because both read the same sizes the same way and neither needs the other's work
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -46,6 +46,7 @@ class TrainingPlan:
     recompute_every: int | None
     adam_state: str
     eval_batch: int
+    saved_dtype: str
     line: str | None
 
 
@@ -61,15 +62,17 @@ def plan_training(cfg, meta: dict, steps: int, n_test: int, device: torch.device
     sizes = run_sizes(vars(cfg), meta, device)
     B, B_eval = cfg.batch_size, max(1, min(EVAL_BATCH, n_test))
     try:
-        plans = memory_plans(sizes, steps, B, recompute_every=cfg.recompute_every, adam_state=cfg.adam_state)
+        plans = memory_plans(sizes, steps, B, recompute_every=cfg.recompute_every, adam_state=cfg.adam_state,
+                             saved_dtype=_saved_choice(cfg, sizes))
     except ValueError as exc:
         if "dense path" not in str(exc):
             raise
         state = "float32" if cfg.adam_state == "auto" else cfg.adam_state
+        saved = "float32" if cfg.saved_dtype == "auto" else cfg.saved_dtype
         line = None if cfg.memory_budget is None else (
             "memory: not estimated, --memory-budget not checked: layers this small compute on the dense path "
             "(docs/compute_paths.md), the memory model covers the sparse one")
-        return TrainingPlan(None, state, B_eval, line)
+        return TrainingPlan(None, state, B_eval, saved, line)
 
     def evaluation(plan, batch):
         return evaluation_peak(sizes, steps, batch, ADAM_STATES[plan.adam_state], recompute_every=plan.recompute_every)
@@ -95,15 +98,18 @@ def plan_training(cfg, meta: dict, steps: int, n_test: int, device: torch.device
     options = "every step stored" if k is None else f"recompute_every {k}" + (
         " (auto)" if cfg.recompute_every == "auto" else "")
     options += f"; Adam moments {state}" + (" (auto)" if cfg.adam_state == "auto" and state != "float32" else "")
+    if plan.saved_dtype != "float32":
+        options += "; saved activations bfloat16" + (" (auto)" if cfg.saved_dtype == "auto" else "")
     need = max(plan.need, evaluated)
     line = (f"memory: estimated peak {format_size(need)} (a training step of {B}: {format_size(plan.need)}, "
             f"{plan.step.phase}; evaluation batches of {batch}: {format_size(evaluated)}; {options})")
     if budget is None:
-        return TrainingPlan(k, state, batch, line + "; no budget: the available memory cannot be read here")
+        return TrainingPlan(k, state, batch, plan.saved_dtype,
+                            line + "; no budget: the available memory cannot be read here")
     if not fits:
         what = "a training step" if plan.need >= evaluated else f"an evaluation batch of {batch}"
-        pinned = [f"--{o}" for o, v in (("recompute-every", cfg.recompute_every), ("adam-state", cfg.adam_state))
-                  if v != "auto"]
+        pinned = [f"--{o}" for o, v in (("recompute-every", cfg.recompute_every), ("adam-state", cfg.adam_state),
+                                        ("saved-dtype", cfg.saved_dtype)) if v != "auto"]
         hint = f"{' and '.join(pinned)} auto, " if pinned else ""
         least = "even with " if len(plans) > 1 else ""  # the choice of least memory
         raise ConfigError("memory_budget", f"{what} needs an estimated {format_size(need)} ({least}{options}), "
@@ -112,7 +118,15 @@ def plan_training(cfg, meta: dict, steps: int, n_test: int, device: torch.device
     line += f" of a budget of {format_size(budget)} ({source})"
     if cfg.memory_budget is not None:  # a run planned to fit a card: how long its steps take, too
         line += "; " + _step_time(sizes, steps, B, plan, device)
-    return TrainingPlan(k, state, batch, line)
+    return TrainingPlan(k, state, batch, plan.saved_dtype, line)
+
+
+def _saved_choice(cfg, sizes) -> str:
+    """``--saved-dtype`` as the plans take it: a CT-RNN keeps its own (no option), and a fixed
+    recomputation interval stores no run to narrow."""
+    if sizes.mode == "CTRNN" or cfg.recompute_every not in ("auto", None):
+        return "float32" if cfg.saved_dtype == "auto" else cfg.saved_dtype
+    return cfg.saved_dtype
 
 
 def _step_time(sizes, steps: int, batch: int, plan, device: torch.device) -> str:
@@ -120,6 +134,7 @@ def _step_time(sizes, steps: int, batch: int, plan, device: torch.device) -> str
     from .step_estimate import estimate_step
 
     try:
+        sizes = replace(sizes, saved_dtype=torch.bfloat16 if plan.saved_dtype == "bfloat16" else None)
         estimate = estimate_step(sizes, steps, batch, ADAM_STATES[plan.adam_state], device)
         seconds = estimate.seconds(steps, plan.recompute_every)
     except torch.OutOfMemoryError:  # the timed blocks did not fit beside what is there

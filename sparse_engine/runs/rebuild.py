@@ -29,13 +29,14 @@ def load_run_task(options: Mapping, recipe=None):
                      variant=recipe.variant if recipe is not None else None)
 
 
-def sequence_model(options: Mapping, meta: dict, recompute_every: int | None = None) -> SequenceModel:
+def sequence_model(options: Mapping, meta: dict, recompute_every: int | None = None,
+                   saved_dtype: torch.dtype | None = None) -> SequenceModel:
     """The (freshly initialised) :class:`~sparse_engine.models.SequenceModel` of a run's options
-    (as :func:`run_recipe`) for its task's ``meta``; ``recompute_every``: the interval the run's
-    memory plan chose (:func:`~sparse_engine.runs.memory_run.plan_training`; it changes no result)."""
+    (as :func:`run_recipe`) for its task's ``meta``; ``recompute_every``, ``saved_dtype``: what the
+    run's memory plan chose (:func:`~sparse_engine.runs.memory_run.plan_training`)."""
     return SequenceModel(options["model"], meta["n_in"], meta["n_out"], options["hidden"], options["layers"],
                          options["density"], options["sparse"], meta["kind"], meta.get("vocab"),
-                         readout=meta.get("readout"), recompute_every=recompute_every)
+                         readout=meta.get("readout"), recompute_every=recompute_every, saved_dtype=saved_dtype)
 
 
 def sequence_loss(out, target):

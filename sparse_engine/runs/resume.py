@@ -94,8 +94,9 @@ def resume_config(resume, **given) -> TrainConfig:
     if problem is not None:
         raise ConfigPathError("resume", problem)
     saved = saved_options(resume)
-    if given.get("adam_state") == "auto" and "adam_state" in saved:  # auto: the dtype the saved run's plan chose
-        given = {**given, "adam_state": saved["adam_state"]}
+    for name in ("adam_state", "saved_dtype"):  # auto: the dtype the saved run's plan chose
+        if given.get(name) == "auto" and name in saved:
+            given = {**given, name: saved[name]}
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(given) - known)
     if unknown:

@@ -91,7 +91,8 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
     else:
         parts = _sequence_parts(cfg, args, recipe, meta, (Xtr.shape[1], len(Xte)), device, batches, console)
         # the checkpoint keeps the moments' dtype the plan chose: a resumed run computes the same
-        cfg = replace(cfg, adam_state="bfloat16" if isinstance(parts.optimizer, CompactAdam) else "float32")
+        cfg = replace(cfg, adam_state="bfloat16" if isinstance(parts.optimizer, CompactAdam) else "float32",
+                      saved_dtype="float32" if getattr(parts.model.rnn, "saved_dtype", None) is None else "bfloat16")
     progress = TrainProgress.start(cfg, parts.model, parts.optimizer, parts.controller, parts.recorder, device,
                                    len(Xtr), shuffle=meta.get("shuffle", True), drop_last=meta.get("drop_last", False),
                                    epoch_batches=meta.get("epoch_batches"))  # restores with --resume
@@ -165,7 +166,8 @@ def _sequence_parts(cfg: TrainConfig, args: dict, recipe, meta: dict, sizes: tup
     plan = plan_training(cfg, meta, *sizes, device)
     if plan.line is not None and not cfg.quiet:
         console.print(plan.line, markup=False, highlight=False, soft_wrap=True)
-    model = sequence_model(args, meta, plan.recompute_every)
+    model = sequence_model(args, meta, plan.recompute_every,
+                           torch.bfloat16 if plan.saved_dtype == "bfloat16" else None)
     if recipe is not None and recipe.zhang_init:
         zhang_init(model, cfg.seed, **recipe.init)
     model = model.to(device)

@@ -372,9 +372,10 @@ def test_train_from_python_matches_the_command_line(tmp_path):
                                atol=0)
     assert train(base, epochs=2, seed=4).last != last
     namespace = vars(cli.build_parser().parse_args(argv))
-    # the options as given, but Adam's moments as the memory plan chose them (a resumed run takes those)
+    # the options as given, but Adam's moments and the saved activations as the memory plan chose them
+    # (a resumed run takes those)
     assert load_checkpoint(tmp_path / "py.pt")["extra"]["args"] == {**namespace, "save": str(tmp_path / "py.pt"),
-                                                                    "adam_state": "float32"}
+                                                                    "adam_state": "float32", "saved_dtype": "float32"}
     assert analyze(path=str(tmp_path / "py.pt")) == cli.run(["analyze", str(tmp_path / "cli.pt")])
 
 

@@ -126,16 +126,58 @@ def test_train_adam_state_auto_narrows_the_moments_only_where_needed(capsys, tmp
     assert {t["exp_avg"].dtype for t in load_checkpoint(ck)["optimizer"]["state"].values()} == {torch.float32}
 
 
+def test_train_saved_dtype_auto_narrows_the_activations_of_a_stored_run_only_where_needed(capsys, tmp_path):
+    """--recompute-every none and a budget below a stored run (with float32 or bfloat16 moments) but
+    above one keeping bfloat16 activations: the plan takes them, says so, the model keeps them and the checkpoint holds the
+    choice, which a resumed run takes (bit for bit the run never interrupted); with room to spare it
+    keeps float32."""
+    import torch
+
+    from sparse_engine.memory import memory_plans
+
+    sizes = run_sizes(vars(TrainConfig(model="lstm", hidden=300, density=0.05)), load_task("digits", None, 0)[2],
+                      torch.device("cpu"))
+    # stored: float32 moments, bfloat16 moments; narrower activations: float32, bfloat16 moments
+    stored, stored_b16, narrow, _ = [p.need for p in memory_plans(sizes, 8, 64, recompute_every=None,
+                                                                  saved_dtype="auto")]
+    assert narrow < stored_b16 < stored
+    ck = tmp_path / "ck.pt"
+    argv = ["train", "--hidden", "300", "--density", "0.05", "--epochs", "1", "--recompute-every", "none",
+            "--memory-budget", str(stored_b16 - 1), "--save", str(ck)]
+    assert cli.main(argv) == 0
+    assert "every step stored; Adam moments float32; saved activations bfloat16 (auto)) of a budget" in \
+        capsys.readouterr().out
+    assert load_checkpoint(ck)["extra"]["args"]["saved_dtype"] == "bfloat16"
+    full = cli.run([*argv[:-2], "--epochs", "2", "--quiet"])
+    resumed = cli.run(["train", "--resume", str(ck), "--epochs", "2", "--quiet"])
+    assert resumed == full
+    assert cli.main([*argv[:-4], "--save", str(ck)]) == 0
+    assert "saved activations" not in capsys.readouterr().out
+    assert load_checkpoint(ck)["extra"]["args"]["saved_dtype"] == "float32"
+
+
 @pytest.mark.parametrize("argv, words", [
-    (["--memory-budget", "1K"], ["argument --memory-budget: a training step needs an estimated",
-                                 "(even with recompute_every ", " (auto); Adam moments bfloat16 (auto)), more than the "
-                                 "budget of 1 KiB (--memory-budget): try a smaller --batch-size"]),
+    (["--memory-budget", "1K"], ["argument --memory-budget: a training step needs an estimated",  # (24 units:
+                                 "(even with every step stored; Adam moments bfloat16 (auto); saved activations "
+                                 "bfloat16 (auto)), more than the budget of 1 KiB (--memory-budget): try a smaller "
+                                 "--batch-size"]),  # narrower activations take less than recomputing)
+    (["--memory-budget", "1K", "--saved-dtype", "float32"], [
+        "(even with recompute_every ", " (auto); Adam moments bfloat16 (auto)), more than the budget of 1 KiB",
+        "try --saved-dtype auto, a smaller --batch-size"]),
     (["--memory-budget", "1K", "--recompute-every", "3"], ["(even with recompute_every 3; Adam moments bfloat16 "
                                                            "(auto)), more than the budget of 1 KiB",
                                                            "try --recompute-every auto, a smaller"]),
     (["--memory-budget", "1K", "--recompute-every", "none", "--adam-state", "float32"],
-     ["(every step stored; Adam moments float32), more than the budget of 1 KiB",
+     ["(even with every step stored; Adam moments float32; saved activations bfloat16 (auto)), more than the "
+      "budget of 1 KiB",
       "try --recompute-every and --adam-state auto, a smaller"]),
+    (["--memory-budget", "1K", "--recompute-every", "none", "--adam-state", "float32", "--saved-dtype", "float32"],
+     ["(every step stored; Adam moments float32), more than the budget of 1 KiB",
+      "try --recompute-every and --adam-state and --saved-dtype auto, a smaller"]),
+    (["--saved-dtype", "bfloat16", "--recompute-every", "3"], ["argument --saved-dtype: bfloat16 keeps every step's "
+                                                              "activations, --recompute-every 3 only a few"]),
+    (["--model", "ctrnn", "--saved-dtype", "bfloat16"], ["argument --saved-dtype: bfloat16 saved activations are for "
+                                                         "lstm, gru and rnn, got --model ctrnn"]),
     (["--model", "mlp", "--adam-state", "bfloat16"], ["argument --adam-state: applies to the recurrent models"]),
     (["--recompute-every", "0"], ["argument --recompute-every: expected an integer >= 1, auto or none, got 0"]),
     (["--recompute-every", "often"], ["argument --recompute-every: expected an integer >= 1, auto or none, got "
