@@ -10,9 +10,9 @@ once (timed on as many as keep the block's operand under 256 MiB, scaled to T*B)
 by the matrix's rows over the block's. The rest of the recurrence (the gates' elementwise work,
 the state's copies) is what training steps of the same module with 4,096 and 16,384 units take
 beyond their products, on the line through the two (a fixed cost per step, one per unit) taken to
-the run's units (a smaller module: timed at its size). A
-recomputed run (``recompute_every``) runs the forward once more; the optimizer's update is timed
-on up to 2^22 values and scaled to the parameters. Not counted: the head and loss, the data. It
+the run's units (a smaller module: timed at its size). A recomputed run (``recompute_every``)
+runs the steps before its last segment once more; the optimizer's update is timed on up to 2^22
+values and scaled to the parameters. Not counted: the head and loss, the data. It
 is an estimate, and says so: timed once, on a machine whose load varies
 (benchmarks/bench_caps.py sets it beside the measured step).
 """
@@ -27,6 +27,7 @@ import torch
 from .. import ops
 from ..memory import RecurrentSizes
 from ..nn.weights import _SPARSE_CHOICES
+from ..recurrent.recompute import last_start
 from ..sparse import SparseWeight
 
 #: nonzeros of a timed block: enough that the product is bound by memory, not its launch
@@ -55,10 +56,11 @@ class StepEstimate:
 
     def seconds(self, steps: int, recompute_every: int | None) -> float:
         """The step: every time step's recurrent products, the input products once, the cells, the
-        optimizer; with recomputation the forward once more."""
+        optimizer; with recomputation the forward of the steps before the last segment once more
+        (the last segment's backward reads what the forward kept)."""
         parts = [ProductTimes(steps * p.forward, steps * p.backward) for p in self.recurrent]
         parts += [*self.inputs, self.cells]
-        again = 2 if recompute_every else 1
+        again = 1 + (last_start(steps, recompute_every) / steps if recompute_every and steps else 0)
         return sum(again * p.forward + p.backward for p in parts) + self.optimizer
 
 

@@ -17,7 +17,9 @@ def test_the_parts_add_up_per_time_step_and_recomputation_runs_the_forward_again
                        inputs=(ProductTimes(100.0, 200.0),), cells=ProductTimes(1000.0, 2000.0), optimizer=5.0)
     stored = 7 * (3 + 30) + 300 + 3000 + 5
     assert est.seconds(7, None) == stored
-    assert est.seconds(7, 4) == stored + 7 * (1 + 10) + 100 + 1000
+    # recomputing every 4 of 7 steps: the 4 steps before the last segment again (4/7 of the forward)
+    assert est.seconds(7, 4) == pytest.approx(stored + 4 / 7 * (7 * (1 + 10) + 100 + 1000))
+    assert est.seconds(7, 7) == stored  # one segment: nothing is run again
 
 
 @pytest.mark.parametrize("sparse,bidirectional", [("recurrent", False), ("both", True)])
