@@ -54,8 +54,12 @@
 #   first time on a GPU, the step backward's weight gradient added in place (launch_sddmm_add, bit for
 #   bit: tests/ops/test_rnn_step.py::test_step_backward_adds_the_weight_gradient) and CompactAdam.
 #   Then STAGES=caps (issue 46: the largest LSTM/GRU under 8, 12, 16, 24 and 80 GB, emulated with
-#   set_per_process_memory_fraction; bench_caps.py, caps_cuda.md; not run yet: the 80G row builds ~1e9
-#   connections on the CPU first, so it comes last; DEADLINE_S=580).
+#   set_per_process_memory_fraction; bench_caps.py, caps_cuda.md, now with train's estimated step time
+#   beside the measured one; its tests first: recomputation bit for bit, the memory model, CompactAdam
+#   and bfloat16 saved activations on CUDA; not run yet: the 80G row builds ~1e9 connections on the CPU
+#   first, so it comes last; DEADLINE_S=580). STAGES=persistent also runs issue 47's sharded LSTM on
+#   NCCL for the first time (one rank per GPU: one here), with the one-direction overlap
+#   (exchange._OwnColumns) and growth by gradient's factors on the GPU.
 #   With time to spare, in this order: STAGES=topology (all cases), BENCH_DTYPES=bfloat16
 #   STAGES=bench ... -- --quick (then the full bf16 grid), STAGES=step.
 # $OUT per command: gpu_all.log (every stage's output, appended as it goes), each benchmark's results
