@@ -58,8 +58,8 @@
 #   beside the measured one; its tests first: recomputation bit for bit, the memory model, CompactAdam
 #   and bfloat16 saved activations on CUDA; not run yet: the 80G row builds ~1e9 connections on the CPU
 #   first, so it comes last; DEADLINE_S=580). STAGES=persistent also runs issue 47's sharded LSTM on
-#   NCCL for the first time (one rank per GPU: one here), with the one-direction overlap
-#   (exchange._OwnColumns) and growth by gradient's factors on the GPU.
+#   NCCL for the first time (one rank per GPU: one on the lent machines, so the one-direction overlap,
+#   exchange._OwnColumns, which needs two ranks, waits for a machine with two GPUs).
 #   With time to spare, in this order: STAGES=topology (all cases), BENCH_DTYPES=bfloat16
 #   STAGES=bench ... -- --quick (then the full bf16 grid), STAGES=step.
 # $OUT per command: gpu_all.log (every stage's output, appended as it goes), each benchmark's results
