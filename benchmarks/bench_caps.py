@@ -59,12 +59,11 @@ def status(key):
 
 # train's estimated step time (its plan line), made as train makes it: before the model is built
 # (and before the cap, which counts from the address space after it)
-from sparse_engine.memory import Head, RecurrentSizes
+from sparse_engine.memory import ADAM_STATES, Head, RecurrentSizes
 from sparse_engine.runs.step_estimate import estimate_step
 plan_sizes = RecurrentSizes.build(a["model"], a["n_in"], a["hidden"], row_nnz=a["per_row"], sparse="recurrent",
                                   device=dev.type, head=Head(a["n_out"], "last", "classify"))
-estimated = estimate_step(plan_sizes, a["T"], a["B"], "adam-bf16" if a["adam_state"] == "bfloat16" else "adam",
-                          dev).seconds(a["T"], a["k"])
+estimated = estimate_step(plan_sizes, a["T"], a["B"], ADAM_STATES[a["adam_state"]], dev).seconds(a["T"], a["k"])
 if dev.type == "cuda":
     torch.cuda.empty_cache()
 before = status("VmRSS:")

@@ -42,8 +42,8 @@ from .recurrence_replay import KINDS, PHASES
 from .step_replay import MODES, OPTIMIZERS, Head, RecurrentSizes, check_args, replay
 
 __all__ = ["KINDS", "PHASES", "OPTIMIZERS", "RecurrentSizes", "Head", "MemoryBreakdown", "MemoryBudgetError",
-           "sizes_of", "predict", "recompute_for_budget", "least_memory_interval", "ADAM_STATES", "MemoryPlan",
-           "memory_plans", "plan_for_budget", "largest_hidden", "evaluation_peak",
+           "sizes_of", "predict", "recompute_for_budget", "least_memory_interval", "ADAM_STATES", "SAVED_DTYPES",
+           "MemoryPlan", "memory_plans", "plan_for_budget", "largest_hidden", "evaluation_peak",
            "parse_size", "format_size"]
 
 
@@ -207,6 +207,8 @@ def recompute_for_budget(model, steps: int, batch: int, budget: int, optimizer: 
 
 #: the dtype of Adam's moments -> the optimizer the model replays (CompactAdam for bfloat16)
 ADAM_STATES = {"float32": "adam", "bfloat16": "adam-bf16"}
+#: the dtype of a stored run's kept c's and activations -> the modules' ``saved_dtype``
+SAVED_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -230,18 +232,17 @@ def memory_plans(model, steps: int, batch: int, *, recompute_every="auto", adam_
     takes), cheapest first: exact ones before approximate ones (float32 moments before bfloat16,
     then bfloat16 saved activations, whose rounding reaches every gradient), and within each storing
     before recomputing (recomputation costs time, not accuracy)."""
-    for name, value in (("adam_state", adam_state), ("saved_dtype", saved_dtype)):
-        if value not in ("auto", *ADAM_STATES):
+    for name, value, choices in (("adam_state", adam_state, ADAM_STATES), ("saved_dtype", saved_dtype, SAVED_DTYPES)):
+        if value not in ("auto", *choices):
             raise ValueError(f"{name} must be auto, float32 or bfloat16, got {value!r}")
     plans = []
-    for saved in ("float32", "bfloat16") if saved_dtype == "auto" else (saved_dtype,):
+    for saved in list(SAVED_DTYPES) if saved_dtype == "auto" else [saved_dtype]:
         ks = [None, "auto"] if recompute_every == "auto" else [recompute_every]
-        if saved == "bfloat16":
-            if ks != [None] and ks != [None, "auto"]:
+        extra = overrides
+        if SAVED_DTYPES[saved] is not None:  # a stored run only
+            if recompute_every not in (None, "auto"):
                 raise ValueError("saved_dtype bfloat16 keeps every step: recompute_every must be None or auto")
-            ks, extra = [None], {**overrides, "saved_dtype": torch.bfloat16}
-        else:
-            extra = overrides
+            ks, extra = [None], {**overrides, "saved_dtype": SAVED_DTYPES[saved]}
         for state in (list(ADAM_STATES) if adam_state == "auto" else [adam_state]):
             optimizer = ADAM_STATES[state]
             for k in ks:

@@ -130,7 +130,7 @@ def runs_of(s: RecurrentSizes, T: int, B: int, k: int | None) -> list[Run]:
                              stacks(cfg, cell, ref), layer > 0 or (s.head is not None and s.head.vocab is not None),
                              s.bias, k if k and k < T * s.unfolds else None, s.mode != "CTRNN",
                              one_op and s.saved_dtype is None,
-                             e if s.saved_dtype is None else torch.empty(0, dtype=s.saved_dtype).element_size()))
+                             e if s.saved_dtype is None else s.saved_dtype.itemsize))
     return runs
 
 

@@ -5,7 +5,7 @@ because both read the same sizes the same way and neither needs the other's work
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -134,7 +134,6 @@ def _step_time(sizes, steps: int, batch: int, plan, device: torch.device) -> str
     from .step_estimate import estimate_step
 
     try:
-        sizes = replace(sizes, saved_dtype=torch.bfloat16 if plan.saved_dtype == "bfloat16" else None)
         estimate = estimate_step(sizes, steps, batch, ADAM_STATES[plan.adam_state], device)
         seconds = estimate.seconds(steps, plan.recompute_every)
     except torch.OutOfMemoryError:  # the timed blocks did not fit beside what is there

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import ops
-from ..memory import RecurrentSizes
+from ..memory import RecurrentSizes, sizes_of
 from ..nn.weights import _SPARSE_CHOICES
 from ..recurrent.recompute import last_start
 from ..sparse import SparseWeight
@@ -127,14 +127,11 @@ def _cells_at(sizes: RecurrentSizes, h: int, steps: int, batch: int, device) -> 
     cls = {"LSTM": SparseLSTM, "GRU": SparseGRU, "RNN_TANH": SparseRNN, "RNN_RELU": SparseRNN}[sizes.mode]
     n_in = h if sizes.input_size == sizes.hidden else sizes.input_size
     per_row = next((n / (sizes.gates * sizes.hidden) for n in sizes.nnz_hh if n is not None), h)
-    model = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn", "RNN_RELU": "rnn_relu"}[sizes.mode]
-    small = RecurrentSizes.build(model, n_in, h, layers=sizes.layers, row_nnz=min(per_row, h),
-                                 sparse=_sparse_flag(sizes), bidirectional=sizes.bidirectional, bias=sizes.bias,
-                                 dtype=sizes.dtype)
     kw = {"nonlinearity": "relu"} if sizes.mode == "RNN_RELU" else {}
     torch.manual_seed(0)
     module = cls(n_in, h, num_layers=sizes.layers, bidirectional=sizes.bidirectional, bias=sizes.bias,
                  density=min(per_row, h) / h, sparse=_sparse_flag(sizes), dtype=sizes.dtype, **kw).to(device)
+    small = sizes_of(module)
     x = torch.randn(steps, batch, n_in, dtype=sizes.dtype, device=device)
     state = {}
 

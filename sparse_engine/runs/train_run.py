@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torch import nn
 
+from ..memory import SAVED_DTYPES
 from ..models import SequenceModel
 from ..sparse import sparse_weights
 from ..training.compact_adam import CompactAdam
@@ -166,8 +167,7 @@ def _sequence_parts(cfg: TrainConfig, args: dict, recipe, meta: dict, sizes: tup
     plan = plan_training(cfg, meta, *sizes, device)
     if plan.line is not None and not cfg.quiet:
         console.print(plan.line, markup=False, highlight=False, soft_wrap=True)
-    model = sequence_model(args, meta, plan.recompute_every,
-                           torch.bfloat16 if plan.saved_dtype == "bfloat16" else None)
+    model = sequence_model(args, meta, plan.recompute_every, SAVED_DTYPES[plan.saved_dtype])
     if recipe is not None and recipe.zhang_init:
         zhang_init(model, cfg.seed, **recipe.init)
     model = model.to(device)
