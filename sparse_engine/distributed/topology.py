@@ -83,10 +83,9 @@ class RowShard:
         self._all_reduce(counts, "Selfish-RNN's counts")
         k = math.ceil(math.ceil(rate * int(counts[2])) / 2)
         key = _magnitude_keys(values)
-        top = (1 << 63) - 1 if values.dtype == torch.float64 else (1 << 31) - 1
         drop = values == 0
-        for sign, count, sign_key in ((positive, int(counts[0]), key),
-                                      (negative, int(counts[1]), top - key if negatives == "most_negative" else key)):
+        negative_key = _magnitude_keys(values, largest_first=True) if negatives == "most_negative" else key
+        for sign, count, sign_key in ((positive, int(counts[0]), key), (negative, int(counts[1]), negative_key)):
             if min(k, count):
                 drop |= self._smallest(weight, sign_key, sign, min(k, count), "Selfish-RNN's SET death")
         return ~drop
@@ -199,7 +198,7 @@ class RowShard:
         if k <= 0:
             return chosen
         wide = grads.dtype == torch.float64
-        key = ((1 << 63) - 1 if wide else (1 << 31) - 1) - _magnitude_keys(grads)  # the largest first
+        key = _magnitude_keys(grads, largest_first=True)
         return self._smallest_at(key, ~chosen, k, 64 if wide else 32, "the gradient selection",
                                  lambda pos: self.rows[rows[pos].cpu()] * n_cols + cols[pos].cpu().long())
 
@@ -235,12 +234,16 @@ class RowShard:
         t.copy_(comm)
 
 
-def _magnitude_keys(values: torch.Tensor) -> torch.Tensor:
-    """|values| as order-preserving non-negative int64 keys (a non-negative float's bits)."""
+def _magnitude_keys(values: torch.Tensor, largest_first: bool = False) -> torch.Tensor:
+    """|values| as order-preserving non-negative int64 keys (a non-negative float's bits);
+    ``largest_first``: in the reverse order (the largest magnitude the smallest key), still
+    non-negative and of the same width, for the selections that take the smallest keys."""
     mag = values.abs()
     if values.dtype == torch.float64:
-        return mag.view(torch.int64)
-    return mag.float().view(torch.int32).to(torch.int64)
+        keys, top = mag.view(torch.int64), (1 << 63) - 1
+    else:
+        keys, top = mag.float().view(torch.int32).to(torch.int64), (1 << 31) - 1
+    return top - keys if largest_first else keys
 
 
 def _round_half_away(x: float) -> int:
