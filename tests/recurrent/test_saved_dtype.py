@@ -5,7 +5,8 @@ Checked against the same module without it: the forward is the same bit for bit 
 backward reads is rounded); the gradients move by bfloat16's rounding and no more (a bound from
 float64, where the option's error is the rounding alone); what autograd keeps is narrower, by the
 bytes it should be; fused and composed steps, stacked and per-step runs alike; the options it does
-not combine with are refused in one line; and a real task trains within the float32 seeds' spread."""
+not combine with are refused in one line. Training on real tasks within the float32 seeds' spread:
+tests/training/test_small_card_options_training.py."""
 import pytest
 import torch
 
@@ -94,43 +95,6 @@ def test_what_it_does_not_combine_with_is_refused_in_one_line(kwargs, words):
 
 def test_repr_names_it():
     assert "saved_dtype=torch.bfloat16" in repr(SparseGRU(3, 5, density=0.5, saved_dtype=torch.bfloat16))
-
-
-def test_digits_curves_match_float32_within_the_seed_spread():
-    """A real task (the embedded digits, sequences of 8 rows of 8 pixels): a SparseLSTM classifier,
-    Adam, 4 epochs, 2 seeds. Each epoch's test loss with bfloat16 saved activations lies within the
-    two float32 seeds' spread (or 1%) of the same seed's float32 run; the loss falls (with lr 0 it
-    does not)."""
-    from sparse_engine.data.tasks import load_task
-
-    train_set, test_set, meta = load_task("digits", None, 0)
-
-    def curve(saved_dtype, seed, lr=5e-3):
-        torch.manual_seed(seed)
-        lstm = SparseLSTM(meta["n_in"], 64, density=0.2, batch_first=True, saved_dtype=saved_dtype)
-        head = torch.nn.Linear(64, meta["n_out"])
-        opt = torch.optim.Adam([*lstm.parameters(), *head.parameters()], lr=lr)
-        g = torch.Generator().manual_seed(seed)
-        (x, y), (xt, yt) = train_set, test_set
-        losses = []
-        for _ in range(4):
-            for idx in torch.randperm(len(x), generator=g).split(64):
-                opt.zero_grad()
-                torch.nn.functional.cross_entropy(head(lstm(x[idx])[0][:, -1]), y[idx]).backward()
-                opt.step()
-            with torch.no_grad():
-                losses.append(torch.nn.functional.cross_entropy(head(lstm(xt)[0][:, -1]), yt).item())
-        return losses
-
-    f32 = [curve(None, s) for s in (0, 1)]
-    b16 = [curve(torch.bfloat16, s) for s in (0, 1)]
-    spread = [abs(a - b) for a, b in zip(*f32)]
-    for s in (0, 1):
-        assert b16[s][-1] < 0.5 * b16[s][0], b16[s]
-        for e in range(4):
-            assert abs(b16[s][e] - f32[s][e]) <= max(spread[e], 0.01 * f32[s][e]), (s, e, b16[s], f32[s])
-    still = curve(torch.bfloat16, 0, lr=0.0)
-    assert still[-1] == still[0]
 
 
 @pytest.mark.cuda
