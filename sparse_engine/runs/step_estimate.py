@@ -8,12 +8,16 @@ B columns (per time step: forward, and in the backward its transposed product an
 gradient: spmm, spmm_t, sddmm; a dense matrix the three matmuls), W_ih's over all T*B columns at
 once (timed on as many as keep the block's operand under 256 MiB, scaled to T*B). Each is scaled
 by the matrix's rows over the block's. The rest of the recurrence (the gates' elementwise work,
-the state's copies) is what training steps of the same module with 4,096 and 16,384 units take
-beyond their products, on the line through the two (a fixed cost per step, one per unit) taken to
-the run's units (a smaller module: timed at its size). A recomputed run (``recompute_every``)
-runs the steps before its last segment once more; the optimizer's update is timed on up to 2^22
-values and scaled to the parameters. Not counted: the head and loss, the data. It
-is an estimate, and says so: timed once, on a machine whose load varies
+the state's copies) is what training steps of the same module at two sizes take beyond their
+products, on the line through the two (a fixed cost per step, one per unit) taken to the run's units
+(a smaller module: timed at its size): 4,096 and 16,384 units on a CPU; 65,536 and 262,144 on a GPU,
+where a step of 16,384 units is bound by its launches: the difference of two such steps is mostly
+noise, multiplied by a hundred on the way to millions of units (the likely cause of the first H200
+run's estimates at 1.5-2.6x the measured step, more the larger the run; not re-measured yet). The
+small module runs as many time steps as keep its stored activations under 512 MiB, scaled to the
+run's. A recomputed run (``recompute_every``) runs the steps before its last segment once more;
+the optimizer's update is timed on up to 2^22 values and scaled to the parameters. Not counted: the
+head and loss, the data. It is an estimate, and says so: timed once, on a machine whose load varies
 (benchmarks/bench_caps.py sets it beside the measured step).
 """
 from __future__ import annotations
@@ -58,10 +62,17 @@ class StepEstimate:
         """The step: every time step's recurrent products, the input products once, the cells, the
         optimizer; with recomputation the forward of the steps before the last segment once more
         (the last segment's backward reads what the forward kept)."""
-        parts = [ProductTimes(steps * p.forward, steps * p.backward) for p in self.recurrent]
-        parts += [*self.inputs, self.cells]
+        return sum(self.parts(steps, recompute_every).values())
+
+    def parts(self, steps: int, recompute_every: int | None) -> dict[str, float]:
+        """:meth:`seconds` by part: "recurrent" (every W_hh's products over all steps), "inputs",
+        "cells", "optimizer" (where an estimate's error comes from)."""
         again = 1 + (last_start(steps, recompute_every) / steps if recompute_every and steps else 0)
-        return sum(again * p.forward + p.backward for p in parts) + self.optimizer
+
+        def total(products, per_step=1):
+            return sum(per_step * (again * p.forward + p.backward) for p in products)
+        return {"recurrent": total(self.recurrent, steps), "inputs": total(self.inputs),
+                "cells": total([self.cells]), "optimizer": self.optimizer}
 
 
 def estimate_step(sizes: RecurrentSizes, steps: int, batch: int, optimizer: str = "adam",
@@ -98,20 +109,22 @@ def _products(sizes: RecurrentSizes, steps: int, batch: int, device) -> tuple[tu
     return tuple(recurrent), tuple(inputs)
 
 
-_SMALL = (4096, 16384)  # units of the modules whose steps, beyond their products, give the cells' time
+#: units of the modules whose steps, beyond their products, give the cells' time (module docstring)
+_SMALL = {"cpu": (4096, 16384), "cuda": (65536, 262144)}
+_CELL_BYTES = 2 ** 29  # a small module's stored activations, at most (its time steps are cut to fit)
 
 
 def _cells(sizes: RecurrentSizes, steps: int, batch: int, device) -> ProductTimes:
     """The recurrence beyond its products, forward and backward, for all ``steps``: a training step
-    of the same module with 4,096 and with 16,384 units less their products, the line through the
-    two (a fixed cost per step, and one per unit) taken to the run's units; a module of at most
-    16,384 units is timed at its own size."""
-    h1, h2 = _SMALL
+    of the same module at the device's two :data:`_SMALL` sizes less their products, the line
+    through the two (a fixed cost per step, and one per unit) taken to the run's units; a module
+    no larger than the second size is timed at its own size."""
+    h1, h2 = _SMALL.get(device.type, _SMALL["cuda"])
     if sizes.mode == "CTRNN":  # (not estimated)
         return ProductTimes(0.0, 0.0)
     if sizes.hidden <= h2:
         return ProductTimes(*_cells_at(sizes, sizes.hidden, steps, batch, device))
-    (f1, b1), (f2, b2) = (_cells_at(sizes, h, steps, batch, device) for h in _SMALL)
+    (f1, b1), (f2, b2) = (_cells_at(sizes, h, steps, batch, device) for h in (h1, h2))
 
     def at_run(c1, c2):
         per_unit = (c2 - c1) / (h2 - h1)
@@ -121,8 +134,13 @@ def _cells(sizes: RecurrentSizes, steps: int, batch: int, device) -> ProductTime
 
 def _cells_at(sizes: RecurrentSizes, h: int, steps: int, batch: int, device) -> tuple[float, float]:
     """(forward, backward) seconds of a training step of ``sizes``' module with ``h`` units and the
-    same nonzeros per row, less its products."""
+    same nonzeros per row, less its products, over ``steps`` time steps: timed on as many of them
+    as keep its stored activations under :data:`_CELL_BYTES`, and scaled (a step's work does not
+    depend on which step it is)."""
     from ..nn import SparseGRU, SparseLSTM, SparseRNN
+
+    per_step = (sizes.gates + 3) * h * batch * torch.empty(0, dtype=sizes.dtype).element_size()
+    timed = max(1, min(steps, _CELL_BYTES // per_step))
 
     cls = {"LSTM": SparseLSTM, "GRU": SparseGRU, "RNN_TANH": SparseRNN, "RNN_RELU": SparseRNN}[sizes.mode]
     n_in = h if sizes.input_size == sizes.hidden else sizes.input_size
@@ -132,7 +150,7 @@ def _cells_at(sizes: RecurrentSizes, h: int, steps: int, batch: int, device) -> 
     module = cls(n_in, h, num_layers=sizes.layers, bidirectional=sizes.bidirectional, bias=sizes.bias,
                  density=min(per_row, h) / h, sparse=_sparse_flag(sizes), dtype=sizes.dtype, **kw).to(device)
     small = sizes_of(module)
-    x = torch.randn(steps, batch, n_in, dtype=sizes.dtype, device=device)
+    x = torch.randn(timed, batch, n_in, dtype=sizes.dtype, device=device)
     state = {}
 
     def forward():
@@ -140,10 +158,10 @@ def _cells_at(sizes: RecurrentSizes, h: int, steps: int, batch: int, device) -> 
 
     fwd = _seconds(forward, device, repeats=2)
     bwd = _seconds(lambda: (forward(), state["out"].backward()), device, repeats=2) - fwd
-    recurrent, inputs = _products(small, steps, batch, device)
-    product_fwd = sum(steps * p.forward for p in recurrent) + sum(p.forward for p in inputs)
-    product_bwd = sum(steps * p.backward for p in recurrent) + sum(p.backward for p in inputs)
-    return max(0.0, fwd - product_fwd), max(0.0, bwd - product_bwd)
+    recurrent, inputs = _products(small, timed, batch, device)
+    product_fwd = sum(timed * p.forward for p in recurrent) + sum(p.forward for p in inputs)
+    product_bwd = sum(timed * p.backward for p in recurrent) + sum(p.backward for p in inputs)
+    return steps / timed * max(0.0, fwd - product_fwd), steps / timed * max(0.0, bwd - product_bwd)
 
 
 def _sparse_flag(sizes: RecurrentSizes) -> str:

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..memory import SAVED_DTYPES
 from ..models import SequenceModel
+from ..runtime.cuda_allocator import prefer_expandable_segments
 from ..sparse import sparse_weights
 from ..training.compact_adam import CompactAdam
 from ..training.recipes import make_controller, make_recipe_controller, zhang_init
@@ -82,6 +83,8 @@ def train(config: TrainConfig | None = None, **options) -> TrainResult:
     recipe = run_recipe(args)
     check_train_paths(cfg)
     device = resolve_device(cfg.device)
+    if device.type == "cuda":  # the plan counts tensors: segments that grow, not fragments between them
+        prefer_expandable_segments()
     torch.manual_seed(cfg.seed)
     (Xtr, ytr), (Xte, yte), meta = load_run_task(args, recipe)
     batches, trained = _epoch_size(meta, len(Xtr), cfg.batch_size)

@@ -17,6 +17,7 @@ def test_the_parts_add_up_per_time_step_and_recomputation_runs_the_forward_again
                        inputs=(ProductTimes(100.0, 200.0),), cells=ProductTimes(1000.0, 2000.0), optimizer=5.0)
     stored = 7 * (3 + 30) + 300 + 3000 + 5
     assert est.seconds(7, None) == stored
+    assert est.parts(7, None) == {"recurrent": 7 * 33, "inputs": 300, "cells": 3000, "optimizer": 5}
     # recomputing every 4 of 7 steps: the 4 steps before the last segment again (4/7 of the forward)
     assert est.seconds(7, 4) == pytest.approx(stored + 4 / 7 * (7 * (1 + 10) + 100 + 1000))
     assert est.seconds(7, 7) == stored  # one segment: nothing is run again
@@ -32,19 +33,43 @@ def test_every_layer_direction_is_timed(sparse, bidirectional):
     assert est.optimizer > 0 and est.seconds(3, None) > 0
 
 
-def test_a_large_module_is_timed_at_4096_and_16384_units_and_on_the_line_through_them(monkeypatch):
+@pytest.mark.parametrize("device, h1, h2", [("cpu", 4096, 16384), ("cuda", 65536, 262144)])
+def test_a_large_module_is_timed_at_two_sizes_and_on_the_line_through_them(device, h1, h2, monkeypatch):
+    """A CPU times the cells at 4,096 and 16,384 units; a GPU, where those steps are bound by their
+    launches, at 65,536 and 262,144 (no GPU needed: the timing is replaced)."""
     timed = []
 
     def cells_at(sizes, h, steps, batch, device):
         timed.append(h)
-        return {4096: (1.0, 2.0), 16384: (4.0, 5.0)}[h]
+        return {h1: (1.0, 2.0), h2: (4.0, 5.0)}[h]
     monkeypatch.setattr(step_estimate, "_cells_at", cells_at)
-    sizes = RecurrentSizes.build("lstm", 28, 40960, row_nnz=8, sparse="recurrent")
-    cells = step_estimate._cells(sizes, 2, 2, torch.device("cpu"))
-    assert timed == [4096, 16384]
-    per_unit = 3.0 / 12288  # both lines rise by 3 s over 12,288 units
-    assert cells.forward == pytest.approx(1.0 + per_unit * (40960 - 4096))
-    assert cells.backward == pytest.approx(2.0 + per_unit * (40960 - 4096))
+    hidden = 10 * h1
+    sizes = RecurrentSizes.build("lstm", 28, hidden, row_nnz=8, sparse="recurrent")
+    cells = step_estimate._cells(sizes, 2, 2, torch.device(device))
+    assert timed == [h1, h2]
+    per_unit = 3.0 / (h2 - h1)  # both lines rise by 3 s between the two sizes
+    assert cells.forward == pytest.approx(1.0 + per_unit * (hidden - h1))
+    assert cells.backward == pytest.approx(2.0 + per_unit * (hidden - h1))
+
+
+def test_a_small_module_runs_fewer_time_steps_when_they_would_not_fit_and_is_scaled(monkeypatch):
+    """The cells' module keeps its stored activations under _CELL_BYTES: fewer time steps, each
+    one's time counted as many times as the run has steps."""
+    seen = []
+
+    def seconds(fn, device, repeats=3):  # each timed call: 1 s (forward; and forward + backward)
+        return 1.0
+
+    def products(sizes, steps, batch, device):  # (no time in the products)
+        seen.append(steps)
+        return (ProductTimes(0.0, 0.0),), (ProductTimes(0.0, 0.0),)
+    monkeypatch.setattr(step_estimate, "_CELL_BYTES", 7 * 40 * 2 * 4 * 3)  # three steps of LSTM(40) at B=2
+    monkeypatch.setattr(step_estimate, "_products", products)
+    sizes = RecurrentSizes.build("lstm", 5, 40, row_nnz=4, sparse="recurrent")
+    monkeypatch.setattr(step_estimate, "_seconds", seconds)
+    fwd, bwd = step_estimate._cells_at(sizes, 40, 12, 2, torch.device("cpu"))
+    assert seen == [3]
+    assert (fwd, bwd) == (4.0, 0.0)  # the three timed steps' 1 s (forward; the backward 1 - 1) times 12 / 3
 
 
 def test_the_estimate_leaves_the_runs_random_draws_as_they_were():
