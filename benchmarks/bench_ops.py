@@ -71,7 +71,10 @@ included (`torch.sparse.mm(W.t(), G)` converts the transposed CSR on every call,
 and so do we in the `spmm_t` rows: the values in column order (`ops.transposed_values(W)`, what a
 recurrence makes once per sequence) are made outside the timing and passed as `values_t`. The
 `spmm_t+gather` rows time ours gathering the current values through the transposed index on every call
-(`ops.spmm_t(W, G)`, one product per change of the values), against the same sparse baselines. The
+(`ops.spmm_t(W, G)`, one product per change of the values, as in SparseLinear's backward), against
+the sparse baselines given the same transposed index and gathering the current values through it on
+every call too (`values[csc_perm]`, then their product; before 2026-11-27 they got the `spmm_t` rows'
+prebuilt values, which compared a gather with no gather: the `spmm_t` rows still show that). The
 forward-only rows run ours under torch.no_grad(), like the baselines, whose values are detached. sddmm
 baselines: torch.sparse.sampled_addmm, scipy (row gathers), dense (G X^T, then the entries),
 masked-dense ((G X^T) * mask). fwd+bwd: Y = W X, then the gradients of the values (or the dense
@@ -175,9 +178,14 @@ def baselines(op: str, W: SparseWeight, X: torch.Tensor, G: torch.Tensor) -> dic
         csr = W.to_torch_sparse_csr()
         if op == "spmm":
             return lambda: torch.sparse.mm(csr, X)
-        if op.startswith("spmm_t"):
+        if op == "spmm_t":
             csr_t = csr.t().to_sparse_csr()
             return lambda: torch.sparse.mm(csr_t, G)
+        if op == "spmm_t+gather":  # our transposed index, the current values gathered through it per call
+            _, _, csc_ptr, csc_row, csc_perm = W.index
+            rows_t, perm, values = csc_row.long(), csc_perm.long(), W.values.detach()
+            return lambda: torch.sparse.mm(torch.sparse_csr_tensor(csc_ptr, rows_t, values[perm], size=W.shape[::-1]),
+                                           G)
         if op == "sddmm":
             return lambda: torch.sparse.sampled_addmm(csr, G, X.T, beta=0.0)
         v = W.values.detach().clone().requires_grad_()
@@ -192,8 +200,15 @@ def baselines(op: str, W: SparseWeight, X: torch.Tensor, G: torch.Tensor) -> dic
         sci, Xn, Gn = W.to_scipy(), X.numpy(), G.numpy()
         if op == "spmm":
             return lambda: sci @ Xn
-        if op.startswith("spmm_t"):
+        if op == "spmm_t":
             return lambda: sci.T @ Gn
+        if op == "spmm_t+gather":  # as torch.sparse's: the transposed index given, the values gathered per call
+            import scipy.sparse as scipy_sparse
+
+            _, _, csc_ptr, csc_row, csc_perm = (t.numpy() for t in W.index)
+            csc_ptr = csc_ptr.astype(csc_row.dtype)  # one index dtype: no conversion inside the timing
+            values, shape_t = W.values.detach().numpy(), W.shape[::-1]
+            return lambda: scipy_sparse.csr_matrix((values[csc_perm], csc_row, csc_ptr), shape=shape_t) @ Gn
         row = sci.tocoo().row
         return lambda: (Gn[row] * Xn[sci.indices]).sum(1)
 
