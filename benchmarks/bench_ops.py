@@ -26,6 +26,13 @@ start and the end); the committed table is rewritten only with --out cpu_ops.md 
     python benchmarks/bench_ops.py --quick         # uniform and zipf1.0, B 1 and 128, at N 2,048 (a fresh file)
     python benchmarks/bench_ops.py --n 16384 --density 0.01 --batch 1 128 --laws zipf1.2 banded
     python benchmarks/bench_ops.py --ops spmm_t spmm_t+gather sddmm --out /tmp/ops.md   # some ops only
+    python benchmarks/bench_ops.py --dtype bfloat16 --n 16384 --out cpu_ops_bf16.md     # 2-byte storage
+
+``--dtype bfloat16``: the values and the dense operands stored in bfloat16 (our kernels accumulate in
+float32), checked against the float64 reference of those rounded inputs within bfloat16's rounding
+bound (our error, not a baseline's); dense and masked-dense run in bfloat16 too, torch.sparse and scipy
+(neither MKL's CSR product nor scipy has bfloat16 on the CPU) in float32 on the same rounded numbers,
+the best they offer.
 """
 from __future__ import annotations
 
@@ -121,12 +128,12 @@ def _baseline_bytes(op: str, impl: str, n: int, nnz: int, B: int, dense: float, 
     raise ValueError(impl)
 
 
-def floor_bytes(op: str, n: int, nnz: int, B: int) -> int:
-    """Bytes that must move once: float32 values and int32 columns (8 per entry; 12 where the values
-    are gathered through the transposed index), int64 row pointers, the N x B operands read and the
-    output written once (sddmm: both operands read, one value per entry written)."""
-    index, dense = 8 * (n + 1), 4 * n * B
-    one = {"spmm": 8 * nnz, "spmm_t": 8 * nnz, "spmm_t+gather": 12 * nnz, "sddmm": 8 * nnz}
+def floor_bytes(op: str, n: int, nnz: int, B: int, e: int = 4) -> int:
+    """Bytes that must move once: values of ``e`` bytes and int32 columns (e + 4 per entry; e + 8
+    where the values are gathered through the transposed index), int64 row pointers, the N x B
+    operands read and the output written once (sddmm: both operands read, one value per entry written)."""
+    index, dense = 8 * (n + 1), e * n * B
+    one = {"spmm": (4 + e) * nnz, "spmm_t": (4 + e) * nnz, "spmm_t+gather": (8 + e) * nnz, "sddmm": (4 + e) * nnz}
     if op == "fwd+bwd":  # Y = W X, then dX = W^T G gathering the values, dW = sddmm(G, X)
         return sum(one[o] + index + 2 * dense for o in ("spmm", "spmm_t+gather", "sddmm"))
     return one[op] + index + 2 * dense
@@ -140,10 +147,11 @@ def copy_bandwidth(n: int = 1 << 26) -> float:
     return 8 * n / best_of(lambda: b.copy_(a), 5, warmup=1)
 
 
-def make_weight(n: int, density: float, law: str) -> SparseWeight:
+def make_weight(n: int, density: float, law: str, dtype=torch.float32) -> SparseWeight:
     g = torch.Generator().manual_seed(0)
     row_ptr, col_idx = row_law_pattern(law, n, n, int(round(density * n * n)), g)
-    return SparseWeight(row_ptr, col_idx, default_values(col_idx.numel(), n, generator=g), (n, n), validate=False)
+    values = default_values(col_idx.numel(), n, generator=g).to(dtype)
+    return SparseWeight(row_ptr, col_idx, values, (n, n), validate=False)
 
 
 def ours(op: str, W: SparseWeight, X: torch.Tensor, G: torch.Tensor):
@@ -173,7 +181,13 @@ def ours(op: str, W: SparseWeight, X: torch.Tensor, G: torch.Tensor):
 
 def baselines(op: str, W: SparseWeight, X: torch.Tensor, G: torch.Tensor) -> dict:
     """name -> a function building (outside the timing) and returning the timed callable, or None
-    where the baseline has no such op."""
+    where the baseline has no such op. The sparse baselines run in float32 on the same numbers where
+    ours stores bfloat16 (neither MKL's CSR product nor scipy has bfloat16 on the CPU)."""
+    dense_W, dense_X, dense_G = W, X, G
+    if W.values.dtype != torch.float32:
+        W = SparseWeight(W.row_ptr, W.col_idx, W.values.detach().float(), W.shape, validate=False)
+        X, G = X.float(), G.float()
+
     def torch_sparse():
         csr = W.to_torch_sparse_csr()
         if op == "spmm":
@@ -212,7 +226,8 @@ def baselines(op: str, W: SparseWeight, X: torch.Tensor, G: torch.Tensor) -> dic
         row = sci.tocoo().row
         return lambda: (Gn[row] * Xn[sci.indices]).sum(1)
 
-    def dense(masked: bool):
+    def dense(masked: bool):  # in ours' dtype
+        W, X, G = dense_W, dense_X, dense_G
         D = W.to_dense()
         mask = D != 0
         row, col, _ = W.coo()
@@ -277,7 +292,8 @@ def bench_cell(n: int, density: float, law: str, B: int, W: SparseWeight, out: R
     head = [f"{n:,}", law, pct(density), f"{int(W.row_ptr.diff().max()):,}", B]
     load = lambda: f"{os.getloadavg()[0]:.1f}"  # noqa: E731
     g = torch.Generator().manual_seed(1)
-    X, G = torch.randn(n, B, generator=g), torch.randn(n, B, generator=g)
+    dtype = W.values.dtype
+    X, G = torch.randn(n, B, generator=g).to(dtype), torch.randn(n, B, generator=g).to(dtype)
     for op in ops_:
         timed, outputs = ours(op, W, X, G)
         ratio, rows = check(W, X, G, outputs())
@@ -296,7 +312,7 @@ def bench_cell(n: int, density: float, law: str, B: int, W: SparseWeight, out: R
             del fn
         measured = {k: v for k, v in times.items() if isinstance(v, float)}
         best = min(measured, key=measured.get) if measured else None
-        floor = floor_bytes(op, n, nnz, B) / bandwidth
+        floor = floor_bytes(op, n, nnz, B, dtype.itemsize) / bandwidth
         row = head + [op, ms(t_ours)] + [ms(v) if isinstance(v, float) else v for v in times.values()] + [
             best or "-", f"{measured[best] / t_ours:.2f}x" if best else "-", f"{floor / t_ours:.0%}",
             verdict(ratio, rows), load()]
@@ -324,8 +340,11 @@ def main(argv=None) -> int:
                    help="start no new cell after this many seconds (the grid's order puts the small N first)")
     p.add_argument("--memory-gib", type=float, default=None,
                    help="skip what would need more (default: 80%% of this machine's memory)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="storage of the values and the dense operands (bfloat16: float32 accumulation)")
     p.add_argument("--out", default=None, help=out_help(DEFAULT))
     args = p.parse_args(argv)
+    dtype = getattr(torch, args.dtype)
     grid = QUICK if args.quick else dict(n=GRID_N, density=GRID_DENSITY, batch=GRID_B, laws=list(ROW_LAWS))
     sizes, densities = args.n or grid["n"], args.density or grid["density"]
     batches, laws = args.batch or grid["batch"], args.laws or grid["laws"]
@@ -342,8 +361,11 @@ def main(argv=None) -> int:
     with cell("memcpy bandwidth (256 MiB float32 copy)") as c:
         bandwidth = copy_bandwidth()
         c.result = f"{bandwidth / 1e9:.1f} GB/s"
-    out = Results(path, TITLE, f"memcpy bandwidth: {bandwidth / 1e9:.1f} GB/s (a 256 MiB float32 copy, read + "
-                               f"write, best of 5, {torch.get_num_threads()} threads).\n\n{NOTES}")
+    stored = ("" if dtype == torch.float32 else "dtype: bfloat16 (values and dense operands; our kernels accumulate in "
+              "float32; dense and masked-dense in bfloat16, torch.sparse and scipy, which have no bfloat16 on the "
+              "CPU, in float32 on the same numbers).\n\n")
+    out = Results(path, TITLE, f"{stored}memcpy bandwidth: {bandwidth / 1e9:.1f} GB/s (a 256 MiB float32 copy, "
+                               f"read + write, best of 5, {torch.get_num_threads()} threads).\n\n{NOTES}")
     todo, start, pattern = cells(sizes, densities, laws, batches), time.perf_counter(), (None, None)
     try:
         for i, (n, d, law, B) in enumerate(todo):
@@ -361,7 +383,7 @@ def main(argv=None) -> int:
                 else:
                     if pattern[0] != (n, d, law):
                         pattern = (None, None)  # the previous weight freed before the next is built
-                        pattern = ((n, d, law), make_weight(n, d, law))
+                        pattern = ((n, d, law), make_weight(n, d, law, dtype))
                     bench_cell(n, d, law, B, pattern[1], out, bandwidth, budget, [op for op in OPS if op in args.ops])
                 c.result = f"{out.rows - before} rows"
     except CheckFailed as exc:
