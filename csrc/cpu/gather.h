@@ -82,15 +82,6 @@ constexpr int accumulator_sets() {
   return vectors >= 5 ? 1 : vectors >= 3 ? 2 : 4;
 }
 
-// float16/bfloat16: a[0:W] += v * float(x[0:W]) (their sources are always padded).
-template <typename S, int W>
-SE_ALWAYS_INLINE void accumulate_entry(acc_t<S>* a, acc_t<S> v, const S* x) {
-  static_assert(kIsHalf<S>);
-  float xf[W];
-  widen<W>(x, xf);
-#pragma omp simd
-  for (int b = 0; b < W; ++b) a[b] += v * xf[b];
-}
 
 // float/double accumulators as GCC vector types of 32 bytes (8 floats, 4 doubles): the
 // compiler keeps an array of them in registers, where arrays of floats under `omp simd` stayed
@@ -176,6 +167,17 @@ SE_ALWAYS_INLINE void for_entries(int64_t k0, int64_t k1, int64_t nnz, Entry&& e
     if (k + u < k1) entry(k + u, u, std::false_type());
 }
 
+#if defined(__AVX2__)
+// 8 bfloat16 values as a vector of 8 floats (each 16-bit word moved to the high half of its lane).
+SE_ALWAYS_INLINE vec_t<float> widen_bf16x8(const at::BFloat16* x) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x));
+  const __m256 f = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  vec_t<float> out;
+  std::memcpy(&out, &f, sizeof(out));
+  return out;
+}
+#endif
+
 // float/double: out[0:W/L] (vectors of L = vec_lanes lanes) = sum_{k in [k0, k1)}
 // vals[k - vbase] * src[idx[k] * stride + 0:W]. Masked: the last vector reads only its first
 // `tail` lanes (the end of an unpadded source row), the others add zero.
@@ -214,21 +216,32 @@ SE_ALWAYS_INLINE void row_sums(int64_t k0, int64_t k1, const int32_t* idx, const
     vec_t<S> out[W / L];
     row_sums_vec<S, W, Prefetch, false>(k0, k1, idx, vals, vbase, src, stride, nnz, out, L);
     for (int j = 0; j < W / L; ++j) store_vec(a + j * L, out[j]);
-  } else {
-    constexpr int U = accumulator_sets<S, W>();
-    A sets[U][W];
-    for (int u = 0; u < U; ++u)
-      for (int b = 0; b < W; ++b) sets[u][b] = 0;
+  } else {  // float16/bfloat16 (always padded): each row widened to float, then the float path's
+    // vector accumulators (float arrays under omp simd stayed on the stack, as for float below:
+    // bfloat16 spmm at 16,384 / 0.05%, B = 128, 0.66-0.75x MKL on the same numbers in float32)
+    using V = vec_t<A>;
+    constexpr int L = vec_lanes<A>(), NV = W / L, U = accumulator_sets<S, W>();
+    static_assert(W % L == 0);
+    V sets[U][NV] = {};
     for_entries<U, Prefetch>(k0, k1, nnz, [&](int64_t k, int u, auto fetch) SE_ALWAYS_INLINE_LAMBDA {
       if constexpr (decltype(fetch)::value)
         prefetch_row<W * sizeof(S)>(src + static_cast<int64_t>(idx[k + kPrefetch]) * stride);
-      accumulate_entry<S, W>(sets[u], static_cast<A>(vals[k - vbase]), src + static_cast<int64_t>(idx[k]) * stride);
+      const S* row = src + static_cast<int64_t>(idx[k]) * stride;
+      const A v = static_cast<A>(vals[k - vbase]);
+#if defined(__AVX2__)
+      if constexpr (std::is_same_v<S, at::BFloat16> && L == 8) {  // widened in registers: no stack round trip
+        for (int j = 0; j < NV; ++j) sets[u][j] += v * widen_bf16x8(row + j * L);
+        return;
+      }
+#endif
+      A x[W];
+      widen<W>(row, x);
+      for (int j = 0; j < NV; ++j) sets[u][j] += v * load_vec(x + j * L);
     });
-#pragma omp simd
-    for (int b = 0; b < W; ++b) {
-      if constexpr (U == 1) a[b] = sets[0][b];
-      if constexpr (U == 2) a[b] = sets[0][b] + sets[1][b];
-      if constexpr (U == 4) a[b] = (sets[0][b] + sets[1][b]) + (sets[2][b] + sets[3][b]);
+    for (int j = 0; j < NV; ++j) {
+      if constexpr (U == 1) store_vec(a + j * L, sets[0][j]);
+      if constexpr (U == 2) store_vec(a + j * L, sets[0][j] + sets[1][j]);
+      if constexpr (U == 4) store_vec(a + j * L, (sets[0][j] + sets[1][j]) + (sets[2][j] + sets[3][j]));
     }
   }
 }
