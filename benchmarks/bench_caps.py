@@ -20,8 +20,8 @@ the cap and 1 GiB (code pages, thread stacks; an allocation past it fails). The 
 of the tensors, as the model counts them, over the timed steps: CUDA ``max_memory_allocated``,
 the CPU the allocation events of torch's profiler (``sparse_engine.testing.TensorMemoryTrace``,
 from before the build, over one step after the warm-up, not timed), with the allocator's segments
-(CUDA) or the resident high-water mark of the timed steps less the resident memory before the build beside it (it adds
-malloc's retained blocks and the threads' first buffers: docs/memory.md).
+(CUDA) or the resident high-water mark of the timed steps less the resident memory before the build
+beside it (it adds malloc's retained blocks and the threads' first buffers: docs/memory.md).
 
     python benchmarks/bench_caps.py --device cuda --rows 8G,12G,16G,24G,80G,16G@1M,none@1M --out caps_cuda.md
     python benchmarks/bench_caps.py --device cpu --rows 512M,1G,2G --models lstm,gru --out caps_cpu.md

@@ -139,7 +139,7 @@ def _cells_at(sizes: RecurrentSizes, h: int, steps: int, batch: int, device) -> 
     depend on which step it is)."""
     from ..nn import SparseGRU, SparseLSTM, SparseRNN
 
-    per_step = (sizes.gates + 3) * h * batch * torch.empty(0, dtype=sizes.dtype).element_size()
+    per_step = (sizes.gates + 3) * h * batch * sizes.dtype.itemsize
     timed = max(1, min(steps, _CELL_BYTES // per_step))
 
     cls = {"LSTM": SparseLSTM, "GRU": SparseGRU, "RNN_TANH": SparseRNN, "RNN_RELU": SparseRNN}[sizes.mode]
