@@ -27,8 +27,11 @@ Per size and implementation: the network's build time (not in the epoch: impleme
 ``lil_matrix`` one entry at a time), one training epoch (forward, backward, update over the 8,000
 images in batches of 40), one SET evolution of every layer, and the test accuracy on the 2,000
 held-out images after that epoch (before the evolution). Ours: ``SparseMLP(..., faithful=True)`` in
-float32 on ``--threads`` threads; implementation 2 computes in float64 on one thread (scipy's sparse
-products and its Cython loop do not use more). The ratio is ours / implementation 2 per epoch
+float32 on ``--threads`` threads (``--ours float32,bfloat16,float32+keep`` gives a row per size to each
+of our configurations: bfloat16 activations, the forward under ``torch.autocast`` with the
+weights and their update in float32; ``+keep``, freed memory kept for reuse,
+``sparse_engine.runtime.threads.keep_freed_memory``); implementation 2 computes in float64 on one
+thread (scipy's sparse products and its Cython loop do not use more). The ratio is ours / implementation 2 per epoch
 (training + evolution). The markdown table is rewritten after every run: without --out a fresh
 file benchmarks/results/local/set_impl2_cpu-<UTC time>.md (named at the start and the end); the
 committed table is rewritten only with --out set_impl2_cpu.md. The console shows the table's
@@ -61,8 +64,9 @@ from common import (announce, cell, finish, markdown_table, out_help, parse_hidd
 from sparse_engine.training import SET_MLP_SETTINGS as SETTINGS  # noqa: E402  (both sides run these)
 
 MNIST = ROOT / ".." / "shared" / "data" / "mnist_test"
-HEADER = ["H", "sizes", "nnz (ours / impl 2)", "ours: train + evolution s", "impl 2: train + evolution s",
-          "epoch ratio ours / impl 2", "us per connection (ours / impl 2)", "test acc (ours / impl 2)",
+HEADER = ["H", "sizes", "ours: activations (+keep: freed memory kept)", "nnz (ours / impl 2)",
+          "ours: train + evolution s", "impl 2: train + evolution s", "epoch ratio ours / impl 2",
+          "us per connection (ours / impl 2)", "test acc (ours / impl 2)",
           "build s (ours / impl 2)", "load avg"]
 
 
@@ -78,6 +82,7 @@ def ours(args) -> dict:
     import torch
 
     from sparse_engine.nn import SparseMLP
+    from sparse_engine.runtime.threads import keep_freed_memory
     from sparse_engine.training import SETMLP, SETSGD
 
     torch.set_num_threads(args.threads)
@@ -92,15 +97,23 @@ def ours(args) -> dict:
     epochs = args.curve or 2  # timing: the end of epoch 1 evolves
     ctl = SETMLP(model, opt, epochs=epochs, zeta=s["zeta"], seed=args.seed)
     nnz, accs, times = model.nnz, [], []
+    # bfloat16 activations: torch.autocast, under which the sparse products run in bfloat16 (the values
+    # cast once per forward, the float32 values updated), the loss in float32
+    activation, _, memory = args.config.partition("+")
+    if memory == "keep" and not keep_freed_memory():
+        sys.exit("bench_set_impl2: +keep needs glibc's malloc and no GLIBC_TUNABLES")
+    half = dict(device_type="cpu", dtype=torch.bfloat16, enabled=activation == "bfloat16")
     for _ in range(args.curve or 1):
         t = time.perf_counter()
         for idx in torch.randperm(len(Xtr)).split(s["batch_size"]):
             opt.zero_grad(set_to_none=False)
-            model.loss(model(Xtr[idx]), ytr[idx]).backward()
+            with torch.autocast(**half):
+                logits = model(Xtr[idx])
+            model.loss(logits.float(), ytr[idx]).backward()
             opt.step()
         times.append(time.perf_counter() - t)
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(**half):
             accs.append(float((model(Xte).argmax(1) == yte).float().mean()))
         model.train()
         t = time.perf_counter()
@@ -180,12 +193,13 @@ def command(args, options: str) -> str:
     return f"python benchmarks/bench_set_impl2.py{impl2}{options}"
 
 
-def row_of(H: int, a: dict, b: dict | None, load: float) -> list:
-    """One table row: ours (``a``) beside implementation 2 (``b``; None: not run, '-' in its cells)."""
+def row_of(H: int, a: dict, b: dict | None, load: float, config: str = "float32") -> list:
+    """One table row: ours (``a``, run as ``config``: one of --ours) beside implementation 2 (``b``;
+    None: not run, '-' in its cells)."""
     ea = a["train"] + a["evolution"]
     eb = b["train"] + b["evolution"] if b else None
     both = lambda ours, theirs: f"{ours} / {theirs if b else '-'}"  # noqa: E731  (theirs only read when b)
-    return [f"{H:,}", f"784-{H}-{H}-{H}-10", both(f"{a['nnz']:,}", b and f"{b['nnz']:,}"),
+    return [f"{H:,}", f"784-{H}-{H}-{H}-10", config, both(f"{a['nnz']:,}", b and f"{b['nnz']:,}"),
             f"{a['train']:.2f} + {a['evolution']:.2f} = {ea:.2f}",
             f"{b['train']:.1f} + {b['evolution']:.1f} = {eb:.1f}" if b else "-", f"{ea / eb:.3f}x" if b else "-",
             both(f"{ea / a['nnz'] * 1e6:.2f}", b and f"{eb / b['nnz'] * 1e6:.2f}"),
@@ -193,8 +207,9 @@ def row_of(H: int, a: dict, b: dict | None, load: float) -> list:
             f"{load:.2f}"]
 
 
-def child_run(args, which: str, H: int, seed: int = 0) -> dict | None:
+def child_run(args, which: str, H: int, seed: int = 0, config: str = "float32") -> dict | None:
     cmd = [sys.executable, __file__, "--child", str(H), "--which", which, "--threads", str(args.threads),
+           "--config", config,
            "--train", str(args.train), "--data", args.data, "--module", args.module, "--build", args.build,
            "--seed", str(seed), "--curve", str(args.curve)]
     if args.impl2:
@@ -202,7 +217,7 @@ def child_run(args, which: str, H: int, seed: int = 0) -> dict | None:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads if which == "ours" else 1))
     done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env)
     if done.returncode != 0:
-        print(f"H={H:,} {which}: exit {done.returncode}", file=sys.stderr)
+        print(f"H={H:,} {which} ({config}): exit {done.returncode}", file=sys.stderr)
         return None
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -224,13 +239,22 @@ def main(argv=None) -> None:
                    help="instead of timing: test accuracy after each of EPOCHS epochs, both sides, at the first "
                         "--hidden size, for --seeds seeds (implementation 2's own fit loop)")
     p.add_argument("--seeds", type=int, default=2, help="--curve: seeds 0..N-1 per side (default 2)")
+    p.add_argument("--ours", default="float32",
+                   help="our configurations, comma-separated, a row each: float32 or bfloat16 activations (bfloat16: "
+                        "torch.autocast, the products gather and store bfloat16, the values stay float32), each "
+                        "optionally +keep (freed memory kept for reuse: runtime.threads.keep_freed_memory)")
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--config", default="float32", help=argparse.SUPPRESS)
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)
     p.add_argument("--which", choices=("ours", "impl2"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.ours = args.ours.split(",")
     if args.child:
         print(json.dumps((ours if args.which == "ours" else impl2)(args)), flush=True)
         return
+    if not set(args.ours) <= {"float32", "bfloat16", "float32+keep", "bfloat16+keep"}:
+        sys.exit(f"bench_set_impl2: --ours must list float32 or bfloat16, each optionally +keep, "
+                 f"got {','.join(args.ours)}")
     if not Path(args.data).exists():
         sys.exit(f"bench_set_impl2: --data {args.data} does not exist (a folder holding MNIST's test set; "
                  "python -m sparse_engine.data.fetch mnist_test --root DIR downloads DIR/mnist_test)")
@@ -246,10 +270,13 @@ def main(argv=None) -> None:
     title = "SET-MLP against SET implementation 2, same run"
     announce(title, HEADER, out)
     for H in [parse_hidden(h) for h in args.hidden.split(",")]:
-        with cell(f"H {H:,}, ours") as c:
-            a = child_run(args, "ours", H)
-            c.result = "failed" if a is None else f"{a['train']:.2f} + {a['evolution']:.2f} s, accuracy {a['acc']:.4f}"
-        if a is None:
+        runs = {}
+        for config in args.ours:
+            with cell(f"H {H:,}, ours ({config})") as c:
+                a = runs[config] = child_run(args, "ours", H, config=config)
+                c.result = ("failed" if a is None else
+                            f"{a['train']:.2f} + {a['evolution']:.2f} s, accuracy {a['acc']:.4f}")
+        if None in runs.values():
             break
         b = None
         if args.impl2:
@@ -257,33 +284,38 @@ def main(argv=None) -> None:
                 b = child_run(args, "impl2", H)
                 c.result = ("failed" if b is None else
                             f"{b['train']:.1f} + {b['evolution']:.1f} s, accuracy {b['acc']:.4f}")
-        rows.append(row_of(H, a, b, os.getloadavg()[0]))
-        print(" | ".join(rows[-1]), flush=True)
+        for config, a in runs.items():
+            rows.append(row_of(H, a, b, os.getloadavg()[0], config))
+            print(" | ".join(rows[-1]), flush=True)
         write_result(
             out, title,
             "784-H-H-H-10, epsilon 13, 8,000 MNIST training images (the shipped test set's 80/20 split), batch 40, "
             "SGD lr 0.05, momentum 0.9, weight decay 2e-4, dropout 0.2, zeta 0.3; per size each implementation in a "
             "process of its own, ours first. Seconds: one training epoch + one SET evolution of every layer; "
-            f"ours on {args.threads} threads in float32, implementation 2 on one thread in float64 (its code does "
-            "not use more); test accuracy after the one epoch. Load avg: 1-minute, after the size.\n\n"
-            f"Command: `{command(args, f' --hidden {args.hidden} --threads {args.threads}')}`\n\n"
+            f"ours on {args.threads} threads in float32 (bfloat16 activations: under torch.autocast, the "
+            "weights kept in float32; +keep: glibc's malloc keeps freed memory for reuse), implementation 2 on "
+            "one thread in float64 (its code does not use more); test accuracy after the one epoch. Load avg: "
+            "1-minute, after the size.\n\n"
+            f"Command: `{command(args, f' --hidden {args.hidden} --threads {args.threads}')}{configs(args)}`\n\n"
             + markdown_table(HEADER, rows))
     finish(out)
 
 
 def curves(args) -> None:
-    """Test accuracy per epoch of both sides at one size, seed by seed; the file is rewritten
-    after every run."""
+    """Test accuracy per epoch of each side (ours in each configuration, implementation 2) at one
+    size, seed by seed; the file is rewritten after every run."""
     H = parse_hidden(args.hidden.split(",")[0])
     out = results_path(args.out, f"set_impl2_curve_{H}.md")
-    sides = {"ours": [], "impl2": []} if args.impl2 else {"ours": []}
+    sides = {("ours", c): [] for c in args.ours} | ({("impl2", "float64"): []} if args.impl2 else {})
+    names = [f"ours ({c})" if which == "ours" else "implementation 2" for which, c in sides]
+    if args.ours == ["float32"]:
+        names = ["ours" if n == "ours (float32)" else n for n in names]  # the committed tables' header
     title = "SET-MLP against SET implementation 2: test accuracy per epoch"
-    announce(title, ["epoch", *("ours" if w == "ours" else "implementation 2" for w in sides)], out)
+    announce(title, ["epoch", *names], out)
     for seed in range(args.seeds):
-        for which, runs in sides.items():
-            with cell(f"{'ours' if which == 'ours' else 'implementation 2'}, H {H:,}, seed {seed}, "
-                      f"{args.curve} epochs") as c:
-                r = child_run(args, which, H, seed)
+        for ((which, config), runs), name in zip(sides.items(), names):
+            with cell(f"{name}, H {H:,}, seed {seed}, {args.curve} epochs") as c:
+                r = child_run(args, which, H, seed, config if which == "ours" else "float32")
                 c.result = "failed" if r is None else "accuracy " + " ".join(f"{a:.3f}" for a in r["accs"])
             if r is None:
                 finish(out)
@@ -297,13 +329,19 @@ def curves(args) -> None:
                 "epochs, SET evolution after each but the last; test accuracy on the 2,000 held-out images after "
                 "each epoch, mean over the seeds run so far (their number in brackets). Implementation 2 runs its "
                 "own `fit` loop (its shuffles, dropout and draws from NumPy's generator seeded with the seed); ours "
-                "from torch's.\n\n"
-                f"Command: `{command(args, f' --hidden {H} --curve {args.curve} --seeds {args.seeds}')}`\n\n"
-                + markdown_table(["epoch", *("ours" if w == "ours" else "implementation 2" for w in sides)], rows)
+                "from torch's (the same seed gives each of our configurations the same initial weights, batches "
+                "and dropout masks).\n\n"
+                f"Command: `{command(args, f' --hidden {H} --curve {args.curve} --seeds {args.seeds}')}"
+                f"{configs(args)}`"
+                "\n\n" + markdown_table(["epoch", *names], rows)
                 + "\n\nLast epoch, each seed: " + "; ".join(
-                    f"{'ours' if w == 'ours' else 'implementation 2'} " + ", ".join(f"{a[-1]:.4f}" for a in rs)
-                    for w, rs in sides.items()))
+                    f"{name} " + ", ".join(f"{a[-1]:.4f}" for a in rs) for name, rs in zip(names, sides.values())))
     finish(out)
+
+
+def configs(args) -> str:
+    """The --ours option of a results file's command line (none for the default)."""
+    return "" if args.ours == ["float32"] else f" --ours {','.join(args.ours)}"
 
 
 if __name__ == "__main__":

@@ -76,14 +76,17 @@ def test_row_ratio_and_per_connection(bench):
     ours = dict(nnz=1_000_000, train=1.5, evolution=0.5, acc=0.9, build=0.1)
     theirs = dict(nnz=2_000_000, train=8.0, evolution=2.0, acc=0.8, build=30.0)
     row = bench.row_of(1000, ours, theirs, 1.0)
-    assert row[5] == "0.200x"  # (1.5 + 0.5) / (8 + 2)
-    assert row[6] == "2.00 / 5.00"  # microseconds per connection
-    assert bench.row_of(1000, ours, None, 1.0)[4:6] == ["-", "-"]
+    assert row[2] == "float32"  # ours' configuration
+    assert row[6] == "0.200x"  # (1.5 + 0.5) / (8 + 2)
+    assert row[7] == "2.00 / 5.00"  # microseconds per connection
+    assert bench.row_of(1000, ours, None, 1.0)[5:7] == ["-", "-"]
+    assert bench.row_of(1000, ours, None, 1.0, "bfloat16")[2] == "bfloat16"
 
 
 @pytest.mark.parametrize("argv, says", [
     (["--data", "/nonexistent/mnist"], "--data /nonexistent/mnist does not exist"),
     (["--impl2", "EMPTY"], "holds no set_mlp.py and sparseoperations.pyx"),
+    (["--ours", "float32,float16"], "--ours must list float32 or bfloat16, each optionally +keep, got float32,float16"),
 ])
 def test_bad_paths_are_one_line(tmp_path, load_script, argv, says):
     bench = load_script("benchmarks/bench_set_impl2.py")
@@ -111,3 +114,24 @@ def test_command_names_the_impl2_checkout_by_its_folder_or_not_at_all(bench):
     assert bench.command(argparse.Namespace(impl2="/home/me/src/sparse-evolutionary"), " --hidden 30") == \
         "python benchmarks/bench_set_impl2.py --impl2 impl2/sparse-evolutionary --hidden 30"
     assert bench.command(argparse.Namespace(impl2=None), " --curve 2") == "python benchmarks/bench_set_impl2.py --curve 2"
+
+
+@pytest.mark.parametrize("config", ["float32", "bfloat16"])
+def test_ours_runs_its_products_on_activations_of_the_named_dtype(bench, config):
+    """--ours bfloat16: every forward product of the epoch and of the test pass reads bfloat16
+    activations; float32 (the default) none."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = set()
+
+    class Products(TorchDispatchMode):  # below autocast: the dtypes the kernels receive
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.sparse_engine.spmm.default:
+                seen.add(args[-1].dtype)  # X
+            return func(*args, **(kwargs or {}))
+
+    args = argparse.Namespace(child=6, threads=1, seed=0, data="unused", train=80, curve=0, config=config)
+    with Products():
+        out = bench.ours(args)
+    assert seen == {getattr(torch, config)}
+    assert out["nnz"] > 0 and 0.0 <= out["acc"] <= 1.0
