@@ -1,8 +1,8 @@
 // Row gathers shared by spmm / spmm_t (spmm_cpu.cpp) and the fused recurrent steps
 // (rnn_step_cpu.cpp): acc[0:W] = sum_k vals[k] * src[idx[k], b0:b0+W] over one compressed row.
 //
-// The batch is cut into blocks of a whole number of 32-byte units (pad_unit: 8 floats, 4
-// doubles, 16 halves), so every block width is a compile-time constant (1 to 8 units, see
+// The batch is cut into blocks of a whole number of units (pad_unit: 8 floats, 4 doubles, 8
+// halves), so every block width is a compile-time constant (1 to 8 units, see
 // wide_block) and a batch of up to 64 floats is one pass over the row's nonzeros with its
 // accumulators in vector registers, whatever B is (a 16-wide pass and a scalar 4-wide pass for
 // B = 20 ran at half MKL's speed). float/double accumulate in GCC vector types (vec_t), which
@@ -30,9 +30,11 @@
 
 namespace sparse_engine {
 
-// The padding unit of a batch row: 32 bytes of storage (a multiple of 16 for the half widening).
+// The padding unit of a batch row: one vector of 8 floats or 4 doubles (32 bytes), or the 8
+// halves (16 bytes) that widen into one. 16 halves (32 bytes) padded bfloat16 B = 4 fourfold and
+// B = 40 to 48 (the bytes of every gathered row).
 template <typename S>
-constexpr int pad_unit() { return 32 / static_cast<int>(sizeof(S)); }
+constexpr int pad_unit() { return kIsHalf<S> ? 8 : 32 / static_cast<int>(sizeof(S)); }
 
 inline int64_t round_up(int64_t x, int64_t unit) { return (x + unit - 1) / unit * unit; }
 
@@ -250,18 +252,18 @@ inline void accumulate_block(int64_t k0, int64_t k1, const int32_t* idx, const S
   row_sums<S, W, Prefetch>(k0, k1, idx, vals, vbase, src, stride, nnz, acc);
 }
 
-// The widest block of the recurrent steps (rnn_step_cpu.cpp): 4 units (128 bytes: 32 floats,
-// 16 doubles, 64 halves).
+// The widest block of the recurrent steps (rnn_step_cpu.cpp): 32 floats or 16 doubles (4 units,
+// 128 bytes), 64 halves (8 units).
 template <typename S>
-constexpr int max_block() { return 4 * pad_unit<S>(); }
+constexpr int max_block() { return (kIsHalf<S> ? 8 : 4) * pad_unit<S>(); }
 
 // The widest block of gather_rows (spmm, spmm_t): 64 float or 32 double accumulators (8 AVX2
-// registers): 8 units of a 4- or 8-byte type, 4 of a 2-byte one (widened to float). A batch
+// registers): 8 units (a 2-byte type's widened to float). A batch
 // of 40 (SET-MLP's) is one pass over the gathered rows; 4-unit blocks would make it a 32-wide
 // pass and an 8-wide pass that gather every row a second time (at 333,333 x 333,333,
 // epsilon 13, B = 40, one thread, huge pages: spmm 11% and spmm_t 9% faster, measured).
 template <typename S>
-constexpr int wide_block() { return (kIsHalf<S> ? 4 : 8) * pad_unit<S>(); }
+constexpr int wide_block() { return 8 * pad_unit<S>(); }
 
 // acc[0:n] = the row's sum over columns [0, n) of a padded source (src already offset to the
 // block's first column); n is a multiple of pad_unit and at most 8 units: one pass.

@@ -15,7 +15,7 @@ namespace sparse_engine {
 namespace {
 
 // dot(a[b0:b1], b[b0:b1]) over a padded batch (gather.h): b1 - b0 is a whole number of
-// 32-byte units (P elements), or 1 (B = 1, no padding). Each unit is added lane-wise into one
+// units (P elements: gather.h's pad_unit), or 1 (B = 1, no padding). Each unit is added lane-wise into one
 // P-wide vector accumulator (one vector FMA per unit), then the P lanes are summed by a fixed
 // pairwise tree: one horizontal reduction per nonzero instead of one per 4 units, and the same
 // order on every call, so results are deterministic.
@@ -244,7 +244,7 @@ inline constexpr bool kUnpaddedF32 = false;
 #endif
 
 // out[k] = sum_b G[row_k, b] * X[col_k, b]. Locals ending in _c are contiguous copies, in _p
-// copies padded with zeros to whole 32-byte units (gather.h), which add nothing to the dots.
+// copies padded with zeros to whole units (gather.h), which add nothing to the dots.
 at::Tensor sddmm_cpu(const at::Tensor& row_ptr, const at::Tensor& col_idx, const at::Tensor& csc_ptr,
                      const at::Tensor& csc_row, const at::Tensor& csc_perm, const at::Tensor& G,
                      const at::Tensor& X) {

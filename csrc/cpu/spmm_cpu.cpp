@@ -1,7 +1,7 @@
 // spmm and spmm_t on the CPU: Y = W X over the CSR index, W^T G over the transposed
 // index, both as one row gather (gather_rows, gather.h). Activations are feature-major
 // (features x batch) so every gathered row is contiguous; blocks of the batch have compile-time
-// widths (whole 32-byte units), the last one read from a copy padded to whole units or, with few
+// widths (whole units: gather.h), the last one read from a copy padded to whole units or, with few
 // entries per source row, with masked loads (gather.h, gather_source). spmm_t with
 // values_t (the values in column order, made once by the caller: ../values_t.h) is spmm over the
 // transposed index; without it each call gathers values[csc_perm[k]] row by row, or for B = 1

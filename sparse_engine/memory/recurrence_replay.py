@@ -123,14 +123,15 @@ class Run:
         return self.H * self.B * self.e
 
     def stride(self, cols: int) -> int:
-        """csrc/cpu/gather.h padded_stride: the batch rounded up to 32 bytes (1 stays 1)."""
-        unit = 32 // self.e
+        """csrc/cpu/gather.h padded_stride: the batch rounded up to 32 bytes, 16 for a 2-byte dtype
+        (1 stays 1)."""
+        unit = 8 if self.e == 2 else 32 // self.e
         return cols if cols == 1 else -(-cols // unit) * unit
 
     def copies(self, rows: int, cols: int, strided: bool, padded: bool) -> int:
         """padded_batch's copies of a rows x cols operand (csrc/cpu/gather.h): a contiguous copy of a
         strided one (through torch's transposing copy) and, where ``padded`` and the batch needs it,
-        the copy padded to whole 32-byte units; none on CUDA."""
+        the copy padded to whole units (stride); none on CUDA."""
         if not self.cpu:
             return 0
         copy = rows * cols * self.e + transpose_buffer(True, rows * cols, self.e) if strided else 0
@@ -155,7 +156,7 @@ class Run:
 def _operand(led: Ledger, r: Run, tag: str, rows: int, cols: int, strided: bool, padded: bool) -> None:
     """padded_batch's copies of a kernel's rows x cols operand (csrc/cpu/gather.h): a contiguous copy
     of a strided one (through torch's transposing copy), then, where ``padded`` and the batch needs
-    it, the copy padded to whole 32-byte units, which replaces it; left live as ``tag`` (the caller
+    it, the copy padded to whole units (Run.stride), which replaces it; left live as ``tag`` (the caller
     frees it). None on CUDA."""
     if not r.cpu:
         return

@@ -7,16 +7,20 @@ Each case builds its module inside the trace, runs a warm-up step (the transpose
 optimizer state are made by the first step) and measures the second, phase by phase. The model
 replays the allocations and lands within 2.5% on all of these; the bound is the issue's 15%.
 ``test_a_wrong_prediction_fails`` shows the check can fail."""
+import types
+
 import pytest
 import torch
 from torch import nn
 
 import sparse_engine.recurrent.sequence as recurrence
+from sparse_engine import SparseWeight, ops
 from sparse_engine.models import SequenceModel
 from sparse_engine.nn import SparseGRU, SparseLSTM, SparseRNN
 from sparse_engine.recurrent.compute_paths import default_compute
 from sparse_engine.memory import (KINDS, PHASES, MemoryBudgetError, RecurrentSizes, format_size, parse_size,
                                      predict, recompute_for_budget, sizes_of)
+from sparse_engine.memory.recurrence_replay import Run
 from sparse_engine.runs.train_run import sequence_loss
 from sparse_engine.testing import TensorMemoryTrace
 from sparse_engine.training import CompactAdam
@@ -151,6 +155,7 @@ def test_the_model_follows_auto_to_the_persistent_path_on_a_gpu():
     dict(num_layers=2, dropout=0.3, recompute_every=4),
     dict(fused=False, recompute_every=5),
     dict(dtype=torch.float64),
+    dict(dtype=torch.bfloat16),  # 2-byte values: the kernels pad the batch of 6 to 8 (gather.h pad_unit)
 ], ids=lambda v: ",".join(f"{k}={v}" for k, v in v.items()))
 def test_prediction_for_stacks_and_settings(kwargs):
     measured, model = module_step("lstm", 200, 12, 6, "adam", density=0.05, **kwargs)
@@ -285,3 +290,18 @@ def test_prediction_on_a_gpu(cell, k, optimizer):
     measured = torch.cuda.max_memory_allocated() - base
     predicted = predict(model, 20, 8, optimizer)
     assert abs(predicted.peak / measured - 1) <= TOLERANCE, (predicted.peak, measured)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("B", [5, 6, 21])
+def test_the_replays_padded_stride_is_the_kernels(dtype, B):
+    """Run.stride mirrors csrc/cpu/gather.h's padded_stride: spmm allocates its padded copy of X
+    (300 x stride values; 2-byte types pad to 8 values, float64 to 4) with exactly that size."""
+    g = torch.Generator().manual_seed(B)
+    W = SparseWeight.random(500, 300, 0.5, dtype=dtype, generator=g)  # 250 entries per column: padded
+    X = torch.randn(300, B, dtype=dtype, generator=g)
+    with torch.no_grad(), torch.profiler.profile(profile_memory=True) as prof:
+        ops.spmm(W, X)
+    allocated = {e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0}
+    e = X.element_size()
+    assert 300 * Run.stride(types.SimpleNamespace(e=e), B) * e in allocated
