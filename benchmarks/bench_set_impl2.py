@@ -31,10 +31,10 @@ float32 on ``--threads`` threads (``--ours float32,bfloat16,float32+keep`` gives
 of our configurations: bfloat16 activations, the forward under ``torch.autocast`` with the
 weights and their update in float32; ``+keep``, freed memory kept for reuse,
 ``sparse_engine.runtime.threads.keep_freed_memory``); implementation 2 computes in float64 on one
-thread (scipy's sparse products and its Cython loop do not use more). The ratio is ours / implementation 2 per epoch
-(training + evolution). The markdown table is rewritten after every run: without --out a fresh
-file benchmarks/results/local/set_impl2_cpu-<UTC time>.md (named at the start and the end); the
-committed table is rewritten only with --out set_impl2_cpu.md. The console shows the table's
+thread (scipy's sparse products and its Cython loop do not use more). The ratio is ours /
+implementation 2 per epoch (training + evolution). The markdown table is rewritten after every
+run: without --out a fresh file benchmarks/results/local/set_impl2_cpu-<UTC time>.md (named at the
+start and the end); the committed table is rewritten only with --out set_impl2_cpu.md. The console shows the table's
 header, then a line as each run (size, implementation) starts and as it ends.
 
 ``--curve EPOCHS`` measures accuracy instead of time: the test accuracy after every epoch of both

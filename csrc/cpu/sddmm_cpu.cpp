@@ -15,10 +15,10 @@ namespace sparse_engine {
 namespace {
 
 // dot(a[b0:b1], b[b0:b1]) over a padded batch (gather.h): b1 - b0 is a whole number of
-// units (P elements: gather.h's pad_unit), or 1 (B = 1, no padding). Each unit is added lane-wise into one
-// P-wide vector accumulator (one vector FMA per unit), then the P lanes are summed by a fixed
-// pairwise tree: one horizontal reduction per nonzero instead of one per 4 units, and the same
-// order on every call, so results are deterministic.
+// units (P elements: gather.h's pad_unit), or 1 (B = 1, no padding). Each unit is added
+// lane-wise into one P-wide vector accumulator (one vector FMA per unit), then the P lanes are
+// summed by a fixed pairwise tree: one horizontal reduction per nonzero instead of one per 4
+// units, and the same order on every call, so results are deterministic.
 template <typename scalar_t>
 inline acc_t<scalar_t> dot_range(const scalar_t* a, const scalar_t* b, int64_t b0, int64_t b1) {
   using A = acc_t<scalar_t>;
