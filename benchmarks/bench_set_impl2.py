@@ -34,8 +34,8 @@ weights and their update in float32; ``+keep``, freed memory kept for reuse,
 thread (scipy's sparse products and its Cython loop do not use more). The ratio is ours /
 implementation 2 per epoch (training + evolution). The markdown table is rewritten after every
 run: without --out a fresh file benchmarks/results/local/set_impl2_cpu-<UTC time>.md (named at the
-start and the end); the committed table is rewritten only with --out set_impl2_cpu.md. The console shows the table's
-header, then a line as each run (size, implementation) starts and as it ends.
+start and the end); the committed table is rewritten only with --out set_impl2_cpu.md. The console
+shows the table's header, then a line as each run (size, implementation) starts and as it ends.
 
 ``--curve EPOCHS`` measures accuracy instead of time: the test accuracy after every epoch of both
 sides at the first ``--hidden`` size, for ``--seeds`` seeds, implementation 2 in its own ``fit``
@@ -98,7 +98,7 @@ def ours(args) -> dict:
     ctl = SETMLP(model, opt, epochs=epochs, zeta=s["zeta"], seed=args.seed)
     nnz, accs, times = model.nnz, [], []
     # bfloat16 activations: torch.autocast, under which the sparse products run in bfloat16 (the values
-    # cast once per forward, the float32 values updated), the loss in float32
+    # cast for each product, the float32 values updated), the loss in float32
     activation, _, memory = args.config.partition("+")
     if memory == "keep" and not keep_freed_memory():
         sys.exit("bench_set_impl2: +keep needs glibc's malloc and no GLIBC_TUNABLES")
@@ -306,7 +306,7 @@ def curves(args) -> None:
     size, seed by seed; the file is rewritten after every run."""
     H = parse_hidden(args.hidden.split(",")[0])
     out = results_path(args.out, f"set_impl2_curve_{H}.md")
-    sides = {("ours", c): [] for c in args.ours} | ({("impl2", "float64"): []} if args.impl2 else {})
+    sides = {("ours", c): [] for c in args.ours} | ({("impl2", "float32"): []} if args.impl2 else {})
     names = [f"ours ({c})" if which == "ours" else "implementation 2" for which, c in sides]
     if args.ours == ["float32"]:
         names = ["ours" if n == "ours (float32)" else n for n in names]  # the committed tables' header
@@ -315,7 +315,7 @@ def curves(args) -> None:
     for seed in range(args.seeds):
         for ((which, config), runs), name in zip(sides.items(), names):
             with cell(f"{name}, H {H:,}, seed {seed}, {args.curve} epochs") as c:
-                r = child_run(args, which, H, seed, config if which == "ours" else "float32")
+                r = child_run(args, which, H, seed, config)  # (implementation 2 ignores config)
                 c.result = "failed" if r is None else "accuracy " + " ".join(f"{a:.3f}" for a in r["accs"])
             if r is None:
                 finish(out)

@@ -84,7 +84,6 @@ constexpr int accumulator_sets() {
   return vectors >= 5 ? 1 : vectors >= 3 ? 2 : 4;
 }
 
-
 // float/double accumulators as GCC vector types of 32 bytes (8 floats, 4 doubles): the
 // compiler keeps an array of them in registers, where arrays of floats under `omp simd` stayed
 // on the stack (a load and a store around every FMA, a store-forwarding chain per entry: spmm
@@ -250,10 +249,10 @@ inline void accumulate_block(int64_t k0, int64_t k1, const int32_t* idx, const S
   row_sums<S, W, Prefetch>(k0, k1, idx, vals, vbase, src, stride, nnz, acc);
 }
 
-// The widest block of the recurrent steps (rnn_step_cpu.cpp): 32 floats or 16 doubles (4 units,
-// 128 bytes), 64 halves (8 units).
+// The widest block of the recurrent steps (rnn_step_cpu.cpp): 128 bytes (32 floats, 16 doubles,
+// 64 halves: 4 units of the first two, 8 of a 2-byte type).
 template <typename S>
-constexpr int max_block() { return (kIsHalf<S> ? 8 : 4) * pad_unit<S>(); }
+constexpr int max_block() { return 128 / static_cast<int>(sizeof(S)); }
 
 // The widest block of gather_rows (spmm, spmm_t): 64 float or 32 double accumulators (8 AVX2
 // registers): 8 units (a 2-byte type's widened to float). A batch
