@@ -28,11 +28,11 @@ start and the end); the committed table is rewritten only with --out cpu_ops.md 
     python benchmarks/bench_ops.py --ops spmm_t spmm_t+gather sddmm --out /tmp/ops.md   # some ops only
     python benchmarks/bench_ops.py --dtype bfloat16 --n 16384 --out cpu_ops_bf16.md     # 2-byte storage
 
-``--dtype bfloat16``: the values and the dense operands stored in bfloat16 (our kernels accumulate in
-float32), checked against the float64 reference of those rounded inputs within bfloat16's rounding
-bound (our error, not a baseline's); dense and masked-dense run in bfloat16 too, torch.sparse and scipy
-(neither MKL's CSR product nor scipy has bfloat16 on the CPU) in float32 on the same rounded numbers,
-the best they offer.
+``--dtype bfloat16`` (or ``float16``): the values and the dense operands stored in that 2-byte type
+(our kernels accumulate in float32), checked against the float64 reference of those rounded inputs
+within the type's rounding bound (our error, not a baseline's); dense and masked-dense run in that
+type too, torch.sparse and scipy (neither MKL's CSR product nor scipy has a 2-byte type on the CPU) in
+float32 on the same rounded numbers, the best they offer.
 """
 from __future__ import annotations
 
@@ -182,7 +182,7 @@ def ours(op: str, W: SparseWeight, X: torch.Tensor, G: torch.Tensor):
 def baselines(op: str, W: SparseWeight, X: torch.Tensor, G: torch.Tensor) -> dict:
     """name -> a function building (outside the timing) and returning the timed callable, or None
     where the baseline has no such op. The sparse baselines run in float32 on the same numbers where
-    ours stores bfloat16 (neither MKL's CSR product nor scipy has bfloat16 on the CPU)."""
+    ours stores bfloat16 or float16 (neither MKL's CSR product nor scipy has them on the CPU)."""
     dense_W, dense_X, dense_G = W, X, G
     if W.values.dtype != torch.float32:
         W = SparseWeight(W.row_ptr, W.col_idx, W.values.detach().float(), W.shape, validate=False)
@@ -340,8 +340,8 @@ def main(argv=None) -> int:
                    help="start no new cell after this many seconds (the grid's order puts the small N first)")
     p.add_argument("--memory-gib", type=float, default=None,
                    help="skip what would need more (default: 80%% of this machine's memory)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                   help="storage of the values and the dense operands (bfloat16: float32 accumulation)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="storage of the values and the dense operands (bfloat16, float16: float32 accumulation)")
     p.add_argument("--out", default=None, help=out_help(DEFAULT))
     args = p.parse_args(argv)
     dtype = getattr(torch, args.dtype)
@@ -361,8 +361,9 @@ def main(argv=None) -> int:
     with cell("memcpy bandwidth (256 MiB float32 copy)") as c:
         bandwidth = copy_bandwidth()
         c.result = f"{bandwidth / 1e9:.1f} GB/s"
-    stored = ("" if dtype == torch.float32 else "dtype: bfloat16 (values and dense operands; our kernels accumulate in "
-              "float32; dense and masked-dense in bfloat16, torch.sparse and scipy, which have no bfloat16 on the "
+    stored = ("" if dtype == torch.float32 else
+              f"dtype: {args.dtype} (values and dense operands; our kernels accumulate in float32; dense and "
+              f"masked-dense in {args.dtype}, torch.sparse and scipy, which have no {args.dtype} CSR product on the "
               "CPU, in float32 on the same numbers).\n\n")
     out = Results(path, TITLE, f"{stored}memcpy bandwidth: {bandwidth / 1e9:.1f} GB/s (a 256 MiB float32 copy, "
                                f"read + write, best of 5, {torch.get_num_threads()} threads).\n\n{NOTES}")

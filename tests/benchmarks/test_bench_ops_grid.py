@@ -62,18 +62,19 @@ def test_a_wrong_result_fails_the_check_loudly(bench, tmp_path, monkeypatch, cap
     assert "bench_ops: ours is wrong at N 300, zipf1.2, density 5%, B 4, spmm" in capsys.readouterr().err
 
 
-def test_bfloat16_cells_check_our_rounded_result_against_every_baseline(bench, tmp_path):
-    """--dtype bfloat16: 2-byte values and operands, every row checked within bfloat16's bound, every
-    baseline timed (scipy in float32 on the same numbers), the file saying so."""
-    out = tmp_path / "bf16.md"
-    assert bench.main(["--quick", "--dtype", "bfloat16", "--ops", "spmm", "spmm_t", "sddmm", "--laws", "zipf1.0",
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_two_byte_cells_check_our_rounded_result_against_every_baseline(bench, tmp_path, dtype):
+    """--dtype bfloat16 / float16: 2-byte values and operands, every row checked within the type's
+    bound, every baseline timed (scipy in float32 on the same numbers), the file saying so."""
+    out = tmp_path / f"{dtype}.md"
+    assert bench.main(["--quick", "--dtype", dtype, "--ops", "spmm", "spmm_t", "sddmm", "--laws", "zipf1.0",
                        "--out", str(out)]) == 0
     _, rows = table(out)
     assert len(rows) == 2 * 3
     for r in rows:
         assert r["check"] == "checked (all rows)", r
         assert re.fullmatch(r"\d+\.\d+", r["torch.sparse CSR ms"]) and re.fullmatch(r"\d+\.\d+", r["scipy ms"]), r
-    assert "dtype: bfloat16" in out.read_text()
+    assert f"dtype: {dtype} (values and dense operands" in out.read_text()
 
 
 def test_budget_stops_starting_cells(bench, tmp_path, capsys):
