@@ -348,14 +348,7 @@ SE_ALWAYS_INLINE void gather_block(int64_t k0, int64_t k1, const int32_t* idx, c
       for (int b = 0; b < W; ++b)
         if (b < width) a[b] += static_cast<A>(direct[b]);
     }
-    if (width == W) {
-#pragma omp simd
-      for (int b = 0; b < W; ++b) y[b] = static_cast<S>(a[b]);
-    } else {
-#pragma omp simd
-      for (int b = 0; b < W; ++b)
-        if (b < width) y[b] = static_cast<S>(a[b]);
-    }
+    narrow(a, y, width);  // 8 at a time (c10's conversion one value at a time was a scalar loop)
   }
 }
 

@@ -70,15 +70,15 @@ def test_sources_with_many_entries_per_row_read_from_a_padded_copy(B, dtype, rng
 
 @pytest.mark.parametrize("density", [0.5, 0.1], ids=["tiled", "untiled"])
 def test_wide_batches_cross_the_sddmm_tiles(rng, density):
-    """Batches wider than one tile (128 float / 64 double columns) and not a multiple of it, where the
-    CPU kernel tiles the batch (16 or more entries per row on average: 25 here) and where it reads
-    each row whole (5 per row)."""
-    for dtype in (torch.float32, torch.float64):
+    """Batches wider than one tile (128 float / 64 double / 256 two-byte columns) and not a multiple of
+    it, where the CPU kernel tiles the batch (16 or more entries per row on average: 25 here) and where
+    it reads each row whole (5 per row)."""
+    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
         W = random_weight(60, 50, density, empty_rows=3, full_rows=1, dtype=dtype, generator=rng)
         assert (W.nnz >= 16 * 60) == (density == 0.5)  # csrc/cpu/sddmm_cpu.cpp, kSddmmTileFromRowMean
-        for B in (129, 300):
-            G = torch.randn(60, B, generator=rng, dtype=dtype)
-            X = torch.randn(50, B, generator=rng, dtype=dtype)
+        for B in (129, 300, 600):
+            G = torch.randn(60, B, generator=rng).to(dtype)
+            X = torch.randn(50, B, generator=rng).to(dtype)
             row, col, _ = W.coo()
             Gd, Xd = G.double(), X.double()
             assert_within_rounding(ops.sddmm(W, G, X), (Gd @ Xd.T)[row, col], (Gd.abs() @ Xd.abs().T)[row, col],
@@ -202,6 +202,31 @@ def test_accumulation_is_float32_and_rounded_once(dtype):
     row = SparseWeight(torch.tensor([0, 16]), torch.arange(16, dtype=torch.int32), torch.ones(16, dtype=dtype), (1, 16))
     s = ops.sddmm(row, torch.ones(1, n, dtype=dtype), torch.ones(16, n, dtype=dtype))
     assert torch.equal(s, expected.expand(16))
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("B", [2, 16, 24])
+def test_two_byte_sums_round_to_nearest_even_once(B, dtype):
+    """Sums exact in float32 that fall between two values of the storage type, ties among them,
+    rounded once to the nearest (ties to even), as a float64 sum converted by torch: the kernel rounds
+    8 entries at a time (a row of 8 or more), or one at a time (the rest). A NaN operand gives NaN.
+    Rows of 11 entries: a group of 8, then 2 and 1."""
+    tiny = 2.0 ** -8 if dtype == torch.bfloat16 else 2.0 ** -11  # half the spacing at 1: 1 + tiny is a tie
+    firsts = torch.tensor([1.0, 1.0 + 2 * tiny, 1.0 + 4 * tiny, 2.0, -1.0, 0.5, 3.0, 1.0, 1.0, -2.0, 1.0])
+    seconds = torch.tensor([1, 1, 1, 2, -1, 1 / 4, 3, 1 / 2, 1.5, -4, 0.0]) * tiny
+    X = torch.zeros(11, B, dtype=torch.float64)
+    X[:, 0], X[:, 1] = firsts, seconds  # X[k] . (1, 1, 0, ...) = firsts[k] + seconds[k]
+    G = torch.zeros(2, B, dtype=torch.float64)
+    G[:, :2] = 1.0
+    assert torch.equal(X.to(dtype).double(), X) and torch.equal(G.to(dtype).double(), G)  # inputs stored exactly
+    W = SparseWeight(torch.tensor([0, 11, 22]), torch.arange(11, dtype=torch.int32).repeat(2),
+                     torch.ones(22, dtype=dtype), (2, 11))
+    want = (firsts + seconds).double().to(dtype).repeat(2)
+    assert not torch.equal(want.double(), (firsts + seconds).double().repeat(2))  # some sums do round
+    assert torch.equal(ops.sddmm(W, G.to(dtype), X.to(dtype)), want)
+    X[3, 1] = float("nan")
+    got = ops.sddmm(W, G.to(dtype), X.to(dtype))
+    assert got[3].isnan() and got[14].isnan() and torch.equal(got[:3], want[:3])
 
 
 # ------------------------------------------------------------------- float16 / bfloat16 gradients

@@ -415,6 +415,23 @@ def test_power_law_rows_large_half(dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", HALF)
+def test_two_byte_products_are_the_float32_products_rounded_once(dtype, rng, same_on_1_and_2_threads):
+    """float16 / bfloat16 spmm and spmm_t sum each output in the float32 kernel's order (the same
+    blocks, accumulator sets and FMAs on the widened values) and round once, 8 at a time (storage.h
+    narrow): the same bits as the float32 product of the same numbers, rounded by torch. Every block
+    width up to the widest (B 2-72: 1-9 units, the last one partly in the batch), several blocks
+    (300), on 1 and 2 threads; empty and full rows."""
+    W = random_weight(70, 50, 0.15, empty_rows=4, full_rows=2, generator=rng).to(dtype)
+    W32 = SparseWeight(W.row_ptr, W.col_idx, W.values.float(), W.shape)
+    for B in [*range(2, 73, 3), 64, 300]:
+        X = torch.randn(50, B, generator=rng).to(dtype)
+        G = torch.randn(70, B, generator=rng).to(dtype)
+        y, z = same_on_1_and_2_threads(lambda: (ops.spmm(W, X), ops.spmm_t(W, G)))
+        assert torch.equal(y, ops.spmm(W32, X.float()).to(dtype)), B
+        assert torch.equal(z, ops.spmm_t(W32, G.float()).to(dtype)), B
+
+
+@pytest.mark.parametrize("dtype", HALF)
 def test_accumulation_is_float32_and_rounded_once(dtype):
     """n = 3001 products 1 * 1: a float16 running sum stops at 2048 (2048 + 1 rounds back to
     2048), a bfloat16 one at 256; float32 holds 3001 exactly, rounded once to the storage type.
