@@ -17,12 +17,11 @@ import sparse_engine  # noqa: F401  (before torch: OpenMP's idle threads then sl
 import argparse
 
 import torch
-import torch.distributed as dist
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from sparse_engine.distributed import init_from_env, shard_rows
+from sparse_engine.distributed import end_process_group, init_from_env, shard_rows
 from sparse_engine.nn import SparseLSTM
 
 
@@ -47,37 +46,42 @@ def main(argv=None) -> tuple[float, float, float]:
     args = p.parse_args(argv)
     rank, world, device = init_from_env()
     try:
-        torch.manual_seed(args.seed)  # the same model, split and batches on every rank
-        X, y = load_digits(return_X_y=True)
-        X_train, X_test, y_train, y_test = train_test_split(X / 16.0, y, test_size=0.25, random_state=args.seed,
-                                                            stratify=y)
-        seq = lambda a: torch.tensor(a, dtype=torch.float32).view(-1, 8, 8).transpose(0, 1).to(device)  # noqa: E731
-        X_train, X_test = seq(X_train), seq(X_test)
-        y_train, y_test = torch.tensor(y_train).to(device), torch.tensor(y_test).to(device)
-        model = DigitsLSTM(args.hidden, args.density).to(device)
-        shard_rows(model.lstm)  # this rank keeps its units' rows; the head is small and replicated
-        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-        loss_fn = nn.CrossEntropyLoss()
-        losses = []
-        for _ in range(args.epochs):
-            order = torch.randperm(y_train.numel(), device=device)
-            for i in range(0, order.numel(), args.batch):
-                idx = order[i:i + args.batch]
-                opt.zero_grad()
-                loss = loss_fn(model(X_train[:, idx]), y_train[idx])
-                loss.backward()
-                opt.step()
-                losses.append(loss.item())
-        first, last = (losses[0], losses[-1]) if losses else (float("nan"), float("nan"))
-        with torch.no_grad():
-            acc = (model(X_test).argmax(1) == y_test).float().mean().item()
-        if rank == 0:
-            print(f"{world} process(es), {args.epochs} epochs of a sharded SparseLSTM: hidden {args.hidden}, units "
-                  f"{model.lstm.shard.start}:{model.lstm.shard.end} on rank 0, loss {first:.3f} -> {last:.3f}, "
-                  f"test accuracy {acc:.3f}", flush=True)
-        return first, last, acc
+        return train(args, rank, world, device)
     finally:
-        dist.destroy_process_group()
+        end_process_group()  # after train's model is gone: the group's threads end now, not at exit
+
+
+def train(args, rank: int, world: int, device: torch.device) -> tuple[float, float, float]:
+    """Trains this rank's shard; returns the first and last training loss and the test accuracy."""
+    torch.manual_seed(args.seed)  # the same model, split and batches on every rank
+    X, y = load_digits(return_X_y=True)
+    X_train, X_test, y_train, y_test = train_test_split(X / 16.0, y, test_size=0.25, random_state=args.seed,
+                                                        stratify=y)
+    seq = lambda a: torch.tensor(a, dtype=torch.float32).view(-1, 8, 8).transpose(0, 1).to(device)  # noqa: E731
+    X_train, X_test = seq(X_train), seq(X_test)
+    y_train, y_test = torch.tensor(y_train).to(device), torch.tensor(y_test).to(device)
+    model = DigitsLSTM(args.hidden, args.density).to(device)
+    shard_rows(model.lstm)  # this rank keeps its units' rows; the head is small and replicated
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    loss_fn = nn.CrossEntropyLoss()
+    losses = []
+    for _ in range(args.epochs):
+        order = torch.randperm(y_train.numel(), device=device)
+        for i in range(0, order.numel(), args.batch):
+            idx = order[i:i + args.batch]
+            opt.zero_grad()
+            loss = loss_fn(model(X_train[:, idx]), y_train[idx])
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    first, last = (losses[0], losses[-1]) if losses else (float("nan"), float("nan"))
+    with torch.no_grad():
+        acc = (model(X_test).argmax(1) == y_test).float().mean().item()
+    if rank == 0:
+        print(f"{world} process(es), {args.epochs} epochs of a sharded SparseLSTM: hidden {args.hidden}, units "
+              f"{model.lstm.shard.start}:{model.lstm.shard.end} on rank 0, loss {first:.3f} -> {last:.3f}, "
+              f"test accuracy {acc:.3f}", flush=True)
+    return first, last, acc
 
 
 if __name__ == "__main__":

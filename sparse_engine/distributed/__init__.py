@@ -13,10 +13,10 @@ from .data_parallel import (DistributedDataParallel, all_gather_columns, all_red
                             topology_fingerprint)
 from .checkpoint import full_optimizer_state_dict, full_state_dict, load_full_optimizer_state_dict  # noqa: F401
 from .exchange import Shard, shard_ranges  # noqa: F401
-from .launch import init_from_env  # noqa: F401
+from .launch import end_process_group, init_from_env  # noqa: F401
 from .sharding import shard_rows  # noqa: F401
 
 __all__ = ["DistributedDataParallel", "rewrap", "topology_fingerprint", "check_topology_in_sync",
            "broadcast_topology", "all_gather_columns", "all_reduce_sum", "gather_batch_sizes", "is_distributed",
            "shard_rows", "shard_ranges", "Shard", "full_state_dict", "full_optimizer_state_dict",
-           "load_full_optimizer_state_dict", "init_from_env"]
+           "load_full_optimizer_state_dict", "init_from_env", "end_process_group"]

@@ -13,6 +13,7 @@ from datetime import timedelta
 
 import pytest
 import torch
+import torch._dynamo  # noqa: F401  (before any process group, as init_from_env: see end_process_group)
 import torch.distributed as dist
 
 from sparse_engine.training import sparse_weights
@@ -25,7 +26,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from sparse_engine.distributed import (DistributedDataParallel, broadcast_topology,  # noqa: E402
-                                       check_topology_in_sync, rewrap)
+                                       check_topology_in_sync, end_process_group, rewrap)
 from sparse_engine.nn import SparseLinear, SparseLSTM  # noqa: E402
 from sparse_engine.training import SET, DeepR, GradualMagnitudePruning, RigL, SelfishRNN  # noqa: E402
 
@@ -243,7 +244,7 @@ def worker(rank: int, world: int, init_file: str, out_dir: str):
             dist.barrier()
     finally:
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-        dist.destroy_process_group()
+        end_process_group()
 
 
 # ============================================================= the tests (in the test process)

@@ -19,6 +19,7 @@ from datetime import timedelta
 
 import pytest
 import torch
+import torch._dynamo  # noqa: F401  (before any process group, as init_from_env: see end_process_group)
 import torch.distributed as dist
 
 if not (dist.is_available() and dist.is_gloo_available()):
@@ -27,7 +28,7 @@ if not (dist.is_available() and dist.is_gloo_available()):
 
 from sparse_engine import SparseWeight  # noqa: E402
 from sparse_engine.sparse import sparse_weights  # noqa: E402
-from sparse_engine.distributed import (DistributedDataParallel, full_optimizer_state_dict,  # noqa: E402
+from sparse_engine.distributed import (DistributedDataParallel, end_process_group, full_optimizer_state_dict,  # noqa: E402
                                        full_state_dict, load_full_optimizer_state_dict, shard_ranges, shard_rows)
 from sparse_engine.distributed.scale import ShardedLSTMStep, largest_sharded_hidden  # noqa: E402
 from sparse_engine.testing import TensorMemoryTrace  # noqa: E402
@@ -671,7 +672,7 @@ def worker(rank: int, world: int, init_file: str, out_dir: str):
             dist.barrier()
     finally:
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-        dist.destroy_process_group()
+        end_process_group()
 
 
 # ============================================================= the tests (in the test process)
@@ -947,12 +948,56 @@ def test_init_from_env_without_torchrun_is_a_world_of_one():
     """What the examples call when started with plain python (a fresh process: it initializes)."""
     import subprocess
     code = ("import sparse_engine.distributed as d; r, w, dev = d.init_from_env(); "
-            "import torch.distributed as dist; print(r, w, dev.type, dist.get_backend()); dist.destroy_process_group()")
+            "import torch.distributed as dist; print(r, w, dev.type, dist.get_backend()); d.end_process_group()")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     want = "0 1 cuda nccl" if torch.cuda.is_available() else "0 1 cpu gloo"
     assert done.stdout.split("\n")[-2] == want, done.stdout
+
+
+_GROUP_ENDS = """
+import os
+import sparse_engine.distributed as d
+import torch, torch.distributed as dist
+from torch import nn
+
+
+def gloo_threads():
+    names = (open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+    return sum(n == "pt_gloo_runloop" for n in names)
+
+
+def train():
+    model = nn.parallel.DistributedDataParallel(nn.Linear(4, 4))
+    model(torch.randn(2, 4)).sum().backward()
+    out = [torch.empty(3)]
+    dist.all_gather(out, torch.ones(3))
+    dist.barrier()
+
+
+d.init_from_env()
+train()
+print(gloo_threads())
+d.end_process_group()
+print(gloo_threads())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or torch.cuda.is_available(),
+                    reason="counts gloo's threads by name in /proc")
+def test_end_process_group_joins_the_groups_threads_after_ddp():
+    """gloo's threads released the last collectives' tensors into interpreter shutdown, aborting one
+    exit of ~15 under load (examples/ddp_set.py); end_process_group ends them while Python is whole.
+    torch._dynamo imported after the group (DDP imports it) kept the group alive for good: with the
+    import moved out of init_from_env, 2 threads were left here."""
+    import subprocess
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    done = subprocess.run([sys.executable, "-c", _GROUP_ENDS], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    before, after = (int(x) for x in done.stdout.split())
+    assert before >= 1, "gloo's worker threads were not found by name"
+    assert after == 0, f"{after} gloo worker thread(s) left running after end_process_group"
 
 
 def test_shard_ranges_cover_the_rows_in_order():
