@@ -988,7 +988,7 @@ print(gloo_threads())
                     reason="counts gloo's threads by name in /proc")
 def test_end_process_group_joins_the_groups_threads_after_ddp():
     """gloo's threads released the last collectives' tensors into interpreter shutdown, aborting one
-    exit of ~15 under load (examples/ddp_set.py); end_process_group ends them while Python is whole.
+    exit of ~30 under load (examples/ddp_set.py); end_process_group ends them while Python is whole.
     torch._dynamo imported after the group (DDP imports it) kept the group alive for good: with the
     import moved out of init_from_env, 2 threads were left here."""
     import subprocess
