@@ -54,6 +54,49 @@ void for_each_block(int64_t n, const Body& body, int64_t cost = 1) {
 // too, where 2 threads were 0.94x as fast. sgd_step keeps cost 1 (2 threads 1.02x at 524,288).
 inline constexpr int64_t kHashCost = 2;
 
+// Elements per unit of the float16 passes: widened to float and rounded back by F16C, 8 or 16 at
+// a time (storage.h), because c10's conversion of one float16 is not vectorised: float16
+// relu_dropout took 28-30x float32's time, sgd_step 5-12x (benchmarks/results/
+// elementwise_two_byte_before_after.md, AMD EPYC VM). bfloat16's conversions are shifts and an
+// integer rounding that the compiler vectorises in the plain loop (there sgd_step went from 8-19x
+// float32's time to 0.6-1.3x once its two updates were two loops; through units of floats,
+// relu_dropout was 1.5x slower than in the plain loop).
+// A block (kElementBlock) is whole units.
+inline constexpr int kUnit = 64;
+
+// a[0][i] <- f(i, x) for i in [i0, i1), x[k] = a[k][i] as the accumulator type: in place on
+// float32 / float64 / bfloat16, through units of floats on float16. Either way each result is
+// f's value rounded once to S, so the path does not change the bits (up to a NaN's payload).
+template <typename S, int K, typename F>
+SE_ALWAYS_INLINE void update_block(S* const (&a)[K], int64_t i0, int64_t i1, const F& f) {
+  using A = acc_t<S>;
+  if constexpr (!std::is_same_v<S, at::Half>) {
+    S* __restrict__ out = a[0];
+    for (int64_t i = i0; i < i1; ++i) {
+      A x[K];
+      for (int k = 0; k < K; ++k) x[k] = static_cast<A>(a[k][i]);
+      out[i] = static_cast<S>(f(i, x));
+    }
+  } else {
+    alignas(64) float in[K][kUnit];
+    alignas(64) float res[kUnit];
+    for (int64_t c = i0; c < i1; c += kUnit) {
+      const int64_t m = std::min<int64_t>(kUnit, i1 - c);
+      for (int k = 0; k < K; ++k) {
+        if (m == kUnit) widen<kUnit>(a[k] + c, in[k]);
+        else for (int64_t j = 0; j < m; ++j) in[k][j] = static_cast<float>(a[k][c + j]);
+      }
+      for (int64_t j = 0; j < m; ++j) {
+        float x[K];
+        for (int k = 0; k < K; ++k) x[k] = in[k][j];
+        res[j] = f(c + j, x);
+      }
+      for (int64_t j = m; j < ((m + 7) & ~int64_t{7}); ++j) res[j] = 0.0f;  // narrow reads whole units of 8
+      narrow<S>(res, a[0] + c, m);
+    }
+  }
+}
+
 template <typename S>
 void relu_dropout_kernel(S* z, int64_t n, double p, uint64_t seed, double scale_by) {
   using A = acc_t<S>;
@@ -65,14 +108,14 @@ void relu_dropout_kernel(S* z, int64_t n, double p, uint64_t seed, double scale_
   for_each_block(n, [&](int64_t i0, int64_t i1) {
     const uint64_t t = threshold, b = base;
     const A s = scale;
-    S* __restrict__ zb = z;
-    for (int64_t i = i0; i < i1; ++i) {
+    S* const arrays[1] = {z};
+    update_block<S, 1>(arrays, i0, i1, [t, b, s](int64_t i, const A* x) SE_ALWAYS_INLINE_LAMBDA {
       const uint64_t r = mix64(b + static_cast<uint64_t>(i) * 0x9E3779B97F4A7C15ULL) >> 40;
       const A keep = static_cast<A>(r >= t) * s;  // scale or 0
-      const A v = static_cast<A>(zb[i]);
+      const A v = x[0];
       const A relu = v > A(0) || v != v ? v : A(0);  // NaN stays NaN, as in torch.relu
-      zb[i] = static_cast<S>(relu * keep);
-    }
+      return relu * keep;
+    });
   }, kHashCost);
 }
 
@@ -92,12 +135,22 @@ void sgd_step_kernel(S* param, S* buf, const S* grad, int64_t n, double lr, doub
   using A = acc_t<S>;
   const A keep = static_cast<A>(1.0 - decay), a_lr = static_cast<A>(lr), m = static_cast<A>(momentum);
   for_each_block(n, [&](int64_t i0, int64_t i1) {
+    if constexpr (kIsHalf<S>) {  // two passes over the block (in cache): one loop of both was scalar
+      S* const moment[2] = {buf, const_cast<S*>(grad)};  // buf <- m buf + grad (grad only read)
+      update_block<S, 2>(moment, i0, i1, [m](int64_t, const A* x) SE_ALWAYS_INLINE_LAMBDA {
+        return m * x[0] + x[1];
+      });
+      S* const step[2] = {param, buf};  // param <- keep param - lr buf, buf as stored (rounded)
+      update_block<S, 2>(step, i0, i1, [keep, a_lr](int64_t, const A* x) SE_ALWAYS_INLINE_LAMBDA {
+        return keep * x[0] - a_lr * x[1];
+      });
+    } else {  // one pass: two were 1.3x slower on float32
 #pragma omp simd
-    for (int64_t i = i0; i < i1; ++i) {
-      const A b = m * static_cast<A>(buf[i]) + static_cast<A>(grad[i]);
-      const S b_s = static_cast<S>(b);
-      buf[i] = b_s;
-      param[i] = static_cast<S>(keep * static_cast<A>(param[i]) - a_lr * static_cast<A>(b_s));
+      for (int64_t i = i0; i < i1; ++i) {
+        const A b = m * buf[i] + grad[i];
+        buf[i] = b;
+        param[i] = keep * param[i] - a_lr * b;
+      }
     }
   });
 }

@@ -87,8 +87,52 @@ def test_sgd_step_kernel_against_torch_ops():
         torch.ops.sparse_engine.sgd_step(p, b[:5], grad, 0.05, 0.9, 2e-4)
 
 
+TWO_BYTES = [torch.float16, torch.bfloat16]
+# float16 goes through units of 64 floats (csrc/cpu/mlp_cpu.cpp, update_block): sizes below, at and
+# past a unit and past a block of 16,384
+SIZES = [1, 7, 63, 64, 65, 1000, 16384 + 77]
+
+
+@pytest.mark.parametrize("dtype", TWO_BYTES)
+@pytest.mark.parametrize("n", SIZES)
+def test_two_byte_relu_dropout_is_the_float32_result_rounded_once(dtype, n):
+    """The 2-byte kernel computes in float and rounds once: its bits are the float32 kernel's output
+    on the same numbers, converted by torch; NaN stays NaN."""
+    g = torch.Generator().manual_seed(n)
+    z = (torch.randn(n, generator=g) * 3).to(dtype)
+    if n > 10:
+        z[3] = float("nan")
+    for scale in (None, 1.0, 1.7):
+        out, ref = z.clone(), z.float()
+        torch.ops.sparse_engine.relu_dropout(out, 0.3, 99, scale)
+        torch.ops.sparse_engine.relu_dropout(ref, 0.3, 99, scale)
+        nan = ref.isnan()
+        assert torch.equal(out.isnan(), nan)
+        assert torch.equal(out[~nan], ref.to(dtype)[~nan]), f"scale {scale}"
+
+
+@pytest.mark.parametrize("dtype", TWO_BYTES)
+@pytest.mark.parametrize("n", SIZES)
+def test_two_byte_sgd_step_rounds_the_moment_then_the_step(dtype, n):
+    """buf <- round(m buf + grad); param <- round(keep param - lr buf) with the rounded buf, each in
+    float: the expected values from float64 (the constants as float32) with those two roundings,
+    allowed one unit in the last
+    place of the 2-byte type for a fused multiply-add in float (almost every entry is exact)."""
+    g = torch.Generator().manual_seed(n + 1)
+    param, buf, grad = ((torch.randn(n, generator=g) * 2).to(dtype) for _ in range(3))
+    p, b = param.clone(), buf.clone()
+    torch.ops.sparse_engine.sgd_step(p, b, grad, 0.05, 0.9, 2e-4)
+    m, keep, lr = (float(torch.tensor(c, dtype=torch.float32)) for c in (0.9, 1 - 2e-4, 0.05))  # as the kernel has them
+    b_ref = (m * buf.double() + grad.double()).to(dtype)
+    p_ref = (keep * param.double() - lr * b_ref.double()).to(dtype)
+    for got, want in ((b, b_ref), (p, p_ref)):
+        ulp = torch.finfo(dtype).eps * want.double().abs().clamp_min(torch.finfo(dtype).tiny)
+        assert ((got.double() - want.double()).abs() <= ulp).all()
+        assert float((got == want).double().mean()) >= 0.98
+
+
 # --------------------------------------------------------------------------------- 1 vs 2 threads
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 def test_mlp_kernels_on_1_and_2_threads(dtype, same_on_1_and_2_threads):
     g = torch.Generator().manual_seed(5)
     # above both passes' parallel thresholds (csrc/cpu/mlp_cpu.cpp: 2^18 and 2^19 elements), so that
