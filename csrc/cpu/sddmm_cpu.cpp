@@ -50,6 +50,18 @@ inline acc_t<scalar_t> dot_range(const scalar_t* a, const scalar_t* b, int64_t b
   return acc[0];
 }
 
+// The X rows kPrefetch entries ahead are prefetched from their start, at most kSddmmPrefetchBytes
+// of each: the hardware prefetcher streams the rest once a row's read begins. Whole rows at B = 512
+// (16 rows of 2 KB ahead beside the 8 being read: 48 KB, over a 32 KB L1) made banded and block rows
+// 15-20% slower and lost to MKL; 256 bytes made random rows at B = 256 10-14% slower (benchmarks/
+// results/cpu_sddmm_prefetch_ab.md, AMD EPYC VM). Tiles of 512 bytes or less (B <= 128 float32)
+// are prefetched whole, as before.
+inline constexpr int64_t kSddmmPrefetchBytes = 512;
+SE_ALWAYS_INLINE void prefetch_x_row(const void* row, int64_t bytes) {
+  const char* p = static_cast<const char*>(row);
+  for (int64_t line = 0; line < std::min(bytes, kSddmmPrefetchBytes); line += 64) __builtin_prefetch(p + line);
+}
+
 #if defined(__AVX2__) && defined(__FMA__)
 // The 8 sums of 8 vectors of 8 floats, lane j of the result the sum of a[j]'s lanes in a fixed
 // order: ((0+1)+(2+3)) + ((4+5)+(6+7)). 6 horizontal adds, 2 lane permutes and an add for 8
@@ -170,8 +182,7 @@ SE_ALWAYS_INLINE void sddmm_group(const S* g, const S* X, int64_t stride, int64_
   const S* x[M];
   for (int j = 0; j < M; ++j) x[j] = X + static_cast<int64_t>(col_idx[k + j]) * stride;
   for (int64_t j = k + kPrefetch; j < std::min(k + kPrefetch + M, nnz); ++j) {
-    const char* next = reinterpret_cast<const char*>(X + static_cast<int64_t>(col_idx[j]) * stride);
-    for (int64_t line = 0; line < tile_bytes; line += 64) __builtin_prefetch(next + line);
+    prefetch_x_row(X + static_cast<int64_t>(col_idx[j]) * stride, tile_bytes);
   }
   __m256 acc[M];
   for (int j = 0; j < M; ++j) acc[j] = _mm256_setzero_ps();
@@ -293,11 +304,8 @@ void sddmm_rows(const int64_t* row_ptr, const int32_t* col_idx, const scalar_t* 
         }
 #endif
         for (int64_t k = k0; k < k1; ++k) {
-          if (k + kPrefetch < bound) {
-            const char* next =
-                reinterpret_cast<const char*>(X + static_cast<int64_t>(col_idx[k + kPrefetch]) * stride + b0);
-            for (int64_t line = 0; line < tile_bytes; line += 64) __builtin_prefetch(next + line);
-          }
+          if (k + kPrefetch < bound)
+            prefetch_x_row(X + static_cast<int64_t>(col_idx[k + kPrefetch]) * stride + b0, tile_bytes);
           const auto part = dot_range(G_i, X + static_cast<int64_t>(col_idx[k]) * stride, b0, b1);
           if constexpr (kIsHalf<scalar_t>) {
             const float total = first ? part : partial[k] + part;
