@@ -71,10 +71,11 @@ template <typename S, int K, typename F>
 SE_ALWAYS_INLINE void update_block(S* const (&a)[K], int64_t i0, int64_t i1, const F& f) {
   using A = acc_t<S>;
   if constexpr (!std::is_same_v<S, at::Half>) {
-    S* __restrict__ out = a[0];
+    S* __restrict__ out = a[0];  // a[0] is read and written through it alone; a[1:] only read
     for (int64_t i = i0; i < i1; ++i) {
       A x[K];
-      for (int k = 0; k < K; ++k) x[k] = static_cast<A>(a[k][i]);
+      x[0] = static_cast<A>(out[i]);
+      for (int k = 1; k < K; ++k) x[k] = static_cast<A>(a[k][i]);
       out[i] = static_cast<S>(f(i, x));
     }
   } else {
