@@ -116,8 +116,8 @@ def test_two_byte_relu_dropout_is_the_float32_result_rounded_once(dtype, n):
 def test_two_byte_sgd_step_rounds_the_moment_then_the_step(dtype, n):
     """buf <- round(m buf + grad); param <- round(keep param - lr buf) with the rounded buf, each in
     float: the expected values from float64 (the constants as float32) with those two roundings,
-    allowed one unit in the last
-    place of the 2-byte type for a fused multiply-add in float (almost every entry is exact)."""
+    allowed one unit in the last place of the 2-byte type for a fused multiply-add in float (almost
+    every entry is exact)."""
     g = torch.Generator().manual_seed(n + 1)
     param, buf, grad = ((torch.randn(n, generator=g) * 2).to(dtype) for _ in range(3))
     p, b = param.clone(), buf.clone()
