@@ -53,19 +53,20 @@
 #   0.78x cuSPARSE, B=128 0.92 -> 1.00x; spmm_t Zipf B=1 0.47 -> 1.62x), caps 260 s (4 LSTM rows), then two
 #   short commands for 4 more rows (caps_cuda.md: the LSTM targets met, the model within 0.6%, both
 #   capped GRU rows out of memory, most likely fragmentation; the estimate 1.5-2.6x the measured step).
-#   Next GPU session first: STAGES=caps (DEADLINE_S=580): the capped GRU rows again with expandable
-#   segments (train's allocator setting now), one with torch's default segments for the comparison, the
-#   estimate re-measured on two LSTM rows (its parts in the column), then the 80G LSTM row (about 1.1e9
-#   connections built on the host first: last). Then DEADLINE_S=500 STAGES="build bench" BENCH_DTYPES=float32
-#   (the row-law grid, compare with cuda_ops_nvidia_h200.md; add "test" first if csrc/cuda changed since
-#   a245212, the commit the fourth run tested). STAGES=persistent also runs issue 47's sharded LSTM on
-#   NCCL for the first time (one rank per GPU: one on the lent machines, so the one-direction overlap,
-#   exchange._OwnColumns, which needs two ranks, waits for a machine with two GPUs).
+#   Fifth run (H200, 2026-11-27, gpu_h200_2026-11-27_second/): DEADLINE_S=575 STAGES=caps (build 64 s, the
+#   stage 363 s: both capped GRU rows train with expandable segments and fail with torch's default ones; the
+#   80G LSTM row, 8,571,871 units, +0.6%; the step estimate 1.7-5.0x, its W^T G block wrote every column once
+#   per block: fixed since, not re-measured), then DEADLINE_S=360 STAGES=bench BENCH_DTYPES=float32 on the warm
+#   machine (300 s: the float32 grid, N 16,384 and 65,536 whole, 262,144 in part; cuda_ops_nvidia_h200.md).
+#   Next GPU session first: STAGES=caps DEADLINE_S=580 (the estimate's products against the whole matrix's,
+#   bench_step_estimate.py, then capped rows with the plan line's estimate beside the measured step, the 80G
+#   row last); then DEADLINE_S=500 STAGES="bench" BENCH_DTYPES=float32 -- --n 262144 (the rest of N = 262,144;
+#   add "test" first if csrc/cuda changed since fc00fe0).
 #   With time to spare, in this order: STAGES=topology (all cases), BENCH_DTYPES=bfloat16
 #   STAGES=bench ... -- --quick (then the full bf16 grid), STAGES=step.
 # $OUT per command: gpu_all.log (every stage's output, appended as it goes), each benchmark's results
 # file (cuda_ops_<gpu>[_bf16][_quick].md, rnn_gpu[_quick].md, rnn_gpu_largest.md, topology_<gpu>.md,
-# rnn_step_gpu.md, rnn_gpu_persistent.md, caps_cuda_*.md) and, from the build stage, build/_C*.so[.partNN]: at most 8 files.
+# rnn_step_gpu.md, rnn_gpu_persistent.md, caps_cuda_*.md, step_estimate_products_cuda.md) and, from the build stage, build/_C*.so[.partNN]: at most 8 files.
 # Afterwards commit from $OUT (files_at) into benchmarks/results/: the results files, and each
 # command's gpu_all.log as gpu_<stages>_<gpu>.log (<gpu> = nvidia_h100_80gb_hbm3 or the like);
 # quote the numbers in docs/cuda.md / README.md.
@@ -352,16 +353,15 @@ if has caps && begin "the largest sparse LSTM/GRU under 8-80 GB caps (issue 46)"
     tests/recurrent/test_recompute.py::test_cuda_bit_identical tests/memory/test_memory_model.py::test_prediction_on_a_gpu \
     tests/training/test_compact_adam.py tests/recurrent/test_saved_dtype.py -k "cuda or gpu" \
     || say "== caps tests FAILED (the list above)"
-  # each row a process capped with set_per_process_memory_fraction; the memory model picks the
-  # largest hidden and its options. First the rows the fourth run left open: the capped GRU rows with
-  # expandable segments (as train sets them), one with torch's default segments (the fragmentation
-  # comparison), two LSTM rows for the estimate's parts; then the 80G LSTM row, which builds about a
-  # billion connections on the host (minutes)
-  logged 14 $PY benchmarks/bench_caps.py --device cuda --models gru,lstm --rows 8G,12G --steps 2 --timeout 200 \
-    --budget-s "$(budget 40 200)" --out benchmarks/results/caps_cuda_rerun.md ${copy[@]+"${copy[@]}"}
-  logged 6 $PY benchmarks/bench_caps.py --device cuda --models gru --rows 8G --allocator default --steps 2 \
-    --timeout 120 --budget-s 1 --out benchmarks/results/caps_cuda_default_segments.md ${copy[@]+"${copy[@]}"}
-  logged 6 $PY benchmarks/bench_caps.py --device cuda --models lstm --rows 80G,24G --steps 2 --timeout 400 \
+  # the step estimate first (fixed 2026-11-27 after the fifth run found it 1.7-5.0x the measured step):
+  # its products against the whole matrix's, then rows whose plan line's estimate meets a measured step.
+  # Each row a process capped with set_per_process_memory_fraction; the memory model picks the largest
+  # hidden and its options (expandable segments, as train sets them)
+  logged 8 $PY benchmarks/bench_step_estimate.py --device cuda --hidden 256k,1M,4M \
+    --out benchmarks/results/step_estimate_products_cuda.md ${copy[@]+"${copy[@]}"}
+  logged 14 $PY benchmarks/bench_caps.py --device cuda --models lstm,gru --rows 8G,24G --steps 2 --timeout 200 \
+    --budget-s "$(budget 60 300)" --out benchmarks/results/caps_cuda_estimate.md ${copy[@]+"${copy[@]}"}
+  logged 6 $PY benchmarks/bench_caps.py --device cuda --models lstm --rows 80G --steps 2 --timeout 400 \
     --budget-s "$(budget 50 300)" --out benchmarks/results/caps_cuda_80g.md ${copy[@]+"${copy[@]}"}
   took caps $t0
 fi

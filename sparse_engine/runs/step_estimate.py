@@ -2,18 +2,22 @@
 the run's products timed on this device at its sizes, then scaled to its rows.
 
 Each matrix of the recurrence (per layer-direction: W_ih, W_hh) stands as a block of its rows with
-its real column count and nonzeros per row (up to 2^18 nonzeros on a CPU, 2^22 on a GPU, where a
-smaller product is bound by its launch), and the step's products are timed on it once: W_hh's of
-B columns (per time step: forward, and in the backward its transposed product and its weight
-gradient: spmm, spmm_t, sddmm; a dense matrix the three matmuls), W_ih's over all T*B columns at
-once (timed on as many as keep the block's operand under 256 MiB, scaled to T*B). Each is scaled
-by the matrix's rows over the block's. The rest of the recurrence (the gates' elementwise work,
+its real column count and nonzeros per row (2^18 nonzeros on a CPU, 2^22 on a GPU, where a smaller
+product is bound by its launch), and the step's products are timed on it: W_hh's of B columns (per
+time step: forward, and in the backward its transposed product and its weight gradient: spmm,
+spmm_t, sddmm; a dense matrix the three matmuls), W_ih's over all T*B columns at once (timed on as
+many as keep the operands under 256 MiB, scaled to T*B). A dense block is scaled by the matrix's
+rows over its own. A sparse product also costs something per call in proportion to the columns,
+not the rows (W^T G writes every column's output; a padded copy of X has every column): it is timed
+on a block of 4x the rows too, and taken to the matrix's rows on the line through the two (a cost
+per call and one per row). Scaling one block's time by rows / block counted the per-column part
+once per block: an estimate growing with the square of the units (5.0x the measured step at 8.6
+million units on an H200, benchmarks/results/caps_cuda.md). The rest of the recurrence (the gates' elementwise work,
 the state's copies) is what training steps of the same module at two sizes take beyond their
 products, on the line through the two (a fixed cost per step, one per unit) taken to the run's units
 (a smaller module: timed at its size): 4,096 and 16,384 units on a CPU; 65,536 and 262,144 on a GPU,
 where a step of 16,384 units is bound by its launches: the difference of two such steps is mostly
-noise, multiplied by a hundred on the way to millions of units (the likely cause of the first H200
-run's estimates at 1.5-2.6x the measured step, more the larger the run; not re-measured yet). The
+noise, multiplied by a hundred on the way to millions of units. The
 small module runs as many time steps as keep its stored activations under 512 MiB, scaled to the
 run's. A recomputed run (``recompute_every``) runs the steps before its last segment once more;
 the optimizer's update is timed on up to 2^22 values and scaled to the parameters. Not counted: the
@@ -36,7 +40,7 @@ from ..sparse import SparseWeight
 
 #: nonzeros of a timed block: enough that the product is bound by memory, not its launch
 _BLOCK_NNZ = {"cpu": 2 ** 18, "cuda": 2 ** 22}
-_OPERAND_BYTES = 2 ** 28  # the wide product's operand, at most
+_OPERAND_BYTES = 2 ** 28  # a wide product's operands, at most (the recurrent products keep their B)
 _OPTIMIZER_VALUES = 2 ** 22
 
 
@@ -104,8 +108,7 @@ def _products(sizes: RecurrentSizes, steps: int, batch: int, device) -> tuple[tu
     rows, recurrent, inputs = sizes.gates * sizes.hidden, [], []
     for nnz_ih, nnz_hh, cols_ih in zip(sizes.nnz_ih, sizes.nnz_hh, _input_cols(sizes)):
         recurrent.append(_product_times(rows, sizes.hidden, nnz_hh, batch, batch, sizes.dtype, device, gen))
-        wide = max(batch, min(steps * batch, _OPERAND_BYTES // (4 * cols_ih)))
-        inputs.append(_product_times(rows, cols_ih, nnz_ih, wide, steps * batch, sizes.dtype, device, gen))
+        inputs.append(_product_times(rows, cols_ih, nnz_ih, batch, steps * batch, sizes.dtype, device, gen))
     return tuple(recurrent), tuple(inputs)
 
 
@@ -170,27 +173,60 @@ def _sparse_flag(sizes: RecurrentSizes) -> str:
     return next(name for name, f in _SPARSE_CHOICES.items() if f == flags)
 
 
-def _product_times(rows: int, cols: int, nnz: int | None, width: int, scale_width: int, dtype, device,
+def _product_times(rows: int, cols: int, nnz: int | None, batch: int, width: int, dtype, device,
                    gen) -> ProductTimes:
-    """The products of a rows x cols matrix (nnz None: dense) with ``width`` columns, timed on a
-    block of its rows and scaled to all of them and to ``scale_width`` columns."""
+    """The products of a rows x cols matrix (nnz None: dense) with ``width`` columns, timed on
+    blocks of it (module docstring) at ``width`` columns, or at as many (no fewer than ``batch``)
+    as keep the operands under :data:`_OPERAND_BYTES`, and scaled."""
+    target = _BLOCK_NNZ.get(device.type, 2 ** 22)
     per_row = cols if nnz is None else max(nnz / max(rows, 1), 1e-9)
-    block = max(1, min(rows, int(_BLOCK_NNZ.get(device.type, 2 ** 22) / per_row)))
+    block = max(1, min(rows, int(target / per_row)))
+    # a sparse product's W^T G reads all the rows' G (below), a dense one's only its block's
+    timed = max(batch, min(width, _OPERAND_BYTES // (dtype.itemsize * max(cols, block if nnz is None else rows))))
+    scale = width / timed
+    X = torch.randn(cols, timed, generator=gen, dtype=dtype).to(device)
     if nnz is None:
         W = torch.randn(block, cols, generator=gen, dtype=dtype).to(device)
-    else:
-        W = SparseWeight.random(block, cols, nnz=max(1, round(per_row * block)), generator=gen, dtype=dtype).to(device)
-    X = torch.randn(cols, width, generator=gen, dtype=dtype).to(device)
-    G = torch.randn(block, width, generator=gen, dtype=dtype).to(device)
-    if nnz is None:
+        G = torch.randn(block, timed, generator=gen, dtype=dtype).to(device)
         fwd = _seconds(lambda: W @ X, device)
         bwd = _seconds(lambda: (W.t() @ G, G @ X.t()), device)
-    else:
+        return ProductTimes(fwd * scale * rows / block, bwd * scale * rows / block)
+    forward, grad = [], []
+    row_blocks = _blocks(rows, block)
+    for b in row_blocks:  # W X and the weight gradient: blocks of rows, all the columns
+        W = SparseWeight.random(b, cols, nnz=max(1, round(per_row * b)), generator=gen, dtype=dtype).to(device)
+        G = torch.randn(b, timed, generator=gen, dtype=dtype).to(device)
         with torch.no_grad():
-            fwd = _seconds(lambda: ops.spmm(W, X), device)
-            bwd = _seconds(lambda: (ops.spmm_t(W, G), ops.sddmm(W, G, X)), device)
-    scale = rows / block * scale_width / width
-    return ProductTimes(fwd * scale, bwd * scale)
+            forward.append(_seconds(lambda: ops.spmm(W, X), device))
+            grad.append(_seconds(lambda: ops.sddmm(W, G, X), device))
+    per_col = nnz / max(cols, 1)
+    transposed, col_blocks = [], _blocks(cols, target / max(per_col, 1e-9))
+    G = torch.randn(rows, timed, generator=gen, dtype=dtype).to(device)
+    for c in col_blocks:  # W^T G: blocks of columns, all the rows
+        W = SparseWeight.random(rows, c, nnz=max(1, round(per_col * c)), generator=gen, dtype=dtype).to(device)
+        with torch.no_grad():  # with the values in column order, as the recurrence's backward gives them
+            values_t = ops.transposed_values(W)
+            transposed.append(_seconds(lambda: ops.spmm_t(W, G, values_t), device))
+    return ProductTimes(scale * _to_size(row_blocks, forward, rows),
+                        scale * (_to_size(row_blocks, grad, rows) + _to_size(col_blocks, transposed, cols)))
+
+
+def _blocks(size: int, block: float) -> tuple[int, ...]:
+    """The sizes a product is timed at: ``block`` (at least 1) and four times it, or ``size``
+    itself where that is no larger."""
+    b = max(1, int(block))
+    return (size,) if b >= size else (b, min(size, 4 * b))
+
+
+def _to_size(blocks: tuple[int, ...], seconds: list[float], size: int) -> float:
+    """Seconds at ``size`` rows (or columns) from the times of :func:`_blocks`: the whole timed
+    as it is, else the line through the two (a cost per call and one per row), or the larger
+    scaled by its share where the line does not rise."""
+    if blocks[-1] == size:
+        return seconds[-1]
+    (b1, b2), (t1, t2) = blocks, seconds
+    slope = (t2 - t1) / (b2 - b1)
+    return t1 + slope * (size - b1) if slope > 0 else t2 * size / b2
 
 
 def _optimizer_seconds(params: int, optimizer: str, device) -> float:
