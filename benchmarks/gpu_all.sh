@@ -58,10 +58,12 @@
 #   80G LSTM row, 8,571,871 units, +0.6%; the step estimate 1.7-5.0x, its W^T G block wrote every column once
 #   per block: fixed since, not re-measured), then DEADLINE_S=360 STAGES=bench BENCH_DTYPES=float32 on the warm
 #   machine (300 s: the float32 grid, N 16,384 and 65,536 whole, 262,144 in part; cuda_ops_nvidia_h200.md).
-#   Next GPU session first: STAGES=caps DEADLINE_S=580 (the estimate's products against the whole matrix's,
-#   bench_step_estimate.py, then capped rows with the plan line's estimate beside the measured step, the 80G
-#   row last); then DEADLINE_S=500 STAGES="bench" BENCH_DTYPES=float32 -- --n 262144 (the rest of N = 262,144;
-#   add "test" first if csrc/cuda changed since fc00fe0).
+#   Next GPU session: csrc/cuda changed since the fifth run (the gather's long-row threshold now falls with the
+#   batch width: 128 entries from B = 32 floats), so first DEADLINE_S=580 STAGES="build test bench_quick caps"
+#   (the tests before any number; caps gets what is left: the estimate's products against the whole
+#   matrix's first), then on the warm machine DEADLINE_S=240 STAGES=bench BENCH_DTYPES=float32 benchmarks/gpu_all.sh
+#   --n 16384 65536 --density 0.0005 0.001 (the cells where Zipf rows at B >= 32 lost, 0.37-0.86x; compare with
+#   cuda_ops_nvidia_h200.md). Later: --n 262144 (the rest of N = 262,144), the bf16 grid.
 #   With time to spare, in this order: STAGES=topology (all cases), BENCH_DTYPES=bfloat16
 #   STAGES=bench ... -- --quick (then the full bf16 grid), STAGES=step.
 # $OUT per command: gpu_all.log (every stage's output, appended as it goes), each benchmark's results

@@ -46,41 +46,51 @@ template <int Threads>
 constexpr int kMinBlocks = (2048 / 4 + Threads - 1) / Threads;
 
 // Rows longer than this go to the block-per-row kernel: a power-law row can be 100x the
-// mean, and one warp on it would finish long after all the others.
-inline int64_t long_row_threshold(int64_t n, int64_t nnz) {
+// mean, and one warp on it would finish long after all the others. `row_bytes`: the gather's
+// source row (B x the element size; 0 for sddmm, whose threshold stays kMinLongRow). A warp of the
+// gather takes 32 / CW entries at a time, CW = its lanes across the row's 16-byte slices: one
+// entry at a time from 32 slices (B = 128 floats) up, so a row under 1,024 entries was up to 1,024
+// dependent gathers for one warp. kMinLongRow is divided by the slices, at most kWideSlices: 1,024
+// entries for rows of up to 16 bytes, 128 from 128 bytes (32 floats, 64 halves) up. Why: the fifth
+// H200 grid (benchmarks/results/cuda_ops_nvidia_h200.md) had spmm on Zipf rows at B >= 32 and
+// 0.05-0.1% density at 0.37-0.86x cuSPARSE, about 40 us over uniform rows, the time such a warp
+// takes (issue 45); not yet timed on a GPU with this rule.
+constexpr int64_t kWideSlices = 8;
+inline int64_t long_row_threshold(int64_t n, int64_t nnz, int64_t row_bytes) {
   const int64_t mean = n > 0 ? (nnz + n - 1) / n : 0;
-  return std::max<int64_t>(kMinLongRow, 4 * mean);
+  const int64_t slices = std::min<int64_t>(kWideSlices, std::max<int64_t>(1, row_bytes / 16));
+  return std::max<int64_t>(kMinLongRow / slices, 4 * mean);
 }
 
 // At most nnz / (threshold + 1) rows can be longer than the threshold.
-inline int64_t max_long_rows(int64_t n, int64_t nnz) {
+inline int64_t max_long_rows(int64_t n, int64_t nnz, int64_t row_bytes) {
   if (n <= 0 || nnz <= 0) return 0;
-  return std::min<int64_t>(n, nnz / (long_row_threshold(n, nnz) + 1));
+  return std::min<int64_t>(n, nnz / (long_row_threshold(n, nnz, row_bytes) + 1));
 }
 
 // Workspace: [count, row ids...] as int32; 0 when no row can be long.
-inline int64_t long_list_len(int64_t n, int64_t nnz) {
-  const int64_t m = max_long_rows(n, nnz);
+inline int64_t long_list_len(int64_t n, int64_t nnz, int64_t row_bytes) {
+  const int64_t m = max_long_rows(n, nnz, row_bytes);
   return m > 0 ? m + 1 : 0;
 }
 
 // The same knowing that no row has more than max_len entries (a checked index's longest row):
 // 0 when none is longer than the threshold, so that the long-row kernel is not launched at all.
-inline int64_t long_list_len(int64_t n, int64_t nnz, int64_t max_len) {
-  return max_len > long_row_threshold(n, nnz) ? long_list_len(n, nnz) : 0;
+inline int64_t known_long_list_len(int64_t n, int64_t nnz, int64_t row_bytes, int64_t max_len) {
+  return max_len > long_row_threshold(n, nnz, row_bytes) ? long_list_len(n, nnz, row_bytes) : 0;
 }
 
 // The gather's long rows split into segments, each (row, segment, batch tile) a block of its own,
 // whose partial sums a second kernel adds in segment order (deterministic): a Zipf row of 65,536
 // entries on one block of 8 warps left the rest of the GPU idle (0.26-0.5x cuSPARSE at B >= 32).
-// At most kMaxSegments a row, and at most n / max_long_rows(n, nnz) (so the partials, cap x S x B
+// At most kMaxSegments a row, and at most n / max_long_rows(...) (so the partials, cap x S x B
 // accumulators, are no larger than the output); a segment is at least kMinSegment entries
 // (4 chunks for each of the block's warps).
 constexpr int64_t kMaxSegments = 64;
 constexpr int64_t kMinSegment = 4 * kLongWarps * kWarp;
 
-inline int64_t long_row_segments(int64_t n, int64_t nnz) {
-  const int64_t cap = max_long_rows(n, nnz);
+inline int64_t long_row_segments(int64_t n, int64_t nnz, int64_t row_bytes) {
+  const int64_t cap = max_long_rows(n, nnz, row_bytes);
   return cap > 0 ? std::max<int64_t>(1, std::min<int64_t>(kMaxSegments, n / cap)) : 1;
 }
 
@@ -96,9 +106,9 @@ __host__ __device__ inline int64_t segment_length(int64_t len, int64_t segments)
 // Workspace of the gather (int32 entries): the long-row list, then (where rows are split) the
 // partial sums at a 16-byte boundary: cap x segments x B accumulators of acc_bytes each.
 inline int64_t gather_list_and_partials_len(int64_t n, int64_t nnz, int64_t list_len, int64_t B,
-                                            int64_t acc_bytes) {
+                                            int64_t elem_bytes, int64_t acc_bytes) {
   if (list_len <= 0) return 0;
-  const int64_t segments = long_row_segments(n, nnz);
+  const int64_t segments = long_row_segments(n, nnz, B * elem_bytes);
   if (segments <= 1 || B <= 0) return list_len;
   return (list_len + 3) / 4 * 4 + (list_len - 1) * segments * B * acc_bytes / 4;
 }
@@ -114,12 +124,12 @@ struct LongRows {
   void* partial = nullptr;  // cap x segments x B accumulators (segments > 1)
 };
 
-// The list in `workspace` (long_list_len(n, nnz) int32 entries, or nullptr when that is 0),
-// its count zeroed on `stream`.
-inline cudaError_t init_long_rows(LongRows& rows, int64_t n, int64_t nnz, int32_t* workspace,
+// The list in `workspace` (long_list_len(n, nnz, row_bytes) int32 entries, or nullptr when that is
+// 0), its count zeroed on `stream`.
+inline cudaError_t init_long_rows(LongRows& rows, int64_t n, int64_t nnz, int64_t row_bytes, int32_t* workspace,
                                   cudaStream_t stream) {
-  rows = {long_row_threshold(n, nnz), 0, nullptr};
-  const int64_t len = long_list_len(n, nnz);
+  rows = {long_row_threshold(n, nnz, row_bytes), 0, nullptr};
+  const int64_t len = long_list_len(n, nnz, row_bytes);
   if (len <= 0 || workspace == nullptr) return cudaSuccess;
   rows.list = workspace;
   rows.cap = len - 1;
@@ -128,11 +138,11 @@ inline cudaError_t init_long_rows(LongRows& rows, int64_t n, int64_t nnz, int32_
 
 // The gather's: the list, and where its rows are split, the partials after it (the workspace of
 // gather_list_and_partials_len).
-inline cudaError_t init_long_rows_split(LongRows& rows, int64_t n, int64_t nnz, int32_t* workspace,
-                                        cudaStream_t stream) {
-  const cudaError_t err = init_long_rows(rows, n, nnz, workspace, stream);
+inline cudaError_t init_long_rows_split(LongRows& rows, int64_t n, int64_t nnz, int64_t row_bytes,
+                                        int32_t* workspace, cudaStream_t stream) {
+  const cudaError_t err = init_long_rows(rows, n, nnz, row_bytes, workspace, stream);
   if (err != cudaSuccess || rows.list == nullptr) return err;
-  rows.segments = long_row_segments(n, nnz);
+  rows.segments = long_row_segments(n, nnz, row_bytes);
   if (rows.segments > 1) rows.partial = workspace + (rows.cap + 1 + 3) / 4 * 4;
   return cudaSuccess;
 }
@@ -268,13 +278,14 @@ cudaError_t dispatch_vec_lanes(bool wide, int64_t C, Launch&& launch) {
 }
 
 // The launch of a row kernel with a long-row list (spmm_cuda.cu, sddmm_cuda.cu): a.long_rows
-// set up in `workspace` for n rows and nnz entries (SplitLongRows: with the partial sums of their
-// segments, the gather's), then launch(VEC, CW) as above for a.C.
+// set up in `workspace` for n rows and nnz entries and source rows of row_bytes (long_row_threshold;
+// SplitLongRows: with the partial sums of their segments, the gather's), then launch(VEC, CW) as
+// above for a.C.
 template <typename T, int MaxLanes, bool SplitLongRows = false, typename Args, typename Launch>
-cudaError_t launch_row_kernels(Args& a, int64_t n, int64_t nnz, bool wide, int32_t* workspace, cudaStream_t stream,
-                               Launch&& launch) {
-  const cudaError_t err = SplitLongRows ? init_long_rows_split(a.long_rows, n, nnz, workspace, stream)
-                                        : init_long_rows(a.long_rows, n, nnz, workspace, stream);
+cudaError_t launch_row_kernels(Args& a, int64_t n, int64_t nnz, int64_t row_bytes, bool wide, int32_t* workspace,
+                               cudaStream_t stream, Launch&& launch) {
+  const cudaError_t err = SplitLongRows ? init_long_rows_split(a.long_rows, n, nnz, row_bytes, workspace, stream)
+                                        : init_long_rows(a.long_rows, n, nnz, row_bytes, workspace, stream);
   if (err != cudaSuccess) return err;
   return dispatch_vec_lanes<T, MaxLanes>(wide, a.C, launch);
 }

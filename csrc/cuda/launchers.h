@@ -33,9 +33,13 @@ int64_t gather_workspace_len(int64_t n_out, int64_t nnz, int64_t B, int64_t elem
 // longest row, csrc/index_check.h): 0 when no row can be longer than the long-row threshold.
 int64_t gather_workspace_len(int64_t n_out, int64_t nnz, int64_t max_len, int64_t B, int64_t elem_bytes);
 
+// Rows of the gather longer than this go to its long-row kernel (common.cuh, long_row_threshold:
+// lower for wide batches, whose row kernel takes one entry at a time).
+int64_t gather_long_row_threshold(int64_t n_out, int64_t nnz, int64_t B, int64_t elem_bytes);
+
 // Segments a long row of the gather is split into, at most (1: each long row one block, no
 // partial sums in the workspace); the gather then launches a third kernel that adds them.
-int64_t gather_long_row_segments(int64_t n_out, int64_t nnz);
+int64_t gather_long_row_segments(int64_t n_out, int64_t nnz, int64_t B, int64_t elem_bytes);
 
 // out (n_out x B) = gather(ptr, idx, perm, values, src (n_src x B)). perm may be nullptr.
 // workspace: gather_workspace_len(n_out, nnz[, max_len], B, sizeof(T)) int32 entries in device memory, or

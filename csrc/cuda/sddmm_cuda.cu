@@ -153,16 +153,19 @@ cudaError_t sddmm(const int64_t* row_ptr, const int32_t* col_idx, const T* G, co
   constexpr int kWide = kWideVec<T>;
   const bool wide = B % kWide == 0 && aligned16(G) && aligned16(X);
   SddmmArgs<T> a{row_ptr, col_idx, G, X, out, rows, B, wide ? B / kWide : B, 0, {}, add};
-  return launch_row_kernels<T, kSddmmLanes>(a, rows, nnz, wide, workspace, stream, [&](auto vec, auto lanes) {
+  constexpr int64_t kRowBytes = 0;  // sddmm's threshold does not depend on B (common.cuh, long_row_threshold)
+  return launch_row_kernels<T, kSddmmLanes>(a, rows, nnz, kRowBytes, wide, workspace, stream, [&](auto vec, auto lanes) {
     return sddmm_launch<T, decltype(vec)::value, decltype(lanes)::value>(a, stream);
   });
 }
 
 }  // namespace
 
-int64_t sddmm_workspace_len(int64_t rows, int64_t nnz) { return long_list_len(rows, nnz); }
+int64_t sddmm_workspace_len(int64_t rows, int64_t nnz) { return long_list_len(rows, nnz, 0); }
 
-int64_t sddmm_workspace_len(int64_t rows, int64_t nnz, int64_t max_len) { return long_list_len(rows, nnz, max_len); }
+int64_t sddmm_workspace_len(int64_t rows, int64_t nnz, int64_t max_len) {
+  return known_long_list_len(rows, nnz, 0, max_len);
+}
 
 cudaError_t launch_sddmm(const int64_t* row_ptr, const int32_t* col_idx, const float* G,
                          const float* X, float* out, int64_t rows, int64_t B, int64_t nnz,

@@ -6,7 +6,7 @@
 //  * gather_rows_kernel: one warp per (row, batch tile). The warp reads 32 index entries at
 //    a time with one coalesced load, then broadcasts them with shuffles; each lane loads a
 //    16-byte slice of the gathered source row (see common.cuh for the lane layout).
-//  * Rows longer than long_row_threshold() are not done there: the warp appends them to a
+//  * Rows longer than long_row_threshold() (lower for wide batches) are not done there: the warp appends them to a
 //    list (common.cuh's LongRows) and gather_long_kernel gives each such (row, segment, tile) a whole
 //    block whose warps take interleaved 32-entry chunks and sum their partials in shared memory in a
 //    fixed order. A long row is split into segments (long_row_segments, segment_length) whose sums
@@ -150,7 +150,8 @@ cudaError_t gather(const int64_t* ptr, const int32_t* idx, const int32_t* perm, 
   const bool wide = B % kWide == 0 && aligned16(src) && aligned16(out);
   GatherArgs<T> a{ptr, idx, perm, values, src, out, n, B, wide ? B / kWide : B, 0, {}};
   constexpr bool kSplitLongRows = true;
-  return launch_row_kernels<T, kWarp, kSplitLongRows>(a, n, nnz, wide, workspace, stream, [&](auto vec, auto lanes) {
+  const int64_t row_bytes = B * static_cast<int64_t>(sizeof(T));
+  return launch_row_kernels<T, kWarp, kSplitLongRows>(a, n, nnz, row_bytes, wide, workspace, stream, [&](auto vec, auto lanes) {
     return gather_launch<T, decltype(vec)::value, decltype(lanes)::value>(a, stream);
   });
 }
@@ -159,14 +160,22 @@ int64_t acc_bytes(int64_t elem_bytes) { return elem_bytes == 8 ? 8 : 4; }  // ac
 
 }  // namespace
 
-int64_t gather_long_row_segments(int64_t n_out, int64_t nnz) { return long_row_segments(n_out, nnz); }
+int64_t gather_long_row_threshold(int64_t n_out, int64_t nnz, int64_t B, int64_t elem_bytes) {
+  return long_row_threshold(n_out, nnz, B * elem_bytes);
+}
+
+int64_t gather_long_row_segments(int64_t n_out, int64_t nnz, int64_t B, int64_t elem_bytes) {
+  return long_row_segments(n_out, nnz, B * elem_bytes);
+}
 
 int64_t gather_workspace_len(int64_t n_out, int64_t nnz, int64_t B, int64_t elem_bytes) {
-  return gather_list_and_partials_len(n_out, nnz, long_list_len(n_out, nnz), B, acc_bytes(elem_bytes));
+  const int64_t list = long_list_len(n_out, nnz, B * elem_bytes);
+  return gather_list_and_partials_len(n_out, nnz, list, B, elem_bytes, acc_bytes(elem_bytes));
 }
 
 int64_t gather_workspace_len(int64_t n_out, int64_t nnz, int64_t max_len, int64_t B, int64_t elem_bytes) {
-  return gather_list_and_partials_len(n_out, nnz, long_list_len(n_out, nnz, max_len), B, acc_bytes(elem_bytes));
+  const int64_t list = known_long_list_len(n_out, nnz, B * elem_bytes, max_len);
+  return gather_list_and_partials_len(n_out, nnz, list, B, elem_bytes, acc_bytes(elem_bytes));
 }
 
 cudaError_t launch_gather(const int64_t* ptr, const int32_t* idx, const int32_t* perm,

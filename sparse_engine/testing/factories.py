@@ -50,7 +50,8 @@ AWKWARD_SHAPES: tuple[Shape, ...] = (
 * ``200x150`` and ``513x1031``: many empty rows (20 and 30) among long ones, and enough
   work at a batch of 64 (nnz * 64 > ``constants.PARALLEL_WORK``) for the multi-threaded
   CPU kernels; the 3 full rows of ``513x1031`` are longer than 1024 entries, so the CUDA
-  kernels give them a whole block (``kMinLongRow`` in ``csrc/cuda/common.cuh``).
+  kernels give them a whole block at every batch width (``long_row_threshold`` in
+  ``csrc/cuda/common.cuh``).
 
 Build one with ``random_weight(*shape, seed=...)``; pair them with batch 1 (a single column
 of X) and a few odd widths; ``parametrize("shape", AWKWARD_SHAPES, ids=str)`` names the cases.

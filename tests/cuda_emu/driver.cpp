@@ -164,16 +164,34 @@ void run(const char* name, const Csr& m, int64_t B, bool misalign, std::mt19937&
   });
   // launches: none for an empty output, the row kernel, plus the long-row kernel exactly when there is a
   // workspace, plus the segments' sum where long rows are split
-  const long want_spmm = (m.rows > 0 && B > 0) ? 1 + (wl_rows > 0) * (1 + (gather_long_row_segments(m.rows, nnz) > 1)) : 0;
-  const long want_spmm_t = (m.cols > 0 && B > 0) ? 1 + (wl_cols > 0) * (1 + (gather_long_row_segments(m.cols, nnz) > 1)) : 0;
+  const long want_spmm = (m.rows > 0 && B > 0) ? 1 + (wl_rows > 0) * (1 + (gather_long_row_segments(m.rows, nnz, B, e) > 1)) : 0;
+  const long want_spmm_t = (m.cols > 0 && B > 0) ? 1 + (wl_cols > 0) * (1 + (gather_long_row_segments(m.cols, nnz, B, e) > 1)) : 0;
   const long want_sddmm = (m.rows > 0 && nnz > 0 && B > 0) ? 1 + (wl_sddmm > 0) : 0;
   if (l_spmm != want_spmm || l_spmm_t != want_spmm_t || l_sddmm != want_sddmm) {
     printf("  FAIL launches spmm/spmm_t/sddmm %ld/%ld/%ld, expected %ld/%ld/%ld\n", l_spmm, l_spmm_t, l_sddmm, want_spmm,
            want_spmm_t, want_sddmm);
     ++failures;
   }
-  // a known longest row: the long-row list exists exactly when some row is longer than the threshold
-  if (known_max && ((wl_rows > 0) != (max_row > std::max<int64_t>(1024, 4 * ((nnz + m.rows - 1) / std::max<int64_t>(m.rows, 1)))))) {
+  // a known longest row: the long-row list exists exactly when some row is longer than the threshold,
+  // 1,024 or 4x the mean, whichever is more, the 1,024 divided by the source row's 16-byte slices (at most 8)
+  const int64_t slices = std::min<int64_t>(8, std::max<int64_t>(1, B * e / 16));
+  const int64_t threshold = std::max<int64_t>(1024 / slices, 4 * ((nnz + m.rows - 1) / std::max<int64_t>(m.rows, 1)));
+  if (threshold != gather_long_row_threshold(m.rows, nnz, B, e)) {
+    printf("  FAIL long-row threshold %ld, expected %ld\n", (long)gather_long_row_threshold(m.rows, nnz, B, e), (long)threshold);
+    ++failures;
+  }
+  // the row kernels listed exactly the rows (columns) longer than the threshold
+  auto longer = [](const std::vector<int64_t>& ptr, int64_t t) {
+    long n = 0;
+    for (size_t i = 0; i + 1 < ptr.size(); ++i) n += ptr[i + 1] - ptr[i] > t;
+    return n;
+  };
+  const long want_rows = longer(m.ptr, threshold), want_cols = longer(cp, gather_long_row_threshold(m.cols, nnz, B, e));
+  if ((wl_rows > 0 && n_long_rows != want_rows) || (wl_cols > 0 && n_long_cols != want_cols)) {
+    printf("  FAIL long rows/cols listed %d/%d, expected %ld/%ld\n", n_long_rows, n_long_cols, want_rows, want_cols);
+    ++failures;
+  }
+  if (known_max && ((wl_rows > 0) != (max_row > threshold))) {
     printf("  FAIL known longest row %ld: workspace %ld\n", (long)max_row, (long)wl_rows);
     ++failures;
   }
@@ -330,6 +348,10 @@ int main(int argc, char** argv) {
   // Rows of up to 5,000 entries: split into up to 5 segments of 1,024 (long_row_segments = 13 here),
   // each a block of its own, whose sums the third kernel adds
   Csr longr = power(200, 6000, {5000, 4100, 3000, 2050, 1500});
+  // Rows of 200-900 entries among short ones (mean 16): long for the gather from 32-byte source rows
+  // up (its threshold 1,024 / the rows' 16-byte slices: 512 at B = 8 floats, 128 from B = 32), not
+  // at B = 1 or 4 floats (1,024)
+  Csr medium = power(200, 1000, {900, 600, 300, 200});
   Csr pwT{pw.cols, pw.rows, {0}, {}};  // long columns: the block-per-row path of spmm_t
   { std::vector<int64_t> cp; std::vector<int32_t> cr; std::vector<int32_t> pm; transpose(pw, cp, cr, pm); pwT.ptr = cp; pwT.col = cr; }
   Csr uni = make(37, 50, std::vector<int64_t>(37, 7), g);
@@ -372,6 +394,7 @@ int main(int argc, char** argv) {
     run<double>("long", longr, 2, false, g);
     run<__half>("long", longr, 8, false, g);
     run<float>("long", longr, 32, false, g, true);
+    for (int64_t B : {4, 32}) run<float>("medium", medium, B, false, g);
     scan_cases(pw, g);
   } else {
     // batch widths reaching every lane layout: scalar / 16-byte loads, 1..32 lanes, 1-3 tiles
@@ -412,6 +435,11 @@ int main(int argc, char** argv) {
     // long rows and columns known to be there: the long-row kernels run as before
     run<float>("power", pw, 32, false, g, true);
     run<float>("powerT", pwT, 32, false, g, true);
+    // wide batches: rows of 200-900 entries go to the long-row kernel (B >= 8 floats, 16 halves)
+    for (int64_t B : {1, 4, 8, 32, 300}) run<float>("medium", medium, B, false, g);
+    for (bool known : {false, true}) run<float>("medium", medium, 64, false, g, known);
+    run<__half>("medium", medium, 64, false, g);
+    run<double>("medium", medium, 20, false, g);
     scan_cases(pw, g);
   }
   if (full) {

@@ -73,8 +73,12 @@ BUGS = [
         "sddmm reduce_scatter: a half-warp mask on a shuffle all 32 lanes execute"),
     Bug("shuffle-divergent", "sddmm_cuda.cu",
         "  const A r = __shfl_sync(kFullMask, p[0], (lane % S) * CW + lane / S);\n"
-        "  if (FULL || k < end) a.out[k] = from_acc<T>(r);  // the one rounding to storage",
-        "  if (FULL || k < end) a.out[k] = from_acc<T>(__shfl_sync(kFullMask, p[0], (lane % S) * CW + lane / S));",
+        "  if (FULL || k < end)  // the one rounding to storage (and the sum's, adding)\n"
+        "    a.out[k] = a.add ? from_acc<T>(to_acc(a.out[k]) + to_acc(from_acc<T>(r))) : from_acc<T>(r);",
+        "  if (FULL || k < end) {  // the shuffle inside the branch\n"
+        "    const A r = __shfl_sync(kFullMask, p[0], (lane % S) * CW + lane / S);\n"
+        "    a.out[k] = a.add ? from_acc<T>(to_acc(a.out[k]) + to_acc(from_acc<T>(r))) : from_acc<T>(r);\n"
+        "  }",
         "sddmm_chunk: the result shuffle moved inside `if (k < end)` (divergent in a row's last chunk)"),
     Bug("tile-bound", "spmm_cuda.cu", "    const bool active = cv < a.C;\n    acc_t<T> acc[VEC];",
         "    const bool active = cv <= a.C;\n    acc_t<T> acc[VEC];",
@@ -115,6 +119,13 @@ BUGS = [
     Bug("segment-overlap", "spmm_cuda.cu", "    start += seg * seg_len;\n",
         "    start += seg * (seg_len - kWarp);\n",
         "gather_long_kernel: a long row's segments start 32 entries early (each overlaps the one before)"),
+    Bug("wide-rows-workspace", "spmm_cuda.cu", "known_long_list_len(n_out, nnz, B * elem_bytes, max_len)",
+        "known_long_list_len(n_out, nnz, 0, max_len)",
+        "gather_workspace_len (longest row known): sized by the narrow rows' threshold, so a wide batch's rows "
+        "of 129-1,024 entries find no long-row list"),
+    Bug("wide-rows-launch", "spmm_cuda.cu", "  const int64_t row_bytes = B * static_cast<int64_t>(sizeof(T));",
+        "  const int64_t row_bytes = 0;",
+        "gather: the launch takes the narrow rows' threshold (1,024): a wide batch's rows under it stay with one warp"),
     Bug("missing-memset", "common.cuh", "  return cudaMemsetAsync(workspace, 0, sizeof(int32_t), stream);",
         "  return cudaSuccess;", "init_long_rows: the long-row list's count is not zeroed (garbage from cudaMalloc)"),
     Bug("grid-sync-removed-forward", "rnn_sequence_cuda.cu",

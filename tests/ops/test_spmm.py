@@ -857,4 +857,10 @@ def test_spmm_kernels_match_float64_references_on_the_emulator(driver_runs):
         assert any("known=1" in line for line in flat)
         assert all("launches=1/1/" in line for line in flat if "known=1" in line)
         assert any("power " in line and "known=1 launches=3/1/" in line for line in lines)
+        # a wide batch lowers the threshold (1,024 / the source row's 16-byte slices, at most 8): the
+        # rows of 200-900 entries are long from B = 32 floats (all 4), two of them at B = 8, none at B <= 4;
+        # the driver checks each listed count against the rows longer than the threshold
+        medium = {line.split()[2]: line for line in lines if line.split()[:2] == ["f32", "medium"] and "known=0" in line}
+        assert {B: medium[B].split("long rows=")[1].split()[0] for B in ("B=1", "B=4", "B=8", "B=32", "B=300")} == \
+            {"B=1": "0", "B=4": "0", "B=8": "2", "B=32": "4", "B=300": "4"}, medium
         assert_every_kernel_ran(proc, ["spmm_cuda"])
