@@ -1,28 +1,30 @@
 """``train``'s estimated step time, printed in its plan line before it builds anything (issue 46):
 the run's products timed on this device at its sizes, then scaled to its rows.
 
-Each matrix of the recurrence (per layer-direction: W_ih, W_hh) stands as a block of its rows with
-its real column count and nonzeros per row (2^18 nonzeros on a CPU, 2^22 on a GPU, where a smaller
-product is bound by its launch), and the step's products are timed on it: W_hh's of B columns (per
-time step: forward, and in the backward its transposed product and its weight gradient: spmm,
-spmm_t, sddmm; a dense matrix the three matmuls), W_ih's over all T*B columns at once (timed on as
-many as keep the operands under 256 MiB, scaled to T*B). A dense block is scaled by the matrix's
-rows over its own. A sparse product also costs something per call in proportion to the columns,
-not the rows (W^T G writes every column's output; a padded copy of X has every column): it is timed
-on a block of 4x the rows too, and taken to the matrix's rows on the line through the two (a cost
-per call and one per row). Scaling one block's time by rows / block counted the per-column part
-once per block: an estimate growing with the square of the units (5.0x the measured step at 8.6
-million units on an H200, benchmarks/results/caps_cuda.md). The rest of the recurrence (the gates' elementwise work,
-the state's copies) is what training steps of the same module at two sizes take beyond their
-products, on the line through the two (a fixed cost per step, one per unit) taken to the run's units
-(a smaller module: timed at its size): 4,096 and 16,384 units on a CPU; 65,536 and 262,144 on a GPU,
-where a step of 16,384 units is bound by its launches: the difference of two such steps is mostly
-noise, multiplied by a hundred on the way to millions of units. The
-small module runs as many time steps as keep its stored activations under 512 MiB, scaled to the
-run's. A recomputed run (``recompute_every``) runs the steps before its last segment once more;
-the optimizer's update is timed on up to 2^22 values and scaled to the parameters. Not counted: the
-head and loss, the data. It is an estimate, and says so: timed once, on a machine whose load varies
-(benchmarks/bench_caps.py sets it beside the measured step).
+Each matrix of the recurrence (per layer-direction: W_ih, W_hh) has its products timed on blocks
+of it with its real nonzeros per row and per column (2^18 nonzeros on a CPU, 2^22 on a GPU, where
+a smaller product is bound by its launch): W_hh's of B columns (per time step: forward, and in the
+backward its transposed product and its weight gradient: spmm, spmm_t, sddmm; a dense matrix the
+three matmuls), W_ih's over all T*B columns at once (timed on as many as keep the operands under
+256 MiB, scaled to T*B). W X and the weight gradient run on blocks of rows with all the columns,
+W^T G (given the values in column order, as the recurrence gives them) on blocks of columns with
+all the rows, so that each product's output and the operand it gathers from are as in the run; a
+sparse product is timed at two block sizes (one and four times the nonzeros) and taken to the
+whole matrix on the line through the two (a cost per call, and one per row or column), a dense
+block scaled by its share of the rows. Until 2026-11-27 all three ran on one block of rows, scaled
+by rows / block: W^T G then wrote every column's output once per block, an estimate growing with
+the square of the units (1.7-5.0x the measured step on an H200, benchmarks/results/caps_cuda.md).
+
+The rest of the recurrence (the gates' elementwise work, the state's copies) is what training steps
+of the same module at two sizes take beyond their products, on the line through the two (a fixed
+cost per step, one per unit) taken to the run's units (a smaller module: timed at its size): 4,096
+and 16,384 units on a CPU; 65,536 and 262,144 on a GPU, where a step of 16,384 units is bound by
+its launches: the difference of two such steps is mostly noise, multiplied by a hundred on the way
+to millions of units. The small module runs as many time steps as keep its stored activations
+under 512 MiB, scaled to the run's. A recomputed run (``recompute_every``) runs the steps before its
+last segment once more; the optimizer's update is timed on up to 2^22 values and scaled to the
+parameters. Not counted: the head and loss, the data. It is an estimate, and says so: timed once,
+on a machine whose load varies (benchmarks/bench_caps.py sets it beside the measured step).
 """
 from __future__ import annotations
 
