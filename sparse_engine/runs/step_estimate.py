@@ -215,17 +215,17 @@ def _product_times(rows: int, cols: int, nnz: int | None, batch: int, width: int
 
 def _blocks(size: int, block: float) -> tuple[int, ...]:
     """The sizes a product is timed at: ``block`` (at least 1) and four times it, or ``size``
-    itself where that is no larger."""
+    itself where four times the block would reach it (the whole, timed as it is)."""
     b = max(1, int(block))
-    return (size,) if b >= size else (b, min(size, 4 * b))
+    return (size,) if 4 * b >= size else (b, 4 * b)
 
 
 def _to_size(blocks: tuple[int, ...], seconds: list[float], size: int) -> float:
     """Seconds at ``size`` rows (or columns) from the times of :func:`_blocks`: the whole timed
     as it is, else the line through the two (a cost per call and one per row), or the larger
     scaled by its share where the line does not rise."""
-    if blocks[-1] == size:
-        return seconds[-1]
+    if blocks == (size,):
+        return seconds[0]
     (b1, b2), (t1, t2) = blocks, seconds
     slope = (t2 - t1) / (b2 - b1)
     return t1 + slope * (size - b1) if slope > 0 else t2 * size / b2

@@ -116,7 +116,8 @@ def test_a_cost_per_call_in_the_columns_is_counted_once_and_the_rest_scaled_to_t
 def test_a_product_smaller_than_its_block_is_timed_whole():
     assert step_estimate._blocks(100, 512.0) == (100,)
     assert step_estimate._blocks(1000, 100.0) == (100, 400)
-    assert step_estimate._blocks(300, 100.0) == (100, 300)
+    assert step_estimate._blocks(300, 100.0) == (300,)  # four blocks would reach it: the whole, timed once
+    assert step_estimate._blocks(401, 100.0) == (100, 400)
     assert step_estimate._to_size((100,), [2.0], 100) == 2.0
     assert step_estimate._to_size((100, 400), [1.0, 2.5], 1000) == pytest.approx(1.0 + 1.5 / 300 * 900)
     assert step_estimate._to_size((100, 400), [2.0, 2.0], 1000) == pytest.approx(2.0 * 1000 / 400)  # no rise
