@@ -154,15 +154,23 @@ def main(argv=None):
 TITLE = "LSTM and GRU training step (forward + backward), one layer, T=35, B=20, input = hidden"
 
 
+# Persistent variants: (method, column, ratio column, (numerator, denominator) of the ratio)
+VARIANTS = (("sparse_engine_persistent_l2", "ours, persistent, W_hh not staged", "staged / not staged",
+             ("sparse_engine_persistent_l2", "sparse_engine_persistent")),
+            ("sparse_engine_persistent_split", "ours, persistent, split rows", "split / lane per column",
+             ("sparse_engine_persistent", "sparse_engine_persistent_split")))
+
+
 def columns(methods) -> list[str]:
-    """The table's columns (a composed-step and a persistent column where those methods run)."""
+    """The table's columns (a composed-step and persistent columns where those methods run)."""
     composed, persistent = "sparse_engine_composed" in methods, "sparse_engine_persistent" in methods
-    unstaged = "sparse_engine_persistent_l2" in methods
+    variants = [v for v in VARIANTS if persistent and v[0] in methods]
+    split = any(v[0] == "sparse_engine_persistent_split" for v in variants)
     return ["cell", "hidden", "density", "ours"] + (["ours, composed step"] if composed else []) + (
-        ["ours, persistent"] if persistent else []) + (["ours, persistent, W_hh not staged"] if unstaged else []) + [
+        ["ours, persistent"] if persistent else []) + [v[1] for v in variants] + [
         "masked-dense", "torch.sparse CSR", "vs masked-dense", "vs torch.sparse"] + (
         ["composed / fused"] if composed else []) + (["persistent vs masked-dense"] if persistent else []) + (
-        ["staged / not staged"] if persistent and unstaged else []) + ["load"]
+        ["split vs masked-dense"] if split else []) + [v[2] for v in variants] + ["load"]
 
 
 def report(rows, methods, device, args, load_start) -> list[str]:
@@ -185,21 +193,25 @@ def report(rows, methods, device, args, load_start) -> list[str]:
         "",
     ]
     composed, persistent = "sparse_engine_composed" in methods, "sparse_engine_persistent" in methods
-    unstaged = "sparse_engine_persistent_l2" in methods
+    variants = [v for v in VARIANTS if persistent and v[0] in methods]
+    split = any(v[0] == "sparse_engine_persistent_split" for v in variants)
+    if split:
+        lines[-1:-1] = ["- split rows: the persistent kernels with a row's entries split across a warp's lanes, S at a "
+                        "time (`_set_sequence_split(0)`: S = 1, 2, 4 or 8 by the mean row length, 16 entries a slot); "
+                        "'ours, persistent' takes a lane per batch column"]
     head = columns(methods)
     lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for cell, H, d, res in rows:
-        ours = res.get("sparse_engine", {"status": "-"})
-        cmp_ = res.get("sparse_engine_composed", {"status": "-"})
-        pers = res.get("sparse_engine_persistent", {"status": "-"})
-        l2 = res.get("sparse_engine_persistent_l2", {"status": "-"})
-        md, ts = res.get("masked_dense", {"status": "-"}), res.get("torch_sparse", {"status": "-"})
+        got = lambda m: res.get(m, {"status": "-"})  # noqa: E731
+        ours, cmp_, pers = got("sparse_engine"), got("sparse_engine_composed"), got("sparse_engine_persistent")
+        md, ts = got("masked_dense"), got("torch_sparse")
         load = f"{ours['load']:.1f}" if "load" in ours else "-"
         cells = [cell, f"{H:,}", f"{d:g}", cell_text(ours)] + ([cell_text(cmp_)] if composed else []) + (
-            [cell_text(pers)] if persistent else []) + ([cell_text(l2)] if unstaged else []) + [
+            [cell_text(pers)] if persistent else []) + [cell_text(got(v[0])) for v in variants] + [
             cell_text(md), cell_text(ts), speedup(md, ours), speedup(ts, ours)] + (
             [speedup(cmp_, ours)] if composed else []) + ([speedup(md, pers)] if persistent else []) + (
-            [speedup(l2, pers)] if persistent and unstaged else []) + [load]
+            [speedup(md, got("sparse_engine_persistent_split"))] if split else []) + [
+            speedup(got(v[3][0]), got(v[3][1])) for v in variants] + [load]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Ratios are baseline time / our time (> 1: ours is faster).")

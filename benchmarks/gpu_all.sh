@@ -44,8 +44,8 @@
 #        GPU tests (the ops against float64 references, every output written, the modules against the
 #        per-step path, deterministic; and issue 47's sharded LSTM on NCCL, one rank per GPU),
 #        memcheck and racecheck on them, then the LSTM/GRU table of the issue's cells with ours
-#        per-step, ours persistent (W_hh staged in shared memory, and not staged) and masked-dense
-#        cuDNN (rnn_gpu_persistent.md). First run on an H200 (2026-11-26, third session): build 79 s,
+#        per-step, ours persistent (a lane per batch column, and split rows: a row's entries across a
+#        warp's lanes) and masked-dense cuDNN (rnn_gpu_persistent.md; STAGED=1 adds W_hh not staged). First run on an H200 (2026-11-26, third session): build 79 s,
 #        the stage 345 s (tests 10 s, sanitizers 60 s, the table the rest).
 #   Fourth run (H200, 2026-11-27; gpu_h200_2026-11-27/): DEADLINE_S=565 STAGES="build test bench_quick caps"
 #   BENCH_DTYPES=float32: build 77 s, the GPU tests 189 s (971 passed, among them the in-place weight
@@ -59,16 +59,21 @@
 #   per block: fixed since, not re-measured), then DEADLINE_S=360 STAGES=bench BENCH_DTYPES=float32 on the warm
 #   machine (300 s: the float32 grid, N 16,384 and 65,536 whole, 262,144 in part; cuda_ops_nvidia_h200.md).
 #   Next GPU session: csrc/cuda changed since the fifth run (the gather's long-row threshold now falls with the
-#   batch width: 128 entries from B = 32 floats), so first DEADLINE_S=580 STAGES="build test bench_quick caps"
-#   (the tests before any number; caps gets what is left: the estimate's products against the whole
-#   matrix's first), then on the warm machine DEADLINE_S=240 STAGES=bench BENCH_DTYPES=float32 benchmarks/gpu_all.sh
-#   --n 16384 65536 --density 0.0005 0.001 (the cells where Zipf rows at B >= 32 lost, 0.37-0.86x; compare with
-#   cuda_ops_nvidia_h200.md). Later: --n 262144 (the rest of N = 262,144), the bf16 grid.
+#   batch width: 128 entries from B = 32 floats; the persistent kernels' split rows, off by default), so first
+#   DEADLINE_S=580 STAGES="build test persistent" (the GPU tests before any number; the persistent stage gets
+#   what is left: its tests with the split rows', memcheck and racecheck, then the table with split rows
+#   against a lane per column and masked cuDNN, cells in the issue's order, then profile_rnn_step_cuda.md:
+#   where the dense path's time goes against masked cuDNN), then on the warm machine DEADLINE_S=300
+#   STAGES=bench BENCH_DTYPES=float32 benchmarks/gpu_all.sh --n 16384 65536 --density 0.0005 0.001 (the cells
+#   where Zipf rows at B >= 32 lost, 0.37-0.86x; compare with cuda_ops_nvidia_h200.md), or, where the
+#   persistent table stopped early, STAGES=persistent again. Later: STAGES=caps (the step estimate on the GPU),
+#   --n 262144 (the rest of N = 262,144), the bf16 grid.
 #   With time to spare, in this order: STAGES=topology (all cases), BENCH_DTYPES=bfloat16
 #   STAGES=bench ... -- --quick (then the full bf16 grid), STAGES=step.
 # $OUT per command: gpu_all.log (every stage's output, appended as it goes), each benchmark's results
 # file (cuda_ops_<gpu>[_bf16][_quick].md, rnn_gpu[_quick].md, rnn_gpu_largest.md, topology_<gpu>.md,
-# rnn_step_gpu.md, rnn_gpu_persistent.md, caps_cuda_*.md, step_estimate_products_cuda.md) and, from the build stage, build/_C*.so[.partNN]: at most 8 files.
+# rnn_step_gpu.md, rnn_gpu_persistent.md, profile_rnn_step_cuda.md, caps_cuda_*.md,
+# step_estimate_products_cuda.md) and, from the build stage, build/_C*.so[.partNN]: at most 8 files.
 # Afterwards commit from $OUT (files_at) into benchmarks/results/: the results files, and each
 # command's gpu_all.log as gpu_<stages>_<gpu>.log (<gpu> = nvidia_h100_80gb_hbm3 or the like);
 # quote the numbers in docs/cuda.md / README.md.
@@ -340,11 +345,17 @@ if has persistent && begin "persistent recurrent kernels: tests, sanitizers, tab
       --print-limit 50 $PY -m pytest -q -x -p no:cacheprovider tests/ops/test_rnn_sequence.py \
       -k "cuda and test_matches_float64_reference and f32 and (H7 or H40)"
   done
-  # the table: the issue's cells, ours per step and persistent, masked-dense cuDNN (ours first)
+  # the table: the issue's cells, ours per step, persistent (a lane per batch column, and a row's entries
+  # split across the lanes by the rule), masked-dense cuDNN (ours first); staged against not staged was
+  # measured in the third run (1.1-1.5x), set STAGED=1 to time it again
   logged 24 $PY benchmarks/bench_rnn.py --device cuda --cells LSTM GRU \
     --sizes 4096:0.01 1500:0.33 1500:0.1 4096:0.05 4096:0.1 16384:0.01 \
-    --methods sparse_engine sparse_engine_persistent sparse_engine_persistent_l2 masked_dense --repeats 5 --timeout 90 \
+    --methods sparse_engine sparse_engine_persistent sparse_engine_persistent_split \
+    ${STAGED:+sparse_engine_persistent_l2} masked_dense --repeats 5 --timeout 90 \
     --budget-s "$(budget 90 330)" --out benchmarks/results/rnn_gpu_persistent.md ${copy[@]+"${copy[@]}"}
+  # where the dense path's time goes against masked cuDNN (issue 44 item 2), and the persistent step's
+  CAP=60 logged 8 $PY benchmarks/profile_rnn_step.py --device cuda --cells LSTM:1500:0.33 LSTM:4096:0.01 \
+    --methods dense masked_dense persistent --out benchmarks/results/profile_rnn_step_cuda.md ${copy[@]+"${copy[@]}"}
   took persistent $t0
 fi
 if has caps && begin "the largest sparse LSTM/GRU under 8-80 GB caps (issue 46)" 120; then

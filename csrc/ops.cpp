@@ -346,6 +346,7 @@ static PyObject* set_tiling(PyObject*, PyObject* args) {
 namespace sparse_engine::cuda {
 int64_t set_rnn_sequence_stage_bytes(int64_t bytes);  // csrc/cuda/launchers.h (no CUDA headers here)
 bool set_rnn_sequence_compact_index(bool allow);
+int set_rnn_sequence_split(int split);
 }
 
 // sparse_engine._C._set_sequence_stage_bytes(bytes): caps the bytes of W_hh each block of the
@@ -364,6 +365,20 @@ static PyObject* set_sequence_compact_index(PyObject*, PyObject* args) {
   int allow = 1;
   if (!PyArg_ParseTuple(args, "p", &allow)) return nullptr;
   return PyBool_FromLong(sparse_engine::cuda::set_rnn_sequence_compact_index(allow != 0));
+}
+
+// sparse_engine._C._set_sequence_split(split): how many of a row's entries a warp of those kernels
+// takes at once: 1 (a lane per batch column; the default), 2, 4, 8, or 0 for the rule by mean row
+// length; returns the setting before (tests, the benchmark). ValueError for any other value.
+static PyObject* set_sequence_split(PyObject*, PyObject* args) {
+  int split = 1;
+  if (!PyArg_ParseTuple(args, "i", &split)) return nullptr;
+  const int old = sparse_engine::cuda::set_rnn_sequence_split(split);
+  if (old < 0) {
+    PyErr_Format(PyExc_ValueError, "_set_sequence_split: split must be 0, 1, 2, 4 or 8, got %d", split);
+    return nullptr;
+  }
+  return PyLong_FromLong(old);
 }
 #endif
 
@@ -386,6 +401,8 @@ extern "C" PyObject* PyInit__C(void) {
        "Caps W_hh's bytes a persistent kernel's block stages in shared memory (-1 none); returns the old."},
       {"_set_sequence_compact_index", set_sequence_compact_index, METH_VARARGS,
        "Allows a 16-bit staged index where every index fits (default); returns the old setting."},
+      {"_set_sequence_split", set_sequence_split, METH_VARARGS,
+       "A warp's entries at once in the persistent kernels' rows (1 default, 2, 4, 8; 0 by rule); returns the old."},
 #endif
       {nullptr, nullptr, 0, nullptr}};
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};

@@ -249,6 +249,26 @@ cudaError_t dispatch_mode(CellMode mode, Launch&& launch) {
   }
 }
 
+// Reduce-scatter over the lanes of a group, `Stride` lanes apart (lane = c * Stride + other bits):
+// afterwards p[0] of the lane at position c holds the sum over the group's lanes of their p[c]. At
+// the step for bit O a lane keeps the half of its array selected by bit O of c and receives its
+// partner's copy of that half (a fixed order: the same bits every run). A recursion rather than a
+// loop so every index is a compile-time constant and p stays in registers. Used by sddmm (a slot's
+// CW lanes, Stride 1) and the persistent kernels' split rows (a unit's S slots, Stride 32 / S).
+template <int O, int Stride = 1, typename T, int N>
+__device__ __forceinline__ void reduce_scatter(T (&p)[N], int c) {
+  if constexpr (O > 0) {
+    const bool upper = (c & O) != 0;
+#pragma unroll
+    for (int i = 0; i < O; ++i) {
+      const T send = upper ? p[i] : p[i + O];
+      const T keep = upper ? p[i + O] : p[i];
+      p[i] = keep + __shfl_xor_sync(kFullMask, send, O * Stride);
+    }
+    reduce_scatter<O / 2, Stride>(p, c);
+  }
+}
+
 // The gate nonlinearities of the recurrent kernels (rnn_step_cuda.cu, rnn_sequence_cuda.cu), float or double.
 __device__ __forceinline__ float ex(float x) { return expf(x); }
 __device__ __forceinline__ double ex(double x) { return exp(x); }

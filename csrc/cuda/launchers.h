@@ -170,6 +170,10 @@ int64_t set_rnn_sequence_stage_bytes(int64_t bytes);
 // Whether the staged index may take 16 bits an entry where every index fits (the default: yes);
 // returns the setting before. Outputs do not depend on it (tests).
 bool set_rnn_sequence_compact_index(bool allow);
+// How many of a row's entries a warp takes at once (rnn_sequence_cuda.cu's split rows): 1 (a lane per
+// batch column, the default), 2, 4 or 8, or 0 for the rule by mean row length; returns the setting
+// before, or -1 (nothing set) for any other value. The sums' order follows it (not the bits of 1).
+int set_rnn_sequence_split(int split);
 // Forward. gx: (G*H) x (T*B), every step's input part with its biases (column t*B + b); h0 (and
 // LSTM's c0): H x B; b_hh: GRU's (3H) or nullptr. Out: y (T x H x B, the state after each step, in
 // time order also for the reverse direction), LSTM's cs (T x H x B, c after each step), acts (T x 4H

@@ -27,17 +27,22 @@
 // unless set_rnn_sequence_stage_bytes lowers it); an entry past that is read from global memory
 // (L2) each step. The staged prefix and the rest are summed in index order, so staging changes no
 // bit (the emulator checks staged, partly staged, unstaged and int32-staged runs for equal outputs).
-// Every sum has a fixed order (each output by one thread, in index order): bitwise reproducible.
+// Split rows (set_rnn_sequence_split, off by default): a row's entries across a warp's lanes, S at
+// a time, the slots' sums then reduced (split_dot).
+// Every sum has a fixed order (each output by one thread, in index order; split rows: each slot in
+// index order, then a fixed tree): bitwise reproducible.
 #include <atomic>
 
 #include "common.cuh"
 #include "launchers.h"
+#include "sequence_dot.cuh"
 
 namespace sparse_engine {
 namespace cuda {
 namespace {
 
 using namespace detail;
+using namespace seq;
 
 constexpr int kSeqWarps = 8;  // warps per block: each takes one hidden unit at a time
 constexpr int kSeqThreads = kSeqWarps * kWarp;
@@ -49,68 +54,13 @@ template <CellMode M> constexpr int kGates = cell_gates(M);
 // A staged index entry takes 2 bytes where every index fits 16 bits (forward: H <= 65,536
 // columns; backward: G*H rows), else 4: a third more entries on chip in float32.
 constexpr int64_t kCompactIndexRange = 65536;
+// The launch's dynamic shared memory starts with this many bytes of the block's own (the forward's
+// stage offset of each gate: int64s kept there rather than in registers, which the split rows need),
+// then the stage.
+constexpr int64_t kStageHeader = 64;
 std::atomic<int64_t> g_stage_bytes{-1};        // set_rnn_sequence_stage_bytes: -1 no cap, else bytes a block
 std::atomic<bool> g_compact_index{true};       // set_rnn_sequence_compact_index
-
-// A block's rows of W_hh in shared memory: positions [0, entries) hold the first entries of its
-// segments laid end to end (segment q from position off[q]); the index as int32 (i) or, compact,
-// as uint16 (i16): one of the two is set.
-template <typename T>
-struct Stage {
-  T* v;
-  int32_t* i;
-  uint16_t* i16;
-  int64_t entries;
-};
-
-// The stage in a launch's dynamic shared memory: `entries` values, then as many indices.
-template <typename T>
-__device__ __forceinline__ Stage<T> stage_at(char* smem, int64_t entries, bool compact) {
-  T* v = reinterpret_cast<T*>(smem);
-  return {v, compact ? nullptr : reinterpret_cast<int32_t*>(v + entries),
-          compact ? reinterpret_cast<uint16_t*>(v + entries) : nullptr, entries};
-}
-
-// Copies entry src of (values, idx) to stage position e.
-template <typename T>
-__device__ __forceinline__ void stage_entry(const Stage<T>& st, int64_t e, const T* values, const int32_t* idx,
-                                            int64_t src) {
-  st.v[e] = values[src];
-  if (st.i16 != nullptr)
-    st.i16[e] = static_cast<uint16_t>(idx[src]);
-  else
-    st.i[e] = idx[src];
-}
-
-// acc + sum over e in [0, n) of v[e] * x[i[e] * B + b] (x read through L2), added in order; the
-// gathers go kDotAhead at a time, so that they are in flight together rather than one behind the
-// other (a step's critical path is its longest row's chain of L2 reads), the adds still in order.
-constexpr int kDotAhead = 4;
-template <typename T, typename I>
-__device__ __forceinline__ T dot_run(T acc, const T* v, const I* i, int64_t n, const T* x, int64_t B, int64_t b) {
-  int64_t e = 0;
-  for (; e + kDotAhead <= n; e += kDotAhead) {
-    T g[kDotAhead];
-#pragma unroll
-    for (int u = 0; u < kDotAhead; ++u) g[u] = __ldcg(x + static_cast<int64_t>(i[e + u]) * B + b);
-#pragma unroll
-    for (int u = 0; u < kDotAhead; ++u) acc += v[e + u] * g[u];
-  }
-  for (; e < n; ++e) acc += v[e] * __ldcg(x + static_cast<int64_t>(i[e]) * B + b);
-  return acc;
-}
-
-// sum over k in [k0, k1) of values[k] * x[idx[k] * B + b], in index order: the entries from stage
-// position pos onward that the stage holds, then the rest from global memory.
-template <typename T>
-__device__ __forceinline__ T staged_dot(const Stage<T>& st, int64_t pos, const T* values, const int32_t* idx,
-                                        int64_t k0, int64_t k1, const T* x, int64_t B, int64_t b) {
-  const int64_t room = st.entries > pos ? st.entries - pos : 0;
-  const int64_t staged = k1 - k0 < room ? k1 - k0 : room;
-  const T acc = st.i16 != nullptr ? dot_run(T(0), st.v + pos, st.i16 + pos, staged, x, B, b)
-                                   : dot_run(T(0), st.v + pos, st.i + pos, staged, x, B, b);
-  return dot_run(acc, values + k0 + staged, idx + k0 + staged, k1 - k0 - staged, x, B, b);
-}
+std::atomic<int> g_split{1};                   // set_rnn_sequence_split: 1, 2, 4, 8, or 0 (split_for's rule)
 
 template <typename T>
 struct SeqArgs {
@@ -128,6 +78,7 @@ struct SeqArgs {
   bool reverse;
   int64_t stage_entries;  // W_hh entries a block stages in shared memory (set by launch())
   bool stage_compact;     // their index as uint16 (set by launch())
+  int split;              // row_dot's S: 1, 2, 4 or 8 (set by launch())
 };
 
 template <typename T, CellMode M>
@@ -140,7 +91,7 @@ __global__ void __launch_bounds__(kSeqThreads, kSeqMinBlocks) seq_forward_kernel
   // this block's G gate rows of W_hh in shared memory (the launch's: stage_entries values, then as
   // many int32 indices), gate q's segment from position off[q]
   extern __shared__ __align__(16) char seq_smem[];
-  const Stage<T> st = stage_at<T>(seq_smem, a.stage_entries, a.stage_compact);
+  const Stage<T> st = stage_at<T>(seq_smem + kStageHeader, a.stage_entries, a.stage_compact);
   int64_t base[NG], off[NG + 1];
   off[0] = 0;
 #pragma unroll
@@ -156,21 +107,28 @@ __global__ void __launch_bounds__(kSeqThreads, kSeqMinBlocks) seq_forward_kernel
     for (int r = 1; r < NG; ++r) q += e >= off[r];
     stage_entry(st, e, a.values, a.idx, base[q] + (e - off[q]));
   }
-  __syncthreads();  // every thread's staged entries before any thread's first step reads them
+  // entry k of gate q's rows is at stage position k + shift[q]: in shared memory, not registers
+  int64_t* shift = reinterpret_cast<int64_t*>(seq_smem);
+  static_assert(NG * sizeof(int64_t) <= kStageHeader, "the header holds a shift per gate");
+  if (threadIdx.x < NG) shift[threadIdx.x] = off[threadIdx.x] - base[threadIdx.x];
+  __syncthreads();  // every thread's staged entries (and the shifts) before any thread's first step reads them
   for (int64_t s = 0; s < a.steps; ++s) {
     const int64_t t = a.reverse ? a.steps - 1 - s : s, tp = a.reverse ? t + 1 : t - 1;  // tp: the step before
     const T* h = s == 0 ? a.h0 : a.y + tp * HB;
     const T* c = nullptr;
     if constexpr (M == CellMode::LSTM) c = s == 0 ? a.c0 : a.cs + tp * HB;
     for (int64_t j = u0 + warp; j < u1; j += kSeqWarps) {
-      for (int64_t b = lane; b < a.B; b += kWarp) {
-        const int64_t o = j * a.B + b, col = t * a.B + b;
+      for (int64_t tile = 0; tile < a.B; tile += kWarp) {  // every lane: split rows shuffle
+        const int64_t b = tile + lane;
         T p[NG];
 #pragma unroll
         for (int q = 0; q < NG; ++q) {
           const int64_t k0 = a.ptr[q * a.H + j];
-          p[q] = staged_dot(st, off[q] + (k0 - base[q]), a.values, a.idx, k0, a.ptr[q * a.H + j + 1], h, a.B, b);
+          p[q] = row_dot(a.split, st, k0 + shift[q], a.values, a.idx, k0, a.ptr[q * a.H + j + 1], h, a.B,
+                         a.B, tile, lane);
         }
+        if (b >= a.B) continue;
+        const int64_t o = j * a.B + b, col = t * a.B + b;
         T* hn = a.y + t * HB + o;
         if constexpr (M == CellMode::LSTM) {
           const T i = sigm(p[0] + a.gx[j * TB + col]), f = sigm(p[1] + a.gx[(a.H + j) * TB + col]);
@@ -221,6 +179,7 @@ struct SeqBackArgs {
   bool reverse;
   int64_t stage_entries;  // W_hh^T entries a block stages in shared memory (set by launch())
   bool stage_compact;     // their index as uint16 (set by launch())
+  int split;              // row_dot's S (set by launch())
 };
 
 template <typename T, CellMode M>
@@ -231,7 +190,7 @@ __global__ void __launch_bounds__(kSeqThreads, kSeqMinBlocks) seq_backward_kerne
   const int64_t HB = a.H * a.B, TB = a.steps * a.B;
   // this block's columns of W_hh (its units' rows of the transposed index) in shared memory
   extern __shared__ __align__(16) char seq_smem[];
-  const Stage<T> st = stage_at<T>(seq_smem, a.stage_entries, a.stage_compact);
+  const Stage<T> st = stage_at<T>(seq_smem + kStageHeader, a.stage_entries, a.stage_compact);
   const int64_t base = u0 < u1 ? a.cptr[u0] : 0;
   const int64_t len = u0 < u1 ? a.cptr[u1] - base : 0, n = len < a.stage_entries ? len : a.stage_entries;
   for (int64_t e = threadIdx.x; e < n; e += blockDim.x) stage_entry(st, e, a.values_t, a.crow, base + e);
@@ -280,10 +239,12 @@ __global__ void __launch_bounds__(kSeqThreads, kSeqMinBlocks) seq_backward_kerne
     SE_GRID_SYNC();  // every gate gradient of step t before any unit's W_hh^T dG reads it
     // phase B: this thread's units' dh_prev, from their columns of W_hh
     for (int64_t j = u0 + warp; j < u1; j += kSeqWarps) {
-      for (int64_t b = lane; b < a.B; b += kWarp) {
+      for (int64_t tile = 0; tile < a.B; tile += kWarp) {  // every lane: split rows shuffle
         const int64_t k0 = a.cptr[j];
         // dG's row r, column t*B + b: (dG + t*B)[r * TB + b]
-        a.dh[j * a.B + b] += staged_dot(st, k0 - base, a.values_t, a.crow, k0, a.cptr[j + 1], a.dG + t * a.B, TB, b);
+        const T d = row_dot(a.split, st, k0 - base, a.values_t, a.crow, k0, a.cptr[j + 1], a.dG + t * a.B, TB, a.B,
+                            tile, lane);
+        if (tile + lane < a.B) a.dh[j * a.B + tile + lane] += d;
       }
     }
   }
@@ -310,10 +271,11 @@ cudaError_t grid_for(K kernel, int64_t H, int64_t nnz, int64_t index_range, int6
   }
   compact = g_compact_index.load() && index_range <= kCompactIndexRange;
   const int64_t entry = static_cast<int64_t>(sizeof(T)) + (compact ? 2 : 4);
-  int64_t bytes = std::min<int64_t>({static_cast<int64_t>(sm_bytes) / per_sm - 1024, optin, nnz * entry});
+  int64_t bytes = std::min<int64_t>({static_cast<int64_t>(sm_bytes) / per_sm - 1024 - kStageHeader,
+                                      static_cast<int64_t>(optin) - kStageHeader, nnz * entry});
   if (const int64_t cap = g_stage_bytes.load(); cap >= 0) bytes = std::min(bytes, cap);
   stage_entries = std::max<int64_t>(bytes, 0) / entry;
-  shmem = static_cast<size_t>(stage_entries * entry);
+  shmem = static_cast<size_t>(kStageHeader + stage_entries * entry);
   if (const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                  static_cast<int>(shmem));
       e != cudaSuccess)
@@ -323,6 +285,16 @@ cudaError_t grid_for(K kernel, int64_t H, int64_t nnz, int64_t index_range, int6
     return e;
   blocks = std::min<int64_t>(static_cast<int64_t>(per_sm) * num_sms(), cdiv(H, kSeqWarps));
   return blocks > 0 ? cudaSuccess : cudaErrorCooperativeLaunchTooLarge;
+}
+
+// row_dot's S for a matrix of `rows` rows: set_rnn_sequence_split's, or where that is 0 the rule
+// (provisional, not yet measured on a GPU): the largest of 1, 2, 4, 8 that leaves each slot 16 entries
+// of a row of mean length.
+int split_for(int64_t nnz, int64_t rows) {
+  if (const int forced = g_split.load(); forced > 0) return forced;
+  int split = 1;
+  while (split < 8 && nnz >= rows * 16 * 2 * split) split *= 2;
+  return split;
 }
 
 bool sequence_mode(CellMode mode) {
@@ -341,6 +313,7 @@ cudaError_t launch(CellMode mode, Args a, int64_t nnz, bool backward, cudaStream
       auto seq_kernel = kernel_of(m);
       // the staged index's values: W_hh's columns (forward), or its rows (backward's transposed index)
       const int64_t index_range = backward ? cell_gates(mode) * a.H : a.H;
+      a.split = split_for(nnz, backward ? a.H : cell_gates(mode) * a.H);  // rows: W_hh^T's, W_hh's
       int64_t blocks = 0;
       size_t shmem = 0;
       if (const cudaError_t e = grid_for<T>(seq_kernel, a.H, nnz, index_range, blocks, a.stage_entries,
@@ -371,11 +344,15 @@ int64_t set_rnn_sequence_stage_bytes(int64_t bytes) { return g_stage_bytes.excha
 
 bool set_rnn_sequence_compact_index(bool allow) { return g_compact_index.exchange(allow); }
 
+int set_rnn_sequence_split(int split) {
+  return split == 0 || split == 1 || split == 2 || split == 4 || split == 8 ? g_split.exchange(split) : -1;
+}
+
 cudaError_t launch_rnn_sequence_forward(CellMode mode, const int64_t* row_ptr, const int32_t* col_idx,
                                         const float* values, int64_t nnz, const float* gx, const float* h0,
                                         const float* c0, const float* b_hh, float* y, float* cs, float* acts, int64_t H,
                                         int64_t B, int64_t T, bool reverse, cudaStream_t stream) {
-  return forward<float>(mode, {row_ptr, col_idx, values, gx, h0, c0, b_hh, y, cs, acts, H, B, T, reverse, 0, false},
+  return forward<float>(mode, {row_ptr, col_idx, values, gx, h0, c0, b_hh, y, cs, acts, H, B, T, reverse, 0, false, 1},
                         nnz, stream);
 }
 
@@ -383,7 +360,7 @@ cudaError_t launch_rnn_sequence_forward(CellMode mode, const int64_t* row_ptr, c
                                         const double* values, int64_t nnz, const double* gx, const double* h0,
                                         const double* c0, const double* b_hh, double* y, double* cs, double* acts,
                                         int64_t H, int64_t B, int64_t T, bool reverse, cudaStream_t stream) {
-  return forward<double>(mode, {row_ptr, col_idx, values, gx, h0, c0, b_hh, y, cs, acts, H, B, T, reverse, 0, false},
+  return forward<double>(mode, {row_ptr, col_idx, values, gx, h0, c0, b_hh, y, cs, acts, H, B, T, reverse, 0, false, 1},
                          nnz, stream);
 }
 
@@ -393,7 +370,7 @@ cudaError_t launch_rnn_sequence_backward(CellMode mode, const int64_t* csc_ptr, 
                                          const float* dy, float* dG, float* dgx, float* dh, float* dc, int64_t H,
                                          int64_t B, int64_t T, bool reverse, cudaStream_t stream) {
   return backward<float>(mode, {csc_ptr, csc_row, values_t, y, h0, cs, c0, acts, dy, dG, dgx, dh, dc, H, B,
-                                T, reverse, 0, false}, nnz, stream);
+                                T, reverse, 0, false, 1}, nnz, stream);
 }
 
 cudaError_t launch_rnn_sequence_backward(CellMode mode, const int64_t* csc_ptr, const int32_t* csc_row,
@@ -402,7 +379,7 @@ cudaError_t launch_rnn_sequence_backward(CellMode mode, const int64_t* csc_ptr, 
                                          const double* dy, double* dG, double* dgx, double* dh, double* dc, int64_t H,
                                          int64_t B, int64_t T, bool reverse, cudaStream_t stream) {
   return backward<double>(mode, {csc_ptr, csc_row, values_t, y, h0, cs, c0, acts, dy, dG, dgx, dh, dc, H, B,
-                                 T, reverse, 0, false}, nnz, stream);
+                                 T, reverse, 0, false, 1}, nnz, stream);
 }
 
 }  // namespace cuda

@@ -42,24 +42,6 @@ struct SddmmArgs {
   bool add;            // out[k] += the dot product (rounded to T first, as out.add_(sddmm(...)))
 };
 
-// Reduce-scatter over the CW lanes of a slot: afterwards p[0] of lane c holds the sum over
-// the slot's lanes of their p[c]. At the step for bit O a lane keeps the half of its array
-// selected by bit O of c and receives its partner's copy of that half. (A recursion rather
-// than a loop so every index is a compile-time constant and p stays in registers.)
-template <int O, typename T, int CW>
-__device__ __forceinline__ void reduce_scatter(T (&p)[CW], int c) {
-  if constexpr (O > 0) {
-    const bool upper = (c & O) != 0;
-#pragma unroll
-    for (int i = 0; i < O; ++i) {
-      const T send = upper ? p[i] : p[i + O];
-      const T keep = upper ? p[i + O] : p[i];
-      p[i] = keep + __shfl_xor_sync(kFullMask, send, O);
-    }
-    reduce_scatter<O / 2>(p, c);
-  }
-}
-
 // The 32 entries [k0, min(k0 + 32, end)) of a row whose G row starts at grow.
 template <typename T, int VEC, int CW, bool FULL>
 __device__ __forceinline__ void sddmm_chunk(const SddmmArgs<T>& a, const T* __restrict__ grow,
@@ -92,7 +74,7 @@ __device__ __forceinline__ void sddmm_chunk(const SddmmArgs<T>& a, const T* __re
       }
     }
   }
-  reduce_scatter<CW / 2>(p, c);
+  reduce_scatter<CW / 2>(p, c);  // common.cuh
   // Entry j = lane lives in slot j % S at lane position j / S.
   const A r = __shfl_sync(kFullMask, p[0], (lane % S) * CW + lane / S);
   if (FULL || k < end)  // the one rounding to storage (and the sum's, adding)

@@ -23,10 +23,11 @@ import torch
 CELLS = ("LSTM", "GRU", "RNN")
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 METHODS = ("sparse_engine", "sparse_engine_composed", "sparse_engine_persistent", "sparse_engine_persistent_l2",
-           "masked_dense", "torch_sparse")
+           "sparse_engine_persistent_split", "masked_dense", "torch_sparse")
 LABELS = {"sparse_engine": "ours", "sparse_engine_composed": "ours, composed step",
           "sparse_engine_persistent": "ours, persistent",
-          "sparse_engine_persistent_l2": "ours, persistent, W_hh not staged", "masked_dense": "masked-dense",
+          "sparse_engine_persistent_l2": "ours, persistent, W_hh not staged",
+          "sparse_engine_persistent_split": "ours, persistent, split rows", "masked_dense": "masked-dense",
           "torch_sparse": "torch.sparse CSR"}
 
 
@@ -144,6 +145,8 @@ def _ours(method, cell, H, density, dev, compute, T, B):
         compute = "persistent"
     if method == "sparse_engine_persistent_l2" and dev.type == "cuda":  # W_hh through L2 every step (the
         se._C._set_sequence_stage_bytes(0)                                # cell's own process: no reset)
+    if method == "sparse_engine_persistent_split" and dev.type == "cuda":  # a row's entries split across a
+        se._C._set_sequence_split(0)                                       # warp's lanes by the rule
     if dev.type == "cuda":  # a placeholder pattern (one entry per 1000 rows), redrawn on the device
         model = module(H, H, density=1e-3 / H, fused=fused, compute=compute).to(dev)
         redraw_on_device([m for m in model.modules() if isinstance(m, se.SparseWeight)], density, dev)
@@ -156,13 +159,12 @@ def _ours(method, cell, H, density, dev, compute, T, B):
     return model, list(model.parameters()), nnz, path
 
 
-def measure(method: str, cell: str, H: int, density: float, device: str, repeats: int, warmup: int,
-            compute: str | None = None, T: int = 35, B: int = 20) -> dict:
-    """One (method, cell, size): the median of ``repeats`` training steps (forward + backward of
-    ``y.sum()``) after ``warmup``, one layer, input size = hidden, both matrices at ``density``:
-    ``{"status": "ok", "ms", "peak_bytes", "nnz", "path", "load"}`` or ``{"status": why not}``."""
-    from ..runtime.timing import cuda_times_of, peak_rss_bytes, times_of
-
+def training_step(method: str, cell: str, H: int, density: float, device: str, compute: str | None = None,
+                  T: int = 35, B: int = 20):
+    """One (method, cell, size)'s training step (forward + backward of ``y.sum()``, one layer, input
+    size = hidden, both matrices at ``density``): ``(step, clear_grads, nnz, path)``, or None where
+    our CUDA kernels are not built. :func:`measure` times it; ``benchmarks/profile_rnn_step.py``
+    profiles it."""
     torch.manual_seed(0)
     dev = torch.device(device)
     x = torch.randn(T, B, H, device=dev)
@@ -170,7 +172,7 @@ def measure(method: str, cell: str, H: int, density: float, device: str, repeats
     if method.startswith("sparse_engine"):
         built = _ours(method, cell, H, density, dev, compute, T, B)
         if built is None:
-            return {"status": "no CUDA kernels"}
+            return None
         model, params, nnz, path = built
 
         def step():
@@ -212,7 +214,20 @@ def measure(method: str, cell: str, H: int, density: float, device: str, repeats
     def clear_grads():
         for p in params:
             p.grad = None
+    return step, clear_grads, nnz, path
 
+
+def measure(method: str, cell: str, H: int, density: float, device: str, repeats: int, warmup: int,
+            compute: str | None = None, T: int = 35, B: int = 20) -> dict:
+    """One (method, cell, size): the median of ``repeats`` training steps (:func:`training_step`) after
+    ``warmup``: ``{"status": "ok", "ms", "peak_bytes", "nnz", "path", "load"}`` or ``{"status": why not}``."""
+    from ..runtime.timing import cuda_times_of, peak_rss_bytes, times_of
+
+    dev = torch.device(device)
+    built = training_step(method, cell, H, density, device, compute, T, B)
+    if built is None:
+        return {"status": "no CUDA kernels"}
+    step, clear_grads, nnz, path = built
     for _ in range(warmup):
         step()
         clear_grads()

@@ -34,7 +34,7 @@ DRIVER = ("driver", ["spmm_cuda", "sddmm_cuda", "transpose_cuda"])
 RNN_DRIVER = ("rnn_driver", ["rnn_step_cuda", "spmm_cuda"])
 SEQ_DRIVER = ("seq_driver", ["rnn_sequence_cuda"])
 DRIVERS = {"spmm_cuda.cu": [DRIVER, RNN_DRIVER], "sddmm_cuda.cu": [DRIVER], "transpose_cuda.cu": [DRIVER],
-           "rnn_step_cuda.cu": [RNN_DRIVER], "rnn_sequence_cuda.cu": [SEQ_DRIVER],
+           "rnn_step_cuda.cu": [RNN_DRIVER], "rnn_sequence_cuda.cu": [SEQ_DRIVER], "sequence_dot.cuh": [SEQ_DRIVER],
            "common.cuh": [DRIVER, RNN_DRIVER, SEQ_DRIVER]}
 # (stage, variant, suite, seeds)
 STAGES = [("emulator", "plain", "small", ["1", "2", "3"]), ("asan+ubsan", "asan", "sanitize", ["1"]),
@@ -68,9 +68,10 @@ BUGS = [
     Bug("shuffle-xor-lane", "common.cuh", "acc[e] += __shfl_xor_sync(kFullMask, acc[e], o);",
         "acc[e] += __shfl_xor_sync(kFullMask, acc[e], o / 2);",
         "gather_range: the slots' sums use the wrong butterfly partner"),
-    Bug("shuffle-mask", "sddmm_cuda.cu", "p[i] = keep + __shfl_xor_sync(kFullMask, send, O);",
-        "p[i] = keep + __shfl_xor_sync(0x0000ffffu, send, O);",
-        "sddmm reduce_scatter: a half-warp mask on a shuffle all 32 lanes execute"),
+    Bug("shuffle-mask", "common.cuh", "p[i] = keep + __shfl_xor_sync(kFullMask, send, O * Stride);",
+        "p[i] = keep + __shfl_xor_sync(0x0000ffffu, send, O * Stride);",
+        "reduce_scatter (sddmm; the persistent kernels' split rows): a half-warp mask on a shuffle all 32 lanes "
+        "execute"),
     Bug("shuffle-divergent", "sddmm_cuda.cu",
         "  const A r = __shfl_sync(kFullMask, p[0], (lane % S) * CW + lane / S);\n"
         "  if (FULL || k < end)  // the one rounding to storage (and the sum's, adding)\n"
@@ -149,17 +150,26 @@ BUGS = [
         "const T* h = s == 0 ? a.h0 : a.y + tp * HB;", "const T* h = a.h0;",
         "seq_forward_kernel: every step reads h_0 instead of the state the step before wrote"),
     Bug("stage-barrier-removed", "rnn_sequence_cuda.cu",
-        "  __syncthreads();  // every thread's staged entries before any thread's first step reads them\n"
-        "  for (int64_t s = 0;",
-        "  for (int64_t s = 0;",
+        "  __syncthreads();  // every thread's staged entries (and the shifts) before any thread's first step reads "
+        "them\n", "",
         "seq_forward_kernel: no block barrier between staging W_hh in shared memory and the first step's reads"),
     Bug("stage-offset-one-gate", "rnn_sequence_cuda.cu",
-        "p[q] = staged_dot(st, off[q] + (k0 - base[q]),", "p[q] = staged_dot(st, k0 - base[0],",
+        "p[q] = row_dot(a.split, st, k0 + shift[q],", "p[q] = row_dot(a.split, st, k0 + shift[0],",
         "seq_forward_kernel: every gate's staged position counted from the first gate's segment"),
     Bug("stage-past-shared", "rnn_sequence_cuda.cu",
-        "  shmem = static_cast<size_t>(stage_entries * entry);",
-        "  shmem = static_cast<size_t>(stage_entries * sizeof(T));",
+        "  shmem = static_cast<size_t>(kStageHeader + stage_entries * entry);",
+        "  shmem = static_cast<size_t>(kStageHeader + stage_entries * sizeof(T));",
         "grid_for: the launch's shared memory sized for the staged values only, not their index"),
+    Bug("split-slot-start", "sequence_dot.cuh",
+        "  int64_t e = lo + ((s - lo % S) % S + S) % S;", "  int64_t e = lo + s;",
+        "split_run: a slot's first entry past the stage counted from the stage's end, not the row's start (entries "
+        "summed twice or not at all where a row straddles the stage)"),
+    Bug("split-reduce-stride", "sequence_dot.cuh",
+        "  reduce_scatter<S / 2, C>(acc, s);", "  reduce_scatter<S / 2>(acc, s);",
+        "split_dot: the slots' sums meet lanes 1 apart, not 32 / S (each lane adds another column's partial sums)"),
+    Bug("split-shuffle-divergent", "rnn_sequence_cuda.cu",
+        "        const T d = row_dot(a.split,", "        const T d = tile + lane >= a.B ? T(0) : row_dot(a.split,",
+        "seq_backward_kernel: lanes past the batch skip the split row's shuffles that the others wait on"),
     Bug("one-column-stride", "common.cuh",
         "        const int64_t k = k0 + u * step + lane;", "        const int64_t k = k0 + u * kWarp + lane;",
         "gather_range: one vector column's chunks taken 32 entries apart, not `step` (the long-row kernel's "

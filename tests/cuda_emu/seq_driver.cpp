@@ -23,7 +23,8 @@ namespace {
 
 template <class T>
 void run(CellMode mode, const char* pname, const std::vector<int64_t>& lens, int64_t H, int64_t B, int64_t NT,
-         bool reverse, bool with_dy, std::mt19937& g) {
+         bool reverse, bool with_dy, std::mt19937& g, int split = 1) {
+  const int old_split = set_rnn_sequence_split(split);
   const double rel = sizeof(T) == 4 ? 2e-5 : 1e-12;
   const int G = cell_gates(mode);
   const bool lstm = mode == CellMode::LSTM, gru = mode == CellMode::GRU;
@@ -178,9 +179,10 @@ void run(CellMode mode, const char* pname, const std::vector<int64_t>& lens, int
     eq(y, y2); eq(cs, cs2); eq(acts, acts2); eq(dG, dG2); eq(dgx, dgx2); eq(dh, dh2); eq(dc, dc2);
     if (!same) { printf("  FAIL staging %ld bytes a block changed the outputs\n", (long)cap); ++failures; }
   }
-  printf("%s %-8s %-8s H=%-4ld B=%-3ld T=%-2ld %s%s nnz=%-6ld %s\n", sizeof(T) == 4 ? "f32" : "f64",
-         kCellModeNames[static_cast<int>(mode)], pname, (long)H, (long)B, (long)NT, reverse ? "reverse" : "forward",
-         with_dy ? "" : " (no dy)", (long)nnz, failures == before ? "ok" : "FAILED");
+  set_rnn_sequence_split(old_split);
+  printf("%s %-8s %-8s H=%-4ld B=%-3ld T=%-2ld split=%d %s%s nnz=%-6ld %s\n", sizeof(T) == 4 ? "f32" : "f64",
+         kCellModeNames[static_cast<int>(mode)], pname, (long)H, (long)B, (long)NT, split,
+         reverse ? "reverse" : "forward", with_dy ? "" : " (no dy)", (long)nnz, failures == before ? "ok" : "FAILED");
 }
 
 }  // namespace
@@ -192,9 +194,9 @@ int main(int argc, char** argv) {
   std::mt19937 g(11);  // the inputs do not depend on the emulator's seed
   auto lengths = [&](const char* kind, int G, int64_t H) {
     std::vector<int64_t> len(G * H);
-    std::uniform_int_distribution<int> u(0, 9);
+    std::uniform_int_distribution<int> u(0, 9), w(0, 70);
     const std::string k(kind);
-    for (auto& l : len) l = k == "zero" ? 0 : (k == "empty" ? (u(g) < 7 ? 0 : u(g)) : u(g));
+    for (auto& l : len) l = k == "zero" ? 0 : (k == "empty" ? (u(g) < 7 ? 0 : u(g)) : (k == "long" ? w(g) : u(g)));
     return len;
   };
   for (CellMode mode : {CellMode::LSTM, CellMode::GRU, CellMode::RNN_TANH, CellMode::RNN_RELU}) {
@@ -202,6 +204,7 @@ int main(int argc, char** argv) {
     if (sanitize) {  // every mode and both directions, blocks of several units, two batch tiles
       run<float>(mode, "uniform", lengths("uniform", G, 37), 37, 3, 3, false, true, g);
       run<float>(mode, "uniform", lengths("uniform", G, 21), 21, 33, 2, true, true, g);
+      run<float>(mode, "long", lengths("long", G, 21), 21, 33, 2, true, true, g, 8);  // split rows
       continue;
     }
     // units per block (1 SM: at most 8 blocks of 8 warps): 1, several; batch tiles of 32 lanes: 1, 2, 3
@@ -214,6 +217,17 @@ int main(int argc, char** argv) {
     run<float>(mode, "zero", lengths("zero", G, 13), 13, 4, 2, false, true, g);
     run<float>(mode, "uniform", lengths("uniform", G, 1), 1, 4, 3, false, true, g);   // one hidden unit
     run<float>(mode, "uniform", lengths("uniform", G, 9), 9, 2, 1, false, true, g);   // one step
+    // split rows (S entries of a row at once, 32 / S batch columns a lane's slot): rows of 0-70
+    // entries, so that a slot's run has whole unrolled groups and a tail; one to three batch tiles,
+    // partly filled; the rule (0: S = 2 at these rows' mean of 35 entries, 4 for the backward's
+    // columns); empty rows and an empty matrix
+    for (int split : {2, 4, 8}) run<float>(mode, "long", lengths("long", G, 37), 37, 20, 3, false, true, g, split);
+    run<float>(mode, "long", lengths("long", G, 21), 21, 67, 2, true, true, g, 4);
+    run<float>(mode, "long", lengths("long", G, 13), 13, 1, 3, false, true, g, 8);
+    run<float>(mode, "long", lengths("long", G, 37), 37, 5, 3, true, false, g, 0);
+    run<double>(mode, "long", lengths("long", G, 19), 19, 9, 3, false, true, g, 2);
+    run<double>(mode, "empty", lengths("empty", G, 45), 45, 3, 3, true, true, g, 8);
+    run<float>(mode, "zero", lengths("zero", G, 13), 13, 4, 2, false, true, g, 4);
     if (full) {
       run<float>(mode, "uniform", lengths("uniform", G, 300), 300, 33, 6, false, true, g);
       run<double>(mode, "uniform", lengths("uniform", G, 64), 64, 130, 3, true, true, g);

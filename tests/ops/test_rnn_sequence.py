@@ -309,6 +309,44 @@ def test_staging_w_hh_in_shared_memory_changes_no_bit_on_cuda(mode):
     assert_matches_reference(mode, args, False, F32)
 
 
+@pytest.mark.cuda
+@pytest.mark.usefixtures("cuda_device")
+@pytest.mark.parametrize("split", [2, 4, 8, 0])
+@pytest.mark.parametrize("mode", MODES)
+def test_split_rows_match_float64_and_do_not_depend_on_staging_on_cuda(mode, split):
+    """A row's entries split across a warp's lanes (S at a time; 0: the rule, here S = 8 forward):
+    the float64 reference, at B = 20 (a tile partly filled) and 35 (two tiles); the same bits run
+    twice and with W_hh staged whole, in part, or not at all."""
+    from sparse_engine import _C
+    old_split = _C._set_sequence_split(split)
+    try:
+        for B in (20, 35):
+            args = case(mode, 300, B, 4, F32, "cuda", seed=17 + B, density=0.5, empty_rows=7, gain=1.0)
+            assert_matches_reference(mode, args, B == 35, F32)
+            W, gx, h0, c0, b_hh, dy, dh, dc = args
+            runs = []
+            for cap in (-1, -1, 0, 3000):
+                old = _C._set_sequence_stage_bytes(cap)
+                try:
+                    fwd, bwd = run_op(mode, W, gx, h0, c0, b_hh, False, dy, dh, dc)
+                finally:
+                    _C._set_sequence_stage_bytes(old)
+                runs.append([t.cpu() for t in fwd + bwd])
+            for other in runs[1:]:
+                for name, a, b in zip(NAMES, runs[0], other):
+                    assert torch.equal(a, b), (B, name)
+    finally:
+        _C._set_sequence_split(old_split)
+
+
+def test_split_setting_refuses_other_values_on_cuda_builds():
+    _C = pytest.importorskip("sparse_engine._C")
+    if not hasattr(_C, "_set_sequence_split"):
+        pytest.skip("a build without the CUDA kernels")
+    with pytest.raises(ValueError, match="split must be 0, 1, 2, 4 or 8, got 3"):
+        _C._set_sequence_split(3)
+
+
 # ------------------------------------------------------------ the CUDA kernels on the emulator
 @pytest.mark.slow
 def test_persistent_kernels_match_float64_references_on_the_emulator(seq_driver_runs):

@@ -1,0 +1,127 @@
+"""Where a recurrent training step's time goes: torch.profiler over a few steps of ours and of
+masked-dense nn.LSTM/GRU, in the same run, the operators and kernels by their own time.
+
+Why: issue 44 asks for the dense path (`compute="dense"`: the weights written into dense matrices,
+then torch's cuDNN recurrence) within 1.1x of masked cuDNN at 1,500 units and 33%, where the first
+H200 run measured 7.9 ms against 3.3 ms; a table of where the 4.6 ms go comes before removing them.
+Each method's section: its step time (wall, with the profiler on), the host synchronisations it made
+(`cudaStreamSynchronize`, `cudaDeviceSynchronize`, `aten::_local_scalar_dense`: a device-to-host
+read that waits for the queue), and the `--top` operators or kernels by self time on the device
+(on the CPU: by self CPU time), per step.
+
+    python benchmarks/profile_rnn_step.py --device cuda --cells LSTM:1500:0.33 --out profile_rnn_step_cuda.md
+    python benchmarks/profile_rnn_step.py --cells LSTM:256:0.33 --steps 2   # the CPU, a quick look
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+from common import announce, cell, finish, markdown_table, out_help, results_path, write_result  # sparse_engine first
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+from sparse_engine.runs import step_bench
+
+DEFAULT = "profile_rnn_step.md"
+TITLE = "Where a recurrent training step's time goes (torch.profiler)"
+#: method: (step_bench method, compute)
+METHODS = {"dense": ("sparse_engine", "dense"), "persistent": ("sparse_engine", "persistent"),
+           "sparse": ("sparse_engine", "sparse"), "masked_dense": ("masked_dense", None)}
+SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "aten::_local_scalar_dense")
+
+
+def parse_cell(text: str) -> tuple[str, int, float]:
+    """'LSTM:1500:0.33' -> ('LSTM', 1500, 0.33)."""
+    try:
+        kind, hidden, density = text.split(":")
+        if kind not in step_bench.CELLS:
+            raise ValueError
+        return kind, int(hidden), float(density)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a cell is CELL:HIDDEN:DENSITY with CELL one of "
+                                         f"{', '.join(step_bench.CELLS)}, got {text!r}") from None
+
+
+def self_time_us(event, device: bool) -> float:
+    """An averaged event's own time (us) on the device, or on the CPU."""
+    if not device:
+        return event.self_cpu_time_total
+    return getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0)
+
+
+def profiled(method: str, kind: str, H: int, density: float, device: str, steps: int, warmup: int, top: int):
+    """(step ms with the profiler on, host syncs per step, [(name, us per step, calls per step)]) or a
+    reason it did not run."""
+    base, compute = METHODS[method]
+    built = step_bench.training_step(base, kind, H, density, device, compute)
+    if built is None:
+        return "no CUDA kernels"
+    step, clear_grads, _, path = built
+    for _ in range(warmup):
+        step()
+        clear_grads()
+    on_gpu = device == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    with profile(activities=activities) as prof:
+        if on_gpu:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+            clear_grads()
+        if on_gpu:
+            torch.cuda.synchronize()
+        wall = (time.perf_counter() - t0) / steps
+    events = prof.key_averages()
+    syncs = sum(e.count for e in events if e.key in SYNCS) / steps
+    ranked = sorted(events, key=lambda e: self_time_us(e, on_gpu), reverse=True)[:top]
+    return 1e3 * wall, syncs, path, [(e.key, self_time_us(e, on_gpu) / steps, e.count / steps) for e in ranked]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cells", nargs="+", type=parse_cell, default=[parse_cell("LSTM:1500:0.33")])
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=["dense", "masked_dense"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--steps", type=int, default=5, help="profiled steps (after --warmup)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--top", type=int, default=15, help="operators / kernels listed per method")
+    p.add_argument("--out", default=None, help=out_help(DEFAULT))
+    p.add_argument("--copy-to", type=Path, default=None, help="also write the results file into this folder")
+    args = p.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0 or args.top < 1:
+        p.error("--steps and --top must be >= 1, --warmup >= 0")
+    path = results_path(args.out, DEFAULT)
+    announce(TITLE, ["cell", "method", "ms a step (profiled)", "host syncs a step"], path)
+    sections = []
+    for kind, H, density in args.cells:
+        for method in args.methods:
+            with cell(f"{kind} {H:,} @ {density:g}, {method}") as c:
+                got = profiled(method, kind, H, density, args.device, args.steps, args.warmup, args.top)
+                if isinstance(got, str):
+                    c.result = [f"{kind} {H:,} @ {density:g}", method, got, "-"]
+                    sections.append(f"## {kind} {H:,} @ {density:g}, {method}: {got}")
+                else:
+                    ms, syncs, ran, rows = got
+                    c.result = [f"{kind} {H:,} @ {density:g}", method, f"{ms:.2f}", f"{syncs:g}"]
+                    where = "device" if args.device == "cuda" else "CPU"
+                    sections.append(
+                        f"## {kind} {H:,} @ {density:g}, {method} (path: {ran or method}): {ms:.2f} ms a step, "
+                        f"{syncs:g} host syncs a step\n\n"
+                        + markdown_table([f"operator or kernel (by self {where} time)", "us a step", "calls a step"],
+                                         [[f"`{n[:90]}`", f"{us:.0f}", f"{k:g}"] for n, us, k in rows]))
+            for target in [path] + ([args.copy_to / path.name] if args.copy_to else []):
+                write_result(target, TITLE,
+                             f"T = 35, B = 20, one layer, input = hidden, float32, {args.device}; {args.steps} steps "
+                             f"profiled after {args.warmup} warm-up; 1-minute load average "
+                             f"{os.getloadavg()[0]:.1f}; the step time includes the profiler's own cost.\n\n"
+                             + "\n\n".join(sections)
+                             + "\n\n`python benchmarks/profile_rnn_step.py` (its docstring says how to read it).")
+    finish(path)
+
+
+if __name__ == "__main__":
+    main()
