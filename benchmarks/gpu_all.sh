@@ -63,7 +63,8 @@
 #   DEADLINE_S=580 STAGES="build test persistent" (the GPU tests before any number; the persistent stage gets
 #   what is left: its tests with the split rows', memcheck and racecheck, then the table with split rows
 #   against a lane per column and masked cuDNN, cells in the issue's order, then profile_rnn_step_cuda.md:
-#   where the dense path's time goes against masked cuDNN), then on the warm machine DEADLINE_S=300
+#   where the dense path's time goes against masked cuDNN, and Nsight Compute inside the persistent
+#   kernels at 4,096 @ 1%, ncu_persistent_split{1,0}.md), then on the warm machine DEADLINE_S=300
 #   STAGES=bench BENCH_DTYPES=float32 benchmarks/gpu_all.sh --n 16384 65536 --density 0.0005 0.001 (the cells
 #   where Zipf rows at B >= 32 lost, 0.37-0.86x; compare with cuda_ops_nvidia_h200.md), or, where the
 #   persistent table stopped early, STAGES=persistent again. Later: STAGES=caps (the step estimate on the GPU),
@@ -72,7 +73,7 @@
 #   STAGES=bench ... -- --quick (then the full bf16 grid), STAGES=step.
 # $OUT per command: gpu_all.log (every stage's output, appended as it goes), each benchmark's results
 # file (cuda_ops_<gpu>[_bf16][_quick].md, rnn_gpu[_quick].md, rnn_gpu_largest.md, topology_<gpu>.md,
-# rnn_step_gpu.md, rnn_gpu_persistent.md, profile_rnn_step_cuda.md, caps_cuda_*.md,
+# rnn_step_gpu.md, rnn_gpu_persistent.md, profile_rnn_step_cuda.md, ncu_persistent_split{1,0}.md, caps_cuda_*.md,
 # step_estimate_products_cuda.md) and, from the build stage, build/_C*.so[.partNN]: at most 8 files.
 # Afterwards commit from $OUT (files_at) into benchmarks/results/: the results files, and each
 # command's gpu_all.log as gpu_<stages>_<gpu>.log (<gpu> = nvidia_h100_80gb_hbm3 or the like);
@@ -356,6 +357,24 @@ if has persistent && begin "persistent recurrent kernels: tests, sanitizers, tab
   # where the dense path's time goes against masked cuDNN (issue 44 item 2), and the persistent step's
   CAP=60 logged 8 $PY benchmarks/profile_rnn_step.py --device cuda --cells LSTM:1500:0.33 LSTM:4096:0.01 \
     --methods dense masked_dense persistent --out benchmarks/results/profile_rnn_step_cuda.md ${copy[@]+"${copy[@]}"}
+  # inside the persistent kernels (issue 44: where a missed target's time goes): Nsight Compute on one
+  # training step's forward and backward launches at LSTM 4,096 @ 1%, lane per column then split rows
+  NCU=$(command -v ncu || echo "${CUDA_HOME:-/usr/local/cuda}/bin/ncu")
+  if [[ -x "$NCU" ]] && (( $(left) > 60 )); then
+    for split in 1 0; do
+      CAP=$(( $(left) / 2 )) logged 4 "$NCU" --csv --page details \
+        --target-processes all -k regex:seq_ --launch-skip 2 --launch-count 2 --section SpeedOfLight \
+        --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats --section WarpStateStats \
+        --section SchedulerStats --log-file "$DEST/ncu_persistent_split$split.csv" $PY benchmarks/profile_rnn_step.py \
+        --device cuda --cells LSTM:4096:0.01 --methods persistent --steps 1 --warmup 1 --plain \
+        --sequence-split $split --out /tmp/profile_plain.md
+      $PY benchmarks/ncu_summary.py "$DEST/ncu_persistent_split$split.csv" --md "$DEST/ncu_persistent_split$split.md" \
+        --title "Nsight Compute: the persistent LSTM kernels at 4,096 @ 1%, T=35, B=20 (split $split)" \
+        && rm -f "$DEST/ncu_persistent_split$split.csv"
+    done
+  else
+    say "== Nsight Compute (ncu) not found or no time left: no kernel profile"
+  fi
   took persistent $t0
 fi
 if has caps && begin "the largest sparse LSTM/GRU under 8-80 GB caps (issue 46)" 120; then

@@ -52,9 +52,11 @@ def self_time_us(event, device: bool) -> float:
     return getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0)
 
 
-def profiled(method: str, kind: str, H: int, density: float, device: str, steps: int, warmup: int, top: int):
-    """(step ms with the profiler on, host syncs per step, [(name, us per step, calls per step)]) or a
-    reason it did not run."""
+def profiled(method: str, kind: str, H: int, density: float, device: str, steps: int, warmup: int, top: int,
+             plain: bool = False):
+    """(step ms with the profiler on, host syncs per step, the path that ran, [(name, us per step, calls
+    per step)]) or a reason it did not run; with ``plain`` the steps run without the profiler (no
+    table: for Nsight Compute)."""
     base, compute = METHODS[method]
     built = step_bench.training_step(base, kind, H, density, device, compute)
     if built is None:
@@ -64,6 +66,14 @@ def profiled(method: str, kind: str, H: int, density: float, device: str, steps:
         step()
         clear_grads()
     on_gpu = device == "cuda"
+    if plain:  # no torch.profiler: under Nsight Compute, which needs CUPTI to itself
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+            clear_grads()
+        if on_gpu:
+            torch.cuda.synchronize()
+        return 1e3 * (time.perf_counter() - t0) / steps, float("nan"), path, []
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
     with profile(activities=activities) as prof:
         if on_gpu:
@@ -89,30 +99,40 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=5, help="profiled steps (after --warmup)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--top", type=int, default=15, help="operators / kernels listed per method")
+    p.add_argument("--sequence-split", type=int, default=None, choices=[0, 1, 2, 4, 8],
+                   help="the persistent kernels' split rows (sparse_engine._C._set_sequence_split; CUDA builds)")
+    p.add_argument("--plain", action="store_true",
+                   help="run the steps without torch.profiler (to run under Nsight Compute: ncu ... python %(prog)s)")
     p.add_argument("--out", default=None, help=out_help(DEFAULT))
     p.add_argument("--copy-to", type=Path, default=None, help="also write the results file into this folder")
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.top < 1:
         p.error("--steps and --top must be >= 1, --warmup >= 0")
+    if args.sequence_split is not None:
+        from sparse_engine import _C
+        if not hasattr(_C, "_set_sequence_split"):
+            p.error("--sequence-split needs a build with the CUDA kernels")
+        _C._set_sequence_split(args.sequence_split)
     path = results_path(args.out, DEFAULT)
     announce(TITLE, ["cell", "method", "ms a step (profiled)", "host syncs a step"], path)
     sections = []
     for kind, H, density in args.cells:
         for method in args.methods:
             with cell(f"{kind} {H:,} @ {density:g}, {method}") as c:
-                got = profiled(method, kind, H, density, args.device, args.steps, args.warmup, args.top)
+                got = profiled(method, kind, H, density, args.device, args.steps, args.warmup, args.top, args.plain)
                 if isinstance(got, str):
                     c.result = [f"{kind} {H:,} @ {density:g}", method, got, "-"]
                     sections.append(f"## {kind} {H:,} @ {density:g}, {method}: {got}")
                 else:
                     ms, syncs, ran, rows = got
-                    c.result = [f"{kind} {H:,} @ {density:g}", method, f"{ms:.2f}", f"{syncs:g}"]
+                    c.result = [f"{kind} {H:,} @ {density:g}", method, f"{ms:.2f}", "-" if args.plain else f"{syncs:g}"]
                     where = "device" if args.device == "cuda" else "CPU"
-                    sections.append(
-                        f"## {kind} {H:,} @ {density:g}, {method} (path: {ran or method}): {ms:.2f} ms a step, "
-                        f"{syncs:g} host syncs a step\n\n"
+                    table = "" if args.plain else (
+                        f", {syncs:g} host syncs a step\n\n"
                         + markdown_table([f"operator or kernel (by self {where} time)", "us a step", "calls a step"],
                                          [[f"`{n[:90]}`", f"{us:.0f}", f"{k:g}"] for n, us, k in rows]))
+                    sections.append(f"## {kind} {H:,} @ {density:g}, {method} (path: {ran or method}): {ms:.2f} ms a "
+                                    "step" + (" (without the profiler: --plain)" if args.plain else table))
             for target in [path] + ([args.copy_to / path.name] if args.copy_to else []):
                 write_result(target, TITLE,
                              f"T = 35, B = 20, one layer, input = hidden, float32, {args.device}; {args.steps} steps "
