@@ -41,7 +41,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import announce, cell, finish, markdown_table, parse_hidden, results_path, write_result  # noqa: E402
+from common import (add_copy_to, announce, cell, finish, markdown_table, parse_hidden, results_path,  # noqa: E402
+                    write_result)
 
 T, B, N_IN, N_OUT, PER_ROW = 35, 20, 28, 10, 32
 
@@ -215,7 +216,7 @@ def main(argv=None) -> int:
     p.add_argument("--budget-s", type=float, default=None, help="start no row after this many seconds")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--out", default=None, help="results file (default: a fresh one in benchmarks/results/local/)")
-    p.add_argument("--copy-to", type=Path, default=None, help="also write the results file into this folder")
+    add_copy_to(p)
     args = p.parse_args(argv)
     from sparse_engine.memory import format_size, parse_size
 
@@ -278,8 +279,7 @@ def main(argv=None) -> int:
                 "optimizer). Caps: " + ", ".join(
                     f"{c} = {format_size(parse_size(c))}"
                     for c in dict.fromkeys(r.partition("@")[0] for r in args.rows.split(",")) if c != "none") + ".")
-            for target in [path] + ([args.copy_to / path.name] if args.copy_to else []):
-                write_result(target, title, body)
+            write_result(path, title, body, args.copy_to)
     finish(path)
     return 0
 

@@ -74,7 +74,7 @@ def main(argv=None):
     p.add_argument("--per-row", type=int, default=32, help="nonzeros per row for --largest")
     p.add_argument("--max-hidden", type=int, default=None, help="stop --largest here (default cpu 2^18, gpu 2^21)")
     p.add_argument("--out", default=None, help=common.out_help("rnn_<cpu|gpu>.md"))
-    p.add_argument("--copy-to", type=Path, default=None, help="also write the results file into this folder")
+    common.add_copy_to(p)
     p.add_argument("--budget-s", type=float, default=None,
                    help="stop starting cells after this many seconds; each cell's timeout is capped to what is left")
     args = p.parse_args(argv)
@@ -101,9 +101,7 @@ def main(argv=None):
 
     def save():
         text = "\n".join(report(rows, methods, device, args, load_start) + extra) + "\n"
-        for path in [out_path] + ([args.copy_to / out_path.name] if args.copy_to else []):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+        common.write_text(out_path, text, args.copy_to)
 
     for cell, spec in ((c, s) for s in sizes for c in args.cells):
         H, d = spec.split(":")

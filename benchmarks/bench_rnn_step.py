@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import sparse_engine as se  # noqa: E402
-from common import announce, cell, finish, machine, out_help, results_path  # noqa: E402
+from common import add_copy_to, announce, cell, finish, machine, out_help, results_path, write_text  # noqa: E402
 from sparse_engine.kernels import has_kernel  # noqa: E402
 from sparse_engine.recurrent.cell_steps import CELLS  # noqa: E402
 from sparse_engine.runtime.timing import times_of  # noqa: E402
@@ -53,7 +53,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--out", default=None, help=out_help("rnn_step_<cpu|gpu>.md"))
-    p.add_argument("--copy-to", type=Path, default=None, help="also write the results file into this folder")
+    add_copy_to(p)
     p.add_argument("--budget-s", type=float, default=None, help="stop starting sizes after this many seconds")
     p.add_argument("--sizes", nargs="+", default=None, help="hidden:density pairs (default: the table's)")
     args = p.parse_args(argv)
@@ -145,9 +145,7 @@ def write(out: Path, args, dev: torch.device, B: int, rows: list[str]) -> None:
         "sparse_engine.kernels.choose.choose_fused is the rule drawn from this table (docs/cpu_kernels.md).", "",
         "| " + " | ".join(COLUMNS) + " |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |", *rows, ""])
-    for path in [out] + ([args.copy_to / out.name] if args.copy_to else []):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+    write_text(out, text, args.copy_to)
 
 
 if __name__ == "__main__":

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
-from common import (announce, cell, finish, markdown_table, out_help, parse_hidden, results_path,  # sparse_engine first
-                    write_result)
+from common import (add_copy_to, announce, cell, finish, markdown_table, out_help, parse_hidden,  # sparse_engine first
+                    results_path, write_result)
 
 import torch
 from sparse_engine import ops
@@ -59,7 +58,7 @@ def main(argv=None):
     p.add_argument("--hidden", default="16k,64k,256k,1M", help="comma-separated LSTM sizes (10k, 1M, ...)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--out", default=None, help=out_help(DEFAULT))
-    p.add_argument("--copy-to", type=Path, default=None, help="also write the results file into this folder")
+    add_copy_to(p)
     args = p.parse_args(argv)
     device = torch.device(args.device)
     header = ["hidden", "nonzeros", "whole fwd ms", "whole bwd ms", "estimate fwd ms", "estimate bwd ms",
@@ -81,12 +80,12 @@ def main(argv=None):
                         *(f"{1e3 * t:.1f}" for t in old), f"{old[0] / ref[0]:.2f}, {old[1] / ref[1]:.2f}",
                         f"{os.getloadavg()[0]:.1f}"]
         rows_out.append(c.result)
-        for target in [path] + ([args.copy_to / path.name] if args.copy_to else []):
-            write_result(target, TITLE, f"LSTM W_hh (4H x H, {PER_ROW} nonzeros per row), B = {B}, float32, "
-                         f"{args.device}; each time the fastest of 3 calls after a warm-up "
-                         "(step_estimate._seconds).\n\n"
-                         + markdown_table(header, rows_out)
-                         + "\n\n`python benchmarks/bench_step_estimate.py` (its docstring says how to read it).")
+        write_result(path, TITLE, f"LSTM W_hh (4H x H, {PER_ROW} nonzeros per row), B = {B}, float32, "
+                     f"{args.device}; each time the fastest of 3 calls after a warm-up "
+                     "(step_estimate._seconds).\n\n"
+                     + markdown_table(header, rows_out)
+                     + "\n\n`python benchmarks/bench_step_estimate.py` (its docstring says how to read it).",
+                     args.copy_to)
     finish(path)
 
 

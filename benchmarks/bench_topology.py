@@ -32,11 +32,10 @@ import argparse
 import re
 import sys
 import time
-from pathlib import Path
 
 
-from common import (announce, announce_columns, cell, finish, machine, out_help,  # (it puts the checkout's
-                    results_path)  # package on the path, installed or not)
+from common import (add_copy_to, announce, announce_columns, cell, finish, machine, out_help,  # (it puts the
+                    results_path, write_text)  # checkout's package on the path, installed or not)
 from sparse_engine import SparseWeight
 from sparse_engine.runtime.timing import available_memory_bytes, best_of  # the same helpers as sparse-engine bench
 from sparse_engine.training import gradient_growth, magnitude_keep, random_empty, rewire, set_keep
@@ -179,7 +178,7 @@ def main():
     ap.add_argument("--nnz", type=int, default=10_000_000)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--out", default=None, help=out_help("topology_<cpu|gpu>.md"))
-    ap.add_argument("--copy-to", type=Path, default=None, help="cuda: also write the results file into this folder")
+    add_copy_to(ap)
     ap.add_argument("--budget-s", type=float, default=240.0, help="cuda: stop starting new cases after this long")
     args = ap.parse_args()
     if args.device == "cuda":
@@ -322,12 +321,7 @@ def main_cuda(args):
     rows_out = []
 
     def write():
-        text = "\n".join(header + rows_out) + "\n"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
-        if args.copy_to is not None:
-            args.copy_to.mkdir(parents=True, exist_ok=True)
-            (args.copy_to / out.name).write_text(text)
+        write_text(out, "\n".join(header + rows_out) + "\n", args.copy_to)
 
     t_start = time.perf_counter()
     status = 0

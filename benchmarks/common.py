@@ -112,15 +112,27 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def write_result(name: str, title: str, body: str) -> Path:
+def write_result(name: str, title: str, body: str, copy_to: Path | None = None) -> Path:
     """Writes a results file: ``name`` is a file name (put in benchmarks/results/) or a path with a
-    folder (taken as given, like the scripts whose --out is a path; the folder is made)."""
+    folder (taken as given, like the scripts whose --out is a path; the folder is made); with
+    ``copy_to`` (--copy-to) a copy too."""
     path = Path(name)
     if path.parent == Path("."):
         path = RESULTS / path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"# {title}\n\nMachine: {machine()}\n\n{body}\n")
+    write_text(path, f"# {title}\n\nMachine: {machine()}\n\n{body}\n", copy_to)
     return path
+
+
+def add_copy_to(parser) -> None:
+    """The --copy-to option: a GPU session's $OUT, where the runner brings files back from."""
+    parser.add_argument("--copy-to", type=Path, default=None, help="also write the results file into this folder")
+
+
+def write_text(path: Path, text: str, copy_to: Path | None = None) -> None:
+    """``text`` into ``path`` and, with ``copy_to``, into a file of the same name there (folders made)."""
+    for target in [path] + ([Path(copy_to) / path.name] if copy_to else []):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
 
 
 def _stem(default: str | os.PathLike) -> str:

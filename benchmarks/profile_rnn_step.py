@@ -17,9 +17,9 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from pathlib import Path
 
-from common import announce, cell, finish, markdown_table, out_help, results_path, write_result  # sparse_engine first
+from common import (add_copy_to, announce, cell, finish, markdown_table, out_help, results_path,  # sparse_engine first
+                    write_result)
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -104,7 +104,7 @@ def main(argv=None):
     p.add_argument("--plain", action="store_true",
                    help="run the steps without torch.profiler (to run under Nsight Compute: ncu ... python %(prog)s)")
     p.add_argument("--out", default=None, help=out_help(DEFAULT))
-    p.add_argument("--copy-to", type=Path, default=None, help="also write the results file into this folder")
+    add_copy_to(p)
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.top < 1:
         p.error("--steps and --top must be >= 1, --warmup >= 0")
@@ -133,13 +133,13 @@ def main(argv=None):
                                          [[f"`{n[:90]}`", f"{us:.0f}", f"{k:g}"] for n, us, k in rows]))
                     sections.append(f"## {kind} {H:,} @ {density:g}, {method} (path: {ran or method}): {ms:.2f} ms a "
                                     "step" + (" (without the profiler: --plain)" if args.plain else table))
-            for target in [path] + ([args.copy_to / path.name] if args.copy_to else []):
-                write_result(target, TITLE,
-                             f"T = 35, B = 20, one layer, input = hidden, float32, {args.device}; {args.steps} steps "
-                             f"profiled after {args.warmup} warm-up; 1-minute load average "
-                             f"{os.getloadavg()[0]:.1f}; the step time includes the profiler's own cost.\n\n"
-                             + "\n\n".join(sections)
-                             + "\n\n`python benchmarks/profile_rnn_step.py` (its docstring says how to read it).")
+            write_result(path, TITLE,
+                         f"T = 35, B = 20, one layer, input = hidden, float32, {args.device}; {args.steps} steps "
+                         f"profiled after {args.warmup} warm-up; 1-minute load average "
+                         f"{os.getloadavg()[0]:.1f}; the step time includes the profiler's own cost.\n\n"
+                         + "\n\n".join(sections)
+                         + "\n\n`python benchmarks/profile_rnn_step.py` (its docstring says how to read it).",
+                         args.copy_to)
     finish(path)
 
 
