@@ -66,29 +66,27 @@ def profiled(method: str, kind: str, H: int, density: float, device: str, steps:
         step()
         clear_grads()
     on_gpu = device == "cuda"
+
+    def run_steps() -> float:
+        """ms a step over ``steps`` steps, the queue drained before and after."""
+        if on_gpu:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+            clear_grads()
+        if on_gpu:
+            torch.cuda.synchronize()
+        return 1e3 * (time.perf_counter() - t0) / steps
+
     if plain:  # no torch.profiler: under Nsight Compute, which needs CUPTI to itself
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-            clear_grads()
-        if on_gpu:
-            torch.cuda.synchronize()
-        return 1e3 * (time.perf_counter() - t0) / steps, float("nan"), path, []
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
-    with profile(activities=activities) as prof:
-        if on_gpu:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-            clear_grads()
-        if on_gpu:
-            torch.cuda.synchronize()
-        wall = (time.perf_counter() - t0) / steps
+        return run_steps(), float("nan"), path, []
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])) as prof:
+        ms = run_steps()
     events = prof.key_averages()
     syncs = sum(e.count for e in events if e.key in SYNCS) / steps
     ranked = sorted(events, key=lambda e: self_time_us(e, on_gpu), reverse=True)[:top]
-    return 1e3 * wall, syncs, path, [(e.key, self_time_us(e, on_gpu) / steps, e.count / steps) for e in ranked]
+    return ms, syncs, path, [(e.key, self_time_us(e, on_gpu) / steps, e.count / steps) for e in ranked]
 
 
 def main(argv=None):
