@@ -80,48 +80,53 @@ inline int64_t known_long_list_len(int64_t n, int64_t nnz, int64_t row_bytes, in
   return max_len > long_row_threshold(n, nnz, row_bytes) ? long_list_len(n, nnz, row_bytes) : 0;
 }
 
-// The gather's long rows split into segments, each (row, segment, batch tile) a block of its own,
-// whose partial sums a second kernel adds in segment order (deterministic): a Zipf row of 65,536
-// entries on one block of 8 warps left the rest of the GPU idle (0.26-0.5x cuSPARSE at B >= 32).
-// At most kMaxSegments a row, and at most n / max_long_rows(...) (so the partials, cap x S x B
-// accumulators, are no larger than the output); a segment is at least kMinSegment entries
-// (4 chunks for each of the block's warps).
-constexpr int64_t kMaxSegments = 64;
+// The gather's long rows longer than a segment (gather_segment_length entries) are split: each
+// (row, segment, batch tile) a block of its own, whose partial sums a third kernel adds in segment
+// order (deterministic): a Zipf row of 65,536 entries on one block of 8 warps left the rest of the
+// GPU idle (0.26-0.5x cuSPARSE at B >= 32). The row kernel lists such a row in a second list of its
+// own, reserving one slot per segment with one atomicAdd (the first slot holds the row, the i-th after
+// it -i), so that a row has exactly as many items as segments. (Before, every listed row had the
+// same number of items, at most n / (the rows that can be long) so that the partials stayed within
+// the output: 4 at 262,144 / 0.1% and B = 1, where a Zipf row's 65,536-entry segments ran one block
+// each; raising that bound would have left most items empty.) A segment: at least kMinSegment entries
+// (4 chunks for each of the block's warps) and twice the mean row, a multiple of the block's step; a
+// row over it has fewer than 2 len / segment segments, so all of them fit 2 nnz / segment slots and
+// their partials (a row of B accumulators per slot) no more than the output (n x B).
 constexpr int64_t kMinSegment = 4 * kLongWarps * kWarp;
 
-inline int64_t long_row_segments(int64_t n, int64_t nnz, int64_t row_bytes) {
-  const int64_t cap = max_long_rows(n, nnz, row_bytes);
-  return cap > 0 ? std::max<int64_t>(1, std::min<int64_t>(kMaxSegments, n / cap)) : 1;
-}
-
-// Entries of each segment of a row of `len` entries split `segments` ways: whole chunks of the
-// block's warps, at least kMinSegment. The row has cdiv(len, that) segments.
-__host__ __device__ inline int64_t segment_length(int64_t len, int64_t segments) {
+__host__ __device__ inline int64_t gather_segment_length(int64_t n, int64_t nnz) {
   constexpr int64_t kStep = kLongWarps * kWarp;
-  const int64_t per = (len + segments - 1) / segments;
-  const int64_t seg = (per + kStep - 1) / kStep * kStep;
-  return seg > kMinSegment ? seg : kMinSegment;
+  const int64_t mean = n > 0 ? (nnz + n - 1) / n : 0;
+  const int64_t want = 2 * mean > kMinSegment ? 2 * mean : kMinSegment;
+  return (want + kStep - 1) / kStep * kStep;
 }
 
-// Workspace of the gather (int32 entries): the long-row list, then (where rows are split) the
-// partial sums at a 16-byte boundary: cap x segments x B accumulators of acc_bytes each.
+// Slots of the split list: 0 when no row can be longer than a segment (nnz under half of one).
+inline int64_t split_slots(int64_t n, int64_t nnz) { return n > 0 ? 2 * nnz / gather_segment_length(n, nnz) : 0; }
+
+// Workspace of the gather (int32 entries): the long-row list, then (where rows can be split) the
+// split list and the partial sums, each from a 16-byte boundary: split_slots x B accumulators of
+// acc_bytes each.
 inline int64_t gather_list_and_partials_len(int64_t n, int64_t nnz, int64_t list_len, int64_t B,
-                                            int64_t elem_bytes, int64_t acc_bytes) {
+                                            int64_t acc_bytes) {
   if (list_len <= 0) return 0;
-  const int64_t segments = long_row_segments(n, nnz, B * elem_bytes);
-  if (segments <= 1 || B <= 0) return list_len;
-  return (list_len + 3) / 4 * 4 + (list_len - 1) * segments * B * acc_bytes / 4;
+  const int64_t slots = split_slots(n, nnz);
+  if (slots <= 0 || B <= 0) return list_len;
+  return (list_len + 3) / 4 * 4 + (slots + 1 + 3) / 4 * 4 + slots * B * acc_bytes / 4;
 }
 
 // The long-row list of a row kernel (spmm_cuda.cu, sddmm_cuda.cu): the rows longer than
 // `threshold`, [count, row ids...] as int32 in the workspace, for the block-per-row kernel; for
-// the gather, the partial sums of its rows' segments (segments 1: none, each row one block).
+// the gather, its rows longer than a segment in a split list instead, with their segments' partial sums.
 struct LongRows {
   int64_t threshold;
   int64_t cap;    // room for row ids
   int32_t* list;  // nullptr: no row can be long (or no workspace)
-  int64_t segments = 1;    // per row, at most
-  void* partial = nullptr;  // cap x segments x B accumulators (segments > 1)
+  // the gather's split rows (split == nullptr: none): rows longer than seg_len entries
+  int64_t seg_len = 0;
+  int64_t split_cap = 0;     // room for their segments
+  int32_t* split = nullptr;  // [count, slots...]: a row's first slot holds the row, the i-th after it -i
+  void* partial = nullptr;   // split_cap x B accumulators, B a slot
 };
 
 // The list in `workspace` (long_list_len(n, nnz, row_bytes) int32 entries, or nullptr when that is
@@ -136,22 +141,33 @@ inline cudaError_t init_long_rows(LongRows& rows, int64_t n, int64_t nnz, int64_
   return cudaMemsetAsync(workspace, 0, sizeof(int32_t), stream);
 }
 
-// The gather's: the list, and where its rows are split, the partials after it (the workspace of
-// gather_list_and_partials_len).
+// The gather's: the list, and where rows can be split, the split list (its count zeroed on `stream`)
+// and the partials after it (the workspace of gather_list_and_partials_len).
 inline cudaError_t init_long_rows_split(LongRows& rows, int64_t n, int64_t nnz, int64_t row_bytes,
                                         int32_t* workspace, cudaStream_t stream) {
   const cudaError_t err = init_long_rows(rows, n, nnz, row_bytes, workspace, stream);
   if (err != cudaSuccess || rows.list == nullptr) return err;
-  rows.segments = long_row_segments(n, nnz, row_bytes);
-  if (rows.segments > 1) rows.partial = workspace + (rows.cap + 1 + 3) / 4 * 4;
-  return cudaSuccess;
+  const int64_t slots = split_slots(n, nnz);
+  if (slots <= 0) return cudaSuccess;
+  rows.seg_len = gather_segment_length(n, nnz);
+  rows.split_cap = slots;
+  rows.split = workspace + (rows.cap + 1 + 3) / 4 * 4;
+  rows.partial = rows.split + (slots + 1 + 3) / 4 * 4;
+  return cudaMemsetAsync(rows.split, 0, sizeof(int32_t), stream);
 }
 
 // In a row kernel: whether row `row` (of `length` entries) is long, in which case the warp leaves
 // it to the long-row kernel; the one thread with `lists` set appends it to the list.
+// A row longer than a segment (the gather's split rows) goes to the split list, one slot per segment.
 __device__ __forceinline__ bool defer_long_row(const LongRows& rows, int64_t row, int64_t length, bool lists) {
   if (rows.list == nullptr || length <= rows.threshold) return false;
-  if (lists) {
+  if (lists && rows.split != nullptr && length > rows.seg_len) {
+    const int64_t k = (length + rows.seg_len - 1) / rows.seg_len;
+    const int64_t pos = atomicAdd(rows.split, static_cast<int>(k));
+    if (pos + k <= rows.split_cap) {
+      for (int64_t i = 0; i < k; ++i) rows.split[1 + pos + i] = static_cast<int32_t>(i == 0 ? row : -i);
+    }
+  } else if (lists) {
     const int pos = atomicAdd(rows.list, 1);
     if (pos < rows.cap) rows.list[1 + pos] = static_cast<int32_t>(row);
   }
@@ -162,6 +178,13 @@ __device__ __forceinline__ bool defer_long_row(const LongRows& rows, int64_t row
 __device__ __forceinline__ int64_t long_row_count(const LongRows& rows) {
   const int64_t count = rows.list[0];
   return count < rows.cap ? count : rows.cap;
+}
+
+// The split rows' slots (0 without a split list; split_cap bounds them, so none is cut).
+__device__ __forceinline__ int64_t split_slot_count(const LongRows& rows) {
+  if (rows.split == nullptr) return 0;
+  const int64_t count = rows.split[0];
+  return count < rows.split_cap ? count : rows.split_cap;
 }
 
 // Vector columns per tile: the smallest power of two >= C, at most MaxLanes (a warp).

@@ -25,9 +25,9 @@ namespace sparse_engine {
 namespace cuda {
 
 // ------------------------------------------------------------------ spmm (spmm_cuda.cu)
-// Number of int32 workspace entries the gather needs for the long-row list and the partial sums
-// of the long rows' segments, for a batch of B values of elem_bytes each (0: no row can be long,
-// pass nullptr).
+// Number of int32 workspace entries the gather needs for the long-row list, the split list and the
+// partial sums of the split rows' segments, for a batch of B values of elem_bytes each (0: no row
+// can be long, pass nullptr).
 int64_t gather_workspace_len(int64_t n_out, int64_t nnz, int64_t B, int64_t elem_bytes);
 // The same when the host knows that no row has more than max_len entries (the checked index's
 // longest row, csrc/index_check.h): 0 when no row can be longer than the long-row threshold.
@@ -37,9 +37,12 @@ int64_t gather_workspace_len(int64_t n_out, int64_t nnz, int64_t max_len, int64_
 // lower for wide batches, whose row kernel takes one entry at a time).
 int64_t gather_long_row_threshold(int64_t n_out, int64_t nnz, int64_t B, int64_t elem_bytes);
 
-// Segments a long row of the gather is split into, at most (1: each long row one block, no
-// partial sums in the workspace); the gather then launches a third kernel that adds them.
-int64_t gather_long_row_segments(int64_t n_out, int64_t nnz, int64_t B, int64_t elem_bytes);
+// Entries of a segment of the gather's split rows: a row longer is split, a block per segment, and
+// a third kernel adds their sums (launched where rows can be split: gather_split_list_offset >= 0).
+int64_t gather_segment_entries(int64_t n_out, int64_t nnz);
+// Where the split list ([count, slots...]) starts in the gather's workspace (int32 entries), or -1
+// where there is none (no long-row list, or no row can be longer than a segment).
+int64_t gather_split_list_offset(int64_t n_out, int64_t nnz, int64_t B, int64_t elem_bytes);
 
 // out (n_out x B) = gather(ptr, idx, perm, values, src (n_src x B)). perm may be nullptr.
 // workspace: gather_workspace_len(n_out, nnz[, max_len], B, sizeof(T)) int32 entries in device memory, or

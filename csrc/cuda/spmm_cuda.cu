@@ -7,11 +7,11 @@
 //    a time with one coalesced load, then broadcasts them with shuffles; each lane loads a
 //    16-byte slice of the gathered source row (see common.cuh for the lane layout).
 //  * Rows longer than long_row_threshold() (lower for wide batches) are not done there: the warp appends them to a
-//    list (common.cuh's LongRows) and gather_long_kernel gives each such (row, segment, tile) a whole
-//    block whose warps take interleaved 32-entry chunks and sum their partials in shared memory in a
-//    fixed order. A long row is split into segments (long_row_segments, segment_length) whose sums
-//    go to the workspace, and long_sum_kernel adds them in segment order into the output; with
-//    one segment a row (few rows could be long) the block writes the output itself.
+//    list (common.cuh's LongRows) and gather_long_kernel gives each such (row, tile) a whole block
+//    whose warps take interleaved 32-entry chunks and sum their partials in shared memory in a fixed
+//    order. A row longer than a segment (gather_segment_length) goes to the split list instead, a slot
+//    per segment: each (segment, tile) a block, whose sums go to the workspace, and long_sum_kernel
+//    adds them in segment order into the output.
 // Every output element is a sum in a fixed order: results are bitwise reproducible.
 // float16/bfloat16 storage: values and source rows are widened on load, sums are float32,
 // each output is rounded once.
@@ -64,16 +64,23 @@ gather_long_kernel(const GatherArgs<T> a) {
   __shared__ A partial[kLongWarps][CW * VEC];
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   const int c = lane % CW, s = lane / CW;
-  const int64_t S = a.long_rows.segments, per_row = S * a.tiles;
-  const int64_t items = long_row_count(a.long_rows) * per_row;
+  // items: the listed rows', then the split rows' segments (one a slot), each by batch tile
+  const int64_t listed = long_row_count(a.long_rows), seg_len = a.long_rows.seg_len;
+  const int64_t items = (listed + split_slot_count(a.long_rows)) * a.tiles;
   for (int64_t item = blockIdx.x; item < items; item += gridDim.x) {  // uniform per block
-    const int64_t pos = item / per_row, seg = item % per_row / a.tiles, t = item % a.tiles;
-    const int64_t row = a.long_rows.list[1 + pos];
-    int64_t start = a.ptr[row], end = a.ptr[row + 1];
-    const int64_t seg_len = segment_length(end - start, S);
-    if (seg * seg_len >= end - start) continue;  // the row has fewer segments (uniform per block)
-    start += seg * seg_len;
-    end = end - start < seg_len ? end : start + seg_len;
+    const int64_t unit = item / a.tiles, t = item % a.tiles;
+    const int64_t slot = unit - listed;  // >= 0: a split row's segment
+    int64_t row, start, end;
+    if (slot < 0) {
+      row = a.long_rows.list[1 + unit];
+      start = a.ptr[row], end = a.ptr[row + 1];
+    } else {
+      const int64_t first = a.long_rows.split[1 + slot], seg = first >= 0 ? 0 : -first;
+      row = seg == 0 ? first : a.long_rows.split[1 + slot - seg];
+      start = a.ptr[row], end = a.ptr[row + 1];
+      start += seg * seg_len;
+      end = end - start < seg_len ? end : start + seg_len;
+    }
     const int64_t cv = t * CW + c;
     const bool active = cv < a.C;
     A acc[VEC];
@@ -92,10 +99,10 @@ gather_long_kernel(const GatherArgs<T> a) {
 #pragma unroll
         for (int e = 0; e < VEC; ++e) sum[e] += partial[w][c * VEC + e];
       }
-      if (S == 1) {
+      if (slot < 0) {
         store_vec<T, VEC>(a.out + row * a.B + cv * VEC, sum);
       } else {  // this segment's sums, added by long_sum_kernel
-        A* part = static_cast<A*>(a.long_rows.partial) + (pos * S + seg) * a.B + cv * VEC;
+        A* part = static_cast<A*>(a.long_rows.partial) + slot * a.B + cv * VEC;
 #pragma unroll
         for (int e = 0; e < VEC; ++e) part[e] = sum[e];
       }
@@ -104,20 +111,21 @@ gather_long_kernel(const GatherArgs<T> a) {
   }
 }
 
-// The split long rows' outputs: each element the sum of its row's segments, in segment order.
+// The split rows' outputs: each element the sum of its row's segments (consecutive slots from the
+// row's first), in segment order.
 template <typename T>
 __global__ void __launch_bounds__(kLongWarps * kWarp, kMinBlocks<kLongWarps * kWarp>)
 long_sum_kernel(const GatherArgs<T> a) {
   using A = acc_t<T>;
-  const int64_t S = a.long_rows.segments, total = long_row_count(a.long_rows) * a.B;
+  const int64_t total = split_slot_count(a.long_rows) * a.B, seg_len = a.long_rows.seg_len;
   const A* part = static_cast<const A*>(a.long_rows.partial);
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t pos = i / a.B, b = i % a.B;
-    const int64_t row = a.long_rows.list[1 + pos];
-    const int64_t len = a.ptr[row + 1] - a.ptr[row];
-    const int64_t seg_len = segment_length(len, S), segs = (len + seg_len - 1) / seg_len;
-    const A* p = part + pos * S * a.B + b;
+    const int64_t slot = i / a.B, b = i % a.B;
+    const int64_t row = a.long_rows.split[1 + slot];
+    if (row < 0) continue;  // a later segment's slot: its row's first slot sums it
+    const int64_t len = a.ptr[row + 1] - a.ptr[row], segs = (len + seg_len - 1) / seg_len;
+    const A* p = part + slot * a.B + b;
     A sum = p[0];
     for (int64_t s = 1; s < segs; ++s) sum += p[s * a.B];
     a.out[row * a.B + b] = from_acc<T>(sum);
@@ -132,11 +140,12 @@ cudaError_t gather_launch(GatherArgs<T> a, cudaStream_t stream) {
   gather_rows_kernel<T, VEC, CW><<<grid, kRowWarps * kWarp, 0, stream>>>(a);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess || a.long_rows.list == nullptr) return err;
-  const int64_t blocks = std::min<int64_t>(a.long_rows.cap * a.long_rows.segments * a.tiles, 4LL * num_sms());
+  const int64_t units = a.long_rows.cap + a.long_rows.split_cap;
+  const int64_t blocks = std::min<int64_t>(units * a.tiles, 4LL * num_sms());
   gather_long_kernel<T, VEC, CW><<<static_cast<unsigned>(blocks), kLongWarps * kWarp, 0, stream>>>(a);
   err = cudaGetLastError();
-  if (err != cudaSuccess || a.long_rows.segments == 1) return err;
-  const int64_t sum_blocks = std::min<int64_t>(cdiv(a.long_rows.cap * a.B, kLongWarps * kWarp), 4LL * num_sms());
+  if (err != cudaSuccess || a.long_rows.split == nullptr) return err;
+  const int64_t sum_blocks = std::min<int64_t>(cdiv(a.long_rows.split_cap * a.B, kLongWarps * kWarp), 4LL * num_sms());
   long_sum_kernel<T><<<static_cast<unsigned>(sum_blocks), kLongWarps * kWarp, 0, stream>>>(a);
   return cudaGetLastError();
 }
@@ -164,18 +173,21 @@ int64_t gather_long_row_threshold(int64_t n_out, int64_t nnz, int64_t B, int64_t
   return long_row_threshold(n_out, nnz, B * elem_bytes);
 }
 
-int64_t gather_long_row_segments(int64_t n_out, int64_t nnz, int64_t B, int64_t elem_bytes) {
-  return long_row_segments(n_out, nnz, B * elem_bytes);
+int64_t gather_segment_entries(int64_t n_out, int64_t nnz) { return gather_segment_length(n_out, nnz); }
+
+int64_t gather_split_list_offset(int64_t n_out, int64_t nnz, int64_t B, int64_t elem_bytes) {
+  const int64_t list = long_list_len(n_out, nnz, B * elem_bytes);
+  return list > 0 && split_slots(n_out, nnz) > 0 ? (list + 3) / 4 * 4 : -1;
 }
 
 int64_t gather_workspace_len(int64_t n_out, int64_t nnz, int64_t B, int64_t elem_bytes) {
   const int64_t list = long_list_len(n_out, nnz, B * elem_bytes);
-  return gather_list_and_partials_len(n_out, nnz, list, B, elem_bytes, acc_bytes(elem_bytes));
+  return gather_list_and_partials_len(n_out, nnz, list, B, acc_bytes(elem_bytes));
 }
 
 int64_t gather_workspace_len(int64_t n_out, int64_t nnz, int64_t max_len, int64_t B, int64_t elem_bytes) {
   const int64_t list = known_long_list_len(n_out, nnz, B * elem_bytes, max_len);
-  return gather_list_and_partials_len(n_out, nnz, list, B, elem_bytes, acc_bytes(elem_bytes));
+  return gather_list_and_partials_len(n_out, nnz, list, B, acc_bytes(elem_bytes));
 }
 
 cudaError_t launch_gather(const int64_t* ptr, const int32_t* idx, const int32_t* perm,

@@ -152,20 +152,19 @@ void run(const char* name, const Csr& m, int64_t B, bool misalign, std::mt19937&
   const long l_spmm = launches_of([&] {
     launch_gather(m.ptr.data(), m.col.data(), nullptr, vals.data(), X, y, m.rows, B, nnz, wl_rows ? ws.data() : nullptr, kStream);
   });
-  int32_t n_long_rows = wl_rows ? ws[0] : -1;
   std::vector<int32_t> ws2 = garbage<int32_t>(std::max<int64_t>(1, wl_cols));
   const long l_spmm_t = launches_of([&] {
     launch_gather(cp.data(), cr.data(), pm.data(), vals.data(), G, z, m.cols, B, nnz, wl_cols ? ws2.data() : nullptr, kStream);
   });
-  int32_t n_long_cols = wl_cols ? ws2[0] : -1;
   std::vector<int32_t> ws3 = garbage<int32_t>(std::max<int64_t>(1, wl_sddmm));
   const long l_sddmm = launches_of([&] {
     launch_sddmm(m.ptr.data(), m.col.data(), G, X, outS.data(), m.rows, B, nnz, wl_sddmm ? ws3.data() : nullptr, kStream);
   });
   // launches: none for an empty output, the row kernel, plus the long-row kernel exactly when there is a
-  // workspace, plus the segments' sum where long rows are split
-  const long want_spmm = (m.rows > 0 && B > 0) ? 1 + (wl_rows > 0) * (1 + (gather_long_row_segments(m.rows, nnz, B, e) > 1)) : 0;
-  const long want_spmm_t = (m.cols > 0 && B > 0) ? 1 + (wl_cols > 0) * (1 + (gather_long_row_segments(m.cols, nnz, B, e) > 1)) : 0;
+  // workspace, plus the segments' sum where rows can be split
+  const int64_t split_rows = gather_split_list_offset(m.rows, nnz, B, e), split_cols = gather_split_list_offset(m.cols, nnz, B, e);
+  const long want_spmm = (m.rows > 0 && B > 0) ? 1 + (wl_rows > 0) * (1 + (split_rows >= 0)) : 0;
+  const long want_spmm_t = (m.cols > 0 && B > 0) ? 1 + (wl_cols > 0) * (1 + (split_cols >= 0)) : 0;
   const long want_sddmm = (m.rows > 0 && nnz > 0 && B > 0) ? 1 + (wl_sddmm > 0) : 0;
   if (l_spmm != want_spmm || l_spmm_t != want_spmm_t || l_sddmm != want_sddmm) {
     printf("  FAIL launches spmm/spmm_t/sddmm %ld/%ld/%ld, expected %ld/%ld/%ld\n", l_spmm, l_spmm_t, l_sddmm, want_spmm,
@@ -180,17 +179,40 @@ void run(const char* name, const Csr& m, int64_t B, bool misalign, std::mt19937&
     printf("  FAIL long-row threshold %ld, expected %ld\n", (long)gather_long_row_threshold(m.rows, nnz, B, e), (long)threshold);
     ++failures;
   }
-  // the row kernels listed exactly the rows (columns) longer than the threshold
-  auto longer = [](const std::vector<int64_t>& ptr, int64_t t) {
-    long n = 0;
-    for (size_t i = 0; i + 1 < ptr.size(); ++i) n += ptr[i + 1] - ptr[i] > t;
-    return n;
+  // the row kernels listed exactly the rows (columns) longer than the threshold: those up to a segment
+  // in the long-row list, the longer ones in the split list with one slot per segment, the row in its
+  // first and -i in the i-th after it
+  auto check_lists = [&](const char* what, const std::vector<int64_t>& ptr, int64_t n_out, const std::vector<int32_t>& w,
+                         int64_t wl, int64_t split_at) -> long {
+    if (wl <= 0) return -1;
+    const int64_t t = gather_long_row_threshold(n_out, nnz, B, e), seg = gather_segment_entries(n_out, nnz);
+    long want_listed = 0, want_slots = 0, got_starts = 0;
+    std::vector<int64_t> split_len(n_out, 0);
+    for (int64_t i = 0; i < n_out; ++i) {
+      const int64_t len = ptr[i + 1] - ptr[i];
+      if (len <= t) continue;
+      if (split_at >= 0 && len > seg) { want_slots += (len + seg - 1) / seg; split_len[i] = len; } else { ++want_listed; }
+    }
+    bool ok = w[0] == want_listed && (split_at < 0 ? want_slots == 0 : w[split_at] == want_slots);
+    for (int64_t sl = 0; ok && split_at >= 0 && sl < want_slots; ++sl) {
+      const int32_t v = w[split_at + 1 + sl];
+      if (v < 0) continue;
+      ++got_starts;
+      const int64_t k = (split_len[v] + seg - 1) / seg;
+      ok = split_len[v] > 0 && sl + k <= want_slots;
+      for (int64_t i = 1; ok && i < k; ++i) ok = w[split_at + 1 + sl + i] == -i;
+    }
+    long want_starts = 0;
+    for (int64_t l : split_len) want_starts += l > 0;
+    if (!ok || got_starts != want_starts) {
+      printf("  FAIL %s lists: %d listed, %d split slots (%ld rows), expected %ld, %ld (%ld rows)\n", what, w[0],
+             split_at >= 0 ? w[split_at] : 0, got_starts, want_listed, want_slots, want_starts);
+      ++failures;
+    }
+    return w[0] + got_starts;  // the long rows: listed, or split
   };
-  const long want_rows = longer(m.ptr, threshold), want_cols = longer(cp, gather_long_row_threshold(m.cols, nnz, B, e));
-  if ((wl_rows > 0 && n_long_rows != want_rows) || (wl_cols > 0 && n_long_cols != want_cols)) {
-    printf("  FAIL long rows/cols listed %d/%d, expected %ld/%ld\n", n_long_rows, n_long_cols, want_rows, want_cols);
-    ++failures;
-  }
+  const long n_long_rows = check_lists("spmm", m.ptr, m.rows, ws, wl_rows, split_rows);
+  const long n_long_cols = check_lists("spmm_t", cp, m.cols, ws2, wl_cols, split_cols);
   if (known_max && ((wl_rows > 0) != (max_row > threshold))) {
     printf("  FAIL known longest row %ld: workspace %ld\n", (long)max_row, (long)wl_rows);
     ++failures;
@@ -227,7 +249,7 @@ void run(const char* name, const Csr& m, int64_t B, bool misalign, std::mt19937&
     hash_outputs(outT);
   }
   hash_outputs(outY); hash_outputs(outZ); hash_outputs(outS);
-  printf("%-4s %-10s B=%-3ld mis=%d nnz=%-6ld long rows=%d long cols=%d known=%d launches=%ld/%ld/%ld %s\n", tname<T>(),
+  printf("%-4s %-10s B=%-3ld mis=%d nnz=%-6ld long rows=%ld long cols=%ld known=%d launches=%ld/%ld/%ld %s\n", tname<T>(),
          name, (long)B, (int)misalign, (long)nnz, n_long_rows, n_long_cols, (int)known_max, l_spmm, l_spmm_t, l_sddmm,
          failures == before ? "ok" : "FAILED");
 }
@@ -345,8 +367,8 @@ int main(int argc, char** argv) {
     return make(rows, cols, len, g);
   };
   Csr pw = power(96, 1100, {1100, 1090, 1080, 1050, 1030});
-  // Rows of up to 5,000 entries: split into up to 5 segments of 1,024 (long_row_segments = 13 here),
-  // each a block of its own, whose sums the third kernel adds
+  // Rows of up to 5,000 entries: split into up to 5 segments of 1,024 (gather_segment_length), each
+  // a block of its own, whose sums the third kernel adds
   Csr longr = power(200, 6000, {5000, 4100, 3000, 2050, 1500});
   // Rows of 200-900 entries among short ones (mean 16): long for the gather from 32-byte source rows
   // up (its threshold 1,024 / the rows' 16-byte slices: 512 at B = 8 floats, 128 from B = 32), not

@@ -148,9 +148,13 @@ void run(CellMode mode, const char* pname, const std::vector<int64_t>& lens, int
   for (const Buf<T>* b : {&h2, &c2, &acts, &dG, &dgx, &dcp, &dhp}) hash_outputs(*b);
   int64_t max_row = 0;
   for (int64_t r = 0; r < G * H; ++r) max_row = std::max(max_row, m.ptr[r + 1] - m.ptr[r]);
-  printf("%s %-8s %-8s H=%-4ld B=%-3ld mis=%d nnz=%-6ld max row=%-4ld long cols=%d %s\n", sizeof(T) == 4 ? "f32" : "f64",
+  // the long columns W_hh^T dG listed: one block each, or split (a row's first slot of the split list)
+  long long_cols = wl ? ws[0] : -1;
+  if (const int64_t at = gather_split_list_offset(H, nnz, B, sizeof(T)); wl && at >= 0)
+    for (int32_t sl = 0; sl < ws[at]; ++sl) long_cols += ws[at + 1 + sl] >= 0;
+  printf("%s %-8s %-8s H=%-4ld B=%-3ld mis=%d nnz=%-6ld max row=%-4ld long cols=%ld %s\n", sizeof(T) == 4 ? "f32" : "f64",
          kCellModeNames[static_cast<int>(mode)], pname, (long)H, (long)B, (int)mis, (long)nnz,
-         (long)max_row, wl ? ws[0] : -1, failures == before ? "ok" : "FAILED");
+         (long)max_row, long_cols, failures == before ? "ok" : "FAILED");
 }
 
 }  // namespace
