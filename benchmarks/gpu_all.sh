@@ -59,14 +59,15 @@
 #   per block: fixed since, not re-measured), then DEADLINE_S=360 STAGES=bench BENCH_DTYPES=float32 on the warm
 #   machine (300 s: the float32 grid, N 16,384 and 65,536 whole, 262,144 in part; cuda_ops_nvidia_h200.md).
 #   Next GPU session: csrc/cuda changed since the fifth run (the gather's long-row threshold now falls with the
-#   batch width: 128 entries from B = 32 floats; the persistent kernels' split rows, off by default), so first
+#   batch width: 128 entries from B = 32 floats; its rows longer than a segment go to a split list, a block per
+#   segment; the persistent kernels' split rows, off by default), so first
 #   DEADLINE_S=580 STAGES="build test persistent" (the GPU tests before any number; the persistent stage gets
 #   what is left: its tests with the split rows', memcheck and racecheck, then the table with split rows
 #   against a lane per column and masked cuDNN, cells in the issue's order, then profile_rnn_step_cuda.md:
 #   where the dense path's time goes against masked cuDNN, and Nsight Compute inside the persistent
 #   kernels at 4,096 @ 1%, ncu_persistent_split{1,0}.md), then on the warm machine DEADLINE_S=300
 #   STAGES=bench BENCH_DTYPES=float32 benchmarks/gpu_all.sh --n 16384 65536 --density 0.0005 0.001 (the cells
-#   where Zipf rows at B >= 32 lost, 0.37-0.86x; compare with cuda_ops_nvidia_h200.md), or, where the
+#   where Zipf rows at B >= 32 lost, 0.37-0.86x, and at B = 1; compare with cuda_ops_nvidia_h200.md), or, where the
 #   persistent table stopped early, STAGES=persistent again. Later: STAGES=caps (the step estimate on the GPU),
 #   --n 262144 (the rest of N = 262,144), the bf16 grid.
 #   With time to spare, in this order: STAGES=topology (all cases), BENCH_DTYPES=bfloat16
