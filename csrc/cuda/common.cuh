@@ -101,6 +101,9 @@ __host__ __device__ inline int64_t gather_segment_length(int64_t n, int64_t nnz)
   return (want + kStep - 1) / kStep * kStep;
 }
 
+// int32 entries up to the next 16-byte boundary: where the next part of a workspace starts.
+inline int64_t to_16_bytes(int64_t entries) { return (entries + 3) / 4 * 4; }
+
 // Slots of the split list: 0 when no row can be longer than a segment (nnz under half of one).
 inline int64_t split_slots(int64_t n, int64_t nnz) { return n > 0 ? 2 * nnz / gather_segment_length(n, nnz) : 0; }
 
@@ -112,7 +115,7 @@ inline int64_t gather_list_and_partials_len(int64_t n, int64_t nnz, int64_t list
   if (list_len <= 0) return 0;
   const int64_t slots = split_slots(n, nnz);
   if (slots <= 0 || B <= 0) return list_len;
-  return (list_len + 3) / 4 * 4 + (slots + 1 + 3) / 4 * 4 + slots * B * acc_bytes / 4;
+  return to_16_bytes(list_len) + to_16_bytes(slots + 1) + slots * B * acc_bytes / 4;
 }
 
 // The long-row list of a row kernel (spmm_cuda.cu, sddmm_cuda.cu): the rows longer than
@@ -151,8 +154,8 @@ inline cudaError_t init_long_rows_split(LongRows& rows, int64_t n, int64_t nnz, 
   if (slots <= 0) return cudaSuccess;
   rows.seg_len = gather_segment_length(n, nnz);
   rows.split_cap = slots;
-  rows.split = workspace + (rows.cap + 1 + 3) / 4 * 4;
-  rows.partial = rows.split + (slots + 1 + 3) / 4 * 4;
+  rows.split = workspace + to_16_bytes(rows.cap + 1);
+  rows.partial = rows.split + to_16_bytes(slots + 1);
   return cudaMemsetAsync(rows.split, 0, sizeof(int32_t), stream);
 }
 

@@ -60,13 +60,19 @@ __device__ __forceinline__ T dot_run(T acc, const T* v, const I* i, int64_t n, c
   return acc;
 }
 
+// How many of a row's n entries, from stage position pos, the stage holds (the rest: global memory).
+template <typename T>
+__device__ __forceinline__ int64_t staged_entries(const Stage<T>& st, int64_t pos, int64_t n) {
+  const int64_t room = st.entries > pos ? st.entries - pos : 0;
+  return n < room ? n : room;
+}
+
 // sum over k in [k0, k1) of values[k] * x[idx[k] * B + b], in index order: the entries from stage
 // position pos onward that the stage holds, then the rest from global memory.
 template <typename T>
 __device__ __forceinline__ T staged_dot(const Stage<T>& st, int64_t pos, const T* values, const int32_t* idx,
                                         int64_t k0, int64_t k1, const T* x, int64_t B, int64_t b) {
-  const int64_t room = st.entries > pos ? st.entries - pos : 0;
-  const int64_t staged = k1 - k0 < room ? k1 - k0 : room;
+  const int64_t staged = staged_entries(st, pos, k1 - k0);
   const T acc = st.i16 != nullptr ? dot_run(T(0), st.v + pos, st.i16 + pos, staged, x, B, b)
                                    : dot_run(T(0), st.v + pos, st.i + pos, staged, x, B, b);
   return dot_run(acc, values + k0 + staged, idx + k0 + staged, k1 - k0 - staged, x, B, b);
@@ -122,8 +128,7 @@ __device__ __forceinline__ T split_dot(const Stage<T>& st, int64_t pos, const T*
   constexpr int C = kWarp / S;
   const int s = lane / C;
   const int64_t b0 = tile + lane % C;
-  const int64_t room = st.entries > pos ? st.entries - pos : 0;
-  const int64_t n = k1 - k0, staged = n < room ? n : room;
+  const int64_t n = k1 - k0, staged = staged_entries(st, pos, n);
   T acc[S];
 #pragma unroll
   for (int k = 0; k < S; ++k) acc[k] = T(0);

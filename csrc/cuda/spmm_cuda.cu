@@ -177,7 +177,7 @@ int64_t gather_segment_entries(int64_t n_out, int64_t nnz) { return gather_segme
 
 int64_t gather_split_list_offset(int64_t n_out, int64_t nnz, int64_t B, int64_t elem_bytes) {
   const int64_t list = long_list_len(n_out, nnz, B * elem_bytes);
-  return list > 0 && split_slots(n_out, nnz) > 0 ? (list + 3) / 4 * 4 : -1;
+  return list > 0 && split_slots(n_out, nnz) > 0 ? to_16_bytes(list) : -1;
 }
 
 int64_t gather_workspace_len(int64_t n_out, int64_t nnz, int64_t B, int64_t elem_bytes) {
