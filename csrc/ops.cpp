@@ -11,7 +11,7 @@
 //   topology   select_smallest ... rewire            topology_cpu.cpp   none: torch primitives in
 //                                                                       sparse_engine/kernels/topology_cuda.py
 //   densify    pattern_bits ... gather_csr           densify_cpu.cpp    scatter_csr/gather_csr: torch primitives
-//                                                                       in sparse_engine/kernels/densify_cuda.py
+//                                                                       in sparse_engine/kernels/densify_torch.py
 //   dense_rnn  gru_sequence(_backward)               dense_rnn_cpu.cpp  none (CPU only; on CUDA the dense
 //                                                                       path runs torch's GRU)
 //   analysis   signed_triad_census, ...              analysis_cpu.cpp   none (CPU only)
@@ -368,8 +368,8 @@ static PyObject* set_sequence_compact_index(PyObject*, PyObject* args) {
 }
 
 // sparse_engine._C._set_sequence_split(split): how many of a row's entries a warp of those kernels
-// takes at once: 1 (a lane per batch column; the default), 2, 4, 8, or 0 for the rule by mean row
-// length; returns the setting before (tests, the benchmark). ValueError for any other value.
+// takes at once: 1 (a lane per batch column; the default), 2, 4, 8, or 0 for the rule by batch width
+// and mean row length; returns the setting before (tests, the benchmark). ValueError for any other value.
 static PyObject* set_sequence_split(PyObject*, PyObject* args) {
   int split = 1;
   if (!PyArg_ParseTuple(args, "i", &split)) return nullptr;

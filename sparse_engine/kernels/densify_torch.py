@@ -6,9 +6,10 @@ topology kernels of :mod:`sparse_engine.kernels.topology_torch` (whose module do
 torch primitives). The family's other operators (the pattern as bits) are CPU-only: on other
 devices the dense-compute path (``sparse_engine.recurrent.compute_paths``) uses these two.
 
-They run at every forward of a module on the dense-compute path (``compute='dense'`` on a GPU):
-an index_put and an index, their row indices rebuilt per call (not measured on a GPU yet).
-Semantics and error messages are those of the CPU kernels; nothing here is CUDA-specific, so the
+Each call checks its index (host synchronisations: the first H200 profile counted 32 a training
+step of the dense-compute path at 1,500 units), so that path calls them only where a pattern is new:
+it keeps each pattern's :func:`flat_positions` (checked once) and writes and reads the dense matrix
+with ``index_put_`` / ``take`` at those, which do not synchronise. Semantics and error messages are those of the CPU kernels; nothing here is CUDA-specific, so the
 tests run them on CPU tensors against the C++ kernels.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .checks import check_pattern as _check_pattern
 from .checks import check_same_device as _same_device
 from .checks import check_tensor as _tensor
 
-__all__ = ["scatter_csr_torch", "gather_csr_torch", "OPS"]
+__all__ = ["scatter_csr_torch", "gather_csr_torch", "flat_positions", "OPS"]
 
 
 def _csr_dense_positions(row_ptr, col_idx, dense, sorted: bool):
@@ -37,6 +38,13 @@ def _csr_dense_positions(row_ptr, col_idx, dense, sorted: bool):
     rows = torch.repeat_interleave(torch.arange(dense.shape[0], device=dense.device), row_ptr.diff(),
                                    output_size=cols.numel())
     return rows, cols
+
+
+def flat_positions(row_ptr, col_idx, like: torch.Tensor) -> torch.Tensor:
+    """The stored entries' positions in the row-major 2-D matrix ``like`` (int64 ``r * cols + c``),
+    after the checks of :func:`scatter_csr_torch` (sorted, unique columns in each row)."""
+    rows, cols = _csr_dense_positions(row_ptr, col_idx, like, sorted=True)
+    return rows * like.shape[1] + cols
 
 
 def scatter_csr_torch(row_ptr, col_idx, values, dense) -> None:

@@ -43,6 +43,7 @@ import weakref
 
 import torch
 
+from ..kernels.densify_torch import flat_positions
 from ..sparse import SparseWeight
 from . import dense_gru
 
@@ -221,7 +222,8 @@ def materialize_all(weights) -> list:
     has not run its backward keeps its own, and a new buffer is made): each call lends it out
     through an alias whose storage says when the last holder let go (``_Entry.lend``). On the CPU the values are
     written with the pattern's bits (the op ``expand_bits``: whole rows, zeros included, 16
-    columns at a time), elsewhere at the stored positions (``scatter_csr``, into zeros).
+    columns at a time), elsewhere at the stored positions (``index_put_`` into zeros, at the
+    positions checked once per pattern: no host synchronisation).
 
     A call without a gradient (inference, evaluation) skips the write when the buffer still holds
     what the last such call wrote and the values are, byte for byte, those it wrote then (the op
@@ -248,7 +250,7 @@ def materialize_all(weights) -> list:
         entry.write(values.detach(), buf, keep=not with_graph)
         if with_graph:
             positions.append(i)
-            index.append((row_ptr, col_idx, entry.bits, entry.lend(buf)))
+            index.append((row_ptr, col_idx, entry.positions(buf), entry.lend(buf)))
             values_with_graph.append(values)
         else:
             out[i] = entry.lend(buf)
@@ -283,16 +285,20 @@ def dense_recurrence(mode: str, x: torch.Tensor, h0: torch.Tensor, c0, weights, 
     return res[0], res[1], (res[2] if mode == "LSTM" else None)
 
 
-def _read(grad, row_ptr, col_idx, bits) -> torch.Tensor:
-    """The dense ``grad`` at the stored positions."""
-    if bits is not None:
-        return _ops.compress_bits(row_ptr, bits, grad)
-    return _ops.gather_csr(row_ptr, col_idx, grad)
+def _read(grad, row_ptr, col_idx, where) -> torch.Tensor:
+    """The dense ``grad`` at the stored positions; ``where``: the pattern's bits (CPU), its flat
+    positions (other devices: no check, no host synchronisation) or None (checked ``gather_csr``)."""
+    if where is None:
+        return _ops.gather_csr(row_ptr, col_idx, grad)
+    if where.dtype == torch.int64:
+        return torch.take(grad, where)
+    return _ops.compress_bits(row_ptr, where, grad)
 
 
 class _ToDense(torch.autograd.Function):
     """(index, *values) -> the buffers, each as a new alias (one tensor for one value tensor, else
-    a tuple), where index holds per value tensor its (row_ptr, col_idx, bits or None, buffer) and
+    a tuple), where index holds per value tensor its (row_ptr, col_idx, where, buffer) (``where``:
+    see :func:`_read`) and
     each buffer holds the matrix of its values when this is called (written by
     :func:`materialize_all`, or into zeros by ``scatter_csr``); differentiable with respect to
     the values. Its backward reads each gradient at the stored positions (:func:`_read`;
@@ -317,13 +323,13 @@ class _ToDense(torch.autograd.Function):
     def backward(ctx, *grads):
         double = torch.is_grad_enabled()  # create_graph: the gradient is differentiated again
         out = [None]
-        for (row_ptr, col_idx, bits), grad in zip(ctx.index, grads):
+        for (row_ptr, col_idx, where), grad in zip(ctx.index, grads):
             if grad is None:
                 out.append(None)
             elif double:
                 out.append(_AtPattern.apply(grad, row_ptr, col_idx))
             else:
-                out.append(_read(grad, row_ptr, col_idx, bits))
+                out.append(_read(grad, row_ptr, col_idx, where))
         return tuple(out)
 
 
@@ -351,17 +357,18 @@ class _AtPattern(torch.autograd.Function):
 class _Entry:
     """What :func:`materialize_all` keeps per weight and thread: the pattern it was made for (its
     index tensors and their versions; ``set_pattern`` and ``load_state_dict`` give a weight new
-    ones), the pattern's bits (CPU), the dense buffer, a weak reference to the token of its last
+    ones), the pattern's bits (CPU) or its flat positions in the matrix (other devices: checked once
+    here, so that a forward and its backward synchronise with the host nowhere), the dense buffer, a weak reference to the token of its last
     loan (:meth:`lend`: dead once nothing holds what was lent), and for the skip of an unchanged
     write the values last written without a gradient (``last``) and the buffer's version after
     that write (``written``; None: nothing to skip against)."""
-    __slots__ = ("row_ptr", "col_idx", "versions", "bits", "buffer", "array", "lent", "last", "written")
+    __slots__ = ("row_ptr", "col_idx", "versions", "bits", "flat", "buffer", "array", "lent", "last", "written")
 
     def __init__(self, row_ptr: torch.Tensor, col_idx: torch.Tensor, cols: int):
         self.row_ptr, self.col_idx = row_ptr, col_idx
         self.versions = (row_ptr._version, col_idx._version)
         self.bits = _ops.pattern_bits(row_ptr, col_idx, cols) if row_ptr.device.type == "cpu" else None
-        self.buffer = self.array = self.lent = self.last = self.written = None
+        self.flat = self.buffer = self.array = self.lent = self.last = self.written = None
 
     def matches(self, row_ptr: torch.Tensor, col_idx: torch.Tensor) -> bool:
         return (self.row_ptr is row_ptr and self.col_idx is col_idx
@@ -380,6 +387,15 @@ class _Entry:
             self.written = None
         self.lent = None
         return buf
+
+    def positions(self, buf: torch.Tensor) -> torch.Tensor:
+        """Where the pattern lies in ``buf``: its bits on the CPU, else its flat positions
+        (``flat_positions``, made and checked at the first call)."""
+        if self.bits is not None:
+            return self.bits
+        if self.flat is None:
+            self.flat = flat_positions(self.row_ptr, self.col_idx, buf)
+        return self.flat
 
     def lend(self, buf: torch.Tensor) -> torch.Tensor:
         """``buf`` for a caller: an alias that shares its memory and version counter (a write
@@ -404,8 +420,8 @@ class _Entry:
         """buf <- the matrix of ``values`` (see :func:`materialize_all`); ``keep`` (a call without
         a gradient): skipped when buf holds the matrix of the same bytes, else a copy of the
         values kept for the next call (CPU only, where the comparison costs a few microseconds)."""
-        if self.bits is None:
-            _ops.scatter_csr(self.row_ptr, self.col_idx, values, buf)
+        if self.bits is None:  # a fresh zero-filled buffer (free_buffer)
+            buf.view(-1).index_put_((self.positions(buf),), values)
             return
         if keep and self.written == buf._version and _ops.same_bytes(values, self.last):
             return

@@ -133,6 +133,54 @@ def test_materialize_is_the_dense_matrix_with_the_gradient_at_the_pattern(rng):
     assert compute.materialize(dense) is dense
 
 
+def _ops_of_a_training_step(m, x):
+    """The operators one forward + backward of ``m`` calls (names, in order)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = []
+
+    class Log(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+    with Log():
+        m(x)[0].pow(2).sum().backward()
+    return seen
+
+
+def test_dense_path_off_the_cpu_checks_each_pattern_once_and_never_syncs(rng, monkeypatch):
+    """Off the CPU (no pattern bits) the dense path writes and reads the dense matrices at flat
+    positions checked once per pattern: after the first step no checked scatter/gather and nothing
+    that reads a device value on the host (the first H200 profile counted 32 host syncs a step at
+    1,500 units, from those checks); the gradients are those of the CPU's bits path. Run on the CPU
+    with the bits switched off, as on a GPU (the CUDA test below asserts the syncs themselves)."""
+    torch.manual_seed(0)
+    m = se.nn.SparseLSTM(4, 9, density=0.4, compute="dense", dtype=torch.float64)
+    ref = se.nn.SparseLSTM(4, 9, density=0.4, compute="sparse", dtype=torch.float64)
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(5, 3, 4, generator=rng, dtype=torch.float64)
+    init = compute._Entry.__init__
+
+    def without_bits(self, *args):
+        init(self, *args)
+        self.bits = None
+    monkeypatch.setattr(compute._Entry, "__init__", without_bits)
+    first = _ops_of_a_training_step(m, x)
+    assert "sparse_engine.scatter_csr" in first or "aten.nonzero" in first  # the first step checks
+    m.zero_grad()
+    later = _ops_of_a_training_step(m, x)
+    syncs = {"aten.nonzero", "aten._local_scalar_dense", "aten.item", "sparse_engine.scatter_csr",
+             "sparse_engine.gather_csr", "sparse_engine.expand_bits", "sparse_engine.compress_bits"}
+    assert not syncs & set(later), sorted(syncs & set(later))
+    ref(x)[0].pow(2).sum().backward()
+    for (name, ours), want in zip(m.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(ours.grad, want.grad, rtol=1e-10, atol=1e-12, msg=lambda s: f"{name}: {s}")
+    entry = next(iter(compute._entries().values()))
+    with pytest.raises(ValueError, match="sorted"):  # what the positions are made by: checked
+        compute.flat_positions(torch.tensor([0, 2]), torch.tensor([1, 0], dtype=torch.int32), torch.zeros(1, 3))
+    assert entry.flat is not None and entry.flat.dtype == torch.int64
+
+
 def test_materialize_reuses_its_buffer_only_when_free(rng):
     """The dense buffer of a weight is written again by each call while nothing else holds it;
     a graph that has not run its backward keeps its own matrix, whatever happens to the values
@@ -366,3 +414,28 @@ def test_auto_keeps_a_large_layer_sparse_in_memory():
     dense_matrix = 4 * 16384 * 16384 * 4
     assert nnz == 2 * round(0.005 * 4 * 16384 * 16384)
     assert peak < dense_matrix / 4, f"peak RSS {peak / 2**30:.2f} GiB"
+
+
+@pytest.mark.cuda
+def test_dense_path_on_cuda_makes_no_host_sync_after_its_first_step(rng):
+    """compute="dense" on CUDA: a training step after the first (each pattern checked once)
+    synchronises with the host nowhere (torch's sync debug mode raises on any), and its gradients
+    are the sparse path's."""
+    if not (torch.cuda.is_available() and se.kernels.HAS_CUDA_KERNELS):
+        pytest.skip("needs a CUDA device and the CUDA kernels")
+    torch.manual_seed(0)
+    m = se.nn.SparseLSTM(16, 32, density=0.3, compute="dense").cuda()
+    ref = se.nn.SparseLSTM(16, 32, density=0.3, compute="sparse").cuda()
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(6, 4, 16, generator=rng).cuda()
+    m(x)[0].pow(2).sum().backward()
+    m.zero_grad()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        m(x)[0].pow(2).sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    ref(x)[0].pow(2).sum().backward()
+    for (name, ours), want in zip(m.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(ours.grad, want.grad, rtol=1e-4, atol=1e-5, msg=lambda s: f"{name}: {s}")
