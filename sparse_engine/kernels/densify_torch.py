@@ -9,8 +9,9 @@ devices the dense-compute path (``sparse_engine.recurrent.compute_paths``) uses 
 Each call checks its index (host synchronisations: the first H200 profile counted 32 a training
 step of the dense-compute path at 1,500 units), so that path calls them only where a pattern is new:
 it keeps each pattern's :func:`flat_positions` (checked once) and writes and reads the dense matrix
-with ``index_put_`` / ``take`` at those, which do not synchronise. Semantics and error messages are those of the CPU kernels; nothing here is CUDA-specific, so the
-tests run them on CPU tensors against the C++ kernels.
+with ``index_put_`` / ``take`` at those, which do not synchronise. Semantics and error messages
+are those of the CPU kernels; nothing here is CUDA-specific, so the tests run them on CPU tensors
+against the C++ kernels.
 """
 from __future__ import annotations
 

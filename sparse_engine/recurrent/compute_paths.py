@@ -358,10 +358,11 @@ class _Entry:
     """What :func:`materialize_all` keeps per weight and thread: the pattern it was made for (its
     index tensors and their versions; ``set_pattern`` and ``load_state_dict`` give a weight new
     ones), the pattern's bits (CPU) or its flat positions in the matrix (other devices: checked once
-    here, so that a forward and its backward synchronise with the host nowhere), the dense buffer, a weak reference to the token of its last
-    loan (:meth:`lend`: dead once nothing holds what was lent), and for the skip of an unchanged
-    write the values last written without a gradient (``last``) and the buffer's version after
-    that write (``written``; None: nothing to skip against)."""
+    here, so that a forward and its backward synchronise with the host nowhere), the dense buffer,
+    a weak reference to the token of its last loan (:meth:`lend`: dead once nothing holds what was
+    lent), and for the skip of an unchanged write the values last written without a gradient
+    (``last``) and the buffer's version after that write (``written``; None: nothing to skip
+    against)."""
     __slots__ = ("row_ptr", "col_idx", "versions", "bits", "flat", "buffer", "array", "lent", "last", "written")
 
     def __init__(self, row_ptr: torch.Tensor, col_idx: torch.Tensor, cols: int):
