@@ -1,4 +1,4 @@
-"""One LSTM and one GRU training step (forward + backward), T=35, B=20, one layer, input size =
+"""One LSTM and one GRU training step (forward + backward), T=35, B=20 (``--batch``), one layer, input size =
 hidden, both matrices at the given density: SparseLSTM / SparseGRU against masked-dense
 ``nn.LSTM`` / ``nn.GRU`` (weights * mask re-applied each step, as sparselearning/Selfish-RNN do;
 cuDNN on a GPU) and a ``torch.sparse`` CSR loop, in the same run. Each row records the 1-minute
@@ -10,6 +10,7 @@ its own and a failure (out of memory, cuDNN) is recorded as "fails" without endi
     python benchmarks/bench_rnn.py --out rnn_cpu.md   # rewrites the committed benchmarks/results/rnn_cpu.md
     python benchmarks/bench_rnn.py --largest       # + largest trainable hidden at 32 nonzeros/row
     python benchmarks/bench_rnn.py --sizes 1500:0.33 4096:0.01 --repeats 5 --cells LSTM
+    python benchmarks/bench_rnn.py --batch 1 --sizes 4096:0.01 --cells LSTM   # one sequence at a time
     python benchmarks/bench_rnn.py --quick        # one small size, to check the script
     python3 benchmarks/bench_rnn.py --device cuda --budget-s 480 --out rnn_gpu.md --copy-to $OUT  # a 10-minute GPU run
 
@@ -65,6 +66,8 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help=f"only {QUICK_SIZES}, 1 repeat: checks the script")
     p.add_argument("--methods", nargs="+", default=None, choices=METHODS,
                    help="default: all on a GPU; on the CPU all but sparse_engine_composed")
+    p.add_argument("--batch", type=int, default=B, help=f"batch width (default {B}, the papers' language models; "
+                   "1: one sequence at a time)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--timeout", type=int, default=900, help="seconds per (method, size)")
@@ -78,6 +81,8 @@ def main(argv=None):
     p.add_argument("--budget-s", type=float, default=None,
                    help="stop starting cells after this many seconds; each cell's timeout is capped to what is left")
     args = p.parse_args(argv)
+    if args.batch < 1:
+        p.error(f"--batch must be at least 1, got {args.batch}")
 
     import torch
 
@@ -106,7 +111,7 @@ def main(argv=None):
     for cell, spec in ((c, s) for s in sizes for c in args.cells):
         H, d = spec.split(":")
         rows.append((cell, int(H), float(d), {}))
-    common.announce(TITLE, columns(methods), out_path)
+    common.announce(TITLE.format(batch=args.batch), columns(methods), out_path)
     # ours first, every size, then the baselines: a baseline that runs out of memory or time
     # (a dense cuDNN LSTM at a large hidden size) cannot spend the budget before ours is measured
     for method, (cell, H, d, res) in ((m, r) for m in run_order(methods) for r in rows):
@@ -119,7 +124,7 @@ def main(argv=None):
                 res[method] = {"status": f"not run (budget of {args.budget_s:.0f} s spent)"}
             else:
                 res[method] = run_child(method, cell, H, d, device, args.repeats, args.warmup, timeout, args.compute,
-                                        T, B)
+                                        T, args.batch)
             c.result = cell_text(res[method]) + (f"  ({res[method].get('error')})" if res[method].get("error") else "")
         save()
 
@@ -135,7 +140,7 @@ def main(argv=None):
                 extra.append(f"- hidden {H:,}: not run (budget of {args.budget_s:.0f} s spent), so the largest may be larger")
                 break
             with common.cell(f"largest search: hidden {H:,}") as c:
-                r = run_child("sparse_engine", "LSTM", H, args.per_row / H, device, 1, 0, timeout, T=T, B=B)
+                r = run_child("sparse_engine", "LSTM", H, args.per_row / H, device, 1, 0, timeout, T=T, B=args.batch)
                 c.result = cell_text(r) + (f"  ({r['error']})" if r.get("error") else "")
             cut = r.get("status", "").startswith("timeout") and timeout < args.timeout
             extra.append(f"- hidden {H:,}: {cell_text(r)}" + (" (cut short by --budget-s)" if cut else ""))
@@ -149,7 +154,7 @@ def main(argv=None):
     common.finish(out_path)
 
 
-TITLE = "LSTM and GRU training step (forward + backward), one layer, T=35, B=20, input = hidden"
+TITLE = "LSTM and GRU training step (forward + backward), one layer, T=35, B={batch}, input = hidden"
 
 
 # Persistent variants: (method, column, ratio column, (numerator, denominator) of the ratio)
@@ -173,7 +178,7 @@ def columns(methods) -> list[str]:
 
 def report(rows, methods, device, args, load_start) -> list[str]:
     lines = [
-        f"# {TITLE}",
+        f"# {TITLE.format(batch=args.batch)}",
         "",
         f"- machine: {common.machine()}",
         f"- 1-min load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (a busy machine "
@@ -195,7 +200,7 @@ def report(rows, methods, device, args, load_start) -> list[str]:
     split = any(v[0] == "sparse_engine_persistent_split" for v in variants)
     if split:
         lines[-1:-1] = ["- split rows: the persistent kernels with a row's entries split across a warp's lanes, S at a "
-                        "time (`_set_sequence_split(0)`: S = 1, 2, 4 or 8 by the mean row length, 16 entries a slot); "
+                        "time (`_set_sequence_split(0)`: S = 1, 2, 4 or 8, at most 32 / B and 16 entries a slot of the mean row); "
                         "'ours, persistent' takes a lane per batch column"]
     head = columns(methods)
     lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]

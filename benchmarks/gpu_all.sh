@@ -247,7 +247,8 @@ if has test && begin tests 60; then
       tests/kernels/test_cuda_limits.py tests/ops tests/nn/test_on_cuda.py tests/nn/test_autocast.py \
       tests/training/test_topology_updates.py tests/training/test_compact_adam.py \
       tests/memory/test_memory_model.py::test_prediction_on_a_gpu \
-      tests/recurrent/test_recompute.py::test_cuda_bit_identical tests/cli/test_cli.py::test_train_device_choice; then
+      tests/recurrent/test_recompute.py::test_cuda_bit_identical tests/cli/test_cli.py::test_train_device_choice \
+      tests/recurrent/test_compute_paths.py tests/recurrent/test_layout.py; then
     say "== tests FAILED (the list above; the log has each failure): the benchmarks below run on these kernels"
   fi
   took tests $t0
@@ -375,6 +376,13 @@ if has persistent && begin "persistent recurrent kernels: tests, sanitizers, tab
     done
   else
     say "== Nsight Compute (ncu) not found or no time left: no kernel profile"
+  fi
+  # one sequence at a time (B = 1: 31 of a warp's 32 lanes idle with a lane per batch column): the
+  # split rows' rule (S * B <= 32) against a lane per column and masked cuDNN
+  if (( $(left) > 40 )); then
+    logged 10 $PY benchmarks/bench_rnn.py --device cuda --batch 1 --cells LSTM --sizes 4096:0.01 1500:0.33 1500:0.1 \
+      --methods sparse_engine_persistent sparse_engine_persistent_split masked_dense --repeats 5 --timeout 60 \
+      --budget-s "$(( $(left) - 10 ))" --out benchmarks/results/rnn_gpu_persistent_b1.md ${copy[@]+"${copy[@]}"}
   fi
   took persistent $t0
 fi

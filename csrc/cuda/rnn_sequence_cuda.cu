@@ -287,13 +287,16 @@ cudaError_t grid_for(K kernel, int64_t H, int64_t nnz, int64_t index_range, int6
   return blocks > 0 ? cudaSuccess : cudaErrorCooperativeLaunchTooLarge;
 }
 
-// row_dot's S for a matrix of `rows` rows: set_rnn_sequence_split's, or where that is 0 the rule
-// (provisional, not yet measured on a GPU): the largest of 1, 2, 4, 8 that leaves each slot 16 entries
-// of a row of mean length.
-int split_for(int64_t nnz, int64_t rows) {
+// row_dot's S for a matrix of `rows` rows and B batch columns: set_rnn_sequence_split's, or where that
+// is 0 the rule: the largest of 1, 2, 4, 8 with S * B <= 32 (a lane gathers at most one real column
+// per entry, so the split only puts idle lanes to work) that leaves each slot 16 entries of a row of
+// mean length. Why S * B <= 32: on an H200 (2026-11-28, T = 35, B = 20) S chosen by row length alone
+// ran 0.52-1.00x the lane per column on every cell (each lane then gathered as many entries as before,
+// plus the reduction); the rule's cells at small B are not yet timed.
+int split_for(int64_t nnz, int64_t rows, int64_t B) {
   if (const int forced = g_split.load(); forced > 0) return forced;
   int split = 1;
-  while (split < 8 && nnz >= rows * 16 * 2 * split) split *= 2;
+  while (split < 8 && 2 * split * B <= kWarp && nnz >= rows * 16 * 2 * split) split *= 2;
   return split;
 }
 
@@ -313,7 +316,7 @@ cudaError_t launch(CellMode mode, Args a, int64_t nnz, bool backward, cudaStream
       auto seq_kernel = kernel_of(m);
       // the staged index's values: W_hh's columns (forward), or its rows (backward's transposed index)
       const int64_t index_range = backward ? cell_gates(mode) * a.H : a.H;
-      a.split = split_for(nnz, backward ? a.H : cell_gates(mode) * a.H);  // rows: W_hh^T's, W_hh's
+      a.split = split_for(nnz, backward ? a.H : cell_gates(mode) * a.H, a.B);  // rows: W_hh^T's, W_hh's
       int64_t blocks = 0;
       size_t shmem = 0;
       if (const cudaError_t e = grid_for<T>(seq_kernel, a.H, nnz, index_range, blocks, a.stage_entries,

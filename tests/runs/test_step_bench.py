@@ -72,3 +72,23 @@ def test_bench_model_prints_ours_and_both_baselines_with_the_ratio(run_cli, tmp_
     for label in ("ours", "masked-dense", "torch.sparse CSR"):
         assert f"  {label}: " in out and f"  {label} ..." in out  # each method as it starts and ends
     assert out.count(" ms, ") >= 3 and "x" in out.split("ours faster by", 1)[1]
+
+
+@pytest.mark.parametrize("compute, auto_takes_it", [("persistent", False), (None, True), (None, False)])
+def test_the_path_named_is_the_one_that_runs(monkeypatch, compute, auto_takes_it):
+    """The path a table names for ours is the one its step takes, also where ``auto`` picks the
+    persistent ops (on a GPU by W_hh's size; here made to: the sixth H200 run's table named the
+    per-step 'fused' where auto had run the persistent kernels)."""
+    from sparse_engine.recurrent import compute_paths, persistent
+
+    monkeypatch.setattr(compute_paths, "persistent_by_sizes",
+                        lambda mode, *a: (compute_paths._state["compute"] if mode is None else mode) == "persistent"
+                        or auto_takes_it)
+    runs, real = [], persistent.forward
+    monkeypatch.setattr(persistent, "forward", lambda *a: runs.append(1) or real(*a))
+    with compute_paths.default_compute("auto"):
+        step, _, _, path = bench.training_step("sparse_engine", "LSTM", 24, 0.02, "cpu", compute=compute, T=3, B=2)
+        step()
+    ran = "persistent" if runs else "fused"
+    assert path == ran and ran == ("persistent" if compute == "persistent" or auto_takes_it else "fused")
+
