@@ -38,7 +38,7 @@ def test_gpu_all_names_every_results_file_it_commits():
     explicit --out (a name, a path, or benchmarks/results/ for the tables named after the GPU)."""
     text = (ROOT / "benchmarks" / "gpu_all.sh").read_text().replace("\\\n", " ")
     calls = [line for line in text.splitlines() if re.search(r"\$PY benchmarks/bench_\w+\.py", line)]
-    assert len(calls) == 11, calls  # the caps stage: bench_step_estimate.py and two bench_caps.py calls
+    assert len(calls) == 12, calls  # the caps stage: bench_step_estimate.py and two bench_caps.py; persistent: two
     for line in calls:
         assert re.search(r" --out (benchmarks/results/(\w+\.md)?|\w+\.md) ", line), f"no --out: {line.strip()}"
     assert subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_all.sh")]).returncode == 0
