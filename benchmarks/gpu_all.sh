@@ -58,18 +58,18 @@
 #   80G LSTM row, 8,571,871 units, +0.6%; the step estimate 1.7-5.0x, its W^T G block wrote every column once
 #   per block: fixed since, not re-measured), then DEADLINE_S=360 STAGES=bench BENCH_DTYPES=float32 on the warm
 #   machine (300 s: the float32 grid, N 16,384 and 65,536 whole, 262,144 in part; cuda_ops_nvidia_h200.md).
-#   Next GPU session: csrc/cuda changed since the fifth run (the gather's long-row threshold now falls with the
-#   batch width: 128 entries from B = 32 floats; its rows longer than a segment go to a split list, a block per
-#   segment; the persistent kernels' split rows, off by default), so first
-#   DEADLINE_S=580 STAGES="build test persistent" (the GPU tests before any number; the persistent stage gets
-#   what is left: its tests with the split rows', memcheck and racecheck, then the table with split rows
-#   against a lane per column and masked cuDNN, cells in the issue's order, then profile_rnn_step_cuda.md:
-#   where the dense path's time goes against masked cuDNN, and Nsight Compute inside the persistent
-#   kernels at 4,096 @ 1%, ncu_persistent_split{1,0}.md), then on the warm machine DEADLINE_S=300
-#   STAGES=bench BENCH_DTYPES=float32 benchmarks/gpu_all.sh --n 16384 65536 --density 0.0005 0.001 (the cells
-#   where Zipf rows at B >= 32 lost, 0.37-0.86x, and at B = 1; compare with cuda_ops_nvidia_h200.md), or, where the
-#   persistent table stopped early, STAGES=persistent again. Later: STAGES=caps (the step estimate on the GPU),
-#   --n 262144 (the rest of N = 262,144), the bf16 grid.
+#   Sixth run (H200, 2026-11-28, gpu_h200_2026-11-28/): DEADLINE_S=580 STAGES="build test persistent": build
+#   71 s, the GPU tests 147 s (990 passed), the persistent stage 316 s (134 tests, memcheck and racecheck clean,
+#   the 12-row table: split rows by row length 0.52-1.00x a lane per column; the profile; ncu found no time
+#   left: 25 s by hand after), then DEADLINE_S=245 STAGES=bench --n 16384 65536 --density 0.0005 0.001 on the
+#   warm machine (138 s with a rebuild: the carried module was not in place; spmm 1.20x faster on those cells).
+#   Next GPU session: first DEADLINE_S=580 STAGES="build test persistent" (the GPU tests, now with the dense
+#   path's no-host-sync test; the persistent table again, its 'ours' path named right; the profile: the
+#   dense path at 1,500 @ 33% without its 32 host syncs a step against masked cuDNN; ncu if time is left;
+#   the B = 1 table, rnn_gpu_persistent_b1.md: split rows by the S * B <= 32 rule), then on the warm machine
+#   STAGES=caps (the step estimate on the GPU, fixed after the fifth run), or DEADLINE_S=300 STAGES=bench
+#   BENCH_DTYPES=float32 benchmarks/gpu_all.sh --n 16384 65536 --density 0.01 0.05 (the dense cells, not run
+#   since the gather changed). Later: --n 262144 (the rest of N = 262,144), the bf16 grid.
 #   With time to spare, in this order: STAGES=topology (all cases), BENCH_DTYPES=bfloat16
 #   STAGES=bench ... -- --quick (then the full bf16 grid), STAGES=step.
 # $OUT per command: gpu_all.log (every stage's output, appended as it goes), each benchmark's results
