@@ -19,13 +19,16 @@ changed; ``state_dict``, checkpoints and the topology controllers see only the C
   kept), the per-step sparse path elsewhere.
 * ``compute="dense"``: always materialise, if the dense matrices fit the budget
   (:func:`set_dense_budget`, default :data:`DEFAULT_DENSE_BUDGET` bytes for all matrices of a
-  module together); over the budget it falls back to the sparse path.
+  module together on the CPU, :data:`DEFAULT_DENSE_BUDGET_GPU` on a GPU); over the budget it falls
+  back to the sparse path.
 * ``compute="auto"`` (default): on the CPU, dense when it fits the budget and the module's density
   is at least :func:`auto_min_density` of its hidden size (the crossover measured on this project's
   CPU, see docs/compute_paths.md), sparse otherwise; large layers stay sparse through the budget.
-  On a GPU persistent where W_hh fits the chip's shared memory (:func:`persistent_by_sizes`: the
-  persistent kernels then hold it on chip for all T steps; measured on an H200, where they beat the
-  per-step kernels on every such cell and lose where W_hh is larger), else sparse (per step).
+  On a GPU dense (cuDNN's recurrence) when the matrices fit the budget and the density is at least
+  :data:`AUTO_MIN_DENSITY_GPU`, else persistent where W_hh fits the chip's shared memory
+  (:func:`persistent_by_sizes`: the persistent kernels then hold it on chip for all T steps; measured
+  on an H200, where they beat the per-step kernels on every such cell and lose where W_hh is
+  larger), else sparse (per step).
 
 The default for modules built with ``compute=None`` is global: :func:`set_default_compute` or, for
 a block, ``with default_compute("sparse"): ...``; it starts as the environment variable
@@ -57,6 +60,15 @@ __all__ = ["COMPUTE_CHOICES", "set_default_compute", "get_default_compute", "def
 COMPUTE_CHOICES = ("auto", "sparse", "dense", "persistent")
 #: bytes of dense matrices one module may materialise per forward (all layers together)
 DEFAULT_DENSE_BUDGET = 256 * 2**20
+#: the same on a GPU, where the limit is the card's memory, not a cache: a 4,096-unit LSTM's two
+#: matrices (537 MB in float32) fit, a 16,384-unit one's (8.6 GB) do not
+DEFAULT_DENSE_BUDGET_GPU = 2**30
+#: ``auto`` on a GPU: the lowest density that goes dense. From masked cuDNN's times on an H200
+#: (benchmarks/results/gpu_h200_2026-11-28/rnn_gpu_persistent.md, T=35, B=20): the persistent kernels
+#: win at 1% (2.4x at 4,096 units), tie at 5% (0.95-1.01x at 4,096) and lose at 10-33% (0.47-0.88x);
+#: the dense path runs cuDNN's kernels on the materialised matrices, checked for no host sync
+#: (its own time there: the next GPU run's table, whose 'ours' column is auto's)
+AUTO_MIN_DENSITY_GPU = 0.05
 #: ``auto``: the lowest density (nnz / dense entries over the module's sparse matrices) that goes
 #: dense, for hidden sizes up to :data:`AUTO_SMALL_HIDDEN` and above (docs/compute_paths.md)
 AUTO_MIN_DENSITY = (0.03, 0.15)
@@ -82,7 +94,7 @@ def _initial_default() -> str:
     return mode
 
 
-_state = {"compute": _initial_default(), "budget": DEFAULT_DENSE_BUDGET}
+_state = {"compute": _initial_default(), "budget": None}  # budget None: each device's default
 
 
 def check_compute(mode, name: str = "compute") -> str:
@@ -111,22 +123,26 @@ def default_compute(mode: str):
         _state["compute"] = old
 
 
-def set_dense_budget(nbytes: int) -> None:
-    """Bytes of dense matrices one module may materialise per forward (0: never dense)."""
-    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
-        raise ValueError(f"nbytes must be a non-negative int, got {nbytes!r}")
+def set_dense_budget(nbytes: int | None) -> None:
+    """Bytes of dense matrices one module may materialise per forward on any device (0: never
+    dense; None: each device's default, :data:`DEFAULT_DENSE_BUDGET` and :data:`DEFAULT_DENSE_BUDGET_GPU`)."""
+    if nbytes is not None and (isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0):
+        raise ValueError(f"nbytes must be a non-negative int or None, got {nbytes!r}")
     _state["budget"] = nbytes
 
 
-def get_dense_budget() -> int:
-    return _state["budget"]
+def get_dense_budget(device_type: str = "cpu") -> int:
+    """The budget of :func:`set_dense_budget` on a device of ``device_type``."""
+    if _state["budget"] is not None:
+        return _state["budget"]
+    return DEFAULT_DENSE_BUDGET_GPU if device_type == "cuda" else DEFAULT_DENSE_BUDGET
 
 
 def use_dense(mode: str | None, weights, hidden_size: int, device_type: str = "cpu") -> bool:
     """Whether a module with the given ``compute`` setting (None: the global default) and matrices
-    (SparseWeights or dense tensors) on ``device_type`` runs dense this forward. ``auto`` goes dense
-    on the CPU only, where its rule was measured (on a GPU it stays sparse until measured there;
-    ``compute='dense'`` works on any device)."""
+    (SparseWeights or dense tensors) on ``device_type`` runs dense this forward: ``auto`` by the
+    CPU's rule (:func:`auto_min_density`) or the GPU's (:data:`AUTO_MIN_DENSITY_GPU`), never on
+    another device (``compute='dense'`` works on any)."""
     entries = nnz = 0
     itemsize = 4
     for w in weights:
@@ -147,10 +163,12 @@ def dense_by_sizes(mode: str | None, entries: int, nnz: int, itemsize: int, hidd
     mode = _state["compute"] if mode is None else mode
     if mode in ("sparse", "persistent"):
         return False
-    if entries * itemsize > _state["budget"]:
+    if entries * itemsize > get_dense_budget(device_type):
         return False
     if mode == "dense" or not entries:
         return True
+    if device_type == "cuda":
+        return nnz / entries >= AUTO_MIN_DENSITY_GPU
     if device_type != "cpu":
         return False
     return nnz / entries >= auto_min_density(hidden_size)
