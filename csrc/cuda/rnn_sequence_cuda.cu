@@ -124,7 +124,7 @@ __global__ void __launch_bounds__(kSeqThreads, kSeqMinBlocks) seq_forward_kernel
 #pragma unroll
         for (int q = 0; q < NG; ++q) {
           const int64_t k0 = a.ptr[q * a.H + j];
-          p[q] = row_dot(a.split, st, k0 + shift[q], a.values, a.idx, k0, a.ptr[q * a.H + j + 1], h, a.B,
+          p[q] = row_dot<ForwardRows>(a.split, st, k0 + shift[q], a.values, a.idx, k0, a.ptr[q * a.H + j + 1], h, a.B,
                          a.B, tile, lane);
         }
         if (b >= a.B) continue;
@@ -242,7 +242,7 @@ __global__ void __launch_bounds__(kSeqThreads, kSeqMinBlocks) seq_backward_kerne
       for (int64_t tile = 0; tile < a.B; tile += kWarp) {  // every lane: split rows shuffle
         const int64_t k0 = a.cptr[j];
         // dG's row r, column t*B + b: (dG + t*B)[r * TB + b]
-        const T d = row_dot(a.split, st, k0 - base, a.values_t, a.crow, k0, a.cptr[j + 1], a.dG + t * a.B, TB, a.B,
+        const T d = row_dot<BackwardRows>(a.split, st, k0 - base, a.values_t, a.crow, k0, a.cptr[j + 1], a.dG + t * a.B, TB, a.B,
                             tile, lane);
         if (tile + lane < a.B) a.dh[j * a.B + tile + lane] += d;
       }

@@ -43,22 +43,48 @@ __device__ __forceinline__ void stage_entry(const Stage<T>& st, int64_t e, const
 }
 
 // acc + sum over e in [0, n) of v[e] * x[i[e] * B + b] (x read through L2), added in order; the
-// gathers go kDotAhead at a time, so that they are in flight together rather than one behind the
-// other (a step's critical path is its longest row's chain of L2 reads), the adds still in order.
-constexpr int kDotAhead = 4;
-template <typename T, typename I>
+// gathers go A at a time, so that they are in flight together rather than one behind the other (a
+// step's critical path is its longest row's chain of L2 reads: a warp's rows, one after the other),
+// the adds still in order; with kTailTogether the last (n mod A) entries' gathers go together too,
+// predicated, else one behind the other. A and the tail: each kernel's, by the registers it has left.
+template <int A, bool kTailTogether, typename T, typename I>
 __device__ __forceinline__ T dot_run(T acc, const T* v, const I* i, int64_t n, const T* x, int64_t B, int64_t b) {
   int64_t e = 0;
-  for (; e + kDotAhead <= n; e += kDotAhead) {
-    T g[kDotAhead];
+  for (; e + A <= n; e += A) {
+    T g[A];
 #pragma unroll
-    for (int u = 0; u < kDotAhead; ++u) g[u] = __ldcg(x + static_cast<int64_t>(i[e + u]) * B + b);
+    for (int u = 0; u < A; ++u) g[u] = __ldcg(x + static_cast<int64_t>(i[e + u]) * B + b);
 #pragma unroll
-    for (int u = 0; u < kDotAhead; ++u) acc += v[e + u] * g[u];
+    for (int u = 0; u < A; ++u) acc += v[e + u] * g[u];
   }
-  for (; e < n; ++e) acc += v[e] * __ldcg(x + static_cast<int64_t>(i[e]) * B + b);
+  if (!kTailTogether) {
+    for (; e < n; ++e) acc += v[e] * __ldcg(x + static_cast<int64_t>(i[e]) * B + b);
+  } else if (e < n) {
+    T g[A];
+#pragma unroll
+    for (int u = 0; u < A; ++u) g[u] = e + u < n ? __ldcg(x + static_cast<int64_t>(i[e + u]) * B + b) : T(0);
+#pragma unroll
+    for (int u = 0; u < A; ++u)
+      if (e + u < n) acc += v[e + u] * g[u];
+  }
   return acc;
 }
+// The look-ahead of each kernel's rows (ptxas, CUDA 13, sm_80/sm_90): the forward has the registers
+// for 8 and the tail together (float32 LSTM 118-122 of its 128, no spill; 96 at 4 with the tail one
+// by one), the backward spills with either (its float32 GRU: 12 bytes on sm_90), so it keeps 4, the
+// tail one by one. Why: the H200's Nsight Compute profile (2026-11-28, 4,096 units @ 1%) found both
+// kernels bound by the gathers in flight (L2 at 22-36% of its throughput, issue slots 43-50%), not
+// by bandwidth; a warp's step is its rows' rounds of L2 latency, one after the other.
+struct ForwardRows {
+  static constexpr int kAhead = 8;
+  static constexpr bool kTailTogether = true;
+};
+struct BackwardRows {
+  static constexpr int kAhead = 4;
+  static constexpr bool kTailTogether = false;
+};
+// split_run's gathers at once, all of a lane's S columns included
+constexpr int kSplitAhead = 4;
 
 // How many of a row's n entries, from stage position pos, the stage holds (the rest: global memory).
 template <typename T>
@@ -68,14 +94,17 @@ __device__ __forceinline__ int64_t staged_entries(const Stage<T>& st, int64_t po
 }
 
 // sum over k in [k0, k1) of values[k] * x[idx[k] * B + b], in index order: the entries from stage
-// position pos onward that the stage holds, then the rest from global memory.
-template <typename T>
+// position pos onward that the stage holds, then the rest from global memory (dot_run, with the
+// look-ahead of R: ForwardRows or BackwardRows).
+template <typename R, typename T>
 __device__ __forceinline__ T staged_dot(const Stage<T>& st, int64_t pos, const T* values, const int32_t* idx,
                                         int64_t k0, int64_t k1, const T* x, int64_t B, int64_t b) {
   const int64_t staged = staged_entries(st, pos, k1 - k0);
-  const T acc = st.i16 != nullptr ? dot_run(T(0), st.v + pos, st.i16 + pos, staged, x, B, b)
-                                   : dot_run(T(0), st.v + pos, st.i + pos, staged, x, B, b);
-  return dot_run(acc, values + k0 + staged, idx + k0 + staged, k1 - k0 - staged, x, B, b);
+  constexpr int A = R::kAhead;
+  constexpr bool tail = R::kTailTogether;
+  const T acc = st.i16 != nullptr ? dot_run<A, tail>(T(0), st.v + pos, st.i16 + pos, staged, x, B, b)
+                                   : dot_run<A, tail>(T(0), st.v + pos, st.i + pos, staged, x, B, b);
+  return dot_run<A, tail>(acc, values + k0 + staged, idx + k0 + staged, k1 - k0 - staged, x, B, b);
 }
 
 // Split rows (Args::split = S > 1): a warp's 32 lanes take S of a row's entries at a time, each
@@ -92,7 +121,7 @@ template <int S, typename T, typename I>
 __device__ __forceinline__ void split_run(T (&acc)[S], const T* v, const I* i, int64_t lo, int64_t hi, int s,
                                           const T* x, int64_t ld, int64_t b0, int64_t B) {
   constexpr int C = kWarp / S;
-  constexpr int U = kDotAhead / S > 1 ? kDotAhead / S : 1;  // entries a lane gathers at once
+  constexpr int U = kSplitAhead / S > 1 ? kSplitAhead / S : 1;  // entries a lane gathers at once
   int64_t e = lo + ((s - lo % S) % S + S) % S;             // the first position >= lo in slot s
 #pragma unroll 1
   for (; e + (U - 1) * S < hi; e += U * S) {
@@ -142,8 +171,9 @@ __device__ __forceinline__ T split_dot(const Stage<T>& st, int64_t pos, const T*
 }
 
 // A unit's row against the state, for batch column tile + lane: S = 1 (one lane per column) or split
-// S ways (split_dot). Every lane of the warp calls it.
-template <typename T>
+// S ways (split_dot); R: the rows' look-ahead with a lane per column (ForwardRows, BackwardRows).
+// Every lane of the warp calls it.
+template <typename R, typename T>
 __device__ __forceinline__ T row_dot(int split, const Stage<T>& st, int64_t pos, const T* values, const int32_t* idx,
                                      int64_t k0, int64_t k1, const T* x, int64_t ld, int64_t B, int64_t tile,
                                      int lane) {
@@ -151,7 +181,7 @@ __device__ __forceinline__ T row_dot(int split, const Stage<T>& st, int64_t pos,
     case 2: return split_dot<2>(st, pos, values, idx, k0, k1, x, ld, B, tile, lane);
     case 4: return split_dot<4>(st, pos, values, idx, k0, k1, x, ld, B, tile, lane);
     case 8: return split_dot<8>(st, pos, values, idx, k0, k1, x, ld, B, tile, lane);
-    default: return tile + lane < B ? staged_dot(st, pos, values, idx, k0, k1, x, ld, tile + lane) : T(0);
+    default: return tile + lane < B ? staged_dot<R>(st, pos, values, idx, k0, k1, x, ld, tile + lane) : T(0);
   }
 }
 
