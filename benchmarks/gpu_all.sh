@@ -45,7 +45,9 @@
 #        per-step path, deterministic; and issue 47's sharded LSTM on NCCL, one rank per GPU),
 #        memcheck and racecheck on them, then the LSTM/GRU table of the issue's cells with ours
 #        per-step, ours persistent (a lane per batch column, and split rows: a row's entries across a
-#        warp's lanes) and masked-dense cuDNN (rnn_gpu_persistent.md; STAGED=1 adds W_hh not staged). First run on an H200 (2026-11-26, third session): build 79 s,
+#        warp's lanes) and masked-dense cuDNN (rnn_gpu_persistent.md; STAGED=1 adds W_hh not staged), the
+#        step's profile, the same at B = 1 (rnn_gpu_persistent_b1.md), and Nsight Compute inside the
+#        kernels (ncu_persistent_split1.md). First run on an H200 (2026-11-26, third session): build 79 s,
 #        the stage 345 s (tests 10 s, sanitizers 60 s, the table the rest).
 #   Fourth run (H200, 2026-11-27; gpu_h200_2026-11-27/): DEADLINE_S=565 STAGES="build test bench_quick caps"
 #   BENCH_DTYPES=float32: build 77 s, the GPU tests 189 s (971 passed, among them the in-place weight
@@ -74,7 +76,7 @@
 #   STAGES=bench ... -- --quick (then the full bf16 grid), STAGES=step.
 # $OUT per command: gpu_all.log (every stage's output, appended as it goes), each benchmark's results
 # file (cuda_ops_<gpu>[_bf16][_quick].md, rnn_gpu[_quick].md, rnn_gpu_largest.md, topology_<gpu>.md,
-# rnn_step_gpu.md, rnn_gpu_persistent.md, profile_rnn_step_cuda.md, ncu_persistent_split{1,0}.md, caps_cuda_*.md,
+# rnn_step_gpu.md, rnn_gpu_persistent[_b1].md, profile_rnn_step_cuda.md, ncu_persistent_split1.md, caps_cuda_*.md,
 # step_estimate_products_cuda.md) and, from the build stage, build/_C*.so[.partNN]: at most 8 files.
 # Afterwards commit from $OUT (files_at) into benchmarks/results/: the results files, and each
 # command's gpu_all.log as gpu_<stages>_<gpu>.log (<gpu> = nvidia_h100_80gb_hbm3 or the like);
@@ -359,30 +361,29 @@ if has persistent && begin "persistent recurrent kernels: tests, sanitizers, tab
   # where the dense path's time goes against masked cuDNN (issue 44 item 2), and the persistent step's
   CAP=60 logged 8 $PY benchmarks/profile_rnn_step.py --device cuda --cells LSTM:1500:0.33 LSTM:4096:0.01 \
     --methods dense masked_dense persistent --out benchmarks/results/profile_rnn_step_cuda.md ${copy[@]+"${copy[@]}"}
-  # inside the persistent kernels (issue 44: where a missed target's time goes): Nsight Compute on one
-  # training step's forward and backward launches at LSTM 4,096 @ 1%, lane per column then split rows
-  NCU=$(command -v ncu || echo "${CUDA_HOME:-/usr/local/cuda}/bin/ncu")
-  if [[ -x "$NCU" ]] && (( $(left) > 60 )); then
-    for split in 1 0; do
-      CAP=$(( $(left) / 2 )) logged 4 "$NCU" --csv --page details \
-        --target-processes all -k regex:seq_ --launch-skip 2 --launch-count 2 --section SpeedOfLight \
-        --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats --section WarpStateStats \
-        --section SchedulerStats --log-file "$DEST/ncu_persistent_split$split.csv" $PY benchmarks/profile_rnn_step.py \
-        --device cuda --cells LSTM:4096:0.01 --methods persistent --steps 1 --warmup 1 --plain \
-        --sequence-split $split --out /tmp/profile_plain.md
-      $PY benchmarks/ncu_summary.py "$DEST/ncu_persistent_split$split.csv" --md "$DEST/ncu_persistent_split$split.md" \
-        --title "Nsight Compute: the persistent LSTM kernels at 4,096 @ 1%, T=35, B=20 (split $split)" \
-        && rm -f "$DEST/ncu_persistent_split$split.csv"
-    done
-  else
-    say "== Nsight Compute (ncu) not found or no time left: no kernel profile"
-  fi
   # one sequence at a time (B = 1: 31 of a warp's 32 lanes idle with a lane per batch column): the
   # split rows' rule (S * B <= 32) against a lane per column and masked cuDNN
   if (( $(left) > 40 )); then
     logged 10 $PY benchmarks/bench_rnn.py --device cuda --batch 1 --cells LSTM --sizes 4096:0.01 1500:0.33 1500:0.1 \
       --methods sparse_engine_persistent sparse_engine_persistent_split masked_dense --repeats 5 --timeout 60 \
       --budget-s "$(( $(left) - 10 ))" --out benchmarks/results/rnn_gpu_persistent_b1.md ${copy[@]+"${copy[@]}"}
+  fi
+  # inside the persistent kernels (issue 44: where a missed target's time goes): Nsight Compute on one
+  # training step's forward and backward launches at LSTM 4,096 @ 1% (a lane per batch column: at B = 20
+  # the split rule keeps S = 1; the sixth run's split rows by row length: ncu_persistent_split0.md there)
+  NCU=$(command -v ncu || echo "${CUDA_HOME:-/usr/local/cuda}/bin/ncu")
+  if [[ -x "$NCU" ]] && (( $(left) > 40 )); then
+    CAP=$(( $(left) - 10 )) logged 4 "$NCU" --csv --page details \
+      --target-processes all -k regex:seq_ --launch-skip 2 --launch-count 2 --section SpeedOfLight \
+      --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats --section WarpStateStats \
+      --section SchedulerStats --log-file "$DEST/ncu_persistent_split1.csv" $PY benchmarks/profile_rnn_step.py \
+      --device cuda --cells LSTM:4096:0.01 --methods persistent --steps 1 --warmup 1 --plain \
+      --sequence-split 1 --out /tmp/profile_plain.md
+    $PY benchmarks/ncu_summary.py "$DEST/ncu_persistent_split1.csv" --md "$DEST/ncu_persistent_split1.md" \
+      --title "Nsight Compute: the persistent LSTM kernels at 4,096 @ 1%, T=35, B=20 (a lane per column)" \
+      && rm -f "$DEST/ncu_persistent_split1.csv"
+  else
+    say "== Nsight Compute (ncu) not found or no time left: no kernel profile"
   fi
   took persistent $t0
 fi

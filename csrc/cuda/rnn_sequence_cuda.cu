@@ -120,6 +120,12 @@ __global__ void __launch_bounds__(kSeqThreads, kSeqMinBlocks) seq_forward_kernel
     for (int64_t j = u0 + warp; j < u1; j += kSeqWarps) {
       for (int64_t tile = 0; tile < a.B; tile += kWarp) {  // every lane: split rows shuffle
         const int64_t b = tile + lane;
+        const int64_t o = j * a.B + b, col = t * a.B + b;
+        // the step's input part, read from memory once: loaded before the rows' gathers so that its
+        // latency passes under theirs rather than after them
+        T x[NG];
+#pragma unroll
+        for (int q = 0; q < NG; ++q) x[q] = b < a.B ? a.gx[(q * a.H + j) * TB + col] : T(0);
         T p[NG];
 #pragma unroll
         for (int q = 0; q < NG; ++q) {
@@ -128,11 +134,10 @@ __global__ void __launch_bounds__(kSeqThreads, kSeqMinBlocks) seq_forward_kernel
                          a.B, tile, lane);
         }
         if (b >= a.B) continue;
-        const int64_t o = j * a.B + b, col = t * a.B + b;
         T* hn = a.y + t * HB + o;
         if constexpr (M == CellMode::LSTM) {
-          const T i = sigm(p[0] + a.gx[j * TB + col]), f = sigm(p[1] + a.gx[(a.H + j) * TB + col]);
-          const T g = th(p[2] + a.gx[(2 * a.H + j) * TB + col]), og = sigm(p[3] + a.gx[(3 * a.H + j) * TB + col]);
+          const T i = sigm(p[0] + x[0]), f = sigm(p[1] + x[1]);
+          const T g = th(p[2] + x[2]), og = sigm(p[3] + x[3]);
           const T cn = f * c[o] + i * g;  // c[o]: this thread's own write of the step before
           a.cs[t * HB + o] = cn;
           *hn = og * th(cn);
@@ -143,15 +148,15 @@ __global__ void __launch_bounds__(kSeqThreads, kSeqMinBlocks) seq_forward_kernel
 #pragma unroll
             for (int q = 0; q < 3; ++q) p[q] += a.bhh[q * a.H + j];
           }
-          const T r = sigm(p[0] + a.gx[j * TB + col]), z = sigm(p[1] + a.gx[(a.H + j) * TB + col]);
-          const T n = th(a.gx[(2 * a.H + j) * TB + col] + r * p[2]);
+          const T r = sigm(p[0] + x[0]), z = sigm(p[1] + x[1]);
+          const T n = th(x[2] + r * p[2]);
           *hn = n + z * (__ldcg(h + o) - n);
           T* s_acts = a.acts + t * 4 * HB + o;
           s_acts[0] = r; s_acts[HB] = z; s_acts[2 * HB] = n; s_acts[3 * HB] = p[2];
         } else if constexpr (M == CellMode::RNN_TANH) {
-          *hn = th(p[0] + a.gx[j * TB + col]);
+          *hn = th(p[0] + x[0]);
         } else {  // RNN_RELU
-          const T v = p[0] + a.gx[j * TB + col];
+          const T v = p[0] + x[0];
           *hn = v > T(0) ? v : T(0);
         }
       }
