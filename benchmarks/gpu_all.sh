@@ -69,14 +69,15 @@
 #   path's no-host-sync test; the persistent table again, its 'ours' path named right; the profile: the
 #   dense path at 1,500 @ 33% without its 32 host syncs a step against masked cuDNN; ncu if time is left;
 #   the B = 1 table, rnn_gpu_persistent_b1.md: split rows by the S * B <= 32 rule), then on the warm machine
-#   STAGES=caps (the step estimate on the GPU, fixed after the fifth run), or DEADLINE_S=300 STAGES=bench
+#   STAGES="profile_large caps" (where the million-unit step's 1.34 s go; the step estimate on the GPU, fixed
+#   after the fifth run), or DEADLINE_S=300 STAGES=bench
 #   BENCH_DTYPES=float32 benchmarks/gpu_all.sh --n 16384 65536 --density 0.01 0.05 (the dense cells, not run
 #   since the gather changed). Later: --n 262144 (the rest of N = 262,144), the bf16 grid.
 #   With time to spare, in this order: STAGES=topology (all cases), BENCH_DTYPES=bfloat16
 #   STAGES=bench ... -- --quick (then the full bf16 grid), STAGES=step.
 # $OUT per command: gpu_all.log (every stage's output, appended as it goes), each benchmark's results
 # file (cuda_ops_<gpu>[_bf16][_quick].md, rnn_gpu[_quick].md, rnn_gpu_largest.md, topology_<gpu>.md,
-# rnn_step_gpu.md, rnn_gpu_persistent[_b1].md, profile_rnn_step_cuda.md, ncu_persistent_split1.md, caps_cuda_*.md,
+# rnn_step_gpu.md, rnn_gpu_persistent[_b1].md, profile_rnn_step[_1m]_cuda.md, ncu_persistent_split1.md, caps_cuda_*.md,
 # step_estimate_products_cuda.md) and, from the build stage, build/_C*.so[.partNN]: at most 8 files.
 # Afterwards commit from $OUT (files_at) into benchmarks/results/: the results files, and each
 # command's gpu_all.log as gpu_<stages>_<gpu>.log (<gpu> = nvidia_h100_80gb_hbm3 or the like);
@@ -93,6 +94,7 @@
 #   STAGES="largest" benchmarks/gpu_all.sh             # largest SparseLSTM hidden at 32 nonzeros/row
 #   STAGES="persistent" benchmarks/gpu_all.sh          # the persistent kernels: tests, sanitizers, table
 #   STAGES="caps" benchmarks/gpu_all.sh                # the largest LSTM/GRU under memory caps (bench_caps.py)
+#   STAGES="profile_large" benchmarks/gpu_all.sh       # where a 1,048,576-unit LSTM step's time goes (~1 min)
 #   BENCH_DTYPES=bfloat16 STAGES=bench benchmarks/gpu_all.sh   # only the bf16 grid
 #   DEADLINE_S=100000 STAGES="build test sanitize bench step topology rnn largest persistent" benchmarks/gpu_all.sh
 #                                                      # everything, on a machine without a time limit
@@ -386,6 +388,15 @@ if has persistent && begin "persistent recurrent kernels: tests, sanitizers, tab
     say "== Nsight Compute (ncu) not found or no time left: no kernel profile"
   fi
   took persistent $t0
+fi
+if has profile_large && begin "where a million-unit LSTM step's time goes (issue 44: 1.34 s, target 0.6 s)" 60; then
+  t0=$SECONDS
+  # the per-step path at 1,048,576 units and 32 nonzeros per row (W_hh 128M entries, the state 80 MB:
+  # out of L2), torch.profiler over two training steps: which kernels and how long, before any
+  # scheme that orders the state's reads for L2
+  CAP=$(( $(left) - 5 )) logged 10 $PY benchmarks/profile_rnn_step.py --device cuda --cells LSTM:1048576:3.0517578125e-05 \
+    --methods sparse --steps 2 --warmup 1 --out benchmarks/results/profile_rnn_step_1m_cuda.md ${copy[@]+"${copy[@]}"}
+  took profile_large $t0
 fi
 if has caps && begin "the largest sparse LSTM/GRU under 8-80 GB caps (issue 46)" 120; then
   t0=$SECONDS

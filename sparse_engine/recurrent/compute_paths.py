@@ -316,8 +316,7 @@ def _read(grad, row_ptr, col_idx, where) -> torch.Tensor:
 class _ToDense(torch.autograd.Function):
     """(index, *values) -> the buffers, each as a new alias (one tensor for one value tensor, else
     a tuple), where index holds per value tensor its (row_ptr, col_idx, where, buffer) (``where``:
-    see :func:`_read`) and
-    each buffer holds the matrix of its values when this is called (written by
+    see :func:`_read`) and each buffer holds the matrix of its values when this is called (written by
     :func:`materialize_all`, or into zeros by ``scatter_csr``); differentiable with respect to
     the values. Its backward reads each gradient at the stored positions (:func:`_read`;
     :class:`_AtPattern` when the backward itself is differentiated, whose backward writes into
