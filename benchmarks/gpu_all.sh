@@ -69,8 +69,8 @@
 #   path's no-host-sync test; the persistent table again, its 'ours' path named right; the profile: the
 #   dense path at 1,500 @ 33% without its 32 host syncs a step against masked cuDNN; ncu if time is left;
 #   the B = 1 table, rnn_gpu_persistent_b1.md: split rows by the S * B <= 32 rule), then on the warm machine
-#   STAGES="profile_large caps" (where the million-unit step's 1.34 s go; the step estimate on the GPU, fixed
-#   after the fifth run), or DEADLINE_S=300 STAGES=bench
+#   STAGES="profile_large ncu_gather caps" (where the million-unit step's 1.34 s go; why spmm loses on Zipf
+#   rows at B >= 128; the step estimate on the GPU, fixed after the fifth run), or DEADLINE_S=300 STAGES=bench
 #   BENCH_DTYPES=float32 benchmarks/gpu_all.sh --n 16384 65536 --density 0.01 0.05 (the dense cells, not run
 #   since the gather changed). Later: --n 262144 (the rest of N = 262,144), the bf16 grid.
 #   With time to spare, in this order: STAGES=topology (all cases), BENCH_DTYPES=bfloat16
@@ -95,6 +95,7 @@
 #   STAGES="persistent" benchmarks/gpu_all.sh          # the persistent kernels: tests, sanitizers, table
 #   STAGES="caps" benchmarks/gpu_all.sh                # the largest LSTM/GRU under memory caps (bench_caps.py)
 #   STAGES="profile_large" benchmarks/gpu_all.sh       # where a 1,048,576-unit LSTM step's time goes (~1 min)
+#   STAGES="ncu_gather" benchmarks/gpu_all.sh          # Nsight Compute on spmm, Zipf rows, B = 256 (~1 min)
 #   BENCH_DTYPES=bfloat16 STAGES=bench benchmarks/gpu_all.sh   # only the bf16 grid
 #   DEADLINE_S=100000 STAGES="build test sanitize bench step topology rnn largest persistent" benchmarks/gpu_all.sh
 #                                                      # everything, on a machine without a time limit
@@ -397,6 +398,22 @@ if has profile_large && begin "where a million-unit LSTM step's time goes (issue
   CAP=$(( $(left) - 5 )) logged 10 $PY benchmarks/profile_rnn_step.py --device cuda --cells LSTM:1048576:3.0517578125e-05 \
     --methods sparse --steps 2 --warmup 1 --out benchmarks/results/profile_rnn_step_1m_cuda.md ${copy[@]+"${copy[@]}"}
   took profile_large $t0
+fi
+if has ncu_gather && begin "Nsight Compute on spmm's lost cells: Zipf rows at B = 256 (issue 45)" 60; then
+  t0=$SECONDS
+  # the sixth run's losses on Zipf rows at B >= 128 (0.52-0.91x cuSPARSE; 16,384 / 0.05%, Zipf 1.0,
+  # B = 256: 0.64x): our row, long-row and segment-sum kernels of one call (the first; the bench times
+  # ours before cuSPARSE, whose time the bench's row gives)
+  NCU=$(command -v ncu || echo "${CUDA_HOME:-/usr/local/cuda}/bin/ncu")
+  CAP=$(( $(left) - 10 )) logged 4 "$NCU" --csv --page details --target-processes all \
+    -k "regex:gather_|long_sum" --launch-count 3 --section SpeedOfLight \
+    --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats --section WarpStateStats \
+    --section SchedulerStats --log-file "$DEST/ncu_spmm_zipf_b256.csv" $PY benchmarks/bench_cuda.py --n 16384 \
+    --density 0.0005 --batch 256 --laws zipf1.0 --ops spmm --no-dense --budget-s 30 --out /tmp/ncu_spmm.md
+  $PY benchmarks/ncu_summary.py "$DEST/ncu_spmm_zipf_b256.csv" --md "$DEST/ncu_spmm_zipf_b256.md" \
+    --title "Nsight Compute: our spmm at N = 16,384, 0.05%, Zipf 1.0 rows, B = 256 (0.64x cuSPARSE)" \
+    && rm -f "$DEST/ncu_spmm_zipf_b256.csv"
+  took ncu_gather $t0
 fi
 if has caps && begin "the largest sparse LSTM/GRU under 8-80 GB caps (issue 46)" 120; then
   t0=$SECONDS
