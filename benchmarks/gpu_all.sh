@@ -66,9 +66,11 @@
 #   left: 25 s by hand after), then DEADLINE_S=245 STAGES=bench --n 16384 65536 --density 0.0005 0.001 on the
 #   warm machine (138 s with a rebuild: the carried module was not in place; spmm 1.20x faster on those cells).
 #   Next GPU session: first DEADLINE_S=580 STAGES="build test persistent" (the GPU tests, now with the dense
-#   path's no-host-sync test; the persistent table again, its 'ours' path named right; the profile: the
-#   dense path at 1,500 @ 33% without its 32 host syncs a step against masked cuDNN; ncu if time is left;
-#   the B = 1 table, rnn_gpu_persistent_b1.md: split rows by the S * B <= 32 rule), then on the warm machine
+#   path's no-host-sync test; the persistent table again: the forward's 8 gathers in flight and early input
+#   read, the one-copy output transpose, auto going dense from 5%, its 'ours' path named right: compare with
+#   gpu_h200_2026-11-28/rnn_gpu_persistent.md; the profile: the dense path at 1,500 @ 33% without its 32
+#   host syncs a step against masked cuDNN; the B = 1 table, rnn_gpu_persistent_b1.md: split rows by the
+#   S * B <= 32 rule; ncu if time is left), then on the warm machine DEADLINE_S=300
 #   STAGES="profile_large ncu_gather caps" (where the million-unit step's 1.34 s go; why spmm loses on Zipf
 #   rows at B >= 128; the step estimate on the GPU, fixed after the fifth run), or DEADLINE_S=300 STAGES=bench
 #   BENCH_DTYPES=float32 benchmarks/gpu_all.sh --n 16384 65536 --density 0.01 0.05 (the dense cells, not run
