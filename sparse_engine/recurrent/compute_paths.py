@@ -24,11 +24,11 @@ changed; ``state_dict``, checkpoints and the topology controllers see only the C
 * ``compute="auto"`` (default): on the CPU, dense when it fits the budget and the module's density
   is at least :func:`auto_min_density` of its hidden size (the crossover measured on this project's
   CPU, see docs/compute_paths.md), sparse otherwise; large layers stay sparse through the budget.
-  On a GPU dense (cuDNN's recurrence) when the matrices fit the budget and the density is at least
-  :data:`AUTO_MIN_DENSITY_GPU`, else persistent where W_hh fits the chip's shared memory
-  (:func:`persistent_by_sizes`: the persistent kernels then hold it on chip for all T steps; measured
-  on an H200, where they beat the per-step kernels on every such cell and lose where W_hh is
-  larger), else sparse (per step).
+  On a GPU dense (cuDNN's recurrence) when the matrices fit the budget and a recurrent row holds at
+  least :data:`AUTO_MIN_ROW_GPU` nonzeros on average (density x hidden), else persistent where W_hh
+  fits the chip's shared memory (:func:`persistent_by_sizes`: the persistent kernels then hold it on
+  chip for all T steps; measured on an H200, where they beat the per-step kernels on every such cell
+  and lose where W_hh is larger), else sparse (per step).
 
 The default for modules built with ``compute=None`` is global: :func:`set_default_compute` or, for
 a block, ``with default_compute("sparse"): ...``; it starts as the environment variable
@@ -63,12 +63,13 @@ DEFAULT_DENSE_BUDGET = 256 * 2**20
 #: the same on a GPU, where the limit is the card's memory, not a cache: a 4,096-unit LSTM's two
 #: matrices (537 MB in float32) fit, a 16,384-unit one's (8.6 GB) do not
 DEFAULT_DENSE_BUDGET_GPU = 2**30
-#: ``auto`` on a GPU: the lowest density that goes dense. From masked cuDNN's times on an H200
-#: (benchmarks/results/gpu_h200_2026-11-28/rnn_gpu_persistent.md, T=35, B=20): the persistent kernels
-#: win at 1% (2.4x at 4,096 units), tie at 5% (0.95-1.01x at 4,096) and lose at 10-33% (0.47-0.88x);
-#: the dense path runs cuDNN's kernels on the materialised matrices, checked for no host sync
-#: (its own time there: the next GPU run's table, whose 'ours' column is auto's)
-AUTO_MIN_DENSITY_GPU = 0.05
+#: ``auto`` on a GPU: the mean nonzeros per recurrent row (density x hidden) from which it goes dense.
+#: The persistent kernels' time grows with the nonzeros, cuDNN's with hidden^2, so the crossover is a
+#: row length, not a density: on an H200 (benchmarks/results/gpu_h200_2026-11-28_second/, T=35,
+#: B=20 and B=1) the dense path took 3.3-3.8 ms at 1,500 units and 9.0 at 4,096 against the persistent
+#: kernels' 2.8 ms at 150 a row (1,500 @ 10%), 7.9 at 205 (4,096 @ 5%), 7.2 at 495 (1,500 @ 33%) and
+#: 17.3 at 410 (4,096 @ 10%): crossovers near 205 (1,500) and 229 (4,096) a row, interpolated
+AUTO_MIN_ROW_GPU = 220
 #: ``auto``: the lowest density (nnz / dense entries over the module's sparse matrices) that goes
 #: dense, for hidden sizes up to :data:`AUTO_SMALL_HIDDEN` and above (docs/compute_paths.md)
 AUTO_MIN_DENSITY = (0.03, 0.15)
@@ -141,7 +142,7 @@ def get_dense_budget(device_type: str = "cpu") -> int:
 def use_dense(mode: str | None, weights, hidden_size: int, device_type: str = "cpu") -> bool:
     """Whether a module with the given ``compute`` setting (None: the global default) and matrices
     (SparseWeights or dense tensors) on ``device_type`` runs dense this forward: ``auto`` by the
-    CPU's rule (:func:`auto_min_density`) or the GPU's (:data:`AUTO_MIN_DENSITY_GPU`), never on
+    CPU's rule (:func:`auto_min_density`) or the GPU's (:data:`AUTO_MIN_ROW_GPU`), never on
     another device (``compute='dense'`` works on any)."""
     entries = nnz = 0
     itemsize = 4
@@ -168,7 +169,7 @@ def dense_by_sizes(mode: str | None, entries: int, nnz: int, itemsize: int, hidd
     if mode == "dense" or not entries:
         return True
     if device_type == "cuda":
-        return nnz / entries >= AUTO_MIN_DENSITY_GPU
+        return nnz / entries * hidden_size >= AUTO_MIN_ROW_GPU
     if device_type != "cpu":
         return False
     return nnz / entries >= auto_min_density(hidden_size)
