@@ -161,7 +161,9 @@ TITLE = "LSTM and GRU training step (forward + backward), one layer, T=35, B={ba
 VARIANTS = (("sparse_engine_persistent_l2", "ours, persistent, W_hh not staged", "staged / not staged",
              ("sparse_engine_persistent_l2", "sparse_engine_persistent")),
             ("sparse_engine_persistent_split", "ours, persistent, split rows", "split / lane per column",
-             ("sparse_engine_persistent", "sparse_engine_persistent_split")))
+             ("sparse_engine_persistent", "sparse_engine_persistent_split")),
+            ("sparse_engine_dense", "ours, dense", "dense / persistent",
+             ("sparse_engine_persistent", "sparse_engine_dense")))
 
 
 def columns(methods) -> list[str]:

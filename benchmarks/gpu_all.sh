@@ -65,21 +65,24 @@
 #   the 12-row table: split rows by row length 0.52-1.00x a lane per column; the profile; ncu found no time
 #   left: 25 s by hand after), then DEADLINE_S=245 STAGES=bench --n 16384 65536 --density 0.0005 0.001 on the
 #   warm machine (138 s with a rebuild: the carried module was not in place; spmm 1.20x faster on those cells).
-#   Next GPU session: first DEADLINE_S=580 STAGES="build test persistent" (the GPU tests, now with the dense
-#   path's no-host-sync test; the persistent table again: the forward's 8 gathers in flight and early input
-#   read, the one-copy output transpose, auto going dense from 5%, its 'ours' path named right: compare with
-#   gpu_h200_2026-11-28/rnn_gpu_persistent.md; the profile: the dense path at 1,500 @ 33% without its 32
-#   host syncs a step against masked cuDNN; the B = 1 table, rnn_gpu_persistent_b1.md: split rows by the
-#   S * B <= 32 rule; ncu if time is left), then on the warm machine DEADLINE_S=300
-#   STAGES="profile_large ncu_gather caps" (where the million-unit step's 1.34 s go; why spmm loses on Zipf
-#   rows at B >= 128; the step estimate on the GPU, fixed after the fifth run), or DEADLINE_S=300 STAGES=bench
-#   BENCH_DTYPES=float32 benchmarks/gpu_all.sh --n 16384 65536 --density 0.01 0.05 (the dense cells, not run
-#   since the gather changed). Later: --n 262144 (the rest of N = 262,144), the bf16 grid.
+#   Seventh run (H200, 2026-11-28, gpu_h200_2026-11-28_second/): DEADLINE_S=575 STAGES="build test persistent":
+#   build 57 s, the GPU tests 125 s (995 of 996: the dense path's no-sync test, TF32 in its float32 gradients;
+#   float64 since), the persistent stage 355 s (LSTM 4,096 @ 1% 2.7 ms, 3.09x masked cuDNN; the dense path at
+#   1,500 @ 10% slower than the persistent kernels: auto's GPU rule is a row length since; ncu no time), then
+#   DEADLINE_S=262 STAGES="profile_large ncu_gather caps" (249 s; the million-unit step 1.20 s; ncu_gather
+#   profiled torch's kernels: its filter is fixed; caps one row).
+#   Next GPU session: first DEADLINE_S=575 STAGES="build test persistent" (the dense path's no-sync test in
+#   float64; the persistent table against gpu_h200_2026-11-28_second/rnn_gpu_persistent.md, now with auto's
+#   row-length rule; the new rnn_gpu_dense_crossover.md: ours dense against persistent either side of 220
+#   nonzeros a row and at 256-512 units), then on the warm machine DEADLINE_S=260 STAGES="ncu_gather caps"
+#   (our spmm kernels' profile at Zipf B = 256; the caps rows past 8G with the step estimate), or
+#   DEADLINE_S=260 STAGES=bench BENCH_DTYPES=float32 benchmarks/gpu_all.sh --n 16384 65536 --density 0.01 0.05
+#   (the dense cells, not run since the gather changed). Later: --n 262144 (the rest of N = 262,144), the bf16 grid.
 #   With time to spare, in this order: STAGES=topology (all cases), BENCH_DTYPES=bfloat16
 #   STAGES=bench ... -- --quick (then the full bf16 grid), STAGES=step.
 # $OUT per command: gpu_all.log (every stage's output, appended as it goes), each benchmark's results
 # file (cuda_ops_<gpu>[_bf16][_quick].md, rnn_gpu[_quick].md, rnn_gpu_largest.md, topology_<gpu>.md,
-# rnn_step_gpu.md, rnn_gpu_persistent[_b1].md, profile_rnn_step[_1m]_cuda.md, ncu_persistent_split1.md, caps_cuda_*.md,
+# rnn_step_gpu.md, rnn_gpu_persistent[_b1].md, rnn_gpu_dense_crossover.md, profile_rnn_step[_1m]_cuda.md, ncu_persistent_split1.md, caps_cuda_*.md,
 # step_estimate_products_cuda.md) and, from the build stage, build/_C*.so[.partNN]: at most 8 files.
 # Afterwards commit from $OUT (files_at) into benchmarks/results/: the results files, and each
 # command's gpu_all.log as gpu_<stages>_<gpu>.log (<gpu> = nvidia_h100_80gb_hbm3 or the like);
@@ -373,6 +376,15 @@ if has persistent && begin "persistent recurrent kernels: tests, sanitizers, tab
       --methods sparse_engine_persistent sparse_engine_persistent_split masked_dense --repeats 5 --timeout 60 \
       --budget-s "$(( $(left) - 10 ))" --out benchmarks/results/rnn_gpu_persistent_b1.md ${copy[@]+"${copy[@]}"}
   fi
+  # auto's GPU rule (dense from 220 nonzeros a recurrent row, AUTO_MIN_ROW_GPU): the dense path's own time
+  # against the persistent kernels' either side of it, and below the seventh run's sizes (256 and 512 units,
+  # where the rule never or barely goes dense: an extrapolation until this table)
+  if (( $(left) > 40 )); then
+    logged 10 $PY benchmarks/bench_rnn.py --device cuda --cells LSTM GRU --sizes 256:0.5 512:0.33 512:0.5 \
+      1500:0.15 4096:0.05 --methods sparse_engine_persistent sparse_engine_dense masked_dense --repeats 5 \
+      --timeout 60 --budget-s "$(( $(left) - 10 ))" --out benchmarks/results/rnn_gpu_dense_crossover.md \
+      ${copy[@]+"${copy[@]}"}
+  fi
   # inside the persistent kernels (issue 44: where a missed target's time goes): Nsight Compute on one
   # training step's forward and backward launches at LSTM 4,096 @ 1% (a lane per batch column: at B = 20
   # the split rule keeps S = 1; the sixth run's split rows by row length: ncu_persistent_split0.md there)
@@ -404,11 +416,12 @@ fi
 if has ncu_gather && begin "Nsight Compute on spmm's lost cells: Zipf rows at B = 256 (issue 45)" 60; then
   t0=$SECONDS
   # the sixth run's losses on Zipf rows at B >= 128 (0.52-0.91x cuSPARSE; 16,384 / 0.05%, Zipf 1.0,
-  # B = 256: 0.64x): our row, long-row and segment-sum kernels of one call (the first; the bench times
-  # ours before cuSPARSE, whose time the bench's row gives)
+  # B = 256: 0.64x; the seventh run's bench row: 1.05x): our row, long-row and segment-sum kernels of one
+  # call (the first; the bench times ours before cuSPARSE, whose time the bench's row gives). The names
+  # are whole: the seventh run's 'gather_' caught torch's _scatter_gather kernels instead
   NCU=$(command -v ncu || echo "${CUDA_HOME:-/usr/local/cuda}/bin/ncu")
   CAP=$(( $(left) - 10 )) logged 4 "$NCU" --csv --page details --target-processes all \
-    -k "regex:gather_|long_sum" --launch-count 3 --section SpeedOfLight \
+    -k "regex:(gather_rows|gather_long|long_sum)_kernel" --launch-count 3 --section SpeedOfLight \
     --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats --section WarpStateStats \
     --section SchedulerStats --log-file "$DEST/ncu_spmm_zipf_b256.csv" $PY benchmarks/bench_cuda.py --n 16384 \
     --density 0.0005 --batch 256 --laws zipf1.0 --ops spmm --no-dense --budget-s 30 --out /tmp/ncu_spmm.md
