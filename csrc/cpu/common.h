@@ -54,6 +54,16 @@ inline int64_t num_chunks(int64_t n) {
   return std::max<int64_t>(1, std::min<int64_t>(n, 8 * at::get_num_threads()));
 }
 
+// Chunks of rows for a gather tiled into `panels` panels of source rows (tiling.h). The pool claims
+// chunks as threads free up, but a panel's work can sit in a few rows: on banded rows at N = 262,144
+// and B = 512 (32 panels) each panel's entries lie in 1/32 of the rows, inside one of num_chunks'
+// 16 chunks on two threads, so one thread did every panel's work (sddmm 0.52x MKL there). Four chunks
+// a thread a panel spread it; which chunk holds a row changes no result (each row in one chunk).
+inline int64_t panel_chunks(int64_t n, int64_t panels) {
+  if (panels <= 1) return num_chunks(n);
+  return std::max<int64_t>(1, std::min<int64_t>(n, 4 * panels * static_cast<int64_t>(at::get_num_threads())));
+}
+
 // fn(c) for every c in [0, chunks): on kernel_threads() threads of the pool where `parallel`,
 // else on the calling thread, in chunk order.
 template <typename F>

@@ -448,7 +448,8 @@ void gather_rows(const int64_t* ptr, const int32_t* idx, const scalar_t* vals, c
   if (ld < 0) ld = stride;
   TORCH_CHECK(ld == stride || (!kIsHalf<scalar_t> && ld == B), "gather_rows: a padded source, or an unpadded float one");
   constexpr int M = wide_block<scalar_t>(), P = pad_unit<scalar_t>();
-  const int64_t chunks = num_chunks(n);
+  const int64_t panels = gather_panels<scalar_t>(src_rows, stride, B);
+  const int64_t chunks = panel_chunks(n, panels);
   const auto bounds = balanced_bounds(ptr, n, chunks);
   const int64_t nnz = ptr[n];
   const bool parallel = (nnz + n) * B >= parallel_work();
@@ -457,7 +458,6 @@ void gather_rows(const int64_t* ptr, const int32_t* idx, const scalar_t* vals, c
                             int64_t, const scalar_t*, scalar_t*, int64_t, int64_t, int64_t, int64_t,
                             std::vector<scalar_t>&, const Panel*);
   static_assert(M <= 8 * P);
-  const int64_t panels = gather_panels<scalar_t>(src_rows, stride, B);
   // a panel sits in the cache (no prefetch); untiled, prefetch where the source outgrows L2
   const bool fetch = panels == 1 && src_rows * stride * static_cast<int64_t>(sizeof(scalar_t)) >= kPrefetchFromBytes;
   const RowRange rows = stride == 1 ? nullptr : row_range<scalar_t, M>(static_cast<int>((stride % M) / P), fetch);

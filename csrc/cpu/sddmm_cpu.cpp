@@ -265,10 +265,10 @@ void sddmm_rows(const int64_t* row_ptr, const int32_t* col_idx, const scalar_t* 
                 scalar_t* out, int64_t rows, int64_t B, int64_t stride, float* partial, int64_t x_rows) {
   const int64_t nnz = row_ptr[rows];
   const int64_t tile = sddmm_tiles_batch<scalar_t>(nnz, rows, x_rows) ? sddmm_tile<scalar_t>() : std::max<int64_t>(B, 1);
-  const int64_t chunks = num_chunks(rows);
+  const int64_t panels = gather_panels<scalar_t>(x_rows, stride, std::min(B, tile));
+  const int64_t chunks = panel_chunks(rows, panels);
   const auto bounds = balanced_bounds(row_ptr, rows, chunks);
   const bool parallel = (nnz + rows) * B >= parallel_work();
-  const int64_t panels = gather_panels<scalar_t>(x_rows, stride, std::min(B, tile));
   const int64_t panel_rows = (x_rows + panels - 1) / panels;
   std::vector<int64_t> next(panels > 1 ? rows : 0);  // per row, its first entry not done yet
   for (int64_t b0 = 0; b0 < B || b0 == 0; b0 += tile) {
