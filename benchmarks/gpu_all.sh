@@ -369,21 +369,22 @@ if has persistent && begin "persistent recurrent kernels: tests, sanitizers, tab
   # where the dense path's time goes against masked cuDNN (issue 44 item 2), and the persistent step's
   CAP=60 logged 8 $PY benchmarks/profile_rnn_step.py --device cuda --cells LSTM:1500:0.33 LSTM:4096:0.01 \
     --methods dense masked_dense persistent --out benchmarks/results/profile_rnn_step_cuda.md ${copy[@]+"${copy[@]}"}
+  # auto's GPU rule (dense from 220 nonzeros a recurrent row, AUTO_MIN_ROW_GPU): the dense path's own time
+  # against the persistent kernels' either side of it, and below the seventh run's sizes (256 and 512 units,
+  # where the rule never or barely goes dense: an extrapolation until this table); the LSTM, the
+  # crossover's cells first, before the B = 1 table (the seventh run's)
+  if (( $(left) > 40 )); then
+    logged 10 $PY benchmarks/bench_rnn.py --device cuda --cells LSTM --sizes 1500:0.15 4096:0.05 512:0.33 \
+      256:0.5 --methods sparse_engine_persistent sparse_engine_dense masked_dense --repeats 5 \
+      --timeout 60 --budget-s "$(( $(left) - 10 ))" --out benchmarks/results/rnn_gpu_dense_crossover.md \
+      ${copy[@]+"${copy[@]}"}
+  fi
   # one sequence at a time (B = 1: 31 of a warp's 32 lanes idle with a lane per batch column): the
   # split rows' rule (S * B <= 32) against a lane per column and masked cuDNN
   if (( $(left) > 40 )); then
     logged 10 $PY benchmarks/bench_rnn.py --device cuda --batch 1 --cells LSTM --sizes 4096:0.01 1500:0.33 1500:0.1 \
       --methods sparse_engine_persistent sparse_engine_persistent_split masked_dense --repeats 5 --timeout 60 \
       --budget-s "$(( $(left) - 10 ))" --out benchmarks/results/rnn_gpu_persistent_b1.md ${copy[@]+"${copy[@]}"}
-  fi
-  # auto's GPU rule (dense from 220 nonzeros a recurrent row, AUTO_MIN_ROW_GPU): the dense path's own time
-  # against the persistent kernels' either side of it, and below the seventh run's sizes (256 and 512 units,
-  # where the rule never or barely goes dense: an extrapolation until this table)
-  if (( $(left) > 40 )); then
-    logged 10 $PY benchmarks/bench_rnn.py --device cuda --cells LSTM GRU --sizes 256:0.5 512:0.33 512:0.5 \
-      1500:0.15 4096:0.05 --methods sparse_engine_persistent sparse_engine_dense masked_dense --repeats 5 \
-      --timeout 60 --budget-s "$(( $(left) - 10 ))" --out benchmarks/results/rnn_gpu_dense_crossover.md \
-      ${copy[@]+"${copy[@]}"}
   fi
   # inside the persistent kernels (issue 44: where a missed target's time goes): Nsight Compute on one
   # training step's forward and backward launches at LSTM 4,096 @ 1% (a lane per batch column: at B = 20
