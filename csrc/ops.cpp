@@ -326,12 +326,14 @@ static PyObject* pool_check(PyObject*, PyObject* args) {
                        inner_same.load() ? Py_True : Py_False);
 }
 
-// sparse_engine._C._set_tiling(from_bytes, panel_bytes, from_row_bytes): the cache tiling of the CPU
-// gathers (csrc/cpu/tiling.h, gather_panels), for tests that run the tiled kernels on small inputs
-// and benchmarks that compare; returns the bounds in force before, as the same triple.
+// sparse_engine._C._set_tiling(from_bytes, panel_bytes, from_row_bytes[, by_reuse]): the cache tiling of
+// the CPU gathers (csrc/cpu/tiling.h, gather_panels), for tests that run the tiled kernels on small
+// inputs and benchmarks that compare; by_reuse (kept when not given) lets the pattern's reuse widen or
+// drop the panels. Returns the settings in force before, as a 4-tuple.
 static PyObject* set_tiling(PyObject*, PyObject* args) {
   long long from_bytes = 0, panel_bytes = 0, from_row_bytes = 0;
-  if (!PyArg_ParseTuple(args, "LLL", &from_bytes, &panel_bytes, &from_row_bytes)) return nullptr;
+  int by_reuse = -1;
+  if (!PyArg_ParseTuple(args, "LLL|p", &from_bytes, &panel_bytes, &from_row_bytes, &by_reuse)) return nullptr;
   if (from_bytes < 0 || panel_bytes < 1 || from_row_bytes < 0) {
     PyErr_SetString(PyExc_ValueError, "_set_tiling: from_bytes must be >= 0, panel_bytes >= 1 and from_row_bytes >= 0");
     return nullptr;
@@ -339,7 +341,22 @@ static PyObject* set_tiling(PyObject*, PyObject* args) {
   const long long old_from = sparse_engine::kTileFromBytes.exchange(from_bytes);
   const long long old_panel = sparse_engine::kPanelBytes.exchange(panel_bytes);
   const long long old_row = sparse_engine::kTileFromRowBytes.exchange(from_row_bytes);
-  return Py_BuildValue("(LLL)", old_from, old_panel, old_row);
+  const bool old_reuse = by_reuse < 0 ? sparse_engine::kTileByReuse.load()
+                                      : sparse_engine::kTileByReuse.exchange(by_reuse != 0);
+  return Py_BuildValue("(LLLO)", old_from, old_panel, old_row, old_reuse ? Py_True : Py_False);
+}
+
+// sparse_engine._C._sample_gathers(row_ptr_address, col_idx_address, n, src_rows, window, panel_rows):
+// sample_gathers' (sampled, reuse, misses_per_pass) (csrc/cpu/tiling.h) for a contiguous CPU CSR index (int64
+// row_ptr of n + 1, int32 columns in [0, src_rows)) given by its tensors' data_ptr(): private, for the
+// tests that check it against their own count and the benchmarks that report it; nothing is checked here.
+static PyObject* sample_gathers_py(PyObject*, PyObject* args) {
+  unsigned long long ptr = 0, idx = 0;
+  long long n = 0, src_rows = 0, window = 0, panel_rows = 0;
+  if (!PyArg_ParseTuple(args, "KKLLLL", &ptr, &idx, &n, &src_rows, &window, &panel_rows)) return nullptr;
+  const auto s = sparse_engine::sample_gathers(reinterpret_cast<const int64_t*>(ptr),
+                                               reinterpret_cast<const int32_t*>(idx), n, src_rows, window, panel_rows);
+  return Py_BuildValue("(Odd)", s.sampled ? Py_True : Py_False, s.reuse, s.misses_per_pass);
 }
 
 #ifdef SPARSE_ENGINE_WITH_CUDA
@@ -396,6 +413,7 @@ extern "C" PyObject* PyInit__C(void) {
        "The CPU thread pool's counters (jobs, worker_chunks, busy, nested, workers, stalls)."},
       {"_pool_check", pool_check, METH_VARARGS, "Runs a job of the pool's own (tests of its contract)."},
       {"_set_tiling", set_tiling, METH_VARARGS, "Cache tiling bounds of the CPU gathers (tests); returns the old."},
+      {"_sample_gathers", sample_gathers_py, METH_VARARGS, "The CPU gathers' sample of a CSR index (tests)."},
 #ifdef SPARSE_ENGINE_WITH_CUDA
       {"_set_sequence_stage_bytes", set_sequence_stage_bytes, METH_VARARGS,
        "Caps W_hh's bytes a persistent kernel's block stages in shared memory (-1 none); returns the old."},

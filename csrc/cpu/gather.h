@@ -440,7 +440,7 @@ auto row_range(int units, bool fetch) {
 inline constexpr int64_t kPrefetchFromBytes = int64_t(512) << 10;
 
 // src: src_rows x stride (padded, gather.h), or for float/double src_rows x B (ld = B: not
-// padded, its last block read with masked loads); out: n x B. Tiled by gather_panels.
+// padded, its last block read with masked loads); out: n x B. Tiled by gather_panels (size and reuse).
 template <typename scalar_t>
 void gather_rows(const int64_t* ptr, const int32_t* idx, const scalar_t* vals, const int32_t* perm,
                  const scalar_t* src, int64_t src_rows, int64_t stride, const scalar_t* direct, scalar_t* out,
@@ -448,7 +448,8 @@ void gather_rows(const int64_t* ptr, const int32_t* idx, const scalar_t* vals, c
   if (ld < 0) ld = stride;
   TORCH_CHECK(ld == stride || (!kIsHalf<scalar_t> && ld == B), "gather_rows: a padded source, or an unpadded float one");
   constexpr int M = wide_block<scalar_t>(), P = pad_unit<scalar_t>();
-  const int64_t panels = gather_panels<scalar_t>(src_rows, stride, B);
+  double reuse;
+  const int64_t panels = gather_panels<scalar_t>(src_rows, stride, B, ptr, idx, n, &reuse);
   const int64_t chunks = panel_chunks(n, panels);
   const auto bounds = balanced_bounds(ptr, n, chunks);
   const int64_t nnz = ptr[n];
@@ -458,8 +459,10 @@ void gather_rows(const int64_t* ptr, const int32_t* idx, const scalar_t* vals, c
                             int64_t, const scalar_t*, scalar_t*, int64_t, int64_t, int64_t, int64_t,
                             std::vector<scalar_t>&, const Panel*);
   static_assert(M <= 8 * P);
-  // a panel sits in the cache (no prefetch); untiled, prefetch where the source outgrows L2
-  const bool fetch = panels == 1 && src_rows * stride * static_cast<int64_t>(sizeof(scalar_t)) >= kPrefetchFromBytes;
+  // a panel sits in the cache (no prefetch); untiled, prefetch where the source outgrows L2 and the
+  // gathers do not repeat (tiling.h, kLocalReuse)
+  const bool fetch = panels == 1 && reuse < kLocalReuse &&
+                     src_rows * stride * static_cast<int64_t>(sizeof(scalar_t)) >= kPrefetchFromBytes;
   const RowRange rows = stride == 1 ? nullptr : row_range<scalar_t, M>(static_cast<int>((stride % M) / P), fetch);
   std::vector<int64_t> next(panels > 1 ? n : 0);
   if (panels > 1) std::copy(ptr, ptr + n, next.begin());

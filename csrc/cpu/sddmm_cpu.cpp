@@ -265,7 +265,7 @@ void sddmm_rows(const int64_t* row_ptr, const int32_t* col_idx, const scalar_t* 
                 scalar_t* out, int64_t rows, int64_t B, int64_t stride, float* partial, int64_t x_rows) {
   const int64_t nnz = row_ptr[rows];
   const int64_t tile = sddmm_tiles_batch<scalar_t>(nnz, rows, x_rows) ? sddmm_tile<scalar_t>() : std::max<int64_t>(B, 1);
-  const int64_t panels = gather_panels<scalar_t>(x_rows, stride, std::min(B, tile));
+  const int64_t panels = gather_panels<scalar_t>(x_rows, stride, std::min(B, tile), row_ptr, col_idx, rows);
   const int64_t chunks = panel_chunks(rows, panels);
   const auto bounds = balanced_bounds(row_ptr, rows, chunks);
   const bool parallel = (nnz + rows) * B >= parallel_work();

@@ -4,7 +4,9 @@ lowered (``sparse_engine._C._set_tiling``) so that small inputs take several pan
 spmm_t (with and without values_t), sddmm and the fused steps forward and backward, against the
 float64 references, against the untiled kernels (sddmm bit for bit: each dot product is the same
 whichever panel computes it), on 1 and 2 threads (the same bits), with rows in any order,
-repeated columns, empty rows, one source row per panel and B from 2 to 67."""
+repeated columns, empty rows, one source row per panel and B from 2 to 67. The panel count the
+pattern's reuse picks (tiling.h, gather_reuse) is tested last; the other tests turn that rule off
+so that their panels are the ones they ask for."""
 import subprocess
 import pytest
 import torch
@@ -19,11 +21,12 @@ RAW = torch.ops.sparse_engine
 
 @pytest.fixture
 def tiles():
-    """tiles(panel_bytes): tiling from any source size in panels of panel_bytes (restored after)."""
+    """tiles(panel_bytes, by_reuse=False): tiling from any source size in panels of panel_bytes, the
+    pattern's reuse widening them only when asked (restored after)."""
     before = _C._set_tiling(0, 1, 0)
 
-    def set_panels(panel_bytes):
-        _C._set_tiling(0, panel_bytes, 0)
+    def set_panels(panel_bytes, by_reuse=False):
+        _C._set_tiling(0, panel_bytes, 0, by_reuse)
 
     yield set_panels
     _C._set_tiling(*before)
@@ -162,11 +165,159 @@ def test_set_tiling_checks_its_arguments():
         _C._set_tiling(0, 5, -1)
 
 
+def level3_bytes() -> int:
+    """The level-3 cache of cpu 0 as the kernel reports it in sysfs, else getconf's; 0 if neither."""
+    from pathlib import Path
+    for d in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            if (d / "level").read_text().strip() == "3":
+                size = (d / "size").read_text().strip()
+                return int(size.rstrip("KMG")) * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1], 1)
+        except (OSError, ValueError):
+            continue
+    getconf = subprocess.run(["getconf", "LEVEL3_CACHE_SIZE"], capture_output=True, text=True)
+    return int(getconf.stdout.strip()) if getconf.returncode == 0 and getconf.stdout.strip().isdigit() else 0
+
+
 def test_default_bounds():
-    """Tiled from 32 MiB of gathered source or the last-level cache the OS reports, whichever is
-    larger, in 16 MiB panels, rows of at least 128 bytes."""
+    """Tiled from 32 MiB of gathered source or the level-3 cache a core shares (sysfs, else
+    getconf), whichever is larger, in 16 MiB panels, rows of at least 128 bytes, the pattern
+    consulted."""
     now = _C._set_tiling(0, 1, 0)
     _C._set_tiling(*now)
-    getconf = subprocess.run(["getconf", "LEVEL3_CACHE_SIZE"], capture_output=True, text=True)
-    l3 = int(getconf.stdout.strip() or 0) if getconf.returncode == 0 and getconf.stdout.strip().isdigit() else 0
-    assert now == (max(32 << 20, l3), 16 << 20, 128)
+    assert now == (max(32 << 20, level3_bytes()), 16 << 20, 128, True)
+
+
+def counted_sample(row_ptr: torch.Tensor, col_idx: torch.Tensor, window: int, panel_rows: int) -> tuple:
+    """sample_gathers' definition counted here in Python: up to 8 stretches of 2 x window entries,
+    starting at rows n * s // stretches; each entry after a stretch's first window a hit when its
+    column was gathered within the window entries before it in that stretch, and a new pass when its
+    (row, column // panel_rows) differs from the last counted entry's; nothing sampled below 128
+    windows of entries. (sampled, reuse, misses per pass)."""
+    n, nnz = len(row_ptr) - 1, int(row_ptr[-1])
+    if window < 1 or nnz < 128 * window:
+        return False, 0.0, 0.0
+    stretches = min(8, nnz // (128 * window))
+    rows = torch.repeat_interleave(torch.arange(n), row_ptr.diff()).tolist()
+    hits = counted = passes = 0
+    for s in range(stretches):
+        k0 = int(row_ptr[n * s // stretches])
+        last, pair = {}, None
+        for k in range(k0, min(nnz, k0 + 2 * window)):
+            c = int(col_idx[k])
+            if k - k0 >= window:
+                counted += 1
+                hits += c in last and k - last[c] <= window
+                passes += (rows[k], c // panel_rows) != pair
+                pair = (rows[k], c // panel_rows)
+            last[c] = k
+    return True, hits / counted, (counted - hits) / max(passes, 1)
+
+
+def sample_of(row_ptr, col_idx, src_rows, window, panel_rows):
+    return _C._sample_gathers(row_ptr.data_ptr(), col_idx.data_ptr(), len(row_ptr) - 1, src_rows, window, panel_rows)
+
+
+@pytest.mark.parametrize("law", ["uniform", "zipf1.2", "banded", "block"])
+@pytest.mark.parametrize("window,panel_rows", [(1, 1), (7, 50), (100, 500), (400, 2000), (500, 2000)])
+def test_gather_sample_matches_a_count(law, window, panel_rows):
+    """The sampled reuse and misses per pass as counted in Python (a window of 500 is more than the
+    60,000 entries hold: not sampled); banded and block rows repeat, uniform ones do not while the
+    window is a small share of the 2,000 columns (about 1 - e^(-window / 2,000): 5% at 100)."""
+    from sparse_engine.sparse.patterns import row_law_pattern
+    g = torch.Generator().manual_seed(5)
+    rp, ci = row_law_pattern(law, 3000, 2000, 60_000, g)
+    got = sample_of(rp, ci, 2000, window, panel_rows)
+    assert got == pytest.approx(counted_sample(rp, ci, window, panel_rows), abs=1e-12)
+    assert got[0] == (window < 500)
+    if window == 100 and law != "zipf1.2":
+        assert got[1] > 0.9 if law in ("banded", "block") else got[1] < 0.1
+
+
+def test_gather_sample_edges():
+    """No entries, fewer than 128 windows of entries, a zero window: nothing sampled; one column
+    gathered again and again: every counted gather a hit, no misses."""
+    assert sample_of(torch.zeros(1, dtype=torch.int64), torch.zeros(0, dtype=torch.int32), 5, 3, 1) == (False, 0, 0)
+    rp, ci = torch.tensor([0, 2, 4]), torch.tensor([0, 1, 1, 0], dtype=torch.int32)
+    assert sample_of(rp, ci, 2, 4, 1) == (False, 0, 0) and sample_of(rp, ci, 2, 0, 1) == (False, 0, 0)
+    rp, ci = torch.arange(0, 1281, dtype=torch.int64), torch.full((1280,), 3, dtype=torch.int32)
+    assert sample_of(rp, ci, 4, 10, 2) == (True, 1.0, 0.0)
+
+
+def banded_weight(rows, per_row, dtype, rng):
+    from sparse_engine.sparse.patterns import row_law_pattern
+    rp, ci = row_law_pattern("banded", rows, rows, rows * per_row, rng)
+    return SparseWeight.from_csr(rp, ci, torch.randn(len(ci), generator=rng, dtype=dtype), (rows, rows))
+
+
+@pytest.mark.parametrize("case,expected", [("long spread rows", 1), ("short spread rows", 4), ("banded rows", 0)])
+def test_the_pattern_picks_the_panels(case, expected, tiles, rng):
+    """With the rule on, the panels asked for where each pass saves at least 3 misses (spread
+    gathers, 48 entries a row over 8 panels), panels 4 times as large where only those do (48 over
+    32 panels), none where the gathers repeat (banded rows): the same bits as asking for those
+    panels with the rule off (a tiled float32 sum rounds by its panels), on 1 and 2 threads."""
+    n, B, dtype = {"long spread rows": 512, "short spread rows": 2048, "banded rows": 2048}[case], 33, torch.float32
+    W = (banded_weight(n, 16, dtype, rng) if case == "banded rows"
+         else weight_with_row_lengths([48] * 2048, n, dtype=dtype, generator=rng))
+    X = torch.randn(n, B, generator=rng)
+    row = 40 * 4  # 33 floats padded to 40
+    panel = (n // 8 if case == "long spread rows" else 64) * row
+    need = 3.0
+    asked = sample_of(W.row_ptr, W.col_idx, n, panel // row, panel // row)[2]
+    wide = sample_of(W.row_ptr, W.col_idx, n, 4 * panel // row, 4 * panel // row)[2]
+    assert (asked >= need) == (expected == 1)
+    if expected != 1:
+        assert (wide >= need) == (expected == 4)
+    if expected == 0:
+        untiled()
+    else:
+        tiles(expected * panel)
+    want = ops.spmm(W, X)
+    tiles(panel)
+    as_asked = ops.spmm(W, X)
+    for threads in (1, 2):
+        with num_threads(threads):
+            tiles(panel, by_reuse=True)
+            got = ops.spmm(W, X)
+        assert torch.equal(got, want)
+    if expected != 1:
+        assert not torch.equal(got, as_asked), "the rule left the panels as asked"
+    assert_within_rounding(got, *references(W, X)["spmm"], dtype)
+
+
+def hub_weight(rows: int, hot: int, spread: int, src: int, rng) -> SparseWeight:
+    """Rows of `hot` distinct columns among 128 hot ones (every 32nd) and `spread` distinct others:
+    most gathers go to a few source rows, as spmm_t's do on Zipf rows (the hub rows of G)."""
+    hot_cols = torch.arange(0, 4096, 32)[:128]
+    others = torch.tensor(sorted(set(range(src)) - set(hot_cols.tolist())))
+    cols = [torch.sort(torch.cat([hot_cols[torch.randperm(128, generator=rng)[:hot]],
+                                  others[torch.randperm(len(others), generator=rng)[:spread]]])).values
+            for _ in range(rows)]
+    row_ptr = torch.tensor([0] + [len(c) for c in cols]).cumsum(0)
+    col_idx = torch.cat(cols).to(torch.int32)
+    return SparseWeight.from_csr(row_ptr, col_idx, torch.randn(len(col_idx), generator=rng), (rows, src))
+
+
+@pytest.mark.parametrize("panels,expected", [(16, 0), (2, 2)])
+def test_gathers_to_hub_rows_need_more_misses_a_pass(panels, expected, tiles, rng):
+    """Where half the gathers or more repeat (reuse >= 0.5), a panel must save 16 misses a pass, not
+    3: 16 panels saving 3-16 a pass leave the gathers untiled, 2 panels saving more keep them."""
+    src, B = 4096, 33
+    W = hub_weight(512, 80, 40, src, rng) if panels == 16 else hub_weight(1024, 80, 200, src, rng)
+    X = torch.randn(src, B, generator=rng)
+    panel_rows = src // panels
+    panel = panel_rows * 40 * 4
+    sampled, reuse, misses = sample_of(W.row_ptr, W.col_idx, src, panel_rows, panel_rows)
+    assert sampled and reuse >= 0.5 and (3 <= misses < 16 if expected == 0 else misses >= 16)
+    if expected == 0:
+        untiled()
+    else:
+        tiles(panel)
+    want = ops.spmm(W, X)
+    tiles(panel, by_reuse=True)
+    got = ops.spmm(W, X)
+    assert torch.equal(got, want)
+    if expected == 0:
+        tiles(panel)
+        assert not torch.equal(got, ops.spmm(W, X)), "the rule left the panels as asked"
+    assert_within_rounding(got, *references(W, X)["spmm"], torch.float32)
