@@ -43,7 +43,7 @@ from sparse_engine.sparse import SparseWeight
 RAW = torch.ops.sparse_engine
 F32 = 4
 UNTILED = (2**62, 2**62, 2**62)
-TILED = (32 << 20, 16 << 20, 0)  # 16 MiB panels from 32 MiB, whatever the row size
+TILED = (32 << 20, 16 << 20, 0, False)  # 16 MiB panels from 32 MiB, whatever the row size and the pattern
 DEFAULT = "floor_cpu.md"
 TITLE = "Large-shape CPU kernels against the memory floor"
 HEADER = ["kernel", "gathered operand", "gathers GB/s", "untiled s", "tiled s", "untiled / tiled",
@@ -116,7 +116,8 @@ def main(argv=None):
     head = (f"Floor: triad {triad / 1e9:.1f} GB/s (benchmarks/floor.py); the random gather bandwidth of each "
             f"row's gathered operand is in its row. Load average at the start {load0:.1f}. The library's default "
             f"here tiles from {default[0] / 2**20:,.0f} MiB of gathered rows of >= {default[2]} bytes (32 MiB or the "
-            "last-level cache the OS reports, whichever is larger); the tiled column forces 16 MiB panels from 32 MiB.")
+            "level-3 cache a core shares, whichever is larger), its panels chosen from a sample of the pattern; the "
+            "tiled column forces 16 MiB panels from 32 MiB.")
     g = torch.Generator().manual_seed(0)
     if args.quick:
         shapes = [("product", (65_536, 65_536, 8, 20, "65,536 / 8 per row, B=20", None))]

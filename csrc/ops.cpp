@@ -328,8 +328,8 @@ static PyObject* pool_check(PyObject*, PyObject* args) {
 
 // sparse_engine._C._set_tiling(from_bytes, panel_bytes, from_row_bytes[, by_reuse]): the cache tiling of
 // the CPU gathers (csrc/cpu/tiling.h, gather_panels), for tests that run the tiled kernels on small
-// inputs and benchmarks that compare; by_reuse (kept when not given) lets the pattern's reuse widen or
-// drop the panels. Returns the settings in force before, as a 4-tuple.
+// inputs and benchmarks that compare; by_reuse (kept when not given) lets a sample of the pattern
+// choose the panels (tiling.h, gather_panels). Returns the settings in force before, as a 4-tuple.
 static PyObject* set_tiling(PyObject*, PyObject* args) {
   long long from_bytes = 0, panel_bytes = 0, from_row_bytes = 0;
   int by_reuse = -1;

@@ -440,7 +440,7 @@ auto row_range(int units, bool fetch) {
 inline constexpr int64_t kPrefetchFromBytes = int64_t(512) << 10;
 
 // src: src_rows x stride (padded, gather.h), or for float/double src_rows x B (ld = B: not
-// padded, its last block read with masked loads); out: n x B. Tiled by gather_panels (size and reuse).
+// padded, its last block read with masked loads); out: n x B. Tiled by gather_panels (the size, then a sample of the pattern).
 template <typename scalar_t>
 void gather_rows(const int64_t* ptr, const int32_t* idx, const scalar_t* vals, const int32_t* perm,
                  const scalar_t* src, int64_t src_rows, int64_t stride, const scalar_t* direct, scalar_t* out,
