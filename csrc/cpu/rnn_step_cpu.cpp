@@ -297,8 +297,8 @@ struct CpuStep {
     AT_DISPATCH_FLOATING_TYPES(w.values.scalar_type(), "rnn_step", [&] {
       const int64_t stride = padded_stride<scalar_t>(B);
       auto h_p = padded_batch(h_c, stride);
-      at::Tensor pre;  // a large h: W_hh h by the cache-tiled gathers first (gather.h), then the gate math
-      if (gather_panels<scalar_t>(H, stride, B) > 1) {
+      at::Tensor pre;  // a large h the pattern tiles (tiling.h): W_hh h by the tiled gathers first, then the gate math
+      if (gather_panels<scalar_t>(H, stride, B, k.index.row_ptr, k.index.col_idx, gates * H) > 1) {
         pre = at::empty({gates * H, B}, h_c.options());
         gather_rows<scalar_t>(k.index.row_ptr, k.index.col_idx, values_c.data_ptr<scalar_t>(), nullptr,
                               h_p.data_ptr<scalar_t>(), H, stride, nullptr, pre.data_ptr<scalar_t>(), gates * H, B);

@@ -321,3 +321,23 @@ def test_gathers_to_hub_rows_need_more_misses_a_pass(panels, expected, tiles, rn
         tiles(panel)
         assert not torch.equal(got, ops.spmm(W, X)), "the rule left the panels as asked"
     assert_within_rounding(got, *references(W, X)["spmm"], torch.float32)
+
+
+def test_the_step_asks_the_pattern_too(tiles, rng):
+    """The fused LSTM step gathers W_hh h itself unless the pattern's gathers are tiled; banded rows
+    the rule leaves untiled take the fused path, bit for bit as with tiling off (the tiled path's
+    separate W_hh h rounds differently, as 16 MiB-sized panels of this step would)."""
+    H, B = 512, 33
+    from sparse_engine.sparse.patterns import row_law_pattern
+    rp, ci = row_law_pattern("banded", 4 * H, H, 4 * H * 16, rng)
+    W = SparseWeight.from_csr(rp, ci, torch.randn(len(ci), generator=rng), (4 * H, H))
+    gx, h, c = (torch.randn(n, B, generator=rng) for n in (4 * H, H, H))
+    panel = 64 * 40 * 4
+    untiled()
+    fused = RAW.lstm_step(*W.index, W.values.detach(), gx, h, c)
+    tiles(panel)
+    tiled = RAW.lstm_step(*W.index, W.values.detach(), gx, h, c)
+    tiles(panel, by_reuse=True)
+    ruled = RAW.lstm_step(*W.index, W.values.detach(), gx, h, c)
+    assert all(torch.equal(a, b) for a, b in zip(ruled, fused))
+    assert not all(torch.equal(a, b) for a, b in zip(tiled, fused)), "tiled and fused steps round alike here"
