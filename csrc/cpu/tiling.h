@@ -91,9 +91,10 @@ inline int64_t gather_panels(int64_t src_rows, int64_t stride, int64_t B) {
 // would turn into hits) over the (row, panel) pairs holding an entry (each such pair a pass over
 // the output row, or for sddmm a read of its G row, that the panels add). Sampled, not counted: up
 // to 8 stretches of 2 x window entries spread evenly over the rows, the first window of each only
-// filling the history, at most nnz / 64 entries (a random read of a src_rows table each: 0.1-0.5 ms
-// at N = 262,144, B = 512, against 0.4-1.5 s for the product); a pattern of fewer than 128 windows
-// of entries is not sampled (`sampled` false). Deterministic: the same pattern gives the same sample
+// filling the history, at most nnz / 64 entries (a random read of a src_rows table each: 0.3 ms for
+// the 16 MiB window, 0.9 for the 64 MiB one at N = 262,144 / 0.05%, B = 512, against 0.4-1.5 s for the
+// product); stretch 0 starts at row 0, so a sampled pattern counts at least a window. Fewer than 128 windows
+// of entries are not sampled (`sampled` false). Deterministic: the same pattern gives the same sample
 // on any thread count.
 struct GatherSample {
   bool sampled = false;
