@@ -301,9 +301,10 @@ def hub_weight(rows: int, hot: int, spread: int, src: int, rng) -> SparseWeight:
 @pytest.mark.parametrize("panels,expected", [(16, 0), (2, 2)])
 def test_gathers_to_hub_rows_need_more_misses_a_pass(panels, expected, tiles, rng):
     """Where half the gathers or more repeat (reuse >= 0.5), a panel must save 16 misses a pass, not
-    3: 16 panels saving 3-16 a pass leave the gathers untiled, 2 panels saving more keep them."""
+    3: 16 panels saving 3-16 a pass leave the gathers untiled, 2 panels saving more keep them. (Over 12
+    seeds: reuse 0.56-0.58 and 4.8-5.3 misses a pass; 0.57-0.58 and 53-55.)"""
     src, B = 4096, 33
-    W = hub_weight(512, 80, 40, src, rng) if panels == 16 else hub_weight(1024, 80, 200, src, rng)
+    W = hub_weight(512, 120, 80, src, rng) if panels == 16 else hub_weight(1024, 120, 150, src, rng)
     X = torch.randn(src, B, generator=rng)
     panel_rows = src // panels
     panel = panel_rows * 40 * 4
