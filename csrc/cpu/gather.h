@@ -440,16 +440,17 @@ auto row_range(int units, bool fetch) {
 inline constexpr int64_t kPrefetchFromBytes = int64_t(512) << 10;
 
 // src: src_rows x stride (padded, gather.h), or for float/double src_rows x B (ld = B: not
-// padded, its last block read with masked loads); out: n x B. Tiled by gather_panels (the size, then a sample of the pattern).
+// padded, its last block read with masked loads); out: n x B. Tiled by gather_panels (the size, then a
+// sample of the pattern), or in `panels` panels where the caller already asked it (the fused step).
 template <typename scalar_t>
 void gather_rows(const int64_t* ptr, const int32_t* idx, const scalar_t* vals, const int32_t* perm,
                  const scalar_t* src, int64_t src_rows, int64_t stride, const scalar_t* direct, scalar_t* out,
-                 int64_t n, int64_t B, int64_t ld = -1) {
+                 int64_t n, int64_t B, int64_t ld = -1, int64_t panels = 0) {
   if (ld < 0) ld = stride;
   TORCH_CHECK(ld == stride || (!kIsHalf<scalar_t> && ld == B), "gather_rows: a padded source, or an unpadded float one");
   constexpr int M = wide_block<scalar_t>(), P = pad_unit<scalar_t>();
-  double reuse;
-  const int64_t panels = gather_panels<scalar_t>(src_rows, stride, B, ptr, idx, n, &reuse);
+  double reuse = 0;  // of the sample; a caller's panels come from one too, and prefetch only untiled
+  if (panels < 1) panels = gather_panels<scalar_t>(src_rows, stride, B, ptr, idx, n, &reuse);
   const int64_t chunks = panel_chunks(n, panels);
   const auto bounds = balanced_bounds(ptr, n, chunks);
   const int64_t nnz = ptr[n];

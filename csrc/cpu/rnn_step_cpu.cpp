@@ -298,10 +298,12 @@ struct CpuStep {
       const int64_t stride = padded_stride<scalar_t>(B);
       auto h_p = padded_batch(h_c, stride);
       at::Tensor pre;  // a large h the pattern tiles (tiling.h): W_hh h by the tiled gathers first, then the gate math
-      if (gather_panels<scalar_t>(H, stride, B, k.index.row_ptr, k.index.col_idx, gates * H) > 1) {
+      if (const int64_t panels = gather_panels<scalar_t>(H, stride, B, k.index.row_ptr, k.index.col_idx, gates * H);
+          panels > 1) {  // sampled once: gather_rows takes these panels
         pre = at::empty({gates * H, B}, h_c.options());
         gather_rows<scalar_t>(k.index.row_ptr, k.index.col_idx, values_c.data_ptr<scalar_t>(), nullptr,
-                              h_p.data_ptr<scalar_t>(), H, stride, nullptr, pre.data_ptr<scalar_t>(), gates * H, B);
+                              h_p.data_ptr<scalar_t>(), H, stride, nullptr, pre.data_ptr<scalar_t>(), gates * H, B,
+                              /*ld=*/-1, panels);
       }
       step_forward<scalar_t, M>(k.index, values_c.data_ptr<scalar_t>(), in.gx.data_ptr<scalar_t>(), in.gx_ld,
                                 h_c.data_ptr<scalar_t>(), h_p.data_ptr<scalar_t>(), stride,

@@ -4,8 +4,8 @@ lowered (``sparse_engine._C._set_tiling``) so that small inputs take several pan
 spmm_t (with and without values_t), sddmm and the fused steps forward and backward, against the
 float64 references, against the untiled kernels (sddmm bit for bit: each dot product is the same
 whichever panel computes it), on 1 and 2 threads (the same bits), with rows in any order,
-repeated columns, empty rows, one source row per panel and B from 2 to 67. The panel count the
-pattern's reuse picks (tiling.h, gather_reuse) is tested last; the other tests turn that rule off
+repeated columns, empty rows, one source row per panel and B from 2 to 67. The panels a sample of
+the pattern picks (tiling.h, sample_gathers) are tested last; the other tests turn that rule off
 so that their panels are the ones they ask for."""
 import subprocess
 import pytest
@@ -21,8 +21,8 @@ RAW = torch.ops.sparse_engine
 
 @pytest.fixture
 def tiles():
-    """tiles(panel_bytes, by_reuse=False): tiling from any source size in panels of panel_bytes, the
-    pattern's reuse widening them only when asked (restored after)."""
+    """tiles(panel_bytes, by_reuse=False): tiling from any source size in panels of panel_bytes, a
+    sample of the pattern choosing them only when asked (restored after)."""
     before = _C._set_tiling(0, 1, 0)
 
     def set_panels(panel_bytes, by_reuse=False):
