@@ -1,17 +1,15 @@
 // Row gathers shared by spmm / spmm_t (spmm_cpu.cpp) and the fused recurrent steps
 // (rnn_step_cpu.cpp): acc[0:W] = sum_k vals[k] * src[idx[k], b0:b0+W] over one compressed row.
 //
-// The batch is cut into blocks of a whole number of units (pad_unit: 8 floats, 4 doubles, 8
-// halves), so every block width is a compile-time constant (1 to 8 units, see
-// wide_block) and a batch of up to 64 floats is one pass over the row's nonzeros with its
-// accumulators in vector registers, whatever B is (a 16-wide pass and a scalar 4-wide pass for
-// B = 20 ran at half MKL's speed). float/double accumulate in GCC vector types (vec_t), which
-// stay in registers. The last block reads past B in no row: a copy padded with zeros to whole
-// units (padded_batch), or for spmm and spmm_t with fewer than kUnpaddedBelow entries per source
-// row the float/double source as it is, its last vector read with a masked load (gather_source). Each output is
-// summed over the row's nonzeros by one thread in an order fixed by the row alone (in index
-// order; gather_rows' narrow blocks in 2 or 4 interleaved partial sums, added in a fixed
-// order): results do not depend on the thread count.
+// The batch is cut into blocks of a whole number of units (pad_unit: 8 floats, 4 doubles, 8 halves), so every block
+// width is a compile-time constant (1 to 8 units, see wide_block) and a batch of up to 64 floats is one pass over
+// the row's nonzeros with its accumulators in vector registers, whatever B is (a 16-wide pass and a scalar 4-wide
+// pass for B = 20 ran at half MKL's speed). float/double accumulate in GCC vector types (vec_t), which stay in
+// registers. The last block reads past B in no row: a copy padded with zeros to whole units (padded_batch), or for
+// spmm and spmm_t with fewer than kUnpaddedBelow entries per source row the float/double source as it is, its last
+// vector read with a masked load (gather_source). Each output is summed over the row's nonzeros by one thread in an
+// order fixed by the row alone (in index order; gather_rows' narrow blocks in 2 or 4 interleaved partial sums,
+// added in a fixed order): results do not depend on the thread count.
 #pragma once
 #include <ATen/ATen.h>
 #include <cstring>
@@ -56,17 +54,16 @@ inline at::Tensor padded_batch(const at::Tensor& t, int64_t stride) {
   return out;
 }
 
-// The source of gather_rows for spmm and spmm_t, as (tensor, row stride). Padding copies every
-// row of the source on the calling thread: at 4,096 x 20 floats 22 us of an 80 us spmm, and on
-// two threads the other core then fetched the fresh copy from this one's cache. Unpadded
-// float/double rows are read with a masked load for their last vector, which costs a little more
-// per entry (rows of 80 bytes are not 32-byte aligned, so loads split cache lines). Measured on
-// two threads, B = 20, spmm, padded against unpadded: 4,096 / 0.1% (4 entries per source row)
-// 48 against 28 us; 4,096 / 1% (41) 146 against 121; 4,096 / 3% (123) 321 against 323; 16,384 /
-// 1% (164) 2,005 against 1,880; 4,096 / 5% (205) 474 against 547. So the source is read as it is
-// below kUnpaddedBelow entries per source row (csrc/constants.h: the memory model replays these
-// copies), and float16/bfloat16 always padded (their widening reads whole units). The sums are the
-// same either way (the padding lanes add zeros, the masked ones nothing).
+// The source of gather_rows for spmm and spmm_t, as (tensor, row stride). Padding copies every row of the source on
+// the calling thread: at 4,096 x 20 floats 22 us of an 80 us spmm, and on two threads the other core then fetched
+// the fresh copy from this one's cache. Unpadded float/double rows are read with a masked load for their last
+// vector, which costs a little more per entry (rows of 80 bytes are not 32-byte aligned, so loads split cache
+// lines). Measured on two threads, B = 20, spmm, padded against unpadded: 4,096 / 0.1% (4 entries per source row)
+// 48 against 28 us; 4,096 / 1% (41) 146 against 121; 4,096 / 3% (123) 321 against 323; 16,384 / 1% (164) 2,005
+// against 1,880; 4,096 / 5% (205) 474 against 547. So the source is read as it is below kUnpaddedBelow entries per
+// source row (csrc/constants.h: the memory model replays these copies), and float16/bfloat16 always padded (their
+// widening reads whole units). The sums are the same either way (the padding lanes add zeros, the masked ones
+// nothing).
 
 template <typename S>
 inline std::pair<at::Tensor, int64_t> gather_source(const at::Tensor& t, int64_t stride, int64_t nnz) {
@@ -131,6 +128,15 @@ SE_ALWAYS_INLINE vec_t<A> load_first(const A* p, int n) {
   for (int l = 0; l < n; ++l) v[l] = p[l];
   return v;
 #endif
+}
+
+// load_first where p's line may not be in L1 yet (a row's first touch of its last vector), its lines
+// prefetched first: on an AMD EPYC (Zen 5) VM a masked load that missed L1 held the core ~50 ns
+// (sddmm's G rows at B = 20: 1.4x slower, docs/cpu_kernels.md "sddmm").
+template <typename A>
+SE_ALWAYS_INLINE vec_t<A> load_first_cold(const A* p, int n) {
+  __builtin_prefetch(p), __builtin_prefetch(p + n - 1);
+  return load_first(p, n);
 }
 
 // p[0:n] = v[0:n] (1 <= n <= vec_lanes); nothing past p[n - 1] is written.
@@ -334,7 +340,7 @@ SE_ALWAYS_INLINE void gather_block(int64_t k0, int64_t k1, const int32_t* idx, c
     row_sums_vec<S, W, Prefetch, Masked>(k0, k1, idx, vals, vbase, src, stride, nnz, a, tail);
     if (direct != nullptr) {
       for (int j = 0; j + 1 < NV; ++j) a[j] += load_vec(direct + j * L);
-      a[NV - 1] += load_first(direct + (NV - 1) * L, tail);
+      a[NV - 1] += load_first_cold(direct + (NV - 1) * L, tail);
     }
     for (int j = 0; j + 1 < NV; ++j) store_vec(y + j * L, a[j]);
     if (tail == L) store_vec(y + (NV - 1) * L, a[NV - 1]);

@@ -220,12 +220,14 @@ void add_row_dots(int64_t k0, int64_t k1, const int32_t* idx, const S* src, int6
                   S* dw) {
   constexpr int L = vec_lanes<S>();
   using V = vec_t<S>;
+  const int64_t b_last = B / L * L;  // x's last vector, once for the row (load_first_cold: its first touch)
+  const V x_last = b_last < B ? load_first_cold(x + b_last, static_cast<int>(B - b_last)) : V{};
   for (int64_t k = k0; k < k1; ++k) {
     const S* g = src + static_cast<int64_t>(idx[k]) * ld;
     V dot{};
     int64_t b = 0;
     for (; b + L <= B; b += L) dot += load_vec(g + b) * load_vec(x + b);
-    if (b < B) dot += load_first(g + b, static_cast<int>(B - b)) * load_first(x + b, static_cast<int>(B - b));
+    if (b < B) dot += load_first(g + b, static_cast<int>(B - b)) * x_last;
     S d = 0;
     for (int l = 0; l < L; ++l) d += dot[l];
     dw[k] += d;

@@ -159,26 +159,34 @@ SE_ALWAYS_INLINE void sddmm_bf16_pairs(const at::BFloat16* g, const at::BFloat16
 }
 #endif
 
-// acc[j] += the products of g and x[j] over a tile of `units` 8-value units, the last one read to
-// its `tail`-th column (1-8), each unit widened to 8 floats (g's once for the M rows of X).
-template <int M, typename S>
-SE_ALWAYS_INLINE void sddmm_widened(const S* g, const S* const* x, int64_t units, int tail, __m256* acc) {
+// acc[j] += the products of g and x[j] over a tile of `units` 8-value units, each widened to 8 floats
+// (g's once for the M rows of X). Masked: the last unit is read to its `tail`-th column (1-7), g's
+// being g_last, read once for the row by the caller (in every group, 0.86-0.93x where no unit is masked,
+// B = 24 and 32: hence two instantiations).
+template <int M, bool Masked, typename S>
+SE_ALWAYS_INLINE void sddmm_widened(const S* g, const S* const* x, int64_t units, int tail, __m256 g_last,
+                                    __m256* acc) {
   for (int64_t u = 0; u < 8 * (units - 1); u += 8) {
     const __m256 gu = load8(g + u);
     for (int j = 0; j < M; ++j) acc[j] = _mm256_fmadd_ps(gu, load8(x[j] + u), acc[j]);
   }
-  const int64_t u = 8 * (units - 1);  // the last unit: its first `tail` columns only
-  const __m256 gu = load8_first(g + u, tail);
-  for (int j = 0; j < M; ++j) acc[j] = _mm256_fmadd_ps(gu, load8_first(x[j] + u, tail), acc[j]);
+  const int64_t u = 8 * (units - 1);
+  if constexpr (Masked) {
+    for (int j = 0; j < M; ++j) acc[j] = _mm256_fmadd_ps(g_last, load8_first(x[j] + u, tail), acc[j]);
+  } else {
+    const __m256 gu = load8(g + u);
+    for (int j = 0; j < M; ++j) acc[j] = _mm256_fmadd_ps(gu, load8(x[j] + u), acc[j]);
+  }
 }
 
 // out[k] = dot(g, X[col_k]) for the M entries k in [k, k + M) of one G row's tile (g and X already
 // offset to it): each entry its own vector accumulator (M independent chains), the lanes of each
 // summed in sums_of_8's order whatever M is. Inlined with its helpers (GCC kept it out of line, a
 // call per 8 entries: float32 8-12% slower at 16,384 / 1%, B = 32-128).
-template <int M, typename S>
-SE_ALWAYS_INLINE void sddmm_group(const S* g, const S* X, int64_t stride, int64_t units, int tail, const int32_t* col_idx,
-                        int64_t k, int64_t nnz, int64_t tile_bytes, bool first, bool last, S* out, float* partial) {
+template <int M, bool Masked, typename S>
+SE_ALWAYS_INLINE void sddmm_group(const S* g, __m256 g_last, const S* X, int64_t stride, int64_t units, int tail,
+                                  const int32_t* col_idx, int64_t k, int64_t nnz, int64_t tile_bytes, bool first,
+                                  bool last, S* out, float* partial) {
   const S* x[M];
   for (int j = 0; j < M; ++j) x[j] = X + static_cast<int64_t>(col_idx[k + j]) * stride;
   for (int64_t j = k + kPrefetch; j < std::min(k + kPrefetch + M, nnz); ++j) {
@@ -190,7 +198,7 @@ SE_ALWAYS_INLINE void sddmm_group(const S* g, const S* X, int64_t stride, int64_
   if constexpr (std::is_same_v<S, at::BFloat16>) sddmm_bf16_pairs<M>(g, x, 8 * units, acc);  // padded: tail 8
   else
 #endif
-    sddmm_widened<M>(g, x, units, tail, acc);
+    sddmm_widened<M, Masked>(g, x, units, tail, g_last, acc);
   if constexpr (M == 8) {
     sddmm_emit(out, partial, k, 8, sums_of_8(acc), first, last);
   } else {
@@ -205,22 +213,27 @@ SE_ALWAYS_INLINE void sddmm_group(const S* g, const S* X, int64_t stride, int64_
 // went through the generic dot_range before (one FMA chain per entry, g widened again for each):
 // 0.48-0.94x MKL's float32 on banded and block rows at B >= 32 (benchmarks/results/
 // cpu_half_rounding_before_after.md).
-template <typename S>
+template <bool Masked, typename S>
 inline void sddmm_row_vec(const S* g, const S* X, int64_t stride, int64_t units, int tail, const int32_t* col_idx,
                           int64_t k0, int64_t k1, int64_t nnz, int64_t tile_bytes, bool first, bool last, S* out,
                           float* partial) {
+  if (k0 == k1) return;  // (an empty row, or none of its entries in this panel)
+  // a masked (float) row's last unit, once for the row's groups: the row's first touch of its line
+  // (load_first_cold)
+  __m256 g_last = _mm256_setzero_ps();
+  if constexpr (Masked) g_last = reinterpret_cast<__m256>(load_first_cold(g + 8 * (units - 1), tail));
   int64_t k = k0;
   for (; k + 8 <= k1; k += 8)
-    sddmm_group<8>(g, X, stride, units, tail, col_idx, k, nnz, tile_bytes, first, last, out, partial);
+    sddmm_group<8, Masked>(g, g_last, X, stride, units, tail, col_idx, k, nnz, tile_bytes, first, last, out, partial);
   if (k + 4 <= k1) {
-    sddmm_group<4>(g, X, stride, units, tail, col_idx, k, nnz, tile_bytes, first, last, out, partial);
+    sddmm_group<4, Masked>(g, g_last, X, stride, units, tail, col_idx, k, nnz, tile_bytes, first, last, out, partial);
     k += 4;
   }
   if (k + 2 <= k1) {
-    sddmm_group<2>(g, X, stride, units, tail, col_idx, k, nnz, tile_bytes, first, last, out, partial);
+    sddmm_group<2, Masked>(g, g_last, X, stride, units, tail, col_idx, k, nnz, tile_bytes, first, last, out, partial);
     k += 2;
   }
-  if (k < k1) sddmm_group<1>(g, X, stride, units, tail, col_idx, k, nnz, tile_bytes, first, last, out, partial);
+  if (k < k1) sddmm_group<1, Masked>(g, g_last, X, stride, units, tail, col_idx, k, nnz, tile_bytes, first, last, out, partial);
 }
 #endif
 
@@ -298,8 +311,16 @@ void sddmm_rows(const int64_t* row_ptr, const int32_t* col_idx, const scalar_t* 
 #if defined(__AVX2__) && defined(__FMA__)
         if constexpr (kSddmmVec<scalar_t>) {
           const int64_t units = (b1 - b0 + 7) / 8;
-          sddmm_row_vec(G_i + b0, X + b0, stride, units, static_cast<int>(b1 - b0 - 8 * (units - 1)), col_idx, k0,
-                        k1, bound, tile_bytes, first, last, out, partial);
+          const int tail = static_cast<int>(b1 - b0 - 8 * (units - 1));  // 8 in a 2-byte type's padded rows
+          if constexpr (std::is_same_v<scalar_t, float>) {
+            if (tail != 8) {
+              sddmm_row_vec<true>(G_i + b0, X + b0, stride, units, tail, col_idx, k0, k1, bound, tile_bytes, first,
+                                  last, out, partial);
+              continue;
+            }
+          }
+          sddmm_row_vec<false>(G_i + b0, X + b0, stride, units, tail, col_idx, k0, k1, bound, tile_bytes, first, last,
+                               out, partial);
           continue;
         }
 #endif

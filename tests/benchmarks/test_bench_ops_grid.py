@@ -91,7 +91,7 @@ def test_grid_order_every_law_at_small_n_first(bench):
     assert {(n, d) for n, d, _, _ in first} == {(16384, 0.0005)}
     assert {law for _, _, law, _ in first} == set(bench.ROW_LAWS) and {B for *_, B in first} == set(bench.GRID_B)
     assert [n for n, *_ in cells] == sorted(n for n, *_ in cells)
-    assert bench.GRID_B == [1, 4, 32, 128, 256, 512] and bench.GRID_DENSITY == [0.0005, 0.001, 0.01, 0.05]
+    assert bench.GRID_B == [1, 4, 20, 32, 128, 256, 512] and bench.GRID_DENSITY == [0.0005, 0.001, 0.01, 0.05]
 
 
 def test_floor_bytes_count_each_byte_once(bench):
