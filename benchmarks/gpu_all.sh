@@ -78,6 +78,8 @@
 #   (our spmm kernels' profile at Zipf B = 256; the caps rows past 8G with the step estimate), or
 #   DEADLINE_S=260 STAGES=bench BENCH_DTYPES=float32 benchmarks/gpu_all.sh --n 16384 65536 --density 0.01 0.05
 #   (the dense cells, not run since the gather changed). Later: --n 262144 (the rest of N = 262,144), the bf16 grid.
+#   Any warm minute left: STAGES=panels (bench_state_panels.py: whether column panels of the state that fit L2
+#   pay at 10^6 units, B = 20, before an L2-panel gather kernel is written; the CPU's lost at B = 20).
 #   With time to spare, in this order: STAGES=topology (all cases), BENCH_DTYPES=bfloat16
 #   STAGES=bench ... -- --quick (then the full bf16 grid), STAGES=step.
 # $OUT per command: gpu_all.log (every stage's output, appended as it goes), each benchmark's results
@@ -101,6 +103,7 @@
 #   STAGES="caps" benchmarks/gpu_all.sh                # the largest LSTM/GRU under memory caps (bench_caps.py)
 #   STAGES="profile_large" benchmarks/gpu_all.sh       # where a 1,048,576-unit LSTM step's time goes (~1 min)
 #   STAGES="ncu_gather" benchmarks/gpu_all.sh          # Nsight Compute on spmm, Zipf rows, B = 256 (~1 min)
+#   STAGES="panels" benchmarks/gpu_all.sh              # column panels of the state emulated, 262,144 and 10^6 units (~1-2 min)
 #   BENCH_DTYPES=bfloat16 STAGES=bench benchmarks/gpu_all.sh   # only the bf16 grid
 #   DEADLINE_S=100000 STAGES="build test sanitize bench step topology rnn largest persistent" benchmarks/gpu_all.sh
 #                                                      # everything, on a machine without a time limit
@@ -413,6 +416,14 @@ if has profile_large && begin "where a million-unit LSTM step's time goes (issue
   CAP=$(( $(left) - 5 )) logged 10 $PY benchmarks/profile_rnn_step.py --device cuda --cells LSTM:1048576:3.0517578125e-05 \
     --methods sparse --steps 2 --warmup 1 --out benchmarks/results/profile_rnn_step_1m_cuda.md ${copy[@]+"${copy[@]}"}
   took profile_large $t0
+fi
+if has panels && begin "column panels of the state, emulated: would an L2-panel kernel pay at 10^6 units? (issue 44)" 60; then
+  t0=$SECONDS
+  # before any kernel is written: W (4H x H, 32 a row) split into P column panels, one CSR each, the
+  # products panel by panel against the whole and cuSPARSE (spmm and sddmm at B = 20); ~1 min at 1M
+  CAP=$(( $(left) - 5 )) logged 10 $PY benchmarks/bench_state_panels.py --hidden 262144 1048576 --batch 20 \
+    --panels 1 2 4 8 16 --out state_panels_cuda.md ${copy[@]+"${copy[@]}"}
+  took panels $t0
 fi
 if has ncu_gather && begin "Nsight Compute on spmm's lost cells: Zipf rows at B = 256 (issue 45)" 60; then
   t0=$SECONDS
