@@ -12,7 +12,7 @@ that cannot hide a loss: the row law is an axis beside N, density and B.
 
 The grid: row law (sparse_engine.sparse.patterns.row_law_pattern: uniform, zipf0.8, zipf1.0,
 zipf1.2 (hub rows, as dynamic sparse training grows them), banded, block) x N {16,384, 65,536,
-262,144} x density {0.05%, 0.1%, 1%, 5%} x B {1, 4, 32, 128, 256, 512}, one dtype a run (gpu_all.sh
+262,144} x density {0.05%, 0.1%, 1%, 5%} x B {1, 4, 20, 32, 128, 256, 512}, one dtype a run (gpu_all.sh
 runs float32 and bfloat16); smallest N first, every law at each N and density before the next
 density, so that --budget-s cuts the large sizes, not a law. --laws replaces --pattern, which is
 still accepted, as is its old "power_law" (now zipf1.0: row lengths ~ 1/rank, no longer Pareto draws).
@@ -65,7 +65,7 @@ import torch  # noqa: E402
 DEV = "cuda"
 GRID_N = [16384, 65536, 262144]
 GRID_DENSITY = [0.0005, 0.001, 0.01, 0.05]
-GRID_B = [1, 4, 32, 128, 256, 512]
+GRID_B = [1, 4, 20, 32, 128, 256, 512]  # 20: the recurrent tables' batch, which no other width stands for
 OLD_NAMES = {"power_law": "zipf1.0"}  # --pattern's old name
 # --quick: the issue's reference cells at B = 32 (the first table's), then B = 1 and 128 at 65,536 / 1%
 QUICK = [(65536, 0.01, 32), (16384, 0.01, 32), (131072, 0.01, 32), (65536, 0.01, 1), (65536, 0.01, 128)]

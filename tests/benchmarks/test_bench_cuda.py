@@ -136,6 +136,6 @@ def test_quick_and_grid_orders(bench):
     assert {c[2] for c in quick} == {1, 32, 128}
     grid = bench.grid_cells(Namespace(quick=False, n=bench.GRID_N, density=bench.GRID_DENSITY,
                                       laws=list(bench.ROW_LAWS), batch=bench.GRID_B))
-    assert len(grid) == 3 * 4 * 6 * 6 and grid[0] == (16384, 0.0005, 1, "uniform")
-    first = grid[:6 * 6]
+    assert len(grid) == 3 * 4 * 7 * 6 and grid[0] == (16384, 0.0005, 1, "uniform")
+    first = grid[:7 * 6]
     assert {c[3] for c in first} == set(bench.ROW_LAWS) and {c[:2] for c in first} == {(16384, 0.0005)}
