@@ -23,6 +23,7 @@
 #include <type_traits>
 #include "common.h"
 #include "gather.h"
+#include "sddmm_rows.h"
 #include "vmath.h"
 #include "../rnn_step_ops.h"
 
@@ -213,11 +214,29 @@ void gates_backward(const scalar_t* acts, const scalar_t* c_prev, const scalar_t
 // weight gradient), and right after it, while those rows of dG are still in L1, dw_t[k] +=
 // dot(dG[r_k], h_in[j]): W_hh's gradient from the rows W_hh^T dG gathered, which sddmm would
 // gather again from memory (h's rows, at random) in a pass of its own (at hidden 10^6, B = 20:
-// 128M rows of 80 bytes a step). The dot products in blocks of L lanes, the last masked to B,
-// each block's lanes summed in order: fixed, whatever the threads. src: dG, rows of `ld`.
+// 128M rows of 80 bytes a step). float32 on AVX2 takes sddmm's row kernel (sddmm_rows.h: groups of
+// 8 entries, one transposing reduction for the 8), whose products and sums are those of sddmm's
+// dot(G[r_k], X[j]) in the same order: the fused gradient is sddmm's, bit for bit (a dot of one
+// vector accumulator summed lane by lane per entry had taken as long as the W^T dG pass itself).
+// Otherwise the dot products in blocks of L lanes, the last masked to B, each block's lanes summed
+// in order. Fixed, whatever the threads. src: dG, rows of `ld`.
 template <typename S>
 void add_row_dots(int64_t k0, int64_t k1, const int32_t* idx, const S* src, int64_t ld, const S* x, int64_t B,
-                  S* dw) {
+                  int64_t nnz, S* dw) {
+#if defined(__AVX2__) && defined(__FMA__)
+  if constexpr (std::is_same_v<S, float>) {
+    if (B > 1) {
+      const int64_t units = (B + 7) / 8;
+      const int tail = static_cast<int>(B - 8 * (units - 1));
+      const int64_t bytes = B * static_cast<int64_t>(sizeof(S));
+      if (tail != 8)
+        sddmm_row_vec<true>(x, src, ld, units, tail, idx, k0, k1, nnz, bytes, false, true, dw, nullptr);
+      else
+        sddmm_row_vec<false>(x, src, ld, units, tail, idx, k0, k1, nnz, bytes, false, true, dw, nullptr);
+      return;
+    }
+  }
+#endif
   constexpr int L = vec_lanes<S>();
   using V = vec_t<S>;
   const int64_t b_last = B / L * L;  // x's last vector, once for the row (load_first_cold: its first touch)
@@ -257,7 +276,7 @@ void gather_rows_wgrad(const int64_t* ptr, const int32_t* idx, const S* vals, co
         gather_dot_range<S>(ptr, idx, vals, perm, src, direct, out, i, i + 1, nnz, row_vals);
       else
         rows(ptr, idx, vals, perm, src, stride, ld, direct, out, i, i + 1, B, nnz, row_vals, nullptr);
-      add_row_dots<S>(ptr[i], ptr[i + 1], idx, src, ld, x + i * B, B, dw);
+      add_row_dots<S>(ptr[i], ptr[i + 1], idx, src, ld, x + i * B, B, nnz, dw);
     }
   });
 }

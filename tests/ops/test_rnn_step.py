@@ -596,6 +596,32 @@ def test_fused_backward_adds_the_weight_gradient(B, dtype, rng):
         assert all(torch.equal(got[0], g) for g in got[1:])
 
 
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"),
+                    reason="the shared row kernel is the AVX2 build's (elsewhere the fused dots sum their own way)")
+@pytest.mark.parametrize("B", [2, 3, 8, 20, 67])
+def test_fused_weight_gradient_is_sddmms_bit_for_bit(B, rng):
+    """float32 on AVX2: the fused step backward's W_hh gradient (the rows of dG it gathered for
+    W_hh^T dG, dotted with h's row) takes sddmm's row kernel, so what it adds to dw_t is sddmm's
+    dG h_in^T at the nonzeros, the same bits (in the transposed order), on 1 and 2 threads: the
+    fused and composed backwards give W_hh the same gradient. Rows of 0-7 entries and of more than
+    8 (the groups of 8, 4, 2, 1), B whole units of 8 and not."""
+    H = 40
+    for gates, call in _backward_calls(H, B, rng, torch.float32).items():
+        W = random_weight(abs(gates) * H, H, 0.3, empty_rows=3, full_rows=2, dtype=torch.float32, generator=rng)
+        v = W.values.detach()
+        perm = W.csc_perm.long()
+        h_in = torch.randn(H, B, generator=rng)
+        start = torch.randn(W.nnz, generator=rng)
+        plain = call(W, v, v[perm])
+        dG = plain[1] if gates == 3 else plain[0]
+        sddmm = se.ops.sddmm(W, dG, h_in)[perm]  # the composed backward's gradient, transposed order
+        for threads in (1, 2):
+            dw = start.clone()
+            with num_threads(threads):
+                call(W, v, v[perm], h_in=h_in, dw_t=dw)
+            assert torch.equal(dw, start + sddmm)
+
+
 def test_weight_gradient_arguments_are_checked(rng):
     ops = torch.ops.sparse_engine
     H, B = 5, 3
