@@ -48,6 +48,8 @@ def parse_cell(text: str) -> tuple[str, int, int]:
     kind, n, b = text.split(":")
     if kind not in KINDS:
         raise argparse.ArgumentTypeError(f"cell kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if int(n) < 1 or int(b) < 1:
+        raise argparse.ArgumentTypeError(f"N and B must be positive, got {n} and {b}")
     return kind, int(n), int(b)
 
 

@@ -35,7 +35,7 @@ def test_two_builds_alternate_and_the_package_file_is_restored(tmp_path):
     assert rows["sddmm:64:4"][4] != "-" and rows["spmm:64:20"][4] == "-"  # MKL's sampled_addmm beside sddmm only
 
 
-@pytest.mark.parametrize("cell", ["conv:64:4", "sddmm:64", "sddmm:x:4"])
+@pytest.mark.parametrize("cell", ["conv:64:4", "sddmm:64", "sddmm:x:4", "spmm:0:4"])
 def test_a_malformed_cell_is_one_line(cell, tmp_path):
     run = subprocess.run([sys.executable, str(SCRIPT), "--before", str(tmp_path), "--after", str(tmp_path),
                           "--cells", cell], capture_output=True, text=True, timeout=60)
