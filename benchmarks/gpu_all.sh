@@ -79,7 +79,7 @@
 #   DEADLINE_S=260 STAGES=bench BENCH_DTYPES=float32 benchmarks/gpu_all.sh --n 16384 65536 --density 0.01 0.05
 #   (the dense cells, not run since the gather changed). Later: --n 262144 (the rest of N = 262,144), the bf16 grid.
 #   Any warm minute left: STAGES=panels (bench_state_panels.py: whether column panels of the state that fit L2
-#   pay at 10^6 units, B = 20, before an L2-panel gather kernel is written; the CPU's lost at B = 20).
+#   pay at 10^6 units, B = 20, before an L2-panel gather kernel is written; the CPU's panels lost at B = 20).
 #   With time to spare, in this order: STAGES=topology (all cases), BENCH_DTYPES=bfloat16
 #   STAGES=bench ... -- --quick (then the full bf16 grid), STAGES=step.
 # $OUT per command: gpu_all.log (every stage's output, appended as it goes), each benchmark's results
