@@ -132,7 +132,7 @@ SE_ALWAYS_INLINE vec_t<A> load_first(const A* p, int n) {
 
 // load_first where p's line may not be in L1 yet (a row's first touch of its last vector), its lines
 // prefetched first: on an AMD EPYC (Zen 5) VM a masked load that missed L1 held the core ~50 ns
-// (sddmm's G rows at B = 20: 1.4x slower, docs/cpu_kernels.md "sddmm").
+// (sddmm's G rows at B = 20: 1.3-1.6x slower, docs/cpu_kernels.md "sddmm").
 template <typename A>
 SE_ALWAYS_INLINE vec_t<A> load_first_cold(const A* p, int n) {
   __builtin_prefetch(p), __builtin_prefetch(p + n - 1);
