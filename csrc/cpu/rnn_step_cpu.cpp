@@ -225,13 +225,7 @@ void add_row_dots(int64_t k0, int64_t k1, const int32_t* idx, const S* src, int6
 #if defined(__AVX2__) && defined(__FMA__)
   if constexpr (std::is_same_v<S, float>) {
     if (B > 1) {
-      const int64_t units = (B + 7) / 8;
-      const int tail = static_cast<int>(B - 8 * (units - 1));
-      const int64_t bytes = B * static_cast<int64_t>(sizeof(S));
-      if (tail != 8)
-        sddmm_row_vec<true>(x, src, ld, units, tail, idx, k0, k1, nnz, bytes, false, true, dw, nullptr);
-      else
-        sddmm_row_vec<false>(x, src, ld, units, tail, idx, k0, k1, nnz, bytes, false, true, dw, nullptr);
+      sddmm_row(x, src, ld, B, idx, k0, k1, nnz, B * static_cast<int64_t>(sizeof(S)), false, true, dw, nullptr);
       return;
     }
   }

@@ -125,17 +125,7 @@ void sddmm_rows(const int64_t* row_ptr, const int32_t* col_idx, const scalar_t* 
         }
 #if defined(__AVX2__) && defined(__FMA__)
         if constexpr (kSddmmVec<scalar_t>) {
-          const int64_t units = (b1 - b0 + 7) / 8;
-          const int tail = static_cast<int>(b1 - b0 - 8 * (units - 1));  // 8 in a 2-byte type's padded rows
-          if constexpr (std::is_same_v<scalar_t, float>) {
-            if (tail != 8) {
-              sddmm_row_vec<true>(G_i + b0, X + b0, stride, units, tail, col_idx, k0, k1, bound, tile_bytes, first,
-                                  last, out, partial);
-              continue;
-            }
-          }
-          sddmm_row_vec<false>(G_i + b0, X + b0, stride, units, tail, col_idx, k0, k1, bound, tile_bytes, first, last,
-                               out, partial);
+          sddmm_row(G_i + b0, X + b0, stride, b1 - b0, col_idx, k0, k1, bound, tile_bytes, first, last, out, partial);
           continue;
         }
 #endif

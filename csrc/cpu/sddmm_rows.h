@@ -200,6 +200,23 @@ inline void sddmm_row_vec(const S* g, const S* X, int64_t stride, int64_t units,
   }
   if (k < k1) sddmm_group<1, Masked>(g, g_last, X, stride, units, tail, col_idx, k, nnz, tile_bytes, first, last, out, partial);
 }
+
+// sddmm_row_vec for a row of `width` columns (the tile's), its masked or unmasked instantiation by the
+// last unit's width (a 2-byte type's padded rows: always whole units). The one dispatch, for sddmm
+// and the fused step backward alike.
+template <typename S>
+inline void sddmm_row(const S* g, const S* X, int64_t stride, int64_t width, const int32_t* col_idx, int64_t k0,
+                      int64_t k1, int64_t nnz, int64_t tile_bytes, bool first, bool last, S* out, float* partial) {
+  const int64_t units = (width + 7) / 8;
+  const int tail = static_cast<int>(width - 8 * (units - 1));
+  if constexpr (std::is_same_v<S, float>) {
+    if (tail != 8) {
+      sddmm_row_vec<true>(g, X, stride, units, tail, col_idx, k0, k1, nnz, tile_bytes, first, last, out, partial);
+      return;
+    }
+  }
+  sddmm_row_vec<false>(g, X, stride, units, tail, col_idx, k0, k1, nnz, tile_bytes, first, last, out, partial);
+}
 #endif
 
 }  // namespace sparse_engine
