@@ -354,7 +354,7 @@ if has persistent && begin "persistent recurrent kernels: tests, sanitizers, tab
   # modules against the per-step path on the GPU; then memcheck and racecheck on the same ops
   CAP=150 logged 20 $PY -m pytest -q -ra ${PYTEST_TIMEOUT[@]+"${PYTEST_TIMEOUT[@]}"} -k cuda \
     tests/ops/test_rnn_sequence.py tests/recurrent/test_persistent.py tests/distributed/test_sharding.py \
-    || say "== persistent tests FAILED (the list above): the table below runs on these kernels"
+    tests/recurrent/test_compute_paths.py || say "== persistent tests FAILED (the list above): the table below runs on these kernels"
   SANITIZER=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
   for tool in memcheck racecheck; do
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 CAP=$(( $(left) / 5 )) logged 6 "$SANITIZER" --tool $tool --error-exitcode 9 \
