@@ -6,7 +6,9 @@ then torch's cuDNN recurrence) within 1.1x of masked cuDNN at 1,500 units and 33
 H200 run measured 7.9 ms against 3.3 ms; a table of where the 4.6 ms go comes before removing them.
 Each method's section: its step time (wall, with the profiler on), the host synchronisations it made
 (`cudaStreamSynchronize`, `cudaDeviceSynchronize`, `aten::_local_scalar_dense`: a device-to-host
-read that waits for the queue), and the `--top` operators or kernels by self time on the device
+read that waits for the queue), the host's time to queue a step (where it exceeds the device's busy
+time, the step waits for the host: Python, launches, cuDNN's set-up), on a GPU the device's busy time
+(the union of its kernels), and the `--top` operators or kernels by self time on the device
 (on the CPU: by self CPU time), per step.
 
     python benchmarks/profile_rnn_step.py --device cuda --cells LSTM:1500:0.33 --out profile_rnn_step_cuda.md
@@ -16,8 +18,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (add_copy_to, announce, cell, finish, markdown_table, out_help, results_path,  # sparse_engine first
                     write_result)
 
@@ -52,11 +57,25 @@ def self_time_us(event, device: bool) -> float:
     return getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0.0)
 
 
+def busy_ms(events, steps: int) -> float:
+    """ms a step during which the device ran anything (the union of its kernels' and copies' intervals):
+    against the step's wall time it says how long the device waited for the host."""
+    spans = sorted((e.time_range.start, e.time_range.end) for e in events
+                   if e.device_type == torch.autograd.DeviceType.CUDA)
+    total, end = 0.0, float("-inf")
+    for a, b in spans:
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total / 1e3 / steps
+
+
 def profiled(method: str, kind: str, H: int, density: float, device: str, steps: int, warmup: int, top: int,
              plain: bool = False):
     """(step ms with the profiler on, host syncs per step, the path that ran, [(name, us per step, calls
-    per step)]) or a reason it did not run; with ``plain`` the steps run without the profiler (no
-    table: for Nsight Compute)."""
+    per step)], {"host": ms a step the host took to queue the steps (to their last kernel's launch),
+    "busy": ms a step the device was busy (GPU only)}) or a reason it did not run; with ``plain`` the
+    steps run without the profiler (no table: for Nsight Compute)."""
     base, compute = METHODS[method]
     built = step_bench.training_step(base, kind, H, density, device, compute)
     if built is None:
@@ -67,6 +86,8 @@ def profiled(method: str, kind: str, H: int, density: float, device: str, steps:
         clear_grads()
     on_gpu = device == "cuda"
 
+    host = {}
+
     def run_steps() -> float:
         """ms a step over ``steps`` steps, the queue drained before and after."""
         if on_gpu:
@@ -75,18 +96,21 @@ def profiled(method: str, kind: str, H: int, density: float, device: str, steps:
         for _ in range(steps):
             step()
             clear_grads()
+        host["host"] = 1e3 * (time.perf_counter() - t0) / steps
         if on_gpu:
             torch.cuda.synchronize()
         return 1e3 * (time.perf_counter() - t0) / steps
 
     if plain:  # no torch.profiler: under Nsight Compute, which needs CUPTI to itself
-        return run_steps(), float("nan"), path, []
+        return run_steps(), float("nan"), path, [], host
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])) as prof:
         ms = run_steps()
     events = prof.key_averages()
     syncs = sum(e.count for e in events if e.key in SYNCS) / steps
+    if on_gpu:
+        host["busy"] = busy_ms(prof.events(), steps)
     ranked = sorted(events, key=lambda e: self_time_us(e, on_gpu), reverse=True)[:top]
-    return ms, syncs, path, [(e.key, self_time_us(e, on_gpu) / steps, e.count / steps) for e in ranked]
+    return ms, syncs, path, [(e.key, self_time_us(e, on_gpu) / steps, e.count / steps) for e in ranked], host
 
 
 def main(argv=None):
@@ -112,21 +136,25 @@ def main(argv=None):
             p.error("--sequence-split needs a build with the CUDA kernels")
         _C._set_sequence_split(args.sequence_split)
     path = results_path(args.out, DEFAULT)
-    announce(TITLE, ["cell", "method", "ms a step (profiled)", "host syncs a step"], path)
+    announce(TITLE, ["cell", "method", "ms a step (profiled)", "host syncs a step", "host ms a step",
+                     "device busy ms a step"], path)
     sections = []
     for kind, H, density in args.cells:
         for method in args.methods:
             with cell(f"{kind} {H:,} @ {density:g}, {method}") as c:
                 got = profiled(method, kind, H, density, args.device, args.steps, args.warmup, args.top, args.plain)
                 if isinstance(got, str):
-                    c.result = [f"{kind} {H:,} @ {density:g}", method, got, "-"]
+                    c.result = [f"{kind} {H:,} @ {density:g}", method, got, "-", "-", "-"]
                     sections.append(f"## {kind} {H:,} @ {density:g}, {method}: {got}")
                 else:
-                    ms, syncs, ran, rows = got
-                    c.result = [f"{kind} {H:,} @ {density:g}", method, f"{ms:.2f}", "-" if args.plain else f"{syncs:g}"]
+                    ms, syncs, ran, rows, host = got
+                    c.result = [f"{kind} {H:,} @ {density:g}", method, f"{ms:.2f}", "-" if args.plain else f"{syncs:g}",
+                                f"{host['host']:.2f}", f"{host['busy']:.2f}" if "busy" in host else "-"]
                     where = "device" if args.device == "cuda" else "CPU"
+                    busy = (f"; the device busy {host['busy']:.2f} ms of it (idle {ms - host['busy']:.2f} ms: waiting "
+                            "for the host)" if "busy" in host else "")
                     table = "" if args.plain else (
-                        f", {syncs:g} host syncs a step\n\n"
+                        f", {syncs:g} host syncs a step; the host queued a step in {host['host']:.2f} ms{busy}\n\n"
                         + markdown_table([f"operator or kernel (by self {where} time)", "us a step", "calls a step"],
                                          [[f"`{n[:90]}`", f"{us:.0f}", f"{k:g}"] for n, us, k in rows]))
                     sections.append(f"## {kind} {H:,} @ {density:g}, {method} (path: {ran or method}): {ms:.2f} ms a "

@@ -122,7 +122,7 @@ def runs_of(s: RecurrentSizes, T: int, B: int, k: int | None) -> list[Run]:
             fwd = bwd = fused
             # persistent.applies from sizes: the whole sequence in one op each way
             one_op = (fused and s.mode in PERSISTENT_MODES and k is None
-                      and persistent_by_sizes(s.compute, nnz_hh, e, H, s.device))
+                      and persistent_by_sizes(s.compute, nnz_hh, e, H, s.device, GATES[s.mode] * H))
             if fused and cpu:
                 fwd = choose_fused(s.mode, H, nnz_hh, B)
             runs.append(Run(f"{s.mode}:{layer}.{d}", s.input_size if layer == 0 else D * H, H, GATES[s.mode] * H,

@@ -27,8 +27,9 @@ changed; ``state_dict``, checkpoints and the topology controllers see only the C
   On a GPU dense (cuDNN's recurrence) when the matrices fit the budget and a recurrent row holds at
   least :data:`AUTO_MIN_ROW_GPU` nonzeros on average (density x hidden), else persistent where W_hh
   fits the chip's shared memory (:func:`persistent_by_sizes`: the persistent kernels then hold it on
-  chip for all T steps; measured on an H200, where they beat the per-step kernels on every such cell
-  and lose where W_hh is larger), else sparse (per step).
+  chip for all T steps; measured on an H200, where they beat the per-step kernels on every such cell)
+  or, past the chip, where they were measured to win (:data:`AUTO_PERSISTENT_OFF_CHIP`: short rows up
+  to 16,384 units), else sparse (per step).
 
 The default for modules built with ``compute=None`` is global: :func:`set_default_compute` or, for
 a block, ``with default_compute("sparse"): ...``; it starts as the environment variable
@@ -80,6 +81,13 @@ AUTO_SMALL_HIDDEN = 256
 #: H200 (benchmarks/results/rnn_gpu_persistent.md, T=35, B=20): persistent vs per step 1.0-2.2x at
 #: 0.4-0.7 of it, 0.86-0.88x at 1.0-1.4 of it (4,096 units at 10%)
 AUTO_PERSISTENT_SHARE = 0.9
+#: ``auto`` on a GPU where W_hh does not fit on chip: the persistent kernels still (W_hh read from L2
+#: and memory at each step) up to this hidden size and mean recurrent row (nonzeros). Measured on an
+#: H200 (T=35, B=20; four runs, benchmarks/results/gpu_h200_2026-11-2*/rnn_gpu_persistent.md): at
+#: 16,384 units @ 1% (164 a row, W_hh 2.3x the chip) 1.02-1.12x the per-step path (LSTM) and
+#: 1.13-1.25x (GRU), for 18% more memory; at 4,096 @ 10% (410 a row) 0.86-0.88x. Larger hidden sizes
+#: and longer rows were not measured: per step there (the path the million-unit tables measure)
+AUTO_PERSISTENT_OFF_CHIP = (16384, 170)
 #: the shared memory of an H100 / H200 (132 SMs x 228 KiB): a prediction for "cuda" made where no
 #: GPU is visible assumes one
 HOPPER_ON_CHIP_BYTES = 132 * 228 * 1024
@@ -181,15 +189,18 @@ def use_persistent(mode: str | None, w_hh=None) -> bool:
     or ``auto`` by :func:`persistent_by_sizes` (where they apply is the recurrence's to say)."""
     if isinstance(w_hh, SparseWeight):
         values, _, col_idx = w_hh.parts()
-        return persistent_by_sizes(mode, col_idx.numel(), values.element_size(), w_hh.shape[1], values.device)
+        return persistent_by_sizes(mode, col_idx.numel(), values.element_size(), w_hh.shape[1], values.device,
+                                   w_hh.shape[0])
     return (_state["compute"] if mode is None else mode) == "persistent"
 
 
-def persistent_by_sizes(mode: str | None, nnz_hh: int | None, itemsize: int, hidden: int, device) -> bool:
+def persistent_by_sizes(mode: str | None, nnz_hh: int | None, itemsize: int, hidden: int, device,
+                        rows: int) -> bool:
     """:func:`use_persistent` from sizes alone: ``compute="persistent"``, or ``auto`` on a GPU
-    (``device``: a torch.device or its type) for a sparse W_hh of ``nnz_hh`` values of ``itemsize``
-    bytes whose staged form fits :data:`AUTO_PERSISTENT_SHARE` of :func:`on_chip_bytes`. The memory
-    model asks this without building the module."""
+    (``device``: a torch.device or its type) for a sparse W_hh of ``rows`` x ``hidden`` with ``nnz_hh``
+    values of ``itemsize`` bytes whose staged form fits :data:`AUTO_PERSISTENT_SHARE` of
+    :func:`on_chip_bytes`, or that is within :data:`AUTO_PERSISTENT_OFF_CHIP`. The memory model asks
+    this without building the module."""
     mode = _state["compute"] if mode is None else mode
     if mode == "persistent":
         return True
@@ -197,7 +208,10 @@ def persistent_by_sizes(mode: str | None, nnz_hh: int | None, itemsize: int, hid
     if mode != "auto" or device.type != "cuda" or nnz_hh is None:
         return False
     entry = itemsize + (2 if hidden <= 65536 else 4)
-    return nnz_hh * entry <= AUTO_PERSISTENT_SHARE * on_chip_bytes(device)
+    if nnz_hh * entry <= AUTO_PERSISTENT_SHARE * on_chip_bytes(device):
+        return True
+    max_hidden, max_row = AUTO_PERSISTENT_OFF_CHIP
+    return hidden <= max_hidden and nnz_hh <= max_row * rows
 
 
 def on_chip_bytes(device=None) -> int:

@@ -155,41 +155,66 @@ def test_auto_takes_it_on_a_gpu_where_w_hh_fits_on_chip(op_calls, rng):
     room = 0.9 * 132 * 228 * 1024
     fits, over = int(room // 6), int(room // 6) + 1  # float32 values, 16-bit index: 6 bytes an entry
     by_sizes = compute_paths.persistent_by_sizes
-    assert by_sizes("auto", fits, 4, 4096, "cuda") and not by_sizes("auto", over, 4, 4096, "cuda")
-    assert by_sizes("auto", int(room // 8), 4, 70000, "cuda") and not by_sizes("auto", fits, 4, 70000, "cuda")
-    assert not by_sizes("auto", int(room // 10) + 1, 8, 4096, "cuda")  # float64: 10 bytes an entry
-    assert not by_sizes("auto", 10, 4, 4096, "cpu") and not by_sizes("auto", None, 4, 4096, "cuda")
-    assert by_sizes("persistent", 10**12, 4, 4096, "cpu")
-    assert not by_sizes("sparse", 10, 4, 4096, "cuda") and not by_sizes("dense", 10, 4, 4096, "cuda")
+    rows = 4096  # rows of 600+ entries: past the chip only the on-chip rule could take them (AUTO_PERSISTENT_OFF_CHIP)
+    assert room // 10 > 170 * rows
+    assert by_sizes("auto", fits, 4, 4096, "cuda", rows) and not by_sizes("auto", over, 4, 4096, "cuda", rows)
+    assert by_sizes("auto", int(room // 8), 4, 70000, "cuda", rows)
+    assert not by_sizes("auto", fits, 4, 70000, "cuda", rows)
+    assert not by_sizes("auto", int(room // 10) + 1, 8, 4096, "cuda", rows)  # float64: 10 bytes an entry
+    assert not by_sizes("auto", 10, 4, 4096, "cpu", rows) and not by_sizes("auto", None, 4, 4096, "cuda", rows)
+    assert by_sizes("persistent", 10**12, 4, 4096, "cpu", rows)
+    assert not by_sizes("sparse", 10, 4, 4096, "cuda", rows) and not by_sizes("dense", 10, 4, 4096, "cuda", rows)
     with compute_paths.default_compute("auto"):
-        assert by_sizes(None, fits, 4, 4096, torch.device("cuda", 0))
+        assert by_sizes(None, fits, 4, 4096, torch.device("cuda", 0), rows)
         m = build(se.nn.SparseLSTM, 6, density=0.05)
         m(torch.randn(3, 2, 5, generator=rng, dtype=torch.float64))  # the CPU: per step
     assert not op_calls
 
 
-def test_auto_rule_picks_the_faster_path_in_the_measured_table():
-    """benchmarks/results/rnn_gpu_persistent.md (an H200, T=35, B=20): where the rule takes the
-    persistent kernels they are not slower than the per-step path, and every cell where they are
-    slower is one the rule leaves per step. (It also leaves 16,384 units at 1% per step, where
-    W_hh is twice the shared memory and the persistent kernels still won: see docs/compute_paths.md.)"""
+def test_auto_takes_it_past_the_chip_only_where_measured():
+    """Past the chip's shared memory ``auto`` keeps the persistent kernels for rows of at most 170
+    nonzeros on average up to 16,384 units (measured to win there), and goes per step for longer rows or
+    larger layers."""
+    by_sizes = compute_paths.persistent_by_sizes
+    room = 0.9 * 132 * 228 * 1024
+    for H, G in ((16384, 4), (16384, 3), (8192, 4)):
+        rows = G * H
+        short, long_ = 170 * rows, 170 * rows + 1
+        assert short * 6 > room  # past the chip
+        assert by_sizes("auto", short, 4, H, "cuda", rows) and not by_sizes("auto", long_, 4, H, "cuda", rows)
+    assert not by_sizes("auto", 64 * 4 * 32768, 4, 32768, "cuda", 4 * 32768)  # short rows past the chip, a larger layer
+    assert not by_sizes("auto", 32 * 4 * 2**20, 4, 2**20, "cuda", 4 * 2**20)
+    assert not by_sizes("auto", 170 * 4 * 16384, 4, 16384, "cpu", 4 * 16384)
+
+
+def test_auto_rule_picks_the_faster_path_in_the_measured_tables():
+    """Every H200 table with the per-step path beside the persistent one (T=35, B=20: the first run's
+    benchmarks/results/rnn_gpu_persistent.md, where ours ran per step on every cell, and the later runs'
+    16,384-unit rows, where auto ran it): where the rule takes the persistent kernels they were not
+    slower than the per-step path, and every cell where they were slower is one the rule leaves per step.
+    The sixth run's table (gpu_h200_2026-11-28/) is left out: its 'ours' column named the per-step path
+    where auto had run the persistent kernels (test_the_path_named_is_the_one_that_runs, since)."""
     import pathlib
-    path = pathlib.Path(__file__).parents[2] / "benchmarks" / "results" / "rnn_gpu_persistent.md"
+    results = pathlib.Path(__file__).parents[2] / "benchmarks" / "results"
+    tables = [results / "rnn_gpu_persistent.md"] + [t for t in sorted(results.glob("gpu_h200_*/rnn_gpu_persistent.md"))
+                                                    if t.parent.name != "gpu_h200_2026-11-28"]
     cells = []
-    for line in path.read_text().splitlines():
-        cols = [c.strip() for c in line.strip("|").split("|")]
-        if len(cols) > 5 and cols[0] in ("LSTM", "GRU") and cols[3].endswith("(fused)"):
-            hidden, density = int(cols[1].replace(",", "")), float(cols[2])
-            per_step, one_op = float(cols[3].split()[0]), float(cols[4].split()[0])
-            nnz = round({"LSTM": 4, "GRU": 3}[cols[0]] * hidden * hidden * density)
-            cells.append((cols[0], hidden, density, per_step, one_op,
-                          compute_paths.persistent_by_sizes("auto", nnz, 4, hidden, "cuda")))
-    assert len(cells) == 12 and sum(c[5] for c in cells) == 8, cells
-    for mode, hidden, density, per_step, one_op, chosen in cells:
+    for path in tables:
+        for line in path.read_text().splitlines():
+            cols = [c.strip() for c in line.strip("|").split("|")]
+            if len(cols) > 5 and cols[0] in ("LSTM", "GRU") and cols[3].endswith("(fused)"):
+                hidden, density, G = int(cols[1].replace(",", "")), float(cols[2]), {"LSTM": 4, "GRU": 3}[cols[0]]
+                per_step, one_op = float(cols[3].split()[0]), float(cols[4].split()[0])
+                nnz = round(G * hidden * hidden * density)
+                cells.append((path.parent.name, cols[0], hidden, density, per_step, one_op,
+                              compute_paths.persistent_by_sizes("auto", nnz, 4, hidden, "cuda", G * hidden)))
+    assert len(tables) >= 3 and len(cells) >= 16 and sum(c[-1] for c in cells) >= 14, cells
+    assert sum(c[-1] and c[2] == 16384 for c in cells) >= 6  # the rows past the chip, every run
+    for run, mode, hidden, density, per_step, one_op, chosen in cells:
         if chosen:
-            assert one_op <= per_step, (mode, hidden, density)
+            assert one_op <= per_step, (run, mode, hidden, density)
         if one_op > per_step:
-            assert not chosen, (mode, hidden, density)
+            assert not chosen, (run, mode, hidden, density)
 
 
 def test_compiled_matches_eager(rng):
