@@ -71,20 +71,24 @@
 #   1,500 @ 10% slower than the persistent kernels: auto's GPU rule is a row length since; ncu no time), then
 #   DEADLINE_S=262 STAGES="profile_large ncu_gather caps" (249 s; the million-unit step 1.20 s; ncu_gather
 #   profiled torch's kernels: its filter is fixed; caps one row).
-#   Next GPU session: first DEADLINE_S=575 STAGES="build test persistent" (the dense path's no-sync test in
-#   float64; the persistent table against gpu_h200_2026-11-28_second/rnn_gpu_persistent.md, now with auto's
-#   row-length rule; the new rnn_gpu_dense_crossover.md: ours dense against persistent either side of 220
-#   nonzeros a row and at 256-512 units), then on the warm machine DEADLINE_S=260 STAGES="ncu_gather caps"
-#   (our spmm kernels' profile at Zipf B = 256; the caps rows past 8G with the step estimate), or
-#   DEADLINE_S=260 STAGES=bench BENCH_DTYPES=float32 benchmarks/gpu_all.sh --n 16384 65536 --density 0.01 0.05
-#   (the dense cells, not run since the gather changed). Later: --n 262144 (the rest of N = 262,144), the bf16 grid.
-#   Any warm minute left: STAGES=panels (bench_state_panels.py: whether column panels of the state that fit L2
-#   pay at 10^6 units, B = 20, before an L2-panel gather kernel is written; the CPU's panels lost at B = 20).
+#   Eighth run (H200, 2026-11-28, gpu_h200_2026-11-28_third/): DEADLINE_S=570 STAGES="build persistent" (no CUDA
+#   source changed since the seventh: no test stage; the compute-path tests run in the persistent stage since):
+#   build 75 s, the stage 462 s (135 tests, memcheck/racecheck clean, the table, the dense/persistent crossover,
+#   B = 1; ncu no time), then DEADLINE_S=240 STAGES="panels ncu_gather" (28 s: panels do not pay, 0.12-0.81x), then
+#   DEADLINE_S=235 STAGES=bench BENCH_DTYPES=float32 ... --n 16384 65536 --density 0.01 0.05 (187 s, 4 cells short).
+#   Next GPU session: first DEADLINE_S=575 STAGES="build test persistent" if any CUDA source changed, else
+#   DEADLINE_S=575 STAGES="build persistent" (the table with auto's persistent rule past the chip at 16,384 units;
+#   profile_rnn_step_cuda.md now gives the host's time and the device's busy time a step: the dense path's
+#   1.3 ms over masked cuDNN at 1,500 @ 33% is outside cuDNN's kernels); since the ninth session's change to
+#   common.cuh (the gather's long-row multiples, settable) "build test persistent" is the one. Then on the warm
+#   machine DEADLINE_S=200 STAGES=gather_tuning (~2 min: which multiples win spmm's Zipf cells at B = 1 and
+#   B >= 128; a rule from it lands in common.cuh), then DEADLINE_S=260 STAGES=caps (the GRU rows past 8G) or
+#   STAGES=bench BENCH_DTYPES=float32 benchmarks/gpu_all.sh --n 262144 (the rest of N = 262,144), later bf16.
 #   With time to spare, in this order: STAGES=topology (all cases), BENCH_DTYPES=bfloat16
 #   STAGES=bench ... -- --quick (then the full bf16 grid), STAGES=step.
 # $OUT per command: gpu_all.log (every stage's output, appended as it goes), each benchmark's results
 # file (cuda_ops_<gpu>[_bf16][_quick].md, rnn_gpu[_quick].md, rnn_gpu_largest.md, topology_<gpu>.md,
-# rnn_step_gpu.md, rnn_gpu_persistent[_b1].md, rnn_gpu_dense_crossover.md, profile_rnn_step[_1m]_cuda.md, ncu_persistent_split1.md, caps_cuda_*.md,
+# rnn_step_gpu.md, rnn_gpu_persistent[_b1].md, rnn_gpu_dense_crossover.md, profile_rnn_step[_1m]_cuda.md, ncu_persistent_split1.md, caps_cuda_*.md, gather_tuning_cuda.md,
 # step_estimate_products_cuda.md) and, from the build stage, build/_C*.so[.partNN]: at most 8 files.
 # Afterwards commit from $OUT (files_at) into benchmarks/results/: the results files, and each
 # command's gpu_all.log as gpu_<stages>_<gpu>.log (<gpu> = nvidia_h100_80gb_hbm3 or the like);
@@ -103,6 +107,7 @@
 #   STAGES="caps" benchmarks/gpu_all.sh                # the largest LSTM/GRU under memory caps (bench_caps.py)
 #   STAGES="profile_large" benchmarks/gpu_all.sh       # where a 1,048,576-unit LSTM step's time goes (~1 min)
 #   STAGES="ncu_gather" benchmarks/gpu_all.sh          # Nsight Compute on spmm, Zipf rows, B = 256 (~1 min)
+#   STAGES="gather_tuning" benchmarks/gpu_all.sh       # the gather's long-row multiples swept (~2 min)
 #   STAGES="panels" benchmarks/gpu_all.sh              # column panels of the state emulated, 262,144 and 10^6 units (~1-2 min)
 #   BENCH_DTYPES=bfloat16 STAGES=bench benchmarks/gpu_all.sh   # only the bf16 grid
 #   DEADLINE_S=100000 STAGES="build test sanitize bench step topology rnn largest persistent" benchmarks/gpu_all.sh
@@ -424,6 +429,14 @@ if has panels && begin "column panels of the state, emulated: would an L2-panel 
   CAP=$(( $(left) - 5 )) logged 10 $PY benchmarks/bench_state_panels.py --hidden 262144 1048576 --batch 20 \
     --panels 1 2 4 8 16 --out state_panels_cuda.md ${copy[@]+"${copy[@]}"}
   took panels $t0
+fi
+if has gather_tuning && begin "the gather's long-row threshold and segment, swept on Zipf and uniform rows (issue 45)" 60; then
+  t0=$SECONDS
+  # the eighth run's spmm losses (Zipf rows at B = 1, and at B >= 128 on 16,384 units): ours at 7 settings
+  # of the two multiples of the mean row (_set_gather_long_rows), cuSPARSE once, each result checked; ~2 min
+  logged +1 $PY benchmarks/bench_gather_tuning.py --budget-s "$(budget 85 240)" --out gather_tuning_cuda.md \
+    ${copy[@]+"${copy[@]}"}
+  took gather_tuning $t0
 fi
 if has ncu_gather && begin "Nsight Compute on spmm's lost cells: Zipf rows at B = 256 (issue 45)" 60; then
   t0=$SECONDS

@@ -364,6 +364,7 @@ namespace sparse_engine::cuda {
 int64_t set_rnn_sequence_stage_bytes(int64_t bytes);  // csrc/cuda/launchers.h (no CUDA headers here)
 bool set_rnn_sequence_compact_index(bool allow);
 int set_rnn_sequence_split(int split);
+bool set_gather_long_rows(int long_mult, int seg_mult, int* old_long, int* old_seg);
 }
 
 // sparse_engine._C._set_sequence_stage_bytes(bytes): caps the bytes of W_hh each block of the
@@ -397,6 +398,21 @@ static PyObject* set_sequence_split(PyObject*, PyObject* args) {
   }
   return PyLong_FromLong(old);
 }
+
+// sparse_engine._C._set_gather_long_rows(long_mult, seg_mult): the CUDA gather's long-row threshold and
+// segment length as multiples of the mean row (defaults 4 and 2; csrc/cuda/common.cuh); returns the
+// settings before. For the GPU benchmark's sweep (benchmarks/bench_gather_tuning.py) and tests: outputs
+// do not depend on them. ValueError for long_mult outside [1, 64] or seg_mult outside [2, 64].
+static PyObject* set_gather_long_rows(PyObject*, PyObject* args) {
+  int long_mult = 4, seg_mult = 2, old_long = 0, old_seg = 0;
+  if (!PyArg_ParseTuple(args, "ii", &long_mult, &seg_mult)) return nullptr;
+  if (!sparse_engine::cuda::set_gather_long_rows(long_mult, seg_mult, &old_long, &old_seg)) {
+    PyErr_Format(PyExc_ValueError, "_set_gather_long_rows: long_mult must be in [1, 64] and seg_mult in [2, 64], "
+                 "got %d and %d", long_mult, seg_mult);
+    return nullptr;
+  }
+  return Py_BuildValue("(ii)", old_long, old_seg);
+}
 #endif
 
 // A minimal module init so `import sparse_engine._C` loads the library (and runs the
@@ -421,6 +437,8 @@ extern "C" PyObject* PyInit__C(void) {
        "Allows a 16-bit staged index where every index fits (default); returns the old setting."},
       {"_set_sequence_split", set_sequence_split, METH_VARARGS,
        "A warp's entries at once in the persistent kernels' rows (1 default, 2, 4, 8; 0 by rule); returns the old."},
+      {"_set_gather_long_rows", set_gather_long_rows, METH_VARARGS,
+       "The CUDA gather's long-row threshold and segment in mean rows (4, 2 default); returns the old pair."},
 #endif
       {nullptr, nullptr, 0, nullptr}};
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};

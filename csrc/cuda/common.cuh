@@ -20,6 +20,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <tuple>
@@ -56,10 +57,16 @@ constexpr int kMinBlocks = (2048 / 4 + Threads - 1) / Threads;
 // 0.05-0.1% density at 0.37-0.86x cuSPARSE, about 40 us over uniform rows, the time such a warp
 // takes (issue 45); not yet timed on a GPU with this rule.
 constexpr int64_t kWideSlices = 8;
+// The gather's multiples of the mean row, 4 and 2 (set_gather_long_rows: bench_gather_tuning.py's sweep,
+// tests; outputs do not depend on them): its rows over long_mult x the mean leave the row kernel (sddmm's,
+// row_bytes 0, at 4x) and a split row's segment holds seg_mult x the mean (>= 2, below).
+inline std::atomic<int> g_gather_long_mult{4};
+inline std::atomic<int> g_gather_seg_mult{2};
 inline int64_t long_row_threshold(int64_t n, int64_t nnz, int64_t row_bytes) {
   const int64_t mean = n > 0 ? (nnz + n - 1) / n : 0;
   const int64_t slices = std::min<int64_t>(kWideSlices, std::max<int64_t>(1, row_bytes / 16));
-  return std::max<int64_t>(kMinLongRow / slices, 4 * mean);
+  const int64_t mult = row_bytes > 0 ? g_gather_long_mult.load(std::memory_order_relaxed) : 4;
+  return std::max<int64_t>(kMinLongRow / slices, mult * mean);
 }
 
 // At most nnz / (threshold + 1) rows can be longer than the threshold.
@@ -89,15 +96,16 @@ inline int64_t known_long_list_len(int64_t n, int64_t nnz, int64_t row_bytes, in
 // same number of items, at most n / (the rows that can be long) so that the partials stayed within
 // the output: 4 at 262,144 / 0.1% and B = 1, where a Zipf row's 65,536-entry segments ran one block
 // each; raising that bound would have left most items empty.) A segment: at least kMinSegment entries
-// (4 chunks for each of the block's warps) and twice the mean row, a multiple of the block's step; a
-// row over it has fewer than 2 len / segment segments, so all of them fit 2 nnz / segment slots and
-// their partials (a row of B accumulators per slot) no more than the output (n x B).
+// (4 chunks for each of the block's warps) and g_gather_seg_mult (default 2, at least 2) x the mean row,
+// a multiple of the block's step; a row over it has fewer than 2 len / segment segments, so all of them
+// fit 2 nnz / segment slots and their partials (a row of B accumulators per slot) no more than the
+// output (n x B).
 constexpr int64_t kMinSegment = 4 * kLongWarps * kWarp;
 
-__host__ __device__ inline int64_t gather_segment_length(int64_t n, int64_t nnz) {
+inline int64_t gather_segment_length(int64_t n, int64_t nnz) {
   constexpr int64_t kStep = kLongWarps * kWarp;
   const int64_t mean = n > 0 ? (nnz + n - 1) / n : 0;
-  const int64_t want = 2 * mean > kMinSegment ? 2 * mean : kMinSegment;
+  const int64_t want = std::max<int64_t>(g_gather_seg_mult.load(std::memory_order_relaxed) * mean, kMinSegment);
   return (want + kStep - 1) / kStep * kStep;
 }
 

@@ -40,6 +40,10 @@ int64_t gather_long_row_threshold(int64_t n_out, int64_t nnz, int64_t B, int64_t
 // Entries of a segment of the gather's split rows: a row longer is split, a block per segment, and
 // a third kernel adds their sums (launched where rows can be split: gather_split_list_offset >= 0).
 int64_t gather_segment_entries(int64_t n_out, int64_t nnz);
+// The gather's long-row threshold and segment as multiples of the mean row (common.cuh; defaults 4 and
+// 2): long_mult in [1, 64], seg_mult in [2, 64]; returns false (and changes nothing) for others, else
+// sets both and puts the settings before in *old_long, *old_seg. Outputs do not depend on them.
+bool set_gather_long_rows(int long_mult, int seg_mult, int* old_long, int* old_seg);
 // Where the split list ([count, slots...]) starts in the gather's workspace (int32 entries), or -1
 // where there is none (no long-row list, or no row can be longer than a segment).
 int64_t gather_split_list_offset(int64_t n_out, int64_t nnz, int64_t B, int64_t elem_bytes);

@@ -175,6 +175,13 @@ int64_t gather_long_row_threshold(int64_t n_out, int64_t nnz, int64_t B, int64_t
 
 int64_t gather_segment_entries(int64_t n_out, int64_t nnz) { return gather_segment_length(n_out, nnz); }
 
+bool set_gather_long_rows(int long_mult, int seg_mult, int* old_long, int* old_seg) {
+  if (long_mult < 1 || long_mult > 64 || seg_mult < 2 || seg_mult > 64) return false;
+  *old_long = g_gather_long_mult.exchange(long_mult);
+  *old_seg = g_gather_seg_mult.exchange(seg_mult);
+  return true;
+}
+
 int64_t gather_split_list_offset(int64_t n_out, int64_t nnz, int64_t B, int64_t elem_bytes) {
   const int64_t list = long_list_len(n_out, nnz, B * elem_bytes);
   return list > 0 && split_slots(n_out, nnz) > 0 ? to_16_bytes(list) : -1;

@@ -90,6 +90,10 @@ void check(const char* what, const std::vector<T>& out, const std::vector<double
   }
 }
 
+// The gather's long-row multiples of the mean row (set_gather_long_rows; the driver's third argument "L,S",
+// default "4,2"): the checks below compute the threshold and segment with them on their own.
+int g_long_mult = 4, g_seg_mult = 2;
+
 int64_t longest(const std::vector<int64_t>& ptr) {
   int64_t best = 0;
   for (size_t i = 0; i + 1 < ptr.size(); ++i) best = std::max(best, ptr[i + 1] - ptr[i]);
@@ -172,11 +176,18 @@ void run(const char* name, const Csr& m, int64_t B, bool misalign, std::mt19937&
     ++failures;
   }
   // a known longest row: the long-row list exists exactly when some row is longer than the threshold,
-  // 1,024 or 4x the mean, whichever is more, the 1,024 divided by the source row's 16-byte slices (at most 8)
+  // 1,024 or L x the mean (default 4), whichever is more, the 1,024 divided by the source row's 16-byte slices
+  // (at most 8); a segment: S x the mean (default 2) or 1,024, whichever is more, rounded up to 256
   const int64_t slices = std::min<int64_t>(8, std::max<int64_t>(1, B * e / 16));
-  const int64_t threshold = std::max<int64_t>(1024 / slices, 4 * ((nnz + m.rows - 1) / std::max<int64_t>(m.rows, 1)));
+  const int64_t mean = (nnz + m.rows - 1) / std::max<int64_t>(m.rows, 1);
+  const int64_t threshold = std::max<int64_t>(1024 / slices, g_long_mult * mean);
   if (threshold != gather_long_row_threshold(m.rows, nnz, B, e)) {
     printf("  FAIL long-row threshold %ld, expected %ld\n", (long)gather_long_row_threshold(m.rows, nnz, B, e), (long)threshold);
+    ++failures;
+  }
+  const int64_t segment = (std::max<int64_t>(g_seg_mult * mean, 1024) + 255) / 256 * 256;
+  if (segment != gather_segment_entries(m.rows, nnz)) {
+    printf("  FAIL segment %ld, expected %ld\n", (long)gather_segment_entries(m.rows, nnz), (long)segment);
     ++failures;
   }
   // the row kernels listed exactly the rows (columns) longer than the threshold: those up to a segment
@@ -354,6 +365,15 @@ int main(int argc, char** argv) {
   setvbuf(stdout, nullptr, _IONBF, 0);
   const std::string suite = argc > 1 ? argv[1] : "small";
   const uint64_t seed = argc > 2 ? std::strtoull(argv[2], nullptr, 10) : 1;
+  if (argc > 3) {
+    int old_long = 0, old_seg = 0;
+    if (std::sscanf(argv[3], "%d,%d", &g_long_mult, &g_seg_mult) != 2 ||
+        !set_gather_long_rows(g_long_mult, g_seg_mult, &old_long, &old_seg)) {
+      printf("bad long-row multiples %s\n", argv[3]);
+      return 2;
+    }
+    printf("gather long rows: threshold %d x the mean, segments %d x\n", g_long_mult, g_seg_mult);
+  }
   if (suite != "small" && suite != "full" && suite != "sanitize") { printf("unknown suite %s\n", suite.c_str()); return 2; }
   emu::configure(seed, kStream);
   const bool full = suite == "full", sanitize = suite == "sanitize";
@@ -447,8 +467,9 @@ int main(int argc, char** argv) {
       run<float>("flat", flat, 4, false, g, known);
       run<__half>("flat", flat, 16, false, g, known);
     }
-    // one vector column over rows of several full chunks, short and long: 1, 4 floats, 8 halves
-    for (int64_t B : {1, 4}) run<float>("mid", mid, B, false, g);
+    // one vector column over rows of several full chunks, short and long: 1, 4 floats, 8 halves; and
+    // wide rows of them, long only under a lower multiple of the mean (the third argument "1,S")
+    for (int64_t B : {1, 4, 32, 300}) run<float>("mid", mid, B, false, g);
     run<double>("mid", mid, 1, false, g);
     run<__half>("mid", mid, 8, false, g);
     run<__nv_bfloat16>("mid", mid, 1, false, g);

@@ -46,14 +46,27 @@ def run_seeds(exe: Path, suite: str, seeds) -> dict:
 _RUNS: dict = {}
 
 
+def driver_run_with(tmp_path_factory, driver: str, *args: str) -> subprocess.CompletedProcess:
+    """One run of ``driver``'s plain emulator build with the given arguments (suite, seed and the
+    driver's own), on the build :func:`driver_runs` runs."""
+    return emu_build.run(_plain_build(tmp_path_factory, driver), *args, timeout=1200)
+
+
 def driver_runs(tmp_path_factory, driver: str) -> dict:
     """{seed: CompletedProcess} of ``driver``'s plain emulator build on SUITE for every seed of SEEDS,
     built and run at the first call of the session (the fixtures driver_runs and rnn_driver_runs of
     tests/ops/conftest.py and tests/kernels/conftest.py), then remembered."""
     if driver not in _RUNS:
-        exe = build(tmp_path_factory, DRIVERS[driver], driver)
-        _RUNS[driver] = run_seeds(exe, SUITE, SEEDS)
+        _RUNS[driver] = run_seeds(_plain_build(tmp_path_factory, driver), SUITE, SEEDS)
     return _RUNS[driver]
+
+
+def _plain_build(tmp_path_factory, driver: str) -> Path:
+    """``driver``'s plain emulator build, made once per session."""
+    key = ("exe", driver)
+    if key not in _RUNS:
+        _RUNS[key] = build(tmp_path_factory, DRIVERS[driver], driver)
+    return _RUNS[key]
 
 
 def assert_passed(proc: subprocess.CompletedProcess) -> list[str]:

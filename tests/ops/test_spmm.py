@@ -41,7 +41,7 @@ from sparse_engine.testing import (AWKWARD_SHAPES, LAYOUTS, assert_within_roundi
                                    power_law_weight, random_weight, references, rounding_bound, weight_with_row_lengths,
                                    with_layout)
 from sparse_engine.testing import weight_strategy as weights
-from cuda_emu.emu_testing import assert_every_kernel_ran, assert_passed
+from cuda_emu.emu_testing import assert_every_kernel_ran, assert_passed, driver_run_with
 
 F32, F64, F16, BF16 = torch.float32, torch.float64, torch.float16, torch.bfloat16
 HALF = [torch.float16, torch.bfloat16]  # 2-byte storage, float32 accumulation
@@ -633,6 +633,42 @@ def test_more_long_rows_than_the_long_kernel_grid(many_long_rows, cpu_f64_refere
         assert_close_to(ops.spmm_t(W, G), *refs["spmm_t"], dtype)
 
 
+@pytest.mark.cuda
+@pytest.mark.usefixtures("cuda_device")
+@pytest.mark.parametrize("long_mult, seg_mult", [(1, 2), (2, 8), (8, 32)])
+def test_other_long_row_multiples_give_the_same_products(long_mult, seg_mult, cpu_f64_references, assert_close_to):
+    """The gather's long-row threshold and segment as other multiples of the mean row (the GPU sweep's
+    settings, benchmarks/bench_gather_tuning.py): on Zipf rows (short rows and rows of all columns)
+    spmm and spmm_t stay within rounding of float64 at one, 20 and 128 columns (other segments sum in
+    another order: not the defaults' bits); the setting before is restored."""
+    from sparse_engine import _C
+    from sparse_engine.sparse.patterns import row_law_pattern
+
+    g = torch.Generator().manual_seed(11)
+    row_ptr, col = row_law_pattern("zipf1.2", 3000, 2000, 150_000, g)
+    W = SparseWeight(row_ptr, col, torch.randn(col.numel(), generator=g), (3000, 2000)).to("cuda")
+    for B in (1, 20, 128):
+        X, Gr = torch.randn(2000, B, generator=g).cuda(), torch.randn(3000, B, generator=g).cuda()
+        refs = cpu_f64_references(W, X, Gr)
+        old = _C._set_gather_long_rows(long_mult, seg_mult)
+        try:
+            assert_close_to(ops.spmm(W, X), *refs["spmm"], torch.float32)
+            assert_close_to(ops.spmm_t(W, Gr), *refs["spmm_t"], torch.float32)
+        finally:
+            assert _C._set_gather_long_rows(*old) == (long_mult, seg_mult)
+    assert old == (4, 2)
+
+
+def test_long_row_multiples_outside_their_range_are_one_clear_error():
+    from sparse_engine import _C
+    if not hasattr(_C, "_set_gather_long_rows"):
+        pytest.skip("a build without the CUDA kernels")
+    for bad in ((0, 2), (65, 2), (4, 1), (4, 65)):
+        with pytest.raises(ValueError, match=r"long_mult must be in \[1, 64\] and seg_mult in \[2, 64\]"):
+            _C._set_gather_long_rows(*bad)
+    assert _C._set_gather_long_rows(4, 2) == (4, 2)
+
+
 def _kernels_launched(fn) -> list[str]:
     """Names of the CUDA kernels fn() launches (torch.profiler); skips where no kernel is seen."""
     from torch.autograd import DeviceType
@@ -864,3 +900,24 @@ def test_spmm_kernels_match_float64_references_on_the_emulator(driver_runs):
         assert {B: medium[B].split("long rows=")[1].split()[0] for B in ("B=1", "B=4", "B=8", "B=32", "B=300")} == \
             {"B=1": "0", "B=4": "0", "B=8": "2", "B=32": "4", "B=300": "4"}, medium
         assert_every_kernel_ran(proc, ["spmm_cuda"])
+    # at the default multiples the wide rows of "mid" (100-300 entries, mean 200) stay in the row kernel
+    mid = [line for line in lines if line.split()[:2] == ["f32", "mid"] and line.split()[2] in ("B=32", "B=300")]
+    assert len(mid) == 2 and all("long rows=0 " in line for line in mid), mid
+
+
+@pytest.mark.slow
+def test_spmm_kernels_at_other_long_row_multiples_on_the_emulator(tmp_path_factory):
+    """The gather's long-row threshold and segment as other multiples of the mean row (the sweep's
+    settings, _set_gather_long_rows): the same references hold, and the lists follow the multiples (the
+    driver checks each list against its own threshold and segment): at 1x the mean, the wide rows of
+    "mid" over its mean (200) leave the row kernel; at 16x the rows of "long" split in longer segments."""
+    proc = driver_run_with(tmp_path_factory, "driver", "small", "2", "1,16")
+    lines = assert_passed(proc)
+    assert "gather long rows: threshold 1 x the mean, segments 16 x" in lines[0]
+    mid = {line.split()[2]: line for line in lines if line.split()[:2] == ["f32", "mid"]}
+    assert int(mid["B=32"].split("long rows=")[1].split()[0]) > 0, mid
+    assert mid["B=1"].split("long rows=")[1].split()[0] == "0"  # 1,024 entries at one slice: none that long
+    assert any(line.split()[1:2] == ["long"] and "launches=3/" in line for line in lines)
+    assert_every_kernel_ran(proc, ["spmm_cuda"])
+    bad = driver_run_with(tmp_path_factory, "driver", "small", "1", "1,1")
+    assert bad.returncode == 2 and "bad long-row multiples 1,1" in bad.stdout
