@@ -76,14 +76,14 @@
 #   build 75 s, the stage 462 s (135 tests, memcheck/racecheck clean, the table, the dense/persistent crossover,
 #   B = 1; ncu no time), then DEADLINE_S=240 STAGES="panels ncu_gather" (28 s: panels do not pay, 0.12-0.81x), then
 #   DEADLINE_S=235 STAGES=bench BENCH_DTYPES=float32 ... --n 16384 65536 --density 0.01 0.05 (187 s, 4 cells short).
-#   Next GPU session: first DEADLINE_S=575 STAGES="build test persistent" if any CUDA source changed, else
-#   DEADLINE_S=575 STAGES="build persistent" (the table with auto's persistent rule past the chip at 16,384 units;
-#   profile_rnn_step_cuda.md now gives the host's time and the device's busy time a step: the dense path's
-#   1.3 ms over masked cuDNN at 1,500 @ 33% is outside cuDNN's kernels); since the ninth session's change to
-#   common.cuh (the gather's long-row multiples, settable) "build test persistent" is the one. Then on the warm
-#   machine DEADLINE_S=200 STAGES=gather_tuning (~2 min: which multiples win spmm's Zipf cells at B = 1 and
-#   B >= 128; a rule from it lands in common.cuh), then DEADLINE_S=260 STAGES=caps (the GRU rows past 8G) or
-#   STAGES=bench BENCH_DTYPES=float32 benchmarks/gpu_all.sh --n 262144 (the rest of N = 262,144), later bf16.
+#   Next GPU session: first DEADLINE_S=575 STAGES="build test persistent" (common.cuh changed since the eighth run:
+#   the gather's long-row multiples are settable; the persistent table with auto's rule past the chip at 16,384
+#   units; profile_rnn_step_cuda.md now gives the host's queue time and the device's busy time a step, for the
+#   dense path's 1.3 ms over masked cuDNN at 1,500 @ 33%, outside cuDNN's kernels). Then on the warm machine
+#   DEADLINE_S=200 STAGES=gather_tuning (~2 min: which multiples win spmm's Zipf cells at B = 1 and B >= 128; a rule
+#   from it lands in common.cuh), then DEADLINE_S=260 STAGES=caps (the GRU rows past 8G) or STAGES=bench
+#   BENCH_DTYPES=float32 benchmarks/gpu_all.sh --n 262144 (the rest of N = 262,144); later the bf16 grid.
+#   (A later run without CUDA changes may drop "test": the persistent stage runs the compute-path tests too.)
 #   With time to spare, in this order: STAGES=topology (all cases), BENCH_DTYPES=bfloat16
 #   STAGES=bench ... -- --quick (then the full bf16 grid), STAGES=step.
 # $OUT per command: gpu_all.log (every stage's output, appended as it goes), each benchmark's results

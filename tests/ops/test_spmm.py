@@ -659,6 +659,7 @@ def test_other_long_row_multiples_give_the_same_products(long_mult, seg_mult, cp
     assert old == (4, 2)
 
 
+@pytest.mark.cuda
 def test_long_row_multiples_outside_their_range_are_one_clear_error():
     from sparse_engine import _C
     if not hasattr(_C, "_set_gather_long_rows"):
