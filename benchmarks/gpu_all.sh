@@ -79,7 +79,9 @@
 #   Next GPU session: first DEADLINE_S=575 STAGES="build test persistent" (common.cuh changed since the eighth run:
 #   the gather's long-row multiples are settable; the persistent table with auto's rule past the chip at 16,384
 #   units; profile_rnn_step_cuda.md now gives the host's queue time and the device's busy time a step, for the
-#   dense path's 1.3 ms over masked cuDNN at 1,500 @ 33%, outside cuDNN's kernels). Then on the warm machine
+#   dense path's 1.3 ms over masked cuDNN at 1,500 @ 33%, outside cuDNN's kernels; and the dense path now
+#   writes its weights into cuDNN's flat buffer, recurrent/cudnn_flat.py: no copy or warning at each call,
+#   test_cudnn_flat.py's CUDA test checks the layout against nn.LSTM's). Then on the warm machine
 #   DEADLINE_S=200 STAGES=gather_tuning (~2 min: which multiples win spmm's Zipf cells at B = 1 and B >= 128; a rule
 #   from it lands in common.cuh), then DEADLINE_S=260 STAGES=caps (the GRU rows past 8G) or STAGES=bench
 #   BENCH_DTYPES=float32 benchmarks/gpu_all.sh --n 262144 (the rest of N = 262,144); later the bf16 grid.
@@ -266,7 +268,7 @@ if has test && begin tests 60; then
       tests/training/test_topology_updates.py tests/training/test_compact_adam.py \
       tests/memory/test_memory_model.py::test_prediction_on_a_gpu \
       tests/recurrent/test_recompute.py::test_cuda_bit_identical tests/cli/test_cli.py::test_train_device_choice \
-      tests/recurrent/test_compute_paths.py tests/recurrent/test_layout.py; then
+      tests/recurrent/test_compute_paths.py tests/recurrent/test_cudnn_flat.py tests/recurrent/test_layout.py; then
     say "== tests FAILED (the list above; the log has each failure): the benchmarks below run on these kernels"
   fi
   took tests $t0
@@ -359,7 +361,7 @@ if has persistent && begin "persistent recurrent kernels: tests, sanitizers, tab
   # modules against the per-step path on the GPU; then memcheck and racecheck on the same ops
   CAP=150 logged 20 $PY -m pytest -q -ra ${PYTEST_TIMEOUT[@]+"${PYTEST_TIMEOUT[@]}"} -k cuda \
     tests/ops/test_rnn_sequence.py tests/recurrent/test_persistent.py tests/distributed/test_sharding.py \
-    tests/recurrent/test_compute_paths.py || say "== persistent tests FAILED (the list above): the table below runs on these kernels"
+    tests/recurrent/test_compute_paths.py tests/recurrent/test_cudnn_flat.py || say "== persistent tests FAILED (the list above): the table below runs on these kernels"
   SANITIZER=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
   for tool in memcheck racecheck; do
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 CAP=$(( $(left) / 5 )) logged 6 "$SANITIZER" --tool $tool --error-exitcode 9 \

@@ -49,7 +49,7 @@ import torch
 
 from ..kernels.densify_torch import flat_positions
 from ..sparse import SparseWeight
-from . import dense_gru
+from . import cudnn_flat, dense_gru
 
 _ops = torch.ops.sparse_engine
 
@@ -243,10 +243,15 @@ def materialize(w) -> torch.Tensor:
     return materialize_all([w])[0]
 
 
-def materialize_all(weights) -> list:
+def materialize_all(weights, into=None) -> list:
     """:func:`materialize` of each weight (SparseWeights and dense tensors) in one call; the
     matrices that need a gradient share one autograd node (one Python call forward and one
     backward per module, not per matrix). A dense weight is returned as it is.
+
+    ``into``: zero-filled tensors, one per weight and of its shape (:func:`.cudnn_flat.views`: views
+    of the one buffer cuDNN reads without a copy); each weight, dense ones too, is then written
+    into its own and returned as an alias of it, differentiable as above (a dense weight's
+    gradient passes unchanged).
 
     Each matrix is a buffer kept per weight and thread while its pattern stays (not allocated and
     faulted in again at each forward: a fresh zero-filled matrix per forward cost, at hidden 200,
@@ -273,20 +278,29 @@ def materialize_all(weights) -> list:
     positions, index, values_with_graph = [], [], []  # the matrices with a graph
     for i, w in enumerate(weights):
         if not isinstance(w, SparseWeight):
+            if into is not None:  # a dense weight copied into its place
+                into[i].copy_(w.detach())
+                if grad and w.requires_grad:
+                    positions.append(i)
+                    index.append((None, None, None, into[i]))
+                    values_with_graph.append(w)
+                else:
+                    out[i] = into[i]
             continue
         values, row_ptr, col_idx = w.parts()
         entry = entries.get(w)
         if entry is None or not entry.matches(row_ptr, col_idx):
             entry = entries[w] = _Entry(row_ptr, col_idx, w.shape[1])
-        buf = entry.free_buffer(values, w.shape)
+        buf = entry.free_buffer(values, w.shape) if into is None else into[i]
         with_graph = grad and values.requires_grad
-        entry.write(values.detach(), buf, keep=not with_graph)
+        entry.write(values.detach(), buf, keep=not with_graph and into is None)
+        lent = entry.lend(buf) if into is None else buf
         if with_graph:
             positions.append(i)
-            index.append((row_ptr, col_idx, entry.positions(buf), entry.lend(buf)))
+            index.append((row_ptr, col_idx, entry.positions(buf), lent))
             values_with_graph.append(values)
         else:
-            out[i] = entry.lend(buf)
+            out[i] = lent
     if positions:
         dense = _ToDense.apply(tuple(index), *values_with_graph)
         for i, d in zip(positions, dense if len(positions) > 1 else (dense,)):
@@ -308,7 +322,8 @@ def dense_recurrence(mode: str, x: torch.Tensor, h0: torch.Tensor, c0, weights, 
     Called directly, not through an ``nn.LSTM`` (``functional_call`` on a meta-device skeleton):
     that module's Python repeats the modules' checks and took about 0.1 ms per call at hidden 200,
     a twentieth of the inference."""
-    weights = materialize_all(weights)  # the sparse ones written into their dense buffers
+    # the sparse ones written into dense buffers; on CUDA all into cuDNN's flat buffer (cudnn_flat)
+    weights = materialize_all(weights, cudnn_flat.views(mode, weights, x, h0, c0, num_layers, bidirectional))
     hx = (h0, c0) if mode == "LSTM" else h0
     args = (weights, bias, num_layers, dropout, training, bidirectional)
     if mode == "GRU" and fused and batch_sizes is None and dense_gru.fused_gru_applies(x):
@@ -336,6 +351,8 @@ class _ToDense(torch.autograd.Function):
     the values. Its backward reads each gradient at the stored positions (:func:`_read`;
     :class:`_AtPattern` when the backward itself is differentiated, whose backward writes into
     zeros again, so double backward works); an output without a gradient gives its values none.
+    An entry (None, None, None, buffer) is a dense weight copied into the buffer: its gradient
+    passes as it is.
 
     The index travels as one non-tensor argument and the Function is of the ``forward(ctx, ...)``
     kind: ``Function.apply`` binds the arguments of a ``setup_context`` Function to
@@ -356,8 +373,8 @@ class _ToDense(torch.autograd.Function):
         double = torch.is_grad_enabled()  # create_graph: the gradient is differentiated again
         out = [None]
         for (row_ptr, col_idx, where), grad in zip(ctx.index, grads):
-            if grad is None:
-                out.append(None)
+            if grad is None or row_ptr is None:  # row_ptr None: a dense weight (materialize_all's ``into``)
+                out.append(grad)
             elif double:
                 out.append(_AtPattern.apply(grad, row_ptr, col_idx))
             else:

@@ -39,7 +39,7 @@ from .checks import (assert_bit_equal, assert_same_bits, check_invariants, check
                      value_by_key)
 from .factories import (AWKWARD_SHAPES, LAYOUTS, Shape, copy_weight, power_law_weight, randn, random_scipy,
                         random_weight, weight_strategy, weight_with_row_lengths, with_layout)
-from .modules import check_against_torch, param_grad_pairs, random_packed
+from .modules import check_against_torch, param_grad_pairs, random_packed, random_states, sparse_and_dense_paths
 from .process import TensorMemoryTrace, num_threads, peak_rss_growth
 from .references import (Reference, assert_within_rounding, dense, references, rounding_bound, sddmm_reference,
                          set_keep_reference, smallest_reference, spmm_reference, spmm_t_reference)
@@ -52,5 +52,6 @@ __all__ = [
     "smallest_reference", "set_keep_reference", "entry_keys", "value_by_key",
     "check_invariants", "assert_bit_equal", "num_threads", "TensorMemoryTrace",
     "rounding_bound", "assert_within_rounding", "assert_same_bits", "check_structure", "weight_strategy",
-    "random_packed", "param_grad_pairs", "check_against_torch", "peak_rss_growth",
+    "random_packed", "param_grad_pairs", "check_against_torch", "peak_rss_growth", "random_states",
+    "sparse_and_dense_paths",
 ]

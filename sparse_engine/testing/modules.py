@@ -33,6 +33,34 @@ def param_grad_pairs(sparse_mod, dense_mod):
             yield name, ours.grad, ref.grad
 
 
+def random_states(mode: str, L: int, B: int, H: int, generator: torch.Generator, proj: int = 0):
+    """Initial states of a recurrent module of torch's ``mode`` name (float64): h0 (L, B, proj or H),
+    and for an LSTM (h0, c0) with c0 (L, B, H)."""
+    h = torch.randn(L, B, proj or H, generator=generator, dtype=torch.float64)
+    return (h, torch.randn(L, B, H, generator=generator, dtype=torch.float64)) if mode == "LSTM" else h
+
+
+def sparse_and_dense_paths(m, x, hx):
+    """[(outputs, gradients)] of module ``m`` on its sparse and on its dense path (``m.compute`` set
+    to each), one loss: the output and final states each weighted by fixed random numbers.
+    outputs: [y (a PackedSequence's data), *states]; gradients: [input's, *each parameter's]."""
+    from torch.nn.utils.rnn import PackedSequence
+
+    results = []
+    for path in ("sparse", "dense"):
+        m.compute = path
+        m.zero_grad()
+        xi = (x.data if isinstance(x, PackedSequence) else x).clone().requires_grad_(True)
+        y, s = m(PackedSequence(xi, *x[1:]) if isinstance(x, PackedSequence) else xi, hx)
+        y = y.data if isinstance(y, PackedSequence) else y
+        flat = [y, *(s if isinstance(s, tuple) else (s,))]
+        g = torch.Generator().manual_seed(7)
+        loss = sum((t * torch.randn(t.shape, generator=g, dtype=t.dtype)).sum() for t in flat)
+        loss.backward()
+        results.append((flat, [xi.grad] + [p.grad.clone() for p in m.parameters()]))
+    return results
+
+
 _MODULE_TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-5, atol=1e-5)}
 
 

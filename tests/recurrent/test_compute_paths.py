@@ -9,12 +9,12 @@ import threading
 import pytest
 import torch
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence
 
 import sparse_engine as se
 from sparse_engine.recurrent import compute_paths as compute
 from sparse_engine.nn.rnn import SparseRNNBase
-from sparse_engine.testing import check_against_torch, param_grad_pairs, random_packed, random_weight
+from sparse_engine.testing import (check_against_torch, param_grad_pairs, random_packed, random_states, random_weight,
+                                   sparse_and_dense_paths)
 from sparse_engine.training import sparse_weights
 
 #: torch's mode names of the modules
@@ -41,11 +41,6 @@ def dense_calls(monkeypatch):
     return calls
 
 
-def states(mode, L, B, H, rng, proj=0):
-    h = torch.randn(L, B, proj or H, generator=rng, dtype=torch.float64)
-    return (h, torch.randn(L, B, H, generator=rng, dtype=torch.float64)) if mode == "LSTM" else h
-
-
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "L{}-bi{}-bf{}-h0{}-T{}-B{}-I{}-H{}".format(*c))
 def test_dense_path_matches_torch_float64(case, mode, rng, dense_calls, build_rnn):
@@ -53,26 +48,9 @@ def test_dense_path_matches_torch_float64(case, mode, rng, dense_calls, build_rn
     torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=rng)))
     m = build_rnn(mode, I, H, torch.float64, num_layers=L, bidirectional=bi, batch_first=bf, compute="dense")
     x = torch.randn((B, T, I) if bf else (T, B, I), generator=rng, dtype=torch.float64)
-    hx = states(mode, L * (2 if bi else 1), B, H, rng) if given else None
+    hx = random_states(mode, L * (2 if bi else 1), B, H, rng) if given else None
     check_against_torch(m, x, hx, torch.float64, rng)  # values, input/state/bias/weight gradients
     assert dense_calls == [m]
-
-
-def run_both(m, x, hx, rng):
-    """(outputs, gradients) of ``m`` on the sparse and on the dense path, same loss."""
-    results = []
-    for path in ("sparse", "dense"):
-        m.compute = path
-        m.zero_grad()
-        xi = (x.data if isinstance(x, PackedSequence) else x).clone().requires_grad_(True)
-        y, s = m(PackedSequence(xi, *x[1:]) if isinstance(x, PackedSequence) else xi, hx)
-        y = y.data if isinstance(y, PackedSequence) else y
-        flat = [y, *(s if isinstance(s, tuple) else (s,))]
-        g = torch.Generator().manual_seed(7)
-        loss = sum((t * torch.randn(t.shape, generator=g, dtype=t.dtype)).sum() for t in flat)
-        loss.backward()
-        results.append((flat, [xi.grad] + [p.grad.clone() for p in m.parameters()]))
-    return results
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -80,7 +58,7 @@ def test_dense_path_equals_sparse_path_packed_bidirectional(mode, rng, dense_cal
     torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=rng)))
     m = build_rnn(mode, 3, 8, torch.float64, num_layers=2, bidirectional=True, density=0.3)
     x = random_packed([4, 1, 6, 4, 2], 3, dtype=torch.float64, generator=rng)
-    (ys, gs), (yd, gd) = run_both(m, x, states(mode, 4, 5, 8, rng), rng)
+    (ys, gs), (yd, gd) = sparse_and_dense_paths(m, x, random_states(mode, 4, 5, 8, rng))
     assert len(dense_calls) == 1
     for a, b in zip(ys + gs, yd + gd):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
