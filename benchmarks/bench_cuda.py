@@ -55,8 +55,8 @@ from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (announce, cell_ends, cell_starts, cuda_times_of, finish, machine, out_help,  # noqa: E402
-                    results_path)
+from common import (announce, cell_ends, cell_starts, copy_bandwidth, cuda_times_of, finish, machine,  # noqa: E402
+                    out_help, results_path)
 from float64_check import check, verdict  # noqa: E402
 
 from sparse_engine.sparse.patterns import ROW_LAWS, row_law_pattern  # noqa: E402
@@ -85,17 +85,6 @@ def time_ms(fn, budget_s: float = 0.4, min_reps: int = 5, max_reps: int = 50) ->
     reps = int(min(max_reps, max(min_reps, budget_s * 1e3 / max(first, 1e-3))))
     times = sorted(cuda_times_of(fn, reps, warmup=0))
     return 1e3 * times[len(times) // 2]
-
-
-def copy_bandwidth() -> float:
-    """Device memory bandwidth in bytes/s from a 1 GiB device-to-device copy (read + write)."""
-    n = 1 << 28
-    a = torch.empty(n, dtype=torch.float32, device=DEV).fill_(1.0)
-    b = torch.empty_like(a)
-    ms = time_ms(lambda: b.copy_(a), budget_s=0.5)
-    del a, b
-    torch.cuda.empty_cache()
-    return 2 * n * 4 / (ms * 1e-3)
 
 
 def try_time(fn) -> float | str:
@@ -390,7 +379,7 @@ def main(argv=None) -> int:
     announce(f"{TITLE}, {args.dtype}", op_columns(args.dtype != "float32"), out)
     print(f"(one such table per op: {', '.join(args.ops)})", flush=True)
     c = cell_starts("device copy bandwidth (1 GiB)")
-    bw = copy_bandwidth()
+    bw = copy_bandwidth(DEV)
     cell_ends(c, f"{bw / 1e9:.0f} GB/s")
     header = machine_header(bw)
     done, dense_cache, patterns = [], {}, {}

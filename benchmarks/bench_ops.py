@@ -44,11 +44,10 @@ from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import announce, cell, finish, out_help, results_path, timeit, write_result  # noqa: E402
+from common import announce, cell, copy_bandwidth, finish, out_help, results_path, timeit, write_result  # noqa: E402
 from float64_check import check, verdict  # noqa: E402
 
 from sparse_engine import SparseWeight, ops  # noqa: E402
-from sparse_engine.runtime.timing import best_of  # noqa: E402
 from sparse_engine.sparse.patterns import ROW_LAWS, default_values, row_law_pattern  # noqa: E402
 import torch  # noqa: E402
 
@@ -140,14 +139,6 @@ def floor_bytes(op: str, n: int, nnz: int, B: int, e: int = 4) -> int:
     if op == "fwd+bwd":  # Y = W X, then dX = W^T G gathering the values, dW = sddmm(G, X)
         return sum(one[o] + index + 2 * dense for o in ("spmm", "spmm_t+gather", "sddmm"))
     return one[op] + index + 2 * dense
-
-
-def copy_bandwidth(n: int = 1 << 26) -> float:
-    """Bytes per second of a float32 copy of ``n`` elements (256 MiB: past the caches), read + write,
-    the best of 5 on torch's threads."""
-    a = torch.rand(n)
-    b = torch.empty_like(a)
-    return 8 * n / best_of(lambda: b.copy_(a), 5, warmup=1)
 
 
 def make_weight(n: int, density: float, law: str, dtype=torch.float32) -> SparseWeight:

@@ -31,6 +31,15 @@ console shows the table's header, then a line as each (method, size) starts and 
 Ours (SparseLSTM/GRU, fused then composed) runs first at every size, then the baselines, so a
 baseline that fails or takes its whole timeout cannot leave ours unmeasured. On a GPU each step is
 timed with CUDA events (torch.cuda.Event) recorded around it on the current stream.
+
+On a GPU (``--floor``, the default there) each row also gives the step's floor and the fraction of it
+ours reaches (issue 44's table), the larger of two bounds:
+
+* memory floor: the bytes the step must move (:func:`floor_bytes`) over the device's copy bandwidth,
+  measured at the start of the run (common.copy_bandwidth);
+* latency floor: ours at one nonzero a row (the same cell, T, B and hidden size; ``compute`` auto,
+  which holds so small a W_hh on chip): the launches, the 2T dependent steps and the gate math that
+  no sparse product can remove.
 """
 from __future__ import annotations
 
@@ -53,6 +62,46 @@ T, B = 35, 20
 CELLS = ["LSTM", "GRU"]
 GATES = {"LSTM": 4, "GRU": 3}
 QUICK_SIZES = ["512:0.05"]
+
+
+SECTOR = 32  # bytes: the unit in which a GPU's L2 reads device memory
+
+
+def floor_bytes(cell: str, H: int, density: float, B: int, T: int, on_chip: int, l2: int, es: int = 4) -> int:
+    """Bytes one training step (forward + backward, one layer, input = hidden, T steps of B columns) must
+    move to or from device memory, at the least: both matrices' values and column index read and
+    their values' gradients written (and their row pointers); x read, y written, dy read, dx written;
+    W_hh (values and index) read again at every step, forward and back, where it does not fit on chip
+    (``on_chip`` bytes: no launch can keep it between steps); and where the state (H x B) does not fit
+    L2 (``l2`` bytes), the state rows that even an ideal cache must fetch: each nonzero of each matrix
+    reads one row of B values (whole 32-byte sectors) at each step in each of its three products (the
+    forward product, the backward's transposed product, the weight gradient), of which the share of
+    the state L2 can hold is a hit at best."""
+    G = GATES[cell]
+    nnz = round(density * G * H * H)  # each of W_ih, W_hh
+    once = 2 * (nnz * (4 + 2 * es) + 8 * (G * H + 1)) + 4 * T * B * H * es
+    hh = nnz * (4 + es)
+    reread = (2 * T - 1) * hh if hh > on_chip else 0
+    state = H * B * es
+    row = -(-B * es // SECTOR) * SECTOR
+    gathers = round(2 * 3 * T * nnz * row * max(0.0, 1 - l2 / state))
+    return once + reread + gathers
+
+
+def floor_row(res: dict, ms_floor: float | None) -> list[str]:
+    """The floor columns of a row: memory floor (ms), latency floor (ours at one nonzero a row), and
+    the fraction of the larger that ours reaches (floor / ours)."""
+    ours, one = res.get("sparse_engine", {}), res.get(ONE_PER_ROW, {"status": "-"})
+    floors = [f for f in (ms_floor, one.get("ms") if one.get("status") == "ok" else None) if f is not None]
+    reached = f"{max(floors) / ours['ms']:.0%}" if floors and ours.get("status") == "ok" else "-"
+    return ["-" if ms_floor is None else f"{ms_floor:.2f} ms", cell_text(one), reached]
+
+
+FLOOR_TEXT = ("both matrices' values and index read and their gradients written, x, y, dy, dx once; W_hh again at "
+              "every step where it does not fit on chip; where the state does not fit L2, each nonzero's state row "
+              "(32-byte sectors) at each step in its three products, less L2's share of the state")
+#: the latency floor's run: ours at one nonzero a row (not a method of step_bench: a density of its own)
+ONE_PER_ROW = "sparse_engine_one_per_row"
 
 
 # ------------------------------------------------------------------------- report
@@ -80,6 +129,8 @@ def main(argv=None):
     common.add_copy_to(p)
     p.add_argument("--budget-s", type=float, default=None,
                    help="stop starting cells after this many seconds; each cell's timeout is capped to what is left")
+    p.add_argument("--floor", action=argparse.BooleanOptionalAction, default=None,
+                   help="the step's floor and the fraction of it ours reaches (GPU only; default on there)")
     args = p.parse_args(argv)
     if args.batch < 1:
         p.error(f"--batch must be at least 1, got {args.batch}")
@@ -87,6 +138,9 @@ def main(argv=None):
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.floor and device != "cuda":
+        p.error("--floor needs --device cuda (the CPU's floors: benchmarks/bench_floor.py)")
+    args.floor = device == "cuda" if args.floor is None else args.floor
     sizes = args.sizes or (QUICK_SIZES if args.quick else GPU_SIZES if device == "cuda" else CPU_SIZES)
     if args.quick:
         args.repeats = 1
@@ -111,10 +165,20 @@ def main(argv=None):
     for cell, spec in ((c, s) for s in sizes for c in args.cells):
         H, d = spec.split(":")
         rows.append((cell, int(H), float(d), {}))
-    common.announce(TITLE.format(batch=args.batch), columns(methods), out_path)
-    # ours first, every size, then the baselines: a baseline that runs out of memory or time
-    # (a dense cuDNN LSTM at a large hidden size) cannot spend the budget before ours is measured
-    for method, (cell, H, d, res) in ((m, r) for m in run_order(methods) for r in rows):
+    if args.floor:  # the device's constants, before any cell: the copy bandwidth, L2, the shared memory
+        from sparse_engine.recurrent.compute_paths import on_chip_bytes
+
+        args.bandwidth = common.copy_bandwidth("cuda")
+        args.l2 = torch.cuda.get_device_properties(0).L2_cache_size
+        args.on_chip = on_chip_bytes("cuda")
+    common.announce(TITLE.format(batch=args.batch), columns(methods, args.floor), out_path)
+    # ours first, every size, then the latency floor's run, then the baselines: a baseline that runs
+    # out of memory or time (a dense cuDNN LSTM at a large hidden size) cannot spend the budget
+    # before ours is measured
+    order = run_order(methods)
+    if args.floor:
+        order.insert(sum(m.startswith("sparse_engine") for m in order), ONE_PER_ROW)
+    for method, (cell, H, d, res) in ((m, r) for m in order for r in rows):
         need = 2 * GATES[cell] * H * H * (4 + 4 + 1 + 4) / 2**30  # weight, grad, mask, masked copy (float32)
         timeout = cell_timeout()
         with common.cell(f"{cell} hidden {H:,} density {d:g}, {method}") as c:
@@ -122,6 +186,9 @@ def main(argv=None):
                 res[method] = {"status": f"skipped (needs ~{need:.0f} GiB > {dense_limit:.0f} GiB)"}
             elif timeout <= 0:
                 res[method] = {"status": f"not run (budget of {args.budget_s:.0f} s spent)"}
+            elif method == ONE_PER_ROW:
+                res[method] = run_child("sparse_engine", cell, H, 1 / H, device, args.repeats, args.warmup, timeout,
+                                        None, T, args.batch)
             else:
                 res[method] = run_child(method, cell, H, d, device, args.repeats, args.warmup, timeout, args.compute,
                                         T, args.batch)
@@ -157,8 +224,10 @@ def main(argv=None):
 TITLE = "LSTM and GRU training step (forward + backward), one layer, T=35, B={batch}, input = hidden"
 
 
-# Persistent variants: (method, column, ratio column, (numerator, denominator) of the ratio)
-VARIANTS = (("sparse_engine_persistent_l2", "ours, persistent, W_hh not staged", "staged / not staged",
+# Ours by path: (method, column, ratio column, (numerator, denominator) of the ratio)
+VARIANTS = (("sparse_engine_per_step", "ours, per step", "auto vs per step",
+             ("sparse_engine_per_step", "sparse_engine")),
+            ("sparse_engine_persistent_l2", "ours, persistent, W_hh not staged", "staged / not staged",
              ("sparse_engine_persistent_l2", "sparse_engine_persistent")),
             ("sparse_engine_persistent_split", "ours, persistent, split rows", "split / lane per column",
              ("sparse_engine_persistent", "sparse_engine_persistent_split")),
@@ -166,16 +235,30 @@ VARIANTS = (("sparse_engine_persistent_l2", "ours, persistent, W_hh not staged",
              ("sparse_engine_persistent", "sparse_engine_dense")))
 
 
-def columns(methods) -> list[str]:
-    """The table's columns (a composed-step and persistent columns where those methods run)."""
+def columns(methods, floor: bool = False) -> list[str]:
+    """The table's columns (a composed-step and persistent columns where those methods run; the floor's
+    with ``floor``)."""
     composed, persistent = "sparse_engine_composed" in methods, "sparse_engine_persistent" in methods
-    variants = [v for v in VARIANTS if persistent and v[0] in methods]
+    variants = [v for v in VARIANTS if v[0] in methods]
     split = any(v[0] == "sparse_engine_persistent_split" for v in variants)
     return ["cell", "hidden", "density", "ours"] + (["ours, composed step"] if composed else []) + (
         ["ours, persistent"] if persistent else []) + [v[1] for v in variants] + [
         "masked-dense", "torch.sparse CSR", "vs masked-dense", "vs torch.sparse"] + (
         ["composed / fused"] if composed else []) + (["persistent vs masked-dense"] if persistent else []) + (
-        ["split vs masked-dense"] if split else []) + [v[2] for v in variants] + ["load"]
+        ["split vs masked-dense"] if split else []) + [v[2] for v in variants] + (
+        ["auto vs best"] if variants else []) + (
+        ["memory floor", "ours at 1 nonzero a row", "% of floor"] if floor else []) + ["load"]
+
+
+#: what "auto vs best" compares ours (compute auto) with: each of its paths that ran, and masked-dense
+BEST_OF = ("sparse_engine_per_step", "sparse_engine_persistent", "sparse_engine_persistent_split",
+           "sparse_engine_dense", "masked_dense")
+
+
+def best_of(res: dict) -> dict:
+    """The fastest of the row's :data:`BEST_OF` measurements, or a status "-" where none ran."""
+    done = [res[m] for m in BEST_OF if res.get(m, {}).get("status") == "ok"]
+    return min(done, key=lambda r: r["ms"]) if done else {"status": "-"}
 
 
 def report(rows, methods, device, args, load_start) -> list[str]:
@@ -198,13 +281,22 @@ def report(rows, methods, device, args, load_start) -> list[str]:
         "",
     ]
     composed, persistent = "sparse_engine_composed" in methods, "sparse_engine_persistent" in methods
-    variants = [v for v in VARIANTS if persistent and v[0] in methods]
+    variants = [v for v in VARIANTS if v[0] in methods]
     split = any(v[0] == "sparse_engine_persistent_split" for v in variants)
     if split:
         lines[-1:-1] = ["- split rows: the persistent kernels with a row's entries split across a warp's lanes, S at a "
                         "time (`_set_sequence_split(0)`: S = 1, 2, 4 or 8, at most 32 / B and 16 entries a slot of the mean row); "
                         "'ours, persistent' takes a lane per batch column"]
-    head = columns(methods)
+    if variants:
+        lines[-1:-1] = ["- auto vs best: the fastest of ours' paths that ran (per step, persistent, dense) and "
+                        "masked-dense, over ours (compute auto); issue 44 asks >= 0.95x"]
+    if args.floor:
+        lines[-1:-1] = [
+            f"- floor: the larger of the memory floor (bytes the step must move, {FLOOR_TEXT}, over the device's copy "
+            f"bandwidth, {args.bandwidth / 1e9:,.0f} GB/s measured at the start; L2 {args.l2 / 2**20:.0f} MiB, "
+            f"shared memory {args.on_chip / 2**20:.1f} MiB) and the latency floor (ours at one nonzero a row, "
+            "compute auto); % of floor = floor / ours"]
+    head = columns(methods, args.floor)
     lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for cell, H, d, res in rows:
         got = lambda m: res.get(m, {"status": "-"})  # noqa: E731
@@ -216,7 +308,10 @@ def report(rows, methods, device, args, load_start) -> list[str]:
             cell_text(md), cell_text(ts), speedup(md, ours), speedup(ts, ours)] + (
             [speedup(cmp_, ours)] if composed else []) + ([speedup(md, pers)] if persistent else []) + (
             [speedup(md, got("sparse_engine_persistent_split"))] if split else []) + [
-            speedup(got(v[3][0]), got(v[3][1])) for v in variants] + [load]
+            speedup(got(v[3][0]), got(v[3][1])) for v in variants] + (
+            [speedup(best_of(res), ours)] if variants else []) + (
+            floor_row(res, floor_bytes(cell, H, d, args.batch, T, args.on_chip, args.l2) / args.bandwidth * 1e3)
+            if args.floor else []) + [load]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Ratios are baseline time / our time (> 1: ours is faster).")

@@ -85,12 +85,14 @@
 #   DEADLINE_S=200 STAGES=gather_tuning (~2 min: which multiples win spmm's Zipf cells at B = 1 and B >= 128; a rule
 #   from it lands in common.cuh), then DEADLINE_S=260 STAGES=caps (the GRU rows past 8G) or STAGES=bench
 #   BENCH_DTYPES=float32 benchmarks/gpu_all.sh --n 262144 (the rest of N = 262,144); later the bf16 grid.
+#   Issue 44's item-5 table (ours by path, masked cuDNN, torch.sparse, the step's floor) is two commands of
+#   their own: DEADLINE_S=575 STAGES=table (~8 min), then STAGES=table_large (~6 min, 10^6 units included).
 #   (A later run without CUDA changes may drop "test": the persistent stage runs the compute-path tests too.)
 #   With time to spare, in this order: STAGES=topology (all cases), BENCH_DTYPES=bfloat16
 #   STAGES=bench ... -- --quick (then the full bf16 grid), STAGES=step.
 # $OUT per command: gpu_all.log (every stage's output, appended as it goes), each benchmark's results
 # file (cuda_ops_<gpu>[_bf16][_quick].md, rnn_gpu[_quick].md, rnn_gpu_largest.md, topology_<gpu>.md,
-# rnn_step_gpu.md, rnn_gpu_persistent[_b1].md, rnn_gpu_dense_crossover.md, profile_rnn_step[_1m]_cuda.md, ncu_persistent_split1.md, caps_cuda_*.md, gather_tuning_cuda.md,
+# rnn_step_gpu.md, rnn_gpu_table[_gru|_large].md, rnn_gpu_persistent[_b1].md, rnn_gpu_dense_crossover.md, profile_rnn_step[_1m]_cuda.md, ncu_persistent_split1.md, caps_cuda_*.md, gather_tuning_cuda.md,
 # step_estimate_products_cuda.md) and, from the build stage, build/_C*.so[.partNN]: at most 8 files.
 # Afterwards commit from $OUT (files_at) into benchmarks/results/: the results files, and each
 # command's gpu_all.log as gpu_<stages>_<gpu>.log (<gpu> = nvidia_h100_80gb_hbm3 or the like);
@@ -104,6 +106,8 @@
 #   STAGES="step" benchmarks/gpu_all.sh                # fused vs composed recurrent step
 #   STAGES="topology" benchmarks/gpu_all.sh            # prune + regrow up to 100M nnz (bench_topology.py)
 #   STAGES="rnn" benchmarks/gpu_all.sh                 # LSTM/GRU training step table (bench_rnn.py)
+#   STAGES="table" benchmarks/gpu_all.sh               # issue 44's table: by path, baselines, the floor (~8 min)
+#   STAGES="table_large" benchmarks/gpu_all.sh         # the same past masked cuDNN, 10^6 units included (~6 min)
 #   STAGES="largest" benchmarks/gpu_all.sh             # largest SparseLSTM hidden at 32 nonzeros/row
 #   STAGES="persistent" benchmarks/gpu_all.sh          # the persistent kernels: tests, sanitizers, table
 #   STAGES="caps" benchmarks/gpu_all.sh                # the largest LSTM/GRU under memory caps (bench_caps.py)
@@ -325,7 +329,7 @@ fi
 
 if has rnn_quick && begin "LSTM training step, H=4,096 and 16,384" 60; then
   t0=$SECONDS
-  logged 14 $PY benchmarks/bench_rnn.py --device cuda --cells LSTM --sizes 4096:0.01 16384:0.01 --repeats 5 \
+  logged 14 $PY benchmarks/bench_rnn.py --device cuda --cells LSTM --sizes 4096:0.01 16384:0.01 --repeats 5 --no-floor \
     --budget-s "$(budget 45 150)" --timeout 90 --out benchmarks/results/rnn_gpu_quick.md ${copy[@]+"${copy[@]}"}
   took "LSTM step" $t0
 fi
@@ -348,9 +352,40 @@ if has rnn && begin "LSTM/GRU training step table (ours, masked-dense cuDNN, tor
   took rnn $t0
 fi
 
+if has table && begin "issue 44's table: LSTM and GRU by path, masked cuDNN, torch.sparse, the step's floor" 120; then
+  t0=$SECONDS
+  # item 5 where masked cuDNN fits: hidden 1,500 and 4,096 at 1, 5, 10 and 33%, ours auto and each path, the
+  # baselines, and the floor (bench_rnn.py: the memory floor at the measured copy bandwidth, the latency floor
+  # = ours at one nonzero a row). ~5.5 s a (method, size) on the H200 (a process each): the LSTM's 8 sizes x 7
+  # runs ~5 min, then the GRU at the issue's four cells. Each table is rewritten after every cell.
+  logged 24 $PY benchmarks/bench_rnn.py --device cuda --cells LSTM \
+    --sizes 4096:0.01 1500:0.33 1500:0.1 4096:0.05 1500:0.01 1500:0.05 4096:0.1 4096:0.33 \
+    --methods sparse_engine sparse_engine_per_step sparse_engine_persistent sparse_engine_dense masked_dense \
+    torch_sparse --repeats 5 --timeout 90 --budget-s "$(budget 75 360)" --out benchmarks/results/rnn_gpu_table.md \
+    ${copy[@]+"${copy[@]}"}
+  if (( $(left) > 60 )); then
+    logged 14 $PY benchmarks/bench_rnn.py --device cuda --cells GRU --sizes 4096:0.01 1500:0.33 1500:0.1 4096:0.05 \
+      --methods sparse_engine sparse_engine_per_step sparse_engine_persistent sparse_engine_dense masked_dense \
+      torch_sparse --repeats 5 --timeout 90 --budget-s "$(( $(left) - 20 ))" \
+      --out benchmarks/results/rnn_gpu_table_gru.md ${copy[@]+"${copy[@]}"}
+  fi
+  took table $t0
+fi
+
+if has table_large && begin "issue 44's table past masked cuDNN: 16,384, 65,536 and 10^6 units, the floor" 120; then
+  t0=$SECONDS
+  # ours only (auto and per step; masked cuDNN fails or does not fit from 16,384 units) and the floor, the
+  # million-unit LSTM at 32 nonzeros a row among them (its target: 0.6 s a step, >= 50% of the floor)
+  logged 14 $PY benchmarks/bench_rnn.py --device cuda --cells LSTM GRU \
+    --sizes 16384:0.01 1048576:0.000030517578125 65536:0.01 16384:0.05 16384:0.1 \
+    --methods sparse_engine sparse_engine_per_step --repeats 3 --timeout 150 --budget-s "$(budget 95 480)" \
+    --out benchmarks/results/rnn_gpu_table_large.md ${copy[@]+"${copy[@]}"}
+  took table_large $t0
+fi
+
 if has largest && begin "largest trainable SparseLSTM hidden size (32 nonzeros per row)" 90; then
   t0=$SECONDS
-  logged 14 $PY benchmarks/bench_rnn.py --device cuda --largest --sizes 4096:0.01 --cells LSTM \
+  logged 14 $PY benchmarks/bench_rnn.py --device cuda --largest --sizes 4096:0.01 --cells LSTM --no-floor \
     --methods sparse_engine --budget-s "$(budget 80 300)" --timeout 150 --out benchmarks/results/rnn_gpu_largest.md \
     ${copy[@]+"${copy[@]}"}
   took largest $t0
@@ -371,7 +406,7 @@ if has persistent && begin "persistent recurrent kernels: tests, sanitizers, tab
   # the table: the issue's cells, ours per step, persistent (a lane per batch column, and a row's entries
   # split across the lanes by the rule), masked-dense cuDNN (ours first); staged against not staged was
   # measured in the third run (1.1-1.5x), set STAGED=1 to time it again
-  logged 24 $PY benchmarks/bench_rnn.py --device cuda --cells LSTM GRU \
+  logged 24 $PY benchmarks/bench_rnn.py --device cuda --cells LSTM GRU --no-floor \
     --sizes 4096:0.01 1500:0.33 1500:0.1 4096:0.05 4096:0.1 16384:0.01 \
     --methods sparse_engine sparse_engine_persistent sparse_engine_persistent_split \
     ${STAGED:+sparse_engine_persistent_l2} masked_dense --repeats 5 --timeout 90 \
@@ -384,7 +419,7 @@ if has persistent && begin "persistent recurrent kernels: tests, sanitizers, tab
   # where the rule never or barely goes dense: an extrapolation until this table); the LSTM, the
   # crossover's cells first, before the B = 1 table (the seventh run's)
   if (( $(left) > 40 )); then
-    logged 10 $PY benchmarks/bench_rnn.py --device cuda --cells LSTM --sizes 1500:0.15 4096:0.05 512:0.33 \
+    logged 10 $PY benchmarks/bench_rnn.py --device cuda --cells LSTM --no-floor --sizes 1500:0.15 4096:0.05 512:0.33 \
       256:0.5 --methods sparse_engine_persistent sparse_engine_dense masked_dense --repeats 5 \
       --timeout 60 --budget-s "$(( $(left) - 10 ))" --out benchmarks/results/rnn_gpu_dense_crossover.md \
       ${copy[@]+"${copy[@]}"}
@@ -392,7 +427,8 @@ if has persistent && begin "persistent recurrent kernels: tests, sanitizers, tab
   # one sequence at a time (B = 1: 31 of a warp's 32 lanes idle with a lane per batch column): the
   # split rows' rule (S * B <= 32) against a lane per column and masked cuDNN
   if (( $(left) > 40 )); then
-    logged 10 $PY benchmarks/bench_rnn.py --device cuda --batch 1 --cells LSTM --sizes 4096:0.01 1500:0.33 1500:0.1 \
+    logged 10 $PY benchmarks/bench_rnn.py --device cuda --batch 1 --cells LSTM --no-floor \
+      --sizes 4096:0.01 1500:0.33 1500:0.1 \
       --methods sparse_engine_persistent sparse_engine_persistent_split masked_dense --repeats 5 --timeout 60 \
       --budget-s "$(( $(left) - 10 ))" --out benchmarks/results/rnn_gpu_persistent_b1.md ${copy[@]+"${copy[@]}"}
   fi

@@ -22,9 +22,11 @@ import torch
 #: the masked-dense and torch.sparse baselines by cell; ours is SparseLSTM / SparseGRU / SparseRNN
 CELLS = ("LSTM", "GRU", "RNN")
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
-METHODS = ("sparse_engine", "sparse_engine_composed", "sparse_engine_persistent", "sparse_engine_persistent_l2",
-           "sparse_engine_persistent_split", "sparse_engine_dense", "masked_dense", "torch_sparse")
+METHODS = ("sparse_engine", "sparse_engine_composed", "sparse_engine_per_step", "sparse_engine_persistent",
+           "sparse_engine_persistent_l2", "sparse_engine_persistent_split", "sparse_engine_dense", "masked_dense",
+           "torch_sparse")
 LABELS = {"sparse_engine": "ours", "sparse_engine_composed": "ours, composed step",
+          "sparse_engine_per_step": "ours, per step",
           "sparse_engine_persistent": "ours, persistent",
           "sparse_engine_persistent_l2": "ours, persistent, W_hh not staged",
           "sparse_engine_persistent_split": "ours, persistent, split rows", "sparse_engine_dense": "ours, dense",
@@ -147,6 +149,8 @@ def _ours(method, cell, H, density, dev, compute, T, B):
         compute = "persistent"
     if method == "sparse_engine_dense":  # cuDNN's recurrence on the materialised matrices, within the budget
         compute = "dense"
+    if method == "sparse_engine_per_step":  # the sparse kernels one step at a time
+        compute = "sparse"
     if method == "sparse_engine_persistent_l2" and dev.type == "cuda":  # W_hh through L2 every step (the
         se._C._set_sequence_stage_bytes(0)                                # cell's own process: no reset)
     if method == "sparse_engine_persistent_split" and dev.type == "cuda":  # a row's entries split across a

@@ -21,7 +21,7 @@ def bench(load_script, monkeypatch):
     module = load_script("benchmarks/bench_cuda.py")
     monkeypatch.setattr(module, "DEV", "cpu")
     monkeypatch.setattr(module, "time_ms", lambda fn, **kw: (fn(), 0.5)[1])
-    monkeypatch.setattr(module, "copy_bandwidth", lambda: 1e12)
+    monkeypatch.setattr(module, "copy_bandwidth", lambda *a: 1e12)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (80 << 30, 80 << 30))
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: None)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)

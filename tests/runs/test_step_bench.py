@@ -92,3 +92,15 @@ def test_the_path_named_is_the_one_that_runs(monkeypatch, compute, auto_takes_it
     ran = "persistent" if runs else "fused"
     assert path == ran and ran == ("persistent" if compute == "persistent" or auto_takes_it else "fused")
 
+
+
+@pytest.mark.parametrize("method, path", [("sparse_engine_per_step", "fused"), ("sparse_engine_dense", "dense")])
+def test_each_path_method_runs_its_path(method, path):
+    """The table's per-path columns: at 33% and 24 units, where ``auto`` goes dense on the CPU, the
+    per-step method still runs the sparse kernels a step at a time, and the dense one materialises."""
+    from sparse_engine.recurrent import compute_paths
+
+    with compute_paths.default_compute("auto"):
+        assert bench.measure("sparse_engine", "LSTM", 24, 0.33, "cpu", 1, 0, T=3, B=2)["path"] == "dense"
+        r = bench.measure(method, "LSTM", 24, 0.33, "cpu", 1, 0, T=3, B=2)
+    assert r["status"] == "ok" and r["path"] == path
