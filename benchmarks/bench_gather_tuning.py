@@ -21,6 +21,7 @@ results file (benchmarks/common.py's rule: a bare name is written in benchmarks/
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -117,11 +118,10 @@ def main(argv=None) -> int:
         _C._set_gather_long_rows(*s)
         return time_ms(fn, budget_s=0.15)
 
-    def checked(op, fn, s):
+    def checked(W, X, G, op, fn, s):  # bound to a cell's W, X, G (functools.partial) for sweep_rows
         _C._set_gather_long_rows(*s)
-        return verdict(*check(cur["W"], cur["X"], cur["G"], {op: fn()}))
+        return verdict(*check(W, X, G, {op: fn()}))
 
-    cur = {}
     try:
         for n in a.n:
             for d in a.density:
@@ -140,15 +140,14 @@ def main(argv=None) -> int:
                             gen = torch.Generator(device="cuda").manual_seed(zlib.crc32(f"{n}/{d}/{law}/{B}".encode()))
                             X = torch.randn(n, B, generator=gen, device="cuda")
                             G = torch.randn(n, B, generator=gen, device="cuda")
-                            cur.update(W=W, X=X, G=G)
                             _C._set_gather_long_rows(*DEFAULT_SETTING)
-                            got = sweep_rows(cases_of(W, A, At, values_t, X, G, a.ops), settings, timed, checked)
+                            got = sweep_rows(cases_of(W, A, At, values_t, X, G, a.ops), settings, timed,
+                                             functools.partial(checked, W, X, G))
                             rows += [[f"{n:,}", f"{d * 100:g}%", law, B, *r] for r in got]
                             wrong |= any(r[-1].startswith("WRONG") for r in got)
                             c.result = [f"{len(got)} rows"]
                         write()
                     W = A = At = values_t = None
-                    cur.clear()
                     torch.cuda.empty_cache()
     finally:
         _C._set_gather_long_rows(*DEFAULT_SETTING)

@@ -217,8 +217,9 @@ void gates_backward(const scalar_t* acts, const scalar_t* c_prev, const scalar_t
 // 128M rows of 80 bytes a step). float32 on AVX2 takes sddmm's row kernel (sddmm_rows.h: groups of
 // 8 entries, one transposing reduction for the 8), whose products and sums are those of sddmm's
 // dot(G[r_k], X[j]) in the same order: the fused gradient is sddmm's, bit for bit (at the same
-// speed: docs/cpu_kernels.md, "Fused recurrent steps"). Otherwise the dot products in blocks of L lanes, the last masked to B, each block's lanes summed
-// in order. Fixed, whatever the threads. src: dG, rows of `ld`.
+// speed: docs/cpu_kernels.md, "Fused recurrent steps"). Otherwise the dot products in blocks of L
+// lanes, the last masked to B, each block's lanes summed in order. Fixed, whatever the threads.
+// src: dG, rows of `ld`.
 template <typename S>
 void add_row_dots(int64_t k0, int64_t k1, const int32_t* idx, const S* src, int64_t ld, const S* x, int64_t B,
                   int64_t nnz, S* dw) {
