@@ -46,7 +46,7 @@ def layout(mode: str, shapes, dtype: torch.dtype, device: torch.device, input_si
         found = (buf.numel(), tuple(w.storage_offset() for w in empty))
         if any(w.untyped_storage().data_ptr() != buf.untyped_storage().data_ptr() for w in empty):
             found = None
-    except RuntimeError:
+    except (RuntimeError, TypeError, AttributeError):  # refused, or another torch's signature: copies as before
         found = None
     with _lock:
         _layouts[key] = found
