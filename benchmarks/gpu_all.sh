@@ -413,7 +413,7 @@ if has persistent && begin "persistent recurrent kernels: tests, sanitizers, tab
     --budget-s "$(budget 90 330)" --out benchmarks/results/rnn_gpu_persistent.md ${copy[@]+"${copy[@]}"}
   # where the dense path's time goes against masked cuDNN (issue 44 item 2), and the persistent step's
   CAP=60 logged 8 $PY benchmarks/profile_rnn_step.py --device cuda --cells LSTM:1500:0.33 LSTM:4096:0.01 \
-    --methods dense masked_dense persistent --out benchmarks/results/profile_rnn_step_cuda.md ${copy[@]+"${copy[@]}"}
+    --methods dense dense_copied masked_dense persistent --out benchmarks/results/profile_rnn_step_cuda.md ${copy[@]+"${copy[@]}"}
   # auto's GPU rule (dense from 220 nonzeros a recurrent row, AUTO_MIN_ROW_GPU): the dense path's own time
   # against the persistent kernels' either side of it, and below the seventh run's sizes (256 and 512 units,
   # where the rule never or barely goes dense: an extrapolation until this table); the LSTM, the

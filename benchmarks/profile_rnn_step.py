@@ -9,7 +9,9 @@ Each method's section: its step time (wall, with the profiler on), the host sync
 read that waits for the queue), the host's time to queue a step (where it exceeds the device's busy
 time, the step waits for the host: Python, launches, cuDNN's set-up), on a GPU the device's busy time
 (the union of its kernels), and the `--top` operators or kernels by self time on the device
-(on the CPU: by self CPU time), per step.
+(on the CPU: by self CPU time), per step. Method ``dense_copied`` is the dense path without cuDNN's
+flat buffer (the weights handed over as separate matrices, which cuDNN copies at each call: the dense
+path before sparse_engine/recurrent/cudnn_flat.py), beside ``dense`` in the same run.
 
     python benchmarks/profile_rnn_step.py --device cuda --cells LSTM:1500:0.33 --out profile_rnn_step_cuda.md
     python benchmarks/profile_rnn_step.py --cells LSTM:256:0.33 --steps 2   # the CPU, a quick look
@@ -17,6 +19,7 @@ time, the step waits for the host: Python, launches, cuDNN's set-up), on a GPU t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -34,7 +37,11 @@ DEFAULT = "profile_rnn_step.md"
 TITLE = "Where a recurrent training step's time goes (torch.profiler)"
 #: method: (step_bench method, compute)
 METHODS = {"dense": ("sparse_engine", "dense"), "persistent": ("sparse_engine", "persistent"),
-           "sparse": ("sparse_engine", "sparse"), "masked_dense": ("masked_dense", None)}
+           "sparse": ("sparse_engine", "sparse"), "masked_dense": ("masked_dense", None),
+           "dense_copied": ("sparse_engine", "dense")}
+#: methods run with the library's cuDNN flat buffer switched off (sparse_engine/recurrent/cudnn_flat.py):
+#: the dense path as it was before it, separate matrices that cuDNN copies at each call, for an A/B in one run
+UNFLAT = ("dense_copied",)
 SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "aten::_local_scalar_dense")
 
 
@@ -70,6 +77,20 @@ def busy_ms(events, steps: int) -> float:
     return total / 1e3 / steps
 
 
+@contextlib.contextmanager
+def unflat():
+    """The dense path without cuDNN's flat buffer (``cudnn_flat.views`` gives None: the weights go to
+    cuDNN as separate matrices, which it copies at each call), for the block."""
+    from sparse_engine.recurrent import cudnn_flat
+
+    views = cudnn_flat.views
+    cudnn_flat.views = lambda *args: None
+    try:
+        yield
+    finally:
+        cudnn_flat.views = views
+
+
 def profiled(method: str, kind: str, H: int, density: float, device: str, steps: int, warmup: int, top: int,
              plain: bool = False):
     """(step ms with the profiler on, host syncs per step, the path that ran, [(name, us per step, calls
@@ -77,6 +98,9 @@ def profiled(method: str, kind: str, H: int, density: float, device: str, steps:
     "busy": ms a step the device was busy (GPU only)}) or a reason it did not run; with ``plain`` the
     steps run without the profiler (no table: for Nsight Compute)."""
     base, compute = METHODS[method]
+    if method in UNFLAT:
+        with unflat():
+            return profiled("dense", kind, H, density, device, steps, warmup, top, plain)
     built = step_bench.training_step(base, kind, H, density, device, compute)
     if built is None:
         return "no CUDA kernels"

@@ -28,3 +28,24 @@ def test_a_small_cpu_run_writes_the_host_time(load_script, tmp_path):
                 "--out", str(out)])
     text = out.read_text()
     assert "host queued a step in" in text and "device busy" not in text.split("## ")[1]
+
+
+def test_dense_copied_runs_the_dense_path_without_the_flat_buffer(load_script, tmp_path, monkeypatch):
+    """``dense_copied``: the dense path with cudnn_flat.views giving None for its steps only (the A/B
+    against the flat buffer in one run); the library's function is back afterwards."""
+    from sparse_engine.recurrent import cudnn_flat
+
+    bench = load_script("benchmarks/profile_rnn_step.py")
+    original, seen = cudnn_flat.views, []
+    monkeypatch.setattr(cudnn_flat, "views", lambda *a: seen.append("flat") or original(*a))
+    patched = cudnn_flat.views
+    with bench.unflat():
+        assert cudnn_flat.views(None, None, None, None, None, 1, False) is None
+    assert cudnn_flat.views is patched
+    out = tmp_path / "profile.md"
+    bench.main(["--cells", "LSTM:32:0.3", "--methods", "dense_copied", "--steps", "1", "--warmup", "0",
+                "--top", "3", "--out", str(out)])
+    assert seen == [] and cudnn_flat.views is patched  # the steps never asked for the buffer
+    bench.main(["--cells", "LSTM:32:0.3", "--methods", "dense", "--steps", "1", "--warmup", "0", "--top", "3",
+                "--out", str(out)])
+    assert seen and "dense (path: dense)" in out.read_text()
