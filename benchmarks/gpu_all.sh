@@ -83,7 +83,9 @@
 #   writes its weights into cuDNN's flat buffer, recurrent/cudnn_flat.py: no copy or warning at each call,
 #   test_cudnn_flat.py's CUDA test checks the layout against nn.LSTM's). Then on the warm machine
 #   DEADLINE_S=200 STAGES=gather_tuning (~2 min: which multiples win spmm's Zipf cells at B = 1 and B >= 128; a rule
-#   from it lands in common.cuh), then DEADLINE_S=260 STAGES=caps (the GRU rows past 8G) or STAGES=bench
+#   from it lands in common.cuh), with STAGES="gather_tuning profile_large" if a minute more is left (the per-step
+#   backward now gathers dG once for W_hh^T dG and W_hh's gradient: the million-unit step against the seventh
+#   run's 1.20 s), then DEADLINE_S=260 STAGES=caps (the GRU rows past 8G) or STAGES=bench
 #   BENCH_DTYPES=float32 benchmarks/gpu_all.sh --n 262144 (the rest of N = 262,144); later the bf16 grid.
 #   Issue 44's item-5 table (ours by path, masked cuDNN, torch.sparse, the step's floor) is two commands of
 #   their own: DEADLINE_S=575 STAGES=table (~8 min), then STAGES=table_large (~6 min, 10^6 units included).

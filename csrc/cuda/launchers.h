@@ -164,6 +164,31 @@ cudaError_t launch_rnn_step_backward(CellMode mode, const int64_t* csc_ptr, cons
                                      double* dgx, double* dc_prev, double* dh_prev, int64_t H, int64_t B,
                                      double dt, double tau, int32_t* workspace, cudaStream_t stream);
 
+// launch_rnn_step_backward, and W_hh's gradient in the transposed order: dw_t[k] += sum_b h_in[j, b]
+// dG[csc_row[k], b] for each entry k of W_hh's column j (launch_sddmm_add on the transposed index:
+// the same sums, bit for bit). max_col: W_hh's longest column (the checked transposed index's longest
+// row). Where neither product lists a long row and the batch is one tile of both (at most 8 vector
+// columns, the same loads), W_hh^T dG and the gradient share one pass that reads each dG row once;
+// else the gather, then launch_sddmm_add. workspace: the larger of rnn_step_backward_workspace_len(H,
+// nnz, max_col, B, sizeof(T)) and sddmm_workspace_len(H, nnz, max_col) int32 entries.
+// Whether launch_rnn_step_backward_wgrad takes its one pass for these sizes, the gather's and the
+// sddmm's operands 16-byte aligned or not (dG and dh_prev; h_in and dG).
+bool rnn_step_wgrad_one_pass(int64_t H, int64_t nnz, int64_t max_col, int64_t B, int64_t elem_bytes,
+                             bool gather_aligned, bool sddmm_aligned);
+cudaError_t launch_rnn_step_backward_wgrad(CellMode mode, const int64_t* csc_ptr, const int32_t* csc_row,
+                                           const int32_t* csc_perm, const float* values, int64_t nnz, int64_t max_col,
+                                           const float* acts, const float* c_prev, const float* c, const float* h,
+                                           const float* dh, const float* dc, float* dG, float* dgx, float* dc_prev,
+                                           float* dh_prev, const float* h_in, float* dw_t, int64_t H, int64_t B,
+                                           double dt, double tau, int32_t* workspace, cudaStream_t stream);
+cudaError_t launch_rnn_step_backward_wgrad(CellMode mode, const int64_t* csc_ptr, const int32_t* csc_row,
+                                           const int32_t* csc_perm, const double* values, int64_t nnz,
+                                           int64_t max_col, const double* acts, const double* c_prev,
+                                           const double* c, const double* h, const double* dh, const double* dc,
+                                           double* dG, double* dgx, double* dc_prev, double* dh_prev,
+                                           const double* h_in, double* dw_t, int64_t H, int64_t B, double dt,
+                                           double tau, int32_t* workspace, cudaStream_t stream);
+
 // ------------------------------------------------------------------ rnn_sequence (rnn_sequence_cuda.cu)
 // A layer-direction's whole sequence in one persistent (cooperative) launch, forward or backward:
 // LSTM, GRU, RNN_TANH, RNN_RELU (rnn_sequence_mode), float32/float64. W_hh as in rnn_step; every

@@ -17,7 +17,10 @@
 // Backward: gates_backward_kernel (elementwise, grid-stride) writes dG and the other
 // elementwise outputs, then launch_gather (spmm_cuda.cu) computes W_hh^T dG over the transposed
 // index, with its long-column handling, and for GRU/CT-RNN add_direct_kernel adds the direct
-// path (dh z, dh (1 - dt/tau)).
+// path (dh z, dh (1 - dt/tau)). launch_rnn_step_backward_wgrad adds W_hh's gradient: where
+// both products run one batch tile of the same lane layout and list no long row, W_hh^T dG and
+// the gradient share one pass over the transposed index (wgrad_rows_kernel: each dG row gathered
+// once for both, their sums in their own orders), else launch_sddmm_add after the backward.
 // Every sum has a fixed order: the results are bitwise reproducible.
 #include "common.cuh"
 #include "launchers.h"
@@ -221,15 +224,126 @@ __global__ void __launch_bounds__(kEltThreads, kMinBlocks<kEltThreads>) add_dire
   }
 }
 
+// W_hh^T dG and W_hh's gradient in one pass over the transposed index: for W_hh's column j, each
+// entry k gathers dG's row r_k = csc_row[k] once for both dh_prev[j] = sum_k v_k dG[r_k] (launch_gather)
+// and dw_t[k] += <h_in[j], dG[r_k]> (launch_sddmm_add on the transposed index), which gathered it
+// each (at 10^6 units a pass gathers 128M rows of 80 bytes, most from memory). One warp a column,
+// one batch tile of CW lanes of VEC columns: gather_chunk's loads and sum for dh, sddmm_chunk's dots
+// and reduce-scatter for dw, so both results are those two kernels' bit for bit.
+template <typename T>
+struct WgradArgs {
+  const int64_t* __restrict__ ptr;   // csc_ptr
+  const int32_t* __restrict__ idx;   // csc_row
+  const int32_t* __restrict__ perm;  // csc_perm, or nullptr: the values in column order
+  const T* __restrict__ values;
+  const T* __restrict__ dG;
+  const T* __restrict__ h_in;
+  T* __restrict__ dh_prev;
+  T* __restrict__ dw_t;
+  int64_t H, B;
+  int64_t C;  // vector columns: B / VEC, at most CW (one tile)
+};
+
+// The 32 entries [k0, min(k0 + 32, end)) of column `row`: g, this lane's slice of h_in[row]; acc, its
+// running part of dh_prev[row].
+template <typename T, int VEC, int CW, bool FULL>
+__device__ __forceinline__ void wgrad_chunk(const WgradArgs<T>& a, const acc_t<T> (&g)[VEC], int64_t k0, int64_t end,
+                                            int64_t cv, bool active, int lane, acc_t<T> (&acc)[VEC]) {
+  using A = acc_t<T>;
+  constexpr int S = kWarp / CW;
+  const int s = lane / CW, c = lane % CW;
+  const int64_t k = k0 + lane, m = end - k0;
+  int32_t my_idx = 0;
+  A my_val = A(0);
+  if (FULL || k < end) {
+    my_idx = a.idx[k];
+    my_val = to_acc(a.values[a.perm ? a.perm[k] : k]);
+  }
+  A p[CW];  // the dots of this lane's slot's entries, over its columns
+#pragma unroll
+  for (int jj = 0; jj < CW; ++jj) p[jj] = A(0);
+#pragma unroll
+  for (int jj = 0; jj < CW; ++jj) {
+    const int j = jj * S + s;
+    const int32_t col = __shfl_sync(kFullMask, my_idx, j);
+    const A v = __shfl_sync(kFullMask, my_val, j);
+    if (active && (FULL || j < m)) {
+      A x[VEC];
+      load_vec<T, VEC>(a.dG + static_cast<int64_t>(col) * a.B + cv * VEC, x);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) acc[e] = fma(v, x[e], acc[e]);
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) p[jj] = fma(g[e], x[e], p[jj]);
+    }
+  }
+  reduce_scatter<CW / 2>(p, c);
+  const A r = __shfl_sync(kFullMask, p[0], (lane % S) * CW + lane / S);  // entry `lane`'s dot
+  if (FULL || k < end) a.dw_t[k] = from_acc<T>(to_acc(a.dw_t[k]) + to_acc(from_acc<T>(r)));
+}
+
+template <typename T, int VEC, int CW>
+__global__ void __launch_bounds__(kRowWarps * kWarp, kMinBlocks<kRowWarps * kWarp>) wgrad_rows_kernel(const WgradArgs<T> a) {
+  using A = acc_t<T>;
+  const int lane = threadIdx.x % kWarp;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowWarps + threadIdx.x / kWarp;
+  if (row >= a.H) return;  // whole warp leaves: no block-level sync in this kernel
+  const int64_t start = a.ptr[row], end = a.ptr[row + 1];
+  const int c = lane % CW, s = lane / CW;
+  const bool active = c < a.C;
+  A g[VEC], acc[VEC];
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) g[e] = acc[e] = A(0);
+  if (active) load_vec<T, VEC>(a.h_in + row * a.B + c * VEC, g);
+  for (int64_t k0 = start; k0 < end; k0 += kWarp) {
+    if (end - k0 >= kWarp)
+      wgrad_chunk<T, VEC, CW, true>(a, g, k0, end, c, active, lane, acc);
+    else
+      wgrad_chunk<T, VEC, CW, false>(a, g, k0, end, c, active, lane, acc);
+  }
+#pragma unroll
+  for (int o = CW; o < kWarp; o *= 2) {  // the slots' parts of dh_prev, as gather_range adds them
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) acc[e] += __shfl_xor_sync(kFullMask, acc[e], o);
+  }
+  if (s == 0 && active) store_vec<T, VEC>(a.dh_prev + row * a.B + c * VEC, acc);
+}
+
+// The widest tile of the one pass: sddmm_cuda.cu's kSddmmLanes (its tile; the gather's is as wide as
+// the batch, up to 32 lanes), so that both kernels would run this batch in one tile of this layout.
+constexpr int kWgradLanes = 8;
+
+// The one pass's launch, or false where rnn_step_wgrad_one_pass says the two kernels run: then the caller
+// runs them.
+template <typename T>
+bool wgrad_pass(const WgradArgs<T>& a0, int64_t nnz, int64_t max_col, cudaStream_t stream, cudaError_t* err) {
+  const bool gather_aligned = aligned16(a0.dG) && aligned16(a0.dh_prev);  // launch_gather's 16-byte loads
+  const bool sddmm_aligned = aligned16(a0.h_in) && aligned16(a0.dG);      // launch_sddmm's
+  if (!rnn_step_wgrad_one_pass(a0.H, nnz, max_col, a0.B, sizeof(T), gather_aligned, sddmm_aligned)) return false;
+  const bool wide = gather_aligned && a0.B % kWideVec<T> == 0;
+  WgradArgs<T> a = a0;
+  a.C = wide ? a.B / kWideVec<T> : a.B;
+  *err = dispatch_vec_lanes<T, kWgradLanes>(wide, a.C, [&](auto vec, auto lanes) {
+    wgrad_rows_kernel<T, decltype(vec)::value, decltype(lanes)::value>
+        <<<static_cast<unsigned>(cdiv(a.H, kRowWarps)), kRowWarps * kWarp, 0, stream>>>(a);
+    return cudaGetLastError();
+  });
+  return true;
+}
+
+// wgrad: W_hh's gradient in the transposed order (dw_t += ...) where not null, with h_in and max_col.
 template <typename T, CellMode M>
 cudaError_t backward_mode(const BackArgs<T>& a, const int64_t* csc_ptr, const int32_t* csc_row,
-                          const int32_t* csc_perm, const T* values, int64_t nnz, int32_t* workspace,
-                          cudaStream_t stream) {
+                          const int32_t* csc_perm, const T* values, int64_t nnz, const WgradArgs<T>* wgrad,
+                          int64_t max_col, int32_t* workspace, cudaStream_t stream) {
   const int64_t blocks = std::min<int64_t>(cdiv(a.H * a.B, kEltThreads), 32LL * num_sms());
   gates_backward_kernel<T, M><<<static_cast<unsigned>(blocks), kEltThreads, 0, stream>>>(a);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  err = launch_gather(csc_ptr, csc_row, csc_perm, values, a.dG, a.dh_prev, a.H, a.B, nnz, workspace, stream);
+  if (wgrad == nullptr || nnz == 0 || !wgrad_pass(*wgrad, nnz, max_col, stream, &err)) {
+    err = launch_gather(csc_ptr, csc_row, csc_perm, values, a.dG, a.dh_prev, a.H, a.B, nnz, workspace, stream);
+    if (err == cudaSuccess && wgrad != nullptr && nnz > 0)  // on the transposed index: its rows W_hh's columns
+      err = launch_sddmm_add(csc_ptr, csc_row, wgrad->h_in, a.dG, wgrad->dw_t, a.H, a.B, nnz, workspace, stream);
+  }
   if (err != cudaSuccess || !(M == CellMode::GRU || M == CellMode::CTRNN)) return err;
   add_direct_kernel<T, M><<<static_cast<unsigned>(blocks), kEltThreads, 0, stream>>>(a);
   return cudaGetLastError();
@@ -239,12 +353,15 @@ template <typename T>
 cudaError_t backward(CellMode mode, const int64_t* csc_ptr, const int32_t* csc_row, const int32_t* csc_perm,
                      const T* values, int64_t nnz, const T* acts, const T* c_prev, const T* c, const T* h,
                      const T* dh, const T* dc, T* dG, T* dgx, T* dc_prev, T* dh_prev, int64_t H, int64_t B,
-                     double dt, double tau, int32_t* workspace, cudaStream_t stream) {
+                     double dt, double tau, int32_t* workspace, cudaStream_t stream, const T* h_in = nullptr,
+                     T* dw_t = nullptr, int64_t max_col = 0) {
   if (H <= 0 || B <= 0) return cudaSuccess;
   const BackArgs<T> a{acts, c_prev, c, h, dh, dc, dG, dgx, dc_prev, dh_prev, H, B,
                       static_cast<T>(1 - dt / tau), static_cast<T>(dt)};
+  const WgradArgs<T> w{csc_ptr, csc_row, csc_perm, values, dG, h_in, dh_prev, dw_t, H, B, 0};
   return dispatch_mode(mode, [&](auto m) {
-    return backward_mode<T, decltype(m)::value>(a, csc_ptr, csc_row, csc_perm, values, nnz, workspace, stream);
+    return backward_mode<T, decltype(m)::value>(a, csc_ptr, csc_row, csc_perm, values, nnz,
+                                                dw_t != nullptr ? &w : nullptr, max_col, workspace, stream);
   });
 }
 
@@ -292,6 +409,36 @@ cudaError_t launch_rnn_step_backward(CellMode mode, const int64_t* csc_ptr, cons
                                      double dt, double tau, int32_t* workspace, cudaStream_t stream) {
   return backward<double>(mode, csc_ptr, csc_row, csc_perm, values, nnz, acts, c_prev, c, h, dh, dc, dG, dgx,
                           dc_prev, dh_prev, H, B, dt, tau, workspace, stream);
+}
+
+bool rnn_step_wgrad_one_pass(int64_t H, int64_t nnz, int64_t max_col, int64_t B, int64_t elem_bytes,
+                             bool gather_aligned, bool sddmm_aligned) {
+  const int64_t wide_vec = 16 / elem_bytes;
+  const bool gather_wide = B % wide_vec == 0 && gather_aligned, sddmm_wide = B % wide_vec == 0 && sddmm_aligned;
+  const int64_t C = gather_wide ? B / wide_vec : B;
+  return H > 0 && B > 0 && nnz > 0 && gather_wide == sddmm_wide && C <= kWgradLanes &&
+         gather_workspace_len(H, nnz, max_col, B, elem_bytes) == 0 && sddmm_workspace_len(H, nnz, max_col) == 0;
+}
+
+cudaError_t launch_rnn_step_backward_wgrad(CellMode mode, const int64_t* csc_ptr, const int32_t* csc_row,
+                                           const int32_t* csc_perm, const float* values, int64_t nnz, int64_t max_col,
+                                           const float* acts, const float* c_prev, const float* c, const float* h,
+                                           const float* dh, const float* dc, float* dG, float* dgx, float* dc_prev,
+                                           float* dh_prev, const float* h_in, float* dw_t, int64_t H, int64_t B,
+                                           double dt, double tau, int32_t* workspace, cudaStream_t stream) {
+  return backward<float>(mode, csc_ptr, csc_row, csc_perm, values, nnz, acts, c_prev, c, h, dh, dc, dG, dgx,
+                         dc_prev, dh_prev, H, B, dt, tau, workspace, stream, h_in, dw_t, max_col);
+}
+
+cudaError_t launch_rnn_step_backward_wgrad(CellMode mode, const int64_t* csc_ptr, const int32_t* csc_row,
+                                           const int32_t* csc_perm, const double* values, int64_t nnz,
+                                           int64_t max_col, const double* acts, const double* c_prev,
+                                           const double* c, const double* h, const double* dh, const double* dc,
+                                           double* dG, double* dgx, double* dc_prev, double* dh_prev,
+                                           const double* h_in, double* dw_t, int64_t H, int64_t B, double dt,
+                                           double tau, int32_t* workspace, cudaStream_t stream) {
+  return backward<double>(mode, csc_ptr, csc_row, csc_perm, values, nnz, acts, c_prev, c, h, dh, dc, dG, dgx,
+                          dc_prev, dh_prev, H, B, dt, tau, workspace, stream, h_in, dw_t, max_col);
 }
 
 }  // namespace cuda

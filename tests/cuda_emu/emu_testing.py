@@ -17,8 +17,8 @@ from cuda_emu import emu_build
 SUITE = os.environ.get("SPARSE_ENGINE_EMU_SUITE", "small")  # the drivers' inputs; "full": bigger cases
 SEEDS = os.environ.get("SPARSE_ENGINE_EMU_SEEDS", "1,2,3").split(",")
 # Each driver (tests/cuda_emu/<driver>.cpp) and the kernel files (csrc/cuda/<file>.cu) it runs.
-DRIVERS = {"driver": ["spmm_cuda", "sddmm_cuda", "transpose_cuda"], "rnn_driver": ["rnn_step_cuda", "spmm_cuda"],
-           "seq_driver": ["rnn_sequence_cuda"]}
+DRIVERS = {"driver": ["spmm_cuda", "sddmm_cuda", "transpose_cuda"],
+           "rnn_driver": ["rnn_step_cuda", "spmm_cuda", "sddmm_cuda"], "seq_driver": ["rnn_sequence_cuda"]}
 STATS = re.compile(r"^emu seed=\d+ launches=(\d+) blocks=(\d+) threads=(\d+) block_switches=(\d+) "
                    r"max_live_blocks=(\d+) order=(\w+) outputs=(\w+)$", re.M)
 

@@ -31,9 +31,9 @@ TABLE = ROOT / "docs" / "cuda_planted_bugs.md"
 
 # Which emulator executables a file's kernels run in: (kernel files, driver).
 DRIVER = ("driver", ["spmm_cuda", "sddmm_cuda", "transpose_cuda"])
-RNN_DRIVER = ("rnn_driver", ["rnn_step_cuda", "spmm_cuda"])
+RNN_DRIVER = ("rnn_driver", ["rnn_step_cuda", "spmm_cuda", "sddmm_cuda"])
 SEQ_DRIVER = ("seq_driver", ["rnn_sequence_cuda"])
-DRIVERS = {"spmm_cuda.cu": [DRIVER, RNN_DRIVER], "sddmm_cuda.cu": [DRIVER], "transpose_cuda.cu": [DRIVER],
+DRIVERS = {"spmm_cuda.cu": [DRIVER, RNN_DRIVER], "sddmm_cuda.cu": [DRIVER, RNN_DRIVER], "transpose_cuda.cu": [DRIVER],
            "rnn_step_cuda.cu": [RNN_DRIVER], "rnn_sequence_cuda.cu": [SEQ_DRIVER], "sequence_dot.cuh": [SEQ_DRIVER],
            "common.cuh": [DRIVER, RNN_DRIVER, SEQ_DRIVER]}
 # (stage, variant, suite, seeds)
@@ -93,6 +93,13 @@ BUGS = [
         "a.out[k] = a.add ? from_acc<T>(to_acc(a.out[k]) + to_acc(from_acc<T>(r))) : from_acc<T>(r);",
         "a.out[k] = from_acc<T>(r);",
         "sddmm_chunk: launch_sddmm_add (the fused step's weight gradient) overwrites out instead of adding to it"),
+    Bug("wgrad-overwrites", "rnn_step_cuda.cu",
+        "a.dw_t[k] = from_acc<T>(to_acc(a.dw_t[k]) + to_acc(from_acc<T>(r)));", "a.dw_t[k] = from_acc<T>(r);",
+        "wgrad_chunk: the fused step backward's one pass overwrites W_hh's gradient instead of adding to it"),
+    Bug("wgrad-slots-unsummed", "rnn_step_cuda.cu",
+        "  for (int o = CW; o < kWarp; o *= 2) {  // the slots' parts of dh_prev",
+        "  for (int o = 2 * CW; o < kWarp; o *= 2) {  // the slots' parts of dh_prev",
+        "wgrad_rows_kernel: dh_prev sums one slot pair less (the first xor shuffle skipped)"),
     Bug("misaligned-vector-load", "spmm_cuda.cu",
         "const bool wide = B % kWide == 0 && aligned16(src) && aligned16(out);", "const bool wide = B % kWide == 0;",
         "gather: 16-byte loads and stores without checking the pointers' alignment"),

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 #include "driver_util.h"
 #include "emu_runtime.h"
@@ -145,16 +146,52 @@ void run(CellMode mode, const char* pname, const std::vector<int64_t>& lens, int
   check("dh_prev", dhp, rdh, sdh, rel);
   if (mode == CellMode::LSTM) check("dc_prev", dcp, rdc, sdc, rel); else if (!dcp.intact()) { printf("  FAIL dc_prev written\n"); ++failures; }
   if (mode == CellMode::GRU) check("dgx", dgx, rgx, sgx, rel); else if (!dgx.intact()) { printf("  FAIL dgx written\n"); ++failures; }
-  for (const Buf<T>* b : {&h2, &c2, &acts, &dG, &dgx, &dcp, &dhp}) hash_outputs(*b);
+  // ---- the backward with W_hh's gradient (launch_rnn_step_backward_wgrad): the same outputs bit for bit,
+  // and dw_t = dw0 + the sddmm of the transposed index, h_in (here h) against the kernel's dG, bit for bit
+  // launch_sddmm_add's after the plain backward and within rounding of float64; one pass where the launcher
+  // says it fuses, else the two kernels
+  Buf<T> dw_two(nnz, off), dw_one(nnz, off), dG1(G * HB, off), dgx1(3 * HB, off), dcp1(HB, off), dhp1(HB, off);
+  dw_two.randomize(g);
+  for (int64_t k = 0; k < nnz; ++k) dw_one.v[off + k] = dw_two[k];
+  std::vector<double> rdw(nnz), sdw(nnz);
+  for (int64_t j = 0; j < H; ++j)
+    for (int64_t k = cp[j]; k < cp[j + 1]; ++k) {
+      double d = dw_two[k], a = std::fabs(d);
+      for (int64_t b = 0; b < B; ++b) {
+        const double t = (double)h[j * B + b] * (double)dG[(int64_t)cr[k] * B + b];
+        d += t; a += std::fabs(t);
+      }
+      rdw[k] = d; sdw[k] = a;
+    }
+  const int64_t wl_s = sddmm_workspace_len(H, nnz, max_col);
+  std::vector<int32_t> ws2(std::max<int64_t>({1, wl, wl_s}), 0x5a5a5a5a);
+  if (nnz > 0 && launch_sddmm_add(cp.data(), cr.data(), h.p(), dG.p(), dw_two.p(), H, B, nnz,
+                                  wl_s ? ws2.data() : nullptr, kStream) != cudaSuccess) {
+    printf("  FAIL sddmm_add returned an error\n"); ++failures;
+  }
+  std::fill(ws2.begin(), ws2.end(), 0x5a5a5a5a);
+  e = launch_rnn_step_backward_wgrad(mode, cp.data(), cr.data(), pm.data(), vals.data(), nnz, max_col,
+                                     nacts ? acts.p() : nullptr, mode == CellMode::LSTM ? c.p() : nullptr,
+                                     mode == CellMode::LSTM ? c2.p() : nullptr, hin, dh.p(),
+                                     mode == CellMode::LSTM ? dc.p() : nullptr, dG1.p(), mode == CellMode::GRU ? dgx1.p() : nullptr,
+                                     mode == CellMode::LSTM ? dcp1.p() : nullptr, dhp1.p(), h.p(), dw_one.p(), H, B, dt, tau,
+                                     std::max(wl, wl_s) ? ws2.data() : nullptr, kStream);
+  if (e != cudaSuccess) { printf("  FAIL backward_wgrad returned %d\n", (int)e); ++failures; }
+  const bool one_pass = rnn_step_wgrad_one_pass(H, nnz, max_col, B, sizeof(T), !mis, !mis);
+  for (auto [what, a, b] : {std::tuple{"dG", &dG, &dG1}, {"dgx", &dgx, &dgx1}, {"dc_prev", &dcp, &dcp1},
+                            {"dh_prev", &dhp, &dhp1}, {"dw_t", &dw_two, &dw_one}})
+    if (a->v != b->v) { printf("  FAIL %s of the backward with the weight gradient: other bits\n", what); ++failures; }
+  check("dw_t", dw_one, rdw, sdw, rel);
+  for (const Buf<T>* b : {&h2, &c2, &acts, &dG, &dgx, &dcp, &dhp, &dw_one}) hash_outputs(*b);
   int64_t max_row = 0;
   for (int64_t r = 0; r < G * H; ++r) max_row = std::max(max_row, m.ptr[r + 1] - m.ptr[r]);
   // the long columns W_hh^T dG listed: one block each, or split (a row's first slot of the split list)
   long long_cols = wl ? ws[0] : -1;
   if (const int64_t at = gather_split_list_offset(H, nnz, B, sizeof(T)); wl && at >= 0)
     for (int32_t sl = 0; sl < ws[at]; ++sl) long_cols += ws[at + 1 + sl] >= 0;
-  printf("%s %-8s %-8s H=%-4ld B=%-3ld mis=%d nnz=%-6ld max row=%-4ld long cols=%ld %s\n", sizeof(T) == 4 ? "f32" : "f64",
-         kCellModeNames[static_cast<int>(mode)], pname, (long)H, (long)B, (int)mis, (long)nnz,
-         (long)max_row, long_cols, failures == before ? "ok" : "FAILED");
+  printf("%s %-8s %-8s H=%-4ld B=%-3ld mis=%d nnz=%-6ld max row=%-4ld long cols=%ld wgrad=%s %s\n",
+         sizeof(T) == 4 ? "f32" : "f64", kCellModeNames[static_cast<int>(mode)], pname, (long)H, (long)B, (int)mis,
+         (long)nnz, (long)max_row, long_cols, one_pass ? "one-pass" : "two-kernels", failures == before ? "ok" : "FAILED");
 }
 
 }  // namespace

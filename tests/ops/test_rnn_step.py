@@ -352,7 +352,9 @@ def test_step_backward_adds_the_weight_gradient(dtype):
     """Each step backward given h_in and dw_t adds dG h_in^T at W_hh's nonzeros to dw_t in the
     transposed index's order (CUDA: an accumulating sddmm on the transposed index, the same dot
     products; the CPU fuses it into its W^T dG pass): against sddmm on the same device, added to
-    what dw_t held; on CUDA bit for bit."""
+    what dw_t held; on CUDA bit for bit, and the step's other outputs those of the backward without
+    dw_t, bit for bit (float32 at B = 20 takes the one pass that gathers dG once for W^T dG and the
+    gradient, float64 the two kernels: launchers.h, launch_rnn_step_backward_wgrad)."""
     g = torch.Generator().manual_seed(11)
     H, B = 33, 20
     rnd = lambda *s: torch.randn(*s, generator=g, dtype=dtype).to(DEV)  # noqa: E731
@@ -374,6 +376,8 @@ def test_step_backward_adds_the_weight_gradient(dtype):
         want = start + RAW.sddmm(*W.index, dG, h_in)[W.csc_perm.long()]
         if DEV == "cuda":
             assert torch.equal(dw, want)
+            for got, plain in zip(out, call(W, v)):
+                assert (got is None and plain is None) or torch.equal(got, plain)
         torch.testing.assert_close(dw, want, **TOL[dtype])
 
 
@@ -763,4 +767,11 @@ def test_fused_rnn_step_kernels_match_float64_references_on_the_emulator(rnn_dri
         # three batch tiles: more than the emulated grid.y (2), so the forward's tile loop ran twice
         assert any(" B=67 " in line for line in lines)
         assert_every_kernel_ran(proc, ["rnn_step_cuda", "spmm_cuda"])
+        # the backward with W_hh's gradient: one pass (every mode, both dtypes) and the two kernels (wide
+        # batches, long columns, misaligned states) both ran, each bit for bit the other's
+        for dtype in ("f32", "f64"):
+            for mode in MODE_IDS:
+                assert any(line.startswith(f"{dtype} {mode} ") and "wgrad=one-pass" in line for line in lines), mode
+        assert any("wgrad=two-kernels" in line and "long cols=5" in line for line in lines)
+        assert any("wgrad=two-kernels" in line and " B=33 " in line for line in lines)
     assert_orders_vary_and_outputs_do_not(rnn_driver_runs)
