@@ -153,6 +153,7 @@ void run(CellMode mode, const char* pname, const std::vector<int64_t>& lens, int
   Buf<T> dw_two(nnz, off), dw_one(nnz, off), dG1(G * HB, off), dgx1(3 * HB, off), dcp1(HB, off), dhp1(HB, off);
   dw_two.randomize(g);
   for (int64_t k = 0; k < nnz; ++k) dw_one.v[off + k] = dw_two[k];
+  const std::vector<T> dw_init(dw_two.v.begin() + off, dw_two.v.begin() + off + nnz);
   std::vector<double> rdw(nnz), sdw(nnz);
   for (int64_t j = 0; j < H; ++j)
     for (int64_t k = cp[j]; k < cp[j + 1]; ++k) {
@@ -182,6 +183,21 @@ void run(CellMode mode, const char* pname, const std::vector<int64_t>& lens, int
                             {"dh_prev", &dhp, &dhp1}, {"dw_t", &dw_two, &dw_one}})
     if (a->v != b->v) { printf("  FAIL %s of the backward with the weight gradient: other bits\n", what); ++failures; }
   check("dw_t", dw_one, rdw, sdw, rel);
+  // the same given the values in column order (values_t, no permutation: what a recurrence passes)
+  std::vector<T> vt(nnz);
+  for (int64_t k = 0; k < nnz; ++k) vt[k] = vals[pm[k]];
+  Buf<T> dw_vt(nnz, off), dhp2(HB, off), dG2(G * HB, off), dgx2(3 * HB, off), dcp2(HB, off);
+  for (int64_t k = 0; k < nnz; ++k) dw_vt.v[off + k] = dw_init[k];
+  std::fill(ws2.begin(), ws2.end(), 0x5a5a5a5a);
+  e = launch_rnn_step_backward_wgrad(mode, cp.data(), cr.data(), nullptr, vt.data(), nnz, max_col,
+                                     nacts ? acts.p() : nullptr, mode == CellMode::LSTM ? c.p() : nullptr,
+                                     mode == CellMode::LSTM ? c2.p() : nullptr, hin, dh.p(),
+                                     mode == CellMode::LSTM ? dc.p() : nullptr, dG2.p(), mode == CellMode::GRU ? dgx2.p() : nullptr,
+                                     mode == CellMode::LSTM ? dcp2.p() : nullptr, dhp2.p(), h.p(), dw_vt.p(), H, B, dt, tau,
+                                     std::max(wl, wl_s) ? ws2.data() : nullptr, kStream);
+  if (e != cudaSuccess || dhp2.v != dhp1.v || dw_vt.v != dw_one.v) {
+    printf("  FAIL the backward with the weight gradient and values_t: other bits than with the permutation\n"); ++failures;
+  }
   for (const Buf<T>* b : {&h2, &c2, &acts, &dG, &dgx, &dcp, &dhp, &dw_one}) hash_outputs(*b);
   int64_t max_row = 0;
   for (int64_t r = 0; r < G * H; ++r) max_row = std::max(max_row, m.ptr[r + 1] - m.ptr[r]);
