@@ -32,6 +32,12 @@ def layout(mode: str, shapes, dtype: torch.dtype, device: torch.device, input_si
     if (device.type != "cuda" or mode not in CUDNN_MODES or not torch.backends.cudnn.enabled
             or not torch.backends.cudnn.is_available()):
         return None
+    return _learned(mode, shapes, dtype, device, input_size, hidden_size, proj_size, num_layers, bidirectional)
+
+
+def _learned(mode: str, shapes, dtype: torch.dtype, device: torch.device, input_size: int, hidden_size: int,
+             proj_size: int, num_layers: int, bidirectional: bool):
+    """:func:`layout` as torch's flatten gives it (asked once per key, kept; None where it fails)."""
     shapes = tuple(tuple(s) for s in shapes)
     key = (mode, shapes, dtype, device, input_size, hidden_size, proj_size, num_layers, bidirectional)
     with _lock:

@@ -115,6 +115,37 @@ def test_no_layout_off_cuda():
                             torch.zeros(1, 1, 7), 1, False) is None
 
 
+def test_the_layout_is_read_from_torchs_flatten_once_per_shape(monkeypatch):
+    """What layout() reads from torch's flatten (stubbed on the CPU: each weight set to a view of the
+    buffer it returns, in reverse order with gaps): the buffer's size and each weight's offset, asked
+    once per key; a flatten that fails, or leaves a weight outside its buffer, gives None (kept too)."""
+    calls = []
+
+    def flatten(weights, stride0, input_size, mode, hidden, proj, layers, batch_first, bidirectional):
+        calls.append((stride0, input_size, mode, hidden, proj, layers, bidirectional))
+        sizes = [w.numel() for w in weights]
+        buf = torch.zeros(sum(sizes) + 3 * len(sizes) + 5, dtype=weights[0].dtype)
+        at = 5
+        for w, n in reversed(list(zip(weights, sizes))):
+            w.set_(buf.untyped_storage(), at, w.shape, w.stride())
+            at += n + 3
+        return buf
+    monkeypatch.setattr(torch, "_cudnn_rnn_flatten_weight", flatten)
+    monkeypatch.setattr(cudnn_flat, "_layouts", {})  # this test's keys, gone after it
+    shapes = [(28, 3), (28, 7), (28,), (28,)]
+    args = ("LSTM", shapes, torch.float64, torch.device("cpu"), 3, 7, 0, 1, False)
+    got = cudnn_flat._learned(*args)
+    # reversed: b_hh at 5, b_ih at 5 + 28 + 3 = 36, w_hh at 67, w_ih at 67 + 196 + 3 = 266; 266 + 84 + 3 = 353
+    assert got == (353, (266, 67, 36, 5)) and calls == [(4, 3, 2, 7, 0, 1, False)]
+    assert cudnn_flat._learned(*args) == got and len(calls) == 1  # kept
+    gru = ("GRU", [(21, 3), (21, 7)], torch.float64, torch.device("cpu"), 3, 7, 0, 1, True)
+    monkeypatch.setattr(torch, "_cudnn_rnn_flatten_weight", lambda *a: (_ for _ in ()).throw(RuntimeError("no")))
+    assert cudnn_flat._learned(*gru) is None and cudnn_flat._learned(*gru) is None
+    monkeypatch.setattr(torch, "_cudnn_rnn_flatten_weight", lambda weights, *a: torch.zeros(100))  # nothing set
+    assert cudnn_flat._learned("RNN_TANH", [(7, 3), (7, 7)], torch.float32, torch.device("cpu"), 3, 7, 0, 1,
+                               False) is None
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("mode, L, bi, bias, proj", [("LSTM", 1, False, True, 0), ("LSTM", 2, True, True, 0),
                                                      ("GRU", 2, False, False, 0), ("LSTM", 1, False, True, 8),
