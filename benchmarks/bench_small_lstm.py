@@ -12,7 +12,9 @@ batch 20, SGD through ``p.data`` with clipping as the example does; evaluation a
 nn.LSTM and with SparseLSTM at density 0.33; ``--epoch`` a whole epoch of that example over a fixed
 corpus of random token ids (``--epoch-batches`` training batches, then the validation pass over
 a quarter as many tokens at batch 10), each model in turn. ``--sweep`` adds the sparse/dense
-crossover over hidden sizes and densities that ``compute='auto'`` follows (docs/compute_paths.md).
+crossover over hidden sizes and densities that ``compute='auto'`` follows (docs/compute_paths.md), for
+each cell of ``--modes``, with the sparse kernels per step and as one op per sequence (``persistent``),
+at ``--threads`` (``--out small_rnn_sweep_cpu_2threads.md --threads 2``: the committed tables).
 
 The training comparisons of the example put each model's parameters back to their first values
 (untimed) before every sample and every epoch (see Restore). Every comparison alternates: each
@@ -170,29 +172,37 @@ def main_table(args, sections):
 
 
 def sweep(args, sections):
-    header = ["cell", "hidden", "density", "sparse (ms)", "dense (ms)", "dense vs sparse", "auto picks",
-              "load after"]
+    """The dense path against the sparse kernels (per step, and the whole sequence in one op:
+    compute='persistent') for each cell of --modes over --sweep-hidden x --sweep-density, and what
+    compute='auto' picks at these threads."""
+    header = ["cell", "hidden", "density", "sparse (ms)", "persistent (ms)", "dense (ms)", "dense vs sparse",
+              "dense vs persistent", "auto picks", "load after"]
     rows = []
-    section(f"## Crossover (LSTM fwd+bwd, T={args.steps}, B={args.batch})", header)
-    for hidden in args.sweep_hidden:
-        for density in args.sweep_density:
-            with cell(f"LSTM hidden {hidden}, density {density}") as c:
-                ours, _ = modules("LSTM", hidden, density)
-                dense = SPARSE["LSTM"](hidden, hidden, density=density, compute="dense")
-                dense.load_state_dict(ours.state_dict())
-                ours.compute = "sparse"
-                x = torch.randn(args.steps, args.batch, hidden)
-                t = alternate({"sparse": train_step(ours, x), "dense": train_step(dense, x)}, args.rounds,
-                              args.min_time / args.rounds)
-                ours.compute = "auto"
-                picks = "dense" if ours._dense_now(x) else "sparse"
-                c.result = ["LSTM", hidden, density, median_ms(t["sparse"]), median_ms(t["dense"]),
-                            paired_ratio(t, "sparse", "dense"), picks, load()]
-            rows.append(c.result)
-            sections["sweep"] = (f"## Crossover (LSTM fwd+bwd, T={args.steps}, B={args.batch})\n\nMedians of "
-                                 f"{args.rounds} alternating rounds; 'dense vs sparse': the median over the rounds "
-                                 "of the sparse path's time / the dense path's.\n\n" + markdown_table(header, rows))
-            write(args, sections)
+    title = f"## Crossover (fwd+bwd, T={args.steps}, B={args.batch}, {torch.get_num_threads()} threads)"
+    section(title, header)
+    for mode in args.modes:
+        for hidden in args.sweep_hidden:
+            for density in args.sweep_density:
+                with cell(f"{mode} hidden {hidden}, density {density}") as c:
+                    ours, _ = modules(mode, hidden, density)
+                    dense = SPARSE[mode](hidden, hidden, density=density, compute="dense")
+                    dense.load_state_dict(ours.state_dict())
+                    whole = SPARSE[mode](hidden, hidden, density=density, compute="persistent")
+                    whole.load_state_dict(ours.state_dict())
+                    ours.compute = "sparse"
+                    x = torch.randn(args.steps, args.batch, hidden)
+                    t = alternate({"sparse": train_step(ours, x), "persistent": train_step(whole, x),
+                                   "dense": train_step(dense, x)}, args.rounds, args.min_time / args.rounds)
+                    ours.compute = "auto"
+                    picks = "dense" if ours._dense_now(x) else "sparse"
+                    c.result = [mode, hidden, density, median_ms(t["sparse"]), median_ms(t["persistent"]),
+                                median_ms(t["dense"]), paired_ratio(t, "sparse", "dense"),
+                                paired_ratio(t, "persistent", "dense"), picks, load()]
+                rows.append(c.result)
+                sections["sweep"] = (f"{title}\n\nMedians of {args.rounds} alternating rounds; 'dense vs X': the "
+                                     "median over the rounds of X's time / the dense path's (above 1: dense "
+                                     "faster).\n\n" + markdown_table(header, rows))
+                write(args, sections)
 
 
 class WordLM(nn.Module):

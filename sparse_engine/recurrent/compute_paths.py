@@ -22,8 +22,9 @@ changed; ``state_dict``, checkpoints and the topology controllers see only the C
   module together on the CPU, :data:`DEFAULT_DENSE_BUDGET_GPU` on a GPU); over the budget it falls
   back to the sparse path.
 * ``compute="auto"`` (default): on the CPU, dense when it fits the budget and the module's density
-  is at least :func:`auto_min_density` of its hidden size (the crossover measured on this project's
-  CPU, see docs/compute_paths.md), sparse otherwise; large layers stay sparse through the budget.
+  is at least :func:`auto_min_density` of its hidden size and torch's threads (the crossovers measured
+  on this project's CPUs, see docs/compute_paths.md), sparse otherwise; large layers stay sparse
+  through the budget.
   On a GPU dense (cuDNN's recurrence) when the matrices fit the budget and a recurrent row holds at
   least :data:`AUTO_MIN_ROW_GPU` nonzeros on average (density x hidden), else persistent where W_hh
   fits the chip's shared memory (:func:`persistent_by_sizes`: the persistent kernels then hold it on
@@ -41,6 +42,7 @@ factors of the sparse backward, so a recording forward always takes the sparse p
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
 import weakref
@@ -48,6 +50,7 @@ import weakref
 import torch
 
 from ..kernels.densify_torch import flat_positions
+from ..runtime.threads import torch_waits_short
 from ..sparse import SparseWeight
 from . import cudnn_flat, dense_gru
 
@@ -61,32 +64,25 @@ __all__ = ["COMPUTE_CHOICES", "set_default_compute", "get_default_compute", "def
 COMPUTE_CHOICES = ("auto", "sparse", "dense", "persistent")
 #: bytes of dense matrices one module may materialise per forward (all layers together)
 DEFAULT_DENSE_BUDGET = 256 * 2**20
-#: the same on a GPU, where the limit is the card's memory, not a cache: a 4,096-unit LSTM's two
-#: matrices (537 MB in float32) fit, a 16,384-unit one's (8.6 GB) do not
+#: the same on a GPU (the card's memory, not a cache: 4,096-unit LSTM's two matrices fit, 16,384's do not)
 DEFAULT_DENSE_BUDGET_GPU = 2**30
-#: ``auto`` on a GPU: the mean nonzeros per recurrent row (density x hidden) from which it goes dense.
-#: The persistent kernels' time grows with the nonzeros, cuDNN's with hidden^2, so the crossover is a
-#: row length, not a density: on an H200 (benchmarks/results/gpu_h200_2026-11-28_second/, T=35,
-#: B=20 and B=1) the dense path took 3.3-3.8 ms at 1,500 units and 9.0 at 4,096 against the persistent
-#: kernels' 2.8 ms at 150 a row (1,500 @ 10%), 7.9 at 205 (4,096 @ 5%), 7.2 at 495 (1,500 @ 33%) and
-#: 17.3 at 410 (4,096 @ 10%): crossovers near 205 (1,500) and 229 (4,096) a row, interpolated
+#: ``auto`` on a GPU: the mean nonzeros per recurrent row (density x hidden) from which it goes dense:
+#: the persistent kernels' time grows with the nonzeros, cuDNN's with hidden^2, so the crossover is a
+#: row length (near 205 a row at 1,500 units, 229 at 4,096 on an H200; docs/compute_paths.md)
 AUTO_MIN_ROW_GPU = 220
-#: ``auto``: the lowest density (nnz / dense entries over the module's sparse matrices) that goes
-#: dense, for hidden sizes up to :data:`AUTO_SMALL_HIDDEN` and above (docs/compute_paths.md)
-AUTO_MIN_DENSITY = (0.03, 0.15)
-AUTO_SMALL_HIDDEN = 256
-#: ``auto`` on a GPU: the persistent kernels where W_hh (values and the index they stage: 16-bit
-#: up to 65,536 columns, else 32-bit) takes at most this share of the chip's shared memory (each
-#: block keeps 1 KiB of its own, and a block's rows are not all the same length). Measured on an
-#: H200 (benchmarks/results/rnn_gpu_persistent.md, T=35, B=20): persistent vs per step 1.0-2.2x at
-#: 0.4-0.7 of it, 0.86-0.88x at 1.0-1.4 of it (4,096 units at 10%)
+#: ``auto`` on the CPU: the lowest density (nnz / dense entries over the module's sparse matrices) that
+#: goes dense, for hidden sizes up to :data:`AUTO_SMALL_HIDDEN` and above (docs/compute_paths.md); on
+#: several threads whose waits are short (``threads.torch_waits_short``) never up to the second size
+AUTO_MIN_DENSITY = (0.03, 0.25)
+AUTO_SMALL_HIDDEN = 128
+AUTO_SMALL_HIDDEN_THREADED = 256
+#: ``auto`` on a GPU: the persistent kernels where W_hh (values and the 16-bit index they stage, 32-bit
+#: past 65,536 columns) takes at most this share of the chip's shared memory (measured on an H200:
+#: 1.0-2.2x the per-step path at 0.4-0.7 of it, 0.86-0.88x at 1.0-1.4; docs/compute_paths.md)
 AUTO_PERSISTENT_SHARE = 0.9
-#: ``auto`` on a GPU where W_hh does not fit on chip: the persistent kernels still (W_hh read from L2
-#: and memory at each step) up to this hidden size and mean recurrent row (nonzeros). Measured on an
-#: H200 (T=35, B=20; four runs, benchmarks/results/gpu_h200_2026-11-2*/rnn_gpu_persistent.md): at
-#: 16,384 units @ 1% (164 a row, W_hh 2.3x the chip) 1.02-1.12x the per-step path (LSTM) and
-#: 1.13-1.25x (GRU), for 18% more memory; at 4,096 @ 10% (410 a row) 0.86-0.88x. Larger hidden sizes
-#: and longer rows were not measured: per step there (the path the million-unit tables measure)
+#: ``auto`` on a GPU where W_hh does not fit on chip: the persistent kernels still up to this hidden
+#: size and mean recurrent row (nonzeros): measured to win at 16,384 units @ 1% (164 a row) in four H200
+#: runs, to lose at 4,096 @ 10% (410 a row); larger sizes not measured (docs/compute_paths.md)
 AUTO_PERSISTENT_OFF_CHIP = (16384, 170)
 #: the shared memory of an H100 / H200 (132 SMs x 228 KiB): a prediction for "cuda" made where no
 #: GPU is visible assumes one
@@ -227,11 +223,14 @@ def on_chip_bytes(device=None) -> int:
 
 
 def auto_min_density(hidden_size: int) -> float:
-    """The density from which ``compute='auto'`` goes dense. Measured (LSTM fwd+bwd, T=35, B=20,
-    one thread, quiet machine): the dense path wins from about 3% at hidden 200 and between 10%
-    and 33% at hidden 500 and 1,000 (the CSR kernels keep more of their rows in cache at small
-    sizes); docs/compute_paths.md has the table."""
+    """The density from which ``compute='auto'`` goes dense on the CPU (docs/compute_paths.md has the
+    tables: LSTM and GRU fwd+bwd, T=35, B=20, quiet 2-core VMs). One thread: the dense path won from
+    5% at hidden 64-128, from 20-33% at 256-1,000. Two threads, where torch's waits are short (what
+    ``import sparse_engine`` sets): torch's recurrence pays a wake-up at each parallel region and lost
+    at every size up to 256 (0.32-0.73x the LSTM's sparse path), won from 20-33% at 512 and 1,000."""
     small, large = AUTO_MIN_DENSITY
+    if torch.get_num_threads() > 1 and torch_waits_short():
+        return math.inf if hidden_size <= AUTO_SMALL_HIDDEN_THREADED else large
     return small if hidden_size <= AUTO_SMALL_HIDDEN else large
 
 

@@ -55,7 +55,8 @@ import ctypes.util
 import os
 import sys
 
-__all__ = ["PASSIVE_WAIT", "SHORT_SPIN", "HUGE_PAGES", "keep_freed_memory", "shorten_torch_spin"]
+__all__ = ["PASSIVE_WAIT", "SHORT_SPIN", "HUGE_PAGES", "keep_freed_memory", "shorten_torch_spin",
+           "torch_waits_short"]
 
 #: True when this import set OMP_WAIT_POLICY=PASSIVE before torch loaded libgomp (torch's own CPU ops).
 PASSIVE_WAIT = "torch" not in sys.modules and "OMP_WAIT_POLICY" not in os.environ
@@ -88,6 +89,16 @@ def shorten_torch_spin() -> bool:
         atexit.register(_C._end_openmp_team)
         SHORT_SPIN = True
     return SHORT_SPIN
+
+
+def torch_waits_short() -> bool:
+    """Whether torch's OpenMP threads sleep soon after each parallel region: this import's
+    :data:`PASSIVE_WAIT` or :data:`SHORT_SPIN`, or the user's ``OMP_WAIT_POLICY=passive``. A torch op
+    made of many small parallel regions (oneDNN's LSTM, a region or more per time step) then pays a
+    thread's wake-up at each: on a 2-core VM torch's LSTM at hidden 64 took 6x its one-thread time
+    on two threads (benchmarks/results/small_rnn_sweep_cpu_2threads.md), which ``compute='auto'``
+    counts (:func:`sparse_engine.recurrent.compute_paths.auto_min_density`)."""
+    return PASSIVE_WAIT or SHORT_SPIN or os.environ.get("OMP_WAIT_POLICY", "").strip().lower() == "passive"
 
 
 # mallopt's parameters (glibc's malloc.h)

@@ -13,8 +13,8 @@ from torch import nn
 import sparse_engine as se
 from sparse_engine.recurrent import compute_paths as compute
 from sparse_engine.nn.rnn import SparseRNNBase
-from sparse_engine.testing import (check_against_torch, param_grad_pairs, random_packed, random_states, random_weight,
-                                   sparse_and_dense_paths)
+from sparse_engine.testing import (check_against_torch, num_threads, param_grad_pairs, random_packed, random_states,
+                                   random_weight, sparse_and_dense_paths)
 from sparse_engine.training import sparse_weights
 
 #: torch's mode names of the modules
@@ -317,7 +317,7 @@ def test_auto_rule_budget_and_default(dense_calls):
     small = se.nn.SparseLSTM(4, 32, density=0.33)
     sparse = se.nn.SparseLSTM(4, 32, density=0.01)
     x = torch.randn(3, 2, 4)
-    with compute.default_compute("auto"):
+    with compute.default_compute("auto"), num_threads(1):  # the one-thread CPU rule (the next test: more)
         small(x)
         sparse(x)
         assert dense_calls == [small]
@@ -357,6 +357,38 @@ def test_auto_rule_budget_and_default(dense_calls):
         compute.set_dense_budget(-1)
     with pytest.raises(ValueError, match="compute must be one of"):
         compute.set_default_compute("fast")
+
+
+def test_auto_on_several_threads_goes_dense_only_where_torchs_recurrence_won(monkeypatch):
+    """Where torch's ops run on several threads that sleep soon after each parallel region (what
+    ``import sparse_engine`` sets), torch's recurrence lost to the sparse path at every size up to
+    AUTO_SMALL_HIDDEN_THREADED (small_rnn_sweep_cpu_2threads.md): auto goes dense only above it, from
+    the one-thread rule's larger density; with one thread, or waits the user chose long, the one-thread rule."""
+    at = [se.SparseWeight.random(40, 40, nnz=480)]  # density 0.30
+    under = [se.SparseWeight.random(40, 40, nnz=160)]  # 0.10
+    small_h, large_h = compute.AUTO_SMALL_HIDDEN_THREADED, compute.AUTO_SMALL_HIDDEN_THREADED + 1
+    with compute.default_compute("auto"):
+        monkeypatch.setattr(compute, "torch_waits_short", lambda: True)
+        with num_threads(2):
+            assert not compute.use_dense(None, at, small_h) and compute.use_dense(None, at, large_h)
+            assert not compute.use_dense(None, under, large_h)
+            assert compute.use_dense("dense", under, small_h)  # asked for: whatever the rule
+        one = compute.AUTO_SMALL_HIDDEN  # the one-thread rule: dense from 3% up to it, 25% above
+        with num_threads(1):
+            assert compute.use_dense(None, under, one) and not compute.use_dense(None, under, one + 1)
+            assert compute.use_dense(None, at, small_h)
+        monkeypatch.setattr(compute, "torch_waits_short", lambda: False)
+        with num_threads(2):
+            assert compute.use_dense(None, under, one) and compute.use_dense(None, at, small_h)
+    from sparse_engine.runtime import threads
+    monkeypatch.setattr(threads, "PASSIVE_WAIT", False)
+    monkeypatch.setattr(threads, "SHORT_SPIN", False)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "Passive")
+    assert threads.torch_waits_short()
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert not threads.torch_waits_short()
+    monkeypatch.setattr(threads, "SHORT_SPIN", True)
+    assert threads.torch_waits_short()
 
 
 def test_grad_factor_recording_and_autocast_take_the_sparse_path(dense_calls):
