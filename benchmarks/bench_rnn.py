@@ -88,13 +88,13 @@ def floor_bytes(cell: str, H: int, density: float, B: int, T: int, on_chip: int,
     return once + reread + gathers
 
 
-def floor_row(res: dict, ms_floor: float | None) -> list[str]:
+def floor_row(res: dict, ms_floor: float) -> list[str]:
     """The floor columns of a row: memory floor (ms), latency floor (ours at one nonzero a row), and
     the fraction of the larger that ours reaches (floor / ours)."""
     ours, one = res.get("sparse_engine", {}), res.get(ONE_PER_ROW, {"status": "-"})
-    floors = [f for f in (ms_floor, one.get("ms") if one.get("status") == "ok" else None) if f is not None]
-    reached = f"{max(floors) / ours['ms']:.0%}" if floors and ours.get("status") == "ok" else "-"
-    return ["-" if ms_floor is None else f"{ms_floor:.2f} ms", cell_text(one), reached]
+    floor = max(ms_floor, one["ms"]) if one.get("status") == "ok" else ms_floor
+    reached = f"{floor / ours['ms']:.0%}" if ours.get("status") == "ok" else "-"
+    return [f"{ms_floor:.2f} ms", cell_text(one), reached]
 
 
 FLOOR_TEXT = ("both matrices' values and index read and their gradients written, x, y, dy, dx once; W_hh again at "

@@ -169,8 +169,9 @@ cudaError_t launch_rnn_step_backward(CellMode mode, const int64_t* csc_ptr, cons
 // the same sums, bit for bit). max_col: W_hh's longest column (the checked transposed index's longest
 // row). Where neither product lists a long row and the batch is one tile of both (at most 8 vector
 // columns, the same loads), W_hh^T dG and the gradient share one pass that reads each dG row once;
-// else the gather, then launch_sddmm_add. workspace: the larger of rnn_step_backward_workspace_len(H,
-// nnz, max_col, B, sizeof(T)) and sddmm_workspace_len(H, nnz, max_col) int32 entries.
+// else the gather, then launch_sddmm_add. dw_t nullptr (h_in unused): launch_rnn_step_backward.
+// workspace: the larger of rnn_step_backward_workspace_len(H, nnz, max_col, B, sizeof(T)) and
+// sddmm_workspace_len(H, nnz, max_col) int32 entries.
 // Whether launch_rnn_step_backward_wgrad takes its one pass for these sizes, the gather's and the
 // sddmm's operands 16-byte aligned or not (dG and dh_prev; h_in and dG).
 bool rnn_step_wgrad_one_pass(int64_t H, int64_t nnz, int64_t max_col, int64_t B, int64_t elem_bytes,

@@ -95,25 +95,16 @@ struct CudaStep {
       AT_DISPATCH_FLOATING_TYPES(w.values.scalar_type(), "sparse_engine_rnn_step_backward_cuda", [&] {
         const int32_t* perm = by_column ? nullptr : k.csc_perm.data_ptr<int32_t>();
         const scalar_t* values = by_column ? values_t_c.data_ptr<scalar_t>() : k.values.data_ptr<scalar_t>();
-        if (g.dw_t.defined()) {
-          // and dw_t += dG h_in^T at the nonzeros, in the transposed order: the sddmm of the transposed index
-          // (its rows: W_hh's columns, h_in's rows; its columns: dG's rows), in one pass with W_hh^T dG
-          // where it can (launchers.h)
-          C10_CUDA_CHECK(cuda::launch_rnn_step_backward_wgrad(
-              M, k.csc_ptr.data_ptr<int64_t>(), k.csc_row.data_ptr<int32_t>(), perm, values, k.nnz, max_col,
-              data_or_null<scalar_t>(in.acts), data_or_null<scalar_t>(in.c_prev), data_or_null<scalar_t>(in.c),
-              data_or_null<scalar_t>(in.h), dh_c.data_ptr<scalar_t>(), data_or_null<scalar_t>(in.dc),
-              dG.data_ptr<scalar_t>(), data_or_null<scalar_t>(dgx), data_or_null<scalar_t>(dc_prev),
-              dh_prev.data_ptr<scalar_t>(), g.h_in.data_ptr<scalar_t>(), g.dw_t.data_ptr<scalar_t>(), H, B, dt, tau,
-              workspace_ptr(workspace), stream));
-        } else {
-          C10_CUDA_CHECK(cuda::launch_rnn_step_backward(
-              M, k.csc_ptr.data_ptr<int64_t>(), k.csc_row.data_ptr<int32_t>(), perm, values, k.nnz,
-              data_or_null<scalar_t>(in.acts), data_or_null<scalar_t>(in.c_prev), data_or_null<scalar_t>(in.c),
-              data_or_null<scalar_t>(in.h), dh_c.data_ptr<scalar_t>(), data_or_null<scalar_t>(in.dc),
-              dG.data_ptr<scalar_t>(), data_or_null<scalar_t>(dgx), data_or_null<scalar_t>(dc_prev),
-              dh_prev.data_ptr<scalar_t>(), H, B, dt, tau, workspace_ptr(workspace), stream));
-        }
+        // with dw_t: and dw_t += dG h_in^T at the nonzeros, in the transposed order, the sddmm of the
+        // transposed index (its rows: W_hh's columns, h_in's rows; its columns: dG's rows), in one pass
+        // with W_hh^T dG where it can (launchers.h); without, the plain backward
+        C10_CUDA_CHECK(cuda::launch_rnn_step_backward_wgrad(
+            M, k.csc_ptr.data_ptr<int64_t>(), k.csc_row.data_ptr<int32_t>(), perm, values, k.nnz, max_col,
+            data_or_null<scalar_t>(in.acts), data_or_null<scalar_t>(in.c_prev), data_or_null<scalar_t>(in.c),
+            data_or_null<scalar_t>(in.h), dh_c.data_ptr<scalar_t>(), data_or_null<scalar_t>(in.dc),
+            dG.data_ptr<scalar_t>(), data_or_null<scalar_t>(dgx), data_or_null<scalar_t>(dc_prev),
+            dh_prev.data_ptr<scalar_t>(), data_or_null<scalar_t>(g.h_in), data_or_null<scalar_t>(g.dw_t), H, B, dt,
+            tau, workspace_ptr(workspace), stream));
       });
     }
     return {dG, dh_prev, dc_prev, dgx};

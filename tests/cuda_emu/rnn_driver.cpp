@@ -170,13 +170,19 @@ void run(CellMode mode, const char* pname, const std::vector<int64_t>& lens, int
                                   wl_s ? ws2.data() : nullptr, kStream) != cudaSuccess) {
     printf("  FAIL sddmm_add returned an error\n"); ++failures;
   }
-  std::fill(ws2.begin(), ws2.end(), 0x5a5a5a5a);
-  e = launch_rnn_step_backward_wgrad(mode, cp.data(), cr.data(), pm.data(), vals.data(), nnz, max_col,
-                                     nacts ? acts.p() : nullptr, mode == CellMode::LSTM ? c.p() : nullptr,
-                                     mode == CellMode::LSTM ? c2.p() : nullptr, hin, dh.p(),
-                                     mode == CellMode::LSTM ? dc.p() : nullptr, dG1.p(), mode == CellMode::GRU ? dgx1.p() : nullptr,
-                                     mode == CellMode::LSTM ? dcp1.p() : nullptr, dhp1.p(), h.p(), dw_one.p(), H, B, dt, tau,
-                                     std::max(wl, wl_s) ? ws2.data() : nullptr, kStream);
+  // the backward with the gradient into fresh outputs, given the values through perm (or in column order)
+  auto backward_wgrad = [&](const int32_t* perm, const T* values, Buf<T>& dGo, Buf<T>& dgxo, Buf<T>& dcpo,
+                            Buf<T>& dhpo, Buf<T>& dw) {
+    std::fill(ws2.begin(), ws2.end(), 0x5a5a5a5a);
+    return launch_rnn_step_backward_wgrad(mode, cp.data(), cr.data(), perm, values, nnz, max_col,
+                                          nacts ? acts.p() : nullptr, mode == CellMode::LSTM ? c.p() : nullptr,
+                                          mode == CellMode::LSTM ? c2.p() : nullptr, hin, dh.p(),
+                                          mode == CellMode::LSTM ? dc.p() : nullptr, dGo.p(),
+                                          mode == CellMode::GRU ? dgxo.p() : nullptr,
+                                          mode == CellMode::LSTM ? dcpo.p() : nullptr, dhpo.p(), h.p(), dw.p(), H, B,
+                                          dt, tau, std::max(wl, wl_s) ? ws2.data() : nullptr, kStream);
+  };
+  e = backward_wgrad(pm.data(), vals.data(), dG1, dgx1, dcp1, dhp1, dw_one);
   if (e != cudaSuccess) { printf("  FAIL backward_wgrad returned %d\n", (int)e); ++failures; }
   const bool one_pass = rnn_step_wgrad_one_pass(H, nnz, max_col, B, sizeof(T), !mis, !mis);
   for (auto [what, a, b] : {std::tuple{"dG", &dG, &dG1}, {"dgx", &dgx, &dgx1}, {"dc_prev", &dcp, &dcp1},
@@ -188,13 +194,7 @@ void run(CellMode mode, const char* pname, const std::vector<int64_t>& lens, int
   for (int64_t k = 0; k < nnz; ++k) vt[k] = vals[pm[k]];
   Buf<T> dw_vt(nnz, off), dhp2(HB, off), dG2(G * HB, off), dgx2(3 * HB, off), dcp2(HB, off);
   for (int64_t k = 0; k < nnz; ++k) dw_vt.v[off + k] = dw_init[k];
-  std::fill(ws2.begin(), ws2.end(), 0x5a5a5a5a);
-  e = launch_rnn_step_backward_wgrad(mode, cp.data(), cr.data(), nullptr, vt.data(), nnz, max_col,
-                                     nacts ? acts.p() : nullptr, mode == CellMode::LSTM ? c.p() : nullptr,
-                                     mode == CellMode::LSTM ? c2.p() : nullptr, hin, dh.p(),
-                                     mode == CellMode::LSTM ? dc.p() : nullptr, dG2.p(), mode == CellMode::GRU ? dgx2.p() : nullptr,
-                                     mode == CellMode::LSTM ? dcp2.p() : nullptr, dhp2.p(), h.p(), dw_vt.p(), H, B, dt, tau,
-                                     std::max(wl, wl_s) ? ws2.data() : nullptr, kStream);
+  e = backward_wgrad(nullptr, vt.data(), dG2, dgx2, dcp2, dhp2, dw_vt);
   if (e != cudaSuccess || dhp2.v != dhp1.v || dw_vt.v != dw_one.v) {
     printf("  FAIL the backward with the weight gradient and values_t: other bits than with the permutation\n"); ++failures;
   }
