@@ -12,6 +12,7 @@ from torch import nn
 
 import sparse_engine as se
 from sparse_engine.recurrent import compute_paths as compute
+from sparse_engine.recurrent import dense_matrices
 from sparse_engine.nn.rnn import SparseRNNBase
 from sparse_engine.testing import (check_against_torch, num_threads, param_grad_pairs, random_packed, random_states,
                                    random_weight, sparse_and_dense_paths)
@@ -100,7 +101,7 @@ def test_materialize_is_the_dense_matrix_with_the_gradient_at_the_pattern(rng):
     weights = torch.randn(9, 6, generator=rng, dtype=torch.float64)
 
     def f(values):  # the autograd node of materialize, on the matrix written into fresh zeros
-        dense = compute._scattered(values, w.row_ptr, w.col_idx, (9, 6))
+        dense = dense_matrices._scattered(values, w.row_ptr, w.col_idx, (9, 6))
         return (dense ** 2 * weights).sum(0)
     values = w.values.detach().clone().requires_grad_(True)
     assert torch.autograd.gradcheck(f, (values,))
@@ -137,12 +138,12 @@ def test_dense_path_off_the_cpu_checks_each_pattern_once_and_never_syncs(rng, mo
     ref = se.nn.SparseLSTM(4, 9, density=0.4, compute="sparse", dtype=torch.float64)
     ref.load_state_dict(m.state_dict())
     x = torch.randn(5, 3, 4, generator=rng, dtype=torch.float64)
-    init = compute._Entry.__init__
+    init = dense_matrices._Entry.__init__
 
     def without_bits(self, *args):
         init(self, *args)
         self.bits = None
-    monkeypatch.setattr(compute._Entry, "__init__", without_bits)
+    monkeypatch.setattr(dense_matrices._Entry, "__init__", without_bits)
     first = _ops_of_a_training_step(m, x)
     assert "sparse_engine.scatter_csr" in first or "aten.nonzero" in first  # the first step checks
     m.zero_grad()
@@ -153,9 +154,9 @@ def test_dense_path_off_the_cpu_checks_each_pattern_once_and_never_syncs(rng, mo
     ref(x)[0].pow(2).sum().backward()
     for (name, ours), want in zip(m.named_parameters(), ref.parameters()):
         torch.testing.assert_close(ours.grad, want.grad, rtol=1e-10, atol=1e-12, msg=lambda s: f"{name}: {s}")
-    entry = next(iter(compute._entries().values()))
+    entry = next(iter(dense_matrices._entries().values()))
     with pytest.raises(ValueError, match="sorted"):  # what the positions are made by: checked
-        compute.flat_positions(torch.tensor([0, 2]), torch.tensor([1, 0], dtype=torch.int32), torch.zeros(1, 3))
+        dense_matrices.flat_positions(torch.tensor([0, 2]), torch.tensor([1, 0], dtype=torch.int32), torch.zeros(1, 3))
     assert entry.flat is not None and entry.flat.dtype == torch.int64
 
 
@@ -243,7 +244,7 @@ def test_inference_skips_the_write_of_unchanged_values_only(rng, monkeypatch):
     forward with a gradient in between, a new pattern, a buffer held elsewhere. Each forward
     equals torch's module, and its matrices are bit for bit the weights' dense matrices."""
     ops = _CountingOps()
-    monkeypatch.setattr(compute, "_ops", ops)
+    monkeypatch.setattr(dense_matrices, "_ops", ops)
     m = se.nn.SparseLSTM(3, 5, density=0.5, compute="dense", dtype=torch.float64)
     x = torch.randn(4, 2, 3, generator=rng, dtype=torch.float64)
     w_ih, w_hh = m.weight_ih_l0, m.weight_hh_l0
