@@ -122,7 +122,7 @@ def runs_of(s: RecurrentSizes, T: int, B: int, k: int | None) -> list[Run]:
             fwd = bwd = fused
             # persistent.applies from sizes: the whole sequence in one op each way
             one_op = (fused and s.mode in PERSISTENT_MODES and k is None
-                      and persistent_by_sizes(s.compute, nnz_hh, e, H, s.device, GATES[s.mode] * H))
+                      and persistent_by_sizes(s.compute, nnz_hh, e, H, s.device, GATES[s.mode] * H, T, B))
             if fused and cpu:
                 fwd = choose_fused(s.mode, H, nnz_hh, B)
             runs.append(Run(f"{s.mode}:{layer}.{d}", s.input_size if layer == 0 else D * H, H, GATES[s.mode] * H,
@@ -189,7 +189,8 @@ def check_args(s: RecurrentSizes, T: int, B: int, optimizer: str, k: int | None)
                 nnz += w
     itemsize = torch.empty(0, dtype=s.dtype).element_size()
     # the modules take the sparse path when recomputing (rnn.py, _dense_now)
-    if s.mode != "CTRNN" and k is None and dense_by_sizes(s.compute, entries, nnz, itemsize, s.hidden, s.device):
+    dense = dense_by_sizes(s.compute, entries, nnz, itemsize, s.hidden, s.device, s.mode)
+    if s.mode != "CTRNN" and k is None and dense:
         raise ValueError("this module computes on the dense path (compute='auto' takes it for small, dense enough "
                          "layers: docs/compute_paths.md), whose memory is torch's recurrence's; the model covers the "
                          "sparse path: build it with compute='sparse' (or sizes with compute='sparse')")

@@ -288,7 +288,7 @@ class SparseRNNBase(RecordsGradFactors, TorchConversion, nn.Module):
                              recompute_every=check_recompute_every(self.recompute_every),
                              saved_dtype=check_saved_dtype(self.saved_dtype),
                              output=output or layer < self.num_layers - 1,
-                             persistent=use_persistent(self.compute, w_hh))
+                             persistent=use_persistent(self.compute, w_hh, T, B))
                 if self.proj_size and self.record_grad_factors:
                     raise ValueError("growth by gradient (record_grad_factors) is not available with "
                                      "proj_size: the projected LSTM has no fused backward to take the factors from")
@@ -320,7 +320,7 @@ class SparseRNNBase(RecordsGradFactors, TorchConversion, nn.Module):
             return False
         if weights is None:
             weights = [getattr(self, n) for n in self._flat_weights_names]
-        return use_dense(self.compute, weights, self.hidden_size, ref.device.type)
+        return use_dense(self.compute, weights, self.hidden_size, ref.device.type, self.mode)
 
     def _run_dense(self, x: torch.Tensor, h0: torch.Tensor, c0, batch_sizes=None, weights=None):
         """The dense path (:func:`~sparse_engine.recurrent.compute_paths.dense_recurrence`) on this

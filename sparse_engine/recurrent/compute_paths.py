@@ -23,8 +23,9 @@ changed; ``state_dict``, checkpoints and the topology controllers see only the C
   back to the sparse path.
 * ``compute="auto"`` (default): on the CPU, dense when it fits the budget and the module's density
   is at least :func:`auto_min_density` of its hidden size and torch's threads (the crossovers measured
-  on this project's CPUs, see docs/compute_paths.md), sparse otherwise; large layers stay sparse
-  through the budget.
+  on this project's CPUs, see docs/compute_paths.md), else the whole-sequence ops where a run stacks
+  its products anyway (:func:`persistent_by_sizes`: the same bits as per step, and faster in every
+  measured cell), else sparse per step; large layers stay sparse through the budget.
   On a GPU dense (cuDNN's recurrence) when the matrices fit the budget and a recurrent row holds at
   least :data:`AUTO_MIN_ROW_GPU` nonzeros on average (density x hidden), else persistent where W_hh
   fits the chip's shared memory (:func:`persistent_by_sizes`: the persistent kernels then hold it on
@@ -67,11 +68,14 @@ DEFAULT_DENSE_BUDGET_GPU = 2**30
 #: row length (near 205 a row at 1,500 units, 229 at 4,096 on an H200; docs/compute_paths.md)
 AUTO_MIN_ROW_GPU = 220
 #: ``auto`` on the CPU: the lowest density (nnz / dense entries over the module's sparse matrices) that
-#: goes dense, for hidden sizes up to :data:`AUTO_SMALL_HIDDEN` and above (docs/compute_paths.md); on
-#: several threads whose waits are short (``threads.torch_waits_short``) never up to the second size
-AUTO_MIN_DENSITY = (0.03, 0.25)
-AUTO_SMALL_HIDDEN = 128
-AUTO_SMALL_HIDDEN_THREADED = 256
+#: goes dense, per cell and by hidden size: (up to this hidden size, from this density), the first that
+#: holds; on several threads whose waits are short (``threads.torch_waits_short``) the second table.
+#: Measured against the whole-sequence ops, what ``auto`` runs sparse (docs/compute_paths.md); the
+#: vanilla RNN (not measured) takes the LSTM's
+AUTO_MIN_DENSITY = {"LSTM": ((64, 0.03), (128, 0.15), (math.inf, 0.30)),
+                    "GRU": ((64, 0.03), (256, 0.15), (math.inf, 0.30))}
+AUTO_MIN_DENSITY_THREADED = {"LSTM": ((512, math.inf), (math.inf, 0.30)),
+                             "GRU": ((256, math.inf), (math.inf, 0.30))}
 #: ``auto`` on a GPU: the persistent kernels where W_hh (values and the 16-bit index they stage, 32-bit
 #: past 65,536 columns) takes at most this share of the chip's shared memory (measured on an H200:
 #: 1.0-2.2x the per-step path at 0.4-0.7 of it, 0.86-0.88x at 1.0-1.4; docs/compute_paths.md)
@@ -80,6 +84,11 @@ AUTO_PERSISTENT_SHARE = 0.9
 #: size and mean recurrent row (nonzeros): measured to win at 16,384 units @ 1% (164 a row) in four H200
 #: runs, to lose at 4,096 @ 10% (410 a row); larger sizes not measured (docs/compute_paths.md)
 AUTO_PERSISTENT_OFF_CHIP = (16384, 170)
+#: ``auto`` on the CPU: the whole-sequence ops up to this size of the stacked products ((G+1) x H x T x B
+#: values' bytes, on one thread and on several; at most ``sequence.STACK_BYTES``, so the per-step run
+#: stacks them too and keeps as much). Measured at B = 20: 1.04-1.36x the per-step path up to 4,096 units
+#: (57 MB) on both; at 8,192 (115 MB) 1.01-1.21x on two threads, 0.92-0.98x on one (rnn_cpu_paths_*.md)
+AUTO_PERSISTENT_CPU_BYTES = (64 * 2**20, 128 * 2**20)
 #: the shared memory of an H100 / H200 (132 SMs x 228 KiB): a prediction for "cuda" made where no
 #: GPU is visible assumes one
 HOPPER_ON_CHIP_BYTES = 132 * 228 * 1024
@@ -139,11 +148,11 @@ def get_dense_budget(device_type: str = "cpu") -> int:
     return DEFAULT_DENSE_BUDGET_GPU if device_type == "cuda" else DEFAULT_DENSE_BUDGET
 
 
-def use_dense(mode: str | None, weights, hidden_size: int, device_type: str = "cpu") -> bool:
+def use_dense(mode: str | None, weights, hidden_size: int, device_type: str = "cpu", cell: str = "LSTM") -> bool:
     """Whether a module with the given ``compute`` setting (None: the global default) and matrices
     (SparseWeights or dense tensors) on ``device_type`` runs dense this forward: ``auto`` by the
-    CPU's rule (:func:`auto_min_density`) or the GPU's (:data:`AUTO_MIN_ROW_GPU`), never on
-    another device (``compute='dense'`` works on any)."""
+    CPU's rule (:func:`auto_min_density` for the ``cell``, a recurrence mode: "LSTM", "GRU", ...) or the
+    GPU's (:data:`AUTO_MIN_ROW_GPU`), never on another device (``compute='dense'`` works on any)."""
     entries = nnz = 0
     itemsize = 4
     for w in weights:
@@ -153,11 +162,11 @@ def use_dense(mode: str | None, weights, hidden_size: int, device_type: str = "c
             entries += rows * cols
             itemsize = values.element_size()
             nnz += col_idx.numel()
-    return dense_by_sizes(mode, entries, nnz, itemsize, hidden_size, device_type)
+    return dense_by_sizes(mode, entries, nnz, itemsize, hidden_size, device_type, cell)
 
 
 def dense_by_sizes(mode: str | None, entries: int, nnz: int, itemsize: int, hidden_size: int,
-                   device_type: str = "cpu") -> bool:
+                   device_type: str = "cpu", cell: str = "LSTM") -> bool:
     """:func:`use_dense` from sizes alone: ``entries`` (rows x cols) and ``nnz`` summed over the
     module's sparse matrices, whose values take ``itemsize`` bytes each. The memory model
     (:mod:`sparse_engine.memory`) asks this without building the module."""
@@ -172,32 +181,44 @@ def dense_by_sizes(mode: str | None, entries: int, nnz: int, itemsize: int, hidd
         return nnz / entries * hidden_size >= AUTO_MIN_ROW_GPU
     if device_type != "cpu":
         return False
-    return nnz / entries >= auto_min_density(hidden_size)
+    return nnz / entries >= auto_min_density(hidden_size, cell)
 
 
-def use_persistent(mode: str | None, w_hh=None) -> bool:
+def use_persistent(mode: str | None, w_hh=None, steps: int | None = None, batch: int | None = None) -> bool:
     """Whether a layer-direction of a module with the given ``compute`` setting (None: the global
-    default) and recurrent matrix ``w_hh`` asks for the whole-sequence ops: ``compute="persistent"``,
-    or ``auto`` by :func:`persistent_by_sizes` (where they apply is the recurrence's to say)."""
+    default) and recurrent matrix ``w_hh``, run over ``steps`` x ``batch`` columns, asks for the
+    whole-sequence ops: ``compute="persistent"``, or ``auto`` by :func:`persistent_by_sizes` (where
+    they apply is the recurrence's to say)."""
     if isinstance(w_hh, SparseWeight):
         values, _, col_idx = w_hh.parts()
         return persistent_by_sizes(mode, col_idx.numel(), values.element_size(), w_hh.shape[1], values.device,
-                                   w_hh.shape[0])
+                                   w_hh.shape[0], steps, batch)
     return (_state["compute"] if mode is None else mode) == "persistent"
 
 
 def persistent_by_sizes(mode: str | None, nnz_hh: int | None, itemsize: int, hidden: int, device,
-                        rows: int) -> bool:
-    """:func:`use_persistent` from sizes alone: ``compute="persistent"``, or ``auto`` on a GPU
-    (``device``: a torch.device or its type) for a sparse W_hh of ``rows`` x ``hidden`` with ``nnz_hh``
-    values of ``itemsize`` bytes whose staged form fits :data:`AUTO_PERSISTENT_SHARE` of
-    :func:`on_chip_bytes`, or that is within :data:`AUTO_PERSISTENT_OFF_CHIP`. The memory model asks
-    this without building the module."""
+                        rows: int, steps: int | None = None, batch: int | None = None) -> bool:
+    """:func:`use_persistent` from sizes alone: ``compute="persistent"``, or ``auto`` for a sparse W_hh
+    of ``rows`` x ``hidden`` with ``nnz_hh`` values of ``itemsize`` bytes on ``device`` (a torch.device
+    or its type). On a GPU where its staged form fits :data:`AUTO_PERSISTENT_SHARE` of
+    :func:`on_chip_bytes`, or within :data:`AUTO_PERSISTENT_OFF_CHIP`. On the CPU where a run of
+    ``steps`` x ``batch`` columns stacks products of at most :data:`AUTO_PERSISTENT_CPU_BYTES` at torch's
+    threads (the per-step run then stacks them too: the sequence ops keep what it keeps; measured faster,
+    docs/compute_paths.md).
+    The memory model asks this without building the module."""
     mode = _state["compute"] if mode is None else mode
     if mode == "persistent":
         return True
     device = torch.device(device)
-    if mode != "auto" or device.type != "cuda" or nnz_hh is None:
+    if mode != "auto" or nnz_hh is None:
+        return False
+    if device.type == "cpu":
+        if not (isinstance(steps, int) and isinstance(batch, int)):  # unknown or symbolic (torch.export): per step
+            return False
+        size = (rows + hidden) * steps * batch * itemsize
+        one, several = AUTO_PERSISTENT_CPU_BYTES
+        return size <= (several if torch.get_num_threads() > 1 else one)
+    if device.type != "cuda":
         return False
     entry = itemsize + (2 if hidden <= 65536 else 4)
     if nnz_hh * entry <= AUTO_PERSISTENT_SHARE * on_chip_bytes(device):
@@ -218,17 +239,18 @@ def on_chip_bytes(device=None) -> int:
     return props.multi_processor_count * per_sm if per_sm else HOPPER_ON_CHIP_BYTES
 
 
-def auto_min_density(hidden_size: int) -> float:
-    """The density from which ``compute='auto'`` goes dense on the CPU (docs/compute_paths.md has the
-    tables: LSTM and GRU fwd+bwd, T=35, B=20, quiet 2-core VMs). One thread: the dense path won from
-    5% at hidden 64-128, from 20-33% at 256-1,000. Two threads, where torch's waits are short (what
-    ``import sparse_engine`` sets): torch's recurrence pays a wake-up at each parallel region and lost
-    at every size up to 256 (0.32-0.73x the LSTM's sparse path), won from 20-33% at 512 and 1,000."""
-    small, large = AUTO_MIN_DENSITY
-    if torch.get_num_threads() > 1 and torch_waits_short():
-        return math.inf if hidden_size <= AUTO_SMALL_HIDDEN_THREADED else large
-    return small if hidden_size <= AUTO_SMALL_HIDDEN else large
-
+def auto_min_density(hidden_size: int, cell: str = "LSTM") -> float:
+    """The density from which ``compute='auto'`` goes dense on the CPU for a ``cell`` ("LSTM", "GRU";
+    the vanilla RNN's modes take the LSTM's) of ``hidden_size`` units (docs/compute_paths.md has the
+    tables: fwd+bwd, T=35, B=20, quiet 2-core VMs, against the whole-sequence ops). One thread: the
+    dense path won at every density at hidden 64, from 20% at 128 (GRU: and 256), from 33% above. Two
+    threads, where torch's waits are short (what ``import sparse_engine`` sets): torch's recurrence pays
+    a wake-up at each parallel region and lost at every size up to 512 (LSTM; GRU up to 256: 0.25-0.91x
+    the whole-sequence ops), won at 33% above."""
+    several = torch.get_num_threads() > 1 and torch_waits_short()
+    tables = AUTO_MIN_DENSITY_THREADED if several else AUTO_MIN_DENSITY
+    table = tables.get(cell, tables["LSTM"])
+    return next(density for bound, density in table if hidden_size <= bound)
 
 
 #: torch's fused recurrences, what ``nn.RNN``/``nn.LSTM``/``nn.GRU`` call (oneDNN/MKL on the CPU, cuDNN on CUDA)
@@ -254,3 +276,4 @@ def dense_recurrence(mode: str, x: torch.Tensor, h0: torch.Tensor, c0, weights, 
     run = _DENSE_FUNCTIONS[mode]
     res = run(x, hx, *args, False) if batch_sizes is None else run(x, batch_sizes, hx, *args)
     return res[0], res[1], (res[2] if mode == "LSTM" else None)
+

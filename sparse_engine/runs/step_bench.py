@@ -162,7 +162,7 @@ def _ours(method, cell, H, density, dev, compute, T, B):
         model = module(H, H, density=density, fused=fused, compute=compute)
     w_hh = model.weight_hh_l0
     path = compute_path(model, Config("RNN_TANH" if cell == "RNN" else cell, H, B, T, idx_hh=w_hh.index,
-                                      fused=model.fused, persistent=use_persistent(model.compute, w_hh)), w_hh)
+                                      fused=model.fused, persistent=use_persistent(model.compute, w_hh, T, B)), w_hh)
     nnz = sum(m.nnz for m in model.modules() if isinstance(m, se.SparseWeight))
     return model, list(model.parameters()), nnz, path
 

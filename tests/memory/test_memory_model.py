@@ -131,18 +131,21 @@ def test_prediction_for_the_persistent_path(cell, batch, kwargs):
     assert_close(predicted, measured, f"{cell} B={batch} {kwargs}")
 
 
-def test_the_model_follows_auto_to_the_persistent_path_on_a_gpu():
+def test_the_model_follows_auto_to_the_persistent_path():
     """The replay takes the persistent path where the module would: compute='auto' on a GPU with
-    W_hh on chip (not on the CPU, not at a million units, not when recomputing)."""
+    W_hh on chip (not at a million units, not when recomputing), on the CPU where the run's stacked
+    products are small (AUTO_PERSISTENT_CPU_BYTES: 2,000 units x 5 x 20 x 8 columns fit, x 200 do not)."""
     from sparse_engine.memory.step_replay import runs_of
 
-    def persistent(**kw):
+    def persistent(batch=8, **kw):
         s = RecurrentSizes.build("lstm", 16, kw.pop("hidden", 2000), density=kw.pop("density", 0.01), **kw)
-        return [r.persistent for r in runs_of(s, 20, 8, s.recompute_every)]
+        return [r.persistent for r in runs_of(s, 20, batch, s.recompute_every)]
 
     assert persistent(compute="auto", device="cuda") == [True]
     assert persistent(compute="auto", device="cuda", layers=2, bidirectional=True) == [True] * 4
-    assert persistent(compute="auto", device="cpu") == [False]
+    assert persistent(compute="auto", device="cpu") == [True]
+    assert persistent(compute="auto", device="cpu", batch=200) == [False]
+    assert persistent(compute="auto", device="cpu", recompute_every=4) == [False]
     assert persistent(compute="sparse", device="cuda") == [False]
     assert persistent(compute="auto", device="cuda", recompute_every=4) == [False]
     assert persistent(compute="auto", device="cuda", hidden=2**20, density=32 / 2**20) == [False]

@@ -1,6 +1,7 @@
 """The dense compute path (sparse_engine/recurrent/compute_paths.py): same values and gradients as torch.nn and
 as the sparse path, gradient only at the stored entries, CSR at rest, the auto rule and the
 budget. (The topology controllers on a module computing dense: tests/training/test_controllers.py.)"""
+import math
 import os
 import subprocess
 import sys
@@ -322,9 +323,9 @@ def test_auto_rule_budget_and_default(dense_calls):
         small(x)
         sparse(x)
         assert dense_calls == [small]
-        small_h, large_h = compute.AUTO_SMALL_HIDDEN, compute.AUTO_SMALL_HIDDEN + 1
-        mid = [se.SparseWeight.random(40, 40, 0.1)]  # between the two thresholds
-        assert compute.use_dense(None, mid, small_h) and not compute.use_dense(None, mid, large_h)
+        mid = [se.SparseWeight.random(40, 40, 0.1)]  # 10%: dense up to hidden 64, not above
+        assert compute.use_dense(None, mid, 64) and not compute.use_dense(None, mid, 65)
+        small_h = 64
         # a GPU: from AUTO_MIN_ROW_GPU (220) nonzeros a row on average, density x hidden; never another device
         assert compute.use_dense(None, mid, 2200, "cuda") and not compute.use_dense(None, mid, 2199, "cuda")
         assert not compute.use_dense(None, mid, 2200, "mps")
@@ -360,27 +361,37 @@ def test_auto_rule_budget_and_default(dense_calls):
         compute.set_default_compute("fast")
 
 
-def test_auto_on_several_threads_goes_dense_only_where_torchs_recurrence_won(monkeypatch):
-    """Where torch's ops run on several threads that sleep soon after each parallel region (what
-    ``import sparse_engine`` sets), torch's recurrence lost to the sparse path at every size up to
-    AUTO_SMALL_HIDDEN_THREADED (small_rnn_sweep_cpu_2threads.md): auto goes dense only above it, from
-    the one-thread rule's larger density; with one thread, or waits the user chose long, the one-thread rule."""
+def test_auto_min_density_tables_by_cell_hidden_size_and_threads(monkeypatch):
+    """The CPU rule's densities, each table's first bound that holds the hidden size. One thread: dense
+    from 3% up to hidden 64, 15% up to 128 (GRU: 256), 30% above. Where torch's ops run on
+    several threads that sleep soon after each parallel region (what ``import sparse_engine`` sets),
+    never up to 512 (LSTM) or 256 (GRU), where torch's recurrence lost at every density
+    (small_rnn_sweep_cpu_2threads.md), and 30% above; with one thread, or waits the user chose long, the
+    one-thread table. The vanilla RNN takes the LSTM's; ``use_dense`` passes the cell on."""
     at = [se.SparseWeight.random(40, 40, nnz=480)]  # density 0.30
-    under = [se.SparseWeight.random(40, 40, nnz=160)]  # 0.10
-    small_h, large_h = compute.AUTO_SMALL_HIDDEN_THREADED, compute.AUTO_SMALL_HIDDEN_THREADED + 1
+    under = [se.SparseWeight.random(40, 40, nnz=479)]  # just under it
+    ten = [se.SparseWeight.random(40, 40, nnz=240)]  # 0.15
+    inf = math.inf
     with compute.default_compute("auto"):
         monkeypatch.setattr(compute, "torch_waits_short", lambda: True)
         with num_threads(2):
-            assert not compute.use_dense(None, at, small_h) and compute.use_dense(None, at, large_h)
-            assert not compute.use_dense(None, under, large_h)
-            assert compute.use_dense("dense", under, small_h)  # asked for: whatever the rule
-        one = compute.AUTO_SMALL_HIDDEN  # the one-thread rule: dense from 3% up to it, 25% above
+            assert [compute.auto_min_density(h) for h in (1, 512, 513)] == [inf, inf, 0.30]
+            assert [compute.auto_min_density(h, "GRU") for h in (1, 256, 257)] == [inf, inf, 0.30]
+            assert compute.auto_min_density(512, "RNN_TANH") == inf
+            assert not compute.use_dense(None, at, 512) and compute.use_dense(None, at, 513)
+            assert not compute.use_dense(None, at, 256, cell="GRU") and compute.use_dense(None, at, 257, cell="GRU")
+            assert not compute.use_dense(None, under, 513)
+            assert compute.use_dense("dense", under, 64)  # asked for: whatever the rule
         with num_threads(1):
-            assert compute.use_dense(None, under, one) and not compute.use_dense(None, under, one + 1)
-            assert compute.use_dense(None, at, small_h)
+            assert [compute.auto_min_density(h) for h in (1, 64, 65, 128, 129, 10**6)] == [
+                0.03, 0.03, 0.15, 0.15, 0.30, 0.30]
+            assert [compute.auto_min_density(h, "GRU") for h in (64, 65, 256, 257)] == [0.03, 0.15, 0.15, 0.30]
+            assert compute.use_dense(None, ten, 128) and not compute.use_dense(None, ten, 129)
+            assert compute.use_dense(None, ten, 256, cell="GRU") and not compute.use_dense(None, ten, 256)
+            assert compute.use_dense(None, at, 129) and not compute.use_dense(None, under, 129)
         monkeypatch.setattr(compute, "torch_waits_short", lambda: False)
         with num_threads(2):
-            assert compute.use_dense(None, under, one) and compute.use_dense(None, at, small_h)
+            assert compute.use_dense(None, ten, 128) and compute.use_dense(None, at, 512)
     from sparse_engine.runtime import threads
     monkeypatch.setattr(threads, "PASSIVE_WAIT", False)
     monkeypatch.setattr(threads, "SHORT_SPIN", False)
@@ -444,6 +455,51 @@ def test_auto_on_a_gpu_picks_the_faster_of_the_measured_paths(run, table, cells)
         assert (dense_ms <= 1.05 * sparse_ms) if dense else (sparse_ms <= 1.05 * dense_ms), (r[:3], dense, dense_ms,
                                                                                               sparse_ms)
         seen += 1
+    assert seen == cells
+
+
+def _cpu_rows(path):
+    """A CPU table's rows as (cell, hidden, density, {path: ms}): the sweep's 'sparse (ms)', 'persistent
+    (ms)' and 'dense (ms)' columns, or bench_rnn's 'ours, per step', 'ours, persistent' and 'ours, dense'
+    (the last only where the dense path ran: past the budget it ran per step)."""
+    rows = [[c.strip() for c in line.strip().split("|")[1:-1]] for line in path.read_text().splitlines()]
+    names = {"sparse (ms)": "sparse", "persistent (ms)": "persistent", "dense (ms)": "dense",
+             "ours, per step": "sparse", "ours, persistent": "persistent", "ours, dense": "dense"}
+    out, head = [], None
+    for r in rows:
+        if r and r[0] == "cell":
+            head = {names[c]: i for i, c in enumerate(r) if c in names}
+        elif r and r[0] in ("LSTM", "GRU") and head:
+            ms = {k: _timed(r[i])[0] if r[i].endswith(")") else float(r[i]) for k, i in head.items()
+                  if r[i][:1].isdigit() and (k != "dense" or "(" not in r[i] or r[i].endswith("(dense)"))}
+            out.append((r[0], int(r[1].replace(",", "")), float(r[2]), ms))
+    return out
+
+
+@pytest.mark.parametrize("table, threads, cells", [
+    ("small_rnn_sweep_cpu_1thread.md", 1, 48), ("small_rnn_sweep_cpu_2threads.md", 2, 48),
+    ("rnn_cpu_paths_1thread.md", 1, 14), ("rnn_cpu_paths_2threads.md", 2, 14)])
+def test_auto_on_the_cpu_picks_the_faster_of_the_measured_paths(table, threads, cells, monkeypatch):
+    """The CPU tables (T=35, B=20, input = hidden, an Intel Xeon VM, quiet, sparse_engine imported first: the
+    short waits): the path auto's CPU rule picks at the table's thread count (dense by auto_min_density,
+    else the whole-sequence ops by persistent_by_sizes, else per step) took at most 1.10x the fastest path
+    measured in the row (noise: 3-5 samples a path)."""
+    import pathlib
+    path = pathlib.Path(__file__).parents[2] / "benchmarks" / "results" / table
+    monkeypatch.setattr(compute, "torch_waits_short", lambda: True)
+    seen = 0
+    with num_threads(threads):
+        for cell, H, d, ms in _cpu_rows(path):
+            G = {"LSTM": 4, "GRU": 3}[cell]
+            entries = 2 * G * H * H
+            if compute.dense_by_sizes("auto", entries, round(entries * d), 4, H, "cpu", cell):
+                picked = "dense"
+            elif compute.persistent_by_sizes("auto", round(entries * d / 2), 4, H, "cpu", G * H, 35, 20):
+                picked = "persistent"
+            else:
+                picked = "sparse"
+            assert ms[picked] <= 1.10 * min(ms.values()), (table, cell, H, d, picked, ms)
+            seen += 1
     assert seen == cells
 
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import sparse_engine as se
-from sparse_engine.recurrent import compute_paths, persistent
+from sparse_engine.recurrent import compute_paths, persistent, sequence
 from sparse_engine.recurrent.config import Config
+from sparse_engine.testing import num_threads
 
 MODULES = [se.nn.SparseLSTM, se.nn.SparseGRU, se.nn.SparseRNN]
 
@@ -151,7 +152,8 @@ def test_a_compute_setting_like_the_others(op_calls, rng):
 def test_auto_takes_it_on_a_gpu_where_w_hh_fits_on_chip(op_calls, rng):
     """``auto``: on a GPU the persistent kernels where W_hh's values and 16-bit index (32-bit past
     65,536 columns) fill at most 90% of the chip's shared memory (here, without a GPU, an H100's:
-    132 SMs x 228 KiB); never on the CPU; 'persistent' always, 'sparse' and 'dense' never."""
+    132 SMs x 228 KiB); on the CPU only with the run's sizes (the next test); 'persistent' always,
+    'sparse' and 'dense' never."""
     room = 0.9 * 132 * 228 * 1024
     fits, over = int(room // 6), int(room // 6) + 1  # float32 values, 16-bit index: 6 bytes an entry
     by_sizes = compute_paths.persistent_by_sizes
@@ -164,11 +166,46 @@ def test_auto_takes_it_on_a_gpu_where_w_hh_fits_on_chip(op_calls, rng):
     assert not by_sizes("auto", 10, 4, 4096, "cpu", rows) and not by_sizes("auto", None, 4, 4096, "cuda", rows)
     assert by_sizes("persistent", 10**12, 4, 4096, "cpu", rows)
     assert not by_sizes("sparse", 10, 4, 4096, "cuda", rows) and not by_sizes("dense", 10, 4, 4096, "cuda", rows)
+    assert not by_sizes("auto", 10, 4, 4096, "mps", rows, 35, 20)
     with compute_paths.default_compute("auto"):
         assert by_sizes(None, fits, 4, 4096, torch.device("cuda", 0), rows)
-        m = build(se.nn.SparseLSTM, 6, density=0.05)
-        m(torch.randn(3, 2, 5, generator=rng, dtype=torch.float64))  # the CPU: per step
-    assert not op_calls
+
+
+def test_auto_takes_it_on_the_cpu_where_the_run_stacks_anyway(op_calls, rng):
+    """``auto`` on the CPU: the sequence ops where a run of T x B columns stacks products ((G+1) x H x T x B
+    values) of at most AUTO_PERSISTENT_CPU_BYTES (64 MiB on one thread, 128 MiB on several), within
+    sequence.STACK_BYTES (the per-step run stacks them too: the sequence ops keep what it keeps), per step
+    above it or without the sizes; the module gives the per-step path's bits."""
+    by_sizes = compute_paths.persistent_by_sizes
+    assert max(compute_paths.AUTO_PERSISTENT_CPU_BYTES) <= sequence.STACK_BYTES
+    H, G = 4096, 4
+    for threads, limit in zip((1, 2), compute_paths.AUTO_PERSISTENT_CPU_BYTES):
+        cols = limit // (4 * (G + 1) * H)  # float32 columns (T x B) that just fit
+        with num_threads(threads):
+            assert by_sizes("auto", 10, 4, H, "cpu", G * H, cols, 1)
+            assert by_sizes("auto", 10, 4, H, "cpu", G * H, 1, cols)
+            assert not by_sizes("auto", 10, 4, H, "cpu", G * H, cols + 1, 1)
+            assert not by_sizes("auto", 10, 8, H, "cpu", G * H, cols, 1)  # float64: twice the bytes
+    with num_threads(2):
+        assert by_sizes("auto", 10, 4, 8192, "cpu", 4 * 8192, 35, 20)  # 115 MB: measured faster on two threads
+    with num_threads(1):
+        assert not by_sizes("auto", 10, 4, 8192, "cpu", 4 * 8192, 35, 20)  # and slower on one
+    assert not by_sizes("auto", 10, 4, H, "cpu", G * H) and not by_sizes("auto", None, 4, H, "cpu", G * H, 3, 2)
+    assert not by_sizes("sparse", 10, 4, H, "cpu", G * H, 3, 2) and not by_sizes("dense", 10, 4, H, "cpu", G * H, 3, 2)
+    x = torch.randn(6, 3, 5, generator=rng, dtype=torch.float64)
+    for cls in MODULES:
+        m = build(cls, 2, density=0.2, num_layers=2)
+        want = forward_backward(m, x, "sparse")
+        assert not op_calls
+        compute_paths.set_dense_budget(0)  # so that auto is not dense at this size
+        try:
+            got = forward_backward(m, x, "auto")
+        finally:
+            compute_paths.set_dense_budget(None)
+        assert len(op_calls) == 2, cls  # both layers
+        op_calls.clear()
+        for k in want:
+            assert torch.equal(got[k], want[k]), (cls.__name__, k)
 
 
 def test_auto_takes_it_past_the_chip_only_where_measured():
