@@ -23,9 +23,9 @@ changed; ``state_dict``, checkpoints and the topology controllers see only the C
   back to the sparse path.
 * ``compute="auto"`` (default): on the CPU, dense when it fits the budget and the module's density
   is at least :func:`auto_min_density` of its hidden size and torch's threads (the crossovers measured
-  on this project's CPUs, see docs/compute_paths.md), else the whole-sequence ops where a run stacks
-  its products anyway (:func:`persistent_by_sizes`: the same bits as per step, and faster in every
-  measured cell), else sparse per step; large layers stay sparse through the budget.
+  on this project's CPUs, see docs/compute_paths.md), else the whole-sequence ops where a run's stacked
+  products are small (:func:`persistent_by_sizes`: the same bits as per step, and faster where measured
+  there), else sparse per step; large layers stay sparse through the budget.
   On a GPU dense (cuDNN's recurrence) when the matrices fit the budget and a recurrent row holds at
   least :data:`AUTO_MIN_ROW_GPU` nonzeros on average (density x hidden), else persistent where W_hh
   fits the chip's shared memory (:func:`persistent_by_sizes`: the persistent kernels then hold it on
