@@ -288,7 +288,7 @@ class SparseRNNBase(RecordsGradFactors, TorchConversion, nn.Module):
                              recompute_every=check_recompute_every(self.recompute_every),
                              saved_dtype=check_saved_dtype(self.saved_dtype),
                              output=output or layer < self.num_layers - 1,
-                             persistent=use_persistent(self.compute, w_hh, T, B))
+                             persistent=use_persistent(self.compute, w_hh, T, B, torch.is_grad_enabled()))
                 if self.proj_size and self.record_grad_factors:
                     raise ValueError("growth by gradient (record_grad_factors) is not available with "
                                      "proj_size: the projected LSTM has no fused backward to take the factors from")

@@ -184,27 +184,30 @@ def dense_by_sizes(mode: str | None, entries: int, nnz: int, itemsize: int, hidd
     return nnz / entries >= auto_min_density(hidden_size, cell)
 
 
-def use_persistent(mode: str | None, w_hh=None, steps: int | None = None, batch: int | None = None) -> bool:
+def use_persistent(mode: str | None, w_hh=None, steps: int | None = None, batch: int | None = None,
+                   backward: bool = True) -> bool:
     """Whether a layer-direction of a module with the given ``compute`` setting (None: the global
-    default) and recurrent matrix ``w_hh``, run over ``steps`` x ``batch`` columns, asks for the
-    whole-sequence ops: ``compute="persistent"``, or ``auto`` by :func:`persistent_by_sizes` (where
-    they apply is the recurrence's to say)."""
+    default) and recurrent matrix ``w_hh``, run over ``steps`` x ``batch`` columns with a backward to
+    follow or not, asks for the whole-sequence ops: ``compute="persistent"``, or ``auto`` by
+    :func:`persistent_by_sizes` (where they apply is the recurrence's to say)."""
     if isinstance(w_hh, SparseWeight):
         values, _, col_idx = w_hh.parts()
         return persistent_by_sizes(mode, col_idx.numel(), values.element_size(), w_hh.shape[1], values.device,
-                                   w_hh.shape[0], steps, batch)
+                                   w_hh.shape[0], steps, batch, backward)
     return (_state["compute"] if mode is None else mode) == "persistent"
 
 
 def persistent_by_sizes(mode: str | None, nnz_hh: int | None, itemsize: int, hidden: int, device,
-                        rows: int, steps: int | None = None, batch: int | None = None) -> bool:
+                        rows: int, steps: int | None = None, batch: int | None = None, backward: bool = True) -> bool:
     """:func:`use_persistent` from sizes alone: ``compute="persistent"``, or ``auto`` for a sparse W_hh
     of ``rows`` x ``hidden`` with ``nnz_hh`` values of ``itemsize`` bytes on ``device`` (a torch.device
     or its type). On a GPU where its staged form fits :data:`AUTO_PERSISTENT_SHARE` of
     :func:`on_chip_bytes`, or within :data:`AUTO_PERSISTENT_OFF_CHIP`. On the CPU where a run of
     ``steps`` x ``batch`` columns stacks products of at most :data:`AUTO_PERSISTENT_CPU_BYTES` at torch's
     threads (the per-step run then stacks them too: the sequence ops keep what it keeps; measured faster,
-    docs/compute_paths.md).
+    docs/compute_paths.md), and only with a ``backward`` to follow: without one the sequence ops still copy
+    out the activations a backward would read, which the per-step run skips (inference at 4,096 @ 1%:
+    0.86-0.94x the per-step path).
     The memory model asks this without building the module."""
     mode = _state["compute"] if mode is None else mode
     if mode == "persistent":
@@ -213,7 +216,8 @@ def persistent_by_sizes(mode: str | None, nnz_hh: int | None, itemsize: int, hid
     if mode != "auto" or nnz_hh is None:
         return False
     if device.type == "cpu":
-        if not (isinstance(steps, int) and isinstance(batch, int)):  # unknown or symbolic (torch.export): per step
+        # per step without a backward, or with T and B unknown or symbolic (torch.export)
+        if not backward or not (isinstance(steps, int) and isinstance(batch, int)):
             return False
         size = (rows + hidden) * steps * batch * itemsize
         one, several = AUTO_PERSISTENT_CPU_BYTES

@@ -175,7 +175,7 @@ def test_auto_takes_it_on_the_cpu_where_the_run_stacks_anyway(op_calls, rng):
     """``auto`` on the CPU: the sequence ops where a run of T x B columns stacks products ((G+1) x H x T x B
     values) of at most AUTO_PERSISTENT_CPU_BYTES (64 MiB on one thread, 128 MiB on several), within
     sequence.STACK_BYTES (the per-step run stacks them too: the sequence ops keep what it keeps), per step
-    above it or without the sizes; the module gives the per-step path's bits."""
+    above it, without the sizes or without a backward to follow; the module gives the per-step path's bits."""
     by_sizes = compute_paths.persistent_by_sizes
     assert max(compute_paths.AUTO_PERSISTENT_CPU_BYTES) <= sequence.STACK_BYTES
     H, G = 4096, 4
@@ -191,6 +191,8 @@ def test_auto_takes_it_on_the_cpu_where_the_run_stacks_anyway(op_calls, rng):
     with num_threads(1):
         assert not by_sizes("auto", 10, 4, 8192, "cpu", 4 * 8192, 35, 20)  # and slower on one
     assert not by_sizes("auto", 10, 4, H, "cpu", G * H) and not by_sizes("auto", None, 4, H, "cpu", G * H, 3, 2)
+    assert not by_sizes("auto", 10, 4, H, "cpu", G * H, 3, 2, backward=False)  # inference: per step
+    assert by_sizes("persistent", 10, 4, H, "cpu", G * H, 3, 2, backward=False)
     assert not by_sizes("sparse", 10, 4, H, "cpu", G * H, 3, 2) and not by_sizes("dense", 10, 4, H, "cpu", G * H, 3, 2)
     x = torch.randn(6, 3, 5, generator=rng, dtype=torch.float64)
     for cls in MODULES:
@@ -204,6 +206,14 @@ def test_auto_takes_it_on_the_cpu_where_the_run_stacks_anyway(op_calls, rng):
             compute_paths.set_dense_budget(None)
         assert len(op_calls) == 2, cls  # both layers
         op_calls.clear()
+        with torch.no_grad():  # no backward to follow: auto runs per step
+            m.compute = "auto"
+            compute_paths.set_dense_budget(0)
+            try:
+                assert torch.equal(m(x)[0], want["y"])
+            finally:
+                compute_paths.set_dense_budget(None)
+        assert not op_calls
         for k in want:
             assert torch.equal(got[k], want[k]), (cls.__name__, k)
 
