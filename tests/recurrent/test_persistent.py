@@ -195,27 +195,22 @@ def test_auto_takes_it_on_the_cpu_where_the_run_stacks_anyway(op_calls, rng):
     assert by_sizes("persistent", 10, 4, H, "cpu", G * H, 3, 2, backward=False)
     assert not by_sizes("sparse", 10, 4, H, "cpu", G * H, 3, 2) and not by_sizes("dense", 10, 4, H, "cpu", G * H, 3, 2)
     x = torch.randn(6, 3, 5, generator=rng, dtype=torch.float64)
-    for cls in MODULES:
-        m = build(cls, 2, density=0.2, num_layers=2)
-        want = forward_backward(m, x, "sparse")
-        assert not op_calls
-        compute_paths.set_dense_budget(0)  # so that auto is not dense at this size
-        try:
+    compute_paths.set_dense_budget(0)  # so that auto is not dense at this size
+    try:
+        for cls in MODULES:
+            m = build(cls, 2, density=0.2, num_layers=2)
+            want = forward_backward(m, x, "sparse")
+            assert not op_calls
             got = forward_backward(m, x, "auto")
-        finally:
-            compute_paths.set_dense_budget(None)
-        assert len(op_calls) == 2, cls  # both layers
-        op_calls.clear()
-        with torch.no_grad():  # no backward to follow: auto runs per step
-            m.compute = "auto"
-            compute_paths.set_dense_budget(0)
-            try:
+            assert len(op_calls) == 2, cls  # both layers
+            for k in want:
+                assert torch.equal(got[k], want[k]), (cls.__name__, k)
+            op_calls.clear()
+            with torch.no_grad():  # no backward to follow: auto runs per step
                 assert torch.equal(m(x)[0], want["y"])
-            finally:
-                compute_paths.set_dense_budget(None)
-        assert not op_calls
-        for k in want:
-            assert torch.equal(got[k], want[k]), (cls.__name__, k)
+            assert not op_calls
+    finally:
+        compute_paths.set_dense_budget(None)
 
 
 def test_auto_takes_it_past_the_chip_only_where_measured():
