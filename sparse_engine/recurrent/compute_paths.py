@@ -52,6 +52,7 @@ from ..runtime.threads import torch_waits_short
 from ..sparse import SparseWeight
 from . import cudnn_flat, dense_gru
 from .dense_matrices import materialize, materialize_all
+from .sequence import STACK_BYTES
 
 __all__ = ["COMPUTE_CHOICES", "set_default_compute", "get_default_compute", "default_compute",
            "set_dense_budget", "get_dense_budget", "check_compute", "use_dense", "use_persistent", "dense_by_sizes",
@@ -85,10 +86,10 @@ AUTO_PERSISTENT_SHARE = 0.9
 #: runs, to lose at 4,096 @ 10% (410 a row); larger sizes not measured (docs/compute_paths.md)
 AUTO_PERSISTENT_OFF_CHIP = (16384, 170)
 #: ``auto`` on the CPU: the whole-sequence ops up to this size of the stacked products ((G+1) x H x T x B
-#: values' bytes, on one thread and on several; at most ``sequence.STACK_BYTES``, so the per-step run
-#: stacks them too and keeps as much). Measured at B = 20: 1.04-1.36x the per-step path up to 4,096 units
-#: (57 MB) on both; at 8,192 (115 MB) 1.01-1.21x on two threads, 0.92-0.98x on one (rnn_cpu_paths_*.md)
-AUTO_PERSISTENT_CPU_BYTES = (64 * 2**20, 128 * 2**20)
+#: values' bytes, on one thread and on several; on several exactly where the per-step run stacks them too,
+#: ``sequence.STACK_BYTES``, so it keeps as much). Measured at B = 20: 1.04-1.36x the per-step path up to
+#: 4,096 units (57 MB) on both; at 8,192 (115 MB) 1.01-1.21x on two threads, 0.92-0.98x on one (rnn_cpu_paths_*.md)
+AUTO_PERSISTENT_CPU_BYTES = (64 * 2**20, STACK_BYTES)
 #: the shared memory of an H100 / H200 (132 SMs x 228 KiB): a prediction for "cuda" made where no
 #: GPU is visible assumes one
 HOPPER_ON_CHIP_BYTES = 132 * 228 * 1024
