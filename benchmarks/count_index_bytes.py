@@ -20,7 +20,9 @@ A uniformly random pattern's transpose is uniformly random: both indexes are cou
 ``--sample`` rows drawn with the real row's proportions (k = 32 of H columns; G*32 of G*H rows)
 and scaled to the matrix's nonzeros.
 
-    python benchmarks/count_index_bytes.py --out compact_index_count.md
+    python benchmarks/count_index_bytes.py --out compact_index_count_lstm.md
+
+Without --out a fresh file benchmarks/results/local/compact_index_count_<model>-<UTC time>.md.
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import add_copy_to, markdown_table, results_path, write_result  # noqa: E402
+from common import add_copy_to, announce, cell, finish, markdown_table, results_path, write_result  # noqa: E402
 
 BLOCK_BITS = 16
 ENCODINGS = ("int32", "blocks16", "packed", "entropy")
@@ -90,34 +92,38 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     from bench_caps import PER_ROW, plan_row
     gates = {"lstm": 4, "gru": 3}[a.model]
-    rows = []
-    for cap in (float(c) for c in a.caps.split(",")):
-        hidden, plan = plan_row(a.model, int(cap * 2**30), None, "cuda", 0.95)
-        nnz = gates * hidden * PER_ROW  # what SequenceModel draws: nonzeros = density x rows x cols
-        c = count(hidden, gates, PER_ROW, a.sample)
-        csr, tr = c["csr"], c["transposed"]
-        today = plan.step.index
-        saved = {e: (8 - csr[e] - tr[e]) * nnz for e in ("blocks16", "packed", "entropy")}
-        place = (4 - place_bytes(c["longest_row"])) * nnz
-        best = saved["entropy"] + place
-        peak = plan.step.peak
-        rows.append([f"{cap:g}G", f"{hidden:,}", f"{nnz:,}", gib(peak), f"{gib(today)} ({today / peak:.1%})",
-                     f"{csr['blocks16']:.2f} / {tr['blocks16']:.2f}", f"{gib(saved['blocks16'])}",
-                     f"{csr['packed']:.0f} / {tr['packed']:.0f}", f"{gib(saved['packed'])}",
-                     f"{csr['entropy']:.2f} / {tr['entropy']:.2f}", f"{gib(saved['entropy'])}",
-                     f"{gib(place)}", f"{gib(best)} ({best / peak:.1%}; +{best / (peak - best):.1%} units)"])
     header = ["cap", "hidden", "W_hh nonzeros", "planned peak", "index today", "blocks16 B/nz (csr / transposed)",
               "saves", "packed B/nz", "saves", "entropy bound B/nz", "saves", "permutation as place saves",
               "at best (entropy bound + place)"]
     title = f"What a compact index would save: {a.model.upper()}, {PER_ROW} nonzeros a row, T=35, B=20"
-    body = ("The recurrent matrix's index against the memory model's peak of each capped row "
-            f"(`bench_caps.py`'s plan: the largest {a.model.upper()} under cap x 0.95, its cheapest options). "
-            f"B/nz: bytes a nonzero in each sorted index, counted on {a.sample:,} rows of each drawn with "
-            "`random_pattern` (today: 4 / 4, plus the 4-byte permutation). saves: against today's 12 bytes "
-            "a nonzero. units: about how many more units the same cap would hold (the peak grows in proportion "
-            "to the hidden size at these sizes).\n\n" + markdown_table(header, rows))
-    path = write_result(str(results_path(a.out, f"compact_index_count_{a.model}.md")), title, body, a.copy_to)
-    print(f"wrote {path}")
+    path = results_path(a.out, f"compact_index_count_{a.model}.md")
+    announce(title, header, path)
+    rows = []
+    for cap in (float(c) for c in a.caps.split(",")):
+        with cell(f"cap {cap:g}G") as c:
+            hidden, plan = plan_row(a.model, int(cap * 2**30), None, "cuda", 0.95)
+            nnz = gates * hidden * PER_ROW  # what SequenceModel draws: nonzeros = density x rows x cols
+            got = count(hidden, gates, PER_ROW, a.sample)
+            csr, tr = got["csr"], got["transposed"]
+            today = plan.step.index
+            saved = {e: (8 - csr[e] - tr[e]) * nnz for e in ("blocks16", "packed", "entropy")}
+            place = (4 - place_bytes(got["longest_row"])) * nnz
+            best = saved["entropy"] + place
+            peak = plan.step.peak
+            c.result = [f"{cap:g}G", f"{hidden:,}", f"{nnz:,}", gib(peak), f"{gib(today)} ({today / peak:.1%})",
+                        f"{csr['blocks16']:.2f} / {tr['blocks16']:.2f}", f"{gib(saved['blocks16'])}",
+                        f"{csr['packed']:.0f} / {tr['packed']:.0f}", f"{gib(saved['packed'])}",
+                        f"{csr['entropy']:.2f} / {tr['entropy']:.2f}", f"{gib(saved['entropy'])}",
+                        f"{gib(place)}", f"{gib(best)} ({best / peak:.1%}; +{best / (peak - best):.1%} units)"]
+            rows.append(c.result)
+        body = ("The recurrent matrix's index against the memory model's peak of each capped row "
+                f"(`bench_caps.py`'s plan: the largest {a.model.upper()} under cap x 0.95, its cheapest options). "
+                f"B/nz: bytes a nonzero in each sorted index, counted on {a.sample:,} rows of each drawn with "
+                "`random_pattern` (today: 4 / 4, plus the 4-byte permutation). saves: against today's 12 bytes "
+                "a nonzero. units: about how many more units the same cap would hold (the peak grows in "
+                "proportion to the hidden size at these sizes).\n\n" + markdown_table(header, rows))
+        write_result(str(path), title, body, a.copy_to)  # rewritten after every row
+    finish(path)
     return 0
 
 
