@@ -69,14 +69,28 @@ DEFAULT_DENSE_BUDGET_GPU = 2**30
 #: row length (near 205 a row at 1,500 units, 229 at 4,096 on an H200; docs/compute_paths.md)
 AUTO_MIN_ROW_GPU = 220
 #: ``auto`` on the CPU: the lowest density (nnz / dense entries over the module's sparse matrices) that
-#: goes dense, per cell and by hidden size: (up to this hidden size, from this density), the first that
-#: holds; on several threads whose waits are short (``threads.torch_waits_short``) the second table.
+#: goes dense, per cell, batch width and hidden size: {up to this batch width: ((up to this hidden size,
+#: from this density), ...)}, the first band that holds the batch, then its first bound that holds the
+#: hidden size; on several threads whose waits are short (``threads.torch_waits_short``) the second table.
 #: Measured against the whole-sequence ops, what ``auto`` runs sparse (docs/compute_paths.md); the
-#: vanilla RNN (not measured) takes the LSTM's
-AUTO_MIN_DENSITY = {"LSTM": ((64, 0.03), (128, 0.15), (math.inf, 0.30)),
-                    "GRU": ((64, 0.03), (256, 0.15), (math.inf, 0.30))}
-AUTO_MIN_DENSITY_THREADED = {"LSTM": ((512, math.inf), (math.inf, 0.30)),
-                             "GRU": ((256, math.inf), (math.inf, 0.30))}
+#: vanilla RNN (not measured) takes the LSTM's. Small batches: the dense path streams its matrices at
+#: every step for one or a few columns (bandwidth-bound past the cache) while the sparse time shrinks
+#: with the columns; wide ones: torch's parallel regions get enough work to pay their wake-ups.
+AUTO_MIN_DENSITY = {"LSTM": {8: ((128, 0.03), (256, 0.30), (math.inf, math.inf)),
+                             math.inf: ((64, 0.03), (128, 0.15), (math.inf, 0.30))},
+                    "GRU": {2: ((128, 0.03), (256, 0.15), (math.inf, math.inf)),
+                            8: ((128, 0.03), (256, 0.15), (512, 0.30), (math.inf, math.inf)),
+                            math.inf: ((64, 0.03), (256, 0.15), (math.inf, 0.30))}}
+AUTO_MIN_DENSITY_THREADED = {"LSTM": {8: ((math.inf, math.inf),),
+                                      32: ((512, math.inf), (math.inf, 0.30)),
+                                      80: ((256, math.inf), (math.inf, 0.30)),
+                                      math.inf: ((128, math.inf), (math.inf, 0.30))},
+                             "GRU": {8: ((math.inf, math.inf),),
+                                     32: ((256, math.inf), (math.inf, 0.30)),
+                                     80: ((128, math.inf), (math.inf, 0.15)),
+                                     math.inf: ((64, math.inf), (math.inf, 0.15))}}
+#: the batch width the CPU rule assumes where a caller gives none (its first tables' measurements)
+AUTO_BATCH = 20
 #: ``auto`` on a GPU: the persistent kernels where W_hh (values and the 16-bit index they stage, 32-bit
 #: past 65,536 columns) takes at most this share of the chip's shared memory (measured on an H200:
 #: 1.0-2.2x the per-step path at 0.4-0.7 of it, 0.86-0.88x at 1.0-1.4; docs/compute_paths.md)
@@ -86,10 +100,12 @@ AUTO_PERSISTENT_SHARE = 0.9
 #: runs, to lose at 4,096 @ 10% (410 a row); larger sizes not measured (docs/compute_paths.md)
 AUTO_PERSISTENT_OFF_CHIP = (16384, 170)
 #: ``auto`` on the CPU: the whole-sequence ops up to this size of the stacked products ((G+1) x H x T x B
-#: values' bytes, on one thread and on several; on several exactly where the per-step run stacks them too,
-#: ``sequence.STACK_BYTES``, so it keeps as much). Measured at B = 20: 1.04-1.36x the per-step path up to
-#: 4,096 units (57 MB) on both; at 8,192 (115 MB) 1.01-1.21x on two threads, 0.92-0.98x on one (rnn_cpu_paths_*.md)
-AUTO_PERSISTENT_CPU_BYTES = (64 * 2**20, STACK_BYTES)
+#: values' bytes: ``sequence.STACK_BYTES``, where the per-step run stacks them too, so it keeps as much) and,
+#: on one thread, up to this hidden size. Measured: 1.03-1.36x the per-step path at B = 20 up to 4,096 units
+#: (57 MB), 1.04-1.15x at B = 128 and 1,000-1,500 units (67-108 MB) on one thread; at 8,192 units (B = 20,
+#: 115 MB) 1.01-1.21x on two threads but 0.92-0.98x on one (rnn_cpu_paths_*.md, small_rnn_sweep_cpu_*_b128.md)
+AUTO_PERSISTENT_CPU_BYTES = STACK_BYTES
+AUTO_PERSISTENT_CPU_HIDDEN_ONE_THREAD = 4096
 #: the shared memory of an H100 / H200 (132 SMs x 228 KiB): a prediction for "cuda" made where no
 #: GPU is visible assumes one
 HOPPER_ON_CHIP_BYTES = 132 * 228 * 1024
@@ -149,11 +165,13 @@ def get_dense_budget(device_type: str = "cpu") -> int:
     return DEFAULT_DENSE_BUDGET_GPU if device_type == "cuda" else DEFAULT_DENSE_BUDGET
 
 
-def use_dense(mode: str | None, weights, hidden_size: int, device_type: str = "cpu", cell: str = "LSTM") -> bool:
+def use_dense(mode: str | None, weights, hidden_size: int, device_type: str = "cpu", cell: str = "LSTM",
+              batch: int | None = None) -> bool:
     """Whether a module with the given ``compute`` setting (None: the global default) and matrices
     (SparseWeights or dense tensors) on ``device_type`` runs dense this forward: ``auto`` by the
-    CPU's rule (:func:`auto_min_density` for the ``cell``, a recurrence mode: "LSTM", "GRU", ...) or the
-    GPU's (:data:`AUTO_MIN_ROW_GPU`), never on another device (``compute='dense'`` works on any)."""
+    CPU's rule (:func:`auto_min_density` for the ``cell``, a recurrence mode: "LSTM", "GRU", ..., and
+    the ``batch`` width) or the GPU's (:data:`AUTO_MIN_ROW_GPU`), never on another device
+    (``compute='dense'`` works on any)."""
     entries = nnz = 0
     itemsize = 4
     for w in weights:
@@ -163,11 +181,11 @@ def use_dense(mode: str | None, weights, hidden_size: int, device_type: str = "c
             entries += rows * cols
             itemsize = values.element_size()
             nnz += col_idx.numel()
-    return dense_by_sizes(mode, entries, nnz, itemsize, hidden_size, device_type, cell)
+    return dense_by_sizes(mode, entries, nnz, itemsize, hidden_size, device_type, cell, batch)
 
 
 def dense_by_sizes(mode: str | None, entries: int, nnz: int, itemsize: int, hidden_size: int,
-                   device_type: str = "cpu", cell: str = "LSTM") -> bool:
+                   device_type: str = "cpu", cell: str = "LSTM", batch: int | None = None) -> bool:
     """:func:`use_dense` from sizes alone: ``entries`` (rows x cols) and ``nnz`` summed over the
     module's sparse matrices, whose values take ``itemsize`` bytes each. The memory model
     (:mod:`sparse_engine.memory`) asks this without building the module."""
@@ -182,7 +200,7 @@ def dense_by_sizes(mode: str | None, entries: int, nnz: int, itemsize: int, hidd
         return nnz / entries * hidden_size >= AUTO_MIN_ROW_GPU
     if device_type != "cpu":
         return False
-    return nnz / entries >= auto_min_density(hidden_size, cell)
+    return nnz / entries >= auto_min_density(hidden_size, cell, batch)
 
 
 def use_persistent(mode: str | None, w_hh=None, steps: int | None = None, batch: int | None = None,
@@ -204,11 +222,12 @@ def persistent_by_sizes(mode: str | None, nnz_hh: int | None, itemsize: int, hid
     of ``rows`` x ``hidden`` with ``nnz_hh`` values of ``itemsize`` bytes on ``device`` (a torch.device
     or its type). On a GPU where its staged form fits :data:`AUTO_PERSISTENT_SHARE` of
     :func:`on_chip_bytes`, or within :data:`AUTO_PERSISTENT_OFF_CHIP`. On the CPU where a run of
-    ``steps`` x ``batch`` columns stacks products of at most :data:`AUTO_PERSISTENT_CPU_BYTES` at torch's
-    threads (the per-step run then stacks them too: the sequence ops keep what it keeps; measured faster,
-    docs/compute_paths.md), and only with a ``backward`` to follow: without one the sequence ops still copy
-    out the activations a backward would read, which the per-step run skips (inference at 4,096 @ 1%:
-    0.86-0.94x the per-step path).
+    ``steps`` x ``batch`` columns stacks products of at most :data:`AUTO_PERSISTENT_CPU_BYTES` (the
+    per-step run then stacks them too: the sequence ops keep what it keeps; measured faster,
+    docs/compute_paths.md), on one thread up to :data:`AUTO_PERSISTENT_CPU_HIDDEN_ONE_THREAD` units, and
+    only with a ``backward`` to follow: without one the sequence ops still copy out the activations a
+    backward would read, which the per-step run skips (inference at 4,096 @ 1%: 0.86-0.94x the per-step
+    path).
     The memory model asks this without building the module."""
     mode = _state["compute"] if mode is None else mode
     if mode == "persistent":
@@ -220,9 +239,9 @@ def persistent_by_sizes(mode: str | None, nnz_hh: int | None, itemsize: int, hid
         # per step without a backward, or with T and B unknown or symbolic (torch.export)
         if not backward or not (isinstance(steps, int) and isinstance(batch, int)):
             return False
-        size = (rows + hidden) * steps * batch * itemsize
-        one, several = AUTO_PERSISTENT_CPU_BYTES
-        return size <= (several if torch.get_num_threads() > 1 else one)
+        if torch.get_num_threads() == 1 and hidden > AUTO_PERSISTENT_CPU_HIDDEN_ONE_THREAD:
+            return False
+        return (rows + hidden) * steps * batch * itemsize <= AUTO_PERSISTENT_CPU_BYTES
     if device.type != "cuda":
         return False
     entry = itemsize + (2 if hidden <= 65536 else 4)
@@ -244,17 +263,23 @@ def on_chip_bytes(device=None) -> int:
     return props.multi_processor_count * per_sm if per_sm else HOPPER_ON_CHIP_BYTES
 
 
-def auto_min_density(hidden_size: int, cell: str = "LSTM") -> float:
+def auto_min_density(hidden_size: int, cell: str = "LSTM", batch: int | None = None) -> float:
     """The density from which ``compute='auto'`` goes dense on the CPU for a ``cell`` ("LSTM", "GRU";
-    the vanilla RNN's modes take the LSTM's) of ``hidden_size`` units (docs/compute_paths.md has the
-    tables: fwd+bwd, T=35, B=20, quiet 2-core VMs, against the whole-sequence ops). One thread: the
-    dense path won at every density at hidden 64, from 20% at 128 (GRU: and 256), from 33% above. Two
-    threads, where torch's waits are short (what ``import sparse_engine`` sets): torch's recurrence pays
-    a wake-up at each parallel region and lost at every size up to 512 (LSTM; GRU up to 256: 0.25-0.91x
-    the whole-sequence ops), won at 33% above."""
+    the vanilla RNN's modes take the LSTM's) of ``hidden_size`` units run over ``batch`` columns (None:
+    :data:`AUTO_BATCH`) (docs/compute_paths.md has the tables: fwd+bwd, T=35, B = 1, 4, 20, 50 and 128,
+    quiet 2-core VMs, against the whole-sequence ops). One thread: from B = 20 up (checked at 50 and 128)
+    the dense path won at every density at hidden 64, from 20% at 128 (GRU: and 256), from 33% above; up to
+    B = 4 it streams its matrices for a column or a few at each step and won at 33% (GRU: 20%) at hidden
+    256, never at 512 and above (but the GRU at 512 @ 33%, B = 4). Two threads, where torch's waits are
+    short (what ``import sparse_engine`` sets): torch's recurrence pays a wake-up at each parallel region
+    and never won up to B = 4; the wider the batch, the smaller the hidden size from which it wins at 33%
+    (GRU: 20% from B = 50; 15% in the table): above 512 units at B = 20, 256 at B = 50, 128 at B = 128
+    (GRU: 256, 128, 64)."""
     several = torch.get_num_threads() > 1 and torch_waits_short()
     tables = AUTO_MIN_DENSITY_THREADED if several else AUTO_MIN_DENSITY
-    table = tables.get(cell, tables["LSTM"])
+    bands = tables.get(cell, tables["LSTM"])
+    width = AUTO_BATCH if batch is None else batch
+    table = next(t for bound, t in bands.items() if width <= bound)
     return next(density for bound, density in table if hidden_size <= bound)
 
 

@@ -3,6 +3,7 @@ as the sparse path, gradient only at the stored entries, CSR at rest, the auto r
 budget. (The topology controllers on a module computing dense: tests/training/test_controllers.py.)"""
 import math
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -361,13 +362,16 @@ def test_auto_rule_budget_and_default(dense_calls):
         compute.set_default_compute("fast")
 
 
-def test_auto_min_density_tables_by_cell_hidden_size_and_threads(monkeypatch):
-    """The CPU rule's densities, each table's first bound that holds the hidden size. One thread: dense
-    from 3% up to hidden 64, 15% up to 128 (GRU: 256), 30% above. Where torch's ops run on
-    several threads that sleep soon after each parallel region (what ``import sparse_engine`` sets),
-    never up to 512 (LSTM) or 256 (GRU), where torch's recurrence lost at every density
-    (small_rnn_sweep_cpu_2threads.md), and 30% above; with one thread, or waits the user chose long, the
-    one-thread table. The vanilla RNN takes the LSTM's; ``use_dense`` passes the cell on."""
+def test_auto_min_density_tables_by_cell_batch_hidden_size_and_threads(monkeypatch):
+    """The CPU rule's densities: each table's first batch band that holds the batch width (None: B = 20), then
+    its first bound that holds the hidden size. One thread: from B = 9 dense from 3% up to hidden 64, 15% up
+    to 128 (GRU: 256), 30% above; up to B = 8 from 3% up to 128, 30% (GRU: 15%) up to 256, never above
+    (but the GRU from B = 3 at 30% up to 512).
+    Where torch's ops run on several threads that sleep soon after each parallel region (what ``import
+    sparse_engine`` sets): never up to B = 8; never up to 512 (LSTM) / 256 (GRU) to B = 32, 256 / 128 to 80,
+    128 / 64 above, then 30% (GRU from B = 33: 15%) (the sweeps at B = 1, 4, 20, 50, 128); with one thread,
+    or waits the user chose long, the one-thread table. The vanilla RNN takes the LSTM's; ``use_dense``
+    passes the cell and the batch on."""
     at = [se.SparseWeight.random(40, 40, nnz=480)]  # density 0.30
     under = [se.SparseWeight.random(40, 40, nnz=479)]  # just under it
     ten = [se.SparseWeight.random(40, 40, nnz=240)]  # 0.15
@@ -375,20 +379,43 @@ def test_auto_min_density_tables_by_cell_hidden_size_and_threads(monkeypatch):
     with compute.default_compute("auto"):
         monkeypatch.setattr(compute, "torch_waits_short", lambda: True)
         with num_threads(2):
-            assert [compute.auto_min_density(h) for h in (1, 512, 513)] == [inf, inf, 0.30]
-            assert [compute.auto_min_density(h, "GRU") for h in (1, 256, 257)] == [inf, inf, 0.30]
+            for batch in (None, 9, 20, 32):
+                assert [compute.auto_min_density(h, batch=batch) for h in (1, 512, 513)] == [inf, inf, 0.30]
+                assert [compute.auto_min_density(h, "GRU", batch) for h in (1, 256, 257)] == [inf, inf, 0.30]
             assert compute.auto_min_density(512, "RNN_TANH") == inf
             assert not compute.use_dense(None, at, 512) and compute.use_dense(None, at, 513)
             assert not compute.use_dense(None, at, 256, cell="GRU") and compute.use_dense(None, at, 257, cell="GRU")
             assert not compute.use_dense(None, under, 513)
             assert compute.use_dense("dense", under, 64)  # asked for: whatever the rule
+            for batch in (1, 8):  # narrow: never
+                assert compute.auto_min_density(10**6, batch=batch) == inf
+                assert compute.auto_min_density(10**6, "GRU", batch) == inf
+            for batch in (33, 80):
+                assert [compute.auto_min_density(h, batch=batch) for h in (256, 257)] == [inf, 0.30]
+                assert [compute.auto_min_density(h, "GRU", batch) for h in (128, 129)] == [inf, 0.15]
+            assert [compute.auto_min_density(h, batch=81) for h in (128, 129)] == [inf, 0.30]
+            assert [compute.auto_min_density(h, "GRU", 4096) for h in (64, 65)] == [inf, 0.15]
+            assert compute.use_dense(None, at, 129, batch=128) and not compute.use_dense(None, at, 129, batch=80)
+            assert not compute.use_dense(None, at, 10**4, batch=8) and compute.use_dense(None, at, 10**4, batch=9)
+            assert compute.use_dense(None, ten, 65, cell="GRU", batch=128)
+            assert not compute.use_dense(None, ten, 65, batch=128)
         with num_threads(1):
-            assert [compute.auto_min_density(h) for h in (1, 64, 65, 128, 129, 10**6)] == [
-                0.03, 0.03, 0.15, 0.15, 0.30, 0.30]
-            assert [compute.auto_min_density(h, "GRU") for h in (64, 65, 256, 257)] == [0.03, 0.15, 0.15, 0.30]
+            for batch in (None, 9, 128):
+                assert [compute.auto_min_density(h, batch=batch) for h in (1, 64, 65, 128, 129, 10**6)] == [
+                    0.03, 0.03, 0.15, 0.15, 0.30, 0.30]
+                assert [compute.auto_min_density(h, "GRU", batch) for h in (64, 65, 256, 257)] == [
+                    0.03, 0.15, 0.15, 0.30]
+            for batch in (1, 8):
+                assert [compute.auto_min_density(h, batch=batch) for h in (128, 129, 256, 257)] == [
+                    0.03, 0.30, 0.30, inf]
+                assert [compute.auto_min_density(h, "GRU", batch) for h in (128, 129, 256)] == [0.03, 0.15, 0.15]
+            assert [compute.auto_min_density(h, "GRU", 2) for h in (257, 512, 513)] == [inf, inf, inf]
+            assert [compute.auto_min_density(h, "GRU", 3) for h in (257, 512, 513)] == [0.30, 0.30, inf]
             assert compute.use_dense(None, ten, 128) and not compute.use_dense(None, ten, 129)
             assert compute.use_dense(None, ten, 256, cell="GRU") and not compute.use_dense(None, ten, 256)
             assert compute.use_dense(None, at, 129) and not compute.use_dense(None, under, 129)
+            assert compute.use_dense(None, at, 1000) and not compute.use_dense(None, at, 1000, batch=1)
+            assert compute.use_dense(None, ten, 128, batch=1) and not compute.use_dense(None, ten, 129, batch=1)
         monkeypatch.setattr(compute, "torch_waits_short", lambda: False)
         with num_threads(2):
             assert compute.use_dense(None, ten, 128) and compute.use_dense(None, at, 512)
@@ -459,46 +486,55 @@ def test_auto_on_a_gpu_picks_the_faster_of_the_measured_paths(run, table, cells)
 
 
 def _cpu_rows(path):
-    """A CPU table's rows as (cell, hidden, density, {path: ms}): the sweep's 'sparse (ms)', 'persistent
+    """A CPU table's cells as (cell, hidden, density, batch, {path: ms}): the sweep's 'sparse (ms)', 'persistent
     (ms)' and 'dense (ms)' columns, or bench_rnn's 'ours, per step', 'ours, persistent' and 'ours, dense'
-    (the last only where the dense path ran: past the budget it ran per step)."""
-    rows = [[c.strip() for c in line.strip().split("|")[1:-1]] for line in path.read_text().splitlines()]
+    (the last only where the dense path ran: past the budget it ran per step); the batch width from the
+    section's title ("## ... B=20 ..."); a cell measured again takes each path's best time."""
     names = {"sparse (ms)": "sparse", "persistent (ms)": "persistent", "dense (ms)": "dense",
              "ours, per step": "sparse", "ours, persistent": "persistent", "ours, dense": "dense"}
-    out, head = [], None
-    for r in rows:
+    out, head, batch = {}, None, None
+    for line in path.read_text().splitlines():
+        if line.startswith("## "):
+            width = re.search(r"\bB=(\d+)", line)
+            batch = int(width.group(1)) if width else None
+            continue
+        r = [c.strip() for c in line.strip().split("|")[1:-1]]
         if r and r[0] == "cell":
             head = {names[c]: i for i, c in enumerate(r) if c in names}
         elif r and r[0] in ("LSTM", "GRU") and head:
             ms = {k: _timed(r[i])[0] if r[i].endswith(")") else float(r[i]) for k, i in head.items()
                   if r[i][:1].isdigit() and (k != "dense" or "(" not in r[i] or r[i].endswith("(dense)"))}
-            out.append((r[0], int(r[1].replace(",", "")), float(r[2]), ms))
-    return out
+            key = (r[0], int(r[1].replace(",", "")), float(r[2]), batch)
+            out[key] = {k: min(v, out.get(key, {}).get(k, v)) for k, v in ms.items()}
+    return [(*key, ms) for key, ms in out.items()]
 
 
-@pytest.mark.parametrize("table, threads, cells", [
-    ("small_rnn_sweep_cpu_1thread.md", 1, 48), ("small_rnn_sweep_cpu_2threads.md", 2, 48),
-    ("rnn_cpu_paths_1thread.md", 1, 14), ("rnn_cpu_paths_2threads.md", 2, 14)])
+CPU_TABLES = [("small_rnn_sweep_cpu_1thread.md", 1, 48), ("small_rnn_sweep_cpu_2threads.md", 2, 48),
+              ("rnn_cpu_paths_1thread.md", 1, 14), ("rnn_cpu_paths_2threads.md", 2, 14),
+              ("small_rnn_sweep_cpu_1thread_batches.md", 1, 106), ("small_rnn_sweep_cpu_2threads_batches.md", 2, 108)]
+
+
+@pytest.mark.parametrize("table, threads, cells", CPU_TABLES)
 def test_auto_on_the_cpu_picks_the_faster_of_the_measured_paths(table, threads, cells, monkeypatch):
-    """The CPU tables (T=35, B=20, input = hidden, an Intel Xeon VM, quiet, sparse_engine imported first: the
-    short waits): the path auto's CPU rule picks at the table's thread count (dense by auto_min_density,
-    else the whole-sequence ops by persistent_by_sizes, else per step) took at most 1.10x the fastest path
-    measured in the row (noise: 3-5 samples a path)."""
+    """The CPU tables (T=35, B = 1-128, input = hidden, an Intel Xeon VM, quiet, sparse_engine imported first:
+    the short waits): the path auto's CPU rule picks at the table's thread count and batch width (dense by
+    auto_min_density, else the whole-sequence ops by persistent_by_sizes, else per step) took at most 1.10x
+    the fastest path measured in the row (noise: 3-5 samples a path)."""
     import pathlib
     path = pathlib.Path(__file__).parents[2] / "benchmarks" / "results" / table
     monkeypatch.setattr(compute, "torch_waits_short", lambda: True)
     seen = 0
     with num_threads(threads):
-        for cell, H, d, ms in _cpu_rows(path):
+        for cell, H, d, B, ms in _cpu_rows(path):
             G = {"LSTM": 4, "GRU": 3}[cell]
             entries = 2 * G * H * H
-            if compute.dense_by_sizes("auto", entries, round(entries * d), 4, H, "cpu", cell):
+            if compute.dense_by_sizes("auto", entries, round(entries * d), 4, H, "cpu", cell, B):
                 picked = "dense"
-            elif compute.persistent_by_sizes("auto", round(entries * d / 2), 4, H, "cpu", G * H, 35, 20):
+            elif compute.persistent_by_sizes("auto", round(entries * d / 2), 4, H, "cpu", G * H, 35, B):
                 picked = "persistent"
             else:
                 picked = "sparse"
-            assert ms[picked] <= 1.10 * min(ms.values()), (table, cell, H, d, picked, ms)
+            assert ms[picked] <= 1.10 * min(ms.values()), (table, cell, H, d, B, picked, ms)
             seen += 1
     assert seen == cells
 
