@@ -103,7 +103,7 @@ AUTO_PERSISTENT_OFF_CHIP = (16384, 170)
 #: values' bytes: ``sequence.STACK_BYTES``, where the per-step run stacks them too, so it keeps as much) and,
 #: on one thread, up to this hidden size. Measured: 1.03-1.36x the per-step path at B = 20 up to 4,096 units
 #: (57 MB), 1.04-1.15x at B = 128 and 1,000-1,500 units (67-108 MB) on one thread; at 8,192 units (B = 20,
-#: 115 MB) 1.01-1.21x on two threads but 0.92-0.98x on one (rnn_cpu_paths_*.md, small_rnn_sweep_cpu_*_b128.md)
+#: 115 MB) 1.01-1.21x on two threads but 0.92-0.98x on one (rnn_cpu_paths_*.md, small_rnn_sweep_cpu_*_batches.md)
 AUTO_PERSISTENT_CPU_BYTES = STACK_BYTES
 AUTO_PERSISTENT_CPU_HIDDEN_ONE_THREAD = 4096
 #: the shared memory of an H100 / H200 (132 SMs x 228 KiB): a prediction for "cuda" made where no
