@@ -76,16 +76,18 @@ AUTO_MIN_ROW_GPU = 220
 #: vanilla RNN (not measured) takes the LSTM's. Small batches: the dense path streams its matrices at
 #: every step for one or a few columns (bandwidth-bound past the cache) while the sparse time shrinks
 #: with the columns; wide ones: torch's parallel regions get enough work to pay their wake-ups.
-AUTO_MIN_DENSITY = {"LSTM": {8: ((128, 0.03), (256, 0.30), (math.inf, math.inf)),
+AUTO_MIN_DENSITY = {"LSTM": {16: ((128, 0.03), (256, 0.30), (math.inf, math.inf)),
                              math.inf: ((64, 0.03), (128, 0.15), (math.inf, 0.30))},
                     "GRU": {2: ((128, 0.03), (256, 0.15), (math.inf, math.inf)),
                             8: ((128, 0.03), (256, 0.15), (512, 0.30), (math.inf, math.inf)),
                             math.inf: ((64, 0.03), (256, 0.15), (math.inf, 0.30))}}
 AUTO_MIN_DENSITY_THREADED = {"LSTM": {8: ((math.inf, math.inf),),
+                                      16: ((1000, math.inf), (math.inf, 0.30)),
                                       32: ((512, math.inf), (math.inf, 0.30)),
                                       80: ((256, math.inf), (math.inf, 0.30)),
                                       math.inf: ((128, math.inf), (math.inf, 0.30))},
                              "GRU": {8: ((math.inf, math.inf),),
+                                     16: ((512, math.inf), (math.inf, 0.30)),
                                      32: ((256, math.inf), (math.inf, 0.30)),
                                      80: ((128, math.inf), (math.inf, 0.15)),
                                      math.inf: ((64, math.inf), (math.inf, 0.15))}}
@@ -266,15 +268,16 @@ def on_chip_bytes(device=None) -> int:
 def auto_min_density(hidden_size: int, cell: str = "LSTM", batch: int | None = None) -> float:
     """The density from which ``compute='auto'`` goes dense on the CPU for a ``cell`` ("LSTM", "GRU";
     the vanilla RNN's modes take the LSTM's) of ``hidden_size`` units run over ``batch`` columns (None:
-    :data:`AUTO_BATCH`) (docs/compute_paths.md has the tables: fwd+bwd, T=35, B = 1, 4, 20, 50 and 128,
-    quiet 2-core VMs, against the whole-sequence ops). One thread: from B = 20 up (checked at 50 and 128)
-    the dense path won at every density at hidden 64, from 20% at 128 (GRU: and 256), from 33% above; up to
-    B = 4 it streams its matrices for a column or a few at each step and won at 33% (GRU: 20%) at hidden
-    256, never at 512 and above (but the GRU at 512 @ 33%, B = 4). Two threads, where torch's waits are
-    short (what ``import sparse_engine`` sets): torch's recurrence pays a wake-up at each parallel region
-    and never won up to B = 4; the wider the batch, the smaller the hidden size from which it wins at 33%
-    (GRU: 20% from B = 50; 15% in the table): above 512 units at B = 20, 256 at B = 50, 128 at B = 128
-    (GRU: 256, 128, 64)."""
+    :data:`AUTO_BATCH`) (docs/compute_paths.md has the tables: fwd+bwd, T=35, B = 1, 4, 8, 12, 20, 50 and
+    128, quiet 2-core VMs, against the whole-sequence ops). One thread: from B = 20 up (checked at 50 and
+    128) the dense path won at every density at hidden 64, from 20% at 128 (GRU: and 256), from 33% above;
+    at few columns it streams its matrices for little arithmetic at each step: the LSTM up to B = 12 won at
+    33% at hidden 256 and lost or tied above (at 0.71-1.02x the sequence ops' speed at 512, 0.54-0.81x at
+    1,000-1,500), the GRU up to B = 2 lost from 512, up to B = 8 from 1,000. Two threads, where torch's
+    waits are short (what ``import sparse_engine`` sets): torch's recurrence pays a wake-up at each parallel
+    region and never won up to B = 8; the wider the batch, the smaller the hidden size from which it wins at
+    33% (GRU: 20% from B = 50; 15% in the table): above 1,000 units at B = 12, 512 at B = 20, 256 at B = 50,
+    128 at B = 128 (GRU: 512, 256, 128, 64)."""
     several = torch.get_num_threads() > 1 and torch_waits_short()
     tables = AUTO_MIN_DENSITY_THREADED if several else AUTO_MIN_DENSITY
     bands = tables.get(cell, tables["LSTM"])

@@ -364,14 +364,14 @@ def test_auto_rule_budget_and_default(dense_calls):
 
 def test_auto_min_density_tables_by_cell_batch_hidden_size_and_threads(monkeypatch):
     """The CPU rule's densities: each table's first batch band that holds the batch width (None: B = 20), then
-    its first bound that holds the hidden size. One thread: from B = 9 dense from 3% up to hidden 64, 15% up
-    to 128 (GRU: 256), 30% above; up to B = 8 from 3% up to 128, 30% (GRU: 15%) up to 256, never above
-    (but the GRU from B = 3 at 30% up to 512).
-    Where torch's ops run on several threads that sleep soon after each parallel region (what ``import
-    sparse_engine`` sets): never up to B = 8; never up to 512 (LSTM) / 256 (GRU) to B = 32, 256 / 128 to 80,
-    128 / 64 above, then 30% (GRU from B = 33: 15%) (the sweeps at B = 1, 4, 20, 50, 128); with one thread,
-    or waits the user chose long, the one-thread table. The vanilla RNN takes the LSTM's; ``use_dense``
-    passes the cell and the batch on."""
+    its first bound that holds the hidden size. One thread: the LSTM from B = 17, the GRU from B = 9 dense
+    from 3% up to hidden 64, 15% up to 128 (GRU: 256), 30% above; at fewer columns from 3% up to 128, 30%
+    (GRU: 15%) up to 256, never above (but the GRU from B = 3 at 30% up to 512). Where torch's ops run on
+    several threads that sleep soon after each parallel region (what ``import sparse_engine`` sets): never up
+    to B = 8; never up to 1,000 / 512 / 256 / 128 units (LSTM) or 512 / 256 / 128 / 64 (GRU) up to B = 16 /
+    32 / 80 / wider, then 30% (GRU from B = 33: 15%) (the sweeps at B = 1-128); with one thread, or waits the
+    user chose long, the one-thread table. The vanilla RNN takes the LSTM's; ``use_dense`` passes the cell and
+    the batch on."""
     at = [se.SparseWeight.random(40, 40, nnz=480)]  # density 0.30
     under = [se.SparseWeight.random(40, 40, nnz=479)]  # just under it
     ten = [se.SparseWeight.random(40, 40, nnz=240)]  # 0.15
@@ -379,7 +379,7 @@ def test_auto_min_density_tables_by_cell_batch_hidden_size_and_threads(monkeypat
     with compute.default_compute("auto"):
         monkeypatch.setattr(compute, "torch_waits_short", lambda: True)
         with num_threads(2):
-            for batch in (None, 9, 20, 32):
+            for batch in (None, 17, 20, 32):
                 assert [compute.auto_min_density(h, batch=batch) for h in (1, 512, 513)] == [inf, inf, 0.30]
                 assert [compute.auto_min_density(h, "GRU", batch) for h in (1, 256, 257)] == [inf, inf, 0.30]
             assert compute.auto_min_density(512, "RNN_TANH") == inf
@@ -390,6 +390,9 @@ def test_auto_min_density_tables_by_cell_batch_hidden_size_and_threads(monkeypat
             for batch in (1, 8):  # narrow: never
                 assert compute.auto_min_density(10**6, batch=batch) == inf
                 assert compute.auto_min_density(10**6, "GRU", batch) == inf
+            for batch in (9, 16):
+                assert [compute.auto_min_density(h, batch=batch) for h in (1000, 1001)] == [inf, 0.30]
+                assert [compute.auto_min_density(h, "GRU", batch) for h in (512, 513)] == [inf, 0.30]
             for batch in (33, 80):
                 assert [compute.auto_min_density(h, batch=batch) for h in (256, 257)] == [inf, 0.30]
                 assert [compute.auto_min_density(h, "GRU", batch) for h in (128, 129)] == [inf, 0.15]
@@ -400,14 +403,16 @@ def test_auto_min_density_tables_by_cell_batch_hidden_size_and_threads(monkeypat
             assert compute.use_dense(None, ten, 65, cell="GRU", batch=128)
             assert not compute.use_dense(None, ten, 65, batch=128)
         with num_threads(1):
-            for batch in (None, 9, 128):
+            for batch in (None, 17, 128):  # the LSTM's B = 20 table from B = 17
                 assert [compute.auto_min_density(h, batch=batch) for h in (1, 64, 65, 128, 129, 10**6)] == [
                     0.03, 0.03, 0.15, 0.15, 0.30, 0.30]
+            for batch in (None, 9, 128):  # the GRU's from B = 9
                 assert [compute.auto_min_density(h, "GRU", batch) for h in (64, 65, 256, 257)] == [
                     0.03, 0.15, 0.15, 0.30]
-            for batch in (1, 8):
+            for batch in (1, 16):
                 assert [compute.auto_min_density(h, batch=batch) for h in (128, 129, 256, 257)] == [
                     0.03, 0.30, 0.30, inf]
+            for batch in (1, 2, 3, 8):
                 assert [compute.auto_min_density(h, "GRU", batch) for h in (128, 129, 256)] == [0.03, 0.15, 0.15]
             assert [compute.auto_min_density(h, "GRU", 2) for h in (257, 512, 513)] == [inf, inf, inf]
             assert [compute.auto_min_density(h, "GRU", 3) for h in (257, 512, 513)] == [0.30, 0.30, inf]
@@ -511,7 +516,7 @@ def _cpu_rows(path):
 
 CPU_TABLES = [("small_rnn_sweep_cpu_1thread.md", 1, 48), ("small_rnn_sweep_cpu_2threads.md", 2, 48),
               ("rnn_cpu_paths_1thread.md", 1, 14), ("rnn_cpu_paths_2threads.md", 2, 14),
-              ("small_rnn_sweep_cpu_1thread_batches.md", 1, 106), ("small_rnn_sweep_cpu_2threads_batches.md", 2, 108)]
+              ("small_rnn_sweep_cpu_1thread_batches.md", 1, 130), ("small_rnn_sweep_cpu_2threads_batches.md", 2, 132)]
 
 
 @pytest.mark.parametrize("table, threads, cells", CPU_TABLES)
