@@ -78,10 +78,6 @@ def count(hidden: int, gates: int, per_row: int, sample: int, seed: int = 0) -> 
     return out
 
 
-def gib(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB"
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--caps", default="8,12,16,24,80", help="card sizes in GiB (the LSTM rows of bench_caps.py)")
@@ -90,7 +86,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="results file (default: benchmarks/results/local/...)")
     add_copy_to(p)
     a = p.parse_args(argv)
-    from bench_caps import PER_ROW, plan_row
+    from bench_caps import PER_ROW, gib, plan_row
     gates = {"lstm": 4, "gru": 3}[a.model]
     header = ["cap", "hidden", "W_hh nonzeros", "planned peak", "index today", "blocks16 B/nz (csr / transposed)",
               "saves", "packed B/nz", "saves", "entropy bound B/nz", "saves", "permutation as place saves",
