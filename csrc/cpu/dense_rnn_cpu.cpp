@@ -5,8 +5,8 @@
 // separate ops per step, each with its dispatch and, when training, its autograd node. The
 // backward runs the steps in reverse, one product dG W_hh per step, and the weight gradient as
 // one product over all steps at the end. The per-step products use MKL's packed GEMM where this
-// torch has it (float32): W_hh is packed once per sequence and every step reuses it (see
-// StepLinear).
+// torch has it (float32) and a sequence repays the pack: W_hh is packed once per sequence and every
+// step reuses it (see StepLinear).
 //
 //   gru_sequence(gx, h0, w_hh, b_hh, reverse) -> (y, acts)
 //     gx (T, B, 3H) = x W_ih^T + b_ih, torch's gate order r, z, n; h0 (B, H); w_hh (3H, H)
@@ -116,16 +116,26 @@ const MklLinearOps& mkl_linear_ops() {
   return ops;
 }
 
+// Whether packing W for a run of `steps` products of `batch` rows pays: measured on one thread
+// (an Intel Xeon VM, hidden 64-1,000, 3H x H): the pack costs 7 us at hidden 64, 70 us at 256 and
+// 1.1-1.2 ms at 1,000 (7 ms at B = 1); at B = 1 and 2 MKL's GEMV-like small products are as fast
+// unpacked (packed slower at 512-1,000), from B = 4 the packed product saves enough to repay the
+// pack in 1.5-11 steps (the most at B = 4, hidden 256), in 1.5-4.6 from B = 12.
+bool packing_pays(int64_t batch, int64_t steps) { return batch >= 4 && steps >= 4 && batch * steps >= 48; }
+
 // x (B, in) -> x W^T (+ b) (B, out) for every step of a sequence with one W (out, in): MKL's packed
-// GEMM, W packed once (float32, where torch has the ops), else addmm into `out`. At hidden 200,
-// W_hh 600 x 200, batch 10 / 20, one thread, 35 steps took 0.60 / 0.72 of addmm's time (the pack,
-// about 16 us, included once). The results are addmm's (the same MKL kernel).
+// GEMM, W packed once (float32, where torch has the ops, and where packing_pays), else addmm into
+// `out`. At hidden 200, W_hh 600 x 200, batch 10 / 20, one thread, 35 steps took 0.60 / 0.72 of
+// addmm's time (the pack, about 16 us, included once). The results are addmm's (the same MKL kernel).
 class StepLinear {
  public:
-  StepLinear(const at::Tensor& weight, const std::optional<at::Tensor>& bias, int64_t batch)
-      : weight_(weight.contiguous()), bias_(bias), batch_(batch) {
+  StepLinear(const at::Tensor& weight, const std::optional<at::Tensor>& bias, int64_t batch, int64_t steps)
+      : weight_(weight), bias_(bias), batch_(batch) {
     const auto& ops = mkl_linear_ops();
-    if (ops.reorder && weight_.scalar_type() == at::kFloat && batch > 0) packed_ = ops.reorder->call(weight_, batch);
+    if (ops.reorder && weight_.scalar_type() == at::kFloat && packing_pays(batch, steps)) {
+      weight_ = weight_.contiguous();
+      packed_ = ops.reorder->call(weight_, batch);
+    }
   }
 
   at::Tensor operator()(const at::Tensor& x, at::Tensor& out) const {
@@ -179,7 +189,7 @@ std::tuple<at::Tensor, at::Tensor> gru_sequence_cpu(const at::Tensor& gx_, const
   auto y = at::empty({T, B, H}, gx.options());
   auto acts = at::empty({T, B, 4 * H}, gx.options());
   auto gh_buf = at::empty({B, 3 * H}, gx.options());
-  const StepLinear hidden_side(w_hh, b_hh, B);  // h W_hh^T + b_hh
+  const StepLinear hidden_side(w_hh, b_hh, B, T);  // h W_hh^T + b_hh
   AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "gru_sequence", [&] {
     for (int64_t i = 0; i < T; ++i) {
       const int64_t t = reverse ? T - 1 - i : i;
@@ -220,7 +230,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_sequence_backward
   auto direct = at::empty({B, H}, y.options());
   auto dht = at::empty({B, H}, y.options());
   auto back_buf = at::empty({B, H}, y.options());
-  const StepLinear back(w_hh.t(), std::nullopt, B);  // dgh W_hh
+  const StepLinear back(w_hh.t(), std::nullopt, B, T);  // dgh W_hh
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "gru_sequence_backward", [&] {
     for (int64_t i = T - 1; i >= 0; --i) {
       const int64_t t = reverse ? T - 1 - i : i;
