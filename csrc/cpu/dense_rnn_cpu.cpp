@@ -4,9 +4,8 @@
 // (vmath.h), where torch's CPU GRU (not oneDNN's, which fuses only the LSTM) runs about ten
 // separate ops per step, each with its dispatch and, when training, its autograd node. The
 // backward runs the steps in reverse, one product dG W_hh per step, and the weight gradient as
-// one product over all steps at the end. The per-step products use MKL's packed GEMM where this
-// torch has it (float32) and a sequence repays the pack: W_hh is packed once per sequence and every
-// step reuses it (see StepLinear).
+// one product over all steps at the end. The per-step products are addmm's (see StepLinear: MKL's
+// packed GEMM did not pay).
 //
 //   gru_sequence(gx, h0, w_hh, b_hh, reverse) -> (y, acts)
 //     gx (T, B, 3H) = x W_ih^T + b_ih, torch's gate order r, z, n; h0 (B, H); w_hh (3H, H)
@@ -18,7 +17,6 @@
 // n = tanh(gx_n + r * gh_n), h' = (h - n) * z + n, gh = h W_hh^T + b_hh.
 // `reverse` runs the steps from T-1 to 0 (the reverse direction of a bidirectional layer); y
 // stays in time order. Time-major, batch-major rows: torch's layout, so no transposition.
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 #include <cmath>
 #include <optional>
@@ -90,65 +88,26 @@ void over_batch(int64_t B, int64_t H, const Body& body) {
   parallel_ranges(B, true, body);
 }
 
-// torch's own ops for MKL's packed GEMM, mkl::_mkl_reorder_linear_weight and mkl::_mkl_linear (what
-// torch's compiled linear layers use), when this torch has them: absent on a build without MKL.
-struct MklLinearOps {
-  using Reorder = at::Tensor(const at::Tensor&, int64_t);
-  using Linear = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                            int64_t);
-  std::optional<c10::TypedOperatorHandle<Reorder>> reorder;
-  std::optional<c10::TypedOperatorHandle<Linear>> linear;
-};
-
-const MklLinearOps& mkl_linear_ops() {
-  static const MklLinearOps ops = [] {
-    MklLinearOps o;
-    auto& d = c10::Dispatcher::singleton();
-    auto reorder = d.findOp({"mkl::_mkl_reorder_linear_weight", ""});
-    auto linear = d.findOp({"mkl::_mkl_linear", ""});
-    if (reorder && linear && reorder->hasKernelForDispatchKey(c10::DispatchKey::CPU) &&
-        linear->hasKernelForDispatchKey(c10::DispatchKey::CPU)) {
-      o.reorder = reorder->typed<MklLinearOps::Reorder>();
-      o.linear = linear->typed<MklLinearOps::Linear>();
-    }
-    return o;
-  }();
-  return ops;
-}
-
-// Whether packing W for a run of `steps` products of `batch` rows pays: measured on one thread
-// (an Intel Xeon VM, hidden 64-1,000, 3H x H): the pack costs 7 us at hidden 64, 70 us at 256 and
-// 1.1-1.2 ms at 1,000 (7 ms at B = 1); at B = 1 and 2 MKL's GEMV-like small products are as fast
-// unpacked (packed slower at 512-1,000), from B = 4 the packed product saves enough to repay the
-// pack in 1.5-11 steps (the most at B = 4, hidden 256), in 1.5-4.6 from B = 12.
-bool packing_pays(int64_t batch, int64_t steps) { return batch >= 4 && steps >= 4 && batch * steps >= 48; }
-
-// x (B, in) -> x W^T (+ b) (B, out) for every step of a sequence with one W (out, in): MKL's packed
-// GEMM, W packed once (float32, where torch has the ops, and where packing_pays), else addmm into
-// `out`. At hidden 200, W_hh 600 x 200, batch 10 / 20, one thread, 35 steps took 0.60 / 0.72 of
-// addmm's time (the pack, about 16 us, included once). The results are addmm's (the same MKL kernel).
+// x (B, in) -> x W^T (+ b) (B, out) for every step of a sequence with one W (out, in), by addmm into
+// `out` (W as given: its transpose's strides are MKL's to read). Not MKL's packed GEMM (torch's
+// mkl::_mkl_reorder_linear_weight / _mkl_linear, which this op used until 2026-11-29): its packed
+// buffer holds 7.5 MiB more than W at any size, and packing it in the op cost 0.2-0.3 ms a pass at
+// hidden 64 (7 us in a loop of packs alone); over hidden 64-1,000, B = 4-128, T = 4-35 (one thread) a
+// dense GRU training step took 0.92-2.16x the unpacked time with it (1.45x at hidden 64, T = 35, B = 4),
+// and at B = 1 the pack alone cost up to 7 ms (hidden 1,000) for no faster product.
 class StepLinear {
  public:
-  StepLinear(const at::Tensor& weight, const std::optional<at::Tensor>& bias, int64_t batch, int64_t steps)
-      : weight_(weight), bias_(bias), batch_(batch) {
-    const auto& ops = mkl_linear_ops();
-    if (ops.reorder && weight_.scalar_type() == at::kFloat && packing_pays(batch, steps)) {
-      weight_ = weight_.contiguous();
-      packed_ = ops.reorder->call(weight_, batch);
-    }
-  }
+  StepLinear(const at::Tensor& weight, const std::optional<at::Tensor>& bias) : weight_(weight), bias_(bias) {}
 
   at::Tensor operator()(const at::Tensor& x, at::Tensor& out) const {
-    if (packed_.defined()) return mkl_linear_ops().linear->call(x, packed_, weight_, bias_, batch_);
     if (bias_.has_value()) at::addmm_out(out, *bias_, x, weight_.t());
     else at::mm_out(out, x, weight_.t());
     return out;
   }
 
  private:
-  at::Tensor weight_, packed_;
+  at::Tensor weight_;
   std::optional<at::Tensor> bias_;
-  int64_t batch_;
 };
 
 // T, B, H from the operands, checked: gx (T, B, 3H), h0 (B, H), w_hh (3H, H), all of one float dtype.
@@ -189,7 +148,7 @@ std::tuple<at::Tensor, at::Tensor> gru_sequence_cpu(const at::Tensor& gx_, const
   auto y = at::empty({T, B, H}, gx.options());
   auto acts = at::empty({T, B, 4 * H}, gx.options());
   auto gh_buf = at::empty({B, 3 * H}, gx.options());
-  const StepLinear hidden_side(w_hh, b_hh, B, T);  // h W_hh^T + b_hh
+  const StepLinear hidden_side(w_hh, b_hh);  // h W_hh^T + b_hh
   AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "gru_sequence", [&] {
     for (int64_t i = 0; i < T; ++i) {
       const int64_t t = reverse ? T - 1 - i : i;
@@ -230,7 +189,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_sequence_backward
   auto direct = at::empty({B, H}, y.options());
   auto dht = at::empty({B, H}, y.options());
   auto back_buf = at::empty({B, H}, y.options());
-  const StepLinear back(w_hh.t(), std::nullopt, B, T);  // dgh W_hh
+  const StepLinear back(w_hh.t(), std::nullopt);  // dgh W_hh
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "gru_sequence_backward", [&] {
     for (int64_t i = T - 1; i >= 0; --i) {
       const int64_t t = reverse ? T - 1 - i : i;
