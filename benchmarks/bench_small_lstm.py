@@ -198,7 +198,7 @@ def sweep(args, sections):
                     # page faults (malloc had given their memory back), up to 1.6x at hidden 1,500
                     t = alternate(runs, args.rounds, args.min_time / args.rounds, before=lambda k: runs[k]())
                     ours.compute = "auto"
-                    picks = ("dense" if ours._dense_now(x, batch=args.batch) else
+                    picks = ("dense" if ours._dense_now(x, batch=args.batch, steps=args.steps) else
                              "persistent" if use_persistent("auto", ours.weight_hh_l0, args.steps, args.batch)
                              else "sparse")
                     mid = {k: statistics.median(v) for k, v in t.items()}

@@ -189,7 +189,7 @@ def check_args(s: RecurrentSizes, T: int, B: int, optimizer: str, k: int | None)
                 nnz += w
     itemsize = torch.empty(0, dtype=s.dtype).element_size()
     # the modules take the sparse path when recomputing (rnn.py, _dense_now)
-    dense = dense_by_sizes(s.compute, entries, nnz, itemsize, s.hidden, s.device, s.mode, B)
+    dense = dense_by_sizes(s.compute, entries, nnz, itemsize, s.hidden, s.device, s.mode, B, T)
     if s.mode != "CTRNN" and k is None and dense:
         raise ValueError("this module computes on the dense path (compute='auto' takes it for small, dense enough "
                          "layers: docs/compute_paths.md), whose memory is torch's recurrence's; the model covers the "

@@ -309,8 +309,8 @@ class SparseRNNBase(RecordsGradFactors, TorchConversion, nn.Module):
         return layer_x, h_n, c_n
 
     # ------------------------------------------------------------- dense compute
-    def _dense_now(self, ref: torch.Tensor, weights=None, batch: int | None = None) -> bool:
-        """This forward, over ``batch`` sequences, materialises the weights
+    def _dense_now(self, ref: torch.Tensor, weights=None, batch: int | None = None, steps: int | None = None) -> bool:
+        """This forward, over ``batch`` sequences of ``steps`` steps, materialises the weights
         (:mod:`sparse_engine.recurrent.compute_paths`): the module's ``compute`` setting says so, not
         recording gradient factors, not under autocast (where the sparse recurrence keeps the
         parameters' precision, see ``recurrence``), not while ``torch.compile`` traces (dynamo does not
@@ -321,7 +321,7 @@ class SparseRNNBase(RecordsGradFactors, TorchConversion, nn.Module):
             return False
         if weights is None:
             weights = [getattr(self, n) for n in self._flat_weights_names]
-        return use_dense(self.compute, weights, self.hidden_size, ref.device.type, self.mode, batch)
+        return use_dense(self.compute, weights, self.hidden_size, ref.device.type, self.mode, batch, steps)
 
     def _run_dense(self, x: torch.Tensor, h0: torch.Tensor, c0, batch_sizes=None, weights=None):
         """The dense path (:func:`~sparse_engine.recurrent.compute_paths.dense_recurrence`) on this
@@ -372,7 +372,7 @@ class SparseRNNBase(RecordsGradFactors, TorchConversion, nn.Module):
         self._check_input(input, ref=ref)
         x, batched = time_major(input, self.batch_first)
         h0, c0 = self._initial_state(hx, x, batched, x.shape[1], ref)
-        if self._dense_now(x, weights, x.shape[1]):
+        if self._dense_now(x, weights, x.shape[1], x.shape[0]):
             out, h_n, c_n = self._run_dense(x, h0, c0, None, weights)  # time-major (T, B, D*H)
             out = out.permute(0, 2, 1) if step_major else caller_layout(out, self.batch_first, batched)
         else:
@@ -396,7 +396,7 @@ class SparseRNNBase(RecordsGradFactors, TorchConversion, nn.Module):
         lengths, pos = packed_positions(batch_sizes, unsorted_indices)
         B = int(batch_sizes[0])
         h0, c0 = self._initial_state(hx, data, True, B, ref)
-        if self._dense_now(data, weights, B):  # torch's order: sorted by length, longest first
+        if self._dense_now(data, weights, B, batch_sizes.numel()):  # torch's order: sorted by length, longest first
             if sorted_indices is not None:
                 h0 = h0.index_select(1, sorted_indices)
                 c0 = None if c0 is None else c0.index_select(1, sorted_indices)

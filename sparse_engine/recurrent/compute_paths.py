@@ -56,7 +56,7 @@ from .sequence import STACK_BYTES
 
 __all__ = ["COMPUTE_CHOICES", "set_default_compute", "get_default_compute", "default_compute",
            "set_dense_budget", "get_dense_budget", "check_compute", "use_dense", "use_persistent", "dense_by_sizes",
-           "persistent_by_sizes", "on_chip_bytes", "auto_min_density",
+           "persistent_by_sizes", "on_chip_bytes", "auto_min_density", "auto_min_steps",
            "materialize", "materialize_all"]
 
 COMPUTE_CHOICES = ("auto", "sparse", "dense", "persistent")
@@ -77,8 +77,9 @@ AUTO_MIN_ROW_GPU = 220
 #: every step for one or a few columns (bandwidth-bound past the cache) while the sparse time shrinks
 #: with the columns; wide ones: torch's parallel regions get enough work to pay their wake-ups.
 AUTO_MIN_DENSITY = {"LSTM": {16: ((128, 0.03), (256, 0.30), (math.inf, math.inf)),
-                             math.inf: ((64, 0.03), (128, 0.15), (math.inf, 0.30))},
-                    "GRU": {2: ((128, 0.03), (256, 0.15), (math.inf, math.inf)),
+                             80: ((64, 0.03), (128, 0.15), (math.inf, 0.30)),
+                             math.inf: ((64, 0.10), (128, 0.15), (math.inf, 0.30))},
+                    "GRU": {2: ((128, 0.03), (256, 0.10), (math.inf, math.inf)),
                             8: ((128, 0.03), (256, 0.15), (512, 0.30), (math.inf, math.inf)),
                             math.inf: ((64, 0.03), (256, 0.15), (math.inf, 0.30))}}
 AUTO_MIN_DENSITY_THREADED = {"LSTM": {8: ((math.inf, math.inf),),
@@ -91,6 +92,22 @@ AUTO_MIN_DENSITY_THREADED = {"LSTM": {8: ((math.inf, math.inf),),
                                      32: ((256, math.inf), (math.inf, 0.30)),
                                      80: ((128, math.inf), (math.inf, 0.15)),
                                      math.inf: ((64, math.inf), (math.inf, 0.15))}}
+#: ``auto`` on the CPU: the fewest steps from which it goes dense, per cell, batch width and hidden size (as
+#: the tables above). The dense path pays once per forward what a short sequence does not repay: the writing
+#: of its dense matrices (with a gradient) and, for the LSTM, oneDNN's reorder of both weights at each call
+#: (27 ms at hidden 1,000 for one step in inference, torch.nn.LSTM's too). Measured at T = 1-35, B = 1-128
+#: (small_rnn_sweep_cpu_{1thread,2threads}_steps.md): the LSTM at hidden 256, B = 1, one thread, lost 0.31x at
+#: T = 1, 0.73x at 16 and won 1.25x at 35; the GRU (its steps fused, no reorder) lost only above 128 units
+#: (0.86x at 256, T = 1, B = 1). On two threads the LSTM wants 32 steps at B = 20 (1,000 units: 0.76x at 16,
+#: 1.04x at 35), the GRU 8. Bands past the measured cells (the LSTM at 1,000 units, B = 128) are guesses.
+AUTO_MIN_STEPS = {"LSTM": {16: ((64, 4), (128, 8), (math.inf, 24)),
+                           80: ((64, 2), (128, 4), (512, 16), (math.inf, 24)),
+                           math.inf: ((128, 1), (256, 2), (512, 4), (math.inf, 8))},
+                  "GRU": {8: ((128, 1), (256, 2), (math.inf, 16)),
+                          80: ((128, 1), (256, 2), (512, 4), (math.inf, 8)),
+                          math.inf: ((512, 1), (math.inf, 4))}}
+AUTO_MIN_STEPS_THREADED = {"LSTM": {32: ((math.inf, 32),), 80: ((math.inf, 24),), math.inf: ((256, 16), (math.inf, 4))},
+                           "GRU": {32: ((math.inf, 8),), math.inf: ((math.inf, 2),)}}
 #: the batch width the CPU rule assumes where a caller gives none (its first tables' measurements)
 AUTO_BATCH = 20
 #: ``auto`` on a GPU: the persistent kernels where W_hh (values and the 16-bit index they stage, 32-bit
@@ -168,12 +185,12 @@ def get_dense_budget(device_type: str = "cpu") -> int:
 
 
 def use_dense(mode: str | None, weights, hidden_size: int, device_type: str = "cpu", cell: str = "LSTM",
-              batch: int | None = None) -> bool:
+              batch: int | None = None, steps: int | None = None) -> bool:
     """Whether a module with the given ``compute`` setting (None: the global default) and matrices
     (SparseWeights or dense tensors) on ``device_type`` runs dense this forward: ``auto`` by the
-    CPU's rule (:func:`auto_min_density` for the ``cell``, a recurrence mode: "LSTM", "GRU", ..., and
-    the ``batch`` width) or the GPU's (:data:`AUTO_MIN_ROW_GPU`), never on another device
-    (``compute='dense'`` works on any)."""
+    CPU's rule (:func:`auto_min_density` and :func:`auto_min_steps` for the ``cell``, a recurrence mode:
+    "LSTM", "GRU", ..., the ``batch`` width and the sequence's ``steps``; None: long) or the GPU's
+    (:data:`AUTO_MIN_ROW_GPU`), never on another device (``compute='dense'`` works on any)."""
     entries = nnz = 0
     itemsize = 4
     for w in weights:
@@ -183,11 +200,12 @@ def use_dense(mode: str | None, weights, hidden_size: int, device_type: str = "c
             entries += rows * cols
             itemsize = values.element_size()
             nnz += col_idx.numel()
-    return dense_by_sizes(mode, entries, nnz, itemsize, hidden_size, device_type, cell, batch)
+    return dense_by_sizes(mode, entries, nnz, itemsize, hidden_size, device_type, cell, batch, steps)
 
 
 def dense_by_sizes(mode: str | None, entries: int, nnz: int, itemsize: int, hidden_size: int,
-                   device_type: str = "cpu", cell: str = "LSTM", batch: int | None = None) -> bool:
+                   device_type: str = "cpu", cell: str = "LSTM", batch: int | None = None,
+                   steps: int | None = None) -> bool:
     """:func:`use_dense` from sizes alone: ``entries`` (rows x cols) and ``nnz`` summed over the
     module's sparse matrices, whose values take ``itemsize`` bytes each. The memory model
     (:mod:`sparse_engine.memory`) asks this without building the module."""
@@ -202,7 +220,8 @@ def dense_by_sizes(mode: str | None, entries: int, nnz: int, itemsize: int, hidd
         return nnz / entries * hidden_size >= AUTO_MIN_ROW_GPU
     if device_type != "cpu":
         return False
-    return nnz / entries >= auto_min_density(hidden_size, cell, batch)
+    return (nnz / entries >= auto_min_density(hidden_size, cell, batch)
+            and (steps is None or steps >= auto_min_steps(hidden_size, cell, batch)))
 
 
 def use_persistent(mode: str | None, w_hh=None, steps: int | None = None, batch: int | None = None,
@@ -226,8 +245,9 @@ def persistent_by_sizes(mode: str | None, nnz_hh: int | None, itemsize: int, hid
     :func:`on_chip_bytes`, or within :data:`AUTO_PERSISTENT_OFF_CHIP`. On the CPU where a run of
     ``steps`` x ``batch`` columns stacks products of at most :data:`AUTO_PERSISTENT_CPU_BYTES` (the
     per-step run then stacks them too: the sequence ops keep what it keeps; measured faster,
-    docs/compute_paths.md), on one thread up to :data:`AUTO_PERSISTENT_CPU_HIDDEN_ONE_THREAD` units, and
-    only with a ``backward`` to follow: without one the sequence ops still copy out the activations a
+    docs/compute_paths.md), on one thread up to :data:`AUTO_PERSISTENT_CPU_HIDDEN_ONE_THREAD` units, from
+    2 steps (at T = 1: 0.83-1.13x the per-step path, small_rnn_sweep_cpu_*_steps.md), and only with a
+    ``backward`` to follow: without one the sequence ops still copy out the activations a
     backward would read, which the per-step run skips (inference at 4,096 @ 1%: 0.86-0.94x the per-step
     path).
     The memory model asks this without building the module."""
@@ -240,6 +260,8 @@ def persistent_by_sizes(mode: str | None, nnz_hh: int | None, itemsize: int, hid
     if device.type == "cpu":
         # per step without a backward, or with T and B unknown or symbolic (torch.export)
         if not backward or not (isinstance(steps, int) and isinstance(batch, int)):
+            return False
+        if steps < 2:  # one step: nothing to fuse, the copies out cost (0.83-1.13x the per-step path)
             return False
         if torch.get_num_threads() == 1 and hidden > AUTO_PERSISTENT_CPU_HIDDEN_ONE_THREAD:
             return False
@@ -270,7 +292,8 @@ def auto_min_density(hidden_size: int, cell: str = "LSTM", batch: int | None = N
     the vanilla RNN's modes take the LSTM's) of ``hidden_size`` units run over ``batch`` columns (None:
     :data:`AUTO_BATCH`) (docs/compute_paths.md has the tables: fwd+bwd, T=35, B = 1, 4, 8, 12, 20, 50 and
     128, quiet 2-core VMs, against the whole-sequence ops). One thread: from B = 20 up (checked at 50 and
-    128) the dense path won at every density at hidden 64, from 20% at 128 (GRU: and 256), from 33% above;
+    128) the dense path won at every density at hidden 64 (but for the LSTM at 5% and B = 128: a tie at T = 35,
+    a loss at T = 1-4), from 20% at 128 (GRU: and 256), from 33% above;
     at few columns it streams its matrices for little arithmetic at each step: the LSTM up to B = 12 won at
     33% at hidden 256 and lost or tied above (at 0.71-1.02x the sequence ops' speed at 512, 0.54-0.81x at
     1,000-1,500), the GRU up to B = 2 lost from 512, up to B = 8 from 1,000. Two threads, where torch's
@@ -278,12 +301,25 @@ def auto_min_density(hidden_size: int, cell: str = "LSTM", batch: int | None = N
     region and never won up to B = 8; the wider the batch, the smaller the hidden size from which it wins at
     33% (GRU: 20% from B = 50; 15% in the table): above 1,000 units at B = 12, 512 at B = 20, 256 at B = 50,
     128 at B = 128 (GRU: 512, 256, 128, 64)."""
-    several = torch.get_num_threads() > 1 and torch_waits_short()
-    tables = AUTO_MIN_DENSITY_THREADED if several else AUTO_MIN_DENSITY
+    return _cpu_bound(AUTO_MIN_DENSITY_THREADED, AUTO_MIN_DENSITY, hidden_size, cell, batch)
+
+
+def auto_min_steps(hidden_size: int, cell: str = "LSTM", batch: int | None = None) -> int:
+    """The fewest steps from which ``compute='auto'`` goes dense on the CPU (with the density of
+    :func:`auto_min_density`) for a ``cell`` of ``hidden_size`` units over ``batch`` columns (None:
+    :data:`AUTO_BATCH`): :data:`AUTO_MIN_STEPS` (:data:`AUTO_MIN_STEPS_THREADED` on several threads whose
+    waits are short)."""
+    return _cpu_bound(AUTO_MIN_STEPS_THREADED, AUTO_MIN_STEPS, hidden_size, cell, batch)
+
+
+def _cpu_bound(threaded: dict, single: dict, hidden_size: int, cell: str, batch: int | None):
+    """The entry of a CPU rule's table ({cell: {up to this batch: ((up to this hidden size, value), ...)}})
+    for this thread count, cell (the vanilla RNN's modes take the LSTM's), batch and hidden size."""
+    tables = threaded if torch.get_num_threads() > 1 and torch_waits_short() else single
     bands = tables.get(cell, tables["LSTM"])
     width = AUTO_BATCH if batch is None else batch
     table = next(t for bound, t in bands.items() if width <= bound)
-    return next(density for bound, density in table if hidden_size <= bound)
+    return next(value for bound, value in table if hidden_size <= bound)
 
 
 #: torch's fused recurrences, what ``nn.RNN``/``nn.LSTM``/``nn.GRU`` call (oneDNN/MKL on the CPU, cuDNN on CUDA)

@@ -102,7 +102,7 @@ def compute_path(model, cfg, w_hh) -> str:
     from ..recurrent import persistent
     from ..recurrent.cell_steps import fused_steps
 
-    if model._dense_now(w_hh.values, batch=cfg.batch):
+    if model._dense_now(w_hh.values, batch=cfg.batch, steps=cfg.steps):
         return "dense"
     if persistent.applies(cfg, w_hh.values):
         return "persistent"

@@ -258,6 +258,8 @@ def test_bad_arguments_name_themselves():
             call()
     with pytest.raises(ValueError, match="dense path"), num_threads(1):  # small and dense: 'auto' goes dense
         predict(SparseLSTM(8, 64, density=0.5, compute="auto"), 5, 4)
+    with num_threads(1):  # too few steps for the dense path (compute_paths.AUTO_MIN_STEPS: 4 at B = 4)
+        assert predict(SparseLSTM(8, 64, density=0.5, compute="auto"), 3, 4).peak > 0
     assert predict(SparseLSTM(8, 64, density=0.5, compute="auto", recompute_every=2), 5, 4).peak > 0  # sparse
 
 

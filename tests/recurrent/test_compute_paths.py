@@ -319,7 +319,7 @@ def test_stays_csr_at_rest(dense_calls):
 def test_auto_rule_budget_and_default(dense_calls):
     small = se.nn.SparseLSTM(4, 32, density=0.33)
     sparse = se.nn.SparseLSTM(4, 32, density=0.01)
-    x = torch.randn(3, 2, 4)
+    x = torch.randn(4, 2, 4)  # 4 steps: the fewest from which one thread goes dense at hidden 32, B = 2
     with compute.default_compute("auto"), num_threads(1):  # the one-thread CPU rule (the next test: more)
         small(x)
         sparse(x)
@@ -363,15 +363,15 @@ def test_auto_rule_budget_and_default(dense_calls):
 
 
 def test_auto_min_density_tables_by_cell_batch_hidden_size_and_threads(monkeypatch):
-    """The CPU rule's densities: each table's first batch band that holds the batch width (None: B = 20), then
-    its first bound that holds the hidden size. One thread: the LSTM from B = 17, the GRU from B = 9 dense
-    from 3% up to hidden 64, 15% up to 128 (GRU: 256), 30% above; at fewer columns from 3% up to 128, 30%
-    (GRU: 15%) up to 256, never above (but the GRU from B = 3 at 30% up to 512). Where torch's ops run on
-    several threads that sleep soon after each parallel region (what ``import sparse_engine`` sets): never up
-    to B = 8; never up to 1,000 / 512 / 256 / 128 units (LSTM) or 512 / 256 / 128 / 64 (GRU) up to B = 16 /
-    32 / 80 / wider, then 30% (GRU from B = 33: 15%) (the sweeps at B = 1-128); with one thread, or waits the
-    user chose long, the one-thread table. The vanilla RNN takes the LSTM's; ``use_dense`` passes the cell and
-    the batch on."""
+    """The CPU rule's densities: each table's first batch band that holds the batch width (None: B = 20), then its
+    first bound that holds the hidden size. One thread: the LSTM from B = 17, the GRU from B = 9 dense from 3% up to
+    hidden 64 (the LSTM from B = 81: 10%), 15% up to 128 (GRU: 256), 30% above; at fewer columns from 3% up to 128,
+    30% (GRU: 15%, 10% up to B = 2) up to 256, never above (but the GRU from B = 3 at 30% up to 512). Where torch's
+    ops run on several threads that sleep soon after each parallel region (what ``import sparse_engine`` sets):
+    never up to B = 8; never up to 1,000 / 512 / 256 / 128 units (LSTM) or 512 / 256 / 128 / 64 (GRU) up to B = 16 /
+    32 / 80 / wider, then 30% (GRU from B = 33: 15%) (the sweeps at B = 1-128); with one thread, or waits the user
+    chose long, the one-thread table. The vanilla RNN takes the LSTM's; ``use_dense`` passes the cell and the batch
+    on."""
     at = [se.SparseWeight.random(40, 40, nnz=480)]  # density 0.30
     under = [se.SparseWeight.random(40, 40, nnz=479)]  # just under it
     ten = [se.SparseWeight.random(40, 40, nnz=240)]  # 0.15
@@ -403,16 +403,19 @@ def test_auto_min_density_tables_by_cell_batch_hidden_size_and_threads(monkeypat
             assert compute.use_dense(None, ten, 65, cell="GRU", batch=128)
             assert not compute.use_dense(None, ten, 65, batch=128)
         with num_threads(1):
-            for batch in (None, 17, 128):  # the LSTM's B = 20 table from B = 17
+            for batch in (None, 17, 80):  # the LSTM's B = 20 table from B = 17, and from B = 81 10% up to 64
                 assert [compute.auto_min_density(h, batch=batch) for h in (1, 64, 65, 128, 129, 10**6)] == [
                     0.03, 0.03, 0.15, 0.15, 0.30, 0.30]
+            assert [compute.auto_min_density(h, batch=81) for h in (1, 64, 65, 129)] == [0.10, 0.10, 0.15, 0.30]
             for batch in (None, 9, 128):  # the GRU's from B = 9
                 assert [compute.auto_min_density(h, "GRU", batch) for h in (64, 65, 256, 257)] == [
                     0.03, 0.15, 0.15, 0.30]
             for batch in (1, 16):
                 assert [compute.auto_min_density(h, batch=batch) for h in (128, 129, 256, 257)] == [
                     0.03, 0.30, 0.30, inf]
-            for batch in (1, 2, 3, 8):
+            for batch in (1, 2):
+                assert [compute.auto_min_density(h, "GRU", batch) for h in (128, 129, 256)] == [0.03, 0.10, 0.10]
+            for batch in (3, 8):
                 assert [compute.auto_min_density(h, "GRU", batch) for h in (128, 129, 256)] == [0.03, 0.15, 0.15]
             assert [compute.auto_min_density(h, "GRU", 2) for h in (257, 512, 513)] == [inf, inf, inf]
             assert [compute.auto_min_density(h, "GRU", 3) for h in (257, 512, 513)] == [0.30, 0.30, inf]
@@ -433,6 +436,58 @@ def test_auto_min_density_tables_by_cell_batch_hidden_size_and_threads(monkeypat
     assert not threads.torch_waits_short()
     monkeypatch.setattr(threads, "SHORT_SPIN", True)
     assert threads.torch_waits_short()
+
+
+def test_auto_min_steps_tables_and_what_the_modules_pass(dense_calls, monkeypatch):
+    """The CPU rule's fewest steps for the dense path (its dense matrices and, for the LSTM, oneDNN's
+    weight reorder are paid once per forward), by cell, batch band and hidden size like the densities. One
+    thread, the LSTM: up to B = 16 from 4 steps up to 64 units, 8 up to 128, 24 above; up to B = 80 2 / 4 /
+    16 up to 512 / 24; wider 1 up to 128, 2 up to 256, 4 up to 512, 8 above. The GRU: up to B = 8 1 / 2 / 16
+    (up to 128 / 256 / above); up to 80 1 / 2 / 4 up to 512 / 8; wider 1 up to 512, 4 above. Several threads
+    (short waits): see AUTO_MIN_STEPS_THREADED. ``use_dense`` passes the steps on (None: no bound); a module
+    passes its input's steps, a packed sequence its longest."""
+    at = [se.SparseWeight.random(40, 40, nnz=480)]  # density 0.30
+    monkeypatch.setattr(compute, "torch_waits_short", lambda: True)
+    with compute.default_compute("auto"), num_threads(1):
+        steps = compute.auto_min_steps
+        for batch in (1, 16):
+            assert [steps(h, batch=batch) for h in (64, 65, 128, 129, 10**6)] == [4, 8, 8, 24, 24]
+        for batch in (None, 17, 80):
+            assert [steps(h, batch=batch) for h in (64, 65, 128, 129, 512, 513)] == [2, 4, 4, 16, 16, 24]
+        assert [steps(h, batch=81) for h in (128, 129, 256, 257, 512, 513)] == [1, 2, 2, 4, 4, 8]
+        assert steps(10**6, "RNN_TANH", 81) == 8
+        for batch in (1, 8):
+            assert [steps(h, "GRU", batch) for h in (128, 129, 256, 257)] == [1, 2, 2, 16]
+        for batch in (None, 9, 80):
+            assert [steps(h, "GRU", batch) for h in (128, 129, 256, 257, 512, 513)] == [1, 2, 2, 4, 4, 8]
+        assert [steps(h, "GRU", 81) for h in (512, 513)] == [1, 4]
+        assert [compute.use_dense(None, at, 64, batch=1, steps=t) for t in (3, 4, None)] == [False, True, True]
+        assert compute.use_dense("dense", at, 64, batch=1, steps=1)  # asked for: whatever the rule
+        with num_threads(2):
+            for batch in (None, 1, 32):
+                assert [steps(h, batch=batch) for h in (1, 10**6)] == [32, 32]
+                assert steps(10**6, "GRU", batch) == 8
+            assert [steps(h, batch=b) for h, b in ((1, 33), (10**6, 80), (256, 81), (257, 81))] == [24, 24, 16, 4]
+            assert [steps(h, "GRU", 33) for h in (1, 10**6)] == [2, 2]
+            assert not compute.use_dense(None, at, 513, steps=31) and compute.use_dense(None, at, 513, steps=32)
+        monkeypatch.setattr(compute, "torch_waits_short", lambda: False)  # long waits: the one-thread table
+        with num_threads(2):
+            assert steps(64, batch=1) == 4
+        monkeypatch.setattr(compute, "torch_waits_short", lambda: True)
+        m = se.nn.SparseLSTM(8, 64, density=0.3)
+        m(torch.randn(3, 1, 8))
+        assert not dense_calls
+        m(torch.randn(4, 1, 8))
+        assert dense_calls == [m]
+        m.batch_first = True  # (B, T, I): the steps are the second size
+        m(torch.randn(1, 3, 8))
+        assert dense_calls == [m]
+        m.batch_first = False
+        seqs = [torch.randn(t, 8) for t in (4, 2)]  # a packed batch: its longest sequence's steps
+        m(nn.utils.rnn.pack_sequence(seqs))
+        assert dense_calls == [m, m]
+        m(nn.utils.rnn.pack_sequence([s[:3] for s in seqs]))
+        assert dense_calls == [m, m]
 
 
 def test_grad_factor_recording_and_autocast_take_the_sparse_path(dense_calls):
@@ -491,32 +546,36 @@ def test_auto_on_a_gpu_picks_the_faster_of_the_measured_paths(run, table, cells)
 
 
 def _cpu_rows(path):
-    """A CPU table's cells as (cell, hidden, density, batch, {path: ms}): the sweep's 'sparse (ms)', 'persistent
-    (ms)' and 'dense (ms)' columns, or bench_rnn's 'ours, per step', 'ours, persistent' and 'ours, dense'
-    (the last only where the dense path ran: past the budget it ran per step); the batch width from the
-    section's title ("## ... B=20 ..."); a cell measured again takes each path's best time."""
+    """A CPU table's cells as (cell, hidden, density, batch, steps, {path: ms}): the sweep's 'sparse (ms)',
+    'persistent (ms)' and 'dense (ms)' columns, or bench_rnn's 'ours, per step', 'ours, persistent' and 'ours,
+    dense' (the last only where the dense path ran: past the budget it ran per step); the batch width and the
+    steps from the section's title ("## ... T=35, B=20 ...", T = 35 where it names none); a cell measured again
+    takes each path's best time. The module tables (bench_small_lstm's, whose rows name a case, not a
+    hidden size) are not cells."""
     names = {"sparse (ms)": "sparse", "persistent (ms)": "persistent", "dense (ms)": "dense",
              "ours, per step": "sparse", "ours, persistent": "persistent", "ours, dense": "dense"}
-    out, head, batch = {}, None, None
+    out, head, batch, steps = {}, None, None, 35
     for line in path.read_text().splitlines():
         if line.startswith("## "):
-            width = re.search(r"\bB=(\d+)", line)
+            width, length = re.search(r"\bB=(\d+)", line), re.search(r"\bT=(\d+)", line)
             batch = int(width.group(1)) if width else None
+            steps = int(length.group(1)) if length else 35
             continue
         r = [c.strip() for c in line.strip().split("|")[1:-1]]
         if r and r[0] == "cell":
-            head = {names[c]: i for i, c in enumerate(r) if c in names}
+            head = {names[c]: i for i, c in enumerate(r) if c in names} if r[1] == "hidden" else None
         elif r and r[0] in ("LSTM", "GRU") and head:
             ms = {k: _timed(r[i])[0] if r[i].endswith(")") else float(r[i]) for k, i in head.items()
                   if r[i][:1].isdigit() and (k != "dense" or "(" not in r[i] or r[i].endswith("(dense)"))}
-            key = (r[0], int(r[1].replace(",", "")), float(r[2]), batch)
+            key = (r[0], int(r[1].replace(",", "")), float(r[2]), batch, steps)
             out[key] = {k: min(v, out.get(key, {}).get(k, v)) for k, v in ms.items()}
     return [(*key, ms) for key, ms in out.items()]
 
 
 CPU_TABLES = [("small_rnn_sweep_cpu_1thread.md", 1, 48), ("small_rnn_sweep_cpu_2threads.md", 2, 48),
               ("rnn_cpu_paths_1thread.md", 1, 14), ("rnn_cpu_paths_2threads.md", 2, 14),
-              ("small_rnn_sweep_cpu_1thread_batches.md", 1, 130), ("small_rnn_sweep_cpu_2threads_batches.md", 2, 132)]
+              ("small_rnn_sweep_cpu_1thread_batches.md", 1, 130), ("small_rnn_sweep_cpu_2threads_batches.md", 2, 132),
+              ("small_rnn_sweep_cpu_1thread_steps.md", 1, 250), ("small_rnn_sweep_cpu_2threads_steps.md", 2, 50)]
 
 
 @pytest.mark.parametrize("table, threads, cells", CPU_TABLES)
@@ -530,16 +589,16 @@ def test_auto_on_the_cpu_picks_the_faster_of_the_measured_paths(table, threads, 
     monkeypatch.setattr(compute, "torch_waits_short", lambda: True)
     seen = 0
     with num_threads(threads):
-        for cell, H, d, B, ms in _cpu_rows(path):
+        for cell, H, d, B, T, ms in _cpu_rows(path):
             G = {"LSTM": 4, "GRU": 3}[cell]
             entries = 2 * G * H * H
-            if compute.dense_by_sizes("auto", entries, round(entries * d), 4, H, "cpu", cell, B):
+            if compute.dense_by_sizes("auto", entries, round(entries * d), 4, H, "cpu", cell, B, T):
                 picked = "dense"
-            elif compute.persistent_by_sizes("auto", round(entries * d / 2), 4, H, "cpu", G * H, 35, B):
+            elif compute.persistent_by_sizes("auto", round(entries * d / 2), 4, H, "cpu", G * H, T, B):
                 picked = "persistent"
             else:
                 picked = "sparse"
-            assert ms[picked] <= 1.10 * min(ms.values()), (table, cell, H, d, B, picked, ms)
+            assert ms[picked] <= 1.10 * min(ms.values()), (table, cell, H, d, B, T, picked, ms)
             seen += 1
     assert seen == cells
 

@@ -175,8 +175,8 @@ def test_auto_takes_it_on_the_cpu_where_the_run_stacks_anyway(op_calls, rng):
     """``auto`` on the CPU: the sequence ops where a run of T x B columns stacks products ((G+1) x H x T x B
     values) of at most AUTO_PERSISTENT_CPU_BYTES (sequence.STACK_BYTES: the per-step run stacks them too, the
     sequence ops keep what it keeps), on one thread up to AUTO_PERSISTENT_CPU_HIDDEN_ONE_THREAD (4,096)
-    units, per step above it, without the sizes or without a backward to follow; the module gives the
-    per-step path's bits."""
+    units, per step above it, at one step, without the sizes or without a backward to follow; the module
+    gives the per-step path's bits."""
     by_sizes = compute_paths.persistent_by_sizes
     assert compute_paths.AUTO_PERSISTENT_CPU_BYTES == sequence.STACK_BYTES
     H, G = 4096, 4
@@ -184,7 +184,8 @@ def test_auto_takes_it_on_the_cpu_where_the_run_stacks_anyway(op_calls, rng):
     for threads in (1, 2):
         with num_threads(threads):
             assert by_sizes("auto", 10, 4, H, "cpu", G * H, cols, 1)
-            assert by_sizes("auto", 10, 4, H, "cpu", G * H, 1, cols)
+            assert by_sizes("auto", 10, 4, H, "cpu", G * H, 2, cols // 2)
+            assert not by_sizes("auto", 10, 4, H, "cpu", G * H, 1, 8)  # one step: per step (nothing to fuse)
             assert not by_sizes("auto", 10, 4, H, "cpu", G * H, cols + 1, 1)
             assert not by_sizes("auto", 10, 8, H, "cpu", G * H, cols, 1)  # float64: twice the bytes
             assert by_sizes("auto", 10, 4, 1000, "cpu", 4 * 1000, 35, 128)  # 90 MB: measured faster on both
@@ -193,7 +194,7 @@ def test_auto_takes_it_on_the_cpu_where_the_run_stacks_anyway(op_calls, rng):
         assert by_sizes("auto", 10, 4, 8192, "cpu", 4 * 8192, 35, 20)  # 115 MB: measured faster on two threads
     with num_threads(1):
         assert not by_sizes("auto", 10, 4, 8192, "cpu", 4 * 8192, 35, 20)  # and slower on one
-        assert not by_sizes("auto", 10, 4, H + 1, "cpu", G * (H + 1), 1, 1)
+        assert not by_sizes("auto", 10, 4, H + 1, "cpu", G * (H + 1), 2, 1)
     assert not by_sizes("auto", 10, 4, H, "cpu", G * H) and not by_sizes("auto", None, 4, H, "cpu", G * H, 3, 2)
     assert not by_sizes("auto", 10, 4, H, "cpu", G * H, 3, 2, backward=False)  # inference: per step
     assert by_sizes("persistent", 10, 4, H, "cpu", G * H, 3, 2, backward=False)
