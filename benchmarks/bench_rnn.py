@@ -1,5 +1,5 @@
-"""One LSTM and one GRU training step (forward + backward), T=35, B=20 (``--batch``), one layer, input size =
-hidden, both matrices at the given density: SparseLSTM / SparseGRU against masked-dense
+"""One LSTM and one GRU training step (forward + backward), T=35 (``--steps``), B=20 (``--batch``), one layer,
+input size = hidden, both matrices at the given density: SparseLSTM / SparseGRU against masked-dense
 ``nn.LSTM`` / ``nn.GRU`` (weights * mask re-applied each step, as sparselearning/Selfish-RNN do;
 cuDNN on a GPU) and a ``torch.sparse`` CSR loop, in the same run. Each row records the 1-minute
 load average when it was measured. Every (method, size) runs in its own subprocess so its peak memory is
@@ -117,6 +117,8 @@ def main(argv=None):
                    help="default: all on a GPU; on the CPU all but sparse_engine_composed")
     p.add_argument("--batch", type=int, default=B, help=f"batch width (default {B}, the papers' language models; "
                    "1: one sequence at a time)")
+    p.add_argument("--steps", type=int, default=T, help=f"sequence length (default {T}, the papers' bptt; "
+                   "1: a sampler's step)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--timeout", type=int, default=900, help="seconds per (method, size)")
@@ -134,6 +136,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.batch < 1:
         p.error(f"--batch must be at least 1, got {args.batch}")
+    if args.steps < 1:
+        p.error(f"--steps must be at least 1, got {args.steps}")
 
     import torch
 
@@ -171,7 +175,7 @@ def main(argv=None):
         args.bandwidth = common.copy_bandwidth("cuda")
         args.l2 = torch.cuda.get_device_properties(0).L2_cache_size
         args.on_chip = on_chip_bytes("cuda")
-    common.announce(TITLE.format(batch=args.batch), columns(methods, args.floor), out_path)
+    common.announce(TITLE.format(batch=args.batch, steps=args.steps), columns(methods, args.floor), out_path)
     # ours first, every size, then the latency floor's run, then the baselines: a baseline that runs
     # out of memory or time (a dense cuDNN LSTM at a large hidden size) cannot spend the budget
     # before ours is measured
@@ -188,10 +192,10 @@ def main(argv=None):
                 res[method] = {"status": f"not run (budget of {args.budget_s:.0f} s spent)"}
             elif method == ONE_PER_ROW:
                 res[method] = run_child("sparse_engine", cell, H, 1 / H, device, args.repeats, args.warmup, timeout,
-                                        None, T, args.batch)
+                                        None, args.steps, args.batch)
             else:
                 res[method] = run_child(method, cell, H, d, device, args.repeats, args.warmup, timeout, args.compute,
-                                        T, args.batch)
+                                        args.steps, args.batch)
             c.result = cell_text(res[method]) + (f"  ({res[method].get('error')})" if res[method].get("error") else "")
         save()
 
@@ -207,7 +211,8 @@ def main(argv=None):
                 extra.append(f"- hidden {H:,}: not run (budget of {args.budget_s:.0f} s spent), so the largest may be larger")
                 break
             with common.cell(f"largest search: hidden {H:,}") as c:
-                r = run_child("sparse_engine", "LSTM", H, args.per_row / H, device, 1, 0, timeout, T=T, B=args.batch)
+                r = run_child("sparse_engine", "LSTM", H, args.per_row / H, device, 1, 0, timeout, T=args.steps,
+                              B=args.batch)
                 c.result = cell_text(r) + (f"  ({r['error']})" if r.get("error") else "")
             cut = r.get("status", "").startswith("timeout") and timeout < args.timeout
             extra.append(f"- hidden {H:,}: {cell_text(r)}" + (" (cut short by --budget-s)" if cut else ""))
@@ -221,7 +226,7 @@ def main(argv=None):
     common.finish(out_path)
 
 
-TITLE = "LSTM and GRU training step (forward + backward), one layer, T=35, B={batch}, input = hidden"
+TITLE = "LSTM and GRU training step (forward + backward), one layer, T={steps}, B={batch}, input = hidden"
 
 
 # Ours by path: (method, column, ratio column, (numerator, denominator) of the ratio)
@@ -263,7 +268,7 @@ def best_of(res: dict) -> dict:
 
 def report(rows, methods, device, args, load_start) -> list[str]:
     lines = [
-        f"# {TITLE.format(batch=args.batch)}",
+        f"# {TITLE.format(batch=args.batch, steps=args.steps)}",
         "",
         f"- machine: {common.machine()}",
         f"- 1-min load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (a busy machine "
@@ -310,7 +315,8 @@ def report(rows, methods, device, args, load_start) -> list[str]:
             [speedup(md, got("sparse_engine_persistent_split"))] if split else []) + [
             speedup(got(v[3][0]), got(v[3][1])) for v in variants] + (
             [speedup(best_of(res), ours)] if variants else []) + (
-            floor_row(res, floor_bytes(cell, H, d, args.batch, T, args.on_chip, args.l2) / args.bandwidth * 1e3)
+            floor_row(res, floor_bytes(cell, H, d, args.batch, args.steps, args.on_chip, args.l2)
+                      / args.bandwidth * 1e3)
             if args.floor else []) + [load]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")

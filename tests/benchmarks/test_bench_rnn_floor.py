@@ -6,6 +6,8 @@ import sys
 from argparse import Namespace
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 BIG = 1 << 40
 
@@ -27,7 +29,7 @@ def test_floor_bytes_counted_by_hand(load_script):
 
 
 def args(**kw):
-    base = dict(batch=3, repeats=1, warmup=0, compute=None, floor=True, bandwidth=6416 / 2e-3, l2=BIG,
+    base = dict(batch=3, steps=2, repeats=1, warmup=0, compute=None, floor=True, bandwidth=6416 / 2e-3, l2=BIG,
                 on_chip=BIG)
     return Namespace(**{**base, **kw})
 
@@ -45,7 +47,7 @@ def ok(ms):
 
 def test_the_fraction_is_the_larger_floor_over_ours(load_script, monkeypatch):
     bench = load_script("benchmarks/bench_rnn.py")
-    monkeypatch.setattr(bench, "T", 2)  # the hand-counted cell: 6,416 bytes at 6,416 / 2 ms -> 2.00 ms
+    # the hand-counted cell (args(): T = 2): 6,416 bytes at 6,416 / 2 ms -> 2.00 ms
     row = row_of(bench, {"sparse_engine": ok(4.0), bench.ONE_PER_ROW: ok(1.0), "masked_dense": ok(8.0)})
     assert row["memory floor"] == "2.00 ms" and row["% of floor"] == "50%"
     row = row_of(bench, {"sparse_engine": ok(4.0), bench.ONE_PER_ROW: ok(3.0)})
@@ -107,3 +109,22 @@ def test_main_runs_the_floor_after_ours_and_before_the_baselines(load_script, mo
                      ("masked_dense", 4096, 0.01, "persistent")]
     text = out.read_text()
     assert "4,000 GB/s" in text and "L2 60 MiB" in text and "| 25% |" in text  # 1.0 ms of ours' 4.0
+
+
+def test_steps_reach_every_child_and_the_title(load_script, monkeypatch, tmp_path):
+    """--steps: the sequence length of every cell's child (ours and the baselines) and of the table's title;
+    below 1 refused with the argument's name."""
+    bench = load_script("benchmarks/bench_rnn.py")
+    calls = []
+
+    def child(method, cell, H, density, device, repeats, warmup, timeout, compute=None, T=35, B=20):
+        calls.append((method, T, B))
+        return ok(1.0)
+    monkeypatch.setattr(bench, "run_child", child)
+    out = tmp_path / "rnn.md"
+    bench.main(["--device", "cpu", "--sizes", "64:0.3", "--cells", "LSTM", "--methods", "sparse_engine",
+                "masked_dense", "--repeats", "1", "--steps", "4", "--batch", "2", "--out", str(out)])
+    assert sorted(calls) == [("masked_dense", 4, 2), ("sparse_engine", 4, 2)]
+    assert "T=4, B=2" in out.read_text().splitlines()[0]
+    with pytest.raises(SystemExit):
+        bench.main(["--device", "cpu", "--steps", "0"])
