@@ -21,9 +21,10 @@ changed; ``state_dict``, checkpoints and the topology controllers see only the C
   (:func:`set_dense_budget`, default :data:`DEFAULT_DENSE_BUDGET` bytes for all matrices of a
   module together on the CPU, :data:`DEFAULT_DENSE_BUDGET_GPU` on a GPU); over the budget it falls
   back to the sparse path.
-* ``compute="auto"`` (default): on the CPU, dense when it fits the budget and the module's density
-  is at least :func:`auto_min_density` of its hidden size and torch's threads (the crossovers measured
-  on this project's CPUs, see docs/compute_paths.md), else the whole-sequence ops where a run's stacked
+* ``compute="auto"`` (default): on the CPU, dense when it fits the budget, the module's density
+  is at least :func:`auto_min_density` of its hidden size, batch and torch's threads and the sequence
+  at least :func:`auto_min_steps` steps long (the crossovers measured on this project's CPUs, see
+  docs/compute_paths.md), else the whole-sequence ops where a run's stacked
   products are small (:func:`persistent_by_sizes`: the same bits as per step, and faster where measured
   there), else sparse per step; large layers stay sparse through the budget.
   On a GPU dense (cuDNN's recurrence) when the matrices fit the budget and a recurrent row holds at
