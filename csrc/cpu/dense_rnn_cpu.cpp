@@ -4,8 +4,8 @@
 // (vmath.h), where torch's CPU GRU (not oneDNN's, which fuses only the LSTM) runs about ten
 // separate ops per step, each with its dispatch and, when training, its autograd node. The
 // backward runs the steps in reverse, one product dG W_hh per step, and the weight gradient as
-// one product over all steps at the end. The per-step products are addmm's (see StepLinear: MKL's
-// packed GEMM did not pay).
+// one product over all steps at the end. The forward's per-step products use MKL's packed GEMM where
+// this torch has it (float32) and the sequence repays the pack (pack_forward), the rest are addmm's.
 //
 //   gru_sequence(gx, h0, w_hh, b_hh, reverse) -> (y, acts)
 //     gx (T, B, 3H) = x W_ih^T + b_ih, torch's gate order r, z, n; h0 (B, H); w_hh (3H, H)
@@ -17,6 +17,7 @@
 // n = tanh(gx_n + r * gh_n), h' = (h - n) * z + n, gh = h W_hh^T + b_hh.
 // `reverse` runs the steps from T-1 to 0 (the reverse direction of a bidirectional layer); y
 // stays in time order. Time-major, batch-major rows: torch's layout, so no transposition.
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 #include <cmath>
 #include <optional>
@@ -88,26 +89,70 @@ void over_batch(int64_t B, int64_t H, const Body& body) {
   parallel_ranges(B, true, body);
 }
 
-// x (B, in) -> x W^T (+ b) (B, out) for every step of a sequence with one W (out, in), by addmm into
-// `out` (W as given: its transpose's strides are MKL's to read). Not MKL's packed GEMM (torch's
-// mkl::_mkl_reorder_linear_weight / _mkl_linear, which this op used until 2026-11-29): its packed
-// buffer holds 7.5 MiB more than W at any size, and packing it in the op cost 0.2-0.3 ms a pass at
-// hidden 64 (7 us in a loop of packs alone); over hidden 64-1,000, B = 4-128, T = 4-35 (one thread) a
-// dense GRU training step took 0.92-2.16x the unpacked time with it (1.45x at hidden 64, T = 35, B = 4),
-// and at B = 1 the pack alone cost up to 7 ms (hidden 1,000) for no faster product.
+// torch's own ops for MKL's packed GEMM, mkl::_mkl_reorder_linear_weight and mkl::_mkl_linear (what
+// torch's compiled linear layers use), when this torch has them: absent on a build without MKL.
+struct MklLinearOps {
+  using Reorder = at::Tensor(const at::Tensor&, int64_t);
+  using Linear = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                            int64_t);
+  std::optional<c10::TypedOperatorHandle<Reorder>> reorder;
+  std::optional<c10::TypedOperatorHandle<Linear>> linear;
+};
+
+const MklLinearOps& mkl_linear_ops() {
+  static const MklLinearOps ops = [] {
+    MklLinearOps o;
+    auto& d = c10::Dispatcher::singleton();
+    auto reorder = d.findOp({"mkl::_mkl_reorder_linear_weight", ""});
+    auto linear = d.findOp({"mkl::_mkl_linear", ""});
+    if (reorder && linear && reorder->hasKernelForDispatchKey(c10::DispatchKey::CPU) &&
+        linear->hasKernelForDispatchKey(c10::DispatchKey::CPU)) {
+      o.reorder = reorder->typed<MklLinearOps::Reorder>();
+      o.linear = linear->typed<MklLinearOps::Linear>();
+    }
+    return o;
+  }();
+  return ops;
+}
+
+// Whether a forward packs W_hh for MKL's packed GEMM (the backward never does): where T steps of B
+// columns repay the pack, whose buffer is 7.5 MiB larger than W at any size. Measured in the op (one
+// thread, an Intel Xeon VM, hidden 128-1,000, B = 4-128, T = 8 and 35, training and inference;
+// benchmarks/results/dense_gru_packed_gemm_cpu.md): below hidden 192 it never paid (1.04-2.84x the
+// unpacked time at small B and T); at 200-256 from about 128 columns x steps (0.78-0.96x at T = 35,
+// 1.02-1.15x at T = 8, B <= 10); from 512 already at T = 8, B = 4 (0.51-0.94x). At one or two columns
+// MKL's unpacked products are as fast (the pack alone took 7 ms at hidden 1,000, B = 1). The backward's
+// pack (of a transposed copy) lost or tied everywhere (0.98-1.59x).
+bool pack_forward(int64_t B, int64_t T, int64_t H) {
+  if (B < 4 || T < 2) return false;
+  return H >= 512 ? B * T >= 32 : H >= 192 && B * T >= 128;
+}
+
+// x (B, in) -> x W^T (+ b) (B, out) for every step of a sequence with one W (out, in): MKL's packed
+// GEMM with W packed once where `pack` (float32, where torch has the ops), else addmm into `out` (W as
+// given). Both are GEMMs of the same sums, in MKL's order: the tests check each against float64.
 class StepLinear {
  public:
-  StepLinear(const at::Tensor& weight, const std::optional<at::Tensor>& bias) : weight_(weight), bias_(bias) {}
+  StepLinear(const at::Tensor& weight, const std::optional<at::Tensor>& bias, int64_t batch, bool pack)
+      : weight_(weight), bias_(bias), batch_(batch) {
+    const auto& ops = mkl_linear_ops();
+    if (pack && ops.reorder && weight_.scalar_type() == at::kFloat) {
+      weight_ = weight_.contiguous();
+      packed_ = ops.reorder->call(weight_, batch);
+    }
+  }
 
   at::Tensor operator()(const at::Tensor& x, at::Tensor& out) const {
+    if (packed_.defined()) return mkl_linear_ops().linear->call(x, packed_, weight_, bias_, batch_);
     if (bias_.has_value()) at::addmm_out(out, *bias_, x, weight_.t());
     else at::mm_out(out, x, weight_.t());
     return out;
   }
 
  private:
-  at::Tensor weight_;
+  at::Tensor weight_, packed_;
   std::optional<at::Tensor> bias_;
+  int64_t batch_;
 };
 
 // T, B, H from the operands, checked: gx (T, B, 3H), h0 (B, H), w_hh (3H, H), all of one float dtype.
@@ -148,7 +193,7 @@ std::tuple<at::Tensor, at::Tensor> gru_sequence_cpu(const at::Tensor& gx_, const
   auto y = at::empty({T, B, H}, gx.options());
   auto acts = at::empty({T, B, 4 * H}, gx.options());
   auto gh_buf = at::empty({B, 3 * H}, gx.options());
-  const StepLinear hidden_side(w_hh, b_hh);  // h W_hh^T + b_hh
+  const StepLinear hidden_side(w_hh, b_hh, B, pack_forward(B, T, H));  // h W_hh^T + b_hh
   AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "gru_sequence", [&] {
     for (int64_t i = 0; i < T; ++i) {
       const int64_t t = reverse ? T - 1 - i : i;
@@ -189,7 +234,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_sequence_backward
   auto direct = at::empty({B, H}, y.options());
   auto dht = at::empty({B, H}, y.options());
   auto back_buf = at::empty({B, H}, y.options());
-  const StepLinear back(w_hh.t(), std::nullopt);  // dgh W_hh
+  const StepLinear back(w_hh.t(), std::nullopt, B, false);  // dgh W_hh
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "gru_sequence_backward", [&] {
     for (int64_t i = T - 1; i >= 0; --i) {
       const int64_t t = reverse ? T - 1 - i : i;

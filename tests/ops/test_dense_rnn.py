@@ -149,20 +149,35 @@ def test_fused_gru_parallel_gate_math_equals_torch(threads, rng, build_rnn):
 
 
 
-@pytest.mark.parametrize("T, B", [(1, 1), (35, 1), (35, 2), (12, 4), (4, 20), (1, 128)])
-def test_gru_sequence_float32_equals_the_float64_recurrence(T, B, rng):
-    """float32 at one column and one step up to wide batches (where the op once packed W_hh for MKL,
-    and may again): y and every gradient are the float64 recurrence's (torch's ops, ``_gru_steps``)."""
+def _mkl_packs(fn) -> int:
+    """How many times ``fn()`` packed a weight for MKL's packed GEMM (torch's op, seen by the profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(e.count for e in prof.key_averages() if e.key == "mkl::_mkl_reorder_linear_weight")
+
+
+@pytest.mark.parametrize("T, B, H, packs", [(1, 1, 24, False), (35, 1, 24, False), (35, 2, 200, False),
+                                            (12, 4, 24, False), (4, 20, 24, False), (1, 128, 512, False),
+                                            (32, 4, 192, True), (31, 4, 192, False), (8, 4, 512, True),
+                                            (35, 20, 191, False)])
+def test_gru_sequence_float32_equals_the_float64_recurrence(T, B, H, packs, rng):
+    """float32 from one column and one step to wide batches, with MKL's packed W_hh in the forward where the
+    sequence repays the pack (from hidden 192 and 128 columns x steps, from 512 and 32; at least 4 columns and
+    2 steps; never in the backward) and without: y and every gradient are the float64 recurrence's (torch's
+    ops, ``_gru_steps``)."""
     from sparse_engine.recurrent.dense_gru import _gru_steps, _GruSequence
-    H = 24
     args = [(torch.randn(s, generator=rng, dtype=torch.float64) * scale).requires_grad_()
             for s, scale in (((T, B, 3 * H), 1.0), ((B, H), 1.0), ((3 * H, H), H ** -0.5), ((3 * H,), 0.1))]
     dy = torch.randn(T, B, H, generator=rng, dtype=torch.float64)
     want = _gru_steps(*args, False)
     want_grads = torch.autograd.grad(want, args, dy)
     f32 = [a.detach().float().requires_grad_() for a in args]
-    got = _GruSequence.apply(*f32, False)
-    got.backward(dy.float())
-    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    got = []
+    forward_packs = _mkl_packs(lambda: got.append(_GruSequence.apply(*f32, False)))
+    backward_packs = _mkl_packs(lambda: got[0].backward(dy.float()))
+    if hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight"):  # a torch with MKL's packed GEMM
+        assert (forward_packs, backward_packs) == (int(packs), 0)
+    torch.testing.assert_close(got[0].double(), want, rtol=1e-5, atol=1e-5)
     for a, g in zip(f32, want_grads):
         torch.testing.assert_close(a.grad.double(), g, rtol=1e-5, atol=1e-5 * T * B)
