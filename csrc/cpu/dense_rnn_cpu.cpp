@@ -118,7 +118,7 @@ const MklLinearOps& mkl_linear_ops() {
 // Whether a forward packs W_hh for MKL's packed GEMM (the backward never does): where T steps of B
 // columns repay the pack, whose buffer is 7.5 MiB larger than W at any size. Measured in the op (one
 // thread, an Intel Xeon VM, hidden 128-1,000, B = 4-128, T = 8 and 35, training and inference;
-// benchmarks/results/dense_gru_packed_gemm_cpu.md): below hidden 192 it never paid (1.04-2.84x the
+// benchmarks/results/dense_gru_packed_gemm_cpu.md): below hidden 192 it lost or tied (up to 2.84x the
 // unpacked time at small B and T); at 200-256 from about 128 columns x steps (0.78-0.96x at T = 35,
 // 1.02-1.15x at T = 8, B <= 10); from 512 already at T = 8, B = 4 (0.51-0.94x). At one or two columns
 // MKL's unpacked products are as fast (the pack alone took 7 ms at hidden 1,000, B = 1). The backward's
