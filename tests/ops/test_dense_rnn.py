@@ -148,7 +148,6 @@ def test_fused_gru_parallel_gate_math_equals_torch(threads, rng, build_rnn):
         check_against_torch(m, x, None, torch.float32, rng)
 
 
-
 def _mkl_packs(fn) -> int:
     """How many times ``fn()`` packed a weight for MKL's packed GEMM (torch's op, seen by the profiler)."""
     from torch.profiler import ProfilerActivity, profile
