@@ -175,11 +175,15 @@ def main_table(args, sections):
 def sweep(args, sections):
     """The dense path against the sparse kernels (per step, and the whole sequence in one op:
     compute='persistent') for each cell of --modes over --sweep-hidden x --sweep-density, and what
-    compute='auto' picks at these threads."""
+    compute='auto' picks at these threads: training steps, or with --sweep-inference calls under
+    ``torch.no_grad`` (where the dense path rewrites its matrices only when the values changed)."""
+    inference = args.sweep_inference
+    make = infer if inference else train_step
     header = ["cell", "hidden", "density", "sparse (ms)", "persistent (ms)", "dense (ms)", "dense vs sparse",
               "dense vs persistent", "auto picks", "auto vs best", "load after"]
     rows = []
-    title = f"## Crossover (fwd+bwd, T={args.steps}, B={args.batch}, {torch.get_num_threads()} threads)"
+    title = (f"## Crossover ({'inference' if inference else 'fwd+bwd'}, T={args.steps}, B={args.batch}, "
+             f"{torch.get_num_threads()} threads)")
     section(title, header)
     for mode in args.modes:
         for hidden in args.sweep_hidden:
@@ -192,15 +196,18 @@ def sweep(args, sections):
                     whole.load_state_dict(ours.state_dict())
                     ours.compute = "sparse"
                     x = torch.randn(args.steps, args.batch, hidden)
-                    runs = {"sparse": train_step(ours, x), "persistent": train_step(whole, x),
-                            "dense": train_step(dense, x)}
+                    for m in (ours, whole, dense):
+                        m.train(not inference)
+                    runs = {"sparse": make(ours, x), "persistent": make(whole, x), "dense": make(dense, x)}
                     # a call of the path before its sample: the first call after another path's paid
                     # page faults (malloc had given their memory back), up to 1.6x at hidden 1,500
                     t = alternate(runs, args.rounds, args.min_time / args.rounds, before=lambda k: runs[k]())
                     ours.compute = "auto"
-                    picks = ("dense" if ours._dense_now(x, batch=args.batch, steps=args.steps) else
-                             "persistent" if use_persistent("auto", ours.weight_hh_l0, args.steps, args.batch)
-                             else "sparse")
+                    with torch.set_grad_enabled(not inference):
+                        picks = ("dense" if ours._dense_now(x, batch=args.batch, steps=args.steps) else
+                                 "persistent" if use_persistent("auto", ours.weight_hh_l0, args.steps, args.batch,
+                                                                backward=not inference)
+                                 else "sparse")
                     mid = {k: statistics.median(v) for k, v in t.items()}
                     c.result = [mode, hidden, density, *(median_ms(t[k]) for k in ("sparse", "persistent", "dense")),
                                 paired_ratio(t, "sparse", "dense"), paired_ratio(t, "persistent", "dense"), picks,
@@ -402,6 +409,8 @@ def main():
     p.add_argument("--sweep", action="store_true", help="also measure the sparse/dense crossover")
     p.add_argument("--sweep-hidden", type=int, nargs="+", default=[200, 500, 1000, 1500, 2500])
     p.add_argument("--sweep-density", type=float, nargs="+", default=[0.01, 0.03, 0.05, 0.1, 0.33])
+    p.add_argument("--sweep-inference", action="store_true",
+                   help="the sweep times calls under torch.no_grad instead of training steps")
     p.add_argument("--lm", action="store_true", help="also time the word_language_model example's batches")
     p.add_argument("--epoch", action="store_true", help="also time whole epochs of the word_language_model example")
     p.add_argument("--epoch-batches", type=int, default=100, help="training batches per epoch")

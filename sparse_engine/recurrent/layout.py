@@ -13,12 +13,17 @@ def batch_rows(y: torch.Tensor) -> torch.Tensor:
     .contiguous()`` copies element by element, about 3x slower at hidden 100k), elsewhere that one
     copy (on a GPU one kernel, not T launches: 70 of the 81 copies a training step of the H200's
     persistent LSTM at 4,096 units, T = 35, made)."""
+    if not (y.requires_grad and torch.is_grad_enabled()):  # no graph to record: the copy alone (a
+        return _transpose_steps(y)  # sampler's step at B = 1 saves the Function's wrapping, about 8 us)
     return _BatchRows.apply(y)
 
 
 def _transpose_steps(a: torch.Tensor) -> torch.Tensor:
-    if a.device.type != "cpu":
-        return a.transpose(1, 2).contiguous()
+    if a.device.type != "cpu":  # always a copy: at one column the transposed view is already contiguous
+        return a.transpose(1, 2).clone(memory_format=torch.contiguous_format)
+    if 1 in a.shape[1:]:  # one column or one feature: the same order, one copy instead of one a step
+        return a.reshape(a.shape[0], a.shape[2], a.shape[1]).clone(memory_format=torch.contiguous_format)
+    a = a.contiguous()
     out = a.new_empty(a.shape[0], a.shape[2], a.shape[1])
     for t in range(a.shape[0]):
         out[t].copy_(a[t].t())
@@ -28,9 +33,9 @@ def _transpose_steps(a: torch.Tensor) -> torch.Tensor:
 class _BatchRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y):
-        return _transpose_steps(y.contiguous())
+        return _transpose_steps(y)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
-        return _transpose_steps(g.contiguous())
+        return _transpose_steps(g)

@@ -37,7 +37,8 @@ Narrower (``Config.saved_dtype``, the modules' ``saved_dtype``): a stored run ke
           of what the backward reads. Done here, around the step ops, not inside the kernels, so
           that every device and path (fused or composed) takes it with no kernel of its own
           (docs/memory.md: what it costs). Not with recomputation (its segments live briefly).
-Under ``torch.no_grad`` (``Config.backward`` False) a run keeps nothing for a backward.
+Under ``torch.no_grad`` (``Config.backward`` False) a run keeps nothing for a backward and its
+          forward is called without autograd's wrapping of the Function (:func:`recurrence`).
 
 A weight is either sparse or dense (an ordinary (rows x cols) tensor); the two matrices of a
 layer are chosen independently (``sparse='both'|'recurrent'|'input'``). The modules hand each
@@ -353,17 +354,40 @@ def recurrence(cfg: Config, x, h0, c0, w_ih, w_hh, b_ih, b_hh, sink: dict | None
     if w_hr is not None:
         return projected_lstm(cfg, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh)
     check_not_torchscript()  # torch.jit.trace cannot follow the Function: say what to use instead
+    backward = cfg.backward and torch.is_grad_enabled()
     if isinstance(w_ih, SparseWeight) or isinstance(w_hh, SparseWeight):
         (w_ih, idx_ih), (w_hh, idx_hh) = weight_args(w_ih, cfg.idx_ih), weight_args(w_hh, cfg.idx_hh)
-        cfg = cfg.with_index(idx_ih, idx_hh)
-    if not torch.is_grad_enabled():
-        cfg = replace(cfg, backward=False)
+        cfg = replace(cfg, idx_ih=idx_ih, idx_hh=idx_hh, backward=backward)
+    elif backward != cfg.backward:
+        cfg = replace(cfg, backward=backward)
+    run = Recurrence.apply if backward else _without_autograd
     dev = w_hh.device.type
     if not torch.is_autocast_enabled(dev):
-        return Recurrence.apply(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, sink)
+        return run(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, sink)
     dtype = w_hh.dtype
     cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
     with torch.autocast(dev, enabled=False):
-        return Recurrence.apply(cfg, cast(x), cast(h0), cast(c0), w_ih, w_hh, b_ih, b_hh, sink)
+        return run(cfg, cast(x), cast(h0), cast(c0), w_ih, w_hh, b_ih, b_hh, sink)
+
+
+class _NoBackward:
+    """The context :meth:`Recurrence.forward` is given when no backward can follow: it keeps nothing."""
+    needs_input_grad = (False,) * 9
+
+    def set_materialize_grads(self, value):
+        pass
+
+    def save_for_backward(self, *tensors):
+        self.to_save = tensors  # as autograd's context holds them, until the call returns
+
+    def mark_non_differentiable(self, *tensors):
+        pass
+
+
+def _without_autograd(cfg: Config, *args):
+    """``Recurrence.apply`` where gradient mode is off (inference, a sampler's one step at a time):
+    the same forward called directly, the same outputs (none requires grad), without autograd's
+    wrapping of a Function (12-25 us a call, as much as the kernels of a 256-unit GRU step at B = 1)."""
+    return Recurrence.forward(_NoBackward(), cfg, *args)
 
 __getattr__ = old_name(__name__)  # its old names, answered with a warning (sparse_engine._moved)

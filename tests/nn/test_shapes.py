@@ -111,6 +111,32 @@ def test_layers_match_torch_on_every_layout(kind, layout, rng):
     param_grads_agree(m, ref, m._flat_weights_names)
 
 
+@pytest.mark.parametrize("T,B", [(1, 1), (4, 1), (1, 3), (4, 3)])
+@pytest.mark.parametrize("layout", [(1, False, False), (2, True, True)], ids=["L1", "L2-bi-bf"])
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_layers_under_no_grad_match_torch(kind, layout, T, B, rng):
+    """Without gradient mode (an evaluation, a sampler's step) the recurrence runs outside autograd
+    and the layout copy takes its one-column shortcut: the same results as torch's module, bit for
+    bit those of the same call with gradient mode on, none requiring grad; the output owns its memory."""
+    L, bi, bf = layout
+    cls, kw = LAYERS[kind]
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=rng)))
+    m = cls(3, 5, num_layers=L, bidirectional=bi, batch_first=bf, density=0.5, dtype=F64, **kw)
+    ref = m.to_dense()
+    x = sequence(T, B, 3, bf, True, rng)
+    with torch.no_grad():
+        ours, theirs = flat(m(x)), flat(ref(x))
+    with_grad = flat(m(x))
+    for a, b, c in zip(ours, theirs, with_grad):
+        assert not a.requires_grad and a.grad_fn is None
+        torch.testing.assert_close(a, b, **TOL)
+        assert torch.equal(a, c.detach())
+    out = ours[0]
+    out.add_(1.0)  # written in place: nothing of the module's (a second call) sees it
+    with torch.no_grad():
+        assert torch.equal(flat(m(x))[0], with_grad[0].detach())
+
+
 @pytest.mark.parametrize("batch_first", [False, True])
 def test_unbatched_input_ignores_batch_first(batch_first, rng):
     """The reported bug: batch_first=True with a (T, I) input gave a (1, T, H) output."""
