@@ -11,6 +11,7 @@ its own and a failure (out of memory, cuDNN) is recorded as "fails" without endi
     python benchmarks/bench_rnn.py --largest       # + largest trainable hidden at 32 nonzeros/row
     python benchmarks/bench_rnn.py --sizes 1500:0.33 4096:0.01 --repeats 5 --cells LSTM
     python benchmarks/bench_rnn.py --batch 1 --sizes 4096:0.01 --cells LSTM   # one sequence at a time
+    python benchmarks/bench_rnn.py --inference --steps 1 --batch 1 --sizes 1500:0.33   # a sampler's step, no_grad
     python benchmarks/bench_rnn.py --quick        # one small size, to check the script
     python3 benchmarks/bench_rnn.py --device cuda --budget-s 480 --out rnn_gpu.md --copy-to $OUT  # a 10-minute GPU run
 
@@ -119,6 +120,9 @@ def main(argv=None):
                    "1: one sequence at a time)")
     p.add_argument("--steps", type=int, default=T, help=f"sequence length (default {T}, the papers' bptt; "
                    "1: a sampler's step)")
+    p.add_argument("--inference", action="store_true",
+                   help="time calls under torch.no_grad (eval mode) instead of training steps: a sampler's "
+                   "step with --steps 1 --batch 1, an evaluation")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--timeout", type=int, default=900, help="seconds per (method, size)")
@@ -144,7 +148,9 @@ def main(argv=None):
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.floor and device != "cuda":
         p.error("--floor needs --device cuda (the CPU's floors: benchmarks/bench_floor.py)")
-    args.floor = device == "cuda" if args.floor is None else args.floor
+    if args.floor and args.inference:
+        p.error("--floor counts a training step's bytes; not with --inference")
+    args.floor = device == "cuda" and not args.inference if args.floor is None else args.floor
     sizes = args.sizes or (QUICK_SIZES if args.quick else GPU_SIZES if device == "cuda" else CPU_SIZES)
     if args.quick:
         args.repeats = 1
@@ -175,7 +181,7 @@ def main(argv=None):
         args.bandwidth = common.copy_bandwidth("cuda")
         args.l2 = torch.cuda.get_device_properties(0).L2_cache_size
         args.on_chip = on_chip_bytes("cuda")
-    common.announce(TITLE.format(batch=args.batch, steps=args.steps), columns(methods, args.floor), out_path)
+    common.announce(title(args), columns(methods, args.floor), out_path)
     # ours first, every size, then the latency floor's run, then the baselines: a baseline that runs
     # out of memory or time (a dense cuDNN LSTM at a large hidden size) cannot spend the budget
     # before ours is measured
@@ -192,10 +198,10 @@ def main(argv=None):
                 res[method] = {"status": f"not run (budget of {args.budget_s:.0f} s spent)"}
             elif method == ONE_PER_ROW:
                 res[method] = run_child("sparse_engine", cell, H, 1 / H, device, args.repeats, args.warmup, timeout,
-                                        None, args.steps, args.batch)
+                                        None, args.steps, args.batch, args.inference)
             else:
                 res[method] = run_child(method, cell, H, d, device, args.repeats, args.warmup, timeout, args.compute,
-                                        args.steps, args.batch)
+                                        args.steps, args.batch, args.inference)
             c.result = cell_text(res[method]) + (f"  ({res[method].get('error')})" if res[method].get("error") else "")
         save()
 
@@ -226,7 +232,12 @@ def main(argv=None):
     common.finish(out_path)
 
 
-TITLE = "LSTM and GRU training step (forward + backward), one layer, T={steps}, B={batch}, input = hidden"
+TITLE = "LSTM and GRU {case}, one layer, T={steps}, B={batch}, input = hidden"
+
+
+def title(args) -> str:
+    case = "call under torch.no_grad (inference)" if args.inference else "training step (forward + backward)"
+    return TITLE.format(case=case, steps=args.steps, batch=args.batch)
 
 
 # Ours by path: (method, column, ratio column, (numerator, denominator) of the ratio)
@@ -268,7 +279,7 @@ def best_of(res: dict) -> dict:
 
 def report(rows, methods, device, args, load_start) -> list[str]:
     lines = [
-        f"# {TITLE.format(batch=args.batch, steps=args.steps)}",
+        f"# {title(args)}",
         "",
         f"- machine: {common.machine()}",
         f"- 1-min load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (a busy machine "

@@ -91,11 +91,11 @@
 #   their own: DEADLINE_S=575 STAGES=table (~8 min), then STAGES=table_large (~6 min, 10^6 units included).
 #   (A later run without CUDA changes may drop "test": the persistent stage runs the compute-path tests too.)
 #   With a minute or two on a warm machine: STAGES=steps (does the GPU rule, from T = 35, need the sequence
-#   length as the CPU's does since 2026-11-29?). With time to spare, in this order: STAGES=topology (all
+#   length as the CPU's does since 2026-11-29? and a sampler's step, T = B = 1 under no_grad, against cuDNN). With time to spare, in this order: STAGES=topology (all
 #   cases), BENCH_DTYPES=bfloat16 STAGES=bench ... -- --quick (then the full bf16 grid), STAGES=step.
 # $OUT per command: gpu_all.log (every stage's output, appended as it goes), each benchmark's results
 # file (cuda_ops_<gpu>[_bf16][_quick].md, rnn_gpu[_quick].md, rnn_gpu_largest.md, topology_<gpu>.md,
-# rnn_step_gpu.md, rnn_gpu_table[_gru|_large].md, rnn_gpu_persistent[_b1].md, rnn_gpu_dense_crossover.md, rnn_gpu_steps_t{1,4}.md, profile_rnn_step[_1m]_cuda.md, ncu_persistent_split1.md, caps_cuda_*.md, gather_tuning_cuda.md,
+# rnn_step_gpu.md, rnn_gpu_table[_gru|_large].md, rnn_gpu_persistent[_b1].md, rnn_gpu_dense_crossover.md, rnn_gpu_steps_t{1,4}.md, rnn_gpu_sampler_step.md, profile_rnn_step[_1m]_cuda.md, ncu_persistent_split1.md, caps_cuda_*.md, gather_tuning_cuda.md,
 # step_estimate_products_cuda.md) and, from the build stage, build/_C*.so[.partNN]: at most 8 files.
 # Afterwards commit from $OUT (files_at) into benchmarks/results/: the results files, and each
 # command's gpu_all.log as gpu_<stages>_<gpu>.log (<gpu> = nvidia_h100_80gb_hbm3 or the like);
@@ -118,7 +118,7 @@
 #   STAGES="ncu_gather" benchmarks/gpu_all.sh          # Nsight Compute on spmm, Zipf rows, B = 256 (~1 min)
 #   STAGES="gather_tuning" benchmarks/gpu_all.sh       # the gather's long-row multiples swept (~2 min)
 #   STAGES="panels" benchmarks/gpu_all.sh              # column panels of the state emulated, 262,144 and 10^6 units (~1-2 min)
-#   STAGES="steps" benchmarks/gpu_all.sh               # auto's GPU rule at T = 1 and 4 (the CPU rule takes T) (~1-2 min)
+#   STAGES="steps" benchmarks/gpu_all.sh               # auto's GPU rule at T = 1 and 4 (the CPU rule takes T), a sampler's step (~2 min)
 #   BENCH_DTYPES=bfloat16 STAGES=bench benchmarks/gpu_all.sh   # only the bf16 grid
 #   DEADLINE_S=100000 STAGES="build test sanitize bench step topology rnn largest persistent" benchmarks/gpu_all.sh
 #                                                      # everything, on a machine without a time limit
@@ -479,10 +479,16 @@ if has steps && begin "auto's GPU rule over the sequence length: dense against p
   # 33%: 495 a row; 4,096 @ 10%: 410) at one step and four, every path and masked cuDNN; ~1-2 min
   steps_cells=(--device cuda --cells LSTM GRU --no-floor --sizes 1500:0.33 4096:0.1 --repeats 5 --timeout 60
                --methods sparse_engine sparse_engine_persistent sparse_engine_dense masked_dense)
-  logged 10 $PY benchmarks/bench_rnn.py "${steps_cells[@]}" --steps 1 --budget-s "$(( $(left) / 2 - 5 ))" \
+  logged 10 $PY benchmarks/bench_rnn.py "${steps_cells[@]}" --steps 1 --budget-s "$(( $(left) / 3 - 5 ))" \
     --out benchmarks/results/rnn_gpu_steps_t1.md ${copy[@]+"${copy[@]}"}
-  logged 10 $PY benchmarks/bench_rnn.py "${steps_cells[@]}" --steps 4 --budget-s "$(( $(left) - 5 ))" \
+  logged 10 $PY benchmarks/bench_rnn.py "${steps_cells[@]}" --steps 4 --budget-s "$(( $(left) / 2 - 5 ))" \
     --out benchmarks/results/rnn_gpu_steps_t4.md ${copy[@]+"${copy[@]}"}
+  # a sampler's step: one token of one sequence under torch.no_grad (the recurrence called outside autograd
+  # since 2026-11-29), ours by path against masked cuDNN, where Python's fixed cost weighs most
+  logged 10 $PY benchmarks/bench_rnn.py --device cuda --cells LSTM GRU --sizes 1500:0.33 4096:0.01 4096:0.1 \
+    --methods sparse_engine sparse_engine_per_step sparse_engine_dense masked_dense --repeats 20 --timeout 60 \
+    --inference --steps 1 --batch 1 --budget-s "$(( $(left) - 5 ))" \
+    --out benchmarks/results/rnn_gpu_sampler_step.md ${copy[@]+"${copy[@]}"}
   took steps $t0
 fi
 if has gather_tuning && begin "the gather's long-row threshold and segment, swept on Zipf and uniform rows (issue 45)" 60; then

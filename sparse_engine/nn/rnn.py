@@ -310,7 +310,8 @@ class SparseRNNBase(RecordsGradFactors, TorchConversion, nn.Module):
 
     # ------------------------------------------------------------- dense compute
     def _dense_now(self, ref: torch.Tensor, weights=None, batch: int | None = None, steps: int | None = None) -> bool:
-        """This forward, over ``batch`` sequences of ``steps`` steps, materialises the weights
+        """This forward, over ``batch`` sequences of ``steps`` steps (a backward to follow where gradient
+        mode is on), materialises the weights
         (:mod:`sparse_engine.recurrent.compute_paths`): the module's ``compute`` setting says so, not
         recording gradient factors, not under autocast (where the sparse recurrence keeps the
         parameters' precision, see ``recurrence``), not while ``torch.compile`` traces (dynamo does not
@@ -321,7 +322,8 @@ class SparseRNNBase(RecordsGradFactors, TorchConversion, nn.Module):
             return False
         if weights is None:
             weights = [getattr(self, n) for n in self._flat_weights_names]
-        return use_dense(self.compute, weights, self.hidden_size, ref.device.type, self.mode, batch, steps)
+        return use_dense(self.compute, weights, self.hidden_size, ref.device.type, self.mode, batch, steps,
+                         torch.is_grad_enabled())
 
     def _run_dense(self, x: torch.Tensor, h0: torch.Tensor, c0, batch_sizes=None, weights=None):
         """The dense path (:func:`~sparse_engine.recurrent.compute_paths.dense_recurrence`) on this

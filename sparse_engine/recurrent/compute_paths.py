@@ -109,6 +109,23 @@ AUTO_MIN_STEPS = {"LSTM": {16: ((64, 4), (128, 8), (math.inf, 24)),
                           math.inf: ((512, 1), (math.inf, 4))}}
 AUTO_MIN_STEPS_THREADED = {"LSTM": {32: ((math.inf, 32),), 80: ((math.inf, 24),), math.inf: ((256, 16), (math.inf, 4))},
                            "GRU": {32: ((math.inf, 8),), math.inf: ((math.inf, 2),)}}
+#: ``auto`` on the CPU without a backward to follow (a forward under ``torch.no_grad``: evaluation, a sampler)
+#: over at least :data:`AUTO_INFERENCE_STEPS` steps, one thread: the lowest density that goes dense, as
+#: :data:`AUTO_MIN_DENSITY` (whose values hold below that length and on several threads). Without a backward the
+#: dense path writes its matrices only when the values changed and runs no backward of torch's, so over a
+#: long sequence at a wide batch it wins from lower densities: at B = 128, T = 35 the LSTM at 512 @ 20% took
+#: 0.52x the sparse path's time, 1,000 @ 20% 0.55x (small_rnn_sweep_cpu_1thread_inference.md: B = 1-128,
+#: T = 1, 8, 35, hidden 64-1,000, 5-33%); at T = 1 the crossover stays where the training tables have it.
+AUTO_MIN_DENSITY_INFERENCE = {"LSTM": {16: ((128, 0.03), (256, 0.20), (math.inf, math.inf)),
+                                       80: ((128, 0.03), (math.inf, 0.15)),
+                                       math.inf: ((128, 0.03), (256, 0.10), (math.inf, 0.15))},
+                              "GRU": {2: ((128, 0.03), (256, 0.10), (math.inf, math.inf)),
+                                      8: ((128, 0.03), (256, 0.10), (512, 0.30), (math.inf, math.inf)),
+                                      math.inf: ((64, 0.03), (128, 0.10), (math.inf, 0.15))}}
+#: the sequence length from which :data:`AUTO_MIN_DENSITY_INFERENCE` applies, per batch band ({up to this
+#: batch width: steps}; measured at 1, 8 and 35 steps: at B = 128 the crossovers of 8 steps were those of 35,
+#: at B = 20 the dense GRU still lost at 20% over 8 steps, 0.71-0.87x, and won over 35)
+AUTO_INFERENCE_STEPS = {80: 16, math.inf: 8}
 #: the batch width the CPU rule assumes where a caller gives none (its first tables' measurements)
 AUTO_BATCH = 20
 #: ``auto`` on a GPU: the persistent kernels where W_hh (values and the 16-bit index they stage, 32-bit
@@ -126,6 +143,13 @@ AUTO_PERSISTENT_OFF_CHIP = (16384, 170)
 #: 115 MB) 1.01-1.21x on two threads but 0.92-0.98x on one (rnn_cpu_paths_*.md, small_rnn_sweep_cpu_*_batches.md)
 AUTO_PERSISTENT_CPU_BYTES = STACK_BYTES
 AUTO_PERSISTENT_CPU_HIDDEN_ONE_THREAD = 4096
+#: ``auto`` on the CPU without a backward to follow: the whole-sequence ops up to this batch width (with the
+#: bounds above), from one step. Their steps are the fused ops in C++ (no Python between the steps, and the
+#: fused forward where the per-step path composes it, from 100 nonzeros a row), at the cost of copying out
+#: the activations a backward would read: measured at B = 1 and 4, T = 35, 0.61-0.97x the per-step path's
+#: time in every cell (the least at GRU 512 @ 20-33%, composed per step), at T = 1, B = 1 0.85-1.00x; at
+#: B = 20 a draw (0.83-1.22x), at B = 50-128 0.94-1.68x (small_rnn_sweep_cpu_1thread_inference.md)
+AUTO_PERSISTENT_CPU_INFERENCE_BATCH = 4
 #: the shared memory of an H100 / H200 (132 SMs x 228 KiB): a prediction for "cuda" made where no
 #: GPU is visible assumes one
 HOPPER_ON_CHIP_BYTES = 132 * 228 * 1024
@@ -186,12 +210,13 @@ def get_dense_budget(device_type: str = "cpu") -> int:
 
 
 def use_dense(mode: str | None, weights, hidden_size: int, device_type: str = "cpu", cell: str = "LSTM",
-              batch: int | None = None, steps: int | None = None) -> bool:
+              batch: int | None = None, steps: int | None = None, backward: bool = True) -> bool:
     """Whether a module with the given ``compute`` setting (None: the global default) and matrices
     (SparseWeights or dense tensors) on ``device_type`` runs dense this forward: ``auto`` by the
     CPU's rule (:func:`auto_min_density` and :func:`auto_min_steps` for the ``cell``, a recurrence mode:
-    "LSTM", "GRU", ..., the ``batch`` width and the sequence's ``steps``; None: long) or the GPU's
-    (:data:`AUTO_MIN_ROW_GPU`), never on another device (``compute='dense'`` works on any)."""
+    "LSTM", "GRU", ..., the ``batch`` width, the sequence's ``steps`` (None: long) and whether a
+    ``backward`` follows) or the GPU's (:data:`AUTO_MIN_ROW_GPU`), never on another device
+    (``compute='dense'`` works on any)."""
     entries = nnz = 0
     itemsize = 4
     for w in weights:
@@ -201,12 +226,12 @@ def use_dense(mode: str | None, weights, hidden_size: int, device_type: str = "c
             entries += rows * cols
             itemsize = values.element_size()
             nnz += col_idx.numel()
-    return dense_by_sizes(mode, entries, nnz, itemsize, hidden_size, device_type, cell, batch, steps)
+    return dense_by_sizes(mode, entries, nnz, itemsize, hidden_size, device_type, cell, batch, steps, backward)
 
 
 def dense_by_sizes(mode: str | None, entries: int, nnz: int, itemsize: int, hidden_size: int,
                    device_type: str = "cpu", cell: str = "LSTM", batch: int | None = None,
-                   steps: int | None = None) -> bool:
+                   steps: int | None = None, backward: bool = True) -> bool:
     """:func:`use_dense` from sizes alone: ``entries`` (rows x cols) and ``nnz`` summed over the
     module's sparse matrices, whose values take ``itemsize`` bytes each. The memory model
     (:mod:`sparse_engine.memory`) asks this without building the module."""
@@ -221,7 +246,7 @@ def dense_by_sizes(mode: str | None, entries: int, nnz: int, itemsize: int, hidd
         return nnz / entries * hidden_size >= AUTO_MIN_ROW_GPU
     if device_type != "cpu":
         return False
-    return (nnz / entries >= auto_min_density(hidden_size, cell, batch)
+    return (nnz / entries >= auto_min_density(hidden_size, cell, batch, steps, backward)
             and (steps is None or steps >= auto_min_steps(hidden_size, cell, batch)))
 
 
@@ -246,11 +271,11 @@ def persistent_by_sizes(mode: str | None, nnz_hh: int | None, itemsize: int, hid
     :func:`on_chip_bytes`, or within :data:`AUTO_PERSISTENT_OFF_CHIP`. On the CPU where a run of
     ``steps`` x ``batch`` columns stacks products of at most :data:`AUTO_PERSISTENT_CPU_BYTES` (the
     per-step run then stacks them too: the sequence ops keep what it keeps; measured faster,
-    docs/compute_paths.md), on one thread up to :data:`AUTO_PERSISTENT_CPU_HIDDEN_ONE_THREAD` units, from
-    2 steps (at T = 1: 0.83-1.13x the per-step path, small_rnn_sweep_cpu_*_steps.md), and only with a
-    ``backward`` to follow: without one the sequence ops still copy out the activations a
-    backward would read, which the per-step run skips (inference at 4,096 @ 1%: 0.86-0.94x the per-step
-    path).
+    docs/compute_paths.md), on one thread up to :data:`AUTO_PERSISTENT_CPU_HIDDEN_ONE_THREAD` units; with a
+    ``backward`` to follow from 2 steps (at T = 1: 0.83-1.13x the per-step path, small_rnn_sweep_cpu_*_steps.md),
+    without one from one step up to :data:`AUTO_PERSISTENT_CPU_INFERENCE_BATCH` columns (wider, the copies out
+    of the activations a backward would read cost more than the steps' Python: 4,096 @ 1%, B = 20: 0.86-0.94x
+    the per-step path).
     The memory model asks this without building the module."""
     mode = _state["compute"] if mode is None else mode
     if mode == "persistent":
@@ -259,10 +284,11 @@ def persistent_by_sizes(mode: str | None, nnz_hh: int | None, itemsize: int, hid
     if mode != "auto" or nnz_hh is None:
         return False
     if device.type == "cpu":
-        # per step without a backward, or with T and B unknown or symbolic (torch.export)
-        if not backward or not (isinstance(steps, int) and isinstance(batch, int)):
+        if not (isinstance(steps, int) and isinstance(batch, int)):  # unknown or symbolic (torch.export): per step
             return False
-        if steps < 2:  # one step: nothing to fuse, the copies out cost (0.83-1.13x the per-step path)
+        if backward and steps < 2:  # one step: nothing to fuse, the copies out cost (0.83-1.13x the per-step path)
+            return False
+        if not backward and batch > AUTO_PERSISTENT_CPU_INFERENCE_BATCH:
             return False
         if torch.get_num_threads() == 1 and hidden > AUTO_PERSISTENT_CPU_HIDDEN_ONE_THREAD:
             return False
@@ -288,10 +314,13 @@ def on_chip_bytes(device=None) -> int:
     return props.multi_processor_count * per_sm if per_sm else HOPPER_ON_CHIP_BYTES
 
 
-def auto_min_density(hidden_size: int, cell: str = "LSTM", batch: int | None = None) -> float:
+def auto_min_density(hidden_size: int, cell: str = "LSTM", batch: int | None = None, steps: int | None = None,
+                     backward: bool = True) -> float:
     """The density from which ``compute='auto'`` goes dense on the CPU for a ``cell`` ("LSTM", "GRU";
     the vanilla RNN's modes take the LSTM's) of ``hidden_size`` units run over ``batch`` columns (None:
-    :data:`AUTO_BATCH`) (docs/compute_paths.md has the tables: fwd+bwd, T=35, B = 1, 4, 8, 12, 20, 50 and
+    :data:`AUTO_BATCH`); without a ``backward`` to follow, over at least :data:`AUTO_INFERENCE_STEPS`
+    ``steps`` for the batch (None: long), on one thread: :data:`AUTO_MIN_DENSITY_INFERENCE`.
+    (docs/compute_paths.md has the tables: fwd+bwd, T=35, B = 1, 4, 8, 12, 20, 50 and
     128, quiet 2-core VMs, against the whole-sequence ops). One thread: from B = 20 up (checked at 50 and
     128) the dense path won at every density at hidden 64 (but for the LSTM at 5% and B = 128: a tie at T = 35,
     a loss at T = 1-4), from 20% at 128 (GRU: and 256), from 33% above;
@@ -302,7 +331,12 @@ def auto_min_density(hidden_size: int, cell: str = "LSTM", batch: int | None = N
     region and never won up to B = 8; the wider the batch, the smaller the hidden size from which it wins at
     33% (GRU: 20% from B = 50; 15% in the table): above 1,000 units at B = 12, 512 at B = 20, 256 at B = 50,
     128 at B = 128 (GRU: 512, 256, 128, 64)."""
-    return _cpu_bound(AUTO_MIN_DENSITY_THREADED, AUTO_MIN_DENSITY, hidden_size, cell, batch)
+    single = AUTO_MIN_DENSITY
+    if not backward:
+        width = AUTO_BATCH if batch is None else batch
+        if steps is None or steps >= next(v for bound, v in AUTO_INFERENCE_STEPS.items() if width <= bound):
+            single = AUTO_MIN_DENSITY_INFERENCE
+    return _cpu_bound(AUTO_MIN_DENSITY_THREADED, single, hidden_size, cell, batch)
 
 
 def auto_min_steps(hidden_size: int, cell: str = "LSTM", batch: int | None = None) -> int:

@@ -1,9 +1,9 @@
-"""One training step (forward + backward) of a recurrent layer, ours against what users compare it
-with: masked-dense (``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` whose weights are multiplied by a fixed
-mask before every step, as sparselearning and Selfish-RNN do; cuDNN on a GPU) and a loop of
-``torch.sparse`` CSR products. ``sparse-engine bench --model`` prints one table of the three
-(:func:`step_bench`); benchmarks/bench_rnn.py builds its tables from :func:`measure` and
-:func:`run_child`.
+"""One training step (forward + backward) of a recurrent layer, or one call under ``torch.no_grad``
+(``inference``: a sampler's step, an evaluation), ours against what users compare it with: masked-dense
+(``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` whose weights are multiplied by a fixed mask before every step,
+as sparselearning and Selfish-RNN do; cuDNN on a GPU) and a loop of ``torch.sparse`` CSR products.
+``sparse-engine bench --model`` prints one table of the three (:func:`step_bench`);
+benchmarks/bench_rnn.py builds its tables from :func:`measure` and :func:`run_child`.
 
 Each method runs in a process of its own (``python -m sparse_engine.runs.step_bench --child ...``),
 so its peak memory is its own and a failure (out of memory, cuDNN) is a cell of the table, not the
@@ -136,7 +136,7 @@ def without_cudnn_if_it_fails(step, params):
     return without_cudnn, "cuDNN off: it failed"
 
 
-def _ours(method, cell, H, density, dev, compute, T, B):
+def _ours(method, cell, H, density, dev, compute, T, B, inference=False):
     import sparse_engine as se
     from ..recurrent.compute_paths import use_persistent
     from ..recurrent.config import Config
@@ -161,16 +161,19 @@ def _ours(method, cell, H, density, dev, compute, T, B):
     else:
         model = module(H, H, density=density, fused=fused, compute=compute)
     w_hh = model.weight_hh_l0
-    path = compute_path(model, Config("RNN_TANH" if cell == "RNN" else cell, H, B, T, idx_hh=w_hh.index,
-                                      fused=model.fused, persistent=use_persistent(model.compute, w_hh, T, B)), w_hh)
+    persistent = use_persistent(model.compute, w_hh, T, B, backward=not inference)
+    with torch.set_grad_enabled(not inference):  # the module asks its rule with gradient mode's word
+        path = compute_path(model, Config("RNN_TANH" if cell == "RNN" else cell, H, B, T, idx_hh=w_hh.index,
+                                          fused=model.fused, persistent=persistent), w_hh)
     nnz = sum(m.nnz for m in model.modules() if isinstance(m, se.SparseWeight))
     return model, list(model.parameters()), nnz, path
 
 
 def training_step(method: str, cell: str, H: int, density: float, device: str, compute: str | None = None,
-                  T: int = 35, B: int = 20):
+                  T: int = 35, B: int = 20, inference: bool = False):
     """One (method, cell, size)'s training step (forward + backward of ``y.sum()``, one layer, input
-    size = hidden, both matrices at ``density``): ``(step, clear_grads, nnz, path)``, or None where
+    size = hidden, both matrices at ``density``; with ``inference`` the forward alone, under
+    ``torch.no_grad`` and in eval mode): ``(step, clear_grads, nnz, path)``, or None where
     our CUDA kernels are not built. :func:`measure` times it; ``benchmarks/profile_rnn_step.py``
     profiles it."""
     torch.manual_seed(0)
@@ -178,28 +181,24 @@ def training_step(method: str, cell: str, H: int, density: float, device: str, c
     x = torch.randn(T, B, H, device=dev)
     path = None
     if method.startswith("sparse_engine"):
-        built = _ours(method, cell, H, density, dev, compute, T, B)
+        built = _ours(method, cell, H, density, dev, compute, T, B, inference)
         if built is None:
             return None
         model, params, nnz, path = built
 
-        def step():
-            y, _ = model(x)
-            y.sum().backward()
+        def forward():
+            return model(x)[0]
     elif method == "masked_dense":
         model = getattr(torch.nn, cell)(H, H, device=dev)  # initialised on the device: no host copy of G*H x H
         masks = [(torch.rand(w.shape, device=dev) < density) for w in (model.weight_ih_l0, model.weight_hh_l0)]
         params = list(model.parameters())
 
-        def step():
+        def forward():
             with torch.no_grad():
                 for w, m in zip((model.weight_ih_l0, model.weight_hh_l0), masks):
                     w.mul_(m)
-            y, _ = model(x)
-            y.sum().backward()
+            return model(x)[0]
         nnz = sum(int(m.sum()) for m in masks)
-        if dev.type == "cuda":
-            step, path = without_cudnn_if_it_fails(step, params)
     elif method == "torch_sparse":
         from ..sparse import SparseWeight
 
@@ -213,8 +212,8 @@ def training_step(method: str, cell: str, H: int, density: float, device: str, c
         params = [w_ih, w_hh, b]
         loop = TORCH_SPARSE_LOOPS[cell]
 
-        def step():
-            loop(w_ih, w_hh, b, x, H).sum().backward()
+        def forward():
+            return loop(w_ih, w_hh, b, x, H)
         nnz = int(w_ih._nnz() + w_hh._nnz())
     else:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -222,17 +221,30 @@ def training_step(method: str, cell: str, H: int, density: float, device: str, c
     def clear_grads():
         for p in params:
             p.grad = None
+    if inference:
+        if method != "torch_sparse":
+            model.eval()
+
+        def step():
+            with torch.no_grad():
+                forward()
+    else:
+        def step():
+            forward().sum().backward()
+    if method == "masked_dense" and dev.type == "cuda":
+        step, path = without_cudnn_if_it_fails(step, params)
     return step, clear_grads, nnz, path
 
 
 def measure(method: str, cell: str, H: int, density: float, device: str, repeats: int, warmup: int,
-            compute: str | None = None, T: int = 35, B: int = 20) -> dict:
-    """One (method, cell, size): the median of ``repeats`` training steps (:func:`training_step`) after
-    ``warmup``: ``{"status": "ok", "ms", "peak_bytes", "nnz", "path", "load"}`` or ``{"status": why not}``."""
+            compute: str | None = None, T: int = 35, B: int = 20, inference: bool = False) -> dict:
+    """One (method, cell, size): the median of ``repeats`` training steps (:func:`training_step`; calls
+    without a gradient with ``inference``) after ``warmup``: ``{"status": "ok", "ms", "peak_bytes", "nnz",
+    "path", "load"}`` or ``{"status": why not}``."""
     from ..runtime.timing import cuda_times_of, peak_rss_bytes, times_of
 
     dev = torch.device(device)
-    built = training_step(method, cell, H, density, device, compute, T, B)
+    built = training_step(method, cell, H, density, device, compute, T, B, inference)
     if built is None:
         return {"status": "no CUDA kernels"}
     step, clear_grads, nnz, path = built
@@ -252,10 +264,10 @@ def measure(method: str, cell: str, H: int, density: float, device: str, repeats
 
 
 def run_child(method, cell, H, density, device, repeats, warmup, timeout, compute=None, T: int = 35,
-              B: int = 20) -> dict:
+              B: int = 20, inference: bool = False) -> dict:
     """:func:`measure` in a fresh interpreter (its peak memory its own, a crash a status)."""
     cmd = [sys.executable, "-m", __name__, "--child", method, cell, str(H), str(density), device, str(repeats),
-           str(warmup), compute or "default", str(T), str(B)]
+           str(warmup), compute or "default", str(T), str(B), "inference" if inference else "training"]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -325,11 +337,12 @@ def main(argv=None) -> None:
     import argparse
 
     p = argparse.ArgumentParser(description="one measurement of sparse_engine.runs.step_bench (run by run_child)")
-    p.add_argument("--child", nargs=10, required=True,
-                   metavar=("METHOD", "CELL", "H", "DENSITY", "DEVICE", "REPEATS", "WARMUP", "COMPUTE", "T", "B"))
-    m, cell, H, d, dev, rep, warm, comp, T, B = p.parse_args(argv).child
+    p.add_argument("--child", nargs=11, required=True,
+                   metavar=("METHOD", "CELL", "H", "DENSITY", "DEVICE", "REPEATS", "WARMUP", "COMPUTE", "T", "B",
+                            "CASE"))
+    m, cell, H, d, dev, rep, warm, comp, T, B, case = p.parse_args(argv).child
     print(json.dumps(measure(m, cell, int(H), float(d), dev, int(rep), int(warm),
-                             None if comp == "default" else comp, int(T), int(B))))
+                             None if comp == "default" else comp, int(T), int(B), case == "inference")))
 
 
 if __name__ == "__main__":

@@ -40,8 +40,8 @@ def test_gpu_all_names_every_results_file_it_commits():
     calls = [line for line in text.splitlines() if re.search(r"\$PY benchmarks/bench_\w+\.py", line)
              and '"$NCU"' not in line]  # a run under Nsight Compute: its kernels' profile is the result
     # gather_tuning: one; the caps stage: bench_step_estimate.py and two bench_caps.py; persistent: three;
-    # table: two, table_large: one; steps: two
-    assert len(calls) == 20, calls
+    # table: two, table_large: one; steps: three (T = 1 and 4, the sampler's step)
+    assert len(calls) == 21, calls
     for line in calls:
         assert re.search(r" --out (benchmarks/results/(\w+\.md)?|\w+\.md) ", line), f"no --out: {line.strip()}"
     assert subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_all.sh")]).returncode == 0

@@ -30,7 +30,7 @@ def test_floor_bytes_counted_by_hand(load_script):
 
 def args(**kw):
     base = dict(batch=3, steps=2, repeats=1, warmup=0, compute=None, floor=True, bandwidth=6416 / 2e-3, l2=BIG,
-                on_chip=BIG)
+                on_chip=BIG, inference=False)
     return Namespace(**{**base, **kw})
 
 
@@ -91,7 +91,7 @@ def test_main_runs_the_floor_after_ours_and_before_the_baselines(load_script, mo
     bench = load_script("benchmarks/bench_rnn.py")
     calls = []
 
-    def child(method, cell, H, density, device, repeats, warmup, timeout, compute=None, T=35, B=20):
+    def child(method, cell, H, density, device, repeats, warmup, timeout, compute=None, T=35, B=20, inference=False):
         calls.append((method, H, density, compute))
         return ok({"sparse_engine": 4.0, "masked_dense": 8.0}.get(method, 1.0) if density > 1 / H else 1.0)
     monkeypatch.setattr(bench, "run_child", child)
@@ -112,19 +112,27 @@ def test_main_runs_the_floor_after_ours_and_before_the_baselines(load_script, mo
 
 
 def test_steps_reach_every_child_and_the_title(load_script, monkeypatch, tmp_path):
-    """--steps: the sequence length of every cell's child (ours and the baselines) and of the table's title;
-    below 1 refused with the argument's name."""
+    """--steps and --inference: the sequence length and the case (a training step, or a call under no_grad)
+    of every cell's child (ours and the baselines) and of the table's title; --steps below 1 refused with the
+    argument's name, --inference with --floor (a training step's bytes) too."""
     bench = load_script("benchmarks/bench_rnn.py")
     calls = []
 
-    def child(method, cell, H, density, device, repeats, warmup, timeout, compute=None, T=35, B=20):
-        calls.append((method, T, B))
+    def child(method, cell, H, density, device, repeats, warmup, timeout, compute=None, T=35, B=20, inference=False):
+        calls.append((method, T, B, inference))
         return ok(1.0)
     monkeypatch.setattr(bench, "run_child", child)
     out = tmp_path / "rnn.md"
-    bench.main(["--device", "cpu", "--sizes", "64:0.3", "--cells", "LSTM", "--methods", "sparse_engine",
-                "masked_dense", "--repeats", "1", "--steps", "4", "--batch", "2", "--out", str(out)])
-    assert sorted(calls) == [("masked_dense", 4, 2), ("sparse_engine", 4, 2)]
-    assert "T=4, B=2" in out.read_text().splitlines()[0]
-    with pytest.raises(SystemExit):
-        bench.main(["--device", "cpu", "--steps", "0"])
+    cells = ["--device", "cpu", "--sizes", "64:0.3", "--cells", "LSTM", "--methods", "sparse_engine", "masked_dense",
+             "--repeats", "1", "--steps", "4", "--batch", "2", "--out", str(out)]
+    bench.main(cells)
+    assert sorted(calls) == [("masked_dense", 4, 2, False), ("sparse_engine", 4, 2, False)]
+    title = out.read_text().splitlines()[0]
+    assert "T=4, B=2" in title and "training step" in title
+    calls.clear()
+    bench.main(cells + ["--inference"])
+    assert sorted(calls) == [("masked_dense", 4, 2, True), ("sparse_engine", 4, 2, True)]
+    assert "under torch.no_grad" in out.read_text().splitlines()[0]
+    for bad in (["--device", "cpu", "--steps", "0"], ["--device", "cuda", "--inference", "--floor"]):
+        with pytest.raises(SystemExit):
+            bench.main(bad)

@@ -490,6 +490,74 @@ def test_auto_min_steps_tables_and_what_the_modules_pass(dense_calls, monkeypatc
         assert dense_calls == [m, m]
 
 
+def test_auto_without_a_backward_tables_and_what_the_modules_pass(dense_calls, monkeypatch):
+    """Without a backward to follow (gradient mode off), one thread: from AUTO_INFERENCE_STEPS steps (16 up to
+    B = 80, 8 wider) the densities of AUTO_MIN_DENSITY_INFERENCE (the LSTM up to B = 16: 3% up to 128 units,
+    20% up to 256, never above; up to B = 80 3% / 15%; wider 3% / 10% up to 256 / 15%; the GRU up to B = 2 as
+    in training, up to B = 8 10% up to 256 and 30% up to 512, wider 3% / 10% / 15% up to 64 / 128 / above),
+    shorter the training steps' ones; on several threads the threaded table either way. The whole-sequence
+    ops from one step up to AUTO_PERSISTENT_CPU_INFERENCE_BATCH columns. A module asks with gradient mode's
+    word: the same call under torch.no_grad goes dense, or takes the sequence ops, where a training step
+    would not."""
+    from sparse_engine.recurrent import persistent
+    inf = math.inf
+    monkeypatch.setattr(compute, "torch_waits_short", lambda: True)
+    density = compute.auto_min_density
+    with num_threads(1):
+        for batch in (1, 16):
+            assert [density(h, "LSTM", batch, None, False) for h in (128, 129, 256, 257)] == [0.03, 0.20, 0.20, inf]
+        for batch in (None, 17, 80):
+            assert [density(h, "LSTM", batch, 16, False) for h in (64, 128, 129, 10**6)] == [0.03, 0.03, 0.15, 0.15]
+            assert [density(h, "LSTM", batch, 15, False) for h in (64, 65, 129)] == [0.03, 0.15, 0.30]  # training's
+        assert [density(h, "LSTM", 81, 8, False) for h in (128, 129, 256, 257)] == [0.03, 0.10, 0.10, 0.15]
+        assert [density(h, "LSTM", 81, 7, False) for h in (64, 129)] == [0.10, 0.30]
+        assert [density(h, "LSTM", 81, 8, True) for h in (64, 129)] == [0.10, 0.30]  # with a backward: training's
+        for batch in (1, 2):
+            assert [density(h, "GRU", batch, 35, False) for h in (128, 129, 256, 257)] == [0.03, 0.10, 0.10, inf]
+        for batch in (3, 8):
+            assert [density(h, "GRU", batch, 35, False) for h in (129, 256, 257, 512, 513)] == [
+                0.10, 0.10, 0.30, 0.30, inf]
+        for batch, steps in ((9, 16), (80, 16), (81, 8), (4096, None)):
+            assert [density(h, "GRU", batch, steps, False) for h in (64, 65, 128, 129)] == [0.03, 0.10, 0.10, 0.15]
+        assert density(129, "GRU", 80, 15, False) == 0.15 and density(257, "GRU", 80, 15, False) == 0.30
+        assert density(10**6, "RNN_TANH", 81, 8, False) == 0.15
+        by_sizes = compute.persistent_by_sizes
+        assert [by_sizes("auto", 1000, 4, 64, "cpu", 256, 1, b, backward=False) for b in (1, 4, 5)] == [
+            True, True, False]
+        assert [by_sizes("auto", 1000, 4, 64, "cpu", 256, t, 5) for t in (1, 2)] == [False, True]
+        assert not by_sizes("auto", 1000, 4, 5000, "cpu", 20000, 35, 1, backward=False)  # one thread: past 4,096 units
+        assert not by_sizes("sparse", 1000, 4, 64, "cpu", 256, 35, 1, backward=False)
+    with num_threads(2):
+        assert density(10**6, "LSTM", 128, 35, False) == density(10**6, "LSTM", 128, 35, True) == 0.30
+
+    runs, orig_forward = [], persistent.forward
+
+    def counting(*a):
+        runs.append(a)
+        return orig_forward(*a)
+    monkeypatch.setattr(persistent, "forward", counting)
+    torch.manual_seed(0)
+    with compute.default_compute("auto"), num_threads(1):
+        m = se.nn.SparseLSTM(200, 200, density=0.12)  # between the wide batches' 10% and the training steps' 30%
+        x = torch.randn(8, 128, 200)
+        with torch.no_grad():
+            y = m(x)[0]
+        assert dense_calls == [m]
+        assert torch.allclose(y, m(x)[0].detach(), atol=1e-5)  # a training call: the sequence ops, the same numbers
+        assert dense_calls == [m] and len(runs) == 1
+        runs.clear()
+        with torch.no_grad():
+            m(x[:7])  # under AUTO_INFERENCE_STEPS: the training steps' densities
+        assert dense_calls == [m] and not runs
+        small = se.nn.SparseGRU(32, 300, density=0.05)
+        for batch, steps in ((4, 1), (4, 6), (5, 6)):
+            with torch.no_grad():
+                small(torch.randn(steps, batch, 32))
+        assert [a[4].shape[1] for a in runs] == [4, 4]  # h0's columns: the sequence ops at B = 4, not at 5
+        small(torch.randn(1, 4, 32))  # with a backward, one step: per step
+        assert len(runs) == 2
+
+
 def test_grad_factor_recording_and_autocast_take_the_sparse_path(dense_calls):
     m = se.nn.SparseLSTM(4, 8, density=0.5, compute="dense")
     x = torch.randn(3, 2, 4)
@@ -546,20 +614,22 @@ def test_auto_on_a_gpu_picks_the_faster_of_the_measured_paths(run, table, cells)
 
 
 def _cpu_rows(path):
-    """A CPU table's cells as (cell, hidden, density, batch, steps, {path: ms}): the sweep's 'sparse (ms)',
+    """A CPU table's cells as (cell, hidden, density, batch, steps, backward, {path: ms}): the sweep's 'sparse (ms)',
     'persistent (ms)' and 'dense (ms)' columns, or bench_rnn's 'ours, per step', 'ours, persistent' and 'ours,
     dense' (the last only where the dense path ran: past the budget it ran per step); the batch width and the
-    steps from the section's title ("## ... T=35, B=20 ...", T = 35 where it names none); a cell measured again
+    steps from the section's title ("## ... T=35, B=20 ...", T = 35 where it names none), a backward unless it
+    says "inference"; a cell measured again
     takes each path's best time. The module tables (bench_small_lstm's, whose rows name a case, not a
     hidden size) are not cells."""
     names = {"sparse (ms)": "sparse", "persistent (ms)": "persistent", "dense (ms)": "dense",
              "ours, per step": "sparse", "ours, persistent": "persistent", "ours, dense": "dense"}
-    out, head, batch, steps = {}, None, None, 35
+    out, head, batch, steps, backward = {}, None, None, 35, True
     for line in path.read_text().splitlines():
         if line.startswith("## "):
             width, length = re.search(r"\bB=(\d+)", line), re.search(r"\bT=(\d+)", line)
             batch = int(width.group(1)) if width else None
             steps = int(length.group(1)) if length else 35
+            backward = "inference" not in line
             continue
         r = [c.strip() for c in line.strip().split("|")[1:-1]]
         if r and r[0] == "cell":
@@ -567,7 +637,7 @@ def _cpu_rows(path):
         elif r and r[0] in ("LSTM", "GRU") and head:
             ms = {k: _timed(r[i])[0] if r[i].endswith(")") else float(r[i]) for k, i in head.items()
                   if r[i][:1].isdigit() and (k != "dense" or "(" not in r[i] or r[i].endswith("(dense)"))}
-            key = (r[0], int(r[1].replace(",", "")), float(r[2]), batch, steps)
+            key = (r[0], int(r[1].replace(",", "")), float(r[2]), batch, steps, backward)
             out[key] = {k: min(v, out.get(key, {}).get(k, v)) for k, v in ms.items()}
     return [(*key, ms) for key, ms in out.items()]
 
@@ -576,6 +646,25 @@ CPU_TABLES = [("small_rnn_sweep_cpu_1thread.md", 1, 48), ("small_rnn_sweep_cpu_2
               ("rnn_cpu_paths_1thread.md", 1, 14), ("rnn_cpu_paths_2threads.md", 2, 14),
               ("small_rnn_sweep_cpu_1thread_batches.md", 1, 130), ("small_rnn_sweep_cpu_2threads_batches.md", 2, 132),
               ("small_rnn_sweep_cpu_1thread_steps.md", 1, 250), ("small_rnn_sweep_cpu_2threads_steps.md", 2, 50)]
+#: the inference table (forward under no_grad): the cells past 1.10x the fastest path, and the worst ratio
+#: allowed; each a loss the rule before it (the training steps' densities, never the sequence ops) had there too
+#: (docs/compute_paths.md, "Without a backward")
+CPU_INFERENCE_TABLE = ("small_rnn_sweep_cpu_1thread_inference.md", 1, 400)
+CPU_INFERENCE_MISSES, CPU_INFERENCE_WORST = 9, 1.25
+
+
+def _auto_picks(cell, H, d, B, T, backward=True, before=False):
+    """The path auto's CPU rule takes for an input = hidden layer at density d (both matrices): dense by
+    dense_by_sizes, else the whole-sequence ops by persistent_by_sizes, else per step. ``before``: the rule
+    before it knew inference (without a backward the training steps' densities, and never the sequence ops)."""
+    G = {"LSTM": 4, "GRU": 3}[cell]
+    entries = 2 * G * H * H
+    if compute.dense_by_sizes("auto", entries, round(entries * d), 4, H, "cpu", cell, B, T, backward or before):
+        return "dense"
+    if (backward or not before) and compute.persistent_by_sizes("auto", round(entries * d / 2), 4, H, "cpu", G * H,
+                                                                T, B, backward):
+        return "persistent"
+    return "sparse"
 
 
 @pytest.mark.parametrize("table, threads, cells", CPU_TABLES)
@@ -589,18 +678,32 @@ def test_auto_on_the_cpu_picks_the_faster_of_the_measured_paths(table, threads, 
     monkeypatch.setattr(compute, "torch_waits_short", lambda: True)
     seen = 0
     with num_threads(threads):
-        for cell, H, d, B, T, ms in _cpu_rows(path):
-            G = {"LSTM": 4, "GRU": 3}[cell]
-            entries = 2 * G * H * H
-            if compute.dense_by_sizes("auto", entries, round(entries * d), 4, H, "cpu", cell, B, T):
-                picked = "dense"
-            elif compute.persistent_by_sizes("auto", round(entries * d / 2), 4, H, "cpu", G * H, T, B):
-                picked = "persistent"
-            else:
-                picked = "sparse"
+        for cell, H, d, B, T, backward, ms in _cpu_rows(path):
+            picked = _auto_picks(cell, H, d, B, T, backward)
             assert ms[picked] <= 1.10 * min(ms.values()), (table, cell, H, d, B, T, picked, ms)
             seen += 1
     assert seen == cells
+
+
+def test_auto_on_the_cpu_without_a_backward_picks_the_faster_of_the_measured_paths(monkeypatch):
+    """The inference table (calls under torch.no_grad, B = 1-128, T = 1, 8 and 35, one thread): auto's pick
+    without a backward took at most 1.10x the fastest path measured but in CPU_INFERENCE_MISSES cells, and
+    at most CPU_INFERENCE_WORST times it in those; the rule for training steps in its place misses far more
+    (the wide batches' dense cells and the small batches' whole-sequence ops): the rule before it knew
+    inference is worse in many, better in none by more than noise."""
+    import pathlib
+    table, threads, cells = CPU_INFERENCE_TABLE
+    rows = _cpu_rows(pathlib.Path(__file__).parents[2] / "benchmarks" / "results" / table)
+    assert len(rows) == cells and not any(backward for *_, backward, _ in rows)
+    monkeypatch.setattr(compute, "torch_waits_short", lambda: True)
+    with num_threads(threads):
+        ratios = {rule: [ms[_auto_picks(cell, H, d, B, T, False, before=rule == "before")] / min(ms.values())
+                         for cell, H, d, B, T, _, ms in rows] for rule in ("now", "before")}
+    misses = [r for r in ratios["now"] if r > 1.10]
+    assert len(misses) <= CPU_INFERENCE_MISSES and max(ratios["now"]) <= CPU_INFERENCE_WORST, sorted(misses)
+    assert all(now <= max(before, 1.10) for now, before in zip(ratios["now"], ratios["before"]))
+    assert sum(r > 1.10 for r in ratios["before"]) > 4 * CPU_INFERENCE_MISSES
+    assert max(ratios["before"]) > 1.5
 
 
 def test_environment_variable_sets_the_initial_default():

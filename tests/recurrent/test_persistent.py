@@ -175,8 +175,8 @@ def test_auto_takes_it_on_the_cpu_where_the_run_stacks_anyway(op_calls, rng):
     """``auto`` on the CPU: the sequence ops where a run of T x B columns stacks products ((G+1) x H x T x B
     values) of at most AUTO_PERSISTENT_CPU_BYTES (sequence.STACK_BYTES: the per-step run stacks them too, the
     sequence ops keep what it keeps), on one thread up to AUTO_PERSISTENT_CPU_HIDDEN_ONE_THREAD (4,096)
-    units, per step above it, at one step, without the sizes or without a backward to follow; the module
-    gives the per-step path's bits."""
+    units, per step above it, at one step, without the sizes; without a backward to follow only up to
+    AUTO_PERSISTENT_CPU_INFERENCE_BATCH (4) columns, from one step; the module gives the per-step path's bits."""
     by_sizes = compute_paths.persistent_by_sizes
     assert compute_paths.AUTO_PERSISTENT_CPU_BYTES == sequence.STACK_BYTES
     H, G = 4096, 4
@@ -196,7 +196,8 @@ def test_auto_takes_it_on_the_cpu_where_the_run_stacks_anyway(op_calls, rng):
         assert not by_sizes("auto", 10, 4, 8192, "cpu", 4 * 8192, 35, 20)  # and slower on one
         assert not by_sizes("auto", 10, 4, H + 1, "cpu", G * (H + 1), 2, 1)
     assert not by_sizes("auto", 10, 4, H, "cpu", G * H) and not by_sizes("auto", None, 4, H, "cpu", G * H, 3, 2)
-    assert not by_sizes("auto", 10, 4, H, "cpu", G * H, 3, 2, backward=False)  # inference: per step
+    assert by_sizes("auto", 10, 4, H, "cpu", G * H, 1, 4, backward=False)  # inference: narrow batches, any length
+    assert not by_sizes("auto", 10, 4, H, "cpu", G * H, 3, 5, backward=False)  # wider: per step
     assert by_sizes("persistent", 10, 4, H, "cpu", G * H, 3, 2, backward=False)
     assert not by_sizes("sparse", 10, 4, H, "cpu", G * H, 3, 2) and not by_sizes("dense", 10, 4, H, "cpu", G * H, 3, 2)
     x = torch.randn(6, 3, 5, generator=rng, dtype=torch.float64)
@@ -211,9 +212,13 @@ def test_auto_takes_it_on_the_cpu_where_the_run_stacks_anyway(op_calls, rng):
             for k in want:
                 assert torch.equal(got[k], want[k]), (cls.__name__, k)
             op_calls.clear()
-            with torch.no_grad():  # no backward to follow: auto runs per step
+            with torch.no_grad():  # no backward to follow: the sequence ops at 3 columns, per step at 5
                 assert torch.equal(m(x)[0], want["y"])
-            assert not op_calls
+                assert len(op_calls) == 2
+                wide = torch.cat([x, x[:, :2]], 1)
+                assert torch.equal(m(wide)[0][:, :3], want["y"])
+            assert len(op_calls) == 2
+            op_calls.clear()
     finally:
         compute_paths.set_dense_budget(None)
 

@@ -51,6 +51,24 @@ def test_every_method_times_a_step_of_every_cell(cell):
         "fused", "composed", "composed fwd, fused bwd", "fused fwd, composed bwd", "dense")
 
 
+@pytest.mark.parametrize("method", ["sparse_engine", "masked_dense", "torch_sparse"])
+def test_inference_times_a_call_without_a_gradient(method, monkeypatch):
+    """``inference``: the forward alone under torch.no_grad, no backward called; ours reports the path auto
+    takes without a backward (at 3 columns and one step the whole-sequence ops, where a training step goes
+    per step)."""
+    step, *_ = bench.training_step(method, "LSTM", 24, 0.25, "cpu", "auto", T=1, B=3, inference=True)
+    calls = []
+    monkeypatch.setattr(torch.Tensor, "backward", lambda *a, **k: calls.append(a))
+    step()
+    assert not calls
+    r = bench.measure(method, "LSTM", 24, 0.25, "cpu", repeats=1, warmup=0, T=1, B=3, inference=True)
+    assert r["status"] == "ok" and r["ms"] > 0
+    if method == "sparse_engine":
+        paths = [bench.training_step(method, "LSTM", 24, 0.25, "cpu", "auto", T=1, B=3, inference=case)[3]
+                 for case in (True, False)]
+        assert paths[0] == "persistent" and paths[1] != "persistent", paths
+
+
 def test_the_torch_sparse_loops_compute_the_cells():
     """Each loop against torch's own cell on the same (dense) weights, given as sparse CSR."""
     torch.manual_seed(0)
