@@ -354,13 +354,14 @@ def recurrence(cfg: Config, x, h0, c0, w_ih, w_hh, b_ih, b_hh, sink: dict | None
     if w_hr is not None:
         return projected_lstm(cfg, x, h0, c0, w_ih, w_hh, w_hr, b_ih, b_hh)
     check_not_torchscript()  # torch.jit.trace cannot follow the Function: say what to use instead
-    backward = cfg.backward and torch.is_grad_enabled()
+    grad = torch.is_grad_enabled()
+    backward = cfg.backward and grad
     if isinstance(w_ih, SparseWeight) or isinstance(w_hh, SparseWeight):
         (w_ih, idx_ih), (w_hh, idx_hh) = weight_args(w_ih, cfg.idx_ih), weight_args(w_hh, cfg.idx_hh)
         cfg = replace(cfg, idx_ih=idx_ih, idx_hh=idx_hh, backward=backward)
     elif backward != cfg.backward:
         cfg = replace(cfg, backward=backward)
-    run = Recurrence.apply if backward else _without_autograd
+    run = Recurrence.apply if grad else _without_autograd
     dev = w_hh.device.type
     if not torch.is_autocast_enabled(dev):
         return run(cfg, x, h0, c0, w_ih, w_hh, b_ih, b_hh, sink)
