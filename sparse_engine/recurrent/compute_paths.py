@@ -26,7 +26,9 @@ changed; ``state_dict``, checkpoints and the topology controllers see only the C
   at least :func:`auto_min_steps` steps long (the crossovers measured on this project's CPUs, see
   docs/compute_paths.md), else the whole-sequence ops where a run's stacked
   products are small (:func:`persistent_by_sizes`: the same bits as per step, and faster where measured
-  there), else sparse per step; large layers stay sparse through the budget.
+  there), else sparse per step; large layers stay sparse through the budget. Without a backward to follow
+  (gradient mode off: evaluation, generation) long sequences go dense from the lower densities of
+  :data:`AUTO_MIN_DENSITY_INFERENCE` and narrow batches (up to 4 columns) take the whole-sequence ops.
   On a GPU dense (cuDNN's recurrence) when the matrices fit the budget and a recurrent row holds at
   least :data:`AUTO_MIN_ROW_GPU` nonzeros on average (density x hidden), else persistent where W_hh
   fits the chip's shared memory (:func:`persistent_by_sizes`: the persistent kernels then hold it on
