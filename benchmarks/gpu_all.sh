@@ -91,8 +91,9 @@
 #   their own: DEADLINE_S=575 STAGES=table (~8 min), then STAGES=table_large (~6 min, 10^6 units included).
 #   (A later run without CUDA changes may drop "test": the persistent stage runs the compute-path tests too.)
 #   With a minute or two on a warm machine: STAGES=steps (does the GPU rule, from T = 35, need the sequence
-#   length as the CPU's does since 2026-11-29? and a sampler's step, T = B = 1 under no_grad, against cuDNN). With time to spare, in this order: STAGES=topology (all
-#   cases), BENCH_DTYPES=bfloat16 STAGES=bench ... -- --quick (then the full bf16 grid), STAGES=step.
+#   length as the CPU's does since 2026-11-29? and a sampler's step, T = B = 1 under no_grad, against cuDNN).
+#   With time to spare, in this order: STAGES=topology (all cases), BENCH_DTYPES=bfloat16 STAGES=bench ...
+#   -- --quick (then the full bf16 grid), STAGES=step.
 # $OUT per command: gpu_all.log (every stage's output, appended as it goes), each benchmark's results
 # file (cuda_ops_<gpu>[_bf16][_quick].md, rnn_gpu[_quick].md, rnn_gpu_largest.md, topology_<gpu>.md,
 # rnn_step_gpu.md, rnn_gpu_table[_gru|_large].md, rnn_gpu_persistent[_b1].md, rnn_gpu_dense_crossover.md, rnn_gpu_steps_t{1,4}.md, rnn_gpu_sampler_step.md, profile_rnn_step[_1m]_cuda.md, ncu_persistent_split1.md, caps_cuda_*.md, gather_tuning_cuda.md,
@@ -472,7 +473,7 @@ if has panels && begin "column panels of the state, emulated: would an L2-panel 
     --panels 1 2 4 8 16 --out state_panels_cuda.md ${copy[@]+"${copy[@]}"}
   took panels $t0
 fi
-if has steps && begin "auto's GPU rule over the sequence length: dense against persistent at T = 1 and 4 (issue 44)" 60; then
+if has steps && begin "auto's GPU rule over the sequence length (T = 1 and 4), and a sampler's step (issue 44)" 60; then
   t0=$SECONDS
   # the CPU rule takes T since 2026-11-29 (the dense path's per-forward costs lost up to 3.2x at T = 1 there);
   # the GPU rule (dense from 220 nonzeros a recurrent row) is from T = 35: the cells it takes dense (1,500 @
