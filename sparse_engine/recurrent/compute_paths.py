@@ -334,10 +334,8 @@ def auto_min_density(hidden_size: int, cell: str = "LSTM", batch: int | None = N
     33% (GRU: 20% from B = 50; 15% in the table): above 1,000 units at B = 12, 512 at B = 20, 256 at B = 50,
     128 at B = 128 (GRU: 512, 256, 128, 64)."""
     single = AUTO_MIN_DENSITY
-    if not backward:
-        width = AUTO_BATCH if batch is None else batch
-        if steps is None or steps >= next(v for bound, v in AUTO_INFERENCE_STEPS.items() if width <= bound):
-            single = AUTO_MIN_DENSITY_INFERENCE
+    if not backward and (steps is None or steps >= _band(AUTO_INFERENCE_STEPS, batch)):
+        single = AUTO_MIN_DENSITY_INFERENCE
     return _cpu_bound(AUTO_MIN_DENSITY_THREADED, single, hidden_size, cell, batch)
 
 
@@ -353,10 +351,15 @@ def _cpu_bound(threaded: dict, single: dict, hidden_size: int, cell: str, batch:
     """The entry of a CPU rule's table ({cell: {up to this batch: ((up to this hidden size, value), ...)}})
     for this thread count, cell (the vanilla RNN's modes take the LSTM's), batch and hidden size."""
     tables = threaded if torch.get_num_threads() > 1 and torch_waits_short() else single
-    bands = tables.get(cell, tables["LSTM"])
-    width = AUTO_BATCH if batch is None else batch
-    table = next(t for bound, t in bands.items() if width <= bound)
+    table = _band(tables.get(cell, tables["LSTM"]), batch)
     return next(value for bound, value in table if hidden_size <= bound)
+
+
+def _band(bands: dict, batch: int | None):
+    """The entry of the first batch band ({up to this batch width: entry}) that holds ``batch`` (None:
+    :data:`AUTO_BATCH`)."""
+    width = AUTO_BATCH if batch is None else batch
+    return next(entry for bound, entry in bands.items() if width <= bound)
 
 
 #: torch's fused recurrences, what ``nn.RNN``/``nn.LSTM``/``nn.GRU`` call (oneDNN/MKL on the CPU, cuDNN on CUDA)

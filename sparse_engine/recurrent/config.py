@@ -2,7 +2,7 @@
 of its sparse weights: the frozen :class:`Config` that ``torch.compile`` traces as a constant."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -43,7 +43,3 @@ class Config:
     #: False: no backward will follow (:func:`recurrence` under ``torch.no_grad``), so the forward
     #: keeps nothing for one: no states, c's or activations beyond what it returns
     backward: bool = True
-
-    def with_index(self, idx_ih, idx_hh) -> "Config":
-        """This config with the given index tensors (:func:`recurrence` fills them in)."""
-        return replace(self, idx_ih=idx_ih, idx_hh=idx_hh)
