@@ -50,13 +50,14 @@ network that fits in a memory budget. On the command line the same is
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
 import sys
 
 __all__ = ["PASSIVE_WAIT", "SHORT_SPIN", "HUGE_PAGES", "keep_freed_memory", "shorten_torch_spin",
-           "torch_waits_short"]
+           "torch_waits_short", "num_threads"]
 
 #: True when this import set OMP_WAIT_POLICY=PASSIVE before torch loaded libgomp (torch's own CPU ops).
 PASSIVE_WAIT = "torch" not in sys.modules and "OMP_WAIT_POLICY" not in os.environ
@@ -99,6 +100,20 @@ def torch_waits_short() -> bool:
     on two threads (benchmarks/results/small_rnn_sweep_cpu_2threads.md), which ``compute='auto'``
     counts (:func:`sparse_engine.recurrent.compute_paths.auto_min_density`)."""
     return PASSIVE_WAIT or SHORT_SPIN or os.environ.get("OMP_WAIT_POLICY", "").strip().lower() == "passive"
+
+
+@contextlib.contextmanager
+def num_threads(n: int):
+    """torch's intra-op threads (torch's ops and the kernels' pool) set to ``n`` for the block, restored
+    after. (torch is imported here, not at the top: this module sets torch's environment before torch
+    loads.)"""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # mallopt's parameters (glibc's malloc.h)
