@@ -15,6 +15,9 @@ a quarter as many tokens at batch 10), each model in turn. ``--sweep`` adds the 
 crossover over hidden sizes and densities that ``compute='auto'`` follows (docs/compute_paths.md), for
 each cell of ``--modes``, with the sparse kernels per step and as one op per sequence (``persistent``),
 at ``--threads`` (``--out small_rnn_sweep_cpu_2threads.md --threads 2``: the committed tables).
+``--dense-threads`` times the dense path without a backward on one thread against ``--threads``, for each
+cell of --modes over --sweep-hidden (small_rnn_dense_threads_cpu.md: what the dense path's one-thread bounds
+are fitted to).
 
 The training comparisons of the example put each model's parameters back to their first values
 (untimed) before every sample and every epoch (see Restore). Every comparison alternates: each
@@ -39,6 +42,7 @@ header, then a line as each row's comparison starts and one (its row) as it ends
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import time
@@ -46,6 +50,7 @@ import time
 
 import sparse_engine as se
 from common import announce, announce_columns, cell, finish, markdown_table, ms, out_help, results_path, write_result
+from sparse_engine.recurrent import compute_paths
 from sparse_engine.recurrent.compute_paths import use_persistent
 from sparse_engine.runtime.timing import times_of
 import torch  # noqa: E402
@@ -221,6 +226,51 @@ def sweep(args, sections):
                 write(args, sections)
 
 
+def dense_threads(args, sections):
+    """The dense path without a backward on one thread against torch's threads (``--threads``), each
+    cell of --modes over --sweep-hidden at --batch and --steps: what
+    :data:`~sparse_engine.recurrent.compute_paths.DENSE_ONE_THREAD_MAX_MACS` is fitted to (the library's
+    bound is set for each variant: always one thread, or never)."""
+    header = ["cell", "hidden", "B", "T", "one thread (ms)", f"{torch.get_num_threads()} threads (ms)",
+              "one thread vs threads", "the rule picks", "load after"]
+    rows = []
+    title = (f"## The dense path without a backward: one thread or {torch.get_num_threads()} "
+             f"(T={args.steps}, B={args.batch})")
+    section(title, header)
+    default = compute_paths.DENSE_ONE_THREAD_MAX_ENTRIES, compute_paths.DENSE_ONE_THREAD_MAX_MACS
+
+    def bound(value, fn):
+        def run():
+            compute_paths.DENSE_ONE_THREAD_MAX_ENTRIES = compute_paths.DENSE_ONE_THREAD_MAX_MACS = value
+            try:
+                fn()
+            finally:
+                compute_paths.DENSE_ONE_THREAD_MAX_ENTRIES, compute_paths.DENSE_ONE_THREAD_MAX_MACS = default
+        return run
+
+    for mode in args.modes:
+        for hidden in args.sweep_hidden:
+            with cell(f"{mode} hidden {hidden}") as c:
+                m, _ = modules(mode, hidden, 0.1)
+                m.compute = "dense"
+                m.eval()
+                x = torch.randn(args.steps, args.batch, hidden)
+                runs = {"one": bound(math.inf, infer(m, x)), "threads": bound(-1, infer(m, x))}
+                t = alternate(runs, args.rounds, args.min_time / args.rounds)
+                picks = ("one" if torch.get_num_threads() > 1 and compute_paths.dense_on_one_thread_by_sizes(
+                    m.weight_hh_l0.shape[0] * hidden, args.batch) else "threads")
+                c.result = [mode, hidden, args.batch, args.steps, median_ms(t["one"]), median_ms(t["threads"]),
+                            paired_ratio(t, "threads", "one"), picks, load()]
+            rows.append(c.result)
+            sections["dense_threads"] = (
+                f"{title}\n\nMedians of {args.rounds} alternating rounds; 'one thread vs threads': the median over "
+                "the rounds of the threads' time / one thread's (above 1: one thread faster); 'the rule picks': "
+                f"one thread where W_hh holds at most DENSE_ONE_THREAD_MAX_ENTRIES = {default[0]:,} entries and "
+                f"one step's product at most DENSE_ONE_THREAD_MAX_MACS = {default[1]:,} multiply-adds.\n\n"
+                + markdown_table(header, rows))
+            write(args, sections)
+
+
 class WordLM(nn.Module):
     """The word_language_model example's RNNModel (LSTM, untied): embedding, dropout, the
     recurrent stack, dropout, decoder."""
@@ -387,8 +437,8 @@ def section(heading: str, columns: list) -> None:
 def write(args, sections):
     clocks = {"wall": "Times are wall-clock.", "cpu": "Times are the benchmark thread's CPU time (--clock cpu), not "
               "wall-clock."}
-    body = clocks[args.clock] + "\n\n" + "\n\n".join(sections[k] for k in ("main", "lm", "epoch", "sweep")
-                                                       if k in sections)
+    order = ("main", "lm", "epoch", "sweep", "dense_threads")
+    body = clocks[args.clock] + "\n\n" + "\n\n".join(sections[k] for k in order if k in sections)
     write_result(args.path, TITLE, body)
 
 
@@ -411,6 +461,8 @@ def main():
     p.add_argument("--sweep-density", type=float, nargs="+", default=[0.01, 0.03, 0.05, 0.1, 0.33])
     p.add_argument("--sweep-inference", action="store_true",
                    help="the sweep times calls under torch.no_grad instead of training steps")
+    p.add_argument("--dense-threads", action="store_true",
+                   help="also time the dense path without a backward on one thread against --threads threads")
     p.add_argument("--lm", action="store_true", help="also time the word_language_model example's batches")
     p.add_argument("--epoch", action="store_true", help="also time whole epochs of the word_language_model example")
     p.add_argument("--epoch-batches", type=int, default=100, help="training batches per epoch")
@@ -435,6 +487,8 @@ def main():
         lm_epoch(args, sections)
     if args.sweep:
         sweep(args, sections)
+    if args.dense_threads:
+        dense_threads(args, sections)
     finish(args.path)
 
 

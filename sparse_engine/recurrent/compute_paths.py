@@ -11,6 +11,9 @@ CPU through :mod:`sparse_engine.recurrent.dense_gru`) on those matrices. The den
 is a buffer kept between forwards (per thread, while nothing else holds it; its size counts in
 the budget), written at each forward with a gradient and, without one, only when the values
 changed; ``state_dict``, checkpoints and the topology controllers see only the CSR weight.
+Without a backward on several CPU threads that sleep between parallel regions (what ``import
+sparse_engine`` gives torch's), small layers run torch's recurrence on one thread
+(:data:`DENSE_ONE_THREAD_MAX_ENTRIES`): its many small parallel regions would each wake a thread.
 
 * ``compute="sparse"``: always the CSR kernels (the memory-bound choice at large sizes).
 * ``compute="persistent"``: the CSR kernels with each layer-direction's whole sequence in one op
@@ -51,7 +54,8 @@ import os
 
 import torch
 
-from ..runtime.threads import torch_waits_short
+from ..kernels.constants import GATES
+from ..runtime.threads import num_threads, torch_waits_short
 from ..sparse import SparseWeight
 from . import cudnn_flat, dense_gru
 from .dense_matrices import materialize, materialize_all
@@ -59,7 +63,7 @@ from .sequence import STACK_BYTES
 
 __all__ = ["COMPUTE_CHOICES", "set_default_compute", "get_default_compute", "default_compute",
            "set_dense_budget", "get_dense_budget", "check_compute", "use_dense", "use_persistent", "dense_by_sizes",
-           "persistent_by_sizes", "on_chip_bytes", "auto_min_density", "auto_min_steps",
+           "persistent_by_sizes", "on_chip_bytes", "auto_min_density", "auto_min_steps", "dense_on_one_thread_by_sizes",
            "materialize", "materialize_all"]
 
 COMPUTE_CHOICES = ("auto", "sparse", "dense", "persistent")
@@ -112,22 +116,27 @@ AUTO_MIN_STEPS = {"LSTM": {16: ((64, 4), (128, 8), (math.inf, 24)),
 AUTO_MIN_STEPS_THREADED = {"LSTM": {32: ((math.inf, 32),), 80: ((math.inf, 24),), math.inf: ((256, 16), (math.inf, 4))},
                            "GRU": {32: ((math.inf, 8),), math.inf: ((math.inf, 2),)}}
 #: ``auto`` on the CPU without a backward to follow (a forward under ``torch.no_grad``: evaluation, a sampler)
-#: over at least :data:`AUTO_INFERENCE_STEPS` steps, one thread: the lowest density that goes dense, as
-#: :data:`AUTO_MIN_DENSITY` (whose values hold below that length and on several threads). Without a backward the
-#: dense path writes its matrices only when the values changed and runs no backward of torch's, so over a
-#: long sequence at a wide batch it wins from lower densities: at B = 128, T = 35 the LSTM at 512 @ 20% took
-#: 0.52x the sparse path's time, 1,000 @ 20% 0.55x (small_rnn_sweep_cpu_1thread_inference.md: B = 1-128,
-#: T = 1, 8, 35, hidden 64-1,000, 5-33%); at T = 1 the crossover stays where the training tables have it.
-AUTO_MIN_DENSITY_INFERENCE = {"LSTM": {16: ((128, 0.03), (256, 0.20), (math.inf, math.inf)),
+#: over at least :data:`AUTO_INFERENCE_STEPS` steps, one thread (or several, where the dense path runs on one:
+#: :func:`dense_on_one_thread_by_sizes`): the lowest density that goes dense, as :data:`AUTO_MIN_DENSITY` (whose
+#: values hold below that length). Without a backward the dense path writes its matrices only when the values
+#: changed and runs no backward of torch's, so over a long sequence at a wide batch it wins from lower densities:
+#: at B = 128, T = 35 the LSTM at 512 @ 20% took 0.52x the sparse path's time, 1,000 @ 20% 0.55x
+#: (small_rnn_sweep_cpu_1thread_inference.md: B = 1-128, T = 1, 8, 35, hidden 64-1,000, 5-33%); at T = 1 the
+#: crossover stays where the training tables have it. At B = 5-16 the LSTM at 256 @ 20% and the GRU at 1,000
+#: @ 20% lost dense (0.79x, 0.72x; small_rnn_sweep_cpu_1thread_inference_gaps.md), hence those bands.
+AUTO_MIN_DENSITY_INFERENCE = {"LSTM": {4: ((128, 0.03), (256, 0.20), (math.inf, math.inf)),
+                                       16: ((128, 0.03), (256, 0.30), (math.inf, math.inf)),
                                        80: ((128, 0.03), (math.inf, 0.15)),
                                        math.inf: ((128, 0.03), (256, 0.10), (math.inf, 0.15))},
                               "GRU": {2: ((128, 0.03), (256, 0.10), (math.inf, math.inf)),
                                       8: ((128, 0.03), (256, 0.10), (512, 0.30), (math.inf, math.inf)),
+                                      16: ((64, 0.03), (128, 0.10), (512, 0.15), (math.inf, 0.30)),
                                       math.inf: ((64, 0.03), (128, 0.10), (math.inf, 0.15))}}
 #: the sequence length from which :data:`AUTO_MIN_DENSITY_INFERENCE` applies, per batch band ({up to this
-#: batch width: steps}; measured at 1, 8 and 35 steps: at B = 128 the crossovers of 8 steps were those of 35,
-#: at B = 20 the dense GRU still lost at 20% over 8 steps, 0.71-0.87x, and won over 35)
-AUTO_INFERENCE_STEPS = {80: 16, math.inf: 8}
+#: batch width: steps}; measured at 1, 8, 12, 20 and 35 steps: at B = 128 the crossovers of 8 steps were those
+#: of 35; at B = 20 the dense path still lost at 20% over 20 steps (LSTM 256 0.84x, GRU 1,000 0.77x) and
+#: tied or won over 35); without a backward also the most steps :func:`auto_min_steps` asks for
+AUTO_INFERENCE_STEPS = {80: 24, math.inf: 8}
 #: the batch width the CPU rule assumes where a caller gives none (its first tables' measurements)
 AUTO_BATCH = 20
 #: ``auto`` on a GPU: the persistent kernels where W_hh (values and the 16-bit index they stage, 32-bit
@@ -152,6 +161,16 @@ AUTO_PERSISTENT_CPU_HIDDEN_ONE_THREAD = 4096
 #: time in every cell (the least at GRU 512 @ 20-33%, composed per step), at T = 1, B = 1 0.85-1.00x; at
 #: B = 20 a draw (0.83-1.22x), at B = 50-128 0.94-1.68x (small_rnn_sweep_cpu_1thread_inference.md)
 AUTO_PERSISTENT_CPU_INFERENCE_BATCH = 4
+#: the dense path on the CPU without a backward: torch's recurrence on one thread where torch's threads sleep
+#: between parallel regions, W_hh holds at most :data:`DENSE_ONE_THREAD_MAX_ENTRIES` entries and one step's
+#: recurrent product (W_hh's entries x the batch) at most :data:`DENSE_ONE_THREAD_MAX_MACS` multiply-adds
+#: (:func:`_dense_on_one_thread`). Measured on two threads, T = 35, hidden 64-1,000, B = 1-128
+#: (small_rnn_dense_threads_cpu.md): one thread 1.04-22x faster in all 31 cells it takes (each of the many
+#: small parallel regions of torch's recurrence wakes a sleeping thread: LSTM 64, B = 1, 0.19 ms against 3.23),
+#: 0.50-1.00x in the 19 it leaves (1,000 units at B = 1-4, 12-16 MB of W_hh, 0.66-0.88x; wider batches from
+#: 13M multiply-adds)
+DENSE_ONE_THREAD_MAX_ENTRIES = 2**21
+DENSE_ONE_THREAD_MAX_MACS = 12 * 2**20
 #: the shared memory of an H100 / H200 (132 SMs x 228 KiB): a prediction for "cuda" made where no
 #: GPU is visible assumes one
 HOPPER_ON_CHIP_BYTES = 132 * 228 * 1024
@@ -249,7 +268,7 @@ def dense_by_sizes(mode: str | None, entries: int, nnz: int, itemsize: int, hidd
     if device_type != "cpu":
         return False
     return (nnz / entries >= auto_min_density(hidden_size, cell, batch, steps, backward)
-            and (steps is None or steps >= auto_min_steps(hidden_size, cell, batch)))
+            and (steps is None or steps >= auto_min_steps(hidden_size, cell, batch, backward)))
 
 
 def use_persistent(mode: str | None, w_hh=None, steps: int | None = None, batch: int | None = None,
@@ -333,24 +352,41 @@ def auto_min_density(hidden_size: int, cell: str = "LSTM", batch: int | None = N
     region and never won up to B = 8; the wider the batch, the smaller the hidden size from which it wins at
     33% (GRU: 20% from B = 50; 15% in the table): above 1,000 units at B = 12, 512 at B = 20, 256 at B = 50,
     128 at B = 128 (GRU: 512, 256, 128, 64)."""
-    single = AUTO_MIN_DENSITY
-    if not backward and (steps is None or steps >= _band(AUTO_INFERENCE_STEPS, batch)):
-        single = AUTO_MIN_DENSITY_INFERENCE
-    return _cpu_bound(AUTO_MIN_DENSITY_THREADED, single, hidden_size, cell, batch)
+    long_inference = not backward and (steps is None or steps >= _band(AUTO_INFERENCE_STEPS, batch))
+    single = AUTO_MIN_DENSITY_INFERENCE if long_inference else AUTO_MIN_DENSITY
+    if not _threaded(hidden_size, cell, batch, backward):
+        return _entry(single, hidden_size, cell, batch)
+    density = _entry(AUTO_MIN_DENSITY_THREADED, hidden_size, cell, batch)
+    if long_inference and density < math.inf and (AUTO_BATCH if batch is None else batch) > 32:
+        density = min(density, _entry(single, hidden_size, cell, batch))
+    return density
 
 
-def auto_min_steps(hidden_size: int, cell: str = "LSTM", batch: int | None = None) -> int:
+def auto_min_steps(hidden_size: int, cell: str = "LSTM", batch: int | None = None, backward: bool = True) -> int:
     """The fewest steps from which ``compute='auto'`` goes dense on the CPU (with the density of
     :func:`auto_min_density`) for a ``cell`` of ``hidden_size`` units over ``batch`` columns (None:
     :data:`AUTO_BATCH`): :data:`AUTO_MIN_STEPS` (:data:`AUTO_MIN_STEPS_THREADED` on several threads whose
-    waits are short)."""
-    return _cpu_bound(AUTO_MIN_STEPS_THREADED, AUTO_MIN_STEPS, hidden_size, cell, batch)
+    waits are short, but without a ``backward`` where the dense path runs on one thread); without a backward
+    at most :data:`AUTO_INFERENCE_STEPS` (the writing of the matrices at each forward, which the tables' steps
+    repay, is gone there)."""
+    threaded = _threaded(hidden_size, cell, batch, backward)
+    steps = _entry(AUTO_MIN_STEPS_THREADED if threaded else AUTO_MIN_STEPS, hidden_size, cell, batch)
+    return steps if backward else min(steps, _band(AUTO_INFERENCE_STEPS, batch))
 
 
-def _cpu_bound(threaded: dict, single: dict, hidden_size: int, cell: str, batch: int | None):
+def _threaded(hidden_size: int, cell: str, batch: int | None, backward: bool) -> bool:
+    """Whether the CPU rule reads its tables of several threads: torch runs on several whose waits are short
+    and the dense path would too (with a ``backward``, or past the one-thread bounds without one,
+    :func:`dense_on_one_thread_by_sizes`)."""
+    if torch.get_num_threads() == 1 or not torch_waits_short():
+        return False
+    return backward or not dense_on_one_thread_by_sizes(GATES.get(cell, GATES["LSTM"]) * hidden_size * hidden_size,
+                                                        AUTO_BATCH if batch is None else batch)
+
+
+def _entry(tables: dict, hidden_size: int, cell: str, batch: int | None):
     """The entry of a CPU rule's table ({cell: {up to this batch: ((up to this hidden size, value), ...)}})
-    for this thread count, cell (the vanilla RNN's modes take the LSTM's), batch and hidden size."""
-    tables = threaded if torch.get_num_threads() > 1 and torch_waits_short() else single
+    for the cell (the vanilla RNN's modes take the LSTM's), batch and hidden size."""
     table = _band(tables.get(cell, tables["LSTM"]), batch)
     return next(value for bound, value in table if hidden_size <= bound)
 
@@ -380,9 +416,28 @@ def dense_recurrence(mode: str, x: torch.Tensor, h0: torch.Tensor, c0, weights, 
     weights = materialize_all(weights, cudnn_flat.views(mode, weights, x, h0, c0, num_layers, bidirectional))
     hx = (h0, c0) if mode == "LSTM" else h0
     args = (weights, bias, num_layers, dropout, training, bidirectional)
-    if mode == "GRU" and fused and batch_sizes is None and dense_gru.fused_gru_applies(x):
-        return (*dense_gru.gru(x, hx, *args), None)  # torch's GRU, each layer's steps fused
-    run = _DENSE_FUNCTIONS[mode]
-    res = run(x, hx, *args, False) if batch_sizes is None else run(x, batch_sizes, hx, *args)
+    batch = x.shape[1] if batch_sizes is None else batch_sizes[0]
+    with num_threads(1) if _dense_on_one_thread(x, weights[1], batch) else contextlib.nullcontext():
+        if mode == "GRU" and fused and batch_sizes is None and dense_gru.fused_gru_applies(x):
+            return (*dense_gru.gru(x, hx, *args), None)  # torch's GRU, each layer's steps fused
+        run = _DENSE_FUNCTIONS[mode]
+        res = run(x, hx, *args, False) if batch_sizes is None else run(x, batch_sizes, hx, *args)
     return res[0], res[1], (res[2] if mode == "LSTM" else None)
+
+
+def _dense_on_one_thread(x: torch.Tensor, w_hh: torch.Tensor, batch) -> bool:
+    """Whether the dense path runs torch's recurrence on one thread: on the CPU, with no graph recorded
+    (nothing of it runs later, in a backward, on torch's threads), where torch's threads sleep between
+    parallel regions (``threads.torch_waits_short``: each of the recurrence's small regions pays a wake-up)
+    and the first layer's ``w_hh`` and one step's product of it by ``batch`` columns are small (the bounds above)."""
+    if x.device.type != "cpu" or torch.is_grad_enabled() or torch.get_num_threads() == 1 or not torch_waits_short():
+        return False
+    return dense_on_one_thread_by_sizes(w_hh.numel(), int(batch))
+
+
+def dense_on_one_thread_by_sizes(entries_hh: int, batch: int) -> bool:
+    """Whether a W_hh of ``entries_hh`` entries run over ``batch`` columns is small enough for the dense path's
+    one thread (:data:`DENSE_ONE_THREAD_MAX_ENTRIES`, :data:`DENSE_ONE_THREAD_MAX_MACS`); the CPU rule asks it
+    too, without the module."""
+    return entries_hh <= DENSE_ONE_THREAD_MAX_ENTRIES and entries_hh * batch <= DENSE_ONE_THREAD_MAX_MACS
 
