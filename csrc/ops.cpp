@@ -33,6 +33,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <dlfcn.h>
 #include <omp.h>
 #include <unistd.h>
 
@@ -243,6 +244,35 @@ static PyObject* end_openmp_team(PyObject*, PyObject*) {
   Py_RETURN_TRUE;
 }
 
+// sparse_engine._C._set_this_thread_threads(omp, mkl): the calling thread's OpenMP threads (omp_set_num_threads:
+// an ICV of the calling thread, which torch's parallel regions and oneDNN read through omp_get_max_threads) set to
+// omp where omp > 0, and its thread-local MKL threads (mkl_set_num_threads_local, found in torch's libtorch_cpu
+// where it carries MKL; 0 = MKL's global setting) to mkl where mkl >= 0. Returns the pair in force before
+// (omp_get_max_threads(); MKL's thread-local setting, -1 where there is no MKL or mkl < 0), which a second call
+// puts back.
+// Unlike torch.set_num_threads it leaves other threads alone: torch keeps one process-wide count from which a
+// thread that first uses torch takes its own, so a thread starting while that count is lowered keeps the lower
+// count for good (sparse_engine/runtime/threads.py, one_thread_here).
+using MklLocalThreads = int (*)(int);
+static MklLocalThreads mkl_local_threads() {
+  static const MklLocalThreads fn = [] {
+    void* lib = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
+    return lib ? reinterpret_cast<MklLocalThreads>(dlsym(lib, "MKL_Set_Num_Threads_Local")) : nullptr;
+  }();
+  return fn;
+}
+
+static PyObject* set_this_thread_threads(PyObject*, PyObject* args) {
+  int omp = 0, mkl = -1;
+  if (!PyArg_ParseTuple(args, "ii", &omp, &mkl)) return nullptr;
+  const int old_omp = omp_get_max_threads();
+  int old_mkl = -1;
+  MklLocalThreads fn = mkl_local_threads();
+  if (fn && mkl >= 0) old_mkl = fn(mkl);  // first: MKL's setter sets this thread's OpenMP threads too
+  if (omp > 0) omp_set_num_threads(omp);
+  return Py_BuildValue("(ii)", old_omp, old_mkl);
+}
+
 // sparse_engine._C._parallel_work(): the work from which the CPU kernels use several threads
 // (csrc/cpu/common.h, parallel_work: kParallelWork unless _set_parallel_work changed it).
 static PyObject* parallel_work(PyObject*, PyObject*) {
@@ -423,6 +453,8 @@ extern "C" PyObject* PyInit__C(void) {
       {"_shorten_openmp_spin", shorten_openmp_spin, METH_NOARGS,
        "One sleeping OpenMP team, so that libgomp's idle threads spin briefly (once per process)."},
       {"_end_openmp_team", end_openmp_team, METH_NOARGS, "Ends that team (at exit)."},
+      {"_set_this_thread_threads", set_this_thread_threads, METH_VARARGS,
+       "This thread's OpenMP (omp > 0) and thread-local MKL (mkl >= 0) threads; returns the pair before."},
       {"_parallel_work", parallel_work, METH_NOARGS, "Work from which the CPU kernels use several threads."},
       {"_set_parallel_work", set_parallel_work, METH_VARARGS, "Sets that work (tests, benchmarks); returns the old."},
       {"_pool_stats", pool_stats, METH_NOARGS,

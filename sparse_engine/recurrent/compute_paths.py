@@ -55,7 +55,7 @@ import os
 import torch
 
 from ..kernels.constants import GATES
-from ..runtime.threads import num_threads, torch_waits_short
+from ..runtime.threads import one_thread_here, torch_waits_short
 from ..sparse import SparseWeight
 from . import cudnn_flat, dense_gru
 from .dense_matrices import materialize, materialize_all
@@ -165,9 +165,9 @@ AUTO_PERSISTENT_CPU_INFERENCE_BATCH = 4
 #: between parallel regions, W_hh holds at most :data:`DENSE_ONE_THREAD_MAX_ENTRIES` entries and one step's
 #: recurrent product (W_hh's entries x the batch) at most :data:`DENSE_ONE_THREAD_MAX_MACS` multiply-adds
 #: (:func:`_dense_on_one_thread`). Measured on two threads, T = 35, hidden 64-1,000, B = 1-128
-#: (small_rnn_dense_threads_cpu.md): one thread 1.04-22x faster in all 31 cells it takes (each of the many
-#: small parallel regions of torch's recurrence wakes a sleeping thread: LSTM 64, B = 1, 0.19 ms against 3.23),
-#: 0.50-1.00x in the 19 it leaves (1,000 units at B = 1-4, 12-16 MB of W_hh, 0.66-0.88x; wider batches from
+#: (small_rnn_dense_threads_cpu.md): one thread 1.03-20x faster in all 31 cells it takes (each of the many
+#: small parallel regions of torch's recurrence wakes a sleeping thread: LSTM 64, B = 1, 0.20 ms against 3.10),
+#: 0.49-1.01x in the 19 it leaves (1,000 units at B = 1-4, 12-16 MB of W_hh, 0.70-0.87x; wider batches from
 #: 13M multiply-adds)
 DENSE_ONE_THREAD_MAX_ENTRIES = 2**21
 DENSE_ONE_THREAD_MAX_MACS = 12 * 2**20
@@ -417,7 +417,7 @@ def dense_recurrence(mode: str, x: torch.Tensor, h0: torch.Tensor, c0, weights, 
     hx = (h0, c0) if mode == "LSTM" else h0
     args = (weights, bias, num_layers, dropout, training, bidirectional)
     batch = x.shape[1] if batch_sizes is None else batch_sizes[0]
-    with num_threads(1) if _dense_on_one_thread(x, weights[1], batch) else contextlib.nullcontext():
+    with one_thread_here() if _dense_on_one_thread(x, weights[1], batch) else contextlib.nullcontext():
         if mode == "GRU" and fused and batch_sizes is None and dense_gru.fused_gru_applies(x):
             return (*dense_gru.gru(x, hx, *args), None)  # torch's GRU, each layer's steps fused
         run = _DENSE_FUNCTIONS[mode]

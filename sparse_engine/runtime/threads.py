@@ -57,7 +57,7 @@ import os
 import sys
 
 __all__ = ["PASSIVE_WAIT", "SHORT_SPIN", "HUGE_PAGES", "keep_freed_memory", "shorten_torch_spin",
-           "torch_waits_short", "num_threads"]
+           "torch_waits_short", "one_thread_here"]
 
 #: True when this import set OMP_WAIT_POLICY=PASSIVE before torch loaded libgomp (torch's own CPU ops).
 PASSIVE_WAIT = "torch" not in sys.modules and "OMP_WAIT_POLICY" not in os.environ
@@ -103,17 +103,19 @@ def torch_waits_short() -> bool:
 
 
 @contextlib.contextmanager
-def num_threads(n: int):
-    """torch's intra-op threads (torch's ops and the kernels' pool) set to ``n`` for the block, restored
-    after. (torch is imported here, not at the top: this module sets torch's environment before torch
-    loads.)"""
+def one_thread_here():
+    """torch's CPU ops called from this thread (its OpenMP parallel regions and oneDNN's, MKL's products) on one
+    thread for the block, restored after; other threads are left alone. (``torch.set_num_threads(1)`` also lowers
+    torch's process-wide count, from which a thread that first uses torch meanwhile takes its own for good.)"""
     import torch
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
+
+    from .. import _C
+    torch.get_num_threads()  # torch sets a thread's count at its first use: that must not undo this one
+    before = _C._set_this_thread_threads(1, 1)
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        _C._set_this_thread_threads(*before)
 
 
 # mallopt's parameters (glibc's malloc.h)

@@ -2,6 +2,7 @@
 of a step, the resident peak of a step in a fresh process)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -10,8 +11,19 @@ from pathlib import Path
 
 import torch
 
-from ..runtime.threads import num_threads  # noqa: F401  (the tests' thread count for a block)
 
+
+# ---------------------------------------------------------------------------- threads
+@contextlib.contextmanager
+def num_threads(n: int):
+    """torch's intra-op threads (the kernels' OpenMP team) set to ``n`` for the block, restored
+    after: for tests that compare results on 1 and 2 threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # ----------------------------------------------------------------------------- memory

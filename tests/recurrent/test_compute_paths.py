@@ -301,13 +301,17 @@ def test_dense_path_without_a_backward_runs_on_one_thread_where_small(mode, rng,
     the dense path under no_grad runs torch's recurrence (the dense GRU op for the GRU) on one thread where
     W_hh and a step's product are small (DENSE_ONE_THREAD_MAX_ENTRIES, _MACS), else on torch's threads, and
     on torch's threads whenever a graph is recorded (its backward runs later) or the waits are long; the
-    thread count is restored after, also when the recurrence raises; the values are the dense path's on
+    thread count is restored after, also when the recurrence raises, and a thread that first uses torch during
+    the call gets torch's count (only the calling thread's is lowered); the values are the dense path's on
     either count (within rounding)."""
-    seen, fail = [], []
+    seen, fail, others = [], [], []
     orig = compute.dense_gru.gru if mode == "GRU" else compute._DENSE_FUNCTIONS[mode]
 
     def spy(*args):
         seen.append(torch.get_num_threads())
+        other = threading.Thread(target=lambda: others.append(torch.get_num_threads()))
+        other.start()
+        other.join()
         if fail:
             raise RuntimeError("the recurrence failed")
         return orig(*args)
@@ -330,7 +334,7 @@ def test_dense_path_without_a_backward_runs_on_one_thread_where_small(mode, rng,
 
     with num_threads(2):
         one, y1 = threads_of_a_call()
-        assert one == 1
+        assert one == 1 and others == [2]
         two, y2 = threads_of_a_call(grad=True)
         assert two == 2
         torch.testing.assert_close(y1, y2.detach(), rtol=1e-5, atol=1e-6)
