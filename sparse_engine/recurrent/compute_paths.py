@@ -137,6 +137,12 @@ AUTO_MIN_DENSITY_INFERENCE = {"LSTM": {4: ((128, 0.03), (256, 0.20), (math.inf, 
 #: of 35; at B = 20 the dense path still lost at 20% over 20 steps (LSTM 256 0.84x, GRU 1,000 0.77x) and
 #: tied or won over 35); without a backward also the most steps :func:`auto_min_steps` asks for
 AUTO_INFERENCE_STEPS = {80: 24, math.inf: 8}
+#: ``auto`` on the CPU without a backward, on several threads where the dense path runs on them too (past the
+#: one-thread bounds): from this batch width over :data:`AUTO_INFERENCE_STEPS` steps the threaded tables go down
+#: to the densities of :data:`AUTO_MIN_DENSITY_INFERENCE` (two threads, T = 35: the LSTM at 512 @ 20% dense in
+#: 0.75x the per-step path's time at B = 50, 0.57x at B = 128; at B = 20 dense lost there, 1.13-1.24x at 20%:
+#: small_rnn_sweep_cpu_2threads_inference.md)
+AUTO_INFERENCE_THREADED_FROM_BATCH = 33
 #: the batch width the CPU rule assumes where a caller gives none (its first tables' measurements)
 AUTO_BATCH = 20
 #: ``auto`` on a GPU: the persistent kernels where W_hh (values and the 16-bit index they stage, 32-bit
@@ -351,13 +357,16 @@ def auto_min_density(hidden_size: int, cell: str = "LSTM", batch: int | None = N
     waits are short (what ``import sparse_engine`` sets): torch's recurrence pays a wake-up at each parallel
     region and never won up to B = 8; the wider the batch, the smaller the hidden size from which it wins at
     33% (GRU: 20% from B = 50; 15% in the table): above 1,000 units at B = 12, 512 at B = 20, 256 at B = 50,
-    128 at B = 128 (GRU: 512, 256, 128, 64)."""
+    128 at B = 128 (GRU: 512, 256, 128, 64). Without a backward, where the dense path runs on one thread
+    (:func:`dense_on_one_thread_by_sizes`) the one-thread tables hold on any thread count; past it, from
+    :data:`AUTO_INFERENCE_THREADED_FROM_BATCH` columns over long sequences, at most the inference densities."""
     long_inference = not backward and (steps is None or steps >= _band(AUTO_INFERENCE_STEPS, batch))
     single = AUTO_MIN_DENSITY_INFERENCE if long_inference else AUTO_MIN_DENSITY
     if not _threaded(hidden_size, cell, batch, backward):
         return _entry(single, hidden_size, cell, batch)
     density = _entry(AUTO_MIN_DENSITY_THREADED, hidden_size, cell, batch)
-    if long_inference and density < math.inf and (AUTO_BATCH if batch is None else batch) > 32:
+    if long_inference and density < math.inf and (AUTO_BATCH if batch is None else batch) >= \
+            AUTO_INFERENCE_THREADED_FROM_BATCH:
         density = min(density, _entry(single, hidden_size, cell, batch))
     return density
 

@@ -28,6 +28,8 @@ and spins for its short, throttled count (libgomp's documented behaviour; a few 
 script that imports torch first runs torch's ops with short spins instead of long ones:
 :data:`SHORT_SPIN` says whether that happened (measured: docs/cpu_kernels.md, "The thread pool").
 Set ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` to choose the waits yourself; neither is then changed.
+Where such short waits make a torch op of many small parallel regions slow (the dense path's recurrences),
+:func:`one_thread_here` runs the calling thread's torch ops on one thread for a block.
 
 Huge pages: the kernels gather rows of activations (and, in spmm_t, weight values) at random
 from tensors of tens of megabytes; with 4 KiB pages nearly every gather also misses the TLB.
