@@ -228,9 +228,9 @@ def sweep(args, sections):
 
 def dense_threads(args, sections):
     """The dense path without a backward on one thread against torch's threads (``--threads``), each
-    cell of --modes over --sweep-hidden at --batch and --steps: what
-    :data:`~sparse_engine.recurrent.compute_paths.DENSE_ONE_THREAD_MAX_MACS` is fitted to (the library's
-    bound is set for each variant: always one thread, or never)."""
+    cell of --modes over --sweep-hidden at --batch and --steps: what the dense path's one-thread bounds
+    (:data:`~sparse_engine.recurrent.compute_paths.DENSE_ONE_THREAD_MAX_ENTRIES`, ``_MACS``) are fitted to (the
+    library's bounds are set for each variant: always one thread, or never)."""
     header = ["cell", "hidden", "B", "T", "one thread (ms)", f"{torch.get_num_threads()} threads (ms)",
               "one thread vs threads", "the rule picks", "load after"]
     rows = []
