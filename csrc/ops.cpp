@@ -246,8 +246,9 @@ static PyObject* end_openmp_team(PyObject*, PyObject*) {
 
 // sparse_engine._C._set_this_thread_threads(omp, mkl): the calling thread's OpenMP threads (omp_set_num_threads:
 // an ICV of the calling thread, which torch's parallel regions and oneDNN read through omp_get_max_threads) set to
-// omp where omp > 0, and its thread-local MKL threads (mkl_set_num_threads_local, found in torch's libtorch_cpu
-// where it carries MKL; 0 = MKL's global setting) to mkl where mkl >= 0. Returns the pair in force before
+// omp where omp > 0, and its thread-local MKL threads (MKL's mkl_set_num_threads_local, whose C entry point is
+// MKL_Set_Num_Threads_Local: the lower-case symbol is the Fortran one, taking a pointer; found in torch's
+// libtorch_cpu where it carries MKL; 0 = MKL's global setting) to mkl where mkl >= 0. Returns the pair in force before
 // (omp_get_max_threads(); MKL's thread-local setting, -1 where there is no MKL or mkl < 0), which a second call
 // puts back.
 // Unlike torch.set_num_threads it leaves other threads alone: torch keeps one process-wide count from which a

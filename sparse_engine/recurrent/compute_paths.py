@@ -387,7 +387,7 @@ def _threaded(hidden_size: int, cell: str, batch: int | None, backward: bool) ->
     """Whether the CPU rule reads its tables of several threads: torch runs on several whose waits are short
     and the dense path would too (with a ``backward``, or past the one-thread bounds without one,
     :func:`dense_on_one_thread_by_sizes`)."""
-    if torch.get_num_threads() == 1 or not torch_waits_short():
+    if not _threads_sleep():
         return False
     return backward or not dense_on_one_thread_by_sizes(GATES.get(cell, GATES["LSTM"]) * hidden_size * hidden_size,
                                                         AUTO_BATCH if batch is None else batch)
@@ -425,8 +425,7 @@ def dense_recurrence(mode: str, x: torch.Tensor, h0: torch.Tensor, c0, weights, 
     weights = materialize_all(weights, cudnn_flat.views(mode, weights, x, h0, c0, num_layers, bidirectional))
     hx = (h0, c0) if mode == "LSTM" else h0
     args = (weights, bias, num_layers, dropout, training, bidirectional)
-    batch = x.shape[1] if batch_sizes is None else batch_sizes[0]
-    with one_thread_here() if _dense_on_one_thread(x, weights[1], batch) else contextlib.nullcontext():
+    with one_thread_here() if _dense_on_one_thread(x, weights[1], batch_sizes) else contextlib.nullcontext():
         if mode == "GRU" and fused and batch_sizes is None and dense_gru.fused_gru_applies(x):
             return (*dense_gru.gru(x, hx, *args), None)  # torch's GRU, each layer's steps fused
         run = _DENSE_FUNCTIONS[mode]
@@ -434,14 +433,23 @@ def dense_recurrence(mode: str, x: torch.Tensor, h0: torch.Tensor, c0, weights, 
     return res[0], res[1], (res[2] if mode == "LSTM" else None)
 
 
-def _dense_on_one_thread(x: torch.Tensor, w_hh: torch.Tensor, batch) -> bool:
+def _dense_on_one_thread(x: torch.Tensor, w_hh: torch.Tensor, batch_sizes) -> bool:
     """Whether the dense path runs torch's recurrence on one thread: on the CPU, with no graph recorded
     (nothing of it runs later, in a backward, on torch's threads), where torch's threads sleep between
-    parallel regions (``threads.torch_waits_short``: each of the recurrence's small regions pays a wake-up)
-    and the first layer's ``w_hh`` and one step's product of it by ``batch`` columns are small (the bounds above)."""
-    if x.device.type != "cpu" or torch.is_grad_enabled() or torch.get_num_threads() == 1 or not torch_waits_short():
+    parallel regions (:func:`_threads_sleep`: each of the recurrence's small regions pays a wake-up) and the
+    first layer's ``w_hh`` and one step's product of it by the batch (time-major ``x``'s, or a packed
+    sequence's widest step) are small (the bounds above)."""
+    if x.device.type != "cpu" or torch.is_grad_enabled() or not _threads_sleep():
         return False
-    return dense_on_one_thread_by_sizes(w_hh.numel(), int(batch))
+    batch = x.shape[1] if batch_sizes is None else int(batch_sizes[0])
+    return dense_on_one_thread_by_sizes(w_hh.numel(), batch)
+
+
+def _threads_sleep() -> bool:
+    """Whether torch runs on several threads that sleep soon after each parallel region
+    (``threads.torch_waits_short``): where the CPU rule reads its threaded tables, and the dense path may
+    take one thread."""
+    return torch.get_num_threads() > 1 and torch_waits_short()
 
 
 def dense_on_one_thread_by_sizes(entries_hh: int, batch: int) -> bool:
