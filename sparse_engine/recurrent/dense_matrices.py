@@ -12,6 +12,7 @@ import torch
 
 from ..kernels.densify_torch import flat_positions
 from ..sparse import SparseWeight
+from ..sparse.weight import outside_inference_mode
 
 _ops = torch.ops.sparse_engine
 
@@ -72,7 +73,8 @@ def materialize_all(weights, into=None) -> list:
         values, row_ptr, col_idx = w.parts()
         entry = entries.get(w)
         if entry is None or not entry.matches(row_ptr, col_idx):
-            entry = entries[w] = _Entry(row_ptr, col_idx, w.shape[1])
+            with outside_inference_mode():
+                entry = entries[w] = _Entry(row_ptr, col_idx, w.shape[1])
         buf = entry.free_buffer(values, w.shape) if into is None else into[i]
         with_graph = grad and values.requires_grad
         entry.write(values.detach(), buf, keep=not with_graph and into is None)
@@ -189,7 +191,8 @@ class _Entry:
         buf = self.buffer
         if (buf is None or buf.dtype != values.dtype or buf.device != values.device or buf.device.type != "cpu"
                 or (self.lent is not None and self.lent() is not None)):
-            buf = self.buffer = values.new_zeros(shape)
+            with outside_inference_mode():
+                buf = self.buffer = values.new_zeros(shape)
             self.array = buf.view(torch.uint8).numpy() if buf.device.type == "cpu" else None  # its bytes
             self.written = None
         self.lent = None
@@ -201,7 +204,8 @@ class _Entry:
         if self.bits is not None:
             return self.bits
         if self.flat is None:
-            self.flat = flat_positions(self.row_ptr, self.col_idx, buf)
+            with outside_inference_mode():
+                self.flat = flat_positions(self.row_ptr, self.col_idx, buf)
         return self.flat
 
     def lend(self, buf: torch.Tensor) -> torch.Tensor:
@@ -216,8 +220,9 @@ class _Entry:
         if buf.device.type != "cpu":
             return buf.detach()
         token = self.array.view()  # a new array object over the buffer's bytes
-        alias = buf.detach()  # never requires a gradient: set_ needs no no_grad
-        alias.set_(torch.from_numpy(token).untyped_storage(), buf.storage_offset(), buf.shape, buf.stride())
+        with outside_inference_mode():
+            alias = buf.detach()  # never requires a gradient: set_ needs no no_grad
+            alias.set_(torch.from_numpy(token).untyped_storage(), buf.storage_offset(), buf.shape, buf.stride())
         self.lent = weakref.ref(token)
         if self.written is not None:
             self.written = buf._version  # set_ moved the shared version counter, not the values
@@ -237,7 +242,8 @@ class _Entry:
         if keep:
             last = self.last
             if last is None or last.shape != values.shape or last.dtype != values.dtype:
-                last = self.last = torch.empty_like(values, memory_format=torch.contiguous_format)
+                with outside_inference_mode():
+                    last = self.last = torch.empty_like(values, memory_format=torch.contiguous_format)
             last.copy_(values)
             self.written = buf._version
 

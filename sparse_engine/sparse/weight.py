@@ -20,6 +20,8 @@ change during training): loading resizes the tensors.
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from torch import nn
@@ -187,8 +189,9 @@ class SparseWeight(nn.Module):
         dev, cols = self.row_ptr.device, self._shape[1]
         absent = self.__dict__.get("_absent_csc")
         if absent is None or absent[0].device != dev or absent[0].numel() != cols + 1:
-            none = torch.empty(0, dtype=torch.int32, device=dev)
-            absent = (torch.zeros((), dtype=torch.int64, device=dev).expand(cols + 1), none, none)
+            with outside_inference_mode():
+                none = torch.empty(0, dtype=torch.int32, device=dev)
+                absent = (torch.zeros((), dtype=torch.int64, device=dev).expand(cols + 1), none, none)
             if not torch.compiler.is_compiling():  # a tracer's tensors must not outlive its trace
                 self.__dict__["_absent_csc"] = absent
         return absent
@@ -217,7 +220,8 @@ class SparseWeight(nn.Module):
         if not self.has_transpose:
             if torch.compiler.is_exporting():
                 return self._absent_transpose()
-            csc = torch.ops.sparse_engine.transpose_index(self.row_ptr, self.col_idx, self._shape[1])
+            with outside_inference_mode():
+                csc = torch.ops.sparse_engine.transpose_index(self.row_ptr, self.col_idx, self._shape[1])
             self._buffers.update(zip(_CSC_NAMES, csc))  # registered (non-persistent) by _drop_transpose
         return tuple(self._buffers[n] for n in _CSC_NAMES)
 
@@ -414,3 +418,12 @@ class SparseWeight(nn.Module):
 def sparse_weights(module: nn.Module) -> dict[str, SparseWeight]:
     """Every SparseWeight of ``module`` by qualified name, in ``named_modules`` order."""
     return {name: m for name, m in module.named_modules() if isinstance(m, SparseWeight)}
+
+
+def outside_inference_mode():
+    """Where a tensor kept between calls is made (the transposed index, the dense path's buffers): outside
+    ``torch.inference_mode``, whose tensors a later call outside it could neither write nor save for a
+    backward. (A compiled graph asks nothing: dynamo would break the graph at the question.)"""
+    if torch.compiler.is_compiling() or not torch.is_inference_mode_enabled():
+        return contextlib.nullcontext()
+    return torch.inference_mode(False)
