@@ -19,14 +19,21 @@ the C++ kernels' checks (``csrc/checks.h``, ``csrc/index_check.h``), worded like
 * :func:`check_dtype_like`: the dtype rule of every float operand, a module's inputs and states
   included: the dtype of the values it meets, except under autocast (which casts).
 
-All raise ValueError (TypeError for a wrong type) naming the argument and the first problem.
+All raise ValueError (TypeError for a wrong type) naming the argument and the first problem; a float
+operand of the wrong dtype raises :class:`DtypeMismatch`, both at once.
 """
 from __future__ import annotations
 
 import torch
 
 __all__ = ["check_tensor", "check_dtype", "check_same_device", "check_index", "check_pattern", "check_csr",
-           "check_operand", "check_dtype_like"]
+           "check_operand", "check_dtype_like", "DtypeMismatch"]
+
+
+class DtypeMismatch(TypeError, ValueError):
+    """A float operand whose dtype is not that of the values it meets: a TypeError (a wrong kind of
+    tensor), and a ValueError too, what ``torch.nn``'s recurrent modules raise for it (so code written
+    against them catches ours)."""
 
 #: The column bound of a pattern whose column count the op does not know (compact): not negative.
 ANY_COLUMN = 2**31
@@ -56,10 +63,10 @@ def check_same_device(**tensors: torch.Tensor) -> torch.device:
 
 
 def check_dtype_like(t: torch.Tensor, name: str, ref: torch.Tensor, like: str) -> None:
-    """TypeError unless ``t`` has ``ref``'s dtype ("X must have dtype torch.float32 like
+    """:class:`DtypeMismatch` unless ``t`` has ``ref``'s dtype ("X must have dtype torch.float32 like
     {like}, got ..."), or autocast is on for ``ref``'s device (the ops cast their operands there)."""
     if t.dtype != ref.dtype and not torch.is_autocast_enabled(ref.device.type):
-        raise TypeError(f"{name} must have dtype {ref.dtype} like {like}, got {t.dtype}")
+        raise DtypeMismatch(f"{name} must have dtype {ref.dtype} like {like}, got {t.dtype}")
 
 
 def check_operand(t, name: str, rows: int, values: torch.Tensor) -> None:

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from ..kernels.checks import DtypeMismatch, check_dtype_like
 from ..sparse import SparseWeight
 from .weights import EMPTY, fill_dense, refuse_dense_weights, resolve_density
 
@@ -60,12 +61,16 @@ class SparseLinear(nn.Module):
         return fill_dense(dense, self, ["weight", "bias"])
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if input.shape[-1] != self.in_features:
+        if input.dim() == 0 or input.shape[-1] != self.in_features:
             raise ValueError(f"input must have last dimension in_features={self.in_features}, "
                              f"got shape {tuple(input.shape)}")
         lead = input.shape[:-1]
         x = input.reshape(-1, self.in_features)
-        y = ops.spmm(self.weight, x.t()).t()  # feature-major inside the kernel
+        try:
+            y = ops.spmm(self.weight, x.t()).t()  # feature-major inside the kernel
+        except DtypeMismatch:  # named as the caller knows it (the op calls it X)
+            check_dtype_like(input, "input", self.weight.parts()[0], "the weight values")
+            raise
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)  # (a no-op outside autocast)
         return y.reshape(*lead, self.out_features)

@@ -60,8 +60,9 @@ def backward(cfg, w_hh, w_hh_t, y, h0, c0, saved, dy, dh, dc):
     dG, dgx, dh0, dc0 = _ops.rnn_sequence_backward(
         *cfg.idx_hh, w_hh, cfg.mode, y, h0, c0 if lstm else None, cs if lstm else None,
         acts if cfg.mode in ("LSTM", "GRU") else None, dy, dh, dc if lstm else None, cfg.reverse, w_hh_t)
-    g_hh = dG.view(-1, T * B)
-    g_ih = dgx.view(-1, T * B) if cfg.mode == "GRU" else g_hh
+    rows = GATES[cfg.mode] * H  # named: a view(-1, ...) cannot size an empty batch
+    g_hh = dG.view(rows, T * B)
+    g_ih = dgx.view(rows, T * B) if cfg.mode == "GRU" else g_hh
     before = (y[1:], h0[None]) if cfg.reverse else (h0[None], y[:-1])  # the state each step read
     x_hh = torch.cat(before).permute(1, 0, 2).reshape(H, T * B)
     return g_ih, g_hh, x_hh, dh0, dc0 if lstm else None

@@ -118,20 +118,23 @@ def test_linear_to_dense_matches_the_sparse_layer():
 
 
 # ---------------------------------------------------------------- zero-size batch
+@pytest.mark.parametrize("compute", ["auto", "sparse", "persistent", "dense"])
 @pytest.mark.parametrize("batch_first", [False, True])
 @pytest.mark.parametrize("cls", LAYERS)
-def test_zero_batch_layers_match_torch(cls, batch_first):
+def test_zero_batch_layers_match_torch(cls, batch_first, compute):
+    """On every compute path (the whole-sequence ops' backward once failed to size an empty batch)."""
     torch.manual_seed(0)
-    sparse = cls(5, 4, num_layers=2, bidirectional=True, batch_first=batch_first, density=0.5)
+    sparse = cls(5, 7, num_layers=2, bidirectional=True, batch_first=batch_first, density=0.5, compute=compute)
     dense = sparse.to_dense()
     x = torch.randn((0, 3, 5) if batch_first else (3, 0, 5), requires_grad=True)
     out, h = sparse(x)
     ref, ref_h = dense(x)
-    assert out.shape == ref.shape == ((0, 3, 8) if batch_first else (3, 0, 8))
+    assert out.shape == ref.shape == ((0, 3, 14) if batch_first else (3, 0, 14))
     flat = lambda s: s if isinstance(s, tuple) else (s,)  # noqa: E731
     assert [t.shape for t in flat(h)] == [t.shape for t in flat(ref_h)]
     out.sum().backward()  # the backward of an empty batch runs too
     assert x.grad.shape == x.shape
+    assert all(not p.grad.any() for p in sparse.parameters() if p.grad is not None)
 
 
 @pytest.mark.parametrize("cls", CELLS)
@@ -191,3 +194,43 @@ def test_isinstance_alternative_to_rnnbase():
     assert not isinstance(SparseLSTM(3, 4), nn.RNNBase)
     for m in (SparseLSTMCell(3, 4), SparseLinear(3, 4), SparseCTRNN(3, 4), nn.LSTMCell(3, 4)):
         assert not isinstance(m, rnn_like)
+
+
+# ---------------------------------------------------------------- what torch warns and raises
+@pytest.mark.parametrize("cls", LAYERS)
+def test_one_layer_with_dropout_warns_as_torch(cls):
+    import warnings
+    dense = {SparseRNN: nn.RNN, SparseLSTM: nn.LSTM, SparseGRU: nn.GRU}[cls]
+    for layers, count in ((1, 1), (2, 0)):
+        with warnings.catch_warnings(record=True) as ours:
+            warnings.simplefilter("always")
+            cls(3, 4, num_layers=layers, dropout=0.5, density=0.5)
+        with warnings.catch_warnings(record=True) as theirs:
+            warnings.simplefilter("always")
+            dense(3, 4, num_layers=layers, dropout=0.5)
+        assert [str(w.message) for w in ours] == [str(w.message) for w in theirs] and len(ours) == count
+
+
+@pytest.mark.parametrize("cls", LAYERS)
+def test_a_wrong_dtype_is_caught_as_torch_raises_it(cls):
+    """torch.nn's recurrent modules raise ValueError for an input of another dtype; ours raise one error that
+    is a ValueError and a TypeError, naming the input (or the state)."""
+    m = cls(3, 4, density=0.5)
+    for args, name in (((torch.randn(2, 1, 3, dtype=torch.float64),), "input"),
+                       ((torch.randn(2, 1, 3), torch.zeros(1, 1, 4, dtype=torch.float64)), "h0|hx|h_0")):
+        if cls is SparseLSTM and len(args) == 2:
+            args = (args[0], (args[1], args[1]))
+        with pytest.raises(ValueError, match=f"^({name}).* must have dtype torch.float32") as caught:
+            m(*args)
+        assert isinstance(caught.value, TypeError)
+    with pytest.raises(ValueError, match="input dtype"):  # torch's own
+        m.to_dense()(torch.randn(2, 1, 3, dtype=torch.float64))
+
+
+def test_linear_names_the_input_in_its_errors():
+    lin = SparseLinear(5, 4, density=0.5)
+    with pytest.raises(ValueError, match=r"^input must have last dimension in_features=5, got shape \(\)"):
+        lin(torch.tensor(1.0))
+    with pytest.raises(TypeError, match="^input must have dtype torch.float32 like the weight values, got "
+                                        "torch.float64"):
+        lin(torch.randn(2, 5, dtype=torch.float64))
