@@ -75,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         except OSError:
             pass
-    from sparse_engine import cli
+    try:
+        from sparse_engine import cli
+    except KeyboardInterrupt:  # Ctrl-C while torch loads (1-4 s): what cli.main says for it later
+        print("sparse-engine: interrupted", file=sys.stderr)
+        return 130
 
     if path is None:
         return cli.main(argv)

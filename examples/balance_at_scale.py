@@ -49,6 +49,7 @@ import argparse
 import csv
 import math
 import resource
+import sys
 import time
 from pathlib import Path
 
@@ -58,6 +59,7 @@ from torch import nn
 
 from sparse_engine.analysis import BalanceRecorder, recurrent_weights
 from sparse_engine.analysis import plots
+from sparse_engine.cli import run_handled
 from sparse_engine.data.tasks import load_task
 from sparse_engine.models import SequenceModel
 from sparse_engine.training import SET, GradualMagnitudePruning
@@ -394,6 +396,12 @@ def main(argv=None):
     for k, v in BUDGETS[args.budget].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    try:
+        sizes = [int(s) for s in str(args.sizes).split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        p.error(f"--sizes: expected hidden sizes >= 1 separated by commas, got {args.sizes!r}")
     tasks = args.tasks.split(",")
     for t in tasks:
         if t not in TASK_DATA:
@@ -413,7 +421,6 @@ def main(argv=None):
     command = f"python examples/balance_at_scale.py --budget {args.budget} --data {args.data} --out {args.out}" + "".join(
         f" --{k.replace('_', '-')} {v}" for k, v in vars(args).items()
         if k not in ("sizes", "seeds", "large_seeds", "data", "out", "budget") and v != preset[k])
-    sizes = [int(s) for s in args.sizes.split(",")]
     for hidden in sizes:  # small sizes first: a sweep stopped early has whole sizes
         large = hidden > LARGE
         for task in tasks:
@@ -442,4 +449,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_handled(main, "balance_at_scale.py"))

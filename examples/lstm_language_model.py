@@ -13,6 +13,7 @@ import sparse_engine  # noqa: F401  (before torch: OpenMP's idle threads then sl
 
 import argparse
 import resource
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from torch import nn
 
 import sparse_engine as se
 from sparse_engine import SparseWeight
+from sparse_engine.cli import checked, run_handled
+from sparse_engine.runs import validators
 
 DEFAULT = Path("data") / "sms_spam" / "SMSSpamCollection"  # where sparse_engine.data.download puts it
 
@@ -47,13 +50,13 @@ def load_text(path: Path) -> str:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=DEFAULT)
-    p.add_argument("--hidden", type=int, default=512)
-    p.add_argument("--layers", type=int, default=1)
-    p.add_argument("--density", type=float, default=0.05)
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--seq", type=int, default=64)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--hidden", type=checked(validators.integer(1), int), default=512)
+    p.add_argument("--layers", type=checked(validators.integer(1), int), default=1)
+    p.add_argument("--density", type=checked(validators.fraction), default=0.05)
+    p.add_argument("--steps", type=checked(validators.integer(1), int), default=200)
+    p.add_argument("--seq", type=checked(validators.integer(2), int), default=64)
+    p.add_argument("--batch", type=checked(validators.integer(1), int), default=32)
+    p.add_argument("--lr", type=checked(validators.non_negative), default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     torch.manual_seed(args.seed)
@@ -97,4 +100,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_handled(main, "lstm_language_model.py"))

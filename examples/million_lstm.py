@@ -31,24 +31,26 @@ from sparse_engine.data.tasks import load_task
 from sparse_engine.io.checkpoint import load_checkpoint, save_checkpoint
 from sparse_engine.models import SequenceModel
 from sparse_engine import memory
+from sparse_engine.cli import checked, run_handled
+from sparse_engine.runs import validators
 from sparse_engine.runtime.timing import available_memory_bytes, peak_rss_bytes
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="a directory holding the MNIST idx files")
-    p.add_argument("--hidden", type=int, default=1_000_000)
-    p.add_argument("--per-row", type=int, default=32, help="nonzeros per row of W_hh (default 32)")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--batch", type=int, default=20)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--hidden", type=checked(validators.integer(1), int), default=1_000_000)
+    p.add_argument("--per-row", type=checked(validators.integer(1), int), default=32,
+                   help="nonzeros per row of W_hh (default 32)")
+    p.add_argument("--steps", type=checked(validators.integer(1), int), default=20)
+    p.add_argument("--batch", type=checked(validators.integer(1), int), default=20)
+    p.add_argument("--lr", type=checked(validators.non_negative), default=1e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--budget", default=None, help="memory a step may use, e.g. 16G (default: available now)")
+    p.add_argument("--budget", type=checked(validators.size_or_none, str), default=None,
+                   help="memory a step may use, e.g. 16G (default: available now)")
     p.add_argument("--save", default=None, help="checkpoint written after every step")
     p.add_argument("--resume", default=None, help="a checkpoint of this script to continue")
     args = p.parse_args(argv)
-    if args.hidden < 1 or args.per_row < 1 or args.steps < 1 or args.batch < 1:
-        p.error("--hidden, --per-row, --steps and --batch must be >= 1")
     budget = memory.parse_size(args.budget) if args.budget else available_memory_bytes()
 
     (X, y), (Xte, yte), meta = load_task("mnist", args.data, args.seed)
@@ -100,4 +102,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_handled(main, "million_lstm.py"))

@@ -35,7 +35,9 @@ import torch
 import torch.nn.functional as F
 
 import sparse_engine as se
+from sparse_engine.cli import run_handled
 from sparse_engine.data import batchify, get_batch, load_corpus, tiny_corpus
+from sparse_engine.runs.config import resolve_device
 from sparse_engine.nn.lm import detach_state
 from sparse_engine.training import SelfishRNN
 
@@ -88,6 +90,7 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="cpu")
     p.add_argument("--log-interval", type=int, default=200)
     args = p.parse_args(argv)
+    args.device = resolve_device(args.device)  # one line for a device this machine lacks
     recipe = RECIPES[args.model]
     model_kw = dict(recipe["model"])
     epochs, max_batches, lr = recipe["epochs"], None, recipe["lr"]
@@ -174,4 +177,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_handled(main, "selfish_ptb.py"))

@@ -1,7 +1,8 @@
 """Train a small sparse MLP on scikit-learn's bundled digits (8x8 images, 10 classes).
 
-The main job of `make demo`: a short run on data that ships with a dependency. Prints test
-accuracy, the number of stored weights (nnz) and the memory they take next to a dense model.
+The library API on data that ships with a dependency (the command line's default run, `make demo`, is
+`sparse-engine train`: a sparse LSTM on the same digits). Prints test accuracy, the number of stored
+weights (nnz) and the memory they take next to a dense model.
 
     python examples/train_digits.py [--epochs 30] [--hidden 256] [--density 0.2] [--seed 0]
 """
@@ -11,6 +12,7 @@ import sparse_engine  # noqa: F401  (before torch: OpenMP's idle threads then sl
 
 import argparse
 import resource
+import sys
 
 import torch
 from sklearn.datasets import load_digits
@@ -19,7 +21,9 @@ from torch import nn
 from tqdm import tqdm
 
 from sparse_engine import SparseWeight
+from sparse_engine.cli import checked, run_handled
 from sparse_engine.nn import SparseLinear
+from sparse_engine.runs import validators
 
 
 def weight_bytes(model: nn.Module) -> tuple[int, int]:
@@ -35,9 +39,9 @@ def weight_bytes(model: nn.Module) -> tuple[int, int]:
 
 def main(argv=None) -> float:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--density", type=float, default=0.2)
+    p.add_argument("--epochs", type=checked(validators.integer(1), int), default=30)
+    p.add_argument("--hidden", type=checked(validators.integer(1), int), default=256)
+    p.add_argument("--density", type=checked(validators.fraction), default=0.2)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -75,4 +79,4 @@ def main(argv=None) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_handled(main, "train_digits.py"))

@@ -188,32 +188,56 @@ def main(argv=None) -> int:
     """Console entry point (``sparse-engine``): runs one command and returns the exit code
     (see :data:`EXIT_CODES`). Errors a user can cause are one line on stderr; an unexpected
     exception keeps its traceback."""
+    return run_handled(lambda: run(argv))
+
+
+def run_handled(job, prog: str = PROG) -> int:
+    """Calls ``job()`` and returns the exit code, with the errors a user can cause as one line on stderr
+    (``prog: error: ...``; ``SPARSE_ENGINE_TRACEBACK=1`` keeps the traceback): the command line's
+    handling, which the example scripts share (``sys.exit(run_handled(main, "train_digits.py"))``)."""
     try:
-        run(argv)
+        code = job()  # an int: the job's own exit code (a script's main may return one)
     except CommandError as exc:
-        _say(f"{PROG}: error: {_one_line(exc)}")
+        _say(f"{prog}: error: {_one_line(exc)}")
         return exc.code
     except KeyboardInterrupt as exc:
         checkpoint = getattr(exc, "resume_from", None)
-        _say(f"{PROG}: interrupted" + (f"; continue with: {PROG} train --resume {checkpoint}" if checkpoint else ""))
+        _say(f"{prog}: interrupted" + (f"; continue with: {PROG} train --resume {checkpoint}" if checkpoint else ""))
         return EXIT_INTERRUPTED
     except SystemExit as exc:  # --help (0), or user code that exits with a message
         if exc.code is None or isinstance(exc.code, int):
             return exc.code or EXIT_OK
-        _say(f"{PROG}: error: {_one_line(exc.code)}")
+        _say(f"{prog}: error: {_one_line(exc.code)}")
         return EXIT_FAILED
     except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
         if os.environ.get("SPARSE_ENGINE_TRACEBACK"):
             raise
-        _say(f"{PROG}: error: out of memory ({_one_line(exc)[:200]}); try a smaller --hidden, --density or "
+        _say(f"{prog}: error: out of memory ({_one_line(exc)[:200]}); try a smaller --hidden, --density or "
              f"--batch-size")
         return EXIT_FAILED
     except (ValueError, TypeError, OSError, EOFError) as exc:  # a bad file, or a run that cannot go on
         if os.environ.get("SPARSE_ENGINE_TRACEBACK"):
             raise
-        _say(f"{PROG}: error: {_one_line(exc)}")
+        _say(f"{prog}: error: {_one_line(exc)}")
         return EXIT_FAILED
-    return EXIT_OK
+    return code if isinstance(code, int) and not isinstance(code, bool) else EXIT_OK
+
+
+def checked(rule, read=float):
+    """An argparse ``type`` for a script's option: the text read with ``read``, then checked by a rule of
+    :mod:`sparse_engine.runs.validators` (``checked(valid.fraction)``, ``checked(valid.integer(1), int)``);
+    a bad value is argparse's one-line usage error in the rule's words (exit 2)."""
+    def parse(text: str):
+        try:
+            value = read(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if read is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        problem = rule(value)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+    return parse
 
 
 if __name__ == "__main__":

@@ -108,11 +108,17 @@ def _analyze_nnstd(cfg, console) -> dict:
         raise ValueError(f"{cfg.path} is a directory: expected at least two networks in it (folders of NNSTD layers "
                          f"weight_l0.npz, weight_l1.npz, ...), found {len(found)}")
     labels = list(found)
-    D = nnstd_matrix([load_nnstd_layers(d) for d in found.values()])
+    networks = [load_nnstd_layers(d) for d in found.values()]
+    shapes = [[layer.shape for layer in layers] for layers in networks]
+    for label, shape in zip(labels, shapes):  # one line naming the network whose layers do not match
+        if shape != shapes[0]:
+            raise ValueError(f"{cfg.path}: network {label} has layers of shapes {shape} (out x in), network "
+                             f"{labels[0]} {shapes[0]}: NNSTD compares networks of one architecture")
+    D = nnstd_matrix(networks)
     t = Table(title=f"NNSTD between the {len(labels)} networks in {cfg.path} (mean over layers)")
-    t.add_column("network", no_wrap=True)
+    t.add_column("network", overflow="fold")  # long names wrap; the distances never lose digits to the width
     for i in range(len(labels)):
-        t.add_column(str(i), justify="right")
+        t.add_column(str(i), justify="right", no_wrap=True, min_width=5)
     for i, label in enumerate(labels):
         t.add_row(f"{i}: {label}", *(f"{x:.3f}" for x in D[i]))
     console.print(t)
@@ -195,6 +201,9 @@ def analyze(config: AnalyzeConfig | None = None, **options):
             if f.name not in ("path", "plot", "seed") and getattr(cfg, f.name) != f.default:
                 raise ConfigError(f.name, f"does not apply to {mode} ({cfg.path})")
         return _analyze_nnstd(cfg, console) if Path(cfg.path).is_dir() else _analyze_record(cfg, console)
+    if cfg.lesion and Path(cfg.path).suffix.lower() in (".csv", ".npz"):  # before the census, not after it
+        raise ConfigError("lesion", f"needs a checkpoint written by sparse-engine train (its options rebuild the "
+                                    f"model and its test set), got a matrix file ({cfg.path})")
     m = _load_checked(cfg)
     graphs = m.graphs(cfg.gate, transpose=cfg.transpose)
     primary = cfg.gate if cfg.gate is not None else m.primary

@@ -196,12 +196,13 @@ class BenchConfig(_Checked):
                           help="print the step's peak by kind and phase instead of timing operators; with --budget "
                                "also the largest hidden size that fits (same nonzeros per row: --density x --hidden) "
                                "(default: off)")
-    model: str | None = option(None, choices=MODELS, group=MEMORY_OPTIONS,
+    model: str | None = option(None, choices=tuple(m for m in MODELS if m != "mlp"), group=MEMORY_OPTIONS,
                                help="time one training step of this recurrent model (lstm, gru or rnn: one layer, "
                                     "input = hidden, --hidden and --density) against masked-dense and torch.sparse, "
                                     "instead of the operators; with --memory the model whose step is predicted "
                                     "(default: none; lstm with --memory)")
-    hidden: int = shared_option(TrainConfig, "hidden", group=MEMORY_OPTIONS)
+    hidden: int = shared_option(TrainConfig, "hidden", group=MEMORY_OPTIONS,
+                                help="hidden units of the recurrent layer, >= 1 (default: %(default)s)")
     layers: int = shared_option(TrainConfig, "layers", group=MEMORY_OPTIONS)
     sparse: str = shared_option(TrainConfig, "sparse", group=MEMORY_OPTIONS)
     seq_len: int = option(35, check=valid.integer(1), metavar="T", group=MEMORY_OPTIONS,
@@ -316,6 +317,11 @@ def _mlp_combinations(cfg):
                                ("memory_budget", None)):
             if getattr(cfg, field) != default:
                 return field, "applies to the recurrent models (lstm, gru, rnn, ctrnn), got --model mlp"
+        for field, why in (("density", "model 'mlp' sets its density with --epsilon (SET-MLP's Erdos-Renyi)"),
+                           ("sparse", "model 'mlp' has no recurrent or input matrix to choose"),
+                           ("layers", "model 'mlp' takes its layers from --hidden (a list of sizes)")):
+            if getattr(cfg, field) != getattr(TrainConfig, field):
+                return field, f"{why}, got --{field} {getattr(cfg, field)}"
     if cfg.model != "mlp":
         if isinstance(cfg.hidden, (tuple, list)):
             return "hidden", f"a list of layer sizes needs --model mlp, got --model {cfg.model}"

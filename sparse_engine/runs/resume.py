@@ -76,6 +76,8 @@ def saved_options(path) -> dict:
 
 def _shown(value) -> str:
     """An option's value as typed on the command line (``1000,1000`` for a list of sizes)."""
+    if value is None:
+        return "none"
     return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
 
 
@@ -218,10 +220,13 @@ class TrainProgress:
     def save(self) -> Path:
         """Writes the resumable checkpoint (atomically) to the run's save path; an OSError that
         names the option (``--save``, or ``--resume`` for a resumed run writing over its checkpoint)."""
-        # the options as the command line's namespace held them, so checkpoints read the same either way
+        # the options as the command line's namespace held them, so checkpoints read the same either way; --data
+        # as an absolute path, so that the run resumes from any directory
+        args = {"command": "train", **asdict(self.cfg)}
+        if args.get("data") is not None:
+            args["data"] = str(Path(args["data"]).expanduser().resolve())
         try:
-            path = save_checkpoint(self.save_path, self.model, self.optimizer,
-                                   args={"command": "train", **asdict(self.cfg)}, history=list(self.history),
+            path = save_checkpoint(self.save_path, self.model, self.optimizer, args=args, history=list(self.history),
                                    resume=self.state())
         except OSError as exc:
             option = "--save" if self.cfg.save is not None or self.cfg.resume is None else "--resume"

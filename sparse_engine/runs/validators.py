@@ -52,6 +52,12 @@ def positive(value):
         return f"expected a finite number > 0, got {value!r}"
 
 
+def non_negative(value):
+    """A finite number >= 0 (a learning rate of 0: the untrained control of a test)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (0 <= value < math.inf):
+        return f"expected a finite number >= 0, got {value!r}"
+
+
 def path(value):
     if not isinstance(value, (str, os.PathLike)) or str(value) == "":
         return f"expected a path, got {value!r}"

@@ -64,6 +64,13 @@ def test_plot_errors_are_one_line(tmp_path, capsys):
     assert "argument --null: does not apply to a recorded run" in err and len(err.splitlines()) == 1
     assert cli.main(["analyze", str(tmp_path), "--lesion", "3"]) == 2
     assert "argument --lesion: does not apply to a directory of networks" in capsys.readouterr().err
+    edges = tmp_path / "edges.csv"  # a valid matrix file has no model or test set to lesion
+    edges.write_text("Source,Target,Weight\n0,1,0.5\n1,2,-0.3\n2,0,0.2\n")
+    assert cli.main(["analyze", str(edges)]) == 0
+    capsys.readouterr()
+    assert cli.main(["analyze", str(edges), "--lesion", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "argument --lesion: needs a checkpoint written by sparse-engine train" in err and len(err.splitlines()) == 1
 
 
 def test_nnstd_heat_map_of_a_directory_of_networks(tmp_path, shared_data):
@@ -96,3 +103,37 @@ def test_lesion_curves_of_a_trained_rnn(tmp_path):
     cli.run(["train", "--model", "lstm", "--hidden", "8", "--epochs", "1", "--quiet", "--save", str(lstm)])
     with pytest.raises(ValueError, match="one-block recurrent matrix"):
         cli.run(["analyze", str(lstm), "--lesion", "2"])
+
+
+def test_nnstd_table_keeps_its_numbers_at_80_columns(tmp_path, capsys, monkeypatch):
+    """Long network names wrap; the distances are never cut to fit the terminal."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(1)
+    for k in range(6):
+        folder = tmp_path / f"run_with_a_rather_long_descriptive_name_seed{k}" / "epoch_190"
+        folder.mkdir(parents=True)
+        for i, (n_in, n_out) in enumerate(((6, 5), (5, 3))):
+            sp.save_npz(folder / f"weight_l{i}.npz", sp.random(n_in + 1, n_out, density=0.5, random_state=rng,
+                                                               format="csr"))
+    monkeypatch.setenv("COLUMNS", "80")
+    result = cli.run(["analyze", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert all(f"{x:.3f}" in out for x in result["distance"].ravel()) and "…" not in out
+
+
+def test_nnstd_of_networks_of_two_architectures_names_them(tmp_path, capsys):
+    import numpy as np
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    for name, sizes in (("a", (6, 5, 3)), ("b", (6, 5, 3)), ("c", (6, 4, 3))):
+        (tmp_path / name).mkdir()
+        for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):  # (in + 1) x out, the bias last
+            layer = sp.random(n_in + 1, n_out, density=0.5, random_state=rng, format="csr")
+            sp.save_npz(tmp_path / name / f"weight_l{i}.npz", layer)
+    assert cli.main(["analyze", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "network c has layers of shapes [(4, 6), (3, 4)]" in err, err

@@ -66,3 +66,13 @@ def test_a_read_only_cache_still_prints_help(tmp_path):
     (cache / "sparse-engine").write_text("not a folder")  # nothing can be kept there
     proc = _run(["--help"], cache)
     assert proc.returncode == 0 and "usage: sparse-engine" in proc.stdout
+
+
+def test_ctrl_c_while_the_package_loads_is_one_line_and_130(monkeypatch, capsys):
+    """Ctrl-C in the first seconds (torch loading) exits as a later one does, without a traceback."""
+    class Loading:
+        def __getattr__(self, name):
+            raise KeyboardInterrupt
+    monkeypatch.setitem(sys.modules, "sparse_engine", Loading())
+    assert launch.main(["train", "--epochs", "1"]) == 130
+    assert capsys.readouterr().err == "sparse-engine: interrupted\n"

@@ -234,7 +234,8 @@ def test_bench_memory_prints_the_breakdown_and_the_largest_size(capsys):
 @pytest.mark.parametrize("argv, words", [
     (["bench", "--hidden", "100"], "argument --hidden: applies to bench --memory"),
     (["bench", "--memory", "--n", "100"], "argument --n: applies to the operator benchmark"),
-    (["bench", "--memory", "--model", "mlp"], "argument --model: the memory model covers the recurrent models"),
+    (["bench", "--memory", "--model", "mlp"], "argument --model: invalid choice: 'mlp'"),
+    (["bench", "--model", "mlp"], "argument --model: invalid choice: 'mlp'"),
     (["bench", "--memory", "--recompute-every", "auto"], "argument --recompute-every: auto picks the interval for a "
                                                          "budget: give --budget"),
     (["bench", "--memory", "--budget", "1K", "--recompute-every", "auto"], "argument --budget: does not fit even "

@@ -222,3 +222,19 @@ def test_resume_refuses_other_options_and_unusable_checkpoints(tmp_path, capsys)
     with pytest.raises(ValueError, match=r"^checkpoint_every: needs a checkpoint to write to"):
         train(CONFIG, checkpoint_every=5)
     assert math.isfinite(train(CONFIG, epochs=1, resume=str(ck)).last["test_loss"])
+
+
+def test_a_run_with_a_relative_data_path_resumes_from_another_directory(tmp_path, monkeypatch):
+    """The checkpoint keeps --data as an absolute path: ``train --resume`` works from any directory, and a
+    --data that names the same file (relative to the new directory) is accepted."""
+    here = tmp_path / "run"
+    here.mkdir()
+    (here / "series.txt").write_text("\n".join(f"{math.sin(0.1 * i):.6f}" for i in range(1200)) + "\n")
+    monkeypatch.chdir(here)
+    opts = ["train", "--task", "mackey-glass", "--model", "rnn", "--hidden", "8", "--quiet"]
+    cli.run(opts + ["--data", "series.txt", "--epochs", "1", "--save", "ck.pt"])
+    assert load_checkpoint(here / "ck.pt")["extra"]["args"]["data"] == str(here / "series.txt")
+    monkeypatch.chdir(tmp_path)
+    assert cli.run(["train", "--resume", "run/ck.pt", "--epochs", "2", "--quiet"])["epoch"] == 2
+    assert cli.run(["train", "--resume", "run/ck.pt", "--epochs", "3", "--data", "run/series.txt",
+                    "--quiet"])["epoch"] == 3

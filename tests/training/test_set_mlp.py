@@ -372,6 +372,9 @@ def test_resumed_mlp_run_equals_the_uninterrupted_run(tmp_path, monkeypatch):
     (["--model", "gru", "--faithful"], "argument --faithful: applies to --model mlp only, got --model gru"),
     (["--model", "mlp", "--importance", "0.1"], "argument --importance: prunes neurons when SET evolves"),
     (["--model", "lstm", "--no-evolve-output"], "argument --no-evolve-output: applies to --model mlp only"),
+    (["--model", "mlp", "--density", "0.01"], "argument --density: model 'mlp' sets its density with --epsilon"),
+    (["--model", "mlp", "--sparse", "recurrent"], "argument --sparse: model 'mlp' has no recurrent or input matrix"),
+    (["--model", "mlp", "--layers", "2"], r"argument --layers: model 'mlp' takes its layers from --hidden"),
 ])
 def test_mlp_option_errors_are_one_line(argv, message, capsys):
     assert cli.main(["train", "--quiet"] + argv) == cli.EXIT_USAGE
