@@ -17,7 +17,8 @@ each cell of ``--modes``, with the sparse kernels per step and as one op per seq
 at ``--threads`` (``--out small_rnn_sweep_cpu_2threads.md --threads 2``: the committed tables).
 ``--dense-threads`` times the dense path without a backward on one thread against ``--threads``, for each
 cell of --modes over --sweep-hidden (small_rnn_dense_threads_cpu.md: what the dense path's one-thread bounds
-are fitted to).
+are fitted to); with ``--dense-threads-train`` training steps, forward and backward
+(small_rnn_dense_threads_train_cpu.md).
 
 The training comparisons of the example put each model's parameters back to their first values
 (untimed) before every sample and every epoch (see Restore). Every comparison alternates: each
@@ -227,25 +228,32 @@ def sweep(args, sections):
 
 
 def dense_threads(args, sections):
-    """The dense path without a backward on one thread against torch's threads (``--threads``), each
-    cell of --modes over --sweep-hidden at --batch and --steps: what the dense path's one-thread bounds
+    """The dense path without a backward (with ``--dense-threads-train`` a training step's forward and
+    backward) on one thread against torch's threads (``--threads``), each cell of --modes over --sweep-hidden
+    at --batch and --steps: what the dense path's one-thread bounds
     (:data:`~sparse_engine.recurrent.compute_paths.DENSE_ONE_THREAD_MAX_ENTRIES`, ``_MACS``) are fitted to (the
     library's bounds are set for each variant: always one thread, or never)."""
     header = ["cell", "hidden", "B", "T", "one thread (ms)", f"{torch.get_num_threads()} threads (ms)",
               "one thread vs threads", "the rule picks", "load after"]
     rows = []
-    title = (f"## The dense path without a backward: one thread or {torch.get_num_threads()} "
+    train = args.dense_threads_train
+    what = "in a training step (forward and backward)" if train else "without a backward"
+    title = (f"## The dense path {what}: one thread or {torch.get_num_threads()} "
              f"(T={args.steps}, B={args.batch})")
     section(title, header)
-    default = compute_paths.DENSE_ONE_THREAD_MAX_ENTRIES, compute_paths.DENSE_ONE_THREAD_MAX_MACS
+    names = ("DENSE_ONE_THREAD_MAX_ENTRIES", "DENSE_ONE_THREAD_MAX_MACS_BACKWARD" if train else
+             "DENSE_ONE_THREAD_MAX_MACS")
+    default = tuple(getattr(compute_paths, n) for n in names)
 
     def bound(value, fn):
         def run():
-            compute_paths.DENSE_ONE_THREAD_MAX_ENTRIES = compute_paths.DENSE_ONE_THREAD_MAX_MACS = value
+            for n in names:
+                setattr(compute_paths, n, value)
             try:
                 fn()
             finally:
-                compute_paths.DENSE_ONE_THREAD_MAX_ENTRIES, compute_paths.DENSE_ONE_THREAD_MAX_MACS = default
+                for n, d in zip(names, default):
+                    setattr(compute_paths, n, d)
         return run
 
     for mode in args.modes:
@@ -253,20 +261,21 @@ def dense_threads(args, sections):
             with cell(f"{mode} hidden {hidden}") as c:
                 m, _ = modules(mode, hidden, 0.1)
                 m.compute = "dense"
-                m.eval()
+                m.train(train)
                 x = torch.randn(args.steps, args.batch, hidden)
-                runs = {"one": bound(math.inf, infer(m, x)), "threads": bound(-1, infer(m, x))}
+                call = train_step if train else infer
+                runs = {"one": bound(math.inf, call(m, x)), "threads": bound(-1, call(m, x))}
                 t = alternate(runs, args.rounds, args.min_time / args.rounds)
                 picks = ("one" if torch.get_num_threads() > 1 and compute_paths.dense_on_one_thread_by_sizes(
-                    m.weight_hh_l0.shape[0] * hidden, args.batch) else "threads")
+                    m.weight_hh_l0.shape[0] * hidden, args.batch, train) else "threads")
                 c.result = [mode, hidden, args.batch, args.steps, median_ms(t["one"]), median_ms(t["threads"]),
                             paired_ratio(t, "threads", "one"), picks, load()]
             rows.append(c.result)
             sections["dense_threads"] = (
                 f"{title}\n\nMedians of {args.rounds} alternating rounds; 'one thread vs threads': the median over "
                 "the rounds of the threads' time / one thread's (above 1: one thread faster); 'the rule picks': "
-                f"one thread where W_hh holds at most DENSE_ONE_THREAD_MAX_ENTRIES = {default[0]:,} entries and "
-                f"one step's product at most DENSE_ONE_THREAD_MAX_MACS = {default[1]:,} multiply-adds.\n\n"
+                f"one thread where W_hh holds at most {names[0]} = {default[0]:,} entries and "
+                f"one step's product at most {names[1]} = {default[1]:,} multiply-adds.\n\n"
                 + markdown_table(header, rows))
             write(args, sections)
 
@@ -463,6 +472,8 @@ def main():
                    help="the sweep times calls under torch.no_grad instead of training steps")
     p.add_argument("--dense-threads", action="store_true",
                    help="also time the dense path without a backward on one thread against --threads threads")
+    p.add_argument("--dense-threads-train", action="store_true",
+                   help="--dense-threads times training steps (forward and backward) instead")
     p.add_argument("--lm", action="store_true", help="also time the word_language_model example's batches")
     p.add_argument("--epoch", action="store_true", help="also time whole epochs of the word_language_model example")
     p.add_argument("--epoch-batches", type=int, default=100, help="training batches per epoch")

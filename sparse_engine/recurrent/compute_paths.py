@@ -57,7 +57,7 @@ import torch
 from ..kernels.constants import GATES
 from ..runtime.threads import one_thread_here, torch_waits_short
 from ..sparse import SparseWeight
-from . import cudnn_flat, dense_gru
+from . import cudnn_flat, dense_gru, one_thread_backward
 from .dense_matrices import materialize, materialize_all
 from .sequence import STACK_BYTES
 
@@ -89,16 +89,16 @@ AUTO_MIN_DENSITY = {"LSTM": {16: ((128, 0.03), (256, 0.30), (math.inf, math.inf)
                     "GRU": {2: ((128, 0.03), (256, 0.10), (math.inf, math.inf)),
                             8: ((128, 0.03), (256, 0.15), (512, 0.30), (math.inf, math.inf)),
                             math.inf: ((64, 0.03), (256, 0.15), (math.inf, 0.30))}}
-AUTO_MIN_DENSITY_THREADED = {"LSTM": {8: ((math.inf, math.inf),),
-                                      16: ((1000, math.inf), (math.inf, 0.30)),
-                                      32: ((512, math.inf), (math.inf, 0.30)),
-                                      80: ((256, math.inf), (math.inf, 0.30)),
-                                      math.inf: ((128, math.inf), (math.inf, 0.30))},
-                             "GRU": {8: ((math.inf, math.inf),),
-                                     16: ((512, math.inf), (math.inf, 0.30)),
-                                     32: ((256, math.inf), (math.inf, 0.30)),
-                                     80: ((128, math.inf), (math.inf, 0.15)),
-                                     math.inf: ((64, math.inf), (math.inf, 0.15))}}
+AUTO_MIN_DENSITY_THREADED = {"LSTM": {8: ((128, 0.03), (math.inf, math.inf)),
+                                      16: ((128, 0.03), (1000, math.inf), (math.inf, 0.30)),
+                                      32: ((128, 0.03), (192, 0.15), (224, 0.30), (512, math.inf), (math.inf, 0.30)),
+                                      80: ((64, 0.03), (128, 0.15), (256, math.inf), (math.inf, 0.30)),
+                                      math.inf: ((64, 0.10), (128, math.inf), (math.inf, 0.30))},
+                             "GRU": {8: ((128, 0.03), (256, 0.15), (math.inf, math.inf)),
+                                     16: ((128, 0.03), (256, 0.30), (512, math.inf), (math.inf, 0.30)),
+                                     32: ((128, 0.03), (math.inf, 0.30)),
+                                     80: ((64, 0.03), (128, 0.10), (math.inf, 0.15)),
+                                     math.inf: ((64, 0.03), (math.inf, 0.15))}}
 #: ``auto`` on the CPU: the fewest steps from which it goes dense, per cell, batch width and hidden size (as
 #: the tables above). The dense path pays once per forward what a short sequence does not repay: the writing
 #: of its dense matrices (with a gradient) and, for the LSTM, oneDNN's reorder of both weights at each call
@@ -113,8 +113,16 @@ AUTO_MIN_STEPS = {"LSTM": {16: ((64, 4), (128, 8), (math.inf, 24)),
                   "GRU": {8: ((128, 1), (256, 2), (math.inf, 16)),
                           80: ((128, 1), (256, 2), (512, 4), (math.inf, 8)),
                           math.inf: ((512, 1), (math.inf, 4))}}
-AUTO_MIN_STEPS_THREADED = {"LSTM": {32: ((math.inf, 32),), 80: ((math.inf, 24),), math.inf: ((256, 16), (math.inf, 4))},
-                           "GRU": {32: ((math.inf, 8),), math.inf: ((math.inf, 2),)}}
+AUTO_MIN_STEPS_THREADED = {"LSTM": {4: ((64, 16), (128, 24), (math.inf, 32)),
+                                    8: ((64, 4), (128, 8), (math.inf, 32)),
+                                    32: ((128, 4), (math.inf, 32)),
+                                    80: ((64, 2), (128, 4), (math.inf, 24)),
+                                    math.inf: ((64, 2), (256, 16), (math.inf, 4))},
+                           "GRU": {4: ((64, 8), (128, 16), (math.inf, 8)),
+                                   8: ((math.inf, 4),),
+                                   32: ((128, 2), (256, 4), (math.inf, 8)),
+                                   80: ((128, 1), (math.inf, 2)),
+                                   math.inf: ((64, 1), (math.inf, 2))}}
 #: ``auto`` on the CPU without a backward to follow (a forward under ``torch.no_grad``: evaluation, a sampler)
 #: over at least :data:`AUTO_INFERENCE_STEPS` steps, one thread (or several, where the dense path runs on one:
 #: :func:`dense_on_one_thread_by_sizes`): the lowest density that goes dense, as :data:`AUTO_MIN_DENSITY` (whose
@@ -177,6 +185,13 @@ AUTO_PERSISTENT_CPU_INFERENCE_BATCH = 4
 #: 13M multiply-adds)
 DENSE_ONE_THREAD_MAX_ENTRIES = 2**21
 DENSE_ONE_THREAD_MAX_MACS = 12 * 2**20
+#: with a backward (a training step: the forward and the backward of torch's recurrence on one thread,
+#: :mod:`.one_thread_backward`) one step's product at most this: the backward's weight-gradient products over
+#: all T x B columns want both threads sooner. Measured on two threads, T = 35, hidden 64-1,000, B = 1-128
+#: (small_rnn_dense_threads_train_cpu.md): one thread 1.05-8.8x faster in all 28 cells it takes (LSTM 64,
+#: B = 1: 1.05 ms against 9.31), 0.54-1.01x in 21 of the 22 it leaves (the LSTM at 128, B = 128, 8.4M
+#: multiply-adds, 1.10x; the GRU at 128 there, 6.3M, lost 0.90x on one thread)
+DENSE_ONE_THREAD_MAX_MACS_BACKWARD = 11 * 2**19
 #: the shared memory of an H100 / H200 (132 SMs x 228 KiB): a prediction for "cuda" made where no
 #: GPU is visible assumes one
 HOPPER_ON_CHIP_BYTES = 132 * 228 * 1024
@@ -384,9 +399,9 @@ def auto_min_steps(hidden_size: int, cell: str = "LSTM", batch: int | None = Non
 
 
 def _threaded(hidden_size: int, cell: str, batch: int | None, backward: bool) -> bool:
-    """Whether the CPU rule reads its tables of several threads: torch runs on several whose waits are short
-    and the dense path would too (with a ``backward``, or past the one-thread bounds without one,
-    :func:`dense_on_one_thread_by_sizes`)."""
+    """Whether the CPU rule reads its tables of several threads: torch runs on several whose waits are short,
+    with a ``backward`` (where the dense path runs on one thread, their entries for small layers are measured
+    so), or without one past the dense path's one-thread bounds (:func:`dense_on_one_thread_by_sizes`)."""
     if not _threads_sleep():
         return False
     return backward or not dense_on_one_thread_by_sizes(GATES.get(cell, GATES["LSTM"]) * hidden_size * hidden_size,
@@ -425,24 +440,31 @@ def dense_recurrence(mode: str, x: torch.Tensor, h0: torch.Tensor, c0, weights, 
     weights = materialize_all(weights, cudnn_flat.views(mode, weights, x, h0, c0, num_layers, bidirectional))
     hx = (h0, c0) if mode == "LSTM" else h0
     args = (weights, bias, num_layers, dropout, training, bidirectional)
-    with one_thread_here() if _dense_on_one_thread(x, weights[1], batch_sizes) else contextlib.nullcontext():
+    one = _dense_on_one_thread(x, weights[1], batch_sizes)
+    with one_thread_here() if one else contextlib.nullcontext():
         if mode == "GRU" and fused and batch_sizes is None and dense_gru.fused_gru_applies(x):
-            return (*dense_gru.gru(x, hx, *args), None)  # torch's GRU, each layer's steps fused
-        run = _DENSE_FUNCTIONS[mode]
-        res = run(x, hx, *args, False) if batch_sizes is None else run(x, batch_sizes, hx, *args)
+            res = (*dense_gru.gru(x, hx, *args), None)  # torch's GRU, each layer's steps fused
+        else:
+            run = _DENSE_FUNCTIONS[mode]
+            res = run(x, hx, *args, False) if batch_sizes is None else run(x, batch_sizes, hx, *args)
+    if one and torch.is_grad_enabled():
+        one_thread_backward.on_one_thread(res, (x, h0, c0, *weights))
     return res[0], res[1], (res[2] if mode == "LSTM" else None)
 
 
 def _dense_on_one_thread(x: torch.Tensor, w_hh: torch.Tensor, batch_sizes) -> bool:
-    """Whether the dense path runs torch's recurrence on one thread: on the CPU, with no graph recorded
-    (nothing of it runs later, in a backward, on torch's threads), where torch's threads sleep between
-    parallel regions (:func:`_threads_sleep`: each of the recurrence's small regions pays a wake-up) and the
-    first layer's ``w_hh`` and one step's product of it by the batch (time-major ``x``'s, or a packed
-    sequence's widest step) are small (the bounds above)."""
-    if x.device.type != "cpu" or torch.is_grad_enabled() or not _threads_sleep():
+    """Whether the dense path runs torch's recurrence on one thread (with a graph recorded, its backward
+    too: :mod:`.one_thread_backward`): on the CPU, where torch's threads sleep between parallel regions
+    (:func:`_threads_sleep`: each of the recurrence's small regions pays a wake-up) and the first layer's
+    ``w_hh`` and one step's product of it by the batch (time-major ``x``'s, or a packed sequence's widest
+    step) are small (the bounds above). Closes first any one-thread scope a failed backward left open."""
+    if x.device.type != "cpu":
+        return False
+    one_thread_backward.close_left_scopes()
+    if not _threads_sleep():
         return False
     batch = x.shape[1] if batch_sizes is None else int(batch_sizes[0])
-    return dense_on_one_thread_by_sizes(w_hh.numel(), batch)
+    return dense_on_one_thread_by_sizes(w_hh.numel(), batch, torch.is_grad_enabled())
 
 
 def _threads_sleep() -> bool:
@@ -452,9 +474,11 @@ def _threads_sleep() -> bool:
     return torch.get_num_threads() > 1 and torch_waits_short()
 
 
-def dense_on_one_thread_by_sizes(entries_hh: int, batch: int) -> bool:
-    """Whether a W_hh of ``entries_hh`` entries run over ``batch`` columns is small enough for the dense path's
-    one thread (:data:`DENSE_ONE_THREAD_MAX_ENTRIES`, :data:`DENSE_ONE_THREAD_MAX_MACS`); the CPU rule asks it
-    too, without the module."""
-    return entries_hh <= DENSE_ONE_THREAD_MAX_ENTRIES and entries_hh * batch <= DENSE_ONE_THREAD_MAX_MACS
+def dense_on_one_thread_by_sizes(entries_hh: int, batch: int, backward: bool = False) -> bool:
+    """Whether a W_hh of ``entries_hh`` entries run over ``batch`` columns, with a ``backward`` to follow or
+    not, is small enough for the dense path's one thread (:data:`DENSE_ONE_THREAD_MAX_ENTRIES`,
+    :data:`DENSE_ONE_THREAD_MAX_MACS` or, with a backward, :data:`DENSE_ONE_THREAD_MAX_MACS_BACKWARD`); the
+    CPU rule asks it too, without the module."""
+    macs = DENSE_ONE_THREAD_MAX_MACS_BACKWARD if backward else DENSE_ONE_THREAD_MAX_MACS
+    return entries_hh <= DENSE_ONE_THREAD_MAX_ENTRIES and entries_hh * batch <= macs
 
