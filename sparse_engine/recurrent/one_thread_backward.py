@@ -1,13 +1,13 @@
 """The backward of the dense path's recurrence on one thread, where its forward ran on one.
 
 torch's recurrence on the CPU records a few autograd nodes per layer-direction (oneDNN's LSTM layer one;
-our fused GRU its input product, its steps and some views). Its backward, like its forward, is a run of small parallel regions, each of which
-wakes a sleeping thread on a machine whose torch threads wait briefly (what ``import sparse_engine``
-sets). :func:`on_one_thread` hooks the nodes that one call of the recurrence recorded: a pre-hook
-enters :func:`~sparse_engine.runtime.threads.one_thread_here` for the thread running the backward
-and a post-hook leaves it, so exactly those nodes run on one thread and every other node of the
-user's graph on torch's threads. The graph itself is unchanged (double backward, ``retain_graph``,
-the memory it holds: all as without the hooks).
+our fused GRU its input product, its steps and some views). Its backward, like its forward, is a run of
+small parallel regions, each of which wakes a sleeping thread on a machine whose torch threads wait
+briefly (what ``import sparse_engine`` sets). :func:`on_one_thread` hooks the nodes that one call of the
+recurrence recorded: a pre-hook enters :func:`~sparse_engine.runtime.threads.one_thread_here` for the
+thread running the backward and a post-hook leaves it, so exactly those nodes run on one thread and
+every other node of the user's graph on torch's threads. The graph itself is unchanged (double backward,
+``retain_graph``, the memory it holds: all as without the hooks).
 
 A node whose backward raises never reaches its post-hook: the scope it left open is closed at the
 next forward of the dense path on that thread (:func:`close_left_scopes`), or by hand.
