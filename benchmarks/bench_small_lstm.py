@@ -18,7 +18,8 @@ at ``--threads`` (``--out small_rnn_sweep_cpu_2threads.md --threads 2``: the com
 ``--dense-threads`` times the dense path without a backward on one thread against ``--threads``, for each
 cell of --modes over --sweep-hidden (small_rnn_dense_threads_cpu.md: what the dense path's one-thread bounds
 are fitted to); with ``--dense-threads-train`` training steps, forward and backward
-(small_rnn_dense_threads_train_cpu.md).
+(small_rnn_dense_threads_train_cpu.md). ``--torch-one-thread`` times torch's own nn.LSTM/nn.GRU in training steps
+under ``runtime.one_thread.on_one_thread`` against plain (torch_one_thread_cpu.md).
 
 The training comparisons of the example put each model's parameters back to their first values
 (untimed) before every sample and every epoch (see Restore). Every comparison alternates: each
@@ -280,6 +281,38 @@ def dense_threads(args, sections):
             write(args, sections)
 
 
+def torch_one_thread(args, sections):
+    """torch's own ``nn.LSTM``/``nn.GRU`` (one layer, input = hidden) in a training step on ``--threads``,
+    plain against under ``sparse_engine.runtime.one_thread.on_one_thread`` (its forward and the backward of
+    what it records on one thread), each cell of --modes over --sweep-hidden at --batch and --steps: what a
+    user's small torch recurrences gain after ``import sparse_engine`` made torch's threads sleep."""
+    from sparse_engine.runtime.one_thread import on_one_thread
+
+    header = ["cell", "hidden", "B", "T", "on_one_thread (ms)", f"plain, {torch.get_num_threads()} threads (ms)",
+              "on_one_thread vs plain", "load after"]
+    rows = []
+    title = (f"## torch's nn.LSTM / nn.GRU in a training step: on_one_thread or plain on "
+             f"{torch.get_num_threads()} threads (T={args.steps}, B={args.batch})")
+    section(title, header)
+    for mode in args.modes:
+        for hidden in args.sweep_hidden:
+            with cell(f"{mode} hidden {hidden}") as c:
+                torch.manual_seed(0)
+                plain, wrapped = DENSE[mode](hidden, hidden), DENSE[mode](hidden, hidden)
+                on_one_thread(wrapped)
+                x = torch.randn(args.steps, args.batch, hidden)
+                t = alternate({"one": train_step(wrapped, x), "plain": train_step(plain, x)}, args.rounds,
+                              args.min_time / args.rounds)
+                c.result = [mode, hidden, args.batch, args.steps, median_ms(t["one"]), median_ms(t["plain"]),
+                            paired_ratio(t, "plain", "one"), load()]
+            rows.append(c.result)
+            sections["torch_one_thread"] = (
+                f"{title}\n\nMedians of {args.rounds} alternating rounds; 'on_one_thread vs plain': the median over "
+                "the rounds of the plain module's time / the wrapped one's (above 1: on_one_thread faster).\n\n"
+                + markdown_table(header, rows))
+            write(args, sections)
+
+
 class WordLM(nn.Module):
     """The word_language_model example's RNNModel (LSTM, untied): embedding, dropout, the
     recurrent stack, dropout, decoder."""
@@ -446,7 +479,7 @@ def section(heading: str, columns: list) -> None:
 def write(args, sections):
     clocks = {"wall": "Times are wall-clock.", "cpu": "Times are the benchmark thread's CPU time (--clock cpu), not "
               "wall-clock."}
-    order = ("main", "lm", "epoch", "sweep", "dense_threads")
+    order = ("main", "lm", "epoch", "sweep", "dense_threads", "torch_one_thread")
     body = clocks[args.clock] + "\n\n" + "\n\n".join(sections[k] for k in order if k in sections)
     write_result(args.path, TITLE, body)
 
@@ -474,6 +507,9 @@ def main():
                    help="also time the dense path without a backward on one thread against --threads threads")
     p.add_argument("--dense-threads-train", action="store_true",
                    help="--dense-threads times training steps (forward and backward) instead")
+    p.add_argument("--torch-one-thread", action="store_true",
+                   help="also time torch's nn.LSTM/nn.GRU training steps under runtime.one_thread.on_one_thread "
+                        "against plain, on --threads threads")
     p.add_argument("--lm", action="store_true", help="also time the word_language_model example's batches")
     p.add_argument("--epoch", action="store_true", help="also time whole epochs of the word_language_model example")
     p.add_argument("--epoch-batches", type=int, default=100, help="training batches per epoch")
@@ -500,6 +536,8 @@ def main():
         sweep(args, sections)
     if args.dense_threads:
         dense_threads(args, sections)
+    if args.torch_one_thread:
+        torch_one_thread(args, sections)
     finish(args.path)
 
 

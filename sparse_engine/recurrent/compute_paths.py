@@ -55,9 +55,10 @@ import os
 import torch
 
 from ..kernels.constants import GATES
+from ..runtime import one_thread
 from ..runtime.threads import one_thread_here, torch_waits_short
 from ..sparse import SparseWeight
-from . import cudnn_flat, dense_gru, one_thread_backward
+from . import cudnn_flat, dense_gru
 from .dense_matrices import materialize, materialize_all
 from .sequence import STACK_BYTES
 
@@ -186,8 +187,8 @@ AUTO_PERSISTENT_CPU_INFERENCE_BATCH = 4
 DENSE_ONE_THREAD_MAX_ENTRIES = 2**21
 DENSE_ONE_THREAD_MAX_MACS = 12 * 2**20
 #: with a backward (a training step: the forward and the backward of torch's recurrence on one thread,
-#: :mod:`.one_thread_backward`) one step's product at most this: the backward's weight-gradient products over
-#: all T x B columns want both threads sooner. Measured on two threads, T = 35, hidden 64-1,000, B = 1-128
+#: :mod:`~sparse_engine.runtime.one_thread`) one step's product at most this: the backward's weight-gradient
+#: products over all T x B columns want both threads sooner. Measured on two threads, T = 35, hidden 64-1,000, B = 1-128
 #: (small_rnn_dense_threads_train_cpu.md): one thread 1.05-8.8x faster in all 28 cells it takes (LSTM 64,
 #: B = 1: 1.05 ms against 9.31), 0.54-1.01x in 21 of the 22 it leaves (the LSTM at 128, B = 128, 8.4M
 #: multiply-adds, 1.10x; the GRU at 128 there, 6.3M, lost 0.90x on one thread)
@@ -448,19 +449,19 @@ def dense_recurrence(mode: str, x: torch.Tensor, h0: torch.Tensor, c0, weights, 
             run = _DENSE_FUNCTIONS[mode]
             res = run(x, hx, *args, False) if batch_sizes is None else run(x, batch_sizes, hx, *args)
     if one and torch.is_grad_enabled():
-        one_thread_backward.on_one_thread(res, (x, h0, c0, *weights))
+        one_thread.backward_on_one_thread(res, (x, h0, c0, *weights))
     return res[0], res[1], (res[2] if mode == "LSTM" else None)
 
 
 def _dense_on_one_thread(x: torch.Tensor, w_hh: torch.Tensor, batch_sizes) -> bool:
     """Whether the dense path runs torch's recurrence on one thread (with a graph recorded, its backward
-    too: :mod:`.one_thread_backward`): on the CPU, where torch's threads sleep between parallel regions
+    too: :mod:`~sparse_engine.runtime.one_thread`): on the CPU, where torch's threads sleep between parallel regions
     (:func:`_threads_sleep`: each of the recurrence's small regions pays a wake-up) and the first layer's
     ``w_hh`` and one step's product of it by the batch (time-major ``x``'s, or a packed sequence's widest
     step) are small (the bounds above). Closes first any one-thread scope a failed backward left open."""
     if x.device.type != "cpu":
         return False
-    one_thread_backward.close_left_scopes()
+    one_thread.close_left_scopes()
     if not _threads_sleep():
         return False
     batch = x.shape[1] if batch_sizes is None else int(batch_sizes[0])

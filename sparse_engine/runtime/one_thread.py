@@ -1,24 +1,28 @@
-"""The backward of the dense path's recurrence on one thread, where its forward ran on one.
+"""Small recurrences on one thread, forward and backward.
 
-torch's recurrence on the CPU records a few autograd nodes per layer-direction (oneDNN's LSTM layer one;
-our fused GRU its input product, its steps and some views). Its backward, like its forward, is a run of
-small parallel regions, each of which wakes a sleeping thread on a machine whose torch threads wait
-briefly (what ``import sparse_engine`` sets). :func:`on_one_thread` hooks the nodes that one call of the
-recurrence recorded: a pre-hook enters :func:`~sparse_engine.runtime.threads.one_thread_here` for the
-thread running the backward and a post-hook leaves it, so exactly those nodes run on one thread and
-every other node of the user's graph on torch's threads. The graph itself is unchanged (double backward,
-``retain_graph``, the memory it holds: all as without the hooks).
+torch's recurrence on the CPU (``torch.lstm`` and its kin, our fused GRU) is a run of small parallel regions,
+and records a few autograd nodes per layer-direction (oneDNN's LSTM layer one; our fused GRU its input
+product, its steps and some views) whose backward is such a run too. On a machine whose torch threads
+sleep between parallel regions (what ``import sparse_engine`` sets: :mod:`.threads`) each region wakes a
+thread, and a small recurrence runs several times faster on one (docs/compute_paths.md, "Training on
+several threads"). :func:`backward_on_one_thread` hooks the nodes that one call recorded: a pre-hook enters
+:func:`~sparse_engine.runtime.threads.one_thread_here` for the thread running the backward and a post-hook
+leaves it, so exactly those nodes run on one thread and every other node of the graph on torch's threads.
+The graph itself is unchanged (double backward, ``retain_graph``, the memory it holds: all as without
+the hooks). The dense compute path of our recurrent modules does this for small layers by itself;
+:func:`on_one_thread` does it for a module of the user's (a ``torch.nn.LSTM`` beside ours).
 
-A node whose backward raises never reaches its post-hook: the scope it left open is closed at the
-next forward of the dense path on that thread (:func:`close_left_scopes`), or by hand.
+A node whose backward raises never reaches its post-hook: the scope it left open is closed by
+:func:`close_left_scopes` (at the next forward of our dense path or of a module under :func:`on_one_thread`
+on that thread). Nothing here imports torch.
 """
 from __future__ import annotations
 
 import threading
 
-from ..runtime.threads import one_thread_here
+from .threads import one_thread_here
 
-__all__ = ["on_one_thread", "close_left_scopes", "MAX_NODES"]
+__all__ = ["on_one_thread", "backward_on_one_thread", "close_left_scopes", "MAX_NODES"]
 
 #: the most nodes a call may record for its backward to be hooked: oneDNN's LSTM and our fused GRU
 #: record a few per layer-direction; torch's recurrences made of one op per gate and step (float64
@@ -35,30 +39,53 @@ def _scopes() -> list:
 
 
 def close_left_scopes() -> int:
-    """Closes the one-thread scopes this thread's hooks left open (a hooked backward that raised);
-    returns how many."""
-    scopes = _scopes()
-    n = len(scopes)
-    while scopes:
-        scopes.pop().__exit__(None, None, None)
+    """Closes the one-thread scopes this thread's backward hooks left open (a hooked backward that raised:
+    its post-hook never ran); returns how many. Inside a backward pass (a forward recomputed by a
+    checkpoint, a hook) it closes none: the scope of a node still running is not left open."""
+    if _in_backward():
+        return 0
+    scopes, n = _scopes(), 0
+    while scopes and scopes[-1][0] == "backward":
+        scopes.pop()[1].__exit__(None, None, None)
+        n += 1
     return n
 
 
-def _enter(grad_outputs):
+def _in_backward() -> bool:
+    import torch
+
+    task = getattr(torch._C, "_current_graph_task_id", None)  # -1 outside a backward pass
+    return task is not None and task() != -1
+
+
+def _push(kind: str) -> None:
     scope = one_thread_here()
     scope.__enter__()
-    _scopes().append(scope)
+    _scopes().append((kind, scope))
 
 
-def _leave(grad_inputs, grad_outputs):
+def _pop(kind: str) -> None:
+    """Leaves the innermost scope of this ``kind`` and any left open inside it."""
     scopes = _scopes()
-    if scopes:
-        scopes.pop().__exit__(None, None, None)
+    if any(k == kind for k, _ in scopes):
+        while True:
+            k, scope = scopes.pop()
+            scope.__exit__(None, None, None)
+            if k == kind:
+                return
+
+
+def _enter(*_):
+    _push("backward")
+
+
+def _leave(*_):
+    _pop("backward")
 
 
 def recorded_nodes(outputs, inputs) -> list | None:
-    """The autograd nodes between ``outputs`` and ``inputs`` (those of one call), or None if more than
-    :data:`MAX_NODES`."""
+    """The autograd nodes between ``outputs`` and ``inputs`` (tensors; those of one call), or None if more
+    than :data:`MAX_NODES`."""
     stop = {t.grad_fn for t in inputs if t is not None and t.grad_fn is not None}
     todo = [o.grad_fn for o in outputs if o is not None and o.grad_fn is not None]
     seen, nodes = set(), []
@@ -74,7 +101,7 @@ def recorded_nodes(outputs, inputs) -> list | None:
     return nodes
 
 
-def on_one_thread(outputs, inputs) -> bool:
+def backward_on_one_thread(outputs, inputs) -> bool:
     """Hooks the nodes recorded between ``outputs`` and ``inputs`` (tensors; None skipped) to run their
     backward on one thread. False (nothing hooked) where there are more than :data:`MAX_NODES`."""
     nodes = recorded_nodes(outputs, inputs)
@@ -84,3 +111,36 @@ def on_one_thread(outputs, inputs) -> bool:
         node.register_prehook(_enter)
         node.register_hook(_leave)
     return True
+
+
+def _tensors(obj) -> list:
+    """The tensors in ``obj`` (nested tuples, lists and dicts: a module's arguments, a PackedSequence)."""
+    if hasattr(obj, "grad_fn"):
+        return [obj]
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, (tuple, list)):
+        return [t for item in obj for t in _tensors(item)]
+    return []
+
+
+def on_one_thread(module):
+    """Runs ``module``'s forward, and the backward of the nodes it records, on one thread (the thread that
+    calls it; see the module's docstring): for a small recurrent module of torch's (``nn.LSTM``, ``nn.GRU``)
+    in a process whose torch threads sleep between parallel regions, where each of its many small regions
+    wakes a thread. Returns the hooks' handles (``.remove()`` each to undo). Only for small modules: a large
+    product wants every thread (our dense path's bounds: W_hh up to 2^21 entries, a training step's product
+    up to 11 x 2^19 multiply-adds)."""
+    import torch
+
+    def after(mod, args, kwargs, output):
+        _pop("forward")  # also when the forward raised: always_call
+        if output is not None and torch.is_grad_enabled():
+            backward_on_one_thread(_tensors(output), _tensors((args, kwargs)))
+
+    def before(mod, args, kwargs):
+        close_left_scopes()
+        _push("forward")
+
+    return (module.register_forward_pre_hook(before, with_kwargs=True),
+            module.register_forward_hook(after, with_kwargs=True, always_call=True))

@@ -362,7 +362,7 @@ def test_dense_path_backward_runs_on_one_thread_where_its_forward_did(mode, rng,
     and a second backward of a retained graph work; a node that raises leaves the scope open on this thread
     until the next forward of the dense path closes it; where the call records too many nodes (MAX_NODES)
     nothing is hooked."""
-    from sparse_engine.recurrent import one_thread_backward
+    from sparse_engine.runtime import one_thread
     monkeypatch.setattr(compute, "torch_waits_short", lambda: True)
     kw = dict(density=0.3, compute="dense", num_layers=2, bidirectional=True)
     m = se.nn.SparseLSTM(6, 8, **kw) if mode == "LSTM" else se.nn.SparseGRU(6, 8, **kw)
@@ -418,7 +418,7 @@ def test_dense_path_backward_runs_on_one_thread_where_its_forward_did(mode, rng,
             m(x0)
         assert torch.get_num_threads() == 2
 
-        monkeypatch.setattr(one_thread_backward, "MAX_NODES", 0)
+        monkeypatch.setattr(one_thread, "MAX_NODES", 0)
         seen, _ = grads()
         assert seen == [("recurrence", 2), ("input", 2)]
 
