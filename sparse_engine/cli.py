@@ -225,7 +225,8 @@ def run_handled(job, prog: str = PROG) -> int:
 
 def checked(rule, read=float):
     """An argparse ``type`` for a script's option: the text read with ``read``, then checked by a rule of
-    :mod:`sparse_engine.runs.validators` (``checked(valid.fraction)``, ``checked(valid.integer(1), int)``);
+    :mod:`sparse_engine.runs.validators` (``checked(validators.fraction)``,
+    ``checked(validators.integer(1), int)``);
     a bad value is argparse's one-line usage error in the rule's words (exit 2)."""
     def parse(text: str):
         try:

@@ -220,9 +220,8 @@ class _Entry:
         if buf.device.type != "cpu":
             return buf.detach()
         token = self.array.view()  # a new array object over the buffer's bytes
-        with outside_inference_mode():
-            alias = buf.detach()  # never requires a gradient: set_ needs no no_grad
-            alias.set_(torch.from_numpy(token).untyped_storage(), buf.storage_offset(), buf.shape, buf.stride())
+        alias = buf.detach()  # never requires a gradient: set_ needs no no_grad
+        alias.set_(torch.from_numpy(token).untyped_storage(), buf.storage_offset(), buf.shape, buf.stride())
         self.lent = weakref.ref(token)
         if self.written is not None:
             self.written = buf._version  # set_ moved the shared version counter, not the values

@@ -42,9 +42,9 @@ def close_left_scopes() -> int:
     """Closes the one-thread scopes this thread's backward hooks left open (a hooked backward that raised:
     its post-hook never ran); returns how many. Inside a backward pass (a forward recomputed by a
     checkpoint, a hook) it closes none: the scope of a node still running is not left open."""
-    if _in_backward():
-        return 0
     scopes, n = _scopes(), 0
+    if not scopes or scopes[-1][0] != "backward" or _in_backward():  # the common case first: none open
+        return 0
     while scopes and scopes[-1][0] == "backward":
         scopes.pop()[1].__exit__(None, None, None)
         n += 1
