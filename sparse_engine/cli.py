@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
+import re
 import sys
 from dataclasses import fields
 
@@ -67,7 +68,13 @@ class CommandError(Exception):
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with one-line errors: ``sparse-engine: error: ...`` and exit code 2, the usage
-    left to ``--help`` (named in the line)."""
+    left to ``--help`` (named in the line). A value that starts with a minus and a digit is a
+    value, not an option (``--memory-budget -1G`` reaches its check, which names what was expected;
+    argparse alone takes only plain negative numbers)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
 
     def error(self, message):
         raise CommandError(f"{message} (see '{self.prog} --help')", EXIT_USAGE)

@@ -174,7 +174,8 @@ class TrainConfig(_Checked):
         None, check=valid.size_or_none, metavar="SIZE", may_change=True,
         help="memory a training step (and an evaluation batch) may take, e.g. 16G or 512M: --recompute-every auto "
              "and --adam-state auto pick what fits (exact choices first, the plan is printed), and the run is refused "
-             "before it starts when the memory model (docs/memory.md) estimates more than any allowed choice "
+             "before it starts when the memory model (docs/memory.md) estimates more than any allowed choice; "
+             "layers small enough for the dense path are not estimated, and the plan line says so "
              "(default: the memory available now; on a GPU its free memory)")
 
 

@@ -87,6 +87,9 @@ def test_1_a_file_that_cannot_be_read_or_written(checkpoint, capsys, monkeypatch
     (["bench", "--n", "x"], ["argument --n: invalid int value: 'x'", "see 'sparse-engine bench --help'"]),
     (["train", "--memory-budget", "1K"], ["argument --memory-budget: ", "needs an estimated",
                                           "more than the budget of 1 KiB"]),
+    # a value that starts with a minus reaches its own check (argparse alone: "expected one argument")
+    (["train", "--memory-budget", "-1G"], ["argument --memory-budget: expected a size such as 16G", "got '-1G'"]),
+    (["train", "--lr", "-.5"], ["argument --lr: expected a finite number > 0, got -0.5"]),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) and v and v[0] in ("train", "analyze", "bench") else "")
 def test_2_bad_arguments(argv, words, checkpoint, capsys, monkeypatch, run_cli):
     if argv[1] == "--epochz":
