@@ -4,7 +4,8 @@ the bookkeeping (sorted CSR, optimizer state, the caller's per-entry state) afte
 An update is a ``keep`` mask (:func:`set_keep`, :func:`magnitude_keep`, ...) and one call of
 :func:`rewire`, which runs the operator ``torch.ops.sparse_engine.rewire`` once: compaction ->
 growth at empty positions of the compacted pattern (so an entry pruned in this update may be
-regrown, as in SET, RigL and sparselearning; it then starts afresh) -> merge -> remap of every
+regrown, as in SET, RigL and sparselearning; it then starts afresh, or with ``keep_regrown`` keeps
+its value and state, as RigL's and Selfish-RNN's code do) -> merge -> remap of every
 per-entry tensor (gradient, optimizer state, the controller's state) -> ``SparseWeight.set_pattern``.
 Growth is :class:`RandomGrowth`, :class:`GradientGrowth` (both run inside that call) or any
 callable ``grow(row_ptr, col_idx) -> (rows, cols)`` on the compacted pattern (then the compaction

@@ -201,39 +201,88 @@ def test_recorder_factors_give_the_dense_gradient():
 
 
 def test_rigl_update_drops_smallest_and_grows_largest_gradient():
+    """Algorithm 1 of RigL: an update iteration drops by |w| as the batch found them, grows at the
+    empty positions of largest |gradient| (a just-dropped one keeps its value, RigL's code's
+    reinit_when_same=False) and takes no gradient step; the other iterations step."""
     model = mlp()
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     ctl = RigL(model, opt, end_step=10, update_every=3, update_fraction=0.4, seed=0)
     ws = sparse_weights(model)
     x, y = data()
-    snapshots = {}
+    regrown = 0
     for t in range(1, 10):
         opt.zero_grad()
         nn.functional.cross_entropy(model(x[t::9]), y[t::9]).backward()
-        opt.step()
+        before = {n: (entry_keys(w), w.values.detach().numpy().copy()) for n, w in ws.items()}
+        biases = [p.detach().clone() for n, p in model.named_parameters() if n.endswith("bias")]
         if t % 3 == 0:
-            snapshots = {n: (entry_keys(w), w.values.detach().numpy().copy(), ctl.recorder.factors(w))
-                         for n, w in ws.items()}
+            factors = {n: ctl.recorder.factors(w) for n, w in ws.items()}
+            moments = {n: opt.state[w.values]["exp_avg"].clone() for n, w in ws.items()}
+        opt.step()
         ctl.step()
+        moved = [not torch.equal(b, p) for b, (n, p) in zip(biases, ((n, p) for n, p in model.named_parameters()
+                                                                    if n.endswith("bias")))]
+        assert any(moved) == (t % 3 != 0), t  # no gradient step on an update iteration, one otherwise
         if t % 3 == 0:
             f = 0.2 * (1 + math.cos(math.pi * t / 10))
             assert ctl.fraction(t) == pytest.approx(f)
             for n, w in ws.items():
-                k, v, (G, X) = snapshots[n]
+                k, v = before[n]
+                G, X = factors[n]
                 check_invariants(w, nnz=k.size)
                 n_upd = int(f * k.size)
-                kept = set(k[~smallest_reference(np.abs(v), n_upd)].tolist())
+                dropped = smallest_reference(np.abs(v), n_upd)
+                kept = set(k[~dropped].tolist())
                 after = set(entry_keys(w).tolist())
-                new = after - kept
-                assert kept <= after and len(new) == n_upd
+                grown = after - kept
+                assert kept <= after and len(grown) == n_upd
                 D = np.abs((G.double() @ X.double().t()).numpy()).reshape(-1)
                 empty = np.setdiff1d(np.arange(D.size), np.array(sorted(kept), dtype=np.int64))
                 # every grown position has |grad| >= every empty position not grown
-                not_grown = np.setdiff1d(empty, np.array(sorted(new), dtype=np.int64))
-                if new and not_grown.size:
-                    assert D[sorted(new)].min() >= D[not_grown].max() - 1e-6
-                assert all(value_by_key(w)[q] == 0 for q in new)
+                not_grown = np.setdiff1d(empty, np.array(sorted(grown), dtype=np.int64))
+                if grown and not_grown.size:
+                    assert D[sorted(grown)].min() >= D[not_grown].max() - 1e-6
+                old = dict(zip(k.tolist(), v.tolist()))
+                now = value_by_key(w)
+                for q in after:  # kept and regrown entries as they were, new ones at zero
+                    assert now[q] == old.get(q, 0.0), (n, q)
+                regrown += len(grown & set(k[dropped].tolist()))
+                m_old = dict(zip(k.tolist(), moments[n].tolist()))
+                m_now = dict(zip(entry_keys(w).tolist(), opt.state[w.values]["exp_avg"].tolist()))
+                assert all(m_now[q] == m_old.get(q, 0.0) for q in after)  # the state moves with its entry
+    assert regrown > 0  # the case the rule is about happened
     assert not ctl.recorder.armed  # no update at or after end_step
+
+
+@pytest.mark.parametrize("step_on_update", [False, True])
+def test_rigl_options_take_the_earlier_behaviour(step_on_update):
+    """reset_regrown=True starts a weight dropped and regrown in one update at zero; step_on_update=True
+    also takes the gradient step on an update iteration, before the update (both the behaviour before
+    they were options)."""
+    model = mlp(density=0.6)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ctl = RigL(model, opt, end_step=10, update_every=1, update_fraction=1.0, reset_regrown=True,
+               step_on_update=step_on_update, seed=0)
+    x, y = data()
+    ws = list(sparse_weights(model).values())
+    nn.functional.cross_entropy(model(x), y).backward()
+    bias = model[-1].bias.detach().clone()
+    if not step_on_update:  # the update runs inside opt.step(), on the weights as the batch found them
+        before = [(entry_keys(w), w.values.detach().numpy().copy()) for w in ws]
+    opt.step()
+    if step_on_update:  # the update runs in ctl.step(), on the stepped weights
+        before = [(entry_keys(w), w.values.detach().numpy().copy()) for w in ws]
+    ctl.step()
+    assert torch.equal(bias, model[-1].bias) != step_on_update
+    regrown = 0
+    for w, (k, v) in zip(ws, before):
+        now = value_by_key(w)
+        dropped = smallest_reference(np.abs(v), int(ctl.fraction(1) * k.size))
+        back = [q for q in k[dropped].tolist() if q in now]
+        regrown += len(back)
+        assert all(now[q] == 0 for q in back)
+        assert all(now[q] == x for q, x in zip(k[~dropped].tolist(), v[~dropped].tolist()))
+    assert regrown > 0
 
 
 def test_rigl_needs_gradient_factors():
@@ -729,3 +778,92 @@ def test_selfish_rnn_nonmono_zero_compares_with_every_earlier_loss():
     assert not ctl.averager.active
     ctl.end_epoch(val_loss=1.5)  # worse than the best so far
     assert ctl.averager.active
+
+
+def test_set_epsilon_resume_order_is_checked():
+    """SET(epsilon=...) draws new weights when built: built before the model's state is loaded, a
+    resume is exact; built after it (the weights just loaded replaced), load_state_dict says so."""
+    def build():
+        model = mlp()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        return model, opt
+    model, opt = build()
+    ctl = SET(model, opt, zeta=0.3, epsilon=2, seed=0)
+    x, y = data()
+    for t in range(4):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x[t::4]), y[t::4]).backward()
+        opt.step()
+        ctl.step()
+        ctl.end_epoch()
+    saved = (model.state_dict(), opt.state_dict(), ctl.state_dict())
+    model2, opt2 = build()
+    ctl2 = SET(model2, opt2, zeta=0.3, epsilon=2, seed=0)
+    for part, state in zip((model2, opt2, ctl2), saved):
+        part.load_state_dict(state)
+    for a, b in zip(sparse_weights(model).values(), sparse_weights(model2).values()):
+        assert_bit_equal(a.values.detach(), b.values.detach())
+    model3, opt3 = build()
+    model3.load_state_dict(saved[0])
+    ctl3 = SET(model3, opt3, zeta=0.3, epsilon=2, seed=0)
+    opt3.load_state_dict(saved[1])
+    with pytest.raises(ValueError, match=r"re-drew the weights .* build the controller first"):
+        ctl3.load_state_dict(saved[2])
+
+
+def test_deepr_state_with_a_device_it_no_longer_uses_loads():
+    """A DeepR state saved with a GPU's noise generator loads where the weights are on the CPU (the
+    GPU's generator is left out; before, torch.Generator(device='cuda:0') failed without CUDA)."""
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    state = DeepR(model, opt, l1=1e-3, temperature=1e-3).state_dict()
+    state["device_generators"] = {"cuda:0": torch.Generator().get_state(), "meta": torch.Generator().get_state()}
+    ctl = DeepR(model, opt, l1=1e-3, temperature=1e-3)
+    ctl.load_state_dict(state)
+    assert ctl._device_generators == {}
+
+
+def test_sparse_ntasgd_averages_bfloat16_weights_in_float32():
+    """bfloat16 weights drifting over 600 steps: their averages land within bfloat16's rounding of the
+    float64 mean (kept in bfloat16, they stopped moving once mu (w - ax) fell under half its spacing:
+    a mean error of 0.16 at 2,000 steps)."""
+    torch.manual_seed(0)
+    lin = SparseLinear(50, 40, density=0.5, dtype=torch.bfloat16)
+    avg = SparseNTASGD({"w": lin.weight})
+    avg.start()
+    w, g = lin.weight, torch.Generator().manual_seed(1)
+    base = w.values.detach().double()
+    total, n = torch.zeros(w.nnz, dtype=torch.float64), 0
+    for t in range(600):
+        with torch.no_grad():
+            w.values.copy_(base + 0.5 * t / 600 + 0.05 * torch.randn(w.nnz, generator=g, dtype=torch.float64))
+        avg.update()
+        if t >= 1:  # the average runs over the weight's steps from its second (mu = 1 at counts 1 and 2)
+            total += w.values.detach().double()
+            n += 1
+    err = (avg.averages("w").double() - total / n).abs()
+    assert avg.averages("w").dtype == torch.bfloat16
+    assert err.mean() < 2e-3 and err.max() < 2 ** -6
+
+
+@pytest.mark.parametrize("threshold, after", [(1e-6, 2e-6), (10.0, 5.0), (None, None)])
+def test_selfish_threshold_death_follows_the_death_rate_as_the_code(threshold, after):
+    """death="threshold" removes |w| <= threshold, then doubles the threshold when the removals fell
+    short of ceil(p nnz) summed over the layers by more than 2%, halves it past 2% over (the code's
+    truncate_weights); None: a threshold that removes exactly that many keeps its value."""
+    model = mlp()
+    ctl = SelfishRNN(model, None, total_steps=100, death="threshold", threshold=1.0, seed=0)
+    ws = sparse_weights(model)
+    p = ctl.death_rate
+    expected = sum(math.ceil(p * w.nnz) for w in ws.values())
+    v = torch.cat([w.values.detach().abs() for w in ws.values()]).sort().values
+    if threshold is None:  # between the expected-th and the next smallest |w|
+        threshold = after = float((v[expected - 1] + v[expected]) / 2)
+    ctl.threshold = threshold
+    before = {n: value_by_key(w) for n, w in ws.items()}
+    ctl.end_epoch()
+    assert ctl.threshold == pytest.approx(after)
+    for n, w in ws.items():  # those above the threshold kept (the rest gone, or regrown keeping theirs)
+        now = value_by_key(w)
+        assert all(now[q] == x for q, x in before[n].items() if abs(x) > threshold)
+        assert w.nnz == len(before[n])  # each layer regrows what it lost (redistribution "none")

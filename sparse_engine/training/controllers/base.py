@@ -23,13 +23,16 @@ Resuming: ``ctl.state_dict()`` holds everything a controller needs to continue b
 Selfish-RNN's averages). Save it with the model's and the optimizer's between training steps,
 after ``ctl.step()`` or ``ctl.end_epoch()`` (with Selfish-RNN's growth by gradient not between an
 epoch's last step and ``end_epoch()``: that growth uses the last batch's gradient factors, which
-are not saved). Load it into a controller built the same way on the reloaded model:
-``model.load_state_dict(...)``, ``optimizer.load_state_dict(...)``, ``ctl.load_state_dict(...)``.
+are not saved). To resume, build the model, the optimizer and the controller the same way, then
+load their states: ``model.load_state_dict(...)``, ``optimizer.load_state_dict(...)``,
+``ctl.load_state_dict(...)`` (in that order, after the controller is built: ``SET(epsilon=...)``
+draws new weights when built, and the model's state replaces them).
 As for torch's LR schedulers, the saved schedule options win over the new controller's.
 """
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Callable, Iterable
 
 import torch
@@ -44,6 +47,10 @@ from ..topology import (INIT_CHOICES, GradientGrowth, RandomGrowth, Remap, _Prob
 __all__ = ["TopologyController", "Callback"]
 
 Callback = Callable[[int, dict], None]
+
+#: exact growth by gradient warns (once) above this many times ``max_flops`` an update (2^34: about
+#: a second on two CPU cores)
+EXACT_GROWTH_WARN_FACTOR = 16
 
 
 def check_rewire_every(value) -> str | int:
@@ -178,17 +185,33 @@ class TopologyController:
             options = dict(self.grad_options, method=method)
         else:
             (G, X), reduce, options = self.recorder.factors(weight), None, self.grad_options
+        self._warn_exact_cost(weight, X, options)
         seed = self._seed()
         if shard is None:
             return GradientGrowth(G, X, n, seed=seed, reduce_grads=reduce, **options)
         return lambda row_ptr, col_idx: sharded_gradient_growth(shard, row_ptr, col_idx, G, X, n, seed=seed,
                                                                 reduce_grads=reduce, **options)
 
+    def _warn_exact_cost(self, weight: SparseWeight, X: torch.Tensor, options: dict) -> None:
+        """Once per controller: a warning where exact growth by gradient (the paper's) costs more than
+        :data:`EXACT_GROWTH_WARN_FACTOR` times ``max_flops`` an update, naming the sampled option."""
+        if options["method"] != "exact" or getattr(self, "_warned_exact", False):
+            return
+        cost = weight.shape[0] * weight.shape[1] * max(X.shape[1], 1)
+        if cost > EXACT_GROWTH_WARN_FACTOR * options["max_flops"]:
+            self._warned_exact = True
+            warnings.warn(f"{type(self).__name__}: exact growth by gradient on a {weight.shape[0]} x {weight.shape[1]} "
+                          f"weight takes {cost:.2g} multiply-adds an update (rows x cols x batch columns; about "
+                          f"{cost / 2**34:.0f} s on two CPU cores); grad_method='auto' samples candidates above "
+                          "max_flops instead (an approximation: docs/papers.md)", stacklevel=3)
+
     def _set_grad_options(self, method: str, max_flops: float, sample_factor: int) -> None:
         if method not in ("auto", "exact", "sample"):
             raise ValueError(f"grad_method must be 'auto', 'exact' or 'sample', got {method!r}")
-        if not (isinstance(sample_factor, int) and sample_factor >= 1):
+        if isinstance(sample_factor, bool) or not (isinstance(sample_factor, int) and sample_factor >= 1):
             raise ValueError(f"sample_factor must be an int >= 1, got {sample_factor!r}")
+        if isinstance(max_flops, bool) or not isinstance(max_flops, (int, float)) or not max_flops > 0:
+            raise ValueError(f"max_flops must be a number > 0, got {max_flops!r}")
         self.grad_options = dict(method=method, max_flops=max_flops, sample_factor=sample_factor)
 
     def _rewire(self, name: str, keep: torch.Tensor, grow=None, values=None, keep_regrown: bool = False) -> Remap:

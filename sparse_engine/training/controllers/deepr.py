@@ -91,7 +91,10 @@ class DeepR(TopologyController):
         self._dead_keys = self._on_device(state["dead_keys"])
         self._dead_sign = self._on_device(state["dead_sign"])
         self._device_generators = {}
+        here = {w.values.device for w in self.weights.values()}
         for d, g_state in state["device_generators"].items():
+            if torch.device(d) not in here:  # a run moved off that device (a GPU checkpoint on the CPU):
+                continue                     # the noise is drawn by the generator of where it is now
             g = torch.Generator(device=torch.device(d))
             g.set_state(g_state)
             self._device_generators[torch.device(d)] = g

@@ -15,7 +15,7 @@ import torch
 
 from ..compact_adam import CompactAdam
 from ..schedules import cosine_decay
-from ..topology import Remap, magnitude_keep, threshold_keep
+from ..topology import Remap, magnitude_keep
 from .base import Callback, TopologyController
 
 __all__ = ["SelfishRNN", "SparseNTASGD", "redistribute", "selfish_set_keep"]
@@ -84,11 +84,23 @@ def redistribute(total: int, scores: list[float], caps: list[int]) -> list[int]:
     return alloc
 
 
+def _average_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype NT-ASGD averages weights of ``dtype`` in: float32 for 2-byte weights, else their own."""
+    return torch.float32 if dtype.itemsize < 4 else dtype
+
+
+#: death "threshold": how far the removals may stray from the death rate's count before the
+#: threshold doubles or halves (the code's ``self.tolerance``)
+THRESHOLD_TOLERANCE = 0.02
+
+
 class SparseNTASGD:
     """Sparse NT-ASGD averaging (Selfish-RNN): each weight keeps its own step counter, which
     restarts when the weight is (re)born, and its average over its current lifetime:
     counter += 1; mu = 1/(counter - 1) once counter >= 3, else 1 (copy); ax += mu (w - ax).
-    Averages of removed weights are dropped; new ones start with counter 0."""
+    Averages of removed weights are dropped; new ones start with counter 0. The averages of 2-byte
+    weights are kept in float32: in bfloat16 an average stops moving once mu (w - ax) is under half
+    its spacing (after a few hundred steps), a sum the code's float32 weights never round away."""
 
     def __init__(self, weights: dict):
         self.weights = weights
@@ -101,7 +113,7 @@ class SparseNTASGD:
             return
         self.active = True
         for name, w in self.weights.items():
-            self.ax[name] = w.values.detach().clone()
+            self.ax[name] = w.values.detach().to(_average_dtype(w.values.dtype), copy=True)
             self.count[name] = torch.zeros(w.nnz, dtype=torch.int64, device=w.values.device)
 
     @torch.no_grad()
@@ -111,8 +123,9 @@ class SparseNTASGD:
         for name, w in self.weights.items():
             c = self.count[name]
             c += 1
-            mu = torch.where(c >= 3, 1.0 / (c - 1).clamp(min=1).to(w.values.dtype), torch.ones_like(w.values))
-            self.ax[name] += mu * (w.values.detach() - self.ax[name])
+            ax = self.ax[name]
+            mu = torch.where(c >= 3, 1.0 / (c - 1).clamp(min=1).to(ax.dtype), torch.ones_like(ax))
+            ax += mu * (w.values.detach().to(ax.dtype) - ax)
 
     def state_dict(self) -> dict:
         """``active``, and the averages ``ax`` and per-weight counters ``count`` (name -> tensor)."""
@@ -122,7 +135,7 @@ class SparseNTASGD:
     def load_state_dict(self, state: dict) -> None:
         device = {n: w.values.device for n, w in self.weights.items()}
         self.active = bool(state["active"])
-        self.ax = {n: t.clone().to(device[n]) for n, t in state["ax"].items()}
+        self.ax = {n: t.to(device[n], _average_dtype(t.dtype), copy=True) for n, t in state["ax"].items()}
         self.count = {n: t.clone().to(device[n]) for n, t in state["count"].items()}
 
     def remap(self, name: str, remap: Remap) -> None:
@@ -133,7 +146,7 @@ class SparseNTASGD:
     def averages(self, name: str) -> torch.Tensor:
         """The averaged values (the current value where a weight has no average yet)."""
         w = self.weights[name]
-        return torch.where(self.count[name] > 0, self.ax[name], w.values.detach())
+        return torch.where(self.count[name] > 0, self.ax[name].to(w.values.dtype), w.values.detach())
 
     @contextmanager
     def averaged(self):
@@ -163,7 +176,9 @@ class SelfishRNN(TopologyController):
     * once per epoch (``end_epoch``) each layer loses weights by ``death``: "magnitude"
       (ceil(p_t nnz) smallest |w|), "SET" (:func:`selfish_set_keep`: ceil(p_t nnz) removals
       split evenly over the signs; ``set_negatives`` "most_negative" as the code, or
-      "nearest_zero", SET's rule) or "threshold" (|w| < ``threshold``);
+      "nearest_zero", SET's rule) or "threshold" (|w| <= ``threshold``, the threshold then doubled
+      or halved for the next update when the removals strayed more than 2% from ceil(p_t nnz)
+      summed over the layers, as the code);
     * the removed total is regrown across layers by ``redistribution``: "none" (each layer its
       own), "magnitude" (mean |w|), "nonzeros" (the count of |w| > ``threshold``, as the code),
       "momentum" (mean over the layer's weights of the momentum magnitude as the code reads it:
@@ -206,7 +221,7 @@ class SelfishRNN(TopologyController):
                  redistribution: str = "none", threshold: float = 1e-3, nt_asgd: bool = True, nonmono: int = 5,
                  set_negatives: str = "most_negative", reset_regrown: bool = False,
                  dense_momentum_max_bytes: int = 2 ** 30, init="zero", init_scale: float = 0.1,
-                 grad_method: str = "auto", max_flops: float = 2.0 ** 34, sample_factor: int = 8, seed: int = 0,
+                 grad_method: str = "exact", max_flops: float = 2.0 ** 34, sample_factor: int = 8, seed: int = 0,
                  callbacks: Iterable[Callback] = ()):
         super().__init__(model, optimizer, seed=seed, callbacks=callbacks, init=init, init_scale=init_scale)
         if set_negatives not in SET_NEGATIVES:
@@ -353,13 +368,15 @@ class SelfishRNN(TopologyController):
             elif self.death == "SET":
                 keep = (selfish_set_keep(w.values, p, self.set_negatives) if shard is None
                         else shard.selfish_set_keep(w, p, self.set_negatives))
-            else:
-                keep = threshold_keep(w.values, self.threshold)
+            else:  # the code's threshold_death: |w| > threshold survive
+                keep = w.values.detach().abs() > self.threshold
             gone = w.nnz - int(keep.sum())
             keeps[name], removed[name] = keep, gone if shard is None else shard.total(gone)
             rows = w.shape[0] if shard is None else shard.n_rows
             caps[name] = rows * w.shape[1] - nnz + removed[name]
         names = list(self.weights)
+        if self.death == "threshold":  # the code: the next epoch's threshold from this one's removals
+            self._adapt_threshold(sum(removed.values()), sum(math.ceil(p * nnzs[n]) for n in names))
         if scores is None:
             grow = [removed[n] for n in names]
         else:
@@ -379,6 +396,15 @@ class SelfishRNN(TopologyController):
             if self.growth == "momentum" and self._momentum_kind == "adam":
                 self._adam_state_from_dense(name, w, remap)
         self._notify()
+
+    def _adapt_threshold(self, removed: int, expected: int) -> None:
+        """The code's rule (``truncate_weights``): the threshold doubles when an update removed fewer
+        than (1 - tolerance) of the death rate's count, halves when it removed more than (1 +
+        tolerance) of it (tolerance :data:`THRESHOLD_TOLERANCE`)."""
+        if removed < (1.0 - THRESHOLD_TOLERANCE) * expected:
+            self.threshold *= 2.0
+        elif removed > (1.0 + THRESHOLD_TOLERANCE) * expected:
+            self.threshold *= 0.5
 
     def _momentum_grow(self, name: str, w, keep: torch.Tensor, n: int):
         """The n empty positions (after death) of largest momentum magnitude (see the class doc)."""

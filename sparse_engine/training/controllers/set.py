@@ -20,7 +20,8 @@ class SET(TopologyController):
 
     ``epsilon``: None keeps the model's topology (SparseLinear is Erdos-Renyi with SET's
     epsilon=20 by default); a number re-draws every sparse weight as Erdos-Renyi(epsilon) with
-    fresh values at construction (do it before the optimizer has state).
+    fresh values at construction (do it before the optimizer has state; to resume, build the
+    controller before loading the model's state, which load_state_dict checks).
     ``init``: value of new weights, "zero" by default (Keras SET, Selfish-RNN); "normal" with
     init_scale=0.1 is the scipy SET code; "he_uniform"/"xavier_uniform" later SET code.
     ``rewire_every``: "epoch" (SET) or a number of optimizer steps (Zhang et al.'s MNIST script
@@ -40,6 +41,15 @@ class SET(TopologyController):
                 vals = _init.default_values(nnz, rows, w.values.dtype, self.generator)
                 dev = w.values.device
                 w.set_pattern(rp.to(dev), ci.to(dev), vals.to(dev), validate=False)
+        # what it drew, to tell a resume that loaded the model's state before building the controller
+        self._drawn = {n: (id(w.values), w.values._version) for n, w in self.weights.items()} if epsilon else {}
+
+    def _load_own_state(self, state: dict) -> None:
+        if self._drawn and all((id(w.values), w.values._version) == self._drawn[n] for n, w in self.weights.items()):
+            raise ValueError("SET(epsilon=...) re-drew the weights when it was built, after the model's state was "
+                             "loaded: build the controller first, then load the model's, the optimizer's and the "
+                             "controller's states")
+        self._drawn = {}
 
     def _update(self) -> None:
         for name, w in self.weights.items():
