@@ -15,7 +15,7 @@ from ..data.tasks import TASK_DATA, TASKS, task_data_problem
 from ..kernels import HAS_CUDA_KERNELS
 from ..memory import OPTIMIZERS as MEMORY_OPTIMIZERS  # what bench --memory predicts for
 from ..models import MODELS
-from ..training.recipes import ALGORITHMS, RECIPES, get_recipe
+from ..training.recipes import ALGORITHMS, GMP_FINAL_DENSITY, RECIPES, get_recipe
 from . import validators as valid
 from .options import check_value, hidden_sizes, option, recompute_interval, shared_option
 
@@ -306,6 +306,9 @@ def _train_combinations(cfg):
     if cfg.recipe is not None and cfg.algorithm != RECIPES[cfg.recipe].train["algorithm"]:
         return "algorithm", (f"recipe {cfg.recipe!r} trains with {RECIPES[cfg.recipe].train['algorithm']!r}, "
                              f"got {cfg.algorithm!r}")
+    if cfg.algorithm == "gmp" and cfg.model != "mlp" and cfg.density <= GMP_FINAL_DENSITY:
+        return "density", (f"--algorithm gmp prunes to density {GMP_FINAL_DENSITY}: the model must start denser, "
+                           f"got --density {cfg.density}")
     if cfg.checkpoint_every and cfg.save is None and cfg.resume is None:
         return "checkpoint_every", "needs a checkpoint to write to: save or resume (--save PATH or --resume PATH)"
     return None

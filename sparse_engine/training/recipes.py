@@ -18,6 +18,10 @@ import torch
 ALGORITHMS = ("none", "set", "gmp", "deepr", "selfish", "rigl")
 
 
+#: the density ``--algorithm gmp`` prunes each sparse matrix to
+GMP_FINAL_DENSITY = 0.05
+
+
 def make_controller(name: str, model, opt, steps: int, seed: int, callbacks):
     """The controller for algorithm ``name`` (None for ``"none"``) over ``steps`` optimizer
     steps in all; schedules that end or update periodically are set from ``steps``."""
@@ -28,7 +32,7 @@ def make_controller(name: str, model, opt, steps: int, seed: int, callbacks):
     if name == "set":
         return SET(model, opt, zeta=0.3, seed=seed, callbacks=callbacks)
     if name == "gmp":
-        return GradualMagnitudePruning(model, opt, final_density=0.05, end_step=max(2, int(0.75 * steps)),
+        return GradualMagnitudePruning(model, opt, final_density=GMP_FINAL_DENSITY, end_step=max(2, int(0.75 * steps)),
                                        frequency=max(1, steps // 20), seed=seed, callbacks=callbacks)
     if name == "deepr":
         return DeepR(model, opt, l1=1e-5, temperature=1e-5, seed=seed, callbacks=callbacks)

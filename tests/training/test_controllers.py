@@ -2,6 +2,7 @@
 against independent references, schedules against their formulas, determinism, callbacks,
 and a short end-to-end run per algorithm where the loss falls."""
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -867,3 +868,49 @@ def test_selfish_threshold_death_follows_the_death_rate_as_the_code(threshold, a
         now = value_by_key(w)
         assert all(now[q] == x for q, x in before[n].items() if abs(x) > threshold)
         assert w.nnz == len(before[n])  # each layer regrows what it lost (redistribution "none")
+
+
+@pytest.mark.parametrize("build, name", [
+    (lambda m, o: SET(m, o, zeta="0.3"), "zeta"),
+    (lambda m, o: SET(m, o, seed=1.7), "seed"),
+    (lambda m, o: SET(m, o, init="normal", init_scale=float("nan")), "init_scale"),
+    (lambda m, o: SET(m, o, init="normal", init_scale=-1.0), "init_scale"),
+    (lambda m, o: RigL(m, o, end_step=True), "end_step"),
+    (lambda m, o: RigL(m, o, end_step=10, update_fraction="0.3"), "update_fraction"),
+    (lambda m, o: RigL(m, o, end_step=10, max_flops=float("nan")), "max_flops"),
+    (lambda m, o: SelfishRNN(m, o, total_steps=True), "total_steps"),
+    (lambda m, o: SelfishRNN(m, o, total_steps=10, death="threshold", threshold=float("nan")), "threshold"),
+    (lambda m, o: SelfishRNN(m, o, total_steps=10, death="threshold", threshold=-1.0), "threshold"),
+    (lambda m, o: SelfishRNN(m, o, total_steps=10, nonmono=True), "nonmono"),
+    (lambda m, o: SelfishRNN(m, None, total_steps=10, redistribution="momentum"), "redistribution"),
+    (lambda m, o: GradualMagnitudePruning(m, o, final_density=0.1, end_step=10, start_step=2.5), "start_step"),
+    (lambda m, o: GradualMagnitudePruning(m, o, final_density=0.1, end_step=10.5), "end_step"),
+    (lambda m, o: GradualMagnitudePruning(m, o, final_density=0.1, end_step=10, ramp_step=5), "ramp_step"),
+    (lambda m, o: GradualMagnitudePruning(m, o, final_density=0.9, end_step=10), "final_density"),
+])
+def test_controller_arguments_are_checked_when_built(build, name):
+    """A wrong argument is a ValueError naming it when the controller is built (before: a float
+    step, a NaN scale or a threshold were taken and gave wrong numbers later, a string a TypeError)."""
+    model = mlp()
+    opt = torch.optim.Adam(model.parameters())
+    with pytest.raises(ValueError, match=name):
+        build(model, opt)
+
+
+def test_rigl_exact_growth_warns_once_where_an_update_is_costly():
+    """grad_method="exact" (the paper's, the default) warns once where an update costs more than
+    16 x max_flops multiply-adds, naming the sampled option; "auto" samples there and says nothing."""
+    x, y = data()
+    for method, warns in (("exact", 1), ("auto", 0)):
+        model = mlp()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        ctl = RigL(model, opt, end_step=100, update_every=1, grad_method=method, max_flops=1.0, seed=0)
+        with warnings.catch_warnings(record=True) as got:
+            warnings.simplefilter("always")
+            for t in range(3):
+                opt.zero_grad()
+                nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+                ctl.step()
+        said = [w for w in got if "grad_method='auto'" in str(w.message)]
+        assert len(said) == warns, [str(w.message) for w in got]

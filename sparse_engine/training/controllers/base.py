@@ -32,6 +32,7 @@ As for torch's LR schedulers, the saved schedule options win over the new contro
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from typing import Callable, Iterable
 
@@ -51,6 +52,23 @@ Callback = Callable[[int, dict], None]
 #: exact growth by gradient warns (once) above this many times ``max_flops`` an update (2^34: about
 #: a second on two CPU cores)
 EXACT_GROWTH_WARN_FACTOR = 16
+
+
+def check_int(name: str, value, least: int | None = 0) -> int:
+    """``value``, or ValueError naming ``name`` unless it is an int (not a bool) >= ``least``."""
+    if isinstance(value, bool) or not isinstance(value, int) or (least is not None and value < least):
+        raise ValueError(f"{name} must be an int{'' if least is None else f' >= {least}'}, got {value!r}")
+    return value
+
+
+def check_number(name: str, value, low: float = 0.0, high: float = math.inf) -> float:
+    """``float(value)``, or ValueError naming ``name`` unless it is a real number (not a bool) in
+    [low, high] (NaN never is; ``high`` inf: finite numbers >= low)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high \
+            or value == math.inf:
+        within = f"in [{low:g}, {high:g}]" if high < math.inf else f"a finite number >= {low:g}"
+        raise ValueError(f"{name} must be {'a number ' if high < math.inf else ''}{within}, got {value!r}")
+    return float(value)
 
 
 def check_rewire_every(value) -> str | int:
@@ -91,8 +109,8 @@ class TopologyController:
         if not (callable(init) or init in INIT_CHOICES):
             raise ValueError(f"init must be one of {INIT_CHOICES} or a callable, got {init!r}")
         self.model, self.optimizer = model, optimizer
-        self.init, self.init_scale = init, float(init_scale)
-        self.generator = torch.Generator().manual_seed(int(seed))
+        self.init, self.init_scale = init, check_number("init_scale", init_scale)
+        self.generator = torch.Generator().manual_seed(check_int("seed", seed, least=None))
         self.step_count = 0
         self.epoch = 0
         self.recorder: GradFactorRecorder | None = None
@@ -208,10 +226,9 @@ class TopologyController:
     def _set_grad_options(self, method: str, max_flops: float, sample_factor: int) -> None:
         if method not in ("auto", "exact", "sample"):
             raise ValueError(f"grad_method must be 'auto', 'exact' or 'sample', got {method!r}")
-        if isinstance(sample_factor, bool) or not (isinstance(sample_factor, int) and sample_factor >= 1):
-            raise ValueError(f"sample_factor must be an int >= 1, got {sample_factor!r}")
-        if isinstance(max_flops, bool) or not isinstance(max_flops, (int, float)) or not max_flops > 0:
-            raise ValueError(f"max_flops must be a number > 0, got {max_flops!r}")
+        check_int("sample_factor", sample_factor, 1)
+        if not check_number("max_flops", max_flops) > 0:
+            raise ValueError(f"max_flops must be a finite number > 0, got {max_flops!r}")
         self.grad_options = dict(method=method, max_flops=max_flops, sample_factor=sample_factor)
 
     def _rewire(self, name: str, keep: torch.Tensor, grow=None, values=None, keep_regrown: bool = False) -> Remap:

@@ -10,7 +10,7 @@ import torch
 from ...sparse import SparseWeight
 from ..schedules import cubic_density, narang_threshold
 from ..topology import global_magnitude_keep, magnitude_keep, threshold_keep
-from .base import Callback, TopologyController
+from .base import Callback, TopologyController, check_int, check_number
 
 __all__ = ["GradualMagnitudePruning"]
 
@@ -50,10 +50,10 @@ class GradualMagnitudePruning(TopologyController):
                  ramp_step: int | None = None, q=None, requantile: bool = False, scope: str = "layer",
                  seed: int = 0, callbacks: Iterable[Callback] = ()):
         super().__init__(model, optimizer, seed=seed, callbacks=callbacks)
-        if not 0.0 <= final_density <= 1.0:
-            raise ValueError(f"final_density must be in [0, 1], got {final_density}")
-        if not (isinstance(frequency, int) and frequency > 0):
-            raise ValueError(f"frequency must be a positive int, got {frequency!r}")
+        check_number("final_density", final_density, 0.0, 1.0)
+        check_int("frequency", frequency, 1)
+        check_int("start_step", start_step, 0)
+        check_int("end_step", end_step, 1)
         if not end_step > start_step >= 0:
             raise ValueError(f"need end_step > start_step >= 0, got {start_step}, {end_step}")
         if schedule not in ("cubic", "narang"):
@@ -71,8 +71,12 @@ class GradualMagnitudePruning(TopologyController):
                 raise ValueError(f"schedule='narang' needs start_step < ramp_step <= end_step, got {ramp_step}")
             self.ramp_step, self.requantile = ramp_step, bool(requantile)
             self.q = self._given_q(q)
-        elif q is not None or requantile:
-            raise ValueError("q and requantile belong to schedule='narang'")
+        elif q is not None or requantile or ramp_step is not None:
+            raise ValueError("ramp_step, q and requantile belong to schedule='narang'")
+        if initial_density is None and all(w.density <= final_density for w in self.weights.values()):
+            raise ValueError(f"final_density {final_density} is not below the density of any sparse weight "
+                             f"({', '.join(f'{n} {w.density:.4g}' for n, w in self.weights.items())}): gradual "
+                             "pruning only removes weights")
         self.reached: dict[str, float] = {}
 
     def _given_q(self, q) -> dict | None:

@@ -5,7 +5,7 @@ from typing import Iterable
 
 from ..schedules import cosine_decay
 from ..topology import magnitude_keep
-from .base import Callback, TopologyController
+from .base import Callback, TopologyController, check_int, check_number
 
 __all__ = ["RigL"]
 
@@ -46,12 +46,9 @@ class RigL(TopologyController):
                  callbacks: Iterable[Callback] = ()):
         super().__init__(model, optimizer, seed=seed, callbacks=callbacks, init=init, init_scale=init_scale)
         self._set_grad_options(grad_method, max_flops, sample_factor)
-        if isinstance(update_fraction, bool) or not isinstance(update_fraction, (int, float)) \
-                or not 0.0 <= update_fraction <= 1.0:
-            raise ValueError(f"update_fraction must be a number in [0, 1], got {update_fraction!r}")
-        for name, v in (("update_every", update_every), ("end_step", end_step)):
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        check_number("update_fraction", update_fraction, 0.0, 1.0)
+        check_int("update_every", update_every, 1)
+        check_int("end_step", end_step, 1)
         for name, v in (("reset_regrown", reset_regrown), ("step_on_update", step_on_update)):
             if not isinstance(v, bool):
                 raise ValueError(f"{name} must be True or False, got {v!r}")

@@ -16,7 +16,7 @@ import torch
 from ..compact_adam import CompactAdam
 from ..schedules import cosine_decay
 from ..topology import Remap, magnitude_keep
-from .base import Callback, TopologyController
+from .base import Callback, TopologyController, check_int, check_number
 
 __all__ = ["SelfishRNN", "SparseNTASGD", "redistribute", "selfish_set_keep"]
 
@@ -226,7 +226,7 @@ class SelfishRNN(TopologyController):
         super().__init__(model, optimizer, seed=seed, callbacks=callbacks, init=init, init_scale=init_scale)
         if set_negatives not in SET_NEGATIVES:
             raise ValueError(f"set_negatives must be one of {SET_NEGATIVES}, got {set_negatives!r}")
-        if not (isinstance(total_steps, int) and total_steps > 0):
+        if isinstance(total_steps, bool) or not (isinstance(total_steps, int) and total_steps > 0):
             raise ValueError(f"total_steps must be a positive int (all training batches), got {total_steps!r}")
         if not 0.0 <= death_rate_min <= death_rate <= 1.0:
             raise ValueError(f"need 0 <= death_rate_min <= death_rate <= 1, got {death_rate_min}, {death_rate}")
@@ -237,8 +237,11 @@ class SelfishRNN(TopologyController):
         if redistribution not in ("none", "magnitude", "nonzeros", "momentum"):
             raise ValueError(f"redistribution must be 'none', 'magnitude', 'nonzeros' or 'momentum', "
                              f"got {redistribution!r}")
-        if not (isinstance(nonmono, int) and nonmono >= 0):
-            raise ValueError(f"nonmono must be an int >= 0, got {nonmono!r}")
+        check_int("nonmono", nonmono, 0)
+        check_number("threshold", threshold)
+        if redistribution == "momentum" and optimizer is None:
+            raise ValueError("redistribution='momentum' reads the optimizer's momentum: give the optimizer "
+                             "(Adam/AdamW, or SGD with momentum > 0)")
         self.total_steps, self.death_rate0, self.death_rate_min = total_steps, float(death_rate), float(death_rate_min)
         self.death, self.growth, self.redistribution = death, growth, redistribution
         self.threshold, self.nt_asgd, self.nonmono = float(threshold), bool(nt_asgd), nonmono

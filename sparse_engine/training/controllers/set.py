@@ -5,7 +5,7 @@ from typing import Iterable
 
 from ... import init as _init
 from ..topology import set_keep
-from .base import Callback, TopologyController, check_rewire_every
+from .base import Callback, TopologyController, check_number, check_rewire_every
 
 __all__ = ["SET"]
 
@@ -30,9 +30,7 @@ class SET(TopologyController):
     def __init__(self, model, optimizer, zeta: float = 0.3, epsilon: float | None = None, *, init="zero",
                  init_scale: float = 0.1, rewire_every="epoch", seed: int = 0, callbacks: Iterable[Callback] = ()):
         super().__init__(model, optimizer, seed=seed, callbacks=callbacks, init=init, init_scale=init_scale)
-        if not 0.0 <= zeta <= 1.0:
-            raise ValueError(f"zeta must be in [0, 1], got {zeta}")
-        self.zeta, self.rewire_every = float(zeta), check_rewire_every(rewire_every)
+        self.zeta, self.rewire_every = check_number("zeta", zeta, 0.0, 1.0), check_rewire_every(rewire_every)
         if epsilon is not None:
             for w in self.weights.values():
                 rows, cols = w.shape
