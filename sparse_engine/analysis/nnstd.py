@@ -189,15 +189,22 @@ def nnstd(layers_a, layers_b, *, align_outputs: bool = False, average: str = "la
     return NNSTDResult(costs / neurons if neurons else 0.0, per_layer, matchings)
 
 
-def nnstd_matrix(networks, **options) -> np.ndarray:
+def nnstd_matrix(networks, layer: int | None = None, **options) -> np.ndarray:
     """The symmetric matrix of :func:`nnstd` distances between every two of ``networks`` (each a
     list of layer matrices), computed once per pair as ``nnstd(networks[i], networks[j])`` for
-    i < j (zero diagonal). ``options`` go to :func:`nnstd`. The NNSTD paper's heat map."""
+    i < j (zero diagonal): the distance (``average`` over the layers), or with ``layer`` that
+    layer's (its matching follows the earlier layers'). ``options`` go to :func:`nnstd`. The NNSTD
+    paper's heat maps (its Figure 4) are ``layer=0`` among the networks of one epoch."""
     networks = list(networks)
+    if layer is not None:
+        n_layers = min((len(n) for n in networks), default=0)
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n_layers:
+            raise ValueError(f"layer must be an int in [0, {n_layers}) (the networks' layers), got {layer!r}")
     D = np.zeros((len(networks), len(networks)))
     for i in range(len(networks)):
         for j in range(i + 1, len(networks)):
-            D[i, j] = D[j, i] = nnstd(networks[i], networks[j], **options).distance
+            got = nnstd(networks[i], networks[j], **options)
+            D[i, j] = D[j, i] = got.distance if layer is None else got.per_layer[layer]
     return D
 
 

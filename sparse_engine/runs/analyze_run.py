@@ -10,6 +10,8 @@ import warnings
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
+
 from .config import AnalyzeConfig, ConfigError, with_options
 from .rebuild import evaluate, load_run_task, run_recipe, sequence_model
 
@@ -114,8 +116,13 @@ def _analyze_nnstd(cfg, console) -> dict:
         if shape != shapes[0]:
             raise ValueError(f"{cfg.path}: network {label} has layers of shapes {shape} (out x in), network "
                              f"{labels[0]} {shapes[0]}: NNSTD compares networks of one architecture")
-    D = nnstd_matrix(networks)
-    t = Table(title=f"NNSTD between the {len(labels)} networks in {cfg.path} (mean over layers)")
+    layer = cfg.nnstd_layer
+    if layer is not None and layer >= len(shapes[0]):
+        raise ConfigError("nnstd_layer", f"the networks in {cfg.path} have {len(shapes[0])} layers (0 to "
+                                         f"{len(shapes[0]) - 1}), got {layer}")
+    D = nnstd_matrix(networks, layer=layer)
+    what = f"layer {layer}" if layer is not None else f"mean over the {len(shapes[0])} layers"
+    t = Table(title=f"NNSTD between the {len(labels)} networks in {cfg.path} ({what})")
     t.add_column("network", overflow="fold")  # long names wrap; the distances never lose digits to the width
     for i in range(len(labels)):
         t.add_column(str(i), justify="right", no_wrap=True, min_width=5)
@@ -123,9 +130,29 @@ def _analyze_nnstd(cfg, console) -> dict:
         t.add_row(f"{i}: {label}", *(f"{x:.3f}" for x in D[i]))
     console.print(t)
     if cfg.plot:
-        for path in plots.save(plots.nnstd_figure(D, labels), cfg.plot, "nnstd"):
-            console.print(f"figure: {path}")
+        groups = nnstd_groups(labels)
+        for group, members in groups.items():
+            idx = [labels.index(m) for m in members]
+            names = [m.split("/", 1)[0] for m in members] if group else members
+            title = f"NNSTD, {what}" + (f", {group}" if group else "")
+            figure = plots.nnstd_figure(D[np.ix_(idx, idx)], names, title=title)
+            for path in plots.save(figure, cfg.plot, f"nnstd_{group.replace('/', '_')}" if group else "nnstd"):
+                console.print(f"figure: {path}")
     return {"labels": labels, "distance": D}
+
+
+def nnstd_groups(labels: list[str]) -> dict[str, list[str]]:
+    """The heat maps of ``analyze FOLDER --plot``: networks stored as ``RUN/SNAPSHOT`` (the NNSTD
+    paper's ``e5_s0_w1/epoch_190``) compared within each snapshot, one map per snapshot, as the paper's
+    Figure 4 draws each epoch; otherwise one map of all (key "")."""
+    parts = [label.split("/", 1) for label in labels]
+    if all(len(p) == 2 for p in parts):
+        groups: dict[str, list[str]] = {}
+        for label, (_, snapshot) in zip(labels, parts):
+            groups.setdefault(snapshot, []).append(label)
+        if all(len(g) >= 2 for g in groups.values()):
+            return groups
+    return {"": list(labels)}
 
 
 LESION_KINDS = ("balanced", "unbalanced", "random", "edges")
@@ -198,9 +225,13 @@ def analyze(config: AnalyzeConfig | None = None, **options):
         "a recorded run" if is_balance_record(cfg.path) else None)
     if mode is not None:  # only --plot (and --seed) apply there: refuse the rest rather than ignore them
         for f in fields(AnalyzeConfig):
-            if f.name not in ("path", "plot", "seed") and getattr(cfg, f.name) != f.default:
+            allowed = ("path", "plot", "seed", "nnstd_layer") if mode == "a directory of networks" else (
+                "path", "plot", "seed")
+            if f.name not in allowed and getattr(cfg, f.name) != f.default:
                 raise ConfigError(f.name, f"does not apply to {mode} ({cfg.path})")
         return _analyze_nnstd(cfg, console) if Path(cfg.path).is_dir() else _analyze_record(cfg, console)
+    if cfg.nnstd_layer is not None:
+        raise ConfigError("nnstd_layer", f"applies to a directory of NNSTD networks, got {cfg.path}")
     if cfg.lesion and Path(cfg.path).suffix.lower() in (".csv", ".npz"):  # before the census, not after it
         raise ConfigError("lesion", f"needs a checkpoint written by sparse-engine train (its options rebuild the "
                                     f"model and its test set), got a matrix file ({cfg.path})")

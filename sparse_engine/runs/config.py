@@ -262,10 +262,15 @@ class AnalyzeConfig(_Checked):
                               help="write the figures (PNG and SVG) into this directory, created with its parents if "
                                    "missing: census against the null model (with --null) and degree/weight "
                                    "distributions; for a recorded run (a --record-balance CSV as PATH) the balance "
-                                   "over epochs; for a directory the NNSTD heat map; needs matplotlib (default: none)")
+                                   "over epochs; for a directory the NNSTD heat maps (one per snapshot folder of RUN/SNAPSHOT "
+                                   "networks); needs matplotlib (default: none)")
     convention: str = option("default", choices=_conventions,
                              help="default, or seed: the paper's code's (balance mean without types that have no "
                                   "balanced semicycle; census over the nodes that have edges) (default: %(default)s)")
+    nnstd_layer: int | None = option(None, check=valid.or_none(valid.integer(0)), type=int, metavar="L",
+                                     help="for a directory of NNSTD networks: the distances of layer L (0 = the "
+                                          "first; the NNSTD paper's Figure 4 shows layer 0) instead of their mean over "
+                                          "the layers (default: the mean)")
     lesion: int = option(0, check=valid.integer(0), metavar="N",
                          help="for a checkpoint of train with a sparse rnn/ctrnn: cut up to N motifs (balanced, "
                               "unbalanced, any; and N edge triples) from the recurrent matrix as the paper (one "

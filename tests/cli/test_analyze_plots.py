@@ -137,3 +137,39 @@ def test_nnstd_of_networks_of_two_architectures_names_them(tmp_path, capsys):
     assert cli.main(["analyze", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "network c has layers of shapes [(4, 6), (3, 4)]" in err, err
+
+
+def test_nnstd_layer_and_one_heat_map_per_snapshot(tmp_path):
+    """`analyze FOLDER --nnstd-layer 0 --plot DIR` over RUN/SNAPSHOT networks draws the NNSTD paper's
+    Figure 4: layer 0's distances among the runs of each snapshot, one map per snapshot (before, one
+    map of every network of every epoch, each pixel the mean over the layers). Layer 0's distance
+    against a dense linear_sum_assignment of 1 - Jaccard (the paper's definition)."""
+    import numpy as np
+    import scipy.sparse as sp
+    from scipy.optimize import linear_sum_assignment
+
+    rng = np.random.default_rng(3)
+    first = {}
+    for run in ("w0", "w1", "w2"):
+        for epoch in ("epoch_000", "epoch_190"):
+            folder = tmp_path / "nets" / run / epoch
+            folder.mkdir(parents=True)
+            for i, (n_in, n_out) in enumerate(((7, 6), (6, 4))):  # (in + 1) x out, the bias last
+                layer = sp.random(n_in + 1, n_out, density=0.4, random_state=rng, format="csr")
+                sp.save_npz(folder / f"weight_l{i}.npz", layer)
+                if i == 0:
+                    first[f"{run}/{epoch}"] = layer.toarray()[:-1].T != 0  # out x in
+    result = cli.run(["analyze", str(tmp_path / "nets"), "--nnstd-layer", "0", "--plot", str(tmp_path / "figs")])
+    labels, D = result["labels"], result["distance"]
+    for i, a in enumerate(labels):
+        for j, b in enumerate(labels):
+            A, B = first[a], first[b]
+            inter = A.astype(int) @ B.T.astype(int)
+            union = A.sum(1)[:, None] + B.sum(1)[None, :] - inter
+            cost = np.where(union > 0, 1 - inter / np.maximum(union, 1), 0.0)
+            r, c = linear_sum_assignment(cost)
+            assert D[i, j] == pytest.approx(cost[r, c].sum() / len(A), abs=1e-12), (a, b)
+    valid(tmp_path / "figs", ["nnstd_epoch_000", "nnstd_epoch_190"])
+    assert not (tmp_path / "figs" / "nnstd.png").exists()
+    mean = cli.run(["analyze", str(tmp_path / "nets")])["distance"]
+    assert not np.allclose(mean, D)  # the default: the mean over the two layers
