@@ -127,6 +127,8 @@ def to_graph(W, *, transpose: bool = False, key: str | None = None) -> GraphCSR:
     if isinstance(W, SparseWeight):
         _check_square(W.shape)
         values = W.values.detach().cpu()
+        if values.dtype not in (torch.float32, torch.float64):  # 2-byte weights: the kernels read float32
+            values = values.float()
         if not transpose:
             g = GraphCSR(W.row_ptr.cpu(), W.col_idx.cpu(), values)
         else:
@@ -217,8 +219,8 @@ def _weight(text: str, where: str) -> float:
     return v
 
 
-def _read_edges(path, reader, need, src, dst, w) -> None:
-    """Reads the header and the rows of an edge list into src, dst, w."""
+def _read_edges(path, reader, need, src, dst, w, lines) -> None:
+    """Reads the header and the rows of an edge list into src, dst, w (and each row's line)."""
     header = None
     for row in reader:
         if any(c.strip() for c in row):
@@ -241,6 +243,23 @@ def _read_edges(path, reader, need, src, dst, w) -> None:
         src.append(_node_id(row[c_src], "Source", where))
         dst.append(_node_id(row[c_dst], "Target", where))
         w.append(_weight(row[c_w], where))
+        lines.append(reader.line_num)
+
+
+def _refuse_duplicates(path, src: np.ndarray, dst: np.ndarray, lines: list[int]) -> None:
+    """ValueError naming the first edge given twice and both its lines: summed they may cancel or
+    flip a sign, and which row should win is the file's to say (networkx, which the papers' code
+    reads through, keeps the last)."""
+    if len(src) < 2:
+        return
+    order = np.lexsort((dst, src))  # stable: equal edges in file order
+    s, d = src[order], dst[order]
+    same = np.flatnonzero((s[1:] == s[:-1]) & (d[1:] == d[:-1]))
+    if same.size:
+        k = same[np.argmin(order[same + 1])]  # the repeat that comes first in the file
+        i, j = order[k], order[k + 1]
+        raise ValueError(f"{_where(path, lines[j])}: the edge {src[j]} -> {dst[j]} is given again (first at line "
+                         f"{lines[i]}): an edge list holds each edge once")
 
 
 def read_edge_csv(path, n: int | None = None, *, return_ids: bool = False):
@@ -248,7 +267,6 @@ def read_edge_csv(path, n: int | None = None, *, return_ids: bool = False):
     ``Type``, are ignored; names case-insensitive) into an n x n scipy CSR in this module's
     convention: Source -> Target is the weight from presynaptic Source to postsynaptic Target,
     i.e. ``W[Target, Source] = Weight`` (the transpose of a W_rec used as ``h @ W_rec``).
-    Duplicate edges are summed.
 
     Node ids. With ``n``, ids are unit numbers 0..n-1 (give it when the last units may have no
     edges). Without it, ids are used as they are, n = largest id + 1, while that is at most
@@ -260,14 +278,15 @@ def read_edge_csv(path, n: int | None = None, *, return_ids: bool = False):
 
     Errors (ValueError naming the file, and the line for a bad row): an empty file, a missing
     column, a row with another number of fields than the header, an id that is not a
-    non-negative integer, a weight that is not a finite number, no edges at all (unless ``n``)."""
+    non-negative integer, a weight that is not a finite number, an edge given twice (summed, two
+    rows may cancel or flip its sign), no edges at all (unless ``n``)."""
     path = Path(path)
     need = ("Source", "Target", "Weight")
-    src, dst, w = [], [], []
+    src, dst, w, lines = [], [], [], []
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         try:
-            _read_edges(path, reader, need, src, dst, w)
+            _read_edges(path, reader, need, src, dst, w, lines)
         except UnicodeDecodeError as e:
             raise ValueError(f"{path} is not a UTF-8 text edge list ({_one_line(e)})") from None
         except csv.Error as e:
@@ -278,6 +297,7 @@ def read_edge_csv(path, n: int | None = None, *, return_ids: bool = False):
         raise ValueError(f"{path} has no edges (only a header); give n to read it as an empty graph")
     src_a, dst_a = np.array(src, dtype=np.int64), np.array(dst, dtype=np.int64)
     w_a = np.array(w, dtype=np.float64)
+    _refuse_duplicates(path, src_a, dst_a, lines)
     top = int(max(src_a.max(initial=-1), dst_a.max(initial=-1))) + 1
     if n is not None:
         if n < top:

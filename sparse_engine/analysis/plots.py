@@ -102,10 +102,11 @@ def census_figure(census: TriadCensus, null=None, *, title: str = "signed triad 
 def balance_series(records: list[dict], *, layer: str | None = None, gate: str | None = None,
                    x: str = "epoch") -> dict:
     """The recorded balance of one graph over training, from :func:`~.record.read_record` rows
-    (or ``BalanceRecorder.records``): ``{"x": [...], "<definition>": [...], "null_mean_<d>",
+    (or ``BalanceRecorder.records``): ``{"x": [...], "x_label", "<definition>": [...], "null_mean_<d>",
     "null_std_<d>" (when recorded)}``. ``layer``/``gate`` pick the graph (default: the first
     record's layer and, for gated cells, ``sum``); ``x``: ``"epoch"`` keeps the epoch-end
-    records (one per epoch), ``"step"`` every record."""
+    records (one per epoch; records without epochs, every record by step, ``x_label`` "step"),
+    ``"step"`` every record."""
     if x not in ("epoch", "step"):
         raise ValueError(f"x must be 'epoch' or 'step', got {x!r}")
     if not records:
@@ -125,7 +126,9 @@ def balance_series(records: list[dict], *, layer: str | None = None, gate: str |
             if r.get("epoch") is not None:
                 by_epoch[r["epoch"]] = r
         rows = [by_epoch[e] for e in sorted(by_epoch)] or rows
-    out = {"x": [r[x] if r.get(x) is not None else r["step"] for r in rows], "layer": layer, "gate": gate}
+        if not by_epoch:  # records without epochs (a BalanceRecorder used from Python): by step
+            x = "step"
+    out = {"x": [r[x] for r in rows], "x_label": x, "layer": layer, "gate": gate}
     for d in DEFINITIONS:
         out[d] = [_num(r.get(f"balance_{d}")) for r in rows]
         if f"null_mean_balance_{d}" in rows[0]:
@@ -151,7 +154,7 @@ def balance_figure(records: list[dict], *, layer: str | None = None, gate: str |
             m, sd = np.asarray(s[f"null_mean_{d}"]), np.asarray(s[f"null_std_{d}"])
             ax.fill_between(xs, m - 2 * sd, m + 2 * sd, color=colour, alpha=0.15, linewidth=0,
                             label=f"{d}: null ± 2 std")
-    ax.set_xlabel(x)
+    ax.set_xlabel(s["x_label"])
     ax.set_ylabel("balance ratio")
     ax.set_title(title or f"structural balance of {s['layer']} ({s['gate']})", fontsize=9)
     ax.legend(fontsize=7)
@@ -164,14 +167,16 @@ def comparison_figure(runs: dict, *, definition: str = "semicycle", title: str |
     if definition not in DEFINITIONS:
         raise ValueError(f"definition must be one of {DEFINITIONS}, got {definition!r}")
     fig, ax = _figure(6.0, 3.6)
+    labels = set()
     for label, records in runs.items():
         s = balance_series(records)
+        labels.add(s["x_label"])
         xs = np.asarray(s["x"], dtype=float)
         line, = ax.plot(xs, s[definition], marker="o", markersize=3, label=label)
         if f"null_mean_{definition}" in s:
             m, sd = np.asarray(s[f"null_mean_{definition}"]), np.asarray(s[f"null_std_{definition}"])
             ax.fill_between(xs, m - 2 * sd, m + 2 * sd, color=line.get_color(), alpha=0.12, linewidth=0)
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(" or ".join(sorted(labels)) or "epoch")
     ax.set_ylabel(f"{definition} balance")
     ax.set_title(title or f"{definition} balance over training (bands: null mean ± 2 std)", fontsize=9)
     ax.legend(fontsize=7)
@@ -245,15 +250,18 @@ def distributions_figure(W, *, transpose: bool = False, title: str = "degrees an
 
 # --------------------------------------------------------------------------- what the CLI writes
 def plot_matrix(graph, out_dir, *, census: TriadCensus | None = None, null=None, name: str = "",
-                formats=FORMATS) -> list[Path]:
+                formats=FORMATS, label: str | None = None) -> list[Path]:
     """The figures of one network: ``<name>census`` (with the null model when given) and
-    ``<name>distributions``. Returns the files written."""
+    ``<name>distributions``, their titles naming ``label`` (what the graph is: a matrix, a gate
+    block; default ``name``). Returns the files written."""
     from .census import signed_triad_census
 
     census = signed_triad_census(graph) if census is None else census
+    of = f" of {label or name.rstrip('_')}" if (label or name) else ""
     paths = []
-    for stem, fig in ((f"{name}census", census_figure(census, null)), (f"{name}distributions",
-                                                                        distributions_figure(graph))):
+    figures = ((f"{name}census", census_figure(census, null, title=f"triad census{of} (counts of the 16 types)")),
+               (f"{name}distributions", distributions_figure(graph, title=f"degrees and weights{of}")))
+    for stem, fig in figures:
         paths += save(fig, out_dir, stem, formats)
     return paths
 

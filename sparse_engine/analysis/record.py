@@ -230,10 +230,27 @@ def read_record(path) -> list[dict]:
         raise FileNotFoundError(f"{path} does not exist")
     if not path.is_file():
         raise ValueError(f"{path} is not a file")
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # (a byte-order mark: a spreadsheet's save)
         reader = csv.DictReader(f)
         need = {"step", "layer", "gate", "balance_semicycle"}
         if reader.fieldnames is None or not need <= set(reader.fieldnames):
-            raise ValueError(f"{path} is not a balance record: expected the columns {sorted(need)} (a CSV written "
-                             f"by --record-balance), got {reader.fieldnames}")
-        return [{k: _value(v) for k, v in row.items()} for row in reader]
+            got = "no header" if reader.fieldnames is None else ", ".join(reader.fieldnames[:8]) + (
+                ", ..." if len(reader.fieldnames) > 8 else "")
+            raise ValueError(f"{path} is not a balance record: expected the columns {', '.join(sorted(need))} (a CSV "
+                             f"written by --record-balance), got {got}")
+        return [_record(path, reader.line_num, row) for row in reader]
+
+
+def _record(path: Path, line: int, row: dict) -> dict:
+    """One row of a balance record as Python values; ValueError naming the file, the line and the
+    column of a row that lost or gained cells, or of a number column holding text."""
+    if None in row or any(v is None for v in row.values()):
+        raise ValueError(f"{path}, line {line}: the row's number of cells differs from the header's")
+    out = {k: _value(v) for k, v in row.items()}
+    for k, v in out.items():
+        numeric = k in ("step", "epoch") or k.startswith(("balance_", "null_mean_", "null_std_", "z_"))
+        if numeric and v is not None and (isinstance(v, (str, bool))):
+            raise ValueError(f"{path}, line {line}: column {k} holds {row[k]!r}, expected a number")
+    if not isinstance(out["step"], int):
+        raise ValueError(f"{path}, line {line}: column step holds {row['step']!r}, expected an integer")
+    return out

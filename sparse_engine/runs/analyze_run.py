@@ -84,13 +84,17 @@ def _analyze_record(cfg, console):
     rows = read_record(cfg.path)
     if not rows:
         raise ValueError(f"{cfg.path} holds no records (only a header)")
-    t = Table(title=f"recorded balance of {cfg.path} ({len(rows)} records; the last of each epoch)")
-    for col in ("layer", "gate", "epoch", *DEFINITIONS):
+    pairs = dict.fromkeys((r["layer"], r["gate"]) for r in rows)
+    series = [plots.balance_series(rows, layer=layer, gate=gate) for layer, gate in pairs]
+    by_epoch = all(s["x_label"] == "epoch" for s in series)
+    t = Table(title=f"recorded balance of {cfg.path} ({len(rows)} records"
+                    f"{'; the last of each epoch' if by_epoch else ''})")
+    for col in ("layer", "gate", "epoch" if by_epoch else "epoch or step", *DEFINITIONS):
         t.add_column(col, justify="right")
-    for layer, gate in dict.fromkeys((r["layer"], r["gate"]) for r in rows):
-        s = plots.balance_series(rows, layer=layer, gate=gate)
+    for (layer, gate), s in zip(pairs, series):
         for i, x in enumerate(s["x"]):
-            t.add_row(layer, gate, str(x), *(f"{s[d][i]:.3f}" for d in DEFINITIONS))
+            shown = str(x) if by_epoch or s["x_label"] == "epoch" else f"step {x}"
+            t.add_row(layer, gate, shown, *("-" if math.isnan(s[d][i]) else f"{s[d][i]:.3f}" for d in DEFINITIONS))
     console.print(t)
     if cfg.plot:
         for path in plots.plot_record(rows, cfg.plot):
@@ -251,7 +255,9 @@ def analyze(config: AnalyzeConfig | None = None, **options):
 
         for g, w in graphs.items():  # census_<gate>, distributions_<gate> when there are several
             name = "" if len(graphs) == 1 else f"{g}_"
-            for path in plots.plot_matrix(w, cfg.plot, census=census[g], null=nulls.get(g), name=name):
+            part = "the sum of its gate blocks" if g == "sum" else f"gate {g}"
+            label = m.label if len(graphs) == 1 else f"{m.label}, {part}"
+            for path in plots.plot_matrix(w, cfg.plot, census=census[g], null=nulls.get(g), name=name, label=label):
                 console.print(f"figure: {path}")
     lesions = lesion_curves(cfg, m, console) if cfg.lesion else {}
     return A.AnalysisResult(per_graph[primary], matrix=m, primary=primary, graphs=per_graph, census=census,

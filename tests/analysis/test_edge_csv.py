@@ -104,3 +104,17 @@ def test_empty_and_malformed_edge_lists(tmp_path, text, match):
 def test_header_only_with_n_is_an_empty_graph(tmp_path):
     p = write(tmp_path, "Id,Source,Target,Weight\n")
     assert read_edge_csv(p, n=4).nnz == 0
+
+
+def test_an_edge_given_twice_is_refused_with_both_lines(tmp_path):
+    """Summed, the rows 0 -> 1 = 0.5 and 0 -> 1 = -0.3 read as +0.2 and flipped the loop's balance
+    (the paper's code, through networkx, keeps the last row): the file is refused instead, naming
+    the edge and both its lines; the first repeat in the file is the one named."""
+    from sparse_engine.analysis import read_edge_csv
+
+    path = tmp_path / "dup.csv"
+    path.write_text("Id,Source,Target,Weight\n0,0,1,0.5\n1,1,2,1.0\n2,2,1,1.0\n3,1,2,-2\n4,0,1,-0.3\n5,1,2,3\n")
+    with pytest.raises(ValueError, match=r"dup.csv, line 5: the edge 1 -> 2 is given again \(first at line 3\)"):
+        read_edge_csv(path)
+    path.write_text("Id,Source,Target,Weight\n0,0,1,0.5\n1,1,0,1.0\n2,1,1,1.0\n")  # both directions, a loop
+    assert read_edge_csv(path).nnz == 3

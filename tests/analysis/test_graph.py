@@ -158,3 +158,26 @@ def test_lesion_with_transpose_and_model(rng):
     D = W.to_dense()
     assert D[i, j] == 0 and D[j, k] == 0 and D[i, k] == 0  # W[i, j] is i -> j with transpose
     assert not f.balanced[[tuple(x) for x in f.nodes].index((i, j, k))]
+
+
+def test_two_byte_sparse_weights_are_analysed_as_float32():
+    """A bfloat16 or float16 SparseWeight (which SparseWeight accepts) gives the numbers of its
+    float32 copy (before: the kernels' "values must be float32 or float64")."""
+    import numpy as np
+    import scipy.sparse as sp
+    import torch
+
+    from sparse_engine.analysis import feed_forward_loops, signed_triad_census, structural_balance
+    from sparse_engine.sparse import SparseWeight
+
+    M = sp.random(30, 30, 0.2, format="csr", random_state=0)
+    M.data -= 0.5
+    M.sort_indices()
+    parts = (torch.from_numpy(M.indptr.astype(np.int64)), torch.from_numpy(M.indices.astype(np.int32)))
+    ref = SparseWeight(*parts, torch.from_numpy(M.data).to(torch.bfloat16).float(), (30, 30), requires_grad=False)
+    for dt in (torch.bfloat16, torch.float16):
+        W = SparseWeight(*parts, torch.from_numpy(M.data).to(dt), (30, 30), requires_grad=False)
+        for kind in ("semicycle", "triad", "weighted"):
+            assert structural_balance(W, kind).value == structural_balance(ref, kind).value
+        assert len(feed_forward_loops(W)) == len(feed_forward_loops(ref)) > 0
+        assert signed_triad_census(W, transpose=True) == signed_triad_census(ref, transpose=True)

@@ -2,6 +2,7 @@
 numbers read back from the Axes equal the computed ones."""
 import math
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,3 +122,48 @@ def test_degree_and_weight_distributions(tmp_path, rng):
     heights = [p.get_height() for p in fig.axes[2].patches]  # 50 positive bars, then 50 negative ones
     assert sum(heights[:50]) == (D > 0).sum() and sum(heights[50:]) == (D < 0).sum()
     valid_files(plots.save(fig, tmp_path, "dist"))
+
+
+def test_records_without_epochs_are_drawn_and_labelled_by_step(tmp_path, rng, capsys):
+    """A BalanceRecorder used from Python records steps, no epochs: the series, the figure's axis and
+    the command line's table say "step" (before: the steps under the label "epoch"); a measure that
+    is NaN (no triad of a kind) prints "-", as the other tables do."""
+    from sparse_engine import cli
+
+    path = tmp_path / "rec.csv"
+    rec = BalanceRecorder(path=path)
+    Ws = [random_weight(30, 30, 0.2, generator=rng) for _ in range(3)]
+    for step, W in zip((100, 200, 300), Ws):
+        rec(step, {"weight_hh": W})
+    rec(400, {"weight_hh": random_weight(30, 30, 0.0, generator=rng)})  # no edges: every measure NaN
+    rows = read_record(path)
+    s = plots.balance_series(rows)
+    assert s["x"] == [100, 200, 300, 400] and s["x_label"] == "step"
+    assert plots.balance_figure(rows).axes[0].get_xlabel() == "step"
+    assert plots.comparison_figure({"a": rows}).axes[0].get_xlabel() == "step"
+    capsys.readouterr()
+    cli.run(["analyze", str(path)])
+    out = capsys.readouterr().out
+    assert "epoch or step" in out and "step 300" in out and "nan" not in out
+    last = next(line for line in out.splitlines() if "step 400" in line)
+    assert last.count("-") >= 3
+
+
+def test_matrix_figures_name_what_they_show(tmp_path, rng, monkeypatch):
+    """Each gate block's census and distributions figures name the block in their titles (before,
+    every gate's census was titled "signed triad census": only the file name told them apart)."""
+    import matplotlib.figure
+
+    titles = []
+    real = matplotlib.figure.Figure.savefig
+
+    def record(fig, path, *args, **kwargs):
+        ax = fig.axes[0]
+        titles.append((Path(path).stem, ax.get_title() or fig._suptitle.get_text()))
+        return real(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", record)
+    W = random_weight(12, 12, 0.4, generator=rng)
+    plots.plot_matrix(W, tmp_path, name="f_", label="net.pt: weight_hh_l0, gate f", formats=("png",))
+    assert titles == [("f_census", "triad census of net.pt: weight_hh_l0, gate f (counts of the 16 types)"),
+                      ("f_distributions", "degrees and weights of net.pt: weight_hh_l0, gate f")]

@@ -59,3 +59,23 @@ def test_read_record_errors(tmp_path):
         read_record(tmp_path)
     with pytest.raises(TypeError, match="path"):
         BalanceRecorder(path=3)
+
+
+def test_a_damaged_record_names_the_file_line_and_column(tmp_path):
+    """Text in a number column, a short row: one error naming the file, the line (and the column);
+    a byte-order mark (a spreadsheet's save) reads as the record it is. Before: "could not convert
+    string to float", an int() of None, and a mark read as part of the first column's name."""
+    from sparse_engine.analysis import read_record
+
+    head = "step,epoch,layer,gate,balance_semicycle\n"
+    cases = {"text.csv": (head + "1,0,a,h,0.5\n2,0,a,h,abc\n", r"text.csv, line 3: column balance_semicycle "
+                                                               r"holds 'abc', expected a number"),
+             "short.csv": (head + "1,0,a,h\n", r"short.csv, line 2: the row's number of cells differs"),
+             "step.csv": (head + "1.5,0,a,h,0.5\n", r"step.csv, line 2: column step holds '1.5', expected an integer")}
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=message):
+            read_record(tmp_path / name)
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + (head + "1,0,a,h,0.5\n").encode())
+    assert read_record(tmp_path / "bom.csv") == [{"step": 1, "epoch": 0, "layer": "a", "gate": "h",
+                                                  "balance_semicycle": 0.5}]
