@@ -4,6 +4,8 @@ epsilon so that the total matches), and re-drawing every sparse weight to those 
 CSR (never via a dense matrix)."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -25,6 +27,8 @@ def erk_densities(shapes: dict[str, tuple[int, int]], density: float, power_scal
     eps is solved again for the rest (RigL's procedure)."""
     if not 0.0 <= density <= 1.0:
         raise ValueError(f"density must be in [0, 1], got {density}")
+    if isinstance(power_scale, bool) or not isinstance(power_scale, (int, float)) or not 0 <= power_scale < math.inf:
+        raise ValueError(f"power_scale must be a finite number >= 0 (RigL's erk_power_scale, 1.0), got {power_scale!r}")
     size = {n: r * c for n, (r, c) in shapes.items()}
     raw = {n: ((r + c) / (r * c)) ** power_scale if r * c else 0.0 for n, (r, c) in shapes.items()}
     target = density * sum(size.values())

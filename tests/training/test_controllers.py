@@ -887,6 +887,7 @@ def test_selfish_threshold_death_follows_the_death_rate_as_the_code(threshold, a
     (lambda m, o: GradualMagnitudePruning(m, o, final_density=0.1, end_step=10.5), "end_step"),
     (lambda m, o: GradualMagnitudePruning(m, o, final_density=0.1, end_step=10, ramp_step=5), "ramp_step"),
     (lambda m, o: GradualMagnitudePruning(m, o, final_density=0.9, end_step=10), "final_density"),
+    (lambda m, o: erk_densities({"a": (4, 4), "b": (8, 2)}, 0.5, power_scale=-1), "power_scale"),
 ])
 def test_controller_arguments_are_checked_when_built(build, name):
     """A wrong argument is a ValueError naming it when the controller is built (before: a float
