@@ -15,6 +15,8 @@
 // in the transposed index's order) is the device's to add, with no nnz-long temporaries: the
 // CPU in its W_hh^T dG pass, CUDA with an accumulating sddmm on the transposed index.
 #pragma once
+
+#include <cmath>
 #include <torch/library.h>
 
 #include <optional>
@@ -213,14 +215,20 @@ struct RnnStepOps {
              : Device::template backward<CellMode::RNN_TANH>(SE_STEP_WEIGHT_T, {}, {}, {}, h_new, dh, {}, 0.0, 1.0, g);
     return {r.dG, r.dh_prev};
   }
+  static void check_ct(double dt, double tau) {
+    TORCH_CHECK_VALUE(std::isfinite(dt) && dt > 0 && std::isfinite(tau) && tau > 0,
+                      "dt and tau must be finite numbers > 0, got dt=", dt, ", tau=", tau);
+  }
   static std::tuple<at::Tensor, at::Tensor> ctrnn_step(SE_STEP_WEIGHT_ARGS, const at::Tensor& gx, const at::Tensor& h,
                                                        double dt, double tau) {
+    check_ct(dt, tau);
     const StepOutputs r = Device::template forward<CellMode::CTRNN>(SE_STEP_WEIGHT, gx, h, {}, {}, dt, tau);
     return {r.h_new, r.acts};
   }
   static std::tuple<at::Tensor, at::Tensor> ctrnn_step_backward(SE_STEP_WEIGHT_ARGS, const at::Tensor& acts,
                                                                 const at::Tensor& dh, double dt, double tau,
                                                                 SE_VALUES_T) {
+    check_ct(dt, tau);
     const StepGrads r = Device::template backward<CellMode::CTRNN>(SE_STEP_WEIGHT_T, acts, {}, {}, {}, dh, {}, dt,
                                                                    tau, SE_GRAD);
     return {r.dG, r.dh_prev};

@@ -397,6 +397,22 @@ double shrink(std::vector<Cand>& buf, int64_t k) {
   return worst;
 }
 
+// The columns of a GEMM's inner dimension per call of tile_product: BLAS libraries split a long
+// inner dimension across threads (MKL here from about 1,000 columns), which makes the bits depend on
+// the thread count; at 256 each output is one thread's sum, and the chunks add in a fixed order.
+constexpr int64_t kInnerChunk = 256;
+
+// A tile G_r X_c^T in float64, its inner dimension summed in chunks of kInnerChunk in order.
+at::Tensor tile_product(const at::Tensor& G, const at::Tensor& X) {
+  const int64_t M = G.size(1);
+  at::Tensor T = at::zeros({G.size(0), X.size(0)}, G.options().dtype(at::kDouble));
+  for (int64_t k0 = 0; k0 < M; k0 += kInnerChunk) {
+    const int64_t k1 = std::min(M, k0 + kInnerChunk);
+    T.add_(at::mm(G.slice(1, k0, k1), X.slice(1, k0, k1).t()).to(at::kDouble));
+  }
+  return T;
+}
+
 // grad_topk(row_ptr, col_idx, G, X, k, tile_rows, tile_cols) -> (rows, cols, grads):
 // the k empty positions with the largest |(G X^T)[i, j]| (ties to the lower linear key),
 // sorted by (row, col), with their signed gradient. G: rows x M, X: cols x M. The dense
@@ -431,7 +447,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grad_topk_cpu(const at::Tensor& r
       const int64_t r1 = std::min(csr.rows, r0 + tile_rows);
       for (int64_t c0 = 0; c0 < cols; c0 += tile_cols) {
         const int64_t c1 = std::min(cols, c0 + tile_cols);
-        at::Tensor T = at::mm(Gc.slice(0, r0, r1), Xc.slice(0, c0, c1).t()).to(at::kDouble).contiguous();
+        at::Tensor T = tile_product(Gc.slice(0, r0, r1), Xc.slice(0, c0, c1));
         const double* t = T.data_ptr<double>();
         const int64_t w = c1 - c0;
         const double lo = bound;
@@ -460,7 +476,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grad_topk_cpu(const at::Tensor& r
       }
     }
     shrink(best, k);
-    TORCH_CHECK(static_cast<int64_t>(best.size()) == k, "grad_topk found ", best.size(), " of ", k, " entries");
+    // (a NaN gradient is never a candidate: fewer than k are left only where G X^T holds NaNs)
+    TORCH_CHECK_VALUE(static_cast<int64_t>(best.size()) == k, "grad_topk: the gradient G X^T is not a number at ",
+                      "empty positions (NaN in G or X), so only ", best.size(), " of the k=", k,
+                      " positions can be chosen");
   }
   std::sort(best.begin(), best.end(), [](const Cand& a, const Cand& b) { return a.key < b.key; });
   std::vector<int64_t> keys(best.size());

@@ -385,8 +385,9 @@ def grad_topk_torch(row_ptr, col_idx, G, X, k: int, tile_rows: int, tile_cols: i
                 best = _best(*(torch.cat(x) for x in zip(*cand)), k)
                 cand, held = [best], k
                 bound = best[0][k - 1]
-    if held < k:
-        raise RuntimeError(f"grad_topk found {held} of {k} entries")
+    if held < k:  # a NaN gradient is never a candidate
+        raise ValueError(f"grad_topk: the gradient G X^T is not a number at empty positions (NaN in G or X), so "
+                         f"only {held} of the k={k} positions can be chosen")
     _, key, grad = _best(*(torch.cat(x) for x in zip(*cand)), k)
     order = torch.argsort(key)
     key, grad = key[order], grad[order]

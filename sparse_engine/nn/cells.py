@@ -13,6 +13,8 @@ follow; the other layers take one, see :mod:`sparse_engine.nn.rnn`).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -176,10 +178,9 @@ class SparseGRUCell(_SparseCellBase):
 
 
 def _check_ct(dt, tau, unfolds):
-    if not dt > 0:
-        raise ValueError(f"dt must be > 0, got {dt}")
-    if not tau > 0:
-        raise ValueError(f"tau must be > 0, got {tau}")
+    for name, v in (("dt", dt), ("tau", tau)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
+            raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
     check_positive_int("unfolds", unfolds)
 
 

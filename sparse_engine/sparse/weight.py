@@ -38,19 +38,51 @@ VALUE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def _as_tensor(x, name: str, dtype) -> torch.Tensor:
+    """``x`` as a 1-D tensor of ``dtype`` (None: its own). A numpy array is copied: a later write
+    to it would change the index behind the kernels' check of it (csrc/index_check.h)."""
     if isinstance(x, torch.Tensor):
         t = x
     elif isinstance(x, np.ndarray):
-        t = torch.from_numpy(np.ascontiguousarray(x))
+        t = torch.from_numpy(np.array(x, copy=True, order="C"))
     else:
         raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
     if t.dim() != 1:
         raise ValueError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
     if dtype is not None and t.dtype != dtype:
-        if t.is_floating_point() or t.dtype == torch.bool:
-            raise TypeError(f"{name} must be an integer tensor, got {t.dtype}")
-        t = t.to(dtype)
+        t = _narrowed(t, name, dtype)
     return t
+
+
+def _narrowed(t: torch.Tensor, name: str, dtype: torch.dtype) -> torch.Tensor:
+    """Integer ``t`` as ``dtype``; ValueError where an entry does not fit (a cast would wrap an
+    int64 column of 2^32 + 5 to 5)."""
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor, got {t.dtype}")
+    info = torch.iinfo(dtype)
+    if t.numel() and torch.iinfo(t.dtype).bits > info.bits:
+        low, high = int(t.min()), int(t.max())
+        if low < info.min or high > info.max:
+            bad = low if low < info.min else high
+            raise ValueError(f"{name} holds {bad}, outside {dtype}'s range [{info.min}, {info.max}]")
+    return t.to(dtype)
+
+
+def _check_shape(shape) -> tuple[int, int]:
+    """(rows, cols) of ``shape``: two non-negative ints, cols below 2^31 (the int32 column index)."""
+    try:
+        rows, cols = shape
+    except (TypeError, ValueError):
+        raise ValueError(f"shape must be (rows, cols), got {shape!r}") from None
+    for v in (rows, cols):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) and not (
+                isinstance(v, torch.Tensor) and v.dim() == 0 and not v.is_floating_point()):
+            raise ValueError(f"shape must be two non-negative ints, got {tuple(shape)!r}")
+    rows, cols = int(rows), int(cols)
+    if rows < 0 or cols < 0:
+        raise ValueError(f"shape must be non-negative, got {(rows, cols)}")
+    if cols > torch.iinfo(torch.int32).max:
+        raise ValueError(f"shape {(rows, cols)}: at most 2^31 - 1 columns (the column index is int32)")
+    return rows, cols
 
 
 class _ParametrizationDict(nn.ModuleDict):
@@ -78,9 +110,7 @@ class SparseWeight(nn.Module):
 
     def __init__(self, row_ptr, col_idx, values, shape, *, validate: bool = True, requires_grad: bool = True):
         super().__init__()
-        rows, cols = (int(s) for s in shape)
-        if rows < 0 or cols < 0:
-            raise ValueError(f"shape must be non-negative, got {tuple(shape)}")
+        rows, cols = _check_shape(shape)
         row_ptr = _as_tensor(row_ptr, "row_ptr", torch.int64)
         col_idx = _as_tensor(col_idx, "col_idx", torch.int32)
         values = _as_tensor(values, "values", None)
@@ -100,6 +130,8 @@ class SparseWeight(nn.Module):
         if name in _INDEX_NAMES:
             self._forget_index()
         super().__setattr__(name, value)
+        if name in ("row_ptr", "col_idx") and self.__dict__.get("_buffers", {}).get("csc_ptr") is not None:
+            self._drop_transpose()  # a new CSR buffer: the transposed index is of the old one
 
     def _forget_index(self) -> None:
         """Drops the kept :attr:`index` and :attr:`csr_index` tuples, so that they hold no replaced
@@ -233,8 +265,8 @@ class SparseWeight(nn.Module):
             raise ValueError("cannot change the topology of a SparseWeight whose values are parametrized (weight "
                              "drop, weight norm, ...): the magnitudes and optimizer state belong to the stored "
                              "values; run the update inside `with sparse_engine.nn.unparametrized(model):`")
-        self.row_ptr = row_ptr.to(torch.int64)
-        self.col_idx = col_idx.to(torch.int32)
+        self.row_ptr = _narrowed(row_ptr, "row_ptr", torch.int64)
+        self.col_idx = _narrowed(col_idx, "col_idx", torch.int32)
         self._assign_values(values.to(self.values.dtype))
         if validate:
             self.validate()
@@ -261,10 +293,18 @@ class SparseWeight(nn.Module):
         return {"shape": self._shape}
 
     def set_extra_state(self, state) -> None:
-        self._shape = tuple(int(s) for s in state["shape"])
+        shape = tuple(int(s) for s in state["shape"])
+        if shape != self._shape:  # as torch's "size mismatch" for a dense weight
+            raise ValueError(f"size mismatch: the state holds a {shape[0]} x {shape[1]} SparseWeight, this one is "
+                             f"{self._shape[0]} x {self._shape[1]} (a SparseWeight keeps its shape; its pattern and "
+                             "nnz may change)")
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
+        # Another shape is refused before anything is loaded (set_extra_state says why).
+        extra = state_dict.get(prefix + "_extra_state")
+        if isinstance(extra, dict) and "shape" in extra:
+            self.set_extra_state(extra)
         # A checkpoint may hold another nnz: resize first, keeping the Parameter object.
         # (Under a parametrization of one original the values are parametrizations.values.original.)
         for name in ("row_ptr", "col_idx", "values"):
@@ -374,6 +414,8 @@ class SparseWeight(nn.Module):
 
         if not sp.issparse(matrix):
             raise TypeError(f"matrix must be a scipy.sparse matrix, got {type(matrix).__name__}")
+        if np.issubdtype(matrix.dtype, np.complexfloating):
+            raise TypeError(f"matrix must hold real values, got {matrix.dtype}")
         m = sp.csr_matrix(matrix, copy=True)
         m.sum_duplicates()
         m.sort_indices()
@@ -382,7 +424,7 @@ class SparseWeight(nn.Module):
             values = values.to(dtype)
         elif values.dtype not in VALUE_DTYPES:
             values = values.to(torch.float32)
-        return cls(m.indptr.astype(np.int64), m.indices.astype(np.int32), values, m.shape)
+        return cls(m.indptr, m.indices, values, m.shape)
 
     @classmethod
     def from_torch_sparse(cls, tensor) -> "SparseWeight":
@@ -399,6 +441,9 @@ class SparseWeight(nn.Module):
         values from :func:`sparse_engine.init.default_values`. O(nnz) time and memory."""
         if (density is None) == (nnz is None):
             raise ValueError("give exactly one of density= and nnz=")
+        rows, cols = _check_shape((rows, cols))
+        if dtype not in VALUE_DTYPES:
+            raise TypeError(f"dtype must be one of {', '.join(map(str, VALUE_DTYPES))}, got {dtype}")
         if density is not None:
             if not 0.0 <= density <= 1.0:
                 raise ValueError(f"density must be in [0, 1], got {density}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 from types import SimpleNamespace
 
@@ -431,6 +432,12 @@ def test_fused_ops_reject_bad_arguments(rng):
     with pytest.raises(ValueError, match="b_hh"):
         G = random_weight(15, 5, 0.5, empty_rows=1, generator=rng)
         ops.gru_step(*G.index, G.values.detach(), gx[:15], h, torch.zeros(7, dtype=torch.float64))
+    C = random_weight(5, 5, 0.5, empty_rows=1, generator=rng)  # a CT-RNN's dt and tau (before: 1 - dt/tau
+    for dt, tau in ((0.1, 0.0), (0.1, -0.5), (math.nan, 0.5), (0.1, math.inf)):  # unchecked, inf or NaN states)
+        with pytest.raises(ValueError, match="dt and tau must be finite numbers > 0"):
+            ops.ctrnn_step(*C.index, C.values.detach(), gx[:5], h, dt, tau)
+        with pytest.raises(ValueError, match="dt and tau must be finite numbers > 0"):
+            ops.ctrnn_step_backward(*C.index, C.values.detach(), h, h, dt, tau, None)
 
 
 def test_fused_ops_opcheck(rng):

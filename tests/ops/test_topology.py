@@ -711,3 +711,36 @@ class TestCUDA:
 
     def test_random_empty_uniform_over_a_huge_range(self):
         huge_range_uniform("cuda")
+
+
+def test_grad_topk_with_too_few_finite_gradients_says_why(rng):
+    """k above the empty positions whose gradient is a number: a ValueError naming the NaNs, from
+    both kernels (before: RuntimeError "grad_topk found 2 of 3 entries")."""
+    w = random_weight(4, 5, 0.5, generator=rng)
+    empty = 20 - w.nnz
+    G, X = torch.randn(4, 3, generator=rng), torch.randn(5, 3, generator=rng)
+    G[1:, 0] = float("nan")  # every row but the first: NaN gradients
+    finite = 5 - (w.row_ptr[1] - w.row_ptr[0]).item()
+    for f in (tt.grad_topk, ops.grad_topk):
+        assert f(w.row_ptr, w.col_idx, G, X, finite, 2, 2)[0].numel() == finite
+        with pytest.raises(ValueError, match=f"NaN in G or X.*only {finite} of the k={finite + 1}"):
+            f(w.row_ptr, w.col_idx, G, X, min(empty, finite + 1), 2, 2)
+
+
+def test_grad_topk_bits_do_not_depend_on_threads_with_long_factors(rng):
+    """M = 1,100 columns (T x B of a batch): MKL splits an inner dimension that long across threads,
+    which changed 672 of 2,000 gradients' bits between one and two threads; the tiles now sum it
+    in chunks of 256 in order. Against float64 within float32's rounding too."""
+    from sparse_engine.testing import num_threads
+
+    w = random_weight(300, 400, 0.1, generator=rng)
+    G, X = torch.randn(300, 1100, generator=rng), torch.randn(400, 1100, generator=rng)
+    got = []
+    for n in (1, 2):
+        with num_threads(n):
+            got.append(ops.grad_topk(w.row_ptr, w.col_idx, G, X, 2000, 256, 2**14))
+    for a, b in zip(*got):
+        assert torch.equal(a, b)
+    r, c, g = got[0]
+    ref = (G.double() @ X.double().t())[r, c.long()]
+    torch.testing.assert_close(g.double(), ref, rtol=1e-5, atol=1e-4)

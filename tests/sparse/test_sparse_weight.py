@@ -6,6 +6,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+import sparse_engine as se
 from sparse_engine import SparseWeight
 from sparse_engine.init import erdos_renyi_density, random_pattern
 from sparse_engine.testing import random_weight
@@ -373,3 +374,74 @@ def test_export_and_compile_of_a_weight_whose_transpose_is_not_built(rng):
     compiled(xg).sum().backward()
     assert lin.weight.has_transpose and type(lin.weight.csc_ptr) is torch.Tensor
     torch.testing.assert_close(xg.grad, lin.weight.to_dense().sum(0).expand(3, 7))
+
+
+def test_index_entries_int32_cannot_hold_are_refused_not_wrapped():
+    """An int64 column of 2^32 + 5 was cast to 5 (and validate() passed); -2^32 + 7 to 7; a
+    scipy matrix of 2^32 + 10 columns was stored the same way."""
+    import scipy.sparse as sp
+
+    for col in (2**32 + 5, -(2**32) + 7):
+        with pytest.raises(ValueError, match=f"col_idx holds {col}, outside torch.int32's range"):
+            SparseWeight(torch.tensor([0, 1]), torch.tensor([col]), torch.ones(1), (1, 10))
+    w = SparseWeight(torch.tensor([0, 1]), torch.tensor([3], dtype=torch.int64), torch.ones(1), (1, 10))
+    with pytest.raises(ValueError, match="col_idx holds 4294967301"):
+        w.set_pattern(torch.tensor([0, 1]), torch.tensor([2**32 + 5]), torch.ones(1))
+    assert w.col_idx.tolist() == [3]
+    wide = sp.csr_matrix((np.ones(1), (np.zeros(1, np.int64), np.array([2**32 + 5]))), shape=(1, 2**32 + 10))
+    with pytest.raises(ValueError, match="at most 2\\^31 - 1 columns"):
+        SparseWeight.from_scipy(wide)
+    for bad in ((1, 2.5), (-2, 2), (1,), "ab"):
+        with pytest.raises(ValueError, match="shape"):
+            SparseWeight(torch.tensor([0, 0]), torch.zeros(0, dtype=torch.int32), torch.ones(0), bad)
+
+
+def test_numpy_index_is_copied():
+    """A weight built from numpy arrays no longer shares them: a later write to the array (which
+    the kernels' cached index check cannot see) changes nothing (before: garbage, or a segfault
+    for a column of 2e8)."""
+    rp, ci = np.array([0, 2, 4]), np.array([0, 1, 0, 1], dtype=np.int32)
+    w = SparseWeight(rp, ci, np.ones(4, dtype=np.float32), (2, 2))
+    x = torch.ones(2, 3)
+    before = se.ops.spmm(w, x)
+    ci[1], rp[1] = 200_000_000, 1
+    torch.testing.assert_close(se.ops.spmm(w, x), before)
+    assert w.col_idx.tolist() == [0, 1, 0, 1] and w.row_ptr.tolist() == [0, 2, 4]
+
+
+def test_assigning_a_csr_buffer_drops_the_transposed_index():
+    """W.col_idx = <new tensor> kept the transposed index of the old pattern: spmm_t and the input
+    gradient of spmm read it (wrong numbers at B > 1) while the forward read the new one."""
+    w = SparseWeight(torch.tensor([0, 1, 2]), torch.tensor([0, 1], dtype=torch.int32),
+                     torch.tensor([1.0, 2.0]), (2, 3))
+    assert w.csc_ptr is not None and w.has_transpose
+    w.col_idx = torch.tensor([0, 2], dtype=torch.int32)
+    assert not w.has_transpose
+    G = torch.ones(2, 4)
+    torch.testing.assert_close(se.ops.spmm_t(w, G), w.to_dense().t() @ G)
+
+
+def test_loading_a_state_of_another_shape_is_refused_before_anything_changes():
+    """As torch's "size mismatch": loading a 6 x 5 weight into a 3 x 4 SparseLinear was accepted
+    ("All keys matched"), leaving in_features 4 beside a 6 x 5 matrix."""
+    from sparse_engine.nn import SparseLinear
+
+    torch.manual_seed(0)
+    src, dst = SparseLinear(5, 6, density=0.5), SparseLinear(4, 3, density=0.5)
+    before = {k: v.clone() for k, v in dst.state_dict().items() if torch.is_tensor(v)}
+    with pytest.raises(ValueError, match="size mismatch: the state holds a 6 x 5 SparseWeight, this one is 3 x 4"):
+        dst.load_state_dict(src.state_dict())
+    after = dst.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    assert dst(torch.randn(2, 4)).shape == (2, 3)
+
+
+def test_random_and_from_scipy_refuse_what_they_cannot_hold():
+    import scipy.sparse as sp
+
+    with pytest.raises(TypeError, match="dtype must be one of"):
+        SparseWeight.random(3, 3, 0.5, dtype=torch.int32)
+    with pytest.raises(ValueError, match="shape must be non-negative"):
+        SparseWeight.random(-2, 2, density=0.5)
+    with pytest.raises(TypeError, match="real values"):
+        SparseWeight.from_scipy(sp.random(3, 3, 0.5, format="csr", random_state=0) * 1j)
