@@ -104,8 +104,11 @@ def _fsync_directory(directory: Path) -> None:
 
 
 def save_checkpoint(path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, **extra) -> Path:
-    """Atomically writes model (and optimizer) state and ``extra`` to ``path``."""
+    """Atomically writes model (and optimizer) state and ``extra`` to ``path``. A symbolic link
+    at ``path`` stays one: the file it points to is replaced (the temporary is made beside it)."""
     path = Path(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "model": model.state_dict(), "extra": extra}
     if optimizer is not None:
@@ -159,14 +162,16 @@ class CheckpointError(ValueError):
 
 
 def load_checkpoint(path, model: nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None,
-                    map_location="cpu") -> dict:
+                    map_location="cpu", weights_only: bool = True) -> dict:
     """Reads a checkpoint; loads it into ``model``/``optimizer`` when given. Returns the payload.
     FileNotFoundError when ``path`` does not exist; :class:`CheckpointError` (a ValueError) naming
-    it when it is empty, truncated, corrupted or not a sparse-engine checkpoint."""
+    it when it is empty, truncated, corrupted or not a sparse-engine checkpoint. ``weights_only``
+    (torch.load's): a checkpoint holds tensors, numbers, strings and containers only, and an
+    unpickler that builds other objects runs code from the file; ``False`` only for a file you trust."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    payload = read_payload(path, map_location)
+    payload = read_payload(path, map_location, weights_only=weights_only)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         what = f"a dict without the format tag {FORMAT!r}" if isinstance(payload, dict) else \
             f"a {type(payload).__name__}, not a dict tagged {FORMAT!r}"
@@ -180,7 +185,7 @@ def load_checkpoint(path, model: nn.Module | None = None, optimizer: torch.optim
     return payload
 
 
-def read_payload(path, map_location="cpu", weights_only: bool = False):
+def read_payload(path, map_location="cpu", weights_only: bool = True):
     """``torch.load`` of ``path`` after checking the archive's CRC-32s; :class:`CheckpointError`
     (a ValueError naming the file: empty, truncated, corrupted, not a ``torch.save`` file) instead
     of torch's or pickle's exceptions (``KeyError: 101``, ``Memo value not found``, ...)."""

@@ -319,7 +319,11 @@ def persistent_by_sizes(mode: str | None, nnz_hh: int | None, itemsize: int, hid
     without one from one step up to :data:`AUTO_PERSISTENT_CPU_INFERENCE_BATCH` columns (wider, the copies out
     of the activations a backward would read cost more than the steps' Python: 4,096 @ 1%, B = 20: 0.86-0.94x
     the per-step path).
+    Never while ``torch.export`` (so ONNX export) traces: the exported graph records the per-step
+    ops, which the ONNX translations cover (:mod:`sparse_engine.io.export`; the same numbers).
     The memory model asks this without building the module."""
+    if torch.compiler.is_exporting():
+        return False
     mode = _state["compute"] if mode is None else mode
     if mode == "persistent":
         return True

@@ -237,3 +237,47 @@ def test_every_kind_of_bad_file_is_one_clear_error(tmp_path, capsys):
             lines = capsys.readouterr().err.splitlines()
             assert len(lines) == 1 and f"{path}: not a sparse-engine checkpoint (or damaged)" in lines[0], (name, lines)
             assert not any(word in lines[0] for word in internals), (name, lines)
+
+
+class _RunsCode:
+    """Pickles as a call of os.system-like code: what a hostile file would hold."""
+
+    def __reduce__(self):
+        return (_record_call, ("ran",))
+
+
+_CALLS = []
+
+
+def _record_call(text):
+    _CALLS.append(text)
+    return text
+
+
+def test_a_checkpoint_that_pickles_code_is_refused_unrun(tmp_path):
+    """load_checkpoint (train --resume, analyze) reads with torch.load(weights_only=True): a file
+    pickling a call is refused in one line and the call never runs (before: weights_only=False
+    ran it, then said the file was not a checkpoint)."""
+    from sparse_engine.io.checkpoint import CheckpointError, FORMAT, load_checkpoint
+
+    path = tmp_path / "hostile.pt"
+    torch.save({"format": FORMAT, "model": {}, "extra": {"x": _RunsCode()}}, path)
+    _CALLS.clear()
+    with pytest.raises(CheckpointError, match="pickles objects other than tensors and containers"):
+        load_checkpoint(path)
+    assert _CALLS == []
+    assert load_checkpoint(path, weights_only=False)["extra"]["x"] == "ran" and _CALLS == ["ran"]  # a trusted file
+
+
+def test_saving_through_a_symlink_replaces_its_target(tmp_path):
+    """os.replace on a link replaced the link with a regular file, and the file it named stayed
+    stale: the link stays, the target gets the new checkpoint."""
+    (tmp_path / "runs").mkdir()
+    target, link = tmp_path / "runs" / "real.pt", tmp_path / "latest.pt"
+    model = SparseLinear(4, 3, density=0.5)
+    save_checkpoint(target, model, step=1)
+    link.symlink_to(target)
+    save_checkpoint(link, model, step=2)
+    assert link.is_symlink() and os.path.realpath(link) == str(target)
+    assert load_checkpoint(target)["extra"]["step"] == 2
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["real.pt"]  # no temporary left

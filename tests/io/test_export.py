@@ -181,3 +181,14 @@ def test_dynamic_batch_size(make, tmp_path):
         got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
         for g, r in zip(got, ref):
             np.testing.assert_allclose(g, r.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("compute", ["auto", "persistent", "dense"])
+def test_export_under_every_compute_setting(compute, tmp_path):
+    """The modules' own compute settings (the test suite runs with SPARSE_ENGINE_COMPUTE=sparse):
+    under auto an eval-mode LSTM takes the whole-sequence op, which has no ONNX translation, and the
+    export failed ("No ONNX function found for sparse_engine.rnn_sequence"); while torch.export
+    traces, the per-step ops are recorded instead (the same numbers)."""
+    torch.manual_seed(0)
+    model = SparseLSTM(6, 12, density=0.3, compute=compute)
+    check_same(model, (torch.randn(5, 8, 6),), tmp_path)
