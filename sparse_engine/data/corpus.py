@@ -51,6 +51,12 @@ def _from_lines(splits: list[list[str]]) -> Corpus:
     return Corpus(*streams, vocab=list(word_id))
 
 
+#: where the corpora come from (sparse_engine.data.fetch does not fetch them)
+CORPUS_SOURCES = ("PTB: data/ptb.{train,valid,test}.txt of Mikolov's simple-examples, "
+                  "www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz; WikiText-2 as {train,valid,test}.txt: "
+                  "word_language_model/data/wikitext-2 of github.com/pytorch/examples")
+
+
 def load_corpus(data_dir, name: str = "auto") -> Corpus:
     """PTB (``ptb.{train,valid,test}.txt`` or ``{train,valid,test}.txt``) or WikiText-2
     (``wiki.{train,valid,test}.tokens``) from ``data_dir``. ``name``: 'ptb', 'wikitext2' or
@@ -69,10 +75,11 @@ def load_corpus(data_dir, name: str = "auto") -> Corpus:
         best = max(candidates, key=lambda fs: sum((d / f).is_file() for f in fs))
         missing = [f for f in best if not (d / f).is_file()]
         raise FileNotFoundError(f"data_dir {d} has no {', '.join(missing)} (expected "
-                                + " or ".join("/".join(fs) for fs in candidates) + ")")
+                                + " or ".join("/".join(fs) for fs in candidates) + f"; {CORPUS_SOURCES})")
     splits = []
     for f in files:
-        lines = (d / f).read_text(encoding="utf-8", errors="replace").splitlines()
+        with open(d / f, encoding="utf-8", errors="replace") as text:  # lines as PyTorch's example reads
+            lines = list(text)  # them (str.splitlines also breaks at \x0b, \x0c, \x1c-\x1e, \x85, \u2028-9)
         if not any(line.strip() for line in lines):
             raise ValueError(f"{d / f} holds no words")
         splits.append(lines)

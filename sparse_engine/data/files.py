@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -14,6 +15,13 @@ import numpy as np
 import torch
 
 GESTURE_PHASES = ("D", "P", "S", "H", "R")  # rest, preparation, stroke, hold, retraction
+
+
+def where_to_get(name: str) -> str:
+    """The end of a missing-data error: how to fetch dataset ``name`` (:mod:`.sources`) and its page."""
+    from .sources import ABOUT
+
+    return f" (get it with: python -m sparse_engine.data.fetch {name} --root data; about it: {ABOUT[name][2]})"
 
 
 def _existing(path, what: str, kind: str | None = None) -> Path:
@@ -99,7 +107,8 @@ def load_mnist(directory, split: str = "t10k"):
         candidates = [d / f"{split}-{kind}.gz", d / f"{split}-{kind}"]
         path = next((c for c in candidates if c.exists()), None)
         if path is None:
-            raise FileNotFoundError(f"MNIST directory {d} has no {split}-{kind}[.gz]")
+            raise FileNotFoundError(f"MNIST directory {d} has no {split}-{kind}[.gz]"
+                                    + (where_to_get("mnist_test") if split == "t10k" else ""))
         found[kind] = _read_idx(path)
     images, labels = found["images-idx3-ubyte"], found["labels-idx1-ubyte"]
     if images.shape[0] != labels.shape[0]:
@@ -110,7 +119,10 @@ def load_mnist(directory, split: str = "t10k"):
 def load_sms_spam(path):
     """The UCI SMS Spam Collection (``label<TAB>text`` a line): (texts, labels) with
     label 1 for spam and 0 for ham."""
-    p = _existing(path, "SMS Spam Collection file", "file")
+    try:
+        p = _existing(path, "SMS Spam Collection file", "file")
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(str(exc) + where_to_get("sms_spam")) from None
     texts, labels = [], []
     with open(p, encoding="utf-8", errors="replace") as f:
         for number, line in enumerate(f, 1):
@@ -132,10 +144,13 @@ def load_gesture(path):
     acceleration features then ``Phase``). ``path`` is one file or a directory of them; returns
     a list of (features (frames, 32) float32, phases (frames,) int64 indexing GESTURE_PHASES),
     one per recording, in file-name order."""
-    p = _existing(path, "gesture data")
+    try:
+        p = _existing(path, "gesture data")
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(str(exc) + where_to_get("gesture")) from None
     files = sorted(p.glob("*_va3.csv")) if p.is_dir() else [p]
     if not files:
-        raise FileNotFoundError(f"no *_va3.csv files in {p}")
+        raise FileNotFoundError(f"no *_va3.csv files in {p}" + where_to_get("gesture"))
     recordings = []
     for file in files:
         with open(file, newline="", encoding="utf-8", errors="replace") as f:
@@ -152,7 +167,7 @@ def load_gesture(path):
             if len(r) != 33:
                 raise ValueError(f"{file}:{number}: expected 33 columns like the header, got {len(r)}")
             try:
-                feats.append([float(v) for v in r[:-1]])
+                feats.append(_finite([float(v) for v in r[:-1]], f"{file}:{number}"))
             except ValueError as exc:
                 raise ValueError(f"{file}:{number}: expected 32 numbers then a phase ({exc})") from None
             if r[-1].strip() not in GESTURE_PHASES:
@@ -161,6 +176,15 @@ def load_gesture(path):
             phases.append(GESTURE_PHASES.index(r[-1].strip()))
         recordings.append((torch.tensor(feats, dtype=torch.float32), torch.tensor(phases)))
     return recordings
+
+
+def _finite(values: list[float], where: str) -> list[float]:
+    """``values``, or ValueError where one is NaN or infinite (a sample of them would make every
+    loss NaN, and training would go on silently)."""
+    for v in values:
+        if not math.isfinite(v):
+            raise ValueError(f"{where}: {v} is not a finite number" if where else f"{v} is not a finite number")
+    return values
 
 
 def load_series(path) -> torch.Tensor:
@@ -173,9 +197,9 @@ def load_series(path) -> torch.Tensor:
             text = line.split("#", 1)[0].strip()  # '#' starts a comment, as for numpy.loadtxt
             if text:
                 try:
-                    values.append(float(text))
+                    values.append(_finite([float(text)], "")[0])
                 except ValueError:
-                    raise ValueError(f"{p}:{number}: expected one number a line, got {text[:40]!r}") from None
+                    raise ValueError(f"{p}:{number}: expected one finite number a line, got {text[:40]!r}") from None
     if not values:
         raise ValueError(f"{p} holds no values: expected one number a line")
     return torch.tensor(values, dtype=torch.float64).float()
@@ -201,6 +225,10 @@ def load_table(path, label_column: str):
         if not np.issubdtype(X.dtype, np.number):
             raise ValueError(f"{p}: X must be numeric, got dtype {X.dtype}")
         X = X.astype(np.float32)
+        bad = np.flatnonzero(~np.isfinite(X).all(axis=1))
+        if bad.size:
+            raise ValueError(f"{p}: X row {bad[0]} holds a value that is not a finite number (NaN or inf; "
+                             f"{bad.size} such rows)")
     else:
         with open(p, newline="", encoding="utf-8", errors="replace") as f:
             rows = list(csv.reader(f))
@@ -215,9 +243,9 @@ def load_table(path, label_column: str):
             if len(r) != len(header):
                 raise ValueError(f"{p}:{line}: expected {len(header)} fields like the header, got {len(r)}")
             try:
-                X[line - 2] = [float(r[i]) for i in features]
+                X[line - 2] = _finite([float(r[i]) for i in features], "")
             except ValueError:
-                raise ValueError(f"{p}:{line}: expected numbers in every column but {label_column!r}") from None
+                raise ValueError(f"{p}:{line}: expected finite numbers in every column but {label_column!r}") from None
         raw = np.array([r[j] for r in body])
     if len(X) == 0 or X.shape[1] == 0:
         raise ValueError(f"{p}: no examples or no feature columns")

@@ -24,6 +24,7 @@ TASK_DATA = {
     "table": ("file", "a feature matrix: a CSV file with a header row, or an .npz with X and the label array", True),
 }
 GESTURE_WINDOW = 16  # frames per example: the phase of the last frame is the label
+MG_WINDOW, MG_STRIDE = 50, 5  # mackey-glass: steps per example, steps between examples
 
 
 def task_data_problem(task: str, data) -> str | None:
@@ -98,9 +99,18 @@ def load_task(task: str, data: str | None, seed: int, *, label_column: str | Non
             raise ValueError("label_column: task 'table' needs the name of its label column")
         X, y, classes = load_table(data, label_column)
         meta = dict(n_in=X.shape[1], n_out=len(classes), kind="classify")
+    elif task == "sms" and variant is None:  # the vocabulary from the training messages alone
+        texts, y = load_sms_spam(data)
+        perm = torch.randperm(len(texts), generator=g)
+        tr, te = perm[:int(0.8 * len(texts))], perm[int(0.8 * len(texts)):]
+        if not len(tr) or not len(te):
+            raise ValueError(f"task 'sms': {len(texts)} messages are too few to split 80/20 into train and test "
+                             f"(data: {data})")
+        X, vocab = _word_ids(texts, length=40, fit_on=tr.tolist())
+        return (X[tr], y[tr]), (X[te], y[te]), dict(n_in=50, n_out=2, kind="classify", vocab=vocab)
     elif task == "sms":
         texts, y = load_sms_spam(data)
-        X, vocab = _word_ids(texts, **(VARIANTS["sms"][variant] if variant else dict(length=40)))
+        X, vocab = _word_ids(texts, **VARIANTS["sms"][variant])
         meta = dict(n_in=50, n_out=2, kind="classify", vocab=vocab)
     elif task == "gesture" and variant == "zhang":
         return _zhang_gesture(data, **ZHANG_GESTURE)
@@ -112,17 +122,25 @@ def load_task(task: str, data: str | None, seed: int, *, label_column: str | Non
         meta = dict(n_in=recordings[0][0].shape[1], n_out=len(GESTURE_PHASES), kind="classify")
         if len(recordings) >= 2:  # whole recordings held out: overlapping windows would leak
             n_test = max(1, round(0.2 * len(recordings)))
-            train = _gesture_windows(recordings[:-n_test], recordings, GESTURE_WINDOW)
-            return train, _gesture_windows(recordings[-n_test:], recordings, GESTURE_WINDOW), meta
+            fit = recordings[:-n_test]  # standardised by the training frames alone
+            train = _gesture_windows(fit, fit, GESTURE_WINDOW)
+            return train, _gesture_windows(recordings[-n_test:], fit, GESTURE_WINDOW), meta
         X, y = _gesture_windows(recordings, recordings, GESTURE_WINDOW)
-    else:  # mackey-glass
+    else:  # mackey-glass: the first 80% of the windows train, the later ones test
         series = load_series(data) if data else mackey_glass(6000)
         try:
-            X, y = sequence_windows(series[:6000], length=50)
+            X, y = sequence_windows(series[:6000], length=MG_WINDOW)
         except ValueError as exc:
             raise ValueError(f"{data}: {exc}" if data else str(exc)) from None
-        X, y = X[::5], y[::5]
+        X, y = X[::MG_STRIDE], y[::MG_STRIDE]
         meta = dict(n_in=1, n_out=1, kind="regress")
+        # windows overlap: a random split would test on values trained on; the test windows start
+        # after the last training window's target ends
+        cut, gap = int(0.8 * len(X)), -(-MG_WINDOW // MG_STRIDE)
+        if cut == 0 or cut + gap >= len(X):
+            raise ValueError(f"task 'mackey-glass': {len(X)} windows are too few to split 80/20 in time into train "
+                             "and test" + (f" (data: {data})" if data else ""))
+        return (X[:cut], y[:cut]), (X[cut + gap:], y[cut + gap:]), meta
     perm = torch.randperm(len(X), generator=g)
     cut = int(0.8 * len(X))
     if cut == 0 or cut == len(X):
@@ -228,19 +246,21 @@ def _gesture_windows(recordings, all_recordings, length: int, stride: int = 2):
 
 
 def _word_ids(texts, length: int, max_vocab: int = 5000, min_count: int = 1, clean: bool = False,
-              pad: str = "pre", ascii: bool = False, unknown_is_padding: bool = False):
+              pad: str = "pre", ascii: bool = False, unknown_is_padding: bool = False, fit_on=None):
     """Lower-cased word ids (0 = padding, 1 = unknown): the ``max_vocab`` - 2 most frequent
     words seen at least ``min_count`` times (ties: alphabetically); ``ascii`` drops non-ASCII
     characters and ``clean`` punctuation, underscores and digits first; ``pad="pre"`` keeps the
     last ``length`` words, left-padded, ``"post"`` the first ``length``, right-padded;
-    ``unknown_is_padding``: the unknown words are 0 too and the words start at 1."""
+    ``unknown_is_padding``: the unknown words are 0 too and the words start at 1; ``fit_on``: the
+    indices of the texts whose words make the vocabulary (None: all)."""
     if ascii:
         texts = [t.encode("ascii", errors="ignore").decode() for t in texts]
     if clean:
         texts = [" ".join(re.sub(r"([^\s\w]|_|[0-9])+", "", t).split()) for t in texts]
     words = [t.lower().split() for t in texts]
     first = 1 if unknown_is_padding else 2
-    counts = sorted(Counter(w for ws in words for w in ws).items(), key=lambda x: (-x[1], x[0]))[:max_vocab - first]
+    fit = words if fit_on is None else [words[i] for i in fit_on]
+    counts = sorted(Counter(w for ws in fit for w in ws).items(), key=lambda x: (-x[1], x[0]))[:max_vocab - first]
     vocab = {w: i + first for i, (w, c) in enumerate(x for x in counts if x[1] >= min_count)}
     ids = torch.zeros(len(texts), length, dtype=torch.int64)
     for r, ws in enumerate(words):

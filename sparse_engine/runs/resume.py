@@ -26,6 +26,7 @@ its state holds it).
 """
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from dataclasses import asdict, fields, replace
@@ -53,13 +54,28 @@ def _flag(field: str) -> str:
 
 
 def same_option(field: str, old, new) -> bool:
-    """Whether option ``field`` given as ``new`` is the checkpoint's ``old`` (a ``--data`` path
-    written another way counts as the same)."""
+    """Whether option ``field`` given as ``new`` is the checkpoint's ``old``. A ``--data`` path is
+    the same when it names the same file written another way, or files of the same contents (a copy
+    on another machine), or when the checkpoint's path is gone (the data moved: the new one is taken)."""
     if old == new:
         return True
-    if field == "data" and old is not None and new is not None:  # the same file written another way
-        return Path(old).expanduser().resolve() == Path(new).expanduser().resolve()
+    if field == "data" and old is not None and new is not None:
+        a, b = Path(old).expanduser().resolve(), Path(new).expanduser().resolve()
+        return a == b or not a.exists() or _contents(a) == _contents(b)
     return False
+
+
+def _contents(path: Path) -> list[tuple[str, str]]:
+    """(relative name, SHA-256) of ``path``'s files (the file itself, or every file below a folder)."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    out = []
+    for f in files:
+        digest = hashlib.sha256()
+        with open(f, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        out.append(("" if f == path else str(f.relative_to(path)), digest.hexdigest()))
+    return out
 
 
 def saved_options(path) -> dict:
@@ -113,6 +129,9 @@ def resume_config(resume, **given) -> TrainConfig:
         raise ConfigError("epochs", f"{given['epochs']} is less than the checkpoint's --epochs {saved['epochs']} "
                                     f"({resume}): --epochs may only grow")
     options = {k: v for k, v in saved.items() if k in known and k not in ("save", "resume", "quiet")}
+    if given.get("data") is None and options.get("data") is not None and not Path(options["data"]).exists():
+        raise ConfigPathError("data", f"{options['data']} (the checkpoint's --data) does not exist: give --data with "
+                                      "where the data is now")
     return TrainConfig(**{**options, **given, "resume": resume})
 
 

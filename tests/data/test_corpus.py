@@ -73,3 +73,19 @@ def test_batchify_and_get_batch():
         batchify(torch.arange(5), 4)
     with pytest.raises(ValueError, match="no window"):
         get_batch(src, 4, 3)
+
+
+def test_lines_break_at_newlines_only_as_pytorchs_example(tmp_path):
+    """PyTorch's word_language_model example iterates the file: a line ends at a newline only.
+    str.splitlines also broke at \\x0c, \\x85, \\u2028 (...), which added <eos> tokens there."""
+    text = " the cat sat\n on the\u2028mat \x0c here\r\n a b\x85c\n"
+    for split in ("train", "valid", "test"):
+        (tmp_path / f"{split}.txt").write_text(text, encoding="utf-8", newline="")
+    c = load_corpus(tmp_path)
+    ids, vocab = [], {}
+    with open(tmp_path / "train.txt", encoding="utf8") as f:  # the example's reading, written out
+        for line in f:
+            for w in line.split() + ["<eos>"]:
+                ids.append(vocab.setdefault(w, len(vocab)))
+    assert [c.vocab[i] for i in c.train.tolist()] == [list(vocab)[i] for i in ids]
+    assert c.train.tolist().count(c.vocab.index("<eos>")) == 3

@@ -171,7 +171,7 @@ def test_readers_name_the_file_and_line_of_a_malformed_file(tmp_path):
     with pytest.raises(ValueError, match="holds no values"):
         load_series(series)
     series.write_text("0.5\n# a comment\n\n0.25\nabc\n")
-    with pytest.raises(ValueError, match=r"series.txt:5: expected one number a line, got 'abc'"):
+    with pytest.raises(ValueError, match=r"series.txt:5: expected one finite number a line, got 'abc'"):
         load_series(series)
     series.write_text("0.5\n# a comment\n\n0.25\n")
     assert load_series(series).tolist() == [0.5, 0.25]
@@ -222,3 +222,82 @@ def test_path_checks(tmp_path):
     assert "does not exist" in input_path_problem(tmp_path / "nope")
     assert "is not a file" in input_path_problem(tmp_path, "file")
     assert "is not a directory" in input_path_problem(tmp_path / "file", "dir")
+
+
+def test_mackey_glass_test_windows_start_after_the_training_ones_end(tmp_path):
+    """The windows overlap (50 steps, 5 apart): split at random, every test target was a training
+    value too. Now the first 80% train and the test windows start after the last training target:
+    no series position is in both (a series of distinct values, one per position, shows it)."""
+    from sparse_engine.data.tasks import load_task
+
+    path = tmp_path / "series.txt"
+    path.write_text("\n".join(str(float(i)) for i in range(6000)) + "\n")  # each value its position
+    (Xtr, ytr), (Xte, yte), meta = load_task("mackey-glass", str(path), seed=0)
+    train = set(torch.cat([Xtr.flatten(), ytr.flatten()]).tolist())
+    test = set(torch.cat([Xte.flatten(), yte.flatten()]).tolist())
+    assert not train & test
+    assert len(Xtr) == int(0.8 * (len(Xtr) + len(Xte) + 10)) and len(Xte) > 200
+    torch.testing.assert_close(Xtr[:, 1:], ytr[:, :-1])  # the targets: the next values
+    again = load_task("mackey-glass", str(path), seed=1)  # in time: the same for every seed
+    assert torch.equal(again[0][0], Xtr) and torch.equal(again[1][0], Xte)
+
+
+def test_nan_and_inf_in_data_files_are_refused_with_the_line(tmp_path):
+    """A 'nan' or 'inf' sample was read as one: training went on with NaN losses and exit code 0."""
+    import numpy as np
+
+    from sparse_engine.data.files import load_table
+
+    series = tmp_path / "s.txt"
+    series.write_text("1.0\n2.0\nnan\n")
+    with pytest.raises(ValueError, match=r"s.txt:3: expected one finite number a line, got 'nan'"):
+        load_series(series)
+    table = tmp_path / "t.csv"
+    table.write_text("a,b,label\n1,2,x\n3,inf,y\n")
+    with pytest.raises(ValueError, match=r"t.csv:3: expected finite numbers in every column but 'label'"):
+        load_table(table, "label")
+    npz = tmp_path / "t.npz"
+    np.savez(npz, X=np.array([[1.0, 2.0], [np.nan, 0.0]]), label=np.array([0, 1]))
+    with pytest.raises(ValueError, match="X row 1 holds a value that is not a finite number"):
+        load_table(npz, "label")
+    gesture = tmp_path / "g.csv"
+    head = ",".join(f"f{i}" for i in range(32)) + ",Phase\n"
+    gesture.write_text(head + ",".join(["0.5"] * 31 + ["nan", "D"]) + "\n")
+    with pytest.raises(ValueError, match=r"g.csv:2: expected 32 numbers then a phase \(.*nan is not a finite"):
+        load_gesture(gesture)
+
+
+def test_missing_data_says_where_to_get_it(tmp_path):
+    """A missing dataset's error names the fetch command and the dataset's page (or, for the
+    corpora, which sparse_engine does not fetch, where they are published)."""
+    from sparse_engine.data import load_corpus
+
+    for load, name in ((load_mnist, "mnist_test"), (load_gesture, "gesture"), (load_sms_spam, "sms_spam")):
+        with pytest.raises(FileNotFoundError, match=f"python -m sparse_engine.data.fetch {name} --root data"):
+            load(tmp_path / "nothing-here" if load is not load_mnist else tmp_path)
+    with pytest.raises(FileNotFoundError, match="simple-examples.tgz.*pytorch/examples"):
+        load_corpus(tmp_path)
+
+
+def test_sms_vocabulary_and_gesture_scaling_come_from_the_training_split(tmp_path):
+    """--task sms (ours, not the zhang variant) counted the test messages' words too, giving words
+    seen only in test their own ids; --task gesture standardised with the held-out recording's
+    frames. Now both are fitted on the training split alone."""
+    from sparse_engine.data.files import GESTURE_PHASES
+    from sparse_engine.data.tasks import load_task
+
+    sms = tmp_path / "sms.txt"  # every message its own word: a test message's word is unknown (1)
+    sms.write_text("".join(f"{'spam' if i % 3 == 0 else 'ham'}\tword{i} common\n" for i in range(50)))
+    (Xtr, _), (Xte, _), meta = load_task("sms", str(sms), seed=0)
+    assert set(Xte.flatten().tolist()) <= {0, 1, 2} and (Xte == 1).sum() == len(Xte)  # 2: "common"
+    assert meta["vocab"] == 2 + 1 + len(Xtr)  # padding, unknown, "common" and one word per training message
+    folder = tmp_path / "gesture"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(0)
+    head = ",".join(f"f{i}" for i in range(32)) + ",Phase\n"
+    for k in range(5):  # the last recording (held out) far from the others
+        rows = torch.randn(40, 32, generator=g) + (100.0 if k == 4 else 0.0)
+        (folder / f"r{k}_va3.csv").write_text(head + "".join(
+            ",".join(f"{v:.4f}" for v in r.tolist()) + f",{GESTURE_PHASES[i % 5]}\n" for i, r in enumerate(rows)))
+    (Gtr, _), (Gte, _), _ = load_task("gesture", str(folder), seed=0)
+    assert abs(float(Gtr.mean())) < 0.1 and float(Gte.mean()) > 50  # the training frames' scale

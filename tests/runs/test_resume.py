@@ -238,3 +238,27 @@ def test_a_run_with_a_relative_data_path_resumes_from_another_directory(tmp_path
     assert cli.run(["train", "--resume", "run/ck.pt", "--epochs", "2", "--quiet"])["epoch"] == 2
     assert cli.run(["train", "--resume", "run/ck.pt", "--epochs", "3", "--data", "run/series.txt",
                     "--quiet"])["epoch"] == 3
+
+
+def test_a_run_whose_data_moved_resumes_with_its_new_place(tmp_path, monkeypatch, capsys):
+    """--data moved (another machine, a renamed folder): before, leaving it out failed (the old
+    path is gone) and giving the new one was refused as "differs", so the run could not go on.
+    Now the new path is taken where the old one is gone, or where the files are the same; a file
+    of other contents beside the old one is still refused."""
+    series = "\n".join(f"{math.sin(0.1 * i):.6f}" for i in range(1200)) + "\n"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "series.txt").write_text(series)
+    monkeypatch.chdir(tmp_path)
+    opts = ["train", "--task", "mackey-glass", "--model", "rnn", "--hidden", "8", "--quiet"]
+    cli.run(opts + ["--data", "a/series.txt", "--epochs", "1", "--save", "ck.pt"])
+    (tmp_path / "copy.txt").write_text(series)  # the same contents elsewhere: accepted
+    (tmp_path / "other.txt").write_text(series.replace("0.0", "0.1"))
+    assert cli.main(["train", "--resume", "ck.pt", "--epochs", "2", "--data", "other.txt", "--quiet"]) == 2
+    assert "differs from the checkpoint's --data" in capsys.readouterr().err
+    assert cli.run(["train", "--resume", "ck.pt", "--epochs", "2", "--data", "copy.txt", "--save", "ck2.pt",
+                    "--quiet"])["epoch"] == 2
+    (tmp_path / "a").rename(tmp_path / "b")
+    assert cli.main(["train", "--resume", "ck.pt", "--epochs", "2", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "(the checkpoint's --data) does not exist: give --data with where the data is now" in err
+    assert cli.run(["train", "--resume", "ck.pt", "--epochs", "2", "--data", "b/series.txt", "--quiet"])["epoch"] == 2
