@@ -134,10 +134,10 @@ def _analyze_nnstd(cfg, console) -> dict:
         t.add_row(f"{i}: {label}", *(f"{x:.3f}" for x in D[i]))
     console.print(t)
     if cfg.plot:
-        groups = nnstd_groups(labels)
+        groups = _nnstd_groups(labels)
         for group, members in groups.items():
             idx = [labels.index(m) for m in members]
-            names = [m.split("/", 1)[0] for m in members] if group else members
+            names = [m.replace("\\", "/").split("/", 1)[0] for m in members] if group else members
             title = f"NNSTD, {what}" + (f", {group}" if group else "")
             figure = plots.nnstd_figure(D[np.ix_(idx, idx)], names, title=title)
             for path in plots.save(figure, cfg.plot, f"nnstd_{group.replace('/', '_')}" if group else "nnstd"):
@@ -145,11 +145,11 @@ def _analyze_nnstd(cfg, console) -> dict:
     return {"labels": labels, "distance": D}
 
 
-def nnstd_groups(labels: list[str]) -> dict[str, list[str]]:
+def _nnstd_groups(labels: list[str]) -> dict[str, list[str]]:
     """The heat maps of ``analyze FOLDER --plot``: networks stored as ``RUN/SNAPSHOT`` (the NNSTD
     paper's ``e5_s0_w1/epoch_190``) compared within each snapshot, one map per snapshot, as the paper's
     Figure 4 draws each epoch; otherwise one map of all (key "")."""
-    parts = [label.split("/", 1) for label in labels]
+    parts = [label.replace("\\", "/").split("/", 1) for label in labels]  # (a Windows path's separator too)
     if all(len(p) == 2 for p in parts):
         groups: dict[str, list[str]] = {}
         for label, (_, snapshot) in zip(labels, parts):

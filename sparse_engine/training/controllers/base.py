@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import warnings
 from typing import Callable, Iterable
 
@@ -55,16 +56,17 @@ EXACT_GROWTH_WARN_FACTOR = 16
 
 
 def check_int(name: str, value, least: int | None = 0) -> int:
-    """``value``, or ValueError naming ``name`` unless it is an int (not a bool) >= ``least``."""
-    if isinstance(value, bool) or not isinstance(value, int) or (least is not None and value < least):
+    """``int(value)``, or ValueError naming ``name`` unless it is an integer (numpy's too, not a
+    bool) >= ``least``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (least is not None and value < least):
         raise ValueError(f"{name} must be an int{'' if least is None else f' >= {least}'}, got {value!r}")
-    return value
+    return int(value)
 
 
 def check_number(name: str, value, low: float = 0.0, high: float = math.inf) -> float:
-    """``float(value)``, or ValueError naming ``name`` unless it is a real number (not a bool) in
-    [low, high] (NaN never is; ``high`` inf: finite numbers >= low)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high \
+    """``float(value)``, or ValueError naming ``name`` unless it is a real number (numpy's too, not
+    a bool) in [low, high] (NaN never is; ``high`` inf: finite numbers >= low)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not low <= value <= high \
             or value == math.inf:
         within = f"in [{low:g}, {high:g}]" if high < math.inf else f"a finite number >= {low:g}"
         raise ValueError(f"{name} must be {'a number ' if high < math.inf else ''}{within}, got {value!r}")
