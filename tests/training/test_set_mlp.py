@@ -391,7 +391,7 @@ def test_unreadable_table_files_are_one_line_errors(tmp_path, capsys):
     assert "has no column 'y'" in capsys.readouterr().err
     bad.write_text("a,y\n1,2\nx,3\n")
     assert cli.main(base) == cli.EXIT_FAILED
-    assert "bad.csv:3: expected numbers" in capsys.readouterr().err
+    assert "bad.csv:3: expected finite numbers" in capsys.readouterr().err
     assert cli.main(base[:-1] + [str(tmp_path / "missing.csv")]) == cli.EXIT_FAILED
     assert "does not exist" in capsys.readouterr().err
 
