@@ -402,15 +402,17 @@ double shrink(std::vector<Cand>& buf, int64_t k) {
 // the thread count; at 256 each output is one thread's sum, and the chunks add in a fixed order.
 constexpr int64_t kInnerChunk = 256;
 
-// A tile G_r X_c^T in float64, its inner dimension summed in chunks of kInnerChunk in order.
+// A tile G_r X_c^T (as float64), its inner dimension summed in chunks of kInnerChunk in order,
+// each chunk added into the tile by the GEMM itself (addmm_, beta 1).
 at::Tensor tile_product(const at::Tensor& G, const at::Tensor& X) {
   const int64_t M = G.size(1);
-  at::Tensor T = at::zeros({G.size(0), X.size(0)}, G.options().dtype(at::kDouble));
-  for (int64_t k0 = 0; k0 < M; k0 += kInnerChunk) {
+  const int64_t first = std::min(M, kInnerChunk);
+  at::Tensor T = at::mm(G.slice(1, 0, first), X.slice(1, 0, first).t());
+  for (int64_t k0 = first; k0 < M; k0 += kInnerChunk) {
     const int64_t k1 = std::min(M, k0 + kInnerChunk);
-    T.add_(at::mm(G.slice(1, k0, k1), X.slice(1, k0, k1).t()).to(at::kDouble));
+    T.addmm_(G.slice(1, k0, k1), X.slice(1, k0, k1).t());
   }
-  return T;
+  return T.to(at::kDouble).contiguous();
 }
 
 // grad_topk(row_ptr, col_idx, G, X, k, tile_rows, tile_cols) -> (rows, cols, grads):
