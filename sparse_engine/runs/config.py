@@ -262,8 +262,8 @@ class AnalyzeConfig(_Checked):
                               help="write the figures (PNG and SVG) into this directory, created with its parents if "
                                    "missing: census against the null model (with --null) and degree/weight "
                                    "distributions; for a recorded run (a --record-balance CSV as PATH) the balance "
-                                   "over epochs; for a directory the NNSTD heat maps (one per snapshot folder of RUN/SNAPSHOT "
-                                   "networks); needs matplotlib (default: none)")
+                                   "over epochs; for a directory the NNSTD heat maps (one per snapshot folder of "
+                                   "RUN/SNAPSHOT networks); needs matplotlib (default: none)")
     convention: str = option("default", choices=_conventions,
                              help="default, or seed: the paper's code's (balance mean without types that have no "
                                   "balanced semicycle; census over the nodes that have edges) (default: %(default)s)")

@@ -147,7 +147,8 @@ def test_bad_files_are_one_line_and_exit_code_1(tmp_path, capsys):
         (["analyze", str(tmp_path / "good.csv"), "--export-csv", str(bad_csv / "no" / "e.csv")],
          "argument --export-csv: ", "bad.csv is not a directory (cannot create"),
         (["train", "--task", "sms", "--data", str(tmp_path / "sms.txt")], "sms.txt:1: expected 'ham|spam<TAB>text'"),
-        (["train", "--task", "mackey-glass", "--data", str(tmp_path / "m.txt")], "m.txt:1: expected one finite number a line"),
+        (["train", "--task", "mackey-glass", "--data", str(tmp_path / "m.txt")],
+         "m.txt:1: expected one finite number a line"),
     ]
     bad_csv.write_text("")
     (tmp_path / "good.csv").write_text("Id,Source,Target,Weight\n0,0,1,0.5\n1,1,2,-0.5\n2,2,0,1\n")
