@@ -167,7 +167,7 @@ def load_gesture(path):
             if len(r) != 33:
                 raise ValueError(f"{file}:{number}: expected 33 columns like the header, got {len(r)}")
             try:
-                feats.append(_finite([float(v) for v in r[:-1]], f"{file}:{number}"))
+                feats.append(_finite([float(v) for v in r[:-1]]))
             except ValueError as exc:
                 raise ValueError(f"{file}:{number}: expected 32 numbers then a phase ({exc})") from None
             if r[-1].strip() not in GESTURE_PHASES:
@@ -178,12 +178,12 @@ def load_gesture(path):
     return recordings
 
 
-def _finite(values: list[float], where: str) -> list[float]:
+def _finite(values: list[float]) -> list[float]:
     """``values``, or ValueError where one is NaN or infinite (a sample of them would make every
-    loss NaN, and training would go on silently)."""
+    loss NaN, and training would go on silently); the callers name the file and line."""
     for v in values:
         if not math.isfinite(v):
-            raise ValueError(f"{where}: {v} is not a finite number" if where else f"{v} is not a finite number")
+            raise ValueError(f"{v} is not a finite number")
     return values
 
 
@@ -197,7 +197,7 @@ def load_series(path) -> torch.Tensor:
             text = line.split("#", 1)[0].strip()  # '#' starts a comment, as for numpy.loadtxt
             if text:
                 try:
-                    values.append(_finite([float(text)], "")[0])
+                    values.append(_finite([float(text)])[0])
                 except ValueError:
                     raise ValueError(f"{p}:{number}: expected one finite number a line, got {text[:40]!r}") from None
     if not values:
@@ -243,7 +243,7 @@ def load_table(path, label_column: str):
             if len(r) != len(header):
                 raise ValueError(f"{p}:{line}: expected {len(header)} fields like the header, got {len(r)}")
             try:
-                X[line - 2] = _finite([float(r[i]) for i in features], "")
+                X[line - 2] = _finite([float(r[i]) for i in features])
             except ValueError:
                 raise ValueError(f"{p}:{line}: expected finite numbers in every column but {label_column!r}") from None
         raw = np.array([r[j] for r in body])

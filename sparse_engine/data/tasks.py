@@ -101,11 +101,7 @@ def load_task(task: str, data: str | None, seed: int, *, label_column: str | Non
         meta = dict(n_in=X.shape[1], n_out=len(classes), kind="classify")
     elif task == "sms" and variant is None:  # the vocabulary from the training messages alone
         texts, y = load_sms_spam(data)
-        perm = torch.randperm(len(texts), generator=g)
-        tr, te = perm[:int(0.8 * len(texts))], perm[int(0.8 * len(texts)):]
-        if not len(tr) or not len(te):
-            raise ValueError(f"task 'sms': {len(texts)} messages are too few to split 80/20 into train and test "
-                             f"(data: {data})")
+        tr, te = _random_split(len(texts), g, task, data)
         X, vocab = _word_ids(texts, length=40, fit_on=tr.tolist())
         return (X[tr], y[tr]), (X[te], y[te]), dict(n_in=50, n_out=2, kind="classify", vocab=vocab)
     elif task == "sms":
@@ -141,16 +137,21 @@ def load_task(task: str, data: str | None, seed: int, *, label_column: str | Non
             raise ValueError(f"task 'mackey-glass': {len(X)} windows are too few to split 80/20 in time into train "
                              "and test" + (f" (data: {data})" if data else ""))
         return (X[:cut], y[:cut]), (X[cut + gap:], y[cut + gap:]), meta
-    perm = torch.randperm(len(X), generator=g)
-    cut = int(0.8 * len(X))
-    if cut == 0 or cut == len(X):
-        raise ValueError(f"task {task!r}: {len(X)} examples are too few to split 80/20 into train and test"
-                         + (f" (data: {data})" if data else ""))
-    tr, te = perm[:cut], perm[cut:]
+    tr, te = _random_split(len(X), g, task, data)
     if task == "table":
         mean, std = X[tr].mean(0), X[tr].std(0).clamp_min(1e-6)
         X = (X - mean) / std
     return (X[tr], y[tr]), (X[te], y[te]), meta
+
+
+def _random_split(n: int, g: torch.Generator, task: str, data) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, test) indices of ``n`` examples split 80/20 at random by ``g``; ValueError where one
+    side would be empty."""
+    perm, cut = torch.randperm(n, generator=g), int(0.8 * n)
+    if cut == 0 or cut == n:
+        raise ValueError(f"task {task!r}: {n} examples are too few to split 80/20 into train and test"
+                         + (f" (data: {data})" if data else ""))
+    return perm[:cut], perm[cut:]
 
 
 def _zhang_mnist(data, train: int, test: int, epoch_batches: int):

@@ -68,14 +68,7 @@ def same_option(field: str, old, new) -> bool:
 def _contents(path: Path) -> list[tuple[str, str]]:
     """(relative name, SHA-256) of ``path``'s files (the file itself, or every file below a folder)."""
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    out = []
-    for f in files:
-        digest = hashlib.sha256()
-        with open(f, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        out.append(("" if f == path else str(f.relative_to(path)), digest.hexdigest()))
-    return out
+    return [("" if f == path else str(f.relative_to(path)), hashlib.sha256(f.read_bytes()).hexdigest()) for f in files]
 
 
 def saved_options(path) -> dict:

@@ -21,6 +21,7 @@ change during training): loading resizes the tensors.
 from __future__ import annotations
 
 import contextlib
+import operator
 
 import numpy as np
 import torch
@@ -69,15 +70,13 @@ def _narrowed(t: torch.Tensor, name: str, dtype: torch.dtype) -> torch.Tensor:
 
 def _check_shape(shape) -> tuple[int, int]:
     """(rows, cols) of ``shape``: two non-negative ints, cols below 2^31 (the int32 column index)."""
-    try:
+    try:  # operator.index: ints, numpy's and 0-d integer tensors, never a float (a bool by hand)
         rows, cols = shape
+        if isinstance(rows, bool) or isinstance(cols, bool):
+            raise TypeError
+        rows, cols = operator.index(rows), operator.index(cols)
     except (TypeError, ValueError):
-        raise ValueError(f"shape must be (rows, cols), got {shape!r}") from None
-    for v in (rows, cols):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) and not (
-                isinstance(v, torch.Tensor) and v.dim() == 0 and not v.is_floating_point()):
-            raise ValueError(f"shape must be two non-negative ints, got {tuple(shape)!r}")
-    rows, cols = int(rows), int(cols)
+        raise ValueError(f"shape must be two non-negative ints (rows, cols), got {shape!r}") from None
     if rows < 0 or cols < 0:
         raise ValueError(f"shape must be non-negative, got {(rows, cols)}")
     if cols > torch.iinfo(torch.int32).max:
